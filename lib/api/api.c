@@ -1,0 +1,320 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/* Public entry points of the data path and the image accessors: argument
+ * checks, the per-disk lock, and nothing else. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/core.h"
+
+static int check_range(vdisk_disk *d, uint64_t offset, uint64_t len) {
+        if (d->n == 0)
+                return vdisk_error(-EINVAL, "the container is empty");
+        if (!range_within(offset, len, d->images[d->n - 1]->size))
+                return vdisk_error(-EINVAL, "%s: range %" PRIu64 "+%" PRIu64 " beyond the end of the disk (%" PRIu64
+                                   " bytes)", vdisk_io_name(d->images[d->n - 1]->io), offset, len,
+                                   d->images[d->n - 1]->size);
+        return 0;
+}
+
+int vdisk_disk_read(vdisk_disk *d, void *buf, size_t len, uint64_t offset) {
+        _cleanup_(disk_unlockp) vdisk_disk *l = NULL;
+        int r;
+
+        if (!d || (!buf && len))
+                return vdisk_error(-EINVAL, "invalid arguments");
+        l = disk_lock(d);
+        r = check_range(d, offset, len);
+        if (r < 0 || len == 0)
+                return r;
+        return rw_read(d, d->n - 1, buf, len, offset);
+}
+
+int vdisk_disk_write(vdisk_disk *d, const void *buf, size_t len, uint64_t offset) {
+        _cleanup_(disk_unlockp) vdisk_disk *l = NULL;
+        int r;
+
+        if (!d || (!buf && len))
+                return vdisk_error(-EINVAL, "invalid arguments");
+        l = disk_lock(d);
+        r = check_range(d, offset, len);
+        if (r < 0 || len == 0)
+                return r;
+        return rw_write(d, d->n - 1, buf, len, offset);
+}
+
+int vdisk_disk_flush(vdisk_disk *d) {
+        _cleanup_(disk_unlockp) vdisk_disk *l = NULL;
+        int r;
+
+        if (!d)
+                return vdisk_error(-EINVAL, "invalid arguments");
+        l = disk_lock(d);
+        for (unsigned i = 0; i < d->n; i++) {
+                r = image_flush(d->images[i]);
+                if (r < 0)
+                        return r;
+        }
+        return 0;
+}
+
+int vdisk_disk_discard(vdisk_disk *d, uint64_t offset, uint64_t len) {
+        _cleanup_(disk_unlockp) vdisk_disk *l = NULL;
+        int r;
+
+        if (!d)
+                return vdisk_error(-EINVAL, "invalid arguments");
+        l = disk_lock(d);
+        r = check_range(d, offset, len);
+        if (r < 0 || len == 0)
+                return r;
+        return rw_discard(d, offset, len);
+}
+
+int vdisk_disk_block_status(vdisk_disk *d, uint64_t offset, uint64_t max_len, vdisk_extent *ret) {
+        _cleanup_(disk_unlockp) vdisk_disk *l = NULL;
+        uint64_t size;
+        int r;
+
+        if (!d || !ret || max_len == 0)
+                return vdisk_error(-EINVAL, "invalid arguments");
+        l = disk_lock(d);
+        if (d->n == 0)
+                return vdisk_error(-EINVAL, "the container is empty");
+        size = d->images[d->n - 1]->size;
+        if (offset >= size)
+                return vdisk_error(-EINVAL, "offset %" PRIu64 " beyond the end of the disk", offset);
+        max_len = MIN(max_len, size - offset);
+        r = rw_status(d, 0, d->n - 1, offset, max_len, ret);
+        if (r < 0)
+                return r;
+        /* Merge following extents with the same status. */
+        while (ret->length < max_len) {
+                vdisk_extent next;
+
+                r = rw_status(d, 0, d->n - 1, offset + ret->length, max_len - ret->length, &next);
+                if (r < 0)
+                        return r;
+                if (next.flags != ret->flags || next.depth != ret->depth ||
+                    next.host_offset_valid != ret->host_offset_valid ||
+                    (ret->host_offset_valid && next.host_offset != ret->host_offset + ret->length))
+                        break;
+                ret->length += next.length;
+        }
+        return 0;
+}
+
+/* ---- images */
+
+const char *vdisk_image_name(vdisk_image *img) {
+        return img ? vdisk_io_name(img->io) : NULL;
+}
+
+const vdisk_backend_info *vdisk_image_backend(vdisk_image *img) {
+        return img ? &img->be->info : NULL;
+}
+
+unsigned vdisk_image_index(vdisk_image *img) {
+        return img ? img->index : 0;
+}
+
+uint64_t vdisk_image_size(vdisk_image *img) {
+        return img ? img->size : 0;
+}
+
+/* Only the top of a chain takes writes through the data path; the images
+ * below it are read-only for callers (operations such as merge still write
+ * into them when their file was opened writable). */
+int vdisk_image_readonly(vdisk_image *img) {
+        return !img || !img->writable || img->info_only || (img->disk && img->index + 1 != img->disk->n);
+}
+
+int vdisk_image_file_size(vdisk_image *img, uint64_t *ret) {
+        if (!img || !ret)
+                return vdisk_error(-EINVAL, "invalid arguments");
+        return io_get_allocated(img->io, ret);
+}
+
+static int get_meta_field(vdisk_image *img, uint32_t bit, meta *m) {
+        _cleanup_(disk_unlockp) vdisk_disk *l = NULL;
+        int r;
+
+        if (!img)
+                return vdisk_error(-EINVAL, "invalid arguments");
+        if (img->disk)
+                l = disk_lock(img->disk);
+        r = image_get_meta(img, m);
+        if (r < 0)
+                return r;
+        if (!(m->mask & bit))
+                return vdisk_error(-EOPNOTSUPP, "%s: %s images have no such field", vdisk_io_name(img->io),
+                                   img->be->info.name);
+        return 0;
+}
+
+#define UUID_GETTER(fn, bit, field)                                     \
+        int fn(vdisk_image *img, uint8_t ret[16]) {                     \
+                meta m;                                                 \
+                int r = get_meta_field(img, bit, &m);                   \
+                if (r < 0)                                              \
+                        return r;                                       \
+                memcpy(ret, m.field, 16);                               \
+                return 0;                                               \
+        }
+
+UUID_GETTER(vdisk_image_get_uuid, META_UUID, uuid)
+UUID_GETTER(vdisk_image_get_modification_uuid, META_MODIFICATION_UUID, modification_uuid)
+UUID_GETTER(vdisk_image_get_parent_uuid, META_PARENT_UUID, parent_uuid)
+UUID_GETTER(vdisk_image_get_parent_modification_uuid, META_PARENT_MOD_UUID, parent_modification_uuid)
+
+int vdisk_image_get_comment(vdisk_image *img, const char **ret) {
+        meta m;
+        int r = get_meta_field(img, META_COMMENT, &m);
+
+        if (r < 0)
+                return r;
+        free(img->comment_cache);
+        img->comment_cache = strdup(m.comment ? m.comment : "");
+        if (!img->comment_cache)
+                return vdisk_error(-ENOMEM, "out of memory");
+        *ret = img->comment_cache;
+        return 0;
+}
+
+int vdisk_image_get_pchs(vdisk_image *img, vdisk_geometry *ret) {
+        meta m;
+        int r = get_meta_field(img, META_PCHS, &m);
+
+        if (r >= 0)
+                *ret = m.pchs;
+        return r;
+}
+
+int vdisk_image_get_lchs(vdisk_image *img, vdisk_geometry *ret) {
+        meta m;
+        int r = get_meta_field(img, META_LCHS, &m);
+
+        if (r >= 0)
+                *ret = m.lchs;
+        return r;
+}
+
+int vdisk_image_get_version(vdisk_image *img, uint32_t *ret) {
+        meta m;
+        int r = get_meta_field(img, META_VERSION, &m);
+
+        if (r >= 0)
+                *ret = m.version;
+        return r;
+}
+
+int vdisk_image_get_flags(vdisk_image *img, uint32_t *ret) {
+        meta m;
+        int r = get_meta_field(img, META_FLAGS, &m);
+
+        if (r >= 0)
+                *ret = m.flags;
+        return r;
+}
+
+int vdisk_image_get_parent_name(vdisk_image *img, const char **ret_name, const char **ret_format) {
+        meta m;
+        int r = get_meta_field(img, META_PARENT_NAME, &m);
+
+        if (r < 0)
+                return r;
+        if (ret_name)
+                *ret_name = m.parent_name;
+        if (ret_format)
+                *ret_format = m.parent_format;
+        return 0;
+}
+
+static int set_meta_field(vdisk_image *img, const meta *m, uint32_t mask) {
+        _cleanup_(disk_unlockp) vdisk_disk *l = NULL;
+        int r;
+
+        if (!img)
+                return vdisk_error(-EINVAL, "invalid arguments");
+        if (img->disk)
+                l = disk_lock(img->disk);
+        r = image_set_meta(img, m, mask);
+        if (r < 0)
+                return vdisk_error_prefix(r, vdisk_io_name(img->io));
+        /* Metadata changes are small and rare: make them durable at once. */
+        return image_flush(img);
+}
+
+#define UUID_SETTER(fn, bit, field)                                     \
+        int fn(vdisk_image *img, const uint8_t uuid[16]) {              \
+                meta m = {};                                            \
+                if (!uuid)                                              \
+                        return vdisk_error(-EINVAL, "no UUID given");   \
+                memcpy(m.field, uuid, 16);                              \
+                return set_meta_field(img, &m, bit);                    \
+        }
+
+UUID_SETTER(vdisk_image_set_uuid, META_UUID, uuid)
+UUID_SETTER(vdisk_image_set_modification_uuid, META_MODIFICATION_UUID, modification_uuid)
+UUID_SETTER(vdisk_image_set_parent_uuid, META_PARENT_UUID, parent_uuid)
+UUID_SETTER(vdisk_image_set_parent_modification_uuid, META_PARENT_MOD_UUID, parent_modification_uuid)
+
+int vdisk_image_set_comment(vdisk_image *img, const char *comment) {
+        meta m = { .comment = comment ? comment : "" };
+
+        if (strlen(m.comment) > 255)
+                return vdisk_error(-EINVAL, "comment longer than 255 bytes");
+        return set_meta_field(img, &m, META_COMMENT);
+}
+
+int vdisk_image_set_pchs(vdisk_image *img, const vdisk_geometry *g) {
+        meta m = {};
+
+        if (!g)
+                return vdisk_error(-EINVAL, "no geometry given");
+        m.pchs = *g;
+        return set_meta_field(img, &m, META_PCHS);
+}
+
+int vdisk_image_set_lchs(vdisk_image *img, const vdisk_geometry *g) {
+        meta m = {};
+
+        if (!g)
+                return vdisk_error(-EINVAL, "no geometry given");
+        m.lchs = *g;
+        return set_meta_field(img, &m, META_LCHS);
+}
+
+int vdisk_image_set_flags(vdisk_image *img, uint32_t flags) {
+        meta m = { .flags = flags };
+
+        return set_meta_field(img, &m, META_FLAGS);
+}
+
+int vdisk_image_get_info(vdisk_image *img, vdisk_image_info *ret) {
+        _cleanup_(disk_unlockp) vdisk_disk *l = NULL;
+        size_t size;
+        int r;
+
+        if (!img || !ret || ret->size < sizeof(vdisk_image_info))
+                return vdisk_error(-EINVAL, "invalid arguments (info size not set?)");
+        if (img->disk)
+                l = disk_lock(img->disk);
+        size = ret->size;
+        memset(ret, 0, sizeof *ret);
+        ret->size = size;
+        ret->virtual_size = img->size;
+        ret->cluster_size = img->block_size;
+        ret->variant = "";
+        r = io_get_allocated(img->io, &ret->actual_size);
+        if (r < 0)
+                return r;
+        r = io_get_size(img->io, &ret->file_size);
+        if (r < 0)
+                return r;
+        if (img->be->get_info) {
+                r = img->be->get_info(img->state, ret);
+                if (r < 0)
+                        return r;
+        }
+        return 0;
+}

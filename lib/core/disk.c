@@ -1,0 +1,409 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/*
+ * The container (VD's "HDD container"): a base image and a chain of
+ * differencing images above it. Images are numbered from 0 (the base); the
+ * top is the only one the public write path writes to. Parents are linked by
+ * UUID: a child records its parent's image UUID (and modification UUID).
+ */
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/core.h"
+
+int vdisk_disk_new(vdisk_disk **ret) {
+        vdisk_disk *d;
+
+        if (!ret)
+                return vdisk_error(-EINVAL, "invalid arguments");
+        d = calloc(1, sizeof *d);
+        if (!d)
+                return vdisk_error(-ENOMEM, "out of memory");
+        d->warnings = calloc(1, sizeof(char *));
+        if (!d->warnings) {
+                free(d);
+                return vdisk_error(-ENOMEM, "out of memory");
+        }
+        pthread_mutex_init(&d->lock, NULL);
+        *ret = d;
+        return 0;
+}
+
+vdisk_disk *vdisk_disk_unref(vdisk_disk *d) {
+        if (!d)
+                return NULL;
+        while (d->n > 0) {
+                d->n--;
+                d->images[d->n] = image_free(d->images[d->n]);
+        }
+        vdisk_strv_free(d->warnings);
+        pthread_mutex_destroy(&d->lock);
+        free(d);
+        return NULL;
+}
+
+int disk_add_warning(vdisk_disk *d, const char *fmt, ...) {
+        char *s, **w;
+        va_list ap;
+
+        va_start(ap, fmt);
+        if (vasprintf(&s, fmt, ap) < 0)
+                s = NULL;
+        va_end(ap);
+        if (!s)
+                return -ENOMEM;
+        w = reallocarray(d->warnings, d->n_warnings + 2, sizeof(char *));
+        if (!w) {
+                free(s);
+                return -ENOMEM;
+        }
+        w[d->n_warnings++] = s;
+        w[d->n_warnings] = NULL;
+        d->warnings = w;
+        return 0;
+}
+
+const char *const *vdisk_disk_warnings(vdisk_disk *d) {
+        return d ? (const char *const *) d->warnings : NULL;
+}
+
+/* Checks that `child` may sit on top of `parent`. */
+static int check_linkage(vdisk_disk *d, vdisk_image *parent, vdisk_image *child) {
+        meta pm, cm;
+        char a[37], b[37];
+        int r;
+
+        r = image_get_meta(parent, &pm);
+        if (r < 0)
+                return r;
+        r = image_get_meta(child, &cm);
+        if (r < 0)
+                return r;
+        if (!(cm.mask & META_PARENT_UUID) && !(cm.mask & META_PARENT_NAME))
+                return vdisk_error(-EINVAL, "%s: %s images cannot be differencing images",
+                                   vdisk_io_name(child->io), child->be->info.name);
+        if ((cm.mask & META_PARENT_UUID) && (pm.mask & META_UUID)) {
+                if (vdisk_uuid_is_null(cm.parent_uuid))
+                        return vdisk_error(-EINVAL, "%s: not a differencing image (no parent UUID)",
+                                           vdisk_io_name(child->io));
+                if (memcmp(cm.parent_uuid, pm.uuid, 16) != 0) {
+                        vdisk_uuid_format(cm.parent_uuid, a);
+                        vdisk_uuid_format(pm.uuid, b);
+                        return vdisk_error(-ESTALE, "%s: parent UUID {%s} does not match '%s' {%s}",
+                                           vdisk_io_name(child->io), a, vdisk_io_name(parent->io), b);
+                }
+                if ((cm.mask & META_PARENT_MOD_UUID) && (pm.mask & META_MODIFICATION_UUID) &&
+                    !vdisk_uuid_is_null(cm.parent_modification_uuid) &&
+                    memcmp(cm.parent_modification_uuid, pm.modification_uuid, 16) != 0)
+                        (void) disk_add_warning(d, "%s: parent '%s' was modified after this image was created "
+                                                "(modification UUID differs)",
+                                                vdisk_io_name(child->io), vdisk_io_name(parent->io));
+        }
+        return 0;
+}
+
+int disk_push(vdisk_disk *d, vdisk_image *img, int skip_checks) {
+        int r;
+
+        if (d->n >= VDISK_CHAIN_MAX)
+                return vdisk_error(-ELOOP, "%s: chain deeper than %d images", vdisk_io_name(img->io),
+                                   VDISK_CHAIN_MAX);
+        if (d->n > 0 && !skip_checks) {
+                r = check_linkage(d, d->images[d->n - 1], img);
+                if (r < 0)
+                        return r;
+        }
+        img->disk = d;
+        img->index = d->n;
+        d->images[d->n++] = img;
+        return 0;
+}
+
+void disk_remove_range(vdisk_disk *d, unsigned lo, unsigned hi) {
+        unsigned k = hi - lo + 1;
+
+        assert(lo <= hi && hi < d->n);
+        for (unsigned i = lo; i <= hi; i++)
+                image_free(d->images[i]);
+        memmove(&d->images[lo], &d->images[hi + 1], (d->n - hi - 1) * sizeof(d->images[0]));
+        d->n -= k;
+        for (unsigned i = 0; i < d->n; i++)
+                d->images[i]->index = i;
+}
+
+static int pick_backend(vdisk_io *io, const char *format, uint32_t flags, const vdisk_backend **ret) {
+        int writable = !(flags & VDISK_OPEN_READONLY) && !vdisk_io_readonly(io);
+
+        if (format) {
+                *ret = backend_lookup(format);
+                if (!*ret)
+                        return vdisk_error(-EMEDIUMTYPE, "Unknown file format '%s'", format);
+                return 0;
+        }
+        return probe_backend(io, vdisk_io_name(io), !writable && (flags & VDISK_OPEN_ALLOW_PROBE_RAW), ret, NULL);
+}
+
+int vdisk_disk_open(vdisk_disk *d, vdisk_io *io, const char *format, uint32_t open_flags) {
+        _cleanup_(disk_unlockp) vdisk_disk *l = NULL;
+        const vdisk_backend *be;
+        vdisk_image *img;
+        int r;
+
+        if (!d || !io)
+                return vdisk_error(-EINVAL, "invalid arguments");
+        l = disk_lock(d);
+        r = pick_backend(io, format, open_flags, &be);
+        if (r < 0)
+                return r;
+        r = image_open(be, io, !(open_flags & VDISK_OPEN_READONLY), !!(open_flags & VDISK_OPEN_INFO), &img);
+        if (r < 0)
+                return r;
+        r = disk_push(d, img, !!(open_flags & VDISK_OPEN_SKIP_CHECKS));
+        if (r < 0) {
+                img->writable = 0;
+                image_free(img);
+                return r;
+        }
+        return 0;
+}
+
+int vdisk_disk_open_chain(vdisk_disk *d, vdisk_resolver *res, vdisk_io *top, const char *format,
+                          uint32_t open_flags) {
+        _cleanup_(disk_unlockp) vdisk_disk *l = NULL;
+        vdisk_image *chain[VDISK_CHAIN_MAX] = {};
+        uint8_t seen[VDISK_CHAIN_MAX][16];
+        unsigned n = 0, n_seen = 0;
+        int writable = !(open_flags & VDISK_OPEN_READONLY);
+        const vdisk_backend *be;
+        vdisk_io *io;
+        int r;
+
+        if (!d || !res || !top)
+                return vdisk_error(-EINVAL, "invalid arguments");
+        l = disk_lock(d);
+        if (d->n > 0)
+                return vdisk_error(-EBUSY, "open_chain needs an empty container");
+        r = pick_backend(top, format, open_flags, &be);
+        if (r < 0)
+                return r;
+
+        io = vdisk_io_ref(top);
+        for (;;) {
+                vdisk_io *parent_io = NULL;
+                meta m;
+
+                r = image_open(be, io, writable, !!(open_flags & VDISK_OPEN_INFO), &chain[n]);
+                vdisk_io_unref(io);
+                if (r < 0)
+                        goto fail;
+                n++;
+                r = image_get_meta(chain[n - 1], &m);
+                if (r < 0)
+                        goto fail;
+                if (m.mask & META_UUID) {
+                        for (unsigned i = 0; i < n_seen; i++)
+                                if (memcmp(seen[i], m.uuid, 16) == 0) {
+                                        r = vdisk_error(-ELOOP, "%s: parent loop (UUID seen twice in the chain)",
+                                                        vdisk_io_name(chain[n - 1]->io));
+                                        goto fail;
+                                }
+                        memcpy(seen[n_seen++], m.uuid, 16);
+                }
+                if ((m.mask & META_PARENT_NAME) && m.parent_name && m.parent_name[0]) {
+                        if (m.parent_format) {
+                                be = backend_lookup(m.parent_format);
+                                if (!be) {
+                                        r = vdisk_error(-EMEDIUMTYPE, "%s: unknown parent format '%s'",
+                                                        vdisk_io_name(chain[n - 1]->io), m.parent_format);
+                                        goto fail;
+                                }
+                        }
+                        if (n >= VDISK_CHAIN_MAX) {
+                                r = vdisk_error(-ELOOP, "%s: chain deeper than %d images",
+                                                vdisk_io_name(top), VDISK_CHAIN_MAX);
+                                goto fail;
+                        }
+                        r = resolver_open_name(res, m.parent_name, vdisk_io_name(chain[n - 1]->io), writable,
+                                               &parent_io);
+                } else if ((m.mask & META_PARENT_UUID) && !vdisk_uuid_is_null(m.parent_uuid)) {
+                        if (n >= VDISK_CHAIN_MAX) {
+                                r = vdisk_error(-ELOOP, "%s: chain deeper than %d images",
+                                                vdisk_io_name(top), VDISK_CHAIN_MAX);
+                                goto fail;
+                        }
+                        be = chain[n - 1]->be;
+                        r = resolver_find_uuid(res, m.parent_uuid, be->info.name, vdisk_io_name(chain[n - 1]->io),
+                                               writable, &parent_io);
+                } else
+                        break;
+                if (r < 0)
+                        goto fail;
+                io = parent_io;
+        }
+
+        for (unsigned i = n; i > 0; i--) {
+                r = disk_push(d, chain[i - 1], !!(open_flags & VDISK_OPEN_SKIP_CHECKS));
+                if (r < 0)
+                        goto fail_pushed;
+                chain[i - 1] = NULL;
+        }
+        return 0;
+
+fail_pushed:
+        while (d->n > 0) {
+                d->n--;
+                d->images[d->n]->writable = 0;
+                d->images[d->n] = image_free(d->images[d->n]);
+        }
+fail:
+        for (unsigned i = 0; i < n; i++)
+                if (chain[i]) {
+                        chain[i]->writable = 0;
+                        image_free(chain[i]);
+                }
+        return r;
+}
+
+static int create_params_from(const vdisk_create_opts *o, uint64_t size, create_params *p) {
+        *p = (create_params) { .size = size };
+        if (o) {
+                if (o->size < offsetof(vdisk_create_opts, options) + sizeof(o->options))
+                        return vdisk_error(-EINVAL, "vdisk_create_opts.size not set");
+                p->image_flags = o->image_flags & ~VDISK_IMAGE_FLAGS_DIFF;
+                p->block_size = o->block_size;
+                p->comment = o->comment;
+                p->pchs = o->pchs;
+                p->lchs = o->lchs;
+                p->options = o->options;
+                if (o->uuid)
+                        memcpy(p->uuid, o->uuid, 16);
+                if (o->block_size && (o->block_size < 512 || !IS_POWER_OF_2(o->block_size)))
+                        return vdisk_error(-EINVAL, "block size %u is not a power of two of at least 512",
+                                           o->block_size);
+                if (o->comment && strlen(o->comment) > 255)
+                        return vdisk_error(-EINVAL, "comment longer than 255 bytes");
+        }
+        if (vdisk_uuid_is_null(p->uuid))
+                vdisk_uuid_generate(p->uuid);
+        return 0;
+}
+
+int disk_create_base(vdisk_disk *d, vdisk_io *io, const char *format, uint64_t size,
+                     const vdisk_create_opts *opts) {
+        const vdisk_backend *be;
+        vdisk_image *img;
+        create_params p;
+        int r;
+
+        if (d->n > 0)
+                return vdisk_error(-EBUSY, "the container already holds a base image");
+        be = backend_lookup(format);
+        if (!be)
+                return vdisk_error(-EMEDIUMTYPE, "Unknown file format '%s'", format);
+        if (size == 0 || size > ((uint64_t) 1 << 62))
+                return vdisk_error(-EINVAL, "invalid image size %" PRIu64, size);
+        r = create_params_from(opts, size, &p);
+        if (r < 0)
+                return r;
+        r = image_create(be, io, &p, &img);
+        if (r < 0)
+                return r;
+        img->modified = 1;
+        return disk_push(d, img, 1);
+}
+
+int disk_create_diff(vdisk_disk *d, vdisk_io *io, const char *format, const vdisk_create_opts *opts) {
+        const vdisk_backend *be;
+        vdisk_image *img, *parent;
+        create_params p;
+        meta pm;
+        int r;
+
+        if (d->n == 0)
+                return vdisk_error(-EINVAL, "a differencing image needs a parent in the container");
+        if (d->n >= VDISK_CHAIN_MAX)
+                return vdisk_error(-ELOOP, "chain deeper than %d images", VDISK_CHAIN_MAX);
+        be = backend_lookup(format);
+        if (!be)
+                return vdisk_error(-EMEDIUMTYPE, "Unknown file format '%s'", format);
+        if (!(be->info.caps & VDISK_CAP_DIFF))
+                return vdisk_error(-EOPNOTSUPP, "%s images cannot be differencing images", be->info.name);
+        parent = d->images[d->n - 1];
+        r = image_get_meta(parent, &pm);
+        if (r < 0)
+                return r;
+        if (!(pm.mask & META_UUID))
+                return vdisk_error(-EOPNOTSUPP, "%s: a %s image has no UUID a child could name",
+                                   vdisk_io_name(parent->io), parent->be->info.name);
+        /* The parent must be durable before a child points at it. */
+        r = image_flush(parent);
+        if (r < 0)
+                return r;
+        r = create_params_from(opts, parent->size, &p);
+        if (r < 0)
+                return r;
+        p.image_flags |= VDISK_IMAGE_FLAGS_DIFF;
+        p.image_flags &= ~VDISK_IMAGE_FLAGS_FIXED;
+        memcpy(p.parent_uuid, pm.uuid, 16);
+        if (pm.mask & META_MODIFICATION_UUID)
+                memcpy(p.parent_modification_uuid, pm.modification_uuid, 16);
+        r = image_create(be, io, &p, &img);
+        if (r < 0)
+                return r;
+        img->modified = 1;
+        return disk_push(d, img, 1);
+}
+
+int vdisk_disk_create_base(vdisk_disk *d, vdisk_io *io, const char *format, uint64_t size,
+                           const vdisk_create_opts *opts) {
+        _cleanup_(disk_unlockp) vdisk_disk *l = NULL;
+
+        if (!d || !io || !format)
+                return vdisk_error(-EINVAL, "invalid arguments");
+        l = disk_lock(d);
+        return disk_create_base(d, io, format, size, opts);
+}
+
+int vdisk_disk_create_diff(vdisk_disk *d, vdisk_io *io, const char *format, const vdisk_create_opts *opts) {
+        _cleanup_(disk_unlockp) vdisk_disk *l = NULL;
+
+        if (!d || !io || !format)
+                return vdisk_error(-EINVAL, "invalid arguments");
+        l = disk_lock(d);
+        return disk_create_diff(d, io, format, opts);
+}
+
+int vdisk_disk_close_top(vdisk_disk *d) {
+        _cleanup_(disk_unlockp) vdisk_disk *l = NULL;
+        vdisk_image *img;
+        int r;
+
+        if (!d)
+                return vdisk_error(-EINVAL, "invalid arguments");
+        l = disk_lock(d);
+        if (d->n == 0)
+                return vdisk_error(-ENOENT, "the container is empty");
+        img = d->images[d->n - 1];
+        r = image_flush(img);
+        img->writable = 0;
+        d->n--;
+        d->images[d->n] = image_free(img);
+        return r;
+}
+
+unsigned vdisk_disk_count(vdisk_disk *d) {
+        return d ? d->n : 0;
+}
+
+vdisk_image *vdisk_disk_image(vdisk_disk *d, unsigned index) {
+        return d && index < d->n ? d->images[index] : NULL;
+}
+
+uint64_t vdisk_disk_size(vdisk_disk *d) {
+        return d && d->n > 0 ? d->images[d->n - 1]->size : 0;
+}
+
+int vdisk_disk_readonly(vdisk_disk *d) {
+        return !d || d->n == 0 || !d->images[d->n - 1]->writable || d->images[d->n - 1]->info_only;
+}

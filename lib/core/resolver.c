@@ -1,0 +1,273 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/*
+ * File resolvers: how a chain finds the parents its images name.
+ *
+ * The path resolver (vdisk-img) follows a parent's recorded file name relative
+ * to the child's directory, like qemu-img. For formats that link by UUID only
+ * (VDI), it scans the child's directory and the directories the user named for
+ * regular files with the format's extensions, opened with O_NOFOLLOW, and
+ * matches their UUIDs. Two different files with the wanted UUID are an error:
+ * guessing could merge into the wrong parent.
+ *
+ * Lives in core (not io) because matching a UUID means opening an image.
+ */
+#include <dirent.h>
+#include <fcntl.h>
+#include <libgen.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/stat.h>
+
+#include "core/core.h"
+
+struct vdisk_resolver {
+        vdisk_resolver_ops ops;
+        void *user;
+};
+
+typedef struct path_resolver {
+        char **dirs;   /* NULL-terminated */
+} path_resolver;
+
+static char *dir_of(const char *path) {
+        _cleanup_free_ char *copy = strdup(path);
+
+        if (!copy)
+                return NULL;
+        return strdup(dirname(copy));
+}
+
+static int path_open_name(void *user, const char *name, const char *child_name, int writable, vdisk_io **ret) {
+        _cleanup_free_ char *dir = NULL, *full = NULL;
+
+        if (!name || !name[0])
+                return vdisk_error(-EINVAL, "empty parent file name");
+        if (name[0] == '/')
+                return vdisk_io_open_path(name, writable ? VDISK_PATH_WRITE : 0, ret);
+        dir = dir_of(child_name);
+        if (!dir)
+                return vdisk_error(-ENOMEM, "out of memory");
+        full = strdup_printf("%s/%s", dir, name);
+        if (!full)
+                return vdisk_error(-ENOMEM, "out of memory");
+        return vdisk_io_open_path(full, writable ? VDISK_PATH_WRITE : 0, ret);
+}
+
+static bool has_extension(const char *name, const char *const *exts) {
+        const char *dot = strrchr(name, '.');
+
+        if (!dot || !exts)
+                return false;
+        for (; *exts; exts++)
+                if (strcasecmp(dot + 1, *exts) == 0)
+                        return true;
+        return false;
+}
+
+/* Opens `dir/name` if it is a regular file (no symlinks) and reads its UUID. */
+static int candidate_uuid(int dfd, const char *dir, const char *name, const vdisk_backend *be, int writable,
+                          uint8_t ret_uuid[16], struct stat *ret_st, vdisk_io **ret_io) {
+        _cleanup_(io_unrefp) vdisk_io *io = NULL;
+        _cleanup_free_ char *full = NULL;
+        _cleanup_close_ int fd = -1;
+        vdisk_image *img = NULL;
+        struct stat st;
+        meta m = {};
+        int r;
+
+        fd = openat(dfd, name, (writable ? O_RDWR : O_RDONLY) | O_CLOEXEC | O_NOFOLLOW | O_NOCTTY | O_NONBLOCK);
+        if (fd < 0 && writable && errno == EACCES)
+                fd = openat(dfd, name, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NOCTTY | O_NONBLOCK);
+        if (fd < 0)
+                return -errno;
+        if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode))
+                return -EBADF;
+        /* O_NONBLOCK only guarded the open against FIFOs; clear it. */
+        (void) fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK);
+        full = strcmp(dir, ".") == 0 ? strdup(name) : strdup_printf("%s/%s", dir, name);
+        if (!full)
+                return -ENOMEM;
+        r = vdisk_io_new_fd(fd, full, VDISK_IO_OWN_FD, &io);
+        if (r < 0)
+                return r;
+        TAKE_FD(fd);
+        r = image_open(be, io, 0, 1, &img);
+        if (r < 0)
+                return r;
+        r = image_get_meta(img, &m);
+        image_free(img);
+        if (r < 0)
+                return r;
+        if (!(m.mask & META_UUID))
+                return -EOPNOTSUPP;
+        memcpy(ret_uuid, m.uuid, 16);
+        *ret_st = st;
+        *ret_io = TAKE_PTR(io);
+        return 0;
+}
+
+static int path_find_uuid(void *user, const uint8_t uuid[16], const char *format, const char *child_name,
+                          int writable, vdisk_io **ret) {
+        path_resolver *pr = user;
+        _cleanup_(io_unrefp) vdisk_io *found = NULL;
+        _cleanup_free_ char *child_dir = NULL;
+        const vdisk_backend *be;
+        struct stat found_st = {}, child_st = {};
+        char uuid_text[37];
+        bool have_child;
+
+        be = backend_lookup(format);
+        if (!be)
+                return vdisk_error(-EMEDIUMTYPE, "unknown parent format '%s'", format);
+        child_dir = dir_of(child_name);
+        if (!child_dir)
+                return vdisk_error(-ENOMEM, "out of memory");
+        have_child = stat(child_name, &child_st) == 0;
+
+        for (size_t i = 0;; i++) {
+                const char *dir = i == 0 ? child_dir : pr->dirs ? pr->dirs[i - 1] : NULL;
+                _cleanup_close_ int dfd = -1;
+                DIR *d;
+                struct dirent *de;
+
+                if (!dir)
+                        break;
+                dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+                if (dfd < 0)
+                        continue;
+                d = fdopendir(dup(dfd));
+                if (!d)
+                        continue;
+                while ((de = readdir(d))) {
+                        _cleanup_(io_unrefp) vdisk_io *io = NULL;
+                        uint8_t u[16];
+                        struct stat st = {};
+
+                        if (de->d_type != DT_REG && de->d_type != DT_UNKNOWN)
+                                continue;
+                        if (!has_extension(de->d_name, be->info.extensions))
+                                continue;
+                        if (candidate_uuid(dfd, dir, de->d_name, be, writable, u, &st, &io) < 0)
+                                continue;
+                        if (memcmp(u, uuid, 16) != 0)
+                                continue;
+                        if (have_child && st.st_dev == child_st.st_dev && st.st_ino == child_st.st_ino)
+                                continue;
+                        if (found) {
+                                if (st.st_dev == found_st.st_dev && st.st_ino == found_st.st_ino)
+                                        continue;   /* the same file through another directory */
+                                vdisk_uuid_format(uuid, uuid_text);
+                                closedir(d);
+                                return vdisk_error(-ENOTUNIQ, "two images have UUID {%s}: '%s' and '%s'",
+                                                   uuid_text, vdisk_io_name(found), vdisk_io_name(io));
+                        }
+                        found = TAKE_PTR(io);
+                        found_st = st;
+                }
+                closedir(d);
+        }
+        if (!found) {
+                vdisk_uuid_format(uuid, uuid_text);
+                return vdisk_error(-ENOENT, "parent image with UUID {%s} of '%s' not found (searched %s%s)",
+                                   uuid_text, child_name, child_dir,
+                                   pr->dirs && pr->dirs[0] ? " and the --parent-dir directories" : "");
+        }
+        *ret = TAKE_PTR(found);
+        return 0;
+}
+
+static void path_free(void *user) {
+        path_resolver *pr = user;
+
+        vdisk_strv_free(pr->dirs);
+        free(pr);
+}
+
+static const vdisk_resolver_ops path_ops = {
+        .size = sizeof(vdisk_resolver_ops),
+        .open_name = path_open_name,
+        .find_uuid = path_find_uuid,
+        .free = path_free,
+};
+
+int vdisk_resolver_new_path(const char *const *extra_dirs, vdisk_resolver **ret) {
+        path_resolver *pr;
+        size_t n = 0;
+        int r;
+
+        if (!ret)
+                return vdisk_error(-EINVAL, "invalid arguments");
+        pr = calloc(1, sizeof *pr);
+        if (!pr)
+                return vdisk_error(-ENOMEM, "out of memory");
+        while (extra_dirs && extra_dirs[n])
+                n++;
+        pr->dirs = calloc(n + 1, sizeof(char *));
+        if (!pr->dirs) {
+                free(pr);
+                return vdisk_error(-ENOMEM, "out of memory");
+        }
+        for (size_t i = 0; i < n; i++)
+                if (!(pr->dirs[i] = strdup(extra_dirs[i]))) {
+                        path_free(pr);
+                        return vdisk_error(-ENOMEM, "out of memory");
+                }
+        r = vdisk_resolver_new_ops(&path_ops, pr, ret);
+        if (r < 0)
+                path_free(pr);
+        return r;
+}
+
+int vdisk_resolver_new_ops(const vdisk_resolver_ops *ops, void *user, vdisk_resolver **ret) {
+        vdisk_resolver *r;
+
+        if (!ops || !ret || ops->size < offsetof(vdisk_resolver_ops, free))
+                return vdisk_error(-EINVAL, "invalid resolver ops");
+        r = calloc(1, sizeof *r);
+        if (!r)
+                return vdisk_error(-ENOMEM, "out of memory");
+        memcpy(&r->ops, ops, MIN(ops->size, sizeof r->ops));
+        r->user = user;
+        *ret = r;
+        return 0;
+}
+
+vdisk_resolver *vdisk_resolver_free(vdisk_resolver *r) {
+        if (!r)
+                return NULL;
+        if (r->ops.size >= sizeof(vdisk_resolver_ops) && r->ops.free)
+                r->ops.free(r->user);
+        free(r);
+        return NULL;
+}
+
+int resolver_open_name(vdisk_resolver *r, const char *name, const char *child, int writable, vdisk_io **ret) {
+        int k;
+
+        if (!r->ops.open_name)
+                return vdisk_error(-ENOENT, "no way to open parent '%s'", name);
+        vdisk_clear_error();
+        k = r->ops.open_name(r->user, name, child, writable, ret);
+        if (k < 0 && !vdisk_last_error()[0])
+                return vdisk_error(k, "%s: cannot open parent '%s': %s", child, name, strerror(-k));
+        return k;
+}
+
+int resolver_find_uuid(vdisk_resolver *r, const uint8_t uuid[16], const char *format, const char *child,
+                       int writable, vdisk_io **ret) {
+        char t[37];
+        int k;
+
+        if (!r->ops.find_uuid) {
+                vdisk_uuid_format(uuid, t);
+                return vdisk_error(-ENOENT, "parent with UUID {%s} not supplied", t);
+        }
+        vdisk_clear_error();
+        k = r->ops.find_uuid(r->user, uuid, format, child, writable, ret);
+        if (k < 0 && !vdisk_last_error()[0]) {
+                vdisk_uuid_format(uuid, t);
+                return vdisk_error(k, "%s: parent with UUID {%s} not found: %s", child, t, strerror(-k));
+        }
+        return k;
+}

@@ -1,0 +1,451 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/*
+ * libvdisk — virtual disk image containers (a base image plus a chain of
+ * differencing images), every format backend and the long operations on them.
+ *
+ * Conventions (the whole API follows them):
+ *   - Every function that can fail returns a negative errno-style code (0 or a
+ *     non-negative value on success) and records a human message that names the
+ *     file and the cause; vdisk_last_error() returns it (thread-local).
+ *   - ret_ parameters come last and are written only on success.
+ *   - unref/free functions accept NULL and return NULL.
+ *   - Offsets and sizes are uint64_t bytes; booleans are int.
+ *   - Option structs start with a `size` member (set it to sizeof the struct);
+ *     they only ever grow by appending, so old callers keep working.
+ *   - Thread safety: one vdisk_disk may be used from one thread at a time for
+ *     mutating calls (the library serializes calls on the same disk with a
+ *     per-disk lock); different disks may be used on different threads at once.
+ *     A vdisk_progress may be read and cancelled from any thread while an
+ *     operation runs on another.
+ *
+ * Codes used with a fixed meaning:
+ *   -EMEDIUMTYPE not this format / unknown format      -EOPNOTSUPP unsupported feature
+ *   -EUCLEAN     corrupt metadata                      -EFBIG      too large
+ *   -ELOOP       parent loop / chain too deep          -ENOENT     parent not found
+ *   -EROFS       write to a read-only image            -EBUSY      busy
+ *   -ECANCELED   cancelled                             -E2BIG      a limit was reached
+ *   -ENOTUNIQ    two candidate parents with one UUID   -ESTALE     parent UUID mismatch
+ */
+#ifndef VDISK_VDISK_H
+#define VDISK_VDISK_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define VDISK_SECTOR_SIZE 512u
+
+/* ---------------------------------------------------------------- errors */
+
+/* The detail message of the last failure on this thread ("" if none). */
+const char *vdisk_last_error(void);
+/* Clears the detail message of this thread. */
+void vdisk_clear_error(void);
+/* Library version string, e.g. "0.1.0". */
+const char *vdisk_version(void);
+
+/* ---------------------------------------------------------------- I/O */
+
+typedef struct vdisk_io vdisk_io;
+
+/* Caller-supplied I/O. Every callback returns 0 or a negative errno. pread and
+ * pwrite transfer the whole range or fail (a read past the end of the file is
+ * -EIO unless the callback zero-fills). */
+typedef struct vdisk_io_ops {
+        size_t size;
+        int (*pread)(void *user, void *buf, size_t len, uint64_t offset);
+        int (*pwrite)(void *user, const void *buf, size_t len, uint64_t offset);
+        int (*flush)(void *user);
+        int (*get_size)(void *user, uint64_t *ret_size);
+        int (*truncate)(void *user, uint64_t size);                 /* optional */
+        int (*punch_hole)(void *user, uint64_t offset, uint64_t len); /* optional */
+        void (*close)(void *user);                                  /* optional */
+} vdisk_io_ops;
+
+enum {
+        VDISK_IO_READONLY = 1u << 0, /* refuse writes with -EROFS */
+        VDISK_IO_OWN_FD   = 1u << 1, /* vdisk_io_new_fd: close the fd with the io */
+};
+
+/* Flags of vdisk_io_open_path(). */
+enum {
+        VDISK_PATH_READ   = 0,
+        VDISK_PATH_WRITE  = 1u << 0, /* open read-write */
+        VDISK_PATH_CREATE = 1u << 1, /* create; fails with -EEXIST if it exists */
+        VDISK_PATH_TRUNC  = 1u << 2, /* with CREATE: replace an existing regular file */
+};
+
+/* An io over a file descriptor (must be a regular file or block device). The
+ * fd is duplicated unless VDISK_IO_OWN_FD is given; `name` (may be NULL) is
+ * used in error messages. */
+int vdisk_io_new_fd(int fd, const char *name, uint32_t flags, vdisk_io **ret);
+/* Opens a path (O_CLOEXEC; refuses anything but a regular file or block device). */
+int vdisk_io_open_path(const char *path, uint32_t path_flags, vdisk_io **ret);
+/* An io over a growable memory buffer; `data` (may be NULL) is copied. */
+int vdisk_io_new_memory(const void *data, size_t len, const char *name, uint32_t flags, vdisk_io **ret);
+/* Borrows the memory io's buffer (valid until the next write or unref). */
+int vdisk_io_memory_data(vdisk_io *io, const void **ret_data, size_t *ret_len);
+int vdisk_io_new_ops(const vdisk_io_ops *ops, void *user, const char *name, uint32_t flags, vdisk_io **ret);
+
+vdisk_io *vdisk_io_ref(vdisk_io *io);
+vdisk_io *vdisk_io_unref(vdisk_io *io);
+const char *vdisk_io_name(const vdisk_io *io);
+int vdisk_io_readonly(const vdisk_io *io);
+int vdisk_io_pread(vdisk_io *io, void *buf, size_t len, uint64_t offset);
+int vdisk_io_pwrite(vdisk_io *io, const void *buf, size_t len, uint64_t offset);
+int vdisk_io_flush(vdisk_io *io);
+int vdisk_io_get_size(vdisk_io *io, uint64_t *ret_size);
+int vdisk_io_truncate(vdisk_io *io, uint64_t size);
+
+/* Fault injection (tests). A fault io wraps another io and counts its writes
+ * (pwrite, truncate and punch_hole each count as one write). */
+typedef enum vdisk_fault_kind {
+        VDISK_FAULT_NONE,
+        VDISK_FAULT_EIO,        /* the Nth and every later write/read fails with -EIO */
+        VDISK_FAULT_ENOSPC,     /* the Nth and later writes that grow the file fail with -ENOSPC */
+        VDISK_FAULT_SHORT,      /* the Nth write stores only its first half, then fails -EIO */
+        VDISK_FAULT_POWER_CUT,  /* after N writes every call fails with -EIO; see crash image */
+} vdisk_fault_kind;
+
+typedef struct vdisk_fault {
+        size_t size;
+        vdisk_fault_kind kind;
+        uint64_t after;          /* 0-based index of the first failing write */
+        int fail_reads;          /* VDISK_FAULT_EIO: reads fail too */
+        int fail_flush;          /* VDISK_FAULT_EIO: flushes fail too */
+} vdisk_fault;
+
+/* The inner io must be a memory io for POWER_CUT. */
+int vdisk_io_new_fault(vdisk_io *inner, const vdisk_fault *fault, vdisk_io **ret);
+/* Number of writes seen so far (pwrite, truncate, punch_hole; flushes are not counted). */
+uint64_t vdisk_io_fault_writes(vdisk_io *io);
+/* Whether the fault has fired. */
+int vdisk_io_fault_fired(vdisk_io *io);
+/* After a POWER_CUT: a new memory io holding what a disk could hold after the
+ * cut: everything flushed, plus a random subset (chosen by `seed`) of the
+ * writes since the last flush, each of which may be torn at a 512-byte
+ * boundary. `seed` 0 drops every unflushed write. */
+int vdisk_io_fault_crash_image(vdisk_io *io, uint64_t seed, vdisk_io **ret);
+
+/* ---------------------------------------------------------------- progress */
+
+typedef struct vdisk_progress vdisk_progress;
+/* Called from the operation's thread at most every 1/256 of the work and at the
+ * end; may call vdisk_progress_cancel(). */
+typedef void (*vdisk_progress_fn)(vdisk_progress *p, void *user);
+
+int vdisk_progress_new(vdisk_progress_fn fn, void *user, vdisk_progress **ret);
+vdisk_progress *vdisk_progress_free(vdisk_progress *p);
+uint64_t vdisk_progress_done(const vdisk_progress *p);   /* bytes, monotonic */
+uint64_t vdisk_progress_total(const vdisk_progress *p);  /* bytes, 0 = not known yet */
+void vdisk_progress_cancel(vdisk_progress *p);           /* any thread */
+int vdisk_progress_cancelled(const vdisk_progress *p);
+
+/* ---------------------------------------------------------------- backends */
+
+/* Capabilities (VD_CAP_* bit values). */
+enum {
+        VDISK_CAP_UUID           = 1u << 0,
+        VDISK_CAP_CREATE_FIXED   = 1u << 1,
+        VDISK_CAP_CREATE_DYNAMIC = 1u << 2,
+        VDISK_CAP_CREATE_SPLIT_2G = 1u << 3,
+        VDISK_CAP_DIFF           = 1u << 4,
+        VDISK_CAP_FILE           = 1u << 6,
+        VDISK_CAP_DISCARD        = 1u << 10,
+        VDISK_CAP_PREFERRED      = 1u << 11,
+        /* vdisk's own, above VD's range */
+        VDISK_CAP_COMPACT        = 1u << 16,
+        VDISK_CAP_RESIZE         = 1u << 17,
+        VDISK_CAP_CHECK          = 1u << 18,
+        VDISK_CAP_REPAIR         = 1u << 19,
+};
+
+/* Media types. */
+enum {
+        VDISK_MEDIA_HDD     = 1u << 0,
+        VDISK_MEDIA_OPTICAL = 1u << 1,
+        VDISK_MEDIA_FLOPPY  = 1u << 2,
+};
+
+/* Image flags (VD_IMAGE_FLAGS_* values). */
+enum {
+        VDISK_IMAGE_FLAGS_NONE        = 0,
+        VDISK_IMAGE_FLAGS_ZERO_EXPAND = 0x100,   /* VDI: stored as header fFlags bit 0 */
+        VDISK_IMAGE_FLAGS_FIXED       = 0x10000,
+        VDISK_IMAGE_FLAGS_DIFF        = 0x20000,
+};
+
+typedef struct vdisk_backend_info {
+        const char *name;                   /* VirtualBox's name: "RAW", "VDI", ... */
+        const char *qemu_name;              /* qemu-img's name: "raw", "vdi", ... */
+        uint32_t caps;                      /* VDISK_CAP_* */
+        uint32_t media;                     /* VDISK_MEDIA_* */
+        const char *const *extensions;      /* NULL-terminated, without dots */
+        const char *const *create_options;  /* NULL-terminated "-o" keys it takes */
+} vdisk_backend_info;
+
+/* Number of backends, and each one's description (index from 0). */
+size_t vdisk_backend_count(void);
+const vdisk_backend_info *vdisk_backend_get(size_t index);
+/* Finds a backend by qemu's or VirtualBox's name, any case; NULL if unknown. */
+const vdisk_backend_info *vdisk_backend_find(const char *name);
+
+/* Probes the image on io. Returns the backend or -EMEDIUMTYPE. `name` (may be
+ * NULL) lets extension-only probes (floppy) decide. Raw is reported only when
+ * allow_raw is set, and then *ret_guessed_raw tells that nothing matched. */
+int vdisk_probe(vdisk_io *io, const char *name, int allow_raw,
+                const vdisk_backend_info **ret, int *ret_guessed_raw);
+
+/* ---------------------------------------------------------------- containers */
+
+typedef struct vdisk_disk vdisk_disk;
+typedef struct vdisk_image vdisk_image;
+
+/* Open flags (VD_OPEN_FLAGS_* bit positions). */
+enum {
+        VDISK_OPEN_READONLY    = 1u << 0,
+        VDISK_OPEN_INFO        = 1u << 3,  /* metadata only; reads and writes fail */
+        VDISK_OPEN_SKIP_CHECKS = 1u << 10, /* do not check parent UUID linkage */
+        VDISK_OPEN_ALLOW_PROBE_RAW = 1u << 16, /* format==NULL may pick raw (read-only opens only) */
+};
+
+/* The maximum number of images in one chain. */
+#define VDISK_CHAIN_MAX 64
+
+int vdisk_disk_new(vdisk_disk **ret);
+/* Closes every image (flushing each) and frees the container. */
+vdisk_disk *vdisk_disk_unref(vdisk_disk *d);
+
+/* VDOpen: puts one more image on top of the chain. format NULL probes (raw is
+ * never probed for a writable open). The new image must be a differencing image
+ * whose parent UUID is the current top's UUID (unless SKIP_CHECKS or the format
+ * has no UUIDs); the previous top becomes read-only. A parent-modification-UUID
+ * mismatch is accepted: vdisk_disk_open_warnings() reports it.
+ * Takes a reference on io on success. */
+int vdisk_disk_open(vdisk_disk *d, vdisk_io *io, const char *format, uint32_t open_flags);
+
+/* Locating parents for vdisk_disk_open_chain(). */
+typedef struct vdisk_resolver vdisk_resolver;
+typedef struct vdisk_resolver_ops {
+        size_t size;
+        /* Opens the file a child image names (qcow2 backing file, VHD locator ...),
+         * relative to the child `child_name`. */
+        int (*open_name)(void *user, const char *name, const char *child_name, int writable,
+                         vdisk_io **ret_io);
+        /* Finds the image whose UUID is `uuid` among the candidates for a child
+         * named `child_name` of format `format` (VDI diffs name no file). Returns
+         * -ENOENT when none matches and -ENOTUNIQ when two do. */
+        int (*find_uuid)(void *user, const uint8_t uuid[16], const char *format,
+                         const char *child_name, int writable, vdisk_io **ret_io);
+        void (*free)(void *user);
+} vdisk_resolver_ops;
+
+/* A resolver for local paths, used by vdisk-img: names relative to the child's
+ * directory; UUID search among the regular files with the format's extensions in
+ * the child's directory and in `extra_dirs` (NULL-terminated, may be NULL). It
+ * never follows symlinks and opens nothing but regular files. */
+int vdisk_resolver_new_path(const char *const *extra_dirs, vdisk_resolver **ret);
+int vdisk_resolver_new_ops(const vdisk_resolver_ops *ops, void *user, vdisk_resolver **ret);
+vdisk_resolver *vdisk_resolver_free(vdisk_resolver *r);
+
+/* Opens `top` and, through the resolver, every parent below it; pushes them
+ * base first. Only the top is writable (unless READONLY). The recorded parent
+ * format is used, never a probe. Bounded by VDISK_CHAIN_MAX, loops are -ELOOP. */
+int vdisk_disk_open_chain(vdisk_disk *d, vdisk_resolver *r, vdisk_io *top, const char *format,
+                          uint32_t open_flags);
+
+/* Warnings collected by opens (NULL-terminated, owned by the disk). */
+const char *const *vdisk_disk_warnings(vdisk_disk *d);
+
+typedef struct vdisk_geometry {
+        uint32_t cylinders, heads, sectors;
+} vdisk_geometry;
+
+/* Options for creating an image. Unset fields (0/NULL) mean the format's default. */
+typedef struct vdisk_create_opts {
+        size_t size;                 /* sizeof(vdisk_create_opts) */
+        uint32_t image_flags;        /* VDISK_IMAGE_FLAGS_* (FIXED = preallocate) */
+        uint32_t block_size;         /* allocation block size (VDI: 1 MiB default) */
+        const char *comment;
+        const uint8_t *uuid;         /* 16 bytes, NULL = random */
+        vdisk_geometry pchs, lchs;   /* zero = computed / none */
+        /* Format-specific "-o key=value" pairs, NULL-terminated alternating array
+         * (qemu-img's names; unknown keys are -EINVAL). */
+        const char *const *options;
+} vdisk_create_opts;
+
+/* VDCreateBase: creates a new base image of `size` bytes on io (which must be
+ * empty and writable) and opens it as image 0 of an empty container. */
+int vdisk_disk_create_base(vdisk_disk *d, vdisk_io *io, const char *format, uint64_t size,
+                           const vdisk_create_opts *opts);
+/* VDCreateDiff: creates a differencing image on top of the chain (which must
+ * not be empty) and opens it read-write; the old top becomes read-only. */
+int vdisk_disk_create_diff(vdisk_disk *d, vdisk_io *io, const char *format,
+                           const vdisk_create_opts *opts);
+/* VDClose: flushes and closes the top image; the one below becomes the top
+ * (re-opened writable if the chain was opened writable). */
+int vdisk_disk_close_top(vdisk_disk *d);
+
+unsigned vdisk_disk_count(vdisk_disk *d);
+/* Borrowed; valid while the image is in the chain. NULL if out of range. */
+vdisk_image *vdisk_disk_image(vdisk_disk *d, unsigned index);
+uint64_t vdisk_disk_size(vdisk_disk *d);
+int vdisk_disk_readonly(vdisk_disk *d);
+
+int vdisk_disk_read(vdisk_disk *d, void *buf, size_t len, uint64_t offset);
+int vdisk_disk_write(vdisk_disk *d, const void *buf, size_t len, uint64_t offset);
+/* Makes every write so far durable (data, then the tables that point to it). */
+int vdisk_disk_flush(vdisk_disk *d);
+/* Discards a range: it reads as zeros afterwards (also in a differencing image). */
+int vdisk_disk_discard(vdisk_disk *d, uint64_t offset, uint64_t len);
+
+/* Block status (qemu-img map). */
+enum {
+        VDISK_EXTENT_DATA      = 1u << 0, /* the image stores data for the range */
+        VDISK_EXTENT_ZERO      = 1u << 1, /* the range reads as zeros */
+        VDISK_EXTENT_ALLOCATED = 1u << 2, /* some image of the chain defines the range */
+};
+typedef struct vdisk_extent {
+        uint64_t offset, length;
+        uint32_t flags;          /* VDISK_EXTENT_* */
+        int depth;               /* images above the one that defines it; -1 = none */
+        uint64_t host_offset;    /* valid with DATA: offset in that image's file */
+        int host_offset_valid;
+} vdisk_extent;
+
+/* The extent at `offset` up to `max_len` long (merged across blocks while the
+ * status stays the same). */
+int vdisk_disk_block_status(vdisk_disk *d, uint64_t offset, uint64_t max_len, vdisk_extent *ret);
+
+/* ---------------------------------------------------------------- images */
+
+const char *vdisk_image_name(vdisk_image *img);          /* the io's name */
+const vdisk_backend_info *vdisk_image_backend(vdisk_image *img);
+unsigned vdisk_image_index(vdisk_image *img);
+uint64_t vdisk_image_size(vdisk_image *img);
+int vdisk_image_readonly(vdisk_image *img);
+int vdisk_image_file_size(vdisk_image *img, uint64_t *ret);   /* bytes the file holds on disk */
+
+/* Getters return 0, -EOPNOTSUPP (format has no such field) or another error. */
+int vdisk_image_get_uuid(vdisk_image *img, uint8_t ret[16]);
+int vdisk_image_get_modification_uuid(vdisk_image *img, uint8_t ret[16]);
+int vdisk_image_get_parent_uuid(vdisk_image *img, uint8_t ret[16]);
+int vdisk_image_get_parent_modification_uuid(vdisk_image *img, uint8_t ret[16]);
+/* Borrowed string, "" when none. */
+int vdisk_image_get_comment(vdisk_image *img, const char **ret);
+int vdisk_image_get_pchs(vdisk_image *img, vdisk_geometry *ret);
+int vdisk_image_get_lchs(vdisk_image *img, vdisk_geometry *ret);
+int vdisk_image_get_version(vdisk_image *img, uint32_t *ret);   /* format's own numbering */
+int vdisk_image_get_flags(vdisk_image *img, uint32_t *ret);     /* VDISK_IMAGE_FLAGS_* */
+/* The parent a child names: file name (may be NULL) and format (may be NULL). */
+int vdisk_image_get_parent_name(vdisk_image *img, const char **ret_name, const char **ret_format);
+
+int vdisk_image_set_uuid(vdisk_image *img, const uint8_t uuid[16]);
+int vdisk_image_set_modification_uuid(vdisk_image *img, const uint8_t uuid[16]);
+int vdisk_image_set_parent_uuid(vdisk_image *img, const uint8_t uuid[16]);
+int vdisk_image_set_parent_modification_uuid(vdisk_image *img, const uint8_t uuid[16]);
+int vdisk_image_set_comment(vdisk_image *img, const char *comment);   /* NULL clears */
+int vdisk_image_set_pchs(vdisk_image *img, const vdisk_geometry *g);
+int vdisk_image_set_lchs(vdisk_image *img, const vdisk_geometry *g);
+int vdisk_image_set_flags(vdisk_image *img, uint32_t flags);   /* only ZERO_EXPAND is changeable */
+
+/* Format-specific facts for `info`. */
+typedef struct vdisk_image_info {
+        size_t size;
+        uint64_t virtual_size;
+        uint64_t actual_size;      /* bytes allocated on the host file system */
+        uint64_t file_size;        /* apparent file size */
+        uint32_t cluster_size;     /* allocation block size, 0 if none */
+        uint32_t image_flags;
+        int dirty;                 /* format has a dirty/in-use flag and it is set */
+        const char *variant;       /* "dynamic", "static", "diff", "fixed", ... */
+        uint64_t blocks_total, blocks_allocated;
+} vdisk_image_info;
+int vdisk_image_get_info(vdisk_image *img, vdisk_image_info *ret);
+
+/* UUID text form (VirtualBox's: the 16 bytes as stored are RTUUID/GUID layout). */
+void vdisk_uuid_format(const uint8_t uuid[16], char ret[37]);
+int vdisk_uuid_parse(const char *s, uint8_t ret[16]);
+int vdisk_uuid_is_null(const uint8_t uuid[16]);
+void vdisk_uuid_generate(uint8_t ret[16]);
+
+/* ---------------------------------------------------------------- operations */
+
+typedef struct vdisk_copy_opts {
+        size_t size;                     /* sizeof(vdisk_copy_opts) */
+        uint64_t new_size;               /* 0 = the source's size (resize on copy) */
+        vdisk_create_opts create;        /* for the new image; create.size must be set */
+        /* Same-content shortcut (VDCopyEx nImageFromSame/nImageToSame): the
+         * destination container already holds images whose content equals the
+         * source's images 0..from_same; only what the source images above
+         * from_same define is copied. -1 = none (full copy). */
+        int from_same;
+        int to_same;
+        /* Ranges of at least this many bytes of zeros are not written (qemu-img
+         * -S); 0 = default 4 KiB. The destination must read as zero where not
+         * written (it is new). */
+        uint64_t sparse_size;
+} vdisk_copy_opts;
+
+/* VDCopyEx: copies the content of `src` into a new image created on dst_io and
+ * opened on top of `dst` (empty or holding the same-content images). The
+ * destination is flushed once at the end. On failure or cancel, the new image is
+ * closed and left incomplete: the caller removes the file. */
+int vdisk_copy(vdisk_disk *src, vdisk_disk *dst, vdisk_io *dst_io, const char *format,
+               const vdisk_copy_opts *opts, vdisk_progress *p);
+
+/* VDMerge: the data of images `from`..`to` ends up in `to`; the images strictly
+ * between them and `from` itself leave the chain (closed, files untouched and
+ * not deleted). Forward (from > to): child data into an ancestor; images above
+ * `from` are relinked to `to`. Backward (from < to): ancestors' data into the
+ * descendant for the blocks it lacks; `to` takes over the parent link of `from`.
+ * *ret_removed (may be NULL) gets the names of the images that left the chain
+ * (NULL-terminated, free with vdisk_strv_free). Every intermediate state on disk
+ * is a valid chain. */
+int vdisk_merge(vdisk_disk *d, unsigned from, unsigned to, vdisk_progress *p, char ***ret_removed);
+void vdisk_strv_free(char **strv);
+
+/* VDCompact: drops all-zero blocks (and, in a differencing image, blocks equal
+ * to the parent's content) and defragments, leaving a file no larger than
+ * header + map + live blocks. */
+int vdisk_compact(vdisk_disk *d, unsigned index, vdisk_progress *p);
+
+/* VDResize: changes the size of every image of the chain that needs it (the
+ * top must be writable). Shrinking succeeds only when the cut-off range is
+ * unallocated or reads as zeros everywhere; else -ENOTEMPTY. */
+int vdisk_resize(vdisk_disk *d, uint64_t new_size, vdisk_progress *p);
+
+/* Check and repair. */
+enum {
+        VDISK_CHECK_REPAIR_LEAKS = 1u << 0,  /* qemu-img check -r leaks */
+        VDISK_CHECK_REPAIR_ALL   = 1u << 1,  /* qemu-img check -r all / VDRepair */
+        VDISK_CHECK_DRY_RUN      = 1u << 2,  /* with REPAIR_*: report what would be fixed */
+};
+typedef struct vdisk_check_report {
+        size_t size;
+        uint64_t corruptions, leaks, check_errors;
+        uint64_t corruptions_fixed, leaks_fixed;
+        uint64_t total_clusters, allocated_clusters, fragmented_clusters;
+        uint64_t image_end_offset;
+        char **messages;            /* NULL-terminated; free with vdisk_check_report_clear */
+} vdisk_check_report;
+void vdisk_check_report_clear(vdisk_check_report *r);
+
+/* Checks (and with REPAIR_* flags repairs) image `index` of the chain. Returns
+ * -EOPNOTSUPP when the format cannot be checked. The image must be writable to
+ * repair. */
+int vdisk_check(vdisk_disk *d, unsigned index, uint32_t flags, vdisk_check_report *ret,
+                vdisk_progress *p);
+
+/* Compares the content of two disks (qemu-img compare): returns 0 when equal,
+ * 1 when different (then *ret_offset, if not NULL, gets the first differing
+ * offset), or a negative error. With strict, allocation and size must match too. */
+int vdisk_compare(vdisk_disk *a, vdisk_disk *b, int strict, uint64_t *ret_offset, vdisk_progress *p);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,216 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/* vdisk_io over a file descriptor: pread/pwrite, fdatasync, fallocate. */
+#include <fcntl.h>
+#include <linux/falloc.h>
+#include <stdlib.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "io/io.h"
+#include "util/util.h"
+
+typedef struct fd_io {
+        int fd;
+        int own;
+} fd_io;
+
+static int fd_pread(void *u, void *buf, size_t len, uint64_t off) {
+        fd_io *f = u;
+        uint8_t *p = buf;
+
+        while (len > 0) {
+                ssize_t n = pread(f->fd, p, len, (off_t) off);
+                if (n < 0) {
+                        if (errno == EINTR)
+                                continue;
+                        return -errno;
+                }
+                if (n == 0)
+                        return -EIO;   /* past the end of the file */
+                p += n;
+                off += (uint64_t) n;
+                len -= (size_t) n;
+        }
+        return 0;
+}
+
+static int fd_pwrite(void *u, const void *buf, size_t len, uint64_t off) {
+        fd_io *f = u;
+        const uint8_t *p = buf;
+
+        while (len > 0) {
+                ssize_t n = pwrite(f->fd, p, len, (off_t) off);
+                if (n < 0) {
+                        if (errno == EINTR)
+                                continue;
+                        return -errno;
+                }
+                if (n == 0)
+                        return -ENOSPC;
+                p += n;
+                off += (uint64_t) n;
+                len -= (size_t) n;
+        }
+        return 0;
+}
+
+static int fd_flush(void *u) {
+        fd_io *f = u;
+
+        if (fdatasync(f->fd) < 0)
+                return errno == EINVAL ? 0 : -errno;   /* EINVAL: a special file without sync */
+        return 0;
+}
+
+static int fd_get_size(void *u, uint64_t *ret) {
+        fd_io *f = u;
+        struct stat st;
+
+        if (fstat(f->fd, &st) < 0)
+                return -errno;
+        if (S_ISBLK(st.st_mode)) {
+                off_t end = lseek(f->fd, 0, SEEK_END);
+                if (end < 0)
+                        return -errno;
+                *ret = (uint64_t) end;
+                return 0;
+        }
+        *ret = (uint64_t) st.st_size;
+        return 0;
+}
+
+static int fd_truncate(void *u, uint64_t size) {
+        fd_io *f = u;
+
+        if (size > INT64_MAX)
+                return -EFBIG;
+        if (ftruncate(f->fd, (off_t) size) < 0)
+                return -errno;
+        return 0;
+}
+
+static int fd_punch_hole(void *u, uint64_t off, uint64_t len) {
+        fd_io *f = u;
+
+        if (fallocate(f->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t) off, (off_t) len) < 0)
+                return errno == EOPNOTSUPP || errno == ENOSYS ? -EOPNOTSUPP : -errno;
+        return 0;
+}
+
+static int fd_get_allocated(void *u, uint64_t *ret) {
+        fd_io *f = u;
+        struct stat st;
+
+        if (fstat(f->fd, &st) < 0)
+                return -errno;
+        *ret = (uint64_t) st.st_blocks * 512;
+        return 0;
+}
+
+static int fd_seek_data(void *u, uint64_t off, int hole, uint64_t *ret) {
+        fd_io *f = u;
+        off_t r = lseek(f->fd, (off_t) off, hole ? SEEK_HOLE : SEEK_DATA);
+
+        if (r < 0) {
+                if (errno == ENXIO) {   /* no data after off */
+                        *ret = UINT64_MAX;
+                        return 0;
+                }
+                return -errno;
+        }
+        *ret = (uint64_t) r;
+        return 0;
+}
+
+static void fd_close(void *u) {
+        fd_io *f = u;
+
+        if (f->own)
+                close(f->fd);
+        free(f);
+}
+
+static const io_vtable fd_vtable = {
+        .pread = fd_pread,
+        .pwrite = fd_pwrite,
+        .flush = fd_flush,
+        .get_size = fd_get_size,
+        .truncate = fd_truncate,
+        .punch_hole = fd_punch_hole,
+        .get_allocated = fd_get_allocated,
+        .seek_data = fd_seek_data,
+        .close = fd_close,
+};
+
+static int fd_io_new(int fd, const char *name, uint32_t flags, vdisk_io **ret) {
+        fd_io *f;
+        int r;
+
+        f = calloc(1, sizeof *f);
+        if (!f)
+                return vdisk_error(-ENOMEM, "out of memory");
+        f->fd = fd;
+        f->own = 1;
+        r = io_new(&fd_vtable, f, name, flags & VDISK_IO_READONLY, IO_KIND_FD, ret);
+        if (r < 0)
+                free(f);
+        return r;
+}
+
+int vdisk_io_new_fd(int fd, const char *name, uint32_t flags, vdisk_io **ret) {
+        _cleanup_close_ int copy = -1;
+        struct stat st;
+        int fl, r;
+
+        if (fd < 0 || !ret)
+                return vdisk_error(-EINVAL, "invalid file descriptor");
+        fl = fcntl(fd, F_GETFL);
+        if (fl < 0)
+                return vdisk_error(-errno, "%s: bad file descriptor: %m", name ? name : "fd");
+        if (fl & O_PATH)
+                return vdisk_error(-EBADF, "%s: O_PATH descriptors cannot be read", name ? name : "fd");
+        if (fstat(fd, &st) < 0)
+                return vdisk_error(-errno, "%s: %m", name ? name : "fd");
+        if (!S_ISREG(st.st_mode) && !S_ISBLK(st.st_mode))
+                return vdisk_error(-EBADF, "%s: not a regular file or block device", name ? name : "fd");
+        if ((fl & O_ACCMODE) == O_RDONLY)
+                flags |= VDISK_IO_READONLY;
+        if (!(flags & VDISK_IO_OWN_FD)) {
+                copy = fcntl(fd, F_DUPFD_CLOEXEC, 3);
+                if (copy < 0)
+                        return vdisk_error(-errno, "%s: cannot duplicate descriptor: %m", name ? name : "fd");
+                fd = copy;
+        }
+        r = fd_io_new(fd, name, flags, ret);
+        if (r < 0)
+                return r;
+        TAKE_FD(copy);
+        return 0;
+}
+
+int vdisk_io_open_path(const char *path, uint32_t path_flags, vdisk_io **ret) {
+        _cleanup_close_ int fd = -1;
+        struct stat st;
+        int oflags = O_CLOEXEC | O_NOCTTY, r;
+
+        if (!path || !ret)
+                return vdisk_error(-EINVAL, "invalid arguments");
+        oflags |= (path_flags & (VDISK_PATH_WRITE | VDISK_PATH_CREATE)) ? O_RDWR : O_RDONLY;
+        if (path_flags & VDISK_PATH_CREATE)
+                oflags |= O_CREAT | ((path_flags & VDISK_PATH_TRUNC) ? 0 : O_EXCL);
+        fd = open(path, oflags, 0644);
+        if (fd < 0)
+                return vdisk_error(-errno, "Could not open '%s': %m", path);
+        if (fstat(fd, &st) < 0)
+                return vdisk_error(-errno, "Could not stat '%s': %m", path);
+        if (!S_ISREG(st.st_mode) && !S_ISBLK(st.st_mode))
+                return vdisk_error(-EINVAL, "'%s' is not a regular file or block device", path);
+        if ((path_flags & VDISK_PATH_TRUNC) && S_ISREG(st.st_mode) && ftruncate(fd, 0) < 0)
+                return vdisk_error(-errno, "Could not truncate '%s': %m", path);
+        r = fd_io_new(fd, path, (path_flags & (VDISK_PATH_WRITE | VDISK_PATH_CREATE)) ? 0 : VDISK_IO_READONLY,
+                      ret);
+        if (r < 0)
+                return r;
+        TAKE_FD(fd);
+        return 0;
+}

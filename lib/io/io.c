@@ -1,0 +1,281 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/* The generic half of struct vdisk_io: reference counting, range checks and
+ * error messages that name the file. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "io/io.h"
+#include "util/util.h"
+
+int io_new(const io_vtable *vt, void *user, const char *name, uint32_t flags, int kind, vdisk_io **ret) {
+        vdisk_io *io;
+
+        io = calloc(1, sizeof *io);
+        if (!io)
+                return vdisk_error(-ENOMEM, "out of memory");
+        io->name = strdup(name ? name : "(anonymous)");
+        if (!io->name) {
+                free(io);
+                return vdisk_error(-ENOMEM, "out of memory");
+        }
+        atomic_init(&io->n_ref, 1);
+        io->vt = vt;
+        io->user = user;
+        io->flags = flags;
+        io->kind = kind;
+        *ret = io;
+        return 0;
+}
+
+vdisk_io *vdisk_io_ref(vdisk_io *io) {
+        if (io)
+                atomic_fetch_add(&io->n_ref, 1);
+        return io;
+}
+
+vdisk_io *vdisk_io_unref(vdisk_io *io) {
+        if (!io)
+                return NULL;
+        if (atomic_fetch_sub(&io->n_ref, 1) != 1)
+                return NULL;
+        if (io->vt->close)
+                io->vt->close(io->user);
+        free(io->name);
+        free(io);
+        return NULL;
+}
+
+const char *vdisk_io_name(const vdisk_io *io) {
+        return io ? io->name : "(null)";
+}
+
+int vdisk_io_readonly(const vdisk_io *io) {
+        return io && (io->flags & VDISK_IO_READONLY);
+}
+
+int io_pread(vdisk_io *io, void *buf, size_t len, uint64_t offset) {
+        int r;
+
+        if (len == 0)
+                return 0;
+        if (offset > UINT64_MAX - len)
+                return vdisk_error(-EINVAL, "%s: read range overflows", io->name);
+        r = io->vt->pread(io->user, buf, len, offset);
+        if (r < 0)
+                return vdisk_error(r, "%s: read of %zu bytes at offset %" PRIu64 " failed: %s",
+                                   io->name, len, offset, strerror(-r));
+        return 0;
+}
+
+int io_pread_zerofill(vdisk_io *io, void *buf, size_t len, uint64_t offset) {
+        uint64_t size;
+        size_t n;
+        int r;
+
+        /* The common case: the whole range is inside the file. */
+        if (len > 0 && offset <= UINT64_MAX - len && io->vt->pread(io->user, buf, len, offset) >= 0)
+                return 0;
+        r = io_get_size(io, &size);
+        if (r < 0)
+                return r;
+        n = offset >= size ? 0 : (size_t) MIN((uint64_t) len, size - offset);
+        r = io_pread(io, buf, n, offset);
+        if (r < 0)
+                return r;
+        memset((uint8_t *) buf + n, 0, len - n);
+        return 0;
+}
+
+int io_pwrite(vdisk_io *io, const void *buf, size_t len, uint64_t offset) {
+        int r;
+
+        if (io->flags & VDISK_IO_READONLY)
+                return vdisk_error(-EROFS, "%s: opened read-only", io->name);
+        if (len == 0)
+                return 0;
+        if (offset > UINT64_MAX - len)
+                return vdisk_error(-EINVAL, "%s: write range overflows", io->name);
+        r = io->vt->pwrite(io->user, buf, len, offset);
+        if (r < 0)
+                return vdisk_error(r, "%s: write of %zu bytes at offset %" PRIu64 " failed: %s",
+                                   io->name, len, offset, strerror(-r));
+        return 0;
+}
+
+int io_flush(vdisk_io *io) {
+        int r;
+
+        if (io->flags & VDISK_IO_READONLY)
+                return 0;
+        r = io->vt->flush(io->user);
+        if (r < 0)
+                return vdisk_error(r, "%s: flush failed: %s", io->name, strerror(-r));
+        return 0;
+}
+
+int io_get_size(vdisk_io *io, uint64_t *ret) {
+        int r;
+
+        r = io->vt->get_size(io->user, ret);
+        if (r < 0)
+                return vdisk_error(r, "%s: cannot get size: %s", io->name, strerror(-r));
+        return 0;
+}
+
+int io_truncate(vdisk_io *io, uint64_t size) {
+        int r;
+
+        if (io->flags & VDISK_IO_READONLY)
+                return vdisk_error(-EROFS, "%s: opened read-only", io->name);
+        if (!io->vt->truncate)
+                return vdisk_error(-EOPNOTSUPP, "%s: cannot change the file size", io->name);
+        r = io->vt->truncate(io->user, size);
+        if (r < 0)
+                return vdisk_error(r, "%s: truncate to %" PRIu64 " failed: %s", io->name, size, strerror(-r));
+        return 0;
+}
+
+int io_punch_hole(vdisk_io *io, uint64_t offset, uint64_t len) {
+        int r;
+
+        if (io->flags & VDISK_IO_READONLY)
+                return vdisk_error(-EROFS, "%s: opened read-only", io->name);
+        if (!io->vt->punch_hole)
+                return -EOPNOTSUPP;
+        r = io->vt->punch_hole(io->user, offset, len);
+        if (r < 0 && r != -EOPNOTSUPP)
+                return vdisk_error(r, "%s: punching a hole failed: %s", io->name, strerror(-r));
+        return r;
+}
+
+int io_write_zeroes(vdisk_io *io, uint64_t offset, uint64_t len) {
+        static const uint8_t zero[65536];
+        int r;
+
+        r = io_punch_hole(io, offset, len);
+        if (r != -EOPNOTSUPP)
+                return r;
+        while (len > 0) {
+                size_t n = (size_t) MIN(len, (uint64_t) sizeof zero);
+                r = io_pwrite(io, zero, n, offset);
+                if (r < 0)
+                        return r;
+                offset += n;
+                len -= n;
+        }
+        return 0;
+}
+
+int io_get_allocated(vdisk_io *io, uint64_t *ret) {
+        if (io->vt->get_allocated)
+                return io->vt->get_allocated(io->user, ret);
+        return io_get_size(io, ret);
+}
+
+int io_is_hole(vdisk_io *io, uint64_t offset, uint64_t len) {
+        uint64_t next;
+
+        if (!io->vt->seek_data)
+                return 0;
+        if (io->vt->seek_data(io->user, offset, 0, &next) < 0)
+                return 0;
+        return next >= offset + len;
+}
+
+/* ---- public wrappers */
+
+int vdisk_io_pread(vdisk_io *io, void *buf, size_t len, uint64_t offset) {
+        if (!io || (!buf && len))
+                return vdisk_error(-EINVAL, "invalid arguments");
+        return io_pread(io, buf, len, offset);
+}
+
+int vdisk_io_pwrite(vdisk_io *io, const void *buf, size_t len, uint64_t offset) {
+        if (!io || (!buf && len))
+                return vdisk_error(-EINVAL, "invalid arguments");
+        return io_pwrite(io, buf, len, offset);
+}
+
+int vdisk_io_flush(vdisk_io *io) {
+        if (!io)
+                return vdisk_error(-EINVAL, "invalid arguments");
+        return io_flush(io);
+}
+
+int vdisk_io_get_size(vdisk_io *io, uint64_t *ret) {
+        if (!io || !ret)
+                return vdisk_error(-EINVAL, "invalid arguments");
+        return io_get_size(io, ret);
+}
+
+int vdisk_io_truncate(vdisk_io *io, uint64_t size) {
+        if (!io)
+                return vdisk_error(-EINVAL, "invalid arguments");
+        return io_truncate(io, size);
+}
+
+/* ---- caller-supplied ops */
+
+typedef struct ops_io {
+        vdisk_io_ops ops;
+        void *user;
+} ops_io;
+
+static int ops_pread(void *u, void *buf, size_t len, uint64_t off) {
+        ops_io *o = u;
+        return o->ops.pread(o->user, buf, len, off);
+}
+static int ops_pwrite(void *u, const void *buf, size_t len, uint64_t off) {
+        ops_io *o = u;
+        return o->ops.pwrite ? o->ops.pwrite(o->user, buf, len, off) : -EROFS;
+}
+static int ops_flush(void *u) {
+        ops_io *o = u;
+        return o->ops.flush ? o->ops.flush(o->user) : 0;
+}
+static int ops_get_size(void *u, uint64_t *ret) {
+        ops_io *o = u;
+        return o->ops.get_size(o->user, ret);
+}
+static int ops_truncate(void *u, uint64_t size) {
+        ops_io *o = u;
+        return o->ops.truncate ? o->ops.truncate(o->user, size) : -EOPNOTSUPP;
+}
+static int ops_punch_hole(void *u, uint64_t off, uint64_t len) {
+        ops_io *o = u;
+        return o->ops.punch_hole ? o->ops.punch_hole(o->user, off, len) : -EOPNOTSUPP;
+}
+static void ops_close(void *u) {
+        ops_io *o = u;
+        if (o->ops.close)
+                o->ops.close(o->user);
+        free(o);
+}
+
+static const io_vtable ops_vtable = {
+        .pread = ops_pread,
+        .pwrite = ops_pwrite,
+        .flush = ops_flush,
+        .get_size = ops_get_size,
+        .truncate = ops_truncate,
+        .punch_hole = ops_punch_hole,
+        .close = ops_close,
+};
+
+int vdisk_io_new_ops(const vdisk_io_ops *ops, void *user, const char *name, uint32_t flags, vdisk_io **ret) {
+        ops_io *o;
+        int r;
+
+        if (!ops || !ret || ops->size < offsetof(vdisk_io_ops, truncate) || !ops->pread || !ops->get_size)
+                return vdisk_error(-EINVAL, "invalid io ops");
+        o = calloc(1, sizeof *o);
+        if (!o)
+                return vdisk_error(-ENOMEM, "out of memory");
+        memcpy(&o->ops, ops, MIN(ops->size, sizeof o->ops));
+        o->ops.size = sizeof o->ops;
+        o->user = user;
+        r = io_new(&ops_vtable, o, name, flags & VDISK_IO_READONLY, IO_KIND_OPS, ret);
+        if (r < 0)
+                free(o);
+        return r;
+}

@@ -1,0 +1,58 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/* lib/io: struct vdisk_io, the one choke point for all image I/O. Every
+ * backend and operation reads and writes through these functions, so fault
+ * injection (io-fault.c) sees every byte. Positional I/O only. */
+#pragma once
+
+#include <stdatomic.h>
+#include <stdint.h>
+
+#include "vdisk/vdisk.h"
+
+typedef struct io_vtable {
+        int (*pread)(void *user, void *buf, size_t len, uint64_t offset);
+        int (*pwrite)(void *user, const void *buf, size_t len, uint64_t offset);
+        int (*flush)(void *user);
+        int (*get_size)(void *user, uint64_t *ret);
+        int (*truncate)(void *user, uint64_t size);
+        int (*punch_hole)(void *user, uint64_t offset, uint64_t len);
+        /* Bytes the host really uses (st_blocks * 512); optional. */
+        int (*get_allocated)(void *user, uint64_t *ret);
+        /* Next data/hole boundary (SEEK_DATA/SEEK_HOLE); optional. */
+        int (*seek_data)(void *user, uint64_t offset, int hole, uint64_t *ret);
+        void (*close)(void *user);
+} io_vtable;
+
+struct vdisk_io {
+        _Atomic unsigned n_ref;
+        const io_vtable *vt;
+        void *user;
+        char *name;
+        uint32_t flags;            /* VDISK_IO_READONLY */
+        int kind;                  /* IO_KIND_* */
+};
+
+enum { IO_KIND_OPS, IO_KIND_FD, IO_KIND_MEMORY, IO_KIND_FAULT };
+
+int io_new(const io_vtable *vt, void *user, const char *name, uint32_t flags, int kind, vdisk_io **ret);
+
+/* Range-checked wrappers that record an error naming the file. */
+int io_pread(vdisk_io *io, void *buf, size_t len, uint64_t offset);
+/* Reads what the file holds; bytes past its end read as zeros. */
+int io_pread_zerofill(vdisk_io *io, void *buf, size_t len, uint64_t offset);
+int io_pwrite(vdisk_io *io, const void *buf, size_t len, uint64_t offset);
+int io_flush(vdisk_io *io);
+int io_get_size(vdisk_io *io, uint64_t *ret);
+int io_truncate(vdisk_io *io, uint64_t size);
+/* Deallocates a range so it reads as zeros; -EOPNOTSUPP when the io cannot,
+ * in which case callers write zeros instead. */
+int io_punch_hole(vdisk_io *io, uint64_t offset, uint64_t len);
+/* Writes zeros: punches a hole when possible, else writes zero buffers. */
+int io_write_zeroes(vdisk_io *io, uint64_t offset, uint64_t len);
+int io_get_allocated(vdisk_io *io, uint64_t *ret);
+/* For a fd io: is [offset, offset+len) known to be a hole in the host file? */
+int io_is_hole(vdisk_io *io, uint64_t offset, uint64_t len);
+
+static inline void io_unrefp(vdisk_io **p) {
+        vdisk_io_unref(*p);
+}

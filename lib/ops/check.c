@@ -1,0 +1,76 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/* Check and repair: the backend inspects its metadata and fills a report;
+ * the tools map it to qemu-img's exit codes. */
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/core.h"
+
+int check_report_add(vdisk_check_report *r, const char *fmt, ...) {
+        size_t n = 0;
+        char *s, **v;
+        va_list ap;
+
+        va_start(ap, fmt);
+        if (vasprintf(&s, fmt, ap) < 0)
+                s = NULL;
+        va_end(ap);
+        if (!s)
+                return -ENOMEM;
+        while (r->messages && r->messages[n])
+                n++;
+        v = reallocarray(r->messages, n + 2, sizeof(char *));
+        if (!v) {
+                free(s);
+                return -ENOMEM;
+        }
+        v[n] = s;
+        v[n + 1] = NULL;
+        r->messages = v;
+        return 0;
+}
+
+void vdisk_check_report_clear(vdisk_check_report *r) {
+        size_t size;
+
+        if (!r)
+                return;
+        size = r->size;
+        vdisk_strv_free(r->messages);
+        memset(r, 0, sizeof *r);
+        r->size = size;
+}
+
+int vdisk_check(vdisk_disk *d, unsigned index, uint32_t flags, vdisk_check_report *ret, vdisk_progress *p) {
+        _cleanup_(disk_unlockp) vdisk_disk *l = NULL;
+        int repair = (flags & (VDISK_CHECK_REPAIR_LEAKS | VDISK_CHECK_REPAIR_ALL)) && !(flags & VDISK_CHECK_DRY_RUN);
+        vdisk_image *img;
+        int r, fr;
+
+        if (!d || !ret || ret->size < sizeof(vdisk_check_report))
+                return vdisk_error(-EINVAL, "invalid arguments (report size not set?)");
+        l = disk_lock(d);
+        if (index >= d->n)
+                return vdisk_error(-EINVAL, "image index %u out of range", index);
+        img = d->images[index];
+        vdisk_check_report_clear(ret);
+        if (!img->be->check)
+                return vdisk_error(-EOPNOTSUPP, "%s: %s images do not support checks", vdisk_io_name(img->io),
+                                   img->be->info.name);
+        if (repair && (!img->writable || img->info_only))
+                return vdisk_error(-EROFS, "%s: image is read-only: cannot repair", vdisk_io_name(img->io));
+        progress_set_total(p, 1);
+        r = img->be->check(img->state, flags, ret);
+        if (repair) {
+                fr = image_flush(img);
+                image_refresh(img);
+                if (r >= 0 && fr < 0)
+                        r = fr;
+        }
+        if (r < 0)
+                return vdisk_error_prefix(r, vdisk_io_name(img->io));
+        progress_finish(p);
+        return 0;
+}

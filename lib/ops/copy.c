@@ -1,0 +1,288 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/*
+ * Copy / convert (VDCopyEx).
+ *
+ * A two-stage pipeline: a reader thread walks the source's block status and
+ * reads the ranges that hold data into a ring of large buffers; the calling
+ * thread finds the zero runs in each buffer and writes only the rest. Ranges
+ * the source does not define, or defines as zeros, are never read and never
+ * written: a new image already reads zeros there. (Into a differencing
+ * destination, zeros are written as zeros, since a parent below may not be
+ * zero there.) The destination is flushed once, at the end.
+ *
+ * Memory: RING_SLOTS buffers of OP_BUFFER_SIZE (16 MiB in all).
+ */
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/core.h"
+
+#define RING_SLOTS 4
+#define DEFAULT_SPARSE 4096u
+
+typedef enum slot_kind { SLOT_DATA, SLOT_ZERO, SLOT_SKIP, SLOT_END, SLOT_ERROR } slot_kind;
+
+typedef struct slot {
+        slot_kind kind;
+        uint64_t offset, length;
+        uint8_t *buf;
+} slot;
+
+typedef struct pipeline {
+        pthread_mutex_t lock;
+        pthread_cond_t cond;
+        slot ring[RING_SLOTS];
+        unsigned head, count;     /* consumer reads ring[head], count slots filled */
+        int stop;                 /* consumer gave up */
+        int error;                /* reader's error code */
+        char error_msg[1024];
+
+        vdisk_disk *src;
+        unsigned src_bottom, src_top;
+        uint64_t size;
+        int zeros_matter;         /* destination is a diff: zeros must be written */
+} pipeline;
+
+/* Producer: waits for a free slot; returns NULL when the consumer stopped. */
+static slot *slot_get_free(pipeline *pl) {
+        slot *s = NULL;
+
+        pthread_mutex_lock(&pl->lock);
+        while (pl->count == RING_SLOTS && !pl->stop)
+                pthread_cond_wait(&pl->cond, &pl->lock);
+        if (!pl->stop)
+                s = &pl->ring[(pl->head + pl->count) % RING_SLOTS];
+        pthread_mutex_unlock(&pl->lock);
+        return s;
+}
+
+static void slot_publish(pipeline *pl) {
+        pthread_mutex_lock(&pl->lock);
+        pl->count++;
+        pthread_cond_broadcast(&pl->cond);
+        pthread_mutex_unlock(&pl->lock);
+}
+
+static void *reader_main(void *arg) {
+        pipeline *pl = arg;
+        uint64_t offset = 0;
+        slot *s;
+        int r = 0;
+
+        while (offset < pl->size) {
+                vdisk_extent e;
+                uint64_t len;
+
+                r = rw_status(pl->src, pl->src_bottom, pl->src_top, offset,
+                              MIN(pl->size - offset, (uint64_t) 1 << 30), &e);
+                if (r < 0)
+                        break;
+                s = slot_get_free(pl);
+                if (!s)
+                        return NULL;
+                if (e.depth < 0 || !(e.flags & VDISK_EXTENT_DATA)) {
+                        /* Not defined by the copied images, or zeros. */
+                        int zero = (e.flags & VDISK_EXTENT_ZERO) || e.depth >= 0;
+                        s->kind = zero && pl->zeros_matter ? SLOT_ZERO : SLOT_SKIP;
+                        s->offset = offset;
+                        s->length = e.length;
+                        slot_publish(pl);
+                        offset += e.length;
+                        continue;
+                }
+                len = MIN(e.length, (uint64_t) OP_BUFFER_SIZE);
+                /* Keep later reads aligned to the buffer size. */
+                if (len == OP_BUFFER_SIZE && offset % OP_BUFFER_SIZE)
+                        len = OP_BUFFER_SIZE - offset % OP_BUFFER_SIZE;
+                r = rw_read(pl->src, pl->src_top, s->buf, (size_t) len, offset);
+                if (r < 0)
+                        break;
+                s->kind = SLOT_DATA;
+                s->offset = offset;
+                s->length = len;
+                slot_publish(pl);
+                offset += len;
+        }
+
+        s = slot_get_free(pl);
+        if (!s)
+                return NULL;
+        if (r < 0) {
+                s->kind = SLOT_ERROR;
+                pthread_mutex_lock(&pl->lock);
+                pl->error = r;
+                snprintf(pl->error_msg, sizeof pl->error_msg, "%s", vdisk_last_error());
+                pthread_mutex_unlock(&pl->lock);
+        } else
+                s->kind = SLOT_END;
+        slot_publish(pl);
+        return NULL;
+}
+
+/* Writes a data buffer, skipping runs of at least `sparse` zero bytes (aligned
+ * to `sparse`) unless zeros matter, in which case they are written as zeros. */
+static int write_data(vdisk_disk *dst, unsigned level, const uint8_t *buf, uint64_t len, uint64_t offset,
+                      uint64_t sparse, int zeros_matter) {
+        uint64_t i = 0;
+        int r;
+
+        while (i < len) {
+                uint64_t start = i, n;
+                bool zero;
+
+                n = MIN(sparse - (offset + i) % sparse, len - i);
+                zero = mem_is_zero(buf + i, (size_t) n);
+                i += n;
+                while (i < len) {
+                        n = MIN(sparse, len - i);
+                        if (mem_is_zero(buf + i, (size_t) n) != zero)
+                                break;
+                        i += n;
+                }
+                if (!zero)
+                        r = rw_write(dst, level, buf + start, (size_t) (i - start), offset + start);
+                else if (zeros_matter)
+                        r = rw_write_zeroes(dst, level, (int) level - 1, offset + start, i - start);
+                else
+                        r = 0;
+                if (r < 0)
+                        return r;
+        }
+        return 0;
+}
+
+static int run_pipeline(pipeline *pl, vdisk_disk *dst, unsigned level, uint64_t sparse, vdisk_progress *p) {
+        pthread_t reader;
+        int r = 0, rr;
+
+        for (unsigned i = 0; i < RING_SLOTS; i++) {
+                pl->ring[i].buf = malloc(OP_BUFFER_SIZE);
+                if (!pl->ring[i].buf) {
+                        r = vdisk_error(-ENOMEM, "out of memory");
+                        goto out;
+                }
+        }
+        rr = pthread_create(&reader, NULL, reader_main, pl);
+        if (rr != 0) {
+                r = vdisk_error(-rr, "cannot start the reader thread");
+                goto out;
+        }
+
+        for (;;) {
+                slot *s;
+
+                pthread_mutex_lock(&pl->lock);
+                while (pl->count == 0)
+                        pthread_cond_wait(&pl->cond, &pl->lock);
+                s = &pl->ring[pl->head];
+                pthread_mutex_unlock(&pl->lock);
+
+                if (s->kind == SLOT_END)
+                        break;
+                if (s->kind == SLOT_ERROR) {
+                        r = vdisk_error(pl->error, "%s", pl->error_msg);
+                        break;
+                }
+                if (s->kind == SLOT_DATA)
+                        r = write_data(dst, level, s->buf, s->length, s->offset, sparse, pl->zeros_matter);
+                else if (s->kind == SLOT_ZERO)
+                        r = rw_write_zeroes(dst, level, (int) level - 1, s->offset, s->length);
+                if (r >= 0)
+                        r = progress_add(p, s->length);
+                if (r < 0)
+                        break;
+
+                pthread_mutex_lock(&pl->lock);
+                pl->head = (pl->head + 1) % RING_SLOTS;
+                pl->count--;
+                pthread_cond_broadcast(&pl->cond);
+                pthread_mutex_unlock(&pl->lock);
+        }
+
+        pthread_mutex_lock(&pl->lock);
+        pl->stop = 1;
+        pthread_cond_broadcast(&pl->cond);
+        pthread_mutex_unlock(&pl->lock);
+        pthread_join(reader, NULL);
+out:
+        for (unsigned i = 0; i < RING_SLOTS; i++)
+                free(pl->ring[i].buf);
+        return r;
+}
+
+int vdisk_copy(vdisk_disk *src, vdisk_disk *dst, vdisk_io *dst_io, const char *format,
+               const vdisk_copy_opts *opts, vdisk_progress *p) {
+        _cleanup_(disk_unlockp) vdisk_disk *ls = NULL, *ld = NULL;
+        vdisk_copy_opts o = { .from_same = -1, .to_same = -1 };
+        pipeline pl = {};
+        uint64_t size, sparse;
+        unsigned level;
+        int r;
+
+        if (!src || !dst || !dst_io || !format || src == dst)
+                return vdisk_error(-EINVAL, "invalid arguments");
+        if (opts) {
+                if (opts->size < sizeof(vdisk_copy_opts))
+                        return vdisk_error(-EINVAL, "vdisk_copy_opts.size not set");
+                o = *opts;
+        }
+        ls = disk_lock(src);
+        ld = disk_lock(dst);
+        if (src->n == 0)
+                return vdisk_error(-EINVAL, "the source container is empty");
+        for (unsigned i = 0; i < src->n; i++)
+                if (src->images[i]->info_only)
+                        return vdisk_error(-EPERM, "%s: opened for information only",
+                                           vdisk_io_name(src->images[i]->io));
+        sparse = o.sparse_size ? o.sparse_size : DEFAULT_SPARSE;
+        if (sparse % 512 || sparse > OP_BUFFER_SIZE)
+                return vdisk_error(-EINVAL, "sparse size must be a multiple of 512 up to %u", OP_BUFFER_SIZE);
+        if (o.from_same >= 0) {
+                if ((unsigned) o.from_same >= src->n || o.to_same < 0 || (unsigned) o.to_same + 1 != dst->n)
+                        return vdisk_error(-EINVAL, "same-content images out of range");
+        } else if (dst->n > 0 && o.from_same < 0 && o.to_same >= 0)
+                return vdisk_error(-EINVAL, "to_same without from_same");
+
+        size = o.new_size ? o.new_size : vdisk_disk_size(src);
+        if (dst->n == 0)
+                r = disk_create_base(dst, dst_io, format, size, o.create.size ? &o.create : NULL);
+        else
+                r = disk_create_diff(dst, dst_io, format, o.create.size ? &o.create : NULL);
+        if (r < 0)
+                return r;
+        level = dst->n - 1;
+        if (dst->images[level]->size != size) {
+                r = resize_image(dst, level, size);
+                if (r < 0)
+                        goto fail;
+        }
+
+        pthread_mutex_init(&pl.lock, NULL);
+        pthread_cond_init(&pl.cond, NULL);
+        pl.src = src;
+        pl.src_top = src->n - 1;
+        pl.src_bottom = o.from_same >= 0 ? (unsigned) o.from_same + 1 : 0;
+        pl.size = MIN(size, vdisk_disk_size(src));
+        pl.zeros_matter = level > 0;
+        progress_set_total(p, size);
+        if (pl.src_bottom <= pl.src_top && pl.size > 0)
+                r = run_pipeline(&pl, dst, level, sparse, p);
+        pthread_cond_destroy(&pl.cond);
+        pthread_mutex_destroy(&pl.lock);
+        if (r < 0)
+                goto fail;
+
+        r = image_flush(dst->images[level]);
+        if (r < 0)
+                goto fail;
+        progress_finish(p);
+        return 0;
+
+fail:
+        /* Leave the incomplete image as it is (the caller removes the file). */
+        dst->images[level]->writable = 0;
+        disk_remove_range(dst, level, level);
+        return r;
+}

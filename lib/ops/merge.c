@@ -1,0 +1,205 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/*
+ * Merge (VDMerge): the data of images `from`..`to` ends up in `to`; the
+ * images between them and `from` itself leave the chain.
+ *
+ * Forward (from > to): every range that images to+1..from define is copied
+ * into `to`. Those images still shadow `to` while this happens, so the chain
+ * reads the same at every moment; only then is the child above `from` (if
+ * any) relinked to `to` — one header write. A crash before the relink leaves
+ * the old chain, valid, with `to` holding extra (shadowed) data.
+ *
+ * Backward (from < to): every range `to` does not define but from..to-1 do is
+ * copied into `to` (the same data it read through them), then `to` takes over
+ * the parent link of `from`. Again the chain reads the same at every moment.
+ *
+ * Files are never deleted; the caller gets the names of the images that left.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/core.h"
+
+/* Copies the ranges defined by images [lo, hi] (as the view at hi reads
+ * them) into image `target`, within [0, size). Skips ranges `skip_level`
+ * (if >= 0) defines itself. `below` is the level that will show through
+ * `target` once the merge is done. */
+static int copy_defined(vdisk_disk *d, unsigned lo, unsigned hi, unsigned target, int skip_level,
+                        int below, uint64_t size, vdisk_progress *p) {
+        _cleanup_free_ uint8_t *buf = NULL;
+        uint64_t offset = 0;
+        int r;
+
+        buf = malloc(OP_BUFFER_SIZE);
+        if (!buf)
+                return vdisk_error(-ENOMEM, "out of memory");
+        while (offset < size) {
+                uint64_t len = MIN(size - offset, (uint64_t) OP_BUFFER_SIZE);
+                vdisk_extent e;
+
+                if (skip_level >= 0) {
+                        r = rw_status(d, (unsigned) skip_level, (unsigned) skip_level, offset, len, &e);
+                        if (r < 0)
+                                return r;
+                        if (e.depth == 0) {
+                                r = progress_add(p, e.length);
+                                if (r < 0)
+                                        return r;
+                                offset += e.length;
+                                continue;
+                        }
+                        len = e.length;
+                }
+                r = rw_status(d, lo, hi, offset, len, &e);
+                if (r < 0)
+                        return r;
+                len = e.length;
+                if (e.depth >= 0) {
+                        if (e.flags & VDISK_EXTENT_DATA) {
+                                r = rw_read(d, hi, buf, (size_t) len, offset);
+                                if (r >= 0)
+                                        r = rw_write(d, target, buf, (size_t) len, offset);
+                        } else
+                                r = rw_write_zeroes(d, target, below, offset, len);
+                        if (r < 0)
+                                return r;
+                }
+                r = progress_add(p, len);
+                if (r < 0)
+                        return r;
+                offset += len;
+        }
+        return 0;
+}
+
+static int collect_names(vdisk_disk *d, unsigned lo, unsigned hi, char ***ret) {
+        char **v;
+
+        v = calloc(hi - lo + 2, sizeof(char *));
+        if (!v)
+                return vdisk_error(-ENOMEM, "out of memory");
+        for (unsigned i = lo; i <= hi; i++)
+                if (!(v[i - lo] = strdup(vdisk_io_name(d->images[i]->io)))) {
+                        vdisk_strv_free(v);
+                        return vdisk_error(-ENOMEM, "out of memory");
+                }
+        *ret = v;
+        return 0;
+}
+
+/* Points image `child` at `parent` (or makes it a base when parent < 0). */
+static int relink(vdisk_disk *d, unsigned child, int parent) {
+        meta pm = {}, m = {};
+        uint32_t mask = META_PARENT_UUID;
+        int r;
+
+        if (parent >= 0) {
+                r = image_get_meta(d->images[parent], &pm);
+                if (r < 0)
+                        return r;
+        }
+        memcpy(m.parent_uuid, pm.uuid, 16);
+        if (pm.mask & META_MODIFICATION_UUID) {
+                memcpy(m.parent_modification_uuid, pm.modification_uuid, 16);
+                mask |= META_PARENT_MOD_UUID;
+        } else if (parent < 0)
+                mask |= META_PARENT_MOD_UUID;
+        r = image_set_meta(d->images[child], &m, mask);
+        if (r < 0)
+                return r;
+        return image_flush(d->images[child]);
+}
+
+int vdisk_merge(vdisk_disk *d, unsigned from, unsigned to, vdisk_progress *p, char ***ret_removed) {
+        _cleanup_(disk_unlockp) vdisk_disk *l = NULL;
+        char **removed = NULL;
+        unsigned lo, hi;
+        int r, cr;
+
+        if (!d)
+                return vdisk_error(-EINVAL, "invalid arguments");
+        l = disk_lock(d);
+        if (from >= d->n || to >= d->n)
+                return vdisk_error(-EINVAL, "image index out of range (the chain has %u images)", d->n);
+        if (from == to)
+                return vdisk_error(-EINVAL, "nothing to merge: from and to are the same image");
+        for (unsigned i = 0; i < d->n; i++)
+                if (d->images[i]->info_only)
+                        return vdisk_error(-EPERM, "%s: opened for information only",
+                                           vdisk_io_name(d->images[i]->io));
+        if (!d->images[to]->writable)
+                return vdisk_error(-EROFS, "%s: image is read-only", vdisk_io_name(d->images[to]->io));
+
+        if (from > to) {
+                uint64_t size = d->images[from]->size;
+
+                if (from + 1 < d->n && !d->images[from + 1]->writable)
+                        return vdisk_error(-EROFS, "%s: image is read-only (needed to relink it)",
+                                           vdisk_io_name(d->images[from + 1]->io));
+                /* `to` takes `from`'s size. Growing adds unallocated blocks;
+                 * shrinking only drops what no image of the chain shows
+                 * (reads past `from`'s end are zeros), so both are invisible
+                 * until the relink below. */
+                if (d->images[to]->size != size) {
+                        uint64_t old = d->images[to]->size;
+
+                        r = resize_image(d, to, size);
+                        if (r < 0)
+                                return r;
+                        /* The old chain read zeros past `to`'s end: keep it so
+                         * where `to`'s parent has data there. */
+                        if (size > old && to > 0) {
+                                r = rw_write_zeroes(d, to, (int) to - 1, old, size - old);
+                                if (r < 0)
+                                        return r;
+                        }
+                }
+                progress_set_total(p, size);
+                r = copy_defined(d, to + 1, from, to, -1, (int) to - 1, size, p);
+                /* Whatever was copied must be durable, also on cancel. */
+                cr = image_flush(d->images[to]);
+                if (r < 0)
+                        return r;
+                if (cr < 0)
+                        return cr;
+                if (from + 1 < d->n) {
+                        r = relink(d, from + 1, (int) to);
+                        if (r < 0)
+                                return r;
+                }
+                lo = to + 1;
+                hi = from;
+        } else {
+                uint64_t size = d->images[to]->size;
+
+                progress_set_total(p, size);
+                r = copy_defined(d, from, to - 1, to, (int) to, (int) from - 1, size, p);
+                cr = image_flush(d->images[to]);
+                if (r < 0)
+                        return r;
+                if (cr < 0)
+                        return cr;
+                r = relink(d, to, (int) from - 1);
+                if (r < 0)
+                        return r;
+                /* `to` got a new modification UUID: keep its child's record current. */
+                if (to + 1 < d->n && d->images[to + 1]->writable) {
+                        r = relink(d, to + 1, (int) to);
+                        if (r < 0)
+                                return r;
+                }
+                lo = from;
+                hi = to - 1;
+        }
+
+        if (ret_removed) {
+                r = collect_names(d, lo, hi, &removed);
+                if (r < 0)
+                        return r;
+        }
+        disk_remove_range(d, lo, hi);
+        progress_finish(p);
+        if (ret_removed)
+                *ret_removed = removed;
+        return 0;
+}

@@ -1,0 +1,73 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/*
+ * Resize (VDResize) of the top image. Growing: the new range reads zeros —
+ * also in a differencing image whose parent is larger (it gets zero blocks
+ * there). Shrinking: only when the cut-off range reads zeros, so nothing a
+ * user wrote is lost.
+ */
+#include "core/core.h"
+
+int resize_image(vdisk_disk *d, unsigned level, uint64_t new_size) {
+        vdisk_image *img = d->images[level];
+        int r;
+
+        if (!img->be->resize)
+                return vdisk_error(-EOPNOTSUPP, "%s: %s images cannot be resized", vdisk_io_name(img->io),
+                                   img->be->info.name);
+        r = img->be->resize(img->state, new_size);
+        image_refresh(img);
+        if (r < 0)
+                return vdisk_error_prefix(r, vdisk_io_name(img->io));
+        return 0;
+}
+
+int vdisk_resize(vdisk_disk *d, uint64_t new_size, vdisk_progress *p) {
+        _cleanup_(disk_unlockp) vdisk_disk *l = NULL;
+        vdisk_image *img;
+        uint64_t old;
+        unsigned top;
+        bool zero;
+        int r;
+
+        if (!d || new_size == 0 || new_size > ((uint64_t) 1 << 62))
+                return vdisk_error(-EINVAL, "invalid size %" PRIu64, new_size);
+        l = disk_lock(d);
+        if (d->n == 0)
+                return vdisk_error(-EINVAL, "the container is empty");
+        top = d->n - 1;
+        img = d->images[top];
+        if (!img->writable || img->info_only)
+                return vdisk_error(-EROFS, "%s: image is read-only", vdisk_io_name(img->io));
+        old = img->size;
+        progress_set_total(p, 1);
+        if (new_size == old) {
+                progress_finish(p);
+                return 0;
+        }
+        if (new_size < old) {
+                r = rw_is_zero(d, (int) top, new_size, old - new_size, &zero);
+                if (r < 0)
+                        return r;
+                if (!zero)
+                        return vdisk_error(-ENOTEMPTY, "%s: cannot shrink to %" PRIu64 " bytes: "
+                                           "the range to cut off holds data", vdisk_io_name(img->io), new_size);
+        }
+        r = image_flush(img);
+        if (r < 0)
+                return r;
+        r = resize_image(d, top, new_size);
+        if (r < 0)
+                return r;
+        if (new_size > old && top > 0) {
+                r = rw_is_zero(d, (int) top - 1, old, new_size - old, &zero);
+                if (r >= 0 && !zero)
+                        r = rw_write_zeroes(d, top, (int) top - 1, old, new_size - old);
+                if (r < 0)
+                        return r;
+        }
+        r = image_flush(img);
+        if (r < 0)
+                return r;
+        progress_finish(p);
+        return 0;
+}

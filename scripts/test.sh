@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# Installs what is needed (qemu-utils included), builds, and runs every test
+# suite: the normal build (all suites) and an ASan+UBSan build (unit,
+# malformed, model, crash). Ends with a line "N passed, M failed".
+set -uo pipefail
+top=$(cd "$(dirname "$0")/.." && pwd)
+cd "$top"
+
+scripts/install-deps.sh --test || exit 1
+
+werror=false
+[ "${CI:-}" = "true" ] && werror=true
+
+passed=0
+failed=0
+
+# count_results LOGFILE: adds meson's summary counts to passed/failed.
+count_results() {
+    local ok fail timeout xpass
+    ok=$(sed -n 's/^Ok: *\([0-9]*\).*/\1/p' "$1" | tail -n1)
+    fail=$(sed -n 's/^Fail: *\([0-9]*\).*/\1/p' "$1" | tail -n1)
+    timeout=$(sed -n 's/^Timeout: *\([0-9]*\).*/\1/p' "$1" | tail -n1)
+    xpass=$(sed -n 's/^Unexpected Pass: *\([0-9]*\).*/\1/p' "$1" | tail -n1)
+    passed=$((passed + ${ok:-0}))
+    failed=$((failed + ${fail:-0} + ${timeout:-0} + ${xpass:-0}))
+}
+
+run_suites() { # BUILDDIR LOG [meson test args...]
+    local dir=$1 log=$2
+    shift 2
+    meson test -C "$dir" --print-errorlogs --num-processes 2 "$@" 2>&1 | tee "$log"
+    local rc=${PIPESTATUS[0]}
+    count_results "$log"
+    if ! grep -q '^Ok:' "$log"; then
+        echo "meson test in $dir did not run (exit $rc)"
+        failed=$((failed + 1))
+    fi
+}
+
+build() { # BUILDDIR [meson setup args...]
+    local dir=$1
+    shift
+    if [ ! -d "$dir" ]; then
+        meson setup "$dir" -Dwerror=$werror "$@" || return 1
+    fi
+    ninja -C "$dir"
+}
+
+logs=$(mktemp -d)
+if build build; then
+    run_suites build "$logs/main.log"
+else
+    echo "build failed"
+    failed=$((failed + 1))
+fi
+
+if build build-asan -Db_sanitize=address,undefined -Db_lundef=false -Dbuildtype=debug; then
+    ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+        run_suites build-asan "$logs/asan.log" --suite unit --suite malformed --suite model --suite crash
+else
+    echo "sanitizer build failed"
+    failed=$((failed + 1))
+fi
+rm -rf "$logs"
+
+echo
+echo "$passed passed, $failed failed"
+[ "$failed" -eq 0 ]

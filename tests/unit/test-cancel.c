@@ -1,0 +1,325 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/*
+ * Suite `unit`: progress and cancellation of the long operations.
+ *
+ * A vdisk_progress callback cancels after the first report that is not the
+ * final one: vdisk_copy, vdisk_merge (both directions) and vdisk_compact return
+ * -ECANCELED, every image still checks clean, the content is unchanged (merge,
+ * compact: the container's, and also after reopening the images from their
+ * bytes) and a convert's source bytes never change. A progress cancelled before
+ * the call stops the operation before it changes anything. Uncancelled runs
+ * report monotonic progress that ends exactly at the total.
+ */
+#include "tests.h"
+
+#define DISK_SIZE (32 * MiB)
+
+typedef struct watch {
+        int cancel;           /* cancel at the first report with 0 < done < total */
+        unsigned calls;
+        uint64_t last_done, last_total;
+        int went_back;        /* done decreased */
+        int over_total;       /* done > total (total known) */
+        int cancelled_at_call;
+} watch;
+
+static void on_progress(vdisk_progress *p, void *user) {
+        watch *w = user;
+        uint64_t done = vdisk_progress_done(p), total = vdisk_progress_total(p);
+
+        w->calls++;
+        if (done < w->last_done)
+                w->went_back = 1;
+        if (total && done > total)
+                w->over_total = 1;
+        w->last_done = done;
+        w->last_total = total;
+        if (w->cancel && !w->cancelled_at_call && done > 0 && total > 0 && done < total) {
+                vdisk_progress_cancel(p);
+                w->cancelled_at_call = (int) w->calls;
+        }
+}
+
+static vdisk_progress *progress_new(watch *w, int cancel) {
+        vdisk_progress *p = NULL;
+
+        memset(w, 0, sizeof *w);
+        w->cancel = cancel;
+        ASSERT_OK(vdisk_progress_new(on_progress, w, &p));
+        return p;
+}
+
+/* An uncancelled run: monotonic, ends at the total. */
+static void assert_progress_complete(const watch *w, vdisk_progress *p) {
+        ASSERT(w->calls > 0);
+        ASSERT(!w->went_back);
+        ASSERT(!w->over_total);
+        ASSERT(vdisk_progress_total(p) > 0);
+        ASSERT_EQ_U64(vdisk_progress_done(p), vdisk_progress_total(p));
+        ASSERT_EQ_U64(w->last_done, vdisk_progress_total(p));
+        ASSERT(!vdisk_progress_cancelled(p));
+}
+
+/* A cancelled run: the cancel happened in the middle and the operation saw it. */
+static void assert_progress_cancelled(const watch *w, vdisk_progress *p, const char *op) {
+        if (!w->cancelled_at_call)
+                FAIL("%s: the progress callback was never called with 0 < done < total (%u calls), "
+                     "so it could not cancel in the middle", op, w->calls);
+        ASSERT(!w->went_back);
+        ASSERT(!w->over_total);
+        ASSERT(vdisk_progress_cancelled(p));
+}
+
+/* ---- fixtures */
+
+typedef struct chain {
+        vdisk_io *ios[3];
+        unsigned n;
+        vdisk_disk *d;
+} chain;
+
+static void fill_blocks(vdisk_disk *d, rng *r, unsigned every, unsigned phase, int zero_blocks) {
+        uint8_t *buf = malloc(1 * MiB);
+
+        ASSERT(buf);
+        for (uint64_t b = phase, k = 0; b < DISK_SIZE / MiB; b += every, k++) {
+                if (zero_blocks && k % 3 == 0)
+                        memset(buf, 0, 1 * MiB);
+                else
+                        rng_fill(r, buf, 1 * MiB);
+                ASSERT_OK(vdisk_disk_write(d, buf, 1 * MiB, b * MiB));
+        }
+        free(buf);
+}
+
+/* base (every block, every 3rd of them zeros) + diff (every 2nd block) + diff
+ * (every 3rd block, every 3rd of them zeros) */
+static void make_chain(chain *c, const char *tag, uint64_t seed) {
+        char name[64];
+        rng r;
+
+        rng_seed(&r, seed);
+        memset(c, 0, sizeof *c);
+        c->d = disk_new();
+        for (unsigned i = 0; i < 3; i++) {
+                snprintf(name, sizeof name, "cancel-%s-%u.vdi", tag, i);
+                c->ios[i] = mem_io(name, NULL, 0);
+                if (i == 0)
+                        ASSERT_OK(vdisk_disk_create_base(c->d, c->ios[0], "vdi", DISK_SIZE, NULL));
+                else
+                        ASSERT_OK(vdisk_disk_create_diff(c->d, c->ios[i], "vdi", NULL));
+                fill_blocks(c->d, &r, i + 1, i, i != 1);
+        }
+        c->n = 3;
+        ASSERT_OK(vdisk_disk_flush(c->d));
+}
+
+static void chain_free(chain *c) {
+        c->d = vdisk_disk_unref(c->d);
+        for (unsigned i = 0; i < c->n; i++)
+                vdisk_io_unref(c->ios[i]);
+}
+
+static void assert_content(vdisk_disk *d, const uint8_t *expected, uint64_t size, const char *what) {
+        uint64_t got_size;
+        uint8_t *got = disk_read_all(d, &got_size);
+
+        ASSERT_EQ_U64(got_size, size);
+        if (memcmp(got, expected, size) != 0) {
+                uint64_t i = 0;
+                while (got[i] == expected[i])
+                        i++;
+                FAIL("%s: content changed at 0x%" PRIx64, what, i);
+        }
+        free(got);
+}
+
+static void check_all_clean(vdisk_disk *d) {
+        for (unsigned i = 0; i < vdisk_disk_count(d); i++)
+                CHECK_IMAGE_CLEAN(d, i);
+}
+
+/* Reopens the chain's images from their bytes and compares the content. */
+static void assert_reopened_content(chain *c, const uint8_t *expected, const char *what) {
+        vdisk_disk *d = disk_new();
+
+        for (unsigned i = 0; i < c->n; i++)
+                ASSERT_OK(vdisk_disk_open(d, c->ios[i], "vdi", VDISK_OPEN_READONLY));
+        check_all_clean(d);
+        assert_content(d, expected, DISK_SIZE, what);
+        vdisk_disk_unref(d);
+}
+
+/* ---- copy */
+
+static void test_copy(void) {
+        chain c;
+        uint8_t *before, *src_bytes[3], *after_bytes;
+        size_t src_len[3], len;
+        uint64_t size;
+        vdisk_copy_opts o = { .size = sizeof o, .create = { .size = sizeof o.create },
+                              .from_same = -1, .to_same = -1 };
+        vdisk_progress *p;
+        watch w;
+
+        make_chain(&c, "copy", 1);
+        before = disk_read_all(c.d, &size);
+        for (unsigned i = 0; i < 3; i++)
+                src_bytes[i] = mem_io_copy(c.ios[i], &src_len[i]);
+
+        for (int pre = 0; pre < 2; pre++) {
+                vdisk_disk *dst = disk_new();
+                vdisk_io *dio = mem_io("cancel-copy-dst.vdi", NULL, 0);
+
+                p = progress_new(&w, !pre);
+                if (pre)
+                        vdisk_progress_cancel(p);
+                test_set_context("copy, cancelled %s", pre ? "before the call" : "in the middle");
+                ASSERT_ERR(vdisk_copy(c.d, dst, dio, "vdi", &o, p), -ECANCELED);
+                if (!pre)
+                        assert_progress_cancelled(&w, p, "vdisk_copy");
+                vdisk_progress_free(p);
+                /* the source is untouched */
+                check_all_clean(c.d);
+                assert_content(c.d, before, size, "copy source after cancel");
+                for (unsigned i = 0; i < 3; i++) {
+                        after_bytes = mem_io_copy(c.ios[i], &len);
+                        ASSERT_EQ_U64(len, src_len[i]);
+                        ASSERT_MEMEQ(after_bytes, src_bytes[i], len);
+                        free(after_bytes);
+                }
+                vdisk_disk_unref(dst);
+                vdisk_io_unref(dio);
+        }
+
+        /* uncancelled: complete progress, equal content */
+        {
+                vdisk_disk *dst = disk_new();
+                vdisk_io *dio = mem_io("cancel-copy-dst.vdi", NULL, 0);
+
+                test_set_context("copy, not cancelled");
+                p = progress_new(&w, 0);
+                ASSERT_OK(vdisk_copy(c.d, dst, dio, "vdi", &o, p));
+                assert_progress_complete(&w, p);
+                vdisk_progress_free(p);
+                ASSERT_EQ_U64(vdisk_disk_count(dst), 1);
+                assert_content(dst, before, size, "copy destination");
+                check_all_clean(dst);
+                vdisk_disk_unref(dst);
+                vdisk_io_unref(dio);
+        }
+        for (unsigned i = 0; i < 3; i++)
+                free(src_bytes[i]);
+        free(before);
+        chain_free(&c);
+}
+
+/* ---- merge */
+
+static void test_merge(unsigned from, unsigned to) {
+        chain c;
+        uint8_t *before;
+        uint64_t size;
+        vdisk_progress *p;
+        watch w;
+        char what[64];
+
+        snprintf(what, sizeof what, "merge %u -> %u", from, to);
+        make_chain(&c, "merge", 2);
+        before = disk_read_all(c.d, &size);
+
+        for (int pre = 0; pre < 2; pre++) {
+                test_set_context("%s, cancelled %s", what, pre ? "before the call" : "in the middle");
+                p = progress_new(&w, !pre);
+                if (pre)
+                        vdisk_progress_cancel(p);
+                ASSERT_ERR(vdisk_merge(c.d, from, to, p, NULL), -ECANCELED);
+                if (!pre)
+                        assert_progress_cancelled(&w, p, what);
+                vdisk_progress_free(p);
+                /* no image left the chain; content and images intact */
+                ASSERT_EQ_U64(vdisk_disk_count(c.d), 3);
+                for (unsigned i = 0; i < 3; i++)
+                        ASSERT_STREQ(vdisk_image_name(vdisk_disk_image(c.d, i)), vdisk_io_name(c.ios[i]));
+                check_all_clean(c.d);
+                assert_content(c.d, before, size, what);
+                ASSERT_OK(vdisk_disk_flush(c.d));
+                assert_reopened_content(&c, before, what);
+                /* and the container still works */
+                ASSERT_OK(vdisk_disk_write(c.d, before, 4096, 0));
+        }
+
+        /* uncancelled */
+        test_set_context("%s, not cancelled", what);
+        p = progress_new(&w, 0);
+        ASSERT_OK(vdisk_merge(c.d, from, to, p, NULL));
+        assert_progress_complete(&w, p);
+        vdisk_progress_free(p);
+        ASSERT_EQ_U64(vdisk_disk_count(c.d), 3 - (from > to ? from - to : to - from));
+        check_all_clean(c.d);
+        assert_content(c.d, before, size, what);
+        free(before);
+        chain_free(&c);
+}
+
+/* ---- compact */
+
+static void test_compact(unsigned index) {
+        chain c;
+        uint8_t *before;
+        uint64_t size, fsize_before, fsize_after;
+        vdisk_progress *p;
+        watch w;
+        char what[64];
+
+        snprintf(what, sizeof what, "compact of image %u", index);
+        make_chain(&c, "compact", 3);
+        before = disk_read_all(c.d, &size);
+        ASSERT_OK(vdisk_image_file_size(vdisk_disk_image(c.d, index), &fsize_before));
+
+        for (int pre = 0; pre < 2; pre++) {
+                uint64_t fs;
+
+                test_set_context("%s, cancelled %s", what, pre ? "before the call" : "in the middle");
+                p = progress_new(&w, !pre);
+                if (pre)
+                        vdisk_progress_cancel(p);
+                ASSERT_ERR(vdisk_compact(c.d, index, p), -ECANCELED);
+                if (!pre)
+                        assert_progress_cancelled(&w, p, what);
+                vdisk_progress_free(p);
+                ASSERT_EQ_U64(vdisk_disk_count(c.d), 3);
+                check_all_clean(c.d);
+                assert_content(c.d, before, size, what);
+                ASSERT_OK(vdisk_image_file_size(vdisk_disk_image(c.d, index), &fs));
+                ASSERT(fs <= fsize_before);
+                ASSERT_OK(vdisk_disk_flush(c.d));
+                assert_reopened_content(&c, before, what);
+        }
+
+        test_set_context("%s, not cancelled", what);
+        p = progress_new(&w, 0);
+        ASSERT_OK(vdisk_compact(c.d, index, p));
+        assert_progress_complete(&w, p);
+        vdisk_progress_free(p);
+        check_all_clean(c.d);
+        assert_content(c.d, before, size, what);
+        ASSERT_OK(vdisk_image_file_size(vdisk_disk_image(c.d, index), &fsize_after));
+        ASSERT(fsize_after <= fsize_before);
+        /* the image's all-zero blocks are gone */
+        ASSERT(fsize_after < fsize_before);
+        free(before);
+        chain_free(&c);
+}
+
+int main(void) {
+        test_copy();
+        test_merge(2, 0);   /* forward, apart */
+        test_merge(2, 1);   /* forward, adjacent */
+        test_merge(0, 2);   /* backward, apart */
+        test_merge(0, 1);   /* backward, adjacent */
+        test_compact(0);
+        test_compact(2);
+        printf("test-cancel: all passed\n");
+        return 0;
+}

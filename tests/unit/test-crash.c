@@ -1,0 +1,1031 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/*
+ * Suite `crash`: the crash model.
+ *
+ * Each scenario runs one operation on a VDI (a standalone base, or the top
+ * of a two-image chain, or the base of a merge) whose memory io is wrapped in
+ * a fault io. A first run without a fault counts the io's writes (W); then for
+ * every N in 0..W:
+ *   - POWER_CUT after N writes: the operation fails at the cut; for several
+ *     seeds the crash image (seed 0: every unflushed write lost; others: a
+ *     random subset, torn at 512 bytes) must open, pass vdisk_check with no
+ *     corruption (leaks allowed) and hold, in every sector, a version the
+ *     sector may have: the one durable at the last successful flush, or any
+ *     version written after it (durable data is never lost, nothing else
+ *     appears). With one documented exception for check: the header's
+ *     allocated-block count may be ahead of the block map (the library writes
+ *     the count first on purpose, lib/backends/vdi.c), which the tests'
+ *     own parse of the header and map tells apart from corruption.
+ *   - EIO and ENOSPC from the Nth write on: the operation returns exactly
+ *     that error with a message, and the image left in the inner memory io
+ *     opens and checks the same way.
+ * Scenarios: (a) writes, allocating and in place, zeros, discards, flushes in
+ * between (base; top of a chain); (b) merge: forward diff into base, forward
+ * middle image into base under a third image that gets relinked (the chain
+ * must read the same at every cut whichever parent the top names), backward
+ * base into diff; (c) compact (base; top); (d) resize grow (base; top);
+ * (e) repair of a VDI with a leaked slot. A convert's source never changes
+ * when its destination fails with EIO or ENOSPC at any write.
+ * The structural check also uses the tests' own VDI parser (no map entry out
+ * of range or duplicated), and standalone bases go through
+ * `qemu-img check -f vdi` when /usr/bin/qemu-img exists (exit 0 or 3; 2 only
+ * in the count-ahead state).
+ *
+ * Usage: test-crash [SCENARIO [CRASH_SEEDS]]   (SCENARIO: a name or "all")
+ */
+#include <fcntl.h>
+#include <sys/wait.h>
+#include <time.h>
+
+#include "tests.h"
+#include "vdi-layout.h"
+
+#define DISK_SIZE (8 * MiB)
+#define MAX_SIZE (16 * MiB)
+#define MAX_SECTORS (MAX_SIZE / 512)
+#define BLOCK (1 * MiB)
+#define QEMU_IMG "/usr/bin/qemu-img"
+
+static unsigned n_crash_seeds = 5;
+static int have_qemu;
+static char tmpdir[256];
+
+static struct {
+        uint64_t cases, images, count_ahead, leaky, qemu_runs;
+} stats;
+
+/* ---------------------------------------------------------------- allowed contents */
+
+typedef struct vset {
+        uint64_t *v;
+        uint32_t n, cap;
+} vset;
+
+typedef struct allowed {
+        vset *s;                 /* MAX_SECTORS sets of sector hashes */
+        uint64_t sizes[4];
+        unsigned n_sizes;
+} allowed;
+
+static uint64_t zero_hash;
+
+static void vset_add(vset *s, uint64_t h) {
+        for (uint32_t i = 0; i < s->n; i++)
+                if (s->v[i] == h)
+                        return;
+        if (s->n == s->cap) {
+                s->cap = s->cap ? s->cap * 2 : 4;
+                s->v = realloc(s->v, s->cap * sizeof *s->v);
+                ASSERT(s->v);
+        }
+        s->v[s->n++] = h;
+}
+
+static int vset_has(const vset *s, uint64_t h) {
+        for (uint32_t i = 0; i < s->n; i++)
+                if (s->v[i] == h)
+                        return 1;
+        return 0;
+}
+
+static void allowed_init(allowed *a) {
+        a->s = calloc(MAX_SECTORS, sizeof *a->s);
+        ASSERT(a->s);
+}
+
+static void allowed_free(allowed *a) {
+        for (uint64_t i = 0; i < MAX_SECTORS; i++)
+                free(a->s[i].v);
+        free(a->s);
+}
+
+/* Exactly `content` (sectors past `size` read zeros). */
+static void allowed_reset(allowed *a, const uint8_t *content, uint64_t size) {
+        for (uint64_t i = 0; i < MAX_SECTORS; i++) {
+                a->s[i].n = 0;
+                vset_add(&a->s[i], i * 512 < size ? hash64(content + i * 512, 512) : zero_hash);
+        }
+        a->sizes[0] = size;
+        a->n_sizes = 1;
+}
+
+static void allowed_add(allowed *a, const uint8_t *data, uint64_t off, uint64_t len) {
+        ASSERT(off % 512 == 0 && len % 512 == 0 && off + len <= MAX_SIZE);
+        for (uint64_t i = 0; i < len; i += 512)
+                vset_add(&a->s[(off + i) / 512], hash64(data + i, 512));
+}
+
+static void allowed_add_size(allowed *a, uint64_t size) {
+        for (unsigned i = 0; i < a->n_sizes; i++)
+                if (a->sizes[i] == size)
+                        return;
+        ASSERT(a->n_sizes < ELEMENTSOF(a->sizes));
+        a->sizes[a->n_sizes++] = size;
+}
+
+static void verify_allowed(vdisk_disk *d, const allowed *a, const char *what) {
+        uint64_t size = vdisk_disk_size(d);
+        uint8_t *buf = malloc(1 * MiB);
+        int size_ok = 0;
+
+        ASSERT(buf);
+        for (unsigned i = 0; i < a->n_sizes; i++)
+                size_ok |= a->sizes[i] == size;
+        if (!size_ok)
+                FAIL("%s: disk size %" PRIu64 " is neither the old nor the new size", what, size);
+        for (uint64_t off = 0; off < size; off += 1 * MiB) {
+                size_t n = (size_t) MIN(1 * MiB, size - off);
+
+                ASSERT_OK(vdisk_disk_read(d, buf, n, off));
+                for (size_t i = 0; i < n; i += 512) {
+                        uint64_t sec = (off + i) / 512;
+                        if (!vset_has(&a->s[sec], hash64(buf + i, 512)))
+                                FAIL("%s: sector %" PRIu64 " (offset 0x%" PRIx64 ", block %" PRIu64 ") holds "
+                                     "neither its durable content nor a later version (%u allowed; it %s zeros)",
+                                     what, sec, off + i, (off + i) / BLOCK, a->s[sec].n,
+                                     buf_is_zero(buf + i, 512) ? "reads" : "does not read");
+                }
+        }
+        free(buf);
+}
+
+/* ---------------------------------------------------------------- the workload context */
+
+typedef struct wl {
+        vdisk_disk *d;
+        uint8_t *model;      /* what the guest should see now (MAX_SIZE bytes) */
+        uint64_t size;
+        allowed *a;
+} wl;
+
+static int wl_write(wl *w, const void *buf, uint64_t len, uint64_t off) {
+        allowed_add(w->a, buf, off, len);
+        memcpy(w->model + off, buf, len);
+        return vdisk_disk_write(w->d, buf, len, off);
+}
+
+static int wl_write_random(wl *w, rng *r, uint64_t len, uint64_t off) {
+        uint8_t *buf = malloc(len);
+        int ret;
+
+        ASSERT(buf);
+        rng_fill(r, buf, len);
+        ret = wl_write(w, buf, len, off);
+        free(buf);
+        return ret;
+}
+
+static int wl_write_zeros(wl *w, uint64_t len, uint64_t off) {
+        uint8_t *buf = calloc(1, len);
+        int ret;
+
+        ASSERT(buf);
+        ret = wl_write(w, buf, len, off);
+        free(buf);
+        return ret;
+}
+
+static int wl_discard(wl *w, uint64_t off, uint64_t len) {
+        uint8_t *zeros = calloc(1, len);
+
+        ASSERT(zeros);
+        allowed_add(w->a, zeros, off, len);
+        memset(w->model + off, 0, len);
+        free(zeros);
+        return vdisk_disk_discard(w->d, off, len);
+}
+
+/* A successful flush makes the model durable: nothing older may show up. */
+static int wl_flush(wl *w) {
+        int r = vdisk_disk_flush(w->d);
+
+        if (r == 0)
+                allowed_reset(w->a, w->model, w->size);
+        return r;
+}
+
+#define TRY(expr)                       \
+        do {                            \
+                int _t_ = (expr);       \
+                if (_t_ < 0)            \
+                        return _t_;     \
+        } while (0)
+
+/* ---------------------------------------------------------------- scenarios */
+
+enum { V_CONTENT, V_MERGE_FWD, V_MERGE_FWD3, V_MERGE_BWD };
+
+typedef struct scenario scenario;
+struct scenario {
+        const char *name;
+        unsigned n;                     /* images, base first */
+        unsigned faulted;               /* the image whose io is faulted */
+        int verify;                     /* V_* */
+        int qemu;                       /* the faulted image is a standalone base */
+        void (*build)(scenario *sc);    /* makes tmpl[] */
+        int (*op)(scenario *sc, wl *w);
+        void (*after_success)(scenario *sc, wl *w);
+        vdisk_io *tmpl[3];
+        uint8_t uuid[3][16];
+        uint8_t *content;               /* the chain's content before (DISK_SIZE) */
+        uint8_t *target_old, *target_new; /* merges: the target's own view before / after */
+        uint64_t file_size_before;
+};
+
+static vdisk_io *new_io(scenario *sc, unsigned i) {
+        char name[96];
+
+        snprintf(name, sizeof name, "crash-%s-%u.vdi", sc->name, i);
+        return mem_io(name, NULL, 0);
+}
+
+static vdisk_disk *open_ios(vdisk_io **ios, unsigned n, uint32_t flags, const char *what) {
+        vdisk_disk *d = disk_new();
+
+        for (unsigned i = 0; i < n; i++) {
+                int r = vdisk_disk_open(d, ios[i], "vdi", flags);
+                if (r < 0)
+                        FAIL("%s: image %u (%s) does not open: %d (%s)", what, i, vdisk_io_name(ios[i]), r,
+                             strerror(-r));
+        }
+        return d;
+}
+
+static uint8_t *read_view(vdisk_io **ios, unsigned n) {
+        vdisk_disk *d = open_ios(ios, n, VDISK_OPEN_READONLY, "reading a template");
+        uint64_t size;
+        uint8_t *all = disk_read_all(d, &size);
+
+        ASSERT_EQ_U64(size, DISK_SIZE);
+        vdisk_disk_unref(d);
+        return all;
+}
+
+/* Creates the template chain with `fill(level)` writing into each level. */
+static vdisk_disk *build_chain(scenario *sc) {
+        vdisk_disk *d = disk_new();
+
+        for (unsigned i = 0; i < sc->n; i++) {
+                sc->tmpl[i] = new_io(sc, i);
+                if (i == 0)
+                        ASSERT_OK(vdisk_disk_create_base(d, sc->tmpl[0], "vdi", DISK_SIZE, NULL));
+                else
+                        ASSERT_OK(vdisk_disk_create_diff(d, sc->tmpl[i], "vdi", NULL));
+                ASSERT_OK(vdisk_image_get_uuid(vdisk_disk_image(d, i), sc->uuid[i]));
+        }
+        return d;
+}
+
+static void fill_block(vdisk_disk *d, rng *r, uint64_t block, uint64_t off_in_block, uint64_t len) {
+        uint8_t *buf = malloc(len);
+
+        ASSERT(buf);
+        rng_fill(r, buf, len);
+        ASSERT_OK(vdisk_disk_write(d, buf, len, block * BLOCK + off_in_block));
+        free(buf);
+}
+
+static void zero_block(vdisk_disk *d, uint64_t block) {
+        uint8_t *buf = calloc(1, BLOCK);
+
+        ASSERT(buf);
+        ASSERT_OK(vdisk_disk_write(d, buf, BLOCK, block * BLOCK));
+        free(buf);
+}
+
+/* (a) writes */
+
+static void build_writes_base(scenario *sc) {
+        rng r;
+        vdisk_disk *d;
+
+        rng_seed(&r, 1);
+        sc->n = 1;
+        d = build_chain(sc);
+        fill_block(d, &r, 0, 0, BLOCK);
+        fill_block(d, &r, 2, 0, BLOCK);
+        fill_block(d, &r, 5, 0, BLOCK);
+        vdisk_disk_unref(d);
+}
+
+static void build_writes_top(scenario *sc) {
+        rng r;
+        vdisk_disk *d;
+
+        rng_seed(&r, 2);
+        sc->n = 2;
+        d = disk_new();
+        sc->tmpl[0] = new_io(sc, 0);
+        ASSERT_OK(vdisk_disk_create_base(d, sc->tmpl[0], "vdi", DISK_SIZE, NULL));
+        for (uint64_t b = 0; b < 8; b++)
+                if (b != 3)
+                        fill_block(d, &r, b, 0, BLOCK);
+        sc->tmpl[1] = new_io(sc, 1);
+        ASSERT_OK(vdisk_disk_create_diff(d, sc->tmpl[1], "vdi", NULL));
+        fill_block(d, &r, 1, 64 * KiB, 64 * KiB);
+        fill_block(d, &r, 2, 0, 64 * KiB);
+        vdisk_disk_unref(d);
+}
+
+static int op_writes(scenario *sc, wl *w) {
+        rng r;
+
+        rng_seed(&r, 42);
+        TRY(wl_write_random(w, &r, 64 * KiB, 3 * BLOCK + 128 * KiB));    /* allocating, partial */
+        TRY(wl_write_random(w, &r, 4 * KiB, 2 * BLOCK + 4 * KiB));       /* in place */
+        TRY(wl_flush(w));
+        TRY(wl_write_random(w, &r, 1 * MiB, 4 * BLOCK + 512 * KiB));     /* straddles blocks 4 and 5 */
+        TRY(wl_write_zeros(w, 8 * KiB, 0));                              /* zeros, in place */
+        TRY(wl_write_random(w, &r, BLOCK, 6 * BLOCK));                   /* a whole new block */
+        TRY(wl_flush(w));
+        TRY(wl_discard(w, 2 * BLOCK, BLOCK));                            /* a whole block */
+        TRY(wl_discard(w, 64 * KiB, 128 * KiB));                         /* part of a block */
+        TRY(wl_write_random(w, &r, 512, 8 * BLOCK - 512));               /* the last sector */
+        TRY(wl_write_random(w, &r, 2 * MiB, 1 * BLOCK));                 /* blocks 1 and 2 again */
+        TRY(wl_flush(w));
+        TRY(wl_write_random(w, &r, 4 * KiB, 3 * BLOCK));
+        TRY(wl_write_zeros(w, BLOCK, 7 * BLOCK));                        /* a whole block of zeros */
+        TRY(wl_write_random(w, &r, 512, 3 * BLOCK + 1 * MiB - 512));
+        TRY(wl_flush(w));
+        return 0;
+}
+
+/* (b) merges */
+
+static void fill_merge_diff(vdisk_disk *d, rng *r) {
+        fill_block(d, r, 2, 128 * KiB, 128 * KiB);
+        fill_block(d, r, 3, 0, BLOCK);
+        fill_block(d, r, 4, 0, BLOCK);
+        zero_block(d, 6);
+        ASSERT_OK(vdisk_disk_discard(d, 1 * BLOCK, BLOCK));   /* ZERO over the base's data */
+        fill_block(d, r, 7, 4096, 8192);
+}
+
+static void build_merge(scenario *sc) {
+        rng r;
+        vdisk_disk *d;
+
+        rng_seed(&r, 3);
+        d = build_chain(sc);
+        vdisk_disk_unref(d);
+        /* fill level by level: reopen with only the levels below */
+        for (unsigned level = 0; level < sc->n; level++) {
+                d = open_ios(sc->tmpl, level + 1, 0, "building");
+                if (level == 0)
+                        for (uint64_t b = 0; b < 4; b++)
+                                fill_block(d, &r, b, 0, BLOCK);
+                else if (level == 1)
+                        fill_merge_diff(d, &r);
+                else {
+                        fill_block(d, &r, 0, 0, 64 * KiB);
+                        fill_block(d, &r, 3, 512 * KiB, 64 * KiB);
+                }
+                vdisk_disk_unref(d);
+        }
+}
+
+static int op_merge_fwd(scenario *sc, wl *w) {
+        return vdisk_merge(w->d, 1, 0, NULL, NULL);
+}
+
+static int op_merge_bwd(scenario *sc, wl *w) {
+        return vdisk_merge(w->d, 0, 1, NULL, NULL);
+}
+
+static void after_merge(scenario *sc, wl *w) {
+        ASSERT_EQ_U64(vdisk_disk_count(w->d), sc->n - 1);
+}
+
+/* (c) compact */
+
+static void build_compact_base(scenario *sc) {
+        rng r;
+        vdisk_disk *d;
+
+        rng_seed(&r, 4);
+        sc->n = 1;
+        d = build_chain(sc);
+        for (uint64_t b = 0; b < 8; b++)
+                fill_block(d, &r, b, 0, BLOCK);
+        zero_block(d, 1);
+        zero_block(d, 4);
+        ASSERT_OK(vdisk_disk_discard(d, 6 * BLOCK, BLOCK));
+        vdisk_disk_unref(d);
+}
+
+static void build_compact_top(scenario *sc) {
+        rng r;
+        vdisk_disk *d;
+        uint8_t *buf = malloc(BLOCK);
+
+        ASSERT(buf);
+        rng_seed(&r, 5);
+        sc->n = 2;
+        d = disk_new();
+        sc->tmpl[0] = new_io(sc, 0);
+        ASSERT_OK(vdisk_disk_create_base(d, sc->tmpl[0], "vdi", DISK_SIZE, NULL));
+        for (uint64_t b = 0; b < 8; b++)
+                fill_block(d, &r, b, 0, BLOCK);
+        sc->tmpl[1] = new_io(sc, 1);
+        ASSERT_OK(vdisk_disk_create_diff(d, sc->tmpl[1], "vdi", NULL));
+        /* block 0: equal to the parent's; 2 and 3: zeros over data; 5, 7: data */
+        ASSERT_OK(vdisk_disk_read(d, buf, BLOCK, 0));
+        ASSERT_OK(vdisk_disk_write(d, buf, BLOCK, 0));
+        zero_block(d, 2);
+        fill_block(d, &r, 5, 0, BLOCK);
+        zero_block(d, 3);
+        fill_block(d, &r, 7, 0, BLOCK);
+        vdisk_disk_unref(d);
+        free(buf);
+}
+
+static int op_compact(scenario *sc, wl *w) {
+        ASSERT_OK(vdisk_image_file_size(vdisk_disk_image(w->d, sc->faulted), &sc->file_size_before));
+        TRY(vdisk_compact(w->d, sc->faulted, NULL));
+        return wl_flush(w);
+}
+
+static void after_compact(scenario *sc, wl *w) {
+        uint64_t after;
+
+        ASSERT_OK(vdisk_image_file_size(vdisk_disk_image(w->d, sc->faulted), &after));
+        if (after >= sc->file_size_before)
+                FAIL("%s: compact did not shrink the image (%" PRIu64 " -> %" PRIu64 " bytes)", sc->name,
+                     sc->file_size_before, after);
+}
+
+/* (d) resize */
+
+static void build_resize_base(scenario *sc) {
+        rng r;
+        vdisk_disk *d;
+
+        rng_seed(&r, 6);
+        sc->n = 1;
+        d = build_chain(sc);
+        fill_block(d, &r, 0, 0, BLOCK);
+        fill_block(d, &r, 7, 0, BLOCK);
+        vdisk_disk_unref(d);
+}
+
+static void build_resize_top(scenario *sc) {
+        rng r;
+        vdisk_disk *d;
+
+        rng_seed(&r, 7);
+        sc->n = 2;
+        d = disk_new();
+        sc->tmpl[0] = new_io(sc, 0);
+        ASSERT_OK(vdisk_disk_create_base(d, sc->tmpl[0], "vdi", DISK_SIZE, NULL));
+        for (uint64_t b = 0; b < 4; b++)
+                fill_block(d, &r, b, 0, BLOCK);
+        sc->tmpl[1] = new_io(sc, 1);
+        ASSERT_OK(vdisk_disk_create_diff(d, sc->tmpl[1], "vdi", NULL));
+        fill_block(d, &r, 6, 0, BLOCK);
+        fill_block(d, &r, 7, 0, BLOCK);
+        vdisk_disk_unref(d);
+}
+
+static int op_resize(scenario *sc, wl *w) {
+        allowed_add_size(w->a, MAX_SIZE);
+        TRY(vdisk_resize(w->d, MAX_SIZE, NULL));
+        w->size = MAX_SIZE;
+        return wl_flush(w);
+}
+
+static void after_resize(scenario *sc, wl *w) {
+        ASSERT_EQ_U64(vdisk_disk_size(w->d), MAX_SIZE);
+}
+
+/* (e) repair of a leaked slot */
+
+static void build_repair(scenario *sc) {
+        rng r;
+        vdisk_disk *d;
+        uint8_t *bytes;
+        size_t len;
+        vdi_header h;
+        vdisk_check_report rep;
+
+        rng_seed(&r, 8);
+        sc->n = 1;
+        d = build_chain(sc);
+        for (uint64_t b = 0; b < 6; b++)
+                fill_block(d, &r, b, 0, BLOCK);
+        vdisk_disk_unref(d);
+        /* block 2's slot: no entry points to it any more */
+        bytes = mem_io_copy(sc->tmpl[0], &len);
+        ASSERT(vdi_parse(bytes, len, &h) == 0 && h.map);
+        ASSERT(vdi_map_entry(&h, 2) < h.blocks_allocated);
+        vdi_put32(bytes, h.off_blocks + 2 * 4, VDI_ENTRY_FREE);
+        vdisk_io_unref(sc->tmpl[0]);
+        sc->tmpl[0] = mem_io("crash-repair-0.vdi", bytes, len);
+        free(bytes);
+
+        d = open_ios(sc->tmpl, 1, VDISK_OPEN_READONLY, "repair template");
+        check_image_report(d, 0, &rep);
+        if (rep.corruptions || rep.leaks == 0) {
+                print_check_messages(&rep);
+                FAIL("an image with a leaked slot: check reports %" PRIu64 " corruptions and %" PRIu64 " leaks, "
+                     "expected 0 and at least 1", rep.corruptions, rep.leaks);
+        }
+        vdisk_check_report_clear(&rep);
+        vdisk_disk_unref(d);
+}
+
+static int op_repair(scenario *sc, wl *w) {
+        vdisk_check_report rep = { .size = sizeof rep };
+        int r = vdisk_check(w->d, 0, VDISK_CHECK_REPAIR_ALL, &rep, NULL);
+
+        vdisk_check_report_clear(&rep);
+        TRY(r);
+        return wl_flush(w);
+}
+
+static void after_repair(scenario *sc, wl *w) {
+        vdisk_check_report rep;
+
+        check_image_report(w->d, 0, &rep);
+        if (rep.corruptions || rep.leaks) {
+                print_check_messages(&rep);
+                FAIL("after repair: %" PRIu64 " corruptions, %" PRIu64 " leaks", rep.corruptions, rep.leaks);
+        }
+        vdisk_check_report_clear(&rep);
+}
+
+static scenario scenarios[] = {
+        { .name = "writes-base", .faulted = 0, .qemu = 1, .build = build_writes_base, .op = op_writes },
+        { .name = "writes-top", .faulted = 1, .build = build_writes_top, .op = op_writes },
+        { .name = "merge-forward", .n = 2, .faulted = 0, .verify = V_MERGE_FWD, .qemu = 1,
+          .build = build_merge, .op = op_merge_fwd, .after_success = after_merge },
+        { .name = "merge-forward-relink", .n = 3, .faulted = 0, .verify = V_MERGE_FWD3, .qemu = 1,
+          .build = build_merge, .op = op_merge_fwd, .after_success = after_merge },
+        { .name = "merge-backward", .n = 2, .faulted = 1, .verify = V_MERGE_BWD,
+          .build = build_merge, .op = op_merge_bwd, .after_success = after_merge },
+        { .name = "compact-base", .faulted = 0, .qemu = 1, .build = build_compact_base, .op = op_compact,
+          .after_success = after_compact },
+        { .name = "compact-top", .faulted = 1, .build = build_compact_top, .op = op_compact,
+          .after_success = after_compact },
+        { .name = "resize-base", .faulted = 0, .qemu = 1, .build = build_resize_base, .op = op_resize,
+          .after_success = after_resize },
+        { .name = "resize-top", .faulted = 1, .build = build_resize_top, .op = op_resize,
+          .after_success = after_resize },
+        { .name = "repair", .faulted = 0, .qemu = 1, .build = build_repair, .op = op_repair,
+          .after_success = after_repair },
+};
+
+/* ---------------------------------------------------------------- verification */
+
+/* vdisk_check of image `index` (its bytes: `io`): no corruption, except the
+ * documented count-ahead state, which our own parse must confirm. */
+static void check_crashed(vdisk_disk *d, unsigned index, vdisk_io *io, const char *what) {
+        vdisk_check_report rep;
+        const void *data;
+        size_t len;
+        vdi_header h;
+        vdi_map_stats st;
+
+        ASSERT_OK(vdisk_io_memory_data(io, &data, &len));
+        if (vdi_parse(data, len, &h) < 0 || !h.map)
+                FAIL("%s: image %u: our parser finds no complete header and map", what, index);
+        vdi_map_analyse(&h, len, &st);
+        if (st.out_of_range || st.duplicates)
+                FAIL("%s: image %u: %" PRIu32 " map entries at or above the allocated count %" PRIu32
+                     ", %" PRIu32 " duplicated (our own parse)", what, index, st.out_of_range, h.blocks_allocated,
+                     st.duplicates);
+
+        check_image_report(d, index, &rep);
+        if (rep.check_errors) {
+                print_check_messages(&rep);
+                FAIL("%s: image %u: %" PRIu64 " check errors", what, index, rep.check_errors);
+        }
+        if (rep.corruptions) {
+                if (rep.corruptions != 1 || !vdi_count_ahead_only(data, len)) {
+                        print_check_messages(&rep);
+                        FAIL("%s: image %u: %" PRIu64 " corruptions", what, index, rep.corruptions);
+                }
+                stats.count_ahead++;
+        } else if (h.blocks_allocated > st.referenced)
+                stats.count_ahead++;
+        if (rep.leaks)
+                stats.leaky++;
+        vdisk_check_report_clear(&rep);
+}
+
+static int run_qemu_check(vdisk_io *io, const char *what) {
+        char path[512], log[520];
+        const void *data;
+        size_t len;
+        int fd, status;
+        pid_t pid;
+
+        ASSERT_OK(vdisk_io_memory_data(io, &data, &len));
+        snprintf(path, sizeof path, "%s/vdisk-crash-XXXXXX.vdi", tmpdir);
+        fd = mkstemps(path, 4);
+        ASSERT(fd >= 0);
+        ASSERT(write(fd, data, len) == (ssize_t) len);
+        close(fd);
+        snprintf(log, sizeof log, "%s.log", path);
+
+        pid = fork();
+        ASSERT(pid >= 0);
+        if (pid == 0) {
+                int lfd = open(log, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+                if (lfd >= 0) {
+                        dup2(lfd, 1);
+                        dup2(lfd, 2);
+                }
+                execl(QEMU_IMG, QEMU_IMG, "check", "-f", "vdi", path, (char *) NULL);
+                _exit(127);
+        }
+        ASSERT(waitpid(pid, &status, 0) == pid);
+        stats.qemu_runs++;
+        ASSERT(WIFEXITED(status));
+        status = WEXITSTATUS(status);
+        if (status == 0 || status == 3 || (status == 2 && vdi_count_ahead_only(data, len))) {
+                unlink(path);
+                unlink(log);
+                return status;
+        }
+        {
+                char line[256];
+                FILE *f = fopen(log, "re");
+
+                fprintf(stderr, "qemu-img check output (image kept as %s):\n", path);
+                while (f && fgets(line, sizeof line, f))
+                        fprintf(stderr, "    %s", line);
+                if (f)
+                        fclose(f);
+        }
+        FAIL("%s: qemu-img check -f vdi exited with %d", what, status);
+}
+
+static void parent_of(vdisk_io *io, uint8_t ret[16]) {
+        const void *data;
+        size_t len;
+
+        ASSERT_OK(vdisk_io_memory_data(io, &data, &len));
+        ASSERT(len >= VDI_OFF_END_V1);
+        memcpy(ret, (const uint8_t *) data + VDI_OFF_UUID_LINKAGE, 16);
+}
+
+/* The images after the run (post[faulted] is the crash or error state). */
+static void verify(scenario *sc, vdisk_io **post, wl *w, const char *what) {
+        vdisk_io *chain[3];
+        unsigned n = 0;
+        vdisk_disk *d;
+
+        stats.images++;
+        /* which images form the chain now */
+        if (sc->verify == V_MERGE_FWD3) {
+                uint8_t p[16];
+                parent_of(post[2], p);
+                chain[n++] = post[0];
+                if (memcmp(p, sc->uuid[1], 16) == 0)
+                        chain[n++] = post[1];
+                else if (memcmp(p, sc->uuid[0], 16) != 0)
+                        FAIL("%s: the top links to neither the base nor the merged image", what);
+                chain[n++] = post[2];
+        } else if (sc->verify == V_MERGE_BWD) {
+                uint8_t p[16];
+                parent_of(post[1], p);
+                if (memcmp(p, sc->uuid[0], 16) == 0)
+                        chain[n++] = post[0];
+                else if (!vdisk_uuid_is_null(p))
+                        FAIL("%s: the merge target links to an unknown parent", what);
+                chain[n++] = post[1];
+        } else
+                for (unsigned i = 0; i < sc->n; i++)
+                        chain[n++] = post[i];
+
+        d = open_ios(chain, n, VDISK_OPEN_READONLY, what);
+        for (unsigned i = 0; i < n; i++)
+                check_crashed(d, i, chain[i], what);
+        verify_allowed(d, w->a, what);
+        vdisk_disk_unref(d);
+
+        /* a forward merge's target alone: old or merged content per sector */
+        if (sc->verify == V_MERGE_FWD || sc->verify == V_MERGE_FWD3) {
+                allowed a2;
+                char what2[200];
+
+                allowed_init(&a2);
+                allowed_reset(&a2, sc->target_old, DISK_SIZE);
+                allowed_add(&a2, sc->target_new, 0, DISK_SIZE);
+                snprintf(what2, sizeof what2, "%s (the merge target alone)", what);
+                d = open_ios(post, 1, VDISK_OPEN_READONLY, what2);
+                verify_allowed(d, &a2, what2);
+                vdisk_disk_unref(d);
+                allowed_free(&a2);
+        }
+
+        /* the image is usable: write into it, flush, check, read back */
+        {
+                vdisk_io *copy[3];
+                uint8_t buf[64 * 1024], back[sizeof buf];
+                uint64_t size;
+                rng r;
+
+                for (unsigned i = 0; i < n; i++)
+                        copy[i] = mem_io_clone(chain[i], vdisk_io_name(chain[i]));
+                d = open_ios(copy, n, 0, what);
+                size = vdisk_disk_size(d);
+                rng_seed(&r, stats.images);
+                rng_fill(&r, buf, sizeof buf);
+                ASSERT_OK(vdisk_disk_write(d, buf, sizeof buf, 3 * BLOCK + 32 * KiB));
+                ASSERT_OK(vdisk_disk_write(d, buf, 512, size - 512));
+                ASSERT_OK(vdisk_disk_flush(d));
+                ASSERT_OK(vdisk_disk_read(d, back, sizeof back, 3 * BLOCK + 32 * KiB));
+                ASSERT_MEMEQ(back, buf, sizeof buf);
+                vdisk_disk_unref(d);
+                d = open_ios(copy, n, VDISK_OPEN_READONLY, what);
+                check_crashed(d, n - 1, copy[n - 1], what);
+                ASSERT_OK(vdisk_disk_read(d, back, 512, size - 512));
+                ASSERT_MEMEQ(back, buf, 512);
+                vdisk_disk_unref(d);
+                for (unsigned i = 0; i < n; i++)
+                        vdisk_io_unref(copy[i]);
+        }
+}
+
+/* ---------------------------------------------------------------- running */
+
+static const char *kind_name(vdisk_fault_kind k) {
+        switch (k) {
+        case VDISK_FAULT_NONE:
+                return "none";
+        case VDISK_FAULT_EIO:
+                return "EIO";
+        case VDISK_FAULT_ENOSPC:
+                return "ENOSPC";
+        case VDISK_FAULT_SHORT:
+                return "short";
+        case VDISK_FAULT_POWER_CUT:
+                return "power-cut";
+        }
+        return "?";
+}
+
+static uint8_t *g_model;
+static allowed g_allowed;
+
+/* Runs the scenario with a fault; returns the writes the fault io saw during
+ * the operation. */
+static uint64_t run_case(scenario *sc, vdisk_fault_kind kind, uint64_t after) {
+        vdisk_fault f = { .size = sizeof f, .kind = kind, .after = after, .fail_flush = 1 };
+        vdisk_io *inner[3], *ios[3], *fio = NULL, *post[3];
+        wl w = { .model = g_model, .size = DISK_SIZE, .a = &g_allowed };
+        char what[200];
+        uint64_t writes;
+        int r = 0, fired;
+
+        snprintf(what, sizeof what, "%s, %s after %" PRIu64 " writes", sc->name, kind_name(kind), after);
+        test_set_context("%s (rerun: test-crash %s)", what, sc->name);
+        stats.cases++;
+        for (unsigned i = 0; i < sc->n; i++) {
+                inner[i] = mem_io_clone(sc->tmpl[i], vdisk_io_name(sc->tmpl[i]));
+                ios[i] = inner[i];
+        }
+        ASSERT_OK(vdisk_io_new_fault(inner[sc->faulted], &f, &fio));
+        ios[sc->faulted] = fio;
+        memset(g_model, 0, MAX_SIZE);
+        memcpy(g_model, sc->content, DISK_SIZE);
+        allowed_reset(&g_allowed, sc->content, DISK_SIZE);
+
+        w.d = disk_new();
+        for (unsigned i = 0; i < sc->n && r == 0; i++)
+                r = vdisk_disk_open(w.d, ios[i], "vdi", 0);
+        if (r < 0 && !vdisk_io_fault_fired(fio))
+                FAIL("%s: opening the images failed: %d (%s)", what, r, strerror(-r));
+        if (r == 0)
+                r = sc->op(sc, &w);
+        fired = vdisk_io_fault_fired(fio);
+        writes = vdisk_io_fault_writes(fio);
+        if (r < 0) {
+                int want = kind == VDISK_FAULT_ENOSPC ? -ENOSPC : -EIO;
+
+                if (!fired)
+                        FAIL("%s: the operation failed without a fault: %d (%s)", what, r, strerror(-r));
+                test_check_clean_error(__FILE__, __LINE__, what, r);
+                if (r != want)
+                        FAIL("%s: the operation failed with %d (%s), expected %d (%s)", what, r, strerror(-r),
+                             want, strerror(-want));
+        } else if (fired)
+                FAIL("%s: the fault fired but the operation reported success", what);
+        else if (kind == VDISK_FAULT_NONE && sc->after_success)
+                sc->after_success(sc, &w);
+        w.d = vdisk_disk_unref(w.d);
+
+        for (unsigned i = 0; i < sc->n; i++)
+                post[i] = inner[i];
+        if (kind == VDISK_FAULT_POWER_CUT) {
+                for (unsigned seed = 0; seed < n_crash_seeds; seed++) {
+                        vdisk_io *crash = NULL;
+                        char what2[240];
+
+                        snprintf(what2, sizeof what2, "%s, crash image seed %u", what, seed);
+                        test_set_context("%s (rerun: test-crash %s)", what2, sc->name);
+                        ASSERT_OK(vdisk_io_fault_crash_image(fio, seed, &crash));
+                        post[sc->faulted] = crash;
+                        verify(sc, post, &w, what2);
+                        if (have_qemu && sc->qemu && seed < 2)
+                                run_qemu_check(crash, what2);
+                        vdisk_io_unref(crash);
+                }
+        } else {
+                verify(sc, post, &w, what);
+                if (have_qemu && sc->qemu)
+                        run_qemu_check(post[sc->faulted], what);
+        }
+
+        vdisk_io_unref(fio);
+        for (unsigned i = 0; i < sc->n; i++)
+                vdisk_io_unref(inner[i]);
+        return writes;
+}
+
+static double now(void) {
+        struct timespec ts;
+
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        return (double) ts.tv_sec + (double) ts.tv_nsec / 1e9;
+}
+
+static void run_scenario(scenario *sc) {
+        double t0 = now();
+        uint64_t w, images0 = stats.images;
+
+        if (sc->n == 0)
+                sc->n = 1;
+        test_set_context("building %s", sc->name);
+        sc->build(sc);
+        sc->content = read_view(sc->tmpl, sc->n);
+        if (sc->verify == V_MERGE_FWD || sc->verify == V_MERGE_FWD3) {
+                sc->target_old = read_view(sc->tmpl, 1);
+                sc->target_new = read_view(sc->tmpl, 2);
+        }
+        if (sc->qemu && have_qemu) {
+                /* (the repair template has a leaked slot: qemu calls that an
+                 * "allocated blocks mismatch", exit 2, accepted as count-ahead) */
+                int st;
+
+                test_set_context("%s: the template", sc->name);
+                st = run_qemu_check(sc->tmpl[sc->faulted], "template");
+                if (sc->op != op_repair)
+                        ASSERT_EQ_U64(st, 0);
+        }
+
+        w = run_case(sc, VDISK_FAULT_NONE, 0);
+        ASSERT(w > 0);
+        for (uint64_t n = 0; n <= w; n++) {
+                run_case(sc, VDISK_FAULT_POWER_CUT, n);
+                run_case(sc, VDISK_FAULT_EIO, n);
+                run_case(sc, VDISK_FAULT_ENOSPC, n);
+        }
+        printf("%-22s %3" PRIu64 " writes, %5" PRIu64 " images verified in %5.1fs\n", sc->name, w,
+               stats.images - images0, now() - t0);
+        fflush(stdout);
+
+        for (unsigned i = 0; i < sc->n; i++)
+                vdisk_io_unref(sc->tmpl[i]);
+        free(sc->content);
+        free(sc->target_old);
+        free(sc->target_new);
+}
+
+/* ---------------------------------------------------------------- convert: the source never changes */
+
+static void test_copy_faults(void) {
+        vdisk_io *src[2];
+        uint8_t *src_bytes[2], *content;
+        size_t src_len[2];
+        uint64_t size, w = 0;
+        vdisk_disk *sd = disk_new();
+        vdisk_copy_opts o = { .size = sizeof o, .create = { .size = sizeof o.create }, .from_same = -1,
+                              .to_same = -1 };
+        double t0 = now();
+        rng r;
+
+        rng_seed(&r, 9);
+        src[0] = mem_io("crash-copy-src-0.vdi", NULL, 0);
+        src[1] = mem_io("crash-copy-src-1.vdi", NULL, 0);
+        ASSERT_OK(vdisk_disk_create_base(sd, src[0], "vdi", DISK_SIZE, NULL));
+        for (uint64_t b = 0; b < 8; b += 2)
+                fill_block(sd, &r, b, 0, BLOCK);
+        ASSERT_OK(vdisk_disk_create_diff(sd, src[1], "vdi", NULL));
+        fill_block(sd, &r, 3, 0, BLOCK);
+        fill_block(sd, &r, 4, 4096, 4096);
+        sd = vdisk_disk_unref(sd);
+        for (unsigned i = 0; i < 2; i++)
+                src_bytes[i] = mem_io_copy(src[i], &src_len[i]);
+        sd = open_ios(src, 2, 0, "copy source");
+        content = disk_read_all(sd, &size);
+
+        for (int pass = 0; pass < 3; pass++) {
+                vdisk_fault_kind kind = pass == 0 ? VDISK_FAULT_NONE : pass == 1 ? VDISK_FAULT_EIO : VDISK_FAULT_ENOSPC;
+                uint64_t last = pass == 0 ? 0 : w;
+
+                for (uint64_t n = 0; n <= last; n++) {
+                        vdisk_fault f = { .size = sizeof f, .kind = kind, .after = n, .fail_flush = 1 };
+                        vdisk_io *dinner = mem_io("crash-copy-dst.vdi", NULL, 0), *dio;
+                        vdisk_disk *dd = disk_new();
+                        int ret;
+
+                        test_set_context("copy to a destination with %s after %" PRIu64 " writes", kind_name(kind), n);
+                        ASSERT_OK(vdisk_io_new_fault(dinner, &f, &dio));
+                        ret = vdisk_copy(sd, dd, dio, "vdi", &o, NULL);
+                        if (ret < 0) {
+                                int want = kind == VDISK_FAULT_ENOSPC ? -ENOSPC : -EIO;
+
+                                ASSERT(vdisk_io_fault_fired(dio));
+                                test_check_clean_error(__FILE__, __LINE__, "vdisk_copy", ret);
+                                ASSERT_ERR(ret, want);
+                        } else {
+                                uint64_t dsize;
+                                uint8_t *got;
+
+                                ASSERT(!vdisk_io_fault_fired(dio));
+                                got = disk_read_all(dd, &dsize);
+                                ASSERT_EQ_U64(dsize, size);
+                                ASSERT_MEMEQ(got, content, size);
+                                free(got);
+                        }
+                        if (pass == 0)
+                                w = vdisk_io_fault_writes(dio);
+                        vdisk_disk_unref(dd);
+                        vdisk_io_unref(dio);
+                        vdisk_io_unref(dinner);
+
+                        /* the source: same content, same bytes, still clean */
+                        {
+                                uint64_t s2;
+                                uint8_t *again = disk_read_all(sd, &s2);
+
+                                ASSERT_EQ_U64(s2, size);
+                                ASSERT_MEMEQ(again, content, size);
+                                free(again);
+                        }
+                        for (unsigned i = 0; i < 2; i++) {
+                                size_t len;
+                                uint8_t *now_bytes = mem_io_copy(src[i], &len);
+
+                                ASSERT_EQ_U64(len, src_len[i]);
+                                ASSERT_MEMEQ(now_bytes, src_bytes[i], len);
+                                free(now_bytes);
+                        }
+                }
+        }
+        CHECK_IMAGE_CLEAN(sd, 0);
+        CHECK_IMAGE_CLEAN(sd, 1);
+        vdisk_disk_unref(sd);
+        for (unsigned i = 0; i < 2; i++) {
+                size_t len;
+                uint8_t *now_bytes = mem_io_copy(src[i], &len);
+
+                ASSERT_EQ_U64(len, src_len[i]);
+                ASSERT_MEMEQ(now_bytes, src_bytes[i], len);
+                free(now_bytes);
+                free(src_bytes[i]);
+                vdisk_io_unref(src[i]);
+        }
+        free(content);
+        printf("%-22s %3" PRIu64 " writes, source unchanged through %" PRIu64 " failed copies in %5.1fs\n",
+               "copy-source", w, 2 * (w + 1), now() - t0);
+}
+
+int main(int argc, char **argv) {
+        const char *only = argc > 1 ? argv[1] : "all";
+        const char *t = getenv("TMPDIR");
+        uint8_t zero[512] = { 0 };
+        int matched = 0;
+
+        if (argc > 2)
+                n_crash_seeds = (unsigned) strtoul(argv[2], NULL, 0);
+        snprintf(tmpdir, sizeof tmpdir, "%s", t && t[0] ? t : "/tmp");
+        have_qemu = access(QEMU_IMG, X_OK) == 0;
+        if (!have_qemu)
+                printf("%s not found: skipping the qemu-img check oracle\n", QEMU_IMG);
+        zero_hash = hash64(zero, sizeof zero);
+        g_model = malloc(MAX_SIZE);
+        ASSERT(g_model);
+        allowed_init(&g_allowed);
+
+        for (size_t i = 0; i < ELEMENTSOF(scenarios); i++) {
+                if (strcmp(only, "all") != 0 && strcmp(only, scenarios[i].name) != 0)
+                        continue;
+                matched = 1;
+                run_scenario(&scenarios[i]);
+        }
+        if (strcmp(only, "all") == 0 || strcmp(only, "copy-source") == 0) {
+                matched = 1;
+                test_copy_faults();
+        }
+        if (!matched)
+                FAIL("no scenario named \"%s\"", only);
+        printf("%" PRIu64 " fault runs, %" PRIu64 " resulting images verified (%" PRIu64 " with the count ahead "
+               "of the map, %" PRIu64 " with leaks), %" PRIu64 " qemu-img checks\n",
+               stats.cases, stats.images, stats.count_ahead, stats.leaky, stats.qemu_runs);
+        allowed_free(&g_allowed);
+        free(g_model);
+        return 0;
+}

@@ -1,0 +1,675 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/*
+ * Suite `model`: the VDI differencing-chain model test.
+ *
+ * A chain of VDI images on memory ios (a base and at least two diffs) is driven
+ * by random operations while a flat byte array (the model) mirrors every
+ * change the guest can see: reads are checked against it, writes (512 bytes to
+ * 3 MiB, sector aligned, often straddling block boundaries, random / pattern /
+ * all-zero content), discards, flushes, closing and reopening the whole chain,
+ * closing and reopening the top, merges in both directions (adjacent and not),
+ * compaction of any image, growing and shrinking, and periodic vdisk_check of
+ * every image. Two geometries: 1 MiB blocks (the VDI default) on a 48 MiB disk
+ * and 64 KiB blocks on a 3 MiB disk.
+ *
+ * Usage: test-model [SEED [OPS [CONFIG]]]  (default: 4 fixed seeds, both
+ * configurations, 1500 operations each = 12,000 operations).
+ * On failure the last operations are printed; rerun with the printed seed.
+ */
+#include <time.h>
+
+#include "tests.h"
+#include "vdi-layout.h"
+
+#define MAX_DEPTH 6
+#define MIN_DEPTH 3
+#define IO_CHUNK (4 * MiB)
+#define HISTORY 32
+
+typedef struct model_cfg {
+        const char *name;
+        uint32_t block_size;   /* passed in vdisk_create_opts; 0 = the format's default */
+        uint32_t eff_block;    /* the block size in effect */
+        uint64_t size;         /* initial disk size */
+        uint64_t min_size;     /* shrink bound */
+        uint64_t max_size;     /* grow bound (the model's capacity) */
+        uint64_t max_write;
+} model_cfg;
+
+static const model_cfg configs[] = {
+        { "1MiB-blocks", 0, 1 * MiB, 48 * MiB, 24 * MiB, 64 * MiB, 3 * MiB },
+        { "64KiB-blocks", 64 * KiB, 64 * KiB, 3 * MiB, 1536 * KiB, 4 * MiB, 1 * MiB },
+};
+
+enum {
+        OP_READ,
+        OP_WRITE,
+        OP_DISCARD,
+        OP_FLUSH,
+        OP_REOPEN,
+        OP_REOPEN_TOP,
+        OP_MERGE,
+        OP_COMPACT,
+        OP_RESIZE,
+        OP_NEW_DIFF,
+        OP_MAX,
+};
+
+static const char *const op_names[OP_MAX] = {
+        "read", "write", "discard", "flush", "reopen", "reopen-top", "merge", "compact", "resize",
+        "new-diff",
+};
+
+/* Relative weights of the random operations. */
+static const unsigned op_weights[OP_MAX] = {
+        [OP_READ] = 30, [OP_WRITE] = 42, [OP_DISCARD] = 9, [OP_FLUSH] = 5, [OP_REOPEN] = 2,
+        [OP_REOPEN_TOP] = 1, [OP_MERGE] = 3, [OP_COMPACT] = 3, [OP_RESIZE] = 3, [OP_NEW_DIFF] = 2,
+};
+
+typedef struct run {
+        const model_cfg *cfg;
+        uint64_t seed;
+        rng r;
+        vdisk_disk *d;
+        vdisk_io *ios[MAX_DEPTH];     /* our references, base first */
+        unsigned n;
+        unsigned next_id;
+        uint8_t *model;               /* cfg->max_size bytes; the first `size` are the disk */
+        uint64_t size;
+        uint8_t *buf;                 /* IO_CHUNK bytes (>= max_write) */
+        uint64_t op;
+        uint64_t counts[OP_MAX];
+        uint64_t merges_fwd, merges_bwd, merges_adjacent, merges_apart;
+        uint64_t shrinks_refused, shrinks_done, grows;
+        uint64_t checks, leaks, max_leaks;
+} run;
+
+/* The last operations, printed when a test fails. */
+static char history[HISTORY][160];
+static unsigned history_pos;
+static int run_active;
+
+static void __attribute__((format(printf, 2, 3))) note(run *s, const char *fmt, ...) {
+        char *h = history[history_pos++ % HISTORY];
+        int k;
+        va_list ap;
+
+        k = snprintf(h, sizeof history[0], "op %" PRIu64 ": ", s->op);
+        va_start(ap, fmt);
+        vsnprintf(h + k, sizeof history[0] - (size_t) k, fmt, ap);
+        va_end(ap);
+}
+
+static void dump_history(void) {
+        if (!run_active)
+                return;
+        fprintf(stderr, "  last operations (oldest first):\n");
+        for (unsigned i = 0; i < HISTORY; i++) {
+                const char *h = history[(history_pos + i) % HISTORY];
+                if (h[0])
+                        fprintf(stderr, "    %s\n", h);
+        }
+}
+
+static void set_context(run *s) {
+        test_set_context("seed=%" PRIu64 " config=%s op=%" PRIu64 " chain depth=%u size=%" PRIu64
+                         " (rerun: test-model %" PRIu64 " %" PRIu64 " %u)",
+                         s->seed, s->cfg->name, s->op, s->n, s->size, s->seed, s->op + 1,
+                         (unsigned) (s->cfg - configs));
+}
+
+/* ---- comparing the disk with the model */
+
+static void compare_range(run *s, uint64_t off, uint64_t len, const char *what) {
+        while (len > 0) {
+                size_t n = (size_t) (len < IO_CHUNK ? len : IO_CHUNK);
+                int r = vdisk_disk_read(s->d, s->buf, n, off);
+
+                if (r < 0)
+                        FAIL("%s: reading %zu bytes at 0x%" PRIx64 " failed: %d (%s)", what, n, off, r,
+                             strerror(-r));
+                if (memcmp(s->buf, s->model + off, n) != 0) {
+                        size_t i = 0;
+                        vdisk_extent e = { 0 };
+                        uint64_t at;
+
+                        while (s->buf[i] == s->model[off + i])
+                                i++;
+                        at = off + i;
+                        vdisk_disk_block_status(s->d, at, s->size - at, &e);
+                        FAIL("%s: disk and model differ at 0x%" PRIx64 " (block %" PRIu64
+                             "): disk 0x%02x, model 0x%02x; extent there: flags 0x%x depth %d",
+                             what, at, at / s->cfg->eff_block, s->buf[i], s->model[at], e.flags,
+                             e.depth);
+                }
+                off += n;
+                len -= n;
+        }
+}
+
+static void compare_all(run *s, const char *what) {
+        ASSERT_EQ_U64(vdisk_disk_size(s->d), s->size);
+        compare_range(s, 0, s->size, what);
+}
+
+/* The container's images are our ios in order, and each diff links to the
+ * image below it. */
+static void verify_chain(run *s) {
+        uint8_t uuid[16], parent[16];
+
+        ASSERT_EQ_U64(vdisk_disk_count(s->d), s->n);
+        for (unsigned i = 0; i < s->n; i++) {
+                vdisk_image *img = vdisk_disk_image(s->d, i);
+
+                ASSERT(img);
+                ASSERT_STREQ(vdisk_image_name(img), vdisk_io_name(s->ios[i]));
+                ASSERT_EQ_U64(vdisk_image_index(img), i);
+                ASSERT_OK(vdisk_image_get_parent_uuid(img, parent));
+                if (i == 0)
+                        ASSERT(vdisk_uuid_is_null(parent));
+                else if (memcmp(parent, uuid, 16) != 0)
+                        FAIL("image %u (%s) does not link to image %u", i, vdisk_image_name(img), i - 1);
+                ASSERT_OK(vdisk_image_get_uuid(img, uuid));
+        }
+        ASSERT(!vdisk_disk_image(s->d, s->n));
+}
+
+static void check_all(run *s) {
+        for (unsigned i = 0; i < s->n; i++) {
+                uint64_t leaks = CHECK_IMAGE_CLEAN(s->d, i);
+
+                s->leaks += leaks;
+                if (leaks > s->max_leaks)
+                        s->max_leaks = leaks;
+        }
+        s->checks++;
+}
+
+/* ---- picking ranges and contents */
+
+static uint64_t sectors_up_to(run *s, uint64_t max) {
+        return rng_range(&s->r, 1, max / 512) * 512;
+}
+
+static void pick_range(run *s, uint64_t max_len, uint64_t *ret_off, uint64_t *ret_len) {
+        uint64_t bs = s->cfg->eff_block, len, off;
+        unsigned c = (unsigned) rng_below(&s->r, 100);
+
+        if (c < 45)
+                len = rng_range(&s->r, 1, 16) * 512;
+        else if (c < 75)
+                len = sectors_up_to(s, 512 * KiB);
+        else
+                len = sectors_up_to(s, max_len);
+        len = MIN(len, max_len);
+        len = MIN(len, s->size);
+
+        if (rng_chance(&s->r, 50) && s->size > bs && len > 512) {
+                /* straddle a block boundary */
+                uint64_t boundary = rng_range(&s->r, 1, (s->size - 1) / bs) * bs;
+                uint64_t before = rng_range(&s->r, 1, len / 512 - 1) * 512;
+
+                off = boundary >= before ? boundary - before : 0;
+        } else {
+                off = rng_below(&s->r, (s->size - len) / 512 + 1) * 512;
+        }
+        if (off + len > s->size)
+                off = s->size - len;
+        *ret_off = off;
+        *ret_len = len;
+}
+
+static const char *fill(run *s, uint8_t *buf, uint64_t off, uint64_t len) {
+        unsigned c = (unsigned) rng_below(&s->r, 100);
+
+        if (c < 40) {
+                rng_fill(&s->r, buf, len);
+                return "random";
+        }
+        if (c < 70) {
+                for (uint64_t i = 0; i < len; i += 8) {
+                        uint64_t v = (s->op << 40) ^ (off + i) ^ UINT64_C(0x5a5a000000000000);
+                        memcpy(buf + i, &v, 8);
+                }
+                return "pattern";
+        }
+        memset(buf, 0, len);
+        return "zero";
+}
+
+/* ---- the chain */
+
+static vdisk_io *new_image_io(run *s) {
+        char name[96];
+
+        snprintf(name, sizeof name, "model-%" PRIu64 "-%s-img%u.vdi", s->seed, s->cfg->name, s->next_id++);
+        return mem_io(name, NULL, 0);
+}
+
+static void create_diff(run *s) {
+        vdisk_create_opts o = { .size = sizeof o, .block_size = s->cfg->block_size };
+        vdisk_io *io;
+
+        ASSERT(s->n < MAX_DEPTH);
+        io = new_image_io(s);
+        note(s, "create diff %s on top of %u images", vdisk_io_name(io), s->n);
+        ASSERT_OK(vdisk_disk_create_diff(s->d, io, "vdi", &o));
+        s->ios[s->n++] = io;
+        ASSERT_EQ_U64(vdisk_disk_count(s->d), s->n);
+        ASSERT_EQ_U64(vdisk_disk_size(s->d), s->size);
+        ASSERT(!vdisk_disk_readonly(s->d));
+}
+
+static void do_write(run *s, int readback) {
+        uint64_t off, len;
+        const char *kind;
+
+        pick_range(s, s->cfg->max_write, &off, &len);
+        kind = fill(s, s->buf, off, len);
+        note(s, "write 0x%" PRIx64 "+0x%" PRIx64 " (%s)", off, len, kind);
+        ASSERT_OK(vdisk_disk_write(s->d, s->buf, len, off));
+        memcpy(s->model + off, s->buf, len);
+        if (readback)
+                compare_range(s, off, len, "read back after write");
+}
+
+static void do_read(run *s) {
+        uint64_t off, len;
+
+        pick_range(s, s->cfg->max_write, &off, &len);
+        note(s, "read 0x%" PRIx64 "+0x%" PRIx64, off, len);
+        compare_range(s, off, len, "read");
+}
+
+static void do_discard(run *s) {
+        uint64_t bs = s->cfg->eff_block, off, len, lo, hi;
+
+        if (rng_chance(&s->r, 50)) {
+                /* whole blocks */
+                uint64_t blocks = DIV_ROUND_UP(s->size, bs);
+                uint64_t first = rng_below(&s->r, blocks);
+
+                off = first * bs;
+                len = rng_range(&s->r, 1, 4) * bs;
+                len = MIN(len, s->size - off);
+        } else {
+                pick_range(s, 4 * bs, &off, &len);
+        }
+        note(s, "discard 0x%" PRIx64 "+0x%" PRIx64, off, len);
+        ASSERT_OK(vdisk_disk_discard(s->d, off, len));
+        memset(s->model + off, 0, len);
+        /* the range and its neighbourhood (discard must not touch it) */
+        lo = off >= bs ? ALIGN_DOWN(off, bs) - bs : 0;
+        hi = MIN(ALIGN_UP(off + len, bs) + bs, s->size);
+        compare_range(s, lo, hi - lo, "read after discard");
+}
+
+static void open_chain(run *s, uint32_t flags) {
+        s->d = disk_new();
+        for (unsigned i = 0; i < s->n; i++) {
+                int r = vdisk_disk_open(s->d, s->ios[i], "vdi", flags);
+                if (r < 0)
+                        FAIL("reopening image %u (%s) failed: %d (%s)", i, vdisk_io_name(s->ios[i]), r,
+                             strerror(-r));
+        }
+        ASSERT_EQ_U64(vdisk_disk_count(s->d), s->n);
+        ASSERT_EQ_U64(vdisk_disk_size(s->d), s->size);
+}
+
+static void do_reopen(run *s) {
+        int ro = rng_chance(&s->r, 30);
+
+        note(s, "close and reopen the chain%s", ro ? " (read-only first)" : "");
+        s->d = vdisk_disk_unref(s->d);
+        ASSERT(!s->d);
+        if (ro) {
+                uint8_t sector[512] = { 1 };
+
+                open_chain(s, VDISK_OPEN_READONLY);
+                ASSERT(vdisk_disk_readonly(s->d));
+                verify_chain(s);
+                compare_all(s, "read-only reopen");
+                ASSERT_ERR(vdisk_disk_write(s->d, sector, sizeof sector, 0), -EROFS);
+                s->d = vdisk_disk_unref(s->d);
+        }
+        open_chain(s, 0);
+        ASSERT(!vdisk_disk_readonly(s->d));
+        verify_chain(s);
+        compare_all(s, "reopen");
+}
+
+static void do_reopen_top(run *s) {
+        note(s, "close and reopen the top (%s)", vdisk_io_name(s->ios[s->n - 1]));
+        ASSERT_OK(vdisk_disk_close_top(s->d));
+        ASSERT_EQ_U64(vdisk_disk_count(s->d), s->n - 1);
+        ASSERT_OK(vdisk_disk_open(s->d, s->ios[s->n - 1], "vdi", 0));
+        verify_chain(s);
+        compare_all(s, "reopen of the top");
+}
+
+static void do_merge(run *s) {
+        unsigned from, to, lo, hi, k = 0;
+        vdisk_io *keep[MAX_DEPTH];
+        char **removed = NULL;
+        size_t n_removed = 0;
+        int r;
+
+        from = (unsigned) rng_below(&s->r, s->n);
+        do
+                to = (unsigned) rng_below(&s->r, s->n);
+        while (to == from);
+        lo = MIN(from, to);
+        hi = MAX(from, to);
+        note(s, "merge %u -> %u (%s, %s) of %u images", from, to, from > to ? "forward" : "backward",
+             hi - lo == 1 ? "adjacent" : "apart", s->n);
+        set_context(s);
+        r = vdisk_merge(s->d, from, to, NULL, &removed);
+        if (r < 0)
+                FAIL("vdisk_merge(%u -> %u) of %u images failed: %d (%s)", from, to, s->n, r, strerror(-r));
+        if (from > to)
+                s->merges_fwd++;
+        else
+                s->merges_bwd++;
+        if (hi - lo == 1)
+                s->merges_adjacent++;
+        else
+                s->merges_apart++;
+
+        /* The images in [lo, hi] but `to` left the chain; *removed names them. */
+        ASSERT(removed);
+        for (char **p = removed; *p; p++)
+                n_removed++;
+        ASSERT_EQ_U64(n_removed, hi - lo);
+        for (unsigned i = 0; i < s->n; i++) {
+                int gone = i >= lo && i <= hi && i != to;
+
+                if (!gone) {
+                        keep[k++] = s->ios[i];
+                        continue;
+                }
+                int found = 0;
+                for (char **p = removed; *p; p++)
+                        if (strcmp(*p, vdisk_io_name(s->ios[i])) == 0)
+                                found = 1;
+                if (!found)
+                        FAIL("merge %u -> %u: image %u (%s) should have left the chain but is not "
+                             "among the removed names", from, to, i, vdisk_io_name(s->ios[i]));
+                vdisk_io_unref(s->ios[i]);
+        }
+        vdisk_strv_free(removed);
+        memcpy(s->ios, keep, sizeof keep[0] * k);
+        s->n = k;
+        set_context(s);
+        verify_chain(s);
+        ASSERT(!vdisk_disk_readonly(s->d));
+        compare_all(s, "after merge");
+        check_all(s);
+        while (s->n < MIN_DEPTH)
+                create_diff(s);
+}
+
+static void do_compact(run *s) {
+        unsigned idx = (unsigned) rng_below(&s->r, s->n);
+        vdisk_image *img = vdisk_disk_image(s->d, idx);
+        uint64_t before, after;
+        const void *data;
+        size_t len;
+        vdi_header h;
+        vdi_map_stats st;
+        int r;
+
+        ASSERT(img);
+        /* Measure after a flush: flushing may extend the file over the last
+         * block's unwritten (sparse) tail, which compact must not count as growth. */
+        ASSERT_OK(vdisk_disk_flush(s->d));
+        ASSERT_OK(vdisk_image_file_size(img, &before));
+        note(s, "compact image %u of %u (%s, %" PRIu64 " bytes)", idx, s->n, vdisk_image_name(img), before);
+        r = vdisk_compact(s->d, idx, NULL);
+        if (r < 0)
+                FAIL("vdisk_compact(%u) of %u images failed: %d (%s)", idx, s->n, r, strerror(-r));
+        verify_chain(s);
+        img = vdisk_disk_image(s->d, idx);
+        ASSERT_OK(vdisk_image_file_size(img, &after));
+        if (after > before)
+                FAIL("compacting image %u made it grow from %" PRIu64 " to %" PRIu64 " bytes", idx, before,
+                     after);
+        compare_all(s, "after compact");
+        check_all(s);
+
+        /* "no larger than header + map + live blocks" */
+        ASSERT_OK(vdisk_disk_flush(s->d));
+        ASSERT_OK(vdisk_io_memory_data(s->ios[idx], &data, &len));
+        ASSERT(vdi_parse(data, len, &h) == 0 && h.map);
+        vdi_map_analyse(&h, len, &st);
+        if (len > vdi_slot_offset(&h, st.referenced))
+                FAIL("compacted image %u holds %zu bytes, more than header + map + %" PRIu32
+                     " live blocks (%" PRIu64 ")", idx, len, st.referenced, vdi_slot_offset(&h, st.referenced));
+}
+
+static void do_resize(run *s) {
+        uint64_t bs = s->cfg->eff_block, old = s->size, new_size;
+        int grow = s->size < s->cfg->max_size && (s->size <= s->cfg->min_size || rng_chance(&s->r, 50));
+        int r;
+
+        if (grow) {
+                new_size = old + sectors_up_to(s, s->cfg->max_size - old);
+                if (rng_chance(&s->r, 50))
+                        new_size = MIN(ALIGN_UP(new_size, bs), s->cfg->max_size);
+                note(s, "grow 0x%" PRIx64 " -> 0x%" PRIx64, old, new_size);
+                r = vdisk_resize(s->d, new_size, NULL);
+                if (r < 0)
+                        FAIL("growing 0x%" PRIx64 " -> 0x%" PRIx64 " failed: %d (%s)", old, new_size, r,
+                             strerror(-r));
+                memset(s->model + old, 0, new_size - old);
+                s->size = new_size;
+                s->grows++;
+                set_context(s);
+                compare_range(s, old >= bs ? old - bs : 0, new_size - (old >= bs ? old - bs : 0),
+                              "new area after grow");
+        } else {
+                new_size = s->cfg->min_size + sectors_up_to(s, old - s->cfg->min_size) - 512;
+                if (rng_chance(&s->r, 50))
+                        new_size = MAX(ALIGN_DOWN(new_size, bs), s->cfg->min_size);
+                if (new_size >= old)
+                        new_size = old - 512;
+                if (buf_is_zero(s->model + new_size, old - new_size) && rng_chance(&s->r, 70)) {
+                        /* put data in the tail so that the refusal is tested too */
+                        uint64_t at = new_size + rng_below(&s->r, (old - new_size) / 512) * 512;
+
+                        rng_fill(&s->r, s->buf, 512);
+                        note(s, "write 0x%" PRIx64 "+0x200 (random, in the tail to cut)", at);
+                        ASSERT_OK(vdisk_disk_write(s->d, s->buf, 512, at));
+                        memcpy(s->model + at, s->buf, 512);
+                        s->op++;
+                }
+                if (!buf_is_zero(s->model + new_size, old - new_size)) {
+                        note(s, "shrink 0x%" PRIx64 " -> 0x%" PRIx64 " with data in the tail (must fail)",
+                             old, new_size);
+                        set_context(s);
+                        ASSERT_ERR(vdisk_resize(s->d, new_size, NULL), -ENOTEMPTY);
+                        s->shrinks_refused++;
+                        compare_all(s, "after a refused shrink");
+                        note(s, "discard the tail 0x%" PRIx64 "+0x%" PRIx64, new_size, old - new_size);
+                        ASSERT_OK(vdisk_disk_discard(s->d, new_size, old - new_size));
+                        memset(s->model + new_size, 0, old - new_size);
+                        s->op++;
+                }
+                note(s, "shrink 0x%" PRIx64 " -> 0x%" PRIx64, old, new_size);
+                set_context(s);
+                r = vdisk_resize(s->d, new_size, NULL);
+                if (r < 0)
+                        FAIL("shrinking 0x%" PRIx64 " -> 0x%" PRIx64 " (the tail reads zeros) failed: %d (%s)",
+                             old, new_size, r, strerror(-r));
+                s->size = new_size;
+                s->shrinks_done++;
+                set_context(s);
+                compare_all(s, "after shrink");
+        }
+        ASSERT_EQ_U64(vdisk_image_size(vdisk_disk_image(s->d, s->n - 1)), s->size);
+        check_all(s);
+}
+
+static unsigned pick_op(run *s) {
+        unsigned total = 0, x;
+
+        for (unsigned i = 0; i < OP_MAX; i++)
+                total += op_weights[i];
+        x = (unsigned) rng_below(&s->r, total);
+        for (unsigned i = 0; i < OP_MAX; i++) {
+                if (x < op_weights[i])
+                        return i;
+                x -= op_weights[i];
+        }
+        return OP_READ;
+}
+
+static double now(void) {
+        struct timespec ts;
+
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        return (double) ts.tv_sec + (double) ts.tv_nsec / 1e9;
+}
+
+static uint64_t run_one(const model_cfg *cfg, uint64_t seed, uint64_t n_ops) {
+        vdisk_create_opts o = { .size = sizeof o, .block_size = cfg->block_size };
+        run s = { .cfg = cfg, .seed = seed, .size = cfg->size };
+        double t0 = now();
+
+        rng_seed(&s.r, seed ^ (uint64_t) (cfg - configs) << 56);
+        s.model = calloc(cfg->max_size, 1);
+        s.buf = malloc(IO_CHUNK);
+        ASSERT(s.model && s.buf);
+        memset(history, 0, sizeof history);
+        run_active = 1;
+        set_context(&s);
+
+        /* base, some data in it, a diff, more data, another diff */
+        s.d = disk_new();
+        s.ios[0] = new_image_io(&s);
+        note(&s, "create base %s (%s, 0x%" PRIx64 " bytes)", vdisk_io_name(s.ios[0]), cfg->name, cfg->size);
+        ASSERT_OK(vdisk_disk_create_base(s.d, s.ios[0], "vdi", cfg->size, &o));
+        s.n = 1;
+        {
+                vdisk_image_info info = { .size = sizeof info };
+                ASSERT_OK(vdisk_image_get_info(vdisk_disk_image(s.d, 0), &info));
+                ASSERT_EQ_U64(info.cluster_size, cfg->eff_block);
+                ASSERT_EQ_U64(info.virtual_size, cfg->size);
+        }
+        for (unsigned level = 0; level < MIN_DEPTH; level++) {
+                if (level > 0)
+                        create_diff(&s);
+                for (unsigned i = 0; i < 40 && s.op < n_ops; i++, s.op++) {
+                        set_context(&s);
+                        do_write(&s, 0);
+                        s.counts[OP_WRITE]++;
+                }
+        }
+        verify_chain(&s);
+        compare_all(&s, "after building the chain");
+        check_all(&s);
+
+        for (; s.op < n_ops; s.op++) {
+                unsigned op = pick_op(&s);
+
+                set_context(&s);
+                switch (op) {
+                case OP_READ:
+                        do_read(&s);
+                        break;
+                case OP_WRITE:
+                        do_write(&s, rng_chance(&s.r, 10));
+                        break;
+                case OP_DISCARD:
+                        do_discard(&s);
+                        break;
+                case OP_FLUSH:
+                        note(&s, "flush");
+                        ASSERT_OK(vdisk_disk_flush(s.d));
+                        break;
+                case OP_REOPEN:
+                        do_reopen(&s);
+                        break;
+                case OP_REOPEN_TOP:
+                        do_reopen_top(&s);
+                        break;
+                case OP_MERGE:
+                        do_merge(&s);
+                        break;
+                case OP_COMPACT:
+                        do_compact(&s);
+                        break;
+                case OP_RESIZE:
+                        do_resize(&s);
+                        break;
+                case OP_NEW_DIFF:
+                        if (s.n >= MAX_DEPTH - 1) {
+                                op = OP_READ;
+                                do_read(&s);
+                        } else
+                                create_diff(&s);
+                        break;
+                }
+                s.counts[op]++;
+                if (s.op % 100 == 99)
+                        check_all(&s);
+                if (s.op % 250 == 249)
+                        compare_all(&s, "periodic full comparison");
+        }
+
+        set_context(&s);
+        note(&s, "final checks");
+        check_all(&s);
+        compare_all(&s, "at the end");
+        s.d = vdisk_disk_unref(s.d);
+        open_chain(&s, 0);
+        verify_chain(&s);
+        compare_all(&s, "final reopen");
+        check_all(&s);
+
+        printf("seed %" PRIu64 " %-12s %5" PRIu64 " ops in %5.1fs:", seed, cfg->name, s.op, now() - t0);
+        for (unsigned i = 0; i < OP_MAX; i++)
+                printf(" %s=%" PRIu64, op_names[i], s.counts[i]);
+        printf("\n    merges fwd=%" PRIu64 " bwd=%" PRIu64 " adjacent=%" PRIu64 " apart=%" PRIu64
+               "; shrinks refused=%" PRIu64 " done=%" PRIu64 "; grows=%" PRIu64 "; checks=%" PRIu64
+               " leaks seen=%" PRIu64 " (max %" PRIu64 " in one image)\n",
+               s.merges_fwd, s.merges_bwd, s.merges_adjacent, s.merges_apart, s.shrinks_refused,
+               s.shrinks_done, s.grows, s.checks, s.leaks, s.max_leaks);
+        fflush(stdout);
+
+        s.d = vdisk_disk_unref(s.d);
+        for (unsigned i = 0; i < s.n; i++)
+                vdisk_io_unref(s.ios[i]);
+        free(s.model);
+        free(s.buf);
+        run_active = 0;
+        test_set_context("%s", "");
+        return s.op;
+}
+
+int main(int argc, char **argv) {
+        static const uint64_t default_seeds[] = { 1, 2, 3, 0xdeadbeef };
+        uint64_t seeds[4], n_seeds = 4, n_ops = 1500, total = 0;
+        unsigned cfg_lo = 0, cfg_hi = ELEMENTSOF(configs);
+
+        memcpy(seeds, default_seeds, sizeof seeds);
+        if (argc > 1) {
+                seeds[0] = strtoull(argv[1], NULL, 0);
+                n_seeds = 1;
+        }
+        if (argc > 2)
+                n_ops = strtoull(argv[2], NULL, 0);
+        if (argc > 3) {
+                cfg_lo = (unsigned) strtoul(argv[3], NULL, 0);
+                ASSERT(cfg_lo < ELEMENTSOF(configs));
+                cfg_hi = cfg_lo + 1;
+        }
+        atexit(dump_history);
+
+        for (uint64_t i = 0; i < n_seeds; i++)
+                for (unsigned c = cfg_lo; c < cfg_hi; c++)
+                        total += run_one(&configs[c], seeds[i], n_ops);
+        printf("%" PRIu64 " operations in total\n", total);
+        if (argc == 1)
+                ASSERT(total >= 10000);
+        return 0;
+}

@@ -1,0 +1,975 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/*
+ * vdisk-img create and convert, and the "-o key=value" creation options.
+ *
+ * Which keys a format takes is the library's business (create_options of its
+ * backend info); this file only knows how qemu-img prints them, so that the
+ * "Formatting '...'" line and "-o help" look the same: the order in which
+ * qemu lists each format's options, their value types and qemu's defaults.
+ */
+
+#include <assert.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <inttypes.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "img.h"
+
+/* ---------------------------------------------------------------- -o lists */
+
+static int optlist_set(OptList *l, const char *key, size_t key_len, const char *value, size_t value_len) {
+        _cleanup_free_ char *k = strndup(key, key_len), *v = NULL;
+        char **kv;
+
+        if (!k)
+                return -ENOMEM;
+        /* ",," stands for one comma inside a value. */
+        v = malloc(value_len + 1);
+        if (!v)
+                return -ENOMEM;
+        size_t j = 0;
+        for (size_t i = 0; i < value_len; i++) {
+                v[j++] = value[i];
+                if (value[i] == ',' && i + 1 < value_len && value[i + 1] == ',')
+                        i++;
+        }
+        v[j] = '\0';
+
+        for (size_t i = 0; i < l->n; i++)
+                if (streq(l->kv[2 * i], k)) {
+                        free(l->kv[2 * i + 1]);
+                        l->kv[2 * i + 1] = TAKE_PTR(v);
+                        return 0;
+                }
+
+        kv = realloc(l->kv, (2 * l->n + 3) * sizeof(char *));
+        if (!kv)
+                return -ENOMEM;
+        l->kv = kv;
+        kv[2 * l->n] = TAKE_PTR(k);
+        kv[2 * l->n + 1] = TAKE_PTR(v);
+        l->n++;
+        kv[2 * l->n] = NULL;
+        return 0;
+}
+
+int optlist_parse(OptList *l, const char *arg) {
+        const char *p = arg;
+        int r;
+
+        while (*p) {
+                const char *start = p, *eq = NULL;
+
+                /* An item ends at a single comma; ",," is an escaped comma. */
+                for (; *p; p++) {
+                        if (*p == ',') {
+                                if (p[1] == ',') {
+                                        p++;
+                                        continue;
+                                }
+                                break;
+                        }
+                        if (*p == '=' && !eq)
+                                eq = p;
+                }
+
+                if (p > start) {
+                        if (!eq) {
+                                if ((size_t) (p - start) == 4 && strncmp(start, "help", 4) == 0)
+                                        l->help = true;
+                                else if ((size_t) (p - start) == 1 && *start == '?')
+                                        l->help = true;
+                                else {
+                                        /* A bare key switches a boolean on. */
+                                        r = optlist_set(l, start, (size_t) (p - start), "on", 2);
+                                        if (r < 0)
+                                                return r;
+                                }
+                        } else {
+                                if (eq == start)
+                                        return -EINVAL;
+                                r = optlist_set(l, start, (size_t) (eq - start), eq + 1, (size_t) (p - eq - 1));
+                                if (r < 0)
+                                        return r;
+                        }
+                }
+                if (*p == ',')
+                        p++;
+        }
+        return 0;
+}
+
+const char *optlist_get(const OptList *l, const char *key) {
+        for (size_t i = 0; i < l->n; i++)
+                if (streq(l->kv[2 * i], key))
+                        return l->kv[2 * i + 1];
+        return NULL;
+}
+
+int optlist_remove(OptList *l, const char *key) {
+        for (size_t i = 0; i < l->n; i++)
+                if (streq(l->kv[2 * i], key)) {
+                        free(l->kv[2 * i]);
+                        free(l->kv[2 * i + 1]);
+                        memmove(l->kv + 2 * i, l->kv + 2 * i + 2, (2 * (l->n - i - 1) + 1) * sizeof(char *));
+                        l->n--;
+                        return 1;
+                }
+        return 0;
+}
+
+void optlist_done(OptList *l) {
+        for (size_t i = 0; i < 2 * l->n; i++)
+                free(l->kv[i]);
+        free(l->kv);
+        *l = (OptList) {};
+}
+
+/* ---------------------------------------------------------------- what qemu-img prints */
+
+typedef enum OptType {
+        OPT_STR,
+        OPT_SIZE,
+        OPT_BOOL,
+        OPT_NUM,
+} OptType;
+
+typedef struct KeyDesc {
+        const char *key;
+        OptType type;
+        const char *help;
+} KeyDesc;
+
+static const KeyDesc key_descs[] = {
+        { "size",             OPT_SIZE, "Virtual disk size" },
+        { "backing_file",     OPT_STR,  "File name of the parent (backing) image" },
+        { "backing_fmt",      OPT_STR,  "Format of the parent image" },
+        { "static",           OPT_BOOL, "Allocate every block at creation (fixed VDI)" },
+        { "preallocation",    OPT_STR,  "Preallocation mode (off, metadata, falloc or full)" },
+        { "nocow",            OPT_BOOL, "Switch copy-on-write off for the file (btrfs only)" },
+        { "extent_size_hint", OPT_SIZE, "Extent size hint for the file, 0 for none" },
+        { "adapter_type",     OPT_STR,  "Virtual adapter (ide, lsilogic, buslogic or legacyESX)" },
+        { "compat6",          OPT_BOOL, "Write a version 6 VMDK" },
+        { "hwversion",        OPT_STR,  "Virtual hardware version to record" },
+        { "toolsversion",     OPT_STR,  "Guest tools version to record" },
+        { "subformat",        OPT_STR,  "Variant of the format (for example dynamic or fixed)" },
+        { "zeroed_grain",     OPT_BOOL, "Record zero writes as zeroed grains" },
+        { "force_size",       OPT_BOOL, "Keep the exact size instead of rounding it to a CHS geometry" },
+        { "log_size",         OPT_SIZE, "Size of the metadata log" },
+        { "block_size",       OPT_SIZE, "Block size; 0 picks one from the disk size" },
+        { "block_state_zero", OPT_BOOL, "Mark blocks never written as reading zeros" },
+        { "encryption",       OPT_BOOL, "Legacy AES encryption (deprecated)" },
+        { "cluster_size",     OPT_SIZE, "Cluster size in bytes" },
+        { "compat",           OPT_STR,  "Compatibility level (0.10 or 1.1)" },
+        { "compression_type", OPT_STR,  "Algorithm for compressed clusters" },
+        { "data_file",        OPT_STR,  "File name of an external data file" },
+        { "data_file_raw",    OPT_BOOL, "Keep the external data file a valid raw image" },
+        { "extended_l2",      OPT_BOOL, "Extended L2 entries (subclusters)" },
+        { "lazy_refcounts",   OPT_BOOL, "Postpone reference count updates" },
+        { "refcount_bits",    OPT_NUM,  "Width of a reference count in bits" },
+        { "table_size",       OPT_SIZE, "L1/L2 table size in clusters" },
+};
+
+static const KeyDesc *key_desc(const char *key) {
+        for (size_t i = 0; i < ELEMENTSOF(key_descs); i++)
+                if (streq(key_descs[i].key, key))
+                        return &key_descs[i];
+        return NULL;
+}
+
+/* qemu-img's print order per format, with the defaults it prints unasked. */
+typedef struct KeyDefault {
+        const char *key;
+        const char *def;   /* NULL: printed only when given */
+} KeyDefault;
+
+typedef struct FormatKeys {
+        const char *format;
+        KeyDefault keys[20];
+} FormatKeys;
+
+static const FormatKeys format_keys[] = {
+        { "raw", { { "size" } } },
+        { "vdi", { { "size" }, { "static", "off" } } },
+        { "vmdk", { { "size" }, { "adapter_type" }, { "backing_file" }, { "backing_fmt" },
+                    { "compat6", "off" }, { "hwversion", "undefined" }, { "toolsversion" },
+                    { "subformat" }, { "zeroed_grain" } } },
+        { "vpc", { { "size" }, { "subformat" }, { "force_size" } } },
+        { "vhdx", { { "size" }, { "log_size", "1048576" }, { "block_size", "0" }, { "subformat" },
+                    { "block_state_zero" } } },
+        { "qcow", { { "size" }, { "backing_file" }, { "backing_fmt" }, { "encryption" } } },
+        { "qcow2", { { "cluster_size", "65536" }, { "extended_l2", "off" }, { "preallocation" },
+                     { "compression_type", "zlib" }, { "size" }, { "compat" }, { "backing_file" },
+                     { "backing_fmt" }, { "encryption" }, { "data_file" }, { "data_file_raw" },
+                     { "lazy_refcounts", "off" }, { "refcount_bits", "16" } } },
+        { "qed", { { "size" }, { "backing_file" }, { "backing_fmt" }, { "cluster_size", "65536" },
+                   { "table_size" } } },
+        { "parallels", { { "size" }, { "cluster_size", "1048576" } } },
+};
+
+static const FormatKeys *format_keys_find(const char *qemu_name) {
+        for (size_t i = 0; i < ELEMENTSOF(format_keys); i++)
+                if (streq(format_keys[i].format, qemu_name))
+                        return &format_keys[i];
+        return NULL;
+}
+
+static bool backend_takes(const vdisk_backend_info *info, const char *key) {
+        if (streq(key, "size"))
+                return true;
+        if ((streq(key, "backing_file") || streq(key, "backing_fmt")) && (info->caps & VDISK_CAP_DIFF))
+                return true;
+        for (const char *const *o = info->create_options; o && *o; o++)
+                if (streq(*o, key))
+                        return true;
+        return false;
+}
+
+static int cmp_str(const void *a, const void *b) {
+        return strcmp(*(const char *const *) a, *(const char *const *) b);
+}
+
+static void print_create_help(const vdisk_backend_info *info) {
+        const char *keys[64];
+        size_t n = 0;
+
+        keys[n++] = "size";
+        if (info->caps & VDISK_CAP_DIFF) {
+                keys[n++] = "backing_file";
+                keys[n++] = "backing_fmt";
+        }
+        for (const char *const *o = info->create_options; o && *o && n < ELEMENTSOF(keys); o++)
+                if (!streq(*o, "size") && !streq(*o, "backing_file") && !streq(*o, "backing_fmt"))
+                        keys[n++] = *o;
+        qsort(keys, n, sizeof(keys[0]), cmp_str);
+
+        printf("Supported %s options:\n", info->qemu_name);
+        for (size_t i = 0; i < n; i++) {
+                const KeyDesc *d = key_desc(keys[i]);
+                static const char *const type_names[] = {
+                        [OPT_STR] = "str", [OPT_SIZE] = "size", [OPT_BOOL] = "bool (on/off)", [OPT_NUM] = "num",
+                };
+                _cleanup_free_ char *left = NULL;
+
+                if (asprintf(&left, "%s=<%s>", keys[i], type_names[d ? d->type : OPT_STR]) < 0)
+                        return;
+                printf("  %-22s - %s\n", left, d ? d->help : "Format specific option");
+        }
+}
+
+/* Checks every key against the backend and normalizes values the way qemu
+ * does (sizes in bytes, booleans as on/off). Logs and returns -EINVAL. */
+static int optlist_validate(OptList *l, const vdisk_backend_info *info, const char *filename) {
+        for (size_t i = 0; i < l->n; i++) {
+                const char *key = l->kv[2 * i];
+                char **value = &l->kv[2 * i + 1];
+                const KeyDesc *d;
+
+                if (!backend_takes(info, key)) {
+                        log_error("%s: Invalid parameter '%s'", filename, key);
+                        return -EINVAL;
+                }
+                d = key_desc(key);
+                if (!d)
+                        continue;
+                switch (d->type) {
+                case OPT_SIZE: {
+                        uint64_t v;
+                        char *s;
+
+                        if (parse_size(*value, &v) < 0) {
+                                log_error("%s: Parameter '%s' expects a size", filename, key);
+                                return -EINVAL;
+                        }
+                        if (asprintf(&s, "%" PRIu64, v) < 0)
+                                return -ENOMEM;
+                        free(*value);
+                        *value = s;
+                        break;
+                }
+                case OPT_BOOL:
+                        if (!streq(*value, "on") && !streq(*value, "off")) {
+                                log_error("%s: Parameter '%s' expects 'on' or 'off'", filename, key);
+                                return -EINVAL;
+                        }
+                        break;
+                case OPT_NUM:
+                        if (!**value || strspn(*value, "0123456789") != strlen(*value)) {
+                                log_error("%s: Parameter '%s' expects a number", filename, key);
+                                return -EINVAL;
+                        }
+                        break;
+                case OPT_STR:
+                        break;
+                }
+        }
+        return 0;
+}
+
+/* "Formatting 'f', fmt=vdi size=N ...": the keys in qemu's order, given ones
+ * with their values, the others with qemu's defaults. */
+static void print_formatting(const char *filename, const vdisk_backend_info *info, uint64_t size,
+                             const char *backing, const char *backing_fmt, const OptList *l) {
+        const FormatKeys *fk = format_keys_find(info->qemu_name);
+        bool printed[64] = {};
+
+        printf("Formatting '%s', fmt=%s", filename, info->qemu_name);
+
+        if (fk)
+                for (size_t i = 0; i < ELEMENTSOF(fk->keys) && fk->keys[i].key; i++) {
+                        const char *key = fk->keys[i].key, *v;
+
+                        if (streq(key, "size") || streq(key, "backing_file") || streq(key, "backing_fmt"))
+                                for (size_t j = 0; j < l->n && j < ELEMENTSOF(printed); j++)
+                                        if (streq(l->kv[2 * j], key))
+                                                printed[j] = true;
+                        if (streq(key, "size")) {
+                                printf(" size=%" PRIu64, size);
+                                continue;
+                        }
+                        if (streq(key, "backing_file")) {
+                                if (backing)
+                                        printf(" backing_file=%s", backing);
+                                continue;
+                        }
+                        if (streq(key, "backing_fmt")) {
+                                if (backing_fmt)
+                                        printf(" backing_fmt=%s", backing_fmt);
+                                continue;
+                        }
+                        v = optlist_get(l, key);
+                        for (size_t j = 0; j < l->n && j < ELEMENTSOF(printed); j++)
+                                if (streq(l->kv[2 * j], key))
+                                        printed[j] = true;
+                        if (!v)
+                                v = fk->keys[i].def;
+                        if (v)
+                                printf(" %s=%s", key, v);
+                }
+        else {
+                printf(" size=%" PRIu64, size);
+                if (backing)
+                        printf(" backing_file=%s", backing);
+                if (backing_fmt)
+                        printf(" backing_fmt=%s", backing_fmt);
+        }
+
+        /* Keys qemu lists at the protocol level (or unknown to the table) last. */
+        for (size_t j = 0; j < l->n && j < ELEMENTSOF(printed); j++)
+                if (!printed[j] && !streq(l->kv[2 * j], "size") && !streq(l->kv[2 * j], "backing_file") &&
+                    !streq(l->kv[2 * j], "backing_fmt"))
+                        printf(" %s=%s", l->kv[2 * j], l->kv[2 * j + 1]);
+        putchar('\n');
+        fflush(stdout);
+}
+
+/* Builds the NULL-terminated key/value array the library takes: everything
+ * but the keys vdisk-img handles itself. */
+static int optlist_library_view(const OptList *l, char ***ret) {
+        char **v;
+        size_t k = 0;
+
+        v = calloc(2 * l->n + 1, sizeof(char *));
+        if (!v)
+                return -ENOMEM;
+        for (size_t i = 0; i < l->n; i++) {
+                const char *key = l->kv[2 * i];
+
+                if (streq(key, "size") || streq(key, "backing_file") || streq(key, "backing_fmt"))
+                        continue;
+                v[k++] = l->kv[2 * i];
+                v[k++] = l->kv[2 * i + 1];
+        }
+        *ret = v;
+        return 0;
+}
+
+/* Whether `path` is one of the files of the chain in `d`. */
+static int chain_contains(vdisk_disk *d, const char *path) {
+        for (unsigned i = 0; i < vdisk_disk_count(d); i++) {
+                int r = same_file(vdisk_image_name(vdisk_disk_image(d, i)), path);
+                if (r != 0)
+                        return r;
+        }
+        return 0;
+}
+
+/* Opens the parent chain for a new differencing image. `backing` is
+ * relative to the directory of `child`, as in qemu-img. */
+static int open_backing(const char *child, const char *backing, const char *backing_fmt, bool unsafe,
+                        char **ret_path, Img *ret) {
+        _cleanup_free_ char *path = NULL;
+        int r;
+
+        r = path_relative_to(child, backing, &path);
+        if (r < 0) {
+                log_error("Out of memory");
+                return r;
+        }
+        /* -u: the parent's own parents need not be there; the new image
+         * only records the parent's identity. */
+        r = img_open(path, backing_fmt, unsafe ? IMG_SKIP_CHECKS : IMG_CHAIN, ret);
+        if (r < 0)
+                return r;
+        if (!backing_fmt && ret->guessed_raw) {
+                log_error("Backing file '%s' has no recognizable format; specify it with -F", backing);
+                img_close(ret);
+                return -EMEDIUMTYPE;
+        }
+        *ret_path = TAKE_PTR(path);
+        return 0;
+}
+
+/* ---------------------------------------------------------------- create */
+
+int cmd_create(int argc, char **argv) {
+        static const struct option options[] = {
+                COMMON_LONG_OPTIONS,
+                {}
+        };
+        const char *fmt = "raw", *backing = NULL, *backing_fmt = NULL, *filename, *size_arg = NULL;
+        _cleanup_(optlist_done) OptList opts = {};
+        _cleanup_(vdisk_io_unrefp) vdisk_io *io = NULL;
+        _cleanup_free_ char **lib_opts = NULL, *backing_path = NULL;
+        const vdisk_backend_info *info;
+        bool quiet = false, unsafe = false, have_size = false;
+        Img parent = {};
+        vdisk_disk *d = NULL;
+        uint64_t size = 0;
+        int c, r, ex = EXIT_ERROR;
+
+        while ((c = getopt_long(argc, argv, "F:b:f:ho:qu", options, NULL)) >= 0) {
+                switch (c) {
+                case 'F':
+                        backing_fmt = optarg;
+                        break;
+                case 'b':
+                        backing = optarg;
+                        break;
+                case 'f':
+                        fmt = optarg;
+                        break;
+                case 'o':
+                        if (optlist_parse(&opts, optarg) < 0) {
+                                log_error("Invalid option list: %s", optarg);
+                                return EXIT_ERROR;
+                        }
+                        break;
+                case 'q':
+                        quiet = true;
+                        break;
+                case 'u':
+                        unsafe = true;
+                        break;
+                default:
+                        if (common_option(c, optarg, &ex) == 2)
+                                return ex;
+                }
+        }
+
+        info = format_lookup(fmt);
+        if (!info)
+                return EXIT_ERROR;
+        if (opts.help) {
+                print_create_help(info);
+                return EXIT_OK;
+        }
+
+        if (optind >= argc)
+                return usage_error("Expecting image file name");
+        filename = argv[optind++];
+        if (optind < argc)
+                size_arg = argv[optind++];
+        if (optind < argc)
+                return usage_error("Unexpected argument: %s", argv[optind]);
+
+        if (optlist_get(&opts, "backing_file")) {
+                if (backing) {
+                        log_error("%s: The backing file must be given only once", filename);
+                        return EXIT_ERROR;
+                }
+                backing = optlist_get(&opts, "backing_file");
+        }
+        if (optlist_get(&opts, "backing_fmt")) {
+                if (backing_fmt) {
+                        log_error("%s: The backing format must be given only once", filename);
+                        return EXIT_ERROR;
+                }
+                backing_fmt = optlist_get(&opts, "backing_fmt");
+        }
+        if (backing_fmt && !format_lookup(backing_fmt))
+                return EXIT_ERROR;
+        if (backing && !(info->caps & VDISK_CAP_DIFF)) {
+                log_error("%s: Backing file not supported for file format '%s'", filename, info->qemu_name);
+                return EXIT_ERROR;
+        }
+        if (optlist_validate(&opts, info, filename) < 0)
+                return EXIT_ERROR;
+
+        if (optlist_get(&opts, "size")) {
+                if (size_arg) {
+                        log_error("%s: The image size must be specified only once", filename);
+                        return EXIT_ERROR;
+                }
+                size_arg = optlist_get(&opts, "size");
+        }
+        if (size_arg) {
+                r = parse_size(size_arg, &size);
+                if (r < 0) {
+                        log_bad_size(r);
+                        return EXIT_ERROR;
+                }
+                have_size = true;
+        } else if (!backing) {
+                log_error("%s: Image creation needs a size parameter", filename);
+                return EXIT_ERROR;
+        }
+
+        if (backing) {
+                r = open_backing(filename, backing, backing_fmt, unsafe, &backing_path, &parent);
+                if (r < 0)
+                        return EXIT_ERROR;
+                r = chain_contains(parent.disk, filename);
+                if (r != 0) {
+                        log_error("%s: %s", filename,
+                                  r > 0 ? "The new image would overwrite its own backing file" : strerror(-r));
+                        goto finish;
+                }
+                if (!have_size)
+                        size = vdisk_disk_size(parent.disk);
+                if (!backing_fmt)
+                        backing_fmt = parent.backend->qemu_name;
+        }
+
+        r = optlist_library_view(&opts, &lib_opts);
+        if (r < 0) {
+                log_error("Out of memory");
+                goto finish;
+        }
+
+        if (!quiet)
+                print_formatting(filename, info, size, backing, backing ? backing_fmt : NULL, &opts);
+
+        vdisk_clear_error();
+        r = vdisk_io_open_path(filename, VDISK_PATH_WRITE | VDISK_PATH_CREATE | VDISK_PATH_TRUNC, &io);
+        if (r < 0) {
+                log_error("%s: Could not create the file: %s", filename, error_detail(r));
+                goto finish;
+        }
+
+        vdisk_create_opts copts = {
+                .size = sizeof(copts),
+                .options = (const char *const *) lib_opts,
+        };
+
+        vdisk_clear_error();
+        if (backing) {
+                d = parent.disk;
+                r = vdisk_disk_create_diff(d, io, info->name, &copts);
+                if (r >= 0 && have_size && size != vdisk_disk_size(d)) {
+                        vdisk_clear_error();
+                        r = vdisk_resize(d, size, NULL);
+                }
+        } else {
+                r = vdisk_disk_new(&d);
+                if (r >= 0)
+                        r = vdisk_disk_create_base(d, io, info->name, size, &copts);
+        }
+        if (r >= 0) {
+                vdisk_clear_error();
+                r = vdisk_disk_flush(d);
+        }
+        if (r < 0) {
+                log_error("%s: %s", filename, error_detail(r));
+                remove_created_file(filename);
+                goto finish;
+        }
+        fsync_parent_dir(filename);
+        ex = EXIT_OK;
+
+finish:
+        if (backing)
+                img_close(&parent);
+        else
+                vdisk_disk_unref(d);
+        return ex;
+}
+
+/* ---------------------------------------------------------------- convert */
+
+#define CONVERT_BUFFER_SIZE (2u << 20)
+#define CONVERT_SPARSE_MAX (16u << 20)
+
+/* How convert_loop() treats ranges that read as zeros in the source. */
+typedef enum ZeroMode {
+        ZERO_CHECK_TARGET,   /* -n: write zeros where the target does not read zeros */
+        ZERO_SKIP,           /* -n --target-is-zero: the target reads zeros already */
+        ZERO_WRITE,          /* -S 0: write every byte */
+} ZeroMode;
+
+/* Copies src into dst block by block: convert -n (an existing target) and
+ * convert -S 0 (a new, fully written target). */
+static int convert_loop(Img *src, vdisk_disk *dst, const char *dst_name, ZeroMode zero_mode, ProgressBar *bar) {
+        _cleanup_free_ uint8_t *buf = NULL, *dbuf = NULL;
+        uint64_t size = vdisk_disk_size(src->disk), off = 0;
+        int r;
+
+        if (vdisk_disk_size(dst) < size) {
+                log_error("The target image '%s' is smaller than the source (%" PRIu64 " < %" PRIu64 " bytes)",
+                          dst_name, vdisk_disk_size(dst), size);
+                return -EINVAL;
+        }
+        buf = malloc(CONVERT_BUFFER_SIZE);
+        dbuf = malloc(CONVERT_BUFFER_SIZE);
+        if (!buf || !dbuf) {
+                log_error("Out of memory");
+                return -ENOMEM;
+        }
+
+        while (off < size) {
+                vdisk_extent e;
+                size_t n;
+                bool write = true;
+
+                if (cancel_requested) {
+                        log_error("Conversion cancelled");
+                        return -ECANCELED;
+                }
+                vdisk_clear_error();
+                r = vdisk_disk_block_status(src->disk, off, MIN((uint64_t) CONVERT_BUFFER_SIZE, size - off), &e);
+                if (r < 0) {
+                        log_error("Could not read the allocation of '%s' at offset %" PRIu64 ": %s",
+                                  src->filename, off, error_detail(r));
+                        return r;
+                }
+                n = (size_t) MIN(e.length, (uint64_t) CONVERT_BUFFER_SIZE);
+                if (n == 0)
+                        n = (size_t) MIN((uint64_t) CONVERT_BUFFER_SIZE, size - off);
+
+                if (e.flags & VDISK_EXTENT_ZERO) {
+                        memset(buf, 0, n);
+                        if (zero_mode == ZERO_SKIP)
+                                write = false;
+                        else if (zero_mode == ZERO_CHECK_TARGET) {
+                                vdisk_clear_error();
+                                r = vdisk_disk_read(dst, dbuf, n, off);
+                                if (r < 0) {
+                                        log_error("Could not read '%s' at offset %" PRIu64 ": %s",
+                                                  dst_name, off, error_detail(r));
+                                        return r;
+                                }
+                                write = !mem_is_zero(dbuf, n);
+                        }
+                } else {
+                        vdisk_clear_error();
+                        r = vdisk_disk_read(src->disk, buf, n, off);
+                        if (r < 0) {
+                                log_error("Could not read '%s' at offset %" PRIu64 ": %s",
+                                          src->filename, off, error_detail(r));
+                                return r;
+                        }
+                        if (zero_mode == ZERO_SKIP && mem_is_zero(buf, n))
+                                write = false;
+                }
+                if (write) {
+                        vdisk_clear_error();
+                        r = vdisk_disk_write(dst, buf, n, off);
+                        if (r < 0) {
+                                log_error("Could not write '%s' at offset %" PRIu64 ": %s",
+                                          dst_name, off, error_detail(r));
+                                return r;
+                        }
+                }
+                off += n;
+                progress_bar_print(bar, (double) off * 100.0 / (double) size);
+        }
+
+        vdisk_clear_error();
+        r = vdisk_disk_flush(dst);
+        if (r < 0) {
+                log_error("Could not flush '%s': %s", dst_name, error_detail(r));
+                return r;
+        }
+        return 0;
+}
+
+int cmd_convert(int argc, char **argv) {
+        static const struct option options[] = {
+                COMMON_LONG_OPTIONS,
+                { "target-is-zero",     no_argument, NULL, ARG_TARGET_IS_ZERO },
+                { "target-image-opts",  no_argument, NULL, ARG_TARGET_IMAGE_OPTS },
+                { "salvage",            no_argument, NULL, ARG_SALVAGE },
+                { "bitmaps",            no_argument, NULL, ARG_BITMAPS },
+                {}
+        };
+        const char *fmt = NULL, *out_fmt = "raw", *backing = NULL, *backing_fmt = NULL, *in, *out;
+        _cleanup_(optlist_done) OptList opts = {};
+        _cleanup_(vdisk_io_unrefp) vdisk_io *out_io = NULL;
+        _cleanup_(vdisk_disk_unrefp) vdisk_disk *dst = NULL;
+        _cleanup_free_ char **lib_opts = NULL, *backing_path = NULL;
+        const vdisk_backend_info *out_info;
+        bool quiet = false, progress = false, no_create = false, target_is_zero = false, created = false;
+        uint64_t sparse = 4096, new_size = 0;
+        ProgressBar bar = {};
+        Img src = {}, existing = {}, parent = {};
+        int c, r, ex = EXIT_ERROR;
+
+        while ((c = getopt_long(argc, argv, "hf:O:o:B:F:S:pqnct:T:m:WUl:r:C", options, NULL)) >= 0) {
+                switch (c) {
+                case 'f':
+                        fmt = optarg;
+                        break;
+                case 'O':
+                        out_fmt = optarg;
+                        break;
+                case 'o':
+                        if (optlist_parse(&opts, optarg) < 0) {
+                                log_error("Invalid option list: %s", optarg);
+                                return EXIT_ERROR;
+                        }
+                        break;
+                case 'B':
+                        backing = optarg;
+                        break;
+                case 'F':
+                        backing_fmt = optarg;
+                        break;
+                case 'S':
+                        r = parse_size(optarg, &sparse);
+                        if (r < 0 || sparse % VDISK_SECTOR_SIZE != 0 || sparse > CONVERT_SPARSE_MAX) {
+                                log_error("Invalid sparse size '%s': use a multiple of 512 up to 16 MiB, "
+                                          "or 0 to allocate the whole output", optarg);
+                                return EXIT_ERROR;
+                        }
+                        break;
+                case 'p':
+                        progress = true;
+                        break;
+                case 'q':
+                        quiet = true;
+                        break;
+                case 'n':
+                        no_create = true;
+                        break;
+                case 'c':
+                        log_error("Compressed output (-c) is not supported");
+                        return EXIT_ERROR;
+                case 'l':
+                        log_error("Internal snapshots (-l) are not supported");
+                        return EXIT_ERROR;
+                case 'C':
+                        log_error("Copy offloading (-C) is not supported");
+                        return EXIT_ERROR;
+                case 't':
+                case 'T':
+                        if (!cache_mode_valid(optarg)) {
+                                log_error("Invalid cache option: %s", optarg);
+                                return EXIT_ERROR;
+                        }
+                        break;
+                case 'm':
+                case 'r':
+                case 'W':
+                        /* Parallelism and rate limits: vdisk-img copies sequentially. */
+                        break;
+                case ARG_TARGET_IS_ZERO:
+                        target_is_zero = true;
+                        break;
+                case ARG_TARGET_IMAGE_OPTS:
+                case ARG_SALVAGE:
+                case ARG_BITMAPS:
+                        log_error("Option '%s' is not supported", argv[optind - 1]);
+                        return EXIT_ERROR;
+                default:
+                        if (common_option(c, optarg, &ex) == 2)
+                                return ex;
+                }
+        }
+        if (quiet)
+                progress = false;
+
+        if (argc - optind < 2)
+                return usage_error("Expecting a source and a destination file name");
+        if (argc - optind > 2) {
+                log_error("Concatenating several source images is not supported");
+                return EXIT_ERROR;
+        }
+        in = argv[optind];
+        out = argv[optind + 1];
+
+        out_info = format_lookup(out_fmt);
+        if (!out_info)
+                return EXIT_ERROR;
+        if (opts.help) {
+                print_create_help(out_info);
+                return EXIT_OK;
+        }
+        if (optlist_get(&opts, "backing_file")) {
+                if (backing) {
+                        log_error("%s: The backing file must be given only once", out);
+                        return EXIT_ERROR;
+                }
+                backing = optlist_get(&opts, "backing_file");
+        }
+        if (optlist_get(&opts, "backing_fmt") && !backing_fmt)
+                backing_fmt = optlist_get(&opts, "backing_fmt");
+        if (backing_fmt && !format_lookup(backing_fmt))
+                return EXIT_ERROR;
+        if (no_create && (backing || opts.n > 0)) {
+                log_error("-n cannot be combined with -B or -o");
+                return EXIT_ERROR;
+        }
+        if (backing && !(out_info->caps & VDISK_CAP_DIFF)) {
+                log_error("%s: Backing file not supported for file format '%s'", out, out_info->qemu_name);
+                return EXIT_ERROR;
+        }
+        if (sparse == 0 && backing) {
+                log_error("-S 0 cannot be combined with -B");
+                return EXIT_ERROR;
+        }
+        if (target_is_zero && !no_create) {
+                log_error("--target-is-zero requires -n");
+                return EXIT_ERROR;
+        }
+        if (optlist_validate(&opts, out_info, out) < 0)
+                return EXIT_ERROR;
+        if (optlist_get(&opts, "size") && parse_size(optlist_get(&opts, "size"), &new_size) < 0)
+                return EXIT_ERROR;
+
+        r = img_open(in, fmt, IMG_CHAIN, &src);
+        if (r < 0)
+                return EXIT_ERROR;
+
+        r = chain_contains(src.disk, out);
+        if (r != 0) {
+                log_error("%s: %s", out, r > 0 ? "The destination is one of the source images" : strerror(-r));
+                goto finish;
+        }
+
+        install_cancel_handlers();
+        if (progress_bar_init(&bar, progress) < 0)
+                goto finish;
+
+        if (no_create) {
+                r = img_open(out, out_fmt, IMG_WRITE | IMG_CHAIN, &existing);
+                if (r >= 0)
+                        r = convert_loop(&src, existing.disk, out, target_is_zero ? ZERO_SKIP : ZERO_CHECK_TARGET,
+                                         &bar);
+                progress_bar_done(&bar, r >= 0);
+                img_close(&existing);
+                if (r >= 0)
+                        ex = EXIT_OK;
+                goto finish;
+        }
+
+        r = optlist_library_view(&opts, &lib_opts);
+        if (r < 0) {
+                log_error("Out of memory");
+                progress_bar_done(&bar, false);
+                goto finish;
+        }
+
+        vdisk_copy_opts copts = {
+                .size = sizeof(copts),
+                .new_size = new_size,
+                .create = {
+                        .size = sizeof(vdisk_create_opts),
+                        .options = (const char *const *) lib_opts,
+                },
+                .from_same = -1,
+                .to_same = -1,
+                /* libvdisk looks for zeros in runs of at most 4 MiB; a larger
+                 * -S only asks for fewer holes, which changes no content. */
+                .sparse_size = MIN(sparse, (uint64_t) (4u << 20)),
+        };
+
+        if (backing) {
+                unsigned n_src = vdisk_disk_count(src.disk);
+
+                r = open_backing(out, backing, backing_fmt, false, &backing_path, &parent);
+                if (r < 0) {
+                        progress_bar_done(&bar, false);
+                        goto finish;
+                }
+                r = chain_contains(parent.disk, out);
+                if (r != 0) {
+                        log_error("%s: %s", out, r > 0 ? "The destination is its own backing file" : strerror(-r));
+                        progress_bar_done(&bar, false);
+                        img_close(&parent);
+                        goto finish;
+                }
+                /* qemu's contract for -B: the backing file holds what the
+                 * source's backing chain holds, so only the source's top
+                 * image needs copying. */
+                if (n_src >= 2) {
+                        copts.from_same = (int) n_src - 2;
+                        copts.to_same = (int) vdisk_disk_count(parent.disk) - 1;
+                }
+                dst = TAKE_PTR(parent.disk);
+        } else {
+                r = vdisk_disk_new(&dst);
+                if (r < 0) {
+                        log_error("Out of memory");
+                        progress_bar_done(&bar, false);
+                        goto finish;
+                }
+        }
+
+        vdisk_clear_error();
+        r = vdisk_io_open_path(out, VDISK_PATH_WRITE | VDISK_PATH_CREATE | VDISK_PATH_TRUNC, &out_io);
+        if (r < 0) {
+                progress_bar_done(&bar, false);
+                log_error("%s: Could not create the file: %s", out, error_detail(r));
+                goto finish;
+        }
+        created = true;
+
+        vdisk_clear_error();
+        if (sparse == 0) {
+                /* -S 0: create the image, then write every byte of it. */
+                uint64_t size = new_size > 0 ? new_size : vdisk_disk_size(src.disk);
+
+                if (backing)
+                        r = vdisk_disk_create_diff(dst, out_io, out_info->name, &copts.create);
+                else
+                        r = vdisk_disk_create_base(dst, out_io, out_info->name, size, &copts.create);
+                if (r < 0)
+                        log_error("%s: %s", out, error_detail(r));
+                else
+                        r = convert_loop(&src, dst, out, ZERO_WRITE, &bar);
+                progress_bar_done(&bar, r >= 0);
+                if (r < 0)
+                        goto finish;
+                r = 0;
+        } else {
+                r = vdisk_copy(src.disk, dst, out_io, out_info->name, &copts, bar.p);
+                progress_bar_done(&bar, r >= 0);
+        }
+        if (r < 0) {
+                if (r == -ECANCELED)
+                        log_error("Conversion of '%s' to '%s' cancelled", in, out);
+                else
+                        log_error("Could not convert '%s' to '%s': %s", in, out, error_detail(r));
+                goto finish;
+        }
+        /* vdisk_copy flushed the image; close it (flushing once more) and
+         * make the new directory entry durable too. */
+        dst = vdisk_disk_unref(dst);
+        out_io = vdisk_io_unref(out_io);
+        fsync_parent_dir(out);
+        ex = EXIT_OK;
+
+finish:
+        if (ex != EXIT_OK && created) {
+                dst = vdisk_disk_unref(dst);
+                out_io = vdisk_io_unref(out_io);
+                remove_created_file(out);
+        }
+        img_close(&src);
+        return ex;
+}

@@ -1,0 +1,921 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/*
+ * vdisk-img commit, resize, rebase (qemu-img's commands) and compact,
+ * setuuid, comment (vbox-img's): the commands that change existing images.
+ *
+ * Every change leaves each file a valid image at every step: data first,
+ * then the links that make it visible; a file is replaced only by rename().
+ */
+
+#include <assert.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "img.h"
+
+static const uint8_t null_uuid[16];
+
+/* ---------------------------------------------------------------- commit */
+
+/* The index of `base` (a path as the user gave it, or relative to the top's
+ * directory) in the chain below the top, or -ENOENT. */
+static int chain_find(Img *img, const char *base) {
+        unsigned n = vdisk_disk_count(img->disk);
+        _cleanup_free_ char *rel = NULL;
+
+        if (path_relative_to(img->filename, base, &rel) < 0)
+                return -ENOMEM;
+        for (unsigned i = 0; i + 1 < n; i++) {
+                const char *name = vdisk_image_name(vdisk_disk_image(img->disk, i));
+
+                if (streq(name, base) || same_file(name, base) > 0 || same_file(name, rel) > 0)
+                        return (int) i;
+        }
+        return -ENOENT;
+}
+
+typedef struct TopIdentity {
+        bool have_uuid, have_mod_uuid;
+        uint8_t uuid[16], mod_uuid[16];
+        char *comment;
+        uint32_t cluster_size;
+        const char *format;
+        struct stat st;
+} TopIdentity;
+
+/* Re-links the old top (which vdisk_merge took out of the chain) onto the
+ * new top of the chain, so that it stays a valid image: its data is what it
+ * was, and below it the chain now reads what it read before. */
+static int commit_relink(Img *img, const TopIdentity *id) {
+        _cleanup_(vdisk_io_unrefp) vdisk_io *io = NULL;
+        vdisk_image *base, *top;
+        uint8_t u[16];
+        int r;
+
+        base = vdisk_disk_image(img->disk, vdisk_disk_count(img->disk) - 1);
+
+        vdisk_clear_error();
+        r = vdisk_io_open_path(img->filename, VDISK_PATH_WRITE, &io);
+        if (r < 0)
+                return r;
+        r = vdisk_disk_open(img->disk, io, id->format, VDISK_OPEN_SKIP_CHECKS);
+        if (r < 0)
+                return r;
+        top = vdisk_disk_image(img->disk, vdisk_disk_count(img->disk) - 1);
+
+        r = vdisk_image_get_uuid(base, u);
+        if (r == -EOPNOTSUPP)
+                return 0;   /* formats without UUIDs link by name */
+        if (r < 0)
+                return r;
+        r = vdisk_image_set_parent_uuid(top, u);
+        if (r < 0)
+                return r;
+        if (vdisk_image_get_modification_uuid(base, u) >= 0) {
+                r = vdisk_image_set_parent_modification_uuid(top, u);
+                if (r < 0 && r != -EOPNOTSUPP)
+                        return r;
+        }
+        return vdisk_disk_flush(img->disk);
+}
+
+/* Replaces the old top by an empty differencing image with the same
+ * identity on the new top of the chain. The new file is written beside the
+ * old one and renamed over it, so the path always holds a valid image: the
+ * old top (whose content the chain below now also holds) or the new one. */
+static int commit_empty_top(Img *img, const TopIdentity *id) {
+        _cleanup_(vdisk_io_unrefp) vdisk_io *io = NULL;
+        _cleanup_free_ char *tmp = NULL;
+        _cleanup_close_ int fd = -1;
+        vdisk_image *top;
+        int r;
+
+        if (asprintf(&tmp, "%s.vdisk-img-XXXXXX", img->filename) < 0)
+                return -ENOMEM;
+        fd = mkostemp(tmp, O_CLOEXEC);
+        if (fd < 0)
+                return -errno;
+        (void) fchmod(fd, id->st.st_mode & 07777);
+        if (geteuid() == 0)
+                (void) fchown(fd, id->st.st_uid, id->st.st_gid);
+
+        /* The io carries the final name: formats that record their parent by
+         * name compute it relative to this one. */
+        r = vdisk_io_new_fd(fd, img->filename, VDISK_IO_OWN_FD, &io);
+        if (r < 0)
+                goto fail;
+        TAKE_FD(fd);
+
+        vdisk_create_opts opts = {
+                .size = sizeof(opts),
+                .block_size = id->cluster_size,
+                .comment = id->comment && *id->comment ? id->comment : NULL,
+                .uuid = id->have_uuid ? id->uuid : NULL,
+        };
+        vdisk_clear_error();
+        r = vdisk_disk_create_diff(img->disk, io, id->format, &opts);
+        if (r < 0)
+                goto fail;
+        top = vdisk_disk_image(img->disk, vdisk_disk_count(img->disk) - 1);
+        /* The view through the top did not change: keep its modification
+         * UUID, so children of the top still match it. */
+        if (id->have_mod_uuid) {
+                r = vdisk_image_set_modification_uuid(top, id->mod_uuid);
+                if (r < 0 && r != -EOPNOTSUPP)
+                        goto fail;
+        }
+        r = vdisk_disk_close_top(img->disk);
+        if (r < 0)
+                goto fail;
+        io = vdisk_io_unref(io);
+
+        if (rename(tmp, img->filename) < 0) {
+                r = -errno;
+                goto fail;
+        }
+        fsync_parent_dir(img->filename);
+        return 0;
+
+fail:
+        (void) unlink(tmp);
+        return r;
+}
+
+int cmd_commit(int argc, char **argv) {
+        static const struct option options[] = {
+                COMMON_LONG_OPTIONS,
+                {}
+        };
+        const char *fmt = NULL, *base = NULL;
+        _cleanup_(vdisk_strv_freep) char **removed = NULL;
+        bool quiet = false, progress = false, drop = false;
+        TopIdentity id = {};
+        ProgressBar bar = {};
+        vdisk_image *top;
+        unsigned n;
+        int c, r, to, ex = EXIT_ERROR;
+        Img img = {};
+
+        while ((c = getopt_long(argc, argv, "f:ht:b:dpqr:", options, NULL)) >= 0) {
+                switch (c) {
+                case 'f':
+                        fmt = optarg;
+                        break;
+                case 't':
+                        if (!cache_mode_valid(optarg)) {
+                                log_error("Invalid cache option: %s", optarg);
+                                return EXIT_ERROR;
+                        }
+                        break;
+                case 'b':
+                        base = optarg;
+                        /* Images between the base and the top become invalid,
+                         * so the top must keep its data (qemu-img: -b implies -d). */
+                        drop = true;
+                        break;
+                case 'd':
+                        drop = true;
+                        break;
+                case 'p':
+                        progress = true;
+                        break;
+                case 'q':
+                        quiet = true;
+                        break;
+                case 'r':
+                        /* Rate limit: vdisk-img runs offline, at full speed. */
+                        break;
+                default:
+                        if (common_option(c, optarg, &ex) == 2)
+                                return ex;
+                }
+        }
+        if (quiet)
+                progress = false;
+        if (optind != argc - 1)
+                return usage_error("Expecting one image file name");
+
+        r = img_open(argv[optind], fmt, IMG_WRITE | IMG_CHAIN, &img);
+        if (r < 0)
+                return EXIT_ERROR;
+
+        n = vdisk_disk_count(img.disk);
+        if (n < 2) {
+                log_error("Image does not have a backing file");
+                goto finish;
+        }
+        if (base) {
+                to = chain_find(&img, base);
+                if (to < 0) {
+                        log_error("Did not find '%s' in the backing chain of '%s'", base, img.filename);
+                        goto finish;
+                }
+        } else
+                to = (int) n - 2;
+
+        top = vdisk_disk_image(img.disk, n - 1);
+        id.format = vdisk_image_backend(top)->name;
+        id.have_uuid = vdisk_image_get_uuid(top, id.uuid) >= 0;
+        id.have_mod_uuid = vdisk_image_get_modification_uuid(top, id.mod_uuid) >= 0;
+        {
+                const char *comment = NULL;
+                vdisk_image_info ii = { .size = sizeof(ii) };
+
+                if (vdisk_image_get_comment(top, &comment) >= 0 && comment && !(id.comment = strdup(comment))) {
+                        log_error("Out of memory");
+                        goto finish;
+                }
+                if (vdisk_image_get_info(top, &ii) >= 0)
+                        id.cluster_size = ii.cluster_size;
+        }
+        if (stat(img.filename, &id.st) < 0) {
+                log_error("Could not stat '%s': %m", img.filename);
+                goto finish;
+        }
+
+        install_cancel_handlers();
+        if (progress_bar_init(&bar, progress) < 0)
+                goto finish;
+        vdisk_clear_error();
+        r = vdisk_merge(img.disk, n - 1, (unsigned) to, bar.p, &removed);
+        progress_bar_done(&bar, r >= 0);
+        if (r < 0) {
+                log_error("Could not commit '%s': %s", img.filename,
+                          r == -ECANCELED ? "cancelled (every image is still valid)" : error_detail(r));
+                goto finish;
+        }
+
+        /* The data is in the base now; the top left the chain untouched. */
+        r = drop ? commit_relink(&img, &id) : commit_empty_top(&img, &id);
+        if (r < 0) {
+                log_error("The data of '%s' was committed, but %s it failed: %s", img.filename,
+                          drop ? "linking it to its new backing file" : "emptying", error_detail(r));
+                log_error("'%s' was left as it was; it still reads correctly on its backing chain", img.filename);
+                goto finish;
+        }
+
+        if (!quiet)
+                printf("Image committed.\n");
+        ex = EXIT_OK;
+
+finish:
+        free(id.comment);
+        img_close(&img);
+        return ex;
+}
+
+/* ---------------------------------------------------------------- resize */
+
+int cmd_resize(int argc, char **argv) {
+        static const struct option options[] = {
+                COMMON_LONG_OPTIONS,
+                { "shrink",        no_argument,       NULL, ARG_SHRINK },
+                { "preallocation", required_argument, NULL, ARG_PREALLOCATION },
+                {}
+        };
+        const char *fmt = NULL, *size_arg = NULL, *p;
+        bool quiet = false, shrink = false, relative = false, minus = false;
+        uint64_t cur, value, new_size;
+        ProgressBar bar = {};
+        Img img = {};
+        int c, r, ex = EXIT_ERROR;
+
+        /* A negative size ("-1G") would look like an option: take it out first. */
+        if (argc >= 3 && argv[argc - 1][0] == '-' && argv[argc - 1][1] >= '0' && argv[argc - 1][1] <= '9')
+                size_arg = argv[--argc];
+
+        while ((c = getopt_long(argc, argv, "f:hqU", options, NULL)) >= 0) {
+                switch (c) {
+                case 'f':
+                        fmt = optarg;
+                        break;
+                case 'q':
+                        quiet = true;
+                        break;
+                case ARG_SHRINK:
+                        shrink = true;
+                        break;
+                case ARG_PREALLOCATION:
+                        if (!streq(optarg, "off")) {
+                                log_error("Preallocation mode '%s' is not supported", optarg);
+                                return EXIT_ERROR;
+                        }
+                        break;
+                default:
+                        if (common_option(c, optarg, &ex) == 2)
+                                return ex;
+                }
+        }
+        if (!size_arg && argc - optind == 2)
+                size_arg = argv[argc - 1];
+        else if (!size_arg || argc - optind != 1)
+                return usage_error("Expecting image file name and size");
+
+        p = size_arg;
+        if (*p == '+' || *p == '-') {
+                relative = true;
+                minus = *p == '-';
+                p++;
+        }
+        if (parse_size(p, &value) < 0) {
+                log_error("Parameter 'size' expects a non-negative number below 2^64");
+                log_error("Optional suffix k, M, G, T, P or E means kilo-, mega-, giga-, tera-, peta-");
+                log_error("and exabytes, respectively.");
+                return EXIT_ERROR;
+        }
+
+        r = img_open(argv[optind], fmt, IMG_WRITE | IMG_CHAIN, &img);
+        if (r < 0)
+                return EXIT_ERROR;
+
+        cur = vdisk_disk_size(img.disk);
+        if (!relative)
+                new_size = value;
+        else if (minus)
+                new_size = value >= cur ? 0 : cur - value;
+        else if (ADD_OVERFLOW(cur, value, &new_size) || new_size > INT64_MAX) {
+                log_error("Image size too large");
+                goto finish;
+        }
+        if (new_size == 0) {
+                log_error("New image size must be positive");
+                goto finish;
+        }
+        if (new_size < cur && !shrink) {
+                log_error("Use the --shrink option to perform a shrink operation.");
+                log_warning("Shrinking an image will delete all data beyond the shrunken image's end. "
+                            "Before performing such an operation, make sure there is no important data there.");
+                goto finish;
+        }
+
+        install_cancel_handlers();
+        if (progress_bar_init(&bar, false) < 0)
+                goto finish;
+        vdisk_clear_error();
+        r = vdisk_resize(img.disk, new_size, bar.p);
+        progress_bar_done(&bar, r >= 0);
+        if (r == -EOPNOTSUPP) {
+                log_error("Image format driver does not support resize");
+                goto finish;
+        }
+        if (r == -ENOTEMPTY) {
+                log_error("Could not shrink '%s': the range past the new end holds data", img.filename);
+                goto finish;
+        }
+        if (r < 0) {
+                log_error("Error resizing image: %s", error_detail(r));
+                goto finish;
+        }
+        if (!quiet)
+                printf("Image resized.\n");
+        ex = EXIT_OK;
+
+finish:
+        img_close(&img);
+        return ex;
+}
+
+/* ---------------------------------------------------------------- rebase */
+
+#define REBASE_BUFFER_SIZE (1u << 20)
+
+/* Reads what the new backing chain shows at [off, off+len): zeros past its
+ * end or without a new backing file. */
+static int rebase_read_new(Img *new_chain, uint8_t *buf, size_t len, uint64_t off) {
+        uint64_t size;
+        size_t n = 0;
+        int r;
+
+        memset(buf, 0, len);
+        if (!new_chain->disk)
+                return 0;
+        size = vdisk_disk_size(new_chain->disk);
+        if (off < size)
+                n = (size_t) MIN((uint64_t) len, size - off);
+        if (n == 0)
+                return 0;
+        vdisk_clear_error();
+        r = vdisk_disk_read(new_chain->disk, buf, n, off);
+        if (r < 0)
+                log_error("Could not read '%s' at offset %" PRIu64 ": %s", new_chain->filename, off,
+                          error_detail(r));
+        return r;
+}
+
+/* Safe rebase: wherever the top does not define the data itself and the old
+ * and new backing chains differ, the old content is written into the top. */
+static int rebase_copy_differences(Img *top, Img *new_chain, ProgressBar *bar) {
+        _cleanup_free_ uint8_t *old_buf = NULL, *new_buf = NULL;
+        uint64_t size = vdisk_disk_size(top->disk), off = 0;
+        int r;
+
+        old_buf = malloc(REBASE_BUFFER_SIZE);
+        new_buf = malloc(REBASE_BUFFER_SIZE);
+        if (!old_buf || !new_buf) {
+                log_error("Out of memory");
+                return -ENOMEM;
+        }
+
+        while (off < size) {
+                vdisk_extent e;
+                size_t n;
+
+                if (cancel_requested) {
+                        log_error("Rebase cancelled; '%s' still uses its old backing file", top->filename);
+                        return -ECANCELED;
+                }
+                vdisk_clear_error();
+                r = vdisk_disk_block_status(top->disk, off, size - off, &e);
+                if (r < 0) {
+                        log_error("Could not read the allocation of '%s' at offset %" PRIu64 ": %s",
+                                  top->filename, off, error_detail(r));
+                        return r;
+                }
+                if (e.length == 0 || e.length > size - off)
+                        e.length = size - off;
+                if (e.depth == 0) {
+                        /* The top defines this range; the backing file does not matter. */
+                        off += e.length;
+                        progress_bar_print(bar, (double) off * 100.0 / (double) size);
+                        continue;
+                }
+
+                n = (size_t) MIN(e.length, (uint64_t) REBASE_BUFFER_SIZE);
+                vdisk_clear_error();
+                r = vdisk_disk_read(top->disk, old_buf, n, off);
+                if (r < 0) {
+                        log_error("Could not read '%s' at offset %" PRIu64 ": %s", top->filename, off,
+                                  error_detail(r));
+                        return r;
+                }
+                r = rebase_read_new(new_chain, new_buf, n, off);
+                if (r < 0)
+                        return r;
+
+                /* Write each run of differing sectors. */
+                for (size_t s = 0; s < n;) {
+                        size_t run;
+
+                        if (memcmp(old_buf + s, new_buf + s, MIN((size_t) VDISK_SECTOR_SIZE, n - s)) == 0) {
+                                s += VDISK_SECTOR_SIZE;
+                                continue;
+                        }
+                        for (run = s; run < n; run += VDISK_SECTOR_SIZE)
+                                if (memcmp(old_buf + run, new_buf + run, MIN((size_t) VDISK_SECTOR_SIZE, n - run)) == 0)
+                                        break;
+                        run = MIN(run, n);
+                        vdisk_clear_error();
+                        /* Zeros are written as data: a discard would be a no-op
+                         * here, since the old backing chain reads zeros too. */
+                        r = vdisk_disk_write(top->disk, old_buf + s, run - s, off + s);
+                        if (r < 0) {
+                                log_error("Could not write '%s' at offset %" PRIu64 ": %s", top->filename,
+                                          off + s, error_detail(r));
+                                return r;
+                        }
+                        s = run;
+                }
+                off += n;
+                progress_bar_print(bar, (double) off * 100.0 / (double) size);
+        }
+
+        vdisk_clear_error();
+        r = vdisk_disk_flush(top->disk);
+        if (r < 0)
+                log_error("Could not flush '%s': %s", top->filename, error_detail(r));
+        return r;
+}
+
+/* Points the top image of `img` at `parent` (NULL: no parent). */
+static int rebase_set_link(Img *img, vdisk_image *parent, const char *backing) {
+        vdisk_image *top = vdisk_disk_image(img->disk, vdisk_disk_count(img->disk) - 1);
+        const char *pname = NULL, *pfmt = NULL;
+        uint8_t uuid[16], mod_uuid[16];
+        bool have_mod = false;
+        int r;
+
+        /* A parent recorded by file name cannot be renamed through libvdisk. */
+        if (vdisk_image_get_parent_name(top, &pname, &pfmt) >= 0 && pname) {
+                log_error("Could not change the backing file to '%s': %s images name their backing file, "
+                          "which vdisk-img cannot change", backing, vdisk_image_backend(top)->qemu_name);
+                return -EOPNOTSUPP;
+        }
+
+        if (parent) {
+                r = vdisk_image_get_uuid(parent, uuid);
+                if (r < 0) {
+                        log_error("Could not change the backing file to '%s': the backing file has no UUID",
+                                  backing);
+                        return r;
+                }
+                have_mod = vdisk_image_get_modification_uuid(parent, mod_uuid) >= 0;
+        } else
+                memcpy(uuid, null_uuid, sizeof(uuid));
+        if (!have_mod)
+                memcpy(mod_uuid, null_uuid, sizeof(mod_uuid));
+
+        vdisk_clear_error();
+        r = vdisk_image_set_parent_uuid(top, uuid);
+        if (r >= 0) {
+                r = vdisk_image_set_parent_modification_uuid(top, mod_uuid);
+                if (r == -EOPNOTSUPP)
+                        r = 0;
+        }
+        if (r >= 0)
+                r = vdisk_disk_flush(img->disk);
+        if (r < 0) {
+                log_error("Could not change the backing file to '%s': %s", backing, error_detail(r));
+                return r;
+        }
+        return 0;
+}
+
+int cmd_rebase(int argc, char **argv) {
+        static const struct option options[] = {
+                COMMON_LONG_OPTIONS,
+                {}
+        };
+        const char *fmt = NULL, *backing = NULL, *backing_fmt = NULL;
+        _cleanup_free_ char *backing_path = NULL;
+        bool unsafe = false, progress = false, quiet = false;
+        ProgressBar bar = {};
+        Img img = {}, new_chain = {};
+        int c, r, ex = EXIT_ERROR;
+
+        while ((c = getopt_long(argc, argv, "hf:F:b:upqt:T:U", options, NULL)) >= 0) {
+                switch (c) {
+                case 'f':
+                        fmt = optarg;
+                        break;
+                case 'F':
+                        backing_fmt = optarg;
+                        break;
+                case 'b':
+                        backing = optarg;
+                        break;
+                case 'u':
+                        unsafe = true;
+                        break;
+                case 'p':
+                        progress = true;
+                        break;
+                case 'q':
+                        quiet = true;
+                        break;
+                case 't':
+                case 'T':
+                        if (!cache_mode_valid(optarg)) {
+                                log_error("Invalid cache option: %s", optarg);
+                                return EXIT_ERROR;
+                        }
+                        break;
+                default:
+                        if (common_option(c, optarg, &ex) == 2)
+                                return ex;
+                }
+        }
+        if (quiet)
+                progress = false;
+        if (optind != argc - 1)
+                return usage_error("Expecting one image file name");
+        if (!backing)
+                return usage_error("Must specify backing file (-b) or use unsafe mode (-u)");
+        if (backing_fmt && !format_lookup(backing_fmt))
+                return EXIT_ERROR;
+
+        r = img_open(argv[optind], fmt, IMG_WRITE | (unsafe ? IMG_SKIP_CHECKS : IMG_CHAIN), &img);
+        if (r < 0)
+                return EXIT_ERROR;
+
+        if (*backing) {
+                if (path_relative_to(img.filename, backing, &backing_path) < 0) {
+                        log_error("Out of memory");
+                        goto finish;
+                }
+                r = img_open(backing_path, backing_fmt,
+                             unsafe ? IMG_INFO | IMG_SKIP_CHECKS : IMG_CHAIN, &new_chain);
+                if (r < 0)
+                        goto finish;
+                if (!backing_fmt && new_chain.guessed_raw) {
+                        log_error("Could not change the backing file to '%s': backing format must be specified",
+                                  backing);
+                        goto finish;
+                }
+                if (same_file(backing_path, img.filename) > 0) {
+                        log_error("Could not change the backing file to '%s': an image cannot be its own "
+                                  "backing file", backing);
+                        goto finish;
+                }
+        }
+
+        if (!unsafe) {
+                install_cancel_handlers();
+                if (progress_bar_init(&bar, progress) < 0)
+                        goto finish;
+                r = rebase_copy_differences(&img, &new_chain, &bar);
+                progress_bar_done(&bar, r >= 0);
+                if (r < 0)
+                        goto finish;
+        }
+
+        r = rebase_set_link(&img, new_chain.disk ? vdisk_disk_image(new_chain.disk,
+                                                                     vdisk_disk_count(new_chain.disk) - 1) : NULL,
+                            backing);
+        if (r < 0)
+                goto finish;
+        ex = EXIT_OK;
+
+finish:
+        img_close(&new_chain);
+        img_close(&img);
+        return ex;
+}
+
+/* ---------------------------------------------------------------- compact */
+
+int cmd_compact(int argc, char **argv) {
+        static const struct option options[] = {
+                COMMON_LONG_OPTIONS,
+                { "filename", required_argument, NULL, 'F' },
+                { "format",   required_argument, NULL, 'f' },
+                {}
+        };
+        const char *fmt = NULL, *filename = NULL;
+        bool progress = false, quiet = false;
+        ProgressBar bar = {};
+        Img img = {};
+        int c, r, ex = EXIT_ERROR;
+
+        while ((c = getopt_long(argc, argv, "f:hpq", options, NULL)) >= 0) {
+                switch (c) {
+                case 'f':
+                        fmt = optarg;
+                        break;
+                case 'F':
+                        filename = optarg;
+                        break;
+                case 'p':
+                        progress = true;
+                        break;
+                case 'q':
+                        quiet = true;
+                        break;
+                default:
+                        if (common_option(c, optarg, &ex) == 2)
+                                return ex;
+                }
+        }
+        if (quiet)
+                progress = false;
+        if (!filename && optind == argc - 1)
+                filename = argv[optind];
+        else if (!filename || optind != argc)
+                return usage_error("Expecting one image file name");
+
+        /* The parents are needed: blocks equal to the parent's go too. */
+        r = img_open(filename, fmt, IMG_WRITE | IMG_CHAIN, &img);
+        if (r < 0)
+                return EXIT_ERROR;
+
+        install_cancel_handlers();
+        if (progress_bar_init(&bar, progress) < 0)
+                goto finish;
+        vdisk_clear_error();
+        r = vdisk_compact(img.disk, vdisk_disk_count(img.disk) - 1, bar.p);
+        progress_bar_done(&bar, r >= 0);
+        if (r == -EOPNOTSUPP) {
+                log_error("The format of '%s' (%s) does not support compacting", filename, img.backend->qemu_name);
+                goto finish;
+        }
+        if (r < 0) {
+                log_error("Could not compact '%s': %s", filename,
+                          r == -ECANCELED ? "cancelled (the image is still valid)" : error_detail(r));
+                goto finish;
+        }
+        if (!quiet)
+                printf("Image compacted.\n");
+        ex = EXIT_OK;
+
+finish:
+        img_close(&img);
+        return ex;
+}
+
+/* ---------------------------------------------------------------- setuuid */
+
+static int uuid_arg(const char *s, const char *what, uint8_t ret[16]) {
+        if (vdisk_uuid_parse(s, ret) < 0) {
+                log_error("Invalid %s '%s'", what, s);
+                return -EINVAL;
+        }
+        return 0;
+}
+
+typedef struct UuidChange {
+        const char *label;
+        int (*get)(vdisk_image *img, uint8_t ret[16]);
+        int (*set)(vdisk_image *img, const uint8_t uuid[16]);
+        bool wanted;
+        uint8_t value[16];
+} UuidChange;
+
+int cmd_setuuid(int argc, char **argv) {
+        static const struct option options[] = {
+                COMMON_LONG_OPTIONS,
+                { "filename",                      required_argument, NULL, 'F' },
+                { "format",                        required_argument, NULL, 'f' },
+                { "uuid",                          required_argument, NULL, ARG_UUID },
+                { "parentuuid",                    required_argument, NULL, ARG_PARENT_UUID },
+                { "zeroparentuuid",                no_argument,       NULL, ARG_ZERO_PARENT_UUID },
+                { "modificationuuid",              required_argument, NULL, ARG_MODIFICATION_UUID },
+                { "parentmodificationuuid",        required_argument, NULL, ARG_PARENT_MODIFICATION_UUID },
+                {}
+        };
+        UuidChange changes[] = {
+                { "UUID", vdisk_image_get_uuid, vdisk_image_set_uuid },
+                { "Parent UUID", vdisk_image_get_parent_uuid, vdisk_image_set_parent_uuid },
+                { "Modification UUID", vdisk_image_get_modification_uuid, vdisk_image_set_modification_uuid },
+                { "Parent modification UUID", vdisk_image_get_parent_modification_uuid,
+                  vdisk_image_set_parent_modification_uuid },
+        };
+        const char *fmt = NULL, *filename = NULL;
+        bool quiet = false, any = false;
+        vdisk_image *top;
+        Img img = {};
+        int c, r, ex = EXIT_ERROR;
+
+        while ((c = getopt_long(argc, argv, "f:hq", options, NULL)) >= 0) {
+                switch (c) {
+                case 'f':
+                        fmt = optarg;
+                        break;
+                case 'F':
+                        filename = optarg;
+                        break;
+                case 'q':
+                        quiet = true;
+                        break;
+                case ARG_UUID:
+                        if (uuid_arg(optarg, "UUID", changes[0].value) < 0)
+                                return EXIT_ERROR;
+                        changes[0].wanted = any = true;
+                        break;
+                case ARG_PARENT_UUID:
+                        if (uuid_arg(optarg, "parent UUID", changes[1].value) < 0)
+                                return EXIT_ERROR;
+                        changes[1].wanted = any = true;
+                        break;
+                case ARG_ZERO_PARENT_UUID:
+                        memset(changes[1].value, 0, 16);
+                        memset(changes[3].value, 0, 16);
+                        changes[1].wanted = changes[3].wanted = any = true;
+                        break;
+                case ARG_MODIFICATION_UUID:
+                        if (uuid_arg(optarg, "modification UUID", changes[2].value) < 0)
+                                return EXIT_ERROR;
+                        changes[2].wanted = any = true;
+                        break;
+                case ARG_PARENT_MODIFICATION_UUID:
+                        if (uuid_arg(optarg, "parent modification UUID", changes[3].value) < 0)
+                                return EXIT_ERROR;
+                        changes[3].wanted = any = true;
+                        break;
+                default:
+                        if (common_option(c, optarg, &ex) == 2)
+                                return ex;
+                }
+        }
+        if (!filename && optind == argc - 1)
+                filename = argv[optind];
+        else if (!filename || optind != argc)
+                return usage_error("Expecting one image file name");
+
+        /* Like vbox-img: without any option the image gets a new random UUID. */
+        if (!any) {
+                vdisk_uuid_generate(changes[0].value);
+                changes[0].wanted = true;
+        }
+
+        r = img_open(filename, fmt, IMG_WRITE | IMG_SKIP_CHECKS, &img);
+        if (r < 0)
+                return EXIT_ERROR;
+        top = vdisk_disk_image(img.disk, 0);
+
+        for (size_t i = 0; i < ELEMENTSOF(changes); i++) {
+                char old_text[37] = "", new_text[37];
+                uint8_t old[16];
+
+                if (!changes[i].wanted)
+                        continue;
+                if (changes[i].get(top, old) >= 0)
+                        vdisk_uuid_format(old, old_text);
+                vdisk_uuid_format(changes[i].value, new_text);
+                vdisk_clear_error();
+                r = changes[i].set(top, changes[i].value);
+                if (r < 0) {
+                        log_error("Could not set the %s of '%s': %s", changes[i].label, filename,
+                                  r == -EOPNOTSUPP ? "the format has no such field" : error_detail(r));
+                        goto finish;
+                }
+                if (!quiet)
+                        printf("%s changed from %s to %s\n", changes[i].label, *old_text ? old_text : "(none)",
+                               new_text);
+        }
+        vdisk_clear_error();
+        r = vdisk_disk_flush(img.disk);
+        if (r < 0) {
+                log_error("Could not write '%s': %s", filename, error_detail(r));
+                goto finish;
+        }
+        ex = EXIT_OK;
+
+finish:
+        img_close(&img);
+        return ex;
+}
+
+/* ---------------------------------------------------------------- comment */
+
+int cmd_comment(int argc, char **argv) {
+        static const struct option options[] = {
+                COMMON_LONG_OPTIONS,
+                { "filename", required_argument, NULL, 'F' },
+                { "format",   required_argument, NULL, 'f' },
+                { "clear",    no_argument,       NULL, ARG_CLEAR },
+                {}
+        };
+        const char *fmt = NULL, *filename = NULL, *text = NULL;
+        bool clear = false;
+        Img img = {};
+        int c, r, ex = EXIT_ERROR;
+
+        while ((c = getopt_long(argc, argv, "f:h", options, NULL)) >= 0) {
+                switch (c) {
+                case 'f':
+                        fmt = optarg;
+                        break;
+                case 'F':
+                        filename = optarg;
+                        break;
+                case ARG_CLEAR:
+                        clear = true;
+                        break;
+                default:
+                        if (common_option(c, optarg, &ex) == 2)
+                                return ex;
+                }
+        }
+        if (!filename) {
+                if (optind >= argc)
+                        return usage_error("Expecting an image file name");
+                filename = argv[optind++];
+        }
+        if (optind < argc)
+                text = argv[optind++];
+        if (optind < argc)
+                return usage_error("Unexpected argument: %s", argv[optind]);
+        if (clear && text)
+                return usage_error("--clear takes no comment text");
+
+        if (!text && !clear) {
+                const char *comment = NULL;
+
+                r = img_open(filename, fmt, IMG_INFO | IMG_SKIP_CHECKS, &img);
+                if (r < 0)
+                        return EXIT_ERROR;
+                vdisk_clear_error();
+                r = vdisk_image_get_comment(vdisk_disk_image(img.disk, 0), &comment);
+                if (r < 0) {
+                        log_error("Could not read the comment of '%s': %s", filename,
+                                  r == -EOPNOTSUPP ? "the format has no comment field" : error_detail(r));
+                        goto finish;
+                }
+                printf("%s\n", comment ? comment : "");
+                ex = EXIT_OK;
+                goto finish;
+        }
+
+        r = img_open(filename, fmt, IMG_WRITE | IMG_SKIP_CHECKS, &img);
+        if (r < 0)
+                return EXIT_ERROR;
+        vdisk_clear_error();
+        r = vdisk_image_set_comment(vdisk_disk_image(img.disk, 0), clear ? NULL : text);
+        if (r >= 0)
+                r = vdisk_disk_flush(img.disk);
+        if (r < 0) {
+                log_error("Could not set the comment of '%s': %s", filename,
+                          r == -EOPNOTSUPP ? "the format has no comment field" : error_detail(r));
+                goto finish;
+        }
+        ex = EXIT_OK;
+
+finish:
+        img_close(&img);
+        return ex;
+}

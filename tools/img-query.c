@@ -1,0 +1,1111 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/*
+ * vdisk-img info, map, check, repair and compare: the commands that look at
+ * images (repair and check -r also fix them). Their output follows qemu-img's
+ * byte for byte where qemu-img has the same command; vdisk's additions (UUIDs,
+ * comments) come after qemu's lines or inside "format-specific".
+ */
+
+#include <assert.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <inttypes.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "img.h"
+
+/* ---------------------------------------------------------------- info */
+
+typedef struct InfoEntry {
+        const char *filename;
+        const char *format;
+        vdisk_image_info ii;
+        bool have_ii;
+        char *backing;            /* as the image names it, or the parent found */
+        char *full_backing;       /* resolved against the image's directory */
+        const char *backing_format;
+        bool have_uuid, have_mod_uuid, have_parent_uuid, have_parent_mod_uuid, have_comment;
+        char uuid[37], mod_uuid[37], parent_uuid[37], parent_mod_uuid[37];
+        const char *comment;
+        uint32_t version;
+        bool have_version;
+} InfoEntry;
+
+static void info_entry_done(InfoEntry *e) {
+        free(e->backing);
+        free(e->full_backing);
+}
+
+static int info_collect(Img *img, unsigned index, InfoEntry *ret) {
+        vdisk_image *image = vdisk_disk_image(img->disk, index);
+        const char *pname = NULL, *pfmt = NULL;
+        uint8_t u[16];
+        InfoEntry e = {};
+        int r;
+
+        assert(image);
+
+        e.filename = index == vdisk_disk_count(img->disk) - 1 ? img->filename : vdisk_image_name(image);
+        e.format = vdisk_image_backend(image)->qemu_name;
+
+        e.ii.size = sizeof(e.ii);
+        e.have_ii = vdisk_image_get_info(image, &e.ii) >= 0;
+
+        if (vdisk_image_get_uuid(image, u) >= 0) {
+                e.have_uuid = true;
+                vdisk_uuid_format(u, e.uuid);
+        }
+        if (vdisk_image_get_modification_uuid(image, u) >= 0) {
+                e.have_mod_uuid = true;
+                vdisk_uuid_format(u, e.mod_uuid);
+        }
+        if (vdisk_image_get_parent_uuid(image, u) >= 0 && !vdisk_uuid_is_null(u)) {
+                e.have_parent_uuid = true;
+                vdisk_uuid_format(u, e.parent_uuid);
+                if (vdisk_image_get_parent_modification_uuid(image, u) >= 0 && !vdisk_uuid_is_null(u)) {
+                        e.have_parent_mod_uuid = true;
+                        vdisk_uuid_format(u, e.parent_mod_uuid);
+                }
+        }
+        e.have_comment = vdisk_image_get_comment(image, &e.comment) >= 0 && e.comment;
+        e.have_version = vdisk_image_get_version(image, &e.version) >= 0;
+
+        /* The parent: the file name the image records (qcow2, VHD ...), or,
+         * for formats that link by UUID only (VDI), the file the resolver
+         * found, when the chain is open. */
+        r = vdisk_image_get_parent_name(image, &pname, &pfmt);
+        if (r >= 0 && pname && *pname) {
+                e.backing = strdup(pname);
+                if (!e.backing || path_relative_to(e.filename, pname, &e.full_backing) < 0)
+                        goto oom;
+                e.backing_format = pfmt;
+        } else if (index > 0) {
+                vdisk_image *parent = vdisk_disk_image(img->disk, index - 1);
+
+                e.backing = strdup(vdisk_image_name(parent));
+                e.full_backing = strdup(vdisk_image_name(parent));
+                if (!e.backing || !e.full_backing)
+                        goto oom;
+                e.backing_format = pfmt ? pfmt : vdisk_image_backend(parent)->qemu_name;
+        }
+
+        *ret = e;
+        return 0;
+
+oom:
+        info_entry_done(&e);
+        log_error("Out of memory");
+        return -ENOMEM;
+}
+
+/* Formats without VirtualBox-style metadata (raw) get no vdisk additions,
+ * so their output stays exactly qemu-img's. */
+static bool info_has_specific(const InfoEntry *e) {
+        return e->have_uuid || e->have_mod_uuid || e->have_parent_uuid || e->have_comment;
+}
+
+static void info_print_json(JsonWriter *w, const InfoEntry *e) {
+        json_object_begin(w, NULL);
+        if (e->backing && e->backing_format)
+                json_string(w, "backing-filename-format", e->backing_format);
+        json_uint(w, "virtual-size", e->have_ii ? e->ii.virtual_size : 0);
+        json_string(w, "filename", e->filename);
+        if (e->have_ii && e->ii.cluster_size > 0)
+                json_uint(w, "cluster-size", e->ii.cluster_size);
+        json_string(w, "format", e->format);
+        if (e->have_ii)
+                json_uint(w, "actual-size", e->ii.actual_size);
+        if (info_has_specific(e)) {
+                json_object_begin(w, "format-specific");
+                json_string(w, "type", e->format);
+                json_object_begin(w, "data");
+                if (e->have_uuid)
+                        json_string(w, "uuid", e->uuid);
+                if (e->have_mod_uuid)
+                        json_string(w, "modification-uuid", e->mod_uuid);
+                if (e->have_parent_uuid)
+                        json_string(w, "parent-uuid", e->parent_uuid);
+                if (e->have_parent_mod_uuid)
+                        json_string(w, "parent-modification-uuid", e->parent_mod_uuid);
+                if (e->have_comment)
+                        json_string(w, "comment", e->comment);
+                if (e->have_ii && e->ii.variant)
+                        json_string(w, "variant", e->ii.variant);
+                if (e->have_version)
+                        json_uint(w, "version", e->version);
+                json_object_end(w);
+                json_object_end(w);
+        }
+        if (e->backing) {
+                json_string(w, "full-backing-filename", e->full_backing);
+                json_string(w, "backing-filename", e->backing);
+        }
+        json_bool(w, "dirty-flag", e->have_ii && e->ii.dirty);
+        json_object_end(w);
+}
+
+static void info_print_human(const InfoEntry *e) {
+        char a[32], b[32];
+
+        printf("image: %s\n", e->filename);
+        printf("file format: %s\n", e->format);
+        if (e->have_ii) {
+                format_size_human(e->ii.virtual_size, a);
+                format_size_human(e->ii.actual_size, b);
+                printf("virtual size: %s (%" PRIu64 " bytes)\n", a, e->ii.virtual_size);
+                printf("disk size: %s\n", b);
+                if (e->ii.cluster_size > 0)
+                        printf("cluster_size: %" PRIu32 "\n", e->ii.cluster_size);
+                if (e->ii.dirty)
+                        printf("cleanly shut down: no\n");
+        } else
+                printf("disk size: unavailable\n");
+        if (e->backing) {
+                printf("backing file: %s", e->backing);
+                if (!streq(e->backing, e->full_backing))
+                        printf(" (actual path: %s)", e->full_backing);
+                putchar('\n');
+                if (e->backing_format)
+                        printf("backing file format: %s\n", e->backing_format);
+        }
+        if (e->have_uuid)
+                printf("UUID: %s\n", e->uuid);
+        if (e->have_parent_uuid)
+                printf("Parent UUID: %s\n", e->parent_uuid);
+        if (e->have_mod_uuid)
+                printf("Modification UUID: %s\n", e->mod_uuid);
+        if (e->have_parent_mod_uuid)
+                printf("Parent modification UUID: %s\n", e->parent_mod_uuid);
+        if (info_has_specific(e) && e->have_ii && e->ii.variant)
+                printf("Variant: %s\n", e->ii.variant);
+        if (e->have_comment)
+                printf("Comment: %s\n", e->comment);
+}
+
+int cmd_info(int argc, char **argv) {
+        static const struct option options[] = {
+                COMMON_LONG_OPTIONS,
+                { "output",        required_argument, NULL, ARG_OUTPUT },
+                { "backing-chain", no_argument,       NULL, ARG_BACKING_CHAIN },
+                {}
+        };
+        const char *fmt = NULL, *filename;
+        OutputFormat output = OUTPUT_HUMAN;
+        bool backing_chain = false;
+        JsonWriter w;
+        Img img = {};
+        unsigned n;
+        int c, r, ex = EXIT_ERROR;
+
+        while ((c = getopt_long(argc, argv, "f:hU", options, NULL)) >= 0) {
+                switch (c) {
+                case 'f':
+                        fmt = optarg;
+                        break;
+                case ARG_OUTPUT:
+                        if (parse_output_format(optarg, &output) < 0)
+                                return EXIT_ERROR;
+                        break;
+                case ARG_BACKING_CHAIN:
+                        backing_chain = true;
+                        break;
+                default:
+                        if (common_option(c, optarg, &ex) == 2)
+                                return ex;
+                }
+        }
+        if (optind != argc - 1)
+                return usage_error("Expecting one image file name");
+        filename = argv[optind];
+
+        if (backing_chain)
+                r = img_open(filename, fmt, IMG_CHAIN | IMG_INFO, &img);
+        else {
+                /* The chain is opened only to name the parent of formats
+                 * that record no file name; a missing parent is no error. */
+                r = img_open(filename, fmt, IMG_CHAIN | IMG_INFO | IMG_QUIET, &img);
+                if (r < 0)
+                        r = img_open(filename, fmt, IMG_INFO | IMG_SKIP_CHECKS, &img);
+        }
+        if (r < 0)
+                return EXIT_ERROR;
+
+        n = vdisk_disk_count(img.disk);
+        json_init(&w, stdout);
+        if (backing_chain && output == OUTPUT_JSON)
+                json_array_begin(&w, NULL);
+
+        for (unsigned i = n; i-- > 0;) {
+                InfoEntry e;
+
+                r = info_collect(&img, i, &e);
+                if (r < 0)
+                        goto finish;
+                if (output == OUTPUT_JSON)
+                        info_print_json(&w, &e);
+                else {
+                        if (i != n - 1)
+                                putchar('\n');
+                        info_print_human(&e);
+                }
+                info_entry_done(&e);
+                if (!backing_chain)
+                        break;
+        }
+        if (output == OUTPUT_JSON) {
+                if (backing_chain)
+                        json_array_end(&w);
+                json_finish(&w);
+        }
+        ex = EXIT_OK;
+
+finish:
+        img_close(&img);
+        return ex;
+}
+
+/* ---------------------------------------------------------------- map */
+
+typedef struct MapEntry {
+        uint64_t start, length;
+        int depth;
+        bool present, zero, data, has_offset;
+        uint64_t offset;
+        const char *filename;
+} MapEntry;
+
+static bool map_entry_mergeable(const MapEntry *cur, const MapEntry *next) {
+        if (cur->depth != next->depth || cur->present != next->present || cur->zero != next->zero ||
+            cur->data != next->data || cur->has_offset != next->has_offset)
+                return false;
+        if (cur->filename != next->filename &&
+            (!cur->filename || !next->filename || !streq(cur->filename, next->filename)))
+                return false;
+        return !cur->has_offset || cur->offset + cur->length == next->offset;
+}
+
+static void map_print_json(const MapEntry *e, bool first) {
+        printf("%s{ \"start\": %" PRIu64 ", \"length\": %" PRIu64 ", \"depth\": %d,"
+               " \"present\": %s, \"zero\": %s, \"data\": %s",
+               first ? "" : ",\n", e->start, e->length, e->depth,
+               e->present ? "true" : "false", e->zero ? "true" : "false", e->data ? "true" : "false");
+        if (e->has_offset)
+                printf(", \"offset\": %" PRIu64, e->offset);
+        putchar('}');
+}
+
+static int map_print_human(const MapEntry *e) {
+        if (e->data && !e->has_offset) {
+                log_error("File contains external, encrypted or compressed clusters.");
+                return -EOPNOTSUPP;
+        }
+        if (e->data && !e->zero)
+                printf("%#-16" PRIx64 "%#-16" PRIx64 "%#-16" PRIx64 "%s\n",
+                       e->start, e->length, e->offset, e->filename);
+        return 0;
+}
+
+/* qemu's VDI driver reports blocks a base image never allocated as present
+ * zeros (the format defines them as zero); match that. */
+static bool base_defines_zeros(Img *img) {
+        vdisk_image *base = vdisk_disk_image(img->disk, 0);
+        return base && streq(vdisk_image_backend(base)->qemu_name, "vdi");
+}
+
+/* Like qemu-img, data of a preallocated image that lies in a hole of its file
+ * is reported as reading zeros: the file system knows. Returns how much of the extent at
+ * `host` (of `len` bytes) has the hole status found, or 0 when unknown. */
+static uint64_t map_file_zero(int fd, uint64_t host, uint64_t len, bool *ret_zero) {
+        off_t data, hole;
+
+        if (fd < 0 || host > INT64_MAX)
+                return 0;
+        data = lseek(fd, (off_t) host, SEEK_DATA);
+        if (data < 0) {
+                if (errno != ENXIO)
+                        return 0;
+                /* A hole up to the end of the file (or past it). */
+                *ret_zero = true;
+                return len;
+        }
+        if ((uint64_t) data > host) {
+                *ret_zero = true;
+                return MIN(len, (uint64_t) data - host);
+        }
+        hole = lseek(fd, (off_t) host, SEEK_HOLE);
+        if (hole < 0 || (uint64_t) hole <= host)
+                return 0;
+        *ret_zero = false;
+        return MIN(len, (uint64_t) hole - host);
+}
+
+/* qemu-img looks into the file only for preallocated images (a static VDI):
+ * there a block with data may never have been written. */
+static bool image_preallocated(vdisk_image *image) {
+        uint32_t flags;
+
+        return vdisk_image_get_flags(image, &flags) >= 0 && (flags & VDISK_IMAGE_FLAGS_FIXED) &&
+               !streq(vdisk_image_backend(image)->qemu_name, "raw");
+}
+
+static int parse_offset_arg(const char *s, const char *what, uint64_t *ret) {
+        int r = parse_size(s, ret);
+
+        if (r < 0) {
+                log_error("Invalid %s specified. You may use k, M, G, T, P or E suffixes for", what);
+                log_error("kilobytes, megabytes, gigabytes, terabytes, petabytes and exabytes.");
+        }
+        return r;
+}
+
+int cmd_map(int argc, char **argv) {
+        static const struct option options[] = {
+                COMMON_LONG_OPTIONS,
+                { "output",       required_argument, NULL, ARG_OUTPUT },
+                { "start-offset", required_argument, NULL, ARG_START_OFFSET },
+                { "max-length",   required_argument, NULL, ARG_MAX_LENGTH },
+                {}
+        };
+        const char *fmt = NULL, *filename;
+        OutputFormat output = OUTPUT_HUMAN;
+        uint64_t start = 0, max_length = UINT64_MAX, end, off, size;
+        MapEntry cur = {};
+        bool have_cur = false, first = true, zero_base;
+        _cleanup_free_ int *fds = NULL;
+        unsigned n, n_fds = 0;
+        Img img = {};
+        int c, r, ex = EXIT_ERROR;
+
+        while ((c = getopt_long(argc, argv, "f:hU", options, NULL)) >= 0) {
+                switch (c) {
+                case 'f':
+                        fmt = optarg;
+                        break;
+                case ARG_OUTPUT:
+                        if (parse_output_format(optarg, &output) < 0)
+                                return EXIT_ERROR;
+                        break;
+                case ARG_START_OFFSET:
+                        if (parse_offset_arg(optarg, "start offset", &start) < 0)
+                                return EXIT_ERROR;
+                        break;
+                case ARG_MAX_LENGTH:
+                        if (parse_offset_arg(optarg, "max length", &max_length) < 0)
+                                return EXIT_ERROR;
+                        break;
+                default:
+                        if (common_option(c, optarg, &ex) == 2)
+                                return ex;
+                }
+        }
+        if (optind != argc - 1)
+                return usage_error("Expecting one image file name");
+        filename = argv[optind];
+
+        r = img_open(filename, fmt, IMG_CHAIN, &img);
+        if (r < 0)
+                return EXIT_ERROR;
+
+        n = vdisk_disk_count(img.disk);
+        size = vdisk_disk_size(img.disk);
+        zero_base = base_defines_zeros(&img);
+        fds = malloc(n * sizeof(int));
+        if (!fds) {
+                log_error("Out of memory");
+                goto finish;
+        }
+        for (unsigned i = 0; i < n; i++)
+                fds[i] = -1;
+        n_fds = n;
+        end = start + MIN(max_length, UINT64_MAX - start);
+        end = MIN(end, size);
+
+        if (output == OUTPUT_HUMAN)
+                printf("%-16s%-16s%-16s%s\n", "Offset", "Length", "Mapped to", "File");
+        else
+                putchar('[');
+
+        if (start >= end) {
+                /* Nothing to map: qemu-img shows one empty entry. */
+                if (output == OUTPUT_JSON) {
+                        MapEntry e = { .start = start };
+                        map_print_json(&e, true);
+                }
+                goto done;
+        }
+
+        for (off = start; off < end;) {
+                vdisk_extent ext;
+                MapEntry e;
+
+                vdisk_clear_error();
+                r = vdisk_disk_block_status(img.disk, off, end - off, &ext);
+                if (r < 0) {
+                        if (output == OUTPUT_JSON)
+                                printf("]\n");
+                        fflush(stdout);
+                        log_error("Could not read the allocation of '%s' at offset %" PRIu64 ": %s",
+                                  filename, off, error_detail(r));
+                        goto finish;
+                }
+                if (ext.length == 0 || ext.length > end - off)
+                        ext.length = end - off;
+
+                e = (MapEntry) {
+                        .start = off,
+                        .length = ext.length,
+                        .present = ext.flags & VDISK_EXTENT_ALLOCATED,
+                        .zero = ext.flags & VDISK_EXTENT_ZERO,
+                        .data = ext.flags & VDISK_EXTENT_DATA,
+                        .has_offset = ext.host_offset_valid,
+                        .offset = ext.host_offset,
+                };
+                if (ext.depth >= 0 && (unsigned) ext.depth < n)
+                        e.depth = ext.depth;
+                else {
+                        /* Defined nowhere: qemu reports the bottom of the chain. */
+                        e.depth = (int) n - 1;
+                        e.present = zero_base;
+                        e.zero = true;
+                        e.data = false;
+                        e.has_offset = false;
+                }
+                e.filename = e.depth == 0 ? filename : vdisk_image_name(img_at_depth(&img, (unsigned) e.depth));
+                if (e.data && e.has_offset && !e.zero && image_preallocated(img_at_depth(&img, (unsigned) e.depth))) {
+                        unsigned depth = (unsigned) e.depth;
+                        uint64_t l;
+                        bool z = false;
+
+                        if (fds[depth] == -1) {
+                                const char *name = vdisk_image_name(img_at_depth(&img, depth));
+                                fds[depth] = open(name, O_RDONLY | O_CLOEXEC | O_NOCTTY);
+                                if (fds[depth] < 0)
+                                        fds[depth] = -2;
+                        }
+                        l = map_file_zero(fds[depth], e.offset, e.length, &z);
+                        if (l > 0) {
+                                e.length = l;
+                                e.zero = z;
+                        }
+                }
+                /* A raw file maps the disk one to one, holes included. */
+                if (!e.has_offset && e.present &&
+                    streq(vdisk_image_backend(img_at_depth(&img, (unsigned) e.depth))->qemu_name, "raw")) {
+                        e.has_offset = true;
+                        e.offset = off;
+                }
+
+                if (have_cur && map_entry_mergeable(&cur, &e))
+                        cur.length += e.length;
+                else {
+                        if (have_cur) {
+                                if (output == OUTPUT_JSON) {
+                                        map_print_json(&cur, first);
+                                        first = false;
+                                } else if (map_print_human(&cur) < 0)
+                                        goto finish;
+                        }
+                        cur = e;
+                        have_cur = true;
+                }
+                off += e.length;
+        }
+        if (have_cur) {
+                if (output == OUTPUT_JSON)
+                        map_print_json(&cur, first);
+                else if (map_print_human(&cur) < 0)
+                        goto finish;
+        }
+
+done:
+        if (output == OUTPUT_JSON)
+                printf("]\n");
+        ex = EXIT_OK;
+finish:
+        for (unsigned i = 0; i < n_fds; i++)
+                if (fds[i] >= 0)
+                        close(fds[i]);
+        img_close(&img);
+        return ex;
+}
+
+/* ---------------------------------------------------------------- check and repair */
+
+/* qemu-img check's exit codes. */
+#define CHECK_EXIT_INCOMPLETE  1
+#define CHECK_EXIT_CORRUPT     2
+#define CHECK_EXIT_LEAKS       3
+#define CHECK_EXIT_UNSUPPORTED 63
+
+/* Which statistics qemu-img shows for a format: its VDI, VHDX and VMDK
+ * checks count no clusters, QED reports no end offset. Formats qemu-img
+ * cannot check show everything the library reports. */
+enum {
+        STATS_END_OFFSET = 1u << 0,
+        STATS_CLUSTERS   = 1u << 1,
+};
+
+static unsigned check_stats_shown(const char *format) {
+        if (streq(format, "vdi") || streq(format, "vhdx") || streq(format, "vmdk"))
+                return 0;
+        if (streq(format, "qed"))
+                return STATS_CLUSTERS;
+        return STATS_END_OFFSET | STATS_CLUSTERS;
+}
+
+static void check_hide_stats(vdisk_check_report *rep, unsigned shown) {
+        if (!(shown & STATS_END_OFFSET))
+                rep->image_end_offset = 0;
+        if (!(shown & STATS_CLUSTERS))
+                rep->total_clusters = rep->allocated_clusters = rep->fragmented_clusters = 0;
+}
+
+static void check_print_messages(const vdisk_check_report *rep, FILE *f) {
+        fflush(stdout);
+        for (char **m = rep->messages; m && *m; m++)
+                fprintf(f, "%s\n", *m);
+        fflush(f);
+}
+
+static void check_print_human(const vdisk_check_report *rep, const vdisk_check_report *fixed) {
+        if (fixed && (fixed->corruptions_fixed || fixed->leaks_fixed))
+                printf("The following inconsistencies were found and repaired:\n\n"
+                       "    %" PRIu64 " leaked clusters\n"
+                       "    %" PRIu64 " corruptions\n\n"
+                       "Double checking the fixed image now...\n",
+                       fixed->leaks_fixed, fixed->corruptions_fixed);
+
+        if (!rep->corruptions && !rep->leaks && !rep->check_errors)
+                printf("No errors were found on the image.\n");
+        else {
+                if (rep->corruptions)
+                        printf("\n%" PRIu64 " errors were found on the image.\n"
+                               "Data may be corrupted, or further writes to the image may corrupt it.\n",
+                               rep->corruptions);
+                if (rep->leaks)
+                        printf("\n%" PRIu64 " leaked clusters were found on the image.\n"
+                               "This means waste of disk space, but no harm to data.\n",
+                               rep->leaks);
+                if (rep->check_errors)
+                        printf("\n%" PRIu64 " internal errors have occurred during the check.\n",
+                               rep->check_errors);
+        }
+
+        if (rep->total_clusters && rep->allocated_clusters)
+                printf("%" PRIu64 "/%" PRIu64 " = %0.2f%% allocated, %0.2f%% fragmented, "
+                       "%0.2f%% compressed clusters\n",
+                       rep->allocated_clusters, rep->total_clusters,
+                       (double) rep->allocated_clusters * 100.0 / (double) rep->total_clusters,
+                       (double) rep->fragmented_clusters * 100.0 / (double) rep->allocated_clusters,
+                       0.0);
+        if (rep->image_end_offset)
+                printf("Image end offset: %" PRIu64 "\n", rep->image_end_offset);
+}
+
+static void check_print_json(const vdisk_check_report *rep, const vdisk_check_report *fixed,
+                             const char *filename, const char *format) {
+        uint64_t corruptions_fixed = fixed ? fixed->corruptions_fixed : 0;
+        uint64_t leaks_fixed = fixed ? fixed->leaks_fixed : 0;
+        JsonWriter w;
+
+        /* Keys in qemu-img's order; counters that are 0 are left out. */
+        json_init(&w, stdout);
+        json_object_begin(&w, NULL);
+        if (rep->image_end_offset)
+                json_uint(&w, "image-end-offset", rep->image_end_offset);
+        if (rep->total_clusters)
+                json_uint(&w, "total-clusters", rep->total_clusters);
+        if (rep->corruptions)
+                json_uint(&w, "corruptions", rep->corruptions);
+        if (corruptions_fixed)
+                json_uint(&w, "corruptions-fixed", corruptions_fixed);
+        json_uint(&w, "check-errors", rep->check_errors);
+        if (rep->leaks)
+                json_uint(&w, "leaks", rep->leaks);
+        if (leaks_fixed)
+                json_uint(&w, "leaks-fixed", leaks_fixed);
+        if (rep->allocated_clusters)
+                json_uint(&w, "allocated-clusters", rep->allocated_clusters);
+        json_string(&w, "filename", filename);
+        json_string(&w, "format", format);
+        if (rep->fragmented_clusters)
+                json_uint(&w, "fragmented-clusters", rep->fragmented_clusters);
+        json_object_end(&w);
+        json_finish(&w);
+}
+
+static int check_exit_code(const vdisk_check_report *rep) {
+        if (rep->corruptions)
+                return CHECK_EXIT_CORRUPT;
+        if (rep->leaks)
+                return CHECK_EXIT_LEAKS;
+        return EXIT_OK;
+}
+
+/* Runs vdisk_check; after a real repair checks again, like qemu-img, so the
+ * result describes the image as it is now. *ret_fixed gets the first pass. */
+static int check_run(Img *img, uint32_t flags, ProgressBar *bar, vdisk_check_report *ret,
+                     vdisk_check_report *ret_fixed) {
+        int r;
+
+        *ret = (vdisk_check_report) { .size = sizeof(*ret) };
+        *ret_fixed = (vdisk_check_report) { .size = sizeof(*ret_fixed) };
+
+        vdisk_clear_error();
+        r = vdisk_check(img->disk, vdisk_disk_count(img->disk) - 1, flags, ret, bar->p);
+        if (r < 0)
+                return r;
+        if ((flags & (VDISK_CHECK_REPAIR_LEAKS | VDISK_CHECK_REPAIR_ALL)) && !(flags & VDISK_CHECK_DRY_RUN) &&
+            (ret->corruptions_fixed || ret->leaks_fixed)) {
+                *ret_fixed = *ret;
+                *ret = (vdisk_check_report) { .size = sizeof(*ret) };
+                vdisk_clear_error();
+                r = vdisk_check(img->disk, vdisk_disk_count(img->disk) - 1, 0, ret, bar->p);
+                if (r < 0)
+                        return r;
+        }
+        return 0;
+}
+
+int cmd_check(int argc, char **argv) {
+        static const struct option options[] = {
+                COMMON_LONG_OPTIONS,
+                { "output", required_argument, NULL, ARG_OUTPUT },
+                {}
+        };
+        const char *fmt = NULL, *filename;
+        OutputFormat output = OUTPUT_HUMAN;
+        vdisk_check_report rep = {}, fixed = {};
+        uint32_t flags = 0;
+        bool quiet = false;
+        ProgressBar bar = {};
+        Img img = {};
+        int c, r, ex = EXIT_ERROR;
+
+        while ((c = getopt_long(argc, argv, "f:hqr:T:U", options, NULL)) >= 0) {
+                switch (c) {
+                case 'f':
+                        fmt = optarg;
+                        break;
+                case 'q':
+                        quiet = true;
+                        break;
+                case 'r':
+                        if (streq(optarg, "leaks"))
+                                flags = VDISK_CHECK_REPAIR_LEAKS;
+                        else if (streq(optarg, "all"))
+                                flags = VDISK_CHECK_REPAIR_ALL;
+                        else
+                                return usage_error("Unknown option value for -r "
+                                                   "(expecting 'leaks' or 'all'): %s", optarg);
+                        break;
+                case 'T':
+                        if (!cache_mode_valid(optarg)) {
+                                log_error("Invalid source cache option: %s", optarg);
+                                return EXIT_ERROR;
+                        }
+                        break;
+                case ARG_OUTPUT:
+                        if (parse_output_format(optarg, &output) < 0)
+                                return EXIT_ERROR;
+                        break;
+                default:
+                        if (common_option(c, optarg, &ex) == 2)
+                                return ex;
+                }
+        }
+        if (optind != argc - 1)
+                return usage_error("Expecting one image file name");
+        filename = argv[optind];
+
+        /* Only the named image is checked; its parents are not needed. */
+        r = img_open(filename, fmt, IMG_SKIP_CHECKS | (flags ? IMG_WRITE : 0), &img);
+        if (r < 0)
+                return EXIT_ERROR;
+
+        install_cancel_handlers();
+        if (progress_bar_init(&bar, false) < 0)
+                goto finish;
+
+        r = check_run(&img, flags, &bar, &rep, &fixed);
+        progress_bar_done(&bar, r >= 0);
+        if (r == -EOPNOTSUPP) {
+                log_error("This image format does not support checks");
+                ex = CHECK_EXIT_UNSUPPORTED;
+                goto finish;
+        }
+        if (r < 0) {
+                log_error("Check failed: %s", error_detail(r));
+                ex = CHECK_EXIT_INCOMPLETE;
+                goto finish;
+        }
+
+        check_print_messages(&fixed, stderr);
+        check_print_messages(&rep, stderr);
+        check_hide_stats(&rep, check_stats_shown(img.backend->qemu_name));
+        if (!quiet) {
+                if (output == OUTPUT_JSON)
+                        check_print_json(&rep, &fixed, filename, img.backend->qemu_name);
+                else
+                        check_print_human(&rep, &fixed);
+        }
+        if (rep.check_errors) {
+                log_error("Check failed");
+                ex = CHECK_EXIT_INCOMPLETE;
+        } else
+                ex = check_exit_code(&rep);
+
+finish:
+        vdisk_check_report_clear(&rep);
+        vdisk_check_report_clear(&fixed);
+        img_close(&img);
+        return ex;
+}
+
+int cmd_repair(int argc, char **argv) {
+        static const struct option options[] = {
+                COMMON_LONG_OPTIONS,
+                { "dry-run", no_argument,       NULL, ARG_DRY_RUN },
+                { "format",  required_argument, NULL, 'f' },
+                {}
+        };
+        const char *fmt = NULL, *filename;
+        vdisk_check_report rep = {}, fixed = {};
+        bool dry_run = false, quiet = false;
+        uint32_t flags = VDISK_CHECK_REPAIR_ALL;
+        ProgressBar bar = {};
+        Img img = {};
+        int c, r, ex = EXIT_ERROR;
+
+        while ((c = getopt_long(argc, argv, "f:hqU", options, NULL)) >= 0) {
+                switch (c) {
+                case 'f':
+                        fmt = optarg;
+                        break;
+                case 'q':
+                        quiet = true;
+                        break;
+                case ARG_DRY_RUN:
+                        dry_run = true;
+                        break;
+                default:
+                        if (common_option(c, optarg, &ex) == 2)
+                                return ex;
+                }
+        }
+        if (optind != argc - 1)
+                return usage_error("Expecting one image file name");
+        filename = argv[optind];
+        if (dry_run)
+                flags |= VDISK_CHECK_DRY_RUN;
+
+        r = img_open(filename, fmt, IMG_SKIP_CHECKS | (dry_run ? 0 : IMG_WRITE), &img);
+        if (r < 0)
+                return EXIT_ERROR;
+
+        install_cancel_handlers();
+        if (progress_bar_init(&bar, false) < 0)
+                goto finish;
+
+        r = check_run(&img, flags, &bar, &rep, &fixed);
+        progress_bar_done(&bar, r >= 0);
+        if (r == -EOPNOTSUPP) {
+                log_error("The format of '%s' does not support repairs", filename);
+                ex = CHECK_EXIT_UNSUPPORTED;
+                goto finish;
+        }
+        if (r < 0) {
+                log_error("Could not repair '%s': %s", filename, error_detail(r));
+                goto finish;
+        }
+
+        if (!quiet) {
+                const vdisk_check_report *first = (fixed.corruptions_fixed || fixed.leaks_fixed) ? &fixed : &rep;
+
+                check_print_messages(first, stdout);
+                if (dry_run)
+                        printf("%" PRIu64 " corruptions and %" PRIu64 " leaked clusters found; "
+                               "a repair would fix %" PRIu64 " and %" PRIu64 " of them (dry run, nothing changed).\n",
+                               rep.corruptions, rep.leaks, rep.corruptions_fixed, rep.leaks_fixed);
+                else if (first == &fixed)
+                        printf("Repaired %" PRIu64 " corruptions and %" PRIu64 " leaked clusters.\n",
+                               fixed.corruptions_fixed, fixed.leaks_fixed);
+                else
+                        printf("No repairs were needed.\n");
+                if (!dry_run && (rep.corruptions || rep.leaks))
+                        printf("%" PRIu64 " corruptions and %" PRIu64 " leaked clusters remain.\n",
+                               rep.corruptions, rep.leaks);
+        }
+        ex = rep.check_errors ? CHECK_EXIT_INCOMPLETE : check_exit_code(&rep);
+
+finish:
+        vdisk_check_report_clear(&rep);
+        vdisk_check_report_clear(&fixed);
+        img_close(&img);
+        return ex;
+}
+
+/* ---------------------------------------------------------------- compare */
+
+#define COMPARE_EXIT_DIFFERENT 1
+#define COMPARE_EXIT_OPEN      2
+#define COMPARE_EXIT_STATUS    3
+#define COMPARE_EXIT_READ      4
+
+#define COMPARE_BUFFER_SIZE (2u << 20)
+
+/* Offset of the first 512-byte sector where a and b differ (b NULL: where a
+ * is not zero), or len when none. */
+static size_t first_differing_sector(const uint8_t *a, const uint8_t *b, size_t len) {
+        for (size_t off = 0; off < len; off += VDISK_SECTOR_SIZE) {
+                size_t n = MIN((size_t) VDISK_SECTOR_SIZE, len - off);
+
+                if (b ? memcmp(a + off, b + off, n) != 0 : !mem_is_zero(a + off, n))
+                        return off;
+        }
+        return len;
+}
+
+typedef struct CompareCtx {
+        Img *a, *b;
+        uint8_t *buf1, *buf2;
+        bool quiet;
+} CompareCtx;
+
+static int compare_status(Img *img, uint64_t off, uint64_t len, vdisk_extent *ret) {
+        int r;
+
+        vdisk_clear_error();
+        r = vdisk_disk_block_status(img->disk, off, len, ret);
+        if (r < 0) {
+                log_error("Could not read the allocation of '%s' at offset %" PRIu64 ": %s",
+                          img->filename, off, error_detail(r));
+                return -COMPARE_EXIT_STATUS;
+        }
+        if (ret->length == 0 || ret->length > len)
+                ret->length = len;
+        return 0;
+}
+
+static int compare_read(Img *img, void *buf, size_t len, uint64_t off) {
+        int r;
+
+        vdisk_clear_error();
+        r = vdisk_disk_read(img->disk, buf, len, off);
+        if (r < 0) {
+                log_error("Error while reading offset %" PRIu64 " of '%s': %s", off, img->filename,
+                          error_detail(r));
+                return -COMPARE_EXIT_READ;
+        }
+        return 0;
+}
+
+static int compare_mismatch(CompareCtx *ctx, uint64_t off) {
+        if (!ctx->quiet)
+                printf("Content mismatch at offset %" PRIu64 "!\n", off);
+        return -COMPARE_EXIT_DIFFERENT;
+}
+
+/* Checks that [off, off+len) of img reads as zeros. */
+static int compare_check_zero(CompareCtx *ctx, Img *img, uint64_t off, uint64_t len) {
+        size_t n = (size_t) len, at;
+        int r;
+
+        assert(len <= COMPARE_BUFFER_SIZE);
+        r = compare_read(img, ctx->buf1, n, off);
+        if (r < 0)
+                return r;
+        at = first_differing_sector(ctx->buf1, NULL, n);
+        if (at < n)
+                return compare_mismatch(ctx, off + at);
+        return 0;
+}
+
+static bool extent_allocated(const vdisk_extent *e) {
+        return e->flags & VDISK_EXTENT_ALLOCATED;
+}
+
+static int compare_images(CompareCtx *ctx, bool strict, ProgressBar *bar) {
+        uint64_t size1 = vdisk_disk_size(ctx->a->disk), size2 = vdisk_disk_size(ctx->b->disk);
+        uint64_t common = MIN(size1, size2), total = MAX(size1, size2), off;
+        int r;
+
+        if (size1 != size2 && strict) {
+                if (!ctx->quiet)
+                        printf("Strict mode: Image size mismatch!\n");
+                return -COMPARE_EXIT_DIFFERENT;
+        }
+
+        for (off = 0; off < common;) {
+                vdisk_extent e1, e2;
+                uint64_t chunk;
+                bool zero1, zero2;
+
+                if (cancel_requested) {
+                        log_error("Comparison cancelled");
+                        return -EXIT_ERROR;
+                }
+                r = compare_status(ctx->a, off, common - off, &e1);
+                if (r < 0)
+                        return r;
+                r = compare_status(ctx->b, off, common - off, &e2);
+                if (r < 0)
+                        return r;
+                /* At most one buffer per step, zeros too, as qemu-img does
+                 * (it shows in the progress steps). */
+                chunk = MIN(MIN(e1.length, e2.length), (uint64_t) COMPARE_BUFFER_SIZE);
+
+                if (strict && ((e1.flags ^ e2.flags) & (VDISK_EXTENT_ALLOCATED | VDISK_EXTENT_ZERO |
+                                                        VDISK_EXTENT_DATA))) {
+                        if (!ctx->quiet)
+                                printf("Strict mode: Offset %" PRIu64 " block status mismatch!\n", off);
+                        return -COMPARE_EXIT_DIFFERENT;
+                }
+
+                zero1 = e1.flags & VDISK_EXTENT_ZERO;
+                zero2 = e2.flags & VDISK_EXTENT_ZERO;
+                if (zero1 && zero2) {
+                        /* Both read as zeros. */
+                } else if (extent_allocated(&e1) == extent_allocated(&e2) || (!zero1 && !zero2)) {
+                        size_t n, at;
+
+                        chunk = MIN(chunk, (uint64_t) COMPARE_BUFFER_SIZE);
+                        n = (size_t) chunk;
+                        r = compare_read(ctx->a, ctx->buf1, n, off);
+                        if (r < 0)
+                                return r;
+                        r = compare_read(ctx->b, ctx->buf2, n, off);
+                        if (r < 0)
+                                return r;
+                        at = first_differing_sector(ctx->buf1, ctx->buf2, n);
+                        if (at < n)
+                                return compare_mismatch(ctx, off + at);
+                } else {
+                        /* One side is known to be zero: the other must read zeros. */
+                        chunk = MIN(chunk, (uint64_t) COMPARE_BUFFER_SIZE);
+                        r = compare_check_zero(ctx, zero1 ? ctx->b : ctx->a, off, chunk);
+                        if (r < 0)
+                                return r;
+                }
+                off += chunk;
+                progress_bar_print(bar, (double) off * 100.0 / (double) total);
+        }
+
+        /* The part only the larger image has must read as zeros. */
+        if (size1 != size2) {
+                Img *larger = size1 > size2 ? ctx->a : ctx->b;
+
+                if (!ctx->quiet)
+                        printf("Warning: Image size mismatch!\n");
+
+                for (off = common; off < total;) {
+                        vdisk_extent e;
+                        uint64_t chunk;
+
+                        if (cancel_requested) {
+                                log_error("Comparison cancelled");
+                                return -EXIT_ERROR;
+                        }
+                        r = compare_status(larger, off, total - off, &e);
+                        if (r < 0)
+                                return r;
+                        chunk = MIN(e.length, (uint64_t) COMPARE_BUFFER_SIZE);
+                        if (!(e.flags & VDISK_EXTENT_ZERO)) {
+                                r = compare_check_zero(ctx, larger, off, chunk);
+                                if (r < 0)
+                                        return r;
+                        }
+                        /* (qemu-img shows no progress for this part) */
+                        off += chunk;
+                }
+        }
+
+        if (!ctx->quiet)
+                printf("Images are identical.\n");
+        return 0;
+}
+
+int cmd_compare(int argc, char **argv) {
+        static const struct option options[] = {
+                COMMON_LONG_OPTIONS,
+                {}
+        };
+        const char *fmt1 = NULL, *fmt2 = NULL;
+        _cleanup_free_ uint8_t *buf1 = NULL, *buf2 = NULL;
+        bool quiet = false, progress = false, strict = false;
+        ProgressBar bar = {};
+        Img a = {}, b = {};
+        int c, r, ex = EXIT_ERROR;
+
+        while ((c = getopt_long(argc, argv, "hf:F:T:pqsU", options, NULL)) >= 0) {
+                switch (c) {
+                case 'f':
+                        fmt1 = optarg;
+                        break;
+                case 'F':
+                        fmt2 = optarg;
+                        break;
+                case 'T':
+                        if (!cache_mode_valid(optarg)) {
+                                log_error("Invalid source cache option: %s", optarg);
+                                return EXIT_ERROR;
+                        }
+                        break;
+                case 'p':
+                        progress = true;
+                        break;
+                case 'q':
+                        quiet = true;
+                        break;
+                case 's':
+                        strict = true;
+                        break;
+                default:
+                        if (common_option(c, optarg, &ex) == 2)
+                                return ex;
+                }
+        }
+        if (quiet)
+                progress = false;
+        if (argc - optind != 2)
+                return usage_error("Expecting two image file names");
+
+        if (img_open(argv[optind], fmt1, IMG_CHAIN, &a) < 0)
+                return COMPARE_EXIT_OPEN;
+        if (img_open(argv[optind + 1], fmt2, IMG_CHAIN, &b) < 0) {
+                ex = COMPARE_EXIT_OPEN;
+                goto finish;
+        }
+
+        buf1 = malloc(COMPARE_BUFFER_SIZE);
+        buf2 = malloc(COMPARE_BUFFER_SIZE);
+        if (!buf1 || !buf2) {
+                log_error("Out of memory");
+                ex = COMPARE_EXIT_STATUS;
+                goto finish;
+        }
+
+        install_cancel_handlers();
+        if (progress_bar_init(&bar, progress) < 0)
+                goto finish;
+        bar.min_step = 2.0;   /* qemu-img compare's step */
+
+        CompareCtx ctx = {
+                .a = &a,
+                .b = &b,
+                .buf1 = buf1,
+                .buf2 = buf2,
+                .quiet = quiet,
+        };
+        r = compare_images(&ctx, strict, &bar);
+        ex = r < 0 ? -r : EXIT_OK;
+        /* qemu-img ends the progress line after the verdict. */
+        progress_bar_done(&bar, false);
+
+finish:
+        img_close(&a);
+        img_close(&b);
+        return ex;
+}

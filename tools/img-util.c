@@ -1,0 +1,583 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/* vdisk-img helpers: messages, sizes, progress and cancel, opening images. */
+
+#include <assert.h>
+#include <ctype.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <inttypes.h>
+#include <stdarg.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "img.h"
+
+/* ---------------------------------------------------------------- messages */
+
+static void log_va(const char *prefix, const char *fmt, va_list ap) {
+        int saved_errno = errno;
+
+        fflush(stdout);
+        errno = saved_errno;   /* for %m */
+        fputs(PROGRAM_NAME ": ", stderr);
+        fputs(prefix, stderr);
+        vfprintf(stderr, fmt, ap);
+        fputc('\n', stderr);
+}
+
+void log_error(const char *fmt, ...) {
+        va_list ap;
+
+        va_start(ap, fmt);
+        log_va("", fmt, ap);
+        va_end(ap);
+}
+
+void log_warning(const char *fmt, ...) {
+        va_list ap;
+
+        va_start(ap, fmt);
+        log_va("warning: ", fmt, ap);
+        va_end(ap);
+}
+
+const char *error_detail(int r) {
+        const char *e = vdisk_last_error();
+
+        if (e && *e)
+                return e;
+        return strerror(r < 0 ? -r : r);
+}
+
+int usage_hint(void) {
+        fputs("Try '" PROGRAM_NAME " --help' for more information\n", stderr);
+        return EXIT_ERROR;
+}
+
+int usage_error(const char *fmt, ...) {
+        va_list ap;
+
+        va_start(ap, fmt);
+        log_va("", fmt, ap);
+        va_end(ap);
+        return usage_hint();
+}
+
+/* ---------------------------------------------------------------- sizes */
+
+int parse_size(const char *s, uint64_t *ret) {
+        const char *p = s;
+        uint64_t integer = 0, unit = 1, result, extra;
+        double fraction = 0;
+        bool hex = false;
+
+        assert(s);
+        assert(ret);
+
+        while (isspace((unsigned char) *p))
+                p++;
+        if (*p == '+')
+                p++;
+
+        if (p[0] == '0' && (p[1] == 'x' || p[1] == 'X')) {
+                hex = true;
+                p += 2;
+                if (!isxdigit((unsigned char) *p))
+                        return -EINVAL;
+                for (; isxdigit((unsigned char) *p); p++) {
+                        unsigned d = isdigit((unsigned char) *p) ? (unsigned) (*p - '0')
+                                                                 : (unsigned) (tolower((unsigned char) *p) - 'a' + 10);
+                        if (MUL_OVERFLOW(integer, 16, &integer) || ADD_OVERFLOW(integer, d, &integer))
+                                return -ERANGE;
+                }
+        } else {
+                if (!isdigit((unsigned char) *p))
+                        return -EINVAL;
+                for (; isdigit((unsigned char) *p); p++)
+                        if (MUL_OVERFLOW(integer, 10, &integer) ||
+                            ADD_OVERFLOW(integer, (uint64_t) (*p - '0'), &integer))
+                                return -ERANGE;
+                if (*p == '.') {
+                        double scale = 0.1;
+
+                        for (p++; isdigit((unsigned char) *p); p++, scale /= 10)
+                                fraction += (*p - '0') * scale;
+                }
+        }
+
+        switch (*p) {
+        case '\0':
+                break;
+        case 'b': case 'B':
+                unit = 1;
+                p++;
+                break;
+        case 'k': case 'K':
+                unit = UINT64_C(1) << 10;
+                p++;
+                break;
+        case 'm': case 'M':
+                unit = UINT64_C(1) << 20;
+                p++;
+                break;
+        case 'g': case 'G':
+                unit = UINT64_C(1) << 30;
+                p++;
+                break;
+        case 't': case 'T':
+                unit = UINT64_C(1) << 40;
+                p++;
+                break;
+        case 'p': case 'P':
+                unit = UINT64_C(1) << 50;
+                p++;
+                break;
+        case 'e': case 'E':
+                unit = UINT64_C(1) << 60;
+                p++;
+                break;
+        default:
+                return -EINVAL;
+        }
+        if (*p != '\0')
+                return -EINVAL;
+        /* A fraction of a byte means nothing. */
+        if (fraction != 0 && unit == 1)
+                return -EINVAL;
+        (void) hex;
+
+        if (MUL_OVERFLOW(integer, unit, &result))
+                return -ERANGE;
+        extra = (uint64_t) (fraction * (double) unit);
+        if (ADD_OVERFLOW(result, extra, &result))
+                return -ERANGE;
+        if (result > INT64_MAX)
+                return -ERANGE;
+
+        *ret = result;
+        return 0;
+}
+
+void log_bad_size(int r) {
+        if (r == -ERANGE)
+                log_error("Invalid image size specified. Must be between 0 and %" PRIi64 ".", INT64_MAX);
+        else {
+                log_error("Invalid image size specified. You may use k, M, G, T, P or E suffixes for");
+                log_error("kilobytes, megabytes, gigabytes, terabytes, petabytes and exabytes.");
+        }
+}
+
+void format_size_human(uint64_t v, char buf[static 32]) {
+        static const char *const units[] = { "", "Ki", "Mi", "Gi", "Ti", "Pi", "Ei" };
+        unsigned i = 0;
+
+        /* Switch to the next unit once the number would need four digits. */
+        while (i + 1 < ELEMENTSOF(units) && (double) v >= 1000.0 * (double) (UINT64_C(1) << (10 * i)))
+                i++;
+        snprintf(buf, 32, "%.3g %sB", (double) v / (double) (UINT64_C(1) << (10 * i)), units[i]);
+}
+
+/* ---------------------------------------------------------------- cancel and progress */
+
+volatile sig_atomic_t cancel_requested = 0;
+
+static void cancel_handler(int sig) {
+        if (cancel_requested) {
+                /* Second signal: the user insists. */
+                signal(sig, SIG_DFL);
+                raise(sig);
+                return;
+        }
+        cancel_requested = 1;
+}
+
+void install_cancel_handlers(void) {
+        struct sigaction sa = {
+                .sa_handler = cancel_handler,
+                .sa_flags = SA_RESTART,
+        };
+
+        sigemptyset(&sa.sa_mask);
+        (void) sigaction(SIGINT, &sa, NULL);
+        (void) sigaction(SIGTERM, &sa, NULL);
+        (void) sigaction(SIGHUP, &sa, NULL);
+}
+
+static void progress_fn(vdisk_progress *p, void *user) {
+        ProgressBar *b = user;
+        uint64_t total;
+
+        if (cancel_requested)
+                vdisk_progress_cancel(p);
+
+        total = vdisk_progress_total(p);
+        if (total > 0)
+                progress_bar_print(b, (double) vdisk_progress_done(p) * 100.0 / (double) total);
+}
+
+int progress_bar_init(ProgressBar *b, bool enabled) {
+        int r;
+
+        *b = (ProgressBar) {
+                .enabled = enabled,
+                .last = 0,
+                .min_step = 1.0,
+        };
+        r = vdisk_progress_new(progress_fn, b, &b->p);
+        if (r < 0) {
+                log_error("Could not set up progress: %s", strerror(-r));
+                return r;
+        }
+        if (enabled) {
+                printf("    (%4.2f/100%%)\r", 0.0);
+                fflush(stdout);
+                b->started = true;
+        }
+        return 0;
+}
+
+void progress_bar_print(ProgressBar *b, double percent) {
+        if (!b || !b->enabled)
+                return;
+        if (percent > 100)
+                percent = 100;
+        if (percent - b->last < b->min_step && !(percent >= 100 && b->last < 100))
+                return;
+        b->last = percent;
+        printf("    (%4.2f/100%%)\r", percent);
+        fflush(stdout);
+}
+
+void progress_bar_done(ProgressBar *b, bool success) {
+        if (b->enabled && b->started) {
+                if (success)
+                        printf("    (%4.2f/100%%)\r", 100.0);
+                putchar('\n');
+                fflush(stdout);
+        }
+        b->p = vdisk_progress_free(b->p);
+}
+
+/* ---------------------------------------------------------------- formats and images */
+
+char **arg_parent_dirs = NULL;
+static size_t n_parent_dirs = 0;
+
+int parent_dirs_add(const char *dir) {
+        char **l;
+
+        l = realloc(arg_parent_dirs, (n_parent_dirs + 2) * sizeof(char *));
+        if (!l)
+                return -ENOMEM;
+        arg_parent_dirs = l;
+        l[n_parent_dirs] = strdup(dir);
+        if (!l[n_parent_dirs])
+                return -ENOMEM;
+        l[++n_parent_dirs] = NULL;
+        return 0;
+}
+
+const vdisk_backend_info *format_lookup(const char *name) {
+        const vdisk_backend_info *info = vdisk_backend_find(name);
+
+        if (!info)
+                log_error("Unknown file format '%s'", name);
+        return info;
+}
+
+/* A guessed raw image must never get another format's signature into its
+ * first sector (a guest could otherwise turn itself into, say, a qcow2 image
+ * naming any host file as its backing file). This io wraps the real one and
+ * refuses every write that touches sector 0. */
+typedef struct RawGuard {
+        vdisk_io *inner;
+} RawGuard;
+
+static int guard_pread(void *user, void *buf, size_t len, uint64_t offset) {
+        RawGuard *g = user;
+        return vdisk_io_pread(g->inner, buf, len, offset);
+}
+
+static int guard_pwrite(void *user, const void *buf, size_t len, uint64_t offset) {
+        RawGuard *g = user;
+
+        if (len > 0 && offset < VDISK_SECTOR_SIZE)
+                return -EPERM;
+        return vdisk_io_pwrite(g->inner, buf, len, offset);
+}
+
+static int guard_flush(void *user) {
+        RawGuard *g = user;
+        return vdisk_io_flush(g->inner);
+}
+
+static int guard_get_size(void *user, uint64_t *ret_size) {
+        RawGuard *g = user;
+        return vdisk_io_get_size(g->inner, ret_size);
+}
+
+static int guard_truncate(void *user, uint64_t size) {
+        RawGuard *g = user;
+
+        /* Shrinking to less than a sector would change sector 0 too. */
+        if (size < VDISK_SECTOR_SIZE)
+                return -EPERM;
+        return vdisk_io_truncate(g->inner, size);
+}
+
+static void guard_close(void *user) {
+        RawGuard *g = user;
+
+        vdisk_io_unref(g->inner);
+        free(g);
+}
+
+static int raw_guard_new(vdisk_io *inner, const char *name, vdisk_io **ret) {
+        static const vdisk_io_ops ops = {
+                .size = sizeof(vdisk_io_ops),
+                .pread = guard_pread,
+                .pwrite = guard_pwrite,
+                .flush = guard_flush,
+                .get_size = guard_get_size,
+                .truncate = guard_truncate,
+                .close = guard_close,
+        };
+        RawGuard *g;
+        int r;
+
+        g = calloc(1, sizeof(*g));
+        if (!g)
+                return -ENOMEM;
+        g->inner = vdisk_io_ref(inner);
+        r = vdisk_io_new_ops(&ops, g, name, 0, ret);
+        if (r < 0) {
+                vdisk_io_unref(g->inner);
+                free(g);
+                return r;
+        }
+        return 0;
+}
+
+void print_disk_warnings(vdisk_disk *d) {
+        const char *const *w = vdisk_disk_warnings(d);
+
+        for (; w && *w; w++)
+                log_warning("%s", *w);
+}
+
+#define LOG(...) do { if (!quiet) log_error(__VA_ARGS__); } while (0)
+
+int img_open(const char *filename, const char *fmt, uint32_t flags, Img *ret) {
+        _cleanup_(vdisk_io_unrefp) vdisk_io *io = NULL;
+        _cleanup_(vdisk_disk_unrefp) vdisk_disk *d = NULL;
+        _cleanup_(vdisk_resolver_freep) vdisk_resolver *resolver = NULL;
+        const vdisk_backend_info *info = NULL;
+        bool writable = flags & IMG_WRITE, quiet = flags & IMG_QUIET;
+        uint32_t open_flags = 0;
+        int guessed = 0, r;
+
+        assert(filename);
+        assert(ret);
+
+        if (fmt) {
+                info = quiet ? vdisk_backend_find(fmt) : format_lookup(fmt);
+                if (!info)
+                        return -EMEDIUMTYPE;
+        }
+
+        vdisk_clear_error();
+        r = vdisk_io_open_path(filename, writable ? VDISK_PATH_WRITE : VDISK_PATH_READ, &io);
+        if (r < 0) {
+                LOG("Could not open '%s': %s", filename, error_detail(r));
+                return r;
+        }
+
+        if (!info) {
+                vdisk_clear_error();
+                r = vdisk_probe(io, filename, 1, &info, &guessed);
+                if (r < 0) {
+                        LOG("Could not open '%s': %s", filename,
+                                  r == -EMEDIUMTYPE ? "Could not determine the image format"
+                                                    : error_detail(r));
+                        return r;
+                }
+                if (guessed && writable) {
+                        _cleanup_(vdisk_io_unrefp) vdisk_io *guard = NULL;
+
+                        if (!(flags & (IMG_NO_PROBE_WARNING | IMG_QUIET))) {
+                                fflush(stdout);
+                                fprintf(stderr,
+                                        "WARNING: Image format was not specified for '%s' and probing guessed raw.\n"
+                                        "         Automatically detecting the format is dangerous for raw images, "
+                                        "write operations on block 0 will be restricted.\n"
+                                        "         Specify the 'raw' format explicitly to remove the restrictions.\n",
+                                        filename);
+                        }
+                        r = raw_guard_new(io, filename, &guard);
+                        if (r < 0) {
+                                LOG("Could not open '%s': %s", filename, strerror(-r));
+                                return r;
+                        }
+                        vdisk_io_unref(io);
+                        io = TAKE_PTR(guard);
+                }
+        }
+
+        if (!writable)
+                open_flags |= VDISK_OPEN_READONLY;
+        if (flags & IMG_INFO)
+                open_flags |= VDISK_OPEN_INFO;
+        if (flags & IMG_SKIP_CHECKS)
+                open_flags |= VDISK_OPEN_SKIP_CHECKS;
+
+        r = vdisk_disk_new(&d);
+        if (r < 0) {
+                LOG("Could not open '%s': %s", filename, strerror(-r));
+                return r;
+        }
+
+        vdisk_clear_error();
+        if (flags & IMG_CHAIN) {
+                r = vdisk_resolver_new_path((const char *const *) arg_parent_dirs, &resolver);
+                if (r < 0) {
+                        LOG("Could not open '%s': %s", filename, error_detail(r));
+                        return r;
+                }
+                r = vdisk_disk_open_chain(d, resolver, io, info->name, open_flags);
+        } else
+                r = vdisk_disk_open(d, io, info->name, open_flags);
+        if (r < 0) {
+                LOG("Could not open '%s': %s", filename, error_detail(r));
+                return r;
+        }
+        if (!quiet)
+                print_disk_warnings(d);
+
+        *ret = (Img) {
+                .disk = TAKE_PTR(d),
+                .backend = info,
+                .guessed_raw = guessed,
+                .filename = filename,
+        };
+        return 0;
+}
+
+#undef LOG
+
+void img_close(Img *img) {
+        if (!img)
+                return;
+        img->disk = vdisk_disk_unref(img->disk);
+}
+
+vdisk_image *img_at_depth(Img *img, unsigned depth) {
+        unsigned n = vdisk_disk_count(img->disk);
+
+        if (depth >= n)
+                return NULL;
+        return vdisk_disk_image(img->disk, n - 1 - depth);
+}
+
+int path_relative_to(const char *child, const char *name, char **ret) {
+        const char *slash;
+        char *s;
+
+        if (name[0] == '/' || !(slash = strrchr(child, '/'))) {
+                s = strdup(name);
+                if (!s)
+                        return -ENOMEM;
+        } else if (asprintf(&s, "%.*s%s", (int) (slash - child + 1), child, name) < 0)
+                return -ENOMEM;
+        *ret = s;
+        return 0;
+}
+
+void remove_created_file(const char *path) {
+        struct stat st;
+
+        if (lstat(path, &st) >= 0 && S_ISREG(st.st_mode))
+                (void) unlink(path);
+}
+
+void fsync_parent_dir(const char *path) {
+        _cleanup_free_ char *dir = NULL;
+        _cleanup_close_ int fd = -1;
+        const char *slash = strrchr(path, '/');
+
+        if (!slash)
+                dir = strdup(".");
+        else if (slash == path)
+                dir = strdup("/");
+        else
+                dir = strndup(path, (size_t) (slash - path));
+        if (!dir)
+                return;
+        fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        if (fd >= 0)
+                (void) fsync(fd);
+}
+
+int same_file(const char *a, const char *b) {
+        struct stat sa, sb;
+
+        if (stat(a, &sa) < 0)
+                return errno == ENOENT ? 0 : -errno;
+        if (stat(b, &sb) < 0)
+                return errno == ENOENT ? 0 : -errno;
+        return sa.st_dev == sb.st_dev && sa.st_ino == sb.st_ino;
+}
+
+bool cache_mode_valid(const char *mode) {
+        static const char *const modes[] = { "none", "off", "writeback", "writethrough", "directsync", "unsafe" };
+
+        for (size_t i = 0; i < ELEMENTSOF(modes); i++)
+                if (streq(mode, modes[i]))
+                        return true;
+        return false;
+}
+
+int parse_output_format(const char *s, OutputFormat *ret) {
+        if (streq(s, "human"))
+                *ret = OUTPUT_HUMAN;
+        else if (streq(s, "json"))
+                *ret = OUTPUT_JSON;
+        else {
+                log_error("--output must be used with human or json as argument.");
+                return -EINVAL;
+        }
+        return 0;
+}
+
+int common_option(int c, const char *arg, int *ret_exit) {
+        switch (c) {
+        case 'h':
+                print_help();
+                *ret_exit = EXIT_OK;
+                return 2;
+        case 'U':
+                /* vdisk-img takes no locks, so there is nothing to share. */
+                return 1;
+        case ARG_PARENT_DIR:
+                if (parent_dirs_add(arg) < 0) {
+                        log_error("Out of memory");
+                        *ret_exit = EXIT_ERROR;
+                        return 2;
+                }
+                return 1;
+        case ARG_IMAGE_OPTS:
+                log_error("--image-opts is not supported");
+                *ret_exit = EXIT_ERROR;
+                return 2;
+        case ARG_OBJECT:
+                log_error("--object is not supported");
+                *ret_exit = EXIT_ERROR;
+                return 2;
+        case '?':
+                *ret_exit = usage_hint();
+                return 2;
+        default:
+                return 0;
+        }
+}

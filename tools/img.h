@@ -1,0 +1,249 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/*
+ * vdisk-img: the offline image tool, command-line compatible with qemu-img
+ * (plus vbox-img extras). Internal declarations shared by tools/img-*.c.
+ *
+ * The tool uses the public libvdisk API only. Output goes to stdout, errors
+ * and warnings to stderr, always prefixed with "vdisk-img: ".
+ */
+#pragma once
+
+#include <signal.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#include "macro.h"
+#include "vdisk/vdisk.h"
+
+#define PROGRAM_NAME "vdisk-img"
+
+/* Exit codes shared by most commands (check and compare have their own). */
+#define EXIT_OK 0
+#define EXIT_ERROR 1
+
+/* ---- logging (img-util.c) */
+
+void log_error(const char *fmt, ...) _printf_(1, 2);
+void log_warning(const char *fmt, ...) _printf_(1, 2);
+/* The best description of failure r: the library's detail when it has one,
+ * else strerror(-r). */
+const char *error_detail(int r);
+/* Prints "Try 'vdisk-img --help' for more information" and returns EXIT_ERROR. */
+int usage_hint(void);
+/* Reports a bad command line ("vdisk-img: <message>" + hint); returns EXIT_ERROR. */
+int usage_error(const char *fmt, ...) _printf_(1, 2);
+
+/* ---- sizes (img-util.c) */
+
+/* qemu-img's size syntax: decimal (with an optional fraction) or 0x hex,
+ * then an optional suffix b/B (bytes), k/K, M, G, T, P, E (1024-based).
+ * Returns -EINVAL for bad syntax and -ERANGE above INT64_MAX. */
+int parse_size(const char *s, uint64_t *ret);
+/* Prints qemu-img's message for a bad size argument. */
+void log_bad_size(int r);
+/* "64 MiB", "4 KiB", "1.5 GiB": three significant digits, 1024-based. */
+void format_size_human(uint64_t v, char buf[static 32]);
+
+/* ---- signals and progress (img-util.c) */
+
+/* Set by SIGINT/SIGTERM once the handlers are installed. */
+extern volatile sig_atomic_t cancel_requested;
+/* Installs SIGINT/SIGTERM handlers that request a cooperative cancel (a
+ * second signal terminates at once). */
+void install_cancel_handlers(void);
+
+typedef struct ProgressBar {
+        bool enabled;       /* -p given and not -q */
+        bool started;
+        double last;        /* last printed percentage */
+        double min_step;    /* print when moved by this much (default 1%) */
+        vdisk_progress *p;  /* handed to library operations (cancel works without -p too) */
+} ProgressBar;
+
+/* Creates the vdisk_progress (for cancel) and prints the 0% line when enabled. */
+int progress_bar_init(ProgressBar *b, bool enabled);
+/* Prints a percentage (0..100) when it moved by at least 1%. */
+void progress_bar_print(ProgressBar *b, double percent);
+/* Prints the final line ("100%" on success) and frees the vdisk_progress. */
+void progress_bar_done(ProgressBar *b, bool success);
+
+/* ---- formats and images (img-util.c) */
+
+/* Extra directories searched for parents (--parent-dir), NULL-terminated. */
+extern char **arg_parent_dirs;
+int parent_dirs_add(const char *dir);
+
+/* Looks a format up by qemu's or VirtualBox's name; logs
+ * "Unknown file format 'x'" and returns NULL when unknown. */
+const vdisk_backend_info *format_lookup(const char *name);
+
+enum {
+        IMG_WRITE       = 1u << 0,   /* the top image is opened read-write */
+        IMG_CHAIN       = 1u << 1,   /* open every parent too */
+        IMG_INFO        = 1u << 2,   /* metadata only */
+        IMG_SKIP_CHECKS = 1u << 3,   /* do not check the parent linkage */
+        IMG_NO_PROBE_WARNING = 1u << 4,
+        IMG_QUIET       = 1u << 5,   /* no error messages or warnings */
+};
+
+typedef struct Img {
+        vdisk_disk *disk;
+        const vdisk_backend_info *backend;   /* the top image's */
+        bool guessed_raw;                    /* probed, nothing matched */
+        const char *filename;                /* borrowed from argv */
+} Img;
+
+/* Opens `filename` (format `fmt`, or probed when NULL) and, with IMG_CHAIN,
+ * its parents. Logs "Could not open 'file': cause" on failure. When the
+ * probe guessed raw for a writable open, prints qemu's warning and refuses
+ * any write to the first sector. Disk warnings go to stderr. */
+int img_open(const char *filename, const char *fmt, uint32_t flags, Img *ret);
+void img_close(Img *img);
+
+/* The image at qemu's "depth" (0 = the top). */
+vdisk_image *img_at_depth(Img *img, unsigned depth);
+
+/* Prints each string of a NULL-terminated list of disk warnings. */
+void print_disk_warnings(vdisk_disk *d);
+
+/* Joins a parent name to the directory of `child` the way qemu-img resolves
+ * backing file names (absolute names are kept). */
+int path_relative_to(const char *child, const char *name, char **ret);
+/* Removes a file this command created, if it is a regular file (never a
+ * device node the user named as output). */
+void remove_created_file(const char *path);
+/* fsync()s the directory holding `path` (best effort). */
+void fsync_parent_dir(const char *path);
+/* Whether two paths name the same file (1), not (0), or an error. */
+int same_file(const char *a, const char *b);
+
+/* Validates a qemu cache mode name (-t / -T). */
+bool cache_mode_valid(const char *mode);
+
+/* ---- -o options (img-create.c) */
+
+typedef struct OptList {
+        char **kv;      /* alternating keys and values, NULL-terminated */
+        size_t n;       /* number of pairs */
+        bool help;      /* "help" or "?" was given */
+} OptList;
+
+/* Parses one -o argument ("k=v,k2=v2", ",," escapes a comma); a key given
+ * again replaces the earlier value. */
+int optlist_parse(OptList *l, const char *arg);
+const char *optlist_get(const OptList *l, const char *key);
+int optlist_remove(OptList *l, const char *key);
+void optlist_done(OptList *l);
+
+/* ---- JSON (img-json.c), pretty-printed the way qemu-img prints */
+
+typedef struct JsonWriter {
+        FILE *f;
+        unsigned depth;
+        bool need_comma;
+        bool started;
+} JsonWriter;
+
+void json_init(JsonWriter *w, FILE *f);
+void json_object_begin(JsonWriter *w, const char *key);
+void json_object_end(JsonWriter *w);
+void json_array_begin(JsonWriter *w, const char *key);
+void json_array_end(JsonWriter *w);
+void json_string(JsonWriter *w, const char *key, const char *value);
+void json_uint(JsonWriter *w, const char *key, uint64_t value);
+void json_int(JsonWriter *w, const char *key, int64_t value);
+void json_bool(JsonWriter *w, const char *key, bool value);
+/* Ends the document with a newline. */
+void json_finish(JsonWriter *w);
+/* Writes `s` as a JSON string literal (quoted, escaped like qemu). */
+void json_write_quoted(FILE *f, const char *s);
+
+/* ---- output format (--output) */
+
+typedef enum OutputFormat {
+        OUTPUT_HUMAN,
+        OUTPUT_JSON,
+} OutputFormat;
+
+int parse_output_format(const char *s, OutputFormat *ret);
+
+/* ---- commands */
+
+int cmd_info(int argc, char **argv);
+int cmd_create(int argc, char **argv);
+int cmd_convert(int argc, char **argv);
+int cmd_check(int argc, char **argv);
+int cmd_repair(int argc, char **argv);
+int cmd_commit(int argc, char **argv);
+int cmd_compare(int argc, char **argv);
+int cmd_map(int argc, char **argv);
+int cmd_resize(int argc, char **argv);
+int cmd_rebase(int argc, char **argv);
+int cmd_compact(int argc, char **argv);
+int cmd_setuuid(int argc, char **argv);
+int cmd_comment(int argc, char **argv);
+
+/* Prints the full help text (used by --help and "COMMAND --help"). */
+void print_help(void);
+
+/* Long options every image-opening command takes. */
+enum {
+        ARG_PARENT_DIR = 0x100,
+        ARG_OUTPUT,
+        ARG_IMAGE_OPTS,
+        ARG_OBJECT,
+        ARG_BACKING_CHAIN,
+        ARG_SHRINK,
+        ARG_START_OFFSET,
+        ARG_MAX_LENGTH,
+        ARG_PREALLOCATION,
+        ARG_TARGET_IS_ZERO,
+        ARG_UUID,
+        ARG_PARENT_UUID,
+        ARG_ZERO_PARENT_UUID,
+        ARG_MODIFICATION_UUID,
+        ARG_PARENT_MODIFICATION_UUID,
+        ARG_CLEAR,
+        ARG_DRY_RUN,
+        ARG_FORCE,
+        ARG_TARGET_IMAGE_OPTS,
+        ARG_SALVAGE,
+        ARG_BITMAPS,
+};
+
+#define COMMON_LONG_OPTIONS                                             \
+        { "help",        no_argument,       NULL, 'h' },                \
+        { "force-share", no_argument,       NULL, 'U' },                \
+        { "parent-dir",  required_argument, NULL, ARG_PARENT_DIR },     \
+        { "image-opts",  no_argument,       NULL, ARG_IMAGE_OPTS },     \
+        { "object",      required_argument, NULL, ARG_OBJECT }
+
+/* Handles the options in COMMON_LONG_OPTIONS, 'h' and getopt's '?'.
+ * Returns 0 when c is not one of them, 1 when it was handled and parsing goes
+ * on, 2 when the command must end with exit code *ret_exit (help printed,
+ * bad option). */
+int common_option(int c, const char *arg, int *ret_exit);
+
+/* ---- cleanup helpers for library objects */
+
+static inline void vdisk_io_unrefp(vdisk_io **p) {
+        if (*p)
+                vdisk_io_unref(*p);
+}
+static inline void vdisk_disk_unrefp(vdisk_disk **p) {
+        if (*p)
+                vdisk_disk_unref(*p);
+}
+static inline void vdisk_resolver_freep(vdisk_resolver **p) {
+        if (*p)
+                vdisk_resolver_free(*p);
+}
+static inline void vdisk_strv_freep(char ***p) {
+        if (*p)
+                vdisk_strv_free(*p);
+}
+static inline void fclosep(FILE **f) {
+        if (*f)
+                fclose(*f);
+}

@@ -1,0 +1,139 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/*
+ * vdisk-img: the offline disk image tool of vdisk.
+ *
+ * The command line follows qemu-img's (info, create, convert, check, commit,
+ * compare, map, resize, rebase), so scripts written for qemu-img work
+ * unchanged, plus vbox-img's extras (compact, setuuid, comment, repair).
+ * Everything goes through the public libvdisk API.
+ *
+ * The commands live in img-query.c (reading), img-create.c (creating) and
+ * img-modify.c (changing); img-util.c and img-json.c hold the helpers.
+ */
+
+#include <errno.h>
+#include <string.h>
+
+#include "config.h"
+#include "img.h"
+
+typedef struct Command {
+        const char *name;
+        int (*run)(int argc, char **argv);
+} Command;
+
+static const Command commands[] = {
+        { "check",    cmd_check },
+        { "commit",   cmd_commit },
+        { "compact",  cmd_compact },
+        { "compare",  cmd_compare },
+        { "comment",  cmd_comment },
+        { "convert",  cmd_convert },
+        { "create",   cmd_create },
+        { "info",     cmd_info },
+        { "map",      cmd_map },
+        { "rebase",   cmd_rebase },
+        { "repair",   cmd_repair },
+        { "resize",   cmd_resize },
+        { "setuuid",  cmd_setuuid },
+};
+
+void print_help(void) {
+        printf("vdisk-img version " VDISK_VERSION " (libvdisk %s)\n"
+               "usage: " PROGRAM_NAME " [-h | -V] command [command options]\n"
+               "Virtual disk image utility, command-line compatible with qemu-img\n"
+               "\n"
+               "    '-h', '--help'       display this help and exit\n"
+               "    '-V', '--version'    output version information and exit\n"
+               "\n"
+               "Command syntax:\n"
+               "  check [-q] [-f fmt] [--output=ofmt] [-r [leaks | all]] [-U] filename\n"
+               "  commit [-q] [-f fmt] [-b base] [-d] [-p] filename\n"
+               "  compare [-f fmt] [-F fmt] [-p] [-q] [-s] [-U] filename1 filename2\n"
+               "  convert [-U] [-p] [-q] [-n] [--target-is-zero] [-f fmt] [-O output_fmt] [-B backing_file [-F backing_fmt]]\n"
+               "          [-o options] [-S sparse_size] filename output_filename\n"
+               "  create [-q] [-f fmt] [-b backing_file [-F backing_fmt]] [-u] [-o options] filename [size]\n"
+               "  info [-f fmt] [--output=ofmt] [--backing-chain] [-U] filename\n"
+               "  map [-f fmt] [--start-offset=offset] [--max-length=len] [--output=ofmt] [-U] filename\n"
+               "  rebase [-q] [-f fmt] [-p] [-u] -b backing_file [-F backing_fmt] filename\n"
+               "  resize [-f fmt] [-q] [--shrink] filename [+ | -]size\n"
+               "\n"
+               "vbox-img commands:\n"
+               "  compact [-f fmt] [-p] [-q] filename\n"
+               "  setuuid [-f fmt] [--uuid uuid] [--parentuuid uuid | --zeroparentuuid]\n"
+               "          [--modificationuuid uuid] [--parentmodificationuuid uuid] filename\n"
+               "  comment [-f fmt] [--clear] filename [text]\n"
+               "  repair [-f fmt] [--dry-run] filename\n"
+               "\n"
+               "Every command that opens images also takes '--parent-dir DIR' (repeatable): a directory\n"
+               "searched for parents that an image names by UUID only (VDI differencing images).\n"
+               "\n"
+               "Command parameters:\n"
+               "  'filename' is a disk image filename\n"
+               "  'fmt' is the disk image format (qemu's or VirtualBox's name); probed when not given\n"
+               "  'size' is the disk image size in bytes. Optional suffixes 'k' or 'K' (1024),\n"
+               "    'M' (1024k), 'G' (1024M), 'T' (1024G), 'P' (1024T) and 'E' (1024P); 'b' is ignored.\n"
+               "  'options' is a comma separated list of format specific options in a name=value\n"
+               "    format. Use -o help for an overview of the options of a format\n"
+               "  '-p' show progress of the command\n"
+               "  '-q' quiet mode: print nothing but errors\n"
+               "  '-S' the number of consecutive zero bytes (default 4k) that convert leaves unwritten\n"
+               "  '--output' takes the format of the output: human or json\n"
+               "\n"
+               "See vdisk-img(1) for every option and the exit codes.\n"
+               "\n"
+               "Supported formats:",
+               vdisk_version());
+        for (size_t i = 0; i < vdisk_backend_count(); i++) {
+                const vdisk_backend_info *info = vdisk_backend_get(i);
+                if (info)
+                        printf(" %s", info->qemu_name);
+        }
+        printf("\n");
+}
+
+static void print_version(void) {
+        printf("vdisk-img version " VDISK_VERSION " (libvdisk %s)\n", vdisk_version());
+}
+
+int main(int argc, char **argv) {
+        const char *cmd;
+        int ex;
+
+        if (argc < 2) {
+                log_error("Not enough arguments");
+                return usage_hint();
+        }
+
+        cmd = argv[1];
+        if (streq(cmd, "-h") || streq(cmd, "--help")) {
+                print_help();
+                return EXIT_OK;
+        }
+        if (streq(cmd, "-V") || streq(cmd, "--version")) {
+                print_version();
+                return EXIT_OK;
+        }
+        if (cmd[0] == '-') {
+                log_error("Unknown option '%s'", cmd);
+                return usage_hint();
+        }
+
+        for (size_t i = 0; i < ELEMENTSOF(commands); i++) {
+                if (!streq(cmd, commands[i].name))
+                        continue;
+
+                /* getopt names the program after argv[0] in its messages. */
+                argv[1] = (char *) PROGRAM_NAME;
+                ex = commands[i].run(argc - 1, argv + 1);
+                if (fflush(stdout) != 0 || ferror(stdout)) {
+                        log_error("Could not write the output: %s", strerror(errno));
+                        if (ex == EXIT_OK)
+                                ex = EXIT_ERROR;
+                }
+                return ex;
+        }
+
+        log_error("Command not found: %s", cmd);
+        return usage_hint();
+}
