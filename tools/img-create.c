@@ -93,7 +93,8 @@ int optlist_parse(OptList *l, const char *arg) {
                         } else {
                                 if (eq == start)
                                         return -EINVAL;
-                                r = optlist_set(l, start, (size_t) (eq - start), eq + 1, (size_t) (p - eq - 1));
+                                r = optlist_set(l, start, (size_t) (eq - start),
+                                                eq + 1, (size_t) (p - eq - 1));
                                 if (r < 0)
                                         return r;
                         }
@@ -252,7 +253,10 @@ static void print_create_help(const vdisk_backend_info *info) {
         for (size_t i = 0; i < n; i++) {
                 const KeyDesc *d = key_desc(keys[i]);
                 static const char *const type_names[] = {
-                        [OPT_STR] = "str", [OPT_SIZE] = "size", [OPT_BOOL] = "bool (on/off)", [OPT_NUM] = "num",
+                        [OPT_STR] = "str",
+                        [OPT_SIZE] = "size",
+                        [OPT_BOOL] = "bool (on/off)",
+                        [OPT_NUM] = "num",
                 };
                 _cleanup_free_ char *left = NULL;
 
@@ -399,6 +403,23 @@ static int chain_contains(vdisk_disk *d, const char *path) {
         return 0;
 }
 
+/* qemu-img 7.2 wants the backing format spelled out (a probe could be
+ * fooled by a raw parent's content); so does vdisk-img. Says what a probe
+ * finds, to help. */
+static void log_missing_backing_format(const char *child, const char *backing, bool probe) {
+        _cleanup_(vdisk_io_unrefp) vdisk_io *io = NULL;
+        _cleanup_free_ char *path = NULL;
+        const vdisk_backend_info *info;
+        int guessed = 0;
+
+        log_error("%s: Backing file specified without backing format", child);
+        if (!probe || path_relative_to(child, backing, &path) < 0)
+                return;
+        if (vdisk_io_open_path(path, VDISK_PATH_READ, &io) >= 0 &&
+            vdisk_probe(io, path, 1, &info, &guessed) >= 0)
+                fprintf(stderr, "Detected format of %s.\n", info->qemu_name);
+}
+
 /* Opens the parent chain for a new differencing image. `backing` is
  * relative to the directory of `child`, as in qemu-img. */
 static int open_backing(const char *child, const char *backing, const char *backing_fmt, bool unsafe,
@@ -413,14 +434,10 @@ static int open_backing(const char *child, const char *backing, const char *back
         }
         /* -u: the parent's own parents need not be there; the new image
          * only records the parent's identity. */
+        assert(backing_fmt);
         r = img_open(path, backing_fmt, unsafe ? IMG_SKIP_CHECKS : IMG_CHAIN, ret);
         if (r < 0)
                 return r;
-        if (!backing_fmt && ret->guessed_raw) {
-                log_error("Backing file '%s' has no recognizable format; specify it with -F", backing);
-                img_close(ret);
-                return -EMEDIUMTYPE;
-        }
         *ret_path = TAKE_PTR(path);
         return 0;
 }
@@ -508,6 +525,10 @@ int cmd_create(int argc, char **argv) {
                 log_error("%s: Backing file not supported for file format '%s'", filename, info->qemu_name);
                 return EXIT_ERROR;
         }
+        if (backing && !backing_fmt) {
+                log_missing_backing_format(filename, backing, !unsafe);
+                return EXIT_ERROR;
+        }
         if (optlist_validate(&opts, info, filename) < 0)
                 return EXIT_ERROR;
 
@@ -537,13 +558,12 @@ int cmd_create(int argc, char **argv) {
                 r = chain_contains(parent.disk, filename);
                 if (r != 0) {
                         log_error("%s: %s", filename,
-                                  r > 0 ? "The new image would overwrite its own backing file" : strerror(-r));
+                                  r > 0 ? "The new image would overwrite its own backing file"
+                                        : strerror(-r));
                         goto finish;
                 }
                 if (!have_size)
                         size = vdisk_disk_size(parent.disk);
-                if (!backing_fmt)
-                        backing_fmt = parent.backend->qemu_name;
         }
 
         r = optlist_library_view(&opts, &lib_opts);
@@ -554,6 +574,10 @@ int cmd_create(int argc, char **argv) {
 
         if (!quiet)
                 print_formatting(filename, info, size, backing, backing ? backing_fmt : NULL, &opts);
+
+        /* Like qemu-img: the line shows the size asked for, the image gets it
+         * rounded up to whole sectors. */
+        size = ALIGN_UP(size, (uint64_t) VDISK_SECTOR_SIZE);
 
         vdisk_clear_error();
         r = vdisk_io_open_path(filename, VDISK_PATH_WRITE | VDISK_PATH_CREATE | VDISK_PATH_TRUNC, &io);
@@ -570,11 +594,9 @@ int cmd_create(int argc, char **argv) {
         vdisk_clear_error();
         if (backing) {
                 d = parent.disk;
+                if (have_size)
+                        copts.diff_size = size;
                 r = vdisk_disk_create_diff(d, io, info->name, &copts);
-                if (r >= 0 && have_size && size != vdisk_disk_size(d)) {
-                        vdisk_clear_error();
-                        r = vdisk_resize(d, size, NULL);
-                }
         } else {
                 r = vdisk_disk_new(&d);
                 if (r >= 0)
@@ -614,14 +636,15 @@ typedef enum ZeroMode {
 
 /* Copies src into dst block by block: convert -n (an existing target) and
  * convert -S 0 (a new, fully written target). */
-static int convert_loop(Img *src, vdisk_disk *dst, const char *dst_name, ZeroMode zero_mode, ProgressBar *bar) {
+static int convert_loop(Img *src, vdisk_disk *dst, const char *dst_name, ZeroMode zero_mode,
+                        ProgressBar *bar) {
         _cleanup_free_ uint8_t *buf = NULL, *dbuf = NULL;
         uint64_t size = vdisk_disk_size(src->disk), off = 0;
         int r;
 
         if (vdisk_disk_size(dst) < size) {
-                log_error("The target image '%s' is smaller than the source (%" PRIu64 " < %" PRIu64 " bytes)",
-                          dst_name, vdisk_disk_size(dst), size);
+                log_error("The target image '%s' is smaller than the source "
+                          "(%" PRIu64 " < %" PRIu64 " bytes)", dst_name, vdisk_disk_size(dst), size);
                 return -EINVAL;
         }
         buf = malloc(CONVERT_BUFFER_SIZE);
@@ -641,7 +664,8 @@ static int convert_loop(Img *src, vdisk_disk *dst, const char *dst_name, ZeroMod
                         return -ECANCELED;
                 }
                 vdisk_clear_error();
-                r = vdisk_disk_block_status(src->disk, off, MIN((uint64_t) CONVERT_BUFFER_SIZE, size - off), &e);
+                r = vdisk_disk_block_status(src->disk, off, MIN((uint64_t) CONVERT_BUFFER_SIZE, size - off),
+                                            &e);
                 if (r < 0) {
                         log_error("Could not read the allocation of '%s' at offset %" PRIu64 ": %s",
                                   src->filename, off, error_detail(r));
@@ -828,6 +852,10 @@ int cmd_convert(int argc, char **argv) {
                 log_error("%s: Backing file not supported for file format '%s'", out, out_info->qemu_name);
                 return EXIT_ERROR;
         }
+        if (backing && !backing_fmt) {
+                log_error("Use of backing file requires explicit backing format");
+                return EXIT_ERROR;
+        }
         if (sparse == 0 && backing) {
                 log_error("-S 0 cannot be combined with -B");
                 return EXIT_ERROR;
@@ -838,8 +866,11 @@ int cmd_convert(int argc, char **argv) {
         }
         if (optlist_validate(&opts, out_info, out) < 0)
                 return EXIT_ERROR;
-        if (optlist_get(&opts, "size") && parse_size(optlist_get(&opts, "size"), &new_size) < 0)
-                return EXIT_ERROR;
+        if (optlist_get(&opts, "size")) {
+                if (parse_size(optlist_get(&opts, "size"), &new_size) < 0)
+                        return EXIT_ERROR;
+                new_size = ALIGN_UP(new_size, (uint64_t) VDISK_SECTOR_SIZE);
+        }
 
         r = img_open(in, fmt, IMG_CHAIN, &src);
         if (r < 0)
@@ -847,7 +878,8 @@ int cmd_convert(int argc, char **argv) {
 
         r = chain_contains(src.disk, out);
         if (r != 0) {
-                log_error("%s: %s", out, r > 0 ? "The destination is one of the source images" : strerror(-r));
+                log_error("%s: %s", out,
+                          r > 0 ? "The destination is one of the source images" : strerror(-r));
                 goto finish;
         }
 
@@ -858,8 +890,8 @@ int cmd_convert(int argc, char **argv) {
         if (no_create) {
                 r = img_open(out, out_fmt, IMG_WRITE | IMG_CHAIN, &existing);
                 if (r >= 0)
-                        r = convert_loop(&src, existing.disk, out, target_is_zero ? ZERO_SKIP : ZERO_CHECK_TARGET,
-                                         &bar);
+                        r = convert_loop(&src, existing.disk, out,
+                                         target_is_zero ? ZERO_SKIP : ZERO_CHECK_TARGET, &bar);
                 progress_bar_done(&bar, r >= 0);
                 img_close(&existing);
                 if (r >= 0)
@@ -898,7 +930,8 @@ int cmd_convert(int argc, char **argv) {
                 }
                 r = chain_contains(parent.disk, out);
                 if (r != 0) {
-                        log_error("%s: %s", out, r > 0 ? "The destination is its own backing file" : strerror(-r));
+                        log_error("%s: %s", out,
+                                  r > 0 ? "The destination is its own backing file" : strerror(-r));
                         progress_bar_done(&bar, false);
                         img_close(&parent);
                         goto finish;

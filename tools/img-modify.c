@@ -45,6 +45,7 @@ typedef struct TopIdentity {
         uint8_t uuid[16], mod_uuid[16];
         char *comment;
         uint32_t cluster_size;
+        uint64_t size;          /* the top's virtual size: the new top keeps it */
         const char *format;
         struct stat st;
 } TopIdentity;
@@ -91,12 +92,21 @@ static int commit_relink(Img *img, const TopIdentity *id) {
  * old top (whose content the chain below now also holds) or the new one. */
 static int commit_empty_top(Img *img, const TopIdentity *id) {
         _cleanup_(vdisk_io_unrefp) vdisk_io *io = NULL;
-        _cleanup_free_ char *tmp = NULL;
+        _cleanup_free_ char *tmp = NULL, *target = NULL;
         _cleanup_close_ int fd = -1;
         vdisk_image *top;
+        struct stat lst;
         int r;
 
-        if (asprintf(&tmp, "%s.vdisk-img-XXXXXX", img->filename) < 0)
+        /* Replace the file a symbolic link points to, not the link. */
+        if (lstat(img->filename, &lst) >= 0 && S_ISLNK(lst.st_mode)) {
+                target = realpath(img->filename, NULL);
+                if (!target)
+                        return -errno;
+        } else if (!(target = strdup(img->filename)))
+                return -ENOMEM;
+
+        if (asprintf(&tmp, "%s.vdisk-img-XXXXXX", target) < 0)
                 return -ENOMEM;
         fd = mkostemp(tmp, O_CLOEXEC);
         if (fd < 0)
@@ -115,6 +125,7 @@ static int commit_empty_top(Img *img, const TopIdentity *id) {
         vdisk_create_opts opts = {
                 .size = sizeof(opts),
                 .block_size = id->cluster_size,
+                .diff_size = id->size,
                 .comment = id->comment && *id->comment ? id->comment : NULL,
                 .uuid = id->have_uuid ? id->uuid : NULL,
         };
@@ -135,11 +146,11 @@ static int commit_empty_top(Img *img, const TopIdentity *id) {
                 goto fail;
         io = vdisk_io_unref(io);
 
-        if (rename(tmp, img->filename) < 0) {
+        if (rename(tmp, target) < 0) {
                 r = -errno;
                 goto fail;
         }
-        fsync_parent_dir(img->filename);
+        fsync_parent_dir(target);
         return 0;
 
 fail:
@@ -227,12 +238,15 @@ int cmd_commit(int argc, char **argv) {
                 const char *comment = NULL;
                 vdisk_image_info ii = { .size = sizeof(ii) };
 
-                if (vdisk_image_get_comment(top, &comment) >= 0 && comment && !(id.comment = strdup(comment))) {
+                if (vdisk_image_get_comment(top, &comment) >= 0 && comment &&
+                    !(id.comment = strdup(comment))) {
                         log_error("Out of memory");
                         goto finish;
                 }
-                if (vdisk_image_get_info(top, &ii) >= 0)
+                if (vdisk_image_get_info(top, &ii) >= 0) {
                         id.cluster_size = ii.cluster_size;
+                        id.size = ii.virtual_size;
+                }
         }
         if (stat(img.filename, &id.st) < 0) {
                 log_error("Could not stat '%s': %m", img.filename);
@@ -254,9 +268,10 @@ int cmd_commit(int argc, char **argv) {
         /* The data is in the base now; the top left the chain untouched. */
         r = drop ? commit_relink(&img, &id) : commit_empty_top(&img, &id);
         if (r < 0) {
-                log_error("The data of '%s' was committed, but %s it failed: %s", img.filename,
-                          drop ? "linking it to its new backing file" : "emptying", error_detail(r));
-                log_error("'%s' was left as it was; it still reads correctly on its backing chain", img.filename);
+                log_error("The data of '%s' was committed, but %s failed: %s", img.filename,
+                          drop ? "linking it to its new backing file" : "emptying it", error_detail(r));
+                log_error("'%s' was left as it was; it still reads correctly on its backing chain",
+                          img.filename);
                 goto finish;
         }
 
@@ -467,7 +482,8 @@ static int rebase_copy_differences(Img *top, Img *new_chain, ProgressBar *bar) {
                                 continue;
                         }
                         for (run = s; run < n; run += VDISK_SECTOR_SIZE)
-                                if (memcmp(old_buf + run, new_buf + run, MIN((size_t) VDISK_SECTOR_SIZE, n - run)) == 0)
+                                if (memcmp(old_buf + run, new_buf + run,
+                                           MIN((size_t) VDISK_SECTOR_SIZE, n - run)) == 0)
                                         break;
                         run = MIN(run, n);
                         vdisk_clear_error();
@@ -536,6 +552,26 @@ static int rebase_set_link(Img *img, vdisk_image *parent, const char *backing) {
         return 0;
 }
 
+/* Refuses a new backing chain that contains the image itself. In unsafe
+ * mode only the new backing file was opened; its chain is looked at when it
+ * can be opened at all. */
+static int rebase_check_loop(Img *img, Img *new_chain, const char *backing_path, const char *backing_fmt,
+                             bool unsafe) {
+        Img full = {};
+        Img *chain = new_chain;
+        int r = 0;
+
+        if (unsafe && img_open(backing_path, backing_fmt, IMG_CHAIN | IMG_INFO | IMG_QUIET, &full) >= 0)
+                chain = &full;
+        for (unsigned i = 0; i < vdisk_disk_count(chain->disk); i++)
+                if (same_file(vdisk_image_name(vdisk_disk_image(chain->disk, i)), img->filename) > 0) {
+                        r = -ELOOP;
+                        break;
+                }
+        img_close(&full);
+        return r;
+}
+
 int cmd_rebase(int argc, char **argv) {
         static const struct option options[] = {
                 COMMON_LONG_OPTIONS,
@@ -544,6 +580,7 @@ int cmd_rebase(int argc, char **argv) {
         const char *fmt = NULL, *backing = NULL, *backing_fmt = NULL;
         _cleanup_free_ char *backing_path = NULL;
         bool unsafe = false, progress = false, quiet = false;
+        vdisk_image *new_parent = NULL;
         ProgressBar bar = {};
         Img img = {}, new_chain = {};
         int c, r, ex = EXIT_ERROR;
@@ -592,6 +629,11 @@ int cmd_rebase(int argc, char **argv) {
         r = img_open(argv[optind], fmt, IMG_WRITE | (unsafe ? IMG_SKIP_CHECKS : IMG_CHAIN), &img);
         if (r < 0)
                 return EXIT_ERROR;
+        /* As qemu-img 7.2: a new backing file needs its format named. */
+        if (*backing && !backing_fmt) {
+                log_error("Could not change the backing file to '%s': backing format must be specified", backing);
+                goto finish;
+        }
 
         if (*backing) {
                 if (path_relative_to(img.filename, backing, &backing_path) < 0) {
@@ -602,14 +644,10 @@ int cmd_rebase(int argc, char **argv) {
                              unsafe ? IMG_INFO | IMG_SKIP_CHECKS : IMG_CHAIN, &new_chain);
                 if (r < 0)
                         goto finish;
-                if (!backing_fmt && new_chain.guessed_raw) {
-                        log_error("Could not change the backing file to '%s': backing format must be specified",
-                                  backing);
-                        goto finish;
-                }
-                if (same_file(backing_path, img.filename) > 0) {
-                        log_error("Could not change the backing file to '%s': an image cannot be its own "
-                                  "backing file", backing);
+                r = rebase_check_loop(&img, &new_chain, backing_path, backing_fmt, unsafe);
+                if (r < 0) {
+                        log_error("Could not change the backing file to '%s': '%s' would become its own "
+                                  "ancestor", backing, img.filename);
                         goto finish;
                 }
         }
@@ -624,9 +662,9 @@ int cmd_rebase(int argc, char **argv) {
                         goto finish;
         }
 
-        r = rebase_set_link(&img, new_chain.disk ? vdisk_disk_image(new_chain.disk,
-                                                                     vdisk_disk_count(new_chain.disk) - 1) : NULL,
-                            backing);
+        if (new_chain.disk)
+                new_parent = vdisk_disk_image(new_chain.disk, vdisk_disk_count(new_chain.disk) - 1);
+        r = rebase_set_link(&img, new_parent, backing);
         if (r < 0)
                 goto finish;
         ex = EXIT_OK;
@@ -690,7 +728,8 @@ int cmd_compact(int argc, char **argv) {
         r = vdisk_compact(img.disk, vdisk_disk_count(img.disk) - 1, bar.p);
         progress_bar_done(&bar, r >= 0);
         if (r == -EOPNOTSUPP) {
-                log_error("The format of '%s' (%s) does not support compacting", filename, img.backend->qemu_name);
+                log_error("The format of '%s' (%s) does not support compacting", filename,
+                          img.backend->qemu_name);
                 goto finish;
         }
         if (r < 0) {
@@ -824,8 +863,8 @@ int cmd_setuuid(int argc, char **argv) {
                         goto finish;
                 }
                 if (!quiet)
-                        printf("%s changed from %s to %s\n", changes[i].label, *old_text ? old_text : "(none)",
-                               new_text);
+                        printf("%s changed from %s to %s\n", changes[i].label,
+                               *old_text ? old_text : "(none)", new_text);
         }
         vdisk_clear_error();
         r = vdisk_disk_flush(img.disk);

@@ -180,7 +180,7 @@ static void info_print_human(const InfoEntry *e) {
                 printf("Parent modification UUID: %s\n", e->parent_mod_uuid);
         if (info_has_specific(e) && e->have_ii && e->ii.variant)
                 printf("Variant: %s\n", e->ii.variant);
-        if (e->have_comment)
+        if (e->have_comment && *e->comment)
                 printf("Comment: %s\n", e->comment);
 }
 
@@ -472,8 +472,10 @@ int cmd_map(int argc, char **argv) {
                         e.data = false;
                         e.has_offset = false;
                 }
-                e.filename = e.depth == 0 ? filename : vdisk_image_name(img_at_depth(&img, (unsigned) e.depth));
-                if (e.data && e.has_offset && !e.zero && image_preallocated(img_at_depth(&img, (unsigned) e.depth))) {
+                e.filename = e.depth == 0 ? filename
+                                          : vdisk_image_name(img_at_depth(&img, (unsigned) e.depth));
+                if (e.data && e.has_offset && !e.zero &&
+                    image_preallocated(img_at_depth(&img, (unsigned) e.depth))) {
                         unsigned depth = (unsigned) e.depth;
                         uint64_t l;
                         bool z = false;
@@ -822,12 +824,16 @@ int cmd_repair(int argc, char **argv) {
         }
 
         if (!quiet) {
-                const vdisk_check_report *first = (fixed.corruptions_fixed || fixed.leaks_fixed) ? &fixed : &rep;
+                const vdisk_check_report *first =
+                        (fixed.corruptions_fixed || fixed.leaks_fixed) ? &fixed : &rep;
 
                 check_print_messages(first, stdout);
-                if (dry_run)
+                if (dry_run && !rep.corruptions && !rep.leaks)
+                        printf("No errors were found on the image.\n");
+                else if (dry_run)
                         printf("%" PRIu64 " corruptions and %" PRIu64 " leaked clusters found; "
-                               "a repair would fix %" PRIu64 " and %" PRIu64 " of them (dry run, nothing changed).\n",
+                               "a repair would fix %" PRIu64 " and %" PRIu64 " of them "
+                               "(dry run, nothing changed).\n",
                                rep.corruptions, rep.leaks, rep.corruptions_fixed, rep.leaks_fixed);
                 else if (first == &fixed)
                         printf("Repaired %" PRIu64 " corruptions and %" PRIu64 " leaked clusters.\n",

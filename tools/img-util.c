@@ -16,15 +16,49 @@
 
 /* ---------------------------------------------------------------- messages */
 
+/* The library's messages start with the file they concern, and so do ours:
+ * "'a.vdi': a.vdi: bad signature" says the name twice. Drops the second one. */
+static void drop_repeated_name(char *msg) {
+        for (char *p = msg; *p; p++) {
+                char *sep = strstr(p, ": ");
+                size_t n;
+
+                if (!sep)
+                        return;
+                n = (size_t) (sep - p);
+                /* p..sep is a candidate name, optionally quoted */
+                if (n > 2 && p[0] == '\'' && sep[-1] == '\'') {
+                        if (strncmp(sep + 2, p + 1, n - 2) == 0 && strncmp(sep + 2 + n - 2, ": ", 2) == 0) {
+                                memmove(sep + 2, sep + 2 + n, strlen(sep + 2 + n) + 1);
+                                return;
+                        }
+                } else if (n > 0 && strncmp(sep + 2, p, n) == 0 && strncmp(sep + 2 + n, ": ", 2) == 0) {
+                        memmove(sep + 2, sep + 4 + n, strlen(sep + 4 + n) + 1);
+                        return;
+                }
+                /* next candidate starts after the next space */
+                p = strchr(p, ' ');
+                if (!p)
+                        return;
+        }
+}
+
 static void log_va(const char *prefix, const char *fmt, va_list ap) {
         int saved_errno = errno;
+        char *msg = NULL;
 
         fflush(stdout);
         errno = saved_errno;   /* for %m */
         fputs(PROGRAM_NAME ": ", stderr);
         fputs(prefix, stderr);
-        vfprintf(stderr, fmt, ap);
+        if (vasprintf(&msg, fmt, ap) < 0) {
+                fputs("(out of memory)\n", stderr);
+                return;
+        }
+        drop_repeated_name(msg);
+        fputs(msg, stderr);
         fputc('\n', stderr);
+        free(msg);
 }
 
 void log_error(const char *fmt, ...) {
@@ -87,8 +121,9 @@ int parse_size(const char *s, uint64_t *ret) {
                 if (!isxdigit((unsigned char) *p))
                         return -EINVAL;
                 for (; isxdigit((unsigned char) *p); p++) {
-                        unsigned d = isdigit((unsigned char) *p) ? (unsigned) (*p - '0')
-                                                                 : (unsigned) (tolower((unsigned char) *p) - 'a' + 10);
+                        unsigned d = isdigit((unsigned char) *p)
+                                             ? (unsigned) (*p - '0')
+                                             : (unsigned) (tolower((unsigned char) *p) - 'a' + 10);
                         if (MUL_OVERFLOW(integer, 16, &integer) || ADD_OVERFLOW(integer, d, &integer))
                                 return -ERANGE;
                 }
@@ -530,7 +565,9 @@ int same_file(const char *a, const char *b) {
 }
 
 bool cache_mode_valid(const char *mode) {
-        static const char *const modes[] = { "none", "off", "writeback", "writethrough", "directsync", "unsafe" };
+        static const char *const modes[] = {
+                "none", "off", "writeback", "writethrough", "directsync", "unsafe",
+        };
 
         for (size_t i = 0; i < ELEMENTSOF(modes); i++)
                 if (streq(mode, modes[i]))

@@ -14,7 +14,6 @@
 #include <errno.h>
 #include <string.h>
 
-#include "config.h"
 #include "img.h"
 
 typedef struct Command {
@@ -39,7 +38,7 @@ static const Command commands[] = {
 };
 
 void print_help(void) {
-        printf("vdisk-img version " VDISK_VERSION " (libvdisk %s)\n"
+        printf("vdisk-img version %s\n"
                "usage: " PROGRAM_NAME " [-h | -V] command [command options]\n"
                "Virtual disk image utility, command-line compatible with qemu-img\n"
                "\n"
@@ -50,8 +49,9 @@ void print_help(void) {
                "  check [-q] [-f fmt] [--output=ofmt] [-r [leaks | all]] [-U] filename\n"
                "  commit [-q] [-f fmt] [-b base] [-d] [-p] filename\n"
                "  compare [-f fmt] [-F fmt] [-p] [-q] [-s] [-U] filename1 filename2\n"
-               "  convert [-U] [-p] [-q] [-n] [--target-is-zero] [-f fmt] [-O output_fmt] [-B backing_file [-F backing_fmt]]\n"
-               "          [-o options] [-S sparse_size] filename output_filename\n"
+               "  convert [-U] [-p] [-q] [-n] [--target-is-zero] [-f fmt] [-O output_fmt]\n"
+               "          [-B backing_file [-F backing_fmt]] [-o options] [-S sparse_size]\n"
+               "          filename output_filename\n"
                "  create [-q] [-f fmt] [-b backing_file [-F backing_fmt]] [-u] [-o options] filename [size]\n"
                "  info [-f fmt] [--output=ofmt] [--backing-chain] [-U] filename\n"
                "  map [-f fmt] [--start-offset=offset] [--max-length=len] [--output=ofmt] [-U] filename\n"
@@ -92,8 +92,9 @@ void print_help(void) {
         printf("\n");
 }
 
+/* vdisk-img is built with libvdisk and versioned with it. */
 static void print_version(void) {
-        printf("vdisk-img version " VDISK_VERSION " (libvdisk %s)\n", vdisk_version());
+        printf("vdisk-img version %s\n", vdisk_version());
 }
 
 int main(int argc, char **argv) {

@@ -3,6 +3,8 @@
  * RAW: hard disks, floppies and ISO images: the file is the disk.
  *
  * Spec: none (VirtualBox RAW.cpp behaviour, FORMATS.md §3.1).
+ * Size: the file size rounded up to 512 bytes (as qemu-img reports raw files);
+ * the tail past the end of the file reads as zeros.
  * Supported: read, write, create (sparse: the file is extended, never filled),
  * discard (punches holes), resize grow and shrink. No UUIDs, comment or
  * stored geometry: the getters report -EOPNOTSUPP, as VirtualBox does.
@@ -34,11 +36,22 @@ static int raw_probe(const uint8_t *head, size_t head_len, const uint8_t *tail, 
         return 1;
 }
 
+/* The disk size is the file size rounded up to a sector, as qemu-img reports
+ * it; the bytes past the end of the file read as zeros and a write there
+ * extends the file. */
 static int raw_open(void *st, vdisk_io *io, int writable) {
         raw_state *s = st;
+        uint64_t size;
+        int r;
 
         s->io = io;
-        return io_get_size(io, &s->size);
+        r = io_get_size(io, &size);
+        if (r < 0)
+                return r;
+        if (size > UINT64_MAX - VDISK_SECTOR_SIZE)
+                return vdisk_error(-EFBIG, "raw: file too large");
+        s->size = ALIGN_UP(size, (uint64_t) VDISK_SECTOR_SIZE);
+        return 0;
 }
 
 static int raw_create(void *st, vdisk_io *io, const create_params *p) {

@@ -340,9 +340,12 @@ int disk_create_diff(vdisk_disk *d, vdisk_io *io, const char *format, const vdis
         r = image_flush(parent);
         if (r < 0)
                 return r;
-        r = create_params_from(opts, parent->size, &p);
+        r = create_params_from(opts, opts && opts->size >= sizeof(vdisk_create_opts) && opts->diff_size ?
+                                             opts->diff_size : parent->size, &p);
         if (r < 0)
                 return r;
+        if (p.size > ((uint64_t) 1 << 62))
+                return vdisk_error(-EINVAL, "invalid image size %" PRIu64, p.size);
         p.image_flags |= VDISK_IMAGE_FLAGS_DIFF;
         p.image_flags &= ~VDISK_IMAGE_FLAGS_FIXED;
         memcpy(p.parent_uuid, pm.uuid, 16);

@@ -3,11 +3,48 @@
  * non-raw score wins. Raw matches anything, so it is chosen only when the
  * caller allows it, and then the caller is told that it was a guess. */
 #include <stdlib.h>
+#include <string.h>
 
 #include "core/core.h"
 
 #define PROBE_HEAD (64u * 1024)
 #define PROBE_TAIL 1024u
+
+/* Signatures of formats this build has no backend for. A file that carries
+ * one is not guessed as raw: reading a qcow2 file as a raw disk, or letting a
+ * "raw" resize cut it, would be wrong. */
+static const struct {
+        const char *name;
+        size_t offset;          /* from the start; SIZE_MAX: 512 bytes before the end */
+        const char *magic;
+        size_t len;
+} foreign[] = {
+        { "qcow/qcow2", 0, "QFI\xfb", 4 },
+        { "QED", 0, "QED\0", 4 },
+        { "VMDK", 0, "KDMV", 4 },
+        { "VMDK", 0, "COWD", 4 },
+        { "VMDK", 0, "# Disk DescriptorFile", 21 },
+        { "VHD", 0, "conectix", 8 },
+        { "VHD", SIZE_MAX, "conectix", 8 },
+        { "VHDX", 0, "vhdxfile", 8 },
+        { "Parallels", 0, "WithoutFreeSpace", 16 },
+        { "Parallels", 0, "WithouFreSpacExt", 16 },
+        { "DMG", SIZE_MAX, "koly", 4 },
+        { "Bochs", 0, "Bochs Virtual HD Image", 22 },
+        { "LUKS", 0, "LUKS\xba\xbe", 6 },
+};
+
+static const char *foreign_format(const uint8_t *head, size_t head_len, const uint8_t *tail, size_t tail_len) {
+        for (size_t i = 0; i < ELEMENTSOF(foreign); i++) {
+                if (foreign[i].offset == SIZE_MAX) {
+                        if (tail_len >= 512 && memcmp(tail + tail_len - 512, foreign[i].magic, foreign[i].len) == 0)
+                                return foreign[i].name;
+                } else if (head_len >= foreign[i].offset + foreign[i].len &&
+                           memcmp(head + foreign[i].offset, foreign[i].magic, foreign[i].len) == 0)
+                        return foreign[i].name;
+        }
+        return NULL;
+}
 
 int probe_backend(vdisk_io *io, const char *name, int allow_raw, const vdisk_backend **ret,
                   int *ret_guessed_raw) {
@@ -52,6 +89,10 @@ int probe_backend(vdisk_io *io, const char *name, int allow_raw, const vdisk_bac
                 return 0;
         }
         /* Raw is the last resort; optical images are positively identified. */
+        if (foreign_format(head, head_len, tail, tail_len))
+                return vdisk_error(-EOPNOTSUPP, "%s: a %s image, a format this version of vdisk cannot read yet "
+                                   "(give -f raw to treat the file as a raw disk)",
+                                   io->name, foreign_format(head, head_len, tail, tail_len));
         if (allow_raw) {
                 int score = backend_raw.probe(head, head_len, tail, tail_len, size, name);
                 *ret = &backend_raw;

@@ -72,6 +72,27 @@ static int copy_defined(vdisk_disk *d, unsigned lo, unsigned hi, unsigned target
         return 0;
 }
 
+/* Makes the ranges of [offset, end) that image `level` does not define read
+ * zeros in it, as they read now, before `below` shows through them. */
+static int shadow_unallocated(vdisk_disk *d, unsigned level, int below, uint64_t offset, uint64_t end) {
+        int r;
+
+        while (offset < end) {
+                vdisk_extent e;
+
+                r = rw_status(d, level, level, offset, end - offset, &e);
+                if (r < 0)
+                        return r;
+                if (e.depth < 0) {
+                        r = rw_write_zeroes(d, level, below, offset, e.length);
+                        if (r < 0)
+                                return r;
+                }
+                offset += e.length;
+        }
+        return 0;
+}
+
 static int collect_names(vdisk_disk *d, unsigned lo, unsigned hi, char ***ret) {
         char **v;
 
@@ -136,20 +157,31 @@ int vdisk_merge(vdisk_disk *d, unsigned from, unsigned to, vdisk_progress *p, ch
                 if (from + 1 < d->n && !d->images[from + 1]->writable)
                         return vdisk_error(-EROFS, "%s: image is read-only (needed to relink it)",
                                            vdisk_io_name(d->images[from + 1]->io));
-                /* `to` takes `from`'s size. Growing adds unallocated blocks;
-                 * shrinking only drops what no image of the chain shows
-                 * (reads past `from`'s end are zeros), so both are invisible
-                 * until the relink below. */
-                if (d->images[to]->size != size) {
+                /* `to` grows to `from`'s size if it is smaller (the new
+                 * range reads zeros: where `to`'s parent has data there, it
+                 * gets zero blocks). It never shrinks: its data past `from`'s
+                 * end is nobody's to drop (VDMerge does not shrink either).
+                 * Where that data would now show through to the images above
+                 * `from`, which read zeros there before, they get zero blocks. */
+                if (d->images[to]->size < size) {
                         uint64_t old = d->images[to]->size;
 
                         r = resize_image(d, to, size);
                         if (r < 0)
                                 return r;
-                        /* The old chain read zeros past `to`'s end: keep it so
-                         * where `to`'s parent has data there. */
-                        if (size > old && to > 0) {
+                        if (to > 0) {
                                 r = rw_write_zeroes(d, to, (int) to - 1, old, size - old);
+                                if (r < 0)
+                                        return r;
+                        }
+                } else if (d->images[to]->size > size && from + 1 < d->n) {
+                        vdisk_image *child = d->images[from + 1];
+
+                        if (child->size > size) {
+                                r = shadow_unallocated(d, from + 1, (int) to, size,
+                                                       MIN(child->size, d->images[to]->size));
+                                if (r >= 0)
+                                        r = image_flush(child);
                                 if (r < 0)
                                         return r;
                         }

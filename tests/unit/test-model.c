@@ -399,6 +399,22 @@ static void do_merge(run *s) {
         vdisk_strv_free(removed);
         memcpy(s->ios, keep, sizeof keep[0] * k);
         s->n = k;
+        /* A forward merge of the top into a larger ancestor never shrinks the
+         * ancestor (its data past the old top's end stays, as VDMerge does):
+         * the disk takes the ancestor's size, and that tail is the ancestor's
+         * own data, unknown to the model. Adopt it. */
+        if (from > to && to == s->n - 1 && vdisk_disk_size(s->d) > s->size) {
+                uint64_t grown = vdisk_disk_size(s->d), at = s->size;
+
+                ASSERT(grown <= s->cfg->max_size);
+                note(s, "merge grew the disk from %" PRIu64 " to %" PRIu64 " bytes", s->size, grown);
+                while (at < grown) {
+                        size_t n = (size_t) MIN(grown - at, (uint64_t) 1 << 20);
+                        ASSERT_OK(vdisk_disk_read(s->d, s->model + at, n, at));
+                        at += n;
+                }
+                s->size = grown;
+        }
         set_context(s);
         verify_chain(s);
         ASSERT(!vdisk_disk_readonly(s->d));

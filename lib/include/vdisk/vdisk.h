@@ -275,6 +275,10 @@ typedef struct vdisk_create_opts {
         /* Format-specific "-o key=value" pairs, NULL-terminated alternating array
          * (qemu-img's names; unknown keys are -EINVAL). */
         const char *const *options;
+        /* vdisk_disk_create_diff only: the new image's virtual size; 0 = the
+         * parent's. Past the parent's end a larger child reads zeros; a
+         * smaller child simply shows less of its parent. */
+        uint64_t diff_size;
 } vdisk_create_opts;
 
 /* VDCreateBase: creates a new base image of `size` bytes on io (which must be
@@ -404,7 +408,9 @@ int vdisk_copy(vdisk_disk *src, vdisk_disk *dst, vdisk_io *dst_io, const char *f
  * descendant for the blocks it lacks; `to` takes over the parent link of `from`.
  * *ret_removed (may be NULL) gets the names of the images that left the chain
  * (NULL-terminated, free with vdisk_strv_free). Every intermediate state on disk
- * is a valid chain. */
+ * is a valid chain. Sizes: a forward merge grows `to` to `from`'s size when it
+ * is smaller and never shrinks it, so merging the top into a larger ancestor
+ * leaves a disk of the ancestor's size (as VDMerge does). */
 int vdisk_merge(vdisk_disk *d, unsigned from, unsigned to, vdisk_progress *p, char ***ret_removed);
 void vdisk_strv_free(char **strv);
 
