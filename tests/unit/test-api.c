@@ -356,7 +356,8 @@ static void test_vdi_metadata(void) {
         assert_meta_equal(&after, &m);
 
         /* clearing ZERO_EXPAND persists too; read-only images refuse setters */
-        ASSERT_OK(vdisk_image_set_flags(vdisk_disk_image(d, 0), m.flags & ~(uint32_t) VDISK_IMAGE_FLAGS_ZERO_EXPAND));
+        ASSERT_OK(vdisk_image_set_flags(vdisk_disk_image(d, 0),
+                                        m.flags & ~(uint32_t) VDISK_IMAGE_FLAGS_ZERO_EXPAND));
         d = vdisk_disk_unref(d);
         d = disk_new();
         ASSERT_OK(vdisk_disk_open(d, io, "vdi", VDISK_OPEN_READONLY | VDISK_OPEN_SKIP_CHECKS));

@@ -140,8 +140,9 @@ static void verify_allowed(vdisk_disk *d, const allowed *a, const char *what) {
                 for (size_t i = 0; i < n; i += 512) {
                         uint64_t sec = (off + i) / 512;
                         if (!vset_has(&a->s[sec], hash64(buf + i, 512)))
-                                FAIL("%s: sector %" PRIu64 " (offset 0x%" PRIx64 ", block %" PRIu64 ") holds "
-                                     "neither its durable content nor a later version (%u allowed; it %s zeros)",
+                                FAIL("%s: sector %" PRIu64 " (offset 0x%" PRIx64 ", block %" PRIu64
+                                     ") holds neither its durable content nor a later version "
+                                     "(%u allowed; it %s zeros)",
                                      what, sec, off + i, (off + i) / BLOCK, a->s[sec].n,
                                      buf_is_zero(buf + i, 512) ? "reads" : "does not read");
                 }
@@ -531,7 +532,8 @@ static void build_repair(scenario *sc) {
         free(bytes);
         if (rep.corruptions > 1 || rep.leaks == 0) {
                 print_check_messages(&rep);
-                FAIL("an image with a leaked slot: check reports %" PRIu64 " corruptions and %" PRIu64 " leaks, "
+                FAIL("an image with a leaked slot: check reports %" PRIu64 " corruptions and %" PRIu64
+                     " leaks, "
                      "expected at most 1 (the count mismatch) and at least 1", rep.corruptions, rep.leaks);
         }
         vdisk_check_report_clear(&rep);
@@ -596,7 +598,8 @@ static void check_crashed(vdisk_disk *d, unsigned index, vdisk_io *io, const cha
         vdi_map_analyse(&h, len, &st);
         if (st.out_of_range || st.duplicates)
                 FAIL("%s: image %u: %" PRIu32 " map entries at or above the allocated count %" PRIu32
-                     ", %" PRIu32 " duplicated (our own parse)", what, index, st.out_of_range, h.blocks_allocated,
+                     ", %" PRIu32 " duplicated (our own parse)", what, index, st.out_of_range,
+                     h.blocks_allocated,
                      st.duplicates);
 
         check_image_report(d, index, &rep);
@@ -775,7 +778,7 @@ static uint8_t *g_model;
 static allowed g_allowed;
 
 /* Runs the scenario with a fault; returns the writes the fault io saw during
- * the operation. */
+ * the operation and the close after it. */
 static uint64_t run_case(scenario *sc, vdisk_fault_kind kind, uint64_t after) {
         vdisk_fault f = { .size = sizeof f, .kind = kind, .after = after, .fail_flush = 1 };
         vdisk_io *inner[3], *ios[3], *fio = NULL, *post[3];
@@ -813,13 +816,16 @@ static uint64_t run_case(scenario *sc, vdisk_fault_kind kind, uint64_t after) {
                         FAIL("%s: the operation failed without a fault: %d (%s)", what, r, strerror(-r));
                 test_check_clean_error(__FILE__, __LINE__, what, r);
                 if (r != want)
-                        FAIL("%s: the operation failed with %d (%s), expected %d (%s)", what, r, strerror(-r),
+                        FAIL("%s: the operation failed with %d (%s), expected %d (%s)", what, r,
+                             strerror(-r),
                              want, strerror(-want));
         } else if (fired)
                 FAIL("%s: the fault fired but the operation reported success", what);
         else if (kind == VDISK_FAULT_NONE && sc->after_success)
                 sc->after_success(sc, &w);
+        /* closing may write too (a cut there counts as well) */
         w.d = vdisk_disk_unref(w.d);
+        writes = MAX(writes, vdisk_io_fault_writes(fio));
 
         for (unsigned i = 0; i < sc->n; i++)
                 post[i] = inner[i];
@@ -927,7 +933,9 @@ static void test_copy_faults(void) {
         content = disk_read_all(sd, &size);
 
         for (int pass = 0; pass < 3; pass++) {
-                vdisk_fault_kind kind = pass == 0 ? VDISK_FAULT_NONE : pass == 1 ? VDISK_FAULT_EIO : VDISK_FAULT_ENOSPC;
+                vdisk_fault_kind kind = pass == 0   ? VDISK_FAULT_NONE
+                                        : pass == 1 ? VDISK_FAULT_EIO
+                                                    : VDISK_FAULT_ENOSPC;
                 uint64_t last = pass == 0 ? 0 : w;
 
                 for (uint64_t n = 0; n <= last; n++) {
@@ -936,7 +944,8 @@ static void test_copy_faults(void) {
                         vdisk_disk *dd = disk_new();
                         int ret;
 
-                        test_set_context("copy to a destination with %s after %" PRIu64 " writes", kind_name(kind), n);
+                        test_set_context("copy to a destination with %s after %" PRIu64 " writes",
+                                         kind_name(kind), n);
                         ASSERT_OK(vdisk_io_new_fault(dinner, &f, &dio));
                         ret = vdisk_copy(sd, dd, dio, "vdi", &o, NULL);
                         if (ret < 0) {
@@ -1027,7 +1036,8 @@ int main(int argc, char **argv) {
         }
         if (!matched)
                 FAIL("no scenario named \"%s\"", only);
-        printf("%" PRIu64 " fault runs, %" PRIu64 " resulting images verified (%" PRIu64 " with the count ahead "
+        printf("%" PRIu64 " fault runs, %" PRIu64 " resulting images verified (%" PRIu64
+               " with the count ahead "
                "of the map, %" PRIu64 " with leaks), %" PRIu64 " qemu-img checks\n",
                stats.cases, stats.images, stats.count_ahead, stats.leaky, stats.qemu_runs);
         allowed_free(&g_allowed);

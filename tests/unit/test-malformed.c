@@ -300,7 +300,8 @@ static outcome try_vdi(const char *label, const uint8_t *bytes, size_t len, unsi
         if (o.open_r < 0) {
                 test_check_clean_error(__FILE__, __LINE__, label, o.open_r);
                 if (mode & MUST_OPEN)
-                        FAIL("%s: a valid image failed to open: %d (%s)", label, o.open_r, strerror(-o.open_r));
+                        FAIL("%s: a valid image failed to open: %d (%s)", label, o.open_r,
+                             strerror(-o.open_r));
                 n_refused++;
                 goto out;
         }
@@ -387,7 +388,8 @@ static outcome try_vdi(const char *label, const uint8_t *bytes, size_t len, unsi
                                      "reports no corruption", label);
                         if ((mode & MUST_OPEN) && (rep.corruptions || rep.leaks || rep.check_errors)) {
                                 print_check_messages(&rep);
-                                FAIL("%s: check of a valid image: %" PRIu64 " corruptions, %" PRIu64 " leaks",
+                                FAIL("%s: check of a valid image: %" PRIu64 " corruptions, %" PRIu64
+                                     " leaks",
                                      label, rep.corruptions, rep.leaks);
                         }
                 }
@@ -529,7 +531,8 @@ static void try_truncated(const sample *s, size_t len) {
 static void test_truncation(const sample *s) {
         static const size_t fields[] = {
                 0, VDI_OFF_SIGNATURE, VDI_OFF_VERSION, VDI_OFF_HEADER_SIZE, VDI_OFF_TYPE, VDI_OFF_FLAGS,
-                VDI_OFF_COMMENT, VDI_OFF_BLOCKS_OFFSET, VDI_OFF_DATA_OFFSET, VDI_OFF_CYLINDERS, VDI_OFF_HEADS,
+                VDI_OFF_COMMENT, VDI_OFF_BLOCKS_OFFSET, VDI_OFF_DATA_OFFSET, VDI_OFF_CYLINDERS,
+                VDI_OFF_HEADS,
                 VDI_OFF_SECTORS, VDI_OFF_SECTOR_SIZE, VDI_OFF_DUMMY, VDI_OFF_DISK_SIZE, VDI_OFF_BLOCK_SIZE,
                 VDI_OFF_BLOCK_EXTRA, VDI_OFF_BLOCKS, VDI_OFF_BLOCKS_ALLOCATED, VDI_OFF_UUID_CREATE,
                 VDI_OFF_UUID_MODIFY, VDI_OFF_UUID_LINKAGE, VDI_OFF_UUID_PARENT_MODIFY, VDI_OFF_LCHS,
@@ -822,7 +825,9 @@ static void cand_make(cand *c, const sample *s, unsigned id, const uint8_t *pare
 }
 
 static int open_chain(resolver_ctx *ctx, vdisk_io *top, vdisk_disk **ret) {
-        vdisk_resolver_ops ops = { .size = sizeof ops, .open_name = res_open_name, .find_uuid = res_find_uuid };
+        vdisk_resolver_ops ops = {
+                .size = sizeof ops, .open_name = res_open_name, .find_uuid = res_find_uuid,
+        };
         vdisk_resolver *r = NULL;
         vdisk_disk *d = disk_new();
         int ret_r;
@@ -929,7 +934,8 @@ static void test_chains(void) {
                         ASSERT_OK(r);
                 else {
                         if (r != -ELOOP && r != -E2BIG)
-                                FAIL("opening image %u by hand returned %d, expected -E2BIG or -ELOOP", i + 1, r);
+                                FAIL("opening image %u by hand returned %d, expected -E2BIG or -ELOOP",
+                                     i + 1, r);
                         test_check_clean_error(__FILE__, __LINE__, "open of image 65", r);
                 }
         }
@@ -1085,7 +1091,8 @@ int main(int argc, char **argv) {
         fuzz(&small, seed, iterations);
         fuzz(&big, seed + 1, iterations / 6);
 
-        printf("test-malformed: %u cases, %u opened, %u read in full, %u refused at open\n", n_cases, n_opened,
+        printf("test-malformed: %u cases, %u opened, %u read in full, %u refused at open\n", n_cases,
+               n_opened,
                n_read_ok, n_refused);
         free(big.bytes);
         free(small.bytes);

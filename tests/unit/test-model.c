@@ -459,7 +459,8 @@ static void do_compact(run *s) {
         vdi_map_analyse(&h, len, &st);
         if (len > vdi_slot_offset(&h, st.referenced))
                 FAIL("compacted image %u holds %zu bytes, more than header + map + %" PRIu32
-                     " live blocks (%" PRIu64 ")", idx, len, st.referenced, vdi_slot_offset(&h, st.referenced));
+                     " live blocks (%" PRIu64 ")", idx, len, st.referenced,
+                     vdi_slot_offset(&h, st.referenced));
 }
 
 static void do_resize(run *s) {
@@ -514,7 +515,8 @@ static void do_resize(run *s) {
                 set_context(s);
                 r = vdisk_resize(s->d, new_size, NULL);
                 if (r < 0)
-                        FAIL("shrinking 0x%" PRIx64 " -> 0x%" PRIx64 " (the tail reads zeros) failed: %d (%s)",
+                        FAIL("shrinking 0x%" PRIx64 " -> 0x%" PRIx64 " (the tail reads zeros) failed: "
+                             "%d (%s)",
                              old, new_size, r, strerror(-r));
                 s->size = new_size;
                 s->shrinks_done++;
