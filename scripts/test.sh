@@ -61,6 +61,26 @@ else
     echo "sanitizer build failed"
     failed=$((failed + 1))
 fi
+# Fuzzing, briefly: the libFuzzer harness over a seed corpus for 60 s.
+if command -v clang >/dev/null && CC=clang build build-fuzz -Dfuzzing=true -Db_sanitize=address,undefined \
+        -Db_lundef=false; then
+    corpus=$(mktemp -d)
+    tests/fuzz/make-seeds.sh "$corpus/seeds"
+    mkdir -p "$corpus/work"
+    if (cd "$corpus" && "$top/build-fuzz/tests/fuzz/fuzz-image" -max_total_time=60 -rss_limit_mb=1024 \
+            -malloc_limit_mb=96 -print_final_stats=1 work seeds > fuzz.log 2>&1); then
+        echo "fuzz-image: $(grep -o 'Done [0-9]* runs' "$corpus/fuzz.log"), no crash"
+        passed=$((passed + 1))
+    else
+        tail -n 40 "$corpus/fuzz.log"
+        echo "fuzz-image: FAILED (artifacts in $corpus)"
+        failed=$((failed + 1))
+    fi
+    [ "$failed" -eq 0 ] && rm -rf "$corpus"
+else
+    echo "fuzz build failed"
+    failed=$((failed + 1))
+fi
 rm -rf "$logs"
 
 echo

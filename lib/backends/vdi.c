@@ -39,9 +39,10 @@
  *   - Corrupt map entries (out of range, or a slot used by two blocks) do not
  *     stop open, so that check and repair can run: reads of those blocks fail
  *     with -EUCLEAN and no block is allocated until the image is repaired.
- *   - A cbDisk that is not a multiple of 512 (VBoxManage convertfromraw makes
- *     them; VirtualBox refuses them) is read rounded up, like qemu does, and
- *     reported as a corruption by check; repair rounds it.
+ *   - A cbDisk that is not a multiple of 512 (VBoxManage convertfromraw has
+ *     made them; VirtualBox refuses such sizes on create and resize, and its
+ *     repair rounds them) is read rounded up, like qemu does, and reported as
+ *     a corruption by check; repair rounds it.
  *   - UUIDs are the 16 bytes of the file (RTUUID layout), untouched.
  *
  * Threads: none of its own; the core serializes every call on an image.
@@ -314,15 +315,16 @@ static int vdi_header_parse(const uint8_t *raw, uint64_t file_size, vdi_header *
                 get_geometry(raw + OFF_LCHS, &h.lchs);
 
         if (sector != VDI_SECTOR)
-                return vdisk_error(-EOPNOTSUPP, "vdi: sector size %" PRIu32 " is not supported (512)", sector);
+                return vdisk_error(-EOPNOTSUPP, "vdi: sector size %" PRIu32 " is not supported (512)",
+                                   sector);
         if (h.block_size < VDI_SECTOR || !IS_POWER_OF_2(h.block_size))
                 return vdisk_error(-EUCLEAN, "vdi: invalid block size %" PRIu32, h.block_size);
         if (h.block_size > VDI_BLOCK_MAX)
                 return vdisk_error(-EOPNOTSUPP, "vdi: block size %" PRIu32 " is above the 64 MiB we support",
                                    h.block_size);
         if (block_extra != 0)
-                return vdisk_error(-EOPNOTSUPP, "vdi: per-block extra data (%" PRIu32 " bytes) is not supported",
-                                   block_extra);
+                return vdisk_error(-EOPNOTSUPP, "vdi: per-block extra data (%" PRIu32 " bytes) "
+                                   "is not supported", block_extra);
         if (h.off_blocks % VDI_SECTOR != 0 || h.off_data % VDI_SECTOR != 0)
                 return vdisk_error(-EUCLEAN, "vdi: block map offset %" PRIu32 " or data offset %" PRIu32
                                    " is not sector-aligned", h.off_blocks, h.off_data);
@@ -337,14 +339,16 @@ static int vdi_header_parse(const uint8_t *raw, uint64_t file_size, vdi_header *
         n_blocks = h.disk_size / h.block_size + (h.disk_size % h.block_size != 0);
         if (n_blocks != h.n_blocks)
                 return vdisk_error(-EUCLEAN, "vdi: block count %" PRIu32 " does not match the disk size %"
-                                   PRIu64 " with %" PRIu32 "-byte blocks", h.n_blocks, h.disk_size, h.block_size);
+                                   PRIu64 " with %" PRIu32 "-byte blocks",
+                                   h.n_blocks, h.disk_size, h.block_size);
 
         r = blockmap_table_size(h.n_blocks, BLOCKMAP_LE32, &map_bytes);
         if (r < 0)
                 return vdisk_error(r, "vdi: block map of %" PRIu32 " entries exceeds 64 MiB", h.n_blocks);
         if ((uint64_t) h.off_blocks + (uint64_t) h.n_blocks * 4 > h.off_data)
                 return vdisk_error(-EUCLEAN, "vdi: block map (%" PRIu32 " entries at %" PRIu32
-                                   ") overlaps the data area at %" PRIu32, h.n_blocks, h.off_blocks, h.off_data);
+                                   ") overlaps the data area at %" PRIu32,
+                                   h.n_blocks, h.off_blocks, h.off_data);
 
         *ret = h;
         return 0;
@@ -811,7 +815,8 @@ static int vdi_parse_options(const char *const *o, bool *fixed) {
 
 static int vdi_create(void *state, vdisk_io *io, const create_params *p) {
         vdi_state *s = state;
-        bool fixed = p->image_flags & VDISK_IMAGE_FLAGS_FIXED, diff = p->image_flags & VDISK_IMAGE_FLAGS_DIFF;
+        bool fixed = p->image_flags & VDISK_IMAGE_FLAGS_FIXED;
+        bool diff = p->image_flags & VDISK_IMAGE_FLAGS_DIFF;
         uint32_t bs = p->block_size ?: VDI_BLOCK_DEFAULT;
         uint64_t n_blocks, map_bytes, off_data, data_end;
         vdi_header h = {};
@@ -824,7 +829,8 @@ static int vdi_create(void *state, vdisk_io *io, const create_params *p) {
         r = vdi_parse_options(p->options, &fixed);
         if (r < 0)
                 return r;
-        if (p->image_flags & ~(VDISK_IMAGE_FLAGS_ZERO_EXPAND | VDISK_IMAGE_FLAGS_FIXED | VDISK_IMAGE_FLAGS_DIFF))
+        if (p->image_flags & ~(VDISK_IMAGE_FLAGS_ZERO_EXPAND | VDISK_IMAGE_FLAGS_FIXED |
+                               VDISK_IMAGE_FLAGS_DIFF))
                 return vdisk_error(-EOPNOTSUPP, "vdi: image flags %#" PRIx32 " are not supported",
                                    p->image_flags);
         if (fixed && diff)
@@ -1019,7 +1025,8 @@ static int vdi_defrag(vdi_state *s, vdisk_progress *p) {
                 }
                 /* As many holes below n as live slots at or above it. */
                 if (!find_free_slot(s, hole, &dst) || dst >= n)
-                        return vdisk_error(-EUCLEAN, "vdi: defragmenting found no free slot below %" PRIu32, n);
+                        return vdisk_error(-EUCLEAN, "vdi: defragmenting found no free slot below %" PRIu32,
+                                           n);
                 moves[n_moves++] = (vdi_move) { .block = b, .dst = dst };
                 hole = dst + 1;
                 if (n_moves == VDI_MOVE_BATCH) {
@@ -1117,7 +1124,8 @@ static int vdi_plan_relocation(const vdi_state *s, uint32_t new_blocks, uint32_t
                 return r;
         k = DIV_ROUND_UP(map_bytes, (uint64_t) s->h.block_size);
         if ((uint64_t) s->h.off_data + k * s->h.block_size > UINT32_MAX)
-                return vdisk_error(-EFBIG, "vdi: the block map cannot move: the data offset would pass 4 GiB");
+                return vdisk_error(-EFBIG, "vdi: the block map cannot move: "
+                                   "the data offset would pass 4 GiB");
 
         for (uint32_t i = 0; i < s->h.n_blocks; i++)
                 if (bitmap_get(s->slot_used, i)) {
@@ -1551,15 +1559,17 @@ static int vdi_check(void *state, uint32_t flags, vdisk_check_report *rep) {
         count_bad = s->h.n_allocated != s->n_live + duplicates || s->hi > s->h.n_allocated;
         if (s->h.n_allocated != s->n_live + duplicates)
                 check_report_add(rep, "allocated blocks mismatch: the header says %" PRIu32
-                                 ", the map references %" PRIu64, s->h.n_allocated, s->n_live + duplicates);
+                                 ", the map references %" PRIu64,
+                                 s->h.n_allocated, s->n_live + duplicates);
         if (s->hi > s->h.n_allocated)
                 check_report_add(rep, "the map references slot %" PRIu32 ", past the allocated count %"
-                                 PRIu32 ": other writers would allocate over it", s->hi - 1, s->h.n_allocated);
+                                 PRIu32 ": other writers would allocate over it",
+                                 s->hi - 1, s->h.n_allocated);
         if (count_bad)
                 rep->corruptions++;
 
-        /* An odd disk size is read rounded up (like qemu) but VirtualBox
-         * refuses such images: a corruption, fixed by rounding. */
+        /* An odd disk size is read rounded up (like qemu), but VirtualBox
+         * never makes one and its repair rounds it: a corruption here too. */
         size_bad = s->h.disk_size % VDI_SECTOR != 0;
         if (size_bad) {
                 check_report_add(rep, "disk size %" PRIu64 " is not a multiple of 512", s->h.disk_size);
@@ -1573,7 +1583,8 @@ static int vdi_check(void *state, uint32_t flags, vdisk_check_report *rep) {
                         in_file++;
         leaks = file_slots - in_file;
         if (leaks > 0) {
-                check_report_add(rep, "%" PRIu64 " leaked blocks (slots in the file no entry references)", leaks);
+                check_report_add(rep, "%" PRIu64 " leaked blocks (slots in the file no entry references)",
+                                 leaks);
                 rep->leaks += leaks;
         }
         if (s->n_live > in_file)

@@ -1,0 +1,166 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/*
+ * libFuzzer harness: the bytes are an image file. Probe it, open it as every
+ * backend read-only (and writable on a copy), read what it maps as data,
+ * query block status, check it, and write into the writable copy. Nothing
+ * may crash, hang or allocate without bound; errors are fine.
+ */
+#include <errno.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "vdisk/vdisk.h"
+
+#define READ_BUDGET (8u << 20)   /* bytes of data read per input */
+#define FILE_MAX (16u << 20)     /* the writable copy's file may grow to this */
+
+/* A file in memory that cannot grow past FILE_MAX (a write beyond is -ENOSPC,
+ * as on a full disk): a hostile header may legitimately point allocations far
+ * into a sparse file, which a memory buffer cannot hold. */
+typedef struct capped {
+        uint8_t *data;
+        size_t len;
+} capped;
+
+static int capped_pread(void *u, void *buf, size_t len, uint64_t off) {
+        capped *c = u;
+        if (off > c->len || len > c->len - off)
+                return -EIO;
+        memcpy(buf, c->data + off, len);
+        return 0;
+}
+
+static int capped_pwrite(void *u, const void *buf, size_t len, uint64_t off) {
+        capped *c = u;
+        if (off > FILE_MAX || len > FILE_MAX - off)
+                return -ENOSPC;
+        if (off + len > c->len) {
+                uint8_t *p = realloc(c->data, off + len);
+                if (!p)
+                        return -ENOMEM;
+                memset(p + c->len, 0, off + len - c->len);
+                c->data = p;
+                c->len = off + len;
+        }
+        memcpy(c->data + off, buf, len);
+        return 0;
+}
+
+static int capped_flush(void *u) {
+        return 0;
+}
+
+static int capped_get_size(void *u, uint64_t *ret) {
+        *ret = ((capped *) u)->len;
+        return 0;
+}
+
+static int capped_truncate(void *u, uint64_t size) {
+        capped *c = u;
+
+        if (size > FILE_MAX)
+                return -ENOSPC;
+        if (size > c->len) {
+                uint8_t *p = realloc(c->data, (size_t) size);
+                if (!p)
+                        return -ENOMEM;
+                memset(p + c->len, 0, (size_t) size - c->len);
+                c->data = p;
+        }
+        c->len = (size_t) size;
+        return 0;
+}
+
+static void capped_close(void *u) {
+        capped *c = u;
+        free(c->data);
+        free(c);
+}
+
+static const vdisk_io_ops capped_ops = {
+        .size = sizeof(vdisk_io_ops),
+        .pread = capped_pread,
+        .pwrite = capped_pwrite,
+        .flush = capped_flush,
+        .get_size = capped_get_size,
+        .truncate = capped_truncate,
+        .close = capped_close,
+};
+
+static int capped_new(const uint8_t *data, size_t size, vdisk_io **ret) {
+        capped *c = calloc(1, sizeof *c);
+        if (!c)
+                return -ENOMEM;
+        c->data = malloc(size ? size : 1);
+        if (!c->data) {
+                free(c);
+                return -ENOMEM;
+        }
+        memcpy(c->data, data, size);
+        c->len = size;
+        if (vdisk_io_new_ops(&capped_ops, c, "fuzz.img", 0, ret) < 0) {
+                capped_close(c);
+                return -ENOMEM;
+        }
+        return 0;
+}
+#define STATUS_BUDGET 4096       /* block status calls per input */
+
+static void exercise(const uint8_t *data, size_t size, const char *format, int writable) {
+        vdisk_io *io = NULL;
+        vdisk_disk *d = NULL;
+        uint8_t *buf = NULL;
+        uint64_t off = 0, budget = READ_BUDGET, disk_size;
+        int calls = 0;
+
+        if (size > FILE_MAX || capped_new(data, size, &io) < 0)
+                return;
+        if (vdisk_disk_new(&d) < 0)
+                goto out;
+        if (vdisk_disk_open(d, io, format, writable ? 0 : VDISK_OPEN_READONLY | VDISK_OPEN_ALLOW_PROBE_RAW) < 0)
+                goto out;
+        disk_size = vdisk_disk_size(d);
+        buf = malloc(64 * 1024);
+        if (!buf)
+                goto out;
+
+        while (off < disk_size && calls++ < STATUS_BUDGET) {
+                vdisk_extent e;
+
+                if (vdisk_disk_block_status(d, off, disk_size - off, &e) < 0 || e.length == 0)
+                        break;
+                if ((e.flags & VDISK_EXTENT_DATA) && budget > 0) {
+                        size_t n = (size_t) (e.length < 65536 ? e.length : 65536);
+                        if (n > budget)
+                                n = (size_t) budget;
+                        (void) vdisk_disk_read(d, buf, n, off);
+                        budget -= n;
+                }
+                off += e.length;
+        }
+        if (writable && disk_size >= 8192 && size < (1u << 20)) {
+                memset(buf, 0x5a, 4096);
+                (void) vdisk_disk_write(d, buf, 4096, 0);
+                (void) vdisk_disk_write(d, buf, 4096, disk_size - 4096);
+                (void) vdisk_disk_discard(d, 0, 4096);
+                (void) vdisk_disk_flush(d);
+        }
+        {
+                vdisk_check_report rep = { .size = sizeof rep };
+                (void) vdisk_check(d, vdisk_disk_count(d) - 1, 0, &rep, NULL);
+                vdisk_check_report_clear(&rep);
+        }
+out:
+        free(buf);
+        vdisk_disk_unref(d);
+        vdisk_io_unref(io);
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
+        exercise(data, size, NULL, 0);
+        exercise(data, size, "vdi", 0);
+        exercise(data, size, "vdi", 1);
+        return 0;
+}

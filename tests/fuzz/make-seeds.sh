@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Builds a small seed corpus for fuzz-image in DIR with qemu-img (VDI images
+# with data, zero blocks and holes) and a few raw files.
+set -euo pipefail
+dir=$1
+mkdir -p "$dir"
+cd "$dir"
+command -v qemu-img >/dev/null || exit 0
+qemu-img create -q -f vdi empty.vdi 4M
+qemu-img create -q -f vdi data.vdi 4M
+qemu-io -f vdi -c 'write -P 0x5a 0 64k' -c 'write -z 1M 1M' -c 'write -P 1 3M 4k' data.vdi >/dev/null
+qemu-img create -q -f vdi -o static=on static.vdi 2M
+head -c 4096 /dev/zero > zeros.raw
+printf 'not an image' > text.raw
