@@ -363,9 +363,9 @@ int cmd_resize(int argc, char **argv) {
                 goto finish;
         }
         if (new_size < cur && !shrink) {
-                log_error("Use the --shrink option to perform a shrink operation.");
-                log_warning("Shrinking an image will delete all data beyond the shrunken image's end. "
-                            "Before performing such an operation, make sure there is no important data there.");
+                log_error("%s: %" PRIu64 " bytes is smaller than the image (%" PRIu64 " bytes): "
+                          "give --shrink to shrink it (vdisk-img shrinks only when the part cut off "
+                          "holds no data)", img.filename, new_size, cur);
                 goto finish;
         }
 

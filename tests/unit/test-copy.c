@@ -1,0 +1,194 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/*
+ * vdisk_copy (VDCopyEx): resize on copy, the same-content shortcut for chain
+ * clones, copies into a differencing destination (zeros must shadow the
+ * parent), and sparse output (zero data is never allocated).
+ */
+#include "tests.h"
+
+#define SIZE (8 * MiB)
+
+static vdisk_copy_opts copy_opts(void) {
+        vdisk_copy_opts o = { .size = sizeof o, .create = { .size = sizeof o.create },
+                              .from_same = -1, .to_same = -1 };
+        return o;
+}
+
+static void fill(vdisk_disk *d, uint64_t off, uint64_t len, uint8_t v) {
+        uint8_t *buf = malloc(len);
+
+        ASSERT(buf);
+        memset(buf, v, len);
+        ASSERT_OK(vdisk_disk_write(d, buf, len, off));
+        free(buf);
+}
+
+static uint64_t allocated_bytes(vdisk_disk *d, unsigned depth) {
+        uint64_t off = 0, total = 0, size = vdisk_disk_size(d);
+
+        while (off < size) {
+                vdisk_extent e;
+
+                ASSERT_OK(vdisk_disk_block_status(d, off, size - off, &e));
+                if ((e.flags & VDISK_EXTENT_DATA) && e.depth == (int) depth)
+                        total += e.length;
+                off += e.length;
+        }
+        return total;
+}
+
+static void assert_same_content(vdisk_disk *a, vdisk_disk *b) {
+        uint64_t sa, sb;
+        uint8_t *x = disk_read_all(a, &sa), *y = disk_read_all(b, &sb);
+
+        ASSERT_EQ_U64(sa, sb);
+        ASSERT(memcmp(x, y, sa) == 0);
+        ASSERT(vdisk_compare(a, b, 0, NULL, NULL) == 0);
+        free(x);
+        free(y);
+}
+
+static void test_resize_on_copy(void) {
+        vdisk_disk *src = disk_new(), *dst;
+        vdisk_io *io;
+        vdisk_copy_opts o;
+        uint8_t *buf;
+        uint64_t size;
+
+        io = mem_io("src.vdi", NULL, 0);
+        ASSERT_OK(vdisk_disk_create_base(src, io, "vdi", SIZE, NULL));
+        vdisk_io_unref(io);
+        fill(src, 0, 1 * MiB, 0x11);
+        fill(src, SIZE - 512, 512, 0x22);
+
+        /* grow: the new tail reads zeros */
+        o = copy_opts();
+        o.new_size = 2 * SIZE;
+        dst = disk_new();
+        io = mem_io("grown.vdi", NULL, 0);
+        ASSERT_OK(vdisk_copy(src, dst, io, "vdi", &o, NULL));
+        vdisk_io_unref(io);
+        buf = disk_read_all(dst, &size);
+        ASSERT_EQ_U64(size, 2 * SIZE);
+        ASSERT(buf[0] == 0x11 && buf[SIZE - 1] == 0x22 && buf_is_zero(buf + SIZE, SIZE));
+        free(buf);
+        vdisk_disk_unref(dst);
+
+        /* shrink: a prefix */
+        o = copy_opts();
+        o.new_size = SIZE / 2;
+        dst = disk_new();
+        io = mem_io("prefix.raw", NULL, 0);
+        ASSERT_OK(vdisk_copy(src, dst, io, "raw", &o, NULL));
+        vdisk_io_unref(io);
+        buf = disk_read_all(dst, &size);
+        ASSERT_EQ_U64(size, SIZE / 2);
+        ASSERT(buf[0] == 0x11 && buf[MiB] == 0);
+        free(buf);
+        vdisk_disk_unref(dst);
+        vdisk_disk_unref(src);
+}
+
+/* A chain base <- diff is cloned: the destination already holds a copy of the
+ * base, so only what the diff defines is copied into a new diff there. */
+static void test_same_content(void) {
+        vdisk_disk *src = disk_new(), *dst = disk_new(), *base_only = disk_new();
+        vdisk_io *base_io, *diff_io, *io;
+        vdisk_copy_opts o;
+
+        base_io = mem_io("base.vdi", NULL, 0);
+        ASSERT_OK(vdisk_disk_create_base(src, base_io, "vdi", SIZE, NULL));
+        fill(src, 0, 4 * MiB, 0x33);
+        diff_io = mem_io("diff.vdi", NULL, 0);
+        ASSERT_OK(vdisk_disk_create_diff(src, diff_io, "vdi", NULL));
+        fill(src, 1 * MiB, 512, 0x44);          /* one block defined by the diff */
+        ASSERT_OK(vdisk_disk_discard(src, 3 * MiB, 1 * MiB));   /* and one zero block */
+        ASSERT_OK(vdisk_disk_flush(src));
+
+        /* the destination's base: a copy of the source's base */
+        ASSERT_OK(vdisk_disk_open(base_only, base_io, "vdi", VDISK_OPEN_READONLY));
+        io = mem_io("clone-base.vdi", NULL, 0);
+        o = copy_opts();
+        ASSERT_OK(vdisk_copy(base_only, dst, io, "vdi", &o, NULL));
+        vdisk_io_unref(io);
+        vdisk_disk_unref(base_only);
+
+        o = copy_opts();
+        o.from_same = 0;
+        o.to_same = 0;
+        io = mem_io("clone-diff.vdi", NULL, 0);
+        ASSERT_OK(vdisk_copy(src, dst, io, "vdi", &o, NULL));
+        vdisk_io_unref(io);
+        ASSERT_EQ_U64(vdisk_disk_count(dst), 2);
+        assert_same_content(src, dst);
+        /* only the diff's data block was copied into the new diff */
+        ASSERT_EQ_U64(allocated_bytes(dst, 0), 1 * MiB);
+
+        /* out of range same-content indices are refused */
+        o.from_same = 5;
+        io = mem_io("bad.vdi", NULL, 0);
+        ASSERT_FAILS(vdisk_copy(src, dst, io, "vdi", &o, NULL));
+        vdisk_io_unref(io);
+
+        vdisk_io_unref(base_io);
+        vdisk_io_unref(diff_io);
+        vdisk_disk_unref(src);
+        vdisk_disk_unref(dst);
+}
+
+/* A full copy into a destination that already has a different parent: every
+ * zero of the source must shadow the parent's data. */
+static void test_copy_over_parent(void) {
+        vdisk_disk *src = disk_new(), *dst = disk_new();
+        vdisk_io *io;
+        vdisk_copy_opts o = copy_opts();
+
+        io = mem_io("src.vdi", NULL, 0);
+        ASSERT_OK(vdisk_disk_create_base(src, io, "vdi", SIZE, NULL));
+        vdisk_io_unref(io);
+        fill(src, 2 * MiB, 4096, 0x55);
+
+        io = mem_io("other-base.vdi", NULL, 0);
+        ASSERT_OK(vdisk_disk_create_base(dst, io, "vdi", SIZE, NULL));
+        vdisk_io_unref(io);
+        fill(dst, 0, SIZE, 0x77);
+
+        io = mem_io("over.vdi", NULL, 0);
+        ASSERT_OK(vdisk_copy(src, dst, io, "vdi", &o, NULL));
+        vdisk_io_unref(io);
+        ASSERT_EQ_U64(vdisk_disk_count(dst), 2);
+        assert_same_content(src, dst);
+        vdisk_disk_unref(src);
+        vdisk_disk_unref(dst);
+}
+
+/* Zero data in the source is not allocated in the destination. */
+static void test_sparse(void) {
+        vdisk_disk *src = disk_new(), *dst = disk_new();
+        vdisk_io *io;
+        vdisk_copy_opts o = copy_opts();
+
+        io = mem_io("src.vdi", NULL, 0);
+        ASSERT_OK(vdisk_disk_create_base(src, io, "vdi", SIZE, NULL));
+        vdisk_io_unref(io);
+        fill(src, 0, 2 * MiB, 0);          /* allocated, all zeros */
+        fill(src, 5 * MiB + 4096, 4096, 0x66);
+
+        io = mem_io("sparse.vdi", NULL, 0);
+        ASSERT_OK(vdisk_copy(src, dst, io, "vdi", &o, NULL));
+        assert_same_content(src, dst);
+        /* one block allocated; of it only the 4 KiB page was written */
+        ASSERT_EQ_U64(allocated_bytes(dst, 0), 1 * MiB);
+        vdisk_disk_unref(dst);
+        vdisk_io_unref(io);
+        vdisk_disk_unref(src);
+}
+
+int main(void) {
+        test_resize_on_copy();
+        test_same_content();
+        test_copy_over_parent();
+        test_sparse();
+        printf("test-copy: all passed\n");
+        return 0;
+}
