@@ -737,7 +737,8 @@ int cmd_convert(int argc, char **argv) {
         _cleanup_(vdisk_disk_unrefp) vdisk_disk *dst = NULL;
         _cleanup_free_ char **lib_opts = NULL, *backing_path = NULL;
         const vdisk_backend_info *out_info;
-        bool quiet = false, progress = false, no_create = false, target_is_zero = false, created = false;
+        bool quiet = false, progress = false, no_create = false, target_is_zero = false, created = false,
+             unsafe = false;
         uint64_t sparse = 4096, new_size = 0;
         ProgressBar bar = {};
         Img src = {}, existing = {}, parent = {};
@@ -795,6 +796,9 @@ int cmd_convert(int argc, char **argv) {
                                 log_error("Invalid cache option: %s", optarg);
                                 return EXIT_ERROR;
                         }
+                        /* -t unsafe: like qemu-img, the output is not flushed to the disk. */
+                        if (c == 't')
+                                unsafe = streq(optarg, "unsafe");
                         break;
                 case 'm':
                 case 'r':
@@ -954,7 +958,8 @@ int cmd_convert(int argc, char **argv) {
         }
 
         vdisk_clear_error();
-        r = vdisk_io_open_path(out, VDISK_PATH_WRITE | VDISK_PATH_CREATE | VDISK_PATH_TRUNC, &out_io);
+        r = vdisk_io_open_path(out, VDISK_PATH_WRITE | VDISK_PATH_CREATE | VDISK_PATH_TRUNC |
+                               (unsafe ? VDISK_PATH_NOSYNC : 0), &out_io);
         if (r < 0) {
                 progress_bar_done(&bar, false);
                 log_error("%s: Could not create the file: %s", out, error_detail(r));

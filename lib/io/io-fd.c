@@ -162,7 +162,7 @@ static int fd_io_new(int fd, const char *name, uint32_t flags, vdisk_io **ret) {
                 return vdisk_error(-ENOMEM, "out of memory");
         f->fd = fd;
         f->own = 1;
-        r = io_new(&fd_vtable, f, name, flags & VDISK_IO_READONLY, IO_KIND_FD, ret);
+        r = io_new(&fd_vtable, f, name, flags & (VDISK_IO_READONLY | VDISK_IO_NOSYNC), IO_KIND_FD, ret);
         if (r < 0)
                 free(f);
         return r;
@@ -218,7 +218,9 @@ int vdisk_io_open_path(const char *path, uint32_t path_flags, vdisk_io **ret) {
                 return vdisk_error(-EINVAL, "'%s' is not a regular file or block device", path);
         if ((path_flags & VDISK_PATH_TRUNC) && S_ISREG(st.st_mode) && ftruncate(fd, 0) < 0)
                 return vdisk_error(-errno, "Could not truncate '%s': %m", path);
-        r = fd_io_new(fd, path, (path_flags & (VDISK_PATH_WRITE | VDISK_PATH_CREATE)) ? 0 : VDISK_IO_READONLY,
+        r = fd_io_new(fd, path,
+                      ((path_flags & (VDISK_PATH_WRITE | VDISK_PATH_CREATE)) ? 0 : VDISK_IO_READONLY) |
+                      ((path_flags & VDISK_PATH_NOSYNC) ? VDISK_IO_NOSYNC : 0),
                       ret);
         if (r < 0)
                 return r;

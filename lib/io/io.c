@@ -105,7 +105,7 @@ int io_pwrite(vdisk_io *io, const void *buf, size_t len, uint64_t offset) {
 int io_flush(vdisk_io *io) {
         int r;
 
-        if (io->flags & VDISK_IO_READONLY)
+        if (io->flags & (VDISK_IO_READONLY | VDISK_IO_NOSYNC))
                 return 0;
         r = io->vt->flush(io->user);
         if (r < 0)
@@ -274,7 +274,7 @@ int vdisk_io_new_ops(const vdisk_io_ops *ops, void *user, const char *name, uint
         memcpy(&o->ops, ops, MIN(ops->size, sizeof o->ops));
         o->ops.size = sizeof o->ops;
         o->user = user;
-        r = io_new(&ops_vtable, o, name, flags & VDISK_IO_READONLY, IO_KIND_OPS, ret);
+        r = io_new(&ops_vtable, o, name, flags & (VDISK_IO_READONLY | VDISK_IO_NOSYNC), IO_KIND_OPS, ret);
         if (r < 0)
                 free(o);
         return r;

@@ -68,6 +68,8 @@ typedef struct vdisk_io_ops {
 enum {
         VDISK_IO_READONLY = 1u << 0, /* refuse writes with -EROFS */
         VDISK_IO_OWN_FD   = 1u << 1, /* vdisk_io_new_fd: close the fd with the io */
+        VDISK_IO_NOSYNC   = 1u << 2, /* flushes write metadata but never wait for the disk
+                                      * (qemu's cache=unsafe): for throwaway outputs */
 };
 
 /* Flags of vdisk_io_open_path(). */
@@ -76,6 +78,7 @@ enum {
         VDISK_PATH_WRITE  = 1u << 0, /* open read-write */
         VDISK_PATH_CREATE = 1u << 1, /* create; fails with -EEXIST if it exists */
         VDISK_PATH_TRUNC  = 1u << 2, /* with CREATE: replace an existing regular file */
+        VDISK_PATH_NOSYNC = 1u << 3, /* the io gets VDISK_IO_NOSYNC */
 };
 
 /* An io over a file descriptor (must be a regular file or block device). The
