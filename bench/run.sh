@@ -291,10 +291,37 @@ a3_clean() { rm -f "$OUT"; sync; }
 hs() { if (($1 % 1024 == 0)); then echo "$(($1 / 1024))G"; else echo "${1}M"; fi; } # MiB -> text
 tool() { if [[ $1 == vdisk ]]; then echo "$VDISK_IMG"; else echo "$QEMU_IMG"; fi; }
 
+# The same three conversions with the durability made equal. By default
+# vdisk-img flushes its output once at the end (it is durable when the command
+# returns) while qemu-img convert does not flush at all (cache=unsafe). Rows
+# marked "durable" run qemu-img with -t writeback (one flush at the end, like
+# vdisk-img); rows marked "unsafe" run both with -t unsafe (no flush).
+cache_args() { # TOOL MODE -> the -t option for that tool in that mode
+        case "$2" in
+        durable) if [[ $1 == qemu ]]; then echo "-t writeback"; fi ;;
+        unsafe) echo "-t unsafe" ;;
+        esac
+        return 0
+}
+for m in durable unsafe; do
+        eval "a1${m}_prep() { OUT=\$W/a/out-\$1.vdi; CMD=(\"\$(tool \"\$1\")\" convert \$(cache_args \$1 $m) -f raw -O vdi \"\$W/src.raw\" \"\$OUT\"); }"
+        eval "a2${m}_prep() { OUT=\$W/a/out-\$1.raw; CMD=(\"\$(tool \"\$1\")\" convert \$(cache_args \$1 $m) -f vdi -O raw \"\$W/src.vdi\" \"\$OUT\"); }"
+        eval "a3${m}_prep() { OUT=\$W/a/out-\$1.vdi; CMD=(\"\$(tool \"\$1\")\" convert \$(cache_args \$1 $m) -f vdi -O vdi \"\$W/src.vdi\" \"\$OUT\"); }"
+        for k in 1 2 3; do
+                eval "a$k${m}_verify() { a${k}_verify \"\$@\"; }; a$k${m}_clean() { a${k}_clean \"\$@\"; }"
+        done
+done
+
 say "$HEADER"
 run_workload a1 "a. raw->vdi ($(hs $NDATA) data+$(hs $NZERO) 0s)"
 run_workload a2 "a. vdi->raw"
 run_workload a3 "a. vdi->vdi"
+run_workload a1durable "a. raw->vdi, both durable"
+run_workload a2durable "a. vdi->raw, both durable"
+run_workload a3durable "a. vdi->vdi, both durable"
+run_workload a1unsafe "a. raw->vdi, both -t unsafe"
+run_workload a2unsafe "a. vdi->raw, both -t unsafe"
+run_workload a3unsafe "a. vdi->vdi, both -t unsafe"
 
 # --- b: raw->vdi of a disk with scattered 4 KiB writes
 gen small "$W/b/small.raw" $DISK $NSMALL 2

@@ -13,6 +13,7 @@ typedef struct fd_io {
         int fd;
         int own;
         uint64_t unsynced;      /* bytes written since writeback was last started */
+        int nosync;             /* VDISK_IO_NOSYNC: flushes are skipped, so is early writeback */
 } fd_io;
 
 /* Large copies end in one flush. To keep that flush short, writeback is
@@ -58,7 +59,7 @@ static int fd_pwrite(void *u, const void *buf, size_t len, uint64_t off) {
                 len -= (size_t) n;
                 f->unsynced += (uint64_t) n;
         }
-        if (f->unsynced >= WRITEBACK_STEP) {
+        if (f->unsynced >= WRITEBACK_STEP && !f->nosync) {
                 f->unsynced = 0;
                 (void) sync_file_range(f->fd, 0, 0, SYNC_FILE_RANGE_WRITE);
         }
@@ -162,6 +163,7 @@ static int fd_io_new(int fd, const char *name, uint32_t flags, vdisk_io **ret) {
                 return vdisk_error(-ENOMEM, "out of memory");
         f->fd = fd;
         f->own = 1;
+        f->nosync = !!(flags & VDISK_IO_NOSYNC);
         r = io_new(&fd_vtable, f, name, flags & (VDISK_IO_READONLY | VDISK_IO_NOSYNC), IO_KIND_FD, ret);
         if (r < 0)
                 free(f);
@@ -216,8 +218,22 @@ int vdisk_io_open_path(const char *path, uint32_t path_flags, vdisk_io **ret) {
                 return vdisk_error(-errno, "Could not stat '%s': %m", path);
         if (!S_ISREG(st.st_mode) && !S_ISBLK(st.st_mode))
                 return vdisk_error(-EINVAL, "'%s' is not a regular file or block device", path);
-        if ((path_flags & VDISK_PATH_TRUNC) && S_ISREG(st.st_mode) && ftruncate(fd, 0) < 0)
-                return vdisk_error(-errno, "Could not truncate '%s': %m", path);
+        if ((path_flags & VDISK_PATH_TRUNC) && S_ISREG(st.st_mode) && st.st_size > 0) {
+                /* ext4 flushes a file that was truncated to zero and rewritten when its
+                 * descriptor closes (auto_da_alloc), which would cost a full extra
+                 * writeback after a big copy. Truncate, then write through a new
+                 * descriptor: the flag is spent on the close of this one. */
+                if (ftruncate(fd, 0) < 0)
+                        return vdisk_error(-errno, "Could not truncate '%s': %m", path);
+                close(TAKE_FD(fd));
+                fd = open(path, (oflags & ~(O_CREAT | O_EXCL)) | O_NOFOLLOW, 0644);
+                if (fd < 0)
+                        return vdisk_error(-errno, "Could not open '%s': %m", path);
+                if (fstat(fd, &st) < 0)
+                        return vdisk_error(-errno, "Could not stat '%s': %m", path);
+                if (!S_ISREG(st.st_mode) || st.st_size != 0)
+                        return vdisk_error(-EBUSY, "'%s' changed while it was being replaced", path);
+        }
         r = fd_io_new(fd, path,
                       ((path_flags & (VDISK_PATH_WRITE | VDISK_PATH_CREATE)) ? 0 : VDISK_IO_READONLY) |
                       ((path_flags & VDISK_PATH_NOSYNC) ? VDISK_IO_NOSYNC : 0),
