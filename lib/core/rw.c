@@ -148,9 +148,9 @@ static int cow_fill(vdisk_disk *d, unsigned level, uint64_t from, uint64_t to, u
         return 0;
 }
 
-int rw_write(vdisk_disk *d, unsigned level, const void *buf, size_t len, uint64_t offset) {
-        vdisk_image *img = d->images[level];
-        const uint8_t *p = buf;
+/* Checks a write into `img`; returns 1 to go on, 0 when there is nothing to
+ * do, or an error. Renews the modification UUID before the first write. */
+static int write_prepare(vdisk_image *img, uint64_t offset, uint64_t len) {
         int r;
 
         if (!img->writable || img->info_only)
@@ -161,6 +161,17 @@ int rw_write(vdisk_disk *d, unsigned level, const void *buf, size_t len, uint64_
                 return 0;
         r = image_mark_modified(img);
         if (r < 0)
+                return r;
+        return 1;
+}
+
+int rw_write(vdisk_disk *d, unsigned level, const void *buf, size_t len, uint64_t offset) {
+        vdisk_image *img = d->images[level];
+        const uint8_t *p = buf;
+        int r;
+
+        r = write_prepare(img, offset, len);
+        if (r <= 0)
                 return r;
 
         if (img->block_size == 0)      /* everything allocated (raw) */
@@ -255,14 +266,8 @@ int rw_write_zeroes(vdisk_disk *d, unsigned level, int below, uint64_t offset, u
         _cleanup_free_ uint8_t *zero = NULL;
         int r;
 
-        if (!img->writable || img->info_only)
-                return vdisk_error(-EROFS, "%s: image is read-only", vdisk_io_name(img->io));
-        if (!range_within(offset, len, img->size))
-                return vdisk_error(-EINVAL, "%s: range beyond the end of the image", vdisk_io_name(img->io));
-        if (len == 0)
-                return 0;
-        r = image_mark_modified(img);
-        if (r < 0)
+        r = write_prepare(img, offset, len);
+        if (r <= 0)
                 return r;
         if (img->block_size == 0)
                 return io_write_zeroes(img->io, offset, len);
