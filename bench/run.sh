@@ -218,7 +218,7 @@ verify() {
 #   <w>_verify TOOL checks the output against the reference (aborts if wrong)
 #   <w>_clean TOOL  removes the outputs
 # run_workload W LABEL runs one untimed warm-up pair, then PAIRS timed pairs,
-# vdisk-img first in each pair (A B A B ...), and prints the table row.
+# in the order A B, B A, A B ... (vdisk-img first in odd pairs), and prints the table row.
 HEADER=$(printf '%-36s %6s %7s %6s %6s %9s %9s %7s %9s %9s' \
         workload pairs 'median' min max 'vdisk s' 'qemu s' 'size' 'vdisk RSS' 'qemu RSS')
 run_workload() {
@@ -227,7 +227,11 @@ run_workload() {
         local size_v=0 size_q=0 app_v=0 app_q=0 rss_v=0 rss_q=0
         note "== $label"
         for ((i = 0; i <= PAIRS; i++)); do
-                for tool in vdisk qemu; do
+                # A B, then B A: whoever runs first after the previous output was
+                # deleted meets a different memory state, so alternate.
+                local order="vdisk qemu"
+                ((i % 2 == 0)) && order="qemu vdisk"
+                for tool in $order; do
                         "${w}_prep" $tool
                         timed "${CMD[@]}"
                         "${w}_verify" $tool
@@ -266,7 +270,7 @@ say "scratch: $W ($(findmnt -n -o FSTYPE -T "$W" 2>/dev/null || echo '?'))"
 say "vdisk-img: $VDISK_IMG ($("$VDISK_IMG" --version 2>/dev/null | head -n 1 || echo '?'))"
 say "qemu-img:  $QEMU_IMG ($("$QEMU_IMG" --version | head -n 1))"
 say "disk: $((DISK >> 20)) MiB$( ((QUICK)) && echo ' (--quick: scaled down, smoke test only)'); pairs: $PAIRS + 1 warm-up pair; cache: $( ((DROP)) && echo 'dropped before every run' || echo 'warm (page cache not dropped)')"
-say "method: per pair vdisk-img then qemu-img; ratio = vdisk time / qemu time per pair;"
+say "method: pairs alternate the order (A B, B A, ...); ratio = vdisk time / qemu time per pair;"
 say "        median/min/max over the pairs; every output verified with qemu-img compare"
 say ""
 
