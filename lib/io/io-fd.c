@@ -223,15 +223,19 @@ int vdisk_io_open_path(const char *path, uint32_t path_flags, vdisk_io **ret) {
                  * descriptor closes (auto_da_alloc), which would cost a full extra
                  * writeback after a big copy. Truncate, then write through a new
                  * descriptor: the flag is spent on the close of this one. */
+                struct stat st2;
+
                 if (ftruncate(fd, 0) < 0)
                         return vdisk_error(-errno, "Could not truncate '%s': %m", path);
                 close(TAKE_FD(fd));
-                fd = open(path, (oflags & ~(O_CREAT | O_EXCL)) | O_NOFOLLOW, 0644);
+                /* The same path (symlinks followed, as the first open did), and it
+                 * must still be the same file. */
+                fd = open(path, oflags & ~(O_CREAT | O_EXCL), 0644);
                 if (fd < 0)
                         return vdisk_error(-errno, "Could not open '%s': %m", path);
-                if (fstat(fd, &st) < 0)
+                if (fstat(fd, &st2) < 0)
                         return vdisk_error(-errno, "Could not stat '%s': %m", path);
-                if (!S_ISREG(st.st_mode) || st.st_size != 0)
+                if (st2.st_dev != st.st_dev || st2.st_ino != st.st_ino || st2.st_size != 0)
                         return vdisk_error(-EBUSY, "'%s' changed while it was being replaced", path);
         }
         r = fd_io_new(fd, path,
