@@ -65,8 +65,11 @@ static bool has_extension(const char *name, const char *const *exts) {
         return false;
 }
 
-/* Opens `dir/name` if it is a regular file (no symlinks) and reads its UUID. */
-static int candidate_uuid(int dfd, const char *dir, const char *name, const vdisk_backend *be, int writable,
+/* Opens `dir/name` read-only if it is a regular file (no symlinks) and reads
+ * its UUID. Candidates are only peeked at: the match is reopened writable
+ * afterwards if needed (reopen_writable), so no other file is ever opened
+ * for writing. */
+static int candidate_uuid(int dfd, const char *dir, const char *name, const vdisk_backend *be,
                           uint8_t ret_uuid[16], struct stat *ret_st, vdisk_io **ret_io) {
         _cleanup_(io_unrefp) vdisk_io *io = NULL;
         _cleanup_free_ char *full = NULL;
@@ -76,9 +79,7 @@ static int candidate_uuid(int dfd, const char *dir, const char *name, const vdis
         meta m = {};
         int r;
 
-        fd = openat(dfd, name, (writable ? O_RDWR : O_RDONLY) | O_CLOEXEC | O_NOFOLLOW | O_NOCTTY | O_NONBLOCK);
-        if (fd < 0 && writable && errno == EACCES)
-                fd = openat(dfd, name, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NOCTTY | O_NONBLOCK);
+        fd = openat(dfd, name, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NOCTTY | O_NONBLOCK);
         if (fd < 0)
                 return -errno;
         if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode))
@@ -104,6 +105,33 @@ static int candidate_uuid(int dfd, const char *dir, const char *name, const vdis
         memcpy(ret_uuid, m.uuid, 16);
         *ret_st = st;
         *ret_io = TAKE_PTR(io);
+        return 0;
+}
+
+/* Replaces the read-only io of the chosen candidate by a writable one on the
+ * same file (same device and inode, no symlinks). Without write permission
+ * the read-only io stays: opening the chain writable then fails later with a
+ * clear -EROFS when something must be written to it. */
+static int reopen_writable(vdisk_io **io, const struct stat *st) {
+        _cleanup_close_ int fd = -1;
+        vdisk_io *rw = NULL;
+        struct stat st2;
+        int r;
+
+        fd = open(vdisk_io_name(*io), O_RDWR | O_CLOEXEC | O_NOFOLLOW | O_NOCTTY | O_NONBLOCK);
+        if (fd < 0)
+                return errno == EACCES || errno == EROFS ? 0 : -errno;
+        if (fstat(fd, &st2) < 0)
+                return -errno;
+        if (!S_ISREG(st2.st_mode) || st2.st_dev != st->st_dev || st2.st_ino != st->st_ino)
+                return vdisk_error(-ESTALE, "'%s' was replaced while it was being opened", vdisk_io_name(*io));
+        (void) fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK);
+        r = vdisk_io_new_fd(fd, vdisk_io_name(*io), VDISK_IO_OWN_FD, &rw);
+        if (r < 0)
+                return r;
+        TAKE_FD(fd);
+        vdisk_io_unref(*io);
+        *io = rw;
         return 0;
 }
 
@@ -148,7 +176,7 @@ static int path_find_uuid(void *user, const uint8_t uuid[16], const char *format
                                 continue;
                         if (!has_extension(de->d_name, be->info.extensions))
                                 continue;
-                        if (candidate_uuid(dfd, dir, de->d_name, be, writable, u, &st, &io) < 0)
+                        if (candidate_uuid(dfd, dir, de->d_name, be, u, &st, &io) < 0)
                                 continue;
                         if (memcmp(u, uuid, 16) != 0)
                                 continue;
@@ -172,6 +200,11 @@ static int path_find_uuid(void *user, const uint8_t uuid[16], const char *format
                 return vdisk_error(-ENOENT, "parent image with UUID {%s} of '%s' not found (searched %s%s)",
                                    uuid_text, child_name, child_dir,
                                    pr->dirs && pr->dirs[0] ? " and the --parent-dir directories" : "");
+        }
+        if (writable) {
+                int r = reopen_writable(&found, &found_st);
+                if (r < 0)
+                        return r;
         }
         *ret = TAKE_PTR(found);
         return 0;
