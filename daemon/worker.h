@@ -32,6 +32,10 @@ struct worker_job {
 int worker_pool_new(sd_event *e, unsigned n_threads, worker_pool **ret);
 /* Drops queued jobs (their `done` runs with cancelled_before_start), waits for
  * running jobs to return, runs their `done`, joins the threads. NULL-safe. */
+/* (In this order: the `done`s of jobs that had already finished, then those of
+ * the dropped jobs, then it waits. It blocks until every running `run` returns,
+ * so set the cancel flags of running operations first. Not to be called from a
+ * `done`; a `done` run from here gets -ESHUTDOWN from worker_pool_submit().) */
 worker_pool *worker_pool_free(worker_pool *p);
 /* Queues a job; it runs when a worker is free, in submission order. The caller
  * keeps j alive until `done` has run. */
