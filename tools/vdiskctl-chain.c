@@ -1,0 +1,728 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/*
+ * Resolving a chain of images with the user's rights.
+ *
+ * vdiskd never opens a path and never follows a name recorded inside an
+ * image: the client hands it every file of the chain as an fd. vdiskctl asks
+ * the daemon what each file is (Manager.ProbeFormat) and finds the parents
+ * the way vdisk-img does:
+ *
+ *   - a parent recorded by file name is opened relative to the child's
+ *     directory (absolute names as they are), following symlinks like
+ *     qemu-img;
+ *   - a parent recorded by UUID only (VDI) is looked for among the regular
+ *     files (no symlinks) with the child's extension or the parent format's
+ *     extensions, in the child's directory and in every --parent-dir; two
+ *     different files with the wanted UUID are an error, since guessing could
+ *     merge data into the wrong image.
+ *
+ * Candidates are opened read-only; an element that a command writes is
+ * reopened read-write afterwards, by the same path, and must be the same
+ * inode. The chain then goes to Manager.OpenDisk base first, with the format
+ * of every element spelled out.
+ */
+
+#include <ctype.h>
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <string.h>
+#include <strings.h>
+#include <unistd.h>
+
+#include "vdiskctl.h"
+
+typedef struct Candidate {
+        dev_t dev;
+        ino_t ino;
+        char *uuid;      /* "" when the file is no image or has no UUID */
+} Candidate;
+
+typedef struct Resolver {
+        Ctx *ctx;
+        Candidate *cands;
+        size_t n_cands;
+} Resolver;
+
+static void resolver_done(Resolver *res) {
+        for (size_t i = 0; i < res->n_cands; i++)
+                free(res->cands[i].uuid);
+        free(res->cands);
+}
+
+static void elem_clear(ChainElem *e) {
+        if (e->fd >= 0)
+                close(e->fd);
+        free(e->path);
+        free(e->name);
+        free(e->format);
+        free(e->qemu_format);
+        value_clear(&e->info);
+        *e = (ChainElem) { .fd = -1 };
+}
+
+static int elem_make_writable(ChainElem *e);
+
+/* Manager.ProbeFormat: the backend name and the info dictionary. */
+static int probe_fd(Ctx *ctx, int fd, sd_bus_error *error, char **ret_format, Value *ret_info) {
+        _cleanup_msg_ sd_bus_message *m = NULL, *reply = NULL;
+        _cleanup_value_ Value info = {};
+        const char *format, *media;
+        char *f;
+        int r;
+
+        r = bus_new_call(ctx, VDISK_PATH, VDISK_IFACE_MANAGER, "ProbeFormat", &m);
+        if (r >= 0)
+                r = sd_bus_message_append(m, "h", fd);
+        if (r >= 0)
+                r = bus_options_open(m);
+        if (r >= 0)
+                r = bus_options_close(m);
+        if (r < 0)
+                return sd_bus_error_set_errno(error, r);
+        r = bus_call(ctx, m, 0, error, &reply);
+        if (r < 0)
+                return r;
+        r = sd_bus_message_read(reply, "ss", &format, &media);
+        if (r >= 0)
+                r = value_read(reply, &info);
+        if (r < 0)
+                return sd_bus_error_set_errno(error, r);
+        f = strdup(format);
+        if (!f)
+                return sd_bus_error_set_errno(error, -ENOMEM);
+        *ret_format = f;
+        *ret_info = info;
+        info = (Value) {};
+        return 0;
+}
+
+static int open_errno_exit(int err) {
+        switch (err) {
+        case ENOENT:
+        case ENOTDIR:
+                return EXIT_NOT_FOUND;
+        case EACCES:
+        case EPERM:
+        case EROFS:
+                return EXIT_PERMISSION;
+        default:
+                return EXIT_FAILURE;
+        }
+}
+
+/* Opens path as a chain element and asks vdiskd what it is. `what` names
+ * the file in messages ("the image", "its parent"). */
+static int elem_open(Resolver *res, const char *path, bool writable, bool follow, const char *what,
+                     ChainElem *ret) {
+        _cleanup_bus_error_ sd_bus_error error = SD_BUS_ERROR_NULL;
+        ChainElem e = { .fd = -1 };
+        int r;
+
+        e.path = strdup(path);
+        if (!e.path) {
+                log_error("Out of memory");
+                return EXIT_FAILURE;
+        }
+        e.name = utf8_sanitize(path_basename(e.path));
+        if (!e.name) {
+                log_error("Out of memory");
+                elem_clear(&e);
+                return EXIT_FAILURE;
+        }
+        e.writable = writable;
+        e.follow = follow;
+        /* O_NONBLOCK: a FIFO in place of an image must not hang the open. */
+        e.fd = open(path, (writable ? O_RDWR : O_RDONLY) | O_CLOEXEC | O_NOCTTY | O_NONBLOCK |
+                                  (follow ? 0 : O_NOFOLLOW));
+        if (e.fd < 0) {
+                int err = errno;
+
+                log_error("%s: Could not open %s: %s", path, what, strerror(err));
+                elem_clear(&e);
+                return open_errno_exit(err);
+        }
+        if (fstat(e.fd, &e.st) < 0 || !S_ISREG(e.st.st_mode) || fcntl(e.fd, F_SETFL, 0) < 0) {
+                log_error("%s: Not a regular file", path);
+                elem_clear(&e);
+                return EXIT_FAILURE;
+        }
+        r = probe_fd(res->ctx, e.fd, &error, &e.format, &e.info);
+        if (r < 0) {
+                r = log_bus_error(path, &error, r);
+                elem_clear(&e);
+                return r;
+        }
+        *ret = e;
+        return 0;
+}
+
+/* Extensions a parent of `child` recorded by UUID may have. */
+static int parent_extensions(Resolver *res, const ChainElem *child, char ***ret) {
+        _cleanup_(strv_freep) char **l = NULL;
+        const char *dot = strrchr(child->name, '.'), *pfmt;
+        const Value *info, *exts;
+        size_t n = 0;
+
+        if (dot && dot[1] && strv_push(&l, &n, dot + 1) < 0)
+                return -ENOMEM;
+        pfmt = value_str(&child->info, "parent-format", "");
+        if (!*pfmt)
+                pfmt = child->format;
+        info = backend_find(res->ctx, pfmt, NULL);
+        exts = value_get(info, "extensions");
+        if (exts && exts->type == VALUE_ARRAY)
+                for (size_t i = 0; i < exts->c.n; i++)
+                        if (exts->c.items[i].type == VALUE_STRING &&
+                            strv_push(&l, &n, exts->c.items[i].s) < 0)
+                                return -ENOMEM;
+        *ret = TAKE_PTR(l);
+        return 0;
+}
+
+static bool name_has_extension(const char *name, char **exts) {
+        const char *dot = strrchr(name, '.');
+
+        if (!exts || !exts[0])
+                return true;   /* nothing known: every regular file is a candidate */
+        if (!dot)
+                return false;
+        for (char **e = exts; *e; e++)
+                if (strcasecmp(dot + 1, *e) == 0)
+                        return true;
+        return false;
+}
+
+static bool in_chain(const ChainElem *elems, unsigned n, const struct stat *st) {
+        for (unsigned i = 0; i < n; i++)
+                if (elems[i].st.st_dev == st->st_dev && elems[i].st.st_ino == st->st_ino)
+                        return true;
+        return false;
+}
+
+/* The UUID of the file dir/name (probing it once per inode). Returns 1 when
+ * it matches `uuid` and then hands over an fd, 0 when not, < 0 on OOM. */
+static int candidate_check(Resolver *res, int dfd, const char *name, const struct stat *st, const char *uuid,
+                           int *ret_fd) {
+        _cleanup_bus_error_ sd_bus_error error = SD_BUS_ERROR_NULL;
+        _cleanup_value_ Value info = {};
+        _cleanup_free_ char *format = NULL;
+        _cleanup_close_ int fd = -1;
+        Candidate *cands, *c = NULL;
+        struct stat st2;
+
+        for (size_t i = 0; i < res->n_cands; i++)
+                if (res->cands[i].dev == st->st_dev && res->cands[i].ino == st->st_ino) {
+                        c = &res->cands[i];
+                        break;
+                }
+        if (c && strcasecmp(c->uuid, uuid) != 0)
+                return 0;
+
+        fd = openat(dfd, name, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NOFOLLOW | O_NONBLOCK);
+        if (fd < 0 || fstat(fd, &st2) < 0 || st2.st_dev != st->st_dev || st2.st_ino != st->st_ino ||
+            !S_ISREG(st2.st_mode))
+                return 0;
+        if (c) {
+                *ret_fd = TAKE_FD(fd);
+                return 1;
+        }
+
+        cands = realloc(res->cands, (res->n_cands + 1) * sizeof(Candidate));
+        if (!cands)
+                return -ENOMEM;
+        res->cands = cands;
+        c = &cands[res->n_cands];
+        *c = (Candidate) { .dev = st->st_dev, .ino = st->st_ino };
+
+        /* A file vdiskd cannot read as an image is simply no candidate. */
+        if (probe_fd(res->ctx, fd, &error, &format, &info) < 0 || value_bool(&info, "guessed-raw", false))
+                c->uuid = strdup("");
+        else
+                c->uuid = strdup(value_str(&info, "uuid", ""));
+        if (!c->uuid)
+                return -ENOMEM;
+        res->n_cands++;
+
+        if (!*c->uuid || strcasecmp(c->uuid, uuid) != 0)
+                return 0;
+        *ret_fd = TAKE_FD(fd);
+        return 1;
+}
+
+/* Looks for the parent with `uuid` of elems[n-1]. On success, *ret_path is
+ * the file found and *ret_fd an O_RDONLY fd of it. Logs; exit code. */
+static int find_parent_by_uuid(Resolver *res, const ChainElem *elems, unsigned n, const char *uuid,
+                               char **ret_path) {
+        const ChainElem *child = &elems[n - 1];
+        _cleanup_(strv_freep) char **exts = NULL, **dirs = NULL, **prefixes = NULL;
+        _cleanup_free_ char *found = NULL, *child_dir = NULL, *searched = NULL;
+        struct stat found_st = {};
+        size_t n_dirs = 0, n_prefixes = 0;
+        int r;
+
+        /* Names are shown as the user would write them: "mid.vdi" beside
+         * "top.vdi", "dir/mid.vdi" for --parent-dir dir. */
+        if (parent_extensions(res, child, &exts) < 0 || path_dirname(child->path, &child_dir) < 0 ||
+            strv_push(&dirs, &n_dirs, child_dir) < 0)
+                goto oom;
+        {
+                const char *slash = strrchr(child->path, '/');
+                _cleanup_free_ char *prefix =
+                        strndup(child->path, slash ? (size_t) (slash - child->path + 1) : 0);
+
+                if (!prefix || strv_push(&prefixes, &n_prefixes, prefix) < 0)
+                        goto oom;
+        }
+        for (char **d = arg_parent_dirs; d && *d; d++) {
+                _cleanup_free_ char *prefix = NULL;
+                size_t len = strlen(*d);
+
+                if (asprintf(&prefix, "%s%s", *d, len > 0 && (*d)[len - 1] == '/' ? "" : "/") < 0) {
+                        prefix = NULL;
+                        goto oom;
+                }
+                if (strv_push(&dirs, &n_dirs, *d) < 0 || strv_push(&prefixes, &n_prefixes, prefix) < 0)
+                        goto oom;
+        }
+
+        for (size_t di = 0; di < n_dirs; di++) {
+                char **d = &dirs[di];
+                DIR *dir;
+                struct dirent *de;
+
+                dir = opendir(*d);
+                if (!dir) {
+                        log_warning(
+                                "Could not read the directory '%s' while looking for the parent of '%s': %s",
+                                *d, child->path, strerror(errno));
+                        continue;
+                }
+                while ((de = readdir(dir))) {
+                        _cleanup_close_ int fd = -1;
+                        struct stat st;
+
+                        if (streq(de->d_name, ".") || streq(de->d_name, ".."))
+                                continue;
+                        if (!name_has_extension(de->d_name, exts))
+                                continue;
+                        if (fstatat(dirfd(dir), de->d_name, &st, AT_SYMLINK_NOFOLLOW) < 0 ||
+                            !S_ISREG(st.st_mode))
+                                continue;
+                        if (in_chain(elems, n, &st))
+                                continue;
+                        if (found && st.st_dev == found_st.st_dev && st.st_ino == found_st.st_ino)
+                                continue;   /* the same file again (another name or directory) */
+
+                        r = candidate_check(res, dirfd(dir), de->d_name, &st, uuid, &fd);
+                        if (r < 0) {
+                                closedir(dir);
+                                goto oom;
+                        }
+                        if (r == 0)
+                                continue;
+                        if (found) {
+                                log_error("%s: Two different files have the UUID %s of its parent: '%s' and "
+                                          "'%s%s'; refusing to guess",
+                                          child->path, uuid, found, prefixes[di], de->d_name);
+                                closedir(dir);
+                                return EXIT_FAILURE;
+                        }
+                        if (asprintf(&found, "%s%s", prefixes[di], de->d_name) < 0) {
+                                found = NULL;
+                                closedir(dir);
+                                goto oom;
+                        }
+                        found_st = st;
+                }
+                closedir(dir);
+        }
+
+        if (!found) {
+                size_t len = 0;
+
+                for (char **d = dirs; *d; d++)
+                        len += strlen(*d) + 2;
+                searched = calloc(1, len + 1);
+                if (!searched)
+                        goto oom;
+                for (char **d = dirs; *d; d++) {
+                        if (d != dirs)
+                                strcat(searched, ", ");
+                        strcat(searched, *d);
+                }
+                log_error("%s: Parent image with UUID %s not found (searched %s); use --parent-dir DIR to "
+                          "search more directories", child->path, uuid, searched);
+                return EXIT_NOT_FOUND;
+        }
+        *ret_path = TAKE_PTR(found);
+        return 0;
+
+oom:
+        log_error("Out of memory");
+        return EXIT_FAILURE;
+}
+
+static int set_qemu_format(Resolver *res, ChainElem *e) {
+        const Value *info = backend_find(res->ctx, e->format, NULL);
+        const char *q = value_str(info, "qemu-name", NULL);
+
+        if (!q)
+                q = value_str(&e->info, "qemu-name", NULL);
+        e->qemu_format = strdup(q ? q : e->format);
+        if (!e->qemu_format) {
+                log_error("Out of memory");
+                return EXIT_FAILURE;
+        }
+        /* lower-case fallback for display when vdiskd gave no qemu name */
+        if (!q)
+                for (char *p = e->qemu_format; *p; p++)
+                        *p = (char) tolower((unsigned char) *p);
+        return 0;
+}
+
+/* Opens the parent of elems[n-1] into elems[n]. Logs; exit code. */
+static int open_parent(Resolver *res, ChainElem *elems, unsigned n) {
+        const ChainElem *child = &elems[n - 1];
+        const char *pname = value_str(&child->info, "parent-name", "");
+        const char *puuid = value_str(&child->info, "parent-uuid", "");
+        const char *pfmt = value_str(&child->info, "parent-format", "");
+        _cleanup_free_ char *path = NULL;
+        ChainElem *e = &elems[n];
+        const char *uuid;
+        bool follow;
+        int r;
+
+        if (*pname) {
+                if (path_relative_to(child->path, pname, &path) < 0) {
+                        log_error("Out of memory");
+                        return EXIT_FAILURE;
+                }
+                follow = true;
+        } else if (*puuid) {
+                r = find_parent_by_uuid(res, elems, n, puuid, &path);
+                if (r != 0)
+                        return r;
+                follow = false;
+        } else {
+                log_error("%s: The image needs a parent but names none", child->path);
+                return EXIT_FAILURE;
+        }
+
+        r = elem_open(res, path, false, follow, "its parent", e);
+        if (r != 0) {
+                if (*pname)
+                        log_error("%s: Its parent '%s' could not be opened", child->path, pname);
+                return r;
+        }
+        if (in_chain(elems, n, &e->st)) {
+                log_error("%s: The chain loops back to '%s'", child->path, e->path);
+                elem_clear(e);
+                return EXIT_FAILURE;
+        }
+
+        /* Parents are opened with the format the child records, never a
+         * probed guess. */
+        if (*pfmt) {
+                const char *name = NULL;
+
+                if (backend_find(res->ctx, pfmt, &name) && name)
+                        pfmt = name;
+                free(e->format);
+                e->format = strdup(pfmt);
+                if (!e->format) {
+                        log_error("Out of memory");
+                        elem_clear(e);
+                        return EXIT_FAILURE;
+                }
+        } else if (value_bool(&e->info, "guessed-raw", false)) {
+                log_error("%s: Could not tell the format of its parent '%s'", child->path, e->path);
+                elem_clear(e);
+                return EXIT_FAILURE;
+        }
+
+        uuid = value_str(&e->info, "uuid", "");
+        if (*puuid && *uuid && strcasecmp(uuid, puuid) != 0) {
+                log_error("%s: Its parent '%s' has the UUID %s, not %s as recorded", child->path, e->path,
+                          uuid, puuid);
+                elem_clear(e);
+                return EXIT_FAILURE;
+        }
+        return set_qemu_format(res, e);
+}
+
+int chain_resolve(Ctx *ctx, const char *filename, const char *format, unsigned flags, Chain *ret) {
+        Resolver res = { .ctx = ctx };
+        ChainElem *elems;
+        const char *backend = NULL;
+        unsigned n = 0;
+        int r;
+
+        *ret = (Chain) {};
+        elems = calloc(CHAIN_MAX, sizeof(ChainElem));
+        if (!elems) {
+                log_error("Out of memory");
+                return EXIT_FAILURE;
+        }
+        for (unsigned i = 0; i < CHAIN_MAX; i++)
+                elems[i].fd = -1;
+
+        if (format) {
+                if (!backend_find(ctx, format, &backend)) {
+                        if (ctx->have_backends) {
+                                log_error("Unknown file format '%s'", format);
+                                r = EXIT_NOT_SUPPORTED;
+                                goto finish;
+                        }
+                        backend = format;   /* let vdiskd judge */
+                }
+        }
+
+        r = elem_open(&res, filename, flags & (CHAIN_TOP_WRITABLE | CHAIN_ALL_WRITABLE), true, "the image",
+                      &elems[0]);
+        if (r != 0)
+                goto finish;
+        n = 1;
+
+        if (backend) {
+                bool same = strcasecmp(backend, elems[0].format) == 0;
+
+                free(elems[0].format);
+                elems[0].format = strdup(backend);
+                if (!elems[0].format) {
+                        log_error("Out of memory");
+                        r = EXIT_FAILURE;
+                        goto finish;
+                }
+                /* Read as another format, the probe's parent info is moot. */
+                if (!same)
+                        flags |= CHAIN_TOP_ONLY;
+        } else if (value_bool(&elems[0].info, "guessed-raw", false)) {
+                ret->guessed_raw = true;
+                if (elems[0].writable && (flags & CHAIN_GUESSED_RAW_OK)) {
+                        fflush(stdout);
+                        fprintf(stderr,
+                                "WARNING: Image format was not specified for '%s' and probing guessed raw.\n"
+                                "         Specify the 'raw' format explicitly to remove this warning.\n",
+                                filename);
+                } else if (elems[0].writable) {
+                        log_error("%s: The format was not given and probing guessed raw; writing to it "
+                                  "needs '-f raw' (a guessed raw image could be turned into another format "
+                                  "by what is written)", filename);
+                        r = EXIT_FAILURE;
+                        goto finish;
+                }
+        }
+        r = set_qemu_format(&res, &elems[0]);
+        if (r != 0)
+                goto finish;
+
+        while (!(flags & CHAIN_TOP_ONLY) && value_bool(&elems[n - 1].info, "needs-parent", false)) {
+                if (n >= CHAIN_MAX) {
+                        log_error("%s: The chain is longer than %u images", filename, CHAIN_MAX);
+                        r = EXIT_FAILURE;
+                        goto finish;
+                }
+                r = open_parent(&res, elems, n);
+                if (r != 0)
+                        goto finish;
+                n++;
+                if (flags & CHAIN_ALL_WRITABLE) {
+                        r = elem_make_writable(&elems[n - 1]);
+                        if (r != 0)
+                                goto finish;
+                }
+        }
+
+        /* Base first. */
+        for (unsigned i = 0; i < n; i++)
+                ret->elems[i] = elems[n - 1 - i];
+        for (unsigned i = n; i < CHAIN_MAX; i++)
+                ret->elems[i] = (ChainElem) { .fd = -1 };
+        ret->n = n;
+        n = 0;
+        r = 0;
+
+finish:
+        for (unsigned i = 0; i < n; i++)
+                elem_clear(&elems[i]);
+        free(elems);
+        resolver_done(&res);
+        return r;
+}
+
+static int elem_make_writable(ChainElem *e) {
+        struct stat st;
+        int fd;
+
+        if (e->writable)
+                return 0;
+        fd = open(e->path, O_RDWR | O_CLOEXEC | O_NOCTTY | (e->follow ? 0 : O_NOFOLLOW));
+        if (fd < 0) {
+                int err = errno;
+
+                log_error("%s: Could not open for writing: %s", e->path, strerror(err));
+                return open_errno_exit(err);
+        }
+        if (fstat(fd, &st) < 0 || st.st_dev != e->st.st_dev || st.st_ino != e->st.st_ino) {
+                log_error("%s: The file changed while vdiskctl was opening the chain", e->path);
+                close(fd);
+                return EXIT_FAILURE;
+        }
+        close(e->fd);
+        e->fd = fd;
+        e->writable = true;
+        return 0;
+}
+
+int chain_make_writable(Chain *c, unsigned i) {
+        assert(i < c->n);
+        return elem_make_writable(&c->elems[i]);
+}
+
+bool chain_contains(const Chain *c, const struct stat *st) {
+        return in_chain(c->elems, c->n, st);
+}
+
+static int append_element(sd_bus_message *m, const ChainElem *e) {
+        int r;
+
+        r = sd_bus_message_open_container(m, 'r', "hsa{sv}");
+        if (r >= 0)
+                r = sd_bus_message_append(m, "hs", e->fd, e->format);
+        if (r >= 0)
+                r = sd_bus_message_open_container(m, 'a', "{sv}");
+        if (r >= 0)
+                r = bus_append_opt_string(m, "display-name", e->name);
+        if (r >= 0 && !e->writable)
+                r = bus_append_opt_bool(m, "read-only", true);
+        if (r >= 0)
+                r = sd_bus_message_close_container(m);
+        if (r >= 0)
+                r = sd_bus_message_close_container(m);
+        return r;
+}
+
+int chain_open_disk(Ctx *ctx, Chain *c, bool read_only) {
+        _cleanup_bus_error_ sd_bus_error error = SD_BUS_ERROR_NULL;
+        _cleanup_msg_ sd_bus_message *m = NULL, *reply = NULL;
+        const ChainElem *top = &c->elems[c->n - 1];
+        unsigned first = MIN(c->n, MESSAGE_FDS_MAX);
+        const char *disk;
+        int r;
+
+        assert(c->n > 0);
+
+        r = bus_new_call(ctx, VDISK_PATH, VDISK_IFACE_MANAGER, "OpenDisk", &m);
+        if (r >= 0)
+                r = sd_bus_message_open_container(m, 'a', "(hsa{sv})");
+        for (unsigned i = 0; r >= 0 && i < first; i++)
+                r = append_element(m, &c->elems[i]);
+        if (r >= 0)
+                r = sd_bus_message_close_container(m);
+        if (r >= 0)
+                r = bus_options_open(m);
+        if (r >= 0)
+                r = bus_append_opt_string(m, "display-name", top->name);
+        if (r >= 0 && read_only)
+                r = bus_append_opt_bool(m, "read-only", true);
+        if (r >= 0)
+                r = bus_options_close(m);
+        if (r < 0) {
+                log_error("%s: Could not build the request: %s", top->path, strerror(-r));
+                return EXIT_FAILURE;
+        }
+        r = bus_call(ctx, m, 0, &error, &reply);
+        if (r < 0)
+                return log_bus_error(top->path, &error, r);
+        r = sd_bus_message_read(reply, "o", &disk);
+        if (r < 0 || !(c->disk = strdup(disk))) {
+                log_error("%s: Bad reply from vdiskd", top->path);
+                return EXIT_FAILURE;
+        }
+
+        /* Longer chains than one message can carry: the rest one by one. */
+        for (unsigned i = first; i < c->n; i++) {
+                _cleanup_msg_ sd_bus_message *m2 = NULL, *reply2 = NULL;
+                const ChainElem *e = &c->elems[i];
+
+                r = bus_new_call(ctx, c->disk, VDISK_IFACE_DISK, "Open", &m2);
+                if (r >= 0)
+                        r = sd_bus_message_append(m2, "hs", e->fd, e->format);
+                if (r >= 0)
+                        r = bus_options_open(m2);
+                if (r >= 0)
+                        r = bus_append_opt_string(m2, "display-name", e->name);
+                if (r >= 0 && (read_only || !e->writable))
+                        r = bus_append_opt_bool(m2, "read-only", true);
+                if (r >= 0)
+                        r = bus_options_close(m2);
+                if (r < 0) {
+                        log_error("%s: Could not build the request: %s", e->path, strerror(-r));
+                        return EXIT_FAILURE;
+                }
+                r = bus_call(ctx, m2, 0, &error, &reply2);
+                if (r < 0)
+                        return log_bus_error(e->path, &error, r);
+        }
+        return 0;
+}
+
+int chain_open(Ctx *ctx, const char *file, const char *format, unsigned flags, bool read_only, Chain *ret) {
+        int r;
+
+        r = chain_resolve(ctx, file, format, flags, ret);
+        if (r != 0)
+                return r;
+        r = chain_open_disk(ctx, ret, read_only);
+        if (r != 0)
+                chain_done(ctx, ret);
+        return r;
+}
+
+int chain_image_paths(Ctx *ctx, Chain *c, char ***ret) {
+        _cleanup_bus_error_ sd_bus_error error = SD_BUS_ERROR_NULL;
+        _cleanup_value_ Value props = {};
+        _cleanup_(strv_freep) char **l = NULL;
+        const Value *images;
+        size_t n = 0;
+        int r;
+
+        if (!c->disk)
+                return -ENOENT;
+        r = bus_get_all(ctx, c->disk, VDISK_IFACE_DISK, &error, &props);
+        if (r < 0)
+                return r;
+        images = value_get(&props, "Images");
+        if (!images || images->type != VALUE_ARRAY)
+                return -EBADMSG;
+        l = calloc(1, sizeof(char *));
+        if (!l)
+                return -ENOMEM;
+        for (size_t i = 0; i < images->c.n; i++)
+                if (images->c.items[i].type == VALUE_STRING && strv_push(&l, &n, images->c.items[i].s) < 0)
+                        return -ENOMEM;
+        *ret = TAKE_PTR(l);
+        return 0;
+}
+
+void chain_done(Ctx *ctx, Chain *c) {
+        if (c->disk && ctx->bus) {
+                _cleanup_bus_error_ sd_bus_error error = SD_BUS_ERROR_NULL;
+                _cleanup_msg_ sd_bus_message *m = NULL;
+                int r;
+
+                /* Best effort: vdiskd also closes our disks when we go. */
+                r = bus_new_call(ctx, c->disk, VDISK_IFACE_DISK, "Close", &m);
+                if (r >= 0)
+                        r = bus_options_open(m);
+                if (r >= 0)
+                        r = bus_options_close(m);
+                if (r >= 0)
+                        (void) bus_call(ctx, m, CALL_UNINTERRUPTIBLE, &error, NULL);
+        }
+        for (unsigned i = 0; i < c->n; i++)
+                elem_clear(&c->elems[i]);
+        free(c->disk);
+        *c = (Chain) {};
+}

@@ -1,0 +1,660 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/*
+ * vdiskctl info, check and repair: the commands that look at images through
+ * vdiskd. Their output follows vdisk-img's (and so qemu-img's) where the
+ * information is the same; what only vdiskd knows (the file size it sees,
+ * the geometry) comes after.
+ */
+
+#include <errno.h>
+#include <getopt.h>
+#include <string.h>
+#include <strings.h>
+
+#include "vdiskctl.h"
+
+/* The qemu name of a format vdiskd calls `name` ("VDI" -> "vdi"). */
+static const char *qemu_name(Ctx *ctx, const char *name) {
+        const Value *info = backend_find(ctx, name, NULL);
+
+        return value_str(info, "qemu-name", name);
+}
+
+/* ---------------------------------------------------------------- info */
+
+typedef struct InfoEntry {
+        const ChainElem *elem;
+        const ChainElem *parent;       /* the element below, when opened */
+        Value props;                   /* Image properties; empty when only probed */
+        bool have_props;
+} InfoEntry;
+
+static const char *entry_str(const InfoEntry *e, const char *prop, const char *probe_key) {
+        if (e->have_props)
+                return value_str(&e->props, prop, "");
+        return probe_key ? value_str(&e->elem->info, probe_key, "") : "";
+}
+
+static uint64_t entry_uint(const InfoEntry *e, const char *prop, const char *probe_key) {
+        if (e->have_props)
+                return value_uint(&e->props, prop, 0);
+        return value_uint(&e->elem->info, probe_key, 0);
+}
+
+/* The backing file as the image names it, and as resolved. */
+static void entry_backing(Ctx *ctx, const InfoEntry *e, const char **ret_name, char **ret_full,
+                          const char **ret_format) {
+        const char *pname = value_str(&e->elem->info, "parent-name", "");
+        const char *pfmt = value_str(&e->elem->info, "parent-format", "");
+
+        *ret_name = NULL;
+        *ret_full = NULL;
+        *ret_format = NULL;
+        if (*pname) {
+                *ret_name = pname;
+                if (path_relative_to(e->elem->path, pname, ret_full) < 0)
+                        *ret_full = NULL;
+        } else if (e->parent) {
+                /* Linked by UUID: the file that was found. */
+                *ret_name = e->parent->path;
+                *ret_full = strdup(e->parent->path);
+        }
+        if (*ret_name)
+                *ret_format = *pfmt ? qemu_name(ctx, pfmt) : e->parent ? e->parent->qemu_format : NULL;
+}
+
+/* Formats without VirtualBox-style metadata (raw) get none of vdisk's
+ * additions, so their output stays qemu-img's, as with vdisk-img. */
+static bool entry_has_specific(const InfoEntry *e) {
+        return *entry_str(e, "Uuid", "uuid") || *entry_str(e, "ModificationUuid", NULL) ||
+               *entry_str(e, "ParentUuid", "parent-uuid") || *entry_str(e, "Comment", NULL);
+}
+
+static void info_print_human(Ctx *ctx, const InfoEntry *e) {
+        const char *backing, *backing_fmt, *s;
+        _cleanup_free_ char *full = NULL;
+        uint64_t vsize = entry_uint(e, "Size", "size");
+        char a[32], b[32];
+        uint32_t g[3];
+
+        format_size(vsize, a);
+        format_size((uint64_t) e->elem->st.st_blocks * 512u, b);
+        printf("image: %s\n", e->elem->path);
+        printf("file format: %s\n", e->have_props ? value_str(&e->props, "QemuFormat", e->elem->qemu_format)
+                                                  : e->elem->qemu_format);
+        printf("virtual size: %s (%" PRIu64 " bytes)\n", a, vsize);
+        printf("disk size: %s\n", b);
+        entry_backing(ctx, e, &backing, &full, &backing_fmt);
+        if (backing) {
+                printf("backing file: %s", backing);
+                if (full && !streq(full, backing))
+                        printf(" (actual path: %s)", full);
+                putchar('\n');
+                if (backing_fmt)
+                        printf("backing file format: %s\n", backing_fmt);
+        }
+        if (*(s = entry_str(e, "Uuid", "uuid")))
+                printf("UUID: %s\n", s);
+        if (*(s = entry_str(e, "ParentUuid", "parent-uuid")))
+                printf("Parent UUID: %s\n", s);
+        if (*(s = entry_str(e, "ModificationUuid", NULL)))
+                printf("Modification UUID: %s\n", s);
+        if (*(s = entry_str(e, "ParentModificationUuid", NULL)))
+                printf("Parent modification UUID: %s\n", s);
+        if (entry_has_specific(e) && *(s = entry_str(e, "Variant", "variant")))
+                printf("Variant: %s\n", s);
+        if (*(s = entry_str(e, "Comment", NULL)))
+                printf("Comment: %s\n", s);
+        if (e->have_props && value_geometry(&e->props, "PCHSGeometry", g))
+                printf("PCHS geometry: %" PRIu32 "/%" PRIu32 "/%" PRIu32 "\n", g[0], g[1], g[2]);
+        if (e->have_props && value_geometry(&e->props, "LCHSGeometry", g))
+                printf("LCHS geometry: %" PRIu32 "/%" PRIu32 "/%" PRIu32 "\n", g[0], g[1], g[2]);
+}
+
+static void json_geometry(Json *j, const char *key, const uint32_t g[3]) {
+        json_object_open(j, key);
+        json_uint(j, "cylinders", g[0]);
+        json_uint(j, "heads", g[1]);
+        json_uint(j, "sectors", g[2]);
+        json_object_close(j);
+}
+
+static void info_json_specific(Json *j, const InfoEntry *e, const char *format) {
+        const char *s;
+        uint32_t g[3];
+
+        json_object_open(j, "format-specific");
+        json_string(j, "type", format);
+        json_object_open(j, "data");
+        if (*(s = entry_str(e, "Uuid", "uuid")))
+                json_string(j, "uuid", s);
+        if (*(s = entry_str(e, "ModificationUuid", NULL)))
+                json_string(j, "modification-uuid", s);
+        if (*(s = entry_str(e, "ParentUuid", "parent-uuid")))
+                json_string(j, "parent-uuid", s);
+        if (*(s = entry_str(e, "ParentModificationUuid", NULL)))
+                json_string(j, "parent-modification-uuid", s);
+        if (*(s = entry_str(e, "Comment", NULL)))
+                json_string(j, "comment", s);
+        if (*(s = entry_str(e, "Variant", "variant")))
+                json_string(j, "variant", s);
+        if (e->have_props && value_get(&e->props, "Version"))
+                json_uint(j, "version", value_uint(&e->props, "Version", 0));
+        if (e->have_props && *(s = value_str(&e->props, "MediaType", "")))
+                json_string(j, "media-type", s);
+        if (e->have_props && value_geometry(&e->props, "PCHSGeometry", g))
+                json_geometry(j, "pchs", g);
+        if (e->have_props && value_geometry(&e->props, "LCHSGeometry", g))
+                json_geometry(j, "lchs", g);
+        json_object_close(j);
+        json_object_close(j);
+}
+
+static void info_print_json(Ctx *ctx, Json *j, const InfoEntry *e) {
+        const char *backing, *backing_fmt;
+        _cleanup_free_ char *full = NULL;
+        const char *format = e->have_props ? value_str(&e->props, "QemuFormat", e->elem->qemu_format)
+                                           : e->elem->qemu_format;
+
+        entry_backing(ctx, e, &backing, &full, &backing_fmt);
+        /* qemu-img's keys (and order) where they overlap. */
+        json_object_open(j, NULL);
+        if (backing && backing_fmt)
+                json_string(j, "backing-filename-format", backing_fmt);
+        json_uint(j, "virtual-size", entry_uint(e, "Size", "size"));
+        json_string(j, "filename", e->elem->path);
+        json_string(j, "format", format);
+        json_uint(j, "actual-size", (uint64_t) e->elem->st.st_blocks * 512u);
+        if (entry_has_specific(e))
+                info_json_specific(j, e, format);
+        if (backing) {
+                json_string(j, "full-backing-filename", full ? full : backing);
+                json_string(j, "backing-filename", backing);
+        }
+        json_object_close(j);
+}
+
+int cmd_info(Ctx *ctx, int argc, char **argv) {
+        static const struct option options[] = {
+                { "help",          no_argument,       NULL, 'h' },
+                { "quiet",         no_argument,       NULL, 'q' },
+                { "output",        required_argument, NULL, ARG_OUTPUT },
+                { "backing-chain", no_argument,       NULL, ARG_BACKING_CHAIN },
+                { "parent-dir",    required_argument, NULL, ARG_PARENT_DIR },
+                { "force-share",   no_argument,       NULL, 'U' },
+                {}
+        };
+        const char *fmt = NULL, *file;
+        bool backing_chain = false, opened = false;
+        _cleanup_(strv_freep) char **images = NULL;
+        InfoEntry entries[CHAIN_MAX] = {};
+        Chain chain = {};
+        unsigned n_entries = 0, n_images = 0;
+        int c, r, ex = EXIT_FAILURE;
+
+        while ((c = getopt_long(argc, argv, "f:hqU", options, NULL)) >= 0) {
+                switch (c) {
+                case 'f':
+                        fmt = optarg;
+                        break;
+                case 'U':
+                        break;   /* vdiskd takes no image locks to share */
+                case ARG_OUTPUT:
+                        if (parse_output(optarg, &arg_output) < 0)
+                                return usage_error("--output takes 'human' or 'json', not '%s'", optarg);
+                        break;
+                case ARG_BACKING_CHAIN:
+                        backing_chain = true;
+                        break;
+                default:
+                        if (common_option(c, optarg, &ex) == 2)
+                                return ex;
+                }
+        }
+        if (optind + 1 != argc)
+                return usage_error("info needs one image file name");
+        file = argv[optind];
+
+        /* The image itself: every failure here is an error. */
+        r = chain_resolve(ctx, file, fmt, backing_chain ? 0 : CHAIN_TOP_ONLY, &chain);
+        if (r != 0) {
+                ex = r;
+                goto finish;
+        }
+        if (!backing_chain && value_bool(&chain.elems[0].info, "needs-parent", false)) {
+                /* The chain is opened to name the parent a VDI records by
+                 * UUID only; without --backing-chain a missing parent is no
+                 * error: the probe's information is shown. */
+                Chain full = {};
+
+                log_set_quiet(true);
+                r = chain_open(ctx, file, fmt, 0, true, &full);
+                log_set_quiet(false);
+                if (r == 0) {
+                        chain_done(ctx, &chain);
+                        chain = full;
+                        opened = true;
+                } else if (r == EXIT_UNAVAILABLE || r == EXIT_CANCELLED) {
+                        log_error("%s: Could not open its parents: %s", file,
+                                  r == EXIT_CANCELLED ? "interrupted" : "vdiskd went away");
+                        ex = r;
+                        goto finish;
+                }
+        } else {
+                r = chain_open_disk(ctx, &chain, true);
+                if (r != 0) {
+                        ex = r;
+                        goto finish;
+                }
+                opened = true;
+        }
+
+        if (opened) {
+                r = chain_image_paths(ctx, &chain, &images);
+                if (r < 0) {
+                        log_error("%s: Could not list the images vdiskd opened: %s", file, strerror(-r));
+                        goto finish;
+                }
+                while (images[n_images])
+                        n_images++;
+        }
+
+        for (unsigned i = chain.n; i-- > 0;) {
+                InfoEntry *e = &entries[n_entries++];
+
+                e->elem = &chain.elems[i];
+                e->parent = i > 0 ? &chain.elems[i - 1] : NULL;
+                if (n_images == chain.n) {
+                        _cleanup_bus_error_ sd_bus_error error = SD_BUS_ERROR_NULL;
+
+                        r = bus_get_all(ctx, images[i], VDISK_IFACE_IMAGE, &error, &e->props);
+                        if (r < 0) {
+                                ex = log_bus_error(e->elem->path, &error, r);
+                                goto finish;
+                        }
+                        e->have_props = true;
+                }
+                if (!backing_chain)
+                        break;
+        }
+
+        if (arg_output == OUTPUT_JSON) {
+                Json j;
+
+                json_begin(&j, stdout, true);
+                if (backing_chain)
+                        json_array_open(&j, NULL);
+                for (unsigned i = 0; i < n_entries; i++)
+                        info_print_json(ctx, &j, &entries[i]);
+                if (backing_chain)
+                        json_array_close(&j);
+                json_end(&j);
+        } else
+                for (unsigned i = 0; i < n_entries; i++) {
+                        if (i > 0)
+                                putchar('\n');
+                        info_print_human(ctx, &entries[i]);
+                }
+        ex = EXIT_OK;
+
+finish:
+        for (unsigned i = 0; i < n_entries; i++)
+                value_clear(&entries[i].props);
+        chain_done(ctx, &chain);
+        return ex;
+}
+
+/* ---------------------------------------------------------------- check and repair */
+
+typedef struct Report {
+        uint64_t corruptions, leaks, check_errors, corruptions_fixed, leaks_fixed;
+        uint64_t total_clusters, allocated_clusters, fragmented_clusters, image_end_offset;
+        const Value *messages;
+} Report;
+
+static void report_from(const Value *result, Report *ret) {
+        *ret = (Report) {
+                .corruptions = value_uint(result, "corruptions", 0),
+                .leaks = value_uint(result, "leaks", 0),
+                .check_errors = value_uint(result, "check-errors", 0),
+                .corruptions_fixed = value_uint(result, "corruptions-fixed", 0),
+                .leaks_fixed = value_uint(result, "leaks-fixed", 0),
+                .total_clusters = value_uint(result, "total-clusters", 0),
+                .allocated_clusters = value_uint(result, "allocated-clusters", 0),
+                .fragmented_clusters = value_uint(result, "fragmented-clusters", 0),
+                .image_end_offset = value_uint(result, "image-end-offset", 0),
+                .messages = value_get(result, "messages"),
+        };
+}
+
+/* As vdisk-img: the statistics qemu-img's check shows for the format. */
+static void report_hide_stats(Report *rep, const char *qemu_format) {
+        if (streq(qemu_format, "vdi") || streq(qemu_format, "vhdx") || streq(qemu_format, "vmdk")) {
+                rep->image_end_offset = 0;
+                rep->total_clusters = rep->allocated_clusters = rep->fragmented_clusters = 0;
+        } else if (streq(qemu_format, "qed"))
+                rep->image_end_offset = 0;
+}
+
+static void report_messages(const Report *rep, FILE *f) {
+        const Value *m = rep->messages;
+
+        fflush(stdout);
+        for (size_t i = 0; m && m->type == VALUE_ARRAY && i < m->c.n; i++)
+                if (m->c.items[i].type == VALUE_STRING)
+                        fprintf(f, "%s\n", m->c.items[i].s);
+        fflush(f);
+}
+
+static int report_exit(const Report *rep) {
+        if (rep->check_errors)
+                return CHECK_EXIT_ERROR;
+        if (rep->corruptions)
+                return CHECK_EXIT_CORRUPT;
+        if (rep->leaks)
+                return CHECK_EXIT_LEAKS;
+        return EXIT_OK;
+}
+
+static void check_print_human(const Report *rep, const Report *fixed) {
+        if (fixed && (fixed->corruptions_fixed || fixed->leaks_fixed))
+                printf("The following inconsistencies were found and repaired:\n\n"
+                       "    %" PRIu64 " leaked clusters\n"
+                       "    %" PRIu64 " corruptions\n\n"
+                       "Double checking the fixed image now...\n",
+                       fixed->leaks_fixed, fixed->corruptions_fixed);
+        if (!rep->corruptions && !rep->leaks && !rep->check_errors)
+                printf("No errors were found on the image.\n");
+        else {
+                if (rep->corruptions)
+                        printf("\n%" PRIu64 " errors were found on the image.\n"
+                               "Data may be corrupted, or further writes to the image may corrupt it.\n",
+                               rep->corruptions);
+                if (rep->leaks)
+                        printf("\n%" PRIu64 " leaked clusters were found on the image.\n"
+                               "This means waste of disk space, but no harm to data.\n",
+                               rep->leaks);
+                if (rep->check_errors)
+                        printf("\n%" PRIu64 " internal errors have occurred during the check.\n",
+                               rep->check_errors);
+        }
+        if (rep->total_clusters && rep->allocated_clusters)
+                printf("%" PRIu64 "/%" PRIu64
+                       " = %0.2f%% allocated, %0.2f%% fragmented, 0.00%% compressed clusters\n",
+                       rep->allocated_clusters, rep->total_clusters,
+                       (double) rep->allocated_clusters * 100.0 / (double) rep->total_clusters,
+                       (double) rep->fragmented_clusters * 100.0 / (double) rep->allocated_clusters);
+        if (rep->image_end_offset)
+                printf("Image end offset: %" PRIu64 "\n", rep->image_end_offset);
+}
+
+static void check_print_json(const Report *rep, const Report *fixed, const char *file, const char *format) {
+        uint64_t cfixed = fixed ? fixed->corruptions_fixed : 0, lfixed = fixed ? fixed->leaks_fixed : 0;
+        Json j;
+
+        /* qemu-img's ImageCheck: counters that are 0 are left out. */
+        json_begin(&j, stdout, true);
+        json_object_open(&j, NULL);
+        if (rep->image_end_offset)
+                json_uint(&j, "image-end-offset", rep->image_end_offset);
+        if (rep->total_clusters)
+                json_uint(&j, "total-clusters", rep->total_clusters);
+        if (rep->corruptions)
+                json_uint(&j, "corruptions", rep->corruptions);
+        if (cfixed)
+                json_uint(&j, "corruptions-fixed", cfixed);
+        json_uint(&j, "check-errors", rep->check_errors);
+        if (rep->leaks)
+                json_uint(&j, "leaks", rep->leaks);
+        if (lfixed)
+                json_uint(&j, "leaks-fixed", lfixed);
+        if (rep->allocated_clusters)
+                json_uint(&j, "allocated-clusters", rep->allocated_clusters);
+        json_string(&j, "filename", file);
+        json_string(&j, "format", format);
+        if (rep->fragmented_clusters)
+                json_uint(&j, "fragmented-clusters", rep->fragmented_clusters);
+        json_object_close(&j);
+        json_end(&j);
+}
+
+typedef enum CheckMode {
+        CHECK_ONLY,
+        CHECK_REPAIR_LEAKS,
+        CHECK_REPAIR_ALL,
+        CHECK_DRY_RUN,
+} CheckMode;
+
+/* One Check or Repair operation on the top image; *ret gets its Result.
+ * Returns 0, or the (negative) op_run() result, or an exit code. */
+static int check_once(Ctx *ctx, Chain *c, CheckMode mode, bool progress, Value *ret) {
+        _cleanup_msg_ sd_bus_message *m = NULL;
+        OpWatch w = {};
+        int r;
+
+        r = bus_new_call(ctx, c->disk, VDISK_IFACE_DISK, mode == CHECK_ONLY ? "Check" : "Repair", &m);
+        if (r >= 0)
+                r = sd_bus_message_append(m, "u", c->n - 1);
+        if (r >= 0)
+                r = bus_options_open(m);
+        if (r >= 0 && mode == CHECK_REPAIR_LEAKS)
+                r = bus_append_opt_bool(m, "leaks-only", true);
+        if (r >= 0 && mode == CHECK_DRY_RUN)
+                r = bus_append_opt_bool(m, "dry-run", true);
+        if (r >= 0)
+                r = bus_options_close(m);
+        if (r < 0) {
+                log_error("Could not build the request: %s", strerror(-r));
+                return EXIT_FAILURE;
+        }
+        r = op_run(ctx, m, progress, c->elems[c->n - 1].path, &w);
+        if (r == -EIO || r == -ECANCELED || r == -EINTR) {
+                if (r == -EIO && streq_ptr(w.st.error_name, VDISK_ERROR_PREFIX "NotSupported")) {
+                        op_watch_done(&w);
+                        return -EOPNOTSUPP;
+                }
+                if (r == -EIO) {
+                        log_error("Check failed: %s",
+                                  w.st.error_message && *w.st.error_message ? w.st.error_message
+                                  : w.st.error_name                         ? w.st.error_name
+                                                                            : "unknown error");
+                        r = EXIT_FAILURE;
+                } else
+                        r = op_log_failure(&w, c->elems[c->n - 1].path, r);
+                op_watch_done(&w);
+                return r;
+        }
+        if (r == 0) {
+                *ret = w.st.result;
+                w.st.result = (Value) {};
+        }
+        op_watch_done(&w);
+        return r;
+}
+
+static int parse_check_args(int argc, char **argv, bool repair_cmd, const char **ret_fmt, CheckMode *mode,
+                            const char **ret_file) {
+        static const struct option options[] = {
+                { "help",        no_argument,       NULL, 'h' },
+                { "quiet",       no_argument,       NULL, 'q' },
+                { "output",      required_argument, NULL, ARG_OUTPUT },
+                { "parent-dir",  required_argument, NULL, ARG_PARENT_DIR },
+                { "dry-run",     no_argument,       NULL, ARG_DRY_RUN },
+                { "format",      required_argument, NULL, 'f' },
+                { "force-share", no_argument,       NULL, 'U' },
+                {}
+        };
+        int c, ex;
+
+        while ((c = getopt_long(argc, argv, repair_cmd ? "f:hqU" : "f:hqr:T:U", options, NULL)) >= 0) {
+                switch (c) {
+                case 'f':
+                        *ret_fmt = optarg;
+                        break;
+                case 'U':
+                case 'T':
+                        break;   /* no locks, no cache modes: nothing to do */
+                case 'r':
+                        if (streq(optarg, "leaks"))
+                                *mode = CHECK_REPAIR_LEAKS;
+                        else if (streq(optarg, "all"))
+                                *mode = CHECK_REPAIR_ALL;
+                        else {
+                                log_error("Unknown option value for -r (expecting 'leaks' or 'all'): %s",
+                                          optarg);
+                                (void) usage_hint();
+                                return CHECK_EXIT_ERROR;
+                        }
+                        break;
+                case ARG_DRY_RUN:
+                        if (!repair_cmd) {
+                                (void) usage_hint();
+                                return CHECK_EXIT_ERROR;
+                        }
+                        *mode = CHECK_DRY_RUN;
+                        break;
+                case ARG_OUTPUT:
+                        if (parse_output(optarg, &arg_output) < 0) {
+                                log_error("--output takes 'human' or 'json', not '%s'", optarg);
+                                return CHECK_EXIT_ERROR;
+                        }
+                        break;
+                default:
+                        /* qemu-img check exits 1 on a bad command line: 2 means corruption. */
+                        if (common_option(c, optarg, &ex) == 2)
+                                return ex == EXIT_USAGE ? CHECK_EXIT_ERROR : ex;
+                }
+        }
+        if (optind + 1 != argc) {
+                log_error("%s needs one image file name", repair_cmd ? "repair" : "check");
+                (void) usage_hint();
+                return CHECK_EXIT_ERROR;
+        }
+        *ret_file = argv[optind];
+        return -1;
+}
+
+int cmd_check(Ctx *ctx, int argc, char **argv) {
+        _cleanup_value_ Value result = {}, fixed_result = {};
+        const char *fmt = NULL, *file = NULL;
+        CheckMode mode = CHECK_ONLY;
+        Report rep, fixed = {};
+        bool have_fixed = false;
+        Chain chain = {};
+        int r, ex;
+
+        ex = parse_check_args(argc, argv, false, &fmt, &mode, &file);
+        if (ex >= 0)
+                return ex;
+
+        r = chain_open(ctx, file, fmt, mode == CHECK_ONLY ? 0 : CHAIN_TOP_WRITABLE, mode == CHECK_ONLY,
+                       &chain);
+        if (r != 0)
+                return r == EXIT_CANCELLED ? r : CHECK_EXIT_ERROR;
+
+        r = check_once(ctx, &chain, mode, progress_wanted(false), &result);
+        if (r == 0 && mode != CHECK_ONLY) {
+                report_from(&result, &fixed);
+                if (fixed.corruptions_fixed || fixed.leaks_fixed) {
+                        /* As qemu-img: describe the image as it is now. */
+                        have_fixed = true;
+                        fixed_result = result;
+                        result = (Value) {};
+                        report_from(&fixed_result, &fixed);
+                        r = check_once(ctx, &chain, CHECK_ONLY, progress_wanted(false), &result);
+                }
+        }
+        if (r == -EOPNOTSUPP) {
+                log_error("This image format does not support checks");
+                ex = CHECK_EXIT_UNSUPPORTED;
+                goto finish;
+        }
+        if (r != 0) {
+                ex = r == EXIT_CANCELLED ? r : CHECK_EXIT_ERROR;
+                goto finish;
+        }
+
+        report_from(&result, &rep);
+        if (have_fixed)
+                report_messages(&fixed, stderr);
+        report_messages(&rep, stderr);
+        report_hide_stats(&rep, chain.elems[chain.n - 1].qemu_format);
+        if (!arg_quiet) {
+                if (arg_output == OUTPUT_JSON)
+                        check_print_json(&rep, have_fixed ? &fixed : NULL, file,
+                                         chain.elems[chain.n - 1].qemu_format);
+                else
+                        check_print_human(&rep, have_fixed ? &fixed : NULL);
+        }
+        if (rep.check_errors)
+                log_error("Check failed");
+        ex = report_exit(&rep);
+
+finish:
+        chain_done(ctx, &chain);
+        return ex;
+}
+
+int cmd_repair(Ctx *ctx, int argc, char **argv) {
+        _cleanup_value_ Value result = {}, after = {};
+        const char *fmt = NULL, *file = NULL;
+        CheckMode mode = CHECK_REPAIR_ALL;
+        Report rep, now;
+        Chain chain = {};
+        bool dry_run;
+        int r, ex;
+
+        ex = parse_check_args(argc, argv, true, &fmt, &mode, &file);
+        if (ex >= 0)
+                return ex;
+        dry_run = mode == CHECK_DRY_RUN;
+
+        r = chain_open(ctx, file, fmt, dry_run ? 0 : CHAIN_TOP_WRITABLE, dry_run, &chain);
+        if (r != 0)
+                return r == EXIT_CANCELLED ? r : CHECK_EXIT_ERROR;
+
+        r = check_once(ctx, &chain, mode, progress_wanted(false), &result);
+        if (r == -EOPNOTSUPP) {
+                log_error("The format of '%s' does not support repairs", file);
+                ex = CHECK_EXIT_UNSUPPORTED;
+                goto finish;
+        }
+        if (r != 0) {
+                ex = r == EXIT_CANCELLED ? r : CHECK_EXIT_ERROR;
+                goto finish;
+        }
+        report_from(&result, &rep);
+        now = rep;
+        if (!dry_run && (rep.corruptions_fixed || rep.leaks_fixed)) {
+                r = check_once(ctx, &chain, CHECK_ONLY, progress_wanted(false), &after);
+                if (r != 0) {
+                        ex = r == EXIT_CANCELLED ? r : CHECK_EXIT_ERROR;
+                        goto finish;
+                }
+                report_from(&after, &now);
+        }
+
+        if (!arg_quiet) {
+                report_messages(&rep, stdout);
+                if (dry_run && !rep.corruptions && !rep.leaks)
+                        printf("No errors were found on the image.\n");
+                else if (dry_run)
+                        printf("%" PRIu64 " corruptions and %" PRIu64
+                               " leaked clusters found; a repair would fix "
+                               "%" PRIu64 " and %" PRIu64 " of them (dry run, nothing changed).\n",
+                               rep.corruptions, rep.leaks, rep.corruptions_fixed, rep.leaks_fixed);
+                else if (rep.corruptions_fixed || rep.leaks_fixed)
+                        printf("Repaired %" PRIu64 " corruptions and %" PRIu64 " leaked clusters.\n",
+                               rep.corruptions_fixed, rep.leaks_fixed);
+                else
+                        printf("No repairs were needed.\n");
+                if (!dry_run && (now.corruptions || now.leaks))
+                        printf("%" PRIu64 " corruptions and %" PRIu64 " leaked clusters remain.\n",
+                               now.corruptions, now.leaks);
+        }
+        ex = report_exit(&now);
+
+finish:
+        chain_done(ctx, &chain);
+        return ex;
+}

@@ -1,0 +1,1071 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/*
+ * vdiskctl create, convert (copy), merge, commit, compact and resize: the
+ * commands that start a long Operation in vdiskd and follow it.
+ *
+ * Outputs are created by vdiskctl itself, with the user's rights: O_CREAT |
+ * O_EXCL for a new file, or an existing regular file truncated (qemu-img
+ * replaces outputs too), after checking it is none of the source images.
+ * vdiskd truncates a failed or cancelled output to 0; vdiskctl then removes
+ * the file if it created it.
+ */
+
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <string.h>
+#include <strings.h>
+#include <unistd.h>
+
+#include "vdiskctl.h"
+
+/* ---------------------------------------------------------------- -o options */
+
+typedef struct OptList {
+        char **keys, **values;
+        size_t n;
+        bool help;
+} OptList;
+
+static void optlist_done(OptList *l) {
+        for (size_t i = 0; i < l->n; i++) {
+                free(l->keys[i]);
+                free(l->values[i]);
+        }
+        free(l->keys);
+        free(l->values);
+        *l = (OptList) {};
+}
+
+static const char *optlist_get(const OptList *l, const char *key) {
+        for (size_t i = 0; i < l->n; i++)
+                if (streq(l->keys[i], key))
+                        return l->values[i];
+        return NULL;
+}
+
+/* Sets key to value (len bytes, ",," unescaped); a key given again replaces
+ * the earlier value. */
+static int optlist_set(OptList *l, const char *key, size_t key_len, const char *value, size_t len) {
+        _cleanup_free_ char *k = strndup(key, key_len), *v = malloc(len + 1);
+        char **keys, **values;
+        size_t j = 0;
+
+        if (!k || !v)
+                return -ENOMEM;
+        for (size_t i = 0; i < len; i++) {
+                v[j++] = value[i];
+                if (value[i] == ',' && i + 1 < len && value[i + 1] == ',')
+                        i++;
+        }
+        v[j] = '\0';
+
+        for (size_t i = 0; i < l->n; i++)
+                if (streq(l->keys[i], k)) {
+                        free(l->values[i]);
+                        l->values[i] = TAKE_PTR(v);
+                        return 0;
+                }
+        keys = realloc(l->keys, (l->n + 1) * sizeof(char *));
+        if (!keys)
+                return -ENOMEM;
+        l->keys = keys;
+        values = realloc(l->values, (l->n + 1) * sizeof(char *));
+        if (!values)
+                return -ENOMEM;
+        l->values = values;
+        keys[l->n] = TAKE_PTR(k);
+        values[l->n] = TAKE_PTR(v);
+        l->n++;
+        return 0;
+}
+
+/* "k=v,k2=v2" as qemu-img takes it: ",," is a comma inside a value, a bare
+ * key means key=on, "help" or "?" asks for the list of options. */
+static int optlist_parse(OptList *l, const char *arg) {
+        const char *p = arg;
+        int r;
+
+        while (*p) {
+                const char *start = p, *eq = NULL;
+                size_t len;
+
+                for (; *p; p++) {
+                        if (*p == ',') {
+                                if (p[1] != ',')
+                                        break;
+                                p++;
+                                continue;
+                        }
+                        if (*p == '=' && !eq)
+                                eq = p;
+                }
+                len = (size_t) (p - start);
+                if (len > 0) {
+                        if (eq == start)
+                                return -EINVAL;
+                        if (!eq &&
+                            ((len == 4 && strncmp(start, "help", 4) == 0) || (len == 1 && *start == '?')))
+                                l->help = true;
+                        else {
+                                if (eq)
+                                        r = optlist_set(l, start, (size_t) (eq - start), eq + 1,
+                                                        (size_t) (p - eq - 1));
+                                else
+                                        r = optlist_set(l, start, len, "on", 2);
+                                if (r < 0)
+                                        return r;
+                        }
+                }
+                if (*p == ',')
+                        p++;
+        }
+        return 0;
+}
+
+/* Options whose values are sizes: normalized to bytes like vdisk-img does. */
+static bool key_is_size(const char *key) {
+        static const char *const size_keys[] = {
+                "size", "cluster_size", "block_size", "log_size", "extent_size_hint", "table_size",
+        };
+
+        for (size_t i = 0; i < ELEMENTSOF(size_keys); i++)
+                if (streq(key, size_keys[i]))
+                        return true;
+        return false;
+}
+
+static void print_create_help(const char *format, const Value *info) {
+        const Value *opts = value_get(info, "create-options");
+
+        printf("Supported %s options:\n", value_str(info, "qemu-name", format));
+        printf("  size=<size>            - Virtual disk size\n");
+        if (opts && opts->type == VALUE_ARRAY)
+                for (size_t i = 0; i < opts->c.n; i++)
+                        if (opts->c.items[i].type == VALUE_STRING && !streq(opts->c.items[i].s, "size"))
+                                printf("  %s\n", opts->c.items[i].s);
+}
+
+/* What vdiskctl makes of -o: `static` becomes the variant, `size` and the
+ * backing keys are the caller's, the rest goes to the format. Checks keys
+ * against the backend's create-options. Logs; exit code. */
+typedef struct CreateOpts {
+        const char *variant;     /* NULL: the format's default */
+        OptList *format_options;
+        size_t n_format_options;
+} CreateOpts;
+
+static bool backend_takes(const Value *info, const char *key) {
+        const Value *opts = value_get(info, "create-options");
+
+        if (!opts)
+                return true;   /* nothing known: vdiskd judges */
+        for (size_t i = 0; opts->type == VALUE_ARRAY && i < opts->c.n; i++)
+                if (opts->c.items[i].type == VALUE_STRING && streq(opts->c.items[i].s, key))
+                        return true;
+        return false;
+}
+
+static bool key_is_ours(const char *key) {
+        return streq(key, "size") || streq(key, "backing_file") || streq(key, "backing_fmt") ||
+               streq(key, "static");
+}
+
+static int create_opts_check(OptList *l, const Value *info, const char *file, CreateOpts *ret) {
+        const char *st = optlist_get(l, "static");
+
+        *ret = (CreateOpts) { .format_options = l };
+        if (st) {
+                if (streq(st, "on"))
+                        ret->variant = "fixed";
+                else if (streq(st, "off"))
+                        ret->variant = "dynamic";
+                else {
+                        log_error("%s: Parameter 'static' expects 'on' or 'off'", file);
+                        return EXIT_USAGE;
+                }
+        }
+        for (size_t i = 0; i < l->n; i++) {
+                if (key_is_ours(l->keys[i]))
+                        continue;
+                if (!backend_takes(info, l->keys[i])) {
+                        log_error("%s: Invalid parameter '%s'", file, l->keys[i]);
+                        return EXIT_USAGE;
+                }
+                if (key_is_size(l->keys[i])) {
+                        uint64_t v;
+                        char *s;
+
+                        if (parse_size(l->values[i], &v) < 0) {
+                                log_error("%s: Parameter '%s' expects a size", file, l->keys[i]);
+                                return EXIT_USAGE;
+                        }
+                        if (asprintf(&s, "%" PRIu64, v) < 0) {
+                                log_error("Out of memory");
+                                return EXIT_FAILURE;
+                        }
+                        free(l->values[i]);
+                        l->values[i] = s;
+                }
+                ret->n_format_options++;
+        }
+        return 0;
+}
+
+/* Appends `variant` and `format-options` to an open options array. */
+static int append_create_opts(sd_bus_message *m, const CreateOpts *o) {
+        int r = 0;
+
+        if (o->variant)
+                r = bus_append_opt_string(m, "variant", o->variant);
+        if (r < 0 || o->n_format_options == 0)
+                return r;
+        r = sd_bus_message_open_container(m, 'e', "sv");
+        if (r >= 0)
+                r = sd_bus_message_append(m, "s", "format-options");
+        if (r >= 0)
+                r = sd_bus_message_open_container(m, 'v', "a{ss}");
+        if (r >= 0)
+                r = sd_bus_message_open_container(m, 'a', "{ss}");
+        for (size_t i = 0; r >= 0 && i < o->format_options->n; i++)
+                if (!key_is_ours(o->format_options->keys[i]))
+                        r = sd_bus_message_append(m, "{ss}", o->format_options->keys[i],
+                                                  o->format_options->values[i]);
+        if (r >= 0)
+                r = sd_bus_message_close_container(m);
+        if (r >= 0)
+                r = sd_bus_message_close_container(m);
+        if (r >= 0)
+                r = sd_bus_message_close_container(m);
+        return r;
+}
+
+/* The backend name of a format the user named; logs when unknown. */
+static int lookup_format(Ctx *ctx, const char *name, const char **ret_backend, const Value **ret_info) {
+        const Value *info = backend_find(ctx, name, ret_backend);
+
+        if (!info) {
+                if (!ctx->have_backends)
+                        return EXIT_UNAVAILABLE;   /* logged by bus_backends() */
+                log_error("Unknown file format '%s'", name);
+                return EXIT_NOT_SUPPORTED;
+        }
+        if (ret_info)
+                *ret_info = info;
+        return 0;
+}
+
+/* ---------------------------------------------------------------- outputs */
+
+typedef struct Output {
+        const char *path;
+        int fd;
+        bool created;
+        struct stat st;
+} Output;
+
+/* Creates `path`, or truncates it when it is an existing regular file that is
+ * none of the images of `avoid`. Logs; exit code. */
+static int output_open(const char *path, const Chain *avoid, Output *ret) {
+        Output o = { .path = path, .fd = -1 };
+
+        o.fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC | O_NOCTTY, 0644);
+        if (o.fd >= 0)
+                o.created = true;
+        else if (errno == EEXIST)
+                /* O_NONBLOCK: never hang on a FIFO; refused below anyway. */
+                o.fd = open(path, O_RDWR | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
+        if (o.fd < 0) {
+                int err = errno;
+
+                log_error("%s: Could not create the file: %s", path, strerror(err));
+                return err == EACCES || err == EPERM || err == EROFS ? EXIT_PERMISSION
+                       : err == ENOENT                                ? EXIT_NOT_FOUND
+                                                                      : EXIT_FAILURE;
+        }
+        if (fstat(o.fd, &o.st) < 0 || !S_ISREG(o.st.st_mode) || fcntl(o.fd, F_SETFL, 0) < 0) {
+                log_error("%s: Exists and is not a regular file; vdiskctl writes only regular files", path);
+                close(o.fd);
+                return EXIT_FAILURE;
+        }
+        if (avoid && chain_contains(avoid, &o.st)) {
+                log_error("%s: The output is one of the source images", path);
+                close(o.fd);
+                return EXIT_FAILURE;
+        }
+        if (!o.created && ftruncate(o.fd, 0) < 0) {
+                log_error("%s: Could not truncate the file: %m", path);
+                close(o.fd);
+                return EXIT_FAILURE;
+        }
+        *ret = o;
+        return 0;
+}
+
+/* On failure: removes the output if vdiskctl created it (and the name still
+ * leads to that file). */
+static void output_close(Output *o, bool success) {
+        struct stat st;
+
+        if (o->fd < 0)
+                return;
+        close(o->fd);
+        o->fd = -1;
+        if (success || !o->created)
+                return;
+        if (lstat(o->path, &st) >= 0 && st.st_dev == o->st.st_dev && st.st_ino == o->st.st_ino &&
+            unlink(o->path) >= 0)
+                log_notice("%s: Removed the incomplete output", o->path);
+}
+
+/* ---------------------------------------------------------------- helpers */
+
+static int build_failed(int r) {
+        log_error("Could not build the request: %s", strerror(-r));
+        return EXIT_FAILURE;
+}
+
+/* The exit code of a finished op_run(); logs what failed. */
+static int op_finish(OpWatch *w, const char *what, int r) {
+        if (r > 0)
+                return r;
+        if (r < 0)
+                return op_log_failure(w, what, r);
+        return EXIT_OK;
+}
+
+/* ---------------------------------------------------------------- create */
+
+int cmd_create(Ctx *ctx, int argc, char **argv) {
+        static const struct option options[] = {
+                { "help",       no_argument,       NULL, 'h' },
+                { "quiet",      no_argument,       NULL, 'q' },
+                { "parent-dir", required_argument, NULL, ARG_PARENT_DIR },
+                {}
+        };
+        const char *fmt = "raw", *backing = NULL, *backing_fmt = NULL, *file, *size_arg = NULL, *backend;
+        _cleanup_(optlist_done) OptList opts = {};
+        _cleanup_free_ char *backing_path = NULL, *disk = NULL, *display = NULL;
+        _cleanup_msg_ sd_bus_message *m = NULL;
+        const Value *info;
+        CreateOpts copts;
+        Output out = { .fd = -1 };
+        Chain chain = {};
+        OpWatch w = {};
+        uint64_t size = 0;
+        bool have_size = false;
+        int c, r, ex = EXIT_FAILURE;
+
+        while ((c = getopt_long(argc, argv, "F:b:f:ho:qu", options, NULL)) >= 0) {
+                switch (c) {
+                case 'F':
+                        backing_fmt = optarg;
+                        break;
+                case 'b':
+                        backing = optarg;
+                        break;
+                case 'f':
+                        fmt = optarg;
+                        break;
+                case 'o':
+                        if (optlist_parse(&opts, optarg) < 0)
+                                return usage_error("Invalid option list: %s", optarg);
+                        break;
+                case 'u':
+                        log_error("-u (unsafe) is not supported by vdiskctl: "
+                                  "vdiskd opens the whole backing chain");
+                        return EXIT_USAGE;
+                default:
+                        if (common_option(c, optarg, &ex) == 2)
+                                return ex;
+                }
+        }
+
+        r = lookup_format(ctx, fmt, &backend, &info);
+        if (r != 0)
+                return r;
+        if (opts.help) {
+                print_create_help(backend, info);
+                return EXIT_OK;
+        }
+        if (optind >= argc)
+                return usage_error("create needs an image file name");
+        file = argv[optind++];
+        if (optind < argc)
+                size_arg = argv[optind++];
+        if (optind < argc)
+                return usage_error("Unexpected argument: %s", argv[optind]);
+
+        if (optlist_get(&opts, "backing_file")) {
+                if (backing) {
+                        log_error("%s: The backing file must be given only once", file);
+                        return EXIT_USAGE;
+                }
+                backing = optlist_get(&opts, "backing_file");
+        }
+        if (optlist_get(&opts, "backing_fmt")) {
+                if (backing_fmt) {
+                        log_error("%s: The backing format must be given only once", file);
+                        return EXIT_USAGE;
+                }
+                backing_fmt = optlist_get(&opts, "backing_fmt");
+        }
+        if (backing && !backing_fmt) {
+                log_error("%s: Backing file specified without backing format (give -F)", file);
+                return EXIT_USAGE;
+        }
+        if (optlist_get(&opts, "size")) {
+                if (size_arg) {
+                        log_error("%s: The image size must be specified only once", file);
+                        return EXIT_USAGE;
+                }
+                size_arg = optlist_get(&opts, "size");
+        }
+        if (size_arg) {
+                r = parse_size(size_arg, &size);
+                if (r < 0) {
+                        log_bad_size("image size", size_arg, r);
+                        return EXIT_USAGE;
+                }
+                have_size = true;
+        } else if (!backing) {
+                log_error("%s: Image creation needs a size parameter", file);
+                return EXIT_USAGE;
+        }
+        r = create_opts_check(&opts, info, file, &copts);
+        if (r != 0)
+                return r;
+        display = utf8_sanitize(path_basename(file));
+        if (!display) {
+                log_error("Out of memory");
+                return EXIT_FAILURE;
+        }
+
+        if (backing) {
+                if (path_relative_to(file, backing, &backing_path) < 0) {
+                        log_error("Out of memory");
+                        return EXIT_FAILURE;
+                }
+                r = chain_open(ctx, backing_path, backing_fmt, 0, false, &chain);
+                if (r != 0)
+                        return r;
+                if (!have_size) {
+                        /* vdiskd takes the parent's; read it for the message. */
+                        _cleanup_bus_error_ sd_bus_error error = SD_BUS_ERROR_NULL;
+                        _cleanup_value_ Value props = {};
+
+                        if (bus_get_all(ctx, chain.disk, VDISK_IFACE_DISK, &error, &props) >= 0)
+                                size = value_uint(&props, "Size", 0);
+                }
+        }
+
+        if (!arg_quiet) {
+                printf("Formatting '%s', fmt=%s size=%" PRIu64, file, value_str(info, "qemu-name", fmt),
+                       size);
+                if (backing)
+                        printf(" backing_file=%s backing_fmt=%s", backing, backing_fmt);
+                if (!copts.variant && streq(value_str(info, "qemu-name", ""), "vdi"))
+                        printf(" static=off");
+                for (size_t i = 0; i < opts.n; i++)
+                        if (!streq(opts.keys[i], "size") && !streq(opts.keys[i], "backing_file") &&
+                            !streq(opts.keys[i], "backing_fmt"))
+                                printf(" %s=%s", opts.keys[i], opts.values[i]);
+                putchar('\n');
+                fflush(stdout);
+        }
+        /* Like qemu-img: the image gets the size rounded up to whole sectors. */
+        size = ALIGN_UP(size, UINT64_C(512));
+
+        r = output_open(file, backing ? &chain : NULL, &out);
+        if (r != 0) {
+                ex = r;
+                goto finish;
+        }
+
+        if (backing) {
+                r = bus_new_call(ctx, chain.disk, VDISK_IFACE_DISK, "CreateDiff", &m);
+                if (r >= 0)
+                        r = sd_bus_message_append(m, "hs", out.fd, backend);
+                if (r >= 0)
+                        r = bus_options_open(m);
+                if (r >= 0 && have_size)
+                        r = bus_append_opt_u64(m, "size", size);
+        } else {
+                _cleanup_bus_error_ sd_bus_error error = SD_BUS_ERROR_NULL;
+                _cleanup_msg_ sd_bus_message *cm = NULL, *reply = NULL;
+                const char *path;
+
+                r = bus_new_call(ctx, VDISK_PATH, VDISK_IFACE_MANAGER, "CreateDisk", &cm);
+                if (r >= 0)
+                        r = bus_options_open(cm);
+                if (r >= 0)
+                        r = bus_append_opt_string(cm, "display-name", display);
+                if (r >= 0)
+                        r = bus_options_close(cm);
+                if (r < 0) {
+                        ex = build_failed(r);
+                        goto finish;
+                }
+                r = bus_call(ctx, cm, 0, &error, &reply);
+                if (r < 0) {
+                        ex = log_bus_error(file, &error, r);
+                        goto finish;
+                }
+                r = sd_bus_message_read(reply, "o", &path);
+                if (r < 0 || !(disk = strdup(path))) {
+                        log_error("%s: Bad reply from vdiskd", file);
+                        goto finish;
+                }
+                chain.disk = TAKE_PTR(disk);   /* closed with the chain */
+
+                r = bus_new_call(ctx, chain.disk, VDISK_IFACE_DISK, "CreateBase", &m);
+                if (r >= 0)
+                        r = sd_bus_message_append(m, "hst", out.fd, backend, size);
+                if (r >= 0)
+                        r = bus_options_open(m);
+        }
+        if (r >= 0)
+                r = append_create_opts(m, &copts);
+        if (r >= 0)
+                r = bus_append_opt_string(m, "display-name", display);
+        if (r >= 0)
+                r = bus_options_close(m);
+        if (r < 0) {
+                ex = build_failed(r);
+                goto finish;
+        }
+        r = op_run(ctx, m, progress_wanted(false), file, &w);
+        ex = op_finish(&w, file, r);
+
+finish:
+        op_watch_done(&w);
+        chain_done(ctx, &chain);
+        output_close(&out, ex == EXIT_OK);
+        return ex;
+}
+
+/* ---------------------------------------------------------------- convert */
+
+#define SPARSE_SIZE_MAX (UINT64_C(16) << 20)
+
+int cmd_convert(Ctx *ctx, int argc, char **argv) {
+        static const struct option options[] = {
+                { "help",        no_argument,       NULL, 'h' },
+                { "quiet",       no_argument,       NULL, 'q' },
+                { "parent-dir",  required_argument, NULL, ARG_PARENT_DIR },
+                { "force-share", no_argument,       NULL, 'U' },
+                {}
+        };
+        const char *fmt = NULL, *out_fmt = "raw", *in, *out_name, *backend, *sparse_arg = NULL;
+        _cleanup_(optlist_done) OptList opts = {};
+        _cleanup_msg_ sd_bus_message *m = NULL;
+        uint64_t sparse = 0, new_size = 0;
+        bool progress = false;
+        const Value *info;
+        CreateOpts copts;
+        Output out = { .fd = -1 };
+        Chain chain = {};
+        OpWatch w = {};
+        int c, r, ex = EXIT_FAILURE;
+
+        while ((c = getopt_long(argc, argv, "hf:O:o:S:pqt:T:UnB:c", options, NULL)) >= 0) {
+                switch (c) {
+                case 'f':
+                        fmt = optarg;
+                        break;
+                case 'O':
+                        out_fmt = optarg;
+                        break;
+                case 'o':
+                        if (optlist_parse(&opts, optarg) < 0)
+                                return usage_error("Invalid option list: %s", optarg);
+                        break;
+                case 'S':
+                        sparse_arg = optarg;
+                        r = parse_size(optarg, &sparse);
+                        if (r < 0 || sparse % 512 != 0 || sparse > SPARSE_SIZE_MAX)
+                                return usage_error(
+                                        "Invalid sparse size '%s': use a multiple of 512 up to 16 MiB",
+                                        optarg);
+                        /* vdiskd takes 0 as its default (4 KiB), not as "allocate all". */
+                        if (sparse == 0)
+                                return usage_error(
+                                        "-S 0 (allocating the whole output) is not available through "
+                                        "vdiskd; use vdisk-img convert -S 0");
+                        break;
+                case 'p':
+                        progress = true;
+                        break;
+                case 't':
+                case 'T':
+                case 'U':
+                        break;   /* cache modes and locks are vdiskd's business */
+                case 'n':
+                case 'B':
+                case 'c':
+                        log_error("Option '-%c' is not supported by vdiskctl (use vdisk-img)", c);
+                        return EXIT_USAGE;
+                default:
+                        if (common_option(c, optarg, &ex) == 2)
+                                return ex;
+                }
+        }
+        if (argc - optind != 2)
+                return usage_error("convert needs a source and a destination file name");
+        in = argv[optind];
+        out_name = argv[optind + 1];
+
+        r = lookup_format(ctx, out_fmt, &backend, &info);
+        if (r != 0)
+                return r;
+        if (opts.help) {
+                print_create_help(backend, info);
+                return EXIT_OK;
+        }
+        if (optlist_get(&opts, "backing_file") || optlist_get(&opts, "backing_fmt")) {
+                log_error("%s: A backing file for the output is not supported by vdiskctl", out_name);
+                return EXIT_USAGE;
+        }
+        if (optlist_get(&opts, "size")) {
+                r = parse_size(optlist_get(&opts, "size"), &new_size);
+                if (r < 0) {
+                        log_bad_size("size", optlist_get(&opts, "size"), r);
+                        return EXIT_USAGE;
+                }
+                new_size = ALIGN_UP(new_size, UINT64_C(512));
+        }
+        r = create_opts_check(&opts, info, out_name, &copts);
+        if (r != 0)
+                return r;
+
+        r = chain_open(ctx, in, fmt, 0, true, &chain);
+        if (r != 0)
+                return r;
+        r = output_open(out_name, &chain, &out);
+        if (r != 0) {
+                ex = r;
+                goto finish;
+        }
+
+        r = bus_new_call(ctx, chain.disk, VDISK_IFACE_DISK, "Copy", &m);
+        if (r >= 0)
+                r = sd_bus_message_append(m, "hs", out.fd, backend);
+        if (r >= 0)
+                r = bus_options_open(m);
+        if (r >= 0)
+                r = append_create_opts(m, &copts);
+        if (r >= 0 && new_size > 0)
+                r = bus_append_opt_u64(m, "size", new_size);
+        if (r >= 0 && sparse_arg)
+                r = bus_append_opt_u64(m, "sparse-size", sparse);
+        if (r >= 0)
+                r = bus_options_close(m);
+        if (r < 0) {
+                ex = build_failed(r);
+                goto finish;
+        }
+        r = op_run(ctx, m, progress_wanted(progress), out_name, &w);
+        ex = op_finish(&w, out_name, r);
+
+finish:
+        op_watch_done(&w);
+        chain_done(ctx, &chain);
+        output_close(&out, ex == EXIT_OK);
+        return ex;
+}
+
+/* ---------------------------------------------------------------- merge and commit */
+
+/* Runs Disk.Merge(from, to) and says which files left the chain. */
+static int run_merge(Ctx *ctx, Chain *chain, unsigned from, unsigned to, bool progress, const char *what,
+                     const char *done_msg) {
+        _cleanup_msg_ sd_bus_message *m = NULL;
+        _cleanup_(strv_freep) char **images = NULL;
+        const Value *removed;
+        OpWatch w = {};
+        int r, ex;
+
+        /* Image paths before the merge, to name what leaves the chain. */
+        if (chain_image_paths(ctx, chain, &images) < 0)
+                images = NULL;
+
+        r = bus_new_call(ctx, chain->disk, VDISK_IFACE_DISK, "Merge", &m);
+        if (r >= 0)
+                r = sd_bus_message_append(m, "uu", from, to);
+        if (r >= 0)
+                r = bus_options_open(m);
+        if (r >= 0)
+                r = bus_options_close(m);
+        if (r < 0)
+                return build_failed(r);
+        r = op_run(ctx, m, progress, what, &w);
+        ex = op_finish(&w, what, r);
+        if (ex == EXIT_OK && !arg_quiet) {
+                printf("%s\n", done_msg);
+                removed = value_get(&w.st.result, "removed");
+                for (size_t i = 0; removed && removed->type == VALUE_ARRAY && i < removed->c.n; i++) {
+                        const char *name =
+                                removed->c.items[i].type == VALUE_STRING ? removed->c.items[i].s : "?";
+
+                        for (unsigned k = 0; images && images[k] && k < chain->n; k++)
+                                if (streq(images[k], name))
+                                        name = chain->elems[k].path;
+                        printf("'%s' left the chain (the file is kept).\n", name);
+                }
+        }
+        op_watch_done(&w);
+        return ex;
+}
+
+int cmd_merge(Ctx *ctx, int argc, char **argv) {
+        static const struct option options[] = {
+                { "help",       no_argument,       NULL, 'h' },
+                { "quiet",      no_argument,       NULL, 'q' },
+                { "parent-dir", required_argument, NULL, ARG_PARENT_DIR },
+                { "from",       required_argument, NULL, ARG_FROM },
+                { "to",         required_argument, NULL, ARG_TO },
+                {}
+        };
+        const char *fmt = NULL, *file, *from_arg = NULL, *to_arg = NULL;
+        _cleanup_free_ char *msg = NULL;
+        unsigned from, to;
+        bool progress = false;
+        Chain chain = {};
+        int c, r, ex = EXIT_FAILURE;
+
+        while ((c = getopt_long(argc, argv, "f:hpq", options, NULL)) >= 0) {
+                switch (c) {
+                case 'f':
+                        fmt = optarg;
+                        break;
+                case 'p':
+                        progress = true;
+                        break;
+                case ARG_FROM:
+                        from_arg = optarg;
+                        break;
+                case ARG_TO:
+                        to_arg = optarg;
+                        break;
+                default:
+                        if (common_option(c, optarg, &ex) == 2)
+                                return ex;
+                }
+        }
+        if (optind >= argc)
+                return usage_error("merge needs an image file name");
+        file = argv[optind++];
+        if (!from_arg && optind < argc)
+                from_arg = argv[optind++];
+        if (!to_arg && optind < argc)
+                to_arg = argv[optind++];
+        if (optind < argc)
+                return usage_error("Unexpected argument: %s", argv[optind]);
+        if (!from_arg || !to_arg)
+                return usage_error("merge needs the images to merge: --from N --to M (0 is the base)");
+        if (parse_uint(from_arg, &from) < 0 || parse_uint(to_arg, &to) < 0)
+                return usage_error("Image indexes are numbers (0 is the base): '%s', '%s'", from_arg,
+                                   to_arg);
+        if (from == to)
+                return usage_error("--from and --to name the same image");
+
+        /* Every image a merge may write is opened read-write. */
+        r = chain_resolve(ctx, file, fmt, CHAIN_ALL_WRITABLE, &chain);
+        if (r != 0)
+                return r;
+        if (from >= chain.n || to >= chain.n) {
+                log_error("%s: The chain has %u image%s (0 to %u); cannot merge %u into %u", file, chain.n,
+                          chain.n == 1 ? "" : "s", chain.n - 1, from, to);
+                ex = EXIT_USAGE;
+                goto finish;
+        }
+        r = chain_open_disk(ctx, &chain, false);
+        if (r != 0) {
+                ex = r;
+                goto finish;
+        }
+        if (asprintf(&msg, "Merged '%s' into '%s'.", chain.elems[from].path, chain.elems[to].path) < 0) {
+                msg = NULL;
+                log_error("Out of memory");
+                goto finish;
+        }
+        ex = run_merge(ctx, &chain, from, to, progress_wanted(progress), file, msg);
+
+finish:
+        chain_done(ctx, &chain);
+        return ex;
+}
+
+int cmd_commit(Ctx *ctx, int argc, char **argv) {
+        static const struct option options[] = {
+                { "help",       no_argument,       NULL, 'h' },
+                { "quiet",      no_argument,       NULL, 'q' },
+                { "parent-dir", required_argument, NULL, ARG_PARENT_DIR },
+                {}
+        };
+        const char *fmt = NULL, *file;
+        bool progress = false;
+        Chain chain = {};
+        int c, r, ex = EXIT_FAILURE;
+
+        while ((c = getopt_long(argc, argv, "f:hpqt:", options, NULL)) >= 0) {
+                switch (c) {
+                case 'f':
+                        fmt = optarg;
+                        break;
+                case 'p':
+                        progress = true;
+                        break;
+                case 't':
+                        break;   /* cache mode: vdiskd's business */
+                default:
+                        if (common_option(c, optarg, &ex) == 2)
+                                return ex;
+                }
+        }
+        if (optind + 1 != argc)
+                return usage_error("commit needs one image file name");
+        file = argv[optind];
+
+        r = chain_resolve(ctx, file, fmt, CHAIN_TOP_WRITABLE, &chain);
+        if (r != 0)
+                return r;
+        if (chain.n < 2) {
+                log_error("%s: Image does not have a backing file", file);
+                goto finish;
+        }
+        r = chain_make_writable(&chain, chain.n - 2);
+        if (r == 0)
+                r = chain_open_disk(ctx, &chain, false);
+        if (r != 0) {
+                ex = r;
+                goto finish;
+        }
+        ex = run_merge(ctx, &chain, chain.n - 1, chain.n - 2, progress_wanted(progress), file,
+                       "Image committed.");
+
+finish:
+        chain_done(ctx, &chain);
+        return ex;
+}
+
+/* ---------------------------------------------------------------- compact */
+
+int cmd_compact(Ctx *ctx, int argc, char **argv) {
+        static const struct option options[] = {
+                { "help",       no_argument,       NULL, 'h' },
+                { "quiet",      no_argument,       NULL, 'q' },
+                { "parent-dir", required_argument, NULL, ARG_PARENT_DIR },
+                { "image",      required_argument, NULL, ARG_IMAGE },
+                { "filename",   required_argument, NULL, 'F' },
+                { "format",     required_argument, NULL, 'f' },
+                {}
+        };
+        _cleanup_msg_ sd_bus_message *m = NULL;
+        const char *fmt = NULL, *file = NULL;
+        unsigned image = UINT32_MAX;
+        bool progress = false;
+        Chain chain = {};
+        OpWatch w = {};
+        int c, r, ex = EXIT_FAILURE;
+
+        while ((c = getopt_long(argc, argv, "f:hpq", options, NULL)) >= 0) {
+                switch (c) {
+                case 'f':
+                        fmt = optarg;
+                        break;
+                case 'F':
+                        file = optarg;
+                        break;
+                case 'p':
+                        progress = true;
+                        break;
+                case ARG_IMAGE:
+                        if (parse_uint(optarg, &image) < 0)
+                                return usage_error("--image takes an image index (0 is the base): %s",
+                                                   optarg);
+                        break;
+                default:
+                        if (common_option(c, optarg, &ex) == 2)
+                                return ex;
+                }
+        }
+        if (!file && optind + 1 == argc)
+                file = argv[optind];
+        else if (!file || optind != argc)
+                return usage_error("compact needs one image file name");
+
+        /* The parents are needed: blocks equal to the parent's go too. */
+        r = chain_resolve(ctx, file, fmt, image == UINT32_MAX ? CHAIN_TOP_WRITABLE : 0, &chain);
+        if (r != 0)
+                return r;
+        if (image == UINT32_MAX)
+                image = chain.n - 1;
+        if (image >= chain.n) {
+                log_error("%s: The chain has %u image%s (0 to %u), not %u", file, chain.n,
+                          chain.n == 1 ? "" : "s", chain.n - 1, image);
+                ex = EXIT_USAGE;
+                goto finish;
+        }
+        r = chain_make_writable(&chain, image);
+        if (r == 0)
+                r = chain_open_disk(ctx, &chain, false);
+        if (r != 0) {
+                ex = r;
+                goto finish;
+        }
+
+        r = bus_new_call(ctx, chain.disk, VDISK_IFACE_DISK, "Compact", &m);
+        if (r >= 0)
+                r = sd_bus_message_append(m, "u", image);
+        if (r >= 0)
+                r = bus_options_open(m);
+        if (r >= 0)
+                r = bus_options_close(m);
+        if (r < 0) {
+                ex = build_failed(r);
+                goto finish;
+        }
+        r = op_run(ctx, m, progress_wanted(progress), chain.elems[image].path, &w);
+        if (r == -EIO && streq_ptr(w.st.error_name, VDISK_ERROR_PREFIX "NotSupported")) {
+                log_error("The format of '%s' (%s) does not support compacting", chain.elems[image].path,
+                          chain.elems[image].qemu_format);
+                ex = EXIT_NOT_SUPPORTED;
+                goto finish;
+        }
+        ex = op_finish(&w, chain.elems[image].path, r);
+        if (ex == EXIT_OK && !arg_quiet)
+                printf("Image compacted.\n");
+
+finish:
+        op_watch_done(&w);
+        chain_done(ctx, &chain);
+        return ex;
+}
+
+/* ---------------------------------------------------------------- resize */
+
+int cmd_resize(Ctx *ctx, int argc, char **argv) {
+        static const struct option options[] = {
+                { "help",          no_argument,       NULL, 'h' },
+                { "quiet",         no_argument,       NULL, 'q' },
+                { "parent-dir",    required_argument, NULL, ARG_PARENT_DIR },
+                { "shrink",        no_argument,       NULL, ARG_SHRINK },
+                { "force-share",   no_argument,       NULL, 'U' },
+                {}
+        };
+        _cleanup_bus_error_ sd_bus_error error = SD_BUS_ERROR_NULL;
+        _cleanup_msg_ sd_bus_message *m = NULL;
+        _cleanup_value_ Value props = {};
+        const char *fmt = NULL, *size_arg = NULL, *p, *file;
+        bool shrink = false, relative = false, minus = false;
+        uint64_t value, cur, new_size;
+        Chain chain = {};
+        OpWatch w = {};
+        int c, r, ex = EXIT_FAILURE;
+
+        /* A negative size ("-1G") would look like an option: take it out first. */
+        if (argc >= 3 && argv[argc - 1][0] == '-' && argv[argc - 1][1] >= '0' && argv[argc - 1][1] <= '9')
+                size_arg = argv[--argc];
+
+        while ((c = getopt_long(argc, argv, "f:hqU", options, NULL)) >= 0) {
+                switch (c) {
+                case 'f':
+                        fmt = optarg;
+                        break;
+                case 'U':
+                        break;
+                case ARG_SHRINK:
+                        shrink = true;
+                        break;
+                default:
+                        if (common_option(c, optarg, &ex) == 2)
+                                return ex;
+                }
+        }
+        if (!size_arg && argc - optind == 2)
+                size_arg = argv[argc - 1];
+        else if (!size_arg || argc - optind != 1)
+                return usage_error("resize needs an image file name and a size");
+        file = argv[optind];
+
+        p = size_arg;
+        if (*p == '+' || *p == '-') {
+                relative = true;
+                minus = *p == '-';
+                p++;
+        }
+        r = parse_size(p, &value);
+        if (r < 0) {
+                log_bad_size("size", size_arg, r);
+                return EXIT_USAGE;
+        }
+
+        r = chain_open(ctx, file, fmt, CHAIN_TOP_WRITABLE | CHAIN_GUESSED_RAW_OK, false, &chain);
+        if (r != 0)
+                return r;
+        r = bus_get_all(ctx, chain.disk, VDISK_IFACE_DISK, &error, &props);
+        if (r < 0) {
+                ex = log_bus_error(file, &error, r);
+                goto finish;
+        }
+        cur = value_uint(&props, "Size", 0);
+        if (!relative)
+                new_size = value;
+        else if (minus)
+                new_size = value >= cur ? 0 : cur - value;
+        else if (ADD_OVERFLOW(cur, value, &new_size) || new_size > INT64_MAX) {
+                log_error("%s: Image size too large", file);
+                goto finish;
+        }
+        if (new_size == 0) {
+                log_error("%s: New image size must be positive", file);
+                goto finish;
+        }
+        if (chain.guessed_raw && new_size < 512) {
+                /* That would cut into the first sector, which a guessed raw
+                 * image must keep (its content decides the format). */
+                log_error("%s: Cannot shrink an image whose format was guessed raw below one sector; "
+                          "give '-f raw'", file);
+                goto finish;
+        }
+        if (new_size < cur && !shrink) {
+                log_error("%s: %" PRIu64 " bytes is smaller than the image (%" PRIu64 " bytes): "
+                          "give --shrink to shrink it (only when the part cut off holds no data)",
+                          file, new_size, cur);
+                goto finish;
+        }
+
+        r = bus_new_call(ctx, chain.disk, VDISK_IFACE_DISK, "Resize", &m);
+        if (r >= 0)
+                r = sd_bus_message_append(m, "t", new_size);
+        if (r >= 0)
+                r = bus_options_open(m);
+        if (r >= 0 && new_size < cur)
+                r = bus_append_opt_bool(m, "allow-shrink", true);
+        if (r >= 0)
+                r = bus_options_close(m);
+        if (r < 0) {
+                ex = build_failed(r);
+                goto finish;
+        }
+        r = op_run(ctx, m, progress_wanted(false), file, &w);
+        if (r == -EIO && streq_ptr(w.st.error_name, VDISK_ERROR_PREFIX "NotEmpty")) {
+                log_error("Could not shrink '%s': the range past the new end holds data", file);
+                goto finish;
+        }
+        if (r == -EIO && streq_ptr(w.st.error_name, VDISK_ERROR_PREFIX "NotSupported")) {
+                log_error("%s: The format (%s) does not support resizing", file,
+                          chain.elems[chain.n - 1].qemu_format);
+                ex = EXIT_NOT_SUPPORTED;
+                goto finish;
+        }
+        ex = op_finish(&w, file, r);
+        if (ex == EXIT_OK && !arg_quiet)
+                printf("Image resized.\n");
+
+finish:
+        op_watch_done(&w);
+        chain_done(ctx, &chain);
+        return ex;
+}
