@@ -1,0 +1,123 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/*
+ * polkit, asynchronously: CheckAuthorization((sa{sv})sa{ss}us) for the
+ * subject ("system-bus-name", {"name": sender}). The call stays parked (its
+ * message referenced) until polkit answers; meanwhile the main loop serves
+ * everyone else. A polkit that is missing or fails means AccessDenied.
+ */
+#include <stdio.h>
+#include <string.h>
+
+#include "vdiskd.h"
+
+#define POLKIT_INTERACTIVE_TIMEOUT_USEC (300u * 1000000u)
+
+static int on_polkit_reply(sd_bus_message *reply, void *userdata, sd_bus_error *ret_error) {
+        Call *c = userdata;
+        int authorized, challenge, r;
+        bool dismissed = false;
+
+        c->slot = sd_bus_slot_unref(c->slot);
+        if (sd_bus_message_is_method_error(reply, NULL)) {
+                const sd_bus_error *e = sd_bus_message_get_error(reply);
+
+                log_error("polkit check failed: %s", e && e->message ? e->message : "unknown error");
+                call_fail(c, 0, SD_BUS_ERROR_ACCESS_DENIED, "Access denied: the authorization check failed");
+                return 0;
+        }
+        r = sd_bus_message_enter_container(reply, 'r', "bba{ss}");
+        if (r >= 0)
+                r = sd_bus_message_read(reply, "bb", &authorized, &challenge);
+        if (r >= 0)
+                r = sd_bus_message_enter_container(reply, 'a', "{ss}");
+        while (r >= 0) {
+                const char *k, *v;
+
+                r = sd_bus_message_read(reply, "{ss}", &k, &v);
+                if (r <= 0)
+                        break;
+                if (streq(k, "polkit.dismissed") && streq(v, "true"))
+                        dismissed = true;
+        }
+        if (r < 0) {
+                call_fail(c, 0, SD_BUS_ERROR_ACCESS_DENIED, "Access denied: malformed authorization reply");
+                return 0;
+        }
+        if (authorized) {
+                call_auth_granted(c);
+                return 0;
+        }
+        if (dismissed)
+                call_fail(c, 0, ERROR_PREFIX "NotAuthorizedDismissed", "The authentication dialog was dismissed");
+        else if (challenge && !c->auth_interactive)
+                call_fail(c, 0, SD_BUS_ERROR_INTERACTIVE_AUTHORIZATION_REQUIRED,
+                          "Interactive authentication required");
+        else
+                call_fail(c, 0, SD_BUS_ERROR_ACCESS_DENIED, "Access denied");
+        return 0;
+}
+
+static const char *action_verb(const char *action) {
+        if (streq(action, "org.vdisk.vdisk1.manage-other-user"))
+                return "act on another user's virtual disk";
+        if (streq(action, "org.vdisk.vdisk1.cancel-other-user"))
+                return "stop another user's disk operation";
+        if (streq(action, "org.vdisk.vdisk1.modify"))
+                return "modify a virtual disk image";
+        return "open a virtual disk image";
+}
+
+int auth_check(Call *c, const char *action, uid_t owner, const char *format, const char *display_name) {
+        _cleanup_(sd_bus_message_unrefp) sd_bus_message *m = NULL;
+        _cleanup_free_ char *message = NULL;
+        char owner_text[32];
+        bool interactive;
+        const char *sender = sd_bus_message_get_sender(c->message);
+        int r;
+
+        if (!sender)
+                return -EPERM;
+        interactive = sd_bus_message_get_allow_interactive_authorization(c->message) &&
+                      !c->options.no_user_interaction;
+        c->auth_interactive = interactive;
+        snprintf(owner_text, sizeof owner_text, "%u", (unsigned) owner);
+        if (display_name && display_name[0])
+                r = asprintf(&message, "Authentication is required to %s (%s “%s”)", action_verb(action),
+                             c->spec->operation, display_name);
+        else
+                r = asprintf(&message, "Authentication is required to %s (%s)", action_verb(action),
+                             c->spec->operation);
+        if (r < 0)
+                return -ENOMEM;
+
+        r = sd_bus_message_new_method_call(c->manager->bus, &m, "org.freedesktop.PolicyKit1",
+                                           "/org/freedesktop/PolicyKit1/Authority",
+                                           "org.freedesktop.PolicyKit1.Authority", "CheckAuthorization");
+        if (r < 0)
+                return r;
+        r = sd_bus_message_append(m, "(sa{sv})s", "system-bus-name", 1, "name", "s", sender, action);
+        if (r < 0)
+                return r;
+        r = sd_bus_message_open_container(m, 'a', "{ss}");
+        if (r < 0)
+                return r;
+        r = sd_bus_message_append(m, "{ss}{ss}{ss}", "operation", c->spec->operation, "owner-uid", owner_text,
+                                  "polkit.message", message);
+        if (r >= 0 && format && format[0])
+                r = sd_bus_message_append(m, "{ss}", "format", format);
+        if (r >= 0 && display_name && display_name[0])
+                r = sd_bus_message_append(m, "{ss}", "display-name", display_name);
+        if (r < 0)
+                return r;
+        r = sd_bus_message_close_container(m);
+        if (r < 0)
+                return r;
+        r = sd_bus_message_append(m, "us", (uint32_t) (interactive ? 1 : 0), "");
+        if (r < 0)
+                return r;
+        r = sd_bus_call_async(c->manager->bus, &c->slot, m, on_polkit_reply, c,
+                              interactive ? POLKIT_INTERACTIVE_TIMEOUT_USEC : 0);
+        if (r < 0)
+                return r;
+        return 0;
+}

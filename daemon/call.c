@@ -1,0 +1,276 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/*
+ * A method call in flight. Every method that does more than answer from
+ * memory becomes a Call: its arguments are parsed and vetted in the handler,
+ * then, without ever blocking the main loop:
+ *
+ *   1. the caller's uid is asked from the bus (GetConnectionUnixUser: the
+ *      peer credentials the bus took at connect time; no /proc),
+ *   2. polkit is asked, asynchronously, when the method's action or the
+ *      object's owner requires it (auth.c),
+ *   3. the target object is looked up again from the message path (it may
+ *      have gone meanwhile → UnknownObject) and the method runs.
+ *
+ * The handler returns 1 at once; the reply is sent when the work is done.
+ */
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "vdiskd.h"
+
+int call_new(Manager *m, sd_bus_message *msg, const MethodSpec *spec, Call **ret) {
+        Call *c;
+
+        c = calloc(1, sizeof *c);
+        if (!c)
+                return -ENOMEM;
+        c->manager = m;
+        c->message = sd_bus_message_ref(msg);
+        c->spec = spec;
+        c->fd = -1;
+        LIST_PREPEND(calls, m->calls, c);
+        m->n_calls++;
+        manager_update_idle(m);
+        *ret = c;
+        return 0;
+}
+
+static void chain_free(ChainElement *chain, size_t n) {
+        for (size_t i = 0; i < n; i++) {
+                if (chain[i].fd >= 0)
+                        close(chain[i].fd);
+                free(chain[i].format);
+                free(chain[i].io_name);
+                options_done(&chain[i].options);
+        }
+        free(chain);
+}
+
+Call *call_free(Call *c) {
+        Manager *m;
+
+        if (!c)
+                return NULL;
+        m = c->manager;
+        assert(!c->task.disk);   /* never freed while queued on a disk */
+        LIST_REMOVE(calls, m->calls, c);
+        m->n_calls--;
+        sd_bus_slot_unref(c->slot);
+        sd_bus_message_unref(c->message);
+        options_done(&c->options);
+        if (c->fd >= 0)
+                close(c->fd);
+        free(c->format);
+        free(c->text);
+        free(c->data);
+        chain_free(c->chain, c->n_chain);
+        for (size_t i = 0; i < ELEMENTSOF(c->uuids); i++)
+                free(c->uuids[i]);
+        disk_unref(c->disk);
+        image_unref(c->image);
+        outcome_clear(&c->outcome);
+        disk_info_clear(&c->info);
+        if (c->result_free)
+                c->result_free(c->result);
+        vdisk_disk_unref(c->new_vd);
+        free(c->names);
+        free(c);
+        manager_update_idle(m);
+        return NULL;
+}
+
+void call_fail(Call *c, int r, const char *name, const char *fmt, ...) {
+        _cleanup_free_ char *s = NULL;
+        va_list ap;
+
+        va_start(ap, fmt);
+        if (vasprintf(&s, fmt, ap) < 0)
+                s = NULL;
+        va_end(ap);
+        (void) reply_error(c->message, name ? name : errno_to_error_name(r), "%s", s ? s : strerror(-r));
+        call_free(c);
+}
+
+void call_reply_outcome(Call *c) {
+        (void) reply_outcome_error(c->message, &c->outcome);
+        call_free(c);
+}
+
+void call_reply_empty(Call *c) {
+        int r;
+
+        r = sd_bus_reply_method_return(c->message, NULL);
+        if (r < 0)
+                log_error("Failed to send a reply: %s", strerror(-r));
+        call_free(c);
+}
+
+/* Queues the blocking part of the call (on the disk's queue when d is set). */
+int call_submit(Call *c, Disk *d, void (*run)(Task *t), void (*done)(Task *t, bool cancelled)) {
+        c->task.run = run;
+        c->task.done = done;
+        return task_submit(c->manager, &c->task, d);
+}
+
+void *call_target(Call *c) {
+        const char *path = sd_bus_message_get_path(c->message);
+
+        switch (c->spec->target) {
+        case OBJECT_MANAGER:
+                return c->manager;
+        case OBJECT_DISK: {
+                Disk *d = manager_find_disk(c->manager, path);
+                return d && !d->closing ? d : NULL;
+        }
+        case OBJECT_IMAGE: {
+                Image *i = manager_find_image(c->manager, path);
+                return i && i->disk && !i->disk->closing ? i : NULL;
+        }
+        case OBJECT_OPERATION:
+                return manager_find_operation(c->manager, path);
+        }
+        return NULL;
+}
+
+static bool uid_trusted(Manager *m, uid_t uid) {
+        return uid == 0 || uid == m->own_uid;
+}
+
+/* Continues the call: runs the next authorization step or the method. */
+static void call_continue(Call *c) {
+        Manager *m = c->manager;
+        void *target;
+        uid_t owner;
+        const char *format = NULL, *display_name = NULL, *other_action;
+        int r;
+
+        target = call_target(c);
+        if (!target) {
+                call_fail(c, 0, SD_BUS_ERROR_UNKNOWN_OBJECT, "Object '%s' does not exist (any more)",
+                          sd_bus_message_get_path(c->message));
+                return;
+        }
+        switch (c->spec->target) {
+        case OBJECT_DISK: {
+                Disk *d = target;
+                owner = d->owner;
+                display_name = d->display_name;
+                if (d->n_images > 0)
+                        format = d->images[d->n_images - 1]->info.backend->name;
+                other_action = "org.vdisk.vdisk1.manage-other-user";
+                break;
+        }
+        case OBJECT_IMAGE: {
+                Image *i = target;
+                owner = i->disk->owner;
+                display_name = i->display_name;
+                format = i->info.backend->name;
+                other_action = "org.vdisk.vdisk1.manage-other-user";
+                break;
+        }
+        case OBJECT_OPERATION: {
+                Operation *o = target;
+                owner = o->uid;
+                other_action = "org.vdisk.vdisk1.cancel-other-user";
+                break;
+        }
+        default:
+                owner = c->uid;
+                other_action = NULL;
+                break;
+        }
+        if (c->format)   /* the method names the format of the file it was given */
+                format = c->format[0] ? c->format : NULL;
+        if (c->options.display_name && c->options.display_name[0])
+                display_name = c->options.display_name;
+
+        if (m->session) {
+                if (!uid_trusted(m, c->uid)) {
+                        call_fail(c, 0, SD_BUS_ERROR_ACCESS_DENIED,
+                                  "Access denied: this session instance of vdiskd serves only its own user");
+                        return;
+                }
+                c->auth_step = 2;
+        } else if (c->spec->open_to_all || uid_trusted(m, c->uid))
+                c->auth_step = 2;
+
+        for (; c->auth_step < 2; c->auth_step++) {
+                const char *action = c->auth_step == 0 ? c->spec->action : (owner != c->uid ? other_action : NULL);
+
+                if (!action)
+                        continue;
+                r = auth_check(c, action, owner, format, display_name);
+                if (r < 0) {
+                        call_fail(c, r, SD_BUS_ERROR_ACCESS_DENIED, "Authorization check failed: %s", strerror(-r));
+                        return;
+                }
+                return;   /* resumes from auth_reply() */
+        }
+
+        r = c->spec->run(c);
+        if (r < 0)
+                call_fail(c, r, NULL, "%s", strerror(-r));
+}
+
+void call_auth_granted(Call *c) {
+        c->auth_step++;
+        call_continue(c);
+}
+
+static int on_unix_user(sd_bus_message *reply, void *userdata, sd_bus_error *ret_error) {
+        Call *c = userdata;
+        uint32_t uid;
+        int r;
+
+        c->slot = sd_bus_slot_unref(c->slot);
+        if (sd_bus_message_is_method_error(reply, NULL)) {
+                call_fail(c, 0, SD_BUS_ERROR_ACCESS_DENIED, "Cannot determine the caller's user: %s",
+                          sd_bus_message_get_error(reply)->message ?: "unknown error");
+                return 0;
+        }
+        r = sd_bus_message_read(reply, "u", &uid);
+        if (r < 0) {
+                call_fail(c, 0, SD_BUS_ERROR_ACCESS_DENIED, "Cannot determine the caller's user");
+                return 0;
+        }
+        c->uid = (uid_t) uid;
+        call_continue(c);
+        return 0;
+}
+
+int call_dispatch(Call *c) {
+        const char *sender = sd_bus_message_get_sender(c->message);
+        int r;
+
+        if (c->spec->open_to_all && !c->manager->session) {
+                /* Open to every caller: no uid needed. */
+                call_continue(c);
+                return 1;
+        }
+        if (!sender) {
+                /* A direct (peer-to-peer) connection: the peer is whoever
+                 * connected; no bus driver to ask. */
+                sd_bus_creds *creds = NULL;
+                uid_t uid;
+
+                r = sd_bus_get_owner_creds(c->manager->bus, SD_BUS_CREDS_EUID, &creds);
+                if (r >= 0)
+                        r = sd_bus_creds_get_euid(creds, &uid);
+                sd_bus_creds_unref(creds);
+                if (r < 0) {
+                        call_fail(c, 0, SD_BUS_ERROR_ACCESS_DENIED, "Cannot determine the caller's user");
+                        return 1;
+                }
+                c->uid = uid;
+                call_continue(c);
+                return 1;
+        }
+        r = sd_bus_call_method_async(c->manager->bus, &c->slot, "org.freedesktop.DBus", "/org/freedesktop/DBus",
+                                     "org.freedesktop.DBus", "GetConnectionUnixUser", on_unix_user, c, "s", sender);
+        if (r < 0) {
+                call_fail(c, r, SD_BUS_ERROR_ACCESS_DENIED, "Cannot determine the caller's user: %s", strerror(-r));
+                return 1;
+        }
+        return 1;
+}

@@ -1,0 +1,165 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/*
+ * Files arrive as fds. Each one is vetted (no O_PATH, a regular file, an access
+ * mode that fits, no O_APPEND where we write) and duplicated; libvdisk gets an
+ * io over our copy named after the caller's display name, never a path.
+ *
+ * Parents of a differencing image are found among the `files` of the same call
+ * by a resolver: by UUID (each candidate is opened metadata-only on a scratch
+ * container to read it), or by the name the child records (exact match or
+ * base name). Nothing is ever opened by path.
+ */
+#include <fcntl.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "vdiskd.h"
+
+int fd_accept(int fd, uint32_t flags, const char *what, int *ret_fd, int *ret_writable, sd_bus_error *error) {
+        struct stat st;
+        int fl, acc, copy;
+
+        fl = fcntl(fd, F_GETFL);
+        if (fl < 0)
+                return set_error(error, ERROR_PREFIX "BadFileDescriptor", "%s: file descriptor not usable", what);
+        if (fl & O_PATH)
+                return set_error(error, ERROR_PREFIX "BadFileDescriptor",
+                                 "%s: O_PATH file descriptors are refused: pass a descriptor opened for reading", what);
+        if (fstat(fd, &st) < 0)
+                return set_error(error, ERROR_PREFIX "BadFileDescriptor", "%s: cannot stat the file descriptor", what);
+        if (!S_ISREG(st.st_mode))
+                return set_error(error, ERROR_PREFIX "BadFileDescriptor", "%s: not a regular file", what);
+        acc = fl & O_ACCMODE;
+        if (acc == O_WRONLY)
+                return set_error(error, ERROR_PREFIX "BadFileDescriptor",
+                                 "%s: opened write-only: the descriptor must be readable", what);
+        if ((flags & FD_NEED_WRITE) && acc != O_RDWR)
+                return set_error(error, ERROR_PREFIX "BadFileDescriptor",
+                                 "%s: opened read-only: this method writes and needs an O_RDWR descriptor", what);
+        if (acc == O_RDWR && (fl & O_APPEND))
+                return set_error(error, ERROR_PREFIX "BadFileDescriptor",
+                                 "%s: opened with O_APPEND: positioned writes would land at the end", what);
+        if ((flags & FD_NEED_EMPTY) && st.st_size != 0)
+                return set_error(error, ERROR_PREFIX "BadFileDescriptor",
+                                 "%s: not empty (%" PRIu64 " bytes): pass a new, empty file", what,
+                                 (uint64_t) st.st_size);
+        copy = fcntl(fd, F_DUPFD_CLOEXEC, 3);
+        if (copy < 0)
+                return set_error(error, ERROR_PREFIX "BadFileDescriptor", "%s: cannot duplicate the descriptor", what);
+        *ret_fd = copy;
+        *ret_writable = acc == O_RDWR;
+        return 0;
+}
+
+int io_from_fd(int fd, int writable, const char *name, vdisk_io **ret) {
+        int r;
+
+        r = vdisk_io_new_fd(fd, name, VDISK_IO_OWN_FD | (writable ? 0 : VDISK_IO_READONLY), ret);
+        if (r < 0)
+                close(fd);
+        return r;
+}
+
+/* An io over a duplicate of a candidate's fd (the candidate keeps its own). */
+static int candidate_io(const FileArg *f, int writable, vdisk_io **ret) {
+        return vdisk_io_new_fd(f->fd, f->name, (writable && f->writable) ? 0 : VDISK_IO_READONLY, ret);
+}
+
+typedef struct FilesResolver {
+        FileArg *files;
+        size_t n_files;
+} FilesResolver;
+
+static int candidate_uuid(const FileArg *f, const char *format, uint8_t ret[16]) {
+        vdisk_disk *scratch = NULL;
+        vdisk_io *io = NULL;
+        int r;
+
+        r = candidate_io(f, 0, &io);
+        if (r < 0)
+                return r;
+        r = vdisk_disk_new(&scratch);
+        if (r >= 0)
+                r = vdisk_disk_open(scratch, io, format,
+                                    VDISK_OPEN_READONLY | VDISK_OPEN_INFO | VDISK_OPEN_SKIP_CHECKS);
+        if (r >= 0)
+                r = vdisk_image_get_uuid(vdisk_disk_image(scratch, 0), ret);
+        vdisk_disk_unref(scratch);
+        vdisk_io_unref(io);
+        return r;
+}
+
+static int files_find_uuid(void *user, const uint8_t uuid[16], const char *format, const char *child_name,
+                           int writable, vdisk_io **ret_io) {
+        FilesResolver *fr = user;
+        const FileArg *found = NULL;
+
+        for (size_t i = 0; i < fr->n_files; i++) {
+                const FileArg *f = &fr->files[i];
+                uint8_t u[16];
+
+                if (candidate_uuid(f, format, u) < 0 || memcmp(u, uuid, 16) != 0)
+                        continue;
+                if (found && (found->dev != f->dev || found->ino != f->ino)) {
+                        /* Guessing could merge into the wrong parent; the
+                         * library words the message (naming the UUID). */
+                        vdisk_clear_error();
+                        return -ENOTUNIQ;
+                }
+                if (!found)
+                        found = f;
+        }
+        /* Candidates that failed to open left their messages behind: clear
+         * them so the library words the failure itself (naming the UUID). */
+        vdisk_clear_error();
+        if (!found)
+                return -ENOENT;
+        return candidate_io(found, writable, ret_io);
+}
+
+static const char *base_name(const char *s) {
+        const char *p = strrchr(s, '/'), *q = strrchr(s, '\\');
+
+        if (q && (!p || q > p))
+                p = q;
+        return p ? p + 1 : s;
+}
+
+static int files_open_name(void *user, const char *name, const char *child_name, int writable, vdisk_io **ret_io) {
+        FilesResolver *fr = user;
+
+        for (size_t i = 0; i < fr->n_files; i++)
+                if (streq(fr->files[i].name, name))
+                        return candidate_io(&fr->files[i], writable, ret_io);
+        for (size_t i = 0; i < fr->n_files; i++)
+                if (streq(base_name(fr->files[i].name), base_name(name)))
+                        return candidate_io(&fr->files[i], writable, ret_io);
+        vdisk_clear_error();
+        return -ENOENT;
+}
+
+static void files_free(void *user) {
+        free(user);
+}
+
+static const vdisk_resolver_ops files_ops = {
+        .size = sizeof(vdisk_resolver_ops),
+        .open_name = files_open_name,
+        .find_uuid = files_find_uuid,
+        .free = files_free,
+};
+
+int files_resolver_new(FileArg *files, size_t n_files, vdisk_resolver **ret) {
+        FilesResolver *fr;
+        int r;
+
+        fr = calloc(1, sizeof *fr);
+        if (!fr)
+                return -ENOMEM;
+        fr->files = files;
+        fr->n_files = n_files;
+        r = vdisk_resolver_new_ops(&files_ops, fr, ret);
+        if (r < 0)
+                free(fr);
+        return r;
+}

@@ -1,0 +1,862 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/*
+ * Operation objects (/org/vdisk/VDisk1/operation/<n>): one long libvdisk
+ * operation on a Disk, run as a task on the disk's queue with a
+ * vdisk_progress the main loop samples every 200 ms.
+ *
+ *   queued → running → (cancelling) → succeeded | failed | cancelled
+ *
+ * The end goes out in this order: the disk's and the operation's final
+ * properties (PropertiesChanged), `Completed`, the replies to pending Waits;
+ * then the object lingers (--linger-sec) and is removed.
+ */
+#include <stdio.h>
+#include <string.h>
+
+#include "vdiskd.h"
+
+#define SAMPLE_USEC OP_PROGRESS_MIN_INTERVAL_USEC
+
+static const char *const kind_names[_OP_KIND_MAX] = {
+        [OP_CREATE] = "create",
+        [OP_CREATE_DIFF] = "create-diff",
+        [OP_COPY] = "copy",
+        [OP_MERGE] = "merge",
+        [OP_COMPACT] = "compact",
+        [OP_RESIZE] = "resize",
+        [OP_CHECK] = "check",
+        [OP_REPAIR] = "repair",
+};
+
+static const char *const state_names[_OP_STATE_MAX] = {
+        [OP_QUEUED] = "queued",
+        [OP_RUNNING] = "running",
+        [OP_CANCELLING] = "cancelling",
+        [OP_SUCCEEDED] = "succeeded",
+        [OP_FAILED] = "failed",
+        [OP_CANCELLED] = "cancelled",
+};
+
+const char *op_kind_to_string(OpKind k) {
+        return k >= 0 && k < _OP_KIND_MAX ? kind_names[k] : NULL;
+}
+
+const char *op_state_to_string(OpState s) {
+        return s >= 0 && s < _OP_STATE_MAX ? state_names[s] : NULL;
+}
+
+static bool op_finished(const Operation *o) {
+        return IN_SET3(o->state, OP_SUCCEEDED, OP_FAILED, OP_CANCELLED);
+}
+
+static void strv_free_local(char **v) {
+        if (v)
+                vdisk_strv_free(v);
+}
+
+static int strv_push(char ***v, const char *s) {
+        size_t n = 0;
+        char **nv, *copy;
+
+        while (*v && (*v)[n])
+                n++;
+        copy = strdup(s);
+        if (!copy)
+                return -ENOMEM;
+        nv = reallocarray(*v, n + 2, sizeof(char *));
+        if (!nv) {
+                free(copy);
+                return -ENOMEM;
+        }
+        nv[n] = copy;
+        nv[n + 1] = NULL;
+        *v = nv;
+        return 0;
+}
+
+int operation_new(Manager *m, OpKind kind, Disk *d, uid_t uid, Operation **ret) {
+        Operation *o;
+        int r;
+
+        o = calloc(1, sizeof *o);
+        if (!o)
+                return -ENOMEM;
+        o->manager = m;
+        o->id = m->next_operation_id++;
+        o->kind = kind;
+        o->state = OP_QUEUED;
+        o->uid = uid;
+        o->cancelable = 1;
+        o->fd = -1;
+        o->start_time = now_realtime(m);
+        op_progress_init(&o->progress, now_monotonic(m));
+        LIST_PREPEND(operations, m->operations, o);
+        m->n_operations++;
+        manager_update_idle(m);
+        if (asprintf(&o->path, ROOT_PATH "/operation/%" PRIu64, o->id) < 0) {
+                o->path = NULL;
+                operation_free(o);
+                return -ENOMEM;
+        }
+        o->disk_path = strdup(d->path);
+        o->error_name = strdup("");
+        o->error_message = strdup("");
+        r = vdisk_progress_new(NULL, NULL, &o->vp);
+        if (!o->disk_path || !o->error_name || !o->error_message || r < 0) {
+                operation_free(o);
+                return -ENOMEM;
+        }
+        o->disk = disk_ref(d);
+        *ret = o;
+        return 0;
+}
+
+/* Moves the parsed arguments of the starting call into the operation. */
+int operation_take_call(Operation *o, Call *c) {
+        Disk *d = o->disk;
+        int r;
+
+        o->fd = TAKE_FD(c->fd);
+        o->fd_writable = c->fd_writable;
+        o->format = TAKE_PTR(c->format);
+        o->options = c->options;
+        c->options = (Options) {};
+        o->size = c->t1;
+        o->from = c->u1;
+        o->to = c->u2;
+        o->index = c->u1;
+
+        /* The Disk and the Images it works on. */
+        r = strv_push(&o->objects, d->path);
+        for (unsigned i = 0; r >= 0 && i < d->n_images; i++) {
+                bool use;
+
+                switch (o->kind) {
+                case OP_MERGE:
+                        use = i >= MIN(o->from, o->to) && i <= MAX(o->from, o->to);
+                        break;
+                case OP_COMPACT:
+                case OP_CHECK:
+                case OP_REPAIR:
+                        use = i == o->index;
+                        break;
+                case OP_CREATE_DIFF:
+                        use = i + 1 == d->n_images;
+                        break;
+                default:
+                        use = true;
+                }
+                if (use)
+                        r = strv_push(&o->objects, d->images[i]->path);
+        }
+        if (r < 0)
+                return r;
+
+        o->create = (vdisk_create_opts) {
+                .size = sizeof(vdisk_create_opts),
+                .image_flags = o->options.variant && streq(o->options.variant, "fixed") ? VDISK_IMAGE_FLAGS_FIXED : 0,
+                .block_size = o->options.block_size,
+                .comment = o->options.comment,
+                .uuid = o->options.have_uuid ? o->options.uuid : NULL,
+                .pchs = o->options.pchs,
+                .lchs = o->options.lchs,
+                .options = (const char *const *) o->options.format_options,
+                .diff_size = o->kind == OP_CREATE_DIFF ? o->options.size : 0,
+        };
+
+        if (IN_SET3(o->kind, OP_CREATE, OP_CREATE_DIFF, OP_COPY)) {
+                Manager *m = o->manager;
+
+                o->new_image_id = m->next_image_id++;
+                if (o->options.display_name && o->options.display_name[0])
+                        o->io_name = strdup(o->options.display_name);
+                else if (asprintf(&o->io_name, "image %" PRIu64, o->new_image_id) < 0)
+                        o->io_name = NULL;
+                if (!o->io_name)
+                        return -ENOMEM;
+        }
+        if (o->kind == OP_COPY && o->options.open) {
+                o->new_disk_id = o->manager->next_disk_id++;
+                if (sd_bus_message_get_sender(c->message)) {
+                        r = sd_bus_track_new(o->manager->bus, &o->new_disk_track, NULL, NULL);
+                        if (r >= 0)
+                                r = sd_bus_track_add_sender(o->new_disk_track, c->message);
+                        if (r < 0)
+                                return r;
+                }
+        }
+        return 0;
+}
+
+/* ---------------------------------------------------------------- bus helpers */
+
+static void op_emit(Operation *o, const char **names) {
+        int r;
+
+        if (!o->exported || !names[0])
+                return;
+        r = sd_bus_emit_properties_changed_strv(o->manager->bus, o->path, IFACE_OPERATION, (char **) names);
+        if (r < 0)
+                log_error("Failed to emit PropertiesChanged for %s: %s", o->path, strerror(-r));
+}
+
+static void op_set_state(Operation *o, OpState s, const char **changed, size_t *n) {
+        if (o->state == s)
+                return;
+        o->state = s;
+        changed[(*n)++] = "State";
+}
+
+static void op_set_cancelable(Operation *o, int v, const char **changed, size_t *n) {
+        if (o->cancelable == v)
+                return;
+        o->cancelable = v;
+        changed[(*n)++] = "Cancelable";
+}
+
+static uint64_t expected_end_realtime(Operation *o) {
+        uint64_t mono = now_monotonic(o->manager), real = now_realtime(o->manager);
+
+        if (o->progress.expected_end == 0)
+                return 0;
+        if (o->progress.expected_end >= mono)
+                return real + (o->progress.expected_end - mono);
+        return real;
+}
+
+/* ---------------------------------------------------------------- progress timer */
+
+static int on_progress_timer(sd_event_source *s, uint64_t usec, void *userdata) {
+        Operation *o = userdata;
+        const char *changed[12] = {};
+        size_t n = 0;
+
+        if (o->state == OP_QUEUED && task_started(&o->task))
+                op_set_state(o, OP_RUNNING, changed, &n);
+        if (atomic_load(&o->finishing))
+                op_set_cancelable(o, 0, changed, &n);
+        if (IN_SET3(o->state, OP_RUNNING, OP_CANCELLING, OP_RUNNING) &&
+            op_progress_sample(&o->progress, vdisk_progress_done(o->vp), vdisk_progress_total(o->vp),
+                               now_monotonic(o->manager)) > 0) {
+                changed[n++] = "Progress";
+                changed[n++] = "BytesDone";
+                changed[n++] = "BytesTotal";
+                changed[n++] = "Rate";
+                changed[n++] = "ExpectedEndTime";
+        }
+        op_emit(o, changed);
+        (void) sd_event_source_set_time(s, usec + SAMPLE_USEC);
+        (void) sd_event_source_set_enabled(s, SD_EVENT_ON);
+        return 0;
+}
+
+/* ---------------------------------------------------------------- worker */
+
+static void op_run(Task *t) {
+        Operation *o = container_of(t, Operation, task);
+        vdisk_disk *vd = o->disk->vd;
+        vdisk_disk *dst = NULL;
+        vdisk_io *io = NULL;
+        int r = 0;
+
+        vdisk_clear_error();
+        if (!vd) {
+                outcome_setf(&o->outcome, -ENXIO, "the disk was closed");
+                atomic_store(&o->finishing, 1);
+                return;
+        }
+        if (o->fd >= 0) {
+                r = io_from_fd(TAKE_FD(o->fd), 1, o->io_name, &io);
+                if (r < 0)
+                        goto finish;
+        }
+        switch (o->kind) {
+        case OP_CREATE:
+                r = vdisk_disk_create_base(vd, io, o->format, o->size, &o->create);
+                break;
+        case OP_CREATE_DIFF:
+                r = vdisk_disk_create_diff(vd, io, o->format, &o->create);
+                break;
+        case OP_COPY: {
+                vdisk_copy_opts copts = {
+                        .size = sizeof(copts),
+                        .new_size = o->options.size,
+                        .create = o->create,
+                        .from_same = -1,
+                        .to_same = -1,
+                        .sparse_size = o->options.sparse_size,
+                };
+
+                r = vdisk_disk_new(&dst);
+                if (r >= 0)
+                        r = vdisk_copy(vd, dst, io, o->format, &copts, o->vp);
+                break;
+        }
+        case OP_MERGE:
+                r = vdisk_merge(vd, o->from, o->to, o->vp, NULL);
+                break;
+        case OP_COMPACT:
+                r = vdisk_compact(vd, o->index, o->vp);
+                break;
+        case OP_RESIZE:
+                r = vdisk_resize(vd, o->size, o->vp);
+                break;
+        case OP_CHECK:
+        case OP_REPAIR: {
+                uint32_t flags = 0;
+
+                if (o->kind == OP_REPAIR) {
+                        flags = o->options.leaks_only ? VDISK_CHECK_REPAIR_LEAKS : VDISK_CHECK_REPAIR_ALL;
+                        if (o->options.dry_run)
+                                flags |= VDISK_CHECK_DRY_RUN;
+                }
+                o->result.report = (vdisk_check_report) { .size = sizeof(vdisk_check_report) };
+                r = vdisk_check(vd, o->index, flags, &o->result.report, o->vp);
+                o->result.have_report = r >= 0;
+                break;
+        }
+        default:
+                r = -EINVAL;
+        }
+finish:
+        /* From here on nothing can be stopped any more. */
+        atomic_store(&o->finishing, 1);
+        outcome_set(&o->outcome, r);
+        if (r >= 0 && dst && o->options.open) {
+                if (disk_info_read(dst, &o->new_info) >= 0)
+                        o->new_vd = TAKE_PTR(dst);
+        }
+        dst = vdisk_disk_unref(dst);   /* closes (and flushes) the copy */
+        if (r < 0 && io && IN_SET3(o->kind, OP_CREATE, OP_CREATE_DIFF, OP_COPY)) {
+                /* The destination was empty when we got it: leave it so. */
+                if (vdisk_io_truncate(io, 0) >= 0) {
+                        _cleanup_free_ char *msg = o->outcome.message;
+
+                        o->outcome.message = NULL;
+                        if (asprintf(&o->outcome.message, "%s; the destination file was truncated to 0 bytes",
+                                     msg ? msg : strerror(-r)) < 0)
+                                o->outcome.message = NULL;
+                }
+        }
+        vdisk_io_unref(io);
+        (void) disk_info_read(vd, &o->info);
+}
+
+/* ---------------------------------------------------------------- the end */
+
+static int on_linger(sd_event_source *s, uint64_t usec, void *userdata) {
+        Operation *o = userdata;
+
+        if (o->n_waits > 0) {
+                /* Someone still waits: keep the object a while longer. */
+                (void) sd_event_source_set_time(s, usec + o->manager->linger_usec);
+                (void) sd_event_source_set_enabled(s, SD_EVENT_ONESHOT);
+                return 0;
+        }
+        operation_free(o);
+        return 0;
+}
+
+static void op_reply_wait(Operation *o, sd_bus_message *m) {
+        int r;
+
+        if (o->state == OP_SUCCEEDED)
+                r = sd_bus_reply_method_return(m, NULL);
+        else
+                r = reply_error(m, o->error_name[0] ? o->error_name : ERROR_PREFIX "Failed", "%s",
+                                o->error_message);
+        if (r < 0)
+                log_error("Failed to reply to Wait: %s", strerror(-r));
+}
+
+static void operation_finish(Operation *o) {
+        Manager *m = o->manager;
+        Disk *d = o->disk;
+        const char *changed[16] = {};
+        size_t n = 0;
+        bool success = o->outcome.r >= 0;
+        int r;
+
+        o->timer = sd_event_source_disable_unref(o->timer);
+        op_set_state(o, success ? OP_SUCCEEDED : o->outcome.r == -ECANCELED ? OP_CANCELLED : OP_FAILED,
+                     changed, &n);
+        op_set_cancelable(o, 0, changed, &n);
+        o->end_time = now_realtime(m);
+        changed[n++] = "EndTime";
+        (void) op_progress_finish(&o->progress, success, vdisk_progress_done(o->vp), vdisk_progress_total(o->vp),
+                                  now_monotonic(m));
+        changed[n++] = "Progress";
+        changed[n++] = "BytesDone";
+        changed[n++] = "BytesTotal";
+        changed[n++] = "Rate";
+        changed[n++] = "ExpectedEndTime";
+        if (!success) {
+                free(o->error_name);
+                free(o->error_message);
+                o->error_name = strdup(errno_to_error_name(o->outcome.r));
+                o->error_message = strdup(o->outcome.message ?: strerror(-o->outcome.r));
+                if (!o->error_name || !o->error_message) {
+                        free(o->error_name);
+                        free(o->error_message);
+                        o->error_name = strdup("");
+                        o->error_message = strdup("");
+                }
+                changed[n++] = "ErrorName";
+                changed[n++] = "ErrorMessage";
+        }
+        if (o->result_objects)
+                changed[n++] = "ResultObjects";
+        if (o->result.have_report || o->result.removed)
+                changed[n++] = "Result";
+
+        /* The disk first: its Operation is "/" again when Completed arrives. */
+        if (d) {
+                if (d->operation == o) {
+                        d->operation = NULL;
+                        if (d->exported) {
+                                const char *dc[] = { "Operation", NULL };
+                                r = sd_bus_emit_properties_changed_strv(m->bus, d->path, IFACE_DISK, (char **) dc);
+                                if (r < 0)
+                                        log_error("Failed to emit PropertiesChanged for %s: %s", d->path,
+                                                  strerror(-r));
+                        }
+                }
+                o->disk = NULL;
+                disk_operation_finished(d);
+                disk_unref(d);
+        }
+        op_emit(o, changed);
+        if (o->exported) {
+                r = sd_bus_emit_signal(m->bus, o->path, IFACE_OPERATION, "Completed", "sss",
+                                       op_state_to_string(o->state), o->error_name, o->error_message);
+                if (r < 0)
+                        log_error("Failed to emit Completed for %s: %s", o->path, strerror(-r));
+        }
+        for (size_t i = 0; i < o->n_waits; i++) {
+                op_reply_wait(o, o->waits[i]);
+                sd_bus_message_unref(o->waits[i]);
+        }
+        o->n_waits = 0;
+        o->waits = mfree_ptr(o->waits);
+
+        if (m->shutting_down)
+                return;
+        r = sd_event_add_time_relative(m->event, &o->linger, CLOCK_MONOTONIC, m->linger_usec, 0, on_linger, o);
+        if (r < 0) {
+                log_error("Failed to arm the linger timer: %s", strerror(-r));
+                operation_free(o);
+        }
+        manager_update_idle(m);
+}
+
+/* The operation's effects on the objects: runs on the main thread after the
+ * worker returned. */
+static void op_apply(Operation *o) {
+        Manager *m = o->manager;
+        Disk *d = o->disk;
+        NewImageName name = {
+                .io_name = o->io_name,
+                .display_name = o->options.display_name ?: "",
+                .id = o->new_image_id,
+        };
+        bool new_on_disk = IN_SET3(o->kind, OP_CREATE, OP_CREATE_DIFF, OP_CREATE);
+
+        if (o->info.valid && d && !d->gone) {
+                /* Images that leave the chain (merge): their paths are the result. */
+                for (unsigned i = 0; i < d->n_images; i++) {
+                        bool found = false;
+
+                        for (unsigned k = 0; k < o->info.n_images; k++)
+                                if (o->info.images[k].key == d->images[i]->info.key)
+                                        found = true;
+                        if (!found && o->kind == OP_MERGE)
+                                (void) strv_push(&o->result.removed, d->images[i]->path);
+                }
+                if (o->kind == OP_MERGE && !o->result.removed)
+                        o->result.removed = calloc(1, sizeof(char *));
+                disk_apply_info(d, &o->info, new_on_disk ? &name : NULL, new_on_disk ? 1 : 0);
+                if (new_on_disk && o->outcome.r >= 0)
+                        for (unsigned i = 0; i < d->n_images; i++)
+                                if (d->images[i]->id == o->new_image_id)
+                                        (void) strv_push(&o->result_objects, d->images[i]->path);
+        }
+        if (o->new_vd) {
+                Disk *nd;
+                int r;
+
+                r = disk_new(m, o->new_disk_id, o->uid, o->options.display_name, o->new_vd, &nd);
+                if (r < 0) {
+                        log_error("Failed to publish the copy: %s", strerror(-r));
+                        return;
+                }
+                o->new_vd = NULL;
+                (void) disk_export(nd);
+                disk_apply_info(nd, &o->new_info, &name, 1);
+                (void) strv_push(&o->result_objects, nd->path);
+                for (unsigned i = 0; i < nd->n_images; i++)
+                        (void) strv_push(&o->result_objects, nd->images[i]->path);
+                if (o->new_disk_track)
+                        disk_adopt_track(nd, o->new_disk_track);
+        }
+}
+
+static void op_done(Task *t, bool cancelled) {
+        Operation *o = container_of(t, Operation, task);
+
+        if (cancelled)
+                outcome_setf(&o->outcome, -ECANCELED, "the operation was cancelled before it started");
+        else
+                op_apply(o);
+        operation_finish(o);
+}
+
+int operation_start(Operation *o) {
+        Manager *m = o->manager;
+        Disk *d = o->disk;
+        int r;
+
+        r = sd_bus_add_object_vtable(m->bus, &o->slot, o->path, IFACE_OPERATION, operation_vtable, o);
+        if (r < 0)
+                return r;
+        o->exported = true;
+        r = sd_bus_emit_object_added(m->bus, o->path);
+        if (r < 0)
+                log_error("Failed to announce %s: %s", o->path, strerror(-r));
+
+        d->operation = o;
+        {
+                const char *dc[] = { "Operation", NULL };
+                r = sd_bus_emit_properties_changed_strv(m->bus, d->path, IFACE_DISK, (char **) dc);
+                if (r < 0)
+                        log_error("Failed to emit PropertiesChanged for %s: %s", d->path, strerror(-r));
+        }
+        r = sd_event_add_time_relative(m->event, &o->timer, CLOCK_MONOTONIC, SAMPLE_USEC, 0, on_progress_timer, o);
+        if (r < 0)
+                return r;
+        o->task.run = op_run;
+        o->task.done = op_done;
+        return task_submit(m, &o->task, d);
+}
+
+/* Stops an operation for shutdown: running ones see the cancel flag, queued
+ * ones end now (or when the loop gets to them). */
+void operation_cancel_for_shutdown(Operation *o) {
+        if (op_finished(o))
+                return;
+        vdisk_progress_cancel(o->vp);
+        if (o->task.disk || o->task.submitted)
+                (void) task_cancel_queued(&o->task);
+}
+
+Operation *operation_free(Operation *o) {
+        Manager *m;
+
+        if (!o)
+                return NULL;
+        m = o->manager;
+        assert(!o->task.disk);
+        if (o->exported) {
+                (void) sd_bus_emit_object_removed(m->bus, o->path);
+                o->slot = sd_bus_slot_unref(o->slot);
+        }
+        for (size_t i = 0; i < o->n_waits; i++) {
+                (void) reply_error(o->waits[i], SD_BUS_ERROR_NO_SERVER, "vdiskd is shutting down");
+                sd_bus_message_unref(o->waits[i]);
+        }
+        free(o->waits);
+        o->timer = sd_event_source_disable_unref(o->timer);
+        o->linger = sd_event_source_disable_unref(o->linger);
+        if (o->disk) {
+                if (o->disk->operation == o)
+                        o->disk->operation = NULL;
+                disk_unref(o->disk);
+        }
+        LIST_REMOVE(operations, m->operations, o);
+        m->n_operations--;
+        free(o->path);
+        free(o->disk_path);
+        strv_free_local(o->objects);
+        strv_free_local(o->result_objects);
+        vdisk_check_report_clear(&o->result.report);
+        strv_free_local(o->result.removed);
+        free(o->error_name);
+        free(o->error_message);
+        vdisk_progress_free(o->vp);
+        if (o->fd >= 0)
+                close(o->fd);
+        free(o->format);
+        free(o->io_name);
+        options_done(&o->options);
+        sd_bus_track_unref(o->new_disk_track);
+        outcome_clear(&o->outcome);
+        disk_info_clear(&o->info);
+        disk_info_clear(&o->new_info);
+        vdisk_disk_unref(o->new_vd);
+        free(o);
+        manager_update_idle(m);
+        return NULL;
+}
+
+/* ---------------------------------------------------------------- properties */
+
+static int property_get_kind(sd_bus *bus, const char *path, const char *interface, const char *property,
+                             sd_bus_message *reply, void *userdata, sd_bus_error *error) {
+        Operation *o = userdata;
+
+        return sd_bus_message_append(reply, "s", op_kind_to_string(o->kind));
+}
+
+static int property_get_state(sd_bus *bus, const char *path, const char *interface, const char *property,
+                              sd_bus_message *reply, void *userdata, sd_bus_error *error) {
+        Operation *o = userdata;
+
+        return sd_bus_message_append(reply, "s", op_state_to_string(o->state));
+}
+
+static int property_get_progress(sd_bus *bus, const char *path, const char *interface, const char *property,
+                                 sd_bus_message *reply, void *userdata, sd_bus_error *error) {
+        Operation *o = userdata;
+        const op_progress *p = &o->progress;
+
+        if (streq(property, "Progress"))
+                return sd_bus_message_append(reply, "d", p->fraction);
+        if (streq(property, "BytesDone"))
+                return sd_bus_message_append(reply, "t", p->bytes_done);
+        if (streq(property, "BytesTotal"))
+                return sd_bus_message_append(reply, "t", p->bytes_total);
+        if (streq(property, "Rate"))
+                return sd_bus_message_append(reply, "t", p->rate);
+        return sd_bus_message_append(reply, "t", expected_end_realtime(o));
+}
+
+static int property_get_uid(sd_bus *bus, const char *path, const char *interface, const char *property,
+                            sd_bus_message *reply, void *userdata, sd_bus_error *error) {
+        Operation *o = userdata;
+
+        return sd_bus_message_append(reply, "u", (uint32_t) o->uid);
+}
+
+static int property_get_disk_path(sd_bus *bus, const char *path, const char *interface, const char *property,
+                                  sd_bus_message *reply, void *userdata, sd_bus_error *error) {
+        Operation *o = userdata;
+
+        return sd_bus_message_append(reply, "o", o->disk_path);
+}
+
+static int property_get_paths(sd_bus *bus, const char *path, const char *interface, const char *property,
+                              sd_bus_message *reply, void *userdata, sd_bus_error *error) {
+        char ***v = userdata;
+        int r;
+
+        r = sd_bus_message_open_container(reply, 'a', "o");
+        if (r < 0)
+                return r;
+        for (char **p = *v; p && *p; p++) {
+                r = sd_bus_message_append(reply, "o", *p);
+                if (r < 0)
+                        return r;
+        }
+        return sd_bus_message_close_container(reply);
+}
+
+static int property_get_result(sd_bus *bus, const char *path, const char *interface, const char *property,
+                               sd_bus_message *reply, void *userdata, sd_bus_error *error) {
+        Operation *o = userdata;
+        const vdisk_check_report *rep = &o->result.report;
+        int r;
+
+        r = sd_bus_message_open_container(reply, 'a', "{sv}");
+        if (r < 0)
+                return r;
+        if (o->result.have_report) {
+                r = sd_bus_message_append(reply, "{sv}{sv}{sv}{sv}{sv}{sv}{sv}{sv}{sv}",
+                                          "corruptions", "t", rep->corruptions,
+                                          "leaks", "t", rep->leaks,
+                                          "check-errors", "t", rep->check_errors,
+                                          "corruptions-fixed", "t", rep->corruptions_fixed,
+                                          "leaks-fixed", "t", rep->leaks_fixed,
+                                          "total-clusters", "t", rep->total_clusters,
+                                          "allocated-clusters", "t", rep->allocated_clusters,
+                                          "fragmented-clusters", "t", rep->fragmented_clusters,
+                                          "image-end-offset", "t", rep->image_end_offset);
+                if (r < 0)
+                        return r;
+                r = sd_bus_message_open_container(reply, 'e', "sv");
+                if (r >= 0)
+                        r = sd_bus_message_append(reply, "s", "messages");
+                if (r >= 0)
+                        r = sd_bus_message_open_container(reply, 'v', "as");
+                if (r >= 0)
+                        r = sd_bus_message_append_strv(reply, rep->messages);
+                if (r >= 0)
+                        r = sd_bus_message_close_container(reply);
+                if (r >= 0)
+                        r = sd_bus_message_close_container(reply);
+                if (r < 0)
+                        return r;
+        }
+        if (o->result.removed) {
+                r = sd_bus_message_open_container(reply, 'e', "sv");
+                if (r >= 0)
+                        r = sd_bus_message_append(reply, "s", "removed");
+                if (r >= 0)
+                        r = sd_bus_message_open_container(reply, 'v', "ao");
+                if (r >= 0)
+                        r = sd_bus_message_open_container(reply, 'a', "o");
+                for (char **p = o->result.removed; r >= 0 && *p; p++)
+                        r = sd_bus_message_append(reply, "o", *p);
+                if (r >= 0)
+                        r = sd_bus_message_close_container(reply);
+                if (r >= 0)
+                        r = sd_bus_message_close_container(reply);
+                if (r >= 0)
+                        r = sd_bus_message_close_container(reply);
+                if (r < 0)
+                        return r;
+        }
+        return sd_bus_message_close_container(reply);
+}
+
+static int property_get_string_ptr(sd_bus *bus, const char *path, const char *interface, const char *property,
+                                   sd_bus_message *reply, void *userdata, sd_bus_error *error) {
+        char **s = userdata;
+
+        return sd_bus_message_append(reply, "s", *s ?: "");
+}
+
+/* ---------------------------------------------------------------- methods */
+
+static int cancel_run(Call *c) {
+        Operation *o = call_target(c);
+        const char *changed[4] = {};
+        size_t n = 0;
+
+        if (!o) {
+                call_fail(c, 0, SD_BUS_ERROR_UNKNOWN_OBJECT, "The operation does not exist (any more)");
+                return 0;
+        }
+        if (op_finished(o)) {
+                call_fail(c, 0, ERROR_PREFIX "NotCancelable", "The operation has already ended (%s)",
+                          op_state_to_string(o->state));
+                return 0;
+        }
+        if (o->state == OP_CANCELLING) {
+                call_reply_empty(c);
+                return 0;
+        }
+        if (atomic_load(&o->finishing)) {
+                call_fail(c, 0, ERROR_PREFIX "NotCancelable", "The operation is finishing and cannot be stopped");
+                return 0;
+        }
+        vdisk_progress_cancel(o->vp);
+        op_set_state(o, OP_CANCELLING, changed, &n);
+        op_set_cancelable(o, 0, changed, &n);
+        op_emit(o, changed);
+        /* Not started yet: it ends now (or, if queued in the pool, as soon as
+         * the loop gets to it). */
+        (void) task_cancel_queued(&o->task);
+        call_reply_empty(c);
+        return 0;
+}
+
+static int dismiss_run(Call *c) {
+        Operation *o = call_target(c);
+
+        if (!o) {
+                call_fail(c, 0, SD_BUS_ERROR_UNKNOWN_OBJECT, "The operation does not exist (any more)");
+                return 0;
+        }
+        if (!op_finished(o)) {
+                call_fail(c, -EBUSY, NULL, "The operation is still %s; cancel it first", op_state_to_string(o->state));
+                return 0;
+        }
+        operation_free(o);
+        call_reply_empty(c);
+        return 0;
+}
+
+static int wait_run(Call *c) {
+        Operation *o = call_target(c);
+        sd_bus_message **nw;
+
+        if (!o) {
+                call_fail(c, 0, SD_BUS_ERROR_UNKNOWN_OBJECT, "The operation does not exist (any more)");
+                return 0;
+        }
+        if (op_finished(o)) {
+                op_reply_wait(o, c->message);
+                call_free(c);
+                return 0;
+        }
+        nw = reallocarray(o->waits, o->n_waits + 1, sizeof(sd_bus_message *));
+        if (!nw)
+                return -ENOMEM;
+        o->waits = nw;
+        o->waits[o->n_waits++] = sd_bus_message_ref(c->message);
+        call_free(c);
+        return 0;
+}
+
+static const MethodSpec spec_cancel = { "cancel", NULL, OBJECT_OPERATION, cancel_run };
+static const MethodSpec spec_dismiss = { "dismiss", NULL, OBJECT_OPERATION, dismiss_run };
+static const MethodSpec spec_wait = { "wait", NULL, OBJECT_OPERATION, wait_run, .open_to_all = true };
+
+static int method_common(sd_bus_message *msg, void *userdata, sd_bus_error *error, const MethodSpec *spec) {
+        Operation *o = userdata;
+        _cleanup_(call_freep) Call *c = NULL;
+        int r;
+
+        r = call_new(o->manager, msg, spec, &c);
+        if (r >= 0)
+                r = options_parse(msg, 0, &c->options, error);
+        if (r < 0)
+                return r;
+        return call_dispatch(TAKE_PTR(c));
+}
+
+static int method_cancel(sd_bus_message *msg, void *userdata, sd_bus_error *error) {
+        return method_common(msg, userdata, error, &spec_cancel);
+}
+
+static int method_wait(sd_bus_message *msg, void *userdata, sd_bus_error *error) {
+        return method_common(msg, userdata, error, &spec_wait);
+}
+
+static int method_dismiss(sd_bus_message *msg, void *userdata, sd_bus_error *error) {
+        return method_common(msg, userdata, error, &spec_dismiss);
+}
+
+/* ---------------------------------------------------------------- vtable */
+
+#define EMITS SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE
+#define CONST SD_BUS_VTABLE_PROPERTY_CONST
+
+const sd_bus_vtable operation_vtable[] = {
+        SD_BUS_VTABLE_START(0),
+        SD_BUS_PROPERTY("Kind", "s", property_get_kind, 0, CONST),
+        SD_BUS_PROPERTY("State", "s", property_get_state, 0, EMITS),
+        SD_BUS_PROPERTY("Progress", "d", property_get_progress, 0, EMITS),
+        SD_BUS_PROPERTY("BytesDone", "t", property_get_progress, 0, EMITS),
+        SD_BUS_PROPERTY("BytesTotal", "t", property_get_progress, 0, EMITS),
+        SD_BUS_PROPERTY("Rate", "t", property_get_progress, 0, EMITS),
+        SD_BUS_PROPERTY("StartTime", "t", NULL, offsetof(Operation, start_time), CONST),
+        SD_BUS_PROPERTY("ExpectedEndTime", "t", property_get_progress, 0, EMITS),
+        SD_BUS_PROPERTY("EndTime", "t", NULL, offsetof(Operation, end_time), EMITS),
+        SD_BUS_PROPERTY("Cancelable", "b", NULL, offsetof(Operation, cancelable), EMITS),
+        SD_BUS_PROPERTY("StartedByUID", "u", property_get_uid, 0, CONST),
+        SD_BUS_PROPERTY("Disk", "o", property_get_disk_path, 0, CONST),
+        SD_BUS_PROPERTY("Objects", "ao", property_get_paths, offsetof(Operation, objects), CONST),
+        SD_BUS_PROPERTY("ResultObjects", "ao", property_get_paths, offsetof(Operation, result_objects), EMITS),
+        SD_BUS_PROPERTY("Result", "a{sv}", property_get_result, 0, EMITS),
+        SD_BUS_PROPERTY("ErrorName", "s", property_get_string_ptr, offsetof(Operation, error_name), EMITS),
+        SD_BUS_PROPERTY("ErrorMessage", "s", property_get_string_ptr, offsetof(Operation, error_message), EMITS),
+        SD_BUS_METHOD_WITH_NAMES("Cancel", "a{sv}", SD_BUS_PARAM(options), "", , method_cancel,
+                                 SD_BUS_VTABLE_UNPRIVILEGED),
+        SD_BUS_METHOD_WITH_NAMES("Wait", "a{sv}", SD_BUS_PARAM(options), "", , method_wait,
+                                 SD_BUS_VTABLE_UNPRIVILEGED),
+        SD_BUS_METHOD_WITH_NAMES("Dismiss", "a{sv}", SD_BUS_PARAM(options), "", , method_dismiss,
+                                 SD_BUS_VTABLE_UNPRIVILEGED),
+        SD_BUS_SIGNAL_WITH_NAMES("Completed", "sss",
+                                 SD_BUS_PARAM(state) SD_BUS_PARAM(error_name) SD_BUS_PARAM(error_message), 0),
+        SD_BUS_VTABLE_END,
+};

@@ -1,0 +1,269 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/*
+ * vdiskd: the D-Bus service for virtual disk images (docs/dbus-api.md).
+ * One main thread runs sd-event and sd-bus; a worker pool does every
+ * blocking file access.
+ */
+#include <getopt.h>
+#include <malloc.h>
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <systemd/sd-daemon.h>
+#include <systemd/sd-id128.h>
+
+#include "config.h"
+#include "vdiskd.h"
+
+typedef struct Args {
+        bool session;
+        const char *address;
+        const char *introspect;
+        long linger_sec, idle_sec, workers, max_ops, max_ops_user;
+} Args;
+
+static void help(void) {
+        printf("Usage: vdiskd [OPTIONS...]\n\n"
+               "The D-Bus service for virtual disk images (bus name " BUS_NAME ").\n\n"
+               "  --system                      Serve on the system bus (default)\n"
+               "  --session                     Serve on the session bus, or on --address\n"
+               "  --address=ADDRESS             Connect to this D-Bus address\n"
+               "  --bus-introspect=INTERFACE    Print an interface's introspection XML and exit\n"
+               "                                ('list' prints the interface names)\n"
+               "  --linger-sec=N                Keep finished operations N seconds (default 60)\n"
+               "  --idle-exit-sec=N             Exit after N idle seconds, 0 = never\n"
+               "                                (default 30 with --system, 0 with --session)\n"
+               "  --workers=N                   Worker threads (default: CPUs, at least 2)\n"
+               "  --max-operations=N            Operations at once in total (default 64)\n"
+               "  --max-operations-per-user=N   Operations at once per user (default 32)\n"
+               "  --version                     Print the version and exit\n"
+               "  --help                        Print this help and exit\n");
+}
+
+static int parse_number(const char *opt, const char *s, long min, long max, long *ret) {
+        char *end;
+        long v;
+
+        errno = 0;
+        v = strtol(s, &end, 10);
+        if (errno != 0 || end == s || *end || v < min || v > max) {
+                log_error("Invalid value for %s: '%s' (expected %ld..%ld).", opt, s, min, max);
+                return -EINVAL;
+        }
+        *ret = v;
+        return 0;
+}
+
+static int parse_args(int argc, char *argv[], Args *a) {
+        enum {
+                ARG_SYSTEM = 0x100,
+                ARG_SESSION,
+                ARG_ADDRESS,
+                ARG_INTROSPECT,
+                ARG_LINGER,
+                ARG_IDLE,
+                ARG_WORKERS,
+                ARG_MAX_OPS,
+                ARG_MAX_OPS_USER,
+                ARG_VERSION,
+                ARG_HELP,
+        };
+        static const struct option options[] = {
+                { "system",                  no_argument,       NULL, ARG_SYSTEM },
+                { "session",                 no_argument,       NULL, ARG_SESSION },
+                { "address",                 required_argument, NULL, ARG_ADDRESS },
+                { "bus-introspect",          required_argument, NULL, ARG_INTROSPECT },
+                { "linger-sec",              required_argument, NULL, ARG_LINGER },
+                { "idle-exit-sec",           required_argument, NULL, ARG_IDLE },
+                { "workers",                 required_argument, NULL, ARG_WORKERS },
+                { "max-operations",          required_argument, NULL, ARG_MAX_OPS },
+                { "max-operations-per-user", required_argument, NULL, ARG_MAX_OPS_USER },
+                { "version",                 no_argument,       NULL, ARG_VERSION },
+                { "help",                    no_argument,       NULL, ARG_HELP },
+                {}
+        };
+        int c, r = 0;
+
+        while ((c = getopt_long(argc, argv, "", options, NULL)) >= 0) {
+                switch (c) {
+                case ARG_SYSTEM:
+                        a->session = false;
+                        break;
+                case ARG_SESSION:
+                        a->session = true;
+                        break;
+                case ARG_ADDRESS:
+                        a->address = optarg;
+                        break;
+                case ARG_INTROSPECT:
+                        a->introspect = optarg;
+                        break;
+                case ARG_LINGER:
+                        r = parse_number("--linger-sec", optarg, 0, 86400 * 365, &a->linger_sec);
+                        break;
+                case ARG_IDLE:
+                        r = parse_number("--idle-exit-sec", optarg, 0, 86400 * 365, &a->idle_sec);
+                        break;
+                case ARG_WORKERS:
+                        r = parse_number("--workers", optarg, 1, 1024, &a->workers);
+                        break;
+                case ARG_MAX_OPS:
+                        r = parse_number("--max-operations", optarg, 1, 1000000, &a->max_ops);
+                        break;
+                case ARG_MAX_OPS_USER:
+                        r = parse_number("--max-operations-per-user", optarg, 1, 1000000, &a->max_ops_user);
+                        break;
+                case ARG_VERSION:
+                        printf("vdiskd %s\n", VDISK_VERSION);
+                        return 0;
+                case ARG_HELP:
+                        help();
+                        return 0;
+                default:
+                        return -EINVAL;
+                }
+                if (r < 0)
+                        return r;
+        }
+        if (optind < argc) {
+                log_error("Unexpected argument '%s'.", argv[optind]);
+                return -EINVAL;
+        }
+        return 1;
+}
+
+static int on_signal(sd_event_source *s, const struct signalfd_siginfo *si, void *userdata) {
+        Manager *m = userdata;
+
+        if (m->shutting_down)
+                return 0;
+        (void) sd_notify(false, "STOPPING=1");
+        manager_shutdown(m);
+        return 0;
+}
+
+static int open_bus(const Args *a, sd_bus **ret) {
+        sd_bus *bus = NULL;
+        int r;
+
+        if (a->address) {
+                r = sd_bus_new(&bus);
+                if (r >= 0)
+                        r = sd_bus_set_address(bus, a->address);
+                if (r >= 0)
+                        r = sd_bus_set_bus_client(bus, true);
+                if (r >= 0)
+                        r = sd_bus_set_trusted(bus, false);
+                if (r >= 0)
+                        r = sd_bus_start(bus);
+        } else if (a->session)
+                r = sd_bus_open_user(&bus);
+        else
+                r = sd_bus_open_system(&bus);
+        if (r < 0) {
+                sd_bus_unref(bus);
+                return r;
+        }
+        *ret = bus;
+        return 0;
+}
+
+int main(int argc, char *argv[]) {
+        Args a = { .linger_sec = 60, .idle_sec = -1, .workers = 0, .max_ops = 64, .max_ops_user = 32 };
+        Manager *m = NULL;
+        sigset_t mask;
+        long n_cpus;
+        int r;
+
+        r = parse_args(argc, argv, &a);
+        if (r <= 0)
+                return r < 0 ? EXIT_FAILURE : EXIT_SUCCESS;
+        if (a.introspect)
+                return introspect_print(a.introspect) < 0 ? EXIT_FAILURE : EXIT_SUCCESS;
+
+        /* Before any thread exists, so the workers inherit the mask. */
+        sigemptyset(&mask);
+        sigaddset(&mask, SIGTERM);
+        sigaddset(&mask, SIGINT);
+        (void) sigprocmask(SIG_BLOCK, &mask, NULL);
+        (void) signal(SIGPIPE, SIG_IGN);
+
+        /* Nothing may open a path once requests are served (a test audits it):
+         * settle what libraries read lazily now. sd-event reads the boot id
+         * the first time it coalesces timers (cached per thread; the loop runs
+         * on this one), and glibc reads /proc/sys/vm/overcommit_memory the first
+         * time it shrinks a per-thread arena, so keep all threads on the main
+         * arena. */
+        {
+                sd_id128_t boot_id;
+                (void) sd_id128_get_boot(&boot_id);
+        }
+        (void) mallopt(M_ARENA_MAX, 1);
+
+        if (a.workers == 0) {
+                n_cpus = sysconf(_SC_NPROCESSORS_ONLN);
+                a.workers = MAX(n_cpus, 2L);
+        }
+
+        r = manager_new(&m);
+        if (r < 0) {
+                log_oom();
+                return EXIT_FAILURE;
+        }
+        m->session = a.session;
+        m->workers = (unsigned) a.workers;
+        m->max_operations = (unsigned) a.max_ops;
+        m->max_operations_per_user = (unsigned) a.max_ops_user;
+        m->linger_usec = (uint64_t) a.linger_sec * 1000000u;
+        m->idle_usec = (uint64_t) (a.idle_sec >= 0 ? a.idle_sec : a.session ? 0 : 30) * 1000000u;
+
+        r = sd_event_default(&m->event);
+        if (r < 0) {
+                log_error("Failed to allocate the event loop: %s", strerror(-r));
+                goto finish;
+        }
+        /* Pings systemd's watchdog (WatchdogSec= in the unit) from the loop:
+         * a main loop that ever blocks gets the service restarted. */
+        (void) sd_event_set_watchdog(m->event, true);
+        r = sd_event_add_signal(m->event, NULL, SIGTERM, on_signal, m);
+        if (r >= 0)
+                r = sd_event_add_signal(m->event, NULL, SIGINT, on_signal, m);
+        if (r < 0) {
+                log_error("Failed to watch signals: %s", strerror(-r));
+                goto finish;
+        }
+        r = open_bus(&a, &m->bus);
+        if (r < 0) {
+                log_error("Failed to connect to the %s bus: %s", a.address ? "given" : a.session ? "session" : "system",
+                          strerror(-r));
+                goto finish;
+        }
+        /* Losing the bus ends the service (the event loop returns 1). */
+        r = sd_bus_set_exit_on_disconnect(m->bus, true);
+        if (r >= 0)
+                r = sd_bus_attach_event(m->bus, m->event, SD_EVENT_PRIORITY_NORMAL);
+        if (r < 0) {
+                log_error("Failed to attach the bus to the event loop: %s", strerror(-r));
+                goto finish;
+        }
+        r = worker_pool_new(m->event, m->workers, &m->pool);
+        if (r < 0) {
+                log_error("Failed to start the worker threads: %s", strerror(-r));
+                goto finish;
+        }
+        r = manager_start(m);
+        if (r < 0)
+                goto finish;
+        (void) sd_notify(false, "READY=1\nSTATUS=Serving.");
+
+        r = sd_event_loop(m->event);
+        if (r < 0)
+                log_error("Event loop failed: %s", strerror(-r));
+        else if (r > 0) {
+                log_error("Lost the connection to the bus.");
+                r = -ECONNRESET;
+        }
+finish:
+        manager_free(m);
+        return r < 0 ? EXIT_FAILURE : EXIT_SUCCESS;
+}
