@@ -741,6 +741,13 @@ static int start_operation(Call *c, OpKind kind) {
         case OP_REPAIR:
                 if (!check_image_index(c, d, c->u1, "image"))
                         return 0;
+                /* A read-only top fails at once; whether a lower image can be
+                 * written depends on its fd and shows when the work runs. */
+                if (kind != OP_CHECK && !(kind == OP_REPAIR && c->options.dry_run) &&
+                    c->u1 + 1 == d->n_images && d->read_only) {
+                        call_fail(c, -EROFS, NULL, "%s: the image is read-only", disk_name(d));
+                        return 0;
+                }
                 break;
         case OP_RESIZE:
         case OP_COPY:
@@ -752,6 +759,10 @@ static int start_operation(Call *c, OpKind kind) {
                 if (kind == OP_COPY && c->options.size != 0 && c->options.size < d->size) {
                         call_fail(c, -EINVAL, NULL, "%s: option 'size' is smaller than the disk (%" PRIu64
                                   " bytes)", disk_name(d), d->size);
+                        return 0;
+                }
+                if (kind == OP_RESIZE && d->read_only) {
+                        call_fail(c, -EROFS, NULL, "%s: the disk is read-only", disk_name(d));
                         return 0;
                 }
                 if (kind == OP_RESIZE && c->t1 < d->size && !c->options.allow_shrink) {
