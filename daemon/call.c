@@ -180,8 +180,8 @@ static void call_continue(Call *c) {
                 other_action = NULL;
                 break;
         }
-        if (c->format)   /* the method names the format of the file it was given */
-                format = c->format[0] ? c->format : NULL;
+        if (c->format && c->format[0])   /* the method names the format of the file it was given */
+                format = c->format;
         if (c->options.display_name && c->options.display_name[0])
                 display_name = c->options.display_name;
 

@@ -235,7 +235,7 @@ static int on_progress_timer(sd_event_source *s, uint64_t usec, void *userdata) 
                 op_set_state(o, OP_RUNNING, changed, &n);
         if (atomic_load(&o->finishing))
                 op_set_cancelable(o, 0, changed, &n);
-        if (IN_SET3(o->state, OP_RUNNING, OP_CANCELLING, OP_RUNNING) &&
+        if ((o->state == OP_RUNNING || o->state == OP_CANCELLING) &&
             op_progress_sample(&o->progress, vdisk_progress_done(o->vp), vdisk_progress_total(o->vp),
                                now_monotonic(o->manager)) > 0) {
                 changed[n++] = "Progress";
@@ -459,7 +459,7 @@ static void op_apply(Operation *o) {
                 .display_name = o->options.display_name ?: "",
                 .id = o->new_image_id,
         };
-        bool new_on_disk = IN_SET3(o->kind, OP_CREATE, OP_CREATE_DIFF, OP_CREATE);
+        bool new_on_disk = o->kind == OP_CREATE || o->kind == OP_CREATE_DIFF;
 
         if (o->info.valid && d && !d->gone) {
                 /* Images that leave the chain (merge): their paths are the result. */
