@@ -67,10 +67,12 @@ static const char *action_verb(const char *action) {
         return "open a virtual disk image";
 }
 
-int auth_check(Call *c, const char *action, uid_t owner, const char *format, const char *display_name) {
+int auth_check(Call *c, const char *action, uid_t owner, const char *format, const char *display_name,
+               const char *new_format, const char *new_display_name) {
         _cleanup_(sd_bus_message_unrefp) sd_bus_message *m = NULL;
         _cleanup_free_ char *message = NULL;
         char owner_text[32];
+        const char *shown;
         bool interactive;
         const char *sender = sd_bus_message_get_sender(c->message);
         int r;
@@ -81,9 +83,12 @@ int auth_check(Call *c, const char *action, uid_t owner, const char *format, con
                       !c->options.no_user_interaction;
         c->auth_interactive = interactive;
         snprintf(owner_text, sizeof owner_text, "%u", (unsigned) owner);
-        if (display_name && display_name[0])
+        /* The dialog names the object acted on; only a method without one
+         * (CreateDisk, OpenDisk) shows the name the caller chose. */
+        shown = display_name && display_name[0] ? display_name : new_display_name;
+        if (shown && shown[0])
                 r = asprintf(&message, "Authentication is required to %s (%s “%s”)", action_verb(action),
-                             c->spec->operation, display_name);
+                             c->spec->operation, shown);
         else
                 r = asprintf(&message, "Authentication is required to %s (%s)", action_verb(action),
                              c->spec->operation);
@@ -107,6 +112,10 @@ int auth_check(Call *c, const char *action, uid_t owner, const char *format, con
                 r = sd_bus_message_append(m, "{ss}", "format", format);
         if (r >= 0 && display_name && display_name[0])
                 r = sd_bus_message_append(m, "{ss}", "display-name", display_name);
+        if (r >= 0 && new_format && new_format[0])
+                r = sd_bus_message_append(m, "{ss}", "new-format", new_format);
+        if (r >= 0 && new_display_name && new_display_name[0])
+                r = sd_bus_message_append(m, "{ss}", "new-display-name", new_display_name);
         if (r < 0)
                 return r;
         r = sd_bus_message_close_container(m);

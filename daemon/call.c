@@ -5,7 +5,8 @@
  * then, without ever blocking the main loop:
  *
  *   1. the caller's uid is asked from the bus (GetConnectionUnixUser: the
- *      peer credentials the bus took at connect time; no /proc),
+ *      peer credentials the bus took at connect time; no /proc), and the
+ *      per-uid limits are checked: calls in progress, descriptors held,
  *   2. polkit is asked, asynchronously, when the method's action or the
  *      object's owner requires it (auth.c),
  *   3. the target object is looked up again from the message path (it may
@@ -36,35 +37,45 @@ int call_new(Manager *m, sd_bus_message *msg, const MethodSpec *spec, Call **ret
         return 0;
 }
 
-static void chain_free(ChainElement *chain, size_t n) {
+static void chain_free(ChainElement *chain, size_t n, Trash *t) {
         for (size_t i = 0; i < n; i++) {
-                if (chain[i].fd >= 0)
-                        close(chain[i].fd);
+                trash_fd(t, chain[i].fd);
                 free(chain[i].format);
                 free(chain[i].io_name);
-                options_done(&chain[i].options);
+                options_done(&chain[i].options, t);
         }
         free(chain);
 }
 
+/* The descriptors the call holds (our duplicates). */
+static unsigned call_count_fds(Call *c) {
+        unsigned n = (c->fd >= 0) + c->options.n_files;
+
+        for (size_t i = 0; i < c->n_chain; i++)
+                n += (c->chain[i].fd >= 0) + c->chain[i].options.n_files;
+        return n;
+}
+
 Call *call_free(Call *c) {
+        Trash trash = {};
         Manager *m;
 
         if (!c)
                 return NULL;
         m = c->manager;
-        assert(!c->task.disk);   /* never freed while queued on a disk */
+        assert(!task_pending(&c->task));   /* never freed while queued or running */
         LIST_REMOVE(calls, m->calls, c);
         m->n_calls--;
         sd_bus_slot_unref(c->slot);
+        /* sd-bus closes its own copies of the message's fds here, on this
+         * thread: unavoidable (docs/architecture.md, known limits). */
         sd_bus_message_unref(c->message);
-        options_done(&c->options);
-        if (c->fd >= 0)
-                close(c->fd);
+        options_done(&c->options, &trash);
+        trash_fd(&trash, c->fd);
         free(c->format);
         free(c->text);
         free(c->data);
-        chain_free(c->chain, c->n_chain);
+        chain_free(c->chain, c->n_chain, &trash);
         for (size_t i = 0; i < ELEMENTSOF(c->uuids); i++)
                 free(c->uuids[i]);
         disk_unref(c->disk);
@@ -73,8 +84,19 @@ Call *call_free(Call *c) {
         disk_info_clear(&c->info);
         if (c->result_free)
                 c->result_free(c->result);
-        vdisk_disk_unref(c->new_vd);
+        trash_vd(&trash, c->new_vd, c->n_chain);
         free(c->names);
+        /* Our duplicates are closed on a worker, charged to the caller (or to
+         * the unknown-uid share when the call failed before its uid was known). */
+        trash_empty(m, c->user, &trash);
+        if (c->user) {
+                assert(c->user->n_calls > 0 && c->user->n_fds >= c->n_fds_charged);
+                c->user->n_calls--;
+                c->user->n_fds -= c->n_fds_charged;
+                if (c->disk_reserved)
+                        c->user->n_disks--;
+                user_unref(c->user);
+        }
         free(c);
         manager_update_idle(m);
         return NULL;
@@ -108,9 +130,51 @@ void call_reply_empty(Call *c) {
 
 /* Queues the blocking part of the call (on the disk's queue when d is set). */
 int call_submit(Call *c, Disk *d, void (*run)(Task *t), void (*done)(Task *t, bool cancelled)) {
+        User *unknown = NULL;
+        int r;
+
         c->task.run = run;
         c->task.done = done;
-        return task_submit(c->manager, &c->task, d);
+        if (!c->user) {
+                /* Operation.Wait skips the uid lookup, but never submits. */
+                unknown = user_get(c->manager, UID_UNKNOWN);
+                if (!unknown)
+                        return -ENOMEM;
+        }
+        r = task_submit(c->manager, &c->task, d, c->user ?: unknown);
+        user_unref(unknown);
+        return r;
+}
+
+/* The uid is known: count the call and its descriptors, within the limits. */
+static bool call_account(Call *c, uid_t uid) {
+        Manager *m = c->manager;
+        unsigned n_fds = call_count_fds(c);
+        User *u;
+
+        c->uid = uid;
+        u = user_get(m, uid);
+        if (!u) {
+                call_fail(c, -ENOMEM, NULL, "Out of memory");
+                return false;
+        }
+        if (u->n_calls >= m->max_calls_per_user) {
+                user_unref(u);
+                call_fail(c, -E2BIG, NULL, "Too many calls in progress for user %u (at most %u at once)",
+                          (unsigned) uid, m->max_calls_per_user);
+                return false;
+        }
+        if (u->n_fds + n_fds > m->max_fds_per_user) {
+                user_unref(u);
+                call_fail(c, -E2BIG, NULL, "Too many file descriptors held for user %u (at most %u)",
+                          (unsigned) uid, m->max_fds_per_user);
+                return false;
+        }
+        u->n_calls++;
+        u->n_fds += n_fds;
+        c->n_fds_charged = n_fds;
+        c->user = u;
+        return true;
 }
 
 void *call_target(Call *c) {
@@ -142,7 +206,8 @@ static void call_continue(Call *c) {
         Manager *m = c->manager;
         void *target;
         uid_t owner;
-        const char *format = NULL, *display_name = NULL, *other_action;
+        const char *format = NULL, *display_name = NULL, *new_format = NULL, *new_display_name = NULL;
+        const char *other_action;
         int r;
 
         target = call_target(c);
@@ -180,10 +245,17 @@ static void call_continue(Call *c) {
                 other_action = NULL;
                 break;
         }
-        if (c->format && c->format[0])   /* the method names the format of the file it was given */
-                format = c->format;
+        /* What the call asks for goes apart from what the object is: a caller
+         * must not be able to word the details (and the dialog) of a check
+         * about someone else's disk. */
+        if (c->format && c->format[0])   /* the format of the file the method was given */
+                new_format = c->format;
         if (c->options.display_name && c->options.display_name[0])
-                display_name = c->options.display_name;
+                new_display_name = c->options.display_name;
+        /* A Manager method has no object yet: what it acts on is the Disk it
+         * creates, named by the call. */
+        if (c->spec->target == OBJECT_MANAGER)
+                display_name = new_display_name;
 
         if (m->session) {
                 if (!uid_trusted(m, c->uid)) {
@@ -200,7 +272,7 @@ static void call_continue(Call *c) {
 
                 if (!action)
                         continue;
-                r = auth_check(c, action, owner, format, display_name);
+                r = auth_check(c, action, owner, format, display_name, new_format, new_display_name);
                 if (r < 0) {
                         call_fail(c, r, SD_BUS_ERROR_ACCESS_DENIED, "Authorization check failed: %s", strerror(-r));
                         return;
@@ -234,8 +306,8 @@ static int on_unix_user(sd_bus_message *reply, void *userdata, sd_bus_error *ret
                 call_fail(c, 0, SD_BUS_ERROR_ACCESS_DENIED, "Cannot determine the caller's user");
                 return 0;
         }
-        c->uid = (uid_t) uid;
-        call_continue(c);
+        if (call_account(c, (uid_t) uid))
+                call_continue(c);
         return 0;
 }
 
@@ -262,8 +334,8 @@ int call_dispatch(Call *c) {
                         call_fail(c, 0, SD_BUS_ERROR_ACCESS_DENIED, "Cannot determine the caller's user");
                         return 1;
                 }
-                c->uid = uid;
-                call_continue(c);
+                if (call_account(c, uid))
+                        call_continue(c);
                 return 1;
         }
         r = sd_bus_call_method_async(c->manager->bus, &c->slot, "org.freedesktop.DBus", "/org/freedesktop/DBus",

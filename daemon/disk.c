@@ -25,11 +25,14 @@ int disk_new(Manager *m, uint64_t id, uid_t owner, const char *display_name, vdi
         d->vd = vd;
         d->read_only = 1;
         d->display_name = strdup(display_name ?: "");
-        if (!d->display_name || asprintf(&d->path, ROOT_PATH "/disk/%" PRIu64, id) < 0) {
+        d->user = user_get(m, owner);
+        if (!d->display_name || !d->user || asprintf(&d->path, ROOT_PATH "/disk/%" PRIu64, id) < 0) {
+                user_unref(d->user);
                 free(d->display_name);
                 free(d);
                 return -ENOMEM;
         }
+        d->user->n_disks++;
         LIST_PREPEND(disks, m->disks, d);
         m->n_disks++;
         manager_update_idle(m);
@@ -50,6 +53,7 @@ Disk *disk_unref(Disk *d) {
         if (--d->n_ref > 0)
                 return NULL;
         assert(!d->active && !d->queue_head);
+        user_unref(d->user);
         free(d->images);
         free(d->display_name);
         free(d->path);
@@ -141,10 +145,13 @@ static void disk_remove_image_at(Disk *d, unsigned i) {
         image_remove(img);
 }
 
-/* Unexports the disk and its images; closes the container if still open (only
- * at shutdown, when no worker is left). Drops the list reference. */
+/* Unexports the disk and its images; a container still open is closed on a
+ * worker (on this thread only at exit, when no worker is left). Drops the list
+ * reference. Never while a task holds or waits for the disk, unless no worker
+ * can run any more. */
 void disk_remove(Disk *d) {
         Manager *m = d->manager;
+        Trash trash = {};
 
         if (d->gone)
                 return;
@@ -157,12 +164,23 @@ void disk_remove(Disk *d) {
                 d->exported = false;
         }
         d->track = sd_bus_track_unref(d->track);
-        if (d->vd)
-                d->vd = vdisk_disk_unref(d->vd);
+        trash_vd(&trash, TAKE_PTR(d->vd), d->n_fds_charged);
+        trash_empty(m, d->user, &trash);
+        assert(d->user->n_fds >= d->n_fds_charged && d->user->n_disks > 0);
+        d->user->n_fds -= d->n_fds_charged;
+        d->n_fds_charged = 0;
+        d->user->n_disks--;
         LIST_REMOVE(disks, m->disks, d);
         m->n_disks--;
         disk_unref(d);
         manager_update_idle(m);
+}
+
+/* One descriptor per image, charged to the owner. */
+static void disk_charge_fds(Disk *d) {
+        assert(d->user->n_fds >= d->n_fds_charged);
+        d->user->n_fds = d->user->n_fds - d->n_fds_charged + d->n_images;
+        d->n_fds_charged = d->n_images;
 }
 
 void disk_apply_info(Disk *d, const DiskInfo *info, NewImageName *names, size_t n_names) {
@@ -172,7 +190,7 @@ void disk_apply_info(Disk *d, const DiskInfo *info, NewImageName *names, size_t 
         Image **nv;
         int r;
 
-        if (!info->valid)
+        if (!info->valid || d->gone)
                 return;
         /* Images that left the chain. */
         for (unsigned i = d->n_images; i > 0; i--) {
@@ -270,34 +288,24 @@ void disk_apply_info(Disk *d, const DiskInfo *info, NewImageName *names, size_t 
                 memcpy(d->lchs, info->lchs, sizeof d->lchs);
                 changed[n_changed++] = "LCHSGeometry";
         }
+        disk_charge_fds(d);
         disk_emit_changed(d, changed);
 }
 
 /* ---------------------------------------------------------------- client tracking */
 
-static int disk_track_new(Disk *d) {
-        if (d->track)
-                return 0;
-        return sd_bus_track_new(d->manager->bus, &d->track, on_track_empty, d);
-}
-
-int disk_track_sender(Disk *d, sd_bus_message *m) {
+int disk_track_name(Disk *d, const char *name) {
         int r;
 
-        if (!sd_bus_message_get_sender(m))
+        if (!name)
                 return 0;   /* direct connection: it lives as long as the daemon */
-        r = disk_track_new(d);
-        if (r < 0)
-                return r;
-        return sd_bus_track_add_sender(d->track, m);
-}
-
-void disk_adopt_track(Disk *d, sd_bus_track *t) {
-        sd_bus_track_unref(d->track);
-        d->track = sd_bus_track_ref(t);
-        sd_bus_track_set_userdata(t, d);
-        if (sd_bus_track_count(t) == 0)
-                disk_close_async(d);
+        if (!d->track) {
+                r = sd_bus_track_new(d->manager->bus, &d->track, on_track_empty, d);
+                if (r < 0)
+                        return r;
+        }
+        r = sd_bus_track_add_name(d->track, name);
+        return r < 0 ? r : 0;
 }
 
 typedef struct CloseTask {
@@ -321,9 +329,17 @@ static void close_task_done(Task *t, bool cancelled) {
 
 void disk_close_async(Disk *d) {
         CloseTask *ct;
+        int r;
 
         if (d->closing || d->gone || d->operation || d->manager->shutting_down)
                 return;
+        if (!d->active && !d->queue_head) {
+                /* Nothing waits for it: gone from the bus now; the container
+                 * is flushed and closed by a worker job charged to the owner. */
+                disk_remove(d);
+                return;
+        }
+        /* Calls still queued on it run first; the close comes after them. */
         ct = calloc(1, sizeof *ct);
         if (!ct) {
                 log_oom();
@@ -333,22 +349,31 @@ void disk_close_async(Disk *d) {
         ct->disk = disk_ref(d);
         ct->task.run = close_task_run;
         ct->task.done = close_task_done;
-        (void) task_submit(d->manager, &ct->task, d);
+        r = task_submit(d->manager, &ct->task, d, d->user);
+        if (r < 0) {
+                /* Only when shutting down: the remaining disks are closed at exit. */
+                log_error("Failed to queue the close of %s: %s", d->path, strerror(-r));
+                d->closing = false;
+                disk_unref(ct->disk);
+                free(ct);
+        }
 }
 
 static int on_track_empty(sd_bus_track *t, void *userdata) {
         Disk *d = userdata;
 
-        if (!d)
-                return 0;
-        /* The creator's connection went away: close once no operation runs. */
-        if (!d->operation)
-                disk_close_async(d);
+        /* The creator's connection went away. Drop the track at once: sd-bus
+         * dispatches an empty track again on every loop iteration for as long
+         * as it exists (and as the handler returns 0). */
+        d->track = sd_bus_track_unref(d->track);
+        d->creator_gone = true;
+        /* Close once no operation runs (else disk_operation_finished() does). */
+        disk_close_async(d);
         return 0;
 }
 
 void disk_operation_finished(Disk *d) {
-        if (d->track && sd_bus_track_count(d->track) == 0)
+        if (d->creator_gone)
                 disk_close_async(d);
 }
 
@@ -434,6 +459,14 @@ static void open_run(Task *t) {
 
         if (!vd)
                 return;
+        /* The checks the handler could not make without asking the file system. */
+        r = fd_vet(c->fd, 0, "fd", NULL, &c->outcome);
+        if (r >= 0)
+                r = files_vet(c->options.files, c->options.n_files, &c->outcome);
+        if (r < 0) {
+                (void) disk_info_read(vd, &c->info);
+                return;
+        }
         if (ro && !format)
                 flags |= VDISK_OPEN_ALLOW_PROBE_RAW;
         r = io_from_fd(TAKE_FD(c->fd), !ro, c->names[0].io_name, &io);
@@ -689,7 +722,7 @@ static int discard_start(Call *c) {
 
 /* ---------------------------------------------------------------- operations */
 
-static bool check_limits(Call *c) {
+static bool check_limits(Call *c, OpKind kind) {
         Manager *m = c->manager;
 
         if (manager_count_operations(m, false, 0) >= m->max_operations) {
@@ -699,6 +732,11 @@ static bool check_limits(Call *c) {
         if (manager_count_operations(m, true, c->uid) >= m->max_operations_per_user) {
                 call_fail(c, -E2BIG, NULL, "Too many operations for user %u (at most %u at once)",
                           (unsigned) c->uid, m->max_operations_per_user);
+                return false;
+        }
+        if (kind == OP_COPY && c->options.open && c->user->n_disks >= m->max_disks_per_user) {
+                call_fail(c, -E2BIG, NULL, "Too many disks for user %u (at most %u)", (unsigned) c->uid,
+                          m->max_disks_per_user);
                 return false;
         }
         return true;
@@ -773,10 +811,13 @@ static int start_operation(Call *c, OpKind kind) {
         default:
                 break;
         }
-        if (!check_limits(c))
+        if (!check_limits(c, kind))
                 return 0;
+        /* A destination fd is checked (a regular file, empty) when the work
+         * starts, on the worker: the Operation fails with BadFileDescriptor
+         * then, leaving the file as it was. */
 
-        r = operation_new(c->manager, kind, d, c->uid, &o);
+        r = operation_new(c->manager, kind, d, c->user, &o);
         if (r < 0)
                 return r;
         r = operation_take_call(o, c);
@@ -827,7 +868,7 @@ static int read_fd_arg(Call *c, sd_bus_message *msg, uint32_t fd_flags, sd_bus_e
 
         r = sd_bus_message_read(msg, "h", &fd);
         if (r < 0)
-                return r;
+                return fd_read_failed(r, error);
         return fd_accept(fd, fd_flags, "fd", &c->fd, &c->fd_writable, error);
 }
 

@@ -1,8 +1,10 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
 /*
- * Files arrive as fds. Each one is vetted (no O_PATH, a regular file, an access
- * mode that fits, no O_APPEND where we write) and duplicated; libvdisk gets an
- * io over our copy named after the caller's display name, never a path.
+ * Files arrive as fds. The method handler checks the flags (no O_PATH, an
+ * access mode that fits, no O_APPEND where we write) and duplicates the fd;
+ * the worker that uses it first checks the file itself (a regular file, empty
+ * where required), because fstat() on a user's FUSE file can block. libvdisk
+ * gets an io over our copy named after the caller's display name, never a path.
  *
  * Parents of a differencing image are found among the `files` of the same call
  * by a resolver: by UUID (each candidate is opened metadata-only on a scratch
@@ -15,20 +17,28 @@
 
 #include "vdiskd.h"
 
+/* sd_bus_message_read() of an 'h' whose index is not among the fds the
+ * message carries fails with -EBADMSG (sd-bus bounds-checks the index): that
+ * is a bad descriptor from the caller, reported as such. */
+int fd_read_failed(int r, sd_bus_error *error) {
+        if (r == -EBADMSG)
+                return set_error(error, ERROR_PREFIX "BadFileDescriptor",
+                                 "The call names a file descriptor it does not carry (index out of range)");
+        return r;
+}
+
 int fd_accept(int fd, uint32_t flags, const char *what, int *ret_fd, int *ret_writable, sd_bus_error *error) {
-        struct stat st;
         int fl, acc, copy;
 
+        /* Only what the descriptor's flags say: fstat() would ask the file
+         * system, and a FUSE server can take its time answering. The rest is
+         * fd_vet(), on a worker. */
         fl = fcntl(fd, F_GETFL);
         if (fl < 0)
                 return set_error(error, ERROR_PREFIX "BadFileDescriptor", "%s: file descriptor not usable", what);
         if (fl & O_PATH)
                 return set_error(error, ERROR_PREFIX "BadFileDescriptor",
                                  "%s: O_PATH file descriptors are refused: pass a descriptor opened for reading", what);
-        if (fstat(fd, &st) < 0)
-                return set_error(error, ERROR_PREFIX "BadFileDescriptor", "%s: cannot stat the file descriptor", what);
-        if (!S_ISREG(st.st_mode))
-                return set_error(error, ERROR_PREFIX "BadFileDescriptor", "%s: not a regular file", what);
         acc = fl & O_ACCMODE;
         if (acc == O_WRONLY)
                 return set_error(error, ERROR_PREFIX "BadFileDescriptor",
@@ -39,15 +49,46 @@ int fd_accept(int fd, uint32_t flags, const char *what, int *ret_fd, int *ret_wr
         if (acc == O_RDWR && (fl & O_APPEND))
                 return set_error(error, ERROR_PREFIX "BadFileDescriptor",
                                  "%s: opened with O_APPEND: positioned writes would land at the end", what);
-        if ((flags & FD_NEED_EMPTY) && st.st_size != 0)
-                return set_error(error, ERROR_PREFIX "BadFileDescriptor",
-                                 "%s: not empty (%" PRIu64 " bytes): pass a new, empty file", what,
-                                 (uint64_t) st.st_size);
         copy = fcntl(fd, F_DUPFD_CLOEXEC, 3);
         if (copy < 0)
                 return set_error(error, ERROR_PREFIX "BadFileDescriptor", "%s: cannot duplicate the descriptor", what);
         *ret_fd = copy;
         *ret_writable = acc == O_RDWR;
+        return 0;
+}
+
+int fd_vet(int fd, uint32_t flags, const char *what, struct stat *ret_st, Outcome *o) {
+        struct stat st;
+
+        if (fstat(fd, &st) < 0) {
+                outcome_setf(o, -EBADF, "%s: cannot stat the file descriptor", what);
+                return -EBADF;
+        }
+        if (!S_ISREG(st.st_mode)) {
+                outcome_setf(o, -EBADF, "%s: not a regular file", what);
+                return -EBADF;
+        }
+        if ((flags & FD_NEED_EMPTY) && st.st_size != 0) {
+                outcome_setf(o, -EBADF, "%s: not empty (%" PRIu64 " bytes): pass a new, empty file", what,
+                             (uint64_t) st.st_size);
+                return -EBADF;
+        }
+        if (ret_st)
+                *ret_st = st;
+        return 0;
+}
+
+int files_vet(FileArg *files, size_t n_files, Outcome *o) {
+        for (size_t i = 0; i < n_files; i++) {
+                struct stat st;
+                int r;
+
+                r = fd_vet(files[i].fd, 0, files[i].name, &st, o);
+                if (r < 0)
+                        return r;
+                files[i].dev = st.st_dev;
+                files[i].ino = st.st_ino;
+        }
         return 0;
 }
 

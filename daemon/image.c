@@ -184,8 +184,18 @@ static int property_get_index(sd_bus *bus, const char *path, const char *interfa
 
 /* ---------------------------------------------------------------- methods */
 
+/* What identifies the target image, copied from the cache when the call is
+ * queued (the worker never reads the Image object). */
+typedef struct ImageRef {
+        const void *key;
+        unsigned index;
+        char uuid[37];
+        bool missing;                   /* worker: not in the chain any more */
+} ImageRef;
+
 static void image_task_done(Task *t, bool cancelled) {
         Call *c = container_of(t, Call, task);
+        ImageRef *ref = c->result;
 
         if (cancelled) {
                 call_fail(c, -ECANCELED, NULL, "vdiskd is shutting down");
@@ -196,6 +206,10 @@ static void image_task_done(Task *t, bool cancelled) {
                 return;
         }
         disk_apply_info(c->disk, &c->info, NULL, 0);
+        if (ref->missing) {
+                call_fail(c, 0, SD_BUS_ERROR_UNKNOWN_OBJECT, "The image is not part of its disk any more");
+                return;
+        }
         if (c->outcome.r < 0)
                 call_reply_outcome(c);
         else
@@ -204,17 +218,45 @@ static void image_task_done(Task *t, bool cancelled) {
 
 static const char *const uuid_keys[4] = { "uuid", "modification-uuid", "parent-uuid", "parent-modification-uuid" };
 
+/* Worker: the library's image the call is about, looked up in the live chain.
+ * The cached key is compared, never dereferenced: if a snapshot failed after
+ * the chain changed (Close top-only, merge), it may name a freed image. The
+ * UUID guards against a new image allocated at the same address. */
+static vdisk_image *image_resolve(vdisk_disk *vd, const ImageRef *ref) {
+        unsigned n = vdisk_disk_count(vd);
+
+        for (unsigned i = 0; i < n; i++) {
+                vdisk_image *img = vdisk_disk_image(vd, (ref->index + i) % n);
+                char uuid[37] = "";
+                uint8_t u[16];
+
+                if ((const void *) img != ref->key)
+                        continue;
+                if (vdisk_image_get_uuid(img, u) >= 0 && !vdisk_uuid_is_null(u))
+                        vdisk_uuid_format(u, uuid);
+                if (streq(uuid, ref->uuid))
+                        return img;
+        }
+        return NULL;
+}
+
 static void image_task_run(Task *t) {
         Call *c = container_of(t, Call, task);
+        ImageRef *ref = c->result;
         vdisk_disk *vd = c->disk->vd;
         vdisk_image *img;
         int r = 0;
 
         vdisk_clear_error();
-        /* gone is written by the main thread only between tasks of this disk. */
-        if (c->image->gone || !vd)
+        if (!vd)
                 return;
-        img = (vdisk_image *) c->image->info.key;
+        img = image_resolve(vd, ref);
+        if (!img) {
+                ref->missing = true;
+                /* The cache was stale: refresh it, which removes the Image. */
+                (void) disk_info_read(vd, &c->info);
+                return;
+        }
         if (c->text) {   /* SetComment */
                 r = vdisk_image_set_comment(img, c->text[0] ? c->text : NULL);
         } else {
@@ -244,6 +286,7 @@ static void image_task_run(Task *t) {
 
 static int image_task_start(Call *c) {
         Image *i = call_target(c);
+        ImageRef *ref;
         Disk *d;
 
         if (!i) {
@@ -256,6 +299,14 @@ static int image_task_start(Call *c) {
                           i->display_name[0] ? i->display_name : i->path, d->operation->path);
                 return 0;
         }
+        ref = calloc(1, sizeof *ref);
+        if (!ref)
+                return -ENOMEM;
+        ref->key = i->info.key;
+        ref->index = i->info.index;
+        memcpy(ref->uuid, i->info.uuid, sizeof ref->uuid);
+        c->result = ref;
+        c->result_free = free;
         c->image = image_ref(i);
         c->disk = disk_ref(d);
         return call_submit(c, d, image_task_run, image_task_done);

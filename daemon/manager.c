@@ -64,7 +64,8 @@ unsigned manager_count_operations(Manager *m, bool per_uid, uid_t uid) {
 /* ---------------------------------------------------------------- idle exit */
 
 static bool manager_is_idle(Manager *m) {
-        return !m->disks && !m->operations && !m->calls && (!m->pool || worker_pool_pending(m->pool) == 0);
+        return !m->disks && !m->operations && !m->calls && !task_any_waiting(m) &&
+               (!m->pool || worker_pool_pending(m->pool) == 0);
 }
 
 static int on_name_reacquired(sd_bus_message *reply, void *userdata, sd_bus_error *ret_error) {
@@ -318,8 +319,11 @@ static void probe_run(Task *t) {
                 outcome_set(&c->outcome, -ENOMEM);
                 return;
         }
-        if (fstat(c->fd, &st) >= 0)
-                pi->file_size = (uint64_t) st.st_size;
+        /* The checks the handler could not make without asking the file system. */
+        r = fd_vet(c->fd, 0, "fd", &st, &c->outcome);
+        if (r < 0)
+                goto finish;
+        pi->file_size = (uint64_t) st.st_size;
         r = io_from_fd(TAKE_FD(c->fd), 0, "the file", &io);
         if (r >= 0)
                 r = vdisk_probe(io, NULL, 1, &be, &guessed);
@@ -415,7 +419,7 @@ static int method_probe_format(sd_bus_message *msg, void *userdata, sd_bus_error
                 return r;
         r = sd_bus_message_read(msg, "h", &fd);
         if (r < 0)
-                return r;
+                return fd_read_failed(r, error);
         r = fd_accept(fd, 0, "fd", &c->fd, &c->fd_writable, error);
         if (r < 0)
                 return r;
@@ -442,7 +446,7 @@ static int manager_publish_disk(Call *c, vdisk_disk *vd, const DiskInfo *info, N
         if (r >= 0 && info)
                 disk_apply_info(d, info, names, n_names);
         if (r >= 0)
-                r = disk_track_sender(d, c->message);
+                r = disk_track_name(d, sd_bus_message_get_sender(c->message));
         if (r < 0) {
                 d->vd = NULL;   /* the caller still owns vd on failure */
                 disk_remove(d);
@@ -452,17 +456,42 @@ static int manager_publish_disk(Call *c, vdisk_disk *vd, const DiskInfo *info, N
         return 0;
 }
 
+/* A call that will publish a Disk: counted against the caller's limit from
+ * now on (call_free() releases an unused reservation). */
+static bool reserve_disk(Call *c) {
+        Manager *m = c->manager;
+
+        if (c->user->n_disks >= m->max_disks_per_user) {
+                call_fail(c, -E2BIG, NULL, "Too many disks for user %u (at most %u)", (unsigned) c->uid,
+                          m->max_disks_per_user);
+                return false;
+        }
+        c->user->n_disks++;
+        c->disk_reserved = true;
+        return true;
+}
+
+static void unreserve_disk(Call *c) {
+        if (!c->disk_reserved)
+                return;
+        c->disk_reserved = false;
+        c->user->n_disks--;
+}
+
 static int create_disk_run(Call *c) {
         vdisk_disk *vd = NULL;
         Disk *d;
         int r;
 
+        if (!reserve_disk(c))
+                return 0;
         r = vdisk_disk_new(&vd);
         if (r < 0)
                 return r;
+        unreserve_disk(c);
         r = manager_publish_disk(c, vd, NULL, NULL, 0, &d);
         if (r < 0) {
-                vdisk_disk_unref(vd);
+                vdisk_disk_unref(vd);   /* empty: no file behind it, nothing to flush */
                 return r;
         }
         r = sd_bus_reply_method_return(c->message, "o", d->path);
@@ -498,6 +527,20 @@ static void open_disk_run(Task *t) {
         int r;
 
         vdisk_clear_error();
+        /* The checks the handler could not make without asking the file system. */
+        for (size_t i = 0; i < c->n_chain; i++) {
+                ChainElement *e = &c->chain[i];
+                char what[64];
+
+                snprintf(what, sizeof what, "chain element %zu", i);
+                r = fd_vet(e->fd, 0, e->options.display_name && e->options.display_name[0] ?
+                                             e->options.display_name : what, NULL, &c->outcome);
+                if (r < 0)
+                        return;
+        }
+        r = files_vet(c->options.files, c->options.n_files, &c->outcome);
+        if (r < 0)
+                return;
         r = vdisk_disk_new(&d);
         if (r >= 0)
                 r = files_resolver_new(c->options.files, c->options.n_files, &res);
@@ -526,7 +569,7 @@ static void open_disk_run(Task *t) {
                 r = disk_info_read(d, &c->info);
         if (r < 0) {
                 outcome_set(&c->outcome, r);
-                vdisk_disk_unref(d);   /* on the worker: closing may write */
+                vdisk_disk_unref(d);   /* on the worker: closing may write, and close() may block */
         } else {
                 outcome_set(&c->outcome, 0);
                 c->new_vd = d;
@@ -547,6 +590,7 @@ static void open_disk_done(Task *t, bool cancelled) {
                 call_reply_outcome(c);
                 return;
         }
+        unreserve_disk(c);
         r = manager_publish_disk(c, c->new_vd, &c->info, c->names, c->n_names, &d);
         if (r < 0) {
                 call_fail(c, r, NULL, "Failed to publish the disk: %s", strerror(-r));
@@ -589,6 +633,8 @@ static int chain_names(Call *c) {
 static int open_disk_start(Call *c) {
         int r;
 
+        if (!reserve_disk(c))
+                return 0;
         r = chain_names(c);
         if (r < 0)
                 return r;
@@ -630,7 +676,7 @@ static int method_open_disk(sd_bus_message *msg, void *userdata, sd_bus_error *e
                 *e = (ChainElement) { .fd = -1 };
                 r = sd_bus_message_read(msg, "hs", &fd, &format);
                 if (r < 0)
-                        return r;
+                        return fd_read_failed(r, error);
                 e->format = strdup(format);
                 if (!e->format)
                         return -ENOMEM;
@@ -677,6 +723,10 @@ const sd_bus_vtable manager_vtable[] = {
         SD_BUS_PROPERTY("MaxOperations", "u", NULL, offsetof(Manager, max_operations), SD_BUS_VTABLE_PROPERTY_CONST),
         SD_BUS_PROPERTY("MaxOperationsPerUser", "u", NULL, offsetof(Manager, max_operations_per_user),
                         SD_BUS_VTABLE_PROPERTY_CONST),
+        SD_BUS_PROPERTY("MaxDisksPerUser", "u", NULL, offsetof(Manager, max_disks_per_user),
+                        SD_BUS_VTABLE_PROPERTY_CONST),
+        SD_BUS_PROPERTY("MaxCallsPerUser", "u", NULL, offsetof(Manager, max_calls_per_user),
+                        SD_BUS_VTABLE_PROPERTY_CONST),
         SD_BUS_PROPERTY("Workers", "u", NULL, offsetof(Manager, workers), SD_BUS_VTABLE_PROPERTY_CONST),
         SD_BUS_METHOD_WITH_NAMES("ProbeFormat", "ha{sv}", SD_BUS_PARAM(fd) SD_BUS_PARAM(options), "ssa{sv}",
                                  SD_BUS_PARAM(format) SD_BUS_PARAM(media_type) SD_BUS_PARAM(info),
@@ -693,7 +743,7 @@ const sd_bus_vtable manager_vtable[] = {
 static int on_shutdown_check(sd_event_source *s, void *userdata) {
         Manager *m = userdata;
 
-        if (worker_pool_pending(m->pool) > 0)
+        if (worker_pool_pending(m->pool) > 0 || task_any_waiting(m))
                 return sd_event_source_set_enabled(s, SD_EVENT_OFF);
         return sd_event_exit(m->event, 0);
 }
@@ -757,10 +807,15 @@ Manager *manager_free(Manager *m) {
         m->exit_defer = sd_event_source_disable_unref(m->exit_defer);
         m->shutdown_check = sd_event_source_disable_unref(m->shutdown_check);
 
-        /* Stop what runs, wait for the workers: every `done` runs here. */
+        /* Stop what runs, wait for the workers: every `done` runs here. What
+         * still waits for a worker ends first: the pool takes nothing more. */
         for (Operation *o = m->operations; o; o = o->operations_next)
                 operation_cancel_for_shutdown(o);
+        m->pool_closing = true;
+        task_cancel_all_ready(m);
         m->pool = worker_pool_free(m->pool);
+        task_cancel_all_ready(m);
+        m->failed_defer = sd_event_source_disable_unref(m->failed_defer);
         for (Disk *d = m->disks, *next; d; d = next) {
                 next = d->disks_next;
                 disk_drain_queue(d);
@@ -778,6 +833,7 @@ Manager *manager_free(Manager *m) {
                 /* No worker is left: close on this thread (flushes). */
                 disk_remove(d);
         }
+        assert(!m->users);
         m->release_slot = sd_bus_slot_unref(m->release_slot);
         m->manager_slot = sd_bus_slot_unref(m->manager_slot);
         m->object_manager_slot = sd_bus_slot_unref(m->object_manager_slot);

@@ -74,7 +74,7 @@ static int strv_push(char ***v, const char *s) {
         return 0;
 }
 
-int operation_new(Manager *m, OpKind kind, Disk *d, uid_t uid, Operation **ret) {
+int operation_new(Manager *m, OpKind kind, Disk *d, User *u, Operation **ret) {
         Operation *o;
         int r;
 
@@ -85,7 +85,8 @@ int operation_new(Manager *m, OpKind kind, Disk *d, uid_t uid, Operation **ret) 
         o->id = m->next_operation_id++;
         o->kind = kind;
         o->state = OP_QUEUED;
-        o->uid = uid;
+        o->uid = u->uid;
+        o->user = user_ref(u);
         o->cancelable = 1;
         o->fd = -1;
         o->start_time = now_realtime(m);
@@ -118,6 +119,9 @@ int operation_take_call(Operation *o, Call *c) {
 
         o->fd = TAKE_FD(c->fd);
         o->fd_writable = c->fd_writable;
+        /* The descriptor moves from the call's charge to ours until the work ends. */
+        o->n_fds_charged = o->fd >= 0;
+        o->user->n_fds += o->n_fds_charged;
         o->format = TAKE_PTR(c->format);
         o->options = c->options;
         c->options = (Options) {};
@@ -176,13 +180,18 @@ int operation_take_call(Operation *o, Call *c) {
                         return -ENOMEM;
         }
         if (o->kind == OP_COPY && o->options.open) {
+                const char *sender = sd_bus_message_get_sender(c->message);
+
                 o->new_disk_id = o->manager->next_disk_id++;
-                if (sd_bus_message_get_sender(c->message)) {
-                        r = sd_bus_track_new(o->manager->bus, &o->new_disk_track, NULL, NULL);
-                        if (r >= 0)
-                                r = sd_bus_track_add_sender(o->new_disk_track, c->message);
-                        if (r < 0)
-                                return r;
+                /* The new Disk counts against the starter's limit from now on. */
+                o->disk_reserved = true;
+                o->user->n_disks++;
+                /* Tracked from when the Disk exists (op_apply); a starter that
+                 * has left by then gets its Disk closed at once. */
+                if (sender) {
+                        o->starter = strdup(sender);
+                        if (!o->starter)
+                                return -ENOMEM;
                 }
         }
         return 0;
@@ -233,7 +242,8 @@ static int on_progress_timer(sd_event_source *s, uint64_t usec, void *userdata) 
 
         if (o->state == OP_QUEUED && task_started(&o->task))
                 op_set_state(o, OP_RUNNING, changed, &n);
-        if (atomic_load(&o->finishing))
+        /* Create kinds are past stopping as soon as they run (op_run). */
+        if (atomic_load(&o->finishing) == OP_FINISHING)
                 op_set_cancelable(o, 0, changed, &n);
         if ((o->state == OP_RUNNING || o->state == OP_CANCELLING) &&
             op_progress_sample(&o->progress, vdisk_progress_done(o->vp), vdisk_progress_total(o->vp),
@@ -252,17 +262,43 @@ static int on_progress_timer(sd_event_source *s, uint64_t usec, void *userdata) 
 
 /* ---------------------------------------------------------------- worker */
 
+/* Worker: no Cancel can stop the operation any more. Returns true if one was
+ * accepted before (then the work stops, or has already completed anyway). */
+static bool op_enter_finishing(Operation *o) {
+        return atomic_exchange(&o->finishing, OP_FINISHING) == OP_CANCEL_REQUESTED;
+}
+
 static void op_run(Task *t) {
         Operation *o = container_of(t, Operation, task);
         vdisk_disk *vd = o->disk->vd;
         vdisk_disk *dst = NULL;
         vdisk_io *io = NULL;
+        bool creates = IN_SET3(o->kind, OP_CREATE, OP_CREATE_DIFF, OP_COPY);
         int r = 0;
 
         vdisk_clear_error();
         if (!vd) {
                 outcome_setf(&o->outcome, -ENXIO, "the disk was closed");
-                atomic_store(&o->finishing, 1);
+                (void) op_enter_finishing(o);
+                return;
+        }
+        if (o->fd >= 0 && creates) {
+                /* The file itself, checked here rather than in the handler
+                 * (fstat can block on FUSE/NFS): a regular file, and empty,
+                 * because a failure truncates the destination, which is only
+                 * harmless while it is empty. Refused, it is left as it was. */
+                r = fd_vet(o->fd, FD_NEED_EMPTY, "fd", NULL, &o->outcome);
+                if (r < 0) {
+                        (void) op_enter_finishing(o);
+                        (void) disk_info_read(vd, &o->info);
+                        return;
+                }
+        }
+        /* libvdisk's create takes no progress object: it cannot be stopped
+         * once it runs, so Cancel is refused from here on (Cancelable false). */
+        if ((o->kind == OP_CREATE || o->kind == OP_CREATE_DIFF) && op_enter_finishing(o)) {
+                outcome_setf(&o->outcome, -ECANCELED, "the operation was cancelled before it started");
+                (void) disk_info_read(vd, &o->info);
                 return;
         }
         if (o->fd >= 0) {
@@ -310,24 +346,27 @@ static void op_run(Task *t) {
                         if (o->options.dry_run)
                                 flags |= VDISK_CHECK_DRY_RUN;
                 }
-                o->result.report = (vdisk_check_report) { .size = sizeof(vdisk_check_report) };
-                r = vdisk_check(vd, o->index, flags, &o->result.report, o->vp);
-                o->result.have_report = r >= 0;
+                /* Worker-private: the Result getter may run meanwhile; op_done
+                 * publishes it. */
+                o->w_report = (vdisk_check_report) { .size = sizeof(vdisk_check_report) };
+                r = vdisk_check(vd, o->index, flags, &o->w_report, o->vp);
+                o->w_have_report = r >= 0;
                 break;
         }
         default:
                 r = -EINVAL;
         }
 finish:
-        /* From here on nothing can be stopped any more. */
-        atomic_store(&o->finishing, 1);
+        /* From here on nothing can be stopped any more: a Cancel now gets
+         * NotCancelable instead of showing `cancelling` before a success. */
+        (void) op_enter_finishing(o);
         outcome_set(&o->outcome, r);
         if (r >= 0 && dst && o->options.open) {
                 if (disk_info_read(dst, &o->new_info) >= 0)
                         o->new_vd = TAKE_PTR(dst);
         }
         dst = vdisk_disk_unref(dst);   /* closes (and flushes) the copy */
-        if (r < 0 && io && IN_SET3(o->kind, OP_CREATE, OP_CREATE_DIFF, OP_COPY)) {
+        if (r < 0 && io && creates) {
                 /* The destination was empty when we got it: leave it so. */
                 if (vdisk_io_truncate(io, 0) >= 0) {
                         _cleanup_free_ char *msg = o->outcome.message;
@@ -490,18 +529,44 @@ static void op_apply(Operation *o) {
                         return;
                 }
                 o->new_vd = NULL;
+                /* The Disk now counts itself. */
+                assert(o->disk_reserved);
+                o->disk_reserved = false;
+                o->user->n_disks--;
                 (void) disk_export(nd);
                 disk_apply_info(nd, &o->new_info, &name, 1);
                 (void) strv_push(&o->result_objects, nd->path);
                 for (unsigned i = 0; i < nd->n_images; i++)
                         (void) strv_push(&o->result_objects, nd->images[i]->path);
-                if (o->new_disk_track)
-                        disk_adopt_track(nd, o->new_disk_track);
+                /* Like a Disk from OpenDisk, it follows its creator: the
+                 * starter of the Copy. */
+                r = disk_track_name(nd, o->starter);
+                if (r < 0) {
+                        /* Gone already (or not watchable): nobody would ever close it. */
+                        if (r != -ENXIO && r != -ESRCH)
+                                log_error("Failed to track the starter of %s: %s", o->path, strerror(-r));
+                        nd->track = sd_bus_track_unref(nd->track);
+                        nd->creator_gone = true;
+                        disk_close_async(nd);
+                }
         }
 }
 
 static void op_done(Task *t, bool cancelled) {
         Operation *o = container_of(t, Operation, task);
+        Trash trash = {};
+
+        /* Publish what the worker wrote for itself. */
+        o->result.report = o->w_report;
+        o->result.have_report = o->w_have_report;
+        o->w_report = (vdisk_check_report) {};
+        o->w_have_report = false;
+        /* The destination, when the work never took it, closes now. */
+        trash_fd(&trash, TAKE_FD(o->fd));
+        trash_empty(o->manager, o->user, &trash);
+        assert(o->user->n_fds >= o->n_fds_charged);
+        o->user->n_fds -= o->n_fds_charged;
+        o->n_fds_charged = 0;
 
         if (cancelled)
                 outcome_setf(&o->outcome, -ECANCELED, "the operation was cancelled before it started");
@@ -535,7 +600,19 @@ int operation_start(Operation *o) {
                 return r;
         o->task.run = op_run;
         o->task.done = op_done;
-        return task_submit(m, &o->task, d);
+        return task_submit(m, &o->task, d, o->user);
+}
+
+/* Main thread: asks the worker to stop, unless it is past that point. The
+ * compare-and-swap pairs with op_enter_finishing(): either the Cancel comes
+ * first (the worker sees it) or the worker does (Cancel is refused). */
+static bool op_request_cancel(Operation *o) {
+        int expected = OP_STOPPABLE;
+
+        if (!atomic_compare_exchange_strong(&o->finishing, &expected, OP_CANCEL_REQUESTED))
+                return expected == OP_CANCEL_REQUESTED;
+        vdisk_progress_cancel(o->vp);
+        return true;
 }
 
 /* Stops an operation for shutdown: running ones see the cancel flag, queued
@@ -543,18 +620,19 @@ int operation_start(Operation *o) {
 void operation_cancel_for_shutdown(Operation *o) {
         if (op_finished(o))
                 return;
-        vdisk_progress_cancel(o->vp);
-        if (o->task.disk || o->task.submitted)
+        (void) op_request_cancel(o);
+        if (task_pending(&o->task))
                 (void) task_cancel_queued(&o->task);
 }
 
 Operation *operation_free(Operation *o) {
+        Trash trash = {};
         Manager *m;
 
         if (!o)
                 return NULL;
         m = o->manager;
-        assert(!o->task.disk);
+        assert(!task_pending(&o->task));
         if (o->exported) {
                 (void) sd_bus_emit_object_removed(m->bus, o->path);
                 o->slot = sd_bus_slot_unref(o->slot);
@@ -578,20 +656,28 @@ Operation *operation_free(Operation *o) {
         strv_free_local(o->objects);
         strv_free_local(o->result_objects);
         vdisk_check_report_clear(&o->result.report);
+        vdisk_check_report_clear(&o->w_report);
         strv_free_local(o->result.removed);
         free(o->error_name);
         free(o->error_message);
         vdisk_progress_free(o->vp);
-        if (o->fd >= 0)
-                close(o->fd);
+        trash_fd(&trash, o->fd);
         free(o->format);
         free(o->io_name);
-        options_done(&o->options);
-        sd_bus_track_unref(o->new_disk_track);
+        options_done(&o->options, &trash);
+        free(o->starter);
         outcome_clear(&o->outcome);
         disk_info_clear(&o->info);
         disk_info_clear(&o->new_info);
-        vdisk_disk_unref(o->new_vd);
+        trash_vd(&trash, o->new_vd, 1);
+        if (o->user) {
+                trash_empty(m, o->user, &trash);
+                assert(o->user->n_fds >= o->n_fds_charged);
+                o->user->n_fds -= o->n_fds_charged;
+                if (o->disk_reserved)
+                        o->user->n_disks--;
+                user_unref(o->user);
+        }
         free(o);
         manager_update_idle(m);
         return NULL;
@@ -744,11 +830,15 @@ static int cancel_run(Call *c) {
                 call_reply_empty(c);
                 return 0;
         }
-        if (atomic_load(&o->finishing)) {
-                call_fail(c, 0, ERROR_PREFIX "NotCancelable", "The operation is finishing and cannot be stopped");
+        if (!op_request_cancel(o)) {
+                if (o->kind == OP_CREATE || o->kind == OP_CREATE_DIFF)
+                        call_fail(c, 0, ERROR_PREFIX "NotCancelable",
+                                  "The image is being created: creating cannot be stopped once it runs");
+                else
+                        call_fail(c, 0, ERROR_PREFIX "NotCancelable",
+                                  "The operation is finishing and cannot be stopped");
                 return 0;
         }
-        vdisk_progress_cancel(o->vp);
         op_set_state(o, OP_CANCELLING, changed, &n);
         op_set_cancelable(o, 0, changed, &n);
         op_emit(o, changed);

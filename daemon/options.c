@@ -37,7 +37,7 @@ static const OptionDef option_defs[] = {
         { "top-only",                 "b",     OPT_TOP_ONLY },
 };
 
-void options_done(Options *o) {
+void options_done(Options *o, Trash *t) {
         free(o->display_name);
         free(o->variant);
         free(o->comment);
@@ -45,8 +45,7 @@ void options_done(Options *o) {
                 vdisk_strv_free(o->format_options);
         for (size_t i = 0; i < o->n_files; i++) {
                 free(o->files[i].name);
-                if (o->files[i].fd >= 0)
-                        close(o->files[i].fd);
+                trash_fd(t, o->files[i].fd);
         }
         free(o->files);
         *o = (Options) {};
@@ -138,13 +137,12 @@ static int read_files(sd_bus_message *m, Options *o, sd_bus_error *error) {
                 return r;
         for (;;) {
                 const char *name;
-                FileArg *nf;
-                int fd, dup_fd, writable;
-                struct stat st;
+                FileArg *nf, *f;
+                int fd;
 
                 r = sd_bus_message_read(m, "{sh}", &name, &fd);
                 if (r < 0)
-                        return r;
+                        return fd_read_failed(r, error);
                 if (r == 0)
                         break;
                 if (!name[0] || strlen(name) > 4096)
@@ -154,29 +152,21 @@ static int read_files(sd_bus_message *m, Options *o, sd_bus_error *error) {
                         if (streq(o->files[i].name, name))
                                 return set_error(error, SD_BUS_ERROR_INVALID_ARGS,
                                                  "Option 'files': name '%s' given twice", name);
-                r = fd_accept(fd, 0, name, &dup_fd, &writable, error);
+                nf = reallocarray(o->files, o->n_files + 1, sizeof(FileArg));
+                if (!nf)
+                        return -ENOMEM;
+                o->files = nf;
+                /* In the array before the fd is duplicated: options_done()
+                 * hands every copy to a worker to close. The file itself is
+                 * checked on the worker (files_vet()). */
+                f = &o->files[o->n_files++];
+                *f = (FileArg) { .fd = -1 };
+                f->name = strdup(name);
+                if (!f->name)
+                        return -ENOMEM;
+                r = fd_accept(fd, 0, name, &f->fd, &f->writable, error);
                 if (r < 0)
                         return r;
-                if (fstat(dup_fd, &st) < 0) {
-                        close(dup_fd);
-                        return set_error(error, ERROR_PREFIX "BadFileDescriptor", "'%s': fd not usable", name);
-                }
-                nf = reallocarray(o->files, o->n_files + 1, sizeof(FileArg));
-                if (!nf) {
-                        close(dup_fd);
-                        return -ENOMEM;
-                }
-                o->files = nf;
-                o->files[o->n_files] = (FileArg) {
-                        .name = strdup(name),
-                        .fd = dup_fd,
-                        .writable = writable,
-                        .dev = st.st_dev,
-                        .ino = st.st_ino,
-                };
-                o->n_files++;
-                if (!o->files[o->n_files - 1].name)
-                        return -ENOMEM;
         }
         return sd_bus_message_exit_container(m);
 }

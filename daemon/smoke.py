@@ -84,6 +84,7 @@ def wait(op):
 
 m = props('/org/vdisk/VDisk1', 'Manager')
 check(m['Mode'] == 'session' and m['Workers'] == 2 and 'copy' in m['SupportedOperations'], 'manager properties')
+check(m['MaxDisksPerUser'] == 256 and m['MaxCallsPerUser'] == 64, 'per-user limits: defaults')
 check(any(b[0] == 'VDI' for b in m['Backends']), 'backends: ' + ', '.join(str(b[0]) for b in m['Backends']))
 
 # ProbeFormat
@@ -96,6 +97,9 @@ expect_error(lambda: mgr.ProbeFormat(fd(src, 'rb'), {'auth.no_user_interaction':
 opath = os.open(src, os.O_PATH)
 expect_error(lambda: mgr.ProbeFormat(dbus.types.UnixFd(opath), {}), N + '.Error.BadFileDescriptor', 'O_PATH fd')
 expect_error(lambda: mgr.ProbeFormat(dbus.types.UnixFd(os.open(tmp, os.O_RDONLY)), {}), N + '.Error.BadFileDescriptor', 'directory fd')
+# the file type is checked on the worker (fstat can block on FUSE): still the call's error
+expect_error(lambda: mgr.OpenDisk([(fd(src, 'rb'), 'VDI', {})], {'files': {'dir': dbus.types.UnixFd(os.open(tmp, os.O_RDONLY))}}),
+             N + '.Error.BadFileDescriptor', 'directory in files')
 
 # CreateDisk + CreateBase
 disk = mgr.CreateDisk({'display-name': 'test disk'})
@@ -158,9 +162,15 @@ subprocess.check_call(['qemu-img', 'convert', '-f', 'vdi', '-O', 'raw', copy, ra
 rawdata = open(raw, 'rb').read()
 check(rawdata[4096:4096 + len(data)] == data and rawdata[8 << 20:(8 << 20) + 65536] == b'\x55' * 65536, 'copy content')
 check(subprocess.call(['qemu-img', 'check', '-q', copy]) == 0, 'qemu-img check copy')
-# a non-empty destination is refused
-expect_error(lambda: D.Copy(fd(copy), 'VDI', {}), N + '.Error.BadFileDescriptor', 'non-empty destination')
+# a non-empty destination is refused (checked on the worker: the Operation fails), and left alone
+before = open(copy, 'rb').read()
+p = wait(D.Copy(fd(copy), 'VDI', {}))
+check(p['State'] == 'failed' and p['ErrorName'] == N + '.Error.BadFileDescriptor' and 'not empty' in p['ErrorMessage']
+      and open(copy, 'rb').read() == before, f'non-empty destination: {p["State"]} {p["ErrorName"]} {p["ErrorMessage"]}')
 expect_error(lambda: D.Copy(fd(newfile('ro.vdi'), 'rb'), 'VDI', {}), N + '.Error.BadFileDescriptor', 'read-only destination')
+p = wait(D.Copy(dbus.types.UnixFd(os.open('/dev/null', os.O_RDWR)), 'VDI', {}))
+check(p['State'] == 'failed' and p['ErrorName'] == N + '.Error.BadFileDescriptor' and 'regular file' in p['ErrorMessage'],
+      f'char-device destination fails the operation: {p["ErrorName"]} {p["ErrorMessage"]}')
 
 # Copy with open
 copy2 = newfile('copy2.vdi')
@@ -253,6 +263,13 @@ expect_error(lambda: iface(op, 'Operation').Cancel({}), N + '.Error.NotCancelabl
 expect_error(lambda: iface(op, 'Operation').Wait({}), N + '.Error.Cancelled', 'Wait after cancel')
 iface(op, 'Operation').Dismiss({})
 expect_error(lambda: props(op, 'Operation'), 'org.freedesktop.DBus.Error.UnknownObject', 'dismissed')
+# Result is read while the worker fills in its report (worker-private until the end: TSan-clean)
+op = BD.Repair(dbus.UInt32(0), {'dry-run': True})
+polls = 0
+while props(op, 'Operation')['State'] in ('queued', 'running'):
+    polls += 1
+p = wait(op)
+check(p['State'] == 'succeeded' and 'corruptions' in p['Result'], f'check report published at the end ({polls} polls meanwhile)')
 
 # A client that goes away: its disk is closed
 addr2 = addr
@@ -262,11 +279,109 @@ c2.close()
 time.sleep(0.5)
 expect_error(lambda: props(dx, 'Disk'), 'org.freedesktop.DBus.Error.UnknownObject', 'disk of a vanished client closed')
 
+def main_thread_cpu():
+    f = open(f'/proc/{d.pid}/task/{d.pid}/stat').read().rsplit(')', 1)[1].split()
+    return (int(f[11]) + int(f[12])) / os.sysconf('SC_CLK_TCK')
+# ... while an operation runs on it: closed when it ends, and the loop does not spin meanwhile
+c2 = dbus.bus.BusConnection(addr2)
+dx = dbus.Interface(c2.get_object(N, '/org/vdisk/VDisk1'), N + '.Manager').OpenDisk([(fd(big, 'rb'), 'VDI', {})], {})
+op = dbus.Interface(c2.get_object(N, dx), N + '.Disk').Copy(fd(newfile('gone-copy.vdi')), 'VDI', {})
+c2.close()
+time.sleep(0.05)
+c0, t0 = main_thread_cpu(), time.time()
+time.sleep(0.3)
+busy = (main_thread_cpu() - c0) / (time.time() - t0)
+st = props(op, 'Operation')['State']
+if not wrapper:
+    check(busy < 0.5, f'no busy loop while the vanished creator\'s operation runs ({busy:.0%} of the main thread, op {st})')
+check(wait(op)['State'] == 'succeeded', 'the operation outlives its starter')
+time.sleep(0.3)
+expect_error(lambda: props(dx, 'Disk'), 'org.freedesktop.DBus.Error.UnknownObject', 'busy disk of a vanished client closed after its operation')
+# ... and a Disk made by Copy `open` follows the Copy's starter
+c3 = dbus.bus.BusConnection(addr2)
+m3 = dbus.Interface(c3.get_object(N, '/org/vdisk/VDisk1'), N + '.Manager')
+s3 = m3.OpenDisk([(fd(copy, 'rb'), 'VDI', {})], {})
+op = dbus.Interface(c3.get_object(N, s3), N + '.Disk').Copy(fd(newfile('open-copy.vdi')), 'VDI', {'open': True})
+p = wait(op)
+check(p['State'] == 'succeeded' and len(p['ResultObjects']) == 2, 'copy+open for a client that then leaves')
+c3.close()
+time.sleep(0.5)
+expect_error(lambda: props(p['ResultObjects'][0], 'Disk'), 'org.freedesktop.DBus.Error.UnknownObject', 'copy+open disk closed when its starter left')
+
 # Linger
 op = D.Check(dbus.UInt32(1), {})
 wait(op)
 time.sleep(4)
 expect_error(lambda: props(op, 'Operation'), 'org.freedesktop.DBus.Error.UnknownObject', 'operation gone after linger')
+
+# Per-user limits and the worker share: a second vdiskd with small limits and one worker.
+def start_limited():
+    a2, p2 = subprocess.check_output(['dbus-daemon', '--session', '--print-address=1', '--print-pid=1',
+                                      '--fork', '--nosyslog'], text=True).split()
+    atexit.register(lambda: subprocess.call(['kill', p2]))
+    dd = subprocess.Popen(wrapper + [VDISKD, '--session', '--address=' + a2, '--linger-sec=3', '--workers=1',
+                                     '--max-disks-per-user=4', '--max-calls-per-user=2', '--max-fds-per-user=16'],
+                          stderr=log, stdout=log)
+    atexit.register(lambda: dd.poll() is None and dd.kill())
+    bb = dbus.bus.BusConnection(a2)
+    for _ in range(200):
+        if bb.name_has_owner(N):
+            break
+        time.sleep(0.05)
+    return dd, bb
+d2, bus2 = start_limited()
+bus2.add_signal_receiver(on_signal, sender_keyword='sender', member_keyword='member', path_keyword='path', bus_name=N)
+def obj2(path): return bus2.get_object(N, path)
+def props2(path, i): return obj2(path).GetAll(N + '.' + i, dbus_interface='org.freedesktop.DBus.Properties')
+m2 = dbus.Interface(obj2('/org/vdisk/VDisk1'), N + '.Manager')
+mp = props2('/org/vdisk/VDisk1', 'Manager')
+check(mp['MaxDisksPerUser'] == 4 and mp['MaxCallsPerUser'] == 2 and mp['Workers'] == 1, 'per-user limits: properties')
+bigd = [m2.OpenDisk([(fd(big, 'rb'), 'VDI', {})], {}) for _ in range(3)]
+extra = m2.CreateDisk({})
+e = expect_error(lambda: m2.CreateDisk({}), 'org.freedesktop.DBus.Error.LimitsExceeded', 'MaxDisksPerUser')
+e = expect_error(lambda: m2.OpenDisk([(fd(src, 'rb'), 'VDI', {})], {}), 'org.freedesktop.DBus.Error.LimitsExceeded', 'MaxDisksPerUser (OpenDisk)')
+many = {f'f{i}': fd(src, 'rb') for i in range(13)}
+e = expect_error(lambda: m2.OpenDisk([(fd(src, 'rb'), 'VDI', {})], {'files': many}),
+                 'org.freedesktop.DBus.Error.LimitsExceeded', 'descriptors per user (3 held + 14)')
+check(e is not None and 'descriptors' in e.get_dbus_message(), 'refused for its descriptors')
+dbus.Interface(obj2(extra), N + '.Disk').Close({})
+# one worker: the first copy runs, the rest of the user's work waits its turn
+ops = [dbus.Interface(obj2(x), N + '.Disk').Copy(fd(newfile(f'lim{i}.vdi')), 'VDI', {}) for i, x in enumerate(bigd)]
+q = props2(ops[2], 'Operation')
+check(q['State'] == 'queued' and q['Cancelable'], f'third copy queued: {q["State"]}')
+# a queued create can be cancelled; the destination stays empty
+cd = m2.CreateDisk({})
+cfile = newfile('queued-create.vdi')
+cop = dbus.Interface(obj2(cd), N + '.Disk').CreateBase(fd(cfile), 'VDI', dbus.UInt64(1 << 30), {'variant': 'fixed'})
+q = props2(cop, 'Operation')
+check(q['State'] == 'queued' and q['Cancelable'], f'queued create is cancelable: {q["State"]} {q["Cancelable"]}')
+dbus.Interface(obj2(cop), N + '.Operation').Cancel({})
+q = props2(cop, 'Operation')
+check(q['State'] == 'cancelled' and os.path.getsize(cfile) == 0, f'queued create cancelled at once: {q["State"]}')
+dbus.Interface(obj2(ops[2]), N + '.Operation').Cancel({})
+check(props2(ops[2], 'Operation')['State'] == 'cancelled', 'queued copy cancelled at once')
+probes = []
+def probe_async(tag):
+    m2.ProbeFormat(fd(src, 'rb'), {}, reply_handler=lambda *a: probes.append((tag, 'ok', len(signals))),
+                   error_handler=lambda e: probes.append((tag, e.get_dbus_name(), len(signals))), timeout=600)
+probe_async('p1')
+probe_async('p2')
+pump()
+running = props2(ops[0], 'Operation')['State']
+e = expect_error(lambda: m2.ProbeFormat(fd(src, 'rb'), {}), 'org.freedesktop.DBus.Error.LimitsExceeded',
+                 f'MaxCallsPerUser (2 calls waiting for the worker, first copy {running})')
+for _ in range(3000):
+    if len(probes) == 2:
+        break
+    pump()
+done1 = [i for i, sg in enumerate(signals) if sg[0] == 'Completed' and sg[1] == ops[1]]
+check(len(probes) == 2 and all(pr[1] == 'ok' for pr in probes) and done1 and all(pr[2] > done1[0] for pr in probes),
+      f'the waiting calls ran after the copies queued before them: {probes}')
+for x in ops[:2]:
+    comp = [sg[2] for sg in signals if sg[0] == 'Completed' and sg[1] == x]
+    check(comp and comp[0][0] == 'succeeded', f'copy in the limited daemon: {comp}')
+d2.send_signal(signal.SIGTERM)
+check(d2.wait(60) == 0, 'limited daemon: clean exit')
 
 target = d.pid
 if wrapper:

@@ -9,6 +9,7 @@
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <systemd/sd-daemon.h>
 #include <systemd/sd-id128.h>
 
@@ -20,6 +21,7 @@ typedef struct Args {
         const char *address;
         const char *introspect;
         long linger_sec, idle_sec, workers, max_ops, max_ops_user;
+        long max_disks_user, max_calls_user, max_fds_user, max_workers_user;
 } Args;
 
 static void help(void) {
@@ -33,9 +35,15 @@ static void help(void) {
                "  --linger-sec=N                Keep finished operations N seconds (default 60)\n"
                "  --idle-exit-sec=N             Exit after N idle seconds, 0 = never\n"
                "                                (default 30 with --system, 0 with --session)\n"
-               "  --workers=N                   Worker threads (default: CPUs, at least 2)\n"
+               "  --workers=N                   Worker threads (default: CPUs + 1, at least 3)\n"
                "  --max-operations=N            Operations at once in total (default 64)\n"
                "  --max-operations-per-user=N   Operations at once per user (default 32)\n"
+               "  --max-disks-per-user=N        Open disks per user (default 256)\n"
+               "  --max-calls-per-user=N        Calls in progress per user (default 64)\n"
+               "  --max-fds-per-user=N          File descriptors held per user (default 1024,\n"
+               "                                or a quarter of RLIMIT_NOFILE if less)\n"
+               "  --max-workers-per-user=N      Workers one user may occupy at once\n"
+               "                                (default: workers - 1, at least 1)\n"
                "  --version                     Print the version and exit\n"
                "  --help                        Print this help and exit\n");
 }
@@ -65,6 +73,10 @@ static int parse_args(int argc, char *argv[], Args *a) {
                 ARG_WORKERS,
                 ARG_MAX_OPS,
                 ARG_MAX_OPS_USER,
+                ARG_MAX_DISKS_USER,
+                ARG_MAX_CALLS_USER,
+                ARG_MAX_FDS_USER,
+                ARG_MAX_WORKERS_USER,
                 ARG_VERSION,
                 ARG_HELP,
         };
@@ -78,6 +90,10 @@ static int parse_args(int argc, char *argv[], Args *a) {
                 { "workers",                 required_argument, NULL, ARG_WORKERS },
                 { "max-operations",          required_argument, NULL, ARG_MAX_OPS },
                 { "max-operations-per-user", required_argument, NULL, ARG_MAX_OPS_USER },
+                { "max-disks-per-user",      required_argument, NULL, ARG_MAX_DISKS_USER },
+                { "max-calls-per-user",      required_argument, NULL, ARG_MAX_CALLS_USER },
+                { "max-fds-per-user",        required_argument, NULL, ARG_MAX_FDS_USER },
+                { "max-workers-per-user",    required_argument, NULL, ARG_MAX_WORKERS_USER },
                 { "version",                 no_argument,       NULL, ARG_VERSION },
                 { "help",                    no_argument,       NULL, ARG_HELP },
                 {}
@@ -112,6 +128,19 @@ static int parse_args(int argc, char *argv[], Args *a) {
                         break;
                 case ARG_MAX_OPS_USER:
                         r = parse_number("--max-operations-per-user", optarg, 1, 1000000, &a->max_ops_user);
+                        break;
+                case ARG_MAX_DISKS_USER:
+                        r = parse_number("--max-disks-per-user", optarg, 1, 1000000, &a->max_disks_user);
+                        break;
+                case ARG_MAX_CALLS_USER:
+                        r = parse_number("--max-calls-per-user", optarg, 1, 1000000, &a->max_calls_user);
+                        break;
+                case ARG_MAX_FDS_USER:
+                        /* A call may carry 16 fds on the system bus (and a few more elsewhere). */
+                        r = parse_number("--max-fds-per-user", optarg, 16, 1000000, &a->max_fds_user);
+                        break;
+                case ARG_MAX_WORKERS_USER:
+                        r = parse_number("--max-workers-per-user", optarg, 1, 1024, &a->max_workers_user);
                         break;
                 case ARG_VERSION:
                         printf("vdiskd %s\n", VDISK_VERSION);
@@ -169,7 +198,8 @@ static int open_bus(const Args *a, sd_bus **ret) {
 }
 
 int main(int argc, char *argv[]) {
-        Args a = { .linger_sec = 60, .idle_sec = -1, .workers = 0, .max_ops = 64, .max_ops_user = 32 };
+        Args a = { .linger_sec = 60, .idle_sec = -1, .workers = 0, .max_ops = 64, .max_ops_user = 32,
+                   .max_disks_user = 256, .max_calls_user = 64, .max_fds_user = 0, .max_workers_user = 0 };
         Manager *m = NULL;
         sigset_t mask;
         long n_cpus;
@@ -200,9 +230,27 @@ int main(int argc, char *argv[]) {
         }
         (void) mallopt(M_ARENA_MAX, 1);
 
+        /* One more worker than CPUs (at least 3): with the per-user share
+         * below, a single user still runs as many tasks as there are CPUs
+         * (at least 2), and one worker stays free for everybody else. */
         if (a.workers == 0) {
                 n_cpus = sysconf(_SC_NPROCESSORS_ONLN);
-                a.workers = MAX(n_cpus, 2L);
+                a.workers = MAX(n_cpus + 1, 3L);
+        }
+        /* One user never gets every worker: files that hang (FUSE, NFS) must
+         * not stall everybody. */
+        if (a.max_workers_user == 0)
+                a.max_workers_user = MAX(a.workers - 1, 1L);
+        a.max_workers_user = MIN(a.max_workers_user, a.workers);
+        /* The descriptor budget follows the process's limit: one user may hold
+         * a quarter of it at most (the unit sets LimitNOFILE=16384). */
+        if (a.max_fds_user == 0) {
+                struct rlimit rl;
+
+                a.max_fds_user = 1024;
+                if (getrlimit(RLIMIT_NOFILE, &rl) >= 0 && rl.rlim_cur != RLIM_INFINITY &&
+                    rl.rlim_cur / 4 < (rlim_t) a.max_fds_user)
+                        a.max_fds_user = MAX((long) (rl.rlim_cur / 4), 16L);
         }
 
         r = manager_new(&m);
@@ -214,6 +262,10 @@ int main(int argc, char *argv[]) {
         m->workers = (unsigned) a.workers;
         m->max_operations = (unsigned) a.max_ops;
         m->max_operations_per_user = (unsigned) a.max_ops_user;
+        m->max_disks_per_user = (unsigned) a.max_disks_user;
+        m->max_calls_per_user = (unsigned) a.max_calls_user;
+        m->max_fds_per_user = (unsigned) a.max_fds_user;
+        m->max_workers_per_user = (unsigned) a.max_workers_user;
         m->linger_usec = (uint64_t) a.linger_sec * 1000000u;
         m->idle_usec = (uint64_t) (a.idle_sec >= 0 ? a.idle_sec : a.session ? 0 : 30) * 1000000u;
 

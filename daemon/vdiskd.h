@@ -2,8 +2,9 @@
 /*
  * vdiskd: the objects the daemon publishes and the state shared between its
  * modules. Everything here belongs to the main thread, except the fields a
- * Task's `run` fills in (documented at the Task), which the main thread reads
- * only in `done`, after the worker pool handed the job back.
+ * Task's `run` fills in (marked "worker" below), which the main thread reads
+ * only in `done`, after the worker pool handed the job back: never from a
+ * property getter or any other callback that can run while the task runs.
  */
 #pragma once
 
@@ -60,6 +61,9 @@ typedef struct Image Image;
 typedef struct Operation Operation;
 typedef struct Call Call;
 typedef struct Task Task;
+typedef struct User User;
+
+#define UID_UNKNOWN ((uid_t) -1)        /* whose the caller is, not known (yet) */
 
 /* ------------------------------------------------------------ logging */
 
@@ -100,27 +104,85 @@ void disk_info_clear(DiskInfo *i);
 void image_info_clear(ImageInfo *i);
 const char *media_type_name(uint32_t media);
 
+/* ------------------------------------------------------------ users */
+
+/* What one uid holds in the daemon, for the per-uid limits and the fair share
+ * of the workers (util.c). A record exists while anything references it (a
+ * Call with a known uid, an Operation, a Disk, a Task); records live in a list
+ * searched linearly: there is one per uid with something live, i.e. as many as
+ * users currently using the daemon (a few thousand at the very most). */
+struct User {
+        Manager *manager;
+        unsigned n_ref;
+        uid_t uid;
+        unsigned n_disks;                /* Disks owned + Disks that calls/operations will publish */
+        unsigned n_calls;                /* Calls past uid lookup: in polkit, queued or running */
+        unsigned n_fds;                  /* descriptors the daemon holds for this uid */
+        unsigned n_busy;                 /* tasks handed to the worker pool */
+        uint64_t served;                 /* when it last got a worker (round robin) */
+        Task *ready_head, *ready_tail;   /* tasks waiting for a worker */
+        LIST_FIELDS(User, users);
+};
+
+/* A new reference to uid's record, created if needed (NULL: out of memory). */
+User *user_get(Manager *m, uid_t uid);
+User *user_ref(User *u);
+User *user_unref(User *u);
+
 /* ------------------------------------------------------------ tasks */
 
+typedef enum TaskState {
+        TASK_IDLE,                       /* not submitted, or its done has run */
+        TASK_DISK_QUEUED,                /* in its disk's FIFO */
+        TASK_READY,                      /* in its user's queue, waiting for a worker */
+        TASK_POOLED,                     /* handed to the worker pool */
+        TASK_FAILED,                     /* the pool refused it; done(cancelled) runs soon */
+} TaskState;
+
 /* A piece of blocking work. Tasks on the same Disk run one after another, in
- * order (so a worker holding a disk is the only thread touching it); tasks
- * without a Disk go to the pool at once. */
+ * order (so a worker holding a disk is the only thread touching it); the head
+ * of a disk's FIFO, and tasks without a Disk, wait in their user's queue for a
+ * worker. A user gets at most --max-workers-per-user workers at once; free
+ * workers go round robin to the users with waiting tasks. */
 struct Task {
         worker_job job;
         Manager *manager;
         Disk *disk;                      /* ref held while queued/running, or NULL */
+        User *user;                      /* ref held while submitted: whose share it uses */
         Task *disk_next;                 /* the disk's queue */
-        bool submitted;
+        Task *ready_next;                /* the user's queue */
+        TaskState state;
         void (*run)(Task *t);            /* worker thread */
         void (*done)(Task *t, bool cancelled);   /* main thread; may free the task */
 };
 
-int task_submit(Manager *m, Task *t, Disk *d);
+int task_submit(Manager *m, Task *t, Disk *d, User *u);
 /* Cancels a task that has not started: 1 if removed (done runs with
- * cancelled=true, later for pooled tasks, now for disk-queued ones). */
+ * cancelled=true, later for pooled tasks, now for the others). */
 int task_cancel_queued(Task *t);
 bool task_started(Task *t);
+bool task_pending(Task *t);              /* submitted and its done has not run */
+bool task_any_waiting(Manager *m);       /* tasks waiting for a worker (not in the pool yet) */
 void disk_drain_queue(Disk *d);
+/* Ends every task that waits for a worker (done with cancelled=true): for
+ * manager_free(), before and after the pool goes. */
+void task_cancel_all_ready(Manager *m);
+
+/* Descriptors and containers to close on a worker: close() of a caller's fd
+ * can block (FUSE flush), and so can flushing a container on close. */
+typedef struct Trash {
+        int *fds;
+        size_t n_fds;
+        vdisk_disk **vds;
+        size_t n_vds;
+        unsigned n_held;                 /* descriptors in it, charged to the user until closed */
+} Trash;
+
+void trash_fd(Trash *t, int fd);                        /* takes fd (-1: nothing) */
+void trash_vd(Trash *t, vdisk_disk *vd, unsigned n_fds); /* takes the reference */
+/* Closes everything on a worker, charged to u (NULL: the unknown-uid share);
+ * on this thread only once the pool is gone (exit). Empties t. */
+void trash_empty(Manager *m, User *u, Trash *t);
 
 /* ------------------------------------------------------------ options */
 
@@ -150,7 +212,7 @@ typedef struct FileArg {
         char *name;
         int fd;                 /* our duplicate */
         int writable;
-        dev_t dev;
+        dev_t dev;              /* worker: files_vet() */
         ino_t ino;
 } FileArg;
 
@@ -169,20 +231,7 @@ typedef struct Options {
 } Options;
 
 int options_parse(sd_bus_message *m, uint32_t allowed, Options *o, sd_bus_error *error);
-void options_done(Options *o);
-
-/* ------------------------------------------------------------ fds */
-
-enum {
-        FD_NEED_WRITE = 1u << 0,
-        FD_NEED_EMPTY = 1u << 1,
-};
-
-/* Vets a caller's fd and returns our own F_DUPFD_CLOEXEC copy. */
-int fd_accept(int fd, uint32_t flags, const char *what, int *ret_fd, int *ret_writable, sd_bus_error *error);
-int io_from_fd(int fd, int writable, const char *name, vdisk_io **ret);   /* takes the fd */
-/* A resolver over the `files` option; the files stay owned by the caller. */
-int files_resolver_new(FileArg *files, size_t n_files, vdisk_resolver **ret);
+void options_done(Options *o, Trash *t);     /* the files' fds go to t */
 
 /* ------------------------------------------------------------ errors */
 
@@ -200,6 +249,26 @@ const char *errno_to_error_name(int r);
 int reply_outcome_error(sd_bus_message *m, const Outcome *o);
 int reply_error(sd_bus_message *m, const char *name, const char *fmt, ...) _printf_(3, 4);
 int set_error(sd_bus_error *e, const char *name, const char *fmt, ...) _printf_(3, 4);
+
+/* ------------------------------------------------------------ fds */
+
+enum {
+        FD_NEED_WRITE = 1u << 0,
+        FD_NEED_EMPTY = 1u << 1,
+};
+
+/* Main thread, in the method handler: checks what fcntl(F_GETFL) tells (no
+ * O_PATH, the access mode, no O_APPEND where we write) and returns our own
+ * F_DUPFD_CLOEXEC copy. Nothing here can block on the file. */
+int fd_read_failed(int r, sd_bus_error *error);
+int fd_accept(int fd, uint32_t flags, const char *what, int *ret_fd, int *ret_writable, sd_bus_error *error);
+/* Worker, before the fd is used: fstat() (can block on FUSE/NFS), a regular
+ * file, empty with FD_NEED_EMPTY. Failing: -EBADF with o set. */
+int fd_vet(int fd, uint32_t flags, const char *what, struct stat *ret_st, Outcome *o);
+int files_vet(FileArg *files, size_t n_files, Outcome *o);   /* fills dev/ino */
+int io_from_fd(int fd, int writable, const char *name, vdisk_io **ret);   /* takes the fd */
+/* A resolver over the `files` option; the files stay owned by the caller. */
+int files_resolver_new(FileArg *files, size_t n_files, vdisk_resolver **ret);
 
 /* ------------------------------------------------------------ objects */
 
@@ -229,6 +298,8 @@ struct Disk {
         char *path;
         char *display_name;
         uid_t owner;
+        User *user;                      /* the owner's record (ref) */
+        unsigned n_fds_charged;          /* descriptors charged to it: one per image */
         vdisk_disk *vd;                  /* touched only by the task that holds the disk */
         Image **images;                  /* chain order */
         unsigned n_images;
@@ -237,8 +308,9 @@ struct Disk {
         uint32_t pchs[3], lchs[3];
         Operation *operation;
         bool exported, closing, gone;
+        bool creator_gone;               /* close once no operation runs */
         sd_bus_slot *slot;
-        sd_bus_track *track;
+        sd_bus_track *track;             /* the creator; dropped when it goes */
         Task *active, *queue_head, *queue_tail;
         LIST_FIELDS(Disk, disks);
 };
@@ -268,6 +340,12 @@ typedef enum OpState {
 const char *op_kind_to_string(OpKind k);
 const char *op_state_to_string(OpState s);
 
+enum {
+        OP_STOPPABLE = 0,
+        OP_FINISHING = 1,
+        OP_CANCEL_REQUESTED = 2,
+};
+
 typedef struct OpResult {
         bool have_report;
         vdisk_check_report report;
@@ -289,7 +367,12 @@ struct Operation {
         uint64_t start_time, end_time;   /* realtime µs */
         op_progress progress;
         vdisk_progress *vp;
-        atomic_int finishing;            /* set by the worker once it can no longer stop */
+        /* OP_STOPPABLE, then either OP_CANCEL_REQUESTED (Cancel, compare-and-swap)
+         * or OP_FINISHING (the worker, exchange, once it can no longer stop) */
+        atomic_int finishing;
+        User *user;                      /* the starter's record (ref) */
+        unsigned n_fds_charged;
+        bool disk_reserved;              /* Copy `open`: counts in the starter's n_disks */
         sd_event_source *timer, *linger;
         sd_bus_slot *slot;
         sd_bus_message **waits;
@@ -309,13 +392,15 @@ struct Operation {
         Options options;
         uint64_t size;
         unsigned from, to, index;
-        sd_bus_track *new_disk_track;    /* Copy with `open`: the starter */
+        char *starter;                   /* Copy with `open`: the starter's bus name, or NULL */
 
-        /* outputs (worker) */
+        /* outputs (worker): read in `done` only (op_done moves the report into `result`) */
         Outcome outcome;
         DiskInfo info;                   /* the disk after the work */
         vdisk_disk *new_vd;              /* Copy with `open` */
         DiskInfo new_info;
+        bool w_have_report;
+        vdisk_check_report w_report;
 
         LIST_FIELDS(Operation, operations);
 };
@@ -327,13 +412,21 @@ struct Manager {
         bool session;
         uid_t own_uid;
         unsigned workers, max_operations, max_operations_per_user;
+        unsigned max_disks_per_user, max_calls_per_user, max_fds_per_user, max_workers_per_user;
         uint64_t linger_usec, idle_usec;
         uint64_t next_disk_id, next_image_id, next_operation_id;
 
         Disk *disks;
         Operation *operations;
         Call *calls;
+        User *users;
         unsigned n_disks, n_operations, n_calls;
+
+        unsigned n_pooled;               /* tasks in the worker pool */
+        uint64_t sched_seq;
+        Task *failed_head, *failed_tail; /* refused by the pool: done(cancelled) from failed_defer */
+        sd_event_source *failed_defer;
+        bool pool_closing;               /* manager_free(): the pool goes, nothing more is handed to it */
 
         sd_event_source *idle_timer, *exit_defer, *shutdown_check;
         sd_bus_slot *object_manager_slot, *manager_slot, *release_slot;
@@ -371,9 +464,10 @@ typedef struct NewImageName {
 void disk_apply_info(Disk *d, const DiskInfo *info, NewImageName *names, size_t n_names);
 void disk_remove(Disk *d);                 /* unexport disk and images; main thread */
 void disk_operation_finished(Disk *d);      /* after disk->operation was cleared */
-int disk_track_sender(Disk *d, sd_bus_message *m);
-void disk_adopt_track(Disk *d, sd_bus_track *t);
-void disk_close_async(Disk *d);             /* close on a worker (the client went away) */
+/* Closes the disk when the bus name goes away (NULL: a direct connection,
+ * never). Makes a synchronous GetNameOwner call. */
+int disk_track_name(Disk *d, const char *name);
+void disk_close_async(Disk *d);             /* the creator went away: close (on a worker) */
 
 /* image.c */
 extern const sd_bus_vtable image_vtable[];
@@ -389,7 +483,7 @@ int image_info_copy(ImageInfo *dst, const ImageInfo *src);
 
 /* operation.c */
 extern const sd_bus_vtable operation_vtable[];
-int operation_new(Manager *m, OpKind kind, Disk *d, uid_t uid, Operation **ret);
+int operation_new(Manager *m, OpKind kind, Disk *d, User *u, Operation **ret);
 Operation *operation_free(Operation *o);
 int operation_take_call(Operation *o, Call *c);
 int operation_start(Operation *o);          /* export + submit */
@@ -411,6 +505,9 @@ struct Call {
         sd_bus_message *message;
         const MethodSpec *spec;
         uid_t uid;
+        User *user;                     /* ref, once the uid is known (counts in n_calls) */
+        unsigned n_fds_charged;
+        bool disk_reserved;             /* OpenDisk: counts in the user's n_disks */
         unsigned auth_step;
         bool auth_interactive;
         sd_bus_slot *slot;
@@ -468,7 +565,10 @@ void *call_target(Call *c);
 void call_auth_granted(Call *c);
 
 /* auth.c */
-int auth_check(Call *c, const char *action, uid_t owner, const char *format, const char *display_name);
+/* format/display_name: the target object's; new_format/new_display_name: what the
+ * call asks for (its format argument, its display-name option). NULL = absent. */
+int auth_check(Call *c, const char *action, uid_t owner, const char *format, const char *display_name,
+               const char *new_format, const char *new_display_name);
 
 /* introspect.c */
 int introspect_print(const char *interface);

@@ -133,7 +133,7 @@ def main():
         address = bus.stdout.readline().strip()
         trace = os.path.join(tmp, "strace.out")
         daemon = subprocess.Popen(["strace", "-f", "-qq", "-o", trace, vdiskd, "--session", f"--address={address}",
-                                   "--linger-sec=0", "--idle-exit-sec=1"],
+                                   "--linger-sec=2", "--idle-exit-sec=1"],
                                   stderr=subprocess.PIPE, text=True)
         procs.append(daemon)
 
