@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what is needed (qemu-utils included), builds, and runs every test
-# suite: the normal build (all suites) and an ASan+UBSan build (unit,
-# malformed, model, crash). Ends with a line "N passed, M failed".
+# suite: the normal build (all suites), an ASan+UBSan build (unit, malformed,
+# model, crash, dbus), a TSan build (dbus and the worker pool test) and a
+# minute of fuzzing. Ends with a line "N passed, M failed".
 set -uo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
 cd "$top"
@@ -56,9 +57,19 @@ fi
 
 if build build-asan -Db_sanitize=address,undefined -Db_lundef=false -Dbuildtype=debug; then
     ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
-        run_suites build-asan "$logs/asan.log" --suite unit --suite malformed --suite model --suite crash
+        run_suites build-asan "$logs/asan.log" --suite unit --suite malformed --suite model --suite crash \
+        --suite dbus
 else
     echo "sanitizer build failed"
+    failed=$((failed + 1))
+fi
+# ThreadSanitizer: the daemon's worker pool and the whole dbus suite.
+if build build-tsan -Db_sanitize=thread -Db_lundef=false -Dbuildtype=debug; then
+    TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 \
+        run_suites build-tsan "$logs/tsan.log" --suite dbus
+    TSAN_OPTIONS=halt_on_error=1 run_suites build-tsan "$logs/tsan-worker.log" worker
+else
+    echo "thread-sanitizer build failed"
     failed=$((failed + 1))
 fi
 # Fuzzing, briefly: the libFuzzer harness over a seed corpus for 60 s.

@@ -1,0 +1,404 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
+"""Files arrive as fds, never as paths (docs/dbus-api.md "Conventions"):
+
+- every unusable fd gets org.vdisk.VDisk1.Error.BadFileDescriptor: O_PATH, a
+  directory, a FIFO, a character device, the wrong access mode (a write-only
+  fd to read, a read-only fd to write into), an index past the fds attached;
+- a read-only fd gives a read-only image;
+- a VDI differencing image opened without its parent's fd: FileNeeded, even
+  though the parent sits next to it, readable by everyone; with the parent in
+  `files` it works; a wrong parent in the chain: ChainBroken;
+- images that name other files inside (a qcow2 backing file /etc/shadow, a
+  VMDK extent /etc/shadow) are probed and opened without touching those names;
+- the calling conventions (InvalidArgs for unknown or mistyped options,
+  limits of Read, UnknownObject).
+
+The whole module runs against a vdiskd that is audited twice, from the moment
+it owns its bus name: an LD_PRELOAD shim (audit-open.so) logs every path given
+to the libc open family, and strace -f -e trace=%file (attached after
+readiness) logs every path-taking system call. The last test asserts that none
+of them touched the scratch directory or /etc.
+"""
+
+import os
+import re
+import signal
+import subprocess
+
+import pytest
+
+from harness import (A_MODIFY, A_OPEN, DISK, ERR, IMAGE, INVALID_ARGS, MANAGER, UNKNOWN_OBJECT, MiB, REGIONS,
+                     ROOT_PATH, UID_A, UID_DAEMON, Open, RemoteDBusError, T, deadline, disk_images,
+                     expect_error, finished_ok, op_props, open_disk, tool, unique)
+
+VDISK_ENV = dict(start_daemon=False)
+
+BAD_FD = ERR + 'BadFileDescriptor'
+SIZE = 8 * MiB
+
+
+class Audit:
+    def __init__(self, env):
+        self.env = env
+        adir = env.tmp / 'audit'
+        adir.mkdir(mode=0o755)
+        self.shim_log = adir / 'open-shim.log'
+        self.shim_log.write_bytes(b'')
+        os.chown(self.shim_log, UID_DAEMON, UID_DAEMON)
+        env.start_daemon(['--workers=2'], extra_env={'LD_PRELOAD': tool('VDISK_AUDIT_SHIM'),
+                                                    'VDISK_AUDIT_LOG': str(self.shim_log)},
+                         asan_extra=':verify_asan_link_order=0')
+        self.ready_ns = env.daemon.ready_ns
+        self.strace_log = adir / 'strace.log'
+        self.strace = None
+        self.strace_error = None
+        try:
+            self.strace = subprocess.Popen(['strace', '-f', '-qq', '-e', 'trace=%file', '-e', 'signal=none',
+                                            '-o', str(self.strace_log), '-p', str(env.daemon.pid)],
+                                           stderr=subprocess.PIPE, text=True)
+        except FileNotFoundError:
+            self.strace_error = 'strace is not installed (scripts/install-deps.sh --test)'
+            return
+        # -qq hides "attached": wait until the tracer really traces every thread
+        # (TracerPid in /proc of each of the daemon's threads).
+        def traced():
+            if self.strace.poll() is not None:
+                return True
+            try:
+                tids = os.listdir(f'/proc/{env.daemon.pid}/task')
+                for t in tids:
+                    with open(f'/proc/{env.daemon.pid}/task/{t}/status') as f:
+                        if re.search(r'^TracerPid:\s+0$', f.read(), re.M):
+                            return False
+                return True
+            except OSError:
+                return False
+        from harness import wait_until
+        wait_until(traced, 30, 'strace to attach to every vdiskd thread')
+        if self.strace.poll() is not None:
+            self.strace_error = 'strace could not attach: ' + self.strace.stderr.read()
+            self.strace = None
+
+    def stop_strace(self):
+        if self.strace and self.strace.poll() is None:
+            self.strace.send_signal(signal.SIGINT)      # detaches, the daemon runs on
+            self.strace.wait(deadline(30))
+
+    def shim_paths(self):
+        out = []
+        for line in self.shim_log.read_text(errors='replace').splitlines():
+            parts = line.split(' ', 4)
+            if len(parts) == 5 and int(parts[0]) > self.ready_ns:
+                out.append((parts[2], parts[4]))
+        return out
+
+    def strace_lines(self):
+        if not self.strace_log.exists():
+            return []
+        return [ln for ln in self.strace_log.read_text(errors='replace').splitlines() if '"' in ln]
+
+
+@pytest.fixture(scope='module')
+def audit(env):
+    a = Audit(env)
+    yield a
+    a.stop_strace()
+
+
+@pytest.fixture(scope='module')
+def client(env, audit):
+    return env.agent(UID_A, 'A')
+
+
+@pytest.fixture(autouse=True)
+def allowed(env, audit):
+    env.polkit.allow(A_OPEN, A_MODIFY)
+    yield
+    assert env.daemon.alive(), f'vdiskd died:\n{env.daemon.output()[-4000:]}'
+
+
+def vdi(env, regions=REGIONS, uid=UID_A):
+    return env.make_vdi(uid, unique('f') + '.vdi', SIZE, regions)
+
+
+# ---------------------------------------------------------------------------
+# bad fds
+
+
+def special_files(env):
+    """A directory, a FIFO and a VDI in A's directory; /dev/null."""
+    d = env.path(UID_A, unique('dir'))
+    d.mkdir(mode=0o700)
+    os.chown(d, UID_A, UID_A)
+    fifo = env.path(UID_A, unique('fifo'))
+    os.mkfifo(fifo, 0o600)
+    os.chown(fifo, UID_A, UID_A)
+    return d, fifo
+
+
+O_PATH = getattr(os, 'O_PATH', 0o10000000)
+
+
+def bad_fd_openers(env):
+    d, fifo = special_files(env)
+    img = vdi(env)
+    return {
+        'O_PATH': Open(img, O_PATH),
+        'directory': Open(d, os.O_RDONLY | os.O_DIRECTORY),
+        'fifo': Open(fifo, os.O_RDONLY | os.O_NONBLOCK),
+        'char-device': Open('/dev/null', os.O_RDWR),
+        'write-only': Open(img, os.O_WRONLY),
+    }
+
+
+@pytest.mark.parametrize('kind', ['O_PATH', 'directory', 'fifo', 'char-device', 'write-only'])
+def test_bad_fd_probe_and_open(env, client, kind):
+    """ProbeFormat, OpenDisk, Disk.Open and OpenDisk's `files` refuse the fd."""
+    a = client
+    expect_error(BAD_FD, a.manager, 'ProbeFormat', 'ha{sv}', bad_fd_openers(env)[kind], {})
+    expect_error(BAD_FD, a.manager, 'OpenDisk', 'a(hsa{sv})a{sv}', [(bad_fd_openers(env)[kind], 'VDI', {})], {})
+    d = a.manager('CreateDisk', 'a{sv}', {})
+    expect_error(BAD_FD, a.disk, d, 'Open', 'hsa{sv}', bad_fd_openers(env)[kind], 'VDI', {})
+    base = vdi(env)
+    diff = env.make_vdi_diff(UID_A, unique('d') + '.vdi', base)
+    expect_error(BAD_FD, a.manager, 'OpenDisk', 'a(hsa{sv})a{sv}', [(Open(diff, os.O_RDONLY), 'VDI', {})],
+                 {'files': T('a{sh}', {'parent': bad_fd_openers(env)[kind]}), 'read-only': True})
+    assert disk_images(env, d) == []
+
+
+def expect_bad_fd_dest(env, agent, fn, *args):
+    """What fcntl() alone can tell (O_PATH, access mode) fails the call at once.
+    The checks that need fstat() (a regular file, empty) run on a worker, never
+    on the main loop (a caller's FUSE file could stall it), so those fail the
+    Operation instead, with the same error name."""
+    try:
+        op = fn(*args)
+    except RemoteDBusError as e:
+        assert e.name == BAD_FD, f'expected {BAD_FD}, got {e.name}: {e.message}'
+        return
+    with pytest.raises(RemoteDBusError) as ei:
+        agent.wait_op(op, timeout=120)
+    assert ei.value.name == BAD_FD, ei.value
+    p = op_props(env, op)
+    assert p['State'] == 'failed' and p['ErrorName'] == BAD_FD, p
+
+
+@pytest.mark.parametrize('kind', ['O_PATH', 'directory', 'fifo', 'char-device', 'read-only'])
+def test_bad_fd_destinations(env, client, kind):
+    """CreateBase and Copy need an O_RDWR regular file."""
+    a = client
+    openers = bad_fd_openers(env)
+    new = env.empty_file(UID_A, unique('dst') + '.vdi')
+    openers['read-only'] = Open(new, os.O_RDONLY)
+    empty = a.manager('CreateDisk', 'a{sv}', {})
+    expect_bad_fd_dest(env, a, a.disk, empty, 'CreateBase', 'hsta{sv}', openers[kind], 'VDI', SIZE, {})
+    src = open_disk(env, a, [vdi(env)])
+    openers = bad_fd_openers(env)
+    openers['read-only'] = Open(new, os.O_RDONLY)
+    expect_bad_fd_dest(env, a, a.disk, src, 'Copy', 'hsa{sv}', openers[kind], 'VDI', {})
+    diff_new = env.empty_file(UID_A, unique('dd') + '.vdi')
+    openers = bad_fd_openers(env)
+    openers['read-only'] = Open(diff_new, os.O_RDONLY)
+    expect_bad_fd_dest(env, a, a.disk, src, 'CreateDiff', 'hsa{sv}', openers[kind], 'VDI', {})
+    assert os.path.getsize(new) == 0 and os.path.getsize(diff_new) == 0
+    assert env.watcher.get(src, DISK, 'Operation') == '/'
+
+
+def test_read_only_fd_gives_read_only_image(env, client):
+    a = client
+    d = a.manager('CreateDisk', 'a{sv}', {})
+    img = a.disk(d, 'Open', 'hsa{sv}', Open(vdi(env), os.O_RDONLY), 'VDI', {})
+    assert env.watcher.get(img, IMAGE, 'ReadOnly') is True
+    assert env.watcher.get(d, DISK, 'ReadOnly') is True
+    assert a.disk(d, 'Read', 'tua{sv}', 0, 512, {}) == b'\x11' * 512
+    expect_error(ERR + 'ReadOnly', a.disk, d, 'Write', 'taya{sv}', 0, b'\0' * 512, {})
+
+
+def raw_error(a, method, signature, args, fds=(), unix_fds_header=None, path=ROOT_PATH, iface=MANAGER):
+    try:
+        a.rpc('raw_call', path, iface, method, signature, list(args), fds=list(fds),
+              unix_fds_header=unix_fds_header)
+    except RemoteDBusError as e:
+        return e.name, e.message
+    return None, None
+
+
+def test_fd_index_out_of_range(env, client):
+    """A handle whose index is past the attached fds (a crafted message: rawbus).
+    The contract wants BadFileDescriptor."""
+    a = client
+    img = vdi(env)
+    results = {
+        'index 5, no fd attached': raw_error(a, 'ProbeFormat', 'ha{sv}', [5, {}]),
+        'index 1, one fd attached': raw_error(a, 'ProbeFormat', 'ha{sv}', [1, {}], fds=[Open(img, os.O_RDONLY)]),
+    }
+    # (A header claiming more fds than were sent is refused by dbus-daemon itself:
+    # it drops the connection, the message never reaches vdiskd.)
+    wrong = {k: v for k, v in results.items() if v[0] != BAD_FD}
+    assert not wrong, f'expected {BAD_FD} for every case, got: {wrong}'
+    # and the daemon is fine
+    assert a.manager('ProbeFormat', 'ha{sv}', Open(img, os.O_RDONLY), {})[0] == 'VDI'
+
+
+# ---------------------------------------------------------------------------
+# parents only from fds
+
+
+def public_chain(env):
+    """A base VDI and a diff next to it in the world-readable directory: a
+    daemon that looked for the parent by path (or in the child's directory)
+    would find it."""
+    base = env.pub / (unique('pbase') + '.vdi')
+    src = env.make_vdi(UID_A, unique('tmp') + '.vdi', SIZE, REGIONS)
+    os.rename(src, base)
+    os.chmod(base, 0o644)
+    diff = env.pub / (unique('pdiff') + '.vdi')
+    env.vdisk_img('create', '-f', 'vdi', '-b', base, '-F', 'vdi', diff)
+    os.chown(diff, UID_A, UID_A)
+    os.chmod(diff, 0o644)
+    return base, diff
+
+
+def test_vdi_diff_without_parent_fd(env, client):
+    a = client
+    base, diff = public_chain(env)
+    probe = a.manager('ProbeFormat', 'ha{sv}', Open(diff, os.O_RDONLY), {})
+    assert probe[0] == 'VDI' and probe[2]['needs-parent'] is True, probe
+    parent_uuid = probe[2]['parent-uuid']
+    assert parent_uuid and probe[2].get('parent-name', '') == ''
+    e = expect_error(ERR + 'FileNeeded', a.manager, 'OpenDisk', 'a(hsa{sv})a{sv}',
+                     [(Open(diff, os.O_RDWR), 'VDI', {})], {})
+    assert parent_uuid in e.message, e.message
+    assert str(env.tmp) not in e.message and '/' not in e.message.replace('N/A', ''), e.message
+    d = a.manager('CreateDisk', 'a{sv}', {})
+    e = expect_error(ERR + 'FileNeeded', a.disk, d, 'Open', 'hsa{sv}', Open(diff, os.O_RDONLY), 'VDI', {})
+    assert parent_uuid in e.message
+    # a candidate that is not the parent does not help
+    other = vdi(env)
+    expect_error(ERR + 'FileNeeded', a.disk, d, 'Open', 'hsa{sv}', Open(diff, os.O_RDONLY), 'VDI',
+                 {'files': T('a{sh}', {'other': Open(other, os.O_RDONLY)})})
+    assert disk_images(env, d) == []
+    # with the parent's fd: the chain opens and reads the parent's data
+    img = a.disk(d, 'Open', 'hsa{sv}', Open(diff, os.O_RDWR), 'VDI',
+                 {'files': T('a{sh}', {'base': Open(base, os.O_RDONLY)})})
+    imgs = disk_images(env, d)
+    assert len(imgs) == 2 and imgs[-1] == img
+    assert env.watcher.get(imgs[0], IMAGE, 'Uuid') == parent_uuid
+    assert a.disk(d, 'Read', 'tua{sv}', 3 * MiB + 512, 4096, {}) == b'\x22' * 4096
+    d2 = a.manager('OpenDisk', 'a(hsa{sv})a{sv}', [(Open(diff, os.O_RDONLY), 'VDI', {})],
+                   {'read-only': True, 'files': T('a{sh}', {'base': Open(base, os.O_RDONLY)})})
+    assert len(disk_images(env, d2)) == 2
+
+
+def test_chain_broken(env, client):
+    """An explicit chain whose parent UUID does not match."""
+    a = client
+    base, diff = public_chain(env)
+    other = vdi(env)
+    expect_error(ERR + 'ChainBroken', a.manager, 'OpenDisk', 'a(hsa{sv})a{sv}',
+                 [(Open(other, os.O_RDONLY), 'VDI', {}), (Open(diff, os.O_RDWR), 'VDI', {})], {})
+    d = open_disk(env, a, [other])
+    expect_error(ERR + 'ChainBroken', a.disk, d, 'Open', 'hsa{sv}', Open(diff, os.O_RDWR), 'VDI', {})
+
+
+def test_embedded_names_never_followed(env, client):
+    """A qcow2 whose backing file is /etc/shadow (and one naming a file in the
+    scratch directory), a VMDK descriptor whose extent is /etc/shadow: probed
+    and opened (as raw, read-only: vdiskd has no qcow2/VMDK backend) without
+    the daemon touching those names (asserted by the audit at the end)."""
+    a = client
+    target = env.pub / (unique('target') + '.raw')
+    target.write_bytes(b'\x42' * 65536)
+    os.chmod(target, 0o644)
+    files = []
+    for backing in ('/etc/shadow', str(target)):
+        q = env.path(UID_A, unique('backing') + '.qcow2')
+        env.qemu_img('create', '-q', '-f', 'qcow2', '-u', '-b', backing, '-F', 'raw', q, '16M')
+        env.chown(q, UID_A)
+        files.append(q)
+    vmdk = env.path(UID_A, unique('extent') + '.vmdk')
+    vmdk.write_text('# Disk DescriptorFile\nversion=1\nCID=fffffffe\nparentCID=ffffffff\n'
+                    'createType="monolithicFlat"\n\n# Extent description\nRW 32768 FLAT "/etc/shadow" 0\n'
+                    f'RW 32768 FLAT "{target}" 0\n\nddb.virtualHWVersion = "4"\n')
+    env.chown(vmdk, UID_A)
+    files.append(vmdk)
+    for f in files:
+        try:
+            fmt, media, info = a.manager('ProbeFormat', 'ha{sv}', Open(f, os.O_RDONLY), {})
+            assert '/etc/shadow' not in str(info) and str(env.tmp) not in str(info), info
+            assert fmt == 'RAW' and info.get('guessed-raw') is True, (fmt, info)
+        except RemoteDBusError as e:
+            # recognized but not readable by this version: fine, as long as it says so
+            assert e.name in (ERR + 'NotSupported', ERR + 'UnknownFormat'), e
+            assert '/etc/shadow' not in e.message and str(env.tmp) not in e.message, e.message
+        # explicitly as raw, read-only: the bytes are served, the names inside ignored
+        d = a.manager('OpenDisk', 'a(hsa{sv})a{sv}', [(Open(f, os.O_RDONLY), 'RAW', {})], {'read-only': True})
+        assert len(a.disk(d, 'Read', 'tua{sv}', 0, 512, {})) == 512
+        a.disk(d, 'Close', 'a{sv}', {})
+        # a writable open never guesses raw
+        with pytest.raises(RemoteDBusError) as ei:
+            a.manager('OpenDisk', 'a(hsa{sv})a{sv}', [(Open(f, os.O_RDWR), '', {})], {})
+        assert ei.value.name in (ERR + 'NotSupported', ERR + 'UnknownFormat'), ei.value
+
+
+def test_copy_and_check_through_fds(env, client):
+    """Long operations on a chain opened from fds (all audited)."""
+    a = client
+    base, diff = public_chain(env)
+    d = a.manager('OpenDisk', 'a(hsa{sv})a{sv}', [(Open(diff, os.O_RDONLY), 'VDI', {})],
+                  {'read-only': True, 'files': T('a{sh}', {'base': Open(base, os.O_RDONLY)})})
+    dest = env.empty_file(UID_A, unique('flat') + '.raw')
+    finished_ok(env, a, a.disk(d, 'Copy', 'hsa{sv}', Open(dest, os.O_RDWR), 'RAW', {}))
+    env.qemu_img('compare', '-f', 'raw', '-F', 'vdi', dest, base)
+    finished_ok(env, a, a.disk(d, 'Check', 'ua{sv}', 1, {}))
+
+
+# ---------------------------------------------------------------------------
+# calling conventions
+
+
+def test_options_and_arguments(env, client):
+    a = client
+    expect_error(INVALID_ARGS, a.manager, 'CreateDisk', 'a{sv}', {'no-such-option': True})
+    expect_error(INVALID_ARGS, a.manager, 'CreateDisk', 'a{sv}', {'display-name': T('u', 7)})
+    expect_error(INVALID_ARGS, a.manager, 'CreateDisk', 'a{sv}', {'auth.no_user_interaction': 'yes'})
+    d = open_disk(env, a, [vdi(env)])
+    expect_error(INVALID_ARGS, a.disk, d, 'Read', 'tua{sv}', 0, 4096, {'bogus': 1})
+    expect_error(INVALID_ARGS, a.disk, d, 'Read', 'tua{sv}', 0, 1 * MiB + 512, {})
+    expect_error(INVALID_ARGS, a.disk, d, 'Read', 'tua{sv}', SIZE - 512, 1024, {})
+    expect_error(INVALID_ARGS, a.disk, d, 'Write', 'taya{sv}', SIZE, b'\0' * 512, {})
+    assert len(a.disk(d, 'Read', 'tua{sv}', 0, 1 * MiB, {})) == 1 * MiB
+    expect_error(UNKNOWN_OBJECT, a.disk, '/org/vdisk/VDisk1/disk/999999', 'Read', 'tua{sv}', 0, 512, {})
+    expect_error(INVALID_ARGS, a.image, disk_images(env, d)[0], 'SetUuids', 'a{ss}a{sv}', {'bogus': ''}, {})
+
+
+# ---------------------------------------------------------------------------
+# the audit (keep last)
+
+
+def test_zz_no_path_opened_while_serving(env, audit):
+    """Every request above ran against this daemon: after it owned its name,
+    nothing it opened by path (libc shim) and no path-taking system call
+    (strace) touched the scratch directory or /etc."""
+    audit.stop_strace()
+    tmp = str(env.tmp)
+    shim = audit.shim_paths()
+    bad_shim = [(fn, p) for fn, p in shim if p.startswith(tmp) or p.startswith('/etc') or '/etc/shadow' in p
+                or (not p.startswith('/') and p not in ('',))]
+    assert not bad_shim, f'vdiskd opened paths while serving (LD_PRELOAD shim): {bad_shim[:20]}'
+    if audit.strace_error:
+        pytest.fail(audit.strace_error)
+    lines = audit.strace_lines()
+    bad = [ln for ln in lines if tmp in ln or '"/etc' in ln]
+    assert not bad, 'path system calls of vdiskd while serving (strace):\n' + '\n'.join(bad[:20])
+    # Stricter: a path-taking call may only name "" (fstatat(fd, "", AT_EMPTY_PATH)
+    # and friends work on an fd) or kernel interfaces.
+    def path_of(ln):
+        m = re.search(r'^\d+\s+(\w+)\((?:[^"]*?)"((?:[^"\\]|\\.)*)"', ln)
+        return (m.group(1), m.group(2)) if m else (None, None)
+    named = [ln for ln in lines if path_of(ln)[1] and not path_of(ln)[1].startswith(('/proc/', '/sys/', '/dev/'))]
+    assert not named, 'vdiskd named files in system calls while serving:\n' + '\n'.join(named[:20])
+    named_shim = [p for _, p in shim if p and not p.startswith(('/proc/', '/sys/', '/dev/'))]
+    assert not named_shim, f'vdiskd opened files by name while serving: {named_shim[:20]}'
+    print('strace path calls after readiness:', len(lines), 'system calls:',
+          sorted({path_of(ln)[0] for ln in lines}), 'named:', sorted({path_of(ln)[1] for ln in lines}))

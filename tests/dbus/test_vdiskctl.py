@@ -1,0 +1,176 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
+"""End to end through vdiskctl (docs/vdiskctl.1) against the real vdiskd in
+system mode: vdiskctl runs as client uid 61002 in its own directory, polkit
+allows open and modify. A chain of three VDI images is made with vdiskctl,
+data goes into each layer with Disk.Write over the bus (python), and the
+results of convert, commit, merge, compact, resize and check are compared
+with a flat reference by qemu-img (an independent reader)."""
+
+import json
+import os
+import subprocess
+
+import pytest
+
+from harness import A_MODIFY, A_OPEN, UID_A, MiB, Open, deadline, tool
+
+SIZE = 64 * MiB
+
+# (layer, kind, offset, length, byte)
+WRITES = [
+    ('base', 'w', 0, 1 * MiB, 0x10),
+    ('base', 'w', 10 * MiB + 4096, 300000, 0x11),
+    ('base', 'w', 40 * MiB, 2 * MiB, 0x12),
+    ('base', 'w', 50 * MiB, 1 * MiB, 0x13),
+    ('mid', 'w', 512 * 1024, 1 * MiB, 0x20),
+    ('mid', 'w', 20 * MiB, 4096, 0x21),
+    ('top', 'w', 10 * MiB, 8192, 0x30),
+    ('top', 'w', 63 * MiB, 1 * MiB, 0x31),
+    ('top', 'd', 40 * MiB, 1 * MiB, 0),
+]
+
+
+@pytest.fixture(scope='module')
+def a(env):
+    env.polkit.allow(A_OPEN, A_MODIFY)
+    return env.agent(UID_A, 'A')
+
+
+def ctl(env, *args, check=True):
+    cmd = ['setpriv', f'--reuid={UID_A}', f'--regid={UID_A}', '--clear-groups', '--', tool('VDISKCTL'),
+           f'--address={env.bus.address}', '--no-ask-password'] + [str(x) for x in args]
+    r = subprocess.run(cmd, cwd=env.dirs[UID_A], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                       timeout=deadline(120), env={'PATH': os.environ.get('PATH', '/usr/bin:/bin'), 'LANG': 'C.UTF-8'})
+    if check and r.returncode != 0:
+        raise AssertionError(f'vdiskctl {" ".join(map(str, args))} exit {r.returncode}\n{r.stdout}\n{r.stderr}')
+    return r
+
+
+def p(env, name):
+    return env.dirs[UID_A] / name
+
+
+def write_layers(env, a, chain, layer, ref):
+    """Opens the chain (files base first) and writes `layer`'s entries into its top."""
+    d = a.manager('OpenDisk', 'a(hsa{sv})a{sv}',
+                  [(Open(p(env, f), os.O_RDONLY if f != chain[-1] else os.O_RDWR), 'VDI', {}) for f in chain], {})
+    for lay, kind, off, length, byte in WRITES:
+        if lay != layer:
+            continue
+        if kind == 'w':
+            done = 0
+            while done < length:
+                n = min(length - done, 1 * MiB)
+                a.disk(d, 'Write', 'taya{sv}', off + done, bytes([byte]) * n, {})
+                done += n
+            ref[off:off + length] = bytes([byte]) * length
+        else:
+            a.disk(d, 'Discard', 'tta{sv}', off, length, {})
+            ref[off:off + length] = bytes(length)
+            assert a.disk(d, 'Read', 'tua{sv}', off, 65536, {}) == bytes(65536)
+    a.disk(d, 'Close', 'a{sv}', {})
+
+
+def save_ref(env, ref, name='ref.raw'):
+    path = env.tmp / name
+    path.write_bytes(bytes(ref))
+    return path
+
+
+def test_chain_convert_commit_merge_compact_resize_check(env, a):
+    ref = bytearray(SIZE)
+    r = ctl(env, 'create', '-f', 'vdi', 'base.vdi', '64M')
+    assert "Formatting 'base.vdi'" in r.stdout
+    assert os.stat(p(env, 'base.vdi')).st_uid == UID_A
+    env.qemu_img('check', '-f', 'vdi', p(env, 'base.vdi'))
+    write_layers(env, a, ['base.vdi'], 'base', ref)
+    ctl(env, 'create', '-q', '-f', 'vdi', '-b', 'base.vdi', '-F', 'vdi', 'mid.vdi')
+    write_layers(env, a, ['base.vdi', 'mid.vdi'], 'mid', ref)
+    ctl(env, 'create', '-q', '-f', 'vdi', '-b', 'mid.vdi', '-F', 'vdi', 'top.vdi')
+    write_layers(env, a, ['base.vdi', 'mid.vdi', 'top.vdi'], 'top', ref)
+    refpath = save_ref(env, ref)
+
+    info = json.loads(ctl(env, 'info', '--output=json', '--backing-chain', 'top.vdi').stdout)
+    assert [i['virtual-size'] for i in info] == [SIZE] * 3, info
+
+    # the whole chain, flattened
+    ctl(env, 'convert', '-O', 'raw', 'top.vdi', 'out.raw')
+    env.qemu_img('compare', '-f', 'raw', '-F', 'raw', p(env, 'out.raw'), refpath)
+    ctl(env, 'convert', '-O', 'vdi', 'top.vdi', 'flat.vdi')
+    env.qemu_img('compare', '-f', 'vdi', '-F', 'raw', p(env, 'flat.vdi'), refpath)
+    env.qemu_img('check', '-f', 'vdi', p(env, 'flat.vdi'))
+    for f in ('top.vdi', 'mid.vdi', 'base.vdi'):
+        ctl(env, 'check', f)
+    env.qemu_img('check', '-f', 'vdi', p(env, 'base.vdi'))
+
+    # commit top into mid: mid alone now reads as the whole chain did
+    r = ctl(env, 'commit', 'top.vdi')
+    assert 'Image committed.' in r.stdout
+    ctl(env, 'convert', '-O', 'raw', 'mid.vdi', 'out2.raw')
+    env.qemu_img('compare', '-f', 'raw', '-F', 'raw', p(env, 'out2.raw'), refpath)
+    # top keeps its data and still reads the same on its parent
+    ctl(env, 'convert', '-O', 'raw', 'top.vdi', 'out2b.raw')
+    env.qemu_img('compare', '-f', 'raw', '-F', 'raw', p(env, 'out2b.raw'), refpath)
+
+    # merge mid into base: qemu-img reads the base VDI itself
+    ctl(env, 'merge', 'mid.vdi', '--from', '1', '--to', '0')
+    env.qemu_img('compare', '-f', 'vdi', '-F', 'raw', p(env, 'base.vdi'), refpath)
+    env.qemu_img('check', '-f', 'vdi', p(env, 'base.vdi'))
+    ctl(env, 'check', 'base.vdi')
+
+    # compact: zero two allocated blocks through the bus, then compact
+    d = a.manager('OpenDisk', 'a(hsa{sv})a{sv}', [(Open(p(env, 'base.vdi'), os.O_RDWR), 'VDI', {})], {})
+    for off in (40 * MiB, 41 * MiB):
+        a.disk(d, 'Write', 'taya{sv}', off, bytes(1 * MiB), {})
+        ref[off:off + MiB] = bytes(MiB)
+    a.disk(d, 'Close', 'a{sv}', {})
+    refpath = save_ref(env, ref, 'ref2.raw')
+    before = os.path.getsize(p(env, 'base.vdi'))
+    r = ctl(env, 'compact', 'base.vdi')
+    assert 'Image compacted.' in r.stdout
+    after = os.path.getsize(p(env, 'base.vdi'))
+    assert after <= before - 2 * MiB, (before, after)
+    env.qemu_img('compare', '-f', 'vdi', '-F', 'raw', p(env, 'base.vdi'), refpath)
+    env.qemu_img('check', '-f', 'vdi', p(env, 'base.vdi'))
+
+    # resize: grow, then shrink back (the tail holds no data); shrinking over data fails
+    r = ctl(env, 'resize', 'base.vdi', '128M')
+    assert 'Image resized.' in r.stdout
+    qinfo = json.loads(env.qemu_img('info', '--output=json', '-f', 'vdi', p(env, 'base.vdi')).stdout)
+    assert qinfo['virtual-size'] == 128 * MiB
+    env.qemu_img('check', '-f', 'vdi', p(env, 'base.vdi'))
+    env.qemu_img('compare', '-f', 'vdi', '-F', 'raw', p(env, 'base.vdi'), refpath)   # extra area reads zero
+    ctl(env, 'resize', '--shrink', 'base.vdi', '64M')
+    qinfo = json.loads(env.qemu_img('info', '--output=json', '-f', 'vdi', p(env, 'base.vdi')).stdout)
+    assert qinfo['virtual-size'] == SIZE
+    env.qemu_img('compare', '-f', 'vdi', '-F', 'raw', p(env, 'base.vdi'), refpath)
+    r = ctl(env, 'resize', '--shrink', 'base.vdi', '32M', check=False)
+    assert r.returncode != 0 and 'data' in r.stderr, (r.returncode, r.stderr)
+    env.qemu_img('compare', '-f', 'vdi', '-F', 'raw', p(env, 'base.vdi'), refpath)
+    ctl(env, 'check', 'base.vdi')
+
+    listing = json.loads(ctl(env, '--output=json', 'list').stdout)
+    assert 'disks' in listing and 'operations' in listing
+    assert env.daemon.alive()
+
+
+def test_parent_not_found_exit_status(env, a):
+    """A diff whose parent is not in the directory: exit 5 (FileNeeded)."""
+    ctl(env, 'create', '-q', '-f', 'vdi', 'lonely-base.vdi', '8M')
+    ctl(env, 'create', '-q', '-f', 'vdi', '-b', 'lonely-base.vdi', '-F', 'vdi', 'lonely.vdi')
+    os.unlink(p(env, 'lonely-base.vdi'))
+    r = ctl(env, 'convert', '-O', 'raw', 'lonely.vdi', 'lonely.raw', check=False)
+    assert r.returncode == 5, (r.returncode, r.stderr)
+    assert not p(env, 'lonely.raw').exists()
+
+
+def test_denied_exit_status(env, a):
+    """polkit refusing modify: vdiskctl exits 4 and leaves no output behind."""
+    ctl(env, 'create', '-q', '-f', 'vdi', 'deny.vdi', '8M')
+    env.polkit.allow(A_OPEN)
+    try:
+        r = ctl(env, 'convert', '-O', 'raw', 'deny.vdi', 'deny.raw', check=False)
+        assert r.returncode == 4, (r.returncode, r.stderr)
+        assert not p(env, 'deny.raw').exists()
+    finally:
+        env.polkit.allow(A_OPEN, A_MODIFY)
