@@ -375,3 +375,32 @@ def test_operation_limits(env, clients, frz):
     finished_ok(env, a, a.disk(d3, 'Check', 'ua{sv}', 0, {}))
     a.close()
     b.close()
+
+
+def test_worker_share_per_uid(env, clients, frz):
+    """One uid never occupies every worker (files that hang, on FUSE or NFS,
+    must not stall everybody): with 2 workers a uid gets 1 at a time by
+    default. A's copy is held in a frozen write; A's next operation waits
+    `queued` although a worker is free, and B's operation runs and finishes
+    meanwhile. (Restarts vdiskd with the default share.)"""
+    env.stop_daemon()
+    env.start_daemon(['--workers=2'])
+    a = env.agent(UID_A, 'A-share')
+    b = env.agent(UID_B, 'B-share')
+    env.polkit.allow(A_OPEN, A_MODIFY)
+    assert env.watcher.get(ROOT_PATH, 'org.vdisk.VDisk1.Manager', 'Workers') == 2
+    d1, s1 = src_disk(env, a, UID_A)
+    d2, s2 = src_disk(env, a, UID_A)
+    e1, t1 = src_disk(env, b, UID_B)
+    held = hold(env, frz, [(a, UID_A, d1)])
+    op_a = a.disk(d2, 'Check', 'ua{sv}', 0, {})
+    op_b = b.disk(e1, 'Check', 'ua{sv}', 0, {})
+    finished_ok(env, b, op_b)           # B is served while A holds its share
+    assert state(env, op_a) == 'queued'
+    frz.thaw()
+    for op, dest in held:
+        finished_ok(env, a, op)
+        env.qemu_img('compare', '-f', 'vdi', '-F', 'vdi', s1, dest)
+    finished_ok(env, a, op_a)
+    a.close()
+    b.close()
