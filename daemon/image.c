@@ -124,6 +124,10 @@ int image_update(Image *i, const ImageInfo *n, const char **changed, size_t max)
                 CHANGED("Size");
         if (o->file_size != n->file_size)
                 CHANGED("FileSize");
+        if (o->cluster_size != n->cluster_size)
+                CHANGED("ClusterSize");
+        if (o->dirty != n->dirty)
+                CHANGED("Dirty");
         if (memcmp(o->pchs, n->pchs, sizeof o->pchs) != 0)
                 CHANGED("PCHSGeometry");
         if (memcmp(o->lchs, n->lchs, sizeof o->lchs) != 0)
@@ -401,6 +405,8 @@ const sd_bus_vtable image_vtable[] = {
         SD_BUS_PROPERTY("Flags", "u", NULL, INFO(flags), EMITS),
         SD_BUS_PROPERTY("Size", "t", NULL, INFO(size), EMITS),
         SD_BUS_PROPERTY("FileSize", "t", NULL, INFO(file_size), EMITS),
+        SD_BUS_PROPERTY("ClusterSize", "u", NULL, INFO(cluster_size), EMITS),
+        SD_BUS_PROPERTY("Dirty", "b", NULL, INFO(dirty), EMITS),
         SD_BUS_PROPERTY("PCHSGeometry", "(uuu)", property_get_geometry, INFO(pchs), EMITS),
         SD_BUS_PROPERTY("LCHSGeometry", "(uuu)", property_get_geometry, INFO(lchs), EMITS),
         SD_BUS_PROPERTY("ReadOnly", "b", NULL, INFO(read_only), EMITS),

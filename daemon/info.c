@@ -75,6 +75,10 @@ static int image_info_read(vdisk_image *img, ImageInfo *ret) {
         }
         if (vdisk_image_get_info(img, &ii) < 0)
                 ii.variant = NULL;
+        else {
+                ret->cluster_size = ii.cluster_size;
+                ret->dirty = !!ii.dirty;
+        }
         if (vdisk_image_file_size(img, &fs) >= 0)
                 ret->file_size = fs;
         else

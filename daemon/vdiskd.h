@@ -85,6 +85,8 @@ typedef struct ImageInfo {
         char *variant;
         char *io_name;
         uint64_t size, file_size;
+        uint32_t cluster_size;               /* allocation block, 0 = none */
+        int dirty;                           /* the format's dirty/in-use flag is set */
         uint32_t pchs[3], lchs[3];
         int read_only;
 } ImageInfo;

@@ -84,6 +84,10 @@ static void info_print_human(Ctx *ctx, const InfoEntry *e) {
                                                   : e->elem->qemu_format);
         printf("virtual size: %s (%" PRIu64 " bytes)\n", a, vsize);
         printf("disk size: %s\n", b);
+        if (e->have_props && value_uint(&e->props, "ClusterSize", 0) > 0)
+                printf("cluster_size: %" PRIu64 "\n", value_uint(&e->props, "ClusterSize", 0));
+        if (e->have_props && value_bool(&e->props, "Dirty", false))
+                printf("cleanly shut down: no\n");
         entry_backing(ctx, e, &backing, &full, &backing_fmt);
         if (backing) {
                 printf("backing file: %s", backing);
@@ -165,6 +169,11 @@ static void info_print_json(Ctx *ctx, Json *j, const InfoEntry *e) {
         json_string(j, "filename", e->elem->path);
         json_string(j, "format", format);
         json_uint(j, "actual-size", (uint64_t) e->elem->st.st_blocks * 512u);
+        if (e->have_props) {
+                if (value_uint(&e->props, "ClusterSize", 0) > 0)
+                        json_uint(j, "cluster-size", value_uint(&e->props, "ClusterSize", 0));
+                json_bool(j, "dirty-flag", value_bool(&e->props, "Dirty", false));
+        }
         if (entry_has_specific(e))
                 info_json_specific(j, e, format);
         if (backing) {

@@ -92,6 +92,11 @@ def test_chain_convert_commit_merge_compact_resize_check(env, a):
 
     info = json.loads(ctl(env, 'info', '--output=json', '--backing-chain', 'top.vdi').stdout)
     assert [i['virtual-size'] for i in info] == [SIZE] * 3, info
+    # qemu-img info's keys with its values (qemu opens no VDI diff: the base
+    # stands for all three, whose block size the diffs inherit)
+    q = json.loads(env.qemu_img('info', '--output=json', '-f', 'vdi', p(env, 'base.vdi')).stdout)
+    assert [(i['cluster-size'], i['dirty-flag']) for i in info] == [(q['cluster-size'], q['dirty-flag'])] * 3, \
+        (info, q)
 
     # the whole chain, flattened
     ctl(env, 'convert', '-O', 'raw', 'top.vdi', 'out.raw')
