@@ -11,6 +11,7 @@
 #include "vdiskd.h"
 
 static int on_track_empty(sd_bus_track *t, void *userdata);
+static void client_drop_disk(Disk *d);
 
 int disk_new(Manager *m, uint64_t id, uid_t owner, const char *display_name, vdisk_disk *vd, Disk **ret) {
         Disk *d;
@@ -163,7 +164,7 @@ void disk_remove(Disk *d) {
                 d->slot = sd_bus_slot_unref(d->slot);
                 d->exported = false;
         }
-        d->track = sd_bus_track_unref(d->track);
+        client_drop_disk(d);
         trash_vd(&trash, TAKE_PTR(d->vd), d->n_fds_charged);
         trash_empty(m, d->user, &trash);
         assert(d->user->n_fds >= d->n_fds_charged && d->user->n_disks > 0);
@@ -294,18 +295,64 @@ void disk_apply_info(Disk *d, const DiskInfo *info, NewImageName *names, size_t 
 
 /* ---------------------------------------------------------------- client tracking */
 
+static Client *client_free(Client *cl) {
+        if (!cl)
+                return NULL;
+        assert(!cl->disks);
+        LIST_REMOVE(clients, cl->manager->clients, cl);
+        sd_bus_track_unref(cl->track);
+        free(cl->name);
+        free(cl);
+        return NULL;
+}
+
+static void client_drop_disk(Disk *d) {
+        Client *cl = d->client;
+
+        if (!cl)
+                return;
+        LIST_REMOVE(client_disks, cl->disks, d);
+        d->client = NULL;
+        if (!cl->disks)
+                client_free(cl);
+}
+
+/* Ties d to the connection `name`: when it leaves the bus, d is closed (once
+ * no operation runs on it). Fails when the name is not (or no more) on the bus. */
 int disk_track_name(Disk *d, const char *name) {
+        Manager *m = d->manager;
+        Client *cl;
         int r;
 
         if (!name)
                 return 0;   /* direct connection: it lives as long as the daemon */
-        if (!d->track) {
-                r = sd_bus_track_new(d->manager->bus, &d->track, on_track_empty, d);
-                if (r < 0)
+        if (d->client)
+                return streq(d->client->name, name) ? 0 : -EEXIST;
+        for (cl = m->clients; cl; cl = cl->clients_next)
+                if (streq(cl->name, name))
+                        break;
+        if (!cl) {
+                cl = calloc(1, sizeof *cl);
+                if (!cl)
+                        return -ENOMEM;
+                cl->manager = m;
+                cl->name = strdup(name);
+                if (!cl->name) {
+                        free(cl);
+                        return -ENOMEM;
+                }
+                LIST_PREPEND(clients, m->clients, cl);
+                r = sd_bus_track_new(m->bus, &cl->track, on_track_empty, cl);
+                if (r >= 0)
+                        r = sd_bus_track_add_name(cl->track, name);
+                if (r < 0) {
+                        client_free(cl);
                         return r;
+                }
         }
-        r = sd_bus_track_add_name(d->track, name);
-        return r < 0 ? r : 0;
+        LIST_PREPEND(client_disks, cl->disks, d);
+        d->client = cl;
+        return 0;
 }
 
 typedef struct CloseTask {
@@ -360,15 +407,21 @@ void disk_close_async(Disk *d) {
 }
 
 static int on_track_empty(sd_bus_track *t, void *userdata) {
-        Disk *d = userdata;
+        Client *cl = userdata;
 
-        /* The creator's connection went away. Drop the track at once: sd-bus
-         * dispatches an empty track again on every loop iteration for as long
-         * as it exists (and as the handler returns 0). */
-        d->track = sd_bus_track_unref(d->track);
-        d->creator_gone = true;
-        /* Close once no operation runs (else disk_operation_finished() does). */
-        disk_close_async(d);
+        /* The connection went away. Its track goes at once with the record:
+         * sd-bus dispatches an empty track again on every loop iteration for
+         * as long as it exists (and as the handler returns 0). */
+        while (cl->disks) {
+                Disk *d = cl->disks;
+
+                LIST_REMOVE(client_disks, cl->disks, d);
+                d->client = NULL;
+                d->creator_gone = true;
+                /* Close once no operation runs (else disk_operation_finished() does). */
+                disk_close_async(d);
+        }
+        client_free(cl);
         return 0;
 }
 

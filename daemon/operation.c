@@ -545,7 +545,6 @@ static void op_apply(Operation *o) {
                         /* Gone already (or not watchable): nobody would ever close it. */
                         if (r != -ENXIO && r != -ESRCH)
                                 log_error("Failed to track the starter of %s: %s", o->path, strerror(-r));
-                        nd->track = sd_bus_track_unref(nd->track);
                         nd->creator_gone = true;
                         disk_close_async(nd);
                 }

@@ -61,6 +61,7 @@ typedef struct Image Image;
 typedef struct Operation Operation;
 typedef struct Call Call;
 typedef struct Task Task;
+typedef struct Client Client;
 typedef struct User User;
 
 #define UID_UNKNOWN ((uid_t) -1)        /* whose the caller is, not known (yet) */
@@ -312,9 +313,21 @@ struct Disk {
         bool exported, closing, gone;
         bool creator_gone;               /* close once no operation runs */
         sd_bus_slot *slot;
-        sd_bus_track *track;             /* the creator; dropped when it goes */
+        Client *client;                  /* the creator's connection; NULL once it went */
         Task *active, *queue_head, *queue_tail;
         LIST_FIELDS(Disk, disks);
+        LIST_FIELDS(Disk, client_disks);
+};
+
+/* A bus connection that created Disks: one sd_bus_track (one match rule on
+ * the bus) per connection, however many Disks it holds, so that the bus's
+ * per-connection match limit does not cap the number of Disks. */
+struct Client {
+        Manager *manager;
+        char *name;
+        sd_bus_track *track;
+        Disk *disks;                     /* LIST client_disks */
+        LIST_FIELDS(Client, clients);
 };
 
 typedef enum OpKind {
@@ -419,6 +432,7 @@ struct Manager {
         uint64_t next_disk_id, next_image_id, next_operation_id;
 
         Disk *disks;
+        Client *clients;
         Operation *operations;
         Call *calls;
         User *users;
