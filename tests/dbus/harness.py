@@ -138,6 +138,8 @@ class PrivateBus:
     <allow eavesdrop="true"/>
     <allow own="*"/>
   </policy>
+  <!-- well below the system bus's 512, so that a test can exceed it cheaply -->
+  <limit name="max_match_rules_per_connection">64</limit>
 </busconfig>
 ''')
         env = dict(os.environ)

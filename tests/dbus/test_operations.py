@@ -317,6 +317,19 @@ def test_client_disconnects_during_big_copy(env, clients):
     env.qemu_img('compare', '-f', 'vdi', '-F', 'vdi', src, dest)
 
 
+def test_many_disks_of_one_client(env, clients):
+    """A client's Disks share one watch of its connection (one match rule on
+    the bus, whose per-connection limit is 64 here): 100 Disks open fine, and
+    all of them close when the client goes."""
+    many = env.agent(UID_A, 'A-many')
+    disks = [many.manager('CreateDisk', 'a{sv}', {}) for _ in range(100)]
+    assert len(set(disks)) == 100
+    mark = env.watcher.mark()
+    many.kill()
+    for d in disks:
+        env.watcher.wait_removed(d, since=mark, timeout=20)
+
+
 def test_twenty_concurrent_operations(env, clients):
     """20 operations from four connections of two uids, each on its own Disk:
     all complete, and every copy equals its source."""
