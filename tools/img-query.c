@@ -106,8 +106,8 @@ static bool info_has_specific(const InfoEntry *e) {
         return e->have_uuid || e->have_mod_uuid || e->have_parent_uuid || e->have_comment;
 }
 
-static void info_print_json(JsonWriter *w, const InfoEntry *e) {
-        json_object_begin(w, NULL);
+static void info_print_json(Json *w, const InfoEntry *e) {
+        json_object_open(w, NULL);
         if (e->backing && e->backing_format)
                 json_string(w, "backing-filename-format", e->backing_format);
         json_uint(w, "virtual-size", e->have_ii ? e->ii.virtual_size : 0);
@@ -118,9 +118,9 @@ static void info_print_json(JsonWriter *w, const InfoEntry *e) {
         if (e->have_ii)
                 json_uint(w, "actual-size", e->ii.actual_size);
         if (info_has_specific(e)) {
-                json_object_begin(w, "format-specific");
+                json_object_open(w, "format-specific");
                 json_string(w, "type", e->format);
-                json_object_begin(w, "data");
+                json_object_open(w, "data");
                 if (e->have_uuid)
                         json_string(w, "uuid", e->uuid);
                 if (e->have_mod_uuid)
@@ -135,15 +135,15 @@ static void info_print_json(JsonWriter *w, const InfoEntry *e) {
                         json_string(w, "variant", e->ii.variant);
                 if (e->have_version)
                         json_uint(w, "version", e->version);
-                json_object_end(w);
-                json_object_end(w);
+                json_object_close(w);
+                json_object_close(w);
         }
         if (e->backing) {
                 json_string(w, "full-backing-filename", e->full_backing);
                 json_string(w, "backing-filename", e->backing);
         }
         json_bool(w, "dirty-flag", e->have_ii && e->ii.dirty);
-        json_object_end(w);
+        json_object_close(w);
 }
 
 static void info_print_human(const InfoEntry *e) {
@@ -152,8 +152,8 @@ static void info_print_human(const InfoEntry *e) {
         printf("image: %s\n", e->filename);
         printf("file format: %s\n", e->format);
         if (e->have_ii) {
-                format_size_human(e->ii.virtual_size, a);
-                format_size_human(e->ii.actual_size, b);
+                format_size(e->ii.virtual_size, a);
+                format_size(e->ii.actual_size, b);
                 printf("virtual size: %s (%" PRIu64 " bytes)\n", a, e->ii.virtual_size);
                 printf("disk size: %s\n", b);
                 if (e->ii.cluster_size > 0)
@@ -194,7 +194,7 @@ int cmd_info(int argc, char **argv) {
         const char *fmt = NULL, *filename;
         OutputFormat output = OUTPUT_HUMAN;
         bool backing_chain = false;
-        JsonWriter w;
+        Json w;
         Img img = {};
         unsigned n;
         int c, r, ex = EXIT_ERROR;
@@ -233,9 +233,9 @@ int cmd_info(int argc, char **argv) {
                 return EXIT_ERROR;
 
         n = vdisk_disk_count(img.disk);
-        json_init(&w, stdout);
+        json_begin(&w, stdout, true);
         if (backing_chain && output == OUTPUT_JSON)
-                json_array_begin(&w, NULL);
+                json_array_open(&w, NULL);
 
         for (unsigned i = n; i-- > 0;) {
                 InfoEntry e;
@@ -256,8 +256,8 @@ int cmd_info(int argc, char **argv) {
         }
         if (output == OUTPUT_JSON) {
                 if (backing_chain)
-                        json_array_end(&w);
-                json_finish(&w);
+                        json_array_close(&w);
+                json_end(&w);
         }
         ex = EXIT_OK;
 
@@ -610,11 +610,11 @@ static void check_print_json(const vdisk_check_report *rep, const vdisk_check_re
                              const char *filename, const char *format) {
         uint64_t corruptions_fixed = fixed ? fixed->corruptions_fixed : 0;
         uint64_t leaks_fixed = fixed ? fixed->leaks_fixed : 0;
-        JsonWriter w;
+        Json w;
 
         /* Keys in qemu-img's order; counters that are 0 are left out. */
-        json_init(&w, stdout);
-        json_object_begin(&w, NULL);
+        json_begin(&w, stdout, true);
+        json_object_open(&w, NULL);
         if (rep->image_end_offset)
                 json_uint(&w, "image-end-offset", rep->image_end_offset);
         if (rep->total_clusters)
@@ -634,8 +634,8 @@ static void check_print_json(const vdisk_check_report *rep, const vdisk_check_re
         json_string(&w, "format", format);
         if (rep->fragmented_clusters)
                 json_uint(&w, "fragmented-clusters", rep->fragmented_clusters);
-        json_object_end(&w);
-        json_finish(&w);
+        json_object_close(&w);
+        json_end(&w);
 }
 
 static int check_exit_code(const vdisk_check_report *rep) {

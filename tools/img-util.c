@@ -101,100 +101,6 @@ int usage_error(const char *fmt, ...) {
 
 /* ---------------------------------------------------------------- sizes */
 
-int parse_size(const char *s, uint64_t *ret) {
-        const char *p = s;
-        uint64_t integer = 0, unit = 1, result, extra;
-        double fraction = 0;
-        bool hex = false;
-
-        assert(s);
-        assert(ret);
-
-        while (isspace((unsigned char) *p))
-                p++;
-        if (*p == '+')
-                p++;
-
-        if (p[0] == '0' && (p[1] == 'x' || p[1] == 'X')) {
-                hex = true;
-                p += 2;
-                if (!isxdigit((unsigned char) *p))
-                        return -EINVAL;
-                for (; isxdigit((unsigned char) *p); p++) {
-                        unsigned d = isdigit((unsigned char) *p)
-                                             ? (unsigned) (*p - '0')
-                                             : (unsigned) (tolower((unsigned char) *p) - 'a' + 10);
-                        if (MUL_OVERFLOW(integer, 16, &integer) || ADD_OVERFLOW(integer, d, &integer))
-                                return -ERANGE;
-                }
-        } else {
-                if (!isdigit((unsigned char) *p))
-                        return -EINVAL;
-                for (; isdigit((unsigned char) *p); p++)
-                        if (MUL_OVERFLOW(integer, 10, &integer) ||
-                            ADD_OVERFLOW(integer, (uint64_t) (*p - '0'), &integer))
-                                return -ERANGE;
-                if (*p == '.') {
-                        double scale = 0.1;
-
-                        for (p++; isdigit((unsigned char) *p); p++, scale /= 10)
-                                fraction += (*p - '0') * scale;
-                }
-        }
-
-        switch (*p) {
-        case '\0':
-                break;
-        case 'b': case 'B':
-                unit = 1;
-                p++;
-                break;
-        case 'k': case 'K':
-                unit = UINT64_C(1) << 10;
-                p++;
-                break;
-        case 'm': case 'M':
-                unit = UINT64_C(1) << 20;
-                p++;
-                break;
-        case 'g': case 'G':
-                unit = UINT64_C(1) << 30;
-                p++;
-                break;
-        case 't': case 'T':
-                unit = UINT64_C(1) << 40;
-                p++;
-                break;
-        case 'p': case 'P':
-                unit = UINT64_C(1) << 50;
-                p++;
-                break;
-        case 'e': case 'E':
-                unit = UINT64_C(1) << 60;
-                p++;
-                break;
-        default:
-                return -EINVAL;
-        }
-        if (*p != '\0')
-                return -EINVAL;
-        /* A fraction of a byte means nothing. */
-        if (fraction != 0 && unit == 1)
-                return -EINVAL;
-        (void) hex;
-
-        if (MUL_OVERFLOW(integer, unit, &result))
-                return -ERANGE;
-        extra = (uint64_t) (fraction * (double) unit);
-        if (ADD_OVERFLOW(result, extra, &result))
-                return -ERANGE;
-        if (result > INT64_MAX)
-                return -ERANGE;
-
-        *ret = result;
-        return 0;
-}
-
 void log_bad_size(int r) {
         if (r == -ERANGE)
                 log_error("Invalid image size specified. Must be between 0 and %" PRIi64 ".", INT64_MAX);
@@ -202,16 +108,6 @@ void log_bad_size(int r) {
                 log_error("Invalid image size specified. You may use k, M, G, T, P or E suffixes for");
                 log_error("kilobytes, megabytes, gigabytes, terabytes, petabytes and exabytes.");
         }
-}
-
-void format_size_human(uint64_t v, char buf[static 32]) {
-        static const char *const units[] = { "", "Ki", "Mi", "Gi", "Ti", "Pi", "Ei" };
-        unsigned i = 0;
-
-        /* Switch to the next unit once the number would need four digits. */
-        while (i + 1 < ELEMENTSOF(units) && (double) v >= 1000.0 * (double) (UINT64_C(1) << (10 * i)))
-                i++;
-        snprintf(buf, 32, "%.3g %sB", (double) v / (double) (UINT64_C(1) << (10 * i)), units[i]);
 }
 
 /* ---------------------------------------------------------------- cancel and progress */
@@ -513,20 +409,6 @@ vdisk_image *img_at_depth(Img *img, unsigned depth) {
         if (depth >= n)
                 return NULL;
         return vdisk_disk_image(img->disk, n - 1 - depth);
-}
-
-int path_relative_to(const char *child, const char *name, char **ret) {
-        const char *slash;
-        char *s;
-
-        if (name[0] == '/' || !(slash = strrchr(child, '/'))) {
-                s = strdup(name);
-                if (!s)
-                        return -ENOMEM;
-        } else if (asprintf(&s, "%.*s%s", (int) (slash - child + 1), child, name) < 0)
-                return -ENOMEM;
-        *ret = s;
-        return 0;
 }
 
 void remove_created_file(const char *path) {

@@ -15,6 +15,8 @@
 
 #include "macro.h"
 #include "vdisk/vdisk.h"
+#include "shared/json.h"
+#include "shared/text.h"
 
 #define PROGRAM_NAME "vdisk-img"
 
@@ -36,15 +38,8 @@ int usage_error(const char *fmt, ...) _printf_(1, 2);
 
 /* ---- sizes (img-util.c) */
 
-/* qemu-img's size syntax: decimal (with an optional fraction) or 0x hex,
- * then an optional suffix b/B (bytes), k/K, M, G, T, P, E (1024-based).
- * Returns -EINVAL for bad syntax and -ERANGE above INT64_MAX. */
-int parse_size(const char *s, uint64_t *ret);
 /* Prints qemu-img's message for a bad size argument. */
 void log_bad_size(int r);
-/* "64 MiB", "4 KiB", "1.5 GiB": three significant digits, 1024-based. */
-void format_size_human(uint64_t v, char buf[static 32]);
-
 /* ---- signals and progress (img-util.c) */
 
 /* Set by SIGINT/SIGTERM once the handlers are installed. */
@@ -107,9 +102,6 @@ vdisk_image *img_at_depth(Img *img, unsigned depth);
 /* Prints each string of a NULL-terminated list of disk warnings. */
 void print_disk_warnings(vdisk_disk *d);
 
-/* Joins a parent name to the directory of `child` the way qemu-img resolves
- * backing file names (absolute names are kept). */
-int path_relative_to(const char *child, const char *name, char **ret);
 /* Removes a file this command created, if it is a regular file (never a
  * device node the user named as output). */
 void remove_created_file(const char *path);
@@ -135,29 +127,6 @@ int optlist_parse(OptList *l, const char *arg);
 const char *optlist_get(const OptList *l, const char *key);
 int optlist_remove(OptList *l, const char *key);
 void optlist_done(OptList *l);
-
-/* ---- JSON (img-json.c), pretty-printed the way qemu-img prints */
-
-typedef struct JsonWriter {
-        FILE *f;
-        unsigned depth;
-        bool need_comma;
-        bool started;
-} JsonWriter;
-
-void json_init(JsonWriter *w, FILE *f);
-void json_object_begin(JsonWriter *w, const char *key);
-void json_object_end(JsonWriter *w);
-void json_array_begin(JsonWriter *w, const char *key);
-void json_array_end(JsonWriter *w);
-void json_string(JsonWriter *w, const char *key, const char *value);
-void json_uint(JsonWriter *w, const char *key, uint64_t value);
-void json_int(JsonWriter *w, const char *key, int64_t value);
-void json_bool(JsonWriter *w, const char *key, bool value);
-/* Ends the document with a newline. */
-void json_finish(JsonWriter *w);
-/* Writes `s` as a JSON string literal (quoted, escaped like qemu). */
-void json_write_quoted(FILE *f, const char *s);
 
 /* ---- output format (--output) */
 

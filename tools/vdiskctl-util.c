@@ -111,111 +111,12 @@ void install_signal_handlers(void) {
 
 /* ---------------------------------------------------------------- sizes */
 
-static int suffix_shift(char c, unsigned *ret) {
-        switch (c) {
-        case 'b': case 'B':
-                *ret = 0;
-                return 0;
-        case 'k': case 'K':
-                *ret = 10;
-                return 0;
-        case 'm': case 'M':
-                *ret = 20;
-                return 0;
-        case 'g': case 'G':
-                *ret = 30;
-                return 0;
-        case 't': case 'T':
-                *ret = 40;
-                return 0;
-        case 'p': case 'P':
-                *ret = 50;
-                return 0;
-        case 'e': case 'E':
-                *ret = 60;
-                return 0;
-        default:
-                return -EINVAL;
-        }
-}
-
-int parse_size(const char *s, uint64_t *ret) {
-        uint64_t whole = 0, unit = 1, v, part;
-        double frac = 0;
-        const char *p = s;
-        unsigned shift;
-
-        assert(s);
-        assert(ret);
-
-        if (*p == '+')
-                p++;
-        if (p[0] == '0' && (p[1] == 'x' || p[1] == 'X')) {
-                p += 2;
-                if (!isxdigit((unsigned char) *p))
-                        return -EINVAL;
-                while (isxdigit((unsigned char) *p)) {
-                        char c = (char) tolower((unsigned char) *p++);
-                        unsigned d = c <= '9' ? (unsigned) (c - '0') : (unsigned) (c - 'a' + 10);
-
-                        if (MUL_OVERFLOW(whole, 16, &whole) || ADD_OVERFLOW(whole, d, &whole))
-                                return -ERANGE;
-                }
-        } else {
-                if (!isdigit((unsigned char) *p))
-                        return -EINVAL;
-                while (isdigit((unsigned char) *p))
-                        if (MUL_OVERFLOW(whole, 10, &whole) ||
-                            ADD_OVERFLOW(whole, (uint64_t) (*p++ - '0'), &whole))
-                                return -ERANGE;
-                if (*p == '.') {
-                        double scale = 1;
-
-                        p++;
-                        if (!isdigit((unsigned char) *p))
-                                return -EINVAL;
-                        while (isdigit((unsigned char) *p)) {
-                                scale /= 10;
-                                frac += (*p++ - '0') * scale;
-                        }
-                }
-        }
-        if (*p) {
-                if (suffix_shift(*p, &shift) < 0 || p[1])
-                        return -EINVAL;
-                unit = UINT64_C(1) << shift;
-        }
-        if (frac > 0 && unit == 1)
-                return -EINVAL;   /* no fractions of a byte */
-
-        if (MUL_OVERFLOW(whole, unit, &v))
-                return -ERANGE;
-        part = (uint64_t) (frac * (double) unit);
-        if (ADD_OVERFLOW(v, part, &v) || v > INT64_MAX)
-                return -ERANGE;
-        *ret = v;
-        return 0;
-}
-
 void log_bad_size(const char *what, const char *s, int r) {
         if (r == -ERANGE)
                 log_error("Invalid %s '%s': must be between 0 and %" PRIi64, what, s, INT64_MAX);
         else
                 log_error("Invalid %s '%s': use a number of bytes, optionally with a suffix "
                           "k, M, G, T, P or E", what, s);
-}
-
-void format_size(uint64_t v, char buf[static 32]) {
-        static const char *const prefix[] = { "", "Ki", "Mi", "Gi", "Ti", "Pi", "Ei" };
-        double x = (double) v;
-        size_t i = 0;
-
-        /* Three significant digits: move up once four would be needed. */
-        while (i + 1 < ELEMENTSOF(prefix) && x >= 1000.0) {
-                x /= 1024.0;
-                i++;
-        }
-        snprintf(buf, 32, "%.3g %sB", x, prefix[i]);
 }
 
 int parse_uint(const char *s, unsigned *ret) {
@@ -246,39 +147,6 @@ int parse_output(const char *s, OutputMode *ret) {
 
 /* Length of the valid UTF-8 sequence at s (0 when invalid), its code point
  * in *ret. */
-size_t utf8_next(const unsigned char *s, uint32_t *ret) {
-        size_t len;
-        uint32_t c, min;
-
-        if (s[0] < 0x80) {
-                *ret = s[0];
-                return 1;
-        }
-        if (s[0] >= 0xc2 && s[0] <= 0xdf) {
-                len = 2;
-                c = s[0] & 0x1f;
-                min = 0x80;
-        } else if (s[0] >= 0xe0 && s[0] <= 0xef) {
-                len = 3;
-                c = s[0] & 0x0f;
-                min = 0x800;
-        } else if (s[0] >= 0xf0 && s[0] <= 0xf4) {
-                len = 4;
-                c = s[0] & 0x07;
-                min = 0x10000;
-        } else
-                return 0;
-        for (size_t i = 1; i < len; i++) {
-                if ((s[i] & 0xc0) != 0x80)
-                        return 0;   /* also stops at the terminating NUL */
-                c = (c << 6) | (s[i] & 0x3f);
-        }
-        if (c < min || c > 0x10ffff || (c >= 0xd800 && c <= 0xdfff))
-                return 0;
-        *ret = c;
-        return len;
-}
-
 char *utf8_sanitize(const char *s) {
         const unsigned char *p = (const unsigned char *) s;
         char *out, *o;
@@ -316,20 +184,6 @@ const char *path_basename(const char *path) {
         if (slash[1])
                 return slash + 1;
         return path;   /* "dir/": keep it whole, the daemon only shows it */
-}
-
-int path_relative_to(const char *child, const char *name, char **ret) {
-        const char *slash = strrchr(child, '/');
-        char *s;
-
-        if (name[0] == '/' || !slash)
-                s = strdup(name);
-        else if (asprintf(&s, "%.*s%s", (int) (slash - child + 1), child, name) < 0)
-                s = NULL;
-        if (!s)
-                return -ENOMEM;
-        *ret = s;
-        return 0;
 }
 
 int path_dirname(const char *path, char **ret) {

@@ -18,6 +18,8 @@
 #include <systemd/sd-bus.h>
 
 #include "macro.h"
+#include "shared/json.h"
+#include "shared/text.h"
 
 #define PROGRAM_NAME "vdiskctl"
 
@@ -93,29 +95,18 @@ void install_signal_handlers(void);
 
 /* ---- sizes and parsing (vdiskctl-util.c) */
 
-/* Decimal (with an optional fraction) or 0x hex, then an optional suffix b/B,
- * k/K, M, G, T, P, E (1024-based), like vdisk-img and qemu-img. -EINVAL for
- * bad syntax, -ERANGE above INT64_MAX. */
-int parse_size(const char *s, uint64_t *ret);
 void log_bad_size(const char *what, const char *s, int r);
-/* "64 MiB": three significant digits, 1024-based, like qemu-img. */
-void format_size(uint64_t v, char buf[static 32]);
 int parse_uint(const char *s, unsigned *ret);
 int parse_output(const char *s, OutputMode *ret);
 
 /* ---- small string and file helpers (vdiskctl-util.c) */
 
-/* Length of the valid UTF-8 sequence at s (0 when invalid), its code point
- * in *ret. */
-size_t utf8_next(const unsigned char *s, uint32_t *ret);
 /* A copy of s with every byte that is not valid UTF-8 replaced by U+FFFD
  * (D-Bus strings must be UTF-8; file names need not be). */
 char *utf8_sanitize(const char *s);
 
 /* The file's base name (a pointer into path). */
 const char *path_basename(const char *path);
-/* `name` relative to the directory of `child` (absolute names are kept). */
-int path_relative_to(const char *child, const char *name, char **ret);
 /* The directory part of path ("." when none). */
 int path_dirname(const char *path, char **ret);
 /* "disk/3" for "/org/vdisk/VDisk1/disk/3" (or the path itself). */
@@ -181,30 +172,9 @@ double value_double(const Value *dict, const char *key, double def);
 /* (uuu) geometry; false when missing or all zero. */
 bool value_geometry(const Value *dict, const char *key, uint32_t ret[3]);
 
-/* ---- JSON output (vdiskctl-json.c) */
+/* ---- JSON output (shared/json.h, plus:) */
 
-typedef struct Json {
-        FILE *f;
-        unsigned depth;
-        bool pretty;       /* one member per line, 4-space indent (qemu-img style) */
-        bool need_comma;
-        bool started;
-} Json;
-
-void json_begin(Json *j, FILE *f, bool pretty);
-void json_object_open(Json *j, const char *key);
-void json_object_close(Json *j);
-void json_array_open(Json *j, const char *key);
-void json_array_close(Json *j);
-void json_string(Json *j, const char *key, const char *value);
-void json_uint(Json *j, const char *key, uint64_t value);
-void json_int(Json *j, const char *key, int64_t value);
-void json_double(Json *j, const char *key, double value);
-void json_bool(Json *j, const char *key, bool value);
-void json_null(Json *j, const char *key);
 void json_value(Json *j, const char *key, const Value *v);
-/* Ends the document with a newline. */
-void json_end(Json *j);
 
 /* ---- bus (vdiskctl-bus.c) */
 

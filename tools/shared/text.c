@@ -1,0 +1,167 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/* Text helpers shared by vdisk-img and vdiskctl (see text.h). */
+
+#include <assert.h>
+#include <ctype.h>
+#include <errno.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "macro.h"
+#include "text.h"
+
+int parse_size(const char *s, uint64_t *ret) {
+        const char *p = s;
+        uint64_t integer = 0, unit = 1, result, extra;
+        double fraction = 0;
+        bool hex = false;
+
+        assert(s);
+        assert(ret);
+
+        while (isspace((unsigned char) *p))
+                p++;
+        if (*p == '+')
+                p++;
+
+        if (p[0] == '0' && (p[1] == 'x' || p[1] == 'X')) {
+                hex = true;
+                p += 2;
+                if (!isxdigit((unsigned char) *p))
+                        return -EINVAL;
+                for (; isxdigit((unsigned char) *p); p++) {
+                        unsigned d = isdigit((unsigned char) *p)
+                                             ? (unsigned) (*p - '0')
+                                             : (unsigned) (tolower((unsigned char) *p) - 'a' + 10);
+                        if (MUL_OVERFLOW(integer, 16, &integer) || ADD_OVERFLOW(integer, d, &integer))
+                                return -ERANGE;
+                }
+        } else {
+                if (!isdigit((unsigned char) *p))
+                        return -EINVAL;
+                for (; isdigit((unsigned char) *p); p++)
+                        if (MUL_OVERFLOW(integer, 10, &integer) ||
+                            ADD_OVERFLOW(integer, (uint64_t) (*p - '0'), &integer))
+                                return -ERANGE;
+                if (*p == '.') {
+                        double scale = 0.1;
+
+                        for (p++; isdigit((unsigned char) *p); p++, scale /= 10)
+                                fraction += (*p - '0') * scale;
+                }
+        }
+
+        switch (*p) {
+        case '\0':
+                break;
+        case 'b': case 'B':
+                unit = 1;
+                p++;
+                break;
+        case 'k': case 'K':
+                unit = UINT64_C(1) << 10;
+                p++;
+                break;
+        case 'm': case 'M':
+                unit = UINT64_C(1) << 20;
+                p++;
+                break;
+        case 'g': case 'G':
+                unit = UINT64_C(1) << 30;
+                p++;
+                break;
+        case 't': case 'T':
+                unit = UINT64_C(1) << 40;
+                p++;
+                break;
+        case 'p': case 'P':
+                unit = UINT64_C(1) << 50;
+                p++;
+                break;
+        case 'e': case 'E':
+                unit = UINT64_C(1) << 60;
+                p++;
+                break;
+        default:
+                return -EINVAL;
+        }
+        if (*p != '\0')
+                return -EINVAL;
+        /* A fraction of a byte means nothing. */
+        if (fraction != 0 && unit == 1)
+                return -EINVAL;
+        (void) hex;
+
+        if (MUL_OVERFLOW(integer, unit, &result))
+                return -ERANGE;
+        extra = (uint64_t) (fraction * (double) unit);
+        if (ADD_OVERFLOW(result, extra, &result))
+                return -ERANGE;
+        if (result > INT64_MAX)
+                return -ERANGE;
+
+        *ret = result;
+        return 0;
+}
+
+void format_size(uint64_t v, char buf[static 32]) {
+        static const char *const prefix[] = { "", "Ki", "Mi", "Gi", "Ti", "Pi", "Ei" };
+        double x = (double) v;
+        size_t i = 0;
+
+        /* Three significant digits: move up once four would be needed. */
+        while (i + 1 < ELEMENTSOF(prefix) && x >= 1000.0) {
+                x /= 1024.0;
+                i++;
+        }
+        snprintf(buf, 32, "%.3g %sB", x, prefix[i]);
+}
+
+size_t utf8_next(const unsigned char *s, uint32_t *ret) {
+        size_t len;
+        uint32_t c, min;
+
+        if (s[0] < 0x80) {
+                *ret = s[0];
+                return 1;
+        }
+        if (s[0] >= 0xc2 && s[0] <= 0xdf) {
+                len = 2;
+                c = s[0] & 0x1f;
+                min = 0x80;
+        } else if (s[0] >= 0xe0 && s[0] <= 0xef) {
+                len = 3;
+                c = s[0] & 0x0f;
+                min = 0x800;
+        } else if (s[0] >= 0xf0 && s[0] <= 0xf4) {
+                len = 4;
+                c = s[0] & 0x07;
+                min = 0x10000;
+        } else
+                return 0;
+        for (size_t i = 1; i < len; i++) {
+                if ((s[i] & 0xc0) != 0x80)
+                        return 0;   /* also stops at the terminating NUL */
+                c = (c << 6) | (s[i] & 0x3f);
+        }
+        if (c < min || c > 0x10ffff || (c >= 0xd800 && c <= 0xdfff))
+                return 0;
+        *ret = c;
+        return len;
+}
+
+int path_relative_to(const char *child, const char *name, char **ret) {
+        const char *slash = strrchr(child, '/');
+        char *s;
+
+        if (name[0] == '/' || !slash)
+                s = strdup(name);
+        else if (asprintf(&s, "%.*s%s", (int) (slash - child + 1), child, name) < 0)
+                s = NULL;
+        if (!s)
+                return -ENOMEM;
+        *ret = s;
+        return 0;
+}

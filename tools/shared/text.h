@@ -1,0 +1,19 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/* Text helpers shared by vdisk-img and vdiskctl (no libvdisk, no sd-bus). */
+#pragma once
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* A size as qemu-img takes it: decimal (with an optional fraction when a
+ * suffix follows) or 0x hex, optional suffix b/k/M/G/T/P/E (powers of 1024,
+ * any case). 0, -EINVAL (malformed) or -ERANGE (above INT64_MAX). */
+int parse_size(const char *s, uint64_t *ret);
+/* "1.5 GiB": three significant digits, as qemu-img info prints sizes. */
+void format_size(uint64_t v, char buf[static 32]);
+/* Length of the valid UTF-8 sequence at s (0 when invalid, also at the
+ * terminating NUL of a truncated sequence), its code point in *ret. */
+size_t utf8_next(const unsigned char *s, uint32_t *ret);
+/* `name` as the image `child` names it: relative to child's directory unless
+ * absolute. */
+int path_relative_to(const char *child, const char *name, char **ret);
