@@ -15,6 +15,7 @@
 
 #include "macro.h"
 #include "vdisk/vdisk.h"
+#include "shared/check.h"
 #include "shared/json.h"
 #include "shared/text.h"
 

@@ -316,22 +316,21 @@ finish:
 /* ---------------------------------------------------------------- check and repair */
 
 typedef struct Report {
-        uint64_t corruptions, leaks, check_errors, corruptions_fixed, leaks_fixed;
-        uint64_t total_clusters, allocated_clusters, fragmented_clusters, image_end_offset;
+        CheckCounts n;
         const Value *messages;
 } Report;
 
 static void report_from(const Value *result, Report *ret) {
         *ret = (Report) {
-                .corruptions = value_uint(result, "corruptions", 0),
-                .leaks = value_uint(result, "leaks", 0),
-                .check_errors = value_uint(result, "check-errors", 0),
-                .corruptions_fixed = value_uint(result, "corruptions-fixed", 0),
-                .leaks_fixed = value_uint(result, "leaks-fixed", 0),
-                .total_clusters = value_uint(result, "total-clusters", 0),
-                .allocated_clusters = value_uint(result, "allocated-clusters", 0),
-                .fragmented_clusters = value_uint(result, "fragmented-clusters", 0),
-                .image_end_offset = value_uint(result, "image-end-offset", 0),
+                .n.corruptions = value_uint(result, "corruptions", 0),
+                .n.leaks = value_uint(result, "leaks", 0),
+                .n.check_errors = value_uint(result, "check-errors", 0),
+                .n.corruptions_fixed = value_uint(result, "corruptions-fixed", 0),
+                .n.leaks_fixed = value_uint(result, "leaks-fixed", 0),
+                .n.total_clusters = value_uint(result, "total-clusters", 0),
+                .n.allocated_clusters = value_uint(result, "allocated-clusters", 0),
+                .n.fragmented_clusters = value_uint(result, "fragmented-clusters", 0),
+                .n.image_end_offset = value_uint(result, "image-end-offset", 0),
                 .messages = value_get(result, "messages"),
         };
 }
@@ -339,10 +338,10 @@ static void report_from(const Value *result, Report *ret) {
 /* As vdisk-img: the statistics qemu-img's check shows for the format. */
 static void report_hide_stats(Report *rep, const char *qemu_format) {
         if (streq(qemu_format, "vdi") || streq(qemu_format, "vhdx") || streq(qemu_format, "vmdk")) {
-                rep->image_end_offset = 0;
-                rep->total_clusters = rep->allocated_clusters = rep->fragmented_clusters = 0;
+                rep->n.image_end_offset = 0;
+                rep->n.total_clusters = rep->n.allocated_clusters = rep->n.fragmented_clusters = 0;
         } else if (streq(qemu_format, "qed"))
-                rep->image_end_offset = 0;
+                rep->n.image_end_offset = 0;
 }
 
 static void report_messages(const Report *rep, FILE *f) {
@@ -356,75 +355,13 @@ static void report_messages(const Report *rep, FILE *f) {
 }
 
 static int report_exit(const Report *rep) {
-        if (rep->check_errors)
+        if (rep->n.check_errors)
                 return CHECK_EXIT_ERROR;
-        if (rep->corruptions)
+        if (rep->n.corruptions)
                 return CHECK_EXIT_CORRUPT;
-        if (rep->leaks)
+        if (rep->n.leaks)
                 return CHECK_EXIT_LEAKS;
         return EXIT_OK;
-}
-
-static void check_print_human(const Report *rep, const Report *fixed) {
-        if (fixed && (fixed->corruptions_fixed || fixed->leaks_fixed))
-                printf("The following inconsistencies were found and repaired:\n\n"
-                       "    %" PRIu64 " leaked clusters\n"
-                       "    %" PRIu64 " corruptions\n\n"
-                       "Double checking the fixed image now...\n",
-                       fixed->leaks_fixed, fixed->corruptions_fixed);
-        if (!rep->corruptions && !rep->leaks && !rep->check_errors)
-                printf("No errors were found on the image.\n");
-        else {
-                if (rep->corruptions)
-                        printf("\n%" PRIu64 " errors were found on the image.\n"
-                               "Data may be corrupted, or further writes to the image may corrupt it.\n",
-                               rep->corruptions);
-                if (rep->leaks)
-                        printf("\n%" PRIu64 " leaked clusters were found on the image.\n"
-                               "This means waste of disk space, but no harm to data.\n",
-                               rep->leaks);
-                if (rep->check_errors)
-                        printf("\n%" PRIu64 " internal errors have occurred during the check.\n",
-                               rep->check_errors);
-        }
-        if (rep->total_clusters && rep->allocated_clusters)
-                printf("%" PRIu64 "/%" PRIu64
-                       " = %0.2f%% allocated, %0.2f%% fragmented, 0.00%% compressed clusters\n",
-                       rep->allocated_clusters, rep->total_clusters,
-                       (double) rep->allocated_clusters * 100.0 / (double) rep->total_clusters,
-                       (double) rep->fragmented_clusters * 100.0 / (double) rep->allocated_clusters);
-        if (rep->image_end_offset)
-                printf("Image end offset: %" PRIu64 "\n", rep->image_end_offset);
-}
-
-static void check_print_json(const Report *rep, const Report *fixed, const char *file, const char *format) {
-        uint64_t cfixed = fixed ? fixed->corruptions_fixed : 0, lfixed = fixed ? fixed->leaks_fixed : 0;
-        Json j;
-
-        /* qemu-img's ImageCheck: counters that are 0 are left out. */
-        json_begin(&j, stdout, true);
-        json_object_open(&j, NULL);
-        if (rep->image_end_offset)
-                json_uint(&j, "image-end-offset", rep->image_end_offset);
-        if (rep->total_clusters)
-                json_uint(&j, "total-clusters", rep->total_clusters);
-        if (rep->corruptions)
-                json_uint(&j, "corruptions", rep->corruptions);
-        if (cfixed)
-                json_uint(&j, "corruptions-fixed", cfixed);
-        json_uint(&j, "check-errors", rep->check_errors);
-        if (rep->leaks)
-                json_uint(&j, "leaks", rep->leaks);
-        if (lfixed)
-                json_uint(&j, "leaks-fixed", lfixed);
-        if (rep->allocated_clusters)
-                json_uint(&j, "allocated-clusters", rep->allocated_clusters);
-        json_string(&j, "filename", file);
-        json_string(&j, "format", format);
-        if (rep->fragmented_clusters)
-                json_uint(&j, "fragmented-clusters", rep->fragmented_clusters);
-        json_object_close(&j);
-        json_end(&j);
 }
 
 typedef enum CheckMode {
@@ -564,7 +501,7 @@ int cmd_check(Ctx *ctx, int argc, char **argv) {
         r = check_once(ctx, &chain, mode, progress_wanted(false), &result);
         if (r == 0 && mode != CHECK_ONLY) {
                 report_from(&result, &fixed);
-                if (fixed.corruptions_fixed || fixed.leaks_fixed) {
+                if (fixed.n.corruptions_fixed || fixed.n.leaks_fixed) {
                         /* As qemu-img: describe the image as it is now. */
                         have_fixed = true;
                         fixed_result = result;
@@ -590,12 +527,12 @@ int cmd_check(Ctx *ctx, int argc, char **argv) {
         report_hide_stats(&rep, chain.elems[chain.n - 1].qemu_format);
         if (!arg_quiet) {
                 if (arg_output == OUTPUT_JSON)
-                        check_print_json(&rep, have_fixed ? &fixed : NULL, file,
+                        check_print_json(&rep.n, have_fixed ? &fixed.n : NULL, file,
                                          chain.elems[chain.n - 1].qemu_format);
                 else
-                        check_print_human(&rep, have_fixed ? &fixed : NULL);
+                        check_print_human(&rep.n, have_fixed ? &fixed.n : NULL);
         }
-        if (rep.check_errors)
+        if (rep.n.check_errors)
                 log_error("Check failed");
         ex = report_exit(&rep);
 
@@ -634,7 +571,7 @@ int cmd_repair(Ctx *ctx, int argc, char **argv) {
         }
         report_from(&result, &rep);
         now = rep;
-        if (!dry_run && (rep.corruptions_fixed || rep.leaks_fixed)) {
+        if (!dry_run && (rep.n.corruptions_fixed || rep.n.leaks_fixed)) {
                 r = check_once(ctx, &chain, CHECK_ONLY, progress_wanted(false), &after);
                 if (r != 0) {
                         ex = r == EXIT_CANCELLED ? r : CHECK_EXIT_ERROR;
@@ -645,21 +582,21 @@ int cmd_repair(Ctx *ctx, int argc, char **argv) {
 
         if (!arg_quiet) {
                 report_messages(&rep, stdout);
-                if (dry_run && !rep.corruptions && !rep.leaks)
+                if (dry_run && !rep.n.corruptions && !rep.n.leaks)
                         printf("No errors were found on the image.\n");
                 else if (dry_run)
                         printf("%" PRIu64 " corruptions and %" PRIu64
                                " leaked clusters found; a repair would fix "
                                "%" PRIu64 " and %" PRIu64 " of them (dry run, nothing changed).\n",
-                               rep.corruptions, rep.leaks, rep.corruptions_fixed, rep.leaks_fixed);
-                else if (rep.corruptions_fixed || rep.leaks_fixed)
+                               rep.n.corruptions, rep.n.leaks, rep.n.corruptions_fixed, rep.n.leaks_fixed);
+                else if (rep.n.corruptions_fixed || rep.n.leaks_fixed)
                         printf("Repaired %" PRIu64 " corruptions and %" PRIu64 " leaked clusters.\n",
-                               rep.corruptions_fixed, rep.leaks_fixed);
+                               rep.n.corruptions_fixed, rep.n.leaks_fixed);
                 else
                         printf("No repairs were needed.\n");
-                if (!dry_run && (now.corruptions || now.leaks))
+                if (!dry_run && (now.n.corruptions || now.n.leaks))
                         printf("%" PRIu64 " corruptions and %" PRIu64 " leaked clusters remain.\n",
-                               now.corruptions, now.leaks);
+                               now.n.corruptions, now.n.leaks);
         }
         ex = report_exit(&now);
 

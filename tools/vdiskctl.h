@@ -18,6 +18,7 @@
 #include <systemd/sd-bus.h>
 
 #include "macro.h"
+#include "shared/check.h"
 #include "shared/json.h"
 #include "shared/text.h"
 

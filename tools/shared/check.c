@@ -1,0 +1,75 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/* The check report as qemu-img check prints it (see check.h). */
+
+#include <inttypes.h>
+#include <stdio.h>
+
+#include "check.h"
+#include "json.h"
+
+void check_print_human(const CheckCounts *rep, const CheckCounts *fixed) {
+        if (fixed && (fixed->corruptions_fixed || fixed->leaks_fixed))
+                printf("The following inconsistencies were found and repaired:\n\n"
+                       "    %" PRIu64 " leaked clusters\n"
+                       "    %" PRIu64 " corruptions\n\n"
+                       "Double checking the fixed image now...\n",
+                       fixed->leaks_fixed, fixed->corruptions_fixed);
+
+        if (!rep->corruptions && !rep->leaks && !rep->check_errors)
+                printf("No errors were found on the image.\n");
+        else {
+                if (rep->corruptions)
+                        printf("\n%" PRIu64 " errors were found on the image.\n"
+                               "Data may be corrupted, or further writes to the image may corrupt it.\n",
+                               rep->corruptions);
+                if (rep->leaks)
+                        printf("\n%" PRIu64 " leaked clusters were found on the image.\n"
+                               "This means waste of disk space, but no harm to data.\n",
+                               rep->leaks);
+                if (rep->check_errors)
+                        printf("\n%" PRIu64 " internal errors have occurred during the check.\n",
+                               rep->check_errors);
+        }
+
+        if (rep->total_clusters && rep->allocated_clusters)
+                printf("%" PRIu64 "/%" PRIu64 " = %0.2f%% allocated, %0.2f%% fragmented, "
+                       "%0.2f%% compressed clusters\n",
+                       rep->allocated_clusters, rep->total_clusters,
+                       (double) rep->allocated_clusters * 100.0 / (double) rep->total_clusters,
+                       (double) rep->fragmented_clusters * 100.0 / (double) rep->allocated_clusters,
+                       0.0);
+        if (rep->image_end_offset)
+                printf("Image end offset: %" PRIu64 "\n", rep->image_end_offset);
+}
+
+void check_print_json(const CheckCounts *rep, const CheckCounts *fixed, const char *filename,
+                      const char *format) {
+        uint64_t corruptions_fixed = fixed ? fixed->corruptions_fixed : 0;
+        uint64_t leaks_fixed = fixed ? fixed->leaks_fixed : 0;
+        Json w;
+
+        /* Keys in qemu-img's order; counters that are 0 are left out. */
+        json_begin(&w, stdout, true);
+        json_object_open(&w, NULL);
+        if (rep->image_end_offset)
+                json_uint(&w, "image-end-offset", rep->image_end_offset);
+        if (rep->total_clusters)
+                json_uint(&w, "total-clusters", rep->total_clusters);
+        if (rep->corruptions)
+                json_uint(&w, "corruptions", rep->corruptions);
+        if (corruptions_fixed)
+                json_uint(&w, "corruptions-fixed", corruptions_fixed);
+        json_uint(&w, "check-errors", rep->check_errors);
+        if (rep->leaks)
+                json_uint(&w, "leaks", rep->leaks);
+        if (leaks_fixed)
+                json_uint(&w, "leaks-fixed", leaks_fixed);
+        if (rep->allocated_clusters)
+                json_uint(&w, "allocated-clusters", rep->allocated_clusters);
+        json_string(&w, "filename", filename);
+        json_string(&w, "format", format);
+        if (rep->fragmented_clusters)
+                json_uint(&w, "fragmented-clusters", rep->fragmented_clusters);
+        json_object_close(&w);
+        json_end(&w);
+}
