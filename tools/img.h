@@ -17,6 +17,7 @@
 #include "vdisk/vdisk.h"
 #include "shared/check.h"
 #include "shared/json.h"
+#include "shared/optlist.h"
 #include "shared/text.h"
 
 #define PROGRAM_NAME "vdisk-img"
@@ -113,21 +114,6 @@ int same_file(const char *a, const char *b);
 
 /* Validates a qemu cache mode name (-t / -T). */
 bool cache_mode_valid(const char *mode);
-
-/* ---- -o options (img-create.c) */
-
-typedef struct OptList {
-        char **kv;      /* alternating keys and values, NULL-terminated */
-        size_t n;       /* number of pairs */
-        bool help;      /* "help" or "?" was given */
-} OptList;
-
-/* Parses one -o argument ("k=v,k2=v2", ",," escapes a comma); a key given
- * again replaces the earlier value. */
-int optlist_parse(OptList *l, const char *arg);
-const char *optlist_get(const OptList *l, const char *key);
-int optlist_remove(OptList *l, const char *key);
-void optlist_done(OptList *l);
 
 /* ---- output format (--output) */
 

@@ -21,108 +21,6 @@
 
 /* ---------------------------------------------------------------- -o options */
 
-typedef struct OptList {
-        char **keys, **values;
-        size_t n;
-        bool help;
-} OptList;
-
-static void optlist_done(OptList *l) {
-        for (size_t i = 0; i < l->n; i++) {
-                free(l->keys[i]);
-                free(l->values[i]);
-        }
-        free(l->keys);
-        free(l->values);
-        *l = (OptList) {};
-}
-
-static const char *optlist_get(const OptList *l, const char *key) {
-        for (size_t i = 0; i < l->n; i++)
-                if (streq(l->keys[i], key))
-                        return l->values[i];
-        return NULL;
-}
-
-/* Sets key to value (len bytes, ",," unescaped); a key given again replaces
- * the earlier value. */
-static int optlist_set(OptList *l, const char *key, size_t key_len, const char *value, size_t len) {
-        _cleanup_free_ char *k = strndup(key, key_len), *v = malloc(len + 1);
-        char **keys, **values;
-        size_t j = 0;
-
-        if (!k || !v)
-                return -ENOMEM;
-        for (size_t i = 0; i < len; i++) {
-                v[j++] = value[i];
-                if (value[i] == ',' && i + 1 < len && value[i + 1] == ',')
-                        i++;
-        }
-        v[j] = '\0';
-
-        for (size_t i = 0; i < l->n; i++)
-                if (streq(l->keys[i], k)) {
-                        free(l->values[i]);
-                        l->values[i] = TAKE_PTR(v);
-                        return 0;
-                }
-        keys = realloc(l->keys, (l->n + 1) * sizeof(char *));
-        if (!keys)
-                return -ENOMEM;
-        l->keys = keys;
-        values = realloc(l->values, (l->n + 1) * sizeof(char *));
-        if (!values)
-                return -ENOMEM;
-        l->values = values;
-        keys[l->n] = TAKE_PTR(k);
-        values[l->n] = TAKE_PTR(v);
-        l->n++;
-        return 0;
-}
-
-/* "k=v,k2=v2" as qemu-img takes it: ",," is a comma inside a value, a bare
- * key means key=on, "help" or "?" asks for the list of options. */
-static int optlist_parse(OptList *l, const char *arg) {
-        const char *p = arg;
-        int r;
-
-        while (*p) {
-                const char *start = p, *eq = NULL;
-                size_t len;
-
-                for (; *p; p++) {
-                        if (*p == ',') {
-                                if (p[1] != ',')
-                                        break;
-                                p++;
-                                continue;
-                        }
-                        if (*p == '=' && !eq)
-                                eq = p;
-                }
-                len = (size_t) (p - start);
-                if (len > 0) {
-                        if (eq == start)
-                                return -EINVAL;
-                        if (!eq &&
-                            ((len == 4 && strncmp(start, "help", 4) == 0) || (len == 1 && *start == '?')))
-                                l->help = true;
-                        else {
-                                if (eq)
-                                        r = optlist_set(l, start, (size_t) (eq - start), eq + 1,
-                                                        (size_t) (p - eq - 1));
-                                else
-                                        r = optlist_set(l, start, len, "on", 2);
-                                if (r < 0)
-                                        return r;
-                        }
-                }
-                if (*p == ',')
-                        p++;
-        }
-        return 0;
-}
-
 /* Options whose values are sizes: normalized to bytes like vdisk-img does. */
 static bool key_is_size(const char *key) {
         static const char *const size_keys[] = {
@@ -186,26 +84,25 @@ static int create_opts_check(OptList *l, const Value *info, const char *file, Cr
                 }
         }
         for (size_t i = 0; i < l->n; i++) {
-                if (key_is_ours(l->keys[i]))
+                if (key_is_ours(optlist_key(l, i)))
                         continue;
-                if (!backend_takes(info, l->keys[i])) {
-                        log_error("%s: Invalid parameter '%s'", file, l->keys[i]);
+                if (!backend_takes(info, optlist_key(l, i))) {
+                        log_error("%s: Invalid parameter '%s'", file, optlist_key(l, i));
                         return EXIT_USAGE;
                 }
-                if (key_is_size(l->keys[i])) {
+                if (key_is_size(optlist_key(l, i))) {
                         uint64_t v;
                         char *s;
 
-                        if (parse_size(l->values[i], &v) < 0) {
-                                log_error("%s: Parameter '%s' expects a size", file, l->keys[i]);
+                        if (parse_size(optlist_value(l, i), &v) < 0) {
+                                log_error("%s: Parameter '%s' expects a size", file, optlist_key(l, i));
                                 return EXIT_USAGE;
                         }
                         if (asprintf(&s, "%" PRIu64, v) < 0) {
                                 log_error("Out of memory");
                                 return EXIT_FAILURE;
                         }
-                        free(l->values[i]);
-                        l->values[i] = s;
+                        optlist_replace_value(l, i, s);
                 }
                 ret->n_format_options++;
         }
@@ -228,9 +125,9 @@ static int append_create_opts(sd_bus_message *m, const CreateOpts *o) {
         if (r >= 0)
                 r = sd_bus_message_open_container(m, 'a', "{ss}");
         for (size_t i = 0; r >= 0 && i < o->format_options->n; i++)
-                if (!key_is_ours(o->format_options->keys[i]))
-                        r = sd_bus_message_append(m, "{ss}", o->format_options->keys[i],
-                                                  o->format_options->values[i]);
+                if (!key_is_ours(optlist_key(o->format_options, i)))
+                        r = sd_bus_message_append(m, "{ss}", optlist_key(o->format_options, i),
+                                                  optlist_value(o->format_options, i));
         if (r >= 0)
                 r = sd_bus_message_close_container(m);
         if (r >= 0)
@@ -467,9 +364,10 @@ int cmd_create(Ctx *ctx, int argc, char **argv) {
                 if (!copts.variant && streq(value_str(info, "qemu-name", ""), "vdi"))
                         printf(" static=off");
                 for (size_t i = 0; i < opts.n; i++)
-                        if (!streq(opts.keys[i], "size") && !streq(opts.keys[i], "backing_file") &&
-                            !streq(opts.keys[i], "backing_fmt"))
-                                printf(" %s=%s", opts.keys[i], opts.values[i]);
+                        if (!streq(optlist_key(&opts, i), "size") &&
+                            !streq(optlist_key(&opts, i), "backing_file") &&
+                            !streq(optlist_key(&opts, i), "backing_fmt"))
+                                printf(" %s=%s", optlist_key(&opts, i), optlist_value(&opts, i));
                 putchar('\n');
                 fflush(stdout);
         }

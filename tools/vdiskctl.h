@@ -20,6 +20,7 @@
 #include "macro.h"
 #include "shared/check.h"
 #include "shared/json.h"
+#include "shared/optlist.h"
 #include "shared/text.h"
 
 #define PROGRAM_NAME "vdiskctl"
