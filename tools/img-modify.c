@@ -294,9 +294,10 @@ int cmd_resize(int argc, char **argv) {
                 { "preallocation", required_argument, NULL, ARG_PREALLOCATION },
                 {}
         };
-        const char *fmt = NULL, *size_arg = NULL, *p;
-        bool quiet = false, shrink = false, relative = false, minus = false;
-        uint64_t cur, value, new_size;
+        const char *fmt = NULL, *size_arg = NULL;
+        bool quiet = false, shrink = false;
+        uint64_t cur, new_size;
+        SizeChange change;
         ProgressBar bar = {};
         Img img = {};
         int c, r, ex = EXIT_ERROR;
@@ -332,13 +333,7 @@ int cmd_resize(int argc, char **argv) {
         else if (!size_arg || argc - optind != 1)
                 return usage_error("Expecting image file name and size");
 
-        p = size_arg;
-        if (*p == '+' || *p == '-') {
-                relative = true;
-                minus = *p == '-';
-                p++;
-        }
-        if (parse_size(p, &value) < 0) {
+        if (parse_size_change(size_arg, &change) < 0) {
                 log_error("Parameter 'size' expects a non-negative number below 2^64");
                 log_error("Optional suffix k, M, G, T, P or E means kilo-, mega-, giga-, tera-, peta-");
                 log_error("and exabytes, respectively.");
@@ -350,16 +345,9 @@ int cmd_resize(int argc, char **argv) {
                 return EXIT_ERROR;
 
         cur = vdisk_disk_size(img.disk);
-        if (!relative)
-                new_size = value;
-        else if (minus)
-                new_size = value >= cur ? 0 : cur - value;
-        else if (ADD_OVERFLOW(cur, value, &new_size) || new_size > INT64_MAX) {
-                log_error("Image size too large");
-                goto finish;
-        }
-        if (new_size == 0) {
-                log_error("New image size must be positive");
+        r = size_change_apply(&change, cur, &new_size);
+        if (r < 0) {
+                log_error(r == -EFBIG ? "Image size too large" : "New image size must be positive");
                 goto finish;
         }
         if (new_size < cur && !shrink) {

@@ -855,9 +855,10 @@ int cmd_resize(Ctx *ctx, int argc, char **argv) {
         _cleanup_bus_error_ sd_bus_error error = SD_BUS_ERROR_NULL;
         _cleanup_msg_ sd_bus_message *m = NULL;
         _cleanup_value_ Value props = {};
-        const char *fmt = NULL, *size_arg = NULL, *p, *file;
-        bool shrink = false, relative = false, minus = false;
-        uint64_t value, cur, new_size;
+        const char *fmt = NULL, *size_arg = NULL, *file;
+        bool shrink = false;
+        uint64_t cur, new_size;
+        SizeChange change;
         Chain chain = {};
         OpWatch w = {};
         int c, r, ex = EXIT_FAILURE;
@@ -887,13 +888,7 @@ int cmd_resize(Ctx *ctx, int argc, char **argv) {
                 return usage_error("resize needs an image file name and a size");
         file = argv[optind];
 
-        p = size_arg;
-        if (*p == '+' || *p == '-') {
-                relative = true;
-                minus = *p == '-';
-                p++;
-        }
-        r = parse_size(p, &value);
+        r = parse_size_change(size_arg, &change);
         if (r < 0) {
                 log_bad_size("size", size_arg, r);
                 return EXIT_USAGE;
@@ -908,16 +903,10 @@ int cmd_resize(Ctx *ctx, int argc, char **argv) {
                 goto finish;
         }
         cur = value_uint(&props, "Size", 0);
-        if (!relative)
-                new_size = value;
-        else if (minus)
-                new_size = value >= cur ? 0 : cur - value;
-        else if (ADD_OVERFLOW(cur, value, &new_size) || new_size > INT64_MAX) {
-                log_error("%s: Image size too large", file);
-                goto finish;
-        }
-        if (new_size == 0) {
-                log_error("%s: New image size must be positive", file);
+        r = size_change_apply(&change, cur, &new_size);
+        if (r < 0) {
+                log_error("%s: %s", file,
+                          r == -EFBIG ? "Image size too large" : "New image size must be positive");
                 goto finish;
         }
         if (chain.guessed_raw && new_size < 512) {

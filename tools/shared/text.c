@@ -165,3 +165,31 @@ int path_relative_to(const char *child, const char *name, char **ret) {
         *ret = s;
         return 0;
 }
+
+int parse_size_change(const char *s, SizeChange *ret) {
+        SizeChange c = {};
+        int r;
+
+        if (*s == '+' || *s == '-')
+                c.sign = *s++ == '-' ? -1 : 1;
+        r = parse_size(s, &c.value);
+        if (r < 0)
+                return r;
+        *ret = c;
+        return 0;
+}
+
+int size_change_apply(const SizeChange *c, uint64_t cur, uint64_t *ret) {
+        uint64_t n;
+
+        if (c->sign == 0)
+                n = c->value;
+        else if (c->sign < 0)
+                n = c->value >= cur ? 0 : cur - c->value;
+        else if (ADD_OVERFLOW(cur, c->value, &n) || n > INT64_MAX)
+                return -EFBIG;
+        if (n == 0)
+                return -EINVAL;
+        *ret = n;
+        return 0;
+}

@@ -9,6 +9,16 @@
  * suffix follows) or 0x hex, optional suffix b/k/M/G/T/P/E (powers of 1024,
  * any case). 0, -EINVAL (malformed) or -ERANGE (above INT64_MAX). */
 int parse_size(const char *s, uint64_t *ret);
+/* A resize argument as qemu-img resize takes it: SIZE, +SIZE or -SIZE. */
+typedef struct SizeChange {
+        uint64_t value;
+        int sign;          /* 0 absolute, +1 grow by, -1 shrink by */
+} SizeChange;
+/* 0, or parse_size()'s error. */
+int parse_size_change(const char *s, SizeChange *ret);
+/* The new size for a current size `cur`: -EFBIG above INT64_MAX, -EINVAL for 0
+ * (shrinking by more than the size gives 0 too). */
+int size_change_apply(const SizeChange *c, uint64_t cur, uint64_t *ret);
 /* "1.5 GiB": three significant digits, as qemu-img info prints sizes. */
 void format_size(uint64_t v, char buf[static 32]);
 /* Length of the valid UTF-8 sequence at s (0 when invalid, also at the
