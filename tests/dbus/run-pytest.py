@@ -30,6 +30,34 @@ for var in ('VDISKD', 'VDISKCTL', 'VDISK_IMG', 'VDISK_AUDIT_SHIM', 'VDISK_FAKE_U
 
 import pytest  # noqa: E402
 
+
+def stage_binaries():
+    """The daemon and the shims it preloads run as other uids, which may not
+    be able to enter the build tree (a clone in a mode-0700 mktemp directory,
+    as CI makes). Copies them, with the libvdisk that vdiskd's $ORIGIN/../lib
+    runpath names, into a world-readable directory and points the variables
+    there. Returns the directory (removed at exit)."""
+    import atexit
+    import tempfile
+    stage = tempfile.mkdtemp(prefix='vdisk-dbus-bin-')
+    atexit.register(shutil.rmtree, stage, ignore_errors=True)
+    os.chmod(stage, 0o755)
+    for sub in ('bin', 'lib'):
+        os.mkdir(os.path.join(stage, sub), 0o755)
+    vdiskd = os.environ['VDISKD']
+    lib = os.path.join(os.path.dirname(os.path.dirname(vdiskd)), 'lib', 'libvdisk.so.0')
+    if os.path.exists(lib):
+        shutil.copy(lib, os.path.join(stage, 'lib', 'libvdisk.so.0'))   # follows the symlink
+    for var in ('VDISKD', 'VDISKCTL', 'VDISK_IMG', 'VDISK_AUDIT_SHIM', 'VDISK_FAKE_USERS_SHIM'):
+        dest = os.path.join(stage, 'bin', os.path.basename(os.environ[var]))
+        shutil.copy(os.environ[var], dest)
+        os.chmod(dest, 0o755)
+        os.environ[var] = dest
+    return stage
+
+
+stage_binaries()
+
 here = os.path.dirname(os.path.abspath(__file__))
 args = ['-q', '-p', 'no:cacheprovider', '-o', 'console_output_style=classic', '-rfEs',
         '--rootdir', here] + sys.argv[1:]
