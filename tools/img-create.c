@@ -627,7 +627,7 @@ int cmd_convert(int argc, char **argv) {
         _cleanup_free_ char **lib_opts = NULL, *backing_path = NULL;
         const vdisk_backend_info *out_info;
         bool quiet = false, progress = false, no_create = false, target_is_zero = false, created = false,
-             unsafe = false;
+             unsafe = false, cached = false;
         uint64_t sparse = 4096, new_size = 0;
         ProgressBar bar = {};
         Img src = {}, existing = {}, parent = {};
@@ -685,9 +685,13 @@ int cmd_convert(int argc, char **argv) {
                                 log_error("Invalid cache option: %s", optarg);
                                 return EXIT_ERROR;
                         }
-                        /* -t unsafe: like qemu-img, the output is not flushed to the disk. */
-                        if (c == 't')
+                        /* -t unsafe: like qemu-img, the output is not flushed to the disk.
+                         * -t writeback/writethrough: written through the page cache and
+                         * flushed once. Default, none, directsync: large writes go direct. */
+                        if (c == 't') {
                                 unsafe = streq(optarg, "unsafe");
+                                cached = unsafe || streq(optarg, "writeback") || streq(optarg, "writethrough");
+                        }
                         break;
                 case 'm':
                 case 'r':
@@ -848,7 +852,7 @@ int cmd_convert(int argc, char **argv) {
 
         vdisk_clear_error();
         r = vdisk_io_open_path(out, VDISK_PATH_WRITE | VDISK_PATH_CREATE | VDISK_PATH_TRUNC |
-                               (unsafe ? VDISK_PATH_NOSYNC : 0), &out_io);
+                               (unsafe ? VDISK_PATH_NOSYNC : 0) | (cached ? 0 : VDISK_PATH_DIRECT), &out_io);
         if (r < 0) {
                 progress_bar_done(&bar, false);
                 log_error("%s: Could not create the file: %s", out, error_detail(r));

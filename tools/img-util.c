@@ -319,7 +319,7 @@ int img_open(const char *filename, const char *fmt, uint32_t flags, Img *ret) {
         }
 
         vdisk_clear_error();
-        r = vdisk_io_open_path(filename, writable ? VDISK_PATH_WRITE : VDISK_PATH_READ, &io);
+        r = vdisk_io_open_path(filename, writable ? VDISK_PATH_WRITE | VDISK_PATH_DIRECT : VDISK_PATH_READ, &io);
         if (r < 0) {
                 LOG("Could not open '%s': %s", filename, error_detail(r));
                 return r;

@@ -1010,7 +1010,7 @@ static int vdi_defrag(vdi_state *s, vdisk_progress *p) {
         n = s->n_live;
         buf_size = MIN(s->h.block_size, VDI_IO_CHUNK);
         _cleanup_free_ vdi_move *moves = malloc(VDI_MOVE_BATCH * sizeof(vdi_move));
-        _cleanup_free_ uint8_t *buf = malloc(buf_size);
+        _cleanup_free_ uint8_t *buf = buf_alloc(buf_size);
         if (!moves || !buf)
                 return -ENOMEM;
 
@@ -1160,7 +1160,7 @@ static int vdi_grow_relocate(vdi_state *s, uint64_t new_size, uint32_t new_block
         if (moving > 0) {
                 buf_size = MIN(s->h.block_size, VDI_IO_CHUNK);
                 _cleanup_free_ vdi_move *moves = malloc(moving * sizeof(vdi_move));
-                _cleanup_free_ uint8_t *buf = malloc(buf_size);
+                _cleanup_free_ uint8_t *buf = buf_alloc(buf_size);
                 if (!moves || !buf)
                         return -ENOMEM;
 
@@ -1441,7 +1441,7 @@ static int vdi_compact(void *state, compact_fn fn, void *ctx, vdisk_progress *p)
         if (r < 0)
                 return r;
 
-        _cleanup_free_ uint8_t *buf = malloc(buf_size);
+        _cleanup_free_ uint8_t *buf = buf_alloc(buf_size);
         verdicts = bitmap_new((uint64_t) s->h.n_blocks * 2);
         if (!buf || !verdicts)
                 return vdisk_error(-ENOMEM, "out of memory");

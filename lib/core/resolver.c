@@ -44,14 +44,14 @@ static int path_open_name(void *user, const char *name, const char *child_name, 
         if (!name || !name[0])
                 return vdisk_error(-EINVAL, "empty parent file name");
         if (name[0] == '/')
-                return vdisk_io_open_path(name, writable ? VDISK_PATH_WRITE : 0, ret);
+                return vdisk_io_open_path(name, writable ? VDISK_PATH_WRITE | VDISK_PATH_DIRECT : 0, ret);
         dir = dir_of(child_name);
         if (!dir)
                 return vdisk_error(-ENOMEM, "out of memory");
         full = strdup_printf("%s/%s", dir, name);
         if (!full)
                 return vdisk_error(-ENOMEM, "out of memory");
-        return vdisk_io_open_path(full, writable ? VDISK_PATH_WRITE : 0, ret);
+        return vdisk_io_open_path(full, writable ? VDISK_PATH_WRITE | VDISK_PATH_DIRECT : 0, ret);
 }
 
 static bool has_extension(const char *name, const char *const *exts) {
@@ -126,7 +126,7 @@ static int reopen_writable(vdisk_io **io, const struct stat *st) {
         if (!S_ISREG(st2.st_mode) || st2.st_dev != st->st_dev || st2.st_ino != st->st_ino)
                 return vdisk_error(-ESTALE, "'%s' was replaced while it was being opened", vdisk_io_name(*io));
         (void) fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK);
-        r = vdisk_io_new_fd(fd, vdisk_io_name(*io), VDISK_IO_OWN_FD, &rw);
+        r = vdisk_io_new_fd(fd, vdisk_io_name(*io), VDISK_IO_OWN_FD | VDISK_IO_DIRECT, &rw);
         if (r < 0)
                 return r;
         TAKE_FD(fd);

@@ -130,7 +130,7 @@ static int cow_fill(vdisk_disk *d, unsigned level, uint64_t from, uint64_t to, u
                         return 0;
                 return io_write_zeroes(img->io, host, to - from);
         }
-        buf = malloc(MIN(to - from, (uint64_t) COW_CHUNK));
+        buf = buf_alloc((size_t) MIN(to - from, (uint64_t) COW_CHUNK));
         if (!buf)
                 return vdisk_error(-ENOMEM, "out of memory");
         while (from < to) {
@@ -244,7 +244,7 @@ int rw_is_zero(vdisk_disk *d, int level, uint64_t offset, uint64_t len, bool *re
                         return r;
                 if (!(e.flags & VDISK_EXTENT_ZERO)) {
                         size_t n = (size_t) MIN(e.length, (uint64_t) COW_CHUNK);
-                        if (!buf && !(buf = malloc(COW_CHUNK)))
+                        if (!buf && !(buf = buf_alloc(COW_CHUNK)))
                                 return vdisk_error(-ENOMEM, "out of memory");
                         r = rw_read(d, (unsigned) level, buf, n, offset);
                         if (r < 0)

@@ -2,6 +2,7 @@
 /* vdisk_io over a file descriptor: pread/pwrite, fdatasync, fallocate. */
 #include <fcntl.h>
 #include <linux/falloc.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -12,9 +13,22 @@
 typedef struct fd_io {
         int fd;
         int own;
-        uint64_t unsynced;      /* bytes written since writeback was last started */
+        int dfd;                /* the same file opened O_DIRECT (VDISK_IO_DIRECT), or -1 */
+        uint64_t unsynced;      /* bytes written through the page cache since writeback was last started */
         int nosync;             /* VDISK_IO_NOSYNC: flushes are skipped, so is early writeback */
 } fd_io;
+
+/* Direct writes. A durable bulk write through the page cache costs a copy
+ * into the cache and then the kernel's writeback; O_DIRECT hands the pages to
+ * the disk instead, which on the machines we measured is 2-4x faster for the
+ * same durability (docs/performance.md). Only large writes whose buffer,
+ * offset and length are aligned go direct; everything else (headers, tables,
+ * the 4 KiB pages of a sparse block) goes through the page cache, where small
+ * writes are cheap and get merged. Mixing the two on one file is coherent:
+ * the kernel writes back and drops cached pages in the range of a direct
+ * write. DIRECT_ALIGN is the strictest alignment Linux file systems ask for. */
+#define DIRECT_ALIGN 4096u
+#define DIRECT_MIN (128u << 10)
 
 /* Large copies end in one flush. To keep that flush short, writeback is
  * started (not waited for) every WRITEBACK_STEP bytes, so the disk works
@@ -41,15 +55,28 @@ static int fd_pread(void *u, void *buf, size_t len, uint64_t off) {
         return 0;
 }
 
+static bool direct_ok(const fd_io *f, const void *p, size_t len, uint64_t off) {
+        return f->dfd >= 0 && len >= DIRECT_MIN &&
+               ((uintptr_t) p | len | off) % DIRECT_ALIGN == 0;
+}
+
 static int fd_pwrite(void *u, const void *buf, size_t len, uint64_t off) {
         fd_io *f = u;
         const uint8_t *p = buf;
 
         while (len > 0) {
-                ssize_t n = pwrite(f->fd, p, len, (off_t) off);
+                bool direct = direct_ok(f, p, len, off);
+                ssize_t n = pwrite(direct ? f->dfd : f->fd, p, len, (off_t) off);
                 if (n < 0) {
                         if (errno == EINTR)
                                 continue;
+                        if (direct && errno == EINVAL) {
+                                /* The file system wants another alignment:
+                                 * go on through the page cache. */
+                                close(f->dfd);
+                                f->dfd = -1;
+                                continue;
+                        }
                         return -errno;
                 }
                 if (n == 0)
@@ -57,7 +84,8 @@ static int fd_pwrite(void *u, const void *buf, size_t len, uint64_t off) {
                 p += n;
                 off += (uint64_t) n;
                 len -= (size_t) n;
-                f->unsynced += (uint64_t) n;
+                if (!direct)
+                        f->unsynced += (uint64_t) n;
         }
         if (f->unsynced >= WRITEBACK_STEP && !f->nosync) {
                 f->unsynced = 0;
@@ -139,6 +167,8 @@ static void fd_close(void *u) {
 
         if (f->own)
                 close(f->fd);
+        if (f->dfd >= 0)
+                close(f->dfd);
         free(f);
 }
 
@@ -154,7 +184,7 @@ static const io_vtable fd_vtable = {
         .close = fd_close,
 };
 
-static int fd_io_new(int fd, const char *name, uint32_t flags, vdisk_io **ret) {
+static int fd_io_new(int fd, int dfd, const char *name, uint32_t flags, vdisk_io **ret) {
         fd_io *f;
         int r;
 
@@ -163,6 +193,7 @@ static int fd_io_new(int fd, const char *name, uint32_t flags, vdisk_io **ret) {
                 return vdisk_error(-ENOMEM, "out of memory");
         f->fd = fd;
         f->own = 1;
+        f->dfd = dfd;
         f->nosync = !!(flags & VDISK_IO_NOSYNC);
         r = io_new(&fd_vtable, f, name, flags & (VDISK_IO_READONLY | VDISK_IO_NOSYNC), IO_KIND_FD, ret);
         if (r < 0)
@@ -170,8 +201,28 @@ static int fd_io_new(int fd, const char *name, uint32_t flags, vdisk_io **ret) {
         return r;
 }
 
+/* A second descriptor of the file open on `fd`, with O_DIRECT, reopened
+ * through /proc/self/fd so that it is the same file whatever happened to its
+ * name. -1 when that is not possible (no /proc, a file system without direct
+ * I/O such as tmpfs, no permission): the io then writes through the page
+ * cache only. */
+static int open_direct(int fd) {
+        _cleanup_close_ int dfd = -1;
+        char path[64];
+        struct stat st, dst;
+
+        snprintf(path, sizeof path, "/proc/self/fd/%d", fd);
+        dfd = open(path, O_RDWR | O_DIRECT | O_CLOEXEC | O_NOCTTY);
+        if (dfd < 0)
+                return -1;
+        if (fstat(fd, &st) < 0 || fstat(dfd, &dst) < 0 || !S_ISREG(st.st_mode) ||
+            st.st_dev != dst.st_dev || st.st_ino != dst.st_ino)
+                return -1;
+        return TAKE_FD(dfd);
+}
+
 int vdisk_io_new_fd(int fd, const char *name, uint32_t flags, vdisk_io **ret) {
-        _cleanup_close_ int copy = -1;
+        _cleanup_close_ int copy = -1, dfd = -1;
         struct stat st;
         int fl, r;
 
@@ -194,15 +245,18 @@ int vdisk_io_new_fd(int fd, const char *name, uint32_t flags, vdisk_io **ret) {
                         return vdisk_error(-errno, "%s: cannot duplicate descriptor: %m", name ? name : "fd");
                 fd = copy;
         }
-        r = fd_io_new(fd, name, flags, ret);
+        if ((flags & VDISK_IO_DIRECT) && !(flags & VDISK_IO_READONLY))
+                dfd = open_direct(fd);
+        r = fd_io_new(fd, dfd, name, flags, ret);
         if (r < 0)
                 return r;
         TAKE_FD(copy);
+        TAKE_FD(dfd);
         return 0;
 }
 
 int vdisk_io_open_path(const char *path, uint32_t path_flags, vdisk_io **ret) {
-        _cleanup_close_ int fd = -1;
+        _cleanup_close_ int fd = -1, dfd = -1;
         struct stat st;
         int oflags = O_CLOEXEC | O_NOCTTY, r;
 
@@ -238,12 +292,15 @@ int vdisk_io_open_path(const char *path, uint32_t path_flags, vdisk_io **ret) {
                 if (st2.st_dev != st.st_dev || st2.st_ino != st.st_ino || st2.st_size != 0)
                         return vdisk_error(-EBUSY, "'%s' changed while it was being replaced", path);
         }
-        r = fd_io_new(fd, path,
+        if ((path_flags & VDISK_PATH_DIRECT) && (oflags & O_RDWR))
+                dfd = open_direct(fd);
+        r = fd_io_new(fd, dfd, path,
                       ((path_flags & (VDISK_PATH_WRITE | VDISK_PATH_CREATE)) ? 0 : VDISK_IO_READONLY) |
                       ((path_flags & VDISK_PATH_NOSYNC) ? VDISK_IO_NOSYNC : 0),
                       ret);
         if (r < 0)
                 return r;
         TAKE_FD(fd);
+        TAKE_FD(dfd);
         return 0;
 }

@@ -158,7 +158,7 @@ static int run_pipeline(pipeline *pl, vdisk_disk *dst, unsigned level, uint64_t 
         int r = 0, rr;
 
         for (unsigned i = 0; i < RING_SLOTS; i++) {
-                pl->ring[i].buf = malloc(OP_BUFFER_SIZE);
+                pl->ring[i].buf = buf_alloc(OP_BUFFER_SIZE);
                 if (!pl->ring[i].buf) {
                         r = vdisk_error(-ENOMEM, "out of memory");
                         goto out;

@@ -30,7 +30,7 @@ static int copy_defined(vdisk_disk *d, unsigned lo, unsigned hi, unsigned target
         uint64_t offset = 0;
         int r;
 
-        buf = malloc(OP_BUFFER_SIZE);
+        buf = buf_alloc(OP_BUFFER_SIZE);
         if (!buf)
                 return vdisk_error(-ENOMEM, "out of memory");
         while (offset < size) {

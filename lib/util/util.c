@@ -8,6 +8,14 @@
 
 #include "util/util.h"
 
+void *buf_alloc(size_t size) {
+        void *p;
+
+        if (posix_memalign(&p, 4096, MAX(size, (size_t) 1)) != 0)
+                return NULL;
+        return p;
+}
+
 uint32_t crc32_update(uint32_t crc, const void *buf, size_t len) {
         const uint8_t *p = buf;
 

@@ -19,6 +19,12 @@ int vdisk_error(int r, const char *fmt, ...) _printf_(2, 3);
 /* Prefixes the current detail with "name: " (used once at the API edge). */
 int vdisk_error_prefix(int r, const char *name);
 
+/* ---- buffers */
+
+/* Data buffers for bulk I/O: page aligned, so that writes from them can go
+ * direct (lib/io/io-fd.c). Free with free(). */
+void *buf_alloc(size_t size);
+
 /* ---- progress */
 
 struct vdisk_progress {

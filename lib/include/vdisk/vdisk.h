@@ -70,6 +70,10 @@ enum {
         VDISK_IO_OWN_FD   = 1u << 1, /* vdisk_io_new_fd: close the fd with the io */
         VDISK_IO_NOSYNC   = 1u << 2, /* flushes write metadata but never wait for the disk
                                       * (qemu's cache=unsafe): for throwaway outputs */
+        VDISK_IO_DIRECT   = 1u << 3, /* large aligned writes bypass the page cache (O_DIRECT,
+                                      * through a second descriptor of the same file, opened
+                                      * via /proc/self/fd; silently off where that fails):
+                                      * for bulk writes that end in a flush */
 };
 
 /* Flags of vdisk_io_open_path(). */
@@ -79,6 +83,7 @@ enum {
         VDISK_PATH_CREATE = 1u << 1, /* create; fails with -EEXIST if it exists */
         VDISK_PATH_TRUNC  = 1u << 2, /* with CREATE: replace an existing regular file */
         VDISK_PATH_NOSYNC = 1u << 3, /* the io gets VDISK_IO_NOSYNC */
+        VDISK_PATH_DIRECT = 1u << 4, /* with WRITE: the io gets VDISK_IO_DIRECT */
 };
 
 /* An io over a file descriptor (must be a regular file or block device). The
@@ -249,7 +254,8 @@ typedef struct vdisk_resolver_ops {
 /* A resolver for local paths, used by vdisk-img: names relative to the child's
  * directory; UUID search among the regular files with the format's extensions in
  * the child's directory and in `extra_dirs` (NULL-terminated, may be NULL). It
- * never follows symlinks and opens nothing but regular files. */
+ * never follows symlinks and opens nothing but regular files. Parents opened
+ * writable get VDISK_IO_DIRECT (merges write them in bulk). */
 int vdisk_resolver_new_path(const char *const *extra_dirs, vdisk_resolver **ret);
 int vdisk_resolver_new_ops(const vdisk_resolver_ops *ops, void *user, vdisk_resolver **ret);
 vdisk_resolver *vdisk_resolver_free(vdisk_resolver *r);
