@@ -191,18 +191,21 @@ EOF
 gen() { "$PY" "$W/gen.py" "$@"; }
 
 # ------------------------------------------------------------ timing
-# timed CMD...: runs CMD, sets ELAPSED (s) and RSS (KiB); aborts on failure
+# timed CMD...: runs CMD, sets ELAPSED (s), CPU (user + system s) and RSS
+# (KiB); aborts on failure
 timed() {
         if ((DROP)); then sync; echo 3 >/proc/sys/vm/drop_caches; fi
         local t0 t1
         t0=$EPOCHREALTIME
-        if ! /usr/bin/time -f %M -o "$W/time.out" "$@" >"$W/cmd.log" 2>&1; then
+        if ! /usr/bin/time -f '%U %S %M' -o "$W/time.out" "$@" >"$W/cmd.log" 2>&1; then
                 cat "$W/cmd.log" >&2
                 die "command failed: $*"
         fi
         t1=$EPOCHREALTIME
         ELAPSED=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.4f", b - a }')
-        RSS=$(tail -n 1 "$W/time.out")
+        local u sy
+        read -r u sy RSS < <(tail -n 1 "$W/time.out")
+        CPU=$(awk -v a="$u" -v b="$sy" 'BEGIN { printf "%.2f", a + b }')
 }
 
 # verify FMT OUT REF_FMT REF: qemu-img compare, abort on mismatch
@@ -219,11 +222,11 @@ verify() {
 #   <w>_clean TOOL  removes the outputs
 # run_workload W LABEL runs one untimed warm-up pair, then PAIRS timed pairs,
 # in the order A B, B A, A B ... (vdisk-img first in odd pairs), and prints the table row.
-HEADER=$(printf '%-36s %6s %7s %6s %6s %9s %9s %7s %9s %9s' \
-        workload pairs 'median' min max 'vdisk s' 'qemu s' 'size' 'vdisk RSS' 'qemu RSS')
+HEADER=$(printf '%-36s %6s %7s %6s %6s %9s %9s %7s %7s %9s %9s' \
+        workload pairs 'median' min max 'vdisk s' 'qemu s' 'cpu' 'size' 'vdisk RSS' 'qemu RSS')
 run_workload() {
         local w=$1 label=$2 i tool
-        local -a times=() tv=() tq=()
+        local -a times=() tv=() tq=() cv=() cq=()
         local size_v=0 size_q=0 app_v=0 app_q=0 rss_v=0 rss_q=0
         note "== $label"
         for ((i = 0; i <= PAIRS; i++)); do
@@ -237,29 +240,31 @@ run_workload() {
                         "${w}_verify" $tool
                         if ((i > 0)); then
                                 if [[ $tool == vdisk ]]; then
-                                        tv+=("$ELAPSED"); ((RSS > rss_v)) && rss_v=$RSS
+                                        tv+=("$ELAPSED"); cv+=("$CPU"); ((RSS > rss_v)) && rss_v=$RSS
                                         size_v=$(du -B1 "$OUT" | cut -f1)
                                         app_v=$(stat -c %s "$OUT")
                                 else
-                                        tq+=("$ELAPSED"); ((RSS > rss_q)) && rss_q=$RSS
+                                        tq+=("$ELAPSED"); cq+=("$CPU"); ((RSS > rss_q)) && rss_q=$RSS
                                         size_q=$(du -B1 "$OUT" | cut -f1)
                                         app_q=$(stat -c %s "$OUT")
                                 fi
                                 times+=("$ELAPSED")
                         fi
-                        note "   $( ((i)) && echo "pair $i" || echo warm-up) $tool: ${ELAPSED}s, peak RSS ${RSS} KiB"
+                        note "   $( ((i)) && echo "pair $i" || echo warm-up) $tool: ${ELAPSED}s, cpu ${CPU}s, peak RSS ${RSS} KiB"
                         "${w}_clean" $tool
                 done
         done
-        local pairs=() s
-        for ((i = 0; i < PAIRS; i++)); do pairs+=("${tv[i]}" "${tq[i]}"); done
+        local pairs=() cpairs=() s
+        for ((i = 0; i < PAIRS; i++)); do pairs+=("${tv[i]}" "${tq[i]}"); cpairs+=("${cv[i]}" "${cq[i]}"); done
         s=$(gen stats "${pairs[@]}")
         read -r med mn mx <<<"$s"
+        s=$(gen stats "${cpairs[@]}")
+        read -r cmed _ _ <<<"$s"
         local sr
         sr=$(awk -v a="$size_v" -v b="$size_q" 'BEGIN { if (b > 0) printf "%.3f", a / b; else print "-" }')
-        say "$(printf '%-36s %6d %7s %6s %6s %9s %9s %7s %8dM %8dM' "$label" "$PAIRS" "$med" "$mn" "$mx" \
-                "$(gen median "${tv[@]}")" "$(gen median "${tq[@]}")" "$sr" $((rss_v / 1024)) $((rss_q / 1024)))"
-        DETAILS+=("$label: vdisk ${tv[*]} | qemu ${tq[*]} | output allocated (du -B1) vdisk $size_v qemu $size_q, apparent (stat) vdisk $app_v qemu $app_q")
+        say "$(printf '%-36s %6d %7s %6s %6s %9s %9s %7s %7s %8dM %8dM' "$label" "$PAIRS" "$med" "$mn" "$mx" \
+                "$(gen median "${tv[@]}")" "$(gen median "${tq[@]}")" "$cmed" "$sr" $((rss_v / 1024)) $((rss_q / 1024)))"
+        DETAILS+=("$label: vdisk ${tv[*]} | qemu ${tq[*]} | cpu vdisk ${cv[*]} | qemu ${cq[*]} | output allocated (du -B1) vdisk $size_v qemu $size_q, apparent (stat) vdisk $app_v qemu $app_q")
 }
 DETAILS=()
 
@@ -299,15 +304,19 @@ tool() { if [[ $1 == vdisk ]]; then echo "$VDISK_IMG"; else echo "$QEMU_IMG"; fi
 # vdisk-img flushes its output once at the end (it is durable when the command
 # returns) while qemu-img convert does not flush at all (cache=unsafe). Rows
 # marked "durable" run qemu-img with -t writeback (one flush at the end, like
-# vdisk-img); rows marked "unsafe" run both with -t unsafe (no flush).
+# vdisk-img); rows marked "unsafe" run both with -t unsafe (no flush). Rows
+# marked "direct" run qemu-img with -t none (O_DIRECT, flushed at the end):
+# the technique vdisk-img uses by default, so the two tools' copy loops meet
+# on equal terms.
 cache_args() { # TOOL MODE -> the -t option for that tool in that mode
         case "$2" in
         durable) if [[ $1 == qemu ]]; then echo "-t writeback"; fi ;;
+        direct) if [[ $1 == qemu ]]; then echo "-t none"; fi ;;
         unsafe) echo "-t unsafe" ;;
         esac
         return 0
 }
-for m in durable unsafe; do
+for m in durable direct unsafe; do
         eval "a1${m}_prep() { OUT=\$W/a/out-\$1.vdi; CMD=(\"\$(tool \"\$1\")\" convert \$(cache_args \$1 $m) -f raw -O vdi \"\$W/src.raw\" \"\$OUT\"); }"
         eval "a2${m}_prep() { OUT=\$W/a/out-\$1.raw; CMD=(\"\$(tool \"\$1\")\" convert \$(cache_args \$1 $m) -f vdi -O raw \"\$W/src.vdi\" \"\$OUT\"); }"
         eval "a3${m}_prep() { OUT=\$W/a/out-\$1.vdi; CMD=(\"\$(tool \"\$1\")\" convert \$(cache_args \$1 $m) -f vdi -O vdi \"\$W/src.vdi\" \"\$OUT\"); }"
@@ -323,6 +332,9 @@ run_workload a3 "a. vdi->vdi"
 run_workload a1durable "a. raw->vdi, both durable"
 run_workload a2durable "a. vdi->raw, both durable"
 run_workload a3durable "a. vdi->vdi, both durable"
+run_workload a1direct "a. raw->vdi, qemu -t none"
+run_workload a2direct "a. vdi->raw, qemu -t none"
+run_workload a3direct "a. vdi->vdi, qemu -t none"
 run_workload a1unsafe "a. raw->vdi, both -t unsafe"
 run_workload a2unsafe "a. vdi->raw, both -t unsafe"
 run_workload a3unsafe "a. vdi->vdi, both -t unsafe"
@@ -421,7 +433,9 @@ rm -rf "$W/c"
 
 say ""
 say "median/min/max: vdisk-img time / qemu-img time, per pair (< 1: vdisk-img faster)"
-say "vdisk s, qemu s: median wall time; size: output size ratio vdisk/qemu (du -B1, allocated bytes);"
+say "vdisk s, qemu s: median wall time; cpu: median per-pair ratio of CPU time (user + system,"
+say "  of the process; the kernel's background writeback is not counted);"
+say "size: output size ratio vdisk/qemu (du -B1, allocated bytes);"
 say "RSS: largest peak resident set size over the timed runs"
 say "* stand-ins: qemu-img has no compact (a qemu user runs convert -O vdi) and cannot"
 say "  read VDI diffs (its figure is the commit of a qcow2 overlay holding the same data"
