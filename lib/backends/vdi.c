@@ -949,13 +949,15 @@ static int vdi_copy_slot(vdi_state *s, uint32_t src, uint32_t dst, uint8_t *buf,
  * copy the data, flush, point the entries at the copies, write the map,
  * flush. Until the map write lands the old entries still point at the old,
  * intact data and the copies are leaked space; after it, at flushed copies. */
-static int vdi_move_blocks(vdi_state *s, const vdi_move *moves, size_t n, uint8_t *buf, size_t buf_size) {
+static int vdi_move_blocks(vdi_state *s, const vdi_move *moves, size_t n, uint8_t *buf, size_t buf_size,
+                           vdisk_progress *p) {
         int r;
 
         for (size_t i = 0; i < n; i++) {
                 r = vdi_copy_slot(s, entry_get(s, moves[i].block), moves[i].dst, buf, buf_size);
                 if (r < 0)
                         return r;
+                (void) progress_add(p, s->h.block_size);   /* reports only: not a cancel point */
         }
         r = io_flush(s->io);
         if (r < 0)
@@ -992,12 +994,13 @@ static int vdi_sync(vdi_state *s) {
  * order, so sequential blocks stay sequential). Then the count drops to
  * n_live (the map no longer references anything above it, so the header is
  * written after the map here) and the file is cut after the last slot.
- * Cancel (p) stops between batches of moves, leaving a valid image whose
- * count is still ahead of the map. Requires a map without bad entries. */
+ * p (may be NULL) gets the bytes moved. The moves cannot be cancelled:
+ * stopping between two batches would leave the count ahead of the map, which
+ * qemu-img check and ours call a corruption. Requires a map without bad
+ * entries. */
 static int vdi_defrag(vdi_state *s, vdisk_progress *p) {
         uint32_t n, hole = 0;
         size_t n_moves = 0, buf_size;
-        bool cancelled = false;
         uint64_t end;
         int r;
 
@@ -1019,10 +1022,6 @@ static int vdi_defrag(vdi_state *s, vdisk_progress *p) {
 
                 if (!entry_is_data(e) || e < n)
                         continue;
-                if (progress_check(p) < 0) {
-                        cancelled = true;
-                        break;
-                }
                 /* As many holes below n as live slots at or above it. */
                 if (!find_free_slot(s, hole, &dst) || dst >= n)
                         return vdisk_error(-EUCLEAN, "vdi: defragmenting found no free slot below %" PRIu32,
@@ -1030,19 +1029,17 @@ static int vdi_defrag(vdi_state *s, vdisk_progress *p) {
                 moves[n_moves++] = (vdi_move) { .block = b, .dst = dst };
                 hole = dst + 1;
                 if (n_moves == VDI_MOVE_BATCH) {
-                        r = vdi_move_blocks(s, moves, n_moves, buf, buf_size);
+                        r = vdi_move_blocks(s, moves, n_moves, buf, buf_size, p);
                         if (r < 0)
                                 return r;
                         n_moves = 0;
                 }
         }
         if (n_moves > 0) {
-                r = vdi_move_blocks(s, moves, n_moves, buf, buf_size);
+                r = vdi_move_blocks(s, moves, n_moves, buf, buf_size, p);
                 if (r < 0)
                         return r;
         }
-        if (cancelled)
-                return vdisk_error(-ECANCELED, "vdi: cancelled while moving blocks");
 
         /* Every referenced slot is below n now (they are exactly 0..n-1). */
         s->hi = n;
@@ -1186,7 +1183,7 @@ static int vdi_grow_relocate(vdi_state *s, uint64_t new_size, uint32_t new_block
                         if (r < 0)
                                 return r;
                 }
-                r = vdi_move_blocks(s, moves, n_moves, buf, buf_size);
+                r = vdi_move_blocks(s, moves, n_moves, buf, buf_size, NULL);
                 if (r < 0)
                         return r;
         }
@@ -1418,13 +1415,16 @@ static int vdi_compact_verdict(vdi_state *s, uint64_t b, compact_fn fn, void *ct
  * per block in memory): cancel during the scan changes nothing. Then the
  * drops are written in one flush (their slots become leaks) and vdi_defrag()
  * packs the rest and truncates; that phase is not cancellable, because
- * stopping inside it would leave the header count ahead of the map. */
+ * stopping inside it would leave the header count ahead of the map. Progress
+ * counts the scan (the disk's size) plus the bytes moved, which are at most
+ * the live blocks: the total says so from the start, and the blocks that need
+ * no move are counted when the scan ends. */
 static int vdi_compact(void *state, compact_fn fn, void *ctx, vdisk_progress *p) {
         vdi_state *s = state;
         uint64_t bs = s->h.block_size;
         size_t buf_size = MIN(s->h.block_size, VDI_IO_CHUNK);
         _cleanup_free_ uint64_t *verdicts = NULL;   /* 2 bits a block: 0 keep, 1 unalloc, 2 zero */
-        uint64_t n_drops = 0;
+        uint64_t n_drops = 0, n_moves, live_before;
         int r;
 
         assert(fn);
@@ -1445,6 +1445,8 @@ static int vdi_compact(void *state, compact_fn fn, void *ctx, vdisk_progress *p)
         verdicts = bitmap_new((uint64_t) s->h.n_blocks * 2);
         if (!buf || !verdicts)
                 return vdisk_error(-ENOMEM, "out of memory");
+        live_before = s->n_live;
+        progress_set_total(p, s->size + live_before * bs);
 
         for (uint64_t b = 0; b < s->h.n_blocks; b++) {
                 uint32_t e = entry_get(s, b);
@@ -1481,7 +1483,16 @@ static int vdi_compact(void *state, compact_fn fn, void *ctx, vdisk_progress *p)
         r = vdi_flush(s);
         if (r < 0)
                 return r;
-        return vdi_defrag(s, NULL);
+        /* Count now what the defrag will not move. */
+        n_moves = 0;
+        for (uint32_t b = 0; b < s->h.n_blocks; b++) {
+                uint32_t e = entry_get(s, b);
+
+                if (entry_is_data(e) && e >= s->n_live)
+                        n_moves++;
+        }
+        (void) progress_add(p, (live_before - n_moves) * bs);
+        return vdi_defrag(s, p);
 }
 
 /* ---------------------------------------------------------------- check and repair */
