@@ -57,6 +57,25 @@ int fd_accept(int fd, uint32_t flags, const char *what, int *ret_fd, int *ret_wr
         return 0;
 }
 
+int fd_accept_direct(int fd, const char *what, int *ret_fd, sd_bus_error *error) {
+        int fl, copy;
+
+        /* Flags only, as in fd_accept(); libvdisk checks on the worker that
+         * it is the same file as the output (vdisk_io_set_direct_fd()). */
+        fl = fcntl(fd, F_GETFL);
+        if (fl < 0)
+                return set_error(error, ERROR_PREFIX "BadFileDescriptor", "%s: file descriptor not usable", what);
+        if ((fl & O_PATH) || !(fl & O_DIRECT) || (fl & O_ACCMODE) == O_RDONLY || (fl & O_APPEND))
+                return set_error(error, ERROR_PREFIX "BadFileDescriptor",
+                                 "%s: must be the output file opened for writing with O_DIRECT (and without O_APPEND)",
+                                 what);
+        copy = fcntl(fd, F_DUPFD_CLOEXEC, 3);
+        if (copy < 0)
+                return set_error(error, ERROR_PREFIX "BadFileDescriptor", "%s: cannot duplicate the descriptor", what);
+        *ret_fd = copy;
+        return 0;
+}
+
 int fd_vet(int fd, uint32_t flags, const char *what, struct stat *ret_st, Outcome *o) {
         struct stat st;
 

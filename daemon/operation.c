@@ -305,6 +305,13 @@ static void op_run(Task *t) {
                 r = io_from_fd(TAKE_FD(o->fd), 1, o->io_name, &io);
                 if (r < 0)
                         goto finish;
+                /* Large aligned writes go through the caller's O_DIRECT
+                 * descriptor of the same file (libvdisk checks that). */
+                if (o->options.set & OPT_DIRECT_FD) {
+                        r = vdisk_io_set_direct_fd(io, o->options.direct_fd);
+                        if (r < 0)
+                                goto finish;
+                }
         }
         switch (o->kind) {
         case OP_CREATE:

@@ -35,6 +35,7 @@ static const OptionDef option_defs[] = {
         { "dry-run",                  "b",     OPT_DRY_RUN },
         { "leaks-only",               "b",     OPT_LEAKS_ONLY },
         { "top-only",                 "b",     OPT_TOP_ONLY },
+        { "direct-fd",                "h",     OPT_DIRECT_FD },
 };
 
 void options_done(Options *o, Trash *t) {
@@ -48,6 +49,8 @@ void options_done(Options *o, Trash *t) {
                 trash_fd(t, o->files[i].fd);
         }
         free(o->files);
+        if (o->set & OPT_DIRECT_FD)
+                trash_fd(t, o->direct_fd);
         *o = (Options) {};
 }
 
@@ -289,6 +292,16 @@ int options_parse(sd_bus_message *m, uint32_t allowed, Options *o, sd_bus_error 
                 case OPT_TOP_ONLY:
                         r = read_bool(m, &o->top_only);
                         break;
+                case OPT_DIRECT_FD: {
+                        int fd;
+
+                        r = sd_bus_message_read(m, "h", &fd);
+                        if (r < 0)
+                                r = fd_read_failed(r, error);
+                        else
+                                r = fd_accept_direct(fd, "direct-fd", &o->direct_fd, error);
+                        break;
+                }
                 default:
                         assert(0);
                 }

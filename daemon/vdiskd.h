@@ -209,6 +209,7 @@ enum {
         OPT_DRY_RUN             = 1u << 16,
         OPT_LEAKS_ONLY          = 1u << 17,
         OPT_TOP_ONLY            = 1u << 18,
+        OPT_DIRECT_FD           = 1u << 19,
 };
 
 typedef struct FileArg {
@@ -231,6 +232,7 @@ typedef struct Options {
         uint64_t size, sparse_size;
         FileArg *files;
         size_t n_files;
+        int direct_fd;          /* our duplicate; valid when set & OPT_DIRECT_FD */
 } Options;
 
 int options_parse(sd_bus_message *m, uint32_t allowed, Options *o, sd_bus_error *error);
@@ -265,6 +267,8 @@ enum {
  * F_DUPFD_CLOEXEC copy. Nothing here can block on the file. */
 int fd_read_failed(int r, sd_bus_error *error);
 int fd_accept(int fd, uint32_t flags, const char *what, int *ret_fd, int *ret_writable, sd_bus_error *error);
+/* The optional second descriptor of an output, opened O_DIRECT for writing. */
+int fd_accept_direct(int fd, const char *what, int *ret_fd, sd_bus_error *error);
 /* Worker, before the fd is used: fstat() (can block on FUSE/NFS), a regular
  * file, empty with FD_NEED_EMPTY. Failing: -EBADF with o set. */
 int fd_vet(int fd, uint32_t flags, const char *what, struct stat *ret_st, Outcome *o);

@@ -255,6 +255,34 @@ int vdisk_io_new_fd(int fd, const char *name, uint32_t flags, vdisk_io **ret) {
         return 0;
 }
 
+int vdisk_io_set_direct_fd(vdisk_io *io, int fd) {
+        const char *name = io ? vdisk_io_name(io) : "fd";
+        struct stat st, dst;
+        fd_io *f;
+        int fl, copy;
+
+        if (!io || io->kind != IO_KIND_FD || (io->flags & VDISK_IO_READONLY))
+                return vdisk_error(-EINVAL, "%s: direct writes need a writable file descriptor io", name);
+        f = io->user;
+        fl = fcntl(fd, F_GETFL);
+        if (fl < 0)
+                return vdisk_error(-EINVAL, "%s: the direct descriptor is not usable: %m", name);
+        if (!(fl & O_DIRECT) || (fl & (O_PATH | O_APPEND)) || (fl & O_ACCMODE) == O_RDONLY)
+                return vdisk_error(-EINVAL, "%s: the direct descriptor must be open for writing with "
+                                   "O_DIRECT and without O_APPEND", name);
+        if (fstat(f->fd, &st) < 0 || fstat(fd, &dst) < 0)
+                return vdisk_error(-errno, "%s: cannot stat the direct descriptor: %m", name);
+        if (!S_ISREG(dst.st_mode) || st.st_dev != dst.st_dev || st.st_ino != dst.st_ino)
+                return vdisk_error(-EBADF, "%s: the direct descriptor is not the same file", name);
+        copy = fcntl(fd, F_DUPFD_CLOEXEC, 3);
+        if (copy < 0)
+                return vdisk_error(-errno, "%s: cannot duplicate the direct descriptor: %m", name);
+        if (f->dfd >= 0)
+                close(f->dfd);
+        f->dfd = copy;
+        return 0;
+}
+
 int vdisk_io_open_path(const char *path, uint32_t path_flags, vdisk_io **ret) {
         _cleanup_close_ int fd = -1, dfd = -1;
         struct stat st;

@@ -353,6 +353,35 @@ def test_copy_and_check_through_fds(env, client):
     finished_ok(env, a, a.disk(d, 'Check', 'ua{sv}', 1, {}))
 
 
+def test_copy_direct_fd(env, client):
+    """Copy's direct-fd: the output opened a second time with O_DIRECT, for the
+    large writes. The copy is the same as through the page cache. A descriptor
+    without O_DIRECT or without write access fails the call; one of another
+    file fails the Operation when the work starts, and that file is left alone."""
+    a = client
+    src_path = vdi(env)
+    src = open_disk(env, a, [src_path], flags=os.O_RDONLY, options={'read-only': True})
+    dest = env.empty_file(UID_A, unique('direct') + '.vdi')
+    finished_ok(env, a, a.disk(src, 'Copy', 'hsa{sv}', Open(dest, os.O_RDWR), 'VDI',
+                               {'direct-fd': T('h', Open(dest, os.O_WRONLY | os.O_DIRECT))}))
+    env.qemu_img('check', '-f', 'vdi', dest)
+    env.qemu_img('compare', '-f', 'vdi', '-F', 'vdi', dest, src_path)
+
+    dest2 = env.empty_file(UID_A, unique('direct') + '.vdi')
+    for bad in (Open(dest2, os.O_RDWR), Open(dest2, os.O_RDONLY | os.O_DIRECT),
+                Open(dest2, os.O_RDWR | os.O_APPEND | os.O_DIRECT)):
+        e = expect_error(BAD_FD, a.disk, src, 'Copy', 'hsa{sv}', Open(dest2, os.O_RDWR), 'VDI',
+                         {'direct-fd': T('h', bad)})
+        assert 'direct-fd' in e.message, e.message
+    other = env.make_raw(UID_A, unique('other') + '.raw', 1 * MiB, regions=[(0, 4096, 0x5a)])
+    before = other.read_bytes()
+    expect_bad_fd_dest(env, a, a.disk, src, 'Copy', 'hsa{sv}', Open(dest2, os.O_RDWR), 'VDI',
+                       {'direct-fd': T('h', Open(other, os.O_RDWR | os.O_DIRECT))})
+    assert other.read_bytes() == before
+    assert os.path.getsize(dest2) == 0
+    assert env.watcher.get(src, DISK, 'Operation') == '/'
+
+
 # ---------------------------------------------------------------------------
 # calling conventions
 

@@ -6,6 +6,8 @@
  * opened O_DIRECT and everything else through the page cache. Whatever the
  * mix and order of the two kinds, every read (through the io, and through a
  * plain descriptor after it is closed) must return the last bytes written.
+ * vdisk_io_set_direct_fd() takes such a descriptor from the caller instead
+ * and refuses one without O_DIRECT, of another file, or for a read-only io.
  * Runs in $TMPDIR (or /tmp), and again in /dev/shm: tmpfs refuses O_DIRECT
  * before Linux 6.6, which covers the fallback to the page cache there.
  */
@@ -148,6 +150,47 @@ static void run_in(const char *dir, bool want_direct) {
         ASSERT_OK(vdisk_io_open_path(path, VDISK_PATH_READ | VDISK_PATH_DIRECT, &io));
         ASSERT(count_direct_fds() == before);   /* read-only: nothing to write direct */
         vdisk_io_unref(io);
+
+        /* vdisk_io_set_direct_fd(): the caller brings the O_DIRECT descriptor */
+        if (want_direct) {
+                char other[512];
+                vdisk_io *mem;
+                int dfd, plain, ofd;
+
+                ASSERT_OK(vdisk_io_open_path(path, VDISK_PATH_WRITE, &io));
+                dfd = open(path, O_RDWR | O_DIRECT | O_CLOEXEC);
+                plain = open(path, O_RDWR | O_CLOEXEC);
+                snprintf(other, sizeof other, "%s/vdisk-io-other-XXXXXX", dir);
+                ofd = mkstemp(other);
+                ASSERT(dfd >= 0 && plain >= 0 && ofd >= 0);
+                ASSERT(fcntl(ofd, F_SETFL, fcntl(ofd, F_GETFL) | O_DIRECT) == 0);
+                ASSERT_ERR(vdisk_io_set_direct_fd(io, plain), -EINVAL);    /* no O_DIRECT */
+                ASSERT_ERR(vdisk_io_set_direct_fd(io, ofd), -EBADF);       /* another file */
+                ASSERT_ERR(vdisk_io_set_direct_fd(io, -1), -EINVAL);
+                ASSERT_OK(vdisk_io_new_memory(NULL, 0, "mem", 0, &mem));
+                ASSERT_ERR(vdisk_io_set_direct_fd(mem, dfd), -EINVAL);     /* not an fd io */
+                vdisk_io_unref(mem);
+                ASSERT(count_direct_fds() == before + 2);   /* dfd and ofd: ours */
+                ASSERT_OK(vdisk_io_set_direct_fd(io, dfd));
+                ASSERT(count_direct_fds() == before + 3);   /* plus the io's duplicate */
+                close(dfd);
+                put(io, model, buf, 0, 2 * MiB, 6 * MiB, 14);
+                put(io, model, buf, 0, 512, 6 * MiB + 512, 15);
+                check_all(io, model, back);
+                vdisk_io_unref(io);
+                ASSERT(count_direct_fds() == before + 1);   /* ofd */
+                ASSERT_OK(vdisk_io_open_path(path, VDISK_PATH_READ, &io));
+                dfd = open(path, O_RDWR | O_DIRECT | O_CLOEXEC);
+                ASSERT(dfd >= 0);
+                ASSERT_ERR(vdisk_io_set_direct_fd(io, dfd), -EINVAL);      /* read-only io */
+                check_all(io, model, back);
+                vdisk_io_unref(io);
+                close(dfd);
+                close(plain);
+                close(ofd);
+                ASSERT(unlink(other) == 0);
+                ASSERT(count_direct_fds() == before);
+        }
 
         ASSERT(unlink(path) == 0);
         test_set_context("%s", "");

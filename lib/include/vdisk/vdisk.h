@@ -90,6 +90,13 @@ enum {
  * fd is duplicated unless VDISK_IO_OWN_FD is given; `name` (may be NULL) is
  * used in error messages. */
 int vdisk_io_new_fd(int fd, const char *name, uint32_t flags, vdisk_io **ret);
+/* Gives a writable fd io a descriptor of the same file opened with O_DIRECT,
+ * for its large aligned writes: what VDISK_IO_DIRECT does by reopening the
+ * file, for callers that cannot reopen it (a service handed descriptors by its
+ * clients). `fd` is duplicated. -EINVAL if io is not a writable fd io or fd is
+ * not open for writing with O_DIRECT (or has O_APPEND); -EBADF if it is
+ * another file. Call it before the io is shared with other threads. */
+int vdisk_io_set_direct_fd(vdisk_io *io, int fd);
 /* Opens a path (O_CLOEXEC; refuses anything but a regular file or block device). */
 int vdisk_io_open_path(const char *path, uint32_t path_flags, vdisk_io **ret);
 /* An io over a growable memory buffer; `data` (may be NULL) is copied. */
