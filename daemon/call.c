@@ -49,7 +49,7 @@ static void chain_free(ChainElement *chain, size_t n, Trash *t) {
 
 /* The descriptors the call holds (our duplicates). */
 static unsigned call_count_fds(Call *c) {
-        unsigned n = (c->fd >= 0) + c->options.n_files;
+        unsigned n = (c->fd >= 0) + c->options.n_files + !!(c->options.set & OPT_DIRECT_FD);
 
         for (size_t i = 0; i < c->n_chain; i++)
                 n += (c->chain[i].fd >= 0) + c->chain[i].options.n_files;

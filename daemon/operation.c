@@ -119,8 +119,8 @@ int operation_take_call(Operation *o, Call *c) {
 
         o->fd = TAKE_FD(c->fd);
         o->fd_writable = c->fd_writable;
-        /* The descriptor moves from the call's charge to ours until the work ends. */
-        o->n_fds_charged = o->fd >= 0;
+        /* The descriptors move from the call's charge to ours until the work ends. */
+        o->n_fds_charged = (o->fd >= 0) + !!(c->options.set & OPT_DIRECT_FD);
         o->user->n_fds += o->n_fds_charged;
         o->format = TAKE_PTR(c->format);
         o->options = c->options;
@@ -309,6 +309,10 @@ static void op_run(Task *t) {
                  * descriptor of the same file (libvdisk checks that). */
                 if (o->options.set & OPT_DIRECT_FD) {
                         r = vdisk_io_set_direct_fd(io, o->options.direct_fd);
+                        /* The io holds its own duplicate: ours goes now, on
+                         * this worker, like every caller descriptor. */
+                        close(o->options.direct_fd);
+                        o->options.set &= ~OPT_DIRECT_FD;
                         if (r < 0)
                                 goto finish;
                 }
@@ -567,8 +571,13 @@ static void op_done(Task *t, bool cancelled) {
         o->result.have_report = o->w_have_report;
         o->w_report = (vdisk_check_report) {};
         o->w_have_report = false;
-        /* The destination, when the work never took it, closes now. */
+        /* The destination (and its direct twin), when the work never took
+         * them, close now. */
         trash_fd(&trash, TAKE_FD(o->fd));
+        if (o->options.set & OPT_DIRECT_FD) {
+                trash_fd(&trash, o->options.direct_fd);
+                o->options.set &= ~OPT_DIRECT_FD;
+        }
         trash_empty(o->manager, o->user, &trash);
         assert(o->user->n_fds >= o->n_fds_charged);
         o->user->n_fds -= o->n_fds_charged;
