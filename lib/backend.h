@@ -160,8 +160,11 @@ typedef struct vdisk_backend {
 
         /* Changes the virtual size. Growing keeps all data; the new range maps
          * UNALLOC. Shrinking drops the blocks past the end (the core checked
-         * that they hold nothing). Optional (-EOPNOTSUPP). */
-        int (*resize)(void *state, uint64_t new_size);
+         * that they hold nothing). `p` (may be NULL) is for reporting the
+         * bytes of data moved, if any: the backend may set its total before
+         * adding to it; resize is never cancelled in the middle. Optional
+         * (-EOPNOTSUPP). */
+        int (*resize)(void *state, uint64_t new_size, vdisk_progress *p);
 
         /* Compacts: asks `fn` about every allocated block, drops what it may,
          * moves the remaining blocks down, and truncates the file. Every step
@@ -170,8 +173,9 @@ typedef struct vdisk_backend {
 
         /* Checks the metadata; with VDISK_CHECK_REPAIR_* fixes it (unless
          * VDISK_CHECK_DRY_RUN). Fills the report; messages are added with
-         * check_report_add(). Optional (-EOPNOTSUPP). */
-        int (*check)(void *state, uint32_t flags, vdisk_check_report *r);
+         * check_report_add(). `p` (may be NULL) as for resize: a repair that
+         * moves data reports its bytes. Optional (-EOPNOTSUPP). */
+        int (*check)(void *state, uint32_t flags, vdisk_check_report *r, vdisk_progress *p);
 } vdisk_backend;
 
 /* Adds a formatted message to a check report (lib/core). */

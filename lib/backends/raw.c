@@ -125,7 +125,7 @@ static int raw_get_info(void *st, vdisk_image_info *ret) {
         return 0;
 }
 
-static int raw_resize(void *st, uint64_t new_size) {
+static int raw_resize(void *st, uint64_t new_size, vdisk_progress *p) {
         raw_state *s = st;
         int r;
 

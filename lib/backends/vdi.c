@@ -989,6 +989,27 @@ static int vdi_sync(vdi_state *s) {
         return vdi_flush(s);
 }
 
+/* How many blocks vdi_defrag() will move: those in slots at or above n_live. */
+static uint32_t vdi_count_moves(const vdi_state *s) {
+        uint32_t n = 0;
+
+        for (uint32_t b = 0; b < s->h.n_blocks; b++) {
+                uint32_t e = entry_get(s, b);
+
+                if (entry_is_data(e) && e >= s->n_live)
+                        n++;
+        }
+        return n;
+}
+
+/* For resize and repair, whose progress is the data vdi_defrag() moves. */
+static void vdi_progress_moves(const vdi_state *s, vdisk_progress *p) {
+        uint32_t n = vdi_count_moves(s);
+
+        if (n > 0)
+                progress_set_total(p, (uint64_t) n * s->h.block_size);
+}
+
 /* Packs the referenced slots into 0..n_live-1: every block in a slot at or
  * above n_live moves into the lowest unreferenced slot below it (in block
  * order, so sequential blocks stay sequential). Then the count drops to
@@ -1282,7 +1303,7 @@ static int vdi_grow(vdi_state *s, uint64_t new_size, uint32_t new_blocks) {
  * remaining blocks are packed below the new block count (a slot index >=
  * cBlocks is corrupt for qemu and VirtualBox), and only then does the header
  * switch to the new size. */
-static int vdi_shrink(vdi_state *s, uint64_t new_size, uint32_t new_blocks) {
+static int vdi_shrink(vdi_state *s, uint64_t new_size, uint32_t new_blocks, vdisk_progress *p) {
         vdi_header h;
         int r;
 
@@ -1299,7 +1320,8 @@ static int vdi_shrink(vdi_state *s, uint64_t new_size, uint32_t new_blocks) {
         if (r < 0)
                 return r;
 
-        r = vdi_defrag(s, NULL);
+        vdi_progress_moves(s, p);
+        r = vdi_defrag(s, p);
         if (r < 0)
                 return r;
 
@@ -1325,7 +1347,7 @@ static int vdi_shrink(vdi_state *s, uint64_t new_size, uint32_t new_blocks) {
         return vdi_flush(s);
 }
 
-static int vdi_resize(void *state, uint64_t new_size) {
+static int vdi_resize(void *state, uint64_t new_size, vdisk_progress *p) {
         vdi_state *s = state;
         uint64_t bs = s->h.block_size, n64, map_bytes;
         uint32_t new_blocks;
@@ -1368,7 +1390,7 @@ static int vdi_resize(void *state, uint64_t new_size) {
                 return io_flush(s->io);
         }
         if (new_blocks < s->h.n_blocks)
-                return vdi_shrink(s, new_size, new_blocks);
+                return vdi_shrink(s, new_size, new_blocks, p);
         return vdi_grow(s, new_size, new_blocks);
 }
 
@@ -1424,7 +1446,7 @@ static int vdi_compact(void *state, compact_fn fn, void *ctx, vdisk_progress *p)
         uint64_t bs = s->h.block_size;
         size_t buf_size = MIN(s->h.block_size, VDI_IO_CHUNK);
         _cleanup_free_ uint64_t *verdicts = NULL;   /* 2 bits a block: 0 keep, 1 unalloc, 2 zero */
-        uint64_t n_drops = 0, n_moves, live_before;
+        uint64_t n_drops = 0, live_before;
         int r;
 
         assert(fn);
@@ -1484,14 +1506,7 @@ static int vdi_compact(void *state, compact_fn fn, void *ctx, vdisk_progress *p)
         if (r < 0)
                 return r;
         /* Count now what the defrag will not move. */
-        n_moves = 0;
-        for (uint32_t b = 0; b < s->h.n_blocks; b++) {
-                uint32_t e = entry_get(s, b);
-
-                if (entry_is_data(e) && e >= s->n_live)
-                        n_moves++;
-        }
-        (void) progress_add(p, (live_before - n_moves) * bs);
+        (void) progress_add(p, (live_before - vdi_count_moves(s)) * bs);
         return vdi_defrag(s, p);
 }
 
@@ -1506,7 +1521,7 @@ static int vdi_compact(void *state, compact_fn fn, void *ctx, vdisk_progress *p)
                 }                                                       \
         } while (0)
 
-static int vdi_check(void *state, uint32_t flags, vdisk_check_report *rep) {
+static int vdi_check(void *state, uint32_t flags, vdisk_check_report *rep, vdisk_progress *p) {
         vdi_state *s = state;
         bool repair_all = flags & VDISK_CHECK_REPAIR_ALL;
         bool repair_leaks = repair_all || (flags & VDISK_CHECK_REPAIR_LEAKS);
@@ -1633,7 +1648,8 @@ static int vdi_check(void *state, uint32_t flags, vdisk_check_report *rep) {
                 if (r < 0)
                         return r;
                 /* 2. Pack the slots, set the count, cut the file. */
-                r = vdi_defrag(s, NULL);
+                vdi_progress_moves(s, p);
+                r = vdi_defrag(s, p);
                 if (r < 0)
                         return r;
                 rep->corruptions_fixed += fixed;

@@ -66,7 +66,7 @@ int disk_create_base(vdisk_disk *d, vdisk_io *io, const char *format, uint64_t s
                      const vdisk_create_opts *opts);
 int disk_create_diff(vdisk_disk *d, vdisk_io *io, const char *format, const vdisk_create_opts *opts);
 /* ops/resize.c: resizes image `level` alone (no checks of the content). */
-int resize_image(vdisk_disk *d, unsigned level, uint64_t new_size);
+int resize_image(vdisk_disk *d, unsigned level, uint64_t new_size, vdisk_progress *p);
 
 /* rw.c: the generic data path. `level` is an image index: the view at level L
  * is what image L shows with its ancestors below it. */

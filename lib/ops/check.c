@@ -62,7 +62,7 @@ int vdisk_check(vdisk_disk *d, unsigned index, uint32_t flags, vdisk_check_repor
         if (repair && (!img->writable || img->info_only))
                 return vdisk_error(-EROFS, "%s: image is read-only: cannot repair", vdisk_io_name(img->io));
         progress_set_total(p, 1);
-        r = img->be->check(img->state, flags, ret);
+        r = img->be->check(img->state, flags, ret, p);
         if (repair) {
                 fr = image_flush(img);
                 image_refresh(img);

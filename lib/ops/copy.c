@@ -254,7 +254,7 @@ int vdisk_copy(vdisk_disk *src, vdisk_disk *dst, vdisk_io *dst_io, const char *f
                 return r;
         level = dst->n - 1;
         if (dst->images[level]->size != size) {
-                r = resize_image(dst, level, size);
+                r = resize_image(dst, level, size, NULL);
                 if (r < 0)
                         goto fail;
         }

@@ -166,7 +166,7 @@ int vdisk_merge(vdisk_disk *d, unsigned from, unsigned to, vdisk_progress *p, ch
                 if (d->images[to]->size < size) {
                         uint64_t old = d->images[to]->size;
 
-                        r = resize_image(d, to, size);
+                        r = resize_image(d, to, size, NULL);
                         if (r < 0)
                                 return r;
                         if (to > 0) {

@@ -7,14 +7,14 @@
  */
 #include "core/core.h"
 
-int resize_image(vdisk_disk *d, unsigned level, uint64_t new_size) {
+int resize_image(vdisk_disk *d, unsigned level, uint64_t new_size, vdisk_progress *p) {
         vdisk_image *img = d->images[level];
         int r;
 
         if (!img->be->resize)
                 return vdisk_error(-EOPNOTSUPP, "%s: %s images cannot be resized", vdisk_io_name(img->io),
                                    img->be->info.name);
-        r = img->be->resize(img->state, new_size);
+        r = img->be->resize(img->state, new_size, p);
         image_refresh(img);
         if (r < 0)
                 return vdisk_error_prefix(r, vdisk_io_name(img->io));
@@ -55,7 +55,7 @@ int vdisk_resize(vdisk_disk *d, uint64_t new_size, vdisk_progress *p) {
         r = image_flush(img);
         if (r < 0)
                 return r;
-        r = resize_image(d, top, new_size);
+        r = resize_image(d, top, new_size, p);
         if (r < 0)
                 return r;
         if (new_size > old && top > 0) {

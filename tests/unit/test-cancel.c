@@ -9,7 +9,8 @@
  * bytes) and a convert's source bytes never change. A progress cancelled before
  * the call stops the operation before it changes anything. Uncancelled runs
  * report monotonic progress that ends exactly at the total; compact keeps
- * reporting past the scan while it moves blocks.
+ * reporting past the scan while it moves blocks, and a VDI shrink reports the
+ * blocks it packs below the new end.
  */
 #include "tests.h"
 
@@ -319,6 +320,50 @@ static void test_compact(unsigned index) {
         chain_free(&c);
 }
 
+/* ---- shrink: a VDI packs its blocks below the new end and reports them */
+
+static void test_shrink_progress(void) {
+        vdisk_disk *d = disk_new();
+        vdisk_io *io = mem_io("cancel-shrink.vdi", NULL, 0);
+        uint8_t *buf = malloc(MiB), *before;
+        uint64_t size;
+        vdisk_progress *p;
+        watch w;
+        rng r;
+
+        ASSERT(buf);
+        rng_seed(&r, 77);
+        test_set_context("shrink with block moves");
+        ASSERT_OK(vdisk_disk_create_base(d, io, "vdi", DISK_SIZE, NULL));
+        /* blocks 20..29 take slots 0..9, then blocks 0..4 slots 10..14 */
+        for (uint64_t b = 20; b < 30; b++) {
+                rng_fill(&r, buf, MiB);
+                ASSERT_OK(vdisk_disk_write(d, buf, MiB, b * MiB));
+        }
+        for (uint64_t b = 0; b < 5; b++) {
+                rng_fill(&r, buf, MiB);
+                ASSERT_OK(vdisk_disk_write(d, buf, MiB, b * MiB));
+        }
+        ASSERT_OK(vdisk_disk_discard(d, 20 * MiB, 10 * MiB));
+        ASSERT_OK(vdisk_disk_flush(d));
+        before = disk_read_all(d, &size);
+
+        p = progress_new(&w, 0);
+        ASSERT_OK(vdisk_resize(d, DISK_SIZE / 2, p));
+        assert_progress_complete(&w, p);
+        /* five blocks moved from slots 10..14 into 0..4, reported as they went */
+        ASSERT_EQ_U64(vdisk_progress_total(p), 5 * MiB);
+        ASSERT(w.calls >= 5);
+        vdisk_progress_free(p);
+        ASSERT_EQ_U64(vdisk_disk_size(d), DISK_SIZE / 2);
+        assert_content(d, before, DISK_SIZE / 2, "shrink");
+        ASSERT(CHECK_IMAGE_CLEAN(d, 0) == 0);
+        free(before);
+        free(buf);
+        vdisk_disk_unref(d);
+        vdisk_io_unref(io);
+}
+
 int main(void) {
         test_copy();
         test_merge(2, 0);   /* forward, apart */
@@ -327,6 +372,7 @@ int main(void) {
         test_merge(0, 1);   /* backward, adjacent */
         test_compact(0);
         test_compact(2);
+        test_shrink_progress();
         printf("test-cancel: all passed\n");
         return 0;
 }

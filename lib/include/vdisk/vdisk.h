@@ -437,7 +437,9 @@ int vdisk_compact(vdisk_disk *d, unsigned index, vdisk_progress *p);
 
 /* VDResize: changes the size of every image of the chain that needs it (the
  * top must be writable). Shrinking succeeds only when the cut-off range is
- * unallocated or reads as zeros everywhere; else -ENOTEMPTY. */
+ * unallocated or reads as zeros everywhere; else -ENOTEMPTY. Progress counts
+ * the data a format has to move (a VDI shrink packs its blocks); a resize is
+ * not cancelled once it changes the image. */
 int vdisk_resize(vdisk_disk *d, uint64_t new_size, vdisk_progress *p);
 
 /* Check and repair. */
@@ -458,7 +460,8 @@ void vdisk_check_report_clear(vdisk_check_report *r);
 
 /* Checks (and with REPAIR_* flags repairs) image `index` of the chain. Returns
  * -EOPNOTSUPP when the format cannot be checked. The image must be writable to
- * repair. */
+ * repair. Progress counts the data a repair moves; it is not cancelled in the
+ * middle. */
 int vdisk_check(vdisk_disk *d, unsigned index, uint32_t flags, vdisk_check_report *ret,
                 vdisk_progress *p);
 
