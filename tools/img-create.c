@@ -338,7 +338,7 @@ int cmd_create(int argc, char **argv) {
                 COMMON_LONG_OPTIONS,
                 {}
         };
-        const char *fmt = "raw", *backing = NULL, *backing_fmt = NULL, *filename, *size_arg = NULL;
+        const char *fmt = "raw", *backing = NULL, *backing_fmt = NULL, *filename, *size_arg = NULL, *what;
         _cleanup_(optlist_done) OptList opts = {};
         _cleanup_(vdisk_io_unrefp) vdisk_io *io = NULL;
         _cleanup_free_ char **lib_opts = NULL, *backing_path = NULL;
@@ -394,19 +394,9 @@ int cmd_create(int argc, char **argv) {
         if (optind < argc)
                 return usage_error("Unexpected argument: %s", argv[optind]);
 
-        if (optlist_get(&opts, "backing_file")) {
-                if (backing) {
-                        log_error("%s: The backing file must be given only once", filename);
-                        return EXIT_ERROR;
-                }
-                backing = optlist_get(&opts, "backing_file");
-        }
-        if (optlist_get(&opts, "backing_fmt")) {
-                if (backing_fmt) {
-                        log_error("%s: The backing format must be given only once", filename);
-                        return EXIT_ERROR;
-                }
-                backing_fmt = optlist_get(&opts, "backing_fmt");
+        if (optlist_fold_backing(&opts, &backing, &backing_fmt, &what) < 0) {
+                log_error("%s: The %s must be given only once", filename, what);
+                return EXIT_ERROR;
         }
         if (backing_fmt && !format_lookup(backing_fmt))
                 return EXIT_ERROR;

@@ -728,8 +728,8 @@ static void describe_added(const char *path, const Value *ifaces) {
         }
 }
 
-static int on_interfaces_added(sd_bus_message *m, void *userdata, sd_bus_error *ret_error) {
-        Monitor *mon = userdata;
+/* InterfacesAdded (o, a{sa{sv}}) and InterfacesRemoved (o, as) alike. */
+static int on_interfaces(sd_bus_message *m, Monitor *mon, bool added) {
         _cleanup_value_ Value ifaces = {};
         const char *path;
 
@@ -738,36 +738,26 @@ static int on_interfaces_added(sd_bus_message *m, void *userdata, sd_bus_error *
         if (sd_bus_message_read(m, "o", &path) < 0 || value_read(m, &ifaces) < 0)
                 return 0;
         if (arg_output == OUTPUT_JSON) {
-                monitor_json_begin(mon, "added", path);
+                monitor_json_begin(mon, added ? "added" : "removed", path);
                 json_value(&mon->json, "interfaces", &ifaces);
                 monitor_json_end(mon);
                 return 0;
         }
         monitor_prefix();
-        describe_added(path, &ifaces);
+        if (added)
+                describe_added(path, &ifaces);
+        else
+                printf("- %s\n", object_short(path));
         fflush(stdout);
         return 0;
 }
 
-static int on_interfaces_removed(sd_bus_message *m, void *userdata, sd_bus_error *ret_error) {
-        Monitor *mon = userdata;
-        _cleanup_value_ Value ifaces = {};
-        const char *path;
+static int on_interfaces_added(sd_bus_message *m, void *userdata, sd_bus_error *ret_error) {
+        return on_interfaces(m, userdata, true);
+}
 
-        if (!from_daemon(mon, m))
-                return 0;
-        if (sd_bus_message_read(m, "o", &path) < 0 || value_read(m, &ifaces) < 0)
-                return 0;
-        if (arg_output == OUTPUT_JSON) {
-                monitor_json_begin(mon, "removed", path);
-                json_value(&mon->json, "interfaces", &ifaces);
-                monitor_json_end(mon);
-                return 0;
-        }
-        monitor_prefix();
-        printf("- %s\n", object_short(path));
-        fflush(stdout);
-        return 0;
+static int on_interfaces_removed(sd_bus_message *m, void *userdata, sd_bus_error *ret_error) {
+        return on_interfaces(m, userdata, false);
 }
 
 static int on_monitor_properties(sd_bus_message *m, void *userdata, sd_bus_error *ret_error) {

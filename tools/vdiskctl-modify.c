@@ -250,7 +250,7 @@ int cmd_create(Ctx *ctx, int argc, char **argv) {
                 { "parent-dir", required_argument, NULL, ARG_PARENT_DIR },
                 {}
         };
-        const char *fmt = "raw", *backing = NULL, *backing_fmt = NULL, *file, *size_arg = NULL, *backend;
+        const char *fmt = "raw", *backing = NULL, *backing_fmt = NULL, *file, *size_arg = NULL, *backend, *what;
         _cleanup_(optlist_done) OptList opts = {};
         _cleanup_free_ char *backing_path = NULL, *disk = NULL, *display = NULL;
         _cleanup_msg_ sd_bus_message *m = NULL;
@@ -303,19 +303,9 @@ int cmd_create(Ctx *ctx, int argc, char **argv) {
         if (optind < argc)
                 return usage_error("Unexpected argument: %s", argv[optind]);
 
-        if (optlist_get(&opts, "backing_file")) {
-                if (backing) {
-                        log_error("%s: The backing file must be given only once", file);
-                        return EXIT_USAGE;
-                }
-                backing = optlist_get(&opts, "backing_file");
-        }
-        if (optlist_get(&opts, "backing_fmt")) {
-                if (backing_fmt) {
-                        log_error("%s: The backing format must be given only once", file);
-                        return EXIT_USAGE;
-                }
-                backing_fmt = optlist_get(&opts, "backing_fmt");
+        if (optlist_fold_backing(&opts, &backing, &backing_fmt, &what) < 0) {
+                log_error("%s: The %s must be given only once", file, what);
+                return EXIT_USAGE;
         }
         if (backing && !backing_fmt) {
                 log_error("%s: Backing file specified without backing format (give -F)", file);

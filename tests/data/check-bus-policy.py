@@ -35,21 +35,12 @@ import tempfile
 import time
 import xml.etree.ElementTree as ET
 
+from datacheck import failures, fail, ok, stop_all
+
 NAME = "org.vdisk.VDisk1"
 SERVICE_USER = "vdiskd"
 STANDIN_UID = 65534     # nobody: plays the service user in part 4
 OTHER_USERS = ("daemon", "bin", "sys", "games", "man", "lp", "mail")   # one of them plays "another uid"
-
-failures = []
-
-
-def fail(msg):
-    failures.append(msg)
-    print("FAIL: " + msg)
-
-
-def ok(msg):
-    print("ok: " + msg)
 
 
 def check_static(path):
@@ -317,14 +308,7 @@ def check_with_bus(conf, activation):
         else:
             ok("another uid receives the service's signals")
     finally:
-        for p in reversed(procs):
-            if p.poll() is None:
-                p.terminate()
-                try:
-                    p.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    p.kill()
-                    p.wait()
+        stop_all(procs)
         shutil.rmtree(tmp, ignore_errors=True)
 
 

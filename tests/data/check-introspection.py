@@ -27,18 +27,9 @@ import re
 import sys
 import xml.etree.ElementTree as ET
 
+from datacheck import failures, fail, ok
+
 ECS = "org.freedesktop.DBus.Property.EmitsChangedSignal"
-
-failures = []
-
-
-def fail(msg):
-    failures.append(msg)
-    print("FAIL: " + msg)
-
-
-def ok(msg):
-    print("ok: " + msg)
 
 
 def parse_single_type(sig, i):

@@ -23,20 +23,11 @@ import subprocess
 import sys
 import xml.etree.ElementTree as ET
 
+from datacheck import failures, fail, ok
+
 DTD = "/usr/share/polkit-1/policyconfig-1.dtd"
 OWNER = "unix-user:vdiskd"
 RESULTS = {"no", "auth_self", "auth_admin", "auth_self_keep", "auth_admin_keep", "yes"}
-
-failures = []
-
-
-def fail(msg):
-    failures.append(msg)
-    print("FAIL: " + msg)
-
-
-def ok(msg):
-    print("ok: " + msg)
 
 
 def table_actions(md_path):

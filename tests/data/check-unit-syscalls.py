@@ -25,8 +25,11 @@ import sys
 import tempfile
 import time
 
+from datacheck import failures, fail, ok, stop_all
+
 WORKLOAD = r"""
 import os, sys, dbus, dbus.bus
+
 bus = dbus.bus.BusConnection(sys.argv[1])
 tmp = sys.argv[2]
 N = "org.vdisk.VDisk1"
@@ -62,13 +65,6 @@ disk = mgr.OpenDisk([(new_file("base.vdi", os.O_RDONLY), "", {})], {"read-only":
 obj(disk, N + ".Disk").Close({})
 print("workload done", flush=True)
 """
-
-failures = []
-
-
-def fail(msg):
-    failures.append(msg)
-    print("FAIL: " + msg)
 
 
 def expand(entry, cache={}):
@@ -176,20 +172,13 @@ def main():
         if outside:
             fail("system calls outside the unit's SystemCallFilter: " + ", ".join(outside))
         else:
-            print(f"ok: {len(used)} distinct system calls, all allowed by the unit's SystemCallFilter")
+            ok(f"{len(used)} distinct system calls, all allowed by the unit's SystemCallFilter")
         if families - {"AF_UNIX"}:
             fail(f"socket families other than AF_UNIX: {sorted(families)}")
         else:
-            print(f"ok: socket families {sorted(families)}")
+            ok(f"socket families {sorted(families)}")
     finally:
-        for p in reversed(procs):
-            if p.poll() is None:
-                p.terminate()
-                try:
-                    p.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    p.kill()
-                    p.wait()
+        stop_all(procs)
         shutil.rmtree(tmp, ignore_errors=True)
     if failures:
         return 1

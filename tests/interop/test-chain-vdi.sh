@@ -35,7 +35,11 @@ expect_rc "create -b base.vdi -F vdi d1.vdi" 0 "$VDISK_IMG" create -f vdi -b bas
 expect_rc "create -b d1.vdi -F vdi d2.vdi" 0 "$VDISK_IMG" create -f vdi -b d1.vdi -F vdi d2.vdi
 expect_fail "create -b without -F is refused (as qemu-img 7.2 does)" \
         "$VDISK_IMG" create -f vdi -b base.vdi dx.vdi
-rm -f dx.vdi
+expect_fail "create: the backing file given as -b and as -o backing_file= is refused" \
+        "$VDISK_IMG" create -f vdi -b base.vdi -F vdi -o backing_file=base.vdi dx.vdi
+expect_rc "create -o backing_file=,backing_fmt= is the same as -b -F" 0 \
+        "$VDISK_IMG" create -f vdi -o backing_file=base.vdi,backing_fmt=vdi dy.vdi
+rm -f dx.vdi dy.vdi
 if [[ ! -f d1.vdi || ! -f d2.vdi ]]; then
         notok "no chain to test: the diffs were not created"
         finish

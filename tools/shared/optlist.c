@@ -98,6 +98,25 @@ const char *optlist_get(const OptList *l, const char *key) {
         return NULL;
 }
 
+int optlist_fold_backing(const OptList *l, const char **backing, const char **backing_fmt,
+                         const char **ret_what) {
+        const char *b = optlist_get(l, "backing_file"), *f = optlist_get(l, "backing_fmt");
+
+        if (b && *backing) {
+                *ret_what = "backing file";
+                return -EEXIST;
+        }
+        if (f && *backing_fmt) {
+                *ret_what = "backing format";
+                return -EEXIST;
+        }
+        if (b)
+                *backing = b;
+        if (f)
+                *backing_fmt = f;
+        return 0;
+}
+
 int optlist_remove(OptList *l, const char *key) {
         for (size_t i = 0; i < l->n; i++)
                 if (streq(l->kv[2 * i], key)) {

@@ -16,6 +16,12 @@ typedef struct OptList {
 int optlist_parse(OptList *l, const char *arg);
 const char *optlist_get(const OptList *l, const char *key);
 int optlist_remove(OptList *l, const char *key);
+/* qemu-img takes the backing file and its format as -b/-F and as -o
+ * backing_file=/backing_fmt=. Folds the -o values into *backing and
+ * *backing_fmt; -EEXIST, with *ret_what naming the one ("backing file" or
+ * "backing format"), when both ways give it. */
+int optlist_fold_backing(const OptList *l, const char **backing, const char **backing_fmt,
+                         const char **ret_what);
 void optlist_done(OptList *l);
 
 static inline const char *optlist_key(const OptList *l, size_t i) {
