@@ -223,16 +223,11 @@ int bus_call(Ctx *ctx, sd_bus_message *m, unsigned flags, sd_bus_error *error, s
         return 0;
 }
 
-int bus_get_all(Ctx *ctx, const char *path, const char *iface, sd_bus_error *error, Value *ret) {
-        _cleanup_msg_ sd_bus_message *m = NULL, *reply = NULL;
+/* Calls m and reads its whole reply into *ret. */
+static int call_value(Ctx *ctx, sd_bus_message *m, sd_bus_error *error, Value *ret) {
+        _cleanup_msg_ sd_bus_message *reply = NULL;
         int r;
 
-        r = sd_bus_message_new_method_call(ctx->bus, &m, VDISK_BUS_NAME, path,
-                                           "org.freedesktop.DBus.Properties", "GetAll");
-        if (r >= 0)
-                r = sd_bus_message_append(m, "s", iface);
-        if (r < 0)
-                return sd_bus_error_set_errno(error, r);
         r = bus_call(ctx, m, 0, error, &reply);
         if (r < 0)
                 return r;
@@ -242,21 +237,28 @@ int bus_get_all(Ctx *ctx, const char *path, const char *iface, sd_bus_error *err
         return 0;
 }
 
+int bus_get_all(Ctx *ctx, const char *path, const char *iface, sd_bus_error *error, Value *ret) {
+        _cleanup_msg_ sd_bus_message *m = NULL;
+        int r;
+
+        r = sd_bus_message_new_method_call(ctx->bus, &m, VDISK_BUS_NAME, path,
+                                           "org.freedesktop.DBus.Properties", "GetAll");
+        if (r >= 0)
+                r = sd_bus_message_append(m, "s", iface);
+        if (r < 0)
+                return sd_bus_error_set_errno(error, r);
+        return call_value(ctx, m, error, ret);
+}
+
 int bus_get_objects(Ctx *ctx, sd_bus_error *error, Value *ret) {
-        _cleanup_msg_ sd_bus_message *m = NULL, *reply = NULL;
+        _cleanup_msg_ sd_bus_message *m = NULL;
         int r;
 
         r = sd_bus_message_new_method_call(ctx->bus, &m, VDISK_BUS_NAME, VDISK_PATH,
                                            "org.freedesktop.DBus.ObjectManager", "GetManagedObjects");
         if (r < 0)
                 return sd_bus_error_set_errno(error, r);
-        r = bus_call(ctx, m, 0, error, &reply);
-        if (r < 0)
-                return r;
-        r = value_read(reply, ret);
-        if (r < 0)
-                return sd_bus_error_set_errno(error, r);
-        return 0;
+        return call_value(ctx, m, error, ret);
 }
 
 const Value *bus_backends(Ctx *ctx) {
