@@ -17,10 +17,16 @@
  *     arithmetic, and bounds memory by what the file really holds (a table is
  *     read only when the file contains it; per-image metadata above 64 MiB is
  *     refused with -EFBIG).
+ *   - Allocation is a transaction. allocate() only reserves host space;
+ *     the core writes the whole unit's data there (the new bytes overlaid on
+ *     what the unit read before) and calls commit() only once that write
+ *     succeeded, or release() when it failed. So a failed write never leaves
+ *     a table entry behind, in memory or on disk: the image reads exactly as
+ *     before the failed call, and at worst the reserved space leaks.
  *   - Write ordering: data first, then the table entries that point to it. A
- *     backend keeps new table entries in memory (reads see them at once) and
- *     writes them only in flush(), after flushing the data. A crash may leak
- *     space; it may never leave an entry pointing at garbage.
+ *     backend keeps committed table entries in memory (reads see them at
+ *     once) and writes them only in flush(), after flushing the data. A
+ *     crash may leak space; it may never leave an entry pointing at garbage.
  *
  * Errors are negative errno codes recorded with vdisk_error() (see vdisk.h for
  * the fixed meanings: -EMEDIUMTYPE, -EUCLEAN, -EOPNOTSUPP, -EFBIG, -EROFS ...).
@@ -130,14 +136,26 @@ typedef struct vdisk_backend {
          * and how far it goes (ret->length in 1..len). */
         int (*map)(void *state, uint64_t offset, uint64_t len, map_result *ret);
 
-        /* Allocates the block containing `offset` (which maps UNALLOC or ZERO)
-         * and returns its host extent (ret->host_offset is the start of the
-         * block's data, ret->length the block size). *ret_fresh is set when the
-         * new space is known to read as zeros (e.g. appended past the old end
-         * of the file), so the core can skip writing zeros into it. The new
-         * entry is only in memory until flush(). Optional: NULL means the
-         * format cannot allocate (read-only or fixed-only formats). */
+        /* Reserves host space for the block containing `offset` (which maps
+         * UNALLOC or ZERO) and returns its extent (ret->host_offset is the
+         * start of the block's data, ret->length the block size). The table
+         * does not change: reads still see the old mapping. *ret_fresh is set
+         * when the space is known to read as zeros (e.g. appended past the
+         * old end of the file), so the core can skip writing zeros into it.
+         * The core holds at most one reservation per image and ends it with
+         * commit() or release() before any other call. Optional: NULL means
+         * the format cannot allocate (read-only or fixed-only formats); then
+         * commit and release are NULL too. */
         int (*allocate)(void *state, uint64_t offset, map_result *ret, int *ret_fresh);
+
+        /* Records the reserved block `res` for `offset` in the table (in
+         * memory; on disk at the next flush, after the data). Called only
+         * after the whole block's data was written. */
+        int (*commit)(void *state, uint64_t offset, const map_result *res);
+
+        /* Gives back a reservation whose data write failed. Never fails: at
+         * worst the space leaks (the file may already have grown). */
+        void (*release)(void *state, uint64_t offset, const map_result *res);
 
         /* Marks whole blocks [offset, offset+len) (block aligned) as reading
          * zeros without data, dropping their data (VDI ZERO blocks). Optional. */

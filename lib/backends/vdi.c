@@ -145,6 +145,8 @@ typedef struct vdi_state {
         uint32_t n_live;                /* valid data entries */
         uint32_t hi;                    /* no valid entry references a slot >= hi */
         hostalloc alloc;                /* next slot offset and freshness */
+        bool reserved;                  /* vdi_allocate() handed out reserved_slot */
+        uint32_t reserved_slot;
 } vdi_state;
 
 typedef struct vdi_move {
@@ -504,6 +506,9 @@ static int vdi_map(void *state, uint64_t offset, uint64_t len, map_result *ret) 
         return 0;
 }
 
+/* Reserves a slot for block offset / bs: the next slot at the frontier
+ * while there is one below cBlocks, else the lowest unreferenced slot. The
+ * count and the map change only in vdi_commit(), once the data is written. */
 static int vdi_allocate(void *state, uint64_t offset, map_result *ret, int *ret_fresh) {
         vdi_state *s = state;
         uint64_t bs = s->h.block_size, b = offset / bs, host;
@@ -513,6 +518,7 @@ static int vdi_allocate(void *state, uint64_t offset, map_result *ret, int *ret_
         assert(offset < s->size);
         assert(ret);
         assert(ret_fresh);
+        assert(!s->reserved);
 
         /* With corrupt entries around, a referenced slot may look free:
          * write nothing new until repair has sorted the map out. */
@@ -528,9 +534,6 @@ static int vdi_allocate(void *state, uint64_t offset, map_result *ret, int *ret_
                 if (r < 0)
                         return r;
                 assert(host == slot_offset(s, slot));
-                /* The count goes to disk before the map entry (vdi_flush). */
-                s->h.n_allocated = slot + 1;
-                s->header_dirty = true;
         } else {
                 /* The allocated count reached cBlocks while slots below it are
                  * unreferenced (leaked by a crash, a cancelled compact or a
@@ -545,11 +548,8 @@ static int vdi_allocate(void *state, uint64_t offset, map_result *ret, int *ret_
                 hostalloc_note_used(&s->alloc, host, bs);
         }
 
-        blockmap_set(&s->map, b, slot);
-        bitmap_set(s->slot_used, slot);
-        s->n_live++;
-        s->hi = MAX(s->hi, slot + 1);
-
+        s->reserved = true;
+        s->reserved_slot = slot;
         *ret = (map_result) {
                 .kind = MAP_DATA,
                 .host_offset = host,
@@ -557,6 +557,39 @@ static int vdi_allocate(void *state, uint64_t offset, map_result *ret, int *ret_
         };
         *ret_fresh = fresh;
         return 0;
+}
+
+static int vdi_commit(void *state, uint64_t offset, const map_result *res) {
+        vdi_state *s = state;
+        uint64_t b = offset / s->h.block_size;
+        uint32_t slot = s->reserved_slot;
+
+        assert(s->reserved);
+        assert(res->host_offset == slot_offset(s, slot));
+        assert(!entry_is_data(entry_get(s, b)));
+
+        s->reserved = false;
+        if (slot >= s->h.n_allocated) {
+                /* The count goes to disk before the map entry (vdi_flush). */
+                s->h.n_allocated = slot + 1;
+                s->header_dirty = true;
+        }
+        blockmap_set(&s->map, b, slot);
+        bitmap_set(s->slot_used, slot);
+        s->n_live++;
+        s->hi = MAX(s->hi, slot + 1);
+        return 0;
+}
+
+/* The slot stays unreferenced: the next reservation takes it again (no
+ * longer fresh: hostalloc remembers that space was handed out). */
+static void vdi_release(void *state, uint64_t offset, const map_result *res) {
+        vdi_state *s = state;
+
+        assert(s->reserved);
+        assert(res->host_offset == slot_offset(s, s->reserved_slot));
+        s->reserved = false;
+        hostalloc_rewind(&s->alloc, slot_offset(s, frontier(s)));
 }
 
 /* Only blocks without data can become ZERO blocks here. Turning a data block
@@ -1705,6 +1738,8 @@ const vdisk_backend backend_vdi = {
         .block_size = vdi_block_size,
         .map = vdi_map,
         .allocate = vdi_allocate,
+        .commit = vdi_commit,
+        .release = vdi_release,
         .mark_zero = vdi_mark_zero,
         .flush = vdi_flush,
         .get_meta = vdi_get_meta,

@@ -8,13 +8,16 @@
  * fall through: a child that was shrunk and grown again must not show its
  * parent's old data.
  *
- * Writes go to one image. Where it has the block, in place; otherwise the
- * backend allocates the block and the core fills it: the new data, and around
- * it (partial-block copy-on-write) what the block showed before, read from the
- * view below. Space the backend hands out fresh (past the end of the file)
- * already reads as zeros, so zero pieces are not written there: a 4 KiB write
- * into a new 1 MiB block writes 4 KiB. The table entry reaches the disk only
- * at the next flush, after the data (see backend.h).
+ * Writes go to one image. Where it has the block, in place; otherwise as a
+ * transaction (see backend.h): the backend reserves space for the block, the
+ * core writes the whole block there — the new data, and around it
+ * (partial-block copy-on-write) what the block read before — and only then
+ * does the backend commit the table entry; if any read or write of the block
+ * fails, the reservation is released and the image reads as before. Space
+ * handed out fresh (past the end of the file) already reads as zeros, so
+ * zero pages are not written there: a 4 KiB write into a new 1 MiB block of
+ * a base writes 4 KiB. The table entry reaches the disk only at the next
+ * flush, after the data.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -114,118 +117,149 @@ static int write_skipping_zeros(vdisk_io *io, const uint8_t *data, size_t len, u
         return 0;
 }
 
-/* Fills [from, to) of a newly allocated block of image `level` (virtual
- * offsets; host offset of `from` is `host`) with what the view showed before:
- * zeros if `zero`, else the view at level-1. */
-static int cow_fill(vdisk_disk *d, unsigned level, uint64_t from, uint64_t to, uint64_t host, int zero,
-                    int fresh) {
-        vdisk_image *img = d->images[level];
-        _cleanup_free_ uint8_t *buf = NULL;
-        int r;
-
-        if (from >= to)
-                return 0;
-        if (zero || level == 0) {
-                if (fresh)
-                        return 0;
-                return io_write_zeroes(img->io, host, to - from);
-        }
-        buf = buf_alloc((size_t) MIN(to - from, (uint64_t) COW_CHUNK));
-        if (!buf)
-                return vdisk_error(-ENOMEM, "out of memory");
-        while (from < to) {
-                size_t n = (size_t) MIN(to - from, (uint64_t) COW_CHUNK);
-
-                r = rw_read(d, level - 1, buf, n, from);
-                if (r < 0)
-                        return r;
-                r = fresh ? write_skipping_zeros(img->io, buf, n, host) : io_pwrite(img->io, buf, n, host);
-                if (r < 0)
-                        return r;
-                from += n;
-                host += n;
-        }
-        return 0;
-}
-
 /* Checks a write into `img`; returns 1 to go on, 0 when there is nothing to
- * do, or an error. Renews the modification UUID before the first write. */
+ * do, or an error. */
 static int write_prepare(vdisk_image *img, uint64_t offset, uint64_t len) {
-        int r;
-
         if (!img->writable || img->info_only)
                 return vdisk_error(-EROFS, "%s: image is read-only", vdisk_io_name(img->io));
         if (!range_within(offset, len, img->size))
                 return vdisk_error(-EINVAL, "%s: write beyond the end of the image", vdisk_io_name(img->io));
-        if (len == 0)
-                return 0;
-        r = image_mark_modified(img);
+        return len > 0;
+}
+
+/* Writes one newly reserved block [bstart, bend) of image `level` at host
+ * offset `host`: the new bytes p[0..n) at `offset`, and around them what the
+ * block read before (the view at `level`: zeros for a ZERO block, the
+ * parent's data for an unallocated one). The block is assembled in memory,
+ * COW_CHUNK at a time, and written with one pwrite per chunk (per run of
+ * non-zero pages when the space is fresh), so a small write into a new 1 MiB
+ * block costs one read of the parent and one write. */
+static int fill_block(vdisk_disk *d, unsigned level, uint64_t bstart, uint64_t bend, uint64_t offset,
+                      const uint8_t *p, size_t n, uint64_t host, int fresh) {
+        vdisk_image *img = d->images[level];
+        _cleanup_free_ uint8_t *buf = NULL;
+        uint64_t end = offset + n;
+        int r;
+
+        /* The new bytes cover the block: write them as they are. */
+        if (offset == bstart && end == bend)
+                return fresh ? write_skipping_zeros(img->io, p, n, host) : io_pwrite(img->io, p, n, host);
+
+        buf = buf_alloc((size_t) MIN(bend - bstart, (uint64_t) COW_CHUNK));
+        if (!buf)
+                return vdisk_error(-ENOMEM, "out of memory");
+        for (uint64_t pos = bstart; pos < bend;) {
+                size_t len = (size_t) MIN(bend - pos, (uint64_t) COW_CHUNK);
+                uint64_t lo = MAX(pos, offset), hi = MIN(pos + len, end);
+
+                /* Old content only where the new bytes do not cover it. */
+                if (lo < hi) {
+                        if (lo > pos) {
+                                r = rw_read(d, level, buf, (size_t) (lo - pos), pos);
+                                if (r < 0)
+                                        return r;
+                        }
+                        memcpy(buf + (lo - pos), p + (lo - offset), (size_t) (hi - lo));
+                        if (hi < pos + len) {
+                                r = rw_read(d, level, buf + (hi - pos), (size_t) (pos + len - hi), hi);
+                                if (r < 0)
+                                        return r;
+                        }
+                } else {
+                        r = rw_read(d, level, buf, len, pos);
+                        if (r < 0)
+                                return r;
+                }
+                r = fresh ? write_skipping_zeros(img->io, buf, len, host + (pos - bstart))
+                          : io_pwrite(img->io, buf, len, host + (pos - bstart));
+                if (r < 0)
+                        return r;
+                pos += len;
+        }
+        return 0;
+}
+
+/* Allocates the block of image `level` containing `offset` as a
+ * transaction: reserve, write the whole block, and only then commit the
+ * table entry. On failure the reservation is released and the image reads
+ * as it did before. Returns the bytes of p consumed. */
+static int write_new_block(vdisk_disk *d, unsigned level, uint64_t offset, const uint8_t *p, size_t len,
+                           size_t *ret_n) {
+        vdisk_image *img = d->images[level];
+        uint64_t bstart = ALIGN_DOWN(offset, (uint64_t) img->block_size);
+        uint64_t bend = MIN(bstart + img->block_size, img->size);
+        size_t n = (size_t) MIN((uint64_t) len, bend - offset);
+        map_result res;
+        int fresh = 0, r;
+
+        if (!img->be->allocate)
+                return vdisk_error(-EOPNOTSUPP, "%s: %s images cannot allocate blocks",
+                                   vdisk_io_name(img->io), img->be->info.name);
+        r = img->be->allocate(img->state, offset, &res, &fresh);
         if (r < 0)
+                return vdisk_error_prefix(r, vdisk_io_name(img->io));
+        assert(res.length >= bend - bstart);
+        r = fill_block(d, level, bstart, bend, offset, p, n, res.host_offset, fresh);
+        if (r < 0) {
+                img->be->release(img->state, offset, &res);
                 return r;
-        return 1;
+        }
+        r = img->be->commit(img->state, offset, &res);
+        if (r < 0) {
+                img->be->release(img->state, offset, &res);
+                return vdisk_error_prefix(r, vdisk_io_name(img->io));
+        }
+        *ret_n = n;
+        return 0;
+}
+
+/* VirtualBox gives an image a new modification UUID on its first write after
+ * open. It is renewed once something was written, so a write that failed
+ * without changing anything leaves the image's identity alone too. */
+static int write_done(vdisk_image *img, bool wrote, int r) {
+        int k;
+
+        if (!wrote)
+                return r;
+        k = image_mark_modified(img);
+        return r < 0 ? r : k;
 }
 
 int rw_write(vdisk_disk *d, unsigned level, const void *buf, size_t len, uint64_t offset) {
         vdisk_image *img = d->images[level];
         const uint8_t *p = buf;
+        bool wrote = false;
         int r;
 
         r = write_prepare(img, offset, len);
         if (r <= 0)
                 return r;
 
-        if (img->block_size == 0)      /* everything allocated (raw) */
-                return io_pwrite(img->io, buf, len, offset);
+        if (img->block_size == 0) {    /* everything allocated (raw) */
+                r = io_pwrite(img->io, buf, len, offset);
+                return write_done(img, true, r);
+        }
 
         while (len > 0) {
-                uint64_t bstart, bend, host;
                 map_result m;
-                size_t n;
-                int fresh = 0;
+                size_t n = 0;
 
                 r = map_checked(img, offset, len, &m);
                 if (r < 0)
-                        return r;
+                        break;
                 if (m.kind == MAP_DATA) {
                         n = (size_t) m.length;
                         r = io_pwrite(img->io, p, n, m.host_offset);
-                        if (r < 0)
-                                return r;
-                        p += n;
-                        offset += n;
-                        len -= n;
-                        continue;
-                }
-
-                /* Allocate the block and fill it. */
-                bstart = ALIGN_DOWN(offset, (uint64_t) img->block_size);
-                bend = MIN(bstart + img->block_size, img->size);
-                n = (size_t) MIN((uint64_t) len, bend - offset);
-                if (!img->be->allocate)
-                        return vdisk_error(-EOPNOTSUPP, "%s: %s images cannot allocate blocks",
-                                           vdisk_io_name(img->io), img->be->info.name);
-                {
-                        map_result a;
-                        r = img->be->allocate(img->state, offset, &a, &fresh);
-                        if (r < 0)
-                                return vdisk_error_prefix(r, vdisk_io_name(img->io));
-                        host = a.host_offset;
-                }
-                r = cow_fill(d, level, bstart, offset, host, m.kind == MAP_ZERO, fresh);
+                } else
+                        r = write_new_block(d, level, offset, p, len, &n);
                 if (r < 0)
-                        return r;
-                r = fresh ? write_skipping_zeros(img->io, p, n, host + (offset - bstart))
-                          : io_pwrite(img->io, p, n, host + (offset - bstart));
-                if (r < 0)
-                        return r;
-                r = cow_fill(d, level, offset + n, bend, host + (offset + n - bstart), m.kind == MAP_ZERO, fresh);
-                if (r < 0)
-                        return r;
+                        break;
+                wrote = true;
                 p += n;
                 offset += n;
                 len -= n;
         }
-        return 0;
+        return write_done(img, wrote, r);
 }
 
 /* Does the view at `level` read zeros in [offset, offset+len)? */
@@ -264,13 +298,14 @@ int rw_is_zero(vdisk_disk *d, int level, uint64_t offset, uint64_t len, bool *re
 int rw_write_zeroes(vdisk_disk *d, unsigned level, int below, uint64_t offset, uint64_t len) {
         vdisk_image *img = d->images[level];
         _cleanup_free_ uint8_t *zero = NULL;
+        bool wrote = false;
         int r;
 
         r = write_prepare(img, offset, len);
         if (r <= 0)
                 return r;
         if (img->block_size == 0)
-                return io_write_zeroes(img->io, offset, len);
+                return write_done(img, true, io_write_zeroes(img->io, offset, len));
 
         while (len > 0) {
                 uint64_t bstart = ALIGN_DOWN(offset, (uint64_t) img->block_size);
@@ -281,7 +316,7 @@ int rw_write_zeroes(vdisk_disk *d, unsigned level, int below, uint64_t offset, u
 
                 r = map_checked(img, offset, n, &m);
                 if (r < 0)
-                        return r;
+                        break;
                 n = m.length;
                 whole = whole && n == bend - bstart;
                 switch (m.kind) {
@@ -289,6 +324,7 @@ int rw_write_zeroes(vdisk_disk *d, unsigned level, int below, uint64_t offset, u
                         break;
                 case MAP_DATA:
                         r = io_write_zeroes(img->io, m.host_offset, n);
+                        wrote = true;
                         break;
                 case MAP_UNALLOC: {
                         bool below_zero;
@@ -299,6 +335,7 @@ int rw_write_zeroes(vdisk_disk *d, unsigned level, int below, uint64_t offset, u
                                 break;
                         if (whole && img->be->mark_zero) {
                                 r = img->be->mark_zero(img->state, offset, n);
+                                wrote = wrote || r >= 0;
                                 if (r != -EOPNOTSUPP)
                                         break;
                         }
@@ -311,12 +348,14 @@ int rw_write_zeroes(vdisk_disk *d, unsigned level, int below, uint64_t offset, u
                         break;
                 }
                 }
-                if (r < 0)
-                        return vdisk_error_prefix(r, vdisk_io_name(img->io));
+                if (r < 0) {
+                        r = vdisk_error_prefix(r, vdisk_io_name(img->io));
+                        break;
+                }
                 offset += n;
                 len -= n;
         }
-        return 0;
+        return write_done(img, wrote, r);
 }
 
 int rw_discard(vdisk_disk *d, uint64_t offset, uint64_t len) {
