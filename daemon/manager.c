@@ -187,11 +187,23 @@ static const struct {
         { VDISK_CAP_REPAIR,          "repair" },
 };
 
+/* The "-o" keys a caller may pass in format-options: the backend's typed
+ * options less the ones that are arguments of their own. */
+static void option_names(const vdisk_backend_info *b, const char **v, size_t max) {
+        size_t n = 0;
+
+        for (const vdisk_option_desc *o = b->create_options; o && o->name && n + 1 < max; o++)
+                if (!streq(o->name, "size") && !streq(o->name, "backing_file") && !streq(o->name, "backing_fmt"))
+                        v[n++] = o->name;
+        v[n] = NULL;
+}
+
 static int append_backend(sd_bus_message *reply, const vdisk_backend_info *b) {
-        const char *caps[ELEMENTSOF(cap_names) + 1] = {}, *media[4] = {}, *variants[4] = {};
+        const char *caps[ELEMENTSOF(cap_names) + 1] = {}, *media[4] = {}, *variants[4] = {}, *options[64];
         size_t n = 0;
         int r;
 
+        option_names(b, options, ELEMENTSOF(options));
         for (size_t i = 0; i < ELEMENTSOF(cap_names); i++)
                 if (b->caps & cap_names[i].bit)
                         caps[n++] = cap_names[i].name;
@@ -230,7 +242,7 @@ static int append_backend(sd_bus_message *reply, const vdisk_backend_info *b) {
                 { "extensions", b->extensions },
                 { "media-types", media },
                 { "variants", variants },
-                { "create-options", b->create_options },
+                { "create-options", options },
         };
         for (size_t i = 0; i < ELEMENTSOF(lists); i++) {
                 r = sd_bus_message_open_container(reply, 'e', "sv");

@@ -35,21 +35,96 @@
 
 #include <stdint.h>
 
+#include "util/util.h"
 #include "vdisk/vdisk.h"
+
+/* Companion files: the other files an image is made of (VMDK extents and
+ * split files, Parallels bundle storages, a qcow2 external data file, the BIN
+ * of a CUE sheet). The core hands a backend a files handle at open and
+ * create; behind it is the caller's resolver (the path resolver of
+ * vdisk-img: names relative to the image's directory, contained in it; the
+ * fd table of vdiskd, whose FileNeeded error names what is missing). */
+typedef struct vdisk_files vdisk_files;
+enum {
+        FILES_WRITE  = 1u << 0,   /* open read-write (only when the image is) */
+        FILES_CREATE = 1u << 1,   /* create a new, empty file (create() only) */
+};
+/* Opens the companion `name`, as the image records it. The io is owned by
+ * the handle (closed with the image) and stays valid while the image is
+ * open; opening the same name twice returns the same io. Only during open()
+ * and create(). -ENOENT names the missing file. */
+int files_open(vdisk_files *f, const char *name, uint32_t flags, vdisk_io **ret);
+
+/* What open() and create() get. */
+typedef struct open_ctx {
+        vdisk_io *io;           /* the image's own file; borrowed, outlives the state */
+        vdisk_files *files;     /* companion files (never NULL; may have no resolver) */
+        int writable;           /* writes will come (always set for create) */
+} open_ctx;
 
 /* How a range of an image reads. */
 typedef enum map_kind {
-        MAP_DATA,     /* stored in this image's file at host_offset */
+        MAP_DATA,     /* stored verbatim in `file` at host_offset */
         MAP_ZERO,     /* reads as zeros, defined by this image (no fall-through) */
         MAP_UNALLOC,  /* not defined here: the parent's data shows through
                        * (zeros in a base image) */
+        MAP_ENCODED,  /* inside an encoded unit (compressed cluster or grain,
+                       * DMG chunk, cloop block): decode() turns the unit's
+                       * encoded bytes into its data */
 } map_kind;
 
 typedef struct map_result {
         map_kind kind;
-        uint64_t host_offset;   /* MAP_DATA: file offset of the first byte */
+        vdisk_io *file;         /* DATA, ENCODED: the file holding the bytes;
+                                 * NULL = the image's own io */
+        uint64_t host_offset;   /* DATA: file offset of the first byte asked;
+                                 * ENCODED: of the unit's encoded bytes */
         uint64_t length;        /* bytes from the asked offset with this status */
+        /* ENCODED only: the unit. The asked offset lies in
+         * [unit_offset, unit_offset + unit_length); `length` ends within it. */
+        uint64_t unit_offset;   /* virtual offset where the unit starts */
+        uint32_t unit_length;   /* decoded bytes (at most UNIT_MAX) */
+        uint32_t encoded_length;/* encoded bytes at host_offset (at most UNIT_MAX) */
+        uint32_t codec;         /* the backend's own tag for decode() */
 } map_result;
+
+/* The largest encoded unit the core decodes (either side). */
+#define UNIT_MAX (UINT32_C(32) << 20)
+
+/* A reservation made by allocate(): host space for the virtual range
+ * [unit_offset, unit_offset + length), which contains the asked offset.
+ * The unit is the format's copy-on-write unit there: a whole block (VDI,
+ * VHD, qcow2 cluster), or a part of an allocated block whose space already
+ * exists (a qcow2 subcluster, VHD sectors) — sub-block allocation is the same
+ * transaction, and the core fills the unit exactly. */
+typedef struct reservation {
+        vdisk_io *file;         /* NULL = the image's own io */
+        uint64_t unit_offset;   /* virtual */
+        uint64_t length;
+        uint64_t host_offset;   /* where unit_offset's byte goes */
+        int fresh;              /* the space reads as zeros: zero pages need no write */
+} reservation;
+
+/* Granularities, each its own number. */
+typedef struct image_layout {
+        uint64_t cluster_size;  /* reported (qemu's cluster_size); 0 = none */
+        uint64_t zero_unit;     /* mark_zero() takes whole multiples of it; 0 = none */
+        uint32_t sector_size;   /* logical sector: 512, 2048 (optical) or 4096 */
+} image_layout;
+
+/* vdisk_backend.flags */
+enum {
+        /* Virtual offset = host offset of the image's own io, everything
+         * allocated (raw): the core reads and writes it directly. */
+        BACKEND_IDENTITY  = 1u << 0,
+        /* No writes at all (DMG, cloop, bochs, VHDX differencing ...):
+         * a writable open is refused with -EROFS. */
+        BACKEND_READ_ONLY = 1u << 1,
+        /* Written once, in order (VMDK streamOptimized): existing images open
+         * read-only; a new one takes stream_write() of whole units at rising
+         * offsets, then finish(). */
+        BACKEND_STREAM    = 1u << 2,
+};
 
 /* Metadata every VD format may carry. `mask` bits say which fields are valid. */
 enum {
@@ -86,7 +161,14 @@ typedef struct create_params {
         uint8_t parent_uuid[16];    /* diff: the parent's UUID */
         uint8_t parent_modification_uuid[16];
         vdisk_geometry pchs, lchs;  /* zero = none */
-        const char *const *options; /* "-o" key/value pairs, NULL-terminated */
+        const char *parent_name;    /* diff: the parent's file name as the child
+                                     * records it (formats that link by UUID
+                                     * only ignore it); may be NULL */
+        const char *parent_format;  /* diff: the parent's format, may be NULL */
+        /* "-o" key/value pairs, NULL-terminated, each key one of the
+         * backend's info.create_options (the core checked) and each value
+         * normalized by type (sizes in bytes, booleans "on"/"off"). */
+        const char *const *options;
 } create_params;
 
 /* Compact asks the core, for each allocated block, what may replace it. */
@@ -99,10 +181,13 @@ typedef int (*compact_fn)(void *ctx, uint64_t offset, const void *data, size_t l
                           compact_verdict *ret);
 
 typedef struct vdisk_backend {
-        /* Name, qemu's name, caps, media, extensions, create options. */
+        /* Name, qemu's name, caps, media, extensions, typed create options
+         * (each with its default, in the order qemu-img prints them). */
         vdisk_backend_info info;
         /* Other accepted names (any case), NULL-terminated, may be NULL. */
         const char *const *aliases;
+        /* BACKEND_* */
+        uint32_t flags;
         /* Bytes of per-image state the core allocates (zeroed) for the backend. */
         size_t state_size;
 
@@ -113,13 +198,17 @@ typedef struct vdisk_backend {
         int (*probe)(const uint8_t *head, size_t head_len, const uint8_t *tail, size_t tail_len,
                      uint64_t file_size, const char *name);
 
-        /* Opens an existing image. `io` is borrowed and outlives the state.
-         * `writable` says whether writes will come. Validates all metadata. */
-        int (*open)(void *state, vdisk_io *io, int writable);
+        /* Opens an existing image. Validates all metadata. Opens its
+         * companion files through c->files (they are writable only when
+         * c->writable). Never called writable for a BACKEND_READ_ONLY or
+         * BACKEND_STREAM format. */
+        int (*open)(void *state, const open_ctx *c);
 
-        /* Creates a new image on the empty io and leaves the state open
-         * writable, as open() would. Data must be durable only after flush(). */
-        int (*create)(void *state, vdisk_io *io, const create_params *p);
+        /* Creates a new image on the empty c->io (and the companions it
+         * creates with FILES_CREATE) and leaves the state open writable, as
+         * open() would. Data must be durable only after flush(). Optional
+         * (read-only formats). */
+        int (*create)(void *state, const open_ctx *c, const create_params *p);
 
         /* Frees what open/create allocated. No I/O: the core flushed before.
          * Called for a half-opened state too (after a failed open/create). */
@@ -128,38 +217,57 @@ typedef struct vdisk_backend {
         /* Virtual size in bytes. */
         uint64_t (*get_size)(void *state);
 
-        /* Allocation granularity in bytes (the block/cluster size), a power of
-         * two multiple of 512; 0 when everything is always allocated (raw). */
-        uint32_t (*block_size)(void *state);
+        /* The image's granularities (see image_layout). */
+        void (*get_layout)(void *state, image_layout *ret);
 
         /* Describes how [offset, offset+len) starts: the status at `offset`
-         * and how far it goes (ret->length in 1..len). */
+         * and how far it goes (ret->length in 1..len). Not called for
+         * BACKEND_IDENTITY formats on the data path (only for block status). */
         int (*map)(void *state, uint64_t offset, uint64_t len, map_result *ret);
 
-        /* Reserves host space for the block containing `offset` (which maps
-         * UNALLOC or ZERO) and returns its extent (ret->host_offset is the
-         * start of the block's data, ret->length the block size). The table
-         * does not change: reads still see the old mapping. *ret_fresh is set
-         * when the space is known to read as zeros (e.g. appended past the
-         * old end of the file), so the core can skip writing zeros into it.
-         * The core holds at most one reservation per image and ends it with
-         * commit() or release() before any other call. Optional: NULL means
-         * the format cannot allocate (read-only or fixed-only formats); then
-         * commit and release are NULL too. */
-        int (*allocate)(void *state, uint64_t offset, map_result *ret, int *ret_fresh);
+        /* Turns one encoded unit (m->encoded_length bytes in `in`) into its
+         * m->unit_length bytes of data in `out`. Pure: no I/O, no change of
+         * state, safe to call from several threads at once. A unit that does
+         * not decode to exactly unit_length bytes is -EUCLEAN. Required when
+         * map() reports MAP_ENCODED. */
+        int (*decode)(const void *state, const map_result *m, const void *in, void *out);
 
-        /* Records the reserved block `res` for `offset` in the table (in
-         * memory; on disk at the next flush, after the data). Called only
-         * after the whole block's data was written. */
-        int (*commit)(void *state, uint64_t offset, const map_result *res);
+        /* Reserves host space for a unit containing `offset` (which maps
+         * UNALLOC or ZERO): see `reservation`. `len` (>= 1) is how far the
+         * write goes; a backend may reserve a larger unit but never one that
+         * starts after `offset`. The table does not change: reads still see
+         * the old mapping. The core holds at most one reservation per image
+         * and ends it with commit() or release() before any other call.
+         * Optional: NULL means the format cannot allocate (read-only,
+         * stream-only or fixed-only formats); then commit and release are
+         * NULL too. */
+        int (*allocate)(void *state, uint64_t offset, uint64_t len, reservation *ret);
+
+        /* Records the reservation in the table (in memory; on disk at the
+         * next flush, after the data). Called only after the whole unit's
+         * data was written. */
+        int (*commit)(void *state, const reservation *res);
 
         /* Gives back a reservation whose data write failed. Never fails: at
          * worst the space leaks (the file may already have grown). */
-        void (*release)(void *state, uint64_t offset, const map_result *res);
+        void (*release)(void *state, const reservation *res);
 
-        /* Marks whole blocks [offset, offset+len) (block aligned) as reading
-         * zeros without data, dropping their data (VDI ZERO blocks). Optional. */
+        /* Marks whole zero units [offset, offset+len) (aligned to
+         * layout.zero_unit, or ending at the image's end) as reading zeros
+         * without data (VDI ZERO blocks, qcow2 zero clusters). Optional;
+         * -EOPNOTSUPP where it cannot, and the core writes zeros instead. */
         int (*mark_zero)(void *state, uint64_t offset, uint64_t len);
+
+        /* BACKEND_STREAM only: takes the data of [offset, offset+len), whole
+         * units (the last may end at the image's end) at offsets above all
+         * earlier ones; ranges never written read as unallocated. Anything
+         * else is -EOPNOTSUPP. */
+        int (*stream_write)(void *state, uint64_t offset, const void *buf, size_t len);
+
+        /* BACKEND_STREAM only: writes what follows the data (tables, footer,
+         * end-of-stream marker). The core calls it once, at close of an
+         * image it created, before the final flush(). */
+        int (*finish)(void *state);
 
         /* Makes the image durable: flush data, then write the dirty table
          * entries and header fields, then flush again. Required for writable
@@ -168,13 +276,29 @@ typedef struct vdisk_backend {
 
         /* Metadata. get_meta fills what the format has (sets m->mask).
          * set_meta changes the fields in `mask` (in memory and on disk at the
-         * next flush); fields the format lacks are -EOPNOTSUPP. */
+         * next flush); fields the format lacks are -EOPNOTSUPP. Parent name
+         * and format (META_PARENT_NAME) are set on relink by formats that
+         * record them. */
         int (*get_meta)(void *state, meta *m);
         int (*set_meta)(void *state, const meta *m, uint32_t mask);
 
-        /* Facts for `info`: cluster size, variant, dirty flag, block counts.
-         * The core fills sizes. Optional. */
+        /* Facts for `info`: variant, dirty flag, block counts. The core fills
+         * sizes and the cluster size. Optional. */
         int (*get_info)(void *state, vdisk_image_info *ret);
+
+        /* Format-specific facts as key/value strings (qemu-img info's
+         * "Format specific information"), appended to `kv` with
+         * strv_push_pair(). Optional: none. */
+        int (*get_format_info)(void *state, strv_builder *kv);
+
+        /* Internal snapshots, oldest first; *ret is a calloc'ed array the
+         * core frees with vdisk_snapshots_free(). Optional: none. */
+        int (*list_snapshots)(void *state, vdisk_snapshot **ret, size_t *ret_n);
+
+        /* Optical regions (tracks of a CUE sheet), VD's VDQueryRegions; a
+         * calloc'ed array. Optional: the core reports one region covering
+         * the disk in layout.sector_size blocks. */
+        int (*get_regions)(void *state, vdisk_region **ret, size_t *ret_n);
 
         /* Changes the virtual size. Growing keeps all data; the new range maps
          * UNALLOC. Shrinking drops the blocks past the end (the core checked
@@ -191,13 +315,10 @@ typedef struct vdisk_backend {
 
         /* Checks the metadata; with VDISK_CHECK_REPAIR_* fixes it (unless
          * VDISK_CHECK_DRY_RUN). Fills the report; messages are added with
-         * check_report_add(). `p` (may be NULL) as for resize: a repair that
-         * moves data reports its bytes. Optional (-EOPNOTSUPP). */
+         * check_report_add() (lib/util). `p` (may be NULL) as for resize: a
+         * repair that moves data reports its bytes. Optional (-EOPNOTSUPP). */
         int (*check)(void *state, uint32_t flags, vdisk_check_report *r, vdisk_progress *p);
 } vdisk_backend;
-
-/* Adds a formatted message to a check report (lib/core). */
-int check_report_add(vdisk_check_report *r, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
 /* The backend table (lib/core/registry.c). */
 extern const vdisk_backend backend_raw;

@@ -2,10 +2,10 @@
 /*
  * vdisk-img create and convert, and the "-o key=value" creation options.
  *
- * Which keys a format takes is the library's business (create_options of its
- * backend info); this file only knows how qemu-img prints them, so that the
- * "Formatting '...'" line and "-o help" look the same: the order in which
- * qemu lists each format's options, their value types and qemu's defaults.
+ * Which keys a format takes, their types, defaults and qemu-img's print
+ * order are the library's business (the typed create_options of its backend
+ * info); this file prints them the way qemu-img does ("Formatting '...'",
+ * "-o help") and normalizes the values (sizes in bytes, booleans on/off).
  */
 
 #include <assert.h>
@@ -22,136 +22,37 @@
 
 /* ---------------------------------------------------------------- what qemu-img prints */
 
-typedef enum OptType {
-        OPT_STR,
-        OPT_SIZE,
-        OPT_BOOL,
-        OPT_NUM,
-} OptType;
-
-typedef struct KeyDesc {
-        const char *key;
-        OptType type;
-        const char *help;
-} KeyDesc;
-
-static const KeyDesc key_descs[] = {
-        { "size",             OPT_SIZE, "Virtual disk size" },
-        { "backing_file",     OPT_STR,  "File name of the parent (backing) image" },
-        { "backing_fmt",      OPT_STR,  "Format of the parent image" },
-        { "static",           OPT_BOOL, "Allocate every block at creation (fixed VDI)" },
-        { "preallocation",    OPT_STR,  "Preallocation mode (off, metadata, falloc or full)" },
-        { "nocow",            OPT_BOOL, "Switch copy-on-write off for the file (btrfs only)" },
-        { "extent_size_hint", OPT_SIZE, "Extent size hint for the file, 0 for none" },
-        { "adapter_type",     OPT_STR,  "Virtual adapter (ide, lsilogic, buslogic or legacyESX)" },
-        { "compat6",          OPT_BOOL, "Write a version 6 VMDK" },
-        { "hwversion",        OPT_STR,  "Virtual hardware version to record" },
-        { "toolsversion",     OPT_STR,  "Guest tools version to record" },
-        { "subformat",        OPT_STR,  "Variant of the format (for example dynamic or fixed)" },
-        { "zeroed_grain",     OPT_BOOL, "Record zero writes as zeroed grains" },
-        { "force_size",       OPT_BOOL, "Keep the exact size instead of rounding it to a CHS geometry" },
-        { "log_size",         OPT_SIZE, "Size of the metadata log" },
-        { "block_size",       OPT_SIZE, "Block size; 0 picks one from the disk size" },
-        { "block_state_zero", OPT_BOOL, "Mark blocks never written as reading zeros" },
-        { "encryption",       OPT_BOOL, "Legacy AES encryption (deprecated)" },
-        { "cluster_size",     OPT_SIZE, "Cluster size in bytes" },
-        { "compat",           OPT_STR,  "Compatibility level (0.10 or 1.1)" },
-        { "compression_type", OPT_STR,  "Algorithm for compressed clusters" },
-        { "data_file",        OPT_STR,  "File name of an external data file" },
-        { "data_file_raw",    OPT_BOOL, "Keep the external data file a valid raw image" },
-        { "extended_l2",      OPT_BOOL, "Extended L2 entries (subclusters)" },
-        { "lazy_refcounts",   OPT_BOOL, "Postpone reference count updates" },
-        { "refcount_bits",    OPT_NUM,  "Width of a reference count in bits" },
-        { "table_size",       OPT_SIZE, "L1/L2 table size in clusters" },
-};
-
-static const KeyDesc *key_desc(const char *key) {
-        for (size_t i = 0; i < ELEMENTSOF(key_descs); i++)
-                if (streq(key_descs[i].key, key))
-                        return &key_descs[i];
-        return NULL;
-}
-
-/* qemu-img's print order per format, with the defaults it prints unasked. */
-typedef struct KeyDefault {
-        const char *key;
-        const char *def;   /* NULL: printed only when given */
-} KeyDefault;
-
-typedef struct FormatKeys {
-        const char *format;
-        KeyDefault keys[20];
-} FormatKeys;
-
-static const FormatKeys format_keys[] = {
-        { "raw", { { "size" } } },
-        { "vdi", { { "size" }, { "static", "off" } } },
-        { "vmdk", { { "size" }, { "adapter_type" }, { "backing_file" }, { "backing_fmt" },
-                    { "compat6", "off" }, { "hwversion", "undefined" }, { "toolsversion" },
-                    { "subformat" }, { "zeroed_grain" } } },
-        { "vpc", { { "size" }, { "subformat" }, { "force_size" } } },
-        { "vhdx", { { "size" }, { "log_size", "1048576" }, { "block_size", "0" }, { "subformat" },
-                    { "block_state_zero" } } },
-        { "qcow", { { "size" }, { "backing_file" }, { "backing_fmt" }, { "encryption" } } },
-        { "qcow2", { { "cluster_size", "65536" }, { "extended_l2", "off" }, { "preallocation" },
-                     { "compression_type", "zlib" }, { "size" }, { "compat" }, { "backing_file" },
-                     { "backing_fmt" }, { "encryption" }, { "data_file" }, { "data_file_raw" },
-                     { "lazy_refcounts", "off" }, { "refcount_bits", "16" } } },
-        { "qed", { { "size" }, { "backing_file" }, { "backing_fmt" }, { "cluster_size", "65536" },
-                   { "table_size" } } },
-        { "parallels", { { "size" }, { "cluster_size", "1048576" } } },
-};
-
-static const FormatKeys *format_keys_find(const char *qemu_name) {
-        for (size_t i = 0; i < ELEMENTSOF(format_keys); i++)
-                if (streq(format_keys[i].format, qemu_name))
-                        return &format_keys[i];
-        return NULL;
-}
-
 static bool backend_takes(const vdisk_backend_info *info, const char *key) {
-        if (streq(key, "size"))
-                return true;
-        if ((streq(key, "backing_file") || streq(key, "backing_fmt")) && (info->caps & VDISK_CAP_DIFF))
-                return true;
-        for (const char *const *o = info->create_options; o && *o; o++)
-                if (streq(*o, key))
-                        return true;
-        return false;
+        if ((streq(key, "backing_file") || streq(key, "backing_fmt")) && !(info->caps & VDISK_CAP_DIFF))
+                return false;
+        return streq(key, "size") || vdisk_backend_option(info, key);
 }
 
-static int cmp_str(const void *a, const void *b) {
-        return strcmp(*(const char *const *) a, *(const char *const *) b);
+static int cmp_option(const void *a, const void *b) {
+        return strcmp((*(const vdisk_option_desc *const *) a)->name, (*(const vdisk_option_desc *const *) b)->name);
 }
 
 static void print_create_help(const vdisk_backend_info *info) {
-        const char *keys[64];
+        static const char *const type_names[] = {
+                [VDISK_OPTION_STRING] = "str",
+                [VDISK_OPTION_SIZE] = "size",
+                [VDISK_OPTION_BOOL] = "bool (on/off)",
+                [VDISK_OPTION_NUMBER] = "num",
+        };
+        const vdisk_option_desc *keys[64];
         size_t n = 0;
 
-        keys[n++] = "size";
-        if (info->caps & VDISK_CAP_DIFF) {
-                keys[n++] = "backing_file";
-                keys[n++] = "backing_fmt";
-        }
-        for (const char *const *o = info->create_options; o && *o && n < ELEMENTSOF(keys); o++)
-                if (!streq(*o, "size") && !streq(*o, "backing_file") && !streq(*o, "backing_fmt"))
-                        keys[n++] = *o;
-        qsort(keys, n, sizeof(keys[0]), cmp_str);
+        for (const vdisk_option_desc *o = info->create_options; o && o->name && n < ELEMENTSOF(keys); o++)
+                keys[n++] = o;
+        qsort(keys, n, sizeof(keys[0]), cmp_option);
 
         printf("Supported %s options:\n", info->qemu_name);
         for (size_t i = 0; i < n; i++) {
-                const KeyDesc *d = key_desc(keys[i]);
-                static const char *const type_names[] = {
-                        [OPT_STR] = "str",
-                        [OPT_SIZE] = "size",
-                        [OPT_BOOL] = "bool (on/off)",
-                        [OPT_NUM] = "num",
-                };
                 _cleanup_free_ char *left = NULL;
 
-                if (asprintf(&left, "%s=<%s>", keys[i], type_names[d ? d->type : OPT_STR]) < 0)
+                if (asprintf(&left, "%s=<%s>", keys[i]->name, type_names[keys[i]->type]) < 0)
                         return;
-                printf("  %-22s - %s\n", left, d ? d->help : "Format specific option");
+                printf("  %-22s - %s\n", left, keys[i]->help);
         }
 }
 
@@ -161,17 +62,17 @@ static int optlist_validate(OptList *l, const vdisk_backend_info *info, const ch
         for (size_t i = 0; i < l->n; i++) {
                 const char *key = l->kv[2 * i];
                 char **value = &l->kv[2 * i + 1];
-                const KeyDesc *d;
+                const vdisk_option_desc *d;
 
                 if (!backend_takes(info, key)) {
                         log_error("%s: Invalid parameter '%s'", filename, key);
                         return -EINVAL;
                 }
-                d = key_desc(key);
+                d = vdisk_backend_option(info, key);
                 if (!d)
                         continue;
                 switch (d->type) {
-                case OPT_SIZE: {
+                case VDISK_OPTION_SIZE: {
                         uint64_t v;
                         char *s;
 
@@ -185,19 +86,19 @@ static int optlist_validate(OptList *l, const vdisk_backend_info *info, const ch
                         *value = s;
                         break;
                 }
-                case OPT_BOOL:
+                case VDISK_OPTION_BOOL:
                         if (!streq(*value, "on") && !streq(*value, "off")) {
                                 log_error("%s: Parameter '%s' expects 'on' or 'off'", filename, key);
                                 return -EINVAL;
                         }
                         break;
-                case OPT_NUM:
+                case VDISK_OPTION_NUMBER:
                         if (!**value || strspn(*value, "0123456789") != strlen(*value)) {
                                 log_error("%s: Parameter '%s' expects a number", filename, key);
                                 return -EINVAL;
                         }
                         break;
-                case OPT_STR:
+                case VDISK_OPTION_STRING:
                         break;
                 }
         }
@@ -208,55 +109,21 @@ static int optlist_validate(OptList *l, const vdisk_backend_info *info, const ch
  * with their values, the others with qemu's defaults. */
 static void print_formatting(const char *filename, const vdisk_backend_info *info, uint64_t size,
                              const char *backing, const char *backing_fmt, const OptList *l) {
-        const FormatKeys *fk = format_keys_find(info->qemu_name);
-        bool printed[64] = {};
-
         printf("Formatting '%s', fmt=%s", filename, info->qemu_name);
+        for (const vdisk_option_desc *o = info->create_options; o && o->name; o++) {
+                const char *v;
 
-        if (fk)
-                for (size_t i = 0; i < ELEMENTSOF(fk->keys) && fk->keys[i].key; i++) {
-                        const char *key = fk->keys[i].key, *v;
-
-                        if (streq(key, "size") || streq(key, "backing_file") || streq(key, "backing_fmt"))
-                                for (size_t j = 0; j < l->n && j < ELEMENTSOF(printed); j++)
-                                        if (streq(l->kv[2 * j], key))
-                                                printed[j] = true;
-                        if (streq(key, "size")) {
-                                printf(" size=%" PRIu64, size);
-                                continue;
-                        }
-                        if (streq(key, "backing_file")) {
-                                if (backing)
-                                        printf(" backing_file=%s", backing);
-                                continue;
-                        }
-                        if (streq(key, "backing_fmt")) {
-                                if (backing_fmt)
-                                        printf(" backing_fmt=%s", backing_fmt);
-                                continue;
-                        }
-                        v = optlist_get(l, key);
-                        for (size_t j = 0; j < l->n && j < ELEMENTSOF(printed); j++)
-                                if (streq(l->kv[2 * j], key))
-                                        printed[j] = true;
-                        if (!v)
-                                v = fk->keys[i].def;
-                        if (v)
-                                printf(" %s=%s", key, v);
-                }
-        else {
-                printf(" size=%" PRIu64, size);
-                if (backing)
-                        printf(" backing_file=%s", backing);
-                if (backing_fmt)
-                        printf(" backing_fmt=%s", backing_fmt);
+                if (streq(o->name, "size"))
+                        printf(" size=%" PRIu64, size);
+                else if (streq(o->name, "backing_file")) {
+                        if (backing)
+                                printf(" backing_file=%s", backing);
+                } else if (streq(o->name, "backing_fmt")) {
+                        if (backing_fmt)
+                                printf(" backing_fmt=%s", backing_fmt);
+                } else if ((v = optlist_get(l, o->name) ?: o->def))
+                        printf(" %s=%s", o->name, v);
         }
-
-        /* Keys qemu lists at the protocol level (or unknown to the table) last. */
-        for (size_t j = 0; j < l->n && j < ELEMENTSOF(printed); j++)
-                if (!printed[j] && !streq(l->kv[2 * j], "size") && !streq(l->kv[2 * j], "backing_file") &&
-                    !streq(l->kv[2 * j], "backing_fmt"))
-                        printf(" %s=%s", l->kv[2 * j], l->kv[2 * j + 1]);
         putchar('\n');
         fflush(stdout);
 }

@@ -303,7 +303,7 @@ int vdisk_image_get_info(vdisk_image *img, vdisk_image_info *ret) {
         memset(ret, 0, sizeof *ret);
         ret->size = size;
         ret->virtual_size = img->size;
-        ret->cluster_size = img->block_size;
+        ret->cluster_size = (uint32_t) MIN(img->layout.cluster_size, (uint64_t) UINT32_MAX);
         ret->variant = "";
         r = io_get_allocated(img->io, &ret->actual_size);
         if (r < 0)
@@ -311,10 +311,105 @@ int vdisk_image_get_info(vdisk_image *img, vdisk_image_info *ret) {
         r = io_get_size(img->io, &ret->file_size);
         if (r < 0)
                 return r;
-        if (img->be->get_info) {
-                r = img->be->get_info(img->state, ret);
-                if (r < 0)
-                        return r;
+        return image_get_info(img, ret);
+}
+
+int vdisk_image_set_parent_name(vdisk_image *img, const char *name, const char *format) {
+        meta m = { .parent_name = name, .parent_format = format };
+
+        if (!img || !name || !name[0])
+                return vdisk_error(-EINVAL, "invalid arguments");
+        return set_meta_field(img, &m, META_PARENT_NAME);
+}
+
+uint32_t vdisk_image_sector_size(vdisk_image *img) {
+        return img ? img->layout.sector_size : 0;
+}
+
+int vdisk_image_get_format_info(vdisk_image *img, char ***ret_kv) {
+        _cleanup_(disk_unlockp) vdisk_disk *l = NULL;
+        strv_builder b = {};
+        int r;
+
+        if (!img || !ret_kv)
+                return vdisk_error(-EINVAL, "invalid arguments");
+        if (img->disk)
+                l = disk_lock(img->disk);
+        if (img->be->get_format_info) {
+                r = img->be->get_format_info(img->state, &b);
+                if (r < 0) {
+                        strv_builder_done(&b);
+                        return vdisk_error_prefix(r, vdisk_io_name(img->io));
+                }
         }
+        r = strv_builder_steal(&b, ret_kv);
+        return r < 0 ? vdisk_error(r, "out of memory") : 0;
+}
+
+void vdisk_snapshots_free(vdisk_snapshot *v, size_t n) {
+        if (!v)
+                return;
+        for (size_t i = 0; i < n; i++) {
+                free(v[i].id);
+                free(v[i].name);
+        }
+        free(v);
+}
+
+int vdisk_image_list_snapshots(vdisk_image *img, vdisk_snapshot **ret, size_t *ret_n) {
+        _cleanup_(disk_unlockp) vdisk_disk *l = NULL;
+        vdisk_snapshot *v = NULL;
+        size_t n = 0;
+        int r;
+
+        if (!img || !ret || !ret_n)
+                return vdisk_error(-EINVAL, "invalid arguments");
+        if (img->disk)
+                l = disk_lock(img->disk);
+        if (img->be->list_snapshots) {
+                r = img->be->list_snapshots(img->state, &v, &n);
+                if (r < 0)
+                        return vdisk_error_prefix(r, vdisk_io_name(img->io));
+        }
+        *ret = v;
+        *ret_n = n;
+        return 0;
+}
+
+int vdisk_disk_query_regions(vdisk_disk *d, vdisk_region **ret, size_t *ret_n) {
+        _cleanup_(disk_unlockp) vdisk_disk *l = NULL;
+        vdisk_image *top;
+        vdisk_region *v;
+        int r;
+
+        if (!d || !ret || !ret_n)
+                return vdisk_error(-EINVAL, "invalid arguments");
+        l = disk_lock(d);
+        if (d->n == 0)
+                return vdisk_error(-EINVAL, "the container is empty");
+        top = d->images[d->n - 1];
+        if (top->be->get_regions) {
+                size_t n = 0;
+
+                v = NULL;
+                r = top->be->get_regions(top->state, &v, &n);
+                if (r < 0)
+                        return vdisk_error_prefix(r, vdisk_io_name(top->io));
+                *ret = v;
+                *ret_n = n;
+                return 0;
+        }
+        /* One region: the whole disk, in the image's sectors. */
+        v = calloc(1, sizeof *v);
+        if (!v)
+                return vdisk_error(-ENOMEM, "out of memory");
+        *v = (vdisk_region) {
+                .offset = 0,
+                .length = top->size,
+                .block_size = top->layout.sector_size,
+                .data_type = top->layout.sector_size == 2048 ? VDISK_REGION_DATA_MODE1_2048 : VDISK_REGION_DATA_RAW,
+        };
+        *ret = v;
+        *ret_n = 1;
         return 0;
 }

@@ -25,43 +25,58 @@
 typedef struct raw_state {
         vdisk_io *io;
         uint64_t size;
+        uint32_t sector_size;   /* 2048 for an ISO 9660 / UDF volume */
 } raw_state;
+
+/* ISO 9660 "CD001" / UDF "BEA01" at the first volume descriptor (sector 16 of 2048). */
+static bool is_optical(const uint8_t *head, size_t head_len) {
+        return head_len >= 0x8006 && (memcmp(head + 0x8001, "CD001", 5) == 0 ||
+                                      memcmp(head + 0x8001, "BEA01", 5) == 0);
+}
 
 static int raw_probe(const uint8_t *head, size_t head_len, const uint8_t *tail, size_t tail_len,
                      uint64_t file_size, const char *name) {
-        /* ISO 9660 "CD001" / UDF "BEA01" at the first volume descriptor (sector 16 of 2048). */
-        if (head_len >= 0x8006 && (memcmp(head + 0x8001, "CD001", 5) == 0 ||
-                                   memcmp(head + 0x8001, "BEA01", 5) == 0))
-                return 50;
-        return 1;
+        return is_optical(head, head_len) ? 50 : 1;
 }
 
 /* The disk size is the file size rounded up to a sector, as qemu-img reports
  * it; the bytes past the end of the file read as zeros and a write there
  * extends the file. */
-static int raw_open(void *st, vdisk_io *io, int writable) {
+static int raw_open(void *st, const open_ctx *c) {
         raw_state *s = st;
+        uint8_t vd[6];
         uint64_t size;
         int r;
 
-        s->io = io;
-        r = io_get_size(io, &size);
+        s->io = c->io;
+        r = io_get_size(c->io, &size);
         if (r < 0)
                 return r;
         if (size > UINT64_MAX - VDISK_SECTOR_SIZE)
                 return vdisk_error(-EFBIG, "raw: file too large");
         s->size = ALIGN_UP(size, (uint64_t) VDISK_SECTOR_SIZE);
+        /* An optical volume is addressed in 2048-byte sectors (one region of
+         * MODE1/2048 data, as VirtualBox's RAW backend reports it). */
+        s->sector_size = VDISK_SECTOR_SIZE;
+        if (size >= 0x8006 && size % 2048 == 0) {
+                r = io_pread(c->io, vd, sizeof vd, 0x8000);
+                if (r < 0)
+                        return r;
+                if (memcmp(vd + 1, "CD001", 5) == 0 || memcmp(vd + 1, "BEA01", 5) == 0)
+                        s->sector_size = 2048;
+        }
         return 0;
 }
 
-static int raw_create(void *st, vdisk_io *io, const create_params *p) {
+static int raw_create(void *st, const open_ctx *c, const create_params *p) {
         raw_state *s = st;
+        vdisk_io *io = c->io;
         int r;
 
         for (const char *const *o = p->options; o && *o; o += 2) {
-                if (strcasecmp(o[0], "preallocation") == 0 && o[1] && strcasecmp(o[1], "off") == 0)
+                if (strcmp(o[0], "preallocation") == 0 && o[1] && strcasecmp(o[1], "off") == 0)
                         continue;
-                return vdisk_error(-EINVAL, "raw: unsupported option '%s'", o[0]);
+                return vdisk_error(-EINVAL, "raw: unsupported option '%s=%s'", o[0], o[1] ? o[1] : "");
         }
         if (p->image_flags & VDISK_IMAGE_FLAGS_DIFF)
                 return vdisk_error(-EOPNOTSUPP, "raw images cannot be differencing images");
@@ -70,6 +85,7 @@ static int raw_create(void *st, vdisk_io *io, const create_params *p) {
                 return r;
         s->io = io;
         s->size = p->size;
+        s->sector_size = VDISK_SECTOR_SIZE;
         return 0;
 }
 
@@ -81,8 +97,10 @@ static uint64_t raw_get_size(void *st) {
         return s->size;
 }
 
-static uint32_t raw_block_size(void *st) {
-        return 0;
+static void raw_get_layout(void *st, image_layout *ret) {
+        raw_state *s = st;
+
+        *ret = (image_layout) { .sector_size = s->sector_size };
 }
 
 static int raw_map(void *st, uint64_t offset, uint64_t len, map_result *ret) {
@@ -90,12 +108,12 @@ static int raw_map(void *st, uint64_t offset, uint64_t len, map_result *ret) {
         uint64_t next;
 
         /* Holes read as zeros. Without SEEK_DATA support everything is data. */
-        if (s->io->vt->seek_data && s->io->vt->seek_data(s->io->user, offset, 0, &next) >= 0) {
+        if (io_seek_data(s->io, offset, 0, &next) >= 0) {
                 if (next > offset) {
                         *ret = (map_result) { .kind = MAP_ZERO, .length = MIN(len, next - offset) };
                         return 0;
                 }
-                if (s->io->vt->seek_data(s->io->user, offset, 1, &next) >= 0 && next > offset) {
+                if (io_seek_data(s->io, offset, 1, &next) >= 0 && next > offset) {
                         *ret = (map_result) { .kind = MAP_DATA, .host_offset = offset,
                                               .length = MIN(len, next - offset) };
                         return 0;
@@ -137,7 +155,11 @@ static int raw_resize(void *st, uint64_t new_size, vdisk_progress *p) {
 }
 
 static const char *const raw_extensions[] = { "img", "raw", "iso", "cdr", "ima", "dsk", "flp", "vfd", NULL };
-static const char *const raw_create_options[] = { "preallocation", NULL };
+static const vdisk_option_desc raw_create_options[] = {
+        { "size",          VDISK_OPTION_SIZE,   "Virtual disk size" },
+        { "preallocation", VDISK_OPTION_STRING, "Preallocation mode (only off)" },
+        {}
+};
 static const char *const raw_aliases[] = { "file", NULL };
 
 const vdisk_backend backend_raw = {
@@ -150,13 +172,14 @@ const vdisk_backend backend_raw = {
                 .create_options = raw_create_options,
         },
         .aliases = raw_aliases,
+        .flags = BACKEND_IDENTITY,
         .state_size = sizeof(raw_state),
         .probe = raw_probe,
         .open = raw_open,
         .create = raw_create,
         .close = raw_close,
         .get_size = raw_get_size,
-        .block_size = raw_block_size,
+        .get_layout = raw_get_layout,
         .map = raw_map,
         .flush = raw_flush,
         .get_meta = raw_get_meta,

@@ -402,8 +402,9 @@ static int vdi_probe(const uint8_t *head, size_t head_len, const uint8_t *tail, 
         return get_le32(head + OFF_SIGNATURE) == VDI_SIGNATURE ? 100 : 0;
 }
 
-static int vdi_open(void *state, vdisk_io *io, int writable) {
+static int vdi_open(void *state, const open_ctx *c) {
         vdi_state *s = state;
+        vdisk_io *io = c->io;
         uint64_t file_size;
         int r;
 
@@ -411,7 +412,7 @@ static int vdi_open(void *state, vdisk_io *io, int writable) {
         assert(io);
 
         s->io = io;
-        s->writable = writable;
+        s->writable = c->writable;
 
         r = io_get_size(io, &file_size);
         if (r < 0)
@@ -458,10 +459,15 @@ static uint64_t vdi_get_size(void *state) {
         return s->size;
 }
 
-static uint32_t vdi_block_size(void *state) {
+/* The block is the allocation, copy-on-write and zero unit alike. */
+static void vdi_get_layout(void *state, image_layout *ret) {
         vdi_state *s = state;
 
-        return s->h.block_size;
+        *ret = (image_layout) {
+                .cluster_size = s->h.block_size,
+                .zero_unit = s->h.block_size,
+                .sector_size = VDI_SECTOR,
+        };
 }
 
 /* ---------------------------------------------------------------- data path */
@@ -506,10 +512,10 @@ static int vdi_map(void *state, uint64_t offset, uint64_t len, map_result *ret) 
         return 0;
 }
 
-/* Reserves a slot for block offset / bs: the next slot at the frontier
+/* Reserves a slot for the block of `offset`: the next slot at the frontier
  * while there is one below cBlocks, else the lowest unreferenced slot. The
  * count and the map change only in vdi_commit(), once the data is written. */
-static int vdi_allocate(void *state, uint64_t offset, map_result *ret, int *ret_fresh) {
+static int vdi_allocate(void *state, uint64_t offset, uint64_t len, reservation *ret) {
         vdi_state *s = state;
         uint64_t bs = s->h.block_size, b = offset / bs, host;
         uint32_t slot;
@@ -517,7 +523,6 @@ static int vdi_allocate(void *state, uint64_t offset, map_result *ret, int *ret_
 
         assert(offset < s->size);
         assert(ret);
-        assert(ret_fresh);
         assert(!s->reserved);
 
         /* With corrupt entries around, a referenced slot may look free:
@@ -550,18 +555,18 @@ static int vdi_allocate(void *state, uint64_t offset, map_result *ret, int *ret_
 
         s->reserved = true;
         s->reserved_slot = slot;
-        *ret = (map_result) {
-                .kind = MAP_DATA,
-                .host_offset = host,
+        *ret = (reservation) {
+                .unit_offset = b * bs,
                 .length = bs,
+                .host_offset = host,
+                .fresh = fresh,
         };
-        *ret_fresh = fresh;
         return 0;
 }
 
-static int vdi_commit(void *state, uint64_t offset, const map_result *res) {
+static int vdi_commit(void *state, const reservation *res) {
         vdi_state *s = state;
-        uint64_t b = offset / s->h.block_size;
+        uint64_t b = res->unit_offset / s->h.block_size;
         uint32_t slot = s->reserved_slot;
 
         assert(s->reserved);
@@ -583,7 +588,7 @@ static int vdi_commit(void *state, uint64_t offset, const map_result *res) {
 
 /* The slot stays unreferenced: the next reservation takes it again (no
  * longer fresh: hostalloc remembers that space was handed out). */
-static void vdi_release(void *state, uint64_t offset, const map_result *res) {
+static void vdi_release(void *state, const reservation *res) {
         vdi_state *s = state;
 
         assert(s->reserved);
@@ -812,41 +817,23 @@ static int vdi_get_info(void *state, vdisk_image_info *ret) {
 
 /* ---------------------------------------------------------------- create */
 
-static int parse_bool(const char *v, bool *ret) {
-        if (streq(v, "on") || streq(v, "yes") || streq(v, "true") || streq(v, "1"))
-                *ret = true;
-        else if (streq(v, "off") || streq(v, "no") || streq(v, "false") || streq(v, "0"))
-                *ret = false;
-        else
-                return -EINVAL;
-        return 0;
-}
-
-/* qemu-img's vdi options we take: static=on|off. (qemu's preallocation=
- * needs fallocate, which vdisk_io does not offer; block size comes from
- * create_params.block_size.) */
+/* qemu-img's vdi options we take: static=on|off (the core checked the
+ * keys and values). qemu's preallocation= needs fallocate, which vdisk_io
+ * does not offer; the block size comes from create_params.block_size. */
 static int vdi_parse_options(const char *const *o, bool *fixed) {
-        if (!o)
-                return 0;
-
-        for (; o[0]; o += 2) {
-                if (!o[1])
-                        return vdisk_error(-EINVAL, "vdi: option '%s' has no value", o[0]);
+        for (; o && o[0]; o += 2)
                 if (streq(o[0], "static")) {
-                        bool b;
+                        bool b = streq(o[1], "on");
 
-                        if (parse_bool(o[1], &b) < 0)
-                                return vdisk_error(-EINVAL, "vdi: static=%s: expected on or off", o[1]);
                         if (!b && *fixed)
                                 return vdisk_error(-EINVAL, "vdi: static=off conflicts with a fixed image");
                         *fixed = b;
-                } else
-                        return vdisk_error(-EINVAL, "vdi: unknown option '%s' (vdi takes: static)", o[0]);
-        }
+                }
         return 0;
 }
 
-static int vdi_create(void *state, vdisk_io *io, const create_params *p) {
+static int vdi_create(void *state, const open_ctx *c, const create_params *p) {
+        vdisk_io *io = c->io;
         vdi_state *s = state;
         bool fixed = p->image_flags & VDISK_IMAGE_FLAGS_FIXED;
         bool diff = p->image_flags & VDISK_IMAGE_FLAGS_DIFF;
@@ -1716,7 +1703,13 @@ static int vdi_check(void *state, uint32_t flags, vdisk_check_report *rep, vdisk
 /* ---------------------------------------------------------------- table */
 
 static const char *const vdi_extensions[] = { "vdi", NULL };
-static const char *const vdi_create_options[] = { "static", NULL };
+static const vdisk_option_desc vdi_create_options[] = {
+        { "size",         VDISK_OPTION_SIZE, "Virtual disk size" },
+        { "backing_file", VDISK_OPTION_STRING, "File name of the parent image (linked by its UUID)" },
+        { "backing_fmt",  VDISK_OPTION_STRING, "Format of the parent image" },
+        { "static",       VDISK_OPTION_BOOL, "Allocate every block at creation (fixed VDI)", "off" },
+        {}
+};
 
 const vdisk_backend backend_vdi = {
         .info = {
@@ -1735,7 +1728,7 @@ const vdisk_backend backend_vdi = {
         .create = vdi_create,
         .close = vdi_close,
         .get_size = vdi_get_size,
-        .block_size = vdi_block_size,
+        .get_layout = vdi_get_layout,
         .map = vdi_map,
         .allocate = vdi_allocate,
         .commit = vdi_commit,

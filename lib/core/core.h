@@ -10,19 +10,42 @@
 #include "io/io.h"
 #include "util/util.h"
 
+/* Decoded encoded units (compressed clusters, DMG chunks), a few per image,
+ * so that small reads inside one unit decode it once. */
+#define UNIT_CACHE_N 4
+typedef struct unit_entry {
+        vdisk_io *file;         /* key: where the encoded bytes are, how many, */
+        uint64_t host_offset;
+        uint32_t encoded_length;
+        uint32_t codec;         /* and how they decode */
+        uint8_t *data;          /* NULL: empty slot */
+        uint32_t length;
+        uint64_t last_use;
+} unit_entry;
+
 struct vdisk_image {
         vdisk_disk *disk;
         const vdisk_backend *be;
         void *state;            /* be->state_size bytes */
         vdisk_io *io;           /* a reference */
+        vdisk_files *files;     /* companion files */
         unsigned index;         /* position in the chain, 0 = base */
         int writable;           /* opened for writing */
         int info_only;          /* VDISK_OPEN_INFO */
         int open_ok;            /* be->open/create succeeded: close() needed */
+        int created;            /* made by image_create() */
+        int finished;           /* BACKEND_STREAM: finish() done */
         uint64_t size;          /* cached be->get_size() */
-        uint32_t block_size;    /* cached be->block_size() */
+        image_layout layout;    /* cached be->get_layout() */
         int modified;           /* written since open (modification UUID renewed) */
         char *comment_cache;
+        unit_entry units[UNIT_CACHE_N];
+        uint64_t unit_clock;
+};
+
+struct vdisk_resolver {
+        vdisk_resolver_ops ops;
+        void *user;
 };
 
 struct vdisk_disk {
@@ -38,19 +61,55 @@ const vdisk_backend *backend_lookup(const char *name);
 size_t backend_table_size(void);
 const vdisk_backend *backend_table_get(size_t i);
 const vdisk_backend *backend_from_info(const vdisk_backend_info *info);
+/* Checks "-o" pairs against the backend's typed options: known keys (not
+ * size/backing_file/backing_fmt, which are arguments of their own), booleans
+ * "on"/"off", sizes and numbers in decimal. -EINVAL naming the key. */
+int backend_check_options(const vdisk_backend *be, const char *const *options);
 
 /* probe.c: best backend for io, or -EMEDIUMTYPE. */
 int probe_backend(vdisk_io *io, const char *name, int allow_raw, const vdisk_backend **ret,
                   int *ret_guessed_raw);
 
+/* files.c: the companion files of one image. The resolver and the image
+ * name are borrowed until files_seal(), at the end of open/create. */
+int files_new(vdisk_resolver *res, const char *image_name, int writable, vdisk_files **ret);
+void files_seal(vdisk_files *f);
+vdisk_files *files_free(vdisk_files *f);
+size_t files_count(const vdisk_files *f);
+vdisk_io *files_get(const vdisk_files *f, size_t i);
+
 /* image.c */
-int image_open(const vdisk_backend *be, vdisk_io *io, int writable, int info_only, vdisk_image **ret);
-int image_create(const vdisk_backend *be, vdisk_io *io, const create_params *p, vdisk_image **ret);
-vdisk_image *image_free(vdisk_image *img);   /* flushes if writable, then closes */
+/* `res` (may be NULL) opens companion files during the open. */
+int image_open(const vdisk_backend *be, vdisk_io *io, vdisk_resolver *res, int writable, int info_only,
+               vdisk_image **ret);
+int image_create(const vdisk_backend *be, vdisk_io *io, vdisk_resolver *res, const create_params *p,
+                 vdisk_image **ret);
+vdisk_image *image_free(vdisk_image *img);   /* finishes a stream, flushes if writable, then closes */
 int image_flush(vdisk_image *img);
+/* BACKEND_STREAM images the core created: writes the tables and footer, once. */
+int image_finish(vdisk_image *img);
+/* The decoded bytes of the encoded unit `m` maps (cached); borrowed until
+ * the next call on the image. */
+int image_decode_unit(vdisk_image *img, const map_result *m, const uint8_t **ret);
+/* The file a map result or reservation names. */
+static inline vdisk_io *image_file(vdisk_image *img, vdisk_io *file) {
+        return file ? file : img->io;
+}
+/* Operations reach the backend's optional callbacks through these: each
+ * says -EOPNOTSUPP, naming the file, when the format lacks it. */
+int image_resize(vdisk_image *img, uint64_t new_size, vdisk_progress *p);
+int image_compact(vdisk_image *img, compact_fn fn, void *ctx, vdisk_progress *p);
+int image_check(vdisk_image *img, uint32_t flags, vdisk_check_report *r, vdisk_progress *p);
+int image_get_info(vdisk_image *img, vdisk_image_info *ret);
+static inline bool image_can_check(const vdisk_image *img) {
+        return img->be->check;
+}
+static inline bool image_can_compact(const vdisk_image *img) {
+        return img->be->compact;
+}
 int image_get_meta(vdisk_image *img, meta *m);
 int image_set_meta(vdisk_image *img, const meta *m, uint32_t mask);
-/* Re-reads the cached size and block size after a resize. */
+/* Re-reads the cached size and layout after a resize. */
 void image_refresh(vdisk_image *img);
 /* Before the first write: renews the modification UUID (VirtualBox does). */
 int image_mark_modified(vdisk_image *img);

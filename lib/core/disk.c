@@ -156,7 +156,7 @@ int vdisk_disk_open(vdisk_disk *d, vdisk_io *io, const char *format, uint32_t op
         r = pick_backend(io, format, open_flags, &be);
         if (r < 0)
                 return r;
-        r = image_open(be, io, !(open_flags & VDISK_OPEN_READONLY), !!(open_flags & VDISK_OPEN_INFO), &img);
+        r = image_open(be, io, NULL, !(open_flags & VDISK_OPEN_READONLY), !!(open_flags & VDISK_OPEN_INFO), &img);
         if (r < 0)
                 return r;
         r = disk_push(d, img, !!(open_flags & VDISK_OPEN_SKIP_CHECKS));
@@ -193,7 +193,7 @@ int vdisk_disk_open_chain(vdisk_disk *d, vdisk_resolver *res, vdisk_io *top, con
                 vdisk_io *parent_io = NULL;
                 meta m;
 
-                r = image_open(be, io, writable, !!(open_flags & VDISK_OPEN_INFO), &chain[n]);
+                r = image_open(be, io, res, writable, !!(open_flags & VDISK_OPEN_INFO), &chain[n]);
                 vdisk_io_unref(io);
                 if (r < 0)
                         goto fail;
@@ -265,8 +265,13 @@ fail:
         return r;
 }
 
-static int create_params_from(const vdisk_create_opts *o, uint64_t size, create_params *p) {
+/* The fields of a caller's vdisk_create_opts its `size` covers. */
+#define OPTS_HAS(o, field) ((o)->size >= offsetof(vdisk_create_opts, field) + sizeof((o)->field))
+
+static int create_params_from(const vdisk_create_opts *o, uint64_t size, create_params *p,
+                              vdisk_resolver **ret_res) {
         *p = (create_params) { .size = size };
+        *ret_res = NULL;
         if (o) {
                 if (o->size < offsetof(vdisk_create_opts, options) + sizeof(o->options))
                         return vdisk_error(-EINVAL, "vdisk_create_opts.size not set");
@@ -283,6 +288,12 @@ static int create_params_from(const vdisk_create_opts *o, uint64_t size, create_
                                            o->block_size);
                 if (o->comment && strlen(o->comment) > 255)
                         return vdisk_error(-EINVAL, "comment longer than 255 bytes");
+                if (OPTS_HAS(o, parent_format)) {
+                        p->parent_name = o->parent_name;
+                        p->parent_format = o->parent_format;
+                }
+                if (OPTS_HAS(o, resolver))
+                        *ret_res = o->resolver;
         }
         if (vdisk_uuid_is_null(p->uuid))
                 vdisk_uuid_generate(p->uuid);
@@ -294,6 +305,7 @@ int disk_create_base(vdisk_disk *d, vdisk_io *io, const char *format, uint64_t s
         const vdisk_backend *be;
         vdisk_image *img;
         create_params p;
+        vdisk_resolver *res;
         int r;
 
         if (d->n > 0)
@@ -303,10 +315,15 @@ int disk_create_base(vdisk_disk *d, vdisk_io *io, const char *format, uint64_t s
                 return vdisk_error(-EMEDIUMTYPE, "Unknown file format '%s'", format);
         if (size == 0 || size > ((uint64_t) 1 << 62))
                 return vdisk_error(-EINVAL, "invalid image size %" PRIu64, size);
-        r = create_params_from(opts, size, &p);
+        r = create_params_from(opts, size, &p, &res);
         if (r < 0)
                 return r;
-        r = image_create(be, io, &p, &img);
+        if (p.parent_name || p.parent_format)
+                return vdisk_error(-EINVAL, "a base image has no parent");
+        r = backend_check_options(be, p.options);
+        if (r < 0)
+                return r;
+        r = image_create(be, io, res, &p, &img);
         if (r < 0)
                 return r;
         img->modified = 1;
@@ -317,6 +334,7 @@ int disk_create_diff(vdisk_disk *d, vdisk_io *io, const char *format, const vdis
         const vdisk_backend *be;
         vdisk_image *img, *parent;
         create_params p;
+        vdisk_resolver *res;
         meta pm;
         int r;
 
@@ -340,8 +358,8 @@ int disk_create_diff(vdisk_disk *d, vdisk_io *io, const char *format, const vdis
         r = image_flush(parent);
         if (r < 0)
                 return r;
-        r = create_params_from(opts, opts && opts->size >= sizeof(vdisk_create_opts) && opts->diff_size ?
-                                             opts->diff_size : parent->size, &p);
+        r = create_params_from(opts, opts && OPTS_HAS(opts, diff_size) && opts->diff_size ?
+                                             opts->diff_size : parent->size, &p, &res);
         if (r < 0)
                 return r;
         if (p.size > ((uint64_t) 1 << 62))
@@ -351,7 +369,10 @@ int disk_create_diff(vdisk_disk *d, vdisk_io *io, const char *format, const vdis
         memcpy(p.parent_uuid, pm.uuid, 16);
         if (pm.mask & META_MODIFICATION_UUID)
                 memcpy(p.parent_modification_uuid, pm.modification_uuid, 16);
-        r = image_create(be, io, &p, &img);
+        r = backend_check_options(be, p.options);
+        if (r < 0)
+                return r;
+        r = image_create(be, io, res, &p, &img);
         if (r < 0)
                 return r;
         img->modified = 1;

@@ -24,23 +24,40 @@ static int image_alloc(const vdisk_backend *be, vdisk_io *io, vdisk_image **ret)
 
 void image_refresh(vdisk_image *img) {
         img->size = img->be->get_size(img->state);
-        img->block_size = img->be->block_size ? img->be->block_size(img->state) : 0;
+        img->layout = (image_layout) { .sector_size = VDISK_SECTOR_SIZE };
+        if (img->be->get_layout)
+                img->be->get_layout(img->state, &img->layout);
+        assert(img->layout.sector_size >= VDISK_SECTOR_SIZE);
 }
 
-int image_open(const vdisk_backend *be, vdisk_io *io, int writable, int info_only, vdisk_image **ret) {
+int image_open(const vdisk_backend *be, vdisk_io *io, vdisk_resolver *res, int writable, int info_only,
+               vdisk_image **ret) {
+        open_ctx c;
         vdisk_image *img;
         int r;
 
         if (writable && vdisk_io_readonly(io))
                 writable = 0;
+        if (writable && (be->flags & (BACKEND_READ_ONLY | BACKEND_STREAM)))
+                return vdisk_error(-EROFS, "%s: %s images %s", vdisk_io_name(io), be->info.name,
+                                   (be->flags & BACKEND_STREAM) ? "are written once, at creation, and cannot be "
+                                   "opened for writing" : "are read-only");
         r = image_alloc(be, io, &img);
         if (r < 0)
                 return r;
         img->writable = writable;
         img->info_only = info_only;
-        r = be->open(img->state, io, writable);
+        r = files_new(res, vdisk_io_name(io), writable, &img->files);
+        if (r < 0) {
+                image_free(img);
+                return r;
+        }
+        c = (open_ctx) { .io = io, .files = img->files, .writable = writable };
+        r = be->open(img->state, &c);
+        files_seal(img->files);
         img->open_ok = 1;   /* close() handles a half-opened state too */
         if (r < 0) {
+                img->writable = 0;
                 image_free(img);
                 return vdisk_error_prefix(r, vdisk_io_name(io));
         }
@@ -49,14 +66,16 @@ int image_open(const vdisk_backend *be, vdisk_io *io, int writable, int info_onl
         return 0;
 }
 
-int image_create(const vdisk_backend *be, vdisk_io *io, const create_params *p, vdisk_image **ret) {
+int image_create(const vdisk_backend *be, vdisk_io *io, vdisk_resolver *res, const create_params *p,
+                 vdisk_image **ret) {
+        open_ctx c;
         vdisk_image *img;
         uint64_t size;
         int r;
 
         if (vdisk_io_readonly(io))
                 return vdisk_error(-EROFS, "%s: opened read-only", vdisk_io_name(io));
-        if (!be->create)
+        if (!be->create || (be->flags & BACKEND_READ_ONLY))
                 return vdisk_error(-EOPNOTSUPP, "%s: cannot create %s images", vdisk_io_name(io), be->info.name);
         /* Never build an image over existing bytes: they might be someone's data. */
         r = io_get_size(io, &size);
@@ -69,7 +88,16 @@ int image_create(const vdisk_backend *be, vdisk_io *io, const create_params *p, 
         if (r < 0)
                 return r;
         img->writable = 1;
-        r = be->create(img->state, io, p);
+        img->created = 1;
+        r = files_new(res, vdisk_io_name(io), 1, &img->files);
+        if (r < 0) {
+                img->writable = 0;
+                image_free(img);
+                return r;
+        }
+        c = (open_ctx) { .io = io, .files = img->files, .writable = 1 };
+        r = be->create(img->state, &c, p);
+        files_seal(img->files);
         img->open_ok = 1;
         if (r < 0) {
                 img->writable = 0;   /* nothing to flush */
@@ -81,26 +109,140 @@ int image_create(const vdisk_backend *be, vdisk_io *io, const create_params *p, 
         return 0;
 }
 
+/* Flushes the companion files the backend wrote through (after its own flush). */
+static int files_flush(vdisk_image *img) {
+        for (size_t i = 0; i < files_count(img->files); i++) {
+                vdisk_io *f = files_get(img->files, i);
+                int r;
+
+                if (vdisk_io_readonly(f))
+                        continue;
+                r = io_flush(f);
+                if (r < 0)
+                        return r;
+        }
+        return 0;
+}
+
 int image_flush(vdisk_image *img) {
+        int r;
+
         if (!img->writable || img->info_only)
                 return 0;
-        if (img->be->flush)
-                return img->be->flush(img->state);
-        return io_flush(img->io);
+        r = img->be->flush ? img->be->flush(img->state) : io_flush(img->io);
+        if (r < 0)
+                return r;
+        return files_flush(img);
+}
+
+int image_finish(vdisk_image *img) {
+        int r;
+
+        if (!(img->be->flags & BACKEND_STREAM) || !img->created || img->finished || !img->writable)
+                return 0;
+        r = img->be->finish(img->state);
+        if (r < 0)
+                return vdisk_error_prefix(r, vdisk_io_name(img->io));
+        img->finished = 1;
+        return 0;
 }
 
 vdisk_image *image_free(vdisk_image *img) {
         if (!img)
                 return NULL;
-        if (img->open_ok && img->writable)
+        if (img->open_ok && img->writable) {
+                (void) image_finish(img);
                 (void) image_flush(img);
+        }
         if (img->open_ok && img->be->close)
                 img->be->close(img->state);
+        for (unsigned i = 0; i < UNIT_CACHE_N; i++)
+                free(img->units[i].data);
         free(img->state);
         free(img->comment_cache);
+        files_free(img->files);
         vdisk_io_unref(img->io);
         free(img);
         return NULL;
+}
+
+/* A small LRU keyed by where the encoded bytes are. Units are immutable
+ * while cached: an image with encoded units never rewrites one in place (a
+ * write allocates a new unit elsewhere), and the cache dies with the image. */
+int image_decode_unit(vdisk_image *img, const map_result *m, const uint8_t **ret) {
+        vdisk_io *file = image_file(img, m->file);
+        _cleanup_free_ uint8_t *in = NULL, *out = NULL;
+        unit_entry *e = &img->units[0];
+        int r;
+
+        assert(m->kind == MAP_ENCODED);
+        for (unsigned i = 0; i < UNIT_CACHE_N; i++) {
+                unit_entry *u = &img->units[i];
+
+                if (u->data && u->file == file && u->host_offset == m->host_offset &&
+                    u->encoded_length == m->encoded_length && u->codec == m->codec &&
+                    u->length == m->unit_length) {
+                        u->last_use = ++img->unit_clock;
+                        *ret = u->data;
+                        return 0;
+                }
+                if (!u->data || (e->data && u->last_use < e->last_use))
+                        e = u;
+        }
+        if (!img->be->decode || m->unit_length == 0 || m->unit_length > UNIT_MAX ||
+            m->encoded_length == 0 || m->encoded_length > UNIT_MAX)
+                return vdisk_error(-EUCLEAN, "%s: encoded unit at %" PRIu64 " of %" PRIu32 " bytes (decoding to %"
+                                   PRIu32 ") cannot be decoded", vdisk_io_name(img->io), m->host_offset,
+                                   m->encoded_length, m->unit_length);
+        in = malloc(m->encoded_length);
+        out = malloc(m->unit_length);
+        if (!in || !out)
+                return vdisk_error(-ENOMEM, "out of memory");
+        r = io_pread(file, in, m->encoded_length, m->host_offset);
+        if (r < 0)
+                return r;
+        r = img->be->decode(img->state, m, in, out);
+        if (r < 0)
+                return vdisk_error_prefix(r, vdisk_io_name(img->io));
+        free(e->data);
+        *e = (unit_entry) { .file = file, .host_offset = m->host_offset, .encoded_length = m->encoded_length,
+                            .codec = m->codec, .data = TAKE_PTR(out), .length = m->unit_length,
+                            .last_use = ++img->unit_clock };
+        *ret = e->data;
+        return 0;
+}
+
+int image_resize(vdisk_image *img, uint64_t new_size, vdisk_progress *p) {
+        int r;
+
+        if (!img->be->resize)
+                return vdisk_error(-EOPNOTSUPP, "%s: %s images cannot be resized", vdisk_io_name(img->io),
+                                   img->be->info.name);
+        r = img->be->resize(img->state, new_size, p);
+        image_refresh(img);
+        return r < 0 ? vdisk_error_prefix(r, vdisk_io_name(img->io)) : 0;
+}
+
+int image_compact(vdisk_image *img, compact_fn fn, void *ctx, vdisk_progress *p) {
+        int r;
+
+        if (!img->be->compact)
+                return vdisk_error(-EOPNOTSUPP, "%s: %s images cannot be compacted", vdisk_io_name(img->io),
+                                   img->be->info.name);
+        r = img->be->compact(img->state, fn, ctx, p);
+        image_refresh(img);
+        return r < 0 ? vdisk_error_prefix(r, vdisk_io_name(img->io)) : 0;
+}
+
+int image_check(vdisk_image *img, uint32_t flags, vdisk_check_report *rep, vdisk_progress *p) {
+        if (!img->be->check)
+                return vdisk_error(-EOPNOTSUPP, "%s: %s images cannot be checked", vdisk_io_name(img->io),
+                                   img->be->info.name);
+        return img->be->check(img->state, flags, rep, p);
+}
+
+int image_get_info(vdisk_image *img, vdisk_image_info *ret) {
+        return img->be->get_info ? img->be->get_info(img->state, ret) : 0;
 }
 
 int image_get_meta(vdisk_image *img, meta *m) {

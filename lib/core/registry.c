@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
 /* The backend table: explicit and immutable; probe order is table order
  * (RAW last: it matches anything). */
+#include <string.h>
 #include <strings.h>
 
 #include "core/core.h"
@@ -51,4 +52,51 @@ const vdisk_backend_info *vdisk_backend_get(size_t index) {
 const vdisk_backend_info *vdisk_backend_find(const char *name) {
         const vdisk_backend *be = backend_lookup(name);
         return be ? &be->info : NULL;
+}
+
+const vdisk_option_desc *vdisk_backend_option(const vdisk_backend_info *info, const char *key) {
+        if (!info || !key)
+                return NULL;
+        for (const vdisk_option_desc *o = info->create_options; o && o->name; o++)
+                if (streq(o->name, key))
+                        return o;
+        return NULL;
+}
+
+/* Keys every creator passes as arguments of their own, never as options. */
+static bool option_is_generic(const char *key) {
+        return streq(key, "size") || streq(key, "backing_file") || streq(key, "backing_fmt");
+}
+
+static bool is_decimal(const char *v) {
+        return v[0] && strspn(v, "0123456789") == strlen(v);
+}
+
+int backend_check_options(const vdisk_backend *be, const char *const *options) {
+        for (const char *const *o = options; o && o[0]; o += 2) {
+                const vdisk_option_desc *d = vdisk_backend_option(&be->info, o[0]);
+                const char *v = o[1];
+
+                if (!v)
+                        return vdisk_error(-EINVAL, "%s: option '%s' has no value", be->info.qemu_name, o[0]);
+                if (!d || option_is_generic(o[0]))
+                        return vdisk_error(-EINVAL, "%s: unknown option '%s'", be->info.qemu_name, o[0]);
+                switch (d->type) {
+                case VDISK_OPTION_BOOL:
+                        if (!streq(v, "on") && !streq(v, "off"))
+                                return vdisk_error(-EINVAL, "%s: option '%s' takes on or off, not '%s'",
+                                                   be->info.qemu_name, o[0], v);
+                        break;
+                case VDISK_OPTION_SIZE:
+                case VDISK_OPTION_NUMBER:
+                        if (!is_decimal(v) || strlen(v) > 20)
+                                return vdisk_error(-EINVAL, "%s: option '%s' takes a number of %s, not '%s'",
+                                                   be->info.qemu_name, o[0],
+                                                   d->type == VDISK_OPTION_SIZE ? "bytes" : "units", v);
+                        break;
+                case VDISK_OPTION_STRING:
+                        break;
+                }
+        }
+        return 0;
 }

@@ -21,11 +21,6 @@
 
 #include "core/core.h"
 
-struct vdisk_resolver {
-        vdisk_resolver_ops ops;
-        void *user;
-};
-
 typedef struct path_resolver {
         char **dirs;   /* NULL-terminated */
 } path_resolver;
@@ -93,7 +88,7 @@ static int candidate_uuid(int dfd, const char *dir, const char *name, const vdis
         if (r < 0)
                 return r;
         TAKE_FD(fd);
-        r = image_open(be, io, 0, 1, &img);
+        r = image_open(be, io, NULL, 0, 1, &img);
         if (r < 0)
                 return r;
         r = image_get_meta(img, &m);
@@ -210,6 +205,39 @@ static int path_find_uuid(void *user, const uint8_t uuid[16], const char *format
         return 0;
 }
 
+/* Companions must live inside the image's directory: relative, no "..",
+ * and the last component no symlink. A hostile image cannot make vdisk-img
+ * read (and copy out) or write a file elsewhere that its user can reach. */
+static int path_open_companion(void *user, const char *name, const char *image_name, uint32_t flags,
+                               vdisk_io **ret) {
+        _cleanup_free_ char *dir = NULL, *full = NULL;
+        uint32_t pf = VDISK_PATH_NOFOLLOW;
+
+        if (name[0] == '/')
+                return vdisk_error(-EPERM, "%s: refusing the absolute file name '%s' (companion files must be "
+                                   "named relative to the image)", image_name, name);
+        for (const char *p = name; *p;) {
+                size_t n = strcspn(p, "/");
+
+                if (n == 2 && p[0] == '.' && p[1] == '.')
+                        return vdisk_error(-EPERM, "%s: refusing the file name '%s' (companion files must stay "
+                                           "inside the image's directory)", image_name, name);
+                p += n;
+                p += strspn(p, "/");
+        }
+        dir = dir_of(image_name);
+        if (!dir)
+                return vdisk_error(-ENOMEM, "out of memory");
+        full = strcmp(dir, ".") == 0 ? strdup(name) : strdup_printf("%s/%s", dir, name);
+        if (!full)
+                return vdisk_error(-ENOMEM, "out of memory");
+        if (flags & VDISK_COMPANION_WRITE)
+                pf |= VDISK_PATH_WRITE;
+        if (flags & VDISK_COMPANION_CREATE)
+                pf |= VDISK_PATH_CREATE;
+        return vdisk_io_open_path(full, pf, ret);
+}
+
 static void path_free(void *user) {
         path_resolver *pr = user;
 
@@ -222,6 +250,7 @@ static const vdisk_resolver_ops path_ops = {
         .open_name = path_open_name,
         .find_uuid = path_find_uuid,
         .free = path_free,
+        .open_companion = path_open_companion,
 };
 
 int vdisk_resolver_new_path(const char *const *extra_dirs, vdisk_resolver **ret) {

@@ -37,12 +37,18 @@ static int map_checked(vdisk_image *img, uint64_t offset, uint64_t len, map_resu
         int r;
 
         assert(len > 0 && offset < img->size && len <= img->size - offset);
+        *m = (map_result) {};
         r = img->be->map(img->state, offset, len, m);
         if (r < 0)
                 return vdisk_error_prefix(r, vdisk_io_name(img->io));
         assert(m->length > 0);
         if (m->length > len)
                 m->length = len;
+        if (m->kind == MAP_ENCODED &&
+            (m->unit_offset > offset || offset - m->unit_offset >= m->unit_length ||
+             m->length > m->unit_length - (offset - m->unit_offset)))
+                return vdisk_error(-EUCLEAN, "%s: encoded unit at %" PRIu64 " does not cover offset %" PRIu64,
+                                   vdisk_io_name(img->io), m->unit_offset, offset);
         return 0;
 }
 
@@ -53,7 +59,14 @@ int rw_read(vdisk_disk *d, unsigned level, void *buf, size_t len, uint64_t offse
 
         if (img->info_only)
                 return vdisk_error(-EPERM, "%s: opened for information only", vdisk_io_name(img->io));
+        if (img->be->flags & BACKEND_IDENTITY) {
+                uint64_t n = offset < img->size ? MIN((uint64_t) len, img->size - offset) : 0;
+
+                memset(p + n, 0, len - n);   /* past the image's end: zeros */
+                return n > 0 ? io_pread_zerofill(img->io, p, (size_t) n, offset) : 0;
+        }
         while (len > 0) {
+                const uint8_t *unit;
                 map_result m;
                 size_t n;
 
@@ -67,7 +80,12 @@ int rw_read(vdisk_disk *d, unsigned level, void *buf, size_t len, uint64_t offse
                 n = (size_t) m.length;
                 switch (m.kind) {
                 case MAP_DATA:
-                        r = io_pread_zerofill(img->io, p, n, m.host_offset);
+                        r = io_pread_zerofill(image_file(img, m.file), p, n, m.host_offset);
+                        break;
+                case MAP_ENCODED:
+                        r = image_decode_unit(img, &m, &unit);
+                        if (r >= 0)
+                                memcpy(p, unit + (offset - m.unit_offset), n);
                         break;
                 case MAP_ZERO:
                         memset(p, 0, n);
@@ -127,29 +145,28 @@ static int write_prepare(vdisk_image *img, uint64_t offset, uint64_t len) {
         return len > 0;
 }
 
-/* Writes one newly reserved block [bstart, bend) of image `level` at host
- * offset `host`: the new bytes p[0..n) at `offset`, and around them what the
- * block read before (the view at `level`: zeros for a ZERO block, the
- * parent's data for an unallocated one). The block is assembled in memory,
- * COW_CHUNK at a time, and written with one pwrite per chunk (per run of
- * non-zero pages when the space is fresh), so a small write into a new 1 MiB
- * block costs one read of the parent and one write. */
-static int fill_block(vdisk_disk *d, unsigned level, uint64_t bstart, uint64_t bend, uint64_t offset,
-                      const uint8_t *p, size_t n, uint64_t host, int fresh) {
-        vdisk_image *img = d->images[level];
+/* Writes one newly reserved unit [ustart, uend) of image `level` to `file`
+ * at host offset `host`: the new bytes p[0..n) at `offset`, and around them
+ * what the unit read before (the view at `level`: zeros for a ZERO block,
+ * the parent's data for an unallocated one). The unit is assembled in
+ * memory, COW_CHUNK at a time, and written with one pwrite per chunk (per
+ * run of non-zero pages when the space is fresh), so a small write into a
+ * new 1 MiB block costs one read of the parent and one write. */
+static int fill_unit(vdisk_disk *d, unsigned level, uint64_t ustart, uint64_t uend, uint64_t offset,
+                     const uint8_t *p, size_t n, vdisk_io *file, uint64_t host, int fresh) {
         _cleanup_free_ uint8_t *buf = NULL;
         uint64_t end = offset + n;
         int r;
 
-        /* The new bytes cover the block: write them as they are. */
-        if (offset == bstart && end == bend)
-                return fresh ? write_skipping_zeros(img->io, p, n, host) : io_pwrite(img->io, p, n, host);
+        /* The new bytes cover the unit: write them as they are. */
+        if (offset == ustart && end == uend)
+                return fresh ? write_skipping_zeros(file, p, n, host) : io_pwrite(file, p, n, host);
 
-        buf = buf_alloc((size_t) MIN(bend - bstart, (uint64_t) COW_CHUNK));
+        buf = buf_alloc((size_t) MIN(uend - ustart, (uint64_t) COW_CHUNK));
         if (!buf)
                 return vdisk_error(-ENOMEM, "out of memory");
-        for (uint64_t pos = bstart; pos < bend;) {
-                size_t len = (size_t) MIN(bend - pos, (uint64_t) COW_CHUNK);
+        for (uint64_t pos = ustart; pos < uend;) {
+                size_t len = (size_t) MIN(uend - pos, (uint64_t) COW_CHUNK);
                 uint64_t lo = MAX(pos, offset), hi = MIN(pos + len, end);
 
                 /* Old content only where the new bytes do not cover it. */
@@ -170,8 +187,8 @@ static int fill_block(vdisk_disk *d, unsigned level, uint64_t bstart, uint64_t b
                         if (r < 0)
                                 return r;
                 }
-                r = fresh ? write_skipping_zeros(img->io, buf, len, host + (pos - bstart))
-                          : io_pwrite(img->io, buf, len, host + (pos - bstart));
+                r = fresh ? write_skipping_zeros(file, buf, len, host + (pos - ustart))
+                          : io_pwrite(file, buf, len, host + (pos - ustart));
                 if (r < 0)
                         return r;
                 pos += len;
@@ -179,34 +196,36 @@ static int fill_block(vdisk_disk *d, unsigned level, uint64_t bstart, uint64_t b
         return 0;
 }
 
-/* Allocates the block of image `level` containing `offset` as a
- * transaction: reserve, write the whole block, and only then commit the
- * table entry. On failure the reservation is released and the image reads
- * as it did before. Returns the bytes of p consumed. */
-static int write_new_block(vdisk_disk *d, unsigned level, uint64_t offset, const uint8_t *p, size_t len,
-                           size_t *ret_n) {
+/* Allocates the unit of image `level` containing `offset` as a transaction:
+ * reserve, write the whole unit, and only then commit the table entry. On
+ * failure the reservation is released and the image reads as it did before.
+ * *ret_n gets the bytes of p consumed. */
+static int write_new_unit(vdisk_disk *d, unsigned level, uint64_t offset, const uint8_t *p, size_t len,
+                          size_t *ret_n) {
         vdisk_image *img = d->images[level];
-        uint64_t bstart = ALIGN_DOWN(offset, (uint64_t) img->block_size);
-        uint64_t bend = MIN(bstart + img->block_size, img->size);
-        size_t n = (size_t) MIN((uint64_t) len, bend - offset);
-        map_result res;
-        int fresh = 0, r;
+        reservation res = {};
+        uint64_t uend;
+        size_t n;
+        int r;
 
         if (!img->be->allocate)
                 return vdisk_error(-EOPNOTSUPP, "%s: %s images cannot allocate blocks",
                                    vdisk_io_name(img->io), img->be->info.name);
-        r = img->be->allocate(img->state, offset, &res, &fresh);
+        r = img->be->allocate(img->state, offset, len, &res);
         if (r < 0)
                 return vdisk_error_prefix(r, vdisk_io_name(img->io));
-        assert(res.length >= bend - bstart);
-        r = fill_block(d, level, bstart, bend, offset, p, n, res.host_offset, fresh);
+        assert(res.unit_offset <= offset && res.length > offset - res.unit_offset);
+        uend = MIN(res.unit_offset + res.length, img->size);
+        n = (size_t) MIN((uint64_t) len, uend - offset);
+        r = fill_unit(d, level, res.unit_offset, uend, offset, p, n, image_file(img, res.file), res.host_offset,
+                      res.fresh);
         if (r < 0) {
-                img->be->release(img->state, offset, &res);
+                img->be->release(img->state, &res);
                 return r;
         }
-        r = img->be->commit(img->state, offset, &res);
+        r = img->be->commit(img->state, &res);
         if (r < 0) {
-                img->be->release(img->state, offset, &res);
+                img->be->release(img->state, &res);
                 return vdisk_error_prefix(r, vdisk_io_name(img->io));
         }
         *ret_n = n;
@@ -235,9 +254,11 @@ int rw_write(vdisk_disk *d, unsigned level, const void *buf, size_t len, uint64_
         if (r <= 0)
                 return r;
 
-        if (img->block_size == 0) {    /* everything allocated (raw) */
-                r = io_pwrite(img->io, buf, len, offset);
-                return write_done(img, true, r);
+        if (img->be->flags & BACKEND_IDENTITY)
+                return write_done(img, true, io_pwrite(img->io, buf, len, offset));
+        if (img->be->flags & BACKEND_STREAM) {
+                r = img->be->stream_write(img->state, offset, buf, len);
+                return write_done(img, r >= 0, r < 0 ? vdisk_error_prefix(r, vdisk_io_name(img->io)) : r);
         }
 
         while (len > 0) {
@@ -249,9 +270,11 @@ int rw_write(vdisk_disk *d, unsigned level, const void *buf, size_t len, uint64_
                         break;
                 if (m.kind == MAP_DATA) {
                         n = (size_t) m.length;
-                        r = io_pwrite(img->io, p, n, m.host_offset);
+                        r = io_pwrite(image_file(img, m.file), p, n, m.host_offset);
                 } else
-                        r = write_new_block(d, level, offset, p, len, &n);
+                        /* UNALLOC, ZERO, and ENCODED: an encoded unit is
+                         * never rewritten in place; it gets a new unit. */
+                        r = write_new_unit(d, level, offset, p, len, &n);
                 if (r < 0)
                         break;
                 wrote = true;
@@ -304,14 +327,16 @@ int rw_write_zeroes(vdisk_disk *d, unsigned level, int below, uint64_t offset, u
         r = write_prepare(img, offset, len);
         if (r <= 0)
                 return r;
-        if (img->block_size == 0)
+        if (img->be->flags & BACKEND_IDENTITY)
                 return write_done(img, true, io_write_zeroes(img->io, offset, len));
 
         while (len > 0) {
-                uint64_t bstart = ALIGN_DOWN(offset, (uint64_t) img->block_size);
-                uint64_t bend = MIN(bstart + img->block_size, img->size);
+                /* Whole zero units may become zero entries (mark_zero). */
+                uint64_t zu = img->layout.zero_unit;
+                uint64_t bstart = zu ? ALIGN_DOWN(offset, zu) : offset;
+                uint64_t bend = zu ? MIN(bstart + zu, img->size) : offset + len;
                 uint64_t n = MIN(len, bend - offset);
-                bool whole = offset == bstart && n == bend - bstart;
+                bool whole = zu && offset == bstart && n == bend - bstart;
                 map_result m;
 
                 r = map_checked(img, offset, n, &m);
@@ -323,16 +348,19 @@ int rw_write_zeroes(vdisk_disk *d, unsigned level, int below, uint64_t offset, u
                 case MAP_ZERO:
                         break;
                 case MAP_DATA:
-                        r = io_write_zeroes(img->io, m.host_offset, n);
+                        r = io_write_zeroes(image_file(img, m.file), m.host_offset, n);
                         wrote = true;
                         break;
+                case MAP_ENCODED:
                 case MAP_UNALLOC: {
                         bool below_zero;
 
                         /* Already zero if what will show through reads zeros. */
-                        r = rw_is_zero(d, below, offset, n, &below_zero);
-                        if (r < 0 || below_zero)
-                                break;
+                        if (m.kind == MAP_UNALLOC) {
+                                r = rw_is_zero(d, below, offset, n, &below_zero);
+                                if (r < 0 || below_zero)
+                                        break;
+                        }
                         if (whole && img->be->mark_zero) {
                                 r = img->be->mark_zero(img->state, offset, n);
                                 wrote = wrote || r >= 0;
@@ -383,14 +411,15 @@ int rw_status(vdisk_disk *d, unsigned bottom, unsigned top, uint64_t offset, uin
                 if (r < 0)
                         return r;
                 length = m.length;
-                if (m.kind == MAP_DATA || m.kind == MAP_ZERO) {
+                if (m.kind != MAP_UNALLOC) {
+                        /* An encoded unit has data but no offset it reads from. */
                         *ret = (vdisk_extent) {
                                 .offset = offset, .length = length,
                                 .flags = VDISK_EXTENT_ALLOCATED |
-                                         (m.kind == MAP_DATA ? VDISK_EXTENT_DATA : VDISK_EXTENT_ZERO),
+                                         (m.kind == MAP_ZERO ? VDISK_EXTENT_ZERO : VDISK_EXTENT_DATA),
                                 .depth = (int) (top - level),
                                 .host_offset = m.host_offset,
-                                .host_offset_valid = m.kind == MAP_DATA,
+                                .host_offset_valid = m.kind == MAP_DATA && !m.file,
                         };
                         /* A raw base "allocates" everything; holes map as ZERO. */
                         return 0;

@@ -293,6 +293,8 @@ int vdisk_io_open_path(const char *path, uint32_t path_flags, vdisk_io **ret) {
         oflags |= (path_flags & (VDISK_PATH_WRITE | VDISK_PATH_CREATE)) ? O_RDWR : O_RDONLY;
         if (path_flags & VDISK_PATH_CREATE)
                 oflags |= O_CREAT | ((path_flags & VDISK_PATH_TRUNC) ? 0 : O_EXCL);
+        if (path_flags & VDISK_PATH_NOFOLLOW)
+                oflags |= O_NOFOLLOW;
         fd = open(path, oflags, 0644);
         if (fd < 0)
                 return vdisk_error(-errno, "Could not open '%s': %m", path);

@@ -172,6 +172,12 @@ int io_get_allocated(vdisk_io *io, uint64_t *ret) {
         return io_get_size(io, ret);
 }
 
+int io_seek_data(vdisk_io *io, uint64_t offset, int hole, uint64_t *ret) {
+        if (!io->vt->seek_data)
+                return -EOPNOTSUPP;
+        return io->vt->seek_data(io->user, offset, hole, ret);
+}
+
 int io_is_hole(vdisk_io *io, uint64_t offset, uint64_t len) {
         uint64_t next;
 

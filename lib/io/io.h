@@ -50,6 +50,9 @@ int io_punch_hole(vdisk_io *io, uint64_t offset, uint64_t len);
 /* Writes zeros: punches a hole when possible, else writes zero buffers. */
 int io_write_zeroes(vdisk_io *io, uint64_t offset, uint64_t len);
 int io_get_allocated(vdisk_io *io, uint64_t *ret);
+/* The next data (hole = 0) or hole (hole = 1) boundary at or after offset
+ * (SEEK_DATA/SEEK_HOLE); -EOPNOTSUPP when the io cannot tell. */
+int io_seek_data(vdisk_io *io, uint64_t offset, int hole, uint64_t *ret);
 /* For a fd io: is [offset, offset+len) known to be a hole in the host file? */
 int io_is_hole(vdisk_io *io, uint64_t offset, uint64_t len);
 

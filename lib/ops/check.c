@@ -8,30 +8,6 @@
 
 #include "core/core.h"
 
-int check_report_add(vdisk_check_report *r, const char *fmt, ...) {
-        size_t n = 0;
-        char *s, **v;
-        va_list ap;
-
-        va_start(ap, fmt);
-        if (vasprintf(&s, fmt, ap) < 0)
-                s = NULL;
-        va_end(ap);
-        if (!s)
-                return -ENOMEM;
-        while (r->messages && r->messages[n])
-                n++;
-        v = reallocarray(r->messages, n + 2, sizeof(char *));
-        if (!v) {
-                free(s);
-                return -ENOMEM;
-        }
-        v[n] = s;
-        v[n + 1] = NULL;
-        r->messages = v;
-        return 0;
-}
-
 void vdisk_check_report_clear(vdisk_check_report *r) {
         size_t size;
 
@@ -56,13 +32,13 @@ int vdisk_check(vdisk_disk *d, unsigned index, uint32_t flags, vdisk_check_repor
                 return vdisk_error(-EINVAL, "image index %u out of range", index);
         img = d->images[index];
         vdisk_check_report_clear(ret);
-        if (!img->be->check)
+        if (!image_can_check(img))
                 return vdisk_error(-EOPNOTSUPP, "%s: %s images do not support checks", vdisk_io_name(img->io),
                                    img->be->info.name);
         if (repair && (!img->writable || img->info_only))
                 return vdisk_error(-EROFS, "%s: image is read-only: cannot repair", vdisk_io_name(img->io));
         progress_set_total(p, 1);
-        r = img->be->check(img->state, flags, ret, p);
+        r = image_check(img, flags, ret, p);
         if (repair) {
                 fr = image_flush(img);
                 image_refresh(img);

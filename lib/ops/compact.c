@@ -64,7 +64,7 @@ int vdisk_compact(vdisk_disk *d, unsigned index, vdisk_progress *p) {
         img = d->images[index];
         if (!img->writable || img->info_only)
                 return vdisk_error(-EROFS, "%s: image is read-only", vdisk_io_name(img->io));
-        if (!img->be->compact)
+        if (!image_can_compact(img))
                 return vdisk_error(-EOPNOTSUPP, "%s: %s images cannot be compacted", vdisk_io_name(img->io),
                                    img->be->info.name);
         /* Pending table updates reach the disk before blocks move. */
@@ -74,12 +74,11 @@ int vdisk_compact(vdisk_disk *d, unsigned index, vdisk_progress *p) {
         progress_set_total(p, img->size);
         c.d = d;
         c.index = index;
-        r = img->be->compact(img->state, compact_decide, &c, p);
+        r = image_compact(img, compact_decide, &c, p);
         free(c.buf);
         fr = image_flush(img);
-        image_refresh(img);
         if (r < 0)
-                return vdisk_error_prefix(r, vdisk_io_name(img->io));
+                return r;
         if (fr < 0)
                 return fr;
         progress_finish(p);

@@ -8,17 +8,7 @@
 #include "core/core.h"
 
 int resize_image(vdisk_disk *d, unsigned level, uint64_t new_size, vdisk_progress *p) {
-        vdisk_image *img = d->images[level];
-        int r;
-
-        if (!img->be->resize)
-                return vdisk_error(-EOPNOTSUPP, "%s: %s images cannot be resized", vdisk_io_name(img->io),
-                                   img->be->info.name);
-        r = img->be->resize(img->state, new_size, p);
-        image_refresh(img);
-        if (r < 0)
-                return vdisk_error_prefix(r, vdisk_io_name(img->io));
-        return 0;
+        return image_resize(d->images[level], new_size, p);
 }
 
 int vdisk_resize(vdisk_disk *d, uint64_t new_size, vdisk_progress *p) {

@@ -3,6 +3,7 @@
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <uuid/uuid.h>
 #include <zlib.h>
 
@@ -115,6 +116,73 @@ char *strdup_printf(const char *fmt, ...) {
                 s = NULL;
         va_end(ap);
         return s;
+}
+
+/* Appends an owned string. */
+static int strv_push_owned(strv_builder *b, char *s) {
+        char **v;
+
+        if (!s)
+                return -ENOMEM;
+        v = reallocarray(b->v, b->n + 2, sizeof(char *));
+        if (!v) {
+                free(s);
+                return -ENOMEM;
+        }
+        v[b->n++] = s;
+        v[b->n] = NULL;
+        b->v = v;
+        return 0;
+}
+
+int strv_push(strv_builder *b, const char *s) {
+        return strv_push_owned(b, strdup(s));
+}
+
+int strv_push_pair(strv_builder *b, const char *key, const char *fmt, ...) {
+        va_list ap;
+        char *s;
+        int r;
+
+        r = strv_push(b, key);
+        if (r < 0)
+                return r;
+        va_start(ap, fmt);
+        if (vasprintf(&s, fmt, ap) < 0)
+                s = NULL;
+        va_end(ap);
+        return strv_push_owned(b, s);
+}
+
+int strv_builder_steal(strv_builder *b, char ***ret) {
+        if (!b->v && !(b->v = calloc(1, sizeof(char *))))
+                return -ENOMEM;
+        *ret = b->v;
+        *b = (strv_builder) {};
+        return 0;
+}
+
+void strv_builder_done(strv_builder *b) {
+        vdisk_strv_free(b->v);
+        *b = (strv_builder) {};
+}
+
+/* Messages go into a NULL-terminated list the report owns. */
+int check_report_add(vdisk_check_report *r, const char *fmt, ...) {
+        strv_builder b = { .v = r->messages };
+        va_list ap;
+        char *s;
+        int k;
+
+        while (b.v && b.v[b.n])
+                b.n++;
+        va_start(ap, fmt);
+        if (vasprintf(&s, fmt, ap) < 0)
+                s = NULL;
+        va_end(ap);
+        k = strv_push_owned(&b, s);
+        r->messages = b.v;
+        return k;
 }
 
 void vdisk_strv_free(char **strv) {

@@ -140,4 +140,19 @@ void extent_list_clear(extent_list *l);
 
 /* ---- strings */
 
+/* A growing NULL-terminated string list. */
+typedef struct strv_builder {
+        char **v;               /* NULL until the first push */
+        size_t n;
+} strv_builder;
+int strv_push(strv_builder *b, const char *s);
+/* Pushes `key` and the formatted value. */
+int strv_push_pair(strv_builder *b, const char *key, const char *fmt, ...) _printf_(3, 4);
+/* Hands the list over (an empty list, never NULL, when nothing was pushed). */
+int strv_builder_steal(strv_builder *b, char ***ret);
+void strv_builder_done(strv_builder *b);
+
+/* Adds a formatted message to a check report (backends' check()). */
+int check_report_add(vdisk_check_report *r, const char *fmt, ...) _printf_(2, 3);
+
 char *strdup_printf(const char *fmt, ...) _printf_(1, 2);

@@ -84,6 +84,7 @@ enum {
         VDISK_PATH_TRUNC  = 1u << 2, /* with CREATE: replace an existing regular file */
         VDISK_PATH_NOSYNC = 1u << 3, /* the io gets VDISK_IO_NOSYNC */
         VDISK_PATH_DIRECT = 1u << 4, /* with WRITE: the io gets VDISK_IO_DIRECT */
+        VDISK_PATH_NOFOLLOW = 1u << 5, /* a symlink as the last component is -ELOOP */
 };
 
 /* An io over a file descriptor (must be a regular file or block device). The
@@ -193,14 +194,38 @@ enum {
         VDISK_IMAGE_FLAGS_DIFF        = 0x20000,
 };
 
+/* A creation option ("-o key=value") a format takes, typed, with the
+ * default the format applies when it is not given. */
+typedef enum vdisk_option_type {
+        VDISK_OPTION_STRING,
+        VDISK_OPTION_SIZE,      /* bytes, with qemu's suffixes (k, M, G, T ...) */
+        VDISK_OPTION_BOOL,      /* "on" / "off" */
+        VDISK_OPTION_NUMBER,    /* an unsigned decimal number */
+} vdisk_option_type;
+
+typedef struct vdisk_option_desc {
+        const char *name;       /* qemu-img's key */
+        vdisk_option_type type;
+        const char *help;       /* one line */
+        const char *def;        /* the default as qemu-img create prints it
+                                 * unasked ("off", "65536"); NULL = printed
+                                 * only when given */
+} vdisk_option_desc;
+
 typedef struct vdisk_backend_info {
         const char *name;                   /* VirtualBox's name: "RAW", "VDI", ... */
         const char *qemu_name;              /* qemu-img's name: "raw", "vdi", ... */
         uint32_t caps;                      /* VDISK_CAP_* */
         uint32_t media;                     /* VDISK_MEDIA_* */
         const char *const *extensions;      /* NULL-terminated, without dots */
-        const char *const *create_options;  /* NULL-terminated "-o" keys it takes */
+        /* Every "-o" key it takes, "size" and (for formats with DIFF)
+         * "backing_file"/"backing_fmt" included, in the order qemu-img
+         * prints them; ends with a { NULL } entry. */
+        const vdisk_option_desc *create_options;
 } vdisk_backend_info;
+
+/* The option `key` of a backend, or NULL. */
+const vdisk_option_desc *vdisk_backend_option(const vdisk_backend_info *info, const char *key);
 
 /* Number of backends, and each one's description (index from 0). */
 size_t vdisk_backend_count(void);
@@ -256,13 +281,25 @@ typedef struct vdisk_resolver_ops {
         int (*find_uuid)(void *user, const uint8_t uuid[16], const char *format,
                          const char *child_name, int writable, vdisk_io **ret_io);
         void (*free)(void *user);
+        /* Opens a companion file of the image `image_name`: a VMDK extent, a
+         * qcow2 data file, the BIN of a CUE sheet, named as the image records
+         * it. `flags`: VDISK_COMPANION_*. Optional (NULL: -ENOENT). */
+        int (*open_companion)(void *user, const char *name, const char *image_name, uint32_t flags,
+                              vdisk_io **ret_io);
 } vdisk_resolver_ops;
+
+enum {
+        VDISK_COMPANION_WRITE  = 1u << 0,   /* read-write */
+        VDISK_COMPANION_CREATE = 1u << 1,   /* a new file; an existing one is -EEXIST */
+};
 
 /* A resolver for local paths, used by vdisk-img: names relative to the child's
  * directory; UUID search among the regular files with the format's extensions in
  * the child's directory and in `extra_dirs` (NULL-terminated, may be NULL). It
  * never follows symlinks and opens nothing but regular files. Parents opened
- * writable get VDISK_IO_DIRECT (merges write them in bulk). */
+ * writable get VDISK_IO_DIRECT (merges write them in bulk). Companion files
+ * (extents, data files) must be named relative to the image, inside its
+ * directory: an absolute name or one with a ".." component is -EPERM. */
 int vdisk_resolver_new_path(const char *const *extra_dirs, vdisk_resolver **ret);
 int vdisk_resolver_new_ops(const vdisk_resolver_ops *ops, void *user, vdisk_resolver **ret);
 vdisk_resolver *vdisk_resolver_free(vdisk_resolver *r);
@@ -295,6 +332,15 @@ typedef struct vdisk_create_opts {
          * parent's. Past the parent's end a larger child reads zeros; a
          * smaller child simply shows less of its parent. */
         uint64_t diff_size;
+        /* vdisk_disk_create_diff only: the parent's file name and format as
+         * the child records them (qcow2 backing file, VMDK parentFileNameHint,
+         * VHD locators); formats that link by UUID only (VDI) ignore them.
+         * NULL = none. */
+        const char *parent_name;
+        const char *parent_format;
+        /* Creates the new image's companion files (extents of a split VMDK)
+         * next to it; NULL = formats that need them fail with -ENOENT. */
+        vdisk_resolver *resolver;
 } vdisk_create_opts;
 
 /* VDCreateBase: creates a new base image of `size` bytes on io (which must be
@@ -371,6 +417,50 @@ int vdisk_image_set_comment(vdisk_image *img, const char *comment);   /* NULL cl
 int vdisk_image_set_pchs(vdisk_image *img, const vdisk_geometry *g);
 int vdisk_image_set_lchs(vdisk_image *img, const vdisk_geometry *g);
 int vdisk_image_set_flags(vdisk_image *img, uint32_t flags);   /* only ZERO_EXPAND is changeable */
+
+/* Records the parent's file name and format in a child (a relink, like
+ * qemu-img rebase -u); -EOPNOTSUPP for formats that link by UUID only. */
+int vdisk_image_set_parent_name(vdisk_image *img, const char *name, const char *format);
+
+/* The logical sector size: 512, 2048 (optical media) or 4096. */
+uint32_t vdisk_image_sector_size(vdisk_image *img);
+
+/* Format-specific facts as a NULL-terminated list of alternating keys and
+ * values (qemu-img info's "Format specific information"); empty when the
+ * format has none. Free with vdisk_strv_free. */
+int vdisk_image_get_format_info(vdisk_image *img, char ***ret_kv);
+
+/* Internal snapshots of an image (qcow2, Parallels, VMDK), oldest first. */
+typedef struct vdisk_snapshot {
+        char *id;                  /* the format's id ("1", a UUID ...) */
+        char *name;                /* may be "" */
+        uint64_t disk_size;        /* virtual size when it was taken */
+        uint64_t vm_state_size;    /* bytes of saved VM state, 0 if none */
+        int64_t date_sec;          /* wall clock time it was taken */
+        uint32_t date_nsec;
+        uint64_t vm_clock_nsec;    /* guest clock */
+} vdisk_snapshot;
+/* *ret is an array of *ret_n entries (NULL and 0 when there are none). */
+int vdisk_image_list_snapshots(vdisk_image *img, vdisk_snapshot **ret, size_t *ret_n);
+void vdisk_snapshots_free(vdisk_snapshot *v, size_t n);
+
+/* Regions of a disk (VD's VDQueryRegions): a hard disk or a plain ISO is
+ * one region; a CUE sheet has a region per track. */
+enum {
+        VDISK_REGION_DATA_RAW = 0,        /* hard disk sectors */
+        VDISK_REGION_DATA_MODE1_2048,     /* CD-ROM mode 1 user data */
+        VDISK_REGION_DATA_MODE1_2352,
+        VDISK_REGION_DATA_MODE2_2352,
+        VDISK_REGION_DATA_AUDIO,
+};
+typedef struct vdisk_region {
+        uint64_t offset;           /* bytes, in the disk's address space */
+        uint64_t length;
+        uint32_t block_size;       /* bytes per block of this region */
+        uint32_t data_type;        /* VDISK_REGION_DATA_* */
+} vdisk_region;
+/* The regions of the top image of the chain; free *ret with free(). */
+int vdisk_disk_query_regions(vdisk_disk *d, vdisk_region **ret, size_t *ret_n);
 
 /* Format-specific facts for `info`. */
 typedef struct vdisk_image_info {
