@@ -61,9 +61,14 @@ int vdisk_compact(vdisk_disk *d, unsigned index, vdisk_progress *p) {
         l = disk_lock(d);
         if (index >= d->n)
                 return vdisk_error(-EINVAL, "image index %u out of range", index);
+        if (!d->images[index]->be->compact)
+                return vdisk_error(-EOPNOTSUPP, "%s: %s images cannot be compacted",
+                                   vdisk_io_name(d->images[index]->io), d->images[index]->be->info.name);
+        r = disk_make_writable(d, index);
+        if (r < 0)
+                return r == -EPERM ? vdisk_error(-EROFS, "%s: image is read-only",
+                                                 vdisk_io_name(d->images[index]->io)) : r;
         img = d->images[index];
-        if (!img->writable || img->info_only)
-                return vdisk_error(-EROFS, "%s: image is read-only", vdisk_io_name(img->io));
         if (!img->be->compact)
                 return vdisk_error(-EOPNOTSUPP, "%s: %s images cannot be compacted", vdisk_io_name(img->io),
                                    img->be->info.name);
