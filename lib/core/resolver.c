@@ -350,10 +350,12 @@ int resolver_reopen(vdisk_resolver *r, vdisk_io *io, vdisk_io **ret) {
         vdisk_clear_error();
         k = r->ops.reopen(r->user, io, &rw);
         if (k < 0) {
-                if (!vdisk_last_error()[0])
-                        return vdisk_error(k, "%s: cannot reopen it for writing: %s", vdisk_io_name(io),
-                                           strerror(-k));
-                return k;
+                if (vdisk_last_error()[0])
+                        return k;
+                if (k == -ENOENT)
+                        return vdisk_error(k, "%s: must be written by this operation, but no writable "
+                                           "descriptor of it was supplied", vdisk_io_name(io));
+                return vdisk_error(k, "%s: cannot reopen it for writing: %s", vdisk_io_name(io), strerror(-k));
         }
         if (!rw || vdisk_io_readonly(rw)) {
                 vdisk_io_unref(rw);
