@@ -505,8 +505,12 @@ static void open_run(Task *t) {
         vdisk_disk *vd = task_vd(c);
         vdisk_resolver *res = NULL;
         vdisk_io *io = NULL;
+        FilesResolver *fr = NULL;
         bool ro = c->options.read_only || !c->fd_writable;
-        uint32_t flags = ro ? VDISK_OPEN_READONLY : 0;
+        /* An O_RDONLY fd makes only its image read-only: an operation may
+         * still write into a parent the caller gave a writable fd for. The
+         * option read-only makes the whole disk read-only. */
+        uint32_t flags = c->options.read_only ? VDISK_OPEN_READONLY : 0;
         const char *format = c->format[0] ? c->format : NULL;
         int r;
 
@@ -525,16 +529,17 @@ static void open_run(Task *t) {
         r = io_from_fd(TAKE_FD(c->fd), !ro, c->names[0].io_name, &io);
         if (r >= 0) {
                 if (vdisk_disk_count(vd) == 0) {
-                        r = files_resolver_new(c->options.files, c->options.n_files, &res);
+                        r = files_resolver_new(c->options.files, c->options.n_files, &fr, &res);
                         if (r >= 0)
                                 r = vdisk_disk_open_chain(vd, res, io, format, flags);
+                        files_resolver_done_opening(fr);
                 } else
                         r = vdisk_disk_open(vd, io, format, flags);
         }
         outcome_set(&c->outcome, r);
         (void) disk_info_read(vd, &c->info);
         vdisk_io_unref(io);
-        vdisk_resolver_free(res);
+        vdisk_resolver_unref(res);
 }
 
 static void open_done(Task *t, bool cancelled) {

@@ -120,15 +120,28 @@ int io_from_fd(int fd, int writable, const char *name, vdisk_io **ret) {
         return r;
 }
 
-/* An io over a duplicate of a candidate's fd (the candidate keeps its own). */
+/* An io over a duplicate of a candidate's fd (the candidate keeps its own).
+ * libvdisk asks for parents read-only; a writable one comes from
+ * files_reopen() when an operation writes into it. */
 static int candidate_io(const FileArg *f, int writable, vdisk_io **ret) {
         return vdisk_io_new_fd(f->fd, f->name, (writable && f->writable) ? 0 : VDISK_IO_READONLY, ret);
 }
 
-typedef struct FilesResolver {
-        FileArg *files;
+/* The caller's writable descriptors, kept for the life of the disk: the one
+ * an operation needs to write into a parent is found here by file identity
+ * (files_reopen). */
+typedef struct WritableFile {
+        int fd;                 /* our own duplicate */
+        dev_t dev;
+        ino_t ino;
+} WritableFile;
+
+struct FilesResolver {
+        FileArg *files;         /* borrowed from the opening call; NULL once it returned */
         size_t n_files;
-} FilesResolver;
+        WritableFile *writable;
+        size_t n_writable;
+};
 
 static int candidate_uuid(const FileArg *f, const char *format, uint8_t ret[16]) {
         vdisk_disk *scratch = NULL;
@@ -198,8 +211,65 @@ static int files_open_name(void *user, const char *name, const char *child_name,
         return -ENOENT;
 }
 
+/* Companion files (VMDK extents, a qcow2 data file) are matched by the name
+ * the image records, among the call's files, like parents named by file.
+ * Written ones must have come writable; new ones (create) empty. */
+static int files_open_companion(void *user, const char *name, const char *image_name, uint32_t flags,
+                                vdisk_io **ret_io) {
+        FilesResolver *fr = user;
+        const FileArg *f = NULL;
+        struct stat st;
+
+        for (size_t i = 0; i < fr->n_files && !f; i++)
+                if (streq(fr->files[i].name, name))
+                        f = &fr->files[i];
+        for (size_t i = 0; i < fr->n_files && !f; i++)
+                if (streq(base_name(fr->files[i].name), base_name(name)))
+                        f = &fr->files[i];
+        vdisk_clear_error();
+        if (!f)
+                return -ENOENT;
+        /* libvdisk words these, naming the file. */
+        if ((flags & (VDISK_COMPANION_WRITE | VDISK_COMPANION_CREATE)) && !f->writable)
+                return -EROFS;
+        if (flags & VDISK_COMPANION_CREATE) {
+                if (fstat(f->fd, &st) < 0)
+                        return -errno;
+                if (st.st_size != 0)
+                        return -EEXIST;
+        }
+        return candidate_io(f, !!(flags & (VDISK_COMPANION_WRITE | VDISK_COMPANION_CREATE)), ret_io);
+}
+
+/* Parents are opened read-only; when an operation must write into one (the
+ * image a Merge writes into, the child it relinks, Compact or Repair of a
+ * lower image, SetComment on one), libvdisk asks for a writable io on the
+ * same file. vdiskd never opens a path: it looks among the writable
+ * descriptors the caller handed over for one on the same file (device and
+ * inode), and otherwise fails with FileNeeded naming the image. */
+static int files_reopen(void *user, vdisk_io *io, vdisk_io **ret_io) {
+        FilesResolver *fr = user;
+        uint64_t dev, ino;
+        int r;
+
+        r = vdisk_io_get_file_id(io, &dev, &ino);
+        if (r < 0)
+                return r;
+        for (size_t i = 0; i < fr->n_writable; i++)
+                if ((uint64_t) fr->writable[i].dev == dev && (uint64_t) fr->writable[i].ino == ino)
+                        return vdisk_io_new_fd(fr->writable[i].fd, vdisk_io_name(io), 0, ret_io);
+        /* libvdisk words it, naming the image: FileNeeded. */
+        vdisk_clear_error();
+        return -ENOENT;
+}
+
 static void files_free(void *user) {
-        free(user);
+        FilesResolver *fr = user;
+
+        for (size_t i = 0; i < fr->n_writable; i++)
+                close(fr->writable[i].fd);
+        free(fr->writable);
+        free(fr);
 }
 
 static const vdisk_resolver_ops files_ops = {
@@ -207,9 +277,36 @@ static const vdisk_resolver_ops files_ops = {
         .open_name = files_open_name,
         .find_uuid = files_find_uuid,
         .free = files_free,
+        .reopen = files_reopen,
+        .open_companion = files_open_companion,
 };
 
-int files_resolver_new(FileArg *files, size_t n_files, vdisk_resolver **ret) {
+int files_resolver_add_writable(FilesResolver *fr, int fd, dev_t dev, ino_t ino) {
+        WritableFile *w;
+        int copy;
+
+        for (size_t i = 0; i < fr->n_writable; i++)
+                if (fr->writable[i].dev == dev && fr->writable[i].ino == ino)
+                        return 0;
+        w = reallocarray(fr->writable, fr->n_writable + 1, sizeof *w);
+        if (!w)
+                return -ENOMEM;
+        fr->writable = w;
+        copy = fcntl(fd, F_DUPFD_CLOEXEC, 3);
+        if (copy < 0)
+                return -errno;
+        fr->writable[fr->n_writable++] = (WritableFile) { .fd = copy, .dev = dev, .ino = ino };
+        return 0;
+}
+
+void files_resolver_done_opening(FilesResolver *fr) {
+        if (!fr)
+                return;
+        fr->files = NULL;
+        fr->n_files = 0;
+}
+
+int files_resolver_new(FileArg *files, size_t n_files, FilesResolver **ret_fr, vdisk_resolver **ret) {
         FilesResolver *fr;
         int r;
 
@@ -218,8 +315,20 @@ int files_resolver_new(FileArg *files, size_t n_files, vdisk_resolver **ret) {
                 return -ENOMEM;
         fr->files = files;
         fr->n_files = n_files;
+        for (size_t i = 0; i < n_files; i++)
+                if (files[i].writable) {
+                        r = files_resolver_add_writable(fr, files[i].fd, files[i].dev, files[i].ino);
+                        if (r < 0) {
+                                files_free(fr);
+                                return r;
+                        }
+                }
         r = vdisk_resolver_new_ops(&files_ops, fr, ret);
-        if (r < 0)
-                free(fr);
-        return r;
+        if (r < 0) {
+                files_free(fr);
+                return r;
+        }
+        if (ret_fr)
+                *ret_fr = fr;
+        return 0;
 }

@@ -534,6 +534,7 @@ static int method_create_disk(sd_bus_message *msg, void *userdata, sd_bus_error 
 
 static void open_disk_run(Task *t) {
         Call *c = container_of(t, Call, task);
+        FilesResolver *fr = NULL;
         vdisk_resolver *res = NULL;
         vdisk_disk *d = NULL;
         int r;
@@ -555,28 +556,44 @@ static void open_disk_run(Task *t) {
                 return;
         r = vdisk_disk_new(&d);
         if (r >= 0)
-                r = files_resolver_new(c->options.files, c->options.n_files, &res);
+                r = files_resolver_new(c->options.files, c->options.n_files, &fr, &res);
         for (size_t i = 0; r >= 0 && i < c->n_chain; i++) {
                 ChainElement *e = &c->chain[i];
                 bool ro = c->options.read_only || e->options.read_only || !e->writable;
+                bool top = i + 1 == c->n_chain;
                 uint32_t flags = 0;
                 vdisk_io *io = NULL;
 
-                if (ro)
+                /* Only the top opens writable. An element below it whose fd
+                 * is O_RDWR opens read-only too; the disk's resolver keeps
+                 * that fd and reopens the image writable when an operation
+                 * (Merge, Compact, Repair) writes into it. */
+                if (c->options.read_only)
                         flags |= VDISK_OPEN_READONLY;
                 if (c->options.skip_checks)
                         flags |= VDISK_OPEN_SKIP_CHECKS;
                 if (i == 0 && ro && !e->format[0])
                         flags |= VDISK_OPEN_ALLOW_PROBE_RAW;
-                r = io_from_fd(TAKE_FD(e->fd), !ro, e->io_name, &io);
+                if (!top && !ro) {
+                        struct stat st;
+
+                        if (fstat(e->fd, &st) < 0)
+                                r = -errno;
+                        else
+                                r = files_resolver_add_writable(fr, e->fd, st.st_dev, st.st_ino);
+                        if (r < 0)
+                                break;
+                }
+                r = io_from_fd(TAKE_FD(e->fd), !ro && top, e->io_name, &io);
                 if (r < 0)
                         break;
                 if (i == 0)
                         r = vdisk_disk_open_chain(d, res, io, e->format[0] ? e->format : NULL, flags);
                 else
-                        r = vdisk_disk_open(d, io, e->format, flags);
+                        r = vdisk_disk_open(d, io, e->format, flags & ~VDISK_OPEN_ALLOW_PROBE_RAW);
                 vdisk_io_unref(io);
         }
+        files_resolver_done_opening(fr);
         if (r >= 0)
                 r = disk_info_read(d, &c->info);
         if (r < 0) {
@@ -586,7 +603,7 @@ static void open_disk_run(Task *t) {
                 outcome_set(&c->outcome, 0);
                 c->new_vd = d;
         }
-        vdisk_resolver_free(res);
+        vdisk_resolver_unref(res);
 }
 
 static void open_disk_done(Task *t, bool cancelled) {

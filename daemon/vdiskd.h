@@ -274,8 +274,17 @@ int fd_accept_direct(int fd, const char *what, int *ret_fd, sd_bus_error *error)
 int fd_vet(int fd, uint32_t flags, const char *what, struct stat *ret_st, Outcome *o);
 int files_vet(FileArg *files, size_t n_files, Outcome *o);   /* fills dev/ino */
 int io_from_fd(int fd, int writable, const char *name, vdisk_io **ret);   /* takes the fd */
-/* A resolver over the `files` option; the files stay owned by the caller. */
-int files_resolver_new(FileArg *files, size_t n_files, vdisk_resolver **ret);
+/* A resolver over the `files` option of the call that opens a disk: parents
+ * are found among them (the files stay owned by the call: call
+ * files_resolver_done_opening() before the call frees them). It keeps
+ * duplicates of the writable ones (and of whatever files_resolver_add_writable()
+ * adds) for the disk's life, to reopen a parent writable when an operation
+ * writes into it (FileNeeded when none is the same file). *ret_fr (may be
+ * NULL) is valid while the resolver lives. */
+typedef struct FilesResolver FilesResolver;
+int files_resolver_new(FileArg *files, size_t n_files, FilesResolver **ret_fr, vdisk_resolver **ret);
+int files_resolver_add_writable(FilesResolver *fr, int fd, dev_t dev, ino_t ino);
+void files_resolver_done_opening(FilesResolver *fr);
 
 /* ------------------------------------------------------------ objects */
 

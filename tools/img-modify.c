@@ -212,7 +212,11 @@ int cmd_commit(int argc, char **argv) {
         if (optind != argc - 1)
                 return usage_error("Expecting one image file name");
 
-        r = img_open(argv[optind], fmt, IMG_WRITE | IMG_CHAIN, &img);
+        /* The top is only read: its data goes into the base, then the top is
+         * replaced by a new empty file or (with -d/-b) relinked through a new
+         * descriptor. Only the base and that relink write, so everything
+         * opens read-only and the merge reopens the base writable. */
+        r = img_open(argv[optind], fmt, IMG_WRITE_BELOW | IMG_CHAIN, &img);
         if (r < 0)
                 return EXIT_ERROR;
 

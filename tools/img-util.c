@@ -356,7 +356,10 @@ int img_open(const char *filename, const char *fmt, uint32_t flags, Img *ret) {
                 }
         }
 
-        if (!writable)
+        /* Without READONLY, an image below the top is reopened writable
+         * when an operation writes into it; parents are always opened
+         * read-only. */
+        if (!writable && !(flags & IMG_WRITE_BELOW))
                 open_flags |= VDISK_OPEN_READONLY;
         if (flags & IMG_INFO)
                 open_flags |= VDISK_OPEN_INFO;

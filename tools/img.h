@@ -82,6 +82,9 @@ enum {
         IMG_SKIP_CHECKS = 1u << 3,   /* do not check the parent linkage */
         IMG_NO_PROBE_WARNING = 1u << 4,
         IMG_QUIET       = 1u << 5,   /* no error messages or warnings */
+        IMG_WRITE_BELOW = 1u << 6,   /* with IMG_CHAIN: every image opens read-only (the top too,
+                                      * unless IMG_WRITE), and the library reopens writable just
+                                      * the ones an operation writes into (commit's base) */
 };
 
 typedef struct Img {

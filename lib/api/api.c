@@ -122,8 +122,8 @@ uint64_t vdisk_image_size(vdisk_image *img) {
 }
 
 /* Only the top of a chain takes writes through the data path; the images
- * below it are read-only for callers (operations such as merge still write
- * into them when their file was opened writable). */
+ * below it are read-only for callers (operations such as merge reopen one
+ * writable through the disk's resolver when they write into it). */
 int vdisk_image_readonly(vdisk_image *img) {
         return !img || !img->writable || img->info_only || (img->disk && img->index + 1 != img->disk->n);
 }
@@ -235,8 +235,15 @@ static int set_meta_field(vdisk_image *img, const meta *m, uint32_t mask) {
 
         if (!img)
                 return vdisk_error(-EINVAL, "invalid arguments");
-        if (img->disk)
+        if (img->disk) {
                 l = disk_lock(img->disk);
+                /* An image below the top is reopened writable for this. */
+                if (!img->writable && !img->info_only) {
+                        r = disk_make_writable(img->disk, img->index);
+                        if (r < 0)
+                                return r;
+                }
+        }
         r = image_set_meta(img, m, mask);
         if (r < 0)
                 return vdisk_error_prefix(r, vdisk_io_name(img->io));

@@ -44,6 +44,7 @@ struct vdisk_image {
 };
 
 struct vdisk_resolver {
+        _Atomic unsigned n_ref;
         vdisk_resolver_ops ops;
         void *user;
 };
@@ -54,6 +55,8 @@ struct vdisk_disk {
         unsigned n;
         char **warnings;        /* NULL-terminated */
         size_t n_warnings;
+        vdisk_resolver *resolver;   /* a reference: reopens images writable on demand; may be NULL */
+        int readonly;           /* opened with VDISK_OPEN_READONLY: never reopen writable */
 };
 
 /* registry.c */
@@ -118,6 +121,13 @@ int image_mark_modified(vdisk_image *img);
 int disk_add_warning(vdisk_disk *d, const char *fmt, ...) _printf_(2, 3);
 /* Pushes an opened image on top; checks linkage unless skip_checks. */
 int disk_push(vdisk_disk *d, vdisk_image *img, int skip_checks);
+/* Makes image `level` writable before an operation writes into it: a no-op
+ * when it is; else reopens its file writable through the disk's resolver
+ * (same file, checked) and swaps a fresh open of the backend into the chain
+ * at the same index (nothing was written through the read-only one). -EROFS
+ * when the disk has no resolver or was opened read-only; -EPERM for an
+ * info-only image. */
+int disk_make_writable(vdisk_disk *d, unsigned level);
 /* Takes images [lo, hi] out of the chain, closing them; renumbers the rest. */
 void disk_remove_range(vdisk_disk *d, unsigned lo, unsigned hi);
 /* vdisk_disk_create_base/diff without taking the lock. */
@@ -169,3 +179,6 @@ static inline void disk_unlockp(vdisk_disk **d) {
 int resolver_open_name(vdisk_resolver *r, const char *name, const char *child, int writable, vdisk_io **ret);
 int resolver_find_uuid(vdisk_resolver *r, const uint8_t uuid[16], const char *format, const char *child,
                        int writable, vdisk_io **ret);
+/* The resolver's reopen: a writable io on the same file as io, or an error
+ * naming the file (-EROFS when the resolver cannot reopen at all). */
+int resolver_reopen(vdisk_resolver *r, vdisk_io *io, vdisk_io **ret);

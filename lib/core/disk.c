@@ -38,6 +38,7 @@ vdisk_disk *vdisk_disk_unref(vdisk_disk *d) {
                 d->images[d->n] = image_free(d->images[d->n]);
         }
         vdisk_strv_free(d->warnings);
+        vdisk_resolver_unref(d->resolver);
         pthread_mutex_destroy(&d->lock);
         free(d);
         return NULL;
@@ -120,6 +121,66 @@ int disk_push(vdisk_disk *d, vdisk_image *img, int skip_checks) {
         return 0;
 }
 
+int disk_make_writable(vdisk_disk *d, unsigned level) {
+        vdisk_image *img, *fresh = NULL;
+        vdisk_files *files;
+        vdisk_io *io = NULL;
+        void *state;
+        int r;
+
+        assert(level < d->n);
+        img = d->images[level];
+        if (img->info_only)
+                return vdisk_error(-EPERM, "%s: opened for information only", vdisk_io_name(img->io));
+        if (img->writable)
+                return 0;
+        if (d->readonly)
+                return vdisk_error(-EROFS, "%s: image is read-only (the chain was opened read-only)",
+                                   vdisk_io_name(img->io));
+        r = resolver_reopen(d->resolver, img->io, &io);
+        if (r < 0)
+                return r;
+        r = image_open(img->be, io, d->resolver, 1, 0, &fresh);
+        if (r < 0) {
+                vdisk_io_unref(io);
+                return r;
+        }
+        /* Same file, opened again: its size and metadata are what the chain
+         * already checked. Callers hold pointers to `img` (vdisk_disk_image()),
+         * so it stays; the backend state and the io change places, and
+         * freeing `fresh` closes the read-only open. */
+        state = img->state;
+        img->state = fresh->state;
+        fresh->state = state;
+        files = img->files;          /* the companions come along, writable too */
+        img->files = fresh->files;
+        fresh->files = files;
+        for (unsigned i = 0; i < UNIT_CACHE_N; i++) {
+                free(img->units[i].data);   /* keyed by the old ios */
+                img->units[i] = (unit_entry) {};
+        }
+        vdisk_io_unref(fresh->io);   /* img takes over our reference to io */
+        fresh->io = img->io;
+        img->io = io;
+        img->writable = 1;
+        fresh->writable = 0;
+        image_refresh(img);
+        image_free(fresh);
+        return 0;
+}
+
+int vdisk_disk_set_resolver(vdisk_disk *d, vdisk_resolver *r) {
+        _cleanup_(disk_unlockp) vdisk_disk *l = NULL;
+
+        if (!d)
+                return vdisk_error(-EINVAL, "invalid arguments");
+        l = disk_lock(d);
+        vdisk_resolver_ref(r);
+        vdisk_resolver_unref(d->resolver);
+        d->resolver = r;
+        return 0;
+}
+
 void disk_remove_range(vdisk_disk *d, unsigned lo, unsigned hi) {
         unsigned k = hi - lo + 1;
 
@@ -193,7 +254,12 @@ int vdisk_disk_open_chain(vdisk_disk *d, vdisk_resolver *res, vdisk_io *top, con
                 vdisk_io *parent_io = NULL;
                 meta m;
 
-                r = image_open(be, io, res, writable, !!(open_flags & VDISK_OPEN_INFO), &chain[n]);
+                /* Only the top is opened writable: a parent is reopened
+                 * writable when an operation writes into it
+                 * (disk_make_writable()), so that formats with dirty bits,
+                 * logs or in-use flags never write into a parent that is
+                 * only read. */
+                r = image_open(be, io, res, writable && n == 0, !!(open_flags & VDISK_OPEN_INFO), &chain[n]);
                 vdisk_io_unref(io);
                 if (r < 0)
                         goto fail;
@@ -224,7 +290,7 @@ int vdisk_disk_open_chain(vdisk_disk *d, vdisk_resolver *res, vdisk_io *top, con
                                                 vdisk_io_name(top), VDISK_CHAIN_MAX);
                                 goto fail;
                         }
-                        r = resolver_open_name(res, m.parent_name, vdisk_io_name(chain[n - 1]->io), writable,
+                        r = resolver_open_name(res, m.parent_name, vdisk_io_name(chain[n - 1]->io), 0,
                                                &parent_io);
                 } else if ((m.mask & META_PARENT_UUID) && !vdisk_uuid_is_null(m.parent_uuid)) {
                         if (n >= VDISK_CHAIN_MAX) {
@@ -234,7 +300,7 @@ int vdisk_disk_open_chain(vdisk_disk *d, vdisk_resolver *res, vdisk_io *top, con
                         }
                         be = chain[n - 1]->be;
                         r = resolver_find_uuid(res, m.parent_uuid, be->info.name, vdisk_io_name(chain[n - 1]->io),
-                                               writable, &parent_io);
+                                               0, &parent_io);
                 } else
                         break;
                 if (r < 0)
@@ -248,6 +314,10 @@ int vdisk_disk_open_chain(vdisk_disk *d, vdisk_resolver *res, vdisk_io *top, con
                         goto fail_pushed;
                 chain[i - 1] = NULL;
         }
+        vdisk_resolver_ref(res);
+        vdisk_resolver_unref(d->resolver);
+        d->resolver = res;
+        d->readonly = !writable;
         return 0;
 
 fail_pushed:
@@ -413,6 +483,12 @@ int vdisk_disk_close_top(vdisk_disk *d) {
         img->writable = 0;
         d->n--;
         d->images[d->n] = image_free(img);
+        /* The new top takes the writes: reopen it writable if the chain may
+         * be written. Best effort: without a resolver that can, it stays
+         * read-only (vdisk_disk_readonly() says so). */
+        if (r >= 0 && d->n > 0 && d->resolver && !d->readonly && !d->images[d->n - 1]->writable &&
+            !d->images[d->n - 1]->info_only && disk_make_writable(d, d->n - 1) < 0)
+                vdisk_clear_error();
         return r;
 }
 

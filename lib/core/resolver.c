@@ -238,6 +238,53 @@ static int path_open_companion(void *user, const char *name, const char *image_n
         return vdisk_io_open_path(full, pf, ret);
 }
 
+/* Parents are opened read-only; an operation that writes into one asks for
+ * a writable io on the same file. The name is opened again, but with
+ * O_NOFOLLOW: a parent named through a symlink is reopened at the symlink's
+ * target (the name it was opened by may have been a link). Either way the
+ * new descriptor must be the file the chain has open (device and inode), not
+ * whatever the name points to now. */
+static int path_reopen(void *user, vdisk_io *io, vdisk_io **ret) {
+        const char *name = vdisk_io_name(io);
+        _cleanup_free_ char *real = NULL;
+        _cleanup_close_ int fd = -1;
+        uint64_t dev, ino;
+        struct stat st;
+        int r;
+
+        r = vdisk_io_get_file_id(io, &dev, &ino);
+        if (r < 0)
+                return r;
+        fd = open(name, O_RDWR | O_CLOEXEC | O_NOFOLLOW | O_NOCTTY | O_NONBLOCK);
+        if (fd < 0 && errno == ELOOP) {
+                real = realpath(name, NULL);
+                if (real)
+                        fd = open(real, O_RDWR | O_CLOEXEC | O_NOFOLLOW | O_NOCTTY | O_NONBLOCK);
+                else
+                        errno = ELOOP;
+        }
+        if (fd < 0) {
+                if (errno == ENOENT)
+                        return vdisk_error(-ESTALE, "'%s' must be written, but it no longer exists under "
+                                           "that name", name);
+                if (errno == EACCES || errno == EPERM || errno == EROFS || errno == ETXTBSY)
+                        return vdisk_error(errno == EROFS ? -EROFS : -EACCES,
+                                           "'%s' must be written, but cannot be opened for writing: %m", name);
+                return vdisk_error(-errno, "Could not open '%s' for writing: %m", name);
+        }
+        if (fstat(fd, &st) < 0)
+                return vdisk_error(-errno, "Could not stat '%s': %m", name);
+        if (!S_ISREG(st.st_mode) || (uint64_t) st.st_dev != dev || (uint64_t) st.st_ino != ino)
+                return vdisk_error(-ESTALE, "'%s' was replaced by another file since it was opened", name);
+        /* O_NONBLOCK only guarded the open against FIFOs; clear it. */
+        (void) fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK);
+        r = vdisk_io_new_fd(fd, name, VDISK_IO_OWN_FD | VDISK_IO_DIRECT, ret);
+        if (r < 0)
+                return r;
+        TAKE_FD(fd);
+        return 0;
+}
+
 static void path_free(void *user) {
         path_resolver *pr = user;
 
@@ -251,6 +298,7 @@ static const vdisk_resolver_ops path_ops = {
         .find_uuid = path_find_uuid,
         .free = path_free,
         .open_companion = path_open_companion,
+        .reopen = path_reopen,
 };
 
 int vdisk_resolver_new_path(const char *const *extra_dirs, vdisk_resolver **ret) {
@@ -289,19 +337,61 @@ int vdisk_resolver_new_ops(const vdisk_resolver_ops *ops, void *user, vdisk_reso
         r = calloc(1, sizeof *r);
         if (!r)
                 return vdisk_error(-ENOMEM, "out of memory");
+        /* Callers built before a member existed pass a smaller size: the
+         * members past it stay NULL. */
         memcpy(&r->ops, ops, MIN(ops->size, sizeof r->ops));
+        r->ops.size = MIN(ops->size, sizeof r->ops);
+        r->n_ref = 1;
         r->user = user;
         *ret = r;
         return 0;
 }
 
-vdisk_resolver *vdisk_resolver_free(vdisk_resolver *r) {
+vdisk_resolver *vdisk_resolver_ref(vdisk_resolver *r) {
+        if (r)
+                r->n_ref++;
+        return r;
+}
+
+vdisk_resolver *vdisk_resolver_unref(vdisk_resolver *r) {
         if (!r)
                 return NULL;
-        if (r->ops.size >= sizeof(vdisk_resolver_ops) && r->ops.free)
+        if (--r->n_ref > 0)
+                return NULL;
+        if (r->ops.size >= offsetof(vdisk_resolver_ops, free) + sizeof(r->ops.free) && r->ops.free)
                 r->ops.free(r->user);
         free(r);
         return NULL;
+}
+
+vdisk_resolver *vdisk_resolver_free(vdisk_resolver *r) {
+        return vdisk_resolver_unref(r);
+}
+
+int resolver_reopen(vdisk_resolver *r, vdisk_io *io, vdisk_io **ret) {
+        vdisk_io *rw = NULL;
+        int k;
+
+        if (!r || !r->ops.reopen)
+                return vdisk_error(-EROFS, "%s: image is read-only (opened without a way to reopen it for "
+                                   "writing)", vdisk_io_name(io));
+        vdisk_clear_error();
+        k = r->ops.reopen(r->user, io, &rw);
+        if (k < 0) {
+                if (vdisk_last_error()[0])
+                        return k;
+                if (k == -ENOENT)
+                        return vdisk_error(k, "%s: must be written by this operation, but no writable "
+                                           "descriptor of it was supplied", vdisk_io_name(io));
+                return vdisk_error(k, "%s: cannot reopen it for writing: %s", vdisk_io_name(io), strerror(-k));
+        }
+        if (!rw || vdisk_io_readonly(rw)) {
+                vdisk_io_unref(rw);
+                return vdisk_error(-EROFS, "%s: the resolver returned a read-only io for writing",
+                                   vdisk_io_name(io));
+        }
+        *ret = rw;
+        return 0;
 }
 
 int resolver_open_name(vdisk_resolver *r, const char *name, const char *child, int writable, vdisk_io **ret) {

@@ -283,6 +283,22 @@ int vdisk_io_set_direct_fd(vdisk_io *io, int fd) {
         return 0;
 }
 
+int vdisk_io_get_file_id(vdisk_io *io, uint64_t *ret_dev, uint64_t *ret_ino) {
+        struct stat st;
+        fd_io *f;
+
+        if (!io || !ret_dev || !ret_ino)
+                return vdisk_error(-EINVAL, "invalid arguments");
+        if (io->kind != IO_KIND_FD)
+                return vdisk_error(-EOPNOTSUPP, "%s: not a file descriptor io", vdisk_io_name(io));
+        f = io->user;
+        if (fstat(f->fd, &st) < 0)
+                return vdisk_error(-errno, "Could not stat '%s': %m", vdisk_io_name(io));
+        *ret_dev = (uint64_t) st.st_dev;
+        *ret_ino = (uint64_t) st.st_ino;
+        return 0;
+}
+
 int vdisk_io_open_path(const char *path, uint32_t path_flags, vdisk_io **ret) {
         _cleanup_close_ int fd = -1, dfd = -1;
         struct stat st;

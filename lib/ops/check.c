@@ -35,8 +35,14 @@ int vdisk_check(vdisk_disk *d, unsigned index, uint32_t flags, vdisk_check_repor
         if (!image_can_check(img))
                 return vdisk_error(-EOPNOTSUPP, "%s: %s images do not support checks", vdisk_io_name(img->io),
                                    img->be->info.name);
-        if (repair && (!img->writable || img->info_only))
-                return vdisk_error(-EROFS, "%s: image is read-only: cannot repair", vdisk_io_name(img->io));
+        if (repair) {
+                r = disk_make_writable(d, index);
+                if (r == -EPERM || (r < 0 && !vdisk_last_error()[0]))
+                        return vdisk_error(-EROFS, "%s: image is read-only: cannot repair",
+                                           vdisk_io_name(img->io));
+                if (r < 0)
+                        return r;
+        }
         progress_set_total(p, 1);
         r = image_check(img, flags, ret, p);
         if (repair) {

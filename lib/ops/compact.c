@@ -62,11 +62,12 @@ int vdisk_compact(vdisk_disk *d, unsigned index, vdisk_progress *p) {
         if (index >= d->n)
                 return vdisk_error(-EINVAL, "image index %u out of range", index);
         img = d->images[index];
-        if (!img->writable || img->info_only)
-                return vdisk_error(-EROFS, "%s: image is read-only", vdisk_io_name(img->io));
         if (!image_can_compact(img))
                 return vdisk_error(-EOPNOTSUPP, "%s: %s images cannot be compacted", vdisk_io_name(img->io),
                                    img->be->info.name);
+        r = disk_make_writable(d, index);
+        if (r < 0)
+                return r == -EPERM ? vdisk_error(-EROFS, "%s: image is read-only", vdisk_io_name(img->io)) : r;
         /* Pending table updates reach the disk before blocks move. */
         r = image_flush(img);
         if (r < 0)

@@ -148,15 +148,22 @@ int vdisk_merge(vdisk_disk *d, unsigned from, unsigned to, vdisk_progress *p, ch
                 if (d->images[i]->info_only)
                         return vdisk_error(-EPERM, "%s: opened for information only",
                                            vdisk_io_name(d->images[i]->io));
-        if (!d->images[to]->writable)
-                return vdisk_error(-EROFS, "%s: image is read-only", vdisk_io_name(d->images[to]->io));
+        /* Only the images the merge writes are made writable (reopened
+         * through the disk's resolver when the chain opened them read-only),
+         * all before the first byte is written: `to`, and in a forward merge
+         * the child relinked onto it. */
+        r = disk_make_writable(d, to);
+        if (r < 0)
+                return r;
 
         if (from > to) {
                 uint64_t size = d->images[from]->size;
 
-                if (from + 1 < d->n && !d->images[from + 1]->writable)
-                        return vdisk_error(-EROFS, "%s: image is read-only (needed to relink it)",
-                                           vdisk_io_name(d->images[from + 1]->io));
+                if (from + 1 < d->n) {
+                        r = disk_make_writable(d, from + 1);
+                        if (r < 0)
+                                return r;
+                }
                 /* `to` grows to `from`'s size if it is smaller (the new
                  * range reads zeros: where `to`'s parent has data there, it
                  * gets zero blocks). It never shrinks: its data past `from`'s
@@ -214,8 +221,10 @@ int vdisk_merge(vdisk_disk *d, unsigned from, unsigned to, vdisk_progress *p, ch
                 r = relink(d, to, (int) from - 1);
                 if (r < 0)
                         return r;
-                /* `to` got a new modification UUID: keep its child's record current. */
-                if (to + 1 < d->n && d->images[to + 1]->writable) {
+                /* `to` got a new modification UUID: keep its child's record
+                 * current when the child can be written (else it only warns
+                 * that its parent changed, as after any write into a parent). */
+                if (to + 1 < d->n && disk_make_writable(d, to + 1) >= 0) {
                         r = relink(d, to + 1, (int) to);
                         if (r < 0)
                                 return r;

@@ -25,9 +25,12 @@ int vdisk_resize(vdisk_disk *d, uint64_t new_size, vdisk_progress *p) {
         if (d->n == 0)
                 return vdisk_error(-EINVAL, "the container is empty");
         top = d->n - 1;
+        if (d->images[top]->info_only)
+                return vdisk_error(-EROFS, "%s: image is read-only", vdisk_io_name(d->images[top]->io));
+        r = disk_make_writable(d, top);
+        if (r < 0)
+                return r;
         img = d->images[top];
-        if (!img->writable || img->info_only)
-                return vdisk_error(-EROFS, "%s: image is read-only", vdisk_io_name(img->io));
         old = img->size;
         progress_set_total(p, 1);
         if (new_size == old) {

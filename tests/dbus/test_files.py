@@ -353,6 +353,55 @@ def test_copy_and_check_through_fds(env, client):
     finished_ok(env, a, a.disk(d, 'Check', 'ua{sv}', 1, {}))
 
 
+def test_merge_reopens_parent_from_callers_fds(env, client):
+    """Parents open read-only; Merge writes into one only through a writable
+    fd the caller supplied for that very file (matched by device and inode).
+    Without one: FileNeeded naming the image, and nothing written. The check
+    that the daemon opened no path meanwhile is the audit at the end."""
+    a = client
+    base, diff = public_chain(env)
+    # d2 holds data of its own: write through a disk opened on it alone
+    d = a.manager('OpenDisk', 'a(hsa{sv})a{sv}', [(Open(diff, os.O_RDWR), 'VDI', {})],
+                  {'files': T('a{sh}', {'base': Open(base, os.O_RDONLY)})})
+    a.disk(d, 'Write', 'taya{sv}', 4096, b'\x77' * 8192, {})
+    a.disk(d, 'Close', 'a{sv}', {})
+    before = base.read_bytes()
+
+    # base only readable: the merge into it cannot start writing
+    d = a.manager('OpenDisk', 'a(hsa{sv})a{sv}', [(Open(diff, os.O_RDWR), 'VDI', {})],
+                  {'files': T('a{sh}', {'base': Open(base, os.O_RDONLY)})})
+    op = a.disk(d, 'Merge', 'uua{sv}', 1, 0, {})
+    with pytest.raises(RemoteDBusError) as ei:
+        a.wait_op(op)
+    assert ei.value.name == ERR + 'FileNeeded', ei.value
+    p = op_props(env, op)
+    assert p['State'] == 'failed' and p['ErrorName'] == ERR + 'FileNeeded', p
+    assert 'base' in p['ErrorMessage'] and str(env.tmp) not in p['ErrorMessage'], p
+    assert base.read_bytes() == before
+    a.disk(d, 'Close', 'a{sv}', {})
+
+    # a writable descriptor of another file does not count
+    other = vdi(env)
+    d = a.manager('OpenDisk', 'a(hsa{sv})a{sv}', [(Open(diff, os.O_RDWR), 'VDI', {})],
+                  {'files': T('a{sh}', {'base': Open(base, os.O_RDONLY), 'other': Open(other, os.O_RDWR)})})
+    op = a.disk(d, 'Merge', 'uua{sv}', 1, 0, {})
+    with pytest.raises(RemoteDBusError):
+        a.wait_op(op)
+    assert op_props(env, op)['ErrorName'] == ERR + 'FileNeeded'
+    assert base.read_bytes() == before
+    a.disk(d, 'Close', 'a{sv}', {})
+
+    # with the base writable: merged, and it reads as the diff did
+    flat = env.tmp / (unique('flat') + '.raw')
+    env.vdisk_img('convert', '-O', 'raw', diff, flat)
+    d = a.manager('OpenDisk', 'a(hsa{sv})a{sv}', [(Open(diff, os.O_RDONLY), 'VDI', {})],
+                  {'files': T('a{sh}', {'base': Open(base, os.O_RDWR)})})
+    finished_ok(env, a, a.disk(d, 'Merge', 'uua{sv}', 1, 0, {}))
+    a.disk(d, 'Close', 'a{sv}', {})
+    env.qemu_img('compare', '-f', 'vdi', '-F', 'raw', base, flat)
+    assert base.read_bytes() != before
+
+
 def test_copy_direct_fd(env, client):
     """Copy's direct-fd: the output opened a second time with O_DIRECT, for the
     large writes. The copy is the same as through the page cache. A descriptor

@@ -115,6 +115,10 @@ int vdisk_io_pwrite(vdisk_io *io, const void *buf, size_t len, uint64_t offset);
 int vdisk_io_flush(vdisk_io *io);
 int vdisk_io_get_size(vdisk_io *io, uint64_t *ret_size);
 int vdisk_io_truncate(vdisk_io *io, uint64_t size);
+/* The identity of the file under a fd io (fstat's st_dev and st_ino), so a
+ * resolver can tell whether another descriptor is the same file. -EOPNOTSUPP
+ * for ios that are not over a file descriptor. */
+int vdisk_io_get_file_id(vdisk_io *io, uint64_t *ret_dev, uint64_t *ret_ino);
 
 /* Fault injection (tests). A fault io wraps another io and counts its writes
  * (pwrite, truncate and punch_hole each count as one write). */
@@ -286,6 +290,15 @@ typedef struct vdisk_resolver_ops {
          * it. `flags`: VDISK_COMPANION_*. Optional (NULL: -ENOENT). */
         int (*open_companion)(void *user, const char *name, const char *image_name, uint32_t flags,
                               vdisk_io **ret_io);
+        /* Optional. Returns a writable io on the same file as `io` (an image the
+         * chain opened read-only), for an operation that must write into it
+         * (merge into an ancestor, relinking a child, compact or repair of a
+         * lower image). Must make sure it is the same file (device and inode),
+         * not whatever the name points to now. Returns -ESTALE when the file was
+         * replaced, -EACCES or -EROFS when writing is not permitted, -ENOENT when
+         * the resolver has no writable handle for it; records a message naming
+         * the file. Without it, images below the top cannot be written. */
+        int (*reopen)(void *user, vdisk_io *io, vdisk_io **ret_io);
 } vdisk_resolver_ops;
 
 enum {
@@ -295,20 +308,40 @@ enum {
 
 /* A resolver for local paths, used by vdisk-img: names relative to the child's
  * directory; UUID search among the regular files with the format's extensions in
- * the child's directory and in `extra_dirs` (NULL-terminated, may be NULL). It
- * never follows symlinks and opens nothing but regular files. Parents opened
- * writable get VDISK_IO_DIRECT (merges write them in bulk). Companion files
- * (extents, data files) must be named relative to the image, inside its
- * directory: an absolute name or one with a ".." component is -EPERM. */
+ * the child's directory and in `extra_dirs` (NULL-terminated, may be NULL). The
+ * UUID search never follows symlinks and opens nothing but regular files.
+ * Parents are opened read-only; reopen opens the same name O_RDWR|O_NOFOLLOW
+ * (a symlink's target when the name is a symlink) and checks that it is the
+ * same file. Reopened parents get VDISK_IO_DIRECT (merges write them in bulk).
+ * Companion files (extents, data files) must be named relative to the image,
+ * inside its directory: an absolute name or one with a ".." component is -EPERM. */
 int vdisk_resolver_new_path(const char *const *extra_dirs, vdisk_resolver **ret);
+/* A resolver over caller ops; `ops->free(user)` runs when the last reference
+ * goes. */
 int vdisk_resolver_new_ops(const vdisk_resolver_ops *ops, void *user, vdisk_resolver **ret);
+/* Resolvers are reference counted: a disk opened with one keeps a reference
+ * (to reopen images writable later), so the caller may drop its own at once. */
+vdisk_resolver *vdisk_resolver_ref(vdisk_resolver *r);
+vdisk_resolver *vdisk_resolver_unref(vdisk_resolver *r);
+/* The same as vdisk_resolver_unref() (the name of older releases). */
 vdisk_resolver *vdisk_resolver_free(vdisk_resolver *r);
 
 /* Opens `top` and, through the resolver, every parent below it; pushes them
- * base first. Only the top is writable (unless READONLY). The recorded parent
- * format is used, never a probe. Bounded by VDISK_CHAIN_MAX, loops are -ELOOP. */
+ * base first. Only the top is opened writable (unless READONLY, or when `top`
+ * is a read-only io); every parent is opened read-only. The disk keeps a
+ * reference to the resolver: an operation that writes into an image below the
+ * top (vdisk_merge into `to` and the relink of the child above the merged
+ * range, vdisk_compact or a repair of a lower image, the image setters)
+ * reopens just that image writable through the resolver's reopen, unless the
+ * chain was opened with VDISK_OPEN_READONLY (then they fail with -EROFS). The
+ * recorded parent format is used, never a probe. Bounded by VDISK_CHAIN_MAX,
+ * loops are -ELOOP. */
 int vdisk_disk_open_chain(vdisk_disk *d, vdisk_resolver *r, vdisk_io *top, const char *format,
                           uint32_t open_flags);
+/* Gives the disk a resolver for reopening images writable on demand (see
+ * vdisk_disk_open_chain), for chains built image by image with
+ * vdisk_disk_open(). Replaces the one it had; NULL drops it. Takes a reference. */
+int vdisk_disk_set_resolver(vdisk_disk *d, vdisk_resolver *r);
 
 /* Warnings collected by opens (NULL-terminated, owned by the disk). */
 const char *const *vdisk_disk_warnings(vdisk_disk *d);
@@ -352,7 +385,8 @@ int vdisk_disk_create_base(vdisk_disk *d, vdisk_io *io, const char *format, uint
 int vdisk_disk_create_diff(vdisk_disk *d, vdisk_io *io, const char *format,
                            const vdisk_create_opts *opts);
 /* VDClose: flushes and closes the top image; the one below becomes the top
- * (re-opened writable if the chain was opened writable). */
+ * (reopened writable through the disk's resolver if the chain was opened
+ * writable; it stays read-only when that fails). */
 int vdisk_disk_close_top(vdisk_disk *d);
 
 unsigned vdisk_disk_count(vdisk_disk *d);
