@@ -264,6 +264,19 @@ typedef struct vdisk_backend {
          * else is -EOPNOTSUPP. */
         int (*stream_write)(void *state, uint64_t offset, const void *buf, size_t len);
 
+        /* BACKEND_STREAM formats that store units encoded (VMDK
+         * streamOptimized grains): the largest encoding of `len` bytes, and
+         * the encoding itself of one whole unit (layout.cluster_size bytes,
+         * less at the image's end) into `out` (encode_bound() bytes). Pure:
+         * no I/O, no change of state; copy runs it on several threads at
+         * once. Optional: without it, copy hands stream_write() plain data. */
+        size_t (*encode_bound)(const void *state, size_t len);
+        int (*encode)(const void *state, const void *in, size_t len, void *out, size_t *ret_len);
+
+        /* Takes one unit of `len` data bytes at `offset`, already encoded
+         * by encode() (`enc_len` bytes), under the rules of stream_write(). */
+        int (*stream_write_encoded)(void *state, uint64_t offset, size_t len, const void *enc, size_t enc_len);
+
         /* BACKEND_STREAM only: writes what follows the data (tables, footer,
          * end-of-stream marker). The core calls it once, at close of an
          * image it created, before the final flush(). */

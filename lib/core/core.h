@@ -161,6 +161,16 @@ int rw_is_zero(vdisk_disk *d, int level, uint64_t offset, uint64_t len, bool *re
 /* Size of the view at `level` (= image level's size). */
 uint64_t rw_size(vdisk_disk *d, unsigned level);
 
+/* ops/copy.c: copies the view of src's images [src_bottom, top] into image
+ * `level` of dst (new, reading zeros), then finishes and flushes it. */
+int copy_run(vdisk_disk *src, unsigned src_bottom, vdisk_disk *dst, unsigned level, uint64_t size,
+             uint64_t sparse, vdisk_progress *p);
+
+/* ops/encode.c: encodes the units of buf (destination offset `offset`, unit
+ * aligned) on several threads and hands them in order to the stream writer
+ * of `img`; all-zero units are left out. */
+int copy_encode_buffer(vdisk_image *img, const uint8_t *buf, uint64_t len, uint64_t offset);
+
 /* Data buffer size for operations: big enough to keep the disk busy, small
  * enough for the 64 MiB memory bound with two stages in flight. */
 #define OP_BUFFER_SIZE (4u << 20)

@@ -43,6 +43,7 @@ typedef struct pipeline {
         unsigned src_bottom, src_top;
         uint64_t size;
         int zeros_matter;         /* destination is a diff: zeros must be written */
+        uint64_t unit;            /* destination encodes: slots hold whole units (0: no) */
 } pipeline;
 
 /* Producer: waits for a free slot; returns NULL when the consumer stopped. */
@@ -79,6 +80,20 @@ static void *reader_main(void *arg) {
                               MIN(pl->size - offset, (uint64_t) 1 << 30), &e);
                 if (r < 0)
                         break;
+                if (pl->unit) {
+                        /* Whole units only: skip whole units of nothing,
+                         * read any unit that holds some data in full. */
+                        bool nothing = e.depth < 0 || !(e.flags & VDISK_EXTENT_DATA);
+                        uint64_t whole = ALIGN_DOWN(e.length, pl->unit);
+
+                        if (nothing && whole > 0)
+                                e.length = whole;
+                        else {
+                                e.flags |= VDISK_EXTENT_DATA;
+                                e.depth = MAX(e.depth, 0);
+                                e.length = MIN(ALIGN_UP(e.length, pl->unit), pl->size - offset);
+                        }
+                }
                 s = slot_get_free(pl);
                 if (!s)
                         return NULL;
@@ -185,7 +200,9 @@ static int run_pipeline(pipeline *pl, vdisk_disk *dst, unsigned level, uint64_t 
                         r = vdisk_error(pl->error, "%s", pl->error_msg);
                         break;
                 }
-                if (s->kind == SLOT_DATA)
+                if (s->kind == SLOT_DATA && pl->unit)
+                        r = copy_encode_buffer(dst->images[level], s->buf, s->length, s->offset);
+                else if (s->kind == SLOT_DATA)
                         r = write_data(dst, level, s->buf, s->length, s->offset, sparse, pl->zeros_matter);
                 else if (s->kind == SLOT_ZERO)
                         r = rw_write_zeroes(dst, level, (int) level - 1, s->offset, s->length);
@@ -212,13 +229,44 @@ out:
         return r;
 }
 
+int copy_run(vdisk_disk *src, unsigned src_bottom, vdisk_disk *dst, unsigned level, uint64_t size,
+             uint64_t sparse, vdisk_progress *p) {
+        pipeline pl = {};
+        int r = 0;
+
+        pl.src = src;
+        pl.src_top = src->n - 1;
+        pl.src_bottom = src_bottom;
+        pl.size = MIN(size, vdisk_disk_size(src));
+        pl.zeros_matter = level > 0;
+        if (dst->images[level]->be->encode && dst->images[level]->layout.cluster_size > 0) {
+                pl.unit = dst->images[level]->layout.cluster_size;
+                if (OP_BUFFER_SIZE % pl.unit)
+                        return vdisk_error(-EOPNOTSUPP, "%s: a unit of %" PRIu64 " bytes does not divide the copy "
+                                           "buffer", vdisk_io_name(dst->images[level]->io), pl.unit);
+        }
+        pthread_mutex_init(&pl.lock, NULL);
+        pthread_cond_init(&pl.cond, NULL);
+        progress_set_total(p, size);
+        if (pl.src_bottom <= pl.src_top && pl.size > 0)
+                r = run_pipeline(&pl, dst, level, sparse, p);
+        pthread_cond_destroy(&pl.cond);
+        pthread_mutex_destroy(&pl.lock);
+        if (r < 0)
+                return r;
+        /* A stream image gets its tables and footer, then the one flush. */
+        r = image_finish(dst->images[level]);
+        if (r < 0)
+                return r;
+        return image_flush(dst->images[level]);
+}
+
 int vdisk_copy(vdisk_disk *src, vdisk_disk *dst, vdisk_io *dst_io, const char *format,
                const vdisk_copy_opts *opts, vdisk_progress *p) {
         _cleanup_(disk_unlockp) vdisk_disk *ls = NULL, *ld = NULL;
         vdisk_copy_opts o = { .from_same = -1, .to_same = -1 };
-        pipeline pl = {};
         uint64_t size, sparse;
-        unsigned level;
+        unsigned level, pl_bottom;
         int r;
 
         if (!src || !dst || !dst_io || !format || src == dst)
@@ -258,23 +306,9 @@ int vdisk_copy(vdisk_disk *src, vdisk_disk *dst, vdisk_io *dst_io, const char *f
                 if (r < 0)
                         goto fail;
         }
+        pl_bottom = o.from_same >= 0 ? (unsigned) o.from_same + 1 : 0;
 
-        pthread_mutex_init(&pl.lock, NULL);
-        pthread_cond_init(&pl.cond, NULL);
-        pl.src = src;
-        pl.src_top = src->n - 1;
-        pl.src_bottom = o.from_same >= 0 ? (unsigned) o.from_same + 1 : 0;
-        pl.size = MIN(size, vdisk_disk_size(src));
-        pl.zeros_matter = level > 0;
-        progress_set_total(p, size);
-        if (pl.src_bottom <= pl.src_top && pl.size > 0)
-                r = run_pipeline(&pl, dst, level, sparse, p);
-        pthread_cond_destroy(&pl.cond);
-        pthread_mutex_destroy(&pl.lock);
-        if (r < 0)
-                goto fail;
-
-        r = image_flush(dst->images[level]);
+        r = copy_run(src, pl_bottom, dst, level, size, sparse, p);
         if (r < 0)
                 goto fail;
         progress_finish(p);

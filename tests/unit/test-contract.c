@@ -16,6 +16,8 @@
  *     resolver's containment of companion names.
  */
 #include <fcntl.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -212,17 +214,34 @@ static const vdisk_backend toy_ro = {
 
 /* ---------------------------------------------------------------- a toy stream format */
 
+typedef struct stream_unit {
+        uint64_t offset, host;
+        size_t len, enc_len;
+} stream_unit;
+
 typedef struct stream_state {
         vdisk_io *io;
+        uint64_t size;
         uint64_t next;       /* writes must start at or after this */
         uint64_t end;        /* bytes appended */
+        stream_unit units[256];
+        size_t n_units;
 } stream_state;
+
+static stream_state *last_stream;
 
 static int stream_create(void *st, const open_ctx *c, const create_params *p) {
         stream_state *s = st;
 
         s->io = c->io;
+        s->size = p->size;
+        last_stream = s;
         return 0;
+}
+
+static uint64_t stream_get_size(void *st) {
+        stream_state *s = st;
+        return s->size;
 }
 
 static int stream_open(void *st, const open_ctx *c) {
@@ -238,7 +257,7 @@ static int stream_write(void *st, uint64_t offset, const void *buf, size_t len) 
         stream_state *s = st;
         int r;
 
-        if (offset < s->next || offset % TOY_UNIT || (len % TOY_UNIT && offset + len != TOY_SIZE))
+        if (offset < s->next || offset % TOY_UNIT || (len % TOY_UNIT && offset + len != s->size))
                 return vdisk_error(-EOPNOTSUPP, "stream: whole units in order only");
         counts.stream_writes++;
         r = io_pwrite(s->io, buf, len, s->end);
@@ -247,6 +266,63 @@ static int stream_write(void *st, uint64_t offset, const void *buf, size_t len) 
         s->end += len;
         s->next = offset + len;
         return 0;
+}
+
+/* Run-length pairs (count, byte), as toy_decode() reads them. */
+static size_t rle_bound(const void *st, size_t len) {
+        return 2 * len;
+}
+
+static pthread_t encoders[2];
+static _Atomic unsigned n_encoders;
+static bool want_two_encoders;
+
+static int rle_encode(const void *st, const void *in, size_t len, void *out, size_t *ret_len) {
+        const uint8_t *p = in;
+        uint8_t *o = out;
+        size_t n = 0;
+        pthread_t self = pthread_self();
+
+        if (!pthread_equal(encoders[0], self) && !pthread_equal(encoders[1], self)) {
+                unsigned k = atomic_fetch_add(&n_encoders, 1);
+                if (k < 2)
+                        encoders[k] = self;
+                /* The first encoder waits for a second one to take a unit, so
+                 * that the test sees parallel encoding however the threads are
+                 * scheduled (a generous bound, not a timing assumption). */
+                for (unsigned i = 0; want_two_encoders && k == 0 && n_encoders < 2 && i < 100000; i++)
+                        usleep(100);
+        }
+        for (size_t i = 0; i < len;) {
+                size_t run = 1;
+
+                while (i + run < len && run < 255 && p[i + run] == p[i])
+                        run++;
+                o[n++] = (uint8_t) run;
+                o[n++] = p[i];
+                i += run;
+        }
+        *ret_len = n;
+        return 0;
+}
+
+static int stream_write_enc(void *st, uint64_t offset, size_t len, const void *enc, size_t enc_len) {
+        stream_state *s = st;
+        int r;
+
+        if (offset < s->next || offset % TOY_CHUNK || s->n_units == ELEMENTSOF(s->units))
+                return vdisk_error(-EOPNOTSUPP, "stream: whole units in order only");
+        r = io_pwrite(s->io, enc, enc_len, s->end);
+        if (r < 0)
+                return r;
+        s->units[s->n_units++] = (stream_unit) { .offset = offset, .host = s->end, .len = len, .enc_len = enc_len };
+        s->end += enc_len;
+        s->next = offset + len;
+        return 0;
+}
+
+static void stream_get_layout(void *st, image_layout *ret) {
+        *ret = (image_layout) { .cluster_size = TOY_CHUNK, .sector_size = 512 };
 }
 
 static int stream_finish(void *st) {
@@ -268,10 +344,29 @@ static const vdisk_backend toy_stream = {
         .open = stream_open,
         .create = stream_create,
         .close = toy_close,
-        .get_size = toy_get_size,
+        .get_size = stream_get_size,
         .get_layout = toy_get_layout,
         .map = stream_map,
         .stream_write = stream_write,
+        .finish = stream_finish,
+        .flush = stream_flush,
+};
+
+/* The same, storing units encoded. */
+static const vdisk_backend toy_stream_enc = {
+        .info = { .name = "TOYSTREAMENC", .qemu_name = "toystreamenc" },
+        .flags = BACKEND_STREAM,
+        .state_size = sizeof(stream_state),
+        .open = stream_open,
+        .create = stream_create,
+        .close = toy_close,
+        .get_size = stream_get_size,
+        .get_layout = stream_get_layout,
+        .map = stream_map,
+        .stream_write = stream_write,
+        .encode_bound = rle_bound,
+        .encode = rle_encode,
+        .stream_write_encoded = stream_write_enc,
         .finish = stream_finish,
         .flush = stream_flush,
 };
@@ -519,6 +614,62 @@ static void test_stream_and_read_only(void) {
         vdisk_io_unref(main_io);
 }
 
+/* Copy into a stream format with encode(): whole units only (a 4 KiB
+ * extent at an odd offset becomes its 16 KiB unit), all-zero units left
+ * out, units encoded on more than one thread where there are cores, written
+ * in order, and finish() before the final flush. */
+static void test_copy_encodes_units(void) {
+        const uint64_t size = 4 * MiB;
+        vdisk_io *sio = mem_io("src.vdi", NULL, 0), *dio = mem_io("dst.toy", NULL, 0);
+        vdisk_disk *src = disk_new(), *dst = disk_new();
+        create_params p = { .size = size };
+        uint8_t *want = calloc(1, size), unit[TOY_CHUNK];
+        const uint8_t *bytes;
+        vdisk_image *img;
+        size_t len, expect_units = 0;
+        unsigned finishes = counts.finishes;
+
+        ASSERT(want);
+        for (uint64_t i = 0; i < 4096; i++)
+                want[100 * KiB + i] = (uint8_t) (i / 7);
+        memset(want + MiB, 0x77, MiB);
+        memset(want + 3 * MiB + 5000, 0x01, 3);
+        ASSERT_OK(vdisk_disk_create_base(src, sio, "vdi", size, NULL));
+        ASSERT_OK(vdisk_disk_write(src, want + 96 * KiB, 16 * KiB, 96 * KiB));
+        ASSERT_OK(vdisk_disk_write(src, want + MiB, MiB, MiB));
+        ASSERT_OK(vdisk_disk_write(src, want + 3 * MiB, 16 * KiB, 3 * MiB));
+        for (uint64_t o = 0; o < size; o += TOY_CHUNK)
+                expect_units += !buf_is_zero(want + o, TOY_CHUNK);
+
+        ASSERT_OK(image_create(&toy_stream_enc, dio, NULL, &p, &img));
+        ASSERT_OK(disk_push(dst, img, 1));
+        n_encoders = 0;
+        encoders[0] = encoders[1] = (pthread_t) 0;
+        want_two_encoders = sysconf(_SC_NPROCESSORS_ONLN) >= 2;
+        ASSERT_OK(copy_run(src, 0, dst, 0, size, 4096, NULL));
+        ASSERT(counts.finishes == finishes + 1);
+        ASSERT_EQ_U64(last_stream->n_units, expect_units);
+        if (sysconf(_SC_NPROCESSORS_ONLN) >= 2)
+                ASSERT(n_encoders >= 2);
+        ASSERT_OK(vdisk_io_memory_data(dio, (const void **) &bytes, &len));
+        for (size_t i = 0; i < last_stream->n_units; i++) {
+                const stream_unit *u = &last_stream->units[i];
+                map_result m = { .kind = MAP_ENCODED, .unit_length = (uint32_t) u->len,
+                                 .encoded_length = (uint32_t) u->enc_len, .codec = 7 };
+
+                ASSERT(i == 0 || u->offset > last_stream->units[i - 1].offset);
+                ASSERT_OK(toy_decode(NULL, &m, bytes + u->host, unit));
+                ASSERT_MEMEQ(unit, want + u->offset, u->len);
+        }
+        ASSERT(memcmp(bytes + len - 4, "END!", 4) == 0);
+        vdisk_disk_unref(dst);
+        ASSERT(counts.finishes == finishes + 1);   /* once */
+        vdisk_disk_unref(src);
+        vdisk_io_unref(sio);
+        vdisk_io_unref(dio);
+        free(want);
+}
+
 static void test_create_options(void) {
         const char *const good[] = { "fast", "on", "grain", "65536", "label", "x y", NULL };
         const char *const bad[][3] = {
@@ -631,6 +782,7 @@ int main(void) {
         test_missing_companion();
         test_encoded_units();
         test_stream_and_read_only();
+        test_copy_encodes_units();
         test_create_options();
         test_regions();
         test_path_containment();
