@@ -51,7 +51,8 @@ static int have_qemu;
 static char tmpdir[256];
 
 static struct {
-        uint64_t cases, images, count_ahead, leaky, qemu_runs, transient, absorbed, retried;
+        uint64_t cases, images, count_ahead, leaky, qemu_runs, transient, absorbed, retried,
+                flush_fault_done;
 } stats;
 
 /* ---------------------------------------------------------------- allowed contents */
@@ -1079,13 +1080,18 @@ static char absorbed[2048];
 /* What the chain must read right after the call: if it failed, exactly what
  * it read before (a write workload: each sector its content before the failed
  * call or that call's data); if it succeeded, what the operation is meant to
- * leave. Returns the bytes read. */
-static uint8_t *check_after_call(scenario *sc, wl *w, vdisk_disk *d, int failed, uint64_t *ret_size,
-                                 const char *what) {
+ * leave. A call that failed only in a flush made all its writes: the chain
+ * may read as before or as after the operation (a write workload: its
+ * writes so far). Returns the bytes read. */
+static uint8_t *check_after_call(scenario *sc, wl *w, vdisk_disk *d, int failed, int flush_fault,
+                                 uint64_t *ret_size, const char *what) {
         uint64_t size;
         uint8_t *got = disk_read_all(d, &size);
 
-        if (!failed) {
+        if (failed && flush_fault && !sc->per_sector && size == sc->intended_size &&
+            memcmp(got, sc->intended, size) == 0)
+                stats.flush_fault_done++;
+        else if (!failed) {
                 ASSERT_EQ_U64(size, sc->intended_size);
                 if (memcmp(got, sc->intended, size) != 0)
                         FAIL("%s: the call succeeded but the chain does not read what it should", what);
@@ -1117,13 +1123,37 @@ static uint8_t *check_after_call(scenario *sc, wl *w, vdisk_disk *d, int failed,
         return got;
 }
 
-/* vdisk_check of every image of an open chain: no corruption (leaks allowed). */
+/* The one corruption a check may report for the documented count-ahead
+ * state, seen in memory: the header's allocated count above the map's
+ * references (and no reference past the count). */
+static int report_count_ahead_only(const vdisk_check_report *rep) {
+        int ahead = 0;
+
+        if (rep->corruptions != 1 || !rep->messages)
+                return 0;
+        for (char **m = rep->messages; *m; m++) {
+                unsigned header, refs;
+
+                if (strstr(*m, "past the allocated count"))
+                        return 0;
+                if (sscanf(*m, "allocated blocks mismatch: the header says %u, the map references %u", &header,
+                           &refs) == 2 && header > refs)
+                        ahead = 1;
+        }
+        return ahead;
+}
+
+/* vdisk_check of every image of an open chain: no corruption (leaks allowed;
+ * so is the count-ahead state, which is a leak our check counts as one
+ * corruption, see the top of the file). */
 static void check_open_chain(vdisk_disk *d, const char *what) {
         for (unsigned i = 0; i < vdisk_disk_count(d); i++) {
                 vdisk_check_report rep;
 
                 check_image_report(d, i, &rep);
-                if (rep.corruptions || rep.check_errors) {
+                if (report_count_ahead_only(&rep) && !rep.check_errors)
+                        stats.count_ahead++;
+                else if (rep.corruptions || rep.check_errors) {
                         print_check_messages(&rep);
                         FAIL("%s: image %u: %" PRIu64 " corruptions, %" PRIu64 " check errors", what, i,
                              rep.corruptions, rep.check_errors);
@@ -1202,7 +1232,7 @@ static uint64_t run_transient(scenario *sc, vdisk_fault_kind kind, uint64_t afte
                      what);
 
         /* 1. through the same handle */
-        first = check_after_call(sc, &w, w.d, r < 0, &size, what);
+        first = check_after_call(sc, &w, w.d, r < 0, flush_at != 0, &size, what);
         check_open_chain(w.d, what);
 
         /* 2. a later flush persists nothing bad */
@@ -1481,6 +1511,8 @@ int main(int argc, char **argv) {
         printf("%" PRIu64 " transient faults, %" PRIu64 " retried; %" PRIu64 " hit a write the call did not "
                "depend on%s%s\n", stats.transient, stats.retried, stats.absorbed, absorbed[0] ? ": " : "",
                absorbed);
+        printf("%" PRIu64 " operations failed in a flush with their change made (in memory)\n",
+               stats.flush_fault_done);
         allowed_free(&g_allowed);
         free(g_model);
         return 0;
