@@ -1258,7 +1258,8 @@ static uint64_t run_transient(scenario *sc, vdisk_fault_kind kind, uint64_t afte
         vdisk_disk_unref(d);
         free(first);
         free(again);
-        if (have_qemu && sc->qemu && after % 16 == 0)
+        /* qemu-img check is slow (a process and a temporary file): a sample */
+        if (have_qemu && sc->qemu && kind == VDISK_FAULT_ENOSPC && after % 8 == 0)
                 run_qemu_check(inner[sc->faulted], what);
 
         /* 3. the retry */
