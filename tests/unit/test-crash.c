@@ -19,13 +19,20 @@
  *   - EIO and ENOSPC from the Nth write on: the operation returns exactly
  *     that error with a message, and the image left in the inner memory io
  *     opens and checks the same way.
+ *   - transient faults (run_transient): EIO, ENOSPC or a short write at write
+ *     N only, for every N, and each flush failing once; the io recovers. The
+ *     call fails with that error; the chain then reads exactly as before it
+ *     (write workloads: per sector, as before or the failed call's data), a
+ *     later flush persists nothing else, and the retried operation succeeds.
  * Scenarios: (a) writes, allocating and in place, zeros, discards, flushes in
  * between (base; top of a chain); (b) merge: forward diff into base, forward
  * middle image into base under a third image that gets relinked (the chain
  * must read the same at every cut whichever parent the top names), backward
  * base into diff; (c) compact (base; top); (d) resize grow (base; top);
- * (e) repair of a VDI with a leaked slot. A convert's source never changes
- * when its destination fails with EIO or ENOSPC at any write.
+ * (e) repair of a VDI with a leaked slot; (f) rebase of a diff onto another
+ * parent; (g) convert into an existing image. A convert's source never
+ * changes when its destination fails with EIO or ENOSPC at any write,
+ * persistent or transient.
  * The structural check also uses the tests' own VDI parser (no map entry out
  * of range or duplicated), and standalone bases go through
  * `qemu-img check -f vdi` when /usr/bin/qemu-img exists (exit 0 or 3; 2 only
@@ -1401,22 +1408,27 @@ static void test_copy_faults(void) {
         sd = open_ios(src, 2, 0, "copy source");
         content = disk_read_all(sd, &size);
 
-        for (int pass = 0; pass < 3; pass++) {
-                vdisk_fault_kind kind = pass == 0   ? VDISK_FAULT_NONE
-                                        : pass == 1 ? VDISK_FAULT_EIO
-                                                    : VDISK_FAULT_ENOSPC;
-                uint64_t last = pass == 0 ? 0 : w;
+        /* passes 3-5: transient faults (the destination's file system gets
+         * space back); the copy fails all the same and the source is untouched */
+        for (int pass = 0; pass < 6; pass++) {
+                static const vdisk_fault_kind kinds[] = { VDISK_FAULT_NONE, VDISK_FAULT_EIO, VDISK_FAULT_ENOSPC,
+                                                          VDISK_FAULT_EIO, VDISK_FAULT_ENOSPC, VDISK_FAULT_SHORT };
+                vdisk_fault_kind kind = kinds[pass];
+                uint64_t last = pass == 0 ? 0 : pass < 3 ? w : w - 1;
 
                 for (uint64_t n = 0; n <= last; n++) {
-                        vdisk_fault f = { .size = sizeof f, .kind = kind, .after = n, .fail_flush = 1 };
+                        vdisk_fault f = { .size = sizeof f, .kind = kind, .after = n, .fail_flush = 1,
+                                          .once = pass >= 3 };
                         vdisk_io *dinner = mem_io("crash-copy-dst.vdi", NULL, 0), *dio;
                         vdisk_disk *dd = disk_new();
                         int ret;
 
-                        test_set_context("copy to a destination with %s after %" PRIu64 " writes",
-                                         kind_name(kind), n);
+                        test_set_context("copy to a destination with %s %s %" PRIu64 " writes",
+                                         pass >= 3 ? "transient" : "persistent", kind_name(kind), n);
                         ASSERT_OK(vdisk_io_new_fault(dinner, &f, &dio));
                         ret = vdisk_copy(sd, dd, dio, "vdi", &o, NULL);
+                        if (pass >= 3 && ret >= 0)
+                                FAIL("a copy whose destination failed a write once reported success");
                         if (ret < 0) {
                                 int want = kind == VDISK_FAULT_ENOSPC ? -ENOSPC : -EIO;
 
@@ -1473,7 +1485,7 @@ static void test_copy_faults(void) {
         }
         free(content);
         printf("%-22s %3" PRIu64 " writes, source unchanged through %" PRIu64 " failed copies in %5.1fs\n",
-               "copy-source", w, 2 * (w + 1), now() - t0);
+               "copy-source", w, 2 * (w + 1) + 3 * w, now() - t0);
 }
 
 int main(int argc, char **argv) {
