@@ -147,9 +147,12 @@ static int fault_pwrite(void *u, const void *buf, size_t len, uint64_t off) {
         r = fault_write_gate(fi, off + len > inner_size(fi));
         if (r == -EAGAIN) {
                 size_t half = ALIGN_DOWN(len / 2, 512);
-                r = fi->inner->vt->pwrite(fi->inner->user, buf, half, off);
-                if (r >= 0)
-                        r = pending_add(fi, OP_WRITE, off, half, buf);
+
+                if (half > 0) {
+                        r = fi->inner->vt->pwrite(fi->inner->user, buf, half, off);
+                        if (r >= 0)
+                                r = pending_add(fi, OP_WRITE, off, half, buf);
+                }
                 return -EIO;
         }
         if (r < 0)

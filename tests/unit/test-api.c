@@ -982,7 +982,8 @@ static void test_ios(void) {
                         vdisk_io_unref(f);
                         ASSERT_OK(vdisk_io_truncate(io, 2048));
                         memset(buf, 0x3c, sizeof buf);
-                        ASSERT_OK(vdisk_io_pwrite(io, buf, 2048, 0));
+                        ASSERT_OK(vdisk_io_pwrite(io, buf, sizeof buf, 0));
+                        ASSERT_OK(vdisk_io_pwrite(io, buf, sizeof buf, sizeof buf));
                 }
 
                 /* one failed flush, then flushes succeed again */
