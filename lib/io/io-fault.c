@@ -1,11 +1,13 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
 /*
  * A fault-injecting vdisk_io for tests: EIO, ENOSPC, short writes and power
- * cuts. For a power cut it keeps a log of every write since the last flush, so
+ * cuts, either persistent (from write N on) or transient (write N only, and
+ * optionally one failed flush). For a power cut it keeps a log of every write since the last flush, so
  * that vdisk_io_fault_crash_image() can build what a disk might hold after the
  * cut: the flushed state plus any subset of the later writes, each possibly
  * torn at a 512-byte boundary.
  */
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -23,8 +25,9 @@ typedef struct pending_op {
 typedef struct fault_io {
         vdisk_io *inner;
         vdisk_fault f;
-        uint64_t writes;
-        int fired;
+        uint64_t writes, flushes;
+        int fired;              /* the write fault */
+        int flush_fired;        /* fail_flush_at */
         /* POWER_CUT only */
         vdisk_io *durable;      /* memory io: the state at the last flush */
         pending_op *ops;
@@ -82,6 +85,24 @@ static int fault_write_gate(fault_io *fi, uint64_t grows) {
                 return -EIO;
         if (n < fi->f.after)
                 return 0;
+        if (fi->f.once && fi->f.kind != VDISK_FAULT_POWER_CUT) {
+                /* Transient: this one write, whatever it is, and never again. */
+                if (n != fi->f.after)
+                        return 0;
+                switch (fi->f.kind) {
+                case VDISK_FAULT_EIO:
+                        fi->fired = 1;
+                        return -EIO;
+                case VDISK_FAULT_ENOSPC:
+                        fi->fired = 1;
+                        return -ENOSPC;
+                case VDISK_FAULT_SHORT:
+                        fi->fired = 1;
+                        return -EAGAIN;
+                default:
+                        return 0;
+                }
+        }
         switch (fi->f.kind) {
         case VDISK_FAULT_EIO:
                 fi->fired = 1;
@@ -113,7 +134,7 @@ static uint64_t inner_size(fault_io *fi) {
 static int fault_pread(void *u, void *buf, size_t len, uint64_t off) {
         fault_io *fi = u;
 
-        if (fi->fired && (fi->f.kind == VDISK_FAULT_POWER_CUT ||
+        if (fi->fired && !fi->f.once && (fi->f.kind == VDISK_FAULT_POWER_CUT ||
                           (fi->f.kind == VDISK_FAULT_EIO && fi->f.fail_reads)))
                 return -EIO;
         return fi->inner->vt->pread(fi->inner->user, buf, len, off);
@@ -126,9 +147,12 @@ static int fault_pwrite(void *u, const void *buf, size_t len, uint64_t off) {
         r = fault_write_gate(fi, off + len > inner_size(fi));
         if (r == -EAGAIN) {
                 size_t half = ALIGN_DOWN(len / 2, 512);
-                r = fi->inner->vt->pwrite(fi->inner->user, buf, half, off);
-                if (r >= 0)
-                        r = pending_add(fi, OP_WRITE, off, half, buf);
+
+                if (half > 0) {
+                        r = fi->inner->vt->pwrite(fi->inner->user, buf, half, off);
+                        if (r >= 0)
+                                r = pending_add(fi, OP_WRITE, off, half, buf);
+                }
                 return -EIO;
         }
         if (r < 0)
@@ -141,11 +165,17 @@ static int fault_pwrite(void *u, const void *buf, size_t len, uint64_t off) {
 
 static int fault_flush(void *u) {
         fault_io *fi = u;
+        uint64_t n = ++fi->flushes;
         int r;
 
-        if (fi->fired && (fi->f.kind == VDISK_FAULT_POWER_CUT ||
-                          (fi->f.kind == VDISK_FAULT_EIO && fi->f.fail_flush)))
+        if (fi->fired && !fi->f.once && (fi->f.kind == VDISK_FAULT_POWER_CUT ||
+                                         (fi->f.kind == VDISK_FAULT_EIO && fi->f.fail_flush)))
                 return -EIO;
+        if (fi->f.fail_flush_at != 0 && n == fi->f.fail_flush_at) {
+                /* Nothing becomes durable; the pending writes stay pending. */
+                fi->flush_fired = 1;
+                return -EIO;
+        }
         r = fi->inner->vt->flush(fi->inner->user);
         if (r < 0)
                 return r;
@@ -226,15 +256,20 @@ int vdisk_io_new_fault(vdisk_io *inner, const vdisk_fault *fault, vdisk_io **ret
         fault_io *fi;
         int r;
 
-        if (!inner || !fault || !ret || fault->size < sizeof(vdisk_fault))
+        if (!inner || !fault || !ret || fault->size < offsetof(vdisk_fault, once))
                 return vdisk_error(-EINVAL, "invalid fault io arguments");
+        if (fault->kind == VDISK_FAULT_POWER_CUT && fault->size > offsetof(vdisk_fault, once) &&
+            fault->once)
+                return vdisk_error(-EINVAL, "a power cut cannot be transient");
         if (fault->kind == VDISK_FAULT_POWER_CUT && inner->kind != IO_KIND_MEMORY)
                 return vdisk_error(-EINVAL, "a power cut needs a memory io underneath");
         fi = calloc(1, sizeof *fi);
         if (!fi)
                 return vdisk_error(-ENOMEM, "out of memory");
         fi->inner = vdisk_io_ref(inner);
-        fi->f = *fault;
+        /* Fields past the caller's `size` (an older struct) stay 0. */
+        memcpy(&fi->f, fault, MIN(fault->size, sizeof fi->f));
+        fi->f.size = sizeof fi->f;
         if (fault->kind == VDISK_FAULT_POWER_CUT) {
                 const void *data;
                 size_t len;
@@ -256,8 +291,17 @@ uint64_t vdisk_io_fault_writes(vdisk_io *io) {
         return io && io->kind == IO_KIND_FAULT ? ((fault_io *) io->user)->writes : 0;
 }
 
+uint64_t vdisk_io_fault_flushes(vdisk_io *io) {
+        return io && io->kind == IO_KIND_FAULT ? ((fault_io *) io->user)->flushes : 0;
+}
+
 int vdisk_io_fault_fired(vdisk_io *io) {
-        return io && io->kind == IO_KIND_FAULT ? ((fault_io *) io->user)->fired : 0;
+        fault_io *fi;
+
+        if (!io || io->kind != IO_KIND_FAULT)
+                return 0;
+        fi = io->user;
+        return fi->fired || fi->flush_fired;
 }
 
 static uint64_t xorshift(uint64_t *s) {

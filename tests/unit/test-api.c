@@ -10,6 +10,7 @@
  * file; the memory and fault ios themselves.
  */
 #include <ctype.h>
+#include <stddef.h>
 #include <strings.h>
 
 #include "tests.h"
@@ -949,6 +950,67 @@ static void test_ios(void) {
         ASSERT_MEMEQ(back, buf, 512);
         ASSERT(back[512] == 0x3c);
         vdisk_io_unref(f);
+
+        /* transient: only write `after` fails, whatever it is; then the io recovers */
+        {
+                static const vdisk_fault_kind kinds[] = { VDISK_FAULT_EIO, VDISK_FAULT_ENOSPC,
+                                                          VDISK_FAULT_SHORT };
+                vdisk_fault once = { .size = sizeof once, .after = 1, .once = 1, .fail_reads = 1,
+                                     .fail_flush = 1 };
+
+                for (size_t k = 0; k < ELEMENTSOF(kinds); k++) {
+                        once.kind = kinds[k];
+                        memset(buf, 0x55 + (int) k, sizeof buf);
+                        ASSERT_OK(vdisk_io_new_fault(io, &once, &f));
+                        ASSERT_OK(vdisk_io_pwrite(f, buf, 512, 0));
+                        ASSERT(!vdisk_io_fault_fired(f));
+                        /* in place (does not grow the file): ENOSPC fires all the same */
+                        ASSERT_ERR(vdisk_io_pwrite(f, buf, 1024, 0),
+                                   kinds[k] == VDISK_FAULT_ENOSPC ? -ENOSPC : -EIO);
+                        ASSERT(vdisk_io_fault_fired(f));
+                        ASSERT_OK(vdisk_io_pread(io, back, 1024, 0));
+                        ASSERT(back[511] == buf[0]);
+                        if (kinds[k] == VDISK_FAULT_SHORT)
+                                ASSERT(back[512] == 0x3c);      /* the first half only */
+                        ASSERT_OK(vdisk_io_pread(f, back, 512, 0));
+                        ASSERT_OK(vdisk_io_flush(f));
+                        ASSERT_OK(vdisk_io_pwrite(f, buf, 1024, 0));
+                        ASSERT_OK(vdisk_io_pwrite(f, buf, 512, 1 * MiB));
+                        ASSERT_OK(vdisk_io_flush(f));
+                        ASSERT_EQ_U64(vdisk_io_fault_writes(f), 4);
+                        ASSERT_EQ_U64(vdisk_io_fault_flushes(f), 2);
+                        vdisk_io_unref(f);
+                        ASSERT_OK(vdisk_io_truncate(io, 2048));
+                        memset(buf, 0x3c, sizeof buf);
+                        ASSERT_OK(vdisk_io_pwrite(io, buf, sizeof buf, 0));
+                        ASSERT_OK(vdisk_io_pwrite(io, buf, sizeof buf, sizeof buf));
+                }
+
+                /* one failed flush, then flushes succeed again */
+                once = (vdisk_fault) { .size = sizeof once, .fail_flush_at = 2 };
+                ASSERT_OK(vdisk_io_new_fault(io, &once, &f));
+                ASSERT_OK(vdisk_io_flush(f));
+                ASSERT(!vdisk_io_fault_fired(f));
+                ASSERT_ERR(vdisk_io_flush(f), -EIO);
+                ASSERT(vdisk_io_fault_fired(f));
+                ASSERT_OK(vdisk_io_flush(f));
+                ASSERT_OK(vdisk_io_pwrite(f, buf, 512, 0));
+                ASSERT_EQ_U64(vdisk_io_fault_flushes(f), 3);
+                vdisk_io_unref(f);
+
+                /* an older, smaller struct still works (the new fields read 0) */
+                once = (vdisk_fault) { .size = offsetof(vdisk_fault, once), .kind = VDISK_FAULT_EIO,
+                                       .once = 1, .fail_flush_at = 1 };
+                ASSERT_OK(vdisk_io_new_fault(io, &once, &f));
+                ASSERT_OK(vdisk_io_flush(f));
+                ASSERT_ERR(vdisk_io_pwrite(f, buf, 512, 0), -EIO);
+                ASSERT_ERR(vdisk_io_pwrite(f, buf, 512, 0), -EIO);   /* persistent */
+                vdisk_io_unref(f);
+                once.size = offsetof(vdisk_fault, once) - 1;
+                ASSERT_ERR(vdisk_io_new_fault(io, &once, &f), -EINVAL);
+                once = (vdisk_fault) { .size = sizeof once, .kind = VDISK_FAULT_POWER_CUT, .once = 1 };
+                ASSERT_ERR(vdisk_io_new_fault(io, &once, &f), -EINVAL);
+        }
 
         vdisk_io_unref(io);
 }

@@ -19,13 +19,20 @@
  *   - EIO and ENOSPC from the Nth write on: the operation returns exactly
  *     that error with a message, and the image left in the inner memory io
  *     opens and checks the same way.
+ *   - transient faults (run_transient): EIO, ENOSPC or a short write at write
+ *     N only, for every N, and each flush failing once; the io recovers. The
+ *     call fails with that error; the chain then reads exactly as before it
+ *     (write workloads: per sector, as before or the failed call's data), a
+ *     later flush persists nothing else, and the retried operation succeeds.
  * Scenarios: (a) writes, allocating and in place, zeros, discards, flushes in
  * between (base; top of a chain); (b) merge: forward diff into base, forward
  * middle image into base under a third image that gets relinked (the chain
  * must read the same at every cut whichever parent the top names), backward
  * base into diff; (c) compact (base; top); (d) resize grow (base; top);
- * (e) repair of a VDI with a leaked slot. A convert's source never changes
- * when its destination fails with EIO or ENOSPC at any write.
+ * (e) repair of a VDI with a leaked slot; (f) rebase of a diff onto another
+ * parent; (g) convert into an existing image. A convert's source never
+ * changes when its destination fails with EIO or ENOSPC at any write,
+ * persistent or transient.
  * The structural check also uses the tests' own VDI parser (no map entry out
  * of range or duplicated), and standalone bases go through
  * `qemu-img check -f vdi` when /usr/bin/qemu-img exists (exit 0 or 3; 2 only
@@ -51,7 +58,8 @@ static int have_qemu;
 static char tmpdir[256];
 
 static struct {
-        uint64_t cases, images, count_ahead, leaky, qemu_runs;
+        uint64_t cases, images, count_ahead, leaky, qemu_runs, transient, absorbed, retried,
+                flush_fault_done;
 } stats;
 
 /* ---------------------------------------------------------------- allowed contents */
@@ -154,15 +162,34 @@ static void verify_allowed(vdisk_disk *d, const allowed *a, const char *what) {
 
 typedef struct wl {
         vdisk_disk *d;
-        uint8_t *model;      /* what the guest should see now (MAX_SIZE bytes) */
+        uint8_t *model;      /* what the guest should see now (MAX_SIZE bytes): every
+                              * call that succeeded */
         uint64_t size;
         allowed *a;
+        vdisk_io *extra;     /* rebase: the new parent; convert: the source */
+        /* the write, zeroing or discard that failed (its data: what it would
+         * have left) */
+        uint64_t fail_off, fail_len;
+        uint8_t *fail_data;
 } wl;
+
+static int wl_record(wl *w, int r, const void *buf, uint64_t len, uint64_t off) {
+        if (r >= 0) {
+                memcpy(w->model + off, buf, len);
+                return r;
+        }
+        free(w->fail_data);
+        w->fail_data = malloc(len);
+        ASSERT(w->fail_data);
+        memcpy(w->fail_data, buf, len);
+        w->fail_off = off;
+        w->fail_len = len;
+        return r;
+}
 
 static int wl_write(wl *w, const void *buf, uint64_t len, uint64_t off) {
         allowed_add(w->a, buf, off, len);
-        memcpy(w->model + off, buf, len);
-        return vdisk_disk_write(w->d, buf, len, off);
+        return wl_record(w, vdisk_disk_write(w->d, buf, len, off), buf, len, off);
 }
 
 static int wl_write_random(wl *w, rng *r, uint64_t len, uint64_t off) {
@@ -188,12 +215,13 @@ static int wl_write_zeros(wl *w, uint64_t len, uint64_t off) {
 
 static int wl_discard(wl *w, uint64_t off, uint64_t len) {
         uint8_t *zeros = calloc(1, len);
+        int r;
 
         ASSERT(zeros);
         allowed_add(w->a, zeros, off, len);
-        memset(w->model + off, 0, len);
+        r = wl_record(w, vdisk_disk_discard(w->d, off, len), zeros, len, off);
         free(zeros);
-        return vdisk_disk_discard(w->d, off, len);
+        return r;
 }
 
 /* A successful flush makes the model durable: nothing older may show up. */
@@ -214,7 +242,7 @@ static int wl_flush(wl *w) {
 
 /* ---------------------------------------------------------------- scenarios */
 
-enum { V_CONTENT, V_MERGE_FWD, V_MERGE_FWD3, V_MERGE_BWD };
+enum { V_CONTENT, V_MERGE_FWD, V_MERGE_FWD3, V_MERGE_BWD, V_REBASE };
 
 typedef struct scenario scenario;
 struct scenario {
@@ -231,6 +259,11 @@ struct scenario {
         uint8_t *content;               /* the chain's content before (DISK_SIZE) */
         uint8_t *target_old, *target_new; /* merges: the target's own view before / after */
         uint64_t file_size_before;
+        int per_sector;                 /* a plain write workload (see run_transient) */
+        vdisk_io *extra;                /* rebase: the new parent; convert: the source */
+        uint8_t extra_uuid[16];
+        uint8_t *intended;              /* the chain's content after the operation */
+        uint64_t intended_size;
 };
 
 static vdisk_io *new_io(scenario *sc, unsigned i) {
@@ -560,9 +593,165 @@ static void after_repair(scenario *sc, wl *w) {
         vdisk_check_report_clear(&rep);
 }
 
+/* (f) rebase onto another parent, as vdisk-img rebase does it
+ * (tools/img-modify.c): wherever the child does not define the data and the
+ * old and new parents differ, the old content is written into the child; then
+ * the child is relinked. tmpl[0] is the old parent, tmpl[1] the child, extra
+ * the new parent. */
+
+static void build_rebase(scenario *sc) {
+        rng r;
+        vdisk_disk *d, *nd = disk_new();
+        uint8_t *buf = malloc(BLOCK);
+
+        ASSERT(buf);
+        rng_seed(&r, 10);
+        sc->n = 2;
+        d = disk_new();
+        sc->tmpl[0] = new_io(sc, 0);
+        ASSERT_OK(vdisk_disk_create_base(d, sc->tmpl[0], "vdi", DISK_SIZE, NULL));
+        for (uint64_t b = 0; b < 6; b++)
+                fill_block(d, &r, b, 0, BLOCK);
+        ASSERT_OK(vdisk_disk_read(d, buf, BLOCK, 0));
+        sc->tmpl[1] = new_io(sc, 1);
+        ASSERT_OK(vdisk_disk_create_diff(d, sc->tmpl[1], "vdi", NULL));
+        fill_block(d, &r, 1, 256 * KiB, 64 * KiB);     /* partial: the rest comes from the parent */
+        fill_block(d, &r, 4, 0, BLOCK);                /* whole: the parent does not matter */
+        ASSERT_OK(vdisk_image_get_uuid(vdisk_disk_image(d, 0), sc->uuid[0]));
+        ASSERT_OK(vdisk_image_get_uuid(vdisk_disk_image(d, 1), sc->uuid[1]));
+        vdisk_disk_unref(d);
+
+        /* the new parent: block 0 as the old one, block 2 different, the rest zeros */
+        sc->extra = mem_io("crash-rebase-new.vdi", NULL, 0);
+        ASSERT_OK(vdisk_disk_create_base(nd, sc->extra, "vdi", DISK_SIZE, NULL));
+        ASSERT_OK(vdisk_disk_write(nd, buf, BLOCK, 0));
+        fill_block(nd, &r, 2, 0, BLOCK);
+        ASSERT_OK(vdisk_image_get_uuid(vdisk_disk_image(nd, 0), sc->extra_uuid));
+        vdisk_disk_unref(nd);
+        free(buf);
+}
+
+static int rebase_copy(vdisk_disk *d, vdisk_disk *nd) {
+        uint64_t size = vdisk_disk_size(d), off = 0;
+        uint8_t *old_buf = malloc(BLOCK), *new_buf = malloc(BLOCK);
+        int r = 0;
+
+        ASSERT(old_buf && new_buf);
+        ASSERT_EQ_U64(vdisk_disk_size(nd), size);
+        while (off < size && r >= 0) {
+                vdisk_extent e;
+                size_t n;
+
+                ASSERT_OK(vdisk_disk_block_status(d, off, size - off, &e));
+                if (e.length == 0 || e.length > size - off)
+                        e.length = size - off;
+                if (e.depth == 0) {
+                        off += e.length;
+                        continue;
+                }
+                n = (size_t) MIN(e.length, BLOCK);
+                ASSERT_OK(vdisk_disk_read(d, old_buf, n, off));
+                ASSERT_OK(vdisk_disk_read(nd, new_buf, n, off));
+                for (size_t i = 0; i < n && r >= 0;) {
+                        size_t end;
+
+                        if (memcmp(old_buf + i, new_buf + i, 512) == 0) {
+                                i += 512;
+                                continue;
+                        }
+                        for (end = i; end < n && memcmp(old_buf + end, new_buf + end, 512) != 0; end += 512)
+                                ;
+                        r = vdisk_disk_write(d, old_buf + i, end - i, off + i);
+                        i = end;
+                }
+                off += n;
+        }
+        free(old_buf);
+        free(new_buf);
+        return r;
+}
+
+static int op_rebase(scenario *sc, wl *w) {
+        vdisk_disk *nd = open_ios(&w->extra, 1, VDISK_OPEN_READONLY, "the new parent");
+        vdisk_image *top = vdisk_disk_image(w->d, vdisk_disk_count(w->d) - 1), *np = vdisk_disk_image(nd, 0);
+        uint8_t mod[16];
+        int r;
+
+        r = rebase_copy(w->d, nd);
+        if (r >= 0)
+                r = vdisk_disk_flush(w->d);
+        if (r >= 0) {
+                ASSERT_OK(vdisk_image_get_modification_uuid(np, mod));
+                r = vdisk_image_set_parent_uuid(top, sc->extra_uuid);
+        }
+        if (r >= 0)
+                r = vdisk_image_set_parent_modification_uuid(top, mod);
+        if (r >= 0)
+                r = vdisk_disk_flush(w->d);
+        vdisk_disk_unref(nd);
+        return r;
+}
+
+static void after_rebase(scenario *sc, wl *w) {
+        uint8_t p[16];
+
+        ASSERT_OK(vdisk_image_get_parent_uuid(vdisk_disk_image(w->d, 1), p));
+        ASSERT_MEMEQ(p, sc->extra_uuid, 16);
+}
+
+/* (g) convert -n: the content of a source (extra) copied into an existing
+ * image as vdisk-img does it (tools/img-create.c): every chunk that holds data
+ * is written; a zero chunk only where the target does not read zeros. */
+
+static void build_convert_existing(scenario *sc) {
+        rng r;
+        vdisk_disk *d;
+
+        rng_seed(&r, 11);
+        sc->n = 1;
+        d = build_chain(sc);
+        for (uint64_t b = 1; b < 6; b++)
+                fill_block(d, &r, b, 0, BLOCK);
+        vdisk_disk_unref(d);
+
+        d = disk_new();
+        sc->extra = mem_io("crash-convert-src.vdi", NULL, 0);
+        ASSERT_OK(vdisk_disk_create_base(d, sc->extra, "vdi", DISK_SIZE, NULL));
+        fill_block(d, &r, 0, 0, BLOCK);                  /* into an unallocated block */
+        fill_block(d, &r, 2, 4096, 8192);                 /* over data, mostly zeros */
+        fill_block(d, &r, 5, 0, BLOCK);                  /* over data */
+        fill_block(d, &r, 7, 512 * KiB, 4096);            /* a partial new block */
+        vdisk_disk_unref(d);
+}
+
+static int op_convert_existing(scenario *sc, wl *w) {
+        vdisk_disk *src = open_ios(&w->extra, 1, VDISK_OPEN_READONLY, "the convert source");
+        uint8_t *buf = malloc(BLOCK), *dbuf = malloc(BLOCK);
+        int r = 0;
+
+        ASSERT(buf && dbuf);
+        ASSERT_EQ_U64(vdisk_disk_size(src), DISK_SIZE);
+        for (uint64_t off = 0; off < DISK_SIZE && r >= 0; off += BLOCK) {
+                ASSERT_OK(vdisk_disk_read(src, buf, BLOCK, off));
+                if (buf_is_zero(buf, BLOCK)) {
+                        r = vdisk_disk_read(w->d, dbuf, BLOCK, off);
+                        if (r < 0 || buf_is_zero(dbuf, BLOCK))
+                                continue;
+                }
+                r = wl_write(w, buf, BLOCK, off);
+        }
+        if (r >= 0)
+                r = wl_flush(w);
+        vdisk_disk_unref(src);
+        free(buf);
+        free(dbuf);
+        return r;
+}
+
 static scenario scenarios[] = {
-        { .name = "writes-base", .faulted = 0, .qemu = 1, .build = build_writes_base, .op = op_writes },
-        { .name = "writes-top", .faulted = 1, .build = build_writes_top, .op = op_writes },
+        { .name = "writes-base", .faulted = 0, .qemu = 1, .per_sector = 1, .build = build_writes_base,
+          .op = op_writes },
+        { .name = "writes-top", .faulted = 1, .per_sector = 1, .build = build_writes_top, .op = op_writes },
         { .name = "merge-forward", .n = 2, .faulted = 0, .verify = V_MERGE_FWD, .qemu = 1,
           .build = build_merge, .op = op_merge_fwd, .after_success = after_merge },
         { .name = "merge-forward-relink", .n = 3, .faulted = 0, .verify = V_MERGE_FWD3, .qemu = 1,
@@ -579,6 +768,10 @@ static scenario scenarios[] = {
           .after_success = after_resize },
         { .name = "repair", .faulted = 0, .qemu = 1, .build = build_repair, .op = op_repair,
           .after_success = after_repair },
+        { .name = "rebase", .n = 2, .faulted = 1, .verify = V_REBASE, .build = build_rebase,
+          .op = op_rebase, .after_success = after_rebase },
+        { .name = "convert-existing", .faulted = 0, .qemu = 1, .per_sector = 1,
+          .build = build_convert_existing, .op = op_convert_existing },
 };
 
 /* ---------------------------------------------------------------- verification */
@@ -677,14 +870,11 @@ static void parent_of(vdisk_io *io, uint8_t ret[16]) {
         memcpy(ret, (const uint8_t *) data + VDI_OFF_UUID_LINKAGE, 16);
 }
 
-/* The images after the run (post[faulted] is the crash or error state). */
-static void verify(scenario *sc, vdisk_io **post, wl *w, const char *what) {
-        vdisk_io *chain[3];
+/* Which images form the chain now (post[faulted] is the crash or error
+ * state; `extra` the rebase's new parent); returns their number. */
+static unsigned chain_of(scenario *sc, vdisk_io **post, vdisk_io *extra, vdisk_io **chain, const char *what) {
         unsigned n = 0;
-        vdisk_disk *d;
 
-        stats.images++;
-        /* which images form the chain now */
         if (sc->verify == V_MERGE_FWD3) {
                 uint8_t p[16];
                 parent_of(post[2], p);
@@ -702,10 +892,30 @@ static void verify(scenario *sc, vdisk_io **post, wl *w, const char *what) {
                 else if (!vdisk_uuid_is_null(p))
                         FAIL("%s: the merge target links to an unknown parent", what);
                 chain[n++] = post[1];
+        } else if (sc->verify == V_REBASE) {
+                uint8_t p[16];
+                parent_of(post[1], p);
+                if (memcmp(p, sc->uuid[0], 16) == 0)
+                        chain[n++] = post[0];
+                else if (memcmp(p, sc->extra_uuid, 16) == 0)
+                        chain[n++] = extra;
+                else
+                        FAIL("%s: the child links to neither the old nor the new parent", what);
+                chain[n++] = post[1];
         } else
                 for (unsigned i = 0; i < sc->n; i++)
                         chain[n++] = post[i];
+        return n;
+}
 
+/* The images after the run (post[faulted] is the crash or error state). */
+static void verify(scenario *sc, vdisk_io **post, wl *w, const char *what) {
+        vdisk_io *chain[3];
+        unsigned n;
+        vdisk_disk *d;
+
+        stats.images++;
+        n = chain_of(sc, post, w->extra, chain, what);
         d = open_ios(chain, n, VDISK_OPEN_READONLY, what);
         for (unsigned i = 0; i < n; i++)
                 check_crashed(d, i, chain[i], what);
@@ -783,6 +993,9 @@ static uint64_t run_case(scenario *sc, vdisk_fault_kind kind, uint64_t after) {
         vdisk_fault f = { .size = sizeof f, .kind = kind, .after = after, .fail_flush = 1 };
         vdisk_io *inner[3], *ios[3], *fio = NULL, *post[3];
         wl w = { .model = g_model, .size = DISK_SIZE, .a = &g_allowed };
+
+        if (sc->extra)
+                w.extra = mem_io_clone(sc->extra, vdisk_io_name(sc->extra));
         char what[200];
         uint64_t writes;
         int r = 0, fired;
@@ -848,11 +1061,256 @@ static uint64_t run_case(scenario *sc, vdisk_fault_kind kind, uint64_t after) {
                 if (have_qemu && sc->qemu)
                         run_qemu_check(post[sc->faulted], what);
         }
+        if (kind == VDISK_FAULT_NONE) {
+                /* what the operation is meant to leave */
+                vdisk_io *chain[3];
+                unsigned n = chain_of(sc, post, w.extra, chain, what);
+                vdisk_disk *d = open_ios(chain, n, VDISK_OPEN_READONLY, what);
+
+                free(sc->intended);
+                sc->intended = disk_read_all(d, &sc->intended_size);
+                vdisk_disk_unref(d);
+        }
 
         vdisk_io_unref(fio);
+        vdisk_io_unref(w.extra);
+        free(w.fail_data);
         for (unsigned i = 0; i < sc->n; i++)
                 vdisk_io_unref(inner[i]);
         return writes;
+}
+
+/* ---------------------------------------------------------------- transient faults */
+
+static char absorbed[2048];
+
+/* What the chain must read right after the call: if it failed, exactly what
+ * it read before (a write workload: each sector its content before the failed
+ * call or that call's data); if it succeeded, what the operation is meant to
+ * leave. A call that failed only in a flush made all its writes: the chain
+ * may read as before or as after the operation (a write workload: its
+ * writes so far). Returns the bytes read. */
+static uint8_t *check_after_call(scenario *sc, wl *w, vdisk_disk *d, int failed, int flush_fault,
+                                 uint64_t *ret_size, const char *what) {
+        uint64_t size;
+        uint8_t *got = disk_read_all(d, &size);
+
+        if (failed && flush_fault && !sc->per_sector && size == sc->intended_size &&
+            memcmp(got, sc->intended, size) == 0)
+                stats.flush_fault_done++;
+        else if (!failed) {
+                ASSERT_EQ_U64(size, sc->intended_size);
+                if (memcmp(got, sc->intended, size) != 0)
+                        FAIL("%s: the call succeeded but the chain does not read what it should", what);
+        } else if (sc->per_sector) {
+                if (size != w->size)
+                        FAIL("%s: the disk size changed from %" PRIu64 " to %" PRIu64, what, w->size, size);
+                for (uint64_t off = 0; off < size; off += 512) {
+                        if (memcmp(got + off, w->model + off, 512) == 0)
+                                continue;
+                        if (w->fail_len && off >= w->fail_off && off - w->fail_off < w->fail_len &&
+                            memcmp(got + off, w->fail_data + (off - w->fail_off), 512) == 0)
+                                continue;
+                        FAIL("%s: sector %" PRIu64 " (offset 0x%" PRIx64 ", block %" PRIu64 ") reads neither "
+                             "its content before the failed call nor that call's data (it %s zeros)",
+                             what, off / 512, off, off / BLOCK, buf_is_zero(got + off, 512) ? "reads" : "does not read");
+                }
+        } else {
+                if (size != DISK_SIZE)
+                        FAIL("%s: the failed call changed the disk size from %" PRIu64 " to %" PRIu64, what,
+                             DISK_SIZE, size);
+                for (uint64_t off = 0; off < size; off += 512)
+                        if (memcmp(got + off, sc->content + off, 512) != 0)
+                                FAIL("%s: after the failed call, sector %" PRIu64 " (offset 0x%" PRIx64
+                                     ", block %" PRIu64 ") no longer reads as before (it %s zeros)", what,
+                                     off / 512, off, off / BLOCK,
+                                     buf_is_zero(got + off, 512) ? "reads" : "does not read");
+        }
+        *ret_size = size;
+        return got;
+}
+
+/* The one corruption a check may report for the documented count-ahead
+ * state, seen in memory: the header's allocated count above the map's
+ * references (and no reference past the count). */
+static int report_count_ahead_only(const vdisk_check_report *rep) {
+        int ahead = 0;
+
+        if (rep->corruptions != 1 || !rep->messages)
+                return 0;
+        for (char **m = rep->messages; *m; m++) {
+                unsigned header, refs;
+
+                if (strstr(*m, "past the allocated count"))
+                        return 0;
+                if (sscanf(*m, "allocated blocks mismatch: the header says %u, the map references %u", &header,
+                           &refs) == 2 && header > refs)
+                        ahead = 1;
+        }
+        return ahead;
+}
+
+/* vdisk_check of every image of an open chain: no corruption (leaks allowed;
+ * so is the count-ahead state, which is a leak our check counts as one
+ * corruption, see the top of the file). */
+static void check_open_chain(vdisk_disk *d, const char *what) {
+        for (unsigned i = 0; i < vdisk_disk_count(d); i++) {
+                vdisk_check_report rep;
+
+                check_image_report(d, i, &rep);
+                if (report_count_ahead_only(&rep) && !rep.check_errors)
+                        stats.count_ahead++;
+                else if (rep.corruptions || rep.check_errors) {
+                        print_check_messages(&rep);
+                        FAIL("%s: image %u: %" PRIu64 " corruptions, %" PRIu64 " check errors", what, i,
+                             rep.corruptions, rep.check_errors);
+                }
+                if (rep.leaks)
+                        stats.leaky++;
+                vdisk_check_report_clear(&rep);
+        }
+}
+
+/* One transient fault: write number `after` fails once with `kind` (NONE:
+ * no write fault), or flush number `flush_at` (1-based, 0: none) fails once.
+ * The call fails with that error, or succeeds when the fault hit a write
+ * nothing depended on (counted and listed). Then:
+ *   1. the chain, through the same handle, reads as check_after_call() says,
+ *      and vdisk_check finds no corruption;
+ *   2. a flush (the io has recovered) succeeds; closed and reopened, the chain
+ *      reads the same bytes, and passes the structural checks;
+ *   3. the operation retried without a fault succeeds, and closed and
+ *      reopened, the chain reads what the operation is meant to leave.
+ * Returns the writes (high 32 bits: flushes) the faulted io saw up to the end
+ * of step 1's flush. */
+static uint64_t run_transient(scenario *sc, vdisk_fault_kind kind, uint64_t after, uint64_t flush_at) {
+        vdisk_fault f = { .size = sizeof f, .kind = kind, .after = after, .once = 1, .fail_flush_at = flush_at };
+        vdisk_io *inner[3], *ios[3], *fio = NULL, *chain[3];
+        wl w = { .model = g_model, .size = DISK_SIZE, .a = &g_allowed };
+        vdisk_disk *d;
+        uint8_t *first, *again;
+        uint64_t size, size2, writes, flushes;
+        char what[200];
+        unsigned n;
+        int r = 0, fired;
+
+        if (flush_at)
+                snprintf(what, sizeof what, "%s, flush #%" PRIu64 " fails once", sc->name, flush_at);
+        else
+                snprintf(what, sizeof what, "%s, transient %s at write %" PRIu64, sc->name, kind_name(kind),
+                         after);
+        test_set_context("%s (rerun: test-crash %s)", what, sc->name);
+        stats.transient++;
+        for (unsigned i = 0; i < sc->n; i++) {
+                inner[i] = mem_io_clone(sc->tmpl[i], vdisk_io_name(sc->tmpl[i]));
+                ios[i] = inner[i];
+        }
+        if (sc->extra)
+                w.extra = mem_io_clone(sc->extra, vdisk_io_name(sc->extra));
+        ASSERT_OK(vdisk_io_new_fault(inner[sc->faulted], &f, &fio));
+        ios[sc->faulted] = fio;
+        memset(g_model, 0, MAX_SIZE);
+        memcpy(g_model, sc->content, DISK_SIZE);
+        allowed_reset(&g_allowed, sc->content, DISK_SIZE);
+
+        w.d = open_ios(ios, sc->n, 0, what);
+        r = sc->op(sc, &w);
+        if (r >= 0 && !vdisk_io_fault_fired(fio))
+                r = vdisk_disk_flush(w.d);      /* what closing would write */
+        fired = vdisk_io_fault_fired(fio);
+        writes = vdisk_io_fault_writes(fio);
+        flushes = vdisk_io_fault_flushes(fio);
+        if (r < 0) {
+                int want = kind == VDISK_FAULT_ENOSPC ? -ENOSPC : -EIO;
+
+                if (!fired)
+                        FAIL("%s: the operation failed without a fault: %d (%s)", what, r, strerror(-r));
+                test_check_clean_error(__FILE__, __LINE__, what, r);
+                if (r != want)
+                        FAIL("%s: the operation failed with %d (%s), expected %d (%s)", what, r, strerror(-r),
+                             want, strerror(-want));
+        } else if (fired) {
+                size_t l = strlen(absorbed);
+
+                stats.absorbed++;
+                snprintf(absorbed + l, sizeof absorbed - l, "%s%s", l ? "; " : "", what);
+        } else if (kind != VDISK_FAULT_NONE || flush_at)
+                FAIL("%s: the fault never fired (the workload wrote less than in the run without a fault)",
+                     what);
+
+        /* 1. through the same handle */
+        first = check_after_call(sc, &w, w.d, r < 0, flush_at != 0, &size, what);
+        check_open_chain(w.d, what);
+
+        /* 2. a later flush persists nothing bad */
+        r = vdisk_disk_flush(w.d);
+        if (r < 0)
+                FAIL("%s: a flush after the fault (the io has recovered) fails: %d (%s)", what, r, strerror(-r));
+        w.d = vdisk_disk_unref(w.d);
+        n = chain_of(sc, inner, w.extra, chain, what);
+        d = open_ios(chain, n, VDISK_OPEN_READONLY, what);
+        again = disk_read_all(d, &size2);
+        ASSERT_EQ_U64(size2, size);
+        if (memcmp(again, first, size) != 0) {
+                uint64_t off = 0;
+
+                while (memcmp(again + off, first + off, 512) == 0)
+                        off += 512;
+                FAIL("%s: flushed, closed and reopened, the chain reads differently from sector %" PRIu64
+                     " (block %" PRIu64 ") on: it %s zeros", what, off / 512, off / BLOCK,
+                     buf_is_zero(again + off, 512) ? "reads" : "does not read");
+        }
+        for (unsigned i = 0; i < n; i++)
+                check_crashed(d, i, chain[i], what);
+        vdisk_disk_unref(d);
+        free(first);
+        free(again);
+        /* qemu-img check is slow (a process and a temporary file): a sample */
+        if (have_qemu && sc->qemu && kind == VDISK_FAULT_ENOSPC && after % 8 == 0)
+                run_qemu_check(inner[sc->faulted], what);
+
+        /* 3. the retry */
+        test_set_context("%s, then retried without a fault (rerun: test-crash %s)", what, sc->name);
+        memset(g_model, 0, MAX_SIZE);
+        memcpy(g_model, sc->content, DISK_SIZE);
+        allowed_reset(&g_allowed, sc->content, DISK_SIZE);
+        w.size = DISK_SIZE;
+        w.d = open_ios(chain, n, 0, what);
+        if (n == sc->n) {
+                r = sc->op(sc, &w);
+                if (r < 0)
+                        FAIL("%s: retried without a fault, the operation fails: %d (%s)", what, r, strerror(-r));
+                if (sc->after_success && sc->op != op_compact)
+                        sc->after_success(sc, &w);
+                stats.retried++;
+        }
+        ASSERT_OK(vdisk_disk_flush(w.d));
+        w.d = vdisk_disk_unref(w.d);
+        n = chain_of(sc, inner, w.extra, chain, what);
+        d = open_ios(chain, n, VDISK_OPEN_READONLY, what);
+        again = disk_read_all(d, &size2);
+        ASSERT_EQ_U64(size2, sc->intended_size);
+        if (memcmp(again, sc->intended, size2) != 0)
+                FAIL("%s: after the retry the chain does not read what the operation should leave", what);
+        for (unsigned i = 0; i < n; i++)
+                check_crashed(d, i, chain[i], what);
+        free(again);
+        vdisk_disk_unref(d);
+        if (sc->verify == V_MERGE_FWD || sc->verify == V_MERGE_FWD3) {
+                /* the target alone holds the merged content */
+                d = open_ios(inner, 1, VDISK_OPEN_READONLY, what);
+                again = disk_read_all(d, &size2);
+                ASSERT_MEMEQ(again, sc->target_new, DISK_SIZE);
+                free(again);
+                vdisk_disk_unref(d);
+        }
+
+        vdisk_io_unref(fio);
+        vdisk_io_unref(w.extra);
+        free(w.fail_data);
+        for (unsigned i = 0; i < sc->n; i++)
+                vdisk_io_unref(inner[i]);
+        return writes | flushes << 32;
 }
 
 static double now(void) {
@@ -864,7 +1322,7 @@ static double now(void) {
 
 static void run_scenario(scenario *sc) {
         double t0 = now();
-        uint64_t w, images0 = stats.images;
+        uint64_t w, tw, tf, images0 = stats.images;
 
         if (sc->n == 0)
                 sc->n = 1;
@@ -897,11 +1355,29 @@ static void run_scenario(scenario *sc) {
                stats.images - images0, now() - t0);
         fflush(stdout);
 
+        /* transient faults: every write, every flush */
+        t0 = now();
+        tw = run_transient(sc, VDISK_FAULT_NONE, 0, 0);
+        tf = tw >> 32;
+        tw &= UINT32_MAX;
+        for (uint64_t n = 0; n < tw; n++) {
+                run_transient(sc, VDISK_FAULT_EIO, n, 0);
+                run_transient(sc, VDISK_FAULT_ENOSPC, n, 0);
+                run_transient(sc, VDISK_FAULT_SHORT, n, 0);
+        }
+        for (uint64_t n = 1; n <= tf; n++)
+                run_transient(sc, VDISK_FAULT_NONE, 0, n);
+        printf("%-22s %3" PRIu64 " writes, %3" PRIu64 " flushes failed once each and retried in %5.1fs\n",
+               sc->name, tw, tf, now() - t0);
+        fflush(stdout);
+
         for (unsigned i = 0; i < sc->n; i++)
                 vdisk_io_unref(sc->tmpl[i]);
         free(sc->content);
         free(sc->target_old);
         free(sc->target_new);
+        free(sc->intended);
+        vdisk_io_unref(sc->extra);
 }
 
 /* ---------------------------------------------------------------- convert: the source never changes */
@@ -932,22 +1408,27 @@ static void test_copy_faults(void) {
         sd = open_ios(src, 2, 0, "copy source");
         content = disk_read_all(sd, &size);
 
-        for (int pass = 0; pass < 3; pass++) {
-                vdisk_fault_kind kind = pass == 0   ? VDISK_FAULT_NONE
-                                        : pass == 1 ? VDISK_FAULT_EIO
-                                                    : VDISK_FAULT_ENOSPC;
-                uint64_t last = pass == 0 ? 0 : w;
+        /* passes 3-5: transient faults (the destination's file system gets
+         * space back); the copy fails all the same and the source is untouched */
+        for (int pass = 0; pass < 6; pass++) {
+                static const vdisk_fault_kind kinds[] = { VDISK_FAULT_NONE, VDISK_FAULT_EIO, VDISK_FAULT_ENOSPC,
+                                                          VDISK_FAULT_EIO, VDISK_FAULT_ENOSPC, VDISK_FAULT_SHORT };
+                vdisk_fault_kind kind = kinds[pass];
+                uint64_t last = pass == 0 ? 0 : pass < 3 ? w : w - 1;
 
                 for (uint64_t n = 0; n <= last; n++) {
-                        vdisk_fault f = { .size = sizeof f, .kind = kind, .after = n, .fail_flush = 1 };
+                        vdisk_fault f = { .size = sizeof f, .kind = kind, .after = n, .fail_flush = 1,
+                                          .once = pass >= 3 };
                         vdisk_io *dinner = mem_io("crash-copy-dst.vdi", NULL, 0), *dio;
                         vdisk_disk *dd = disk_new();
                         int ret;
 
-                        test_set_context("copy to a destination with %s after %" PRIu64 " writes",
-                                         kind_name(kind), n);
+                        test_set_context("copy to a destination with %s %s %" PRIu64 " writes",
+                                         pass >= 3 ? "transient" : "persistent", kind_name(kind), n);
                         ASSERT_OK(vdisk_io_new_fault(dinner, &f, &dio));
                         ret = vdisk_copy(sd, dd, dio, "vdi", &o, NULL);
+                        if (pass >= 3 && ret >= 0)
+                                FAIL("a copy whose destination failed a write once reported success");
                         if (ret < 0) {
                                 int want = kind == VDISK_FAULT_ENOSPC ? -ENOSPC : -EIO;
 
@@ -1004,7 +1485,7 @@ static void test_copy_faults(void) {
         }
         free(content);
         printf("%-22s %3" PRIu64 " writes, source unchanged through %" PRIu64 " failed copies in %5.1fs\n",
-               "copy-source", w, 2 * (w + 1), now() - t0);
+               "copy-source", w, 2 * (w + 1) + 3 * w, now() - t0);
 }
 
 int main(int argc, char **argv) {
@@ -1040,6 +1521,11 @@ int main(int argc, char **argv) {
                " with the count ahead "
                "of the map, %" PRIu64 " with leaks), %" PRIu64 " qemu-img checks\n",
                stats.cases, stats.images, stats.count_ahead, stats.leaky, stats.qemu_runs);
+        printf("%" PRIu64 " transient faults, %" PRIu64 " retried; %" PRIu64 " hit a write the call did not "
+               "depend on%s%s\n", stats.transient, stats.retried, stats.absorbed, absorbed[0] ? ": " : "",
+               absorbed);
+        printf("%" PRIu64 " operations failed in a flush with their change made (in memory)\n",
+               stats.flush_fault_done);
         allowed_free(&g_allowed);
         free(g_model);
         return 0;

@@ -121,28 +121,49 @@ int vdisk_io_truncate(vdisk_io *io, uint64_t size);
 int vdisk_io_get_file_id(vdisk_io *io, uint64_t *ret_dev, uint64_t *ret_ino);
 
 /* Fault injection (tests). A fault io wraps another io and counts its writes
- * (pwrite, truncate and punch_hole each count as one write). */
+ * (pwrite, truncate and punch_hole each count as one write) and its flushes.
+ *
+ * Persistent faults (once == 0) model a device that stays broken: from write
+ * `after` on, writes keep failing. Transient faults (once != 0) model a full
+ * file system that gets space back, or a single I/O error: only write number
+ * `after` fails, everything before and after it succeeds. A caller that
+ * meets a transient fault must leave nothing behind that a later successful
+ * flush could make durable. */
 typedef enum vdisk_fault_kind {
         VDISK_FAULT_NONE,
         VDISK_FAULT_EIO,        /* the Nth and every later write/read fails with -EIO */
         VDISK_FAULT_ENOSPC,     /* the Nth and later writes that grow the file fail with -ENOSPC */
-        VDISK_FAULT_SHORT,      /* the Nth write stores only its first half, then fails -EIO */
+        VDISK_FAULT_SHORT,      /* the Nth write stores only its first half (rounded down
+                                 * to 512 bytes), then fails -EIO */
         VDISK_FAULT_POWER_CUT,  /* after N writes every call fails with -EIO; see crash image */
 } vdisk_fault_kind;
 
 typedef struct vdisk_fault {
-        size_t size;
+        size_t size;             /* sizeof(vdisk_fault); an older, smaller struct reads the
+                                  * fields it lacks as 0 */
         vdisk_fault_kind kind;
         uint64_t after;          /* 0-based index of the first failing write */
-        int fail_reads;          /* VDISK_FAULT_EIO: reads fail too */
-        int fail_flush;          /* VDISK_FAULT_EIO: flushes fail too */
+        int fail_reads;          /* VDISK_FAULT_EIO, persistent: reads fail too */
+        int fail_flush;          /* VDISK_FAULT_EIO, persistent: flushes fail too */
+        /* Appended later: */
+        int once;                /* EIO, ENOSPC, SHORT: transient. Only write number `after`
+                                  * fails (ENOSPC too whether or not it grows the file: on a
+                                  * sparse file or tmpfs, filling a hole needs space as well);
+                                  * all other writes, reads and flushes succeed.
+                                  * fail_reads and fail_flush are ignored. */
+        uint64_t fail_flush_at;  /* non-zero: flush number fail_flush_at (1-based, counted
+                                  * from the io's creation) fails once with -EIO and flushes
+                                  * nothing; later flushes succeed. Works with any kind,
+                                  * VDISK_FAULT_NONE included. */
 } vdisk_fault;
 
 /* The inner io must be a memory io for POWER_CUT. */
 int vdisk_io_new_fault(vdisk_io *inner, const vdisk_fault *fault, vdisk_io **ret);
 /* Number of writes seen so far (pwrite, truncate, punch_hole; flushes are not counted). */
 uint64_t vdisk_io_fault_writes(vdisk_io *io);
-/* Whether the fault has fired. */
+/* Number of flushes seen so far (failed ones included). */
+uint64_t vdisk_io_fault_flushes(vdisk_io *io);
+/* Whether the fault (a write fault or fail_flush_at) has fired. */
 int vdisk_io_fault_fired(vdisk_io *io);
 /* After a POWER_CUT: a new memory io holding what a disk could hold after the
  * cut: everything flushed, plus a random subset (chosen by `seed`) of the
