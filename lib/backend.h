@@ -15,8 +15,8 @@
  *   - Everything read from the file is untrusted: open() validates every header
  *     field and table entry it will later use, with overflow-checked
  *     arithmetic, and bounds memory by what the file really holds (a table is
- *     read only when the file contains it; per-image metadata above 64 MiB is
- *     refused with -EFBIG).
+ *     read only when the file contains it; tables are held through
+ *     lib/fmt/tablecache under the disk's metadata budget, see open_ctx).
  *   - Allocation is a transaction. allocate() only reserves host space;
  *     the core writes the whole unit's data there (the new bytes overlaid on
  *     what the unit read before) and calls commit() only once that write
@@ -36,6 +36,8 @@
 #include <stdint.h>
 
 #include "vdisk/vdisk.h"
+
+typedef struct tc_budget tc_budget;   /* lib/fmt/tablecache.h */
 
 /* How a range of an image reads. */
 typedef enum map_kind {
@@ -76,6 +78,17 @@ typedef struct meta {
         const char *parent_format;  /* borrowed, may be NULL (recorded format) */
 } meta;
 
+/* What the core tells open() besides the file. */
+typedef struct open_ctx {
+        /* The metadata budget of the disk the image is opened for (the whole
+         * chain shares it): tables the backend holds go through
+         * lib/fmt/tablecache under it, other metadata it keeps in proportion
+         * to the image's size is charged with tc_budget_charge(). Never NULL. */
+        tc_budget *budget;
+        /* VDISK_OPEN_INFO: only metadata will be asked for, no data. */
+        int info_only;
+} open_ctx;
+
 /* What the core asks create() to make. */
 typedef struct create_params {
         uint64_t size;              /* virtual size in bytes (checked: > 0) */
@@ -87,6 +100,7 @@ typedef struct create_params {
         uint8_t parent_modification_uuid[16];
         vdisk_geometry pchs, lchs;  /* zero = none */
         const char *const *options; /* "-o" key/value pairs, NULL-terminated */
+        tc_budget *budget;          /* as open_ctx.budget */
 } create_params;
 
 /* Compact asks the core, for each allocated block, what may replace it. */
@@ -114,8 +128,10 @@ typedef struct vdisk_backend {
                      uint64_t file_size, const char *name);
 
         /* Opens an existing image. `io` is borrowed and outlives the state.
-         * `writable` says whether writes will come. Validates all metadata. */
-        int (*open)(void *state, vdisk_io *io, int writable);
+         * `writable` says whether writes will come. Validates all metadata
+         * it uses at open; tables may be validated entry by entry as they are
+         * looked up (a read-only open of a huge image reads only its header). */
+        int (*open)(void *state, vdisk_io *io, int writable, const open_ctx *ctx);
 
         /* Creates a new image on the empty io and leaves the state open
          * writable, as open() would. Data must be durable only after flush(). */

@@ -39,7 +39,7 @@ static int raw_probe(const uint8_t *head, size_t head_len, const uint8_t *tail, 
 /* The disk size is the file size rounded up to a sector, as qemu-img reports
  * it; the bytes past the end of the file read as zeros and a write there
  * extends the file. */
-static int raw_open(void *st, vdisk_io *io, int writable) {
+static int raw_open(void *st, vdisk_io *io, int writable, const open_ctx *ctx) {
         raw_state *s = st;
         uint64_t size;
         int r;

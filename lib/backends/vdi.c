@@ -402,7 +402,7 @@ static int vdi_probe(const uint8_t *head, size_t head_len, const uint8_t *tail, 
         return get_le32(head + OFF_SIGNATURE) == VDI_SIGNATURE ? 100 : 0;
 }
 
-static int vdi_open(void *state, vdisk_io *io, int writable) {
+static int vdi_open(void *state, vdisk_io *io, int writable, const open_ctx *ctx) {
         vdi_state *s = state;
         uint64_t file_size;
         int r;

@@ -7,6 +7,7 @@
 #include <stdint.h>
 
 #include "backend.h"
+#include "fmt/tablecache.h"
 #include "io/io.h"
 #include "util/util.h"
 
@@ -23,6 +24,7 @@ struct vdisk_image {
         uint32_t block_size;    /* cached be->block_size() */
         int modified;           /* written since open (modification UUID renewed) */
         char *comment_cache;
+        tc_budget *budget;      /* a reference: the disk's, or its own when opened alone */
 };
 
 struct vdisk_disk {
@@ -31,6 +33,7 @@ struct vdisk_disk {
         unsigned n;
         char **warnings;        /* NULL-terminated */
         size_t n_warnings;
+        tc_budget *budget;      /* metadata budget of every image of the chain */
 };
 
 /* registry.c */
@@ -43,9 +46,13 @@ const vdisk_backend *backend_from_info(const vdisk_backend_info *info);
 int probe_backend(vdisk_io *io, const char *name, int allow_raw, const vdisk_backend **ret,
                   int *ret_guessed_raw);
 
-/* image.c */
-int image_open(const vdisk_backend *be, vdisk_io *io, int writable, int info_only, vdisk_image **ret);
-int image_create(const vdisk_backend *be, vdisk_io *io, const create_params *p, vdisk_image **ret);
+/* image.c. `budget` is the metadata budget the image's tables count against
+ * (its disk's, so that the whole chain shares one); NULL gives the image a
+ * default budget of its own (images looked at outside a disk). */
+int image_open(const vdisk_backend *be, vdisk_io *io, int writable, int info_only, tc_budget *budget,
+               vdisk_image **ret);
+int image_create(const vdisk_backend *be, vdisk_io *io, const create_params *p, tc_budget *budget,
+                 vdisk_image **ret);
 vdisk_image *image_free(vdisk_image *img);   /* flushes if writable, then closes */
 int image_flush(vdisk_image *img);
 int image_get_meta(vdisk_image *img, meta *m);

@@ -14,6 +14,7 @@
 
 int vdisk_disk_new(vdisk_disk **ret) {
         vdisk_disk *d;
+        int r;
 
         if (!ret)
                 return vdisk_error(-EINVAL, "invalid arguments");
@@ -24,6 +25,12 @@ int vdisk_disk_new(vdisk_disk **ret) {
         if (!d->warnings) {
                 free(d);
                 return vdisk_error(-ENOMEM, "out of memory");
+        }
+        r = tc_budget_new(0, &d->budget);
+        if (r < 0) {
+                free(d->warnings);
+                free(d);
+                return r;
         }
         pthread_mutex_init(&d->lock, NULL);
         *ret = d;
@@ -38,6 +45,7 @@ vdisk_disk *vdisk_disk_unref(vdisk_disk *d) {
                 d->images[d->n] = image_free(d->images[d->n]);
         }
         vdisk_strv_free(d->warnings);
+        tc_budget_unref(d->budget);
         pthread_mutex_destroy(&d->lock);
         free(d);
         return NULL;
@@ -66,6 +74,30 @@ int disk_add_warning(vdisk_disk *d, const char *fmt, ...) {
 
 const char *const *vdisk_disk_warnings(vdisk_disk *d) {
         return d ? (const char *const *) d->warnings : NULL;
+}
+
+int vdisk_disk_set_metadata_budget(vdisk_disk *d, uint64_t bytes) {
+        _cleanup_(disk_unlockp) vdisk_disk *l = NULL;
+
+        if (!d)
+                return vdisk_error(-EINVAL, "invalid arguments");
+        l = disk_lock(d);
+        return tc_budget_set_limit(d->budget, bytes);
+}
+
+int vdisk_disk_get_metadata_stats(vdisk_disk *d, vdisk_metadata_stats *ret) {
+        _cleanup_(disk_unlockp) vdisk_disk *l = NULL;
+        vdisk_metadata_stats s = {};
+        size_t n;
+
+        if (!d || !ret || ret->size < sizeof(size_t))
+                return vdisk_error(-EINVAL, "invalid arguments");
+        l = disk_lock(d);
+        tc_budget_stats(d->budget, &s);
+        n = MIN(ret->size, sizeof s);
+        s.size = ret->size;
+        memcpy(ret, &s, n);
+        return 0;
 }
 
 /* Checks that `child` may sit on top of `parent`. */
@@ -156,7 +188,8 @@ int vdisk_disk_open(vdisk_disk *d, vdisk_io *io, const char *format, uint32_t op
         r = pick_backend(io, format, open_flags, &be);
         if (r < 0)
                 return r;
-        r = image_open(be, io, !(open_flags & VDISK_OPEN_READONLY), !!(open_flags & VDISK_OPEN_INFO), &img);
+        r = image_open(be, io, !(open_flags & VDISK_OPEN_READONLY), !!(open_flags & VDISK_OPEN_INFO), d->budget,
+                       &img);
         if (r < 0)
                 return r;
         r = disk_push(d, img, !!(open_flags & VDISK_OPEN_SKIP_CHECKS));
@@ -193,7 +226,7 @@ int vdisk_disk_open_chain(vdisk_disk *d, vdisk_resolver *res, vdisk_io *top, con
                 vdisk_io *parent_io = NULL;
                 meta m;
 
-                r = image_open(be, io, writable, !!(open_flags & VDISK_OPEN_INFO), &chain[n]);
+                r = image_open(be, io, writable, !!(open_flags & VDISK_OPEN_INFO), d->budget, &chain[n]);
                 vdisk_io_unref(io);
                 if (r < 0)
                         goto fail;
@@ -306,7 +339,7 @@ int disk_create_base(vdisk_disk *d, vdisk_io *io, const char *format, uint64_t s
         r = create_params_from(opts, size, &p);
         if (r < 0)
                 return r;
-        r = image_create(be, io, &p, &img);
+        r = image_create(be, io, &p, d->budget, &img);
         if (r < 0)
                 return r;
         img->modified = 1;
@@ -351,7 +384,7 @@ int disk_create_diff(vdisk_disk *d, vdisk_io *io, const char *format, const vdis
         memcpy(p.parent_uuid, pm.uuid, 16);
         if (pm.mask & META_MODIFICATION_UUID)
                 memcpy(p.parent_modification_uuid, pm.modification_uuid, 16);
-        r = image_create(be, io, &p, &img);
+        r = image_create(be, io, &p, d->budget, &img);
         if (r < 0)
                 return r;
         img->modified = 1;

@@ -5,8 +5,9 @@
 
 #include "core/core.h"
 
-static int image_alloc(const vdisk_backend *be, vdisk_io *io, vdisk_image **ret) {
+static int image_alloc(const vdisk_backend *be, vdisk_io *io, tc_budget *budget, vdisk_image **ret) {
         vdisk_image *img;
+        int r;
 
         img = calloc(1, sizeof *img);
         if (!img)
@@ -15,6 +16,16 @@ static int image_alloc(const vdisk_backend *be, vdisk_io *io, vdisk_image **ret)
         if (!img->state) {
                 free(img);
                 return vdisk_error(-ENOMEM, "out of memory");
+        }
+        if (budget)
+                img->budget = tc_budget_ref(budget);
+        else {
+                r = tc_budget_new(0, &img->budget);
+                if (r < 0) {
+                        free(img->state);
+                        free(img);
+                        return r;
+                }
         }
         img->be = be;
         img->io = vdisk_io_ref(io);
@@ -27,18 +38,21 @@ void image_refresh(vdisk_image *img) {
         img->block_size = img->be->block_size ? img->be->block_size(img->state) : 0;
 }
 
-int image_open(const vdisk_backend *be, vdisk_io *io, int writable, int info_only, vdisk_image **ret) {
+int image_open(const vdisk_backend *be, vdisk_io *io, int writable, int info_only, tc_budget *budget,
+               vdisk_image **ret) {
         vdisk_image *img;
+        open_ctx ctx;
         int r;
 
         if (writable && vdisk_io_readonly(io))
                 writable = 0;
-        r = image_alloc(be, io, &img);
+        r = image_alloc(be, io, budget, &img);
         if (r < 0)
                 return r;
         img->writable = writable;
         img->info_only = info_only;
-        r = be->open(img->state, io, writable);
+        ctx = (open_ctx) { .budget = img->budget, .info_only = info_only };
+        r = be->open(img->state, io, writable, &ctx);
         img->open_ok = 1;   /* close() handles a half-opened state too */
         if (r < 0) {
                 image_free(img);
@@ -49,8 +63,10 @@ int image_open(const vdisk_backend *be, vdisk_io *io, int writable, int info_onl
         return 0;
 }
 
-int image_create(const vdisk_backend *be, vdisk_io *io, const create_params *p, vdisk_image **ret) {
+int image_create(const vdisk_backend *be, vdisk_io *io, const create_params *p, tc_budget *budget,
+                 vdisk_image **ret) {
         vdisk_image *img;
+        create_params cp;
         uint64_t size;
         int r;
 
@@ -65,11 +81,13 @@ int image_create(const vdisk_backend *be, vdisk_io *io, const create_params *p, 
         if (size != 0)
                 return vdisk_error(-ENOTEMPTY, "%s: not empty (%" PRIu64 " bytes): refusing to create an image over it",
                                    vdisk_io_name(io), size);
-        r = image_alloc(be, io, &img);
+        r = image_alloc(be, io, budget, &img);
         if (r < 0)
                 return r;
         img->writable = 1;
-        r = be->create(img->state, io, p);
+        cp = *p;
+        cp.budget = img->budget;
+        r = be->create(img->state, io, &cp);
         img->open_ok = 1;
         if (r < 0) {
                 img->writable = 0;   /* nothing to flush */
@@ -98,6 +116,7 @@ vdisk_image *image_free(vdisk_image *img) {
                 img->be->close(img->state);
         free(img->state);
         free(img->comment_cache);
+        tc_budget_unref(img->budget);
         vdisk_io_unref(img->io);
         free(img);
         return NULL;

@@ -93,7 +93,7 @@ static int candidate_uuid(int dfd, const char *dir, const char *name, const vdis
         if (r < 0)
                 return r;
         TAKE_FD(fd);
-        r = image_open(be, io, 0, 1, &img);
+        r = image_open(be, io, 0, 1, NULL, &img);
         if (r < 0)
                 return r;
         r = image_get_meta(img, &m);
