@@ -464,10 +464,10 @@ static int writeback(tc_budget *b, tc_table *only) {
                                 r = io_set_add(&ios, ready[i]->table->io);
                 for (size_t i = 0; i < ios.n && r >= 0; i++)
                         r = io_flush(ios.v[i]);
+                /* after_data stays set until the page is clean: should
+                 * this round fail later, the retry flushes again first. */
                 if (r < 0)
                         break;
-                for (size_t i = 0; i < n_ready; i++)
-                        ready[i]->after_data = false;
 
                 /* The owners' hooks, once per table and round. */
                 for (size_t i = 0; i < n_ready && r >= 0; i++) {
