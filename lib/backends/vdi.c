@@ -147,6 +147,7 @@ typedef struct vdi_state {
         uint64_t *slot_used;            /* bit per slot < n_blocks: referenced by a valid entry */
         uint64_t *bad;                  /* bit per block: unusable entry (NULL when none) */
         bool live_known;                /* n_live is valid (always after a scan) */
+        bool alloc_ready;               /* vdi_prepare_writes() ran: bitmaps and alloc stay */
         uint32_t n_bad;
         uint32_t n_live;                /* valid data entries */
         uint32_t hi;                    /* no valid entry references a slot >= hi */
@@ -547,14 +548,33 @@ static int vdi_open(void *state, vdisk_io *io, int writable, const open_ctx *ctx
         if (r < 0)
                 return r;
 
-        /* Read-only opens read no entry until one is asked for. Writable
-         * ones need the slot bitmap (allocation, duplicate detection). */
-        if (s->writable) {
+        /* No map entry is read until one is asked for; a writable image
+         * scans the map before its first allocation (vdi_prepare_writes()):
+         * a chain is opened writable for merges, but usually only its top
+         * is ever written. */
+        return 0;
+}
+
+/* Before anything allocates or moves blocks: the slot bitmap (which slots
+ * are referenced, which entries are corrupt) and the allocation frontier. */
+static int vdi_prepare_writes(vdi_state *s) {
+        uint64_t file_size;
+        int r;
+
+        assert(s->writable);
+
+        if (s->alloc_ready)
+                return 0;
+        if (!s->scanned) {
                 r = vdi_scan(s);
                 if (r < 0)
                         return r;
-                hostalloc_init(&s->alloc, slot_offset(s, frontier(s)), file_size, VDI_SECTOR);
         }
+        r = io_get_size(s->io, &file_size);
+        if (r < 0)
+                return r;
+        hostalloc_init(&s->alloc, slot_offset(s, frontier(s)), file_size, VDI_SECTOR);
+        s->alloc_ready = true;
         return 0;
 }
 
@@ -638,12 +658,14 @@ static int vdi_allocate(void *state, uint64_t offset, map_result *ret, int *ret_
         assert(ret_fresh);
         assert(!s->reserved);
 
+        r = vdi_prepare_writes(s);
+        if (r < 0)
+                return r;
         /* With corrupt entries around, a referenced slot may look free:
          * write nothing new until repair has sorted the map out. */
         if (s->n_bad > 0)
                 return vdisk_error(-EUCLEAN, "vdi: the block map has %" PRIu32 " corrupt entries; "
                                    "repair the image before writing to it", s->n_bad);
-        assert(s->scanned);
 
         slot = frontier(s);
         if (slot < s->h.n_blocks) {
@@ -955,13 +977,14 @@ static int vdi_get_info(void *state, vdisk_image_info *ret) {
 
         assert(ret);
 
-        /* A read-only open counts the blocks when first asked, streaming
-         * the map through the cache, and keeps only the count. */
+        /* An image that was not scanned yet counts its blocks when first
+         * asked, streaming the map through the cache, and keeps only the
+         * count (the bitmaps stay only for images that write). */
         if (!s->live_known) {
                 r = vdi_scan(s);
                 if (r < 0)
                         return r;
-                if (!s->writable)
+                if (!s->alloc_ready)
                         vdi_scan_drop(s);
         }
 
@@ -1154,6 +1177,7 @@ static int vdi_create(void *state, vdisk_io *io, const create_params *p) {
         r = vdi_scan_fresh(s, fixed);
         if (r < 0)
                 return r;
+        s->alloc_ready = true;
 
         hostalloc_init(&s->alloc, slot_offset(s, frontier(s)), data_end, VDI_SECTOR);
         return 0;
@@ -1623,6 +1647,9 @@ static int vdi_resize(void *state, uint64_t new_size, vdisk_progress *p) {
 
         if (!s->writable)
                 return vdisk_error(-EROFS, "vdi: image is read-only");
+        r = vdi_prepare_writes(s);
+        if (r < 0)
+                return r;
         if (s->n_bad > 0)
                 return vdisk_error(-EUCLEAN, "vdi: the block map has %" PRIu32 " corrupt entries; "
                                    "repair the image before resizing it", s->n_bad);
@@ -1724,6 +1751,9 @@ static int vdi_compact(void *state, compact_fn fn, void *ctx, vdisk_progress *p)
                 return vdisk_error(-EROFS, "vdi: image is read-only");
         if (s->h.type == VDI_TYPE_FIXED)
                 return vdisk_error(-EOPNOTSUPP, "vdi: static images cannot be compacted");
+        r = vdi_prepare_writes(s);
+        if (r < 0)
+                return r;
         if (s->n_bad > 0)
                 return vdisk_error(-EUCLEAN, "vdi: the block map has %" PRIu32 " corrupt entries; "
                                    "repair the image before compacting it", s->n_bad);
@@ -1817,6 +1847,11 @@ static int vdi_check(void *state, uint32_t flags, vdisk_check_report *rep, vdisk
 
         if (repair_leaks && !dry && !s->writable)
                 return vdisk_error(-EROFS, "vdi: image is read-only; cannot repair");
+        if (s->writable) {
+                r = vdi_prepare_writes(s);
+                if (r < 0)
+                        return r;
+        }
 
         r = io_get_size(s->io, &file_size);
         if (r < 0)
