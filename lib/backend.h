@@ -15,8 +15,8 @@
  *   - Everything read from the file is untrusted: open() validates every header
  *     field and table entry it will later use, with overflow-checked
  *     arithmetic, and bounds memory by what the file really holds (a table is
- *     read only when the file contains it; per-image metadata above 64 MiB is
- *     refused with -EFBIG).
+ *     read only when the file contains it; tables are held through
+ *     lib/fmt/tablecache under the disk's metadata budget, see open_ctx).
  *   - Allocation is a transaction. allocate() only reserves host space;
  *     the core writes the whole unit's data there (the new bytes overlaid on
  *     what the unit read before) and calls commit() only once that write
@@ -37,6 +37,8 @@
 
 #include "util/util.h"
 #include "vdisk/vdisk.h"
+
+typedef struct tc_budget tc_budget;   /* lib/fmt/tablecache.h */
 
 /* Companion files: the other files an image is made of (VMDK extents and
  * split files, Parallels bundle storages, a qcow2 external data file, the BIN
@@ -60,6 +62,13 @@ typedef struct open_ctx {
         vdisk_io *io;           /* the image's own file; borrowed, outlives the state */
         vdisk_files *files;     /* companion files (never NULL; may have no resolver) */
         int writable;           /* writes will come (always set for create) */
+        /* VDISK_OPEN_INFO: only metadata will be asked for, no data. */
+        int info_only;
+        /* The metadata budget of the disk the image is opened for (the whole
+         * chain shares it): tables the backend holds go through
+         * lib/fmt/tablecache under it, other metadata it keeps in proportion
+         * to the image's size is charged with tc_budget_charge(). Never NULL. */
+        tc_budget *budget;
 } open_ctx;
 
 /* How a range of an image reads. */
@@ -198,7 +207,9 @@ typedef struct vdisk_backend {
         int (*probe)(const uint8_t *head, size_t head_len, const uint8_t *tail, size_t tail_len,
                      uint64_t file_size, const char *name);
 
-        /* Opens an existing image. Validates all metadata. Opens its
+        /* Opens an existing image. Validates all metadata it uses at open;
+         * tables may be validated entry by entry as they are looked up (a
+         * read-only open of a huge image reads only its header). Opens its
          * companion files through c->files (they are writable only when
          * c->writable). Never called writable for a BACKEND_READ_ONLY or
          * BACKEND_STREAM format. */

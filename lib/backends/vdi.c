@@ -55,7 +55,7 @@
 #include <string.h>
 
 #include "backend.h"
-#include "fmt/blockmap.h"
+#include "fmt/tablecache.h"
 #include "fmt/hostalloc.h"
 #include "io/io.h"
 #include "util/util.h"
@@ -137,10 +137,17 @@ typedef struct vdi_state {
         vdi_header h;                   /* in memory; on disk after the next flush */
         bool header_dirty;
         uint64_t size;                  /* virtual size: cbDisk rounded up to 512 */
-        blockmap map;
-        /* Derived from the map by vdi_scan(), then kept up to date: */
+        tc_budget *budget;              /* the disk's metadata budget (borrowed) */
+        tc_table *map;                  /* the block map, paged through the table cache */
+        /* Derived from the map by vdi_scan() (writable opens, check, repair),
+         * then kept up to date; charged to the budget. Read-only opens do
+         * not scan: entries are checked as they are looked up. */
+        bool scanned;
+        uint64_t charged;               /* bytes of the two bitmaps */
         uint64_t *slot_used;            /* bit per slot < n_blocks: referenced by a valid entry */
         uint64_t *bad;                  /* bit per block: unusable entry (NULL when none) */
+        bool live_known;                /* n_live is valid (always after a scan) */
+        bool alloc_ready;               /* vdi_prepare_writes() ran: bitmaps and alloc stay */
         uint32_t n_bad;
         uint32_t n_live;                /* valid data entries */
         uint32_t hi;                    /* no valid entry references a slot >= hi */
@@ -150,7 +157,7 @@ typedef struct vdi_state {
 } vdi_state;
 
 typedef struct vdi_move {
-        uint32_t block, dst;
+        uint32_t block, src, dst;
 } vdi_move;
 
 /* ---------------------------------------------------------------- helpers */
@@ -159,12 +166,28 @@ static bool entry_is_data(uint32_t e) {
         return e < VDI_ENTRY_ZERO;
 }
 
-static uint32_t entry_get(const vdi_state *s, uint64_t b) {
-        return (uint32_t) blockmap_get(&s->map, b);
+/* Map entry b, through the cache: a page that cannot be read is an error. */
+static int map_get(vdi_state *s, uint64_t b, uint32_t *ret) {
+        uint64_t v;
+        int r;
+
+        r = tc_get(s->map, b, &v);
+        if (r < 0)
+                return r;
+        *ret = (uint32_t) v;
+        return 0;
 }
 
-static bool block_is_bad(const vdi_state *s, uint64_t b) {
-        return s->bad && bitmap_get(s->bad, b);
+static int map_set(vdi_state *s, uint64_t b, uint32_t v, uint32_t flags) {
+        return tc_set(s->map, b, v, flags);
+}
+
+/* After a scan: the scan's verdict (out of range, or a slot an earlier block
+ * uses). Before: only what the entry itself shows (out of range). */
+static bool block_is_bad(const vdi_state *s, uint64_t b, uint32_t e) {
+        if (s->scanned)
+                return s->bad && bitmap_get(s->bad, b);
+        return entry_is_data(e) && e >= s->h.n_blocks;
 }
 
 /* Offsets stay far from overflow: off_data < 2^32, slot < 2^32, block <= 2^26. */
@@ -185,9 +208,9 @@ static map_kind entry_kind(uint32_t e) {
         return MAP_DATA;
 }
 
-static int bad_entry_error(const vdi_state *s, uint64_t b) {
+static int bad_entry_error(uint64_t b, uint32_t e) {
         return vdisk_error(-EUCLEAN, "vdi: block %" PRIu64 " has a corrupt block map entry (%#" PRIx32
-                           "); check and repair the image", b, entry_get(s, b));
+                           "); check and repair the image", b, e);
 }
 
 /* Lowest slot in [from, n_blocks) that no valid entry references. */
@@ -212,45 +235,104 @@ static bool find_free_slot(const vdi_state *s, uint32_t from, uint32_t *ret) {
  * valid when its slot is below cBlocks (VirtualBox and qemu refuse others)
  * and no earlier block uses the same slot; qemu's check reports the later
  * block of a duplicate pair too, and repair frees that one. */
+static void vdi_scan_drop(vdi_state *s) {
+        free(s->slot_used);
+        s->slot_used = NULL;
+        free(s->bad);
+        s->bad = NULL;
+        tc_budget_uncharge(s->budget, s->charged);
+        s->charged = 0;
+        s->scanned = false;
+}
+
+static uint64_t bitmap_bytes(uint64_t n) {
+        return DIV_ROUND_UP(MAX(n, (uint64_t) 1), 64) * sizeof(uint64_t);
+}
+
+/* The scan reads the map in chunks of this many entries (through the cache,
+ * so it never holds more of the map than the budget allows). */
+#define VDI_SCAN_CHUNK 16384u
+
 static int vdi_scan(vdi_state *s) {
         uint32_t n = s->h.n_blocks, n_live = 0, n_bad = 0, hi = 0;
-        _cleanup_free_ uint64_t *used = bitmap_new(MAX(n, 1u));
-        _cleanup_free_ uint64_t *bad = NULL;
+        uint64_t bytes = bitmap_bytes(n), charged = 0;
+        _cleanup_free_ uint64_t *used = NULL, *bad = NULL;
+        _cleanup_free_ uint8_t *chunk = NULL;
+        int r;
 
-        if (!used)
-                return -ENOMEM;
-
-        for (uint32_t b = 0; b < n; b++) {
-                uint32_t e = entry_get(s, b);
-
-                if (!entry_is_data(e))
-                        continue;
-                if (e < n && !bitmap_get(used, e)) {
-                        bitmap_set(used, e);
-                        n_live++;
-                        hi = MAX(hi, e + 1);
-                        continue;
-                }
-                if (!bad) {
-                        bad = bitmap_new(n);
-                        if (!bad)
-                                return -ENOMEM;
-                }
-                bitmap_set(bad, b);
-                n_bad++;
+        vdi_scan_drop(s);
+        r = tc_budget_charge(s->budget, bytes);
+        if (r < 0)
+                return r;
+        charged = bytes;
+        used = bitmap_new(MAX(n, 1u));
+        chunk = malloc(VDI_SCAN_CHUNK * 4);
+        if (!used || !chunk) {
+                r = vdisk_error(-ENOMEM, "out of memory");
+                goto fail;
         }
 
-        free(s->slot_used);
+        for (uint32_t first = 0; first < n; first += VDI_SCAN_CHUNK) {
+                uint32_t cnt = MIN(n - first, VDI_SCAN_CHUNK);
+
+                r = tc_read(s->map, (uint64_t) first * 4, chunk, (size_t) cnt * 4);
+                if (r < 0)
+                        goto fail;
+                for (uint32_t j = 0; j < cnt; j++) {
+                        uint32_t b = first + j, e = get_le32(chunk + (size_t) j * 4);
+
+                        if (!entry_is_data(e))
+                                continue;
+                        if (e < n && !bitmap_get(used, e)) {
+                                bitmap_set(used, e);
+                                n_live++;
+                                hi = MAX(hi, e + 1);
+                                continue;
+                        }
+                        if (!bad) {
+                                r = tc_budget_charge(s->budget, bytes);
+                                if (r < 0)
+                                        goto fail;
+                                charged += bytes;
+                                bad = bitmap_new(n);
+                                if (!bad) {
+                                        r = vdisk_error(-ENOMEM, "out of memory");
+                                        goto fail;
+                                }
+                        }
+                        bitmap_set(bad, b);
+                        n_bad++;
+                }
+        }
+
         s->slot_used = TAKE_PTR(used);
-        free(s->bad);
         s->bad = TAKE_PTR(bad);
+        s->charged = charged;
+        s->scanned = true;
         s->n_live = n_live;
+        s->live_known = true;
         s->n_bad = n_bad;
         s->hi = hi;
         return 0;
+
+fail:
+        tc_budget_uncharge(s->budget, charged);
+        return r;
 }
 
 /* ---------------------------------------------------------------- header */
+
+/* Bytes of a map of n entries on disk, padded to a sector. Above 64 MiB
+ * (16 TiB in 1 MiB blocks) is -EFBIG: neither qemu nor VirtualBox makes such
+ * maps, and the limit keeps every slot index and offset far from overflow. */
+#define VDI_MAP_MAX (UINT64_C(64) << 20)
+static int vdi_map_bytes(uint64_t n, uint64_t *ret) {
+        if (n > VDI_MAP_MAX / 4)
+                return vdisk_error(-EFBIG, "allocation table of %" PRIu64 " entries exceeds %" PRIu64 " MiB",
+                                   n, VDI_MAP_MAX >> 20);
+        *ret = ALIGN_UP(n * 4, (uint64_t) VDI_SECTOR);
+        return 0;
+}
 
 static void get_geometry(const uint8_t *p, vdisk_geometry *g) {
         g->cylinders = get_le32(p);
@@ -266,7 +348,7 @@ static void put_geometry(uint8_t *p, const vdisk_geometry *g) {
 }
 
 /* Validates the header sector against the file size and fills *ret. The block
- * map itself is checked by blockmap_load() and vdi_scan(). */
+ * map's entries are checked as they are used (and all at once by vdi_scan()). */
 static int vdi_header_parse(const uint8_t *raw, uint64_t file_size, vdi_header *ret) {
         vdi_header h = {};
         uint32_t version, block_extra, sector;
@@ -344,7 +426,7 @@ static int vdi_header_parse(const uint8_t *raw, uint64_t file_size, vdi_header *
                                    PRIu64 " with %" PRIu32 "-byte blocks",
                                    h.n_blocks, h.disk_size, h.block_size);
 
-        r = blockmap_table_size(h.n_blocks, BLOCKMAP_LE32, &map_bytes);
+        r = vdi_map_bytes(h.n_blocks, &map_bytes);
         if (r < 0)
                 return vdisk_error(r, "vdi: block map of %" PRIu32 " entries exceeds 64 MiB", h.n_blocks);
         if ((uint64_t) h.off_blocks + (uint64_t) h.n_blocks * 4 > h.off_data)
@@ -393,6 +475,32 @@ static int vdi_write_header(vdi_state *s, const vdi_header *h) {
         return 0;
 }
 
+/* ---------------------------------------------------------------- the map in the cache */
+
+static int vdi_before_map_write(void *user);
+
+/* 64 KiB pages: 16384 blocks (16 GiB in 1 MiB blocks) a page. */
+#define VDI_MAP_PAGE (UINT32_C(64) << 10)
+
+static int vdi_map_new(vdi_state *s, uint32_t off_blocks, uint32_t n_blocks, tc_table **ret) {
+        tc_table_params p = {
+                .offset = off_blocks,
+                .size = (uint64_t) n_blocks * 4,
+                .page_size = VDI_MAP_PAGE,
+                .entry = TC_LE32,
+                .before_write = vdi_before_map_write,
+                .user = s,
+                .name = "vdi block map",
+        };
+
+        return tc_table_new(s->budget, s->io, &p, ret);
+}
+
+static int vdi_map_open(vdi_state *s) {
+        assert(!s->map);
+        return vdi_map_new(s, s->h.off_blocks, s->h.n_blocks, &s->map);
+}
+
 /* ---------------------------------------------------------------- probe, open, close */
 
 static int vdi_probe(const uint8_t *head, size_t head_len, const uint8_t *tail, size_t tail_len,
@@ -412,7 +520,9 @@ static int vdi_open(void *state, const open_ctx *c) {
         assert(io);
 
         s->io = io;
-        s->writable = c->writable;
+        /* An info-only open writes nothing (the core never flushes it). */
+        s->writable = c->writable && !c->info_only;
+        s->budget = c->budget;
 
         r = io_get_size(io, &file_size);
         if (r < 0)
@@ -430,27 +540,51 @@ static int vdi_open(void *state, const open_ctx *c) {
                 return r;
         s->size = ALIGN_UP(s->h.disk_size, (uint64_t) VDI_SECTOR);
 
-        /* Refuses a map the file does not hold (-EUCLEAN) or above 64 MiB. */
-        r = blockmap_load(&s->map, io, s->h.off_blocks, s->h.n_blocks, BLOCKMAP_LE32);
+        /* The file must hold the map (its size was checked against 64 MiB). */
+        if (!range_within(s->h.off_blocks, (uint64_t) s->h.n_blocks * 4, file_size))
+                return vdisk_error(-EUCLEAN, "vdi: block map at %" PRIu32 " (%" PRIu32 " entries) extends "
+                                   "past the end of the file (%" PRIu64 " bytes)",
+                                   s->h.off_blocks, s->h.n_blocks, file_size);
+        r = vdi_map_open(s);
         if (r < 0)
                 return r;
 
-        r = vdi_scan(s);
+        /* No map entry is read until one is asked for; a writable image
+         * scans the map before its first allocation (vdi_prepare_writes()):
+         * a chain is opened writable for merges, but usually only its top
+         * is ever written. */
+        return 0;
+}
+
+/* Before anything allocates or moves blocks: the slot bitmap (which slots
+ * are referenced, which entries are corrupt) and the allocation frontier. */
+static int vdi_prepare_writes(vdi_state *s) {
+        uint64_t file_size;
+        int r;
+
+        assert(s->writable);
+
+        if (s->alloc_ready)
+                return 0;
+        if (!s->scanned) {
+                r = vdi_scan(s);
+                if (r < 0)
+                        return r;
+        }
+        r = io_get_size(s->io, &file_size);
         if (r < 0)
                 return r;
-
         hostalloc_init(&s->alloc, slot_offset(s, frontier(s)), file_size, VDI_SECTOR);
+        s->alloc_ready = true;
         return 0;
 }
 
 static void vdi_close(void *state) {
         vdi_state *s = state;
 
-        blockmap_done(&s->map);
-        free(s->slot_used);
-        s->slot_used = NULL;
-        free(s->bad);
-        s->bad = NULL;
+        if (s->budget)
+                vdi_scan_drop(s);
+        s->map = tc_table_free(s->map);
 }
 
 static uint64_t vdi_get_size(void *state) {
@@ -477,15 +611,17 @@ static int vdi_map(void *state, uint64_t offset, uint64_t len, map_result *ret) 
         uint64_t bs = s->h.block_size, b = offset / bs, length;
         uint32_t e;
         map_kind kind;
+        int r;
 
         assert(len > 0);
         assert(offset < s->size);
         assert(ret);
 
-        if (block_is_bad(s, b))
-                return bad_entry_error(s, b);
-
-        e = entry_get(s, b);
+        r = map_get(s, b, &e);
+        if (r < 0)
+                return r;
+        if (block_is_bad(s, b, e))
+                return bad_entry_error(b, e);
         kind = entry_kind(e);
         length = bs - offset % bs;
 
@@ -494,9 +630,11 @@ static int vdi_map(void *state, uint64_t offset, uint64_t len, map_result *ret) 
         for (uint64_t nb = b + 1; length < len && nb < s->h.n_blocks; nb++) {
                 uint32_t next;
 
-                if (block_is_bad(s, nb))
+                r = map_get(s, nb, &next);
+                if (r < 0)
+                        return r;
+                if (block_is_bad(s, nb, next))
                         break;
-                next = entry_get(s, nb);
                 if (entry_kind(next) != kind)
                         break;
                 if (kind == MAP_DATA && next != e + (nb - b))
@@ -525,12 +663,14 @@ static int vdi_allocate(void *state, uint64_t offset, uint64_t len, reservation 
         assert(ret);
         assert(!s->reserved);
 
+        r = vdi_prepare_writes(s);
+        if (r < 0)
+                return r;
         /* With corrupt entries around, a referenced slot may look free:
          * write nothing new until repair has sorted the map out. */
         if (s->n_bad > 0)
                 return vdisk_error(-EUCLEAN, "vdi: the block map has %" PRIu32 " corrupt entries; "
                                    "repair the image before writing to it", s->n_bad);
-        assert(!entry_is_data(entry_get(s, b)));
 
         slot = frontier(s);
         if (slot < s->h.n_blocks) {
@@ -568,18 +708,24 @@ static int vdi_commit(void *state, const reservation *res) {
         vdi_state *s = state;
         uint64_t b = res->unit_offset / s->h.block_size;
         uint32_t slot = s->reserved_slot;
+        int r;
 
         assert(s->reserved);
         assert(res->host_offset == slot_offset(s, slot));
-        assert(!entry_is_data(entry_get(s, b)));
 
+        /* The entry points at data written since the last flush: the cache
+         * flushes it before writing the page. On failure (the map page
+         * could not be read) the core releases the reservation. */
+        r = map_set(s, b, slot, TC_AFTER_DATA);
+        if (r < 0)
+                return r;
         s->reserved = false;
         if (slot >= s->h.n_allocated) {
-                /* The count goes to disk before the map entry (vdi_flush). */
+                /* The count goes to disk before the map entry (the map's
+                 * before_write hook writes the header). */
                 s->h.n_allocated = slot + 1;
                 s->header_dirty = true;
         }
-        blockmap_set(&s->map, b, slot);
         bitmap_set(s->slot_used, slot);
         s->n_live++;
         s->hi = MAX(s->hi, slot + 1);
@@ -605,6 +751,7 @@ static void vdi_release(void *state, const reservation *res) {
 static int vdi_mark_zero(void *state, uint64_t offset, uint64_t len) {
         vdi_state *s = state;
         uint64_t bs = s->h.block_size, first = offset / bs, end;
+        int r;
 
         assert(offset % bs == 0);
         assert(len > 0);
@@ -613,24 +760,36 @@ static int vdi_mark_zero(void *state, uint64_t offset, uint64_t len) {
 
         end = DIV_ROUND_UP(offset + len, bs);
         for (uint64_t b = first; b < end; b++) {
-                if (block_is_bad(s, b))
-                        return bad_entry_error(s, b);
-                if (entry_is_data(entry_get(s, b)))
+                uint32_t e;
+
+                r = map_get(s, b, &e);
+                if (r < 0)
+                        return r;
+                if (block_is_bad(s, b, e))
+                        return bad_entry_error(b, e);
+                if (entry_is_data(e))
                         return vdisk_error(-EOPNOTSUPP, "vdi: block %" PRIu64 " holds data; "
                                            "it cannot become a zero block without leaking its slot", b);
         }
-        for (uint64_t b = first; b < end; b++)
-                blockmap_set(&s->map, b, VDI_ENTRY_ZERO);
+        /* A page that cannot be loaded here leaves the earlier blocks ZERO:
+         * they held no data, so they read zeros either way (in a diff the
+         * caller asked for zeros). */
+        for (uint64_t b = first; b < end; b++) {
+                r = map_set(s, b, VDI_ENTRY_ZERO, 0);
+                if (r < 0)
+                        return r;
+        }
         return 0;
 }
 
 /* Makes sure the file holds every referenced slot in full. The core skips
  * writing zeros into fresh space, so the last slot may end early; qemu reads
  * that as zeros, VirtualBox may not. Extending is sparse. */
-static int vdi_cover_slots(vdi_state *s) {
+static int vdi_cover_slots(vdi_state *s, bool *ret_extended) {
         uint64_t need, size;
         int r;
 
+        *ret_extended = false;
         if (s->hi == 0)
                 return 0;
         need = slot_offset(s, s->hi);
@@ -640,13 +799,21 @@ static int vdi_cover_slots(vdi_state *s) {
         if (size >= need)
                 return 0;
         r = io_truncate(s->io, need);
-        return r == -EOPNOTSUPP ? 0 : r;
+        if (r == -EOPNOTSUPP)
+                return 0;
+        if (r < 0)
+                return r;
+        *ret_extended = true;
+        return 0;
 }
 
 /* Write ordering:
  *   1. flush the data written into newly allocated slots;
  *   2. write the header (cBlocksAllocated, UUIDs, ...) and flush;
  *   3. write the dirty block map sectors and flush.
+ * The table cache does 1 (vdi_commit() sets its entries with TC_AFTER_DATA)
+ * and 3, and calls vdi_before_map_write() for 2 before any map page goes
+ * out, whether in a flush or early because the metadata budget is full.
  * The header and the map are separate sectors, so a crash may leave one of
  * them new and the other old. Count first means the bad case is "count ahead
  * of the map": the slots in between are leaked and `qemu-img check` reports
@@ -656,43 +823,52 @@ static int vdi_cover_slots(vdi_state *s) {
  * which allocate at cBlocksAllocated, would then hand that slot out again and
  * overwrite live data. Operations that lower the count (defrag, shrink) write
  * the map first instead, for the same reason. */
-static int vdi_flush(void *state) {
-        vdi_state *s = state;
+static int vdi_write_header_durable(vdi_state *s, bool flush) {
         int r;
-
-        if (!s->writable)
-                return 0;
-        if (!s->header_dirty && !blockmap_is_dirty(&s->map))
-                return io_flush(s->io);
-
-        r = vdi_cover_slots(s);
-        if (r < 0)
-                return r;
-        r = io_flush(s->io);
-        if (r < 0)
-                return r;
 
         if (s->header_dirty) {
                 r = vdi_write_header(s, &s->h);
                 if (r < 0)
                         return r;
-                /* Clean now: should the flush below fail, the next flush's
-                 * first io_flush() makes this write durable before the map. */
+                /* Clean now: should the flush below fail, the next flush
+                 * flushes before the map again (the cache keeps the data
+                 * barrier of its pages until they are written). */
                 s->header_dirty = false;
-                r = io_flush(s->io);
-                if (r < 0)
-                        return r;
+                flush = true;
         }
+        return flush ? io_flush(s->io) : 0;
+}
 
-        if (blockmap_is_dirty(&s->map)) {
-                r = blockmap_write_dirty(&s->map, s->io);
-                if (r < 0)
-                        return r;
-                r = io_flush(s->io);
-                if (r < 0)
-                        return r;
-        }
-        return 0;
+static int vdi_before_map_write(void *user) {
+        vdi_state *s = user;
+        bool extended;
+        int r;
+
+        r = vdi_cover_slots(s, &extended);
+        if (r < 0)
+                return r;
+        return vdi_write_header_durable(s, extended);
+}
+
+static int vdi_flush(void *state) {
+        vdi_state *s = state;
+        bool extended;
+        int r;
+
+        if (!s->writable || !s->map)   /* !map: a half-opened state */
+                return 0;
+        if (tc_table_is_dirty(s->map))
+                return tc_table_flush(s->map);
+        if (!s->header_dirty)
+                return io_flush(s->io);
+
+        r = vdi_cover_slots(s, &extended);
+        if (r < 0)
+                return r;
+        r = io_flush(s->io);
+        if (r < 0)
+                return r;
+        return vdi_write_header_durable(s, false);
 }
 
 /* ---------------------------------------------------------------- metadata */
@@ -802,8 +978,20 @@ static int vdi_set_meta(void *state, const meta *m, uint32_t mask) {
 
 static int vdi_get_info(void *state, vdisk_image_info *ret) {
         vdi_state *s = state;
+        int r;
 
         assert(ret);
+
+        /* An image that was not scanned yet counts its blocks when first
+         * asked, streaming the map through the cache, and keeps only the
+         * count (the bitmaps stay only for images that write). */
+        if (!s->live_known) {
+                r = vdi_scan(s);
+                if (r < 0)
+                        return r;
+                if (!s->alloc_ready)
+                        vdi_scan_drop(s);
+        }
 
         ret->cluster_size = s->h.block_size;
         ret->image_flags = vdi_image_flags(s);
@@ -832,13 +1020,51 @@ static int vdi_parse_options(const char *const *o, bool *fixed) {
         return 0;
 }
 
+static int vdi_free_entry(void *ctx, uint64_t i, uint64_t *ret) {
+        *ret = VDI_ENTRY_FREE;
+        return 0;
+}
+
+static int vdi_identity_entry(void *ctx, uint64_t i, uint64_t *ret) {
+        *ret = i;
+        return 0;
+}
+
+/* What vdi_scan() would find in a new map: nothing, or (static) every slot
+ * in order. */
+static int vdi_scan_fresh(vdi_state *s, bool fixed) {
+        uint32_t n = s->h.n_blocks;
+        uint64_t bytes = bitmap_bytes(n);
+        int r;
+
+        vdi_scan_drop(s);
+        r = tc_budget_charge(s->budget, bytes);
+        if (r < 0)
+                return r;
+        s->slot_used = bitmap_new(MAX(n, 1u));
+        if (!s->slot_used) {
+                tc_budget_uncharge(s->budget, bytes);
+                return vdisk_error(-ENOMEM, "out of memory");
+        }
+        s->charged = bytes;
+        if (fixed)
+                for (uint32_t i = 0; i < n; i++)
+                        bitmap_set(s->slot_used, i);
+        s->scanned = true;
+        s->live_known = true;
+        s->n_live = fixed ? n : 0;
+        s->hi = fixed ? n : 0;
+        s->n_bad = 0;
+        return 0;
+}
+
 static int vdi_create(void *state, const open_ctx *c, const create_params *p) {
         vdisk_io *io = c->io;
         vdi_state *s = state;
         bool fixed = p->image_flags & VDISK_IMAGE_FLAGS_FIXED;
         bool diff = p->image_flags & VDISK_IMAGE_FLAGS_DIFF;
         uint32_t bs = p->block_size ?: VDI_BLOCK_DEFAULT;
-        uint64_t n_blocks, map_bytes, off_data, data_end;
+        uint64_t n_blocks, map_bytes = 0, off_data, data_end;
         vdi_header h = {};
         size_t comment_len = p->comment ? strlen(p->comment) : 0;
         int r;
@@ -866,7 +1092,7 @@ static int vdi_create(void *state, const open_ctx *c, const create_params *p) {
                                    comment_len, VDI_COMMENT_SIZE - 1);
 
         n_blocks = p->size / bs + (p->size % bs != 0);
-        r = blockmap_table_size(n_blocks, BLOCKMAP_LE32, &map_bytes);
+        r = vdi_map_bytes(n_blocks, &map_bytes);
         if (r < 0)
                 return vdisk_error(r, "vdi: %" PRIu64 " bytes in %" PRIu32 "-byte blocks need a block map "
                                    "above 64 MiB", p->size, bs);
@@ -913,15 +1139,7 @@ static int vdi_create(void *state, const open_ctx *c, const create_params *p) {
         s->h = h;
         s->size = p->size;
 
-        r = blockmap_init(&s->map, VDI_SECTOR, n_blocks, BLOCKMAP_LE32, VDI_ENTRY_FREE);
-        if (r < 0)
-                return r;
-        if (fixed)
-                for (uint32_t i = 0; i < n_blocks; i++)
-                        blockmap_set(&s->map, i, i);
-        r = vdi_scan(s);
-        if (r < 0)
-                return r;
+        s->budget = c->budget;
 
         /* A static image gets all its slots at once, as a sparse file (what
          * `qemu-img create -o static=on` does too; VirtualBox writes zeros). */
@@ -930,12 +1148,23 @@ static int vdi_create(void *state, const open_ctx *c, const create_params *p) {
         r = vdi_write_header(s, &s->h);
         if (r < 0)
                 return r;
-        r = blockmap_write_dirty(&s->map, io);
+        /* The map goes out in bounded chunks, not through the cache: a new
+         * 16 TiB image's map is 64 MiB of FREE entries. */
+        r = tc_write_entries(io, VDI_SECTOR, n_blocks, TC_LE32, VDI_ENTRY_FREE,
+                             fixed ? vdi_identity_entry : vdi_free_entry, NULL);
         if (r < 0)
                 return r;
         r = io_truncate(io, data_end);
         if (r < 0)
                 return r;
+
+        r = vdi_map_open(s);
+        if (r < 0)
+                return r;
+        r = vdi_scan_fresh(s, fixed);
+        if (r < 0)
+                return r;
+        s->alloc_ready = true;
 
         hostalloc_init(&s->alloc, slot_offset(s, frontier(s)), data_end, VDI_SECTOR);
         return 0;
@@ -974,7 +1203,7 @@ static int vdi_move_blocks(vdi_state *s, const vdi_move *moves, size_t n, uint8_
         int r;
 
         for (size_t i = 0; i < n; i++) {
-                r = vdi_copy_slot(s, entry_get(s, moves[i].block), moves[i].dst, buf, buf_size);
+                r = vdi_copy_slot(s, moves[i].src, moves[i].dst, buf, buf_size);
                 if (r < 0)
                         return r;
                 (void) progress_add(p, s->h.block_size);   /* reports only: not a cancel point */
@@ -984,19 +1213,16 @@ static int vdi_move_blocks(vdi_state *s, const vdi_move *moves, size_t n, uint8_
                 return r;
 
         for (size_t i = 0; i < n; i++) {
-                uint32_t src = entry_get(s, moves[i].block);
-
-                bitmap_clear(s->slot_used, src);
-                blockmap_set(&s->map, moves[i].block, moves[i].dst);
+                r = map_set(s, moves[i].block, moves[i].dst, 0);
+                if (r < 0)
+                        return r;
+                bitmap_clear(s->slot_used, moves[i].src);
                 bitmap_set(s->slot_used, moves[i].dst);
                 s->hi = MAX(s->hi, moves[i].dst + 1);
         }
         /* On failure the entries stay dirty in memory, pointing at flushed
          * copies; the next flush writes them. */
-        r = blockmap_write_dirty(&s->map, s->io);
-        if (r < 0)
-                return r;
-        return io_flush(s->io);
+        return tc_table_flush(s->map);
 }
 
 /* Raises the count to cover every referenced slot (only a foreign writer or
@@ -1010,24 +1236,34 @@ static int vdi_sync(vdi_state *s) {
 }
 
 /* How many blocks vdi_defrag() will move: those in slots at or above n_live. */
-static uint32_t vdi_count_moves(const vdi_state *s) {
+static int vdi_count_moves(vdi_state *s, uint32_t *ret) {
         uint32_t n = 0;
+        int r;
 
         for (uint32_t b = 0; b < s->h.n_blocks; b++) {
-                uint32_t e = entry_get(s, b);
+                uint32_t e;
 
+                r = map_get(s, b, &e);
+                if (r < 0)
+                        return r;
                 if (entry_is_data(e) && e >= s->n_live)
                         n++;
         }
-        return n;
+        *ret = n;
+        return 0;
 }
 
 /* For resize and repair, whose progress is the data vdi_defrag() moves. */
-static void vdi_progress_moves(const vdi_state *s, vdisk_progress *p) {
-        uint32_t n = vdi_count_moves(s);
+static int vdi_progress_moves(vdi_state *s, vdisk_progress *p) {
+        uint32_t n;
+        int r;
 
+        r = vdi_count_moves(s, &n);
+        if (r < 0)
+                return r;
         if (n > 0)
                 progress_set_total(p, (uint64_t) n * s->h.block_size);
+        return 0;
 }
 
 /* Packs the referenced slots into 0..n_live-1: every block in a slot at or
@@ -1059,15 +1295,18 @@ static int vdi_defrag(vdi_state *s, vdisk_progress *p) {
                 return -ENOMEM;
 
         for (uint32_t b = 0; b < s->h.n_blocks; b++) {
-                uint32_t e = entry_get(s, b), dst;
+                uint32_t e, dst;
 
+                r = map_get(s, b, &e);
+                if (r < 0)
+                        return r;
                 if (!entry_is_data(e) || e < n)
                         continue;
                 /* As many holes below n as live slots at or above it. */
                 if (!find_free_slot(s, hole, &dst) || dst >= n)
                         return vdisk_error(-EUCLEAN, "vdi: defragmenting found no free slot below %" PRIu32,
                                            n);
-                moves[n_moves++] = (vdi_move) { .block = b, .dst = dst };
+                moves[n_moves++] = (vdi_move) { .block = b, .src = e, .dst = dst };
                 hole = dst + 1;
                 if (n_moves == VDI_MOVE_BATCH) {
                         r = vdi_move_blocks(s, moves, n_moves, buf, buf_size, p);
@@ -1114,15 +1353,12 @@ static int vdi_grow_in_place(vdi_state *s, uint64_t new_size, uint32_t new_block
         vdi_header h = s->h;
         int r;
 
-        assert(!s->header_dirty && !blockmap_is_dirty(&s->map));
+        assert(!s->header_dirty && !tc_table_is_dirty(s->map));
 
-        r = blockmap_resize(&s->map, new_blocks, VDI_ENTRY_FREE);
-        if (r < 0)
-                return r;
-        r = blockmap_write_dirty(&s->map, s->io);
+        r = tc_table_resize(s->map, (uint64_t) new_blocks * 4, VDI_ENTRY_FREE);
         if (r < 0)
                 goto undo;
-        r = io_flush(s->io);
+        r = tc_table_flush(s->map);
         if (r < 0)
                 goto undo;
 
@@ -1142,7 +1378,7 @@ static int vdi_grow_in_place(vdi_state *s, uint64_t new_size, uint32_t new_block
 undo:
         /* Entries past the old cBlocks are outside the image; dropping them
          * again leaves memory matching the unchanged header. */
-        (void) blockmap_resize(&s->map, old_blocks, VDI_ENTRY_FREE);
+        (void) tc_table_resize(s->map, (uint64_t) old_blocks * 4, VDI_ENTRY_FREE);
         return r;
 }
 
@@ -1154,10 +1390,10 @@ undo:
  * valid image). */
 static int vdi_plan_relocation(const vdi_state *s, uint32_t new_blocks, uint32_t *ret_k,
                                uint32_t *ret_moving, uint32_t *ret_free) {
-        uint64_t map_bytes, k, moving = 0, used_above = 0;
+        uint64_t map_bytes = 0, k, moving = 0, used_above = 0;
         int r;
 
-        r = blockmap_table_size(new_blocks, BLOCKMAP_LE32, &map_bytes);
+        r = vdi_map_bytes(new_blocks, &map_bytes);
         if (r < 0)
                 return r;
         k = DIV_ROUND_UP(map_bytes, (uint64_t) s->h.block_size);
@@ -1179,10 +1415,38 @@ static int vdi_plan_relocation(const vdi_state *s, uint32_t new_blocks, uint32_t
         return 0;
 }
 
+/* The relocated map: the old entries with slot indices k lower (the map
+ * takes slots 0..k-1), FREE for the new blocks. */
+typedef struct vdi_renumber {
+        vdi_state *s;
+        uint32_t k;
+} vdi_renumber;
+
+static int vdi_renumbered_entry(void *ctx, uint64_t b, uint64_t *ret) {
+        vdi_renumber *rn = ctx;
+        uint32_t e;
+        int r;
+
+        if (b >= rn->s->h.n_blocks) {
+                *ret = VDI_ENTRY_FREE;
+                return 0;
+        }
+        r = map_get(rn->s, b, &e);
+        if (r < 0)
+                return r;
+        if (entry_is_data(e)) {
+                assert(e >= rn->k);
+                e -= rn->k;
+        }
+        *ret = e;
+        return 0;
+}
+
 static int vdi_grow_relocate(vdi_state *s, uint64_t new_size, uint32_t new_blocks) {
         uint32_t k, moving, n_free, from, max_dst = 0, old_off_blocks, old_off_data;
         size_t n_moves = 0, buf_size;
-        blockmap nm = {};
+        tc_table *nm = NULL;
+        vdi_renumber rn;
         vdi_header h;
         int r;
 
@@ -1204,13 +1468,16 @@ static int vdi_grow_relocate(vdi_state *s, uint64_t new_size, uint32_t new_block
 
                 from = k;
                 for (uint32_t b = 0; b < s->h.n_blocks; b++) {
-                        uint32_t e = entry_get(s, b), dst;
+                        uint32_t e, dst;
 
+                        r = map_get(s, b, &e);
+                        if (r < 0)
+                                return r;
                         if (!entry_is_data(e) || e >= k)
                                 continue;
                         if (!find_free_slot(s, from, &dst))
                                 return vdisk_error(-EUCLEAN, "vdi: no free slot to move block %" PRIu32, b);
-                        moves[n_moves++] = (vdi_move) { .block = b, .dst = dst };
+                        moves[n_moves++] = (vdi_move) { .block = b, .src = e, .dst = dst };
                         max_dst = MAX(max_dst, dst);
                         from = dst + 1;
                 }
@@ -1233,28 +1500,17 @@ static int vdi_grow_relocate(vdi_state *s, uint64_t new_size, uint32_t new_block
          * Nothing references that space, so a crash here changes nothing. */
         old_off_blocks = s->h.off_blocks;
         old_off_data = s->h.off_data;
-        r = blockmap_copy(&s->map, &nm);
+        rn = (vdi_renumber) { .s = s, .k = k };
+        r = tc_write_entries(s->io, old_off_data, new_blocks, TC_LE32, VDI_ENTRY_FREE, vdi_renumbered_entry, &rn);
         if (r < 0)
                 return r;
-        for (uint32_t b = 0; b < s->h.n_blocks; b++) {
-                uint32_t e = entry_get(s, b);
-
-                if (entry_is_data(e)) {
-                        assert(e >= k);
-                        blockmap_set(&nm, b, e - k);
-                }
-        }
-        r = blockmap_resize(&nm, new_blocks, VDI_ENTRY_FREE);
-        if (r < 0)
-                goto fail;
-        blockmap_set_offset(&nm, old_off_data);
-        r = blockmap_write_dirty(&nm, s->io);
-        if (r < 0)
-                goto fail;
         r = io_flush(s->io);
         if (r < 0)
-                goto fail;
-        hostalloc_note_used(&s->alloc, old_off_data, nm.raw_size);
+                return r;
+        hostalloc_note_used(&s->alloc, old_off_data, ALIGN_UP((uint64_t) new_blocks * 4, (uint64_t) VDI_SECTOR));
+        r = vdi_map_new(s, old_off_data, new_blocks, &nm);
+        if (r < 0)
+                return r;
 
         /* 3. One header sector write switches map, data offset, size and
          * count together. */
@@ -1269,7 +1525,7 @@ static int vdi_grow_relocate(vdi_state *s, uint64_t new_size, uint32_t new_block
         /* The new map is durable whether or not that write made it: adopt the
          * new layout; if the write failed, the next flush writes the header
          * again (its map is clean, so nothing else goes first). */
-        blockmap_done(&s->map);
+        tc_table_free(s->map);
         s->map = nm;
         s->h = h;
         s->size = new_size;
@@ -1289,10 +1545,6 @@ static int vdi_grow_relocate(vdi_state *s, uint64_t new_size, uint32_t new_block
         /* The old map's room is unused now; give it back if the host can. */
         (void) io_punch_hole(s->io, old_off_blocks, old_off_data - old_off_blocks);
         return 0;
-
-fail:
-        blockmap_done(&nm);
-        return r;
 }
 
 static int vdi_grow(vdi_state *s, uint64_t new_size, uint32_t new_blocks) {
@@ -1328,19 +1580,26 @@ static int vdi_shrink(vdi_state *s, uint64_t new_size, uint32_t new_blocks, vdis
         int r;
 
         for (uint32_t b = new_blocks; b < s->h.n_blocks; b++) {
-                uint32_t e = entry_get(s, b);
+                uint32_t e;
 
+                r = map_get(s, b, &e);
+                if (r < 0)
+                        return r;
+                r = map_set(s, b, VDI_ENTRY_FREE, 0);
+                if (r < 0)
+                        return r;
                 if (entry_is_data(e)) {
                         bitmap_clear(s->slot_used, e);
                         s->n_live--;
                 }
-                blockmap_set(&s->map, b, VDI_ENTRY_FREE);
         }
         r = vdi_flush(s);
         if (r < 0)
                 return r;
 
-        vdi_progress_moves(s, p);
+        r = vdi_progress_moves(s, p);
+        if (r < 0)
+                return r;
         r = vdi_defrag(s, p);
         if (r < 0)
                 return r;
@@ -1358,7 +1617,7 @@ static int vdi_shrink(vdi_state *s, uint64_t new_size, uint32_t new_blocks, vdis
                 return r;
 
         /* Entries past the new end stay on disk, all FREE, as map padding. */
-        r = blockmap_resize(&s->map, new_blocks, VDI_ENTRY_FREE);
+        r = tc_table_resize(s->map, (uint64_t) new_blocks * 4, VDI_ENTRY_FREE);
         if (r < 0)
                 return r;
         r = vdi_scan(s);
@@ -1375,6 +1634,9 @@ static int vdi_resize(void *state, uint64_t new_size, vdisk_progress *p) {
 
         if (!s->writable)
                 return vdisk_error(-EROFS, "vdi: image is read-only");
+        r = vdi_prepare_writes(s);
+        if (r < 0)
+                return r;
         if (s->n_bad > 0)
                 return vdisk_error(-EUCLEAN, "vdi: the block map has %" PRIu32 " corrupt entries; "
                                    "repair the image before resizing it", s->n_bad);
@@ -1382,7 +1644,7 @@ static int vdi_resize(void *state, uint64_t new_size, vdisk_progress *p) {
                 return vdisk_error(-EINVAL, "vdi: size %" PRIu64 " is not a multiple of 512", new_size);
 
         n64 = new_size / bs + (new_size % bs != 0);
-        r = blockmap_table_size(n64, BLOCKMAP_LE32, &map_bytes);
+        r = vdi_map_bytes(n64, &map_bytes);
         if (r < 0)
                 return vdisk_error(r, "vdi: %" PRIu64 " bytes need a block map above 64 MiB", new_size);
         new_blocks = (uint32_t) n64;
@@ -1420,10 +1682,10 @@ static int vdi_resize(void *state, uint64_t new_size, vdisk_progress *p) {
  * pieces (memory stays bounded); the block is then dropped only if every
  * piece may be: UNALLOC if all pieces equal what shows through from below,
  * ZERO if all pieces are zeros. */
-static int vdi_compact_verdict(vdi_state *s, uint64_t b, compact_fn fn, void *ctx, uint8_t *buf,
+static int vdi_compact_verdict(vdi_state *s, uint64_t b, uint32_t e, compact_fn fn, void *ctx, uint8_t *buf,
                                size_t buf_size, compact_verdict *ret) {
         uint64_t bs = s->h.block_size, voff = b * bs, len = MIN(bs, s->size - voff);
-        uint64_t host = slot_offset(s, entry_get(s, b));
+        uint64_t host = slot_offset(s, e);
         bool all_unalloc = true, all_zero = true;
         int r;
 
@@ -1467,6 +1729,7 @@ static int vdi_compact(void *state, compact_fn fn, void *ctx, vdisk_progress *p)
         size_t buf_size = MIN(s->h.block_size, VDI_IO_CHUNK);
         _cleanup_free_ uint64_t *verdicts = NULL;   /* 2 bits a block: 0 keep, 1 unalloc, 2 zero */
         uint64_t n_drops = 0, live_before;
+        uint32_t n_moves;
         int r;
 
         assert(fn);
@@ -1475,6 +1738,9 @@ static int vdi_compact(void *state, compact_fn fn, void *ctx, vdisk_progress *p)
                 return vdisk_error(-EROFS, "vdi: image is read-only");
         if (s->h.type == VDI_TYPE_FIXED)
                 return vdisk_error(-EOPNOTSUPP, "vdi: static images cannot be compacted");
+        r = vdi_prepare_writes(s);
+        if (r < 0)
+                return r;
         if (s->n_bad > 0)
                 return vdisk_error(-EUCLEAN, "vdi: the block map has %" PRIu32 " corrupt entries; "
                                    "repair the image before compacting it", s->n_bad);
@@ -1491,15 +1757,18 @@ static int vdi_compact(void *state, compact_fn fn, void *ctx, vdisk_progress *p)
         progress_set_total(p, s->size + live_before * bs);
 
         for (uint64_t b = 0; b < s->h.n_blocks; b++) {
-                uint32_t e = entry_get(s, b);
+                uint32_t e;
 
                 r = progress_check(p);
                 if (r < 0)
                         return vdisk_error(r, "vdi: compact cancelled (nothing changed)");
+                r = map_get(s, b, &e);
+                if (r < 0)
+                        return r;
                 if (entry_is_data(e)) {
                         compact_verdict v;
 
-                        r = vdi_compact_verdict(s, b, fn, ctx, buf, buf_size, &v);
+                        r = vdi_compact_verdict(s, b, e, fn, ctx, buf, buf_size, &v);
                         if (r < 0)
                                 return r;
                         if (v != COMPACT_KEEP) {
@@ -1514,11 +1783,16 @@ static int vdi_compact(void *state, compact_fn fn, void *ctx, vdisk_progress *p)
 
         for (uint64_t b = 0; n_drops > 0 && b < s->h.n_blocks; b++) {
                 bool unalloc = bitmap_get(verdicts, 2 * b), zero = bitmap_get(verdicts, 2 * b + 1);
-                uint32_t e = entry_get(s, b);
+                uint32_t e;
 
                 if (!unalloc && !zero)
                         continue;
-                blockmap_set(&s->map, b, zero ? VDI_ENTRY_ZERO : VDI_ENTRY_FREE);
+                r = map_get(s, b, &e);
+                if (r < 0)
+                        return r;
+                r = map_set(s, b, zero ? VDI_ENTRY_ZERO : VDI_ENTRY_FREE, 0);
+                if (r < 0)
+                        return r;
                 bitmap_clear(s->slot_used, e);
                 s->n_live--;
         }
@@ -1526,7 +1800,10 @@ static int vdi_compact(void *state, compact_fn fn, void *ctx, vdisk_progress *p)
         if (r < 0)
                 return r;
         /* Count now what the defrag will not move. */
-        (void) progress_add(p, (live_before - vdi_count_moves(s)) * bs);
+        r = vdi_count_moves(s, &n_moves);
+        if (r < 0)
+                return r;
+        (void) progress_add(p, (live_before - n_moves) * bs);
         return vdi_defrag(s, p);
 }
 
@@ -1557,6 +1834,11 @@ static int vdi_check(void *state, uint32_t flags, vdisk_check_report *rep, vdisk
 
         if (repair_leaks && !dry && !s->writable)
                 return vdisk_error(-EROFS, "vdi: image is read-only; cannot repair");
+        if (s->writable) {
+                r = vdi_prepare_writes(s);
+                if (r < 0)
+                        return r;
+        }
 
         r = io_get_size(s->io, &file_size);
         if (r < 0)
@@ -1569,9 +1851,12 @@ static int vdi_check(void *state, uint32_t flags, vdisk_check_report *rep, vdisk
         /* Map entries. */
         hi_any = s->hi;
         for (uint32_t b = 0; b < s->h.n_blocks; b++) {
-                uint32_t e = entry_get(s, b);
+                uint32_t e;
 
-                if (block_is_bad(s, b)) {
+                r = map_get(s, b, &e);
+                if (r < 0)
+                        return r;
+                if (block_is_bad(s, b, e)) {
                         if (e >= s->h.n_blocks) {
                                 REPORT(rep, out_of_range, "block %" PRIu32 ": slot index %" PRIu32
                                        " is out of range (the image has %" PRIu32 " blocks)",
@@ -1655,10 +1940,17 @@ static int vdi_check(void *state, uint32_t flags, vdisk_check_report *rep, vdisk
                 /* 1. Free the corrupt entries, raise the count over every
                  *    referenced slot, round the size; header, then map. */
                 for (uint32_t b = 0; b < s->h.n_blocks; b++)
-                        if (block_is_bad(s, b))
-                                blockmap_set(&s->map, b, VDI_ENTRY_FREE);
-                free(s->bad);
-                s->bad = NULL;
+                        if (block_is_bad(s, b, 0)) {
+                                r = map_set(s, b, VDI_ENTRY_FREE, 0);
+                                if (r < 0)
+                                        return r;
+                        }
+                if (s->bad) {
+                        free(s->bad);
+                        s->bad = NULL;
+                        tc_budget_uncharge(s->budget, bitmap_bytes(s->h.n_blocks));
+                        s->charged -= bitmap_bytes(s->h.n_blocks);
+                }
                 s->n_bad = 0;
                 if (size_bad) {
                         s->h.disk_size = ALIGN_UP(s->h.disk_size, (uint64_t) VDI_SECTOR);
@@ -1668,7 +1960,9 @@ static int vdi_check(void *state, uint32_t flags, vdisk_check_report *rep, vdisk
                 if (r < 0)
                         return r;
                 /* 2. Pack the slots, set the count, cut the file. */
-                vdi_progress_moves(s, p);
+                r = vdi_progress_moves(s, p);
+                if (r < 0)
+                        return r;
                 r = vdi_defrag(s, p);
                 if (r < 0)
                         return r;

@@ -7,6 +7,7 @@
 #include <stdint.h>
 
 #include "backend.h"
+#include "fmt/tablecache.h"
 #include "io/io.h"
 #include "util/util.h"
 
@@ -41,6 +42,7 @@ struct vdisk_image {
         char *comment_cache;
         unit_entry units[UNIT_CACHE_N];
         uint64_t unit_clock;
+        tc_budget *budget;      /* a reference: the disk's, or its own when opened alone */
 };
 
 struct vdisk_resolver {
@@ -57,6 +59,7 @@ struct vdisk_disk {
         size_t n_warnings;
         vdisk_resolver *resolver;   /* a reference: reopens images writable on demand; may be NULL */
         int readonly;           /* opened with VDISK_OPEN_READONLY: never reopen writable */
+        tc_budget *budget;      /* metadata budget of every image of the chain */
 };
 
 /* registry.c */
@@ -82,11 +85,14 @@ size_t files_count(const vdisk_files *f);
 vdisk_io *files_get(const vdisk_files *f, size_t i);
 
 /* image.c */
-/* `res` (may be NULL) opens companion files during the open. */
+/* `res` (may be NULL) opens companion files during the open. `budget` is
+ * the metadata budget the image's tables count against (its disk's, so that
+ * the whole chain shares one); NULL gives the image a default budget of its
+ * own (images looked at outside a disk). */
 int image_open(const vdisk_backend *be, vdisk_io *io, vdisk_resolver *res, int writable, int info_only,
-               vdisk_image **ret);
+               tc_budget *budget, vdisk_image **ret);
 int image_create(const vdisk_backend *be, vdisk_io *io, vdisk_resolver *res, const create_params *p,
-                 vdisk_image **ret);
+                 tc_budget *budget, vdisk_image **ret);
 vdisk_image *image_free(vdisk_image *img);   /* finishes a stream, flushes if writable, then closes */
 int image_flush(vdisk_image *img);
 /* BACKEND_STREAM images the core created: writes the tables and footer, once. */

@@ -14,6 +14,7 @@
 
 int vdisk_disk_new(vdisk_disk **ret) {
         vdisk_disk *d;
+        int r;
 
         if (!ret)
                 return vdisk_error(-EINVAL, "invalid arguments");
@@ -24,6 +25,12 @@ int vdisk_disk_new(vdisk_disk **ret) {
         if (!d->warnings) {
                 free(d);
                 return vdisk_error(-ENOMEM, "out of memory");
+        }
+        r = tc_budget_new(0, &d->budget);
+        if (r < 0) {
+                free(d->warnings);
+                free(d);
+                return r;
         }
         pthread_mutex_init(&d->lock, NULL);
         *ret = d;
@@ -39,6 +46,7 @@ vdisk_disk *vdisk_disk_unref(vdisk_disk *d) {
         }
         vdisk_strv_free(d->warnings);
         vdisk_resolver_unref(d->resolver);
+        tc_budget_unref(d->budget);
         pthread_mutex_destroy(&d->lock);
         free(d);
         return NULL;
@@ -67,6 +75,30 @@ int disk_add_warning(vdisk_disk *d, const char *fmt, ...) {
 
 const char *const *vdisk_disk_warnings(vdisk_disk *d) {
         return d ? (const char *const *) d->warnings : NULL;
+}
+
+int vdisk_disk_set_metadata_budget(vdisk_disk *d, uint64_t bytes) {
+        _cleanup_(disk_unlockp) vdisk_disk *l = NULL;
+
+        if (!d)
+                return vdisk_error(-EINVAL, "invalid arguments");
+        l = disk_lock(d);
+        return tc_budget_set_limit(d->budget, bytes);
+}
+
+int vdisk_disk_get_metadata_stats(vdisk_disk *d, vdisk_metadata_stats *ret) {
+        _cleanup_(disk_unlockp) vdisk_disk *l = NULL;
+        vdisk_metadata_stats s = {};
+        size_t n;
+
+        if (!d || !ret || ret->size < sizeof(size_t))
+                return vdisk_error(-EINVAL, "invalid arguments");
+        l = disk_lock(d);
+        tc_budget_stats(d->budget, &s);
+        n = MIN(ret->size, sizeof s);
+        s.size = ret->size;
+        memcpy(ret, &s, n);
+        return 0;
 }
 
 /* Checks that `child` may sit on top of `parent`. */
@@ -140,7 +172,7 @@ int disk_make_writable(vdisk_disk *d, unsigned level) {
         r = resolver_reopen(d->resolver, img->io, &io);
         if (r < 0)
                 return r;
-        r = image_open(img->be, io, d->resolver, 1, 0, &fresh);
+        r = image_open(img->be, io, d->resolver, 1, 0, d->budget, &fresh);
         if (r < 0) {
                 vdisk_io_unref(io);
                 return r;
@@ -217,7 +249,8 @@ int vdisk_disk_open(vdisk_disk *d, vdisk_io *io, const char *format, uint32_t op
         r = pick_backend(io, format, open_flags, &be);
         if (r < 0)
                 return r;
-        r = image_open(be, io, NULL, !(open_flags & VDISK_OPEN_READONLY), !!(open_flags & VDISK_OPEN_INFO), &img);
+        r = image_open(be, io, NULL, !(open_flags & VDISK_OPEN_READONLY), !!(open_flags & VDISK_OPEN_INFO),
+                       d->budget, &img);
         if (r < 0)
                 return r;
         r = disk_push(d, img, !!(open_flags & VDISK_OPEN_SKIP_CHECKS));
@@ -259,7 +292,8 @@ int vdisk_disk_open_chain(vdisk_disk *d, vdisk_resolver *res, vdisk_io *top, con
                  * (disk_make_writable()), so that formats with dirty bits,
                  * logs or in-use flags never write into a parent that is
                  * only read. */
-                r = image_open(be, io, res, writable && n == 0, !!(open_flags & VDISK_OPEN_INFO), &chain[n]);
+                r = image_open(be, io, res, writable && n == 0, !!(open_flags & VDISK_OPEN_INFO), d->budget,
+                               &chain[n]);
                 vdisk_io_unref(io);
                 if (r < 0)
                         goto fail;
@@ -393,7 +427,7 @@ int disk_create_base(vdisk_disk *d, vdisk_io *io, const char *format, uint64_t s
         r = backend_check_options(be, p.options);
         if (r < 0)
                 return r;
-        r = image_create(be, io, res, &p, &img);
+        r = image_create(be, io, res, &p, d->budget, &img);
         if (r < 0)
                 return r;
         img->modified = 1;
@@ -442,7 +476,7 @@ int disk_create_diff(vdisk_disk *d, vdisk_io *io, const char *format, const vdis
         r = backend_check_options(be, p.options);
         if (r < 0)
                 return r;
-        r = image_create(be, io, res, &p, &img);
+        r = image_create(be, io, res, &p, d->budget, &img);
         if (r < 0)
                 return r;
         img->modified = 1;

@@ -5,8 +5,9 @@
 
 #include "core/core.h"
 
-static int image_alloc(const vdisk_backend *be, vdisk_io *io, vdisk_image **ret) {
+static int image_alloc(const vdisk_backend *be, vdisk_io *io, tc_budget *budget, vdisk_image **ret) {
         vdisk_image *img;
+        int r;
 
         img = calloc(1, sizeof *img);
         if (!img)
@@ -15,6 +16,16 @@ static int image_alloc(const vdisk_backend *be, vdisk_io *io, vdisk_image **ret)
         if (!img->state) {
                 free(img);
                 return vdisk_error(-ENOMEM, "out of memory");
+        }
+        if (budget)
+                img->budget = tc_budget_ref(budget);
+        else {
+                r = tc_budget_new(0, &img->budget);
+                if (r < 0) {
+                        free(img->state);
+                        free(img);
+                        return r;
+                }
         }
         img->be = be;
         img->io = vdisk_io_ref(io);
@@ -31,7 +42,7 @@ void image_refresh(vdisk_image *img) {
 }
 
 int image_open(const vdisk_backend *be, vdisk_io *io, vdisk_resolver *res, int writable, int info_only,
-               vdisk_image **ret) {
+               tc_budget *budget, vdisk_image **ret) {
         open_ctx c;
         vdisk_image *img;
         int r;
@@ -42,7 +53,7 @@ int image_open(const vdisk_backend *be, vdisk_io *io, vdisk_resolver *res, int w
                 return vdisk_error(-EROFS, "%s: %s images %s", vdisk_io_name(io), be->info.name,
                                    (be->flags & BACKEND_STREAM) ? "are written once, at creation, and cannot be "
                                    "opened for writing" : "are read-only");
-        r = image_alloc(be, io, &img);
+        r = image_alloc(be, io, budget, &img);
         if (r < 0)
                 return r;
         img->writable = writable;
@@ -52,7 +63,8 @@ int image_open(const vdisk_backend *be, vdisk_io *io, vdisk_resolver *res, int w
                 image_free(img);
                 return r;
         }
-        c = (open_ctx) { .io = io, .files = img->files, .writable = writable };
+        c = (open_ctx) { .io = io, .files = img->files, .writable = writable, .info_only = info_only,
+                      .budget = img->budget };
         r = be->open(img->state, &c);
         files_seal(img->files);
         img->open_ok = 1;   /* close() handles a half-opened state too */
@@ -67,7 +79,7 @@ int image_open(const vdisk_backend *be, vdisk_io *io, vdisk_resolver *res, int w
 }
 
 int image_create(const vdisk_backend *be, vdisk_io *io, vdisk_resolver *res, const create_params *p,
-                 vdisk_image **ret) {
+                 tc_budget *budget, vdisk_image **ret) {
         open_ctx c;
         vdisk_image *img;
         uint64_t size;
@@ -84,7 +96,7 @@ int image_create(const vdisk_backend *be, vdisk_io *io, vdisk_resolver *res, con
         if (size != 0)
                 return vdisk_error(-ENOTEMPTY, "%s: not empty (%" PRIu64 " bytes): refusing to create an image over it",
                                    vdisk_io_name(io), size);
-        r = image_alloc(be, io, &img);
+        r = image_alloc(be, io, budget, &img);
         if (r < 0)
                 return r;
         img->writable = 1;
@@ -95,7 +107,7 @@ int image_create(const vdisk_backend *be, vdisk_io *io, vdisk_resolver *res, con
                 image_free(img);
                 return r;
         }
-        c = (open_ctx) { .io = io, .files = img->files, .writable = 1 };
+        c = (open_ctx) { .io = io, .files = img->files, .writable = 1, .budget = img->budget };
         r = be->create(img->state, &c, p);
         files_seal(img->files);
         img->open_ok = 1;
@@ -161,6 +173,7 @@ vdisk_image *image_free(vdisk_image *img) {
         free(img->state);
         free(img->comment_cache);
         files_free(img->files);
+        tc_budget_unref(img->budget);
         vdisk_io_unref(img->io);
         free(img);
         return NULL;

@@ -88,7 +88,7 @@ static int candidate_uuid(int dfd, const char *dir, const char *name, const vdis
         if (r < 0)
                 return r;
         TAKE_FD(fd);
-        r = image_open(be, io, NULL, 0, 1, &img);
+        r = image_open(be, io, NULL, 0, 1, NULL, &img);
         if (r < 0)
                 return r;
         r = image_get_meta(img, &m);

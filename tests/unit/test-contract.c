@@ -414,7 +414,7 @@ static vdisk_disk *toy_chain(vdisk_io *main_io, vdisk_resolver *res) {
         memset(buf, 0xAB, TOY_SIZE);
         ASSERT_OK(vdisk_disk_create_base(d, base, "vdi", TOY_SIZE, NULL));
         ASSERT_OK(vdisk_disk_write(d, buf, TOY_SIZE, 0));
-        ASSERT_OK(image_open(&toy, main_io, res, 1, 0, &img));
+        ASSERT_OK(image_open(&toy, main_io, res, 1, 0, NULL, &img));
         ASSERT_OK(disk_push(d, img, 1));
         vdisk_io_unref(base);
         free(buf);
@@ -500,10 +500,10 @@ static void test_missing_companion(void) {
         vdisk_image *img = NULL;
 
         vdisk_clear_error();
-        ASSERT_ERR(image_open(&toy, main_io, res, 0, 0, &img), -ENOENT);
+        ASSERT_ERR(image_open(&toy, main_io, res, 0, 0, NULL, &img), -ENOENT);
         ASSERT(strstr(vdisk_last_error(), "elsewhere.data"));
         /* Without a resolver the message says so, naming the file too. */
-        ASSERT_ERR(image_open(&toy, main_io, NULL, 0, 0, &img), -ENOENT);
+        ASSERT_ERR(image_open(&toy, main_io, NULL, 0, 0, NULL, &img), -ENOENT);
         ASSERT(strstr(vdisk_last_error(), "elsewhere.data"));
         vdisk_resolver_free(res);
         vdisk_io_unref(main_io);
@@ -588,7 +588,7 @@ static void test_stream_and_read_only(void) {
         size_t len;
 
         memset(buf, 0x44, sizeof buf);
-        ASSERT_OK(image_create(&toy_stream, io, NULL, &p, &img));
+        ASSERT_OK(image_create(&toy_stream, io, NULL, &p, NULL, &img));
         ASSERT_OK(disk_push(d, img, 1));
         ASSERT_OK(vdisk_disk_write(d, buf, sizeof buf, 0));
         ASSERT_OK(vdisk_disk_write(d, buf, TOY_UNIT, 4 * TOY_UNIT));
@@ -603,10 +603,10 @@ static void test_stream_and_read_only(void) {
 
         /* A stream format never opens writable; neither does a read-only one. */
         vdisk_clear_error();
-        ASSERT_ERR(image_open(&toy_stream, io, NULL, 1, 0, &img), -EROFS);
+        ASSERT_ERR(image_open(&toy_stream, io, NULL, 1, 0, NULL, &img), -EROFS);
         ASSERT(strstr(vdisk_last_error(), "s.img"));
-        ASSERT_ERR(image_open(&toy_ro, main_io, res, 1, 0, &img), -EROFS);
-        ASSERT_OK(image_open(&toy_ro, main_io, res, 0, 0, &img));
+        ASSERT_ERR(image_open(&toy_ro, main_io, res, 1, 0, NULL, &img), -EROFS);
+        ASSERT_OK(image_open(&toy_ro, main_io, res, 0, 0, NULL, &img));
         image_free(img);
         vdisk_resolver_free(res);
         vdisk_io_unref(io);
@@ -641,7 +641,7 @@ static void test_copy_encodes_units(void) {
         for (uint64_t o = 0; o < size; o += TOY_CHUNK)
                 expect_units += !buf_is_zero(want + o, TOY_CHUNK);
 
-        ASSERT_OK(image_create(&toy_stream_enc, dio, NULL, &p, &img));
+        ASSERT_OK(image_create(&toy_stream_enc, dio, NULL, &p, NULL, &img));
         ASSERT_OK(disk_push(dst, img, 1));
         n_encoders = 0;
         encoders[0] = encoders[1] = (pthread_t) 0;

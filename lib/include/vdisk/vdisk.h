@@ -367,6 +367,25 @@ int vdisk_disk_set_resolver(vdisk_disk *d, vdisk_resolver *r);
 /* Warnings collected by opens (NULL-terminated, owned by the disk). */
 const char *const *vdisk_disk_warnings(vdisk_disk *d);
 
+/* The metadata budget: the memory the tables of every image of the disk (block
+ * maps, L2 tables ...) may use together. Above it, table pages are read again
+ * when needed (least recently used ones are dropped). 0 = the default, 64 MiB;
+ * the minimum is 1 MiB (-EINVAL below). Set it before opening images; lowering
+ * it later drops what it can at once and the rest as soon as it is written. */
+#define VDISK_METADATA_BUDGET_DEFAULT (UINT64_C(64) << 20)
+int vdisk_disk_set_metadata_budget(vdisk_disk *d, uint64_t bytes);
+
+typedef struct vdisk_metadata_stats {
+        size_t size;                 /* sizeof(vdisk_metadata_stats) */
+        uint64_t budget;             /* the limit in bytes */
+        uint64_t held;               /* bytes of metadata held now */
+        uint64_t peak;               /* the most held at any time since the disk was made */
+        uint64_t hits, misses;       /* table page look-ups found in memory / read from the file */
+        uint64_t evictions;          /* pages dropped to stay within the budget */
+        uint64_t early_writebacks;   /* times a full budget forced dirty pages out before a flush */
+} vdisk_metadata_stats;
+int vdisk_disk_get_metadata_stats(vdisk_disk *d, vdisk_metadata_stats *ret);
+
 typedef struct vdisk_geometry {
         uint32_t cylinders, heads, sectors;
 } vdisk_geometry;
