@@ -1212,6 +1212,15 @@ static int vdi_move_blocks(vdi_state *s, const vdi_move *moves, size_t n, uint8_
         if (r < 0)
                 return r;
 
+        /* Destinations past the count are covered only now that their data
+         * is durable: a failed copy leaves the count as it was (the space it
+         * wrote past the count is nobody's). The header goes out before the
+         * map (the map's before_write hook). */
+        for (size_t i = 0; i < n; i++)
+                if (moves[i].dst >= s->h.n_allocated) {
+                        s->h.n_allocated = moves[i].dst + 1;
+                        s->header_dirty = true;
+                }
         for (size_t i = 0; i < n; i++) {
                 r = map_set(s, moves[i].block, moves[i].dst, 0);
                 if (r < 0)
@@ -1443,7 +1452,7 @@ static int vdi_renumbered_entry(void *ctx, uint64_t b, uint64_t *ret) {
 }
 
 static int vdi_grow_relocate(vdi_state *s, uint64_t new_size, uint32_t new_blocks) {
-        uint32_t k, moving, n_free, from, max_dst = 0, old_off_blocks, old_off_data;
+        uint32_t k, moving, n_free, from, old_off_blocks, old_off_data;
         size_t n_moves = 0, buf_size;
         tc_table *nm = NULL;
         vdi_renumber rn;
@@ -1478,19 +1487,12 @@ static int vdi_grow_relocate(vdi_state *s, uint64_t new_size, uint32_t new_block
                         if (!find_free_slot(s, from, &dst))
                                 return vdisk_error(-EUCLEAN, "vdi: no free slot to move block %" PRIu32, b);
                         moves[n_moves++] = (vdi_move) { .block = b, .src = e, .dst = dst };
-                        max_dst = MAX(max_dst, dst);
                         from = dst + 1;
                 }
                 assert(n_moves == moving);
 
-                /* Count first: the destinations may lie past it. */
-                if (s->h.n_allocated < max_dst + 1) {
-                        s->h.n_allocated = max_dst + 1;
-                        s->header_dirty = true;
-                        r = vdi_flush(s);
-                        if (r < 0)
-                                return r;
-                }
+                /* The destinations may lie past the count: vdi_move_blocks()
+                 * raises it once their data is durable. */
                 r = vdi_move_blocks(s, moves, n_moves, buf, buf_size, NULL);
                 if (r < 0)
                         return r;
