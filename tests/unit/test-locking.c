@@ -7,11 +7,15 @@
  *   - a read of a disk proceeds while a long copy from it is stopped at a chunk
  *     boundary (the operation holds no lock between chunks), and the chain
  *     cannot be taken apart under the operation (-EBUSY);
- *   - closing a disk reports a failed final flush.
+ *   - closing a disk reports a failed final flush;
+ *   - one fd io takes writes from several threads at once, direct and through
+ *     the page cache, while its direct descriptor is replaced, and image
+ *     getters (the comment's cached copy) run on several threads (for TSan).
  *
  * A watchdog (alarm) turns a hang into a failure with a message. Nothing here
  * depends on timing: every wait is on a condition the other thread sets.
  */
+#include <fcntl.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
@@ -20,7 +24,9 @@
 #include "tests.h"
 
 #define SIZE (8 * MiB)
-#define ROUNDS 12
+#ifndef ROUNDS
+#define ROUNDS 6
+#endif
 #ifndef WATCHDOG_SEC
 #define WATCHDOG_SEC 120
 #endif
@@ -343,7 +349,119 @@ static void test_close_reports_flush_error(void) {
         vdisk_io_unref(mem);
 }
 
-/* Runs every test, or the one named by argv[1] (read, opposite, close). */
+/* ---- one fd io, several writing threads */
+
+#define IO_THREADS 4
+#define IO_REGION (2 * MiB)   /* per thread */
+
+typedef struct io_job {
+        vdisk_io *io;
+        unsigned index;
+        int r;
+} io_job;
+
+/* Each thread fills its own region: 256 KiB aligned writes (direct when the
+ * io has a direct descriptor) alternating with odd-sized ones (page cache). */
+static void *io_writer_main(void *arg) {
+        io_job *j = arg;
+        uint8_t *buf = NULL;
+        uint64_t base = j->index * IO_REGION, off = 0;
+
+        if (posix_memalign((void **) &buf, 4096, 256 * KiB) != 0)
+                return NULL;
+        memset(buf, 0x10 + j->index, 256 * KiB);
+        for (unsigned k = 0; off < IO_REGION && j->r >= 0; k++) {
+                size_t n = k % 2 ? 256 * KiB : 4096 + 512;
+
+                n = MIN(n, IO_REGION - off);
+                j->r = vdisk_io_pwrite(j->io, buf, n, base + off);
+                off += n;
+        }
+        free(buf);
+        return NULL;
+}
+
+static void test_io_concurrent_writes(void) {
+        const char *t = getenv("TMPDIR");
+        char path[512];
+        io_job jobs[IO_THREADS];
+        pthread_t th[IO_THREADS];
+        uint8_t *buf = malloc(IO_REGION);
+        vdisk_io *io;
+        int fd, dfd;
+
+        ASSERT(buf);
+        snprintf(path, sizeof path, "%s/vdisk-locking-XXXXXX", t && t[0] ? t : "/tmp");
+        fd = mkostemp(path, O_CLOEXEC);
+        ASSERT(fd >= 0);
+        ASSERT_OK(vdisk_io_new_fd(fd, "shared.img", VDISK_IO_DIRECT, &io));
+        dfd = open(path, O_RDWR | O_DIRECT | O_CLOEXEC);   /* -1 where O_DIRECT is refused (tmpfs) */
+
+        watchdog("writes through one fd io from several threads");
+        for (unsigned i = 0; i < IO_THREADS; i++) {
+                jobs[i] = (io_job) { .io = io, .index = i };
+                ASSERT(pthread_create(&th[i], NULL, io_writer_main, &jobs[i]) == 0);
+        }
+        /* Meanwhile the direct descriptor is replaced, again and again. */
+        for (int k = 0; dfd >= 0 && k < 50; k++)
+                ASSERT_OK(vdisk_io_set_direct_fd(io, dfd));
+        for (unsigned i = 0; i < IO_THREADS; i++) {
+                pthread_join(th[i], NULL);
+                ASSERT_OK(jobs[i].r);
+        }
+        alarm(0);
+        ASSERT_OK(vdisk_io_flush(io));
+        for (unsigned i = 0; i < IO_THREADS; i++) {
+                ASSERT_OK(vdisk_io_pread(io, buf, IO_REGION, i * IO_REGION));
+                for (size_t k = 0; k < IO_REGION; k++)
+                        if (buf[k] != 0x10 + i)
+                                FAIL("region %u byte %zu: 0x%02x", i, k, buf[k]);
+        }
+        vdisk_io_unref(io);
+        if (dfd >= 0)
+                close(dfd);
+        close(fd);
+        unlink(path);
+        free(buf);
+}
+
+/* ---- image accessors from several threads */
+
+static void *comment_reader_main(void *arg) {
+        vdisk_image *img = arg;
+
+        for (int i = 0; i < 2000; i++) {
+                const char *c = NULL;
+
+                if (vdisk_image_get_comment(img, &c) < 0 || !c || strcmp(c, "shared comment") != 0)
+                        return (void *) 1;
+                if (vdisk_image_size(img) != SIZE || vdisk_image_index(img) != 0)
+                        return (void *) 1;
+        }
+        return NULL;
+}
+
+static void test_image_accessors_concurrent(void) {
+        vdisk_disk *d = disk_new();
+        vdisk_io *io = mem_io("commented.vdi", NULL, 0);
+        pthread_t t[3];
+        void *res;
+
+        ASSERT_OK(vdisk_disk_create_base(d, io, "vdi", SIZE, NULL));
+        vdisk_io_unref(io);
+        ASSERT_OK(vdisk_image_set_comment(vdisk_disk_image(d, 0), "shared comment"));
+        watchdog("comment getters on several threads");
+        for (int i = 0; i < 3; i++)
+                ASSERT(pthread_create(&t[i], NULL, comment_reader_main, vdisk_disk_image(d, 0)) == 0);
+        for (int i = 0; i < 3; i++) {
+                pthread_join(t[i], &res);
+                ASSERT(res == NULL);
+        }
+        alarm(0);
+        ASSERT_OK(vdisk_disk_close(d));
+}
+
+/* Runs every test, or the one named by argv[1] (read, opposite, close, io, comment). */
 int main(int argc, char **argv) {
         struct sigaction sa = { .sa_handler = on_alarm };
         const char *only = argc > 1 ? argv[1] : NULL;
@@ -355,5 +473,9 @@ int main(int argc, char **argv) {
                 test_opposite_operations();
         if (!only || streq(only, "close"))
                 test_close_reports_flush_error();
+        if (!only || streq(only, "io"))
+                test_io_concurrent_writes();
+        if (!only || streq(only, "comment"))
+                test_image_accessors_concurrent();
         return 0;
 }
