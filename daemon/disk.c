@@ -362,8 +362,13 @@ typedef struct CloseTask {
 
 static void close_task_run(Task *t) {
         CloseTask *ct = container_of(t, CloseTask, task);
+        vdisk_disk *vd = TAKE_PTR(ct->disk->vd);
+        int r;
 
-        ct->disk->vd = vdisk_disk_unref(ct->disk->vd);
+        /* Nobody is left to tell: the journal has to. */
+        r = vdisk_disk_close(vd);
+        if (r < 0)
+                log_error("Closing %s after its owner left: %s", ct->disk->path, vdisk_last_error());
 }
 
 static void close_task_done(Task *t, bool cancelled) {
@@ -614,10 +619,13 @@ static void close_run(Task *t) {
                 (void) disk_info_read(vd, &c->info);
                 return;
         }
-        /* VDCloseAll closes even when a flush fails; say so then. */
-        r = vdisk_disk_flush(vd);
+        /* VDCloseAll closes even when a flush fails; say so then (the
+         * message names the file). -EBUSY cannot happen: calls on a Disk run
+         * one at a time, so no operation runs on it now. */
+        r = vdisk_disk_close(vd);
         outcome_set(&c->outcome, r);
-        c->disk->vd = vdisk_disk_unref(vd);
+        if (r != -EBUSY)
+                c->disk->vd = NULL;
 }
 
 static void close_done(Task *t, bool cancelled) {

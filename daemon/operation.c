@@ -376,7 +376,16 @@ finish:
                 if (disk_info_read(dst, &o->new_info) >= 0)
                         o->new_vd = TAKE_PTR(dst);
         }
-        dst = vdisk_disk_unref(dst);   /* closes (and flushes) the copy */
+        if (dst) {
+                /* Closes (and flushes) the copy: a failure there fails the
+                 * operation, and the destination is truncated below. */
+                int cr = vdisk_disk_close(TAKE_PTR(dst));
+
+                if (cr < 0 && r >= 0) {
+                        r = cr;
+                        outcome_set(&o->outcome, r);
+                }
+        }
         if (r < 0 && io && creates) {
                 /* The destination was empty when we got it: leave it so. */
                 if (vdisk_io_truncate(io, 0) >= 0) {

@@ -398,7 +398,10 @@ static void trash_close(Trash *t) {
         for (size_t i = 0; i < t->n_fds; i++)
                 (void) close(t->fds[i]);
         for (size_t i = 0; i < t->n_vds; i++)
-                vdisk_disk_unref(t->vds[i]);   /* flushes and closes its images */
+                /* Flushes and closes its images; nobody is left to tell of a
+                 * failure but the journal. */
+                if (vdisk_disk_close(t->vds[i]) < 0)
+                        log_error("Closing a disk nobody uses any more: %s", vdisk_last_error());
         free(t->fds);
         free(t->vds);
         *t = (Trash) {};

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Installs what is needed (qemu-utils included), builds, and runs every test
 # suite: the normal build (all suites), an ASan+UBSan build (unit, malformed,
-# model, crash, dbus), a TSan build (dbus and the worker pool test) and a
-# minute of fuzzing. Ends with a line "N passed, M failed".
+# model, crash, dbus), a TSan build (dbus, the worker pool and the locking
+# tests) and a minute of fuzzing. Ends with a line "N passed, M failed".
 set -uo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
 cd "$top"
@@ -63,11 +63,14 @@ else
     echo "sanitizer build failed"
     failed=$((failed + 1))
 fi
-# ThreadSanitizer: the daemon's worker pool and the whole dbus suite.
+# ThreadSanitizer: the daemon's worker pool, the library's lock model
+# (test-locking: opposite copies/compares, reads during a copy, one io on
+# several threads) and the whole dbus suite.
 if build build-tsan -Db_sanitize=thread -Db_lundef=false -Dbuildtype=debug; then
     TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 \
         run_suites build-tsan "$logs/tsan.log" --suite dbus
-    TSAN_OPTIONS=halt_on_error=1 run_suites build-tsan "$logs/tsan-worker.log" worker
+    TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 \
+        run_suites build-tsan "$logs/tsan-worker.log" worker locking
 else
     echo "thread-sanitizer build failed"
     failed=$((failed + 1))

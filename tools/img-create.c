@@ -362,9 +362,14 @@ int cmd_create(int argc, char **argv) {
 
 finish:
         if (backing)
-                img_close(&parent);
-        else
-                vdisk_disk_unref(d);
+                return img_close_exit(&parent, ex);
+        vdisk_clear_error();
+        r = vdisk_disk_close(d);
+        if (r < 0 && ex == EXIT_OK) {
+                log_error("%s: %s", filename, error_detail(r));
+                remove_created_file(filename);
+                ex = EXIT_ERROR;
+        }
         return ex;
 }
 
@@ -647,8 +652,7 @@ int cmd_convert(int argc, char **argv) {
                         r = convert_loop(&src, existing.disk, out,
                                          target_is_zero ? ZERO_SKIP : ZERO_CHECK_TARGET, &bar);
                 progress_bar_done(&bar, r >= 0);
-                img_close(&existing);
-                if (r >= 0)
+                if (img_close(&existing) >= 0 && r >= 0)
                         ex = EXIT_OK;
                 goto finish;
         }
@@ -747,7 +751,12 @@ int cmd_convert(int argc, char **argv) {
         }
         /* vdisk_copy flushed the image; close it (flushing once more) and
          * make the new directory entry durable too. */
-        dst = vdisk_disk_unref(dst);
+        vdisk_clear_error();
+        r = vdisk_disk_close(TAKE_PTR(dst));
+        if (r < 0) {
+                log_error("Could not close '%s': %s", out, error_detail(r));
+                goto finish;
+        }
         out_io = vdisk_io_unref(out_io);
         fsync_parent_dir(out);
         ex = EXIT_OK;
@@ -758,6 +767,5 @@ finish:
                 out_io = vdisk_io_unref(out_io);
                 remove_created_file(out);
         }
-        img_close(&src);
-        return ex;
+        return img_close_exit(&src, ex);
 }

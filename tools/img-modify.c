@@ -285,8 +285,7 @@ int cmd_commit(int argc, char **argv) {
 
 finish:
         free(id.comment);
-        img_close(&img);
-        return ex;
+        return img_close_exit(&img, ex);
 }
 
 /* ---------------------------------------------------------------- resize */
@@ -384,8 +383,7 @@ int cmd_resize(int argc, char **argv) {
         ex = EXIT_OK;
 
 finish:
-        img_close(&img);
-        return ex;
+        return img_close_exit(&img, ex);
 }
 
 /* ---------------------------------------------------------------- rebase */
@@ -663,8 +661,7 @@ int cmd_rebase(int argc, char **argv) {
 
 finish:
         img_close(&new_chain);
-        img_close(&img);
-        return ex;
+        return img_close_exit(&img, ex);
 }
 
 /* ---------------------------------------------------------------- compact */
@@ -734,8 +731,7 @@ int cmd_compact(int argc, char **argv) {
         ex = EXIT_OK;
 
 finish:
-        img_close(&img);
-        return ex;
+        return img_close_exit(&img, ex);
 }
 
 /* ---------------------------------------------------------------- setuuid */
@@ -867,8 +863,7 @@ int cmd_setuuid(int argc, char **argv) {
         ex = EXIT_OK;
 
 finish:
-        img_close(&img);
-        return ex;
+        return img_close_exit(&img, ex);
 }
 
 /* ---------------------------------------------------------------- comment */
@@ -947,6 +942,5 @@ int cmd_comment(int argc, char **argv) {
         ex = EXIT_OK;
 
 finish:
-        img_close(&img);
-        return ex;
+        return img_close_exit(&img, ex);
 }

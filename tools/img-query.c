@@ -262,8 +262,7 @@ int cmd_info(int argc, char **argv) {
         ex = EXIT_OK;
 
 finish:
-        img_close(&img);
-        return ex;
+        return img_close_exit(&img, ex);
 }
 
 /* ---------------------------------------------------------------- map */
@@ -529,8 +528,7 @@ finish:
         for (unsigned i = 0; i < n_fds; i++)
                 if (fds[i] >= 0)
                         close(fds[i]);
-        img_close(&img);
-        return ex;
+        return img_close_exit(&img, ex);
 }
 
 /* ---------------------------------------------------------------- check and repair */
@@ -706,8 +704,7 @@ int cmd_check(int argc, char **argv) {
 finish:
         vdisk_check_report_clear(&rep);
         vdisk_check_report_clear(&fixed);
-        img_close(&img);
-        return ex;
+        return img_close_exit(&img, ex);
 }
 
 int cmd_repair(int argc, char **argv) {
@@ -793,8 +790,7 @@ int cmd_repair(int argc, char **argv) {
 finish:
         vdisk_check_report_clear(&rep);
         vdisk_check_report_clear(&fixed);
-        img_close(&img);
-        return ex;
+        return img_close_exit(&img, ex);
 }
 
 /* ---------------------------------------------------------------- compare */
@@ -1055,7 +1051,6 @@ int cmd_compare(int argc, char **argv) {
         progress_bar_done(&bar, false);
 
 finish:
-        img_close(&a);
-        img_close(&b);
-        return ex;
+        ex = img_close_exit(&a, ex);
+        return img_close_exit(&b, ex);
 }

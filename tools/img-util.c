@@ -400,10 +400,24 @@ int img_open(const char *filename, const char *fmt, uint32_t flags, Img *ret) {
 
 #undef LOG
 
-void img_close(Img *img) {
-        if (!img)
-                return;
-        img->disk = vdisk_disk_unref(img->disk);
+int img_close(Img *img) {
+        vdisk_disk *d;
+        int r;
+
+        if (!img || !img->disk)
+                return 0;
+        d = TAKE_PTR(img->disk);
+        vdisk_clear_error();
+        r = vdisk_disk_close(d);
+        if (r < 0)
+                log_error("Could not close '%s': %s", img->filename ? img->filename : "image", error_detail(r));
+        return r;
+}
+
+int img_close_exit(Img *img, int ex) {
+        if (img_close(img) < 0 && ex == EXIT_OK)
+                return EXIT_ERROR;
+        return ex;
 }
 
 vdisk_image *img_at_depth(Img *img, unsigned depth) {

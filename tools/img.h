@@ -99,7 +99,12 @@ typedef struct Img {
  * probe guessed raw for a writable open, prints qemu's warning and refuses
  * any write to the first sector. Disk warnings go to stderr. */
 int img_open(const char *filename, const char *fmt, uint32_t flags, Img *ret);
-void img_close(Img *img);
+/* Closes the image's disk, flushing it. A failed final flush is logged
+ * (naming the file) and returned. */
+int img_close(Img *img);
+/* img_close(), then the exit code to use: a failed close turns success into
+ * EXIT_ERROR (the data may not be on disk). */
+int img_close_exit(Img *img, int ex);
 
 /* The image at qemu's "depth" (0 = the top). */
 vdisk_image *img_at_depth(Img *img, unsigned depth);

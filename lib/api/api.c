@@ -16,6 +16,15 @@ static int check_range(vdisk_disk *d, uint64_t offset, uint64_t len) {
         return 0;
 }
 
+/* A merge that takes the top out of the chain has copied what the top held:
+ * a write into it now would be lost. */
+static int check_writable_now(vdisk_disk *d) {
+        if (d->top_leaving)
+                return vdisk_error(-EBUSY, "%s: a merge is moving this image's data into its parent",
+                                   vdisk_io_name(d->images[d->n - 1]->io));
+        return 0;
+}
+
 int vdisk_disk_read(vdisk_disk *d, void *buf, size_t len, uint64_t offset) {
         _cleanup_(disk_unlockp) vdisk_disk *l = NULL;
         int r;
@@ -38,6 +47,9 @@ int vdisk_disk_write(vdisk_disk *d, const void *buf, size_t len, uint64_t offset
         l = disk_lock(d);
         r = check_range(d, offset, len);
         if (r < 0 || len == 0)
+                return r;
+        r = check_writable_now(d);
+        if (r < 0)
                 return r;
         return rw_write(d, d->n - 1, buf, len, offset);
 }
@@ -66,6 +78,9 @@ int vdisk_disk_discard(vdisk_disk *d, uint64_t offset, uint64_t len) {
         l = disk_lock(d);
         r = check_range(d, offset, len);
         if (r < 0 || len == 0)
+                return r;
+        r = check_writable_now(d);
+        if (r < 0)
                 return r;
         return rw_discard(d, offset, len);
 }
@@ -113,19 +128,39 @@ const vdisk_backend_info *vdisk_image_backend(vdisk_image *img) {
         return img ? &img->be->info : NULL;
 }
 
+/* The image's disk, locked (NULL for an image outside any disk). */
+static vdisk_disk *image_lock(vdisk_image *img) {
+        return img->disk ? disk_lock(img->disk) : NULL;
+}
+
 unsigned vdisk_image_index(vdisk_image *img) {
-        return img ? img->index : 0;
+        _cleanup_(disk_unlockp) vdisk_disk *l = NULL;
+
+        if (!img)
+                return 0;
+        l = image_lock(img);
+        return img->index;
 }
 
 uint64_t vdisk_image_size(vdisk_image *img) {
-        return img ? img->size : 0;
+        _cleanup_(disk_unlockp) vdisk_disk *l = NULL;
+
+        if (!img)
+                return 0;
+        l = image_lock(img);
+        return img->size;
 }
 
 /* Only the top of a chain takes writes through the data path; the images
  * below it are read-only for callers (operations such as merge reopen one
  * writable through the disk's resolver when they write into it). */
 int vdisk_image_readonly(vdisk_image *img) {
-        return !img || !img->writable || img->info_only || (img->disk && img->index + 1 != img->disk->n);
+        _cleanup_(disk_unlockp) vdisk_disk *l = NULL;
+
+        if (!img)
+                return 1;
+        l = image_lock(img);
+        return !img->writable || img->info_only || (img->disk && img->index + 1 != img->disk->n);
 }
 
 int vdisk_image_file_size(vdisk_image *img, uint64_t *ret) {
@@ -134,14 +169,10 @@ int vdisk_image_file_size(vdisk_image *img, uint64_t *ret) {
         return io_get_allocated(img->io, ret);
 }
 
-static int get_meta_field(vdisk_image *img, uint32_t bit, meta *m) {
-        _cleanup_(disk_unlockp) vdisk_disk *l = NULL;
+/* With the image's disk locked by the caller. */
+static int get_meta_field_locked(vdisk_image *img, uint32_t bit, meta *m) {
         int r;
 
-        if (!img)
-                return vdisk_error(-EINVAL, "invalid arguments");
-        if (img->disk)
-                l = disk_lock(img->disk);
         r = image_get_meta(img, m);
         if (r < 0)
                 return r;
@@ -149,6 +180,15 @@ static int get_meta_field(vdisk_image *img, uint32_t bit, meta *m) {
                 return vdisk_error(-EOPNOTSUPP, "%s: %s images have no such field", vdisk_io_name(img->io),
                                    img->be->info.name);
         return 0;
+}
+
+static int get_meta_field(vdisk_image *img, uint32_t bit, meta *m) {
+        _cleanup_(disk_unlockp) vdisk_disk *l = NULL;
+
+        if (!img)
+                return vdisk_error(-EINVAL, "invalid arguments");
+        l = image_lock(img);
+        return get_meta_field_locked(img, bit, m);
 }
 
 #define UUID_GETTER(fn, bit, field)                                     \
@@ -166,16 +206,31 @@ UUID_GETTER(vdisk_image_get_modification_uuid, META_MODIFICATION_UUID, modificat
 UUID_GETTER(vdisk_image_get_parent_uuid, META_PARENT_UUID, parent_uuid)
 UUID_GETTER(vdisk_image_get_parent_modification_uuid, META_PARENT_MOD_UUID, parent_modification_uuid)
 
+/* The backend's string may change with the next set_comment, so the caller
+ * gets a copy owned by the image. It is replaced only when the comment
+ * changed: a string returned earlier stays valid until then (or until the
+ * image closes). All under the disk lock, since two threads may ask at once. */
 int vdisk_image_get_comment(vdisk_image *img, const char **ret) {
+        _cleanup_(disk_unlockp) vdisk_disk *l = NULL;
+        const char *c;
+        char *copy;
         meta m;
-        int r = get_meta_field(img, META_COMMENT, &m);
+        int r;
 
+        if (!img || !ret)
+                return vdisk_error(-EINVAL, "invalid arguments");
+        l = image_lock(img);
+        r = get_meta_field_locked(img, META_COMMENT, &m);
         if (r < 0)
                 return r;
-        free(img->comment_cache);
-        img->comment_cache = strdup(m.comment ? m.comment : "");
-        if (!img->comment_cache)
-                return vdisk_error(-ENOMEM, "out of memory");
+        c = m.comment ? m.comment : "";
+        if (!img->comment_cache || !streq(img->comment_cache, c)) {
+                copy = strdup(c);
+                if (!copy)
+                        return vdisk_error(-ENOMEM, "out of memory");
+                free(img->comment_cache);
+                img->comment_cache = copy;
+        }
         *ret = img->comment_cache;
         return 0;
 }
@@ -235,8 +290,11 @@ static int set_meta_field(vdisk_image *img, const meta *m, uint32_t mask) {
 
         if (!img)
                 return vdisk_error(-EINVAL, "invalid arguments");
+        l = image_lock(img);
         if (img->disk) {
-                l = disk_lock(img->disk);
+                /* A merge relinks images at its end: UUIDs must not move under it. */
+                if (img->disk->exclusive)
+                        return vdisk_error(-EBUSY, "%s: a merge runs on this disk", vdisk_io_name(img->io));
                 /* An image below the top is reopened writable for this. */
                 if (!img->writable && !img->info_only) {
                         r = disk_make_writable(img->disk, img->index);
@@ -304,8 +362,7 @@ int vdisk_image_get_info(vdisk_image *img, vdisk_image_info *ret) {
 
         if (!img || !ret || ret->size < sizeof(vdisk_image_info))
                 return vdisk_error(-EINVAL, "invalid arguments (info size not set?)");
-        if (img->disk)
-                l = disk_lock(img->disk);
+        l = image_lock(img);
         size = ret->size;
         memset(ret, 0, sizeof *ret);
         ret->size = size;

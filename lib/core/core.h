@@ -52,7 +52,7 @@ struct vdisk_resolver {
 };
 
 struct vdisk_disk {
-        pthread_mutex_t lock;   /* serializes every call on this disk */
+        pthread_mutex_t lock;   /* serializes every call on this disk (see guard.c) */
         vdisk_image *images[VDISK_CHAIN_MAX];
         unsigned n;
         char **warnings;        /* NULL-terminated */
@@ -60,6 +60,14 @@ struct vdisk_disk {
         vdisk_resolver *resolver;   /* a reference: reopens images writable on demand; may be NULL */
         int readonly;           /* opened with VDISK_OPEN_READONLY: never reopen writable */
         tc_budget *budget;      /* metadata budget of every image of the chain */
+
+        /* Long operations (lib/ops) take the lock per chunk and release it in
+         * between; these fields (under the lock) keep the chain as they found
+         * it. See guard.c for the rules. */
+        unsigned op_users[VDISK_CHAIN_MAX];  /* running operations whose highest level is i */
+        int pin;                /* level a running copy writes (and may remove), or -1 */
+        bool exclusive;         /* a merge runs: no other operation, no chain change */
+        bool top_leaving;       /* that merge removes the top: writes to it are refused */
 };
 
 /* registry.c */
@@ -93,7 +101,11 @@ int image_open(const vdisk_backend *be, vdisk_io *io, vdisk_resolver *res, int w
                tc_budget *budget, vdisk_image **ret);
 int image_create(const vdisk_backend *be, vdisk_io *io, vdisk_resolver *res, const create_params *p,
                  tc_budget *budget, vdisk_image **ret);
-vdisk_image *image_free(vdisk_image *img);   /* finishes a stream, flushes if writable, then closes */
+/* Finishes a stream, flushes if writable, then closes and frees; returns the
+ * first error of those (the image is gone either way). image_free() is the
+ * same for cleanup paths that have an error to report already. */
+int image_close(vdisk_image *img);
+vdisk_image *image_free(vdisk_image *img);
 int image_flush(vdisk_image *img);
 /* BACKEND_STREAM images the core created: writes the tables and footer, once. */
 int image_finish(vdisk_image *img);
@@ -134,8 +146,9 @@ int disk_push(vdisk_disk *d, vdisk_image *img, int skip_checks);
  * when the disk has no resolver or was opened read-only; -EPERM for an
  * info-only image. */
 int disk_make_writable(vdisk_disk *d, unsigned level);
-/* Takes images [lo, hi] out of the chain, closing them; renumbers the rest. */
-void disk_remove_range(vdisk_disk *d, unsigned lo, unsigned hi);
+/* Takes images [lo, hi] out of the chain, closing them; renumbers the rest.
+ * Returns the first flush error of the closed images (they are gone anyway). */
+int disk_remove_range(vdisk_disk *d, unsigned lo, unsigned hi);
 /* vdisk_disk_create_base/diff without taking the lock. */
 int disk_create_base(vdisk_disk *d, vdisk_io *io, const char *format, uint64_t size,
                      const vdisk_create_opts *opts);
@@ -168,7 +181,9 @@ int rw_is_zero(vdisk_disk *d, int level, uint64_t offset, uint64_t len, bool *re
 uint64_t rw_size(vdisk_disk *d, unsigned level);
 
 /* ops/copy.c: copies the view of src's images [src_bottom, top] into image
- * `level` of dst (new, reading zeros), then finishes and flushes it. */
+ * `level` of dst (new, reading zeros), then finishes and flushes it. Called
+ * with no disk lock held: it takes each disk's lock per chunk (guard.c);
+ * vdisk_copy registers both disks first, so their chains stay put. */
 int copy_run(vdisk_disk *src, unsigned src_bottom, vdisk_disk *dst, unsigned level, uint64_t size,
              uint64_t sparse, vdisk_progress *p);
 
@@ -190,6 +205,31 @@ static inline void disk_unlockp(vdisk_disk **d) {
         if (*d)
                 pthread_mutex_unlock(&(*d)->lock);
 }
+
+/* guard.c: running operations and changes of the chain. All with d->lock held. */
+typedef enum op_kind {
+        OP_SHARED,              /* reads levels 0..top, or writes into a level it does not remove */
+        OP_EXCLUSIVE,           /* merge: nothing else may start, nothing may change the chain */
+} op_kind;
+/* The highest level an operation starting now may use: the top, or the level
+ * below an image a running copy is still writing. -EBUSY when there is none. */
+int disk_op_top(vdisk_disk *d, unsigned *ret);
+/* Registers an operation that uses levels 0..top; -EBUSY during a merge (and
+ * for OP_EXCLUSIVE, while any operation runs). */
+int disk_op_begin(vdisk_disk *d, op_kind kind, unsigned top);
+void disk_op_end(vdisk_disk *d, op_kind kind, unsigned top);
+/* May an image be put on top of the chain now? (-EBUSY while a copy writes
+ * into this disk or a merge runs.) */
+int disk_may_add(vdisk_disk *d);
+/* May images lo..top be taken out of the chain now? (-EBUSY while an
+ * operation uses any of them, or a merge runs.) */
+int disk_may_remove(vdisk_disk *d, unsigned lo);
+/* -EBUSY while a merge runs (compact, check: they hold the lock throughout). */
+int disk_no_merge(vdisk_disk *d);
+/* May the chain's sizes change now? (-EBUSY while any operation runs.) */
+int disk_may_reshape(vdisk_disk *d);
+/* Any operation running? */
+bool disk_op_running(vdisk_disk *d);
 
 /* resolver.c */
 int resolver_open_name(vdisk_resolver *r, const char *name, const char *child, int writable, vdisk_io **ret);

@@ -33,23 +33,52 @@ int vdisk_disk_new(vdisk_disk **ret) {
                 return r;
         }
         pthread_mutex_init(&d->lock, NULL);
+        d->pin = -1;
         *ret = d;
         return 0;
 }
 
-vdisk_disk *vdisk_disk_unref(vdisk_disk *d) {
-        if (!d)
-                return NULL;
+/* Closes the images top down; returns the first flush error. */
+static int disk_free(vdisk_disk *d) {
+        int r = 0, k;
+
+        /* An operation on another thread still uses d: freeing it now would be
+         * a use after free there. A programming error: vdisk_disk_close()
+         * refuses it with -EBUSY, unref cannot. */
+        assert(!disk_op_running(d));
         while (d->n > 0) {
                 d->n--;
-                d->images[d->n] = image_free(d->images[d->n]);
+                k = image_close(d->images[d->n]);
+                d->images[d->n] = NULL;
+                if (k < 0 && r == 0)
+                        r = k;
         }
         vdisk_strv_free(d->warnings);
         vdisk_resolver_unref(d->resolver);
         tc_budget_unref(d->budget);
         pthread_mutex_destroy(&d->lock);
         free(d);
+        return r;
+}
+
+vdisk_disk *vdisk_disk_unref(vdisk_disk *d) {
+        if (d)
+                (void) disk_free(d);
         return NULL;
+}
+
+int vdisk_disk_close(vdisk_disk *d) {
+        if (!d)
+                return 0;
+        pthread_mutex_lock(&d->lock);
+        if (disk_op_running(d)) {
+                int r = vdisk_error(-EBUSY, "%s: cannot close: an operation runs on this disk",
+                                    d->n > 0 ? vdisk_io_name(d->images[d->n - 1]->io) : "(empty container)");
+                pthread_mutex_unlock(&d->lock);
+                return r;
+        }
+        pthread_mutex_unlock(&d->lock);
+        return disk_free(d);
 }
 
 int disk_add_warning(vdisk_disk *d, const char *fmt, ...) {
@@ -213,16 +242,23 @@ int vdisk_disk_set_resolver(vdisk_disk *d, vdisk_resolver *r) {
         return 0;
 }
 
-void disk_remove_range(vdisk_disk *d, unsigned lo, unsigned hi) {
+int disk_remove_range(vdisk_disk *d, unsigned lo, unsigned hi) {
         unsigned k = hi - lo + 1;
+        int r = 0, c;
 
         assert(lo <= hi && hi < d->n);
-        for (unsigned i = lo; i <= hi; i++)
-                image_free(d->images[i]);
+        for (unsigned i = lo; i <= hi; i++) {
+                c = image_close(d->images[i]);
+                if (c < 0 && r == 0)
+                        r = c;
+        }
         memmove(&d->images[lo], &d->images[hi + 1], (d->n - hi - 1) * sizeof(d->images[0]));
         d->n -= k;
+        for (unsigned i = d->n; i < d->n + k; i++)
+                d->images[i] = NULL;
         for (unsigned i = 0; i < d->n; i++)
                 d->images[i]->index = i;
+        return r;
 }
 
 static int pick_backend(vdisk_io *io, const char *format, uint32_t flags, const vdisk_backend **ret) {
@@ -246,6 +282,9 @@ int vdisk_disk_open(vdisk_disk *d, vdisk_io *io, const char *format, uint32_t op
         if (!d || !io)
                 return vdisk_error(-EINVAL, "invalid arguments");
         l = disk_lock(d);
+        r = disk_may_add(d);
+        if (r < 0)
+                return r;
         r = pick_backend(io, format, open_flags, &be);
         if (r < 0)
                 return r;
@@ -278,6 +317,9 @@ int vdisk_disk_open_chain(vdisk_disk *d, vdisk_resolver *res, vdisk_io *top, con
         l = disk_lock(d);
         if (d->n > 0)
                 return vdisk_error(-EBUSY, "open_chain needs an empty container");
+        r = disk_may_add(d);
+        if (r < 0)
+                return r;
         r = pick_backend(top, format, open_flags, &be);
         if (r < 0)
                 return r;
@@ -486,19 +528,27 @@ int disk_create_diff(vdisk_disk *d, vdisk_io *io, const char *format, const vdis
 int vdisk_disk_create_base(vdisk_disk *d, vdisk_io *io, const char *format, uint64_t size,
                            const vdisk_create_opts *opts) {
         _cleanup_(disk_unlockp) vdisk_disk *l = NULL;
+        int r;
 
         if (!d || !io || !format)
                 return vdisk_error(-EINVAL, "invalid arguments");
         l = disk_lock(d);
+        r = disk_may_add(d);
+        if (r < 0)
+                return r;
         return disk_create_base(d, io, format, size, opts);
 }
 
 int vdisk_disk_create_diff(vdisk_disk *d, vdisk_io *io, const char *format, const vdisk_create_opts *opts) {
         _cleanup_(disk_unlockp) vdisk_disk *l = NULL;
+        int r;
 
         if (!d || !io || !format)
                 return vdisk_error(-EINVAL, "invalid arguments");
         l = disk_lock(d);
+        r = disk_may_add(d);
+        if (r < 0)
+                return r;
         return disk_create_diff(d, io, format, opts);
 }
 
@@ -512,11 +562,13 @@ int vdisk_disk_close_top(vdisk_disk *d) {
         l = disk_lock(d);
         if (d->n == 0)
                 return vdisk_error(-ENOENT, "the container is empty");
+        r = disk_may_remove(d, d->n - 1);
+        if (r < 0)
+                return r;
         img = d->images[d->n - 1];
-        r = image_flush(img);
-        img->writable = 0;
         d->n--;
-        d->images[d->n] = image_free(img);
+        d->images[d->n] = NULL;
+        r = image_close(img);
         /* The new top takes the writes: reopen it writable if the chain may
          * be written. Best effort: without a resolver that can, it stays
          * read-only (vdisk_disk_readonly() says so). */
@@ -526,18 +578,39 @@ int vdisk_disk_close_top(vdisk_disk *d) {
         return r;
 }
 
+/* The getters take the lock too: another thread may change the chain. */
 unsigned vdisk_disk_count(vdisk_disk *d) {
-        return d ? d->n : 0;
+        _cleanup_(disk_unlockp) vdisk_disk *l = NULL;
+
+        if (!d)
+                return 0;
+        l = disk_lock(d);
+        return d->n;
 }
 
 vdisk_image *vdisk_disk_image(vdisk_disk *d, unsigned index) {
-        return d && index < d->n ? d->images[index] : NULL;
+        _cleanup_(disk_unlockp) vdisk_disk *l = NULL;
+
+        if (!d)
+                return NULL;
+        l = disk_lock(d);
+        return index < d->n ? d->images[index] : NULL;
 }
 
 uint64_t vdisk_disk_size(vdisk_disk *d) {
-        return d && d->n > 0 ? d->images[d->n - 1]->size : 0;
+        _cleanup_(disk_unlockp) vdisk_disk *l = NULL;
+
+        if (!d)
+                return 0;
+        l = disk_lock(d);
+        return d->n > 0 ? d->images[d->n - 1]->size : 0;
 }
 
 int vdisk_disk_readonly(vdisk_disk *d) {
-        return !d || d->n == 0 || !d->images[d->n - 1]->writable || d->images[d->n - 1]->info_only;
+        _cleanup_(disk_unlockp) vdisk_disk *l = NULL;
+
+        if (!d)
+                return 1;
+        l = disk_lock(d);
+        return d->n == 0 || !d->images[d->n - 1]->writable || d->images[d->n - 1]->info_only;
 }

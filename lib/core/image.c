@@ -159,12 +159,18 @@ int image_finish(vdisk_image *img) {
         return 0;
 }
 
-vdisk_image *image_free(vdisk_image *img) {
+int image_close(vdisk_image *img) {
+        int r = 0;
+
         if (!img)
-                return NULL;
+                return 0;
         if (img->open_ok && img->writable) {
-                (void) image_finish(img);
-                (void) image_flush(img);
+                int k;
+
+                r = image_finish(img);
+                k = image_flush(img);
+                if (r >= 0 && k < 0)
+                        r = vdisk_error_prefix(k, vdisk_io_name(img->io));
         }
         if (img->open_ok && img->be->close)
                 img->be->close(img->state);
@@ -176,6 +182,11 @@ vdisk_image *image_free(vdisk_image *img) {
         tc_budget_unref(img->budget);
         vdisk_io_unref(img->io);
         free(img);
+        return r;
+}
+
+vdisk_image *image_free(vdisk_image *img) {
+        (void) image_close(img);
         return NULL;
 }
 

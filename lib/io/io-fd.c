@@ -2,6 +2,8 @@
 /* vdisk_io over a file descriptor: pread/pwrite, fdatasync, fallocate. */
 #include <fcntl.h>
 #include <linux/falloc.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <sys/stat.h>
@@ -10,11 +12,24 @@
 #include "io/io.h"
 #include "util/util.h"
 
+/* One io may be used by several threads at once (two disks sharing a parent,
+ * a copy's reader next to a caller's reads, the daemon's workers). pread and
+ * pwrite are positional, so `fd` needs no lock; the two fields that change do:
+ *   - dfd can be closed (the file system refused O_DIRECT) or replaced
+ *     (vdisk_io_set_direct_fd) while another thread writes through it. Closing
+ *     a descriptor under a write in flight would let the number be reused by an
+ *     unrelated open() and the write land in some other file. So a write holds
+ *     `dlock` for reading while it may use dfd, and dfd changes only under the
+ *     write lock. A read-write lock, not a mutex: writes through one io run in
+ *     parallel; uncontended it costs two atomic operations per write call.
+ *   - unsynced is a counter for a heuristic (when to start writeback): an
+ *     atomic, and whoever takes it past the step starts the writeback. */
 typedef struct fd_io {
         int fd;
         int own;
-        int dfd;                /* the same file opened O_DIRECT (VDISK_IO_DIRECT), or -1 */
-        uint64_t unsynced;      /* bytes written through the page cache since writeback was last started */
+        pthread_rwlock_t dlock;
+        int dfd;                /* the same file opened O_DIRECT (VDISK_IO_DIRECT), or -1; under dlock */
+        _Atomic uint64_t unsynced;  /* bytes written through the page cache since writeback was last started */
         int nosync;             /* VDISK_IO_NOSYNC: flushes are skipped, so is early writeback */
 } fd_io;
 
@@ -55,43 +70,64 @@ static int fd_pread(void *u, void *buf, size_t len, uint64_t off) {
         return 0;
 }
 
+/* With dlock held (for reading at least). */
 static bool direct_ok(const fd_io *f, const void *p, size_t len, uint64_t off) {
         return f->dfd >= 0 && len >= DIRECT_MIN &&
                ((uintptr_t) p | len | off) % DIRECT_ALIGN == 0;
 }
 
+/* The file system refused a direct write to `dfd`: stop using it. Called and
+ * returns with dlock held for reading. */
+static void direct_give_up(fd_io *f, int dfd) {
+        pthread_rwlock_unlock(&f->dlock);
+        pthread_rwlock_wrlock(&f->dlock);
+        if (f->dfd == dfd) {   /* not replaced meanwhile, nor given up by another writer */
+                close(f->dfd);
+                f->dfd = -1;
+        }
+        pthread_rwlock_unlock(&f->dlock);
+        pthread_rwlock_rdlock(&f->dlock);
+}
+
 static int fd_pwrite(void *u, const void *buf, size_t len, uint64_t off) {
         fd_io *f = u;
         const uint8_t *p = buf;
+        uint64_t cached = 0;
+        int r = 0;
 
+        pthread_rwlock_rdlock(&f->dlock);
         while (len > 0) {
                 bool direct = direct_ok(f, p, len, off);
-                ssize_t n = pwrite(direct ? f->dfd : f->fd, p, len, (off_t) off);
+                int wfd = direct ? f->dfd : f->fd;
+                ssize_t n = pwrite(wfd, p, len, (off_t) off);
                 if (n < 0) {
                         if (errno == EINTR)
                                 continue;
                         if (direct && errno == EINVAL) {
                                 /* The file system wants another alignment:
                                  * go on through the page cache. */
-                                close(f->dfd);
-                                f->dfd = -1;
+                                direct_give_up(f, wfd);
                                 continue;
                         }
-                        return -errno;
+                        r = -errno;
+                        break;
                 }
-                if (n == 0)
-                        return -ENOSPC;
+                if (n == 0) {
+                        r = -ENOSPC;
+                        break;
+                }
                 p += n;
                 off += (uint64_t) n;
                 len -= (size_t) n;
                 if (!direct)
-                        f->unsynced += (uint64_t) n;
+                        cached += (uint64_t) n;
         }
-        if (f->unsynced >= WRITEBACK_STEP && !f->nosync) {
-                f->unsynced = 0;
+        pthread_rwlock_unlock(&f->dlock);
+        if (cached > 0 && !f->nosync &&
+            atomic_fetch_add(&f->unsynced, cached) + cached >= WRITEBACK_STEP &&
+            atomic_exchange(&f->unsynced, 0) >= WRITEBACK_STEP)
                 (void) sync_file_range(f->fd, 0, 0, SYNC_FILE_RANGE_WRITE);
-        }
-        return 0;
+        return r;
 }
 
 static int fd_flush(void *u) {
@@ -169,6 +205,7 @@ static void fd_close(void *u) {
                 close(f->fd);
         if (f->dfd >= 0)
                 close(f->dfd);
+        pthread_rwlock_destroy(&f->dlock);
         free(f);
 }
 
@@ -194,10 +231,14 @@ static int fd_io_new(int fd, int dfd, const char *name, uint32_t flags, vdisk_io
         f->fd = fd;
         f->own = 1;
         f->dfd = dfd;
+        pthread_rwlock_init(&f->dlock, NULL);
+        atomic_init(&f->unsynced, 0);
         f->nosync = !!(flags & VDISK_IO_NOSYNC);
         r = io_new(&fd_vtable, f, name, flags & (VDISK_IO_READONLY | VDISK_IO_NOSYNC), IO_KIND_FD, ret);
-        if (r < 0)
+        if (r < 0) {
+                pthread_rwlock_destroy(&f->dlock);
                 free(f);
+        }
         return r;
 }
 
@@ -277,9 +318,11 @@ int vdisk_io_set_direct_fd(vdisk_io *io, int fd) {
         copy = fcntl(fd, F_DUPFD_CLOEXEC, 3);
         if (copy < 0)
                 return vdisk_error(-errno, "%s: cannot duplicate the direct descriptor: %m", name);
+        pthread_rwlock_wrlock(&f->dlock);
         if (f->dfd >= 0)
                 close(f->dfd);
         f->dfd = copy;
+        pthread_rwlock_unlock(&f->dlock);
         return 0;
 }
 

@@ -28,6 +28,9 @@ int vdisk_check(vdisk_disk *d, unsigned index, uint32_t flags, vdisk_check_repor
         if (!d || !ret || ret->size < sizeof(vdisk_check_report))
                 return vdisk_error(-EINVAL, "invalid arguments (report size not set?)");
         l = disk_lock(d);
+        r = disk_no_merge(d);
+        if (r < 0)
+                return r;
         if (index >= d->n)
                 return vdisk_error(-EINVAL, "image index %u out of range", index);
         img = d->images[index];

@@ -59,6 +59,9 @@ int vdisk_compact(vdisk_disk *d, unsigned index, vdisk_progress *p) {
         if (!d)
                 return vdisk_error(-EINVAL, "invalid arguments");
         l = disk_lock(d);
+        r = disk_no_merge(d);
+        if (r < 0)
+                return r;
         if (index >= d->n)
                 return vdisk_error(-EINVAL, "image index %u out of range", index);
         img = d->images[index];

@@ -16,7 +16,52 @@ static uint64_t first_difference(const uint8_t *a, const uint8_t *b, size_t n) {
         return i;
 }
 
-static int tail_zero(vdisk_disk *d, uint64_t from, uint64_t to, uint64_t *ret_offset) {
+/* One side of the comparison: the disk and the level it is read at. Every
+ * step takes that disk's lock alone (core/guard.c): never both at once. */
+typedef struct side {
+        vdisk_disk *d;
+        unsigned top;
+        uint64_t size;
+        bool registered;
+} side;
+
+static int side_begin(side *s) {
+        _cleanup_(disk_unlockp) vdisk_disk *l = disk_lock(s->d);
+        int r;
+
+        r = disk_op_top(s->d, &s->top);
+        if (r < 0)
+                return r;
+        r = disk_op_begin(s->d, OP_SHARED, s->top);
+        if (r < 0)
+                return r;
+        s->registered = true;
+        s->size = s->d->images[s->top]->size;
+        return 0;
+}
+
+static void side_end(side *s) {
+        if (!s->registered)
+                return;
+        pthread_mutex_lock(&s->d->lock);
+        disk_op_end(s->d, OP_SHARED, s->top);
+        pthread_mutex_unlock(&s->d->lock);
+        s->registered = false;
+}
+
+static int side_status(side *s, uint64_t offset, uint64_t len, vdisk_extent *ret) {
+        _cleanup_(disk_unlockp) vdisk_disk *l = disk_lock(s->d);
+
+        return rw_status(s->d, 0, s->top, offset, len, ret);
+}
+
+static int side_read(side *s, void *buf, size_t len, uint64_t offset) {
+        _cleanup_(disk_unlockp) vdisk_disk *l = disk_lock(s->d);
+
+        return rw_read(s->d, s->top, buf, len, offset);
+}
+
+static int tail_zero(side *s, uint64_t from, uint64_t to, uint64_t *ret_offset, vdisk_progress *p) {
         _cleanup_free_ uint8_t *buf = NULL;
         int r;
 
@@ -24,14 +69,14 @@ static int tail_zero(vdisk_disk *d, uint64_t from, uint64_t to, uint64_t *ret_of
                 vdisk_extent e;
                 size_t n;
 
-                r = rw_status(d, 0, d->n - 1, from, to - from, &e);
+                r = side_status(s, from, to - from, &e);
                 if (r < 0)
                         return r;
                 if (!(e.flags & VDISK_EXTENT_ZERO) || (e.flags & VDISK_EXTENT_DATA)) {
                         n = (size_t) MIN(e.length, (uint64_t) OP_BUFFER_SIZE);
                         if (!buf && !(buf = malloc(OP_BUFFER_SIZE)))
                                 return vdisk_error(-ENOMEM, "out of memory");
-                        r = rw_read(d, d->n - 1, buf, n, from);
+                        r = side_read(s, buf, n, from);
                         if (r < 0)
                                 return r;
                         for (size_t i = 0; i < n; i++)
@@ -41,25 +86,19 @@ static int tail_zero(vdisk_disk *d, uint64_t from, uint64_t to, uint64_t *ret_of
                                 }
                         e.length = n;
                 }
+                r = progress_add(p, e.length);
+                if (r < 0)
+                        return r;
                 from += e.length;
         }
         return 0;
 }
 
-int vdisk_compare(vdisk_disk *a, vdisk_disk *b, int strict, uint64_t *ret_offset, vdisk_progress *p) {
-        _cleanup_(disk_unlockp) vdisk_disk *la = NULL, *lb = NULL;
+static int compare_run(side *a, side *b, int strict, uint64_t *ret_offset, vdisk_progress *p) {
         _cleanup_free_ uint8_t *ba = NULL, *bb = NULL;
-        uint64_t sa, sb, common, offset = 0, diff = 0;
+        uint64_t sa = a->size, sb = b->size, common, offset = 0, diff = 0;
         int r;
 
-        if (!a || !b || a == b)
-                return vdisk_error(-EINVAL, "invalid arguments");
-        la = disk_lock(a);
-        lb = disk_lock(b);
-        if (a->n == 0 || b->n == 0)
-                return vdisk_error(-EINVAL, "empty container");
-        sa = a->images[a->n - 1]->size;
-        sb = b->images[b->n - 1]->size;
         common = MIN(sa, sb);
         progress_set_total(p, MAX(sa, sb));
         if (strict && sa != sb) {
@@ -77,10 +116,10 @@ int vdisk_compare(vdisk_disk *a, vdisk_disk *b, int strict, uint64_t *ret_offset
                 uint64_t len = MIN(common - offset, (uint64_t) OP_BUFFER_SIZE);
                 bool za, zb;
 
-                r = rw_status(a, 0, a->n - 1, offset, len, &ea);
+                r = side_status(a, offset, len, &ea);
                 if (r < 0)
                         return r;
-                r = rw_status(b, 0, b->n - 1, offset, len, &eb);
+                r = side_status(b, offset, len, &eb);
                 if (r < 0)
                         return r;
                 len = MIN(ea.length, eb.length);
@@ -92,10 +131,10 @@ int vdisk_compare(vdisk_disk *a, vdisk_disk *b, int strict, uint64_t *ret_offset
                         return 1;
                 }
                 if (!(za && zb)) {
-                        r = rw_read(a, a->n - 1, ba, (size_t) len, offset);
+                        r = side_read(a, ba, (size_t) len, offset);
                         if (r < 0)
                                 return r;
-                        r = rw_read(b, b->n - 1, bb, (size_t) len, offset);
+                        r = side_read(b, bb, (size_t) len, offset);
                         if (r < 0)
                                 return r;
                         if (memcmp(ba, bb, (size_t) len) != 0) {
@@ -110,13 +149,30 @@ int vdisk_compare(vdisk_disk *a, vdisk_disk *b, int strict, uint64_t *ret_offset
                 offset += len;
         }
         if (sa != sb) {
-                r = tail_zero(sa > sb ? a : b, common, MAX(sa, sb), &diff);
+                r = tail_zero(sa > sb ? a : b, common, MAX(sa, sb), &diff, p);
                 if (r != 0) {
                         if (r > 0 && ret_offset)
                                 *ret_offset = diff;
                         return r;
                 }
         }
-        progress_finish(p);
         return 0;
+}
+
+int vdisk_compare(vdisk_disk *a, vdisk_disk *b, int strict, uint64_t *ret_offset, vdisk_progress *p) {
+        side sa = { .d = a }, sb = { .d = b };
+        int r;
+
+        if (!a || !b || a == b)
+                return vdisk_error(-EINVAL, "invalid arguments");
+        r = side_begin(&sa);
+        if (r >= 0)
+                r = side_begin(&sb);
+        if (r >= 0)
+                r = compare_run(&sa, &sb, strict, ret_offset, p);
+        side_end(&sa);
+        side_end(&sb);
+        if (r == 0)
+                progress_finish(p);
+        return r;
 }

@@ -10,6 +10,13 @@
  * destination, zeros are written as zeros, since a parent below may not be
  * zero there.) The destination is flushed once, at the end.
  *
+ * Locks (core/guard.c): the reader takes the source's lock for one chunk
+ * (block status + one read), the writer the destination's for one buffer;
+ * never both at once, and neither while waiting for the ring or calling the
+ * progress callback. Both disks register the operation, so their chains stay
+ * put in between: the source is read at the levels it had at the start, the
+ * new image is the destination's top until the copy ends.
+ *
  * Memory: RING_SLOTS buffers of OP_BUFFER_SIZE (16 MiB in all).
  */
 #include <pthread.h>
@@ -74,13 +81,16 @@ static void *reader_main(void *arg) {
 
         while (offset < pl->size) {
                 vdisk_extent e;
-                uint64_t len;
+                uint64_t len = 0;
 
+                s = slot_get_free(pl);
+                if (!s)
+                        return NULL;
+                /* One chunk under the source's lock: what it is, and its data. */
+                pthread_mutex_lock(&pl->src->lock);
                 r = rw_status(pl->src, pl->src_bottom, pl->src_top, offset,
                               MIN(pl->size - offset, (uint64_t) 1 << 30), &e);
-                if (r < 0)
-                        break;
-                if (pl->unit) {
+                if (r >= 0 && pl->unit) {
                         /* Whole units only: skip whole units of nothing,
                          * read any unit that holds some data in full. */
                         bool nothing = e.depth < 0 || !(e.flags & VDISK_EXTENT_DATA);
@@ -94,10 +104,17 @@ static void *reader_main(void *arg) {
                                 e.length = MIN(ALIGN_UP(e.length, pl->unit), pl->size - offset);
                         }
                 }
-                s = slot_get_free(pl);
-                if (!s)
-                        return NULL;
-                if (e.depth < 0 || !(e.flags & VDISK_EXTENT_DATA)) {
+                if (r >= 0 && e.depth >= 0 && (e.flags & VDISK_EXTENT_DATA)) {
+                        len = MIN(e.length, (uint64_t) OP_BUFFER_SIZE);
+                        /* Keep later reads aligned to the buffer size. */
+                        if (len == OP_BUFFER_SIZE && offset % OP_BUFFER_SIZE)
+                                len = OP_BUFFER_SIZE - offset % OP_BUFFER_SIZE;
+                        r = rw_read(pl->src, pl->src_top, s->buf, (size_t) len, offset);
+                }
+                pthread_mutex_unlock(&pl->src->lock);
+                if (r < 0)
+                        break;
+                if (len == 0) {
                         /* Not defined by the copied images, or zeros. */
                         int zero = (e.flags & VDISK_EXTENT_ZERO) || e.depth >= 0;
                         s->kind = zero && pl->zeros_matter ? SLOT_ZERO : SLOT_SKIP;
@@ -107,13 +124,6 @@ static void *reader_main(void *arg) {
                         offset += e.length;
                         continue;
                 }
-                len = MIN(e.length, (uint64_t) OP_BUFFER_SIZE);
-                /* Keep later reads aligned to the buffer size. */
-                if (len == OP_BUFFER_SIZE && offset % OP_BUFFER_SIZE)
-                        len = OP_BUFFER_SIZE - offset % OP_BUFFER_SIZE;
-                r = rw_read(pl->src, pl->src_top, s->buf, (size_t) len, offset);
-                if (r < 0)
-                        break;
                 s->kind = SLOT_DATA;
                 s->offset = offset;
                 s->length = len;
@@ -200,12 +210,14 @@ static int run_pipeline(pipeline *pl, vdisk_disk *dst, unsigned level, uint64_t 
                         r = vdisk_error(pl->error, "%s", pl->error_msg);
                         break;
                 }
+                pthread_mutex_lock(&dst->lock);
                 if (s->kind == SLOT_DATA && pl->unit)
                         r = copy_encode_buffer(dst->images[level], s->buf, s->length, s->offset);
                 else if (s->kind == SLOT_DATA)
                         r = write_data(dst, level, s->buf, s->length, s->offset, sparse, pl->zeros_matter);
                 else if (s->kind == SLOT_ZERO)
                         r = rw_write_zeroes(dst, level, (int) level - 1, s->offset, s->length);
+                pthread_mutex_unlock(&dst->lock);
                 if (r >= 0)
                         r = progress_add(p, s->length);
                 if (r < 0)
@@ -229,22 +241,28 @@ out:
         return r;
 }
 
-int copy_run(vdisk_disk *src, unsigned src_bottom, vdisk_disk *dst, unsigned level, uint64_t size,
-             uint64_t sparse, vdisk_progress *p) {
+/* copy_run() on the source levels [src_bottom, src_top] found at the start
+ * (both disks registered; no lock held). */
+static int copy_levels(vdisk_disk *src, unsigned src_bottom, unsigned src_top, uint64_t src_size, vdisk_disk *dst,
+                       unsigned level, uint64_t size, uint64_t sparse, vdisk_progress *p) {
         pipeline pl = {};
         int r = 0;
 
         pl.src = src;
-        pl.src_top = src->n - 1;
+        pl.src_top = src_top;
         pl.src_bottom = src_bottom;
-        pl.size = MIN(size, vdisk_disk_size(src));
+        pl.size = MIN(size, src_size);
         pl.zeros_matter = level > 0;
+        pthread_mutex_lock(&dst->lock);
         if (dst->images[level]->be->encode && dst->images[level]->layout.cluster_size > 0) {
                 pl.unit = dst->images[level]->layout.cluster_size;
                 if (OP_BUFFER_SIZE % pl.unit)
-                        return vdisk_error(-EOPNOTSUPP, "%s: a unit of %" PRIu64 " bytes does not divide the copy "
-                                           "buffer", vdisk_io_name(dst->images[level]->io), pl.unit);
+                        r = vdisk_error(-EOPNOTSUPP, "%s: a unit of %" PRIu64 " bytes does not divide the copy "
+                                        "buffer", vdisk_io_name(dst->images[level]->io), pl.unit);
         }
+        pthread_mutex_unlock(&dst->lock);
+        if (r < 0)
+                return r;
         pthread_mutex_init(&pl.lock, NULL);
         pthread_cond_init(&pl.cond, NULL);
         progress_set_total(p, size);
@@ -255,18 +273,84 @@ int copy_run(vdisk_disk *src, unsigned src_bottom, vdisk_disk *dst, unsigned lev
         if (r < 0)
                 return r;
         /* A stream image gets its tables and footer, then the one flush. */
+        pthread_mutex_lock(&dst->lock);
         r = image_finish(dst->images[level]);
+        if (r >= 0)
+                r = image_flush(dst->images[level]);
+        pthread_mutex_unlock(&dst->lock);
+        return r;
+}
+
+int copy_run(vdisk_disk *src, unsigned src_bottom, vdisk_disk *dst, unsigned level, uint64_t size,
+             uint64_t sparse, vdisk_progress *p) {
+        unsigned top;
+        uint64_t src_size;
+
+        pthread_mutex_lock(&src->lock);
+        assert(src->n > 0);
+        top = src->n - 1;
+        src_size = src->images[top]->size;
+        pthread_mutex_unlock(&src->lock);
+        return copy_levels(src, src_bottom, top, src_size, dst, level, size, sparse, p);
+}
+
+/* Under the destination's lock: the new image, registered and pinned. */
+static int copy_create(vdisk_disk *dst, vdisk_io *dst_io, const char *format, const vdisk_copy_opts *o,
+                       uint64_t size, unsigned *ret_level) {
+        _cleanup_(disk_unlockp) vdisk_disk *l = disk_lock(dst);
+        unsigned level;
+        int r;
+
+        if (o->from_same >= 0) {
+                if (o->to_same < 0 || (unsigned) o->to_same + 1 != dst->n)
+                        return vdisk_error(-EINVAL, "same-content images out of range");
+        } else if (dst->n > 0 && o->to_same >= 0)
+                return vdisk_error(-EINVAL, "to_same without from_same");
+        r = disk_may_add(dst);
         if (r < 0)
                 return r;
-        return image_flush(dst->images[level]);
+        if (dst->n == 0)
+                r = disk_create_base(dst, dst_io, format, size, o->create.size ? &o->create : NULL);
+        else
+                r = disk_create_diff(dst, dst_io, format, o->create.size ? &o->create : NULL);
+        if (r < 0)
+                return r;
+        level = dst->n - 1;
+        if (dst->images[level]->size != size) {
+                r = resize_image(dst, level, size, NULL);
+                if (r < 0) {
+                        dst->images[level]->writable = 0;
+                        (void) disk_remove_range(dst, level, level);
+                        return r;
+                }
+        }
+        r = disk_op_begin(dst, OP_SHARED, level);
+        assert(r >= 0);   /* no merge: disk_may_add() said so */
+        dst->pin = (int) level;
+        *ret_level = level;
+        return 0;
+}
+
+/* Under the destination's lock: the end of the copy. On failure the new image
+ * leaves the chain (it is the top: nothing could be added above it). */
+static void copy_finish(vdisk_disk *dst, unsigned level, int r) {
+        _cleanup_(disk_unlockp) vdisk_disk *l = disk_lock(dst);
+
+        disk_op_end(dst, OP_SHARED, level);
+        dst->pin = -1;
+        if (r < 0) {
+                /* Leave the incomplete image as it is (the caller removes the file). */
+                assert(level == dst->n - 1);
+                dst->images[level]->writable = 0;
+                (void) disk_remove_range(dst, level, level);
+        }
 }
 
 int vdisk_copy(vdisk_disk *src, vdisk_disk *dst, vdisk_io *dst_io, const char *format,
                const vdisk_copy_opts *opts, vdisk_progress *p) {
-        _cleanup_(disk_unlockp) vdisk_disk *ls = NULL, *ld = NULL;
         vdisk_copy_opts o = { .from_same = -1, .to_same = -1 };
-        uint64_t size, sparse;
-        unsigned level, pl_bottom;
+        uint64_t size, sparse, src_size;
+        unsigned level = 0, src_top;
         int r;
 
         if (!src || !dst || !dst_io || !format || src == dst)
@@ -276,47 +360,37 @@ int vdisk_copy(vdisk_disk *src, vdisk_disk *dst, vdisk_io *dst_io, const char *f
                         return vdisk_error(-EINVAL, "vdisk_copy_opts.size not set");
                 o = *opts;
         }
-        ls = disk_lock(src);
-        ld = disk_lock(dst);
-        if (src->n == 0)
-                return vdisk_error(-EINVAL, "the source container is empty");
-        for (unsigned i = 0; i < src->n; i++)
-                if (src->images[i]->info_only)
-                        return vdisk_error(-EPERM, "%s: opened for information only",
-                                           vdisk_io_name(src->images[i]->io));
         sparse = o.sparse_size ? o.sparse_size : DEFAULT_SPARSE;
         if (sparse % 512 || sparse > OP_BUFFER_SIZE)
                 return vdisk_error(-EINVAL, "sparse size must be a multiple of 512 up to %u", OP_BUFFER_SIZE);
-        if (o.from_same >= 0) {
-                if ((unsigned) o.from_same >= src->n || o.to_same < 0 || (unsigned) o.to_same + 1 != dst->n)
-                        return vdisk_error(-EINVAL, "same-content images out of range");
-        } else if (dst->n > 0 && o.from_same < 0 && o.to_same >= 0)
-                return vdisk_error(-EINVAL, "to_same without from_same");
 
-        size = o.new_size ? o.new_size : vdisk_disk_size(src);
-        if (dst->n == 0)
-                r = disk_create_base(dst, dst_io, format, size, o.create.size ? &o.create : NULL);
-        else
-                r = disk_create_diff(dst, dst_io, format, o.create.size ? &o.create : NULL);
+        /* The source: checked and registered under its lock alone. */
+        pthread_mutex_lock(&src->lock);
+        r = disk_op_top(src, &src_top);
+        for (unsigned i = 0; r >= 0 && i <= src_top; i++)
+                if (src->images[i]->info_only)
+                        r = vdisk_error(-EPERM, "%s: opened for information only",
+                                        vdisk_io_name(src->images[i]->io));
+        if (r >= 0 && o.from_same >= 0 && (unsigned) o.from_same > src_top)
+                r = vdisk_error(-EINVAL, "same-content images out of range");
+        if (r >= 0)
+                r = disk_op_begin(src, OP_SHARED, src_top);
+        src_size = r >= 0 ? src->images[src_top]->size : 0;
+        pthread_mutex_unlock(&src->lock);
         if (r < 0)
                 return r;
-        level = dst->n - 1;
-        if (dst->images[level]->size != size) {
-                r = resize_image(dst, level, size, NULL);
-                if (r < 0)
-                        goto fail;
+
+        size = o.new_size ? o.new_size : src_size;
+        r = copy_create(dst, dst_io, format, &o, size, &level);
+        if (r >= 0) {
+                r = copy_levels(src, o.from_same >= 0 ? (unsigned) o.from_same + 1 : 0, src_top, src_size, dst,
+                                level, size, sparse, p);
+                copy_finish(dst, level, r);
         }
-        pl_bottom = o.from_same >= 0 ? (unsigned) o.from_same + 1 : 0;
-
-        r = copy_run(src, pl_bottom, dst, level, size, sparse, p);
-        if (r < 0)
-                goto fail;
-        progress_finish(p);
-        return 0;
-
-fail:
-        /* Leave the incomplete image as it is (the caller removes the file). */
-        dst->images[level]->writable = 0;
-        disk_remove_range(dst, level, level);
+        pthread_mutex_lock(&src->lock);
+        disk_op_end(src, OP_SHARED, src_top);
+        pthread_mutex_unlock(&src->lock);
+        if (r >= 0)
+                progress_finish(p);
         return r;
 }

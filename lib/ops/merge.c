@@ -14,11 +14,51 @@
  * the parent link of `from`. Again the chain reads the same at every moment.
  *
  * Files are never deleted; the caller gets the names of the images that left.
+ *
+ * Locks (core/guard.c): a merge is exclusive (no other operation, no change
+ * of the chain while it runs) but takes the disk lock only per chunk, so the
+ * disk serves reads meanwhile; writes too, unless the top is merged away
+ * (they would land in an image whose data was already copied down).
  */
 #include <stdlib.h>
 #include <string.h>
 
 #include "core/core.h"
+
+/* One chunk of copy_defined() at `offset` (at most `len` bytes); *ret_len
+ * gets how far it went. */
+static int copy_chunk(vdisk_disk *d, unsigned lo, unsigned hi, unsigned target, int skip_level, int below,
+                      uint64_t offset, uint64_t len, uint8_t *buf, uint64_t *ret_len) {
+        vdisk_extent e;
+        int r;
+
+        if (skip_level >= 0) {
+                r = rw_status(d, (unsigned) skip_level, (unsigned) skip_level, offset, len, &e);
+                if (r < 0)
+                        return r;
+                if (e.depth == 0) {
+                        *ret_len = e.length;
+                        return 0;
+                }
+                len = e.length;
+        }
+        r = rw_status(d, lo, hi, offset, len, &e);
+        if (r < 0)
+                return r;
+        len = e.length;
+        if (e.depth >= 0) {
+                if (e.flags & VDISK_EXTENT_DATA) {
+                        r = rw_read(d, hi, buf, (size_t) len, offset);
+                        if (r >= 0)
+                                r = rw_write(d, target, buf, (size_t) len, offset);
+                } else
+                        r = rw_write_zeroes(d, target, below, offset, len);
+                if (r < 0)
+                        return r;
+        }
+        *ret_len = len;
+        return 0;
+}
 
 /* Copies the ranges defined by images [lo, hi] (as the view at hi reads
  * them) into image `target`, within [0, size). Skips ranges `skip_level`
@@ -34,36 +74,16 @@ static int copy_defined(vdisk_disk *d, unsigned lo, unsigned hi, unsigned target
         if (!buf)
                 return vdisk_error(-ENOMEM, "out of memory");
         while (offset < size) {
-                uint64_t len = MIN(size - offset, (uint64_t) OP_BUFFER_SIZE);
-                vdisk_extent e;
+                uint64_t len;
 
-                if (skip_level >= 0) {
-                        r = rw_status(d, (unsigned) skip_level, (unsigned) skip_level, offset, len, &e);
-                        if (r < 0)
-                                return r;
-                        if (e.depth == 0) {
-                                r = progress_add(p, e.length);
-                                if (r < 0)
-                                        return r;
-                                offset += e.length;
-                                continue;
-                        }
-                        len = e.length;
-                }
-                r = rw_status(d, lo, hi, offset, len, &e);
+                /* One chunk under the lock: a write into `target` between the
+                 * status and the copy would otherwise be overwritten. */
+                pthread_mutex_lock(&d->lock);
+                r = copy_chunk(d, lo, hi, target, skip_level, below, offset, MIN(size - offset,
+                               (uint64_t) OP_BUFFER_SIZE), buf, &len);
+                pthread_mutex_unlock(&d->lock);
                 if (r < 0)
                         return r;
-                len = e.length;
-                if (e.depth >= 0) {
-                        if (e.flags & VDISK_EXTENT_DATA) {
-                                r = rw_read(d, hi, buf, (size_t) len, offset);
-                                if (r >= 0)
-                                        r = rw_write(d, target, buf, (size_t) len, offset);
-                        } else
-                                r = rw_write_zeroes(d, target, below, offset, len);
-                        if (r < 0)
-                                return r;
-                }
                 r = progress_add(p, len);
                 if (r < 0)
                         return r;
@@ -131,15 +151,11 @@ static int relink(vdisk_disk *d, unsigned child, int parent) {
         return image_flush(d->images[child]);
 }
 
-int vdisk_merge(vdisk_disk *d, unsigned from, unsigned to, vdisk_progress *p, char ***ret_removed) {
-        _cleanup_(disk_unlockp) vdisk_disk *l = NULL;
-        char **removed = NULL;
-        unsigned lo, hi;
-        int r, cr;
+/* Checks the arguments and registers the merge (under the lock). */
+static int merge_begin(vdisk_disk *d, unsigned from, unsigned to) {
+        _cleanup_(disk_unlockp) vdisk_disk *l = disk_lock(d);
+        int r;
 
-        if (!d)
-                return vdisk_error(-EINVAL, "invalid arguments");
-        l = disk_lock(d);
         if (from >= d->n || to >= d->n)
                 return vdisk_error(-EINVAL, "image index out of range (the chain has %u images)", d->n);
         if (from == to)
@@ -148,22 +164,34 @@ int vdisk_merge(vdisk_disk *d, unsigned from, unsigned to, vdisk_progress *p, ch
                 if (d->images[i]->info_only)
                         return vdisk_error(-EPERM, "%s: opened for information only",
                                            vdisk_io_name(d->images[i]->io));
+        r = disk_op_begin(d, OP_EXCLUSIVE, 0);
+        if (r < 0)
+                return r;
         /* Only the images the merge writes are made writable (reopened
          * through the disk's resolver when the chain opened them read-only),
          * all before the first byte is written: `to`, and in a forward merge
          * the child relinked onto it. */
         r = disk_make_writable(d, to);
-        if (r < 0)
+        if (r >= 0 && from > to && from + 1 < d->n)
+                r = disk_make_writable(d, from + 1);
+        if (r < 0) {
+                disk_op_end(d, OP_EXCLUSIVE, 0);
                 return r;
+        }
+        d->top_leaving = from > to && from + 1 == d->n;
+        return 0;
+}
+
+/* The steps before and after the data copy run under the lock. */
+static int merge_run(vdisk_disk *d, unsigned from, unsigned to, vdisk_progress *p, char ***ret_removed) {
+        _cleanup_(disk_unlockp) vdisk_disk *l = disk_lock(d);
+        char **removed = NULL;
+        unsigned lo, hi;
+        int r, cr;
 
         if (from > to) {
                 uint64_t size = d->images[from]->size;
 
-                if (from + 1 < d->n) {
-                        r = disk_make_writable(d, from + 1);
-                        if (r < 0)
-                                return r;
-                }
                 /* `to` grows to `from`'s size if it is smaller (the new
                  * range reads zeros: where `to`'s parent has data there, it
                  * gets zero blocks). It never shrinks: its data past `from`'s
@@ -194,8 +222,10 @@ int vdisk_merge(vdisk_disk *d, unsigned from, unsigned to, vdisk_progress *p, ch
                         }
                 }
                 progress_set_total(p, size);
+                pthread_mutex_unlock(&TAKE_PTR(l)->lock);
                 r = copy_defined(d, to + 1, from, to, -1, (int) to - 1, size, p);
                 /* Whatever was copied must be durable, also on cancel. */
+                l = disk_lock(d);
                 cr = image_flush(d->images[to]);
                 if (r < 0)
                         return r;
@@ -212,7 +242,9 @@ int vdisk_merge(vdisk_disk *d, unsigned from, unsigned to, vdisk_progress *p, ch
                 uint64_t size = d->images[to]->size;
 
                 progress_set_total(p, size);
+                pthread_mutex_unlock(&TAKE_PTR(l)->lock);
                 r = copy_defined(d, from, to - 1, to, (int) to, (int) from - 1, size, p);
+                l = disk_lock(d);
                 cr = image_flush(d->images[to]);
                 if (r < 0)
                         return r;
@@ -238,9 +270,27 @@ int vdisk_merge(vdisk_disk *d, unsigned from, unsigned to, vdisk_progress *p, ch
                 if (r < 0)
                         return r;
         }
-        disk_remove_range(d, lo, hi);
-        progress_finish(p);
+        /* The merge only read the images that leave, and their content is
+         * in `to` now (flushed): a flush error here loses nothing. */
+        (void) disk_remove_range(d, lo, hi);
         if (ret_removed)
                 *ret_removed = removed;
         return 0;
+}
+
+int vdisk_merge(vdisk_disk *d, unsigned from, unsigned to, vdisk_progress *p, char ***ret_removed) {
+        int r;
+
+        if (!d)
+                return vdisk_error(-EINVAL, "invalid arguments");
+        r = merge_begin(d, from, to);
+        if (r < 0)
+                return r;
+        r = merge_run(d, from, to, p, ret_removed);
+        pthread_mutex_lock(&d->lock);
+        disk_op_end(d, OP_EXCLUSIVE, 0);
+        pthread_mutex_unlock(&d->lock);
+        if (r >= 0)
+                progress_finish(p);
+        return r;
 }

@@ -24,6 +24,10 @@ int vdisk_resize(vdisk_disk *d, uint64_t new_size, vdisk_progress *p) {
         l = disk_lock(d);
         if (d->n == 0)
                 return vdisk_error(-EINVAL, "the container is empty");
+        /* The operations that run read the sizes they found. */
+        r = disk_may_reshape(d);
+        if (r < 0)
+                return r;
         top = d->n - 1;
         if (d->images[top]->info_only)
                 return vdisk_error(-EROFS, "%s: image is read-only", vdisk_io_name(d->images[top]->io));

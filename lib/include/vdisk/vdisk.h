@@ -12,11 +12,15 @@
  *   - Offsets and sizes are uint64_t bytes; booleans are int.
  *   - Option structs start with a `size` member (set it to sizeof the struct);
  *     they only ever grow by appending, so old callers keep working.
- *   - Thread safety: one vdisk_disk may be used from one thread at a time for
- *     mutating calls (the library serializes calls on the same disk with a
- *     per-disk lock); different disks may be used on different threads at once.
- *     A vdisk_progress may be read and cancelled from any thread while an
- *     operation runs on another.
+ *   - Thread safety: every call on a vdisk_disk (and on its images) takes the
+ *     disk's lock, so any thread may call in. Long operations (copy, compare,
+ *     merge) take it per chunk, so reads and writes of the same disk go on
+ *     while they run; while one runs, the images it uses cannot be closed or
+ *     merged away (-EBUSY). No call holds two disks' locks at once. A
+ *     vdisk_progress may be read and cancelled from any thread while an
+ *     operation runs on another; its callback runs without any disk lock held
+ *     (except in compact, check and resize, which hold the lock throughout).
+ *     vdisk_disk_unref()/close() must not race with other calls on the disk.
  *
  * Codes used with a fixed meaning:
  *   -EMEDIUMTYPE not this format / unknown format      -EOPNOTSUPP unsupported feature
@@ -281,7 +285,14 @@ enum {
 #define VDISK_CHAIN_MAX 64
 
 int vdisk_disk_new(vdisk_disk **ret);
-/* Closes every image (flushing each) and frees the container. */
+/* Flushes and closes every image (top down) and frees the container. Returns
+ * the first error of those final flushes (the message names the file): the
+ * container is gone all the same, and what was written may not be durable.
+ * The one exception: -EBUSY while an operation (copy, compare, merge ...)
+ * still runs on the disk on another thread; then nothing was closed. NULL: 0. */
+int vdisk_disk_close(vdisk_disk *d);
+/* Like vdisk_disk_close(), for cleanup paths: flush errors are not reported.
+ * Use vdisk_disk_close() where the data matters. */
 vdisk_disk *vdisk_disk_unref(vdisk_disk *d);
 
 /* VDOpen: puts one more image on top of the chain. format NULL probes (raw is
@@ -474,7 +485,8 @@ int vdisk_image_get_uuid(vdisk_image *img, uint8_t ret[16]);
 int vdisk_image_get_modification_uuid(vdisk_image *img, uint8_t ret[16]);
 int vdisk_image_get_parent_uuid(vdisk_image *img, uint8_t ret[16]);
 int vdisk_image_get_parent_modification_uuid(vdisk_image *img, uint8_t ret[16]);
-/* Borrowed string, "" when none. */
+/* Borrowed string, "" when none; valid until the comment changes or the image
+ * is closed. */
 int vdisk_image_get_comment(vdisk_image *img, const char **ret);
 int vdisk_image_get_pchs(vdisk_image *img, vdisk_geometry *ret);
 int vdisk_image_get_lchs(vdisk_image *img, vdisk_geometry *ret);
