@@ -17,10 +17,10 @@ the 16 images top to bottom.
            (user + system; the wall time is printed, not asserted, since the
            machine may be shared) and end within 150 s; with full opens of the
            candidates it took 80-200 s. Skips (77) without strace.
-  memory   the peak RSS of vdisk-img (ru_maxrss) is at most 256 MiB. This
-           needs the per-disk metadata budget and the paging table cache as
-           well: opening the 16 matches fully still holds 16 x 64 MiB of map
-           (registered as an expected failure until that lands).
+  memory   the peak RSS of vdisk-img (ru_maxrss) is at most 256 MiB: the
+           search holds no candidate, and the 16 matches' maps go through the
+           table cache under the per-disk metadata budget (before it, the 16
+           opened maps alone held 1 GiB).
 
 Usage: test-uuid-search.py VDISK_IMG [search|memory]
 """

@@ -517,10 +517,9 @@ def test_uuid_search_crafted_chain(env, client):
 
 
 @needs_plain_build
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason='opening the 16 matches still holds 16 x 64 MiB of block map: needs the per-disk '
-                          'metadata budget and the paging table cache (drop this mark when they land)')
 def test_uuid_search_crafted_chain_memory(env, client):
+    """Bounded memory: no candidate is held, and the 16 maps go through the
+    table cache under the disk's metadata budget."""
     a = client
     disk, paths, cpu, hwm = open_crafted_chain(env, a)
     a.disk(disk, 'Close', 'a{sv}', {})
