@@ -7,9 +7,13 @@
  * gets an io over our copy named after the caller's display name, never a path.
  *
  * Parents of a differencing image are found among the `files` of the same call
- * by a resolver: by UUID (each candidate is opened metadata-only on a scratch
- * container to read it), or by the name the child records (exact match or
- * base name). Nothing is ever opened by path.
+ * by a resolver: by UUID (read from each candidate's header alone; only the
+ * match is opened as an image), or by the name the child records (exact match
+ * or base name). Two fds of one file (same st_dev and st_ino) are one
+ * candidate; two different files with the wanted UUID are ChainBroken. A
+ * parent that is the same file as an image already in the chain (the top
+ * passed again in `files`, say) is a loop, which libvdisk reports. Nothing is
+ * ever opened by path.
  */
 #include <fcntl.h>
 #include <string.h>
@@ -143,23 +147,25 @@ struct FilesResolver {
         size_t n_writable;
 };
 
+/* A candidate's UUID, from its header alone (vdisk_peek_ids: at most 64 KiB
+ * read, no table loaded, whatever the header claims). Only the match is
+ * opened as an image, by the library's chain code. */
 static int candidate_uuid(const FileArg *f, const char *format, uint8_t ret[16]) {
-        vdisk_disk *scratch = NULL;
+        vdisk_image_ids ids = { .size = sizeof(ids) };
         vdisk_io *io = NULL;
         int r;
 
         r = candidate_io(f, 0, &io);
         if (r < 0)
                 return r;
-        r = vdisk_disk_new(&scratch);
-        if (r >= 0)
-                r = vdisk_disk_open(scratch, io, format,
-                                    VDISK_OPEN_READONLY | VDISK_OPEN_INFO | VDISK_OPEN_SKIP_CHECKS);
-        if (r >= 0)
-                r = vdisk_image_get_uuid(vdisk_disk_image(scratch, 0), ret);
-        vdisk_disk_unref(scratch);
+        r = vdisk_peek_ids(io, format, &ids);
         vdisk_io_unref(io);
-        return r;
+        if (r < 0)
+                return r;
+        if (!(ids.mask & VDISK_IDS_UUID))
+                return -EOPNOTSUPP;
+        memcpy(ret, ids.uuid, 16);
+        return 0;
 }
 
 static int files_find_uuid(void *user, const uint8_t uuid[16], const char *format, const char *child_name,
@@ -182,7 +188,7 @@ static int files_find_uuid(void *user, const uint8_t uuid[16], const char *forma
                 if (!found)
                         found = f;
         }
-        /* Candidates that failed to open left their messages behind: clear
+        /* Candidates that failed the peek left their messages behind: clear
          * them so the library words the failure itself (naming the UUID). */
         vdisk_clear_error();
         if (!found)

@@ -135,6 +135,9 @@ enum {
         BACKEND_STREAM    = 1u << 2,
 };
 
+/* The most a backend's probe() or peek() gets of a file's head. */
+#define PEEK_HEAD_MAX (64u * 1024)
+
 /* Metadata every VD format may carry. `mask` bits say which fields are valid. */
 enum {
         META_UUID              = 1u << 0,
@@ -206,6 +209,22 @@ typedef struct vdisk_backend {
          * not trust anything; no I/O. */
         int (*probe)(const uint8_t *head, size_t head_len, const uint8_t *tail, size_t tail_len,
                      uint64_t file_size, const char *name);
+
+        /* Reads the identity an image records in its first bytes, without
+         * opening it: `head` holds the first head_len bytes of the file (at
+         * most PEEK_HEAD_MAX, fewer for small files), file_size is its size.
+         * Fills whichever of META_UUID, META_MODIFICATION_UUID,
+         * META_PARENT_UUID, META_PARENT_MOD_UUID and META_PARENT_NAME the
+         * format records within the head (strings borrowed from `head`,
+         * NUL-terminated within it) and sets ret->mask accordingly; nothing
+         * else. The core calls it on every parent candidate of a UUID search
+         * and opens only the match, so it must cost no more than the header:
+         * pure, no I/O, no allocation. Trusts nothing: validates the header
+         * fields as open() does before it reads any table, so that a file
+         * open() would refuse for its header is no candidate (-EMEDIUMTYPE:
+         * not this format; -EUCLEAN, -EOPNOTSUPP, -EFBIG as open() says).
+         * Optional: without it the core opens candidates metadata-only. */
+        int (*peek)(const uint8_t *head, size_t head_len, uint64_t file_size, meta *ret);
 
         /* Opens an existing image. Validates all metadata it uses at open;
          * tables may be validated entry by entry as they are looked up (a

@@ -510,6 +510,38 @@ static int vdi_probe(const uint8_t *head, size_t head_len, const uint8_t *tail, 
         return get_le32(head + OFF_SIGNATURE) == VDI_SIGNATURE ? 100 : 0;
 }
 
+/* The UUIDs from the header alone, for parent searches: the same header
+ * checks as vdi_open(), and the block map must lie within the file (as
+ * blockmap_load() demands), but the map is not read. */
+static int vdi_peek(const uint8_t *head, size_t head_len, uint64_t file_size, meta *ret) {
+        uint8_t raw[VDI_SECTOR] = {};
+        vdi_header h;
+        int r;
+
+        assert(head || head_len == 0);
+        assert(ret);
+
+        if (head_len < OFF_SIGNATURE + 4 || file_size < OFF_SIGNATURE + 4)
+                return vdisk_error(-EMEDIUMTYPE, "vdi: file too short (%" PRIu64 " bytes)", file_size);
+        memcpy(raw, head, MIN(head_len, sizeof raw));
+        r = vdi_header_parse(raw, MIN(file_size, (uint64_t) head_len), &h);
+        if (r < 0)
+                return r;
+        if (!range_within(h.off_blocks, (uint64_t) h.n_blocks * 4, file_size))
+                return vdisk_error(-EUCLEAN, "vdi: block map at %" PRIu32 " (%" PRIu32 " entries) extends "
+                                   "past the end of the file (%" PRIu64 " bytes)",
+                                   h.off_blocks, h.n_blocks, file_size);
+
+        *ret = (meta) {
+                .mask = META_UUID | META_MODIFICATION_UUID | META_PARENT_UUID | META_PARENT_MOD_UUID,
+        };
+        memcpy(ret->uuid, h.uuid, 16);
+        memcpy(ret->modification_uuid, h.uuid_modify, 16);
+        memcpy(ret->parent_uuid, h.uuid_link, 16);
+        memcpy(ret->parent_modification_uuid, h.uuid_parent_modify, 16);
+        return 0;
+}
+
 static int vdi_open(void *state, const open_ctx *c) {
         vdi_state *s = state;
         vdisk_io *io = c->io;
@@ -2020,6 +2052,7 @@ const vdisk_backend backend_vdi = {
         },
         .state_size = sizeof(vdi_state),
         .probe = vdi_probe,
+        .peek = vdi_peek,
         .open = vdi_open,
         .create = vdi_create,
         .close = vdi_close,

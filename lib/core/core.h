@@ -92,6 +92,13 @@ vdisk_files *files_free(vdisk_files *f);
 size_t files_count(const vdisk_files *f);
 vdisk_io *files_get(const vdisk_files *f, size_t i);
 
+/* probe.c: the identity fields (META_UUID, META_MODIFICATION_UUID,
+ * META_PARENT_UUID, META_PARENT_MOD_UUID, META_PARENT_NAME) of the `be` image
+ * on io, from its first PEEK_HEAD_MAX bytes through be->peek, without opening
+ * it; backends without peek are opened metadata-only instead (UUIDs only).
+ * Strings in *ret point into *ret_head, which the caller frees (may be NULL). */
+int image_peek(const vdisk_backend *be, vdisk_io *io, meta *ret, uint8_t **ret_head);
+
 /* image.c */
 /* `res` (may be NULL) opens companion files during the open. `budget` is
  * the metadata budget the image's tables count against (its disk's, so that

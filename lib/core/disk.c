@@ -301,11 +301,31 @@ int vdisk_disk_open(vdisk_disk *d, vdisk_io *io, const char *format, uint32_t op
         return 0;
 }
 
+/* Is `io`, about to become chain[n], the same file as an image already in
+ * chain[0..n-1]? Then the chain loops, whatever name led to it (a hard link,
+ * a symlink, a second fd of the same file) and whatever its header says by
+ * now; it is caught before the file is opened a second time. Ios that are no
+ * host file have no identity: for them the UUID check below is the guard. */
+static int check_not_in_chain(vdisk_image *const *chain, const io_identity *ids, const bool *have_id, unsigned n,
+                              vdisk_io *io, io_identity *ret_id, bool *ret_have) {
+        *ret_have = io_get_identity(io, ret_id) >= 0;
+        if (!*ret_have)
+                return 0;
+        for (unsigned i = 0; i < n; i++)
+                if (have_id[i] && io_identity_equal(&ids[i], ret_id))
+                        return vdisk_error(-ELOOP, "%s: parent loop: its parent '%s' is the same file as '%s'",
+                                           vdisk_io_name(chain[n - 1]->io), vdisk_io_name(io),
+                                           vdisk_io_name(chain[i]->io));
+        return 0;
+}
+
 int vdisk_disk_open_chain(vdisk_disk *d, vdisk_resolver *res, vdisk_io *top, const char *format,
                           uint32_t open_flags) {
         _cleanup_(disk_unlockp) vdisk_disk *l = NULL;
         vdisk_image *chain[VDISK_CHAIN_MAX] = {};
         uint8_t seen[VDISK_CHAIN_MAX][16];
+        io_identity ids[VDISK_CHAIN_MAX];
+        bool have_id[VDISK_CHAIN_MAX] = {};
         unsigned n = 0, n_seen = 0;
         int writable = !(open_flags & VDISK_OPEN_READONLY);
         const vdisk_backend *be;
@@ -329,13 +349,15 @@ int vdisk_disk_open_chain(vdisk_disk *d, vdisk_resolver *res, vdisk_io *top, con
                 vdisk_io *parent_io = NULL;
                 meta m;
 
+                r = check_not_in_chain(chain, ids, have_id, n, io, &ids[n], &have_id[n]);
                 /* Only the top is opened writable: a parent is reopened
                  * writable when an operation writes into it
                  * (disk_make_writable()), so that formats with dirty bits,
                  * logs or in-use flags never write into a parent that is
                  * only read. */
-                r = image_open(be, io, res, writable && n == 0, !!(open_flags & VDISK_OPEN_INFO), d->budget,
-                               &chain[n]);
+                if (r >= 0)
+                        r = image_open(be, io, res, writable && n == 0, !!(open_flags & VDISK_OPEN_INFO),
+                                       d->budget, &chain[n]);
                 vdisk_io_unref(io);
                 if (r < 0)
                         goto fail;

@@ -7,7 +7,7 @@
 
 #include "core/core.h"
 
-#define PROBE_HEAD (64u * 1024)
+#define PROBE_HEAD PEEK_HEAD_MAX
 #define PROBE_TAIL 1024u
 
 /* Signatures of formats this build has no backend for. A file that carries
@@ -115,5 +115,111 @@ int vdisk_probe(vdisk_io *io, const char *name, int allow_raw, const vdisk_backe
         if (r < 0)
                 return r;
         *ret = &be->info;
+        return 0;
+}
+
+/* ---- identity from the head alone */
+
+#define META_IDENTITY (META_UUID | META_MODIFICATION_UUID | META_PARENT_UUID | META_PARENT_MOD_UUID)
+
+/* Without a peek callback: a metadata-only open, keeping the UUIDs (the
+ * strings of get_meta() die with the image). No resolver: a format whose
+ * open needs companion files should implement peek. */
+static int peek_by_open(const vdisk_backend *be, vdisk_io *io, meta *ret) {
+        vdisk_image *img;
+        meta m;
+        int r;
+
+        r = image_open(be, io, NULL, 0, 1, NULL, &img);
+        if (r < 0)
+                return r;
+        r = image_get_meta(img, &m);
+        image_free(img);
+        if (r < 0)
+                return r;
+        m.mask &= META_IDENTITY;
+        m.comment = m.parent_name = m.parent_format = NULL;
+        *ret = m;
+        return 0;
+}
+
+int image_peek(const vdisk_backend *be, vdisk_io *io, meta *ret, uint8_t **ret_head) {
+        _cleanup_free_ uint8_t *head = NULL;
+        uint64_t size;
+        size_t head_len;
+        meta m = {};
+        int r;
+
+        assert(be);
+        assert(io);
+        assert(ret);
+        assert(ret_head);
+
+        if (!be->peek) {
+                r = peek_by_open(be, io, ret);
+                if (r < 0)
+                        return r;
+                *ret_head = NULL;
+                return 0;
+        }
+        r = io_get_size(io, &size);
+        if (r < 0)
+                return r;
+        head_len = (size_t) MIN(size, (uint64_t) PEEK_HEAD_MAX);
+        /* One byte more, zero: a string the backend finds at the very end
+         * of a short head is still terminated. */
+        head = calloc(1, head_len + 1);
+        if (!head)
+                return vdisk_error(-ENOMEM, "out of memory");
+        r = io_pread(io, head, head_len, 0);
+        if (r < 0)
+                return r;
+        r = be->peek(head, head_len, size, &m);
+        if (r < 0)
+                return vdisk_error_prefix(r, vdisk_io_name(io));
+        m.mask &= META_IDENTITY | META_PARENT_NAME;
+        m.comment = NULL;
+        *ret = m;
+        *ret_head = TAKE_PTR(head);
+        return 0;
+}
+
+int vdisk_peek_ids(vdisk_io *io, const char *format, vdisk_image_ids *ret) {
+        _cleanup_free_ uint8_t *head = NULL;
+        const vdisk_backend *be;
+        meta m;
+        int r;
+
+        if (!io || !ret || ret->size < sizeof(vdisk_image_ids))
+                return vdisk_error(-EINVAL, "invalid arguments");
+        if (format) {
+                be = backend_lookup(format);
+                if (!be)
+                        return vdisk_error(-EMEDIUMTYPE, "Unknown file format '%s'", format);
+        } else {
+                r = probe_backend(io, vdisk_io_name(io), 0, &be, NULL);
+                if (r < 0)
+                        return r;
+        }
+        r = image_peek(be, io, &m, &head);
+        if (r < 0)
+                return r;
+        *ret = (vdisk_image_ids) { .size = sizeof(vdisk_image_ids) };
+        if (m.mask & META_UUID) {
+                ret->mask |= VDISK_IDS_UUID;
+                memcpy(ret->uuid, m.uuid, 16);
+        }
+        if (m.mask & META_MODIFICATION_UUID) {
+                ret->mask |= VDISK_IDS_MODIFICATION_UUID;
+                memcpy(ret->modification_uuid, m.modification_uuid, 16);
+        }
+        if (m.mask & META_PARENT_UUID) {
+                ret->mask |= VDISK_IDS_PARENT_UUID;
+                memcpy(ret->parent_uuid, m.parent_uuid, 16);
+        }
+        if (m.mask & META_PARENT_MOD_UUID) {
+                ret->mask |= VDISK_IDS_PARENT_MOD_UUID;
+                memcpy(ret->parent_modification_uuid, m.parent_modification_uuid, 16);
+        }
         return 0;
 }

@@ -6,10 +6,14 @@
  * to the child's directory, like qemu-img. For formats that link by UUID only
  * (VDI), it scans the child's directory and the directories the user named for
  * regular files with the format's extensions, opened with O_NOFOLLOW, and
- * matches their UUIDs. Two different files with the wanted UUID are an error:
- * guessing could merge into the wrong parent.
+ * matches their UUIDs, read from each candidate's header alone (image_peek):
+ * a full open would load each candidate's block map, up to 64 MiB that a
+ * crafted sparse file claims for free, once per level of the chain. Only the
+ * match is opened as an image, by vdisk_disk_open_chain(). Two different
+ * files with the wanted UUID are an error: guessing could merge into the
+ * wrong parent.
  *
- * Lives in core (not io) because matching a UUID means opening an image.
+ * Lives in core (not io) because matching a UUID means reading an image header.
  */
 #include <dirent.h>
 #include <fcntl.h>
@@ -61,15 +65,16 @@ static bool has_extension(const char *name, const char *const *exts) {
 }
 
 /* Opens `dir/name` read-only if it is a regular file (no symlinks) and reads
- * its UUID. Candidates are only peeked at: the match is reopened writable
- * afterwards if needed (reopen_writable), so no other file is ever opened
- * for writing. */
+ * its UUID from the header alone (image_peek: no table is loaded, whatever
+ * the header claims). Only the match is opened as an image, by the chain
+ * code, and reopened writable first if needed (reopen_writable), so no other
+ * file is ever opened for writing. */
 static int candidate_uuid(int dfd, const char *dir, const char *name, const vdisk_backend *be,
                           uint8_t ret_uuid[16], struct stat *ret_st, vdisk_io **ret_io) {
         _cleanup_(io_unrefp) vdisk_io *io = NULL;
         _cleanup_free_ char *full = NULL;
+        _cleanup_free_ uint8_t *head = NULL;
         _cleanup_close_ int fd = -1;
-        vdisk_image *img = NULL;
         struct stat st;
         meta m = {};
         int r;
@@ -88,11 +93,7 @@ static int candidate_uuid(int dfd, const char *dir, const char *name, const vdis
         if (r < 0)
                 return r;
         TAKE_FD(fd);
-        r = image_open(be, io, NULL, 0, 1, NULL, &img);
-        if (r < 0)
-                return r;
-        r = image_get_meta(img, &m);
-        image_free(img);
+        r = image_peek(be, io, &m, &head);
         if (r < 0)
                 return r;
         if (!(m.mask & META_UUID))

@@ -232,6 +232,13 @@ static int fault_punch_hole(void *u, uint64_t off, uint64_t len) {
         return pending_add(fi, OP_PUNCH, off, len, NULL);
 }
 
+/* The file underneath, if it is one: faults change no identity. */
+static int fault_get_identity(void *u, io_identity *ret) {
+        fault_io *fi = u;
+
+        return io_get_identity(fi->inner, ret);
+}
+
 static void fault_close(void *u) {
         fault_io *fi = u;
 
@@ -249,6 +256,7 @@ static const io_vtable fault_vtable = {
         .get_size = fault_get_size,
         .truncate = fault_truncate,
         .punch_hole = fault_punch_hole,
+        .get_identity = fault_get_identity,
         .close = fault_close,
 };
 

@@ -198,6 +198,16 @@ static int fd_seek_data(void *u, uint64_t off, int hole, uint64_t *ret) {
         return 0;
 }
 
+static int fd_get_identity(void *u, io_identity *ret) {
+        fd_io *f = u;
+        struct stat st;
+
+        if (fstat(f->fd, &st) < 0)
+                return -errno;
+        *ret = (io_identity) { .dev = (uint64_t) st.st_dev, .ino = (uint64_t) st.st_ino };
+        return 0;
+}
+
 static void fd_close(void *u) {
         fd_io *f = u;
 
@@ -218,6 +228,7 @@ static const io_vtable fd_vtable = {
         .punch_hole = fd_punch_hole,
         .get_allocated = fd_get_allocated,
         .seek_data = fd_seek_data,
+        .get_identity = fd_get_identity,
         .close = fd_close,
 };
 
@@ -327,18 +338,18 @@ int vdisk_io_set_direct_fd(vdisk_io *io, int fd) {
 }
 
 int vdisk_io_get_file_id(vdisk_io *io, uint64_t *ret_dev, uint64_t *ret_ino) {
-        struct stat st;
-        fd_io *f;
+        io_identity id;
+        int r;
 
         if (!io || !ret_dev || !ret_ino)
                 return vdisk_error(-EINVAL, "invalid arguments");
         if (io->kind != IO_KIND_FD)
                 return vdisk_error(-EOPNOTSUPP, "%s: not a file descriptor io", vdisk_io_name(io));
-        f = io->user;
-        if (fstat(f->fd, &st) < 0)
-                return vdisk_error(-errno, "Could not stat '%s': %m", vdisk_io_name(io));
-        *ret_dev = (uint64_t) st.st_dev;
-        *ret_ino = (uint64_t) st.st_ino;
+        r = io_get_identity(io, &id);
+        if (r < 0)
+                return vdisk_error(r, "Could not stat '%s': %s", vdisk_io_name(io), strerror(-r));
+        *ret_dev = id.dev;
+        *ret_ino = id.ino;
         return 0;
 }
 

@@ -178,6 +178,12 @@ int io_seek_data(vdisk_io *io, uint64_t offset, int hole, uint64_t *ret) {
         return io->vt->seek_data(io->user, offset, hole, ret);
 }
 
+int io_get_identity(vdisk_io *io, io_identity *ret) {
+        if (!io->vt->get_identity)
+                return -EOPNOTSUPP;
+        return io->vt->get_identity(io->user, ret);
+}
+
 int io_is_hole(vdisk_io *io, uint64_t offset, uint64_t len) {
         uint64_t next;
 

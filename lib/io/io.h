@@ -5,9 +5,16 @@
 #pragma once
 
 #include <stdatomic.h>
+#include <stdbool.h>
 #include <stdint.h>
 
 #include "vdisk/vdisk.h"
+
+/* A host file's identity: two ios with equal identities are the same file,
+ * whatever names they were opened by (hard links, symlinks, two fds). */
+typedef struct io_identity {
+        uint64_t dev, ino;
+} io_identity;
 
 typedef struct io_vtable {
         int (*pread)(void *user, void *buf, size_t len, uint64_t offset);
@@ -20,6 +27,9 @@ typedef struct io_vtable {
         int (*get_allocated)(void *user, uint64_t *ret);
         /* Next data/hole boundary (SEEK_DATA/SEEK_HOLE); optional. */
         int (*seek_data)(void *user, uint64_t offset, int hole, uint64_t *ret);
+        /* Which file this is (st_dev, st_ino); optional: ios that are no
+         * host file (memory, caller ops) have no identity. */
+        int (*get_identity)(void *user, io_identity *ret);
         void (*close)(void *user);
 } io_vtable;
 
@@ -53,6 +63,13 @@ int io_get_allocated(vdisk_io *io, uint64_t *ret);
 /* The next data (hole = 0) or hole (hole = 1) boundary at or after offset
  * (SEEK_DATA/SEEK_HOLE); -EOPNOTSUPP when the io cannot tell. */
 int io_seek_data(vdisk_io *io, uint64_t offset, int hole, uint64_t *ret);
+/* The file's identity; -EOPNOTSUPP for ios that are no host file (memory,
+ * caller ops), for which callers fall back to comparing UUIDs. No error is
+ * recorded: a missing identity is an answer, not a failure. */
+int io_get_identity(vdisk_io *io, io_identity *ret);
+static inline bool io_identity_equal(const io_identity *a, const io_identity *b) {
+        return a->dev == b->dev && a->ino == b->ino;
+}
 /* For a fd io: is [offset, offset+len) known to be a hole in the host file? */
 int io_is_hole(vdisk_io *io, uint64_t offset, uint64_t len);
 

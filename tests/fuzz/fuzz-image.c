@@ -114,12 +114,26 @@ static void exercise(const uint8_t *data, size_t size, const char *format, int w
         uint64_t off = 0, budget = READ_BUDGET, disk_size;
         int calls = 0;
 
+        vdisk_image_ids ids = { .size = sizeof ids };
+        int peek_r = -1;
+
         if (size > FILE_MAX || capped_new(data, size, &io) < 0)
                 return;
+        /* The header-only peek of a parent search must accept what open
+         * accepts, with the same UUID (test-parent-search.c checks the rest). */
+        if (format)
+                peek_r = vdisk_peek_ids(io, format, &ids);
         if (vdisk_disk_new(&d) < 0)
                 goto out;
         if (vdisk_disk_open(d, io, format, writable ? 0 : VDISK_OPEN_READONLY | VDISK_OPEN_ALLOW_PROBE_RAW) < 0)
                 goto out;
+        if (format && !writable) {
+                uint8_t u[16];
+
+                if (peek_r < 0 || vdisk_image_get_uuid(vdisk_disk_image(d, 0), u) < 0 ||
+                    memcmp(u, ids.uuid, 16) != 0)
+                        abort();
+        }
         disk_size = vdisk_disk_size(d);
         buf = malloc(64 * 1024);
         if (!buf)

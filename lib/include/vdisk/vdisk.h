@@ -268,6 +268,27 @@ const vdisk_backend_info *vdisk_backend_find(const char *name);
 int vdisk_probe(vdisk_io *io, const char *name, int allow_raw,
                 const vdisk_backend_info **ret, int *ret_guessed_raw);
 
+/* The identity an image records in its header. */
+enum {
+        VDISK_IDS_UUID              = 1u << 0,
+        VDISK_IDS_MODIFICATION_UUID = 1u << 1,
+        VDISK_IDS_PARENT_UUID       = 1u << 2,
+        VDISK_IDS_PARENT_MOD_UUID   = 1u << 3,
+};
+typedef struct vdisk_image_ids {
+        size_t size;                /* sizeof(vdisk_image_ids), set by the caller */
+        uint32_t mask;              /* VDISK_IDS_*: the fields the format records */
+        uint8_t uuid[16], modification_uuid[16], parent_uuid[16], parent_modification_uuid[16];
+} vdisk_image_ids;
+
+/* Reads the UUIDs of the image on io from its header alone, without opening
+ * it: at most 64 KiB are read and no table is loaded, so it is cheap on any
+ * file. For picking a parent among candidates; the match must then be opened
+ * (vdisk_disk_open and friends), which validates everything else. `format`
+ * NULL probes (never raw). -EMEDIUMTYPE when the file is not that format,
+ * -EUCLEAN/-EOPNOTSUPP for headers an open would refuse. */
+int vdisk_peek_ids(vdisk_io *io, const char *format, vdisk_image_ids *ret);
+
 /* ---------------------------------------------------------------- containers */
 
 typedef struct vdisk_disk vdisk_disk;

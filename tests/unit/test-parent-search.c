@@ -1,0 +1,424 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/*
+ * Suite `unit`: finding parents by UUID from headers alone, and loops by file
+ * identity.
+ *
+ * vdisk_peek_ids() reads an image's UUIDs from its head without opening it.
+ * It must agree with a full open on every input: where an open succeeds, the
+ * peek does too and reports the same UUIDs; where the open fails because of
+ * the header (or a block map the file does not hold), the peek fails with the
+ * same code. Checked on valid base and diff images, on truncations at every
+ * header field and through the block map, on header field edits with the
+ * codes vdisk.h fixes, and on a seeded bit-flip loop over the header sector.
+ * A crafted header claiming a 64 MiB block map is peeked with at most 64 KiB
+ * read.
+ *
+ * The path resolver (real files in a scratch directory): a 3-image chain is
+ * found among decoys (not an image, a header cut short and a map cut short
+ * that both carry the wanted UUID, a symlink to a copy of the parent outside
+ * the directory, a directory and a FIFO with the extension); a hard link of
+ * the parent is the same file (no -ENOTUNIQ), a real copy is -ENOTUNIQ. A
+ * loop whose parent UUID leads back to the top is -ELOOP for being the same
+ * file (st_dev, st_ino), whether the top was opened by its name, through a
+ * hard link or through a symlink named differently.
+ *
+ * Usage: test-parent-search [FUZZ_SEED [FUZZ_ITERATIONS]]
+ */
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "tests.h"
+#include "vdi-layout.h"
+
+static uint8_t *base_bytes, *diff_bytes;
+static size_t base_len, diff_len;
+
+static void make_samples(void) {
+        vdisk_create_opts o = { .size = sizeof o, .block_size = 64 * KiB };
+        vdisk_io *bio = mem_io("base.vdi", NULL, 0), *dio = mem_io("diff.vdi", NULL, 0);
+        vdisk_disk *d = disk_new();
+        uint8_t buf[4096];
+
+        memset(buf, 0x5a, sizeof buf);
+        ASSERT_OK(vdisk_disk_create_base(d, bio, "vdi", 1 * MiB, &o));
+        ASSERT_OK(vdisk_disk_write(d, buf, sizeof buf, 0));
+        ASSERT_OK(vdisk_disk_create_diff(d, dio, "vdi", &o));
+        ASSERT_OK(vdisk_disk_write(d, buf, sizeof buf, 512 * KiB));
+        vdisk_disk_unref(d);
+        base_bytes = mem_io_copy(bio, &base_len);
+        diff_bytes = mem_io_copy(dio, &diff_len);
+        vdisk_io_unref(bio);
+        vdisk_io_unref(dio);
+}
+
+/* ---------------------------------------------------------------- peek against open */
+
+static unsigned n_compared, n_both_ok;
+
+/* Peeks and opens `bytes` and checks that they agree. Returns the peek's result. */
+static int peek_vs_open(const uint8_t *bytes, size_t len, const char *what) {
+        vdisk_image_ids ids = { .size = sizeof ids };
+        vdisk_io *io = mem_io("case.vdi", bytes, len);
+        vdisk_disk *d = disk_new();
+        int rp, ro;
+
+        test_set_context("%s (%zu bytes)", what, len);
+        vdisk_clear_error();
+        rp = vdisk_peek_ids(io, "vdi", &ids);
+        if (rp < 0)
+                test_check_clean_error(__FILE__, __LINE__, "vdisk_peek_ids", rp);
+        vdisk_clear_error();
+        ro = vdisk_disk_open(d, io, "vdi", VDISK_OPEN_READONLY | VDISK_OPEN_INFO);
+        if (ro < 0)
+                test_check_clean_error(__FILE__, __LINE__, "vdisk_disk_open", ro);
+        n_compared++;
+        if (ro >= 0) {
+                vdisk_image *img = vdisk_disk_image(d, 0);
+                uint8_t u[16];
+
+                if (rp < 0)
+                        FAIL("the image opens but the peek fails with %d (%s)", rp, strerror(-rp));
+                ASSERT(ids.mask & VDISK_IDS_UUID);
+                ASSERT(ids.mask & VDISK_IDS_PARENT_UUID);
+                ASSERT(ids.mask & VDISK_IDS_MODIFICATION_UUID);
+                ASSERT(ids.mask & VDISK_IDS_PARENT_MOD_UUID);
+                ASSERT_OK(vdisk_image_get_uuid(img, u));
+                ASSERT_MEMEQ(ids.uuid, u, 16);
+                ASSERT_OK(vdisk_image_get_parent_uuid(img, u));
+                ASSERT_MEMEQ(ids.parent_uuid, u, 16);
+                ASSERT_OK(vdisk_image_get_modification_uuid(img, u));
+                ASSERT_MEMEQ(ids.modification_uuid, u, 16);
+                ASSERT_OK(vdisk_image_get_parent_modification_uuid(img, u));
+                ASSERT_MEMEQ(ids.parent_modification_uuid, u, 16);
+                n_both_ok++;
+        } else if (rp >= 0)
+                FAIL("the peek accepts what open refuses with %d (%s)", ro, strerror(-ro));
+        else if (rp != ro)
+                FAIL("the peek fails with %d (%s), open with %d (%s)", rp, strerror(-rp), ro, strerror(-ro));
+        vdisk_disk_unref(d);
+        vdisk_io_unref(io);
+        test_set_context("%s", "");
+        return rp;
+}
+
+static int edited(const uint8_t *src, size_t len, size_t off, uint32_t v, const char *what) {
+        uint8_t *b = malloc(len);
+        int r;
+
+        ASSERT(b);
+        memcpy(b, src, len);
+        vdi_put32(b, off, v);
+        r = peek_vs_open(b, len, what);
+        free(b);
+        return r;
+}
+
+static void test_peek_cases(void) {
+        vdisk_image_ids ids = { .size = sizeof ids }, bids = { .size = sizeof ids };
+        vdi_header h;
+        vdisk_io *io;
+        uint64_t map_end;
+
+        ASSERT_OK(peek_vs_open(base_bytes, base_len, "base"));
+        ASSERT_OK(peek_vs_open(diff_bytes, diff_len, "diff"));
+        io = mem_io("d.vdi", diff_bytes, diff_len);
+        ASSERT_OK(vdisk_peek_ids(io, NULL, &ids));   /* probed */
+        vdisk_io_unref(io);
+        io = mem_io("b.vdi", base_bytes, base_len);
+        ASSERT_OK(vdisk_peek_ids(io, "VDI", &bids));
+        ASSERT_MEMEQ(ids.parent_uuid, bids.uuid, 16);
+        ASSERT(vdisk_uuid_is_null(bids.parent_uuid));
+        ids.size = 4;
+        ASSERT_ERR(vdisk_peek_ids(io, "vdi", &ids), -EINVAL);
+        ids.size = sizeof ids;
+        ASSERT_ERR(vdisk_peek_ids(io, "no-such-format", &ids), -EMEDIUMTYPE);
+        vdisk_io_unref(io);
+
+        /* truncations: every 4 bytes through the header sector, every 512
+         * through the map and a little past it */
+        ASSERT(vdi_parse(base_bytes, base_len, &h) == 0);
+        map_end = (uint64_t) h.off_blocks + (uint64_t) h.blocks * 4;
+        ASSERT(map_end < base_len);
+        for (size_t len = 0; len <= 512; len += 4)
+                (void) peek_vs_open(base_bytes, len, "base cut in the header");
+        for (size_t len = 512; len <= map_end + 1024 && len <= base_len; len += 512) {
+                (void) peek_vs_open(base_bytes, len, "base cut in the map");
+                (void) peek_vs_open(base_bytes, len - 1, "base cut in the map");
+        }
+        ASSERT_ERR(peek_vs_open(base_bytes, 0, "empty"), -EMEDIUMTYPE);
+        ASSERT_ERR(peek_vs_open(base_bytes, VDI_OFF_SIGNATURE + 3, "no signature"), -EMEDIUMTYPE);
+        ASSERT_ERR(peek_vs_open(base_bytes, 0x100, "header cut"), -EUCLEAN);
+        ASSERT_ERR(peek_vs_open(base_bytes, (size_t) map_end - 1, "map cut"), -EUCLEAN);
+        ASSERT_OK(peek_vs_open(base_bytes, (size_t) map_end, "map complete, no data"));
+
+        /* field edits, with the codes vdisk.h fixes */
+        ASSERT_ERR(edited(base_bytes, base_len, VDI_OFF_SIGNATURE, 0x12345678, "signature"), -EMEDIUMTYPE);
+        ASSERT_ERR(edited(base_bytes, base_len, VDI_OFF_VERSION, 0x00020000, "version"), -EOPNOTSUPP);
+        ASSERT_ERR(edited(base_bytes, base_len, VDI_OFF_HEADER_SIZE, 200, "header size"), -EOPNOTSUPP);
+        ASSERT_ERR(edited(base_bytes, base_len, VDI_OFF_TYPE, 9, "type"), -EUCLEAN);
+        ASSERT_ERR(edited(base_bytes, base_len, VDI_OFF_BLOCK_SIZE, 3000, "block size"), -EUCLEAN);
+        ASSERT_ERR(edited(base_bytes, base_len, VDI_OFF_BLOCKS, h.blocks + 1, "block count"), -EUCLEAN);
+        ASSERT_ERR(edited(base_bytes, base_len, VDI_OFF_BLOCKS_OFFSET, 256, "map offset"), -EUCLEAN);
+        ASSERT_ERR(edited(base_bytes, base_len, VDI_OFF_SECTOR_SIZE, 4096, "sector size"), -EOPNOTSUPP);
+        /* a map of 2^25 entries (128 MiB): too large, before anything is read */
+        {
+                uint8_t *b = malloc(base_len);
+
+                ASSERT(b);
+                memcpy(b, base_bytes, base_len);
+                vdi_put64(b, VDI_OFF_DISK_SIZE, (UINT64_C(1) << 25) * h.block_size);
+                vdi_put32(b, VDI_OFF_BLOCKS, UINT32_C(1) << 25);
+                vdi_put32(b, VDI_OFF_DATA_OFFSET, UINT32_C(0xfffffe00));
+                ASSERT_ERR(peek_vs_open(b, base_len, "map of 2^25 entries"), -EFBIG);
+                free(b);
+        }
+}
+
+static void test_peek_fuzz(uint64_t seed, unsigned iterations) {
+        uint8_t *b = malloc(base_len);
+        rng r;
+
+        ASSERT(b);
+        rng_seed(&r, seed);
+        for (unsigned i = 0; i < iterations; i++) {
+                const uint8_t *src = rng_chance(&r, 50) ? base_bytes : diff_bytes;
+                size_t len = src == base_bytes ? base_len : diff_len;
+                unsigned flips = (unsigned) rng_range(&r, 1, 4);
+                char what[96];
+
+                memcpy(b, src, len);
+                for (unsigned k = 0; k < flips; k++) {
+                        size_t off = (size_t) rng_below(&r, VDI_OFF_END_V1PLUS);
+                        b[off] ^= (uint8_t) (1u << rng_below(&r, 8));
+                }
+                snprintf(what, sizeof what, "fuzz seed %" PRIu64 " iteration %u", seed, i);
+                (void) peek_vs_open(b, len, what);
+        }
+        free(b);
+}
+
+/* An io that claims 512 + 64 MiB (a header whose block map is 64 MiB) and
+ * serves the header and zeros, counting the bytes it is asked for. */
+typedef struct claim_io {
+        uint8_t header[512];
+        uint64_t size, bytes_read;
+} claim_io;
+
+static int claim_pread(void *user, void *buf, size_t len, uint64_t off) {
+        claim_io *c = user;
+
+        if (off > c->size || len > c->size - off)
+                return -EIO;
+        c->bytes_read += len;
+        memset(buf, 0, len);
+        if (off < sizeof c->header)
+                memcpy(buf, c->header + off, MIN(len, sizeof c->header - (size_t) off));
+        return 0;
+}
+
+static int claim_get_size(void *user, uint64_t *ret) {
+        *ret = ((claim_io *) user)->size;
+        return 0;
+}
+
+static void test_peek_reads_the_head_only(void) {
+        vdisk_io_ops ops = { .size = sizeof ops, .pread = claim_pread, .get_size = claim_get_size };
+        vdisk_image_ids ids = { .size = sizeof ids };
+        claim_io c = {};
+        vdisk_io *io;
+        uint8_t u[16];
+        uint32_t n = (64u << 20) / 4;
+
+        memcpy(c.header, base_bytes, sizeof c.header);
+        vdi_put32(c.header, VDI_OFF_BLOCK_SIZE, 1u << 20);
+        vdi_put32(c.header, VDI_OFF_BLOCKS, n);
+        vdi_put64(c.header, VDI_OFF_DISK_SIZE, (uint64_t) n << 20);
+        vdi_put32(c.header, VDI_OFF_BLOCKS_OFFSET, 512);
+        vdi_put32(c.header, VDI_OFF_DATA_OFFSET, 512 + (64u << 20));
+        vdi_put32(c.header, VDI_OFF_BLOCKS_ALLOCATED, 0);
+        c.size = 512 + (64u << 20);
+        ASSERT_OK(vdisk_io_new_ops(&ops, &c, "claims-64MiB-map.vdi", VDISK_IO_READONLY, &io));
+        ASSERT_OK(vdisk_peek_ids(io, "vdi", &ids));
+        memcpy(u, base_bytes + VDI_OFF_UUID_CREATE, 16);
+        ASSERT_MEMEQ(ids.uuid, u, 16);
+        if (c.bytes_read > 64 * KiB)
+                FAIL("the peek read %" PRIu64 " bytes of a file whose header claims a 64 MiB map", c.bytes_read);
+        vdisk_io_unref(io);
+}
+
+/* ---------------------------------------------------------------- the path resolver */
+
+static char dir[256];
+
+static char *path_of(const char *name) {
+        static char p[4][512];
+        static unsigned i;
+
+        i = (i + 1) % 4;
+        snprintf(p[i], sizeof p[i], "%s/%s", dir, name);
+        return p[i];
+}
+
+static void write_file(const char *path, const uint8_t *b, size_t len) {
+        int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+
+        ASSERT(fd >= 0);
+        ASSERT((size_t) write(fd, b, len) == len);
+        ASSERT(close(fd) == 0);
+}
+
+/* A copy of `src` with the given UUID and parent UUID (NULL: keep). */
+static void write_image(const char *name, const uint8_t *src, size_t len, const uint8_t *uuid,
+                        const uint8_t *parent) {
+        uint8_t *b = malloc(len);
+
+        ASSERT(b);
+        memcpy(b, src, len);
+        memcpy(b + VDI_OFF_UUID_CREATE, uuid, 16);
+        if (parent)
+                memcpy(b + VDI_OFF_UUID_LINKAGE, parent, 16);
+        write_file(path_of(name), b, len);
+        free(b);
+}
+
+static void set_parent_uuid(const char *name, const uint8_t *parent) {
+        int fd = open(path_of(name), O_WRONLY | O_CLOEXEC);
+
+        ASSERT(fd >= 0);
+        ASSERT(pwrite(fd, parent, 16, VDI_OFF_UUID_LINKAGE) == 16);
+        ASSERT(close(fd) == 0);
+}
+
+/* Opens the chain whose top is dir/name with the path resolver. */
+static int open_chain(const char *name, vdisk_disk **ret) {
+        vdisk_resolver *res = NULL;
+        vdisk_disk *d = disk_new();
+        vdisk_io *io = NULL;
+        int r;
+
+        ASSERT_OK(vdisk_resolver_new_path(NULL, &res));
+        ASSERT_OK(vdisk_io_open_path(path_of(name), VDISK_PATH_READ, &io));
+        vdisk_clear_error();
+        r = vdisk_disk_open_chain(d, res, io, "vdi", VDISK_OPEN_READONLY);
+        if (r < 0)
+                test_check_clean_error(__FILE__, __LINE__, "vdisk_disk_open_chain", r);
+        vdisk_io_unref(io);
+        vdisk_resolver_free(res);
+        if (ret && r >= 0)
+                *ret = d;
+        else
+                vdisk_disk_unref(d);
+        return r;
+}
+
+static void expect_chain(const char *top, const uint8_t (*uuids)[16], unsigned n) {
+        vdisk_disk *d = NULL;
+
+        ASSERT_OK(open_chain(top, &d));
+        ASSERT_EQ_U64(vdisk_disk_count(d), n);
+        for (unsigned i = 0; i < n; i++) {
+                uint8_t u[16];
+
+                ASSERT_OK(vdisk_image_get_uuid(vdisk_disk_image(d, i), u));
+                ASSERT_MEMEQ(u, uuids[i], 16);
+        }
+        vdisk_disk_unref(d);
+}
+
+static void expect_same_file_loop(const char *top, const char *also_named) {
+        const char *e;
+
+        ASSERT_ERR(open_chain(top, NULL), -ELOOP);
+        e = vdisk_last_error();
+        if (!strstr(e, "same file") || !strstr(e, top) || !strstr(e, also_named))
+                FAIL("opening '%s': the loop is not reported as the same file named '%s' and '%s': \"%s\"",
+                     top, top, also_named, e);
+}
+
+static void test_path_resolver(void) {
+        static const uint8_t uuids[3][16] = {
+                { 0xb0, 0x5e, [15] = 1 }, { 0x3d, 0x1d, [15] = 2 }, { 0x70, 0x9a, [15] = 3 },
+        };
+        const char *tmp = getenv("TMPDIR");
+        char outside[300];
+        uint8_t *b;
+
+        snprintf(dir, sizeof dir, "%s/vdisk-parent-search-XXXXXX", tmp && tmp[0] ? tmp : "/tmp");
+        ASSERT(mkdtemp(dir));
+        snprintf(outside, sizeof outside, "%s/../%s-outside.vdi", dir, strrchr(dir, '/') + 1);
+
+        write_image("base.vdi", base_bytes, base_len, uuids[0], NULL);
+        write_image("mid.vdi", diff_bytes, diff_len, uuids[1], uuids[0]);
+        write_image("top.vdi", diff_bytes, diff_len, uuids[2], uuids[1]);
+
+        /* decoys: none of them is taken, none makes the search ambiguous */
+        write_file(path_of("garbage.vdi"), (const uint8_t *) "not an image\n", 13);
+        b = malloc(base_len);
+        ASSERT(b);
+        memcpy(b, base_bytes, base_len);
+        memcpy(b + VDI_OFF_UUID_CREATE, uuids[0], 16);
+        write_file(path_of("header-cut.vdi"), b, 0x100);
+        {
+                vdi_header h;
+
+                ASSERT(vdi_parse(base_bytes, base_len, &h) == 0);
+                write_file(path_of("map-cut.vdi"), b, h.off_blocks + 4);
+        }
+        write_file(outside, b, base_len);   /* a second file with the base's UUID ... */
+        free(b);
+        ASSERT(symlink(outside, path_of("link-outside.vdi")) == 0);   /* ... behind a symlink */
+        ASSERT(mkdir(path_of("a-directory.vdi"), 0755) == 0);
+        ASSERT(mkfifo(path_of("a-fifo.vdi"), 0644) == 0);
+        expect_chain("top.vdi", uuids, 3);
+
+        /* a hard link of the base is the same file: still one candidate */
+        ASSERT(link(path_of("base.vdi"), path_of("base-hardlink.vdi")) == 0);
+        expect_chain("top.vdi", uuids, 3);
+        /* a real copy is a second parent: ambiguous */
+        write_image("base-copy.vdi", base_bytes, base_len, uuids[0], NULL);
+        ASSERT_ERR(open_chain("top.vdi", NULL), -ENOTUNIQ);
+        ASSERT(unlink(path_of("base-copy.vdi")) == 0);
+        expect_chain("top.vdi", uuids, 3);
+
+        /* a loop: the base names the top as its parent */
+        set_parent_uuid("base.vdi", uuids[2]);
+        expect_same_file_loop("top.vdi", "top.vdi");
+        ASSERT(link(path_of("top.vdi"), path_of("top-hardlink.vdi")) == 0);
+        expect_same_file_loop("top-hardlink.vdi", "same file");
+        ASSERT(unlink(path_of("top-hardlink.vdi")) == 0);
+        ASSERT(symlink("top.vdi", path_of("top-symlink.vdi")) == 0);
+        expect_same_file_loop("top-symlink.vdi", "top.vdi");
+        /* and a loop one level up: the mid names the top */
+        set_parent_uuid("base.vdi", (const uint8_t[16]) {});
+        set_parent_uuid("mid.vdi", uuids[2]);
+        expect_same_file_loop("top-symlink.vdi", "top.vdi");
+
+        {
+                const char *names[] = { "base.vdi", "mid.vdi", "top.vdi", "garbage.vdi", "header-cut.vdi",
+                                        "map-cut.vdi", "link-outside.vdi", "a-fifo.vdi", "base-hardlink.vdi",
+                                        "top-symlink.vdi" };
+
+                for (size_t i = 0; i < ELEMENTSOF(names); i++)
+                        ASSERT(unlink(path_of(names[i])) == 0);
+                ASSERT(rmdir(path_of("a-directory.vdi")) == 0);
+                ASSERT(unlink(outside) == 0);
+                ASSERT(rmdir(dir) == 0);
+        }
+}
+
+int main(int argc, char **argv) {
+        uint64_t seed = argc > 1 ? strtoull(argv[1], NULL, 0) : 20240611;
+        unsigned iterations = argc > 2 ? (unsigned) strtoul(argv[2], NULL, 0) : 3000;
+
+        make_samples();
+        test_peek_cases();
+        test_peek_reads_the_head_only();
+        test_peek_fuzz(seed, iterations);
+        printf("peek and open agree on %u inputs (%u opened)\n", n_compared, n_both_ok);
+        test_path_resolver();
+        free(base_bytes);
+        free(diff_bytes);
+        printf("ok\n");
+        return 0;
+}
