@@ -512,7 +512,7 @@ static int vdi_probe(const uint8_t *head, size_t head_len, const uint8_t *tail, 
 
 /* The UUIDs from the header alone, for parent searches: the same header
  * checks as vdi_open(), and the block map must lie within the file (as
- * blockmap_load() demands), but the map is not read. */
+ * vdi_open() demands), but the map is not read. */
 static int vdi_peek(const uint8_t *head, size_t head_len, uint64_t file_size, meta *ret) {
         uint8_t raw[VDI_SECTOR] = {};
         vdi_header h;
