@@ -1307,6 +1307,40 @@ static int vdi_progress_moves(vdi_state *s, vdisk_progress *p) {
         return 0;
 }
 
+/* Reserves the file space of the slots below `n_keep` that a defrag will
+ * move blocks into: those no entry references, and those of the blocks in
+ * `dropped` (a slot bitmap, may be NULL) that compact is about to drop. A
+ * hole there (a sparse copy, a punched block) takes space when it is
+ * written, and a defrag that stopped half way for want of it would leave
+ * the count ahead of the map, which qemu-img check and ours call a
+ * corruption. So the space is taken first, and a full file system fails
+ * the operation before it changes anything. Where the host cannot reserve
+ * (-EOPNOTSUPP), the moves go ahead as before. */
+static int vdi_reserve_holes(vdi_state *s, uint32_t n_keep, const uint64_t *dropped) {
+        uint64_t bs = s->h.block_size;
+        uint32_t run = 0, start = 0;
+        int r;
+
+        for (uint32_t x = 0; x <= n_keep; x++) {
+                bool hole = x < n_keep && (!bitmap_get(s->slot_used, x) || (dropped && bitmap_get(dropped, x)));
+
+                if (hole) {
+                        if (run++ == 0)
+                                start = x;
+                        continue;
+                }
+                if (run == 0)
+                        continue;
+                r = io_reserve(s->io, slot_offset(s, start), run * bs);
+                if (r == -EOPNOTSUPP)
+                        return 0;
+                if (r < 0)
+                        return r;
+                run = 0;
+        }
+        return 0;
+}
+
 /* Packs the referenced slots into 0..n_live-1: every block in a slot at or
  * above n_live moves into the lowest unreferenced slot below it (in block
  * order, so sequential blocks stay sequential). Then the count drops to
@@ -1324,6 +1358,9 @@ static int vdi_defrag(vdi_state *s, vdisk_progress *p) {
 
         assert(s->n_bad == 0);
 
+        r = vdi_reserve_holes(s, s->n_live, NULL);
+        if (r < 0)
+                return r;
         r = vdi_sync(s);
         if (r < 0)
                 return r;
@@ -1762,6 +1799,7 @@ static int vdi_compact(void *state, compact_fn fn, void *ctx, vdisk_progress *p)
         uint64_t bs = s->h.block_size;
         size_t buf_size = MIN(s->h.block_size, VDI_IO_CHUNK);
         _cleanup_free_ uint64_t *verdicts = NULL;   /* 2 bits a block: 0 keep, 1 unalloc, 2 zero */
+        _cleanup_free_ uint64_t *dropped = NULL;    /* a bit a slot: its block is dropped */
         uint64_t n_drops = 0, live_before;
         uint32_t n_moves;
         int r;
@@ -1785,7 +1823,8 @@ static int vdi_compact(void *state, compact_fn fn, void *ctx, vdisk_progress *p)
 
         _cleanup_free_ uint8_t *buf = buf_alloc(buf_size);
         verdicts = bitmap_new((uint64_t) s->h.n_blocks * 2);
-        if (!buf || !verdicts)
+        dropped = bitmap_new(s->h.n_blocks);
+        if (!buf || !verdicts || !dropped)
                 return vdisk_error(-ENOMEM, "out of memory");
         live_before = s->n_live;
         progress_set_total(p, s->size + live_before * bs);
@@ -1807,6 +1846,7 @@ static int vdi_compact(void *state, compact_fn fn, void *ctx, vdisk_progress *p)
                                 return r;
                         if (v != COMPACT_KEEP) {
                                 bitmap_set(verdicts, 2 * b + (v == COMPACT_ZERO));
+                                bitmap_set(dropped, e);
                                 n_drops++;
                         }
                 }
@@ -1814,6 +1854,11 @@ static int vdi_compact(void *state, compact_fn fn, void *ctx, vdisk_progress *p)
                 if (r < 0)
                         return vdisk_error(r, "vdi: compact cancelled (nothing changed)");
         }
+
+        /* Space for the moves first: nothing has changed if there is none. */
+        r = vdi_reserve_holes(s, (uint32_t) (s->n_live - n_drops), dropped);
+        if (r < 0)
+                return r;
 
         for (uint64_t b = 0; n_drops > 0 && b < s->h.n_blocks; b++) {
                 bool unalloc = bitmap_get(verdicts, 2 * b), zero = bitmap_get(verdicts, 2 * b + 1);

@@ -232,6 +232,16 @@ static int fault_punch_hole(void *u, uint64_t off, uint64_t len) {
         return pending_add(fi, OP_PUNCH, off, len, NULL);
 }
 
+/* A reservation changes nothing a reader or a crash image sees: passed on,
+ * neither counted nor failed (write faults model the writes themselves). */
+static int fault_reserve(void *u, uint64_t off, uint64_t len) {
+        fault_io *fi = u;
+
+        if (!fi->inner->vt->reserve)
+                return -EOPNOTSUPP;
+        return fi->inner->vt->reserve(fi->inner->user, off, len);
+}
+
 /* The file underneath, if it is one: faults change no identity. */
 static int fault_get_identity(void *u, io_identity *ret) {
         fault_io *fi = u;
@@ -256,6 +266,7 @@ static const io_vtable fault_vtable = {
         .get_size = fault_get_size,
         .truncate = fault_truncate,
         .punch_hole = fault_punch_hole,
+        .reserve = fault_reserve,
         .get_identity = fault_get_identity,
         .close = fault_close,
 };

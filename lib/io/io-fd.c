@@ -173,6 +173,16 @@ static int fd_punch_hole(void *u, uint64_t off, uint64_t len) {
         return 0;
 }
 
+static int fd_reserve(void *u, uint64_t off, uint64_t len) {
+        fd_io *f = u;
+
+        if (off > INT64_MAX || len > INT64_MAX - off)
+                return -EFBIG;
+        if (fallocate(f->fd, FALLOC_FL_KEEP_SIZE, (off_t) off, (off_t) len) < 0)
+                return errno == EOPNOTSUPP || errno == ENOSYS ? -EOPNOTSUPP : -errno;
+        return 0;
+}
+
 static int fd_get_allocated(void *u, uint64_t *ret) {
         fd_io *f = u;
         struct stat st;
@@ -226,6 +236,7 @@ static const io_vtable fd_vtable = {
         .get_size = fd_get_size,
         .truncate = fd_truncate,
         .punch_hole = fd_punch_hole,
+        .reserve = fd_reserve,
         .get_allocated = fd_get_allocated,
         .seek_data = fd_seek_data,
         .get_identity = fd_get_identity,

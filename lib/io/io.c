@@ -135,6 +135,20 @@ int io_truncate(vdisk_io *io, uint64_t size) {
         return 0;
 }
 
+int io_reserve(vdisk_io *io, uint64_t offset, uint64_t len) {
+        int r;
+
+        if (io->flags & VDISK_IO_READONLY)
+                return vdisk_error(-EROFS, "%s: opened read-only", io->name);
+        if (!io->vt->reserve)
+                return -EOPNOTSUPP;
+        r = io->vt->reserve(io->user, offset, len);
+        if (r < 0 && r != -EOPNOTSUPP)
+                return vdisk_error(r, "%s: reserving %" PRIu64 " bytes at offset %" PRIu64 " failed: %s", io->name,
+                                   len, offset, strerror(-r));
+        return r;
+}
+
 int io_punch_hole(vdisk_io *io, uint64_t offset, uint64_t len) {
         int r;
 

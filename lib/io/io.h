@@ -23,6 +23,9 @@ typedef struct io_vtable {
         int (*get_size)(void *user, uint64_t *ret);
         int (*truncate)(void *user, uint64_t size);
         int (*punch_hole)(void *user, uint64_t offset, uint64_t len);
+        /* Reserves host space for [offset, offset+len) without changing the
+         * size or the content (fallocate KEEP_SIZE); optional. */
+        int (*reserve)(void *user, uint64_t offset, uint64_t len);
         /* Bytes the host really uses (st_blocks * 512); optional. */
         int (*get_allocated)(void *user, uint64_t *ret);
         /* Next data/hole boundary (SEEK_DATA/SEEK_HOLE); optional. */
@@ -57,6 +60,11 @@ int io_truncate(vdisk_io *io, uint64_t size);
 /* Deallocates a range so it reads as zeros; -EOPNOTSUPP when the io cannot,
  * in which case callers write zeros instead. */
 int io_punch_hole(vdisk_io *io, uint64_t offset, uint64_t len);
+/* Reserves host space for a range the caller will write (holes in the file
+ * take space when written), so that an operation that must not stop half
+ * way can fail before it starts: -ENOSPC then, -EOPNOTSUPP when the io
+ * cannot tell (memory, file systems without fallocate). */
+int io_reserve(vdisk_io *io, uint64_t offset, uint64_t len);
 /* Writes zeros: punches a hole when possible, else writes zero buffers. */
 int io_write_zeroes(vdisk_io *io, uint64_t offset, uint64_t len);
 int io_get_allocated(vdisk_io *io, uint64_t *ret);
