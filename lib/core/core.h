@@ -203,7 +203,7 @@ int copy_encode_buffer(vdisk_image *img, const uint8_t *buf, uint64_t len, uint6
  * enough for the 64 MiB memory bound with two stages in flight. */
 #define OP_BUFFER_SIZE (4u << 20)
 
-/* A scoped lock: _cleanup_(disk_unlockp) vdisk_disk *l = disk_lock(d); */
+/* A scoped lock: _cleanup_(disk_unlockp) _unused_ vdisk_disk *l = disk_lock(d); */
 static inline vdisk_disk *disk_lock(vdisk_disk *d) {
         pthread_mutex_lock(&d->lock);
         return d;

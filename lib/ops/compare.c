@@ -26,7 +26,7 @@ typedef struct side {
 } side;
 
 static int side_begin(side *s) {
-        _cleanup_(disk_unlockp) vdisk_disk *l = disk_lock(s->d);
+        _cleanup_(disk_unlockp) _unused_ vdisk_disk *l = disk_lock(s->d);
         int r;
 
         r = disk_op_top(s->d, &s->top);
@@ -50,13 +50,13 @@ static void side_end(side *s) {
 }
 
 static int side_status(side *s, uint64_t offset, uint64_t len, vdisk_extent *ret) {
-        _cleanup_(disk_unlockp) vdisk_disk *l = disk_lock(s->d);
+        _cleanup_(disk_unlockp) _unused_ vdisk_disk *l = disk_lock(s->d);
 
         return rw_status(s->d, 0, s->top, offset, len, ret);
 }
 
 static int side_read(side *s, void *buf, size_t len, uint64_t offset) {
-        _cleanup_(disk_unlockp) vdisk_disk *l = disk_lock(s->d);
+        _cleanup_(disk_unlockp) _unused_ vdisk_disk *l = disk_lock(s->d);
 
         return rw_read(s->d, s->top, buf, len, offset);
 }

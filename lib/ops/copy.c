@@ -297,7 +297,7 @@ int copy_run(vdisk_disk *src, unsigned src_bottom, vdisk_disk *dst, unsigned lev
 /* Under the destination's lock: the new image, registered and pinned. */
 static int copy_create(vdisk_disk *dst, vdisk_io *dst_io, const char *format, const vdisk_copy_opts *o,
                        uint64_t size, unsigned *ret_level) {
-        _cleanup_(disk_unlockp) vdisk_disk *l = disk_lock(dst);
+        _cleanup_(disk_unlockp) _unused_ vdisk_disk *l = disk_lock(dst);
         unsigned level;
         int r;
 
@@ -334,7 +334,7 @@ static int copy_create(vdisk_disk *dst, vdisk_io *dst_io, const char *format, co
 /* Under the destination's lock: the end of the copy. On failure the new image
  * leaves the chain (it is the top: nothing could be added above it). */
 static void copy_finish(vdisk_disk *dst, unsigned level, int r) {
-        _cleanup_(disk_unlockp) vdisk_disk *l = disk_lock(dst);
+        _cleanup_(disk_unlockp) _unused_ vdisk_disk *l = disk_lock(dst);
 
         disk_op_end(dst, OP_SHARED, level);
         dst->pin = -1;

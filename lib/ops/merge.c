@@ -153,7 +153,7 @@ static int relink(vdisk_disk *d, unsigned child, int parent) {
 
 /* Checks the arguments and registers the merge (under the lock). */
 static int merge_begin(vdisk_disk *d, unsigned from, unsigned to) {
-        _cleanup_(disk_unlockp) vdisk_disk *l = disk_lock(d);
+        _cleanup_(disk_unlockp) _unused_ vdisk_disk *l = disk_lock(d);
         int r;
 
         if (from >= d->n || to >= d->n)
@@ -184,7 +184,7 @@ static int merge_begin(vdisk_disk *d, unsigned from, unsigned to) {
 
 /* The steps before and after the data copy run under the lock. */
 static int merge_run(vdisk_disk *d, unsigned from, unsigned to, vdisk_progress *p, char ***ret_removed) {
-        _cleanup_(disk_unlockp) vdisk_disk *l = disk_lock(d);
+        _cleanup_(disk_unlockp) _unused_ vdisk_disk *l = disk_lock(d);
         char **removed = NULL;
         unsigned lo, hi;
         int r, cr;
