@@ -60,6 +60,7 @@ struct vdisk_disk {
         vdisk_resolver *resolver;   /* a reference: reopens images writable on demand; may be NULL */
         int readonly;           /* opened with VDISK_OPEN_READONLY: never reopen writable */
         tc_budget *budget;      /* metadata budget of every image of the chain */
+        uint8_t *scratch;       /* COW_CHUNK bytes for assembling new units (rw.c), under the lock */
 
         /* Long operations (lib/ops) take the lock per chunk and release it in
          * between; these fields (under the lock) keep the chain as they found

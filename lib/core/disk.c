@@ -54,6 +54,7 @@ static int disk_free(vdisk_disk *d) {
                         r = k;
         }
         vdisk_strv_free(d->warnings);
+        free(d->scratch);
         vdisk_resolver_unref(d->resolver);
         tc_budget_unref(d->budget);
         pthread_mutex_destroy(&d->lock);

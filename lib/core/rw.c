@@ -154,23 +154,40 @@ static int write_prepare(vdisk_image *img, uint64_t offset, uint64_t len) {
  * new 1 MiB block costs one read of the parent and one write. */
 static int fill_unit(vdisk_disk *d, unsigned level, uint64_t ustart, uint64_t uend, uint64_t offset,
                      const uint8_t *p, size_t n, vdisk_io *file, uint64_t host, int fresh) {
-        _cleanup_free_ uint8_t *buf = NULL;
+        vdisk_image *img = d->images[level];
         uint64_t end = offset + n;
+        bool zero_before;
+        uint8_t *buf;
+        map_result m;
         int r;
 
         /* The new bytes cover the unit: write them as they are. */
         if (offset == ustart && end == uend)
                 return fresh ? write_skipping_zeros(file, p, n, host) : io_pwrite(file, p, n, host);
 
-        buf = buf_alloc((size_t) MIN(uend - ustart, (uint64_t) COW_CHUNK));
-        if (!buf)
+        /* A unit that read zeros (a ZERO block, or nothing below a base)
+         * needs no read: in fresh space only the new bytes are written. */
+        r = map_checked(img, ustart, uend - ustart, &m);
+        if (r < 0)
+                return r;
+        zero_before = m.length == uend - ustart && (m.kind == MAP_ZERO || (m.kind == MAP_UNALLOC && level == 0));
+        if (zero_before && fresh)
+                return write_skipping_zeros(file, p, n, host + (offset - ustart));
+
+        /* Assembled in the disk's scratch buffer (the disk lock is held). */
+        if (!d->scratch && !(d->scratch = buf_alloc(COW_CHUNK)))
                 return vdisk_error(-ENOMEM, "out of memory");
+        buf = d->scratch;
         for (uint64_t pos = ustart; pos < uend;) {
                 size_t len = (size_t) MIN(uend - pos, (uint64_t) COW_CHUNK);
                 uint64_t lo = MAX(pos, offset), hi = MIN(pos + len, end);
 
                 /* Old content only where the new bytes do not cover it. */
-                if (lo < hi) {
+                if (zero_before) {
+                        memset(buf, 0, len);
+                        if (lo < hi)
+                                memcpy(buf + (lo - pos), p + (lo - offset), (size_t) (hi - lo));
+                } else if (lo < hi) {
                         if (lo > pos) {
                                 r = rw_read(d, level, buf, (size_t) (lo - pos), pos);
                                 if (r < 0)
