@@ -50,7 +50,8 @@ typedef struct pipeline {
         unsigned src_bottom, src_top;
         uint64_t size;
         int zeros_matter;         /* destination is a diff: zeros must be written */
-        uint64_t unit;            /* destination encodes: slots hold whole units (0: no) */
+        uint64_t unit;            /* destination is a stream: slots hold whole units (0: no) */
+        bool encode;              /* ... that copy encodes (encode()) */
 } pipeline;
 
 /* Producer: waits for a free slot; returns NULL when the consumer stopped. */
@@ -178,6 +179,25 @@ static int write_data(vdisk_disk *dst, unsigned level, const uint8_t *buf, uint6
         return 0;
 }
 
+/* A stream destination takes whole units in order: every unit of the buffer
+ * that holds data, in one write; all-zero units are left out (a stream image
+ * reads unwritten units as unallocated). */
+static int write_units(vdisk_disk *dst, unsigned level, const uint8_t *buf, uint64_t len, uint64_t offset,
+                       uint64_t unit) {
+        int r;
+
+        for (uint64_t i = 0; i < len; i += unit) {
+                size_t n = (size_t) MIN(unit, len - i);
+
+                if (mem_is_zero(buf + i, n))
+                        continue;
+                r = rw_write(dst, level, buf + i, n, offset + i);
+                if (r < 0)
+                        return r;
+        }
+        return 0;
+}
+
 static int run_pipeline(pipeline *pl, vdisk_disk *dst, unsigned level, uint64_t sparse, vdisk_progress *p) {
         pthread_t reader;
         int r = 0, rr;
@@ -211,8 +231,10 @@ static int run_pipeline(pipeline *pl, vdisk_disk *dst, unsigned level, uint64_t 
                         break;
                 }
                 pthread_mutex_lock(&dst->lock);
-                if (s->kind == SLOT_DATA && pl->unit)
+                if (s->kind == SLOT_DATA && pl->encode)
                         r = copy_encode_buffer(dst->images[level], s->buf, s->length, s->offset);
+                else if (s->kind == SLOT_DATA && pl->unit)
+                        r = write_units(dst, level, s->buf, s->length, s->offset, pl->unit);
                 else if (s->kind == SLOT_DATA)
                         r = write_data(dst, level, s->buf, s->length, s->offset, sparse, pl->zeros_matter);
                 else if (s->kind == SLOT_ZERO)
@@ -254,8 +276,9 @@ static int copy_levels(vdisk_disk *src, unsigned src_bottom, unsigned src_top, u
         pl.size = MIN(size, src_size);
         pl.zeros_matter = level > 0;
         pthread_mutex_lock(&dst->lock);
-        if (dst->images[level]->be->encode && dst->images[level]->layout.cluster_size > 0) {
+        if ((dst->images[level]->be->flags & BACKEND_STREAM) && dst->images[level]->layout.cluster_size > 0) {
                 pl.unit = dst->images[level]->layout.cluster_size;
+                pl.encode = dst->images[level]->be->encode;
                 if (OP_BUFFER_SIZE % pl.unit)
                         r = vdisk_error(-EOPNOTSUPP, "%s: a unit of %" PRIu64 " bytes does not divide the copy "
                                         "buffer", vdisk_io_name(dst->images[level]->io), pl.unit);

@@ -263,6 +263,8 @@ static int stream_write(void *st, uint64_t offset, const void *buf, size_t len) 
         r = io_pwrite(s->io, buf, len, s->end);
         if (r < 0)
                 return r;
+        if (s->n_units < ELEMENTSOF(s->units))
+                s->units[s->n_units++] = (stream_unit) { .offset = offset, .host = s->end, .len = len };
         s->end += len;
         s->next = offset + len;
         return 0;
@@ -670,6 +672,56 @@ static void test_copy_encodes_units(void) {
         free(want);
 }
 
+/* Copy into a stream format without encode(): whole 16 KiB units only, in
+ * order, all-zero ones left out, even from a sparse raw source whose data
+ * extents are 4 KiB at odd offsets (each becomes its unit). */
+static void test_copy_stream_units(void) {
+        const uint64_t size = 4 * MiB;
+        char path[] = "/tmp/test-contract-src-XXXXXX";
+        uint8_t *want = calloc(1, size);
+        vdisk_disk *src = disk_new(), *dst = disk_new();
+        vdisk_io *sio = NULL, *dio = mem_io("dst.toy", NULL, 0);
+        create_params p = { .size = size };
+        const uint8_t *bytes;
+        size_t len, expect_units = 0;
+        vdisk_image *img;
+        int fd;
+
+        ASSERT(want);
+        for (uint64_t i = 0; i < 4096; i++)
+                want[100 * KiB + i] = (uint8_t) (i / 3 + 1);
+        memset(want + 3 * MiB + 8192, 0x5D, 4096);
+        fd = mkstemp(path);
+        ASSERT(fd >= 0);
+        ASSERT(ftruncate(fd, (off_t) size) == 0);
+        ASSERT(pwrite(fd, want + 100 * KiB, 4096, 100 * KiB) == 4096);
+        ASSERT(pwrite(fd, want + 3 * MiB + 8192, 4096, 3 * MiB + 8192) == 4096);
+        close(fd);
+        ASSERT_OK(vdisk_io_open_path(path, VDISK_PATH_READ, &sio));
+        ASSERT_OK(vdisk_disk_open(src, sio, "raw", VDISK_OPEN_READONLY));
+        for (uint64_t o = 0; o < size; o += TOY_CHUNK)
+                expect_units += !buf_is_zero(want + o, TOY_CHUNK);
+        ASSERT(expect_units == 2);
+
+        ASSERT_OK(image_create(&toy_stream, dio, NULL, &p, NULL, &img));
+        ASSERT_OK(disk_push(dst, img, 1));
+        ASSERT_OK(copy_run(src, 0, dst, 0, size, 4096, NULL));
+        ASSERT_EQ_U64(last_stream->n_units, expect_units);
+        ASSERT_OK(vdisk_io_memory_data(dio, (const void **) &bytes, &len));
+        for (size_t i = 0; i < last_stream->n_units; i++) {
+                const stream_unit *u = &last_stream->units[i];
+
+                ASSERT(u->offset % TOY_CHUNK == 0 && u->len == TOY_CHUNK);
+                ASSERT_MEMEQ(bytes + u->host, want + u->offset, u->len);
+        }
+        vdisk_disk_unref(dst);
+        vdisk_disk_unref(src);
+        vdisk_io_unref(sio);
+        vdisk_io_unref(dio);
+        unlink(path);
+        free(want);
+}
+
 static void test_create_options(void) {
         const char *const good[] = { "fast", "on", "grain", "65536", "label", "x y", NULL };
         const char *const bad[][3] = {
@@ -783,6 +835,7 @@ int main(void) {
         test_encoded_units();
         test_stream_and_read_only();
         test_copy_encodes_units();
+        test_copy_stream_units();
         test_create_options();
         test_regions();
         test_path_containment();
