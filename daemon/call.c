@@ -292,19 +292,35 @@ void call_auth_granted(Call *c) {
 
 static int on_unix_user(sd_bus_message *reply, void *userdata, sd_bus_error *ret_error) {
         Call *c = userdata;
+        const char *sender = sd_bus_message_get_sender(c->message);
+        Peer *p;
         uint32_t uid;
         int r;
 
         c->slot = sd_bus_slot_unref(c->slot);
         if (sd_bus_message_is_method_error(reply, NULL)) {
+                peer_lookup_failed(c->manager, sender);
                 call_fail(c, 0, SD_BUS_ERROR_ACCESS_DENIED, "Cannot determine the caller's user: %s",
                           sd_bus_message_get_error(reply)->message ?: "unknown error");
                 return 0;
         }
         r = sd_bus_message_read(reply, "u", &uid);
         if (r < 0) {
+                peer_lookup_failed(c->manager, sender);
                 call_fail(c, 0, SD_BUS_ERROR_ACCESS_DENIED, "Cannot determine the caller's user");
                 return 0;
+        }
+        /* Cached for the connection's next calls (NULL: it left meanwhile). */
+        p = peer_find(c->manager, sender);
+        if (p && p->uid == UID_UNKNOWN) {
+                r = peer_set_uid(p, (uid_t) uid);
+                if (r < 0) {
+                        if (!p->disks)
+                                peer_free(p);
+                        call_fail(c, r, NULL, "Too many client connections of user %u (at most %u)",
+                                  (unsigned) uid, c->manager->max_peers_per_user);
+                        return 0;
+                }
         }
         if (call_account(c, (uid_t) uid))
                 call_continue(c);
@@ -313,6 +329,7 @@ static int on_unix_user(sd_bus_message *reply, void *userdata, sd_bus_error *ret
 
 int call_dispatch(Call *c) {
         const char *sender = sd_bus_message_get_sender(c->message);
+        Peer *p = NULL;
         int r;
 
         if (c->spec->open_to_all && !c->manager->session) {
@@ -335,6 +352,22 @@ int call_dispatch(Call *c) {
                         return 1;
                 }
                 if (call_account(c, uid))
+                        call_continue(c);
+                return 1;
+        }
+        /* The connection's entry in the peer table, made before its uid is
+         * asked from the bus (peers.c explains the order). */
+        r = peer_get(c->manager, sender, &p);
+        if (r == -E2BIG) {
+                call_fail(c, r, NULL, "Too many client connections (at most %u)", c->manager->max_peers);
+                return 1;
+        }
+        if (r < 0 && r != -ENOMEDIUM) {
+                call_fail(c, r, NULL, "%s", strerror(-r));
+                return 1;
+        }
+        if (r >= 0 && p->uid != UID_UNKNOWN) {
+                if (call_account(c, p->uid))
                         call_continue(c);
                 return 1;
         }

@@ -10,7 +10,6 @@
 
 #include "vdiskd.h"
 
-static int on_track_empty(sd_bus_track *t, void *userdata);
 static void client_drop_disk(Disk *d);
 
 int disk_new(Manager *m, uint64_t id, uid_t owner, const char *display_name, vdisk_disk *vd, Disk **ret) {
@@ -295,63 +294,30 @@ void disk_apply_info(Disk *d, const DiskInfo *info, NewImageName *names, size_t 
 
 /* ---------------------------------------------------------------- client tracking */
 
-static Client *client_free(Client *cl) {
-        if (!cl)
-                return NULL;
-        assert(!cl->disks);
-        LIST_REMOVE(clients, cl->manager->clients, cl);
-        sd_bus_track_unref(cl->track);
-        free(cl->name);
-        free(cl);
-        return NULL;
-}
-
 static void client_drop_disk(Disk *d) {
-        Client *cl = d->client;
+        Peer *p = d->peer;
 
-        if (!cl)
+        if (!p)
                 return;
-        LIST_REMOVE(client_disks, cl->disks, d);
-        d->client = NULL;
-        if (!cl->disks)
-                client_free(cl);
+        LIST_REMOVE(client_disks, p->disks, d);
+        d->peer = NULL;
 }
 
 /* Ties d to the connection `name`: when it leaves the bus, d is closed (once
- * no operation runs on it). Fails when the name is not (or no more) on the bus. */
+ * no operation runs on it). The peer table's one NameOwnerChanged match
+ * watches every connection (peers.c); a name without an entry has left. */
 int disk_track_name(Disk *d, const char *name) {
-        Manager *m = d->manager;
-        Client *cl;
-        int r;
+        Peer *p;
 
         if (!name)
                 return 0;   /* direct connection: it lives as long as the daemon */
-        if (d->client)
-                return streq(d->client->name, name) ? 0 : -EEXIST;
-        for (cl = m->clients; cl; cl = cl->clients_next)
-                if (streq(cl->name, name))
-                        break;
-        if (!cl) {
-                cl = calloc(1, sizeof *cl);
-                if (!cl)
-                        return -ENOMEM;
-                cl->manager = m;
-                cl->name = strdup(name);
-                if (!cl->name) {
-                        free(cl);
-                        return -ENOMEM;
-                }
-                LIST_PREPEND(clients, m->clients, cl);
-                r = sd_bus_track_new(m->bus, &cl->track, on_track_empty, cl);
-                if (r >= 0)
-                        r = sd_bus_track_add_name(cl->track, name);
-                if (r < 0) {
-                        client_free(cl);
-                        return r;
-                }
-        }
-        LIST_PREPEND(client_disks, cl->disks, d);
-        d->client = cl;
+        if (d->peer)
+                return streq(d->peer->name, name) ? 0 : -EEXIST;
+        p = peer_find(d->manager, name);
+        if (!p)
+                return -ENXIO;
+        LIST_PREPEND(client_disks, p->disks, d);
+        d->peer = p;
         return 0;
 }
 
@@ -409,25 +375,6 @@ void disk_close_async(Disk *d) {
                 disk_unref(ct->disk);
                 free(ct);
         }
-}
-
-static int on_track_empty(sd_bus_track *t, void *userdata) {
-        Client *cl = userdata;
-
-        /* The connection went away. Its track goes at once with the record:
-         * sd-bus dispatches an empty track again on every loop iteration for
-         * as long as it exists (and as the handler returns 0). */
-        while (cl->disks) {
-                Disk *d = cl->disks;
-
-                LIST_REMOVE(client_disks, cl->disks, d);
-                d->client = NULL;
-                d->creator_gone = true;
-                /* Close once no operation runs (else disk_operation_finished() does). */
-                disk_close_async(d);
-        }
-        client_free(cl);
-        return 0;
 }
 
 void disk_operation_finished(Disk *d) {

@@ -815,6 +815,9 @@ int manager_start(Manager *m) {
         r = sd_bus_add_object_vtable(m->bus, &m->manager_slot, ROOT_PATH, IFACE_MANAGER, manager_vtable, m);
         if (r < 0)
                 return r;
+        r = peers_start(m);
+        if (r < 0)
+                return r;
         r = sd_bus_request_name(m->bus, BUS_NAME, 0);
         if (r == -EEXIST || r == -EALREADY) {
                 log_error("The bus name %s is already owned by another process.", BUS_NAME);
@@ -862,6 +865,7 @@ Manager *manager_free(Manager *m) {
                 /* No worker is left: close on this thread (flushes). */
                 disk_remove(d);
         }
+        peers_free(m);
         assert(!m->users);
         m->release_slot = sd_bus_slot_unref(m->release_slot);
         m->manager_slot = sd_bus_slot_unref(m->manager_slot);

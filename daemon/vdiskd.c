@@ -21,7 +21,7 @@ typedef struct Args {
         const char *address;
         const char *introspect;
         long linger_sec, idle_sec, workers, max_ops, max_ops_user;
-        long max_disks_user, max_calls_user, max_fds_user, max_workers_user;
+        long max_disks_user, max_calls_user, max_fds_user, max_workers_user, max_peers, max_peers_user;
 } Args;
 
 static void help(void) {
@@ -44,6 +44,8 @@ static void help(void) {
                "                                or a quarter of RLIMIT_NOFILE if less)\n"
                "  --max-workers-per-user=N      Workers one user may occupy at once\n"
                "                                (default: workers - 1, at least 1)\n"
+               "  --max-peers=N                 Client connections known at once (default 4096)\n"
+               "  --max-peers-per-user=N        Client connections of one user (default 256)\n"
                "  --version                     Print the version and exit\n"
                "  --help                        Print this help and exit\n");
 }
@@ -77,6 +79,8 @@ static int parse_args(int argc, char *argv[], Args *a) {
                 ARG_MAX_CALLS_USER,
                 ARG_MAX_FDS_USER,
                 ARG_MAX_WORKERS_USER,
+                ARG_MAX_PEERS,
+                ARG_MAX_PEERS_USER,
                 ARG_VERSION,
                 ARG_HELP,
         };
@@ -94,6 +98,8 @@ static int parse_args(int argc, char *argv[], Args *a) {
                 { "max-calls-per-user",      required_argument, NULL, ARG_MAX_CALLS_USER },
                 { "max-fds-per-user",        required_argument, NULL, ARG_MAX_FDS_USER },
                 { "max-workers-per-user",    required_argument, NULL, ARG_MAX_WORKERS_USER },
+                { "max-peers",               required_argument, NULL, ARG_MAX_PEERS },
+                { "max-peers-per-user",      required_argument, NULL, ARG_MAX_PEERS_USER },
                 { "version",                 no_argument,       NULL, ARG_VERSION },
                 { "help",                    no_argument,       NULL, ARG_HELP },
                 {}
@@ -134,6 +140,12 @@ static int parse_args(int argc, char *argv[], Args *a) {
                         break;
                 case ARG_MAX_CALLS_USER:
                         r = parse_number("--max-calls-per-user", optarg, 1, 1000000, &a->max_calls_user);
+                        break;
+                case ARG_MAX_PEERS:
+                        r = parse_number("--max-peers", optarg, 1, 1000000, &a->max_peers);
+                        break;
+                case ARG_MAX_PEERS_USER:
+                        r = parse_number("--max-peers-per-user", optarg, 1, 1000000, &a->max_peers_user);
                         break;
                 case ARG_MAX_FDS_USER:
                         /* A call may carry 16 fds on the system bus (and a few more elsewhere). */
@@ -199,7 +211,7 @@ static int open_bus(const Args *a, sd_bus **ret) {
 
 int main(int argc, char *argv[]) {
         Args a = { .linger_sec = 60, .idle_sec = -1, .workers = 0, .max_ops = 64, .max_ops_user = 32,
-                   .max_disks_user = 256, .max_calls_user = 64, .max_fds_user = 0, .max_workers_user = 0 };
+                   .max_disks_user = 256, .max_calls_user = 64, .max_peers = 4096, .max_peers_user = 256, .max_fds_user = 0, .max_workers_user = 0 };
         Manager *m = NULL;
         sigset_t mask;
         long n_cpus;
@@ -264,6 +276,8 @@ int main(int argc, char *argv[]) {
         m->max_operations_per_user = (unsigned) a.max_ops_user;
         m->max_disks_per_user = (unsigned) a.max_disks_user;
         m->max_calls_per_user = (unsigned) a.max_calls_user;
+        m->max_peers = (unsigned) a.max_peers;
+        m->max_peers_per_user = (unsigned) a.max_peers_user;
         m->max_fds_per_user = (unsigned) a.max_fds_user;
         m->max_workers_per_user = (unsigned) a.max_workers_user;
         m->linger_usec = (uint64_t) a.linger_sec * 1000000u;

@@ -61,7 +61,7 @@ typedef struct Image Image;
 typedef struct Operation Operation;
 typedef struct Call Call;
 typedef struct Task Task;
-typedef struct Client Client;
+typedef struct Peer Peer;
 typedef struct User User;
 
 #define UID_UNKNOWN ((uid_t) -1)        /* whose the caller is, not known (yet) */
@@ -122,6 +122,7 @@ struct User {
         unsigned n_calls;                /* Calls past uid lookup: in polkit, queued or running */
         unsigned n_fds;                  /* descriptors the daemon holds for this uid */
         unsigned n_busy;                 /* tasks handed to the worker pool */
+        unsigned n_peers;                /* entries in the peer table with this uid */
         uint64_t served;                 /* when it last got a worker (round robin) */
         Task *ready_head, *ready_tail;   /* tasks waiting for a worker */
         LIST_FIELDS(User, users);
@@ -326,21 +327,22 @@ struct Disk {
         bool exported, closing, gone;
         bool creator_gone;               /* close once no operation runs */
         sd_bus_slot *slot;
-        Client *client;                  /* the creator's connection; NULL once it went */
+        Peer *peer;                      /* the creator's connection; NULL once it went */
         Task *active, *queue_head, *queue_tail;
         LIST_FIELDS(Disk, disks);
         LIST_FIELDS(Disk, client_disks);
 };
 
-/* A bus connection that created Disks: one sd_bus_track (one match rule on
- * the bus) per connection, however many Disks it holds, so that the bus's
- * per-connection match limit does not cap the number of Disks. */
-struct Client {
+/* A client connection (unique bus name) that made a call (peers.c): its uid
+ * once known, the Disks it created (closed when it leaves the bus). */
+struct Peer {
         Manager *manager;
         char *name;
-        sd_bus_track *track;
+        uid_t uid;                       /* UID_UNKNOWN until the bus said */
+        User *user;                      /* ref once the uid is known (counts in n_peers) */
         Disk *disks;                     /* LIST client_disks */
-        LIST_FIELDS(Client, clients);
+        Peer *hash_next;
+        LIST_FIELDS(Peer, peers);
 };
 
 typedef enum OpKind {
@@ -445,7 +447,9 @@ struct Manager {
         uint64_t next_disk_id, next_image_id, next_operation_id;
 
         Disk *disks;
-        Client *clients;
+        Peer *peers, **peer_buckets;     /* peers.c */
+        unsigned n_peers, max_peers, max_peers_per_user;
+        sd_bus_slot *name_owner_slot;
         Operation *operations;
         Call *calls;
         User *users;
@@ -494,9 +498,21 @@ void disk_apply_info(Disk *d, const DiskInfo *info, NewImageName *names, size_t 
 void disk_remove(Disk *d);                 /* unexport disk and images; main thread */
 void disk_operation_finished(Disk *d);      /* after disk->operation was cleared */
 /* Closes the disk when the bus name goes away (NULL: a direct connection,
- * never). Makes a synchronous GetNameOwner call. */
+ * never). -ENXIO when the name has no entry in the peer table (gone). */
 int disk_track_name(Disk *d, const char *name);
 void disk_close_async(Disk *d);             /* the creator went away: close (on a worker) */
+
+/* peers.c */
+int peers_start(Manager *m);
+void peers_free(Manager *m);
+Peer *peer_find(Manager *m, const char *name);
+/* Finds or makes the entry of `name`: -E2BIG past --max-peers. */
+int peer_get(Manager *m, const char *name, Peer **ret);
+/* -E2BIG past --max-peers-per-user. */
+int peer_set_uid(Peer *p, uid_t uid);
+Peer *peer_free(Peer *p);
+void peer_gone(Peer *p);
+void peer_lookup_failed(Manager *m, const char *name);
 
 /* image.c */
 extern const sd_bus_vtable image_vtable[];

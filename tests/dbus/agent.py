@@ -88,6 +88,7 @@ class Agent:
         self.temp_fds = []
         self.results = {}
         self.raw_pending = {}
+        self.kept = []              # raw connections kept open (op_raw_call keep=True)
         self.events = []            # (seq, sender, path, interface, member, args)
         self.seq = 0
         self.loop_ctx = GLib.MainContext.default()
@@ -212,8 +213,16 @@ class Agent:
             raise P.RemoteDBusError(e.name, e.message, unique_name=conn.unique_name)
         finally:
             self._drop_temp_fds()
-            if not keep:
+            if keep:
+                self.kept.append(conn)
+            else:
                 conn.close()
+
+    def op_close_kept(self):
+        """Closes the raw connections op_raw_call(keep=True) kept open."""
+        for conn in self.kept:
+            conn.close()
+        self.kept = []
 
     def op_raw_call_async(self, key, path, iface, method, signature, args, flags=0, dest=P.BUS_NAME):
         """Sends a raw call and returns its connection's unique name at once; the reply
