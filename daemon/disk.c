@@ -121,20 +121,14 @@ int disk_export(Disk *d) {
         if (r < 0)
                 return r;
         d->exported = true;
-        r = sd_bus_emit_object_added(d->manager->bus, d->path);
-        if (r < 0)
-                log_error("Failed to announce %s: %s", d->path, strerror(-r));
+        emit_object_added(d->manager, OBJECT_DISK, d);
         return 0;
 }
 
 static void disk_emit_changed(Disk *d, const char **names) {
-        int r;
-
         if (!d->exported || !names[0])
                 return;
-        r = sd_bus_emit_properties_changed_strv(d->manager->bus, d->path, IFACE_DISK, (char **) names);
-        if (r < 0)
-                log_error("Failed to emit PropertiesChanged for %s: %s", d->path, strerror(-r));
+        emit_properties_changed(d->manager, OBJECT_DISK, d, names);
 }
 
 static void disk_remove_image_at(Disk *d, unsigned i) {
@@ -159,7 +153,7 @@ void disk_remove(Disk *d) {
         while (d->n_images > 0)
                 disk_remove_image_at(d, d->n_images - 1);
         if (d->exported) {
-                (void) sd_bus_emit_object_removed(m->bus, d->path);
+                emit_object_removed(m, OBJECT_DISK, d);
                 d->slot = sd_bus_slot_unref(d->slot);
                 d->exported = false;
         }
@@ -230,13 +224,8 @@ void disk_apply_info(Disk *d, const DiskInfo *info, NewImageName *names, size_t 
                         r = image_update(img, ii, ic, ELEMENTSOF(ic));
                         if (r < 0)
                                 log_oom();
-                        if (ic[0] && img->exported) {
-                                r = sd_bus_emit_properties_changed_strv(d->manager->bus, img->path, IFACE_IMAGE,
-                                                                        (char **) ic);
-                                if (r < 0)
-                                        log_error("Failed to emit PropertiesChanged for %s: %s", img->path,
-                                                  strerror(-r));
-                        }
+                        if (ic[0] && img->exported)
+                                emit_properties_changed(d->manager, OBJECT_IMAGE, img, ic);
                 } else {
                         uint64_t id = 0;
                         const char *dn = ii->io_name;

@@ -78,9 +78,7 @@ int image_export(Image *i) {
                 return r;
         }
         i->exported = true;
-        r = sd_bus_emit_object_added(i->manager->bus, i->path);
-        if (r < 0)
-                log_error("Failed to announce %s: %s", i->path, strerror(-r));
+        emit_object_added(i->manager, OBJECT_IMAGE, i);
         return 0;
 }
 
@@ -88,7 +86,7 @@ int image_export(Image *i) {
  * drop the disk's reference. */
 void image_remove(Image *i) {
         if (i->exported) {
-                (void) sd_bus_emit_object_removed(i->manager->bus, i->path);
+                emit_object_removed(i->manager, OBJECT_IMAGE, i);
                 i->slot = sd_bus_slot_unref(i->slot);
                 i->exported = false;
         }

@@ -818,6 +818,9 @@ int manager_start(Manager *m) {
         r = peers_start(m);
         if (r < 0)
                 return r;
+        r = privacy_start(m);
+        if (r < 0)
+                return r;
         r = sd_bus_request_name(m->bus, BUS_NAME, 0);
         if (r == -EEXIST || r == -EALREADY) {
                 log_error("The bus name %s is already owned by another process.", BUS_NAME);
@@ -866,6 +869,7 @@ Manager *manager_free(Manager *m) {
                 disk_remove(d);
         }
         peers_free(m);
+        privacy_free(m);
         assert(!m->users);
         m->release_slot = sd_bus_slot_unref(m->release_slot);
         m->manager_slot = sd_bus_slot_unref(m->manager_slot);

@@ -200,13 +200,9 @@ int operation_take_call(Operation *o, Call *c) {
 /* ---------------------------------------------------------------- bus helpers */
 
 static void op_emit(Operation *o, const char **names) {
-        int r;
-
         if (!o->exported || !names[0])
                 return;
-        r = sd_bus_emit_properties_changed_strv(o->manager->bus, o->path, IFACE_OPERATION, (char **) names);
-        if (r < 0)
-                log_error("Failed to emit PropertiesChanged for %s: %s", o->path, strerror(-r));
+        emit_properties_changed(o->manager, OBJECT_OPERATION, o, names);
 }
 
 static void op_set_state(Operation *o, OpState s, const char **changed, size_t *n) {
@@ -474,10 +470,7 @@ static void operation_finish(Operation *o) {
                         d->operation = NULL;
                         if (d->exported) {
                                 const char *dc[] = { "Operation", NULL };
-                                r = sd_bus_emit_properties_changed_strv(m->bus, d->path, IFACE_DISK, (char **) dc);
-                                if (r < 0)
-                                        log_error("Failed to emit PropertiesChanged for %s: %s", d->path,
-                                                  strerror(-r));
+                                emit_properties_changed(m, OBJECT_DISK, d, dc);
                         }
                 }
                 o->disk = NULL;
@@ -485,12 +478,8 @@ static void operation_finish(Operation *o) {
                 disk_unref(d);
         }
         op_emit(o, changed);
-        if (o->exported) {
-                r = sd_bus_emit_signal(m->bus, o->path, IFACE_OPERATION, "Completed", "sss",
-                                       op_state_to_string(o->state), o->error_name, o->error_message);
-                if (r < 0)
-                        log_error("Failed to emit Completed for %s: %s", o->path, strerror(-r));
-        }
+        if (o->exported)
+                emit_completed(o);
         for (size_t i = 0; i < o->n_waits; i++) {
                 op_reply_wait(o, o->waits[i]);
                 sd_bus_message_unref(o->waits[i]);
@@ -608,16 +597,12 @@ int operation_start(Operation *o) {
         if (r < 0)
                 return r;
         o->exported = true;
-        r = sd_bus_emit_object_added(m->bus, o->path);
-        if (r < 0)
-                log_error("Failed to announce %s: %s", o->path, strerror(-r));
+        emit_object_added(m, OBJECT_OPERATION, o);
 
         d->operation = o;
         {
                 const char *dc[] = { "Operation", NULL };
-                r = sd_bus_emit_properties_changed_strv(m->bus, d->path, IFACE_DISK, (char **) dc);
-                if (r < 0)
-                        log_error("Failed to emit PropertiesChanged for %s: %s", d->path, strerror(-r));
+                emit_properties_changed(m, OBJECT_DISK, d, dc);
         }
         r = sd_event_add_time_relative(m->event, &o->timer, CLOCK_MONOTONIC, SAMPLE_USEC, 0, on_progress_timer, o);
         if (r < 0)
@@ -658,7 +643,7 @@ Operation *operation_free(Operation *o) {
         m = o->manager;
         assert(!task_pending(&o->task));
         if (o->exported) {
-                (void) sd_bus_emit_object_removed(m->bus, o->path);
+                emit_object_removed(m, OBJECT_OPERATION, o);
                 o->slot = sd_bus_slot_unref(o->slot);
         }
         for (size_t i = 0; i < o->n_waits; i++) {

@@ -340,6 +340,7 @@ struct Peer {
         char *name;
         uid_t uid;                       /* UID_UNKNOWN until the bus said */
         User *user;                      /* ref once the uid is known (counts in n_peers) */
+        bool sees_others;                /* its last GetManagedObjects passed manage-other-user (privacy.c) */
         Disk *disks;                     /* LIST client_disks */
         Peer *hash_next;
         LIST_FIELDS(Peer, peers);
@@ -450,6 +451,9 @@ struct Manager {
         Peer *peers, **peer_buckets;     /* peers.c */
         unsigned n_peers, max_peers, max_peers_per_user;
         sd_bus_slot *name_owner_slot;
+        sd_bus_slot *filter_slot;        /* privacy.c */
+        sd_bus_message **passed;         /* reads that passed the check, back on the read queue */
+        size_t n_passed;
         Operation *operations;
         Call *calls;
         User *users;
@@ -514,6 +518,15 @@ Peer *peer_free(Peer *p);
 void peer_gone(Peer *p);
 void peer_lookup_failed(Manager *m, const char *name);
 
+/* privacy.c */
+int privacy_start(Manager *m);
+void privacy_free(Manager *m);
+/* Unicast signals about an object to each connection that may see it. */
+void emit_object_added(Manager *m, ObjectType type, void *object);
+void emit_object_removed(Manager *m, ObjectType type, void *object);
+void emit_properties_changed(Manager *m, ObjectType type, void *object, const char *const *names);
+void emit_completed(Operation *o);
+
 /* image.c */
 extern const sd_bus_vtable image_vtable[];
 int image_new(Manager *m, Disk *d, uint64_t id, const char *display_name, const ImageInfo *info, Image **ret);
@@ -543,6 +556,7 @@ typedef struct MethodSpec {
         ObjectType target;
         call_run_t run;
         bool open_to_all;           /* Operation.Wait: open to everyone in system mode */
+        bool read_access;           /* Properties.Get/GetAll: another uid's object needs manage-other-user */
 } MethodSpec;
 
 struct Call {
@@ -555,6 +569,8 @@ struct Call {
         bool disk_reserved;             /* OpenDisk: counts in the user's n_disks */
         unsigned auth_step;
         bool auth_interactive;
+        bool auth_soft;                 /* a refusal of this check runs spec->run again (auth_refused) */
+        bool auth_refused;
         sd_bus_slot *slot;
 
         /* arguments */
@@ -608,6 +624,7 @@ void call_reply_empty(Call *c);
 void *call_target(Call *c);
 
 void call_auth_granted(Call *c);
+void call_rerun(Call *c);                   /* runs spec->run again (after a soft refusal) */
 
 /* auth.c */
 /* format/display_name: the target object's; new_format/new_display_name: what the

@@ -172,7 +172,8 @@ class PrivateBus:
 
 class Watcher:
     """A root connection with a GLib main loop that records every signal vdiskd
-    sends (they are broadcast, so it sees everyone's operations)."""
+    sends (root sees everyone's objects; watch_sender() makes the call that
+    puts it on vdiskd's list of receivers)."""
 
     def __init__(self, address):
         self.bus = dbus.bus.BusConnection(address, mainloop=dbus.mainloop.glib.DBusGMainLoop())
@@ -191,6 +192,9 @@ class Watcher:
 
     def watch_sender(self, unique_name):
         self.daemon_names.add(unique_name)
+        # vdiskd sends its signals to the connections that made a call
+        # (docs/dbus-api.md "Privacy"): this one, as root, receives them all.
+        self.managed_objects()
 
     def pump(self):
         while self.ctx.iteration(False):

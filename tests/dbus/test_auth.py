@@ -435,8 +435,10 @@ def test_privileged_bypass(env, clients, polkit, daemon_alive, uid):
 
 def test_polkit_hang_others_still_served(env, clients, polkit, daemon_alive):
     """SimulateHang parks A's CheckAuthorization. Meanwhile root's calls (no
-    polkit), everyone's property reads and GetManagedObjects are answered; A's
-    call completes after ReleaseHangingCalls."""
+    polkit), reads of the Manager's properties, root's reads of everything, and
+    B's GetManagedObjects are answered (its manage-other-user question times out
+    after 5 s: B gets its own objects, here none); A's call completes after
+    ReleaseHangingCalls."""
     a, b = clients[UID_A], clients[UID_B]
     env.polkit.allow(A_OPEN, A_MODIFY)
     env.polkit.mock.SimulateHang(True)
@@ -450,8 +452,9 @@ def test_polkit_hang_others_still_served(env, clients, polkit, daemon_alive):
         op = root.disk(d, 'CreateBase', 'hsta{sv}', Open(new, os.O_RDWR), 'VDI', SIZE, {})
         finished_ok(env, root, op)
         assert b.get(ROOT_PATH, MANAGER, 'Mode') == 'system'
-        assert b.get(d, DISK, 'DisplayName') == 'while-hanging'
-        assert d in b.call(ROOT_PATH, 'org.freedesktop.DBus.ObjectManager', 'GetManagedObjects', '')
+        assert root.get(d, DISK, 'DisplayName') == 'while-hanging'
+        assert d in root.call(ROOT_PATH, 'org.freedesktop.DBus.ObjectManager', 'GetManagedObjects', '')
+        assert d not in b.call(ROOT_PATH, 'org.freedesktop.DBus.ObjectManager', 'GetManagedObjects', '')
         assert not a.has_result('parked'), 'the parked call was answered while polkit hung'
         env.polkit.mock.SimulateHang(False)
         env.polkit.mock.ReleaseHangingCalls()

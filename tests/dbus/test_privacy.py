@@ -9,8 +9,8 @@ vdiskd's connection is bound by it like any other.
 
 import pytest
 
-from harness import (A_MODIFY, A_OPEN, LIMITS_EXCEEDED, MANAGER, OBJMGR, ROOT_PATH, UID_A, UID_B,
-                     expect_error)
+from harness import (A_MODIFY, A_OPEN, A_OTHER, ACCESS_DENIED, DISK, IMAGE, LIMITS_EXCEEDED, MANAGER, MiB,
+                     OBJMGR, OPERATION, PROPS, ROOT_PATH, UID_A, UID_B, disk_images, expect_error, open_disk)
 
 BUS_MATCH_LIMIT = 64          # harness.PrivateBus: max_match_rules_per_connection
 PEERS_PER_USER = BUS_MATCH_LIMIT + 16
@@ -60,4 +60,118 @@ def test_more_connections_than_bus_match_rules(env, daemon_alive):
     env.watcher.wait_removed(again, since=mark, timeout=30)
     b.disk(other, 'Close', 'a{sv}', {}, timeout=20)
     a.close()
+    b.close()
+
+
+# ---------------------------------------------------------------------------
+# privacy
+
+SECRET_NAME = 'alice-secret-taxes.vdi'
+SECRET_COMMENT = 'alice: tax return 2026'
+
+
+@pytest.fixture(scope='module')
+def alice(env):
+    """uid A's Disk (a VDI with a comment) and a finished Check operation of it."""
+    env.polkit.allow(A_OPEN, A_MODIFY)
+    a = env.agent(UID_A, 'alice')
+    a.call(ROOT_PATH, OBJMGR, 'GetManagedObjects', '')   # receives signals from now on
+    path = env.make_vdi(UID_A, SECRET_NAME, 4 * MiB)
+    disk = open_disk(env, a, [path], name=SECRET_NAME)
+    [image] = disk_images(env, disk)
+    a.image(image, 'SetComment', 'sa{sv}', SECRET_COMMENT, {})
+    op = a.disk(disk, 'Check', 'ua{sv}', 0, {})
+    assert a.wait_op(op) is None
+    uuid = env.watcher.get(image, IMAGE, 'Uuid')
+    assert uuid
+    return dict(agent=a, disk=disk, image=image, op=op, uuid=uuid)
+
+
+def names_of(alice):
+    return (alice['disk'], alice['image'], alice['op'], SECRET_NAME, SECRET_COMMENT, alice['uuid'])
+
+
+def leaks(value, alice):
+    """The secrets of alice's objects that appear anywhere in value."""
+    text = repr(value)
+    return [n for n in names_of(alice) if n in text]
+
+
+def test_other_uid_cannot_read(env, alice, daemon_alive):
+    """Another uid, without manage-other-user: GetManagedObjects does not list
+    alice's objects, Get/GetAll on them are refused; its own objects and the
+    Manager's properties stay readable."""
+    env.polkit.allow(A_OPEN, A_MODIFY)
+    b = env.agent(UID_B, 'bob')
+    own = b.manager('CreateDisk', 'a{sv}', {'display-name': 'bob-own'})
+    listed = b.call(ROOT_PATH, OBJMGR, 'GetManagedObjects', '')
+    assert own in listed and listed[own][DISK]['DisplayName'] == 'bob-own'
+    assert leaks(listed, alice) == []
+    for path, iface, prop in ((alice['disk'], DISK, 'DisplayName'), (alice['image'], IMAGE, 'Comment'),
+                              (alice['image'], IMAGE, 'Uuid'), (alice['image'], IMAGE, 'DisplayName'),
+                              (alice['op'], OPERATION, 'State')):
+        expect_error(ACCESS_DENIED, b.call, path, PROPS, 'Get', 'ss', iface, prop)
+        expect_error(ACCESS_DENIED, b.call, path, PROPS, 'GetAll', 's', iface)
+    assert b.get(own, DISK, 'DisplayName') == 'bob-own'
+    assert b.get(ROOT_PATH, MANAGER, 'MaxDisksPerUser') > 0
+    b.disk(own, 'Close', 'a{sv}', {})
+    b.close()
+
+
+def test_signals_reach_only_who_may_see(env, alice, daemon_alive):
+    """A change of alice's image and a new Disk of hers: alice's watcher and
+    root's receive the signals, bob's (which made a call, so it receives
+    signals) receives none naming them; bob's own Disk's signals reach him."""
+    env.polkit.allow(A_OPEN, A_MODIFY)
+    a = alice['agent']
+    b = env.agent(UID_B, 'bob-watcher')
+    b.call(ROOT_PATH, OBJMGR, 'GetManagedObjects', '')
+    a_mark = a.rpc('events')[-1][0] if a.rpc('events') else 0
+    w_mark = env.watcher.mark()
+    a.image(alice['image'], 'SetComment', 'sa{sv}', SECRET_COMMENT + ' (amended)', {})
+    second = a.manager('CreateDisk', 'a{sv}', {'display-name': SECRET_NAME + '-2'})
+    a.disk(second, 'Close', 'a{sv}', {})
+    # the last event, on bob's own object: everything vdiskd sent bob before
+    # it has arrived once this has (one sender, one receiver: in order)
+    own = b.manager('CreateDisk', 'a{sv}', {'display-name': 'bob-last'})
+    b_events = b.rpc('wait_event', 'InterfacesAdded', ROOT_PATH, 0, timeout=30)
+    assert any(e[4] == 'InterfacesAdded' and e[5][0] == own for e in b_events)
+    assert leaks(b_events, alice) == [] and SECRET_NAME not in repr(b_events)
+    # the owner and root got them
+    a_events = a.rpc('wait_event', 'InterfacesRemoved', ROOT_PATH, a_mark, timeout=30)
+    assert any(e[4] == 'PropertiesChanged' and e[2] == alice['image'] and
+               e[5][1].get('Comment') == SECRET_COMMENT + ' (amended)' for e in a_events)
+    assert any(e[4] == 'InterfacesAdded' and e[5][0] == second for e in a_events)
+    assert not any(e[2] == own or (e[5] and e[5][0] == own) for e in a_events), 'bob\'s disk reached alice'
+    env.watcher.wait_removed(second, since=w_mark, timeout=30)
+    w_events = env.watcher.events_since(w_mark)
+    assert any(e[3] == 'PropertiesChanged' and e[1] == alice['image'] for e in w_events)
+    b.disk(own, 'Close', 'a{sv}', {})
+    b.close()
+
+
+def test_root_and_manage_other_user_can_read(env, alice, daemon_alive):
+    """Root reads everything; a uid polkit authorizes for manage-other-user
+    gets alice's objects listed and readable, and from then on their signals;
+    without the authorization its listing shrinks back to its own objects."""
+    assert env.watcher.get(alice['disk'], DISK, 'DisplayName') == SECRET_NAME
+    assert env.watcher.get(alice['image'], IMAGE, 'Comment').startswith(SECRET_COMMENT)
+    assert alice['disk'] in env.watcher.managed_objects()
+    env.polkit.allow(A_OPEN, A_MODIFY, A_OTHER)
+    b = env.agent(UID_B, 'bob-admin')
+    listed = b.call(ROOT_PATH, OBJMGR, 'GetManagedObjects', '')
+    assert listed[alice['disk']][DISK]['DisplayName'] == SECRET_NAME
+    assert listed[alice['image']][IMAGE]['Uuid'] == alice['uuid']
+    assert alice['op'] in listed
+    assert b.get(alice['disk'], DISK, 'DisplayName') == SECRET_NAME
+    assert b.call(alice['image'], PROPS, 'GetAll', 's', IMAGE)['Comment'].startswith(SECRET_COMMENT)
+    assert b.get(alice['op'], OPERATION, 'State') == 'succeeded'
+    # signals about alice's objects now reach bob
+    alice['agent'].image(alice['image'], 'SetComment', 'sa{sv}', 'seen by the admin', {})
+    b.rpc('wait_event', 'PropertiesChanged', alice['image'], 0, timeout=30)
+    # authorization withdrawn: the next listing is bob's own, and so are the signals
+    env.polkit.allow(A_OPEN, A_MODIFY)
+    listed = b.call(ROOT_PATH, OBJMGR, 'GetManagedObjects', '')
+    assert leaks(listed, alice) == []
+    expect_error(ACCESS_DENIED, b.get, alice['disk'], DISK, 'DisplayName')
     b.close()
