@@ -10,7 +10,8 @@ vdiskd's connection is bound by it like any other.
 import pytest
 
 from harness import (A_MODIFY, A_OPEN, A_OTHER, ACCESS_DENIED, DISK, IMAGE, LIMITS_EXCEEDED, MANAGER, MiB,
-                     OBJMGR, OPERATION, PROPS, ROOT_PATH, UID_A, UID_B, disk_images, expect_error, open_disk)
+                     OBJMGR, OPERATION, PROPS, ROOT_PATH, UID_A, UID_B, RemoteDBusError, disk_images, expect_error,
+                     open_disk)
 
 BUS_MATCH_LIMIT = 64          # harness.PrivateBus: max_match_rules_per_connection
 PEERS_PER_USER = BUS_MATCH_LIMIT + 16
@@ -107,6 +108,13 @@ def test_other_uid_cannot_read(env, alice, daemon_alive):
     listed = b.call(ROOT_PATH, OBJMGR, 'GetManagedObjects', '')
     assert own in listed and listed[own][DISK]['DisplayName'] == 'bob-own'
     assert leaks(listed, alice) == []
+    # nor below the ObjectManager's path
+    for below in (f'{ROOT_PATH}/disk', f'{ROOT_PATH}/image', f'{ROOT_PATH}/operation', alice['disk']):
+        try:
+            got = b.call(below, OBJMGR, 'GetManagedObjects', '')
+        except RemoteDBusError as e:
+            got = e.message
+        assert leaks(got, alice) == [], below
     for path, iface, prop in ((alice['disk'], DISK, 'DisplayName'), (alice['image'], IMAGE, 'Comment'),
                               (alice['image'], IMAGE, 'Uuid'), (alice['image'], IMAGE, 'DisplayName'),
                               (alice['op'], OPERATION, 'State')):
@@ -174,4 +182,27 @@ def test_root_and_manage_other_user_can_read(env, alice, daemon_alive):
     listed = b.call(ROOT_PATH, OBJMGR, 'GetManagedObjects', '')
     assert leaks(listed, alice) == []
     expect_error(ACCESS_DENIED, b.get, alice['disk'], DISK, 'DisplayName')
+    b.close()
+
+
+def test_global_peer_limit(env):
+    """--max-peers bounds the table over all uids: past it, a new connection's
+    call gets LimitsExceeded (vdiskd lives on); a connection that left frees
+    its entry. (Restarts vdiskd: the module's last test.)"""
+    env.stop_daemon()
+    env.start_daemon(['--max-peers=4'])   # the watcher's connection is one of them
+    a = env.agent(UID_A, 'A-global')
+    b = env.agent(UID_B, 'B-global')
+    mark = env.watcher.mark()
+    disks = [create_disk_on_new_connection(a, f'g{i}') for i in range(2)]
+    disks.append(create_disk_on_new_connection(b, 'g-b'))
+    e = expect_error(LIMITS_EXCEEDED, create_disk_on_new_connection, b, 'one-too-many')
+    assert 'connections' in e.message
+    assert env.daemon.alive()
+    a.rpc('close_kept')
+    for d in disks[:2]:
+        env.watcher.wait_removed(d, since=mark, timeout=30)
+    create_disk_on_new_connection(b, 'fits-again')
+    b.rpc('close_kept')
+    a.close()
     b.close()
