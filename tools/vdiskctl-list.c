@@ -813,6 +813,25 @@ static int on_monitor_completed(sd_bus_message *m, void *userdata, sd_bus_error 
         return 0;
 }
 
+/* vdiskd sends its signals only to connections that made a call (docs/dbus-api.md
+ * "Privacy"): one GetManagedObjects, without starting vdiskd, its reply unused.
+ * `wait`: until vdiskd answered (it sends us every event from then on). */
+static void monitor_register(Ctx *ctx, bool wait) {
+        _cleanup_(sd_bus_message_unrefp) sd_bus_message *m = NULL;
+        _cleanup_bus_error_ sd_bus_error error = SD_BUS_ERROR_NULL;
+        int r;
+
+        r = sd_bus_message_new_method_call(ctx->bus, &m, VDISK_BUS_NAME, VDISK_PATH,
+                                           "org.freedesktop.DBus.ObjectManager", "GetManagedObjects");
+        if (r >= 0)
+                r = sd_bus_message_set_auto_start(m, false);
+        if (r >= 0)
+                r = wait ? sd_bus_call(ctx->bus, m, 0, &error, NULL) : sd_bus_send(ctx->bus, m, NULL);
+        if (r < 0)
+                log_error("Could not register with vdiskd for its signals: %s",
+                          error.message ?: strerror(-r));
+}
+
 static int on_monitor_owner(sd_bus_message *m, void *userdata, sd_bus_error *ret_error) {
         Monitor *mon = userdata;
         const char *name, *old_owner, *new_owner;
@@ -821,6 +840,8 @@ static int on_monitor_owner(sd_bus_message *m, void *userdata, sd_bus_error *ret
                 return 0;
         free(mon->owner);
         mon->owner = *new_owner ? strdup(new_owner) : NULL;
+        if (*new_owner)
+                monitor_register(mon->ctx, false);
         if (arg_output == OUTPUT_JSON) {
                 monitor_json_begin(mon, *new_owner ? "started" : "stopped", NULL);
                 json_string(&mon->json, "owner", new_owner);
@@ -881,6 +902,8 @@ int cmd_monitor(Ctx *ctx, int argc, char **argv) {
             sd_bus_creds_get_unique_name(creds, &unique) >= 0)
                 mon.owner = strdup(unique);
         creds = sd_bus_creds_unref(creds);
+        if (mon.owner)
+                monitor_register(ctx, true);
         if (arg_output == OUTPUT_HUMAN && !arg_quiet) {
                 if (mon.owner)
                         printf("Monitoring vdiskd (%s); press Ctrl-C to stop.\n", mon.owner);

@@ -7,11 +7,17 @@ The private bus allows 64 match rules per connection (harness.PrivateBus);
 vdiskd's connection is bound by it like any other.
 """
 
+import os
+import select
+import signal
+import subprocess
+import time
+
 import pytest
 
 from harness import (A_MODIFY, A_OPEN, A_OTHER, ACCESS_DENIED, DISK, IMAGE, LIMITS_EXCEEDED, MANAGER, MiB,
-                     OBJMGR, OPERATION, PROPS, ROOT_PATH, UID_A, UID_B, RemoteDBusError, disk_images, expect_error,
-                     open_disk)
+                     OBJMGR, OPERATION, PROPS, ROOT_PATH, UID_A, UID_B, RemoteDBusError, deadline, disk_images,
+                     expect_error, open_disk, tool)
 
 BUS_MATCH_LIMIT = 64          # harness.PrivateBus: max_match_rules_per_connection
 PEERS_PER_USER = BUS_MATCH_LIMIT + 16
@@ -182,6 +188,64 @@ def test_root_and_manage_other_user_can_read(env, alice, daemon_alive):
     listed = b.call(ROOT_PATH, OBJMGR, 'GetManagedObjects', '')
     assert leaks(listed, alice) == []
     expect_error(ACCESS_DENIED, b.get, alice['disk'], DISK, 'DisplayName')
+    b.close()
+
+
+class Monitor:
+    """`vdiskctl monitor` (human output) as `uid`, read line by line."""
+
+    def __init__(self, env, uid):
+        cmd = ['setpriv', f'--reuid={uid}', f'--regid={uid}', '--clear-groups', '--', tool('VDISKCTL'),
+               f'--address={env.bus.address}', '--no-ask-password', 'monitor']
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, bufsize=0,
+                                     env={'PATH': os.environ.get('PATH', '/usr/bin:/bin'), 'LANG': 'C.UTF-8'})
+        env.track(self.proc.pid)
+        self.lines = []
+        self.partial = b''
+
+    def wait_line(self, text, timeout=30):
+        """Reads until a line holds `text` (it registered with vdiskd before its first line)."""
+        end = time.monotonic() + deadline(timeout)
+        fd = self.proc.stdout.fileno()
+        while not any(text in line for line in self.lines):
+            left = end - time.monotonic()
+            if left <= 0 or not select.select([fd], [], [], left)[0]:
+                raise AssertionError(f'vdiskctl monitor printed no line with {text!r}: {self.lines}')
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                raise AssertionError(f'vdiskctl monitor exited ({self.proc.wait()}): {self.lines}')
+            *done, self.partial = (self.partial + chunk).split(b'\n')
+            self.lines += [line.decode(errors='replace') for line in done]
+        return self.lines
+
+    def stop(self):
+        self.proc.send_signal(signal.SIGINT)
+        assert self.proc.wait(deadline(30)) == 0
+
+
+def test_vdiskctl_monitor_sees_own_objects(env, alice, daemon_alive):
+    """vdiskctl monitor of another uid (it registers with a GetManagedObjects
+    before it prints its first line) shows that uid's Disk, nothing of alice's;
+    alice's monitor shows hers."""
+    env.polkit.allow(A_OPEN, A_MODIFY)
+    b = env.agent(UID_B, 'bob-monitor')
+    mon_b = Monitor(env, UID_B)
+    mon_a = Monitor(env, UID_A)
+    mon_b.wait_line('Monitoring vdiskd')
+    mon_a.wait_line('Monitoring vdiskd')
+    a = alice['agent']
+    hers = a.manager('CreateDisk', 'a{sv}', {'display-name': SECRET_NAME + '-mon'})
+    a.image(alice['image'], 'SetComment', 'sa{sv}', SECRET_COMMENT + ' (monitored)', {})
+    own = b.manager('CreateDisk', 'a{sv}', {'display-name': 'bob-mon'})
+    lines = mon_b.wait_line('"bob-mon"')
+    assert SECRET_NAME not in ''.join(lines) and 'monitored' not in ''.join(lines), lines
+    mon_a.wait_line(f'"{SECRET_NAME}-mon"')
+    mon_a.wait_line('monitored')
+    assert 'bob-mon' not in ''.join(mon_a.lines)
+    mon_a.stop()
+    mon_b.stop()
+    a.disk(hers, 'Close', 'a{sv}', {})
+    b.disk(own, 'Close', 'a{sv}', {})
     b.close()
 
 
