@@ -322,17 +322,21 @@ static int on_unix_user(sd_bus_message *reply, void *userdata, sd_bus_error *ret
                 call_fail(c, 0, SD_BUS_ERROR_ACCESS_DENIED, "Cannot determine the caller's user");
                 return 0;
         }
-        /* Cached for the connection's next calls (NULL: it left meanwhile). */
+        /* Cached for the connection's next calls. No entry: the connection
+         * left meanwhile, or another of its calls found it over the limit. */
         p = peer_find(c->manager, sender);
         if (p && p->uid == UID_UNKNOWN) {
                 r = peer_set_uid(p, (uid_t) uid);
                 if (r < 0) {
                         if (!p->disks)
                                 peer_free(p);
-                        call_fail(c, r, NULL, "Too many client connections of user %u (at most %u)",
-                                  (unsigned) uid, c->manager->max_peers_per_user);
-                        return 0;
+                        p = NULL;
                 }
+        }
+        if (!p) {
+                call_fail(c, -E2BIG, NULL, "Too many client connections of user %u (at most %u)",
+                          (unsigned) uid, c->manager->max_peers_per_user);
+                return 0;
         }
         if (call_account(c, (uid_t) uid))
                 call_continue(c);
