@@ -246,9 +246,13 @@ static void call_continue(Call *c) {
                 other_action = NULL;
                 break;
         }
-        /* Reading another uid's object (privacy.c) is managing it. */
-        if (c->spec->read_access)
+        /* Reading another uid's object (privacy.c) is managing it; the check
+         * (and its dialog, shown to the caller) must not tell what the caller
+         * is not yet allowed to read. */
+        if (c->spec->read_access) {
                 other_action = "org.vdisk.vdisk1.manage-other-user";
+                display_name = format = NULL;
+        }
         /* What the call asks for goes apart from what the object is: a caller
          * must not be able to word the details (and the dialog) of a check
          * about someone else's disk. */

@@ -13,7 +13,7 @@ import dbus
 import pytest
 
 from harness import (A_CANCEL_OTHER, A_MODIFY, A_OPEN, A_OTHER, ACCESS_DENIED, DISK, ERR,
-                     INTERACTIVE_REQUIRED, MANAGER, MiB, REGIONS, ROOT_PATH, UID_A, UID_B,
+                     INTERACTIVE_REQUIRED, MANAGER, OBJMGR, PROPS, MiB, REGIONS, ROOT_PATH, UID_A, UID_B,
                      Open, RemoteDBusError, expect_error, open_disk, unique)
 import rawbus
 
@@ -198,6 +198,29 @@ def test_other_user_checked_twice(env, clients, pk):
     env.polkit.mock.ClearCalls()
     expect_error(INTERACTIVE_REQUIRED, b.disk, d, 'Read', 'tua{sv}', 0, 512, {})
     assert [x['action'] for x in calls(env)] == [A_OPEN]
+
+
+def test_read_other_user_details(env, clients, pk):
+    """B reads A's disk's properties (docs/dbus-api.md "Privacy"): one check,
+    manage-other-user with operation read-properties and A's uid, naming
+    neither the disk nor its format; B's GetManagedObjects asks it without
+    interaction (list-objects) and, refused, lists nothing of A's."""
+    a, b = clients[UID_A], clients[UID_B]
+    set_allowed(env, A_OPEN)
+    d = a_disk(env, a, 'dn-secret-read')
+    env.polkit.mock.ClearCalls()
+    expect_error(INTERACTIVE_REQUIRED, b.call, d, PROPS, 'Get', 'ss', DISK, 'DisplayName')
+    c = only_call(env)
+    check_common(c, b.unique_name, A_OTHER, UID_A, 0)
+    assert c['details']['operation'] == 'read-properties', c
+    assert 'display-name' not in c['details'] and 'format' not in c['details'], c
+    assert 'dn-secret-read' not in c['details']['polkit.message'], c
+    env.polkit.mock.ClearCalls()
+    listed = b.call(ROOT_PATH, OBJMGR, 'GetManagedObjects', '')
+    c = only_call(env)
+    check_common(c, b.unique_name, A_OTHER, UID_B, 0)
+    assert c['details']['operation'] == 'list-objects', c
+    assert d not in listed and 'dn-secret-read' not in repr(listed)
 
 
 def test_cancel_other_user_details(env, clients, pk):
