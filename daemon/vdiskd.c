@@ -45,7 +45,7 @@ static void help(void) {
                "  --max-workers-per-user=N      Workers one user may occupy at once\n"
                "                                (default: workers - 1, at least 1)\n"
                "  --max-peers=N                 Client connections known at once (default 4096)\n"
-               "  --max-peers-per-user=N        Client connections of one user (default 256)\n"
+               "  --max-peers-per-user=N        Client connections of one user (default 64)\n"
                "  --version                     Print the version and exit\n"
                "  --help                        Print this help and exit\n");
 }
@@ -211,7 +211,7 @@ static int open_bus(const Args *a, sd_bus **ret) {
 
 int main(int argc, char *argv[]) {
         Args a = { .linger_sec = 60, .idle_sec = -1, .workers = 0, .max_ops = 64, .max_ops_user = 32,
-                   .max_disks_user = 256, .max_calls_user = 64, .max_peers = 4096, .max_peers_user = 256, .max_fds_user = 0, .max_workers_user = 0 };
+                   .max_disks_user = 256, .max_calls_user = 64, .max_peers = 4096, .max_peers_user = 64, .max_fds_user = 0, .max_workers_user = 0 };
         Manager *m = NULL;
         sigset_t mask;
         long n_cpus;
