@@ -460,11 +460,11 @@ static int on_filter(sd_bus_message *msg, void *userdata, sd_bus_error *ret_erro
 }
 
 int privacy_start(Manager *m) {
-        return sd_bus_add_filter(m->bus, &m->filter_slot, on_filter, m);
+        return sd_bus_add_filter(m->bus, &m->privacy_filter_slot, on_filter, m);
 }
 
 void privacy_free(Manager *m) {
-        m->filter_slot = sd_bus_slot_unref(m->filter_slot);
+        m->privacy_filter_slot = sd_bus_slot_unref(m->privacy_filter_slot);
         for (size_t i = 0; i < m->n_passed; i++)
                 sd_bus_message_unref(m->passed[i]);
         m->passed = mfree_ptr(m->passed);

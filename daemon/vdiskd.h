@@ -451,7 +451,7 @@ struct Manager {
         Peer *peers, **peer_buckets;     /* peers.c */
         unsigned n_peers, max_peers, max_peers_per_user;
         sd_bus_slot *name_owner_slot;
-        sd_bus_slot *filter_slot;        /* privacy.c */
+        sd_bus_slot *privacy_filter_slot; /* privacy.c */
         sd_bus_message **passed;         /* reads that passed the check, back on the read queue */
         size_t n_passed;
         Operation *operations;
