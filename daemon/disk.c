@@ -475,7 +475,7 @@ static vdisk_disk *task_vd(Call *c) {
 
 static bool call_disk_gone(Call *c, bool cancelled) {
         if (cancelled) {
-                call_fail(c, -ECANCELED, NULL, "vdiskd is shutting down");
+                call_fail(c, -ESHUTDOWN, NULL, "vdiskd is stopping");
                 return true;
         }
         if (c->outcome.r == -ENXIO && (!c->disk->vd || c->disk->gone)) {
