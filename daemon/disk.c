@@ -938,7 +938,11 @@ static int read_fd_arg(Call *c, sd_bus_message *msg, uint32_t fd_flags, sd_bus_e
         return fd_accept(fd, fd_flags, "fd", &c->fd, &c->fd_writable, error);
 }
 
+/* The format argument, resolved here, before polkit: an alias or another
+ * spelling ("file", "raw", "Vdi") becomes the backend's one name ("RAW",
+ * "VDI"), which is what the `new-format` detail carries and the worker uses. */
 static int read_format_arg(Call *c, sd_bus_message *msg, bool required, sd_bus_error *error) {
+        const vdisk_backend_info *be = NULL;
         const char *format;
         int r;
 
@@ -947,9 +951,12 @@ static int read_format_arg(Call *c, sd_bus_message *msg, bool required, sd_bus_e
                 return r;
         if (required && !format[0])
                 return set_error(error, SD_BUS_ERROR_INVALID_ARGS, "The format must be given");
-        if (format[0] && !vdisk_backend_find(format))
-                return set_error(error, ERROR_PREFIX "UnknownFormat", "Unknown image format '%s'", format);
-        c->format = strdup(format);
+        if (format[0]) {
+                be = vdisk_backend_find(format);
+                if (!be)
+                        return set_error(error, ERROR_PREFIX "UnknownFormat", "Unknown image format '%s'", format);
+        }
+        c->format = strdup(be ? be->name : "");
         return c->format ? 0 : -ENOMEM;
 }
 

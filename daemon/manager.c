@@ -709,6 +709,16 @@ static int method_open_disk(sd_bus_message *msg, void *userdata, sd_bus_error *e
                 r = sd_bus_message_read(msg, "hs", &fd, &format);
                 if (r < 0)
                         return fd_read_failed(r, error);
+                if (format[0]) {
+                        /* Resolved now: the backend's one name, whatever the spelling. */
+                        const vdisk_backend_info *be = vdisk_backend_find(format);
+
+                        if (!be)
+                                return set_error(error, ERROR_PREFIX "UnknownFormat",
+                                                 "Chain element %zu: unknown image format '%s'", c->n_chain - 1,
+                                                 format);
+                        format = be->name;
+                }
                 e->format = strdup(format);
                 if (!e->format)
                         return -ENOMEM;
