@@ -115,7 +115,7 @@ def test_stop_with_blocked_worker(env, frz):
     operation ends (Completed: cancelled, ServiceStopping; a parked Wait gets
     the same), vdiskd leaves the bus and its main thread exits, all without the
     fs being thawed. After the thaw the process is reaped with status 3."""
-    bound = deadline(8)
+    bound = deadline(10)
     d = start(env, f'--stop-timeout-sec={bound}')
     uniq = d.unique_name
     a = env.agent(UID_A, 'A')
