@@ -113,13 +113,16 @@ def test_stop_with_blocked_worker(env, frz):
     daemon's unique name) is refused with ServiceStopping while property reads
     still answer; the operation is `cancelling`; at --stop-timeout-sec the
     operation ends (Completed: cancelled, ServiceStopping; a parked Wait gets
-    the same), vdiskd leaves the bus and its main thread exits, all without the
-    fs being thawed. After the thaw the process is reaped with status 3."""
+    the same), an idle Disk is closed and flushed, vdiskd leaves the bus and its
+    main thread exits, all without the fs being thawed. After the thaw the
+    process is reaped with status 3."""
     bound = deadline(10)
     d = start(env, f'--stop-timeout-sec={bound}')
     uniq = d.unique_name
     a = env.agent(UID_A, 'A')
     disk, src = src_disk(env, a, UID_A)
+    other, other_file = src_disk(env, a, UID_A)     # idle: closed and flushed by the stop
+    a.disk(other, 'Write', 'taya{sv}', 1024 * 1024, b'\x77' * 4096, {})
     op, dest = held_copy(env, frz, a, UID_A, disk)
     a.call_async('wait', op, OPERATION, 'Wait', 'a{sv}', {})
     a.get(op, OPERATION, 'State')    # the Wait reached vdiskd (same connection, in order)
@@ -154,6 +157,14 @@ def test_stop_with_blocked_worker(env, frz):
     assert frz.frozen, 'the fs was thawed: the test proves nothing'
     assert elapsed < bound + deadline(15)
     assert 'Stopping took longer than' in d.output()
+    # the idle disk was closed (flushed) before the exit, the blocked worker notwithstanding
+    env.watcher.wait_removed(other, since=mark)
+    env.qemu_img('check', '-f', 'vdi', other_file)
+    flat = env.tmp / (unique('flat') + '.raw')
+    env.qemu_img('convert', '-f', 'vdi', '-O', 'raw', other_file, flat)
+    with open(flat, 'rb') as f:
+        f.seek(1024 * 1024)
+        assert f.read(4096) == b'\x77' * 4096
 
     frz.thaw()
     rc = d.proc.wait(deadline(30))
