@@ -782,8 +782,8 @@ const sd_bus_vtable manager_vtable[] = {
 
 /* ---------------------------------------------------------------- lifetime */
 
-/* Stopping (SIGTERM/SIGINT): the bus name goes at once, so that bus activation
- * can start a replacement while this process finishes; every new call of our
+/* Stopping (SIGTERM/SIGINT): the bus name goes at once, so that calls to it
+ * go to bus activation (a replacement) instead of to us; every new call of our
  * interfaces is refused with Error.ServiceStopping (the standard interfaces,
  * Properties, ObjectManager, Introspectable and Peer, still answer from
  * memory: they start no work, and let clients read how their operations
