@@ -93,8 +93,10 @@ Call *call_free(Call *c) {
                 assert(c->user->n_calls > 0 && c->user->n_fds >= c->n_fds_charged);
                 c->user->n_calls--;
                 c->user->n_fds -= c->n_fds_charged;
-                if (c->disk_reserved)
+                if (c->disk_reserved) {
                         c->user->n_disks--;
+                        m->n_disks_reserved--;
+                }
                 user_unref(c->user);
         }
         free(c);
@@ -102,6 +104,8 @@ Call *call_free(Call *c) {
         return NULL;
 }
 
+/* Fails the call from the main thread: an EINVAL here is an argument the call
+ * got wrong (checked before any work), InvalidArgs. */
 void call_fail(Call *c, int r, const char *name, const char *fmt, ...) {
         _cleanup_free_ char *s = NULL;
         va_list ap;
@@ -110,7 +114,9 @@ void call_fail(Call *c, int r, const char *name, const char *fmt, ...) {
         if (vasprintf(&s, fmt, ap) < 0)
                 s = NULL;
         va_end(ap);
-        (void) reply_error(c->message, name ? name : errno_to_error_name(r), "%s", s ? s : strerror(-r));
+        if (!name)
+                name = r == -EINVAL ? SD_BUS_ERROR_INVALID_ARGS : errno_to_error_name(r);
+        (void) reply_error(c->message, name, "%s", s ? s : strerror(-r));
         call_free(c);
 }
 
@@ -136,7 +142,7 @@ int call_submit(Call *c, Disk *d, void (*run)(Task *t), void (*done)(Task *t, bo
         c->task.run = run;
         c->task.done = done;
         if (!c->user) {
-                /* Operation.Wait skips the uid lookup, but never submits. */
+                /* A direct connection's call always knows its uid; kept for safety. */
                 unknown = user_get(c->manager, UID_UNKNOWN);
                 if (!unknown)
                         return -ENOMEM;
@@ -315,9 +321,11 @@ int call_dispatch(Call *c) {
         const char *sender = sd_bus_message_get_sender(c->message);
         int r;
 
-        if (c->spec->open_to_all && !c->manager->session) {
-                /* Open to every caller: no uid needed. */
-                call_continue(c);
+        /* Bounds what all callers together hold, before even the uid is
+         * known (this call is counted in n_calls already). */
+        if (c->manager->n_calls > c->manager->max_calls) {
+                call_fail(c, -E2BIG, NULL, "Too many calls in progress (at most %u at once)",
+                          c->manager->max_calls);
                 return 1;
         }
         if (!sender) {

@@ -805,6 +805,10 @@ static bool check_limits(Call *c, OpKind kind) {
                           m->max_disks_per_user);
                 return false;
         }
+        if (kind == OP_COPY && c->options.open && manager_disks_full(m)) {
+                call_fail(c, -E2BIG, NULL, "Too many disks (at most %u in all)", m->max_disks);
+                return false;
+        }
         return true;
 }
 

@@ -123,6 +123,8 @@ struct User {
         unsigned n_fds;                  /* descriptors the daemon holds for this uid */
         unsigned n_busy;                 /* tasks handed to the worker pool */
         uint64_t served;                 /* when it last got a worker (round robin) */
+        unsigned n_finished;             /* finished operations still published */
+        Operation *finished_head, *finished_tail;   /* oldest first (Operation.user_finished) */
         Task *ready_head, *ready_tail;   /* tasks waiting for a worker */
         LIST_FIELDS(User, users);
 };
@@ -403,9 +405,12 @@ struct Operation {
         bool disk_reserved;              /* Copy `open`: counts in the starter's n_disks */
         sd_event_source *timer, *linger;
         sd_bus_slot *slot;
-        sd_bus_message **waits;
+        Call **waits;                    /* pending Waits: still counted as the callers' calls */
         size_t n_waits;
         bool exported;
+        bool finished_listed;            /* in the manager's and its user's finished lists */
+        Operation *all_finished_prev, *all_finished_next;
+        Operation *user_finished_prev, *user_finished_next;
 
         Task task;
         Disk *disk;                      /* ref, while not finished */
@@ -441,6 +446,8 @@ struct Manager {
         uid_t own_uid;
         unsigned workers, max_operations, max_operations_per_user;
         unsigned max_disks_per_user, max_calls_per_user, max_fds_per_user, max_workers_per_user;
+        unsigned max_finished_operations, max_finished_operations_per_user;
+        unsigned max_disks, max_calls, max_waits_per_operation;
         uint64_t linger_usec, idle_usec;
         uint64_t next_disk_id, next_image_id, next_operation_id;
 
@@ -450,6 +457,9 @@ struct Manager {
         Call *calls;
         User *users;
         unsigned n_disks, n_operations, n_calls;
+        unsigned n_disks_reserved;       /* Disks that calls/operations will publish */
+        unsigned n_finished;             /* finished operations still published */
+        Operation *finished_head, *finished_tail;   /* oldest first (Operation.all_finished) */
 
         unsigned n_pooled;               /* tasks in the worker pool */
         uint64_t sched_seq;
@@ -474,6 +484,7 @@ Disk *manager_find_disk(Manager *m, const char *path);
 Image *manager_find_image(Manager *m, const char *path);
 Operation *manager_find_operation(Manager *m, const char *path);
 unsigned manager_count_operations(Manager *m, bool per_uid, uid_t uid);
+bool manager_disks_full(Manager *m);
 
 /* disk.c */
 extern const sd_bus_vtable disk_vtable[];
