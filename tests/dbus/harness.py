@@ -536,9 +536,14 @@ class Agent:
             args = ({},)
         return self.call(path, OPERATION, method, signature, *args, **kw)
 
+    def wait_op_raw(self, op_path, timeout=300):
+        """Operation.Wait as it replies: (state, error_name, error_message)."""
+        return tuple(self.call(op_path, OPERATION, 'Wait', 'a{sv}', {}, timeout=timeout))
+
     def wait_op(self, op_path, timeout=300):
-        """Operation.Wait; returns None on success or raises RemoteDBusError."""
-        return self.call(op_path, OPERATION, 'Wait', 'a{sv}', {}, timeout=timeout)
+        """Operation.Wait; returns None on success or raises RemoteDBusError
+        named after the operation's error (Wait replies (sss) like Completed)."""
+        return wait_outcome(self.wait_op_raw(op_path, timeout=timeout))
 
     def kill(self):
         if self.proc.poll() is None:
@@ -562,6 +567,17 @@ class Agent:
         self.sock.close()
         if self in self.env.agents:
             self.env.agents.remove(self)
+
+
+def wait_outcome(reply):
+    """An Operation.Wait reply (state, error_name, error_message): None when
+    it succeeded, else RemoteDBusError(error_name, error_message)."""
+    state, name, message = tuple(reply)
+    if state == 'succeeded':
+        assert name == '' and message == '', reply
+        return None
+    assert state in ('failed', 'cancelled') and name.startswith(ERR), reply
+    raise RemoteDBusError(name, message)
 
 
 def expect_error(name, fn, *args, **kwargs):
