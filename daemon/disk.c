@@ -997,6 +997,10 @@ static int method_create_base(sd_bus_message *msg, void *userdata, sd_bus_error 
                 return r;
         if (c->t1 == 0)
                 return set_error(error, SD_BUS_ERROR_INVALID_ARGS, "The size must not be 0");
+        if (c->t1 > IMAGE_SIZE_MAX)
+                return set_error(error, SD_BUS_ERROR_INVALID_ARGS,
+                                 "The size is beyond the largest image size (%" PRIu64 " bytes)",
+                                 (uint64_t) IMAGE_SIZE_MAX);
         return call_dispatch(TAKE_PTR(c));
 }
 
@@ -1059,6 +1063,13 @@ static int method_merge(sd_bus_message *msg, void *userdata, sd_bus_error *error
                 r = options_parse(msg, 0, &c->options, error);
         if (r < 0)
                 return r;
+        /* The chain may change before the call runs: the indices are checked
+         * against it there (start_operation), still before any Operation. */
+        if (c->u1 == c->u2)
+                return set_error(error, SD_BUS_ERROR_INVALID_ARGS, "Merge needs two different images");
+        if (c->u1 >= VDISK_CHAIN_MAX || c->u2 >= VDISK_CHAIN_MAX)
+                return set_error(error, SD_BUS_ERROR_INVALID_ARGS, "A chain holds at most %d images",
+                                 VDISK_CHAIN_MAX);
         return call_dispatch(TAKE_PTR(c));
 }
 
@@ -1074,6 +1085,9 @@ static int method_index_op(sd_bus_message *msg, void *userdata, sd_bus_error *er
                 r = options_parse(msg, allowed, &c->options, error);
         if (r < 0)
                 return r;
+        if (c->u1 >= VDISK_CHAIN_MAX)
+                return set_error(error, SD_BUS_ERROR_INVALID_ARGS, "A chain holds at most %d images",
+                                 VDISK_CHAIN_MAX);
         return call_dispatch(TAKE_PTR(c));
 }
 
@@ -1102,6 +1116,13 @@ static int method_resize(sd_bus_message *msg, void *userdata, sd_bus_error *erro
                 return r;
         if (c->t1 == 0)
                 return set_error(error, SD_BUS_ERROR_INVALID_ARGS, "The size must not be 0");
+        if (c->t1 > IMAGE_SIZE_MAX)
+                return set_error(error, SD_BUS_ERROR_INVALID_ARGS,
+                                 "The size is beyond the largest image size (%" PRIu64 " bytes)",
+                                 (uint64_t) IMAGE_SIZE_MAX);
+        /* A Disk's size is whole sectors: an odd size would be rounded. */
+        if (c->t1 % 512)
+                return set_error(error, SD_BUS_ERROR_INVALID_ARGS, "The size must be a multiple of 512");
         return call_dispatch(TAKE_PTR(c));
 }
 

@@ -30,6 +30,11 @@
 #define ERROR_PREFIX "org.vdisk.VDisk1.Error."
 
 #define IO_MAX (1024u * 1024u)          /* Read/Write limit */
+/* What libvdisk accepts, checked in the method call (InvalidArgs there). */
+#define IMAGE_SIZE_MAX (UINT64_C(1) << 62)      /* image and disk sizes */
+#define COMMENT_MAX 255u                        /* image comments, bytes */
+#define SPARSE_SIZE_MAX (4u << 20)              /* Copy's sparse-size */
+#define DISPLAY_NAME_MAX 255u                   /* display-name option, bytes */
 
 #define container_of(ptr, type, member) ((type *) ((char *) (ptr) - offsetof(type, member)))
 
