@@ -246,10 +246,13 @@ int options_parse(sd_bus_message *m, uint32_t allowed, Options *o, sd_bus_error 
                 case OPT_BLOCK_SIZE:
                         r = sd_bus_message_read(m, "u", &o->block_size);
                         /* What libvdisk refuses for every format (a format may
-                         * narrow the range: that shows on the Operation). */
-                        if (r >= 0 && (o->block_size < 512 || (o->block_size & (o->block_size - 1))))
+                         * narrow the range: that shows on the Operation); 0 is
+                         * the format's default. */
+                        if (r >= 0 && o->block_size != 0 &&
+                            (o->block_size < 512 || (o->block_size & (o->block_size - 1))))
                                 r = set_error(error, SD_BUS_ERROR_INVALID_ARGS,
-                                              "Option 'block-size' must be a power of two of at least 512");
+                                              "Option 'block-size' must be 0 (the format's default) or a "
+                                              "power of two of at least 512");
                         break;
                 case OPT_UUID: {
                         const char *s;

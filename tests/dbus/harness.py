@@ -121,8 +121,10 @@ def wait_until(cond, timeout, what):
 class PrivateBus:
     """dbus-daemon with a config allowing every uid to connect, own and send."""
 
-    def __init__(self, tmp):
+    def __init__(self, tmp, limits=None):
+        """limits: extra dbus-daemon <limit>s, {name: value} (e.g. max_message_size)."""
         self.dir = tmp / 'bus'
+        extra = ''.join(f'\n  <limit name="{k}">{v}</limit>' for k, v in (limits or {}).items())
         self.dir.mkdir(mode=0o755)
         sock = self.dir / 'socket'
         conf = self.dir / 'bus.conf'
@@ -139,7 +141,7 @@ class PrivateBus:
     <allow own="*"/>
   </policy>
   <!-- well below the system bus's 512, so that a test can exceed it cheaply -->
-  <limit name="max_match_rules_per_connection">64</limit>
+  <limit name="max_match_rules_per_connection">64</limit>{extra}
 </busconfig>
 ''')
         env = dict(os.environ)
@@ -633,7 +635,7 @@ class VdiskEnv:
         with open(self.tmp / name, 'a') as f:
             f.write(f'{value}\n')
 
-    def __init__(self, template='polkitd', daemon_args=(), start_daemon=True, name='env'):
+    def __init__(self, template='polkitd', daemon_args=(), start_daemon=True, name='env', bus_limits=None):
         base = Path(tempfile.mkdtemp(prefix=f'vdisk-dbus-{name}-'))
         os.chmod(base, 0o755)
         self.tmp = base
@@ -661,7 +663,7 @@ class VdiskEnv:
                                          start_new_session=True, stdin=subprocess.DEVNULL)
         self.polkit_template = template if template == 'polkitd' else HERE / template
         try:
-            self.bus = PrivateBus(base)
+            self.bus = PrivateBus(base, bus_limits)
             self.track(self.bus.proc.pid)
             self.watcher = Watcher(self.bus.address)
             self.start_polkit()
