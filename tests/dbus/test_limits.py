@@ -207,10 +207,6 @@ def test_flood_of_finished_operations(env, clients):
     stays on the bus and GetManagedObjects answers another uid within 1 s,
     holding no more than the limits allow."""
     a, b = clients[UID_A], clients[UID_B]
-    props = manager_props(env)
-    # today's defaults: those the flood meets
-    assert props['MaxFinishedOperationsPerUser'] == 64
-    assert props['MaxFinishedOperations'] == 1024
     owner = env.watcher.name_owner('org.vdisk.VDisk1')
     disks = [small_disk(env, a, UID_A)[0] for _ in range(FLOOD_DISKS)]
     mark = env.watcher.mark()
@@ -226,6 +222,10 @@ def test_flood_of_finished_operations(env, clients):
     assert probe['elapsed'] < deadline(1.0), probe
     assert probe['size'] < BUS_MAX_MESSAGE // 4, probe
     objects = b.call(ROOT_PATH, OBJMGR, 'GetManagedObjects', '', timeout=30)
+    props = manager_props(env)
+    # the defaults are what the flood met
+    assert props['MaxFinishedOperationsPerUser'] == 64
+    assert props['MaxFinishedOperations'] == 1024
     ops = operations_of(objects, UID_A)
     assert 0 < len(ops) <= props['MaxFinishedOperationsPerUser'], len(ops)
     # the newest survive, the oldest were removed (InterfacesRemoved)
