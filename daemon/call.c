@@ -92,7 +92,7 @@ Call *call_free(Call *c) {
         if (c->user) {
                 assert(c->user->n_calls > 0 && c->user->n_fds >= c->n_fds_charged);
                 c->user->n_calls--;
-                c->user->n_fds -= c->n_fds_charged;
+                user_charge_fds(c->user, 0, c->n_fds_charged);
                 if (c->disk_reserved) {
                         c->user->n_disks--;
                         m->n_disks_reserved--;
@@ -176,8 +176,14 @@ static bool call_account(Call *c, uid_t uid) {
                           (unsigned) uid, m->max_fds_per_user);
                 return false;
         }
+        /* Every image holds one: this also bounds the Images of all Disks. */
+        if (m->n_fds + n_fds > m->max_fds) {
+                user_unref(u);
+                call_fail(c, -E2BIG, NULL, "Too many file descriptors held (at most %u in all)", m->max_fds);
+                return false;
+        }
         u->n_calls++;
-        u->n_fds += n_fds;
+        user_charge_fds(u, n_fds, 0);
         c->n_fds_charged = n_fds;
         c->user = u;
         return true;

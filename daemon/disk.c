@@ -168,7 +168,7 @@ void disk_remove(Disk *d) {
         trash_vd(&trash, TAKE_PTR(d->vd), d->n_fds_charged);
         trash_empty(m, d->user, &trash);
         assert(d->user->n_fds >= d->n_fds_charged && d->user->n_disks > 0);
-        d->user->n_fds -= d->n_fds_charged;
+        user_charge_fds(d->user, 0, d->n_fds_charged);
         d->n_fds_charged = 0;
         d->user->n_disks--;
         LIST_REMOVE(disks, m->disks, d);
@@ -179,8 +179,7 @@ void disk_remove(Disk *d) {
 
 /* One descriptor per image, charged to the owner. */
 static void disk_charge_fds(Disk *d) {
-        assert(d->user->n_fds >= d->n_fds_charged);
-        d->user->n_fds = d->user->n_fds - d->n_fds_charged + d->n_images;
+        user_charge_fds(d->user, d->n_images, d->n_fds_charged);
         d->n_fds_charged = d->n_images;
 }
 

@@ -123,7 +123,7 @@ int operation_take_call(Operation *o, Call *c) {
         o->fd_writable = c->fd_writable;
         /* The descriptors move from the call's charge to ours until the work ends. */
         o->n_fds_charged = (o->fd >= 0) + !!(c->options.set & OPT_DIRECT_FD);
-        o->user->n_fds += o->n_fds_charged;
+        user_charge_fds(o->user, o->n_fds_charged, 0);
         o->format = TAKE_PTR(c->format);
         o->options = c->options;
         c->options = (Options) {};
@@ -406,6 +406,36 @@ finish:
 
 /* ---------------------------------------------------------------- the end */
 
+/* Cuts s to at most max bytes, at a character boundary (UTF-8). */
+static void text_clamp(char *s, size_t max) {
+        size_t n;
+
+        if (!s || strlen(s) <= max)
+                return;
+        n = max;
+        while (n > 0 && ((unsigned char) s[n] & 0xC0) == 0x80)
+                n--;
+        s[n] = 0;
+}
+
+/* The check report as published: at most RESULT_MESSAGES_MAX messages of
+ * RESULT_MESSAGE_MAX bytes (the library bounds them per format already; this
+ * keeps an Operation's size fixed whatever an image holds). */
+static void report_clamp(vdisk_check_report *rep) {
+        size_t n = 0;
+
+        if (!rep->messages)
+                return;
+        for (; rep->messages[n]; n++) {
+                if (n >= RESULT_MESSAGES_MAX) {
+                        free(rep->messages[n]);
+                        rep->messages[n] = NULL;
+                        continue;
+                }
+                text_clamp(rep->messages[n], RESULT_MESSAGE_MAX);
+        }
+}
+
 static int on_linger(sd_event_source *s, uint64_t usec, void *userdata) {
         Operation *o = userdata;
 
@@ -517,6 +547,7 @@ static void operation_finish(Operation *o) {
                 free(o->error_message);
                 o->error_name = strdup(errno_to_error_name(o->outcome.r));
                 o->error_message = strdup(o->outcome.message ?: strerror(-o->outcome.r));
+                text_clamp(o->error_message, ERROR_MESSAGE_MAX);
                 if (!o->error_name || !o->error_message) {
                         free(o->error_name);
                         free(o->error_message);
@@ -642,6 +673,7 @@ static void op_done(Task *t, bool cancelled) {
         /* Publish what the worker wrote for itself. */
         o->result.report = o->w_report;
         o->result.have_report = o->w_have_report;
+        report_clamp(&o->result.report);
         o->w_report = (vdisk_check_report) {};
         o->w_have_report = false;
         /* The destination (and its direct twin), when the work never took
@@ -653,7 +685,7 @@ static void op_done(Task *t, bool cancelled) {
         }
         trash_empty(o->manager, o->user, &trash);
         assert(o->user->n_fds >= o->n_fds_charged);
-        o->user->n_fds -= o->n_fds_charged;
+        user_charge_fds(o->user, 0, o->n_fds_charged);
         o->n_fds_charged = 0;
 
         if (cancelled)
@@ -762,7 +794,7 @@ Operation *operation_free(Operation *o) {
         if (o->user) {
                 trash_empty(m, o->user, &trash);
                 assert(o->user->n_fds >= o->n_fds_charged);
-                o->user->n_fds -= o->n_fds_charged;
+                user_charge_fds(o->user, 0, o->n_fds_charged);
                 if (o->disk_reserved) {
                         o->user->n_disks--;
                         m->n_disks_reserved--;

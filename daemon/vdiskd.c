@@ -22,7 +22,7 @@ typedef struct Args {
         const char *introspect;
         long linger_sec, idle_sec, workers, max_ops, max_ops_user;
         long max_disks_user, max_calls_user, max_fds_user, max_workers_user;
-        long max_finished, max_finished_user, max_disks, max_calls, max_waits;
+        long max_finished, max_finished_user, max_disks, max_calls, max_waits, max_fds;
 } Args;
 
 static void help(void) {
@@ -49,10 +49,12 @@ static void help(void) {
                "                                oldest goes at once (default 1024)\n"
                "  --max-finished-operations-per-user=N\n"
                "                                Finished operations kept per user (default 64)\n"
-               "  --max-disks=N                 Open disks in total (default 4096)\n"
+               "  --max-disks=N                 Open disks in total (default 1024)\n"
                "  --max-calls=N                 Calls in progress in total (default 4096)\n"
                "  --max-waits-per-operation=N   Pending Operation.Wait calls per operation\n"
                "                                (default 16)\n"
+               "  --max-fds=N                   File descriptors held in total (default 4096,\n"
+               "                                or half of RLIMIT_NOFILE if less)\n"
                "  --version                     Print the version and exit\n"
                "  --help                        Print this help and exit\n");
 }
@@ -91,6 +93,7 @@ static int parse_args(int argc, char *argv[], Args *a) {
                 ARG_MAX_DISKS,
                 ARG_MAX_CALLS,
                 ARG_MAX_WAITS,
+                ARG_MAX_FDS,
                 ARG_VERSION,
                 ARG_HELP,
         };
@@ -113,6 +116,7 @@ static int parse_args(int argc, char *argv[], Args *a) {
                 { "max-disks",               required_argument, NULL, ARG_MAX_DISKS },
                 { "max-calls",               required_argument, NULL, ARG_MAX_CALLS },
                 { "max-waits-per-operation", required_argument, NULL, ARG_MAX_WAITS },
+                { "max-fds",                 required_argument, NULL, ARG_MAX_FDS },
                 { "version",                 no_argument,       NULL, ARG_VERSION },
                 { "help",                    no_argument,       NULL, ARG_HELP },
                 {}
@@ -177,6 +181,9 @@ static int parse_args(int argc, char *argv[], Args *a) {
                 case ARG_MAX_WAITS:
                         r = parse_number("--max-waits-per-operation", optarg, 1, 1000000, &a->max_waits);
                         break;
+                case ARG_MAX_FDS:
+                        r = parse_number("--max-fds", optarg, 16, 10000000, &a->max_fds);
+                        break;
                 case ARG_VERSION:
                         printf("vdiskd %s\n", VDISK_VERSION);
                         return 0;
@@ -235,8 +242,8 @@ static int open_bus(const Args *a, sd_bus **ret) {
 int main(int argc, char *argv[]) {
         Args a = { .linger_sec = 60, .idle_sec = -1, .workers = 0, .max_ops = 64, .max_ops_user = 32,
                    .max_disks_user = 256, .max_calls_user = 64, .max_fds_user = 0, .max_workers_user = 0,
-                   .max_finished = 1024, .max_finished_user = 64, .max_disks = 4096, .max_calls = 4096,
-                   .max_waits = 16 };
+                   .max_finished = 1024, .max_finished_user = 64, .max_disks = 1024, .max_calls = 4096,
+                   .max_waits = 16, .max_fds = 0 };
         Manager *m = NULL;
         sigset_t mask;
         long n_cpus;
@@ -290,6 +297,17 @@ int main(int argc, char *argv[]) {
                         a.max_fds_user = MAX((long) (rl.rlim_cur / 4), 16L);
         }
 
+        /* In all: half the process's limit (the rest: the bus, sd-event,
+         * libraries, what workers open meanwhile). */
+        if (a.max_fds == 0) {
+                struct rlimit rl;
+
+                a.max_fds = 4096;
+                if (getrlimit(RLIMIT_NOFILE, &rl) >= 0 && rl.rlim_cur != RLIM_INFINITY &&
+                    rl.rlim_cur / 2 < (rlim_t) a.max_fds)
+                        a.max_fds = MAX((long) (rl.rlim_cur / 2), 16L);
+        }
+
         r = manager_new(&m);
         if (r < 0) {
                 log_oom();
@@ -308,6 +326,7 @@ int main(int argc, char *argv[]) {
         m->max_disks = (unsigned) a.max_disks;
         m->max_calls = (unsigned) a.max_calls;
         m->max_waits_per_operation = (unsigned) a.max_waits;
+        m->max_fds = (unsigned) a.max_fds;
         m->linger_usec = (uint64_t) a.linger_sec * 1000000u;
         m->idle_usec = (uint64_t) (a.idle_sec >= 0 ? a.idle_sec : a.session ? 0 : 30) * 1000000u;
 

@@ -35,6 +35,10 @@
 #define COMMENT_MAX 255u                        /* image comments, bytes */
 #define SPARSE_SIZE_MAX (4u << 20)              /* Copy's sparse-size */
 #define DISPLAY_NAME_MAX 255u                   /* display-name option, bytes */
+/* What an Operation publishes, bounded (docs/dbus-api.md "Limits"). */
+#define ERROR_MESSAGE_MAX 1024u                 /* ErrorMessage, bytes */
+#define RESULT_MESSAGES_MAX 16u                 /* Result "messages": entries */
+#define RESULT_MESSAGE_MAX 256u                 /* each, bytes */
 
 #define container_of(ptr, type, member) ((type *) ((char *) (ptr) - offsetof(type, member)))
 
@@ -452,7 +456,7 @@ struct Manager {
         unsigned workers, max_operations, max_operations_per_user;
         unsigned max_disks_per_user, max_calls_per_user, max_fds_per_user, max_workers_per_user;
         unsigned max_finished_operations, max_finished_operations_per_user;
-        unsigned max_disks, max_calls, max_waits_per_operation;
+        unsigned max_disks, max_calls, max_waits_per_operation, max_fds;
         uint64_t linger_usec, idle_usec;
         uint64_t next_disk_id, next_image_id, next_operation_id;
 
@@ -463,6 +467,7 @@ struct Manager {
         User *users;
         unsigned n_disks, n_operations, n_calls;
         unsigned n_disks_reserved;       /* Disks that calls/operations will publish */
+        unsigned n_fds;                  /* descriptors held for all users (sum of User.n_fds) */
         unsigned n_finished;             /* finished operations still published */
         Operation *finished_head, *finished_tail;   /* oldest first (Operation.all_finished) */
 
@@ -476,6 +481,13 @@ struct Manager {
         sd_bus_slot *object_manager_slot, *manager_slot, *release_slot;
         bool exiting, shutting_down;
 };
+
+/* Moves u's descriptor count (and the manager's total) by +add -sub. */
+static inline void user_charge_fds(User *u, unsigned add, unsigned sub) {
+        assert(u->n_fds >= sub && u->manager->n_fds >= sub);
+        u->n_fds = u->n_fds - sub + add;
+        u->manager->n_fds = u->manager->n_fds - sub + add;
+}
 
 /* manager.c */
 int manager_new(Manager **ret);
