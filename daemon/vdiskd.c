@@ -46,7 +46,7 @@ static void help(void) {
                "  --max-workers-per-user=N      Workers one user may occupy at once\n"
                "                                (default: workers - 1, at least 1)\n"
                "  --max-finished-operations=N   Finished operations kept in total; past it the\n"
-               "                                oldest goes at once (default 1024)\n"
+               "                                oldest goes at once (default 512)\n"
                "  --max-finished-operations-per-user=N\n"
                "                                Finished operations kept per user (default 64)\n"
                "  --max-disks=N                 Open disks in total (default 1024)\n"
@@ -242,7 +242,7 @@ static int open_bus(const Args *a, sd_bus **ret) {
 int main(int argc, char *argv[]) {
         Args a = { .linger_sec = 60, .idle_sec = -1, .workers = 0, .max_ops = 64, .max_ops_user = 32,
                    .max_disks_user = 256, .max_calls_user = 64, .max_fds_user = 0, .max_workers_user = 0,
-                   .max_finished = 1024, .max_finished_user = 64, .max_disks = 1024, .max_calls = 4096,
+                   .max_finished = 512, .max_finished_user = 64, .max_disks = 1024, .max_calls = 4096,
                    .max_waits = 16, .max_fds = 0 };
         Manager *m = NULL;
         sigset_t mask;

@@ -225,7 +225,7 @@ def test_flood_of_finished_operations(env, clients):
     props = manager_props(env)
     # the defaults are what the flood met
     assert props['MaxFinishedOperationsPerUser'] == 64
-    assert props['MaxFinishedOperations'] == 1024
+    assert props['MaxFinishedOperations'] == 512
     ops = operations_of(objects, UID_A)
     assert 0 < len(ops) <= props['MaxFinishedOperationsPerUser'], len(ops)
     # the newest survive, the oldest were removed (InterfacesRemoved)
@@ -466,3 +466,48 @@ def test_create_arguments_checked_in_call(env, clients):
     expect_error(INVALID_ARGS, a.image, img, 'SetComment', 'sa{sv}', LONG, {})
     a.image(img, 'SetComment', 'sa{sv}', 'y' * 255, {})
     assert env.watcher.get(img, IMAGE, 'Comment') == 'y' * 255
+
+
+# ---------------------------------------------------------------------------
+# the worst-case GetManagedObjects reply
+
+
+PATH_BYTES = 4 + len('/org/vdisk/VDisk1/operation/') + 20 + 1 + 3   # one more 'o' in an array, padded
+DEFAULTS = dict(disks=1024, fds=4096, operations=64, finished=512)
+
+
+def test_reply_size_bound(env, clients):
+    """Measures the largest object of each kind with every caller-chosen
+    string at its limit, and computes from them and the default limits the
+    largest GetManagedObjects reply (docs/dbus-api.md "Limits"): it stays
+    below half of dbus-daemon's default maximum message size (32 MiB)."""
+    a = clients[UID_A]
+    restart(env, clients)
+    name = 'N' * 255
+    p = env.make_vdi(UID_A, unique('max') + '.vdi', 1 * MiB, [(0, 4096, 0x5a)])
+    d = open_disk(env, a, [p], name=name)
+    img = env.watcher.get(d, DISK, 'Images')[0]
+    a.image(img, 'SetComment', 'sa{sv}', 'C' * 255, {})
+    # a failed operation: the longest error text vdiskd publishes
+    full = env.path(UID_A, unique('full') + '.vdi')
+    full.write_bytes(b'x' * 4096)
+    env.chown(full, UID_A)
+    failed = a.disk(d, 'Copy', 'hsa{sv}', Open(full, os.O_RDWR), 'VDI', {'display-name': name})
+    assert a.wait_op_raw(failed)[0] == 'failed'
+    check_op(a, d)
+    probe = probe_managed_objects(env, UID_B)
+    largest = probe['largest']
+    slack = 64                                          # object ids up to 20 digits
+    image_max = largest['image'] + slack
+    disk_base = largest['disk'] + slack                 # with one image path
+    op_base = largest['operation'] + slack              # two object paths, report or error
+    # what an operation can add: its error message up to 1024 bytes, 16 check
+    # messages of 256 bytes, 128 more object paths (Merge of 64 images:
+    # Objects + Result 'removed')
+    op_max = op_base + 1024 + 16 * (4 + 256 + 1 + 3) + 128 * PATH_BYTES
+    manager = largest.get('manager', 0) + 4096
+    bound = (manager + DEFAULTS['disks'] * disk_base + DEFAULTS['fds'] * (image_max + PATH_BYTES) +
+             (DEFAULTS['operations'] + DEFAULTS['finished']) * op_max)
+    print(f'largest entries {largest}; per operation at most {op_max}; '
+          f'worst-case reply with the defaults: {bound} bytes ({bound / MiB:.1f} MiB)')
+    assert bound < 16 * MiB, bound
