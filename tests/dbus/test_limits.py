@@ -231,9 +231,10 @@ def test_flood_of_finished_operations(env, clients):
     # the newest survive, the oldest were removed (InterfacesRemoved)
     ids = sorted(int(p.rsplit('/', 1)[1]) for p in ops)
     assert ids[-1] - ids[0] < 2 * props['MaxFinishedOperationsPerUser'], ids
-    removed = [e for e in env.watcher.events_since(mark)
-               if e[3] == 'InterfacesRemoved' and '/operation/' in e[4][0]]
-    assert len(removed) >= st['started'] - props['MaxFinishedOperationsPerUser'], len(removed)
+    def removed(events):
+        n = sum(1 for e in events if e[0] > mark and e[3] == 'InterfacesRemoved' and '/operation/' in e[4][0])
+        return n >= st['started'] - props['MaxFinishedOperationsPerUser']
+    env.watcher.wait(removed, 60, 'InterfacesRemoved of every reaped operation')
     # still serving: a new operation works
     check_op(a, disks[0])
 
