@@ -92,9 +92,11 @@ Call *call_free(Call *c) {
         if (c->user) {
                 assert(c->user->n_calls > 0 && c->user->n_fds >= c->n_fds_charged);
                 c->user->n_calls--;
-                c->user->n_fds -= c->n_fds_charged;
-                if (c->disk_reserved)
+                user_charge_fds(c->user, 0, c->n_fds_charged);
+                if (c->disk_reserved) {
                         c->user->n_disks--;
+                        m->n_disks_reserved--;
+                }
                 user_unref(c->user);
         }
         free(c);
@@ -102,6 +104,8 @@ Call *call_free(Call *c) {
         return NULL;
 }
 
+/* Fails the call from the main thread: an EINVAL here is an argument the call
+ * got wrong (checked before any work), InvalidArgs. */
 void call_fail(Call *c, int r, const char *name, const char *fmt, ...) {
         _cleanup_free_ char *s = NULL;
         va_list ap;
@@ -110,7 +114,9 @@ void call_fail(Call *c, int r, const char *name, const char *fmt, ...) {
         if (vasprintf(&s, fmt, ap) < 0)
                 s = NULL;
         va_end(ap);
-        (void) reply_error(c->message, name ? name : errno_to_error_name(r), "%s", s ? s : strerror(-r));
+        if (!name)
+                name = r == -EINVAL ? SD_BUS_ERROR_INVALID_ARGS : errno_to_error_name(r);
+        (void) reply_error(c->message, name, "%s", s ? s : strerror(-r));
         call_free(c);
 }
 
@@ -136,7 +142,7 @@ int call_submit(Call *c, Disk *d, void (*run)(Task *t), void (*done)(Task *t, bo
         c->task.run = run;
         c->task.done = done;
         if (!c->user) {
-                /* Operation.Wait skips the uid lookup, but never submits. */
+                /* A direct connection's call always knows its uid; kept for safety. */
                 unknown = user_get(c->manager, UID_UNKNOWN);
                 if (!unknown)
                         return -ENOMEM;
@@ -170,8 +176,14 @@ static bool call_account(Call *c, uid_t uid) {
                           (unsigned) uid, m->max_fds_per_user);
                 return false;
         }
+        /* Every image holds one: this also bounds the Images of all Disks. */
+        if (m->n_fds + n_fds > m->max_fds) {
+                user_unref(u);
+                call_fail(c, -E2BIG, NULL, "Too many file descriptors held (at most %u in all)", m->max_fds);
+                return false;
+        }
         u->n_calls++;
-        u->n_fds += n_fds;
+        user_charge_fds(u, n_fds, 0);
         c->n_fds_charged = n_fds;
         c->user = u;
         return true;
@@ -315,9 +327,11 @@ int call_dispatch(Call *c) {
         const char *sender = sd_bus_message_get_sender(c->message);
         int r;
 
-        if (c->spec->open_to_all && !c->manager->session) {
-                /* Open to every caller: no uid needed. */
-                call_continue(c);
+        /* Bounds what all callers together hold, before even the uid is
+         * known (this call is counted in n_calls already). */
+        if (c->manager->n_calls > c->manager->max_calls) {
+                call_fail(c, -E2BIG, NULL, "Too many calls in progress (at most %u at once)",
+                          c->manager->max_calls);
                 return 1;
         }
         if (!sender) {

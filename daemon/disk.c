@@ -168,7 +168,7 @@ void disk_remove(Disk *d) {
         trash_vd(&trash, TAKE_PTR(d->vd), d->n_fds_charged);
         trash_empty(m, d->user, &trash);
         assert(d->user->n_fds >= d->n_fds_charged && d->user->n_disks > 0);
-        d->user->n_fds -= d->n_fds_charged;
+        user_charge_fds(d->user, 0, d->n_fds_charged);
         d->n_fds_charged = 0;
         d->user->n_disks--;
         LIST_REMOVE(disks, m->disks, d);
@@ -179,8 +179,7 @@ void disk_remove(Disk *d) {
 
 /* One descriptor per image, charged to the owner. */
 static void disk_charge_fds(Disk *d) {
-        assert(d->user->n_fds >= d->n_fds_charged);
-        d->user->n_fds = d->user->n_fds - d->n_fds_charged + d->n_images;
+        user_charge_fds(d->user, d->n_images, d->n_fds_charged);
         d->n_fds_charged = d->n_images;
 }
 
@@ -805,6 +804,10 @@ static bool check_limits(Call *c, OpKind kind) {
                           m->max_disks_per_user);
                 return false;
         }
+        if (kind == OP_COPY && c->options.open && manager_disks_full(m)) {
+                call_fail(c, -E2BIG, NULL, "Too many disks (at most %u in all)", m->max_disks);
+                return false;
+        }
         return true;
 }
 
@@ -1000,6 +1003,10 @@ static int method_create_base(sd_bus_message *msg, void *userdata, sd_bus_error 
                 return r;
         if (c->t1 == 0)
                 return set_error(error, SD_BUS_ERROR_INVALID_ARGS, "The size must not be 0");
+        if (c->t1 > IMAGE_SIZE_MAX)
+                return set_error(error, SD_BUS_ERROR_INVALID_ARGS,
+                                 "The size is beyond the largest image size (%" PRIu64 " bytes)",
+                                 (uint64_t) IMAGE_SIZE_MAX);
         return call_dispatch(TAKE_PTR(c));
 }
 
@@ -1062,6 +1069,13 @@ static int method_merge(sd_bus_message *msg, void *userdata, sd_bus_error *error
                 r = options_parse(msg, 0, &c->options, error);
         if (r < 0)
                 return r;
+        /* The chain may change before the call runs: the indices are checked
+         * against it there (start_operation), still before any Operation. */
+        if (c->u1 == c->u2)
+                return set_error(error, SD_BUS_ERROR_INVALID_ARGS, "Merge needs two different images");
+        if (c->u1 >= VDISK_CHAIN_MAX || c->u2 >= VDISK_CHAIN_MAX)
+                return set_error(error, SD_BUS_ERROR_INVALID_ARGS, "A chain holds at most %d images",
+                                 VDISK_CHAIN_MAX);
         return call_dispatch(TAKE_PTR(c));
 }
 
@@ -1077,6 +1091,9 @@ static int method_index_op(sd_bus_message *msg, void *userdata, sd_bus_error *er
                 r = options_parse(msg, allowed, &c->options, error);
         if (r < 0)
                 return r;
+        if (c->u1 >= VDISK_CHAIN_MAX)
+                return set_error(error, SD_BUS_ERROR_INVALID_ARGS, "A chain holds at most %d images",
+                                 VDISK_CHAIN_MAX);
         return call_dispatch(TAKE_PTR(c));
 }
 
@@ -1105,6 +1122,13 @@ static int method_resize(sd_bus_message *msg, void *userdata, sd_bus_error *erro
                 return r;
         if (c->t1 == 0)
                 return set_error(error, SD_BUS_ERROR_INVALID_ARGS, "The size must not be 0");
+        if (c->t1 > IMAGE_SIZE_MAX)
+                return set_error(error, SD_BUS_ERROR_INVALID_ARGS,
+                                 "The size is beyond the largest image size (%" PRIu64 " bytes)",
+                                 (uint64_t) IMAGE_SIZE_MAX);
+        /* A Disk's size is whole sectors: an odd size would be rounded. */
+        if (c->t1 % 512)
+                return set_error(error, SD_BUS_ERROR_INVALID_ARGS, "The size must be a multiple of 512");
         return call_dispatch(TAKE_PTR(c));
 }
 

@@ -332,6 +332,9 @@ static int method_set_comment(sd_bus_message *msg, void *userdata, sd_bus_error 
                 r = sd_bus_message_read(msg, "s", &comment);
         if (r < 0)
                 return r;
+        if (strlen(comment) > COMMENT_MAX)
+                return set_error(error, SD_BUS_ERROR_INVALID_ARGS, "The comment is longer than %u bytes",
+                                 COMMENT_MAX);
         c->text = strdup(comment);
         if (!c->text)
                 return -ENOMEM;

@@ -53,6 +53,11 @@ Operation *manager_find_operation(Manager *m, const char *path) {
         return NULL;
 }
 
+/* Disks published plus those that calls and operations will publish. */
+bool manager_disks_full(Manager *m) {
+        return m->n_disks + m->n_disks_reserved >= m->max_disks;
+}
+
 unsigned manager_count_operations(Manager *m, bool per_uid, uid_t uid) {
         unsigned n = 0;
 
@@ -481,7 +486,12 @@ static bool reserve_disk(Call *c) {
                           m->max_disks_per_user);
                 return false;
         }
+        if (manager_disks_full(m)) {
+                call_fail(c, -E2BIG, NULL, "Too many disks (at most %u in all)", m->max_disks);
+                return false;
+        }
         c->user->n_disks++;
+        m->n_disks_reserved++;
         c->disk_reserved = true;
         return true;
 }
@@ -491,6 +501,7 @@ static void unreserve_disk(Call *c) {
                 return;
         c->disk_reserved = false;
         c->user->n_disks--;
+        c->manager->n_disks_reserved--;
 }
 
 static int create_disk_run(Call *c) {
@@ -770,6 +781,14 @@ const sd_bus_vtable manager_vtable[] = {
         SD_BUS_PROPERTY("MaxCallsPerUser", "u", NULL, offsetof(Manager, max_calls_per_user),
                         SD_BUS_VTABLE_PROPERTY_CONST),
         SD_BUS_PROPERTY("Workers", "u", NULL, offsetof(Manager, workers), SD_BUS_VTABLE_PROPERTY_CONST),
+        SD_BUS_PROPERTY("MaxFinishedOperations", "u", NULL, offsetof(Manager, max_finished_operations),
+                        SD_BUS_VTABLE_PROPERTY_CONST),
+        SD_BUS_PROPERTY("MaxFinishedOperationsPerUser", "u", NULL,
+                        offsetof(Manager, max_finished_operations_per_user), SD_BUS_VTABLE_PROPERTY_CONST),
+        SD_BUS_PROPERTY("MaxDisks", "u", NULL, offsetof(Manager, max_disks), SD_BUS_VTABLE_PROPERTY_CONST),
+        SD_BUS_PROPERTY("MaxCalls", "u", NULL, offsetof(Manager, max_calls), SD_BUS_VTABLE_PROPERTY_CONST),
+        SD_BUS_PROPERTY("MaxWaitsPerOperation", "u", NULL, offsetof(Manager, max_waits_per_operation),
+                        SD_BUS_VTABLE_PROPERTY_CONST),
         SD_BUS_METHOD_WITH_NAMES("ProbeFormat", "ha{sv}", SD_BUS_PARAM(fd) SD_BUS_PARAM(options), "ssa{sv}",
                                  SD_BUS_PARAM(format) SD_BUS_PARAM(media_type) SD_BUS_PARAM(info),
                                  method_probe_format, SD_BUS_VTABLE_UNPRIVILEGED),

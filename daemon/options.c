@@ -226,7 +226,7 @@ int options_parse(sd_bus_message *m, uint32_t allowed, Options *o, sd_bus_error 
                 case OPT_DISPLAY_NAME:
                         r = read_string(m, &o->display_name);
                         if (r >= 0)
-                                r = check_text(key, o->display_name, 255, error);
+                                r = check_text(key, o->display_name, DISPLAY_NAME_MAX, error);
                         break;
                 case OPT_READ_ONLY:
                         r = read_bool(m, &o->read_only);
@@ -245,6 +245,14 @@ int options_parse(sd_bus_message *m, uint32_t allowed, Options *o, sd_bus_error 
                         break;
                 case OPT_BLOCK_SIZE:
                         r = sd_bus_message_read(m, "u", &o->block_size);
+                        /* What libvdisk refuses for every format (a format may
+                         * narrow the range: that shows on the Operation); 0 is
+                         * the format's default. */
+                        if (r >= 0 && o->block_size != 0 &&
+                            (o->block_size < 512 || (o->block_size & (o->block_size - 1))))
+                                r = set_error(error, SD_BUS_ERROR_INVALID_ARGS,
+                                              "Option 'block-size' must be 0 (the format's default) or a "
+                                              "power of two of at least 512");
                         break;
                 case OPT_UUID: {
                         const char *s;
@@ -261,6 +269,8 @@ int options_parse(sd_bus_message *m, uint32_t allowed, Options *o, sd_bus_error 
                 }
                 case OPT_COMMENT:
                         r = read_string(m, &o->comment);
+                        if (r >= 0)
+                                r = check_text(key, o->comment, COMMENT_MAX, error);
                         break;
                 case OPT_PCHS:
                         r = read_geometry(m, &o->pchs);
@@ -273,9 +283,17 @@ int options_parse(sd_bus_message *m, uint32_t allowed, Options *o, sd_bus_error 
                         break;
                 case OPT_SIZE:
                         r = sd_bus_message_read(m, "t", &o->size);
+                        if (r >= 0 && o->size > IMAGE_SIZE_MAX)
+                                r = set_error(error, SD_BUS_ERROR_INVALID_ARGS,
+                                              "Option 'size' is beyond the largest image size (%" PRIu64
+                                              " bytes)", (uint64_t) IMAGE_SIZE_MAX);
                         break;
                 case OPT_SPARSE_SIZE:
                         r = sd_bus_message_read(m, "t", &o->sparse_size);
+                        if (r >= 0 && (o->sparse_size % 512 || o->sparse_size > SPARSE_SIZE_MAX))
+                                r = set_error(error, SD_BUS_ERROR_INVALID_ARGS,
+                                              "Option 'sparse-size' must be a multiple of 512 up to %u",
+                                              SPARSE_SIZE_MAX);
                         break;
                 case OPT_OPEN:
                         r = read_bool(m, &o->open);

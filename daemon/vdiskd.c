@@ -22,6 +22,7 @@ typedef struct Args {
         const char *introspect;
         long linger_sec, idle_sec, stop_timeout_sec, workers, max_ops, max_ops_user;
         long max_disks_user, max_calls_user, max_fds_user, max_workers_user;
+        long max_finished, max_finished_user, max_disks, max_calls, max_waits, max_fds;
 } Args;
 
 static void help(void) {
@@ -47,6 +48,16 @@ static void help(void) {
                "                                or a quarter of RLIMIT_NOFILE if less)\n"
                "  --max-workers-per-user=N      Workers one user may occupy at once\n"
                "                                (default: workers - 1, at least 1)\n"
+               "  --max-finished-operations=N   Finished operations kept in total; past it the\n"
+               "                                oldest goes at once (default 512)\n"
+               "  --max-finished-operations-per-user=N\n"
+               "                                Finished operations kept per user (default 64)\n"
+               "  --max-disks=N                 Open disks in total (default 1024)\n"
+               "  --max-calls=N                 Calls in progress in total (default 4096)\n"
+               "  --max-waits-per-operation=N   Pending Operation.Wait calls per operation\n"
+               "                                (default 16)\n"
+               "  --max-fds=N                   File descriptors held in total (default 4096,\n"
+               "                                or half of RLIMIT_NOFILE if less)\n"
                "  --version                     Print the version and exit\n"
                "  --help                        Print this help and exit\n",
                STOP_TIMEOUT_SEC_DEFAULT, VDISKD_EXIT_STOP_TIMEOUT);
@@ -82,6 +93,12 @@ static int parse_args(int argc, char *argv[], Args *a) {
                 ARG_MAX_CALLS_USER,
                 ARG_MAX_FDS_USER,
                 ARG_MAX_WORKERS_USER,
+                ARG_MAX_FINISHED,
+                ARG_MAX_FINISHED_USER,
+                ARG_MAX_DISKS,
+                ARG_MAX_CALLS,
+                ARG_MAX_WAITS,
+                ARG_MAX_FDS,
                 ARG_VERSION,
                 ARG_HELP,
         };
@@ -100,6 +117,12 @@ static int parse_args(int argc, char *argv[], Args *a) {
                 { "max-calls-per-user",      required_argument, NULL, ARG_MAX_CALLS_USER },
                 { "max-fds-per-user",        required_argument, NULL, ARG_MAX_FDS_USER },
                 { "max-workers-per-user",    required_argument, NULL, ARG_MAX_WORKERS_USER },
+                { "max-finished-operations", required_argument, NULL, ARG_MAX_FINISHED },
+                { "max-finished-operations-per-user", required_argument, NULL, ARG_MAX_FINISHED_USER },
+                { "max-disks",               required_argument, NULL, ARG_MAX_DISKS },
+                { "max-calls",               required_argument, NULL, ARG_MAX_CALLS },
+                { "max-waits-per-operation", required_argument, NULL, ARG_MAX_WAITS },
+                { "max-fds",                 required_argument, NULL, ARG_MAX_FDS },
                 { "version",                 no_argument,       NULL, ARG_VERSION },
                 { "help",                    no_argument,       NULL, ARG_HELP },
                 {}
@@ -150,6 +173,25 @@ static int parse_args(int argc, char *argv[], Args *a) {
                         break;
                 case ARG_MAX_WORKERS_USER:
                         r = parse_number("--max-workers-per-user", optarg, 1, 1024, &a->max_workers_user);
+                        break;
+                case ARG_MAX_FINISHED:
+                        r = parse_number("--max-finished-operations", optarg, 1, 1000000, &a->max_finished);
+                        break;
+                case ARG_MAX_FINISHED_USER:
+                        r = parse_number("--max-finished-operations-per-user", optarg, 1, 1000000,
+                                         &a->max_finished_user);
+                        break;
+                case ARG_MAX_DISKS:
+                        r = parse_number("--max-disks", optarg, 1, 1000000, &a->max_disks);
+                        break;
+                case ARG_MAX_CALLS:
+                        r = parse_number("--max-calls", optarg, 1, 1000000, &a->max_calls);
+                        break;
+                case ARG_MAX_WAITS:
+                        r = parse_number("--max-waits-per-operation", optarg, 1, 1000000, &a->max_waits);
+                        break;
+                case ARG_MAX_FDS:
+                        r = parse_number("--max-fds", optarg, 16, 10000000, &a->max_fds);
                         break;
                 case ARG_VERSION:
                         printf("vdiskd %s\n", VDISK_VERSION);
@@ -207,8 +249,11 @@ static int open_bus(const Args *a, sd_bus **ret) {
 }
 
 int main(int argc, char *argv[]) {
-        Args a = { .linger_sec = 60, .idle_sec = -1, .stop_timeout_sec = STOP_TIMEOUT_SEC_DEFAULT, .workers = 0, .max_ops = 64, .max_ops_user = 32,
-                   .max_disks_user = 256, .max_calls_user = 64, .max_fds_user = 0, .max_workers_user = 0 };
+        Args a = { .linger_sec = 60, .idle_sec = -1, .stop_timeout_sec = STOP_TIMEOUT_SEC_DEFAULT,
+                   .workers = 0, .max_ops = 64, .max_ops_user = 32,
+                   .max_disks_user = 256, .max_calls_user = 64, .max_fds_user = 0, .max_workers_user = 0,
+                   .max_finished = 512, .max_finished_user = 64, .max_disks = 1024, .max_calls = 4096,
+                   .max_waits = 16, .max_fds = 0 };
         Manager *m = NULL;
         sigset_t mask;
         long n_cpus;
@@ -262,6 +307,17 @@ int main(int argc, char *argv[]) {
                         a.max_fds_user = MAX((long) (rl.rlim_cur / 4), 16L);
         }
 
+        /* In all: half the process's limit (the rest: the bus, sd-event,
+         * libraries, what workers open meanwhile). */
+        if (a.max_fds == 0) {
+                struct rlimit rl;
+
+                a.max_fds = 4096;
+                if (getrlimit(RLIMIT_NOFILE, &rl) >= 0 && rl.rlim_cur != RLIM_INFINITY &&
+                    rl.rlim_cur / 2 < (rlim_t) a.max_fds)
+                        a.max_fds = MAX((long) (rl.rlim_cur / 2), 16L);
+        }
+
         r = manager_new(&m);
         if (r < 0) {
                 log_oom();
@@ -275,6 +331,12 @@ int main(int argc, char *argv[]) {
         m->max_calls_per_user = (unsigned) a.max_calls_user;
         m->max_fds_per_user = (unsigned) a.max_fds_user;
         m->max_workers_per_user = (unsigned) a.max_workers_user;
+        m->max_finished_operations = (unsigned) a.max_finished;
+        m->max_finished_operations_per_user = (unsigned) a.max_finished_user;
+        m->max_disks = (unsigned) a.max_disks;
+        m->max_calls = (unsigned) a.max_calls;
+        m->max_waits_per_operation = (unsigned) a.max_waits;
+        m->max_fds = (unsigned) a.max_fds;
         m->linger_usec = (uint64_t) a.linger_sec * 1000000u;
         m->stop_timeout_sec = (unsigned) a.stop_timeout_sec;
         m->idle_usec = (uint64_t) (a.idle_sec >= 0 ? a.idle_sec : a.session ? 0 : 30) * 1000000u;

@@ -32,6 +32,15 @@
 #define IO_MAX (1024u * 1024u)          /* Read/Write limit */
 #define VDISKD_EXIT_STOP_TIMEOUT 3     /* left at --stop-timeout-sec with workers still blocked */
 #define STOP_TIMEOUT_SEC_DEFAULT 30     /* below the unit's TimeoutStopSec= (data/vdiskd.service.in) */
+/* What libvdisk accepts, checked in the method call (InvalidArgs there). */
+#define IMAGE_SIZE_MAX (UINT64_C(1) << 62)      /* image and disk sizes */
+#define COMMENT_MAX 255u                        /* image comments, bytes */
+#define SPARSE_SIZE_MAX (4u << 20)              /* Copy's sparse-size */
+#define DISPLAY_NAME_MAX 255u                   /* display-name option, bytes */
+/* What an Operation publishes, bounded (docs/dbus-api.md "Limits"). */
+#define ERROR_MESSAGE_MAX 1024u                 /* ErrorMessage, bytes */
+#define RESULT_MESSAGES_MAX 16u                 /* Result "messages": entries */
+#define RESULT_MESSAGE_MAX 256u                 /* each, bytes */
 
 #define container_of(ptr, type, member) ((type *) ((char *) (ptr) - offsetof(type, member)))
 
@@ -125,6 +134,8 @@ struct User {
         unsigned n_fds;                  /* descriptors the daemon holds for this uid */
         unsigned n_busy;                 /* tasks handed to the worker pool */
         uint64_t served;                 /* when it last got a worker (round robin) */
+        unsigned n_finished;             /* finished operations still published */
+        Operation *finished_head, *finished_tail;   /* oldest first (Operation.user_finished) */
         Task *ready_head, *ready_tail;   /* tasks waiting for a worker */
         LIST_FIELDS(User, users);
 };
@@ -405,10 +416,13 @@ struct Operation {
         bool disk_reserved;              /* Copy `open`: counts in the starter's n_disks */
         sd_event_source *timer, *linger;
         sd_bus_slot *slot;
-        sd_bus_message **waits;
+        Call **waits;                    /* pending Waits: still counted as the callers' calls */
         size_t n_waits;
         bool exported;
         bool service_stopping;           /* cancelled because vdiskd stops (Error.ServiceStopping) */
+        bool finished_listed;            /* in the manager's and its user's finished lists */
+        Operation *all_finished_prev, *all_finished_next;
+        Operation *user_finished_prev, *user_finished_next;
 
         Task task;
         Disk *disk;                      /* ref, while not finished */
@@ -444,6 +458,8 @@ struct Manager {
         uid_t own_uid;
         unsigned workers, max_operations, max_operations_per_user;
         unsigned max_disks_per_user, max_calls_per_user, max_fds_per_user, max_workers_per_user;
+        unsigned max_finished_operations, max_finished_operations_per_user;
+        unsigned max_disks, max_calls, max_waits_per_operation, max_fds;
         uint64_t linger_usec, idle_usec;
         uint64_t next_disk_id, next_image_id, next_operation_id;
 
@@ -453,6 +469,10 @@ struct Manager {
         Call *calls;
         User *users;
         unsigned n_disks, n_operations, n_calls;
+        unsigned n_disks_reserved;       /* Disks that calls/operations will publish */
+        unsigned n_fds;                  /* descriptors held for all users (sum of User.n_fds) */
+        unsigned n_finished;             /* finished operations still published */
+        Operation *finished_head, *finished_tail;   /* oldest first (Operation.all_finished) */
 
         unsigned n_pooled;               /* tasks in the worker pool */
         uint64_t sched_seq;
@@ -466,6 +486,13 @@ struct Manager {
         bool exiting, shutting_down;
 };
 
+/* Moves u's descriptor count (and the manager's total) by +add -sub. */
+static inline void user_charge_fds(User *u, unsigned add, unsigned sub) {
+        assert(u->n_fds >= sub && u->manager->n_fds >= sub);
+        u->n_fds = u->n_fds - sub + add;
+        u->manager->n_fds = u->manager->n_fds - sub + add;
+}
+
 /* manager.c */
 int manager_new(Manager **ret);
 Manager *manager_free(Manager *m);
@@ -478,6 +505,7 @@ Disk *manager_find_disk(Manager *m, const char *path);
 Image *manager_find_image(Manager *m, const char *path);
 Operation *manager_find_operation(Manager *m, const char *path);
 unsigned manager_count_operations(Manager *m, bool per_uid, uid_t uid);
+bool manager_disks_full(Manager *m);
 
 /* disk.c */
 extern const sd_bus_vtable disk_vtable[];
