@@ -95,6 +95,8 @@ Call *call_free(Call *c) {
                 c->user->n_fds -= c->n_fds_charged;
                 if (c->disk_reserved)
                         c->user->n_disks--;
+                if (c->persist_reserved)
+                        c->user->n_persistent--;
                 user_unref(c->user);
         }
         free(c);

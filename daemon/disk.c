@@ -113,8 +113,18 @@ static int property_get_owner(sd_bus *bus, const char *path, const char *interfa
         return sd_bus_message_append(reply, "u", (uint32_t) d->owner);
 }
 
+static int property_get_persistent(sd_bus *bus, const char *path, const char *interface, const char *property,
+                                   sd_bus_message *reply, void *userdata, sd_bus_error *error) {
+        Disk *d = userdata;
+
+        return sd_bus_message_append(reply, "b", (int) d->persistent);
+}
+
 /* ---------------------------------------------------------------- export */
 
+/* Exports the Disk with the properties it has now, then its Images: call it
+ * once they are final (disk_apply_info() before), so that InterfacesAdded
+ * carries them and no PropertiesChanged has to correct them. */
 int disk_export(Disk *d) {
         int r;
 
@@ -125,7 +135,19 @@ int disk_export(Disk *d) {
         r = sd_bus_emit_object_added(d->manager->bus, d->path);
         if (r < 0)
                 log_error("Failed to announce %s: %s", d->path, strerror(-r));
+        for (unsigned k = 0; k < d->n_images; k++)
+                if (!d->images[k]->exported)
+                        (void) image_export(d->images[k]);
         return 0;
+}
+
+/* `persist`: the Disk is not tied to its creator's connection; it counts
+ * against the owner's --max-persistent-disks-per-user until it is closed. */
+void disk_set_persistent(Disk *d) {
+        if (d->persistent)
+                return;
+        d->persistent = true;
+        d->user->n_persistent++;
 }
 
 static void disk_emit_changed(Disk *d, const char **names) {
@@ -165,6 +187,11 @@ void disk_remove(Disk *d) {
                 d->exported = false;
         }
         client_drop_disk(d);
+        if (d->persistent) {
+                assert(d->user->n_persistent > 0);
+                d->user->n_persistent--;
+                d->persistent = false;
+        }
         trash_vd(&trash, TAKE_PTR(d->vd), d->n_fds_charged);
         trash_empty(m, d->user, &trash);
         assert(d->user->n_fds >= d->n_fds_charged && d->user->n_disks > 0);
@@ -267,7 +294,8 @@ void disk_apply_info(Disk *d, const DiskInfo *info, NewImageName *names, size_t 
         for (unsigned k = 0; k < info->n_images; k++)
                 if (nv[k])
                         nv[d->n_images++] = nv[k];
-        for (unsigned k = 0; k < d->n_images; k++)
+        /* Not exported yet (being published): disk_export() exports them. */
+        for (unsigned k = 0; d->exported && k < d->n_images; k++)
                 if (!d->images[k]->exported)
                         (void) image_export(d->images[k]);
 
@@ -805,6 +833,12 @@ static bool check_limits(Call *c, OpKind kind) {
                           m->max_disks_per_user);
                 return false;
         }
+        if (kind == OP_COPY && c->options.open && c->options.persist &&
+            c->user->n_persistent >= m->max_persistent_disks_per_user) {
+                call_fail(c, -E2BIG, NULL, "Too many persistent disks for user %u (at most %u)", (unsigned) c->uid,
+                          m->max_persistent_disks_per_user);
+                return false;
+        }
         return true;
 }
 
@@ -1025,10 +1059,12 @@ static int method_copy(sd_bus_message *msg, void *userdata, sd_bus_error *error)
         if (r >= 0)
                 r = options_parse(msg, OPT_SIZE | OPT_VARIANT | OPT_BLOCK_SIZE | OPT_UUID | OPT_COMMENT |
                                   OPT_FORMAT_OPTIONS | OPT_SPARSE_SIZE | OPT_OPEN | OPT_DISPLAY_NAME |
-                                  OPT_DIRECT_FD,
+                                  OPT_DIRECT_FD | OPT_PERSIST,
                                   &c->options, error);
         if (r < 0)
                 return r;
+        if (c->options.persist && !c->options.open)
+                return set_error(error, SD_BUS_ERROR_INVALID_ARGS, "Option 'persist' needs option 'open'");
         return call_dispatch(TAKE_PTR(c));
 }
 
@@ -1187,6 +1223,7 @@ const sd_bus_vtable disk_vtable[] = {
         SD_BUS_PROPERTY("OwnerUID", "u", property_get_owner, 0, CONST),
         SD_BUS_PROPERTY("DisplayName", "s", property_get_string, offsetof(Disk, display_name), CONST),
         SD_BUS_PROPERTY("Operation", "o", property_get_operation, 0, EMITS),
+        SD_BUS_PROPERTY("Persistent", "b", property_get_persistent, 0, CONST),
         SD_BUS_METHOD_WITH_NAMES("Open", "hsa{sv}", SD_BUS_PARAM(fd) SD_BUS_PARAM(format) SD_BUS_PARAM(options),
                                  "o", SD_BUS_PARAM(image), method_open, UNPRIV),
         SD_BUS_METHOD_WITH_NAMES("CreateBase", "hsta{sv}",

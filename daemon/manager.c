@@ -443,21 +443,28 @@ static int method_probe_format(sd_bus_message *msg, void *userdata, sd_bus_error
 
 /* ---------------------------------------------------------------- CreateDisk */
 
-/* A new Disk object for a container: exported with its images before the
- * caller's reply; the caller's connection is tracked. */
+static void unreserve_disk(Call *c);
+
+/* A new Disk object for a container: exported with its images, complete,
+ * before the caller's reply (InterfacesAdded carries the final properties);
+ * the caller's connection is tracked unless the Disk is `persist`. */
 static int manager_publish_disk(Call *c, vdisk_disk *vd, const DiskInfo *info, NewImageName *names,
                                 size_t n_names, Disk **ret) {
         Manager *m = c->manager;
+        bool persist = c->persist_reserved;
         Disk *d;
         int r;
 
+        unreserve_disk(c);
         r = disk_new(m, m->next_disk_id++, c->uid, c->options.display_name, vd, &d);
         if (r < 0)
                 return r;
-        r = disk_export(d);
-        if (r >= 0 && info)
+        if (persist)
+                disk_set_persistent(d);
+        if (info)
                 disk_apply_info(d, info, names, n_names);
-        if (r >= 0)
+        r = disk_export(d);
+        if (r >= 0 && !persist)
                 r = disk_track_name(d, sd_bus_message_get_sender(c->message));
         if (r < 0) {
                 d->vd = NULL;   /* the caller still owns vd on failure */
@@ -478,8 +485,17 @@ static bool reserve_disk(Call *c) {
                           m->max_disks_per_user);
                 return false;
         }
+        if (c->options.persist && c->user->n_persistent >= m->max_persistent_disks_per_user) {
+                call_fail(c, -E2BIG, NULL, "Too many persistent disks for user %u (at most %u)", (unsigned) c->uid,
+                          m->max_persistent_disks_per_user);
+                return false;
+        }
         c->user->n_disks++;
         c->disk_reserved = true;
+        if (c->options.persist) {
+                c->user->n_persistent++;
+                c->persist_reserved = true;
+        }
         return true;
 }
 
@@ -488,6 +504,11 @@ static void unreserve_disk(Call *c) {
                 return;
         c->disk_reserved = false;
         c->user->n_disks--;
+        if (c->persist_reserved) {
+                assert(c->user->n_persistent > 0);
+                c->persist_reserved = false;
+                c->user->n_persistent--;
+        }
 }
 
 static int create_disk_run(Call *c) {
@@ -500,7 +521,6 @@ static int create_disk_run(Call *c) {
         r = vdisk_disk_new(&vd);
         if (r < 0)
                 return r;
-        unreserve_disk(c);
         r = manager_publish_disk(c, vd, NULL, NULL, 0, &d);
         if (r < 0) {
                 vdisk_disk_unref(vd);   /* empty: no file behind it, nothing to flush */
@@ -524,7 +544,7 @@ static int method_create_disk(sd_bus_message *msg, void *userdata, sd_bus_error 
         r = call_new(m, msg, &spec_create_disk, &c);
         if (r < 0)
                 return r;
-        r = options_parse(msg, OPT_DISPLAY_NAME, &c->options, error);
+        r = options_parse(msg, OPT_DISPLAY_NAME | OPT_PERSIST, &c->options, error);
         if (r < 0)
                 return r;
         return call_dispatch(TAKE_PTR(c));
@@ -619,7 +639,6 @@ static void open_disk_done(Task *t, bool cancelled) {
                 call_reply_outcome(c);
                 return;
         }
-        unreserve_disk(c);
         r = manager_publish_disk(c, c->new_vd, &c->info, c->names, c->n_names, &d);
         if (r < 0) {
                 call_fail(c, r, NULL, "Failed to publish the disk: %s", strerror(-r));
@@ -731,7 +750,8 @@ static int method_open_disk(sd_bus_message *msg, void *userdata, sd_bus_error *e
                 return r;
         if (c->n_chain == 0)
                 return set_error(error, SD_BUS_ERROR_INVALID_ARGS, "The chain is empty");
-        r = options_parse(msg, OPT_READ_ONLY | OPT_DISPLAY_NAME | OPT_FILES | OPT_SKIP_CHECKS, &c->options, error);
+        r = options_parse(msg, OPT_READ_ONLY | OPT_DISPLAY_NAME | OPT_FILES | OPT_SKIP_CHECKS | OPT_PERSIST |
+                          OPT_FILE_SET, &c->options, error);
         if (r < 0)
                 return r;
         if (c->options.skip_checks && !c->options.read_only)
@@ -755,6 +775,8 @@ const sd_bus_vtable manager_vtable[] = {
         SD_BUS_PROPERTY("MaxDisksPerUser", "u", NULL, offsetof(Manager, max_disks_per_user),
                         SD_BUS_VTABLE_PROPERTY_CONST),
         SD_BUS_PROPERTY("MaxCallsPerUser", "u", NULL, offsetof(Manager, max_calls_per_user),
+                        SD_BUS_VTABLE_PROPERTY_CONST),
+        SD_BUS_PROPERTY("MaxPersistentDisksPerUser", "u", NULL, offsetof(Manager, max_persistent_disks_per_user),
                         SD_BUS_VTABLE_PROPERTY_CONST),
         SD_BUS_PROPERTY("Workers", "u", NULL, offsetof(Manager, workers), SD_BUS_VTABLE_PROPERTY_CONST),
         SD_BUS_METHOD_WITH_NAMES("ProbeFormat", "ha{sv}", SD_BUS_PARAM(fd) SD_BUS_PARAM(options), "ssa{sv}",

@@ -186,6 +186,11 @@ int operation_take_call(Operation *o, Call *c) {
                 /* The new Disk counts against the starter's limit from now on. */
                 o->disk_reserved = true;
                 o->user->n_disks++;
+                if (o->options.persist) {
+                        /* check_limits() checked the cap. */
+                        o->persist_reserved = true;
+                        o->user->n_persistent++;
+                }
                 /* Tracked from when the Disk exists (op_apply); a starter that
                  * has left by then gets its Disk closed at once. */
                 if (sender) {
@@ -553,11 +558,19 @@ static void op_apply(Operation *o) {
                 assert(o->disk_reserved);
                 o->disk_reserved = false;
                 o->user->n_disks--;
-                (void) disk_export(nd);
+                if (o->persist_reserved) {
+                        o->persist_reserved = false;
+                        o->user->n_persistent--;
+                        disk_set_persistent(nd);
+                }
+                /* Exported complete: InterfacesAdded carries its images. */
                 disk_apply_info(nd, &o->new_info, &name, 1);
+                (void) disk_export(nd);
                 (void) strv_push(&o->result_objects, nd->path);
                 for (unsigned i = 0; i < nd->n_images; i++)
                         (void) strv_push(&o->result_objects, nd->images[i]->path);
+                if (nd->persistent)
+                        return;
                 /* Like a Disk from OpenDisk, it follows its creator: the
                  * starter of the Copy. */
                 r = disk_track_name(nd, o->starter);
@@ -700,6 +713,8 @@ Operation *operation_free(Operation *o) {
                 o->user->n_fds -= o->n_fds_charged;
                 if (o->disk_reserved)
                         o->user->n_disks--;
+                if (o->persist_reserved)
+                        o->user->n_persistent--;
                 user_unref(o->user);
         }
         free(o);

@@ -22,6 +22,7 @@ typedef struct Args {
         const char *introspect;
         long linger_sec, idle_sec, workers, max_ops, max_ops_user;
         long max_disks_user, max_calls_user, max_fds_user, max_workers_user;
+        long max_persistent_user;
 } Args;
 
 static void help(void) {
@@ -39,6 +40,8 @@ static void help(void) {
                "  --max-operations=N            Operations at once in total (default 64)\n"
                "  --max-operations-per-user=N   Operations at once per user (default 32)\n"
                "  --max-disks-per-user=N        Open disks per user (default 256)\n"
+               "  --max-persistent-disks-per-user=N\n"
+               "                                Disks opened with 'persist' per user (default 16)\n"
                "  --max-calls-per-user=N        Calls in progress per user (default 64)\n"
                "  --max-fds-per-user=N          File descriptors held per user (default 1024,\n"
                "                                or a quarter of RLIMIT_NOFILE if less)\n"
@@ -77,6 +80,7 @@ static int parse_args(int argc, char *argv[], Args *a) {
                 ARG_MAX_CALLS_USER,
                 ARG_MAX_FDS_USER,
                 ARG_MAX_WORKERS_USER,
+                ARG_MAX_PERSISTENT_USER,
                 ARG_VERSION,
                 ARG_HELP,
         };
@@ -94,6 +98,7 @@ static int parse_args(int argc, char *argv[], Args *a) {
                 { "max-calls-per-user",      required_argument, NULL, ARG_MAX_CALLS_USER },
                 { "max-fds-per-user",        required_argument, NULL, ARG_MAX_FDS_USER },
                 { "max-workers-per-user",    required_argument, NULL, ARG_MAX_WORKERS_USER },
+                { "max-persistent-disks-per-user", required_argument, NULL, ARG_MAX_PERSISTENT_USER },
                 { "version",                 no_argument,       NULL, ARG_VERSION },
                 { "help",                    no_argument,       NULL, ARG_HELP },
                 {}
@@ -141,6 +146,10 @@ static int parse_args(int argc, char *argv[], Args *a) {
                         break;
                 case ARG_MAX_WORKERS_USER:
                         r = parse_number("--max-workers-per-user", optarg, 1, 1024, &a->max_workers_user);
+                        break;
+                case ARG_MAX_PERSISTENT_USER:
+                        r = parse_number("--max-persistent-disks-per-user", optarg, 0, 1000000,
+                                         &a->max_persistent_user);
                         break;
                 case ARG_VERSION:
                         printf("vdiskd %s\n", VDISK_VERSION);
@@ -199,7 +208,8 @@ static int open_bus(const Args *a, sd_bus **ret) {
 
 int main(int argc, char *argv[]) {
         Args a = { .linger_sec = 60, .idle_sec = -1, .workers = 0, .max_ops = 64, .max_ops_user = 32,
-                   .max_disks_user = 256, .max_calls_user = 64, .max_fds_user = 0, .max_workers_user = 0 };
+                   .max_disks_user = 256, .max_calls_user = 64, .max_fds_user = 0, .max_workers_user = 0,
+                   .max_persistent_user = 16 };
         Manager *m = NULL;
         sigset_t mask;
         long n_cpus;
@@ -266,6 +276,7 @@ int main(int argc, char *argv[]) {
         m->max_calls_per_user = (unsigned) a.max_calls_user;
         m->max_fds_per_user = (unsigned) a.max_fds_user;
         m->max_workers_per_user = (unsigned) a.max_workers_user;
+        m->max_persistent_disks_per_user = (unsigned) a.max_persistent_user;
         m->linger_usec = (uint64_t) a.linger_sec * 1000000u;
         m->idle_usec = (uint64_t) (a.idle_sec >= 0 ? a.idle_sec : a.session ? 0 : 30) * 1000000u;
 

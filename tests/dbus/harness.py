@@ -121,11 +121,12 @@ def wait_until(cond, timeout, what):
 class PrivateBus:
     """dbus-daemon with a config allowing every uid to connect, own and send."""
 
-    def __init__(self, tmp):
+    def __init__(self, tmp, limits=None):
         self.dir = tmp / 'bus'
         self.dir.mkdir(mode=0o755)
         sock = self.dir / 'socket'
         conf = self.dir / 'bus.conf'
+        extra = ''.join(f'  <limit name="{k}">{v}</limit>\n' for k, v in (limits or {}).items())
         conf.write_text(f'''<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
  "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
 <busconfig>
@@ -140,7 +141,7 @@ class PrivateBus:
   </policy>
   <!-- well below the system bus's 512, so that a test can exceed it cheaply -->
   <limit name="max_match_rules_per_connection">64</limit>
-</busconfig>
+{extra}</busconfig>
 ''')
         env = dict(os.environ)
         env['LD_PRELOAD'] = tool('VDISK_FAKE_USERS_SHIM')
@@ -617,7 +618,7 @@ class VdiskEnv:
         with open(self.tmp / name, 'a') as f:
             f.write(f'{value}\n')
 
-    def __init__(self, template='polkitd', daemon_args=(), start_daemon=True, name='env'):
+    def __init__(self, template='polkitd', daemon_args=(), start_daemon=True, name='env', bus_limits=None):
         base = Path(tempfile.mkdtemp(prefix=f'vdisk-dbus-{name}-'))
         os.chmod(base, 0o755)
         self.tmp = base
@@ -645,7 +646,7 @@ class VdiskEnv:
                                          start_new_session=True, stdin=subprocess.DEVNULL)
         self.polkit_template = template if template == 'polkitd' else HERE / template
         try:
-            self.bus = PrivateBus(base)
+            self.bus = PrivateBus(base, bus_limits)
             self.track(self.bus.proc.pid)
             self.watcher = Watcher(self.bus.address)
             self.start_polkit()

@@ -1,0 +1,190 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
+"""The API a VM manager scripts (docs/dbus-api.md): `persist` Disks that
+outlive their creator's connection (and their per-uid cap), objects exported
+complete (InterfacesAdded carries the final properties), the methods that act
+on one image addressed by the Image's object path, and a FileSet so that a
+chain of any length opens in one step, with a clean LimitsExceeded for a call
+carrying more descriptors than MaxFdsPerCall.
+
+Nothing here depends on timing: a disconnect is observed through the
+InterfacesRemoved of a non-persistent Disk of the same connection (both are
+closed in the same main-loop callback, so a later reply orders after both).
+"""
+
+import os
+
+import pytest
+
+from harness import (A_MODIFY, A_OPEN, DISK, IMAGE, INVALID_ARGS, LIMITS_EXCEEDED, MANAGER, ROOT_PATH, UID_A,
+                     UID_B, Fd, Open, T, disk_images, expect_error, finished_ok, open_disk, unique)
+
+MAX_PERSISTENT = 3
+MAX_FDS_PER_CALL = 16
+BUS_FDS = 64            # the test bus lets more fds through than vdiskd takes
+
+VDISK_ENV = dict(daemon_args=[f'--max-persistent-disks-per-user={MAX_PERSISTENT}'],
+                 bus_limits={'max_message_unix_fds': BUS_FDS})
+
+MiB = 1024 * 1024
+SMALL = 8 * MiB
+
+
+@pytest.fixture(autouse=True)
+def policy(env):
+    env.polkit.allow(A_OPEN, A_MODIFY)
+    yield
+    assert env.daemon.alive(), f'vdiskd died:\n{env.daemon.output()[-4000:]}'
+
+
+@pytest.fixture(scope='module')
+def other(env):
+    return env.agent(UID_B, 'B')
+
+
+def roundtrip(env):
+    """A reply from vdiskd: every signal it sent before is in the watcher's list."""
+    env.watcher.managed_objects()
+    env.watcher.pump()
+
+
+def persistent_disks(env, uid):
+    objs = env.watcher.managed_objects()
+    return [p for p, itf in objs.items()
+            if DISK in itf and itf[DISK]['OwnerUID'] == uid and itf[DISK].get('Persistent')]
+
+
+def close_all_persistent(env, uid):
+    root = env.agent(0, unique('root'))
+    try:
+        for p in persistent_disks(env, uid):
+            root.disk(p, 'Close', 'a{sv}', {})
+    finally:
+        root.close()
+
+
+# ---------------------------------------------------------------- 1. persist
+
+
+def test_persist_disk_survives_creator_and_serves_another_connection(env):
+    a1 = env.agent(UID_A, unique('creator'))
+    img = env.make_vdi(UID_A, unique('p') + '.vdi', SMALL, regions=((0, 4096, 0x5a),))
+    plain = a1.manager('CreateDisk', 'a{sv}', {'display-name': 'plain'})
+    kept = open_disk(env, a1, [img], name='kept', options={'persist': True})
+    props = env.watcher.get_all(kept, DISK)
+    assert props['Persistent'] is True
+    assert env.watcher.get(plain, DISK, 'Persistent') is False
+    since = env.watcher.mark()
+
+    a1.close()     # the creator's connection goes
+    env.watcher.wait_removed(plain, since=since)
+    roundtrip(env)
+    removed = [e[4][0] for e in env.watcher.events_since(since) if e[3] == 'InterfacesRemoved']
+    assert kept not in removed, removed
+    assert env.watcher.exists(kept)
+    images = disk_images(env, kept)
+    assert len(images) == 1 and env.watcher.exists(images[0])
+
+    # A second connection of the same uid uses it: Read, Write, Read back, Close.
+    a2 = env.agent(UID_A, unique('second'))
+    try:
+        data = a2.disk(kept, 'Read', 'tua{sv}', 0, 4096, {})
+        assert bytes(data) == b'\x5a' * 4096
+        a2.disk(kept, 'Write', 'taya{sv}', 8192, b'\xa5' * 512, {})
+        assert bytes(a2.disk(kept, 'Read', 'tua{sv}', 8192, 512, {})) == b'\xa5' * 512
+        since = env.watcher.mark()
+        a2.disk(kept, 'Close', 'a{sv}', {})
+        env.watcher.wait_removed(kept, since=since)
+        assert not env.watcher.exists(images[0])
+    finally:
+        a2.close()
+
+
+def test_persist_cap(env):
+    a = env.agent(UID_A, unique('cap'))
+    try:
+        assert env.watcher.get(ROOT_PATH, MANAGER, 'MaxPersistentDisksPerUser') == MAX_PERSISTENT
+        disks = [a.manager('CreateDisk', 'a{sv}', {'persist': True}) for _ in range(MAX_PERSISTENT)]
+        expect_error(LIMITS_EXCEEDED, a.manager, 'CreateDisk', 'a{sv}', {'persist': True})
+        img = env.make_vdi(UID_A, unique('cap') + '.vdi', SMALL)
+        expect_error(LIMITS_EXCEEDED, open_disk, env, a, [img], options={'persist': True})
+        # a plain Disk is not capped by it, nor is another uid
+        plain = a.manager('CreateDisk', 'a{sv}', {})
+        a.disk(plain, 'Close', 'a{sv}', {})
+        b = env.agent(UID_B, unique('capb'))
+        bd = b.manager('CreateDisk', 'a{sv}', {'persist': True})
+        b.disk(bd, 'Close', 'a{sv}', {})
+        b.close()
+        # Copy `open` with `persist` counts too
+        src = open_disk(env, a, [img], name='src')
+        dest = env.empty_file(UID_A, unique('copy') + '.vdi')
+        expect_error(LIMITS_EXCEEDED, a.disk, src, 'Copy', 'hsa{sv}', Open(dest, os.O_RDWR), 'VDI',
+                     {'open': True, 'persist': True})
+        expect_error(INVALID_ARGS, a.disk, src, 'Copy', 'hsa{sv}', Open(dest, os.O_RDWR), 'VDI',
+                     {'persist': True})
+        # closing one frees a place
+        a.disk(disks[0], 'Close', 'a{sv}', {})
+        op = a.disk(src, 'Copy', 'hsa{sv}', Open(dest, os.O_RDWR), 'VDI', {'open': True, 'persist': True})
+        props = finished_ok(env, a, op)
+        copy = props['ResultObjects'][0]
+        assert env.watcher.get(copy, DISK, 'Persistent') is True
+        expect_error(LIMITS_EXCEEDED, a.manager, 'CreateDisk', 'a{sv}', {'persist': True})
+        a.disk(src, 'Close', 'a{sv}', {})
+    finally:
+        a.close()
+    roundtrip(env)
+    # the Copy's Disk outlived its starter too
+    assert len(persistent_disks(env, UID_A)) == MAX_PERSISTENT
+    close_all_persistent(env, UID_A)
+    assert persistent_disks(env, UID_A) == []
+
+
+# ---------------------------------------------------------------- 2. exported complete
+
+
+def added_props(env, since, path, iface):
+    for e in env.watcher.events_since(since):
+        if e[3] == 'InterfacesAdded' and e[4][0] == path and iface in e[4][1]:
+            return e[4][1][iface]
+    return None
+
+
+def changed_props(env, since, path):
+    return [e[4] for e in env.watcher.events_since(since) if e[3] == 'PropertiesChanged' and e[1] == path]
+
+
+def test_open_disk_announced_complete(env):
+    a = env.agent(UID_A, unique('complete'))
+    try:
+        base = env.make_vdi(UID_A, unique('base') + '.vdi', SMALL)
+        top = env.make_vdi_diff(UID_A, unique('top') + '.vdi', base)
+        since = env.watcher.mark()
+        disk = open_disk(env, a, [base, top], name='complete')
+        roundtrip(env)
+        final = env.watcher.get_all(disk, DISK)
+        added = added_props(env, since, disk, DISK)
+        assert added is not None, 'no InterfacesAdded for the Disk'
+        assert len(final['Images']) == 2
+        for k in ('Images', 'Size', 'ReadOnly', 'PCHSGeometry', 'LCHSGeometry'):
+            assert added[k] == final[k], (k, added[k], final[k])
+        assert added['Size'] == SMALL and added['ReadOnly'] is False
+        assert changed_props(env, since, disk) == []
+        for img in final['Images']:
+            ia = added_props(env, since, img, IMAGE)
+            assert ia is not None and ia['Disk'] == disk and ia == env.watcher.get_all(img, IMAGE)
+
+        # Copy `open`: the new Disk is complete when announced as well
+        dest = env.empty_file(UID_A, unique('copy') + '.vdi')
+        since = env.watcher.mark()
+        op = a.disk(disk, 'Copy', 'hsa{sv}', Open(dest, os.O_RDWR), 'VDI', {'open': True})
+        copy = finished_ok(env, a, op)['ResultObjects'][0]
+        roundtrip(env)
+        added = added_props(env, since, copy, DISK)
+        final = env.watcher.get_all(copy, DISK)
+        assert added is not None and len(final['Images']) == 1
+        for k in ('Images', 'Size', 'ReadOnly'):
+            assert added[k] == final[k], (k, added[k], final[k])
+        assert changed_props(env, since, copy) == []
+        a.disk(copy, 'Close', 'a{sv}', {})
+        a.disk(disk, 'Close', 'a{sv}', {})
+    finally:
+        a.close()
