@@ -78,6 +78,8 @@ Call *call_free(Call *c) {
         chain_free(c->chain, c->n_chain, &trash);
         for (size_t i = 0; i < ELEMENTSOF(c->uuids); i++)
                 free(c->uuids[i]);
+        for (size_t i = 0; i < ELEMENTSOF(c->image_paths); i++)
+                free(c->image_paths[i]);
         disk_unref(c->disk);
         image_unref(c->image);
         outcome_clear(&c->outcome);

@@ -471,9 +471,7 @@ static Disk *call_disk(Call *c) {
 
 /* Runs at the start of every Disk method: the object exists (call_continue
  * checked) and runs no operation. */
-static Disk *disk_usable(Call *c) {
-        Disk *d = call_disk(c);
-
+static Disk *disk_usable_for(Call *c, Disk *d) {
         if (!d) {
                 call_fail(c, 0, SD_BUS_ERROR_UNKNOWN_OBJECT, "The disk does not exist (any more)");
                 return NULL;
@@ -484,6 +482,10 @@ static Disk *disk_usable(Call *c) {
                 return NULL;
         }
         return d;
+}
+
+static Disk *disk_usable(Call *c) {
+        return disk_usable_for(c, call_disk(c));
 }
 
 static const char *disk_name(Disk *d) {
@@ -851,13 +853,10 @@ static bool check_image_index(Call *c, Disk *d, uint32_t index, const char *what
         return true;
 }
 
-static int start_operation(Call *c, OpKind kind) {
-        Disk *d = disk_usable(c);
+static int start_operation_on(Call *c, Disk *d, OpKind kind) {
         Operation *o;
         int r;
 
-        if (!d)
-                return 0;
         switch (kind) {
         case OP_CREATE:
                 if (d->n_images > 0) {
@@ -934,6 +933,61 @@ static int start_operation(Call *c, OpKind kind) {
         return 0;
 }
 
+static int start_operation(Call *c, OpKind kind) {
+        Disk *d = disk_usable(c);
+
+        if (!d)
+                return 0;
+        return start_operation_on(c, d, kind);
+}
+
+/* The index of the Image at `path` in d's chain, or -1. */
+static int disk_image_index(Disk *d, const char *path) {
+        for (unsigned i = 0; i < d->n_images; i++)
+                if (streq(d->images[i]->path, path))
+                        return (int) i;
+        return -1;
+}
+
+/* Image.Compact, Image.Check, Image.Repair: the Disk's index method on the
+ * image's place in the chain; the worker finds the image again by identity. */
+int disk_start_image_operation(Call *c, OpKind kind) {
+        Image *i = call_target(c);
+        Disk *d = disk_usable_for(c, i ? i->disk : NULL);
+        int k;
+
+        if (!d)
+                return 0;
+        k = disk_image_index(d, i->path);
+        if (k < 0) {
+                call_fail(c, 0, SD_BUS_ERROR_UNKNOWN_OBJECT, "The image is not open any more");
+                return 0;
+        }
+        c->u1 = (uint32_t) k;
+        c->image_keys[0] = i->info.key;
+        return start_operation_on(c, d, kind);
+}
+
+static int merge_images_start(Call *c) {
+        Disk *d = disk_usable(c);
+        int k[2];
+
+        if (!d)
+                return 0;
+        for (unsigned j = 0; j < 2; j++) {
+                k[j] = disk_image_index(d, c->image_paths[j]);
+                if (k[j] < 0) {
+                        call_fail(c, 0, SD_BUS_ERROR_INVALID_ARGS, "%s: %s is not an image of this disk",
+                                  disk_name(d), c->image_paths[j]);
+                        return 0;
+                }
+                c->image_keys[j] = d->images[k[j]]->info.key;
+        }
+        c->u1 = (uint32_t) k[0];
+        c->u2 = (uint32_t) k[1];
+        return start_operation_on(c, d, OP_MERGE);
+}
+
 static int create_start(Call *c) { return start_operation(c, OP_CREATE); }
 static int create_diff_start(Call *c) { return start_operation(c, OP_CREATE_DIFF); }
 static int copy_start(Call *c) { return start_operation(c, OP_COPY); }
@@ -958,6 +1012,7 @@ static const MethodSpec spec_create = { "create", ACTION_MODIFY, OBJECT_DISK, cr
 static const MethodSpec spec_create_diff = { "create-diff", ACTION_MODIFY, OBJECT_DISK, create_diff_start };
 static const MethodSpec spec_copy = { "copy", ACTION_MODIFY, OBJECT_DISK, copy_start };
 static const MethodSpec spec_merge = { "merge", ACTION_MODIFY, OBJECT_DISK, merge_start };
+static const MethodSpec spec_merge_images = { "merge", ACTION_MODIFY, OBJECT_DISK, merge_images_start };
 static const MethodSpec spec_compact = { "compact", ACTION_MODIFY, OBJECT_DISK, compact_start };
 static const MethodSpec spec_resize = { "resize", ACTION_MODIFY, OBJECT_DISK, resize_start };
 static const MethodSpec spec_check = { "check", ACTION_OPEN, OBJECT_DISK, check_start };
@@ -1089,6 +1144,28 @@ static int method_merge(sd_bus_message *msg, void *userdata, sd_bus_error *error
                 r = sd_bus_message_read(msg, "uu", &c->u1, &c->u2);
         if (r >= 0)
                 r = options_parse(msg, 0, &c->options, error);
+        if (r < 0)
+                return r;
+        return call_dispatch(TAKE_PTR(c));
+}
+
+static int method_merge_images(sd_bus_message *msg, void *userdata, sd_bus_error *error) {
+        _cleanup_(call_freep) Call *c = NULL;
+        const char *from, *to;
+        int r;
+
+        r = new_call(msg, userdata, &spec_merge_images, &c);
+        if (r >= 0)
+                r = sd_bus_message_read(msg, "oo", &from, &to);
+        if (r < 0)
+                return r;
+        if (streq(from, to))
+                return set_error(error, SD_BUS_ERROR_INVALID_ARGS, "Merge needs two different images");
+        c->image_paths[0] = strdup(from);
+        c->image_paths[1] = strdup(to);
+        if (!c->image_paths[0] || !c->image_paths[1])
+                return -ENOMEM;
+        r = options_parse(msg, 0, &c->options, error);
         if (r < 0)
                 return r;
         return call_dispatch(TAKE_PTR(c));
@@ -1237,6 +1314,9 @@ const sd_bus_vtable disk_vtable[] = {
                                  "o", SD_BUS_PARAM(operation), method_copy, UNPRIV),
         SD_BUS_METHOD_WITH_NAMES("Merge", "uua{sv}", SD_BUS_PARAM(from) SD_BUS_PARAM(to) SD_BUS_PARAM(options),
                                  "o", SD_BUS_PARAM(operation), method_merge, UNPRIV),
+        SD_BUS_METHOD_WITH_NAMES("MergeImages", "ooa{sv}",
+                                 SD_BUS_PARAM(from) SD_BUS_PARAM(to) SD_BUS_PARAM(options),
+                                 "o", SD_BUS_PARAM(operation), method_merge_images, UNPRIV),
         SD_BUS_METHOD_WITH_NAMES("Compact", "ua{sv}", SD_BUS_PARAM(image) SD_BUS_PARAM(options),
                                  "o", SD_BUS_PARAM(operation), method_compact, UNPRIV),
         SD_BUS_METHOD_WITH_NAMES("Resize", "ta{sv}", SD_BUS_PARAM(size) SD_BUS_PARAM(options),

@@ -129,6 +129,8 @@ int operation_take_call(Operation *o, Call *c) {
         o->from = c->u1;
         o->to = c->u2;
         o->index = c->u1;
+        o->image_keys[0] = c->image_keys[0];
+        o->image_keys[1] = c->image_keys[1];
 
         /* The Disk and the Images it works on. */
         r = strv_push(&o->objects, d->path);
@@ -321,6 +323,27 @@ static void op_run(Task *t) {
                         if (r < 0)
                                 goto finish;
                 }
+        }
+        /* Images addressed by path: where they are in the chain now. */
+        for (unsigned k = 0; k < 2 && o->image_keys[k]; k++) {
+                unsigned n = vdisk_disk_count(vd), i;
+
+                for (i = 0; i < n; i++)
+                        if ((const void *) vdisk_disk_image(vd, i) == o->image_keys[k])
+                                break;
+                if (i == n) {
+                        /* Only Merge, Compact, Check, Repair: no destination fd. */
+                        assert(!io);
+                        (void) op_enter_finishing(o);
+                        outcome_setf(&o->outcome, -EINVAL, "the image left the disk's chain before the "
+                                     "operation started");
+                        (void) disk_info_read(vd, &o->info);
+                        return;
+                }
+                if (k == 0)
+                        o->from = o->index = i;
+                else
+                        o->to = i;
         }
         switch (o->kind) {
         case OP_CREATE:

@@ -451,6 +451,9 @@ struct Operation {
         Options options;
         uint64_t size;
         unsigned from, to, index;
+        /* Addressed by Image path: the library images, resolved to indices
+         * on the worker (a call queued before may have changed the chain). */
+        const void *image_keys[2];
         char *starter;                   /* Copy with `open`: the starter's bus name, or NULL */
 
         /* outputs (worker): read in `done` only (op_done moves the report into `result`) */
@@ -538,6 +541,8 @@ typedef struct NewImageName {
 void disk_apply_info(Disk *d, const DiskInfo *info, NewImageName *names, size_t n_names);
 void disk_remove(Disk *d);                 /* unexport disk and images; main thread */
 void disk_operation_finished(Disk *d);      /* after disk->operation was cleared */
+/* Image.Compact/Check/Repair: the operation of that kind on the image's Disk. */
+int disk_start_image_operation(Call *c, OpKind kind);
 /* Closes the disk when the bus name goes away (NULL: a direct connection,
  * never). Makes a synchronous GetNameOwner call. */
 int disk_track_name(Disk *d, const char *name);
@@ -599,6 +604,8 @@ struct Call {
         struct ChainElement *chain;
         size_t n_chain;
         char *uuids[4];                 /* SetUuids: NULL = keep, "" = random */
+        char *image_paths[2];           /* MergeImages */
+        const void *image_keys[2];      /* Image-addressed operations: the library images */
 
         /* blocking part */
         Task task;

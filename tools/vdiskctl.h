@@ -129,6 +129,14 @@ static inline void strv_freep(char ***l) {
         strv_free(*l);
 }
 
+static inline size_t strv_length(char **l) {
+        size_t n = 0;
+
+        while (l && l[n])
+                n++;
+        return n;
+}
+
 /* ---- generic D-Bus values (vdiskctl-value.c) */
 
 typedef enum ValueType {

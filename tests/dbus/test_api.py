@@ -188,3 +188,73 @@ def test_open_disk_announced_complete(env):
         a.disk(disk, 'Close', 'a{sv}', {})
     finally:
         a.close()
+
+
+# ---------------------------------------------------------------- 3. image paths
+
+
+def three_layers(env, a, tag):
+    """base (0x11 at 0), mid (0x22 at 1 MiB), top (0x33 at 2 MiB): a 3-image VDI chain."""
+    base = env.make_vdi(UID_A, unique(tag + 'base') + '.vdi', SMALL, regions=((0, 4096, 0x11),))
+    mid = env.make_vdi_diff(UID_A, unique(tag + 'mid') + '.vdi', base)
+    top = env.make_vdi_diff(UID_A, unique(tag + 'top') + '.vdi', mid)
+    d = open_disk(env, a, [base, mid], name='fill')
+    a.disk(d, 'Write', 'taya{sv}', MiB, b'\x22' * 4096, {})
+    a.disk(d, 'Close', 'a{sv}', {})
+    d = open_disk(env, a, [base, mid, top], name=tag)
+    a.disk(d, 'Write', 'taya{sv}', 2 * MiB, b'\x33' * 4096, {})
+    return d
+
+
+def expect_content(a, disk):
+    for off, byte in ((0, 0x11), (MiB, 0x22), (2 * MiB, 0x33), (3 * MiB, 0)):
+        assert bytes(a.disk(disk, 'Read', 'tua{sv}', off, 4096, {})) == bytes([byte]) * 4096, hex(off)
+
+
+def test_image_methods_by_path(env):
+    a = env.agent(UID_A, unique('paths'))
+    try:
+        d = three_layers(env, a, 'paths')
+        base, mid, top = disk_images(env, d)
+
+        # Check by path = Check by index, same report
+        op = a.image(mid, 'Check', 'a{sv}', {})
+        p = finished_ok(env, a, op)
+        assert p['Kind'] == 'check' and mid in p['Objects'], p
+        by_index = finished_ok(env, a, a.disk(d, 'Check', 'ua{sv}', 1, {}))
+        assert p['Result'] == by_index['Result']
+        assert p['Result']['corruptions'] == 0
+
+        p = finished_ok(env, a, a.image(top, 'Repair', 'a{sv}', {'dry-run': True}))
+        assert p['Kind'] == 'repair' and top in p['Objects'] and 'corruptions' in p['Result'], p
+        expect_error(INVALID_ARGS, a.image, top, 'Repair', 'a{sv}', {'no-such-option': True})
+
+        p = finished_ok(env, a, a.image(top, 'Compact', 'a{sv}', {}))
+        assert p['Kind'] == 'compact' and top in p['Objects'], p
+        expect_content(a, d)
+
+        # MergeImages: another Disk's image, a stale path, the same image twice -> InvalidArgs
+        other = open_disk(env, a, [env.make_vdi(UID_A, unique('o') + '.vdi', SMALL)], name='other')
+        foreign = disk_images(env, other)[0]
+        expect_error(INVALID_ARGS, a.disk, d, 'MergeImages', 'ooa{sv}', foreign, base, {})
+        expect_error(INVALID_ARGS, a.disk, d, 'MergeImages', 'ooa{sv}', mid, foreign, {})
+        expect_error(INVALID_ARGS, a.disk, d, 'MergeImages', 'ooa{sv}', mid, mid, {})
+        expect_error(INVALID_ARGS, a.disk, d, 'MergeImages', 'ooa{sv}', '/org/vdisk/VDisk1/image/999999', base, {})
+        assert disk_images(env, d) == [base, mid, top]
+
+        # mid's data into base: mid leaves the chain, the content stays
+        p = finished_ok(env, a, a.disk(d, 'MergeImages', 'ooa{sv}', mid, base, {}))
+        assert p['Kind'] == 'merge' and p['Result']['removed'] == [mid], p
+        assert disk_images(env, d) == [base, top]
+        expect_content(a, d)
+        # the merged-away path is stale now
+        expect_error(INVALID_ARGS, a.disk, d, 'MergeImages', 'ooa{sv}', mid, base, {})
+        # top's data into base by path, although top's index changed meanwhile
+        p = finished_ok(env, a, a.disk(d, 'MergeImages', 'ooa{sv}', top, base, {}))
+        assert p['Result']['removed'] == [top], p
+        assert disk_images(env, d) == [base]
+        expect_content(a, d)
+        a.disk(other, 'Close', 'a{sv}', {})
+        a.disk(d, 'Close', 'a{sv}', {})
+    finally:
+        a.close()
