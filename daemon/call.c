@@ -197,6 +197,8 @@ void *call_target(Call *c) {
         }
         case OBJECT_OPERATION:
                 return manager_find_operation(c->manager, path);
+        case OBJECT_FILE_SET:
+                return manager_find_file_set(c->manager, path);
         }
         return NULL;
 }
@@ -242,6 +244,12 @@ static void call_continue(Call *c) {
                 Operation *o = target;
                 owner = o->uid;
                 other_action = "org.vdisk.vdisk1.cancel-other-user";
+                break;
+        }
+        case OBJECT_FILE_SET: {
+                FileSet *fs = target;
+                owner = fs->owner;
+                other_action = "org.vdisk.vdisk1.manage-other-user";
                 break;
         }
         default:
@@ -317,7 +325,17 @@ static int on_unix_user(sd_bus_message *reply, void *userdata, sd_bus_error *ret
 
 int call_dispatch(Call *c) {
         const char *sender = sd_bus_message_get_sender(c->message);
+        unsigned n_fds = call_count_fds(c);
         int r;
+
+        /* Our own per-message bound, below the bus's (a message the bus
+         * refuses never reaches us: the bus disconnects its sender). */
+        if (n_fds > c->manager->max_fds_per_call) {
+                call_fail(c, -E2BIG, NULL, "Too many file descriptors in one call (%u, at most %u): "
+                          "pass the files in several calls, e.g. through a FileSet", n_fds,
+                          c->manager->max_fds_per_call);
+                return 1;
+        }
 
         if (c->spec->open_to_all && !c->manager->session) {
                 /* Open to every caller: no uid needed. */

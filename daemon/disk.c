@@ -628,6 +628,9 @@ static int open_start(Call *c) {
 
         if (!d)
                 return 0;
+        r = call_take_file_set(c);
+        if (r <= 0)
+                return r;
         r = call_name_new_image(c);
         if (r < 0)
                 return r;
@@ -1058,7 +1061,8 @@ static int method_open(sd_bus_message *msg, void *userdata, sd_bus_error *error)
         if (r >= 0)
                 r = read_format_arg(c, msg, false, error);
         if (r >= 0)
-                r = options_parse(msg, OPT_READ_ONLY | OPT_DISPLAY_NAME | OPT_FILES, &c->options, error);
+                r = options_parse(msg, OPT_READ_ONLY | OPT_DISPLAY_NAME | OPT_FILES | OPT_FILE_SET, &c->options,
+                                  error);
         if (r < 0)
                 return r;
         return call_dispatch(TAKE_PTR(c));

@@ -64,7 +64,7 @@ unsigned manager_count_operations(Manager *m, bool per_uid, uid_t uid) {
 /* ---------------------------------------------------------------- idle exit */
 
 static bool manager_is_idle(Manager *m) {
-        return !m->disks && !m->operations && !m->calls && !task_any_waiting(m) &&
+        return !m->disks && !m->operations && !m->calls && !m->file_sets && !task_any_waiting(m) &&
                (!m->pool || worker_pool_pending(m->pool) == 0);
 }
 
@@ -678,15 +678,59 @@ static int chain_names(Call *c) {
         return 0;
 }
 
+/* Option `file-set`: its files join the call's `files` (the set is consumed).
+ * Returns 1 to go on, 0 when the call failed and is gone, or < 0. */
+int call_take_file_set(Call *c) {
+        FileSet *fs;
+        int r;
+
+        if (!c->options.file_set)
+                return 1;
+        fs = manager_find_file_set(c->manager, c->options.file_set);
+        if (!fs) {
+                call_fail(c, 0, SD_BUS_ERROR_INVALID_ARGS, "Option 'file-set': %s is no file set",
+                          c->options.file_set);
+                return 0;
+        }
+        if (fs->owner != c->uid) {
+                call_fail(c, 0, SD_BUS_ERROR_ACCESS_DENIED, "Option 'file-set': %s belongs to another user",
+                          c->options.file_set);
+                return 0;
+        }
+        r = file_set_consume(c, fs);
+        if (r == -EEXIST)
+                return 0;
+        return r < 0 ? r : 1;
+}
+
 static int open_disk_start(Call *c) {
         int r;
 
         if (!reserve_disk(c))
                 return 0;
+        r = call_take_file_set(c);
+        if (r <= 0)
+                return r;
         r = chain_names(c);
         if (r < 0)
                 return r;
         return call_submit(c, NULL, open_disk_run, open_disk_done);
+}
+
+static const MethodSpec spec_create_file_set = { "create-file-set", "org.vdisk.vdisk1.open", OBJECT_MANAGER,
+                                                 manager_create_file_set };
+
+static int method_create_file_set(sd_bus_message *msg, void *userdata, sd_bus_error *error) {
+        Manager *m = userdata;
+        _cleanup_(call_freep) Call *c = NULL;
+        int r;
+
+        r = call_new(m, msg, &spec_create_file_set, &c);
+        if (r >= 0)
+                r = options_parse(msg, 0, &c->options, error);
+        if (r < 0)
+                return r;
+        return call_dispatch(TAKE_PTR(c));
 }
 
 static const MethodSpec spec_open_disk = { "open-disk", "org.vdisk.vdisk1.open", OBJECT_MANAGER, open_disk_start };
@@ -778,6 +822,10 @@ const sd_bus_vtable manager_vtable[] = {
                         SD_BUS_VTABLE_PROPERTY_CONST),
         SD_BUS_PROPERTY("MaxPersistentDisksPerUser", "u", NULL, offsetof(Manager, max_persistent_disks_per_user),
                         SD_BUS_VTABLE_PROPERTY_CONST),
+        SD_BUS_PROPERTY("MaxFileSetsPerUser", "u", NULL, offsetof(Manager, max_file_sets_per_user),
+                        SD_BUS_VTABLE_PROPERTY_CONST),
+        SD_BUS_PROPERTY("MaxFdsPerCall", "u", NULL, offsetof(Manager, max_fds_per_call),
+                        SD_BUS_VTABLE_PROPERTY_CONST),
         SD_BUS_PROPERTY("Workers", "u", NULL, offsetof(Manager, workers), SD_BUS_VTABLE_PROPERTY_CONST),
         SD_BUS_METHOD_WITH_NAMES("ProbeFormat", "ha{sv}", SD_BUS_PARAM(fd) SD_BUS_PARAM(options), "ssa{sv}",
                                  SD_BUS_PARAM(format) SD_BUS_PARAM(media_type) SD_BUS_PARAM(info),
@@ -786,6 +834,8 @@ const sd_bus_vtable manager_vtable[] = {
                                  method_create_disk, SD_BUS_VTABLE_UNPRIVILEGED),
         SD_BUS_METHOD_WITH_NAMES("OpenDisk", "a(hsa{sv})a{sv}", SD_BUS_PARAM(chain) SD_BUS_PARAM(options), "o",
                                  SD_BUS_PARAM(disk), method_open_disk, SD_BUS_VTABLE_UNPRIVILEGED),
+        SD_BUS_METHOD_WITH_NAMES("CreateFileSet", "a{sv}", SD_BUS_PARAM(options), "o", SD_BUS_PARAM(file_set),
+                                 method_create_file_set, SD_BUS_VTABLE_UNPRIVILEGED),
         SD_BUS_VTABLE_END,
 };
 
@@ -879,6 +929,8 @@ Manager *manager_free(Manager *m) {
                 (void) reply_error(c->message, SD_BUS_ERROR_NO_SERVER, "vdiskd is shutting down");
                 call_free(c);
         }
+        while (m->file_sets)
+                file_set_free(m->file_sets);
         while (m->disks) {
                 Disk *d = m->disks;
                 /* No worker is left: close on this thread (flushes). */

@@ -22,7 +22,7 @@ typedef struct Args {
         const char *introspect;
         long linger_sec, idle_sec, workers, max_ops, max_ops_user;
         long max_disks_user, max_calls_user, max_fds_user, max_workers_user;
-        long max_persistent_user;
+        long max_persistent_user, max_file_sets_user, file_set_timeout_sec, max_fds_call;
 } Args;
 
 static void help(void) {
@@ -47,6 +47,11 @@ static void help(void) {
                "                                or a quarter of RLIMIT_NOFILE if less)\n"
                "  --max-workers-per-user=N      Workers one user may occupy at once\n"
                "                                (default: workers - 1, at least 1)\n"
+               "  --max-fds-per-call=N          File descriptors one call may carry (default 16,\n"
+               "                                the system bus's own limit per message)\n"
+               "  --max-file-sets-per-user=N    File sets per user (default 4)\n"
+               "  --file-set-timeout-sec=N      Drop a file set N seconds after its last Add\n"
+               "                                (default 60, 0 = never)\n"
                "  --version                     Print the version and exit\n"
                "  --help                        Print this help and exit\n");
 }
@@ -81,6 +86,9 @@ static int parse_args(int argc, char *argv[], Args *a) {
                 ARG_MAX_FDS_USER,
                 ARG_MAX_WORKERS_USER,
                 ARG_MAX_PERSISTENT_USER,
+                ARG_MAX_FILE_SETS_USER,
+                ARG_FILE_SET_TIMEOUT,
+                ARG_MAX_FDS_CALL,
                 ARG_VERSION,
                 ARG_HELP,
         };
@@ -99,6 +107,9 @@ static int parse_args(int argc, char *argv[], Args *a) {
                 { "max-fds-per-user",        required_argument, NULL, ARG_MAX_FDS_USER },
                 { "max-workers-per-user",    required_argument, NULL, ARG_MAX_WORKERS_USER },
                 { "max-persistent-disks-per-user", required_argument, NULL, ARG_MAX_PERSISTENT_USER },
+                { "max-file-sets-per-user",  required_argument, NULL, ARG_MAX_FILE_SETS_USER },
+                { "file-set-timeout-sec",    required_argument, NULL, ARG_FILE_SET_TIMEOUT },
+                { "max-fds-per-call",        required_argument, NULL, ARG_MAX_FDS_CALL },
                 { "version",                 no_argument,       NULL, ARG_VERSION },
                 { "help",                    no_argument,       NULL, ARG_HELP },
                 {}
@@ -150,6 +161,16 @@ static int parse_args(int argc, char *argv[], Args *a) {
                 case ARG_MAX_PERSISTENT_USER:
                         r = parse_number("--max-persistent-disks-per-user", optarg, 0, 1000000,
                                          &a->max_persistent_user);
+                        break;
+                case ARG_MAX_FILE_SETS_USER:
+                        r = parse_number("--max-file-sets-per-user", optarg, 0, 1000000, &a->max_file_sets_user);
+                        break;
+                case ARG_FILE_SET_TIMEOUT:
+                        r = parse_number("--file-set-timeout-sec", optarg, 0, 86400 * 365, &a->file_set_timeout_sec);
+                        break;
+                case ARG_MAX_FDS_CALL:
+                        /* The kernel passes at most 253 descriptors in one sendmsg(). */
+                        r = parse_number("--max-fds-per-call", optarg, 1, 253, &a->max_fds_call);
                         break;
                 case ARG_VERSION:
                         printf("vdiskd %s\n", VDISK_VERSION);
@@ -209,7 +230,8 @@ static int open_bus(const Args *a, sd_bus **ret) {
 int main(int argc, char *argv[]) {
         Args a = { .linger_sec = 60, .idle_sec = -1, .workers = 0, .max_ops = 64, .max_ops_user = 32,
                    .max_disks_user = 256, .max_calls_user = 64, .max_fds_user = 0, .max_workers_user = 0,
-                   .max_persistent_user = 16 };
+                   .max_persistent_user = 16, .max_file_sets_user = 4, .file_set_timeout_sec = 60,
+                   .max_fds_call = 16 };
         Manager *m = NULL;
         sigset_t mask;
         long n_cpus;
@@ -277,6 +299,9 @@ int main(int argc, char *argv[]) {
         m->max_fds_per_user = (unsigned) a.max_fds_user;
         m->max_workers_per_user = (unsigned) a.max_workers_user;
         m->max_persistent_disks_per_user = (unsigned) a.max_persistent_user;
+        m->max_file_sets_per_user = (unsigned) a.max_file_sets_user;
+        m->file_set_timeout_usec = (uint64_t) a.file_set_timeout_sec * 1000000u;
+        m->max_fds_per_call = (unsigned) a.max_fds_call;
         m->linger_usec = (uint64_t) a.linger_sec * 1000000u;
         m->idle_usec = (uint64_t) (a.idle_sec >= 0 ? a.idle_sec : a.session ? 0 : 30) * 1000000u;
 

@@ -521,6 +521,9 @@ FileSet *file_set_free(FileSet *fs);
 /* Moves the set's files into *files (appended) and frees the set; the
  * descriptors' charge moves to the call. Fails (InvalidArgs) on a name clash. */
 int file_set_consume(Call *c, FileSet *fs);
+/* manager.c: option `file-set` of OpenDisk/Disk.Open: 1 go on, 0 the call
+ * failed (and is freed), < 0 error. */
+int call_take_file_set(Call *c);
 
 /* disk.c */
 extern const sd_bus_vtable disk_vtable[];

@@ -15,14 +15,16 @@ import os
 
 import pytest
 
-from harness import (A_MODIFY, A_OPEN, DISK, IMAGE, INVALID_ARGS, LIMITS_EXCEEDED, MANAGER, ROOT_PATH, UID_A,
-                     UID_B, Fd, Open, T, disk_images, expect_error, finished_ok, open_disk, unique)
+from harness import (A_MODIFY, A_OPEN, ACCESS_DENIED, DISK, FILE_SET, IMAGE, INVALID_ARGS, LIMITS_EXCEEDED,
+                     MANAGER, ROOT_PATH, UID_A, UID_B, Open, T, disk_images, expect_error, finished_ok,
+                     open_disk, unique)
 
 MAX_PERSISTENT = 3
 MAX_FDS_PER_CALL = 16
 BUS_FDS = 64            # the test bus lets more fds through than vdiskd takes
 
-VDISK_ENV = dict(daemon_args=[f'--max-persistent-disks-per-user={MAX_PERSISTENT}'],
+VDISK_ENV = dict(daemon_args=[f'--max-persistent-disks-per-user={MAX_PERSISTENT}',
+                              f'--max-fds-per-call={MAX_FDS_PER_CALL}'],
                  bus_limits={'max_message_unix_fds': BUS_FDS})
 
 MiB = 1024 * 1024
@@ -256,5 +258,139 @@ def test_image_methods_by_path(env):
         expect_content(a, d)
         a.disk(other, 'Close', 'a{sv}', {})
         a.disk(d, 'Close', 'a{sv}', {})
+    finally:
+        a.close()
+
+
+# ---------------------------------------------------------------- 4. FileSet, fds per call
+
+DEPTH = 64          # VDISK_CHAIN_MAX
+LAYER = 512         # layer k holds byte k at k * LAYER (k >= 1); the base is zeros
+
+
+@pytest.fixture(scope='module')
+def deep_chain(env):
+    """A 64-image VDI chain of 1 MiB (one block), each diff made by vdisk-img
+    convert -B from the flat content so far: every layer holds its own data."""
+    d = env.tmp / 'deep'
+    d.mkdir(mode=0o755)
+    flat = bytearray(MiB)
+    src = d / 'src.raw'
+    src.write_bytes(flat)
+    paths = [d / 'l0.vdi']
+    env.vdisk_img('convert', '-q', '-f', 'raw', '-O', 'vdi', src, paths[0])
+    for k in range(1, DEPTH):
+        flat[k * LAYER:(k + 1) * LAYER] = bytes([k]) * LAYER
+        src.write_bytes(flat)
+        paths.append(d / f'l{k}.vdi')
+        env.vdisk_img('convert', '-q', '--parent-dir', d, '-f', 'raw', '-O', 'vdi', '-B', paths[k - 1], '-F', 'vdi',
+                      src, paths[k])
+    for p in paths:
+        env.chown(p, UID_A)
+    return paths, bytes(flat)
+
+
+def fill_file_set(a, fs, paths, per_call=MAX_FDS_PER_CALL):
+    for i in range(0, len(paths), per_call):
+        a.call(fs, FILE_SET, 'Add', 'a{sh}a{sv}', {p.name: Open(p, os.O_RDONLY) for p in paths[i:i + per_call]}, {})
+
+
+def test_deep_chain_opens_in_one_step(env, deep_chain):
+    paths, flat = deep_chain
+    a = env.agent(UID_A, unique('deep'))
+    try:
+        assert env.watcher.get(ROOT_PATH, MANAGER, 'MaxFdsPerCall') == MAX_FDS_PER_CALL
+        fs = a.manager('CreateFileSet', 'a{sv}', {})
+        assert env.watcher.get_all(fs, FILE_SET) == {'OwnerUID': UID_A, 'Count': 0}
+        fill_file_set(a, fs, paths[:-1])
+        assert env.watcher.get(fs, FILE_SET, 'Count') == DEPTH - 1
+        since = env.watcher.mark()
+        # one OpenDisk: the chain argument holds the top only
+        disk = a.manager('OpenDisk', 'a(hsa{sv})a{sv}', [(Open(paths[-1], os.O_RDWR), 'VDI', {})],
+                         {'display-name': 'deep', 'file-set': T('o', fs)})
+        roundtrip(env)
+        images = disk_images(env, disk)
+        assert len(images) == DEPTH
+        assert [env.watcher.get(i, IMAGE, 'Index') for i in (images[0], images[-1])] == [0, DEPTH - 1]
+        # published once, complete: no intermediate chain states
+        added = [e for e in env.watcher.events_since(since) if e[3] == 'InterfacesAdded' and e[4][0] == disk]
+        assert len(added) == 1 and len(added[0][4][1][DISK]['Images']) == DEPTH
+        assert changed_props(env, since, disk) == []
+        # the open consumed the set
+        assert not env.watcher.exists(fs)
+        assert bytes(a.disk(disk, 'Read', 'tua{sv}', 0, MiB, {})) == flat
+        a.disk(disk, 'Write', 'taya{sv}', 0, b'\xee' * 512, {})
+        assert bytes(a.disk(disk, 'Read', 'tua{sv}', 0, 2 * LAYER, {})) == b'\xee' * 512 + b'\x01' * 512
+        a.disk(disk, 'Close', 'a{sv}', {})
+    finally:
+        a.close()
+
+
+def test_too_many_fds_in_one_call(env, deep_chain):
+    paths, _ = deep_chain
+    n = MAX_FDS_PER_CALL + 1      # the test bus lets them through (BUS_FDS); vdiskd refuses cleanly
+    assert n <= BUS_FDS
+    a = env.agent(UID_A, unique('fds'))
+    try:
+        files = T('a{sh}', {p.name: Open(p, os.O_RDONLY) for p in paths[:n - 1]})
+        expect_error(LIMITS_EXCEEDED, a.manager, 'OpenDisk', 'a(hsa{sv})a{sv}',
+                     [(Open(paths[n - 1], os.O_RDONLY), 'VDI', {})], {'files': files, 'read-only': True})
+        fs = a.manager('CreateFileSet', 'a{sv}', {})
+        expect_error(LIMITS_EXCEEDED, a.call, fs, FILE_SET, 'Add', 'a{sh}a{sv}',
+                     {p.name: Open(p, os.O_RDONLY) for p in paths[:n]}, {})
+        assert env.watcher.get(fs, FILE_SET, 'Count') == 0
+        # the connection is still there, and exactly the limit works
+        fill_file_set(a, fs, paths[:MAX_FDS_PER_CALL])
+        assert env.watcher.get(fs, FILE_SET, 'Count') == MAX_FDS_PER_CALL
+        a.call(fs, FILE_SET, 'Close', 'a{sv}', {})
+        assert not env.watcher.exists(fs)
+    finally:
+        a.close()
+
+
+def test_file_set_rules(env, deep_chain, other):
+    paths, _ = deep_chain
+    a = env.agent(UID_A, unique('rules'))
+    try:
+        limit = env.watcher.get(ROOT_PATH, MANAGER, 'MaxFileSetsPerUser')
+        sets = [a.manager('CreateFileSet', 'a{sv}', {}) for _ in range(limit)]
+        expect_error(LIMITS_EXCEEDED, a.manager, 'CreateFileSet', 'a{sv}', {})
+        fs = sets[0]
+        fill_file_set(a, fs, paths[:3])
+        # a name twice
+        expect_error(INVALID_ARGS, a.call, fs, FILE_SET, 'Add', 'a{sh}a{sv}',
+                     {paths[0].name: Open(paths[0], os.O_RDONLY)}, {})
+        # another uid neither fills it nor opens with it, nor closes it without manage-other-user
+        expect_error(ACCESS_DENIED, other.call, fs, FILE_SET, 'Add', 'a{sh}a{sv}', {}, {})
+        expect_error(ACCESS_DENIED, other.call, fs, FILE_SET, 'Close', 'a{sv}', {})
+        b_file = env.make_vdi(UID_B, unique('b') + '.vdi', SMALL)
+        expect_error(ACCESS_DENIED, other.manager, 'OpenDisk', 'a(hsa{sv})a{sv}',
+                     [(Open(b_file, os.O_RDONLY), 'VDI', {})], {'file-set': T('o', fs)})
+        assert env.watcher.get(fs, FILE_SET, 'Count') == 3
+        # no such set
+        expect_error(INVALID_ARGS, a.manager, 'OpenDisk', 'a(hsa{sv})a{sv}',
+                     [(Open(paths[2], os.O_RDONLY), 'VDI', {})], {'file-set': T('o', ROOT_PATH + '/fileset/999999')})
+        # a name both in `files` and in the set; the set is consumed all the same
+        expect_error(INVALID_ARGS, a.manager, 'OpenDisk', 'a(hsa{sv})a{sv}',
+                     [(Open(paths[3], os.O_RDONLY), 'VDI', {})],
+                     {'file-set': T('o', fs), 'files': T('a{sh}', {paths[0].name: Open(paths[0], os.O_RDONLY)})})
+        # Disk.Open takes a set too; a failed open consumes it as well
+        d = a.manager('CreateDisk', 'a{sv}', {})
+        fs2 = sets[1]
+        fill_file_set(a, fs2, paths[:2])
+        expect_error('org.vdisk.VDisk1.Error.FileNeeded', a.disk, d, 'Open', 'hsa{sv}',
+                     Open(paths[3], os.O_RDONLY), 'VDI', {'file-set': T('o', fs2)})
+        assert not env.watcher.exists(fs2)
+        fs3 = sets[2]
+        fill_file_set(a, fs3, paths[:3])
+        img = a.disk(d, 'Open', 'hsa{sv}', Open(paths[3], os.O_RDONLY), 'VDI', {'file-set': T('o', fs3)})
+        assert len(disk_images(env, d)) == 4 and disk_images(env, d)[-1] == img
+        assert not env.watcher.exists(fs3)
+        a.disk(d, 'Close', 'a{sv}', {})
+        # Close drops; a place is free again
+        for s in sets[3:]:
+            a.call(s, FILE_SET, 'Close', 'a{sv}', {})
+        assert not any(env.watcher.exists(s) for s in sets)
+        a.call(a.manager('CreateFileSet', 'a{sv}', {}), FILE_SET, 'Close', 'a{sv}', {})
     finally:
         a.close()
