@@ -12,12 +12,15 @@ closed in the same main-loop callback, so a later reply orders after both).
 """
 
 import os
+import struct
+import subprocess
+import uuid
 
 import pytest
 
 from harness import (A_MODIFY, A_OPEN, ACCESS_DENIED, DISK, FILE_SET, IMAGE, INVALID_ARGS, LIMITS_EXCEEDED,
-                     MANAGER, ROOT_PATH, UID_A, UID_B, Open, T, disk_images, expect_error, finished_ok,
-                     open_disk, unique)
+                     MANAGER, ROOT_PATH, UID_A, UID_B, Open, T, deadline, disk_images, expect_error, finished_ok,
+                     open_disk, tool, unique)
 
 MAX_PERSISTENT = 3
 MAX_FDS_PER_CALL = 16
@@ -268,23 +271,41 @@ DEPTH = 64          # VDISK_CHAIN_MAX
 LAYER = 512         # layer k holds byte k at k * LAYER (k >= 1); the base is zeros
 
 
+VDI_UUIDS = 0x188      # VDI header 1.1: uuidCreate, uuidModify, uuidLinkage, uuidParentModify (16 bytes each)
+VDI_OFF_DATA = 0x158
+
+
 @pytest.fixture(scope='module')
 def deep_chain(env):
-    """A 64-image VDI chain of 1 MiB (one block), each diff made by vdisk-img
-    convert -B from the flat content so far: every layer holds its own data."""
+    """A 64-image VDI chain of 1 MiB (one block); layer k >= 1 holds the flat
+    content so far in its block, so every layer has data of its own. vdisk-img
+    makes the base and the first diff; the others are that diff with new UUIDs
+    linking each to the one below and its own block (63 vdisk-img runs, each
+    opening a chain up to 63 deep, took too long under ASan)."""
     d = env.tmp / 'deep'
     d.mkdir(mode=0o755)
     flat = bytearray(MiB)
     src = d / 'src.raw'
     src.write_bytes(flat)
-    paths = [d / 'l0.vdi']
+    paths = [d / 'l0.vdi', d / 'l1.vdi']
     env.vdisk_img('convert', '-q', '-f', 'raw', '-O', 'vdi', src, paths[0])
-    for k in range(1, DEPTH):
+    flat[LAYER:2 * LAYER] = b'\x01' * LAYER
+    src.write_bytes(flat)
+    env.vdisk_img('convert', '-q', '--parent-dir', d, '-f', 'raw', '-O', 'vdi', '-B', paths[0], '-F', 'vdi',
+                  src, paths[1])
+    template = paths[1].read_bytes()
+    off_data = struct.unpack_from('<I', template, VDI_OFF_DATA)[0]
+    assert len(template) == off_data + MiB and template[off_data:] == bytes(flat), 'unexpected VDI layout'
+    ids = template[VDI_UUIDS:VDI_UUIDS + 32]          # (create, modify) of l1
+    for k in range(2, DEPTH):
         flat[k * LAYER:(k + 1) * LAYER] = bytes([k]) * LAYER
-        src.write_bytes(flat)
+        new = uuid.uuid4().bytes_le + uuid.uuid4().bytes_le
+        img = bytearray(template)
+        img[VDI_UUIDS:VDI_UUIDS + 64] = new + ids      # own ids, then the parent's (linkage, parent modify)
+        img[off_data:] = flat
         paths.append(d / f'l{k}.vdi')
-        env.vdisk_img('convert', '-q', '--parent-dir', d, '-f', 'raw', '-O', 'vdi', '-B', paths[k - 1], '-F', 'vdi',
-                      src, paths[k])
+        paths[k].write_bytes(img)
+        ids = new
     for p in paths:
         env.chown(p, UID_A)
     return paths, bytes(flat)
@@ -319,8 +340,9 @@ def test_deep_chain_opens_in_one_step(env, deep_chain):
         # the open consumed the set
         assert not env.watcher.exists(fs)
         assert bytes(a.disk(disk, 'Read', 'tua{sv}', 0, MiB, {})) == flat
-        a.disk(disk, 'Write', 'taya{sv}', 0, b'\xee' * 512, {})
-        assert bytes(a.disk(disk, 'Read', 'tua{sv}', 0, 2 * LAYER, {})) == b'\xee' * 512 + b'\x01' * 512
+        # the top is writable (the same bytes back: the fixture's chain is shared)
+        a.disk(disk, 'Write', 'taya{sv}', LAYER, b'\x01' * LAYER, {})
+        assert env.watcher.get(disk, DISK, 'ReadOnly') is False
         a.disk(disk, 'Close', 'a{sv}', {})
     finally:
         a.close()
@@ -394,3 +416,26 @@ def test_file_set_rules(env, deep_chain, other):
         a.call(a.manager('CreateFileSet', 'a{sv}', {}), FILE_SET, 'Close', 'a{sv}', {})
     finally:
         a.close()
+
+
+def test_vdiskctl_opens_deep_chain_in_one_step(env, deep_chain):
+    paths, flat = deep_chain
+    out = env.path(UID_A, unique('flat') + '.raw')
+    since = env.watcher.mark()
+    cmd = ['setpriv', f'--reuid={UID_A}', f'--regid={UID_A}', '--clear-groups', '--', tool('VDISKCTL'),
+           f'--address={env.bus.address}', '--no-ask-password', 'convert', '-f', 'vdi', '-O', 'raw',
+           str(paths[-1]), str(out)]
+    r = subprocess.run(cmd, cwd=env.dirs[UID_A], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                       timeout=deadline(120), env={'PATH': os.environ.get('PATH', '/usr/bin:/bin'), 'LANG': 'C.UTF-8'})
+    assert r.returncode == 0, (r.stdout, r.stderr)
+    assert out.read_bytes() == flat
+    roundtrip(env)
+    events = env.watcher.events_since(since)
+    added = [e[4] for e in events if e[3] == 'InterfacesAdded']
+    disks = [a for a in added if DISK in a[1]]
+    # one Disk, announced with the whole chain at once, opened through a FileSet
+    assert len(disks) == 1 and len(disks[0][1][DISK]['Images']) == DEPTH, [len(d[1][DISK]['Images']) for d in disks]
+    assert any(FILE_SET in a[1] for a in added)
+    # (the Copy behind convert changes Operation; nothing corrects the chain)
+    for ch in changed_props(env, since, disks[0][0]):
+        assert not {'Images', 'Size', 'ReadOnly'} & set(ch[1]), ch
