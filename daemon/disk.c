@@ -505,7 +505,7 @@ static vdisk_disk *task_vd(Call *c) {
 
 static bool call_disk_gone(Call *c, bool cancelled) {
         if (cancelled) {
-                call_fail(c, -ECANCELED, NULL, "vdiskd is shutting down");
+                call_fail(c, -ESHUTDOWN, NULL, "vdiskd is stopping");
                 return true;
         }
         if (c->outcome.r == -ENXIO && (!c->disk->vd || c->disk->gone)) {
@@ -1030,7 +1030,11 @@ static int read_fd_arg(Call *c, sd_bus_message *msg, uint32_t fd_flags, sd_bus_e
         return fd_accept(fd, fd_flags, "fd", &c->fd, &c->fd_writable, error);
 }
 
+/* The format argument, resolved here, before polkit: an alias or another
+ * spelling ("file", "raw", "Vdi") becomes the backend's one name ("RAW",
+ * "VDI"), which is what the `new-format` detail carries and the worker uses. */
 static int read_format_arg(Call *c, sd_bus_message *msg, bool required, sd_bus_error *error) {
+        const vdisk_backend_info *be = NULL;
         const char *format;
         int r;
 
@@ -1039,9 +1043,12 @@ static int read_format_arg(Call *c, sd_bus_message *msg, bool required, sd_bus_e
                 return r;
         if (required && !format[0])
                 return set_error(error, SD_BUS_ERROR_INVALID_ARGS, "The format must be given");
-        if (format[0] && !vdisk_backend_find(format))
-                return set_error(error, ERROR_PREFIX "UnknownFormat", "Unknown image format '%s'", format);
-        c->format = strdup(format);
+        if (format[0]) {
+                be = vdisk_backend_find(format);
+                if (!be)
+                        return set_error(error, ERROR_PREFIX "UnknownFormat", "Unknown image format '%s'", format);
+        }
+        c->format = strdup(be ? be->name : "");
         return c->format ? 0 : -ENOMEM;
 }
 

@@ -10,6 +10,8 @@ const char *errno_to_error_name(int r) {
         switch (-r) {
         case ECANCELED:
                 return ERROR_PREFIX "Cancelled";
+        case ESHUTDOWN:         /* the daemon is stopping (never a library code) */
+                return ERROR_PREFIX "ServiceStopping";
         case EOPNOTSUPP:
                 return ERROR_PREFIX "NotSupported";
         case EMEDIUMTYPE:

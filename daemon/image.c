@@ -202,7 +202,7 @@ static void image_task_done(Task *t, bool cancelled) {
         ImageRef *ref = c->result;
 
         if (cancelled) {
-                call_fail(c, -ECANCELED, NULL, "vdiskd is shutting down");
+                call_fail(c, -ESHUTDOWN, NULL, "vdiskd is stopping");
                 return;
         }
         if (c->image->gone || !c->disk->vd) {

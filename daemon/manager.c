@@ -8,6 +8,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <systemd/sd-daemon.h>
+#include <unistd.h>
 
 #include "config.h"
 #include "vdiskd.h"
@@ -79,6 +80,8 @@ static int on_exit_defer(sd_event_source *s, void *userdata) {
         Manager *m = userdata;
 
         m->exit_defer = sd_event_source_disable_unref(m->exit_defer);
+        if (m->shutting_down)
+                return 0;   /* a signal came meanwhile: manager_shutdown() leaves */
         if (manager_is_idle(m)) {
                 sd_event_exit(m->event, 0);
                 return 0;
@@ -386,7 +389,7 @@ static void probe_done(Task *t, bool cancelled) {
         int r;
 
         if (cancelled) {
-                call_fail(c, -ECANCELED, NULL, "The daemon is shutting down");
+                call_fail(c, -ESHUTDOWN, NULL, "vdiskd is stopping");
                 return;
         }
         if (c->outcome.r < 0 || !pi) {
@@ -632,7 +635,7 @@ static void open_disk_done(Task *t, bool cancelled) {
         int r;
 
         if (cancelled) {
-                call_fail(c, -ECANCELED, NULL, "The daemon is shutting down");
+                call_fail(c, -ESHUTDOWN, NULL, "vdiskd is stopping");
                 return;
         }
         if (c->outcome.r < 0) {
@@ -769,6 +772,16 @@ static int method_open_disk(sd_bus_message *msg, void *userdata, sd_bus_error *e
                 r = sd_bus_message_read(msg, "hs", &fd, &format);
                 if (r < 0)
                         return fd_read_failed(r, error);
+                if (format[0]) {
+                        /* Resolved now: the backend's one name, whatever the spelling. */
+                        const vdisk_backend_info *be = vdisk_backend_find(format);
+
+                        if (!be)
+                                return set_error(error, ERROR_PREFIX "UnknownFormat",
+                                                 "Chain element %zu: unknown image format '%s'", c->n_chain - 1,
+                                                 format);
+                        format = be->name;
+                }
                 e->format = strdup(format);
                 if (!e->format)
                         return -ENOMEM;
@@ -841,9 +854,51 @@ const sd_bus_vtable manager_vtable[] = {
 
 /* ---------------------------------------------------------------- lifetime */
 
+/* Stopping (SIGTERM/SIGINT): the bus name goes at once, so that calls to it
+ * go to bus activation (a replacement) instead of to us; every new call of our
+ * interfaces is refused with Error.ServiceStopping (the standard interfaces,
+ * Properties, ObjectManager, Introspectable and Peer, still answer from
+ * memory: they start no work, and let clients read how their operations
+ * ended); calls waiting for polkit or for a worker end with ServiceStopping;
+ * running operations are cancelled (Error.ServiceStopping); idle Disks are
+ * closed (flushed) on the workers. The loop is left when every worker has
+ * returned, or, at the latest, --stop-timeout-sec after the signal: then the
+ * process leaves without waiting for workers still blocked in a file system
+ * (docs/architecture.md, "Stopping"). */
+
+static int on_stop_filter(sd_bus_message *msg, void *userdata, sd_bus_error *ret_error) {
+        Manager *m = userdata;
+        const char *iface;
+
+        if (!m->shutting_down || !sd_bus_message_is_method_call(msg, NULL, NULL))
+                return 0;
+        iface = sd_bus_message_get_interface(msg);
+        if (iface && strncmp(iface, BUS_NAME ".", strlen(BUS_NAME ".")) != 0)
+                return 0;
+        (void) reply_error(msg, ERROR_PREFIX "ServiceStopping", "vdiskd is stopping");
+        return 1;
+}
+
+static int on_stop_name_released(sd_bus_message *reply, void *userdata, sd_bus_error *ret_error) {
+        if (sd_bus_message_is_method_error(reply, NULL))
+                log_error("Could not release the bus name %s when stopping: %s", BUS_NAME,
+                          sd_bus_message_get_error(reply)->message ?: "unknown error");
+        return 0;
+}
+
+/* Closes the Disks nothing uses any more (on a worker: closing flushes). */
+static void shutdown_close_idle_disks(Manager *m) {
+        for (Disk *d = m->disks, *next; d; d = next) {
+                next = d->disks_next;
+                if (!d->active && !d->queue_head && !d->operation)
+                        disk_remove(d);
+        }
+}
+
 static int on_shutdown_check(sd_event_source *s, void *userdata) {
         Manager *m = userdata;
 
+        shutdown_close_idle_disks(m);
         if (worker_pool_pending(m->pool) > 0 || task_any_waiting(m))
                 return sd_event_source_set_enabled(s, SD_EVENT_OFF);
         return sd_event_exit(m->event, 0);
@@ -858,13 +913,78 @@ void manager_shutdown_check(Manager *m) {
         (void) sd_event_source_set_enabled(m->shutdown_check, SD_EVENT_ONESHOT);
 }
 
-/* SIGTERM/SIGINT: refuse new work, cancel what runs, and leave the loop when
- * the workers have returned. */
+/* The bound: workers still inside the library are blocked in a file system
+ * (FUSE, NFS, a frozen fs). Their operations end for the clients now
+ * (Completed with ServiceStopping), the calls they run get ServiceStopping,
+ * the bus connection is flushed and closed, and the process leaves with
+ * _exit(): no destructor runs, nothing a blocked worker uses is freed or
+ * closed under it. */
+static int on_stop_timeout(sd_event_source *s, uint64_t usec, void *userdata) {
+        Manager *m = userdata;
+        unsigned n_ops = 0, n_calls = 0;
+
+        for (Operation *o = m->operations; o; o = o->operations_next)
+                if (IN_SET3(o->state, OP_QUEUED, OP_RUNNING, OP_CANCELLING)) {
+                        log_error("Stop timeout: abandoning %s (%s), its worker has not returned.", o->path,
+                                  op_kind_to_string(o->kind));
+                        operation_abandon(o, m->stop_timeout_sec);
+                        n_ops++;
+                }
+        for (Call *c = m->calls; c; c = c->calls_next) {
+                (void) reply_error(c->message, ERROR_PREFIX "ServiceStopping",
+                                   "vdiskd stopped before the work of this call returned (it may still complete)");
+                n_calls++;
+        }
+        log_error("Stopping took longer than %u s: exiting with %u worker(s) still busy (%u operation(s), "
+                  "%u call(s) abandoned).", m->stop_timeout_sec, m->pool ? worker_pool_running(m->pool) : 0,
+                  n_ops, n_calls);
+        (void) sd_notify(false, "STATUS=Stop timeout: left with workers blocked in the file system.");
+        if (m->bus) {
+                (void) sd_bus_flush(m->bus);
+                sd_bus_close(m->bus);   /* the socket goes now, whatever still holds the process */
+        }
+        fflush(NULL);
+        _exit(VDISKD_EXIT_STOP_TIMEOUT);
+}
+
+/* SIGTERM/SIGINT: see above. */
 void manager_shutdown(Manager *m) {
         int r;
 
+        if (m->shutting_down)
+                return;
         m->shutting_down = true;
         m->idle_timer = sd_event_source_disable_unref(m->idle_timer);
+        m->exit_defer = sd_event_source_disable_unref(m->exit_defer);
+        if (m->bus && !m->exiting) {
+                /* An idle exit in progress has released it already. */
+                r = sd_bus_release_name_async(m->bus, NULL, BUS_NAME, on_stop_name_released, m);
+                if (r < 0)
+                        log_error("Failed to release the bus name %s: %s", BUS_NAME, strerror(-r));
+        }
+        m->exiting = true;
+
+        /* Calls that wait for the caller's uid or for polkit end now; so do
+         * calls whose work waits for a worker (restart after each: finishing
+         * one may end others). Calls that run on a worker reply when it
+         * returns. */
+        for (bool again = true; again;) {
+                again = false;
+                for (Call *c = m->calls; c; c = c->calls_next) {
+                        if (c->slot) {
+                                call_fail(c, -ESHUTDOWN, NULL, "vdiskd is stopping");
+                                again = true;
+                                break;
+                        }
+                        if (c->task.state == TASK_DISK_QUEUED || c->task.state == TASK_READY) {
+                                (void) task_cancel_queued(&c->task);
+                                again = true;
+                                break;
+                        }
+                        if (c->task.state == TASK_POOLED && !task_started(&c->task))
+                                (void) task_cancel_queued(&c->task);   /* its done runs later */
+                }
+        }
         for (Operation *o = m->operations; o; o = o->operations_next)
                 operation_cancel_for_shutdown(o);
         for (Disk *d = m->disks, *next; d; d = next) {
@@ -874,8 +994,14 @@ void manager_shutdown(Manager *m) {
         r = sd_event_add_defer(m->event, &m->shutdown_check, on_shutdown_check, m);
         if (r >= 0)
                 r = sd_event_source_set_priority(m->shutdown_check, SD_EVENT_PRIORITY_IDLE);
-        if (r < 0)
+        if (r < 0) {
                 (void) sd_event_exit(m->event, 0);
+                return;
+        }
+        r = sd_event_add_time_relative(m->event, &m->stop_timer, CLOCK_MONOTONIC,
+                                       (uint64_t) m->stop_timeout_sec * 1000000u, 0, on_stop_timeout, m);
+        if (r < 0)
+                log_error("Failed to arm the stop timer: %s", strerror(-r));
 }
 
 int manager_start(Manager *m) {
@@ -885,6 +1011,9 @@ int manager_start(Manager *m) {
         if (r < 0)
                 return r;
         r = sd_bus_add_object_vtable(m->bus, &m->manager_slot, ROOT_PATH, IFACE_MANAGER, manager_vtable, m);
+        if (r < 0)
+                return r;
+        r = sd_bus_add_filter(m->bus, &m->filter_slot, on_stop_filter, m);
         if (r < 0)
                 return r;
         r = sd_bus_request_name(m->bus, BUS_NAME, 0);
@@ -907,6 +1036,7 @@ Manager *manager_free(Manager *m) {
         m->idle_timer = sd_event_source_disable_unref(m->idle_timer);
         m->exit_defer = sd_event_source_disable_unref(m->exit_defer);
         m->shutdown_check = sd_event_source_disable_unref(m->shutdown_check);
+        m->stop_timer = sd_event_source_disable_unref(m->stop_timer);
 
         /* Stop what runs, wait for the workers: every `done` runs here. What
          * still waits for a worker ends first: the pool takes nothing more. */
@@ -926,7 +1056,7 @@ Manager *manager_free(Manager *m) {
                 operation_free(m->operations);
         while (m->calls) {
                 Call *c = m->calls;
-                (void) reply_error(c->message, SD_BUS_ERROR_NO_SERVER, "vdiskd is shutting down");
+                (void) reply_error(c->message, ERROR_PREFIX "ServiceStopping", "vdiskd is stopping");
                 call_free(c);
         }
         while (m->file_sets)
@@ -938,6 +1068,7 @@ Manager *manager_free(Manager *m) {
         }
         assert(!m->users);
         m->release_slot = sd_bus_slot_unref(m->release_slot);
+        m->filter_slot = sd_bus_slot_unref(m->filter_slot);
         m->manager_slot = sd_bus_slot_unref(m->manager_slot);
         m->object_manager_slot = sd_bus_slot_unref(m->object_manager_slot);
         if (m->bus) {

@@ -478,10 +478,18 @@ static void operation_finish(Operation *o) {
         changed[n++] = "Rate";
         changed[n++] = "ExpectedEndTime";
         if (!success) {
+                /* Stopped because vdiskd stops, not by a user's Cancel: a name of its own. */
+                bool stopping = o->service_stopping && o->outcome.r == -ECANCELED;
+
                 free(o->error_name);
                 free(o->error_message);
-                o->error_name = strdup(errno_to_error_name(o->outcome.r));
-                o->error_message = strdup(o->outcome.message ?: strerror(-o->outcome.r));
+                o->error_name = strdup(stopping ? ERROR_PREFIX "ServiceStopping" : errno_to_error_name(o->outcome.r));
+                if (stopping) {
+                        if (asprintf(&o->error_message, "vdiskd is stopping: %s",
+                                     o->outcome.message ?: strerror(-o->outcome.r)) < 0)
+                                o->error_message = NULL;
+                } else
+                        o->error_message = strdup(o->outcome.message ?: strerror(-o->outcome.r));
                 if (!o->error_name || !o->error_message) {
                         free(o->error_name);
                         free(o->error_message);
@@ -676,13 +684,71 @@ static bool op_request_cancel(Operation *o) {
 }
 
 /* Stops an operation for shutdown: running ones see the cancel flag, queued
- * ones end now (or when the loop gets to them). */
+ * ones end now (or when the loop gets to them). They end with
+ * Error.ServiceStopping, unless a user's Cancel came first (Error.Cancelled)
+ * or the work can no longer be stopped (it ends as it ends). */
 void operation_cancel_for_shutdown(Operation *o) {
+        const char *changed[4] = {};
+        size_t n = 0;
+
         if (op_finished(o))
                 return;
-        (void) op_request_cancel(o);
+        if (o->state != OP_CANCELLING && op_request_cancel(o)) {
+                o->service_stopping = true;
+                op_set_state(o, OP_CANCELLING, changed, &n);
+                op_set_cancelable(o, 0, changed, &n);
+                op_emit(o, changed);
+        }
         if (task_pending(&o->task))
                 (void) task_cancel_queued(&o->task);
+}
+
+/* The stop bound passed and the operation's worker has not returned (it is
+ * blocked in the file system): the operation ends for its clients now, with
+ * Error.ServiceStopping, Completed and the replies to Wait. Nothing the worker
+ * uses is touched (the outcome, the disk, the progress object): the process
+ * exits right after this without waiting for the worker. */
+void operation_abandon(Operation *o, unsigned stop_timeout_sec) {
+        const char *changed[12] = {};
+        size_t n = 0;
+        int r;
+
+        if (op_finished(o))
+                return;
+        o->timer = sd_event_source_disable_unref(o->timer);
+        op_set_state(o, OP_CANCELLED, changed, &n);
+        op_set_cancelable(o, 0, changed, &n);
+        o->end_time = now_realtime(o->manager);
+        changed[n++] = "EndTime";
+        free(o->error_name);
+        free(o->error_message);
+        o->error_name = strdup(ERROR_PREFIX "ServiceStopping");
+        if (asprintf(&o->error_message,
+                     "vdiskd stopped after %u s while the operation was still blocked in the file system; "
+                     "its files are left as the kernel has them (a write in progress may still complete)",
+                     stop_timeout_sec) < 0)
+                o->error_message = NULL;
+        if (!o->error_name || !o->error_message) {
+                free(o->error_name);
+                free(o->error_message);
+                o->error_name = strdup("");
+                o->error_message = strdup("");
+        }
+        changed[n++] = "ErrorName";
+        changed[n++] = "ErrorMessage";
+        op_emit(o, changed);
+        if (o->exported) {
+                r = sd_bus_emit_signal(o->manager->bus, o->path, IFACE_OPERATION, "Completed", "sss",
+                                       op_state_to_string(o->state), o->error_name, o->error_message);
+                if (r < 0)
+                        log_error("Failed to emit Completed for %s: %s", o->path, strerror(-r));
+        }
+        for (size_t i = 0; i < o->n_waits; i++) {
+                op_reply_wait(o, o->waits[i]);
+                sd_bus_message_unref(o->waits[i]);
+        }
+        o->n_waits = 0;
+        o->waits = mfree_ptr(o->waits);
 }
 
 Operation *operation_free(Operation *o) {
@@ -698,7 +764,7 @@ Operation *operation_free(Operation *o) {
                 o->slot = sd_bus_slot_unref(o->slot);
         }
         for (size_t i = 0; i < o->n_waits; i++) {
-                (void) reply_error(o->waits[i], SD_BUS_ERROR_NO_SERVER, "vdiskd is shutting down");
+                (void) reply_error(o->waits[i], ERROR_PREFIX "ServiceStopping", "vdiskd is stopping");
                 sd_bus_message_unref(o->waits[i]);
         }
         free(o->waits);

@@ -20,7 +20,7 @@ typedef struct Args {
         bool session;
         const char *address;
         const char *introspect;
-        long linger_sec, idle_sec, workers, max_ops, max_ops_user;
+        long linger_sec, idle_sec, stop_timeout_sec, workers, max_ops, max_ops_user;
         long max_disks_user, max_calls_user, max_fds_user, max_workers_user;
         long max_persistent_user, max_file_sets_user, file_set_timeout_sec, max_fds_call;
 } Args;
@@ -36,6 +36,9 @@ static void help(void) {
                "  --linger-sec=N                Keep finished operations N seconds (default 60)\n"
                "  --idle-exit-sec=N             Exit after N idle seconds, 0 = never\n"
                "                                (default 30 with --system, 0 with --session)\n"
+               "  --stop-timeout-sec=N          On SIGTERM/SIGINT, exit after at most N seconds,\n"
+               "                                even with workers blocked in a file system\n"
+               "                                (default %d; exit status %d then)\n"
                "  --workers=N                   Worker threads (default: CPUs + 1, at least 3)\n"
                "  --max-operations=N            Operations at once in total (default 64)\n"
                "  --max-operations-per-user=N   Operations at once per user (default 32)\n"
@@ -53,7 +56,8 @@ static void help(void) {
                "  --file-set-timeout-sec=N      Drop a file set N seconds after its last Add\n"
                "                                (default 60, 0 = never)\n"
                "  --version                     Print the version and exit\n"
-               "  --help                        Print this help and exit\n");
+               "  --help                        Print this help and exit\n",
+               STOP_TIMEOUT_SEC_DEFAULT, VDISKD_EXIT_STOP_TIMEOUT);
 }
 
 static int parse_number(const char *opt, const char *s, long min, long max, long *ret) {
@@ -78,6 +82,7 @@ static int parse_args(int argc, char *argv[], Args *a) {
                 ARG_INTROSPECT,
                 ARG_LINGER,
                 ARG_IDLE,
+                ARG_STOP_TIMEOUT,
                 ARG_WORKERS,
                 ARG_MAX_OPS,
                 ARG_MAX_OPS_USER,
@@ -99,6 +104,7 @@ static int parse_args(int argc, char *argv[], Args *a) {
                 { "bus-introspect",          required_argument, NULL, ARG_INTROSPECT },
                 { "linger-sec",              required_argument, NULL, ARG_LINGER },
                 { "idle-exit-sec",           required_argument, NULL, ARG_IDLE },
+                { "stop-timeout-sec",        required_argument, NULL, ARG_STOP_TIMEOUT },
                 { "workers",                 required_argument, NULL, ARG_WORKERS },
                 { "max-operations",          required_argument, NULL, ARG_MAX_OPS },
                 { "max-operations-per-user", required_argument, NULL, ARG_MAX_OPS_USER },
@@ -135,6 +141,9 @@ static int parse_args(int argc, char *argv[], Args *a) {
                         break;
                 case ARG_IDLE:
                         r = parse_number("--idle-exit-sec", optarg, 0, 86400 * 365, &a->idle_sec);
+                        break;
+                case ARG_STOP_TIMEOUT:
+                        r = parse_number("--stop-timeout-sec", optarg, 1, 86400, &a->stop_timeout_sec);
                         break;
                 case ARG_WORKERS:
                         r = parse_number("--workers", optarg, 1, 1024, &a->workers);
@@ -228,7 +237,7 @@ static int open_bus(const Args *a, sd_bus **ret) {
 }
 
 int main(int argc, char *argv[]) {
-        Args a = { .linger_sec = 60, .idle_sec = -1, .workers = 0, .max_ops = 64, .max_ops_user = 32,
+        Args a = { .linger_sec = 60, .idle_sec = -1, .stop_timeout_sec = STOP_TIMEOUT_SEC_DEFAULT, .workers = 0, .max_ops = 64, .max_ops_user = 32,
                    .max_disks_user = 256, .max_calls_user = 64, .max_fds_user = 0, .max_workers_user = 0,
                    .max_persistent_user = 16, .max_file_sets_user = 4, .file_set_timeout_sec = 60,
                    .max_fds_call = 16 };
@@ -303,6 +312,7 @@ int main(int argc, char *argv[]) {
         m->file_set_timeout_usec = (uint64_t) a.file_set_timeout_sec * 1000000u;
         m->max_fds_per_call = (unsigned) a.max_fds_call;
         m->linger_usec = (uint64_t) a.linger_sec * 1000000u;
+        m->stop_timeout_sec = (unsigned) a.stop_timeout_sec;
         m->idle_usec = (uint64_t) (a.idle_sec >= 0 ? a.idle_sec : a.session ? 0 : 30) * 1000000u;
 
         r = sd_event_default(&m->event);

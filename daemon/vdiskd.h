@@ -31,6 +31,8 @@
 #define ERROR_PREFIX "org.vdisk.VDisk1.Error."
 
 #define IO_MAX (1024u * 1024u)          /* Read/Write limit */
+#define VDISKD_EXIT_STOP_TIMEOUT 3     /* left at --stop-timeout-sec with workers still blocked */
+#define STOP_TIMEOUT_SEC_DEFAULT 30     /* below the unit's TimeoutStopSec= (data/vdiskd.service.in) */
 
 #define container_of(ptr, type, member) ((type *) ((char *) (ptr) - offsetof(type, member)))
 
@@ -437,6 +439,7 @@ struct Operation {
         sd_bus_message **waits;
         size_t n_waits;
         bool exported;
+        bool service_stopping;           /* cancelled because vdiskd stops (Error.ServiceStopping) */
 
         Task task;
         Disk *disk;                      /* ref, while not finished */
@@ -495,8 +498,9 @@ struct Manager {
         sd_event_source *failed_defer;
         bool pool_closing;               /* manager_free(): the pool goes, nothing more is handed to it */
 
-        sd_event_source *idle_timer, *exit_defer, *shutdown_check;
-        sd_bus_slot *object_manager_slot, *manager_slot, *release_slot;
+        sd_event_source *idle_timer, *exit_defer, *shutdown_check, *stop_timer;
+        sd_bus_slot *object_manager_slot, *manager_slot, *release_slot, *filter_slot;
+        unsigned stop_timeout_sec;       /* --stop-timeout-sec: the bound on a stop */
         bool exiting, shutting_down;
 };
 
@@ -570,6 +574,7 @@ Operation *operation_free(Operation *o);
 int operation_take_call(Operation *o, Call *c);
 int operation_start(Operation *o);          /* export + submit */
 void operation_cancel_for_shutdown(Operation *o);
+void operation_abandon(Operation *o, unsigned stop_timeout_sec);   /* the stop bound passed: see manager.c */
 
 /* auth.c / call.c */
 typedef int (*call_run_t)(Call *c);

@@ -182,7 +182,8 @@ static int on_wait_reply(sd_bus_message *m, void *userdata, sd_bus_error *ret_er
                         (void) set_string(&w->st.state, "succeeded");
         } else if (!state_terminal(w->st.state)) {
                 /* Ended without us seeing the final properties. */
-                (void) set_string(&w->st.state, error_is(e, "Cancelled") ? "cancelled" : "failed");
+                (void) set_string(&w->st.state, error_is(e, "Cancelled") || error_is(e, "ServiceStopping") ?
+                                          "cancelled" : "failed");
                 (void) set_string(&w->st.error_name, e->name ? e->name : "");
                 (void) set_string(&w->st.error_message, e->message ? e->message : "");
         }
