@@ -18,9 +18,9 @@ import uuid
 
 import pytest
 
-from harness import (A_MODIFY, A_OPEN, ACCESS_DENIED, DISK, FILE_SET, IMAGE, INVALID_ARGS, LIMITS_EXCEEDED,
-                     MANAGER, ROOT_PATH, UID_A, UID_B, Open, T, deadline, disk_images, expect_error, finished_ok,
-                     open_disk, tool, unique)
+from harness import (A_MODIFY, A_OPEN, ACCESS_DENIED, DISK, ERR, FILE_SET, IMAGE, INVALID_ARGS, LIMITS_EXCEEDED,
+                     MANAGER, ROOT_PATH, UID_A, UID_B, Fd, Open, T, deadline, disk_images, expect_error, finished_ok,
+                     frozen_fs, open_disk, tool, unique)
 
 MAX_PERSISTENT = 3
 MAX_FDS_PER_CALL = 16
@@ -262,6 +262,35 @@ def test_image_methods_by_path(env):
         a.disk(other, 'Close', 'a{sv}', {})
         a.disk(d, 'Close', 'a{sv}', {})
     finally:
+        a.close()
+
+
+def test_image_methods_busy_while_disk_runs_operation(env):
+    """A Copy whose destination is on a frozen file system holds the Disk's
+    operation for as long as the test wants: the path forms are Busy then."""
+    frz = frozen_fs(env)
+    a = env.agent(UID_A, unique('busy'))
+    try:
+        base = env.make_vdi(UID_A, unique('bbase') + '.vdi', SMALL, regions=((0, 65536, 0x11),))
+        top = env.make_vdi_diff(UID_A, unique('btop') + '.vdi', base)
+        d = open_disk(env, a, [base, top], name='busy')
+        lower, upper = disk_images(env, d)
+        name = unique('frozen')
+        a.open(name, frz.empty_file(UID_A, name + '.vdi'), os.O_RDWR)
+        frz.freeze()
+        op = a.disk(d, 'Copy', 'hsa{sv}', Fd(name), 'VDI', {})
+        assert env.watcher.get(d, DISK, 'Operation') == op
+        for method, sig, args in (('Check', 'a{sv}', ({},)), ('Compact', 'a{sv}', ({},)),
+                                  ('Repair', 'a{sv}', ({'dry-run': True},))):
+            expect_error(ERR + 'Busy', a.image, upper, method, sig, *args)
+        expect_error(ERR + 'Busy', a.disk, d, 'MergeImages', 'ooa{sv}', upper, lower, {})
+        frz.thaw()
+        finished_ok(env, a, op)
+        assert disk_images(env, d) == [lower, upper]
+        finished_ok(env, a, a.image(upper, 'Check', 'a{sv}', {}))
+        a.disk(d, 'Close', 'a{sv}', {})
+    finally:
+        frz.thaw()
         a.close()
 
 
