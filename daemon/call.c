@@ -78,6 +78,8 @@ Call *call_free(Call *c) {
         chain_free(c->chain, c->n_chain, &trash);
         for (size_t i = 0; i < ELEMENTSOF(c->uuids); i++)
                 free(c->uuids[i]);
+        for (size_t i = 0; i < ELEMENTSOF(c->image_paths); i++)
+                free(c->image_paths[i]);
         disk_unref(c->disk);
         image_unref(c->image);
         outcome_clear(&c->outcome);
@@ -97,6 +99,8 @@ Call *call_free(Call *c) {
                         c->user->n_disks--;
                         m->n_disks_reserved--;
                 }
+                if (c->persist_reserved)
+                        c->user->n_persistent--;
                 user_unref(c->user);
         }
         free(c);
@@ -205,6 +209,8 @@ void *call_target(Call *c) {
         }
         case OBJECT_OPERATION:
                 return manager_find_operation(c->manager, path);
+        case OBJECT_FILE_SET:
+                return manager_find_file_set(c->manager, path);
         }
         return NULL;
 }
@@ -250,6 +256,12 @@ static void call_continue(Call *c) {
                 Operation *o = target;
                 owner = o->uid;
                 other_action = "org.vdisk.vdisk1.cancel-other-user";
+                break;
+        }
+        case OBJECT_FILE_SET: {
+                FileSet *fs = target;
+                owner = fs->owner;
+                other_action = "org.vdisk.vdisk1.manage-other-user";
                 break;
         }
         default:
@@ -325,7 +337,17 @@ static int on_unix_user(sd_bus_message *reply, void *userdata, sd_bus_error *ret
 
 int call_dispatch(Call *c) {
         const char *sender = sd_bus_message_get_sender(c->message);
+        unsigned n_fds = call_count_fds(c);
         int r;
+
+        /* Our own per-message bound, below the bus's (a message the bus
+         * refuses never reaches us: the bus disconnects its sender). */
+        if (n_fds > c->manager->max_fds_per_call) {
+                call_fail(c, -E2BIG, NULL, "Too many file descriptors in one call (%u, at most %u): "
+                          "pass the files in several calls, e.g. through a FileSet", n_fds,
+                          c->manager->max_fds_per_call);
+                return 1;
+        }
 
         /* Bounds what all callers together hold, before even the uid is
          * known (this call is counted in n_calls already). */

@@ -113,8 +113,18 @@ static int property_get_owner(sd_bus *bus, const char *path, const char *interfa
         return sd_bus_message_append(reply, "u", (uint32_t) d->owner);
 }
 
+static int property_get_persistent(sd_bus *bus, const char *path, const char *interface, const char *property,
+                                   sd_bus_message *reply, void *userdata, sd_bus_error *error) {
+        Disk *d = userdata;
+
+        return sd_bus_message_append(reply, "b", (int) d->persistent);
+}
+
 /* ---------------------------------------------------------------- export */
 
+/* Exports the Disk with the properties it has now, then its Images: call it
+ * once they are final (disk_apply_info() before), so that InterfacesAdded
+ * carries them and no PropertiesChanged has to correct them. */
 int disk_export(Disk *d) {
         int r;
 
@@ -125,7 +135,19 @@ int disk_export(Disk *d) {
         r = sd_bus_emit_object_added(d->manager->bus, d->path);
         if (r < 0)
                 log_error("Failed to announce %s: %s", d->path, strerror(-r));
+        for (unsigned k = 0; k < d->n_images; k++)
+                if (!d->images[k]->exported)
+                        (void) image_export(d->images[k]);
         return 0;
+}
+
+/* `persist`: the Disk is not tied to its creator's connection; it counts
+ * against the owner's --max-persistent-disks-per-user until it is closed. */
+void disk_set_persistent(Disk *d) {
+        if (d->persistent)
+                return;
+        d->persistent = true;
+        d->user->n_persistent++;
 }
 
 static void disk_emit_changed(Disk *d, const char **names) {
@@ -165,6 +187,11 @@ void disk_remove(Disk *d) {
                 d->exported = false;
         }
         client_drop_disk(d);
+        if (d->persistent) {
+                assert(d->user->n_persistent > 0);
+                d->user->n_persistent--;
+                d->persistent = false;
+        }
         trash_vd(&trash, TAKE_PTR(d->vd), d->n_fds_charged);
         trash_empty(m, d->user, &trash);
         assert(d->user->n_fds >= d->n_fds_charged && d->user->n_disks > 0);
@@ -266,7 +293,8 @@ void disk_apply_info(Disk *d, const DiskInfo *info, NewImageName *names, size_t 
         for (unsigned k = 0; k < info->n_images; k++)
                 if (nv[k])
                         nv[d->n_images++] = nv[k];
-        for (unsigned k = 0; k < d->n_images; k++)
+        /* Not exported yet (being published): disk_export() exports them. */
+        for (unsigned k = 0; d->exported && k < d->n_images; k++)
                 if (!d->images[k]->exported)
                         (void) image_export(d->images[k]);
 
@@ -442,9 +470,7 @@ static Disk *call_disk(Call *c) {
 
 /* Runs at the start of every Disk method: the object exists (call_continue
  * checked) and runs no operation. */
-static Disk *disk_usable(Call *c) {
-        Disk *d = call_disk(c);
-
+static Disk *disk_usable_for(Call *c, Disk *d) {
         if (!d) {
                 call_fail(c, 0, SD_BUS_ERROR_UNKNOWN_OBJECT, "The disk does not exist (any more)");
                 return NULL;
@@ -455,6 +481,10 @@ static Disk *disk_usable(Call *c) {
                 return NULL;
         }
         return d;
+}
+
+static Disk *disk_usable(Call *c) {
+        return disk_usable_for(c, call_disk(c));
 }
 
 static const char *disk_name(Disk *d) {
@@ -597,6 +627,9 @@ static int open_start(Call *c) {
 
         if (!d)
                 return 0;
+        r = call_take_file_set(c);
+        if (r <= 0)
+                return r;
         r = call_name_new_image(c);
         if (r < 0)
                 return r;
@@ -808,6 +841,12 @@ static bool check_limits(Call *c, OpKind kind) {
                 call_fail(c, -E2BIG, NULL, "Too many disks (at most %u in all)", m->max_disks);
                 return false;
         }
+        if (kind == OP_COPY && c->options.open && c->options.persist &&
+            c->user->n_persistent >= m->max_persistent_disks_per_user) {
+                call_fail(c, -E2BIG, NULL, "Too many persistent disks for user %u (at most %u)", (unsigned) c->uid,
+                          m->max_persistent_disks_per_user);
+                return false;
+        }
         return true;
 }
 
@@ -820,13 +859,10 @@ static bool check_image_index(Call *c, Disk *d, uint32_t index, const char *what
         return true;
 }
 
-static int start_operation(Call *c, OpKind kind) {
-        Disk *d = disk_usable(c);
+static int start_operation_on(Call *c, Disk *d, OpKind kind) {
         Operation *o;
         int r;
 
-        if (!d)
-                return 0;
         switch (kind) {
         case OP_CREATE:
                 if (d->n_images > 0) {
@@ -903,6 +939,61 @@ static int start_operation(Call *c, OpKind kind) {
         return 0;
 }
 
+static int start_operation(Call *c, OpKind kind) {
+        Disk *d = disk_usable(c);
+
+        if (!d)
+                return 0;
+        return start_operation_on(c, d, kind);
+}
+
+/* The index of the Image at `path` in d's chain, or -1. */
+static int disk_image_index(Disk *d, const char *path) {
+        for (unsigned i = 0; i < d->n_images; i++)
+                if (streq(d->images[i]->path, path))
+                        return (int) i;
+        return -1;
+}
+
+/* Image.Compact, Image.Check, Image.Repair: the Disk's index method on the
+ * image's place in the chain; the worker finds the image again by identity. */
+int disk_start_image_operation(Call *c, OpKind kind) {
+        Image *i = call_target(c);
+        Disk *d = disk_usable_for(c, i ? i->disk : NULL);
+        int k;
+
+        if (!d)
+                return 0;
+        k = disk_image_index(d, i->path);
+        if (k < 0) {
+                call_fail(c, 0, SD_BUS_ERROR_UNKNOWN_OBJECT, "The image is not open any more");
+                return 0;
+        }
+        c->u1 = (uint32_t) k;
+        c->image_keys[0] = i->info.key;
+        return start_operation_on(c, d, kind);
+}
+
+static int merge_images_start(Call *c) {
+        Disk *d = disk_usable(c);
+        int k[2];
+
+        if (!d)
+                return 0;
+        for (unsigned j = 0; j < 2; j++) {
+                k[j] = disk_image_index(d, c->image_paths[j]);
+                if (k[j] < 0) {
+                        call_fail(c, 0, SD_BUS_ERROR_INVALID_ARGS, "%s: %s is not an image of this disk",
+                                  disk_name(d), c->image_paths[j]);
+                        return 0;
+                }
+                c->image_keys[j] = d->images[k[j]]->info.key;
+        }
+        c->u1 = (uint32_t) k[0];
+        c->u2 = (uint32_t) k[1];
+        return start_operation_on(c, d, OP_MERGE);
+}
+
 static int create_start(Call *c) { return start_operation(c, OP_CREATE); }
 static int create_diff_start(Call *c) { return start_operation(c, OP_CREATE_DIFF); }
 static int copy_start(Call *c) { return start_operation(c, OP_COPY); }
@@ -927,6 +1018,7 @@ static const MethodSpec spec_create = { "create", ACTION_MODIFY, OBJECT_DISK, cr
 static const MethodSpec spec_create_diff = { "create-diff", ACTION_MODIFY, OBJECT_DISK, create_diff_start };
 static const MethodSpec spec_copy = { "copy", ACTION_MODIFY, OBJECT_DISK, copy_start };
 static const MethodSpec spec_merge = { "merge", ACTION_MODIFY, OBJECT_DISK, merge_start };
+static const MethodSpec spec_merge_images = { "merge", ACTION_MODIFY, OBJECT_DISK, merge_images_start };
 static const MethodSpec spec_compact = { "compact", ACTION_MODIFY, OBJECT_DISK, compact_start };
 static const MethodSpec spec_resize = { "resize", ACTION_MODIFY, OBJECT_DISK, resize_start };
 static const MethodSpec spec_check = { "check", ACTION_OPEN, OBJECT_DISK, check_start };
@@ -979,7 +1071,8 @@ static int method_open(sd_bus_message *msg, void *userdata, sd_bus_error *error)
         if (r >= 0)
                 r = read_format_arg(c, msg, false, error);
         if (r >= 0)
-                r = options_parse(msg, OPT_READ_ONLY | OPT_DISPLAY_NAME | OPT_FILES, &c->options, error);
+                r = options_parse(msg, OPT_READ_ONLY | OPT_DISPLAY_NAME | OPT_FILES | OPT_FILE_SET, &c->options,
+                                  error);
         if (r < 0)
                 return r;
         return call_dispatch(TAKE_PTR(c));
@@ -1039,10 +1132,12 @@ static int method_copy(sd_bus_message *msg, void *userdata, sd_bus_error *error)
         if (r >= 0)
                 r = options_parse(msg, OPT_SIZE | OPT_VARIANT | OPT_BLOCK_SIZE | OPT_UUID | OPT_COMMENT |
                                   OPT_FORMAT_OPTIONS | OPT_SPARSE_SIZE | OPT_OPEN | OPT_DISPLAY_NAME |
-                                  OPT_DIRECT_FD,
+                                  OPT_DIRECT_FD | OPT_PERSIST,
                                   &c->options, error);
         if (r < 0)
                 return r;
+        if (c->options.persist && !c->options.open)
+                return set_error(error, SD_BUS_ERROR_INVALID_ARGS, "Option 'persist' needs option 'open'");
         return call_dispatch(TAKE_PTR(c));
 }
 
@@ -1076,6 +1171,28 @@ static int method_merge(sd_bus_message *msg, void *userdata, sd_bus_error *error
         if (c->u1 >= VDISK_CHAIN_MAX || c->u2 >= VDISK_CHAIN_MAX)
                 return set_error(error, SD_BUS_ERROR_INVALID_ARGS, "A chain holds at most %d images",
                                  VDISK_CHAIN_MAX);
+        return call_dispatch(TAKE_PTR(c));
+}
+
+static int method_merge_images(sd_bus_message *msg, void *userdata, sd_bus_error *error) {
+        _cleanup_(call_freep) Call *c = NULL;
+        const char *from, *to;
+        int r;
+
+        r = new_call(msg, userdata, &spec_merge_images, &c);
+        if (r >= 0)
+                r = sd_bus_message_read(msg, "oo", &from, &to);
+        if (r < 0)
+                return r;
+        if (streq(from, to))
+                return set_error(error, SD_BUS_ERROR_INVALID_ARGS, "Merge needs two different images");
+        c->image_paths[0] = strdup(from);
+        c->image_paths[1] = strdup(to);
+        if (!c->image_paths[0] || !c->image_paths[1])
+                return -ENOMEM;
+        r = options_parse(msg, 0, &c->options, error);
+        if (r < 0)
+                return r;
         return call_dispatch(TAKE_PTR(c));
 }
 
@@ -1218,6 +1335,7 @@ const sd_bus_vtable disk_vtable[] = {
         SD_BUS_PROPERTY("OwnerUID", "u", property_get_owner, 0, CONST),
         SD_BUS_PROPERTY("DisplayName", "s", property_get_string, offsetof(Disk, display_name), CONST),
         SD_BUS_PROPERTY("Operation", "o", property_get_operation, 0, EMITS),
+        SD_BUS_PROPERTY("Persistent", "b", property_get_persistent, 0, CONST),
         SD_BUS_METHOD_WITH_NAMES("Open", "hsa{sv}", SD_BUS_PARAM(fd) SD_BUS_PARAM(format) SD_BUS_PARAM(options),
                                  "o", SD_BUS_PARAM(image), method_open, UNPRIV),
         SD_BUS_METHOD_WITH_NAMES("CreateBase", "hsta{sv}",
@@ -1231,6 +1349,9 @@ const sd_bus_vtable disk_vtable[] = {
                                  "o", SD_BUS_PARAM(operation), method_copy, UNPRIV),
         SD_BUS_METHOD_WITH_NAMES("Merge", "uua{sv}", SD_BUS_PARAM(from) SD_BUS_PARAM(to) SD_BUS_PARAM(options),
                                  "o", SD_BUS_PARAM(operation), method_merge, UNPRIV),
+        SD_BUS_METHOD_WITH_NAMES("MergeImages", "ooa{sv}",
+                                 SD_BUS_PARAM(from) SD_BUS_PARAM(to) SD_BUS_PARAM(options),
+                                 "o", SD_BUS_PARAM(operation), method_merge_images, UNPRIV),
         SD_BUS_METHOD_WITH_NAMES("Compact", "ua{sv}", SD_BUS_PARAM(image) SD_BUS_PARAM(options),
                                  "o", SD_BUS_PARAM(operation), method_compact, UNPRIV),
         SD_BUS_METHOD_WITH_NAMES("Resize", "ta{sv}", SD_BUS_PARAM(size) SD_BUS_PARAM(options),

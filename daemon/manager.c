@@ -70,7 +70,7 @@ unsigned manager_count_operations(Manager *m, bool per_uid, uid_t uid) {
 /* ---------------------------------------------------------------- idle exit */
 
 static bool manager_is_idle(Manager *m) {
-        return !m->disks && !m->operations && !m->calls && !task_any_waiting(m) &&
+        return !m->disks && !m->operations && !m->calls && !m->file_sets && !task_any_waiting(m) &&
                (!m->pool || worker_pool_pending(m->pool) == 0);
 }
 
@@ -451,21 +451,28 @@ static int method_probe_format(sd_bus_message *msg, void *userdata, sd_bus_error
 
 /* ---------------------------------------------------------------- CreateDisk */
 
-/* A new Disk object for a container: exported with its images before the
- * caller's reply; the caller's connection is tracked. */
+static void unreserve_disk(Call *c);
+
+/* A new Disk object for a container: exported with its images, complete,
+ * before the caller's reply (InterfacesAdded carries the final properties);
+ * the caller's connection is tracked unless the Disk is `persist`. */
 static int manager_publish_disk(Call *c, vdisk_disk *vd, const DiskInfo *info, NewImageName *names,
                                 size_t n_names, Disk **ret) {
         Manager *m = c->manager;
+        bool persist = c->persist_reserved;
         Disk *d;
         int r;
 
+        unreserve_disk(c);
         r = disk_new(m, m->next_disk_id++, c->uid, c->options.display_name, vd, &d);
         if (r < 0)
                 return r;
-        r = disk_export(d);
-        if (r >= 0 && info)
+        if (persist)
+                disk_set_persistent(d);
+        if (info)
                 disk_apply_info(d, info, names, n_names);
-        if (r >= 0)
+        r = disk_export(d);
+        if (r >= 0 && !persist)
                 r = disk_track_name(d, sd_bus_message_get_sender(c->message));
         if (r < 0) {
                 d->vd = NULL;   /* the caller still owns vd on failure */
@@ -490,9 +497,18 @@ static bool reserve_disk(Call *c) {
                 call_fail(c, -E2BIG, NULL, "Too many disks (at most %u in all)", m->max_disks);
                 return false;
         }
+        if (c->options.persist && c->user->n_persistent >= m->max_persistent_disks_per_user) {
+                call_fail(c, -E2BIG, NULL, "Too many persistent disks for user %u (at most %u)", (unsigned) c->uid,
+                          m->max_persistent_disks_per_user);
+                return false;
+        }
         c->user->n_disks++;
         m->n_disks_reserved++;
         c->disk_reserved = true;
+        if (c->options.persist) {
+                c->user->n_persistent++;
+                c->persist_reserved = true;
+        }
         return true;
 }
 
@@ -502,6 +518,11 @@ static void unreserve_disk(Call *c) {
         c->disk_reserved = false;
         c->user->n_disks--;
         c->manager->n_disks_reserved--;
+        if (c->persist_reserved) {
+                assert(c->user->n_persistent > 0);
+                c->persist_reserved = false;
+                c->user->n_persistent--;
+        }
 }
 
 static int create_disk_run(Call *c) {
@@ -514,7 +535,6 @@ static int create_disk_run(Call *c) {
         r = vdisk_disk_new(&vd);
         if (r < 0)
                 return r;
-        unreserve_disk(c);
         r = manager_publish_disk(c, vd, NULL, NULL, 0, &d);
         if (r < 0) {
                 vdisk_disk_unref(vd);   /* empty: no file behind it, nothing to flush */
@@ -538,7 +558,7 @@ static int method_create_disk(sd_bus_message *msg, void *userdata, sd_bus_error 
         r = call_new(m, msg, &spec_create_disk, &c);
         if (r < 0)
                 return r;
-        r = options_parse(msg, OPT_DISPLAY_NAME, &c->options, error);
+        r = options_parse(msg, OPT_DISPLAY_NAME | OPT_PERSIST, &c->options, error);
         if (r < 0)
                 return r;
         return call_dispatch(TAKE_PTR(c));
@@ -633,7 +653,6 @@ static void open_disk_done(Task *t, bool cancelled) {
                 call_reply_outcome(c);
                 return;
         }
-        unreserve_disk(c);
         r = manager_publish_disk(c, c->new_vd, &c->info, c->names, c->n_names, &d);
         if (r < 0) {
                 call_fail(c, r, NULL, "Failed to publish the disk: %s", strerror(-r));
@@ -673,15 +692,59 @@ static int chain_names(Call *c) {
         return 0;
 }
 
+/* Option `file-set`: its files join the call's `files` (the set is consumed).
+ * Returns 1 to go on, 0 when the call failed and is gone, or < 0. */
+int call_take_file_set(Call *c) {
+        FileSet *fs;
+        int r;
+
+        if (!c->options.file_set)
+                return 1;
+        fs = manager_find_file_set(c->manager, c->options.file_set);
+        if (!fs) {
+                call_fail(c, 0, SD_BUS_ERROR_INVALID_ARGS, "Option 'file-set': %s is no file set",
+                          c->options.file_set);
+                return 0;
+        }
+        if (fs->owner != c->uid) {
+                call_fail(c, 0, SD_BUS_ERROR_ACCESS_DENIED, "Option 'file-set': %s belongs to another user",
+                          c->options.file_set);
+                return 0;
+        }
+        r = file_set_consume(c, fs);
+        if (r == -EEXIST)
+                return 0;
+        return r < 0 ? r : 1;
+}
+
 static int open_disk_start(Call *c) {
         int r;
 
         if (!reserve_disk(c))
                 return 0;
+        r = call_take_file_set(c);
+        if (r <= 0)
+                return r;
         r = chain_names(c);
         if (r < 0)
                 return r;
         return call_submit(c, NULL, open_disk_run, open_disk_done);
+}
+
+static const MethodSpec spec_create_file_set = { "create-file-set", "org.vdisk.vdisk1.open", OBJECT_MANAGER,
+                                                 manager_create_file_set };
+
+static int method_create_file_set(sd_bus_message *msg, void *userdata, sd_bus_error *error) {
+        Manager *m = userdata;
+        _cleanup_(call_freep) Call *c = NULL;
+        int r;
+
+        r = call_new(m, msg, &spec_create_file_set, &c);
+        if (r >= 0)
+                r = options_parse(msg, 0, &c->options, error);
+        if (r < 0)
+                return r;
+        return call_dispatch(TAKE_PTR(c));
 }
 
 static const MethodSpec spec_open_disk = { "open-disk", "org.vdisk.vdisk1.open", OBJECT_MANAGER, open_disk_start };
@@ -755,7 +818,8 @@ static int method_open_disk(sd_bus_message *msg, void *userdata, sd_bus_error *e
                 return r;
         if (c->n_chain == 0)
                 return set_error(error, SD_BUS_ERROR_INVALID_ARGS, "The chain is empty");
-        r = options_parse(msg, OPT_READ_ONLY | OPT_DISPLAY_NAME | OPT_FILES | OPT_SKIP_CHECKS, &c->options, error);
+        r = options_parse(msg, OPT_READ_ONLY | OPT_DISPLAY_NAME | OPT_FILES | OPT_SKIP_CHECKS | OPT_PERSIST |
+                          OPT_FILE_SET, &c->options, error);
         if (r < 0)
                 return r;
         if (c->options.skip_checks && !c->options.read_only)
@@ -780,6 +844,12 @@ const sd_bus_vtable manager_vtable[] = {
                         SD_BUS_VTABLE_PROPERTY_CONST),
         SD_BUS_PROPERTY("MaxCallsPerUser", "u", NULL, offsetof(Manager, max_calls_per_user),
                         SD_BUS_VTABLE_PROPERTY_CONST),
+        SD_BUS_PROPERTY("MaxPersistentDisksPerUser", "u", NULL, offsetof(Manager, max_persistent_disks_per_user),
+                        SD_BUS_VTABLE_PROPERTY_CONST),
+        SD_BUS_PROPERTY("MaxFileSetsPerUser", "u", NULL, offsetof(Manager, max_file_sets_per_user),
+                        SD_BUS_VTABLE_PROPERTY_CONST),
+        SD_BUS_PROPERTY("MaxFdsPerCall", "u", NULL, offsetof(Manager, max_fds_per_call),
+                        SD_BUS_VTABLE_PROPERTY_CONST),
         SD_BUS_PROPERTY("Workers", "u", NULL, offsetof(Manager, workers), SD_BUS_VTABLE_PROPERTY_CONST),
         SD_BUS_PROPERTY("MaxFinishedOperations", "u", NULL, offsetof(Manager, max_finished_operations),
                         SD_BUS_VTABLE_PROPERTY_CONST),
@@ -796,6 +866,8 @@ const sd_bus_vtable manager_vtable[] = {
                                  method_create_disk, SD_BUS_VTABLE_UNPRIVILEGED),
         SD_BUS_METHOD_WITH_NAMES("OpenDisk", "a(hsa{sv})a{sv}", SD_BUS_PARAM(chain) SD_BUS_PARAM(options), "o",
                                  SD_BUS_PARAM(disk), method_open_disk, SD_BUS_VTABLE_UNPRIVILEGED),
+        SD_BUS_METHOD_WITH_NAMES("CreateFileSet", "a{sv}", SD_BUS_PARAM(options), "o", SD_BUS_PARAM(file_set),
+                                 method_create_file_set, SD_BUS_VTABLE_UNPRIVILEGED),
         SD_BUS_VTABLE_END,
 };
 
@@ -1006,6 +1078,8 @@ Manager *manager_free(Manager *m) {
                 (void) reply_error(c->message, ERROR_PREFIX "ServiceStopping", "vdiskd is stopping");
                 call_free(c);
         }
+        while (m->file_sets)
+                file_set_free(m->file_sets);
         while (m->disks) {
                 Disk *d = m->disks;
                 /* No worker is left: close on this thread (flushes). */

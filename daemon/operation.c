@@ -131,6 +131,8 @@ int operation_take_call(Operation *o, Call *c) {
         o->from = c->u1;
         o->to = c->u2;
         o->index = c->u1;
+        o->image_keys[0] = c->image_keys[0];
+        o->image_keys[1] = c->image_keys[1];
 
         /* The Disk and the Images it works on. */
         r = strv_push(&o->objects, d->path);
@@ -189,6 +191,11 @@ int operation_take_call(Operation *o, Call *c) {
                 o->disk_reserved = true;
                 o->user->n_disks++;
                 o->manager->n_disks_reserved++;
+                if (o->options.persist) {
+                        /* check_limits() checked the cap. */
+                        o->persist_reserved = true;
+                        o->user->n_persistent++;
+                }
                 /* Tracked from when the Disk exists (op_apply); a starter that
                  * has left by then gets its Disk closed at once. */
                 if (sender) {
@@ -319,6 +326,27 @@ static void op_run(Task *t) {
                         if (r < 0)
                                 goto finish;
                 }
+        }
+        /* Images addressed by path: where they are in the chain now. */
+        for (unsigned k = 0; k < 2 && o->image_keys[k]; k++) {
+                unsigned n = vdisk_disk_count(vd), i;
+
+                for (i = 0; i < n; i++)
+                        if ((const void *) vdisk_disk_image(vd, i) == o->image_keys[k])
+                                break;
+                if (i == n) {
+                        /* Only Merge, Compact, Check, Repair: no destination fd. */
+                        assert(!io);
+                        (void) op_enter_finishing(o);
+                        outcome_setf(&o->outcome, -EINVAL, "the image left the disk's chain before the "
+                                     "operation started");
+                        (void) disk_info_read(vd, &o->info);
+                        return;
+                }
+                if (k == 0)
+                        o->from = o->index = i;
+                else
+                        o->to = i;
         }
         switch (o->kind) {
         case OP_CREATE:
@@ -656,11 +684,19 @@ static void op_apply(Operation *o) {
                 o->disk_reserved = false;
                 o->user->n_disks--;
                 m->n_disks_reserved--;
-                (void) disk_export(nd);
+                if (o->persist_reserved) {
+                        o->persist_reserved = false;
+                        o->user->n_persistent--;
+                        disk_set_persistent(nd);
+                }
+                /* Exported complete: InterfacesAdded carries its images. */
                 disk_apply_info(nd, &o->new_info, &name, 1);
+                (void) disk_export(nd);
                 (void) strv_push(&o->result_objects, nd->path);
                 for (unsigned i = 0; i < nd->n_images; i++)
                         (void) strv_push(&o->result_objects, nd->images[i]->path);
+                if (nd->persistent)
+                        return;
                 /* Like a Disk from OpenDisk, it follows its creator: the
                  * starter of the Copy. */
                 r = disk_track_name(nd, o->starter);
@@ -863,6 +899,8 @@ Operation *operation_free(Operation *o) {
                         o->user->n_disks--;
                         m->n_disks_reserved--;
                 }
+                if (o->persist_reserved)
+                        o->user->n_persistent--;
                 user_unref(o->user);
         }
         free(o);

@@ -23,6 +23,7 @@ typedef struct Args {
         long linger_sec, idle_sec, stop_timeout_sec, workers, max_ops, max_ops_user;
         long max_disks_user, max_calls_user, max_fds_user, max_workers_user;
         long max_finished, max_finished_user, max_disks, max_calls, max_waits, max_fds;
+        long max_persistent_user, max_file_sets_user, file_set_timeout_sec, max_fds_call;
 } Args;
 
 static void help(void) {
@@ -43,6 +44,8 @@ static void help(void) {
                "  --max-operations=N            Operations at once in total (default 64)\n"
                "  --max-operations-per-user=N   Operations at once per user (default 32)\n"
                "  --max-disks-per-user=N        Open disks per user (default 256)\n"
+               "  --max-persistent-disks-per-user=N\n"
+               "                                Disks opened with 'persist' per user (default 16)\n"
                "  --max-calls-per-user=N        Calls in progress per user (default 64)\n"
                "  --max-fds-per-user=N          File descriptors held per user (default 1024,\n"
                "                                or a quarter of RLIMIT_NOFILE if less)\n"
@@ -58,6 +61,11 @@ static void help(void) {
                "                                (default 16)\n"
                "  --max-fds=N                   File descriptors held in total (default 4096,\n"
                "                                or half of RLIMIT_NOFILE if less)\n"
+               "  --max-fds-per-call=N          File descriptors one call may carry (default 16,\n"
+               "                                the system bus's own limit per message)\n"
+               "  --max-file-sets-per-user=N    File sets per user (default 4)\n"
+               "  --file-set-timeout-sec=N      Drop a file set N seconds after its last Add\n"
+               "                                (default 60, 0 = never)\n"
                "  --version                     Print the version and exit\n"
                "  --help                        Print this help and exit\n",
                STOP_TIMEOUT_SEC_DEFAULT, VDISKD_EXIT_STOP_TIMEOUT);
@@ -99,6 +107,10 @@ static int parse_args(int argc, char *argv[], Args *a) {
                 ARG_MAX_CALLS,
                 ARG_MAX_WAITS,
                 ARG_MAX_FDS,
+                ARG_MAX_PERSISTENT_USER,
+                ARG_MAX_FILE_SETS_USER,
+                ARG_FILE_SET_TIMEOUT,
+                ARG_MAX_FDS_CALL,
                 ARG_VERSION,
                 ARG_HELP,
         };
@@ -123,6 +135,10 @@ static int parse_args(int argc, char *argv[], Args *a) {
                 { "max-calls",               required_argument, NULL, ARG_MAX_CALLS },
                 { "max-waits-per-operation", required_argument, NULL, ARG_MAX_WAITS },
                 { "max-fds",                 required_argument, NULL, ARG_MAX_FDS },
+                { "max-persistent-disks-per-user", required_argument, NULL, ARG_MAX_PERSISTENT_USER },
+                { "max-file-sets-per-user",  required_argument, NULL, ARG_MAX_FILE_SETS_USER },
+                { "file-set-timeout-sec",    required_argument, NULL, ARG_FILE_SET_TIMEOUT },
+                { "max-fds-per-call",        required_argument, NULL, ARG_MAX_FDS_CALL },
                 { "version",                 no_argument,       NULL, ARG_VERSION },
                 { "help",                    no_argument,       NULL, ARG_HELP },
                 {}
@@ -193,6 +209,20 @@ static int parse_args(int argc, char *argv[], Args *a) {
                 case ARG_MAX_FDS:
                         r = parse_number("--max-fds", optarg, 16, 10000000, &a->max_fds);
                         break;
+                case ARG_MAX_PERSISTENT_USER:
+                        r = parse_number("--max-persistent-disks-per-user", optarg, 0, 1000000,
+                                         &a->max_persistent_user);
+                        break;
+                case ARG_MAX_FILE_SETS_USER:
+                        r = parse_number("--max-file-sets-per-user", optarg, 0, 1000000, &a->max_file_sets_user);
+                        break;
+                case ARG_FILE_SET_TIMEOUT:
+                        r = parse_number("--file-set-timeout-sec", optarg, 0, 86400 * 365, &a->file_set_timeout_sec);
+                        break;
+                case ARG_MAX_FDS_CALL:
+                        /* The kernel passes at most 253 descriptors in one sendmsg(). */
+                        r = parse_number("--max-fds-per-call", optarg, 1, 253, &a->max_fds_call);
+                        break;
                 case ARG_VERSION:
                         printf("vdiskd %s\n", VDISK_VERSION);
                         return 0;
@@ -253,7 +283,9 @@ int main(int argc, char *argv[]) {
                    .workers = 0, .max_ops = 64, .max_ops_user = 32,
                    .max_disks_user = 256, .max_calls_user = 64, .max_fds_user = 0, .max_workers_user = 0,
                    .max_finished = 512, .max_finished_user = 64, .max_disks = 1024, .max_calls = 4096,
-                   .max_waits = 16, .max_fds = 0 };
+                   .max_waits = 16, .max_fds = 0,
+                   .max_persistent_user = 16, .max_file_sets_user = 4, .file_set_timeout_sec = 60,
+                   .max_fds_call = 16 };
         Manager *m = NULL;
         sigset_t mask;
         long n_cpus;
@@ -337,6 +369,10 @@ int main(int argc, char *argv[]) {
         m->max_calls = (unsigned) a.max_calls;
         m->max_waits_per_operation = (unsigned) a.max_waits;
         m->max_fds = (unsigned) a.max_fds;
+        m->max_persistent_disks_per_user = (unsigned) a.max_persistent_user;
+        m->max_file_sets_per_user = (unsigned) a.max_file_sets_user;
+        m->file_set_timeout_usec = (uint64_t) a.file_set_timeout_sec * 1000000u;
+        m->max_fds_per_call = (unsigned) a.max_fds_call;
         m->linger_usec = (uint64_t) a.linger_sec * 1000000u;
         m->stop_timeout_sec = (unsigned) a.stop_timeout_sec;
         m->idle_usec = (uint64_t) (a.idle_sec >= 0 ? a.idle_sec : a.session ? 0 : 30) * 1000000u;
