@@ -78,6 +78,8 @@ Call *call_free(Call *c) {
         chain_free(c->chain, c->n_chain, &trash);
         for (size_t i = 0; i < ELEMENTSOF(c->uuids); i++)
                 free(c->uuids[i]);
+        for (size_t i = 0; i < ELEMENTSOF(c->image_paths); i++)
+                free(c->image_paths[i]);
         disk_unref(c->disk);
         image_unref(c->image);
         outcome_clear(&c->outcome);
@@ -92,9 +94,13 @@ Call *call_free(Call *c) {
         if (c->user) {
                 assert(c->user->n_calls > 0 && c->user->n_fds >= c->n_fds_charged);
                 c->user->n_calls--;
-                c->user->n_fds -= c->n_fds_charged;
-                if (c->disk_reserved)
+                user_charge_fds(c->user, 0, c->n_fds_charged);
+                if (c->disk_reserved) {
                         c->user->n_disks--;
+                        m->n_disks_reserved--;
+                }
+                if (c->persist_reserved)
+                        c->user->n_persistent--;
                 user_unref(c->user);
         }
         free(c);
@@ -102,6 +108,8 @@ Call *call_free(Call *c) {
         return NULL;
 }
 
+/* Fails the call from the main thread: an EINVAL here is an argument the call
+ * got wrong (checked before any work), InvalidArgs. */
 void call_fail(Call *c, int r, const char *name, const char *fmt, ...) {
         _cleanup_free_ char *s = NULL;
         va_list ap;
@@ -110,7 +118,9 @@ void call_fail(Call *c, int r, const char *name, const char *fmt, ...) {
         if (vasprintf(&s, fmt, ap) < 0)
                 s = NULL;
         va_end(ap);
-        (void) reply_error(c->message, name ? name : errno_to_error_name(r), "%s", s ? s : strerror(-r));
+        if (!name)
+                name = r == -EINVAL ? SD_BUS_ERROR_INVALID_ARGS : errno_to_error_name(r);
+        (void) reply_error(c->message, name, "%s", s ? s : strerror(-r));
         call_free(c);
 }
 
@@ -136,7 +146,7 @@ int call_submit(Call *c, Disk *d, void (*run)(Task *t), void (*done)(Task *t, bo
         c->task.run = run;
         c->task.done = done;
         if (!c->user) {
-                /* Operation.Wait skips the uid lookup, but never submits. */
+                /* A direct connection's call always knows its uid; kept for safety. */
                 unknown = user_get(c->manager, UID_UNKNOWN);
                 if (!unknown)
                         return -ENOMEM;
@@ -170,8 +180,14 @@ static bool call_account(Call *c, uid_t uid) {
                           (unsigned) uid, m->max_fds_per_user);
                 return false;
         }
+        /* Every image holds one: this also bounds the Images of all Disks. */
+        if (m->n_fds + n_fds > m->max_fds) {
+                user_unref(u);
+                call_fail(c, -E2BIG, NULL, "Too many file descriptors held (at most %u in all)", m->max_fds);
+                return false;
+        }
         u->n_calls++;
-        u->n_fds += n_fds;
+        user_charge_fds(u, n_fds, 0);
         c->n_fds_charged = n_fds;
         c->user = u;
         return true;
@@ -194,6 +210,8 @@ void *call_target(Call *c) {
         }
         case OBJECT_OPERATION:
                 return manager_find_operation(c->manager, path);
+        case OBJECT_FILE_SET:
+                return manager_find_file_set(c->manager, path);
         }
         return NULL;
 }
@@ -239,6 +257,12 @@ static void call_continue(Call *c) {
                 Operation *o = target;
                 owner = o->uid;
                 other_action = "org.vdisk.vdisk1.cancel-other-user";
+                break;
+        }
+        case OBJECT_FILE_SET: {
+                FileSet *fs = target;
+                owner = fs->owner;
+                other_action = "org.vdisk.vdisk1.manage-other-user";
                 break;
         }
         default:
@@ -350,11 +374,23 @@ static int on_unix_user(sd_bus_message *reply, void *userdata, sd_bus_error *ret
 int call_dispatch(Call *c) {
         const char *sender = sd_bus_message_get_sender(c->message);
         Peer *p = NULL;
+        unsigned n_fds = call_count_fds(c);
         int r;
 
-        if (c->spec->open_to_all && !c->manager->session) {
-                /* Open to every caller: no uid needed. */
-                call_continue(c);
+        /* Our own per-message bound, below the bus's (a message the bus
+         * refuses never reaches us: the bus disconnects its sender). */
+        if (n_fds > c->manager->max_fds_per_call) {
+                call_fail(c, -E2BIG, NULL, "Too many file descriptors in one call (%u, at most %u): "
+                          "pass the files in several calls, e.g. through a FileSet", n_fds,
+                          c->manager->max_fds_per_call);
+                return 1;
+        }
+
+        /* Bounds what all callers together hold, before even the uid is
+         * known (this call is counted in n_calls already). */
+        if (c->manager->n_calls > c->manager->max_calls) {
+                call_fail(c, -E2BIG, NULL, "Too many calls in progress (at most %u at once)",
+                          c->manager->max_calls);
                 return 1;
         }
         if (!sender) {

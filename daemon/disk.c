@@ -112,8 +112,18 @@ static int property_get_owner(sd_bus *bus, const char *path, const char *interfa
         return sd_bus_message_append(reply, "u", (uint32_t) d->owner);
 }
 
+static int property_get_persistent(sd_bus *bus, const char *path, const char *interface, const char *property,
+                                   sd_bus_message *reply, void *userdata, sd_bus_error *error) {
+        Disk *d = userdata;
+
+        return sd_bus_message_append(reply, "b", (int) d->persistent);
+}
+
 /* ---------------------------------------------------------------- export */
 
+/* Exports the Disk with the properties it has now, then its Images: call it
+ * once they are final (disk_apply_info() before), so that InterfacesAdded
+ * carries them and no PropertiesChanged has to correct them. */
 int disk_export(Disk *d) {
         int r;
 
@@ -122,7 +132,19 @@ int disk_export(Disk *d) {
                 return r;
         d->exported = true;
         emit_object_added(d->manager, OBJECT_DISK, d);
+        for (unsigned k = 0; k < d->n_images; k++)
+                if (!d->images[k]->exported)
+                        (void) image_export(d->images[k]);
         return 0;
+}
+
+/* `persist`: the Disk is not tied to its creator's connection; it counts
+ * against the owner's --max-persistent-disks-per-user until it is closed. */
+void disk_set_persistent(Disk *d) {
+        if (d->persistent)
+                return;
+        d->persistent = true;
+        d->user->n_persistent++;
 }
 
 static void disk_emit_changed(Disk *d, const char **names) {
@@ -158,10 +180,15 @@ void disk_remove(Disk *d) {
                 d->exported = false;
         }
         client_drop_disk(d);
+        if (d->persistent) {
+                assert(d->user->n_persistent > 0);
+                d->user->n_persistent--;
+                d->persistent = false;
+        }
         trash_vd(&trash, TAKE_PTR(d->vd), d->n_fds_charged);
         trash_empty(m, d->user, &trash);
         assert(d->user->n_fds >= d->n_fds_charged && d->user->n_disks > 0);
-        d->user->n_fds -= d->n_fds_charged;
+        user_charge_fds(d->user, 0, d->n_fds_charged);
         d->n_fds_charged = 0;
         d->user->n_disks--;
         LIST_REMOVE(disks, m->disks, d);
@@ -172,8 +199,7 @@ void disk_remove(Disk *d) {
 
 /* One descriptor per image, charged to the owner. */
 static void disk_charge_fds(Disk *d) {
-        assert(d->user->n_fds >= d->n_fds_charged);
-        d->user->n_fds = d->user->n_fds - d->n_fds_charged + d->n_images;
+        user_charge_fds(d->user, d->n_images, d->n_fds_charged);
         d->n_fds_charged = d->n_images;
 }
 
@@ -255,7 +281,8 @@ void disk_apply_info(Disk *d, const DiskInfo *info, NewImageName *names, size_t 
         for (unsigned k = 0; k < info->n_images; k++)
                 if (nv[k])
                         nv[d->n_images++] = nv[k];
-        for (unsigned k = 0; k < d->n_images; k++)
+        /* Not exported yet (being published): disk_export() exports them. */
+        for (unsigned k = 0; d->exported && k < d->n_images; k++)
                 if (!d->images[k]->exported)
                         (void) image_export(d->images[k]);
 
@@ -379,9 +406,7 @@ static Disk *call_disk(Call *c) {
 
 /* Runs at the start of every Disk method: the object exists (call_continue
  * checked) and runs no operation. */
-static Disk *disk_usable(Call *c) {
-        Disk *d = call_disk(c);
-
+static Disk *disk_usable_for(Call *c, Disk *d) {
         if (!d) {
                 call_fail(c, 0, SD_BUS_ERROR_UNKNOWN_OBJECT, "The disk does not exist (any more)");
                 return NULL;
@@ -392,6 +417,10 @@ static Disk *disk_usable(Call *c) {
                 return NULL;
         }
         return d;
+}
+
+static Disk *disk_usable(Call *c) {
+        return disk_usable_for(c, call_disk(c));
 }
 
 static const char *disk_name(Disk *d) {
@@ -411,7 +440,7 @@ static vdisk_disk *task_vd(Call *c) {
 
 static bool call_disk_gone(Call *c, bool cancelled) {
         if (cancelled) {
-                call_fail(c, -ECANCELED, NULL, "vdiskd is shutting down");
+                call_fail(c, -ESHUTDOWN, NULL, "vdiskd is stopping");
                 return true;
         }
         if (c->outcome.r == -ENXIO && (!c->disk->vd || c->disk->gone)) {
@@ -534,6 +563,9 @@ static int open_start(Call *c) {
 
         if (!d)
                 return 0;
+        r = call_take_file_set(c);
+        if (r <= 0)
+                return r;
         r = call_name_new_image(c);
         if (r < 0)
                 return r;
@@ -741,6 +773,16 @@ static bool check_limits(Call *c, OpKind kind) {
                           m->max_disks_per_user);
                 return false;
         }
+        if (kind == OP_COPY && c->options.open && manager_disks_full(m)) {
+                call_fail(c, -E2BIG, NULL, "Too many disks (at most %u in all)", m->max_disks);
+                return false;
+        }
+        if (kind == OP_COPY && c->options.open && c->options.persist &&
+            c->user->n_persistent >= m->max_persistent_disks_per_user) {
+                call_fail(c, -E2BIG, NULL, "Too many persistent disks for user %u (at most %u)", (unsigned) c->uid,
+                          m->max_persistent_disks_per_user);
+                return false;
+        }
         return true;
 }
 
@@ -753,13 +795,10 @@ static bool check_image_index(Call *c, Disk *d, uint32_t index, const char *what
         return true;
 }
 
-static int start_operation(Call *c, OpKind kind) {
-        Disk *d = disk_usable(c);
+static int start_operation_on(Call *c, Disk *d, OpKind kind) {
         Operation *o;
         int r;
 
-        if (!d)
-                return 0;
         switch (kind) {
         case OP_CREATE:
                 if (d->n_images > 0) {
@@ -836,6 +875,61 @@ static int start_operation(Call *c, OpKind kind) {
         return 0;
 }
 
+static int start_operation(Call *c, OpKind kind) {
+        Disk *d = disk_usable(c);
+
+        if (!d)
+                return 0;
+        return start_operation_on(c, d, kind);
+}
+
+/* The index of the Image at `path` in d's chain, or -1. */
+static int disk_image_index(Disk *d, const char *path) {
+        for (unsigned i = 0; i < d->n_images; i++)
+                if (streq(d->images[i]->path, path))
+                        return (int) i;
+        return -1;
+}
+
+/* Image.Compact, Image.Check, Image.Repair: the Disk's index method on the
+ * image's place in the chain; the worker finds the image again by identity. */
+int disk_start_image_operation(Call *c, OpKind kind) {
+        Image *i = call_target(c);
+        Disk *d = disk_usable_for(c, i ? i->disk : NULL);
+        int k;
+
+        if (!d)
+                return 0;
+        k = disk_image_index(d, i->path);
+        if (k < 0) {
+                call_fail(c, 0, SD_BUS_ERROR_UNKNOWN_OBJECT, "The image is not open any more");
+                return 0;
+        }
+        c->u1 = (uint32_t) k;
+        c->image_keys[0] = i->info.key;
+        return start_operation_on(c, d, kind);
+}
+
+static int merge_images_start(Call *c) {
+        Disk *d = disk_usable(c);
+        int k[2];
+
+        if (!d)
+                return 0;
+        for (unsigned j = 0; j < 2; j++) {
+                k[j] = disk_image_index(d, c->image_paths[j]);
+                if (k[j] < 0) {
+                        call_fail(c, 0, SD_BUS_ERROR_INVALID_ARGS, "%s: %s is not an image of this disk",
+                                  disk_name(d), c->image_paths[j]);
+                        return 0;
+                }
+                c->image_keys[j] = d->images[k[j]]->info.key;
+        }
+        c->u1 = (uint32_t) k[0];
+        c->u2 = (uint32_t) k[1];
+        return start_operation_on(c, d, OP_MERGE);
+}
+
 static int create_start(Call *c) { return start_operation(c, OP_CREATE); }
 static int create_diff_start(Call *c) { return start_operation(c, OP_CREATE_DIFF); }
 static int copy_start(Call *c) { return start_operation(c, OP_COPY); }
@@ -860,6 +954,7 @@ static const MethodSpec spec_create = { "create", ACTION_MODIFY, OBJECT_DISK, cr
 static const MethodSpec spec_create_diff = { "create-diff", ACTION_MODIFY, OBJECT_DISK, create_diff_start };
 static const MethodSpec spec_copy = { "copy", ACTION_MODIFY, OBJECT_DISK, copy_start };
 static const MethodSpec spec_merge = { "merge", ACTION_MODIFY, OBJECT_DISK, merge_start };
+static const MethodSpec spec_merge_images = { "merge", ACTION_MODIFY, OBJECT_DISK, merge_images_start };
 static const MethodSpec spec_compact = { "compact", ACTION_MODIFY, OBJECT_DISK, compact_start };
 static const MethodSpec spec_resize = { "resize", ACTION_MODIFY, OBJECT_DISK, resize_start };
 static const MethodSpec spec_check = { "check", ACTION_OPEN, OBJECT_DISK, check_start };
@@ -874,7 +969,11 @@ static int read_fd_arg(Call *c, sd_bus_message *msg, uint32_t fd_flags, sd_bus_e
         return fd_accept(fd, fd_flags, "fd", &c->fd, &c->fd_writable, error);
 }
 
+/* The format argument, resolved here, before polkit: an alias or another
+ * spelling ("file", "raw", "Vdi") becomes the backend's one name ("RAW",
+ * "VDI"), which is what the `new-format` detail carries and the worker uses. */
 static int read_format_arg(Call *c, sd_bus_message *msg, bool required, sd_bus_error *error) {
+        const vdisk_backend_info *be = NULL;
         const char *format;
         int r;
 
@@ -883,9 +982,12 @@ static int read_format_arg(Call *c, sd_bus_message *msg, bool required, sd_bus_e
                 return r;
         if (required && !format[0])
                 return set_error(error, SD_BUS_ERROR_INVALID_ARGS, "The format must be given");
-        if (format[0] && !vdisk_backend_find(format))
-                return set_error(error, ERROR_PREFIX "UnknownFormat", "Unknown image format '%s'", format);
-        c->format = strdup(format);
+        if (format[0]) {
+                be = vdisk_backend_find(format);
+                if (!be)
+                        return set_error(error, ERROR_PREFIX "UnknownFormat", "Unknown image format '%s'", format);
+        }
+        c->format = strdup(be ? be->name : "");
         return c->format ? 0 : -ENOMEM;
 }
 
@@ -905,7 +1007,8 @@ static int method_open(sd_bus_message *msg, void *userdata, sd_bus_error *error)
         if (r >= 0)
                 r = read_format_arg(c, msg, false, error);
         if (r >= 0)
-                r = options_parse(msg, OPT_READ_ONLY | OPT_DISPLAY_NAME | OPT_FILES, &c->options, error);
+                r = options_parse(msg, OPT_READ_ONLY | OPT_DISPLAY_NAME | OPT_FILES | OPT_FILE_SET, &c->options,
+                                  error);
         if (r < 0)
                 return r;
         return call_dispatch(TAKE_PTR(c));
@@ -929,6 +1032,10 @@ static int method_create_base(sd_bus_message *msg, void *userdata, sd_bus_error 
                 return r;
         if (c->t1 == 0)
                 return set_error(error, SD_BUS_ERROR_INVALID_ARGS, "The size must not be 0");
+        if (c->t1 > IMAGE_SIZE_MAX)
+                return set_error(error, SD_BUS_ERROR_INVALID_ARGS,
+                                 "The size is beyond the largest image size (%" PRIu64 " bytes)",
+                                 (uint64_t) IMAGE_SIZE_MAX);
         return call_dispatch(TAKE_PTR(c));
 }
 
@@ -961,10 +1068,12 @@ static int method_copy(sd_bus_message *msg, void *userdata, sd_bus_error *error)
         if (r >= 0)
                 r = options_parse(msg, OPT_SIZE | OPT_VARIANT | OPT_BLOCK_SIZE | OPT_UUID | OPT_COMMENT |
                                   OPT_FORMAT_OPTIONS | OPT_SPARSE_SIZE | OPT_OPEN | OPT_DISPLAY_NAME |
-                                  OPT_DIRECT_FD,
+                                  OPT_DIRECT_FD | OPT_PERSIST,
                                   &c->options, error);
         if (r < 0)
                 return r;
+        if (c->options.persist && !c->options.open)
+                return set_error(error, SD_BUS_ERROR_INVALID_ARGS, "Option 'persist' needs option 'open'");
         return call_dispatch(TAKE_PTR(c));
 }
 
@@ -991,6 +1100,35 @@ static int method_merge(sd_bus_message *msg, void *userdata, sd_bus_error *error
                 r = options_parse(msg, 0, &c->options, error);
         if (r < 0)
                 return r;
+        /* The chain may change before the call runs: the indices are checked
+         * against it there (start_operation), still before any Operation. */
+        if (c->u1 == c->u2)
+                return set_error(error, SD_BUS_ERROR_INVALID_ARGS, "Merge needs two different images");
+        if (c->u1 >= VDISK_CHAIN_MAX || c->u2 >= VDISK_CHAIN_MAX)
+                return set_error(error, SD_BUS_ERROR_INVALID_ARGS, "A chain holds at most %d images",
+                                 VDISK_CHAIN_MAX);
+        return call_dispatch(TAKE_PTR(c));
+}
+
+static int method_merge_images(sd_bus_message *msg, void *userdata, sd_bus_error *error) {
+        _cleanup_(call_freep) Call *c = NULL;
+        const char *from, *to;
+        int r;
+
+        r = new_call(msg, userdata, &spec_merge_images, &c);
+        if (r >= 0)
+                r = sd_bus_message_read(msg, "oo", &from, &to);
+        if (r < 0)
+                return r;
+        if (streq(from, to))
+                return set_error(error, SD_BUS_ERROR_INVALID_ARGS, "Merge needs two different images");
+        c->image_paths[0] = strdup(from);
+        c->image_paths[1] = strdup(to);
+        if (!c->image_paths[0] || !c->image_paths[1])
+                return -ENOMEM;
+        r = options_parse(msg, 0, &c->options, error);
+        if (r < 0)
+                return r;
         return call_dispatch(TAKE_PTR(c));
 }
 
@@ -1006,6 +1144,9 @@ static int method_index_op(sd_bus_message *msg, void *userdata, sd_bus_error *er
                 r = options_parse(msg, allowed, &c->options, error);
         if (r < 0)
                 return r;
+        if (c->u1 >= VDISK_CHAIN_MAX)
+                return set_error(error, SD_BUS_ERROR_INVALID_ARGS, "A chain holds at most %d images",
+                                 VDISK_CHAIN_MAX);
         return call_dispatch(TAKE_PTR(c));
 }
 
@@ -1034,6 +1175,13 @@ static int method_resize(sd_bus_message *msg, void *userdata, sd_bus_error *erro
                 return r;
         if (c->t1 == 0)
                 return set_error(error, SD_BUS_ERROR_INVALID_ARGS, "The size must not be 0");
+        if (c->t1 > IMAGE_SIZE_MAX)
+                return set_error(error, SD_BUS_ERROR_INVALID_ARGS,
+                                 "The size is beyond the largest image size (%" PRIu64 " bytes)",
+                                 (uint64_t) IMAGE_SIZE_MAX);
+        /* A Disk's size is whole sectors: an odd size would be rounded. */
+        if (c->t1 % 512)
+                return set_error(error, SD_BUS_ERROR_INVALID_ARGS, "The size must be a multiple of 512");
         return call_dispatch(TAKE_PTR(c));
 }
 
@@ -1123,6 +1271,7 @@ const sd_bus_vtable disk_vtable[] = {
         SD_BUS_PROPERTY("OwnerUID", "u", property_get_owner, 0, CONST),
         SD_BUS_PROPERTY("DisplayName", "s", property_get_string, offsetof(Disk, display_name), CONST),
         SD_BUS_PROPERTY("Operation", "o", property_get_operation, 0, EMITS),
+        SD_BUS_PROPERTY("Persistent", "b", property_get_persistent, 0, CONST),
         SD_BUS_METHOD_WITH_NAMES("Open", "hsa{sv}", SD_BUS_PARAM(fd) SD_BUS_PARAM(format) SD_BUS_PARAM(options),
                                  "o", SD_BUS_PARAM(image), method_open, UNPRIV),
         SD_BUS_METHOD_WITH_NAMES("CreateBase", "hsta{sv}",
@@ -1136,6 +1285,9 @@ const sd_bus_vtable disk_vtable[] = {
                                  "o", SD_BUS_PARAM(operation), method_copy, UNPRIV),
         SD_BUS_METHOD_WITH_NAMES("Merge", "uua{sv}", SD_BUS_PARAM(from) SD_BUS_PARAM(to) SD_BUS_PARAM(options),
                                  "o", SD_BUS_PARAM(operation), method_merge, UNPRIV),
+        SD_BUS_METHOD_WITH_NAMES("MergeImages", "ooa{sv}",
+                                 SD_BUS_PARAM(from) SD_BUS_PARAM(to) SD_BUS_PARAM(options),
+                                 "o", SD_BUS_PARAM(operation), method_merge_images, UNPRIV),
         SD_BUS_METHOD_WITH_NAMES("Compact", "ua{sv}", SD_BUS_PARAM(image) SD_BUS_PARAM(options),
                                  "o", SD_BUS_PARAM(operation), method_compact, UNPRIV),
         SD_BUS_METHOD_WITH_NAMES("Resize", "ta{sv}", SD_BUS_PARAM(size) SD_BUS_PARAM(options),

@@ -10,6 +10,8 @@ const char *errno_to_error_name(int r) {
         switch (-r) {
         case ECANCELED:
                 return ERROR_PREFIX "Cancelled";
+        case ESHUTDOWN:         /* the daemon is stopping (never a library code) */
+                return ERROR_PREFIX "ServiceStopping";
         case EOPNOTSUPP:
                 return ERROR_PREFIX "NotSupported";
         case EMEDIUMTYPE:
@@ -36,7 +38,10 @@ const char *errno_to_error_name(int r) {
         case ENOTEMPTY:
                 return ERROR_PREFIX "NotEmpty";
         case EINVAL:
-                return SD_BUS_ERROR_INVALID_ARGS;
+                /* Found by the worker or the library: an Operation's errors
+                 * and worker replies use our own names only. Arguments the
+                 * method call itself gets wrong are InvalidArgs (call_fail). */
+                return ERROR_PREFIX "InvalidArgument";
         case E2BIG:
                 return SD_BUS_ERROR_LIMITS_EXCEEDED;
         case ENOMEM:

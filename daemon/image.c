@@ -200,7 +200,7 @@ static void image_task_done(Task *t, bool cancelled) {
         ImageRef *ref = c->result;
 
         if (cancelled) {
-                call_fail(c, -ECANCELED, NULL, "vdiskd is shutting down");
+                call_fail(c, -ESHUTDOWN, NULL, "vdiskd is stopping");
                 return;
         }
         if (c->image->gone || !c->disk->vd) {
@@ -319,6 +319,41 @@ static const MethodSpec spec_set_comment = { "set-comment", "org.vdisk.vdisk1.mo
 static const MethodSpec spec_set_uuids = { "set-uuids", "org.vdisk.vdisk1.modify", OBJECT_IMAGE,
                                            image_task_start };
 
+/* Compact, Check, Repair: the Disk's operations on this image (disk.c). */
+static int compact_start(Call *c) { return disk_start_image_operation(c, OP_COMPACT); }
+static int check_start(Call *c) { return disk_start_image_operation(c, OP_CHECK); }
+static int repair_start(Call *c) { return disk_start_image_operation(c, OP_REPAIR); }
+
+static const MethodSpec spec_compact = { "compact", "org.vdisk.vdisk1.modify", OBJECT_IMAGE, compact_start };
+static const MethodSpec spec_check = { "check", "org.vdisk.vdisk1.open", OBJECT_IMAGE, check_start };
+static const MethodSpec spec_repair = { "repair", "org.vdisk.vdisk1.modify", OBJECT_IMAGE, repair_start };
+
+static int method_image_op(sd_bus_message *msg, void *userdata, sd_bus_error *error, const MethodSpec *spec,
+                           uint32_t allowed) {
+        Image *i = userdata;
+        _cleanup_(call_freep) Call *c = NULL;
+        int r;
+
+        r = call_new(i->manager, msg, spec, &c);
+        if (r >= 0)
+                r = options_parse(msg, allowed, &c->options, error);
+        if (r < 0)
+                return r;
+        return call_dispatch(TAKE_PTR(c));
+}
+
+static int method_compact(sd_bus_message *msg, void *userdata, sd_bus_error *error) {
+        return method_image_op(msg, userdata, error, &spec_compact, 0);
+}
+
+static int method_check(sd_bus_message *msg, void *userdata, sd_bus_error *error) {
+        return method_image_op(msg, userdata, error, &spec_check, 0);
+}
+
+static int method_repair(sd_bus_message *msg, void *userdata, sd_bus_error *error) {
+        return method_image_op(msg, userdata, error, &spec_repair, OPT_DRY_RUN | OPT_LEAKS_ONLY);
+}
+
 static int method_set_comment(sd_bus_message *msg, void *userdata, sd_bus_error *error) {
         Image *i = userdata;
         _cleanup_(call_freep) Call *c = NULL;
@@ -330,6 +365,9 @@ static int method_set_comment(sd_bus_message *msg, void *userdata, sd_bus_error 
                 r = sd_bus_message_read(msg, "s", &comment);
         if (r < 0)
                 return r;
+        if (strlen(comment) > COMMENT_MAX)
+                return set_error(error, SD_BUS_ERROR_INVALID_ARGS, "The comment is longer than %u bytes",
+                                 COMMENT_MAX);
         c->text = strdup(comment);
         if (!c->text)
                 return -ENOMEM;
@@ -413,5 +451,11 @@ const sd_bus_vtable image_vtable[] = {
                                  method_set_comment, SD_BUS_VTABLE_UNPRIVILEGED),
         SD_BUS_METHOD_WITH_NAMES("SetUuids", "a{ss}a{sv}", SD_BUS_PARAM(uuids) SD_BUS_PARAM(options), "", ,
                                  method_set_uuids, SD_BUS_VTABLE_UNPRIVILEGED),
+        SD_BUS_METHOD_WITH_NAMES("Compact", "a{sv}", SD_BUS_PARAM(options), "o", SD_BUS_PARAM(operation),
+                                 method_compact, SD_BUS_VTABLE_UNPRIVILEGED),
+        SD_BUS_METHOD_WITH_NAMES("Check", "a{sv}", SD_BUS_PARAM(options), "o", SD_BUS_PARAM(operation),
+                                 method_check, SD_BUS_VTABLE_UNPRIVILEGED),
+        SD_BUS_METHOD_WITH_NAMES("Repair", "a{sv}", SD_BUS_PARAM(options), "o", SD_BUS_PARAM(operation),
+                                 method_repair, SD_BUS_VTABLE_UNPRIVILEGED),
         SD_BUS_VTABLE_END,
 };

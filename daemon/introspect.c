@@ -17,6 +17,7 @@ static const struct {
         { IFACE_DISK, disk_vtable },
         { IFACE_IMAGE, image_vtable },
         { IFACE_OPERATION, operation_vtable },
+        { IFACE_FILE_SET, file_set_vtable },
 };
 
 /* Length of the single complete type at the start of s (0 on error). */

@@ -8,6 +8,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <systemd/sd-daemon.h>
+#include <unistd.h>
 
 #include "config.h"
 #include "vdiskd.h"
@@ -52,6 +53,11 @@ Operation *manager_find_operation(Manager *m, const char *path) {
         return NULL;
 }
 
+/* Disks published plus those that calls and operations will publish. */
+bool manager_disks_full(Manager *m) {
+        return m->n_disks + m->n_disks_reserved >= m->max_disks;
+}
+
 unsigned manager_count_operations(Manager *m, bool per_uid, uid_t uid) {
         unsigned n = 0;
 
@@ -64,7 +70,7 @@ unsigned manager_count_operations(Manager *m, bool per_uid, uid_t uid) {
 /* ---------------------------------------------------------------- idle exit */
 
 static bool manager_is_idle(Manager *m) {
-        return !m->disks && !m->operations && !m->calls && !task_any_waiting(m) &&
+        return !m->disks && !m->operations && !m->calls && !m->file_sets && !task_any_waiting(m) &&
                (!m->pool || worker_pool_pending(m->pool) == 0);
 }
 
@@ -79,6 +85,8 @@ static int on_exit_defer(sd_event_source *s, void *userdata) {
         Manager *m = userdata;
 
         m->exit_defer = sd_event_source_disable_unref(m->exit_defer);
+        if (m->shutting_down)
+                return 0;   /* a signal came meanwhile: manager_shutdown() leaves */
         if (manager_is_idle(m)) {
                 sd_event_exit(m->event, 0);
                 return 0;
@@ -386,7 +394,7 @@ static void probe_done(Task *t, bool cancelled) {
         int r;
 
         if (cancelled) {
-                call_fail(c, -ECANCELED, NULL, "The daemon is shutting down");
+                call_fail(c, -ESHUTDOWN, NULL, "vdiskd is stopping");
                 return;
         }
         if (c->outcome.r < 0 || !pi) {
@@ -443,21 +451,28 @@ static int method_probe_format(sd_bus_message *msg, void *userdata, sd_bus_error
 
 /* ---------------------------------------------------------------- CreateDisk */
 
-/* A new Disk object for a container: exported with its images before the
- * caller's reply; the caller's connection is tracked. */
+static void unreserve_disk(Call *c);
+
+/* A new Disk object for a container: exported with its images, complete,
+ * before the caller's reply (InterfacesAdded carries the final properties);
+ * the caller's connection is tracked unless the Disk is `persist`. */
 static int manager_publish_disk(Call *c, vdisk_disk *vd, const DiskInfo *info, NewImageName *names,
                                 size_t n_names, Disk **ret) {
         Manager *m = c->manager;
+        bool persist = c->persist_reserved;
         Disk *d;
         int r;
 
+        unreserve_disk(c);
         r = disk_new(m, m->next_disk_id++, c->uid, c->options.display_name, vd, &d);
         if (r < 0)
                 return r;
-        r = disk_export(d);
-        if (r >= 0 && info)
+        if (persist)
+                disk_set_persistent(d);
+        if (info)
                 disk_apply_info(d, info, names, n_names);
-        if (r >= 0)
+        r = disk_export(d);
+        if (r >= 0 && !persist)
                 r = disk_track_name(d, sd_bus_message_get_sender(c->message));
         if (r < 0) {
                 d->vd = NULL;   /* the caller still owns vd on failure */
@@ -478,8 +493,22 @@ static bool reserve_disk(Call *c) {
                           m->max_disks_per_user);
                 return false;
         }
+        if (manager_disks_full(m)) {
+                call_fail(c, -E2BIG, NULL, "Too many disks (at most %u in all)", m->max_disks);
+                return false;
+        }
+        if (c->options.persist && c->user->n_persistent >= m->max_persistent_disks_per_user) {
+                call_fail(c, -E2BIG, NULL, "Too many persistent disks for user %u (at most %u)", (unsigned) c->uid,
+                          m->max_persistent_disks_per_user);
+                return false;
+        }
         c->user->n_disks++;
+        m->n_disks_reserved++;
         c->disk_reserved = true;
+        if (c->options.persist) {
+                c->user->n_persistent++;
+                c->persist_reserved = true;
+        }
         return true;
 }
 
@@ -488,6 +517,12 @@ static void unreserve_disk(Call *c) {
                 return;
         c->disk_reserved = false;
         c->user->n_disks--;
+        c->manager->n_disks_reserved--;
+        if (c->persist_reserved) {
+                assert(c->user->n_persistent > 0);
+                c->persist_reserved = false;
+                c->user->n_persistent--;
+        }
 }
 
 static int create_disk_run(Call *c) {
@@ -500,7 +535,6 @@ static int create_disk_run(Call *c) {
         r = vdisk_disk_new(&vd);
         if (r < 0)
                 return r;
-        unreserve_disk(c);
         r = manager_publish_disk(c, vd, NULL, NULL, 0, &d);
         if (r < 0) {
                 vdisk_disk_unref(vd);   /* empty: no file behind it, nothing to flush */
@@ -524,7 +558,7 @@ static int method_create_disk(sd_bus_message *msg, void *userdata, sd_bus_error 
         r = call_new(m, msg, &spec_create_disk, &c);
         if (r < 0)
                 return r;
-        r = options_parse(msg, OPT_DISPLAY_NAME, &c->options, error);
+        r = options_parse(msg, OPT_DISPLAY_NAME | OPT_PERSIST, &c->options, error);
         if (r < 0)
                 return r;
         return call_dispatch(TAKE_PTR(c));
@@ -612,14 +646,13 @@ static void open_disk_done(Task *t, bool cancelled) {
         int r;
 
         if (cancelled) {
-                call_fail(c, -ECANCELED, NULL, "The daemon is shutting down");
+                call_fail(c, -ESHUTDOWN, NULL, "vdiskd is stopping");
                 return;
         }
         if (c->outcome.r < 0) {
                 call_reply_outcome(c);
                 return;
         }
-        unreserve_disk(c);
         r = manager_publish_disk(c, c->new_vd, &c->info, c->names, c->n_names, &d);
         if (r < 0) {
                 call_fail(c, r, NULL, "Failed to publish the disk: %s", strerror(-r));
@@ -659,15 +692,59 @@ static int chain_names(Call *c) {
         return 0;
 }
 
+/* Option `file-set`: its files join the call's `files` (the set is consumed).
+ * Returns 1 to go on, 0 when the call failed and is gone, or < 0. */
+int call_take_file_set(Call *c) {
+        FileSet *fs;
+        int r;
+
+        if (!c->options.file_set)
+                return 1;
+        fs = manager_find_file_set(c->manager, c->options.file_set);
+        if (!fs) {
+                call_fail(c, 0, SD_BUS_ERROR_INVALID_ARGS, "Option 'file-set': %s is no file set",
+                          c->options.file_set);
+                return 0;
+        }
+        if (fs->owner != c->uid) {
+                call_fail(c, 0, SD_BUS_ERROR_ACCESS_DENIED, "Option 'file-set': %s belongs to another user",
+                          c->options.file_set);
+                return 0;
+        }
+        r = file_set_consume(c, fs);
+        if (r == -EEXIST)
+                return 0;
+        return r < 0 ? r : 1;
+}
+
 static int open_disk_start(Call *c) {
         int r;
 
         if (!reserve_disk(c))
                 return 0;
+        r = call_take_file_set(c);
+        if (r <= 0)
+                return r;
         r = chain_names(c);
         if (r < 0)
                 return r;
         return call_submit(c, NULL, open_disk_run, open_disk_done);
+}
+
+static const MethodSpec spec_create_file_set = { "create-file-set", "org.vdisk.vdisk1.open", OBJECT_MANAGER,
+                                                 manager_create_file_set };
+
+static int method_create_file_set(sd_bus_message *msg, void *userdata, sd_bus_error *error) {
+        Manager *m = userdata;
+        _cleanup_(call_freep) Call *c = NULL;
+        int r;
+
+        r = call_new(m, msg, &spec_create_file_set, &c);
+        if (r >= 0)
+                r = options_parse(msg, 0, &c->options, error);
+        if (r < 0)
+                return r;
+        return call_dispatch(TAKE_PTR(c));
 }
 
 static const MethodSpec spec_open_disk = { "open-disk", "org.vdisk.vdisk1.open", OBJECT_MANAGER, open_disk_start };
@@ -706,6 +783,16 @@ static int method_open_disk(sd_bus_message *msg, void *userdata, sd_bus_error *e
                 r = sd_bus_message_read(msg, "hs", &fd, &format);
                 if (r < 0)
                         return fd_read_failed(r, error);
+                if (format[0]) {
+                        /* Resolved now: the backend's one name, whatever the spelling. */
+                        const vdisk_backend_info *be = vdisk_backend_find(format);
+
+                        if (!be)
+                                return set_error(error, ERROR_PREFIX "UnknownFormat",
+                                                 "Chain element %zu: unknown image format '%s'", c->n_chain - 1,
+                                                 format);
+                        format = be->name;
+                }
                 e->format = strdup(format);
                 if (!e->format)
                         return -ENOMEM;
@@ -731,7 +818,8 @@ static int method_open_disk(sd_bus_message *msg, void *userdata, sd_bus_error *e
                 return r;
         if (c->n_chain == 0)
                 return set_error(error, SD_BUS_ERROR_INVALID_ARGS, "The chain is empty");
-        r = options_parse(msg, OPT_READ_ONLY | OPT_DISPLAY_NAME | OPT_FILES | OPT_SKIP_CHECKS, &c->options, error);
+        r = options_parse(msg, OPT_READ_ONLY | OPT_DISPLAY_NAME | OPT_FILES | OPT_SKIP_CHECKS | OPT_PERSIST |
+                          OPT_FILE_SET, &c->options, error);
         if (r < 0)
                 return r;
         if (c->options.skip_checks && !c->options.read_only)
@@ -756,7 +844,21 @@ const sd_bus_vtable manager_vtable[] = {
                         SD_BUS_VTABLE_PROPERTY_CONST),
         SD_BUS_PROPERTY("MaxCallsPerUser", "u", NULL, offsetof(Manager, max_calls_per_user),
                         SD_BUS_VTABLE_PROPERTY_CONST),
+        SD_BUS_PROPERTY("MaxPersistentDisksPerUser", "u", NULL, offsetof(Manager, max_persistent_disks_per_user),
+                        SD_BUS_VTABLE_PROPERTY_CONST),
+        SD_BUS_PROPERTY("MaxFileSetsPerUser", "u", NULL, offsetof(Manager, max_file_sets_per_user),
+                        SD_BUS_VTABLE_PROPERTY_CONST),
+        SD_BUS_PROPERTY("MaxFdsPerCall", "u", NULL, offsetof(Manager, max_fds_per_call),
+                        SD_BUS_VTABLE_PROPERTY_CONST),
         SD_BUS_PROPERTY("Workers", "u", NULL, offsetof(Manager, workers), SD_BUS_VTABLE_PROPERTY_CONST),
+        SD_BUS_PROPERTY("MaxFinishedOperations", "u", NULL, offsetof(Manager, max_finished_operations),
+                        SD_BUS_VTABLE_PROPERTY_CONST),
+        SD_BUS_PROPERTY("MaxFinishedOperationsPerUser", "u", NULL,
+                        offsetof(Manager, max_finished_operations_per_user), SD_BUS_VTABLE_PROPERTY_CONST),
+        SD_BUS_PROPERTY("MaxDisks", "u", NULL, offsetof(Manager, max_disks), SD_BUS_VTABLE_PROPERTY_CONST),
+        SD_BUS_PROPERTY("MaxCalls", "u", NULL, offsetof(Manager, max_calls), SD_BUS_VTABLE_PROPERTY_CONST),
+        SD_BUS_PROPERTY("MaxWaitsPerOperation", "u", NULL, offsetof(Manager, max_waits_per_operation),
+                        SD_BUS_VTABLE_PROPERTY_CONST),
         SD_BUS_METHOD_WITH_NAMES("ProbeFormat", "ha{sv}", SD_BUS_PARAM(fd) SD_BUS_PARAM(options), "ssa{sv}",
                                  SD_BUS_PARAM(format) SD_BUS_PARAM(media_type) SD_BUS_PARAM(info),
                                  method_probe_format, SD_BUS_VTABLE_UNPRIVILEGED),
@@ -764,14 +866,58 @@ const sd_bus_vtable manager_vtable[] = {
                                  method_create_disk, SD_BUS_VTABLE_UNPRIVILEGED),
         SD_BUS_METHOD_WITH_NAMES("OpenDisk", "a(hsa{sv})a{sv}", SD_BUS_PARAM(chain) SD_BUS_PARAM(options), "o",
                                  SD_BUS_PARAM(disk), method_open_disk, SD_BUS_VTABLE_UNPRIVILEGED),
+        SD_BUS_METHOD_WITH_NAMES("CreateFileSet", "a{sv}", SD_BUS_PARAM(options), "o", SD_BUS_PARAM(file_set),
+                                 method_create_file_set, SD_BUS_VTABLE_UNPRIVILEGED),
         SD_BUS_VTABLE_END,
 };
 
 /* ---------------------------------------------------------------- lifetime */
 
+/* Stopping (SIGTERM/SIGINT): the bus name goes at once, so that calls to it
+ * go to bus activation (a replacement) instead of to us; every new call of our
+ * interfaces is refused with Error.ServiceStopping (the standard interfaces,
+ * Properties, ObjectManager, Introspectable and Peer, still answer from
+ * memory: they start no work, and let clients read how their operations
+ * ended); calls waiting for polkit or for a worker end with ServiceStopping;
+ * running operations are cancelled (Error.ServiceStopping); idle Disks are
+ * closed (flushed) on the workers. The loop is left when every worker has
+ * returned, or, at the latest, --stop-timeout-sec after the signal: then the
+ * process leaves without waiting for workers still blocked in a file system
+ * (docs/architecture.md, "Stopping"). */
+
+static int on_stop_filter(sd_bus_message *msg, void *userdata, sd_bus_error *ret_error) {
+        Manager *m = userdata;
+        const char *iface;
+
+        if (!m->shutting_down || !sd_bus_message_is_method_call(msg, NULL, NULL))
+                return 0;
+        iface = sd_bus_message_get_interface(msg);
+        if (iface && strncmp(iface, BUS_NAME ".", strlen(BUS_NAME ".")) != 0)
+                return 0;
+        (void) reply_error(msg, ERROR_PREFIX "ServiceStopping", "vdiskd is stopping");
+        return 1;
+}
+
+static int on_stop_name_released(sd_bus_message *reply, void *userdata, sd_bus_error *ret_error) {
+        if (sd_bus_message_is_method_error(reply, NULL))
+                log_error("Could not release the bus name %s when stopping: %s", BUS_NAME,
+                          sd_bus_message_get_error(reply)->message ?: "unknown error");
+        return 0;
+}
+
+/* Closes the Disks nothing uses any more (on a worker: closing flushes). */
+static void shutdown_close_idle_disks(Manager *m) {
+        for (Disk *d = m->disks, *next; d; d = next) {
+                next = d->disks_next;
+                if (!d->active && !d->queue_head && !d->operation)
+                        disk_remove(d);
+        }
+}
+
 static int on_shutdown_check(sd_event_source *s, void *userdata) {
         Manager *m = userdata;
 
+        shutdown_close_idle_disks(m);
         if (worker_pool_pending(m->pool) > 0 || task_any_waiting(m))
                 return sd_event_source_set_enabled(s, SD_EVENT_OFF);
         return sd_event_exit(m->event, 0);
@@ -786,13 +932,78 @@ void manager_shutdown_check(Manager *m) {
         (void) sd_event_source_set_enabled(m->shutdown_check, SD_EVENT_ONESHOT);
 }
 
-/* SIGTERM/SIGINT: refuse new work, cancel what runs, and leave the loop when
- * the workers have returned. */
+/* The bound: workers still inside the library are blocked in a file system
+ * (FUSE, NFS, a frozen fs). Their operations end for the clients now
+ * (Completed with ServiceStopping), the calls they run get ServiceStopping,
+ * the bus connection is flushed and closed, and the process leaves with
+ * _exit(): no destructor runs, nothing a blocked worker uses is freed or
+ * closed under it. */
+static int on_stop_timeout(sd_event_source *s, uint64_t usec, void *userdata) {
+        Manager *m = userdata;
+        unsigned n_ops = 0, n_calls = 0;
+
+        for (Operation *o = m->operations; o; o = o->operations_next)
+                if (IN_SET3(o->state, OP_QUEUED, OP_RUNNING, OP_CANCELLING)) {
+                        log_error("Stop timeout: abandoning %s (%s), its worker has not returned.", o->path,
+                                  op_kind_to_string(o->kind));
+                        operation_abandon(o, m->stop_timeout_sec);
+                        n_ops++;
+                }
+        for (Call *c = m->calls; c; c = c->calls_next) {
+                (void) reply_error(c->message, ERROR_PREFIX "ServiceStopping",
+                                   "vdiskd stopped before the work of this call returned (it may still complete)");
+                n_calls++;
+        }
+        log_error("Stopping took longer than %u s: exiting with %u worker(s) still busy (%u operation(s), "
+                  "%u call(s) abandoned).", m->stop_timeout_sec, m->pool ? worker_pool_running(m->pool) : 0,
+                  n_ops, n_calls);
+        (void) sd_notify(false, "STATUS=Stop timeout: left with workers blocked in the file system.");
+        if (m->bus) {
+                (void) sd_bus_flush(m->bus);
+                sd_bus_close(m->bus);   /* the socket goes now, whatever still holds the process */
+        }
+        fflush(NULL);
+        _exit(VDISKD_EXIT_STOP_TIMEOUT);
+}
+
+/* SIGTERM/SIGINT: see above. */
 void manager_shutdown(Manager *m) {
         int r;
 
+        if (m->shutting_down)
+                return;
         m->shutting_down = true;
         m->idle_timer = sd_event_source_disable_unref(m->idle_timer);
+        m->exit_defer = sd_event_source_disable_unref(m->exit_defer);
+        if (m->bus && !m->exiting) {
+                /* An idle exit in progress has released it already. */
+                r = sd_bus_release_name_async(m->bus, NULL, BUS_NAME, on_stop_name_released, m);
+                if (r < 0)
+                        log_error("Failed to release the bus name %s: %s", BUS_NAME, strerror(-r));
+        }
+        m->exiting = true;
+
+        /* Calls that wait for the caller's uid or for polkit end now; so do
+         * calls whose work waits for a worker (restart after each: finishing
+         * one may end others). Calls that run on a worker reply when it
+         * returns. */
+        for (bool again = true; again;) {
+                again = false;
+                for (Call *c = m->calls; c; c = c->calls_next) {
+                        if (c->slot) {
+                                call_fail(c, -ESHUTDOWN, NULL, "vdiskd is stopping");
+                                again = true;
+                                break;
+                        }
+                        if (c->task.state == TASK_DISK_QUEUED || c->task.state == TASK_READY) {
+                                (void) task_cancel_queued(&c->task);
+                                again = true;
+                                break;
+                        }
+                        if (c->task.state == TASK_POOLED && !task_started(&c->task))
+                                (void) task_cancel_queued(&c->task);   /* its done runs later */
+                }
+        }
         for (Operation *o = m->operations; o; o = o->operations_next)
                 operation_cancel_for_shutdown(o);
         for (Disk *d = m->disks, *next; d; d = next) {
@@ -802,8 +1013,14 @@ void manager_shutdown(Manager *m) {
         r = sd_event_add_defer(m->event, &m->shutdown_check, on_shutdown_check, m);
         if (r >= 0)
                 r = sd_event_source_set_priority(m->shutdown_check, SD_EVENT_PRIORITY_IDLE);
-        if (r < 0)
+        if (r < 0) {
                 (void) sd_event_exit(m->event, 0);
+                return;
+        }
+        r = sd_event_add_time_relative(m->event, &m->stop_timer, CLOCK_MONOTONIC,
+                                       (uint64_t) m->stop_timeout_sec * 1000000u, 0, on_stop_timeout, m);
+        if (r < 0)
+                log_error("Failed to arm the stop timer: %s", strerror(-r));
 }
 
 int manager_start(Manager *m) {
@@ -813,6 +1030,9 @@ int manager_start(Manager *m) {
         if (r < 0)
                 return r;
         r = sd_bus_add_object_vtable(m->bus, &m->manager_slot, ROOT_PATH, IFACE_MANAGER, manager_vtable, m);
+        if (r < 0)
+                return r;
+        r = sd_bus_add_filter(m->bus, &m->filter_slot, on_stop_filter, m);
         if (r < 0)
                 return r;
         r = peers_start(m);
@@ -841,6 +1061,7 @@ Manager *manager_free(Manager *m) {
         m->idle_timer = sd_event_source_disable_unref(m->idle_timer);
         m->exit_defer = sd_event_source_disable_unref(m->exit_defer);
         m->shutdown_check = sd_event_source_disable_unref(m->shutdown_check);
+        m->stop_timer = sd_event_source_disable_unref(m->stop_timer);
 
         /* Stop what runs, wait for the workers: every `done` runs here. What
          * still waits for a worker ends first: the pool takes nothing more. */
@@ -860,9 +1081,11 @@ Manager *manager_free(Manager *m) {
                 operation_free(m->operations);
         while (m->calls) {
                 Call *c = m->calls;
-                (void) reply_error(c->message, SD_BUS_ERROR_NO_SERVER, "vdiskd is shutting down");
+                (void) reply_error(c->message, ERROR_PREFIX "ServiceStopping", "vdiskd is stopping");
                 call_free(c);
         }
+        while (m->file_sets)
+                file_set_free(m->file_sets);
         while (m->disks) {
                 Disk *d = m->disks;
                 /* No worker is left: close on this thread (flushes). */
@@ -872,6 +1095,7 @@ Manager *manager_free(Manager *m) {
         privacy_free(m);
         assert(!m->users);
         m->release_slot = sd_bus_slot_unref(m->release_slot);
+        m->filter_slot = sd_bus_slot_unref(m->filter_slot);
         m->manager_slot = sd_bus_slot_unref(m->manager_slot);
         m->object_manager_slot = sd_bus_slot_unref(m->object_manager_slot);
         if (m->bus) {

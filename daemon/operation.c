@@ -8,7 +8,9 @@
  *
  * The end goes out in this order: the disk's and the operation's final
  * properties (PropertiesChanged), `Completed`, the replies to pending Waits;
- * then the object lingers (--linger-sec) and is removed.
+ * then the object lingers (--linger-sec) and is removed. Finished operations
+ * are bounded: past --max-finished-operations-per-user (of its starter) or
+ * --max-finished-operations (in all), the oldest finished one goes at once.
  */
 #include <stdio.h>
 #include <string.h>
@@ -121,7 +123,7 @@ int operation_take_call(Operation *o, Call *c) {
         o->fd_writable = c->fd_writable;
         /* The descriptors move from the call's charge to ours until the work ends. */
         o->n_fds_charged = (o->fd >= 0) + !!(c->options.set & OPT_DIRECT_FD);
-        o->user->n_fds += o->n_fds_charged;
+        user_charge_fds(o->user, o->n_fds_charged, 0);
         o->format = TAKE_PTR(c->format);
         o->options = c->options;
         c->options = (Options) {};
@@ -129,6 +131,8 @@ int operation_take_call(Operation *o, Call *c) {
         o->from = c->u1;
         o->to = c->u2;
         o->index = c->u1;
+        o->image_keys[0] = c->image_keys[0];
+        o->image_keys[1] = c->image_keys[1];
 
         /* The Disk and the Images it works on. */
         r = strv_push(&o->objects, d->path);
@@ -186,6 +190,12 @@ int operation_take_call(Operation *o, Call *c) {
                 /* The new Disk counts against the starter's limit from now on. */
                 o->disk_reserved = true;
                 o->user->n_disks++;
+                o->manager->n_disks_reserved++;
+                if (o->options.persist) {
+                        /* check_limits() checked the cap. */
+                        o->persist_reserved = true;
+                        o->user->n_persistent++;
+                }
                 /* Tracked from when the Disk exists (op_apply); a starter that
                  * has left by then gets its Disk closed at once. */
                 if (sender) {
@@ -313,6 +323,27 @@ static void op_run(Task *t) {
                                 goto finish;
                 }
         }
+        /* Images addressed by path: where they are in the chain now. */
+        for (unsigned k = 0; k < 2 && o->image_keys[k]; k++) {
+                unsigned n = vdisk_disk_count(vd), i;
+
+                for (i = 0; i < n; i++)
+                        if ((const void *) vdisk_disk_image(vd, i) == o->image_keys[k])
+                                break;
+                if (i == n) {
+                        /* Only Merge, Compact, Check, Repair: no destination fd. */
+                        assert(!io);
+                        (void) op_enter_finishing(o);
+                        outcome_setf(&o->outcome, -EINVAL, "the image left the disk's chain before the "
+                                     "operation started");
+                        (void) disk_info_read(vd, &o->info);
+                        return;
+                }
+                if (k == 0)
+                        o->from = o->index = i;
+                else
+                        o->to = i;
+        }
         switch (o->kind) {
         case OP_CREATE:
                 r = vdisk_disk_create_base(vd, io, o->format, o->size, &o->create);
@@ -399,6 +430,36 @@ finish:
 
 /* ---------------------------------------------------------------- the end */
 
+/* Cuts s to at most max bytes, at a character boundary (UTF-8). */
+static void text_clamp(char *s, size_t max) {
+        size_t n;
+
+        if (!s || strlen(s) <= max)
+                return;
+        n = max;
+        while (n > 0 && ((unsigned char) s[n] & 0xC0) == 0x80)
+                n--;
+        s[n] = 0;
+}
+
+/* The check report as published: at most RESULT_MESSAGES_MAX messages of
+ * RESULT_MESSAGE_MAX bytes (the library bounds them per format already; this
+ * keeps an Operation's size fixed whatever an image holds). */
+static void report_clamp(vdisk_check_report *rep) {
+        size_t n = 0;
+
+        if (!rep->messages)
+                return;
+        for (; rep->messages[n]; n++) {
+                if (n >= RESULT_MESSAGES_MAX) {
+                        free(rep->messages[n]);
+                        rep->messages[n] = NULL;
+                        continue;
+                }
+                text_clamp(rep->messages[n], RESULT_MESSAGE_MAX);
+        }
+}
+
 static int on_linger(sd_event_source *s, uint64_t usec, void *userdata) {
         Operation *o = userdata;
 
@@ -412,16 +473,76 @@ static int on_linger(sd_event_source *s, uint64_t usec, void *userdata) {
         return 0;
 }
 
-static void op_reply_wait(Operation *o, sd_bus_message *m) {
+/* Answers a Wait with what Completed carries, and ends the call. */
+static void op_reply_wait(Operation *o, Call *c) {
         int r;
 
-        if (o->state == OP_SUCCEEDED)
-                r = sd_bus_reply_method_return(m, NULL);
-        else
-                r = reply_error(m, o->error_name[0] ? o->error_name : ERROR_PREFIX "Failed", "%s",
-                                o->error_message);
+        r = sd_bus_reply_method_return(c->message, "sss", op_state_to_string(o->state), o->error_name,
+                                       o->error_message);
         if (r < 0)
                 log_error("Failed to reply to Wait: %s", strerror(-r));
+        call_free(c);
+}
+
+/* ---------------------------------------------------------------- finished operations */
+
+/* Two FIFO lists of finished operations, the manager's and the starter's:
+ * appending at the end and reaping from the front are O(1), and so is
+ * unlinking one that goes earlier (Dismiss, linger). */
+#define FINISHED_APPEND(name, owner, o)                                 \
+        do {                                                            \
+                (o)->name##_prev = (owner)->finished_tail;              \
+                (o)->name##_next = NULL;                                \
+                if ((owner)->finished_tail)                             \
+                        (owner)->finished_tail->name##_next = (o);      \
+                else                                                    \
+                        (owner)->finished_head = (o);                   \
+                (owner)->finished_tail = (o);                           \
+                (owner)->n_finished++;                                  \
+        } while (0)
+#define FINISHED_REMOVE(name, owner, o)                                 \
+        do {                                                            \
+                if ((o)->name##_prev)                                   \
+                        (o)->name##_prev->name##_next = (o)->name##_next; \
+                else                                                    \
+                        (owner)->finished_head = (o)->name##_next;      \
+                if ((o)->name##_next)                                   \
+                        (o)->name##_next->name##_prev = (o)->name##_prev; \
+                else                                                    \
+                        (owner)->finished_tail = (o)->name##_prev;      \
+                (o)->name##_prev = (o)->name##_next = NULL;             \
+                (owner)->n_finished--;                                  \
+        } while (0)
+
+static void op_list_finished(Operation *o) {
+        Manager *m = o->manager;
+
+        assert(!o->finished_listed);
+        FINISHED_APPEND(all_finished, m, o);
+        FINISHED_APPEND(user_finished, o->user, o);
+        o->finished_listed = true;
+}
+
+static void op_unlist_finished(Operation *o) {
+        if (!o->finished_listed)
+                return;
+        FINISHED_REMOVE(all_finished, o->manager, o);
+        FINISHED_REMOVE(user_finished, o->user, o);
+        o->finished_listed = false;
+}
+
+/* The newest finished operation o was just listed: the oldest ones of its
+ * starter, then the oldest of all, go while a limit is exceeded. Never o
+ * itself (both limits are at least 1). Their Waits were answered when they
+ * finished. */
+static void op_reap_finished(Operation *o) {
+        Manager *m = o->manager;
+        User *u = o->user;
+
+        while (u->n_finished > m->max_finished_operations_per_user && u->finished_head != o)
+                operation_free(u->finished_head);
+        while (m->n_finished > m->max_finished_operations && m->finished_head != o)
+                operation_free(m->finished_head);
 }
 
 static void operation_finish(Operation *o) {
@@ -446,10 +567,19 @@ static void operation_finish(Operation *o) {
         changed[n++] = "Rate";
         changed[n++] = "ExpectedEndTime";
         if (!success) {
+                /* Stopped because vdiskd stops, not by a user's Cancel: a name of its own. */
+                bool stopping = o->service_stopping && o->outcome.r == -ECANCELED;
+
                 free(o->error_name);
                 free(o->error_message);
-                o->error_name = strdup(errno_to_error_name(o->outcome.r));
-                o->error_message = strdup(o->outcome.message ?: strerror(-o->outcome.r));
+                o->error_name = strdup(stopping ? ERROR_PREFIX "ServiceStopping" : errno_to_error_name(o->outcome.r));
+                if (stopping) {
+                        if (asprintf(&o->error_message, "vdiskd is stopping: %s",
+                                     o->outcome.message ?: strerror(-o->outcome.r)) < 0)
+                                o->error_message = NULL;
+                } else
+                        o->error_message = strdup(o->outcome.message ?: strerror(-o->outcome.r));
+                text_clamp(o->error_message, ERROR_MESSAGE_MAX);
                 if (!o->error_name || !o->error_message) {
                         free(o->error_name);
                         free(o->error_message);
@@ -480,13 +610,13 @@ static void operation_finish(Operation *o) {
         op_emit(o, changed);
         if (o->exported)
                 emit_completed(o);
-        for (size_t i = 0; i < o->n_waits; i++) {
+        for (size_t i = 0; i < o->n_waits; i++)
                 op_reply_wait(o, o->waits[i]);
-                sd_bus_message_unref(o->waits[i]);
-        }
         o->n_waits = 0;
         o->waits = mfree_ptr(o->waits);
 
+        op_list_finished(o);
+        op_reap_finished(o);
         if (m->shutting_down)
                 return;
         r = sd_event_add_time_relative(m->event, &o->linger, CLOCK_MONOTONIC, m->linger_usec, 0, on_linger, o);
@@ -542,11 +672,20 @@ static void op_apply(Operation *o) {
                 assert(o->disk_reserved);
                 o->disk_reserved = false;
                 o->user->n_disks--;
-                (void) disk_export(nd);
+                m->n_disks_reserved--;
+                if (o->persist_reserved) {
+                        o->persist_reserved = false;
+                        o->user->n_persistent--;
+                        disk_set_persistent(nd);
+                }
+                /* Exported complete: InterfacesAdded carries its images. */
                 disk_apply_info(nd, &o->new_info, &name, 1);
+                (void) disk_export(nd);
                 (void) strv_push(&o->result_objects, nd->path);
                 for (unsigned i = 0; i < nd->n_images; i++)
                         (void) strv_push(&o->result_objects, nd->images[i]->path);
+                if (nd->persistent)
+                        return;
                 /* Like a Disk from OpenDisk, it follows its creator: the
                  * starter of the Copy. */
                 r = disk_track_name(nd, o->starter);
@@ -567,6 +706,7 @@ static void op_done(Task *t, bool cancelled) {
         /* Publish what the worker wrote for itself. */
         o->result.report = o->w_report;
         o->result.have_report = o->w_have_report;
+        report_clamp(&o->result.report);
         o->w_report = (vdisk_check_report) {};
         o->w_have_report = false;
         /* The destination (and its direct twin), when the work never took
@@ -578,7 +718,7 @@ static void op_done(Task *t, bool cancelled) {
         }
         trash_empty(o->manager, o->user, &trash);
         assert(o->user->n_fds >= o->n_fds_charged);
-        o->user->n_fds -= o->n_fds_charged;
+        user_charge_fds(o->user, 0, o->n_fds_charged);
         o->n_fds_charged = 0;
 
         if (cancelled)
@@ -625,13 +765,64 @@ static bool op_request_cancel(Operation *o) {
 }
 
 /* Stops an operation for shutdown: running ones see the cancel flag, queued
- * ones end now (or when the loop gets to them). */
+ * ones end now (or when the loop gets to them). They end with
+ * Error.ServiceStopping, unless a user's Cancel came first (Error.Cancelled)
+ * or the work can no longer be stopped (it ends as it ends). */
 void operation_cancel_for_shutdown(Operation *o) {
+        const char *changed[4] = {};
+        size_t n = 0;
+
         if (op_finished(o))
                 return;
-        (void) op_request_cancel(o);
+        if (o->state != OP_CANCELLING && op_request_cancel(o)) {
+                o->service_stopping = true;
+                op_set_state(o, OP_CANCELLING, changed, &n);
+                op_set_cancelable(o, 0, changed, &n);
+                op_emit(o, changed);
+        }
         if (task_pending(&o->task))
                 (void) task_cancel_queued(&o->task);
+}
+
+/* The stop bound passed and the operation's worker has not returned (it is
+ * blocked in the file system): the operation ends for its clients now, with
+ * Error.ServiceStopping, Completed and the replies to Wait. Nothing the worker
+ * uses is touched (the outcome, the disk, the progress object): the process
+ * exits right after this without waiting for the worker. */
+void operation_abandon(Operation *o, unsigned stop_timeout_sec) {
+        const char *changed[12] = {};
+        size_t n = 0;
+
+        if (op_finished(o))
+                return;
+        o->timer = sd_event_source_disable_unref(o->timer);
+        op_set_state(o, OP_CANCELLED, changed, &n);
+        op_set_cancelable(o, 0, changed, &n);
+        o->end_time = now_realtime(o->manager);
+        changed[n++] = "EndTime";
+        free(o->error_name);
+        free(o->error_message);
+        o->error_name = strdup(ERROR_PREFIX "ServiceStopping");
+        if (asprintf(&o->error_message,
+                     "vdiskd stopped after %u s while the operation was still blocked in the file system; "
+                     "its files are left as the kernel has them (a write in progress may still complete)",
+                     stop_timeout_sec) < 0)
+                o->error_message = NULL;
+        if (!o->error_name || !o->error_message) {
+                free(o->error_name);
+                free(o->error_message);
+                o->error_name = strdup("");
+                o->error_message = strdup("");
+        }
+        changed[n++] = "ErrorName";
+        changed[n++] = "ErrorMessage";
+        op_emit(o, changed);
+        if (o->exported)
+                emit_completed(o);
+        for (size_t i = 0; i < o->n_waits; i++)
+                op_reply_wait(o, o->waits[i]);
+        o->n_waits = 0;
+        o->waits = mfree_ptr(o->waits);
 }
 
 Operation *operation_free(Operation *o) {
@@ -647,10 +838,11 @@ Operation *operation_free(Operation *o) {
                 o->slot = sd_bus_slot_unref(o->slot);
         }
         for (size_t i = 0; i < o->n_waits; i++) {
-                (void) reply_error(o->waits[i], SD_BUS_ERROR_NO_SERVER, "vdiskd is shutting down");
-                sd_bus_message_unref(o->waits[i]);
+                (void) reply_error(o->waits[i]->message, ERROR_PREFIX "ServiceStopping", "vdiskd is stopping");
+                call_free(o->waits[i]);
         }
         free(o->waits);
+        op_unlist_finished(o);
         o->timer = sd_event_source_disable_unref(o->timer);
         o->linger = sd_event_source_disable_unref(o->linger);
         if (o->disk) {
@@ -682,9 +874,13 @@ Operation *operation_free(Operation *o) {
         if (o->user) {
                 trash_empty(m, o->user, &trash);
                 assert(o->user->n_fds >= o->n_fds_charged);
-                o->user->n_fds -= o->n_fds_charged;
-                if (o->disk_reserved)
+                user_charge_fds(o->user, 0, o->n_fds_charged);
+                if (o->disk_reserved) {
                         o->user->n_disks--;
+                        m->n_disks_reserved--;
+                }
+                if (o->persist_reserved)
+                        o->user->n_persistent--;
                 user_unref(o->user);
         }
         free(o);
@@ -874,25 +1070,30 @@ static int dismiss_run(Call *c) {
         return 0;
 }
 
+/* Wait: the call stays in flight (counted in its caller's calls) until the
+ * operation ends; then it gets what Completed carries. */
 static int wait_run(Call *c) {
         Operation *o = call_target(c);
-        sd_bus_message **nw;
+        Call **nw;
 
         if (!o) {
                 call_fail(c, 0, SD_BUS_ERROR_UNKNOWN_OBJECT, "The operation does not exist (any more)");
                 return 0;
         }
         if (op_finished(o)) {
-                op_reply_wait(o, c->message);
-                call_free(c);
+                op_reply_wait(o, c);
                 return 0;
         }
-        nw = reallocarray(o->waits, o->n_waits + 1, sizeof(sd_bus_message *));
+        if (o->n_waits >= o->manager->max_waits_per_operation) {
+                call_fail(c, -E2BIG, NULL, "Too many calls wait for %s (at most %u)", o->path,
+                          o->manager->max_waits_per_operation);
+                return 0;
+        }
+        nw = reallocarray(o->waits, o->n_waits + 1, sizeof(Call *));
         if (!nw)
                 return -ENOMEM;
         o->waits = nw;
-        o->waits[o->n_waits++] = sd_bus_message_ref(c->message);
-        call_free(c);
+        o->waits[o->n_waits++] = c;
         return 0;
 }
 
@@ -951,8 +1152,9 @@ const sd_bus_vtable operation_vtable[] = {
         SD_BUS_PROPERTY("ErrorMessage", "s", property_get_string_ptr, offsetof(Operation, error_message), EMITS),
         SD_BUS_METHOD_WITH_NAMES("Cancel", "a{sv}", SD_BUS_PARAM(options), "", , method_cancel,
                                  SD_BUS_VTABLE_UNPRIVILEGED),
-        SD_BUS_METHOD_WITH_NAMES("Wait", "a{sv}", SD_BUS_PARAM(options), "", , method_wait,
-                                 SD_BUS_VTABLE_UNPRIVILEGED),
+        SD_BUS_METHOD_WITH_NAMES("Wait", "a{sv}", SD_BUS_PARAM(options), "sss",
+                                 SD_BUS_PARAM(state) SD_BUS_PARAM(error_name) SD_BUS_PARAM(error_message),
+                                 method_wait, SD_BUS_VTABLE_UNPRIVILEGED),
         SD_BUS_METHOD_WITH_NAMES("Dismiss", "a{sv}", SD_BUS_PARAM(options), "", , method_dismiss,
                                  SD_BUS_VTABLE_UNPRIVILEGED),
         SD_BUS_SIGNAL_WITH_NAMES("Completed", "sss",

@@ -36,12 +36,15 @@ static const OptionDef option_defs[] = {
         { "leaks-only",               "b",     OPT_LEAKS_ONLY },
         { "top-only",                 "b",     OPT_TOP_ONLY },
         { "direct-fd",                "h",     OPT_DIRECT_FD },
+        { "persist",                  "b",     OPT_PERSIST },
+        { "file-set",                 "o",     OPT_FILE_SET },
 };
 
 void options_done(Options *o, Trash *t) {
         free(o->display_name);
         free(o->variant);
         free(o->comment);
+        free(o->file_set);
         if (o->format_options)
                 vdisk_strv_free(o->format_options);
         for (size_t i = 0; i < o->n_files; i++) {
@@ -132,7 +135,7 @@ fail:
         return r;
 }
 
-static int read_files(sd_bus_message *m, Options *o, sd_bus_error *error) {
+int files_read(sd_bus_message *m, const char *what, FileArg **files, size_t *n_files, sd_bus_error *error) {
         int r;
 
         r = sd_bus_message_enter_container(m, 'a', "{sh}");
@@ -150,19 +153,19 @@ static int read_files(sd_bus_message *m, Options *o, sd_bus_error *error) {
                         break;
                 if (!name[0] || strlen(name) > 4096)
                         return set_error(error, SD_BUS_ERROR_INVALID_ARGS,
-                                         "Option 'files': names must be non-empty and shorter than 4096 bytes");
-                for (size_t i = 0; i < o->n_files; i++)
-                        if (streq(o->files[i].name, name))
+                                         "%s: names must be non-empty and shorter than 4096 bytes", what);
+                for (size_t i = 0; i < *n_files; i++)
+                        if (streq((*files)[i].name, name))
                                 return set_error(error, SD_BUS_ERROR_INVALID_ARGS,
-                                                 "Option 'files': name '%s' given twice", name);
-                nf = reallocarray(o->files, o->n_files + 1, sizeof(FileArg));
+                                                 "%s: name '%s' given twice", what, name);
+                nf = reallocarray(*files, *n_files + 1, sizeof(FileArg));
                 if (!nf)
                         return -ENOMEM;
-                o->files = nf;
+                *files = nf;
                 /* In the array before the fd is duplicated: options_done()
-                 * hands every copy to a worker to close. The file itself is
-                 * checked on the worker (files_vet()). */
-                f = &o->files[o->n_files++];
+                 * (or the FileSet) hands every copy to a worker to close. The
+                 * file itself is checked on the worker (files_vet()). */
+                f = &(*files)[(*n_files)++];
                 *f = (FileArg) { .fd = -1 };
                 f->name = strdup(name);
                 if (!f->name)
@@ -226,13 +229,13 @@ int options_parse(sd_bus_message *m, uint32_t allowed, Options *o, sd_bus_error 
                 case OPT_DISPLAY_NAME:
                         r = read_string(m, &o->display_name);
                         if (r >= 0)
-                                r = check_text(key, o->display_name, 255, error);
+                                r = check_text(key, o->display_name, DISPLAY_NAME_MAX, error);
                         break;
                 case OPT_READ_ONLY:
                         r = read_bool(m, &o->read_only);
                         break;
                 case OPT_FILES:
-                        r = read_files(m, o, error);
+                        r = files_read(m, "Option 'files'", &o->files, &o->n_files, error);
                         break;
                 case OPT_SKIP_CHECKS:
                         r = read_bool(m, &o->skip_checks);
@@ -245,6 +248,14 @@ int options_parse(sd_bus_message *m, uint32_t allowed, Options *o, sd_bus_error 
                         break;
                 case OPT_BLOCK_SIZE:
                         r = sd_bus_message_read(m, "u", &o->block_size);
+                        /* What libvdisk refuses for every format (a format may
+                         * narrow the range: that shows on the Operation); 0 is
+                         * the format's default. */
+                        if (r >= 0 && o->block_size != 0 &&
+                            (o->block_size < 512 || (o->block_size & (o->block_size - 1))))
+                                r = set_error(error, SD_BUS_ERROR_INVALID_ARGS,
+                                              "Option 'block-size' must be 0 (the format's default) or a "
+                                              "power of two of at least 512");
                         break;
                 case OPT_UUID: {
                         const char *s;
@@ -261,6 +272,8 @@ int options_parse(sd_bus_message *m, uint32_t allowed, Options *o, sd_bus_error 
                 }
                 case OPT_COMMENT:
                         r = read_string(m, &o->comment);
+                        if (r >= 0)
+                                r = check_text(key, o->comment, COMMENT_MAX, error);
                         break;
                 case OPT_PCHS:
                         r = read_geometry(m, &o->pchs);
@@ -273,9 +286,17 @@ int options_parse(sd_bus_message *m, uint32_t allowed, Options *o, sd_bus_error 
                         break;
                 case OPT_SIZE:
                         r = sd_bus_message_read(m, "t", &o->size);
+                        if (r >= 0 && o->size > IMAGE_SIZE_MAX)
+                                r = set_error(error, SD_BUS_ERROR_INVALID_ARGS,
+                                              "Option 'size' is beyond the largest image size (%" PRIu64
+                                              " bytes)", (uint64_t) IMAGE_SIZE_MAX);
                         break;
                 case OPT_SPARSE_SIZE:
                         r = sd_bus_message_read(m, "t", &o->sparse_size);
+                        if (r >= 0 && (o->sparse_size % 512 || o->sparse_size > SPARSE_SIZE_MAX))
+                                r = set_error(error, SD_BUS_ERROR_INVALID_ARGS,
+                                              "Option 'sparse-size' must be a multiple of 512 up to %u",
+                                              SPARSE_SIZE_MAX);
                         break;
                 case OPT_OPEN:
                         r = read_bool(m, &o->open);
@@ -292,6 +313,20 @@ int options_parse(sd_bus_message *m, uint32_t allowed, Options *o, sd_bus_error 
                 case OPT_TOP_ONLY:
                         r = read_bool(m, &o->top_only);
                         break;
+                case OPT_PERSIST:
+                        r = read_bool(m, &o->persist);
+                        break;
+                case OPT_FILE_SET: {
+                        const char *p;
+
+                        r = sd_bus_message_read(m, "o", &p);
+                        if (r >= 0) {
+                                o->file_set = strdup(p);
+                                if (!o->file_set)
+                                        r = -ENOMEM;
+                        }
+                        break;
+                }
                 case OPT_DIRECT_FD: {
                         int fd;
 

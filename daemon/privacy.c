@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
 /*
- * Privacy: a Disk, Image or Operation is readable only by its owner, root,
+ * Privacy: a Disk, Image, Operation or FileSet is readable only by its owner, root,
  * the daemon's own uid, and callers polkit authorizes for
  * org.vdisk.vdisk1.manage-other-user (docs/dbus-api.md "Privacy").
  *
@@ -60,6 +60,11 @@ static void object_desc(ObjectType type, void *object, ObjectDesc *ret) {
         case OBJECT_OPERATION: {
                 Operation *o = object;
                 *ret = (ObjectDesc) { o->path, IFACE_OPERATION, operation_vtable, o, o->uid };
+                return;
+        }
+        case OBJECT_FILE_SET: {
+                FileSet *fs = object;
+                *ret = (ObjectDesc) { fs->path, IFACE_FILE_SET, file_set_vtable, fs, fs->owner };
                 return;
         }
         default:
@@ -352,6 +357,9 @@ static int reply_own_objects(Call *c) {
         for (Operation *o = m->operations; r >= 0 && o; o = o->operations_next)
                 if (o->uid == c->uid && o->exported)
                         r = append_object(m, reply, OBJECT_OPERATION, o);
+        for (FileSet *fs = m->file_sets; r >= 0 && fs; fs = fs->file_sets_next)
+                if (fs->owner == c->uid && fs->slot)
+                        r = append_object(m, reply, OBJECT_FILE_SET, fs);
         if (r >= 0)
                 r = sd_bus_message_close_container(reply);
         if (r >= 0)
@@ -403,6 +411,8 @@ static const MethodSpec spec_read[] = {
         [OBJECT_IMAGE] = { .operation = "read-properties", .target = OBJECT_IMAGE, .run = call_pass, .read_access = true },
         [OBJECT_OPERATION] = { .operation = "read-properties", .target = OBJECT_OPERATION, .run = call_pass,
                                .read_access = true },
+        [OBJECT_FILE_SET] = { .operation = "read-properties", .target = OBJECT_FILE_SET, .run = call_pass,
+                              .read_access = true },
 };
 
 static int on_filter(sd_bus_message *msg, void *userdata, sd_bus_error *ret_error) {
@@ -413,6 +423,7 @@ static int on_filter(sd_bus_message *msg, void *userdata, sd_bus_error *ret_erro
         Disk *d;
         Image *i;
         Operation *o;
+        FileSet *fs;
         Peer *p;
         Call *c;
         int r;
@@ -437,6 +448,9 @@ static int on_filter(sd_bus_message *msg, void *userdata, sd_bus_error *ret_erro
                 } else if ((o = manager_find_operation(m, path))) {
                         spec = &spec_read[OBJECT_OPERATION];
                         owner = o->uid;
+                } else if ((fs = manager_find_file_set(m, path))) {
+                        spec = &spec_read[OBJECT_FILE_SET];
+                        owner = fs->owner;
                 } else
                         return 0;   /* the Manager's (readable by all), or no such object */
         } else

@@ -451,7 +451,7 @@ static void dispose_done(Task *t, bool cancelled) {
         /* Not run (the pool went away first): close here, at exit. */
         trash_close(&dt->trash);
         assert(dt->user->n_fds >= dt->n_held);
-        dt->user->n_fds -= dt->n_held;
+        user_charge_fds(dt->user, 0, dt->n_held);
         user_unref(dt->user);
         free(dt);
 }
@@ -483,7 +483,7 @@ void trash_empty(Manager *m, User *u, Trash *t) {
         dt->task.done = dispose_done;
         dt->user = charged;
         dt->n_held = dt->trash.n_held;
-        charged->n_fds += dt->n_held;
+        user_charge_fds(charged, dt->n_held, 0);
         /* Also while shutting down: the loop waits for it like for any task. */
         task_enqueue(m, &dt->task, NULL, charged);
 }

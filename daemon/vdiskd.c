@@ -20,8 +20,11 @@ typedef struct Args {
         bool session;
         const char *address;
         const char *introspect;
-        long linger_sec, idle_sec, workers, max_ops, max_ops_user;
-        long max_disks_user, max_calls_user, max_fds_user, max_workers_user, max_peers, max_peers_user;
+        long linger_sec, idle_sec, stop_timeout_sec, workers, max_ops, max_ops_user;
+        long max_disks_user, max_calls_user, max_fds_user, max_workers_user;
+        long max_finished, max_finished_user, max_disks, max_calls, max_waits, max_fds;
+        long max_persistent_user, max_file_sets_user, file_set_timeout_sec, max_fds_call;
+        long max_peers, max_peers_user;
 } Args;
 
 static void help(void) {
@@ -35,19 +38,40 @@ static void help(void) {
                "  --linger-sec=N                Keep finished operations N seconds (default 60)\n"
                "  --idle-exit-sec=N             Exit after N idle seconds, 0 = never\n"
                "                                (default 30 with --system, 0 with --session)\n"
+               "  --stop-timeout-sec=N          On SIGTERM/SIGINT, exit after at most N seconds,\n"
+               "                                even with workers blocked in a file system\n"
+               "                                (default %d; exit status %d then)\n"
                "  --workers=N                   Worker threads (default: CPUs + 1, at least 3)\n"
                "  --max-operations=N            Operations at once in total (default 64)\n"
                "  --max-operations-per-user=N   Operations at once per user (default 32)\n"
                "  --max-disks-per-user=N        Open disks per user (default 256)\n"
+               "  --max-persistent-disks-per-user=N\n"
+               "                                Disks opened with 'persist' per user (default 16)\n"
                "  --max-calls-per-user=N        Calls in progress per user (default 64)\n"
                "  --max-fds-per-user=N          File descriptors held per user (default 1024,\n"
                "                                or a quarter of RLIMIT_NOFILE if less)\n"
                "  --max-workers-per-user=N      Workers one user may occupy at once\n"
                "                                (default: workers - 1, at least 1)\n"
+               "  --max-finished-operations=N   Finished operations kept in total; past it the\n"
+               "                                oldest goes at once (default 512)\n"
+               "  --max-finished-operations-per-user=N\n"
+               "                                Finished operations kept per user (default 64)\n"
+               "  --max-disks=N                 Open disks in total (default 1024)\n"
+               "  --max-calls=N                 Calls in progress in total (default 4096)\n"
+               "  --max-waits-per-operation=N   Pending Operation.Wait calls per operation\n"
+               "                                (default 16)\n"
+               "  --max-fds=N                   File descriptors held in total (default 4096,\n"
+               "                                or half of RLIMIT_NOFILE if less)\n"
+               "  --max-fds-per-call=N          File descriptors one call may carry (default 16,\n"
+               "                                the system bus's own limit per message)\n"
+               "  --max-file-sets-per-user=N    File sets per user (default 4)\n"
+               "  --file-set-timeout-sec=N      Drop a file set N seconds after its last Add\n"
+               "                                (default 60, 0 = never)\n"
                "  --max-peers=N                 Client connections known at once (default 4096)\n"
                "  --max-peers-per-user=N        Client connections of one user (default 64)\n"
                "  --version                     Print the version and exit\n"
-               "  --help                        Print this help and exit\n");
+               "  --help                        Print this help and exit\n",
+               STOP_TIMEOUT_SEC_DEFAULT, VDISKD_EXIT_STOP_TIMEOUT);
 }
 
 static int parse_number(const char *opt, const char *s, long min, long max, long *ret) {
@@ -72,6 +96,7 @@ static int parse_args(int argc, char *argv[], Args *a) {
                 ARG_INTROSPECT,
                 ARG_LINGER,
                 ARG_IDLE,
+                ARG_STOP_TIMEOUT,
                 ARG_WORKERS,
                 ARG_MAX_OPS,
                 ARG_MAX_OPS_USER,
@@ -79,6 +104,16 @@ static int parse_args(int argc, char *argv[], Args *a) {
                 ARG_MAX_CALLS_USER,
                 ARG_MAX_FDS_USER,
                 ARG_MAX_WORKERS_USER,
+                ARG_MAX_FINISHED,
+                ARG_MAX_FINISHED_USER,
+                ARG_MAX_DISKS,
+                ARG_MAX_CALLS,
+                ARG_MAX_WAITS,
+                ARG_MAX_FDS,
+                ARG_MAX_PERSISTENT_USER,
+                ARG_MAX_FILE_SETS_USER,
+                ARG_FILE_SET_TIMEOUT,
+                ARG_MAX_FDS_CALL,
                 ARG_MAX_PEERS,
                 ARG_MAX_PEERS_USER,
                 ARG_VERSION,
@@ -91,6 +126,7 @@ static int parse_args(int argc, char *argv[], Args *a) {
                 { "bus-introspect",          required_argument, NULL, ARG_INTROSPECT },
                 { "linger-sec",              required_argument, NULL, ARG_LINGER },
                 { "idle-exit-sec",           required_argument, NULL, ARG_IDLE },
+                { "stop-timeout-sec",        required_argument, NULL, ARG_STOP_TIMEOUT },
                 { "workers",                 required_argument, NULL, ARG_WORKERS },
                 { "max-operations",          required_argument, NULL, ARG_MAX_OPS },
                 { "max-operations-per-user", required_argument, NULL, ARG_MAX_OPS_USER },
@@ -98,6 +134,16 @@ static int parse_args(int argc, char *argv[], Args *a) {
                 { "max-calls-per-user",      required_argument, NULL, ARG_MAX_CALLS_USER },
                 { "max-fds-per-user",        required_argument, NULL, ARG_MAX_FDS_USER },
                 { "max-workers-per-user",    required_argument, NULL, ARG_MAX_WORKERS_USER },
+                { "max-finished-operations", required_argument, NULL, ARG_MAX_FINISHED },
+                { "max-finished-operations-per-user", required_argument, NULL, ARG_MAX_FINISHED_USER },
+                { "max-disks",               required_argument, NULL, ARG_MAX_DISKS },
+                { "max-calls",               required_argument, NULL, ARG_MAX_CALLS },
+                { "max-waits-per-operation", required_argument, NULL, ARG_MAX_WAITS },
+                { "max-fds",                 required_argument, NULL, ARG_MAX_FDS },
+                { "max-persistent-disks-per-user", required_argument, NULL, ARG_MAX_PERSISTENT_USER },
+                { "max-file-sets-per-user",  required_argument, NULL, ARG_MAX_FILE_SETS_USER },
+                { "file-set-timeout-sec",    required_argument, NULL, ARG_FILE_SET_TIMEOUT },
+                { "max-fds-per-call",        required_argument, NULL, ARG_MAX_FDS_CALL },
                 { "max-peers",               required_argument, NULL, ARG_MAX_PEERS },
                 { "max-peers-per-user",      required_argument, NULL, ARG_MAX_PEERS_USER },
                 { "version",                 no_argument,       NULL, ARG_VERSION },
@@ -126,6 +172,9 @@ static int parse_args(int argc, char *argv[], Args *a) {
                 case ARG_IDLE:
                         r = parse_number("--idle-exit-sec", optarg, 0, 86400 * 365, &a->idle_sec);
                         break;
+                case ARG_STOP_TIMEOUT:
+                        r = parse_number("--stop-timeout-sec", optarg, 1, 86400, &a->stop_timeout_sec);
+                        break;
                 case ARG_WORKERS:
                         r = parse_number("--workers", optarg, 1, 1024, &a->workers);
                         break;
@@ -153,6 +202,39 @@ static int parse_args(int argc, char *argv[], Args *a) {
                         break;
                 case ARG_MAX_WORKERS_USER:
                         r = parse_number("--max-workers-per-user", optarg, 1, 1024, &a->max_workers_user);
+                        break;
+                case ARG_MAX_FINISHED:
+                        r = parse_number("--max-finished-operations", optarg, 1, 1000000, &a->max_finished);
+                        break;
+                case ARG_MAX_FINISHED_USER:
+                        r = parse_number("--max-finished-operations-per-user", optarg, 1, 1000000,
+                                         &a->max_finished_user);
+                        break;
+                case ARG_MAX_DISKS:
+                        r = parse_number("--max-disks", optarg, 1, 1000000, &a->max_disks);
+                        break;
+                case ARG_MAX_CALLS:
+                        r = parse_number("--max-calls", optarg, 1, 1000000, &a->max_calls);
+                        break;
+                case ARG_MAX_WAITS:
+                        r = parse_number("--max-waits-per-operation", optarg, 1, 1000000, &a->max_waits);
+                        break;
+                case ARG_MAX_FDS:
+                        r = parse_number("--max-fds", optarg, 16, 10000000, &a->max_fds);
+                        break;
+                case ARG_MAX_PERSISTENT_USER:
+                        r = parse_number("--max-persistent-disks-per-user", optarg, 0, 1000000,
+                                         &a->max_persistent_user);
+                        break;
+                case ARG_MAX_FILE_SETS_USER:
+                        r = parse_number("--max-file-sets-per-user", optarg, 0, 1000000, &a->max_file_sets_user);
+                        break;
+                case ARG_FILE_SET_TIMEOUT:
+                        r = parse_number("--file-set-timeout-sec", optarg, 0, 86400 * 365, &a->file_set_timeout_sec);
+                        break;
+                case ARG_MAX_FDS_CALL:
+                        /* The kernel passes at most 253 descriptors in one sendmsg(). */
+                        r = parse_number("--max-fds-per-call", optarg, 1, 253, &a->max_fds_call);
                         break;
                 case ARG_VERSION:
                         printf("vdiskd %s\n", VDISK_VERSION);
@@ -210,8 +292,13 @@ static int open_bus(const Args *a, sd_bus **ret) {
 }
 
 int main(int argc, char *argv[]) {
-        Args a = { .linger_sec = 60, .idle_sec = -1, .workers = 0, .max_ops = 64, .max_ops_user = 32,
-                   .max_disks_user = 256, .max_calls_user = 64, .max_peers = 4096, .max_peers_user = 64, .max_fds_user = 0, .max_workers_user = 0 };
+        Args a = { .linger_sec = 60, .idle_sec = -1, .stop_timeout_sec = STOP_TIMEOUT_SEC_DEFAULT,
+                   .workers = 0, .max_ops = 64, .max_ops_user = 32,
+                   .max_disks_user = 256, .max_calls_user = 64, .max_fds_user = 0, .max_workers_user = 0,
+                   .max_finished = 512, .max_finished_user = 64, .max_disks = 1024, .max_calls = 4096,
+                   .max_waits = 16, .max_fds = 0,
+                   .max_persistent_user = 16, .max_file_sets_user = 4, .file_set_timeout_sec = 60,
+                   .max_fds_call = 16, .max_peers = 4096, .max_peers_user = 64 };
         Manager *m = NULL;
         sigset_t mask;
         long n_cpus;
@@ -265,6 +352,17 @@ int main(int argc, char *argv[]) {
                         a.max_fds_user = MAX((long) (rl.rlim_cur / 4), 16L);
         }
 
+        /* In all: half the process's limit (the rest: the bus, sd-event,
+         * libraries, what workers open meanwhile). */
+        if (a.max_fds == 0) {
+                struct rlimit rl;
+
+                a.max_fds = 4096;
+                if (getrlimit(RLIMIT_NOFILE, &rl) >= 0 && rl.rlim_cur != RLIM_INFINITY &&
+                    rl.rlim_cur / 2 < (rlim_t) a.max_fds)
+                        a.max_fds = MAX((long) (rl.rlim_cur / 2), 16L);
+        }
+
         r = manager_new(&m);
         if (r < 0) {
                 log_oom();
@@ -280,7 +378,18 @@ int main(int argc, char *argv[]) {
         m->max_peers_per_user = (unsigned) a.max_peers_user;
         m->max_fds_per_user = (unsigned) a.max_fds_user;
         m->max_workers_per_user = (unsigned) a.max_workers_user;
+        m->max_finished_operations = (unsigned) a.max_finished;
+        m->max_finished_operations_per_user = (unsigned) a.max_finished_user;
+        m->max_disks = (unsigned) a.max_disks;
+        m->max_calls = (unsigned) a.max_calls;
+        m->max_waits_per_operation = (unsigned) a.max_waits;
+        m->max_fds = (unsigned) a.max_fds;
+        m->max_persistent_disks_per_user = (unsigned) a.max_persistent_user;
+        m->max_file_sets_per_user = (unsigned) a.max_file_sets_user;
+        m->file_set_timeout_usec = (uint64_t) a.file_set_timeout_sec * 1000000u;
+        m->max_fds_per_call = (unsigned) a.max_fds_call;
         m->linger_usec = (uint64_t) a.linger_sec * 1000000u;
+        m->stop_timeout_sec = (unsigned) a.stop_timeout_sec;
         m->idle_usec = (uint64_t) (a.idle_sec >= 0 ? a.idle_sec : a.session ? 0 : 30) * 1000000u;
 
         r = sd_event_default(&m->event);

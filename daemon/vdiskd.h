@@ -27,9 +27,21 @@
 #define IFACE_DISK "org.vdisk.VDisk1.Disk"
 #define IFACE_IMAGE "org.vdisk.VDisk1.Image"
 #define IFACE_OPERATION "org.vdisk.VDisk1.Operation"
+#define IFACE_FILE_SET "org.vdisk.VDisk1.FileSet"
 #define ERROR_PREFIX "org.vdisk.VDisk1.Error."
 
 #define IO_MAX (1024u * 1024u)          /* Read/Write limit */
+#define VDISKD_EXIT_STOP_TIMEOUT 3     /* left at --stop-timeout-sec with workers still blocked */
+#define STOP_TIMEOUT_SEC_DEFAULT 30     /* below the unit's TimeoutStopSec= (data/vdiskd.service.in) */
+/* What libvdisk accepts, checked in the method call (InvalidArgs there). */
+#define IMAGE_SIZE_MAX (UINT64_C(1) << 62)      /* image and disk sizes */
+#define COMMENT_MAX 255u                        /* image comments, bytes */
+#define SPARSE_SIZE_MAX (4u << 20)              /* Copy's sparse-size */
+#define DISPLAY_NAME_MAX 255u                   /* display-name option, bytes */
+/* What an Operation publishes, bounded (docs/dbus-api.md "Limits"). */
+#define ERROR_MESSAGE_MAX 1024u                 /* ErrorMessage, bytes */
+#define RESULT_MESSAGES_MAX 16u                 /* Result "messages": entries */
+#define RESULT_MESSAGE_MAX 256u                 /* each, bytes */
 
 #define container_of(ptr, type, member) ((type *) ((char *) (ptr) - offsetof(type, member)))
 
@@ -63,6 +75,7 @@ typedef struct Call Call;
 typedef struct Task Task;
 typedef struct Peer Peer;
 typedef struct User User;
+typedef struct FileSet FileSet;
 
 #define UID_UNKNOWN ((uid_t) -1)        /* whose the caller is, not known (yet) */
 
@@ -119,11 +132,15 @@ struct User {
         unsigned n_ref;
         uid_t uid;
         unsigned n_disks;                /* Disks owned + Disks that calls/operations will publish */
+        unsigned n_persistent;           /* of those, `persist` Disks (and reservations for them) */
+        unsigned n_file_sets;            /* FileSets owned */
         unsigned n_calls;                /* Calls past uid lookup: in polkit, queued or running */
         unsigned n_fds;                  /* descriptors the daemon holds for this uid */
         unsigned n_busy;                 /* tasks handed to the worker pool */
         unsigned n_peers;                /* entries in the peer table with this uid */
         uint64_t served;                 /* when it last got a worker (round robin) */
+        unsigned n_finished;             /* finished operations still published */
+        Operation *finished_head, *finished_tail;   /* oldest first (Operation.user_finished) */
         Task *ready_head, *ready_tail;   /* tasks waiting for a worker */
         LIST_FIELDS(User, users);
 };
@@ -211,6 +228,8 @@ enum {
         OPT_LEAKS_ONLY          = 1u << 17,
         OPT_TOP_ONLY            = 1u << 18,
         OPT_DIRECT_FD           = 1u << 19,
+        OPT_PERSIST             = 1u << 20,
+        OPT_FILE_SET            = 1u << 21,
 };
 
 typedef struct FileArg {
@@ -224,7 +243,9 @@ typedef struct FileArg {
 typedef struct Options {
         uint32_t set;
         int no_user_interaction, read_only, skip_checks, open, allow_shrink, dry_run, leaks_only, top_only;
+        int persist;
         char *display_name, *variant, *comment;
+        char *file_set;         /* object path of a FileSet */
         uint8_t uuid[16];
         bool have_uuid;
         uint32_t block_size;
@@ -237,6 +258,8 @@ typedef struct Options {
 } Options;
 
 int options_parse(sd_bus_message *m, uint32_t allowed, Options *o, sd_bus_error *error);
+/* Reads an a{sh} of named files (option `files`, FileSet.Add), appending to *files. */
+int files_read(sd_bus_message *m, const char *what, FileArg **files, size_t *n_files, sd_bus_error *error);
 void options_done(Options *o, Trash *t);     /* the files' fds go to t */
 
 /* ------------------------------------------------------------ errors */
@@ -294,6 +317,7 @@ typedef enum ObjectType {
         OBJECT_DISK,
         OBJECT_IMAGE,
         OBJECT_OPERATION,
+        OBJECT_FILE_SET,
 } ObjectType;
 
 struct Image {
@@ -325,6 +349,7 @@ struct Disk {
         uint32_t pchs[3], lchs[3];
         Operation *operation;
         bool exported, closing, gone;
+        bool persistent;                 /* `persist`: not tied to its creator's connection */
         bool creator_gone;               /* close once no operation runs */
         sd_bus_slot *slot;
         Peer *peer;                      /* the creator's connection; NULL once it went */
@@ -344,6 +369,24 @@ struct Peer {
         Disk *disks;                     /* LIST client_disks */
         Peer *hash_next;
         LIST_FIELDS(Peer, peers);
+};
+
+/* A set of named files a client fills in several calls (a bus message carries
+ * only a few descriptors), then hands to OpenDisk or Disk.Open with option
+ * `file-set` as the candidates for parents: consumed by that call. Owned by a
+ * uid; its descriptors are charged to it. Removed by Close, by the open that
+ * consumes it, or after --file-set-timeout-sec. */
+struct FileSet {
+        Manager *manager;
+        uint64_t id;
+        char *path;
+        uid_t owner;
+        User *user;                      /* ref */
+        FileArg *files;
+        size_t n_files;
+        sd_event_source *timer;
+        sd_bus_slot *slot;
+        LIST_FIELDS(FileSet, file_sets);
 };
 
 typedef enum OpKind {
@@ -404,11 +447,16 @@ struct Operation {
         User *user;                      /* the starter's record (ref) */
         unsigned n_fds_charged;
         bool disk_reserved;              /* Copy `open`: counts in the starter's n_disks */
+        bool persist_reserved;           /* ... and, with `persist`, in its n_persistent */
         sd_event_source *timer, *linger;
         sd_bus_slot *slot;
-        sd_bus_message **waits;
+        Call **waits;                    /* pending Waits: still counted as the callers' calls */
         size_t n_waits;
         bool exported;
+        bool service_stopping;           /* cancelled because vdiskd stops (Error.ServiceStopping) */
+        bool finished_listed;            /* in the manager's and its user's finished lists */
+        Operation *all_finished_prev, *all_finished_next;
+        Operation *user_finished_prev, *user_finished_next;
 
         Task task;
         Disk *disk;                      /* ref, while not finished */
@@ -423,6 +471,9 @@ struct Operation {
         Options options;
         uint64_t size;
         unsigned from, to, index;
+        /* Addressed by Image path: the library images, resolved to indices
+         * on the worker (a call queued before may have changed the chain). */
+        const void *image_keys[2];
         char *starter;                   /* Copy with `open`: the starter's bus name, or NULL */
 
         /* outputs (worker): read in `done` only (op_done moves the report into `result`) */
@@ -444,6 +495,12 @@ struct Manager {
         uid_t own_uid;
         unsigned workers, max_operations, max_operations_per_user;
         unsigned max_disks_per_user, max_calls_per_user, max_fds_per_user, max_workers_per_user;
+        unsigned max_finished_operations, max_finished_operations_per_user;
+        unsigned max_disks, max_calls, max_waits_per_operation, max_fds;
+        unsigned max_persistent_disks_per_user, max_file_sets_per_user, max_fds_per_call;
+        uint64_t file_set_timeout_usec;
+        uint64_t next_file_set_id;
+        FileSet *file_sets;
         uint64_t linger_usec, idle_usec;
         uint64_t next_disk_id, next_image_id, next_operation_id;
 
@@ -458,6 +515,10 @@ struct Manager {
         Call *calls;
         User *users;
         unsigned n_disks, n_operations, n_calls;
+        unsigned n_disks_reserved;       /* Disks that calls/operations will publish */
+        unsigned n_fds;                  /* descriptors held for all users (sum of User.n_fds) */
+        unsigned n_finished;             /* finished operations still published */
+        Operation *finished_head, *finished_tail;   /* oldest first (Operation.all_finished) */
 
         unsigned n_pooled;               /* tasks in the worker pool */
         uint64_t sched_seq;
@@ -465,10 +526,18 @@ struct Manager {
         sd_event_source *failed_defer;
         bool pool_closing;               /* manager_free(): the pool goes, nothing more is handed to it */
 
-        sd_event_source *idle_timer, *exit_defer, *shutdown_check;
-        sd_bus_slot *object_manager_slot, *manager_slot, *release_slot;
+        sd_event_source *idle_timer, *exit_defer, *shutdown_check, *stop_timer;
+        sd_bus_slot *object_manager_slot, *manager_slot, *release_slot, *filter_slot;
+        unsigned stop_timeout_sec;       /* --stop-timeout-sec: the bound on a stop */
         bool exiting, shutting_down;
 };
+
+/* Moves u's descriptor count (and the manager's total) by +add -sub. */
+static inline void user_charge_fds(User *u, unsigned add, unsigned sub) {
+        assert(u->n_fds >= sub && u->manager->n_fds >= sub);
+        u->n_fds = u->n_fds - sub + add;
+        u->manager->n_fds = u->manager->n_fds - sub + add;
+}
 
 /* manager.c */
 int manager_new(Manager **ret);
@@ -482,9 +551,23 @@ Disk *manager_find_disk(Manager *m, const char *path);
 Image *manager_find_image(Manager *m, const char *path);
 Operation *manager_find_operation(Manager *m, const char *path);
 unsigned manager_count_operations(Manager *m, bool per_uid, uid_t uid);
+bool manager_disks_full(Manager *m);
+
+/* fileset.c */
+extern const sd_bus_vtable file_set_vtable[];
+FileSet *manager_find_file_set(Manager *m, const char *path);
+int manager_create_file_set(Call *c);
+FileSet *file_set_free(FileSet *fs);
+/* Moves the set's files into *files (appended) and frees the set; the
+ * descriptors' charge moves to the call. Fails (InvalidArgs) on a name clash. */
+int file_set_consume(Call *c, FileSet *fs);
+/* manager.c: option `file-set` of OpenDisk/Disk.Open: 1 go on, 0 the call
+ * failed (and is freed), < 0 error. */
+int call_take_file_set(Call *c);
 
 /* disk.c */
 extern const sd_bus_vtable disk_vtable[];
+void disk_set_persistent(Disk *d);
 int disk_new(Manager *m, uint64_t id, uid_t owner, const char *display_name, vdisk_disk *vd, Disk **ret);
 Disk *disk_ref(Disk *d);
 Disk *disk_unref(Disk *d);
@@ -501,6 +584,8 @@ typedef struct NewImageName {
 void disk_apply_info(Disk *d, const DiskInfo *info, NewImageName *names, size_t n_names);
 void disk_remove(Disk *d);                 /* unexport disk and images; main thread */
 void disk_operation_finished(Disk *d);      /* after disk->operation was cleared */
+/* Image.Compact/Check/Repair: the operation of that kind on the image's Disk. */
+int disk_start_image_operation(Call *c, OpKind kind);
 /* Closes the disk when the bus name goes away (NULL: a direct connection,
  * never). -ENXIO when the name has no entry in the peer table (gone). */
 int disk_track_name(Disk *d, const char *name);
@@ -546,6 +631,7 @@ Operation *operation_free(Operation *o);
 int operation_take_call(Operation *o, Call *c);
 int operation_start(Operation *o);          /* export + submit */
 void operation_cancel_for_shutdown(Operation *o);
+void operation_abandon(Operation *o, unsigned stop_timeout_sec);   /* the stop bound passed: see manager.c */
 
 /* auth.c / call.c */
 typedef int (*call_run_t)(Call *c);
@@ -567,6 +653,7 @@ struct Call {
         User *user;                     /* ref, once the uid is known (counts in n_calls) */
         unsigned n_fds_charged;
         bool disk_reserved;             /* OpenDisk: counts in the user's n_disks */
+        bool persist_reserved;          /* ... and, with `persist`, in its n_persistent */
         unsigned auth_step;
         bool auth_interactive;
         bool auth_soft;                 /* a refusal of this check runs spec->run again (auth_refused) */
@@ -585,6 +672,8 @@ struct Call {
         struct ChainElement *chain;
         size_t n_chain;
         char *uuids[4];                 /* SetUuids: NULL = keep, "" = random */
+        char *image_paths[2];           /* MergeImages */
+        const void *image_keys[2];      /* Image-addressed operations: the library images */
 
         /* blocking part */
         Task task;

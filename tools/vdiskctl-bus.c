@@ -341,6 +341,7 @@ int exit_code_from_error(const sd_bus_error *error, int r) {
                 { VDISK_ERROR_PREFIX "Busy",                       EXIT_BUSY },
                 { SD_BUS_ERROR_LIMITS_EXCEEDED,                    EXIT_BUSY },
                 { VDISK_ERROR_PREFIX "Cancelled",                  EXIT_CANCELLED },
+                { VDISK_ERROR_PREFIX "ServiceStopping",            EXIT_UNAVAILABLE },
                 { SD_BUS_ERROR_SERVICE_UNKNOWN,                    EXIT_UNAVAILABLE },
                 { SD_BUS_ERROR_NAME_HAS_NO_OWNER,                  EXIT_UNAVAILABLE },
                 { SD_BUS_ERROR_NO_REPLY,                           EXIT_UNAVAILABLE },

@@ -603,21 +603,123 @@ static int append_element(sd_bus_message *m, const ChainElem *e) {
         return r;
 }
 
+static int build_request_failed(int r) {
+        log_error("Could not build the request: %s", strerror(-r));
+        return EXIT_FAILURE;
+}
+
+/* Descriptors one call may carry: vdiskd's MaxFdsPerCall, and never more than
+ * the system bus lets through in one message (it disconnects a client that
+ * sends more). */
+static unsigned call_fds_max(Ctx *ctx) {
+        _cleanup_bus_error_ sd_bus_error error = SD_BUS_ERROR_NULL;
+        _cleanup_value_ Value props = {};
+        uint64_t n;
+
+        if (bus_get_all(ctx, VDISK_PATH, VDISK_IFACE_MANAGER, &error, &props) < 0)
+                return MESSAGE_FDS_MAX;
+        n = value_uint(&props, "MaxFdsPerCall", MESSAGE_FDS_MAX);
+        return (unsigned) MAX(MIN(n, (uint64_t) MESSAGE_FDS_MAX), 1u);
+}
+
+/* A FileSet holding every element but the top, filled in calls of at most
+ * per_call descriptors. Returns 0 with *ret set, -EOPNOTSUPP when vdiskd has
+ * no FileSets, or an exit code (logged). */
+static int chain_file_set(Ctx *ctx, Chain *c, unsigned per_call, char **ret) {
+        _cleanup_bus_error_ sd_bus_error error = SD_BUS_ERROR_NULL;
+        _cleanup_msg_ sd_bus_message *m = NULL, *reply = NULL;
+        _cleanup_free_ char *fs = NULL;
+        const char *path;
+        int r;
+
+        r = bus_new_call(ctx, VDISK_PATH, VDISK_IFACE_MANAGER, "CreateFileSet", &m);
+        if (r >= 0)
+                r = bus_options_open(m);
+        if (r >= 0)
+                r = bus_options_close(m);
+        if (r < 0)
+                return build_request_failed(r);
+        r = bus_call(ctx, m, 0, &error, &reply);
+        if (r < 0 && sd_bus_error_has_name(&error, SD_BUS_ERROR_UNKNOWN_METHOD))
+                return -EOPNOTSUPP;
+        if (r < 0)
+                return log_bus_error(c->elems[c->n - 1].path, &error, r);
+        r = sd_bus_message_read(reply, "o", &path);
+        if (r < 0 || !(fs = strdup(path))) {
+                log_error("%s: Bad reply from vdiskd", c->elems[c->n - 1].path);
+                return EXIT_FAILURE;
+        }
+        for (unsigned i = 0; i + 1 < c->n; i += per_call) {
+                _cleanup_msg_ sd_bus_message *m2 = NULL;
+
+                r = bus_new_call(ctx, fs, VDISK_IFACE_FILE_SET, "Add", &m2);
+                if (r >= 0)
+                        r = sd_bus_message_open_container(m2, 'a', "{sh}");
+                for (unsigned k = i; r >= 0 && k < MIN(i + per_call, c->n - 1); k++) {
+                        _cleanup_free_ char *key = NULL;
+                        unsigned same = 0;
+
+                        /* The base name (public: it names the Image), made
+                         * unique within the set. */
+                        for (unsigned j = 0; j < k; j++)
+                                if (streq(c->elems[j].name, c->elems[k].name))
+                                        same++;
+                        if (same == 0)
+                                key = strdup(c->elems[k].name);
+                        else if (asprintf(&key, "%s (%u)", c->elems[k].name, same + 1) < 0)
+                                key = NULL;
+                        if (!key)
+                                r = -ENOMEM;
+                        else
+                                r = sd_bus_message_append(m2, "{sh}", key, c->elems[k].fd);
+                }
+                if (r >= 0)
+                        r = sd_bus_message_close_container(m2);
+                if (r >= 0)
+                        r = bus_options_open(m2);
+                if (r >= 0)
+                        r = bus_options_close(m2);
+                if (r < 0)
+                        return build_request_failed(r);
+                r = bus_call(ctx, m2, 0, &error, NULL);
+                if (r < 0)
+                        return log_bus_error(c->elems[i].path, &error, r);
+        }
+        *ret = TAKE_PTR(fs);
+        return 0;
+}
+
 int chain_open_disk(Ctx *ctx, Chain *c, bool read_only) {
         _cleanup_bus_error_ sd_bus_error error = SD_BUS_ERROR_NULL;
         _cleanup_msg_ sd_bus_message *m = NULL, *reply = NULL;
+        _cleanup_free_ char *file_set = NULL;
         const ChainElem *top = &c->elems[c->n - 1];
-        unsigned first = MIN(c->n, MESSAGE_FDS_MAX);
+        unsigned per_call = MESSAGE_FDS_MAX, first = c->n;
         const char *disk;
         int r;
 
         assert(c->n > 0);
 
+        /* More files than one call carries: the parents go into a FileSet
+         * first, and one OpenDisk with just the top opens the whole chain. */
+        if (c->n > 1)
+                per_call = call_fds_max(ctx);
+        if (c->n > per_call) {
+                r = chain_file_set(ctx, c, per_call, &file_set);
+                if (r == -EOPNOTSUPP)
+                        first = per_call;   /* an older vdiskd: the rest one by one below */
+                else if (r != 0)
+                        return r;
+        }
+
         r = bus_new_call(ctx, VDISK_PATH, VDISK_IFACE_MANAGER, "OpenDisk", &m);
         if (r >= 0)
                 r = sd_bus_message_open_container(m, 'a', "(hsa{sv})");
-        for (unsigned i = 0; r >= 0 && i < first; i++)
-                r = append_element(m, &c->elems[i]);
+        if (file_set)
+                r = r >= 0 ? append_element(m, top) : r;
+        else
+                for (unsigned i = 0; r >= 0 && i < first; i++)
+                        r = append_element(m, &c->elems[i]);
         if (r >= 0)
                 r = sd_bus_message_close_container(m);
         if (r >= 0)
@@ -626,6 +728,8 @@ int chain_open_disk(Ctx *ctx, Chain *c, bool read_only) {
                 r = bus_append_opt_string(m, "display-name", top->name);
         if (r >= 0 && read_only)
                 r = bus_append_opt_bool(m, "read-only", true);
+        if (r >= 0 && file_set)
+                r = sd_bus_message_append(m, "{sv}", "file-set", "o", file_set);
         if (r >= 0)
                 r = bus_options_close(m);
         if (r < 0) {
@@ -641,8 +745,8 @@ int chain_open_disk(Ctx *ctx, Chain *c, bool read_only) {
                 return EXIT_FAILURE;
         }
 
-        /* Longer chains than one message can carry: the rest one by one. */
-        for (unsigned i = first; i < c->n; i++) {
+        /* An older vdiskd without FileSets: the rest one by one. */
+        for (unsigned i = first; !file_set && i < c->n; i++) {
                 _cleanup_msg_ sd_bus_message *m2 = NULL, *reply2 = NULL;
                 const ChainElem *e = &c->elems[i];
 

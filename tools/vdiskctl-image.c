@@ -375,12 +375,17 @@ typedef enum CheckMode {
  * Returns 0, or the (negative) op_run() result, or an exit code. */
 static int check_once(Ctx *ctx, Chain *c, CheckMode mode, bool progress, Value *ret) {
         _cleanup_msg_ sd_bus_message *m = NULL;
+        _cleanup_(strv_freep) char **images = NULL;
         OpWatch w = {};
         int r;
 
-        r = bus_new_call(ctx, c->disk, VDISK_IFACE_DISK, mode == CHECK_ONLY ? "Check" : "Repair", &m);
+        /* The image by its object path (Image.Check/Repair), not by index. */
+        r = chain_image_paths(ctx, c, &images);
+        if (r >= 0 && (c->n == 0 || !images[0] || strv_length(images) != c->n))
+                r = -EBADMSG;
         if (r >= 0)
-                r = sd_bus_message_append(m, "u", c->n - 1);
+                r = bus_new_call(ctx, images[c->n - 1], VDISK_IFACE_IMAGE, mode == CHECK_ONLY ? "Check" : "Repair",
+                                 &m);
         if (r >= 0)
                 r = bus_options_open(m);
         if (r >= 0 && mode == CHECK_REPAIR_LEAKS)

@@ -597,13 +597,15 @@ static int run_merge(Ctx *ctx, Chain *chain, unsigned from, unsigned to, bool pr
         OpWatch w = {};
         int r, ex;
 
-        /* Image paths before the merge, to name what leaves the chain. */
-        if (chain_image_paths(ctx, chain, &images) < 0)
-                images = NULL;
-
-        r = bus_new_call(ctx, chain->disk, VDISK_IFACE_DISK, "Merge", &m);
+        /* Image paths before the merge: the images are named by path
+         * (MergeImages), and the result says which paths left the chain. */
+        r = chain_image_paths(ctx, chain, &images);
+        if (r >= 0 && (strv_length(images) != chain->n || from >= chain->n || to >= chain->n))
+                r = -EBADMSG;
         if (r >= 0)
-                r = sd_bus_message_append(m, "uu", from, to);
+                r = bus_new_call(ctx, chain->disk, VDISK_IFACE_DISK, "MergeImages", &m);
+        if (r >= 0)
+                r = sd_bus_message_append(m, "oo", images[from], images[to]);
         if (r >= 0)
                 r = bus_options_open(m);
         if (r >= 0)
@@ -774,6 +776,7 @@ int cmd_compact(Ctx *ctx, int argc, char **argv) {
                 {}
         };
         _cleanup_msg_ sd_bus_message *m = NULL;
+        _cleanup_(strv_freep) char **images = NULL;
         const char *fmt = NULL, *file = NULL;
         unsigned image = UINT32_MAX;
         bool progress = false;
@@ -827,9 +830,11 @@ int cmd_compact(Ctx *ctx, int argc, char **argv) {
                 goto finish;
         }
 
-        r = bus_new_call(ctx, chain.disk, VDISK_IFACE_DISK, "Compact", &m);
+        r = chain_image_paths(ctx, &chain, &images);
+        if (r >= 0 && strv_length(images) != chain.n)
+                r = -EBADMSG;
         if (r >= 0)
-                r = sd_bus_message_append(m, "u", image);
+                r = bus_new_call(ctx, images[image], VDISK_IFACE_IMAGE, "Compact", &m);
         if (r >= 0)
                 r = bus_options_open(m);
         if (r >= 0)

@@ -172,19 +172,28 @@ static int on_completed(sd_bus_message *m, void *userdata, sd_bus_error *ret_err
         return 0;
 }
 
+/* Wait replies (state, error_name, error_message) like Completed; an error
+ * reply is about the Wait call itself. */
 static int on_wait_reply(sd_bus_message *m, void *userdata, sd_bus_error *ret_error) {
         OpWatch *w = userdata;
         const sd_bus_error *e = sd_bus_message_get_error(m);
+        const char *state, *name, *message;
 
+        if (e && sd_bus_error_has_name(e, SD_BUS_ERROR_LIMITS_EXCEEDED))
+                return 1;   /* too many waiters: the signals still tell the end */
         w->st.waited = true;
-        if (!e) {
-                if (!state_terminal(w->st.state))
-                        (void) set_string(&w->st.state, "succeeded");
+        if (!e && sd_bus_message_read(m, "sss", &state, &name, &message) >= 0 && state_terminal(state)) {
+                if (!state_terminal(w->st.state)) {
+                        (void) set_string(&w->st.state, state);
+                        (void) set_string(&w->st.error_name, name);
+                        (void) set_string(&w->st.error_message, message);
+                }
         } else if (!state_terminal(w->st.state)) {
-                /* Ended without us seeing the final properties. */
-                (void) set_string(&w->st.state, error_is(e, "Cancelled") ? "cancelled" : "failed");
-                (void) set_string(&w->st.error_name, e->name ? e->name : "");
-                (void) set_string(&w->st.error_message, e->message ? e->message : "");
+                /* Ended (or vdiskd went away) without us seeing the final properties. */
+                (void) set_string(&w->st.state, e && (error_is(e, "Cancelled") || error_is(e, "ServiceStopping")) ?
+                                          "cancelled" : "failed");
+                (void) set_string(&w->st.error_name, e && e->name ? e->name : "");
+                (void) set_string(&w->st.error_message, e && e->message ? e->message : "malformed Wait reply");
         }
         w->st.ended = true;
         return 1;

@@ -31,6 +31,7 @@
 #define VDISK_IFACE_DISK "org.vdisk.VDisk1.Disk"
 #define VDISK_IFACE_IMAGE "org.vdisk.VDisk1.Image"
 #define VDISK_IFACE_OPERATION "org.vdisk.VDisk1.Operation"
+#define VDISK_IFACE_FILE_SET "org.vdisk.VDisk1.FileSet"
 #define VDISK_ERROR_PREFIX "org.vdisk.VDisk1.Error."
 
 /* dbus-daemon's system bus accepts at most 16 fds per message. */
@@ -127,6 +128,14 @@ int strv_push(char ***l, size_t *n, const char *s);
 
 static inline void strv_freep(char ***l) {
         strv_free(*l);
+}
+
+static inline size_t strv_length(char **l) {
+        size_t n = 0;
+
+        while (l && l[n])
+                n++;
+        return n;
 }
 
 /* ---- generic D-Bus values (vdiskctl-value.c) */
@@ -284,8 +293,10 @@ int chain_resolve(Ctx *ctx, const char *filename, const char *format, unsigned f
 int chain_make_writable(Chain *c, unsigned i);
 /* Whether st is one of the chain's files. */
 bool chain_contains(const Chain *c, const struct stat *st);
-/* Manager.OpenDisk (plus Disk.Open beyond MESSAGE_FDS_MAX elements). Logs;
- * returns an exit code. */
+/* Manager.OpenDisk; a chain with more files than one call may carry
+ * (MaxFdsPerCall) passes its parents through a FileSet, so that it still
+ * opens in one step (Disk.Open per element with a vdiskd without FileSets).
+ * Logs; returns an exit code. */
 int chain_open_disk(Ctx *ctx, Chain *c, bool read_only);
 /* chain_resolve() and chain_open_disk(); on failure nothing stays open. */
 int chain_open(Ctx *ctx, const char *file, const char *format, unsigned flags, bool read_only, Chain *ret);

@@ -154,6 +154,7 @@ RULE_CASES = [
     # no raw creates or copies (rule 3)
     [P + "modify", {"operation": "create", "format": "RAW"}, ["vdisk"], True, True, "no"],
     [P + "modify", {"operation": "copy", "format": "raw"}, ["vdisk"], True, True, "no"],
+    [P + "modify", {"operation": "copy", "new-format": "RAW", "format": "VDI"}, ["vdisk"], True, True, "no"],
     [P + "modify", {"operation": "write", "format": "RAW"}, ["vdisk"], True, True, "default"],
     [P + "modify", {"operation": "create"}, ["vdisk"], True, True, "default"],
     # remote or inactive sessions authenticate to modify (rule 4)

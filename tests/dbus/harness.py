@@ -43,6 +43,7 @@ MANAGER = 'org.vdisk.VDisk1.Manager'
 DISK = 'org.vdisk.VDisk1.Disk'
 IMAGE = 'org.vdisk.VDisk1.Image'
 OPERATION = 'org.vdisk.VDisk1.Operation'
+FILE_SET = 'org.vdisk.VDisk1.FileSet'
 PROPS = 'org.freedesktop.DBus.Properties'
 OBJMGR = 'org.freedesktop.DBus.ObjectManager'
 ERR = 'org.vdisk.VDisk1.Error.'
@@ -121,8 +122,10 @@ def wait_until(cond, timeout, what):
 class PrivateBus:
     """dbus-daemon with a config allowing every uid to connect, own and send."""
 
-    def __init__(self, tmp):
+    def __init__(self, tmp, limits=None):
+        """limits: extra dbus-daemon <limit>s, {name: value} (e.g. max_message_size)."""
         self.dir = tmp / 'bus'
+        extra = ''.join(f'\n  <limit name="{k}">{v}</limit>' for k, v in (limits or {}).items())
         self.dir.mkdir(mode=0o755)
         sock = self.dir / 'socket'
         conf = self.dir / 'bus.conf'
@@ -139,7 +142,7 @@ class PrivateBus:
     <allow own="*"/>
   </policy>
   <!-- well below the system bus's 512, so that a test can exceed it cheaply -->
-  <limit name="max_match_rules_per_connection">64</limit>
+  <limit name="max_match_rules_per_connection">64</limit>{extra}
 </busconfig>
 ''')
         env = dict(os.environ)
@@ -540,9 +543,14 @@ class Agent:
             args = ({},)
         return self.call(path, OPERATION, method, signature, *args, **kw)
 
+    def wait_op_raw(self, op_path, timeout=300):
+        """Operation.Wait as it replies: (state, error_name, error_message)."""
+        return tuple(self.call(op_path, OPERATION, 'Wait', 'a{sv}', {}, timeout=timeout))
+
     def wait_op(self, op_path, timeout=300):
-        """Operation.Wait; returns None on success or raises RemoteDBusError."""
-        return self.call(op_path, OPERATION, 'Wait', 'a{sv}', {}, timeout=timeout)
+        """Operation.Wait; returns None on success or raises RemoteDBusError
+        named after the operation's error (Wait replies (sss) like Completed)."""
+        return wait_outcome(self.wait_op_raw(op_path, timeout=timeout))
 
     def kill(self):
         if self.proc.poll() is None:
@@ -566,6 +574,17 @@ class Agent:
         self.sock.close()
         if self in self.env.agents:
             self.env.agents.remove(self)
+
+
+def wait_outcome(reply):
+    """An Operation.Wait reply (state, error_name, error_message): None when
+    it succeeded, else RemoteDBusError(error_name, error_message)."""
+    state, name, message = tuple(reply)
+    if state == 'succeeded':
+        assert name == '' and message == '', reply
+        return None
+    assert state in ('failed', 'cancelled') and name.startswith(ERR), reply
+    raise RemoteDBusError(name, message)
 
 
 def expect_error(name, fn, *args, **kwargs):
@@ -621,7 +640,7 @@ class VdiskEnv:
         with open(self.tmp / name, 'a') as f:
             f.write(f'{value}\n')
 
-    def __init__(self, template='polkitd', daemon_args=(), start_daemon=True, name='env'):
+    def __init__(self, template='polkitd', daemon_args=(), start_daemon=True, name='env', bus_limits=None):
         base = Path(tempfile.mkdtemp(prefix=f'vdisk-dbus-{name}-'))
         os.chmod(base, 0o755)
         self.tmp = base
@@ -649,7 +668,7 @@ class VdiskEnv:
                                          start_new_session=True, stdin=subprocess.DEVNULL)
         self.polkit_template = template if template == 'polkitd' else HERE / template
         try:
-            self.bus = PrivateBus(base)
+            self.bus = PrivateBus(base, bus_limits)
             self.track(self.bus.proc.pid)
             self.watcher = Watcher(self.bus.address)
             self.start_polkit()

@@ -7,12 +7,15 @@ details and flags; the dbus suite needs both to prove that vdiskd maps a
 challenge to InteractiveAuthorizationRequired, passes AllowUserInteraction
 only when the caller allowed it, and sends the documented details.
 
-Answers: actions given to SetAllowed() (or all, after AllowUnknown(true)) are
-authorized; any other action gets the result set with SetResult(), by
-default (is_authorized=false, is_challenge=true, {}).
+Answers: a check carrying a detail set with SetDenyDetails() (key and value
+equal, as a rule's `action.lookup(key) == value` compares) is refused
+(is_authorized=false, is_challenge=false); otherwise actions given to
+SetAllowed() (or all, after AllowUnknown(true)) are authorized; any other
+action gets the result set with SetResult(), by default
+(is_authorized=false, is_challenge=true, {}).
 
 Mock methods (interface org.freedesktop.DBus.Mock):
-  SetAllowed(as), AllowUnknown(b), SetResult(bba{ss}),
+  SetAllowed(as), AllowUnknown(b), SetResult(bba{ss}), SetDenyDetails(a{ss}),
   GetCalls() -> a(sa{sv}sa{ss}us)  (subject kind, subject details, action,
                                      details, flags, cancellation id)
   ClearCalls()
@@ -38,6 +41,7 @@ def load(mock, _parameters):
     mock.vdisk_allow_unknown = False
     mock.vdisk_result = (False, True, {})
     mock.vdisk_calls = []
+    mock.vdisk_deny_details = {}
 
 
 @dbus.service.method(MAIN_IFACE, in_signature='(sa{sv})sa{ss}us', out_signature='(bba{ss})')
@@ -46,6 +50,9 @@ def CheckAuthorization(self, subject, action_id, details, flags, cancellation_id
     self.vdisk_calls.append((str(kind), dbus.Dictionary(subject_details, signature='sv'), str(action_id),
                              dbus.Dictionary(details, signature='ss'), dbus.UInt32(flags),
                              str(cancellation_id)))
+    for k, v in self.vdisk_deny_details.items():
+        if details.get(k) == v:
+            return (False, False, dbus.Dictionary({}, signature='ss'))
     if self.vdisk_allow_unknown or action_id in self.vdisk_allowed:
         return (True, False, dbus.Dictionary({}, signature='ss'))
     authorized, challenge, result_details = self.vdisk_result
@@ -80,3 +87,8 @@ def GetCalls(self):
 @dbus.service.method(MOCK_IFACE, in_signature='', out_signature='')
 def ClearCalls(self):
     self.vdisk_calls = []
+
+
+@dbus.service.method(MOCK_IFACE, in_signature='a{ss}', out_signature='')
+def SetDenyDetails(self, details):
+    self.vdisk_deny_details = {str(k): str(v) for k, v in details.items()}

@@ -3,6 +3,11 @@
 dbusmock template (polkitd_challenge.py) that answers challenge for every
 action not explicitly allowed and records each CheckAuthorization.
 
+The detail tests make the template refuse a check by one detail's value, as a
+rule's `action.lookup(key) == value` would: they prove the value is canonical
+(the backend's one name for formats, whatever alias or case the call used),
+and that it describes what docs/polkit.md says.
+
 python-dbus cannot set ALLOW_INTERACTIVE_AUTHORIZATION, so the calls that need
 it go through rawbus.py (a hand-written client) in the agent, as the same uid.
 """
@@ -41,6 +46,7 @@ def pk(env):
     set_result(env, False, True, {})
     env.polkit.mock.AllowUnknown(False)
     set_allowed(env)
+    env.polkit.mock.SetDenyDetails(dbus.Dictionary({}, signature='ss'))
     env.polkit.mock.ClearCalls()
     return env.polkit
 
@@ -269,3 +275,134 @@ def test_root_never_asks_polkit(env, clients, pk):
         assert calls(env) == []
     finally:
         root.close()
+
+
+# ---------------------------------------------------------------------------
+# details, one refusing rule each (docs/polkit.md "Details passed to rules")
+
+RAW_SPELLINGS = ('file', 'FILE', 'raw', 'Raw', 'RAW')
+
+
+def deny_detail(env, key, value):
+    env.polkit.mock.SetDenyDetails(dbus.Dictionary({key: value}, signature='ss'))
+
+
+def test_detail_new_format_canonical(env, clients, pk):
+    """A polkit that refuses new-format == "RAW" refuses Copy, CreateBase and
+    Open with every spelling of raw, the alias "file" included (the check
+    carries "RAW"); nothing is written. VDI in any case passes, as "VDI"."""
+    a = clients[UID_A]
+    set_allowed(env, A_OPEN, A_MODIFY)
+    d = a_disk(env, a, 'dn-nf')
+    empty = a.manager('CreateDisk', 'a{sv}', {'display-name': 'dn-nf-empty'})
+    deny_detail(env, 'new-format', 'RAW')
+    for spelling in RAW_SPELLINGS:
+        for method, sig, args, path in (
+                ('Copy', 'hsa{sv}', (spelling, {}), d),
+                ('CreateBase', 'hsta{sv}', (spelling, 1 * MiB, {}), empty),
+                ('Open', 'hsa{sv}', (spelling, {}), empty)):
+            new = env.empty_file(UID_A, unique('nf') + '.img')
+            env.polkit.mock.ClearCalls()
+            expect_error(ACCESS_DENIED, a.disk, path, method, sig, Open(new, os.O_RDWR), *args)
+            c = only_call(env)
+            assert c['details'].get('new-format') == 'RAW', (method, spelling, c)
+            assert os.path.getsize(new) == 0
+    for spelling in ('vdi', 'Vdi', 'VDI'):
+        new = env.empty_file(UID_A, unique('nf') + '.vdi')
+        env.polkit.mock.ClearCalls()
+        op = a.disk(d, 'Copy', 'hsa{sv}', Open(new, os.O_RDWR), spelling, {})
+        assert only_call(env)['details'].get('new-format') == 'VDI'
+        a.wait_op(op)
+        env.qemu_img('check', '-f', 'vdi', new)
+
+
+def test_unknown_format_refused_before_polkit(env, clients, pk):
+    """An unknown format name is UnknownFormat in the call: polkit is not asked."""
+    a = clients[UID_A]
+    set_allowed(env, A_OPEN, A_MODIFY)
+    d = a_disk(env, a, 'dn-unknown')
+    new = env.empty_file(UID_A, unique('uf') + '.img')
+    p = env.make_vdi(UID_A, unique('uf') + '.vdi', 1 * MiB)
+    env.polkit.mock.ClearCalls()
+    expect_error(ERR + 'UnknownFormat', a.disk, d, 'Copy', 'hsa{sv}', Open(new, os.O_RDWR), 'qcow9', {})
+    expect_error(ERR + 'UnknownFormat', a.manager, 'OpenDisk', 'a(hsa{sv})a{sv}',
+                 [(Open(p, os.O_RDWR), 'nosuch', {})], {})
+    assert calls(env) == []
+
+
+def test_detail_format_canonical(env, clients, pk):
+    """format == "RAW" refused: a method on a disk whose top image is raw
+    (opened as "file") is refused, and the check says "RAW"; the same method on
+    a VDI disk passes."""
+    a = clients[UID_A]
+    set_allowed(env, A_OPEN, A_MODIFY)
+    rawf = env.make_raw(UID_A, unique('fmt') + '.img', 1 * MiB, regions=((0, 512, 0x44),))
+    rd = a.manager('OpenDisk', 'a(hsa{sv})a{sv}', [(Open(rawf, os.O_RDWR), 'file', {})], {'display-name': 'dn-raw'})
+    vd = a_disk(env, a, 'dn-fmt-vdi')
+    deny_detail(env, 'format', 'RAW')
+    env.polkit.mock.ClearCalls()
+    expect_error(ACCESS_DENIED, a.disk, rd, 'Read', 'tua{sv}', 0, 512, {})
+    assert only_call(env)['details'].get('format') == 'RAW'
+    assert a.disk(vd, 'Read', 'tua{sv}', 0, 512, {}) == b'\x11' * 512
+
+
+def test_detail_operation(env, clients, pk):
+    """operation == "read" refused: Read is, Flush is not."""
+    a = clients[UID_A]
+    set_allowed(env, A_OPEN, A_MODIFY)
+    d = a_disk(env, a, 'dn-operation')
+    deny_detail(env, 'operation', 'read')
+    env.polkit.mock.ClearCalls()
+    expect_error(ACCESS_DENIED, a.disk, d, 'Read', 'tua{sv}', 0, 512, {})
+    assert only_call(env)['details'].get('operation') == 'read'
+    a.disk(d, 'Flush', 'a{sv}', {})
+
+
+def test_detail_owner_uid(env, clients, pk):
+    """owner-uid == A refused: A's CreateDisk is; B's is not; B reading A's disk
+    is refused too (the owner is the object's, not the caller)."""
+    a, b = clients[UID_A], clients[UID_B]
+    set_allowed(env, A_OPEN, A_MODIFY, A_OTHER)
+    d = a_disk(env, a, 'dn-owner')
+    deny_detail(env, 'owner-uid', str(UID_A))
+    expect_error(ACCESS_DENIED, a.manager, 'CreateDisk', 'a{sv}', {})
+    bd = b.manager('CreateDisk', 'a{sv}', {})
+    b.disk(bd, 'Close', 'a{sv}', {})
+    env.polkit.mock.ClearCalls()
+    expect_error(ACCESS_DENIED, b.disk, d, 'Read', 'tua{sv}', 0, 512, {})
+    assert calls(env)[0]['details'].get('owner-uid') == str(UID_A)
+
+
+def test_detail_display_name(env, clients, pk):
+    """display-name == "dn-secret" refused: a method on the disk of that name
+    is; on another disk it is not, even when the call's own display-name
+    option is "dn-secret" (that is new-display-name)."""
+    a = clients[UID_A]
+    set_allowed(env, A_OPEN, A_MODIFY)
+    secret = a_disk(env, a, 'dn-secret')
+    public = a_disk(env, a, 'dn-public')
+    deny_detail(env, 'display-name', 'dn-secret')
+    expect_error(ACCESS_DENIED, a.disk, secret, 'Read', 'tua{sv}', 0, 512, {})
+    assert a.disk(public, 'Read', 'tua{sv}', 0, 512, {}) == b'\x11' * 512
+    new = env.empty_file(UID_A, unique('dn') + '.vdi')
+    env.polkit.mock.ClearCalls()
+    op = a.disk(public, 'Copy', 'hsa{sv}', Open(new, os.O_RDWR), 'VDI', {'display-name': 'dn-secret'})
+    c = only_call(env)
+    assert (c['details'].get('display-name'), c['details'].get('new-display-name')) == ('dn-public', 'dn-secret')
+    a.wait_op(op)
+
+
+def test_detail_new_display_name(env, clients, pk):
+    """new-display-name == "dn-forbidden" refused: CreateDisk and Copy naming
+    it are; other names pass."""
+    a = clients[UID_A]
+    set_allowed(env, A_OPEN, A_MODIFY)
+    d = a_disk(env, a, 'dn-ndn')
+    deny_detail(env, 'new-display-name', 'dn-forbidden')
+    expect_error(ACCESS_DENIED, a.manager, 'CreateDisk', 'a{sv}', {'display-name': 'dn-forbidden'})
+    new = env.empty_file(UID_A, unique('ndn') + '.vdi')
+    expect_error(ACCESS_DENIED, a.disk, d, 'Copy', 'hsa{sv}', Open(new, os.O_RDWR), 'VDI',
+                 {'display-name': 'dn-forbidden'})
+    assert os.path.getsize(new) == 0
+    ok = a.manager('CreateDisk', 'a{sv}', {'display-name': 'dn-allowed'})
+    a.disk(ok, 'Close', 'a{sv}', {})

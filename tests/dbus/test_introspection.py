@@ -22,10 +22,10 @@ from pathlib import Path
 
 import pytest
 
-from harness import (DISK, IMAGE, MANAGER, OPERATION, ROOT_PATH, MiB, Open, finished_ok, tool,
+from harness import (DISK, FILE_SET, IMAGE, MANAGER, OPERATION, ROOT_PATH, MiB, Open, finished_ok, tool,
                      unique)
 
-IFACES = [MANAGER, DISK, IMAGE, OPERATION]
+IFACES = [MANAGER, DISK, IMAGE, OPERATION, FILE_SET]
 EMITS = 'org.freedesktop.DBus.Property.EmitsChangedSignal'
 
 
@@ -120,7 +120,8 @@ def test_live_objects_equal_files(env):
     image = root.disk(d, 'Open', 'hsa{sv}', Open(img_file, os.O_RDWR), 'VDI', {})
     op = root.disk(d, 'Check', 'ua{sv}', 0, {})
     finished_ok(env, root, op)
-    for path, iface in ((ROOT_PATH, MANAGER), (d, DISK), (image, IMAGE), (op, OPERATION)):
+    fs = root.manager('CreateFileSet', 'a{sv}', {})
+    for path, iface in ((ROOT_PATH, MANAGER), (d, DISK), (image, IMAGE), (op, OPERATION), (fs, FILE_SET)):
         text = env.watcher.introspect(path)
         live = canonical(text)
         assert list(live) == [iface], f'{path} exposes {list(live)}'

@@ -169,12 +169,12 @@ def test_wait_subscribed_after_reply(env, clients, frz):
     b.get(ROOT_PATH, MANAGER, 'Mode')   # (A's operation is not B's to read)
     assert not a.has_result('wait-a') and not b.has_result('wait-b'), 'Wait replied before the end'
     frz.thaw()
-    assert a.result('wait-a') is None
-    assert b.result('wait-b') is None
+    assert tuple(a.result('wait-a')) == ('succeeded', '', '')
+    assert tuple(b.result('wait-b')) == ('succeeded', '', '')
     assert state(env, op) == 'succeeded'
     # after the end, during linger
-    assert b.call(op, OPERATION, 'Wait', 'a{sv}', {}, timeout=10) is None
-    assert a.call(op, OPERATION, 'Wait', 'a{sv}', {}, timeout=10) is None
+    assert tuple(b.call(op, OPERATION, 'Wait', 'a{sv}', {}, timeout=10)) == ('succeeded', '', '')
+    assert tuple(a.call(op, OPERATION, 'Wait', 'a{sv}', {}, timeout=10)) == ('succeeded', '', '')
     env.qemu_img('compare', '-f', 'vdi', '-F', 'vdi', src, dest)
 
 
