@@ -19,6 +19,7 @@ from harness import (A_MODIFY, A_OPEN, A_OTHER, ACCESS_DENIED, DISK, IMAGE, LIMI
                      OBJMGR, OPERATION, PROPS, ROOT_PATH, UID_A, UID_B, RemoteDBusError, deadline, disk_images,
                      expect_error, open_disk, tool)
 
+FILE_SET = 'org.vdisk.VDisk1.FileSet'
 BUS_MATCH_LIMIT = 64          # harness.PrivateBus: max_match_rules_per_connection
 PEERS_PER_USER = BUS_MATCH_LIMIT + 16
 
@@ -106,8 +107,8 @@ def leaks(value, alice):
 
 def test_other_uid_cannot_read(env, alice, daemon_alive):
     """Another uid, without manage-other-user: GetManagedObjects does not list
-    alice's objects, Get/GetAll on them are refused; its own objects and the
-    Manager's properties stay readable."""
+    alice's objects (nor her FileSet), Get/GetAll on them are refused; its own
+    objects and the Manager's properties stay readable."""
     env.polkit.allow(A_OPEN, A_MODIFY)
     b = env.agent(UID_B, 'bob')
     own = b.manager('CreateDisk', 'a{sv}', {'display-name': 'bob-own'})
@@ -128,6 +129,13 @@ def test_other_uid_cannot_read(env, alice, daemon_alive):
         expect_error(ACCESS_DENIED, b.call, path, PROPS, 'GetAll', 's', iface)
     assert b.get(own, DISK, 'DisplayName') == 'bob-own'
     assert b.get(ROOT_PATH, MANAGER, 'MaxDisksPerUser') > 0
+    # a FileSet is its owner's too
+    fs = alice['agent'].manager('CreateFileSet', 'a{sv}', {})
+    assert fs not in b.call(ROOT_PATH, OBJMGR, 'GetManagedObjects', '')
+    expect_error(ACCESS_DENIED, b.call, fs, PROPS, 'GetAll', 's', FILE_SET)
+    assert fs in alice['agent'].call(ROOT_PATH, OBJMGR, 'GetManagedObjects', '')
+    assert alice['agent'].get(fs, FILE_SET, 'OwnerUID') == UID_A
+    alice['agent'].call(fs, FILE_SET, 'Close', 'a{sv}', {})
     b.disk(own, 'Close', 'a{sv}', {})
     b.close()
 
