@@ -296,7 +296,7 @@ static void call_continue(Call *c) {
                         return;
                 }
                 c->auth_step = 2;
-        } else if (c->spec->open_to_all || uid_trusted(m, c->uid))
+        } else if (uid_trusted(m, c->uid))
                 c->auth_step = 2;
 
         for (; c->auth_step < 2; c->auth_step++) {

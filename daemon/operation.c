@@ -1099,7 +1099,9 @@ static int wait_run(Call *c) {
 
 static const MethodSpec spec_cancel = { "cancel", NULL, OBJECT_OPERATION, cancel_run };
 static const MethodSpec spec_dismiss = { "dismiss", NULL, OBJECT_OPERATION, dismiss_run };
-static const MethodSpec spec_wait = { "wait", NULL, OBJECT_OPERATION, wait_run, .open_to_all = true };
+/* Wait reads the operation's outcome: one's own needs nothing, another uid's
+ * is a read of its object (manage-other-user, privacy.c). */
+static const MethodSpec spec_wait = { "wait", NULL, OBJECT_OPERATION, wait_run, .read_access = true };
 
 static int method_common(sd_bus_message *msg, void *userdata, sd_bus_error *error, const MethodSpec *spec) {
         Operation *o = userdata;

@@ -641,7 +641,6 @@ typedef struct MethodSpec {
         const char *action;             /* NULL = no check of its own */
         ObjectType target;
         call_run_t run;
-        bool open_to_all;           /* Operation.Wait: open to everyone in system mode */
         bool read_access;           /* Properties.Get/GetAll: another uid's object needs manage-other-user */
 } MethodSpec;
 

@@ -8,7 +8,7 @@ polkitd template:
   nothing changes), working when polkit allows exactly that action;
 - the same methods on another uid's Disk/Image: the method's action alone is
   not enough, manage-other-user is checked in addition;
-- Operation.Wait needs nothing; Cancel/Dismiss of one's own operation need
+- Operation.Wait of one's own operation needs nothing (another uid's: manage-other-user); Cancel/Dismiss of one's own operation need
   nothing, of another uid's operation need cancel-other-user;
 - root and the daemon's own uid bypass polkit (polkit denying everything);
 - polkit hanging (SimulateHang) on one call: others are still served, and the
@@ -344,11 +344,19 @@ def finished_op(env, a):
     return op
 
 
-def test_operation_wait_needs_no_authorization(env, clients, polkit, daemon_alive):
+def test_operation_wait_own_needs_no_authorization_other_needs_manage_other_user(env, clients, polkit,
+                                                                               daemon_alive):
+    """Wait reads an operation's outcome (its error message may name files):
+    one's own needs nothing, another uid's is a read of its object and needs
+    manage-other-user, like Properties.Get on it."""
     a, b = clients[UID_A], clients[UID_B]
     op = finished_op(env, a)
     env.polkit.deny_all()
     assert a.wait_op(op) is None
+    with pytest.raises(RemoteDBusError) as ei:
+        b.wait_op(op)
+    assert ei.value.name == ACCESS_DENIED, ei.value
+    env.polkit.allow('org.vdisk.vdisk1.manage-other-user')
     assert b.wait_op(op) is None
 
 

@@ -242,11 +242,14 @@ def test_cancel_other_user_details(env, clients, pk):
     env.polkit.mock.ClearCalls()
     expect_error(INTERACTIVE_REQUIRED, b.operation, op, 'Dismiss')
     check_common(only_call(env), b.unique_name, A_CANCEL_OTHER, UID_A, 0)
-    # Wait and the starter's own Cancel ask nothing
+    # the starter's own Wait and Cancel ask nothing
     env.polkit.mock.ClearCalls()
-    b.wait_op(op)
+    a.wait_op(op)
     expect_error(ERR + 'NotCancelable', a.operation, op, 'Cancel')
     assert calls(env) == []
+    # another uid's Wait reads the operation (its error message may name files): manage-other-user
+    expect_error(INTERACTIVE_REQUIRED, b.wait_op, op)
+    check_common(only_call(env), b.unique_name, A_OTHER, UID_A, 0)
 
 
 def test_dismissed(env, clients, pk):

@@ -28,7 +28,7 @@ import subprocess
 
 import pytest
 
-from harness import (A_MODIFY, A_OPEN, DISK, ERR, IMAGE, INVALID_ARGS, LIMITS_EXCEEDED, MANAGER, OBJMGR,
+from harness import (A_MODIFY, A_OPEN, A_OTHER, DISK, ERR, IMAGE, INVALID_ARGS, LIMITS_EXCEEDED, MANAGER, OBJMGR,
                      OPERATION, PY, ROOT_PATH, UID_A, UID_B, UNKNOWN_OBJECT, Fd, MiB, Open, T, deadline,
                      expect_error, frozen_fs, open_disk, unique, wait_until)
 
@@ -334,6 +334,7 @@ def test_global_call_limit(env, clients):
 
 def test_wait_replies_like_completed(env, clients):
     a, b = clients[UID_A], clients[UID_B]
+    env.polkit.allow(A_OPEN, A_MODIFY, A_OTHER)   # B may read A's operation (privacy)
     da, src = small_disk(env, a, UID_A)
     op = check_op(a, da)
     assert b.wait_op_raw(op) == ('succeeded', '', '')     # another uid, after the end
@@ -359,6 +360,7 @@ def test_wait_counted(env, clients):
     second is refused by the waiter limit. Thawed, every pending Wait gets
     ('succeeded', '', '') and A can call again."""
     a, b = clients[UID_A], clients[UID_B]
+    env.polkit.allow(A_OPEN, A_MODIFY, A_OTHER)   # B may read A's operation (privacy)
     frz = frozen_fs(env)
     restart(env, clients, '--max-calls-per-user=2', '--max-waits-per-operation=3')
     props = manager_props(env)

@@ -155,26 +155,31 @@ def test_copy_open_result_objects(env, clients):
 
 
 def test_wait_subscribed_after_reply(env, clients, frz):
-    """Wait called after the Copy reply (by the starter and by another uid that
-    polkit refuses everything) replies when the operation ends; called again
-    after the end (the operation lingers) it replies at once."""
+    """Wait called after the Copy reply (by the starter and by a second
+    connection of its uid, with polkit refusing everything) replies when the
+    operation ends; called again after the end (the operation lingers) it
+    replies at once. Another uid's Wait is refused at once: it would read the
+    operation (privacy)."""
     a, b = clients[UID_A], clients[UID_B]
+    a2 = env.agent(UID_A, unique('A2'))
     d, src = src_disk(env, a, UID_A)
     [(op, dest)] = hold(env, frz, [(a, UID_A, d)])
     env.polkit.deny_all()
     a.call_async('wait-a', op, OPERATION, 'Wait', 'a{sv}', {})
-    b.call_async('wait-b', op, OPERATION, 'Wait', 'a{sv}', {})
+    a2.call_async('wait-a2', op, OPERATION, 'Wait', 'a{sv}', {})
+    expect_error(ACCESS_DENIED, b.call, op, OPERATION, 'Wait', 'a{sv}', {}, timeout=20)
     # both Wait calls reach vdiskd before the thaw: a round trip on each connection
     a.get(op, OPERATION, 'State')
-    b.get(ROOT_PATH, MANAGER, 'Mode')   # (A's operation is not B's to read)
-    assert not a.has_result('wait-a') and not b.has_result('wait-b'), 'Wait replied before the end'
+    a2.get(op, OPERATION, 'State')
+    assert not a.has_result('wait-a') and not a2.has_result('wait-a2'), 'Wait replied before the end'
     frz.thaw()
     assert tuple(a.result('wait-a')) == ('succeeded', '', '')
-    assert tuple(b.result('wait-b')) == ('succeeded', '', '')
+    assert tuple(a2.result('wait-a2')) == ('succeeded', '', '')
     assert state(env, op) == 'succeeded'
     # after the end, during linger
-    assert tuple(b.call(op, OPERATION, 'Wait', 'a{sv}', {}, timeout=10)) == ('succeeded', '', '')
+    assert tuple(a2.call(op, OPERATION, 'Wait', 'a{sv}', {}, timeout=10)) == ('succeeded', '', '')
     assert tuple(a.call(op, OPERATION, 'Wait', 'a{sv}', {}, timeout=10)) == ('succeeded', '', '')
+    a2.kill()
     env.qemu_img('compare', '-f', 'vdi', '-F', 'vdi', src, dest)
 
 
@@ -295,7 +300,7 @@ def test_client_disconnects_mid_operation(env, clients, frz):
     assert completed_args(env, op)[:2] == ('succeeded', '')
     env.watcher.wait_removed(d, since=mark)
     assert env.watcher.exists(op), 'the operation outlives its client (linger)'
-    assert b.wait_op(op) is None
+    assert env.agent(UID_A, unique('A-again')).wait_op(op) is None   # the starter's uid, anew
     env.qemu_img('compare', '-f', 'vdi', '-F', 'vdi', src, dest)
 
 
@@ -312,7 +317,7 @@ def test_client_disconnects_during_big_copy(env, clients):
     gone.kill()
     other = b.manager('CreateDisk', 'a{sv}', {'display-name': 'meanwhile2'}, timeout=20)
     b.disk(other, 'Close', 'a{sv}', {}, timeout=20)
-    assert b.wait_op(op) is None
+    assert env.agent(UID_A, unique('A-again')).wait_op(op) is None   # the starter's uid, anew
     env.watcher.wait_removed(d, since=mark)
     env.qemu_img('compare', '-f', 'vdi', '-F', 'vdi', src, dest)
 
