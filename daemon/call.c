@@ -273,10 +273,12 @@ static void call_continue(Call *c) {
         /* Reading another uid's object (privacy.c) is managing it; the check
          * (and its dialog, shown to the caller) must not tell what the caller
          * is not yet allowed to read. */
-        if (c->spec->read_access) {
+        if (c->spec->read_access)
                 other_action = "org.vdisk.vdisk1.manage-other-user";
+        /* Nor may a method on another uid's object: polkit's agent shows the
+         * details to the caller, who may not read the object's names (yet). */
+        if (c->spec->read_access || (owner != c->uid && !uid_trusted(m, c->uid)))
                 display_name = format = NULL;
-        }
         /* What the call asks for goes apart from what the object is: a caller
          * must not be able to word the details (and the dialog) of a check
          * about someone else's disk. */

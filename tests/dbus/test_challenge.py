@@ -189,7 +189,8 @@ def test_details_read(env, clients, pk):
 
 def test_other_user_checked_twice(env, clients, pk):
     """B reads A's disk: first the method's action (open), then
-    manage-other-user, both with A's uid as owner-uid."""
+    manage-other-user, both with A's uid as owner-uid, neither naming the
+    disk or its format (privacy)."""
     a, b = clients[UID_A], clients[UID_B]
     set_allowed(env, A_OPEN)
     d = a_disk(env, a, 'dn-other')
@@ -199,6 +200,9 @@ def test_other_user_checked_twice(env, clients, pk):
     assert [x['action'] for x in c] == [A_OPEN, A_OTHER], c
     for x in c:
         check_common(x, b.unique_name, x['action'], UID_A, 0)
+        # B may not read A's disk: its name and format stay out of what B's agent shows
+        assert 'display-name' not in x['details'] and 'format' not in x['details'], x
+        assert 'dn-other' not in x['details']['polkit.message'], x
     # and a refusal of the first check ends the call without asking the second
     set_allowed(env)
     env.polkit.mock.ClearCalls()
