@@ -452,6 +452,9 @@ static int bat_get(vhd_state *s, uint64_t b, uint32_t *ret) {
 static int check_entry(vhd_state *s, uint64_t b, uint32_t e, uint64_t file_size) {
         uint64_t start = (uint64_t) e * VHD_SECTOR;
 
+        /* Blocks allocated since the last flush may lie past the end yet. */
+        if (s->alloc_ready)
+                file_size = MAX(file_size, s->data_end);
         if (start < s->meta_end || !range_within(start, s->bm_size, file_size))
                 return vdisk_error(-EUCLEAN, "vhd: block %" PRIu64 " has a corrupt BAT entry (sector %" PRIu32
                                    "): outside the data area; check and repair the image", b, e);
@@ -1247,6 +1250,117 @@ static int vhd_create(void *state, const open_ctx *c, const create_params *p) {
         return 0;
 }
 
+
+/* ---------------------------------------------------------------- resize */
+
+/* The geometry for a new size: the spec's CHS when it covers the size
+ * exactly, else the maximum geometry, which every reader (qemu included)
+ * takes as "use current_size" (T1). */
+static void geometry_for_size(uint64_t size, uint8_t *f) {
+        uint64_t sectors = size / VHD_SECTOR;
+        uint32_t c, h, spt;
+
+        chs_for(sectors, &c, &h, &spt);
+        if ((uint64_t) c * h * spt != sectors) {
+                c = 65535;
+                h = 16;
+                spt = 255;
+        }
+        put_be16(f + F_CYLINDERS, (uint16_t) c);
+        f[F_HEADS] = (uint8_t) h;
+        f[F_SPT] = (uint8_t) spt;
+}
+
+static int vhd_resize(void *state, uint64_t new_size, vdisk_progress *p) {
+        vhd_state *s = state;
+        uint8_t f[VHD_FOOTER_SIZE];
+        int r;
+
+        if (!s->writable)
+                return vdisk_error(-EROFS, "vhd: image is read-only");
+        if (new_size == 0 || new_size % VHD_SECTOR != 0)
+                return vdisk_error(-EINVAL, "vhd: size %" PRIu64 " is not a positive multiple of 512", new_size);
+        if (new_size > VHD_CREATE_MAX)
+                return vdisk_error(-EFBIG, "vhd: size %" PRIu64 " is too large (at most %" PRIu64 " bytes)",
+                                   new_size, VHD_CREATE_MAX);
+        r = vhd_flush(s);
+        if (r < 0)
+                return r;
+
+        memcpy(f, s->footer, sizeof f);
+        put_be64(f + F_CUR_SIZE, new_size);
+        geometry_for_size(new_size, f);
+        footer_seal(f);
+
+        if (s->type == VHD_TYPE_FIXED) {
+                uint64_t old = s->footer_offset;
+                uint32_t old_len = s->footer_len;
+
+                /* The new footer first, then the old one becomes zeros (a
+                 * grown disk reads zeros there) or is cut off. */
+                r = io_pwrite(s->io, f, VHD_FOOTER_SIZE, new_size);
+                if (r < 0)
+                        return r;
+                r = io_flush(s->io);
+                if (r < 0)
+                        return r;
+                memcpy(s->footer, f, sizeof f);
+                s->footer_offset = new_size;
+                s->footer_len = VHD_FOOTER_SIZE;
+                s->size = new_size;
+                if (new_size > old) {
+                        r = io_write_zeroes(s->io, old, MIN((uint64_t) old_len, new_size - old));
+                        if (r < 0)
+                                return r;
+                } else {
+                        r = io_truncate(s->io, new_size + VHD_FOOTER_SIZE);
+                        if (r < 0)
+                                return r;
+                }
+                return io_flush(s->io);
+        }
+
+        uint64_t n_new = DIV_ROUND_UP(new_size, s->block_size);
+        if (n_new > s->max_entries)
+                return vdisk_error(-EOPNOTSUPP, "vhd: growing past %" PRIu64 " bytes needs a larger BAT "
+                                   "(moving the BAT is not implemented)",
+                                   (uint64_t) s->max_entries * s->block_size);
+        if (new_size > s->size && s->size % s->block_size != 0) {
+                /* The grown part of the old last block must read zeros: it
+                 * may only be unallocated there. */
+                uint64_t b = s->size / s->block_size;
+                uint32_t e;
+
+                r = bat_get(s, b, &e);
+                if (r < 0)
+                        return r;
+                if (e != VHD_BAT_FREE) {
+                        vhd_bm *m;
+                        uint64_t first = (s->size % s->block_size) / VHD_SECTOR;
+                        uint64_t end = s->block_size / VHD_SECTOR;
+
+                        r = bm_get(s, (uint32_t) b, e, &m);
+                        if (r < 0)
+                                return r;
+                        if (bit_run(m->bits, first, end) != end - first || bit_get(m->bits, first))
+                                return vdisk_error(-EOPNOTSUPP, "vhd: the last block holds data past the "
+                                                   "end of the disk; growing would expose it");
+                }
+        }
+        /* Shrinking: the core checked that the dropped blocks hold nothing;
+         * their entries go (the space leaks). */
+        for (uint64_t b = n_new; b < s->n_blocks; b++) {
+                r = tc_set(s->bat, b, VHD_BAT_FREE, 0);
+                if (r < 0)
+                        return r;
+        }
+        memcpy(s->footer, f, sizeof f);
+        s->size = new_size;
+        s->n_blocks = (uint32_t) n_new;
+        s->meta_dirty = true;
+        return vhd_flush(s);
+}
+
 /* ---------------------------------------------------------------- table */
 
 static const char *const vhd_extensions[] = { "vhd", NULL };
@@ -1265,7 +1379,7 @@ const vdisk_backend backend_vhd = {
                 .name = "VHD",
                 .qemu_name = "vpc",
                 .caps = VDISK_CAP_UUID | VDISK_CAP_CREATE_FIXED | VDISK_CAP_CREATE_DYNAMIC | VDISK_CAP_DIFF |
-                        VDISK_CAP_FILE | VDISK_CAP_PREFERRED,
+                        VDISK_CAP_FILE | VDISK_CAP_PREFERRED | VDISK_CAP_RESIZE,
                 .media = VDISK_MEDIA_HDD,
                 .extensions = vhd_extensions,
                 .create_options = vhd_create_options,
@@ -1287,4 +1401,5 @@ const vdisk_backend backend_vhd = {
         .set_meta = vhd_set_meta,
         .get_info = vhd_get_info,
         .get_format_info = vhd_get_format_info,
+        .resize = vhd_resize,
 };

@@ -1,0 +1,103 @@
+#!/bin/bash
+# SPDX-License-Identifier: LGPL-2.1-or-later
+# VHD (qemu: vpc) against qemu-img, both ways:
+#  - what qemu-img creates (dynamic and fixed, force_size on and off, sizes
+#    that are and are not CHS-shaped) and writes with qemu-io converts to raw
+#    with vdisk-img byte for byte as qemu-img converts it, with -f vpc, -f VHD
+#    and probed (a fixed VHD too: trap T2, found by its footer at the end);
+#  - what vdisk-img creates and converts (dynamic, fixed, force_size on/off)
+#    passes `qemu-img check` (dynamic) and `qemu-img compare` with its source,
+#    and the size qemu reads is the size vdisk-img reports (trap T1);
+#  - vdisk-img writes into a qemu-made dynamic VHD (convert -n: in place
+#    into allocated blocks, new blocks appended, the footer moved) and qemu
+#    reads the result; qemu-io writes into a vdisk-made VHD and vdisk reads it.
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+source "$(dirname "$0")/lib.sh" "$@"
+
+M=$((1 << 20))
+
+qemu_fill() {
+        local img=$1 size=$2
+        local cmds=(
+                -c "write -P 0x11 0 512"
+                -c "write -P 0x22 $((2 * M - 512)) 1024"        # straddles block 0/1 (2 MiB blocks)
+                -c "write -z $((4 * M)) $M"
+                -c "write -P 0 $((5 * M)) 4096"
+                -c "write -P 0x33 $((6 * M + 4096)) 8192"
+                -c "write -P 0x44 $((size - 512)) 512"
+        )
+        "$QEMU_IO" -f vpc "${cmds[@]}" "$img" >/dev/null
+}
+
+vsize() { "$VDISK_IMG" info --output=json "$1" | py json-get - virtual-size; }
+
+# 1. qemu-img makes, vdisk-img reads.
+for sub in dynamic fixed; do
+        for fs in off on; do
+                for size in $((16 * M)) $((20 * M + 512)) 33554431 $((9 * M + 3 * 4096)); do
+                        img=q-$sub-$fs-$size.vhd
+                        "$QEMU_IMG" create -q -f vpc -o subformat=$sub,force_size=$fs "$img" "$size"
+                        qsize=$(qinfo "$img" vpc virtual-size)
+                        qemu_fill "$img" "$qsize"
+                        "$QEMU_IMG" convert -f vpc -O raw "$img" ref.raw
+                        for f in vpc VHD probed; do
+                                if [[ $f == probed ]]; then vimg convert -O raw "$img" out.raw
+                                else vimg convert -f $f -O raw "$img" out.raw; fi
+                                if [[ $RC -eq 0 ]]; then
+                                        expect_cmp "qemu $sub force_size=$fs size $size: vdisk-img ($f) reads what qemu-img reads" out.raw ref.raw
+                                else
+                                        notok "qemu $sub force_size=$fs size $size: vdisk-img convert ($f)" "exit $RC: $(last_err)"
+                                fi
+                                rm -f out.raw
+                        done
+                        vimg info --output=json "$img"
+                        expect_eq "qemu $sub force_size=$fs size $size: same virtual size" \
+                                "$(py json-get "$T/out" virtual-size 2>/dev/null || true)" "$qsize"
+                        rm -f ref.raw "$img"
+                done
+        done
+done
+
+# 2. vdisk-img makes, qemu-img reads and checks.
+mkpattern src.raw $((40 * M + 4096))
+for sub in dynamic fixed; do
+        for fs in off on; do
+                img=v-$sub-$fs.vhd
+                vimg convert -f raw -O vpc -o subformat=$sub,force_size=$fs src.raw "$img"
+                if [[ $RC -ne 0 ]]; then notok "vdisk-img convert -O vpc $sub force_size=$fs" "$(last_err)"; continue; fi
+                ok "vdisk-img convert -O vpc $sub force_size=$fs"
+                qcompare src.raw raw "$img" vpc
+                expect_eq "$sub force_size=$fs: qemu reads the size vdisk-img reports" \
+                        "$(qinfo "$img" vpc virtual-size)" "$(vsize "$img")"
+                if [[ $fs == on ]]; then
+                        expect_eq "$sub force_size=on: exact size" "$(vsize "$img")" $((40 * M + 4096))
+                fi
+                # and back: vpc -> vpc through vdisk-img, then to raw
+                vimg convert -f vpc -O vpc "$img" copy.vhd
+                expect_rc "$sub force_size=$fs: vdisk-img vpc -> vpc" 0 true
+                qcompare "$img" vpc copy.vhd vpc
+                rm -f copy.vhd
+        done
+done
+
+# 3. vdisk-img create, then qemu-io writes, vdisk-img reads; and the
+#    reverse: vdisk-img writes into a qemu-made dynamic VHD (convert -n).
+vimg create -f vpc small.vhd $((24 * M))
+expect_rc "vdisk-img create -f vpc" 0 true
+qemu_fill small.vhd "$(qinfo small.vhd vpc virtual-size)"
+"$QEMU_IMG" convert -f vpc -O raw small.vhd ref.raw
+vimg convert -f vpc -O raw small.vhd out.raw
+expect_cmp "vdisk-made, qemu-written dynamic VHD reads back" out.raw ref.raw
+rm -f out.raw ref.raw
+
+"$QEMU_IMG" create -q -f vpc qw.vhd $((40 * M + 4096))
+qemu_fill qw.vhd "$(qinfo qw.vhd vpc virtual-size)"
+vimg convert -n -f raw -O vpc src.raw qw.vhd
+expect_rc "vdisk-img convert -n into a qemu-made dynamic VHD" 0 true
+[[ $RC -eq 0 ]] || notok "convert -n" "$(last_err)"
+"$QEMU_IMG" convert -f vpc -O raw qw.vhd ref.raw
+head -c $((40 * M + 4096)) ref.raw > ref-head.raw
+expect_cmp "qemu reads what vdisk-img wrote into its VHD" ref-head.raw src.raw
+rm -f ref.raw ref-head.raw
+
+finish
