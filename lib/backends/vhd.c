@@ -962,10 +962,11 @@ static int vhd_get_meta(void *state, meta *m) {
         };
         m->flags = vhd_image_flags(s);
         m->version = get_be32(s->footer + F_VERSION);
-        if (s->type == VHD_TYPE_DIFF) {
-                m->mask |= META_PARENT_UUID;
+        /* A base reports the null parent UUID (as VDI does). */
+        m->mask |= META_PARENT_UUID;
+        memset(m->parent_uuid, 0, 16);
+        if (s->type == VHD_TYPE_DIFF)
                 memcpy(m->parent_uuid, s->dyn + D_PARENT_UUID, 16);
-        }
         return 0;
 }
 
@@ -973,11 +974,14 @@ static int vhd_set_meta(void *state, const meta *m, uint32_t mask) {
         vhd_state *s = state;
         const uint32_t supported = META_UUID | META_PCHS | META_PARENT_UUID;
 
+        /* VHD has no parent modification UUID: clearing it is nothing. */
+        if ((mask & META_PARENT_MOD_UUID) && vdisk_uuid_is_null(m->parent_modification_uuid))
+                mask &= ~META_PARENT_MOD_UUID;
         if (mask & ~supported)
                 return vdisk_error(-EOPNOTSUPP, "vhd: the format has no such field (mask %#" PRIx32 ")",
                                    mask & ~supported);
-        if ((mask & META_PARENT_UUID) && s->type != VHD_TYPE_DIFF)
-                return vdisk_error(-EOPNOTSUPP, "vhd: only differencing images have a parent UUID");
+        if ((mask & META_PARENT_UUID) && s->type == VHD_TYPE_FIXED && !vdisk_uuid_is_null(m->parent_uuid))
+                return vdisk_error(-EOPNOTSUPP, "vhd: a fixed image cannot have a parent");
         if ((mask & META_PCHS) && (m->pchs.cylinders > 65535 || m->pchs.heads > 255 || m->pchs.sectors > 255))
                 return vdisk_error(-EINVAL, "vhd: geometry %" PRIu32 "/%" PRIu32 "/%" PRIu32 " does not fit",
                                    m->pchs.cylinders, m->pchs.heads, m->pchs.sectors);
@@ -996,8 +1000,15 @@ static int vhd_set_meta(void *state, const meta *m, uint32_t mask) {
         }
         if (mask & META_UUID)
                 memcpy(s->footer + F_UUID, m->uuid, 16);
-        if (mask & META_PARENT_UUID)
+        /* A parent makes a dynamic image differencing, none makes a
+         * differencing image dynamic (a merge made it the base). */
+        if ((mask & META_PARENT_UUID) && s->type != VHD_TYPE_FIXED) {
+                bool null = vdisk_uuid_is_null(m->parent_uuid);
+
                 memcpy(s->dyn + D_PARENT_UUID, m->parent_uuid, 16);
+                s->type = null ? VHD_TYPE_DYNAMIC : VHD_TYPE_DIFF;
+                put_be32(s->footer + F_TYPE, s->type);
+        }
         s->meta_dirty = true;
         return 0;
 }
@@ -1094,6 +1105,8 @@ static int vhd_parse_options(const char *const *o, bool *fixed, bool *force_size
         return 0;
 }
 
+static void geometry_for_size(uint64_t size, uint8_t *f);
+
 static int vhd_free_entry(void *ctx, uint64_t i, uint64_t *ret) {
         *ret = VHD_BAT_FREE;
         return 0;
@@ -1129,6 +1142,9 @@ static int vhd_create(void *state, const open_ctx *c, const create_params *p) {
                 cyl = 65535;
                 heads = 16;
                 spt = 255;
+        } else if (diff) {
+                /* A diff has its parent's size, exactly. */
+                cyl = heads = spt = 0;   /* set below by geometry_for_size() */
         } else {
                 if (sectors > VHD_MAX_GEOMETRY)
                         return vdisk_error(-EFBIG, "vpc: size %" PRIu64 " is too large for a CHS geometry "
@@ -1168,6 +1184,8 @@ static int vhd_create(void *state, const open_ctx *c, const create_params *p) {
         put_be16(f + F_CYLINDERS, (uint16_t) cyl);
         f[F_HEADS] = (uint8_t) heads;
         f[F_SPT] = (uint8_t) spt;
+        if (diff && !force_size)
+                geometry_for_size(size, f);
         put_be32(f + F_TYPE, s->type);
         memcpy(f + F_UUID, p->uuid, 16);
         footer_seal(f);
