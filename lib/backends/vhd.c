@@ -232,10 +232,13 @@ static int dyn_parse(const uint8_t *d, uint64_t dyn_offset, uint64_t size, uint6
         if (entries > VHD_BAT_ENTRIES_MAX)
                 return vdisk_error(-EFBIG, "vhd: max table entries %" PRIu32 " is too large (at most %" PRIu32 ")",
                                    entries, VHD_BAT_ENTRIES_MAX);
+        /* entries <= 2^24 and bs <= 2^26: no overflow, and n_blocks below
+         * cannot overflow either once the size fits. */
+        if (size > (uint64_t) entries * bs)
+                return vdisk_error(-EUCLEAN, "vhd: the BAT has %" PRIu32 " entries of %" PRIu32 " bytes, too few "
+                                   "for the disk size %" PRIu64, entries, bs, size);
         n_blocks = DIV_ROUND_UP(size, bs);
-        if (n_blocks > entries)
-                return vdisk_error(-EUCLEAN, "vhd: the BAT has %" PRIu32 " entries, the disk size %" PRIu64
-                                   " needs %" PRIu64, entries, size, n_blocks);
+        assert(n_blocks <= entries);
         if (bat % VHD_SECTOR != 0)
                 return vdisk_error(-EUCLEAN, "vhd: BAT offset %" PRIu64 " is not sector-aligned", bat);
         if (!range_within(bat, (uint64_t) entries * 4, file_size))
