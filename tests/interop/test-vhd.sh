@@ -8,6 +8,10 @@
 #  - what vdisk-img creates and converts (dynamic, fixed, force_size on/off)
 #    passes `qemu-img check` (dynamic) and `qemu-img compare` with its source,
 #    and the size qemu reads is the size vdisk-img reports (trap T1);
+#  - differencing VHDs (qemu has none: trap T3): vdisk-img creates one over a
+#    qemu-made base, finds the base by its UUID, reads through it, writes
+#    into the diff (partial blocks: sector bitmaps) and commits it into the
+#    base, which qemu then reads as the flattened chain;
 #  - vdisk-img writes into a qemu-made dynamic VHD (convert -n: in place
 #    into allocated blocks, new blocks appended, the footer moved) and qemu
 #    reads the result; qemu-io writes into a vdisk-made VHD and vdisk reads it.
@@ -99,5 +103,40 @@ expect_rc "vdisk-img convert -n into a qemu-made dynamic VHD" 0 true
 head -c $((40 * M + 4096)) ref.raw > ref-head.raw
 expect_cmp "qemu reads what vdisk-img wrote into its VHD" ref-head.raw src.raw
 rm -f ref.raw ref-head.raw
+
+# 4. Differencing.
+"$QEMU_IMG" create -q -f vpc -o force_size=on base.vhd $((12 * M))
+qemu_fill base.vhd $((12 * M))
+"$QEMU_IMG" convert -f vpc -O raw base.vhd base.raw
+vimg create -f vpc -b base.vhd -F vpc diff.vhd
+expect_rc "vdisk-img create -f vpc -b base.vhd (differencing)" 0 true
+[[ $RC -eq 0 ]] || notok "create diff" "$(last_err)"
+vimg info --output=json diff.vhd
+expect_eq "the diff has the base's size" "$(py json-get "$T/out" virtual-size 2>/dev/null || true)" $((12 * M))
+vimg convert -O raw diff.vhd out.raw
+expect_cmp "an empty diff reads its parent (found by UUID)" out.raw base.raw
+mkpattern pat.raw $((12 * M)) 3
+# Only every other 64 KiB: the rest must still show the parent.
+"$PY" - pat.raw base.raw mixed.raw <<'PYEOF'
+import sys
+p = open(sys.argv[1], 'rb').read(); b = open(sys.argv[2], 'rb').read()
+out = bytearray(b)
+for off in range(0, len(p), 128 * 1024):
+    out[off:off + 65536] = p[off:off + 65536]
+open(sys.argv[3], 'wb').write(out)
+PYEOF
+vimg convert -n -f raw -O vpc mixed.raw diff.vhd
+expect_rc "vdisk-img convert -n into the diff" 0 true
+[[ $RC -eq 0 ]] || notok "convert -n into diff" "$(last_err)"
+vimg convert -O raw diff.vhd out.raw
+expect_cmp "the diff reads what was written over its parent" out.raw mixed.raw
+"$QEMU_IMG" convert -f vpc -O raw base.vhd base-after.raw
+expect_cmp "writing into the diff left the base alone" base-after.raw base.raw
+vimg commit diff.vhd
+expect_rc "vdisk-img commit diff.vhd" 0 true
+[[ $RC -eq 0 ]] || notok "commit" "$(last_err)"
+"$QEMU_IMG" convert -f vpc -O raw base.vhd base-after.raw
+expect_cmp "qemu reads the committed base as the flattened chain" base-after.raw mixed.raw
+rm -f out.raw base-after.raw
 
 finish
