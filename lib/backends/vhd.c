@@ -39,6 +39,7 @@
 #include <errno.h>
 #include <inttypes.h>
 #include <stdbool.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -130,8 +131,10 @@ typedef struct vhd_state {
         uint64_t dyn_offset, bat_offset;
         uint32_t max_entries, block_size, bm_size, n_blocks;
         uint64_t meta_end;              /* end of the header and BAT (sector aligned) */
+        uint64_t alloc_floor;           /* new blocks go past this: meta_end and locator data */
         tc_table *bat;
         char parent_name[1024];         /* UTF-8, from the header's Unicode name */
+        char parent_rel[1024];          /* UTF-8, from the W2ru locator ("" if none) */
 
         vhd_bm bms[VHD_BM_SLOTS];
         uint64_t tick, charged;
@@ -495,6 +498,45 @@ static int vhd_read_footer_at_end(vdisk_io *io, uint64_t file_size, uint8_t *f, 
         return 0;
 }
 
+
+/* Parent locators: 8 entries of {platform code, data space, data length,
+ * reserved, data offset}. Their data (usually between the BAT and the first
+ * block) counts as metadata: no new block may go over it. The W2ru entry
+ * (relative path, UTF-16LE) is read for information; the parent itself is
+ * found by its UUID. Entries whose data lies outside the file are ignored. */
+#define VHD_LOCATOR_DATA_MAX 4096u
+static int vhd_read_locators(vhd_state *s, uint64_t file_size) {
+        for (unsigned i = 0; i < 8; i++) {
+                const uint8_t *l = s->dyn + D_LOCATORS + 24 * i;
+                uint32_t code = get_be32(l), space = get_be32(l + 4), len = get_be32(l + 8);
+                uint64_t off = get_be64(l + 16), bytes;
+
+                if (code == 0)
+                        continue;
+                /* The space is in sectors (spec); some writers store bytes. */
+                bytes = space <= 8 ? (uint64_t) space * VHD_SECTOR : space;
+                bytes = ALIGN_UP(MAX(bytes, (uint64_t) len), (uint64_t) VHD_SECTOR);
+                if (off < VHD_FOOTER_SIZE || !range_within(off, bytes, file_size) || bytes > (UINT64_C(1) << 20))
+                        continue;
+                s->alloc_floor = MAX(s->alloc_floor, off + bytes);
+                if (memcmp(l, "W2ru", 4) == 0 && len > 0 && len <= VHD_LOCATOR_DATA_MAX && len % 2 == 0) {
+                        uint8_t buf[VHD_LOCATOR_DATA_MAX];
+                        int r = io_pread(s->io, buf, len, off);
+
+                        if (r < 0)
+                                return r;
+                        /* UTF-16LE: swap into BE for the converter. */
+                        for (uint32_t k = 0; k + 1 < len; k += 2) {
+                                uint8_t t = buf[k];
+                                buf[k] = buf[k + 1];
+                                buf[k + 1] = t;
+                        }
+                        utf16be_to_utf8(buf, len / 2, s->parent_rel, sizeof s->parent_rel);
+                }
+        }
+        return 0;
+}
+
 static int vhd_open(void *state, const open_ctx *c) {
         vhd_state *s = state;
         uint8_t head[VHD_FOOTER_SIZE], tail[VHD_FOOTER_SIZE];
@@ -567,6 +609,10 @@ static int vhd_open(void *state, const open_ctx *c) {
         s->bm_size = (uint32_t) ALIGN_UP(DIV_ROUND_UP(s->block_size / VHD_SECTOR, 8), VHD_SECTOR);
         bat_bytes = ALIGN_UP((uint64_t) s->max_entries * 4, (uint64_t) VHD_SECTOR);
         s->meta_end = MAX(s->dyn_offset + VHD_DYN_SIZE, s->bat_offset + bat_bytes);
+        s->alloc_floor = s->meta_end;
+        r = vhd_read_locators(s, file_size);
+        if (r < 0)
+                return r;
         if (s->type == VHD_TYPE_DIFF) {
                 if (vdisk_uuid_is_null(s->dyn + D_PARENT_UUID))
                         return vdisk_error(-EUCLEAN, "vhd: differencing image without a parent UUID");
@@ -683,7 +729,7 @@ static int cmp_u32(const void *a, const void *b) {
 /* Before the first allocation: the allocation frontier (the end of the last
  * block, or of the BAT), and whether any entry is corrupt. */
 static int vhd_prepare_writes(vhd_state *s) {
-        uint64_t file_size, end = s->meta_end, unit = (uint64_t) s->bm_size + s->block_size;
+        uint64_t file_size, end = s->alloc_floor, unit = (uint64_t) s->bm_size + s->block_size;
         _cleanup_free_ uint32_t *starts = NULL;
         size_t n = 0;
         int r;
@@ -1051,8 +1097,13 @@ static int vhd_get_format_info(void *state, strv_builder *kv) {
         r = strv_push_pair(kv, "creator", "%s", app);
         if (r < 0)
                 return r;
-        if (s->type == VHD_TYPE_DIFF && s->parent_name[0])
-                return strv_push_pair(kv, "parent-name", "%s", s->parent_name);
+        if (s->type == VHD_TYPE_DIFF && s->parent_name[0]) {
+                r = strv_push_pair(kv, "parent-name", "%s", s->parent_name);
+                if (r < 0)
+                        return r;
+        }
+        if (s->type == VHD_TYPE_DIFF && s->parent_rel[0])
+                return strv_push_pair(kv, "parent-relative-path", "%s", s->parent_rel);
         return 0;
 }
 
@@ -1235,8 +1286,27 @@ static int vhd_create(void *state, const open_ctx *c, const create_params *p) {
         s->n_blocks = (uint32_t) n_blocks;
         s->bm_size = (uint32_t) ALIGN_UP(DIV_ROUND_UP(bs / VHD_SECTOR, 8), VHD_SECTOR);
         s->meta_end = s->bat_offset + bat_bytes;
-        if (diff && p->parent_name)
+        if (diff && p->parent_name) {
+                /* W2ru: ".\name" in UTF-16LE, one sector after the BAT. */
+                const char *base = strrchr(p->parent_name, '/');
+                uint8_t loc[VHD_SECTOR] = {};
+                size_t units;
+
                 utf16be_to_utf8(d + D_PARENT_NAME, 256, s->parent_name, sizeof s->parent_name);
+                put_le16(loc, '.');
+                put_le16(loc + 2, '\\');
+                units = 2 + utf8_to_utf16(base ? base + 1 : p->parent_name, loc + 4, VHD_SECTOR / 2 - 2, false);
+                memcpy(d + D_LOCATORS, "W2ru", 4);
+                put_be32(d + D_LOCATORS + 4, 1);
+                put_be32(d + D_LOCATORS + 8, (uint32_t) (units * 2));
+                put_be64(d + D_LOCATORS + 16, s->meta_end);
+                dyn_seal(d);
+                r = io_pwrite(s->io, loc, sizeof loc, s->meta_end);
+                if (r < 0)
+                        return r;
+                s->alloc_floor = s->meta_end + VHD_SECTOR;
+                snprintf(s->parent_rel, sizeof s->parent_rel, ".\\%s", base ? base + 1 : p->parent_name);
+        }
 
         r = io_pwrite(s->io, f, VHD_FOOTER_SIZE, 0);
         if (r < 0)
@@ -1247,10 +1317,11 @@ static int vhd_create(void *state, const open_ctx *c, const create_params *p) {
         r = tc_write_entries(s->io, s->bat_offset, n_blocks, TC_BE32, VHD_BAT_FREE, vhd_free_entry, NULL);
         if (r < 0)
                 return r;
-        r = io_pwrite(s->io, f, VHD_FOOTER_SIZE, s->meta_end);
+        s->alloc_floor = MAX(s->alloc_floor, s->meta_end);
+        r = io_pwrite(s->io, f, VHD_FOOTER_SIZE, s->alloc_floor);
         if (r < 0)
                 return r;
-        s->footer_offset = s->meta_end;
+        s->footer_offset = s->alloc_floor;
         s->footer_len = VHD_FOOTER_SIZE;
 
         tc_table_params tp = {
@@ -1265,8 +1336,8 @@ static int vhd_create(void *state, const open_ctx *c, const create_params *p) {
         r = tc_table_new(s->budget, s->io, &tp, &s->bat);
         if (r < 0)
                 return r;
-        s->data_end = s->meta_end;
-        hostalloc_init(&s->alloc, s->meta_end, s->meta_end, VHD_SECTOR);
+        s->data_end = s->alloc_floor;
+        hostalloc_init(&s->alloc, s->alloc_floor, s->alloc_floor, VHD_SECTOR);
         s->alloc_ready = true;
         return 0;
 }
