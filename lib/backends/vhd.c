@@ -1453,6 +1453,194 @@ static int vhd_resize(void *state, uint64_t new_size, vdisk_progress *p) {
         return vhd_flush(s);
 }
 
+
+/* ---------------------------------------------------------------- check and repair */
+
+#define VHD_CHECK_MESSAGES 16u
+
+typedef struct vhd_span {
+        uint64_t start;
+        uint32_t block;
+} vhd_span;
+
+static int cmp_span(const void *a, const void *b) {
+        const vhd_span *x = a, *y = b;
+        return x->start < y->start ? -1 : x->start > y->start;
+}
+
+/* Corruptions: a BAT entry into the headers/BAT, past the end of the file,
+ * or overlapping another block; a bad footer copy at 0 (dynamic). Leaks:
+ * space between the blocks (and the locator data) that no entry uses, and a
+ * missing footer at the end (a crash between a block's data and the footer
+ * that follows it: the copy at 0 still describes the image). Repair: leaks
+ * by writing the footer at the end of the last block and cutting the file
+ * there when nothing referenced lies beyond; all by freeing the corrupt
+ * entries and rewriting both footers. Gaps between blocks are reported, not
+ * reclaimed (that needs compact). */
+static int vhd_check(void *state, uint32_t flags, vdisk_check_report *rep, vdisk_progress *p) {
+        vhd_state *s = state;
+        bool repair_all = flags & VDISK_CHECK_REPAIR_ALL;
+        bool repair_leaks = repair_all || (flags & VDISK_CHECK_REPAIR_LEAKS);
+        bool dry = flags & VDISK_CHECK_DRY_RUN;
+        uint64_t file_size, unit, n_live = 0, n_bad = 0, gaps = 0, frag = 0, end;
+        uint8_t head[VHD_FOOTER_SIZE], tail[VHD_FOOTER_SIZE] = {};
+        bool head_bad = false, tail_bad = false;
+        _cleanup_free_ vhd_span *spans = NULL;
+        _cleanup_free_ uint64_t *bad = NULL;
+        int r;
+
+        if (repair_leaks && !dry && !s->writable)
+                return vdisk_error(-EROFS, "vhd: image is read-only; cannot repair");
+        r = vhd_flush(s);
+        if (r < 0)
+                return r;
+        r = io_get_size(s->io, &file_size);
+        if (r < 0)
+                return r;
+
+        if (s->type == VHD_TYPE_FIXED) {
+                rep->image_end_offset = s->footer_offset + s->footer_len;
+                return 0;
+        }
+
+        /* The two footers. */
+        if (file_size >= VHD_FOOTER_SIZE) {
+                r = io_pread(s->io, tail, VHD_FOOTER_SIZE, file_size - VHD_FOOTER_SIZE);
+                if (r < 0)
+                        return r;
+        }
+        tail_bad = file_size < VHD_FOOTER_SIZE || !footer_looks_valid(tail);
+        r = io_pread(s->io, head, VHD_FOOTER_SIZE, 0);
+        if (r < 0)
+                return r;
+        head_bad = !footer_looks_valid(head);
+        if (head_bad) {
+                check_report_add(rep, "the footer copy at offset 0 is damaged");
+                rep->corruptions++;
+        }
+
+        /* The BAT. */
+        unit = (uint64_t) s->bm_size + s->block_size;
+        r = tc_budget_charge(s->budget, (uint64_t) s->n_blocks * (sizeof(vhd_span) + 1));
+        if (r < 0)
+                return r;
+        spans = malloc(MAX(s->n_blocks, 1u) * sizeof(vhd_span));
+        bad = bitmap_new(MAX(s->n_blocks, 1u));
+        if (!spans || !bad) {
+                r = vdisk_error(-ENOMEM, "out of memory");
+                goto out;
+        }
+        for (uint32_t b = 0; b < s->n_blocks; b++) {
+                uint32_t e;
+                uint64_t start;
+
+                r = bat_get(s, b, &e);
+                if (r < 0)
+                        goto out;
+                if (e == VHD_BAT_FREE)
+                        continue;
+                start = (uint64_t) e * VHD_SECTOR;
+                if (start < s->meta_end || !range_within(start, s->bm_size, file_size)) {
+                        if (n_bad < VHD_CHECK_MESSAGES)
+                                check_report_add(rep, "block %" PRIu32 ": BAT entry %#" PRIx32 " points %s", b, e,
+                                                 start < s->meta_end ? "into the headers or the BAT" :
+                                                 "past the end of the file");
+                        bitmap_set(bad, b);
+                        n_bad++;
+                        continue;
+                }
+                spans[n_live++] = (vhd_span) { .start = start, .block = b };
+        }
+        qsort(spans, n_live, sizeof *spans, cmp_span);
+        end = s->alloc_floor;
+        for (uint64_t i = 0; i < n_live; i++) {
+                if (i > 0 && spans[i].start < spans[i - 1].start + unit) {
+                        if (n_bad < VHD_CHECK_MESSAGES)
+                                check_report_add(rep, "block %" PRIu32 " overlaps block %" PRIu32,
+                                                 spans[i].block, spans[i - 1].block);
+                        if (!bitmap_get(bad, spans[i].block)) {
+                                bitmap_set(bad, spans[i].block);
+                                n_bad++;
+                        }
+                        continue;
+                }
+                /* Writers pad (Windows aligns blocks to 4 KiB): only room
+                 * for a whole block counts as leaked. */
+                if (spans[i].start >= end + unit)
+                        gaps += spans[i].start - end;
+                if (i > 0 && spans[i].block != spans[i - 1].block + 1)
+                        frag++;
+                end = MAX(end, spans[i].start + unit);
+        }
+        n_live -= MIN(n_live, n_bad);
+        rep->corruptions += n_bad;
+        if (gaps > 0) {
+                check_report_add(rep, "%" PRIu64 " bytes between blocks are not used by any block", gaps);
+                rep->leaks += gaps / unit;
+        }
+        /* What follows the last block: the footer, nothing else. */
+        if (tail_bad || file_size < end + VHD_FOOTER_SIZE || file_size >= end + unit + VHD_FOOTER_SIZE) {
+                if (tail_bad)
+                        check_report_add(rep, "no valid footer at the end of the file (the copy at 0 is used)");
+                else
+                        check_report_add(rep, "%" PRIu64 " bytes between the last block and the footer",
+                                         file_size > end + VHD_FOOTER_SIZE ? file_size - end - VHD_FOOTER_SIZE : 0);
+                rep->leaks++;
+                if (repair_leaks && !dry && !head_bad && n_bad == 0) {
+                        /* The footer right after the last block, the file cut there. */
+                        memcpy(s->footer, head, sizeof s->footer);
+                        r = io_pwrite(s->io, s->footer, VHD_FOOTER_SIZE, end);
+                        if (r < 0)
+                                goto out;
+                        r = io_flush(s->io);
+                        if (r < 0)
+                                goto out;
+                        r = io_truncate(s->io, end + VHD_FOOTER_SIZE);
+                        if (r < 0)
+                                goto out;
+                        r = io_flush(s->io);
+                        if (r < 0)
+                                goto out;
+                        s->footer_offset = end;
+                        s->footer_len = VHD_FOOTER_SIZE;
+                        if (s->alloc_ready) {
+                                s->data_end = end;
+                                hostalloc_truncated(&s->alloc, end + VHD_FOOTER_SIZE);
+                                hostalloc_rewind(&s->alloc, end);
+                        }
+                        rep->leaks_fixed++;
+                } else if (repair_leaks && dry)
+                        rep->leaks_fixed++;
+        }
+        if (repair_all && (n_bad > 0 || head_bad)) {
+                if (!dry) {
+                        for (uint32_t b = 0; b < s->n_blocks; b++)
+                                if (bitmap_get(bad, b)) {
+                                        r = tc_set(s->bat, b, VHD_BAT_FREE, 0);
+                                        if (r < 0)
+                                                goto out;
+                                }
+                        s->meta_dirty = true;   /* both footers and the header, sealed */
+                        s->alloc_ready = false; /* rescan before the next allocation */
+                        r = vhd_flush(s);
+                        if (r < 0)
+                                goto out;
+                }
+                rep->corruptions_fixed += n_bad + head_bad;
+        }
+        if (repair_leaks && dry)
+                check_report_add(rep, "dry run: nothing was written");
+
+        rep->total_clusters = s->n_blocks;
+        rep->allocated_clusters = n_live;
+        rep->fragmented_clusters = frag;
+        rep->image_end_offset = end + VHD_FOOTER_SIZE;
+        r = 0;
+out:
+        tc_budget_uncharge(s->budget, (uint64_t) s->n_blocks * (sizeof(vhd_span) + 1));
+        return r;
+}
+
 /* ---------------------------------------------------------------- table */
 
 static const char *const vhd_extensions[] = { "vhd", NULL };
@@ -1471,7 +1659,8 @@ const vdisk_backend backend_vhd = {
                 .name = "VHD",
                 .qemu_name = "vpc",
                 .caps = VDISK_CAP_UUID | VDISK_CAP_CREATE_FIXED | VDISK_CAP_CREATE_DYNAMIC | VDISK_CAP_DIFF |
-                        VDISK_CAP_FILE | VDISK_CAP_PREFERRED | VDISK_CAP_RESIZE,
+                        VDISK_CAP_FILE | VDISK_CAP_PREFERRED | VDISK_CAP_RESIZE |
+                        VDISK_CAP_CHECK | VDISK_CAP_REPAIR,
                 .media = VDISK_MEDIA_HDD,
                 .extensions = vhd_extensions,
                 .create_options = vhd_create_options,
@@ -1494,4 +1683,5 @@ const vdisk_backend backend_vhd = {
         .get_info = vhd_get_info,
         .get_format_info = vhd_get_format_info,
         .resize = vhd_resize,
+        .check = vhd_check,
 };
