@@ -54,6 +54,8 @@ for sub in dynamic fixed; do
                                 fi
                                 rm -f out.raw
                         done
+                        expect_rc "qemu $sub force_size=$fs size $size: vdisk-img check clean" 0 \
+                                "$VDISK_IMG" check -f vpc "$img"
                         vimg info --output=json "$img"
                         expect_eq "qemu $sub force_size=$fs size $size: same virtual size" \
                                 "$(py json-get "$T/out" virtual-size 2>/dev/null || true)" "$qsize"
@@ -71,6 +73,7 @@ for sub in dynamic fixed; do
                 if [[ $RC -ne 0 ]]; then notok "vdisk-img convert -O vpc $sub force_size=$fs" "$(last_err)"; continue; fi
                 ok "vdisk-img convert -O vpc $sub force_size=$fs"
                 qcompare src.raw raw "$img" vpc
+                expect_rc "vdisk-img check $img clean" 0 "$VDISK_IMG" check "$img"
                 expect_eq "$sub force_size=$fs: qemu reads the size vdisk-img reports" \
                         "$(qinfo "$img" vpc virtual-size)" "$(vsize "$img")"
                 if [[ $fs == on ]]; then
@@ -132,6 +135,7 @@ vimg convert -O raw diff.vhd out.raw
 expect_cmp "the diff reads what was written over its parent" out.raw mixed.raw
 "$QEMU_IMG" convert -f vpc -O raw base.vhd base-after.raw
 expect_cmp "writing into the diff left the base alone" base-after.raw base.raw
+expect_rc "vdisk-img check diff.vhd clean" 0 "$VDISK_IMG" check diff.vhd
 vimg commit diff.vhd
 expect_rc "vdisk-img commit diff.vhd" 0 true
 [[ $RC -eq 0 ]] || notok "commit" "$(last_err)"
