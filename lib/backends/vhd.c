@@ -354,6 +354,16 @@ static vhd_bm *bm_find(vhd_state *s, uint32_t b) {
 
 static int vhd_write_meta(vhd_state *s);
 
+/* Forgets the cached bitmap of a block whose BAT entry goes away or changes
+ * (shrink, repair, a new block): it described other space. */
+static void bm_drop(vhd_state *s, uint32_t b) {
+        for (unsigned i = 0; i < VHD_BM_SLOTS; i++)
+                if (s->bms[i].used && s->bms[i].block == b) {
+                        s->bms[i].used = false;
+                        s->bms[i].dirty = false;
+                }
+}
+
 /* A free slot for a bitmap: the least recently used clean one. When every
  * slot is dirty, they are written first (data flushed before them). */
 static int bm_slot(vhd_state *s, vhd_bm **ret) {
@@ -453,6 +463,17 @@ static int bat_get(vhd_state *s, uint64_t b, uint32_t *ret) {
         return 0;
 }
 
+static bool ranges_overlap(uint64_t a, uint64_t alen, uint64_t b, uint64_t blen) {
+        return a < b + blen && b < a + alen;
+}
+
+/* Whether [start, start+len) touches the footer copy, the dynamic header or
+ * the BAT (which may lie after blocks once a grow has moved it). */
+static bool hits_meta(const vhd_state *s, uint64_t start, uint64_t len) {
+        return start < VHD_FOOTER_SIZE || ranges_overlap(start, len, s->dyn_offset, VHD_DYN_SIZE) ||
+               ranges_overlap(start, len, s->bat_offset, ALIGN_UP((uint64_t) s->max_entries * 4, (uint64_t) VHD_SECTOR));
+}
+
 /* A block's place must leave the headers and the BAT alone, and the file
  * must hold its bitmap (its data may end past the end: zeros). */
 static int check_entry(vhd_state *s, uint64_t b, uint32_t e, uint64_t file_size) {
@@ -461,7 +482,7 @@ static int check_entry(vhd_state *s, uint64_t b, uint32_t e, uint64_t file_size)
         /* Blocks allocated since the last flush may lie past the end yet. */
         if (s->alloc_ready)
                 file_size = MAX(file_size, s->data_end);
-        if (start < s->meta_end || !range_within(start, s->bm_size, file_size))
+        if (hits_meta(s, start, s->bm_size) || !range_within(start, s->bm_size, file_size))
                 return vdisk_error(-EUCLEAN, "vhd: block %" PRIu64 " has a corrupt BAT entry (sector %" PRIu32
                                    "): outside the data area; check and repair the image", b, e);
         return 0;
@@ -756,7 +777,7 @@ static int vhd_prepare_writes(vhd_state *s) {
                         goto out;
                 if (e == VHD_BAT_FREE)
                         continue;
-                if ((uint64_t) e * VHD_SECTOR < s->meta_end) {
+                if (hits_meta(s, (uint64_t) e * VHD_SECTOR, unit)) {
                         s->n_bad++;
                         continue;
                 }
@@ -882,6 +903,7 @@ static int vhd_commit(void *state, const reservation *res) {
         assert(s->reserved);
 
         if (s->res_new) {
+                bm_drop(s, s->res_block);
                 r = bm_slot(s, &m);
                 if (r < 0)
                         return r;
@@ -1363,6 +1385,96 @@ static void geometry_for_size(uint64_t size, uint8_t *f) {
         f[F_SPT] = (uint8_t) spt;
 }
 
+
+static int vhd_copy_entry(void *ctx, uint64_t i, uint64_t *ret) {
+        vhd_state *s = ctx;
+
+        if (i >= s->max_entries) {
+                *ret = VHD_BAT_FREE;
+                return 0;
+        }
+        return tc_get(s->bat, i, ret);
+}
+
+/* A larger BAT for a grow: written after the last block, with the footer
+ * behind it first (the BAT overwrites the old footer); then the header
+ * points at it. A crash before the header write leaves the old BAT in use
+ * and the new one as leaked space. The old BAT's space is left as it is. */
+static int vhd_move_bat(vhd_state *s, uint64_t n_entries) {
+        uint64_t bytes, off;
+        uint8_t d[VHD_DYN_SIZE];
+        tc_table *t = NULL;
+        int fresh, r;
+
+        if (n_entries > VHD_BAT_ENTRIES_MAX)
+                return vdisk_error(-EFBIG, "vhd: %" PRIu64 " BAT entries are too many", n_entries);
+        r = vhd_prepare_writes(s);
+        if (r < 0)
+                return r;
+        if (s->n_bad > 0)
+                return vdisk_error(-EUCLEAN, "vhd: the BAT has %" PRIu32 " corrupt entries; repair the image "
+                                   "before resizing it", s->n_bad);
+        /* Room for growing again: entries for whole BAT sectors. */
+        n_entries = ALIGN_UP(n_entries, (uint64_t) VHD_SECTOR / 4);
+        bytes = n_entries * 4;
+        r = hostalloc_alloc(&s->alloc, bytes, VHD_HOST_LIMIT, &off, &fresh);
+        if (r < 0)
+                return r;
+        assert(off == s->data_end);
+
+        footer_seal(s->footer);
+        r = io_pwrite(s->io, s->footer, VHD_FOOTER_SIZE, off + bytes);
+        if (r < 0)
+                goto fail;
+        r = io_flush(s->io);
+        if (r < 0)
+                goto fail;
+        r = tc_write_entries(s->io, off, n_entries, TC_BE32, VHD_BAT_FREE, vhd_copy_entry, s);
+        if (r < 0)
+                goto fail;
+        r = io_flush(s->io);
+        if (r < 0)
+                goto fail;
+        memcpy(d, s->dyn, sizeof d);
+        put_be64(d + D_TABLE_OFFSET, off);
+        put_be32(d + D_MAX_ENTRIES, (uint32_t) n_entries);
+        dyn_seal(d);
+        r = io_pwrite(s->io, d, VHD_DYN_SIZE, s->dyn_offset);
+        if (r < 0)
+                goto fail;
+        r = io_flush(s->io);
+        if (r < 0)
+                goto fail;
+
+        tc_table_params p = {
+                .offset = off,
+                .size = bytes,
+                .page_size = UINT32_C(64) << 10,
+                .entry = TC_BE32,
+                .before_write = vhd_before_bat_write,
+                .user = s,
+                .name = "vhd BAT",
+        };
+        r = tc_table_new(s->budget, s->io, &p, &t);
+        if (r < 0)
+                return r;   /* the header is written: the image is valid, this open is not */
+        tc_table_free(s->bat);
+        s->bat = t;
+        memcpy(s->dyn, d, sizeof d);
+        s->bat_offset = off;
+        s->max_entries = (uint32_t) n_entries;
+        s->footer_offset = off + bytes;
+        s->footer_len = VHD_FOOTER_SIZE;
+        s->data_end = off + bytes;
+        s->meta_end = MAX(s->meta_end, off + bytes);
+        s->alloc_floor = MAX(s->alloc_floor, off + bytes);
+        return 0;
+
+fail:
+        hostalloc_rewind(&s->alloc, s->data_end);
+        return r;
+}
+
 static int vhd_resize(void *state, uint64_t new_size, vdisk_progress *p) {
         vhd_state *s = state;
         uint8_t f[VHD_FOOTER_SIZE];
@@ -1413,35 +1525,37 @@ static int vhd_resize(void *state, uint64_t new_size, vdisk_progress *p) {
         }
 
         uint64_t n_new = DIV_ROUND_UP(new_size, s->block_size);
-        if (n_new > s->max_entries)
-                return vdisk_error(-EOPNOTSUPP, "vhd: growing past %" PRIu64 " bytes needs a larger BAT "
-                                   "(moving the BAT is not implemented)",
-                                   (uint64_t) s->max_entries * s->block_size);
+        if (n_new > s->max_entries) {
+                r = vhd_move_bat(s, n_new);
+                if (r < 0)
+                        return r;
+        }
         if (new_size > s->size && s->size % s->block_size != 0) {
-                /* The grown part of the old last block must read zeros: it
-                 * may only be unallocated there. */
-                uint64_t b = s->size / s->block_size;
+                /* The grown part of the old last block must read zeros, for
+                 * us and for qemu (which ignores the bitmap): its bytes
+                 * become zeros (what a shrink left there read zeros then,
+                 * but may lie over a parent's data in a diff). */
+                uint64_t b = s->size / s->block_size, in = s->size % s->block_size;
                 uint32_t e;
 
                 r = bat_get(s, b, &e);
                 if (r < 0)
                         return r;
                 if (e != VHD_BAT_FREE) {
-                        vhd_bm *m;
-                        uint64_t first = (s->size % s->block_size) / VHD_SECTOR;
-                        uint64_t end = s->block_size / VHD_SECTOR;
+                        uint64_t host = (uint64_t) e * VHD_SECTOR + s->bm_size + in;
 
-                        r = bm_get(s, (uint32_t) b, e, &m);
+                        r = io_write_zeroes(s->io, host, s->block_size - in);
                         if (r < 0)
                                 return r;
-                        if (bit_run(m->bits, first, end) != end - first || bit_get(m->bits, first))
-                                return vdisk_error(-EOPNOTSUPP, "vhd: the last block holds data past the "
-                                                   "end of the disk; growing would expose it");
+                        r = io_flush(s->io);
+                        if (r < 0)
+                                return r;
                 }
         }
         /* Shrinking: the core checked that the dropped blocks hold nothing;
          * their entries go (the space leaks). */
         for (uint64_t b = n_new; b < s->n_blocks; b++) {
+                bm_drop(s, (uint32_t) b);
                 r = tc_set(s->bat, b, VHD_BAT_FREE, 0);
                 if (r < 0)
                         return r;
@@ -1540,10 +1654,10 @@ static int vhd_check(void *state, uint32_t flags, vdisk_check_report *rep, vdisk
                 if (e == VHD_BAT_FREE)
                         continue;
                 start = (uint64_t) e * VHD_SECTOR;
-                if (start < s->meta_end || !range_within(start, s->bm_size, file_size)) {
+                if (hits_meta(s, start, unit) || !range_within(start, s->bm_size, file_size)) {
                         if (n_bad < VHD_CHECK_MESSAGES)
                                 check_report_add(rep, "block %" PRIu32 ": BAT entry %#" PRIx32 " points %s", b, e,
-                                                 start < s->meta_end ? "into the headers or the BAT" :
+                                                 hits_meta(s, start, unit) ? "into the headers or the BAT" :
                                                  "past the end of the file");
                         bitmap_set(bad, b);
                         n_bad++;
@@ -1616,6 +1730,7 @@ static int vhd_check(void *state, uint32_t flags, vdisk_check_report *rep, vdisk
                 if (!dry) {
                         for (uint32_t b = 0; b < s->n_blocks; b++)
                                 if (bitmap_get(bad, b)) {
+                                        bm_drop(s, b);
                                         r = tc_set(s->bat, b, VHD_BAT_FREE, 0);
                                         if (r < 0)
                                                 goto out;

@@ -14,8 +14,7 @@
  *
  * VDISK_MODEL_FORMAT=vpc runs the same chains of VHD images (exact sizes:
  * force_size=on; 2 MiB default blocks) without the operations VHD does not
- * have yet (compact) and without resize (a diff's BAT only covers the
- * size at its creation).
+ * have yet (compact).
  *
  * Usage: test-model [SEED [OPS [CONFIG]]]  (default: 4 fixed seeds, both
  * configurations, 1500 operations each = 12,000 operations).
@@ -45,10 +44,9 @@ static const model_cfg vdi_configs[] = {
         { "1MiB-blocks", 0, 1 * MiB, 48 * MiB, 24 * MiB, 64 * MiB, 3 * MiB },
         { "64KiB-blocks", 64 * KiB, 64 * KiB, 3 * MiB, 1536 * KiB, 4 * MiB, 1 * MiB },
 };
-/* VHD: the BAT is sized for the initial disk, so max_size stays within it. */
 static const model_cfg vhd_configs[] = {
-        { "2MiB-blocks", 0, 2 * MiB, 48 * MiB, 24 * MiB, 48 * MiB, 3 * MiB },
-        { "64KiB-blocks", 64 * KiB, 64 * KiB, 3 * MiB, 1536 * KiB, 3 * MiB, 1 * MiB },
+        { "2MiB-blocks", 0, 2 * MiB, 48 * MiB, 24 * MiB, 64 * MiB, 3 * MiB },
+        { "64KiB-blocks", 64 * KiB, 64 * KiB, 3 * MiB, 1536 * KiB, 4 * MiB, 1 * MiB },
 };
 static const model_cfg *configs = vdi_configs;
 static const char *model_fmt = "vdi";
@@ -691,7 +689,6 @@ int main(int argc, char **argv) {
                 fmt_vdi = false;
                 configs = vhd_configs;
                 op_weights[OP_COMPACT] = 0;
-                op_weights[OP_RESIZE] = 0;   /* a diff's BAT is sized at its creation */
         }
 
         memcpy(seeds, default_seeds, sizeof seeds);
