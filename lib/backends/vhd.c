@@ -1560,11 +1560,29 @@ static int vhd_resize(void *state, uint64_t new_size, vdisk_progress *p) {
                 if (r < 0)
                         return r;
         }
-        memcpy(s->footer, f, sizeof f);
-        s->size = new_size;
-        s->n_blocks = (uint32_t) n_new;
-        s->meta_dirty = true;
-        return vhd_flush(s);
+        {
+                uint8_t old_footer[VHD_FOOTER_SIZE];
+                uint64_t old_size = s->size;
+                uint32_t old_n = s->n_blocks;
+
+                memcpy(old_footer, s->footer, sizeof old_footer);
+                memcpy(s->footer, f, sizeof f);
+                s->size = new_size;
+                s->n_blocks = (uint32_t) n_new;
+                s->meta_dirty = true;
+                r = vhd_flush(s);
+                if (r < 0) {
+                        /* The footers may be half written: the next flush
+                         * writes the old ones again (a moved BAT stays: it
+                         * is valid and larger). Dropped blocks of a shrink
+                         * read zeros, so they stay dropped. */
+                        memcpy(s->footer, old_footer, sizeof old_footer);
+                        s->size = old_size;
+                        s->n_blocks = old_n;
+                        s->meta_dirty = true;
+                }
+                return r;
+        }
 }
 
 

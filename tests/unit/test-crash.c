@@ -39,7 +39,8 @@
  * in the count-ahead state).
  *
  * VDISK_CRASH_FORMAT=vpc runs the scenarios VHD has the operations for
- * (writes-base, writes-top, convert-existing, copy-source) on VHD images
+ * (writes-base, writes-top, resize-base, resize-top (a grow that moves the
+ * BAT), convert-existing, copy-source) on VHD images
  * (exact sizes: force_size=on) with the same verification, vdisk_check
  * included, except the VDI parser and `qemu-img check` (no vpc support).
  *
@@ -527,7 +528,7 @@ static void build_resize_top(scenario *sc) {
         for (uint64_t b = 0; b < 4; b++)
                 fill_block(d, &r, b, 0, BLOCK);
         sc->tmpl[1] = new_io(sc, 1);
-        ASSERT_OK(vdisk_disk_create_diff(d, sc->tmpl[1], "vdi", NULL));
+        ASSERT_OK(vdisk_disk_create_diff(d, sc->tmpl[1], crash_fmt, NULL));
         fill_block(d, &r, 6, 0, BLOCK);
         fill_block(d, &r, 7, 0, BLOCK);
         vdisk_disk_unref(d);
@@ -1544,6 +1545,7 @@ int main(int argc, char **argv) {
                 if (strcmp(only, "all") != 0 && strcmp(only, scenarios[i].name) != 0)
                         continue;
                 if (!fmt_vdi && strncmp(scenarios[i].name, "writes-", 7) != 0 &&
+                    strncmp(scenarios[i].name, "resize-", 7) != 0 &&
                     strcmp(scenarios[i].name, "convert-existing") != 0)
                         continue;
                 matched = 1;
