@@ -1774,6 +1774,184 @@ out:
         return r;
 }
 
+
+/* ---------------------------------------------------------------- compact */
+
+/* Copies one block (bitmap and data) from `from` to `to` (not overlapping). */
+static int vhd_copy_block(vhd_state *s, uint64_t from, uint64_t to, uint8_t *buf, size_t buf_size) {
+        uint64_t unit = (uint64_t) s->bm_size + s->block_size;
+        int r;
+
+        for (uint64_t done = 0; done < unit;) {
+                size_t n = (size_t) MIN((uint64_t) buf_size, unit - done);
+
+                r = io_pread_zerofill(s->io, buf, n, from + done);
+                if (r < 0)
+                        return r;
+                r = io_pwrite(s->io, buf, n, to + done);
+                if (r < 0)
+                        return r;
+                done += n;
+        }
+        return 0;
+}
+
+/* Asks `fn` about the sectors a block holds (set bitmap bits; clear ones
+ * already show what is below). VHD has no zero marker: a block is dropped
+ * only when all it holds equals what shows through without it. Then (not
+ * cancellable) the dropped entries are freed and flushed, the remaining
+ * blocks are moved down into whole-block holes one at a time (copy, flush,
+ * entry, flush: the old copy stays valid until the entry points at the new
+ * one), the footer is written after the last block and the file cut there. */
+static int vhd_compact(void *state, compact_fn fn, void *ctx, vdisk_progress *p) {
+        vhd_state *s = state;
+        uint64_t bs, unit, pos, n_live = 0, n_drop = 0;
+        size_t buf_size;
+        _cleanup_free_ uint8_t *buf = NULL;
+        _cleanup_free_ uint64_t *drop = NULL;
+        _cleanup_free_ vhd_span *spans = NULL;
+        int r;
+
+        if (!s->writable)
+                return vdisk_error(-EROFS, "vhd: image is read-only");
+        if (s->type == VHD_TYPE_FIXED)
+                return vdisk_error(-EOPNOTSUPP, "vhd: fixed images cannot be compacted");
+        r = vhd_flush(s);
+        if (r < 0)
+                return r;
+        r = vhd_prepare_writes(s);
+        if (r < 0)
+                return r;
+        if (s->n_bad > 0)
+                return vdisk_error(-EUCLEAN, "vhd: the BAT has %" PRIu32 " corrupt entries; repair the image "
+                                   "before compacting it", s->n_bad);
+
+        bs = s->block_size;
+        unit = (uint64_t) s->bm_size + bs;
+        buf_size = (size_t) MIN(unit, (uint64_t) 4 << 20);
+        buf = buf_alloc(buf_size);
+        drop = bitmap_new(MAX(s->n_blocks, 1u));
+        spans = malloc(MAX(s->n_blocks, 1u) * sizeof(vhd_span));
+        if (!buf || !drop || !spans)
+                return vdisk_error(-ENOMEM, "out of memory");
+        progress_set_total(p, s->size);
+
+        for (uint32_t b = 0; b < s->n_blocks; b++) {
+                uint64_t voff = (uint64_t) b * bs, len = MIN(bs, s->size - voff), end_sec = DIV_ROUND_UP(len, VHD_SECTOR);
+                bool keep = false;
+                vhd_bm *m;
+                uint32_t e;
+
+                r = progress_check(p);
+                if (r < 0)
+                        return vdisk_error(r, "vhd: compact cancelled (nothing changed)");
+                r = bat_get(s, b, &e);
+                if (r < 0)
+                        return r;
+                if (e != VHD_BAT_FREE) {
+                        r = bm_get(s, b, e, &m);
+                        if (r < 0)
+                                return r;
+                        for (uint64_t sec = 0; sec < end_sec && !keep;) {
+                                uint64_t run = bit_run(m->bits, sec, end_sec);
+
+                                if (bit_get(m->bits, sec))
+                                        for (uint64_t off = sec * VHD_SECTOR; off < MIN((sec + run) * VHD_SECTOR, len);) {
+                                                size_t n = (size_t) MIN((uint64_t) buf_size,
+                                                                        MIN((sec + run) * VHD_SECTOR, len) - off);
+                                                compact_verdict v;
+
+                                                r = io_pread_zerofill(s->io, buf, n, (uint64_t) e * VHD_SECTOR +
+                                                                      s->bm_size + off);
+                                                if (r < 0)
+                                                        return r;
+                                                r = fn(ctx, voff + off, buf, n, &v);
+                                                if (r < 0)
+                                                        return r;
+                                                if (v != COMPACT_UNALLOC) {
+                                                        keep = true;
+                                                        break;
+                                                }
+                                                off += n;
+                                        }
+                                sec += run;
+                        }
+                        if (keep)
+                                spans[n_live++] = (vhd_span) { .start = (uint64_t) e * VHD_SECTOR, .block = b };
+                        else {
+                                bitmap_set(drop, b);
+                                n_drop++;
+                        }
+                }
+                r = progress_add(p, len);
+                if (r < 0)
+                        return vdisk_error(r, "vhd: compact cancelled (nothing changed)");
+        }
+
+        /* Drop. */
+        for (uint32_t b = 0; n_drop > 0 && b < s->n_blocks; b++)
+                if (bitmap_get(drop, b)) {
+                        bm_drop(s, b);
+                        r = tc_set(s->bat, b, VHD_BAT_FREE, 0);
+                        if (r < 0)
+                                return r;
+                }
+        r = vhd_flush(s);
+        if (r < 0)
+                return r;
+
+        /* Pack. */
+        qsort(spans, n_live, sizeof *spans, cmp_span);
+        pos = s->alloc_floor;
+        for (uint64_t i = 0; i < n_live; i++) {
+                uint64_t start = spans[i].start;
+
+                if (start < pos + unit) {
+                        pos = MAX(pos, start + unit);
+                        continue;
+                }
+                r = vhd_copy_block(s, start, pos, buf, buf_size);
+                if (r < 0)
+                        return r;
+                r = io_flush(s->io);
+                if (r < 0)
+                        return r;
+                bm_drop(s, spans[i].block);
+                r = tc_set(s->bat, spans[i].block, pos / VHD_SECTOR, 0);
+                if (r < 0)
+                        return r;
+                r = tc_table_flush(s->bat);
+                if (r < 0)
+                        return r;
+                pos += unit;
+        }
+
+        /* The footer after the last block; the rest goes. */
+        if (pos < s->data_end) {
+                footer_seal(s->footer);
+                r = io_pwrite(s->io, s->footer, VHD_FOOTER_SIZE, pos);
+                if (r < 0)
+                        return r;
+                r = io_flush(s->io);
+                if (r < 0)
+                        return r;
+                r = io_truncate(s->io, pos + VHD_FOOTER_SIZE);
+                if (r < 0)
+                        return r;
+                r = io_flush(s->io);
+                if (r < 0)
+                        return r;
+                s->footer_offset = pos;
+                s->footer_len = VHD_FOOTER_SIZE;
+                s->data_end = pos;
+                /* The footer sector is where the next block's bitmap goes
+                 * (written whole): from there on, fresh space. */
+                hostalloc_truncated(&s->alloc, pos);
+                hostalloc_rewind(&s->alloc, pos);
+        }
+        return 0;
+}
+
 /* ---------------------------------------------------------------- table */
 
 static const char *const vhd_extensions[] = { "vhd", NULL };
@@ -1793,7 +1971,7 @@ const vdisk_backend backend_vhd = {
                 .qemu_name = "vpc",
                 .caps = VDISK_CAP_UUID | VDISK_CAP_CREATE_FIXED | VDISK_CAP_CREATE_DYNAMIC | VDISK_CAP_DIFF |
                         VDISK_CAP_FILE | VDISK_CAP_PREFERRED | VDISK_CAP_RESIZE |
-                        VDISK_CAP_CHECK | VDISK_CAP_REPAIR,
+                        VDISK_CAP_CHECK | VDISK_CAP_REPAIR | VDISK_CAP_COMPACT,
                 .media = VDISK_MEDIA_HDD,
                 .extensions = vhd_extensions,
                 .create_options = vhd_create_options,
@@ -1817,4 +1995,5 @@ const vdisk_backend backend_vhd = {
         .get_format_info = vhd_get_format_info,
         .resize = vhd_resize,
         .check = vhd_check,
+        .compact = vhd_compact,
 };
