@@ -39,8 +39,9 @@
  * in the count-ahead state).
  *
  * VDISK_CRASH_FORMAT=vpc runs the scenarios VHD has the operations for
- * (writes-base, writes-top, resize-base, resize-top (a grow that moves the
- * BAT), convert-existing, copy-source) on VHD images
+ * (writes-base, writes-top, compact-base, compact-top, resize-base,
+ * resize-top (a grow that moves the BAT), convert-existing, copy-source) on
+ * VHD images
  * (exact sizes: force_size=on) with the same verification, vdisk_check
  * included, except the VDI parser and `qemu-img check` (no vpc support).
  *
@@ -65,7 +66,8 @@ static bool fmt_vdi = true;
 static const char *const vhd_exact[] = { "force_size", "on", NULL };
 
 static const vdisk_create_opts *base_opts(void) {
-        static vdisk_create_opts o = { .size = sizeof o, .options = vhd_exact };
+        /* the scenarios' 1 MiB blocks (VHD's default is 2 MiB) */
+        static vdisk_create_opts o = { .size = sizeof o, .block_size = BLOCK, .options = vhd_exact };
         return fmt_vdi ? NULL : &o;
 }
 static int have_qemu;
@@ -475,7 +477,7 @@ static void build_compact_top(scenario *sc) {
         for (uint64_t b = 0; b < 8; b++)
                 fill_block(d, &r, b, 0, BLOCK);
         sc->tmpl[1] = new_io(sc, 1);
-        ASSERT_OK(vdisk_disk_create_diff(d, sc->tmpl[1], "vdi", NULL));
+        ASSERT_OK(vdisk_disk_create_diff(d, sc->tmpl[1], crash_fmt, NULL));
         /* block 0: equal to the parent's; 2 and 3: zeros over data; 5, 7: data */
         ASSERT_OK(vdisk_disk_read(d, buf, BLOCK, 0));
         ASSERT_OK(vdisk_disk_write(d, buf, BLOCK, 0));
@@ -1546,6 +1548,7 @@ int main(int argc, char **argv) {
                         continue;
                 if (!fmt_vdi && strncmp(scenarios[i].name, "writes-", 7) != 0 &&
                     strncmp(scenarios[i].name, "resize-", 7) != 0 &&
+                    strncmp(scenarios[i].name, "compact-", 8) != 0 &&
                     strcmp(scenarios[i].name, "convert-existing") != 0)
                         continue;
                 matched = 1;
