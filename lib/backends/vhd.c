@@ -18,8 +18,10 @@
  * Supported: fixed and dynamic, read, write, create (qemu's subformat and
  * force_size options); the sector bitmap as sub-block allocation: a clear
  * bit maps UNALLOC (zeros in a base image). Differencing images (type 4)
- * open with their parent found by UUID (the core's search): read and write.
- * Block sizes: powers of two from 512 bytes to 64 MiB.
+ * open with their parent found by UUID (the core's search): read and write;
+ * create writes the parent UUID, Unicode name and a W2ru locator. Resize
+ * (growing past the BAT moves it behind the last block), compact, check and
+ * repair. Block sizes: powers of two from 512 bytes to 64 MiB.
  *
  * Size (trap T1): current_size, except for the creators that size the disk
  * by its CHS geometry (Virtual PC 'vpc ' and qemu 'qemu', as qemu does),

@@ -143,4 +143,30 @@ expect_rc "vdisk-img commit diff.vhd" 0 true
 expect_cmp "qemu reads the committed base as the flattened chain" base-after.raw mixed.raw
 rm -f out.raw base-after.raw
 
+# 5. Resize and compact, read back by qemu.
+"$QEMU_IMG" create -q -f vpc -o force_size=on grow.vhd $((4 * M))
+"$QEMU_IO" -f vpc -c "write -P 0x5a 0 1M" -c "write -P 0x5b $((3 * M + 512)) 4096" grow.vhd >/dev/null
+"$QEMU_IMG" convert -f vpc -O raw grow.vhd grow.raw
+vimg resize grow.vhd $((64 * M))
+expect_rc "vdisk-img resize of a qemu-made VHD past its BAT" 0 true
+[[ $RC -eq 0 ]] || notok "resize" "$(last_err)"
+truncate -s $((64 * M)) grow.raw
+qcompare grow.raw raw grow.vhd vpc
+expect_eq "qemu reads the grown size" "$(qinfo grow.vhd vpc virtual-size)" $((64 * M))
+"$QEMU_IO" -f vpc -c "write -P 0x77 $((50 * M)) 4096" grow.vhd >/dev/null
+expect_rc "vdisk-img check after qemu wrote past the moved BAT" 0 "$VDISK_IMG" check grow.vhd
+rm -f grow.vhd grow.raw
+
+vimg convert -f raw -O vpc -o force_size=on src.raw c.vhd
+"$QEMU_IO" -f vpc -c "write -z 0 $((8 * M))" -c "write -P 0 $((12 * M)) $((4 * M))" c.vhd >/dev/null
+"$QEMU_IMG" convert -f vpc -O raw c.vhd c.raw
+before=$(stat -c %s c.vhd)
+vimg compact c.vhd
+expect_rc "vdisk-img compact" 0 true
+[[ $RC -eq 0 ]] || notok "compact" "$(last_err)"
+expect_true "compact made the file smaller" test "$(stat -c %s c.vhd)" -lt "$before"
+qcompare c.raw raw c.vhd vpc
+expect_rc "vdisk-img check after compact" 0 "$VDISK_IMG" check c.vhd
+rm -f c.vhd c.raw
+
 finish
