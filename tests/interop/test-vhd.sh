@@ -143,7 +143,16 @@ expect_rc "vdisk-img commit diff.vhd" 0 true
 expect_cmp "qemu reads the committed base as the flattened chain" base-after.raw mixed.raw
 rm -f out.raw base-after.raw
 
-# 5. Resize and compact, read back by qemu.
+# 5. map --output=json as qemu-img reports it (unallocated blocks of a base
+#    are present zeros in qemu's vpc driver).
+"$QEMU_IMG" create -q -f vpc -o force_size=on m.vhd $((8 * M))
+"$QEMU_IO" -f vpc -c "write -P 1 0 4k" -c "write -P 2 $((5 * M)) 4k" m.vhd >/dev/null
+"$QEMU_IMG" map --output=json -f vpc m.vhd > qmap.json
+vimg map --output=json -f vpc m.vhd
+expect_eq "map --output=json equals qemu-img's" "$(cat "$T/out")" "$(cat qmap.json)"
+rm -f m.vhd qmap.json
+
+# 6. Resize and compact, read back by qemu.
 "$QEMU_IMG" create -q -f vpc -o force_size=on grow.vhd $((4 * M))
 "$QEMU_IO" -f vpc -c "write -P 0x5a 0 1M" -c "write -P 0x5b $((3 * M + 512)) 4096" grow.vhd >/dev/null
 "$QEMU_IMG" convert -f vpc -O raw grow.vhd grow.raw
