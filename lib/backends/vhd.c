@@ -586,7 +586,11 @@ static int vhd_open(void *state, const open_ctx *c) {
         }
         /* The copy at 0 first (as qemu), else the one at the end (a copy at
          * 0 that is damaged is what VirtualBox repairs from the end). */
-        if (r_head >= 0)
+        /* A fixed image's footer is at the end only: its data may begin
+         * with anything, another VHD's footer included. */
+        if (r_tail >= 0 && get_be32(tail + F_TYPE) == VHD_TYPE_FIXED)
+                memcpy(s->footer, tail, sizeof s->footer);
+        else if (r_head >= 0)
                 memcpy(s->footer, head, sizeof s->footer);
         else if (r_tail >= 0)
                 memcpy(s->footer, tail, sizeof s->footer);
@@ -601,6 +605,12 @@ static int vhd_open(void *state, const open_ctx *c) {
         if (s->size % VHD_SECTOR != 0)
                 return vdisk_error(-EUCLEAN, "vhd: disk size %" PRIu64 " is not a multiple of 512", s->size);
 
+        if (s->type != VHD_TYPE_FIXED && r_tail < 0) {
+                /* No footer at the end (a crash between a new block's data
+                 * and its footer): the next one is appended. */
+                s->footer_offset = file_size;
+                s->footer_len = VHD_FOOTER_SIZE;
+        }
         if (s->type == VHD_TYPE_FIXED) {
                 if (r_head >= 0 && r_tail < 0)
                         return vdisk_error(-EUCLEAN, "vhd: fixed image without a footer at its end");
