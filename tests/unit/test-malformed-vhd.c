@@ -267,6 +267,19 @@ static void test_fields(void) {
                 }
                 free(b);
         }
+        /* A fixed VHD whose data begins with another VHD's footer (a disk
+         * holding an image): still the fixed image, by its end footer. */
+        {
+                uint8_t *b = malloc(fixed.len), *c = malloc(DISK);
+                ASSERT(b && c);
+                memcpy(b, fixed.bytes, fixed.len);
+                memcpy(b, dyn.bytes, 512);
+                memcpy(c, fixed.content, DISK);
+                memcpy(c, dyn.bytes, 512);
+                try_image("fixed-holding-a-footer", b, fixed.len, false, MUST_READ, c);
+                free(b);
+                free(c);
+        }
         (void) be64;
 }
 
