@@ -706,10 +706,10 @@ int main(int argc, char **argv) {
                 fmt_vdi = false;
                 configs = vhd_configs;
 #ifdef MODEL_ASAN
-                /* Under ASan: two seeds (6,000 operations); the plain
+                /* Under ASan: one seed (3,000 operations); the plain
                  * build runs all four. */
                 if (argc == 1)
-                        n_seeds = 2;
+                        n_seeds = 1;
 #endif
         }
 
