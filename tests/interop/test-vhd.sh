@@ -12,6 +12,9 @@
 #    qemu-made base, finds the base by its UUID, reads through it, writes
 #    into the diff (partial blocks: sector bitmaps) and commits it into the
 #    base, which qemu then reads as the flattened chain;
+#  - trap T1: a VirtualBox-style footer reads at current_size (qemu: by CHS);
+#  - map --output=json as qemu-img's; resize past the BAT and compact, read
+#    back by qemu;
 #  - vdisk-img writes into a qemu-made dynamic VHD (convert -n: in place
 #    into allocated blocks, new blocks appended, the footer moved) and qemu
 #    reads the result; qemu-io writes into a vdisk-made VHD and vdisk reads it.
@@ -152,7 +155,36 @@ vimg map --output=json -f vpc m.vhd
 expect_eq "map --output=json equals qemu-img's" "$(cat "$T/out")" "$(cat qmap.json)"
 rm -f m.vhd qmap.json
 
-# 6. Resize and compact, read back by qemu.
+# 6. Trap T1: a VirtualBox-style footer (creator 'vbox', the requested size
+#    in current_size, the spec's CHS rounded down) reads at current_size;
+#    qemu reads it short, by its geometry.
+"$QEMU_IMG" create -q -f vpc -o force_size=on vb.vhd $((100 * M))
+"$QEMU_IO" -f vpc -c "write -P 0x42 $((100 * M - 4096)) 4096" vb.vhd >/dev/null
+"$PY" - vb.vhd <<'PYEOF'
+import struct, sys
+path = sys.argv[1]
+with open(path, 'r+b') as f:
+    data = bytearray(f.read())
+    def patch(off):
+        ft = data[off:off + 512]
+        ft[28:32] = b'vbox'
+        ft[56:60] = struct.pack('>HBB', 1003, 12, 17)   # 1003*12*17*512 = 104,761,344
+        ft[64:68] = b'\0\0\0\0'
+        ft[64:68] = struct.pack('>I', ~sum(ft) & 0xffffffff)
+        data[off:off + 512] = ft
+    patch(0)
+    patch(len(data) - 512)
+    f.seek(0)
+    f.write(data)
+PYEOF
+vimg info --output=json vb.vhd
+expect_eq "T1: creator vbox reads at current_size" "$(py json-get "$T/out" virtual-size 2>/dev/null || true)" $((100 * M))
+expect_eq "T1: qemu reads it by CHS (short)" "$(qinfo vb.vhd vpc virtual-size)" 104761344
+vimg convert -O raw vb.vhd vb.raw
+expect_eq "T1: the last sector is there" "$(tail -c 4096 vb.raw | od -An -tx1 | tr -d ' \n' | head -c 8)" 42424242
+rm -f vb.vhd vb.raw
+
+# 7. Resize and compact, read back by qemu.
 "$QEMU_IMG" create -q -f vpc -o force_size=on grow.vhd $((4 * M))
 "$QEMU_IO" -f vpc -c "write -P 0x5a 0 1M" -c "write -P 0x5b $((3 * M + 512)) 4096" grow.vhd >/dev/null
 "$QEMU_IMG" convert -f vpc -O raw grow.vhd grow.raw
