@@ -306,11 +306,12 @@ static int map_print_human(const MapEntry *e) {
         return 0;
 }
 
-/* qemu's VDI driver reports blocks a base image never allocated as present
- * zeros (the format defines them as zero); match that. */
+/* qemu's VDI and VPC drivers report blocks a base image never allocated as
+ * present zeros (the format defines them as zero); match that. */
 static bool base_defines_zeros(Img *img) {
         vdisk_image *base = vdisk_disk_image(img->disk, 0);
-        return base && streq(vdisk_image_backend(base)->qemu_name, "vdi");
+        return base && (streq(vdisk_image_backend(base)->qemu_name, "vdi") ||
+                        streq(vdisk_image_backend(base)->qemu_name, "vpc"));
 }
 
 /* Like qemu-img, data of a preallocated image that lies in a hole of its file
