@@ -366,3 +366,4 @@ typedef struct vdisk_backend {
 /* The backend table (lib/core/registry.c). */
 extern const vdisk_backend backend_raw;
 extern const vdisk_backend backend_vdi;
+extern const vdisk_backend backend_vmdk;

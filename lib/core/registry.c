@@ -8,6 +8,7 @@
 
 static const vdisk_backend *const backends[] = {
         &backend_vdi,
+        &backend_vmdk,
         &backend_raw,
 };
 

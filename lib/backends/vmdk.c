@@ -1,0 +1,827 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/*
+ * VMDK — VMware Virtual Disk, hosted ("Workstation") formats.
+ *
+ * Spec: VMware "Virtual Disk Format 5.0" technote (sparse extent header,
+ * grain directory and tables, descriptor, stream-optimized markers); our
+ * reading of it, limits and traps in docs/formats/vmdk.md and
+ * ../shared/formats/FORMATS.md §3.4. All header fields little-endian.
+ *
+ * An image is a descriptor (text: lib/fmt/vmdk-desc.c) and extents:
+ *   - a file starting with the sparse magic "KDMV" holds its descriptor
+ *     embedded (monolithicSparse, streamOptimized) and is its own extent;
+ *   - a text descriptor file names its extents (monolithicFlat,
+ *     twoGbMaxExtent*, vmfs), each opened through the files handle — never
+ *     by path (names with ".." or absolute are refused by the parser).
+ *
+ * Hosted sparse extent:
+ *   sector 0       header (512 bytes): magic, version 1..3, flags, capacity,
+ *                  grain size, descriptor offset/size, GTEs per GT, rgd/gd
+ *                  offsets (sectors), overhead, newline test chars, compression
+ *   descriptor     (embedded, NUL-padded)
+ *   rgd, gd        redundant and primary grain directories: u32 sector
+ *                  offsets of the grain tables (0 = no table)
+ *   GTs            u32 grain entries: 0 unallocated, 1 zeroed (flags bit 2,
+ *                  version >= 2), else the grain's sector
+ *   grains
+ * streamOptimized (flags bits 16 + 17): gd offset "at end" in the header,
+ * the real header is the footer at EOF-1024; each grain is a marker
+ * (u64 lba, u32 size) then `size` bytes of zlib data (MAP_ENCODED).
+ *
+ * Grain tables are read through lib/fmt/tablecache: the GD as its own
+ * table, the GTs (which lie anywhere in the file) through one LE32 view of
+ * the whole extent file, 4 KiB pages.
+ *
+ * Supported so far: reading monolithicSparse (header v1/v2/v3, zeroed-grain
+ * GTEs), monolithicFlat, twoGbMaxExtentSparse/Flat, vmfs (flat), ZERO
+ * extents, streamOptimized; diffs by parentFileNameHint. Refused clearly:
+ * vmfsSparse, seSparse, raw-device descriptors, NOACCESS extents.
+ *
+ * Threads: none of its own; the core serializes every call on an image.
+ */
+#include <assert.h>
+#include <errno.h>
+#include <inttypes.h>
+#include <stdbool.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <zlib.h>
+
+#include "backend.h"
+#include "fmt/hostalloc.h"
+#include "fmt/tablecache.h"
+#include "fmt/vmdk-desc.h"
+#include "io/io.h"
+#include "util/util.h"
+
+#define VMDK_MAGIC              UINT32_C(0x564d444b)   /* "KDMV" little-endian */
+#define VMDK_SECTOR             512u
+#define VMDK_GD_AT_END          UINT64_MAX
+#define VMDK_GRAIN_MAX_SECTORS  UINT64_C(32768)        /* 16 MiB */
+#define VMDK_GTES_MAX           512u
+#define VMDK_CAPACITY_MAX       (UINT64_C(64) << 31)   /* sectors: 64 TiB */
+#define VMDK_GD_BYTES_MAX       (UINT64_C(64) << 20)
+#define VMDK_PAGE               4096u
+#define VMDK_MARKER_SIZE        12u
+
+enum {
+        VMDK_FLAG_NL_TEST     = 1u << 0,
+        VMDK_FLAG_RGD         = 1u << 1,
+        VMDK_FLAG_ZEROED_GTE  = 1u << 2,
+        VMDK_FLAG_COMPRESSED  = 1u << 16,
+        VMDK_FLAG_MARKERS     = 1u << 17,
+};
+
+/* Header field offsets. */
+enum {
+        H_MAGIC        = 0,
+        H_VERSION      = 4,
+        H_FLAGS        = 8,
+        H_CAPACITY     = 12,
+        H_GRAIN        = 20,
+        H_DESC_OFFSET  = 28,
+        H_DESC_SIZE    = 36,
+        H_GTES         = 44,
+        H_RGD          = 48,
+        H_GD           = 56,
+        H_OVERHEAD     = 64,
+        H_UNCLEAN      = 72,
+        H_NL_CHARS     = 73,   /* '\n', ' ', '\r', '\n' */
+        H_COMPRESS     = 77,
+};
+
+#define CODEC_DEFLATE 1u
+
+typedef struct vmdk_header {
+        uint32_t version, flags;
+        uint64_t capacity, grain, desc_offset, desc_size;   /* sectors */
+        uint32_t gtes;
+        uint64_t rgd, gd, overhead;                          /* sectors */
+        uint16_t compress;
+} vmdk_header;
+
+typedef struct vmdk_extent {
+        vmdk_extent_type type;
+        vmdk_access access;
+        uint64_t start, size;           /* virtual bytes */
+        vdisk_io *io;                   /* the extent's file (s->io for the embedded case) */
+        uint64_t flat_offset;           /* FLAT/VMFS: bytes into io */
+        uint64_t file_size;
+        /* SPARSE */
+        vmdk_header h;
+        uint64_t grain;                 /* bytes */
+        uint64_t n_gd;
+        tc_table *gd, *rgd;
+        tc_table *view;                 /* LE32 view of the whole file: the GTs */
+        bool zeroed_gte, compressed;
+} vmdk_extent;
+
+typedef struct vmdk_state {
+        vdisk_io *io;
+        int writable;
+        tc_budget *budget;
+        vmdk_desc desc;
+        bool embedded;                  /* the descriptor lives in the sparse header's file */
+        vmdk_extent *ext;
+        size_t n_ext;
+        uint64_t size;
+        uint32_t cid, parent_cid;
+        const char *create_type;
+        const char *parent_hint;
+        uint8_t uuid[16], parent_uuid[16];
+        bool has_uuid, has_parent_uuid;
+        vdisk_geometry lchs;
+} vmdk_state;
+
+/* ---------------------------------------------------------------- header */
+
+static void header_decode(const uint8_t *p, vmdk_header *h) {
+        *h = (vmdk_header) {
+                .version = get_le32(p + H_VERSION),
+                .flags = get_le32(p + H_FLAGS),
+                .capacity = get_le64(p + H_CAPACITY),
+                .grain = get_le64(p + H_GRAIN),
+                .desc_offset = get_le64(p + H_DESC_OFFSET),
+                .desc_size = get_le64(p + H_DESC_SIZE),
+                .gtes = get_le32(p + H_GTES),
+                .rgd = get_le64(p + H_RGD),
+                .gd = get_le64(p + H_GD),
+                .overhead = get_le64(p + H_OVERHEAD),
+                .compress = get_le16(p + H_COMPRESS),
+        };
+}
+
+/* The header checks that do not need the rest of the file. `name` for messages. */
+static int header_check(const uint8_t *p, const vmdk_header *h, uint64_t file_size, const char *name) {
+        if (get_le32(p + H_MAGIC) != VMDK_MAGIC)
+                return vdisk_error(-EMEDIUMTYPE, "vmdk: %s: no sparse extent magic", name);
+        if (h->version < 1 || h->version > 3)
+                return vdisk_error(-EOPNOTSUPP, "vmdk: %s: sparse header version %" PRIu32 " (1 to 3 supported)",
+                                   name, h->version);
+        if ((h->flags & VMDK_FLAG_NL_TEST) &&
+            (p[H_NL_CHARS] != '\n' || p[H_NL_CHARS + 1] != ' ' || p[H_NL_CHARS + 2] != '\r' ||
+             p[H_NL_CHARS + 3] != '\n'))
+                return vdisk_error(-EUCLEAN, "vmdk: %s: newline test characters damaged (transferred in text mode?)",
+                                   name);
+        if (h->capacity == 0 || h->capacity > VMDK_CAPACITY_MAX)
+                return vdisk_error(-EUCLEAN, "vmdk: %s: capacity of %" PRIu64 " sectors (1 to %" PRIu64 ")", name,
+                                   h->capacity, VMDK_CAPACITY_MAX);
+        if (h->grain == 0 || h->grain > VMDK_GRAIN_MAX_SECTORS || (h->grain & (h->grain - 1)))
+                return vdisk_error(-EUCLEAN, "vmdk: %s: grain of %" PRIu64 " sectors (a power of two up to %" PRIu64
+                                   ")", name, h->grain, VMDK_GRAIN_MAX_SECTORS);
+        if (h->gtes == 0 || h->gtes > VMDK_GTES_MAX)
+                return vdisk_error(-EUCLEAN, "vmdk: %s: %" PRIu32 " entries per grain table (1 to %u)", name,
+                                   h->gtes, VMDK_GTES_MAX);
+        if (h->desc_size > VMDK_DESC_MAX / VMDK_SECTOR)
+                return vdisk_error(-EUCLEAN, "vmdk: %s: embedded descriptor of %" PRIu64 " sectors (at most %u)",
+                                   name, h->desc_size, VMDK_DESC_MAX / VMDK_SECTOR);
+        if (h->desc_size && (h->desc_offset == 0 || h->desc_offset > file_size / VMDK_SECTOR ||
+                             h->desc_offset + h->desc_size > DIV_ROUND_UP(file_size, VMDK_SECTOR)))
+                return vdisk_error(-EUCLEAN, "vmdk: %s: embedded descriptor at sector %" PRIu64 " (%" PRIu64
+                                   " sectors) is not within the file", name, h->desc_offset, h->desc_size);
+        if (h->flags & VMDK_FLAG_COMPRESSED) {
+                if (h->compress != CODEC_DEFLATE)
+                        return vdisk_error(-EOPNOTSUPP, "vmdk: %s: compression algorithm %u", name, h->compress);
+                if (!(h->flags & VMDK_FLAG_MARKERS))
+                        return vdisk_error(-EOPNOTSUPP, "vmdk: %s: compressed grains without markers", name);
+        }
+        return 0;
+}
+
+/* ---------------------------------------------------------------- extents */
+
+static int sparse_open(vmdk_state *s, vmdk_extent *e, const char *name, uint8_t *hdr) {
+        uint64_t n_gt_sectors, gd_bytes;
+        int r;
+
+        header_decode(hdr, &e->h);
+        r = header_check(hdr, &e->h, e->file_size, name);
+        if (r < 0)
+                return r;
+        if (e->h.gd == VMDK_GD_AT_END) {
+                uint8_t foot[VMDK_SECTOR];
+                vmdk_header fh;
+
+                /* streamOptimized: footer marker, footer, end-of-stream marker. */
+                if (e->file_size < 3 * VMDK_SECTOR + VMDK_SECTOR)
+                        return vdisk_error(-EUCLEAN, "vmdk: %s: grain directory at the end, but no footer", name);
+                r = io_pread(e->io, foot, VMDK_SECTOR, e->file_size - 2 * VMDK_SECTOR);
+                if (r < 0)
+                        return r;
+                header_decode(foot, &fh);
+                r = header_check(foot, &fh, e->file_size, name);
+                if (r < 0)
+                        return r == -EMEDIUMTYPE ? vdisk_error(-EUCLEAN, "vmdk: %s: no footer at the end", name) : r;
+                if (fh.gd == VMDK_GD_AT_END || fh.capacity != e->h.capacity || fh.grain != e->h.grain ||
+                    fh.gtes != e->h.gtes)
+                        return vdisk_error(-EUCLEAN, "vmdk: %s: footer disagrees with the header", name);
+                e->h = fh;
+        }
+        e->grain = e->h.grain * VMDK_SECTOR;
+        e->size = e->h.capacity * VMDK_SECTOR;
+        n_gt_sectors = e->h.grain * e->h.gtes;
+        e->n_gd = DIV_ROUND_UP(e->h.capacity, n_gt_sectors);
+        gd_bytes = e->n_gd * 4;
+        if (gd_bytes > VMDK_GD_BYTES_MAX)
+                return vdisk_error(-EFBIG, "vmdk: %s: grain directory of %" PRIu64 " entries is too big", name,
+                                   e->n_gd);
+        if (e->h.gd == 0 || e->h.gd > e->file_size / VMDK_SECTOR ||
+            !range_within(e->h.gd * VMDK_SECTOR, gd_bytes, e->file_size))
+                return vdisk_error(-EUCLEAN, "vmdk: %s: grain directory at sector %" PRIu64 " (%" PRIu64
+                                   " entries) is not within the file (%" PRIu64 " bytes)", name, e->h.gd, e->n_gd,
+                                   e->file_size);
+        if (e->h.flags & VMDK_FLAG_RGD) {
+                if (e->h.rgd == 0 || e->h.rgd > e->file_size / VMDK_SECTOR ||
+                    !range_within(e->h.rgd * VMDK_SECTOR, gd_bytes, e->file_size))
+                        return vdisk_error(-EUCLEAN, "vmdk: %s: redundant grain directory at sector %" PRIu64
+                                           " is not within the file", name, e->h.rgd);
+        }
+        e->zeroed_gte = e->h.version >= 2 && (e->h.flags & VMDK_FLAG_ZEROED_GTE);
+        e->compressed = e->h.flags & VMDK_FLAG_COMPRESSED;
+
+        tc_table_params gp = {
+                .offset = e->h.gd * VMDK_SECTOR,
+                .size = gd_bytes,
+                .page_size = VMDK_PAGE,
+                .entry = TC_LE32,
+                .name = "vmdk grain directory",
+        };
+        r = tc_table_new(s->budget, e->io, &gp, &e->gd);
+        if (r < 0)
+                return r;
+        if (e->h.flags & VMDK_FLAG_RGD) {
+                gp.offset = e->h.rgd * VMDK_SECTOR;
+                gp.name = "vmdk redundant grain directory";
+                r = tc_table_new(s->budget, e->io, &gp, &e->rgd);
+                if (r < 0)
+                        return r;
+        }
+        tc_table_params vp = {
+                .offset = 0,
+                .size = e->file_size & ~UINT64_C(3),
+                .page_size = VMDK_PAGE,
+                .entry = TC_LE32,
+                .name = "vmdk grain tables",
+        };
+        return tc_table_new(s->budget, e->io, &vp, &e->view);
+}
+
+static void extent_free(vmdk_extent *e) {
+        e->gd = tc_table_free(e->gd);
+        e->rgd = tc_table_free(e->rgd);
+        e->view = tc_table_free(e->view);
+}
+
+/* The GT's sector for grain g of a sparse extent, 0 when it has none. */
+static int gt_sector(vmdk_extent *e, uint64_t g, tc_table *gd, uint64_t *ret) {
+        uint64_t gde;
+        int r;
+
+        r = tc_get(gd, g / e->h.gtes, &gde);
+        if (r < 0)
+                return r;
+        if (gde != 0 && !range_within(gde * VMDK_SECTOR, (uint64_t) e->h.gtes * 4, e->file_size))
+                return vdisk_error(-EUCLEAN, "vmdk: grain directory entry %" PRIu64 " (sector %" PRIu64
+                                   ") points past the end of the file", g / e->h.gtes, gde);
+        *ret = gde;
+        return 0;
+}
+
+static int gte_get(vmdk_extent *e, uint64_t g, uint64_t *ret) {
+        uint64_t gts = 0;
+        int r;
+
+        r = gt_sector(e, g, e->gd, &gts);
+        if (r < 0)
+                return r;
+        if (gts == 0) {
+                *ret = 0;
+                return 0;
+        }
+        return tc_get(e->view, gts * (VMDK_SECTOR / 4) + g % e->h.gtes, ret);
+}
+
+/* ---------------------------------------------------------------- probe, open */
+
+static bool looks_like_descriptor(const uint8_t *head, size_t len) {
+        static const char sig[] = "# Disk DescriptorFile";
+        size_t i = 0;
+
+        if (len >= 3 && head[0] == 0xef && head[1] == 0xbb && head[2] == 0xbf)
+                i = 3;
+        return len - i >= sizeof sig - 1 && strncasecmp((const char *) head + i, sig, sizeof sig - 1) == 0;
+}
+
+static int vmdk_probe(const uint8_t *head, size_t head_len, const uint8_t *tail, size_t tail_len,
+                      uint64_t file_size, const char *name) {
+        if (head_len >= 4 && get_le32(head) == VMDK_MAGIC)
+                return 100;
+        if (looks_like_descriptor(head, head_len))
+                return 100;
+        return 0;
+}
+
+static int parse_uuid_key(vmdk_state *s, const char *key, uint8_t out[16], bool *has) {
+        const char *v = vmdk_desc_get(&s->desc, key);
+
+        if (!v)
+                return 0;
+        if (vdisk_uuid_parse(v, out) < 0)
+                return vdisk_error(-EUCLEAN, "vmdk: descriptor %s \"%.40s\" is not a UUID", key, v);
+        *has = true;
+        return 0;
+}
+
+static int desc_meta(vmdk_state *s) {
+        uint64_t c = 0, h = 0, sct = 0;
+        int r;
+
+        r = vmdk_desc_get_cid(&s->desc, "CID", &s->cid);
+        if (r == -ENOENT)
+                s->cid = 0xfffffffe;
+        else if (r < 0)
+                return r;
+        r = vmdk_desc_get_cid(&s->desc, "parentCID", &s->parent_cid);
+        if (r == -ENOENT)
+                s->parent_cid = 0xffffffff;
+        else if (r < 0)
+                return r;
+        s->create_type = vmdk_desc_get(&s->desc, "createType");
+        s->parent_hint = vmdk_desc_get(&s->desc, "parentFileNameHint");
+        if (s->parent_hint && !s->parent_hint[0])
+                s->parent_hint = NULL;
+        r = parse_uuid_key(s, "ddb.uuid.image", s->uuid, &s->has_uuid);
+        if (r < 0)
+                return r;
+        r = parse_uuid_key(s, "ddb.uuid.parent", s->parent_uuid, &s->has_parent_uuid);
+        if (r < 0)
+                return r;
+        if (vmdk_desc_get_u64(&s->desc, "ddb.geometry.cylinders", &c) == 0 &&
+            vmdk_desc_get_u64(&s->desc, "ddb.geometry.heads", &h) == 0 &&
+            vmdk_desc_get_u64(&s->desc, "ddb.geometry.sectors", &sct) == 0 && c <= UINT32_MAX && h <= 255 &&
+            sct <= 255)
+                s->lchs = (vdisk_geometry) { .cylinders = (uint32_t) c, .heads = (uint32_t) h,
+                                             .sectors = (uint32_t) sct };
+        return 0;
+}
+
+static int check_create_type(const char *t) {
+        static const char *const unsupported[] = {
+                "fullDevice", "partitionedDevice", "vmfsRaw", "vmfsRawDeviceMap", "vmfsPassthroughRawDeviceMap",
+                NULL,
+        };
+
+        if (!t)
+                return 0;
+        for (const char *const *u = unsupported; *u; u++)
+                if (strcasecmp(t, *u) == 0)
+                        return vdisk_error(-EOPNOTSUPP, "vmdk: createType \"%s\" (raw device) is not supported", t);
+        return 0;
+}
+
+static int open_extents(vmdk_state *s, const open_ctx *c) {
+        uint64_t start = 0;
+        int r;
+
+        if (s->desc.n_extents == 0)
+                return vdisk_error(-EUCLEAN, "vmdk: descriptor names no extent");
+        s->ext = calloc(s->desc.n_extents, sizeof *s->ext);
+        if (!s->ext)
+                return -ENOMEM;
+        for (size_t i = 0; i < s->desc.n_extents; i++) {
+                const vmdk_extent_desc *d = &s->desc.extents[i];
+                vmdk_extent *e = &s->ext[i];
+
+                s->n_ext = i + 1;
+                e->type = d->type;
+                e->access = d->access;
+                e->start = start;
+                if (d->access == VMDK_ACCESS_NOACCESS)
+                        return vdisk_error(-EOPNOTSUPP, "vmdk: extent %zu (\"%s\") is NOACCESS", i + 1,
+                                           d->file ? d->file : "ZERO");
+                if (d->access == VMDK_ACCESS_RDONLY && s->writable)
+                        return vdisk_error(-EROFS, "vmdk: extent %zu (\"%s\") is read-only", i + 1,
+                                           d->file ? d->file : "ZERO");
+                switch (d->type) {
+                case VMDK_EXTENT_ZERO:
+                        e->size = d->sectors * VMDK_SECTOR;
+                        break;
+                case VMDK_EXTENT_FLAT:
+                case VMDK_EXTENT_VMFS:
+                        r = files_open(c->files, d->file, s->writable ? FILES_WRITE : 0, &e->io);
+                        if (r < 0)
+                                return r;
+                        r = io_get_size(e->io, &e->file_size);
+                        if (r < 0)
+                                return r;
+                        e->size = d->sectors * VMDK_SECTOR;
+                        e->flat_offset = d->offset * VMDK_SECTOR;
+                        if (!range_within(e->flat_offset, e->size, e->file_size))
+                                return vdisk_error(-EUCLEAN, "vmdk: flat extent \"%s\" holds %" PRIu64
+                                                   " bytes, less than the %" PRIu64 " it should",
+                                                   d->file, e->file_size, e->flat_offset + e->size);
+                        break;
+                case VMDK_EXTENT_SPARSE: {
+                        uint8_t hdr[VMDK_SECTOR] = {};
+
+                        r = files_open(c->files, d->file, s->writable ? FILES_WRITE : 0, &e->io);
+                        if (r < 0)
+                                return r;
+                        r = io_get_size(e->io, &e->file_size);
+                        if (r < 0)
+                                return r;
+                        if (e->file_size < VMDK_SECTOR)
+                                return vdisk_error(-EUCLEAN, "vmdk: sparse extent \"%s\" is too short", d->file);
+                        r = io_pread(e->io, hdr, VMDK_SECTOR, 0);
+                        if (r < 0)
+                                return r;
+                        r = sparse_open(s, e, d->file, hdr);
+                        if (r < 0)
+                                return r == -EMEDIUMTYPE ? -EUCLEAN : r;
+                        if (e->h.capacity != d->sectors)
+                                return vdisk_error(-EUCLEAN, "vmdk: sparse extent \"%s\" holds %" PRIu64
+                                                   " sectors, the descriptor says %" PRIu64, d->file,
+                                                   e->h.capacity, d->sectors);
+                        if (e->compressed && s->writable)
+                                return vdisk_error(-EROFS, "vmdk: \"%s\" has compressed grains: read-only", d->file);
+                        break;
+                }
+                default:
+                        return vdisk_error(-EOPNOTSUPP, "vmdk: %s extents (\"%s\") are not supported yet",
+                                           vmdk_extent_type_name(d->type), d->file);
+                }
+                if (e->size > VMDK_CAPACITY_MAX * VMDK_SECTOR - start)
+                        return vdisk_error(-EFBIG, "vmdk: extents add up to more than %" PRIu64 " bytes",
+                                           VMDK_CAPACITY_MAX * VMDK_SECTOR);
+                start += e->size;
+        }
+        s->size = start;
+        return 0;
+}
+
+static int vmdk_open(void *state, const open_ctx *c) {
+        vmdk_state *s = state;
+        uint8_t head[VMDK_SECTOR] = {};
+        uint64_t file_size;
+        int r;
+
+        s->io = c->io;
+        s->writable = c->writable && !c->info_only;
+        s->budget = c->budget;
+
+        r = io_get_size(c->io, &file_size);
+        if (r < 0)
+                return r;
+        if (file_size < 4)
+                return vdisk_error(-EMEDIUMTYPE, "vmdk: file too short (%" PRIu64 " bytes)", file_size);
+        r = io_pread(c->io, head, MIN(file_size, (uint64_t) VMDK_SECTOR), 0);
+        if (r < 0)
+                return r;
+
+        if (get_le32(head) == VMDK_MAGIC) {
+                _cleanup_free_ char *text = NULL;
+                vmdk_extent *e;
+
+                s->embedded = true;
+                s->ext = calloc(1, sizeof *s->ext);
+                if (!s->ext)
+                        return -ENOMEM;
+                s->n_ext = 1;
+                e = s->ext;
+                e->type = VMDK_EXTENT_SPARSE;
+                e->io = c->io;
+                e->file_size = file_size;
+                if (file_size < VMDK_SECTOR)
+                        return vdisk_error(-EUCLEAN, "vmdk: file too short for a sparse header");
+                r = sparse_open(s, e, vdisk_io_name(c->io), head);
+                if (r < 0)
+                        return r;
+                s->size = e->size;
+                /* The descriptor: from the (first) header, not the footer. */
+                vmdk_header h0;
+                header_decode(head, &h0);
+                if (h0.desc_size > 0) {
+                        size_t n = (size_t) (h0.desc_size * VMDK_SECTOR);
+
+                        text = calloc(1, n + 1);
+                        if (!text)
+                                return -ENOMEM;
+                        r = io_pread_zerofill(c->io, text, n, h0.desc_offset * VMDK_SECTOR);
+                        if (r < 0)
+                                return r;
+                        r = vmdk_desc_parse(text, n, &s->desc);
+                        if (r < 0)
+                                return r == -EMEDIUMTYPE ? vdisk_error(-EUCLEAN, "vmdk: embedded descriptor is empty") : r;
+                        if (s->desc.n_extents != 1 || s->desc.extents[0].type != VMDK_EXTENT_SPARSE)
+                                return vdisk_error(-EUCLEAN, "vmdk: embedded descriptor must name one SPARSE extent");
+                        r = check_create_type(vmdk_desc_get(&s->desc, "createType"));
+                        if (r < 0)
+                                return r;
+                        r = desc_meta(s);
+                        if (r < 0)
+                                return r;
+                } else {
+                        s->cid = 0xfffffffe;
+                        s->parent_cid = 0xffffffff;
+                }
+                if (e->compressed && s->writable)
+                        return vdisk_error(-EROFS, "vmdk: streamOptimized images open read-only");
+                return 0;
+        }
+
+        /* A text descriptor file. */
+        if (file_size > VMDK_DESC_MAX)
+                return vdisk_error(-EMEDIUMTYPE, "vmdk: not a sparse extent and too big (%" PRIu64
+                                   " bytes) for a descriptor", file_size);
+        _cleanup_free_ char *text = calloc(1, (size_t) file_size + 1);
+        if (!text)
+                return -ENOMEM;
+        r = io_pread(c->io, text, (size_t) file_size, 0);
+        if (r < 0)
+                return r;
+        /* qemu-img pads descriptor files with NULs: text, then only NULs. */
+        for (size_t i = strnlen(text, (size_t) file_size); i < (size_t) file_size; i++)
+                if (text[i] != 0)
+                        return vdisk_error(-EMEDIUMTYPE, "vmdk: binary data in a descriptor file");
+        r = vmdk_desc_parse(text, (size_t) file_size, &s->desc);
+        if (r < 0)
+                return r;
+        r = check_create_type(vmdk_desc_get(&s->desc, "createType"));
+        if (r < 0)
+                return r;
+        r = desc_meta(s);
+        if (r < 0)
+                return r;
+        return open_extents(s, c);
+}
+
+static void vmdk_close(void *state) {
+        vmdk_state *s = state;
+
+        for (size_t i = 0; i < s->n_ext; i++)
+                extent_free(&s->ext[i]);
+        free(s->ext);
+        s->ext = NULL;
+        s->n_ext = 0;
+        vmdk_desc_done(&s->desc);
+}
+
+static uint64_t vmdk_get_size(void *state) {
+        vmdk_state *s = state;
+
+        return s->size;
+}
+
+static void vmdk_get_layout(void *state, image_layout *ret) {
+        vmdk_state *s = state;
+        uint64_t grain = 0;
+
+        for (size_t i = 0; i < s->n_ext; i++)
+                if (s->ext[i].type == VMDK_EXTENT_SPARSE) {
+                        grain = s->ext[i].grain;
+                        break;
+                }
+        *ret = (image_layout) {
+                .cluster_size = grain,
+                .zero_unit = 0,
+                .sector_size = VMDK_SECTOR,
+        };
+}
+
+/* ---------------------------------------------------------------- data path */
+
+static vmdk_extent *find_extent(vmdk_state *s, uint64_t offset) {
+        size_t lo = 0, hi = s->n_ext;
+
+        while (hi - lo > 1) {
+                size_t mid = (lo + hi) / 2;
+
+                if (s->ext[mid].start <= offset)
+                        lo = mid;
+                else
+                        hi = mid;
+        }
+        return &s->ext[lo];
+}
+
+static vdisk_io *result_io(vmdk_state *s, vmdk_extent *e) {
+        return e->io == s->io ? NULL : e->io;
+}
+
+static int sparse_map(vmdk_state *s, vmdk_extent *e, uint64_t off, uint64_t len, map_result *ret) {
+        uint64_t g = off / e->grain, in = off % e->grain, gte, length;
+        uint64_t grain_len = MIN(e->grain, e->size - g * e->grain);
+        map_kind kind;
+        int r;
+
+        r = gte_get(e, g, &gte);
+        if (r < 0)
+                return r;
+        if (gte == 0)
+                kind = MAP_UNALLOC;
+        else if (gte == 1 && e->zeroed_gte)
+                kind = MAP_ZERO;
+        else if (e->compressed) {
+                uint8_t m[VMDK_MARKER_SIZE];
+                uint64_t lba;
+                uint32_t size;
+
+                if (!range_within(gte * VMDK_SECTOR, VMDK_MARKER_SIZE, e->file_size))
+                        return vdisk_error(-EUCLEAN, "vmdk: grain %" PRIu64 " at sector %" PRIu64
+                                           " is past the end of the file", g, gte);
+                r = io_pread(e->io, m, sizeof m, gte * VMDK_SECTOR);
+                if (r < 0)
+                        return r;
+                lba = get_le64(m);
+                size = get_le32(m + 8);
+                if (lba != g * e->h.grain)
+                        return vdisk_error(-EUCLEAN, "vmdk: compressed grain %" PRIu64 " is marked for sector %"
+                                           PRIu64, g, lba);
+                if (size == 0 || size > UNIT_MAX || size > 2 * e->grain + 4096 ||
+                    !range_within(gte * VMDK_SECTOR + VMDK_MARKER_SIZE, size, e->file_size))
+                        return vdisk_error(-EUCLEAN, "vmdk: compressed grain %" PRIu64 " of %" PRIu32
+                                           " bytes does not fit in the file", g, size);
+                *ret = (map_result) {
+                        .kind = MAP_ENCODED,
+                        .file = result_io(s, e),
+                        .host_offset = gte * VMDK_SECTOR + VMDK_MARKER_SIZE,
+                        .length = MIN(len, grain_len - in),
+                        .unit_offset = e->start + g * e->grain,
+                        .unit_length = (uint32_t) grain_len,
+                        .encoded_length = size,
+                        .codec = CODEC_DEFLATE,
+                };
+                return 0;
+        } else {
+                if (gte > (UINT64_MAX >> 9) || !range_within(gte * VMDK_SECTOR, grain_len, e->file_size) ||
+                    gte * VMDK_SECTOR < VMDK_SECTOR)
+                        return vdisk_error(-EUCLEAN, "vmdk: grain %" PRIu64 " at sector %" PRIu64
+                                           " is not within the file", g, gte);
+                kind = MAP_DATA;
+        }
+
+        /* Following grains of the same kind (data: contiguous) within this GT. */
+        length = grain_len - in;
+        for (uint64_t ng = g + 1; length < len && ng / e->h.gtes == g / e->h.gtes && ng * e->grain < e->size;
+             ng++) {
+                uint64_t next, nlen = MIN(e->grain, e->size - ng * e->grain);
+
+                r = gte_get(e, ng, &next);
+                if (r < 0)
+                        return r;
+                if (kind == MAP_UNALLOC ? next != 0 :
+                    kind == MAP_ZERO ? next != 1 :
+                    (next != gte + (ng - g) * e->h.grain ||
+                     !range_within(next * VMDK_SECTOR, nlen, e->file_size)))
+                        break;
+                length += nlen;
+        }
+        *ret = (map_result) {
+                .kind = kind,
+                .file = result_io(s, e),
+                .host_offset = kind == MAP_DATA ? gte * VMDK_SECTOR + in : 0,
+                .length = MIN(length, len),
+        };
+        return 0;
+}
+
+static int vmdk_map(void *state, uint64_t offset, uint64_t len, map_result *ret) {
+        vmdk_state *s = state;
+        vmdk_extent *e;
+        uint64_t off;
+
+        assert(offset < s->size);
+        assert(len > 0);
+
+        e = find_extent(s, offset);
+        off = offset - e->start;
+        len = MIN(len, e->size - off);
+        switch (e->type) {
+        case VMDK_EXTENT_ZERO:
+                *ret = (map_result) { .kind = MAP_ZERO, .length = len };
+                return 0;
+        case VMDK_EXTENT_FLAT:
+        case VMDK_EXTENT_VMFS:
+                *ret = (map_result) {
+                        .kind = MAP_DATA,
+                        .file = result_io(s, e),
+                        .host_offset = e->flat_offset + off,
+                        .length = len,
+                };
+                return 0;
+        case VMDK_EXTENT_SPARSE:
+                return sparse_map(s, e, off, len, ret);
+        default:
+                return vdisk_error(-EOPNOTSUPP, "vmdk: %s extent", vmdk_extent_type_name(e->type));
+        }
+}
+
+static int vmdk_decode(const void *state, const map_result *m, const void *in, void *out) {
+        z_stream z = {};
+        int r, zr;
+
+        if (m->codec != CODEC_DEFLATE)
+                return vdisk_error(-EUCLEAN, "vmdk: unknown grain codec %" PRIu32, m->codec);
+        if (inflateInit(&z) != Z_OK)
+                return -ENOMEM;
+        z.next_in = (Bytef *) in;
+        z.avail_in = m->encoded_length;
+        z.next_out = out;
+        z.avail_out = m->unit_length;
+        zr = inflate(&z, Z_FINISH);
+        if (zr == Z_STREAM_END && z.avail_out == 0)
+                r = 0;
+        else if (zr == Z_BUF_ERROR && z.avail_out == 0) {
+                /* More output than the unit: the last grain of an extent
+                 * whose capacity is not a grain multiple holds a whole grain. */
+                uint8_t scratch[4096];
+                r = 0;
+                for (;;) {
+                        z.next_out = scratch;
+                        z.avail_out = sizeof scratch;
+                        zr = inflate(&z, Z_FINISH);
+                        if (zr == Z_STREAM_END)
+                                break;
+                        if ((zr != Z_OK && zr != Z_BUF_ERROR) || z.total_out > (uLong) 2 * UNIT_MAX ||
+                            (zr == Z_BUF_ERROR && z.avail_out != 0)) {
+                                r = vdisk_error(-EUCLEAN, "vmdk: compressed grain at %" PRIu64 " does not decode",
+                                                m->unit_offset);
+                                break;
+                        }
+                }
+        } else
+                r = vdisk_error(-EUCLEAN, "vmdk: compressed grain at %" PRIu64 " decodes to %lu bytes, not %" PRIu32
+                                " (%s)", m->unit_offset, (unsigned long) z.total_out, m->unit_length,
+                                z.msg ? z.msg : "short");
+        inflateEnd(&z);
+        return r;
+}
+
+/* ---------------------------------------------------------------- metadata */
+
+static int vmdk_get_meta(void *state, meta *m) {
+        vmdk_state *s = state;
+
+        *m = (meta) { .mask = META_COMMENT | META_FLAGS, .comment = "" };
+        if (s->has_uuid) {
+                memcpy(m->uuid, s->uuid, 16);
+                m->mask |= META_UUID;
+        }
+        if (s->has_parent_uuid && !vdisk_uuid_is_null(s->parent_uuid)) {
+                memcpy(m->parent_uuid, s->parent_uuid, 16);
+                m->mask |= META_PARENT_UUID;
+        }
+        if (s->lchs.cylinders) {
+                m->lchs = s->lchs;
+                m->mask |= META_LCHS;
+        }
+        if (s->parent_hint) {
+                m->parent_name = s->parent_hint;
+                m->mask |= META_PARENT_NAME;
+        }
+        if (s->parent_hint || (m->mask & META_PARENT_UUID))
+                m->flags |= VDISK_IMAGE_FLAGS_DIFF;
+        return 0;
+}
+
+static int vmdk_get_format_info(void *state, strv_builder *kv) {
+        vmdk_state *s = state;
+        int r;
+
+        r = strv_push_pair(kv, "cid", "%" PRIu32, s->cid);
+        if (r >= 0)
+                r = strv_push_pair(kv, "parent cid", "%" PRIu32, s->parent_cid);
+        if (r >= 0)
+                r = strv_push_pair(kv, "create type", "%s", s->create_type ? s->create_type : "monolithicSparse");
+        return r;
+}
+
+/* ---------------------------------------------------------------- table */
+
+static const char *const vmdk_extensions[] = { "vmdk", NULL };
+static const vdisk_option_desc vmdk_create_options[] = {
+        { "size",         VDISK_OPTION_SIZE, "Virtual disk size" },
+        {}
+};
+
+const vdisk_backend backend_vmdk = {
+        .info = {
+                .name = "VMDK",
+                .qemu_name = "vmdk",
+                .caps = VDISK_CAP_UUID | VDISK_CAP_FILE | VDISK_CAP_DIFF | VDISK_CAP_PREFERRED,
+                .media = VDISK_MEDIA_HDD,
+                .extensions = vmdk_extensions,
+                .create_options = vmdk_create_options,
+        },
+        .state_size = sizeof(vmdk_state),
+        .probe = vmdk_probe,
+        .open = vmdk_open,
+        .close = vmdk_close,
+        .get_size = vmdk_get_size,
+        .get_layout = vmdk_get_layout,
+        .map = vmdk_map,
+        .decode = vmdk_decode,
+        .get_meta = vmdk_get_meta,
+        .get_format_info = vmdk_get_format_info,
+};
