@@ -43,6 +43,7 @@
 #include <errno.h>
 #include <inttypes.h>
 #include <stdbool.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -115,6 +116,8 @@ typedef struct vmdk_extent {
         tc_table *gd, *rgd;
         tc_table *view;                 /* LE32 view of the whole file: the GTs */
         bool zeroed_gte, compressed;
+        bool alloc_ready;
+        hostalloc alloc;                /* new grains go at the end of the file */
 } vmdk_extent;
 
 typedef struct vmdk_state {
@@ -132,6 +135,9 @@ typedef struct vmdk_state {
         uint8_t uuid[16], parent_uuid[16];
         bool has_uuid, has_parent_uuid;
         vdisk_geometry lchs;
+        bool desc_dirty;                /* CID renewed: rewrite the descriptor at flush */
+        bool written;                   /* something was committed since open */
+        vmdk_extent *reserved;          /* the extent of the open reservation */
 } vmdk_state;
 
 /* ---------------------------------------------------------------- header */
@@ -576,15 +582,17 @@ static uint64_t vmdk_get_size(void *state) {
 static void vmdk_get_layout(void *state, image_layout *ret) {
         vmdk_state *s = state;
         uint64_t grain = 0;
+        bool zero = false;
 
         for (size_t i = 0; i < s->n_ext; i++)
                 if (s->ext[i].type == VMDK_EXTENT_SPARSE) {
                         grain = s->ext[i].grain;
+                        zero = s->ext[i].zeroed_gte && !s->ext[i].compressed;
                         break;
                 }
         *ret = (image_layout) {
                 .cluster_size = grain,
-                .zero_unit = 0,
+                .zero_unit = zero ? grain : 0,
                 .sector_size = VMDK_SECTOR,
         };
 }
@@ -758,6 +766,567 @@ static int vmdk_decode(const void *state, const map_result *m, const void *in, v
         return r;
 }
 
+
+/* ---------------------------------------------------------------- writing */
+
+static vmdk_extent *res_extent(vmdk_state *s, const reservation *res) {
+        return find_extent(s, res->unit_offset);
+}
+
+/* Reserves the grain of `offset` at the end of its extent's file. The grain
+ * table must exist already (every hosted sparse extent we create or that
+ * VMware and qemu make has all of them): a missing one is -EOPNOTSUPP. */
+static int vmdk_allocate(void *state, uint64_t offset, uint64_t len, reservation *ret) {
+        vmdk_state *s = state;
+        vmdk_extent *e;
+        uint64_t off, g, gts = 0, grain_len, host;
+        int fresh, r;
+
+        assert(offset < s->size);
+        assert(!s->reserved);
+
+        e = find_extent(s, offset);
+        if (e->type != VMDK_EXTENT_SPARSE)
+                return vdisk_error(-EOPNOTSUPP, "vmdk: cannot allocate in a %s extent",
+                                   vmdk_extent_type_name(e->type));
+        if (e->compressed)
+                return vdisk_error(-EROFS, "vmdk: compressed extents are read-only");
+        off = offset - e->start;
+        g = off / e->grain;
+        r = gt_sector(e, g, e->gd, &gts);
+        if (r < 0)
+                return r;
+        if (gts == 0)
+                return vdisk_error(-EOPNOTSUPP, "vmdk: grain table %" PRIu64 " was never allocated",
+                                   g / e->h.gtes);
+        if (e->rgd) {
+                uint64_t rgts = 0;
+
+                r = gt_sector(e, g, e->rgd, &rgts);
+                if (r < 0)
+                        return r;
+                if (rgts == 0)
+                        return vdisk_error(-EUCLEAN, "vmdk: redundant grain table %" PRIu64 " is missing",
+                                           g / e->h.gtes);
+        }
+        if (!e->alloc_ready) {
+                hostalloc_init(&e->alloc, ALIGN_UP(e->file_size, (uint64_t) VMDK_SECTOR), e->file_size,
+                               VMDK_SECTOR);
+                e->alloc_ready = true;
+        }
+        grain_len = MIN(e->grain, e->size - g * e->grain);
+        /* Grain entries are u32 sectors: the file stays below 2 TiB. */
+        r = hostalloc_alloc(&e->alloc, ALIGN_UP(grain_len, (uint64_t) VMDK_SECTOR),
+                            (UINT64_C(1) << 32) * VMDK_SECTOR, &host, &fresh);
+        if (r < 0)
+                return vdisk_error(r, "vmdk: extent file would pass 2 TiB");
+        s->reserved = e;
+        *ret = (reservation) {
+                .file = result_io(s, e),
+                .unit_offset = e->start + g * e->grain,
+                .length = grain_len,
+                .host_offset = host,
+                .fresh = fresh,
+        };
+        return 0;
+}
+
+static int set_gte(vmdk_extent *e, tc_table *gd, uint64_t g, uint64_t v) {
+        uint64_t gts = 0;
+        int r;
+
+        r = gt_sector(e, g, gd, &gts);
+        if (r < 0)
+                return r;
+        assert(gts != 0);
+        return tc_set(e->view, gts * (VMDK_SECTOR / 4) + g % e->h.gtes, v, TC_AFTER_DATA);
+}
+
+static void renew_cid(vmdk_state *s) {
+        uint8_t u[16];
+        char buf[16];
+
+        if (s->written)
+                return;
+        s->written = true;
+        /* A new content ID on the first write, so that children made
+         * against the old content can tell (qemu and VMware do the same). */
+        do {
+                vdisk_uuid_generate(u);
+                s->cid = get_le32(u);
+        } while (s->cid == 0xffffffff || s->cid == 0xfffffffe);
+        snprintf(buf, sizeof buf, "%08" PRIx32, s->cid);
+        if (vmdk_desc_set(&s->desc, "CID", buf, false) >= 0)
+                s->desc_dirty = s->desc.n_kv > 0;
+}
+
+static int vmdk_commit(void *state, const reservation *res) {
+        vmdk_state *s = state;
+        vmdk_extent *e = res_extent(s, res);
+        uint64_t g = (res->unit_offset - e->start) / e->grain, sector = res->host_offset / VMDK_SECTOR;
+        int r;
+
+        assert(s->reserved == e);
+        s->reserved = NULL;
+        r = set_gte(e, e->gd, g, sector);
+        if (r < 0)
+                return r;
+        if (e->rgd) {
+                r = set_gte(e, e->rgd, g, sector);
+                if (r < 0)
+                        return r;
+        }
+        e->file_size = MAX(e->file_size, res->host_offset + ALIGN_UP(res->length, (uint64_t) VMDK_SECTOR));
+        renew_cid(s);
+        return 0;
+}
+
+static void vmdk_release(void *state, const reservation *res) {
+        vmdk_state *s = state;
+
+        assert(s->reserved);
+        s->reserved = NULL;
+}
+
+/* Zeroed-grain entries (version 2+ extents with the flag): whole grains. */
+static int vmdk_mark_zero(void *state, uint64_t offset, uint64_t len) {
+        vmdk_state *s = state;
+
+        while (len > 0) {
+                vmdk_extent *e = find_extent(s, offset);
+                uint64_t off = offset - e->start, g, n, gts = 0;
+                int r;
+
+                if (e->type == VMDK_EXTENT_ZERO) {
+                        n = MIN(len, e->size - off);
+                        offset += n;
+                        len -= n;
+                        continue;
+                }
+                if (e->type != VMDK_EXTENT_SPARSE || !e->zeroed_gte || e->compressed || off % e->grain)
+                        return -EOPNOTSUPP;
+                g = off / e->grain;
+                n = MIN(e->grain, e->size - off);
+                if (n > len)
+                        return -EOPNOTSUPP;
+                r = gt_sector(e, g, e->gd, &gts);
+                if (r < 0)
+                        return r;
+                if (gts == 0)
+                        return -EOPNOTSUPP;
+                r = set_gte(e, e->gd, g, 1);
+                if (r >= 0 && e->rgd)
+                        r = set_gte(e, e->rgd, g, 1);
+                if (r < 0)
+                        return r;
+                renew_cid(s);
+                offset += n;
+                len -= n;
+        }
+        return 0;
+}
+
+static int write_desc(vmdk_state *s) {
+        _cleanup_free_ char *text = NULL;
+        size_t len;
+        int r;
+
+        r = vmdk_desc_format(&s->desc, &text, &len);
+        if (r < 0)
+                return r;
+        if (s->embedded) {
+                vmdk_header h0;
+                uint8_t head[VMDK_SECTOR];
+                _cleanup_free_ char *pad = NULL;
+                size_t room;
+
+                r = io_pread(s->io, head, VMDK_SECTOR, 0);
+                if (r < 0)
+                        return r;
+                header_decode(head, &h0);
+                room = (size_t) (h0.desc_size * VMDK_SECTOR);
+                if (len >= room)
+                        return vdisk_error(-ENOSPC, "vmdk: the descriptor no longer fits in its %zu bytes", room);
+                pad = calloc(1, room);
+                if (!pad)
+                        return -ENOMEM;
+                memcpy(pad, text, len);
+                return io_pwrite(s->io, pad, room, h0.desc_offset * VMDK_SECTOR);
+        }
+        r = io_pwrite(s->io, text, len, 0);
+        if (r < 0)
+                return r;
+        return io_truncate(s->io, len);
+}
+
+/* Data, then the grain tables (the cache flushes the data first: every
+ * entry was set TC_AFTER_DATA), then the descriptor with its new CID. */
+static int vmdk_flush(void *state) {
+        vmdk_state *s = state;
+        int r;
+
+        for (size_t i = 0; i < s->n_ext; i++) {
+                vmdk_extent *e = &s->ext[i];
+
+                if (!e->view)
+                        continue;
+                r = tc_table_flush(e->view);
+                if (r < 0)
+                        return r;
+        }
+        if (s->desc_dirty) {
+                r = write_desc(s);
+                if (r < 0)
+                        return r;
+                r = io_flush(s->io);
+                if (r < 0)
+                        return r;
+                s->desc_dirty = false;
+        }
+        return 0;
+}
+
+/* ---------------------------------------------------------------- create */
+
+typedef struct vmdk_create_opts {
+        const char *subformat;
+        const char *adapter;
+        const char *hwversion;
+        bool compat6, zeroed_grain;
+} vmdk_create_opts;
+
+static int parse_create_options(const char *const *o, vmdk_create_opts *ret) {
+        static const char *const subformats[] = {
+                "monolithicSparse", "monolithicFlat", "twoGbMaxExtentSparse", "twoGbMaxExtentFlat", NULL,
+        };
+        static const char *const adapters[] = { "ide", "buslogic", "lsilogic", "legacyESX", NULL };
+        bool ok;
+
+        *ret = (vmdk_create_opts) { .subformat = "monolithicSparse", .adapter = "ide", .hwversion = NULL };
+        for (; o && o[0]; o += 2) {
+                if (streq(o[0], "subformat"))
+                        ret->subformat = o[1];
+                else if (streq(o[0], "adapter_type"))
+                        ret->adapter = o[1];
+                else if (streq(o[0], "hwversion"))
+                        ret->hwversion = streq(o[1], "undefined") ? NULL : o[1];
+                else if (streq(o[0], "compat6"))
+                        ret->compat6 = streq(o[1], "on");
+                else if (streq(o[0], "zeroed_grain"))
+                        ret->zeroed_grain = streq(o[1], "on");
+        }
+        ok = false;
+        for (const char *const *f = subformats; *f; f++)
+                if (streq(*f, ret->subformat))
+                        ok = true;
+        if (!ok) {
+                if (streq(ret->subformat, "streamOptimized"))
+                        return vdisk_error(-EOPNOTSUPP, "vmdk: streamOptimized is made by convert, not create "
+                                           "(not supported yet)");
+                return vdisk_error(-EINVAL, "vmdk: unknown subformat '%s'", ret->subformat);
+        }
+        ok = false;
+        for (const char *const *a = adapters; *a; a++)
+                if (streq(*a, ret->adapter))
+                        ok = true;
+        if (!ok)
+                return vdisk_error(-EINVAL, "vmdk: unknown adapter type '%s'", ret->adapter);
+        if (ret->hwversion) {
+                uint64_t v;
+                char *end;
+
+                v = strtoull(ret->hwversion, &end, 10);
+                if (*end || !*ret->hwversion || v == 0 || v > 99)
+                        return vdisk_error(-EINVAL, "vmdk: bad hwversion '%s'", ret->hwversion);
+                if (ret->compat6)
+                        return vdisk_error(-EINVAL, "vmdk: compat6 cannot be used with hwversion");
+        }
+        return 0;
+}
+
+/* The sparse layout we create: header, descriptor (desc_sectors), then the
+ * redundant GD and its GTs, then the GD and its GTs; grains from
+ * `overhead` (a grain multiple) on. */
+typedef struct sparse_layout {
+        uint64_t capacity, grain, n_gd, gd_sectors, gt_sectors;
+        uint64_t desc_offset, desc_sectors, rgd, gd, overhead;
+} sparse_layout;
+
+static void sparse_layout_plan(uint64_t capacity, uint64_t desc_sectors, sparse_layout *l) {
+        const uint64_t grain = 128, gtes = VMDK_GTES_MAX;
+
+        *l = (sparse_layout) {
+                .capacity = capacity,
+                .grain = grain,
+                .n_gd = DIV_ROUND_UP(capacity, grain * gtes),
+                .gt_sectors = gtes * 4 / VMDK_SECTOR,
+                .desc_offset = desc_sectors ? 1 : 0,
+                .desc_sectors = desc_sectors,
+        };
+        l->gd_sectors = DIV_ROUND_UP(l->n_gd * 4, VMDK_SECTOR);
+        l->rgd = 1 + desc_sectors;
+        l->gd = l->rgd + l->gd_sectors + l->n_gd * l->gt_sectors;
+        l->overhead = ALIGN_UP(l->gd + l->gd_sectors + l->n_gd * l->gt_sectors, grain);
+}
+
+typedef struct gd_fill {
+        uint64_t first_gt, gt_sectors;
+} gd_fill;
+
+static int gd_entry(void *ctx, uint64_t i, uint64_t *ret) {
+        const gd_fill *f = ctx;
+
+        *ret = f->first_gt + i * f->gt_sectors;
+        return 0;
+}
+
+static int sparse_write_new(vdisk_io *io, const sparse_layout *l, uint32_t version, uint32_t flags,
+                            const char *desc, size_t desc_len) {
+        uint8_t h[VMDK_SECTOR] = {};
+        gd_fill f = { .gt_sectors = l->gt_sectors };
+        int r;
+
+        if (l->n_gd * l->gt_sectors + l->overhead > UINT32_MAX)
+                return vdisk_error(-EFBIG, "vmdk: image too big for a sparse extent");
+        put_le32(h + H_MAGIC, VMDK_MAGIC);
+        put_le32(h + H_VERSION, version);
+        put_le32(h + H_FLAGS, flags);
+        put_le64(h + H_CAPACITY, l->capacity);
+        put_le64(h + H_GRAIN, l->grain);
+        put_le64(h + H_DESC_OFFSET, l->desc_offset);
+        put_le64(h + H_DESC_SIZE, l->desc_sectors);
+        put_le32(h + H_GTES, VMDK_GTES_MAX);
+        put_le64(h + H_RGD, l->rgd);
+        put_le64(h + H_GD, l->gd);
+        put_le64(h + H_OVERHEAD, l->overhead);
+        h[H_NL_CHARS] = '\n';
+        h[H_NL_CHARS + 1] = ' ';
+        h[H_NL_CHARS + 2] = '\r';
+        h[H_NL_CHARS + 3] = '\n';
+        r = io_truncate(io, l->overhead * VMDK_SECTOR);
+        if (r < 0)
+                return r;
+        f.first_gt = l->rgd + l->gd_sectors;
+        r = tc_write_entries(io, l->rgd * VMDK_SECTOR, l->n_gd, TC_LE32, 0, gd_entry, &f);
+        if (r < 0)
+                return r;
+        f.first_gt = l->gd + l->gd_sectors;
+        r = tc_write_entries(io, l->gd * VMDK_SECTOR, l->n_gd, TC_LE32, 0, gd_entry, &f);
+        if (r < 0)
+                return r;
+        if (desc_len) {
+                if (desc_len >= l->desc_sectors * VMDK_SECTOR)
+                        return vdisk_error(-E2BIG, "vmdk: descriptor too long to embed");
+                r = io_pwrite(io, desc, desc_len, l->desc_offset * VMDK_SECTOR);
+                if (r < 0)
+                        return r;
+        }
+        return io_pwrite(io, h, sizeof h, 0);
+}
+
+static const char *base_name(const char *path) {
+        const char *b = strrchr(path, '/');
+
+        return b ? b + 1 : path;
+}
+
+/* The parent's CID, when its descriptor can be read through the files handle. */
+static uint32_t parent_cid_of(const open_ctx *c, const char *name) {
+        vdisk_io *pio;
+        uint8_t head[VMDK_SECTOR] = {};
+        uint64_t size;
+        vmdk_desc d = {};
+        uint32_t cid = 0xffffffff;
+        _cleanup_free_ char *text = NULL;
+        size_t n;
+
+        if (!name || !vmdk_desc_name_valid(name) || files_open(c->files, name, 0, &pio) < 0 ||
+            io_get_size(pio, &size) < 0 || size < 4 || io_pread(pio, head, MIN(size, (uint64_t) VMDK_SECTOR), 0) < 0) {
+                vdisk_clear_error();
+                return cid;
+        }
+        if (get_le32(head) == VMDK_MAGIC) {
+                vmdk_header h;
+
+                header_decode(head, &h);
+                if (header_check(head, &h, size, name) < 0 || h.desc_size == 0) {
+                        vdisk_clear_error();
+                        return cid;
+                }
+                n = (size_t) (h.desc_size * VMDK_SECTOR);
+                text = calloc(1, n + 1);
+                if (!text || io_pread_zerofill(pio, text, n, h.desc_offset * VMDK_SECTOR) < 0)
+                        goto out;
+        } else {
+                if (size > VMDK_DESC_MAX)
+                        return cid;
+                n = (size_t) size;
+                text = calloc(1, n + 1);
+                if (!text || io_pread(pio, text, n, 0) < 0)
+                        goto out;
+        }
+        if (vmdk_desc_parse(text, n, &d) >= 0 && vmdk_desc_get_cid(&d, "CID", &cid) < 0)
+                cid = 0xffffffff;
+        vmdk_desc_done(&d);
+out:
+        vdisk_clear_error();
+        return cid;
+}
+
+#define VMDK_2G_EXTENT (UINT64_C(2) << 30)
+#define VMDK_DESC_SECTORS 20u
+
+static int vmdk_create(void *state, const open_ctx *c, const create_params *p) {
+        vmdk_state *s = state;
+        vmdk_create_opts o;
+        vmdk_desc d = {};
+        uint64_t capacity = DIV_ROUND_UP(p->size, VMDK_SECTOR);
+        bool split, flat, sparse_mono;
+        _cleanup_free_ char *stem = NULL, *text = NULL;
+        char buf[64], uuid[37];
+        uint32_t version = 1, flags = VMDK_FLAG_NL_TEST | VMDK_FLAG_RGD;
+        size_t len;
+        vdisk_geometry g = p->lchs;
+        int r;
+
+        r = parse_create_options(p->options, &o);
+        if (r < 0)
+                return r;
+        if (capacity > VMDK_CAPACITY_MAX)
+                return vdisk_error(-EFBIG, "vmdk: at most %" PRIu64 " bytes", VMDK_CAPACITY_MAX * VMDK_SECTOR);
+        split = strncmp(o.subformat, "twoGb", 5) == 0;
+        flat = strstr(o.subformat, "Flat") != NULL;
+        sparse_mono = streq(o.subformat, "monolithicSparse");
+        if (o.zeroed_grain) {
+                version = 2;
+                flags |= VMDK_FLAG_ZEROED_GTE;
+        }
+        if (flat && (p->image_flags & VDISK_IMAGE_FLAGS_DIFF))
+                return vdisk_error(-EOPNOTSUPP, "vmdk: a %s image cannot be a differencing image", o.subformat);
+
+        stem = strdup(base_name(vdisk_io_name(c->io)));
+        if (!stem)
+                return -ENOMEM;
+        if (strlen(stem) > 5 && strcasecmp(stem + strlen(stem) - 5, ".vmdk") == 0)
+                stem[strlen(stem) - 5] = 0;
+
+        snprintf(buf, sizeof buf, "%d", 1);
+        r = vmdk_desc_set(&d, "version", buf, false);
+        do {
+                uint8_t u[16];
+                vdisk_uuid_generate(u);
+                s->cid = get_le32(u);
+        } while (s->cid >= 0xfffffffe);
+        snprintf(buf, sizeof buf, "%08" PRIx32, s->cid);
+        if (r >= 0)
+                r = vmdk_desc_set(&d, "CID", buf, false);
+        snprintf(buf, sizeof buf, "%08" PRIx32,
+                 (p->image_flags & VDISK_IMAGE_FLAGS_DIFF) ? parent_cid_of(c, p->parent_name) : 0xffffffffu);
+        if (r >= 0)
+                r = vmdk_desc_set(&d, "parentCID", buf, false);
+        if (r >= 0)
+                r = vmdk_desc_set(&d, "createType", o.subformat, true);
+        if (r >= 0 && (p->image_flags & VDISK_IMAGE_FLAGS_DIFF) && p->parent_name)
+                r = vmdk_desc_set(&d, "parentFileNameHint", p->parent_name, true);
+        if (r < 0)
+                goto out;
+
+        /* Extents: one, or 2 GiB pieces. */
+        for (uint64_t done = 0, i = 1; done < capacity; i++) {
+                uint64_t n = split ? MIN(capacity - done, VMDK_2G_EXTENT / VMDK_SECTOR) : capacity;
+                _cleanup_free_ char *name = NULL;
+
+                if (sparse_mono)
+                        name = strdup(base_name(vdisk_io_name(c->io)));
+                else if (split)
+                        name = strdup_printf("%s-%c%03" PRIu64 ".vmdk", stem, flat ? 'f' : 's', i);
+                else
+                        name = strdup_printf("%s-flat.vmdk", stem);
+                if (!name) {
+                        r = -ENOMEM;
+                        goto out;
+                }
+                if (i > 999) {
+                        r = vdisk_error(-EFBIG, "vmdk: more than 999 extents");
+                        goto out;
+                }
+                r = vmdk_desc_add_extent(&d, VMDK_ACCESS_RW, flat ? VMDK_EXTENT_FLAT : VMDK_EXTENT_SPARSE, n,
+                                         name, 0);
+                if (r < 0)
+                        goto out;
+                done += n;
+        }
+
+        /* DDB. */
+        snprintf(buf, sizeof buf, "%s", o.hwversion ? o.hwversion : o.compat6 ? "6" : "4");
+        r = vmdk_desc_set(&d, "ddb.virtualHWVersion", buf, true);
+        if (!g.cylinders) {
+                g.heads = streq(o.adapter, "ide") ? 16 : 255;
+                g.sectors = 63;
+                g.cylinders = (uint32_t) MIN(capacity / (g.heads * g.sectors), (uint64_t) 16383);
+                if (!g.cylinders)
+                        g.cylinders = 1;
+        }
+        snprintf(buf, sizeof buf, "%" PRIu32, g.cylinders);
+        if (r >= 0)
+                r = vmdk_desc_set(&d, "ddb.geometry.cylinders", buf, true);
+        snprintf(buf, sizeof buf, "%" PRIu32, g.heads);
+        if (r >= 0)
+                r = vmdk_desc_set(&d, "ddb.geometry.heads", buf, true);
+        snprintf(buf, sizeof buf, "%" PRIu32, g.sectors);
+        if (r >= 0)
+                r = vmdk_desc_set(&d, "ddb.geometry.sectors", buf, true);
+        if (r >= 0)
+                r = vmdk_desc_set(&d, "ddb.adapterType", o.adapter, true);
+        vdisk_uuid_format(p->uuid, uuid);
+        if (r >= 0)
+                r = vmdk_desc_set(&d, "ddb.uuid.image", uuid, true);
+        if (r >= 0 && (p->image_flags & VDISK_IMAGE_FLAGS_DIFF) && !vdisk_uuid_is_null(p->parent_uuid)) {
+                vdisk_uuid_format(p->parent_uuid, uuid);
+                r = vmdk_desc_set(&d, "ddb.uuid.parent", uuid, true);
+        }
+        if (r < 0)
+                goto out;
+        r = vmdk_desc_format(&d, &text, &len);
+        if (r < 0)
+                goto out;
+
+        if (sparse_mono) {
+                sparse_layout l;
+
+                sparse_layout_plan(capacity, VMDK_DESC_SECTORS, &l);
+                r = sparse_write_new(c->io, &l, version, flags, text, len);
+                if (r < 0)
+                        goto out;
+        } else {
+                r = io_pwrite(c->io, text, len, 0);
+                if (r < 0)
+                        goto out;
+                for (size_t i = 0; i < d.n_extents; i++) {
+                        vdisk_io *eio;
+
+                        r = files_open(c->files, d.extents[i].file, FILES_CREATE | FILES_WRITE, &eio);
+                        if (r < 0)
+                                goto out;
+                        if (flat)
+                                r = io_truncate(eio, d.extents[i].sectors * VMDK_SECTOR);
+                        else {
+                                sparse_layout l;
+
+                                sparse_layout_plan(d.extents[i].sectors, 0, &l);
+                                r = sparse_write_new(eio, &l, version, flags, NULL, 0);
+                        }
+                        if (r < 0)
+                                goto out;
+                }
+        }
+        vmdk_desc_done(&d);
+        return vmdk_open(state, c);
+out:
+        vmdk_desc_done(&d);
+        return r;
+}
+
 /* ---------------------------------------------------------------- metadata */
 
 static int vmdk_get_meta(void *state, meta *m) {
@@ -802,6 +1371,17 @@ static int vmdk_get_format_info(void *state, strv_builder *kv) {
 static const char *const vmdk_extensions[] = { "vmdk", NULL };
 static const vdisk_option_desc vmdk_create_options[] = {
         { "size",         VDISK_OPTION_SIZE, "Virtual disk size" },
+        { "adapter_type", VDISK_OPTION_STRING, "Virtual adapter type, can be one of ide (default), lsilogic, "
+                                               "buslogic or legacyESX", "ide" },
+        { "backing_file", VDISK_OPTION_STRING, "File name of a base image" },
+        { "backing_fmt",  VDISK_OPTION_STRING, "Must be 'vmdk' if it operates on diff images" },
+        { "compat6",      VDISK_OPTION_BOOL, "VMDK version 6 image", "off" },
+        { "hwversion",    VDISK_OPTION_STRING, "VMDK hardware version", "undefined" },
+        { "subformat",    VDISK_OPTION_STRING, "VMDK flat extent format, can be one of {monolithicSparse (default) "
+                                               "| monolithicFlat | twoGbMaxExtentSparse | twoGbMaxExtentFlat}",
+                                               "monolithicSparse" },
+        { "zeroed_grain", VDISK_OPTION_BOOL, "Enable efficient zero writes using the zeroed-grain GTE feature",
+                                             "off" },
         {}
 };
 
@@ -809,7 +1389,8 @@ const vdisk_backend backend_vmdk = {
         .info = {
                 .name = "VMDK",
                 .qemu_name = "vmdk",
-                .caps = VDISK_CAP_UUID | VDISK_CAP_FILE | VDISK_CAP_DIFF | VDISK_CAP_PREFERRED,
+                .caps = VDISK_CAP_UUID | VDISK_CAP_CREATE_FIXED | VDISK_CAP_CREATE_DYNAMIC | VDISK_CAP_CREATE_SPLIT_2G |
+                        VDISK_CAP_DIFF | VDISK_CAP_FILE | VDISK_CAP_PREFERRED,
                 .media = VDISK_MEDIA_HDD,
                 .extensions = vmdk_extensions,
                 .create_options = vmdk_create_options,
@@ -817,11 +1398,17 @@ const vdisk_backend backend_vmdk = {
         .state_size = sizeof(vmdk_state),
         .probe = vmdk_probe,
         .open = vmdk_open,
+        .create = vmdk_create,
         .close = vmdk_close,
         .get_size = vmdk_get_size,
         .get_layout = vmdk_get_layout,
         .map = vmdk_map,
         .decode = vmdk_decode,
+        .allocate = vmdk_allocate,
+        .commit = vmdk_commit,
+        .release = vmdk_release,
+        .mark_zero = vmdk_mark_zero,
+        .flush = vmdk_flush,
         .get_meta = vmdk_get_meta,
         .get_format_info = vmdk_get_format_info,
 };
