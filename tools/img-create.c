@@ -342,6 +342,10 @@ int cmd_create(int argc, char **argv) {
         vdisk_create_opts copts = {
                 .size = sizeof(copts),
                 .options = (const char *const *) lib_opts,
+                /* As the user gave it: VMDK records it (parentFileNameHint),
+                 * VDI links by UUID and ignores it. */
+                .parent_name = backing,
+                .parent_format = backing ? backing_fmt : NULL,
                 .resolver = create_res,
         };
 
@@ -685,6 +689,8 @@ int cmd_convert(int argc, char **argv) {
                 .create = {
                         .size = sizeof(vdisk_create_opts),
                         .options = (const char *const *) lib_opts,
+                        .parent_name = backing,
+                        .parent_format = backing ? backing_fmt : NULL,
                         .resolver = create_res,
                 },
                 .from_same = -1,
