@@ -864,10 +864,22 @@ static int vmdk_commit(void *state, const reservation *res) {
         vmdk_state *s = state;
         vmdk_extent *e = res_extent(s, res);
         uint64_t g = (res->unit_offset - e->start) / e->grain, sector = res->host_offset / VMDK_SECTOR;
+        uint64_t end, size;
         int r;
 
         assert(s->reserved == e);
         s->reserved = NULL;
+        /* The core writes only the non-zero pages of fresh space: make the
+         * file hold the whole grain before an entry points at it. */
+        end = res->host_offset + ALIGN_UP(res->length, (uint64_t) VMDK_SECTOR);
+        r = io_get_size(e->io, &size);
+        if (r < 0)
+                return r;
+        if (size < end) {
+                r = io_truncate(e->io, end);
+                if (r < 0)
+                        return r;
+        }
         r = set_gte(e, e->gd, g, sector);
         if (r < 0)
                 return r;
@@ -876,7 +888,7 @@ static int vmdk_commit(void *state, const reservation *res) {
                 if (r < 0)
                         return r;
         }
-        e->file_size = MAX(e->file_size, res->host_offset + ALIGN_UP(res->length, (uint64_t) VMDK_SECTOR));
+        e->file_size = MAX(e->file_size, end);
         renew_cid(s);
         return 0;
 }
