@@ -138,6 +138,17 @@ typedef struct vmdk_state {
         bool desc_dirty;                /* CID renewed: rewrite the descriptor at flush */
         bool written;                   /* something was committed since open */
         vmdk_extent *reserved;          /* the extent of the open reservation */
+        /* streamOptimized being created: grains appended in order, each GT
+         * written once the stream has passed it, the GD and footer at finish. */
+        bool stream, stream_done;
+        uint64_t stream_next;           /* file offset where the next marker goes */
+        uint64_t stream_min;            /* virtual offset the next grain must reach */
+        uint64_t stream_cur_gt;         /* index of the GT being filled, UINT64_MAX = none */
+        uint32_t *stream_gt;            /* its entries */
+        uint32_t *stream_gd;            /* n_gd entries (charged to the budget) */
+        uint64_t stream_charged;
+        uint64_t stream_capacity, stream_n_gd;
+        uint8_t stream_header[VMDK_SECTOR];
 } vmdk_state;
 
 /* ---------------------------------------------------------------- header */
@@ -571,6 +582,12 @@ static void vmdk_close(void *state) {
         s->ext = NULL;
         s->n_ext = 0;
         vmdk_desc_done(&s->desc);
+        free(s->stream_gd);
+        free(s->stream_gt);
+        s->stream_gd = s->stream_gt = NULL;
+        if (s->stream_charged)
+                tc_budget_uncharge(s->budget, s->stream_charged);
+        s->stream_charged = 0;
 }
 
 static uint64_t vmdk_get_size(void *state) {
@@ -587,12 +604,13 @@ static void vmdk_get_layout(void *state, image_layout *ret) {
         for (size_t i = 0; i < s->n_ext; i++)
                 if (s->ext[i].type == VMDK_EXTENT_SPARSE) {
                         grain = s->ext[i].grain;
-                        zero = s->ext[i].zeroed_gte && !s->ext[i].compressed;
+                        zero = s->ext[i].zeroed_gte && !s->ext[i].compressed && !s->stream;
                         break;
                 }
         *ret = (image_layout) {
                 .cluster_size = grain,
                 .zero_unit = zero ? grain : 0,
+                .flags = s->stream ? BACKEND_STREAM : 0,
                 .sector_size = VMDK_SECTOR,
         };
 }
@@ -702,6 +720,11 @@ static int vmdk_map(void *state, uint64_t offset, uint64_t len, map_result *ret)
         assert(offset < s->size);
         assert(len > 0);
 
+        if (s->stream && !s->stream_done) {
+                /* Being written: what was written is read back only after finish. */
+                *ret = (map_result) { .kind = MAP_UNALLOC, .length = len };
+                return 0;
+        }
         e = find_extent(s, offset);
         off = offset - e->start;
         len = MIN(len, e->size - off);
@@ -977,6 +1000,9 @@ static int vmdk_flush(void *state) {
         vmdk_state *s = state;
         int r;
 
+        if (s->stream)
+                return io_flush(s->io);
+
         for (size_t i = 0; i < s->n_ext; i++) {
                 vmdk_extent *e = &s->ext[i];
 
@@ -1009,7 +1035,8 @@ typedef struct vmdk_create_opts {
 
 static int parse_create_options(const char *const *o, vmdk_create_opts *ret) {
         static const char *const subformats[] = {
-                "monolithicSparse", "monolithicFlat", "twoGbMaxExtentSparse", "twoGbMaxExtentFlat", NULL,
+                "monolithicSparse", "monolithicFlat", "twoGbMaxExtentSparse", "twoGbMaxExtentFlat",
+                "streamOptimized", NULL,
         };
         static const char *const adapters[] = { "ide", "buslogic", "lsilogic", "legacyESX", NULL };
         bool ok;
@@ -1031,12 +1058,8 @@ static int parse_create_options(const char *const *o, vmdk_create_opts *ret) {
         for (const char *const *f = subformats; *f; f++)
                 if (streq(*f, ret->subformat))
                         ok = true;
-        if (!ok) {
-                if (streq(ret->subformat, "streamOptimized"))
-                        return vdisk_error(-EOPNOTSUPP, "vmdk: streamOptimized is made by convert, not create "
-                                           "(not supported yet)");
+        if (!ok)
                 return vdisk_error(-EINVAL, "vmdk: unknown subformat '%s'", ret->subformat);
-        }
         ok = false;
         for (const char *const *a = adapters; *a; a++)
                 if (streq(*a, ret->adapter))
@@ -1188,12 +1211,14 @@ out:
 #define VMDK_2G_EXTENT (UINT64_C(2) << 30)
 #define VMDK_DESC_SECTORS 20u
 
+static int stream_create(vmdk_state *s, const open_ctx *c, uint64_t capacity, const char *desc, size_t desc_len);
+
 static int vmdk_create(void *state, const open_ctx *c, const create_params *p) {
         vmdk_state *s = state;
         vmdk_create_opts o;
         vmdk_desc d = {};
         uint64_t capacity = DIV_ROUND_UP(p->size, VMDK_SECTOR);
-        bool split, flat, sparse_mono;
+        bool split, flat, sparse_mono, stream;
         _cleanup_free_ char *stem = NULL, *text = NULL;
         char buf[64], uuid[37];
         uint32_t version = 1, flags = VMDK_FLAG_NL_TEST | VMDK_FLAG_RGD;
@@ -1208,7 +1233,12 @@ static int vmdk_create(void *state, const open_ctx *c, const create_params *p) {
                 return vdisk_error(-EFBIG, "vmdk: at most %" PRIu64 " bytes", VMDK_CAPACITY_MAX * VMDK_SECTOR);
         split = strncmp(o.subformat, "twoGb", 5) == 0;
         flat = strstr(o.subformat, "Flat") != NULL;
-        sparse_mono = streq(o.subformat, "monolithicSparse");
+        stream = streq(o.subformat, "streamOptimized");
+        sparse_mono = streq(o.subformat, "monolithicSparse") || stream;
+        if (stream && (p->image_flags & VDISK_IMAGE_FLAGS_DIFF))
+                return vdisk_error(-EOPNOTSUPP, "vmdk: a streamOptimized image cannot be a differencing image");
+        if (stream && o.zeroed_grain)
+                return vdisk_error(-EOPNOTSUPP, "vmdk: zeroed_grain does not apply to streamOptimized");
         if (o.zeroed_grain) {
                 version = 2;
                 flags |= VMDK_FLAG_ZEROED_GTE;
@@ -1303,6 +1333,11 @@ static int vmdk_create(void *state, const open_ctx *c, const create_params *p) {
         if (r < 0)
                 goto out;
 
+        if (stream) {
+                r = stream_create(s, c, capacity, text, len);
+                vmdk_desc_done(&d);
+                return r;
+        }
         if (sparse_mono) {
                 sparse_layout l;
 
@@ -1337,6 +1372,289 @@ static int vmdk_create(void *state, const open_ctx *c, const create_params *p) {
 out:
         vmdk_desc_done(&d);
         return r;
+}
+
+
+/* ---------------------------------------------------------------- streamOptimized creation */
+
+#define VMDK_MARKER_EOS   0u
+#define VMDK_MARKER_GT    1u
+#define VMDK_MARKER_GD    2u
+#define VMDK_MARKER_FOOTER 3u
+#define VMDK_STREAM_GRAIN (UINT64_C(128) * VMDK_SECTOR)
+
+static size_t vmdk_encode_bound(const void *state, size_t len) {
+        return VMDK_MARKER_SIZE + compressBound(VMDK_STREAM_GRAIN);
+}
+
+/* One grain: the marker (lba filled by the writer, size) and the zlib data
+ * of the grain, zero-padded to a whole grain (qemu wants whole grains). */
+static int vmdk_encode(const void *state, const void *in, size_t len, void *out, size_t *ret_len) {
+        _cleanup_free_ uint8_t *pad = NULL;
+        uLongf n = compressBound(VMDK_STREAM_GRAIN);
+        const void *src = in;
+
+        if (len > VMDK_STREAM_GRAIN)
+                return -EINVAL;
+        if (len < VMDK_STREAM_GRAIN) {
+                pad = calloc(1, VMDK_STREAM_GRAIN);
+                if (!pad)
+                        return -ENOMEM;
+                memcpy(pad, in, len);
+                src = pad;
+        }
+        if (compress2((Bytef *) out + VMDK_MARKER_SIZE, &n, src, VMDK_STREAM_GRAIN, Z_DEFAULT_COMPRESSION) != Z_OK)
+                return vdisk_error(-EIO, "vmdk: deflate failed");
+        put_le64(out, 0);
+        put_le32((uint8_t *) out + 8, (uint32_t) n);
+        *ret_len = VMDK_MARKER_SIZE + n;
+        return 0;
+}
+
+static int stream_write_meta(vmdk_state *s, uint32_t type, const void *data, size_t len) {
+        uint8_t m[VMDK_SECTOR] = {};
+        size_t padded = ALIGN_UP(len, (size_t) VMDK_SECTOR);
+        _cleanup_free_ uint8_t *buf = NULL;
+        int r;
+
+        put_le64(m, padded / VMDK_SECTOR);
+        put_le32(m + 12, type);
+        r = io_pwrite(s->io, m, sizeof m, s->stream_next);
+        if (r < 0)
+                return r;
+        s->stream_next += VMDK_SECTOR;
+        if (len == 0)
+                return 0;
+        buf = calloc(1, padded);
+        if (!buf)
+                return -ENOMEM;
+        memcpy(buf, data, len);
+        r = io_pwrite(s->io, buf, padded, s->stream_next);
+        if (r < 0)
+                return r;
+        s->stream_next += padded;
+        return 0;
+}
+
+/* Writes the GT being filled (if any) and records it in the GD. */
+static int stream_close_gt(vmdk_state *s) {
+        uint8_t gt[VMDK_GTES_MAX * 4];
+        int r;
+
+        if (s->stream_cur_gt == UINT64_MAX)
+                return 0;
+        for (unsigned i = 0; i < VMDK_GTES_MAX; i++)
+                put_le32(gt + 4 * i, s->stream_gt[i]);
+        r = stream_write_meta(s, VMDK_MARKER_GT, NULL, 0);
+        if (r < 0)
+                return r;
+        /* The marker says how many sectors follow: rewrite it with the GT's. */
+        s->stream_next -= VMDK_SECTOR;
+        {
+                uint8_t m[VMDK_SECTOR] = {};
+                put_le64(m, sizeof gt / VMDK_SECTOR);
+                put_le32(m + 12, VMDK_MARKER_GT);
+                r = io_pwrite(s->io, m, sizeof m, s->stream_next);
+                if (r < 0)
+                        return r;
+                s->stream_next += VMDK_SECTOR;
+        }
+        s->stream_gd[s->stream_cur_gt] = (uint32_t) (s->stream_next / VMDK_SECTOR);
+        r = io_pwrite(s->io, gt, sizeof gt, s->stream_next);
+        if (r < 0)
+                return r;
+        s->stream_next += sizeof gt;
+        s->stream_cur_gt = UINT64_MAX;
+        return 0;
+}
+
+static int vmdk_stream_write_encoded(void *state, uint64_t offset, size_t len, const void *enc, size_t enc_len) {
+        vmdk_state *s = state;
+        uint64_t g = offset / VMDK_STREAM_GRAIN, gt = g / VMDK_GTES_MAX;
+        size_t padded = ALIGN_UP(enc_len, (size_t) VMDK_SECTOR);
+        _cleanup_free_ uint8_t *buf = NULL;
+        int r;
+
+        if (!s->stream || s->stream_done || offset % VMDK_STREAM_GRAIN || offset < s->stream_min ||
+            enc_len < VMDK_MARKER_SIZE || s->stream_next / VMDK_SECTOR + padded / VMDK_SECTOR > UINT32_MAX)
+                return vdisk_error(-EOPNOTSUPP, "vmdk: streamOptimized images take whole grains in order");
+        if (gt != s->stream_cur_gt) {
+                r = stream_close_gt(s);
+                if (r < 0)
+                        return r;
+                memset(s->stream_gt, 0, VMDK_GTES_MAX * 4);
+                s->stream_cur_gt = gt;
+        }
+        buf = calloc(1, padded);
+        if (!buf)
+                return -ENOMEM;
+        memcpy(buf, enc, enc_len);
+        put_le64(buf, g * (VMDK_STREAM_GRAIN / VMDK_SECTOR));
+        r = io_pwrite(s->io, buf, padded, s->stream_next);
+        if (r < 0)
+                return r;
+        s->stream_gt[g % VMDK_GTES_MAX] = (uint32_t) (s->stream_next / VMDK_SECTOR);
+        s->stream_next += padded;
+        s->stream_min = offset + len;
+        renew_cid(s);
+        return 0;
+}
+
+static int vmdk_stream_write(void *state, uint64_t offset, const void *buf, size_t len) {
+        vmdk_state *s = state;
+
+        while (len > 0) {
+                size_t n = (size_t) MIN((uint64_t) len, VMDK_STREAM_GRAIN - offset % VMDK_STREAM_GRAIN);
+                _cleanup_free_ uint8_t *enc = NULL;
+                size_t enc_len;
+                int r;
+
+                if (offset % VMDK_STREAM_GRAIN || (n < VMDK_STREAM_GRAIN && offset + n < s->size))
+                        return vdisk_error(-EOPNOTSUPP, "vmdk: streamOptimized images take whole grains in order");
+                enc = malloc(vmdk_encode_bound(s, n));
+                if (!enc)
+                        return -ENOMEM;
+                r = vmdk_encode(s, buf, n, enc, &enc_len);
+                if (r < 0)
+                        return r;
+                r = vmdk_stream_write_encoded(s, offset, n, enc, enc_len);
+                if (r < 0)
+                        return r;
+                offset += n;
+                buf = (const uint8_t *) buf + n;
+                len -= n;
+        }
+        return 0;
+}
+
+/* GT of the last grains, the GD, the footer (the header with the GD's
+ * place), the end-of-stream marker; then reads come from the file. */
+static int vmdk_finish(void *state) {
+        vmdk_state *s = state;
+        _cleanup_free_ uint8_t *gd = NULL;
+        uint8_t foot[VMDK_SECTOR];
+        uint64_t gd_sector;
+        int r;
+
+        if (!s->stream || s->stream_done)
+                return 0;
+        r = stream_close_gt(s);
+        if (r < 0)
+                return r;
+        gd = calloc(1, ALIGN_UP(s->stream_n_gd * 4, (uint64_t) VMDK_SECTOR));
+        if (!gd)
+                return -ENOMEM;
+        for (uint64_t i = 0; i < s->stream_n_gd; i++)
+                put_le32(gd + 4 * i, s->stream_gd[i]);
+        {
+                uint8_t m[VMDK_SECTOR] = {};
+                put_le64(m, DIV_ROUND_UP(s->stream_n_gd * 4, VMDK_SECTOR));
+                put_le32(m + 12, VMDK_MARKER_GD);
+                r = io_pwrite(s->io, m, sizeof m, s->stream_next);
+                if (r < 0)
+                        return r;
+                s->stream_next += VMDK_SECTOR;
+        }
+        gd_sector = s->stream_next / VMDK_SECTOR;
+        r = io_pwrite(s->io, gd, ALIGN_UP(s->stream_n_gd * 4, (uint64_t) VMDK_SECTOR), s->stream_next);
+        if (r < 0)
+                return r;
+        s->stream_next += ALIGN_UP(s->stream_n_gd * 4, (uint64_t) VMDK_SECTOR);
+        memcpy(foot, s->stream_header, VMDK_SECTOR);
+        put_le64(foot + H_GD, gd_sector);
+        {
+                uint8_t m[VMDK_SECTOR] = {};
+                put_le64(m, 1);
+                put_le32(m + 12, VMDK_MARKER_FOOTER);
+                r = io_pwrite(s->io, m, sizeof m, s->stream_next);
+                if (r < 0)
+                        return r;
+                s->stream_next += VMDK_SECTOR;
+        }
+        r = io_pwrite(s->io, foot, sizeof foot, s->stream_next);
+        if (r < 0)
+                return r;
+        s->stream_next += VMDK_SECTOR;
+        r = stream_write_meta(s, VMDK_MARKER_EOS, NULL, 0);
+        if (r < 0)
+                return r;
+        r = io_flush(s->io);
+        if (r < 0)
+                return r;
+        if (s->desc_dirty) {
+                r = write_desc(s);
+                if (r < 0)
+                        return r;
+                s->desc_dirty = false;
+        }
+        s->stream_done = true;
+        /* From now on the image reads from what was written. */
+        extent_free(&s->ext[0]);
+        r = io_get_size(s->io, &s->ext[0].file_size);
+        if (r < 0)
+                return r;
+        r = sparse_open(s, &s->ext[0], vdisk_io_name(s->io), s->stream_header);
+        if (r < 0)
+                return r;
+        return 0;
+}
+
+static int stream_create(vmdk_state *s, const open_ctx *c, uint64_t capacity, const char *desc, size_t desc_len) {
+        uint8_t *h = s->stream_header;
+        int r;
+
+        s->io = c->io;
+        s->writable = 1;
+        s->budget = c->budget;
+        s->embedded = true;
+        s->stream = true;
+        s->stream_capacity = capacity;
+        s->stream_n_gd = DIV_ROUND_UP(capacity, (VMDK_STREAM_GRAIN / VMDK_SECTOR) * VMDK_GTES_MAX);
+        s->stream_cur_gt = UINT64_MAX;
+        s->size = capacity * VMDK_SECTOR;
+        s->stream_charged = s->stream_n_gd * 4 + VMDK_GTES_MAX * 4;
+        r = tc_budget_charge(s->budget, s->stream_charged);
+        if (r < 0) {
+                s->stream_charged = 0;
+                return r;
+        }
+        s->stream_gd = calloc(s->stream_n_gd, 4);
+        s->stream_gt = calloc(VMDK_GTES_MAX, 4);
+        s->ext = calloc(1, sizeof *s->ext);
+        if (!s->stream_gd || !s->stream_gt || !s->ext)
+                return -ENOMEM;
+        s->n_ext = 1;
+        s->ext[0] = (vmdk_extent) { .type = VMDK_EXTENT_SPARSE, .io = c->io, .size = s->size,
+                                    .grain = VMDK_STREAM_GRAIN };
+        memset(h, 0, VMDK_SECTOR);
+        put_le32(h + H_MAGIC, VMDK_MAGIC);
+        put_le32(h + H_VERSION, 3);
+        put_le32(h + H_FLAGS, VMDK_FLAG_NL_TEST | VMDK_FLAG_COMPRESSED | VMDK_FLAG_MARKERS);
+        put_le64(h + H_CAPACITY, capacity);
+        put_le64(h + H_GRAIN, VMDK_STREAM_GRAIN / VMDK_SECTOR);
+        put_le64(h + H_DESC_OFFSET, 1);
+        put_le64(h + H_DESC_SIZE, VMDK_DESC_SECTORS);
+        put_le32(h + H_GTES, VMDK_GTES_MAX);
+        put_le64(h + H_GD, VMDK_GD_AT_END);
+        put_le64(h + H_OVERHEAD, VMDK_STREAM_GRAIN / VMDK_SECTOR);
+        h[H_NL_CHARS] = '\n';
+        h[H_NL_CHARS + 1] = ' ';
+        h[H_NL_CHARS + 2] = '\r';
+        h[H_NL_CHARS + 3] = '\n';
+        put_le16(h + H_COMPRESS, CODEC_DEFLATE);
+        if (desc_len >= VMDK_DESC_SECTORS * VMDK_SECTOR)
+                return vdisk_error(-E2BIG, "vmdk: descriptor too long to embed");
+        r = io_pwrite(c->io, h, VMDK_SECTOR, 0);
+        if (r < 0)
+                return r;
+        r = io_truncate(c->io, VMDK_STREAM_GRAIN);
+        if (r < 0)
+                return r;
+        r = io_pwrite(c->io, desc, desc_len, VMDK_SECTOR);
+        if (r < 0)
+                return r;
+        s->stream_next = VMDK_STREAM_GRAIN;
+        return vmdk_desc_parse(desc, desc_len, &s->desc) < 0 ? -EINVAL : 0;
 }
 
 /* ---------------------------------------------------------------- metadata */
@@ -1390,7 +1708,7 @@ static const vdisk_option_desc vmdk_create_options[] = {
         { "compat6",      VDISK_OPTION_BOOL, "VMDK version 6 image", "off" },
         { "hwversion",    VDISK_OPTION_STRING, "VMDK hardware version", "undefined" },
         { "subformat",    VDISK_OPTION_STRING, "VMDK flat extent format, can be one of {monolithicSparse (default) "
-                                               "| monolithicFlat | twoGbMaxExtentSparse | twoGbMaxExtentFlat}",
+                                               "| monolithicFlat | twoGbMaxExtentSparse | twoGbMaxExtentFlat | streamOptimized}",
                                                "monolithicSparse" },
         { "zeroed_grain", VDISK_OPTION_BOOL, "Enable efficient zero writes using the zeroed-grain GTE feature",
                                              "off" },
@@ -1421,6 +1739,11 @@ const vdisk_backend backend_vmdk = {
         .release = vmdk_release,
         .mark_zero = vmdk_mark_zero,
         .flush = vmdk_flush,
+        .stream_write = vmdk_stream_write,
+        .encode_bound = vmdk_encode_bound,
+        .encode = vmdk_encode,
+        .stream_write_encoded = vmdk_stream_write_encoded,
+        .finish = vmdk_finish,
         .get_meta = vmdk_get_meta,
         .get_format_info = vmdk_get_format_info,
 };

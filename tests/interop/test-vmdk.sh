@@ -4,7 +4,7 @@
 #   - every subformat qemu-img creates (monolithicSparse, monolithicFlat,
 #     twoGbMaxExtentSparse/Flat, streamOptimized; zeroed_grain, compat6,
 #     hwversion, adapter types) converts to raw with vdisk-img byte for byte;
-#   - every subformat vdisk-img creates passes `qemu-img check` and
+#   - every subformat vdisk-img creates (streamOptimized by convert) passes `qemu-img check` and
 #     `qemu-img compare`, including writes into an existing image, a size
 #     that is not a grain multiple and a split image of three extents;
 #   - diffs: a vdisk-made diff (convert -B) is read by qemu-img with its
@@ -40,12 +40,15 @@ vimg convert -O raw qz.vmdk qz.raw
 expect_cmp "zeroed-grain GTEs read as zeros" qz-ref.raw qz.raw
 
 # --- vdisk-img creates, qemu-img checks and compares
-for sf in monolithicSparse monolithicFlat twoGbMaxExtentSparse twoGbMaxExtentFlat; do
+for sf in monolithicSparse monolithicFlat twoGbMaxExtentSparse twoGbMaxExtentFlat streamOptimized; do
         vimg convert -O vmdk -o subformat=$sf pat.raw "v-$sf.vmdk"
         expect_eq "vdisk-img convert to $sf" "$RC" 0
         qcheck "v-$sf.vmdk" vmdk
         qcompare pat.raw raw "v-$sf.vmdk" vmdk
 done
+vimg convert -O raw v-streamOptimized.vmdk so.raw
+expect_cmp "vdisk-made streamOptimized reads back" pat.raw so.raw
+expect_fail "an existing streamOptimized image is not written" "$VDISK_IMG" convert -n -O vmdk pat.raw v-streamOptimized.vmdk
 vimg convert -O vmdk -o zeroed_grain=on,adapter_type=lsilogic,hwversion=6 pat.raw v-zg.vmdk
 qcheck v-zg.vmdk vmdk
 qcompare pat.raw raw v-zg.vmdk vmdk
