@@ -1827,6 +1827,57 @@ static int vmdk_get_format_info(void *state, strv_builder *kv) {
         return r;
 }
 
+
+/* Changes descriptor fields; written at the next flush. The format has no
+ * modification UUIDs: META_PARENT_MOD_UUID is accepted and ignored (merge
+ * sets it with the parent UUID). Relinking to no parent also drops the
+ * parent's name and CID. */
+static int vmdk_set_meta(void *state, const meta *m, uint32_t mask) {
+        vmdk_state *s = state;
+        char buf[64];
+        int r = 0;
+
+        if (mask & ~(META_UUID | META_PARENT_UUID | META_PARENT_MOD_UUID | META_PARENT_NAME | META_LCHS))
+                return vdisk_error(-EOPNOTSUPP, "vmdk: the format has no such field");
+        if (s->stream)
+                return vdisk_error(-EROFS, "vmdk: streamOptimized images are not changed");
+        if (s->desc.n_kv == 0)
+                return vdisk_error(-EOPNOTSUPP, "vmdk: the image has no descriptor to record it in");
+        if (mask & META_UUID) {
+                vdisk_uuid_format(m->uuid, buf);
+                r = vmdk_desc_set(&s->desc, "ddb.uuid.image", buf, true);
+        }
+        if (r >= 0 && (mask & META_PARENT_UUID)) {
+                vdisk_uuid_format(m->parent_uuid, buf);
+                r = vmdk_desc_set(&s->desc, "ddb.uuid.parent", buf, true);
+                if (r >= 0 && vdisk_uuid_is_null(m->parent_uuid) && !(mask & META_PARENT_NAME)) {
+                        r = vmdk_desc_set(&s->desc, "parentFileNameHint", "", true);
+                        if (r >= 0)
+                                r = vmdk_desc_set(&s->desc, "parentCID", "ffffffff", false);
+                }
+        }
+        if (r >= 0 && (mask & META_PARENT_NAME))
+                r = vmdk_desc_set(&s->desc, "parentFileNameHint", m->parent_name ? m->parent_name : "", true);
+        if (r >= 0 && (mask & META_LCHS)) {
+                snprintf(buf, sizeof buf, "%" PRIu32, m->lchs.cylinders);
+                r = vmdk_desc_set(&s->desc, "ddb.geometry.cylinders", buf, true);
+                snprintf(buf, sizeof buf, "%" PRIu32, m->lchs.heads);
+                if (r >= 0)
+                        r = vmdk_desc_set(&s->desc, "ddb.geometry.heads", buf, true);
+                snprintf(buf, sizeof buf, "%" PRIu32, m->lchs.sectors);
+                if (r >= 0)
+                        r = vmdk_desc_set(&s->desc, "ddb.geometry.sectors", buf, true);
+        }
+        if (r < 0)
+                return r;
+        s->has_uuid = s->has_parent_uuid = false;
+        r = desc_meta(s);
+        if (r < 0)
+                return r;
+        s->desc_dirty = true;
+        return 0;
+}
+
 /* ---------------------------------------------------------------- table */
 
 static const char *const vmdk_extensions[] = { "vmdk", NULL };
@@ -1877,5 +1928,6 @@ const vdisk_backend backend_vmdk = {
         .finish = vmdk_finish,
         .check = vmdk_check,
         .get_meta = vmdk_get_meta,
+        .set_meta = vmdk_set_meta,
         .get_format_info = vmdk_get_format_info,
 };

@@ -777,7 +777,7 @@ static scenario scenarios[] = {
           .build = build_convert_existing, .op = op_convert_existing },
         /* VMDK (monolithicSparse, 64 KiB grains): grain allocation, GT and
          * redundant GT updates, in-place writes. */
-        { .name = "vmdk-writes-base", .fmt = "vmdk", .faulted = 0, .qemu = 1, .per_sector = 1,
+        { .name = "vmdk-writes-base", .fmt = "vmdk", .faulted = 0, .qemu = 0, .per_sector = 1,
           .build = build_writes_base, .op = op_writes },
         { .name = "vmdk-writes-top", .fmt = "vmdk", .faulted = 1, .per_sector = 1, .build = build_writes_top,
           .op = op_writes },
