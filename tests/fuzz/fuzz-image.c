@@ -176,5 +176,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         exercise(data, size, NULL, 0);
         exercise(data, size, "vdi", 0);
         exercise(data, size, "vdi", 1);
+        exercise(data, size, "vmdk", 0);
+        exercise(data, size, "vmdk", 1);
         return 0;
 }
