@@ -814,6 +814,11 @@ static int vmdk_allocate(void *state, uint64_t offset, uint64_t len, reservation
                                    vmdk_extent_type_name(e->type));
         if (e->compressed)
                 return vdisk_error(-EROFS, "vmdk: compressed extents are read-only");
+        /* Grain tables are written back by whole sectors: a table must fill
+         * its sectors, or the write-back would carry stale neighbours. */
+        if (e->h.gtes % (VMDK_SECTOR / 4))
+                return vdisk_error(-EOPNOTSUPP, "vmdk: cannot write an extent with %" PRIu32
+                                   " entries per grain table (a multiple of 128 is needed)", e->h.gtes);
         off = offset - e->start;
         g = off / e->grain;
         r = gt_sector(e, g, e->gd, &gts);
@@ -938,7 +943,8 @@ static int vmdk_mark_zero(void *state, uint64_t offset, uint64_t len) {
                         len -= n;
                         continue;
                 }
-                if (e->type != VMDK_EXTENT_SPARSE || !e->zeroed_gte || e->compressed || off % e->grain)
+                if (e->type != VMDK_EXTENT_SPARSE || !e->zeroed_gte || e->compressed || off % e->grain ||
+                    e->h.gtes % (VMDK_SECTOR / 4))
                         return -EOPNOTSUPP;
                 g = off / e->grain;
                 n = MIN(e->grain, e->size - off);
