@@ -1821,6 +1821,18 @@ static int vmdk_get_meta(void *state, meta *m) {
         return 0;
 }
 
+static int vmdk_get_info(void *state, vdisk_image_info *ret) {
+        vmdk_state *s = state;
+        image_layout l;
+
+        vmdk_get_layout(s, &l);
+        ret->cluster_size = (uint32_t) l.cluster_size;
+        ret->dirty = 0;
+        ret->variant = s->create_type ? s->create_type : s->stream ? "streamOptimized" : "monolithicSparse";
+        ret->image_flags = s->parent_hint || s->has_parent_uuid ? VDISK_IMAGE_FLAGS_DIFF : 0;
+        return 0;
+}
+
 static int vmdk_get_format_info(void *state, strv_builder *kv) {
         vmdk_state *s = state;
         int r;
@@ -1935,5 +1947,6 @@ const vdisk_backend backend_vmdk = {
         .check = vmdk_check,
         .get_meta = vmdk_get_meta,
         .set_meta = vmdk_set_meta,
+        .get_info = vmdk_get_info,
         .get_format_info = vmdk_get_format_info,
 };
