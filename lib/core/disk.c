@@ -392,6 +392,13 @@ int vdisk_disk_open_chain(vdisk_disk *d, vdisk_resolver *res, vdisk_io *top, con
                         }
                         r = resolver_open_name(res, m.parent_name, vdisk_io_name(chain[n - 1]->io), 0,
                                                &parent_io);
+                        /* A parent named without its format (VMDK's
+                         * parentFileNameHint) is probed, never as raw. */
+                        if (r >= 0 && !m.parent_format) {
+                                r = probe_backend(parent_io, vdisk_io_name(parent_io), 0, &be, NULL);
+                                if (r < 0)
+                                        vdisk_io_unref(parent_io);
+                        }
                 } else if ((m.mask & META_PARENT_UUID) && !vdisk_uuid_is_null(m.parent_uuid)) {
                         if (n >= VDISK_CHAIN_MAX) {
                                 r = vdisk_error(-ELOOP, "%s: chain deeper than %d images",
