@@ -204,9 +204,11 @@ static int parse_extent(vmdk_desc *d, char *line, unsigned lineno) {
         } else {
                 if (!name)
                         return vdisk_error(-EUCLEAN, "vmdk: descriptor line %u: extent without a file name", lineno);
+                /* The name is not repeated: it may be a path the caller
+                 * must not learn we looked at (vdiskd). */
                 if (!vmdk_desc_name_valid(name))
-                        return vdisk_error(-EUCLEAN, "vmdk: descriptor line %u: extent name \"%.64s\" is empty, "
-                                           "absolute or leaves the image's directory", lineno, name);
+                        return vdisk_error(-EUCLEAN, "vmdk: descriptor line %u: the extent name is empty, "
+                                           "absolute or leaves the image's directory", lineno);
         }
         if (offset && type != VMDK_EXTENT_FLAT && type != VMDK_EXTENT_VMFS)
                 return vdisk_error(-EUCLEAN, "vmdk: descriptor line %u: offset on a %s extent", lineno,

@@ -88,8 +88,9 @@ expect_eq "qemu-img sees the parent" "$(qinfo vdiff.vmdk vmdk backing-filename)"
 qcheck vdiff.vmdk vmdk
 qcompare pat2.raw raw vdiff.vmdk vmdk
 vimg info vdiff.vmdk
-expect_true "the diff records the parent's CID" \
-        test "$(grep -a '^parentCID=' vdiff.vmdk | cut -d= -f2)" = "$(grep -a '^CID=' base.vmdk | cut -d= -f2)"
+# (as numbers: qemu writes the CID without leading zeros)
+expect_eq "the diff records the parent's CID" \
+        "$((16#$(grep -a '^parentCID=' vdiff.vmdk | cut -d= -f2)))" "$((16#$(grep -a '^CID=' base.vmdk | cut -d= -f2)))"
 
 "$QEMU_IMG" create -q -f vmdk -b base.vmdk -F vmdk qdiff.vmdk
 "$QEMU_IO" -f vmdk -c "write -P 0x77 $((5 * M + 1000)) 70000" -c "write -z $((8 * M)) 65536" qdiff.vmdk >/dev/null
@@ -100,7 +101,7 @@ expect_cmp "qemu-made diff reads with its parent" qdiff-ref.raw qdiff.raw
 # --- hostile descriptors
 printf '# Disk DescriptorFile\nversion=1\nCID=1\nparentCID=ffffffff\ncreateType="monolithicFlat"\nRW 2048 FLAT "../escape-flat.vmdk" 0\n' > dotdot.vmdk
 expect_fail "extent name with .. refused" "$VDISK_IMG" info dotdot.vmdk
-expect_true "the message names the extent" grep -q "escape" "$T/err"
+expect_true "the message names the descriptor line" grep -q "line 6" "$T/err"
 printf '# Disk DescriptorFile\nversion=1\nCID=1\nparentCID=ffffffff\ncreateType="monolithicFlat"\nRW 2048 FLAT "/etc/passwd" 0\n' > abs.vmdk
 expect_fail "absolute extent name refused" "$VDISK_IMG" info abs.vmdk
 printf '# Disk DescriptorFile\nversion=1\ncreateType="monolithicFlat"\nRW 2048 FLAT "missing-flat.vmdk" 0\n' > missing.vmdk
