@@ -119,6 +119,10 @@ typedef struct image_layout {
         uint64_t cluster_size;  /* reported (qemu's cluster_size); 0 = none */
         uint64_t zero_unit;     /* mark_zero() takes whole multiples of it; 0 = none */
         uint32_t sector_size;   /* logical sector: 512, 2048 (optical) or 4096 */
+        /* BACKEND_STREAM for this image alone, in a format whose other
+         * variants are not (a VMDK streamOptimized image the backend is
+         * creating): the core treats it as the flag of the backend. */
+        uint32_t flags;
 } image_layout;
 
 /* vdisk_backend.flags */
@@ -367,3 +371,4 @@ typedef struct vdisk_backend {
 extern const vdisk_backend backend_raw;
 extern const vdisk_backend backend_vdi;
 extern const vdisk_backend backend_vhd;
+extern const vdisk_backend backend_vmdk;

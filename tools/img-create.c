@@ -209,6 +209,7 @@ int cmd_create(int argc, char **argv) {
         _cleanup_(optlist_done) OptList opts = {};
         _cleanup_(vdisk_io_unrefp) vdisk_io *io = NULL;
         _cleanup_free_ char **lib_opts = NULL, *backing_path = NULL;
+        _cleanup_(vdisk_resolver_unrefp) vdisk_resolver *create_res = NULL;
         const vdisk_backend_info *info;
         bool quiet = false, unsafe = false, have_size = false;
         Img parent = {};
@@ -332,9 +333,20 @@ int cmd_create(int argc, char **argv) {
                 goto finish;
         }
 
+        /* Companion files (VMDK extents) are created next to the image. */
+        r = vdisk_resolver_new_path(NULL, &create_res);
+        if (r < 0) {
+                log_error("%s: %s", filename, strerror(-r));
+                goto finish;
+        }
         vdisk_create_opts copts = {
                 .size = sizeof(copts),
                 .options = (const char *const *) lib_opts,
+                /* As the user gave it: VMDK records it (parentFileNameHint),
+                 * VDI links by UUID and ignores it. */
+                .parent_name = backing,
+                .parent_format = backing ? backing_fmt : NULL,
+                .resolver = create_res,
         };
 
         vdisk_clear_error();
@@ -487,6 +499,7 @@ int cmd_convert(int argc, char **argv) {
         _cleanup_(vdisk_io_unrefp) vdisk_io *out_io = NULL;
         _cleanup_(vdisk_disk_unrefp) vdisk_disk *dst = NULL;
         _cleanup_free_ char **lib_opts = NULL, *backing_path = NULL;
+        _cleanup_(vdisk_resolver_unrefp) vdisk_resolver *create_res = NULL;
         const vdisk_backend_info *out_info;
         bool quiet = false, progress = false, no_create = false, target_is_zero = false, created = false,
              unsafe = false, cached = false;
@@ -663,6 +676,12 @@ int cmd_convert(int argc, char **argv) {
                 progress_bar_done(&bar, false);
                 goto finish;
         }
+        r = vdisk_resolver_new_path(NULL, &create_res);
+        if (r < 0) {
+                log_error("Out of memory");
+                progress_bar_done(&bar, false);
+                goto finish;
+        }
 
         vdisk_copy_opts copts = {
                 .size = sizeof(copts),
@@ -670,6 +689,9 @@ int cmd_convert(int argc, char **argv) {
                 .create = {
                         .size = sizeof(vdisk_create_opts),
                         .options = (const char *const *) lib_opts,
+                        .parent_name = backing,
+                        .parent_format = backing ? backing_fmt : NULL,
+                        .resolver = create_res,
                 },
                 .from_same = -1,
                 .to_same = -1,

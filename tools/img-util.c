@@ -380,8 +380,14 @@ int img_open(const char *filename, const char *fmt, uint32_t flags, Img *ret) {
                         return r;
                 }
                 r = vdisk_disk_open_chain(d, resolver, io, info->name, open_flags);
-        } else
-                r = vdisk_disk_open(d, io, info->name, open_flags);
+        } else {
+                /* No parents, but the image's own companion files (VMDK extents). */
+                r = vdisk_resolver_new_path(NULL, &resolver);
+                if (r >= 0)
+                        r = vdisk_disk_set_resolver(d, resolver);
+                if (r >= 0)
+                        r = vdisk_disk_open(d, io, info->name, open_flags);
+        }
         if (r < 0) {
                 LOG("Could not open '%s': %s", filename, error_detail(r));
                 return r;

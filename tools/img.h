@@ -191,6 +191,10 @@ int common_option(int c, const char *arg, int *ret_exit);
 
 /* ---- cleanup helpers for library objects */
 
+static inline void vdisk_resolver_unrefp(vdisk_resolver **p) {
+        vdisk_resolver_unref(*p);
+}
+
 static inline void vdisk_io_unrefp(vdisk_io **p) {
         if (*p)
                 vdisk_io_unref(*p);

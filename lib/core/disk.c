@@ -289,7 +289,8 @@ int vdisk_disk_open(vdisk_disk *d, vdisk_io *io, const char *format, uint32_t op
         r = pick_backend(io, format, open_flags, &be);
         if (r < 0)
                 return r;
-        r = image_open(be, io, NULL, !(open_flags & VDISK_OPEN_READONLY), !!(open_flags & VDISK_OPEN_INFO),
+        /* Companion files (VMDK extents) through the disk's resolver, if it has one. */
+        r = image_open(be, io, d->resolver, !(open_flags & VDISK_OPEN_READONLY), !!(open_flags & VDISK_OPEN_INFO),
                        d->budget, &img);
         if (r < 0)
                 return r;
@@ -391,6 +392,13 @@ int vdisk_disk_open_chain(vdisk_disk *d, vdisk_resolver *res, vdisk_io *top, con
                         }
                         r = resolver_open_name(res, m.parent_name, vdisk_io_name(chain[n - 1]->io), 0,
                                                &parent_io);
+                        /* A parent named without its format (VMDK's
+                         * parentFileNameHint) is probed, never as raw. */
+                        if (r >= 0 && !m.parent_format) {
+                                r = probe_backend(parent_io, vdisk_io_name(parent_io), 0, &be, NULL);
+                                if (r < 0)
+                                        vdisk_io_unref(parent_io);
+                        }
                 } else if ((m.mask & META_PARENT_UUID) && !vdisk_uuid_is_null(m.parent_uuid)) {
                         if (n >= VDISK_CHAIN_MAX) {
                                 r = vdisk_error(-ELOOP, "%s: chain deeper than %d images",
@@ -520,7 +528,9 @@ int disk_create_diff(vdisk_disk *d, vdisk_io *io, const char *format, const vdis
         r = image_get_meta(parent, &pm);
         if (r < 0)
                 return r;
-        if (!(pm.mask & META_UUID))
+        /* A child that links by name (VMDK parentFileNameHint, qcow2
+         * backing file) needs no UUID of its parent (qemu's VMDKs have none). */
+        if (!(pm.mask & META_UUID) && !(opts && OPTS_HAS(opts, parent_format) && opts->parent_name))
                 return vdisk_error(-EOPNOTSUPP, "%s: a %s image has no UUID a child could name",
                                    vdisk_io_name(parent->io), parent->be->info.name);
         /* The parent must be durable before a child points at it. */
@@ -535,7 +545,8 @@ int disk_create_diff(vdisk_disk *d, vdisk_io *io, const char *format, const vdis
                 return vdisk_error(-EINVAL, "invalid image size %" PRIu64, p.size);
         p.image_flags |= VDISK_IMAGE_FLAGS_DIFF;
         p.image_flags &= ~VDISK_IMAGE_FLAGS_FIXED;
-        memcpy(p.parent_uuid, pm.uuid, 16);
+        if (pm.mask & META_UUID)
+                memcpy(p.parent_uuid, pm.uuid, 16);
         if (pm.mask & META_MODIFICATION_UUID)
                 memcpy(p.parent_modification_uuid, pm.modification_uuid, 16);
         r = backend_check_options(be, p.options);

@@ -150,7 +150,8 @@ int image_flush(vdisk_image *img) {
 int image_finish(vdisk_image *img) {
         int r;
 
-        if (!(img->be->flags & BACKEND_STREAM) || !img->created || img->finished || !img->writable)
+        if (!((img->be->flags | img->layout.flags) & BACKEND_STREAM) || !img->created || img->finished ||
+            !img->writable)
                 return 0;
         r = img->be->finish(img->state);
         if (r < 0)

@@ -9,6 +9,7 @@
 static const vdisk_backend *const backends[] = {
         &backend_vdi,
         &backend_vhd,
+        &backend_vmdk,
         &backend_raw,
 };
 

@@ -273,7 +273,7 @@ int rw_write(vdisk_disk *d, unsigned level, const void *buf, size_t len, uint64_
 
         if (img->be->flags & BACKEND_IDENTITY)
                 return write_done(img, true, io_pwrite(img->io, buf, len, offset));
-        if (img->be->flags & BACKEND_STREAM) {
+        if ((img->be->flags | img->layout.flags) & BACKEND_STREAM) {
                 r = img->be->stream_write(img->state, offset, buf, len);
                 return write_done(img, r >= 0, r < 0 ? vdisk_error_prefix(r, vdisk_io_name(img->io)) : r);
         }

@@ -276,7 +276,8 @@ static int copy_levels(vdisk_disk *src, unsigned src_bottom, unsigned src_top, u
         pl.size = MIN(size, src_size);
         pl.zeros_matter = level > 0;
         pthread_mutex_lock(&dst->lock);
-        if ((dst->images[level]->be->flags & BACKEND_STREAM) && dst->images[level]->layout.cluster_size > 0) {
+        if (((dst->images[level]->be->flags | dst->images[level]->layout.flags) & BACKEND_STREAM) &&
+            dst->images[level]->layout.cluster_size > 0) {
                 pl.unit = dst->images[level]->layout.cluster_size;
                 pl.encode = dst->images[level]->be->encode;
                 if (OP_BUFFER_SIZE % pl.unit)

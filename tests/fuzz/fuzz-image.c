@@ -178,5 +178,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         exercise(data, size, "vdi", 1);
         exercise(data, size, "vpc", 0);
         exercise(data, size, "vpc", 1);
+        exercise(data, size, "vmdk", 0);
+        exercise(data, size, "vmdk", 1);
         return 0;
 }

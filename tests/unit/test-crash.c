@@ -32,7 +32,9 @@
  * (e) repair of a VDI with a leaked slot; (f) rebase of a diff onto another
  * parent; (g) convert into an existing image. A convert's source never
  * changes when its destination fails with EIO or ENOSPC at any write,
- * persistent or transient.
+ * persistent or transient. (a) runs on VMDK too (vmdk-writes-*: grain
+ * allocation, both grain tables, the descriptor's new CID), with two crash
+ * images per cut and the library's check as the structural oracle.
  * The structural check also uses the tests' own VDI parser (no map entry out
  * of range or duplicated), and standalone bases go through
  * `qemu-img check -f vdi` when /usr/bin/qemu-img exists (exit 0 or 3; 2 only
@@ -79,6 +81,8 @@ static const vdisk_create_opts *base_opts(void) {
         static vdisk_create_opts o = { .size = sizeof o, .block_size = BLOCK, .options = vhd_exact };
         return fmt_vdi ? NULL : &o;
 }
+/* The format of the scenario running: scenario.fmt, else crash_fmt. */
+static const char *g_fmt = "vdi";
 static int have_qemu;
 static char tmpdir[256];
 
@@ -272,6 +276,8 @@ enum { V_CONTENT, V_MERGE_FWD, V_MERGE_FWD3, V_MERGE_BWD, V_REBASE };
 typedef struct scenario scenario;
 struct scenario {
         const char *name;
+        const char *fmt;                /* "vdi" when NULL */
+        unsigned max_crash_seeds;       /* fewer crash images per cut (0: n_crash_seeds) */
         unsigned n;                     /* images, base first */
         unsigned faulted;               /* the image whose io is faulted */
         int verify;                     /* V_* */
@@ -294,7 +300,7 @@ struct scenario {
 static vdisk_io *new_io(scenario *sc, unsigned i) {
         char name[96];
 
-        snprintf(name, sizeof name, "crash-%s-%u.vdi", sc->name, i);
+        snprintf(name, sizeof name, "crash-%s-%u.%s", sc->name, i, g_fmt);
         return mem_io(name, NULL, 0);
 }
 
@@ -302,7 +308,7 @@ static vdisk_disk *open_ios(vdisk_io **ios, unsigned n, uint32_t flags, const ch
         vdisk_disk *d = disk_new();
 
         for (unsigned i = 0; i < n; i++) {
-                int r = vdisk_disk_open(d, ios[i], crash_fmt, flags);
+                int r = vdisk_disk_open(d, ios[i], g_fmt, flags);
                 if (r < 0)
                         FAIL("%s: image %u (%s) does not open: %d (%s)", what, i, vdisk_io_name(ios[i]), r,
                              strerror(-r));
@@ -327,9 +333,9 @@ static vdisk_disk *build_chain(scenario *sc) {
         for (unsigned i = 0; i < sc->n; i++) {
                 sc->tmpl[i] = new_io(sc, i);
                 if (i == 0)
-                        ASSERT_OK(vdisk_disk_create_base(d, sc->tmpl[0], crash_fmt, DISK_SIZE, base_opts()));
+                        ASSERT_OK(vdisk_disk_create_base(d, sc->tmpl[0], g_fmt, DISK_SIZE, base_opts()));
                 else
-                        ASSERT_OK(vdisk_disk_create_diff(d, sc->tmpl[i], crash_fmt, NULL));
+                        ASSERT_OK(vdisk_disk_create_diff(d, sc->tmpl[i], g_fmt, NULL));
                 ASSERT_OK(vdisk_image_get_uuid(vdisk_disk_image(d, i), sc->uuid[i]));
         }
         return d;
@@ -375,12 +381,12 @@ static void build_writes_top(scenario *sc) {
         sc->n = 2;
         d = disk_new();
         sc->tmpl[0] = new_io(sc, 0);
-        ASSERT_OK(vdisk_disk_create_base(d, sc->tmpl[0], crash_fmt, DISK_SIZE, base_opts()));
+        ASSERT_OK(vdisk_disk_create_base(d, sc->tmpl[0], g_fmt, DISK_SIZE, base_opts()));
         for (uint64_t b = 0; b < 8; b++)
                 if (b != 3)
                         fill_block(d, &r, b, 0, BLOCK);
         sc->tmpl[1] = new_io(sc, 1);
-        ASSERT_OK(vdisk_disk_create_diff(d, sc->tmpl[1], crash_fmt, NULL));
+        ASSERT_OK(vdisk_disk_create_diff(d, sc->tmpl[1], g_fmt, NULL));
         fill_block(d, &r, 1, 64 * KiB, 64 * KiB);
         fill_block(d, &r, 2, 0, 64 * KiB);
         vdisk_disk_unref(d);
@@ -797,6 +803,12 @@ static scenario scenarios[] = {
           .op = op_rebase, .after_success = after_rebase },
         { .name = "convert-existing", .faulted = 0, .qemu = 1, .per_sector = 1,
           .build = build_convert_existing, .op = op_convert_existing },
+        /* VMDK (monolithicSparse, 64 KiB grains): grain allocation, GT and
+         * redundant GT updates, in-place writes. */
+        { .name = "vmdk-writes-base", .fmt = "vmdk", .max_crash_seeds = 2, .faulted = 0, .qemu = 0,
+          .per_sector = 1, .build = build_writes_base, .op = op_writes },
+        { .name = "vmdk-writes-top", .fmt = "vmdk", .max_crash_seeds = 2, .faulted = 1, .per_sector = 1,
+          .build = build_writes_top, .op = op_writes },
 };
 
 /* ---------------------------------------------------------------- verification */
@@ -824,6 +836,19 @@ static void check_crashed(vdisk_disk *d, unsigned index, vdisk_io *io, const cha
                 return;
         }
         ASSERT_OK(vdisk_io_memory_data(io, &data, &len));
+        if (strcmp(g_fmt, "vdi") != 0) {
+                /* Other formats: the library's check alone. */
+                check_image_report(d, index, &rep);
+                if (rep.check_errors || rep.corruptions) {
+                        print_check_messages(&rep);
+                        FAIL("%s: image %u: %" PRIu64 " corruptions, %" PRIu64 " check errors", what, index,
+                             rep.corruptions, rep.check_errors);
+                }
+                if (rep.leaks)
+                        stats.leaky++;
+                vdisk_check_report_clear(&rep);
+                return;
+        }
         if (vdi_parse(data, len, &h) < 0 || !h.map)
                 FAIL("%s: image %u: our parser finds no complete header and map", what, index);
         vdi_map_analyse(&h, len, &st);
@@ -859,7 +884,7 @@ static int run_qemu_check(vdisk_io *io, const char *what) {
         pid_t pid;
 
         ASSERT_OK(vdisk_io_memory_data(io, &data, &len));
-        snprintf(path, sizeof path, "%s/vdisk-crash-XXXXXX.vdi", tmpdir);
+        snprintf(path, sizeof path, "%s/vdisk-crash-XXXXXX.img", tmpdir);
         fd = mkstemps(path, 4);
         ASSERT(fd >= 0);
         ASSERT(write(fd, data, len) == (ssize_t) len);
@@ -874,14 +899,15 @@ static int run_qemu_check(vdisk_io *io, const char *what) {
                         dup2(lfd, 1);
                         dup2(lfd, 2);
                 }
-                execl(QEMU_IMG, QEMU_IMG, "check", "-f", "vdi", path, (char *) NULL);
+                execl(QEMU_IMG, QEMU_IMG, "check", "-f", g_fmt, path, (char *) NULL);
                 _exit(127);
         }
         ASSERT(waitpid(pid, &status, 0) == pid);
         stats.qemu_runs++;
         ASSERT(WIFEXITED(status));
         status = WEXITSTATUS(status);
-        if (status == 0 || status == 3 || (status == 2 && vdi_count_ahead_only(data, len))) {
+        if (status == 0 || status == 3 ||
+            (status == 2 && strcmp(g_fmt, "vdi") == 0 && vdi_count_ahead_only(data, len))) {
                 unlink(path);
                 unlink(log);
                 return status;
@@ -1053,7 +1079,7 @@ static uint64_t run_case(scenario *sc, vdisk_fault_kind kind, uint64_t after) {
 
         w.d = disk_new();
         for (unsigned i = 0; i < sc->n && r == 0; i++)
-                r = vdisk_disk_open(w.d, ios[i], crash_fmt, 0);
+                r = vdisk_disk_open(w.d, ios[i], g_fmt, 0);
         if (r < 0 && !vdisk_io_fault_fired(fio))
                 FAIL("%s: opening the images failed: %d (%s)", what, r, strerror(-r));
         if (r == 0)
@@ -1081,7 +1107,8 @@ static uint64_t run_case(scenario *sc, vdisk_fault_kind kind, uint64_t after) {
         for (unsigned i = 0; i < sc->n; i++)
                 post[i] = inner[i];
         if (kind == VDISK_FAULT_POWER_CUT) {
-                for (unsigned seed = 0; seed < n_crash_seeds; seed++) {
+                for (unsigned seed = 0; seed < MIN(n_crash_seeds, sc->max_crash_seeds ? sc->max_crash_seeds :
+                                                                                  n_crash_seeds); seed++) {
                         vdisk_io *crash = NULL;
                         char what2[240];
 
@@ -1364,6 +1391,7 @@ static void run_scenario(scenario *sc) {
 
         if (sc->n == 0)
                 sc->n = 1;
+        g_fmt = sc->fmt ? sc->fmt : crash_fmt;
         test_set_context("building %s", sc->name);
         sc->build(sc);
         sc->content = read_view(sc->tmpl, sc->n);
@@ -1430,6 +1458,8 @@ static void test_copy_faults(void) {
                               .to_same = -1 };
         double t0 = now();
         rng r;
+
+        g_fmt = crash_fmt;   /* after the scenarios of other formats */
 
         rng_seed(&r, 9);
         src[0] = mem_io("crash-copy-src-0.vdi", NULL, 0);

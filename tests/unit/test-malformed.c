@@ -1038,6 +1038,263 @@ static void fuzz(const sample *s, uint64_t seed, unsigned iterations) {
         free(b);
 }
 
+
+/* ---------------------------------------------------------------- VMDK */
+
+static uint32_t t_le32(const uint8_t *p) {
+        return (uint32_t) p[0] | (uint32_t) p[1] << 8 | (uint32_t) p[2] << 16 | (uint32_t) p[3] << 24;
+}
+static uint64_t t_le64(const uint8_t *p) {
+        return t_le32(p) | (uint64_t) t_le32(p + 4) << 32;
+}
+static void t_put32(uint8_t *p, uint32_t v) {
+        for (int i = 0; i < 4; i++)
+                p[i] = (uint8_t) (v >> (8 * i));
+}
+static void t_put64(uint8_t *p, uint64_t v) {
+        t_put32(p, (uint32_t) v);
+        t_put32(p + 4, (uint32_t) (v >> 32));
+}
+
+/* A monolithicSparse VMDK (zeroed-grain GTEs on) that the library wrote:
+ * 1 MiB, 64 KiB grains, grains 0, 3 and 15 written (15 partly), grain 5
+ * marked zero. Its expected content is kept to check the pristine case. */
+static uint8_t *vmdk_bytes, *vmdk_content;
+static size_t vmdk_len;
+static uint64_t vmdk_gd, vmdk_rgd, vmdk_gt, vmdk_rgt;   /* byte offsets */
+
+static void make_vmdk_sample(void) {
+        static const char *const opts[] = { "zeroed_grain", "on", NULL };
+        vdisk_create_opts o = { .size = sizeof o, .options = opts };
+        vdisk_io *io = mem_io("malformed.vmdk", NULL, 0);
+        vdisk_disk *d = disk_new();
+        rng r;
+
+        vmdk_content = calloc(1, 1 * MiB);
+        ASSERT(vmdk_content);
+        rng_seed(&r, 77);
+        rng_fill(&r, vmdk_content, 64 * KiB);
+        rng_fill(&r, vmdk_content + 3 * 64 * KiB, 64 * KiB);
+        rng_fill(&r, vmdk_content + 15 * 64 * KiB + 4096, 8192);
+        rng_fill(&r, vmdk_content + 5 * 64 * KiB, 64 * KiB);
+        ASSERT_OK(vdisk_disk_create_base(d, io, "vmdk", 1 * MiB, &o));
+        ASSERT_OK(vdisk_disk_write(d, vmdk_content, 1 * MiB, 0));
+        ASSERT_OK(vdisk_disk_discard(d, 5 * 64 * KiB, 64 * KiB));
+        vdisk_disk_unref(d);
+        vmdk_bytes = mem_io_copy(io, &vmdk_len);
+        vdisk_io_unref(io);
+        ASSERT(vmdk_len > 512 && memcmp(vmdk_bytes, "KDMV", 4) == 0);
+        vmdk_rgd = t_le64(vmdk_bytes + 48) * 512;
+        vmdk_gd = t_le64(vmdk_bytes + 56) * 512;
+        ASSERT(vmdk_gd + 4 <= vmdk_len && vmdk_rgd + 4 <= vmdk_len);
+        vmdk_gt = (uint64_t) t_le32(vmdk_bytes + vmdk_gd) * 512;
+        vmdk_rgt = (uint64_t) t_le32(vmdk_bytes + vmdk_rgd) * 512;
+        ASSERT(vmdk_gt && vmdk_gt + 64 <= vmdk_len && vmdk_rgt && vmdk_rgt + 64 <= vmdk_len);
+        /* the discarded grain became a zeroed-grain entry (1) in both GTs */
+        printf("vmdk sample: %zu bytes, GTE 5 = %" PRIu32 "\n", vmdk_len, t_le32(vmdk_bytes + vmdk_gt + 5 * 4));
+        ASSERT(t_le32(vmdk_bytes + vmdk_gt + 5 * 4) == t_le32(vmdk_bytes + vmdk_rgt + 5 * 4));
+        ASSERT(t_le32(vmdk_bytes + vmdk_gt) != 0 && t_le32(vmdk_bytes + vmdk_gt) == t_le32(vmdk_bytes + vmdk_rgt));
+        memset(vmdk_content + 5 * 64 * KiB, 0, 64 * KiB);
+}
+
+/* Opens the bytes as VMDK, reads everything, maybe writes; any clean result,
+ * and with MUST_OPEN the sample's content. */
+static void try_vmdk(const char *label, const uint8_t *bytes, size_t len, unsigned mode) {
+        vdisk_io *io = mode & WRITABLE ? small_file_io(label, bytes, len) : mem_io(label, bytes, len);
+        vdisk_disk *d = disk_new();
+        uint8_t *buf;
+        uint64_t size;
+        int r;
+
+        n_cases++;
+        test_set_context("vmdk case %s (%zu bytes)", label, len);
+        vdisk_clear_error();
+        r = vdisk_disk_open(d, io, mode & PROBE ? NULL : "vmdk", mode & WRITABLE ? 0 : VDISK_OPEN_READONLY);
+        if (r < 0) {
+                test_check_clean_error(__FILE__, __LINE__, label, r);
+                if (mode & MUST_OPEN)
+                        FAIL("%s: a valid image failed to open: %d", label, r);
+                n_refused++;
+                goto out;
+        }
+        n_opened++;
+        size = vdisk_disk_size(d);
+        buf = malloc(64 * KiB);
+        ASSERT(buf);
+        for (uint64_t off = 0; off < size && off < 4 * MiB; off += 64 * KiB) {
+                size_t n = (size_t) MIN(64 * KiB, size - off);
+
+                r = vdisk_disk_read(d, buf, n, off);
+                if (r < 0) {
+                        test_check_clean_error(__FILE__, __LINE__, "read", r);
+                        if (mode & MUST_OPEN)
+                                FAIL("%s: read at %" PRIu64 " failed", label, off);
+                        break;
+                }
+                if (mode & MUST_OPEN)
+                        ASSERT_MEMEQ(buf, vmdk_content + off, n);
+        }
+        if (r >= 0)
+                n_read_ok++;
+        if (mode & WRITABLE) {
+                memset(buf, 0xe7, 4096);
+                r = vdisk_disk_write(d, buf, 4096, 7 * 64 * KiB + 512);
+                if (r < 0)
+                        test_check_clean_error(__FILE__, __LINE__, "write", r);
+                r = vdisk_disk_flush(d);
+                if (r < 0)
+                        test_check_clean_error(__FILE__, __LINE__, "flush", r);
+        }
+        free(buf);
+out:
+        vdisk_disk_unref(d);
+        vdisk_io_unref(io);
+}
+
+static void vmdk_edit32(const char *what, size_t off, uint32_t v, unsigned mode) {
+        uint8_t *b = malloc(vmdk_len);
+        char label[96];
+
+        ASSERT(b);
+        memcpy(b, vmdk_bytes, vmdk_len);
+        t_put32(b + off, v);
+        snprintf(label, sizeof label, "vmdk-%s=%#" PRIx32 ".vmdk", what, v);
+        try_vmdk(label, b, vmdk_len, mode);
+        free(b);
+}
+
+static void vmdk_edit64(const char *what, size_t off, uint64_t v) {
+        uint8_t *b = malloc(vmdk_len);
+        char label[96];
+
+        ASSERT(b);
+        memcpy(b, vmdk_bytes, vmdk_len);
+        t_put64(b + off, v);
+        snprintf(label, sizeof label, "vmdk-%s=%#" PRIx64 ".vmdk", what, v);
+        try_vmdk(label, b, vmdk_len, 0);
+        free(b);
+}
+
+static void vmdk_desc_case(const char *what, const char *text) {
+        uint8_t *b = malloc(vmdk_len);
+        char label[96];
+
+        ASSERT(b);
+        memcpy(b, vmdk_bytes, vmdk_len);
+        memset(b + 512, 0, 20 * 512);
+        memcpy(b + 512, text, MIN(strlen(text), (size_t) 20 * 512));
+        snprintf(label, sizeof label, "vmdk-desc-%s.vmdk", what);
+        try_vmdk(label, b, vmdk_len, 0);
+        free(b);
+}
+
+static void test_vmdk(uint64_t seed, unsigned iterations) {
+        uint64_t file_sectors = vmdk_len / 512;
+        unsigned refused_before = n_refused;
+
+        make_vmdk_sample();
+        try_vmdk("vmdk-pristine.vmdk", vmdk_bytes, vmdk_len, MUST_OPEN);
+        try_vmdk("vmdk-pristine-probed.vmdk", vmdk_bytes, vmdk_len, MUST_OPEN | PROBE);
+        try_vmdk("vmdk-pristine-rw.vmdk", vmdk_bytes, vmdk_len, WRITABLE);
+
+        /* truncation: every sector through the metadata and the first grains */
+        for (size_t l = 0; l <= vmdk_len; l += (l < 160 * 1024 ? 512 : 16 * 1024)) {
+                char label[64];
+
+                snprintf(label, sizeof label, "vmdk-trunc-%zu.vmdk", l);
+                try_vmdk(label, vmdk_bytes, l, 0);
+                if (l > 0)
+                        try_vmdk(label, vmdk_bytes, l - 1, 0);
+        }
+
+        /* header fields */
+        static const uint32_t versions[] = { 0, 4, 0xffffffff };
+        for (size_t i = 0; i < ELEMENTSOF(versions); i++)
+                vmdk_edit32("version", 4, versions[i], 0);
+        static const uint32_t flags[] = { 0, 1u << 16, (1u << 16) | (1u << 17), 0xffffffff };
+        for (size_t i = 0; i < ELEMENTSOF(flags); i++)
+                vmdk_edit32("flags", 8, flags[i], 0);
+        static const uint64_t caps[] = { 0, 1, 2047, 2049, UINT64_C(1) << 40, UINT64_MAX };
+        for (size_t i = 0; i < ELEMENTSOF(caps); i++)
+                vmdk_edit64("capacity", 12, caps[i]);
+        static const uint64_t grains[] = { 0, 1, 3, 8, 127, 256, UINT64_C(1) << 20, UINT64_C(1) << 40, UINT64_MAX };
+        for (size_t i = 0; i < ELEMENTSOF(grains); i++)
+                vmdk_edit64("grain", 20, grains[i]);
+        const uint64_t descs[] = { 0, 1, file_sectors, UINT64_MAX / 512, UINT64_MAX };
+        for (size_t i = 0; i < ELEMENTSOF(descs); i++) {
+                vmdk_edit64("desc-offset", 28, descs[i]);
+                vmdk_edit64("desc-size", 36, descs[i]);
+        }
+        static const uint32_t gtes[] = { 0, 1, 4, 511, 513, 0x80000000u };
+        for (size_t i = 0; i < ELEMENTSOF(gtes); i++)
+                vmdk_edit32("gtes", 44, gtes[i], 0);
+        const uint64_t gds[] = { 0, 1, file_sectors - 1, file_sectors, UINT64_MAX - 1, UINT64_MAX };
+        for (size_t i = 0; i < ELEMENTSOF(gds); i++) {
+                vmdk_edit64("rgd", 48, gds[i]);
+                vmdk_edit64("gd", 56, gds[i]);
+        }
+        vmdk_edit32("newline-chars", 73, 0x0a0d0a0a, 0);
+
+        /* grain directory and table entries */
+        static const uint32_t ents[] = { 1, 2, 3, 0x7fffffff, 0xffffffff };
+        for (size_t i = 0; i < ELEMENTSOF(ents); i++) {
+                uint32_t v = ents[i];
+
+                vmdk_edit32("gde", vmdk_gd, v, 0);
+                vmdk_edit32("rgde", vmdk_rgd, v, WRITABLE);
+                vmdk_edit32("gte0", vmdk_gt, v, 0);
+                vmdk_edit32("gte3", vmdk_gt + 12, v, WRITABLE);
+        }
+        vmdk_edit32("gte-past-eof", vmdk_gt + 4, (uint32_t) file_sectors, 0);
+        vmdk_edit32("gte-partial", vmdk_gt + 4, (uint32_t) file_sectors - 1, 0);
+        vmdk_edit32("gte-dup", vmdk_gt + 4, t_le32(vmdk_bytes + vmdk_gt), WRITABLE);
+        vmdk_edit32("gte-into-gt", vmdk_gt + 4, (uint32_t) (vmdk_gt / 512), WRITABLE);
+        vmdk_edit32("gde-onto-header", vmdk_gd, 0, WRITABLE);
+
+        /* descriptors */
+        vmdk_desc_case("garbage", "\x01\x02garbage\xff\xfe");
+        vmdk_desc_case("no-extent", "# Disk DescriptorFile\nversion=1\ncreateType=\"monolithicSparse\"\n");
+        vmdk_desc_case("two-extents", "version=1\nRW 2048 SPARSE \"a.vmdk\"\nRW 2048 SPARSE \"b.vmdk\"\n");
+        vmdk_desc_case("flat", "version=1\nRW 2048 FLAT \"a.vmdk\" 0\n");
+        vmdk_desc_case("dotdot", "version=1\nRW 2048 SPARSE \"../a.vmdk\"\n");
+        vmdk_desc_case("absolute", "version=1\nRW 2048 SPARSE \"/etc/passwd\"\n");
+        vmdk_desc_case("bad-cid", "version=1\nCID=zz\nRW 2048 SPARSE \"a.vmdk\"\n");
+        vmdk_desc_case("bad-uuid", "version=1\nRW 2048 SPARSE \"a.vmdk\"\nddb.uuid.image=\"nope\"\n");
+        vmdk_desc_case("raw-device", "version=1\ncreateType=\"fullDevice\"\nRW 2048 SPARSE \"a.vmdk\"\n");
+        vmdk_desc_case("crlf", "version=1\r\nCID=12345678\r\nRW 2048 SPARSE \"a.vmdk\"\r\n");
+
+        /* seeded bit flips in the header, descriptor and tables */
+        uint8_t *b = malloc(vmdk_len);
+        rng r;
+
+        ASSERT(b);
+        rng_seed(&r, seed);
+        for (unsigned it = 0; it < iterations; it++) {
+                char label[96];
+                unsigned nflips = (unsigned) rng_range(&r, 1, 8);
+
+                memcpy(b, vmdk_bytes, vmdk_len);
+                for (unsigned f = 0; f < nflips; f++) {
+                        size_t at;
+
+                        if (rng_chance(&r, 50))
+                                at = (size_t) rng_range(&r, 0, 80);
+                        else if (rng_chance(&r, 50))
+                                at = (size_t) rng_range(&r, vmdk_gt, vmdk_gt + 64);
+                        else
+                                at = (size_t) rng_range(&r, 512, 1024);
+                        b[at] ^= (uint8_t) (1u << rng_below(&r, 8));
+                }
+                snprintf(label, sizeof label, "vmdk-fuzz-seed%" PRIu64 "-iter%u.vmdk", seed, it);
+                try_vmdk(label, b, vmdk_len, rng_chance(&r, 25) ? WRITABLE : 0);
+        }
+        free(b);
+        printf("vmdk: %u cases refused at open\n", n_refused - refused_before);
+        ASSERT(n_refused > refused_before);
+        free(vmdk_bytes);
+        free(vmdk_content);
+}
+
 /* ---------------------------------------------------------------- memory bound */
 
 static void limit_memory(void) {
@@ -1090,6 +1347,7 @@ int main(int argc, char **argv) {
         test_raw();
         fuzz(&small, seed, iterations);
         fuzz(&big, seed + 1, iterations / 6);
+        test_vmdk(seed + 2, iterations / 3);
 
         printf("test-malformed: %u cases, %u opened, %u read in full, %u refused at open\n", n_cases,
                n_opened,

@@ -1,0 +1,1952 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/*
+ * VMDK — VMware Virtual Disk, hosted ("Workstation") formats.
+ *
+ * Spec: VMware "Virtual Disk Format 5.0" technote (sparse extent header,
+ * grain directory and tables, descriptor, stream-optimized markers); our
+ * reading of it, limits and traps in docs/formats/vmdk.md and
+ * ../shared/formats/FORMATS.md §3.4. All header fields little-endian.
+ *
+ * An image is a descriptor (text: lib/fmt/vmdk-desc.c) and extents:
+ *   - a file starting with the sparse magic "KDMV" holds its descriptor
+ *     embedded (monolithicSparse, streamOptimized) and is its own extent;
+ *   - a text descriptor file names its extents (monolithicFlat,
+ *     twoGbMaxExtent*, vmfs), each opened through the files handle — never
+ *     by path (names with ".." or absolute are refused by the parser).
+ *
+ * Hosted sparse extent:
+ *   sector 0       header (512 bytes): magic, version 1..3, flags, capacity,
+ *                  grain size, descriptor offset/size, GTEs per GT, rgd/gd
+ *                  offsets (sectors), overhead, newline test chars, compression
+ *   descriptor     (embedded, NUL-padded)
+ *   rgd, gd        redundant and primary grain directories: u32 sector
+ *                  offsets of the grain tables (0 = no table)
+ *   GTs            u32 grain entries: 0 unallocated, 1 zeroed (flags bit 2,
+ *                  version >= 2), else the grain's sector
+ *   grains
+ * streamOptimized (flags bits 16 + 17): gd offset "at end" in the header,
+ * the real header is the footer at EOF-1024; each grain is a marker
+ * (u64 lba, u32 size) then `size` bytes of zlib data (MAP_ENCODED).
+ *
+ * Grain tables are read through lib/fmt/tablecache: the GD as its own
+ * table, the GTs (which lie anywhere in the file) through one LE32 view of
+ * the whole extent file, 4 KiB pages.
+ *
+ * Supported so far: reading monolithicSparse (header v1/v2/v3, zeroed-grain
+ * GTEs), monolithicFlat, twoGbMaxExtentSparse/Flat, vmfs (flat), ZERO
+ * extents, streamOptimized; diffs by parentFileNameHint. Refused clearly:
+ * vmfsSparse, seSparse, raw-device descriptors, NOACCESS extents.
+ *
+ * Threads: none of its own; the core serializes every call on an image.
+ */
+#include <assert.h>
+#include <errno.h>
+#include <inttypes.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <zlib.h>
+
+#include "backend.h"
+#include "fmt/hostalloc.h"
+#include "fmt/tablecache.h"
+#include "fmt/vmdk-desc.h"
+#include "io/io.h"
+#include "util/util.h"
+
+#define VMDK_MAGIC              UINT32_C(0x564d444b)   /* "KDMV" little-endian */
+#define VMDK_SECTOR             512u
+#define VMDK_GD_AT_END          UINT64_MAX
+#define VMDK_GRAIN_MAX_SECTORS  UINT64_C(32768)        /* 16 MiB */
+#define VMDK_GTES_MAX           512u
+#define VMDK_CAPACITY_MAX       (UINT64_C(64) << 31)   /* sectors: 64 TiB */
+#define VMDK_GD_BYTES_MAX       (UINT64_C(64) << 20)
+#define VMDK_PAGE               4096u
+#define VMDK_MARKER_SIZE        12u
+
+enum {
+        VMDK_FLAG_NL_TEST     = 1u << 0,
+        VMDK_FLAG_RGD         = 1u << 1,
+        VMDK_FLAG_ZEROED_GTE  = 1u << 2,
+        VMDK_FLAG_COMPRESSED  = 1u << 16,
+        VMDK_FLAG_MARKERS     = 1u << 17,
+};
+
+/* Header field offsets. */
+enum {
+        H_MAGIC        = 0,
+        H_VERSION      = 4,
+        H_FLAGS        = 8,
+        H_CAPACITY     = 12,
+        H_GRAIN        = 20,
+        H_DESC_OFFSET  = 28,
+        H_DESC_SIZE    = 36,
+        H_GTES         = 44,
+        H_RGD          = 48,
+        H_GD           = 56,
+        H_OVERHEAD     = 64,
+        H_UNCLEAN      = 72,
+        H_NL_CHARS     = 73,   /* '\n', ' ', '\r', '\n' */
+        H_COMPRESS     = 77,
+};
+
+#define CODEC_DEFLATE 1u
+
+typedef struct vmdk_header {
+        uint32_t version, flags;
+        uint64_t capacity, grain, desc_offset, desc_size;   /* sectors */
+        uint32_t gtes;
+        uint64_t rgd, gd, overhead;                          /* sectors */
+        uint16_t compress;
+} vmdk_header;
+
+typedef struct vmdk_extent {
+        vmdk_extent_type type;
+        vmdk_access access;
+        uint64_t start, size;           /* virtual bytes */
+        vdisk_io *io;                   /* the extent's file (s->io for the embedded case) */
+        uint64_t flat_offset;           /* FLAT/VMFS: bytes into io */
+        uint64_t file_size;
+        /* SPARSE */
+        vmdk_header h;
+        uint64_t grain;                 /* bytes */
+        uint64_t n_gd;
+        tc_table *gd, *rgd;
+        tc_table *view;                 /* LE32 view of the whole file: the GTs */
+        bool zeroed_gte, compressed;
+        bool alloc_ready;
+        hostalloc alloc;                /* new grains go at the end of the file */
+} vmdk_extent;
+
+typedef struct vmdk_state {
+        vdisk_io *io;
+        int writable;
+        tc_budget *budget;
+        vmdk_desc desc;
+        bool embedded;                  /* the descriptor lives in the sparse header's file */
+        vmdk_extent *ext;
+        size_t n_ext;
+        uint64_t size;
+        uint32_t cid, parent_cid;
+        const char *create_type;
+        const char *parent_hint;
+        uint8_t uuid[16], parent_uuid[16];
+        bool has_uuid, has_parent_uuid;
+        vdisk_geometry lchs;
+        bool desc_dirty;                /* CID renewed: rewrite the descriptor at flush */
+        bool written;                   /* something was committed since open */
+        vmdk_extent *reserved;          /* the extent of the open reservation */
+        /* streamOptimized being created: grains appended in order, each GT
+         * written once the stream has passed it, the GD and footer at finish. */
+        bool stream, stream_done;
+        uint64_t stream_next;           /* file offset where the next marker goes */
+        uint64_t stream_min;            /* virtual offset the next grain must reach */
+        uint64_t stream_cur_gt;         /* index of the GT being filled, UINT64_MAX = none */
+        uint32_t *stream_gt;            /* its entries */
+        uint32_t *stream_gd;            /* n_gd entries (charged to the budget) */
+        uint64_t stream_charged;
+        uint64_t stream_capacity, stream_n_gd;
+        uint8_t stream_header[VMDK_SECTOR];
+} vmdk_state;
+
+/* ---------------------------------------------------------------- header */
+
+static void header_decode(const uint8_t *p, vmdk_header *h) {
+        *h = (vmdk_header) {
+                .version = get_le32(p + H_VERSION),
+                .flags = get_le32(p + H_FLAGS),
+                .capacity = get_le64(p + H_CAPACITY),
+                .grain = get_le64(p + H_GRAIN),
+                .desc_offset = get_le64(p + H_DESC_OFFSET),
+                .desc_size = get_le64(p + H_DESC_SIZE),
+                .gtes = get_le32(p + H_GTES),
+                .rgd = get_le64(p + H_RGD),
+                .gd = get_le64(p + H_GD),
+                .overhead = get_le64(p + H_OVERHEAD),
+                .compress = get_le16(p + H_COMPRESS),
+        };
+}
+
+/* The header checks that do not need the rest of the file. `name` for messages. */
+static int header_check(const uint8_t *p, const vmdk_header *h, uint64_t file_size, const char *name) {
+        if (get_le32(p + H_MAGIC) != VMDK_MAGIC)
+                return vdisk_error(-EMEDIUMTYPE, "vmdk: %s: no sparse extent magic", name);
+        if (h->version < 1 || h->version > 3)
+                return vdisk_error(-EOPNOTSUPP, "vmdk: %s: sparse header version %" PRIu32 " (1 to 3 supported)",
+                                   name, h->version);
+        if ((h->flags & VMDK_FLAG_NL_TEST) &&
+            (p[H_NL_CHARS] != '\n' || p[H_NL_CHARS + 1] != ' ' || p[H_NL_CHARS + 2] != '\r' ||
+             p[H_NL_CHARS + 3] != '\n'))
+                return vdisk_error(-EUCLEAN, "vmdk: %s: newline test characters damaged (transferred in text mode?)",
+                                   name);
+        if (h->capacity == 0 || h->capacity > VMDK_CAPACITY_MAX)
+                return vdisk_error(-EUCLEAN, "vmdk: %s: capacity of %" PRIu64 " sectors (1 to %" PRIu64 ")", name,
+                                   h->capacity, VMDK_CAPACITY_MAX);
+        if (h->grain == 0 || h->grain > VMDK_GRAIN_MAX_SECTORS || (h->grain & (h->grain - 1)))
+                return vdisk_error(-EUCLEAN, "vmdk: %s: grain of %" PRIu64 " sectors (a power of two up to %" PRIu64
+                                   ")", name, h->grain, VMDK_GRAIN_MAX_SECTORS);
+        if (h->gtes == 0 || h->gtes > VMDK_GTES_MAX)
+                return vdisk_error(-EUCLEAN, "vmdk: %s: %" PRIu32 " entries per grain table (1 to %u)", name,
+                                   h->gtes, VMDK_GTES_MAX);
+        if (h->desc_size > VMDK_DESC_MAX / VMDK_SECTOR)
+                return vdisk_error(-EUCLEAN, "vmdk: %s: embedded descriptor of %" PRIu64 " sectors (at most %u)",
+                                   name, h->desc_size, VMDK_DESC_MAX / VMDK_SECTOR);
+        if (h->desc_size && (h->desc_offset == 0 || h->desc_offset > file_size / VMDK_SECTOR ||
+                             h->desc_offset + h->desc_size > DIV_ROUND_UP(file_size, VMDK_SECTOR)))
+                return vdisk_error(-EUCLEAN, "vmdk: %s: embedded descriptor at sector %" PRIu64 " (%" PRIu64
+                                   " sectors) is not within the file", name, h->desc_offset, h->desc_size);
+        if (h->flags & VMDK_FLAG_COMPRESSED) {
+                if (h->compress != CODEC_DEFLATE)
+                        return vdisk_error(-EOPNOTSUPP, "vmdk: %s: compression algorithm %u", name, h->compress);
+                if (!(h->flags & VMDK_FLAG_MARKERS))
+                        return vdisk_error(-EOPNOTSUPP, "vmdk: %s: compressed grains without markers", name);
+        }
+        return 0;
+}
+
+/* ---------------------------------------------------------------- extents */
+
+static int sparse_open(vmdk_state *s, vmdk_extent *e, const char *name, uint8_t *hdr) {
+        uint64_t n_gt_sectors, gd_bytes;
+        int r;
+
+        header_decode(hdr, &e->h);
+        r = header_check(hdr, &e->h, e->file_size, name);
+        if (r < 0)
+                return r;
+        if (e->h.gd == VMDK_GD_AT_END) {
+                uint8_t foot[VMDK_SECTOR];
+                vmdk_header fh;
+
+                /* streamOptimized: footer marker, footer, end-of-stream marker. */
+                if (e->file_size < 3 * VMDK_SECTOR + VMDK_SECTOR)
+                        return vdisk_error(-EUCLEAN, "vmdk: %s: grain directory at the end, but no footer", name);
+                r = io_pread(e->io, foot, VMDK_SECTOR, e->file_size - 2 * VMDK_SECTOR);
+                if (r < 0)
+                        return r;
+                header_decode(foot, &fh);
+                r = header_check(foot, &fh, e->file_size, name);
+                if (r < 0)
+                        return r == -EMEDIUMTYPE ? vdisk_error(-EUCLEAN, "vmdk: %s: no footer at the end", name) : r;
+                if (fh.gd == VMDK_GD_AT_END || fh.capacity != e->h.capacity || fh.grain != e->h.grain ||
+                    fh.gtes != e->h.gtes)
+                        return vdisk_error(-EUCLEAN, "vmdk: %s: footer disagrees with the header", name);
+                e->h = fh;
+        }
+        e->grain = e->h.grain * VMDK_SECTOR;
+        e->size = e->h.capacity * VMDK_SECTOR;
+        n_gt_sectors = e->h.grain * e->h.gtes;
+        e->n_gd = DIV_ROUND_UP(e->h.capacity, n_gt_sectors);
+        gd_bytes = e->n_gd * 4;
+        if (gd_bytes > VMDK_GD_BYTES_MAX)
+                return vdisk_error(-EFBIG, "vmdk: %s: grain directory of %" PRIu64 " entries is too big", name,
+                                   e->n_gd);
+        if (e->h.gd == 0 || e->h.gd > e->file_size / VMDK_SECTOR ||
+            !range_within(e->h.gd * VMDK_SECTOR, gd_bytes, e->file_size))
+                return vdisk_error(-EUCLEAN, "vmdk: %s: grain directory at sector %" PRIu64 " (%" PRIu64
+                                   " entries) is not within the file (%" PRIu64 " bytes)", name, e->h.gd, e->n_gd,
+                                   e->file_size);
+        if (e->h.flags & VMDK_FLAG_RGD) {
+                if (e->h.rgd == 0 || e->h.rgd > e->file_size / VMDK_SECTOR ||
+                    !range_within(e->h.rgd * VMDK_SECTOR, gd_bytes, e->file_size))
+                        return vdisk_error(-EUCLEAN, "vmdk: %s: redundant grain directory at sector %" PRIu64
+                                           " is not within the file", name, e->h.rgd);
+        }
+        e->zeroed_gte = e->h.version >= 2 && (e->h.flags & VMDK_FLAG_ZEROED_GTE);
+        e->compressed = e->h.flags & VMDK_FLAG_COMPRESSED;
+
+        tc_table_params gp = {
+                .offset = e->h.gd * VMDK_SECTOR,
+                .size = gd_bytes,
+                .page_size = VMDK_PAGE,
+                .entry = TC_LE32,
+                .name = "vmdk grain directory",
+        };
+        r = tc_table_new(s->budget, e->io, &gp, &e->gd);
+        if (r < 0)
+                return r;
+        if (e->h.flags & VMDK_FLAG_RGD) {
+                gp.offset = e->h.rgd * VMDK_SECTOR;
+                gp.name = "vmdk redundant grain directory";
+                r = tc_table_new(s->budget, e->io, &gp, &e->rgd);
+                if (r < 0)
+                        return r;
+        }
+        tc_table_params vp = {
+                .offset = 0,
+                .size = e->file_size & ~UINT64_C(3),
+                .page_size = VMDK_PAGE,
+                .entry = TC_LE32,
+                .name = "vmdk grain tables",
+        };
+        return tc_table_new(s->budget, e->io, &vp, &e->view);
+}
+
+static void extent_free(vmdk_extent *e) {
+        e->gd = tc_table_free(e->gd);
+        e->rgd = tc_table_free(e->rgd);
+        e->view = tc_table_free(e->view);
+}
+
+/* The GT's sector for grain g of a sparse extent, 0 when it has none. */
+static int gt_sector(vmdk_extent *e, uint64_t g, tc_table *gd, uint64_t *ret) {
+        uint64_t gde;
+        int r;
+
+        r = tc_get(gd, g / e->h.gtes, &gde);
+        if (r < 0)
+                return r;
+        if (gde != 0 && !range_within(gde * VMDK_SECTOR, (uint64_t) e->h.gtes * 4, e->file_size))
+                return vdisk_error(-EUCLEAN, "vmdk: grain directory entry %" PRIu64 " (sector %" PRIu64
+                                   ") points past the end of the file", g / e->h.gtes, gde);
+        *ret = gde;
+        return 0;
+}
+
+static int gte_get(vmdk_extent *e, uint64_t g, uint64_t *ret) {
+        uint64_t gts = 0;
+        int r;
+
+        r = gt_sector(e, g, e->gd, &gts);
+        if (r < 0)
+                return r;
+        if (gts == 0) {
+                *ret = 0;
+                return 0;
+        }
+        return tc_get(e->view, gts * (VMDK_SECTOR / 4) + g % e->h.gtes, ret);
+}
+
+/* ---------------------------------------------------------------- probe, open */
+
+static bool looks_like_descriptor(const uint8_t *head, size_t len) {
+        static const char sig[] = "# Disk DescriptorFile";
+        size_t i = 0;
+
+        if (len >= 3 && head[0] == 0xef && head[1] == 0xbb && head[2] == 0xbf)
+                i = 3;
+        return len - i >= sizeof sig - 1 && strncasecmp((const char *) head + i, sig, sizeof sig - 1) == 0;
+}
+
+static int vmdk_probe(const uint8_t *head, size_t head_len, const uint8_t *tail, size_t tail_len,
+                      uint64_t file_size, const char *name) {
+        if (head_len >= 4 && get_le32(head) == VMDK_MAGIC)
+                return 100;
+        if (looks_like_descriptor(head, head_len))
+                return 100;
+        return 0;
+}
+
+static int parse_uuid_key(vmdk_state *s, const char *key, uint8_t out[16], bool *has) {
+        const char *v = vmdk_desc_get(&s->desc, key);
+
+        if (!v)
+                return 0;
+        if (vdisk_uuid_parse(v, out) < 0)
+                return vdisk_error(-EUCLEAN, "vmdk: descriptor %s \"%.40s\" is not a UUID", key, v);
+        *has = true;
+        return 0;
+}
+
+static int desc_meta(vmdk_state *s) {
+        uint64_t c = 0, h = 0, sct = 0;
+        int r;
+
+        r = vmdk_desc_get_cid(&s->desc, "CID", &s->cid);
+        if (r == -ENOENT)
+                s->cid = 0xfffffffe;
+        else if (r < 0)
+                return r;
+        r = vmdk_desc_get_cid(&s->desc, "parentCID", &s->parent_cid);
+        if (r == -ENOENT)
+                s->parent_cid = 0xffffffff;
+        else if (r < 0)
+                return r;
+        s->create_type = vmdk_desc_get(&s->desc, "createType");
+        s->parent_hint = vmdk_desc_get(&s->desc, "parentFileNameHint");
+        if (s->parent_hint && !s->parent_hint[0])
+                s->parent_hint = NULL;
+        r = parse_uuid_key(s, "ddb.uuid.image", s->uuid, &s->has_uuid);
+        if (r < 0)
+                return r;
+        r = parse_uuid_key(s, "ddb.uuid.parent", s->parent_uuid, &s->has_parent_uuid);
+        if (r < 0)
+                return r;
+        if (vmdk_desc_get_u64(&s->desc, "ddb.geometry.cylinders", &c) == 0 &&
+            vmdk_desc_get_u64(&s->desc, "ddb.geometry.heads", &h) == 0 &&
+            vmdk_desc_get_u64(&s->desc, "ddb.geometry.sectors", &sct) == 0 && c <= UINT32_MAX && h <= 255 &&
+            sct <= 255)
+                s->lchs = (vdisk_geometry) { .cylinders = (uint32_t) c, .heads = (uint32_t) h,
+                                             .sectors = (uint32_t) sct };
+        return 0;
+}
+
+static int check_create_type(const char *t) {
+        static const char *const unsupported[] = {
+                "fullDevice", "partitionedDevice", "vmfsRaw", "vmfsRawDeviceMap", "vmfsPassthroughRawDeviceMap",
+                NULL,
+        };
+
+        if (!t)
+                return 0;
+        for (const char *const *u = unsupported; *u; u++)
+                if (strcasecmp(t, *u) == 0)
+                        return vdisk_error(-EOPNOTSUPP, "vmdk: createType \"%s\" (raw device) is not supported", t);
+        return 0;
+}
+
+static int open_extents(vmdk_state *s, const open_ctx *c) {
+        uint64_t start = 0;
+        int r;
+
+        if (s->desc.n_extents == 0)
+                return vdisk_error(-EUCLEAN, "vmdk: descriptor names no extent");
+        s->ext = calloc(s->desc.n_extents, sizeof *s->ext);
+        if (!s->ext)
+                return -ENOMEM;
+        for (size_t i = 0; i < s->desc.n_extents; i++) {
+                const vmdk_extent_desc *d = &s->desc.extents[i];
+                vmdk_extent *e = &s->ext[i];
+
+                s->n_ext = i + 1;
+                e->type = d->type;
+                e->access = d->access;
+                e->start = start;
+                if (d->access == VMDK_ACCESS_NOACCESS)
+                        return vdisk_error(-EOPNOTSUPP, "vmdk: extent %zu (\"%s\") is NOACCESS", i + 1,
+                                           d->file ? d->file : "ZERO");
+                if (d->access == VMDK_ACCESS_RDONLY && s->writable)
+                        return vdisk_error(-EROFS, "vmdk: extent %zu (\"%s\") is read-only", i + 1,
+                                           d->file ? d->file : "ZERO");
+                switch (d->type) {
+                case VMDK_EXTENT_ZERO:
+                        e->size = d->sectors * VMDK_SECTOR;
+                        break;
+                case VMDK_EXTENT_FLAT:
+                case VMDK_EXTENT_VMFS:
+                        r = files_open(c->files, d->file, s->writable ? FILES_WRITE : 0, &e->io);
+                        if (r < 0)
+                                return r;
+                        r = io_get_size(e->io, &e->file_size);
+                        if (r < 0)
+                                return r;
+                        e->size = d->sectors * VMDK_SECTOR;
+                        e->flat_offset = d->offset * VMDK_SECTOR;
+                        if (!range_within(e->flat_offset, e->size, e->file_size))
+                                return vdisk_error(-EUCLEAN, "vmdk: flat extent \"%s\" holds %" PRIu64
+                                                   " bytes, less than the %" PRIu64 " it should",
+                                                   d->file, e->file_size, e->flat_offset + e->size);
+                        break;
+                case VMDK_EXTENT_SPARSE: {
+                        uint8_t hdr[VMDK_SECTOR] = {};
+
+                        r = files_open(c->files, d->file, s->writable ? FILES_WRITE : 0, &e->io);
+                        if (r < 0)
+                                return r;
+                        r = io_get_size(e->io, &e->file_size);
+                        if (r < 0)
+                                return r;
+                        if (e->file_size < VMDK_SECTOR)
+                                return vdisk_error(-EUCLEAN, "vmdk: sparse extent \"%s\" is too short", d->file);
+                        r = io_pread(e->io, hdr, VMDK_SECTOR, 0);
+                        if (r < 0)
+                                return r;
+                        r = sparse_open(s, e, d->file, hdr);
+                        if (r < 0)
+                                return r == -EMEDIUMTYPE ? -EUCLEAN : r;
+                        if (e->h.capacity != d->sectors)
+                                return vdisk_error(-EUCLEAN, "vmdk: sparse extent \"%s\" holds %" PRIu64
+                                                   " sectors, the descriptor says %" PRIu64, d->file,
+                                                   e->h.capacity, d->sectors);
+                        if (e->compressed && s->writable)
+                                return vdisk_error(-EROFS, "vmdk: \"%s\" has compressed grains: read-only", d->file);
+                        break;
+                }
+                default:
+                        return vdisk_error(-EOPNOTSUPP, "vmdk: %s extents (\"%s\") are not supported yet",
+                                           vmdk_extent_type_name(d->type), d->file);
+                }
+                if (e->size > VMDK_CAPACITY_MAX * VMDK_SECTOR - start)
+                        return vdisk_error(-EFBIG, "vmdk: extents add up to more than %" PRIu64 " bytes",
+                                           VMDK_CAPACITY_MAX * VMDK_SECTOR);
+                start += e->size;
+        }
+        s->size = start;
+        return 0;
+}
+
+static int vmdk_open(void *state, const open_ctx *c) {
+        vmdk_state *s = state;
+        uint8_t head[VMDK_SECTOR] = {};
+        uint64_t file_size;
+        int r;
+
+        s->io = c->io;
+        s->writable = c->writable && !c->info_only;
+        s->budget = c->budget;
+
+        r = io_get_size(c->io, &file_size);
+        if (r < 0)
+                return r;
+        if (file_size < 4)
+                return vdisk_error(-EMEDIUMTYPE, "vmdk: file too short (%" PRIu64 " bytes)", file_size);
+        r = io_pread(c->io, head, MIN(file_size, (uint64_t) VMDK_SECTOR), 0);
+        if (r < 0)
+                return r;
+
+        if (get_le32(head) == VMDK_MAGIC) {
+                _cleanup_free_ char *text = NULL;
+                vmdk_extent *e;
+
+                s->embedded = true;
+                s->ext = calloc(1, sizeof *s->ext);
+                if (!s->ext)
+                        return -ENOMEM;
+                s->n_ext = 1;
+                e = s->ext;
+                e->type = VMDK_EXTENT_SPARSE;
+                e->io = c->io;
+                e->file_size = file_size;
+                if (file_size < VMDK_SECTOR)
+                        return vdisk_error(-EUCLEAN, "vmdk: file too short for a sparse header");
+                r = sparse_open(s, e, vdisk_io_name(c->io), head);
+                if (r < 0)
+                        return r;
+                s->size = e->size;
+                /* The descriptor: from the (first) header, not the footer. */
+                vmdk_header h0;
+                header_decode(head, &h0);
+                if (h0.desc_size > 0) {
+                        size_t n = (size_t) (h0.desc_size * VMDK_SECTOR);
+
+                        text = calloc(1, n + 1);
+                        if (!text)
+                                return -ENOMEM;
+                        r = io_pread_zerofill(c->io, text, n, h0.desc_offset * VMDK_SECTOR);
+                        if (r < 0)
+                                return r;
+                        r = vmdk_desc_parse(text, n, &s->desc);
+                        if (r < 0)
+                                return r == -EMEDIUMTYPE ? vdisk_error(-EUCLEAN, "vmdk: embedded descriptor is empty") : r;
+                        if (s->desc.n_extents != 1 || s->desc.extents[0].type != VMDK_EXTENT_SPARSE)
+                                return vdisk_error(-EUCLEAN, "vmdk: embedded descriptor must name one SPARSE extent");
+                        r = check_create_type(vmdk_desc_get(&s->desc, "createType"));
+                        if (r < 0)
+                                return r;
+                        r = desc_meta(s);
+                        if (r < 0)
+                                return r;
+                } else {
+                        s->cid = 0xfffffffe;
+                        s->parent_cid = 0xffffffff;
+                }
+                if (e->compressed && s->writable)
+                        return vdisk_error(-EROFS, "vmdk: streamOptimized images open read-only");
+                return 0;
+        }
+
+        /* A text descriptor file. */
+        if (file_size > VMDK_DESC_MAX)
+                return vdisk_error(-EMEDIUMTYPE, "vmdk: not a sparse extent and too big (%" PRIu64
+                                   " bytes) for a descriptor", file_size);
+        _cleanup_free_ char *text = calloc(1, (size_t) file_size + 1);
+        if (!text)
+                return -ENOMEM;
+        r = io_pread(c->io, text, (size_t) file_size, 0);
+        if (r < 0)
+                return r;
+        /* qemu-img pads descriptor files with NULs: text, then only NULs. */
+        for (size_t i = strnlen(text, (size_t) file_size); i < (size_t) file_size; i++)
+                if (text[i] != 0)
+                        return vdisk_error(-EMEDIUMTYPE, "vmdk: binary data in a descriptor file");
+        r = vmdk_desc_parse(text, (size_t) file_size, &s->desc);
+        if (r < 0)
+                return r;
+        r = check_create_type(vmdk_desc_get(&s->desc, "createType"));
+        if (r < 0)
+                return r;
+        r = desc_meta(s);
+        if (r < 0)
+                return r;
+        return open_extents(s, c);
+}
+
+static void vmdk_close(void *state) {
+        vmdk_state *s = state;
+
+        for (size_t i = 0; i < s->n_ext; i++)
+                extent_free(&s->ext[i]);
+        free(s->ext);
+        s->ext = NULL;
+        s->n_ext = 0;
+        vmdk_desc_done(&s->desc);
+        free(s->stream_gd);
+        free(s->stream_gt);
+        s->stream_gd = s->stream_gt = NULL;
+        if (s->stream_charged)
+                tc_budget_uncharge(s->budget, s->stream_charged);
+        s->stream_charged = 0;
+}
+
+static uint64_t vmdk_get_size(void *state) {
+        vmdk_state *s = state;
+
+        return s->size;
+}
+
+static void vmdk_get_layout(void *state, image_layout *ret) {
+        vmdk_state *s = state;
+        uint64_t grain = 0;
+        bool zero = false;
+
+        for (size_t i = 0; i < s->n_ext; i++)
+                if (s->ext[i].type == VMDK_EXTENT_SPARSE) {
+                        grain = s->ext[i].grain;
+                        zero = s->ext[i].zeroed_gte && !s->ext[i].compressed && !s->stream;
+                        break;
+                }
+        *ret = (image_layout) {
+                .cluster_size = grain,
+                .zero_unit = zero ? grain : 0,
+                .flags = s->stream ? BACKEND_STREAM : 0,
+                .sector_size = VMDK_SECTOR,
+        };
+}
+
+/* ---------------------------------------------------------------- data path */
+
+static vmdk_extent *find_extent(vmdk_state *s, uint64_t offset) {
+        size_t lo = 0, hi = s->n_ext;
+
+        while (hi - lo > 1) {
+                size_t mid = (lo + hi) / 2;
+
+                if (s->ext[mid].start <= offset)
+                        lo = mid;
+                else
+                        hi = mid;
+        }
+        return &s->ext[lo];
+}
+
+static vdisk_io *result_io(vmdk_state *s, vmdk_extent *e) {
+        return e->io == s->io ? NULL : e->io;
+}
+
+static int sparse_map(vmdk_state *s, vmdk_extent *e, uint64_t off, uint64_t len, map_result *ret) {
+        uint64_t g = off / e->grain, in = off % e->grain, gte, length;
+        uint64_t grain_len = MIN(e->grain, e->size - g * e->grain);
+        map_kind kind;
+        int r;
+
+        r = gte_get(e, g, &gte);
+        if (r < 0)
+                return r;
+        if (gte == 0)
+                kind = MAP_UNALLOC;
+        else if (gte == 1 && e->zeroed_gte)
+                kind = MAP_ZERO;
+        else if (e->compressed) {
+                uint8_t m[VMDK_MARKER_SIZE];
+                uint64_t lba;
+                uint32_t size;
+
+                if (!range_within(gte * VMDK_SECTOR, VMDK_MARKER_SIZE, e->file_size))
+                        return vdisk_error(-EUCLEAN, "vmdk: grain %" PRIu64 " at sector %" PRIu64
+                                           " is past the end of the file", g, gte);
+                r = io_pread(e->io, m, sizeof m, gte * VMDK_SECTOR);
+                if (r < 0)
+                        return r;
+                lba = get_le64(m);
+                size = get_le32(m + 8);
+                if (lba != g * e->h.grain)
+                        return vdisk_error(-EUCLEAN, "vmdk: compressed grain %" PRIu64 " is marked for sector %"
+                                           PRIu64, g, lba);
+                if (size == 0 || size > UNIT_MAX || size > 2 * e->grain + 4096 ||
+                    !range_within(gte * VMDK_SECTOR + VMDK_MARKER_SIZE, size, e->file_size))
+                        return vdisk_error(-EUCLEAN, "vmdk: compressed grain %" PRIu64 " of %" PRIu32
+                                           " bytes does not fit in the file", g, size);
+                *ret = (map_result) {
+                        .kind = MAP_ENCODED,
+                        .file = result_io(s, e),
+                        .host_offset = gte * VMDK_SECTOR + VMDK_MARKER_SIZE,
+                        .length = MIN(len, grain_len - in),
+                        .unit_offset = e->start + g * e->grain,
+                        .unit_length = (uint32_t) grain_len,
+                        .encoded_length = size,
+                        .codec = CODEC_DEFLATE,
+                };
+                return 0;
+        } else {
+                if (gte > (UINT64_MAX >> 9) || !range_within(gte * VMDK_SECTOR, grain_len, e->file_size) ||
+                    gte * VMDK_SECTOR < VMDK_SECTOR)
+                        return vdisk_error(-EUCLEAN, "vmdk: grain %" PRIu64 " at sector %" PRIu64
+                                           " is not within the file", g, gte);
+                kind = MAP_DATA;
+        }
+
+        /* Following grains of the same kind (data: contiguous) within this GT. */
+        length = grain_len - in;
+        for (uint64_t ng = g + 1; length < len && ng / e->h.gtes == g / e->h.gtes && ng * e->grain < e->size;
+             ng++) {
+                uint64_t next, nlen = MIN(e->grain, e->size - ng * e->grain);
+
+                r = gte_get(e, ng, &next);
+                if (r < 0)
+                        return r;
+                if (kind == MAP_UNALLOC ? next != 0 :
+                    kind == MAP_ZERO ? next != 1 :
+                    (next != gte + (ng - g) * e->h.grain ||
+                     !range_within(next * VMDK_SECTOR, nlen, e->file_size)))
+                        break;
+                length += nlen;
+        }
+        *ret = (map_result) {
+                .kind = kind,
+                .file = result_io(s, e),
+                .host_offset = kind == MAP_DATA ? gte * VMDK_SECTOR + in : 0,
+                .length = MIN(length, len),
+        };
+        return 0;
+}
+
+static int vmdk_map(void *state, uint64_t offset, uint64_t len, map_result *ret) {
+        vmdk_state *s = state;
+        vmdk_extent *e;
+        uint64_t off;
+
+        assert(offset < s->size);
+        assert(len > 0);
+
+        if (s->stream && !s->stream_done) {
+                /* Being written: what was written is read back only after finish. */
+                *ret = (map_result) { .kind = MAP_UNALLOC, .length = len };
+                return 0;
+        }
+        e = find_extent(s, offset);
+        off = offset - e->start;
+        len = MIN(len, e->size - off);
+        switch (e->type) {
+        case VMDK_EXTENT_ZERO:
+                *ret = (map_result) { .kind = MAP_ZERO, .length = len };
+                return 0;
+        case VMDK_EXTENT_FLAT:
+        case VMDK_EXTENT_VMFS:
+                *ret = (map_result) {
+                        .kind = MAP_DATA,
+                        .file = result_io(s, e),
+                        .host_offset = e->flat_offset + off,
+                        .length = len,
+                };
+                return 0;
+        case VMDK_EXTENT_SPARSE:
+                return sparse_map(s, e, off, len, ret);
+        default:
+                return vdisk_error(-EOPNOTSUPP, "vmdk: %s extent", vmdk_extent_type_name(e->type));
+        }
+}
+
+static int vmdk_decode(const void *state, const map_result *m, const void *in, void *out) {
+        z_stream z = {};
+        int r, zr;
+
+        if (m->codec != CODEC_DEFLATE)
+                return vdisk_error(-EUCLEAN, "vmdk: unknown grain codec %" PRIu32, m->codec);
+        if (inflateInit(&z) != Z_OK)
+                return -ENOMEM;
+        z.next_in = (Bytef *) in;
+        z.avail_in = m->encoded_length;
+        z.next_out = out;
+        z.avail_out = m->unit_length;
+        zr = inflate(&z, Z_FINISH);
+        if (zr == Z_STREAM_END && z.avail_out == 0)
+                r = 0;
+        else if (zr == Z_BUF_ERROR && z.avail_out == 0) {
+                /* More output than the unit: the last grain of an extent
+                 * whose capacity is not a grain multiple holds a whole grain. */
+                uint8_t scratch[4096];
+                r = 0;
+                for (;;) {
+                        z.next_out = scratch;
+                        z.avail_out = sizeof scratch;
+                        zr = inflate(&z, Z_FINISH);
+                        if (zr == Z_STREAM_END)
+                                break;
+                        if ((zr != Z_OK && zr != Z_BUF_ERROR) || z.total_out > (uLong) 2 * UNIT_MAX ||
+                            (zr == Z_BUF_ERROR && z.avail_out != 0)) {
+                                r = vdisk_error(-EUCLEAN, "vmdk: compressed grain at %" PRIu64 " does not decode",
+                                                m->unit_offset);
+                                break;
+                        }
+                }
+        } else
+                r = vdisk_error(-EUCLEAN, "vmdk: compressed grain at %" PRIu64 " decodes to %lu bytes, not %" PRIu32
+                                " (%s)", m->unit_offset, (unsigned long) z.total_out, m->unit_length,
+                                z.msg ? z.msg : "short");
+        inflateEnd(&z);
+        return r;
+}
+
+
+/* ---------------------------------------------------------------- writing */
+
+static vmdk_extent *res_extent(vmdk_state *s, const reservation *res) {
+        return find_extent(s, res->unit_offset);
+}
+
+/* Reserves the grain of `offset` at the end of its extent's file. The grain
+ * table must exist already (every hosted sparse extent we create or that
+ * VMware and qemu make has all of them): a missing one is -EOPNOTSUPP. */
+static int vmdk_allocate(void *state, uint64_t offset, uint64_t len, reservation *ret) {
+        vmdk_state *s = state;
+        vmdk_extent *e;
+        uint64_t off, g, gts = 0, grain_len, host;
+        int fresh, r;
+
+        assert(offset < s->size);
+        assert(!s->reserved);
+
+        e = find_extent(s, offset);
+        if (e->type != VMDK_EXTENT_SPARSE)
+                return vdisk_error(-EOPNOTSUPP, "vmdk: cannot allocate in a %s extent",
+                                   vmdk_extent_type_name(e->type));
+        if (e->compressed)
+                return vdisk_error(-EROFS, "vmdk: compressed extents are read-only");
+        /* Grain tables are written back by whole sectors: a table must fill
+         * its sectors, or the write-back would carry stale neighbours. */
+        if (e->h.gtes % (VMDK_SECTOR / 4))
+                return vdisk_error(-EOPNOTSUPP, "vmdk: cannot write an extent with %" PRIu32
+                                   " entries per grain table (a multiple of 128 is needed)", e->h.gtes);
+        off = offset - e->start;
+        g = off / e->grain;
+        r = gt_sector(e, g, e->gd, &gts);
+        if (r < 0)
+                return r;
+        if (gts == 0)
+                return vdisk_error(-EOPNOTSUPP, "vmdk: grain table %" PRIu64 " was never allocated",
+                                   g / e->h.gtes);
+        if (e->rgd) {
+                uint64_t rgts = 0;
+
+                r = gt_sector(e, g, e->rgd, &rgts);
+                if (r < 0)
+                        return r;
+                if (rgts == 0)
+                        return vdisk_error(-EUCLEAN, "vmdk: redundant grain table %" PRIu64 " is missing",
+                                           g / e->h.gtes);
+        }
+        if (!e->alloc_ready) {
+                hostalloc_init(&e->alloc, ALIGN_UP(e->file_size, (uint64_t) VMDK_SECTOR), e->file_size,
+                               VMDK_SECTOR);
+                e->alloc_ready = true;
+        }
+        grain_len = MIN(e->grain, e->size - g * e->grain);
+        /* Grain entries are u32 sectors: the file stays below 2 TiB. */
+        r = hostalloc_alloc(&e->alloc, ALIGN_UP(grain_len, (uint64_t) VMDK_SECTOR),
+                            (UINT64_C(1) << 32) * VMDK_SECTOR, &host, &fresh);
+        if (r < 0)
+                return vdisk_error(r, "vmdk: extent file would pass 2 TiB");
+        s->reserved = e;
+        *ret = (reservation) {
+                .file = result_io(s, e),
+                .unit_offset = e->start + g * e->grain,
+                .length = grain_len,
+                .host_offset = host,
+                .fresh = fresh,
+        };
+        return 0;
+}
+
+static int set_gte(vmdk_extent *e, tc_table *gd, uint64_t g, uint64_t v) {
+        uint64_t gts = 0;
+        int r;
+
+        r = gt_sector(e, g, gd, &gts);
+        if (r < 0)
+                return r;
+        assert(gts != 0);
+        return tc_set(e->view, gts * (VMDK_SECTOR / 4) + g % e->h.gtes, v, TC_AFTER_DATA);
+}
+
+static void renew_cid(vmdk_state *s) {
+        uint8_t u[16];
+        char buf[16];
+
+        if (s->written)
+                return;
+        s->written = true;
+        /* A new content ID on the first write, so that children made
+         * against the old content can tell (qemu and VMware do the same). */
+        do {
+                vdisk_uuid_generate(u);
+                s->cid = get_le32(u);
+        } while (s->cid == 0xffffffff || s->cid == 0xfffffffe);
+        snprintf(buf, sizeof buf, "%08" PRIx32, s->cid);
+        if (vmdk_desc_set(&s->desc, "CID", buf, false) >= 0)
+                s->desc_dirty = s->desc.n_kv > 0;
+}
+
+static int vmdk_commit(void *state, const reservation *res) {
+        vmdk_state *s = state;
+        vmdk_extent *e = res_extent(s, res);
+        uint64_t g = (res->unit_offset - e->start) / e->grain, sector = res->host_offset / VMDK_SECTOR;
+        uint64_t end, size;
+        int r;
+
+        assert(s->reserved == e);
+        s->reserved = NULL;
+        /* The core writes only the non-zero pages of fresh space: make the
+         * file hold the whole grain before an entry points at it. */
+        end = res->host_offset + ALIGN_UP(res->length, (uint64_t) VMDK_SECTOR);
+        r = io_get_size(e->io, &size);
+        if (r < 0)
+                return r;
+        if (size < end) {
+                r = io_truncate(e->io, end);
+                if (r < 0)
+                        return r;
+        }
+        r = set_gte(e, e->gd, g, sector);
+        if (r < 0)
+                return r;
+        if (e->rgd) {
+                r = set_gte(e, e->rgd, g, sector);
+                if (r < 0)
+                        return r;
+        }
+        e->file_size = MAX(e->file_size, end);
+        renew_cid(s);
+        return 0;
+}
+
+static void vmdk_release(void *state, const reservation *res) {
+        vmdk_state *s = state;
+
+        /* Also after a commit that failed (it already dropped the reservation). */
+        s->reserved = NULL;
+}
+
+/* Zeroed-grain entries (version 2+ extents with the flag): whole grains. */
+static int vmdk_mark_zero(void *state, uint64_t offset, uint64_t len) {
+        vmdk_state *s = state;
+
+        while (len > 0) {
+                vmdk_extent *e = find_extent(s, offset);
+                uint64_t off = offset - e->start, g, n, gts = 0;
+                int r;
+
+                if (e->type == VMDK_EXTENT_ZERO) {
+                        n = MIN(len, e->size - off);
+                        offset += n;
+                        len -= n;
+                        continue;
+                }
+                if (e->type != VMDK_EXTENT_SPARSE || !e->zeroed_gte || e->compressed || off % e->grain ||
+                    e->h.gtes % (VMDK_SECTOR / 4))
+                        return -EOPNOTSUPP;
+                g = off / e->grain;
+                n = MIN(e->grain, e->size - off);
+                if (n > len)
+                        return -EOPNOTSUPP;
+                r = gt_sector(e, g, e->gd, &gts);
+                if (r < 0)
+                        return r;
+                if (gts == 0)
+                        return -EOPNOTSUPP;
+                r = set_gte(e, e->gd, g, 1);
+                if (r >= 0 && e->rgd)
+                        r = set_gte(e, e->rgd, g, 1);
+                if (r < 0)
+                        return r;
+                renew_cid(s);
+                offset += n;
+                len -= n;
+        }
+        return 0;
+}
+
+static int write_desc(vmdk_state *s) {
+        _cleanup_free_ char *text = NULL;
+        size_t len;
+        int r;
+
+        r = vmdk_desc_format(&s->desc, &text, &len);
+        if (r < 0)
+                return r;
+        if (s->embedded) {
+                vmdk_header h0;
+                uint8_t head[VMDK_SECTOR];
+                _cleanup_free_ char *pad = NULL;
+                size_t room;
+
+                r = io_pread(s->io, head, VMDK_SECTOR, 0);
+                if (r < 0)
+                        return r;
+                header_decode(head, &h0);
+                room = (size_t) (h0.desc_size * VMDK_SECTOR);
+                if (len >= room)
+                        return vdisk_error(-ENOSPC, "vmdk: the descriptor no longer fits in its %zu bytes", room);
+                pad = calloc(1, room);
+                if (!pad)
+                        return -ENOMEM;
+                memcpy(pad, text, len);
+                return io_pwrite(s->io, pad, room, h0.desc_offset * VMDK_SECTOR);
+        }
+        r = io_pwrite(s->io, text, len, 0);
+        if (r < 0)
+                return r;
+        return io_truncate(s->io, len);
+}
+
+/* Data, then the grain tables (the cache flushes the data first: every
+ * entry was set TC_AFTER_DATA), then the descriptor with its new CID. */
+static int vmdk_flush(void *state) {
+        vmdk_state *s = state;
+        int r;
+
+        if (s->stream)
+                return io_flush(s->io);
+
+        for (size_t i = 0; i < s->n_ext; i++) {
+                vmdk_extent *e = &s->ext[i];
+
+                if (!e->view)
+                        continue;
+                r = tc_table_flush(e->view);
+                if (r < 0)
+                        return r;
+        }
+        if (s->desc_dirty) {
+                r = write_desc(s);
+                if (r < 0)
+                        return r;
+                r = io_flush(s->io);
+                if (r < 0)
+                        return r;
+                s->desc_dirty = false;
+        }
+        return 0;
+}
+
+/* ---------------------------------------------------------------- create */
+
+typedef struct vmdk_create_opts {
+        const char *subformat;
+        const char *adapter;
+        const char *hwversion;
+        bool compat6, zeroed_grain;
+} vmdk_create_opts;
+
+static int parse_create_options(const char *const *o, vmdk_create_opts *ret) {
+        static const char *const subformats[] = {
+                "monolithicSparse", "monolithicFlat", "twoGbMaxExtentSparse", "twoGbMaxExtentFlat",
+                "streamOptimized", NULL,
+        };
+        static const char *const adapters[] = { "ide", "buslogic", "lsilogic", "legacyESX", NULL };
+        bool ok;
+
+        *ret = (vmdk_create_opts) { .subformat = "monolithicSparse", .adapter = "ide", .hwversion = NULL };
+        for (; o && o[0]; o += 2) {
+                if (streq(o[0], "subformat"))
+                        ret->subformat = o[1];
+                else if (streq(o[0], "adapter_type"))
+                        ret->adapter = o[1];
+                else if (streq(o[0], "hwversion"))
+                        ret->hwversion = streq(o[1], "undefined") ? NULL : o[1];
+                else if (streq(o[0], "compat6"))
+                        ret->compat6 = streq(o[1], "on");
+                else if (streq(o[0], "zeroed_grain"))
+                        ret->zeroed_grain = streq(o[1], "on");
+        }
+        ok = false;
+        for (const char *const *f = subformats; *f; f++)
+                if (streq(*f, ret->subformat))
+                        ok = true;
+        if (!ok)
+                return vdisk_error(-EINVAL, "vmdk: unknown subformat '%s'", ret->subformat);
+        ok = false;
+        for (const char *const *a = adapters; *a; a++)
+                if (streq(*a, ret->adapter))
+                        ok = true;
+        if (!ok)
+                return vdisk_error(-EINVAL, "vmdk: unknown adapter type '%s'", ret->adapter);
+        if (ret->hwversion) {
+                uint64_t v;
+                char *end;
+
+                v = strtoull(ret->hwversion, &end, 10);
+                if (*end || !*ret->hwversion || v == 0 || v > 99)
+                        return vdisk_error(-EINVAL, "vmdk: bad hwversion '%s'", ret->hwversion);
+                if (ret->compat6)
+                        return vdisk_error(-EINVAL, "vmdk: compat6 cannot be used with hwversion");
+        }
+        return 0;
+}
+
+/* The sparse layout we create: header, descriptor (desc_sectors), then the
+ * redundant GD and its GTs, then the GD and its GTs; grains from
+ * `overhead` (a grain multiple) on. */
+typedef struct sparse_layout {
+        uint64_t capacity, grain, n_gd, gd_sectors, gt_sectors;
+        uint64_t desc_offset, desc_sectors, rgd, gd, overhead;
+} sparse_layout;
+
+static void sparse_layout_plan(uint64_t capacity, uint64_t desc_sectors, sparse_layout *l) {
+        const uint64_t grain = 128, gtes = VMDK_GTES_MAX;
+
+        *l = (sparse_layout) {
+                .capacity = capacity,
+                .grain = grain,
+                .n_gd = DIV_ROUND_UP(capacity, grain * gtes),
+                .gt_sectors = gtes * 4 / VMDK_SECTOR,
+                .desc_offset = desc_sectors ? 1 : 0,
+                .desc_sectors = desc_sectors,
+        };
+        l->gd_sectors = DIV_ROUND_UP(l->n_gd * 4, VMDK_SECTOR);
+        l->rgd = 1 + desc_sectors;
+        l->gd = l->rgd + l->gd_sectors + l->n_gd * l->gt_sectors;
+        l->overhead = ALIGN_UP(l->gd + l->gd_sectors + l->n_gd * l->gt_sectors, grain);
+}
+
+typedef struct gd_fill {
+        uint64_t first_gt, gt_sectors;
+} gd_fill;
+
+static int gd_entry(void *ctx, uint64_t i, uint64_t *ret) {
+        const gd_fill *f = ctx;
+
+        *ret = f->first_gt + i * f->gt_sectors;
+        return 0;
+}
+
+static int sparse_write_new(vdisk_io *io, const sparse_layout *l, uint32_t version, uint32_t flags,
+                            const char *desc, size_t desc_len) {
+        uint8_t h[VMDK_SECTOR] = {};
+        gd_fill f = { .gt_sectors = l->gt_sectors };
+        int r;
+
+        if (l->n_gd * l->gt_sectors + l->overhead > UINT32_MAX)
+                return vdisk_error(-EFBIG, "vmdk: image too big for a sparse extent");
+        put_le32(h + H_MAGIC, VMDK_MAGIC);
+        put_le32(h + H_VERSION, version);
+        put_le32(h + H_FLAGS, flags);
+        put_le64(h + H_CAPACITY, l->capacity);
+        put_le64(h + H_GRAIN, l->grain);
+        put_le64(h + H_DESC_OFFSET, l->desc_offset);
+        put_le64(h + H_DESC_SIZE, l->desc_sectors);
+        put_le32(h + H_GTES, VMDK_GTES_MAX);
+        put_le64(h + H_RGD, l->rgd);
+        put_le64(h + H_GD, l->gd);
+        put_le64(h + H_OVERHEAD, l->overhead);
+        h[H_NL_CHARS] = '\n';
+        h[H_NL_CHARS + 1] = ' ';
+        h[H_NL_CHARS + 2] = '\r';
+        h[H_NL_CHARS + 3] = '\n';
+        r = io_truncate(io, l->overhead * VMDK_SECTOR);
+        if (r < 0)
+                return r;
+        f.first_gt = l->rgd + l->gd_sectors;
+        r = tc_write_entries(io, l->rgd * VMDK_SECTOR, l->n_gd, TC_LE32, 0, gd_entry, &f);
+        if (r < 0)
+                return r;
+        f.first_gt = l->gd + l->gd_sectors;
+        r = tc_write_entries(io, l->gd * VMDK_SECTOR, l->n_gd, TC_LE32, 0, gd_entry, &f);
+        if (r < 0)
+                return r;
+        if (desc_len) {
+                if (desc_len >= l->desc_sectors * VMDK_SECTOR)
+                        return vdisk_error(-E2BIG, "vmdk: descriptor too long to embed");
+                r = io_pwrite(io, desc, desc_len, l->desc_offset * VMDK_SECTOR);
+                if (r < 0)
+                        return r;
+        }
+        return io_pwrite(io, h, sizeof h, 0);
+}
+
+static const char *base_name(const char *path) {
+        const char *b = strrchr(path, '/');
+
+        return b ? b + 1 : path;
+}
+
+/* The parent's CID, when its descriptor can be read through the files handle. */
+static uint32_t parent_cid_of(const open_ctx *c, const char *name) {
+        vdisk_io *pio;
+        uint8_t head[VMDK_SECTOR] = {};
+        uint64_t size;
+        vmdk_desc d = {};
+        uint32_t cid = 0xffffffff;
+        _cleanup_free_ char *text = NULL;
+        size_t n;
+
+        if (!name || !vmdk_desc_name_valid(name) || files_open(c->files, name, 0, &pio) < 0 ||
+            io_get_size(pio, &size) < 0 || size < 4 || io_pread(pio, head, MIN(size, (uint64_t) VMDK_SECTOR), 0) < 0) {
+                vdisk_clear_error();
+                return cid;
+        }
+        if (get_le32(head) == VMDK_MAGIC) {
+                vmdk_header h;
+
+                header_decode(head, &h);
+                if (header_check(head, &h, size, name) < 0 || h.desc_size == 0) {
+                        vdisk_clear_error();
+                        return cid;
+                }
+                n = (size_t) (h.desc_size * VMDK_SECTOR);
+                text = calloc(1, n + 1);
+                if (!text || io_pread_zerofill(pio, text, n, h.desc_offset * VMDK_SECTOR) < 0)
+                        goto out;
+        } else {
+                if (size > VMDK_DESC_MAX)
+                        return cid;
+                n = (size_t) size;
+                text = calloc(1, n + 1);
+                if (!text || io_pread(pio, text, n, 0) < 0)
+                        goto out;
+        }
+        if (vmdk_desc_parse(text, n, &d) >= 0 && vmdk_desc_get_cid(&d, "CID", &cid) < 0)
+                cid = 0xffffffff;
+        vmdk_desc_done(&d);
+out:
+        vdisk_clear_error();
+        return cid;
+}
+
+#define VMDK_2G_EXTENT (UINT64_C(2) << 30)
+#define VMDK_DESC_SECTORS 20u
+
+static int stream_create(vmdk_state *s, const open_ctx *c, uint64_t capacity, const char *desc, size_t desc_len);
+
+static int vmdk_create(void *state, const open_ctx *c, const create_params *p) {
+        vmdk_state *s = state;
+        vmdk_create_opts o;
+        vmdk_desc d = {};
+        uint64_t capacity = DIV_ROUND_UP(p->size, VMDK_SECTOR);
+        bool split, flat, sparse_mono, stream;
+        _cleanup_free_ char *stem = NULL, *text = NULL;
+        char buf[64], uuid[37];
+        uint32_t version = 1, flags = VMDK_FLAG_NL_TEST | VMDK_FLAG_RGD;
+        size_t len;
+        vdisk_geometry g = p->lchs;
+        int r;
+
+        r = parse_create_options(p->options, &o);
+        if (r < 0)
+                return r;
+        if (capacity > VMDK_CAPACITY_MAX)
+                return vdisk_error(-EFBIG, "vmdk: at most %" PRIu64 " bytes", VMDK_CAPACITY_MAX * VMDK_SECTOR);
+        split = strncmp(o.subformat, "twoGb", 5) == 0;
+        flat = strstr(o.subformat, "Flat") != NULL;
+        stream = streq(o.subformat, "streamOptimized");
+        sparse_mono = streq(o.subformat, "monolithicSparse") || stream;
+        if (stream && (p->image_flags & VDISK_IMAGE_FLAGS_DIFF))
+                return vdisk_error(-EOPNOTSUPP, "vmdk: a streamOptimized image cannot be a differencing image");
+        if (stream && o.zeroed_grain)
+                return vdisk_error(-EOPNOTSUPP, "vmdk: zeroed_grain does not apply to streamOptimized");
+        if (o.zeroed_grain) {
+                version = 2;
+                flags |= VMDK_FLAG_ZEROED_GTE;
+        }
+        if (flat && (p->image_flags & VDISK_IMAGE_FLAGS_DIFF))
+                return vdisk_error(-EOPNOTSUPP, "vmdk: a %s image cannot be a differencing image", o.subformat);
+
+        stem = strdup(base_name(vdisk_io_name(c->io)));
+        if (!stem)
+                return -ENOMEM;
+        if (strlen(stem) > 5 && strcasecmp(stem + strlen(stem) - 5, ".vmdk") == 0)
+                stem[strlen(stem) - 5] = 0;
+
+        snprintf(buf, sizeof buf, "%d", 1);
+        r = vmdk_desc_set(&d, "version", buf, false);
+        do {
+                uint8_t u[16];
+                vdisk_uuid_generate(u);
+                s->cid = get_le32(u);
+        } while (s->cid >= 0xfffffffe);
+        snprintf(buf, sizeof buf, "%08" PRIx32, s->cid);
+        if (r >= 0)
+                r = vmdk_desc_set(&d, "CID", buf, false);
+        snprintf(buf, sizeof buf, "%08" PRIx32,
+                 (p->image_flags & VDISK_IMAGE_FLAGS_DIFF) ? parent_cid_of(c, p->parent_name) : 0xffffffffu);
+        if (r >= 0)
+                r = vmdk_desc_set(&d, "parentCID", buf, false);
+        if (r >= 0)
+                r = vmdk_desc_set(&d, "createType", o.subformat, true);
+        if (r >= 0 && (p->image_flags & VDISK_IMAGE_FLAGS_DIFF) && p->parent_name)
+                r = vmdk_desc_set(&d, "parentFileNameHint", p->parent_name, true);
+        if (r < 0)
+                goto out;
+
+        /* Extents: one, or 2 GiB pieces. */
+        for (uint64_t done = 0, i = 1; done < capacity; i++) {
+                uint64_t n = split ? MIN(capacity - done, VMDK_2G_EXTENT / VMDK_SECTOR) : capacity;
+                _cleanup_free_ char *name = NULL;
+
+                if (sparse_mono)
+                        name = strdup(base_name(vdisk_io_name(c->io)));
+                else if (split)
+                        name = strdup_printf("%s-%c%03" PRIu64 ".vmdk", stem, flat ? 'f' : 's', i);
+                else
+                        name = strdup_printf("%s-flat.vmdk", stem);
+                if (!name) {
+                        r = -ENOMEM;
+                        goto out;
+                }
+                if (i > 999) {
+                        r = vdisk_error(-EFBIG, "vmdk: more than 999 extents");
+                        goto out;
+                }
+                r = vmdk_desc_add_extent(&d, VMDK_ACCESS_RW, flat ? VMDK_EXTENT_FLAT : VMDK_EXTENT_SPARSE, n,
+                                         name, 0);
+                if (r < 0)
+                        goto out;
+                done += n;
+        }
+
+        /* DDB. */
+        snprintf(buf, sizeof buf, "%s", o.hwversion ? o.hwversion : o.compat6 ? "6" : "4");
+        r = vmdk_desc_set(&d, "ddb.virtualHWVersion", buf, true);
+        if (!g.cylinders) {
+                g.heads = streq(o.adapter, "ide") ? 16 : 255;
+                g.sectors = 63;
+                g.cylinders = (uint32_t) MIN(capacity / (g.heads * g.sectors), (uint64_t) 16383);
+                if (!g.cylinders)
+                        g.cylinders = 1;
+        }
+        snprintf(buf, sizeof buf, "%" PRIu32, g.cylinders);
+        if (r >= 0)
+                r = vmdk_desc_set(&d, "ddb.geometry.cylinders", buf, true);
+        snprintf(buf, sizeof buf, "%" PRIu32, g.heads);
+        if (r >= 0)
+                r = vmdk_desc_set(&d, "ddb.geometry.heads", buf, true);
+        snprintf(buf, sizeof buf, "%" PRIu32, g.sectors);
+        if (r >= 0)
+                r = vmdk_desc_set(&d, "ddb.geometry.sectors", buf, true);
+        if (r >= 0)
+                r = vmdk_desc_set(&d, "ddb.adapterType", o.adapter, true);
+        vdisk_uuid_format(p->uuid, uuid);
+        if (r >= 0)
+                r = vmdk_desc_set(&d, "ddb.uuid.image", uuid, true);
+        if (r >= 0 && (p->image_flags & VDISK_IMAGE_FLAGS_DIFF) && !vdisk_uuid_is_null(p->parent_uuid)) {
+                vdisk_uuid_format(p->parent_uuid, uuid);
+                r = vmdk_desc_set(&d, "ddb.uuid.parent", uuid, true);
+        }
+        if (r < 0)
+                goto out;
+        r = vmdk_desc_format(&d, &text, &len);
+        if (r < 0)
+                goto out;
+
+        if (stream) {
+                r = stream_create(s, c, capacity, text, len);
+                vmdk_desc_done(&d);
+                return r;
+        }
+        if (sparse_mono) {
+                sparse_layout l;
+
+                sparse_layout_plan(capacity, VMDK_DESC_SECTORS, &l);
+                r = sparse_write_new(c->io, &l, version, flags, text, len);
+                if (r < 0)
+                        goto out;
+        } else {
+                r = io_pwrite(c->io, text, len, 0);
+                if (r < 0)
+                        goto out;
+                for (size_t i = 0; i < d.n_extents; i++) {
+                        vdisk_io *eio;
+
+                        r = files_open(c->files, d.extents[i].file, FILES_CREATE | FILES_WRITE, &eio);
+                        if (r < 0)
+                                goto out;
+                        if (flat)
+                                r = io_truncate(eio, d.extents[i].sectors * VMDK_SECTOR);
+                        else {
+                                sparse_layout l;
+
+                                sparse_layout_plan(d.extents[i].sectors, 0, &l);
+                                r = sparse_write_new(eio, &l, version, flags, NULL, 0);
+                        }
+                        if (r < 0)
+                                goto out;
+                }
+        }
+        vmdk_desc_done(&d);
+        return vmdk_open(state, c);
+out:
+        vmdk_desc_done(&d);
+        return r;
+}
+
+
+/* ---------------------------------------------------------------- streamOptimized creation */
+
+#define VMDK_MARKER_EOS   0u
+#define VMDK_MARKER_GT    1u
+#define VMDK_MARKER_GD    2u
+#define VMDK_MARKER_FOOTER 3u
+#define VMDK_STREAM_GRAIN (UINT64_C(128) * VMDK_SECTOR)
+
+static size_t vmdk_encode_bound(const void *state, size_t len) {
+        return VMDK_MARKER_SIZE + compressBound(VMDK_STREAM_GRAIN);
+}
+
+/* One grain: the marker (lba filled by the writer, size) and the zlib data
+ * of the grain, zero-padded to a whole grain (qemu wants whole grains). */
+static int vmdk_encode(const void *state, const void *in, size_t len, void *out, size_t *ret_len) {
+        _cleanup_free_ uint8_t *pad = NULL;
+        uLongf n = compressBound(VMDK_STREAM_GRAIN);
+        const void *src = in;
+
+        if (len > VMDK_STREAM_GRAIN)
+                return -EINVAL;
+        if (len < VMDK_STREAM_GRAIN) {
+                pad = calloc(1, VMDK_STREAM_GRAIN);
+                if (!pad)
+                        return -ENOMEM;
+                memcpy(pad, in, len);
+                src = pad;
+        }
+        if (compress2((Bytef *) out + VMDK_MARKER_SIZE, &n, src, VMDK_STREAM_GRAIN, Z_DEFAULT_COMPRESSION) != Z_OK)
+                return vdisk_error(-EIO, "vmdk: deflate failed");
+        put_le64(out, 0);
+        put_le32((uint8_t *) out + 8, (uint32_t) n);
+        *ret_len = VMDK_MARKER_SIZE + n;
+        return 0;
+}
+
+static int stream_write_meta(vmdk_state *s, uint32_t type, const void *data, size_t len) {
+        uint8_t m[VMDK_SECTOR] = {};
+        size_t padded = ALIGN_UP(len, (size_t) VMDK_SECTOR);
+        _cleanup_free_ uint8_t *buf = NULL;
+        int r;
+
+        put_le64(m, padded / VMDK_SECTOR);
+        put_le32(m + 12, type);
+        r = io_pwrite(s->io, m, sizeof m, s->stream_next);
+        if (r < 0)
+                return r;
+        s->stream_next += VMDK_SECTOR;
+        if (len == 0)
+                return 0;
+        buf = calloc(1, padded);
+        if (!buf)
+                return -ENOMEM;
+        memcpy(buf, data, len);
+        r = io_pwrite(s->io, buf, padded, s->stream_next);
+        if (r < 0)
+                return r;
+        s->stream_next += padded;
+        return 0;
+}
+
+/* Writes the GT being filled (if any) and records it in the GD. */
+static int stream_close_gt(vmdk_state *s) {
+        uint8_t gt[VMDK_GTES_MAX * 4];
+        int r;
+
+        if (s->stream_cur_gt == UINT64_MAX)
+                return 0;
+        for (unsigned i = 0; i < VMDK_GTES_MAX; i++)
+                put_le32(gt + 4 * i, s->stream_gt[i]);
+        r = stream_write_meta(s, VMDK_MARKER_GT, NULL, 0);
+        if (r < 0)
+                return r;
+        /* The marker says how many sectors follow: rewrite it with the GT's. */
+        s->stream_next -= VMDK_SECTOR;
+        {
+                uint8_t m[VMDK_SECTOR] = {};
+                put_le64(m, sizeof gt / VMDK_SECTOR);
+                put_le32(m + 12, VMDK_MARKER_GT);
+                r = io_pwrite(s->io, m, sizeof m, s->stream_next);
+                if (r < 0)
+                        return r;
+                s->stream_next += VMDK_SECTOR;
+        }
+        s->stream_gd[s->stream_cur_gt] = (uint32_t) (s->stream_next / VMDK_SECTOR);
+        r = io_pwrite(s->io, gt, sizeof gt, s->stream_next);
+        if (r < 0)
+                return r;
+        s->stream_next += sizeof gt;
+        s->stream_cur_gt = UINT64_MAX;
+        return 0;
+}
+
+static int vmdk_stream_write_encoded(void *state, uint64_t offset, size_t len, const void *enc, size_t enc_len) {
+        vmdk_state *s = state;
+        uint64_t g = offset / VMDK_STREAM_GRAIN, gt = g / VMDK_GTES_MAX;
+        size_t padded = ALIGN_UP(enc_len, (size_t) VMDK_SECTOR);
+        _cleanup_free_ uint8_t *buf = NULL;
+        int r;
+
+        if (!s->stream || s->stream_done || offset % VMDK_STREAM_GRAIN || offset < s->stream_min ||
+            enc_len < VMDK_MARKER_SIZE || s->stream_next / VMDK_SECTOR + padded / VMDK_SECTOR > UINT32_MAX)
+                return vdisk_error(-EOPNOTSUPP, "vmdk: streamOptimized images take whole grains in order");
+        if (gt != s->stream_cur_gt) {
+                r = stream_close_gt(s);
+                if (r < 0)
+                        return r;
+                memset(s->stream_gt, 0, VMDK_GTES_MAX * 4);
+                s->stream_cur_gt = gt;
+        }
+        buf = calloc(1, padded);
+        if (!buf)
+                return -ENOMEM;
+        memcpy(buf, enc, enc_len);
+        put_le64(buf, g * (VMDK_STREAM_GRAIN / VMDK_SECTOR));
+        r = io_pwrite(s->io, buf, padded, s->stream_next);
+        if (r < 0)
+                return r;
+        s->stream_gt[g % VMDK_GTES_MAX] = (uint32_t) (s->stream_next / VMDK_SECTOR);
+        s->stream_next += padded;
+        s->stream_min = offset + len;
+        renew_cid(s);
+        return 0;
+}
+
+static int vmdk_stream_write(void *state, uint64_t offset, const void *buf, size_t len) {
+        vmdk_state *s = state;
+
+        while (len > 0) {
+                size_t n = (size_t) MIN((uint64_t) len, VMDK_STREAM_GRAIN - offset % VMDK_STREAM_GRAIN);
+                _cleanup_free_ uint8_t *enc = NULL;
+                size_t enc_len;
+                int r;
+
+                if (offset % VMDK_STREAM_GRAIN || (n < VMDK_STREAM_GRAIN && offset + n < s->size))
+                        return vdisk_error(-EOPNOTSUPP, "vmdk: streamOptimized images take whole grains in order");
+                enc = malloc(vmdk_encode_bound(s, n));
+                if (!enc)
+                        return -ENOMEM;
+                r = vmdk_encode(s, buf, n, enc, &enc_len);
+                if (r < 0)
+                        return r;
+                r = vmdk_stream_write_encoded(s, offset, n, enc, enc_len);
+                if (r < 0)
+                        return r;
+                offset += n;
+                buf = (const uint8_t *) buf + n;
+                len -= n;
+        }
+        return 0;
+}
+
+/* GT of the last grains, the GD, the footer (the header with the GD's
+ * place), the end-of-stream marker; then reads come from the file. */
+static int vmdk_finish(void *state) {
+        vmdk_state *s = state;
+        _cleanup_free_ uint8_t *gd = NULL;
+        uint8_t foot[VMDK_SECTOR];
+        uint64_t gd_sector;
+        int r;
+
+        if (!s->stream || s->stream_done)
+                return 0;
+        r = stream_close_gt(s);
+        if (r < 0)
+                return r;
+        gd = calloc(1, ALIGN_UP(s->stream_n_gd * 4, (uint64_t) VMDK_SECTOR));
+        if (!gd)
+                return -ENOMEM;
+        for (uint64_t i = 0; i < s->stream_n_gd; i++)
+                put_le32(gd + 4 * i, s->stream_gd[i]);
+        {
+                uint8_t m[VMDK_SECTOR] = {};
+                put_le64(m, DIV_ROUND_UP(s->stream_n_gd * 4, VMDK_SECTOR));
+                put_le32(m + 12, VMDK_MARKER_GD);
+                r = io_pwrite(s->io, m, sizeof m, s->stream_next);
+                if (r < 0)
+                        return r;
+                s->stream_next += VMDK_SECTOR;
+        }
+        gd_sector = s->stream_next / VMDK_SECTOR;
+        r = io_pwrite(s->io, gd, ALIGN_UP(s->stream_n_gd * 4, (uint64_t) VMDK_SECTOR), s->stream_next);
+        if (r < 0)
+                return r;
+        s->stream_next += ALIGN_UP(s->stream_n_gd * 4, (uint64_t) VMDK_SECTOR);
+        memcpy(foot, s->stream_header, VMDK_SECTOR);
+        put_le64(foot + H_GD, gd_sector);
+        {
+                uint8_t m[VMDK_SECTOR] = {};
+                put_le64(m, 1);
+                put_le32(m + 12, VMDK_MARKER_FOOTER);
+                r = io_pwrite(s->io, m, sizeof m, s->stream_next);
+                if (r < 0)
+                        return r;
+                s->stream_next += VMDK_SECTOR;
+        }
+        r = io_pwrite(s->io, foot, sizeof foot, s->stream_next);
+        if (r < 0)
+                return r;
+        s->stream_next += VMDK_SECTOR;
+        r = stream_write_meta(s, VMDK_MARKER_EOS, NULL, 0);
+        if (r < 0)
+                return r;
+        r = io_flush(s->io);
+        if (r < 0)
+                return r;
+        if (s->desc_dirty) {
+                r = write_desc(s);
+                if (r < 0)
+                        return r;
+                s->desc_dirty = false;
+        }
+        s->stream_done = true;
+        /* From now on the image reads from what was written. */
+        extent_free(&s->ext[0]);
+        r = io_get_size(s->io, &s->ext[0].file_size);
+        if (r < 0)
+                return r;
+        r = sparse_open(s, &s->ext[0], vdisk_io_name(s->io), s->stream_header);
+        if (r < 0)
+                return r;
+        return 0;
+}
+
+static int stream_create(vmdk_state *s, const open_ctx *c, uint64_t capacity, const char *desc, size_t desc_len) {
+        uint8_t *h = s->stream_header;
+        int r;
+
+        s->io = c->io;
+        s->writable = 1;
+        s->budget = c->budget;
+        s->embedded = true;
+        s->stream = true;
+        s->stream_capacity = capacity;
+        s->stream_n_gd = DIV_ROUND_UP(capacity, (VMDK_STREAM_GRAIN / VMDK_SECTOR) * VMDK_GTES_MAX);
+        s->stream_cur_gt = UINT64_MAX;
+        s->size = capacity * VMDK_SECTOR;
+        s->stream_charged = s->stream_n_gd * 4 + VMDK_GTES_MAX * 4;
+        r = tc_budget_charge(s->budget, s->stream_charged);
+        if (r < 0) {
+                s->stream_charged = 0;
+                return r;
+        }
+        s->stream_gd = calloc(s->stream_n_gd, 4);
+        s->stream_gt = calloc(VMDK_GTES_MAX, 4);
+        s->ext = calloc(1, sizeof *s->ext);
+        if (!s->stream_gd || !s->stream_gt || !s->ext)
+                return -ENOMEM;
+        s->n_ext = 1;
+        s->ext[0] = (vmdk_extent) { .type = VMDK_EXTENT_SPARSE, .io = c->io, .size = s->size,
+                                    .grain = VMDK_STREAM_GRAIN };
+        memset(h, 0, VMDK_SECTOR);
+        put_le32(h + H_MAGIC, VMDK_MAGIC);
+        put_le32(h + H_VERSION, 3);
+        put_le32(h + H_FLAGS, VMDK_FLAG_NL_TEST | VMDK_FLAG_COMPRESSED | VMDK_FLAG_MARKERS);
+        put_le64(h + H_CAPACITY, capacity);
+        put_le64(h + H_GRAIN, VMDK_STREAM_GRAIN / VMDK_SECTOR);
+        put_le64(h + H_DESC_OFFSET, 1);
+        put_le64(h + H_DESC_SIZE, VMDK_DESC_SECTORS);
+        put_le32(h + H_GTES, VMDK_GTES_MAX);
+        put_le64(h + H_GD, VMDK_GD_AT_END);
+        put_le64(h + H_OVERHEAD, VMDK_STREAM_GRAIN / VMDK_SECTOR);
+        h[H_NL_CHARS] = '\n';
+        h[H_NL_CHARS + 1] = ' ';
+        h[H_NL_CHARS + 2] = '\r';
+        h[H_NL_CHARS + 3] = '\n';
+        put_le16(h + H_COMPRESS, CODEC_DEFLATE);
+        if (desc_len >= VMDK_DESC_SECTORS * VMDK_SECTOR)
+                return vdisk_error(-E2BIG, "vmdk: descriptor too long to embed");
+        r = io_pwrite(c->io, h, VMDK_SECTOR, 0);
+        if (r < 0)
+                return r;
+        r = io_truncate(c->io, VMDK_STREAM_GRAIN);
+        if (r < 0)
+                return r;
+        r = io_pwrite(c->io, desc, desc_len, VMDK_SECTOR);
+        if (r < 0)
+                return r;
+        s->stream_next = VMDK_STREAM_GRAIN;
+        return vmdk_desc_parse(desc, desc_len, &s->desc) < 0 ? -EINVAL : 0;
+}
+
+
+/* ---------------------------------------------------------------- check */
+
+static int cmp_u64(const void *a, const void *b) {
+        uint64_t x = *(const uint64_t *) a, y = *(const uint64_t *) b;
+
+        return x < y ? -1 : x > y;
+}
+
+#define VMDK_CHECK_MESSAGES 16u
+
+/* Sparse extents: every GD entry within the file, every grain entry within
+ * the file and outside the metadata, no two entries on the same grain, the
+ * redundant tables agreeing (an entry set in one table only is what a crash
+ * between the two table writes leaves: reported, not a corruption). */
+static int check_extent(vmdk_state *s, vmdk_extent *e, size_t idx, vdisk_check_report *rep, uint64_t *n_alloc) {
+        _cleanup_free_ uint64_t *used = NULL;
+        uint64_t n_used = 0, cap, n_grains = DIV_ROUND_UP(e->size, e->grain), msgs = 0;
+        int r;
+
+        cap = MIN(n_grains, e->file_size / VMDK_SECTOR + 1);
+        used = calloc(cap ? cap : 1, sizeof *used);
+        if (!used)
+                return -ENOMEM;
+        for (uint64_t g = 0; g < n_grains; g++) {
+                uint64_t gts = 0, rgts = 0, v = 0, rv = 0;
+
+                r = gt_sector(e, g, e->gd, &gts);
+                if (r < 0) {
+                        rep->corruptions++;
+                        if (msgs++ < VMDK_CHECK_MESSAGES)
+                                check_report_add(rep, "extent %zu: grain directory entry %" PRIu64
+                                                 " points past the end of the file", idx, g / e->h.gtes);
+                        g = (g / e->h.gtes + 1) * e->h.gtes - 1;
+                        continue;
+                }
+                if (gts)
+                        {
+                        r = tc_get(e->view, gts * (VMDK_SECTOR / 4) + g % e->h.gtes, &v);
+                        if (r < 0)
+                                return r;
+                }
+                if (e->rgd) {
+                        r = gt_sector(e, g, e->rgd, &rgts);
+                        if (r < 0) {
+                                rep->corruptions++;
+                                if (msgs++ < VMDK_CHECK_MESSAGES)
+                                        check_report_add(rep, "extent %zu: redundant grain directory entry %"
+                                                         PRIu64 " points past the end of the file", idx,
+                                                         g / e->h.gtes);
+                                rgts = 0;
+                        }
+                        if (rgts)
+                                {
+                                r = tc_get(e->view, rgts * (VMDK_SECTOR / 4) + g % e->h.gtes, &rv);
+                                if (r < 0)
+                                        return r;
+                        }
+                        if (rgts && v != rv) {
+                                if (v && rv) {
+                                        rep->corruptions++;
+                                        if (msgs++ < VMDK_CHECK_MESSAGES)
+                                                check_report_add(rep, "extent %zu: grain %" PRIu64 " is at sector %"
+                                                                 PRIu64 " in the grain table, %" PRIu64
+                                                                 " in the redundant one", idx, g, v, rv);
+                                } else if (msgs++ < VMDK_CHECK_MESSAGES)
+                                        check_report_add(rep, "extent %zu: grain %" PRIu64 " is set in one grain "
+                                                         "table only (an interrupted update)", idx, g);
+                        }
+                }
+                if (v == 0 || (v == 1 && e->zeroed_gte))
+                        continue;
+                if (e->compressed) {
+                        if (v * VMDK_SECTOR >= e->file_size) {
+                                rep->corruptions++;
+                                if (msgs++ < VMDK_CHECK_MESSAGES)
+                                        check_report_add(rep, "extent %zu: grain %" PRIu64 " at sector %" PRIu64
+                                                         " is past the end of the file", idx, g, v);
+                        }
+                        (*n_alloc)++;
+                        continue;
+                }
+                if (v > (UINT64_MAX >> 9) ||
+                    !range_within(v * VMDK_SECTOR, MIN(e->grain, e->size - g * e->grain), e->file_size) ||
+                    v < e->h.gd + DIV_ROUND_UP(e->n_gd * 4, VMDK_SECTOR)) {
+                        rep->corruptions++;
+                        if (msgs++ < VMDK_CHECK_MESSAGES)
+                                check_report_add(rep, "extent %zu: grain %" PRIu64 " at sector %" PRIu64
+                                                 " is not within the file's data area", idx, g, v);
+                        continue;
+                }
+                if (n_used < cap)
+                        used[n_used++] = v;
+                (*n_alloc)++;
+        }
+        qsort(used, n_used, sizeof *used, cmp_u64);
+        for (uint64_t i = 1; i < n_used; i++)
+                if (used[i] < used[i - 1] + e->h.grain) {
+                        rep->corruptions++;
+                        if (msgs++ < VMDK_CHECK_MESSAGES)
+                                check_report_add(rep, "extent %zu: grains at sectors %" PRIu64 " and %" PRIu64
+                                                 " overlap", idx, used[i - 1], used[i]);
+                }
+        return 0;
+}
+
+static int vmdk_check(void *state, uint32_t flags, vdisk_check_report *rep, vdisk_progress *p) {
+        vmdk_state *s = state;
+        uint64_t n_alloc = 0, total = 0;
+        int r;
+
+        if (s->stream && !s->stream_done)
+                return vdisk_error(-EBUSY, "vmdk: the image is being written");
+        for (size_t i = 0; i < s->n_ext; i++) {
+                vmdk_extent *e = &s->ext[i];
+
+                if (e->type != VMDK_EXTENT_SPARSE)
+                        continue;
+                total += DIV_ROUND_UP(e->size, e->grain);
+                r = check_extent(s, e, i + 1, rep, &n_alloc);
+                if (r < 0)
+                        return r;
+        }
+        rep->total_clusters = total;
+        rep->allocated_clusters = n_alloc;
+        if ((flags & (VDISK_CHECK_REPAIR_LEAKS | VDISK_CHECK_REPAIR_ALL)) && rep->corruptions &&
+            !(flags & VDISK_CHECK_DRY_RUN))
+                return vdisk_error(-EOPNOTSUPP, "vmdk: repair is not supported yet");
+        return 0;
+}
+
+/* ---------------------------------------------------------------- metadata */
+
+static int vmdk_get_meta(void *state, meta *m) {
+        vmdk_state *s = state;
+
+        *m = (meta) { .mask = META_COMMENT | META_FLAGS, .comment = "" };
+        if (s->has_uuid) {
+                memcpy(m->uuid, s->uuid, 16);
+                m->mask |= META_UUID;
+        }
+        if (s->has_parent_uuid && !vdisk_uuid_is_null(s->parent_uuid)) {
+                memcpy(m->parent_uuid, s->parent_uuid, 16);
+                m->mask |= META_PARENT_UUID;
+        }
+        if (s->lchs.cylinders) {
+                m->lchs = s->lchs;
+                m->mask |= META_LCHS;
+        }
+        if (s->parent_hint) {
+                m->parent_name = s->parent_hint;
+                m->mask |= META_PARENT_NAME;
+        }
+        if (s->parent_hint || (m->mask & META_PARENT_UUID))
+                m->flags |= VDISK_IMAGE_FLAGS_DIFF;
+        return 0;
+}
+
+static int vmdk_get_info(void *state, vdisk_image_info *ret) {
+        vmdk_state *s = state;
+        image_layout l;
+
+        vmdk_get_layout(s, &l);
+        ret->cluster_size = (uint32_t) l.cluster_size;
+        ret->dirty = 0;
+        ret->variant = s->create_type ? s->create_type : s->stream ? "streamOptimized" : "monolithicSparse";
+        ret->image_flags = s->parent_hint || s->has_parent_uuid ? VDISK_IMAGE_FLAGS_DIFF : 0;
+        return 0;
+}
+
+static int vmdk_get_format_info(void *state, strv_builder *kv) {
+        vmdk_state *s = state;
+        int r;
+
+        r = strv_push_pair(kv, "cid", "%" PRIu32, s->cid);
+        if (r >= 0)
+                r = strv_push_pair(kv, "parent cid", "%" PRIu32, s->parent_cid);
+        if (r >= 0)
+                r = strv_push_pair(kv, "create type", "%s", s->create_type ? s->create_type : "monolithicSparse");
+        return r;
+}
+
+
+/* Changes descriptor fields; written at the next flush. The format has no
+ * modification UUIDs: META_PARENT_MOD_UUID is accepted and ignored (merge
+ * sets it with the parent UUID). Relinking to no parent also drops the
+ * parent's name and CID. */
+static int vmdk_set_meta(void *state, const meta *m, uint32_t mask) {
+        vmdk_state *s = state;
+        char buf[64];
+        int r = 0;
+
+        if (mask & ~(META_UUID | META_PARENT_UUID | META_PARENT_MOD_UUID | META_PARENT_NAME | META_LCHS))
+                return vdisk_error(-EOPNOTSUPP, "vmdk: the format has no such field");
+        if (s->stream)
+                return vdisk_error(-EROFS, "vmdk: streamOptimized images are not changed");
+        if (s->desc.n_kv == 0)
+                return vdisk_error(-EOPNOTSUPP, "vmdk: the image has no descriptor to record it in");
+        if (mask & META_UUID) {
+                vdisk_uuid_format(m->uuid, buf);
+                r = vmdk_desc_set(&s->desc, "ddb.uuid.image", buf, true);
+        }
+        if (r >= 0 && (mask & META_PARENT_UUID)) {
+                vdisk_uuid_format(m->parent_uuid, buf);
+                r = vmdk_desc_set(&s->desc, "ddb.uuid.parent", buf, true);
+                if (r >= 0 && vdisk_uuid_is_null(m->parent_uuid) && !(mask & META_PARENT_NAME)) {
+                        r = vmdk_desc_set(&s->desc, "parentFileNameHint", "", true);
+                        if (r >= 0)
+                                r = vmdk_desc_set(&s->desc, "parentCID", "ffffffff", false);
+                }
+        }
+        if (r >= 0 && (mask & META_PARENT_NAME))
+                r = vmdk_desc_set(&s->desc, "parentFileNameHint", m->parent_name ? m->parent_name : "", true);
+        if (r >= 0 && (mask & META_LCHS)) {
+                snprintf(buf, sizeof buf, "%" PRIu32, m->lchs.cylinders);
+                r = vmdk_desc_set(&s->desc, "ddb.geometry.cylinders", buf, true);
+                snprintf(buf, sizeof buf, "%" PRIu32, m->lchs.heads);
+                if (r >= 0)
+                        r = vmdk_desc_set(&s->desc, "ddb.geometry.heads", buf, true);
+                snprintf(buf, sizeof buf, "%" PRIu32, m->lchs.sectors);
+                if (r >= 0)
+                        r = vmdk_desc_set(&s->desc, "ddb.geometry.sectors", buf, true);
+        }
+        if (r < 0)
+                return r;
+        s->has_uuid = s->has_parent_uuid = false;
+        r = desc_meta(s);
+        if (r < 0)
+                return r;
+        s->desc_dirty = true;
+        return 0;
+}
+
+/* ---------------------------------------------------------------- table */
+
+static const char *const vmdk_extensions[] = { "vmdk", NULL };
+static const vdisk_option_desc vmdk_create_options[] = {
+        { "size",         VDISK_OPTION_SIZE, "Virtual disk size" },
+        { "adapter_type", VDISK_OPTION_STRING, "Virtual adapter type, can be one of ide (default), lsilogic, "
+                                               "buslogic or legacyESX", "ide" },
+        { "backing_file", VDISK_OPTION_STRING, "File name of a base image" },
+        { "backing_fmt",  VDISK_OPTION_STRING, "Must be 'vmdk' if it operates on diff images" },
+        { "compat6",      VDISK_OPTION_BOOL, "VMDK version 6 image", "off" },
+        { "hwversion",    VDISK_OPTION_STRING, "VMDK hardware version", "undefined" },
+        { "subformat",    VDISK_OPTION_STRING, "VMDK flat extent format, can be one of {monolithicSparse (default) "
+                                               "| monolithicFlat | twoGbMaxExtentSparse | twoGbMaxExtentFlat | streamOptimized}",
+                                               "monolithicSparse" },
+        { "zeroed_grain", VDISK_OPTION_BOOL, "Enable efficient zero writes using the zeroed-grain GTE feature",
+                                             "off" },
+        {}
+};
+
+const vdisk_backend backend_vmdk = {
+        .info = {
+                .name = "VMDK",
+                .qemu_name = "vmdk",
+                .caps = VDISK_CAP_UUID | VDISK_CAP_CREATE_FIXED | VDISK_CAP_CREATE_DYNAMIC | VDISK_CAP_CREATE_SPLIT_2G |
+                        VDISK_CAP_DIFF | VDISK_CAP_FILE | VDISK_CAP_PREFERRED | VDISK_CAP_CHECK,
+                .media = VDISK_MEDIA_HDD,
+                .extensions = vmdk_extensions,
+                .create_options = vmdk_create_options,
+        },
+        .state_size = sizeof(vmdk_state),
+        .probe = vmdk_probe,
+        .open = vmdk_open,
+        .create = vmdk_create,
+        .close = vmdk_close,
+        .get_size = vmdk_get_size,
+        .get_layout = vmdk_get_layout,
+        .map = vmdk_map,
+        .decode = vmdk_decode,
+        .allocate = vmdk_allocate,
+        .commit = vmdk_commit,
+        .release = vmdk_release,
+        .mark_zero = vmdk_mark_zero,
+        .flush = vmdk_flush,
+        .stream_write = vmdk_stream_write,
+        .encode_bound = vmdk_encode_bound,
+        .encode = vmdk_encode,
+        .stream_write_encoded = vmdk_stream_write_encoded,
+        .finish = vmdk_finish,
+        .check = vmdk_check,
+        .get_meta = vmdk_get_meta,
+        .set_meta = vmdk_set_meta,
+        .get_info = vmdk_get_info,
+        .get_format_info = vmdk_get_format_info,
+};
