@@ -128,10 +128,12 @@ static void exercise(const uint8_t *data, size_t size, const char *format, int w
         if (vdisk_disk_open(d, io, format, writable ? 0 : VDISK_OPEN_READONLY | VDISK_OPEN_ALLOW_PROBE_RAW) < 0)
                 goto out;
         if (format && !writable) {
+                /* ... or none, where the format records none (a VMDK
+                 * without ddb.uuid.image). */
                 uint8_t u[16];
+                int have = vdisk_image_get_uuid(vdisk_disk_image(d, 0), u) >= 0;
 
-                if (peek_r < 0 || vdisk_image_get_uuid(vdisk_disk_image(d, 0), u) < 0 ||
-                    memcmp(u, ids.uuid, 16) != 0)
+                if (peek_r < 0 || have != !!(ids.mask & VDISK_IDS_UUID) || (have && memcmp(u, ids.uuid, 16) != 0))
                         abort();
         }
         disk_size = vdisk_disk_size(d);
