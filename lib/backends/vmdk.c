@@ -749,6 +749,8 @@ static int vmdk_map(void *state, uint64_t offset, uint64_t len, map_result *ret)
 }
 
 static int vmdk_decode(const void *state, const map_result *m, const void *in, void *out) {
+        /* find_extent() only reads the extent array */
+        uint64_t grain = find_extent((vmdk_state *) state, m->unit_offset)->grain;
         z_stream z = {};
         int r, zr;
 
@@ -761,27 +763,23 @@ static int vmdk_decode(const void *state, const map_result *m, const void *in, v
         z.next_out = out;
         z.avail_out = m->unit_length;
         zr = inflate(&z, Z_FINISH);
-        if (zr == Z_STREAM_END && z.avail_out == 0)
-                r = 0;
-        else if (zr == Z_BUF_ERROR && z.avail_out == 0) {
-                /* More output than the unit: the last grain of an extent
-                 * whose capacity is not a grain multiple holds a whole grain. */
+        /* The last grain of an extent whose capacity is not a grain multiple
+         * may hold a whole grain: decode the rest, but never past a grain. A
+         * stream that does not end within the grain is corrupt (and would be
+         * a decompression bomb). */
+        while ((zr == Z_BUF_ERROR || zr == Z_OK) && z.avail_out == 0 && z.total_out <= grain) {
                 uint8_t scratch[4096];
+
+                z.next_out = scratch;   /* room for one byte past the grain, to see it */
+                z.avail_out = (uInt) MIN((uint64_t) sizeof scratch, grain + 1 - z.total_out);
+                zr = inflate(&z, Z_FINISH);
+        }
+        if (zr == Z_STREAM_END && z.total_out >= m->unit_length && z.total_out <= grain)
                 r = 0;
-                for (;;) {
-                        z.next_out = scratch;
-                        z.avail_out = sizeof scratch;
-                        zr = inflate(&z, Z_FINISH);
-                        if (zr == Z_STREAM_END)
-                                break;
-                        if ((zr != Z_OK && zr != Z_BUF_ERROR) || z.total_out > (uLong) 2 * UNIT_MAX ||
-                            (zr == Z_BUF_ERROR && z.avail_out != 0)) {
-                                r = vdisk_error(-EUCLEAN, "vmdk: compressed grain at %" PRIu64 " does not decode",
-                                                m->unit_offset);
-                                break;
-                        }
-                }
-        } else
+        else if (z.total_out > grain)
+                r = vdisk_error(-EUCLEAN, "vmdk: compressed grain at %" PRIu64 " decodes to more than a grain (%"
+                                PRIu64 " bytes)", m->unit_offset, grain);
+        else
                 r = vdisk_error(-EUCLEAN, "vmdk: compressed grain at %" PRIu64 " decodes to %lu bytes, not %" PRIu32
                                 " (%s)", m->unit_offset, (unsigned long) z.total_out, m->unit_length,
                                 z.msg ? z.msg : "short");
