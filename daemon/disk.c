@@ -197,10 +197,11 @@ void disk_remove(Disk *d) {
         manager_update_idle(m);
 }
 
-/* One descriptor per image, charged to the owner. */
-static void disk_charge_fds(Disk *d) {
-        user_charge_fds(d->user, d->n_images, d->n_fds_charged);
-        d->n_fds_charged = d->n_images;
+/* One descriptor per image and one per companion file (VMDK extents),
+ * charged to the owner. */
+static void disk_charge_fds(Disk *d, unsigned n_fds) {
+        user_charge_fds(d->user, n_fds, d->n_fds_charged);
+        d->n_fds_charged = n_fds;
 }
 
 void disk_apply_info(Disk *d, const DiskInfo *info, NewImageName *names, size_t n_names) {
@@ -304,7 +305,7 @@ void disk_apply_info(Disk *d, const DiskInfo *info, NewImageName *names, size_t 
                 memcpy(d->lchs, info->lchs, sizeof d->lchs);
                 changed[n_changed++] = "LCHSGeometry";
         }
-        disk_charge_fds(d);
+        disk_charge_fds(d, MAX(info->n_fds, d->n_images));
         disk_emit_changed(d, changed);
 }
 

@@ -103,12 +103,14 @@ typedef struct ImageInfo {
         int dirty;                           /* the format's dirty/in-use flag is set */
         uint32_t pchs[3], lchs[3];
         int read_only;
+        unsigned n_files;                    /* companion files held open (VMDK extents) */
 } ImageInfo;
 
 typedef struct DiskInfo {
         bool valid;
         ImageInfo *images;
         unsigned n_images;
+        unsigned n_fds;                      /* descriptors the images hold: each one's and its companions' */
         uint64_t size;
         int read_only;
         uint32_t pchs[3], lchs[3];

@@ -262,6 +262,13 @@ typedef struct ChainElem {
         char *qemu_format;
         Value info;            /* ProbeFormat's info */
         struct stat st;
+        /* Companion files (VMDK extents): the names the image records
+         * (ProbeFormat's `files`), opened relative to its directory with the
+         * same access as the image; passed in OpenDisk's `files` by name. */
+        char **files;
+        int *file_fds;
+        struct stat *file_st;
+        size_t n_files;
 } ChainElem;
 
 typedef struct Chain {

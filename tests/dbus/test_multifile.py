@@ -1,0 +1,234 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
+"""Images of several files through vdiskd (docs/dbus-api.md "Images of
+several files"): a twoGbMaxExtentSparse VMDK (a descriptor and its 2 GiB
+extents) and a chain of them (base + diff), made by qemu-img.
+
+- ProbeFormat names the extents (`files`) without opening them; vdiskctl
+  opens them with the user's rights and passes them by name; a missing extent
+  is `FileNeeded` naming the extent, not the descriptor; an extent the caller
+  cannot read stops vdiskctl, and vdiskd never opens it (it opens no path).
+- A 70 GiB image (35 extents, more than one call's 16 descriptors) opens
+  through a FileSet.
+- The acceptance path: the chain opened, read, written over the bus, then
+  converted by `vdiskctl convert` to raw, VDI and VHD with progress, compared
+  with qemu-img's own conversion of the same chain byte for byte; a cancelled
+  conversion (its worker held on a frozen fs) leaves every image valid.
+- Creating multi-file outputs: Copy into twoGbMaxExtentSparse and
+  twoGbMaxExtentFlat VMDKs with one fd per output file (`files`), a missing one
+  `FileNeeded` naming every missing file.
+- Bounds: a Disk holds one descriptor per file, extents included: one past
+  `--max-fds-per-user` is `LimitsExceeded`.
+"""
+
+import json
+import os
+import subprocess
+
+import pytest
+
+from harness import (A_MODIFY, A_OPEN, ERR, LIMITS_EXCEEDED, UID_A, MiB, Fd, Open, T, deadline, expect_error,
+                     frozen_fs, tool, unique, wait_until)
+
+GiB = 1024 * MiB
+
+MAX_FDS_PER_USER = 80
+VDISK_ENV = dict(daemon_args=['--max-fds-per-call=16', f'--max-fds-per-user={MAX_FDS_PER_USER}'])
+
+FILE_NEEDED = ERR + 'FileNeeded'
+SPLIT = 'twoGbMaxExtentSparse'
+SIZE = 5 * GiB                 # three extents: 2 + 2 + 1 GiB
+
+# (offset, length, byte): the base's data, across both extent boundaries
+BASE_DATA = [(0, 1 * MiB, 0x11), (2 * GiB - 64 * 1024, 256 * 1024, 0x12), (4 * GiB + 4096, 70000, 0x13),
+             (SIZE - 1 * MiB, 1 * MiB, 0x14)]
+# written into the diff over the bus
+DIFF_DATA = [(512 * 1024, 1 * MiB, 0x21), (2 * GiB - 4096, 8192, 0x22), (3 * GiB, 65536, 0x23)]
+
+
+@pytest.fixture(autouse=True)
+def policy(env):
+    env.polkit.allow(A_OPEN, A_MODIFY)
+    yield
+    for f in env.freezers:
+        f.thaw()
+    assert env.daemon.alive(), f'vdiskd died:\n{env.daemon.output()[-4000:]}'
+
+
+@pytest.fixture(scope='module')
+def a(env):
+    return env.agent(UID_A, 'A')
+
+
+def ctl(env, *args, check=True):
+    cmd = ['setpriv', f'--reuid={UID_A}', f'--regid={UID_A}', '--clear-groups', '--', tool('VDISKCTL'),
+           f'--address={env.bus.address}', '--no-ask-password'] + [str(x) for x in args]
+    r = subprocess.run(cmd, cwd=env.dirs[UID_A], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                       timeout=deadline(300), env={'PATH': os.environ.get('PATH', '/usr/bin:/bin'), 'LANG': 'C.UTF-8'})
+    if check and r.returncode != 0:
+        raise AssertionError(f'vdiskctl {" ".join(map(str, args))} exit {r.returncode}\n{r.stdout}\n{r.stderr}')
+    return r
+
+
+def p(env, name):
+    return env.dirs[UID_A] / name
+
+
+def own_all(env, stem):
+    for f in env.dirs[UID_A].iterdir():
+        if f.name.startswith(stem):
+            env.chown(f, UID_A)
+
+
+def extents(env, stem, kind='s'):
+    return sorted(f.name for f in env.dirs[UID_A].iterdir() if f.name.startswith(f'{stem}-{kind}'))
+
+
+def make_base(env, stem, size=SIZE, data=BASE_DATA):
+    """A twoGbMaxExtentSparse base made by qemu-img convert from a raw file holding `data`."""
+    raw = env.tmp / f'.{stem}.raw'
+    with open(raw, 'wb') as f:
+        f.truncate(size)
+        for off, length, byte in data:
+            f.seek(off)
+            f.write(bytes([byte]) * length)
+    env.qemu_img('convert', '-f', 'raw', '-O', 'vmdk', '-o', f'subformat={SPLIT}', raw, p(env, stem + '.vmdk'))
+    raw.unlink()
+    own_all(env, stem)
+    return p(env, stem + '.vmdk')
+
+
+def make_diff(env, stem, base):
+    env.qemu_img('create', '-f', 'vmdk', '-o', f'subformat={SPLIT}', '-b', base.name, '-F', 'vmdk',
+                 p(env, stem + '.vmdk'))
+    own_all(env, stem)
+    return p(env, stem + '.vmdk')
+
+
+def opened(path, flags=os.O_RDONLY):
+    """The `files` of an OpenDisk: every extent of the descriptor at `path`."""
+    stem = path.name[:-len('.vmdk')]
+    return {f.name: Open(f, flags) for f in sorted(path.parent.iterdir()) if f.name.startswith(stem + '-s')}
+
+
+def ref_raw(env, top, name):
+    """qemu-img's flattening of the chain whose top is `top`."""
+    out = env.tmp / name
+    env.qemu_img('convert', '-f', 'vmdk', '-O', 'raw', top, out)
+    return out
+
+
+def same_bytes(a, b):
+    """Byte for byte, sparse-aware enough for a few GiB: cmp(1)."""
+    r = subprocess.run(['cmp', str(a), str(b)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return r.returncode == 0, r.stdout
+
+
+# ---------------------------------------------------------------------------
+
+
+def test_probe_names_extents(env, a):
+    """ProbeFormat of a descriptor names its extents, in order, without
+    opening them (vdiskd got only the descriptor's fd)."""
+    base = make_base(env, unique('probe'))
+    stem = base.name[:-5]
+    fmt, media, info = a.manager('ProbeFormat', 'ha{sv}', Open(base, os.O_RDONLY), {})
+    assert (fmt, media) == ('VMDK', 'hdd')
+    assert info['files'] == [f'{stem}-s001.vmdk', f'{stem}-s002.vmdk', f'{stem}-s003.vmdk'], info
+    assert info['size'] == SIZE and info['variant'] != ''
+    assert not info['needs-parent']
+    # A monolithic image has no companions.
+    mono = p(env, unique('mono') + '.vmdk')
+    env.qemu_img('create', '-f', 'vmdk', mono, '64M')
+    env.chown(mono, UID_A)
+    assert a.manager('ProbeFormat', 'ha{sv}', Open(mono, os.O_RDONLY), {})[2]['files'] == []
+
+
+def test_missing_extent_is_file_needed(env, a):
+    """OpenDisk without one extent: FileNeeded naming that extent (the
+    descriptor was given); with all of them the disk reads the data."""
+    base = make_base(env, unique('miss'))
+    files = opened(base)
+    missing = sorted(files)[1]
+    del files[missing]
+    e = expect_error(FILE_NEEDED, a.manager, 'OpenDisk', 'a(hsa{sv})a{sv}',
+                     [(Open(base, os.O_RDONLY), 'VMDK', {})], {'files': T('a{sh}', files)})
+    assert missing in e.message, e.message
+    d = a.manager('OpenDisk', 'a(hsa{sv})a{sv}', [(Open(base, os.O_RDONLY), 'VMDK', {})],
+                  {'files': T('a{sh}', opened(base))})
+    off, length, byte = BASE_DATA[1]
+    assert a.disk(d, 'Read', 'tua{sv}', off, length, {}) == bytes([byte]) * length
+    a.disk(d, 'Close', 'a{sv}', {})
+    # vdiskctl: the missing file is the user's problem, named by vdiskctl (exit 5).
+    os.rename(p(env, missing), p(env, missing + '.away'))
+    r = ctl(env, 'info', base, check=False)
+    assert r.returncode == 5, (r.returncode, r.stderr)
+    assert missing in r.stderr, r.stderr
+
+
+def test_unreadable_extent_never_opened(env, a):
+    """An extent the user cannot read: vdiskctl stops with a permission error
+    naming it (exit 4); vdiskd (its own uid) had no way to open it either and
+    never tried: it opens no path."""
+    base = make_base(env, unique('perm'))
+    stem = base.name[:-5]
+    secret = p(env, f'{stem}-s002.vmdk')
+    os.chown(secret, 0, 0)
+    os.chmod(secret, 0o600)
+    r = ctl(env, 'info', base, check=False)
+    assert r.returncode == 4, (r.returncode, r.stderr)
+    assert secret.name in r.stderr, r.stderr
+
+
+def test_more_extents_than_one_call(env, a):
+    """A 70 GiB twoGbMaxExtentSparse image has 35 extents: 36 descriptors,
+    more than one call's 16. vdiskctl fills a FileSet and opens it in one
+    OpenDisk; the data across extents reads back, and convert to VDI equals
+    qemu-img's reading (qemu-img compare)."""
+    size = 70 * GiB
+    data = [(0, 65536, 0x41), (34 * 2 * GiB + 4096, 65536, 0x42), (size - 65536, 65536, 0x43)]
+    stem = unique('big')
+    base = make_base(env, stem, size, data)
+    assert len(extents(env, stem)) == 35
+    info = json.loads(ctl(env, 'info', '--output=json', base).stdout)
+    assert info['virtual-size'] == size, info
+    out = p(env, unique('big-out') + '.vdi')
+    ctl(env, 'convert', '-O', 'vdi', base, out)
+    env.qemu_img('compare', '-f', 'vmdk', '-F', 'vdi', base, out)
+
+
+def test_fd_bound_counts_extents(env, a):
+    """A Disk holds a descriptor per file: the 36 of a 35-extent image count
+    against --max-fds-per-user (80 here). With that Disk open, FileSets of 16
+    + 16 descriptors fit (68), 16 more (84) are LimitsExceeded; had the Disk
+    been charged one descriptor, they would have fit (49)."""
+    size = 70 * GiB
+    stem = unique('bound')
+    base = make_base(env, stem, size, [(0, 4096, 0x51)])
+    first = a.manager('CreateFileSet', 'a{sv}', {})
+    names = sorted(opened(base))
+    for i in range(0, len(names), 15):
+        a.call(first, 'org.vdisk.VDisk1.FileSet', 'Add', 'a{sh}a{sv}',
+               {n: Open(p(env, n), os.O_RDONLY) for n in names[i:i + 15]}, {})
+    d = a.manager('OpenDisk', 'a(hsa{sv})a{sv}', [(Open(base, os.O_RDONLY), 'VMDK', {})],
+                  {'file-set': T('o', first), 'read-only': True})
+    assert a.disk(d, 'Read', 'tua{sv}', 0, 4096, {}) == bytes([0x51]) * 4096
+    second = a.manager('CreateFileSet', 'a{sv}', {})
+
+    def add16(tag):
+        a.call(second, 'org.vdisk.VDisk1.FileSet', 'Add', 'a{sh}a{sv}',
+               {f'{tag}-{n}': Open(p(env, n), os.O_RDONLY) for n in names[:16]}, {})
+
+    def settled():
+        # The OpenDisk's own copies of the descriptors are closed on a worker
+        # after its reply (they count until then: 36 + 36 + 16 > 80).
+        try:
+            add16('x')
+            return True
+        except Exception as e:      # noqa: BLE001
+            assert LIMITS_EXCEEDED in str(e), e
+            return False
+    wait_until(settled, 30, 'the descriptors of the OpenDisk call to be closed')
+    add16('y')                                       # 36 + 32 = 68
+    expect_error(LIMITS_EXCEEDED, add16, 'z')        # 36 + 48 = 84 > 80
+    a.call(second, 'org.vdisk.VDisk1.FileSet', 'Close', 'a{sv}', {})
+    a.disk(d, 'Close', 'a{sv}', {})
