@@ -878,9 +878,15 @@ static int start_operation_on(Call *c, Disk *d, OpKind kind) {
 
 static int start_operation(Call *c, OpKind kind) {
         Disk *d = disk_usable(c);
+        int r;
 
         if (!d)
                 return 0;
+        /* CreateBase, CreateDiff, Copy: the output's companion files
+         * (`files`, `file-set`). */
+        r = call_take_file_set(c);
+        if (r <= 0)
+                return r;
         return start_operation_on(c, d, kind);
 }
 
@@ -1028,7 +1034,7 @@ static int method_create_base(sd_bus_message *msg, void *userdata, sd_bus_error 
                 r = sd_bus_message_read(msg, "t", &c->t1);
         if (r >= 0)
                 r = options_parse(msg, OPT_VARIANT | OPT_BLOCK_SIZE | OPT_UUID | OPT_COMMENT | OPT_PCHS | OPT_LCHS |
-                                  OPT_FORMAT_OPTIONS | OPT_DISPLAY_NAME, &c->options, error);
+                                  OPT_FORMAT_OPTIONS | OPT_DISPLAY_NAME | OPT_FILES | OPT_FILE_SET, &c->options, error);
         if (r < 0)
                 return r;
         if (c->t1 == 0)
@@ -1051,7 +1057,7 @@ static int method_create_diff(sd_bus_message *msg, void *userdata, sd_bus_error 
                 r = read_format_arg(c, msg, true, error);
         if (r >= 0)
                 r = options_parse(msg, OPT_UUID | OPT_COMMENT | OPT_SIZE | OPT_BLOCK_SIZE | OPT_FORMAT_OPTIONS |
-                                  OPT_DISPLAY_NAME, &c->options, error);
+                                  OPT_DISPLAY_NAME | OPT_FILES | OPT_FILE_SET, &c->options, error);
         if (r < 0)
                 return r;
         return call_dispatch(TAKE_PTR(c));
@@ -1069,7 +1075,7 @@ static int method_copy(sd_bus_message *msg, void *userdata, sd_bus_error *error)
         if (r >= 0)
                 r = options_parse(msg, OPT_SIZE | OPT_VARIANT | OPT_BLOCK_SIZE | OPT_UUID | OPT_COMMENT |
                                   OPT_FORMAT_OPTIONS | OPT_SPARSE_SIZE | OPT_OPEN | OPT_DISPLAY_NAME |
-                                  OPT_DIRECT_FD | OPT_PERSIST,
+                                  OPT_DIRECT_FD | OPT_PERSIST | OPT_FILES | OPT_FILE_SET,
                                   &c->options, error);
         if (r < 0)
                 return r;

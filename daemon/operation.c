@@ -123,7 +123,7 @@ int operation_take_call(Operation *o, Call *c) {
         o->fd = TAKE_FD(c->fd);
         o->fd_writable = c->fd_writable;
         /* The descriptors move from the call's charge to ours until the work ends. */
-        o->n_fds_charged = (o->fd >= 0) + !!(c->options.set & OPT_DIRECT_FD);
+        o->n_fds_charged = (o->fd >= 0) + !!(c->options.set & OPT_DIRECT_FD) + (unsigned) c->options.n_files;
         user_charge_fds(o->user, o->n_fds_charged, 0);
         o->format = TAKE_PTR(c->format);
         o->options = c->options;
@@ -280,6 +280,8 @@ static void op_run(Task *t) {
         vdisk_disk *vd = o->disk->vd;
         vdisk_disk *dst = NULL;
         vdisk_io *io = NULL;
+        vdisk_resolver *res = NULL;
+        FilesResolver *fr = NULL;
         bool creates = IN_SET3(o->kind, OP_CREATE, OP_CREATE_DIFF, OP_COPY);
         int r = 0;
 
@@ -295,11 +297,28 @@ static void op_run(Task *t) {
                  * because a failure truncates the destination, which is only
                  * harmless while it is empty. Refused, it is left as it was. */
                 r = fd_vet(o->fd, FD_NEED_EMPTY, "fd", NULL, &o->outcome);
+                /* The output's companion files (extents of a split VMDK),
+                 * matched by the name the new image gives them: empty too,
+                 * as a failure truncates them. */
+                for (size_t i = 0; r >= 0 && i < o->options.n_files; i++) {
+                        FileArg *f = &o->options.files[i];
+                        struct stat st = {};
+
+                        r = fd_vet(f->fd, FD_NEED_EMPTY, f->name, &st, &o->outcome);
+                        f->dev = st.st_dev;
+                        f->ino = st.st_ino;
+                }
+                if (r >= 0 && o->options.n_files > 0) {
+                        r = files_resolver_new(o->options.files, o->options.n_files, &fr, &res);
+                        if (r < 0)
+                                outcome_set(&o->outcome, r);
+                }
                 if (r < 0) {
                         (void) op_enter_finishing(o);
                         (void) disk_info_read(vd, &o->info);
                         return;
                 }
+                o->create.resolver = res;
         }
         /* libvdisk's create takes no progress object: it cannot be stopped
          * once it runs, so Cancel is refused from here on (Cancelable false). */
@@ -424,7 +443,15 @@ finish:
                                      msg ? msg : strerror(-r)) < 0)
                                 o->outcome.message = NULL;
                 }
+                for (size_t i = 0; i < o->options.n_files; i++)
+                        if (o->options.files[i].writable)
+                                (void) ftruncate(o->options.files[i].fd, 0);
         }
+        /* A Copy `open` Disk may keep the resolver: it must not look at
+         * our options any more. */
+        files_resolver_done_opening(fr);
+        o->create.resolver = NULL;
+        vdisk_resolver_unref(res);
         vdisk_io_unref(io);
         (void) disk_info_read(vd, &o->info);
 }

@@ -733,7 +733,7 @@ static int build_request_failed(int r) {
 /* Descriptors one call may carry: vdiskd's MaxFdsPerCall, and never more than
  * the system bus lets through in one message (it disconnects a client that
  * sends more). */
-static unsigned call_fds_max(Ctx *ctx) {
+unsigned call_fds_max(Ctx *ctx) {
         _cleanup_bus_error_ sd_bus_error error = SD_BUS_ERROR_NULL;
         _cleanup_value_ Value props = {};
         uint64_t n;
@@ -744,19 +744,13 @@ static unsigned call_fds_max(Ctx *ctx) {
         return (unsigned) MAX(MIN(n, (uint64_t) MESSAGE_FDS_MAX), 1u);
 }
 
-/* A descriptor passed by name (`files`, FileSet.Add): the borrowed fd. */
-typedef struct NamedFd {
-        char *key;
-        int fd;
-} NamedFd;
-
-static void named_fds_free(NamedFd *l, size_t n) {
+void named_fds_free(NamedFd *l, size_t n) {
         for (size_t i = 0; i < n; i++)
                 free(l[i].key);
         free(l);
 }
 
-static int named_fds_push(NamedFd **l, size_t *n, char *key, int fd) {
+int named_fds_push(NamedFd **l, size_t *n, char *key, int fd) {
         NamedFd *nl;
 
         if (!key)
@@ -817,17 +811,79 @@ static int chain_companions(const Chain *c, NamedFd **ret, size_t *ret_n) {
         return 0;
 }
 
+int file_set_new_filled(Ctx *ctx, const NamedFd *l, size_t n, unsigned per_call, const char *what, char **ret) {
+        _cleanup_bus_error_ sd_bus_error error = SD_BUS_ERROR_NULL;
+        _cleanup_msg_ sd_bus_message *m = NULL, *reply = NULL;
+        _cleanup_free_ char *fs = NULL;
+        const char *path;
+        int r;
+
+        r = bus_new_call(ctx, VDISK_PATH, VDISK_IFACE_MANAGER, "CreateFileSet", &m);
+        if (r >= 0)
+                r = bus_options_open(m);
+        if (r >= 0)
+                r = bus_options_close(m);
+        if (r < 0)
+                return build_request_failed(r);
+        r = bus_call(ctx, m, 0, &error, &reply);
+        if (r < 0) {
+                if (sd_bus_error_has_name(&error, SD_BUS_ERROR_UNKNOWN_METHOD))
+                        return -EOPNOTSUPP;
+                return log_bus_error(what, &error, r);
+        }
+        r = sd_bus_message_read(reply, "o", &path);
+        if (r < 0 || !(fs = strdup(path))) {
+                log_error("%s: Bad reply from vdiskd", what);
+                return EXIT_FAILURE;
+        }
+        for (size_t i = 0; i < n; i += per_call) {
+                _cleanup_msg_ sd_bus_message *m2 = NULL;
+
+                r = bus_new_call(ctx, fs, VDISK_IFACE_FILE_SET, "Add", &m2);
+                if (r >= 0)
+                        r = sd_bus_message_open_container(m2, 'a', "{sh}");
+                for (size_t k = i; r >= 0 && k < MIN(i + per_call, n); k++)
+                        r = sd_bus_message_append(m2, "{sh}", l[k].key, l[k].fd);
+                if (r >= 0)
+                        r = sd_bus_message_close_container(m2);
+                if (r >= 0)
+                        r = bus_options_open(m2);
+                if (r >= 0)
+                        r = bus_options_close(m2);
+                if (r < 0)
+                        return build_request_failed(r);
+                r = bus_call(ctx, m2, 0, &error, NULL);
+                if (r < 0)
+                        return log_bus_error(what, &error, r);
+        }
+        *ret = TAKE_PTR(fs);
+        return 0;
+}
+
+int bus_append_opt_files(sd_bus_message *m, const NamedFd *l, size_t n) {
+        int r;
+
+        r = sd_bus_message_open_container(m, 'e', "sv");
+        if (r >= 0)
+                r = sd_bus_message_append(m, "s", "files");
+        if (r >= 0)
+                r = sd_bus_message_open_container(m, 'v', "a{sh}");
+        if (r >= 0)
+                r = sd_bus_message_open_container(m, 'a', "{sh}");
+        for (size_t k = 0; r >= 0 && k < n; k++)
+                r = sd_bus_message_append(m, "{sh}", l[k].key, l[k].fd);
+        for (int q = 0; r >= 0 && q < 3; q++)
+                r = sd_bus_message_close_container(m);
+        return r;
+}
+
 /* A FileSet holding every element but the top and every companion file,
  * filled in calls of at most per_call descriptors. Returns 0 with *ret set,
  * -EOPNOTSUPP when vdiskd has no FileSets, or an exit code (logged). */
 static int chain_file_set(Ctx *ctx, Chain *c, const NamedFd *extra, size_t n_extra, unsigned per_call,
                           char **ret) {
-        _cleanup_bus_error_ sd_bus_error error = SD_BUS_ERROR_NULL;
-        _cleanup_msg_ sd_bus_message *m = NULL, *reply = NULL;
-        _cleanup_free_ char *fs = NULL;
         NamedFd *l = NULL;
         size_t n = 0;
-        const char *path;
         int r;
 
         /* Parents by their base name (public: it names the Image), made
@@ -850,55 +906,9 @@ static int chain_file_set(Ctx *ctx, Chain *c, const NamedFd *extra, size_t n_ext
                 if (named_fds_push(&l, &n, strdup(extra[k].key), extra[k].fd) < 0)
                         goto oom;
 
-        r = bus_new_call(ctx, VDISK_PATH, VDISK_IFACE_MANAGER, "CreateFileSet", &m);
-        if (r >= 0)
-                r = bus_options_open(m);
-        if (r >= 0)
-                r = bus_options_close(m);
-        if (r < 0) {
-                named_fds_free(l, n);
-                return build_request_failed(r);
-        }
-        r = bus_call(ctx, m, 0, &error, &reply);
-        if (r < 0) {
-                named_fds_free(l, n);
-                if (sd_bus_error_has_name(&error, SD_BUS_ERROR_UNKNOWN_METHOD))
-                        return -EOPNOTSUPP;
-                return log_bus_error(c->elems[c->n - 1].path, &error, r);
-        }
-        r = sd_bus_message_read(reply, "o", &path);
-        if (r < 0 || !(fs = strdup(path))) {
-                named_fds_free(l, n);
-                log_error("%s: Bad reply from vdiskd", c->elems[c->n - 1].path);
-                return EXIT_FAILURE;
-        }
-        for (size_t i = 0; i < n; i += per_call) {
-                _cleanup_msg_ sd_bus_message *m2 = NULL;
-
-                r = bus_new_call(ctx, fs, VDISK_IFACE_FILE_SET, "Add", &m2);
-                if (r >= 0)
-                        r = sd_bus_message_open_container(m2, 'a', "{sh}");
-                for (size_t k = i; r >= 0 && k < MIN(i + per_call, n); k++)
-                        r = sd_bus_message_append(m2, "{sh}", l[k].key, l[k].fd);
-                if (r >= 0)
-                        r = sd_bus_message_close_container(m2);
-                if (r >= 0)
-                        r = bus_options_open(m2);
-                if (r >= 0)
-                        r = bus_options_close(m2);
-                if (r < 0) {
-                        named_fds_free(l, n);
-                        return build_request_failed(r);
-                }
-                r = bus_call(ctx, m2, 0, &error, NULL);
-                if (r < 0) {
-                        named_fds_free(l, n);
-                        return log_bus_error(c->elems[c->n - 1].path, &error, r);
-                }
-        }
+        r = file_set_new_filled(ctx, l, n, per_call, c->elems[c->n - 1].path, ret);
         named_fds_free(l, n);
-        *ret = TAKE_PTR(fs);
-        return 0;
+        return r;
 oom:
         named_fds_free(l, n);
         log_error("Out of memory");
@@ -958,19 +968,8 @@ int chain_open_disk(Ctx *ctx, Chain *c, bool read_only) {
                 r = bus_append_opt_bool(m, "read-only", true);
         if (r >= 0 && file_set)
                 r = sd_bus_message_append(m, "{sv}", "file-set", "o", file_set);
-        if (r >= 0 && !file_set && n_extra > 0) {
-                r = sd_bus_message_open_container(m, 'e', "sv");
-                if (r >= 0)
-                        r = sd_bus_message_append(m, "s", "files");
-                if (r >= 0)
-                        r = sd_bus_message_open_container(m, 'v', "a{sh}");
-                if (r >= 0)
-                        r = sd_bus_message_open_container(m, 'a', "{sh}");
-                for (size_t k = 0; r >= 0 && k < n_extra; k++)
-                        r = sd_bus_message_append(m, "{sh}", extra[k].key, extra[k].fd);
-                for (int q = 0; r >= 0 && q < 3; q++)
-                        r = sd_bus_message_close_container(m);
-        }
+        if (r >= 0 && !file_set && n_extra > 0)
+                r = bus_append_opt_files(m, extra, n_extra);
         if (r >= 0)
                 r = bus_options_close(m);
         if (r < 0) {

@@ -278,6 +278,23 @@ typedef struct Chain {
         bool guessed_raw;             /* the top's format was guessed */
 } Chain;
 
+/* A descriptor passed by name (option `files`, FileSet.Add); the fd is borrowed. */
+typedef struct NamedFd {
+        char *key;
+        int fd;
+} NamedFd;
+void named_fds_free(NamedFd *l, size_t n);
+/* Takes key (NULL: -ENOMEM). */
+int named_fds_push(NamedFd **l, size_t *n, char *key, int fd);
+/* Descriptors one call may carry (vdiskd's MaxFdsPerCall, at most the bus's 16). */
+unsigned call_fds_max(Ctx *ctx);
+/* CreateFileSet, then Add in calls of at most per_call descriptors. 0 with
+ * *ret set, -EOPNOTSUPP when vdiskd has no FileSets, or an exit code (logged,
+ * naming `what`). */
+int file_set_new_filled(Ctx *ctx, const NamedFd *l, size_t n, unsigned per_call, const char *what, char **ret);
+/* Appends the option `files` (a{sh}) to an open options array. */
+int bus_append_opt_files(sd_bus_message *m, const NamedFd *l, size_t n);
+
 /* Extra directories searched for parents named by UUID only (--parent-dir). */
 extern char **arg_parent_dirs;
 int parent_dirs_add(const char *dir);

@@ -56,6 +56,7 @@ def policy(env):
 
 @pytest.fixture(scope='module')
 def a(env):
+    env.polkit.allow(A_OPEN, A_MODIFY)
     return env.agent(UID_A, 'A')
 
 
@@ -232,3 +233,169 @@ def test_fd_bound_counts_extents(env, a):
     expect_error(LIMITS_EXCEEDED, add16, 'z')        # 36 + 48 = 84 > 80
     a.call(second, 'org.vdisk.VDisk1.FileSet', 'Close', 'a{sv}', {})
     a.disk(d, 'Close', 'a{sv}', {})
+
+
+# --------------------------------------------------------------------------- the acceptance path
+
+
+@pytest.fixture(scope='module')
+def chain(env, a):
+    """base (qemu-img, data) <- diff (qemu-img, empty), both twoGbMaxExtentSparse;
+    DIFF_DATA written into the diff over the bus (OpenDisk with the extents)."""
+    base = make_base(env, 'cbase')
+    diff = make_diff(env, 'cdiff', base)
+    files = opened(base)
+    files.update(opened(diff, os.O_RDWR))
+    d = a.manager('OpenDisk', 'a(hsa{sv})a{sv}',
+                  [(Open(base, os.O_RDONLY), 'VMDK', {}), (Open(diff, os.O_RDWR), 'VMDK', {})],
+                  {'files': T('a{sh}', files)})
+    for off, length, byte in DIFF_DATA:
+        a.disk(d, 'Write', 'taya{sv}', off, bytes([byte]) * length, {})
+    # read back across the layers
+    for off, length, byte in DIFF_DATA + BASE_DATA[:1]:
+        got = a.disk(d, 'Read', 'tua{sv}', off, min(length, 1 * MiB), {})
+        want = bytes([byte]) * min(length, 1 * MiB)
+        if (off, length, byte) == BASE_DATA[0]:
+            # the diff's first write covers part of it
+            want = bytearray(want)
+            o, n, b = DIFF_DATA[0]
+            want[o:o + n] = bytes([b]) * (min(len(want), o + n) - o)
+            want = bytes(want)
+        assert got == want, (off, length)
+    a.disk(d, 'Close', 'a{sv}', {})
+    env.qemu_img('check', base)
+    env.qemu_img('check', diff)
+    return base, diff, ref_raw(env, diff, 'chain-ref.raw')
+
+
+@pytest.mark.parametrize('fmt', ['raw', 'vdi', 'vpc'])
+def test_chain_convert_equals_qemu(env, a, chain, fmt):
+    """vdiskctl convert -p of the chain (opened by its top: vdiskctl finds the
+    base by parentFileNameHint and every extent) equals qemu-img's flattening of
+    the same chain: raw byte for byte (cmp), VDI and VHD by qemu-img compare
+    (and check)."""
+    base, diff, ref = chain
+    out = p(env, unique('conv') + '.' + fmt)
+    r = ctl(env, 'convert', '-p', '-O', fmt, diff, out)
+    assert '100.0%' in r.stderr, (r.stdout, r.stderr)     # the progress bar (-p) ended at 100%
+    if fmt == 'raw':
+        ok, why = same_bytes(ref, out)
+        assert ok, why
+    else:
+        if fmt == 'vdi':        # qemu-img has no check for vpc
+            env.qemu_img('check', '-f', fmt, out)
+        env.qemu_img('compare', '-f', 'raw', '-F', fmt, ref, out)
+
+
+@pytest.mark.parametrize('sub', ['twoGbMaxExtentSparse', 'twoGbMaxExtentFlat'])
+def test_convert_into_split_vmdk(env, a, chain, sub):
+    """convert into a split VMDK: vdiskctl creates the three extents by the
+    documented rule and passes them; qemu-img reads the result equal to the
+    chain, and checks it."""
+    base, diff, ref = chain
+    stem = unique('split')
+    out = p(env, stem + '.vmdk')
+    ctl(env, 'convert', '-O', 'vmdk', '-o', f'subformat={sub}', diff, out)
+    kind = 's' if 'Sparse' in sub else 'f'
+    assert extents(env, stem, kind) == [f'{stem}-{kind}00{i}.vmdk' for i in (1, 2, 3)]
+    if 'Sparse' in sub:
+        env.qemu_img('check', out)
+    env.qemu_img('compare', '-f', 'raw', '-F', 'vmdk', ref, out)
+
+
+def test_create_split_vmdk(env, a):
+    """vdiskctl create of a twoGbMaxExtentSparse base: qemu-img checks it
+    and sees the size; a diff on it, also split, is read by qemu-img."""
+    stem = unique('cre')
+    out = p(env, stem + '.vmdk')
+    ctl(env, 'create', '-f', 'vmdk', '-o', f'subformat={SPLIT}', out, str(SIZE))
+    assert len(extents(env, stem)) == 3
+    env.qemu_img('check', out)
+    info = json.loads(env.qemu_img('info', '--output=json', out).stdout)
+    assert info['virtual-size'] == SIZE
+    top = p(env, stem + '-top.vmdk')
+    ctl(env, 'create', '-f', 'vmdk', '-o', f'subformat={SPLIT}', '-b', out.name, '-F', 'vmdk', top)
+    env.qemu_img('check', top)
+    env.qemu_img('compare', out, top)
+
+
+def test_copy_missing_output_extent(env, a, chain):
+    """Copy into a split VMDK without one of its extent fds: the Operation
+    fails with FileNeeded naming that extent, and every output file is left
+    empty (truncated)."""
+    base, diff, _ = chain
+    files = opened(base)
+    files.update(opened(diff))
+    d = a.manager('OpenDisk', 'a(hsa{sv})a{sv}',
+                  [(Open(base, os.O_RDONLY), 'VMDK', {}), (Open(diff, os.O_RDONLY), 'VMDK', {})],
+                  {'files': T('a{sh}', files), 'read-only': True})
+    stem = unique('cmiss')
+    desc = env.empty_file(UID_A, stem + '.vmdk')
+    outs = {f'{stem}-s00{i}.vmdk': env.empty_file(UID_A, f'{stem}-s00{i}.vmdk') for i in (1, 3)}
+    op = a.disk(d, 'Copy', 'hsa{sv}', Open(desc, os.O_RDWR), 'VMDK',
+                {'format-options': T('a{ss}', {'subformat': SPLIT}), 'display-name': desc.name,
+                 'files': T('a{sh}', {n: Open(f, os.O_RDWR) for n, f in outs.items()})})
+    state, name, msg = a.wait_op_raw(op)
+    assert (state, name) == ('failed', FILE_NEEDED), (state, name, msg)
+    assert f'{stem}-s002.vmdk' in msg, msg
+    assert desc.stat().st_size == 0 and all(f.stat().st_size == 0 for f in outs.values())
+    # With every file it succeeds, and qemu-img reads what vdiskd wrote.
+    outs[f'{stem}-s002.vmdk'] = env.empty_file(UID_A, f'{stem}-s002.vmdk')
+    op = a.disk(d, 'Copy', 'hsa{sv}', Open(desc, os.O_RDWR), 'VMDK',
+                {'format-options': T('a{ss}', {'subformat': SPLIT}), 'display-name': desc.name,
+                 'files': T('a{sh}', {n: Open(f, os.O_RDWR) for n, f in outs.items()})})
+    assert a.wait_op_raw(op)[:2] == ('succeeded', '')
+    a.disk(d, 'Close', 'a{sv}', {})
+    env.qemu_img('check', desc)
+    env.qemu_img('compare', diff, desc)
+
+
+def test_cancel_convert_leaves_images_valid(env, a, chain):
+    """vdiskctl convert interrupted (SIGINT) while its Copy is held on a frozen
+    file system: vdiskctl cancels the operation, which ends `cancelled`; the
+    destination is truncated and every image of the chain still checks."""
+    base, diff, _ = chain
+    frz = frozen_fs(env)
+    out = frz.empty_file(UID_A, unique('frozen') + '.vdi')
+    frz.freeze()
+    cmd = ['setpriv', f'--reuid={UID_A}', f'--regid={UID_A}', '--clear-groups', '--', tool('VDISKCTL'),
+           f'--address={env.bus.address}', '--no-ask-password', 'convert', '-O', 'vdi', str(diff), str(out)]
+    proc = subprocess.Popen(cmd, cwd=env.dirs[UID_A], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={'PATH': os.environ.get('PATH', '/usr/bin:/bin'), 'LANG': 'C.UTF-8'})
+    try:
+        def running_copy():
+            for path, ifaces in env.watcher.managed_objects().items():
+                o = ifaces.get('org.vdisk.VDisk1.Operation')
+                if o and o['Kind'] == 'copy' and o['State'] == 'running' and o['StartedByUID'] == UID_A:
+                    return path
+            return None
+        wait_until(lambda: running_copy() is not None, 60, 'the copy to run (held on the frozen fs)')
+        op = running_copy()
+        proc.send_signal(2)
+        wait_until(lambda: env.watcher.get(op, 'org.vdisk.VDisk1.Operation', 'State') == 'cancelling', 30,
+                   'the copy to be cancelling')
+    finally:
+        frz.thaw()
+    stdout, stderr = proc.communicate(timeout=deadline(120))
+    assert proc.returncode == 130, (proc.returncode, stdout, stderr)
+    assert env.watcher.get(op, 'org.vdisk.VDisk1.Operation', 'State') == 'cancelled'
+    assert out.stat().st_size == 0
+    env.qemu_img('check', base)
+    env.qemu_img('check', diff)
+    ctl(env, 'check', diff)
+
+
+def test_convert_output_through_file_set(env, a, chain):
+    """An output of more files than one call carries: the chain converted into
+    a 34 GiB twoGbMaxExtentSparse VMDK (`-o size`) has 17 extents; vdiskctl
+    passes them through a FileSet named in Copy's `file-set`. qemu-img reads
+    the chain's content and zeros beyond it, and checks the image."""
+    base, diff, ref = chain
+    stem = unique('fsout')
+    out = p(env, stem + '.vmdk')
+    ctl(env, 'convert', '-O', 'vmdk', '-o', f'subformat={SPLIT},size={34 * GiB}', diff, out)
+    assert len(extents(env, stem)) == 17
+    env.qemu_img('check', out)
+    info = json.loads(env.qemu_img('info', '--output=json', out).stdout)
+    assert info['virtual-size'] == 34 * GiB
+    env.qemu_img('compare', '-f', 'raw', '-F', 'vmdk', ref, out)
