@@ -242,7 +242,8 @@ static int build_failed(int r);
  * docs/dbus-api.md ("Images of several files"): an image whose display name
  * is STEM.vmdk (the output's base name), subformat twoGbMaxExtentSparse or
  * twoGbMaxExtentFlat, of SIZE bytes, has ceil(SIZE / 2 GiB) extents
- * STEM-s001.vmdk, STEM-s002.vmdk, ... (Flat: STEM-f001.vmdk ...). */
+ * STEM-s001.vmdk, STEM-s002.vmdk, ... (Flat: STEM-f001.vmdk ...);
+ * monolithicFlat has one, STEM-flat.vmdk. */
 typedef struct Companions {
         char **names;           /* as the image will record them */
         char **paths;           /* next to the output */
@@ -262,7 +263,8 @@ static int companion_names(const char *backend, OptList *opts, const char *displ
         bool flat;
 
         *ret = NULL;
-        if (strcasecmp(backend, "VMDK") != 0 || !sub || strncmp(sub, "twoGbMaxExtent", 14) != 0)
+        if (strcasecmp(backend, "VMDK") != 0 || !sub ||
+            (strncmp(sub, "twoGbMaxExtent", 14) != 0 && !streq(sub, "monolithicFlat")))
                 return 0;
         flat = strstr(sub, "Flat") != NULL;
         stem = strdup(display);
@@ -271,14 +273,28 @@ static int companion_names(const char *backend, OptList *opts, const char *displ
         len = strlen(stem);
         if (len > 5 && strcasecmp(stem + len - 5, ".vmdk") == 0)
                 stem[len - 5] = 0;
+        if (streq(sub, "monolithicFlat")) {
+                _cleanup_free_ char *name = NULL;
+
+                if (asprintf(&name, "%s-flat.vmdk", stem) < 0) {
+                        name = NULL;
+                        return -ENOMEM;
+                }
+                if (strv_push(&l, &n, name) < 0)
+                        return -ENOMEM;
+                *ret = TAKE_PTR(l);
+                return 0;
+        }
         count = (ALIGN_UP(size, UINT64_C(512)) + VMDK_EXTENT_BYTES - 1) / VMDK_EXTENT_BYTES;
         if (count > 65536)
                 return -E2BIG;
         for (uint64_t i = 1; i <= count; i++) {
                 _cleanup_free_ char *name = NULL;
 
-                if (asprintf(&name, "%s-%c%03" PRIu64 ".vmdk", stem, flat ? 'f' : 's', i) < 0)
+                if (asprintf(&name, "%s-%c%03" PRIu64 ".vmdk", stem, flat ? 'f' : 's', i) < 0) {
+                        name = NULL;
                         return -ENOMEM;
+                }
                 if (strv_push(&l, &n, name) < 0)
                         return -ENOMEM;
         }

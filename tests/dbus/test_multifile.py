@@ -287,17 +287,20 @@ def test_chain_convert_equals_qemu(env, a, chain, fmt):
         env.qemu_img('compare', '-f', 'raw', '-F', fmt, ref, out)
 
 
-@pytest.mark.parametrize('sub', ['twoGbMaxExtentSparse', 'twoGbMaxExtentFlat'])
+@pytest.mark.parametrize('sub', ['twoGbMaxExtentSparse', 'twoGbMaxExtentFlat', 'monolithicFlat'])
 def test_convert_into_split_vmdk(env, a, chain, sub):
-    """convert into a split VMDK: vdiskctl creates the three extents by the
-    documented rule and passes them; qemu-img reads the result equal to the
-    chain, and checks it."""
+    """convert into a VMDK of several files: vdiskctl creates the extents
+    (three of 2 GiB, or one -flat file) by the documented rule and passes them;
+    qemu-img reads the result equal to the chain, and checks it."""
     base, diff, ref = chain
     stem = unique('split')
     out = p(env, stem + '.vmdk')
     ctl(env, 'convert', '-O', 'vmdk', '-o', f'subformat={sub}', diff, out)
     kind = 's' if 'Sparse' in sub else 'f'
-    assert extents(env, stem, kind) == [f'{stem}-{kind}00{i}.vmdk' for i in (1, 2, 3)]
+    if sub == 'monolithicFlat':
+        assert extents(env, stem, kind) == [f'{stem}-flat.vmdk']
+    else:
+        assert extents(env, stem, kind) == [f'{stem}-{kind}00{i}.vmdk' for i in (1, 2, 3)]
     if 'Sparse' in sub:
         env.qemu_img('check', out)
     env.qemu_img('compare', '-f', 'raw', '-F', 'vmdk', ref, out)
