@@ -402,3 +402,21 @@ def test_convert_output_through_file_set(env, a, chain):
     info = json.loads(env.qemu_img('info', '--output=json', out).stdout)
     assert info['virtual-size'] == 34 * GiB
     env.qemu_img('compare', '-f', 'raw', '-F', 'vmdk', ref, out)
+
+
+def test_commit_into_split_base(env, a, chain):
+    """vdiskctl commit of the chain (a copy of it, in its own directory):
+    the merge writes into the base's extents, which vdiskctl passed O_RDWR and
+    vdiskd reopens by name after the open; qemu-img then reads the base equal
+    to the chain and checks it."""
+    base, diff, ref = chain
+    d = p(env, unique('commit'))
+    d.mkdir()
+    env.chown(d, UID_A, 0o700)
+    for f in sorted(env.dirs[UID_A].iterdir()):
+        if f.name.startswith(('cbase', 'cdiff')):
+            env.run('cp', '--sparse=always', f, d / f.name)
+            env.chown(d / f.name, UID_A)
+    ctl(env, 'commit', d / diff.name)
+    env.qemu_img('check', d / base.name)
+    env.qemu_img('compare', '-f', 'raw', '-F', 'vmdk', ref, d / base.name)
