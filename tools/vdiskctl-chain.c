@@ -250,11 +250,6 @@ static int elem_open(Resolver *res, const char *path, bool writable, bool follow
                 elem_clear(&e);
                 return r;
         }
-        r = elem_open_files(&e);
-        if (r != 0) {
-                elem_clear(&e);
-                return r;
-        }
         *ret = e;
         return 0;
 }
@@ -492,7 +487,7 @@ static int open_parent(Resolver *res, ChainElem *elems, unsigned n) {
         _cleanup_free_ char *path = NULL;
         ChainElem *e = &elems[n];
         const char *uuid;
-        bool follow;
+        bool follow, same_format;
         int r;
 
         if (*pname) {
@@ -524,7 +519,22 @@ static int open_parent(Resolver *res, ChainElem *elems, unsigned n) {
         }
 
         /* Parents are opened with the format the child records, never a
-         * probed guess. */
+         * probed guess. Its companion files are those of the probed format. */
+        {
+                const char *bname = NULL;
+
+                if (*pfmt && !backend_find(res->ctx, pfmt, &bname))
+                        bname = NULL;
+                same_format = !*pfmt || strcasecmp(pfmt, e->format) == 0 ||
+                              (bname && strcasecmp(bname, e->format) == 0);
+        }
+        if (same_format) {
+                r = elem_open_files(e);
+                if (r != 0) {
+                        elem_clear(e);
+                        return r;
+                }
+        }
         if (*pfmt) {
                 const char *name = NULL;
 
@@ -596,10 +606,18 @@ int chain_resolve(Ctx *ctx, const char *filename, const char *format, unsigned f
                         r = EXIT_FAILURE;
                         goto finish;
                 }
-                /* Read as another format, the probe's parent info is moot. */
+                /* Read as another format, the probe's parent info and
+                 * companion files are moot. */
                 if (!same)
                         flags |= CHAIN_TOP_ONLY;
-        } else if (value_bool(&elems[0].info, "guessed-raw", false)) {
+                else
+                        r = elem_open_files(&elems[0]);
+        } else {
+                r = elem_open_files(&elems[0]);
+        }
+        if (r != 0)
+                goto finish;
+        if (!backend && value_bool(&elems[0].info, "guessed-raw", false)) {
                 ret->guessed_raw = true;
                 if (elems[0].writable && (flags & CHAIN_GUESSED_RAW_OK)) {
                         fflush(stdout);
