@@ -185,6 +185,7 @@ void disk_remove(Disk *d) {
                 d->user->n_persistent--;
                 d->persistent = false;
         }
+        d->fr = NULL;           /* freed with vd's resolver */
         trash_vd(&trash, TAKE_PTR(d->vd), d->n_fds_charged);
         trash_empty(m, d->user, &trash);
         assert(d->user->n_fds >= d->n_fds_charged && d->user->n_disks > 0);
@@ -501,11 +502,31 @@ static void open_run(Task *t) {
         if (r >= 0) {
                 if (vdisk_disk_count(vd) == 0) {
                         r = files_resolver_new(c->options.files, c->options.n_files, &fr, &res);
-                        if (r >= 0)
+                        if (r >= 0) {
+                                /* The disk keeps the resolver (and drops the one
+                                 * it had): later opens add their files to it. */
                                 r = vdisk_disk_open_chain(vd, res, io, format, flags);
-                        files_resolver_done_opening(fr);
+                                c->disk->fr = r >= 0 ? fr : NULL;
+                        }
+                } else if (c->options.n_files > 0) {
+                        /* The image's companion files (or the candidates its
+                         * format looks for) come with this call: through the
+                         * disk's resolver, which libvdisk asks. */
+                        if (!c->disk->fr) {
+                                r = files_resolver_new(NULL, 0, &fr, &res);
+                                if (r >= 0)
+                                        r = vdisk_disk_set_resolver(vd, res);
+                                if (r >= 0)
+                                        c->disk->fr = fr;
+                        }
+                        fr = c->disk->fr;
+                        if (r >= 0 && fr)
+                                r = files_resolver_begin_opening(fr, c->options.files, c->options.n_files);
+                        if (r >= 0)
+                                r = vdisk_disk_open(vd, io, format, flags);
                 } else
                         r = vdisk_disk_open(vd, io, format, flags);
+                files_resolver_done_opening(fr);
         }
         outcome_set(&c->outcome, r);
         (void) disk_info_read(vd, &c->info);
@@ -593,8 +614,10 @@ static void close_run(Task *t) {
          * one at a time, so no operation runs on it now. */
         r = vdisk_disk_close(vd);
         outcome_set(&c->outcome, r);
-        if (r != -EBUSY)
+        if (r != -EBUSY) {
                 c->disk->vd = NULL;
+                c->disk->fr = NULL;
+        }
 }
 
 static void close_done(Task *t, bool cancelled) {

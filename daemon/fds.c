@@ -336,6 +336,20 @@ void files_resolver_done_opening(FilesResolver *fr) {
         fr->n_files = 0;
 }
 
+int files_resolver_begin_opening(FilesResolver *fr, FileArg *files, size_t n_files) {
+        int r;
+
+        for (size_t i = 0; i < n_files; i++)
+                if (files[i].writable) {
+                        r = resolver_add_writable(fr, files[i].fd, files[i].dev, files[i].ino, files[i].name);
+                        if (r < 0)
+                                return r;
+                }
+        fr->files = files;
+        fr->n_files = n_files;
+        return 0;
+}
+
 int files_resolver_new(FileArg *files, size_t n_files, FilesResolver **ret_fr, vdisk_resolver **ret) {
         FilesResolver *fr;
         int r;

@@ -670,6 +670,7 @@ static void open_disk_run(Task *t) {
         } else {
                 outcome_set(&c->outcome, 0);
                 c->new_vd = d;
+                c->new_fr = fr;
         }
         vdisk_resolver_unref(res);
 }
@@ -692,7 +693,9 @@ static void open_disk_done(Task *t, bool cancelled) {
                 call_fail(c, r, NULL, "Failed to publish the disk: %s", strerror(-r));
                 return;
         }
+        d->fr = c->new_fr;
         c->new_vd = NULL;
+        c->new_fr = NULL;
         r = sd_bus_reply_method_return(c->message, "o", d->path);
         if (r < 0)
                 log_error("Failed to reply to OpenDisk: %s", strerror(-r));

@@ -311,6 +311,11 @@ typedef struct FilesResolver FilesResolver;
 int files_resolver_new(FileArg *files, size_t n_files, FilesResolver **ret_fr, vdisk_resolver **ret);
 int files_resolver_add_writable(FilesResolver *fr, int fd, dev_t dev, ino_t ino);
 void files_resolver_done_opening(FilesResolver *fr);
+/* A later open on the same disk (Disk.Open on a non-empty Disk): the call's
+ * files are candidates (companion files by name) until
+ * files_resolver_done_opening(); its writable ones are kept like those of the
+ * first open. */
+int files_resolver_begin_opening(FilesResolver *fr, FileArg *files, size_t n_files);
 
 /* ------------------------------------------------------------ objects */
 
@@ -344,6 +349,7 @@ struct Disk {
         User *user;                      /* the owner's record (ref) */
         unsigned n_fds_charged;          /* descriptors charged to it: one per image */
         vdisk_disk *vd;                  /* touched only by the task that holds the disk */
+        FilesResolver *fr;               /* the resolver vd keeps, when vdiskd gave it one: likewise */
         Image **images;                  /* chain order */
         unsigned n_images;
         uint64_t size;
@@ -685,6 +691,7 @@ struct Call {
         void *result;                   /* method-specific worker output */
         void (*result_free)(void *p);
         vdisk_disk *new_vd;
+        FilesResolver *new_fr;           /* new_vd's resolver (OpenDisk) */
         NewImageName *names;
         size_t n_names;
 

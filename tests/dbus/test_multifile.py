@@ -448,3 +448,23 @@ def test_commit_into_split_base(env, a, chain):
     ctl(env, 'commit', d / diff.name)
     env.qemu_img('check', d / base.name)
     env.qemu_img('compare', '-f', 'raw', '-F', 'vmdk', ref, d / base.name)
+
+
+def test_disk_open_image_by_image(env, a, chain):
+    """A chain built image by image (CreateDisk, then Disk.Open of the base and
+    of the diff, each with its own extents in `files`): the later Open finds
+    its extents too; without them it is FileNeeded naming one."""
+    base, diff, _ = chain
+    d = a.manager('CreateDisk', 'a{sv}', {})
+    a.disk(d, 'Open', 'hsa{sv}', Open(base, os.O_RDONLY), 'VMDK',
+           {'files': T('a{sh}', opened(base)), 'read-only': True})
+    e = expect_error(FILE_NEEDED, a.disk, d, 'Open', 'hsa{sv}', Open(diff, os.O_RDONLY), 'VMDK',
+                     {'read-only': True})
+    assert 'cdiff-s001.vmdk' in e.message, e.message
+    a.disk(d, 'Open', 'hsa{sv}', Open(diff, os.O_RDONLY), 'VMDK',
+           {'files': T('a{sh}', opened(diff)), 'read-only': True})
+    for off, length, byte in DIFF_DATA[1:]:
+        assert a.disk(d, 'Read', 'tua{sv}', off, length, {}) == bytes([byte]) * length
+    off, length, byte = BASE_DATA[2]
+    assert a.disk(d, 'Read', 'tua{sv}', off, length, {}) == bytes([byte]) * length
+    a.disk(d, 'Close', 'a{sv}', {})
