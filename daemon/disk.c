@@ -306,7 +306,9 @@ void disk_apply_info(Disk *d, const DiskInfo *info, NewImageName *names, size_t 
                 memcpy(d->lchs, info->lchs, sizeof d->lchs);
                 changed[n_changed++] = "LCHSGeometry";
         }
-        disk_charge_fds(d, MAX(info->n_fds, d->n_images));
+        if (info->have_resolver_fds)
+                d->n_resolver_fds = info->n_resolver_fds;
+        disk_charge_fds(d, MAX(info->n_fds, d->n_images) + d->n_resolver_fds);
         disk_emit_changed(d, changed);
 }
 
@@ -530,6 +532,8 @@ static void open_run(Task *t) {
         }
         outcome_set(&c->outcome, r);
         (void) disk_info_read(vd, &c->info);
+        c->info.have_resolver_fds = true;
+        c->info.n_resolver_fds = files_resolver_n_writable(c->disk->fr);
         vdisk_io_unref(io);
         vdisk_resolver_unref(res);
 }

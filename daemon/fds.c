@@ -16,6 +16,7 @@
  * ever opened by path.
  */
 #include <fcntl.h>
+#include <limits.h>
 #include <string.h>
 #include <sys/stat.h>
 
@@ -334,6 +335,10 @@ void files_resolver_done_opening(FilesResolver *fr) {
                 return;
         fr->files = NULL;
         fr->n_files = 0;
+}
+
+unsigned files_resolver_n_writable(const FilesResolver *fr) {
+        return fr ? (unsigned) MIN(fr->n_writable, (size_t) UINT_MAX / 4) : 0;
 }
 
 int files_resolver_begin_opening(FilesResolver *fr, FileArg *files, size_t n_files) {

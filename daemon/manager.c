@@ -664,6 +664,8 @@ static void open_disk_run(Task *t) {
         files_resolver_done_opening(fr);
         if (r >= 0)
                 r = disk_info_read(d, &c->info);
+        c->info.have_resolver_fds = true;
+        c->info.n_resolver_fds = files_resolver_n_writable(fr);
         if (r < 0) {
                 outcome_set(&c->outcome, r);
                 vdisk_disk_unref(d);   /* on the worker: closing may write, and close() may block */

@@ -111,6 +111,10 @@ typedef struct DiskInfo {
         ImageInfo *images;
         unsigned n_images;
         unsigned n_fds;                      /* descriptors the images hold: each one's and its companions' */
+        /* Set by the opens only: the writable descriptors the disk's
+         * resolver keeps (to reopen lower images and their extents). */
+        bool have_resolver_fds;
+        unsigned n_resolver_fds;
         uint64_t size;
         int read_only;
         uint32_t pchs[3], lchs[3];
@@ -316,6 +320,8 @@ void files_resolver_done_opening(FilesResolver *fr);
  * files_resolver_done_opening(); its writable ones are kept like those of the
  * first open. */
 int files_resolver_begin_opening(FilesResolver *fr, FileArg *files, size_t n_files);
+/* The writable descriptors it keeps. */
+unsigned files_resolver_n_writable(const FilesResolver *fr);
 
 /* ------------------------------------------------------------ objects */
 
@@ -347,7 +353,9 @@ struct Disk {
         char *display_name;
         uid_t owner;
         User *user;                      /* the owner's record (ref) */
-        unsigned n_fds_charged;          /* descriptors charged to it: one per image */
+        unsigned n_fds_charged;          /* descriptors charged to it: one per image and per companion
+                                          * file, and the resolver's writable copies */
+        unsigned n_resolver_fds;         /* the last count an open reported */
         vdisk_disk *vd;                  /* touched only by the task that holds the disk */
         FilesResolver *fr;               /* the resolver vd keeps, when vdiskd gave it one: likewise */
         Image **images;                  /* chain order */

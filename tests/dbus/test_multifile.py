@@ -468,3 +468,39 @@ def test_disk_open_image_by_image(env, a, chain):
     off, length, byte = BASE_DATA[2]
     assert a.disk(d, 'Read', 'tua{sv}', off, length, {}) == bytes([byte]) * length
     a.disk(d, 'Close', 'a{sv}', {})
+
+
+def test_fd_bound_counts_writable_copies(env, a):
+    """Opened writable, the 35 extents are held twice: by the image, and by
+    the disk's resolver (the copies that reopen them for a merge), 71 in all
+    with the descriptor. With --max-fds-per-user 80, 9 more fit and a 10th is
+    LimitsExceeded."""
+    size = 70 * GiB
+    stem = unique('wbound')
+    base = make_base(env, stem, size, [(0, 4096, 0x61)])
+    fs = a.manager('CreateFileSet', 'a{sv}', {})
+    names = sorted(opened(base))
+    for i in range(0, len(names), 15):
+        a.call(fs, 'org.vdisk.VDisk1.FileSet', 'Add', 'a{sh}a{sv}',
+               {n: Open(p(env, n), os.O_RDWR) for n in names[i:i + 15]}, {})
+    d = a.manager('OpenDisk', 'a(hsa{sv})a{sv}', [(Open(base, os.O_RDWR), 'VMDK', {})], {'file-set': T('o', fs)})
+    a.disk(d, 'Write', 'taya{sv}', 34 * 2 * GiB, bytes([0x62]) * 4096, {})
+    assert a.disk(d, 'Read', 'tua{sv}', 34 * 2 * GiB, 4096, {}) == bytes([0x62]) * 4096
+    second = a.manager('CreateFileSet', 'a{sv}', {})
+
+    def add(tag, k):
+        a.call(second, 'org.vdisk.VDisk1.FileSet', 'Add', 'a{sh}a{sv}',
+               {f'{tag}-{n}': Open(p(env, n), os.O_RDONLY) for n in names[:k]}, {})
+
+    def settled():
+        try:
+            add('x', 9)             # 71 + 9 = 80: fits once the OpenDisk's own copies are closed
+            return True
+        except Exception as e:      # noqa: BLE001
+            assert LIMITS_EXCEEDED in str(e), e
+            return False
+    wait_until(settled, 30, 'the descriptors of the OpenDisk call to be closed')
+    expect_error(LIMITS_EXCEEDED, add, 'y', 1)      # 81 > 80
+    a.call(second, 'org.vdisk.VDisk1.FileSet', 'Close', 'a{sv}', {})
+    a.disk(d, 'Close', 'a{sv}', {})
+    env.qemu_img('check', base)
