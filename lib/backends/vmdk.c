@@ -429,10 +429,14 @@ static int open_extents(vmdk_state *s, const open_ctx *c) {
                         r = files_open(c->files, d->file, s->writable ? FILES_WRITE : 0, &e->io);
                         if (r < 0)
                                 return r;
+                        e->size = d->sectors * VMDK_SECTOR;
+                        if (c->list_files) {
+                                e->type = VMDK_EXTENT_ZERO;   /* names only: nothing is read */
+                                break;
+                        }
                         r = io_get_size(e->io, &e->file_size);
                         if (r < 0)
                                 return r;
-                        e->size = d->sectors * VMDK_SECTOR;
                         e->flat_offset = d->offset * VMDK_SECTOR;
                         if (!range_within(e->flat_offset, e->size, e->file_size))
                                 return vdisk_error(-EUCLEAN, "vmdk: flat extent \"%s\" holds %" PRIu64
@@ -445,6 +449,11 @@ static int open_extents(vmdk_state *s, const open_ctx *c) {
                         r = files_open(c->files, d->file, s->writable ? FILES_WRITE : 0, &e->io);
                         if (r < 0)
                                 return r;
+                        if (c->list_files) {
+                                e->type = VMDK_EXTENT_ZERO;   /* names only: nothing is read */
+                                e->size = d->sectors * VMDK_SECTOR;
+                                break;
+                        }
                         r = io_get_size(e->io, &e->file_size);
                         if (r < 0)
                                 return r;
