@@ -143,6 +143,8 @@ typedef struct vmdk_state {
          * written once the stream has passed it, the GD and footer at finish. */
         bool stream, stream_done;
         uint64_t stream_next;           /* file offset where the next marker goes */
+        uint8_t *stream_wbuf;           /* VMDK_WBUF bytes: what goes at [stream_wbuf_off, stream_next) */
+        uint64_t stream_wbuf_off;
         uint64_t stream_min;            /* virtual offset the next grain must reach */
         uint64_t stream_cur_gt;         /* index of the GT being filled, UINT64_MAX = none */
         uint32_t *stream_gt;            /* its entries */
@@ -585,7 +587,9 @@ static void vmdk_close(void *state) {
         vmdk_desc_done(&s->desc);
         free(s->stream_gd);
         free(s->stream_gt);
+        free(s->stream_wbuf);
         s->stream_gd = s->stream_gt = NULL;
+        s->stream_wbuf = NULL;
         if (s->stream_charged)
                 tc_budget_uncharge(s->budget, s->stream_charged);
         s->stream_charged = 0;
@@ -1520,29 +1524,87 @@ done:
         return 0;
 }
 
-static int stream_write_meta(vmdk_state *s, uint32_t type, const void *data, size_t len) {
-        uint8_t m[VMDK_SECTOR] = {};
-        size_t padded = ALIGN_UP(len, (size_t) VMDK_SECTOR);
-        _cleanup_free_ uint8_t *buf = NULL;
+/* The stream is written sequentially through a buffer of VMDK_WBUF bytes
+ * (charged to the budget at creation): grains are some 64 KiB and markers
+ * 512 bytes, and one write each cost a syscall and a trip through the page
+ * cache apiece. The buffer goes out in large writes that start and end on
+ * 4 KiB boundaries, which the fd io sends direct; the tail of less than
+ * 4 KiB stays in the buffer for the next write. */
+#define VMDK_WBUF (UINT64_C(2) << 20)
+#define VMDK_WBUF_ALIGN UINT64_C(4096)
+
+/* Writes what the buffer holds up to the last 4 KiB boundary, or all of it. */
+static int stream_drain(vmdk_state *s, bool all) {
+        uint64_t held = s->stream_next - s->stream_wbuf_off, n;
         int r;
 
-        put_le64(m, padded / VMDK_SECTOR);
-        put_le32(m + 12, type);
-        r = io_pwrite(s->io, m, sizeof m, s->stream_next);
-        if (r < 0)
-                return r;
-        s->stream_next += VMDK_SECTOR;
-        if (len == 0)
+        if (all)
+                n = held;
+        else if (ALIGN_DOWN(s->stream_next, VMDK_WBUF_ALIGN) > s->stream_wbuf_off)
+                n = ALIGN_DOWN(s->stream_next, VMDK_WBUF_ALIGN) - s->stream_wbuf_off;
+        else
+                n = 0;
+        if (n == 0)
                 return 0;
-        buf = calloc(1, padded);
-        if (!buf)
-                return -ENOMEM;
-        memcpy(buf, data, len);
-        r = io_pwrite(s->io, buf, padded, s->stream_next);
+        r = io_pwrite(s->io, s->stream_wbuf, (size_t) n, s->stream_wbuf_off);
         if (r < 0)
                 return r;
-        s->stream_next += padded;
+        memmove(s->stream_wbuf, s->stream_wbuf + n, (size_t) (held - n));
+        s->stream_wbuf_off += n;
         return 0;
+}
+
+/* Appends `len` bytes of `data` and `pad` zero bytes at stream_next. */
+static int stream_append(vmdk_state *s, const void *data, size_t len, size_t pad) {
+        uint64_t total = (uint64_t) len + pad;
+        int r;
+
+        if (s->stream_next - s->stream_wbuf_off + total > VMDK_WBUF) {
+                r = stream_drain(s, false);
+                if (r < 0)
+                        return r;
+        }
+        if (s->stream_next - s->stream_wbuf_off + total > VMDK_WBUF) {
+                /* Larger than the buffer (a GD of a huge disk): written as it is. */
+                _cleanup_free_ uint8_t *buf = NULL;
+
+                r = stream_drain(s, true);
+                if (r < 0)
+                        return r;
+                buf = calloc(1, (size_t) total);
+                if (!buf)
+                        return -ENOMEM;
+                memcpy(buf, data, len);
+                r = io_pwrite(s->io, buf, (size_t) total, s->stream_next);
+                if (r < 0)
+                        return r;
+                s->stream_next += total;
+                s->stream_wbuf_off = s->stream_next;
+                return 0;
+        }
+        memcpy(s->stream_wbuf + (s->stream_next - s->stream_wbuf_off), data, len);
+        memset(s->stream_wbuf + (s->stream_next - s->stream_wbuf_off) + len, 0, pad);
+        s->stream_next += total;
+        return 0;
+}
+
+/* A marker sector of `type` saying `sectors` sectors of metadata follow. */
+static int stream_marker(vmdk_state *s, uint32_t type, uint64_t sectors) {
+        uint8_t m[VMDK_SECTOR] = {};
+
+        put_le64(m, sectors);
+        put_le32(m + 12, type);
+        return stream_append(s, m, sizeof m, 0);
+}
+
+static int stream_write_meta(vmdk_state *s, uint32_t type, const void *data, size_t len) {
+        size_t padded = ALIGN_UP(len, (size_t) VMDK_SECTOR);
+        int r;
+
+        r = stream_marker(s, type, padded / VMDK_SECTOR);
+        if (r < 0)
+                return r;
+        return len == 0 ? 0 : stream_append(s, data, len, padded - len);
 }
 
 /* Writes the GT being filled (if any) and records it in the GD. */
@@ -1554,25 +1616,13 @@ static int stream_close_gt(vmdk_state *s) {
                 return 0;
         for (unsigned i = 0; i < VMDK_GTES_MAX; i++)
                 put_le32(gt + 4 * i, s->stream_gt[i]);
-        r = stream_write_meta(s, VMDK_MARKER_GT, NULL, 0);
+        r = stream_marker(s, VMDK_MARKER_GT, sizeof gt / VMDK_SECTOR);
         if (r < 0)
                 return r;
-        /* The marker says how many sectors follow: rewrite it with the GT's. */
-        s->stream_next -= VMDK_SECTOR;
-        {
-                uint8_t m[VMDK_SECTOR] = {};
-                put_le64(m, sizeof gt / VMDK_SECTOR);
-                put_le32(m + 12, VMDK_MARKER_GT);
-                r = io_pwrite(s->io, m, sizeof m, s->stream_next);
-                if (r < 0)
-                        return r;
-                s->stream_next += VMDK_SECTOR;
-        }
         s->stream_gd[s->stream_cur_gt] = (uint32_t) (s->stream_next / VMDK_SECTOR);
-        r = io_pwrite(s->io, gt, sizeof gt, s->stream_next);
+        r = stream_append(s, gt, sizeof gt, 0);
         if (r < 0)
                 return r;
-        s->stream_next += sizeof gt;
         s->stream_cur_gt = UINT64_MAX;
         return 0;
 }
@@ -1581,7 +1631,8 @@ static int vmdk_stream_write_encoded(void *state, uint64_t offset, size_t len, c
         vmdk_state *s = state;
         uint64_t g = offset / VMDK_STREAM_GRAIN, gt = g / VMDK_GTES_MAX;
         size_t padded = ALIGN_UP(enc_len, (size_t) VMDK_SECTOR);
-        _cleanup_free_ uint8_t *buf = NULL;
+        uint8_t marker[VMDK_MARKER_SIZE];
+        uint64_t at;
         int r;
 
         if (!s->stream || s->stream_done || offset % VMDK_STREAM_GRAIN || offset < s->stream_min ||
@@ -1594,16 +1645,17 @@ static int vmdk_stream_write_encoded(void *state, uint64_t offset, size_t len, c
                 memset(s->stream_gt, 0, VMDK_GTES_MAX * 4);
                 s->stream_cur_gt = gt;
         }
-        buf = calloc(1, padded);
-        if (!buf)
-                return -ENOMEM;
-        memcpy(buf, enc, enc_len);
-        put_le64(buf, g * (VMDK_STREAM_GRAIN / VMDK_SECTOR));
-        r = io_pwrite(s->io, buf, padded, s->stream_next);
+        /* The marker: the grain's lba, then the size encode() put there. */
+        memcpy(marker, enc, VMDK_MARKER_SIZE);
+        put_le64(marker, g * (VMDK_STREAM_GRAIN / VMDK_SECTOR));
+        at = s->stream_next;
+        r = stream_append(s, marker, VMDK_MARKER_SIZE, 0);
         if (r < 0)
                 return r;
-        s->stream_gt[g % VMDK_GTES_MAX] = (uint32_t) (s->stream_next / VMDK_SECTOR);
-        s->stream_next += padded;
+        r = stream_append(s, (const uint8_t *) enc + VMDK_MARKER_SIZE, enc_len - VMDK_MARKER_SIZE, padded - enc_len);
+        if (r < 0)
+                return r;
+        s->stream_gt[g % VMDK_GTES_MAX] = (uint32_t) (at / VMDK_SECTOR);
         s->stream_min = offset + len;
         renew_cid(s);
         return 0;
@@ -1655,38 +1707,29 @@ static int vmdk_finish(void *state) {
                 return -ENOMEM;
         for (uint64_t i = 0; i < s->stream_n_gd; i++)
                 put_le32(gd + 4 * i, s->stream_gd[i]);
-        {
-                uint8_t m[VMDK_SECTOR] = {};
-                put_le64(m, DIV_ROUND_UP(s->stream_n_gd * 4, VMDK_SECTOR));
-                put_le32(m + 12, VMDK_MARKER_GD);
-                r = io_pwrite(s->io, m, sizeof m, s->stream_next);
-                if (r < 0)
-                        return r;
-                s->stream_next += VMDK_SECTOR;
-        }
-        gd_sector = s->stream_next / VMDK_SECTOR;
-        r = io_pwrite(s->io, gd, ALIGN_UP(s->stream_n_gd * 4, (uint64_t) VMDK_SECTOR), s->stream_next);
+        r = stream_marker(s, VMDK_MARKER_GD, DIV_ROUND_UP(s->stream_n_gd * 4, VMDK_SECTOR));
         if (r < 0)
                 return r;
-        s->stream_next += ALIGN_UP(s->stream_n_gd * 4, (uint64_t) VMDK_SECTOR);
+        gd_sector = s->stream_next / VMDK_SECTOR;
+        r = stream_append(s, gd, (size_t) ALIGN_UP(s->stream_n_gd * 4, (uint64_t) VMDK_SECTOR), 0);
+        if (r < 0)
+                return r;
         memcpy(foot, s->stream_header, VMDK_SECTOR);
         put_le64(foot + H_GD, gd_sector);
-        {
-                uint8_t m[VMDK_SECTOR] = {};
-                put_le64(m, 1);
-                put_le32(m + 12, VMDK_MARKER_FOOTER);
-                r = io_pwrite(s->io, m, sizeof m, s->stream_next);
-                if (r < 0)
-                        return r;
-                s->stream_next += VMDK_SECTOR;
-        }
-        r = io_pwrite(s->io, foot, sizeof foot, s->stream_next);
+        r = stream_marker(s, VMDK_MARKER_FOOTER, 1);
         if (r < 0)
                 return r;
-        s->stream_next += VMDK_SECTOR;
+        r = stream_append(s, foot, sizeof foot, 0);
+        if (r < 0)
+                return r;
         r = stream_write_meta(s, VMDK_MARKER_EOS, NULL, 0);
         if (r < 0)
                 return r;
+        r = stream_drain(s, true);
+        if (r < 0)
+                return r;
+        free(s->stream_wbuf);
+        s->stream_wbuf = NULL;
         r = io_flush(s->io);
         if (r < 0)
                 return r;
@@ -1721,7 +1764,7 @@ static int stream_create(vmdk_state *s, const open_ctx *c, uint64_t capacity, co
         s->stream_n_gd = DIV_ROUND_UP(capacity, (VMDK_STREAM_GRAIN / VMDK_SECTOR) * VMDK_GTES_MAX);
         s->stream_cur_gt = UINT64_MAX;
         s->size = capacity * VMDK_SECTOR;
-        s->stream_charged = s->stream_n_gd * 4 + VMDK_GTES_MAX * 4;
+        s->stream_charged = s->stream_n_gd * 4 + VMDK_GTES_MAX * 4 + VMDK_WBUF;
         r = tc_budget_charge(s->budget, s->stream_charged);
         if (r < 0) {
                 s->stream_charged = 0;
@@ -1729,8 +1772,9 @@ static int stream_create(vmdk_state *s, const open_ctx *c, uint64_t capacity, co
         }
         s->stream_gd = calloc(s->stream_n_gd, 4);
         s->stream_gt = calloc(VMDK_GTES_MAX, 4);
+        s->stream_wbuf = buf_alloc(VMDK_WBUF);
         s->ext = calloc(1, sizeof *s->ext);
-        if (!s->stream_gd || !s->stream_gt || !s->ext)
+        if (!s->stream_gd || !s->stream_gt || !s->stream_wbuf || !s->ext)
                 return -ENOMEM;
         s->n_ext = 1;
         s->ext[0] = (vmdk_extent) { .type = VMDK_EXTENT_SPARSE, .io = c->io, .size = s->size,
@@ -1762,7 +1806,7 @@ static int stream_create(vmdk_state *s, const open_ctx *c, uint64_t capacity, co
         r = io_pwrite(c->io, desc, desc_len, VMDK_SECTOR);
         if (r < 0)
                 return r;
-        s->stream_next = VMDK_STREAM_GRAIN;
+        s->stream_next = s->stream_wbuf_off = VMDK_STREAM_GRAIN;
         return vmdk_desc_parse(desc, desc_len, &s->desc) < 0 ? -EINVAL : 0;
 }
 

@@ -55,10 +55,19 @@ static void *encode_worker(void *arg) {
         }
 }
 
+/* Asked once: sysconf() reads a file in /sys every time, and this is asked
+ * for every buffer. */
 static unsigned encode_threads(void) {
-        long n = sysconf(_SC_NPROCESSORS_ONLN);
+        static _Atomic unsigned cached;
+        unsigned c = atomic_load(&cached);
 
-        return n < 1 ? 1 : MIN((unsigned) n, ENCODE_THREADS_MAX);
+        if (c == 0) {
+                long n = sysconf(_SC_NPROCESSORS_ONLN);
+
+                c = n < 1 ? 1 : MIN((unsigned) n, ENCODE_THREADS_MAX);
+                atomic_store(&cached, c);
+        }
+        return c;
 }
 
 int copy_encode_buffer(vdisk_image *img, const uint8_t *buf, uint64_t len, uint64_t offset) {
