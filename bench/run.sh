@@ -13,7 +13,7 @@ usage() {
         cat <<EOF
 usage: $0 [-n PAIRS] [--quick | --size GIB] [--only LIST] [--drop-caches] [--keep]
   -n PAIRS        timed vdisk-img/qemu-img pairs per workload (default 5)
-  --quick         256 MiB disk, data scaled down by 32 (smoke test, < 1 min)
+  --quick         256 MiB disk, data scaled down by 32 (smoke test, a few minutes)
   --size GIB      disk of GIB GiB (1-8), data scaled by GIB/8 (default 8)
   --only LIST     comma-separated workload groups to run, of
                   a,b,c,d,vmdk,vpc,stream (default: all)
