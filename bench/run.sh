@@ -2,7 +2,7 @@
 # SPDX-License-Identifier: LGPL-2.1-or-later
 # vdisk-img vs qemu-img on the same workloads, in one run.  See bench/README.md.
 #
-#   bench/run.sh [-n PAIRS] [--quick] [--drop-caches] [--keep]
+#   bench/run.sh [-n PAIRS] [--quick | --size GIB] [--only LIST] [--drop-caches] [--keep]
 #
 # Environment: VDISK_IMG (default build/tools/vdisk-img of this checkout),
 # QEMU_IMG, QEMU_IO (default from PATH), BENCH_DIR (scratch, default
@@ -11,9 +11,12 @@ set -euo pipefail
 
 usage() {
         cat <<EOF
-usage: $0 [-n PAIRS] [--quick] [--drop-caches] [--keep]
+usage: $0 [-n PAIRS] [--quick | --size GIB] [--only LIST] [--drop-caches] [--keep]
   -n PAIRS        timed vdisk-img/qemu-img pairs per workload (default 5)
-  --quick         256 MiB disk, data scaled down by 32 (smoke test, < 1 min)
+  --quick         256 MiB disk, data scaled down by 32 (smoke test, a few minutes)
+  --size GIB      disk of GIB GiB (1-8), data scaled by GIB/8 (default 8)
+  --only LIST     comma-separated workload groups to run, of
+                  a,b,c,d,vmdk,vpc,stream (default: all)
   --drop-caches   drop the page cache before every timed run (needs root);
                   default: warm cache
   --keep          keep the scratch directory
@@ -23,6 +26,8 @@ EOF
 
 PAIRS=5
 QUICK=0
+SIZE_GIB=8
+ONLY=a,b,c,d,vmdk,vpc,stream
 DROP=0
 KEEP=0
 while (($#)); do
@@ -30,6 +35,8 @@ while (($#)); do
         -n) PAIRS=${2:?-n needs a number}; shift 2 ;;
         -n*) PAIRS=${1#-n}; shift ;;
         --quick) QUICK=1; shift ;;
+        --size) SIZE_GIB=${2:?--size needs a number}; shift 2 ;;
+        --only) ONLY=${2:?--only needs a list}; shift 2 ;;
         --drop-caches) DROP=1; shift ;;
         --keep) KEEP=1; shift ;;
         -h|--help) usage; exit 0 ;;
@@ -37,6 +44,14 @@ while (($#)); do
         esac
 done
 [[ $PAIRS =~ ^[1-9][0-9]*$ ]] || { echo "run.sh: -n wants a positive number" >&2; exit 2; }
+[[ $SIZE_GIB =~ ^[1-8]$ ]] || { echo "run.sh: --size wants 1 to 8 (GiB)" >&2; exit 2; }
+for g in ${ONLY//,/ }; do
+        case $g in
+        a|b|c|d|vmdk|vpc|stream) ;;
+        *) echo "run.sh: --only: unknown workload group '$g' (a b c d vmdk vpc stream)" >&2; exit 2 ;;
+        esac
+done
+want() { [[ ,$ONLY, == *,$1,* ]]; } # GROUP -> true when it is to run
 
 die() { echo "run.sh: $*" >&2; exit 1; }
 
@@ -64,7 +79,9 @@ MiB=$((1 << 20))
 if ((QUICK)); then
         DISK=$((256 * MiB)); NDATA=64; NZERO=32; NSMALL=1024; NCOMMIT=32; NEED=$((1 << 30))
 else
-        DISK=$((8 << 30)); NDATA=2048; NZERO=1024; NSMALL=32768; NCOMMIT=1024; NEED=$((15 << 30))
+        # 8 GiB by default; --size N scales every count by N/8
+        DISK=$((SIZE_GIB << 30)); NDATA=$((256 * SIZE_GIB)); NZERO=$((128 * SIZE_GIB))
+        NSMALL=$((4096 * SIZE_GIB)); NCOMMIT=$((128 * SIZE_GIB)); NEED=$(((15 << 30) * SIZE_GIB / 8))
 fi
 
 BENCH_DIR=${BENCH_DIR:-/tmp/vdisk-bench}
@@ -274,7 +291,7 @@ say "machine: $(nproc) CPUs, $(sed -n 's/^model name\s*: //p' /proc/cpuinfo | he
 say "scratch: $W ($(findmnt -n -o FSTYPE -T "$W" 2>/dev/null || echo '?'))"
 say "vdisk-img: $VDISK_IMG ($("$VDISK_IMG" --version 2>/dev/null | head -n 1 || echo '?'))"
 say "qemu-img:  $QEMU_IMG ($("$QEMU_IMG" --version | head -n 1))"
-say "disk: $((DISK >> 20)) MiB$( ((QUICK)) && echo ' (--quick: scaled down, smoke test only)'); pairs: $PAIRS + 1 warm-up pair; cache: $( ((DROP)) && echo 'dropped before every run' || echo 'warm (page cache not dropped)')"
+say "disk: $((DISK >> 20)) MiB$( ((QUICK)) && echo ' (--quick: scaled down, smoke test only)'); workloads: $ONLY; pairs: $PAIRS + 1 warm-up pair; cache: $( ((DROP)) && echo 'dropped before every run' || echo 'warm (page cache not dropped)')"
 say "method: pairs alternate the order (A B, B A, ...); ratio = vdisk time / qemu time per pair;"
 say "        median/min/max over the pairs; every output verified with qemu-img compare"
 say ""
@@ -284,8 +301,10 @@ note "generating workloads in $W ..."
 mkdir -p "$W/a" "$W/b" "$W/c" "$W/d"
 gen scattered "$W/src.raw" $DISK $NDATA $NZERO 1 "$W/zero-extents"
 note "   src.raw: $((DISK >> 20)) MiB, $NDATA MiB random data, $NZERO MiB written zeros"
-"$QEMU_IMG" convert -f raw -O vdi "$W/src.raw" "$W/src.vdi"
-verify vdi "$W/src.vdi" raw "$W/src.raw"
+if want a || want c || want d; then
+        "$QEMU_IMG" convert -f raw -O vdi "$W/src.raw" "$W/src.vdi"
+        verify vdi "$W/src.vdi" raw "$W/src.raw"
+fi
 
 # --- a: convert raw->vdi, vdi->raw, vdi->vdi
 a1_prep() { OUT=$W/a/out-$1.vdi; CMD=("$(tool "$1")" convert -f raw -O vdi "$W/src.raw" "$OUT"); }
@@ -326,6 +345,7 @@ for m in durable direct unsafe; do
 done
 
 say "$HEADER"
+if want a; then
 run_workload a1 "a. raw->vdi ($(hs $NDATA) data+$(hs $NZERO) 0s)"
 run_workload a2 "a. vdi->raw"
 run_workload a3 "a. vdi->vdi"
@@ -338,17 +358,79 @@ run_workload a3direct "a. vdi->vdi, qemu -t none"
 run_workload a1unsafe "a. raw->vdi, both -t unsafe"
 run_workload a2unsafe "a. vdi->raw, both -t unsafe"
 run_workload a3unsafe "a. vdi->vdi, both -t unsafe"
+fi
+
+# --- e, f, g: raw<->vmdk (monolithicSparse), raw<->vpc (dynamic), and
+# raw->vmdk streamOptimized, each at the two pairings of equal durability:
+#   durable: vdisk-img's default (durable when it returns) vs qemu-img -t writeback
+#   unsafe:  vdisk-img -t unsafe (no flush) vs qemu-img's default (which does not flush)
+# The sources of vmdk->raw and vpc->raw are what qemu-img makes of src.raw.
+pair_args() { # TOOL MODE -> the -t option for that tool in that pairing
+        case "$2" in
+        durable) if [[ $1 == qemu ]]; then echo "-t writeback"; fi ;;
+        unsafe) if [[ $1 == vdisk ]]; then echo "-t unsafe"; fi ;;
+        esac
+        return 0
+}
+fmt_prep() { # TOOL MODE IN_FMT IN OUT_FMT OUT_EXT [-o OPTIONS]
+        local tool=$1 mode=$2 ifmt=$3 in=$4 ofmt=$5 ext=$6
+        shift 6
+        OUT=$W/f/out-$tool.$ext
+        # shellcheck disable=SC2046 # pair_args gives zero or two words
+        CMD=("$(tool "$tool")" convert $(pair_args "$tool" "$mode") -f "$ifmt" -O "$ofmt" "$@" "$in" "$OUT")
+}
+fmt_clean() { rm -f "$OUT"; sync; }
+for m in durable unsafe; do
+        eval "e1${m}_prep() { fmt_prep \$1 $m raw \"\$W/src.raw\" vmdk vmdk; }"
+        eval "e1${m}_verify() { verify vmdk \"\$OUT\" raw \"\$W/src.raw\"; }"
+        eval "e2${m}_prep() { fmt_prep \$1 $m vmdk \"\$W/f/src.vmdk\" raw raw; }"
+        eval "e2${m}_verify() { verify raw \"\$OUT\" raw \"\$W/src.raw\"; }"
+        eval "f1${m}_prep() { fmt_prep \$1 $m raw \"\$W/src.raw\" vpc vhd; }"
+        eval "f1${m}_verify() { verify vpc \"\$OUT\" raw \"\$W/src.raw\"; }"
+        eval "f2${m}_prep() { fmt_prep \$1 $m vpc \"\$W/f/src.vhd\" raw raw; }"
+        eval "f2${m}_verify() { verify raw \"\$OUT\" raw \"\$W/src.raw\"; }"
+        eval "g${m}_prep() { fmt_prep \$1 $m raw \"\$W/src.raw\" vmdk vmdk -o subformat=streamOptimized; }"
+        eval "g${m}_verify() { verify vmdk \"\$OUT\" raw \"\$W/src.raw\"; }"
+        for k in e1 e2 f1 f2 g; do eval "$k${m}_clean() { fmt_clean; }"; done
+done
+mkdir -p "$W/f"
+if want vmdk; then
+        "$QEMU_IMG" convert -f raw -O vmdk "$W/src.raw" "$W/f/src.vmdk"
+        verify vmdk "$W/f/src.vmdk" raw "$W/src.raw"
+        run_workload e1durable "e. raw->vmdk, both durable"
+        run_workload e1unsafe "e. raw->vmdk, v -t unsafe/q default"
+        run_workload e2durable "e. vmdk->raw, both durable"
+        run_workload e2unsafe "e. vmdk->raw, v -t unsafe/q default"
+        rm -f "$W/f/src.vmdk"
+fi
+if want vpc; then
+        "$QEMU_IMG" convert -f raw -O vpc "$W/src.raw" "$W/f/src.vhd"
+        verify vpc "$W/f/src.vhd" raw "$W/src.raw"
+        run_workload f1durable "f. raw->vpc, both durable"
+        run_workload f1unsafe "f. raw->vpc, v -t unsafe/q default"
+        run_workload f2durable "f. vpc->raw, both durable"
+        run_workload f2unsafe "f. vpc->raw, v -t unsafe/q default"
+        rm -f "$W/f/src.vhd"
+fi
+if want stream; then
+        run_workload gdurable "g. raw->vmdk stream, both durable"
+        run_workload gunsafe "g. raw->vmdk stream, v unsafe/q dflt"
+fi
+rm -rf "$W/f"
 
 # --- b: raw->vdi of a disk with scattered 4 KiB writes
+if want b; then
 gen small "$W/b/small.raw" $DISK $NSMALL 2
 b_prep() { OUT=$W/b/out-$1.vdi; CMD=("$(tool "$1")" convert -f raw -O vdi "$W/b/small.raw" "$OUT"); }
 b_verify() { verify vdi "$OUT" raw "$W/b/small.raw"; }
 b_clean() { rm -f "$OUT"; sync; }
 run_workload b "b. raw->vdi ($NSMALL x 4K writes)"
 rm -rf "$W/b"
+fi
 
 # --- d: compact (qemu stand-in: convert -O vdi)
 # src.vdi plus its zero extents written as data blocks
+if want d; then
 cp --sparse=always "$W/src.vdi" "$W/d/in.vdi"
 sed "s/.*/write -q -P 0 & $MiB/" "$W/zero-extents" | "$QEMU_IO" -f vdi "$W/d/in.vdi" >/dev/null
 verify vdi "$W/d/in.vdi" raw "$W/src.raw"
@@ -378,12 +460,14 @@ else
         say "$(printf '%-36s skipped: vdisk-img compact failed: %s' "d. compact" "$d_why")"
 fi
 rm -rf "$W/d"
+fi
 
 # --- c: commit of a diff holding 1 GiB in 1 MiB extents onto the base
 # vdisk: base = src.vdi (2 GiB data + holes), diff made by `vdisk-img create
 # -b` and filled by gen.py filldiff; qemu stand-in: a qcow2 overlay holding the
 # same extents committed onto a raw base (qemu cannot read VDI diffs).
 # Reference: the pristine qcow2 overlay over src.raw.
+if want c; then
 mkdir -p "$W/c/ext"
 gen extents "$W/c/ext" $DISK $NCOMMIT 3
 "$QEMU_IMG" create -q -f qcow2 -b "$W/src.raw" -F raw "$W/c/ref.qcow2"
@@ -430,6 +514,7 @@ else
         say "$(printf '%-36s skipped: needs a way to fill a VDI diff: %s' "c. commit" "$c_why")"
 fi
 rm -rf "$W/c"
+fi
 
 say ""
 say "median/min/max: vdisk-img time / qemu-img time, per pair (< 1: vdisk-img faster)"

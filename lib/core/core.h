@@ -201,10 +201,15 @@ uint64_t rw_size(vdisk_disk *d, unsigned level);
 int copy_run(vdisk_disk *src, unsigned src_bottom, vdisk_disk *dst, unsigned level, uint64_t size,
              uint64_t sparse, vdisk_progress *p);
 
-/* ops/encode.c: encodes the units of buf (destination offset `offset`, unit
- * aligned) on several threads and hands them in order to the stream writer
- * of `img`; all-zero units are left out. */
-int copy_encode_buffer(vdisk_image *img, const uint8_t *buf, uint64_t len, uint64_t offset);
+/* ops/encode.c: a pool of encoding threads for one copy into `img` (a
+ * stream image with encode()). encode_pool_buffer() encodes the units of
+ * buf (destination offset `offset`, unit aligned, at most OP_BUFFER_SIZE)
+ * on the pool and hands them in order to the stream writer of `img`;
+ * all-zero units are left out. */
+typedef struct encode_pool encode_pool;
+int encode_pool_new(vdisk_image *img, encode_pool **ret);
+int encode_pool_buffer(encode_pool *p, const uint8_t *buf, uint64_t len, uint64_t offset);
+void encode_pool_free(encode_pool *p);
 
 /* Data buffer size for operations: big enough to keep the disk busy, small
  * enough for the 64 MiB memory bound with two stages in flight. */

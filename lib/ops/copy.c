@@ -199,6 +199,7 @@ static int write_units(vdisk_disk *dst, unsigned level, const uint8_t *buf, uint
 }
 
 static int run_pipeline(pipeline *pl, vdisk_disk *dst, unsigned level, uint64_t sparse, vdisk_progress *p) {
+        encode_pool *pool = NULL;
         pthread_t reader;
         int r = 0, rr;
 
@@ -208,6 +209,13 @@ static int run_pipeline(pipeline *pl, vdisk_disk *dst, unsigned level, uint64_t 
                         r = vdisk_error(-ENOMEM, "out of memory");
                         goto out;
                 }
+        }
+        if (pl->encode) {
+                pthread_mutex_lock(&dst->lock);
+                r = encode_pool_new(dst->images[level], &pool);
+                pthread_mutex_unlock(&dst->lock);
+                if (r < 0)
+                        goto out;
         }
         rr = pthread_create(&reader, NULL, reader_main, pl);
         if (rr != 0) {
@@ -232,7 +240,7 @@ static int run_pipeline(pipeline *pl, vdisk_disk *dst, unsigned level, uint64_t 
                 }
                 pthread_mutex_lock(&dst->lock);
                 if (s->kind == SLOT_DATA && pl->encode)
-                        r = copy_encode_buffer(dst->images[level], s->buf, s->length, s->offset);
+                        r = encode_pool_buffer(pool, s->buf, s->length, s->offset);
                 else if (s->kind == SLOT_DATA && pl->unit)
                         r = write_units(dst, level, s->buf, s->length, s->offset, pl->unit);
                 else if (s->kind == SLOT_DATA)
@@ -258,6 +266,7 @@ static int run_pipeline(pipeline *pl, vdisk_disk *dst, unsigned level, uint64_t 
         pthread_mutex_unlock(&pl->lock);
         pthread_join(reader, NULL);
 out:
+        encode_pool_free(pool);
         for (unsigned i = 0; i < RING_SLOTS; i++)
                 free(pl->ring[i].buf);
         return r;

@@ -48,6 +48,38 @@ for sf in monolithicSparse monolithicFlat twoGbMaxExtentSparse twoGbMaxExtentFla
 done
 vimg convert -O raw v-streamOptimized.vmdk so.raw
 expect_cmp "vdisk-made streamOptimized reads back" pat.raw so.raw
+
+# Grains deflate cannot shrink are stored (stored deflate blocks), the rest
+# deflated: 1 MiB of random bytes, 1 MiB of text, a grain half random and
+# half text. Both tools read it back; the random MiB takes its full size, the
+# text shrinks (the output stays below random + a third of the rest).
+python3 - mix.raw <<'PYEOF'
+import random, sys
+rng = random.Random(7)
+words = [bytes(rng.choice(b'abcdefghijklmnopqrstuvwxyz') for _ in range(rng.randrange(2, 9))) for _ in range(500)]
+def text(n):
+    out = bytearray()
+    while len(out) < n:
+        out += rng.choice(words) + b' '
+    return bytes(out[:n])
+with open(sys.argv[1], 'wb') as f:
+    f.write(rng.randbytes(1 << 20) + text(1 << 20) + rng.randbytes(32768) + text(32768))
+    f.truncate(4 << 20)
+PYEOF
+vimg convert -O vmdk -o subformat=streamOptimized mix.raw v-mix.vmdk
+expect_eq "vdisk-img convert of mixed grains to streamOptimized" "$RC" 0
+qcheck v-mix.vmdk vmdk
+qcompare mix.raw raw v-mix.vmdk vmdk
+vimg convert -O raw v-mix.vmdk mix-back.raw
+expect_cmp "vdisk-made streamOptimized of mixed grains reads back" mix.raw mix-back.raw
+# The first grain (random) begins, after its 12-byte marker, with a zlib
+# header and a stored block of 65535 bytes: 78 01 00 ff ff 00 00.
+over=$(od -An -tu8 -j64 -N8 v-mix.vmdk | tr -d ' ')
+expect_eq "a random grain is a stored deflate block" \
+        "$(od -An -tx1 -j$((over * 512 + 12)) -N7 v-mix.vmdk | tr -d ' ')" "780100ffff0000"
+mix_size=$(stat -c %s v-mix.vmdk)
+# Stored, the 17 grains holding text would take 17 x 66048 bytes more.
+expect_true "text grains are deflated ($mix_size bytes < 1 MiB + 768 KiB)" test "$mix_size" -lt $(((1 << 20) + 768 * 1024))
 expect_fail "an existing streamOptimized image is not written" "$VDISK_IMG" convert -n -O vmdk pat.raw v-streamOptimized.vmdk
 vimg convert -O vmdk -o zeroed_grain=on,adapter_type=lsilogic,hwversion=6 pat.raw v-zg.vmdk
 qcheck v-zg.vmdk vmdk
