@@ -81,6 +81,7 @@
 #define OFFSET_MASK             UINT64_C(0x00fffffffffffe00)
 #define L2E_COMPRESSED          (UINT64_C(1) << 62)
 #define L2E_ZERO                UINT64_C(1)
+#define L2E_COPIED              (UINT64_C(1) << 63)
 
 enum {
         INCOMPAT_DIRTY       = 1u << 0,
@@ -516,6 +517,7 @@ static int unit_status(qcow2_state *s, uint64_t voff, map_result *ret) {
         uint64_t in = voff & (s->cluster_size - 1), cstart = cl << s->cluster_bits;
         uint64_t cend = MIN(cstart + s->cluster_size, s->size);
         uint64_t l1e, l2_off, e, bitmap = 0, host;
+        bool allocated;
         tc_table *l2 = NULL;
         int r;
 
@@ -563,6 +565,9 @@ static int unit_status(qcow2_state *s, uint64_t voff, map_result *ret) {
         }
 
         host = e & OFFSET_MASK;
+        /* In an external data file offset 0 is a cluster like any other: it
+         * is allocated when COPIED is set (qemu writes it so). */
+        allocated = host != 0 || (s->data_io && (e & L2E_COPIED));
         if (host % s->cluster_size != 0)
                 return vdisk_error(-EUCLEAN, "qcow2: cluster at %" PRIu64 " maps to %" PRIu64 ", not a cluster "
                                    "boundary", cstart, host);
@@ -572,7 +577,7 @@ static int unit_status(qcow2_state *s, uint64_t voff, map_result *ret) {
                 uint32_t alloc = (uint32_t) bitmap, zero = (uint32_t) (bitmap >> 32);
                 map_kind kind;
 
-                if (host == 0 && alloc)
+                if (!allocated && alloc)
                         return vdisk_error(-EUCLEAN, "qcow2: unallocated cluster at %" PRIu64 " has allocated "
                                            "subclusters", cstart);
                 if (alloc & zero)
@@ -589,7 +594,7 @@ static int unit_status(qcow2_state *s, uint64_t voff, map_result *ret) {
                 };
         } else if (e & L2E_ZERO)
                 *ret = (map_result) { .kind = MAP_ZERO, .length = cend - voff };
-        else if (host == 0)
+        else if (!allocated)
                 *ret = (map_result) { .kind = MAP_UNALLOC, .length = cend - voff };
         else
                 *ret = (map_result) { .kind = MAP_DATA, .length = cend - voff };
