@@ -218,7 +218,7 @@ static void info_print_human(const InfoEntry *e) {
                         if (localtime_r(&t, &tm))
                                 strftime(date, sizeof date, "%Y-%m-%d %H:%M:%S", &tm);
                         format_size(sn->vm_state_size, size);
-                        printf("%-9s %-16s %8s %19s %04" PRIu64 ":%02" PRIu64 ":%02" PRIu64 ".%03" PRIu64 "\n",
+                        printf("%-9s %-16s %8s %19s %02" PRIu64 ":%02" PRIu64 ":%02" PRIu64 ".%03" PRIu64 "\n",
                                sn->id, sn->name, size, date, secs / 3600, secs / 60 % 60, secs % 60,
                                sn->vm_clock_nsec / 1000000 % 1000);
                 }
