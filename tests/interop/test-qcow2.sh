@@ -57,7 +57,7 @@ done
 "$QEMU_IMG" convert -f raw -O qcow2 -o lazy_refcounts=on pat.raw lazy.qcow2
 # qemu-io's abort leaves the image dirty (bash's own "Aborted" notice stays in the subshell)
 ( "$QEMU_IO" -f qcow2 -c "write -P 0x33 $((2 * M)) 4096" -c "write -z 0 $((3 * M))" -c abort lazy.qcow2 \
-        >/dev/null 2>&1 ) 2>/dev/null || true
+        >/dev/null 2>&1; true ) 2>/dev/null
 vimg info --output=json lazy.qcow2
 expect_eq "lazy_refcounts image left dirty: info says so" "$(py json-get "$T/out" dirty-flag 2>/dev/null)" true
 qread lazy.qcow2 "lazy_refcounts, dirty" --no-offset
@@ -173,7 +173,7 @@ expect_eq "an image marked corrupt still reads" "$RC" 0
 [[ $RC -eq 0 ]] && expect_cmp "an image marked corrupt reads its data" pat.raw out.raw
 rm -f out.raw
 
-"$QEMU_IMG" create -f qcow2 --object secret,id=s0,data=abc -o encrypt.format=luks,encrypt.key-secret=s0 enc.qcow2 1M \
+"$QEMU_IMG" create -f qcow2 --object secret,id=s0,data=abc -o encrypt.format=luks,encrypt.key-secret=s0,encrypt.iter-time=10 enc.qcow2 1M \
         >/dev/null 2>&1 && {
         expect_fail "an encrypted image is refused" "$VDISK_IMG" convert -O raw enc.qcow2 out.raw
         grep -qi "encrypt" "$T/err" && ok "the refusal says encrypted" || notok "the refusal says encrypted" "$(last_err)"
