@@ -252,8 +252,9 @@ static int parse_extensions(qcow2_state *s, const uint8_t *buf, size_t start, si
 
 static int qcow2_probe(const uint8_t *head, size_t head_len, const uint8_t *tail, size_t tail_len,
                        uint64_t file_size, const char *name) {
-        /* QCOW v1 too: open() refuses it clearly rather than letting it pass for raw */
-        if (head_len >= 8 && get_be32(head) == QCOW2_MAGIC && get_be32(head + 4) >= 1 && get_be32(head + 4) <= 3)
+        /* Any version (QCOW v1, a future v4): open() refuses what it cannot
+         * read, clearly, rather than letting it pass for raw. */
+        if (head_len >= 4 && get_be32(head) == QCOW2_MAGIC)
                 return 100;
         return 0;
 }
@@ -272,15 +273,16 @@ static int qcow2_open(void *state, const open_ctx *c) {
         r = io_get_size(c->io, &s->file_size);
         if (r < 0)
                 return r;
-        if (s->file_size < QCOW2_V2_HEADER)
-                return vdisk_error(-EMEDIUMTYPE, "qcow2: file too short (%" PRIu64 " bytes)", s->file_size);
-
         uint8_t h[QCOW2_V3_HEADER + 8] = {};
         r = io_pread_zerofill(c->io, h, sizeof h, 0);
         if (r < 0)
                 return r;
-        if (get_be32(h) != QCOW2_MAGIC)
+        if (s->file_size < 4 || get_be32(h) != QCOW2_MAGIC)
                 return vdisk_error(-EMEDIUMTYPE, "qcow2: no QFI magic");
+        /* the magic is there: from now on a short file is a damaged image */
+        if (s->file_size < QCOW2_V2_HEADER)
+                return vdisk_error(-EUCLEAN, "qcow2: file too short for a header (%" PRIu64 " bytes)",
+                                   s->file_size);
         s->version = get_be32(h + 4);
         if (s->version == 1)
                 return vdisk_error(-EOPNOTSUPP, "qcow2: QCOW version 1 images are not supported yet");
