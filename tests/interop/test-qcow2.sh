@@ -25,7 +25,8 @@ mkpattern pat.raw "$SIZE"
 
 # qread IMAGE DESC [MAPOPT]: vdisk-img reads IMAGE as qemu-img does, data and map.
 qread() {
-        local f=$1 desc=$2 mapopt=${3:-}
+        local f=$1 desc=$2 mapopt=()
+        [[ -n ${3:-} ]] && mapopt=("$3")
         "$QEMU_IMG" convert -f qcow2 -O raw "$f" ref.raw
         vimg convert -O raw "$f" out.raw
         if [[ $RC -eq 0 ]]; then expect_cmp "$desc: reads byte-identical" ref.raw out.raw
@@ -35,7 +36,7 @@ qread() {
         if [[ $RC -ne 0 ]]; then notok "$desc: map" "$(last_err)"
         else
                 cp "$T/out" vmap.json
-                if py map-cmp qmap.json vmap.json $mapopt >"$T/mapdiff"; then ok "$desc: map equals qemu-img's"
+                if py map-cmp qmap.json vmap.json "${mapopt[@]}" >"$T/mapdiff"; then ok "$desc: map equals qemu-img's"
                 else notok "$desc: map equals qemu-img's" "$(head -c 600 "$T/mapdiff")"; fi
         fi
         rm -f ref.raw out.raw
@@ -102,7 +103,7 @@ qread df.qcow2 "external data file" --no-offset
 qread dfr.qcow2 "external data file, data_file_raw" --no-offset
 mv df.bin df-moved.bin
 expect_fail "a missing data file is a clear error" "$VDISK_IMG" convert -O raw df.qcow2 out.raw
-grep -q "df.bin" "$T/err" && ok "the error names the data file" || notok "the error names the data file" "$(last_err)"
+if grep -q "df.bin" "$T/err"; then ok "the error names the data file"; else notok "the error names the data file" "$(last_err)"; fi
 mv df-moved.bin df.bin
 
 # --- backing chains of depth 4 over raw, vmdk and qcow2
@@ -131,14 +132,28 @@ qcompare big.qcow2 qcow2 big.vdi vdi
 "$QEMU_IMG" map -f qcow2 --output=json big.qcow2 >qmap.json
 vimg map --output=json big.qcow2
 cp "$T/out" vmap.json
-py map-cmp qmap.json vmap.json >/dev/null && ok "2 TiB sparse: map equals qemu-img's" ||
-        notok "2 TiB sparse: map equals qemu-img's"
+if py map-cmp qmap.json vmap.json >/dev/null; then ok "2 TiB sparse: map equals qemu-img's"
+else notok "2 TiB sparse: map equals qemu-img's"; fi
 
 # --- refused or tolerated header bits, hostile backing names
 "$QEMU_IMG" create -f qcow2 -b 'json:{"file":{"driver":"file","filename":"/etc/passwd"}}' -F raw -u js.qcow2 1M \
         >/dev/null
 expect_fail "json: backing name refused" "$VDISK_IMG" convert -O raw js.qcow2 out.raw
-grep -qi "json" "$T/err" && ok "the error says json:" || notok "the error says json:" "$(last_err)"
+if grep -qi "json" "$T/err"; then ok "the error says json:"; else notok "the error says json:" "$(last_err)"; fi
+
+# Relative names with .. and absolute names are the resolver's business, as
+# for every format: vdisk-img's path resolver follows them for parents (the
+# companion resolver, for data files, refuses them: see above).
+mkdir -p sub
+"$QEMU_IMG" create -f qcow2 -b ../base.raw -F raw sub/up.qcow2 >/dev/null
+"$QEMU_IO" -f qcow2 -c "write -P 0x61 $M 4096" sub/up.qcow2 >/dev/null
+qread sub/up.qcow2 "a backing name with .. (resolved next to the image)"
+"$QEMU_IMG" create -f qcow2 -b "$T/base.raw" -F raw abs.qcow2 >/dev/null
+qread abs.qcow2 "an absolute backing name"
+# (qemu resolves a new data file's name against its working directory)
+(cd sub && "$QEMU_IMG" convert -f raw -O qcow2 -o data_file=../dfup.bin ../pat.raw dfup.qcow2)
+expect_fail "a data file named with .. is refused" "$VDISK_IMG" convert -O raw sub/dfup.qcow2 out.raw
+if grep -q "refusing" "$T/err"; then ok "the refusal says why"; else notok "the refusal says why" "$(last_err)"; fi
 
 # an unknown incompatible bit (bit 20) that the feature table names
 cp c-1.1-65536.qcow2 inc.qcow2
@@ -161,7 +176,7 @@ h[72:80] = struct.pack('>Q', inc)
 f.seek(0); f.write(h)
 EOF
 expect_fail "an unknown incompatible bit is refused" "$VDISK_IMG" convert -O raw inc.qcow2 out.raw
-grep -q "frobnicated clusters" "$T/err" && ok "the refusal names the feature" || notok "the refusal names the feature" "$(last_err)"
+if grep -q "frobnicated clusters" "$T/err"; then ok "the refusal names the feature"; else notok "the refusal names the feature" "$(last_err)"; fi
 
 # the corrupt bit (1): read-only reads go on, as in qemu
 cp c-1.1-65536.qcow2 corrupt.qcow2
@@ -173,11 +188,15 @@ expect_eq "an image marked corrupt still reads" "$RC" 0
 [[ $RC -eq 0 ]] && expect_cmp "an image marked corrupt reads its data" pat.raw out.raw
 rm -f out.raw
 
-"$QEMU_IMG" create -f qcow2 --object secret,id=s0,data=abc -o encrypt.format=luks,encrypt.key-secret=s0,encrypt.iter-time=10 enc.qcow2 1M \
-        >/dev/null 2>&1 && {
+# (a short LUKS iteration time; qemu-img without the crypto support skips this part, saying so)
+qimg create -f qcow2 --object secret,id=s0,data=abc \
+        -o encrypt.format=luks,encrypt.key-secret=s0,encrypt.iter-time=100 enc.qcow2 1M
+if [[ $RC -eq 0 ]]; then
         expect_fail "an encrypted image is refused" "$VDISK_IMG" convert -O raw enc.qcow2 out.raw
-        grep -qi "encrypt" "$T/err" && ok "the refusal says encrypted" || notok "the refusal says encrypted" "$(last_err)"
-}
+        if grep -qi "encrypt" "$T/err"; then ok "the refusal says encrypted"; else notok "the refusal says encrypted" "$(last_err)"; fi
+else
+        echo "# qemu-img could not make a LUKS qcow2 ($(last_err)): encryption case skipped"
+fi
 expect_fail "a writable open is refused" "$VDISK_IMG" resize c-1.1-65536.qcow2 +1M
 
 # --- the real images of ../shared/corpus/real
@@ -204,9 +223,11 @@ if [[ -d $CORPUS ]] && command -v xz >/dev/null; then
                 csha backing-chain-3.qcow2 4a57a3a5c273c7c1144743ecafc7b23181f6e23c8abad104493a63a3599bd276
                 csha snapshot.qcow2 9acca8e8c22201155389f65abbf6bc9723edc7384ead80503839f49dcc56d767
                 vimg info snapshot.qcow2
-                grep -q "you can't see me" "$T/out" && grep -q confused "$T/out" &&
-                        ok "corpus snapshot.qcow2: info lists both snapshots" ||
+                if grep -q "you can't see me" "$T/out" && grep -q confused "$T/out"; then
+                        ok "corpus snapshot.qcow2: info lists both snapshots"
+                else
                         notok "corpus snapshot.qcow2: info lists both snapshots" "$(head -c 400 "$T/out")"
+                fi
                 rm -f ./*.qcow2 data-file.bin
         fi
         D=$CORPUS/dfvfs
