@@ -377,3 +377,4 @@ extern const vdisk_backend backend_raw;
 extern const vdisk_backend backend_vdi;
 extern const vdisk_backend backend_vhd;
 extern const vdisk_backend backend_vmdk;
+extern const vdisk_backend backend_qcow2;

@@ -12,6 +12,7 @@
 #include <getopt.h>
 #include <inttypes.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "img.h"
@@ -31,11 +32,14 @@ typedef struct InfoEntry {
         const char *comment;
         uint32_t version;
         bool have_version;
+        vdisk_snapshot *snaps;    /* internal snapshots (qcow2), oldest first */
+        size_t n_snaps;
 } InfoEntry;
 
 static void info_entry_done(InfoEntry *e) {
         free(e->backing);
         free(e->full_backing);
+        vdisk_snapshots_free(e->snaps, e->n_snaps);
 }
 
 static int info_collect(Img *img, unsigned index, InfoEntry *ret) {
@@ -71,6 +75,8 @@ static int info_collect(Img *img, unsigned index, InfoEntry *ret) {
         }
         e.have_comment = vdisk_image_get_comment(image, &e.comment) >= 0 && e.comment;
         e.have_version = vdisk_image_get_version(image, &e.version) >= 0;
+        if (vdisk_image_list_snapshots(image, &e.snaps, &e.n_snaps) < 0)
+                e.snaps = NULL, e.n_snaps = 0;   /* a damaged table hides the list, not the image */
 
         /* The parent: the file name the image records (qcow2, VHD ...), or,
          * for formats that link by UUID only (VDI), the file the resolver
@@ -117,6 +123,23 @@ static void info_print_json(Json *w, const InfoEntry *e) {
         json_string(w, "format", e->format);
         if (e->have_ii)
                 json_uint(w, "actual-size", e->ii.actual_size);
+        if (e->n_snaps > 0) {
+                json_array_open(w, "snapshots");
+                for (size_t i = 0; i < e->n_snaps; i++) {
+                        const vdisk_snapshot *sn = &e->snaps[i];
+
+                        json_object_open(w, NULL);
+                        json_uint(w, "vm-state-size", sn->vm_state_size);
+                        json_int(w, "date-sec", sn->date_sec);
+                        json_uint(w, "date-nsec", sn->date_nsec);
+                        json_uint(w, "vm-clock-nsec", sn->vm_clock_nsec % 1000000000);
+                        json_string(w, "name", sn->name);
+                        json_uint(w, "vm-clock-sec", sn->vm_clock_nsec / 1000000000);
+                        json_string(w, "id", sn->id);
+                        json_object_close(w);
+                }
+                json_array_close(w);
+        }
         if (info_has_specific(e)) {
                 json_object_open(w, "format-specific");
                 json_string(w, "type", e->format);
@@ -182,6 +205,24 @@ static void info_print_human(const InfoEntry *e) {
                 printf("Variant: %s\n", e->ii.variant);
         if (e->have_comment && *e->comment)
                 printf("Comment: %s\n", e->comment);
+        if (e->n_snaps > 0) {
+                printf("Snapshot list:\n");
+                printf("%-10s%-17s%8s%20s%13s\n", "ID", "TAG", "VM SIZE", "DATE", "VM CLOCK");
+                for (size_t i = 0; i < e->n_snaps; i++) {
+                        const vdisk_snapshot *sn = &e->snaps[i];
+                        time_t t = (time_t) sn->date_sec;
+                        uint64_t secs = sn->vm_clock_nsec / 1000000000;
+                        struct tm tm;
+                        char date[32] = "", size[32];
+
+                        if (localtime_r(&t, &tm))
+                                strftime(date, sizeof date, "%Y-%m-%d %H:%M:%S", &tm);
+                        format_size(sn->vm_state_size, size);
+                        printf("%-9s %-16s %8s %19s %02" PRIu64 ":%02" PRIu64 ":%02" PRIu64 ".%03" PRIu64 "\n",
+                               sn->id, sn->name, size, date, secs / 3600, secs / 60 % 60, secs % 60,
+                               sn->vm_clock_nsec / 1000000 % 1000);
+                }
+        }
 }
 
 int cmd_info(int argc, char **argv) {

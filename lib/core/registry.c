@@ -10,6 +10,7 @@ static const vdisk_backend *const backends[] = {
         &backend_vdi,
         &backend_vhd,
         &backend_vmdk,
+        &backend_qcow2,
         &backend_raw,
 };
 

@@ -182,5 +182,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         exercise(data, size, "vpc", 1);
         exercise(data, size, "vmdk", 0);
         exercise(data, size, "vmdk", 1);
+        exercise(data, size, "qcow2", 0);   /* read-only for now */
         return 0;
 }

@@ -1,0 +1,502 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/*
+ * Suite `malformed`: hostile QCOW2 images.
+ *
+ * The samples are built here byte by byte from the specification (the
+ * library does not write qcow2 yet): a v3 image of 1 MiB with 4 KiB
+ * clusters, a header extension area (feature name table, end marker), a
+ * refcount table and block, an L1 table of one entry, one L2 table, plain
+ * data clusters, a zero cluster, a preallocated zero cluster and a
+ * compressed cluster at an unaligned offset: deflate in one sample, zstd in
+ * the other; and an extended-L2 sample (16 KiB clusters, subclusters
+ * allocated, zero and unallocated).
+ *
+ * The pristine samples must read their content. Then: truncation at every
+ * 512 bytes through the metadata and around each header field end; header
+ * field edits (version, cluster_bits, size, L1 size and offset, refcount
+ * table, header length, refcount order, encryption, feature bits,
+ * compression type, snapshot count and offset, backing name offset and
+ * size, json: backing names); header extensions that lie (lengths past the
+ * header, a data file bit without a name, an oversized backing format);
+ * L1 entries into the header, the L1 and refcount tables, past the end or
+ * unaligned; L2 entries past the end, unaligned or over the header;
+ * compressed entries whose size lies, whose offset lies, whose stream is
+ * damaged, or that decode past their cluster (a decompression bomb: a
+ * cluster of zeros compressed 4x over), subclusters both allocated and
+ * zero; and random bit flips over the metadata. Each case opens or fails
+ * cleanly, reads cleanly (whatever it reads) and never allocates hugely.
+ *
+ * Usage: test-malformed-qcow2 [SEED [ITERATIONS]]
+ */
+#include <sys/resource.h>
+#include <zlib.h>
+#include <zstd.h>
+
+#include "tests.h"
+
+#if defined(__SANITIZE_ADDRESS__)
+#define HAVE_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define HAVE_ASAN 1
+#endif
+#endif
+
+#ifdef HAVE_ASAN
+const char *__asan_default_options(void);
+const char *__asan_default_options(void) {
+        return "allocator_may_return_null=1:max_allocation_size_mb=64";
+}
+#endif
+
+#define DISK (1 * MiB)
+
+typedef struct sample {
+        const char *name;
+        uint8_t *bytes;
+        size_t len;
+        uint8_t *content;
+        uint32_t cluster;
+        uint64_t l1, l2, reft, comp;   /* offsets; comp: the compressed cluster's L2 entry index */
+} sample;
+
+static sample s_zlib, s_zstd, s_xl2;
+static unsigned n_cases, n_opened, n_refused;
+
+static void put32(uint8_t *p, uint32_t v) {
+        p[0] = (uint8_t) (v >> 24), p[1] = (uint8_t) (v >> 16), p[2] = (uint8_t) (v >> 8), p[3] = (uint8_t) v;
+}
+static void put64(uint8_t *p, uint64_t v) {
+        put32(p, (uint32_t) (v >> 32));
+        put32(p + 4, (uint32_t) v);
+}
+static uint64_t be64(const uint8_t *p) {
+        uint64_t v = 0;
+        for (int i = 0; i < 8; i++)
+                v = v << 8 | p[i];
+        return v;
+}
+
+typedef enum { ANY, MUST_REFUSE, MUST_READ, MUST_FAIL } expect;   /* MUST_FAIL: at open or read */
+
+static int try_image(const char *label, const uint8_t *bytes, size_t len, expect e, const uint8_t *content) {
+        vdisk_io *io = mem_io(label, bytes, len);
+        vdisk_disk *d = disk_new();
+        bool failed = false;
+        int r;
+
+        n_cases++;
+        test_set_context("case %s (%zu bytes)", label, len);
+        vdisk_clear_error();
+        r = vdisk_disk_open(d, io, n_cases % 2 ? "qcow2" : NULL, VDISK_OPEN_READONLY);
+        if (r < 0) {
+                test_check_clean_error(__FILE__, __LINE__, label, r);
+                if (e == MUST_READ)
+                        FAIL("%s: a valid image was refused: %d (%s)", label, r, vdisk_last_error());
+                n_refused++;
+                goto out;
+        }
+        if (e == MUST_REFUSE)
+                FAIL("%s: opened, but it must be refused", label);
+        n_opened++;
+        {
+                uint64_t size = vdisk_disk_size(d);
+                uint8_t *buf = malloc(64 * KiB);
+                vdisk_snapshot *sn = NULL;
+                size_t n_sn = 0;
+
+                ASSERT(buf);
+                if (size > 4 * MiB)
+                        size = 4 * MiB;   /* a lying size: read the start only */
+                for (uint64_t off = 0; off < size; off += 64 * KiB) {
+                        size_t n = (size_t) MIN((uint64_t) 64 * KiB, size - off);
+
+                        r = vdisk_disk_read(d, buf, n, off);
+                        if (r < 0) {
+                                test_check_clean_error(__FILE__, __LINE__, "read", r);
+                                if (e == MUST_READ)
+                                        FAIL("%s: reading a valid image failed: %d (%s)", label, r,
+                                             vdisk_last_error());
+                                failed = true;
+                                continue;   /* the other clusters may still read */
+                        }
+                        if (content && memcmp(buf, content + off, n) != 0)
+                                FAIL("%s: content differs at %" PRIu64, label, off);
+                }
+                vdisk_clear_error();
+                r = vdisk_image_list_snapshots(vdisk_disk_image(d, 0), &sn, &n_sn);
+                if (r < 0)
+                        test_check_clean_error(__FILE__, __LINE__, "list snapshots", r);
+                vdisk_snapshots_free(sn, n_sn);
+                free(buf);
+        }
+        if (e == MUST_FAIL && !failed)
+                FAIL("%s: read in full, but it must fail", label);
+out:
+        vdisk_disk_unref(d);
+        vdisk_io_unref(io);
+        return r;
+}
+
+/* ---------------------------------------------------------------- samples */
+
+static size_t deflate_raw(const uint8_t *in, size_t len, uint8_t *out, size_t cap) {
+        z_stream z = {};
+
+        ASSERT(deflateInit2(&z, 9, Z_DEFLATED, -12, 9, Z_DEFAULT_STRATEGY) == Z_OK);
+        z.next_in = (Bytef *) in;
+        z.avail_in = (uInt) len;
+        z.next_out = out;
+        z.avail_out = (uInt) cap;
+        ASSERT(deflate(&z, Z_FINISH) == Z_STREAM_END);
+        deflateEnd(&z);
+        return z.total_out;
+}
+
+static size_t compress_unit(bool zstd, const uint8_t *in, size_t len, uint8_t *out, size_t cap) {
+        if (zstd) {
+                size_t n = ZSTD_compress(out, cap, in, len, 3);
+                ASSERT(!ZSTD_isError(n));
+                return n;
+        }
+        return deflate_raw(in, len, out, cap);
+}
+
+/* The L2 entry of a compressed cluster of `bytes` bytes at host offset `off`. */
+static uint64_t comp_entry(unsigned cluster_bits, uint64_t off, uint64_t bytes) {
+        unsigned shift = 62 - (cluster_bits - 8);
+        uint64_t sectors = (off + bytes - 1) / 512 - off / 512;   /* additional sectors */
+
+        return UINT64_C(1) << 62 | sectors << shift | off;
+}
+
+/* v3, cluster 4 KiB (or 16 KiB with extended L2), 1 MiB:
+ *   cluster 0 header + extensions, 1 refcount table, 2 refcount block,
+ *   3 L1, 4 L2, 5.. data. */
+static void fill(rng *r, uint8_t *p, size_t len) {
+        for (size_t i = 0; i < len; i++)
+                p[i] = (uint8_t) rng_next(r);
+}
+
+static void make_sample(sample *s, const char *name, bool zstd, bool xl2) {
+        unsigned bits = xl2 ? 14 : 12;
+        uint32_t C = 1u << bits;
+        size_t cap = 16 * (size_t) C;
+        uint8_t *b = calloc(1, cap), *c = calloc(1, DISK);
+        uint64_t next = 5 * (uint64_t) C;
+        size_t l2e = xl2 ? 16 : 8;
+        rng r;
+
+        ASSERT(b && c);
+        rng_seed(&r, 77 + zstd + 2 * xl2);
+        s->name = name;
+        s->cluster = C;
+        s->reft = C, s->l1 = 3 * (uint64_t) C, s->l2 = 4 * (uint64_t) C;
+
+        memcpy(b, "QFI\xfb", 4);
+        put32(b + 4, 3);
+        put32(b + 20, bits);
+        put64(b + 24, DISK);
+        put32(b + 36, 1);                       /* l1_size */
+        put64(b + 40, s->l1);
+        put64(b + 48, s->reft);
+        put32(b + 56, 1);
+        put64(b + 72, (zstd ? 8 : 0) | (xl2 ? 16 : 0));
+        put32(b + 96, 4);
+        put32(b + 100, 112);
+        b[104] = zstd ? 1 : 0;
+        /* feature name table: two entries, then the end marker */
+        put32(b + 112, 0x6803f857);
+        put32(b + 116, 96);
+        b[120] = 0, b[121] = 0;
+        memcpy(b + 122, "dirty bit", 9);
+        b[168] = 0, b[169] = 3;
+        memcpy(b + 170, "compression type", 16);
+        /* b + 216: 8 zero bytes = end of extensions */
+        put64(b + s->reft, 2 * (uint64_t) C);
+        put64(b + s->l1, s->l2 | UINT64_C(1) << 63);
+
+        if (!xl2) {
+                /* clusters 0, 3, 200: data; 7: zero; 9: preallocated zero; 11: compressed */
+                static const unsigned data[] = { 0, 3, 200 };
+                for (size_t i = 0; i < ELEMENTSOF(data); i++) {
+                        fill(&r, c + data[i] * C, C);
+                        memcpy(b + next, c + data[i] * C, C);
+                        put64(b + s->l2 + data[i] * 8, next | UINT64_C(1) << 63);
+                        next += C;
+                }
+                put64(b + s->l2 + 7 * 8, 1);
+                put64(b + s->l2 + 9 * 8, next | 1 | UINT64_C(1) << 63);
+                memset(b + next, 0x99, C);      /* what a preallocated zero cluster must not read */
+                next += C;
+                /* half noise, half text: a stream of some sectors */
+                fill(&r, c + 11 * C, C / 2);
+                for (uint32_t i = C / 2; i < C; i++)
+                        c[11 * C + i] = (uint8_t) "compressible text "[i % 18];
+                uint64_t off = next + 100;
+                size_t n = compress_unit(zstd, c + 11 * C, C, b + off, cap - off);
+                put64(b + s->l2 + 11 * 8, comp_entry(bits, off, n));
+                s->comp = 11;
+                next = ALIGN_UP(off + n, C);
+        } else {
+                /* cluster 0: subclusters 0-3 allocated, 4-5 zero, the rest unallocated;
+                 * cluster 2: unallocated with zero subclusters 0-31 */
+                uint32_t sc = C / 32;
+
+                fill(&r, c, 4 * sc);
+                memcpy(b + next, c, 4 * sc);
+                put64(b + s->l2, next | UINT64_C(1) << 63);
+                put64(b + s->l2 + 8, UINT64_C(0x30) << 32 | 0xf);
+                memset(b + next + 4 * sc, 0x55, C - 4 * sc);   /* not to be read */
+                next += C;
+                put64(b + s->l2 + 2 * l2e + 8, UINT64_C(0xffffffff) << 32);
+                s->comp = 0;
+        }
+        s->len = (size_t) next;
+        s->bytes = b;
+        s->content = c;
+}
+
+/* ---------------------------------------------------------------- cases */
+
+static void edit_case(const sample *s, const char *what, size_t off, unsigned width, uint64_t v, expect e) {
+        uint8_t *b = malloc(s->len);
+        char label[128];
+
+        ASSERT(b);
+        memcpy(b, s->bytes, s->len);
+        if (width == 8)
+                put64(b + off, v);
+        else if (width == 4)
+                put32(b + off, (uint32_t) v);
+        else
+                b[off] = (uint8_t) v;
+        snprintf(label, sizeof label, "%s-%s=%#" PRIx64 ".qcow2", s->name, what, v);
+        try_image(label, b, s->len, e, e == MUST_READ ? s->content : NULL);
+        free(b);
+}
+
+static void test_truncation(const sample *s) {
+        static const size_t fields[] = { 4, 8, 20, 24, 36, 48, 72, 100, 104, 112, 216 };
+
+        for (size_t len = 0; len < s->len; len += 512)
+                try_image(s->name, s->bytes, len, ANY, NULL);
+        for (size_t i = 0; i < ELEMENTSOF(fields); i++)
+                for (size_t d = 0; d < 3; d++)
+                        if (fields[i] + d >= 1)
+                                try_image(s->name, s->bytes, fields[i] + d - 1, MUST_REFUSE, NULL);
+        /* without its last data cluster: that cluster must fail, not read garbage */
+        try_image(s->name, s->bytes, s->len - s->cluster, ANY, NULL);
+}
+
+static void test_header(const sample *s) {
+        edit_case(s, "magic", 0, 4, 0x514649fa, MUST_REFUSE);
+        edit_case(s, "version", 4, 4, 1, MUST_REFUSE);
+        edit_case(s, "version", 4, 4, 4, MUST_REFUSE);
+        edit_case(s, "version", 4, 4, 2, ANY);
+        for (uint64_t v = 0; v < 64; v += 7)
+                edit_case(s, "cluster_bits", 20, 4, v, ANY);
+        edit_case(s, "cluster_bits", 20, 4, 8, MUST_REFUSE);
+        edit_case(s, "cluster_bits", 20, 4, 22, MUST_REFUSE);
+        edit_case(s, "cluster_bits", 20, 4, UINT32_MAX, MUST_REFUSE);
+        edit_case(s, "size", 24, 8, UINT64_MAX, MUST_REFUSE);
+        edit_case(s, "size", 24, 8, UINT64_C(1) << 62, MUST_REFUSE);
+        edit_case(s, "size", 24, 8, (UINT64_C(64) << 30), MUST_REFUSE);   /* L1 too small */
+        edit_case(s, "size", 24, 8, 0, ANY);
+        edit_case(s, "size", 24, 8, 1000, ANY);
+        edit_case(s, "crypt", 32, 4, 1, MUST_REFUSE);
+        edit_case(s, "crypt", 32, 4, 2, MUST_REFUSE);
+        edit_case(s, "l1_size", 36, 4, 0, MUST_REFUSE);
+        edit_case(s, "l1_size", 36, 4, UINT32_MAX, MUST_REFUSE);
+        edit_case(s, "l1_size", 36, 4, 0x7fffffff, MUST_REFUSE);
+        edit_case(s, "l1_size", 36, 4, 4 * 1024 * 1024, MUST_REFUSE);   /* 32 MiB but not in the file */
+        edit_case(s, "l1_offset", 40, 8, 0, MUST_REFUSE);
+        edit_case(s, "l1_offset", 40, 8, s->l1 + 8, MUST_REFUSE);
+        edit_case(s, "l1_offset", 40, 8, UINT64_MAX - 4095, MUST_REFUSE);
+        edit_case(s, "l1_offset", 40, 8, s->l2, ANY);   /* the L2 table read as L1 */
+        edit_case(s, "reft_offset", 48, 8, 12345, MUST_REFUSE);
+        edit_case(s, "reft_clusters", 56, 4, UINT32_MAX, MUST_REFUSE);
+        edit_case(s, "nb_snapshots", 60, 4, UINT32_MAX, MUST_REFUSE);
+        edit_case(s, "nb_snapshots", 60, 4, 3, MUST_REFUSE);               /* table offset 0 */
+        {
+                uint8_t *b = malloc(s->len);
+                ASSERT(b);
+                memcpy(b, s->bytes, s->len);
+                put32(b + 60, 1000);
+                put64(b + 64, 2 * (uint64_t) s->cluster);   /* the refcount block: garbage entries */
+                try_image("snapshots-garbage", b, s->len, ANY, NULL);
+                put64(b + 64, s->len - s->cluster);          /* runs past the end */
+                try_image("snapshots-past-end", b, s->len, ANY, NULL);
+                free(b);
+        }
+        edit_case(s, "incompat", 72, 8, be64(s->bytes + 72) | 1, MUST_READ);          /* dirty */
+        edit_case(s, "incompat", 72, 8, be64(s->bytes + 72) | 2, MUST_READ);          /* corrupt */
+        edit_case(s, "incompat", 72, 8, be64(s->bytes + 72) | 4, MUST_REFUSE);        /* data file, no name */
+        edit_case(s, "incompat", 72, 8, be64(s->bytes + 72) | 1u << 5, MUST_REFUSE);
+        edit_case(s, "incompat", 72, 8, be64(s->bytes + 72) | UINT64_C(1) << 63, MUST_REFUSE);
+        edit_case(s, "incompat", 72, 8, be64(s->bytes + 72) ^ 8, MUST_REFUSE);        /* type vs bit */
+        edit_case(s, "compat", 80, 8, UINT64_MAX, MUST_READ);
+        edit_case(s, "autoclear", 88, 8, UINT64_MAX, MUST_READ);
+        edit_case(s, "refcount_order", 96, 4, 7, MUST_REFUSE);
+        edit_case(s, "refcount_order", 96, 4, 0, MUST_READ);
+        edit_case(s, "header_length", 100, 4, 0, MUST_REFUSE);
+        edit_case(s, "header_length", 100, 4, 103, MUST_REFUSE);
+        edit_case(s, "header_length", 100, 4, 104, ANY);
+        edit_case(s, "header_length", 100, 4, UINT32_MAX - 7, MUST_REFUSE);
+        edit_case(s, "compression_type", 104, 1, 2, MUST_REFUSE);
+        edit_case(s, "compression_type", 104, 1, 255, MUST_REFUSE);
+        /* header extensions */
+        edit_case(s, "ext-len", 116, 4, UINT32_MAX, MUST_REFUSE);
+        edit_case(s, "ext-len", 116, 4, s->cluster, MUST_REFUSE);
+        edit_case(s, "ext-len", 116, 4, 7, MUST_READ);
+        edit_case(s, "ext-type", 112, 4, 0xe2792aca, MUST_REFUSE);     /* a 96-byte backing format */
+        edit_case(s, "ext-type", 112, 4, 0x44415441, MUST_REFUSE);     /* a data file name with NULs */
+        edit_case(s, "ext-type", 112, 4, 0x23852875, MUST_READ);       /* bitmaps: tolerated */
+        edit_case(s, "ext-type", 112, 4, 0x12345678, MUST_READ);       /* unknown: ignored */
+        {
+                /* backing names: past the cluster, too long, json:, with a NUL */
+                uint8_t *b = malloc(s->len);
+                static const char js[] = "json:{\"file\":{\"filename\":\"/etc/shadow\"}}";
+                ASSERT(b);
+                memcpy(b, s->bytes, s->len);
+                memcpy(b + 512, js, sizeof js - 1);
+                put64(b + 8, 512);
+                put32(b + 16, sizeof js - 1);
+                try_image("backing-json", b, s->len, MUST_REFUSE, NULL);
+                memcpy(b + 512, "base.raw\0x", 10);
+                put32(b + 16, 10);
+                try_image("backing-nul", b, s->len, MUST_REFUSE, NULL);
+                put32(b + 16, 8);
+                try_image("backing-missing", b, s->len, ANY, NULL);   /* no resolver */
+                put32(b + 16, 2000);
+                try_image("backing-long", b, s->len, MUST_REFUSE, NULL);
+                put64(b + 8, s->cluster - 4);
+                put32(b + 16, 8);
+                try_image("backing-past-cluster", b, s->len, MUST_REFUSE, NULL);
+                put64(b + 8, UINT64_MAX);
+                try_image("backing-huge-offset", b, s->len, MUST_REFUSE, NULL);
+                free(b);
+        }
+}
+
+static void test_tables(const sample *s) {
+        size_t l1 = (size_t) s->l1, l2 = (size_t) s->l2, l2e = s == &s_xl2 ? 16 : 8;
+        uint64_t C = s->cluster;
+
+        edit_case(s, "l1e", l1, 8, 0, ANY);
+        edit_case(s, "l1e", l1, 8, C / 2, ANY);   /* masked to 0: unallocated */
+        edit_case(s, "l1e", l1, 8, C, MUST_FAIL);            /* the refcount table */
+        edit_case(s, "l1e", l1, 8, s->l1, MUST_FAIL);        /* itself */
+        edit_case(s, "l1e", l1, 8, s->l2 + 512, MUST_FAIL);  /* unaligned */
+        edit_case(s, "l1e", l1, 8, UINT64_C(0x00fffffffffff000), MUST_FAIL);
+        edit_case(s, "l1e", l1, 8, s->len, MUST_FAIL);
+        edit_case(s, "l1e", l1, 8, UINT64_MAX, MUST_FAIL);
+        edit_case(s, "l2e", l2, 8, (s->len + C) | UINT64_C(1) << 63, MUST_FAIL);
+        edit_case(s, "l2e", l2, 8, 5 * C + 512, MUST_FAIL);
+        edit_case(s, "l2e", l2, 8, UINT64_C(0x00fffffffffff000), MUST_FAIL);
+        edit_case(s, "l2e", l2, 8, UINT64_MAX, ANY);
+        edit_case(s, "l2e", l2, 8, 0x3fffffffffffffffu, ANY);
+        edit_case(s, "l2e", l2, 8, C, ANY);   /* data read from the refcount table: allowed, like qemu */
+        if (l2e == 16) {
+                edit_case(s, "bitmap", l2 + 8, 8, UINT64_C(0x1) << 32 | 1, MUST_FAIL);   /* alloc + zero */
+                edit_case(s, "bitmap", l2 + 2 * 16 + 8, 8, 1, MUST_FAIL);   /* unallocated, alloc bit */
+                edit_case(s, "bitmap", l2 + 8, 8, UINT64_MAX >> 32, ANY);
+                return;
+        }
+        /* compressed: offsets and sizes that lie, damaged streams, bombs */
+        size_t ce = l2 + (size_t) s->comp * 8;
+        uint64_t e = be64(s->bytes + ce);
+        unsigned shift = 62 - (12 - 8);
+        uint64_t off = e & ((UINT64_C(1) << shift) - 1);
+
+        edit_case(s, "comp", ce, 8, e | ((UINT64_C(1) << (62 - shift)) - 1) << shift, ANY);   /* max size */
+        edit_case(s, "comp", ce, 8, UINT64_C(1) << 62, MUST_FAIL);                              /* into the header */
+        edit_case(s, "comp", ce, 8, UINT64_C(1) << 62 | (s->len + 10), MUST_FAIL);
+        edit_case(s, "comp", ce, 8, UINT64_C(1) << 62 | ((UINT64_C(1) << shift) - 1), MUST_FAIL);
+        edit_case(s, "comp", ce, 8, e & ~(((UINT64_C(1) << (62 - shift)) - 1) << shift), MUST_FAIL); /* short */
+        edit_case(s, "comp", ce, 8, (e & ~((UINT64_C(1) << shift) - 1)) | (off + 1), MUST_FAIL);
+        edit_case(s, "comp-data", (size_t) off + 4, 1, s->bytes[off + 4] ^ 0x40, MUST_FAIL);
+        edit_case(s, "comp-data", (size_t) off, 4, 0, MUST_FAIL);
+        {
+                /* a bomb: 4 clusters of zeros in the compressed slot */
+                uint8_t *b = calloc(1, s->len + 64 * KiB), *zeros = calloc(1, 4 * C);
+                size_t n;
+                ASSERT(b && zeros);
+                memcpy(b, s->bytes, s->len);
+                n = compress_unit(s == &s_zstd, zeros, 4 * C, b + off, 64 * KiB);
+                put64(b + ce, comp_entry(12, off, n));
+                try_image("comp-bomb", b, (size_t) MAX((uint64_t) s->len, off + n), MUST_FAIL, NULL);
+                /* and a stream one cluster minus a byte long: too short */
+                n = compress_unit(s == &s_zstd, zeros, C - 1, b + off, 64 * KiB);
+                put64(b + ce, comp_entry(12, off, n));
+                try_image("comp-short", b, (size_t) MAX((uint64_t) s->len, off + n), MUST_FAIL, NULL);
+                free(b);
+                free(zeros);
+        }
+}
+
+static void fuzz(const sample *s, uint64_t seed, unsigned iterations) {
+        uint8_t *b = malloc(s->len);
+        size_t meta_end = (size_t) MIN((uint64_t) s->len, 6 * (uint64_t) s->cluster);
+        rng r;
+
+        ASSERT(b);
+        rng_seed(&r, seed);
+        for (unsigned i = 0; i < iterations; i++) {
+                unsigned flips = 1 + (unsigned) rng_below(&r, 4);
+
+                memcpy(b, s->bytes, s->len);
+                for (unsigned k = 0; k < flips; k++) {
+                        size_t at = rng_chance(&r, 50) ? (size_t) rng_below(&r, 232)
+                                                       : (size_t) rng_below(&r, meta_end);
+                        b[at] ^= (uint8_t) (1u << rng_below(&r, 8));
+                }
+                try_image(s->name, b, s->len, ANY, NULL);
+        }
+        free(b);
+}
+
+int main(int argc, char **argv) {
+        uint64_t seed = 20261207;
+        unsigned iterations = 1500;
+
+        if (argc > 1)
+                seed = strtoull(argv[1], NULL, 0);
+        if (argc > 2)
+                iterations = (unsigned) strtoul(argv[2], NULL, 0);
+
+        make_sample(&s_zlib, "zlib", false, false);
+        make_sample(&s_zstd, "zstd", true, false);
+        make_sample(&s_xl2, "xl2", false, true);
+#ifndef HAVE_ASAN
+        {
+                /* memory bound: 256 MiB more address space than now */
+                struct rlimit rl;
+                FILE *f = fopen("/proc/self/statm", "re");
+                unsigned long pages = 0;
+
+                if (f && fscanf(f, "%lu", &pages) == 1 && getrlimit(RLIMIT_AS, &rl) == 0) {
+                        rl.rlim_cur = (rlim_t) pages * (rlim_t) sysconf(_SC_PAGESIZE) + 256 * MiB;
+                        if (rl.rlim_max == RLIM_INFINITY || rl.rlim_cur <= rl.rlim_max)
+                                (void) setrlimit(RLIMIT_AS, &rl);
+                }
+                if (f)
+                        fclose(f);
+        }
+#endif
+
+        const sample *all[] = { &s_zlib, &s_zstd, &s_xl2 };
+        for (size_t i = 0; i < ELEMENTSOF(all); i++) {
+                const sample *s = all[i];
+
+                try_image(s->name, s->bytes, s->len, MUST_READ, s->content);
+                test_truncation(s);
+                test_header(s);
+                test_tables(s);
+                fuzz(s, seed + i, iterations);
+                free(s->bytes);
+                free(s->content);
+        }
+        printf("test-malformed-qcow2: %u cases, %u opened, %u refused at open\n", n_cases, n_opened, n_refused);
+        return 0;
+}
