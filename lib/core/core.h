@@ -82,6 +82,11 @@ const vdisk_backend *backend_from_info(const vdisk_backend_info *info);
 int backend_check_options(const vdisk_backend *be, const char *const *options);
 
 /* probe.c: best backend for io, or -EMEDIUMTYPE. */
+/* probe_backend() for a parent candidate of a UUID search (never raw): from
+ * the head alone when that identifies the format, so that a sparse file
+ * that merely claims a huge size is read no further than its head; the
+ * tail only when the head says nothing (a fixed VHD's footer). */
+int probe_candidate(vdisk_io *io, const char *name, const vdisk_backend **ret);
 int probe_backend(vdisk_io *io, const char *name, int allow_raw, const vdisk_backend **ret,
                   int *ret_guessed_raw);
 

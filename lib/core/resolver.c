@@ -108,7 +108,7 @@ static int candidate_uuid(int dfd, const char *dir, const char *name, uint8_t re
         if (r < 0)
                 return r;
         TAKE_FD(fd);
-        r = probe_backend(io, full, 0, &be, NULL);
+        r = probe_candidate(io, full, &be);
         if (r < 0)
                 return r;
         r = image_peek(be, io, &m, &head);
