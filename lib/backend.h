@@ -240,6 +240,8 @@ typedef struct vdisk_backend {
          * fields as open() does before it reads any table, so that a file
          * open() would refuse for its header is no candidate (-EMEDIUMTYPE:
          * not this format; -EUCLEAN, -EOPNOTSUPP, -EFBIG as open() says).
+         * -ENODATA: the identity is not in the head (a fixed VHD keeps its
+         * footer at the end): the core opens that one metadata-only.
          * Optional: without it the core opens candidates metadata-only. */
         int (*peek)(const uint8_t *head, size_t head_len, uint64_t file_size, meta *ret);
 

@@ -343,6 +343,55 @@ static int vhd_probe(const uint8_t *head, size_t head_len, const uint8_t *tail, 
         return 0;
 }
 
+/* The identity from the head: the footer copy at 0 and the dynamic header
+ * (dynamic and differencing images), checked as open() checks them before it
+ * reads the BAT. A fixed image keeps its footer at the end only, and an
+ * image whose copy at 0 is damaged is read from the end by open(): both are
+ * -ENODATA, and the core opens them metadata-only (which reads the footer
+ * alone). The locators' names lie past the BAT: not reported. */
+static int vhd_peek(const uint8_t *head, size_t head_len, uint64_t file_size, meta *ret) {
+        uint64_t dyn_offset, size, bat;
+        uint32_t type, entries, bs;
+        int r;
+
+        assert(head || head_len == 0);
+        assert(ret);
+
+        if (head_len < VHD_FOOTER_SIZE || memcmp(head, "conectix", 8) != 0 || !footer_looks_valid(head))
+                return -ENODATA;
+        type = get_be32(head + F_TYPE);
+        if (type == VHD_TYPE_FIXED)
+                return -ENODATA;
+        r = footer_parse(head, "at offset 0");
+        if (r < 0)
+                return r;
+        size = footer_size(head);
+        if (size % VHD_SECTOR != 0)
+                return vdisk_error(-EUCLEAN, "vhd: disk size %" PRIu64 " is not a multiple of 512", size);
+        if (file_size < 2 * VHD_FOOTER_SIZE)
+                return vdisk_error(-EUCLEAN, "vhd: file too short for a dynamic image (%" PRIu64 " bytes)",
+                                   file_size);
+        dyn_offset = get_be64(head + F_DATA_OFFSET);
+        if (dyn_offset % VHD_SECTOR != 0 || dyn_offset < VHD_FOOTER_SIZE)
+                return vdisk_error(-EUCLEAN, "vhd: dynamic header offset %" PRIu64 " is invalid", dyn_offset);
+        if (!range_within(dyn_offset, VHD_DYN_SIZE, file_size))
+                return vdisk_error(-EUCLEAN, "vhd: dynamic header at %" PRIu64 " extends past the end of the "
+                                   "file (%" PRIu64 " bytes)", dyn_offset, file_size);
+        if (!range_within(dyn_offset, VHD_DYN_SIZE, head_len))
+                return -ENODATA;
+        r = dyn_parse(head + dyn_offset, dyn_offset, size, file_size, &bat, &entries, &bs);
+        if (r < 0)
+                return r;
+        if (type == VHD_TYPE_DIFF && vdisk_uuid_is_null(head + dyn_offset + D_PARENT_UUID))
+                return vdisk_error(-EUCLEAN, "vhd: differencing image without a parent UUID");
+
+        *ret = (meta) { .mask = META_UUID | META_PARENT_UUID };
+        memcpy(ret->uuid, head + F_UUID, 16);
+        if (type == VHD_TYPE_DIFF)
+                memcpy(ret->parent_uuid, head + dyn_offset + D_PARENT_UUID, 16);
+        return 0;
+}
+
 /* ---------------------------------------------------------------- bitmaps */
 
 static vhd_bm *bm_find(vhd_state *s, uint32_t b) {
@@ -1991,6 +2040,7 @@ const vdisk_backend backend_vhd = {
         .aliases = vhd_aliases,
         .state_size = sizeof(vhd_state),
         .probe = vhd_probe,
+        .peek = vhd_peek,
         .open = vhd_open,
         .create = vhd_create,
         .close = vhd_close,

@@ -207,6 +207,15 @@ int image_peek(const vdisk_backend *be, vdisk_io *io, meta *ret, uint8_t **ret_h
         if (r < 0)
                 return r;
         r = be->peek(head, head_len, size, &m);
+        if (r == -ENODATA) {
+                /* The identity lies past the head (a fixed VHD's footer). */
+                vdisk_clear_error();
+                r = peek_by_open(be, io, ret);
+                if (r < 0)
+                        return r;
+                *ret_head = NULL;
+                return 0;
+        }
         if (r < 0)
                 return vdisk_error_prefix(r, vdisk_io_name(io));
         m.mask &= META_IDENTITY | META_PARENT_NAME;
