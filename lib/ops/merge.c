@@ -130,7 +130,7 @@ static int collect_names(vdisk_disk *d, unsigned lo, unsigned hi, char ***ret) {
 
 /* Points image `child` at `parent` (or makes it a base when parent < 0). */
 static int relink(vdisk_disk *d, unsigned child, int parent) {
-        meta pm = {}, m = {};
+        meta pm = {}, m = {}, cm;
         uint32_t mask = META_PARENT_UUID;
         int r;
 
@@ -145,6 +145,13 @@ static int relink(vdisk_disk *d, unsigned child, int parent) {
                 mask |= META_PARENT_MOD_UUID;
         } else if (parent < 0)
                 mask |= META_PARENT_MOD_UUID;
+        /* A child whose format records no parent modification UUID (VHD,
+         * VMDK) keeps none, whatever its new parent has (a VDI). */
+        r = image_get_meta(d->images[child], &cm);
+        if (r < 0)
+                return r;
+        if (!(cm.mask & META_PARENT_MOD_UUID))
+                mask &= ~META_PARENT_MOD_UUID;
         r = image_set_meta(d->images[child], &m, mask);
         if (r < 0)
                 return r;
