@@ -245,6 +245,15 @@ int disk_may_reshape(vdisk_disk *d);
 bool disk_op_running(vdisk_disk *d);
 
 /* resolver.c */
+/* The names by which the image on `child` can record its parent on
+ * `parent`: relative to the child's directory and absolute, both when the
+ * resolver is the path resolver and both ios are the files their names lead
+ * to; else both NULL (vdiskd's fds, memory ios). Freed by the caller. */
+int resolver_link_names(vdisk_resolver *r, vdisk_io *child, vdisk_io *parent, char **ret_rel, char **ret_abs);
+/* The absolute, canonical name of the file `name` leads to, named as the
+ * image on `child` names its parent (relative to its directory); NULL when
+ * the resolver is not the path resolver or the name leads nowhere. */
+char *resolver_abs_name(vdisk_resolver *r, vdisk_io *child, const char *name);
 int resolver_open_name(vdisk_resolver *r, const char *name, const char *child, int writable, vdisk_io **ret);
 int resolver_find_uuid(vdisk_resolver *r, const uint8_t uuid[16], const char *format, const char *child,
                        int writable, vdisk_io **ret);

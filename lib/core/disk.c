@@ -579,6 +579,7 @@ int disk_create_diff(vdisk_disk *d, vdisk_io *io, const char *format, const vdis
         vdisk_image *img, *parent;
         create_params p;
         vdisk_resolver *res;
+        _cleanup_free_ char *rel = NULL, *abs = NULL;
         meta pm;
         int r;
 
@@ -619,6 +620,14 @@ int disk_create_diff(vdisk_disk *d, vdisk_io *io, const char *format, const vdis
         r = backend_check_options(be, p.options);
         if (r < 0)
                 return r;
+        /* The parent's names as the child's directory sees them, where both
+         * are files opened by path (VHD records a relative and an absolute
+         * locator). */
+        r = resolver_link_names(res ?: d->resolver, io, parent->io, &rel, &abs);
+        if (r < 0)
+                return vdisk_error(r, "out of memory");
+        p.parent_rel_name = rel;
+        p.parent_abs_name = abs;
         r = image_create(be, io, res, &p, d->budget, &img);
         if (r < 0)
                 return r;

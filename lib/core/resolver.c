@@ -301,6 +301,93 @@ static int path_reopen(void *user, vdisk_io *io, vdisk_io **ret) {
         return 0;
 }
 
+/* The absolute name of the file `io` has open, when `name` leads to it:
+ * realpath() of the name, checked against the io's device and inode. */
+static char *abs_name_of(vdisk_io *io, const char *name) {
+        _cleanup_free_ char *real = NULL;
+        uint64_t dev, ino;
+        struct stat st;
+
+        if (vdisk_io_get_file_id(io, &dev, &ino) < 0) {
+                vdisk_clear_error();
+                return NULL;
+        }
+        real = realpath(name, NULL);
+        if (!real || stat(real, &st) < 0 || (uint64_t) st.st_dev != dev || (uint64_t) st.st_ino != ino)
+                return NULL;
+        return TAKE_PTR(real);
+}
+
+/* `to` relative to the directory `from`; both absolute and canonical
+ * (realpath(): no "." or "..", no repeated or trailing slash). */
+static char *relative_to(const char *from, const char *to) {
+        size_t i = 0, common = 0, ups = 0;
+        char *out, *o;
+
+        /* `common`: the end of the last whole component both share. */
+        for (;; i++) {
+                bool f_end = from[i] == 0 || from[i] == '/', t_end = to[i] == 0 || to[i] == '/';
+
+                if (f_end && t_end)
+                        common = i;
+                if (from[i] == 0 || to[i] == 0 || from[i] != to[i])
+                        break;
+        }
+        /* The components of `from` past `common` each take a "..". */
+        for (const char *p = from + common; *p; p++)
+                if (*p == '/' && p[1])
+                        ups++;
+        to += common;
+        if (*to == '/')
+                to++;
+        out = malloc(ups * 3 + strlen(to) + 1);
+        if (!out)
+                return NULL;
+        o = out;
+        for (size_t k = 0; k < ups; k++) {
+                memcpy(o, "../", 3);
+                o += 3;
+        }
+        strcpy(o, to);
+        return out;
+}
+
+int resolver_link_names(vdisk_resolver *r, vdisk_io *child, vdisk_io *parent, char **ret_rel, char **ret_abs) {
+        _cleanup_free_ char *abs = NULL, *child_abs = NULL, *child_dir = NULL;
+
+        *ret_rel = *ret_abs = NULL;
+        /* Only the path resolver's ios are named by paths (vdiskd's names are
+         * the caller's words, memory ios have none). */
+        if (!r || r->ops.open_name != path_open_name || !child || !parent)
+                return 0;
+        abs = abs_name_of(parent, vdisk_io_name(parent));
+        child_abs = abs_name_of(child, vdisk_io_name(child));
+        if (!abs || !child_abs)
+                return 0;
+        child_dir = dir_of(child_abs);
+        if (!child_dir)
+                return -ENOMEM;
+        *ret_rel = relative_to(child_dir, abs);
+        if (!*ret_rel)
+                return -ENOMEM;
+        *ret_abs = TAKE_PTR(abs);
+        return 0;
+}
+
+char *resolver_abs_name(vdisk_resolver *r, vdisk_io *child, const char *name) {
+        _cleanup_free_ char *dir = NULL, *full = NULL;
+
+        if (!r || r->ops.open_name != path_open_name || !name || !name[0])
+                return NULL;
+        if (name[0] == '/')
+                return realpath(name, NULL);
+        dir = dir_of(vdisk_io_name(child));
+        if (!dir)
+                return NULL;
+        full = strdup_printf("%s/%s", dir, name);
+        return full ? realpath(full, NULL) : NULL;
+}
+
 static void path_free(void *user) {
         path_resolver *pr = user;
 

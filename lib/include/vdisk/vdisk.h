@@ -531,7 +531,11 @@ int vdisk_image_set_lchs(vdisk_image *img, const vdisk_geometry *g);
 int vdisk_image_set_flags(vdisk_image *img, uint32_t flags);   /* only ZERO_EXPAND is changeable */
 
 /* Records the parent's file name and format in a child (a relink, like
- * qemu-img rebase -u); -EOPNOTSUPP for formats that link by UUID only. */
+ * qemu-img rebase -u); -EOPNOTSUPP for formats that link by UUID only. The
+ * name is relative to the child's directory (or absolute), as qemu takes a
+ * backing name. VHD records it in its W2ru locator and, when the image was
+ * opened by path, the parent's absolute name in W2ku; both are hints next to
+ * the parent UUID (set that too). */
 int vdisk_image_set_parent_name(vdisk_image *img, const char *name, const char *format);
 
 /* The logical sector size: 512, 2048 (optical media) or 4096. */
