@@ -1428,6 +1428,10 @@ static int vhd_create(void *state, const open_ctx *c, const create_params *p) {
                 return vdisk_error(-EOPNOTSUPP, "vhd: image flags %#" PRIx32 " are not supported", p->image_flags);
         if (fixed && diff)
                 return vdisk_error(-EOPNOTSUPP, "vhd: a differencing image cannot be fixed");
+        if (diff && vdisk_uuid_is_null(p->parent_uuid))
+                return vdisk_error(-EOPNOTSUPP, "vhd: a differencing image records its parent's UUID, and the "
+                                   "parent%s%s%s has none", p->parent_name ? " '" : "",
+                                   p->parent_name ? p->parent_name : "", p->parent_name ? "'" : "");
         if (bs < VHD_SECTOR || bs > VHD_BLOCK_MAX || !IS_POWER_OF_2(bs))
                 return vdisk_error(-EINVAL, "vhd: block size %" PRIu32 " is not a power of two from 512 bytes "
                                    "to 64 MiB", bs);

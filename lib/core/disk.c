@@ -336,14 +336,18 @@ static int parent_backend(vdisk_io *io, const meta *m, const vdisk_backend **ret
 }
 
 /* Does the file on `io` (of backend `be`) record the UUID `uuid`? From its
- * header alone. A file whose format records no UUID (qemu's VMDKs) cannot
- * say no: the linkage check after the open decides. */
+ * header alone. A file whose format records no UUID (qemu's VMDKs), or
+ * whose identity cannot be read without opening it with its companions (a
+ * VMDK descriptor with extents), cannot say no: the linkage check after the
+ * open decides. */
 static bool candidate_has_uuid(const vdisk_backend *be, vdisk_io *io, const uint8_t uuid[16]) {
         _cleanup_free_ uint8_t *head = NULL;
         meta pm;
 
-        if (image_peek(be, io, &pm, &head) < 0)
-                return false;
+        if (image_peek(be, io, &pm, &head) < 0) {
+                vdisk_clear_error();
+                return true;
+        }
         return !(pm.mask & META_UUID) || memcmp(pm.uuid, uuid, 16) == 0;
 }
 
@@ -580,7 +584,7 @@ int disk_create_diff(vdisk_disk *d, vdisk_io *io, const char *format, const vdis
         create_params p;
         vdisk_resolver *res;
         _cleanup_free_ char *rel = NULL, *abs = NULL;
-        meta pm;
+        meta pm, cm;
         int r;
 
         if (d->n == 0)
@@ -631,6 +635,18 @@ int disk_create_diff(vdisk_disk *d, vdisk_io *io, const char *format, const vdis
         r = image_create(be, io, res, &p, d->budget, &img);
         if (r < 0)
                 return r;
+        /* A child that links by UUID alone (VDI) over a parent without one
+         * (qemu's VMDKs) would have no parent at all. */
+        r = image_get_meta(img, &cm);
+        if (r >= 0 && !(cm.mask & META_PARENT_NAME) && (cm.mask & META_PARENT_UUID) &&
+            vdisk_uuid_is_null(cm.parent_uuid))
+                r = vdisk_error(-EOPNOTSUPP, "%s: a %s image links its parent by UUID, and '%s' (%s) has none",
+                                vdisk_io_name(io), be->info.name, vdisk_io_name(parent->io), parent->be->info.name);
+        if (r < 0) {
+                img->writable = 0;
+                image_free(img);
+                return r;
+        }
         img->modified = 1;
         return disk_push(d, img, 1);
 }
