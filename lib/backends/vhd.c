@@ -360,10 +360,13 @@ static int vhd_probe(const uint8_t *head, size_t head_len, const uint8_t *tail, 
 
 /* The identity from the head: the footer copy at 0 and the dynamic header
  * (dynamic and differencing images), checked as open() checks them before it
- * reads the BAT. A fixed image keeps its footer at the end only, and an
- * image whose copy at 0 is damaged is read from the end by open(): both are
- * -ENODATA, and the core opens them metadata-only (which reads the footer
- * alone). The locators' names lie past the BAT: not reported. */
+ * reads the BAT. open() decides by the footer at the end first (a fixed
+ * image's data may begin with another VHD's footer), so the head alone is
+ * exact only when it holds the whole file: for a larger file, a fixed image
+ * (footer at the end only) and an image whose copy at 0 is damaged, peek
+ * says -ENODATA and the core opens the file metadata-only, which reads the
+ * footers, the dynamic header and the locators (no BAT). The locators'
+ * names lie past the BAT: not reported. */
 static int vhd_peek(const uint8_t *head, size_t head_len, uint64_t file_size, meta *ret) {
         uint64_t dyn_offset, size, bat;
         uint32_t type, entries, bs;
@@ -373,6 +376,13 @@ static int vhd_peek(const uint8_t *head, size_t head_len, uint64_t file_size, me
         assert(ret);
 
         if (head_len < VHD_FOOTER_SIZE || memcmp(head, "conectix", 8) != 0 || !footer_looks_valid(head))
+                return -ENODATA;
+        /* The footer at the end, as open() reads it: a fixed one wins. */
+        if ((uint64_t) head_len < file_size)
+                return -ENODATA;
+        if ((head_len >= 2 * VHD_FOOTER_SIZE && footer_looks_valid(head + head_len - VHD_FOOTER_SIZE) &&
+             get_be32(head + head_len - VHD_FOOTER_SIZE + F_TYPE) == VHD_TYPE_FIXED) ||
+            memcmp(head + head_len - VHD_FOOTER_SIZE, "conectix", 8) != 0)
                 return -ENODATA;
         type = get_be32(head + F_TYPE);
         if (type == VHD_TYPE_FIXED)
