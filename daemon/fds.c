@@ -152,7 +152,7 @@ struct FilesResolver {
 /* A candidate's UUID, from its header alone (vdisk_peek_ids: at most 64 KiB
  * read, no table loaded, whatever the header claims). Only the match is
  * opened as an image, by the library's chain code. */
-static int candidate_uuid(const FileArg *f, const char *format, uint8_t ret[16]) {
+static int candidate_uuid(const FileArg *f, uint8_t ret[16]) {
         vdisk_image_ids ids = { .size = sizeof(ids) };
         vdisk_io *io = NULL;
         int r;
@@ -160,7 +160,8 @@ static int candidate_uuid(const FileArg *f, const char *format, uint8_t ret[16])
         r = candidate_io(f, 0, &io);
         if (r < 0)
                 return r;
-        r = vdisk_peek_ids(io, format, &ids);
+        /* Any format: a chain may mix them (a VHD diff on a VDI). */
+        r = vdisk_peek_ids(io, NULL, &ids);
         vdisk_io_unref(io);
         if (r < 0)
                 return r;
@@ -179,7 +180,7 @@ static int files_find_uuid(void *user, const uint8_t uuid[16], const char *forma
                 const FileArg *f = &fr->files[i];
                 uint8_t u[16];
 
-                if (candidate_uuid(f, format, u) < 0 || memcmp(u, uuid, 16) != 0)
+                if (candidate_uuid(f, u) < 0 || memcmp(u, uuid, 16) != 0)
                         continue;
                 if (found && (found->dev != f->dev || found->ino != f->ino)) {
                         /* Guessing could merge into the wrong parent; the

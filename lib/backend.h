@@ -170,6 +170,13 @@ typedef struct meta {
         uint32_t version;
         const char *parent_name;    /* borrowed, may be NULL */
         const char *parent_format;  /* borrowed, may be NULL (recorded format) */
+        /* META_PARENT_NAME: a second name of the parent, tried after
+         * parent_name (VHD's absolute W2ku locator); borrowed, may be NULL.
+         * Where the image records its parent's UUID too, the names are hints:
+         * the core skips a named file with another UUID and then searches by
+         * UUID. On set_meta, the absolute name of the new parent when the
+         * core knows it (images opened by path), else NULL. */
+        const char *parent_abs_name;
 } meta;
 
 /* What the core asks create() to make. */
@@ -186,6 +193,12 @@ typedef struct create_params {
                                      * records it (formats that link by UUID
                                      * only ignore it); may be NULL */
         const char *parent_format;  /* diff: the parent's format, may be NULL */
+        /* diff: the parent's file name relative to the child's directory and
+         * its absolute name, when the core knows them (both images opened by
+         * path: vdisk-img); NULL otherwise (vdiskd's fds, memory ios). For
+         * formats that record several names (VHD's W2ru and W2ku locators). */
+        const char *parent_rel_name;
+        const char *parent_abs_name;
         /* "-o" key/value pairs, NULL-terminated, each key one of the
          * backend's info.create_options (the core checked) and each value
          * normalized by type (sizes in bytes, booleans "on"/"off"). */
@@ -232,6 +245,8 @@ typedef struct vdisk_backend {
          * fields as open() does before it reads any table, so that a file
          * open() would refuse for its header is no candidate (-EMEDIUMTYPE:
          * not this format; -EUCLEAN, -EOPNOTSUPP, -EFBIG as open() says).
+         * -ENODATA: the identity is not in the head (a fixed VHD keeps its
+         * footer at the end): the core opens that one metadata-only.
          * Optional: without it the core opens candidates metadata-only. */
         int (*peek)(const uint8_t *head, size_t head_len, uint64_t file_size, meta *ret);
 

@@ -506,12 +506,10 @@ static int rebase_set_link(Img *img, vdisk_image *parent, const char *backing) {
         bool have_mod = false;
         int r;
 
-        /* A parent recorded by file name cannot be renamed through libvdisk. */
-        if (vdisk_image_get_parent_name(top, &pname, &pfmt) >= 0 && pname) {
-                log_error("Could not change the backing file to '%s': %s images name their backing file, "
-                          "which vdisk-img cannot change", backing, vdisk_image_backend(top)->qemu_name);
-                return -EOPNOTSUPP;
-        }
+        /* A parent recorded by file name (VMDK's parentFileNameHint, VHD's
+         * locators) gets the new name too; formats that link by UUID only
+         * keep none. */
+        bool named = vdisk_image_get_parent_name(top, &pname, &pfmt) >= 0 && pname;
 
         if (parent) {
                 r = vdisk_image_get_uuid(parent, uuid);
@@ -533,6 +531,8 @@ static int rebase_set_link(Img *img, vdisk_image *parent, const char *backing) {
                 if (r == -EOPNOTSUPP)
                         r = 0;
         }
+        if (r >= 0 && named && parent)
+                r = vdisk_image_set_parent_name(top, backing, NULL);
         if (r >= 0)
                 r = vdisk_disk_flush(img->disk);
         if (r < 0) {

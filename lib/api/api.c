@@ -397,10 +397,19 @@ int vdisk_image_get_info(vdisk_image *img, vdisk_image_info *ret) {
 }
 
 int vdisk_image_set_parent_name(vdisk_image *img, const char *name, const char *format) {
+        _cleanup_free_ char *abs = NULL;
         meta m = { .parent_name = name, .parent_format = format };
 
         if (!img || !name || !name[0])
                 return vdisk_error(-EINVAL, "invalid arguments");
+        /* Formats that record an absolute name too (VHD's W2ku) get it when
+         * the image was opened by path. */
+        if (img->disk) {
+                _cleanup_(disk_unlockp) vdisk_disk *l = image_lock(img);
+
+                abs = resolver_abs_name(img->disk->resolver, img->io, name);
+        }
+        m.parent_abs_name = abs;
         return set_meta_field(img, &m, META_PARENT_NAME);
 }
 

@@ -72,6 +72,10 @@
 #define VHD_EPOCH               INT64_C(946684800)   /* 2000-01-01 00:00:00 UTC */
 #define VHD_COW_UNIT            4096u
 #define VHD_BM_SLOTS            32u
+/* The data space of each locator vdisk writes: 2 sectors, 511 UTF-16
+ * units of a name; a longer name is not recorded. */
+#define VHD_LOC_SECTORS         2u
+#define VHD_LOC_BYTES           (VHD_LOC_SECTORS * 512u)
 
 /* Footer fields. */
 enum {
@@ -137,6 +141,17 @@ typedef struct vhd_state {
         tc_table *bat;
         char parent_name[1024];         /* UTF-8, from the header's Unicode name */
         char parent_rel[1024];          /* UTF-8, from the W2ru locator ("" if none) */
+        char parent_abs[1024];          /* UTF-8, from the W2ku locator ("" if none) */
+        char link_rel[1024];            /* parent_rel as a POSIX name ("" if none) */
+        char link_abs[1024];            /* parent_abs if it is a POSIX absolute name */
+        /* Locator data set_meta() changed, written by vhd_write_meta()
+         * before the header that points at it. */
+        struct {
+                uint64_t off;
+                uint32_t len;
+                uint8_t data[VHD_LOC_BYTES];
+        } loc_w[2];
+        unsigned n_loc_w;
 
         vhd_bm bms[VHD_BM_SLOTS];
         uint64_t tick, charged;
@@ -343,6 +358,65 @@ static int vhd_probe(const uint8_t *head, size_t head_len, const uint8_t *tail, 
         return 0;
 }
 
+/* The identity from the head: the footer copy at 0 and the dynamic header
+ * (dynamic and differencing images), checked as open() checks them before it
+ * reads the BAT. open() decides by the footer at the end first (a fixed
+ * image's data may begin with another VHD's footer), so the head alone is
+ * exact only when it holds the whole file: for a larger file, a fixed image
+ * (footer at the end only) and an image whose copy at 0 is damaged, peek
+ * says -ENODATA and the core opens the file metadata-only, which reads the
+ * footers, the dynamic header and the locators (no BAT). The locators'
+ * names lie past the BAT: not reported. */
+static int vhd_peek(const uint8_t *head, size_t head_len, uint64_t file_size, meta *ret) {
+        uint64_t dyn_offset, size, bat;
+        uint32_t type, entries, bs;
+        int r;
+
+        assert(head || head_len == 0);
+        assert(ret);
+
+        if (head_len < VHD_FOOTER_SIZE || memcmp(head, "conectix", 8) != 0 || !footer_looks_valid(head))
+                return -ENODATA;
+        /* The footer at the end, as open() reads it: a fixed one wins. */
+        if ((uint64_t) head_len < file_size)
+                return -ENODATA;
+        if ((head_len >= 2 * VHD_FOOTER_SIZE && footer_looks_valid(head + head_len - VHD_FOOTER_SIZE) &&
+             get_be32(head + head_len - VHD_FOOTER_SIZE + F_TYPE) == VHD_TYPE_FIXED) ||
+            memcmp(head + head_len - VHD_FOOTER_SIZE, "conectix", 8) != 0)
+                return -ENODATA;
+        type = get_be32(head + F_TYPE);
+        if (type == VHD_TYPE_FIXED)
+                return -ENODATA;
+        r = footer_parse(head, "at offset 0");
+        if (r < 0)
+                return r;
+        size = footer_size(head);
+        if (size % VHD_SECTOR != 0)
+                return vdisk_error(-EUCLEAN, "vhd: disk size %" PRIu64 " is not a multiple of 512", size);
+        if (file_size < 2 * VHD_FOOTER_SIZE)
+                return vdisk_error(-EUCLEAN, "vhd: file too short for a dynamic image (%" PRIu64 " bytes)",
+                                   file_size);
+        dyn_offset = get_be64(head + F_DATA_OFFSET);
+        if (dyn_offset % VHD_SECTOR != 0 || dyn_offset < VHD_FOOTER_SIZE)
+                return vdisk_error(-EUCLEAN, "vhd: dynamic header offset %" PRIu64 " is invalid", dyn_offset);
+        if (!range_within(dyn_offset, VHD_DYN_SIZE, file_size))
+                return vdisk_error(-EUCLEAN, "vhd: dynamic header at %" PRIu64 " extends past the end of the "
+                                   "file (%" PRIu64 " bytes)", dyn_offset, file_size);
+        if (!range_within(dyn_offset, VHD_DYN_SIZE, head_len))
+                return -ENODATA;
+        r = dyn_parse(head + dyn_offset, dyn_offset, size, file_size, &bat, &entries, &bs);
+        if (r < 0)
+                return r;
+        if (type == VHD_TYPE_DIFF && vdisk_uuid_is_null(head + dyn_offset + D_PARENT_UUID))
+                return vdisk_error(-EUCLEAN, "vhd: differencing image without a parent UUID");
+
+        *ret = (meta) { .mask = META_UUID | META_PARENT_UUID };
+        memcpy(ret->uuid, head + F_UUID, 16);
+        if (type == VHD_TYPE_DIFF)
+                memcpy(ret->parent_uuid, head + dyn_offset + D_PARENT_UUID, 16);
+        return 0;
+}
+
 /* ---------------------------------------------------------------- bitmaps */
 
 static vhd_bm *bm_find(vhd_state *s, uint32_t b) {
@@ -522,6 +596,25 @@ static int vhd_read_footer_at_end(vdisk_io *io, uint64_t file_size, uint8_t *f, 
 }
 
 
+/* The locators' names as the core follows them: the relative one (".\\a\\b"
+ * or "..\\a") with slashes, the absolute one only when it is a POSIX name
+ * (Windows names, "C:\\...", lead nowhere here). */
+static void links_from_locators(vhd_state *s) {
+        const char *r = s->parent_rel;
+
+        s->link_rel[0] = s->link_abs[0] = 0;
+        if (r[0] == '.' && (r[1] == '\\' || r[1] == '/'))
+                r += 2;
+        if (r[0] && r[0] != '\\' && r[0] != '/' && !(r[0] && r[1] == ':')) {
+                snprintf(s->link_rel, sizeof s->link_rel, "%s", r);
+                for (char *c = s->link_rel; *c; c++)
+                        if (*c == '\\')
+                                *c = '/';
+        }
+        if (s->parent_abs[0] == '/')
+                snprintf(s->link_abs, sizeof s->link_abs, "%s", s->parent_abs);
+}
+
 /* Parent locators: 8 entries of {platform code, data space, data length,
  * reserved, data offset}. Their data (usually between the BAT and the first
  * block) counts as metadata: no new block may go over it. The W2ru entry
@@ -542,7 +635,9 @@ static int vhd_read_locators(vhd_state *s, uint64_t file_size) {
                 if (off < VHD_FOOTER_SIZE || !range_within(off, bytes, file_size) || bytes > (UINT64_C(1) << 20))
                         continue;
                 s->alloc_floor = MAX(s->alloc_floor, off + bytes);
-                if (memcmp(l, "W2ru", 4) == 0 && len > 0 && len <= VHD_LOCATOR_DATA_MAX && len % 2 == 0) {
+                if ((memcmp(l, "W2ru", 4) == 0 || memcmp(l, "W2ku", 4) == 0) && len > 0 &&
+                    len <= VHD_LOCATOR_DATA_MAX && len % 2 == 0) {
+                        bool rel = memcmp(l, "W2ru", 4) == 0;
                         uint8_t buf[VHD_LOCATOR_DATA_MAX];
                         int r = io_pread(s->io, buf, len, off);
 
@@ -554,9 +649,13 @@ static int vhd_read_locators(vhd_state *s, uint64_t file_size) {
                                 buf[k] = buf[k + 1];
                                 buf[k + 1] = t;
                         }
-                        utf16be_to_utf8(buf, len / 2, s->parent_rel, sizeof s->parent_rel);
+                        if (rel)
+                                utf16be_to_utf8(buf, len / 2, s->parent_rel, sizeof s->parent_rel);
+                        else
+                                utf16be_to_utf8(buf, len / 2, s->parent_abs, sizeof s->parent_abs);
                 }
         }
+        links_from_locators(s);
         return 0;
 }
 
@@ -998,6 +1097,17 @@ static int vhd_write_meta(vhd_state *s) {
                 m->dirty = false;
         }
         if (s->meta_dirty) {
+                if (s->n_loc_w > 0) {
+                        for (unsigned i = 0; i < s->n_loc_w; i++) {
+                                r = io_pwrite(s->io, s->loc_w[i].data, s->loc_w[i].len, s->loc_w[i].off);
+                                if (r < 0)
+                                        return r;
+                        }
+                        r = io_flush(s->io);
+                        if (r < 0)
+                                return r;
+                        s->n_loc_w = 0;
+                }
                 footer_seal(s->footer);
                 r = io_pwrite(s->io, s->footer, s->footer_len, s->footer_offset);
                 if (r < 0)
@@ -1026,6 +1136,96 @@ static int vhd_flush(void *state) {
         return vhd_write_meta(s) ?: io_flush(s->io);
 }
 
+/* Records the parent's names: a W2ru locator (relative: ".\\name",
+ * "..\\dir\\name") and, when the absolute name is known, a W2ku locator (the
+ * name as it is: a POSIX path here, as VirtualBox writes it on Linux), in
+ * the data space the image's locators already have (first fit); other
+ * locators name the old parent and are dropped. A name longer than the space
+ * is not recorded: the parent is still found by its UUID. The Unicode name
+ * in the header becomes the parent's file name. Written by the next flush:
+ * the data first, then the header that points at it. */
+static int vhd_set_links(vhd_state *s, const char *rel, const char *abs) {
+        struct { uint64_t off, bytes; bool used; } areas[8];
+        const char *names[2] = { rel && rel[0] ? rel : NULL, abs && abs[0] ? abs : NULL };
+        static const char codes[2][5] = { "W2ru", "W2ku" };
+        unsigned n_areas = 0, slot = 0;
+        uint64_t file_size;
+        const char *base;
+        int r;
+
+        r = io_get_size(s->io, &file_size);
+        if (r < 0)
+                return r;
+        file_size = MAX(file_size, s->alloc_floor);
+        for (unsigned i = 0; i < 8; i++) {
+                uint8_t *l = s->dyn + D_LOCATORS + 24 * i;
+                uint32_t space = get_be32(l + 4), len = get_be32(l + 8);
+                uint64_t off = get_be64(l + 16), bytes;
+
+                if (get_be32(l) == 0)
+                        continue;
+                bytes = space <= 8 ? (uint64_t) space * VHD_SECTOR : space;
+                bytes = ALIGN_UP(MAX(bytes, (uint64_t) len), (uint64_t) VHD_SECTOR);
+                if (off >= VHD_FOOTER_SIZE && off % VHD_SECTOR == 0 && range_within(off, bytes, file_size) &&
+                    bytes <= (UINT64_C(1) << 20) && !ranges_overlap(off, bytes, 0, s->meta_end))
+                        areas[n_areas++] = (typeof(areas[0])) { off, bytes, false };
+        }
+        memset(s->dyn + D_LOCATORS, 0, 8 * 24);
+        s->n_loc_w = 0;
+        s->parent_rel[0] = s->parent_abs[0] = 0;
+        for (unsigned k = 0; k < 2; k++) {
+                uint8_t *d = s->loc_w[s->n_loc_w].data;
+                char text[1024];
+                size_t units, n;
+
+                if (!names[k])
+                        continue;
+                if (k == 0 && !(names[k][0] == '.' && (names[k][1] == '/' || (names[k][1] == '.' && names[k][2] == '/'))))
+                        n = (size_t) snprintf(text, sizeof text, ".\\%s", names[k]);
+                else
+                        n = (size_t) snprintf(text, sizeof text, "%s", names[k]);
+                if (n >= sizeof text)
+                        continue;
+                if (k == 0)
+                        for (char *c = text; *c; c++)
+                                if (*c == '/')
+                                        *c = '\\';
+                memset(d, 0, VHD_LOC_BYTES);
+                units = utf8_to_utf16(text, d, VHD_LOC_BYTES / 2, false);
+                if (units >= VHD_LOC_BYTES / 2)
+                        continue;   /* too long for the space vdisk gives a locator */
+                for (unsigned a = 0; a < n_areas; a++) {
+                        uint8_t *l = s->dyn + D_LOCATORS + 24 * slot;
+
+                        if (areas[a].used || areas[a].bytes < units * 2)
+                                continue;
+                        areas[a].used = true;
+                        memcpy(l, codes[k], 4);
+                        put_be32(l + 4, (uint32_t) (areas[a].bytes / VHD_SECTOR));
+                        put_be32(l + 8, (uint32_t) (units * 2));
+                        put_be64(l + 16, areas[a].off);
+                        s->loc_w[s->n_loc_w].off = areas[a].off;
+                        s->loc_w[s->n_loc_w].len = (uint32_t) (units * 2);
+                        s->n_loc_w++;
+                        slot++;
+                        snprintf(k == 0 ? s->parent_rel : s->parent_abs, sizeof s->parent_rel, "%s", text);
+                        break;
+                }
+        }
+        links_from_locators(s);
+        memset(s->dyn + D_PARENT_NAME, 0, 512);
+        if (names[0] || names[1]) {
+                const char *name = names[0] ?: names[1];
+
+                base = strrchr(name, '/');
+                utf8_to_utf16(base ? base + 1 : name, s->dyn + D_PARENT_NAME, 255, true);
+                put_be32(s->dyn + D_PARENT_TIME, (uint32_t) ((int64_t) time(NULL) - VHD_EPOCH));
+        }
+        utf16be_to_utf8(s->dyn + D_PARENT_NAME, 256, s->parent_name, sizeof s->parent_name);
+        s->meta_dirty = true;
+        return 0;
+}
+
 /* ---------------------------------------------------------------- metadata */
 
 static uint32_t vhd_image_flags(const vhd_state *s) {
@@ -1050,12 +1250,20 @@ static int vhd_get_meta(void *state, meta *m) {
         memset(m->parent_uuid, 0, 16);
         if (s->type == VHD_TYPE_DIFF)
                 memcpy(m->parent_uuid, s->dyn + D_PARENT_UUID, 16);
+        /* The locators, as hints: the core tries them, then the UUID. */
+        if (s->type == VHD_TYPE_DIFF && (s->link_rel[0] || s->link_abs[0])) {
+                m->mask |= META_PARENT_NAME;
+                m->parent_name = s->link_rel[0] ? s->link_rel : s->link_abs;
+                m->parent_abs_name = s->link_abs[0] ? s->link_abs : NULL;
+                m->parent_format = NULL;
+        }
         return 0;
 }
 
 static int vhd_set_meta(void *state, const meta *m, uint32_t mask) {
         vhd_state *s = state;
-        const uint32_t supported = META_UUID | META_PCHS | META_PARENT_UUID;
+        const uint32_t supported = META_UUID | META_PCHS | META_PARENT_UUID | META_PARENT_NAME;
+        int r;
 
         /* VHD has no parent modification UUID: clearing it is nothing. */
         if ((mask & META_PARENT_MOD_UUID) && vdisk_uuid_is_null(m->parent_modification_uuid))
@@ -1064,6 +1272,8 @@ static int vhd_set_meta(void *state, const meta *m, uint32_t mask) {
                 return vdisk_error(-EOPNOTSUPP, "vhd: the format has no such field (mask %#" PRIx32 ")",
                                    mask & ~supported);
         if ((mask & META_PARENT_UUID) && s->type == VHD_TYPE_FIXED && !vdisk_uuid_is_null(m->parent_uuid))
+                return vdisk_error(-EOPNOTSUPP, "vhd: a fixed image cannot have a parent");
+        if ((mask & META_PARENT_NAME) && s->type == VHD_TYPE_FIXED)
                 return vdisk_error(-EOPNOTSUPP, "vhd: a fixed image cannot have a parent");
         if ((mask & META_PCHS) && (m->pchs.cylinders > 65535 || m->pchs.heads > 255 || m->pchs.sectors > 255))
                 return vdisk_error(-EINVAL, "vhd: geometry %" PRIu32 "/%" PRIu32 "/%" PRIu32 " does not fit",
@@ -1091,6 +1301,17 @@ static int vhd_set_meta(void *state, const meta *m, uint32_t mask) {
                 memcpy(s->dyn + D_PARENT_UUID, m->parent_uuid, 16);
                 s->type = null ? VHD_TYPE_DYNAMIC : VHD_TYPE_DIFF;
                 put_be32(s->footer + F_TYPE, s->type);
+                /* A base names no parent. */
+                if (null && !(mask & META_PARENT_NAME)) {
+                        r = vhd_set_links(s, NULL, NULL);
+                        if (r < 0)
+                                return r;
+                }
+        }
+        if ((mask & META_PARENT_NAME) && s->type != VHD_TYPE_FIXED) {
+                r = vhd_set_links(s, m->parent_name, m->parent_abs_name);
+                if (r < 0)
+                        return r;
         }
         s->meta_dirty = true;
         return 0;
@@ -1217,6 +1438,10 @@ static int vhd_create(void *state, const open_ctx *c, const create_params *p) {
                 return vdisk_error(-EOPNOTSUPP, "vhd: image flags %#" PRIx32 " are not supported", p->image_flags);
         if (fixed && diff)
                 return vdisk_error(-EOPNOTSUPP, "vhd: a differencing image cannot be fixed");
+        if (diff && vdisk_uuid_is_null(p->parent_uuid))
+                return vdisk_error(-EOPNOTSUPP, "vhd: a differencing image records its parent's UUID, and the "
+                                   "parent%s%s%s has none", p->parent_name ? " '" : "",
+                                   p->parent_name ? p->parent_name : "", p->parent_name ? "'" : "");
         if (bs < VHD_SECTOR || bs > VHD_BLOCK_MAX || !IS_POWER_OF_2(bs))
                 return vdisk_error(-EINVAL, "vhd: block size %" PRIu32 " is not a power of two from 512 bytes "
                                    "to 64 MiB", bs);
@@ -1306,10 +1531,6 @@ static int vhd_create(void *state, const open_ctx *c, const create_params *p) {
         if (diff) {
                 memcpy(d + D_PARENT_UUID, p->parent_uuid, 16);
                 put_be32(d + D_PARENT_TIME, (uint32_t) now);
-                if (p->parent_name) {
-                        const char *base = strrchr(p->parent_name, '/');
-                        utf8_to_utf16(base ? base + 1 : p->parent_name, d + D_PARENT_NAME, 255, true);
-                }
         }
         dyn_seal(d);
 
@@ -1320,26 +1541,46 @@ static int vhd_create(void *state, const open_ctx *c, const create_params *p) {
         s->n_blocks = (uint32_t) n_blocks;
         s->bm_size = (uint32_t) ALIGN_UP(DIV_ROUND_UP(bs / VHD_SECTOR, 8), VHD_SECTOR);
         s->meta_end = s->bat_offset + bat_bytes;
-        if (diff && p->parent_name) {
-                /* W2ru: ".\name" in UTF-16LE, one sector after the BAT. */
-                const char *base = strrchr(p->parent_name, '/');
-                uint8_t loc[VHD_SECTOR] = {};
-                size_t units;
+        s->alloc_floor = s->meta_end;
+        if (diff) {
+                /* Locators after the BAT: W2ru (relative to this image's
+                 * directory) and W2ku (absolute), each in 2 sectors, where
+                 * the names are known: the core's (both files opened by
+                 * path), else the name the caller gave (relative, as qemu
+                 * takes a backing name: to the child's directory). */
+                const char *rel = p->parent_rel_name, *abs = p->parent_abs_name;
+                unsigned n = 0;
 
-                utf16be_to_utf8(d + D_PARENT_NAME, 256, s->parent_name, sizeof s->parent_name);
-                put_le16(loc, '.');
-                put_le16(loc + 2, '\\');
-                units = 2 + utf8_to_utf16(base ? base + 1 : p->parent_name, loc + 4, VHD_SECTOR / 2 - 2, false);
-                memcpy(d + D_LOCATORS, "W2ru", 4);
-                put_be32(d + D_LOCATORS + 4, 1);
-                put_be32(d + D_LOCATORS + 8, (uint32_t) (units * 2));
-                put_be64(d + D_LOCATORS + 16, s->meta_end);
-                dyn_seal(d);
-                r = io_pwrite(s->io, loc, sizeof loc, s->meta_end);
+                if (!rel && p->parent_name && p->parent_name[0] && p->parent_name[0] != '/')
+                        rel = p->parent_name;
+                if (!rel && p->parent_name && p->parent_name[0]) {
+                        const char *base = strrchr(p->parent_name, '/');
+                        rel = base ? base + 1 : p->parent_name;
+                }
+                if (!abs && p->parent_name && p->parent_name[0] == '/')
+                        abs = p->parent_name;
+                for (unsigned k = 0; k < 2; k++) {
+                        uint8_t *l = d + D_LOCATORS + 24 * n;
+
+                        if (!(k == 0 ? rel : abs))
+                                continue;
+                        memcpy(l, k == 0 ? "W2ru" : "W2ku", 4);
+                        put_be32(l + 4, VHD_LOC_SECTORS);
+                        put_be64(l + 16, s->meta_end + (uint64_t) n * VHD_LOC_BYTES);
+                        n++;
+                }
+                s->alloc_floor = s->meta_end + (uint64_t) n * VHD_LOC_BYTES;
+                r = vhd_set_links(s, rel, abs);
                 if (r < 0)
                         return r;
-                s->alloc_floor = s->meta_end + VHD_SECTOR;
-                snprintf(s->parent_rel, sizeof s->parent_rel, ".\\%s", base ? base + 1 : p->parent_name);
+                for (unsigned i = 0; i < s->n_loc_w; i++) {
+                        r = io_pwrite(s->io, s->loc_w[i].data, s->loc_w[i].len, s->loc_w[i].off);
+                        if (r < 0)
+                                return r;
+                }
+                s->n_loc_w = 0;
+                s->meta_dirty = false;
+                dyn_seal(d);
         }
 
         r = io_pwrite(s->io, f, VHD_FOOTER_SIZE, 0);
@@ -1991,6 +2232,7 @@ const vdisk_backend backend_vhd = {
         .aliases = vhd_aliases,
         .state_size = sizeof(vhd_state),
         .probe = vhd_probe,
+        .peek = vhd_peek,
         .open = vhd_open,
         .create = vhd_create,
         .close = vhd_close,

@@ -855,8 +855,12 @@ static int vmdk_allocate(void *state, uint64_t offset, uint64_t len, reservation
                 e->alloc_ready = true;
         }
         grain_len = MIN(e->grain, e->size - g * e->grain);
-        /* Grain entries are u32 sectors: the file stays below 2 TiB. */
-        r = hostalloc_alloc(&e->alloc, ALIGN_UP(grain_len, (uint64_t) VMDK_SECTOR),
+        /* A whole grain's space even for the short last grain of an extent
+         * whose size is no multiple of the grain (a grown diff): readers and
+         * check take every grain as whole, and the next grain must not
+         * begin inside it. Grain entries are u32 sectors: the file stays
+         * below 2 TiB. */
+        r = hostalloc_alloc(&e->alloc, e->grain,
                             (UINT64_C(1) << 32) * VMDK_SECTOR, &host, &fresh);
         if (r < 0)
                 return vdisk_error(r, "vmdk: extent file would pass 2 TiB");
@@ -911,7 +915,7 @@ static int vmdk_commit(void *state, const reservation *res) {
         s->reserved = NULL;
         /* The core writes only the non-zero pages of fresh space: make the
          * file hold the whole grain before an entry points at it. */
-        end = res->host_offset + ALIGN_UP(res->length, (uint64_t) VMDK_SECTOR);
+        end = res->host_offset + e->grain;   /* a short last grain too (see allocate) */
         r = io_get_size(e->io, &size);
         if (r < 0)
                 return r;

@@ -82,6 +82,11 @@ const vdisk_backend *backend_from_info(const vdisk_backend_info *info);
 int backend_check_options(const vdisk_backend *be, const char *const *options);
 
 /* probe.c: best backend for io, or -EMEDIUMTYPE. */
+/* probe_backend() for a parent candidate of a UUID search (never raw): from
+ * the head alone when that identifies the format, so that a sparse file
+ * that merely claims a huge size is read no further than its head; the
+ * tail only when the head says nothing (a fixed VHD's footer). */
+int probe_candidate(vdisk_io *io, const char *name, const vdisk_backend **ret);
 int probe_backend(vdisk_io *io, const char *name, int allow_raw, const vdisk_backend **ret,
                   int *ret_guessed_raw);
 
@@ -251,6 +256,15 @@ int disk_may_reshape(vdisk_disk *d);
 bool disk_op_running(vdisk_disk *d);
 
 /* resolver.c */
+/* The names by which the image on `child` can record its parent on
+ * `parent`: relative to the child's directory and absolute, both when the
+ * resolver is the path resolver and both ios are the files their names lead
+ * to; else both NULL (vdiskd's fds, memory ios). Freed by the caller. */
+int resolver_link_names(vdisk_resolver *r, vdisk_io *child, vdisk_io *parent, char **ret_rel, char **ret_abs);
+/* The absolute, canonical name of the file `name` leads to, named as the
+ * image on `child` names its parent (relative to its directory); NULL when
+ * the resolver is not the path resolver or the name leads nowhere. */
+char *resolver_abs_name(vdisk_resolver *r, vdisk_io *child, const char *name);
 int resolver_open_name(vdisk_resolver *r, const char *name, const char *child, int writable, vdisk_io **ret);
 int resolver_find_uuid(vdisk_resolver *r, const uint8_t uuid[16], const char *format, const char *child,
                        int writable, vdisk_io **ret);

@@ -323,6 +323,102 @@ static int check_not_in_chain(vdisk_image *const *chain, const io_identity *ids,
         return 0;
 }
 
+/* The backend of a parent the child names without its format (VMDK's
+ * parentFileNameHint, VHD's locators) or links by UUID alone (VDI, VHD):
+ * probed, never raw. In a chain that mixes formats a VDI diff may sit on a
+ * VMDK, a VHD diff on a VDI: the child's own format says nothing. */
+static int parent_backend(vdisk_io *io, const meta *m, const vdisk_backend **ret) {
+        if ((m->mask & META_PARENT_NAME) && m->parent_format) {
+                *ret = backend_lookup(m->parent_format);
+                if (!*ret)
+                        return vdisk_error(-EMEDIUMTYPE, "unknown parent format '%s'", m->parent_format);
+                return 0;
+        }
+        return probe_backend(io, vdisk_io_name(io), 0, ret, NULL);
+}
+
+/* Does the file on `io` (of backend `be`) record the UUID `uuid`? From its
+ * header alone. A file whose format records no UUID (qemu's VMDKs), or
+ * whose identity cannot be read without opening it with its companions (a
+ * VMDK descriptor with extents), cannot say no: the linkage check after the
+ * open decides. */
+static bool candidate_has_uuid(const vdisk_backend *be, vdisk_io *io, const uint8_t uuid[16]) {
+        _cleanup_free_ uint8_t *head = NULL;
+        meta pm;
+
+        if (image_peek(be, io, &pm, &head) < 0) {
+                vdisk_clear_error();
+                return true;
+        }
+        return !(pm.mask & META_UUID) || memcmp(pm.uuid, uuid, 16) == 0;
+}
+
+/* Finds the parent of `child` (whose metadata is `m`): by the names it
+ * records (VMDK parentFileNameHint; VHD's relative then absolute locator),
+ * relative to the child; where the child also records the parent's UUID, a
+ * named file that has another UUID is stale and skipped, and when no name
+ * leads to the parent the UUID search of the resolver finds it among the
+ * candidates of every format. The parent's format is the one recorded with
+ * its name, else a probe (never raw). */
+static int find_parent(vdisk_resolver *res, vdisk_image *child, const meta *m, const vdisk_backend **ret_be,
+                       vdisk_io **ret_io) {
+        const char *child_name = vdisk_io_name(child->io);
+        bool by_uuid = (m->mask & META_PARENT_UUID) && !vdisk_uuid_is_null(m->parent_uuid);
+        const char *names[2] = {};
+        _cleanup_free_ char *first_error = NULL;
+        int first_r = 0, r;
+
+        if ((m->mask & META_PARENT_NAME) && m->parent_name && m->parent_name[0])
+                names[0] = m->parent_name;
+        if ((m->mask & META_PARENT_NAME) && m->parent_abs_name && m->parent_abs_name[0])
+                names[1] = m->parent_abs_name;
+
+        for (unsigned i = 0; i < ELEMENTSOF(names); i++) {
+                const vdisk_backend *be;
+                vdisk_io *io = NULL;
+
+                if (!names[i])
+                        continue;
+                r = resolver_open_name(res, names[i], child_name, 0, &io);
+                if (r >= 0) {
+                        r = parent_backend(io, m, &be);
+                        if (r >= 0 && by_uuid && !candidate_has_uuid(be, io, m->parent_uuid))
+                                r = vdisk_error(-ESTALE, "%s: '%s' is not its parent (another UUID)",
+                                                child_name, names[i]);
+                        if (r >= 0) {
+                                *ret_be = be;
+                                *ret_io = io;
+                                return 0;
+                        }
+                        vdisk_io_unref(io);
+                }
+                /* A recorded format that is unknown is no stale name. */
+                if (r == -EMEDIUMTYPE && m->parent_format)
+                        return r;
+                if (first_r == 0) {
+                        first_r = r;
+                        first_error = strdup(vdisk_last_error());
+                }
+        }
+        if (!by_uuid) {
+                if (first_error)
+                        (void) vdisk_error(first_r, "%s", first_error);
+                return first_r;
+        }
+        r = resolver_find_uuid(res, m->parent_uuid, child->be->info.name, child_name, 0, ret_io);
+        if (r < 0) {
+                /* The name's failure says more (the file it names is gone)
+                 * when there was a name. */
+                if (first_r < 0 && r == -ENOENT && first_error)
+                        (void) vdisk_error(first_r, "%s", first_error);
+                return first_r < 0 && r == -ENOENT ? first_r : r;
+        }
+        r = parent_backend(*ret_io, m, ret_be);
+        if (r < 0)
+                *ret_io = vdisk_io_unref(*ret_io);
+        return r;
+}
+
 int vdisk_disk_open_chain(vdisk_disk *d, vdisk_resolver *res, vdisk_io *top, const char *format,
                           uint32_t open_flags) {
         _cleanup_(disk_unlockp) vdisk_disk *l = NULL;
@@ -378,40 +474,15 @@ int vdisk_disk_open_chain(vdisk_disk *d, vdisk_resolver *res, vdisk_io *top, con
                                 }
                         memcpy(seen[n_seen++], m.uuid, 16);
                 }
-                if ((m.mask & META_PARENT_NAME) && m.parent_name && m.parent_name[0]) {
-                        if (m.parent_format) {
-                                be = backend_lookup(m.parent_format);
-                                if (!be) {
-                                        r = vdisk_error(-EMEDIUMTYPE, "%s: unknown parent format '%s'",
-                                                        vdisk_io_name(chain[n - 1]->io), m.parent_format);
-                                        goto fail;
-                                }
-                        }
-                        if (n >= VDISK_CHAIN_MAX) {
-                                r = vdisk_error(-ELOOP, "%s: chain deeper than %d images",
-                                                vdisk_io_name(top), VDISK_CHAIN_MAX);
-                                goto fail;
-                        }
-                        r = resolver_open_name(res, m.parent_name, vdisk_io_name(chain[n - 1]->io), 0,
-                                               &parent_io);
-                        /* A parent named without its format (VMDK's
-                         * parentFileNameHint) is probed, never as raw. */
-                        if (r >= 0 && !m.parent_format) {
-                                r = probe_backend(parent_io, vdisk_io_name(parent_io), 0, &be, NULL);
-                                if (r < 0)
-                                        vdisk_io_unref(parent_io);
-                        }
-                } else if ((m.mask & META_PARENT_UUID) && !vdisk_uuid_is_null(m.parent_uuid)) {
-                        if (n >= VDISK_CHAIN_MAX) {
-                                r = vdisk_error(-ELOOP, "%s: chain deeper than %d images",
-                                                vdisk_io_name(top), VDISK_CHAIN_MAX);
-                                goto fail;
-                        }
-                        be = chain[n - 1]->be;
-                        r = resolver_find_uuid(res, m.parent_uuid, be->info.name, vdisk_io_name(chain[n - 1]->io),
-                                               0, &parent_io);
-                } else
+                if (!((m.mask & META_PARENT_NAME) && m.parent_name && m.parent_name[0]) &&
+                    !((m.mask & META_PARENT_UUID) && !vdisk_uuid_is_null(m.parent_uuid)))
                         break;
+                if (n >= VDISK_CHAIN_MAX) {
+                        r = vdisk_error(-ELOOP, "%s: chain deeper than %d images", vdisk_io_name(top),
+                                        VDISK_CHAIN_MAX);
+                        goto fail;
+                }
+                r = find_parent(res, chain[n - 1], &m, &be, &parent_io);
                 if (r < 0)
                         goto fail;
                 io = parent_io;
@@ -514,7 +585,8 @@ int disk_create_diff(vdisk_disk *d, vdisk_io *io, const char *format, const vdis
         vdisk_image *img, *parent;
         create_params p;
         vdisk_resolver *res;
-        meta pm;
+        _cleanup_free_ char *rel = NULL, *abs = NULL;
+        meta pm, cm;
         int r;
 
         if (d->n == 0)
@@ -554,9 +626,29 @@ int disk_create_diff(vdisk_disk *d, vdisk_io *io, const char *format, const vdis
         r = backend_check_options(be, p.options);
         if (r < 0)
                 return r;
+        /* The parent's names as the child's directory sees them, where both
+         * are files opened by path (VHD records a relative and an absolute
+         * locator). */
+        r = resolver_link_names(res ?: d->resolver, io, parent->io, &rel, &abs);
+        if (r < 0)
+                return vdisk_error(r, "out of memory");
+        p.parent_rel_name = rel;
+        p.parent_abs_name = abs;
         r = image_create(be, io, res, &p, d->budget, &img);
         if (r < 0)
                 return r;
+        /* A child that links by UUID alone (VDI) over a parent without one
+         * (qemu's VMDKs) would have no parent at all. */
+        r = image_get_meta(img, &cm);
+        if (r >= 0 && !(cm.mask & META_PARENT_NAME) && (cm.mask & META_PARENT_UUID) &&
+            vdisk_uuid_is_null(cm.parent_uuid))
+                r = vdisk_error(-EOPNOTSUPP, "%s: a %s image links its parent by UUID, and '%s' (%s) has none",
+                                vdisk_io_name(io), be->info.name, vdisk_io_name(parent->io), parent->be->info.name);
+        if (r < 0) {
+                img->writable = 0;
+                image_free(img);
+                return r;
+        }
         img->modified = 1;
         return disk_push(d, img, 1);
 }

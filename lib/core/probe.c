@@ -46,6 +46,49 @@ static const char *foreign_format(const uint8_t *head, size_t head_len, const ui
         return NULL;
 }
 
+/* Picks the best non-raw score; NULL when none. */
+static const vdisk_backend *best_backend(const uint8_t *head, size_t head_len, const uint8_t *tail, size_t tail_len,
+                                         uint64_t size, const char *name) {
+        const vdisk_backend *best = NULL;
+        int best_score = 0;
+
+        for (size_t i = 0; i < backend_table_size(); i++) {
+                const vdisk_backend *be = backend_table_get(i);
+                int score;
+
+                if (!be->probe || be == &backend_raw)
+                        continue;
+                score = be->probe(head, head_len, tail, tail_len, size, name);
+                if (score > best_score) {
+                        best_score = score;
+                        best = be;
+                }
+        }
+        return best;
+}
+
+int probe_candidate(vdisk_io *io, const char *name, const vdisk_backend **ret) {
+        _cleanup_free_ uint8_t *head = NULL;
+        uint64_t size;
+        size_t head_len;
+        int r;
+
+        r = io_get_size(io, &size);
+        if (r < 0)
+                return r;
+        head_len = (size_t) MIN(size, (uint64_t) PROBE_HEAD);
+        head = malloc(MAX(head_len, (size_t) 1));
+        if (!head)
+                return vdisk_error(-ENOMEM, "out of memory");
+        r = io_pread(io, head, head_len, 0);
+        if (r < 0)
+                return r;
+        *ret = best_backend(head, head_len, NULL, 0, size, name);
+        if (*ret)
+                return 0;
+        return probe_backend(io, name, 0, ret, NULL);
+}
+
 int probe_backend(vdisk_io *io, const char *name, int allow_raw, const vdisk_backend **ret,
                   int *ret_guessed_raw) {
         _cleanup_free_ uint8_t *head = NULL;
@@ -53,7 +96,7 @@ int probe_backend(vdisk_io *io, const char *name, int allow_raw, const vdisk_bac
         const vdisk_backend *best = NULL;
         uint64_t size;
         size_t head_len, tail_len;
-        int best_score = 0, r;
+        int r;
 
         r = io_get_size(io, &size);
         if (r < 0)
@@ -70,18 +113,7 @@ int probe_backend(vdisk_io *io, const char *name, int allow_raw, const vdisk_bac
         if (r < 0)
                 return r;
 
-        for (size_t i = 0; i < backend_table_size(); i++) {
-                const vdisk_backend *be = backend_table_get(i);
-                int score;
-
-                if (!be->probe || be == &backend_raw)
-                        continue;
-                score = be->probe(head, head_len, tail, tail_len, size, name);
-                if (score > best_score) {
-                        best_score = score;
-                        best = be;
-                }
-        }
+        best = best_backend(head, head_len, tail, tail_len, size, name);
         if (best) {
                 *ret = best;
                 if (ret_guessed_raw)
@@ -175,6 +207,15 @@ int image_peek(const vdisk_backend *be, vdisk_io *io, meta *ret, uint8_t **ret_h
         if (r < 0)
                 return r;
         r = be->peek(head, head_len, size, &m);
+        if (r == -ENODATA) {
+                /* The identity lies past the head (a fixed VHD's footer). */
+                vdisk_clear_error();
+                r = peek_by_open(be, io, ret);
+                if (r < 0)
+                        return r;
+                *ret_head = NULL;
+                return 0;
+        }
         if (r < 0)
                 return vdisk_error_prefix(r, vdisk_io_name(io));
         m.mask &= META_IDENTITY | META_PARENT_NAME;

@@ -4,8 +4,9 @@
  *
  * The path resolver (vdisk-img) follows a parent's recorded file name relative
  * to the child's directory, like qemu-img. For formats that link by UUID only
- * (VDI), it scans the child's directory and the directories the user named for
- * regular files with the format's extensions, opened with O_NOFOLLOW, and
+ * (VDI, VHD), it scans the child's directory and the directories the user named
+ * for regular files with the extension of any format (a chain may mix them),
+ * opened with O_NOFOLLOW, probed (never as raw), and
  * matches their UUIDs, read from each candidate's header alone (image_peek):
  * a full open would load each candidate's block map, up to 64 MiB that a
  * crafted sparse file claims for free, once per level of the chain. Only the
@@ -64,14 +65,28 @@ static bool has_extension(const char *name, const char *const *exts) {
         return false;
 }
 
-/* Opens `dir/name` read-only if it is a regular file (no symlinks) and reads
- * its UUID from the header alone (image_peek: no table is loaded, whatever
- * the header claims). Only the match is opened as an image, by the chain
+/* A parent found by UUID may be of any format (a VHD diff on a VDI, a VDI
+ * diff on a VMDK): the candidates are the files with the extension of any
+ * format but raw (raw records no UUID). */
+static bool is_candidate_name(const char *name) {
+        for (size_t i = 0; i < backend_table_size(); i++) {
+                const vdisk_backend *be = backend_table_get(i);
+
+                if (be != &backend_raw && has_extension(name, be->info.extensions))
+                        return true;
+        }
+        return false;
+}
+
+/* Opens `dir/name` read-only if it is a regular file (no symlinks), probes
+ * its format (never raw) and reads its UUID from the header alone
+ * (image_peek: no table is loaded, whatever the header claims). Only the match is opened as an image, by the chain
  * code, and reopened writable first if needed (reopen_writable), so no other
  * file is ever opened for writing. */
-static int candidate_uuid(int dfd, const char *dir, const char *name, const vdisk_backend *be,
-                          uint8_t ret_uuid[16], struct stat *ret_st, vdisk_io **ret_io) {
+static int candidate_uuid(int dfd, const char *dir, const char *name, uint8_t ret_uuid[16], struct stat *ret_st,
+                          vdisk_io **ret_io) {
         _cleanup_(io_unrefp) vdisk_io *io = NULL;
+        const vdisk_backend *be;
         _cleanup_free_ char *full = NULL;
         _cleanup_free_ uint8_t *head = NULL;
         _cleanup_close_ int fd = -1;
@@ -93,6 +108,9 @@ static int candidate_uuid(int dfd, const char *dir, const char *name, const vdis
         if (r < 0)
                 return r;
         TAKE_FD(fd);
+        r = probe_candidate(io, full, &be);
+        if (r < 0)
+                return r;
         r = image_peek(be, io, &m, &head);
         if (r < 0)
                 return r;
@@ -136,14 +154,11 @@ static int path_find_uuid(void *user, const uint8_t uuid[16], const char *format
         path_resolver *pr = user;
         _cleanup_(io_unrefp) vdisk_io *found = NULL;
         _cleanup_free_ char *child_dir = NULL;
-        const vdisk_backend *be;
         struct stat found_st = {}, child_st = {};
         char uuid_text[37];
         bool have_child;
 
-        be = backend_lookup(format);
-        if (!be)
-                return vdisk_error(-EMEDIUMTYPE, "unknown parent format '%s'", format);
+        /* `format` is the child's: the parent may be of any format. */
         child_dir = dir_of(child_name);
         if (!child_dir)
                 return vdisk_error(-ENOMEM, "out of memory");
@@ -170,9 +185,9 @@ static int path_find_uuid(void *user, const uint8_t uuid[16], const char *format
 
                         if (de->d_type != DT_REG && de->d_type != DT_UNKNOWN)
                                 continue;
-                        if (!has_extension(de->d_name, be->info.extensions))
+                        if (!is_candidate_name(de->d_name))
                                 continue;
-                        if (candidate_uuid(dfd, dir, de->d_name, be, u, &st, &io) < 0)
+                        if (candidate_uuid(dfd, dir, de->d_name, u, &st, &io) < 0)
                                 continue;
                         if (memcmp(u, uuid, 16) != 0)
                                 continue;
@@ -284,6 +299,93 @@ static int path_reopen(void *user, vdisk_io *io, vdisk_io **ret) {
                 return r;
         TAKE_FD(fd);
         return 0;
+}
+
+/* The absolute name of the file `io` has open, when `name` leads to it:
+ * realpath() of the name, checked against the io's device and inode. */
+static char *abs_name_of(vdisk_io *io, const char *name) {
+        _cleanup_free_ char *real = NULL;
+        uint64_t dev, ino;
+        struct stat st;
+
+        if (vdisk_io_get_file_id(io, &dev, &ino) < 0) {
+                vdisk_clear_error();
+                return NULL;
+        }
+        real = realpath(name, NULL);
+        if (!real || stat(real, &st) < 0 || (uint64_t) st.st_dev != dev || (uint64_t) st.st_ino != ino)
+                return NULL;
+        return TAKE_PTR(real);
+}
+
+/* `to` relative to the directory `from`; both absolute and canonical
+ * (realpath(): no "." or "..", no repeated or trailing slash). */
+static char *relative_to(const char *from, const char *to) {
+        size_t i = 0, common = 0, ups = 0;
+        char *out, *o;
+
+        /* `common`: the end of the last whole component both share. */
+        for (;; i++) {
+                bool f_end = from[i] == 0 || from[i] == '/', t_end = to[i] == 0 || to[i] == '/';
+
+                if (f_end && t_end)
+                        common = i;
+                if (from[i] == 0 || to[i] == 0 || from[i] != to[i])
+                        break;
+        }
+        /* The components of `from` past `common` each take a "..". */
+        for (const char *p = from + common; *p; p++)
+                if (*p == '/' && p[1])
+                        ups++;
+        to += common;
+        if (*to == '/')
+                to++;
+        out = malloc(ups * 3 + strlen(to) + 1);
+        if (!out)
+                return NULL;
+        o = out;
+        for (size_t k = 0; k < ups; k++) {
+                memcpy(o, "../", 3);
+                o += 3;
+        }
+        strcpy(o, to);
+        return out;
+}
+
+int resolver_link_names(vdisk_resolver *r, vdisk_io *child, vdisk_io *parent, char **ret_rel, char **ret_abs) {
+        _cleanup_free_ char *abs = NULL, *child_abs = NULL, *child_dir = NULL;
+
+        *ret_rel = *ret_abs = NULL;
+        /* Only the path resolver's ios are named by paths (vdiskd's names are
+         * the caller's words, memory ios have none). */
+        if (!r || r->ops.open_name != path_open_name || !child || !parent)
+                return 0;
+        abs = abs_name_of(parent, vdisk_io_name(parent));
+        child_abs = abs_name_of(child, vdisk_io_name(child));
+        if (!abs || !child_abs)
+                return 0;
+        child_dir = dir_of(child_abs);
+        if (!child_dir)
+                return -ENOMEM;
+        *ret_rel = relative_to(child_dir, abs);
+        if (!*ret_rel)
+                return -ENOMEM;
+        *ret_abs = TAKE_PTR(abs);
+        return 0;
+}
+
+char *resolver_abs_name(vdisk_resolver *r, vdisk_io *child, const char *name) {
+        _cleanup_free_ char *dir = NULL, *full = NULL;
+
+        if (!r || r->ops.open_name != path_open_name || !name || !name[0])
+                return NULL;
+        if (name[0] == '/')
+                return realpath(name, NULL);
+        dir = dir_of(vdisk_io_name(child));
+        if (!dir)
+                return NULL;
+        full = strdup_printf("%s/%s", dir, name);
+        return full ? realpath(full, NULL) : NULL;
 }
 
 static void path_free(void *user) {

@@ -130,7 +130,8 @@ static int collect_names(vdisk_disk *d, unsigned lo, unsigned hi, char ***ret) {
 
 /* Points image `child` at `parent` (or makes it a base when parent < 0). */
 static int relink(vdisk_disk *d, unsigned child, int parent) {
-        meta pm = {}, m = {};
+        _cleanup_free_ char *rel = NULL, *abs = NULL;
+        meta pm = {}, m = {}, cm;
         uint32_t mask = META_PARENT_UUID;
         int r;
 
@@ -145,6 +146,27 @@ static int relink(vdisk_disk *d, unsigned child, int parent) {
                 mask |= META_PARENT_MOD_UUID;
         } else if (parent < 0)
                 mask |= META_PARENT_MOD_UUID;
+        /* A child whose format records no parent modification UUID (VHD,
+         * VMDK) keeps none, whatever its new parent has (a VDI). */
+        r = image_get_meta(d->images[child], &cm);
+        if (r < 0)
+                return r;
+        if (!(cm.mask & META_PARENT_MOD_UUID))
+                mask &= ~META_PARENT_MOD_UUID;
+        /* A child that names its parent (VMDK's parentFileNameHint, VHD's
+         * locators) gets the new parent's names: relative to the child's
+         * directory and absolute where both were opened by path, else the
+         * base name the new parent was opened by (vdiskd's fds). */
+        if ((cm.mask & META_PARENT_NAME) && cm.parent_name && parent >= 0) {
+                const char *pn = vdisk_io_name(d->images[parent]->io), *base = strrchr(pn, '/');
+
+                r = resolver_link_names(d->resolver, d->images[child]->io, d->images[parent]->io, &rel, &abs);
+                if (r < 0)
+                        return vdisk_error(r, "out of memory");
+                m.parent_name = rel ?: base ? base + 1 : pn;
+                m.parent_abs_name = abs;
+                mask |= META_PARENT_NAME;
+        }
         r = image_set_meta(d->images[child], &m, mask);
         if (r < 0)
                 return r;

@@ -292,6 +292,31 @@ def test_vdi_diff_without_parent_fd(env, client):
     assert len(disk_images(env, d2)) == 2
 
 
+def test_mixed_chain_parents_from_fds(env, client):
+    """A VHD diff over a VDI and a VDI diff over that (a chain that mixes
+    formats): each parent is found by UUID among the caller's fds, whatever
+    its format; the VHD's locators, which name the VDI next to it, are not
+    followed (no fd with that name: the UUID search among the fds)."""
+    a = client
+    base, _ = public_chain(env)
+    vhd = env.pub / (unique('mdiff') + '.vhd')
+    top = env.pub / (unique('mtop') + '.vdi')
+    env.vdisk_img('create', '-f', 'vpc', '-b', base.name, '-F', 'vdi', vhd)
+    env.vdisk_img('create', '-f', 'vdi', '-b', vhd.name, '-F', 'vpc', top)
+    for p in (vhd, top):
+        os.chown(p, UID_A, UID_A)
+        os.chmod(p, 0o644)
+    e = expect_error(ERR + 'FileNeeded', a.manager, 'OpenDisk', 'a(hsa{sv})a{sv}',
+                     [(Open(top, os.O_RDONLY), 'VDI', {})],
+                     {'read-only': True, 'files': T('a{sh}', {'p1': Open(vhd, os.O_RDONLY)})})
+    d = a.manager('OpenDisk', 'a(hsa{sv})a{sv}', [(Open(top, os.O_RDONLY), 'VDI', {})],
+                  {'read-only': True, 'files': T('a{sh}', {'p1': Open(vhd, os.O_RDONLY),
+                                                           'p2': Open(base, os.O_RDONLY)})})
+    imgs = disk_images(env, d)
+    assert [env.watcher.get(i, IMAGE, 'Format') for i in imgs] == ['VDI', 'VHD', 'VDI'], imgs
+    assert a.disk(d, 'Read', 'tua{sv}', 3 * MiB + 512, 4096, {}) == b'\x22' * 4096
+
+
 def test_chain_broken(env, client):
     """An explicit chain whose parent UUID does not match."""
     a = client

@@ -15,6 +15,12 @@
  * VDISK_MODEL_FORMAT=vpc runs the same chains of VHD images (exact sizes:
  * force_size=on; 2 MiB default blocks).
  *
+ * VDISK_MODEL_FORMAT=mixed runs chains whose images are VDI, VMDK and VHD in
+ * turn (a VDI base, a VMDK diff, a VHD diff, a VDI diff ...; merges then make
+ * every pairing): each diff links to a parent of another format. Operations
+ * a format cannot do yet (VMDK compact and resize) are tried, and must fail
+ * with -EOPNOTSUPP leaving the disk as it was.
+ *
  * Usage: test-model [SEED [OPS [CONFIG]]]  (default: 4 fixed seeds, both
  * configurations, 1500 operations each = 12,000 operations).
  * On failure the last operations are printed; rerun with the printed seed.
@@ -60,9 +66,14 @@ static const model_cfg vhd_configs[] = {
         { "2MiB-blocks", 0, 2 * MiB, 48 * MiB, 24 * MiB, 64 * MiB, 3 * MiB },
         { "64KiB-blocks", 64 * KiB, 64 * KiB, 3 * MiB, 1536 * KiB, 4 * MiB, 1 * MiB },
 };
+/* fmt "mixed": VDI, VMDK, VHD in turn; 64 KiB blocks in all three, then
+ * each format's default (1 MiB, 64 KiB grains, 2 MiB). */
+static const model_cfg mixed_configs[] = {
+        { "mixed-64KiB", 64 * KiB, 64 * KiB, 3 * MiB, 1536 * KiB, 4 * MiB, 1 * MiB, "mixed" },
+        { "mixed-default", 0, 1 * MiB, 48 * MiB, 24 * MiB, 64 * MiB, 3 * MiB, "mixed" },
+};
 static const model_cfg *configs = vdi_configs;
 static const char *model_fmt = "vdi";
-static bool fmt_vdi = true;
 static const char *const vhd_options[] = { "force_size", "on", NULL };
 
 enum {
@@ -81,7 +92,19 @@ enum {
 
 _Static_assert(OP_COMPACT == 7 && OP_RESIZE == 8, "model_cfg.no_ops of the vmdk config");
 
-#define FMT(s) ((s)->cfg->fmt ? (s)->cfg->fmt : model_fmt)
+/* The format of the next new image: the config's, or in a mixed chain VDI,
+ * VMDK and VHD in turn. */
+static const char *next_fmt(const model_cfg *cfg, unsigned id) {
+        static const char *const mixed[] = { "vdi", "vmdk", "vpc" };
+
+        if (cfg->fmt && strcmp(cfg->fmt, "mixed") == 0)
+                return mixed[id % ELEMENTSOF(mixed)];
+        return cfg->fmt ? cfg->fmt : model_fmt;
+}
+
+static bool is_fmt(const char *fmt, const char *name) {
+        return strcmp(fmt, name) == 0;
+}
 
 static const char *const op_names[OP_MAX] = {
         "read", "write", "discard", "flush", "reopen", "reopen-top", "merge", "compact", "resize",
@@ -100,6 +123,7 @@ typedef struct run {
         rng r;
         vdisk_disk *d;
         vdisk_io *ios[MAX_DEPTH];     /* our references, base first */
+        const char *fmts[MAX_DEPTH];  /* the format of each */
         unsigned n;
         unsigned next_id;
         uint8_t *model;               /* cfg->max_size bytes; the first `size` are the disk */
@@ -110,6 +134,7 @@ typedef struct run {
         uint64_t merges_fwd, merges_bwd, merges_adjacent, merges_apart;
         uint64_t shrinks_refused, shrinks_done, grows;
         uint64_t checks, leaks, max_leaks;
+        uint64_t refused;             /* mixed: VMDK compact/resize/grow-merge, -EOPNOTSUPP */
 } run;
 
 /* The last operations, printed when a test fails. */
@@ -195,7 +220,7 @@ static void verify_chain(run *s) {
                 ASSERT_EQ_U64(vdisk_image_index(img), i);
                 r = vdisk_image_get_parent_uuid(img, parent);
                 /* VMDK records no parent UUID in a base (no ddb.uuid.parent) */
-                if (r == -EOPNOTSUPP && i == 0 && s->cfg->fmt)
+                if (r == -EOPNOTSUPP && i == 0 && is_fmt(s->fmts[0], "vmdk"))
                         memset(parent, 0, 16);
                 else
                         ASSERT_OK(r);
@@ -273,21 +298,31 @@ static const char *fill(run *s, uint8_t *buf, uint64_t off, uint64_t len) {
 
 /* ---- the chain */
 
-static vdisk_io *new_image_io(run *s) {
+/* The create options of a format: VHD sizes exactly (force_size=on). */
+static const char *const *fmt_options(const char *fmt) {
+        return is_fmt(fmt, "vpc") ? vhd_options : NULL;
+}
+
+static vdisk_io *new_image_io(run *s, const char **ret_fmt) {
+        const char *fmt = next_fmt(s->cfg, s->next_id);
         char name[96];
 
-        snprintf(name, sizeof name, "model-%" PRIu64 "-%s-img%u.%s", s->seed, s->cfg->name, s->next_id++, FMT(s));
+        snprintf(name, sizeof name, "model-%" PRIu64 "-%s-img%u.%s", s->seed, s->cfg->name, s->next_id++, fmt);
+        *ret_fmt = fmt;
         return mem_io(name, NULL, 0);
 }
 
 static void create_diff(run *s) {
         vdisk_create_opts o = { .size = sizeof o, .block_size = s->cfg->block_size };
+        const char *fmt;
         vdisk_io *io;
 
         ASSERT(s->n < MAX_DEPTH);
-        io = new_image_io(s);
+        io = new_image_io(s, &fmt);
+        o.options = fmt_options(fmt);
         note(s, "create diff %s on top of %u images", vdisk_io_name(io), s->n);
-        ASSERT_OK(vdisk_disk_create_diff(s->d, io, FMT(s), &o));
+        ASSERT_OK(vdisk_disk_create_diff(s->d, io, fmt, &o));
+        s->fmts[s->n] = fmt;
         s->ios[s->n++] = io;
         ASSERT_EQ_U64(vdisk_disk_count(s->d), s->n);
         ASSERT_EQ_U64(vdisk_disk_size(s->d), s->size);
@@ -341,7 +376,7 @@ static void do_discard(run *s) {
 static void open_chain(run *s, uint32_t flags) {
         s->d = disk_new();
         for (unsigned i = 0; i < s->n; i++) {
-                int r = vdisk_disk_open(s->d, s->ios[i], FMT(s), flags);
+                int r = vdisk_disk_open(s->d, s->ios[i], s->fmts[i], flags);
                 if (r < 0)
                         FAIL("reopening image %u (%s) failed: %d (%s)", i, vdisk_io_name(s->ios[i]), r,
                              strerror(-r));
@@ -376,7 +411,7 @@ static void do_reopen_top(run *s) {
         note(s, "close and reopen the top (%s)", vdisk_io_name(s->ios[s->n - 1]));
         ASSERT_OK(vdisk_disk_close_top(s->d));
         ASSERT_EQ_U64(vdisk_disk_count(s->d), s->n - 1);
-        ASSERT_OK(vdisk_disk_open(s->d, s->ios[s->n - 1], FMT(s), 0));
+        ASSERT_OK(vdisk_disk_open(s->d, s->ios[s->n - 1], s->fmts[s->n - 1], 0));
         verify_chain(s);
         compare_all(s, "reopen of the top");
 }
@@ -384,6 +419,7 @@ static void do_reopen_top(run *s) {
 static void do_merge(run *s) {
         unsigned from, to, lo, hi, k = 0;
         vdisk_io *keep[MAX_DEPTH];
+        const char *keep_fmts[MAX_DEPTH];
         char **removed = NULL;
         size_t n_removed = 0;
         int r;
@@ -398,6 +434,15 @@ static void do_merge(run *s) {
              hi - lo == 1 ? "adjacent" : "apart", s->n);
         set_context(s);
         r = vdisk_merge(s->d, from, to, NULL, &removed);
+        if (r == -EOPNOTSUPP && is_fmt(s->fmts[to], "vmdk") && from > to &&
+            vdisk_image_size(vdisk_disk_image(s->d, to)) < vdisk_image_size(vdisk_disk_image(s->d, from))) {
+                /* `to` would have to grow: VMDK cannot resize yet. */
+                note(s, "merge refused: %s cannot grow", vdisk_io_name(s->ios[to]));
+                s->refused++;
+                verify_chain(s);
+                compare_all(s, "after a refused merge");
+                return;
+        }
         if (r < 0)
                 FAIL("vdisk_merge(%u -> %u) of %u images failed: %d (%s)", from, to, s->n, r, strerror(-r));
         if (from > to)
@@ -418,6 +463,7 @@ static void do_merge(run *s) {
                 int gone = i >= lo && i <= hi && i != to;
 
                 if (!gone) {
+                        keep_fmts[k] = s->fmts[i];
                         keep[k++] = s->ios[i];
                         continue;
                 }
@@ -432,6 +478,7 @@ static void do_merge(run *s) {
         }
         vdisk_strv_free(removed);
         memcpy(s->ios, keep, sizeof keep[0] * k);
+        memcpy(s->fmts, keep_fmts, sizeof keep_fmts[0] * k);
         s->n = k;
         /* A forward merge of the top into a larger ancestor never shrinks the
          * ancestor (its data past the old top's end stays, as VDMerge does):
@@ -475,6 +522,13 @@ static void do_compact(run *s) {
         ASSERT_OK(vdisk_image_file_size(img, &before));
         note(s, "compact image %u of %u (%s, %" PRIu64 " bytes)", idx, s->n, vdisk_image_name(img), before);
         r = vdisk_compact(s->d, idx, NULL);
+        if (r == -EOPNOTSUPP && is_fmt(s->fmts[idx], "vmdk")) {
+                note(s, "compact refused: VMDK cannot compact yet");
+                s->refused++;
+                verify_chain(s);
+                compare_all(s, "after a refused compact");
+                return;
+        }
         if (r < 0)
                 FAIL("vdisk_compact(%u) of %u images failed: %d (%s)", idx, s->n, r, strerror(-r));
         verify_chain(s);
@@ -486,7 +540,9 @@ static void do_compact(run *s) {
         compare_all(s, "after compact");
         check_all(s);
 
-        if (!fmt_vdi) {
+        if (is_fmt(s->fmts[idx], "vmdk"))
+                return;
+        if (!is_fmt(s->fmts[idx], "vdi")) {
                 /* VHD: no whole-block room left unused (check counts it as leaks) */
                 vdisk_check_report rep;
 
@@ -507,6 +563,17 @@ static void do_compact(run *s) {
                      vdi_slot_offset(&h, st.referenced));
 }
 
+/* A VMDK top cannot resize yet: -EOPNOTSUPP, the disk as it was. */
+static bool resize_unsupported(run *s, int r) {
+        if (r != -EOPNOTSUPP || !is_fmt(s->fmts[s->n - 1], "vmdk"))
+                return false;
+        note(s, "resize refused: VMDK cannot resize yet");
+        s->refused++;
+        ASSERT_EQ_U64(vdisk_disk_size(s->d), s->size);
+        compare_all(s, "after a refused resize");
+        return true;
+}
+
 static void do_resize(run *s) {
         uint64_t bs = s->cfg->eff_block, old = s->size, new_size;
         int grow = s->size < s->cfg->max_size && (s->size <= s->cfg->min_size || rng_chance(&s->r, 50));
@@ -518,6 +585,8 @@ static void do_resize(run *s) {
                         new_size = MIN(ALIGN_UP(new_size, bs), s->cfg->max_size);
                 note(s, "grow 0x%" PRIx64 " -> 0x%" PRIx64, old, new_size);
                 r = vdisk_resize(s->d, new_size, NULL);
+                if (resize_unsupported(s, r))
+                        return;
                 if (r < 0)
                         FAIL("growing 0x%" PRIx64 " -> 0x%" PRIx64 " failed: %d (%s)", old, new_size, r,
                              strerror(-r));
@@ -558,6 +627,8 @@ static void do_resize(run *s) {
                 note(s, "shrink 0x%" PRIx64 " -> 0x%" PRIx64, old, new_size);
                 set_context(s);
                 r = vdisk_resize(s->d, new_size, NULL);
+                if (resize_unsupported(s, r))
+                        return;
                 if (r < 0)
                         FAIL("shrinking 0x%" PRIx64 " -> 0x%" PRIx64 " (the tail reads zeros) failed: "
                              "%d (%s)",
@@ -596,8 +667,7 @@ static double now(void) {
 }
 
 static uint64_t run_one(const model_cfg *cfg, uint64_t seed, uint64_t n_ops) {
-        vdisk_create_opts o = { .size = sizeof o, .block_size = cfg->block_size,
-                                .options = fmt_vdi ? NULL : vhd_options };
+        vdisk_create_opts o = { .size = sizeof o, .block_size = cfg->block_size };
         run s = { .cfg = cfg, .seed = seed, .size = cfg->size };
         double t0 = now();
 
@@ -611,9 +681,10 @@ static uint64_t run_one(const model_cfg *cfg, uint64_t seed, uint64_t n_ops) {
 
         /* base, some data in it, a diff, more data, another diff */
         s.d = disk_new();
-        s.ios[0] = new_image_io(&s);
+        s.ios[0] = new_image_io(&s, &s.fmts[0]);
+        o.options = fmt_options(s.fmts[0]);
         note(&s, "create base %s (%s, 0x%" PRIx64 " bytes)", vdisk_io_name(s.ios[0]), cfg->name, cfg->size);
-        ASSERT_OK(vdisk_disk_create_base(s.d, s.ios[0], cfg->fmt ? cfg->fmt : model_fmt, cfg->size, &o));
+        ASSERT_OK(vdisk_disk_create_base(s.d, s.ios[0], s.fmts[0], cfg->size, &o));
         s.n = 1;
         {
                 vdisk_image_info info = { .size = sizeof info };
@@ -700,6 +771,8 @@ static uint64_t run_one(const model_cfg *cfg, uint64_t seed, uint64_t n_ops) {
                " leaks seen=%" PRIu64 " (max %" PRIu64 " in one image)\n",
                s.merges_fwd, s.merges_bwd, s.merges_adjacent, s.merges_apart, s.shrinks_refused,
                s.shrinks_done, s.grows, s.checks, s.leaks, s.max_leaks);
+        if (s.refused)
+                printf("    refused as not supported (VMDK compact, resize): %" PRIu64 "\n", s.refused);
         fflush(stdout);
 
         s.d = vdisk_disk_unref(s.d);
@@ -718,10 +791,16 @@ int main(int argc, char **argv) {
         const char *e = getenv("VDISK_MODEL_FORMAT");
         unsigned cfg_lo = 0, cfg_hi = ELEMENTSOF(vdi_configs);
 
-        if (e && strcmp(e, "vdi") != 0) {
+        if (e && strcmp(e, "mixed") == 0) {
+                configs = mixed_configs;
+                cfg_hi = ELEMENTSOF(mixed_configs);
+#ifdef MODEL_ASAN
+                if (argc == 1)
+                        n_seeds = 1;
+#endif
+        } else if (e && strcmp(e, "vdi") != 0) {
                 ASSERT(strcmp(e, "vpc") == 0);
                 model_fmt = "vpc";
-                fmt_vdi = false;
                 configs = vhd_configs;
                 cfg_hi = ELEMENTSOF(vhd_configs);
 #ifdef MODEL_ASAN
@@ -749,7 +828,9 @@ int main(int argc, char **argv) {
         for (uint64_t i = 0; i < n_seeds; i++)
                 for (unsigned c = cfg_lo; c < cfg_hi; c++)
                         /* VMDK: twice the operations, >= 10,000 over the default seeds */
-                        total += run_one(&configs[c], seeds[i], configs[c].fmt && argc <= 2 ? 2 * n_ops : n_ops);
+                        total += run_one(&configs[c], seeds[i],
+                                         configs[c].fmt && !is_fmt(configs[c].fmt, "mixed") && argc <= 2 ?
+                                         2 * n_ops : n_ops);
         printf("%" PRIu64 " operations in total\n", total);
         if (argc == 1 && n_seeds == 4)
                 ASSERT(total >= 10000);

@@ -22,6 +22,10 @@
  * file (st_dev, st_ino), whether the top was opened by its name, through a
  * hard link or through a symlink named differently.
  *
+ * VHD's peek (footer copy and dynamic header; a fixed VHD through the core's
+ * metadata-only open) agrees with an open on a VHD diff over a VDI, a dynamic
+ * and a fixed base, their truncations and bit flips in the headers.
+ *
  * Usage: test-parent-search [FUZZ_SEED [FUZZ_ITERATIONS]]
  */
 #include <fcntl.h>
@@ -407,6 +411,115 @@ static void test_path_resolver(void) {
         }
 }
 
+/* ---------------------------------------------------------------- VHD peek */
+
+/* vdisk_peek_ids agrees with an open of the VHD in `bytes`: the same UUID
+ * and parent UUID where the open succeeds, the same error where it fails. */
+static unsigned vhd_compared, vhd_ok;
+static void vhd_peek_vs_open(const uint8_t *bytes, size_t len, const char *what) {
+        vdisk_image_ids ids = { .size = sizeof ids };
+        vdisk_io *io = mem_io("case.vhd", bytes, len);
+        vdisk_disk *d = disk_new();
+        int rp, ro;
+
+        test_set_context("vhd %s (%zu bytes)", what, len);
+        vdisk_clear_error();
+        rp = vdisk_peek_ids(io, "vpc", &ids);
+        vdisk_clear_error();
+        ro = vdisk_disk_open(d, io, "vpc", VDISK_OPEN_READONLY | VDISK_OPEN_INFO | VDISK_OPEN_SKIP_CHECKS);
+        vhd_compared++;
+        if (ro >= 0) {
+                vdisk_image *img = vdisk_disk_image(d, 0);
+                uint8_t u[16];
+
+                if (rp < 0)
+                        FAIL("the VHD opens but the peek fails with %d (%s)", rp, strerror(-rp));
+                ASSERT(ids.mask & VDISK_IDS_UUID);
+                ASSERT(ids.mask & VDISK_IDS_PARENT_UUID);
+                ASSERT_OK(vdisk_image_get_uuid(img, u));
+                ASSERT_MEMEQ(ids.uuid, u, 16);
+                ASSERT_OK(vdisk_image_get_parent_uuid(img, u));
+                ASSERT_MEMEQ(ids.parent_uuid, u, 16);
+                vhd_ok++;
+        } else if (rp >= 0)
+                FAIL("the VHD peek accepts what open refuses with %d (%s)", ro, strerror(-ro));
+        else if (rp != ro)
+                FAIL("the VHD peek fails with %d (%s), open with %d (%s)", rp, strerror(-rp), ro, strerror(-ro));
+        vdisk_disk_unref(d);
+        vdisk_io_unref(io);
+        test_set_context("%s", "");
+}
+
+static void test_vhd_peek(void) {
+        static const char *const fixed[] = { "subformat", "fixed", NULL };
+        vdisk_create_opts o = { .size = sizeof o };
+        vdisk_io *vdi = mem_io("p.vdi", NULL, 0), *dyn = mem_io("b.vhd", NULL, 0),
+                 *fix = mem_io("f.vhd", NULL, 0), *diff = mem_io("d.vhd", NULL, 0),
+                 *empty = mem_io("e.vhd", NULL, 0);
+        /* e.vhd: a diff without data, small enough for the head to hold it
+         * whole (peek answers from the head); the others are larger (the
+         * core opens them metadata-only). */
+        vdisk_io *const all[] = { dyn, fix, diff, empty };
+        vdisk_image_ids ids = { .size = sizeof ids }, pids = { .size = sizeof pids };
+        vdisk_disk *d = disk_new();
+        uint8_t buf[4096];
+        rng r;
+
+        /* a VHD diff over a VDI (a mixed chain), a dynamic and a fixed base */
+        memset(buf, 0x3c, sizeof buf);
+        ASSERT_OK(vdisk_disk_create_base(d, vdi, "vdi", 4 * MiB, &o));
+        ASSERT_OK(vdisk_disk_create_diff(d, diff, "vpc", &o));
+        ASSERT_OK(vdisk_disk_write(d, buf, sizeof buf, 3 * MiB));
+        vdisk_disk_unref(d);
+        d = disk_new();
+        ASSERT_OK(vdisk_disk_open(d, vdi, "vdi", VDISK_OPEN_READONLY));
+        ASSERT_OK(vdisk_disk_create_diff(d, empty, "vpc", &o));
+        vdisk_disk_unref(d);
+        d = disk_new();
+        ASSERT_OK(vdisk_disk_create_base(d, dyn, "vpc", 4 * MiB, &o));
+        vdisk_disk_unref(d);
+        d = disk_new();
+        o.options = fixed;
+        ASSERT_OK(vdisk_disk_create_base(d, fix, "vpc", 4 * MiB, &o));
+        vdisk_disk_unref(d);
+
+        ASSERT_OK(vdisk_peek_ids(diff, NULL, &ids));   /* probed */
+        ASSERT_OK(vdisk_peek_ids(vdi, "vdi", &pids));
+        ASSERT_MEMEQ(ids.parent_uuid, pids.uuid, 16);
+        ASSERT(!(ids.mask & VDISK_IDS_MODIFICATION_UUID));
+
+        rng_seed(&r, 7);
+        for (size_t k = 0; k < ELEMENTSOF(all); k++) {
+                size_t len;
+                uint8_t *b = mem_io_copy(all[k], &len);
+                uint8_t *c = malloc(len);
+
+                ASSERT(b && c);
+                vhd_peek_vs_open(b, len, "as made");
+                if (all[k] == empty)
+                        ASSERT(len <= 64 * KiB);
+                /* truncated: through the headers and BAT, sector by sector */
+                for (size_t cut = 0; cut < MIN(len, (size_t) 8192); cut += 256)
+                        vhd_peek_vs_open(b, cut, "truncated");
+                /* bit flips in the footer copy and the dynamic header */
+                for (unsigned i = 0; i < 400; i++) {
+                        size_t at = (size_t) rng_below(&r, MIN(len, (size_t) 1536));
+
+                        memcpy(c, b, len);
+                        c[at] ^= (uint8_t) (1u << rng_below(&r, 8));
+                        vhd_peek_vs_open(c, len, "bit flip");
+                }
+                free(b);
+                free(c);
+        }
+        printf("VHD: peek and open agree on %u inputs (%u opened)\n", vhd_compared, vhd_ok);
+        vdisk_io_unref(vdi);
+        vdisk_io_unref(dyn);
+        vdisk_io_unref(fix);
+        vdisk_io_unref(diff);
+        vdisk_io_unref(empty);
+}
+
 int main(int argc, char **argv) {
         uint64_t seed = argc > 1 ? strtoull(argv[1], NULL, 0) : 20240611;
         unsigned iterations = argc > 2 ? (unsigned) strtoul(argv[2], NULL, 0) : 3000;
@@ -417,6 +530,7 @@ int main(int argc, char **argv) {
         test_peek_fuzz(seed, iterations);
         printf("peek and open agree on %u inputs (%u opened)\n", n_compared, n_both_ok);
         test_path_resolver();
+        test_vhd_peek();
         free(base_bytes);
         free(diff_bytes);
         printf("ok\n");

@@ -340,8 +340,12 @@ typedef struct vdisk_resolver_ops {
         int (*open_name)(void *user, const char *name, const char *child_name, int writable,
                          vdisk_io **ret_io);
         /* Finds the image whose UUID is `uuid` among the candidates for a child
-         * named `child_name` of format `format` (VDI diffs name no file). Returns
-         * -ENOENT when none matches and -ENOTUNIQ when two do. */
+         * named `child_name` of format `format` (VDI and VHD diffs link by UUID).
+         * The parent may be of any format (chains mix them: a VHD diff on a VDI
+         * base): consider candidates of every format, e.g. with
+         * vdisk_peek_ids(io, NULL, ...), which probes. The library probes the
+         * match's format (never raw). Returns -ENOENT when none matches and
+         * -ENOTUNIQ when two do. */
         int (*find_uuid)(void *user, const uint8_t uuid[16], const char *format,
                          const char *child_name, int writable, vdisk_io **ret_io);
         void (*free)(void *user);
@@ -367,8 +371,9 @@ enum {
 };
 
 /* A resolver for local paths, used by vdisk-img: names relative to the child's
- * directory; UUID search among the regular files with the format's extensions in
- * the child's directory and in `extra_dirs` (NULL-terminated, may be NULL). The
+ * directory; UUID search among the regular files with any format's extension
+ * (raw's aside: a chain may mix formats) in the child's directory and in
+ * `extra_dirs` (NULL-terminated, may be NULL). The
  * UUID search never follows symlinks and opens nothing but regular files.
  * Parents are opened read-only; reopen opens the same name O_RDWR|O_NOFOLLOW
  * (a symlink's target when the name is a symlink) and checks that it is the
@@ -539,7 +544,11 @@ int vdisk_image_set_lchs(vdisk_image *img, const vdisk_geometry *g);
 int vdisk_image_set_flags(vdisk_image *img, uint32_t flags);   /* only ZERO_EXPAND is changeable */
 
 /* Records the parent's file name and format in a child (a relink, like
- * qemu-img rebase -u); -EOPNOTSUPP for formats that link by UUID only. */
+ * qemu-img rebase -u); -EOPNOTSUPP for formats that link by UUID only. The
+ * name is relative to the child's directory (or absolute), as qemu takes a
+ * backing name. VHD records it in its W2ru locator and, when the image was
+ * opened by path, the parent's absolute name in W2ku; both are hints next to
+ * the parent UUID (set that too). */
 int vdisk_image_set_parent_name(vdisk_image *img, const char *name, const char *format);
 
 /* The logical sector size: 512, 2048 (optical media) or 4096. */
