@@ -118,11 +118,11 @@ else:
     m = re.search(rb'parentCID=([0-9a-fA-F]+)', d)
     assert len(m.group(1)) == len(cid), (m.group(1), cid)
     d[m.start(1):m.end(1)] = cid
-    m = re.search(rb'ddb\.uuid\.image="([^"]+)"', p[512:512 * 21])
-    n = re.search(rb'ddb\.uuid\.parent="([^"]+)"', d)
-    if m and n:
-        assert len(m.group(1)) == len(n.group(1))
-        d[n.start(1):n.end(1)] = m.group(1)
+    m = re.search(rb'ddb\.uuid\.image\s*=\s*"([^"]+)"', p[512:512 * 21])
+    n = re.search(rb'ddb\.uuid\.parent\s*=\s*"([^"]+)"', d)
+    assert m and n, 'vdisk-made VMDKs record ddb.uuid.image and ddb.uuid.parent'
+    assert len(m.group(1)) == len(n.group(1))
+    d[n.start(1):n.end(1)] = m.group(1)
     b[512:512 * 21] = d
 open(child, 'wb').write(b)
 EOF
