@@ -50,6 +50,7 @@
 #include <zlib.h>
 
 #include "backend.h"
+#include "backends/vmdk-sesparse.h"
 #include "fmt/hostalloc.h"
 #include "fmt/tablecache.h"
 #include "fmt/vmdk-desc.h"
@@ -118,6 +119,7 @@ typedef struct vmdk_extent {
         bool zeroed_gte, compressed;
         bool alloc_ready;
         hostalloc alloc;                /* new grains go at the end of the file */
+        vmdk_se *se;                    /* SESPARSE (vmdk-sesparse.c) */
 } vmdk_extent;
 
 typedef struct vmdk_state {
@@ -288,6 +290,7 @@ static void extent_free(vmdk_extent *e) {
         e->gd = tc_table_free(e->gd);
         e->rgd = tc_table_free(e->rgd);
         e->view = tc_table_free(e->view);
+        e->se = vmdk_se_free(e->se);
 }
 
 /* The GT's sector for grain g of a sparse extent, 0 when it has none. */
@@ -464,6 +467,21 @@ static int open_extents(vmdk_state *s, const open_ctx *c) {
                                 return vdisk_error(-EROFS, "vmdk: \"%s\" has compressed grains: read-only", d->file);
                         break;
                 }
+                case VMDK_EXTENT_SESPARSE:
+                        if (s->writable)
+                                return vdisk_error(-EROFS, "vmdk: seSparse extent \"%s\" is read-only "
+                                                   "(open the image read-only)", d->file);
+                        r = files_open(c->files, d->file, 0, &e->io);
+                        if (r < 0)
+                                return r;
+                        r = io_get_size(e->io, &e->file_size);
+                        if (r < 0)
+                                return r;
+                        r = vmdk_se_open(s->budget, e->io, e->file_size, d->sectors, d->file, &e->se);
+                        if (r < 0)
+                                return r;
+                        e->size = d->sectors * VMDK_SECTOR;
+                        break;
                 default:
                         return vdisk_error(-EOPNOTSUPP, "vmdk: %s extents (\"%s\") are not supported yet",
                                            vmdk_extent_type_name(d->type), d->file);
@@ -606,6 +624,9 @@ static void vmdk_get_layout(void *state, image_layout *ret) {
                         grain = s->ext[i].grain;
                         zero = s->ext[i].zeroed_gte && !s->ext[i].compressed && !s->stream;
                         break;
+                } else if (s->ext[i].type == VMDK_EXTENT_SESPARSE) {
+                        grain = VMDK_SE_GRAIN;
+                        break;
                 }
         *ret = (image_layout) {
                 .cluster_size = grain,
@@ -743,6 +764,16 @@ static int vmdk_map(void *state, uint64_t offset, uint64_t len, map_result *ret)
                 return 0;
         case VMDK_EXTENT_SPARSE:
                 return sparse_map(s, e, off, len, ret);
+        case VMDK_EXTENT_SESPARSE: {
+                map_kind kind;
+                uint64_t host = 0, n = 0;
+                int r = vmdk_se_map(e->se, off, len, &kind, &host, &n);
+
+                if (r < 0)
+                        return r;
+                *ret = (map_result) { .kind = kind, .file = result_io(s, e), .host_offset = host, .length = n };
+                return 0;
+        }
         default:
                 return vdisk_error(-EOPNOTSUPP, "vmdk: %s extent", vmdk_extent_type_name(e->type));
         }
@@ -1779,6 +1810,19 @@ static int vmdk_check(void *state, uint32_t flags, vdisk_check_report *rep, vdis
         for (size_t i = 0; i < s->n_ext; i++) {
                 vmdk_extent *e = &s->ext[i];
 
+                if (e->type == VMDK_EXTENT_SESPARSE) {
+                        uint64_t a = 0, t = 0;
+
+                        r = vmdk_se_count(e->se, &a, &t);
+                        if (r == -EUCLEAN) {
+                                rep->corruptions++;
+                                check_report_add(rep, "extent %zu: %s", i + 1, vdisk_last_error());
+                        } else if (r < 0)
+                                return r;
+                        n_alloc += a;
+                        total += t;
+                        continue;
+                }
                 if (e->type != VMDK_EXTENT_SPARSE)
                         continue;
                 total += DIV_ROUND_UP(e->size, e->grain);
