@@ -154,6 +154,13 @@ enum {
         META_FLAGS             = 1u << 7,   /* VDISK_IMAGE_FLAGS_* */
         META_VERSION           = 1u << 8,
         META_PARENT_NAME       = 1u << 9,   /* file name hint and format of the parent */
+        /* A number the image renews when its content changes (VMDK CID), and
+         * the parent's number a child recorded (VMDK parentCID;
+         * VDISK_CONTENT_ID_NONE: not recorded). A child whose recorded number
+         * differs from its parent's is refused at open (the parent changed
+         * under it); relinking sets it. */
+        META_CONTENT_ID        = 1u << 10,
+        META_PARENT_CONTENT_ID = 1u << 11,
 };
 
 typedef struct meta {
@@ -165,6 +172,7 @@ typedef struct meta {
         uint32_t version;
         const char *parent_name;    /* borrowed, may be NULL */
         const char *parent_format;  /* borrowed, may be NULL (recorded format) */
+        uint32_t content_id, parent_content_id;
 } meta;
 
 /* What the core asks create() to make. */
@@ -181,6 +189,9 @@ typedef struct create_params {
                                      * records it (formats that link by UUID
                                      * only ignore it); may be NULL */
         const char *parent_format;  /* diff: the parent's format, may be NULL */
+        /* diff: the parent's content ID (META_CONTENT_ID), when it has one */
+        int has_parent_content_id;
+        uint32_t parent_content_id;
         /* "-o" key/value pairs, NULL-terminated, each key one of the
          * backend's info.create_options (the core checked) and each value
          * normalized by type (sizes in bytes, booleans "on"/"off"). */

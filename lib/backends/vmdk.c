@@ -1299,8 +1299,11 @@ static int vmdk_create(void *state, const open_ctx *c, const create_params *p) {
         snprintf(buf, sizeof buf, "%08" PRIx32, s->cid);
         if (r >= 0)
                 r = vmdk_desc_set(&d, "CID", buf, false);
+        /* The parent's CID from the core (its open image), else from its
+         * descriptor when the files handle reaches it. */
         snprintf(buf, sizeof buf, "%08" PRIx32,
-                 (p->image_flags & VDISK_IMAGE_FLAGS_DIFF) ? parent_cid_of(c, p->parent_name) : 0xffffffffu);
+                 !(p->image_flags & VDISK_IMAGE_FLAGS_DIFF) ? 0xffffffffu :
+                 p->has_parent_content_id ? p->parent_content_id : parent_cid_of(c, p->parent_name));
         if (r >= 0)
                 r = vmdk_desc_set(&d, "parentCID", buf, false);
         if (r >= 0)
@@ -1862,6 +1865,15 @@ static int vmdk_get_meta(void *state, meta *m) {
         }
         if (s->parent_hint || (m->mask & META_PARENT_UUID))
                 m->flags |= VDISK_IMAGE_FLAGS_DIFF;
+        /* CID and parentCID: checked by the core when the chain is opened. */
+        if (s->desc.n_kv > 0) {
+                m->content_id = s->cid;
+                m->mask |= META_CONTENT_ID;
+        }
+        if (m->flags & VDISK_IMAGE_FLAGS_DIFF) {
+                m->parent_content_id = s->parent_cid;
+                m->mask |= META_PARENT_CONTENT_ID;
+        }
         return 0;
 }
 
@@ -1899,7 +1911,8 @@ static int vmdk_set_meta(void *state, const meta *m, uint32_t mask) {
         char buf[64];
         int r = 0;
 
-        if (mask & ~(META_UUID | META_PARENT_UUID | META_PARENT_MOD_UUID | META_PARENT_NAME | META_LCHS))
+        if (mask & ~(META_UUID | META_PARENT_UUID | META_PARENT_MOD_UUID | META_PARENT_NAME | META_LCHS |
+                     META_CONTENT_ID | META_PARENT_CONTENT_ID))
                 return vdisk_error(-EOPNOTSUPP, "vmdk: the format has no such field");
         if (s->stream)
                 return vdisk_error(-EROFS, "vmdk: streamOptimized images are not changed");
@@ -1920,6 +1933,14 @@ static int vmdk_set_meta(void *state, const meta *m, uint32_t mask) {
         }
         if (r >= 0 && (mask & META_PARENT_NAME))
                 r = vmdk_desc_set(&s->desc, "parentFileNameHint", m->parent_name ? m->parent_name : "", true);
+        if (r >= 0 && (mask & META_CONTENT_ID)) {
+                snprintf(buf, sizeof buf, "%08" PRIx32, m->content_id);
+                r = vmdk_desc_set(&s->desc, "CID", buf, false);
+        }
+        if (r >= 0 && (mask & META_PARENT_CONTENT_ID)) {
+                snprintf(buf, sizeof buf, "%08" PRIx32, m->parent_content_id);
+                r = vmdk_desc_set(&s->desc, "parentCID", buf, false);
+        }
         if (r >= 0 && (mask & META_LCHS)) {
                 snprintf(buf, sizeof buf, "%" PRIu32, m->lchs.cylinders);
                 r = vmdk_desc_set(&s->desc, "ddb.geometry.cylinders", buf, true);

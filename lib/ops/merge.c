@@ -128,16 +128,52 @@ static int collect_names(vdisk_disk *d, unsigned lo, unsigned hi, char ***ret) {
         return 0;
 }
 
-/* Points image `child` at `parent` (or makes it a base when parent < 0). */
+/* The name `child_path`'s image records for `parent_path`: the parent's
+ * file name when both are in one directory, else the parent's path as the
+ * chain opened it (made absolute when it is relative to another directory
+ * than the child's). NULL when out of memory. */
+static char *parent_name_for(const char *child_path, const char *parent_path) {
+        const char *cs = strrchr(child_path, '/'), *ps = strrchr(parent_path, '/');
+        size_t cl = cs ? (size_t) (cs - child_path) : 0, pl = ps ? (size_t) (ps - parent_path) : 0;
+        char *abs;
+
+        if (cl == pl && strncmp(child_path, parent_path, cl) == 0)
+                return strdup(ps ? ps + 1 : parent_path);
+        if (parent_path[0] == '/')
+                return strdup(parent_path);
+        abs = realpath(parent_path, NULL);
+        return abs ? abs : strdup(parent_path);
+}
+
+/* Points image `child` at `parent` (or makes it a base when parent < 0):
+ * its parent UUIDs, and where its format records them, the parent's name
+ * and content ID (VMDK parentFileNameHint and parentCID). */
 static int relink(vdisk_disk *d, unsigned child, int parent) {
-        meta pm = {}, m = {};
+        meta pm = {}, m = {}, cm = {};
         uint32_t mask = META_PARENT_UUID;
+        _cleanup_free_ char *name = NULL;
         int r;
 
+        r = image_get_meta(d->images[child], &cm);
+        if (r < 0)
+                return r;
         if (parent >= 0) {
                 r = image_get_meta(d->images[parent], &pm);
                 if (r < 0)
                         return r;
+                if ((cm.mask & META_PARENT_NAME) && cm.parent_name && cm.parent_name[0]) {
+                        name = parent_name_for(vdisk_io_name(d->images[child]->io),
+                                               vdisk_io_name(d->images[parent]->io));
+                        if (!name)
+                                return vdisk_error(-ENOMEM, "out of memory");
+                        m.parent_name = name;
+                        m.parent_format = cm.parent_format ? d->images[parent]->be->info.qemu_name : NULL;
+                        mask |= META_PARENT_NAME;
+                }
+                if (cm.mask & META_PARENT_CONTENT_ID) {
+                        m.parent_content_id = pm.mask & META_CONTENT_ID ? pm.content_id : VDISK_CONTENT_ID_NONE;
+                        mask |= META_PARENT_CONTENT_ID;
+                }
         }
         memcpy(m.parent_uuid, pm.uuid, 16);
         if (pm.mask & META_MODIFICATION_UUID) {

@@ -6,7 +6,14 @@
 #     512 MiB with the README's sha256 through a descriptor written here,
 #     as qemu-img reads it; the bare extent probes as raw (as qemu's does);
 #     a writable open is refused with a message; a vdisk-made diff on top of
-#     the seSparse image reads the same through vdisk-img and qemu-img.
+#     the seSparse image reads the same through vdisk-img and qemu-img;
+#   - links: a diff whose parent changed after it was made (parentCID is not
+#     the parent's CID) is refused with a message (qemu-img fails its reads
+#     too), unless parentCID is ffffffff; rebase -u relinks it; commit (with
+#     and without -b, of the top and of a middle image) and rebase rewrite
+#     parentFileNameHint and parentCID so that qemu-img reads the result with
+#     its new parent, the same content as before; for vdisk-made chains and
+#     for qemu-made ones (no ddb.uuid).
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 source "$(dirname "$0")/lib.sh" "$@"
 
@@ -64,5 +71,93 @@ DESC
 else
         echo "# $CORPUS/$SE absent: seSparse corpus test skipped"
 fi
+
+# --- links: parentCID and parentFileNameHint
+desc_get() { tr -d '\0' <"$1" | sed -n "s/^$2 *= *\"\{0,1\}\([^\"]*\)\"\{0,1\}.*/\1/p" | head -n1; }
+
+# chain MAKER: base.vmdk <- mid.vmdk <- top.vmdk, each with its own data,
+# made by vdisk-img or by qemu-img; want.raw is what top reads.
+chain() {
+        local tool=$1
+        rm -f base.vmdk mid.vmdk top.vmdk base2.vmdk want.raw
+        run "$tool" create -q -f vmdk base.vmdk 4M
+        run "$QEMU_IO" -f vmdk -c "write -P 1 0 1M" -c "write -P 11 3M 64k" base.vmdk
+        run "$tool" create -q -f vmdk -b base.vmdk -F vmdk mid.vmdk
+        run "$QEMU_IO" -f vmdk -c "write -P 2 1M 1M" mid.vmdk
+        run "$tool" create -q -f vmdk -b mid.vmdk -F vmdk top.vmdk
+        run "$QEMU_IO" -f vmdk -c "write -P 3 2M 1M" top.vmdk
+        run "$QEMU_IMG" convert -O raw top.vmdk want.raw
+        [[ $RC -eq 0 ]] || notok "$tool: chain made and read by qemu-img" "$(last_err)"
+}
+# reads_as DESC IMAGE RAW: qemu-img and vdisk-img read IMAGE (with its chain) as RAW
+reads_as() {
+        qcompare "$2" vmdk "$3" raw
+        vimg compare -f vmdk -F raw "$2" "$3"
+        if [[ $RC -eq 0 ]]; then ok "$1: vdisk-img reads it as before"; else notok "$1: vdisk-img reads it" "$(last_err)"; fi
+}
+links_ok() { # DESC CHILD PARENT: hint and parentCID name the parent
+        expect_eq "$1: parentFileNameHint" "$(desc_get "$2" parentFileNameHint)" "$3"
+        expect_eq "$1: parentCID is the parent's CID" "$(desc_get "$2" parentCID)" "$(desc_get "$3" CID)"
+}
+
+for tool in "$VDISK_IMG" "$QEMU_IMG"; do
+        who=$(basename "$tool")
+        # commit of the top into its parent: the emptied top keeps its link
+        chain "$tool"
+        vimg commit top.vmdk
+        expect_eq "$who chain, commit top: exit" "$RC" 0
+        links_ok "$who chain, commit top" top.vmdk mid.vmdk
+        reads_as "$who chain, commit top" top.vmdk want.raw
+        # commit of a middle image: the image above still matches it
+        chain "$tool"
+        vimg commit mid.vmdk
+        expect_eq "$who chain, commit mid: exit" "$RC" 0
+        links_ok "$who chain, commit mid" mid.vmdk base.vmdk
+        links_ok "$who chain, commit mid (the top above)" top.vmdk mid.vmdk
+        reads_as "$who chain, commit mid" top.vmdk want.raw
+        # commit -b base: the top is relinked past mid onto base
+        chain "$tool"
+        vimg commit -b base.vmdk top.vmdk
+        expect_eq "$who chain, commit -b base: exit" "$RC" 0
+        links_ok "$who chain, commit -b base" top.vmdk base.vmdk
+        reads_as "$who chain, commit -b base" top.vmdk want.raw
+        # rebase onto a copy of the parent (safe and unsafe)
+        chain "$tool"
+        cp mid.vmdk mid2.vmdk
+        vimg rebase -b mid2.vmdk -F vmdk top.vmdk
+        expect_eq "$who chain, rebase: exit" "$RC" 0
+        links_ok "$who chain, rebase" top.vmdk mid2.vmdk
+        reads_as "$who chain, rebase" top.vmdk want.raw
+        expect_eq "$who chain, rebase: qemu-img's backing file" \
+                "$("$QEMU_IMG" info --output=json top.vmdk | py json-get - backing-filename)" mid2.vmdk
+        # the parent written after the child was made: refused, by both
+        run "$QEMU_IO" -f vmdk -c "write -P 9 3M 4k" mid2.vmdk
+        expect_fail "$who chain, parent changed: vdisk-img refuses the child" "$VDISK_IMG" convert -O raw top.vmdk x.raw
+        expect_true "the message says the parent was modified" grep -q "modified after" "$T/err"
+        expect_fail "$who chain, parent changed: qemu-img refuses it too" "$QEMU_IMG" convert -O raw top.vmdk x.raw
+        # ... until relinked on purpose (rebase -u)
+        vimg rebase -u -b mid2.vmdk -F vmdk top.vmdk
+        expect_eq "$who chain, rebase -u relinks: exit" "$RC" 0
+        links_ok "$who chain, rebase -u" top.vmdk mid2.vmdk
+        qimg convert -O raw top.vmdk x.raw
+        expect_eq "$who chain, relinked: qemu-img reads it" "$RC" 0
+        rm -f mid2.vmdk x.raw
+done
+
+# parentCID ffffffff: not recorded, never checked (qemu-img does the same)
+chain "$VDISK_IMG"
+run "$QEMU_IO" -f vmdk -c "write -P 9 3M 4k" mid.vmdk
+tr -d '\0' <top.vmdk >/dev/null
+run "$PY" - top.vmdk <<'PY'
+import re, sys
+p = sys.argv[1]
+b = bytearray(open(p, 'rb').read())
+i = b.find(b'parentCID=')
+b[i + 10:i + 18] = b'ffffffff'
+open(p, 'wb').write(bytes(b))
+PY
+vimg convert -O raw top.vmdk x.raw
+expect_eq "parentCID ffffffff: not checked" "$RC" 0
+rm -f x.raw
 
 finish
