@@ -147,7 +147,6 @@ done
 # parentCID ffffffff: not recorded, never checked (qemu-img does the same)
 chain "$VDISK_IMG"
 run "$QEMU_IO" -f vmdk -c "write -P 9 3M 4k" mid.vmdk
-tr -d '\0' <top.vmdk >/dev/null
 run "$PY" - top.vmdk <<'PY'
 import re, sys
 p = sys.argv[1]
