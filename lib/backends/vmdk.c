@@ -1068,12 +1068,13 @@ typedef struct vmdk_create_opts {
         const char *adapter;
         const char *hwversion;
         bool compat6, zeroed_grain;
+        bool adapter_given;
 } vmdk_create_opts;
 
 static int parse_create_options(const char *const *o, vmdk_create_opts *ret) {
         static const char *const subformats[] = {
                 "monolithicSparse", "monolithicFlat", "twoGbMaxExtentSparse", "twoGbMaxExtentFlat",
-                "streamOptimized", NULL,
+                "streamOptimized", "vmfs", NULL,
         };
         static const char *const adapters[] = { "ide", "buslogic", "lsilogic", "legacyESX", NULL };
         bool ok;
@@ -1082,8 +1083,10 @@ static int parse_create_options(const char *const *o, vmdk_create_opts *ret) {
         for (; o && o[0]; o += 2) {
                 if (streq(o[0], "subformat"))
                         ret->subformat = o[1];
-                else if (streq(o[0], "adapter_type"))
+                else if (streq(o[0], "adapter_type")) {
                         ret->adapter = o[1];
+                        ret->adapter_given = true;
+                }
                 else if (streq(o[0], "hwversion"))
                         ret->hwversion = streq(o[1], "undefined") ? NULL : o[1];
                 else if (streq(o[0], "compat6"))
@@ -1255,7 +1258,7 @@ static int vmdk_create(void *state, const open_ctx *c, const create_params *p) {
         vmdk_create_opts o;
         vmdk_desc d = {};
         uint64_t capacity = DIV_ROUND_UP(p->size, VMDK_SECTOR);
-        bool split, flat, sparse_mono, stream;
+        bool split, flat, sparse_mono, stream, vmfs;
         _cleanup_free_ char *stem = NULL, *text = NULL;
         char buf[64], uuid[37];
         uint32_t version = 1, flags = VMDK_FLAG_NL_TEST | VMDK_FLAG_RGD;
@@ -1269,7 +1272,13 @@ static int vmdk_create(void *state, const open_ctx *c, const create_params *p) {
         if (capacity > VMDK_CAPACITY_MAX)
                 return vdisk_error(-EFBIG, "vmdk: at most %" PRIu64 " bytes", VMDK_CAPACITY_MAX * VMDK_SECTOR);
         split = strncmp(o.subformat, "twoGb", 5) == 0;
-        flat = strstr(o.subformat, "Flat") != NULL;
+        /* ESX: a descriptor and NAME-flat.vmdk named by a VMFS extent line,
+         * createType "vmfs", an LSI Logic adapter unless one is asked for
+         * (ESX has no IDE default). */
+        vmfs = streq(o.subformat, "vmfs");
+        if (vmfs && !o.adapter_given)
+                o.adapter = "lsilogic";
+        flat = strstr(o.subformat, "Flat") != NULL || vmfs;
         stream = streq(o.subformat, "streamOptimized");
         sparse_mono = streq(o.subformat, "monolithicSparse") || stream;
         if (stream && (p->image_flags & VDISK_IMAGE_FLAGS_DIFF))
@@ -1332,8 +1341,9 @@ static int vmdk_create(void *state, const open_ctx *c, const create_params *p) {
                         r = vdisk_error(-EFBIG, "vmdk: more than 999 extents");
                         goto out;
                 }
-                r = vmdk_desc_add_extent(&d, VMDK_ACCESS_RW, flat ? VMDK_EXTENT_FLAT : VMDK_EXTENT_SPARSE, n,
-                                         name, 0);
+                r = vmdk_desc_add_extent(&d, VMDK_ACCESS_RW,
+                                         vmfs ? VMDK_EXTENT_VMFS : flat ? VMDK_EXTENT_FLAT : VMDK_EXTENT_SPARSE,
+                                         n, name, 0);
                 if (r < 0)
                         goto out;
                 done += n;

@@ -406,7 +406,9 @@ int vmdk_desc_format(const vmdk_desc *d, char **ret, size_t *ret_len) {
                 sbuf_add(&b, "%s %" PRIu64 " %s", access_names[e->access], e->sectors, type_names[e->type]);
                 if (e->file)
                         sbuf_add(&b, " \"%s\"", e->file);
-                if (e->offset || (e->file && (e->type == VMDK_EXTENT_FLAT || e->type == VMDK_EXTENT_VMFS)))
+                /* FLAT lines always carry the offset; VMFS lines (ESX) only a non-zero one:
+                 * qemu refuses "VMFS" lines with an offset. */
+                if (e->offset || (e->file && e->type == VMDK_EXTENT_FLAT))
                         sbuf_add(&b, " %" PRIu64, e->offset);
                 sbuf_add(&b, "\n");
         }

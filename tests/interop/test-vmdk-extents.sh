@@ -13,11 +13,17 @@
 #     and without -b, of the top and of a middle image) and rebase rewrite
 #     parentFileNameHint and parentCID so that qemu-img reads the result with
 #     its new parent, the same content as before; for vdisk-made chains and
-#     for qemu-made ones (no ddb.uuid).
+#     for qemu-made ones (no ddb.uuid);
+#   - ESX create (-o subformat=vmfs): descriptor + NAME-flat.vmdk named by a
+#     VMFS extent line (no offset, as ESX writes it and qemu requires),
+#     createType "vmfs", lsilogic unless adapter_type is given; qemu-img
+#     reads, checks and compares what vdisk-img writes, and the reverse.
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 source "$(dirname "$0")/lib.sh" "$@"
 
 CORPUS=${VDISK_CORPUS:-$(cd "$HERE/../../.." && pwd)/shared/corpus/real}
+# desc_get FILE KEY: a descriptor value, without quotes
+desc_get() { tr -d '\0' <"$1" | sed -n "s/^$2 *= *\"\{0,1\}\([^\"]*\)\"\{0,1\}.*/\1/p" | head -n1; }
 
 # --- seSparse (read-only, through a descriptor)
 SE=dissect-hypervisor/vmdk/sesparse.vmdk.xz
@@ -72,8 +78,28 @@ else
         echo "# $CORPUS/$SE absent: seSparse corpus test skipped"
 fi
 
+# --- ESX create: subformat=vmfs
+vimg create -q -f vmdk -o subformat=vmfs esx.vmdk 40M
+expect_eq "vmfs: create" "$RC" 0
+expect_eq "vmfs: createType" "$(desc_get esx.vmdk createType)" vmfs
+expect_eq "vmfs: adapter lsilogic by default" "$(desc_get esx.vmdk ddb.adapterType)" lsilogic
+expect_true "vmfs: a VMFS extent line without offset" grep -qx 'RW 81920 VMFS "esx-flat.vmdk"' esx.vmdk
+expect_eq "vmfs: the flat file's size" "$(stat -c %s esx-flat.vmdk)" $((40 << 20))
+qcheck esx.vmdk vmdk
+mkpattern pat.raw 40M 3
+vimg convert -n -f raw -O vmdk pat.raw esx.vmdk
+expect_eq "vmfs: vdisk-img writes into it" "$RC" 0
+qcompare esx.vmdk vmdk pat.raw raw
+expect_rc "vmfs: qemu-io writes into it" 0 "$QEMU_IO" -f vmdk -c "write -P 0x66 5M 3M" esx.vmdk
+qimg convert -f vmdk -O raw esx.vmdk q.raw
+vimg compare -f vmdk -F raw esx.vmdk q.raw
+expect_eq "vmfs: vdisk-img reads what qemu-img wrote" "$RC" 0
+vimg create -q -f vmdk -o subformat=vmfs,adapter_type=buslogic esx2.vmdk 1M
+expect_eq "vmfs: adapter_type given" "$(desc_get esx2.vmdk ddb.adapterType)" buslogic
+expect_fail "vmfs: no differencing image" "$VDISK_IMG" create -q -f vmdk -o subformat=vmfs -b esx.vmdk -F vmdk esx3.vmdk
+rm -f esx*.vmdk pat.raw q.raw
+
 # --- links: parentCID and parentFileNameHint
-desc_get() { tr -d '\0' <"$1" | sed -n "s/^$2 *= *\"\{0,1\}\([^\"]*\)\"\{0,1\}.*/\1/p" | head -n1; }
 
 # chain MAKER: base.vmdk <- mid.vmdk <- top.vmdk, each with its own data,
 # made by vdisk-img or by qemu-img; want.raw is what top reads.
