@@ -386,9 +386,16 @@ static int desc_meta(vmdk_state *s) {
         return 0;
 }
 
+/* fullDevice / partitionedDevice: FLAT extents on raw devices ("/dev/..."),
+ * opened only through a file descriptor the caller hands in (see
+ * open_extents). The VMFS raw-device mappings are not read. */
+static bool raw_device_type(const char *t) {
+        return t && (strcasecmp(t, "fullDevice") == 0 || strcasecmp(t, "partitionedDevice") == 0);
+}
+
 static int check_create_type(const char *t) {
         static const char *const unsupported[] = {
-                "fullDevice", "partitionedDevice", "vmfsRaw", "vmfsRawDeviceMap", "vmfsPassthroughRawDeviceMap",
+                "vmfsRaw", "vmfsRawDeviceMap", "vmfsPassthroughRawDeviceMap",
                 NULL,
         };
 
@@ -423,15 +430,32 @@ static int open_extents(vmdk_state *s, const open_ctx *c) {
                 if (d->access == VMDK_ACCESS_RDONLY && s->writable)
                         return vdisk_error(-EROFS, "vmdk: extent %zu (\"%s\") is read-only", i + 1,
                                            d->file ? d->file : "ZERO");
+                /* Raw devices: FLAT extents of fullDevice/partitionedDevice images only. */
+                if (d->file && vmdk_desc_name_is_device(d->file) &&
+                    (d->type != VMDK_EXTENT_FLAT || !raw_device_type(s->create_type)))
+                        return vdisk_error(-EUCLEAN, "vmdk: extent %zu names a device, but it is no FLAT extent of a "
+                                           "fullDevice or partitionedDevice image", i + 1);
                 switch (d->type) {
                 case VMDK_EXTENT_ZERO:
                         e->size = d->sectors * VMDK_SECTOR;
                         break;
                 case VMDK_EXTENT_FLAT:
                 case VMDK_EXTENT_VMFS:
-                        r = files_open(c->files, d->file, s->writable ? FILES_WRITE : 0, &e->io);
-                        if (r < 0)
-                                return r;
+                        if (vmdk_desc_name_is_device(d->file)) {
+                                /* Never opened by path: the caller's files
+                                 * handle must hold an fd under that name. */
+                                r = files_open(c->files, d->file, s->writable ? FILES_WRITE : 0, &e->io);
+                                if (r == -EPERM)   /* the path resolver: no absolute names */
+                                        return vdisk_error(r, "vmdk: extent %zu is the raw device \"%s\": it opens "
+                                                           "only through a file descriptor handed in for that "
+                                                           "name (vdisk-img never opens devices)", i + 1, d->file);
+                                if (r < 0)
+                                        return r;
+                        } else {
+                                r = files_open(c->files, d->file, s->writable ? FILES_WRITE : 0, &e->io);
+                                if (r < 0)
+                                        return r;
+                        }
                         r = io_get_size(e->io, &e->file_size);
                         if (r < 0)
                                 return r;

@@ -17,7 +17,10 @@
 #   - ESX create (-o subformat=vmfs): descriptor + NAME-flat.vmdk named by a
 #     VMFS extent line (no offset, as ESX writes it and qemu requires),
 #     createType "vmfs", lsilogic unless adapter_type is given; qemu-img
-#     reads, checks and compares what vdisk-img writes, and the reverse.
+#     reads, checks and compares what vdisk-img writes, and the reverse;
+#   - raw-device descriptors: vdisk-img (the path resolver) refuses one naming
+#     /dev/sda with a message and never opens the device (the API test
+#     test-vmdk-device hands a "device" in).
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 source "$(dirname "$0")/lib.sh" "$@"
 
@@ -98,6 +101,15 @@ vimg create -q -f vmdk -o subformat=vmfs,adapter_type=buslogic esx2.vmdk 1M
 expect_eq "vmfs: adapter_type given" "$(desc_get esx2.vmdk ddb.adapterType)" buslogic
 expect_fail "vmfs: no differencing image" "$VDISK_IMG" create -q -f vmdk -o subformat=vmfs -b esx.vmdk -F vmdk esx3.vmdk
 rm -f esx*.vmdk pat.raw q.raw
+
+# --- raw-device descriptors: only through a handed-in fd, never by path
+printf '# Disk DescriptorFile\nversion=1\nCID=1\nparentCID=ffffffff\ncreateType="fullDevice"\n\nRW 2048 FLAT "/dev/sda" 0\n' > dev.vmdk
+expect_fail "fullDevice naming /dev/sda: refused by vdisk-img" "$VDISK_IMG" convert -O raw dev.vmdk x.raw
+expect_true "the message says it needs a file descriptor" grep -q "file descriptor" "$T/err"
+expect_true "nothing was written" test ! -e x.raw
+printf '# Disk DescriptorFile\nversion=1\ncreateType="monolithicFlat"\n\nRW 2048 FLAT "/dev/sda" 0\n' > dev2.vmdk
+expect_fail "a device in a monolithicFlat descriptor: refused" "$VDISK_IMG" info dev2.vmdk
+rm -f dev.vmdk dev2.vmdk
 
 # --- links: parentCID and parentFileNameHint
 
