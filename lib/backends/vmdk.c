@@ -50,6 +50,7 @@
 #include <zlib.h>
 
 #include "backend.h"
+#include "backends/vmdk-cowd.h"
 #include "backends/vmdk-sesparse.h"
 #include "fmt/hostalloc.h"
 #include "fmt/tablecache.h"
@@ -120,6 +121,7 @@ typedef struct vmdk_extent {
         bool alloc_ready;
         hostalloc alloc;                /* new grains go at the end of the file */
         vmdk_se *se;                    /* SESPARSE (vmdk-sesparse.c) */
+        vmdk_cowd *cowd;                /* VMFSSPARSE (vmdk-cowd.c) */
 } vmdk_extent;
 
 typedef struct vmdk_state {
@@ -291,6 +293,7 @@ static void extent_free(vmdk_extent *e) {
         e->rgd = tc_table_free(e->rgd);
         e->view = tc_table_free(e->view);
         e->se = vmdk_se_free(e->se);
+        e->cowd = vmdk_cowd_free(e->cowd);
 }
 
 /* The GT's sector for grain g of a sparse extent, 0 when it has none. */
@@ -491,6 +494,21 @@ static int open_extents(vmdk_state *s, const open_ctx *c) {
                                 return vdisk_error(-EROFS, "vmdk: \"%s\" has compressed grains: read-only", d->file);
                         break;
                 }
+                case VMDK_EXTENT_VMFSSPARSE:
+                        if (s->writable)
+                                return vdisk_error(-EROFS, "vmdk: vmfsSparse extent \"%s\" is read-only "
+                                                   "(open the image read-only)", d->file);
+                        r = files_open(c->files, d->file, 0, &e->io);
+                        if (r < 0)
+                                return r;
+                        r = io_get_size(e->io, &e->file_size);
+                        if (r < 0)
+                                return r;
+                        r = vmdk_cowd_open(s->budget, e->io, e->file_size, d->sectors, d->file, &e->cowd);
+                        if (r < 0)
+                                return r;
+                        e->size = d->sectors * VMDK_SECTOR;
+                        break;
                 case VMDK_EXTENT_SESPARSE:
                         if (s->writable)
                                 return vdisk_error(-EROFS, "vmdk: seSparse extent \"%s\" is read-only "
@@ -651,6 +669,9 @@ static void vmdk_get_layout(void *state, image_layout *ret) {
                 } else if (s->ext[i].type == VMDK_EXTENT_SESPARSE) {
                         grain = VMDK_SE_GRAIN;
                         break;
+                } else if (s->ext[i].type == VMDK_EXTENT_VMFSSPARSE) {
+                        grain = vmdk_cowd_grain(s->ext[i].cowd);
+                        break;
                 }
         *ret = (image_layout) {
                 .cluster_size = grain,
@@ -788,10 +809,12 @@ static int vmdk_map(void *state, uint64_t offset, uint64_t len, map_result *ret)
                 return 0;
         case VMDK_EXTENT_SPARSE:
                 return sparse_map(s, e, off, len, ret);
-        case VMDK_EXTENT_SESPARSE: {
+        case VMDK_EXTENT_SESPARSE:
+        case VMDK_EXTENT_VMFSSPARSE: {
                 map_kind kind;
                 uint64_t host = 0, n = 0;
-                int r = vmdk_se_map(e->se, off, len, &kind, &host, &n);
+                int r = e->se ? vmdk_se_map(e->se, off, len, &kind, &host, &n) :
+                                vmdk_cowd_map(e->cowd, off, len, &kind, &host, &n);
 
                 if (r < 0)
                         return r;
@@ -1847,10 +1870,10 @@ static int vmdk_check(void *state, uint32_t flags, vdisk_check_report *rep, vdis
         for (size_t i = 0; i < s->n_ext; i++) {
                 vmdk_extent *e = &s->ext[i];
 
-                if (e->type == VMDK_EXTENT_SESPARSE) {
+                if (e->type == VMDK_EXTENT_SESPARSE || e->type == VMDK_EXTENT_VMFSSPARSE) {
                         uint64_t a = 0, t = 0;
 
-                        r = vmdk_se_count(e->se, &a, &t);
+                        r = e->se ? vmdk_se_count(e->se, &a, &t) : vmdk_cowd_count(e->cowd, &a, &t);
                         if (r == -EUCLEAN) {
                                 rep->corruptions++;
                                 check_report_add(rep, "extent %zu: %s", i + 1, vdisk_last_error());
