@@ -174,9 +174,10 @@ out:
         vdisk_io_unref(io);
 }
 
-/* The input as a VMDK seSparse extent, named by a descriptor whose extent
- * line takes the capacity from the input's header (so that the extent's own
- * checks are what is fuzzed): open, block status, reads, check. */
+/* The input as a VMDK seSparse or vmfsSparse (COWD) extent, named by a
+ * descriptor whose extent line takes the capacity from the input's header
+ * (so that the extent's own checks are what is fuzzed): open, block status,
+ * reads, check. */
 static int se_companion(void *user, const char *name, const char *image_name, uint32_t flags, vdisk_io **ret) {
         const uint8_t **in = user;
 
@@ -185,7 +186,7 @@ static int se_companion(void *user, const char *name, const char *image_name, ui
         return capped_new(in[0], (size_t) (in[1] - in[0]), ret);
 }
 
-static void exercise_sesparse(const uint8_t *data, size_t size) {
+static void exercise_extent(const uint8_t *data, size_t size, int cowd) {
         const uint8_t *in[2] = { data, data + size };
         vdisk_resolver_ops ops = { .size = sizeof ops, .open_companion = se_companion };
         vdisk_resolver *res = NULL;
@@ -198,12 +199,13 @@ static void exercise_sesparse(const uint8_t *data, size_t size) {
 
         if (size < 0x18 || size > FILE_MAX)
                 return;
-        for (int i = 7; i >= 0; i--)
-                cap = cap << 8 | data[0x10 + i];
+        for (int i = cowd ? 3 : 7; i >= 0; i--)
+                cap = cap << 8 | data[(cowd ? 12 : 0x10) + i];
         if (cap == 0 || cap > (UINT64_C(1) << 40))
                 cap = 2048;
         n = snprintf(text, sizeof text, "# Disk DescriptorFile\nversion=1\nCID=1\nparentCID=ffffffff\n"
-                     "createType=\"seSparse\"\nRW %llu SESPARSE \"fuzz-sesparse.vmdk\"\n", (unsigned long long) cap);
+                     "createType=\"%s\"\nRW %llu %s \"fuzz-sesparse.vmdk\"\n", cowd ? "vmfsSparse" : "seSparse",
+                     (unsigned long long) cap, cowd ? "VMFSSPARSE" : "SESPARSE");
         if (vdisk_io_new_memory(text, (size_t) n, "fuzz-se.vmdk", 0, &io) < 0)
                 return;
         if (vdisk_resolver_new_ops(&ops, in, &res) < 0 || vdisk_disk_new(&d) < 0 ||
@@ -246,6 +248,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         exercise(data, size, "vpc", 1);
         exercise(data, size, "vmdk", 0);
         exercise(data, size, "vmdk", 1);
-        exercise_sesparse(data, size);
+        exercise_extent(data, size, 0);
+        exercise_extent(data, size, 1);
         return 0;
 }

@@ -39,3 +39,13 @@ b[gt:gt + 24] = struct.pack('<3Q', 3 << 60, 2 << 60, (3 << 60) | (1 << 48))
 b[96 * 512:] = b'\x5a' * 4096 + b'\x02' * 4096
 open('sesparse.bin', 'wb').write(bytes(b))
 PY
+# VMDK vmfsSparse (COWD) extent: 64 KiB of 512-byte grains, one table, two grains.
+/usr/bin/python3 - <<'PY' || true
+import struct
+b = bytearray(40 * 512)
+b[0:32] = struct.pack('<8I', 0x44574f43, 1, 3, 128, 1, 4, 1, 40)
+b[4 * 512:4 * 512 + 4] = struct.pack('<I', 8)
+b[8 * 512:8 * 512 + 8] = struct.pack('<2I', 38, 39)
+b[38 * 512:] = b'\x5a' * 512 + b'\x03' * 512
+open('cowd.bin', 'wb').write(bytes(b))
+PY
