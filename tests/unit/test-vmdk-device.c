@@ -2,8 +2,9 @@
 /*
  * VMDK raw-device descriptors (createType fullDevice / partitionedDevice):
  * an extent naming "/dev/..." opens only through an io the caller hands in
- * for that name (here a memory "device" through the resolver's
- * open_companion, as vdiskd hands an fd); reads and writes land at the
+ * for that name (here the fd of a regular temporary file as the "device",
+ * through the resolver's open_companion, as vdiskd hands an fd; a loop
+ * device would need root); reads and writes land at the
  * extent's offset in it; without it the open fails with a message; a
  * device named by any other createType, or a name that climbs out of /dev,
  * is refused; the path resolver (vdisk-img) never opens the device.
@@ -12,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "tests.h"
 
@@ -19,6 +21,7 @@
 #define PT_SECTORS 63u
 
 static vdisk_io *dev_io, *pt_io;
+static int dev_fd;
 static unsigned dev_opens;
 
 static int res_open_name(void *user, const char *name, const char *child_name, int writable, vdisk_io **ret) {
@@ -90,7 +93,16 @@ int main(void) {
         rng_seed(&r, 77);
         rng_fill(&r, dev, DEV_SECTORS * 512);
         rng_fill(&r, pt, PT_SECTORS * 512);
-        dev_io = mem_io("/dev/vdisk-test0", dev, DEV_SECTORS * 512);
+        {
+                char path[] = "/tmp/vdisk-test-device.XXXXXX";
+                int fd = mkstemp(path);
+
+                ASSERT(fd >= 0);
+                ASSERT(unlink(path) == 0);
+                ASSERT(pwrite(fd, dev, DEV_SECTORS * 512, 0) == (ssize_t) (DEV_SECTORS * 512));
+                ASSERT_OK(vdisk_io_new_fd(fd, "/dev/vdisk-test0", VDISK_IO_OWN_FD, &dev_io));
+                dev_fd = fd;
+        }
         pt_io = mem_io("disk-pt.vmdk", pt, PT_SECTORS * 512);
 
         /* fullDevice: the whole device, read and written through the handed io. */
@@ -102,11 +114,14 @@ int main(void) {
         memset(buf, 0xd7, 4096);
         ASSERT_OK(vdisk_disk_write(d, buf, 4096, 100 * 512));
         ASSERT_OK(vdisk_disk_close(d));
-        ASSERT_OK(vdisk_io_memory_data(dev_io, (const void **) &cur, &cur_len));
+        cur = malloc(DEV_SECTORS * 512 + 1);
+        ASSERT(cur);
+        cur_len = (size_t) pread(dev_fd, (void *) cur, DEV_SECTORS * 512 + 1, 0);
         ASSERT(cur_len == DEV_SECTORS * 512);
         ASSERT_MEMEQ(cur + 100 * 512, buf, 4096);
         memcpy(dev + 100 * 512, buf, 4096);
         ASSERT_MEMEQ(cur, dev, DEV_SECTORS * 512);
+        free((void *) cur);
 
         /* partitionedDevice: the partition table copy, then the device from
          * sector 63, then zeros. */
