@@ -185,6 +185,7 @@ void disk_remove(Disk *d) {
                 d->user->n_persistent--;
                 d->persistent = false;
         }
+        d->fr = NULL;           /* freed with vd's resolver */
         trash_vd(&trash, TAKE_PTR(d->vd), d->n_fds_charged);
         trash_empty(m, d->user, &trash);
         assert(d->user->n_fds >= d->n_fds_charged && d->user->n_disks > 0);
@@ -197,10 +198,11 @@ void disk_remove(Disk *d) {
         manager_update_idle(m);
 }
 
-/* One descriptor per image, charged to the owner. */
-static void disk_charge_fds(Disk *d) {
-        user_charge_fds(d->user, d->n_images, d->n_fds_charged);
-        d->n_fds_charged = d->n_images;
+/* One descriptor per image and one per companion file (VMDK extents),
+ * charged to the owner. */
+static void disk_charge_fds(Disk *d, unsigned n_fds) {
+        user_charge_fds(d->user, n_fds, d->n_fds_charged);
+        d->n_fds_charged = n_fds;
 }
 
 void disk_apply_info(Disk *d, const DiskInfo *info, NewImageName *names, size_t n_names) {
@@ -304,7 +306,9 @@ void disk_apply_info(Disk *d, const DiskInfo *info, NewImageName *names, size_t 
                 memcpy(d->lchs, info->lchs, sizeof d->lchs);
                 changed[n_changed++] = "LCHSGeometry";
         }
-        disk_charge_fds(d);
+        if (info->have_resolver_fds)
+                d->n_resolver_fds = info->n_resolver_fds;
+        disk_charge_fds(d, MAX(info->n_fds, d->n_images) + d->n_resolver_fds);
         disk_emit_changed(d, changed);
 }
 
@@ -500,14 +504,36 @@ static void open_run(Task *t) {
         if (r >= 0) {
                 if (vdisk_disk_count(vd) == 0) {
                         r = files_resolver_new(c->options.files, c->options.n_files, &fr, &res);
-                        if (r >= 0)
+                        if (r >= 0) {
+                                /* The disk keeps the resolver (and drops the one
+                                 * it had): later opens add their files to it. */
                                 r = vdisk_disk_open_chain(vd, res, io, format, flags);
-                        files_resolver_done_opening(fr);
+                                c->disk->fr = r >= 0 ? fr : NULL;
+                        }
+                } else if (c->options.n_files > 0) {
+                        /* The image's companion files (or the candidates its
+                         * format looks for) come with this call: through the
+                         * disk's resolver, which libvdisk asks. */
+                        if (!c->disk->fr) {
+                                r = files_resolver_new(NULL, 0, &fr, &res);
+                                if (r >= 0)
+                                        r = vdisk_disk_set_resolver(vd, res);
+                                if (r >= 0)
+                                        c->disk->fr = fr;
+                        }
+                        fr = c->disk->fr;
+                        if (r >= 0 && fr)
+                                r = files_resolver_begin_opening(fr, c->options.files, c->options.n_files);
+                        if (r >= 0)
+                                r = vdisk_disk_open(vd, io, format, flags);
                 } else
                         r = vdisk_disk_open(vd, io, format, flags);
+                files_resolver_done_opening(fr);
         }
         outcome_set(&c->outcome, r);
         (void) disk_info_read(vd, &c->info);
+        c->info.have_resolver_fds = true;
+        c->info.n_resolver_fds = files_resolver_n_writable(c->disk->fr);
         vdisk_io_unref(io);
         vdisk_resolver_unref(res);
 }
@@ -592,8 +618,10 @@ static void close_run(Task *t) {
          * one at a time, so no operation runs on it now. */
         r = vdisk_disk_close(vd);
         outcome_set(&c->outcome, r);
-        if (r != -EBUSY)
+        if (r != -EBUSY) {
                 c->disk->vd = NULL;
+                c->disk->fr = NULL;
+        }
 }
 
 static void close_done(Task *t, bool cancelled) {
@@ -877,9 +905,15 @@ static int start_operation_on(Call *c, Disk *d, OpKind kind) {
 
 static int start_operation(Call *c, OpKind kind) {
         Disk *d = disk_usable(c);
+        int r;
 
         if (!d)
                 return 0;
+        /* CreateBase, CreateDiff, Copy: the output's companion files
+         * (`files`, `file-set`). */
+        r = call_take_file_set(c);
+        if (r <= 0)
+                return r;
         return start_operation_on(c, d, kind);
 }
 
@@ -1027,7 +1061,7 @@ static int method_create_base(sd_bus_message *msg, void *userdata, sd_bus_error 
                 r = sd_bus_message_read(msg, "t", &c->t1);
         if (r >= 0)
                 r = options_parse(msg, OPT_VARIANT | OPT_BLOCK_SIZE | OPT_UUID | OPT_COMMENT | OPT_PCHS | OPT_LCHS |
-                                  OPT_FORMAT_OPTIONS | OPT_DISPLAY_NAME, &c->options, error);
+                                  OPT_FORMAT_OPTIONS | OPT_DISPLAY_NAME | OPT_FILES | OPT_FILE_SET, &c->options, error);
         if (r < 0)
                 return r;
         if (c->t1 == 0)
@@ -1050,7 +1084,7 @@ static int method_create_diff(sd_bus_message *msg, void *userdata, sd_bus_error 
                 r = read_format_arg(c, msg, true, error);
         if (r >= 0)
                 r = options_parse(msg, OPT_UUID | OPT_COMMENT | OPT_SIZE | OPT_BLOCK_SIZE | OPT_FORMAT_OPTIONS |
-                                  OPT_DISPLAY_NAME, &c->options, error);
+                                  OPT_DISPLAY_NAME | OPT_FILES | OPT_FILE_SET, &c->options, error);
         if (r < 0)
                 return r;
         return call_dispatch(TAKE_PTR(c));
@@ -1068,7 +1102,7 @@ static int method_copy(sd_bus_message *msg, void *userdata, sd_bus_error *error)
         if (r >= 0)
                 r = options_parse(msg, OPT_SIZE | OPT_VARIANT | OPT_BLOCK_SIZE | OPT_UUID | OPT_COMMENT |
                                   OPT_FORMAT_OPTIONS | OPT_SPARSE_SIZE | OPT_OPEN | OPT_DISPLAY_NAME |
-                                  OPT_DIRECT_FD | OPT_PERSIST,
+                                  OPT_DIRECT_FD | OPT_PERSIST | OPT_FILES | OPT_FILE_SET,
                                   &c->options, error);
         if (r < 0)
                 return r;

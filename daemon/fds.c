@@ -16,6 +16,7 @@
  * ever opened by path.
  */
 #include <fcntl.h>
+#include <limits.h>
 #include <string.h>
 #include <sys/stat.h>
 
@@ -138,6 +139,7 @@ typedef struct WritableFile {
         int fd;                 /* our own duplicate */
         dev_t dev;
         ino_t ino;
+        char *name;             /* the caller's name for it (`files` key), or NULL */
 } WritableFile;
 
 struct FilesResolver {
@@ -233,6 +235,15 @@ static int files_open_companion(void *user, const char *name, const char *image_
                 if (streq(base_name(fr->files[i].name), base_name(name)))
                         f = &fr->files[i];
         vdisk_clear_error();
+        if (!f && !(flags & VDISK_COMPANION_CREATE)) {
+                /* After the open (an image below the top reopened writable
+                 * for a merge, or as the new top): the writable descriptors
+                 * the caller handed over, by the same names. */
+                for (size_t i = 0; i < fr->n_writable; i++)
+                        if (fr->writable[i].name && streq(fr->writable[i].name, name))
+                                return vdisk_io_new_fd(fr->writable[i].fd, name, 0, ret_io);
+                return -ENOENT;
+        }
         if (!f)
                 return -ENOENT;
         /* libvdisk words these, naming the file. */
@@ -272,8 +283,10 @@ static int files_reopen(void *user, vdisk_io *io, vdisk_io **ret_io) {
 static void files_free(void *user) {
         FilesResolver *fr = user;
 
-        for (size_t i = 0; i < fr->n_writable; i++)
+        for (size_t i = 0; i < fr->n_writable; i++) {
                 close(fr->writable[i].fd);
+                free(fr->writable[i].name);
+        }
         free(fr->writable);
         free(fr);
 }
@@ -287,8 +300,9 @@ static const vdisk_resolver_ops files_ops = {
         .open_companion = files_open_companion,
 };
 
-int files_resolver_add_writable(FilesResolver *fr, int fd, dev_t dev, ino_t ino) {
+static int resolver_add_writable(FilesResolver *fr, int fd, dev_t dev, ino_t ino, const char *name) {
         WritableFile *w;
+        char *n = NULL;
         int copy;
 
         for (size_t i = 0; i < fr->n_writable; i++)
@@ -298,11 +312,22 @@ int files_resolver_add_writable(FilesResolver *fr, int fd, dev_t dev, ino_t ino)
         if (!w)
                 return -ENOMEM;
         fr->writable = w;
+        if (name) {
+                n = strdup(name);
+                if (!n)
+                        return -ENOMEM;
+        }
         copy = fcntl(fd, F_DUPFD_CLOEXEC, 3);
-        if (copy < 0)
+        if (copy < 0) {
+                free(n);
                 return -errno;
-        fr->writable[fr->n_writable++] = (WritableFile) { .fd = copy, .dev = dev, .ino = ino };
+        }
+        fr->writable[fr->n_writable++] = (WritableFile) { .fd = copy, .dev = dev, .ino = ino, .name = n };
         return 0;
+}
+
+int files_resolver_add_writable(FilesResolver *fr, int fd, dev_t dev, ino_t ino) {
+        return resolver_add_writable(fr, fd, dev, ino, NULL);
 }
 
 void files_resolver_done_opening(FilesResolver *fr) {
@@ -310,6 +335,24 @@ void files_resolver_done_opening(FilesResolver *fr) {
                 return;
         fr->files = NULL;
         fr->n_files = 0;
+}
+
+unsigned files_resolver_n_writable(const FilesResolver *fr) {
+        return fr ? (unsigned) MIN(fr->n_writable, (size_t) UINT_MAX / 4) : 0;
+}
+
+int files_resolver_begin_opening(FilesResolver *fr, FileArg *files, size_t n_files) {
+        int r;
+
+        for (size_t i = 0; i < n_files; i++)
+                if (files[i].writable) {
+                        r = resolver_add_writable(fr, files[i].fd, files[i].dev, files[i].ino, files[i].name);
+                        if (r < 0)
+                                return r;
+                }
+        fr->files = files;
+        fr->n_files = n_files;
+        return 0;
 }
 
 int files_resolver_new(FileArg *files, size_t n_files, FilesResolver **ret_fr, vdisk_resolver **ret) {
@@ -323,7 +366,7 @@ int files_resolver_new(FileArg *files, size_t n_files, FilesResolver **ret_fr, v
         fr->n_files = n_files;
         for (size_t i = 0; i < n_files; i++)
                 if (files[i].writable) {
-                        r = files_resolver_add_writable(fr, files[i].fd, files[i].dev, files[i].ino);
+                        r = resolver_add_writable(fr, files[i].fd, files[i].dev, files[i].ino, files[i].name);
                         if (r < 0) {
                                 files_free(fr);
                                 return r;

@@ -3,6 +3,7 @@
  * Snapshots of a container's properties, read by the worker that holds the
  * disk and applied on the main thread: property reads never touch libvdisk.
  */
+#include <limits.h>
 #include <string.h>
 
 #include "vdiskd.h"
@@ -52,6 +53,7 @@ static int image_info_read(vdisk_image *img, ImageInfo *ret) {
                 .backend = vdisk_image_backend(img),
                 .size = vdisk_image_size(img),
                 .read_only = !!vdisk_image_readonly(img),
+                .n_files = (unsigned) MIN(vdisk_image_file_count(img), (size_t) UINT_MAX / 2),
         };
         if (vdisk_image_get_version(img, &ret->version) < 0)
                 ret->version = 0;
@@ -110,6 +112,7 @@ int disk_info_read(vdisk_disk *d, DiskInfo *ret) {
                         return r;
                 }
                 info.n_images++;
+                info.n_fds += 1 + info.images[i].n_files;
         }
         info.size = vdisk_disk_size(d);
         info.read_only = !!vdisk_disk_readonly(d);

@@ -307,6 +307,7 @@ typedef struct ProbeInfo {
         char *variant, *parent_name, *parent_format;
         char uuid[37], parent_uuid[37];
         bool needs_parent;
+        char **files;           /* companion file names (NULL-terminated), as the image records them */
 } ProbeInfo;
 
 static void probe_info_free(void *p) {
@@ -317,6 +318,8 @@ static void probe_info_free(void *p) {
         free(pi->variant);
         free(pi->parent_name);
         free(pi->parent_format);
+        if (pi->files)
+                vdisk_strv_free(pi->files);
         free(pi);
 }
 
@@ -350,8 +353,11 @@ static void probe_run(Task *t) {
         if (r >= 0)
                 r = vdisk_disk_new(&scratch);
         if (r >= 0)
+                /* Companion files (VMDK extents) are not opened, only named:
+                 * the client opens them with its own rights and passes them. */
                 r = vdisk_disk_open(scratch, io, be->name,
-                                    VDISK_OPEN_READONLY | VDISK_OPEN_INFO | VDISK_OPEN_SKIP_CHECKS);
+                                    VDISK_OPEN_READONLY | VDISK_OPEN_INFO | VDISK_OPEN_LIST_FILES |
+                                            VDISK_OPEN_SKIP_CHECKS);
         if (r < 0) {
                 outcome_set(&c->outcome, r);
                 goto finish;
@@ -378,6 +384,18 @@ static void probe_run(Task *t) {
         }
         if (!pi->parent_format && pi->needs_parent)
                 pi->parent_format = strdup(be->name);
+        pi->files = calloc(vdisk_image_file_count(img) + 1, sizeof(char *));
+        if (!pi->files) {
+                outcome_set(&c->outcome, -ENOMEM);
+                goto finish;
+        }
+        for (size_t i = 0; i < vdisk_image_file_count(img); i++) {
+                pi->files[i] = strdup(vdisk_image_file_name(img, i));
+                if (!pi->files[i]) {
+                        outcome_set(&c->outcome, -ENOMEM);
+                        goto finish;
+                }
+        }
         c->result = TAKE_PTR(pi);
         c->result_free = probe_info_free;
         outcome_set(&c->outcome, 0);
@@ -405,7 +423,9 @@ static void probe_done(Task *t, bool cancelled) {
         if (r >= 0)
                 r = sd_bus_message_append(reply, "ss", pi->backend->name, media_type_name(pi->backend->media));
         if (r >= 0)
-                r = sd_bus_message_append(reply, "a{sv}", 10,
+                r = sd_bus_message_open_container(reply, 'a', "{sv}");
+        if (r >= 0)
+                r = sd_bus_message_append(reply, "{sv}{sv}{sv}{sv}{sv}{sv}{sv}{sv}{sv}{sv}",
                                           "qemu-name", "s", pi->backend->qemu_name,
                                           "size", "t", pi->size,
                                           "file-size", "t", pi->file_size,
@@ -416,6 +436,20 @@ static void probe_done(Task *t, bool cancelled) {
                                           "parent-format", "s", pi->parent_format ?: "",
                                           "needs-parent", "b", (int) pi->needs_parent,
                                           "guessed-raw", "b", pi->guessed_raw);
+        if (r >= 0)
+                r = sd_bus_message_open_container(reply, 'e', "sv");
+        if (r >= 0)
+                r = sd_bus_message_append(reply, "s", "files");
+        if (r >= 0)
+                r = sd_bus_message_open_container(reply, 'v', "as");
+        if (r >= 0)
+                r = sd_bus_message_append_strv(reply, pi->files);
+        if (r >= 0)
+                r = sd_bus_message_close_container(reply);
+        if (r >= 0)
+                r = sd_bus_message_close_container(reply);
+        if (r >= 0)
+                r = sd_bus_message_close_container(reply);
         if (r >= 0)
                 r = sd_bus_send(NULL, reply, NULL);
         if (r < 0)
@@ -630,12 +664,15 @@ static void open_disk_run(Task *t) {
         files_resolver_done_opening(fr);
         if (r >= 0)
                 r = disk_info_read(d, &c->info);
+        c->info.have_resolver_fds = true;
+        c->info.n_resolver_fds = files_resolver_n_writable(fr);
         if (r < 0) {
                 outcome_set(&c->outcome, r);
                 vdisk_disk_unref(d);   /* on the worker: closing may write, and close() may block */
         } else {
                 outcome_set(&c->outcome, 0);
                 c->new_vd = d;
+                c->new_fr = fr;
         }
         vdisk_resolver_unref(res);
 }
@@ -658,7 +695,9 @@ static void open_disk_done(Task *t, bool cancelled) {
                 call_fail(c, r, NULL, "Failed to publish the disk: %s", strerror(-r));
                 return;
         }
+        d->fr = c->new_fr;
         c->new_vd = NULL;
+        c->new_fr = NULL;
         r = sd_bus_reply_method_return(c->message, "o", d->path);
         if (r < 0)
                 log_error("Failed to reply to OpenDisk: %s", strerror(-r));

@@ -12,6 +12,7 @@
  * are bounded: past --max-finished-operations-per-user (of its starter) or
  * --max-finished-operations (in all), the oldest finished one goes at once.
  */
+#include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -122,7 +123,7 @@ int operation_take_call(Operation *o, Call *c) {
         o->fd = TAKE_FD(c->fd);
         o->fd_writable = c->fd_writable;
         /* The descriptors move from the call's charge to ours until the work ends. */
-        o->n_fds_charged = (o->fd >= 0) + !!(c->options.set & OPT_DIRECT_FD);
+        o->n_fds_charged = (o->fd >= 0) + !!(c->options.set & OPT_DIRECT_FD) + (unsigned) c->options.n_files;
         user_charge_fds(o->user, o->n_fds_charged, 0);
         o->format = TAKE_PTR(c->format);
         o->options = c->options;
@@ -279,6 +280,8 @@ static void op_run(Task *t) {
         vdisk_disk *vd = o->disk->vd;
         vdisk_disk *dst = NULL;
         vdisk_io *io = NULL;
+        vdisk_resolver *res = NULL;
+        FilesResolver *fr = NULL;
         bool creates = IN_SET3(o->kind, OP_CREATE, OP_CREATE_DIFF, OP_COPY);
         int r = 0;
 
@@ -294,11 +297,28 @@ static void op_run(Task *t) {
                  * because a failure truncates the destination, which is only
                  * harmless while it is empty. Refused, it is left as it was. */
                 r = fd_vet(o->fd, FD_NEED_EMPTY, "fd", NULL, &o->outcome);
+                /* The output's companion files (extents of a split VMDK),
+                 * matched by the name the new image gives them: empty too,
+                 * as a failure truncates them. */
+                for (size_t i = 0; r >= 0 && i < o->options.n_files; i++) {
+                        FileArg *f = &o->options.files[i];
+                        struct stat st = {};
+
+                        r = fd_vet(f->fd, FD_NEED_EMPTY, f->name, &st, &o->outcome);
+                        f->dev = st.st_dev;
+                        f->ino = st.st_ino;
+                }
+                if (r >= 0 && o->options.n_files > 0) {
+                        r = files_resolver_new(o->options.files, o->options.n_files, &fr, &res);
+                        if (r < 0)
+                                outcome_set(&o->outcome, r);
+                }
                 if (r < 0) {
                         (void) op_enter_finishing(o);
                         (void) disk_info_read(vd, &o->info);
                         return;
                 }
+                o->create.resolver = res;
         }
         /* libvdisk's create takes no progress object: it cannot be stopped
          * once it runs, so Cancel is refused from here on (Cancelable false). */
@@ -423,7 +443,15 @@ finish:
                                      msg ? msg : strerror(-r)) < 0)
                                 o->outcome.message = NULL;
                 }
+                for (size_t i = 0; i < o->options.n_files; i++)
+                        if (o->options.files[i].writable)
+                                (void) ftruncate(o->options.files[i].fd, 0);
         }
+        /* A Copy `open` Disk may keep the resolver: it must not look at
+         * our options any more. */
+        files_resolver_done_opening(fr);
+        o->create.resolver = NULL;
+        vdisk_resolver_unref(res);
         vdisk_io_unref(io);
         (void) disk_info_read(vd, &o->info);
 }
@@ -545,6 +573,42 @@ static void op_reap_finished(Operation *o) {
                 operation_free(m->finished_head);
 }
 
+/* ErrorName and ErrorMessage of an operation that did not succeed (the
+ * message clamped to ERROR_MESSAGE_MAX); both "" when out of memory. */
+_printf_(3, 4)
+static void op_set_error(Operation *o, const char *name, const char *fmt, ...) {
+        va_list ap;
+        int r;
+
+        free(o->error_name);
+        free(o->error_message);
+        o->error_name = strdup(name);
+        va_start(ap, fmt);
+        r = vasprintf(&o->error_message, fmt, ap);
+        va_end(ap);
+        if (r < 0)
+                o->error_message = NULL;
+        text_clamp(o->error_message, ERROR_MESSAGE_MAX);
+        if (!o->error_name || !o->error_message) {
+                free(o->error_name);
+                free(o->error_message);
+                o->error_name = strdup("");
+                o->error_message = strdup("");
+        }
+}
+
+/* The end as clients see it: the final PropertiesChanged (`changed`), then
+ * Completed, then the replies to the pending Wait calls. */
+static void op_emit_end(Operation *o, const char **changed) {
+        op_emit(o, changed);
+        if (o->exported)
+                emit_completed(o);
+        for (size_t i = 0; i < o->n_waits; i++)
+                op_reply_wait(o, o->waits[i]);
+        o->n_waits = 0;
+        o->waits = mfree_ptr(o->waits);
+}
+
 static void operation_finish(Operation *o) {
         Manager *m = o->manager;
         Disk *d = o->disk;
@@ -569,23 +633,12 @@ static void operation_finish(Operation *o) {
         if (!success) {
                 /* Stopped because vdiskd stops, not by a user's Cancel: a name of its own. */
                 bool stopping = o->service_stopping && o->outcome.r == -ECANCELED;
+                const char *why = o->outcome.message ?: strerror(-o->outcome.r);
 
-                free(o->error_name);
-                free(o->error_message);
-                o->error_name = strdup(stopping ? ERROR_PREFIX "ServiceStopping" : errno_to_error_name(o->outcome.r));
-                if (stopping) {
-                        if (asprintf(&o->error_message, "vdiskd is stopping: %s",
-                                     o->outcome.message ?: strerror(-o->outcome.r)) < 0)
-                                o->error_message = NULL;
-                } else
-                        o->error_message = strdup(o->outcome.message ?: strerror(-o->outcome.r));
-                text_clamp(o->error_message, ERROR_MESSAGE_MAX);
-                if (!o->error_name || !o->error_message) {
-                        free(o->error_name);
-                        free(o->error_message);
-                        o->error_name = strdup("");
-                        o->error_message = strdup("");
-                }
+                if (stopping)
+                        op_set_error(o, ERROR_PREFIX "ServiceStopping", "vdiskd is stopping: %s", why);
+                else
+                        op_set_error(o, errno_to_error_name(o->outcome.r), "%s", why);
                 changed[n++] = "ErrorName";
                 changed[n++] = "ErrorMessage";
         }
@@ -607,13 +660,7 @@ static void operation_finish(Operation *o) {
                 disk_operation_finished(d);
                 disk_unref(d);
         }
-        op_emit(o, changed);
-        if (o->exported)
-                emit_completed(o);
-        for (size_t i = 0; i < o->n_waits; i++)
-                op_reply_wait(o, o->waits[i]);
-        o->n_waits = 0;
-        o->waits = mfree_ptr(o->waits);
+        op_emit_end(o, changed);
 
         op_list_finished(o);
         op_reap_finished(o);
@@ -800,29 +847,13 @@ void operation_abandon(Operation *o, unsigned stop_timeout_sec) {
         op_set_cancelable(o, 0, changed, &n);
         o->end_time = now_realtime(o->manager);
         changed[n++] = "EndTime";
-        free(o->error_name);
-        free(o->error_message);
-        o->error_name = strdup(ERROR_PREFIX "ServiceStopping");
-        if (asprintf(&o->error_message,
+        op_set_error(o, ERROR_PREFIX "ServiceStopping",
                      "vdiskd stopped after %u s while the operation was still blocked in the file system; "
                      "its files are left as the kernel has them (a write in progress may still complete)",
-                     stop_timeout_sec) < 0)
-                o->error_message = NULL;
-        if (!o->error_name || !o->error_message) {
-                free(o->error_name);
-                free(o->error_message);
-                o->error_name = strdup("");
-                o->error_message = strdup("");
-        }
+                     stop_timeout_sec);
         changed[n++] = "ErrorName";
         changed[n++] = "ErrorMessage";
-        op_emit(o, changed);
-        if (o->exported)
-                emit_completed(o);
-        for (size_t i = 0; i < o->n_waits; i++)
-                op_reply_wait(o, o->waits[i]);
-        o->n_waits = 0;
-        o->waits = mfree_ptr(o->waits);
+        op_emit_end(o, changed);
 }
 
 Operation *operation_free(Operation *o) {

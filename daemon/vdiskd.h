@@ -103,12 +103,18 @@ typedef struct ImageInfo {
         int dirty;                           /* the format's dirty/in-use flag is set */
         uint32_t pchs[3], lchs[3];
         int read_only;
+        unsigned n_files;                    /* companion files held open (VMDK extents) */
 } ImageInfo;
 
 typedef struct DiskInfo {
         bool valid;
         ImageInfo *images;
         unsigned n_images;
+        unsigned n_fds;                      /* descriptors the images hold: each one's and its companions' */
+        /* Set by the opens only: the writable descriptors the disk's
+         * resolver keeps (to reopen lower images and their extents). */
+        bool have_resolver_fds;
+        unsigned n_resolver_fds;
         uint64_t size;
         int read_only;
         uint32_t pchs[3], lchs[3];
@@ -309,6 +315,13 @@ typedef struct FilesResolver FilesResolver;
 int files_resolver_new(FileArg *files, size_t n_files, FilesResolver **ret_fr, vdisk_resolver **ret);
 int files_resolver_add_writable(FilesResolver *fr, int fd, dev_t dev, ino_t ino);
 void files_resolver_done_opening(FilesResolver *fr);
+/* A later open on the same disk (Disk.Open on a non-empty Disk): the call's
+ * files are candidates (companion files by name) until
+ * files_resolver_done_opening(); its writable ones are kept like those of the
+ * first open. */
+int files_resolver_begin_opening(FilesResolver *fr, FileArg *files, size_t n_files);
+/* The writable descriptors it keeps. */
+unsigned files_resolver_n_writable(const FilesResolver *fr);
 
 /* ------------------------------------------------------------ objects */
 
@@ -340,8 +353,11 @@ struct Disk {
         char *display_name;
         uid_t owner;
         User *user;                      /* the owner's record (ref) */
-        unsigned n_fds_charged;          /* descriptors charged to it: one per image */
+        unsigned n_fds_charged;          /* descriptors charged to it: one per image and per companion
+                                          * file, and the resolver's writable copies */
+        unsigned n_resolver_fds;         /* the last count an open reported */
         vdisk_disk *vd;                  /* touched only by the task that holds the disk */
+        FilesResolver *fr;               /* the resolver vd keeps, when vdiskd gave it one: likewise */
         Image **images;                  /* chain order */
         unsigned n_images;
         uint64_t size;
@@ -683,6 +699,7 @@ struct Call {
         void *result;                   /* method-specific worker output */
         void (*result_free)(void *p);
         vdisk_disk *new_vd;
+        FilesResolver *new_fr;           /* new_vd's resolver (OpenDisk) */
         NewImageName *names;
         size_t n_names;
 

@@ -64,6 +64,11 @@ typedef struct open_ctx {
         int writable;           /* writes will come (always set for create) */
         /* VDISK_OPEN_INFO: only metadata will be asked for, no data. */
         int info_only;
+        /* VDISK_OPEN_LIST_FILES (with info_only): files_open() only records
+         * the name and gives a NULL io; the backend opens what its own file
+         * says and nothing of the companions. Backends with companions
+         * must honour it. */
+        int list_files;
         /* The metadata budget of the disk the image is opened for (the whole
          * chain shares it): tables the backend holds go through
          * lib/fmt/tablecache under it, other metadata it keeps in proportion

@@ -20,6 +20,14 @@
  * reopened read-write afterwards, by the same path, and must be the same
  * inode. The chain then goes to Manager.OpenDisk base first, with the format
  * of every element spelled out.
+ *
+ * An image of several files (a VMDK descriptor and its extents) names its
+ * companion files in ProbeFormat's `files`: vdiskctl opens each one relative
+ * to the image's directory (never an absolute name or one with "..", never
+ * through a symlink: the rules of libvdisk's path resolver), with the access
+ * the image gets, and passes them in OpenDisk's `files` keyed by the name the
+ * image records. A chain with more descriptors than one call carries goes
+ * through a FileSet.
  */
 
 #include <ctype.h>
@@ -51,6 +59,12 @@ static void resolver_done(Resolver *res) {
 }
 
 static void elem_clear(ChainElem *e) {
+        for (size_t i = 0; i < e->n_files; i++)
+                if (e->file_fds[i] >= 0)
+                        close(e->file_fds[i]);
+        free(e->file_fds);
+        free(e->file_st);
+        strv_free(e->files);
         if (e->fd >= 0)
                 close(e->fd);
         free(e->path);
@@ -109,6 +123,89 @@ static int open_errno_exit(int err) {
         default:
                 return EXIT_FAILURE;
         }
+}
+
+/* Whether a companion name stays inside the image's directory. */
+static bool companion_name_ok(const char *name) {
+        if (!name[0] || name[0] == '/')
+                return false;
+        for (const char *p = name; *p;) {
+                size_t n = strcspn(p, "/");
+
+                if (n == 2 && p[0] == '.' && p[1] == '.')
+                        return false;
+                p += n;
+                p += strspn(p, "/");
+        }
+        return true;
+}
+
+/* Opens one companion file of e, with the image's access. Logs; exit code. */
+static int companion_open(const ChainElem *e, const char *name, bool writable, int *ret_fd, struct stat *ret_st) {
+        _cleanup_free_ char *dir = NULL;
+        _cleanup_close_ int dfd = -1, fd = -1;
+        int err;
+
+        if (!companion_name_ok(name)) {
+                /* vdiskd refuses these images already; never open such a name. */
+                log_error("%s: Refusing the file name it records for a part of it (companion files must be named "
+                          "relative to the image, inside its directory)", e->path);
+                return EXIT_FAILURE;
+        }
+        if (path_dirname(e->path, &dir) < 0) {
+                log_error("Out of memory");
+                return EXIT_FAILURE;
+        }
+        dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        if (dfd >= 0)
+                fd = openat(dfd, name, (writable ? O_RDWR : O_RDONLY) | O_CLOEXEC | O_NOCTTY | O_NONBLOCK | O_NOFOLLOW);
+        if (dfd < 0 || fd < 0) {
+                err = errno;
+                log_error("%s: Could not open its file '%s': %s", e->path, name,
+                          err == ELOOP ? "a symbolic link (companion files are never followed through links)" :
+                                         strerror(err));
+                return open_errno_exit(err);
+        }
+        if (fstat(fd, ret_st) < 0 || !S_ISREG(ret_st->st_mode) || fcntl(fd, F_SETFL, 0) < 0) {
+                log_error("%s: Its file '%s' is not a regular file", e->path, name);
+                return EXIT_FAILURE;
+        }
+        *ret_fd = TAKE_FD(fd);
+        return 0;
+}
+
+/* Opens every companion file ProbeFormat named. Logs; exit code. */
+static int elem_open_files(ChainElem *e) {
+        const Value *files = value_get(&e->info, "files");
+        size_t n = 0;
+        int r;
+
+        if (!files || files->type != VALUE_ARRAY || files->c.n == 0)
+                return 0;
+        e->files = calloc(files->c.n + 1, sizeof(char *));
+        e->file_fds = calloc(files->c.n, sizeof(int));
+        e->file_st = calloc(files->c.n, sizeof(struct stat));
+        if (!e->files || !e->file_fds || !e->file_st) {
+                log_error("Out of memory");
+                return EXIT_FAILURE;
+        }
+        for (size_t i = 0; i < files->c.n; i++) {
+                const Value *v = &files->c.items[i];
+
+                if (v->type != VALUE_STRING)
+                        continue;
+                e->files[n] = strdup(v->s);
+                if (!e->files[n]) {
+                        log_error("Out of memory");
+                        return EXIT_FAILURE;
+                }
+                e->file_fds[n] = -1;
+                e->n_files = ++n;
+                r = companion_open(e, v->s, e->writable, &e->file_fds[n - 1], &e->file_st[n - 1]);
+                if (r != 0)
+                        return r;
+        }
+        return 0;
 }
 
 /* Opens path as a chain element and asks vdiskd what it is. `what` names
@@ -390,7 +487,7 @@ static int open_parent(Resolver *res, ChainElem *elems, unsigned n) {
         _cleanup_free_ char *path = NULL;
         ChainElem *e = &elems[n];
         const char *uuid;
-        bool follow;
+        bool follow, same_format;
         int r;
 
         if (*pname) {
@@ -422,7 +519,22 @@ static int open_parent(Resolver *res, ChainElem *elems, unsigned n) {
         }
 
         /* Parents are opened with the format the child records, never a
-         * probed guess. */
+         * probed guess. Its companion files are those of the probed format. */
+        {
+                const char *bname = NULL;
+
+                if (*pfmt && !backend_find(res->ctx, pfmt, &bname))
+                        bname = NULL;
+                same_format = !*pfmt || strcasecmp(pfmt, e->format) == 0 ||
+                              (bname && strcasecmp(bname, e->format) == 0);
+        }
+        if (same_format) {
+                r = elem_open_files(e);
+                if (r != 0) {
+                        elem_clear(e);
+                        return r;
+                }
+        }
         if (*pfmt) {
                 const char *name = NULL;
 
@@ -494,10 +606,18 @@ int chain_resolve(Ctx *ctx, const char *filename, const char *format, unsigned f
                         r = EXIT_FAILURE;
                         goto finish;
                 }
-                /* Read as another format, the probe's parent info is moot. */
+                /* Read as another format, the probe's parent info and
+                 * companion files are moot. */
                 if (!same)
                         flags |= CHAIN_TOP_ONLY;
-        } else if (value_bool(&elems[0].info, "guessed-raw", false)) {
+                else
+                        r = elem_open_files(&elems[0]);
+        } else {
+                r = elem_open_files(&elems[0]);
+        }
+        if (r != 0)
+                goto finish;
+        if (!backend && value_bool(&elems[0].info, "guessed-raw", false)) {
                 ret->guessed_raw = true;
                 if (elems[0].writable && (flags & CHAIN_GUESSED_RAW_OK)) {
                         fflush(stdout);
@@ -553,7 +673,7 @@ finish:
 
 static int elem_make_writable(ChainElem *e) {
         struct stat st;
-        int fd;
+        int fd, r;
 
         if (e->writable)
                 return 0;
@@ -568,6 +688,26 @@ static int elem_make_writable(ChainElem *e) {
                 log_error("%s: The file changed while vdiskctl was opening the chain", e->path);
                 close(fd);
                 return EXIT_FAILURE;
+        }
+        /* Its companion files too: the same inodes, read-write. */
+        for (size_t i = 0; i < e->n_files; i++) {
+                struct stat fst;
+                int ffd;
+
+                r = companion_open(e, e->files[i], true, &ffd, &fst);
+                if (r != 0) {
+                        close(fd);
+                        return r;
+                }
+                if (fst.st_dev != e->file_st[i].st_dev || fst.st_ino != e->file_st[i].st_ino) {
+                        log_error("%s: Its file '%s' changed while vdiskctl was opening the chain", e->path,
+                                  e->files[i]);
+                        close(ffd);
+                        close(fd);
+                        return EXIT_FAILURE;
+                }
+                close(e->file_fds[i]);
+                e->file_fds[i] = ffd;
         }
         close(e->fd);
         e->fd = fd;
@@ -611,7 +751,7 @@ static int build_request_failed(int r) {
 /* Descriptors one call may carry: vdiskd's MaxFdsPerCall, and never more than
  * the system bus lets through in one message (it disconnects a client that
  * sends more). */
-static unsigned call_fds_max(Ctx *ctx) {
+unsigned call_fds_max(Ctx *ctx) {
         _cleanup_bus_error_ sd_bus_error error = SD_BUS_ERROR_NULL;
         _cleanup_value_ Value props = {};
         uint64_t n;
@@ -622,10 +762,74 @@ static unsigned call_fds_max(Ctx *ctx) {
         return (unsigned) MAX(MIN(n, (uint64_t) MESSAGE_FDS_MAX), 1u);
 }
 
-/* A FileSet holding every element but the top, filled in calls of at most
- * per_call descriptors. Returns 0 with *ret set, -EOPNOTSUPP when vdiskd has
- * no FileSets, or an exit code (logged). */
-static int chain_file_set(Ctx *ctx, Chain *c, unsigned per_call, char **ret) {
+void named_fds_free(NamedFd *l, size_t n) {
+        for (size_t i = 0; i < n; i++)
+                free(l[i].key);
+        free(l);
+}
+
+int named_fds_push(NamedFd **l, size_t *n, char *key, int fd) {
+        NamedFd *nl;
+
+        if (!key)
+                return -ENOMEM;
+        nl = reallocarray(*l, *n + 1, sizeof(NamedFd));
+        if (!nl) {
+                free(key);
+                return -ENOMEM;
+        }
+        *l = nl;
+        nl[(*n)++] = (NamedFd) { .key = key, .fd = fd };
+        return 0;
+}
+
+/* The companion files of every element, keyed by the name the image records
+ * (vdiskd matches them by that name). One file named by two images is passed
+ * once; two different files under one name cannot be told apart by vdiskd:
+ * refused. Logs; exit code. */
+static int chain_companions(const Chain *c, NamedFd **ret, size_t *ret_n) {
+        NamedFd *l = NULL;
+        size_t n = 0;
+
+        for (unsigned i = 0; i < c->n; i++) {
+                const ChainElem *e = &c->elems[i];
+
+                for (size_t k = 0; k < e->n_files; k++) {
+                        bool dup = false;
+
+                        for (unsigned j = 0; j <= i && !dup; j++)
+                                for (size_t q = 0; q < (j == i ? k : c->elems[j].n_files); q++) {
+                                        const ChainElem *o = &c->elems[j];
+
+                                        if (!streq(o->files[q], e->files[k]))
+                                                continue;
+                                        if (o->file_st[q].st_dev != e->file_st[k].st_dev ||
+                                            o->file_st[q].st_ino != e->file_st[k].st_ino) {
+                                                log_error("%s: Its file '%s' and the file '%s' of '%s' have the "
+                                                          "same name but are different files; vdiskd matches "
+                                                          "them by name and could not tell them apart",
+                                                          e->path, e->files[k], o->files[q], o->path);
+                                                named_fds_free(l, n);
+                                                return EXIT_FAILURE;
+                                        }
+                                        dup = true;
+                                        break;
+                                }
+                        if (dup)
+                                continue;
+                        if (named_fds_push(&l, &n, strdup(e->files[k]), e->file_fds[k]) < 0) {
+                                log_error("Out of memory");
+                                named_fds_free(l, n);
+                                return EXIT_FAILURE;
+                        }
+                }
+        }
+        *ret = l;
+        *ret_n = n;
+        return 0;
+}
+
+int file_set_new_filled(Ctx *ctx, const NamedFd *l, size_t n, unsigned per_call, const char *what, char **ret) {
         _cleanup_bus_error_ sd_bus_error error = SD_BUS_ERROR_NULL;
         _cleanup_msg_ sd_bus_message *m = NULL, *reply = NULL;
         _cleanup_free_ char *fs = NULL;
@@ -640,39 +844,24 @@ static int chain_file_set(Ctx *ctx, Chain *c, unsigned per_call, char **ret) {
         if (r < 0)
                 return build_request_failed(r);
         r = bus_call(ctx, m, 0, &error, &reply);
-        if (r < 0 && sd_bus_error_has_name(&error, SD_BUS_ERROR_UNKNOWN_METHOD))
-                return -EOPNOTSUPP;
-        if (r < 0)
-                return log_bus_error(c->elems[c->n - 1].path, &error, r);
+        if (r < 0) {
+                if (sd_bus_error_has_name(&error, SD_BUS_ERROR_UNKNOWN_METHOD))
+                        return -EOPNOTSUPP;
+                return log_bus_error(what, &error, r);
+        }
         r = sd_bus_message_read(reply, "o", &path);
         if (r < 0 || !(fs = strdup(path))) {
-                log_error("%s: Bad reply from vdiskd", c->elems[c->n - 1].path);
+                log_error("%s: Bad reply from vdiskd", what);
                 return EXIT_FAILURE;
         }
-        for (unsigned i = 0; i + 1 < c->n; i += per_call) {
+        for (size_t i = 0; i < n; i += per_call) {
                 _cleanup_msg_ sd_bus_message *m2 = NULL;
 
                 r = bus_new_call(ctx, fs, VDISK_IFACE_FILE_SET, "Add", &m2);
                 if (r >= 0)
                         r = sd_bus_message_open_container(m2, 'a', "{sh}");
-                for (unsigned k = i; r >= 0 && k < MIN(i + per_call, c->n - 1); k++) {
-                        _cleanup_free_ char *key = NULL;
-                        unsigned same = 0;
-
-                        /* The base name (public: it names the Image), made
-                         * unique within the set. */
-                        for (unsigned j = 0; j < k; j++)
-                                if (streq(c->elems[j].name, c->elems[k].name))
-                                        same++;
-                        if (same == 0)
-                                key = strdup(c->elems[k].name);
-                        else if (asprintf(&key, "%s (%u)", c->elems[k].name, same + 1) < 0)
-                                key = NULL;
-                        if (!key)
-                                r = -ENOMEM;
-                        else
-                                r = sd_bus_message_append(m2, "{sh}", key, c->elems[k].fd);
-                }
+                for (size_t k = i; r >= 0 && k < MIN(i + per_call, n); k++)
+                        r = sd_bus_message_append(m2, "{sh}", l[k].key, l[k].fd);
                 if (r >= 0)
                         r = sd_bus_message_close_container(m2);
                 if (r >= 0)
@@ -683,10 +872,65 @@ static int chain_file_set(Ctx *ctx, Chain *c, unsigned per_call, char **ret) {
                         return build_request_failed(r);
                 r = bus_call(ctx, m2, 0, &error, NULL);
                 if (r < 0)
-                        return log_bus_error(c->elems[i].path, &error, r);
+                        return log_bus_error(what, &error, r);
         }
         *ret = TAKE_PTR(fs);
         return 0;
+}
+
+int bus_append_opt_files(sd_bus_message *m, const NamedFd *l, size_t n) {
+        int r;
+
+        r = sd_bus_message_open_container(m, 'e', "sv");
+        if (r >= 0)
+                r = sd_bus_message_append(m, "s", "files");
+        if (r >= 0)
+                r = sd_bus_message_open_container(m, 'v', "a{sh}");
+        if (r >= 0)
+                r = sd_bus_message_open_container(m, 'a', "{sh}");
+        for (size_t k = 0; r >= 0 && k < n; k++)
+                r = sd_bus_message_append(m, "{sh}", l[k].key, l[k].fd);
+        for (int q = 0; r >= 0 && q < 3; q++)
+                r = sd_bus_message_close_container(m);
+        return r;
+}
+
+/* A FileSet holding every element but the top and every companion file,
+ * filled in calls of at most per_call descriptors. Returns 0 with *ret set,
+ * -EOPNOTSUPP when vdiskd has no FileSets, or an exit code (logged). */
+static int chain_file_set(Ctx *ctx, Chain *c, const NamedFd *extra, size_t n_extra, unsigned per_call,
+                          char **ret) {
+        NamedFd *l = NULL;
+        size_t n = 0;
+        int r;
+
+        /* Parents by their base name (public: it names the Image), made
+         * unique within the set; then the companions. */
+        for (unsigned k = 0; k + 1 < c->n; k++) {
+                char *key = NULL;
+                unsigned same = 0;
+
+                for (unsigned j = 0; j < k; j++)
+                        if (streq(c->elems[j].name, c->elems[k].name))
+                                same++;
+                if (same == 0)
+                        key = strdup(c->elems[k].name);
+                else if (asprintf(&key, "%s (%u)", c->elems[k].name, same + 1) < 0)
+                        key = NULL;
+                if (named_fds_push(&l, &n, key, c->elems[k].fd) < 0)
+                        goto oom;
+        }
+        for (size_t k = 0; k < n_extra; k++)
+                if (named_fds_push(&l, &n, strdup(extra[k].key), extra[k].fd) < 0)
+                        goto oom;
+
+        r = file_set_new_filled(ctx, l, n, per_call, c->elems[c->n - 1].path, ret);
+        named_fds_free(l, n);
+        return r;
+oom:
+        named_fds_free(l, n);
+        log_error("Out of memory");
+        return EXIT_FAILURE;
 }
 
 int chain_open_disk(Ctx *ctx, Chain *c, bool read_only) {
@@ -695,21 +939,33 @@ int chain_open_disk(Ctx *ctx, Chain *c, bool read_only) {
         _cleanup_free_ char *file_set = NULL;
         const ChainElem *top = &c->elems[c->n - 1];
         unsigned per_call = MESSAGE_FDS_MAX, first = c->n;
+        NamedFd *extra = NULL;
+        size_t n_extra = 0;
         const char *disk;
         int r;
 
         assert(c->n > 0);
 
-        /* More files than one call carries: the parents go into a FileSet
-         * first, and one OpenDisk with just the top opens the whole chain. */
-        if (c->n > 1)
+        r = chain_companions(c, &extra, &n_extra);
+        if (r != 0)
+                return r;
+
+        /* More files than one call carries: the parents and the companion
+         * files go into a FileSet first, and one OpenDisk with just the top
+         * opens the whole chain. */
+        if (c->n + n_extra > 1)
                 per_call = call_fds_max(ctx);
-        if (c->n > per_call) {
-                r = chain_file_set(ctx, c, per_call, &file_set);
-                if (r == -EOPNOTSUPP)
+        if (c->n + n_extra > per_call) {
+                r = chain_file_set(ctx, c, extra, n_extra, per_call, &file_set);
+                if (r == -EOPNOTSUPP && n_extra == 0)
                         first = per_call;   /* an older vdiskd: the rest one by one below */
-                else if (r != 0)
-                        return r;
+                else if (r == -EOPNOTSUPP) {
+                        log_error("%s: The image has more files (%zu) than one call may carry, and vdiskd has no "
+                                  "FileSets", top->path, c->n + n_extra);
+                        r = EXIT_NOT_SUPPORTED;
+                        goto finish;
+                } else if (r != 0)
+                        goto finish;
         }
 
         r = bus_new_call(ctx, VDISK_PATH, VDISK_IFACE_MANAGER, "OpenDisk", &m);
@@ -730,19 +986,25 @@ int chain_open_disk(Ctx *ctx, Chain *c, bool read_only) {
                 r = bus_append_opt_bool(m, "read-only", true);
         if (r >= 0 && file_set)
                 r = sd_bus_message_append(m, "{sv}", "file-set", "o", file_set);
+        if (r >= 0 && !file_set && n_extra > 0)
+                r = bus_append_opt_files(m, extra, n_extra);
         if (r >= 0)
                 r = bus_options_close(m);
         if (r < 0) {
                 log_error("%s: Could not build the request: %s", top->path, strerror(-r));
-                return EXIT_FAILURE;
+                r = EXIT_FAILURE;
+                goto finish;
         }
         r = bus_call(ctx, m, 0, &error, &reply);
-        if (r < 0)
-                return log_bus_error(top->path, &error, r);
+        if (r < 0) {
+                r = log_bus_error(top->path, &error, r);
+                goto finish;
+        }
         r = sd_bus_message_read(reply, "o", &disk);
         if (r < 0 || !(c->disk = strdup(disk))) {
                 log_error("%s: Bad reply from vdiskd", top->path);
-                return EXIT_FAILURE;
+                r = EXIT_FAILURE;
+                goto finish;
         }
 
         /* An older vdiskd without FileSets: the rest one by one. */
@@ -763,13 +1025,19 @@ int chain_open_disk(Ctx *ctx, Chain *c, bool read_only) {
                         r = bus_options_close(m2);
                 if (r < 0) {
                         log_error("%s: Could not build the request: %s", e->path, strerror(-r));
-                        return EXIT_FAILURE;
+                        r = EXIT_FAILURE;
+                        goto finish;
                 }
                 r = bus_call(ctx, m2, 0, &error, &reply2);
-                if (r < 0)
-                        return log_bus_error(e->path, &error, r);
+                if (r < 0) {
+                        r = log_bus_error(e->path, &error, r);
+                        goto finish;
+                }
         }
-        return 0;
+        r = 0;
+finish:
+        named_fds_free(extra, n_extra);
+        return r;
 }
 
 int chain_open(Ctx *ctx, const char *file, const char *format, unsigned flags, bool read_only, Chain *ret) {

@@ -176,12 +176,17 @@ static int open_direct(int fd) {
 static int output_open(const char *path, const Chain *avoid, Output *ret) {
         Output o = { .path = path, .fd = -1 };
 
-        o.fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC | O_NOCTTY, 0644);
-        if (o.fd >= 0)
-                o.created = true;
-        else if (errno == EEXIST)
-                /* O_NONBLOCK: never hang on a FIFO; refused below anyway. */
-                o.fd = open(path, O_RDWR | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
+        /* An existing file first: O_CREAT would wait for a frozen file
+         * system even when the file exists. O_NONBLOCK: never hang on a
+         * FIFO; refused below anyway. */
+        o.fd = open(path, O_RDWR | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
+        if (o.fd < 0 && errno == ENOENT) {
+                o.fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC | O_NOCTTY, 0644);
+                if (o.fd >= 0)
+                        o.created = true;
+                else if (errno == EEXIST)
+                        o.fd = open(path, O_RDWR | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
+        }
         if (o.fd < 0) {
                 int err = errno;
 
@@ -200,7 +205,9 @@ static int output_open(const char *path, const Chain *avoid, Output *ret) {
                 close(o.fd);
                 return EXIT_FAILURE;
         }
-        if (!o.created && ftruncate(o.fd, 0) < 0) {
+        /* An empty file is left alone: truncating it changes nothing, but
+         * would wait for a frozen file system. */
+        if (!o.created && o.st.st_size != 0 && ftruncate(o.fd, 0) < 0) {
                 log_error("%s: Could not truncate the file: %m", path);
                 close(o.fd);
                 return EXIT_FAILURE;
@@ -223,6 +230,165 @@ static void output_close(Output *o, bool success) {
         if (lstat(o->path, &st) >= 0 && st.st_dev == o->st.st_dev && st.st_ino == o->st.st_ino &&
             unlink(o->path) >= 0)
                 log_notice("%s: Removed the incomplete output", o->path);
+}
+
+/* ---------------------------------------------------------------- outputs of several files */
+
+static int build_failed(int r);
+
+/* The files a new image consists of besides its own (the extents of a split
+ * VMDK), created by vdiskctl next to the output and passed by name: vdiskd
+ * creates nothing itself. The names follow libvdisk's rule, documented in
+ * docs/dbus-api.md ("Images of several files"): an image whose display name
+ * is STEM.vmdk (the output's base name), subformat twoGbMaxExtentSparse or
+ * twoGbMaxExtentFlat, of SIZE bytes, has ceil(SIZE / 2 GiB) extents
+ * STEM-s001.vmdk, STEM-s002.vmdk, ... (Flat: STEM-f001.vmdk ...);
+ * monolithicFlat has one, STEM-flat.vmdk. */
+typedef struct Companions {
+        char **names;           /* as the image will record them */
+        char **paths;           /* next to the output */
+        Output *out;
+        size_t n;
+        char *file_set;         /* when they do not fit in the call */
+} Companions;
+
+#define VMDK_EXTENT_BYTES (UINT64_C(2) << 30)
+
+static int companion_names(const char *backend, OptList *opts, const char *display, uint64_t size, char ***ret) {
+        _cleanup_(strv_freep) char **l = NULL;
+        _cleanup_free_ char *stem = NULL;
+        const char *sub = optlist_get(opts, "subformat");
+        size_t n = 0, len;
+        uint64_t count;
+        bool flat;
+
+        *ret = NULL;
+        if (strcasecmp(backend, "VMDK") != 0 || !sub ||
+            (strncmp(sub, "twoGbMaxExtent", 14) != 0 && !streq(sub, "monolithicFlat")))
+                return 0;
+        flat = strstr(sub, "Flat") != NULL;
+        stem = strdup(display);
+        if (!stem)
+                return -ENOMEM;
+        len = strlen(stem);
+        if (len > 5 && strcasecmp(stem + len - 5, ".vmdk") == 0)
+                stem[len - 5] = 0;
+        if (streq(sub, "monolithicFlat")) {
+                _cleanup_free_ char *name = NULL;
+
+                if (asprintf(&name, "%s-flat.vmdk", stem) < 0) {
+                        name = NULL;
+                        return -ENOMEM;
+                }
+                if (strv_push(&l, &n, name) < 0)
+                        return -ENOMEM;
+                *ret = TAKE_PTR(l);
+                return 0;
+        }
+        count = (ALIGN_UP(size, UINT64_C(512)) + VMDK_EXTENT_BYTES - 1) / VMDK_EXTENT_BYTES;
+        if (count > 65536)
+                return -E2BIG;
+        for (uint64_t i = 1; i <= count; i++) {
+                _cleanup_free_ char *name = NULL;
+
+                if (asprintf(&name, "%s-%c%03" PRIu64 ".vmdk", stem, flat ? 'f' : 's', i) < 0) {
+                        name = NULL;
+                        return -ENOMEM;
+                }
+                if (strv_push(&l, &n, name) < 0)
+                        return -ENOMEM;
+        }
+        *ret = TAKE_PTR(l);
+        return 0;
+}
+
+static void companions_close(Companions *c, bool success) {
+        for (size_t i = 0; i < c->n; i++)
+                output_close(&c->out[i], success);
+        strv_free(c->names);
+        strv_free(c->paths);
+        free(c->out);
+        free(c->file_set);
+        *c = (Companions) {};
+}
+
+/* Plans and creates (or truncates) the companion files of the output `file`.
+ * Logs; exit code. */
+static int companions_open(const char *backend, OptList *opts, const char *file, const char *display, uint64_t size,
+                           const Chain *avoid, Companions *ret) {
+        _cleanup_free_ char *dir = NULL;
+        Companions c = {};
+        int r;
+
+        *ret = (Companions) {};
+        r = companion_names(backend, opts, display, size, &c.names);
+        if (r < 0) {
+                log_error("%s: %s", file, r == -E2BIG ? "Too many extents" : "Out of memory");
+                return EXIT_FAILURE;
+        }
+        if (!c.names)
+                return 0;
+        c.n = strv_length(c.names);
+        c.paths = calloc(c.n + 1, sizeof(char *));
+        c.out = calloc(c.n, sizeof(Output));
+        if (!c.paths || !c.out || path_dirname(file, &dir) < 0) {
+                free(c.out);
+                c.out = NULL;
+                c.n = 0;
+                companions_close(&c, false);
+                log_error("Out of memory");
+                return EXIT_FAILURE;
+        }
+        for (size_t i = 0; i < c.n; i++)
+                c.out[i].fd = -1;
+        for (size_t i = 0; i < c.n; i++) {
+                if (asprintf(&c.paths[i], "%s/%s", dir, c.names[i]) < 0) {
+                        c.paths[i] = NULL;
+                        companions_close(&c, false);
+                        log_error("Out of memory");
+                        return EXIT_FAILURE;
+                }
+                r = output_open(c.paths[i], avoid, &c.out[i]);
+                if (r != 0) {
+                        companions_close(&c, false);
+                        return r;
+                }
+        }
+        *ret = c;
+        return 0;
+}
+
+/* Appends the companions to an open options array: option `files`, or a
+ * FileSet (option `file-set`) when they and the call's own `used`
+ * descriptors exceed what one call carries. Logs; exit code. */
+static int companions_append(Ctx *ctx, sd_bus_message *m, Companions *c, unsigned used, const char *what) {
+        NamedFd *l = NULL;
+        size_t n = 0;
+        unsigned per_call;
+        int r;
+
+        if (c->n == 0)
+                return 0;
+        for (size_t i = 0; i < c->n; i++)
+                if (named_fds_push(&l, &n, strdup(c->names[i]), c->out[i].fd) < 0) {
+                        named_fds_free(l, n);
+                        log_error("Out of memory");
+                        return EXIT_FAILURE;
+                }
+        per_call = call_fds_max(ctx);
+        if (used + n <= per_call)
+                r = bus_append_opt_files(m, l, n) < 0 ? build_failed(-ENOMEM) : 0;
+        else {
+                r = file_set_new_filled(ctx, l, n, per_call, what, &c->file_set);
+                if (r == -EOPNOTSUPP) {
+                        log_error("%s: The output has more files (%zu) than one call may carry, and vdiskd has "
+                                  "no FileSets", what, n + used);
+                        r = EXIT_NOT_SUPPORTED;
+                } else if (r == 0 && sd_bus_message_append(m, "{sv}", "file-set", "o", c->file_set) < 0)
+                        r = build_failed(-ENOMEM);
+        }
+        named_fds_free(l, n);
+        return r;
 }
 
 /* ---------------------------------------------------------------- helpers */
@@ -257,6 +423,7 @@ int cmd_create(Ctx *ctx, int argc, char **argv) {
         const Value *info;
         CreateOpts copts;
         Output out = { .fd = -1 };
+        Companions comp = {};
         Chain chain = {};
         OpWatch w = {};
         uint64_t size = 0;
@@ -379,6 +546,11 @@ int cmd_create(Ctx *ctx, int argc, char **argv) {
                 ex = r;
                 goto finish;
         }
+        r = companions_open(backend, &opts, file, display, size, backing ? &chain : NULL, &comp);
+        if (r != 0) {
+                ex = r;
+                goto finish;
+        }
 
         if (backing) {
                 r = bus_new_call(ctx, chain.disk, VDISK_IFACE_DISK, "CreateDiff", &m);
@@ -426,8 +598,16 @@ int cmd_create(Ctx *ctx, int argc, char **argv) {
                 r = append_create_opts(m, &copts);
         if (r >= 0)
                 r = bus_append_opt_string(m, "display-name", display);
-        if (r >= 0)
-                r = bus_options_close(m);
+        if (r < 0) {
+                ex = build_failed(r);
+                goto finish;
+        }
+        r = companions_append(ctx, m, &comp, 1, file);
+        if (r != 0) {
+                ex = r;
+                goto finish;
+        }
+        r = bus_options_close(m);
         if (r < 0) {
                 ex = build_failed(r);
                 goto finish;
@@ -439,6 +619,7 @@ finish:
         op_watch_done(&w);
         chain_done(ctx, &chain);
         output_close(&out, ex == EXIT_OK);
+        companions_close(&comp, ex == EXIT_OK);
         return ex;
 }
 
@@ -458,11 +639,13 @@ int cmd_convert(Ctx *ctx, int argc, char **argv) {
         _cleanup_(optlist_done) OptList opts = {};
         _cleanup_msg_ sd_bus_message *m = NULL;
         _cleanup_close_ int direct_fd = -1;
-        uint64_t sparse = 0, new_size = 0;
+        uint64_t sparse = 0, new_size = 0, disk_size = 0;
         bool progress = false, direct = true;
         const Value *info;
+        _cleanup_free_ char *display = NULL;
         CreateOpts copts;
         Output out = { .fd = -1 };
+        Companions comp = {};
         Chain chain = {};
         OpWatch w = {};
         int c, r, ex = EXIT_FAILURE;
@@ -550,6 +733,23 @@ int cmd_convert(Ctx *ctx, int argc, char **argv) {
                 ex = r;
                 goto finish;
         }
+        display = utf8_sanitize(path_basename(out_name));
+        if (!display) {
+                log_error("Out of memory");
+                goto finish;
+        }
+        if (new_size == 0) {
+                _cleanup_bus_error_ sd_bus_error error = SD_BUS_ERROR_NULL;
+                _cleanup_value_ Value props = {};
+
+                if (bus_get_all(ctx, chain.disk, VDISK_IFACE_DISK, &error, &props) >= 0)
+                        disk_size = value_uint(&props, "Size", 0);
+        }
+        r = companions_open(backend, &opts, out_name, display, new_size ?: disk_size, &chain, &comp);
+        if (r != 0) {
+                ex = r;
+                goto finish;
+        }
 
         /* vdiskd cannot reopen our file: hand it a second, O_DIRECT
          * descriptor for its large writes. Where the file system has no
@@ -570,8 +770,18 @@ int cmd_convert(Ctx *ctx, int argc, char **argv) {
                 r = bus_append_opt_u64(m, "sparse-size", sparse);
         if (r >= 0 && direct_fd >= 0)
                 r = sd_bus_message_append(m, "{sv}", "direct-fd", "h", direct_fd);
-        if (r >= 0)
-                r = bus_options_close(m);
+        if (r >= 0 && comp.n > 0)
+                r = bus_append_opt_string(m, "display-name", display);
+        if (r < 0) {
+                ex = build_failed(r);
+                goto finish;
+        }
+        r = companions_append(ctx, m, &comp, 1 + (direct_fd >= 0), out_name);
+        if (r != 0) {
+                ex = r;
+                goto finish;
+        }
+        r = bus_options_close(m);
         if (r < 0) {
                 ex = build_failed(r);
                 goto finish;
@@ -583,6 +793,7 @@ finish:
         op_watch_done(&w);
         chain_done(ctx, &chain);
         output_close(&out, ex == EXIT_OK);
+        companions_close(&comp, ex == EXIT_OK);
         return ex;
 }
 

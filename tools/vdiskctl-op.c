@@ -392,9 +392,11 @@ int op_follow(OpWatch *w, const char *path) {
                 }
         }
 
-        /* The final properties, for the Result; the operation lingers. */
+        /* The final properties, for the Result; the operation lingers. A
+         * bar asked for shows its last state even when the operation ended
+         * before the first redraw (as qemu-img -p prints 100%). */
         (void) refresh(w);
-        if (w->bar_shown)
+        if (w->bar_shown || w->progress)
                 bar_draw(w, true);
 
         if (streq_ptr(w->st.state, "succeeded"))

@@ -262,6 +262,13 @@ typedef struct ChainElem {
         char *qemu_format;
         Value info;            /* ProbeFormat's info */
         struct stat st;
+        /* Companion files (VMDK extents): the names the image records
+         * (ProbeFormat's `files`), opened relative to its directory with the
+         * same access as the image; passed in OpenDisk's `files` by name. */
+        char **files;
+        int *file_fds;
+        struct stat *file_st;
+        size_t n_files;
 } ChainElem;
 
 typedef struct Chain {
@@ -270,6 +277,23 @@ typedef struct Chain {
         char *disk;                   /* the Disk path once opened */
         bool guessed_raw;             /* the top's format was guessed */
 } Chain;
+
+/* A descriptor passed by name (option `files`, FileSet.Add); the fd is borrowed. */
+typedef struct NamedFd {
+        char *key;
+        int fd;
+} NamedFd;
+void named_fds_free(NamedFd *l, size_t n);
+/* Takes key (NULL: -ENOMEM). */
+int named_fds_push(NamedFd **l, size_t *n, char *key, int fd);
+/* Descriptors one call may carry (vdiskd's MaxFdsPerCall, at most the bus's 16). */
+unsigned call_fds_max(Ctx *ctx);
+/* CreateFileSet, then Add in calls of at most per_call descriptors. 0 with
+ * *ret set, -EOPNOTSUPP when vdiskd has no FileSets, or an exit code (logged,
+ * naming `what`). */
+int file_set_new_filled(Ctx *ctx, const NamedFd *l, size_t n, unsigned per_call, const char *what, char **ret);
+/* Appends the option `files` (a{sh}) to an open options array. */
+int bus_append_opt_files(sd_bus_message *m, const NamedFd *l, size_t n);
 
 /* Extra directories searched for parents named by UUID only (--parent-dir). */
 extern char **arg_parent_dirs;

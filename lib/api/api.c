@@ -142,6 +142,24 @@ unsigned vdisk_image_index(vdisk_image *img) {
         return img->index;
 }
 
+size_t vdisk_image_file_count(vdisk_image *img) {
+        _cleanup_(disk_unlockp) vdisk_disk *l = NULL;
+
+        if (!img)
+                return 0;
+        l = image_lock(img);
+        return files_count(img->files);
+}
+
+const char *vdisk_image_file_name(vdisk_image *img, size_t index) {
+        _cleanup_(disk_unlockp) vdisk_disk *l = NULL;
+
+        if (!img)
+                return NULL;
+        l = image_lock(img);
+        return files_name(img->files, index);
+}
+
 uint64_t vdisk_image_size(vdisk_image *img) {
         _cleanup_(disk_unlockp) vdisk_disk *l = NULL;
 

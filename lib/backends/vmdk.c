@@ -444,25 +444,23 @@ static int open_extents(vmdk_state *s, const open_ctx *c) {
                         break;
                 case VMDK_EXTENT_FLAT:
                 case VMDK_EXTENT_VMFS:
-                        if (vmdk_desc_name_is_device(d->file)) {
-                                /* Never opened by path: the caller's files
-                                 * handle must hold an fd under that name. */
-                                r = files_open(c->files, d->file, s->writable ? FILES_WRITE : 0, &e->io);
-                                if (r == -EPERM)   /* the path resolver: no absolute names */
-                                        return vdisk_error(r, "vmdk: extent %zu is the raw device \"%s\": it opens "
-                                                           "only through a file descriptor handed in for that "
-                                                           "name (vdisk-img never opens devices)", i + 1, d->file);
-                                if (r < 0)
-                                        return r;
-                        } else {
-                                r = files_open(c->files, d->file, s->writable ? FILES_WRITE : 0, &e->io);
-                                if (r < 0)
-                                        return r;
+                        /* A raw device is never opened by path: the
+                         * caller's files handle must hold an fd under that name. */
+                        r = files_open(c->files, d->file, s->writable ? FILES_WRITE : 0, &e->io);
+                        if (r == -EPERM && vmdk_desc_name_is_device(d->file))   /* the path resolver */
+                                return vdisk_error(r, "vmdk: extent %zu is the raw device \"%s\": it opens "
+                                                   "only through a file descriptor handed in for that "
+                                                   "name (vdisk-img never opens devices)", i + 1, d->file);
+                        if (r < 0)
+                                return r;
+                        e->size = d->sectors * VMDK_SECTOR;
+                        if (c->list_files) {
+                                e->type = VMDK_EXTENT_ZERO;   /* names only: nothing is read */
+                                break;
                         }
                         r = io_get_size(e->io, &e->file_size);
                         if (r < 0)
                                 return r;
-                        e->size = d->sectors * VMDK_SECTOR;
                         e->flat_offset = d->offset * VMDK_SECTOR;
                         if (!range_within(e->flat_offset, e->size, e->file_size))
                                 return vdisk_error(-EUCLEAN, "vmdk: flat extent \"%s\" holds %" PRIu64
@@ -475,6 +473,11 @@ static int open_extents(vmdk_state *s, const open_ctx *c) {
                         r = files_open(c->files, d->file, s->writable ? FILES_WRITE : 0, &e->io);
                         if (r < 0)
                                 return r;
+                        if (c->list_files) {
+                                e->type = VMDK_EXTENT_ZERO;   /* names only: nothing is read */
+                                e->size = d->sectors * VMDK_SECTOR;
+                                break;
+                        }
                         r = io_get_size(e->io, &e->file_size);
                         if (r < 0)
                                 return r;
@@ -501,6 +504,11 @@ static int open_extents(vmdk_state *s, const open_ctx *c) {
                         r = files_open(c->files, d->file, 0, &e->io);
                         if (r < 0)
                                 return r;
+                        e->size = d->sectors * VMDK_SECTOR;
+                        if (c->list_files) {
+                                e->type = VMDK_EXTENT_ZERO;   /* names only: nothing is read */
+                                break;
+                        }
                         r = io_get_size(e->io, &e->file_size);
                         if (r < 0)
                                 return r;
@@ -516,6 +524,11 @@ static int open_extents(vmdk_state *s, const open_ctx *c) {
                         r = files_open(c->files, d->file, 0, &e->io);
                         if (r < 0)
                                 return r;
+                        e->size = d->sectors * VMDK_SECTOR;
+                        if (c->list_files) {
+                                e->type = VMDK_EXTENT_ZERO;   /* names only: nothing is read */
+                                break;
+                        }
                         r = io_get_size(e->io, &e->file_size);
                         if (r < 0)
                                 return r;
@@ -827,6 +840,8 @@ static int vmdk_map(void *state, uint64_t offset, uint64_t len, map_result *ret)
 }
 
 static int vmdk_decode(const void *state, const map_result *m, const void *in, void *out) {
+        /* find_extent() only reads the extent array */
+        uint64_t grain = find_extent((vmdk_state *) state, m->unit_offset)->grain;
         z_stream z = {};
         int r, zr;
 
@@ -839,27 +854,23 @@ static int vmdk_decode(const void *state, const map_result *m, const void *in, v
         z.next_out = out;
         z.avail_out = m->unit_length;
         zr = inflate(&z, Z_FINISH);
-        if (zr == Z_STREAM_END && z.avail_out == 0)
-                r = 0;
-        else if (zr == Z_BUF_ERROR && z.avail_out == 0) {
-                /* More output than the unit: the last grain of an extent
-                 * whose capacity is not a grain multiple holds a whole grain. */
+        /* The last grain of an extent whose capacity is not a grain multiple
+         * may hold a whole grain: decode the rest, but never past a grain. A
+         * stream that does not end within the grain is corrupt (and would be
+         * a decompression bomb). */
+        while ((zr == Z_BUF_ERROR || zr == Z_OK) && z.avail_out == 0 && z.total_out <= grain) {
                 uint8_t scratch[4096];
+
+                z.next_out = scratch;   /* room for one byte past the grain, to see it */
+                z.avail_out = (uInt) MIN((uint64_t) sizeof scratch, grain + 1 - z.total_out);
+                zr = inflate(&z, Z_FINISH);
+        }
+        if (zr == Z_STREAM_END && z.total_out >= m->unit_length && z.total_out <= grain)
                 r = 0;
-                for (;;) {
-                        z.next_out = scratch;
-                        z.avail_out = sizeof scratch;
-                        zr = inflate(&z, Z_FINISH);
-                        if (zr == Z_STREAM_END)
-                                break;
-                        if ((zr != Z_OK && zr != Z_BUF_ERROR) || z.total_out > (uLong) 2 * UNIT_MAX ||
-                            (zr == Z_BUF_ERROR && z.avail_out != 0)) {
-                                r = vdisk_error(-EUCLEAN, "vmdk: compressed grain at %" PRIu64 " does not decode",
-                                                m->unit_offset);
-                                break;
-                        }
-                }
-        } else
+        else if (z.total_out > grain)
+                r = vdisk_error(-EUCLEAN, "vmdk: compressed grain at %" PRIu64 " decodes to more than a grain (%"
+                                PRIu64 " bytes)", m->unit_offset, grain);
+        else
                 r = vdisk_error(-EUCLEAN, "vmdk: compressed grain at %" PRIu64 " decodes to %lu bytes, not %" PRIu32
                                 " (%s)", m->unit_offset, (unsigned long) z.total_out, m->unit_length,
                                 z.msg ? z.msg : "short");

@@ -90,6 +90,11 @@ int probe_backend(vdisk_io *io, const char *name, int allow_raw, const vdisk_bac
 int files_new(vdisk_resolver *res, const char *image_name, int writable, vdisk_files **ret);
 void files_seal(vdisk_files *f);
 vdisk_files *files_free(vdisk_files *f);
+/* VDISK_OPEN_LIST_FILES: files_open() records the name and returns 0 with
+ * *ret = NULL (a backend that sees open_ctx.list_files skips what it would
+ * read from the companion). */
+void files_set_list_only(vdisk_files *f);
+const char *files_name(const vdisk_files *f, size_t i);
 size_t files_count(const vdisk_files *f);
 vdisk_io *files_get(const vdisk_files *f, size_t i);
 
@@ -105,6 +110,7 @@ int image_peek(const vdisk_backend *be, vdisk_io *io, meta *ret, uint8_t **ret_h
  * the metadata budget the image's tables count against (its disk's, so that
  * the whole chain shares one); NULL gives the image a default budget of its
  * own (images looked at outside a disk). */
+/* info_only: 0, 1 (VDISK_OPEN_INFO), or 2 (VDISK_OPEN_LIST_FILES too). */
 int image_open(const vdisk_backend *be, vdisk_io *io, vdisk_resolver *res, int writable, int info_only,
                tc_budget *budget, vdisk_image **ret);
 int image_create(const vdisk_backend *be, vdisk_io *io, vdisk_resolver *res, const create_params *p,

@@ -301,8 +301,10 @@ int vdisk_disk_open(vdisk_disk *d, vdisk_io *io, const char *format, uint32_t op
         if (r < 0)
                 return r;
         /* Companion files (VMDK extents) through the disk's resolver, if it has one. */
-        r = image_open(be, io, d->resolver, !(open_flags & VDISK_OPEN_READONLY), !!(open_flags & VDISK_OPEN_INFO),
-                       d->budget, &img);
+        if (open_flags & VDISK_OPEN_LIST_FILES)
+                open_flags |= VDISK_OPEN_INFO | VDISK_OPEN_READONLY;
+        r = image_open(be, io, d->resolver, !(open_flags & VDISK_OPEN_READONLY),
+                       (open_flags & VDISK_OPEN_LIST_FILES) ? 2 : !!(open_flags & VDISK_OPEN_INFO), d->budget, &img);
         if (r < 0)
                 return r;
         r = disk_push(d, img, !!(open_flags & VDISK_OPEN_SKIP_CHECKS));

@@ -23,6 +23,7 @@ struct vdisk_files {
         vdisk_resolver *resolver;   /* borrowed; only during open/create */
         const char *image_name;     /* borrowed likewise */
         int writable;
+        int list_only;              /* VDISK_OPEN_LIST_FILES: names only, no io */
         file_entry *v;
         size_t n;
 };
@@ -57,6 +58,14 @@ vdisk_files *files_free(vdisk_files *f) {
         return NULL;
 }
 
+void files_set_list_only(vdisk_files *f) {
+        f->list_only = 1;
+}
+
+const char *files_name(const vdisk_files *f, size_t i) {
+        return f && i < f->n ? f->v[i].name : NULL;
+}
+
 size_t files_count(const vdisk_files *f) {
         return f ? f->n : 0;
 }
@@ -86,6 +95,19 @@ int files_open(vdisk_files *f, const char *name, uint32_t flags, vdisk_io **ret)
                 return vdisk_error(-EROFS, "companion file '%s': the image is opened read-only", name);
         if (f->n >= FILES_MAX)
                 return vdisk_error(-E2BIG, "more than %u companion files", FILES_MAX);
+        if (f->list_only) {
+                v = reallocarray(f->v, f->n + 1, sizeof *v);
+                if (!v)
+                        return vdisk_error(-ENOMEM, "out of memory");
+                f->v = v;
+                f->v[f->n].io = NULL;
+                f->v[f->n].name = strdup(name);
+                if (!f->v[f->n].name)
+                        return vdisk_error(-ENOMEM, "out of memory");
+                f->n++;
+                *ret = NULL;
+                return 0;
+        }
         if (!f->resolver || !f->resolver->ops.open_companion)
                 return vdisk_error(-ENOENT, "%s: needs the file '%s', and no way to open it was given",
                                    f->image_name ? f->image_name : "image", name);

@@ -57,14 +57,16 @@ int image_open(const vdisk_backend *be, vdisk_io *io, vdisk_resolver *res, int w
         if (r < 0)
                 return r;
         img->writable = writable;
-        img->info_only = info_only;
+        img->info_only = !!info_only;
         r = files_new(res, vdisk_io_name(io), writable, &img->files);
         if (r < 0) {
                 image_free(img);
                 return r;
         }
-        c = (open_ctx) { .io = io, .files = img->files, .writable = writable, .info_only = info_only,
-                      .budget = img->budget };
+        if (info_only == 2)
+                files_set_list_only(img->files);
+        c = (open_ctx) { .io = io, .files = img->files, .writable = writable, .info_only = !!info_only,
+                      .list_files = info_only == 2, .budget = img->budget };
         r = be->open(img->state, &c);
         files_seal(img->files);
         img->open_ok = 1;   /* close() handles a half-opened state too */

@@ -19,8 +19,8 @@ import uuid
 import pytest
 
 from harness import (A_MODIFY, A_OPEN, ACCESS_DENIED, DISK, ERR, FILE_SET, IMAGE, INVALID_ARGS, LIMITS_EXCEEDED,
-                     MANAGER, ROOT_PATH, UID_A, UID_B, Fd, Open, T, deadline, disk_images, expect_error, finished_ok,
-                     frozen_fs, open_disk, tool, unique)
+                     MANAGER, ROOT_PATH, UID_A, UID_B, UNKNOWN_OBJECT, Fd, Open, RemoteDBusError, T, deadline,
+                     disk_images, expect_error, finished_ok, frozen_fs, open_disk, tool, unique)
 
 MAX_PERSISTENT = 3
 MAX_FDS_PER_CALL = 16
@@ -468,3 +468,41 @@ def test_vdiskctl_opens_deep_chain_in_one_step(env, deep_chain):
     # (the Copy behind convert changes Operation; nothing corrects the chain)
     for ch in changed_props(env, since, disks[0][0]):
         assert not {'Images', 'Size', 'ReadOnly'} & set(ch[1]), ch
+
+
+def test_abandoned_file_set_is_dropped(env, deep_chain):
+    """FileSets filled and never used are dropped --file-set-timeout-sec after
+    their last Add, and their descriptors closed: vdiskd holds as many fds as
+    before, and the owner's places are free again. Nothing depends on how soon
+    the timer fires: a set may go before it is filled (an Add then finds no
+    object), and "gone" is awaited within the watcher's deadline."""
+    paths, _ = deep_chain
+    env.stop_daemon()
+    env.start_daemon(VDISK_ENV['daemon_args'] + ['--file-set-timeout-sec=1'])
+    a = env.agent(UID_A, unique('abandon'))
+    fd_dir = f'/proc/{env.daemon.pid}/fd'
+    try:
+        held = len(os.listdir(fd_dir))
+        limit = env.watcher.get(ROOT_PATH, MANAGER, 'MaxFileSetsPerUser')
+        mark = env.watcher.mark()
+        sets = [a.manager('CreateFileSet', 'a{sv}', {}) for _ in range(limit)]
+        for fs in sets:
+            try:
+                fill_file_set(a, fs, paths[:2])
+            except RemoteDBusError as e:
+                assert e.name == UNKNOWN_OBJECT, f'{e.name}: {e.message}'
+        for fs in sets:
+            env.watcher.wait_removed(fs, since=mark)
+        assert not any(env.watcher.exists(fs) for fs in sets)
+        assert len(os.listdir(fd_dir)) == held
+        expect_error(UNKNOWN_OBJECT, fill_file_set, a, sets[0], paths[:1])
+        again = [a.manager('CreateFileSet', 'a{sv}', {}) for _ in range(limit)]
+        for fs in again:
+            try:
+                a.call(fs, FILE_SET, 'Close', 'a{sv}', {})
+            except RemoteDBusError as e:
+                assert e.name == UNKNOWN_OBJECT, f'{e.name}: {e.message}'
+    finally:
+        a.close()
+        env.stop_daemon()
+        env.start_daemon(VDISK_ENV['daemon_args'])

@@ -30,7 +30,7 @@ import pytest
 
 from harness import (A_MODIFY, A_OPEN, A_OTHER, DISK, ERR, IMAGE, INVALID_ARGS, LIMITS_EXCEEDED, MANAGER, OBJMGR,
                      OPERATION, PY, ROOT_PATH, UID_A, UID_B, UNKNOWN_OBJECT, Fd, MiB, Open, T, deadline,
-                     expect_error, frozen_fs, open_disk, unique, wait_until)
+                     disk_images, expect_error, frozen_fs, open_disk, unique, wait_until)
 
 # A low maximum message size: today's 5,000 lingering operations need a
 # GetManagedObjects reply of several MiB, and dbus-daemon drops vdiskd's
@@ -306,6 +306,25 @@ def test_global_disk_limit(env, clients):
     a.disk(a1, 'Close', 'a{sv}', {})
     env.watcher.wait_removed(a1, since=mark)
     b.manager('CreateDisk', 'a{sv}', {})
+
+
+def test_global_fd_limit(env, clients):
+    """--max-fds bounds the descriptors of all users together (every Image
+    holds one): uid B is refused once uid A and B hold 16 in all, well below
+    B's own limit, and served again once A closes a Disk."""
+    a, b = clients[UID_A], clients[UID_B]
+    restart(env, clients, '--max-fds=16', '--max-fds-per-user=16')
+    a_disks = [open_disk(env, a, [env.make_vdi(UID_A, unique('fd') + '.vdi', 1 * MiB)]) for _ in range(9)]
+    for _ in range(7):
+        open_disk(env, b, [env.make_vdi(UID_B, unique('fd') + '.vdi', 1 * MiB)])
+    p = env.make_vdi(UID_B, unique('fd') + '.vdi', 1 * MiB)
+    e = expect_error(LIMITS_EXCEEDED, open_disk, env, b, [p])
+    assert 'in all' in e.message and 'at most 16' in e.message, e.message
+    mark = env.watcher.mark()
+    a.disk(a_disks[0], 'Close', 'a{sv}', {})
+    env.watcher.wait_removed(a_disks[0], since=mark)
+    d = open_disk(env, b, [p])
+    assert len(disk_images(env, d)) == 1
 
 
 def test_global_call_limit(env, clients):

@@ -7,7 +7,8 @@
  * the backend table and vdisk_backend_find(); vdisk_probe() and the rule that a
  * writable open never picks raw; block status; read/write/discard edge cases;
  * UUID text form; chain linkage checks and warnings; error messages naming the
- * file; the memory and fault ios themselves.
+ * file; the memory and fault ios themselves; companion files (a split VMDK on
+ * memory ios): vdisk_image_file_count()/_name() and VDISK_OPEN_LIST_FILES.
  */
 #include <ctype.h>
 #include <stddef.h>
@@ -1032,7 +1033,103 @@ static void test_progress_object(void) {
         ASSERT(!vdisk_disk_unref(NULL));
 }
 
+/* ---------------------------------------------------------------- companion files */
+
+/* Companion files on memory ios, created on demand and kept by name. */
+typedef struct MemFiles {
+        char names[8][32];
+        vdisk_io *ios[8];
+        unsigned n;
+        unsigned opened;        /* open_companion calls */
+} MemFiles;
+
+static int mem_open_companion(void *user, const char *name, const char *image_name, uint32_t flags,
+                              vdisk_io **ret) {
+        MemFiles *mf = user;
+
+        (void) image_name;
+        mf->opened++;
+        for (unsigned i = 0; i < mf->n; i++)
+                if (streq(mf->names[i], name)) {
+                        if (flags & VDISK_COMPANION_CREATE)
+                                return -EEXIST;
+                        *ret = vdisk_io_ref(mf->ios[i]);
+                        return 0;
+                }
+        if (!(flags & VDISK_COMPANION_CREATE) || mf->n == 8)
+                return -ENOENT;
+        snprintf(mf->names[mf->n], sizeof mf->names[0], "%s", name);
+        ASSERT_OK(vdisk_io_new_memory(NULL, 0, name, 0, &mf->ios[mf->n]));
+        *ret = vdisk_io_ref(mf->ios[mf->n++]);
+        return 0;
+}
+
+static void test_list_files(void) {
+        static const vdisk_resolver_ops ops = {
+                .size = sizeof(vdisk_resolver_ops),
+                .open_companion = mem_open_companion,
+        };
+        static const char *const split[] = { "subformat", "twoGbMaxExtentSparse", NULL };
+        const uint64_t size = UINT64_C(5) << 30;
+        MemFiles mf = {};
+        vdisk_resolver *res;
+        vdisk_disk *d;
+        vdisk_io *desc;
+        vdisk_image *img;
+        char buf[512];
+        vdisk_create_opts o = { .size = sizeof(o), .options = split };
+
+        ASSERT_OK(vdisk_resolver_new_ops(&ops, &mf, &res));
+        o.resolver = res;
+        ASSERT_OK(vdisk_io_new_memory(NULL, 0, "t.vmdk", 0, &desc));
+        ASSERT_OK(vdisk_disk_new(&d));
+        ASSERT_OK(vdisk_disk_create_base(d, desc, "vmdk", size, &o));
+        img = vdisk_disk_image(d, 0);
+        ASSERT(vdisk_image_file_count(img) == 3);
+        ASSERT_STREQ(vdisk_image_file_name(img, 0), "t-s001.vmdk");
+        ASSERT_STREQ(vdisk_image_file_name(img, 2), "t-s003.vmdk");
+        ASSERT(vdisk_image_file_name(img, 3) == NULL);
+        ASSERT_OK(vdisk_disk_close(d));
+
+        /* Names only: nothing but the descriptor is read, no resolver needed. */
+        mf.opened = 0;
+        ASSERT_OK(vdisk_disk_new(&d));
+        ASSERT_OK(vdisk_disk_open(d, desc, "vmdk", VDISK_OPEN_LIST_FILES));
+        img = vdisk_disk_image(d, 0);
+        ASSERT(vdisk_image_file_count(img) == 3);
+        ASSERT_STREQ(vdisk_image_file_name(img, 1), "t-s002.vmdk");
+        ASSERT_EQ_U64(vdisk_image_size(img), size);
+        ASSERT(vdisk_disk_readonly(d));
+        ASSERT_FAILS(vdisk_disk_read(d, buf, sizeof buf, 0));
+        ASSERT_FAILS(vdisk_disk_write(d, buf, sizeof buf, 0));
+        ASSERT_OK(vdisk_disk_close(d));
+        ASSERT(mf.opened == 0);
+
+        /* A real open without the extents: -ENOENT naming the first one. */
+        ASSERT_OK(vdisk_disk_new(&d));
+        ASSERT_ERR(vdisk_disk_open(d, desc, "vmdk", VDISK_OPEN_READONLY | VDISK_OPEN_INFO), -ENOENT);
+        assert_error_names("t-s001.vmdk");
+        /* With them, every extent is open. */
+        ASSERT_OK(vdisk_disk_set_resolver(d, res));
+        ASSERT_OK(vdisk_disk_open(d, desc, "vmdk", VDISK_OPEN_READONLY));
+        ASSERT(vdisk_image_file_count(vdisk_disk_image(d, 0)) == 3);
+        ASSERT_OK(vdisk_disk_read(d, buf, sizeof buf, size - sizeof buf));
+        ASSERT_OK(vdisk_disk_close(d));
+
+        /* An image of one file has none. */
+        ASSERT_OK(vdisk_disk_new(&d));
+        ASSERT_OK(vdisk_disk_open(d, mf.ios[0], "vmdk", VDISK_OPEN_LIST_FILES));
+        ASSERT(vdisk_image_file_count(vdisk_disk_image(d, 0)) == 0);
+        ASSERT_OK(vdisk_disk_close(d));
+
+        vdisk_resolver_unref(res);
+        vdisk_io_unref(desc);
+        for (unsigned i = 0; i < mf.n; i++)
+                vdisk_io_unref(mf.ios[i]);
+}
+
 int main(void) {
+        test_list_files();
         test_errors();
         test_backends();
         test_raw();

@@ -367,6 +367,29 @@ int main(void) {
                 vdisk_io_unref(io);
         }
 
+        /* Listing the files (VDISK_OPEN_LIST_FILES): the extent is named, not opened. */
+        {
+                files f = { .ext = ext, .ext_len = ext_len };
+                vdisk_resolver_ops ops = {
+                        .size = sizeof ops, .open_name = res_open_name, .find_uuid = res_find_uuid,
+                        .open_companion = res_companion,
+                };
+                vdisk_resolver *res = NULL;
+                _cleanup_free_ char *text = descriptor(CAP_SECTORS, 0);
+                vdisk_io *top = mem_io("snap.vmdk", text, strlen(text));
+                vdisk_disk *d = disk_new();
+
+                ASSERT_OK(vdisk_resolver_new_ops(&ops, &f, &res));
+                ASSERT_OK(vdisk_disk_set_resolver(d, res));
+                vdisk_resolver_unref(res);
+                ASSERT_OK(vdisk_disk_open(d, top, "vmdk",
+                                          VDISK_OPEN_READONLY | VDISK_OPEN_INFO | VDISK_OPEN_LIST_FILES));
+                ASSERT(f.opened == 0);
+                ASSERT(vdisk_image_file_count(vdisk_disk_image(d, 0)) >= 1);
+                vdisk_disk_unref(d);
+                vdisk_io_unref(top);
+        }
+
         /* The descriptor's size must be the extent's. */
         ASSERT(try_extent("desc-size-less", ext, ext_len, CAP_SECTORS - 8, 0) == -EUCLEAN);
         ASSERT(try_extent("desc-size-more", ext, ext_len, CAP_SECTORS + 8, 0) == -EUCLEAN);

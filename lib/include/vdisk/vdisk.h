@@ -300,6 +300,13 @@ enum {
         VDISK_OPEN_INFO        = 1u << 3,  /* metadata only; reads and writes fail */
         VDISK_OPEN_SKIP_CHECKS = 1u << 10, /* do not check parent UUID linkage */
         VDISK_OPEN_ALLOW_PROBE_RAW = 1u << 16, /* format==NULL may pick raw (read-only opens only) */
+        /* Metadata only (implies INFO and READONLY) and without the
+         * companion files: they are not opened, their names are only
+         * recorded (vdisk_image_file_name()). What the image's own file says
+         * (size, UUIDs, parent) is reported; what only a companion holds
+         * is not. For a service that must ask its client for the files
+         * before it can open the image. Only vdisk_disk_open(). */
+        VDISK_OPEN_LIST_FILES = 1u << 17,
 };
 
 /* The maximum number of images in one chain. */
@@ -515,6 +522,12 @@ int vdisk_image_get_version(vdisk_image *img, uint32_t *ret);   /* format's own 
 int vdisk_image_get_flags(vdisk_image *img, uint32_t *ret);     /* VDISK_IMAGE_FLAGS_* */
 /* The parent a child names: file name (may be NULL) and format (may be NULL). */
 int vdisk_image_get_parent_name(vdisk_image *img, const char **ret_name, const char **ret_format);
+/* The companion files of the image (VMDK extents ...), as the image names
+ * them, in the order it names them: how many, and each one's name (borrowed,
+ * valid while the image is open; NULL past the end). Images of one file have
+ * none. Each one opened is one more descriptor held for the image. */
+size_t vdisk_image_file_count(vdisk_image *img);
+const char *vdisk_image_file_name(vdisk_image *img, size_t index);
 
 int vdisk_image_set_uuid(vdisk_image *img, const uint8_t uuid[16]);
 int vdisk_image_set_modification_uuid(vdisk_image *img, const uint8_t uuid[16]);
