@@ -159,6 +159,13 @@ enum {
         META_FLAGS             = 1u << 7,   /* VDISK_IMAGE_FLAGS_* */
         META_VERSION           = 1u << 8,
         META_PARENT_NAME       = 1u << 9,   /* file name hint and format of the parent */
+        /* A number the image renews when its content changes (VMDK CID), and
+         * the parent's number a child recorded (VMDK parentCID;
+         * VDISK_CONTENT_ID_NONE: not recorded). A child whose recorded number
+         * differs from its parent's is refused at open (the parent changed
+         * under it); relinking sets it. */
+        META_CONTENT_ID        = 1u << 10,
+        META_PARENT_CONTENT_ID = 1u << 11,
 };
 
 typedef struct meta {
@@ -177,6 +184,7 @@ typedef struct meta {
          * UUID. On set_meta, the absolute name of the new parent when the
          * core knows it (images opened by path), else NULL. */
         const char *parent_abs_name;
+        uint32_t content_id, parent_content_id;
 } meta;
 
 /* What the core asks create() to make. */
@@ -199,6 +207,9 @@ typedef struct create_params {
          * formats that record several names (VHD's W2ru and W2ku locators). */
         const char *parent_rel_name;
         const char *parent_abs_name;
+        /* diff: the parent's content ID (META_CONTENT_ID), when it has one */
+        int has_parent_content_id;
+        uint32_t parent_content_id;
         /* "-o" key/value pairs, NULL-terminated, each key one of the
          * backend's info.create_options (the core checked) and each value
          * normalized by type (sizes in bytes, booleans "on"/"off"). */

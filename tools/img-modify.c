@@ -12,7 +12,9 @@
 #include <fcntl.h>
 #include <getopt.h>
 #include <inttypes.h>
+#include <libgen.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -41,7 +43,8 @@ static int chain_find(Img *img, const char *base) {
 }
 
 typedef struct TopIdentity {
-        bool have_uuid, have_mod_uuid;
+        bool have_uuid, have_mod_uuid, have_cid;
+        uint32_t cid;
         uint8_t uuid[16], mod_uuid[16];
         char *comment;
         uint32_t cluster_size;
@@ -49,6 +52,42 @@ typedef struct TopIdentity {
         const char *format;
         struct stat st;
 } TopIdentity;
+
+/* The name the image at `child` records for the file at `parent` (both
+ * paths as opened): the file name when both are in one directory, else the
+ * parent's absolute path. */
+static char *recorded_parent_name(const char *child, const char *parent) {
+        _cleanup_free_ char *cdir = strdup(child), *pdir = strdup(parent);
+        const char *base = strrchr(parent, '/');
+
+        if (!cdir || !pdir)
+                return NULL;
+        if (streq(dirname(cdir), dirname(pdir)))
+                return strdup(base ? base + 1 : parent);
+        return realpath(parent, NULL) ?: strdup(parent);
+}
+
+/* Formats that name their parent and record its content ID (VMDK
+ * parentFileNameHint and parentCID): the new parent's. Others: nothing. */
+static int link_name_and_content(vdisk_image *child, bool by_name, vdisk_image *parent, const char *name,
+                                 const char *format) {
+        uint32_t cid;
+        int r;
+
+        if (by_name && parent && name) {
+                r = vdisk_image_set_parent_name(child, name, format);
+                if (r < 0 && r != -EOPNOTSUPP)
+                        return r;
+        }
+        if (parent && vdisk_image_get_parent_content_id(child, NULL) >= 0) {
+                if (vdisk_image_get_content_id(parent, &cid) < 0)
+                        cid = VDISK_CONTENT_ID_NONE;
+                r = vdisk_image_set_parent_content_id(child, cid);
+                if (r < 0 && r != -EOPNOTSUPP)
+                        return r;
+        }
+        return 0;
+}
 
 /* Re-links the old top (which vdisk_merge took out of the chain) onto the
  * new top of the chain, so that it stays a valid image: its data is what it
@@ -69,15 +108,27 @@ static int commit_relink(Img *img, const TopIdentity *id) {
         if (r < 0)
                 return r;
         top = vdisk_disk_image(img->disk, vdisk_disk_count(img->disk) - 1);
+        /* Before the UUID: a null parent UUID drops a VMDK's parent name. */
+        const char *pname = NULL;
+        bool by_name = vdisk_image_get_parent_name(top, &pname, NULL) >= 0 && pname && *pname;
 
         r = vdisk_image_get_uuid(base, u);
         if (r == -EOPNOTSUPP)
-                return 0;   /* formats without UUIDs link by name */
-        if (r < 0)
+                memset(u, 0, sizeof u);   /* linked by name alone (qemu's VMDKs) */
+        else if (r < 0)
                 return r;
         r = vdisk_image_set_parent_uuid(top, u);
-        if (r < 0)
+        if (r < 0 && !(r == -EOPNOTSUPP && vdisk_uuid_is_null(u)))
                 return r;
+        {
+                _cleanup_free_ char *name = recorded_parent_name(img->filename, vdisk_image_name(base));
+
+                if (!name)
+                        return -ENOMEM;
+                r = link_name_and_content(top, by_name, base, name, vdisk_image_backend(base)->qemu_name);
+                if (r < 0)
+                        return r;
+        }
         if (vdisk_image_get_modification_uuid(base, u) >= 0) {
                 r = vdisk_image_set_parent_modification_uuid(top, u);
                 if (r < 0 && r != -EOPNOTSUPP)
@@ -92,7 +143,7 @@ static int commit_relink(Img *img, const TopIdentity *id) {
  * old top (whose content the chain below now also holds) or the new one. */
 static int commit_empty_top(Img *img, const TopIdentity *id) {
         _cleanup_(vdisk_io_unrefp) vdisk_io *io = NULL;
-        _cleanup_free_ char *tmp = NULL, *target = NULL;
+        _cleanup_free_ char *tmp = NULL, *target = NULL, *pname = NULL;
         _cleanup_close_ int fd = -1;
         vdisk_image *top;
         struct stat lst;
@@ -122,12 +173,22 @@ static int commit_empty_top(Img *img, const TopIdentity *id) {
                 goto fail;
         TAKE_FD(fd);
 
+        /* Formats that name their parent (VMDK) name the new one. */
+        vdisk_image *parent = vdisk_disk_image(img->disk, vdisk_disk_count(img->disk) - 1);
+
+        pname = recorded_parent_name(img->filename, vdisk_image_name(parent));
+        if (!pname) {
+                r = -ENOMEM;
+                goto fail;
+        }
         vdisk_create_opts opts = {
                 .size = sizeof(opts),
                 .block_size = id->cluster_size,
                 .diff_size = id->size,
                 .comment = id->comment && *id->comment ? id->comment : NULL,
                 .uuid = id->have_uuid ? id->uuid : NULL,
+                .parent_name = pname,
+                .parent_format = vdisk_image_backend(parent)->qemu_name,
         };
         vdisk_clear_error();
         r = vdisk_disk_create_diff(img->disk, io, id->format, &opts);
@@ -138,6 +199,11 @@ static int commit_empty_top(Img *img, const TopIdentity *id) {
          * UUID, so children of the top still match it. */
         if (id->have_mod_uuid) {
                 r = vdisk_image_set_modification_uuid(top, id->mod_uuid);
+                if (r < 0 && r != -EOPNOTSUPP)
+                        goto fail;
+        }
+        if (id->have_cid) {   /* the same for a VMDK's CID */
+                r = vdisk_image_set_content_id(top, id->cid);
                 if (r < 0 && r != -EOPNOTSUPP)
                         goto fail;
         }
@@ -238,6 +304,7 @@ int cmd_commit(int argc, char **argv) {
         id.format = vdisk_image_backend(top)->name;
         id.have_uuid = vdisk_image_get_uuid(top, id.uuid) >= 0;
         id.have_mod_uuid = vdisk_image_get_modification_uuid(top, id.mod_uuid) >= 0;
+        id.have_cid = vdisk_image_get_content_id(top, &id.cid) >= 0;
         {
                 const char *comment = NULL;
                 vdisk_image_info ii = { .size = sizeof(ii) };
@@ -506,14 +573,17 @@ static int rebase_set_link(Img *img, vdisk_image *parent, const char *backing) {
         bool have_mod = false;
         int r;
 
-        /* A parent recorded by file name (VMDK's parentFileNameHint, VHD's
-         * locators) gets the new name too; formats that link by UUID only
-         * keep none. */
-        bool named = vdisk_image_get_parent_name(top, &pname, &pfmt) >= 0 && pname;
+        /* A format that names its parent (VMDK's parentFileNameHint, VHD's
+         * locators) gets the name as given, as qemu-img records it (the
+         * parent may then have no UUID); formats that link by UUID only keep
+         * none. */
+        bool by_name = vdisk_image_get_parent_name(top, &pname, &pfmt) >= 0 && pname && *pname;
 
         if (parent) {
                 r = vdisk_image_get_uuid(parent, uuid);
-                if (r < 0) {
+                if (r == -EOPNOTSUPP && by_name)
+                        memcpy(uuid, null_uuid, sizeof(uuid));
+                else if (r < 0) {
                         log_error("Could not change the backing file to '%s': the backing file has no UUID",
                                   backing);
                         return r;
@@ -531,8 +601,8 @@ static int rebase_set_link(Img *img, vdisk_image *parent, const char *backing) {
                 if (r == -EOPNOTSUPP)
                         r = 0;
         }
-        if (r >= 0 && named && parent)
-                r = vdisk_image_set_parent_name(top, backing, NULL);
+        if (r >= 0 && by_name)
+                r = link_name_and_content(top, by_name, parent, backing, NULL);
         if (r >= 0)
                 r = vdisk_disk_flush(img->disk);
         if (r < 0) {

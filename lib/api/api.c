@@ -413,6 +413,36 @@ int vdisk_image_set_parent_name(vdisk_image *img, const char *name, const char *
         return set_meta_field(img, &m, META_PARENT_NAME);
 }
 
+int vdisk_image_get_content_id(vdisk_image *img, uint32_t *ret) {
+        meta m;
+        int r = get_meta_field(img, META_CONTENT_ID, &m);
+
+        if (r >= 0 && ret)
+                *ret = m.content_id;
+        return r;
+}
+
+int vdisk_image_get_parent_content_id(vdisk_image *img, uint32_t *ret) {
+        meta m;
+        int r = get_meta_field(img, META_PARENT_CONTENT_ID, &m);
+
+        if (r >= 0 && ret)
+                *ret = m.parent_content_id;
+        return r;
+}
+
+int vdisk_image_set_content_id(vdisk_image *img, uint32_t id) {
+        meta m = { .content_id = id };
+
+        return set_meta_field(img, &m, META_CONTENT_ID);
+}
+
+int vdisk_image_set_parent_content_id(vdisk_image *img, uint32_t id) {
+        meta m = { .parent_content_id = id };
+
+        return set_meta_field(img, &m, META_PARENT_CONTENT_ID);
+}
+
 uint32_t vdisk_image_sector_size(vdisk_image *img) {
         return img ? img->layout.sector_size : 0;
 }

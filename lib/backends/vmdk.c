@@ -51,6 +51,8 @@
 #include <zlib.h>
 
 #include "backend.h"
+#include "backends/vmdk-cowd.h"
+#include "backends/vmdk-sesparse.h"
 #include "fmt/hostalloc.h"
 #include "fmt/tablecache.h"
 #include "fmt/vmdk-desc.h"
@@ -119,6 +121,8 @@ typedef struct vmdk_extent {
         bool zeroed_gte, compressed;
         bool alloc_ready;
         hostalloc alloc;                /* new grains go at the end of the file */
+        vmdk_se *se;                    /* SESPARSE (vmdk-sesparse.c) */
+        vmdk_cowd *cowd;                /* VMFSSPARSE (vmdk-cowd.c) */
 } vmdk_extent;
 
 typedef struct vmdk_state {
@@ -291,6 +295,8 @@ static void extent_free(vmdk_extent *e) {
         e->gd = tc_table_free(e->gd);
         e->rgd = tc_table_free(e->rgd);
         e->view = tc_table_free(e->view);
+        e->se = vmdk_se_free(e->se);
+        e->cowd = vmdk_cowd_free(e->cowd);
 }
 
 /* The GT's sector for grain g of a sparse extent, 0 when it has none. */
@@ -386,9 +392,16 @@ static int desc_meta(vmdk_state *s) {
         return 0;
 }
 
+/* fullDevice / partitionedDevice: FLAT extents on raw devices ("/dev/..."),
+ * opened only through a file descriptor the caller hands in (see
+ * open_extents). The VMFS raw-device mappings are not read. */
+static bool raw_device_type(const char *t) {
+        return t && (strcasecmp(t, "fullDevice") == 0 || strcasecmp(t, "partitionedDevice") == 0);
+}
+
 static int check_create_type(const char *t) {
         static const char *const unsupported[] = {
-                "fullDevice", "partitionedDevice", "vmfsRaw", "vmfsRawDeviceMap", "vmfsPassthroughRawDeviceMap",
+                "vmfsRaw", "vmfsRawDeviceMap", "vmfsPassthroughRawDeviceMap",
                 NULL,
         };
 
@@ -423,13 +436,24 @@ static int open_extents(vmdk_state *s, const open_ctx *c) {
                 if (d->access == VMDK_ACCESS_RDONLY && s->writable)
                         return vdisk_error(-EROFS, "vmdk: extent %zu (\"%s\") is read-only", i + 1,
                                            d->file ? d->file : "ZERO");
+                /* Raw devices: FLAT extents of fullDevice/partitionedDevice images only. */
+                if (d->file && vmdk_desc_name_is_device(d->file) &&
+                    (d->type != VMDK_EXTENT_FLAT || !raw_device_type(s->create_type)))
+                        return vdisk_error(-EUCLEAN, "vmdk: extent %zu names a device, but it is no FLAT extent of a "
+                                           "fullDevice or partitionedDevice image", i + 1);
                 switch (d->type) {
                 case VMDK_EXTENT_ZERO:
                         e->size = d->sectors * VMDK_SECTOR;
                         break;
                 case VMDK_EXTENT_FLAT:
                 case VMDK_EXTENT_VMFS:
+                        /* A raw device is never opened by path: the
+                         * caller's files handle must hold an fd under that name. */
                         r = files_open(c->files, d->file, s->writable ? FILES_WRITE : 0, &e->io);
+                        if (r == -EPERM && vmdk_desc_name_is_device(d->file))   /* the path resolver */
+                                return vdisk_error(r, "vmdk: extent %zu is the raw device \"%s\": it opens "
+                                                   "only through a file descriptor handed in for that "
+                                                   "name (vdisk-img never opens devices)", i + 1, d->file);
                         if (r < 0)
                                 return r;
                         e->size = d->sectors * VMDK_SECTOR;
@@ -476,6 +500,46 @@ static int open_extents(vmdk_state *s, const open_ctx *c) {
                                 return vdisk_error(-EROFS, "vmdk: \"%s\" has compressed grains: read-only", d->file);
                         break;
                 }
+                case VMDK_EXTENT_VMFSSPARSE:
+                        if (s->writable)
+                                return vdisk_error(-EROFS, "vmdk: vmfsSparse extent \"%s\" is read-only "
+                                                   "(open the image read-only)", d->file);
+                        r = files_open(c->files, d->file, 0, &e->io);
+                        if (r < 0)
+                                return r;
+                        e->size = d->sectors * VMDK_SECTOR;
+                        if (c->list_files) {
+                                e->type = VMDK_EXTENT_ZERO;   /* names only: nothing is read */
+                                break;
+                        }
+                        r = io_get_size(e->io, &e->file_size);
+                        if (r < 0)
+                                return r;
+                        r = vmdk_cowd_open(s->budget, e->io, e->file_size, d->sectors, d->file, &e->cowd);
+                        if (r < 0)
+                                return r;
+                        e->size = d->sectors * VMDK_SECTOR;
+                        break;
+                case VMDK_EXTENT_SESPARSE:
+                        if (s->writable)
+                                return vdisk_error(-EROFS, "vmdk: seSparse extent \"%s\" is read-only "
+                                                   "(open the image read-only)", d->file);
+                        r = files_open(c->files, d->file, 0, &e->io);
+                        if (r < 0)
+                                return r;
+                        e->size = d->sectors * VMDK_SECTOR;
+                        if (c->list_files) {
+                                e->type = VMDK_EXTENT_ZERO;   /* names only: nothing is read */
+                                break;
+                        }
+                        r = io_get_size(e->io, &e->file_size);
+                        if (r < 0)
+                                return r;
+                        r = vmdk_se_open(s->budget, e->io, e->file_size, d->sectors, d->file, &e->se);
+                        if (r < 0)
+                                return r;
+                        e->size = d->sectors * VMDK_SECTOR;
+                        break;
                 default:
                         return vdisk_error(-EOPNOTSUPP, "vmdk: %s extents (\"%s\") are not supported yet",
                                            vmdk_extent_type_name(d->type), d->file);
@@ -620,6 +684,12 @@ static void vmdk_get_layout(void *state, image_layout *ret) {
                         grain = s->ext[i].grain;
                         zero = s->ext[i].zeroed_gte && !s->ext[i].compressed && !s->stream;
                         break;
+                } else if (s->ext[i].type == VMDK_EXTENT_SESPARSE) {
+                        grain = VMDK_SE_GRAIN;
+                        break;
+                } else if (s->ext[i].type == VMDK_EXTENT_VMFSSPARSE) {
+                        grain = vmdk_cowd_grain(s->ext[i].cowd);
+                        break;
                 }
         *ret = (image_layout) {
                 .cluster_size = grain,
@@ -757,6 +827,18 @@ static int vmdk_map(void *state, uint64_t offset, uint64_t len, map_result *ret)
                 return 0;
         case VMDK_EXTENT_SPARSE:
                 return sparse_map(s, e, off, len, ret);
+        case VMDK_EXTENT_SESPARSE:
+        case VMDK_EXTENT_VMFSSPARSE: {
+                map_kind kind;
+                uint64_t host = 0, n = 0;
+                int r = e->se ? vmdk_se_map(e->se, off, len, &kind, &host, &n) :
+                                vmdk_cowd_map(e->cowd, off, len, &kind, &host, &n);
+
+                if (r < 0)
+                        return r;
+                *ret = (map_result) { .kind = kind, .file = result_io(s, e), .host_offset = host, .length = n };
+                return 0;
+        }
         default:
                 return vdisk_error(-EOPNOTSUPP, "vmdk: %s extent", vmdk_extent_type_name(e->type));
         }
@@ -1053,12 +1135,13 @@ typedef struct vmdk_create_opts {
         const char *adapter;
         const char *hwversion;
         bool compat6, zeroed_grain;
+        bool adapter_given;
 } vmdk_create_opts;
 
 static int parse_create_options(const char *const *o, vmdk_create_opts *ret) {
         static const char *const subformats[] = {
                 "monolithicSparse", "monolithicFlat", "twoGbMaxExtentSparse", "twoGbMaxExtentFlat",
-                "streamOptimized", NULL,
+                "streamOptimized", "vmfs", NULL,
         };
         static const char *const adapters[] = { "ide", "buslogic", "lsilogic", "legacyESX", NULL };
         bool ok;
@@ -1067,8 +1150,10 @@ static int parse_create_options(const char *const *o, vmdk_create_opts *ret) {
         for (; o && o[0]; o += 2) {
                 if (streq(o[0], "subformat"))
                         ret->subformat = o[1];
-                else if (streq(o[0], "adapter_type"))
+                else if (streq(o[0], "adapter_type")) {
                         ret->adapter = o[1];
+                        ret->adapter_given = true;
+                }
                 else if (streq(o[0], "hwversion"))
                         ret->hwversion = streq(o[1], "undefined") ? NULL : o[1];
                 else if (streq(o[0], "compat6"))
@@ -1240,7 +1325,7 @@ static int vmdk_create(void *state, const open_ctx *c, const create_params *p) {
         vmdk_create_opts o;
         vmdk_desc d = {};
         uint64_t capacity = DIV_ROUND_UP(p->size, VMDK_SECTOR);
-        bool split, flat, sparse_mono, stream;
+        bool split, flat, sparse_mono, stream, vmfs;
         _cleanup_free_ char *stem = NULL, *text = NULL;
         char buf[64], uuid[37];
         uint32_t version = 1, flags = VMDK_FLAG_NL_TEST | VMDK_FLAG_RGD;
@@ -1254,7 +1339,13 @@ static int vmdk_create(void *state, const open_ctx *c, const create_params *p) {
         if (capacity > VMDK_CAPACITY_MAX)
                 return vdisk_error(-EFBIG, "vmdk: at most %" PRIu64 " bytes", VMDK_CAPACITY_MAX * VMDK_SECTOR);
         split = strncmp(o.subformat, "twoGb", 5) == 0;
-        flat = strstr(o.subformat, "Flat") != NULL;
+        /* ESX: a descriptor and NAME-flat.vmdk named by a VMFS extent line,
+         * createType "vmfs", an LSI Logic adapter unless one is asked for
+         * (ESX has no IDE default). */
+        vmfs = streq(o.subformat, "vmfs");
+        if (vmfs && !o.adapter_given)
+                o.adapter = "lsilogic";
+        flat = strstr(o.subformat, "Flat") != NULL || vmfs;
         stream = streq(o.subformat, "streamOptimized");
         sparse_mono = streq(o.subformat, "monolithicSparse") || stream;
         if (stream && (p->image_flags & VDISK_IMAGE_FLAGS_DIFF))
@@ -1284,8 +1375,11 @@ static int vmdk_create(void *state, const open_ctx *c, const create_params *p) {
         snprintf(buf, sizeof buf, "%08" PRIx32, s->cid);
         if (r >= 0)
                 r = vmdk_desc_set(&d, "CID", buf, false);
+        /* The parent's CID from the core (its open image), else from its
+         * descriptor when the files handle reaches it. */
         snprintf(buf, sizeof buf, "%08" PRIx32,
-                 (p->image_flags & VDISK_IMAGE_FLAGS_DIFF) ? parent_cid_of(c, p->parent_name) : 0xffffffffu);
+                 !(p->image_flags & VDISK_IMAGE_FLAGS_DIFF) ? 0xffffffffu :
+                 p->has_parent_content_id ? p->parent_content_id : parent_cid_of(c, p->parent_name));
         if (r >= 0)
                 r = vmdk_desc_set(&d, "parentCID", buf, false);
         if (r >= 0)
@@ -1314,8 +1408,9 @@ static int vmdk_create(void *state, const open_ctx *c, const create_params *p) {
                         r = vdisk_error(-EFBIG, "vmdk: more than 999 extents");
                         goto out;
                 }
-                r = vmdk_desc_add_extent(&d, VMDK_ACCESS_RW, flat ? VMDK_EXTENT_FLAT : VMDK_EXTENT_SPARSE, n,
-                                         name, 0);
+                r = vmdk_desc_add_extent(&d, VMDK_ACCESS_RW,
+                                         vmfs ? VMDK_EXTENT_VMFS : flat ? VMDK_EXTENT_FLAT : VMDK_EXTENT_SPARSE,
+                                         n, name, 0);
                 if (r < 0)
                         goto out;
                 done += n;
@@ -1937,6 +2032,19 @@ static int vmdk_check(void *state, uint32_t flags, vdisk_check_report *rep, vdis
         for (size_t i = 0; i < s->n_ext; i++) {
                 vmdk_extent *e = &s->ext[i];
 
+                if (e->type == VMDK_EXTENT_SESPARSE || e->type == VMDK_EXTENT_VMFSSPARSE) {
+                        uint64_t a = 0, t = 0;
+
+                        r = e->se ? vmdk_se_count(e->se, &a, &t) : vmdk_cowd_count(e->cowd, &a, &t);
+                        if (r == -EUCLEAN) {
+                                rep->corruptions++;
+                                check_report_add(rep, "extent %zu: %s", i + 1, vdisk_last_error());
+                        } else if (r < 0)
+                                return r;
+                        n_alloc += a;
+                        total += t;
+                        continue;
+                }
                 if (e->type != VMDK_EXTENT_SPARSE)
                         continue;
                 total += DIV_ROUND_UP(e->size, e->grain);
@@ -1976,6 +2084,15 @@ static int vmdk_get_meta(void *state, meta *m) {
         }
         if (s->parent_hint || (m->mask & META_PARENT_UUID))
                 m->flags |= VDISK_IMAGE_FLAGS_DIFF;
+        /* CID and parentCID: checked by the core when the chain is opened. */
+        if (s->desc.n_kv > 0) {
+                m->content_id = s->cid;
+                m->mask |= META_CONTENT_ID;
+        }
+        if (m->flags & VDISK_IMAGE_FLAGS_DIFF) {
+                m->parent_content_id = s->parent_cid;
+                m->mask |= META_PARENT_CONTENT_ID;
+        }
         return 0;
 }
 
@@ -2013,7 +2130,8 @@ static int vmdk_set_meta(void *state, const meta *m, uint32_t mask) {
         char buf[64];
         int r = 0;
 
-        if (mask & ~(META_UUID | META_PARENT_UUID | META_PARENT_MOD_UUID | META_PARENT_NAME | META_LCHS))
+        if (mask & ~(META_UUID | META_PARENT_UUID | META_PARENT_MOD_UUID | META_PARENT_NAME | META_LCHS |
+                     META_CONTENT_ID | META_PARENT_CONTENT_ID))
                 return vdisk_error(-EOPNOTSUPP, "vmdk: the format has no such field");
         if (s->stream)
                 return vdisk_error(-EROFS, "vmdk: streamOptimized images are not changed");
@@ -2034,6 +2152,14 @@ static int vmdk_set_meta(void *state, const meta *m, uint32_t mask) {
         }
         if (r >= 0 && (mask & META_PARENT_NAME))
                 r = vmdk_desc_set(&s->desc, "parentFileNameHint", m->parent_name ? m->parent_name : "", true);
+        if (r >= 0 && (mask & META_CONTENT_ID)) {
+                snprintf(buf, sizeof buf, "%08" PRIx32, m->content_id);
+                r = vmdk_desc_set(&s->desc, "CID", buf, false);
+        }
+        if (r >= 0 && (mask & META_PARENT_CONTENT_ID)) {
+                snprintf(buf, sizeof buf, "%08" PRIx32, m->parent_content_id);
+                r = vmdk_desc_set(&s->desc, "parentCID", buf, false);
+        }
         if (r >= 0 && (mask & META_LCHS)) {
                 snprintf(buf, sizeof buf, "%" PRIu32, m->lchs.cylinders);
                 r = vmdk_desc_set(&s->desc, "ddb.geometry.cylinders", buf, true);

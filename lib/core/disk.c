@@ -146,6 +146,17 @@ static int check_linkage(vdisk_disk *d, vdisk_image *parent, vdisk_image *child)
         if (!(cm.mask & META_PARENT_UUID) && !(cm.mask & META_PARENT_NAME))
                 return vdisk_error(-EINVAL, "%s: %s images cannot be differencing images",
                                    vdisk_io_name(child->io), child->be->info.name);
+        /* The parent's content changed after the child was made against it
+         * (VMDK: its CID is not the child's parentCID): the child's data no
+         * longer fits what shows through. VMware and qemu refuse such a
+         * chain too (qemu fails every read); found by name or by UUID alike. */
+        if ((cm.mask & META_PARENT_CONTENT_ID) && (pm.mask & META_CONTENT_ID) &&
+            cm.parent_content_id != VDISK_CONTENT_ID_NONE && cm.parent_content_id != pm.content_id)
+                return vdisk_error(-ESTALE, "%s: its parent '%s' was modified after this image was made on it "
+                                   "(the parent's content ID is %08" PRIx32 ", this image expects %08" PRIx32
+                                   "); relink it (rebase -u) only if the change kept this image's view valid",
+                                   vdisk_io_name(child->io), vdisk_io_name(parent->io), pm.content_id,
+                                   cm.parent_content_id);
         if ((cm.mask & META_PARENT_UUID) && (pm.mask & META_UUID)) {
                 if (vdisk_uuid_is_null(cm.parent_uuid))
                         return vdisk_error(-EINVAL, "%s: not a differencing image (no parent UUID)",
@@ -623,6 +634,10 @@ int disk_create_diff(vdisk_disk *d, vdisk_io *io, const char *format, const vdis
                 memcpy(p.parent_uuid, pm.uuid, 16);
         if (pm.mask & META_MODIFICATION_UUID)
                 memcpy(p.parent_modification_uuid, pm.modification_uuid, 16);
+        if (pm.mask & META_CONTENT_ID) {
+                p.has_parent_content_id = 1;
+                p.parent_content_id = pm.content_id;
+        }
         r = backend_check_options(be, p.options);
         if (r < 0)
                 return r;

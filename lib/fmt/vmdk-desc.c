@@ -70,6 +70,10 @@ bool vmdk_desc_name_valid(const char *name) {
         return true;
 }
 
+bool vmdk_desc_name_is_device(const char *name) {
+        return name && strncmp(name, "/dev/", 5) == 0 && name[5] != '/' && vmdk_desc_name_valid(name + 5);
+}
+
 static char *trim(char *s) {
         char *e;
 
@@ -206,7 +210,7 @@ static int parse_extent(vmdk_desc *d, char *line, unsigned lineno) {
                         return vdisk_error(-EUCLEAN, "vmdk: descriptor line %u: extent without a file name", lineno);
                 /* The name is not repeated: it may be a path the caller
                  * must not learn we looked at (vdiskd). */
-                if (!vmdk_desc_name_valid(name))
+                if (!vmdk_desc_name_valid(name) && !vmdk_desc_name_is_device(name))
                         return vdisk_error(-EUCLEAN, "vmdk: descriptor line %u: the extent name is empty, "
                                            "absolute or leaves the image's directory", lineno);
         }
@@ -406,7 +410,9 @@ int vmdk_desc_format(const vmdk_desc *d, char **ret, size_t *ret_len) {
                 sbuf_add(&b, "%s %" PRIu64 " %s", access_names[e->access], e->sectors, type_names[e->type]);
                 if (e->file)
                         sbuf_add(&b, " \"%s\"", e->file);
-                if (e->offset || (e->file && (e->type == VMDK_EXTENT_FLAT || e->type == VMDK_EXTENT_VMFS)))
+                /* FLAT lines always carry the offset; VMFS lines (ESX) only a non-zero one:
+                 * qemu refuses "VMFS" lines with an offset. */
+                if (e->offset || (e->file && e->type == VMDK_EXTENT_FLAT))
                         sbuf_add(&b, " %" PRIu64, e->offset);
                 sbuf_add(&b, "\n");
         }

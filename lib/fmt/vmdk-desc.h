@@ -84,5 +84,10 @@ int vmdk_desc_format(const vmdk_desc *d, char **ret, size_t *ret_len);
 /* An extent name we resolve: not empty, not absolute, no ".." component, no
  * control characters, at most VMDK_DESC_NAME_MAX bytes. */
 bool vmdk_desc_name_valid(const char *name);
+/* A raw device a fullDevice/partitionedDevice descriptor names: "/dev/"
+ * and a name under it that is valid by the rules above. Such an extent
+ * opens only through a file descriptor the caller hands in (the path
+ * resolver refuses absolute names). */
+bool vmdk_desc_name_is_device(const char *name);
 
 const char *vmdk_extent_type_name(vmdk_extent_type t);

@@ -128,17 +128,26 @@ static int collect_names(vdisk_disk *d, unsigned lo, unsigned hi, char ***ret) {
         return 0;
 }
 
-/* Points image `child` at `parent` (or makes it a base when parent < 0). */
+/* Points image `child` at `parent` (or makes it a base when parent < 0):
+ * its parent UUIDs, and where its format records them, the parent's names
+ * and content ID (VMDK parentFileNameHint and parentCID, VHD locators). */
 static int relink(vdisk_disk *d, unsigned child, int parent) {
         _cleanup_free_ char *rel = NULL, *abs = NULL;
-        meta pm = {}, m = {}, cm;
+        meta pm = {}, m = {}, cm = {};
         uint32_t mask = META_PARENT_UUID;
         int r;
 
+        r = image_get_meta(d->images[child], &cm);
+        if (r < 0)
+                return r;
         if (parent >= 0) {
                 r = image_get_meta(d->images[parent], &pm);
                 if (r < 0)
                         return r;
+                if (cm.mask & META_PARENT_CONTENT_ID) {
+                        m.parent_content_id = pm.mask & META_CONTENT_ID ? pm.content_id : VDISK_CONTENT_ID_NONE;
+                        mask |= META_PARENT_CONTENT_ID;
+                }
         }
         memcpy(m.parent_uuid, pm.uuid, 16);
         if (pm.mask & META_MODIFICATION_UUID) {
@@ -148,16 +157,14 @@ static int relink(vdisk_disk *d, unsigned child, int parent) {
                 mask |= META_PARENT_MOD_UUID;
         /* A child whose format records no parent modification UUID (VHD,
          * VMDK) keeps none, whatever its new parent has (a VDI). */
-        r = image_get_meta(d->images[child], &cm);
-        if (r < 0)
-                return r;
         if (!(cm.mask & META_PARENT_MOD_UUID))
                 mask &= ~META_PARENT_MOD_UUID;
         /* A child that names its parent (VMDK's parentFileNameHint, VHD's
          * locators) gets the new parent's names: relative to the child's
          * directory and absolute where both were opened by path, else the
-         * base name the new parent was opened by (vdiskd's fds). */
-        if ((cm.mask & META_PARENT_NAME) && cm.parent_name && parent >= 0) {
+         * base name the new parent was opened by (vdiskd's fds); a recorded
+         * parent format becomes the new parent's. */
+        if ((cm.mask & META_PARENT_NAME) && cm.parent_name && cm.parent_name[0] && parent >= 0) {
                 const char *pn = vdisk_io_name(d->images[parent]->io), *base = strrchr(pn, '/');
 
                 r = resolver_link_names(d->resolver, d->images[child]->io, d->images[parent]->io, &rel, &abs);
@@ -165,6 +172,7 @@ static int relink(vdisk_disk *d, unsigned child, int parent) {
                         return vdisk_error(r, "out of memory");
                 m.parent_name = rel ?: base ? base + 1 : pn;
                 m.parent_abs_name = abs;
+                m.parent_format = cm.parent_format ? d->images[parent]->be->info.qemu_name : NULL;
                 mask |= META_PARENT_NAME;
         }
         r = image_set_meta(d->images[child], &m, mask);

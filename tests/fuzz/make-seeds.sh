@@ -34,3 +34,30 @@ qemu-img create -q -f qcow2 -o cluster_size=512 c512.qcow2 256k
 qemu-io -f qcow2 -c 'write -P 0x5a 0 4k' c512.qcow2 >/dev/null
 head -c 4096 /dev/zero > zeros.raw
 printf 'not an image' > text.raw
+# VMDK seSparse extent (fuzz-image also opens every input as one, through a
+# descriptor): 4 MiB, a grain directory with one table, three grains
+# (allocated, zeroed, allocated), the layout of docs/formats/vmdk.md.
+/usr/bin/python3 - <<'PY' || true
+import struct
+cap = 8192                        # sectors
+h = struct.pack('<6Q', 0xcafebabe, 0x200000001, cap, 8, 64, 0) + bytes(32)
+h += struct.pack('<16Q', 1, 1, 2, 2, 4, 4, 8, 1, 16, 64, 80, 8, 88, 8, 96, cap)
+b = bytearray(96 * 512 + 2 * 4096)
+b[0:len(h)] = h
+b[512:512 + 32] = struct.pack('<4Q', 0xcafecafe, 1, 3, 0)
+b[8 * 512:8 * 512 + 8] = struct.pack('<Q', 1 << 60)
+gt = 16 * 512
+b[gt:gt + 24] = struct.pack('<3Q', 3 << 60, 2 << 60, (3 << 60) | (1 << 48))
+b[96 * 512:] = b'\x5a' * 4096 + b'\x02' * 4096
+open('sesparse.bin', 'wb').write(bytes(b))
+PY
+# VMDK vmfsSparse (COWD) extent: 64 KiB of 512-byte grains, one table, two grains.
+/usr/bin/python3 - <<'PY' || true
+import struct
+b = bytearray(40 * 512)
+b[0:32] = struct.pack('<8I', 0x44574f43, 1, 3, 128, 1, 4, 1, 40)
+b[4 * 512:4 * 512 + 4] = struct.pack('<I', 8)
+b[8 * 512:8 * 512 + 8] = struct.pack('<2I', 38, 39)
+b[38 * 512:] = b'\x5a' * 512 + b'\x03' * 512
+open('cowd.bin', 'wb').write(bytes(b))
+PY

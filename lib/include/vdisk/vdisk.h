@@ -551,6 +551,19 @@ int vdisk_image_set_flags(vdisk_image *img, uint32_t flags);   /* only ZERO_EXPA
  * the parent UUID (set that too). */
 int vdisk_image_set_parent_name(vdisk_image *img, const char *name, const char *format);
 
+/* Content IDs (VMDK CID / parentCID): a number an image renews when its
+ * content changes, and the one a child recorded for its parent, checked when
+ * a chain is opened (unless VDISK_OPEN_SKIP_CHECKS). A relink sets the
+ * child's to the new parent's. VDISK_CONTENT_ID_NONE: not recorded (never
+ * checked). -EOPNOTSUPP for formats without them. */
+#define VDISK_CONTENT_ID_NONE UINT32_C(0xffffffff)
+int vdisk_image_get_content_id(vdisk_image *img, uint32_t *ret);
+int vdisk_image_get_parent_content_id(vdisk_image *img, uint32_t *ret);
+int vdisk_image_set_parent_content_id(vdisk_image *img, uint32_t id);
+/* For an image that replaces another with the same view (qemu-img commit's
+ * emptied top), so that the children made on it still match. */
+int vdisk_image_set_content_id(vdisk_image *img, uint32_t id);
+
 /* The logical sector size: 512, 2048 (optical media) or 4096. */
 uint32_t vdisk_image_sector_size(vdisk_image *img);
 
