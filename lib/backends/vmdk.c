@@ -114,7 +114,13 @@ typedef struct vmdk_extent {
         uint64_t grain;                 /* bytes */
         uint64_t n_gd;
         tc_table *gd, *rgd;
-        tc_table *view;                 /* LE32 view of the whole file: the GTs */
+        tc_table *view;                 /* LE32 view of the file as opened: the GTs */
+        /* Grain tables allocated since open (past the view), sorted by sector. */
+        struct vmdk_new_gt {
+                uint64_t sector;
+                tc_table *t;
+        } *new_gt;
+        size_t n_new_gt;
         bool zeroed_gte, compressed;
         bool alloc_ready;
         hostalloc alloc;                /* new grains go at the end of the file */
@@ -138,6 +144,7 @@ typedef struct vmdk_state {
         bool desc_dirty;                /* CID renewed: rewrite the descriptor at flush */
         bool written;                   /* something was committed since open */
         vmdk_extent *reserved;          /* the extent of the open reservation */
+        uint64_t res_gt, res_rgt;       /* its new grain tables (sectors; 0 = none) */
         /* streamOptimized being created: grains appended in order, each GT
          * written once the stream has passed it, the GD and footer at finish. */
         bool stream, stream_done;
@@ -288,6 +295,62 @@ static void extent_free(vmdk_extent *e) {
         e->gd = tc_table_free(e->gd);
         e->rgd = tc_table_free(e->rgd);
         e->view = tc_table_free(e->view);
+        for (size_t i = 0; i < e->n_new_gt; i++)
+                tc_table_free(e->new_gt[i].t);
+        free(e->new_gt);
+        e->new_gt = NULL;
+        e->n_new_gt = 0;
+}
+
+/* Where entry `i` of the grain table at sector `gts` is: a table and the
+ * index in it. GTs the file held at open are in the view; those allocated
+ * since are tables of their own. */
+static int gt_ref(vmdk_extent *e, uint64_t gts, uint64_t i, tc_table **ret_t, uint64_t *ret_i) {
+        size_t lo = 0, hi = e->n_new_gt;
+
+        assert(i < e->h.gtes);
+        if (gts * VMDK_SECTOR + (uint64_t) e->h.gtes * 4 <= tc_table_size(e->view)) {
+                *ret_t = e->view;
+                *ret_i = gts * (VMDK_SECTOR / 4) + i;
+                return 0;
+        }
+        while (lo < hi) {
+                size_t mid = (lo + hi) / 2;
+
+                if (e->new_gt[mid].sector == gts) {
+                        *ret_t = e->new_gt[mid].t;
+                        *ret_i = i;
+                        return 0;
+                }
+                if (e->new_gt[mid].sector < gts)
+                        lo = mid + 1;
+                else
+                        hi = mid;
+        }
+        return vdisk_error(-EUCLEAN, "vmdk: grain table at sector %" PRIu64 " is past the end of the file", gts);
+}
+
+/* Entry i of the grain table at sector gts. */
+static int gt_get(vmdk_extent *e, uint64_t gts, uint64_t i, uint64_t *ret) {
+        tc_table *t;
+        uint64_t ti;
+        int r;
+
+        r = gt_ref(e, gts, i, &t, &ti);
+        if (r < 0)
+                return r;
+        return tc_get(t, ti, ret);
+}
+
+static int gt_put(vmdk_extent *e, uint64_t gts, uint64_t i, uint64_t v) {
+        tc_table *t;
+        uint64_t ti;
+        int r;
+
+        r = gt_ref(e, gts, i, &t, &ti);
+        if (r < 0)
+                return r;
+        return tc_set(t, ti, v, TC_AFTER_DATA);
 }
 
 /* The GT's sector for grain g of a sparse extent, 0 when it has none. */
@@ -316,7 +379,7 @@ static int gte_get(vmdk_extent *e, uint64_t g, uint64_t *ret) {
                 *ret = 0;
                 return 0;
         }
-        return tc_get(e->view, gts * (VMDK_SECTOR / 4) + g % e->h.gtes, ret);
+        return gt_get(e, gts, g % e->h.gtes, ret);
 }
 
 /* ---------------------------------------------------------------- probe, open */
@@ -796,13 +859,15 @@ static vmdk_extent *res_extent(vmdk_state *s, const reservation *res) {
         return find_extent(s, res->unit_offset);
 }
 
-/* Reserves the grain of `offset` at the end of its extent's file. The grain
- * table must exist already (every hosted sparse extent we create or that
- * VMware and qemu make has all of them): a missing one is -EOPNOTSUPP. */
+/* Reserves the grain of `offset` at the end of its extent's file. When its
+ * grain table does not exist yet (GD entry 0: images created with
+ * gt_on_demand=on, or by VirtualBox), the reservation takes room for a new
+ * one (and for a new redundant one) just before the grain: commit writes
+ * them, and only then points the directories at them. */
 static int vmdk_allocate(void *state, uint64_t offset, uint64_t len, reservation *ret) {
         vmdk_state *s = state;
         vmdk_extent *e;
-        uint64_t off, g, gts = 0, grain_len, host;
+        uint64_t off, g, gts = 0, rgts = 0, grain_len, host = 0;
         int fresh, r;
 
         assert(offset < s->size);
@@ -824,26 +889,39 @@ static int vmdk_allocate(void *state, uint64_t offset, uint64_t len, reservation
         r = gt_sector(e, g, e->gd, &gts);
         if (r < 0)
                 return r;
-        if (gts == 0)
-                return vdisk_error(-EOPNOTSUPP, "vmdk: grain table %" PRIu64 " was never allocated",
-                                   g / e->h.gtes);
         if (e->rgd) {
-                uint64_t rgts = 0;
-
                 r = gt_sector(e, g, e->rgd, &rgts);
                 if (r < 0)
                         return r;
-                if (rgts == 0)
-                        return vdisk_error(-EUCLEAN, "vmdk: redundant grain table %" PRIu64 " is missing",
-                                           g / e->h.gtes);
         }
         if (!e->alloc_ready) {
                 hostalloc_init(&e->alloc, ALIGN_UP(e->file_size, (uint64_t) VMDK_SECTOR), e->file_size,
                                VMDK_SECTOR);
                 e->alloc_ready = true;
         }
+        /* A new GT when the primary directory has none (a redundant GT
+         * without a primary one is what a crash between the two directory
+         * writes leaves: it holds nothing the image reads, and is left
+         * behind); a new redundant GT (a copy of the primary one) when
+         * only the redundant directory lacks it. */
+        s->res_gt = s->res_rgt = 0;
+        r = 0;
+        if (gts == 0) {
+                /* Grain entries are u32 sectors: the file stays below 2 TiB. */
+                r = hostalloc_alloc(&e->alloc, (uint64_t) e->h.gtes * 4, (UINT64_C(1) << 32) * VMDK_SECTOR, &host,
+                                    NULL);
+                s->res_gt = host / VMDK_SECTOR;
+        }
+        if (r >= 0 && e->rgd && (gts == 0 || rgts == 0)) {
+                r = hostalloc_alloc(&e->alloc, (uint64_t) e->h.gtes * 4, (UINT64_C(1) << 32) * VMDK_SECTOR, &host,
+                                    NULL);
+                s->res_rgt = host / VMDK_SECTOR;
+        }
+        if (r < 0) {
+                s->res_gt = s->res_rgt = 0;
+                return vdisk_error(r, "vmdk: extent file would pass 2 TiB");
+        }
         grain_len = MIN(e->grain, e->size - g * e->grain);
-        /* Grain entries are u32 sectors: the file stays below 2 TiB. */
         r = hostalloc_alloc(&e->alloc, ALIGN_UP(grain_len, (uint64_t) VMDK_SECTOR),
                             (UINT64_C(1) << 32) * VMDK_SECTOR, &host, &fresh);
         if (r < 0)
@@ -867,7 +945,54 @@ static int set_gte(vmdk_extent *e, tc_table *gd, uint64_t g, uint64_t v) {
         if (r < 0)
                 return r;
         assert(gts != 0);
-        return tc_set(e->view, gts * (VMDK_SECTOR / 4) + g % e->h.gtes, v, TC_AFTER_DATA);
+        return gt_put(e, gts, g % e->h.gtes, v);
+}
+
+/* Writes a new grain table at sector `gts`: a copy of the one at sector
+ * `from` (0: empty) with grain g at `sector`, and makes it a table of its
+ * own. Nothing points at it yet. */
+static int new_gt(vmdk_state *s, vmdk_extent *e, uint64_t gts, uint64_t from, uint64_t g, uint64_t sector) {
+        _cleanup_free_ uint8_t *buf = NULL;
+        size_t bytes = (size_t) e->h.gtes * 4, at = e->n_new_gt;
+        struct vmdk_new_gt *n;
+        tc_table *t = NULL;
+        int r;
+
+        buf = calloc(1, bytes);
+        if (!buf)
+                return -ENOMEM;
+        for (uint64_t i = 0; from && i < e->h.gtes; i++) {
+                uint64_t v;
+
+                r = gt_get(e, from, i, &v);
+                if (r < 0)
+                        return r;
+                put_le32(buf + 4 * i, (uint32_t) v);
+        }
+        put_le32(buf + 4 * (g % e->h.gtes), (uint32_t) sector);
+        r = io_pwrite(e->io, buf, bytes, gts * VMDK_SECTOR);
+        if (r < 0)
+                return r;
+        n = reallocarray(e->new_gt, e->n_new_gt + 1, sizeof *n);
+        if (!n)
+                return -ENOMEM;
+        e->new_gt = n;
+        tc_table_params p = {
+                .offset = gts * VMDK_SECTOR,
+                .size = bytes,
+                .page_size = VMDK_PAGE,
+                .entry = TC_LE32,
+                .name = "vmdk grain table",
+        };
+        r = tc_table_new(s->budget, e->io, &p, &t);
+        if (r < 0)
+                return r;
+        while (at > 0 && e->new_gt[at - 1].sector > gts)
+                at--;
+        memmove(e->new_gt + at + 1, e->new_gt + at, (e->n_new_gt - at) * sizeof *n);
+        e->new_gt[at] = (struct vmdk_new_gt) { .sector = gts, .t = t };
+        e->n_new_gt++;
+        return 0;
 }
 
 static void renew_cid(vmdk_state *s) {
@@ -908,15 +1033,30 @@ static int vmdk_commit(void *state, const reservation *res) {
                 if (r < 0)
                         return r;
         }
-        r = set_gte(e, e->gd, g, sector);
+        e->file_size = MAX(e->file_size, end);
+        /* New grain tables are written whole now (nothing points at them
+         * yet); the directory entries reach the disk only after a flush of
+         * the extent's file (TC_AFTER_DATA). Redundant side first: reads go
+         * by the primary, so a failure part way leaves what reads unchanged. */
+        if (s->res_rgt) {
+                uint64_t gts = 0;
+
+                r = s->res_gt ? 0 : gt_sector(e, g, e->gd, &gts);
+                if (r >= 0)
+                        r = new_gt(s, e, s->res_rgt, gts, g, sector);
+                if (r >= 0)
+                        r = tc_set(e->rgd, g / e->h.gtes, s->res_rgt, TC_AFTER_DATA);
+        } else if (e->rgd)
+                r = set_gte(e, e->rgd, g, sector);
+        if (r >= 0 && s->res_gt) {
+                r = new_gt(s, e, s->res_gt, 0, g, sector);
+                if (r >= 0)
+                        r = tc_set(e->gd, g / e->h.gtes, s->res_gt, TC_AFTER_DATA);
+        } else if (r >= 0)
+                r = set_gte(e, e->gd, g, sector);
+        s->res_gt = s->res_rgt = 0;
         if (r < 0)
                 return r;
-        if (e->rgd) {
-                r = set_gte(e, e->rgd, g, sector);
-                if (r < 0)
-                        return r;
-        }
-        e->file_size = MAX(e->file_size, end);
         renew_cid(s);
         return 0;
 }
@@ -926,6 +1066,7 @@ static void vmdk_release(void *state, const reservation *res) {
 
         /* Also after a commit that failed (it already dropped the reservation). */
         s->reserved = NULL;
+        s->res_gt = s->res_rgt = 0;
 }
 
 /* Zeroed-grain entries (version 2+ extents with the flag): whole grains. */
@@ -1014,7 +1155,16 @@ static int vmdk_flush(void *state) {
 
                 if (!e->view)
                         continue;
+                for (size_t j = 0; j < e->n_new_gt; j++) {
+                        r = tc_table_flush(e->new_gt[j].t);
+                        if (r < 0)
+                                return r;
+                }
                 r = tc_table_flush(e->view);
+                if (r >= 0 && e->rgd)
+                        r = tc_table_flush(e->rgd);
+                if (r >= 0)
+                        r = tc_table_flush(e->gd);
                 if (r < 0)
                         return r;
         }
@@ -1036,7 +1186,7 @@ typedef struct vmdk_create_opts {
         const char *subformat;
         const char *adapter;
         const char *hwversion;
-        bool compat6, zeroed_grain;
+        bool compat6, zeroed_grain, gt_on_demand;
 } vmdk_create_opts;
 
 static int parse_create_options(const char *const *o, vmdk_create_opts *ret) {
@@ -1059,6 +1209,8 @@ static int parse_create_options(const char *const *o, vmdk_create_opts *ret) {
                         ret->compat6 = streq(o[1], "on");
                 else if (streq(o[0], "zeroed_grain"))
                         ret->zeroed_grain = streq(o[1], "on");
+                else if (streq(o[0], "gt_on_demand"))
+                        ret->gt_on_demand = streq(o[1], "on");
         }
         ok = false;
         for (const char *const *f = subformats; *f; f++)
@@ -1086,14 +1238,15 @@ static int parse_create_options(const char *const *o, vmdk_create_opts *ret) {
 }
 
 /* The sparse layout we create: header, descriptor (desc_sectors), then the
- * redundant GD and its GTs, then the GD and its GTs; grains from
- * `overhead` (a grain multiple) on. */
+ * redundant GD and its GTs, then the GD and its GTs (qemu-img's layout);
+ * grains from `overhead` (a grain multiple) on. With GTs on demand
+ * (n_gt = 0) the directories are all zeros and nothing follows them. */
 typedef struct sparse_layout {
-        uint64_t capacity, grain, n_gd, gd_sectors, gt_sectors;
+        uint64_t capacity, grain, n_gd, n_gt, gd_sectors, gt_sectors;
         uint64_t desc_offset, desc_sectors, rgd, gd, overhead;
 } sparse_layout;
 
-static void sparse_layout_plan(uint64_t capacity, uint64_t desc_sectors, sparse_layout *l) {
+static void sparse_layout_plan(uint64_t capacity, uint64_t desc_sectors, bool gt_on_demand, sparse_layout *l) {
         const uint64_t grain = 128, gtes = VMDK_GTES_MAX;
 
         *l = (sparse_layout) {
@@ -1104,10 +1257,11 @@ static void sparse_layout_plan(uint64_t capacity, uint64_t desc_sectors, sparse_
                 .desc_offset = desc_sectors ? 1 : 0,
                 .desc_sectors = desc_sectors,
         };
+        l->n_gt = gt_on_demand ? 0 : l->n_gd;
         l->gd_sectors = DIV_ROUND_UP(l->n_gd * 4, VMDK_SECTOR);
         l->rgd = 1 + desc_sectors;
-        l->gd = l->rgd + l->gd_sectors + l->n_gd * l->gt_sectors;
-        l->overhead = ALIGN_UP(l->gd + l->gd_sectors + l->n_gd * l->gt_sectors, grain);
+        l->gd = l->rgd + l->gd_sectors + l->n_gt * l->gt_sectors;
+        l->overhead = ALIGN_UP(l->gd + l->gd_sectors + l->n_gt * l->gt_sectors, grain);
 }
 
 typedef struct gd_fill {
@@ -1117,17 +1271,17 @@ typedef struct gd_fill {
 static int gd_entry(void *ctx, uint64_t i, uint64_t *ret) {
         const gd_fill *f = ctx;
 
-        *ret = f->first_gt + i * f->gt_sectors;
+        *ret = f->gt_sectors ? f->first_gt + i * f->gt_sectors : 0;
         return 0;
 }
 
 static int sparse_write_new(vdisk_io *io, const sparse_layout *l, uint32_t version, uint32_t flags,
                             const char *desc, size_t desc_len) {
         uint8_t h[VMDK_SECTOR] = {};
-        gd_fill f = { .gt_sectors = l->gt_sectors };
+        gd_fill f = { .gt_sectors = l->n_gt ? l->gt_sectors : 0 };
         int r;
 
-        if (l->n_gd * l->gt_sectors + l->overhead > UINT32_MAX)
+        if (l->n_gt * l->gt_sectors + l->overhead > UINT32_MAX)
                 return vdisk_error(-EFBIG, "vmdk: image too big for a sparse extent");
         put_le32(h + H_MAGIC, VMDK_MAGIC);
         put_le32(h + H_VERSION, version);
@@ -1243,6 +1397,8 @@ static int vmdk_create(void *state, const open_ctx *c, const create_params *p) {
         sparse_mono = streq(o.subformat, "monolithicSparse") || stream;
         if (stream && (p->image_flags & VDISK_IMAGE_FLAGS_DIFF))
                 return vdisk_error(-EOPNOTSUPP, "vmdk: a streamOptimized image cannot be a differencing image");
+        if ((stream || flat) && o.gt_on_demand)
+                return vdisk_error(-EOPNOTSUPP, "vmdk: gt_on_demand applies to sparse subformats only");
         if (stream && o.zeroed_grain)
                 return vdisk_error(-EOPNOTSUPP, "vmdk: zeroed_grain does not apply to streamOptimized");
         if (o.zeroed_grain) {
@@ -1347,7 +1503,7 @@ static int vmdk_create(void *state, const open_ctx *c, const create_params *p) {
         if (sparse_mono) {
                 sparse_layout l;
 
-                sparse_layout_plan(capacity, VMDK_DESC_SECTORS, &l);
+                sparse_layout_plan(capacity, VMDK_DESC_SECTORS, o.gt_on_demand, &l);
                 r = sparse_write_new(c->io, &l, version, flags, text, len);
                 if (r < 0)
                         goto out;
@@ -1366,7 +1522,7 @@ static int vmdk_create(void *state, const open_ctx *c, const create_params *p) {
                         else {
                                 sparse_layout l;
 
-                                sparse_layout_plan(d.extents[i].sectors, 0, &l);
+                                sparse_layout_plan(d.extents[i].sectors, 0, o.gt_on_demand, &l);
                                 r = sparse_write_new(eio, &l, version, flags, NULL, 0);
                         }
                         if (r < 0)
@@ -1701,7 +1857,7 @@ static int check_extent(vmdk_state *s, vmdk_extent *e, size_t idx, vdisk_check_r
                 }
                 if (gts)
                         {
-                        r = tc_get(e->view, gts * (VMDK_SECTOR / 4) + g % e->h.gtes, &v);
+                        r = gt_get(e, gts, g % e->h.gtes, &v);
                         if (r < 0)
                                 return r;
                 }
@@ -1717,7 +1873,7 @@ static int check_extent(vmdk_state *s, vmdk_extent *e, size_t idx, vdisk_check_r
                         }
                         if (rgts)
                                 {
-                                r = tc_get(e->view, rgts * (VMDK_SECTOR / 4) + g % e->h.gtes, &rv);
+                                r = gt_get(e, rgts, g % e->h.gtes, &rv);
                                 if (r < 0)
                                         return r;
                         }
@@ -1912,6 +2068,10 @@ static const vdisk_option_desc vmdk_create_options[] = {
                                                "monolithicSparse" },
         { "zeroed_grain", VDISK_OPTION_BOOL, "Enable efficient zero writes using the zeroed-grain GTE feature",
                                              "off" },
+        /* vdisk's own (after qemu's): qemu-img 7.2 reads such images but
+         * corrupts them when it writes into a missing grain table. */
+        { "gt_on_demand", VDISK_OPTION_BOOL, "Allocate grain tables on first write instead of at creation "
+                                             "(qemu-img can read but not write such images)", "off" },
         {}
 };
 
