@@ -54,6 +54,35 @@ qcheck v-zg.vmdk vmdk
 qcompare pat.raw raw v-zg.vmdk vmdk
 expect_eq "zeroed_grain makes a version 2 header" "$(od -An -tu4 -j4 -N4 v-zg.vmdk | tr -d ' ')" 2
 
+# Grain tables on demand: an empty 2 TiB image holds no grain tables; writes
+# allocate them (in both directories); qemu-img reads and checks the result.
+vimg create -f vmdk -o gt_on_demand=on od-big.vmdk 2T
+expect_eq "gt_on_demand: an empty 2 TiB monolithicSparse is under 1 MiB" "$(( $(stat -c %s od-big.vmdk) < M ))" 1
+qcheck od-big.vmdk vmdk
+rm -f od-big.vmdk
+for sf in monolithicSparse twoGbMaxExtentSparse; do
+        vimg create -f vmdk -o "subformat=$sf,gt_on_demand=on" "od-$sf.vmdk" "$SIZE"
+        vimg convert -n -O vmdk pat.raw "od-$sf.vmdk"
+        expect_eq "gt_on_demand $sf: vdisk-img writes into it" "$RC" 0
+        qcheck "od-$sf.vmdk" vmdk
+        qcompare pat.raw raw "od-$sf.vmdk" vmdk
+done
+# a GD entry of 0 in a qemu-made image (what VirtualBox may leave): vdisk-img
+# allocates the table, qemu-img reads the result
+"$QEMU_IMG" create -f vmdk -q od-q.vmdk "$SIZE"
+python3 - od-q.vmdk <<'PY'
+import struct, sys
+with open(sys.argv[1], 'r+b') as f:
+    rgd, gd = struct.unpack_from('<QQ', f.read(512), 48)
+    for d in (rgd, gd):
+        f.seek(d * 512)
+        f.write(b'\0' * 4)
+PY
+vimg convert -n -O vmdk pat.raw od-q.vmdk
+expect_eq "a grain table missing from both directories is allocated" "$RC" 0
+qcheck od-q.vmdk vmdk
+qcompare pat.raw raw od-q.vmdk vmdk
+
 # Writes into an existing image (create, then convert -n).
 vimg create -f vmdk e.vmdk "$SIZE"
 vimg convert -n -O vmdk pat.raw e.vmdk
