@@ -1820,6 +1820,329 @@ static int stream_create(vmdk_state *s, const open_ctx *c, uint64_t capacity, co
 }
 
 
+/* ---------------------------------------------------------------- resize */
+
+/* Rebuilds the extent's tables from the file (after everything was flushed):
+ * the GD and redundant GD where the header says, one view of the whole file. */
+static int sparse_reload(vmdk_state *s, vmdk_extent *e, const char *name) {
+        uint8_t hdr[VMDK_SECTOR];
+        int r;
+
+        extent_free(e);
+        r = io_get_size(e->io, &e->file_size);
+        if (r < 0)
+                return r;
+        r = io_pread(e->io, hdr, VMDK_SECTOR, 0);
+        if (r < 0)
+                return r;
+        e->alloc_ready = false;
+        return sparse_open(s, e, name, hdr);
+}
+
+static int gd_copy_entry(void *ctx, uint64_t i, uint64_t *ret) {
+        const uint64_t *v = ctx;
+
+        *ret = v[i];
+        return 0;
+}
+
+/* Before a sparse extent grows to `capacity` sectors: entries past the old
+ * end in its last grain table are cleared (a shrink leaves them), and a
+ * last grain shorter than a grain (a capacity that was no grain multiple)
+ * whose space may be followed by another grain is copied to a whole grain at
+ * the end of the file. Both through the tables, flushed: the extent reads
+ * the same before the header changes. */
+static int grow_last_grain(vmdk_state *s, vmdk_extent *e, uint64_t capacity) {
+        uint64_t old_grains = DIV_ROUND_UP(e->h.capacity, e->h.grain);
+        uint64_t new_grains = DIV_ROUND_UP(capacity, e->h.grain), gts = 0, v = 0, host;
+        _cleanup_free_ uint8_t *buf = NULL;
+        size_t old_len;
+        int r;
+
+        for (uint64_t g = old_grains; g < new_grains && g / e->h.gtes < e->n_gd; g++) {
+                r = gte_get(e, g, &v);
+                if (r < 0)
+                        return r;
+                if (v == 0)
+                        continue;
+                if (e->rgd)
+                        r = set_gte(e, e->rgd, g, 0);
+                if (r >= 0)
+                        r = set_gte(e, e->gd, g, 0);
+                if (r < 0)
+                        return r;
+        }
+        if (e->h.capacity % e->h.grain) {
+                uint64_t g = old_grains - 1;
+
+                r = gt_sector(e, g, e->gd, &gts);
+                if (r >= 0 && gts)
+                        r = gte_get(e, g, &v);
+                if (r < 0)
+                        return r;
+                if (gts && v > 1) {
+                        old_len = (size_t) ((e->h.capacity - g * e->h.grain) * VMDK_SECTOR);
+                        buf = calloc(1, e->grain);
+                        if (!buf)
+                                return -ENOMEM;
+                        r = io_pread(e->io, buf, old_len, v * VMDK_SECTOR);
+                        if (r < 0)
+                                return r;
+                        r = io_get_size(e->io, &host);
+                        if (r < 0)
+                                return r;
+                        host = ALIGN_UP(host, (uint64_t) VMDK_SECTOR);
+                        if ((host + e->grain) / VMDK_SECTOR > UINT32_MAX)
+                                return vdisk_error(-EFBIG, "vmdk: the extent file would pass 2 TiB");
+                        r = io_pwrite(e->io, buf, e->grain, host);
+                        if (r < 0)
+                                return r;
+                        e->file_size = host + e->grain;
+                        if (e->rgd)
+                                r = set_gte(e, e->rgd, g, host / VMDK_SECTOR);
+                        if (r >= 0)
+                                r = set_gte(e, e->gd, g, host / VMDK_SECTOR);
+                        if (r < 0)
+                                return r;
+                }
+        }
+        return vmdk_flush(s);
+}
+
+/* Grows a hosted sparse extent to `capacity` sectors. The grain directories
+ * grow in place when their last sector has room, else new ones go to the
+ * end of the file (the old ones leak); when the extent had every grain
+ * table preallocated (qemu-img's layout, which qemu needs to write), the new
+ * range gets preallocated tables too. The header is rewritten last, in one
+ * sector: a crash before it leaves the extent as it was. */
+static int sparse_grow(vmdk_state *s, vmdk_extent *e, uint64_t capacity, const char *name) {
+        uint64_t n_gd = DIV_ROUND_UP(capacity, e->h.grain * e->h.gtes), gd_bytes = n_gd * 4;
+        uint64_t gt_bytes = (uint64_t) e->h.gtes * 4, end, gd_at, rgd_at;
+        _cleanup_free_ uint64_t *gd = NULL, *rgd = NULL;
+        uint8_t hdr[VMDK_SECTOR];
+        bool prealloc = true, move;
+        int r;
+
+        if (e->compressed)
+                return vdisk_error(-EOPNOTSUPP, "vmdk: %s: compressed extents are not resized", name);
+        if (gd_bytes > VMDK_GD_BYTES_MAX)
+                return vdisk_error(-EFBIG, "vmdk: %s: a grain directory of %" PRIu64 " entries is too big", name,
+                                   n_gd);
+        if (gt_bytes % VMDK_SECTOR)
+                return vdisk_error(-EOPNOTSUPP, "vmdk: %s: %" PRIu32 " entries per grain table", name, e->h.gtes);
+        gd = calloc(n_gd, sizeof *gd);
+        rgd = calloc(n_gd, sizeof *rgd);
+        if (!gd || !rgd)
+                return -ENOMEM;
+        for (uint64_t i = 0; i < e->n_gd; i++) {
+                r = tc_get(e->gd, i, &gd[i]);
+                if (r >= 0 && e->rgd)
+                        r = tc_get(e->rgd, i, &rgd[i]);
+                if (r < 0)
+                        return r;
+                if (gd[i] == 0)
+                        prealloc = false;
+        }
+        r = grow_last_grain(s, e, capacity);
+        if (r < 0)
+                return r;
+        r = io_get_size(e->io, &end);
+        if (r < 0)
+                return r;
+        end = ALIGN_UP(end, (uint64_t) VMDK_SECTOR);
+        move = DIV_ROUND_UP(gd_bytes, VMDK_SECTOR) > DIV_ROUND_UP(e->n_gd * 4, VMDK_SECTOR);
+        gd_at = e->h.gd;
+        rgd_at = e->h.rgd;
+        if (move) {
+                if (e->rgd) {
+                        rgd_at = end / VMDK_SECTOR;
+                        end += ALIGN_UP(gd_bytes, (uint64_t) VMDK_SECTOR);
+                }
+                gd_at = end / VMDK_SECTOR;
+                end += ALIGN_UP(gd_bytes, (uint64_t) VMDK_SECTOR);
+        }
+        /* New grain tables: zeros (fresh space at the end of the file). */
+        for (uint64_t i = e->n_gd; prealloc && i < n_gd; i++) {
+                if (e->rgd) {
+                        rgd[i] = end / VMDK_SECTOR;
+                        end += gt_bytes;
+                }
+                gd[i] = end / VMDK_SECTOR;
+                end += gt_bytes;
+        }
+        if (end / VMDK_SECTOR > UINT32_MAX)
+                return vdisk_error(-EFBIG, "vmdk: %s: the extent file would pass 2 TiB", name);
+        r = io_truncate(e->io, MAX(end, e->file_size));
+        if (r < 0)
+                return r;
+        if (e->rgd) {
+                r = tc_write_entries(e->io, rgd_at * VMDK_SECTOR, n_gd, TC_LE32, 0, gd_copy_entry, rgd);
+                if (r < 0)
+                        return r;
+        }
+        r = tc_write_entries(e->io, gd_at * VMDK_SECTOR, n_gd, TC_LE32, 0, gd_copy_entry, gd);
+        if (r < 0)
+                return r;
+        r = io_flush(e->io);
+        if (r < 0)
+                return r;
+        r = io_pread(e->io, hdr, VMDK_SECTOR, 0);
+        if (r < 0)
+                return r;
+        put_le64(hdr + H_CAPACITY, capacity);
+        put_le64(hdr + H_GD, gd_at);
+        if (e->rgd)
+                put_le64(hdr + H_RGD, rgd_at);
+        r = io_pwrite(e->io, hdr, VMDK_SECTOR, 0);
+        if (r < 0)
+                return r;
+        r = io_flush(e->io);
+        if (r < 0)
+                return r;
+        return sparse_reload(s, e, name);
+}
+
+/* Shrinks the last extent to `capacity` sectors (the core checked that the
+ * range cut off reads zeros). Sparse: the header's capacity first (one
+ * sector), then the descriptor, then the grain entries past the end are
+ * cleared (grow clears them too, should a crash leave them); flat: the
+ * descriptor, then the file is cut. */
+static int shrink_last(vmdk_state *s, vmdk_extent *e, vmdk_extent_desc *d, uint64_t capacity) {
+        const char *name = d->file ? d->file : vdisk_io_name(s->io);
+        int r;
+
+        r = vmdk_flush(s);
+        if (r < 0)
+                return r;
+        if (e->type == VMDK_EXTENT_SPARSE) {
+                uint8_t hdr[VMDK_SECTOR];
+                uint64_t first = DIV_ROUND_UP(capacity, e->h.grain), n = DIV_ROUND_UP(e->h.capacity, e->h.grain);
+
+                if (e->compressed)
+                        return vdisk_error(-EOPNOTSUPP, "vmdk: %s: compressed extents are not resized", name);
+                r = io_pread(e->io, hdr, VMDK_SECTOR, 0);
+                if (r < 0)
+                        return r;
+                put_le64(hdr + H_CAPACITY, capacity);
+                r = io_pwrite(e->io, hdr, VMDK_SECTOR, 0);
+                if (r >= 0)
+                        r = io_flush(e->io);
+                if (r < 0)
+                        return r;
+                d->sectors = capacity;
+                s->desc_dirty = true;
+                r = vmdk_flush(s);
+                if (r < 0)
+                        return r;
+                for (uint64_t g = first; g < n; g++) {
+                        uint64_t v;
+
+                        r = gte_get(e, g, &v);
+                        if (r < 0)
+                                return r;
+                        if (v == 0)
+                                continue;
+                        if (e->rgd)
+                                r = set_gte(e, e->rgd, g, 0);
+                        if (r >= 0)
+                                r = set_gte(e, e->gd, g, 0);
+                        if (r < 0)
+                                return r;
+                }
+                r = vmdk_flush(s);
+                if (r >= 0)
+                        r = sparse_reload(s, e, name);
+                if (r < 0)
+                        return r;
+        } else if (e->type == VMDK_EXTENT_FLAT || e->type == VMDK_EXTENT_VMFS) {
+                d->sectors = capacity;
+                s->desc_dirty = true;
+                r = vmdk_flush(s);
+                if (r < 0)
+                        return r;
+                if (e->flat_offset == 0 && e->file_size > capacity * VMDK_SECTOR) {
+                        r = io_truncate(e->io, capacity * VMDK_SECTOR);
+                        if (r >= 0)
+                                r = io_flush(e->io);
+                        if (r < 0)
+                                return r;
+                        e->file_size = capacity * VMDK_SECTOR;
+                }
+        } else
+                return vdisk_error(-EOPNOTSUPP, "vmdk: a %s extent cannot shrink", vmdk_extent_type_name(e->type));
+        e->size = capacity * VMDK_SECTOR;
+        s->size = e->start + e->size;
+        return 0;
+}
+
+/* Resizes the image in its last extent: growing it (a sparse one as above,
+ * a flat one by growing its file), then the descriptor records the new
+ * size; or shrinking it. New extent files cannot be made after open, so a
+ * twoGbMaxExtent* image grows only up to 2 GiB in its last extent, and
+ * extent files are never dropped. */
+static int vmdk_resize(void *state, uint64_t new_size, vdisk_progress *p) {
+        vmdk_state *s = state;
+        vmdk_extent *e;
+        vmdk_extent_desc *d;
+        uint64_t capacity, grow;
+        const char *name;
+        int r;
+
+        if (s->stream)
+                return vdisk_error(-EROFS, "vmdk: streamOptimized images are not changed");
+        if (new_size == s->size)
+                return 0;
+        if (new_size % VMDK_SECTOR)
+                return vdisk_error(-EINVAL, "vmdk: the size must be a multiple of %u bytes", VMDK_SECTOR);
+        if (new_size > VMDK_CAPACITY_MAX * VMDK_SECTOR)
+                return vdisk_error(-EFBIG, "vmdk: at most %" PRIu64 " bytes", VMDK_CAPACITY_MAX * VMDK_SECTOR);
+        if (s->n_ext == 0 || s->desc.n_extents != s->n_ext)
+                return vdisk_error(-EOPNOTSUPP, "vmdk: the image has no descriptor to record the size in");
+        e = &s->ext[s->n_ext - 1];
+        d = &s->desc.extents[s->n_ext - 1];
+        name = d->file ? d->file : vdisk_io_name(s->io);
+        if (new_size <= e->start)
+                return vdisk_error(-EOPNOTSUPP, "vmdk: shrinking would drop extent files (convert the image "
+                                   "instead)");
+        if (new_size < s->size)
+                return shrink_last(s, e, d, (new_size - e->start) / VMDK_SECTOR);
+        grow = new_size - s->size;
+        capacity = (e->size + grow) / VMDK_SECTOR;
+        if (s->create_type && strncasecmp(s->create_type, "twoGbMaxExtent", 14) == 0 &&
+            e->size + grow > VMDK_2G_EXTENT)
+                return vdisk_error(-EOPNOTSUPP, "vmdk: growing past the last 2 GiB extent needs new extent files "
+                                   "(convert the image instead)");
+        /* Everything committed goes out first: the tables are rebuilt. */
+        r = vmdk_flush(s);
+        if (r < 0)
+                return r;
+        switch (e->type) {
+        case VMDK_EXTENT_SPARSE:
+                r = sparse_grow(s, e, capacity, name);
+                break;
+        case VMDK_EXTENT_FLAT:
+        case VMDK_EXTENT_VMFS:
+                if (e->flat_offset + capacity * VMDK_SECTOR > e->file_size) {
+                        r = io_truncate(e->io, e->flat_offset + capacity * VMDK_SECTOR);
+                        if (r >= 0)
+                                r = io_flush(e->io);
+                        if (r >= 0)
+                                e->file_size = e->flat_offset + capacity * VMDK_SECTOR;
+                }
+                break;
+        default:
+                return vdisk_error(-EOPNOTSUPP, "vmdk: a %s extent cannot grow", vmdk_extent_type_name(e->type));
+        }
+        if (r < 0)
+                return r;
+        e->size = capacity * VMDK_SECTOR;
+        s->size = e->start + e->size;
+        d->sectors = capacity;
+        s->desc_dirty = true;
+        r = vmdk_flush(s);
+        return r;
+}
+
 /* ---------------------------------------------------------------- check */
 
 static int cmp_u64(const void *a, const void *b) {
@@ -1837,6 +2160,9 @@ static int cmp_u64(const void *a, const void *b) {
 static int check_extent(vmdk_state *s, vmdk_extent *e, size_t idx, vdisk_check_report *rep, uint64_t *n_alloc) {
         _cleanup_free_ uint64_t *used = NULL;
         uint64_t n_used = 0, cap, n_grains = DIV_ROUND_UP(e->size, e->grain), msgs = 0;
+        /* The last grain of a capacity that is no grain multiple may be
+         * stored short: its sector and length. */
+        uint64_t short_at = UINT64_MAX, short_len = DIV_ROUND_UP(e->size - (n_grains - 1) * e->grain, VMDK_SECTOR);
         int r;
 
         cap = MIN(n_grains, e->file_size / VMDK_SECTOR + 1);
@@ -1912,11 +2238,13 @@ static int check_extent(vmdk_state *s, vmdk_extent *e, size_t idx, vdisk_check_r
                 }
                 if (n_used < cap)
                         used[n_used++] = v;
+                if (g == n_grains - 1)
+                        short_at = v;
                 (*n_alloc)++;
         }
         qsort(used, n_used, sizeof *used, cmp_u64);
         for (uint64_t i = 1; i < n_used; i++)
-                if (used[i] < used[i - 1] + e->h.grain) {
+                if (used[i] < used[i - 1] + (used[i - 1] == short_at ? short_len : e->h.grain)) {
                         rep->corruptions++;
                         if (msgs++ < VMDK_CHECK_MESSAGES)
                                 check_report_add(rep, "extent %zu: grains at sectors %" PRIu64 " and %" PRIu64
@@ -2104,6 +2432,7 @@ const vdisk_backend backend_vmdk = {
         .encode = vmdk_encode,
         .stream_write_encoded = vmdk_stream_write_encoded,
         .finish = vmdk_finish,
+        .resize = vmdk_resize,
         .check = vmdk_check,
         .get_meta = vmdk_get_meta,
         .set_meta = vmdk_set_meta,
