@@ -83,6 +83,39 @@ expect_eq "a grain table missing from both directories is allocated" "$RC" 0
 qcheck od-q.vmdk vmdk
 qcompare pat.raw raw od-q.vmdk vmdk
 
+# Resize: every writable subformat grows (from a size that is no grain
+# multiple; monolithicSparse to 5 GiB: its GD outgrows its sector and moves), qemu-img checks it and
+# reads the old content and zeros after it; qemu writes into the new range of
+# a monolithicSparse (preallocated GTs there); shrink back; twoGbMaxExtent*
+# past its last extent is refused.
+for sf in monolithicSparse monolithicFlat twoGbMaxExtentSparse twoGbMaxExtentFlat; do
+        vimg convert -O vmdk -o "subformat=$sf" pat.raw "rs-$sf.vmdk"
+        case $sf in     # the GD outgrows its sector past 4 GiB
+        monolithicSparse) big=$((5 << 30)) ;;
+        twoGbMaxExtentSparse) big=$((2 << 30)) ;;
+        *) big=$((300 * M)) ;;
+        esac
+        vimg resize "rs-$sf.vmdk" "$big"
+        expect_eq "resize $sf to $big" "$RC" 0
+        qcheck "rs-$sf.vmdk" vmdk
+        cp pat.raw rs.raw && truncate -s "$big" rs.raw
+        qcompare rs.raw raw "rs-$sf.vmdk" vmdk
+        vimg resize --shrink "rs-$sf.vmdk" "$SIZE"
+        expect_eq "shrink $sf back to $SIZE" "$RC" 0
+        qcheck "rs-$sf.vmdk" vmdk
+        qcompare pat.raw raw "rs-$sf.vmdk" vmdk
+        rm -f rs.raw
+done
+expect_fail "twoGbMaxExtentSparse: no growing past its last extent" "$VDISK_IMG" resize rs-twoGbMaxExtentSparse.vmdk 3G
+vimg resize rs-monolithicSparse.vmdk 3G
+"$QEMU_IO" -f vmdk -c "write -P 0x5a $((2900 * M)) $M" rs-monolithicSparse.vmdk >/dev/null
+qcheck rs-monolithicSparse.vmdk vmdk
+vimg convert -O raw rs-monolithicSparse.vmdk rs.raw
+expect_eq "qemu writes into the grown range; vdisk-img reads it" \
+        "$(dd if=rs.raw bs=1M skip=2900 count=1 status=none | tr -d Z | wc -c)" 0   # 0x5a is 'Z'
+expect_eq "the old content is kept" "$(head -c "$SIZE" rs.raw | cmp - pat.raw && echo same)" same
+rm -f rs.raw rs-*
+
 # Writes into an existing image (create, then convert -n).
 vimg create -f vmdk e.vmdk "$SIZE"
 vimg convert -n -O vmdk pat.raw e.vmdk
