@@ -2280,6 +2280,14 @@ static int vmdk_check(void *state, uint32_t flags, vdisk_check_report *rep, vdis
 
 /* ---------------------------------------------------------------- metadata */
 
+/* Every extent flat (monolithicFlat, twoGbMaxExtentFlat, vmfs): preallocated. */
+static bool all_flat(vmdk_state *s) {
+        for (size_t i = 0; i < s->n_ext; i++)
+                if (s->ext[i].type != VMDK_EXTENT_FLAT && s->ext[i].type != VMDK_EXTENT_VMFS)
+                        return false;
+        return s->n_ext > 0;
+}
+
 static int vmdk_get_meta(void *state, meta *m) {
         vmdk_state *s = state;
 
@@ -2302,6 +2310,8 @@ static int vmdk_get_meta(void *state, meta *m) {
         }
         if (s->parent_hint || (m->mask & META_PARENT_UUID))
                 m->flags |= VDISK_IMAGE_FLAGS_DIFF;
+        if (all_flat(s))
+                m->flags |= VDISK_IMAGE_FLAGS_FIXED;
         return 0;
 }
 
@@ -2314,6 +2324,8 @@ static int vmdk_get_info(void *state, vdisk_image_info *ret) {
         ret->dirty = 0;
         ret->variant = s->create_type ? s->create_type : s->stream ? "streamOptimized" : "monolithicSparse";
         ret->image_flags = s->parent_hint || s->has_parent_uuid ? VDISK_IMAGE_FLAGS_DIFF : 0;
+        if (all_flat(s))
+                ret->image_flags |= VDISK_IMAGE_FLAGS_FIXED;
         return 0;
 }
 

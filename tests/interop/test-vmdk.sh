@@ -116,6 +116,26 @@ expect_eq "qemu writes into the grown range; vdisk-img reads it" \
 expect_eq "the old content is kept" "$(head -c "$SIZE" rs.raw | cmp - pat.raw && echo same)" same
 rm -f rs.raw rs-*
 
+# map and "disk size" of multi-file images: data past the first 2 GiB extent,
+# JSON and human output (which names each extent's file) equal to qemu-img's;
+# the disk size counts every file.
+truncate -s $((3 << 30)) mx.raw
+dd if=pat.raw of=mx.raw bs=1M count=5 conv=notrunc status=none
+dd if=pat.raw of=mx.raw bs=1M count=2 seek=2100 conv=notrunc status=none
+for sf in twoGbMaxExtentSparse twoGbMaxExtentFlat monolithicFlat; do
+        "$QEMU_IMG" convert -f raw -O vmdk -o "subformat=$sf" mx.raw "mx-$sf.vmdk"
+        for o in json human; do
+                expect_eq "map --output=$o of a qemu-made $sf equals qemu-img's" \
+                        "$("$VDISK_IMG" map --output=$o -f vmdk "mx-$sf.vmdk" 2>&1)" \
+                        "$("$QEMU_IMG" map --output=$o -f vmdk "mx-$sf.vmdk" 2>&1)"
+        done
+        sync mx-"$sf"*.vmdk     # st_blocks settle at writeback (ext4 extent blocks)
+        expect_eq "disk size of $sf counts every file" \
+                "$("$VDISK_IMG" info --output=json "mx-$sf.vmdk" | grep '"actual-size"')" \
+                "$("$QEMU_IMG" info --output=json "mx-$sf.vmdk" | grep '"actual-size"')"
+done
+rm -f mx.raw mx-*
+
 # Writes into an existing image (create, then convert -n).
 vimg create -f vmdk e.vmdk "$SIZE"
 vimg convert -n -O vmdk pat.raw e.vmdk
