@@ -42,6 +42,7 @@
 #include <assert.h>
 #include <errno.h>
 #include <inttypes.h>
+#include <stdarg.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -2145,112 +2146,308 @@ static int vmdk_resize(void *state, uint64_t new_size, vdisk_progress *p) {
 
 /* ---------------------------------------------------------------- check */
 
-static int cmp_u64(const void *a, const void *b) {
-        uint64_t x = *(const uint64_t *) a, y = *(const uint64_t *) b;
+typedef struct used_range {
+        uint64_t sector, sectors;
+        uint64_t g;                     /* the grain, or UINT64_MAX for metadata */
+} used_range;
 
-        return x < y ? -1 : x > y;
+static int cmp_used(const void *a, const void *b) {
+        const used_range *x = a, *y = b;
+
+        return x->sector < y->sector ? -1 : x->sector > y->sector;
 }
+
+typedef struct check_ctx {
+        vmdk_state *s;
+        vmdk_extent *e;
+        size_t idx;
+        vdisk_check_report *rep;
+        bool fix_all, fix_leaks;        /* repairs to make (not a dry run) */
+        uint64_t msgs, n_alloc;
+        used_range *used;
+        size_t n_used, cap_used;
+} check_ctx;
 
 #define VMDK_CHECK_MESSAGES 16u
 
-/* Sparse extents: every GD entry within the file, every grain entry within
- * the file and outside the metadata, no two entries on the same grain, the
- * redundant tables agreeing (an entry set in one table only is what a crash
- * between the two table writes leaves: reported, not a corruption). */
-static int check_extent(vmdk_state *s, vmdk_extent *e, size_t idx, vdisk_check_report *rep, uint64_t *n_alloc) {
-        _cleanup_free_ uint64_t *used = NULL;
-        uint64_t n_used = 0, cap, n_grains = DIV_ROUND_UP(e->size, e->grain), msgs = 0;
-        /* The last grain of a capacity that is no grain multiple may be
-         * stored short: its sector and length. */
-        uint64_t short_at = UINT64_MAX, short_len = DIV_ROUND_UP(e->size - (n_grains - 1) * e->grain, VMDK_SECTOR);
+static void check_msg(check_ctx *c, const char *fmt, ...) _printf_(2, 3);
+static void check_msg(check_ctx *c, const char *fmt, ...) {
+        char buf[256];
+        va_list ap;
+
+        if (c->msgs++ >= VMDK_CHECK_MESSAGES)
+                return;
+        va_start(ap, fmt);
+        vsnprintf(buf, sizeof buf, fmt, ap);
+        va_end(ap);
+        check_report_add(c->rep, "extent %zu: %s", c->idx, buf);
+}
+
+static int used_add(check_ctx *c, uint64_t sector, uint64_t sectors, uint64_t g) {
+        if (c->n_used == c->cap_used) {
+                size_t n = c->cap_used ? 2 * c->cap_used : 256;
+                used_range *u = reallocarray(c->used, n, sizeof *u);
+
+                if (!u)
+                        return -ENOMEM;
+                c->used = u;
+                c->cap_used = n;
+        }
+        c->used[c->n_used++] = (used_range) { .sector = sector, .sectors = sectors, .g = g };
+        return 0;
+}
+
+/* Space for a new grain table at the end of the extent file (repair). */
+static int meta_alloc(vmdk_extent *e, uint64_t *ret_sector) {
+        uint64_t host;
         int r;
 
-        cap = MIN(n_grains, e->file_size / VMDK_SECTOR + 1);
-        used = calloc(cap ? cap : 1, sizeof *used);
-        if (!used)
-                return -ENOMEM;
-        for (uint64_t g = 0; g < n_grains; g++) {
-                uint64_t gts = 0, rgts = 0, v = 0, rv = 0;
+        if (!e->alloc_ready) {
+                hostalloc_init(&e->alloc, ALIGN_UP(e->file_size, (uint64_t) VMDK_SECTOR), e->file_size,
+                               VMDK_SECTOR);
+                e->alloc_ready = true;
+        }
+        r = hostalloc_alloc(&e->alloc, (uint64_t) e->h.gtes * 4, (UINT64_C(1) << 32) * VMDK_SECTOR, &host, NULL);
+        if (r < 0)
+                return vdisk_error(r, "vmdk: extent file would pass 2 TiB");
+        r = io_truncate(e->io, MAX(e->file_size, host + (uint64_t) e->h.gtes * 4));
+        if (r < 0)
+                return r;
+        e->file_size = MAX(e->file_size, host + (uint64_t) e->h.gtes * 4);
+        *ret_sector = host / VMDK_SECTOR;
+        return 0;
+}
 
-                r = gt_sector(e, g, e->gd, &gts);
-                if (r < 0) {
-                        rep->corruptions++;
-                        if (msgs++ < VMDK_CHECK_MESSAGES)
-                                check_report_add(rep, "extent %zu: grain directory entry %" PRIu64
-                                                 " points past the end of the file", idx, g / e->h.gtes);
-                        g = (g / e->h.gtes + 1) * e->h.gtes - 1;
-                        continue;
+static bool gt_valid(vmdk_extent *e, uint64_t gts) {
+        return gts > 0 && gts <= (UINT64_MAX >> 9) &&
+               range_within(gts * VMDK_SECTOR, (uint64_t) e->h.gtes * 4, e->file_size);
+}
+
+/* One grain directory entry t: both directories, then the grains of its table. */
+static int check_gt(check_ctx *c, uint64_t t) {
+        vmdk_extent *e = c->e;
+        vdisk_check_report *rep = c->rep;
+        uint64_t gts = 0, rgts = 0, n_grains = DIV_ROUND_UP(e->size, e->grain);
+        uint64_t meta_end = MAX(e->h.gd + DIV_ROUND_UP(e->n_gd * 4, VMDK_SECTOR),
+                                e->rgd ? e->h.rgd + DIV_ROUND_UP(e->n_gd * 4, VMDK_SECTOR) : 0);
+        int r;
+
+        r = tc_get(e->gd, t, &gts);
+        if (r >= 0 && e->rgd)
+                r = tc_get(e->rgd, t, &rgts);
+        if (r < 0)
+                return r;
+        if (gts && !gt_valid(e, gts)) {
+                rep->corruptions++;
+                check_msg(c, "grain directory entry %" PRIu64 " (sector %" PRIu64 ") points past the end of the file",
+                          t, gts);
+                if (c->fix_all) {
+                        /* the redundant table, when it is sound, else none */
+                        gts = rgts && gt_valid(e, rgts) ? rgts : 0;
+                        r = tc_set(e->gd, t, gts, 0);
+                        if (r < 0)
+                                return r;
+                        rep->corruptions_fixed++;
+                } else
+                        return 0;
+        }
+        if (rgts && !gt_valid(e, rgts)) {
+                rep->corruptions++;
+                check_msg(c, "redundant grain directory entry %" PRIu64 " (sector %" PRIu64
+                          ") points past the end of the file", t, rgts);
+                if (c->fix_all) {
+                        rgts = 0;
+                        r = tc_set(e->rgd, t, 0, 0);
+                        if (r < 0)
+                                return r;
+                        rep->corruptions_fixed++;
                 }
-                if (gts)
-                        {
-                        r = gt_get(e, gts, g % e->h.gtes, &v);
+        }
+        if (e->rgd && !gts != !rgts) {
+                /* What a crash between the two directory writes leaves. */
+                rep->leaks++;
+                check_msg(c, "grain table %" PRIu64 " is in the %s grain directory only", t,
+                          gts ? "primary" : "redundant");
+                if (c->fix_leaks || c->fix_all) {
+                        uint64_t n = 0;
+
+                        if (gts) {
+                                r = meta_alloc(e, &n);
+                                if (r >= 0) {
+                                        uint64_t g0 = t * e->h.gtes, v0 = 0;
+
+                                        r = gt_get(e, gts, 0, &v0);
+                                        if (r >= 0)
+                                                r = new_gt(c->s, e, n, gts, g0, v0);
+                                }
+                        }
+                        if (r >= 0)
+                                r = tc_set(e->rgd, t, n, 0);
+                        if (r < 0)
+                                return r;
+                        rgts = n;
+                        rep->leaks_fixed++;
+                }
+        }
+        if (gts) {
+                r = used_add(c, gts, DIV_ROUND_UP((uint64_t) e->h.gtes * 4, VMDK_SECTOR), UINT64_MAX);
+                if (r < 0)
+                        return r;
+        }
+        if (rgts && rgts != gts) {
+                r = used_add(c, rgts, DIV_ROUND_UP((uint64_t) e->h.gtes * 4, VMDK_SECTOR), UINT64_MAX);
+                if (r < 0)
+                        return r;
+        }
+        for (uint64_t g = t * e->h.gtes; g < n_grains && g < (t + 1) * e->h.gtes; g++) {
+                uint64_t v = 0, rv = 0, i = g % e->h.gtes;
+                uint64_t len = DIV_ROUND_UP(MIN(e->grain, e->size - g * e->grain), VMDK_SECTOR);
+
+                if (gts) {
+                        r = gt_get(e, gts, i, &v);
                         if (r < 0)
                                 return r;
                 }
-                if (e->rgd) {
-                        r = gt_sector(e, g, e->rgd, &rgts);
-                        if (r < 0) {
+                if (rgts) {
+                        r = gt_get(e, rgts, i, &rv);
+                        if (r < 0)
+                                return r;
+                }
+                if (v != 0 && !(v == 1 && e->zeroed_gte) && !e->compressed &&
+                    (v > (UINT64_MAX >> 9) || !range_within(v * VMDK_SECTOR, len * VMDK_SECTOR, e->file_size) ||
+                     v < meta_end)) {
+                        rep->corruptions++;
+                        check_msg(c, "grain %" PRIu64 " at sector %" PRIu64 " is not within the file's data area", g, v);
+                        if (!c->fix_all)
+                                continue;
+                        /* the grain is lost: it reads unallocated */
+                        r = gt_put(e, gts, i, 0);
+                        if (r >= 0 && rgts)
+                                r = gt_put(e, rgts, i, 0);
+                        if (r < 0)
+                                return r;
+                        rep->corruptions_fixed++;
+                        continue;
+                }
+                if (e->compressed && v > 1 && v * VMDK_SECTOR >= e->file_size) {
+                        rep->corruptions++;
+                        check_msg(c, "grain %" PRIu64 " at sector %" PRIu64 " is past the end of the file", g, v);
+                }
+                if (rgts && v != rv) {
+                        if (v && rv) {
                                 rep->corruptions++;
-                                if (msgs++ < VMDK_CHECK_MESSAGES)
-                                        check_report_add(rep, "extent %zu: redundant grain directory entry %"
-                                                         PRIu64 " points past the end of the file", idx,
-                                                         g / e->h.gtes);
-                                rgts = 0;
+                                check_msg(c, "grain %" PRIu64 " is at sector %" PRIu64 " in the grain table, %" PRIu64
+                                          " in the redundant one", g, v, rv);
+                        } else {
+                                rep->leaks++;
+                                check_msg(c, "grain %" PRIu64 " is set in one grain table only (an interrupted update)",
+                                          g);
                         }
-                        if (rgts)
-                                {
-                                r = gt_get(e, rgts, g % e->h.gtes, &rv);
+                        if (c->fix_all || (!(v && rv) && c->fix_leaks)) {
+                                /* the primary table is what reads */
+                                r = gt_put(e, rgts, i, v);
                                 if (r < 0)
                                         return r;
-                        }
-                        if (rgts && v != rv) {
-                                if (v && rv) {
-                                        rep->corruptions++;
-                                        if (msgs++ < VMDK_CHECK_MESSAGES)
-                                                check_report_add(rep, "extent %zu: grain %" PRIu64 " is at sector %"
-                                                                 PRIu64 " in the grain table, %" PRIu64
-                                                                 " in the redundant one", idx, g, v, rv);
-                                } else if (msgs++ < VMDK_CHECK_MESSAGES)
-                                        check_report_add(rep, "extent %zu: grain %" PRIu64 " is set in one grain "
-                                                         "table only (an interrupted update)", idx, g);
+                                if (v && rv)
+                                        rep->corruptions_fixed++;
+                                else
+                                        rep->leaks_fixed++;
                         }
                 }
                 if (v == 0 || (v == 1 && e->zeroed_gte))
                         continue;
-                if (e->compressed) {
-                        if (v * VMDK_SECTOR >= e->file_size) {
-                                rep->corruptions++;
-                                if (msgs++ < VMDK_CHECK_MESSAGES)
-                                        check_report_add(rep, "extent %zu: grain %" PRIu64 " at sector %" PRIu64
-                                                         " is past the end of the file", idx, g, v);
-                        }
-                        (*n_alloc)++;
-                        continue;
+                c->n_alloc++;
+                if (!e->compressed) {
+                        r = used_add(c, v, len, g);
+                        if (r < 0)
+                                return r;
                 }
-                if (v > (UINT64_MAX >> 9) ||
-                    !range_within(v * VMDK_SECTOR, MIN(e->grain, e->size - g * e->grain), e->file_size) ||
-                    v < e->h.gd + DIV_ROUND_UP(e->n_gd * 4, VMDK_SECTOR)) {
-                        rep->corruptions++;
-                        if (msgs++ < VMDK_CHECK_MESSAGES)
-                                check_report_add(rep, "extent %zu: grain %" PRIu64 " at sector %" PRIu64
-                                                 " is not within the file's data area", idx, g, v);
-                        continue;
-                }
-                if (n_used < cap)
-                        used[n_used++] = v;
-                if (g == n_grains - 1)
-                        short_at = v;
-                (*n_alloc)++;
         }
-        qsort(used, n_used, sizeof *used, cmp_u64);
-        for (uint64_t i = 1; i < n_used; i++)
-                if (used[i] < used[i - 1] + (used[i - 1] == short_at ? short_len : e->h.grain)) {
-                        rep->corruptions++;
-                        if (msgs++ < VMDK_CHECK_MESSAGES)
-                                check_report_add(rep, "extent %zu: grains at sectors %" PRIu64 " and %" PRIu64
-                                                 " overlap", idx, used[i - 1], used[i]);
-                }
         return 0;
+}
+
+/* Sparse extents: every GD entry within the file, every grain entry within
+ * the file and outside the metadata, no two grains or tables on the same
+ * sectors, the redundant tables agreeing (an entry set in one only is what
+ * a crash between the two table writes leaves: a leak). Space past the last
+ * structure is a leak too. Repairs follow the primary tables (what reads):
+ * the redundant ones are made to agree, entries past the end or overlapping
+ * are cleared (those grains read unallocated), the tail is cut. */
+static int check_extent(vmdk_state *s, vmdk_extent *e, size_t idx, vdisk_check_report *rep, uint32_t flags,
+                        uint64_t *n_alloc) {
+        bool dry = flags & VDISK_CHECK_DRY_RUN;
+        check_ctx c = {
+                .s = s, .e = e, .idx = idx, .rep = rep,
+                .fix_all = !dry && (flags & VDISK_CHECK_REPAIR_ALL),
+                .fix_leaks = !dry && (flags & (VDISK_CHECK_REPAIR_LEAKS | VDISK_CHECK_REPAIR_ALL)),
+        };
+        uint64_t end, gd_sectors = DIV_ROUND_UP(e->n_gd * 4, VMDK_SECTOR), file_end;
+        bool changed = false;
+        int r = 0;
+
+        if (c.fix_leaks && e->compressed)
+                return vdisk_error(-EROFS, "vmdk: compressed extents are not repaired");
+        for (uint64_t t = 0; t < e->n_gd && r >= 0; t++)
+                r = check_gt(&c, t);
+        if (r < 0)
+                goto out;
+        qsort(c.used, c.n_used, sizeof *c.used, cmp_used);
+        /* the header, descriptor and directories */
+        end = MAX(MAX(e->h.gd + gd_sectors, e->rgd ? e->h.rgd + gd_sectors : 0),
+                  MAX(e->h.desc_offset + e->h.desc_size, (uint64_t) 1));
+        end = MAX(end, e->h.overhead);
+        for (size_t i = 0; i < c.n_used; i++) {
+                used_range *u = &c.used[i];
+
+                if (i > 0 && u->sector < c.used[i - 1].sector + c.used[i - 1].sectors) {
+                        rep->corruptions++;
+                        check_msg(&c, "%s at sector %" PRIu64 " overlaps the %s at sector %" PRIu64,
+                                  u->g == UINT64_MAX ? "a grain table" : "a grain", u->sector,
+                                  c.used[i - 1].g == UINT64_MAX ? "grain table" : "grain", c.used[i - 1].sector);
+                        if (c.fix_all && u->g != UINT64_MAX) {
+                                uint64_t gts = 0, rgts = 0;
+
+                                r = gt_sector(e, u->g, e->gd, &gts);
+                                if (r >= 0 && gts)
+                                        r = gt_put(e, gts, u->g % e->h.gtes, 0);
+                                if (r >= 0 && e->rgd)
+                                        r = gt_sector(e, u->g, e->rgd, &rgts);
+                                if (r >= 0 && rgts)
+                                        r = gt_put(e, rgts, u->g % e->h.gtes, 0);
+                                if (r < 0)
+                                        goto out;
+                                rep->corruptions_fixed++;
+                                c.n_alloc--;
+                                changed = true;
+                                continue;
+                        }
+                }
+                end = MAX(end, u->sector + u->sectors);
+        }
+        changed = changed || rep->corruptions_fixed || rep->leaks_fixed;
+        file_end = DIV_ROUND_UP(e->file_size, VMDK_SECTOR);
+        if (!e->compressed && file_end > end) {
+                rep->leaks += DIV_ROUND_UP(file_end - end, e->h.grain);
+                check_msg(&c, "%" PRIu64 " sectors past the last grain are not used", file_end - end);
+                if (c.fix_leaks) {
+                        r = vmdk_flush(s);
+                        if (r >= 0)
+                                r = io_truncate(e->io, end * VMDK_SECTOR);
+                        if (r < 0)
+                                goto out;
+                        rep->leaks_fixed += DIV_ROUND_UP(file_end - end, e->h.grain);
+                        changed = true;
+                }
+        }
+        if (changed && (c.fix_all || c.fix_leaks)) {
+                r = vmdk_flush(s);
+                if (r >= 0)
+                        r = sparse_reload(s, e, vdisk_io_name(e->io));
+        }
+        *n_alloc += c.n_alloc;
+out:
+        free(c.used);
+        return r;
 }
 
 static int vmdk_check(void *state, uint32_t flags, vdisk_check_report *rep, vdisk_progress *p) {
@@ -2260,21 +2457,23 @@ static int vmdk_check(void *state, uint32_t flags, vdisk_check_report *rep, vdis
 
         if (s->stream && !s->stream_done)
                 return vdisk_error(-EBUSY, "vmdk: the image is being written");
+        if ((flags & (VDISK_CHECK_REPAIR_LEAKS | VDISK_CHECK_REPAIR_ALL)) && !(flags & VDISK_CHECK_DRY_RUN) &&
+            !s->writable)
+                return vdisk_error(-EROFS, "vmdk: the image is open read-only");
         for (size_t i = 0; i < s->n_ext; i++) {
                 vmdk_extent *e = &s->ext[i];
 
                 if (e->type != VMDK_EXTENT_SPARSE)
                         continue;
                 total += DIV_ROUND_UP(e->size, e->grain);
-                r = check_extent(s, e, i + 1, rep, &n_alloc);
+                r = check_extent(s, e, i + 1, rep, flags, &n_alloc);
                 if (r < 0)
                         return r;
         }
         rep->total_clusters = total;
         rep->allocated_clusters = n_alloc;
-        if ((flags & (VDISK_CHECK_REPAIR_LEAKS | VDISK_CHECK_REPAIR_ALL)) && rep->corruptions &&
-            !(flags & VDISK_CHECK_DRY_RUN))
-                return vdisk_error(-EOPNOTSUPP, "vmdk: repair is not supported yet");
+        if ((flags & VDISK_CHECK_DRY_RUN) && (rep->corruptions || rep->leaks))
+                check_report_add(rep, "dry run: nothing was written");
         return 0;
 }
 

@@ -136,6 +136,55 @@ for sf in twoGbMaxExtentSparse twoGbMaxExtentFlat monolithicFlat; do
 done
 rm -f mx.raw mx-*
 
+# Check and repair of images corrupted here: the redundant GT disagreeing,
+# a grain past the end of the file, two grains on the same sectors, a grain
+# table in the redundant directory only, garbage past the last grain.
+# vdisk-img check finds each, `check -r all` fixes them following the primary
+# tables (lost grains read unallocated), and qemu-img check then passes.
+"$PY" -c 'import random, sys; random.seed(11); sys.stdout.buffer.write(random.randbytes(36 << 20))' > rp.raw
+vimg convert -O vmdk rp.raw rp.vmdk
+"$PY" - rp.vmdk <<'PY'
+import struct, sys
+with open(sys.argv[1], 'r+b') as f:
+    rgd, gd = struct.unpack_from('<QQ', f.read(512), 48)
+    def get(sec, i):
+        f.seek(sec * 512 + 4 * i)
+        return struct.unpack('<I', f.read(4))[0]
+    def put(sec, i, v):
+        f.seek(sec * 512 + 4 * i)
+        f.write(struct.pack('<I', v))
+    gt, rgt = get(gd, 0), get(rgd, 0)
+    put(rgt, 0, get(gt, 0) + 128 * 7)            # redundant disagrees
+    for t in (gt, rgt):
+        put(t, 1, 0x7fffff00)                    # past the end of the file
+        put(t, 3, get(gt, 2))                    # on grain 2's sectors
+    put(rgd, 1, 0)                               # GT 1: in the primary GD only
+    f.seek(0, 2)
+    f.write(b'x' * 200000)                       # a leaked tail
+PY
+vimg check rp.vmdk
+expect_eq "check finds the corruptions (exit 2)" "$RC" 2
+expect_eq "check names the 3 corruptions" \
+        "$("$VDISK_IMG" check rp.vmdk 2>&1 | grep -c 'is at sector\|not within\|overlaps')" 3
+expect_eq "check names the grain table missing from the redundant GD" \
+        "$("$VDISK_IMG" check rp.vmdk 2>&1 | grep -c 'in the primary grain directory only')" 1
+expect_fail "qemu-img check fails on the corrupted image" "$QEMU_IMG" check -f vmdk rp.vmdk
+vimg check -r all rp.vmdk
+expect_eq "check -r all repairs" "$RC" 0
+vimg check rp.vmdk
+expect_eq "vdisk-img check is clean after repair" "$RC" 0
+qcheck rp.vmdk vmdk
+# what reads: grains 1 and 3 lost (zeros), every other grain as written
+"$PY" - rp.raw rp-want.raw <<'PY'
+import sys
+d = bytearray(open(sys.argv[1], 'rb').read())
+for g in (1, 3):
+    d[g * 65536:(g + 1) * 65536] = bytes(65536)
+open(sys.argv[2], 'wb').write(d)
+PY
+qcompare rp-want.raw raw rp.vmdk vmdk
+rm -f rp.raw rp-want.raw rp.vmdk
+
 # Writes into an existing image (create, then convert -n).
 vimg create -f vmdk e.vmdk "$SIZE"
 vimg convert -n -O vmdk pat.raw e.vmdk
