@@ -34,8 +34,10 @@
  *
  * Supported so far: reading monolithicSparse (header v1/v2/v3, zeroed-grain
  * GTEs), monolithicFlat, twoGbMaxExtentSparse/Flat, vmfs (flat), ZERO
- * extents, streamOptimized; diffs by parentFileNameHint. Refused clearly:
- * vmfsSparse, seSparse, raw-device descriptors, NOACCESS extents.
+ * extents, streamOptimized; diffs by parentFileNameHint; grain tables
+ * allocated on demand (GD entries of 0); resize in the last extent; check
+ * and repair. Refused clearly: vmfsSparse, seSparse, raw-device
+ * descriptors, NOACCESS extents.
  *
  * Threads: none of its own; the core serializes every call on an image.
  */
