@@ -1918,7 +1918,10 @@ static int grow_last_grain(vmdk_state *s, vmdk_extent *e, uint64_t capacity) {
  * table preallocated (qemu-img's layout, which qemu needs to write), the new
  * range gets preallocated tables too. The header is rewritten last, in one
  * sector: a crash before it leaves the extent as it was. */
-static int sparse_grow(vmdk_state *s, vmdk_extent *e, uint64_t capacity, const char *name) {
+static int desc_set_sectors(vmdk_state *s, vmdk_extent_desc *d, uint64_t sectors);
+
+static int sparse_grow(vmdk_state *s, vmdk_extent *e, vmdk_extent_desc *d, uint64_t capacity, const char *name) {
+        int k;
         uint64_t n_gd = DIV_ROUND_UP(capacity, e->h.grain * e->h.gtes), gd_bytes = n_gd * 4;
         uint64_t gt_bytes = (uint64_t) e->h.gtes * 4, end, gd_at, rgd_at;
         _cleanup_free_ uint64_t *gd = NULL, *rgd = NULL;
@@ -1996,13 +1999,36 @@ static int sparse_grow(vmdk_state *s, vmdk_extent *e, uint64_t capacity, const c
         put_le64(hdr + H_GD, gd_at);
         if (e->rgd)
                 put_le64(hdr + H_RGD, rgd_at);
+        /* The descriptor's extent line, then the header: the header is what
+         * sizes an embedded extent, so a failure before it changes nothing. */
+        uint64_t old_sectors = d->sectors;
+        r = desc_set_sectors(s, d, capacity);
+        if (r < 0)
+                return r;
         r = io_pwrite(e->io, hdr, VMDK_SECTOR, 0);
-        if (r < 0)
+        if (r < 0) {
+                d->sectors = old_sectors;   /* written again at the next flush */
                 return r;
+        }
+        /* Written: the new size holds even if this flush fails (the next
+         * one makes it durable). */
         r = io_flush(e->io);
+        k = sparse_reload(s, e, name);
+        return r < 0 ? r : k;
+}
+
+/* Records the extent's new size in the descriptor and writes it; on failure
+ * the old size stays in memory (and is written again at the next flush). */
+static int desc_set_sectors(vmdk_state *s, vmdk_extent_desc *d, uint64_t sectors) {
+        uint64_t old = d->sectors;
+        int r;
+
+        d->sectors = sectors;
+        s->desc_dirty = true;
+        r = vmdk_flush(s);
         if (r < 0)
-                return r;
-        return sparse_reload(s, e, name);
+                d->sectors = old;
+        return r;
 }
 
 /* Shrinks the last extent to `capacity` sectors (the core checked that the
@@ -2023,20 +2049,28 @@ static int shrink_last(vmdk_state *s, vmdk_extent *e, vmdk_extent_desc *d, uint6
 
                 if (e->compressed)
                         return vdisk_error(-EOPNOTSUPP, "vmdk: %s: compressed extents are not resized", name);
+                uint64_t old_sectors = d->sectors;
+
                 r = io_pread(e->io, hdr, VMDK_SECTOR, 0);
                 if (r < 0)
                         return r;
                 put_le64(hdr + H_CAPACITY, capacity);
+                r = desc_set_sectors(s, d, capacity);
+                if (r < 0)
+                        return r;
                 r = io_pwrite(e->io, hdr, VMDK_SECTOR, 0);
-                if (r >= 0)
-                        r = io_flush(e->io);
-                if (r < 0)
+                if (r < 0) {
+                        d->sectors = old_sectors;
                         return r;
-                d->sectors = capacity;
-                s->desc_dirty = true;
-                r = vmdk_flush(s);
-                if (r < 0)
-                        return r;
+                }
+                r = io_flush(e->io);
+                if (r < 0) {
+                        /* written: the new size holds (the next flush makes it durable) */
+                        int k = sparse_reload(s, e, name);
+
+                        s->size = e->start + e->size;
+                        return k < 0 ? k : r;
+                }
                 for (uint64_t g = first; g < n; g++) {
                         uint64_t v;
 
@@ -2058,9 +2092,7 @@ static int shrink_last(vmdk_state *s, vmdk_extent *e, vmdk_extent_desc *d, uint6
                 if (r < 0)
                         return r;
         } else if (e->type == VMDK_EXTENT_FLAT || e->type == VMDK_EXTENT_VMFS) {
-                d->sectors = capacity;
-                s->desc_dirty = true;
-                r = vmdk_flush(s);
+                r = desc_set_sectors(s, d, capacity);
                 if (r < 0)
                         return r;
                 if (e->flat_offset == 0 && e->file_size > capacity * VMDK_SECTOR) {
@@ -2121,7 +2153,7 @@ static int vmdk_resize(void *state, uint64_t new_size, vdisk_progress *p) {
                 return r;
         switch (e->type) {
         case VMDK_EXTENT_SPARSE:
-                r = sparse_grow(s, e, capacity, name);
+                r = sparse_grow(s, e, d, capacity, name);
                 break;
         case VMDK_EXTENT_FLAT:
         case VMDK_EXTENT_VMFS:
@@ -2132,17 +2164,16 @@ static int vmdk_resize(void *state, uint64_t new_size, vdisk_progress *p) {
                         if (r >= 0)
                                 e->file_size = e->flat_offset + capacity * VMDK_SECTOR;
                 }
+                if (r >= 0)
+                        r = desc_set_sectors(s, d, capacity);
                 break;
         default:
                 return vdisk_error(-EOPNOTSUPP, "vmdk: a %s extent cannot grow", vmdk_extent_type_name(e->type));
         }
-        if (r < 0)
-                return r;
-        e->size = capacity * VMDK_SECTOR;
+        /* A sparse extent's size is its header's (reloaded once written). */
+        if (r >= 0 && e->type != VMDK_EXTENT_SPARSE)
+                e->size = capacity * VMDK_SECTOR;
         s->size = e->start + e->size;
-        d->sectors = capacity;
-        s->desc_dirty = true;
-        r = vmdk_flush(s);
         return r;
 }
 

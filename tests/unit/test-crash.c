@@ -831,8 +831,11 @@ static scenario scenarios[] = {
           .qemu_every = 8, .per_sector = 1, .build = build_writes_base, .op = op_writes },
         { .name = "vmdk-writes-top", .fmt = "vmdk", .max_crash_seeds = 2, .faulted = 1, .per_sector = 1,
           .build = build_writes_top, .op = op_writes },
+        /* Growing 8 -> 16 MiB: the header's capacity, then the descriptor. */
+        { .name = "vmdk-resize-base", .fmt = "vmdk", .max_crash_seeds = 2, .faulted = 0, .qemu = 1,
+          .qemu_every = 2, .build = build_resize_base, .op = op_resize, .after_success = after_resize },
         /* Grain tables allocated by the writes (both directories). */
-        { .name = "vmdk-writes-gt", .fmt = "vmdk", .opts = vmdk_gt_on_demand, .max_crash_seeds = 2, .faulted = 0,
+        { .name = "vmdk-writes-gt", .fmt = "vmdk", .opts = vmdk_gt_on_demand, .max_crash_seeds = 1, .faulted = 0,
           .qemu = 1, .qemu_every = 8, .per_sector = 1, .build = build_empty_base, .op = op_writes },
 };
 
@@ -1618,6 +1621,7 @@ int main(int argc, char **argv) {
                 matched = 1;
                 run_scenario(&scenarios[i]);
         }
+        g_opts = NULL;
         if ((strcmp(only, "all") == 0 && !asan_subset) || strcmp(only, "copy-source") == 0) {
                 matched = 1;
                 test_copy_faults();
