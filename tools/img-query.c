@@ -515,11 +515,15 @@ int cmd_map(int argc, char **argv) {
                 }
                 e.filename = e.depth == 0 ? filename
                                           : vdisk_image_name(img_at_depth(&img, (unsigned) e.depth));
+                /* Data in a companion file (a VMDK extent) names that file. */
+                if (e.has_offset && ext.file)
+                        e.filename = ext.file;
                 if (e.data && e.has_offset && !e.zero &&
                     image_preallocated(img_at_depth(&img, (unsigned) e.depth))) {
                         unsigned depth = (unsigned) e.depth;
                         uint64_t l;
                         bool z = false;
+                        int fd;
 
                         if (fds[depth] == -1) {
                                 const char *name = vdisk_image_name(img_at_depth(&img, depth));
@@ -527,7 +531,16 @@ int cmd_map(int argc, char **argv) {
                                 if (fds[depth] < 0)
                                         fds[depth] = -2;
                         }
-                        l = map_file_zero(fds[depth], e.offset, e.length, &z);
+                        fd = fds[depth];
+                        if (!streq(e.filename, vdisk_image_name(img_at_depth(&img, depth)))) {
+                                /* a companion: opened for this look only */
+                                fd = open(e.filename, O_RDONLY | O_CLOEXEC | O_NOCTTY);
+                                if (fd < 0)
+                                        fd = -2;
+                        }
+                        l = map_file_zero(fd, e.offset, e.length, &z);
+                        if (fd >= 0 && fd != fds[depth])
+                                close(fd);
                         if (l > 0) {
                                 e.length = l;
                                 e.zero = z;

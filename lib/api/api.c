@@ -111,7 +111,8 @@ int vdisk_disk_block_status(vdisk_disk *d, uint64_t offset, uint64_t max_len, vd
                         return r;
                 if (next.flags != ret->flags || next.depth != ret->depth ||
                     next.host_offset_valid != ret->host_offset_valid ||
-                    (ret->host_offset_valid && next.host_offset != ret->host_offset + ret->length))
+                    (ret->host_offset_valid && (next.host_offset != ret->host_offset + ret->length ||
+                                                next.file != ret->file)))
                         break;
                 ret->length += next.length;
         }
@@ -390,6 +391,16 @@ int vdisk_image_get_info(vdisk_image *img, vdisk_image_info *ret) {
         r = io_get_allocated(img->io, &ret->actual_size);
         if (r < 0)
                 return r;
+        /* A multi-file image (VMDK extents) takes the space of all its files,
+         * as qemu-img info counts it. */
+        for (size_t i = 0; img->files && i < files_count(img->files); i++) {
+                uint64_t n = 0;
+
+                r = io_get_allocated(files_get(img->files, i), &n);
+                if (r < 0)
+                        return r;
+                ret->actual_size += n;
+        }
         r = io_get_size(img->io, &ret->file_size);
         if (r < 0)
                 return r;

@@ -34,8 +34,10 @@
  *
  * Supported so far: reading monolithicSparse (header v1/v2/v3, zeroed-grain
  * GTEs), monolithicFlat, twoGbMaxExtentSparse/Flat, vmfs (flat), ZERO
- * extents, streamOptimized; diffs by parentFileNameHint. Refused clearly:
- * vmfsSparse, seSparse, raw-device descriptors, NOACCESS extents.
+ * extents, streamOptimized; diffs by parentFileNameHint; grain tables
+ * allocated on demand (GD entries of 0); resize in the last extent; check
+ * and repair. Refused clearly: vmfsSparse, seSparse, raw-device
+ * descriptors, NOACCESS extents.
  *
  * Threads: none of its own; the core serializes every call on an image.
  */
@@ -43,6 +45,7 @@
 #include <errno.h>
 #include <inttypes.h>
 #include <pthread.h>
+#include <stdarg.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -117,7 +120,13 @@ typedef struct vmdk_extent {
         uint64_t grain;                 /* bytes */
         uint64_t n_gd;
         tc_table *gd, *rgd;
-        tc_table *view;                 /* LE32 view of the whole file: the GTs */
+        tc_table *view;                 /* LE32 view of the file as opened: the GTs */
+        /* Grain tables allocated since open (past the view), sorted by sector. */
+        struct vmdk_new_gt {
+                uint64_t sector;
+                tc_table *t;
+        } *new_gt;
+        size_t n_new_gt;
         bool zeroed_gte, compressed;
         bool alloc_ready;
         hostalloc alloc;                /* new grains go at the end of the file */
@@ -143,6 +152,7 @@ typedef struct vmdk_state {
         bool desc_dirty;                /* CID renewed: rewrite the descriptor at flush */
         bool written;                   /* something was committed since open */
         vmdk_extent *reserved;          /* the extent of the open reservation */
+        uint64_t res_gt, res_rgt;       /* its new grain tables (sectors; 0 = none) */
         /* streamOptimized being created: grains appended in order, each GT
          * written once the stream has passed it, the GD and footer at finish. */
         bool stream, stream_done;
@@ -297,6 +307,62 @@ static void extent_free(vmdk_extent *e) {
         e->view = tc_table_free(e->view);
         e->se = vmdk_se_free(e->se);
         e->cowd = vmdk_cowd_free(e->cowd);
+        for (size_t i = 0; i < e->n_new_gt; i++)
+                tc_table_free(e->new_gt[i].t);
+        free(e->new_gt);
+        e->new_gt = NULL;
+        e->n_new_gt = 0;
+}
+
+/* Where entry `i` of the grain table at sector `gts` is: a table and the
+ * index in it. GTs the file held at open are in the view; those allocated
+ * since are tables of their own. */
+static int gt_ref(vmdk_extent *e, uint64_t gts, uint64_t i, tc_table **ret_t, uint64_t *ret_i) {
+        size_t lo = 0, hi = e->n_new_gt;
+
+        assert(i < e->h.gtes);
+        if (gts * VMDK_SECTOR + (uint64_t) e->h.gtes * 4 <= tc_table_size(e->view)) {
+                *ret_t = e->view;
+                *ret_i = gts * (VMDK_SECTOR / 4) + i;
+                return 0;
+        }
+        while (lo < hi) {
+                size_t mid = (lo + hi) / 2;
+
+                if (e->new_gt[mid].sector == gts) {
+                        *ret_t = e->new_gt[mid].t;
+                        *ret_i = i;
+                        return 0;
+                }
+                if (e->new_gt[mid].sector < gts)
+                        lo = mid + 1;
+                else
+                        hi = mid;
+        }
+        return vdisk_error(-EUCLEAN, "vmdk: grain table at sector %" PRIu64 " is past the end of the file", gts);
+}
+
+/* Entry i of the grain table at sector gts. */
+static int gt_get(vmdk_extent *e, uint64_t gts, uint64_t i, uint64_t *ret) {
+        tc_table *t;
+        uint64_t ti;
+        int r;
+
+        r = gt_ref(e, gts, i, &t, &ti);
+        if (r < 0)
+                return r;
+        return tc_get(t, ti, ret);
+}
+
+static int gt_put(vmdk_extent *e, uint64_t gts, uint64_t i, uint64_t v) {
+        tc_table *t;
+        uint64_t ti;
+        int r;
+
+        r = gt_ref(e, gts, i, &t, &ti);
+        if (r < 0)
+                return r;
+        return tc_set(t, ti, v, TC_AFTER_DATA);
 }
 
 /* The GT's sector for grain g of a sparse extent, 0 when it has none. */
@@ -325,7 +391,7 @@ static int gte_get(vmdk_extent *e, uint64_t g, uint64_t *ret) {
                 *ret = 0;
                 return 0;
         }
-        return tc_get(e->view, gts * (VMDK_SECTOR / 4) + g % e->h.gtes, ret);
+        return gt_get(e, gts, g % e->h.gtes, ret);
 }
 
 /* ---------------------------------------------------------------- probe, open */
@@ -890,13 +956,15 @@ static vmdk_extent *res_extent(vmdk_state *s, const reservation *res) {
         return find_extent(s, res->unit_offset);
 }
 
-/* Reserves the grain of `offset` at the end of its extent's file. The grain
- * table must exist already (every hosted sparse extent we create or that
- * VMware and qemu make has all of them): a missing one is -EOPNOTSUPP. */
+/* Reserves the grain of `offset` at the end of its extent's file. When its
+ * grain table does not exist yet (GD entry 0: images created with
+ * gt_on_demand=on, or by VirtualBox), the reservation takes room for a new
+ * one (and for a new redundant one) just before the grain: commit writes
+ * them, and only then points the directories at them. */
 static int vmdk_allocate(void *state, uint64_t offset, uint64_t len, reservation *ret) {
         vmdk_state *s = state;
         vmdk_extent *e;
-        uint64_t off, g, gts = 0, grain_len, host;
+        uint64_t off, g, gts = 0, rgts = 0, grain_len, host = 0;
         int fresh, r;
 
         assert(offset < s->size);
@@ -918,23 +986,37 @@ static int vmdk_allocate(void *state, uint64_t offset, uint64_t len, reservation
         r = gt_sector(e, g, e->gd, &gts);
         if (r < 0)
                 return r;
-        if (gts == 0)
-                return vdisk_error(-EOPNOTSUPP, "vmdk: grain table %" PRIu64 " was never allocated",
-                                   g / e->h.gtes);
         if (e->rgd) {
-                uint64_t rgts = 0;
-
                 r = gt_sector(e, g, e->rgd, &rgts);
                 if (r < 0)
                         return r;
-                if (rgts == 0)
-                        return vdisk_error(-EUCLEAN, "vmdk: redundant grain table %" PRIu64 " is missing",
-                                           g / e->h.gtes);
         }
         if (!e->alloc_ready) {
                 hostalloc_init(&e->alloc, ALIGN_UP(e->file_size, (uint64_t) VMDK_SECTOR), e->file_size,
                                VMDK_SECTOR);
                 e->alloc_ready = true;
+        }
+        /* A new GT when the primary directory has none (a redundant GT
+         * without a primary one is what a crash between the two directory
+         * writes leaves: it holds nothing the image reads, and is left
+         * behind); a new redundant GT (a copy of the primary one) when
+         * only the redundant directory lacks it. */
+        s->res_gt = s->res_rgt = 0;
+        r = 0;
+        if (gts == 0) {
+                /* Grain entries are u32 sectors: the file stays below 2 TiB. */
+                r = hostalloc_alloc(&e->alloc, (uint64_t) e->h.gtes * 4, (UINT64_C(1) << 32) * VMDK_SECTOR, &host,
+                                    NULL);
+                s->res_gt = host / VMDK_SECTOR;
+        }
+        if (r >= 0 && e->rgd && (gts == 0 || rgts == 0)) {
+                r = hostalloc_alloc(&e->alloc, (uint64_t) e->h.gtes * 4, (UINT64_C(1) << 32) * VMDK_SECTOR, &host,
+                                    NULL);
+                s->res_rgt = host / VMDK_SECTOR;
+        }
+        if (r < 0) {
+                s->res_gt = s->res_rgt = 0;
+                return vdisk_error(r, "vmdk: extent file would pass 2 TiB");
         }
         grain_len = MIN(e->grain, e->size - g * e->grain);
         /* A whole grain's space even for the short last grain of an extent
@@ -965,7 +1047,54 @@ static int set_gte(vmdk_extent *e, tc_table *gd, uint64_t g, uint64_t v) {
         if (r < 0)
                 return r;
         assert(gts != 0);
-        return tc_set(e->view, gts * (VMDK_SECTOR / 4) + g % e->h.gtes, v, TC_AFTER_DATA);
+        return gt_put(e, gts, g % e->h.gtes, v);
+}
+
+/* Writes a new grain table at sector `gts`: a copy of the one at sector
+ * `from` (0: empty) with grain g at `sector`, and makes it a table of its
+ * own. Nothing points at it yet. */
+static int new_gt(vmdk_state *s, vmdk_extent *e, uint64_t gts, uint64_t from, uint64_t g, uint64_t sector) {
+        _cleanup_free_ uint8_t *buf = NULL;
+        size_t bytes = (size_t) e->h.gtes * 4, at = e->n_new_gt;
+        struct vmdk_new_gt *n;
+        tc_table *t = NULL;
+        int r;
+
+        buf = calloc(1, bytes);
+        if (!buf)
+                return -ENOMEM;
+        for (uint64_t i = 0; from && i < e->h.gtes; i++) {
+                uint64_t v;
+
+                r = gt_get(e, from, i, &v);
+                if (r < 0)
+                        return r;
+                put_le32(buf + 4 * i, (uint32_t) v);
+        }
+        put_le32(buf + 4 * (g % e->h.gtes), (uint32_t) sector);
+        r = io_pwrite(e->io, buf, bytes, gts * VMDK_SECTOR);
+        if (r < 0)
+                return r;
+        n = reallocarray(e->new_gt, e->n_new_gt + 1, sizeof *n);
+        if (!n)
+                return -ENOMEM;
+        e->new_gt = n;
+        tc_table_params p = {
+                .offset = gts * VMDK_SECTOR,
+                .size = bytes,
+                .page_size = VMDK_PAGE,
+                .entry = TC_LE32,
+                .name = "vmdk grain table",
+        };
+        r = tc_table_new(s->budget, e->io, &p, &t);
+        if (r < 0)
+                return r;
+        while (at > 0 && e->new_gt[at - 1].sector > gts)
+                at--;
+        memmove(e->new_gt + at + 1, e->new_gt + at, (e->n_new_gt - at) * sizeof *n);
+        e->new_gt[at] = (struct vmdk_new_gt) { .sector = gts, .t = t };
+        e->n_new_gt++;
+        return 0;
 }
 
 static void renew_cid(vmdk_state *s) {
@@ -1006,15 +1135,30 @@ static int vmdk_commit(void *state, const reservation *res) {
                 if (r < 0)
                         return r;
         }
-        r = set_gte(e, e->gd, g, sector);
+        e->file_size = MAX(e->file_size, end);
+        /* New grain tables are written whole now (nothing points at them
+         * yet); the directory entries reach the disk only after a flush of
+         * the extent's file (TC_AFTER_DATA). Redundant side first: reads go
+         * by the primary, so a failure part way leaves what reads unchanged. */
+        if (s->res_rgt) {
+                uint64_t gts = 0;
+
+                r = s->res_gt ? 0 : gt_sector(e, g, e->gd, &gts);
+                if (r >= 0)
+                        r = new_gt(s, e, s->res_rgt, gts, g, sector);
+                if (r >= 0)
+                        r = tc_set(e->rgd, g / e->h.gtes, s->res_rgt, TC_AFTER_DATA);
+        } else if (e->rgd)
+                r = set_gte(e, e->rgd, g, sector);
+        if (r >= 0 && s->res_gt) {
+                r = new_gt(s, e, s->res_gt, 0, g, sector);
+                if (r >= 0)
+                        r = tc_set(e->gd, g / e->h.gtes, s->res_gt, TC_AFTER_DATA);
+        } else if (r >= 0)
+                r = set_gte(e, e->gd, g, sector);
+        s->res_gt = s->res_rgt = 0;
         if (r < 0)
                 return r;
-        if (e->rgd) {
-                r = set_gte(e, e->rgd, g, sector);
-                if (r < 0)
-                        return r;
-        }
-        e->file_size = MAX(e->file_size, end);
         renew_cid(s);
         return 0;
 }
@@ -1024,6 +1168,7 @@ static void vmdk_release(void *state, const reservation *res) {
 
         /* Also after a commit that failed (it already dropped the reservation). */
         s->reserved = NULL;
+        s->res_gt = s->res_rgt = 0;
 }
 
 /* Zeroed-grain entries (version 2+ extents with the flag): whole grains. */
@@ -1112,7 +1257,16 @@ static int vmdk_flush(void *state) {
 
                 if (!e->view)
                         continue;
+                for (size_t j = 0; j < e->n_new_gt; j++) {
+                        r = tc_table_flush(e->new_gt[j].t);
+                        if (r < 0)
+                                return r;
+                }
                 r = tc_table_flush(e->view);
+                if (r >= 0 && e->rgd)
+                        r = tc_table_flush(e->rgd);
+                if (r >= 0)
+                        r = tc_table_flush(e->gd);
                 if (r < 0)
                         return r;
         }
@@ -1134,7 +1288,7 @@ typedef struct vmdk_create_opts {
         const char *subformat;
         const char *adapter;
         const char *hwversion;
-        bool compat6, zeroed_grain;
+        bool compat6, zeroed_grain, gt_on_demand;
         bool adapter_given;
 } vmdk_create_opts;
 
@@ -1160,6 +1314,8 @@ static int parse_create_options(const char *const *o, vmdk_create_opts *ret) {
                         ret->compat6 = streq(o[1], "on");
                 else if (streq(o[0], "zeroed_grain"))
                         ret->zeroed_grain = streq(o[1], "on");
+                else if (streq(o[0], "gt_on_demand"))
+                        ret->gt_on_demand = streq(o[1], "on");
         }
         ok = false;
         for (const char *const *f = subformats; *f; f++)
@@ -1187,14 +1343,15 @@ static int parse_create_options(const char *const *o, vmdk_create_opts *ret) {
 }
 
 /* The sparse layout we create: header, descriptor (desc_sectors), then the
- * redundant GD and its GTs, then the GD and its GTs; grains from
- * `overhead` (a grain multiple) on. */
+ * redundant GD and its GTs, then the GD and its GTs (qemu-img's layout);
+ * grains from `overhead` (a grain multiple) on. With GTs on demand
+ * (n_gt = 0) the directories are all zeros and nothing follows them. */
 typedef struct sparse_layout {
-        uint64_t capacity, grain, n_gd, gd_sectors, gt_sectors;
+        uint64_t capacity, grain, n_gd, n_gt, gd_sectors, gt_sectors;
         uint64_t desc_offset, desc_sectors, rgd, gd, overhead;
 } sparse_layout;
 
-static void sparse_layout_plan(uint64_t capacity, uint64_t desc_sectors, sparse_layout *l) {
+static void sparse_layout_plan(uint64_t capacity, uint64_t desc_sectors, bool gt_on_demand, sparse_layout *l) {
         const uint64_t grain = 128, gtes = VMDK_GTES_MAX;
 
         *l = (sparse_layout) {
@@ -1205,10 +1362,11 @@ static void sparse_layout_plan(uint64_t capacity, uint64_t desc_sectors, sparse_
                 .desc_offset = desc_sectors ? 1 : 0,
                 .desc_sectors = desc_sectors,
         };
+        l->n_gt = gt_on_demand ? 0 : l->n_gd;
         l->gd_sectors = DIV_ROUND_UP(l->n_gd * 4, VMDK_SECTOR);
         l->rgd = 1 + desc_sectors;
-        l->gd = l->rgd + l->gd_sectors + l->n_gd * l->gt_sectors;
-        l->overhead = ALIGN_UP(l->gd + l->gd_sectors + l->n_gd * l->gt_sectors, grain);
+        l->gd = l->rgd + l->gd_sectors + l->n_gt * l->gt_sectors;
+        l->overhead = ALIGN_UP(l->gd + l->gd_sectors + l->n_gt * l->gt_sectors, grain);
 }
 
 typedef struct gd_fill {
@@ -1218,17 +1376,17 @@ typedef struct gd_fill {
 static int gd_entry(void *ctx, uint64_t i, uint64_t *ret) {
         const gd_fill *f = ctx;
 
-        *ret = f->first_gt + i * f->gt_sectors;
+        *ret = f->gt_sectors ? f->first_gt + i * f->gt_sectors : 0;
         return 0;
 }
 
 static int sparse_write_new(vdisk_io *io, const sparse_layout *l, uint32_t version, uint32_t flags,
                             const char *desc, size_t desc_len) {
         uint8_t h[VMDK_SECTOR] = {};
-        gd_fill f = { .gt_sectors = l->gt_sectors };
+        gd_fill f = { .gt_sectors = l->n_gt ? l->gt_sectors : 0 };
         int r;
 
-        if (l->n_gd * l->gt_sectors + l->overhead > UINT32_MAX)
+        if (l->n_gt * l->gt_sectors + l->overhead > UINT32_MAX)
                 return vdisk_error(-EFBIG, "vmdk: image too big for a sparse extent");
         put_le32(h + H_MAGIC, VMDK_MAGIC);
         put_le32(h + H_VERSION, version);
@@ -1350,6 +1508,8 @@ static int vmdk_create(void *state, const open_ctx *c, const create_params *p) {
         sparse_mono = streq(o.subformat, "monolithicSparse") || stream;
         if (stream && (p->image_flags & VDISK_IMAGE_FLAGS_DIFF))
                 return vdisk_error(-EOPNOTSUPP, "vmdk: a streamOptimized image cannot be a differencing image");
+        if ((stream || flat) && o.gt_on_demand)
+                return vdisk_error(-EOPNOTSUPP, "vmdk: gt_on_demand applies to sparse subformats only");
         if (stream && o.zeroed_grain)
                 return vdisk_error(-EOPNOTSUPP, "vmdk: zeroed_grain does not apply to streamOptimized");
         if (o.zeroed_grain) {
@@ -1458,7 +1618,7 @@ static int vmdk_create(void *state, const open_ctx *c, const create_params *p) {
         if (sparse_mono) {
                 sparse_layout l;
 
-                sparse_layout_plan(capacity, VMDK_DESC_SECTORS, &l);
+                sparse_layout_plan(capacity, VMDK_DESC_SECTORS, o.gt_on_demand, &l);
                 r = sparse_write_new(c->io, &l, version, flags, text, len);
                 if (r < 0)
                         goto out;
@@ -1477,7 +1637,7 @@ static int vmdk_create(void *state, const open_ctx *c, const create_params *p) {
                         else {
                                 sparse_layout l;
 
-                                sparse_layout_plan(d.extents[i].sectors, 0, &l);
+                                sparse_layout_plan(d.extents[i].sectors, 0, o.gt_on_demand, &l);
                                 r = sparse_write_new(eio, &l, version, flags, NULL, 0);
                         }
                         if (r < 0)
@@ -1917,109 +2077,664 @@ static int stream_create(vmdk_state *s, const open_ctx *c, uint64_t capacity, co
 }
 
 
-/* ---------------------------------------------------------------- check */
+/* ---------------------------------------------------------------- resize */
 
-static int cmp_u64(const void *a, const void *b) {
-        uint64_t x = *(const uint64_t *) a, y = *(const uint64_t *) b;
-
-        return x < y ? -1 : x > y;
-}
-
-#define VMDK_CHECK_MESSAGES 16u
-
-/* Sparse extents: every GD entry within the file, every grain entry within
- * the file and outside the metadata, no two entries on the same grain, the
- * redundant tables agreeing (an entry set in one table only is what a crash
- * between the two table writes leaves: reported, not a corruption). */
-static int check_extent(vmdk_state *s, vmdk_extent *e, size_t idx, vdisk_check_report *rep, uint64_t *n_alloc) {
-        _cleanup_free_ uint64_t *used = NULL;
-        uint64_t n_used = 0, cap, n_grains = DIV_ROUND_UP(e->size, e->grain), msgs = 0;
+/* Rebuilds the extent's tables from the file (after everything was flushed):
+ * the GD and redundant GD where the header says, one view of the whole file. */
+static int sparse_reload(vmdk_state *s, vmdk_extent *e, const char *name) {
+        uint8_t hdr[VMDK_SECTOR];
         int r;
 
-        cap = MIN(n_grains, e->file_size / VMDK_SECTOR + 1);
-        used = calloc(cap ? cap : 1, sizeof *used);
-        if (!used)
-                return -ENOMEM;
-        for (uint64_t g = 0; g < n_grains; g++) {
-                uint64_t gts = 0, rgts = 0, v = 0, rv = 0;
+        extent_free(e);
+        r = io_get_size(e->io, &e->file_size);
+        if (r < 0)
+                return r;
+        r = io_pread(e->io, hdr, VMDK_SECTOR, 0);
+        if (r < 0)
+                return r;
+        e->alloc_ready = false;
+        return sparse_open(s, e, name, hdr);
+}
+
+static int gd_copy_entry(void *ctx, uint64_t i, uint64_t *ret) {
+        const uint64_t *v = ctx;
+
+        *ret = v[i];
+        return 0;
+}
+
+/* Before a sparse extent grows to `capacity` sectors: entries past the old
+ * end in its last grain table are cleared (a shrink leaves them), and a
+ * last grain shorter than a grain (a capacity that was no grain multiple)
+ * whose space may be followed by another grain is copied to a whole grain at
+ * the end of the file. Both through the tables, flushed: the extent reads
+ * the same before the header changes. */
+static int grow_last_grain(vmdk_state *s, vmdk_extent *e, uint64_t capacity) {
+        uint64_t old_grains = DIV_ROUND_UP(e->h.capacity, e->h.grain);
+        uint64_t new_grains = DIV_ROUND_UP(capacity, e->h.grain), gts = 0, v = 0, host;
+        _cleanup_free_ uint8_t *buf = NULL;
+        size_t old_len;
+        int r;
+
+        for (uint64_t g = old_grains; g < new_grains && g / e->h.gtes < e->n_gd; g++) {
+                r = gte_get(e, g, &v);
+                if (r < 0)
+                        return r;
+                if (v == 0)
+                        continue;
+                if (e->rgd)
+                        r = set_gte(e, e->rgd, g, 0);
+                if (r >= 0)
+                        r = set_gte(e, e->gd, g, 0);
+                if (r < 0)
+                        return r;
+        }
+        if (e->h.capacity % e->h.grain) {
+                uint64_t g = old_grains - 1;
 
                 r = gt_sector(e, g, e->gd, &gts);
-                if (r < 0) {
-                        rep->corruptions++;
-                        if (msgs++ < VMDK_CHECK_MESSAGES)
-                                check_report_add(rep, "extent %zu: grain directory entry %" PRIu64
-                                                 " points past the end of the file", idx, g / e->h.gtes);
-                        g = (g / e->h.gtes + 1) * e->h.gtes - 1;
-                        continue;
-                }
-                if (gts)
-                        {
-                        r = tc_get(e->view, gts * (VMDK_SECTOR / 4) + g % e->h.gtes, &v);
+                if (r >= 0 && gts)
+                        r = gte_get(e, g, &v);
+                if (r < 0)
+                        return r;
+                if (gts && v > 1) {
+                        old_len = (size_t) ((e->h.capacity - g * e->h.grain) * VMDK_SECTOR);
+                        buf = calloc(1, e->grain);
+                        if (!buf)
+                                return -ENOMEM;
+                        r = io_pread(e->io, buf, old_len, v * VMDK_SECTOR);
+                        if (r < 0)
+                                return r;
+                        r = io_get_size(e->io, &host);
+                        if (r < 0)
+                                return r;
+                        host = ALIGN_UP(host, (uint64_t) VMDK_SECTOR);
+                        if ((host + e->grain) / VMDK_SECTOR > UINT32_MAX)
+                                return vdisk_error(-EFBIG, "vmdk: the extent file would pass 2 TiB");
+                        r = io_pwrite(e->io, buf, e->grain, host);
+                        if (r < 0)
+                                return r;
+                        e->file_size = host + e->grain;
+                        if (e->rgd)
+                                r = set_gte(e, e->rgd, g, host / VMDK_SECTOR);
+                        if (r >= 0)
+                                r = set_gte(e, e->gd, g, host / VMDK_SECTOR);
                         if (r < 0)
                                 return r;
                 }
+        }
+        return vmdk_flush(s);
+}
+
+/* Grows a hosted sparse extent to `capacity` sectors. The grain directories
+ * grow in place when their last sector has room, else new ones go to the
+ * end of the file (the old ones leak); when the extent had every grain
+ * table preallocated (qemu-img's layout, which qemu needs to write), the new
+ * range gets preallocated tables too. The header is rewritten last, in one
+ * sector: a crash before it leaves the extent as it was. */
+static int desc_set_sectors(vmdk_state *s, vmdk_extent_desc *d, uint64_t sectors);
+
+static int sparse_grow(vmdk_state *s, vmdk_extent *e, vmdk_extent_desc *d, uint64_t capacity, const char *name) {
+        int k;
+        uint64_t n_gd = DIV_ROUND_UP(capacity, e->h.grain * e->h.gtes), gd_bytes = n_gd * 4;
+        uint64_t gt_bytes = (uint64_t) e->h.gtes * 4, end, gd_at, rgd_at;
+        _cleanup_free_ uint64_t *gd = NULL, *rgd = NULL;
+        uint8_t hdr[VMDK_SECTOR];
+        bool prealloc = true, move;
+        int r;
+
+        if (e->compressed)
+                return vdisk_error(-EOPNOTSUPP, "vmdk: %s: compressed extents are not resized", name);
+        if (gd_bytes > VMDK_GD_BYTES_MAX)
+                return vdisk_error(-EFBIG, "vmdk: %s: a grain directory of %" PRIu64 " entries is too big", name,
+                                   n_gd);
+        if (gt_bytes % VMDK_SECTOR)
+                return vdisk_error(-EOPNOTSUPP, "vmdk: %s: %" PRIu32 " entries per grain table", name, e->h.gtes);
+        gd = calloc(n_gd, sizeof *gd);
+        rgd = calloc(n_gd, sizeof *rgd);
+        if (!gd || !rgd)
+                return -ENOMEM;
+        for (uint64_t i = 0; i < e->n_gd; i++) {
+                r = tc_get(e->gd, i, &gd[i]);
+                if (r >= 0 && e->rgd)
+                        r = tc_get(e->rgd, i, &rgd[i]);
+                if (r < 0)
+                        return r;
+                if (gd[i] == 0)
+                        prealloc = false;
+        }
+        r = grow_last_grain(s, e, capacity);
+        if (r < 0)
+                return r;
+        r = io_get_size(e->io, &end);
+        if (r < 0)
+                return r;
+        end = ALIGN_UP(end, (uint64_t) VMDK_SECTOR);
+        move = DIV_ROUND_UP(gd_bytes, VMDK_SECTOR) > DIV_ROUND_UP(e->n_gd * 4, VMDK_SECTOR);
+        gd_at = e->h.gd;
+        rgd_at = e->h.rgd;
+        if (move) {
                 if (e->rgd) {
-                        r = gt_sector(e, g, e->rgd, &rgts);
-                        if (r < 0) {
-                                rep->corruptions++;
-                                if (msgs++ < VMDK_CHECK_MESSAGES)
-                                        check_report_add(rep, "extent %zu: redundant grain directory entry %"
-                                                         PRIu64 " points past the end of the file", idx,
-                                                         g / e->h.gtes);
-                                rgts = 0;
+                        rgd_at = end / VMDK_SECTOR;
+                        end += ALIGN_UP(gd_bytes, (uint64_t) VMDK_SECTOR);
+                }
+                gd_at = end / VMDK_SECTOR;
+                end += ALIGN_UP(gd_bytes, (uint64_t) VMDK_SECTOR);
+        }
+        /* New grain tables: zeros (fresh space at the end of the file). */
+        for (uint64_t i = e->n_gd; prealloc && i < n_gd; i++) {
+                if (e->rgd) {
+                        rgd[i] = end / VMDK_SECTOR;
+                        end += gt_bytes;
+                }
+                gd[i] = end / VMDK_SECTOR;
+                end += gt_bytes;
+        }
+        if (end / VMDK_SECTOR > UINT32_MAX)
+                return vdisk_error(-EFBIG, "vmdk: %s: the extent file would pass 2 TiB", name);
+        r = io_truncate(e->io, MAX(end, e->file_size));
+        if (r < 0)
+                return r;
+        if (e->rgd) {
+                r = tc_write_entries(e->io, rgd_at * VMDK_SECTOR, n_gd, TC_LE32, 0, gd_copy_entry, rgd);
+                if (r < 0)
+                        return r;
+        }
+        r = tc_write_entries(e->io, gd_at * VMDK_SECTOR, n_gd, TC_LE32, 0, gd_copy_entry, gd);
+        if (r < 0)
+                return r;
+        r = io_flush(e->io);
+        if (r < 0)
+                return r;
+        r = io_pread(e->io, hdr, VMDK_SECTOR, 0);
+        if (r < 0)
+                return r;
+        put_le64(hdr + H_CAPACITY, capacity);
+        put_le64(hdr + H_GD, gd_at);
+        if (e->rgd)
+                put_le64(hdr + H_RGD, rgd_at);
+        /* The descriptor's extent line, then the header: the header is what
+         * sizes an embedded extent, so a failure before it changes nothing. */
+        uint64_t old_sectors = d->sectors;
+        r = desc_set_sectors(s, d, capacity);
+        if (r < 0)
+                return r;
+        r = io_pwrite(e->io, hdr, VMDK_SECTOR, 0);
+        if (r < 0) {
+                d->sectors = old_sectors;   /* written again at the next flush */
+                return r;
+        }
+        /* Written: the new size holds even if this flush fails (the next
+         * one makes it durable). */
+        r = io_flush(e->io);
+        k = sparse_reload(s, e, name);
+        return r < 0 ? r : k;
+}
+
+/* Records the extent's new size in the descriptor and writes it; on failure
+ * the old size stays in memory (and is written again at the next flush). */
+static int desc_set_sectors(vmdk_state *s, vmdk_extent_desc *d, uint64_t sectors) {
+        uint64_t old = d->sectors;
+        int r;
+
+        d->sectors = sectors;
+        s->desc_dirty = true;
+        r = vmdk_flush(s);
+        if (r < 0)
+                d->sectors = old;
+        return r;
+}
+
+/* Shrinks the last extent to `capacity` sectors (the core checked that the
+ * range cut off reads zeros). Sparse: the header's capacity first (one
+ * sector), then the descriptor, then the grain entries past the end are
+ * cleared (grow clears them too, should a crash leave them); flat: the
+ * descriptor, then the file is cut. */
+static int shrink_last(vmdk_state *s, vmdk_extent *e, vmdk_extent_desc *d, uint64_t capacity) {
+        const char *name = d->file ? d->file : vdisk_io_name(s->io);
+        int r;
+
+        r = vmdk_flush(s);
+        if (r < 0)
+                return r;
+        if (e->type == VMDK_EXTENT_SPARSE) {
+                uint8_t hdr[VMDK_SECTOR];
+                uint64_t first = DIV_ROUND_UP(capacity, e->h.grain), n = DIV_ROUND_UP(e->h.capacity, e->h.grain);
+
+                if (e->compressed)
+                        return vdisk_error(-EOPNOTSUPP, "vmdk: %s: compressed extents are not resized", name);
+                uint64_t old_sectors = d->sectors;
+
+                r = io_pread(e->io, hdr, VMDK_SECTOR, 0);
+                if (r < 0)
+                        return r;
+                put_le64(hdr + H_CAPACITY, capacity);
+                r = desc_set_sectors(s, d, capacity);
+                if (r < 0)
+                        return r;
+                r = io_pwrite(e->io, hdr, VMDK_SECTOR, 0);
+                if (r < 0) {
+                        d->sectors = old_sectors;
+                        return r;
+                }
+                r = io_flush(e->io);
+                if (r < 0) {
+                        /* written: the new size holds (the next flush makes it durable) */
+                        int k = sparse_reload(s, e, name);
+
+                        s->size = e->start + e->size;
+                        return k < 0 ? k : r;
+                }
+                for (uint64_t g = first; g < n; g++) {
+                        uint64_t v;
+
+                        r = gte_get(e, g, &v);
+                        if (r < 0)
+                                return r;
+                        if (v == 0)
+                                continue;
+                        if (e->rgd)
+                                r = set_gte(e, e->rgd, g, 0);
+                        if (r >= 0)
+                                r = set_gte(e, e->gd, g, 0);
+                        if (r < 0)
+                                return r;
+                }
+                r = vmdk_flush(s);
+                if (r >= 0)
+                        r = sparse_reload(s, e, name);
+                if (r < 0)
+                        return r;
+        } else if (e->type == VMDK_EXTENT_FLAT || e->type == VMDK_EXTENT_VMFS) {
+                r = desc_set_sectors(s, d, capacity);
+                if (r < 0)
+                        return r;
+                if (e->flat_offset == 0 && e->file_size > capacity * VMDK_SECTOR) {
+                        r = io_truncate(e->io, capacity * VMDK_SECTOR);
+                        if (r >= 0)
+                                r = io_flush(e->io);
+                        if (r < 0)
+                                return r;
+                        e->file_size = capacity * VMDK_SECTOR;
+                }
+        } else
+                return vdisk_error(-EOPNOTSUPP, "vmdk: a %s extent cannot shrink", vmdk_extent_type_name(e->type));
+        e->size = capacity * VMDK_SECTOR;
+        s->size = e->start + e->size;
+        return 0;
+}
+
+/* Resizes the image in its last extent: growing it (a sparse one as above,
+ * a flat one by growing its file), then the descriptor records the new
+ * size; or shrinking it. New extent files cannot be made after open, so a
+ * twoGbMaxExtent* image grows only up to 2 GiB in its last extent, and
+ * extent files are never dropped. */
+static int vmdk_resize(void *state, uint64_t new_size, vdisk_progress *p) {
+        vmdk_state *s = state;
+        vmdk_extent *e;
+        vmdk_extent_desc *d;
+        uint64_t capacity, grow;
+        const char *name;
+        int r;
+
+        if (s->stream)
+                return vdisk_error(-EROFS, "vmdk: streamOptimized images are not changed");
+        if (new_size == s->size)
+                return 0;
+        if (new_size % VMDK_SECTOR)
+                return vdisk_error(-EINVAL, "vmdk: the size must be a multiple of %u bytes", VMDK_SECTOR);
+        if (new_size > VMDK_CAPACITY_MAX * VMDK_SECTOR)
+                return vdisk_error(-EFBIG, "vmdk: at most %" PRIu64 " bytes", VMDK_CAPACITY_MAX * VMDK_SECTOR);
+        if (s->n_ext == 0 || s->desc.n_extents != s->n_ext)
+                return vdisk_error(-EOPNOTSUPP, "vmdk: the image has no descriptor to record the size in");
+        e = &s->ext[s->n_ext - 1];
+        d = &s->desc.extents[s->n_ext - 1];
+        name = d->file ? d->file : vdisk_io_name(s->io);
+        if (new_size <= e->start)
+                return vdisk_error(-EOPNOTSUPP, "vmdk: shrinking would drop extent files (convert the image "
+                                   "instead)");
+        if (new_size < s->size)
+                return shrink_last(s, e, d, (new_size - e->start) / VMDK_SECTOR);
+        grow = new_size - s->size;
+        capacity = (e->size + grow) / VMDK_SECTOR;
+        if (s->create_type && strncasecmp(s->create_type, "twoGbMaxExtent", 14) == 0 &&
+            e->size + grow > VMDK_2G_EXTENT)
+                return vdisk_error(-EOPNOTSUPP, "vmdk: growing past the last 2 GiB extent needs new extent files "
+                                   "(convert the image instead)");
+        /* Everything committed goes out first: the tables are rebuilt. */
+        r = vmdk_flush(s);
+        if (r < 0)
+                return r;
+        switch (e->type) {
+        case VMDK_EXTENT_SPARSE:
+                r = sparse_grow(s, e, d, capacity, name);
+                break;
+        case VMDK_EXTENT_FLAT:
+        case VMDK_EXTENT_VMFS:
+                if (e->flat_offset + capacity * VMDK_SECTOR > e->file_size) {
+                        r = io_truncate(e->io, e->flat_offset + capacity * VMDK_SECTOR);
+                        if (r >= 0)
+                                r = io_flush(e->io);
+                        if (r >= 0)
+                                e->file_size = e->flat_offset + capacity * VMDK_SECTOR;
+                }
+                if (r >= 0)
+                        r = desc_set_sectors(s, d, capacity);
+                break;
+        default:
+                return vdisk_error(-EOPNOTSUPP, "vmdk: a %s extent cannot grow", vmdk_extent_type_name(e->type));
+        }
+        /* A sparse extent's size is its header's (reloaded once written). */
+        if (r >= 0 && e->type != VMDK_EXTENT_SPARSE)
+                e->size = capacity * VMDK_SECTOR;
+        s->size = e->start + e->size;
+        return r;
+}
+
+/* ---------------------------------------------------------------- check */
+
+typedef struct used_range {
+        uint64_t sector, sectors;
+        uint64_t g;                     /* the grain, or UINT64_MAX for metadata */
+} used_range;
+
+static int cmp_used(const void *a, const void *b) {
+        const used_range *x = a, *y = b;
+
+        return x->sector < y->sector ? -1 : x->sector > y->sector;
+}
+
+typedef struct check_ctx {
+        vmdk_state *s;
+        vmdk_extent *e;
+        size_t idx;
+        vdisk_check_report *rep;
+        bool fix_all, fix_leaks;        /* repairs to make (not a dry run) */
+        uint64_t msgs, n_alloc;
+        used_range *used;
+        size_t n_used, cap_used;
+} check_ctx;
+
+#define VMDK_CHECK_MESSAGES 16u
+
+static void check_msg(check_ctx *c, const char *fmt, ...) _printf_(2, 3);
+static void check_msg(check_ctx *c, const char *fmt, ...) {
+        char buf[256];
+        va_list ap;
+
+        if (c->msgs++ >= VMDK_CHECK_MESSAGES)
+                return;
+        va_start(ap, fmt);
+        vsnprintf(buf, sizeof buf, fmt, ap);
+        va_end(ap);
+        check_report_add(c->rep, "extent %zu: %s", c->idx, buf);
+}
+
+static int used_add(check_ctx *c, uint64_t sector, uint64_t sectors, uint64_t g) {
+        if (c->n_used == c->cap_used) {
+                size_t n = c->cap_used ? 2 * c->cap_used : 256;
+                used_range *u = reallocarray(c->used, n, sizeof *u);
+
+                if (!u)
+                        return -ENOMEM;
+                c->used = u;
+                c->cap_used = n;
+        }
+        c->used[c->n_used++] = (used_range) { .sector = sector, .sectors = sectors, .g = g };
+        return 0;
+}
+
+/* Space for a new grain table at the end of the extent file (repair). */
+static int meta_alloc(vmdk_extent *e, uint64_t *ret_sector) {
+        uint64_t host;
+        int r;
+
+        if (!e->alloc_ready) {
+                hostalloc_init(&e->alloc, ALIGN_UP(e->file_size, (uint64_t) VMDK_SECTOR), e->file_size,
+                               VMDK_SECTOR);
+                e->alloc_ready = true;
+        }
+        r = hostalloc_alloc(&e->alloc, (uint64_t) e->h.gtes * 4, (UINT64_C(1) << 32) * VMDK_SECTOR, &host, NULL);
+        if (r < 0)
+                return vdisk_error(r, "vmdk: extent file would pass 2 TiB");
+        r = io_truncate(e->io, MAX(e->file_size, host + (uint64_t) e->h.gtes * 4));
+        if (r < 0)
+                return r;
+        e->file_size = MAX(e->file_size, host + (uint64_t) e->h.gtes * 4);
+        *ret_sector = host / VMDK_SECTOR;
+        return 0;
+}
+
+static bool gt_valid(vmdk_extent *e, uint64_t gts) {
+        return gts > 0 && gts <= (UINT64_MAX >> 9) &&
+               range_within(gts * VMDK_SECTOR, (uint64_t) e->h.gtes * 4, e->file_size);
+}
+
+/* One grain directory entry t: both directories, then the grains of its table. */
+static int check_gt(check_ctx *c, uint64_t t) {
+        vmdk_extent *e = c->e;
+        vdisk_check_report *rep = c->rep;
+        uint64_t gts = 0, rgts = 0, n_grains = DIV_ROUND_UP(e->size, e->grain);
+        uint64_t meta_end = MAX(e->h.gd + DIV_ROUND_UP(e->n_gd * 4, VMDK_SECTOR),
+                                e->rgd ? e->h.rgd + DIV_ROUND_UP(e->n_gd * 4, VMDK_SECTOR) : 0);
+        int r;
+
+        r = tc_get(e->gd, t, &gts);
+        if (r >= 0 && e->rgd)
+                r = tc_get(e->rgd, t, &rgts);
+        if (r < 0)
+                return r;
+        if (gts && !gt_valid(e, gts)) {
+                rep->corruptions++;
+                check_msg(c, "grain directory entry %" PRIu64 " (sector %" PRIu64 ") points past the end of the file",
+                          t, gts);
+                if (c->fix_all) {
+                        /* the redundant table, when it is sound, else none */
+                        gts = rgts && gt_valid(e, rgts) ? rgts : 0;
+                        r = tc_set(e->gd, t, gts, 0);
+                        if (r < 0)
+                                return r;
+                        rep->corruptions_fixed++;
+                } else
+                        return 0;
+        }
+        if (rgts && !gt_valid(e, rgts)) {
+                rep->corruptions++;
+                check_msg(c, "redundant grain directory entry %" PRIu64 " (sector %" PRIu64
+                          ") points past the end of the file", t, rgts);
+                if (c->fix_all) {
+                        rgts = 0;
+                        r = tc_set(e->rgd, t, 0, 0);
+                        if (r < 0)
+                                return r;
+                        rep->corruptions_fixed++;
+                }
+        }
+        if (e->rgd && !gts != !rgts) {
+                /* What a crash between the two directory writes leaves. */
+                rep->leaks++;
+                check_msg(c, "grain table %" PRIu64 " is in the %s grain directory only", t,
+                          gts ? "primary" : "redundant");
+                if (c->fix_leaks || c->fix_all) {
+                        uint64_t n = 0;
+
+                        if (gts) {
+                                r = meta_alloc(e, &n);
+                                if (r >= 0) {
+                                        uint64_t g0 = t * e->h.gtes, v0 = 0;
+
+                                        r = gt_get(e, gts, 0, &v0);
+                                        if (r >= 0)
+                                                r = new_gt(c->s, e, n, gts, g0, v0);
+                                }
                         }
-                        if (rgts)
-                                {
-                                r = tc_get(e->view, rgts * (VMDK_SECTOR / 4) + g % e->h.gtes, &rv);
+                        if (r >= 0)
+                                r = tc_set(e->rgd, t, n, 0);
+                        if (r < 0)
+                                return r;
+                        rgts = n;
+                        rep->leaks_fixed++;
+                }
+        }
+        if (gts) {
+                r = used_add(c, gts, DIV_ROUND_UP((uint64_t) e->h.gtes * 4, VMDK_SECTOR), UINT64_MAX);
+                if (r < 0)
+                        return r;
+        }
+        if (rgts && rgts != gts) {
+                r = used_add(c, rgts, DIV_ROUND_UP((uint64_t) e->h.gtes * 4, VMDK_SECTOR), UINT64_MAX);
+                if (r < 0)
+                        return r;
+        }
+        for (uint64_t g = t * e->h.gtes; g < n_grains && g < (t + 1) * e->h.gtes; g++) {
+                uint64_t v = 0, rv = 0, i = g % e->h.gtes;
+                uint64_t len = DIV_ROUND_UP(MIN(e->grain, e->size - g * e->grain), VMDK_SECTOR);
+
+                if (gts) {
+                        r = gt_get(e, gts, i, &v);
+                        if (r < 0)
+                                return r;
+                }
+                if (rgts) {
+                        r = gt_get(e, rgts, i, &rv);
+                        if (r < 0)
+                                return r;
+                }
+                if (v != 0 && !(v == 1 && e->zeroed_gte) && !e->compressed &&
+                    (v > (UINT64_MAX >> 9) || !range_within(v * VMDK_SECTOR, len * VMDK_SECTOR, e->file_size) ||
+                     v < meta_end)) {
+                        rep->corruptions++;
+                        check_msg(c, "grain %" PRIu64 " at sector %" PRIu64 " is not within the file's data area", g, v);
+                        if (!c->fix_all)
+                                continue;
+                        /* the grain is lost: it reads unallocated */
+                        r = gt_put(e, gts, i, 0);
+                        if (r >= 0 && rgts)
+                                r = gt_put(e, rgts, i, 0);
+                        if (r < 0)
+                                return r;
+                        rep->corruptions_fixed++;
+                        continue;
+                }
+                if (e->compressed && v > 1 && v * VMDK_SECTOR >= e->file_size) {
+                        rep->corruptions++;
+                        check_msg(c, "grain %" PRIu64 " at sector %" PRIu64 " is past the end of the file", g, v);
+                }
+                if (rgts && v != rv) {
+                        if (v && rv) {
+                                rep->corruptions++;
+                                check_msg(c, "grain %" PRIu64 " is at sector %" PRIu64 " in the grain table, %" PRIu64
+                                          " in the redundant one", g, v, rv);
+                        } else {
+                                rep->leaks++;
+                                check_msg(c, "grain %" PRIu64 " is set in one grain table only (an interrupted update)",
+                                          g);
+                        }
+                        if (c->fix_all || (!(v && rv) && c->fix_leaks)) {
+                                /* the primary table is what reads */
+                                r = gt_put(e, rgts, i, v);
                                 if (r < 0)
                                         return r;
-                        }
-                        if (rgts && v != rv) {
-                                if (v && rv) {
-                                        rep->corruptions++;
-                                        if (msgs++ < VMDK_CHECK_MESSAGES)
-                                                check_report_add(rep, "extent %zu: grain %" PRIu64 " is at sector %"
-                                                                 PRIu64 " in the grain table, %" PRIu64
-                                                                 " in the redundant one", idx, g, v, rv);
-                                } else if (msgs++ < VMDK_CHECK_MESSAGES)
-                                        check_report_add(rep, "extent %zu: grain %" PRIu64 " is set in one grain "
-                                                         "table only (an interrupted update)", idx, g);
+                                if (v && rv)
+                                        rep->corruptions_fixed++;
+                                else
+                                        rep->leaks_fixed++;
                         }
                 }
                 if (v == 0 || (v == 1 && e->zeroed_gte))
                         continue;
-                if (e->compressed) {
-                        if (v * VMDK_SECTOR >= e->file_size) {
-                                rep->corruptions++;
-                                if (msgs++ < VMDK_CHECK_MESSAGES)
-                                        check_report_add(rep, "extent %zu: grain %" PRIu64 " at sector %" PRIu64
-                                                         " is past the end of the file", idx, g, v);
-                        }
-                        (*n_alloc)++;
-                        continue;
+                c->n_alloc++;
+                if (!e->compressed) {
+                        r = used_add(c, v, len, g);
+                        if (r < 0)
+                                return r;
                 }
-                if (v > (UINT64_MAX >> 9) ||
-                    !range_within(v * VMDK_SECTOR, MIN(e->grain, e->size - g * e->grain), e->file_size) ||
-                    v < e->h.gd + DIV_ROUND_UP(e->n_gd * 4, VMDK_SECTOR)) {
-                        rep->corruptions++;
-                        if (msgs++ < VMDK_CHECK_MESSAGES)
-                                check_report_add(rep, "extent %zu: grain %" PRIu64 " at sector %" PRIu64
-                                                 " is not within the file's data area", idx, g, v);
-                        continue;
-                }
-                if (n_used < cap)
-                        used[n_used++] = v;
-                (*n_alloc)++;
         }
-        qsort(used, n_used, sizeof *used, cmp_u64);
-        for (uint64_t i = 1; i < n_used; i++)
-                if (used[i] < used[i - 1] + e->h.grain) {
-                        rep->corruptions++;
-                        if (msgs++ < VMDK_CHECK_MESSAGES)
-                                check_report_add(rep, "extent %zu: grains at sectors %" PRIu64 " and %" PRIu64
-                                                 " overlap", idx, used[i - 1], used[i]);
-                }
         return 0;
+}
+
+/* Sparse extents: every GD entry within the file, every grain entry within
+ * the file and outside the metadata, no two grains or tables on the same
+ * sectors, the redundant tables agreeing (an entry set in one only is what
+ * a crash between the two table writes leaves: a leak). Space past the last
+ * structure is a leak too. Repairs follow the primary tables (what reads):
+ * the redundant ones are made to agree, entries past the end or overlapping
+ * are cleared (those grains read unallocated), the tail is cut. */
+static int check_extent(vmdk_state *s, vmdk_extent *e, size_t idx, vdisk_check_report *rep, uint32_t flags,
+                        uint64_t *n_alloc) {
+        bool dry = flags & VDISK_CHECK_DRY_RUN;
+        check_ctx c = {
+                .s = s, .e = e, .idx = idx, .rep = rep,
+                .fix_all = !dry && (flags & VDISK_CHECK_REPAIR_ALL),
+                .fix_leaks = !dry && (flags & (VDISK_CHECK_REPAIR_LEAKS | VDISK_CHECK_REPAIR_ALL)),
+        };
+        uint64_t end, gd_sectors = DIV_ROUND_UP(e->n_gd * 4, VMDK_SECTOR), file_end;
+        bool changed = false;
+        int r = 0;
+
+        if (c.fix_leaks && e->compressed)
+                return vdisk_error(-EROFS, "vmdk: compressed extents are not repaired");
+        for (uint64_t t = 0; t < e->n_gd && r >= 0; t++)
+                r = check_gt(&c, t);
+        if (r < 0)
+                goto out;
+        qsort(c.used, c.n_used, sizeof *c.used, cmp_used);
+        /* the header, descriptor and directories */
+        end = MAX(MAX(e->h.gd + gd_sectors, e->rgd ? e->h.rgd + gd_sectors : 0),
+                  MAX(e->h.desc_offset + e->h.desc_size, (uint64_t) 1));
+        end = MAX(end, e->h.overhead);
+        for (size_t i = 0; i < c.n_used; i++) {
+                used_range *u = &c.used[i];
+
+                if (i > 0 && u->sector < c.used[i - 1].sector + c.used[i - 1].sectors) {
+                        rep->corruptions++;
+                        check_msg(&c, "%s at sector %" PRIu64 " overlaps the %s at sector %" PRIu64,
+                                  u->g == UINT64_MAX ? "a grain table" : "a grain", u->sector,
+                                  c.used[i - 1].g == UINT64_MAX ? "grain table" : "grain", c.used[i - 1].sector);
+                        if (c.fix_all && u->g != UINT64_MAX) {
+                                uint64_t gts = 0, rgts = 0;
+
+                                r = gt_sector(e, u->g, e->gd, &gts);
+                                if (r >= 0 && gts)
+                                        r = gt_put(e, gts, u->g % e->h.gtes, 0);
+                                if (r >= 0 && e->rgd)
+                                        r = gt_sector(e, u->g, e->rgd, &rgts);
+                                if (r >= 0 && rgts)
+                                        r = gt_put(e, rgts, u->g % e->h.gtes, 0);
+                                if (r < 0)
+                                        goto out;
+                                rep->corruptions_fixed++;
+                                c.n_alloc--;
+                                changed = true;
+                                continue;
+                        }
+                }
+                end = MAX(end, u->sector + u->sectors);
+        }
+        changed = changed || rep->corruptions_fixed || rep->leaks_fixed;
+        file_end = DIV_ROUND_UP(e->file_size, VMDK_SECTOR);
+        if (!e->compressed && file_end > end) {
+                rep->leaks += DIV_ROUND_UP(file_end - end, e->h.grain);
+                check_msg(&c, "%" PRIu64 " sectors past the last grain are not used", file_end - end);
+                if (c.fix_leaks) {
+                        r = vmdk_flush(s);
+                        if (r >= 0)
+                                r = io_truncate(e->io, end * VMDK_SECTOR);
+                        if (r < 0)
+                                goto out;
+                        rep->leaks_fixed += DIV_ROUND_UP(file_end - end, e->h.grain);
+                        changed = true;
+                }
+        }
+        if (changed && (c.fix_all || c.fix_leaks)) {
+                r = vmdk_flush(s);
+                if (r >= 0)
+                        r = sparse_reload(s, e, vdisk_io_name(e->io));
+        }
+        *n_alloc += c.n_alloc;
+out:
+        free(c.used);
+        return r;
 }
 
 static int vmdk_check(void *state, uint32_t flags, vdisk_check_report *rep, vdisk_progress *p) {
@@ -2029,6 +2744,9 @@ static int vmdk_check(void *state, uint32_t flags, vdisk_check_report *rep, vdis
 
         if (s->stream && !s->stream_done)
                 return vdisk_error(-EBUSY, "vmdk: the image is being written");
+        if ((flags & (VDISK_CHECK_REPAIR_LEAKS | VDISK_CHECK_REPAIR_ALL)) && !(flags & VDISK_CHECK_DRY_RUN) &&
+            !s->writable)
+                return vdisk_error(-EROFS, "vmdk: the image is open read-only");
         for (size_t i = 0; i < s->n_ext; i++) {
                 vmdk_extent *e = &s->ext[i];
 
@@ -2048,19 +2766,26 @@ static int vmdk_check(void *state, uint32_t flags, vdisk_check_report *rep, vdis
                 if (e->type != VMDK_EXTENT_SPARSE)
                         continue;
                 total += DIV_ROUND_UP(e->size, e->grain);
-                r = check_extent(s, e, i + 1, rep, &n_alloc);
+                r = check_extent(s, e, i + 1, rep, flags, &n_alloc);
                 if (r < 0)
                         return r;
         }
         rep->total_clusters = total;
         rep->allocated_clusters = n_alloc;
-        if ((flags & (VDISK_CHECK_REPAIR_LEAKS | VDISK_CHECK_REPAIR_ALL)) && rep->corruptions &&
-            !(flags & VDISK_CHECK_DRY_RUN))
-                return vdisk_error(-EOPNOTSUPP, "vmdk: repair is not supported yet");
+        if ((flags & VDISK_CHECK_DRY_RUN) && (rep->corruptions || rep->leaks))
+                check_report_add(rep, "dry run: nothing was written");
         return 0;
 }
 
 /* ---------------------------------------------------------------- metadata */
+
+/* Every extent flat (monolithicFlat, twoGbMaxExtentFlat, vmfs): preallocated. */
+static bool all_flat(vmdk_state *s) {
+        for (size_t i = 0; i < s->n_ext; i++)
+                if (s->ext[i].type != VMDK_EXTENT_FLAT && s->ext[i].type != VMDK_EXTENT_VMFS)
+                        return false;
+        return s->n_ext > 0;
+}
 
 static int vmdk_get_meta(void *state, meta *m) {
         vmdk_state *s = state;
@@ -2093,6 +2818,8 @@ static int vmdk_get_meta(void *state, meta *m) {
                 m->parent_content_id = s->parent_cid;
                 m->mask |= META_PARENT_CONTENT_ID;
         }
+        if (all_flat(s))
+                m->flags |= VDISK_IMAGE_FLAGS_FIXED;
         return 0;
 }
 
@@ -2105,6 +2832,8 @@ static int vmdk_get_info(void *state, vdisk_image_info *ret) {
         ret->dirty = 0;
         ret->variant = s->create_type ? s->create_type : s->stream ? "streamOptimized" : "monolithicSparse";
         ret->image_flags = s->parent_hint || s->has_parent_uuid ? VDISK_IMAGE_FLAGS_DIFF : 0;
+        if (all_flat(s))
+                ret->image_flags |= VDISK_IMAGE_FLAGS_FIXED;
         return 0;
 }
 
@@ -2196,6 +2925,10 @@ static const vdisk_option_desc vmdk_create_options[] = {
                                                "monolithicSparse" },
         { "zeroed_grain", VDISK_OPTION_BOOL, "Enable efficient zero writes using the zeroed-grain GTE feature",
                                              "off" },
+        /* vdisk's own (after qemu's): qemu-img 7.2 reads such images but
+         * corrupts them when it writes into a missing grain table. */
+        { "gt_on_demand", VDISK_OPTION_BOOL, "Allocate grain tables on first write instead of at creation "
+                                             "(qemu-img can read but not write such images)", "off" },
         {}
 };
 
@@ -2228,6 +2961,7 @@ const vdisk_backend backend_vmdk = {
         .encode = vmdk_encode,
         .stream_write_encoded = vmdk_stream_write_encoded,
         .finish = vmdk_finish,
+        .resize = vmdk_resize,
         .check = vmdk_check,
         .get_meta = vmdk_get_meta,
         .set_meta = vmdk_set_meta,

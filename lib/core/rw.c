@@ -436,7 +436,8 @@ int rw_status(vdisk_disk *d, unsigned bottom, unsigned top, uint64_t offset, uin
                                          (m.kind == MAP_ZERO ? VDISK_EXTENT_ZERO : VDISK_EXTENT_DATA),
                                 .depth = (int) (top - level),
                                 .host_offset = m.host_offset,
-                                .host_offset_valid = m.kind == MAP_DATA && !m.file,
+                                .host_offset_valid = m.kind == MAP_DATA,
+                                .file = m.kind == MAP_DATA ? vdisk_io_name(m.file ? m.file : img->io) : NULL,
                         };
                         /* A raw base "allocates" everything; holes map as ZERO. */
                         return 0;

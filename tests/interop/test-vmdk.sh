@@ -86,6 +86,137 @@ qcheck v-zg.vmdk vmdk
 qcompare pat.raw raw v-zg.vmdk vmdk
 expect_eq "zeroed_grain makes a version 2 header" "$(od -An -tu4 -j4 -N4 v-zg.vmdk | tr -d ' ')" 2
 
+# Grain tables on demand: an empty 2 TiB image holds no grain tables; writes
+# allocate them (in both directories); qemu-img reads and checks the result.
+vimg create -f vmdk -o gt_on_demand=on od-big.vmdk 2T
+expect_eq "gt_on_demand: an empty 2 TiB monolithicSparse is under 1 MiB" "$(( $(stat -c %s od-big.vmdk) < M ))" 1
+qcheck od-big.vmdk vmdk
+rm -f od-big.vmdk
+for sf in monolithicSparse twoGbMaxExtentSparse; do
+        vimg create -f vmdk -o "subformat=$sf,gt_on_demand=on" "od-$sf.vmdk" "$SIZE"
+        vimg convert -n -O vmdk pat.raw "od-$sf.vmdk"
+        expect_eq "gt_on_demand $sf: vdisk-img writes into it" "$RC" 0
+        qcheck "od-$sf.vmdk" vmdk
+        qcompare pat.raw raw "od-$sf.vmdk" vmdk
+done
+# a GD entry of 0 in a qemu-made image (what VirtualBox may leave): vdisk-img
+# allocates the table, qemu-img reads the result
+"$QEMU_IMG" create -f vmdk -q od-q.vmdk "$SIZE"
+python3 - od-q.vmdk <<'PY'
+import struct, sys
+with open(sys.argv[1], 'r+b') as f:
+    rgd, gd = struct.unpack_from('<QQ', f.read(512), 48)
+    for d in (rgd, gd):
+        f.seek(d * 512)
+        f.write(b'\0' * 4)
+PY
+vimg convert -n -O vmdk pat.raw od-q.vmdk
+expect_eq "a grain table missing from both directories is allocated" "$RC" 0
+qcheck od-q.vmdk vmdk
+qcompare pat.raw raw od-q.vmdk vmdk
+
+# Resize: every writable subformat grows (from a size that is no grain
+# multiple; monolithicSparse to 5 GiB: its GD outgrows its sector and moves), qemu-img checks it and
+# reads the old content and zeros after it; qemu writes into the new range of
+# a monolithicSparse (preallocated GTs there); shrink back; twoGbMaxExtent*
+# past its last extent is refused.
+for sf in monolithicSparse monolithicFlat twoGbMaxExtentSparse twoGbMaxExtentFlat; do
+        vimg convert -O vmdk -o "subformat=$sf" pat.raw "rs-$sf.vmdk"
+        case $sf in     # the GD outgrows its sector past 4 GiB
+        monolithicSparse) big=$((5 << 30)) ;;
+        twoGbMaxExtentSparse) big=$((2 << 30)) ;;
+        *) big=$((300 * M)) ;;
+        esac
+        vimg resize "rs-$sf.vmdk" "$big"
+        expect_eq "resize $sf to $big" "$RC" 0
+        qcheck "rs-$sf.vmdk" vmdk
+        cp pat.raw rs.raw && truncate -s "$big" rs.raw
+        qcompare rs.raw raw "rs-$sf.vmdk" vmdk
+        vimg resize --shrink "rs-$sf.vmdk" "$SIZE"
+        expect_eq "shrink $sf back to $SIZE" "$RC" 0
+        qcheck "rs-$sf.vmdk" vmdk
+        qcompare pat.raw raw "rs-$sf.vmdk" vmdk
+        rm -f rs.raw
+done
+expect_fail "twoGbMaxExtentSparse: no growing past its last extent" "$VDISK_IMG" resize rs-twoGbMaxExtentSparse.vmdk 3G
+vimg resize rs-monolithicSparse.vmdk 3G
+"$QEMU_IO" -f vmdk -c "write -P 0x5a $((2900 * M)) $M" rs-monolithicSparse.vmdk >/dev/null
+qcheck rs-monolithicSparse.vmdk vmdk
+vimg convert -O raw rs-monolithicSparse.vmdk rs.raw
+expect_eq "qemu writes into the grown range; vdisk-img reads it" \
+        "$(dd if=rs.raw bs=1M skip=2900 count=1 status=none | tr -d Z | wc -c)" 0   # 0x5a is 'Z'
+expect_eq "the old content is kept" "$(head -c "$SIZE" rs.raw | cmp - pat.raw && echo same)" same
+rm -f rs.raw rs-*
+
+# map and "disk size" of multi-file images: data past the first 2 GiB extent,
+# JSON and human output (which names each extent's file) equal to qemu-img's;
+# the disk size counts every file.
+truncate -s $((3 << 30)) mx.raw
+dd if=pat.raw of=mx.raw bs=1M count=5 conv=notrunc status=none
+dd if=pat.raw of=mx.raw bs=1M count=2 seek=2100 conv=notrunc status=none
+for sf in twoGbMaxExtentSparse twoGbMaxExtentFlat monolithicFlat; do
+        "$QEMU_IMG" convert -f raw -O vmdk -o "subformat=$sf" mx.raw "mx-$sf.vmdk"
+        for o in json human; do
+                expect_eq "map --output=$o of a qemu-made $sf equals qemu-img's" \
+                        "$("$VDISK_IMG" map --output=$o -f vmdk "mx-$sf.vmdk" 2>&1)" \
+                        "$("$QEMU_IMG" map --output=$o -f vmdk "mx-$sf.vmdk" 2>&1)"
+        done
+        sync mx-"$sf"*.vmdk     # st_blocks settle at writeback (ext4 extent blocks)
+        expect_eq "disk size of $sf counts every file" \
+                "$("$VDISK_IMG" info --output=json "mx-$sf.vmdk" | grep '"actual-size"')" \
+                "$("$QEMU_IMG" info --output=json "mx-$sf.vmdk" | grep '"actual-size"')"
+done
+rm -f mx.raw mx-*
+
+# Check and repair of images corrupted here: the redundant GT disagreeing,
+# a grain past the end of the file, two grains on the same sectors, a grain
+# table in the redundant directory only, garbage past the last grain.
+# vdisk-img check finds each, `check -r all` fixes them following the primary
+# tables (lost grains read unallocated), and qemu-img check then passes.
+"$PY" -c 'import random, sys; random.seed(11); sys.stdout.buffer.write(random.randbytes(36 << 20))' > rp.raw
+vimg convert -O vmdk rp.raw rp.vmdk
+"$PY" - rp.vmdk <<'PY'
+import struct, sys
+with open(sys.argv[1], 'r+b') as f:
+    rgd, gd = struct.unpack_from('<QQ', f.read(512), 48)
+    def get(sec, i):
+        f.seek(sec * 512 + 4 * i)
+        return struct.unpack('<I', f.read(4))[0]
+    def put(sec, i, v):
+        f.seek(sec * 512 + 4 * i)
+        f.write(struct.pack('<I', v))
+    gt, rgt = get(gd, 0), get(rgd, 0)
+    put(rgt, 0, get(gt, 0) + 128 * 7)            # redundant disagrees
+    for t in (gt, rgt):
+        put(t, 1, 0x7fffff00)                    # past the end of the file
+        put(t, 3, get(gt, 2))                    # on grain 2's sectors
+    put(rgd, 1, 0)                               # GT 1: in the primary GD only
+    f.seek(0, 2)
+    f.write(b'x' * 200000)                       # a leaked tail
+PY
+vimg check rp.vmdk
+expect_eq "check finds the corruptions (exit 2)" "$RC" 2
+expect_eq "check names the 3 corruptions" \
+        "$("$VDISK_IMG" check rp.vmdk 2>&1 | grep -c 'is at sector\|not within\|overlaps')" 3
+expect_eq "check names the grain table missing from the redundant GD" \
+        "$("$VDISK_IMG" check rp.vmdk 2>&1 | grep -c 'in the primary grain directory only')" 1
+expect_fail "qemu-img check fails on the corrupted image" "$QEMU_IMG" check -f vmdk rp.vmdk
+vimg check -r all rp.vmdk
+expect_eq "check -r all repairs" "$RC" 0
+vimg check rp.vmdk
+expect_eq "vdisk-img check is clean after repair" "$RC" 0
+qcheck rp.vmdk vmdk
+# what reads: grains 1 and 3 lost (zeros), every other grain as written
+"$PY" - rp.raw rp-want.raw <<'PY'
+import sys
+d = bytearray(open(sys.argv[1], 'rb').read())
+for g in (1, 3):
+    d[g * 65536:(g + 1) * 65536] = bytes(65536)
+open(sys.argv[2], 'wb').write(d)
+PY
+qcompare rp-want.raw raw rp.vmdk vmdk
+rm -f rp.raw rp-want.raw rp.vmdk
+
 # Writes into an existing image (create, then convert -n).
 vimg create -f vmdk e.vmdk "$SIZE"
 vimg convert -n -O vmdk pat.raw e.vmdk

@@ -58,9 +58,9 @@ typedef struct model_cfg {
 static const model_cfg vdi_configs[] = {
         { "1MiB-blocks", 0, 1 * MiB, 48 * MiB, 24 * MiB, 64 * MiB, 3 * MiB },
         { "64KiB-blocks", 64 * KiB, 64 * KiB, 3 * MiB, 1536 * KiB, 4 * MiB, 1 * MiB },
-        /* VMDK monolithicSparse, 64 KiB grains: no compact or resize yet
-         * (bits 7 and 8: OP_COMPACT, OP_RESIZE below). */
-        { "vmdk-64KiB", 0, 64 * KiB, 3 * MiB, 1536 * KiB, 4 * MiB, 1 * MiB, "vmdk", (1u << 7) | (1u << 8) },
+        /* VMDK monolithicSparse, 64 KiB grains: no compact yet (bit 7:
+         * OP_COMPACT below). */
+        { "vmdk-64KiB", 0, 64 * KiB, 3 * MiB, 1536 * KiB, 4 * MiB, 1 * MiB, "vmdk", 1u << 7 },
 };
 static const model_cfg vhd_configs[] = {
         { "2MiB-blocks", 0, 2 * MiB, 48 * MiB, 24 * MiB, 64 * MiB, 3 * MiB },
@@ -90,7 +90,7 @@ enum {
         OP_MAX,
 };
 
-_Static_assert(OP_COMPACT == 7 && OP_RESIZE == 8, "model_cfg.no_ops of the vmdk config");
+_Static_assert(OP_COMPACT == 7, "model_cfg.no_ops of the vmdk config");
 
 /* The format of the next new image: the config's, or in a mixed chain VDI,
  * VMDK and VHD in turn. */

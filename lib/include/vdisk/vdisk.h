@@ -496,8 +496,12 @@ typedef struct vdisk_extent {
         uint64_t offset, length;
         uint32_t flags;          /* VDISK_EXTENT_* */
         int depth;               /* images above the one that defines it; -1 = none */
-        uint64_t host_offset;    /* valid with DATA: offset in that image's file */
+        uint64_t host_offset;    /* valid with DATA: offset in `file` */
         int host_offset_valid;
+        /* With host_offset_valid: the name of the file holding the data, the
+         * image's own or one of its companions (a VMDK extent file);
+         * borrowed, valid while the image is open. */
+        const char *file;
 } vdisk_extent;
 
 /* The extent at `offset` up to `max_len` long (merged across blocks while the
@@ -608,7 +612,7 @@ int vdisk_disk_query_regions(vdisk_disk *d, vdisk_region **ret, size_t *ret_n);
 typedef struct vdisk_image_info {
         size_t size;
         uint64_t virtual_size;
-        uint64_t actual_size;      /* bytes allocated on the host file system */
+        uint64_t actual_size;      /* bytes allocated on the host file system (all the image's files) */
         uint64_t file_size;        /* apparent file size */
         uint32_t cluster_size;     /* allocation block size, 0 if none */
         uint32_t image_flags;
