@@ -2179,8 +2179,10 @@ static int vhd_compact(void *state, compact_fn fn, void *ctx, vdisk_progress *p)
                 pos += unit;
         }
 
-        /* The footer after the last block; the rest goes. */
-        if (pos < s->data_end) {
+        /* The footer after the last block; the rest goes (also room that
+         * no block references any more, before the footer: a shrink frees
+         * the blocks past the end without cutting the file). */
+        if (pos < MAX(s->data_end, s->footer_offset)) {
                 footer_seal(s->footer);
                 r = io_pwrite(s->io, s->footer, VHD_FOOTER_SIZE, pos);
                 if (r < 0)

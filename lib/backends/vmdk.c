@@ -2877,6 +2877,8 @@ static int vmdk_set_meta(void *state, const meta *m, uint32_t mask) {
                         r = vmdk_desc_set(&s->desc, "parentFileNameHint", "", true);
                         if (r >= 0)
                                 r = vmdk_desc_set(&s->desc, "parentCID", "ffffffff", false);
+                        if (r >= 0)
+                                s->parent_cid = 0xffffffff;
                 }
         }
         if (r >= 0 && (mask & META_PARENT_NAME))
@@ -2884,10 +2886,14 @@ static int vmdk_set_meta(void *state, const meta *m, uint32_t mask) {
         if (r >= 0 && (mask & META_CONTENT_ID)) {
                 snprintf(buf, sizeof buf, "%08" PRIx32, m->content_id);
                 r = vmdk_desc_set(&s->desc, "CID", buf, false);
+                if (r >= 0)
+                        s->cid = m->content_id;
         }
         if (r >= 0 && (mask & META_PARENT_CONTENT_ID)) {
                 snprintf(buf, sizeof buf, "%08" PRIx32, m->parent_content_id);
                 r = vmdk_desc_set(&s->desc, "parentCID", buf, false);
+                if (r >= 0)
+                        s->parent_cid = m->parent_content_id;
         }
         if (r >= 0 && (mask & META_LCHS)) {
                 snprintf(buf, sizeof buf, "%" PRIu32, m->lchs.cylinders);

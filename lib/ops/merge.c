@@ -181,6 +181,12 @@ static int relink(vdisk_disk *d, unsigned child, int parent) {
         return image_flush(d->images[child]);
 }
 
+static bool records_parent_content_id(vdisk_image *img) {
+        meta m = {};
+
+        return image_get_meta(img, &m) >= 0 && (m.mask & META_PARENT_CONTENT_ID);
+}
+
 /* Checks the arguments and registers the merge (under the lock). */
 static int merge_begin(vdisk_disk *d, unsigned from, unsigned to) {
         _cleanup_(disk_unlockp) _unused_ vdisk_disk *l = disk_lock(d);
@@ -204,6 +210,16 @@ static int merge_begin(vdisk_disk *d, unsigned from, unsigned to) {
         r = disk_make_writable(d, to);
         if (r >= 0 && from > to && from + 1 < d->n)
                 r = disk_make_writable(d, from + 1);
+        /* A forward merge writes into `to`, which gives it a new content ID:
+         * a child that records its parent's (VMDK's parentCID) must get it,
+         * or the chain no longer opens. */
+        if (r >= 0 && from < to && to + 1 < d->n && records_parent_content_id(d->images[to + 1]))
+                r = disk_make_writable(d, to + 1);
+        /* A backward merge into a larger `to` writes zero blocks into
+         * `from + 1` (see merge_run): its child must get its new content ID. */
+        if (r >= 0 && from > to && from + 2 < d->n && d->images[to]->size > d->images[from]->size &&
+            records_parent_content_id(d->images[from + 2]))
+                r = disk_make_writable(d, from + 2);
         if (r < 0) {
                 disk_op_end(d, OP_EXCLUSIVE, 0);
                 return r;
@@ -247,6 +263,11 @@ static int merge_run(vdisk_disk *d, unsigned from, unsigned to, vdisk_progress *
                                                        MIN(child->size, d->images[to]->size));
                                 if (r >= 0)
                                         r = image_flush(child);
+                                /* `child` got a new content ID (VMDK CID):
+                                 * its own child records it. */
+                                if (r >= 0 && from + 2 < d->n &&
+                                    records_parent_content_id(d->images[from + 2]))
+                                        r = relink(d, from + 2, (int) from + 1);
                                 if (r < 0)
                                         return r;
                         }
@@ -286,7 +307,8 @@ static int merge_run(vdisk_disk *d, unsigned from, unsigned to, vdisk_progress *
                 /* `to` got a new modification UUID: keep its child's record
                  * current when the child can be written (else it only warns
                  * that its parent changed, as after any write into a parent). */
-                if (to + 1 < d->n && disk_make_writable(d, to + 1) >= 0) {
+                if (to + 1 < d->n && (records_parent_content_id(d->images[to + 1]) ||
+                                      disk_make_writable(d, to + 1) >= 0)) {
                         r = relink(d, to + 1, (int) to);
                         if (r < 0)
                                 return r;
