@@ -392,11 +392,15 @@ int vdisk_image_get_info(vdisk_image *img, vdisk_image_info *ret) {
         if (r < 0)
                 return r;
         /* A multi-file image (VMDK extents) takes the space of all its files,
-         * as qemu-img info counts it. */
+         * as qemu-img info counts it; files only named (VDISK_OPEN_LIST_FILES)
+         * are not open and count nothing. */
         for (size_t i = 0; img->files && i < files_count(img->files); i++) {
+                vdisk_io *f = files_get(img->files, i);
                 uint64_t n = 0;
 
-                r = io_get_allocated(files_get(img->files, i), &n);
+                if (!f)
+                        continue;
+                r = io_get_allocated(f, &n);
                 if (r < 0)
                         return r;
                 ret->actual_size += n;

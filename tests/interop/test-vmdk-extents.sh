@@ -209,7 +209,11 @@ reads_as() {
 }
 links_ok() { # DESC CHILD PARENT: hint and parentCID name the parent
         expect_eq "$1: parentFileNameHint" "$(desc_get "$2" parentFileNameHint)" "$3"
-        expect_eq "$1: parentCID is the parent's CID" "$(desc_get "$2" parentCID)" "$(desc_get "$3" CID)"
+        # as numbers: qemu writes CIDs without leading zeros, we write 8 digits
+        local pcid cid
+        pcid=$(desc_get "$2" parentCID)
+        cid=$(desc_get "$3" CID)
+        expect_eq "$1: parentCID is the parent's CID" "$((16#${pcid:-x}))" "$((16#${cid:-y}))"
 }
 
 for tool in "$VDISK_IMG" "$QEMU_IMG"; do

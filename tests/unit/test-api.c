@@ -1099,6 +1099,14 @@ static void test_list_files(void) {
         ASSERT(vdisk_image_file_count(img) == 3);
         ASSERT_STREQ(vdisk_image_file_name(img, 1), "t-s002.vmdk");
         ASSERT_EQ_U64(vdisk_image_size(img), size);
+        {
+                /* What vdiskd's ProbeFormat asks: the extents only named
+                 * (not open) count no space, and nothing reads them. */
+                vdisk_image_info info = { .size = sizeof info };
+
+                ASSERT_OK(vdisk_image_get_info(img, &info));
+                ASSERT_EQ_U64(info.virtual_size, size);
+        }
         ASSERT(vdisk_disk_readonly(d));
         ASSERT_FAILS(vdisk_disk_read(d, buf, sizeof buf, 0));
         ASSERT_FAILS(vdisk_disk_write(d, buf, sizeof buf, 0));
