@@ -2678,7 +2678,8 @@ static int check_extent(vmdk_state *s, vmdk_extent *e, size_t idx, vdisk_check_r
                 r = check_gt(&c, t);
         if (r < 0)
                 goto out;
-        qsort(c.used, c.n_used, sizeof *c.used, cmp_used);
+        if (c.n_used > 0)               /* qsort(NULL, 0) is undefined */
+                qsort(c.used, c.n_used, sizeof *c.used, cmp_used);
         /* the header, descriptor and directories */
         end = MAX(MAX(e->h.gd + gd_sectors, e->rgd ? e->h.rgd + gd_sectors : 0),
                   MAX(e->h.desc_offset + e->h.desc_size, (uint64_t) 1));
