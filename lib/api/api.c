@@ -420,7 +420,7 @@ int vdisk_image_set_parent_name(vdisk_image *img, const char *name, const char *
         /* Formats that record an absolute name too (VHD's W2ku) get it when
          * the image was opened by path. */
         if (img->disk) {
-                _cleanup_(disk_unlockp) vdisk_disk *l = image_lock(img);
+                _cleanup_(disk_unlockp) _unused_ vdisk_disk *l = image_lock(img);
 
                 abs = resolver_abs_name(img->disk->resolver, img->io, name);
         }
