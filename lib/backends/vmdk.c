@@ -149,8 +149,7 @@ typedef struct vmdk_state {
         uint8_t uuid[16], parent_uuid[16];
         bool has_uuid, has_parent_uuid;
         vdisk_geometry lchs;
-        bool desc_dirty;                /* CID renewed: rewrite the descriptor at flush */
-        bool written;                   /* something was committed since open */
+        bool desc_dirty;                /* changed (CID, sizes, links): rewrite it at flush */
         vmdk_extent *reserved;          /* the extent of the open reservation */
         uint64_t res_gt, res_rgt;       /* its new grain tables (sectors; 0 = none) */
         /* streamOptimized being created: grains appended in order, each GT
@@ -1097,23 +1096,8 @@ static int new_gt(vmdk_state *s, vmdk_extent *e, uint64_t gts, uint64_t from, ui
         return 0;
 }
 
-static void renew_cid(vmdk_state *s) {
-        uint8_t u[16];
-        char buf[16];
-
-        if (s->written)
-                return;
-        s->written = true;
-        /* A new content ID on the first write, so that children made
-         * against the old content can tell (qemu and VMware do the same). */
-        do {
-                vdisk_uuid_generate(u);
-                s->cid = get_le32(u);
-        } while (s->cid == 0xffffffff || s->cid == 0xfffffffe);
-        snprintf(buf, sizeof buf, "%08" PRIx32, s->cid);
-        if (vmdk_desc_set(&s->desc, "CID", buf, false) >= 0)
-                s->desc_dirty = s->desc.n_kv > 0;
-}
+/* The CID: the core gives the image a new one (set_meta) on the first write
+ * of an open, whatever the write does (image_mark_modified). */
 
 static int vmdk_commit(void *state, const reservation *res) {
         vmdk_state *s = state;
@@ -1159,7 +1143,6 @@ static int vmdk_commit(void *state, const reservation *res) {
         s->res_gt = s->res_rgt = 0;
         if (r < 0)
                 return r;
-        renew_cid(s);
         return 0;
 }
 
@@ -1203,7 +1186,6 @@ static int vmdk_mark_zero(void *state, uint64_t offset, uint64_t len) {
                         r = set_gte(e, e->rgd, g, 1);
                 if (r < 0)
                         return r;
-                renew_cid(s);
                 offset += n;
                 len -= n;
         }
@@ -1923,7 +1905,6 @@ static int vmdk_stream_write_encoded(void *state, uint64_t offset, size_t len, c
                 return r;
         s->stream_gt[g % VMDK_GTES_MAX] = (uint32_t) (at / VMDK_SECTOR);
         s->stream_min = offset + len;
-        renew_cid(s);
         return 0;
 }
 
@@ -2863,7 +2844,8 @@ static int vmdk_set_meta(void *state, const meta *m, uint32_t mask) {
         if (mask & ~(META_UUID | META_PARENT_UUID | META_PARENT_MOD_UUID | META_PARENT_NAME | META_LCHS |
                      META_CONTENT_ID | META_PARENT_CONTENT_ID))
                 return vdisk_error(-EOPNOTSUPP, "vmdk: the format has no such field");
-        if (s->stream)
+        /* A stream being written gets its new CID with its descriptor. */
+        if (s->stream && (s->stream_done || (mask & ~META_CONTENT_ID)))
                 return vdisk_error(-EROFS, "vmdk: streamOptimized images are not changed");
         if (s->desc.n_kv == 0)
                 return vdisk_error(-EOPNOTSUPP, "vmdk: the image has no descriptor to record it in");

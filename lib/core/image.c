@@ -289,17 +289,38 @@ int image_set_meta(vdisk_image *img, const meta *m, uint32_t mask) {
 }
 
 /* VirtualBox gives an image a new modification UUID on its first write after
- * open, so children can tell that their parent changed under them. */
+ * open, VMware and qemu a new content ID (VMDK CID), so children can tell
+ * that their parent changed under them. Every write path ends here (data in
+ * place, new units, zero entries, stream units), so an overwrite in place and
+ * a write into a flat extent renew it too; a read-only open never does.
+ * 0xffffffff (not recorded) and 0xfffffffe (qemu's "no CID" mark) are never
+ * given out. */
 int image_mark_modified(vdisk_image *img) {
         meta m = {};
+        uint32_t mask = 0;
         int r;
 
         if (img->modified)
                 return 0;
         img->modified = 1;
         r = image_get_meta(img, &m);
-        if (r < 0 || !(m.mask & META_MODIFICATION_UUID))
-                return r < 0 ? r : 0;
-        vdisk_uuid_generate(m.modification_uuid);
-        return image_set_meta(img, &m, META_MODIFICATION_UUID);
+        if (r < 0)
+                return r;
+        if (m.mask & META_MODIFICATION_UUID) {
+                vdisk_uuid_generate(m.modification_uuid);
+                mask |= META_MODIFICATION_UUID;
+        }
+        if (m.mask & META_CONTENT_ID) {
+                uint32_t old = m.content_id;
+                uint8_t u[16];
+
+                do {
+                        vdisk_uuid_generate(u);
+                        memcpy(&m.content_id, u, sizeof m.content_id);
+                } while (m.content_id >= UINT32_C(0xfffffffe) || m.content_id == old);
+                mask |= META_CONTENT_ID;
+        }
+        if (!mask)
+                return 0;
+        return image_set_meta(img, &m, mask);
 }

@@ -1,0 +1,228 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/*
+ * Suite `unit`: a VMDK's content ID (CID) is renewed on the first write of
+ * an open, whatever the write does, as VMware and qemu renew it, so that a
+ * diff made on the old content is refused at open. Real files in a scratch
+ * directory, the path resolver:
+ *   - monolithicSparse: a write that overwrites an allocated grain in place
+ *     (no allocation, no table change) gives a new CID in the file, and the
+ *     diff made before it (parentCID = the old CID) no longer opens
+ *     (-ESTALE); a discard over an allocated grain (no new grain
+ *     either) does the same;
+ *   - monolithicFlat and twoGbMaxExtentFlat (writes never allocate): the
+ *     same;
+ *   - a read-only open with reads, and a writable open that writes nothing,
+ *     leave every byte of the files as they were;
+ *   - one new CID per open: a second write in the same open keeps it.
+ */
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "tests.h"
+
+static char dir[256];
+
+static char *path_of(const char *name) {
+        static char p[4][512];
+        static unsigned i;
+
+        i = (i + 1) % 4;
+        snprintf(p[i], sizeof p[i], "%s/%s", dir, name);
+        return p[i];
+}
+
+static uint8_t *read_file(const char *name, size_t *ret_len) {
+        struct stat st;
+        uint8_t *b;
+        int fd = open(path_of(name), O_RDONLY | O_CLOEXEC);
+
+        ASSERT(fd >= 0);
+        ASSERT(fstat(fd, &st) == 0);
+        b = malloc((size_t) st.st_size + 1);
+        ASSERT(b);
+        ASSERT(read(fd, b, (size_t) st.st_size) == st.st_size);
+        b[st.st_size] = 0;
+        ASSERT(close(fd) == 0);
+        *ret_len = (size_t) st.st_size;
+        return b;
+}
+
+/* The CID the descriptor in the file records (embedded or separate). */
+static uint32_t file_cid(const char *name) {
+        size_t len;
+        uint8_t *b = read_file(name, &len);
+        const char *p = NULL;
+        uint32_t cid;
+
+        for (size_t i = 0; i + 5 <= len; i++)
+                if ((i == 0 || b[i - 1] == '\n') && memcmp(b + i, "CID=", 4) == 0) {
+                        p = (const char *) b + i + 4;
+                        break;
+                }
+        if (!p)
+                FAIL("%s: no CID= line", name);
+        cid = (uint32_t) strtoul(p, NULL, 16);
+        free(b);
+        return cid;
+}
+
+static vdisk_disk *open_one(const char *name, bool writable) {
+        vdisk_resolver *res = NULL;
+        vdisk_disk *d = disk_new();
+        vdisk_io *io = NULL;
+
+        ASSERT_OK(vdisk_resolver_new_path(NULL, &res));
+        ASSERT_OK(vdisk_io_open_path(path_of(name), writable ? VDISK_PATH_WRITE : VDISK_PATH_READ, &io));
+        ASSERT_OK(vdisk_disk_open_chain(d, res, io, "vmdk", writable ? 0 : VDISK_OPEN_READONLY));
+        vdisk_io_unref(io);
+        vdisk_resolver_unref(res);
+        return d;
+}
+
+static int open_chain(const char *name) {
+        vdisk_resolver *res = NULL;
+        vdisk_disk *d = disk_new();
+        vdisk_io *io = NULL;
+        int r;
+
+        ASSERT_OK(vdisk_resolver_new_path(NULL, &res));
+        ASSERT_OK(vdisk_io_open_path(path_of(name), VDISK_PATH_READ, &io));
+        vdisk_clear_error();
+        r = vdisk_disk_open_chain(d, res, io, "vmdk", VDISK_OPEN_READONLY);
+        if (r < 0)
+                test_check_clean_error(__FILE__, __LINE__, "vdisk_disk_open_chain", r);
+        vdisk_io_unref(io);
+        vdisk_resolver_unref(res);
+        vdisk_disk_unref(d);
+        return r;
+}
+
+/* base (of `subformat`) with data at 0 .. 128 KiB, and diff.vmdk on it. */
+static void make_pair(const char *base, const char *subformat) {
+        const char *opts[] = { "subformat", subformat, NULL };
+        vdisk_create_opts o = { .size = sizeof o, .options = opts };
+        vdisk_resolver *res = NULL;
+        vdisk_disk *d = disk_new();
+        vdisk_io *bio = NULL, *dio = NULL;
+        uint8_t buf[128 * 1024];
+
+        ASSERT_OK(vdisk_resolver_new_path(NULL, &res));
+        o.resolver = res;
+        ASSERT_OK(vdisk_disk_set_resolver(d, res));
+        ASSERT_OK(vdisk_io_open_path(path_of(base), VDISK_PATH_WRITE | VDISK_PATH_CREATE | VDISK_PATH_TRUNC,
+                                     &bio));
+        ASSERT_OK(vdisk_io_open_path(path_of("diff.vmdk"),
+                                     VDISK_PATH_WRITE | VDISK_PATH_CREATE | VDISK_PATH_TRUNC, &dio));
+        ASSERT_OK(vdisk_disk_create_base(d, bio, "vmdk", 4 * MiB, &o));
+        memset(buf, 0xa5, sizeof buf);
+        ASSERT_OK(vdisk_disk_write(d, buf, sizeof buf, 0));
+        o = (vdisk_create_opts) { .size = sizeof o, .parent_name = base };
+        ASSERT_OK(vdisk_disk_create_diff(d, dio, "vmdk", &o));
+        ASSERT_OK(vdisk_disk_close(d));
+        vdisk_io_unref(bio);
+        vdisk_io_unref(dio);
+        vdisk_resolver_unref(res);
+        ASSERT_OK(open_chain("diff.vmdk"));
+}
+
+/* Opens base writable, runs `op` at offset 4 KiB (inside the data), closes:
+ * a new CID in the file, and diff.vmdk is refused. A second write in the
+ * same open keeps the CID it got. */
+enum { OP_WRITE, OP_ZEROES };
+static void expect_renewed(const char *base, int op, const char *what) {
+        uint32_t before = file_cid(base), during;
+        vdisk_disk *d = open_one(base, true);
+        uint8_t buf[4096], back[4096];
+        uint32_t cid;
+
+        test_set_context("%s: %s", base, what);
+        memset(buf, 0x3c, sizeof buf);
+        if (op == OP_WRITE)
+                ASSERT_OK(vdisk_disk_write(d, buf, sizeof buf, 4096));
+        else
+                ASSERT_OK(vdisk_disk_discard(d, 4096, sizeof buf));
+        ASSERT_OK(vdisk_image_get_content_id(vdisk_disk_image(d, 0), &during));
+        ASSERT(during != before);
+        ASSERT(during != VDISK_CONTENT_ID_NONE && during != 0xfffffffe);
+        ASSERT_OK(vdisk_disk_write(d, buf, sizeof buf, 8192));
+        ASSERT_OK(vdisk_image_get_content_id(vdisk_disk_image(d, 0), &cid));
+        ASSERT(cid == during);
+        ASSERT_OK(vdisk_disk_close(d));
+        cid = file_cid(base);
+        if (cid == before)
+                FAIL("the CID %08x did not change", cid);
+        ASSERT(cid == during);
+        ASSERT_ERR(open_chain("diff.vmdk"), -ESTALE);
+        /* the data went where it should */
+        d = open_one(base, false);
+        ASSERT_OK(vdisk_disk_read(d, back, sizeof back, 4096));
+        if (op == OP_WRITE)
+                ASSERT_MEMEQ(back, buf, sizeof buf);
+        else
+                ASSERT(buf_is_zero(back, sizeof back));
+        vdisk_disk_unref(d);
+        test_set_context("%s", "");
+}
+
+/* Files compared byte for byte before and after. */
+static void expect_untouched(const char *const *files, bool writable) {
+        uint8_t *before[4], *after;
+        size_t len[4], alen;
+        size_t n = 0;
+        vdisk_disk *d;
+        uint8_t buf[65536];
+
+        for (; files[n]; n++)
+                before[n] = read_file(files[n], &len[n]);
+        d = open_one(files[0], writable);
+        for (uint64_t off = 0; off < 4 * MiB; off += sizeof buf)
+                ASSERT_OK(vdisk_disk_read(d, buf, sizeof buf, off));
+        ASSERT_OK(vdisk_disk_flush(d));
+        ASSERT_OK(vdisk_disk_close(d));
+        for (size_t i = 0; i < n; i++) {
+                after = read_file(files[i], &alen);
+                if (alen != len[i] || memcmp(after, before[i], alen) != 0)
+                        FAIL("%s changed by a %s open that wrote nothing", files[i],
+                             writable ? "writable" : "read-only");
+                free(after);
+                free(before[i]);
+        }
+}
+
+int main(void) {
+        static const char *const sparse_files[] = { "sparse.vmdk", NULL };
+        static const char *const flat_files[] = { "flat.vmdk", "flat-flat.vmdk", NULL };
+        static const char *const split_files[] = { "split.vmdk", "split-f001.vmdk", NULL };
+        const char *tmp = getenv("TMPDIR");
+
+        snprintf(dir, sizeof dir, "%s/vdisk-cid-XXXXXX", tmp && *tmp ? tmp : "/tmp");
+        ASSERT(mkdtemp(dir));
+
+        make_pair("sparse.vmdk", "monolithicSparse");
+        expect_untouched(sparse_files, false);
+        expect_untouched(sparse_files, true);
+        expect_renewed("sparse.vmdk", OP_WRITE, "overwrite of an allocated grain in place");
+        make_pair("sparse.vmdk", "monolithicSparse");
+        expect_renewed("sparse.vmdk", OP_ZEROES, "discard over an allocated grain");
+
+        make_pair("flat.vmdk", "monolithicFlat");
+        expect_untouched(flat_files, false);
+        expect_untouched(flat_files, true);
+        expect_renewed("flat.vmdk", OP_WRITE, "write into a flat extent");
+
+        make_pair("split.vmdk", "twoGbMaxExtentFlat");
+        expect_untouched(split_files, false);
+        expect_renewed("split.vmdk", OP_WRITE, "write into a split flat extent");
+
+        {
+                static const char *const rm[] = { "sparse.vmdk", "flat.vmdk", "flat-flat.vmdk", "split.vmdk",
+                                                  "split-f001.vmdk", "diff.vmdk" };
+
+                for (size_t i = 0; i < ELEMENTSOF(rm); i++)
+                        (void) unlink(path_of(rm[i]));
+                ASSERT(rmdir(dir) == 0);
+        }
+        printf("ok\n");
+        return 0;
+}
