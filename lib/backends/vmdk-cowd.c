@@ -32,6 +32,7 @@
 #include <string.h>
 
 #include "backends/vmdk-cowd.h"
+#include "fmt/grainmap.h"
 #include "fmt/tablecache.h"
 #include "io/io.h"
 #include "util/util.h"
@@ -187,59 +188,37 @@ static int grain_lookup(vmdk_cowd *c, uint64_t gt, uint64_t g, uint64_t *ret) {
         return 0;
 }
 
+/* The lookups of lib/fmt/grainmap: a table is its byte offset. */
+static int gm_table(void *ctx, uint64_t i, uint64_t *ret) {
+        int r = gt_lookup(ctx, i, ret);
+
+        if (r >= 0 && *ret == 0)
+                *ret = GRAIN_MAP_NO_TABLE;
+        return r;
+}
+
+static int gm_grain(void *ctx, uint64_t t, uint64_t g, map_kind *kind, uint64_t *host) {
+        int r = grain_lookup(ctx, t, g, host);
+
+        *kind = r >= 0 && *host ? MAP_DATA : MAP_UNALLOC;
+        return r;
+}
+
+static grain_map gm_of(vmdk_cowd *c) {
+        return (grain_map) {
+                .ctx = c, .size = c->size, .grain = c->grain, .gtes = COWD_GTES, .n_gd = c->n_gd,
+                .table = gm_table, .grain_at = gm_grain,
+        };
+}
+
 int vmdk_cowd_map(vmdk_cowd *c, uint64_t off, uint64_t len, map_kind *kind, uint64_t *host, uint64_t *ret_len) {
-        uint64_t g = off / c->grain, gt, h, length, n_grains = DIV_ROUND_UP(c->size, c->grain);
-        int r;
+        grain_map m = gm_of(c);
 
-        assert(off < c->size);
-        r = gt_lookup(c, g / COWD_GTES, &gt);
-        if (r < 0)
-                return r;
-        r = grain_lookup(c, gt, g, &h);
-        if (r < 0)
-                return r;
-        *kind = h ? MAP_DATA : MAP_UNALLOC;
-        length = MIN(c->grain - off % c->grain, c->size - off);
-        if (gt == 0)
-                length = MIN((g / COWD_GTES + 1) * COWD_GTES * c->grain, c->size) - off;
-        else
-                for (uint64_t ng = g + 1; length < len && ng < n_grains && ng / COWD_GTES == g / COWD_GTES; ng++) {
-                        uint64_t nh;
-
-                        r = grain_lookup(c, gt, ng, &nh);
-                        if (r < 0)
-                                return r;
-                        if (h ? nh != h + (ng - g) * c->grain : nh != 0)
-                                break;
-                        length += MIN(c->grain, c->size - ng * c->grain);
-                }
-        *host = h ? h + off % c->grain : 0;
-        *ret_len = MIN(length, len);
-        return 0;
+        return grain_map_map(&m, off, len, kind, host, ret_len);
 }
 
 int vmdk_cowd_count(vmdk_cowd *c, uint64_t *ret_alloc, uint64_t *ret_total) {
-        uint64_t n_grains = DIV_ROUND_UP(c->size, c->grain), n = 0;
-        int r;
+        grain_map m = gm_of(c);
 
-        for (uint64_t i = 0; i < c->n_gd; i++) {
-                uint64_t gt;
-
-                r = gt_lookup(c, i, &gt);
-                if (r < 0)
-                        return r;
-                if (gt == 0)
-                        continue;
-                for (uint64_t g = i * COWD_GTES; g < MIN((i + 1) * COWD_GTES, n_grains); g++) {
-                        uint64_t h;
-
-                        r = grain_lookup(c, gt, g, &h);
-                        if (r < 0)
-                                return r;
-                        n += h != 0;
-                }
-        }
-        *ret_alloc = n;
-        *ret_total = n_grains;
-        return 0;
+        return grain_map_count(&m, ret_alloc, ret_total);
 }

@@ -38,6 +38,7 @@
 #include <string.h>
 
 #include "backends/vmdk-sesparse.h"
+#include "fmt/grainmap.h"
 #include "fmt/tablecache.h"
 #include "io/io.h"
 #include "util/util.h"
@@ -292,63 +293,30 @@ static int grain_lookup(vmdk_se *se, uint64_t gt, uint64_t g, map_kind *kind, ui
         }
 }
 
+/* The lookups of lib/fmt/grainmap: a table is its index. */
+static int gm_table(void *ctx, uint64_t i, uint64_t *ret) {
+        return gd_lookup(ctx, i, ret);   /* UINT64_MAX: none (GRAIN_MAP_NO_TABLE) */
+}
+
+static int gm_grain(void *ctx, uint64_t t, uint64_t g, map_kind *kind, uint64_t *host) {
+        return grain_lookup(ctx, t, g, kind, host);
+}
+
+static grain_map gm_of(vmdk_se *se) {
+        return (grain_map) {
+                .ctx = se, .size = se->size, .grain = VMDK_SE_GRAIN, .gtes = SE_GTES, .n_gd = se->n_gd,
+                .table = gm_table, .grain_at = gm_grain,
+        };
+}
+
 int vmdk_se_map(vmdk_se *se, uint64_t off, uint64_t len, map_kind *kind, uint64_t *host, uint64_t *ret_len) {
-        uint64_t g = off / VMDK_SE_GRAIN, gt, h = 0, length;
-        uint64_t n_grains = DIV_ROUND_UP(se->size, VMDK_SE_GRAIN);
-        int r;
+        grain_map m = gm_of(se);
 
-        assert(off < se->size);
-        r = gd_lookup(se, g / SE_GTES, &gt);
-        if (r < 0)
-                return r;
-        r = grain_lookup(se, gt, g, kind, &h);
-        if (r < 0)
-                return r;
-        /* The following grains of the same kind (data: contiguous) in this table. */
-        length = MIN(VMDK_SE_GRAIN - off % VMDK_SE_GRAIN, se->size - off);
-        for (uint64_t ng = g + 1; length < len && ng < n_grains && ng / SE_GTES == g / SE_GTES; ng++) {
-                map_kind k;
-                uint64_t nh = 0;
-
-                if (gt == UINT64_MAX) {
-                        length = MIN((g / SE_GTES + 1) * SE_GTES * VMDK_SE_GRAIN, se->size) - off;
-                        break;
-                }
-                r = grain_lookup(se, gt, ng, &k, &nh);
-                if (r < 0)
-                        return r;
-                if (k != *kind || (k == MAP_DATA && nh != h + (ng - g) * VMDK_SE_GRAIN))
-                        break;
-                length += MIN((uint64_t) VMDK_SE_GRAIN, se->size - ng * VMDK_SE_GRAIN);
-        }
-        *host = *kind == MAP_DATA ? h + off % VMDK_SE_GRAIN : 0;
-        *ret_len = MIN(length, len);
-        return 0;
+        return grain_map_map(&m, off, len, kind, host, ret_len);
 }
 
 int vmdk_se_count(vmdk_se *se, uint64_t *ret_alloc, uint64_t *ret_total) {
-        uint64_t n_grains = DIV_ROUND_UP(se->size, VMDK_SE_GRAIN), n = 0;
-        int r;
+        grain_map m = gm_of(se);
 
-        for (uint64_t i = 0; i < se->n_gd; i++) {
-                uint64_t gt;
-
-                r = gd_lookup(se, i, &gt);
-                if (r < 0)
-                        return r;
-                if (gt == UINT64_MAX)
-                        continue;
-                for (uint64_t g = i * SE_GTES; g < MIN((i + 1) * SE_GTES, n_grains); g++) {
-                        map_kind k;
-                        uint64_t h;
-
-                        r = grain_lookup(se, gt, g, &k, &h);
-                        if (r < 0)
-                                return r;
-                        n += k == MAP_DATA;
-                }
-        }
-        *ret_alloc = n;
-        *ret_total = n_grains;
-        return 0;
+        return grain_map_count(&m, ret_alloc, ret_total);
 }
