@@ -49,12 +49,13 @@ typedef struct tc_budget tc_budget;   /* lib/fmt/tablecache.h */
 typedef struct vdisk_files vdisk_files;
 enum {
         FILES_WRITE  = 1u << 0,   /* open read-write (only when the image is) */
-        FILES_CREATE = 1u << 1,   /* create a new, empty file (create() only) */
+        FILES_CREATE = 1u << 1,   /* create a new, empty file (create() and resize() only) */
 };
 /* Opens the companion `name`, as the image records it. The io is owned by
  * the handle (closed with the image) and stays valid while the image is
- * open; opening the same name twice returns the same io. Only during open()
- * and create(). -ENOENT names the missing file. */
+ * open; opening the same name twice returns the same io. Only during open(),
+ * create() and resize() (through the disk's resolver: a disk without one
+ * gets -ENOENT naming the file). -ENOENT names the missing file. */
 int files_open(vdisk_files *f, const char *name, uint32_t flags, vdisk_io **ret);
 
 /* What open() and create() get. */

@@ -434,7 +434,11 @@ int cmd_resize(int argc, char **argv) {
         r = vdisk_resize(img.disk, new_size, bar.p);
         progress_bar_done(&bar, r >= 0);
         if (r == -EOPNOTSUPP) {
-                log_error("Image format driver does not support resize");
+                /* qemu-img's words, then why (a VMDK shrink that would drop extents ...) */
+                if (vdisk_last_error()[0])
+                        log_error("Image format driver does not support resize: %s", vdisk_last_error());
+                else
+                        log_error("Image format driver does not support resize");
                 goto finish;
         }
         if (r == -ENOTEMPTY) {

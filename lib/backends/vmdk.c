@@ -150,6 +150,7 @@ typedef struct vmdk_state {
         bool has_uuid, has_parent_uuid;
         vdisk_geometry lchs;
         bool desc_dirty;                /* changed (CID, sizes, links): rewrite it at flush */
+        vdisk_files *files;             /* the companions (extents); creating only in resize */
         vmdk_extent *reserved;          /* the extent of the open reservation */
         uint64_t res_gt, res_rgt;       /* its new grain tables (sectors; 0 = none) */
         /* streamOptimized being created: grains appended in order, each GT
@@ -222,10 +223,32 @@ static int header_check(const uint8_t *p, const vmdk_header *h, uint64_t file_si
         return 0;
 }
 
+/* The grain directories of a checked header (the footer's for a stream)
+ * within a file of file_size bytes; their entry count in *ret_n_gd. */
+static int directories_check(const vmdk_header *h, uint64_t file_size, const char *name, uint64_t *ret_n_gd) {
+        uint64_t n_gd = DIV_ROUND_UP(h->capacity, h->grain * h->gtes), gd_bytes = n_gd * 4;
+
+        if (gd_bytes > VMDK_GD_BYTES_MAX)
+                return vdisk_error(-EFBIG, "vmdk: %s: grain directory of %" PRIu64 " entries is too big", name,
+                                   n_gd);
+        if (h->gd == 0 || h->gd > file_size / VMDK_SECTOR ||
+            !range_within(h->gd * VMDK_SECTOR, gd_bytes, file_size))
+                return vdisk_error(-EUCLEAN, "vmdk: %s: grain directory at sector %" PRIu64 " (%" PRIu64
+                                   " entries) is not within the file (%" PRIu64 " bytes)", name, h->gd, n_gd,
+                                   file_size);
+        if ((h->flags & VMDK_FLAG_RGD) &&
+            (h->rgd == 0 || h->rgd > file_size / VMDK_SECTOR ||
+             !range_within(h->rgd * VMDK_SECTOR, gd_bytes, file_size)))
+                return vdisk_error(-EUCLEAN, "vmdk: %s: redundant grain directory at sector %" PRIu64
+                                   " is not within the file", name, h->rgd);
+        *ret_n_gd = n_gd;
+        return 0;
+}
+
 /* ---------------------------------------------------------------- extents */
 
 static int sparse_open(vmdk_state *s, vmdk_extent *e, const char *name, uint8_t *hdr) {
-        uint64_t n_gt_sectors, gd_bytes;
+        uint64_t gd_bytes;
         int r;
 
         header_decode(hdr, &e->h);
@@ -253,23 +276,10 @@ static int sparse_open(vmdk_state *s, vmdk_extent *e, const char *name, uint8_t 
         }
         e->grain = e->h.grain * VMDK_SECTOR;
         e->size = e->h.capacity * VMDK_SECTOR;
-        n_gt_sectors = e->h.grain * e->h.gtes;
-        e->n_gd = DIV_ROUND_UP(e->h.capacity, n_gt_sectors);
+        r = directories_check(&e->h, e->file_size, name, &e->n_gd);
+        if (r < 0)
+                return r;
         gd_bytes = e->n_gd * 4;
-        if (gd_bytes > VMDK_GD_BYTES_MAX)
-                return vdisk_error(-EFBIG, "vmdk: %s: grain directory of %" PRIu64 " entries is too big", name,
-                                   e->n_gd);
-        if (e->h.gd == 0 || e->h.gd > e->file_size / VMDK_SECTOR ||
-            !range_within(e->h.gd * VMDK_SECTOR, gd_bytes, e->file_size))
-                return vdisk_error(-EUCLEAN, "vmdk: %s: grain directory at sector %" PRIu64 " (%" PRIu64
-                                   " entries) is not within the file (%" PRIu64 " bytes)", name, e->h.gd, e->n_gd,
-                                   e->file_size);
-        if (e->h.flags & VMDK_FLAG_RGD) {
-                if (e->h.rgd == 0 || e->h.rgd > e->file_size / VMDK_SECTOR ||
-                    !range_within(e->h.rgd * VMDK_SECTOR, gd_bytes, e->file_size))
-                        return vdisk_error(-EUCLEAN, "vmdk: %s: redundant grain directory at sector %" PRIu64
-                                           " is not within the file", name, e->h.rgd);
-        }
         e->zeroed_gte = e->h.version >= 2 && (e->h.flags & VMDK_FLAG_ZEROED_GTE);
         e->compressed = e->h.flags & VMDK_FLAG_COMPRESSED;
 
@@ -413,8 +423,8 @@ static int vmdk_probe(const uint8_t *head, size_t head_len, const uint8_t *tail,
         return 0;
 }
 
-static int parse_uuid_key(vmdk_state *s, const char *key, uint8_t out[16], bool *has) {
-        const char *v = vmdk_desc_get(&s->desc, key);
+static int parse_uuid_key(const vmdk_desc *d, const char *key, uint8_t out[16], bool *has) {
+        const char *v = vmdk_desc_get(d, key);
 
         if (!v)
                 return 0;
@@ -442,10 +452,10 @@ static int desc_meta(vmdk_state *s) {
         s->parent_hint = vmdk_desc_get(&s->desc, "parentFileNameHint");
         if (s->parent_hint && !s->parent_hint[0])
                 s->parent_hint = NULL;
-        r = parse_uuid_key(s, "ddb.uuid.image", s->uuid, &s->has_uuid);
+        r = parse_uuid_key(&s->desc, "ddb.uuid.image", s->uuid, &s->has_uuid);
         if (r < 0)
                 return r;
-        r = parse_uuid_key(s, "ddb.uuid.parent", s->parent_uuid, &s->has_parent_uuid);
+        r = parse_uuid_key(&s->desc, "ddb.uuid.parent", s->parent_uuid, &s->has_parent_uuid);
         if (r < 0)
                 return r;
         if (vmdk_desc_get_u64(&s->desc, "ddb.geometry.cylinders", &c) == 0 &&
@@ -478,6 +488,258 @@ static int check_create_type(const char *t) {
         return 0;
 }
 
+/* A descriptor file's bytes: text, then a NUL, then only NULs and the tail
+ * of an older, longer text. qemu-img pads its descriptor files with NULs to a
+ * sector, and (7.2) renews the CID by writing the new text and its NUL over
+ * the old one in place: a CID with fewer hex digits (qemu writes no leading
+ * zeros) leaves the old text's last bytes after the NUL, e.g.
+ * `"2147483647"\n\0\n`, in about 1 of 300 images (this was the rare
+ * "binary data" failure on qemu-made twoGbMaxExtentSparse images). qemu
+ * reads up to the first NUL; so does vmdk_desc_parse(). Bytes no text has
+ * (control characters other than tab, CR, LF) are refused: not a descriptor
+ * (an extent or another file named as one). The message gives where. */
+static int desc_text_check(const char *text, size_t len) {
+        size_t end = strnlen(text, len);
+
+        for (size_t i = end; i < len; i++) {
+                uint8_t c = (uint8_t) text[i];
+
+                if ((c < 0x20 && c != 0 && c != '\t' && c != '\r' && c != '\n') || c == 0x7f)
+                        return vdisk_error(-EMEDIUMTYPE, "vmdk: binary data in a descriptor file: byte 0x%02x at "
+                                           "offset %zu, after the text ends at offset %zu (the file has %zu "
+                                           "bytes)", (unsigned) c, i, end, len);
+        }
+        return 0;
+}
+
+/* The identity a parsed descriptor records, with the checks desc_meta()
+ * makes. A parent UUID of zeros is no parent (as get_meta() says). */
+static int desc_identity(const vmdk_desc *d, meta *ret) {
+        bool has_uuid = false, has_parent = false;
+        uint32_t cid;
+        int r;
+
+        *ret = (meta) {};
+        r = check_create_type(vmdk_desc_get(d, "createType"));
+        if (r < 0)
+                return r;
+        r = vmdk_desc_get_cid(d, "CID", &cid);
+        if (r >= 0 || r == -ENOENT)
+                r = vmdk_desc_get_cid(d, "parentCID", &cid);
+        if (r < 0 && r != -ENOENT)
+                return r;
+        r = parse_uuid_key(d, "ddb.uuid.image", ret->uuid, &has_uuid);
+        if (r >= 0)
+                r = parse_uuid_key(d, "ddb.uuid.parent", ret->parent_uuid, &has_parent);
+        if (r < 0)
+                return r;
+        if (has_uuid)
+                ret->mask |= META_UUID;
+        if (has_parent && !vdisk_uuid_is_null(ret->parent_uuid))
+                ret->mask |= META_PARENT_UUID;
+        return 0;
+}
+
+/* The identity (ddb.uuid.image, ddb.uuid.parent) from the head: a text
+ * descriptor file the head holds whole, or a sparse extent's embedded
+ * descriptor within the head, with the checks open() makes before it reads
+ * a table or a companion file. A split image is found by UUID this way
+ * (without peek the core would open it metadata-only, with no way to open
+ * its extents). An extent of a split image (no embedded descriptor) records
+ * no identity: mask 0. A streamOptimized header (the directory in the
+ * footer), a descriptor larger than the head: -ENODATA. The parent's name
+ * is not reported (the descriptor quotes it, not NUL-terminated). The parsed
+ * descriptor is the one allocation (at most the head's 64 KiB of text). */
+static int vmdk_peek(const uint8_t *head, size_t head_len, uint64_t file_size, meta *ret) {
+        vmdk_desc d = {};
+        const char *text;
+        size_t len;
+        int r;
+
+        assert(head || head_len == 0);
+        assert(ret);
+
+        if (file_size < 4)
+                return vdisk_error(-EMEDIUMTYPE, "vmdk: file too short (%" PRIu64 " bytes)", file_size);
+        if (head_len < 4)
+                return -ENODATA;
+        if (get_le32(head) == VMDK_MAGIC) {
+                vmdk_header h;
+                uint64_t n_gd, off;
+
+                if (file_size < VMDK_SECTOR)
+                        return vdisk_error(-EUCLEAN, "vmdk: file too short for a sparse header");
+                if (head_len < VMDK_SECTOR)
+                        return -ENODATA;
+                header_decode(head, &h);
+                r = header_check(head, &h, file_size, "sparse header");
+                if (r < 0)
+                        return r;
+                if (h.gd == VMDK_GD_AT_END)
+                        return -ENODATA;
+                r = directories_check(&h, file_size, "sparse header", &n_gd);
+                if (r < 0)
+                        return r;
+                *ret = (meta) {};
+                if (h.desc_size == 0)
+                        return 0;
+                /* open() reads it zero-filled past the end of the file */
+                off = h.desc_offset * VMDK_SECTOR;
+                len = (size_t) (h.desc_size * VMDK_SECTOR);
+                if ((uint64_t) head_len == file_size && off < head_len)
+                        len = (size_t) MIN((uint64_t) len, head_len - off);
+                if (!range_within(off, len, head_len))
+                        return -ENODATA;
+                text = (const char *) head + off;
+                r = vmdk_desc_parse(text, len, &d);
+                if (r < 0)
+                        return r == -EMEDIUMTYPE ? vdisk_error(-EUCLEAN, "vmdk: embedded descriptor is empty") : r;
+                if (d.n_extents != 1 || d.extents[0].type != VMDK_EXTENT_SPARSE)
+                        r = vdisk_error(-EUCLEAN, "vmdk: embedded descriptor must name one SPARSE extent");
+        } else {
+                if (file_size > VMDK_DESC_MAX)
+                        return vdisk_error(-EMEDIUMTYPE, "vmdk: not a sparse extent and too big (%" PRIu64
+                                           " bytes) for a descriptor", file_size);
+                if ((uint64_t) head_len < file_size)
+                        return -ENODATA;
+                text = (const char *) head;
+                len = head_len;
+                r = desc_text_check(text, len);
+                if (r < 0)
+                        return r;
+                r = vmdk_desc_parse(text, len, &d);
+                if (r < 0)
+                        return r;
+        }
+        if (r >= 0)
+                r = desc_identity(&d, ret);
+        vmdk_desc_done(&d);
+        return r;
+}
+
+/* The steps vmfsSparse and seSparse extents share before their own open:
+ * refused writable, opened read-only, only named in list-files mode
+ * (returns 0: the extent stays a ZERO one), else sized (returns 1). */
+static int readonly_extent_prepare(vmdk_state *s, vdisk_files *files, bool list_files, vmdk_extent *e,
+                                   const vmdk_extent_desc *d) {
+        int r;
+
+        if (s->writable)
+                return vdisk_error(-EROFS, "vmdk: %s extent \"%s\" is read-only (open the image read-only)",
+                                   d->type == VMDK_EXTENT_SESPARSE ? "seSparse" : "vmfsSparse", d->file);
+        r = files_open(files, d->file, 0, &e->io);
+        if (r < 0)
+                return r;
+        e->size = d->sectors * VMDK_SECTOR;
+        if (list_files) {
+                e->type = VMDK_EXTENT_ZERO;   /* names only: nothing is read */
+                return 0;
+        }
+        r = io_get_size(e->io, &e->file_size);
+        return r < 0 ? r : 1;
+}
+
+/* Opens extent i of the descriptor as s->ext[i], starting at virtual offset
+ * `start` (open, and a resize that added extents). */
+static int open_extent(vmdk_state *s, vdisk_files *files, bool list_files, size_t i, uint64_t start) {
+        const vmdk_extent_desc *d = &s->desc.extents[i];
+        vmdk_extent *e = &s->ext[i];
+        int r;
+
+        e->type = d->type;
+        e->access = d->access;
+        e->start = start;
+        if (d->access == VMDK_ACCESS_NOACCESS)
+                return vdisk_error(-EOPNOTSUPP, "vmdk: extent %zu (\"%s\") is NOACCESS", i + 1,
+                                   d->file ? d->file : "ZERO");
+        if (d->access == VMDK_ACCESS_RDONLY && s->writable)
+                return vdisk_error(-EROFS, "vmdk: extent %zu (\"%s\") is read-only", i + 1,
+                                   d->file ? d->file : "ZERO");
+        /* Raw devices: FLAT extents of fullDevice/partitionedDevice images only. */
+        if (d->file && vmdk_desc_name_is_device(d->file) &&
+            (d->type != VMDK_EXTENT_FLAT || !raw_device_type(s->create_type)))
+                return vdisk_error(-EUCLEAN, "vmdk: extent %zu names a device, but it is no FLAT extent of a "
+                                   "fullDevice or partitionedDevice image", i + 1);
+        switch (d->type) {
+        case VMDK_EXTENT_ZERO:
+                e->size = d->sectors * VMDK_SECTOR;
+                break;
+        case VMDK_EXTENT_FLAT:
+        case VMDK_EXTENT_VMFS:
+                /* A raw device is never opened by path: the
+                 * caller's files handle must hold an fd under that name. */
+                r = files_open(files, d->file, s->writable ? FILES_WRITE : 0, &e->io);
+                if (r == -EPERM && vmdk_desc_name_is_device(d->file))   /* the path resolver */
+                        return vdisk_error(r, "vmdk: extent %zu is the raw device \"%s\": it opens "
+                                           "only through a file descriptor handed in for that "
+                                           "name (vdisk-img never opens devices)", i + 1, d->file);
+                if (r < 0)
+                        return r;
+                e->size = d->sectors * VMDK_SECTOR;
+                if (list_files) {
+                        e->type = VMDK_EXTENT_ZERO;   /* names only: nothing is read */
+                        break;
+                }
+                r = io_get_size(e->io, &e->file_size);
+                if (r < 0)
+                        return r;
+                e->flat_offset = d->offset * VMDK_SECTOR;
+                if (!range_within(e->flat_offset, e->size, e->file_size))
+                        return vdisk_error(-EUCLEAN, "vmdk: flat extent \"%s\" holds %" PRIu64
+                                           " bytes, less than the %" PRIu64 " it should",
+                                           d->file, e->file_size, e->flat_offset + e->size);
+                break;
+        case VMDK_EXTENT_SPARSE: {
+                uint8_t hdr[VMDK_SECTOR] = {};
+
+                r = files_open(files, d->file, s->writable ? FILES_WRITE : 0, &e->io);
+                if (r < 0)
+                        return r;
+                if (list_files) {
+                        e->type = VMDK_EXTENT_ZERO;   /* names only: nothing is read */
+                        e->size = d->sectors * VMDK_SECTOR;
+                        break;
+                }
+                r = io_get_size(e->io, &e->file_size);
+                if (r < 0)
+                        return r;
+                if (e->file_size < VMDK_SECTOR)
+                        return vdisk_error(-EUCLEAN, "vmdk: sparse extent \"%s\" is too short", d->file);
+                r = io_pread(e->io, hdr, VMDK_SECTOR, 0);
+                if (r < 0)
+                        return r;
+                r = sparse_open(s, e, d->file, hdr);
+                if (r < 0)
+                        return r == -EMEDIUMTYPE ? -EUCLEAN : r;
+                if (e->h.capacity != d->sectors)
+                        return vdisk_error(-EUCLEAN, "vmdk: sparse extent \"%s\" holds %" PRIu64
+                                           " sectors, the descriptor says %" PRIu64, d->file,
+                                           e->h.capacity, d->sectors);
+                if (e->compressed && s->writable)
+                        return vdisk_error(-EROFS, "vmdk: \"%s\" has compressed grains: read-only", d->file);
+                break;
+        }
+        case VMDK_EXTENT_VMFSSPARSE:
+        case VMDK_EXTENT_SESPARSE:
+                r = readonly_extent_prepare(s, files, list_files, e, d);
+                if (r <= 0)
+                        return r;
+                r = d->type == VMDK_EXTENT_SESPARSE ?
+                        vmdk_se_open(s->budget, e->io, e->file_size, d->sectors, d->file, &e->se) :
+                        vmdk_cowd_open(s->budget, e->io, e->file_size, d->sectors, d->file, &e->cowd);
+                if (r < 0)
+                        return r;
+                break;
+        default:
+                return vdisk_error(-EOPNOTSUPP, "vmdk: %s extents (\"%s\") are not supported yet",
+                                   vmdk_extent_type_name(d->type), d->file);
+        }
+        if (e->size > VMDK_CAPACITY_MAX * VMDK_SECTOR - start)
+                return vdisk_error(-EFBIG, "vmdk: extents add up to more than %" PRIu64 " bytes",
+                                   VMDK_CAPACITY_MAX * VMDK_SECTOR);
+        return 0;
+}
+
 static int open_extents(vmdk_state *s, const open_ctx *c) {
         uint64_t start = 0;
         int r;
@@ -488,131 +750,11 @@ static int open_extents(vmdk_state *s, const open_ctx *c) {
         if (!s->ext)
                 return -ENOMEM;
         for (size_t i = 0; i < s->desc.n_extents; i++) {
-                const vmdk_extent_desc *d = &s->desc.extents[i];
-                vmdk_extent *e = &s->ext[i];
-
                 s->n_ext = i + 1;
-                e->type = d->type;
-                e->access = d->access;
-                e->start = start;
-                if (d->access == VMDK_ACCESS_NOACCESS)
-                        return vdisk_error(-EOPNOTSUPP, "vmdk: extent %zu (\"%s\") is NOACCESS", i + 1,
-                                           d->file ? d->file : "ZERO");
-                if (d->access == VMDK_ACCESS_RDONLY && s->writable)
-                        return vdisk_error(-EROFS, "vmdk: extent %zu (\"%s\") is read-only", i + 1,
-                                           d->file ? d->file : "ZERO");
-                /* Raw devices: FLAT extents of fullDevice/partitionedDevice images only. */
-                if (d->file && vmdk_desc_name_is_device(d->file) &&
-                    (d->type != VMDK_EXTENT_FLAT || !raw_device_type(s->create_type)))
-                        return vdisk_error(-EUCLEAN, "vmdk: extent %zu names a device, but it is no FLAT extent of a "
-                                           "fullDevice or partitionedDevice image", i + 1);
-                switch (d->type) {
-                case VMDK_EXTENT_ZERO:
-                        e->size = d->sectors * VMDK_SECTOR;
-                        break;
-                case VMDK_EXTENT_FLAT:
-                case VMDK_EXTENT_VMFS:
-                        /* A raw device is never opened by path: the
-                         * caller's files handle must hold an fd under that name. */
-                        r = files_open(c->files, d->file, s->writable ? FILES_WRITE : 0, &e->io);
-                        if (r == -EPERM && vmdk_desc_name_is_device(d->file))   /* the path resolver */
-                                return vdisk_error(r, "vmdk: extent %zu is the raw device \"%s\": it opens "
-                                                   "only through a file descriptor handed in for that "
-                                                   "name (vdisk-img never opens devices)", i + 1, d->file);
-                        if (r < 0)
-                                return r;
-                        e->size = d->sectors * VMDK_SECTOR;
-                        if (c->list_files) {
-                                e->type = VMDK_EXTENT_ZERO;   /* names only: nothing is read */
-                                break;
-                        }
-                        r = io_get_size(e->io, &e->file_size);
-                        if (r < 0)
-                                return r;
-                        e->flat_offset = d->offset * VMDK_SECTOR;
-                        if (!range_within(e->flat_offset, e->size, e->file_size))
-                                return vdisk_error(-EUCLEAN, "vmdk: flat extent \"%s\" holds %" PRIu64
-                                                   " bytes, less than the %" PRIu64 " it should",
-                                                   d->file, e->file_size, e->flat_offset + e->size);
-                        break;
-                case VMDK_EXTENT_SPARSE: {
-                        uint8_t hdr[VMDK_SECTOR] = {};
-
-                        r = files_open(c->files, d->file, s->writable ? FILES_WRITE : 0, &e->io);
-                        if (r < 0)
-                                return r;
-                        if (c->list_files) {
-                                e->type = VMDK_EXTENT_ZERO;   /* names only: nothing is read */
-                                e->size = d->sectors * VMDK_SECTOR;
-                                break;
-                        }
-                        r = io_get_size(e->io, &e->file_size);
-                        if (r < 0)
-                                return r;
-                        if (e->file_size < VMDK_SECTOR)
-                                return vdisk_error(-EUCLEAN, "vmdk: sparse extent \"%s\" is too short", d->file);
-                        r = io_pread(e->io, hdr, VMDK_SECTOR, 0);
-                        if (r < 0)
-                                return r;
-                        r = sparse_open(s, e, d->file, hdr);
-                        if (r < 0)
-                                return r == -EMEDIUMTYPE ? -EUCLEAN : r;
-                        if (e->h.capacity != d->sectors)
-                                return vdisk_error(-EUCLEAN, "vmdk: sparse extent \"%s\" holds %" PRIu64
-                                                   " sectors, the descriptor says %" PRIu64, d->file,
-                                                   e->h.capacity, d->sectors);
-                        if (e->compressed && s->writable)
-                                return vdisk_error(-EROFS, "vmdk: \"%s\" has compressed grains: read-only", d->file);
-                        break;
-                }
-                case VMDK_EXTENT_VMFSSPARSE:
-                        if (s->writable)
-                                return vdisk_error(-EROFS, "vmdk: vmfsSparse extent \"%s\" is read-only "
-                                                   "(open the image read-only)", d->file);
-                        r = files_open(c->files, d->file, 0, &e->io);
-                        if (r < 0)
-                                return r;
-                        e->size = d->sectors * VMDK_SECTOR;
-                        if (c->list_files) {
-                                e->type = VMDK_EXTENT_ZERO;   /* names only: nothing is read */
-                                break;
-                        }
-                        r = io_get_size(e->io, &e->file_size);
-                        if (r < 0)
-                                return r;
-                        r = vmdk_cowd_open(s->budget, e->io, e->file_size, d->sectors, d->file, &e->cowd);
-                        if (r < 0)
-                                return r;
-                        e->size = d->sectors * VMDK_SECTOR;
-                        break;
-                case VMDK_EXTENT_SESPARSE:
-                        if (s->writable)
-                                return vdisk_error(-EROFS, "vmdk: seSparse extent \"%s\" is read-only "
-                                                   "(open the image read-only)", d->file);
-                        r = files_open(c->files, d->file, 0, &e->io);
-                        if (r < 0)
-                                return r;
-                        e->size = d->sectors * VMDK_SECTOR;
-                        if (c->list_files) {
-                                e->type = VMDK_EXTENT_ZERO;   /* names only: nothing is read */
-                                break;
-                        }
-                        r = io_get_size(e->io, &e->file_size);
-                        if (r < 0)
-                                return r;
-                        r = vmdk_se_open(s->budget, e->io, e->file_size, d->sectors, d->file, &e->se);
-                        if (r < 0)
-                                return r;
-                        e->size = d->sectors * VMDK_SECTOR;
-                        break;
-                default:
-                        return vdisk_error(-EOPNOTSUPP, "vmdk: %s extents (\"%s\") are not supported yet",
-                                           vmdk_extent_type_name(d->type), d->file);
-                }
-                if (e->size > VMDK_CAPACITY_MAX * VMDK_SECTOR - start)
-                        return vdisk_error(-EFBIG, "vmdk: extents add up to more than %" PRIu64 " bytes",
-                                           VMDK_CAPACITY_MAX * VMDK_SECTOR);
-                start += e->size;
+                r = open_extent(s, c->files, c->list_files, i, start);
+                if (r < 0)
+                        return r;
+                start += s->ext[i].size;
         }
         s->size = start;
         return 0;
@@ -625,6 +767,7 @@ static int vmdk_open(void *state, const open_ctx *c) {
         int r;
 
         s->io = c->io;
+        s->files = c->files;
         s->writable = c->writable && !c->info_only;
         s->budget = c->budget;
 
@@ -698,10 +841,9 @@ static int vmdk_open(void *state, const open_ctx *c) {
         r = io_pread(c->io, text, (size_t) file_size, 0);
         if (r < 0)
                 return r;
-        /* qemu-img pads descriptor files with NULs: text, then only NULs. */
-        for (size_t i = strnlen(text, (size_t) file_size); i < (size_t) file_size; i++)
-                if (text[i] != 0)
-                        return vdisk_error(-EMEDIUMTYPE, "vmdk: binary data in a descriptor file");
+        r = desc_text_check(text, (size_t) file_size);
+        if (r < 0)
+                return r;
         r = vmdk_desc_parse(text, (size_t) file_size, &s->desc);
         if (r < 0)
                 return r;
@@ -2345,11 +2487,142 @@ static int shrink_last(vmdk_state *s, vmdk_extent *e, vmdk_extent_desc *d, uint6
         return 0;
 }
 
+/* Grows a twoGbMaxExtent* image past what its last extent can hold: the
+ * last extent to 2 GiB, then new extent files of at most 2 GiB each, named as
+ * qemu-img and VMware name them (STEM-s00N.vmdk, STEM-f00N.vmdk: N is the
+ * extent's number, STEM the descriptor's name without .vmdk) and made
+ * through the files handle (the disk's resolver) like create makes them:
+ * sparse ones with every grain table preallocated (qemu writes only those),
+ * in the last extent's header version and flags. The order keeps a failure
+ * readable: first the new files, complete and flushed but named nowhere
+ * (a failure leaves them unused: a later attempt is -EEXIST, naming the
+ * file); then the last extent grows (header and extent line: a valid image
+ * of an intermediate size); then the descriptor names the new extents, in
+ * one write. */
+static int split_grow(vmdk_state *s, uint64_t new_size) {
+        size_t n_old = s->n_ext, n_desc = s->desc.n_extents, n_new;
+        vmdk_extent *last = &s->ext[n_old - 1], *ext;
+        vmdk_extent_desc *ld = &s->desc.extents[n_old - 1];
+        bool flat = last->type == VMDK_EXTENT_FLAT;
+        uint64_t at = last->start + MAX(last->size, VMDK_2G_EXTENT), start;
+        _cleanup_free_ char *stem = NULL;
+        char **names = NULL;
+        int r = 0;
+
+        if (last->type != VMDK_EXTENT_SPARSE && last->type != VMDK_EXTENT_FLAT)
+                return vdisk_error(-EOPNOTSUPP, "vmdk: the last extent is %s: new extents are not added after it",
+                                   vmdk_extent_type_name(last->type));
+        if (last->type == VMDK_EXTENT_SPARSE && last->compressed)
+                return vdisk_error(-EOPNOTSUPP, "vmdk: compressed extents are not resized");
+        n_new = (size_t) DIV_ROUND_UP(new_size - at, VMDK_2G_EXTENT);
+        if (n_old + n_new > 999)
+                return vdisk_error(-EFBIG, "vmdk: more than 999 extents");
+        stem = strdup(base_name(vdisk_io_name(s->io)));
+        names = calloc(n_new, sizeof *names);
+        ext = reallocarray(s->ext, n_old + n_new, sizeof *s->ext);
+        if (ext)
+                s->ext = ext;
+        if (!stem || !names || !ext) {
+                r = -ENOMEM;
+                goto out;
+        }
+        memset(s->ext + n_old, 0, n_new * sizeof *s->ext);
+        last = &s->ext[n_old - 1];
+        if (strlen(stem) > 5 && strcasecmp(stem + strlen(stem) - 5, ".vmdk") == 0)
+                stem[strlen(stem) - 5] = 0;
+
+        /* 1. The new files. */
+        for (size_t k = 0; k < n_new; k++) {
+                uint64_t sectors = MIN(new_size - at - k * VMDK_2G_EXTENT, VMDK_2G_EXTENT) / VMDK_SECTOR;
+                vdisk_io *io;
+
+                names[k] = strdup_printf("%s-%c%03zu.vmdk", stem, flat ? 'f' : 's', n_old + k + 1);
+                if (!names[k]) {
+                        r = -ENOMEM;
+                        goto out;
+                }
+                r = files_open(s->files, names[k], FILES_CREATE | FILES_WRITE, &io);
+                if (r < 0)
+                        goto out;
+                if (flat)
+                        r = io_truncate(io, sectors * VMDK_SECTOR);
+                else {
+                        uint32_t flags = last->h.flags & (VMDK_FLAG_NL_TEST | VMDK_FLAG_RGD | VMDK_FLAG_ZEROED_GTE);
+                        sparse_layout l;
+
+                        sparse_layout_plan(sectors, 0, false, &l);
+                        r = sparse_write_new(io, &l, last->h.version, flags, NULL, 0);
+                }
+                if (r >= 0)
+                        r = io_flush(io);
+                if (r < 0)
+                        goto out;
+        }
+
+        /* 2. The last extent to 2 GiB. */
+        if (last->size < VMDK_2G_EXTENT) {
+                uint64_t capacity = VMDK_2G_EXTENT / VMDK_SECTOR;
+
+                if (flat) {
+                        if (last->flat_offset + VMDK_2G_EXTENT > last->file_size) {
+                                r = io_truncate(last->io, last->flat_offset + VMDK_2G_EXTENT);
+                                if (r >= 0)
+                                        r = io_flush(last->io);
+                                if (r < 0)
+                                        goto out;
+                                last->file_size = last->flat_offset + VMDK_2G_EXTENT;
+                        }
+                        r = desc_set_sectors(s, ld, capacity);
+                        if (r >= 0)
+                                last->size = VMDK_2G_EXTENT;
+                } else
+                        r = sparse_grow(s, last, ld, capacity, ld->file ? ld->file : vdisk_io_name(s->io));
+                s->size = last->start + last->size;
+                if (r < 0)
+                        goto out;
+        }
+
+        /* 3. The descriptor names them. */
+        for (size_t k = 0; k < n_new && r >= 0; k++)
+                r = vmdk_desc_add_extent(&s->desc, VMDK_ACCESS_RW, flat ? VMDK_EXTENT_FLAT : VMDK_EXTENT_SPARSE,
+                                         MIN(new_size - at - k * VMDK_2G_EXTENT, VMDK_2G_EXTENT) / VMDK_SECTOR,
+                                         names[k], 0);
+        if (r >= 0) {
+                s->desc_dirty = true;
+                r = vmdk_flush(s);
+        }
+        if (r < 0) {
+                /* Not named (or the write failed: written again at the
+                 * next flush only if the extents are kept, and they are not). */
+                for (size_t i = n_desc; i < s->desc.n_extents; i++)
+                        free(s->desc.extents[i].file);
+                s->desc.n_extents = n_desc;
+                goto out;
+        }
+
+        /* 4. Opened as at open. */
+        start = s->ext[n_old - 1].start + s->ext[n_old - 1].size;
+        for (size_t i = n_old; i < n_old + n_new; i++) {
+                s->n_ext = i + 1;
+                r = open_extent(s, s->files, false, i, start);
+                if (r < 0)
+                        goto out;
+                start += s->ext[i].size;
+        }
+        s->size = start;
+out:
+        for (size_t k = 0; names && k < n_new; k++)
+                free(names[k]);
+        free(names);
+        return r;
+}
+
 /* Resizes the image in its last extent: growing it (a sparse one as above,
  * a flat one by growing its file), then the descriptor records the new
- * size; or shrinking it. New extent files cannot be made after open, so a
- * twoGbMaxExtent* image grows only up to 2 GiB in its last extent, and
- * extent files are never dropped. */
+ * size; or shrinking it. A twoGbMaxExtent* image grows past 2 GiB in its
+ * last extent by new extent files (split_grow). Extent files are never
+ * dropped: a shrink below the last extent's start is refused (qemu-img
+ * refuses to shrink any VMDK). */
 static int vmdk_resize(void *state, uint64_t new_size, vdisk_progress *p) {
         vmdk_state *s = state;
         vmdk_extent *e;
@@ -2372,20 +2645,20 @@ static int vmdk_resize(void *state, uint64_t new_size, vdisk_progress *p) {
         d = &s->desc.extents[s->n_ext - 1];
         name = d->file ? d->file : vdisk_io_name(s->io);
         if (new_size <= e->start)
-                return vdisk_error(-EOPNOTSUPP, "vmdk: shrinking would drop extent files (convert the image "
+                return vdisk_error(-EOPNOTSUPP, "vmdk: shrinking below the last extent would drop extent "
+                                   "files: refused (qemu-img refuses to shrink any VMDK; convert the image "
                                    "instead)");
         if (new_size < s->size)
                 return shrink_last(s, e, d, (new_size - e->start) / VMDK_SECTOR);
         grow = new_size - s->size;
         capacity = (e->size + grow) / VMDK_SECTOR;
-        if (s->create_type && strncasecmp(s->create_type, "twoGbMaxExtent", 14) == 0 &&
-            e->size + grow > VMDK_2G_EXTENT)
-                return vdisk_error(-EOPNOTSUPP, "vmdk: growing past the last 2 GiB extent needs new extent files "
-                                   "(convert the image instead)");
         /* Everything committed goes out first: the tables are rebuilt. */
         r = vmdk_flush(s);
         if (r < 0)
                 return r;
+        if (s->create_type && strncasecmp(s->create_type, "twoGbMaxExtent", 14) == 0 &&
+            e->size + grow > VMDK_2G_EXTENT)
+                return split_grow(s, new_size);
         switch (e->type) {
         case VMDK_EXTENT_SPARSE:
                 r = sparse_grow(s, e, d, capacity, name);
@@ -2933,6 +3206,7 @@ const vdisk_backend backend_vmdk = {
         },
         .state_size = sizeof(vmdk_state),
         .probe = vmdk_probe,
+        .peek = vmdk_peek,
         .open = vmdk_open,
         .create = vmdk_create,
         .close = vmdk_close,

@@ -94,6 +94,9 @@ int probe_backend(vdisk_io *io, const char *name, int allow_raw, const vdisk_bac
  * name are borrowed until files_seal(), at the end of open/create. */
 int files_new(vdisk_resolver *res, const char *image_name, int writable, vdisk_files **ret);
 void files_seal(vdisk_files *f);
+/* Lends a resolver and name again until files_seal(): for a resize, which
+ * may add companion files (the disk's resolver; NULL: none can be opened). */
+void files_unseal(vdisk_files *f, vdisk_resolver *res, const char *image_name);
 vdisk_files *files_free(vdisk_files *f);
 /* VDISK_OPEN_LIST_FILES: files_open() records the name and returns 0 with
  * *ret = NULL (a backend that sees open_ctx.list_files skips what it would

@@ -42,8 +42,17 @@ int files_new(vdisk_resolver *res, const char *image_name, int writable, vdisk_f
 }
 
 void files_seal(vdisk_files *f) {
+        if (!f)
+                return;
         f->resolver = NULL;
         f->image_name = NULL;
+}
+
+void files_unseal(vdisk_files *f, vdisk_resolver *res, const char *image_name) {
+        if (!f)
+                return;
+        f->resolver = res;
+        f->image_name = image_name;
 }
 
 vdisk_files *files_free(vdisk_files *f) {

@@ -7,8 +7,17 @@
  */
 #include "core/core.h"
 
+/* A resize may add companion files (a split VMDK grows by extent files):
+ * for its duration the image's files handle opens and creates them through
+ * the disk's resolver, as at open and create. */
 int resize_image(vdisk_disk *d, unsigned level, uint64_t new_size, vdisk_progress *p) {
-        return image_resize(d->images[level], new_size, p);
+        vdisk_image *img = d->images[level];
+        int r;
+
+        files_unseal(img->files, d->resolver, vdisk_io_name(img->io));
+        r = image_resize(img, new_size, p);
+        files_seal(img->files);
+        return r;
 }
 
 int vdisk_resize(vdisk_disk *d, uint64_t new_size, vdisk_progress *p) {

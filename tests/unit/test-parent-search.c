@@ -26,6 +26,13 @@
  * metadata-only open) agrees with an open on a VHD diff over a VDI, a dynamic
  * and a fixed base, their truncations and bit flips in the headers.
  *
+ * VMDK's peek: a twoGbMaxExtentSparse parent renamed after its child was
+ * made is found by its ddb.uuid.image (the extent files record no identity);
+ * peek agrees with an open on a monolithicSparse diff, its truncations and
+ * bit flips in the header and embedded descriptor; after a descriptor
+ * file's text and NUL, the tail of an older text is accepted (qemu-img
+ * leaves one) and a control byte is refused with its offset and value.
+ *
  * Usage: test-parent-search [FUZZ_SEED [FUZZ_ITERATIONS]]
  */
 #include <fcntl.h>
@@ -413,41 +420,60 @@ static void test_path_resolver(void) {
 
 /* ---------------------------------------------------------------- VHD peek */
 
-/* vdisk_peek_ids agrees with an open of the VHD in `bytes`: the same UUID
- * and parent UUID where the open succeeds, the same error where it fails. */
-static unsigned vhd_compared, vhd_ok;
-static void vhd_peek_vs_open(const uint8_t *bytes, size_t len, const char *what) {
+/* vdisk_peek_ids agrees with an open of the image of `format` in `bytes`:
+ * the same UUID and parent UUID where the open succeeds, the same error
+ * where it fails. `strict`: both fields always reported (VHD records them
+ * always); else a field the image does not record (VMDK without ddb.uuid.*)
+ * may be left out, never reported wrong. Counts in n[0] (inputs) and n[1]
+ * (opened). */
+static void fmt_peek_vs_open(const uint8_t *bytes, size_t len, const char *format, bool strict, unsigned n[2],
+                             const char *what) {
         vdisk_image_ids ids = { .size = sizeof ids };
-        vdisk_io *io = mem_io("case.vhd", bytes, len);
+        vdisk_io *io = mem_io("case.img", bytes, len);
         vdisk_disk *d = disk_new();
         int rp, ro;
 
-        test_set_context("vhd %s (%zu bytes)", what, len);
+        test_set_context("%s %s (%zu bytes)", format, what, len);
         vdisk_clear_error();
-        rp = vdisk_peek_ids(io, "vpc", &ids);
+        rp = vdisk_peek_ids(io, format, &ids);
+        if (rp < 0 && !strict)
+                test_check_clean_error(__FILE__, __LINE__, "vdisk_peek_ids", rp);
         vdisk_clear_error();
-        ro = vdisk_disk_open(d, io, "vpc", VDISK_OPEN_READONLY | VDISK_OPEN_INFO | VDISK_OPEN_SKIP_CHECKS);
-        vhd_compared++;
+        ro = vdisk_disk_open(d, io, format, VDISK_OPEN_READONLY | VDISK_OPEN_INFO | VDISK_OPEN_SKIP_CHECKS);
+        n[0]++;
         if (ro >= 0) {
                 vdisk_image *img = vdisk_disk_image(d, 0);
                 uint8_t u[16];
 
                 if (rp < 0)
-                        FAIL("the VHD opens but the peek fails with %d (%s)", rp, strerror(-rp));
-                ASSERT(ids.mask & VDISK_IDS_UUID);
-                ASSERT(ids.mask & VDISK_IDS_PARENT_UUID);
-                ASSERT_OK(vdisk_image_get_uuid(img, u));
-                ASSERT_MEMEQ(ids.uuid, u, 16);
-                ASSERT_OK(vdisk_image_get_parent_uuid(img, u));
-                ASSERT_MEMEQ(ids.parent_uuid, u, 16);
-                vhd_ok++;
+                        FAIL("the image opens but the peek fails with %d (%s)", rp, strerror(-rp));
+                if (strict) {
+                        ASSERT(ids.mask & VDISK_IDS_UUID);
+                        ASSERT(ids.mask & VDISK_IDS_PARENT_UUID);
+                }
+                if (vdisk_image_get_uuid(img, u) >= 0 && (strict || !vdisk_uuid_is_null(u))) {
+                        ASSERT(ids.mask & VDISK_IDS_UUID);
+                        ASSERT_MEMEQ(ids.uuid, u, 16);
+                } else
+                        ASSERT(!(ids.mask & VDISK_IDS_UUID) || vdisk_uuid_is_null(ids.uuid));
+                if (vdisk_image_get_parent_uuid(img, u) >= 0 && (strict || !vdisk_uuid_is_null(u))) {
+                        ASSERT(ids.mask & VDISK_IDS_PARENT_UUID);
+                        ASSERT_MEMEQ(ids.parent_uuid, u, 16);
+                } else
+                        ASSERT(!(ids.mask & VDISK_IDS_PARENT_UUID));
+                n[1]++;
         } else if (rp >= 0)
-                FAIL("the VHD peek accepts what open refuses with %d (%s)", ro, strerror(-ro));
+                FAIL("the peek accepts what open refuses with %d (%s)", ro, strerror(-ro));
         else if (rp != ro)
-                FAIL("the VHD peek fails with %d (%s), open with %d (%s)", rp, strerror(-rp), ro, strerror(-ro));
+                FAIL("the peek fails with %d (%s), open with %d (%s)", rp, strerror(-rp), ro, strerror(-ro));
         vdisk_disk_unref(d);
         vdisk_io_unref(io);
         test_set_context("%s", "");
+}
+
+static unsigned vhd_n[2];
+static void vhd_peek_vs_open(const uint8_t *bytes, size_t len, const char *what) {
+        fmt_peek_vs_open(bytes, len, "vpc", true, vhd_n, what);
 }
 
 static void test_vhd_peek(void) {
@@ -512,12 +538,152 @@ static void test_vhd_peek(void) {
                 free(b);
                 free(c);
         }
-        printf("VHD: peek and open agree on %u inputs (%u opened)\n", vhd_compared, vhd_ok);
+        printf("VHD: peek and open agree on %u inputs (%u opened)\n", vhd_n[0], vhd_n[1]);
         vdisk_io_unref(vdi);
         vdisk_io_unref(dyn);
         vdisk_io_unref(fix);
         vdisk_io_unref(diff);
         vdisk_io_unref(empty);
+}
+
+/* ---------------------------------------------------------------- VMDK peek */
+
+static unsigned vmdk_n[2];
+static void vmdk_peek_vs_open(const uint8_t *bytes, size_t len, const char *what) {
+        fmt_peek_vs_open(bytes, len, "vmdk", false, vmdk_n, what);
+}
+
+static void create_vmdk(const char *name, const char *subformat, const char *parent) {
+        const char *opts[] = { "subformat", subformat, NULL };
+        vdisk_create_opts o = { .size = sizeof o, .options = opts };
+        vdisk_resolver *res = NULL;
+        vdisk_disk *d = disk_new();
+        vdisk_io *io = NULL, *pio = NULL;
+        uint8_t buf[65536];
+
+        ASSERT_OK(vdisk_resolver_new_path(NULL, &res));
+        o.resolver = res;
+        ASSERT_OK(vdisk_io_open_path(path_of(name), VDISK_PATH_WRITE | VDISK_PATH_CREATE | VDISK_PATH_TRUNC, &io));
+        memset(buf, parent ? 0x77 : 0x66, sizeof buf);
+        if (parent) {
+                ASSERT_OK(vdisk_io_open_path(path_of(parent), VDISK_PATH_READ, &pio));
+                ASSERT_OK(vdisk_disk_open_chain(d, res, pio, "vmdk", VDISK_OPEN_READONLY));
+                vdisk_io_unref(pio);
+                o.parent_name = parent;
+                ASSERT_OK(vdisk_disk_create_diff(d, io, "vmdk", &o));
+                ASSERT_OK(vdisk_disk_write(d, buf, sizeof buf, 1 * MiB));
+        } else {
+                ASSERT_OK(vdisk_disk_create_base(d, io, "vmdk", 4 * MiB, &o));
+                ASSERT_OK(vdisk_disk_write(d, buf, sizeof buf, 0));
+        }
+        ASSERT_OK(vdisk_disk_close(d));
+        vdisk_io_unref(io);
+        vdisk_resolver_unref(res);
+}
+
+
+/* A split (twoGbMaxExtentSparse) parent renamed after its child was made is
+ * found by its ddb.uuid.image: peek reads the descriptor file, the extent
+ * files record no identity. Then peek against open on a monolithicSparse
+ * diff: as made, truncated, bit flips in the header and the embedded
+ * descriptor. */
+static void test_vmdk_peek(void) {
+        vdisk_image_ids ids = { .size = sizeof ids }, pids = { .size = sizeof pids };
+        const char *tmp = getenv("TMPDIR");
+        vdisk_resolver *res = NULL;
+        vdisk_disk *d;
+        vdisk_io *io = NULL;
+        uint8_t *b, *c, buf[65536], want[65536];
+        size_t len;
+        rng r;
+
+        snprintf(dir, sizeof dir, "%s/vdisk-vmdk-peek-XXXXXX", tmp && tmp[0] ? tmp : "/tmp");
+        ASSERT(mkdtemp(dir));
+        create_vmdk("split.vmdk", "twoGbMaxExtentSparse", NULL);
+        create_vmdk("top.vmdk", "monolithicSparse", "split.vmdk");
+
+        ASSERT_OK(vdisk_io_open_path(path_of("split.vmdk"), VDISK_PATH_READ, &io));
+        ASSERT_OK(vdisk_peek_ids(io, NULL, &pids));   /* probed */
+        vdisk_io_unref(io);
+        ASSERT(pids.mask & VDISK_IDS_UUID);
+        ASSERT(!(pids.mask & VDISK_IDS_PARENT_UUID));
+        ASSERT_OK(vdisk_io_open_path(path_of("split-s001.vmdk"), VDISK_PATH_READ, &io));
+        ASSERT_OK(vdisk_peek_ids(io, "vmdk", &ids));
+        vdisk_io_unref(io);
+        ASSERT(ids.mask == 0);   /* an extent: no identity of its own */
+        ASSERT_OK(vdisk_io_open_path(path_of("top.vmdk"), VDISK_PATH_READ, &io));
+        ASSERT_OK(vdisk_peek_ids(io, "vmdk", &ids));
+        ASSERT(ids.mask & VDISK_IDS_UUID);
+        ASSERT(ids.mask & VDISK_IDS_PARENT_UUID);
+        ASSERT_MEMEQ(ids.parent_uuid, pids.uuid, 16);
+
+        /* the parent renamed: its name in the child leads nowhere, its UUID finds it */
+        ASSERT(rename(path_of("split.vmdk"), path_of("renamed.vmdk")) == 0);
+        ASSERT_OK(vdisk_resolver_new_path(NULL, &res));
+        d = disk_new();
+        vdisk_clear_error();
+        ASSERT_OK(vdisk_disk_open_chain(d, res, io, "vmdk", VDISK_OPEN_READONLY));
+        ASSERT(vdisk_disk_count(d) == 2);
+        memset(want, 0x66, sizeof want);
+        ASSERT_OK(vdisk_disk_read(d, buf, sizeof buf, 0));
+        ASSERT_MEMEQ(buf, want, sizeof buf);
+        memset(want, 0x77, sizeof want);
+        ASSERT_OK(vdisk_disk_read(d, buf, sizeof buf, 1 * MiB));
+        ASSERT_MEMEQ(buf, want, sizeof buf);
+        vdisk_disk_unref(d);
+        vdisk_resolver_unref(res);
+        vdisk_io_unref(io);
+
+        /* peek against open: the diff (one file, embedded descriptor) */
+        b = file_read_all(path_of("top.vmdk"), &len);
+        c = malloc(len);
+        ASSERT(c);
+        vmdk_peek_vs_open(b, len, "as made");
+        for (size_t cut = 0; cut < MIN(len, (size_t) 8192); cut += 128)
+                vmdk_peek_vs_open(b, cut, "truncated");
+        rng_seed(&r, 11);
+        for (unsigned i = 0; i < 600; i++) {
+                size_t at = (size_t) (i % 2 ? rng_below(&r, 80) : rng_below(&r, MIN(len, (size_t) 2048)));
+
+                memcpy(c, b, len);
+                c[at] ^= (uint8_t) (1u << rng_below(&r, 8));
+                vmdk_peek_vs_open(c, len, "bit flip");
+        }
+        free(b);
+        free(c);
+        /* the descriptor file alone, and with bytes after its text */
+        b = file_read_all(path_of("renamed.vmdk"), &len);
+        vmdk_n[0]++;
+        io = mem_io("d.vmdk", b, len);
+        ASSERT_OK(vdisk_peek_ids(io, "vmdk", &ids));
+        ASSERT_MEMEQ(ids.uuid, pids.uuid, 16);
+        vdisk_io_unref(io);
+        c = calloc(1, len + 16);
+        ASSERT(c);
+        memcpy(c, b, len);
+        /* the tail of an older text after the NUL (qemu-img's CID renewal) */
+        memcpy(c + len + 1, "647\"\r\n\t\xc3\xa9", 9);
+        io = mem_io("d.vmdk", c, len + 16);
+        ASSERT_OK(vdisk_peek_ids(io, "vmdk", &ids));
+        ASSERT_MEMEQ(ids.uuid, pids.uuid, 16);
+        vdisk_io_unref(io);
+        c[len + 7] = 0x01;
+        io = mem_io("d.vmdk", c, len + 16);
+        vdisk_clear_error();
+        ASSERT_ERR(vdisk_peek_ids(io, "vmdk", &ids), -EMEDIUMTYPE);
+        ASSERT(strstr(vdisk_last_error(), "byte 0x01 at offset"));
+        vdisk_io_unref(io);
+        free(b);
+        free(c);
+        printf("VMDK: peek and open agree on %u inputs (%u opened)\n", vmdk_n[0], vmdk_n[1]);
+
+        {
+                const char *names[] = { "renamed.vmdk", "split-s001.vmdk", "split-s002.vmdk", "top.vmdk" };
+
+                for (size_t i = 0; i < ELEMENTSOF(names); i++)
+                        (void) unlink(path_of(names[i]));
+                ASSERT(rmdir(dir) == 0);
+        }
 }
 
 int main(int argc, char **argv) {
@@ -531,6 +697,7 @@ int main(int argc, char **argv) {
         printf("peek and open agree on %u inputs (%u opened)\n", n_compared, n_both_ok);
         test_path_resolver();
         test_vhd_peek();
+        test_vmdk_peek();
         free(base_bytes);
         free(diff_bytes);
         printf("ok\n");

@@ -33,19 +33,7 @@ static char *path_of(const char *name) {
 }
 
 static uint8_t *read_file(const char *name, size_t *ret_len) {
-        struct stat st;
-        uint8_t *b;
-        int fd = open(path_of(name), O_RDONLY | O_CLOEXEC);
-
-        ASSERT(fd >= 0);
-        ASSERT(fstat(fd, &st) == 0);
-        b = malloc((size_t) st.st_size + 1);
-        ASSERT(b);
-        ASSERT(read(fd, b, (size_t) st.st_size) == st.st_size);
-        b[st.st_size] = 0;
-        ASSERT(close(fd) == 0);
-        *ret_len = (size_t) st.st_size;
-        return b;
+        return file_read_all(path_of(name), ret_len);
 }
 
 /* The CID the descriptor in the file records (embedded or separate). */

@@ -235,6 +235,23 @@ static inline uint8_t *mem_io_copy(vdisk_io *io, size_t *ret_len) {
         return copy;
 }
 
+/* A malloc'ed copy of a file's bytes (one zero byte more, not counted). */
+static inline uint8_t *file_read_all(const char *path, size_t *ret_len) {
+        vdisk_io *io = NULL;
+        uint64_t size = 0;
+        uint8_t *b;
+
+        ASSERT_OK(vdisk_io_open_path(path, VDISK_PATH_READ, &io));
+        ASSERT_OK(vdisk_io_get_size(io, &size));
+        b = calloc(1, (size_t) size + 1);
+        ASSERT(b);
+        if (size)
+                ASSERT_OK(vdisk_io_pread(io, b, (size_t) size, 0));
+        vdisk_io_unref(io);
+        *ret_len = (size_t) size;
+        return b;
+}
+
 /* A new memory io with a copy of another memory io's bytes. */
 static inline vdisk_io *mem_io_clone(vdisk_io *io, const char *name) {
         const void *data = NULL;
