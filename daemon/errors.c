@@ -108,3 +108,24 @@ int set_error(sd_bus_error *e, const char *name, const char *fmt, ...) {
         va_end(ap);
         return sd_bus_error_set(e, name, s ? s : "Out of memory");
 }
+
+int bus_append_strv_entry(sd_bus_message *m, const char *key, const char *const *strv) {
+        int r;
+
+        r = sd_bus_message_open_container(m, 'e', "sv");
+        if (r >= 0)
+                r = sd_bus_message_append(m, "s", key);
+        if (r >= 0)
+                r = sd_bus_message_open_container(m, 'v', "as");
+        if (r >= 0)
+                r = sd_bus_message_open_container(m, 'a', "s");
+        for (; r >= 0 && strv && *strv; strv++)
+                r = sd_bus_message_append(m, "s", *strv);
+        if (r >= 0)
+                r = sd_bus_message_close_container(m);
+        if (r >= 0)
+                r = sd_bus_message_close_container(m);
+        if (r >= 0)
+                r = sd_bus_message_close_container(m);
+        return r;
+}

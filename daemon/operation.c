@@ -1003,17 +1003,7 @@ static int property_get_result(sd_bus *bus, const char *path, const char *interf
                                           "image-end-offset", "t", rep->image_end_offset);
                 if (r < 0)
                         return r;
-                r = sd_bus_message_open_container(reply, 'e', "sv");
-                if (r >= 0)
-                        r = sd_bus_message_append(reply, "s", "messages");
-                if (r >= 0)
-                        r = sd_bus_message_open_container(reply, 'v', "as");
-                if (r >= 0)
-                        r = sd_bus_message_append_strv(reply, rep->messages);
-                if (r >= 0)
-                        r = sd_bus_message_close_container(reply);
-                if (r >= 0)
-                        r = sd_bus_message_close_container(reply);
+                r = bus_append_strv_entry(reply, "messages", (const char *const *) rep->messages);
                 if (r < 0)
                         return r;
         }

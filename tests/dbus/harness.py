@@ -873,6 +873,24 @@ def unique(prefix):
 REGIONS = ((0, 65536, 0x11), (3 * MiB + 512, 100000, 0x22), (7 * MiB, 4096, 0x33))
 
 
+def vdiskctl(env, *args, check=True, timeout=120, uid=UID_A):
+    """Runs vdiskctl as `uid` in its directory against the test bus; raises
+    with its output when it fails and `check`."""
+    cmd = ['setpriv', f'--reuid={uid}', f'--regid={uid}', '--clear-groups', '--', tool('VDISKCTL'),
+           f'--address={env.bus.address}', '--no-ask-password'] + [str(x) for x in args]
+    r = subprocess.run(cmd, cwd=env.dirs[uid], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                       timeout=deadline(timeout),
+                       env={'PATH': os.environ.get('PATH', '/usr/bin:/bin'), 'LANG': 'C.UTF-8'})
+    if check and r.returncode != 0:
+        raise AssertionError(f'vdiskctl {" ".join(map(str, args))} exit {r.returncode}\n{r.stdout}\n{r.stderr}')
+    return r
+
+
+def user_path(env, name, uid=UID_A):
+    """A file in the directory of `uid`."""
+    return env.dirs[uid] / name
+
+
 def open_disk(env, agent, paths, fmt='VDI', name='disk', flags=os.O_RDWR, options=None):
     """OpenDisk with the given image files (base first), opened by the agent."""
     chain = [(Open(p, flags), fmt, {}) for p in paths]

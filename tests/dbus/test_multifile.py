@@ -27,7 +27,7 @@ import subprocess
 import pytest
 
 from harness import (A_MODIFY, A_OPEN, ERR, LIMITS_EXCEEDED, UID_A, MiB, Fd, Open, T, deadline, expect_error,
-                     frozen_fs, tool, unique, wait_until)
+                     frozen_fs, tool, unique, user_path, vdiskctl, wait_until)
 
 GiB = 1024 * MiB
 
@@ -61,17 +61,11 @@ def a(env):
 
 
 def ctl(env, *args, check=True):
-    cmd = ['setpriv', f'--reuid={UID_A}', f'--regid={UID_A}', '--clear-groups', '--', tool('VDISKCTL'),
-           f'--address={env.bus.address}', '--no-ask-password'] + [str(x) for x in args]
-    r = subprocess.run(cmd, cwd=env.dirs[UID_A], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                       timeout=deadline(300), env={'PATH': os.environ.get('PATH', '/usr/bin:/bin'), 'LANG': 'C.UTF-8'})
-    if check and r.returncode != 0:
-        raise AssertionError(f'vdiskctl {" ".join(map(str, args))} exit {r.returncode}\n{r.stdout}\n{r.stderr}')
-    return r
+    return vdiskctl(env, *args, check=check, timeout=300)
 
 
 def p(env, name):
-    return env.dirs[UID_A] / name
+    return user_path(env, name)
 
 
 def own_all(env, stem):

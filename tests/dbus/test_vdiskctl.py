@@ -8,11 +8,10 @@ with a flat reference by qemu-img (an independent reader)."""
 
 import json
 import os
-import subprocess
 
 import pytest
 
-from harness import A_MODIFY, A_OPEN, UID_A, MiB, Open, deadline, tool
+from harness import A_MODIFY, A_OPEN, UID_A, MiB, Open, user_path, vdiskctl
 
 SIZE = 64 * MiB
 
@@ -37,17 +36,11 @@ def a(env):
 
 
 def ctl(env, *args, check=True):
-    cmd = ['setpriv', f'--reuid={UID_A}', f'--regid={UID_A}', '--clear-groups', '--', tool('VDISKCTL'),
-           f'--address={env.bus.address}', '--no-ask-password'] + [str(x) for x in args]
-    r = subprocess.run(cmd, cwd=env.dirs[UID_A], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                       timeout=deadline(120), env={'PATH': os.environ.get('PATH', '/usr/bin:/bin'), 'LANG': 'C.UTF-8'})
-    if check and r.returncode != 0:
-        raise AssertionError(f'vdiskctl {" ".join(map(str, args))} exit {r.returncode}\n{r.stdout}\n{r.stderr}')
-    return r
+    return vdiskctl(env, *args, check=check, timeout=120)
 
 
 def p(env, name):
-    return env.dirs[UID_A] / name
+    return user_path(env, name)
 
 
 def write_layers(env, a, chain, layer, ref):
