@@ -204,21 +204,9 @@ static int gm_grain(void *ctx, uint64_t t, uint64_t g, map_kind *kind, uint64_t 
         return r;
 }
 
-static grain_map gm_of(vmdk_cowd *c) {
+grain_map vmdk_cowd_grain_map(vmdk_cowd *c) {
         return (grain_map) {
                 .ctx = c, .size = c->size, .grain = c->grain, .gtes = COWD_GTES, .n_gd = c->n_gd,
                 .table = gm_table, .grain_at = gm_grain,
         };
-}
-
-int vmdk_cowd_map(vmdk_cowd *c, uint64_t off, uint64_t len, map_kind *kind, uint64_t *host, uint64_t *ret_len) {
-        grain_map m = gm_of(c);
-
-        return grain_map_map(&m, off, len, kind, host, ret_len);
-}
-
-int vmdk_cowd_count(vmdk_cowd *c, uint64_t *ret_alloc, uint64_t *ret_total) {
-        grain_map m = gm_of(c);
-
-        return grain_map_count(&m, ret_alloc, ret_total);
 }

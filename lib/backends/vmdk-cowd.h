@@ -9,6 +9,7 @@
 #include <stdint.h>
 
 #include "backend.h"
+#include "fmt/grainmap.h"
 
 typedef struct vmdk_cowd vmdk_cowd;
 
@@ -20,7 +21,5 @@ int vmdk_cowd_open(tc_budget *budget, vdisk_io *io, uint64_t file_size, uint64_t
 vmdk_cowd *vmdk_cowd_free(vmdk_cowd *c);
 /* The grain size in bytes. */
 uint64_t vmdk_cowd_grain(const vmdk_cowd *c);
-/* As vmdk_se_map(): MAP_DATA at *host, or MAP_UNALLOC, for *ret_len bytes. */
-int vmdk_cowd_map(vmdk_cowd *c, uint64_t off, uint64_t len, map_kind *kind, uint64_t *host, uint64_t *ret_len);
-/* Allocated grains and all grains (walks every table). */
-int vmdk_cowd_count(vmdk_cowd *c, uint64_t *ret_alloc, uint64_t *ret_total);
+/* Block status and counting (lib/fmt/grainmap) over the extent; valid while it is open. */
+grain_map vmdk_cowd_grain_map(vmdk_cowd *c);

@@ -302,21 +302,9 @@ static int gm_grain(void *ctx, uint64_t t, uint64_t g, map_kind *kind, uint64_t 
         return grain_lookup(ctx, t, g, kind, host);
 }
 
-static grain_map gm_of(vmdk_se *se) {
+grain_map vmdk_se_grain_map(vmdk_se *se) {
         return (grain_map) {
                 .ctx = se, .size = se->size, .grain = VMDK_SE_GRAIN, .gtes = SE_GTES, .n_gd = se->n_gd,
                 .table = gm_table, .grain_at = gm_grain,
         };
-}
-
-int vmdk_se_map(vmdk_se *se, uint64_t off, uint64_t len, map_kind *kind, uint64_t *host, uint64_t *ret_len) {
-        grain_map m = gm_of(se);
-
-        return grain_map_map(&m, off, len, kind, host, ret_len);
-}
-
-int vmdk_se_count(vmdk_se *se, uint64_t *ret_alloc, uint64_t *ret_total) {
-        grain_map m = gm_of(se);
-
-        return grain_map_count(&m, ret_alloc, ret_total);
 }

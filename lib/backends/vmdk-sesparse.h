@@ -9,6 +9,7 @@
 #include <stdint.h>
 
 #include "backend.h"
+#include "fmt/grainmap.h"
 
 #define VMDK_SE_MAGIC UINT64_C(0xcafebabe)
 #define VMDK_SE_GRAIN 4096u
@@ -23,10 +24,5 @@ typedef struct vmdk_se vmdk_se;
 int vmdk_se_open(tc_budget *budget, vdisk_io *io, uint64_t file_size, uint64_t sectors, const char *name,
                  vmdk_se **ret);
 vmdk_se *vmdk_se_free(vmdk_se *se);
-
-/* How [off, off + len) of the extent starts: *kind is MAP_DATA (at *host in
- * the extent's file), MAP_ZERO or MAP_UNALLOC, for *ret_len bytes (1..len). */
-int vmdk_se_map(vmdk_se *se, uint64_t off, uint64_t len, map_kind *kind, uint64_t *host, uint64_t *ret_len);
-
-/* Allocated grains, for check and info (walks every table entry). */
-int vmdk_se_count(vmdk_se *se, uint64_t *ret_alloc, uint64_t *ret_total);
+/* Block status and counting (lib/fmt/grainmap) over the extent; valid while it is open. */
+grain_map vmdk_se_grain_map(vmdk_se *se);

@@ -132,6 +132,7 @@ typedef struct vmdk_extent {
         hostalloc alloc;                /* new grains go at the end of the file */
         vmdk_se *se;                    /* SESPARSE (vmdk-sesparse.c) */
         vmdk_cowd *cowd;                /* VMFSSPARSE (vmdk-cowd.c) */
+        grain_map gm;                   /* either one's tables (lib/fmt/grainmap) */
 } vmdk_extent;
 
 typedef struct vmdk_state {
@@ -729,6 +730,7 @@ static int open_extent(vmdk_state *s, vdisk_files *files, bool list_files, size_
                         vmdk_cowd_open(s->budget, e->io, e->file_size, d->sectors, d->file, &e->cowd);
                 if (r < 0)
                         return r;
+                e->gm = e->se ? vmdk_se_grain_map(e->se) : vmdk_cowd_grain_map(e->cowd);
                 break;
         default:
                 return vdisk_error(-EOPNOTSUPP, "vmdk: %s extents (\"%s\") are not supported yet",
@@ -1038,8 +1040,7 @@ static int vmdk_map(void *state, uint64_t offset, uint64_t len, map_result *ret)
         case VMDK_EXTENT_VMFSSPARSE: {
                 map_kind kind;
                 uint64_t host = 0, n = 0;
-                int r = e->se ? vmdk_se_map(e->se, off, len, &kind, &host, &n) :
-                                vmdk_cowd_map(e->cowd, off, len, &kind, &host, &n);
+                int r = grain_map_map(&e->gm, off, len, &kind, &host, &n);
 
                 if (r < 0)
                         return r;
@@ -3008,7 +3009,7 @@ static int vmdk_check(void *state, uint32_t flags, vdisk_check_report *rep, vdis
                 if (e->type == VMDK_EXTENT_SESPARSE || e->type == VMDK_EXTENT_VMFSSPARSE) {
                         uint64_t a = 0, t = 0;
 
-                        r = e->se ? vmdk_se_count(e->se, &a, &t) : vmdk_cowd_count(e->cowd, &a, &t);
+                        r = grain_map_count(&e->gm, &a, &t);
                         if (r == -EUCLEAN) {
                                 rep->corruptions++;
                                 check_report_add(rep, "extent %zu: %s", i + 1, vdisk_last_error());
