@@ -1,5 +1,6 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
 /* libvdisk's negative errno codes → the D-Bus error names of docs/dbus-api.md. */
+#include <assert.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
@@ -109,18 +110,20 @@ int set_error(sd_bus_error *e, const char *name, const char *fmt, ...) {
         return sd_bus_error_set(e, name, s ? s : "Out of memory");
 }
 
-int bus_append_strv_entry(sd_bus_message *m, const char *key, const char *const *strv) {
+int bus_append_strv_entry(sd_bus_message *m, const char *key, char type, const char *const *strv) {
+        const char sig[] = { 'a', type, 0 };
         int r;
 
+        assert(type == 's' || type == 'o');
         r = sd_bus_message_open_container(m, 'e', "sv");
         if (r >= 0)
                 r = sd_bus_message_append(m, "s", key);
         if (r >= 0)
-                r = sd_bus_message_open_container(m, 'v', "as");
+                r = sd_bus_message_open_container(m, 'v', sig);
         if (r >= 0)
-                r = sd_bus_message_open_container(m, 'a', "s");
+                r = sd_bus_message_open_container(m, 'a', sig + 1);
         for (; r >= 0 && strv && *strv; strv++)
-                r = sd_bus_message_append(m, "s", *strv);
+                r = sd_bus_message_append_basic(m, type, *strv);
         if (r >= 0)
                 r = sd_bus_message_close_container(m);
         if (r >= 0)

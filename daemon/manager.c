@@ -253,7 +253,7 @@ static int append_backend(sd_bus_message *reply, const vdisk_backend_info *b) {
                 { "create-options", options },
         };
         for (size_t i = 0; i < ELEMENTSOF(lists); i++) {
-                r = bus_append_strv_entry(reply, lists[i].key, lists[i].v);
+                r = bus_append_strv_entry(reply, lists[i].key, 's', lists[i].v);
                 if (r < 0)
                         return r;
         }
@@ -427,7 +427,7 @@ static void probe_done(Task *t, bool cancelled) {
                                           "needs-parent", "b", (int) pi->needs_parent,
                                           "guessed-raw", "b", pi->guessed_raw);
         if (r >= 0)
-                r = bus_append_strv_entry(reply, "files", (const char *const *) pi->files);
+                r = bus_append_strv_entry(reply, "files", 's', (const char *const *) pi->files);
         if (r >= 0)
                 r = sd_bus_message_close_container(reply);
         if (r >= 0)

@@ -1003,26 +1003,12 @@ static int property_get_result(sd_bus *bus, const char *path, const char *interf
                                           "image-end-offset", "t", rep->image_end_offset);
                 if (r < 0)
                         return r;
-                r = bus_append_strv_entry(reply, "messages", (const char *const *) rep->messages);
+                r = bus_append_strv_entry(reply, "messages", 's', (const char *const *) rep->messages);
                 if (r < 0)
                         return r;
         }
         if (o->result.removed) {
-                r = sd_bus_message_open_container(reply, 'e', "sv");
-                if (r >= 0)
-                        r = sd_bus_message_append(reply, "s", "removed");
-                if (r >= 0)
-                        r = sd_bus_message_open_container(reply, 'v', "ao");
-                if (r >= 0)
-                        r = sd_bus_message_open_container(reply, 'a', "o");
-                for (char **p = o->result.removed; r >= 0 && *p; p++)
-                        r = sd_bus_message_append(reply, "o", *p);
-                if (r >= 0)
-                        r = sd_bus_message_close_container(reply);
-                if (r >= 0)
-                        r = sd_bus_message_close_container(reply);
-                if (r >= 0)
-                        r = sd_bus_message_close_container(reply);
+                r = bus_append_strv_entry(reply, "removed", 'o', (const char *const *) o->result.removed);
                 if (r < 0)
                         return r;
         }

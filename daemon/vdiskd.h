@@ -284,9 +284,9 @@ const char *errno_to_error_name(int r);
 int reply_outcome_error(sd_bus_message *m, const Outcome *o);
 int reply_error(sd_bus_message *m, const char *name, const char *fmt, ...) _printf_(3, 4);
 int set_error(sd_bus_error *e, const char *name, const char *fmt, ...) _printf_(3, 4);
-/* Appends the dictionary entry {key: <as>} of an a{sv} being built (strv
- * NULL-terminated; NULL: an empty list). */
-int bus_append_strv_entry(sd_bus_message *m, const char *key, const char *const *strv);
+/* Appends the dictionary entry {key: <as>} (type 's') or {key: <ao>} (type
+ * 'o') of an a{sv} being built (strv NULL-terminated; NULL: an empty list). */
+int bus_append_strv_entry(sd_bus_message *m, const char *key, char type, const char *const *strv);
 
 /* ------------------------------------------------------------ fds */
 
