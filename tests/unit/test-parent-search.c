@@ -263,12 +263,7 @@ static void test_peek_reads_the_head_only(void) {
 static char dir[256];
 
 static char *path_of(const char *name) {
-        static char p[4][512];
-        static unsigned i;
-
-        i = (i + 1) % 4;
-        snprintf(p[i], sizeof p[i], "%s/%s", dir, name);
-        return p[i];
+        return dir_path(dir, name);
 }
 
 static void write_file(const char *path, const uint8_t *b, size_t len) {
@@ -303,24 +298,7 @@ static void set_parent_uuid(const char *name, const uint8_t *parent) {
 
 /* Opens the chain whose top is dir/name with the path resolver. */
 static int open_chain(const char *name, vdisk_disk **ret) {
-        vdisk_resolver *res = NULL;
-        vdisk_disk *d = disk_new();
-        vdisk_io *io = NULL;
-        int r;
-
-        ASSERT_OK(vdisk_resolver_new_path(NULL, &res));
-        ASSERT_OK(vdisk_io_open_path(path_of(name), VDISK_PATH_READ, &io));
-        vdisk_clear_error();
-        r = vdisk_disk_open_chain(d, res, io, "vdi", VDISK_OPEN_READONLY);
-        if (r < 0)
-                test_check_clean_error(__FILE__, __LINE__, "vdisk_disk_open_chain", r);
-        vdisk_io_unref(io);
-        vdisk_resolver_free(res);
-        if (ret && r >= 0)
-                *ret = d;
-        else
-                vdisk_disk_unref(d);
-        return r;
+        return open_chain_path(path_of(name), "vdi", VDISK_OPEN_READONLY, ret);
 }
 
 static void expect_chain(const char *top, const uint8_t (*uuids)[16], unsigned n) {

@@ -15,8 +15,6 @@
  *     leave every byte of the files as they were;
  *   - one new CID per open: a second write in the same open keeps it.
  */
-#include <fcntl.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 #include "tests.h"
@@ -24,12 +22,7 @@
 static char dir[256];
 
 static char *path_of(const char *name) {
-        static char p[4][512];
-        static unsigned i;
-
-        i = (i + 1) % 4;
-        snprintf(p[i], sizeof p[i], "%s/%s", dir, name);
-        return p[i];
+        return dir_path(dir, name);
 }
 
 static uint8_t *read_file(const char *name, size_t *ret_len) {
@@ -56,34 +49,14 @@ static uint32_t file_cid(const char *name) {
 }
 
 static vdisk_disk *open_one(const char *name, bool writable) {
-        vdisk_resolver *res = NULL;
-        vdisk_disk *d = disk_new();
-        vdisk_io *io = NULL;
+        vdisk_disk *d = NULL;
 
-        ASSERT_OK(vdisk_resolver_new_path(NULL, &res));
-        ASSERT_OK(vdisk_io_open_path(path_of(name), writable ? VDISK_PATH_WRITE : VDISK_PATH_READ, &io));
-        ASSERT_OK(vdisk_disk_open_chain(d, res, io, "vmdk", writable ? 0 : VDISK_OPEN_READONLY));
-        vdisk_io_unref(io);
-        vdisk_resolver_unref(res);
+        ASSERT_OK(open_chain_path(path_of(name), "vmdk", writable ? 0 : VDISK_OPEN_READONLY, &d));
         return d;
 }
 
 static int open_chain(const char *name) {
-        vdisk_resolver *res = NULL;
-        vdisk_disk *d = disk_new();
-        vdisk_io *io = NULL;
-        int r;
-
-        ASSERT_OK(vdisk_resolver_new_path(NULL, &res));
-        ASSERT_OK(vdisk_io_open_path(path_of(name), VDISK_PATH_READ, &io));
-        vdisk_clear_error();
-        r = vdisk_disk_open_chain(d, res, io, "vmdk", VDISK_OPEN_READONLY);
-        if (r < 0)
-                test_check_clean_error(__FILE__, __LINE__, "vdisk_disk_open_chain", r);
-        vdisk_io_unref(io);
-        vdisk_resolver_unref(res);
-        vdisk_disk_unref(d);
-        return r;
+        return open_chain_path(path_of(name), "vmdk", VDISK_OPEN_READONLY, NULL);
 }
 
 /* base (of `subformat`) with data at 0 .. 128 KiB, and diff.vmdk on it. */

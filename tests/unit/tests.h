@@ -235,6 +235,17 @@ static inline uint8_t *mem_io_copy(vdisk_io *io, size_t *ret_len) {
         return copy;
 }
 
+/* "dir/name" in one of four rotating static buffers (a few may be in use
+ * in one call). */
+static inline char *dir_path(const char *dir, const char *name) {
+        static char p[4][512];
+        static unsigned i;
+
+        i = (i + 1) % 4;
+        snprintf(p[i], sizeof p[i], "%s/%s", dir, name);
+        return p[i];
+}
+
 /* A malloc'ed copy of a file's bytes (one zero byte more, not counted). */
 static inline uint8_t *file_read_all(const char *path, size_t *ret_len) {
         vdisk_io *io = NULL;
@@ -250,6 +261,32 @@ static inline uint8_t *file_read_all(const char *path, size_t *ret_len) {
         vdisk_io_unref(io);
         *ret_len = (size_t) size;
         return b;
+}
+
+/* Opens the chain whose top is the file `path` with the path resolver (as
+ * vdisk-img does). On success *ret (when given) gets the disk, else it is
+ * freed; a failure must come with a clean message. */
+static inline int open_chain_path(const char *path, const char *format, uint32_t flags, vdisk_disk **ret) {
+        vdisk_resolver *res = NULL;
+        vdisk_disk *d = NULL;
+        vdisk_io *io = NULL;
+        int r;
+
+        ASSERT_OK(vdisk_disk_new(&d));
+        ASSERT_OK(vdisk_resolver_new_path(NULL, &res));
+        ASSERT_OK(vdisk_io_open_path(path, (flags & VDISK_OPEN_READONLY) ? VDISK_PATH_READ : VDISK_PATH_WRITE,
+                                     &io));
+        vdisk_clear_error();
+        r = vdisk_disk_open_chain(d, res, io, format, flags);
+        if (r < 0)
+                test_check_clean_error(__FILE__, __LINE__, "vdisk_disk_open_chain", r);
+        vdisk_io_unref(io);
+        vdisk_resolver_unref(res);
+        if (ret && r >= 0)
+                *ret = d;
+        else
+                vdisk_disk_unref(d);
+        return r;
 }
 
 /* A new memory io with a copy of another memory io's bytes. */
