@@ -1192,6 +1192,8 @@ static int mark_dirty(qcow2_state *s) {
         return 0;
 }
 
+static int qcow2_check(void *state, uint32_t flags, vdisk_check_report *rep, vdisk_progress *p);
+
 static int prepare_writes(qcow2_state *s, const uint8_t *features, size_t n_features) {
         uint64_t known_autoclear = AUTOCLEAR_BITMAPS | AUTOCLEAR_DATA_RAW;
         int r;
@@ -1199,10 +1201,6 @@ static int prepare_writes(qcow2_state *s, const uint8_t *features, size_t n_feat
         if (s->incompat & INCOMPAT_CORRUPT)
                 return vdisk_error(-EUCLEAN, "qcow2: the image is marked corrupt; it opens read-only only "
                                    "(repair it first)");
-        if (s->incompat & INCOMPAT_DIRTY)
-                return vdisk_error(-EOPNOTSUPP, "qcow2: the image is dirty (lazy refcounts, not closed cleanly); "
-                                   "writing it needs its refcounts rebuilt, which vdisk does not do yet "
-                                   "(qemu-img check -r all)");
         if (s->incompat & INCOMPAT_DATA_FILE)
                 return vdisk_error(-EOPNOTSUPP, "qcow2: writing images with an external data file is not "
                                    "supported yet");
@@ -1240,6 +1238,24 @@ static int prepare_writes(qcow2_state *s, const uint8_t *features, size_t n_feat
                 s->autoclear &= known_autoclear;
         }
         s->writable = true;
+        if (s->incompat & INCOMPAT_DIRTY) {
+                /* lazy refcounts left dirty: rebuilt before anything is written */
+                vdisk_check_report rep = { .size = sizeof rep };
+                uint64_t left;
+
+                r = qcow2_check(s, VDISK_CHECK_REPAIR_ALL, &rep, NULL);
+                left = rep.corruptions - rep.corruptions_fixed;
+                vdisk_check_report_clear(&rep);
+                if (r < 0)
+                        return r;
+                if (left > 0)
+                        return vdisk_error(-EUCLEAN, "qcow2: the refcounts of the dirty image could not be rebuilt "
+                                           "(%" PRIu64 " errors left)", left);
+                r = write_header_u64(s, HDR_INCOMPAT, s->incompat & ~(uint64_t) INCOMPAT_DIRTY);
+                if (r < 0)
+                        return r;
+                s->incompat &= ~(uint64_t) INCOMPAT_DIRTY;
+        }
         return 0;
 }
 
@@ -1515,6 +1531,283 @@ static int qcow2_flush(void *state) {
                 s->incompat &= ~(uint64_t) INCOMPAT_DIRTY;
                 s->marked_dirty = false;
         }
+        return 0;
+}
+
+/* ---------------------------------------------------------------- check
+ *
+ * Counts every reference the image makes (header, L1 and refcount tables,
+ * refcount blocks, L2 tables, data and compressed clusters, the snapshot
+ * table and each snapshot's tables), then compares the counts with the
+ * refcounts on disk: a refcount above its count is a leak, below it a
+ * corruption (qemu-img check's words). Repair sets the refcounts to the
+ * counts (leaks with REPAIR_LEAKS, both with REPAIR_ALL); the same repair
+ * rebuilds the refcounts of a dirty (lazy refcounts) image at writable open.
+ * Memory: one u32 per cluster of the file while it runs.
+ */
+
+typedef struct qcount {
+        qcow2_state *s;
+        uint32_t *n;
+        uint64_t clusters;
+        vdisk_check_report *rep;
+        uint64_t allocated;
+} qcount;
+
+static void count_ref(qcount *q, uint64_t off, uint64_t len, const char *what) {
+        uint64_t cs = q->s->cluster_size;
+
+        if (len == 0)
+                return;
+        for (uint64_t c = off / cs; c <= (off + len - 1) / cs; c++) {
+                if (c >= q->clusters) {
+                        q->rep->corruptions++;
+                        (void) check_report_add(q->rep, "ERROR %s at %" PRIu64 " is outside the file", what, off);
+                        return;
+                }
+                if (q->n[c] < UINT32_MAX)
+                        q->n[c]++;
+        }
+}
+
+/* The L2 tables of an L1 table and the clusters they reference. */
+static int count_l1(qcount *q, uint64_t l1_off, uint32_t l1_size, bool active) {
+        qcow2_state *s = q->s;
+        uint64_t cs = s->cluster_size;
+        _cleanup_free_ uint8_t *l1 = NULL, *l2 = NULL;
+        int r;
+
+        if (l1_size == 0)
+                return 0;
+        if ((uint64_t) l1_size * 8 > QCOW2_L1_MAX_BYTES || !range_within(l1_off, (uint64_t) l1_size * 8, s->file_size)) {
+                q->rep->corruptions++;
+                return check_report_add(q->rep, "ERROR L1 table at %" PRIu64 " (%" PRIu32 " entries) is outside "
+                                        "the file", l1_off, l1_size);
+        }
+        count_ref(q, l1_off, (uint64_t) l1_size * 8, "L1 table");
+        l1 = malloc((size_t) l1_size * 8);
+        l2 = malloc(cs);
+        if (!l1 || !l2)
+                return -ENOMEM;
+        r = io_pread(s->io, l1, (size_t) l1_size * 8, l1_off);
+        if (r < 0)
+                return r;
+        for (uint32_t i = 0; i < l1_size; i++) {
+                uint64_t l2_off = get_be64(l1 + (size_t) i * 8) & OFFSET_MASK;
+
+                if (l2_off == 0)
+                        continue;
+                if (l2_off % cs != 0 || !range_within(l2_off, cs, s->file_size)) {
+                        q->rep->corruptions++;
+                        r = check_report_add(q->rep, "ERROR L2 table at %" PRIu64 " is not cluster-aligned within "
+                                             "the file", l2_off);
+                        if (r < 0)
+                                return r;
+                        continue;
+                }
+                count_ref(q, l2_off, cs, "L2 table");
+                r = io_pread(s->io, l2, cs, l2_off);
+                if (r < 0)
+                        return r;
+                for (uint64_t k = 0; k < s->l2_entries; k++) {
+                        uint64_t e = get_be64(l2 + k * (s->extended_l2 ? 16 : 8)), host;
+
+                        if (e & L2E_COMPRESSED) {
+                                uint64_t coff = e & s->coffset_mask;
+                                uint64_t nsec = ((e >> s->csize_shift) & s->csize_mask) + 1;
+
+                                count_ref(q, coff & ~UINT64_C(511), nsec * 512, "compressed cluster");
+                                q->allocated += active;
+                                continue;
+                        }
+                        host = e & OFFSET_MASK;
+                        if (s->data_io)
+                                continue;   /* the external data file has no refcounts */
+                        if (host == 0)
+                                continue;
+                        if (host % cs != 0) {
+                                q->rep->corruptions++;
+                                r = check_report_add(q->rep, "ERROR cluster at %" PRIu64 " is not aligned", host);
+                                if (r < 0)
+                                        return r;
+                                continue;
+                        }
+                        count_ref(q, host, cs, "data cluster");
+                        q->allocated += active;
+                }
+        }
+        return 0;
+}
+
+static int count_snapshots(qcount *q) {
+        qcow2_state *s = q->s;
+        uint64_t off = s->snapshots_offset;
+        int r;
+
+        for (uint32_t n = 0; n < s->nb_snapshots; n++) {
+                uint8_t e[40];
+                uint64_t entry_len;
+
+                if (off - s->snapshots_offset > QCOW2_SNAP_TABLE_MAX || !range_within(off, sizeof e, s->file_size))
+                        return vdisk_error(-EUCLEAN, "qcow2: snapshot table entry %" PRIu32 " is outside the file",
+                                           n);
+                r = io_pread(s->io, e, sizeof e, off);
+                if (r < 0)
+                        return r;
+                if (get_be32(e + 36) > QCOW2_SNAP_EXTRA_MAX)
+                        return vdisk_error(-EUCLEAN, "qcow2: snapshot %" PRIu32 " has too much extra data", n);
+                entry_len = ALIGN_UP(sizeof e + get_be32(e + 36) + get_be16(e + 12) + get_be16(e + 14),
+                                     UINT64_C(8));
+                r = count_l1(q, get_be64(e), get_be32(e + 8), false);
+                if (r < 0)
+                        return r;
+                off += entry_len;
+        }
+        count_ref(q, s->snapshots_offset, off - s->snapshots_offset, "snapshot table");
+        return 0;
+}
+
+/* Sets the refcount of cluster c to v (through the cache; blocks made as
+ * needed). */
+static int rc_set_value(qcow2_state *s, uint64_t c, uint64_t v) {
+        tc_table *t = NULL;
+        tc_page *pg;
+        uint32_t o, l;
+        int r;
+
+        r = rb_for(s, c, &t);
+        if (r < 0)
+                return r;
+        r = tc_page_get(t, 0, &pg);
+        if (r < 0)
+                return r;
+        rc_entry_set(tc_page_data(pg), c % s->rb_entries, s->refcount_order, MIN(v, rc_max(s)), &o, &l);
+        tc_page_dirty(pg, o, l, 0);
+        tc_page_put(pg);
+        return 0;
+}
+
+static int qcow2_check(void *state, uint32_t flags, vdisk_check_report *rep, vdisk_progress *p) {
+        qcow2_state *s = state;
+        bool fix_all = flags & VDISK_CHECK_REPAIR_ALL, fix_leaks = fix_all || (flags & VDISK_CHECK_REPAIR_LEAKS);
+        bool dry = flags & VDISK_CHECK_DRY_RUN;
+        uint64_t cs = s->cluster_size, rb_entries = (cs * 8) >> s->refcount_order, n_reft;
+        _cleanup_free_ uint8_t *reft = NULL, *blk = NULL;
+        _cleanup_free_ uint32_t *cnt = NULL;
+        qcount q = { .s = s, .rep = rep };
+        int r;
+
+        if ((fix_leaks && !dry) && !s->writable)
+                return vdisk_error(-EROFS, "qcow2: image is read-only; cannot repair");
+        if (s->nb_bitmaps > 0)
+                return vdisk_error(-EOPNOTSUPP, "qcow2: checking images with persistent bitmaps is not supported "
+                                   "yet");
+        if (s->writable) {
+                r = qcow2_flush(s);
+                if (r < 0)
+                        return r;
+        }
+        q.clusters = DIV_ROUND_UP(s->file_size, cs);
+        cnt = calloc(q.clusters ? q.clusters : 1, sizeof *cnt);
+        n_reft = s->reft_bytes / 8;
+        reft = malloc(s->reft_bytes ? s->reft_bytes : 1);
+        blk = malloc(cs);
+        if (!cnt || !reft || !blk)
+                return -ENOMEM;
+        q.n = cnt;
+        if (!range_within(s->reft_offset, s->reft_bytes, s->file_size))
+                return vdisk_error(-EUCLEAN, "qcow2: the refcount table is outside the file");
+        r = io_pread(s->io, reft, s->reft_bytes, s->reft_offset);
+        if (r < 0)
+                return r;
+
+        count_ref(&q, 0, cs, "header");
+        count_ref(&q, s->reft_offset, s->reft_bytes, "refcount table");
+        for (uint64_t i = 0; i < n_reft; i++) {
+                uint64_t b = get_be64(reft + i * 8) & REFT_OFFSET_MASK;
+
+                if (b == 0)
+                        continue;
+                if (b % cs != 0) {
+                        rep->corruptions++;
+                        r = check_report_add(rep, "ERROR refcount block %" PRIu64 " is not cluster aligned", i);
+                        if (r < 0)
+                                return r;
+                        continue;
+                }
+                count_ref(&q, b, cs, "refcount block");
+        }
+        r = count_l1(&q, s->l1_offset, s->l1_size, true);
+        if (r < 0)
+                return r;
+        if (s->nb_snapshots > 0) {
+                r = count_snapshots(&q);
+                if (r < 0)
+                        return r;
+        }
+
+        /* compare: clusters in a refcount block, then referenced ones without */
+        for (uint64_t i = 0; i < n_reft; i++) {
+                uint64_t b = get_be64(reft + i * 8) & REFT_OFFSET_MASK;
+
+                if (b == 0 || b % cs != 0 || !range_within(b, cs, s->file_size))
+                        continue;
+                r = io_pread(s->io, blk, cs, b);
+                if (r < 0)
+                        return r;
+                for (uint64_t k = 0; k < rb_entries; k++) {
+                        uint64_t c = i * rb_entries + k, disk = rc_entry_get(blk, k, s->refcount_order);
+                        uint64_t want = c < q.clusters ? cnt[c] : 0;
+                        bool leak = disk > want;
+
+                        if (disk == want)
+                                continue;
+                        if (leak)
+                                rep->leaks++;
+                        else
+                                rep->corruptions++;
+                        r = check_report_add(rep, "%s cluster %" PRIu64 " refcount=%" PRIu64 " reference=%" PRIu64,
+                                             leak ? "Leaked" : "ERROR", c, disk, want);
+                        if (r < 0)
+                                return r;
+                        if (!dry && (leak ? fix_leaks : fix_all)) {
+                                r = rc_set_value(s, c, want);
+                                if (r < 0)
+                                        return r;
+                                if (leak)
+                                        rep->leaks_fixed++;
+                                else
+                                        rep->corruptions_fixed++;
+                        }
+                }
+        }
+        for (uint64_t c = 0; c < q.clusters; c++) {
+                uint64_t i = c / rb_entries, b = i < n_reft ? get_be64(reft + i * 8) & REFT_OFFSET_MASK : 0;
+
+                if (cnt[c] == 0 || (b != 0 && b % cs == 0 && range_within(b, cs, s->file_size)))
+                        continue;
+                rep->corruptions++;
+                r = check_report_add(rep, "ERROR cluster %" PRIu64 " refcount=0 reference=%" PRIu32, c, cnt[c]);
+                if (r < 0)
+                        return r;
+                if (!dry && fix_all) {
+                        r = rc_set_value(s, c, cnt[c]);
+                        if (r < 0)
+                                return r;
+                        rep->corruptions_fixed++;
+                }
+        }
+        if (s->writable && (rep->leaks_fixed || rep->corruptions_fixed)) {
+                r = flush_tables(s);
+                if (r < 0)
+                        return r;
+                r = io_flush(s->io);
+                if (r < 0)
+                        return r;
+        }
+        rep->total_clusters = DIV_ROUND_UP(s->size, cs);
+        rep->allocated_clusters = q.allocated;
+        rep->image_end_offset = s->file_size;
         return 0;
 }
 
@@ -1841,7 +2134,8 @@ const vdisk_backend backend_qcow2 = {
         .info = {
                 .name = "QCOW2",
                 .qemu_name = "qcow2",
-                .caps = VDISK_CAP_FILE | VDISK_CAP_DIFF | VDISK_CAP_CREATE_DYNAMIC,
+                .caps = VDISK_CAP_FILE | VDISK_CAP_DIFF | VDISK_CAP_CREATE_DYNAMIC | VDISK_CAP_CHECK |
+                        VDISK_CAP_REPAIR,
                 .media = VDISK_MEDIA_HDD,
                 .extensions = qcow2_extensions,
                 .create_options = qcow2_create_options,
@@ -1860,6 +2154,7 @@ const vdisk_backend backend_qcow2 = {
         .release = qcow2_release,
         .mark_zero = qcow2_mark_zero,
         .flush = qcow2_flush,
+        .check = qcow2_check,
         .get_meta = qcow2_get_meta,
         .get_info = qcow2_get_info,
         .get_format_info = qcow2_get_format_info,

@@ -13,8 +13,11 @@
 #   - diffs (create -b) over raw, vdi and qcow2 parents: every other 64 KiB
 #     written, explicit zeros over parent data (T14), read by qemu-img with
 #     their parent; the parent left alone;
-#   - lazy_refcounts: the dirty bit is clear after a clean close; a dirty or
-#     corrupt image is refused writable, still read.
+#   - lazy_refcounts: the dirty bit is clear after a clean close; a dirty
+#     image (qemu-io abort) reads as is and gets its refcounts rebuilt before
+#     vdisk writes it; a corrupt-marked image is refused writable;
+#   - vdisk-img check finds a leak and a missing refcount as qemu-img does,
+#     and check -r all repairs them.
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 source "$(dirname "$0")/lib.sh" "$@"
 
@@ -138,8 +141,28 @@ done
 # --- dirty and corrupt images: read, not written
 "$QEMU_IMG" convert -f raw -O qcow2 -o lazy_refcounts=on pat.raw dirty.qcow2
 ( "$QEMU_IO" -f qcow2 -c "write -P 0x33 $((2 * M)) 4096" -c abort dirty.qcow2 >/dev/null 2>&1 ) 2>/dev/null || true
-expect_fail "a dirty image (lazy refcounts) is refused writable" "$VDISK_IMG" convert -n -O qcow2 pat2.raw dirty.qcow2
-expect_rc "a dirty image still reads" 0 "$VDISK_IMG" convert -O raw dirty.qcow2 out.raw
+expect_eq "qemu-io left the image dirty" "$(( $(incompat dirty.qcow2) & 1 ))" 1
+expect_rc "a dirty image reads" 0 "$VDISK_IMG" convert -O raw dirty.qcow2 out.raw
+expect_eq "a read-only open leaves it dirty" "$(( $(incompat dirty.qcow2) & 1 ))" 1
+vimg convert -n -O qcow2 pat2.raw dirty.qcow2
+if [[ $RC -ne 0 ]]; then notok "a dirty image: refcounts rebuilt, then written" "$(last_err)"
+else wcheck dirty.qcow2 pat2.raw "a dirty image: refcounts rebuilt, then written"; fi
+expect_eq "the dirty bit is clear after vdisk's writes" "$(( $(incompat dirty.qcow2) & 1 ))" 0
+# check: vdisk-img check finds a leak and a missing refcount as qemu-img does, and repairs them
+rm -f lk.qcow2
+vimg convert -O qcow2 -o cluster_size=4096 pat.raw lk.qcow2
+"$PY" - lk.qcow2 <<'PYEOF'
+import struct, sys
+f = open(sys.argv[1], 'r+b'); d = f.read(64)
+reft = struct.unpack('>Q', d[48:56])[0]; f.seek(reft); rb = struct.unpack('>Q', f.read(8))[0]
+f.seek(rb + 2 * 5); f.write(struct.pack('>H', 2))   # leak
+f.seek(rb + 2 * 4); f.write(struct.pack('>H', 0))   # referenced, refcount 0
+PYEOF
+run "$VDISK_IMG" check lk.qcow2
+expect_eq "vdisk-img check: corruption found (exit 2)" "$RC" 2
+expect_true "vdisk-img check reports 1 leaked cluster" grep -q "^1 leaked clusters" "$T/out"
+expect_rc "vdisk-img check -r all repairs" 0 "$VDISK_IMG" check -r all lk.qcow2
+qcheck lk.qcow2 qcow2
 "$QEMU_IMG" convert -f raw -O qcow2 pat.raw corrupt.qcow2
 "$PY" - corrupt.qcow2 <<'PYEOF'
 import sys
