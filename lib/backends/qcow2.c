@@ -1864,10 +1864,9 @@ static int qcow2_parse_options(const create_params *p, qcow2_opts *o) {
                                 return vdisk_error(-EOPNOTSUPP, "qcow2: preallocation=%s is not supported yet", v);
                 }
         }
-        /* convert's block size hint (the source's cluster size) only when
-         * no cluster_size was given and it is a qcow2 cluster size */
-        if (!have_cs && p->block_size >= 512 && p->block_size <= (2u << 20) && IS_POWER_OF_2(p->block_size) &&
-            p->block_size >= 4096)
+        /* the caller's block size (a diff made like its image) when no
+         * cluster_size was given and it is a qcow2 cluster size */
+        if (!have_cs && p->block_size >= 512 && p->block_size <= (2u << 20) && IS_POWER_OF_2(p->block_size))
                 o->cluster_size = p->block_size;
         if (o->version == 2) {
                 if (have_rb && o->refcount_bits != 16)
@@ -2002,6 +2001,103 @@ static int qcow2_get_meta(void *state, meta *m) {
                 m->mask |= META_PARENT_NAME;
                 m->flags |= VDISK_IMAGE_FLAGS_DIFF;
         }
+        return 0;
+}
+
+/* Relinks (META_PARENT_NAME): the header cluster's extensions are written
+ * again without the old backing format, with the new one, and the new
+ * backing file name after them; everything written before is flushed first,
+ * so a relinked child never points at a parent its data does not yet cover. */
+static int qcow2_set_meta(void *state, const meta *m, uint32_t mask) {
+        qcow2_state *s = state;
+        size_t cs = (size_t) s->cluster_size, end, pos, name_len = 0, fmt_len = 0;
+        _cleanup_free_ uint8_t *old = NULL, *hdr = NULL;
+        _cleanup_free_ char *nname = NULL, *nfmt = NULL;
+        uint64_t boff, bsize;
+        int r;
+
+        bool unlink = (mask & META_PARENT_UUID) && vdisk_uuid_is_null(m->parent_uuid) &&
+                      !(mask & META_PARENT_NAME);
+
+        /* qcow2 links its backing file by name only: the parent's UUIDs and
+         * content ID a relink passes along are not recorded; a null parent
+         * UUID without a name (the child becomes a base) drops the link */
+        if (mask & ~(uint32_t) (META_PARENT_NAME | META_PARENT_UUID | META_PARENT_MOD_UUID | META_PARENT_CONTENT_ID))
+                return vdisk_error(-EOPNOTSUPP, "qcow2: only the backing file can be changed");
+        if (!(mask & META_PARENT_NAME) && !unlink)
+                return 0;
+        if (!s->writable)
+                return vdisk_error(-EROFS, "qcow2: the image is read-only");
+        if ((mask & META_PARENT_NAME) && m->parent_name && m->parent_name[0]) {
+                name_len = strlen(m->parent_name);
+                if (name_len > QCOW2_BACKING_NAME_MAX)
+                        return vdisk_error(-EINVAL, "qcow2: backing file name of %zu bytes (at most %u)", name_len,
+                                           QCOW2_BACKING_NAME_MAX);
+                nname = strdup(m->parent_name);
+                if (!nname)
+                        return -ENOMEM;
+                if (m->parent_format && m->parent_format[0]) {
+                        fmt_len = strlen(m->parent_format);
+                        if (fmt_len >= 16)
+                                return vdisk_error(-EINVAL, "qcow2: backing format '%s'", m->parent_format);
+                        nfmt = strdup(m->parent_format);
+                        if (!nfmt)
+                                return -ENOMEM;
+                }
+        }
+        old = calloc(1, cs);
+        hdr = calloc(1, cs);
+        if (!old || !hdr)
+                return -ENOMEM;
+        r = io_pread_zerofill(s->io, old, cs, 0);
+        if (r < 0)
+                return r;
+        memcpy(hdr, old, s->header_length);
+        /* the extensions end at the old backing name, or at the end marker */
+        boff = get_be64(old + 8);
+        bsize = get_be32(old + 16);
+        end = boff != 0 && bsize != 0 && boff < cs ? (size_t) boff : cs;
+        pos = s->header_length;
+        for (size_t off = s->header_length; off + 8 <= end;) {
+                uint32_t type = get_be32(old + off), len = get_be32(old + off + 4);
+                size_t step = 8 + ALIGN_UP((size_t) len, 8);
+
+                if (type == EXT_END || step > end - off)
+                        break;
+                if (type != EXT_BACKING_FMT) {
+                        memcpy(hdr + pos, old + off, step);
+                        pos += step;
+                }
+                off += step;
+        }
+        if (fmt_len) {
+                if (pos + 8 + 16 > cs)
+                        return vdisk_error(-ENOSPC, "qcow2: no room for the backing format in the header cluster");
+                put_be32(hdr + pos, EXT_BACKING_FMT);
+                put_be32(hdr + pos + 4, (uint32_t) fmt_len);
+                memcpy(hdr + pos + 8, nfmt, fmt_len);
+                pos += 8 + ALIGN_UP(fmt_len, (size_t) 8);
+        }
+        pos += 8;   /* end marker (zeros) */
+        if (pos + name_len > cs)
+                return vdisk_error(-ENOSPC, "qcow2: the backing file name does not fit in the header cluster");
+        memcpy(hdr + pos, nname ?: "", name_len);
+        put_be64(hdr + 8, name_len ? pos : 0);
+        put_be32(hdr + 16, (uint32_t) name_len);
+
+        r = qcow2_flush(s);
+        if (r < 0)
+                return r;
+        r = io_pwrite(s->io, hdr, MAX(pos + name_len, (size_t) s->header_length), 0);
+        if (r < 0)
+                return r;
+        r = io_flush(s->io);
+        if (r < 0)
+                return r;
+        free(s->backing_name);
+        free(s->backing_format);
+        s->backing_name = TAKE_PTR(nname);
+        s->backing_format = TAKE_PTR(nfmt);
         return 0;
 }
 
@@ -2156,6 +2252,7 @@ const vdisk_backend backend_qcow2 = {
         .flush = qcow2_flush,
         .check = qcow2_check,
         .get_meta = qcow2_get_meta,
+        .set_meta = qcow2_set_meta,
         .get_info = qcow2_get_info,
         .get_format_info = qcow2_get_format_info,
         .list_snapshots = qcow2_list_snapshots,
