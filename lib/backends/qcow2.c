@@ -20,7 +20,7 @@
  *                         data file when there is one), bit 0 reads as zero
  *   refcounts, snapshots, bitmaps: not needed for reading.
  *
- * Supported (read-only for now: BACKEND_READ_ONLY): v2 and v3 headers,
+ * Supported for reading: v2 and v3 headers,
  * cluster sizes 512 B .. 2 MiB, zero clusters, extended L2 (subclusters as
  * sub-cluster map results), compressed clusters (deflate and zstd) as
  * MAP_ENCODED units, a backing file (its format from the backing format
@@ -30,10 +30,17 @@
  * feature name table), QCOW version 1 (not yet), backing names that are
  * qemu pseudo-protocols (json:, nbd: ...).
  *
+ * Writing (see "refcounts" and "writes" below, docs/formats/qcow2.md):
+ * appended clusters with exact refcounts, v3 zero clusters, extended-L2
+ * subclusters, compressed clusters replaced; create with qemu-img's options;
+ * relinks; check and repair of refcounts. Not written yet: images with an
+ * external data file, snapshots or bitmaps (refused writable).
+ *
  * Decisions:
  *   - The dirty bit (lazy refcounts) and the corrupt bit do not stop a
  *     read-only open: reading needs no refcounts, and qemu too opens a
- *     corrupt image read-only. Both are shown by info.
+ *     corrupt image read-only. Both are shown by info. A writable open
+ *     rebuilds the refcounts of a dirty image and refuses a corrupt one.
  *   - L2 tables are checked as they are looked up: aligned, inside the file,
  *     not over the header, the L1 table or the refcount table. A data
  *     cluster must start inside its file; the tail of a cluster past the end
