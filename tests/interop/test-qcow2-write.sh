@@ -7,12 +7,14 @@
 #     (no leaks, no corruptions) and `qemu-img compare` equal to the source;
 #   - vdisk-img create, then convert -n writes into it; qemu-io writes into a
 #     vdisk-made image and vdisk reads it back;
-#   - qemu-made images (plain, zero clusters, compressed zlib/zstd clusters
-#     sharing host clusters, extended L2 over a backing file) written by
-#     vdisk-img stay clean and read as written;
-#   - diffs (create -b) over raw, vdi and qcow2 parents: every other 64 KiB
-#     written, explicit zeros over parent data (T14), read by qemu-img with
-#     their parent; the parent left alone;
+#   - qemu-made images (v2, v3, 512-byte clusters with 1-bit refcounts,
+#     extended L2; with qemu's zero clusters) and compressed ones (zlib/zstd,
+#     host clusters shared) written by vdisk-img stay clean and read as
+#     written;
+#   - diffs (create -b; v3, v3 with extended L2, v2) over raw, vdi and qcow2
+#     parents: every other 64 KiB written, a few KiB inside a cluster
+#     (subclusters with extended L2), explicit zeros over parent data (T14),
+#     read by qemu-img with their parent; the parent left alone;
 #   - lazy_refcounts: the dirty bit is clear after a clean close; a dirty
 #     image (qemu-io abort) reads as is and gets its refcounts rebuilt before
 #     vdisk writes it; a corrupt-marked image is refused writable;
@@ -114,6 +116,8 @@ b = open(sys.argv[1], 'rb').read(); p = open(sys.argv[2], 'rb').read()
 out = bytearray(b)
 for off in range(0, len(p), 128 * 1024):
     out[off:off + 65536] = p[off:off + 65536]
+# a few KiB inside a cluster that otherwise shows the parent
+out[5 * 1024 * 1024 + 65536 + 1000:5 * 1024 * 1024 + 65536 + 7000] = p[5 * 1024 * 1024 + 65536 + 1000:5 * 1024 * 1024 + 65536 + 7000]
 # explicit zeros over the parent's data (T14), one not cluster-aligned
 out[8 * 1024 * 1024:9 * 1024 * 1024] = bytes(1024 * 1024)
 out[11 * 1024 * 1024 + 4096:11 * 1024 * 1024 + 12288] = bytes(8192)
@@ -124,7 +128,7 @@ cp pat.raw base.raw
 "$QEMU_IMG" convert -f raw -O vdi pat.raw base.vdi
 "$QEMU_IMG" convert -f raw -O qcow2 pat.raw base.qcow2
 for pf in raw vdi qcow2; do
-        for o in "" extended_l2=on; do
+        for o in "" extended_l2=on compat=0.10; do
                 d="diff over $pf${o:+ ($o)}"
                 rm -f diff.qcow2
                 vimg create -f qcow2 ${o:+-o "$o"} -b "base.$pf" -F "$pf" diff.qcow2
