@@ -1901,6 +1901,7 @@ static int qcow2_create(void *state, const open_ctx *c, const create_params *p) 
         uint32_t cbits, order, hlen;
         size_t pos, name_len = 0, fmt_len = 0;
         _cleanup_free_ uint8_t *buf = NULL;
+        const char *pname = p->parent_name ?: p->parent_rel_name;
         int r;
 
         r = qcow2_parse_options(p, &o);
@@ -1931,8 +1932,13 @@ static int qcow2_create(void *state, const open_ctx *c, const create_params *p) 
         }
         l1_off = (1 + rt_c + rb_c) * cs;
 
-        if (p->parent_name) {
-                name_len = strlen(p->parent_name);
+        /* qcow2 links its backing file by name only: a diff needs one (the
+         * caller's, else the parent's name relative to the child's directory) */
+        if (!pname && (p->image_flags & VDISK_IMAGE_FLAGS_DIFF))
+                return vdisk_error(-EINVAL, "qcow2: a differencing image needs its backing file's name "
+                                   "(qcow2 records no UUIDs)");
+        if (pname) {
+                name_len = strlen(pname);
                 if (name_len == 0 || name_len > QCOW2_BACKING_NAME_MAX)
                         return vdisk_error(-EINVAL, "qcow2: backing file name of %zu bytes (1 to %u)", name_len,
                                            QCOW2_BACKING_NAME_MAX);
@@ -1975,7 +1981,7 @@ static int qcow2_create(void *state, const open_ctx *c, const create_params *p) 
         }
         pos += 8;   /* end of extensions */
         if (name_len) {
-                memcpy(buf + pos, p->parent_name, name_len);
+                memcpy(buf + pos, pname, name_len);
                 put_be64(buf + 8, pos);
                 put_be32(buf + 16, (uint32_t) name_len);
         }
