@@ -86,6 +86,7 @@
 #define QCOW2_L2_SLOTS          32u
 #define QCOW2_SUBCLUSTERS       32u
 #define QCOW2_RB_SLOTS          8u
+#define QCOW2_HOST_LIMIT        (UINT64_C(1) << 56)   /* host offsets have bits 9..55 */
 
 #define OFFSET_MASK             UINT64_C(0x00fffffffffffe00)
 #define L2E_COMPRESSED          (UINT64_C(1) << 62)
@@ -988,7 +989,7 @@ static int grow_reft(qcow2_state *s, uint64_t need) {
         r = tc_read(s->reft, 0, tbl, old_n * 8);
         if (r < 0)
                 return r;
-        r = hostalloc_alloc(&s->alloc, bytes, UINT64_MAX, &roff, NULL);
+        r = hostalloc_alloc(&s->alloc, bytes, QCOW2_HOST_LIMIT, &roff, NULL);
         if (r < 0)
                 return r;
         /* Blocks for the new clusters whose range has none; they are new
@@ -1008,7 +1009,7 @@ static int grow_reft(qcow2_state *s, uint64_t need) {
                         continue;
                 if (nb == cap_nb)
                         return vdisk_error(-EFBIG, "qcow2: too many refcount blocks for a new refcount table");
-                r = hostalloc_alloc(&s->alloc, cs, UINT64_MAX, &b, NULL);
+                r = hostalloc_alloc(&s->alloc, cs, QCOW2_HOST_LIMIT, &b, NULL);
                 if (r < 0)
                         return r;
                 put_be64(tbl + rti * 8, b);
@@ -1089,7 +1090,7 @@ static int new_refblock(qcow2_state *s, uint64_t rti, uint64_t *ret) {
 
         if (!buf)
                 return -ENOMEM;
-        r = hostalloc_alloc(&s->alloc, cs, UINT64_MAX, &off, NULL);
+        r = hostalloc_alloc(&s->alloc, cs, QCOW2_HOST_LIMIT, &off, NULL);
         if (r < 0)
                 return r;
         bi = off / cs;
@@ -1296,7 +1297,7 @@ static int l2_for_write(qcow2_state *s, uint64_t l1i, tc_table **ret) {
                 return r;
         if (l1e & OFFSET_MASK)
                 return get_l2(s, l1e & OFFSET_MASK, ret);
-        r = hostalloc_alloc(&s->alloc, s->cluster_size, UINT64_MAX, &off, NULL);
+        r = hostalloc_alloc(&s->alloc, s->cluster_size, QCOW2_HOST_LIMIT, &off, NULL);
         if (r < 0)
                 return r;
         r = write_zero_cluster(s, off);
@@ -1367,7 +1368,7 @@ static int qcow2_allocate(void *state, uint64_t offset, uint64_t len, reservatio
                 uend = MIN(cstart + sc1 * s->subcluster_size, cend);
         }
         if (host == 0) {
-                r = hostalloc_alloc(&s->alloc, s->cluster_size, UINT64_MAX, &host, &fresh);
+                r = hostalloc_alloc(&s->alloc, s->cluster_size, QCOW2_HOST_LIMIT, &host, &fresh);
                 if (r < 0)
                         return r;
                 s->res_new = true;
