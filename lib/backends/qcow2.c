@@ -1823,7 +1823,7 @@ static int qcow2_check(void *state, uint32_t flags, vdisk_check_report *rep, vdi
 
 typedef struct qcow2_opts {
         uint32_t version, cluster_size, refcount_bits, compression_type;
-        bool lazy, extl2;
+        bool lazy, extl2, prealloc_metadata;
 } qcow2_opts;
 
 static int qcow2_parse_options(const create_params *p, qcow2_opts *o) {
@@ -1868,8 +1868,11 @@ static int qcow2_parse_options(const create_params *p, qcow2_opts *o) {
                         else
                                 return vdisk_error(-EINVAL, "qcow2: compression type '%s' (zlib or zstd)", v);
                 } else if (streq(k, "preallocation")) {
-                        if (!streq(v, "off"))
-                                return vdisk_error(-EOPNOTSUPP, "qcow2: preallocation=%s is not supported yet", v);
+                        if (streq(v, "metadata"))
+                                o->prealloc_metadata = true;
+                        else if (!streq(v, "off"))
+                                return vdisk_error(-EOPNOTSUPP, "qcow2: preallocation=%s is not supported yet "
+                                                   "(off, metadata)", v);
                 }
         }
         /* the caller's block size (a diff made like its image) when no
@@ -1894,6 +1897,42 @@ static int qcow2_parse_options(const create_params *p, qcow2_opts *o) {
                 return vdisk_error(-EINVAL, "qcow2: extended L2 entries are only supported with cluster sizes "
                                    "of at least 16384 bytes");
         return 0;
+}
+
+/* preallocation=metadata: every cluster gets its L2 entry and host space
+ * (appended, sparse: it reads zeros until written). */
+static int preallocate_metadata(qcow2_state *s) {
+        uint64_t n = DIV_ROUND_UP(s->size, s->cluster_size);
+        int r;
+
+        for (uint64_t cl = 0; cl < n; cl++) {
+                uint64_t l2i = cl % s->l2_entries, host;
+                tc_table *l2;
+                tc_page *rbpg = NULL, *l2pg = NULL;
+
+                r = l2_for_write(s, cl / s->l2_entries, &l2);
+                if (r < 0)
+                        return r;
+                r = hostalloc_alloc(&s->alloc, s->cluster_size, QCOW2_HOST_LIMIT, &host, NULL);
+                if (r < 0)
+                        return r;
+                r = rc_update(s, host, +1, &rbpg);
+                if (r < 0)
+                        return r;
+                r = tc_set(l2, s->extended_l2 ? 2 * l2i : l2i, host | L2E_COPIED, 0);
+                if (r >= 0 && s->extended_l2)
+                        r = tc_set(l2, 2 * l2i + 1, UINT32_MAX, 0);
+                if (r >= 0)
+                        r = tc_page_get(l2, 0, &l2pg);
+                if (r >= 0)
+                        r = tc_page_depends(l2pg, rbpg);
+                if (l2pg)
+                        tc_page_put(l2pg);
+                tc_page_put(rbpg);
+                if (r < 0)
+                        return r;
+        }
+        return cover_file(s, hostalloc_next(&s->alloc));
 }
 
 static int qcow2_create(void *state, const open_ctx *c, const create_params *p) {
@@ -2000,7 +2039,10 @@ static int qcow2_create(void *state, const open_ctx *c, const create_params *p) 
         r = io_truncate(c->io, total * cs);
         if (r < 0)
                 return r;
-        return qcow2_open(state, c);
+        r = qcow2_open(state, c);
+        if (r < 0 || !o.prealloc_metadata)
+                return r;
+        return preallocate_metadata(state);
 }
 
 /* ---------------------------------------------------------------- metadata */
@@ -2231,7 +2273,7 @@ static const vdisk_option_desc qcow2_create_options[] = {
         { "backing_file",     VDISK_OPTION_STRING, "File name of a base image" },
         { "backing_fmt",      VDISK_OPTION_STRING, "Image format of the base image" },
         { "cluster_size",     VDISK_OPTION_SIZE, "qcow2 cluster size", "65536" },
-        { "preallocation",    VDISK_OPTION_STRING, "Preallocation mode (allowed values: off)", "off" },
+        { "preallocation",    VDISK_OPTION_STRING, "Preallocation mode (allowed values: off, metadata)", "off" },
         { "lazy_refcounts",   VDISK_OPTION_BOOL, "Postpone refcount updates", "off" },
         { "refcount_bits",    VDISK_OPTION_NUMBER, "Width of a reference count entry in bits", "16" },
         { "compression_type", VDISK_OPTION_STRING, "Compression method used for image cluster compression",

@@ -3,8 +3,9 @@
 # QCOW2 images written by vdisk-img, read and checked by qemu-img 7.2:
 #   - vdisk-img convert -O qcow2 for compat 0.10/1.1 x cluster sizes 512,
 #     4k, 64k, 2M x refcount_bits 1/16/64 (refcount table growth with 512-byte
-#     clusters), extended_l2, lazy_refcounts, zstd: `qemu-img check` clean
-#     (no leaks, no corruptions) and `qemu-img compare` equal to the source;
+#     clusters), extended_l2, lazy_refcounts, zstd, preallocation=metadata:
+#     `qemu-img check` clean (no leaks, no corruptions) and `qemu-img compare`
+#     equal to the source;
 #   - vdisk-img create, then convert -n writes into it; qemu-io writes into a
 #     vdisk-made image and vdisk reads it back;
 #   - qemu-made images (v2, v3, 512-byte clusters with 1-bit refcounts,
@@ -76,6 +77,18 @@ expect_fail "compat=0.10 with lazy_refcounts is refused" \
 expect_fail "extended_l2 with 4k clusters is refused" \
         "$VDISK_IMG" convert -O qcow2 -o extended_l2=on,cluster_size=4096 pat.raw bad2.qcow2
 expect_fail "refcount_bits=3 is refused" "$VDISK_IMG" convert -O qcow2 -o refcount_bits=3 pat.raw bad3.qcow2
+
+# --- preallocation=metadata: every cluster mapped at create (sparse), then written
+for o in "" ,extended_l2=on ,cluster_size=512,refcount_bits=1 ,compat=0.10; do
+        rm -f pm.qcow2
+        vimg create -f qcow2 -o "preallocation=metadata$o" pm.qcow2 "$SIZE"
+        if [[ $RC -ne 0 ]]; then notok "preallocation=metadata$o: create" "$(last_err)"; continue; fi
+        expect_rc "preallocation=metadata$o: qemu-img check clean" 0 "$QEMU_IMG" check -f qcow2 pm.qcow2
+        vimg convert -n -O qcow2 pat.raw pm.qcow2
+        if [[ $RC -ne 0 ]]; then notok "preallocation=metadata$o: convert -n" "$(last_err)"; continue; fi
+        wcheck pm.qcow2 pat.raw "preallocation=metadata$o, written"
+done
+expect_fail "preallocation=full is refused (not yet)" "$VDISK_IMG" create -f qcow2 -o preallocation=full pf.qcow2 1M
 
 # --- vdisk-img create, then writes; qemu-io writes into vdisk's image
 vimg create -f qcow2 -o cluster_size=4096 c.qcow2 "$SIZE"
