@@ -20,7 +20,7 @@
  *                         data file when there is one), bit 0 reads as zero
  *   refcounts, snapshots, bitmaps: not needed for reading.
  *
- * Supported (read-only for now: BACKEND_READ_ONLY): v2 and v3 headers,
+ * Supported for reading: v2 and v3 headers,
  * cluster sizes 512 B .. 2 MiB, zero clusters, extended L2 (subclusters as
  * sub-cluster map results), compressed clusters (deflate and zstd) as
  * MAP_ENCODED units, a backing file (its format from the backing format
@@ -30,10 +30,17 @@
  * feature name table), QCOW version 1 (not yet), backing names that are
  * qemu pseudo-protocols (json:, nbd: ...).
  *
+ * Writing (see "refcounts" and "writes" below, docs/formats/qcow2.md):
+ * appended clusters with exact refcounts, v3 zero clusters, extended-L2
+ * subclusters, compressed clusters replaced; create with qemu-img's options;
+ * relinks; check and repair of refcounts. Not written yet: images with an
+ * external data file, snapshots or bitmaps (refused writable).
+ *
  * Decisions:
  *   - The dirty bit (lazy refcounts) and the corrupt bit do not stop a
  *     read-only open: reading needs no refcounts, and qemu too opens a
- *     corrupt image read-only. Both are shown by info.
+ *     corrupt image read-only. Both are shown by info. A writable open
+ *     rebuilds the refcounts of a dirty image and refuses a corrupt one.
  *   - L2 tables are checked as they are looked up: aligned, inside the file,
  *     not over the header, the L1 table or the refcount table. A data
  *     cluster must start inside its file; the tail of a cluster past the end
@@ -59,6 +66,7 @@
 #include <zstd.h>
 
 #include "backend.h"
+#include "fmt/hostalloc.h"
 #include "fmt/tablecache.h"
 #include "io/io.h"
 #include "util/util.h"
@@ -77,6 +85,8 @@
 #define QCOW2_SIZE_MAX          (UINT64_C(1) << 62)
 #define QCOW2_L2_SLOTS          32u
 #define QCOW2_SUBCLUSTERS       32u
+#define QCOW2_RB_SLOTS          8u
+#define QCOW2_HOST_LIMIT        (UINT64_C(1) << 56)   /* host offsets have bits 9..55 */
 
 #define OFFSET_MASK             UINT64_C(0x00fffffffffffe00)
 #define L2E_COMPRESSED          (UINT64_C(1) << 62)
@@ -140,6 +150,19 @@ typedef struct qcow2_state {
         l2_slot slots[QCOW2_L2_SLOTS];
         uint64_t tick;
         char *backing_name, *backing_format, *data_file_name;
+
+        /* write side (qcow2 writes below) */
+        bool writable;
+        tc_table *reft;                 /* the refcount table */
+        l2_slot rb_slots[QCOW2_RB_SLOTS];
+        uint64_t rb_entries;            /* refcounts per refcount block */
+        hostalloc alloc;                /* clusters are appended at the end */
+        bool reserved;                  /* one reservation at a time */
+        bool res_new;                   /* it takes a new host cluster */
+        uint64_t res_host;              /* host cluster of the reservation */
+        bool marked_dirty;              /* lazy refcounts: dirty bit set on disk */
+        uint64_t *pending_free;         /* host byte ranges to unreference at flush */
+        size_t n_pending_free, cap_pending_free;
 } qcow2_state;
 
 /* ---------------------------------------------------------------- header */
@@ -258,6 +281,8 @@ static int qcow2_probe(const uint8_t *head, size_t head_len, const uint8_t *tail
                 return 100;
         return 0;
 }
+
+static int prepare_writes(qcow2_state *s, const uint8_t *features, size_t n_features);
 
 static int qcow2_open(void *state, const open_ctx *c) {
         qcow2_state *s = state;
@@ -435,6 +460,8 @@ static int qcow2_open(void *state, const open_ctx *c) {
                 if (r < 0)
                         return r;
         }
+        if (c->writable)
+                return prepare_writes(s, features, n_features);
         return 0;
 }
 
@@ -444,6 +471,12 @@ static void qcow2_close(void *state) {
         for (size_t i = 0; i < QCOW2_L2_SLOTS; i++)
                 s->slots[i].t = tc_table_free(s->slots[i].t);
         s->l1 = tc_table_free(s->l1);
+        for (size_t i = 0; i < QCOW2_RB_SLOTS; i++)
+                s->rb_slots[i].t = tc_table_free(s->rb_slots[i].t);
+        s->reft = tc_table_free(s->reft);
+        free(s->pending_free);
+        s->pending_free = NULL;
+        s->n_pending_free = s->cap_pending_free = 0;
         free(s->backing_name);
         free(s->backing_format);
         free(s->data_file_name);
@@ -461,6 +494,7 @@ static void qcow2_get_layout(void *state, image_layout *ret) {
 
         *ret = (image_layout) {
                 .cluster_size = s->cluster_size,
+                .zero_unit = s->version >= 3 ? s->cluster_size : 0,
                 .sector_size = 512,
         };
 }
@@ -494,6 +528,11 @@ static int get_l2(qcow2_state *s, uint64_t off, tc_table **ret) {
             overlaps(off, s->cluster_size, s->reft_offset, s->reft_bytes))
                 return vdisk_error(-EUCLEAN, "qcow2: L2 table at %" PRIu64 " overlaps the header, the L1 table or "
                                    "the refcount table", off);
+        if (victim->t && tc_table_is_dirty(victim->t)) {
+                r = tc_table_flush(victim->t);
+                if (r < 0)
+                        return r;
+        }
         victim->t = tc_table_free(victim->t);
         tc_table_params p = {
                 .offset = off,
@@ -741,6 +780,1271 @@ static int qcow2_decode(const void *state, const map_result *m, const void *in, 
         return 0;
 }
 
+/* ---------------------------------------------------------------- refcounts
+ *
+ * Writing keeps the refcounts exact: every cluster the image references
+ * (header, L1, L2 tables, data, refcount table and blocks) has refcount 1,
+ * nothing else has one, so `qemu-img check` finds neither leaks nor
+ * corruptions after any clean flush. New clusters are appended at the end
+ * of the file (as qemu does); clusters freed (a compressed cluster
+ * rewritten, an outgrown refcount table) become refcount-0 holes that are
+ * not reused. Refcount blocks are held through the table cache like L2
+ * tables (one cluster-sized page each, a few at a time).
+ *
+ * Crash ordering: a refcount goes up before anything points at its cluster
+ * and down only after the pointer is gone from the disk, so a crash can
+ * leak clusters but never leave a referenced cluster with refcount 0.
+ *   - data cluster: data, flush, refcount block, flush, L2 entry (the L2 page
+ *     depends on the refcount block page and waits for the data flush);
+ *   - new L2 table: zeros written, its refcount, flush, L1 entry;
+ *   - new refcount block: written whole (covering itself where it can),
+ *     flush, then the refcount table entry, flush (at once, synchronously);
+ *   - a full refcount table moves: the new table and the blocks it needs
+ *     are written and flushed, then the header points at it, flush, then the
+ *     old table's clusters are unreferenced;
+ *   - decrements (compressed clusters replaced) wait for flush(): after the
+ *     L2 tables that dropped the pointers are on disk.
+ */
+
+#define REFT_OFFSET_MASK        UINT64_C(0xfffffffffffffe00)
+#define HDR_REFT_OFFSET         48u
+#define HDR_INCOMPAT            72u
+#define HDR_AUTOCLEAR           88u
+
+static uint64_t rc_entry_get(const uint8_t *b, uint64_t i, uint32_t order) {
+        switch (order) {
+        case 6:
+                return get_be64(b + i * 8);
+        case 5:
+                return get_be32(b + i * 4);
+        case 4:
+                return get_be16(b + i * 2);
+        case 3:
+                return b[i];
+        default: {
+                /* sub-byte widths: entry i starts at bit i*width, bit 0 the
+                 * least significant bit of a byte */
+                unsigned bits = 1u << order;
+                uint64_t bit = i * bits;
+
+                return (b[bit / 8] >> (bit % 8)) & ((1u << bits) - 1);
+        }
+        }
+}
+
+/* Sets entry i; ret_off, ret_len: the bytes changed. */
+static void rc_entry_set(uint8_t *b, uint64_t i, uint32_t order, uint64_t v, uint32_t *ret_off, uint32_t *ret_len) {
+        switch (order) {
+        case 6:
+                put_be64(b + i * 8, v);
+                *ret_off = (uint32_t) (i * 8), *ret_len = 8;
+                return;
+        case 5:
+                put_be32(b + i * 4, (uint32_t) v);
+                *ret_off = (uint32_t) (i * 4), *ret_len = 4;
+                return;
+        case 4:
+                put_be16(b + i * 2, (uint16_t) v);
+                *ret_off = (uint32_t) (i * 2), *ret_len = 2;
+                return;
+        case 3:
+                b[i] = (uint8_t) v;
+                *ret_off = (uint32_t) i, *ret_len = 1;
+                return;
+        default: {
+                unsigned bits = 1u << order, mask = (1u << bits) - 1;
+                uint64_t bit = i * bits;
+
+                b[bit / 8] = (uint8_t) ((b[bit / 8] & ~(mask << (bit % 8))) | ((v & mask) << (bit % 8)));
+                *ret_off = (uint32_t) (bit / 8), *ret_len = 1;
+                return;
+        }
+        }
+}
+
+static uint64_t rc_max(const qcow2_state *s) {
+        return s->refcount_order == 6 ? UINT64_MAX : (UINT64_C(1) << (1u << s->refcount_order)) - 1;
+}
+
+static void note_file_end(qcow2_state *s, uint64_t end) {
+        if (end > s->file_size) {
+                s->file_size = end;
+                if (!s->data_io)
+                        s->data_size = end;
+        }
+}
+
+/* Makes sure the file holds [0, end) (sparse where nothing was written). */
+static int cover_file(qcow2_state *s, uint64_t end) {
+        int r;
+
+        if (end <= s->file_size)
+                return 0;
+        r = io_truncate(s->io, end);
+        if (r < 0)
+                return r;
+        note_file_end(s, end);
+        return 0;
+}
+
+static int write_zero_cluster(qcow2_state *s, uint64_t off) {
+        _cleanup_free_ uint8_t *z = calloc(1, s->cluster_size);
+        int r;
+
+        if (!z)
+                return -ENOMEM;
+        r = io_pwrite(s->io, z, s->cluster_size, off);
+        if (r < 0)
+                return r;
+        note_file_end(s, off + s->cluster_size);
+        return 0;
+}
+
+/* The refcount block at host offset `off` (checked), as a one-table view. */
+static int get_rb(qcow2_state *s, uint64_t off, tc_table **ret) {
+        l2_slot *victim = NULL;
+        int r;
+
+        for (size_t i = 0; i < QCOW2_RB_SLOTS; i++) {
+                l2_slot *sl = &s->rb_slots[i];
+
+                if (sl->t && sl->offset == off) {
+                        sl->used = ++s->tick;
+                        *ret = sl->t;
+                        return 0;
+                }
+                if (!victim || !sl->t || (victim->t && sl->used < victim->used))
+                        victim = sl;
+        }
+        if (off % s->cluster_size != 0 || !range_within(off, s->cluster_size, s->file_size))
+                return vdisk_error(-EUCLEAN, "qcow2: refcount block at %" PRIu64 " is not cluster-aligned within "
+                                   "the file (%" PRIu64 " bytes)", off, s->file_size);
+        if (off < s->cluster_size || overlaps(off, s->cluster_size, s->l1_offset, (uint64_t) s->l1_size * 8) ||
+            overlaps(off, s->cluster_size, s->reft_offset, s->reft_bytes))
+                return vdisk_error(-EUCLEAN, "qcow2: refcount block at %" PRIu64 " overlaps the header, the L1 "
+                                   "table or the refcount table", off);
+        if (victim->t && tc_table_is_dirty(victim->t)) {
+                r = tc_table_flush(victim->t);
+                if (r < 0)
+                        return r;
+        }
+        victim->t = tc_table_free(victim->t);
+        tc_table_params p = {
+                .offset = off,
+                .size = s->cluster_size,
+                .page_size = (uint32_t) s->cluster_size,
+                .entry = TC_RAW,
+                .name = "qcow2 refcount block",
+        };
+        r = tc_table_new(s->budget, s->io, &p, &victim->t);
+        if (r < 0)
+                return r;
+        victim->offset = off;
+        victim->used = ++s->tick;
+        *ret = victim->t;
+        return 0;
+}
+
+/* Writes back the refcount blocks and the refcount table. */
+static int flush_refcounts(qcow2_state *s) {
+        int r;
+
+        for (size_t i = 0; i < QCOW2_RB_SLOTS; i++)
+                if (s->rb_slots[i].t && tc_table_is_dirty(s->rb_slots[i].t)) {
+                        r = tc_table_flush(s->rb_slots[i].t);
+                        if (r < 0)
+                                return r;
+                }
+        return s->reft && tc_table_is_dirty(s->reft) ? tc_table_flush(s->reft) : 0;
+}
+
+static int rc_update(qcow2_state *s, uint64_t host, int delta, tc_page **ret_pg);
+
+static int reft_entry(void *ctx, uint64_t i, uint64_t *ret) {
+        *ret = get_be64((const uint8_t *) ctx + i * 8);
+        return 0;
+}
+
+/* Moves the refcount table to the end of the file, big enough for index
+ * `need` (and room to grow), with the refcount blocks its own clusters need. */
+static int grow_reft(qcow2_state *s, uint64_t need) {
+        uint64_t old_n = tc_table_entries(s->reft), old_off = s->reft_offset, old_bytes = s->reft_bytes;
+        uint64_t cs = s->cluster_size, bytes, n, roff, end, first, nb = 0, cap_nb;
+        _cleanup_free_ uint8_t *tbl = NULL, *blocks = NULL;
+        _cleanup_free_ uint64_t *boff = NULL;
+        uint8_t hdr[12];
+        int r;
+
+        bytes = ALIGN_UP(MAX(need + 1, old_n * 2) * 8, cs);
+        if (bytes > QCOW2_REFT_MAX_BYTES)
+                return vdisk_error(-EFBIG, "qcow2: the refcount table would grow past %" PRIu64 " bytes",
+                                   QCOW2_REFT_MAX_BYTES);
+        n = bytes / 8;
+        r = flush_refcounts(s);
+        if (r < 0)
+                return r;
+        tbl = calloc(1, bytes);
+        if (!tbl)
+                return -ENOMEM;
+        r = tc_read(s->reft, 0, tbl, old_n * 8);
+        if (r < 0)
+                return r;
+        r = hostalloc_alloc(&s->alloc, bytes, QCOW2_HOST_LIMIT, &roff, NULL);
+        if (r < 0)
+                return r;
+        /* Blocks for the new clusters whose range has none; they are new
+         * clusters too, so the loop runs to the end of what it appends. */
+        first = roff / cs;
+        end = roff + bytes;
+        cap_nb = DIV_ROUND_UP(bytes / cs, s->rb_entries) + 2;
+        boff = calloc(cap_nb, sizeof *boff);
+        if (!boff)
+                return -ENOMEM;
+        for (uint64_t c = first; c < end / cs; c++) {
+                uint64_t rti = c / s->rb_entries, b;
+
+                if (rti >= n)
+                        return vdisk_error(-EFBIG, "qcow2: the refcount table cannot cover its own clusters");
+                if (get_be64(tbl + rti * 8) != 0)
+                        continue;
+                if (nb == cap_nb)
+                        return vdisk_error(-EFBIG, "qcow2: too many refcount blocks for a new refcount table");
+                r = hostalloc_alloc(&s->alloc, cs, QCOW2_HOST_LIMIT, &b, NULL);
+                if (r < 0)
+                        return r;
+                put_be64(tbl + rti * 8, b);
+                boff[nb++] = b;
+                end = b + cs;
+        }
+        blocks = calloc(nb ? nb : 1, cs);
+        if (!blocks)
+                return -ENOMEM;
+        for (uint64_t c = first; c < end / cs; c++) {
+                uint64_t rti = c / s->rb_entries, b = get_be64(tbl + rti * 8) & REFT_OFFSET_MASK;
+                size_t k;
+                uint32_t o, l;
+
+                for (k = 0; k < nb && boff[k] != b; k++)
+                        ;
+                if (k < nb)
+                        rc_entry_set(blocks + k * cs, c % s->rb_entries, s->refcount_order, 1, &o, &l);
+                else {
+                        r = rc_update(s, c * cs, +1, NULL);
+                        if (r < 0)
+                                return r;
+                }
+        }
+        for (size_t k = 0; k < nb; k++) {
+                r = io_pwrite(s->io, blocks + k * cs, cs, boff[k]);
+                if (r < 0)
+                        return r;
+        }
+        r = tc_write_entries(s->io, roff, n, TC_BE64, 0, reft_entry, tbl);
+        if (r < 0)
+                return r;
+        r = cover_file(s, end);
+        if (r < 0)
+                return r;
+        r = flush_refcounts(s);
+        if (r >= 0)
+                r = io_flush(s->io);
+        if (r < 0)
+                return r;
+        /* the switch */
+        put_be64(hdr, roff);
+        put_be32(hdr + 8, (uint32_t) (bytes / cs));
+        r = io_pwrite(s->io, hdr, sizeof hdr, HDR_REFT_OFFSET);
+        if (r >= 0)
+                r = io_flush(s->io);
+        if (r < 0)
+                return r;
+        s->reft = tc_table_free(s->reft);
+        s->reft_offset = roff;
+        s->reft_bytes = bytes;
+        tc_table_params p = {
+                .offset = roff,
+                .size = bytes,
+                .page_size = (uint32_t) MIN(cs, UINT64_C(4096)),
+                .entry = TC_BE64,
+                .name = "qcow2 refcount table",
+        };
+        r = tc_table_new(s->budget, s->io, &p, &s->reft);
+        if (r < 0)
+                return r;
+        /* the old table's clusters are no longer referenced */
+        for (uint64_t off = old_off; off < old_off + old_bytes; off += cs) {
+                r = rc_update(s, off, -1, NULL);
+                if (r < 0)
+                        return r;
+        }
+        return 0;
+}
+
+/* A new refcount block for refcount table index `rti`, written and linked
+ * at once (see above). */
+static int new_refblock(qcow2_state *s, uint64_t rti, uint64_t *ret) {
+        uint64_t cs = s->cluster_size, off, bi;
+        _cleanup_free_ uint8_t *buf = calloc(1, cs);
+        uint32_t o, l;
+        int r;
+
+        if (!buf)
+                return -ENOMEM;
+        r = hostalloc_alloc(&s->alloc, cs, QCOW2_HOST_LIMIT, &off, NULL);
+        if (r < 0)
+                return r;
+        bi = off / cs;
+        if (bi / s->rb_entries == rti)
+                rc_entry_set(buf, bi % s->rb_entries, s->refcount_order, 1, &o, &l);
+        r = io_pwrite(s->io, buf, cs, off);
+        if (r < 0)
+                return r;
+        note_file_end(s, off + cs);
+        if (bi / s->rb_entries != rti) {
+                /* it falls into the next block's range: counted there */
+                r = rc_update(s, off, +1, NULL);
+                if (r >= 0)
+                        r = flush_refcounts(s);
+                if (r < 0)
+                        return r;
+        }
+        r = io_flush(s->io);
+        if (r < 0)
+                return r;
+        r = tc_set(s->reft, rti, off, 0);
+        if (r >= 0)
+                r = tc_table_flush(s->reft);
+        if (r < 0)
+                return r;
+        *ret = off;
+        return 0;
+}
+
+/* The refcount block holding cluster index `ci`, made when missing. */
+static int rb_for(qcow2_state *s, uint64_t ci, tc_table **ret) {
+        uint64_t rti = ci / s->rb_entries, e, off;
+        int r;
+
+        if (rti >= tc_table_entries(s->reft)) {
+                r = grow_reft(s, rti);
+                if (r < 0)
+                        return r;
+        }
+        r = tc_get(s->reft, rti, &e);
+        if (r < 0)
+                return r;
+        off = e & REFT_OFFSET_MASK;
+        if (off == 0) {
+                r = new_refblock(s, rti, &off);
+                if (r < 0)
+                        return r;
+        }
+        return get_rb(s, off, ret);
+}
+
+/* Adds delta (+1/-1) to the refcount of the cluster holding `host`. With
+ * ret_pg, returns the refcount block's page pinned (tc_page_put() it). */
+static int rc_update(qcow2_state *s, uint64_t host, int delta, tc_page **ret_pg) {
+        uint64_t ci = host / s->cluster_size, v;
+        tc_table *t = NULL;
+        tc_page *pg;
+        uint32_t o, l;
+        int r;
+
+        r = rb_for(s, ci, &t);
+        if (r < 0)
+                return r;
+        r = tc_page_get(t, 0, &pg);
+        if (r < 0)
+                return r;
+        v = rc_entry_get(tc_page_data(pg), ci % s->rb_entries, s->refcount_order);
+        if ((delta < 0 && v == 0) || (delta > 0 && v == rc_max(s))) {
+                tc_page_put(pg);
+                return vdisk_error(-EUCLEAN, "qcow2: the refcount of the cluster at %" PRIu64 " is %" PRIu64
+                                   ", it cannot %s", ci * s->cluster_size, v, delta < 0 ? "drop" : "grow");
+        }
+        rc_entry_set(tc_page_data(pg), ci % s->rb_entries, s->refcount_order, delta < 0 ? v - 1 : v + 1, &o, &l);
+        tc_page_dirty(pg, o, l, 0);
+        if (ret_pg)
+                *ret_pg = pg;
+        else
+                tc_page_put(pg);
+        return 0;
+}
+
+/* ---------------------------------------------------------------- writes */
+
+static int write_header_u64(qcow2_state *s, uint32_t at, uint64_t v) {
+        uint8_t b[8];
+        int r;
+
+        put_be64(b, v);
+        r = io_pwrite(s->io, b, sizeof b, at);
+        return r < 0 ? r : io_flush(s->io);
+}
+
+/* Lazy refcounts: the dirty bit is set on disk before the first change
+ * after a flush and cleared by the flush that makes everything durable.
+ * vdisk keeps the refcounts exact anyway, so qemu's repair of a dirty image
+ * finds nothing to fix. */
+static int mark_dirty(qcow2_state *s) {
+        int r;
+
+        if (!(s->compat & COMPAT_LAZY_REFCOUNTS) || s->marked_dirty)
+                return 0;
+        r = write_header_u64(s, HDR_INCOMPAT, s->incompat | INCOMPAT_DIRTY);
+        if (r < 0)
+                return r;
+        s->incompat |= INCOMPAT_DIRTY;
+        s->marked_dirty = true;
+        return 0;
+}
+
+static int qcow2_check(void *state, uint32_t flags, vdisk_check_report *rep, vdisk_progress *p);
+
+static int prepare_writes(qcow2_state *s, const uint8_t *features, size_t n_features) {
+        uint64_t known_autoclear = AUTOCLEAR_BITMAPS | AUTOCLEAR_DATA_RAW;
+        int r;
+
+        if (s->incompat & INCOMPAT_CORRUPT)
+                return vdisk_error(-EUCLEAN, "qcow2: the image is marked corrupt; it opens read-only only "
+                                   "(repair it first)");
+        if (s->incompat & INCOMPAT_DATA_FILE)
+                return vdisk_error(-EOPNOTSUPP, "qcow2: writing images with an external data file is not "
+                                   "supported yet");
+        if (s->nb_snapshots > 0)
+                return vdisk_error(-EOPNOTSUPP, "qcow2: writing images with internal snapshots is not supported "
+                                   "yet");
+        if (s->nb_bitmaps > 0 || (s->autoclear & AUTOCLEAR_BITMAPS))
+                return vdisk_error(-EOPNOTSUPP, "qcow2: writing images with persistent bitmaps is not supported "
+                                   "yet");
+        if (s->reft_bytes == 0 || s->reft_offset < s->cluster_size ||
+            !range_within(s->reft_offset, s->reft_bytes, s->file_size) ||
+            overlaps(s->reft_offset, s->reft_bytes, s->l1_offset, (uint64_t) s->l1_size * 8))
+                return vdisk_error(-EUCLEAN, "qcow2: refcount table at %" PRIu64 " (%" PRIu64 " bytes) is not "
+                                   "within the file or overlaps the header or the L1 table", s->reft_offset,
+                                   s->reft_bytes);
+        s->rb_entries = (s->cluster_size * 8) >> s->refcount_order;
+        tc_table_params p = {
+                .offset = s->reft_offset,
+                .size = s->reft_bytes,
+                .page_size = (uint32_t) MIN(s->cluster_size, UINT64_C(4096)),
+                .entry = TC_BE64,
+                .name = "qcow2 refcount table",
+        };
+        r = tc_table_new(s->budget, s->io, &p, &s->reft);
+        if (r < 0)
+                return r;
+        hostalloc_init(&s->alloc, ALIGN_UP(s->file_size, s->cluster_size), s->file_size,
+                       (uint32_t) s->cluster_size);
+        /* Unknown autoclear bits say "extra data a writer unaware of it
+         * leaves inconsistent": cleared before the first write. */
+        if (s->autoclear & ~known_autoclear) {
+                r = write_header_u64(s, HDR_AUTOCLEAR, s->autoclear & known_autoclear);
+                if (r < 0)
+                        return r;
+                s->autoclear &= known_autoclear;
+        }
+        s->writable = true;
+        if (s->incompat & INCOMPAT_DIRTY) {
+                /* lazy refcounts left dirty: rebuilt before anything is written */
+                vdisk_check_report rep = { .size = sizeof rep };
+                uint64_t left;
+
+                r = qcow2_check(s, VDISK_CHECK_REPAIR_ALL, &rep, NULL);
+                left = rep.corruptions - rep.corruptions_fixed;
+                vdisk_check_report_clear(&rep);
+                if (r < 0)
+                        return r;
+                if (left > 0)
+                        return vdisk_error(-EUCLEAN, "qcow2: the refcounts of the dirty image could not be rebuilt "
+                                           "(%" PRIu64 " errors left)", left);
+                r = write_header_u64(s, HDR_INCOMPAT, s->incompat & ~(uint64_t) INCOMPAT_DIRTY);
+                if (r < 0)
+                        return r;
+                s->incompat &= ~(uint64_t) INCOMPAT_DIRTY;
+        }
+        return 0;
+}
+
+/* L2 entry (and subcluster bitmap) of cluster `cl`; zeros when no L2 table. */
+static int l2_entry(qcow2_state *s, uint64_t cl, uint64_t *ret_e, uint64_t *ret_bitmap) {
+        uint64_t l1i = cl / s->l2_entries, l2i = cl % s->l2_entries, l1e;
+        tc_table *l2;
+        int r;
+
+        *ret_e = *ret_bitmap = 0;
+        r = tc_get(s->l1, l1i, &l1e);
+        if (r < 0 || (l1e & OFFSET_MASK) == 0)
+                return r;
+        r = get_l2(s, l1e & OFFSET_MASK, &l2);
+        if (r < 0)
+                return r;
+        r = tc_get(l2, s->extended_l2 ? 2 * l2i : l2i, ret_e);
+        if (r >= 0 && s->extended_l2)
+                r = tc_get(l2, 2 * l2i + 1, ret_bitmap);
+        return r;
+}
+
+/* The L2 table for L1 index l1i, made (zeroed, counted, linked) when missing. */
+static int l2_for_write(qcow2_state *s, uint64_t l1i, tc_table **ret) {
+        uint64_t l1e, off;
+        tc_page *rbpg = NULL, *l1pg = NULL;
+        int r;
+
+        r = tc_get(s->l1, l1i, &l1e);
+        if (r < 0)
+                return r;
+        if (l1e & OFFSET_MASK)
+                return get_l2(s, l1e & OFFSET_MASK, ret);
+        r = hostalloc_alloc(&s->alloc, s->cluster_size, QCOW2_HOST_LIMIT, &off, NULL);
+        if (r < 0)
+                return r;
+        r = write_zero_cluster(s, off);
+        if (r < 0)
+                return r;
+        r = rc_update(s, off, +1, &rbpg);
+        if (r < 0)
+                return r;
+        /* The zeros are "data" for the L1 page: flushed before it. */
+        r = tc_set(s->l1, l1i, off | L2E_COPIED, TC_AFTER_DATA);
+        if (r >= 0)
+                r = tc_page_get(s->l1, l1i * 8 / 4096, &l1pg);
+        if (r >= 0)
+                r = tc_page_depends(l1pg, rbpg);
+        if (l1pg)
+                tc_page_put(l1pg);
+        tc_page_put(rbpg);
+        if (r < 0)
+                return r;
+        return get_l2(s, off, ret);
+}
+
+static void queue_free_compressed(qcow2_state *s, uint64_t e) {
+        uint64_t coff = e & s->coffset_mask, nsec = ((e >> s->csize_shift) & s->csize_mask) + 1;
+        uint64_t start = coff & ~UINT64_C(511), last = start + nsec * 512 - 1;
+
+        for (uint64_t c = start / s->cluster_size; c <= last / s->cluster_size; c++) {
+                if (s->n_pending_free == s->cap_pending_free) {
+                        size_t cap = MAX(s->cap_pending_free * 2, (size_t) 64);
+                        uint64_t *n = realloc(s->pending_free, cap * sizeof *n);
+
+                        if (!n)
+                                return;   /* at worst a leak */
+                        s->pending_free = n;
+                        s->cap_pending_free = cap;
+                }
+                s->pending_free[s->n_pending_free++] = c * s->cluster_size;
+        }
+}
+
+static int qcow2_allocate(void *state, uint64_t offset, uint64_t len, reservation *ret) {
+        qcow2_state *s = state;
+        uint64_t cl = offset >> s->cluster_bits, cstart = cl << s->cluster_bits;
+        uint64_t cend = MIN(cstart + s->cluster_size, s->size), ustart = cstart, uend = cend;
+        uint64_t e, bitmap, host;
+        int fresh = 0, r;
+
+        assert(s->writable);
+        assert(!s->reserved);
+        assert(offset < s->size && len > 0);
+
+        r = mark_dirty(s);
+        if (r < 0)
+                return r;
+        r = l2_entry(s, cl, &e, &bitmap);
+        if (r < 0)
+                return r;
+        host = e & L2E_COMPRESSED ? 0 : e & OFFSET_MASK;
+        if (s->extended_l2 && !(e & L2E_COMPRESSED)) {
+                /* the run of not-allocated subclusters the write covers */
+                uint64_t sc0 = (offset - cstart) / s->subcluster_size;
+                uint64_t last = (MIN(offset + len, cend) - 1 - cstart) / s->subcluster_size, sc1 = sc0 + 1;
+                uint32_t alloc = (uint32_t) bitmap;
+
+                while (sc1 <= last && !((alloc >> sc1) & 1))
+                        sc1++;
+                ustart = cstart + sc0 * s->subcluster_size;
+                uend = MIN(cstart + sc1 * s->subcluster_size, cend);
+        }
+        if (host == 0) {
+                r = hostalloc_alloc(&s->alloc, s->cluster_size, QCOW2_HOST_LIMIT, &host, &fresh);
+                if (r < 0)
+                        return r;
+                s->res_new = true;
+        } else
+                s->res_new = false;
+        s->reserved = true;
+        s->res_host = host;
+        *ret = (reservation) {
+                .unit_offset = ustart,
+                .length = uend - ustart,
+                .host_offset = host + (ustart - cstart),
+                .fresh = fresh,
+        };
+        return 0;
+}
+
+static int qcow2_commit(void *state, const reservation *res) {
+        qcow2_state *s = state;
+        uint64_t cl = res->unit_offset >> s->cluster_bits, cstart = cl << s->cluster_bits;
+        uint64_t l1i = cl / s->l2_entries, l2i = cl % s->l2_entries, e, bitmap = 0;
+        tc_table *l2;
+        tc_page *rbpg = NULL, *l2pg = NULL;
+        int r;
+
+        assert(s->reserved);
+        r = l2_for_write(s, l1i, &l2);
+        if (r < 0)
+                return r;
+        r = tc_get(l2, s->extended_l2 ? 2 * l2i : l2i, &e);
+        if (r >= 0 && s->extended_l2)
+                r = tc_get(l2, 2 * l2i + 1, &bitmap);
+        if (r < 0)
+                return r;
+        if (s->res_new) {
+                r = rc_update(s, s->res_host, +1, &rbpg);
+                if (r < 0)
+                        return r;
+        }
+        r = cover_file(s, s->res_host + s->cluster_size);
+        if (r < 0)
+                goto out;
+        if (e & L2E_COMPRESSED) {
+                queue_free_compressed(s, e);
+                bitmap = UINT32_MAX;   /* the unit was the whole cluster */
+        } else if (s->extended_l2) {
+                uint64_t sc0 = (res->unit_offset - cstart) / s->subcluster_size;
+                uint64_t n = DIV_ROUND_UP(res->length, s->subcluster_size);
+                uint32_t bits = (uint32_t) (n >= 32 ? UINT32_MAX : ((UINT32_C(1) << n) - 1) << sc0);
+
+                bitmap = (bitmap | bits) & ~((uint64_t) bits << 32);
+        }
+        e = s->res_host | L2E_COPIED;
+        r = tc_set(l2, s->extended_l2 ? 2 * l2i : l2i, e, TC_AFTER_DATA);
+        if (r >= 0 && s->extended_l2)
+                r = tc_set(l2, 2 * l2i + 1, bitmap, TC_AFTER_DATA);
+        if (r >= 0 && rbpg) {
+                r = tc_page_get(l2, 0, &l2pg);
+                if (r >= 0)
+                        r = tc_page_depends(l2pg, rbpg);
+        }
+        if (r >= 0)
+                s->reserved = false;
+out:
+        if (l2pg)
+                tc_page_put(l2pg);
+        if (rbpg)
+                tc_page_put(rbpg);
+        return r;
+}
+
+/* The cluster stays unreferenced; the next reservation takes it again (no
+ * longer fresh). */
+static void qcow2_release(void *state, const reservation *res) {
+        qcow2_state *s = state;
+
+        assert(s->reserved);
+        s->reserved = false;
+        if (s->res_new && hostalloc_next(&s->alloc) == s->res_host + s->cluster_size)
+                hostalloc_rewind(&s->alloc, s->res_host);
+}
+
+/* v3 zero clusters: an allocated cluster keeps its space (zero flag, or all
+ * subclusters zero), a compressed one is freed. */
+static int qcow2_mark_zero(void *state, uint64_t offset, uint64_t len) {
+        qcow2_state *s = state;
+        uint64_t first = offset >> s->cluster_bits, end = DIV_ROUND_UP(offset + len, s->cluster_size);
+        int r;
+
+        assert(s->writable);
+        if (s->version < 3)
+                return vdisk_error(-EOPNOTSUPP, "qcow2: version 2 images have no zero clusters");
+        r = mark_dirty(s);
+        if (r < 0)
+                return r;
+        for (uint64_t cl = first; cl < end; cl++) {
+                uint64_t l1i = cl / s->l2_entries, l2i = cl % s->l2_entries, e, bitmap, ne, nb = 0;
+                tc_table *l2;
+
+                r = l2_entry(s, cl, &e, &bitmap);
+                if (r < 0)
+                        return r;
+                /* in an image without a backing file, nothing reads zeros already */
+                if (!s->backing_name && !(e & L2E_COMPRESSED) && (e & OFFSET_MASK) == 0 &&
+                    (s->extended_l2 ? (uint32_t) bitmap == 0 : true))
+                        continue;
+                r = l2_for_write(s, l1i, &l2);
+                if (r < 0)
+                        return r;
+                if (e & L2E_COMPRESSED) {
+                        queue_free_compressed(s, e);
+                        e = 0;
+                }
+                if (s->extended_l2) {
+                        ne = e & (OFFSET_MASK | L2E_COPIED);
+                        nb = (uint64_t) UINT32_MAX << 32;
+                } else
+                        ne = (e & (OFFSET_MASK | L2E_COPIED)) | L2E_ZERO;
+                r = tc_set(l2, s->extended_l2 ? 2 * l2i : l2i, ne, 0);
+                if (r >= 0 && s->extended_l2)
+                        r = tc_set(l2, 2 * l2i + 1, nb, 0);
+                if (r < 0)
+                        return r;
+        }
+        return 0;
+}
+
+static int flush_tables(qcow2_state *s) {
+        int r;
+
+        r = flush_refcounts(s);
+        if (r < 0)
+                return r;
+        for (size_t i = 0; i < QCOW2_L2_SLOTS; i++)
+                if (s->slots[i].t && tc_table_is_dirty(s->slots[i].t)) {
+                        r = tc_table_flush(s->slots[i].t);
+                        if (r < 0)
+                                return r;
+                }
+        return s->l1 && tc_table_is_dirty(s->l1) ? tc_table_flush(s->l1) : 0;
+}
+
+static int qcow2_flush(void *state) {
+        qcow2_state *s = state;
+        int r;
+
+        if (!s->writable)
+                return 0;
+        r = flush_tables(s);
+        if (r < 0)
+                return r;
+        /* the L2 entries that pointed at freed clusters are on disk now */
+        while (s->n_pending_free > 0) {
+                r = rc_update(s, s->pending_free[s->n_pending_free - 1], -1, NULL);
+                if (r < 0)
+                        return r;
+                s->n_pending_free--;
+        }
+        r = flush_tables(s);
+        if (r < 0)
+                return r;
+        r = io_flush(s->io);
+        if (r < 0)
+                return r;
+        if (s->marked_dirty) {
+                r = write_header_u64(s, HDR_INCOMPAT, s->incompat & ~(uint64_t) INCOMPAT_DIRTY);
+                if (r < 0)
+                        return r;
+                s->incompat &= ~(uint64_t) INCOMPAT_DIRTY;
+                s->marked_dirty = false;
+        }
+        return 0;
+}
+
+/* ---------------------------------------------------------------- check
+ *
+ * Counts every reference the image makes (header, L1 and refcount tables,
+ * refcount blocks, L2 tables, data and compressed clusters, the snapshot
+ * table and each snapshot's tables), then compares the counts with the
+ * refcounts on disk: a refcount above its count is a leak, below it a
+ * corruption (qemu-img check's words). Repair sets the refcounts to the
+ * counts (leaks with REPAIR_LEAKS, both with REPAIR_ALL); the same repair
+ * rebuilds the refcounts of a dirty (lazy refcounts) image at writable open.
+ * Memory: one u32 per cluster of the file while it runs.
+ */
+
+typedef struct qcount {
+        qcow2_state *s;
+        uint32_t *n;
+        uint64_t clusters;
+        vdisk_check_report *rep;
+        uint64_t allocated;
+} qcount;
+
+static void count_ref(qcount *q, uint64_t off, uint64_t len, const char *what) {
+        uint64_t cs = q->s->cluster_size;
+
+        if (len == 0)
+                return;
+        for (uint64_t c = off / cs; c <= (off + len - 1) / cs; c++) {
+                if (c >= q->clusters) {
+                        q->rep->corruptions++;
+                        (void) check_report_add(q->rep, "ERROR %s at %" PRIu64 " is outside the file", what, off);
+                        return;
+                }
+                if (q->n[c] < UINT32_MAX)
+                        q->n[c]++;
+        }
+}
+
+/* The L2 tables of an L1 table and the clusters they reference. */
+static int count_l1(qcount *q, uint64_t l1_off, uint32_t l1_size, bool active) {
+        qcow2_state *s = q->s;
+        uint64_t cs = s->cluster_size;
+        _cleanup_free_ uint8_t *l1 = NULL, *l2 = NULL;
+        int r;
+
+        if (l1_size == 0)
+                return 0;
+        if ((uint64_t) l1_size * 8 > QCOW2_L1_MAX_BYTES || !range_within(l1_off, (uint64_t) l1_size * 8, s->file_size)) {
+                q->rep->corruptions++;
+                return check_report_add(q->rep, "ERROR L1 table at %" PRIu64 " (%" PRIu32 " entries) is outside "
+                                        "the file", l1_off, l1_size);
+        }
+        count_ref(q, l1_off, (uint64_t) l1_size * 8, "L1 table");
+        l1 = malloc((size_t) l1_size * 8);
+        l2 = malloc(cs);
+        if (!l1 || !l2)
+                return -ENOMEM;
+        r = io_pread(s->io, l1, (size_t) l1_size * 8, l1_off);
+        if (r < 0)
+                return r;
+        for (uint32_t i = 0; i < l1_size; i++) {
+                uint64_t l2_off = get_be64(l1 + (size_t) i * 8) & OFFSET_MASK;
+
+                if (l2_off == 0)
+                        continue;
+                if (l2_off % cs != 0 || !range_within(l2_off, cs, s->file_size)) {
+                        q->rep->corruptions++;
+                        r = check_report_add(q->rep, "ERROR L2 table at %" PRIu64 " is not cluster-aligned within "
+                                             "the file", l2_off);
+                        if (r < 0)
+                                return r;
+                        continue;
+                }
+                count_ref(q, l2_off, cs, "L2 table");
+                r = io_pread(s->io, l2, cs, l2_off);
+                if (r < 0)
+                        return r;
+                for (uint64_t k = 0; k < s->l2_entries; k++) {
+                        uint64_t e = get_be64(l2 + k * (s->extended_l2 ? 16 : 8)), host;
+
+                        if (e & L2E_COMPRESSED) {
+                                uint64_t coff = e & s->coffset_mask;
+                                uint64_t nsec = ((e >> s->csize_shift) & s->csize_mask) + 1;
+
+                                count_ref(q, coff & ~UINT64_C(511), nsec * 512, "compressed cluster");
+                                q->allocated += active;
+                                continue;
+                        }
+                        host = e & OFFSET_MASK;
+                        if (s->data_io)
+                                continue;   /* the external data file has no refcounts */
+                        if (host == 0)
+                                continue;
+                        if (host % cs != 0) {
+                                q->rep->corruptions++;
+                                r = check_report_add(q->rep, "ERROR cluster at %" PRIu64 " is not aligned", host);
+                                if (r < 0)
+                                        return r;
+                                continue;
+                        }
+                        count_ref(q, host, cs, "data cluster");
+                        q->allocated += active;
+                }
+        }
+        return 0;
+}
+
+static int count_snapshots(qcount *q) {
+        qcow2_state *s = q->s;
+        uint64_t off = s->snapshots_offset;
+        int r;
+
+        for (uint32_t n = 0; n < s->nb_snapshots; n++) {
+                uint8_t e[40];
+                uint64_t entry_len;
+
+                if (off - s->snapshots_offset > QCOW2_SNAP_TABLE_MAX || !range_within(off, sizeof e, s->file_size))
+                        return vdisk_error(-EUCLEAN, "qcow2: snapshot table entry %" PRIu32 " is outside the file",
+                                           n);
+                r = io_pread(s->io, e, sizeof e, off);
+                if (r < 0)
+                        return r;
+                if (get_be32(e + 36) > QCOW2_SNAP_EXTRA_MAX)
+                        return vdisk_error(-EUCLEAN, "qcow2: snapshot %" PRIu32 " has too much extra data", n);
+                entry_len = ALIGN_UP(sizeof e + get_be32(e + 36) + get_be16(e + 12) + get_be16(e + 14),
+                                     UINT64_C(8));
+                r = count_l1(q, get_be64(e), get_be32(e + 8), false);
+                if (r < 0)
+                        return r;
+                off += entry_len;
+        }
+        count_ref(q, s->snapshots_offset, off - s->snapshots_offset, "snapshot table");
+        return 0;
+}
+
+/* Sets the refcount of cluster c to v (through the cache; blocks made as
+ * needed). */
+static int rc_set_value(qcow2_state *s, uint64_t c, uint64_t v) {
+        tc_table *t = NULL;
+        tc_page *pg;
+        uint32_t o, l;
+        int r;
+
+        r = rb_for(s, c, &t);
+        if (r < 0)
+                return r;
+        r = tc_page_get(t, 0, &pg);
+        if (r < 0)
+                return r;
+        rc_entry_set(tc_page_data(pg), c % s->rb_entries, s->refcount_order, MIN(v, rc_max(s)), &o, &l);
+        tc_page_dirty(pg, o, l, 0);
+        tc_page_put(pg);
+        return 0;
+}
+
+static int qcow2_check(void *state, uint32_t flags, vdisk_check_report *rep, vdisk_progress *p) {
+        qcow2_state *s = state;
+        bool fix_all = flags & VDISK_CHECK_REPAIR_ALL, fix_leaks = fix_all || (flags & VDISK_CHECK_REPAIR_LEAKS);
+        bool dry = flags & VDISK_CHECK_DRY_RUN;
+        uint64_t cs = s->cluster_size, rb_entries = (cs * 8) >> s->refcount_order, n_reft;
+        _cleanup_free_ uint8_t *reft = NULL, *blk = NULL;
+        _cleanup_free_ uint32_t *cnt = NULL;
+        qcount q = { .s = s, .rep = rep };
+        int r;
+
+        if ((fix_leaks && !dry) && !s->writable)
+                return vdisk_error(-EROFS, "qcow2: image is read-only; cannot repair");
+        if (s->nb_bitmaps > 0)
+                return vdisk_error(-EOPNOTSUPP, "qcow2: checking images with persistent bitmaps is not supported "
+                                   "yet");
+        if (s->writable) {
+                r = qcow2_flush(s);
+                if (r < 0)
+                        return r;
+        }
+        q.clusters = DIV_ROUND_UP(s->file_size, cs);
+        cnt = calloc(q.clusters ? q.clusters : 1, sizeof *cnt);
+        n_reft = s->reft_bytes / 8;
+        reft = malloc(s->reft_bytes ? s->reft_bytes : 1);
+        blk = malloc(cs);
+        if (!cnt || !reft || !blk)
+                return -ENOMEM;
+        q.n = cnt;
+        if (!range_within(s->reft_offset, s->reft_bytes, s->file_size))
+                return vdisk_error(-EUCLEAN, "qcow2: the refcount table is outside the file");
+        r = io_pread(s->io, reft, s->reft_bytes, s->reft_offset);
+        if (r < 0)
+                return r;
+
+        count_ref(&q, 0, cs, "header");
+        count_ref(&q, s->reft_offset, s->reft_bytes, "refcount table");
+        for (uint64_t i = 0; i < n_reft; i++) {
+                uint64_t b = get_be64(reft + i * 8) & REFT_OFFSET_MASK;
+
+                if (b == 0)
+                        continue;
+                if (b % cs != 0) {
+                        rep->corruptions++;
+                        r = check_report_add(rep, "ERROR refcount block %" PRIu64 " is not cluster aligned", i);
+                        if (r < 0)
+                                return r;
+                        continue;
+                }
+                count_ref(&q, b, cs, "refcount block");
+        }
+        r = count_l1(&q, s->l1_offset, s->l1_size, true);
+        if (r < 0)
+                return r;
+        if (s->nb_snapshots > 0) {
+                r = count_snapshots(&q);
+                if (r < 0)
+                        return r;
+        }
+
+        /* compare: clusters in a refcount block, then referenced ones without */
+        for (uint64_t i = 0; i < n_reft; i++) {
+                uint64_t b = get_be64(reft + i * 8) & REFT_OFFSET_MASK;
+
+                if (b == 0 || b % cs != 0 || !range_within(b, cs, s->file_size))
+                        continue;
+                r = io_pread(s->io, blk, cs, b);
+                if (r < 0)
+                        return r;
+                for (uint64_t k = 0; k < rb_entries; k++) {
+                        uint64_t c = i * rb_entries + k, disk = rc_entry_get(blk, k, s->refcount_order);
+                        uint64_t want = c < q.clusters ? cnt[c] : 0;
+                        bool leak = disk > want;
+
+                        if (disk == want)
+                                continue;
+                        if (leak)
+                                rep->leaks++;
+                        else
+                                rep->corruptions++;
+                        r = check_report_add(rep, "%s cluster %" PRIu64 " refcount=%" PRIu64 " reference=%" PRIu64,
+                                             leak ? "Leaked" : "ERROR", c, disk, want);
+                        if (r < 0)
+                                return r;
+                        if (!dry && (leak ? fix_leaks : fix_all)) {
+                                r = rc_set_value(s, c, want);
+                                if (r < 0)
+                                        return r;
+                                if (leak)
+                                        rep->leaks_fixed++;
+                                else
+                                        rep->corruptions_fixed++;
+                        }
+                }
+        }
+        for (uint64_t c = 0; c < q.clusters; c++) {
+                uint64_t i = c / rb_entries, b = i < n_reft ? get_be64(reft + i * 8) & REFT_OFFSET_MASK : 0;
+
+                if (cnt[c] == 0 || (b != 0 && b % cs == 0 && range_within(b, cs, s->file_size)))
+                        continue;
+                rep->corruptions++;
+                r = check_report_add(rep, "ERROR cluster %" PRIu64 " refcount=0 reference=%" PRIu32, c, cnt[c]);
+                if (r < 0)
+                        return r;
+                if (!dry && fix_all) {
+                        r = rc_set_value(s, c, cnt[c]);
+                        if (r < 0)
+                                return r;
+                        rep->corruptions_fixed++;
+                }
+        }
+        if (s->writable && (rep->leaks_fixed || rep->corruptions_fixed)) {
+                r = flush_tables(s);
+                if (r < 0)
+                        return r;
+                r = io_flush(s->io);
+                if (r < 0)
+                        return r;
+        }
+        rep->total_clusters = DIV_ROUND_UP(s->size, cs);
+        rep->allocated_clusters = q.allocated;
+        rep->image_end_offset = s->file_size;
+        return 0;
+}
+
+/* ---------------------------------------------------------------- create */
+
+typedef struct qcow2_opts {
+        uint32_t version, cluster_size, refcount_bits, compression_type;
+        bool lazy, extl2, prealloc_metadata;
+} qcow2_opts;
+
+static int qcow2_parse_options(const create_params *p, qcow2_opts *o) {
+        *o = (qcow2_opts) { .version = 3, .cluster_size = 65536, .refcount_bits = 16 };
+        bool have_cs = false, have_rb = false;
+
+        for (const char *const *kv = p->options; kv && kv[0]; kv += 2) {
+                const char *k = kv[0], *v = kv[1];
+
+                if (streq(k, "compat")) {
+                        if (streq(v, "0.10") || streq(v, "v2"))
+                                o->version = 2;
+                        else if (streq(v, "1.1") || streq(v, "v3"))
+                                o->version = 3;
+                        else
+                                return vdisk_error(-EINVAL, "qcow2: compat '%s' (0.10 or 1.1)", v);
+                } else if (streq(k, "cluster_size")) {
+                        unsigned long long n = strtoull(v, NULL, 10);
+
+                        if (n < 512 || n > (2u << 20) || !IS_POWER_OF_2(n))
+                                return vdisk_error(-EINVAL, "qcow2: cluster size must be a power of two between "
+                                                   "512 and 2048k");
+                        o->cluster_size = (uint32_t) n;
+                        have_cs = true;
+                } else if (streq(k, "refcount_bits")) {
+                        unsigned long long n = strtoull(v, NULL, 10);
+
+                        if (n < 1 || n > 64 || !IS_POWER_OF_2(n))
+                                return vdisk_error(-EINVAL, "qcow2: refcount width must be a power of two and "
+                                                   "may not exceed 64 bits");
+                        o->refcount_bits = (uint32_t) n;
+                        have_rb = true;
+                } else if (streq(k, "lazy_refcounts"))
+                        o->lazy = streq(v, "on");
+                else if (streq(k, "extended_l2"))
+                        o->extl2 = streq(v, "on");
+                else if (streq(k, "compression_type")) {
+                        if (streq(v, "zlib"))
+                                o->compression_type = 0;
+                        else if (streq(v, "zstd"))
+                                o->compression_type = 1;
+                        else
+                                return vdisk_error(-EINVAL, "qcow2: compression type '%s' (zlib or zstd)", v);
+                } else if (streq(k, "preallocation")) {
+                        if (streq(v, "metadata"))
+                                o->prealloc_metadata = true;
+                        else if (!streq(v, "off"))
+                                return vdisk_error(-EOPNOTSUPP, "qcow2: preallocation=%s is not supported yet "
+                                                   "(off, metadata)", v);
+                }
+        }
+        /* the caller's block size (a diff made like its image) when no
+         * cluster_size was given and it is a qcow2 cluster size */
+        if (!have_cs && p->block_size >= 512 && p->block_size <= (2u << 20) && IS_POWER_OF_2(p->block_size))
+                o->cluster_size = p->block_size;
+        if (o->version == 2) {
+                if (have_rb && o->refcount_bits != 16)
+                        return vdisk_error(-EINVAL, "qcow2: different refcount widths than 16 bits require "
+                                           "compatibility level 1.1 or above (use compat=1.1 or greater)");
+                if (o->lazy)
+                        return vdisk_error(-EINVAL, "qcow2: lazy refcounts only supported with compatibility "
+                                           "level 1.1 and above (use compat=1.1 or greater)");
+                if (o->extl2)
+                        return vdisk_error(-EINVAL, "qcow2: extended L2 entries are only supported with "
+                                           "compatibility level 1.1 and above (use compat=1.1 or greater)");
+                if (o->compression_type)
+                        return vdisk_error(-EINVAL, "qcow2: compression type zstd requires compatibility "
+                                           "level 1.1 and above (use compat=1.1 or greater)");
+        }
+        if (o->extl2 && o->cluster_size < 16384)
+                return vdisk_error(-EINVAL, "qcow2: extended L2 entries are only supported with cluster sizes "
+                                   "of at least 16384 bytes");
+        return 0;
+}
+
+/* preallocation=metadata: every cluster gets its L2 entry and host space
+ * (appended, sparse: it reads zeros until written). */
+static int preallocate_metadata(qcow2_state *s) {
+        uint64_t n = DIV_ROUND_UP(s->size, s->cluster_size);
+        int r;
+
+        for (uint64_t cl = 0; cl < n; cl++) {
+                uint64_t l2i = cl % s->l2_entries, host;
+                tc_table *l2;
+                tc_page *rbpg = NULL, *l2pg = NULL;
+
+                r = l2_for_write(s, cl / s->l2_entries, &l2);
+                if (r < 0)
+                        return r;
+                r = hostalloc_alloc(&s->alloc, s->cluster_size, QCOW2_HOST_LIMIT, &host, NULL);
+                if (r < 0)
+                        return r;
+                r = rc_update(s, host, +1, &rbpg);
+                if (r < 0)
+                        return r;
+                r = tc_set(l2, s->extended_l2 ? 2 * l2i : l2i, host | L2E_COPIED, 0);
+                if (r >= 0 && s->extended_l2)
+                        r = tc_set(l2, 2 * l2i + 1, UINT32_MAX, 0);
+                if (r >= 0)
+                        r = tc_page_get(l2, 0, &l2pg);
+                if (r >= 0)
+                        r = tc_page_depends(l2pg, rbpg);
+                if (l2pg)
+                        tc_page_put(l2pg);
+                tc_page_put(rbpg);
+                if (r < 0)
+                        return r;
+        }
+        return cover_file(s, hostalloc_next(&s->alloc));
+}
+
+static int qcow2_create(void *state, const open_ctx *c, const create_params *p) {
+        qcow2_opts o;
+        uint64_t cs, l2_entries, l1_size, l1_c, rt_c = 1, rb_c = 1, total, rb_entries, l1_off;
+        uint32_t cbits, order, hlen;
+        size_t pos, name_len = 0, fmt_len = 0;
+        _cleanup_free_ uint8_t *buf = NULL;
+        const char *pname = p->parent_name ?: p->parent_rel_name;
+        int r;
+
+        r = qcow2_parse_options(p, &o);
+        if (r < 0)
+                return r;
+        if (p->size > QCOW2_SIZE_MAX)
+                return vdisk_error(-EFBIG, "qcow2: virtual size %" PRIu64 " is too big", p->size);
+        cs = o.cluster_size;
+        cbits = (uint32_t) __builtin_ctzll(cs);
+        order = (uint32_t) __builtin_ctz(o.refcount_bits);
+        l2_entries = cs / (o.extl2 ? 16 : 8);
+        l1_size = DIV_ROUND_UP(ALIGN_UP(p->size, UINT64_C(512)), l2_entries * cs);
+        if (l1_size * 8 > QCOW2_L1_MAX_BYTES)
+                return vdisk_error(-EFBIG, "qcow2: %" PRIu64 " bytes need an L1 table of %" PRIu64 " entries, "
+                                   "too big for %" PRIu64 "-byte clusters", p->size, l1_size, cs);
+        l1_c = DIV_ROUND_UP(MAX(l1_size, UINT64_C(1)) * 8, cs);
+        rb_entries = (cs * 8) >> order;
+        for (;;) {
+                uint64_t nrb, nrt;
+
+                total = 1 + rt_c + rb_c + l1_c;
+                nrb = DIV_ROUND_UP(total, rb_entries);
+                nrt = DIV_ROUND_UP(nrb * 8, cs);
+                if (nrb <= rb_c && nrt <= rt_c)
+                        break;
+                rb_c = MAX(rb_c, nrb);
+                rt_c = MAX(rt_c, nrt);
+        }
+        l1_off = (1 + rt_c + rb_c) * cs;
+
+        /* qcow2 links its backing file by name only: a diff needs one (the
+         * caller's, else the parent's name relative to the child's directory) */
+        if (!pname && (p->image_flags & VDISK_IMAGE_FLAGS_DIFF))
+                return vdisk_error(-EINVAL, "qcow2: a differencing image needs its backing file's name "
+                                   "(qcow2 records no UUIDs)");
+        if (pname) {
+                name_len = strlen(pname);
+                if (name_len == 0 || name_len > QCOW2_BACKING_NAME_MAX)
+                        return vdisk_error(-EINVAL, "qcow2: backing file name of %zu bytes (1 to %u)", name_len,
+                                           QCOW2_BACKING_NAME_MAX);
+                if (p->parent_format) {
+                        fmt_len = strlen(p->parent_format);
+                        if (fmt_len == 0 || fmt_len >= 16)
+                                return vdisk_error(-EINVAL, "qcow2: backing format '%s'", p->parent_format);
+                }
+        }
+        hlen = o.version == 3 ? 112 : QCOW2_V2_HEADER;
+        if (hlen + (fmt_len ? 8 + ALIGN_UP(fmt_len, (size_t) 8) : 0) + 8 + name_len > cs)
+                return vdisk_error(-EINVAL, "qcow2: the backing file name does not fit in a %" PRIu64
+                                   "-byte header cluster", cs);
+
+        /* header cluster, refcount table, refcount blocks */
+        buf = calloc(1 + rt_c + rb_c, cs);
+        if (!buf)
+                return -ENOMEM;
+        put_be32(buf, QCOW2_MAGIC);
+        put_be32(buf + 4, o.version);
+        put_be32(buf + 20, cbits);
+        put_be64(buf + 24, p->size);
+        put_be32(buf + 36, (uint32_t) l1_size);
+        put_be64(buf + 40, l1_off);
+        put_be64(buf + 48, cs);
+        put_be32(buf + 56, (uint32_t) rt_c);
+        if (o.version == 3) {
+                put_be64(buf + 72, (o.extl2 ? INCOMPAT_EXTL2 : 0) | (o.compression_type ? INCOMPAT_COMPRESSION : 0));
+                put_be64(buf + 80, o.lazy ? COMPAT_LAZY_REFCOUNTS : 0);
+                put_be32(buf + 96, order);
+                put_be32(buf + 100, hlen);
+                buf[104] = (uint8_t) o.compression_type;
+        }
+        pos = hlen;
+        if (fmt_len) {
+                put_be32(buf + pos, EXT_BACKING_FMT);
+                put_be32(buf + pos + 4, (uint32_t) fmt_len);
+                memcpy(buf + pos + 8, p->parent_format, fmt_len);
+                pos += 8 + ALIGN_UP(fmt_len, (size_t) 8);
+        }
+        pos += 8;   /* end of extensions */
+        if (name_len) {
+                memcpy(buf + pos, pname, name_len);
+                put_be64(buf + 8, pos);
+                put_be32(buf + 16, (uint32_t) name_len);
+        }
+        for (uint64_t i = 0; i < rb_c; i++)
+                put_be64(buf + cs + i * 8, (1 + rt_c + i) * cs);
+        for (uint64_t ci = 0; ci < total; ci++) {
+                uint32_t off, len;
+
+                rc_entry_set(buf + (1 + rt_c + ci / rb_entries) * cs, ci % rb_entries, order, 1, &off, &len);
+        }
+        r = io_pwrite(c->io, buf, (1 + rt_c + rb_c) * cs, 0);
+        if (r < 0)
+                return r;
+        /* the L1 table: zeros, sparse */
+        r = io_truncate(c->io, total * cs);
+        if (r < 0)
+                return r;
+        r = qcow2_open(state, c);
+        if (r < 0 || !o.prealloc_metadata)
+                return r;
+        return preallocate_metadata(state);
+}
+
 /* ---------------------------------------------------------------- metadata */
 
 static int qcow2_get_meta(void *state, meta *m) {
@@ -753,6 +2057,103 @@ static int qcow2_get_meta(void *state, meta *m) {
                 m->mask |= META_PARENT_NAME;
                 m->flags |= VDISK_IMAGE_FLAGS_DIFF;
         }
+        return 0;
+}
+
+/* Relinks (META_PARENT_NAME): the header cluster's extensions are written
+ * again without the old backing format, with the new one, and the new
+ * backing file name after them; everything written before is flushed first,
+ * so a relinked child never points at a parent its data does not yet cover. */
+static int qcow2_set_meta(void *state, const meta *m, uint32_t mask) {
+        qcow2_state *s = state;
+        size_t cs = (size_t) s->cluster_size, end, pos, name_len = 0, fmt_len = 0;
+        _cleanup_free_ uint8_t *old = NULL, *hdr = NULL;
+        _cleanup_free_ char *nname = NULL, *nfmt = NULL;
+        uint64_t boff, bsize;
+        int r;
+
+        bool unlink = (mask & META_PARENT_UUID) && vdisk_uuid_is_null(m->parent_uuid) &&
+                      !(mask & META_PARENT_NAME);
+
+        /* qcow2 links its backing file by name only: the parent's UUIDs and
+         * content ID a relink passes along are not recorded; a null parent
+         * UUID without a name (the child becomes a base) drops the link */
+        if (mask & ~(uint32_t) (META_PARENT_NAME | META_PARENT_UUID | META_PARENT_MOD_UUID | META_PARENT_CONTENT_ID))
+                return vdisk_error(-EOPNOTSUPP, "qcow2: only the backing file can be changed");
+        if (!(mask & META_PARENT_NAME) && !unlink)
+                return 0;
+        if (!s->writable)
+                return vdisk_error(-EROFS, "qcow2: the image is read-only");
+        if ((mask & META_PARENT_NAME) && m->parent_name && m->parent_name[0]) {
+                name_len = strlen(m->parent_name);
+                if (name_len > QCOW2_BACKING_NAME_MAX)
+                        return vdisk_error(-EINVAL, "qcow2: backing file name of %zu bytes (at most %u)", name_len,
+                                           QCOW2_BACKING_NAME_MAX);
+                nname = strdup(m->parent_name);
+                if (!nname)
+                        return -ENOMEM;
+                if (m->parent_format && m->parent_format[0]) {
+                        fmt_len = strlen(m->parent_format);
+                        if (fmt_len >= 16)
+                                return vdisk_error(-EINVAL, "qcow2: backing format '%s'", m->parent_format);
+                        nfmt = strdup(m->parent_format);
+                        if (!nfmt)
+                                return -ENOMEM;
+                }
+        }
+        old = calloc(1, cs);
+        hdr = calloc(1, cs);
+        if (!old || !hdr)
+                return -ENOMEM;
+        r = io_pread_zerofill(s->io, old, cs, 0);
+        if (r < 0)
+                return r;
+        memcpy(hdr, old, s->header_length);
+        /* the extensions end at the old backing name, or at the end marker */
+        boff = get_be64(old + 8);
+        bsize = get_be32(old + 16);
+        end = boff != 0 && bsize != 0 && boff < cs ? (size_t) boff : cs;
+        pos = s->header_length;
+        for (size_t off = s->header_length; off + 8 <= end;) {
+                uint32_t type = get_be32(old + off), len = get_be32(old + off + 4);
+                size_t step = 8 + ALIGN_UP((size_t) len, 8);
+
+                if (type == EXT_END || step > end - off)
+                        break;
+                if (type != EXT_BACKING_FMT) {
+                        memcpy(hdr + pos, old + off, step);
+                        pos += step;
+                }
+                off += step;
+        }
+        if (fmt_len) {
+                if (pos + 8 + 16 > cs)
+                        return vdisk_error(-ENOSPC, "qcow2: no room for the backing format in the header cluster");
+                put_be32(hdr + pos, EXT_BACKING_FMT);
+                put_be32(hdr + pos + 4, (uint32_t) fmt_len);
+                memcpy(hdr + pos + 8, nfmt, fmt_len);
+                pos += 8 + ALIGN_UP(fmt_len, (size_t) 8);
+        }
+        pos += 8;   /* end marker (zeros) */
+        if (pos + name_len > cs)
+                return vdisk_error(-ENOSPC, "qcow2: the backing file name does not fit in the header cluster");
+        memcpy(hdr + pos, nname ?: "", name_len);
+        put_be64(hdr + 8, name_len ? pos : 0);
+        put_be32(hdr + 16, (uint32_t) name_len);
+
+        r = qcow2_flush(s);
+        if (r < 0)
+                return r;
+        r = io_pwrite(s->io, hdr, MAX(pos + name_len, (size_t) s->header_length), 0);
+        if (r < 0)
+                return r;
+        r = io_flush(s->io);
+        if (r < 0)
+                return r;
+        free(s->backing_name);
+        free(s->backing_format);
+        s->backing_name = TAKE_PTR(nname);
+        s->backing_format = TAKE_PTR(nfmt);
         return 0;
 }
 
@@ -866,25 +2267,48 @@ static int qcow2_list_snapshots(void *state, vdisk_snapshot **ret, size_t *ret_n
 /* ---------------------------------------------------------------- table */
 
 static const char *const qcow2_extensions[] = { "qcow2", NULL };
+static const vdisk_option_desc qcow2_create_options[] = {
+        { "size",             VDISK_OPTION_SIZE, "Virtual disk size" },
+        { "compat",           VDISK_OPTION_STRING, "Compatibility level (v2 [0.10], v3 [1.1])", "1.1" },
+        { "backing_file",     VDISK_OPTION_STRING, "File name of a base image" },
+        { "backing_fmt",      VDISK_OPTION_STRING, "Image format of the base image" },
+        { "cluster_size",     VDISK_OPTION_SIZE, "qcow2 cluster size", "65536" },
+        { "preallocation",    VDISK_OPTION_STRING, "Preallocation mode (allowed values: off, metadata)", "off" },
+        { "lazy_refcounts",   VDISK_OPTION_BOOL, "Postpone refcount updates", "off" },
+        { "refcount_bits",    VDISK_OPTION_NUMBER, "Width of a reference count entry in bits", "16" },
+        { "compression_type", VDISK_OPTION_STRING, "Compression method used for image cluster compression",
+                              "zlib" },
+        { "extended_l2",      VDISK_OPTION_BOOL, "Extended L2 tables", "off" },
+        {}
+};
 
 const vdisk_backend backend_qcow2 = {
         .info = {
                 .name = "QCOW2",
                 .qemu_name = "qcow2",
-                .caps = VDISK_CAP_FILE | VDISK_CAP_DIFF,
+                .caps = VDISK_CAP_FILE | VDISK_CAP_DIFF | VDISK_CAP_CREATE_DYNAMIC | VDISK_CAP_CHECK |
+                        VDISK_CAP_REPAIR,
                 .media = VDISK_MEDIA_HDD,
                 .extensions = qcow2_extensions,
+                .create_options = qcow2_create_options,
         },
-        .flags = BACKEND_READ_ONLY,
         .state_size = sizeof(qcow2_state),
         .probe = qcow2_probe,
         .open = qcow2_open,
+        .create = qcow2_create,
         .close = qcow2_close,
         .get_size = qcow2_get_size,
         .get_layout = qcow2_get_layout,
         .map = qcow2_map,
         .decode = qcow2_decode,
+        .allocate = qcow2_allocate,
+        .commit = qcow2_commit,
+        .release = qcow2_release,
+        .mark_zero = qcow2_mark_zero,
+        .flush = qcow2_flush,
+        .check = qcow2_check,
         .get_meta = qcow2_get_meta,
+        .set_meta = qcow2_set_meta,
         .get_info = qcow2_get_info,
         .get_format_info = qcow2_get_format_info,
         .list_snapshots = qcow2_list_snapshots,

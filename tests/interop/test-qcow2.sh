@@ -1,7 +1,7 @@
 #!/bin/bash
 # SPDX-License-Identifier: LGPL-2.1-or-later
-# QCOW2 images made by qemu-img read by vdisk-img (the backend is read-only
-# for now):
+# QCOW2 images made by qemu-img read by vdisk-img (writing: see
+# test-qcow2-write.sh):
 #   - compat 0.10 and 1.1, cluster sizes 512, 4k, 64k, 2M, refcount_bits 1,
 #     16, 64, lazy_refcounts (also left dirty), extended_l2 (subclusters over
 #     a backing file), zlib and zstd compression (also mixed with plain
@@ -14,7 +14,7 @@
 #     sha256 (skipped when the corpus is absent);
 #   - a json: backing name, an unknown incompatible bit (named from the
 #     feature table) and encryption are refused clearly; the corrupt bit
-#     still reads; a writable open is refused.
+#     still reads; resize is refused (not supported yet).
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 source "$(dirname "$0")/lib.sh" "$@"
 
@@ -197,7 +197,7 @@ if [[ $RC -eq 0 ]]; then
 else
         echo "# qemu-img could not make a LUKS qcow2 ($(last_err)): encryption case skipped"
 fi
-expect_fail "a writable open is refused" "$VDISK_IMG" resize c-1.1-65536.qcow2 +1M
+expect_fail "resize is refused (not supported yet)" "$VDISK_IMG" resize c-1.1-65536.qcow2 +1M
 
 # --- the real images of ../shared/corpus/real
 CORPUS=${VDISK_CORPUS:-$HERE/../../../shared/corpus/real}

@@ -34,7 +34,10 @@
  * changes when its destination fails with EIO or ENOSPC at any write,
  * persistent or transient. (a) runs on VMDK too (vmdk-writes-*: grain
  * allocation, both grain tables, the descriptor's new CID), with two crash
- * images per cut and the library's check as the structural oracle.
+ * images per cut and the library's check as the structural oracle; and on
+ * QCOW2 (qcow2-writes-*: clusters, L2 tables and refcount blocks allocated,
+ * zero clusters; vdisk_check counts every reference, qemu-img check too),
+ * run by VDISK_CRASH_FORMAT=qcow2 (test crash-qcow2) only.
  * The structural check also uses the tests' own VDI parser (no map entry out
  * of range or duplicated), and standalone bases go through
  * `qemu-img check -f vdi` when /usr/bin/qemu-img exists (exit 0 or 3; 2 only
@@ -74,8 +77,13 @@ static unsigned n_crash_seeds = 5;
 static const char *crash_fmt = "vdi";
 static bool asan_subset;
 static bool fmt_vdi = true;
+static bool only_qcow2;   /* VDISK_CRASH_FORMAT=qcow2 */
 static const char *const vhd_exact[] = { "force_size", "on", NULL };
 static const char *const vmdk_gt_on_demand[] = { "gt_on_demand", "on", NULL };
+/* qcow2: 64 KiB clusters; 512-byte clusters with 64-bit refcounts (a
+ * refcount block covers 32 KiB of the file: the writes make new blocks) */
+static const char *const qcow2_64k[] = { "cluster_size", "65536", NULL };
+static const char *const qcow2_512_rb64[] = { "cluster_size", "512", "refcount_bits", "64", NULL };
 
 /* The format of the scenario running: scenario.fmt, else crash_fmt. */
 static const char *g_fmt = "vdi";
@@ -349,7 +357,8 @@ static vdisk_disk *build_chain(scenario *sc) {
                         ASSERT_OK(vdisk_disk_create_base(d, sc->tmpl[0], g_fmt, DISK_SIZE, base_opts()));
                 else
                         ASSERT_OK(vdisk_disk_create_diff(d, sc->tmpl[i], g_fmt, NULL));
-                ASSERT_OK(vdisk_image_get_uuid(vdisk_disk_image(d, i), sc->uuid[i]));
+                if (strcmp(g_fmt, "qcow2") != 0)   /* qcow2 has no UUIDs */
+                        ASSERT_OK(vdisk_image_get_uuid(vdisk_disk_image(d, i), sc->uuid[i]));
         }
         return d;
 }
@@ -433,6 +442,20 @@ static int op_writes(scenario *sc, wl *w) {
         TRY(wl_write_random(w, &r, 4 * KiB, 3 * BLOCK));
         TRY(wl_write_zeros(w, BLOCK, 7 * BLOCK));                        /* a whole block of zeros */
         TRY(wl_write_random(w, &r, 512, 3 * BLOCK + 1 * MiB - 512));
+        TRY(wl_flush(w));
+        return 0;
+}
+
+/* A few small writes (qcow2 with 512-byte clusters: each cluster is a write;
+ * new L2 tables and refcount blocks on the way). */
+static int op_writes_small(scenario *sc, wl *w) {
+        rng r;
+
+        rng_seed(&r, 43);
+        TRY(wl_write_random(w, &r, 40 * KiB, 0));
+        TRY(wl_flush(w));
+        TRY(wl_write_random(w, &r, 8 * KiB, 5 * BLOCK + 4 * KiB));
+        TRY(wl_write_zeros(w, 4 * KiB, 8 * KiB));
         TRY(wl_flush(w));
         return 0;
 }
@@ -837,6 +860,15 @@ static scenario scenarios[] = {
         /* Grain tables allocated by the writes (both directories). */
         { .name = "vmdk-writes-gt", .fmt = "vmdk", .opts = vmdk_gt_on_demand, .max_crash_seeds = 1, .faulted = 0,
           .qemu = 1, .qemu_every = 8, .per_sector = 1, .build = build_empty_base, .op = op_writes },
+        /* QCOW2: data clusters, L2 tables and refcount blocks allocated by
+         * the writes (refcount block, then L2, then L1), zero clusters, in
+         * place writes; crash images checked by vdisk_check (exact counts:
+         * leaks only) and qemu-img check. */
+        { .name = "qcow2-writes-base", .fmt = "qcow2", .opts = qcow2_64k, .max_crash_seeds = 1, .faulted = 0,
+          .qemu = 1, .qemu_every = 16, .per_sector = 1, .build = build_writes_base, .op = op_writes },
+        { .name = "qcow2-writes-refblocks", .fmt = "qcow2", .opts = qcow2_512_rb64, .max_crash_seeds = 1,
+          .faulted = 0, .qemu = 1, .qemu_every = 16, .per_sector = 1, .build = build_empty_base,
+          .op = op_writes_small },
 };
 
 /* ---------------------------------------------------------------- verification */
@@ -1587,7 +1619,14 @@ int main(int argc, char **argv) {
         have_qemu = access(QEMU_IMG, X_OK) == 0;
         if (!have_qemu)
                 printf("%s not found: skipping the qemu-img check oracle\n", QEMU_IMG);
-        if (getenv("VDISK_CRASH_FORMAT") && strcmp(getenv("VDISK_CRASH_FORMAT"), "vdi") != 0) {
+        if (getenv("VDISK_CRASH_FORMAT") && strcmp(getenv("VDISK_CRASH_FORMAT"), "qcow2") == 0) {
+                /* the qcow2-* scenarios alone (test crash-qcow2) */
+                only_qcow2 = true;
+#ifdef CRASH_ASAN
+                if (strcmp(only, "all") == 0)
+                        only = "qcow2-writes-refblocks";
+#endif
+        } else if (getenv("VDISK_CRASH_FORMAT") && strcmp(getenv("VDISK_CRASH_FORMAT"), "vdi") != 0) {
                 ASSERT(strcmp(getenv("VDISK_CRASH_FORMAT"), "vpc") == 0);
                 crash_fmt = "vpc";
                 fmt_vdi = false;
@@ -1610,6 +1649,9 @@ int main(int argc, char **argv) {
         for (size_t i = 0; i < ELEMENTSOF(scenarios); i++) {
                 if (strcmp(only, "all") != 0 && strcmp(only, scenarios[i].name) != 0)
                         continue;
+                /* qcow2-*: in their own test (VDISK_CRASH_FORMAT=qcow2) */
+                if (strcmp(only, "all") == 0 && only_qcow2 != (strncmp(scenarios[i].name, "qcow2-", 6) == 0))
+                        continue;
                 if (!fmt_vdi && strncmp(scenarios[i].name, "writes-", 7) != 0 &&
                     strncmp(scenarios[i].name, "resize-", 7) != 0 &&
                     strncmp(scenarios[i].name, "compact-", 8) != 0 &&
@@ -1622,7 +1664,7 @@ int main(int argc, char **argv) {
                 run_scenario(&scenarios[i]);
         }
         g_opts = NULL;
-        if ((strcmp(only, "all") == 0 && !asan_subset) || strcmp(only, "copy-source") == 0) {
+        if ((strcmp(only, "all") == 0 && !asan_subset && !only_qcow2) || strcmp(only, "copy-source") == 0) {
                 matched = 1;
                 test_copy_faults();
         }

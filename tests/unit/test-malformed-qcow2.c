@@ -2,8 +2,7 @@
 /*
  * Suite `malformed`: hostile QCOW2 images.
  *
- * The samples are built here byte by byte from the specification (the
- * library does not write qcow2 yet): a v3 image of 1 MiB with 4 KiB
+ * The samples are built here byte by byte from the specification: a v3 image of 1 MiB with 4 KiB
  * clusters, a header extension area (feature name table, end marker), a
  * refcount table and block, an L1 table of one entry, one L2 table, plain
  * data clusters, a zero cluster, a preallocated zero cluster and a
@@ -25,6 +24,11 @@
  * cluster of zeros compressed 4x over), subclusters both allocated and
  * zero; and random bit flips over the metadata. Each case opens or fails
  * cleanly, reads cleanly (whatever it reads) and never allocates hugely.
+ * Writes: the sound samples written (data, zero, compressed and unallocated
+ * clusters) read back, also after a reopen; refcount table entries out of
+ * range, overlapping or unaligned, a misplaced, empty or huge refcount
+ * table, refcount orders above 6 or disagreeing, refcounts at 0 or at their
+ * maximum, the dirty and corrupt bits: each fails cleanly or writes.
  *
  * Usage: test-malformed-qcow2 [SEED [ITERATIONS]]
  */
@@ -255,6 +259,127 @@ static void make_sample(sample *s, const char *name, bool zstd, bool xl2) {
         s->len = (size_t) next;
         s->bytes = b;
         s->content = c;
+        /* exact refcounts (16 bits): every cluster of the file is in use once */
+        for (uint64_t k = 0; k < next / C; k++)
+                b[2 * (size_t) C + 2 * k + 1] = 1;
+}
+
+/* ---------------------------------------------------------------- writes */
+
+/* Opens writable and writes into a data cluster, a zero cluster, the
+ * compressed one, unallocated clusters and the last sector, flushes and
+ * closes. A damaged image may refuse any step, cleanly; a sound one
+ * (must_work) reads what was written, also after a reopen. */
+static void try_write(const sample *s, const char *label, const uint8_t *bytes, size_t len, bool must_work) {
+        static const uint64_t at[][2] = {
+                { 100, 3000 }, { 7 * 4096 + 512, 4096 }, { 11 * 4096 + 10, 20 }, { 20 * 4096, 5 * 4096 + 7 },
+                { 300 * 1024 + 1, 70000 }, { DISK - 512, 512 },
+        };
+        vdisk_io *io = mem_io(label, bytes, len);
+        vdisk_disk *d = disk_new();
+        uint8_t *want = malloc(DISK), *buf = malloc(DISK);
+        int r = 0;
+        rng g;
+
+        ASSERT(want && buf);
+        n_cases++;
+        test_set_context("write case %s (%zu bytes)", label, len);
+        rng_seed(&g, len);
+        memcpy(want, s->content, DISK);
+        vdisk_clear_error();
+        r = vdisk_disk_open(d, io, "qcow2", 0);
+        if (r < 0) {
+                test_check_clean_error(__FILE__, __LINE__, label, r);
+                if (must_work)
+                        FAIL("%s: a sound image was refused writable: %d (%s)", label, r, vdisk_last_error());
+                n_refused++;
+                goto out;
+        }
+        n_opened++;
+        for (size_t i = 0; i < ELEMENTSOF(at) && r >= 0; i++) {
+                fill(&g, want + at[i][0], (size_t) at[i][1]);
+                r = vdisk_disk_write(d, want + at[i][0], (size_t) at[i][1], at[i][0]);
+        }
+        if (r >= 0)
+                r = vdisk_disk_flush(d);
+        if (r < 0) {
+                test_check_clean_error(__FILE__, __LINE__, "write", r);
+                if (must_work)
+                        FAIL("%s: writing a sound image failed: %d (%s)", label, r, vdisk_last_error());
+                goto out;
+        }
+        if (must_work) {
+                ASSERT_OK(vdisk_disk_read(d, buf, DISK, 0));
+                if (memcmp(buf, want, DISK) != 0)
+                        FAIL("%s: does not read what was written", label);
+                d = vdisk_disk_unref(d);
+                d = disk_new();
+                ASSERT_OK(vdisk_disk_open(d, io, "qcow2", VDISK_OPEN_READONLY));
+                ASSERT_OK(vdisk_disk_read(d, buf, DISK, 0));
+                if (memcmp(buf, want, DISK) != 0)
+                        FAIL("%s: does not read what was written after a reopen", label);
+        }
+out:
+        vdisk_disk_unref(d);
+        vdisk_io_unref(io);
+        free(want);
+        free(buf);
+}
+
+static void write_edit(const sample *s, const char *what, size_t off, unsigned width, uint64_t v) {
+        uint8_t *b = malloc(s->len);
+        char label[128];
+
+        ASSERT(b);
+        memcpy(b, s->bytes, s->len);
+        if (width == 8)
+                put64(b + off, v);
+        else if (width == 4)
+                put32(b + off, (uint32_t) v);
+        else if (width == 2)
+                b[off] = (uint8_t) (v >> 8), b[off + 1] = (uint8_t) v;
+        else
+                b[off] = (uint8_t) v;
+        snprintf(label, sizeof label, "%s-w-%s=%#" PRIx64 ".qcow2", s->name, what, v);
+        try_write(s, label, b, s->len, false);
+        free(b);
+}
+
+/* Refcount metadata that lies, seen by a writable open. */
+static void test_writes(const sample *s) {
+        uint64_t C = s->cluster;
+        size_t reft = (size_t) s->reft, rb = 2 * (size_t) C;
+
+        try_write(s, s->name, s->bytes, s->len, true);
+        /* refcount table entries: out of range, overlapping, unaligned, missing */
+        write_edit(s, "reft-entry", reft, 8, 0);
+        write_edit(s, "reft-entry", reft, 8, C);               /* the refcount table itself */
+        write_edit(s, "reft-entry", reft, 8, s->l1);           /* the L1 table */
+        write_edit(s, "reft-entry", reft, 8, 512);             /* the header */
+        write_edit(s, "reft-entry", reft, 8, 2 * C + 512);     /* unaligned */
+        write_edit(s, "reft-entry", reft, 8, s->len);          /* past the end */
+        write_edit(s, "reft-entry", reft, 8, UINT64_C(0x00fffffffffff000));
+        write_edit(s, "reft-entry", reft, 8, UINT64_MAX);
+        /* the table itself: misplaced, empty, huge */
+        write_edit(s, "reft-offset", 48, 8, 0);
+        write_edit(s, "reft-offset", 48, 8, s->l1);
+        write_edit(s, "reft-offset", 48, 8, s->len);
+        write_edit(s, "reft-offset", 48, 8, C + 8);
+        write_edit(s, "reft-clusters", 56, 4, 0);
+        write_edit(s, "reft-clusters", 56, 4, 3);              /* over the refcount block and L1 */
+        write_edit(s, "reft-clusters", 56, 4, UINT32_MAX);
+        write_edit(s, "refcount-order", 96, 4, 7);
+        write_edit(s, "refcount-order", 96, 4, UINT32_MAX);
+        write_edit(s, "refcount-order", 96, 4, 0);             /* widths that disagree with the block */
+        write_edit(s, "refcount-order", 96, 4, 6);
+        /* refcounts that lie: a used cluster at 0 (a decrement would underflow), at the maximum */
+        for (uint64_t k = 0; k < s->len / C; k++) {
+                write_edit(s, "refcount-zero", rb + 2 * k, 2, 0);
+                write_edit(s, "refcount-max", rb + 2 * k, 2, 0xffff);
+        }
+        /* dirty and corrupt bits: refused writable */
+        write_edit(s, "incompat", 72, 8, be64(s->bytes + 72) | 1);
+        write_edit(s, "incompat", 72, 8, be64(s->bytes + 72) | 2);
 }
 
 /* ---------------------------------------------------------------- cases */
@@ -493,6 +618,7 @@ int main(int argc, char **argv) {
                 test_truncation(s);
                 test_header(s);
                 test_tables(s);
+                test_writes(s);
                 fuzz(s, seed + i, iterations);
                 free(s->bytes);
                 free(s->content);

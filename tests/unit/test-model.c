@@ -72,6 +72,13 @@ static const model_cfg mixed_configs[] = {
         { "mixed-64KiB", 64 * KiB, 64 * KiB, 3 * MiB, 1536 * KiB, 4 * MiB, 1 * MiB, "mixed" },
         { "mixed-default", 0, 1 * MiB, 48 * MiB, 24 * MiB, 64 * MiB, 3 * MiB, "mixed" },
 };
+/* QCOW2 (VDISK_MODEL_FORMAT=qcow2): diffs link their parent by name; no
+ * compact and no resize yet (bits 7, 8: OP_COMPACT, OP_RESIZE below). 512-byte
+ * clusters move the refcount table as the files grow. */
+static const model_cfg qcow2_configs[] = {
+        { "qcow2-64KiB", 0, 64 * KiB, 3 * MiB, 1536 * KiB, 4 * MiB, 1 * MiB, "qcow2", 3u << 7 },
+        { "qcow2-512B", 512, 512, 3 * MiB, 1536 * KiB, 4 * MiB, 256 * KiB, "qcow2", 3u << 7 },
+};
 static const model_cfg *configs = vdi_configs;
 static const char *model_fmt = "vdi";
 static const char *const vhd_options[] = { "force_size", "on", NULL };
@@ -91,6 +98,7 @@ enum {
 };
 
 _Static_assert(OP_COMPACT == 7, "model_cfg.no_ops of the vmdk config");
+_Static_assert(OP_RESIZE == 8, "model_cfg.no_ops of the qcow2 configs");
 
 /* The format of the next new image: the config's, or in a mixed chain VDI,
  * VMDK and VHD in turn. */
@@ -218,6 +226,23 @@ static void verify_chain(run *s) {
                 ASSERT(img);
                 ASSERT_STREQ(vdisk_image_name(img), vdisk_io_name(s->ios[i]));
                 ASSERT_EQ_U64(vdisk_image_index(img), i);
+                if (is_fmt(s->fmts[i], "qcow2")) {
+                        /* no UUIDs: the backing file name is the link */
+                        const char *pname = NULL, *pfmt = NULL;
+
+                        r = vdisk_image_get_parent_name(img, &pname, &pfmt);
+                        if (i == 0) {
+                                if (r >= 0 && pname && pname[0])
+                                        FAIL("base image %s names a backing file '%s'", vdisk_image_name(img), pname);
+                        } else {
+                                ASSERT_OK(r);
+                                ASSERT(pname);
+                                if (strcmp(pname, vdisk_io_name(s->ios[i - 1])) != 0)
+                                        FAIL("image %u (%s) names '%s', not image %u", i, vdisk_image_name(img),
+                                             pname, i - 1);
+                        }
+                        continue;
+                }
                 r = vdisk_image_get_parent_uuid(img, parent);
                 /* VMDK records no parent UUID in a base (no ddb.uuid.parent) */
                 if (r == -EOPNOTSUPP && i == 0 && is_fmt(s->fmts[0], "vmdk"))
@@ -320,6 +345,11 @@ static void create_diff(run *s) {
         ASSERT(s->n < MAX_DEPTH);
         io = new_image_io(s, &fmt);
         o.options = fmt_options(fmt);
+        if (is_fmt(fmt, "qcow2")) {
+                /* qcow2 names its backing file (no UUIDs) */
+                o.parent_name = vdisk_io_name(s->ios[s->n - 1]);
+                o.parent_format = s->fmts[s->n - 1];
+        }
         note(s, "create diff %s on top of %u images", vdisk_io_name(io), s->n);
         ASSERT_OK(vdisk_disk_create_diff(s->d, io, fmt, &o));
         s->fmts[s->n] = fmt;
@@ -791,7 +821,15 @@ int main(int argc, char **argv) {
         const char *e = getenv("VDISK_MODEL_FORMAT");
         unsigned cfg_lo = 0, cfg_hi = ELEMENTSOF(vdi_configs);
 
-        if (e && strcmp(e, "mixed") == 0) {
+        if (e && strcmp(e, "qcow2") == 0) {
+                model_fmt = "qcow2";
+                configs = qcow2_configs;
+                cfg_hi = ELEMENTSOF(qcow2_configs);
+#ifdef MODEL_ASAN
+                if (argc == 1)
+                        n_seeds = 1;
+#endif
+        } else if (e && strcmp(e, "mixed") == 0) {
                 configs = mixed_configs;
                 cfg_hi = ELEMENTSOF(mixed_configs);
 #ifdef MODEL_ASAN
