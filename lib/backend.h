@@ -58,6 +58,20 @@ enum {
 int files_open(vdisk_files *f, const char *name, uint32_t flags, vdisk_io **ret);
 
 /* What open() and create() get. */
+/* An internal snapshot to open instead of the image's current state
+ * (vdisk_disk_set_snapshot(), qemu-img's -l). */
+typedef struct snapshot_sel {
+        const char *id;         /* NULL: any id */
+        const char *name;       /* NULL: any name */
+        /* Only `id` is set, and it names an id or, when no id matches, a
+         * name (qemu-img's bare "-l X"). */
+        int id_or_name;
+} snapshot_sel;
+
+/* The index in v[0, n) (list_snapshots() order) of the snapshot `sel`
+ * names; the first match wins. -ENOENT (recorded, naming it) when none. */
+int snapshot_find(const vdisk_snapshot *v, size_t n, const snapshot_sel *sel, size_t *ret);
+
 typedef struct open_ctx {
         vdisk_io *io;           /* the image's own file; borrowed, outlives the state */
         vdisk_files *files;     /* companion files (never NULL; may have no resolver) */
@@ -74,6 +88,13 @@ typedef struct open_ctx {
          * lib/fmt/tablecache under it, other metadata it keeps in proportion
          * to the image's size is charged with tc_budget_charge(). Never NULL. */
         tc_budget *budget;
+        /* NULL: the image's current state. Else the internal snapshot to
+         * read instead (never with `writable`): the backend finds it with
+         * snapshot_find() over its list_snapshots() and from then on maps,
+         * sizes and decodes as the snapshot recorded it, checking the
+         * snapshot's tables as hostile as the current ones. Only backends
+         * with list_snapshots get it (the core refuses it for others). */
+        const snapshot_sel *snapshot;
 } open_ctx;
 
 /* How a range of an image reads. */

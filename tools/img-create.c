@@ -494,7 +494,7 @@ int cmd_convert(int argc, char **argv) {
                 { "bitmaps",            no_argument, NULL, ARG_BITMAPS },
                 {}
         };
-        const char *fmt = NULL, *out_fmt = "raw", *backing = NULL, *backing_fmt = NULL, *in, *out;
+        const char *fmt = NULL, *out_fmt = "raw", *backing = NULL, *backing_fmt = NULL, *snapshot = NULL, *in, *out;
         _cleanup_(optlist_done) OptList opts = {};
         _cleanup_(vdisk_io_unrefp) vdisk_io *out_io = NULL;
         _cleanup_(vdisk_disk_unrefp) vdisk_disk *dst = NULL;
@@ -549,8 +549,8 @@ int cmd_convert(int argc, char **argv) {
                         log_error("Compressed output (-c) is not supported");
                         return EXIT_ERROR;
                 case 'l':
-                        log_error("Internal snapshots (-l) are not supported");
-                        return EXIT_ERROR;
+                        snapshot = optarg;
+                        break;
                 case 'C':
                         log_error("Copy offloading (-C) is not supported");
                         return EXIT_ERROR;
@@ -644,7 +644,7 @@ int cmd_convert(int argc, char **argv) {
                 new_size = ALIGN_UP(new_size, (uint64_t) VDISK_SECTOR_SIZE);
         }
 
-        r = img_open(in, fmt, IMG_CHAIN, &src);
+        r = img_open_snapshot(in, fmt, IMG_CHAIN, snapshot, &src);
         if (r < 0)
                 return EXIT_ERROR;
 

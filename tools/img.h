@@ -99,6 +99,10 @@ typedef struct Img {
  * probe guessed raw for a writable open, prints qemu's warning and refuses
  * any write to the first sector. Disk warnings go to stderr. */
 int img_open(const char *filename, const char *fmt, uint32_t flags, Img *ret);
+/* The same, reading the internal snapshot `snapshot` of the top image
+ * (qemu-img's -l: "snapshot.id=ID", "snapshot.name=NAME" or a bare id or
+ * name; NULL: the current state). Needs a read-only open. */
+int img_open_snapshot(const char *filename, const char *fmt, uint32_t flags, const char *snapshot, Img *ret);
 /* Closes the image's disk, flushing it. A failed final flush is logged
  * (naming the file) and returned. */
 int img_close(Img *img);

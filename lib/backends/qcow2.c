@@ -259,6 +259,8 @@ static int qcow2_probe(const uint8_t *head, size_t head_len, const uint8_t *tail
         return 0;
 }
 
+static int select_snapshot(qcow2_state *s, const snapshot_sel *sel);
+
 static int qcow2_open(void *state, const open_ctx *c) {
         qcow2_state *s = state;
         _cleanup_free_ uint8_t *buf = NULL;
@@ -423,6 +425,12 @@ static int qcow2_open(void *state, const open_ctx *c) {
         } else
                 s->data_size = s->file_size;
 
+        if (c->snapshot) {
+                assert(!c->writable);
+                r = select_snapshot(s, c->snapshot);
+                if (r < 0)
+                        return r;
+        }
         if (s->l1_size > 0) {
                 tc_table_params p = {
                         .offset = s->l1_offset,
@@ -791,9 +799,71 @@ static int qcow2_get_format_info(void *state, strv_builder *kv) {
         return r;
 }
 
-static int qcow2_list_snapshots(void *state, vdisk_snapshot **ret, size_t *ret_n) {
-        qcow2_state *s = state;
+/* One snapshot table entry (40 bytes, then extra data, id and name; the
+ * next entry starts 8-aligned). */
+typedef struct snap_entry {
+        uint64_t l1_offset;
+        uint32_t l1_size;
+        uint64_t next;          /* file offset of the next entry */
+} snap_entry;
+
+/* Reads the n-th entry, at `off`, into *sn (id and name allocated, freed by
+ * the caller even on failure) and *e. Checks what reading it needs; the L1
+ * table is checked only by the open that uses it. */
+static int read_snapshot(qcow2_state *s, uint64_t off, size_t n, vdisk_snapshot *sn, snap_entry *e) {
+        uint8_t h[40], extra[24] = {};
+        uint32_t extra_size;
+        uint16_t id_len, name_len;
+        uint64_t entry_len;
+        int r;
+
+        if (off - s->snapshots_offset > QCOW2_SNAP_TABLE_MAX || !range_within(off, sizeof h, s->file_size))
+                return vdisk_error(-EUCLEAN, "qcow2: snapshot table entry %zu is outside the file", n);
+        r = io_pread(s->io, h, sizeof h, off);
+        if (r < 0)
+                return r;
+        id_len = get_be16(h + 12);
+        name_len = get_be16(h + 14);
+        extra_size = get_be32(h + 36);
+        if (extra_size > QCOW2_SNAP_EXTRA_MAX)
+                return vdisk_error(-EUCLEAN, "qcow2: snapshot %zu has %" PRIu32 " bytes of extra data", n,
+                                   extra_size);
+        /* the padding after the last entry need not be in the file */
+        entry_len = sizeof h + extra_size + id_len + name_len;
+        if (!range_within(off, entry_len, s->file_size))
+                return vdisk_error(-EUCLEAN, "qcow2: snapshot %zu runs past the end of the file", n);
+        sn->id = calloc(1, (size_t) id_len + 1);
+        sn->name = calloc(1, (size_t) name_len + 1);
+        if (!sn->id || !sn->name)
+                return -ENOMEM;
+        r = io_pread(s->io, extra, MIN(extra_size, (uint32_t) sizeof extra), off + sizeof h);
+        if (r >= 0)
+                r = io_pread(s->io, sn->id, id_len, off + sizeof h + extra_size);
+        if (r >= 0)
+                r = io_pread(s->io, sn->name, name_len, off + sizeof h + extra_size + id_len);
+        if (r < 0)
+                return r;
+        /* an id or a name with a NUL inside could never be asked for */
+        if (strlen(sn->id) != id_len || strlen(sn->name) != name_len)
+                return vdisk_error(-EUCLEAN, "qcow2: snapshot %zu has a NUL byte in its id or name", n);
+        sn->date_sec = get_be32(h + 16);
+        sn->date_nsec = get_be32(h + 20);
+        sn->vm_clock_nsec = get_be64(h + 24);
+        sn->vm_state_size = extra_size >= 8 ? get_be64(extra) : get_be32(h + 32);
+        sn->disk_size = extra_size >= 16 ? get_be64(extra + 8) : s->size;
+        sn->icount = extra_size >= 24 ? get_be64(extra + 16) : VDISK_SNAPSHOT_NO_ICOUNT;
+        *e = (snap_entry) {
+                .l1_offset = get_be64(h),
+                .l1_size = get_be32(h + 8),
+                .next = off + ALIGN_UP(entry_len, UINT64_C(8)),
+        };
+        return 0;
+}
+
+/* The whole table; with `ret_e`, each entry's L1 table too. */
+static int read_snapshots(qcow2_state *s, vdisk_snapshot **ret, snap_entry **ret_e, size_t *ret_n) {
         vdisk_snapshot *v;
+        _cleanup_free_ snap_entry *e = NULL;
         uint64_t off = s->snapshots_offset;
         size_t n = 0;
         int r = 0;
@@ -803,63 +873,69 @@ static int qcow2_list_snapshots(void *state, vdisk_snapshot **ret, size_t *ret_n
         if (s->nb_snapshots == 0)
                 return 0;
         v = calloc(s->nb_snapshots, sizeof *v);
-        if (!v)
+        e = calloc(s->nb_snapshots, sizeof *e);
+        if (!v || !e) {
+                free(v);
                 return -ENOMEM;
+        }
         for (; n < s->nb_snapshots; n++) {
-                uint8_t e[40], extra[16] = {};
-                uint32_t extra_size;
-                uint16_t id_len, name_len;
-                uint64_t entry_len;
-
-                if (off - s->snapshots_offset > QCOW2_SNAP_TABLE_MAX || !range_within(off, sizeof e, s->file_size)) {
-                        r = vdisk_error(-EUCLEAN, "qcow2: snapshot table entry %zu is outside the file", n);
-                        break;
-                }
-                r = io_pread(s->io, e, sizeof e, off);
-                if (r < 0)
-                        break;
-                id_len = get_be16(e + 12);
-                name_len = get_be16(e + 14);
-                extra_size = get_be32(e + 36);
-                if (extra_size > QCOW2_SNAP_EXTRA_MAX) {
-                        r = vdisk_error(-EUCLEAN, "qcow2: snapshot %zu has %" PRIu32 " bytes of extra data", n,
-                                        extra_size);
-                        break;
-                }
-                entry_len = ALIGN_UP(sizeof e + extra_size + id_len + name_len, UINT64_C(8));
-                if (!range_within(off, entry_len, s->file_size)) {
-                        r = vdisk_error(-EUCLEAN, "qcow2: snapshot %zu runs past the end of the file", n);
-                        break;
-                }
-                v[n].id = calloc(1, (size_t) id_len + 1);
-                v[n].name = calloc(1, (size_t) name_len + 1);
-                if (!v[n].id || !v[n].name) {
-                        r = -ENOMEM;
-                        n++;
-                        break;
-                }
-                r = io_pread(s->io, extra, MIN(extra_size, (uint32_t) sizeof extra), off + sizeof e);
-                if (r >= 0)
-                        r = io_pread(s->io, v[n].id, id_len, off + sizeof e + extra_size);
-                if (r >= 0)
-                        r = io_pread(s->io, v[n].name, name_len, off + sizeof e + extra_size + id_len);
+                r = read_snapshot(s, off, n, &v[n], &e[n]);
                 if (r < 0) {
                         n++;
                         break;
                 }
-                v[n].date_sec = get_be32(e + 16);
-                v[n].date_nsec = get_be32(e + 20);
-                v[n].vm_clock_nsec = get_be64(e + 24);
-                v[n].vm_state_size = extra_size >= 8 ? get_be64(extra) : get_be32(e + 32);
-                v[n].disk_size = extra_size >= 16 ? get_be64(extra + 8) : s->size;
-                off += entry_len;
+                off = e[n].next;
         }
         if (r < 0) {
                 vdisk_snapshots_free(v, n);
                 return r;
         }
         *ret = v;
+        if (ret_e)
+                *ret_e = TAKE_PTR(e);
         *ret_n = n;
+        return 0;
+}
+
+static int qcow2_list_snapshots(void *state, vdisk_snapshot **ret, size_t *ret_n) {
+        return read_snapshots(state, ret, NULL, ret_n);
+}
+
+/* Open: reads the snapshot `sel` names instead of the current state: its
+ * L1 table (checked as the current one is) and its virtual size. */
+static int select_snapshot(qcow2_state *s, const snapshot_sel *sel) {
+        vdisk_snapshot *v = NULL;
+        _cleanup_free_ snap_entry *e = NULL;
+        size_t n = 0, i;
+        uint64_t size;
+        int r;
+
+        r = read_snapshots(s, &v, &e, &n);
+        if (r < 0)
+                return r;
+        r = snapshot_find(v, n, sel, &i);
+        if (r < 0) {
+                vdisk_snapshots_free(v, n);
+                return r;
+        }
+        size = v[i].disk_size;
+        vdisk_snapshots_free(v, n);
+        if (size > QCOW2_SIZE_MAX)
+                return vdisk_error(-EFBIG, "qcow2: snapshot %zu has a virtual size of %" PRIu64 " bytes", i, size);
+        if ((uint64_t) e[i].l1_size * 8 > QCOW2_L1_MAX_BYTES)
+                return vdisk_error(-EFBIG, "qcow2: snapshot %zu has an L1 table of %" PRIu32 " entries, too big", i,
+                                   e[i].l1_size);
+        if (e[i].l1_size < DIV_ROUND_UP(size, s->l2_coverage))
+                return vdisk_error(-EUCLEAN, "qcow2: snapshot %zu has an L1 table of %" PRIu32 " entries, too "
+                                   "small for %" PRIu64 " bytes", i, e[i].l1_size, size);
+        if (e[i].l1_size > 0 && (e[i].l1_offset < s->cluster_size || e[i].l1_offset % s->cluster_size != 0 ||
+                                 !range_within(e[i].l1_offset, (uint64_t) e[i].l1_size * 8, s->file_size)))
+                return vdisk_error(-EUCLEAN, "qcow2: snapshot %zu has its L1 table at %" PRIu64 " (%" PRIu32
+                                   " entries), not cluster-aligned within the file (%" PRIu64 " bytes)", i,
+                                   e[i].l1_offset, e[i].l1_size, s->file_size);
+        s->size = size;
+        s->l1_offset = e[i].l1_offset;
+        s->l1_size = e[i].l1_size;
         return 0;
 }
 
