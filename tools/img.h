@@ -151,6 +151,10 @@ int cmd_rebase(int argc, char **argv);
 int cmd_compact(int argc, char **argv);
 int cmd_setuuid(int argc, char **argv);
 int cmd_comment(int argc, char **argv);
+int cmd_snapshot(int argc, char **argv);
+
+/* qemu-img's table of internal snapshots (the lines after "Snapshot list:"). */
+void print_snapshot_table(const vdisk_snapshot *v, size_t n);
 
 /* Prints the full help text (used by --help and "COMMAND --help"). */
 void print_help(void);
