@@ -531,9 +531,13 @@ static int unit_status(qcow2_state *s, uint64_t voff, map_result *ret) {
         tc_table *l2 = NULL;
         int r;
 
-        r = tc_get(s->l1, l1i, &l1e);
-        if (r < 0)
-                return r;
+        if (l1i >= s->l1_size)
+                l1e = 0;   /* past a snapshot's smaller L1 table (the current one covers the disk) */
+        else {
+                r = tc_get(s->l1, l1i, &l1e);
+                if (r < 0)
+                        return r;
+        }
         l2_off = l1e & OFFSET_MASK;
         if (l2_off == 0) {
                 *ret = (map_result) {
@@ -902,38 +906,32 @@ static int qcow2_list_snapshots(void *state, vdisk_snapshot **ret, size_t *ret_n
 }
 
 /* Open: reads the snapshot `sel` names instead of the current state: its
- * L1 table (checked as the current one is) and its virtual size. */
+ * L1 table, checked as the current one is. The virtual size stays the
+ * image's, as qemu-img reads a snapshot (`convert -l` switches the L1 table
+ * only): past the end of a smaller snapshot's L1 table the disk reads
+ * unallocated (the backing file shows through), and a snapshot of a larger
+ * disk is cut at the current size. */
 static int select_snapshot(qcow2_state *s, const snapshot_sel *sel) {
         vdisk_snapshot *v = NULL;
         _cleanup_free_ snap_entry *e = NULL;
         size_t n = 0, i;
-        uint64_t size;
         int r;
 
         r = read_snapshots(s, &v, &e, &n);
         if (r < 0)
                 return r;
         r = snapshot_find(v, n, sel, &i);
-        if (r < 0) {
-                vdisk_snapshots_free(v, n);
-                return r;
-        }
-        size = v[i].disk_size;
         vdisk_snapshots_free(v, n);
-        if (size > QCOW2_SIZE_MAX)
-                return vdisk_error(-EFBIG, "qcow2: snapshot %zu has a virtual size of %" PRIu64 " bytes", i, size);
+        if (r < 0)
+                return r;
         if ((uint64_t) e[i].l1_size * 8 > QCOW2_L1_MAX_BYTES)
                 return vdisk_error(-EFBIG, "qcow2: snapshot %zu has an L1 table of %" PRIu32 " entries, too big", i,
                                    e[i].l1_size);
-        if (e[i].l1_size < DIV_ROUND_UP(size, s->l2_coverage))
-                return vdisk_error(-EUCLEAN, "qcow2: snapshot %zu has an L1 table of %" PRIu32 " entries, too "
-                                   "small for %" PRIu64 " bytes", i, e[i].l1_size, size);
         if (e[i].l1_size > 0 && (e[i].l1_offset < s->cluster_size || e[i].l1_offset % s->cluster_size != 0 ||
                                  !range_within(e[i].l1_offset, (uint64_t) e[i].l1_size * 8, s->file_size)))
                 return vdisk_error(-EUCLEAN, "qcow2: snapshot %zu has its L1 table at %" PRIu64 " (%" PRIu32
                                    " entries), not cluster-aligned within the file (%" PRIu64 " bytes)", i,
                                    e[i].l1_offset, e[i].l1_size, s->file_size);
-        s->size = size;
         s->l1_offset = e[i].l1_offset;
         s->l1_size = e[i].l1_size;
         return 0;
