@@ -237,6 +237,29 @@ typedef struct create_params {
         const char *const *options;
 } create_params;
 
+/* What measure() gets (vdisk_measure(), qemu-img measure). */
+typedef struct measure_params {
+        uint64_t size;              /* the virtual size (the input's, when there is one) */
+        /* "-o" pairs as create_params.options (checked against
+         * info.create_options and normalized). */
+        const char *const *options;
+        int has_input;              /* the content of an input disk is measured */
+        int has_backing;            /* "-o backing_file": the new image would be a diff */
+        int input_is_qcow2;         /* the input's top image can hold persistent bitmaps */
+        /* With an input: how many `unit`-byte units (aligned from offset 0)
+         * hold data, from the input's block status (an extent with data and
+         * not known to be zero), each unit counted once: qemu's count. */
+        int (*count_units)(void *ctx, uint64_t unit, uint64_t *ret);
+        void *ctx;
+} measure_params;
+
+typedef struct measure_result {
+        uint64_t required;          /* the new image with the input's data (or empty) */
+        uint64_t fully_allocated;   /* the new image with every block allocated */
+        int has_bitmaps;            /* print "bitmaps size" (qcow2 v3 from an input that can have them) */
+        uint64_t bitmaps;
+} measure_result;
+
 /* Compact asks the core, for each allocated block, what may replace it. */
 typedef enum compact_verdict {
         COMPACT_KEEP,
@@ -417,6 +440,13 @@ typedef struct vdisk_backend {
          * check_report_add() (lib/util). `p` (may be NULL) as for resize: a
          * repair that moves data reports its bytes. Optional (-EOPNOTSUPP). */
         int (*check)(void *state, uint32_t flags, vdisk_check_report *r, vdisk_progress *p);
+
+        /* The file size a new image would take (qemu-img measure): an upper
+         * bound of what create() and then writing the input's data make
+         * (with the core's copy, which writes no zero blocks), and qemu's
+         * own figures where the layouts are qemu's. No state, no I/O but
+         * count_units(). Optional (-EOPNOTSUPP). */
+        int (*measure)(const measure_params *p, measure_result *ret);
 } vdisk_backend;
 
 /* The backend table (lib/core/registry.c). */

@@ -152,6 +152,7 @@ int cmd_compact(int argc, char **argv);
 int cmd_setuuid(int argc, char **argv);
 int cmd_comment(int argc, char **argv);
 int cmd_snapshot(int argc, char **argv);
+int cmd_measure(int argc, char **argv);
 
 /* qemu-img's table of internal snapshots (the lines after "Snapshot list:"). */
 void print_snapshot_table(const vdisk_snapshot *v, size_t n);
@@ -182,6 +183,7 @@ enum {
         ARG_TARGET_IMAGE_OPTS,
         ARG_SALVAGE,
         ARG_BITMAPS,
+        ARG_SIZE,
 };
 
 #define COMMON_LONG_OPTIONS                                             \

@@ -31,6 +31,7 @@ static const Command commands[] = {
         { "create",   cmd_create },
         { "info",     cmd_info },
         { "map",      cmd_map },
+        { "measure",  cmd_measure },
         { "rebase",   cmd_rebase },
         { "repair",   cmd_repair },
         { "resize",   cmd_resize },
@@ -56,6 +57,7 @@ void print_help(void) {
                "  create [-q] [-f fmt] [-b backing_file [-F backing_fmt]] [-u] [-o options] filename [size]\n"
                "  info [-f fmt] [--output=ofmt] [--backing-chain] [-U] filename\n"
                "  map [-f fmt] [--start-offset=offset] [--max-length=len] [--output=ofmt] [-U] filename\n"
+               "  measure [--output=ofmt] [-O output_fmt] [-o options] [--size N | [-f fmt] [-l snapshot_param] filename]\n"
                "  rebase [-q] [-f fmt] [-p] [-u] -b backing_file [-F backing_fmt] filename\n"
                "  resize [-f fmt] [-q] [--shrink] filename [+ | -]size\n"
                "  snapshot [-f fmt] [-q] [-U] [-l] filename   (-a, -c, -d: not supported yet)\n"

@@ -60,6 +60,7 @@
 
 #include "backend.h"
 #include "fmt/tablecache.h"
+#include "qcow2-measure.h"
 #include "io/io.h"
 #include "util/util.h"
 
@@ -948,6 +949,7 @@ const vdisk_backend backend_qcow2 = {
                 .caps = VDISK_CAP_FILE | VDISK_CAP_DIFF,
                 .media = VDISK_MEDIA_HDD,
                 .extensions = qcow2_extensions,
+                .create_options = qcow2_create_options,
         },
         .flags = BACKEND_READ_ONLY,
         .state_size = sizeof(qcow2_state),
@@ -962,4 +964,5 @@ const vdisk_backend backend_qcow2 = {
         .get_info = qcow2_get_info,
         .get_format_info = qcow2_get_format_info,
         .list_snapshots = qcow2_list_snapshots,
+        .measure = qcow2_measure,
 };

@@ -473,6 +473,23 @@ typedef struct vdisk_create_opts {
         vdisk_resolver *resolver;
 } vdisk_create_opts;
 
+/* How large a new image would be (qemu-img measure). */
+typedef struct vdisk_measure_info {
+        uint64_t required;          /* bytes for the new image holding the input's data (or empty) */
+        uint64_t fully_allocated;   /* bytes with every block of the image allocated */
+        int has_bitmaps;            /* qcow2 v3 from an input that can hold bitmaps: "bitmaps size" */
+        uint64_t bitmaps;           /* bytes of persistent bitmaps (vdisk copies none: 0) */
+} vdisk_measure_info;
+/* Measures a new image of `format` with `options` ("-o" pairs as in
+ * vdisk_create_opts, "backing_file" included) that would hold the content of
+ * `in` (its whole chain, as a copy writes it; its virtual size), or, when `in`
+ * is NULL, an empty image of `size` bytes. The figures bound the file that
+ * vdisk_copy into such an image writes, and equal qemu-img measure's for the
+ * formats qemu measures (raw, qcow2). -EOPNOTSUPP for formats (or
+ * variants) that cannot be measured. */
+int vdisk_measure(const char *format, const char *const *options, uint64_t size, vdisk_disk *in,
+                  vdisk_measure_info *ret);
+
 /* VDCreateBase: creates a new base image of `size` bytes on io (which must be
  * empty and writable) and opens it as image 0 of an empty container. */
 int vdisk_disk_create_base(vdisk_disk *d, vdisk_io *io, const char *format, uint64_t size,
