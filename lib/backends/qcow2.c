@@ -420,7 +420,8 @@ static int qcow2_open(void *state, const open_ctx *c) {
                 r = files_open(c->files, s->data_file_name, 0, &s->data_io);
                 if (r < 0)
                         return r;
-                r = io_get_size(s->data_io, &s->data_size);
+                /* VDISK_OPEN_LIST_FILES: only named, not opened (no data is read) */
+                r = s->data_io ? io_get_size(s->data_io, &s->data_size) : 0;
                 if (r < 0)
                         return r;
         } else
