@@ -33,6 +33,7 @@ struct vdisk_image {
         unsigned index;         /* position in the chain, 0 = base */
         int writable;           /* opened for writing */
         int info_only;          /* VDISK_OPEN_INFO */
+        int snapshot;           /* reads an internal snapshot: never written, never reopened writable */
         int open_ok;            /* be->open/create succeeded: close() needed */
         int created;            /* made by image_create() */
         int finished;           /* BACKEND_STREAM: finish() done */

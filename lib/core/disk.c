@@ -208,6 +208,8 @@ int disk_make_writable(vdisk_disk *d, unsigned level) {
                 return vdisk_error(-EPERM, "%s: opened for information only", vdisk_io_name(img->io));
         if (img->writable)
                 return 0;
+        if (img->snapshot)
+                return vdisk_error(-EROFS, "%s: a snapshot is read-only", vdisk_io_name(img->io));
         if (d->readonly)
                 return vdisk_error(-EROFS, "%s: image is read-only (the chain was opened read-only)",
                                    vdisk_io_name(img->io));
@@ -474,7 +476,8 @@ int vdisk_disk_open_chain(vdisk_disk *d, vdisk_resolver *res, vdisk_io *top, con
                  * only read. */
                 if (r >= 0)
                         r = image_open_snapshot(be, io, res, writable && n == 0,
-                                                !!(open_flags & VDISK_OPEN_INFO), d->budget, n == 0 && snap.set ? &snap.sel : NULL, &chain[n]);
+                                                !!(open_flags & VDISK_OPEN_INFO), d->budget,
+                                                n == 0 && snap.set ? &snap.sel : NULL, &chain[n]);
                 vdisk_io_unref(io);
                 if (r < 0)
                         goto fail;

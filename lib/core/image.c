@@ -68,6 +68,7 @@ int image_open_snapshot(const vdisk_backend *be, vdisk_io *io, vdisk_resolver *r
                 return r;
         img->writable = writable;
         img->info_only = !!info_only;
+        img->snapshot = !!snap;
         r = files_new(res, vdisk_io_name(io), writable, &img->files);
         if (r < 0) {
                 image_free(img);

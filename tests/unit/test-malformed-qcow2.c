@@ -495,6 +495,12 @@ static void snap_case(const sample *s, const char *what, const char *snap, size_
         free(b);
 }
 
+static int reopen_calls;
+static int count_reopen(void *user, vdisk_io *io, vdisk_io **ret) {
+        reopen_calls++;
+        return -EACCES;
+}
+
 static void test_snapshots(const sample *s) {
         uint8_t *zeros = calloc(1, DISK);
         uint64_t T, C = s->cluster;
@@ -536,6 +542,25 @@ static void test_snapshots(const sample *s) {
                 ASSERT(vdisk_disk_set_snapshot(d, "snapshot.id=1,snapshot.id=2") == -EINVAL);
                 ASSERT(vdisk_disk_set_snapshot(d, NULL) == 0);
                 vdisk_disk_unref(d);
+                {
+                        /* a snapshot is never reopened writable: a write
+                         * would land in the current state */
+                        vdisk_resolver_ops ops = { .size = sizeof ops, .reopen = count_reopen };
+                        vdisk_resolver *res = NULL;
+                        uint8_t sector[512] = { 1 };
+
+                        d = disk_new();
+                        ASSERT(vdisk_resolver_new_ops(&ops, NULL, &res) == 0);
+                        ASSERT(vdisk_disk_set_resolver(d, res) == 0);
+                        vdisk_resolver_unref(res);
+                        ASSERT(vdisk_disk_set_snapshot(d, "1") == 0);
+                        ASSERT(vdisk_disk_open(d, io, "qcow2", VDISK_OPEN_READONLY) == 0);
+                        reopen_calls = 0;
+                        ASSERT(vdisk_disk_write(d, sector, sizeof sector, 0) == -EROFS);
+                        ASSERT(vdisk_resize(d, 2 * DISK, NULL) == -EROFS);
+                        ASSERT(reopen_calls == 0);
+                        vdisk_disk_unref(d);
+                }
                 vdisk_io_unref(io);
         }
         free(b);
