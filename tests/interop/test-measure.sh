@@ -7,7 +7,7 @@
 #     JSON, for --size and for inputs qemu-img made: raw with holes, qcow2
 #     with zero, compressed and discarded clusters, a qcow2 over a backing
 #     file, a qcow2 snapshot (-l), vdi, vmdk and vpc;
-#   - vdi, vpc (dynamic, fixed) and vmdk (monolithicSparse, with and without
+#   - raw, and vdi, vpc (dynamic, fixed) and vmdk (monolithicSparse, with and without
 #     gt_on_demand), which qemu-img does not measure: `vdisk-img convert`
 #     of each input never writes a file larger than the measured "required
 #     size", nor with -S 0 (every block) larger than "fully allocated size";
@@ -97,6 +97,7 @@ fits() {
                 rm -f out.img
         done
 }
+fits raw ""
 fits vdi ""
 fits vdi static=on
 fits vpc ""
