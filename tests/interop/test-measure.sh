@@ -85,12 +85,12 @@ fits() {
                 req=$(py json-get m.json required)
                 full=$(py json-get m.json fully-allocated)
                 rm -f out.img
-                vimg convert -O "$fmt" "${oo[@]}" "$f" out.img
+                vimg convert -t unsafe -O "$fmt" "${oo[@]}" "$f" out.img
                 got=$(stat -c %s out.img 2>/dev/null || echo missing)
                 expect_true "$fmt $o from $f: the copy ($got bytes) fits the required size ($req)" \
                         test "$got" != missing -a "$got" -le "$req"
                 rm -f out.img
-                vimg convert -S 0 -O "$fmt" "${oo[@]}" "$f" out.img
+                vimg convert -t unsafe -S 0 -O "$fmt" "${oo[@]}" "$f" out.img
                 got=$(stat -c %s out.img 2>/dev/null || echo missing)
                 expect_true "$fmt $o from $f: a full copy ($got bytes) fits the fully allocated size ($full)" \
                         test "$got" != missing -a "$got" -le "$full"
