@@ -59,6 +59,20 @@ enum {
 int files_open(vdisk_files *f, const char *name, uint32_t flags, vdisk_io **ret);
 
 /* What open() and create() get. */
+/* An internal snapshot to open instead of the image's current state
+ * (vdisk_disk_set_snapshot(), qemu-img's -l). */
+typedef struct snapshot_sel {
+        const char *id;         /* NULL: any id */
+        const char *name;       /* NULL: any name */
+        /* Only `id` is set, and it names an id or, when no id matches, a
+         * name (qemu-img's bare "-l X"). */
+        int id_or_name;
+} snapshot_sel;
+
+/* The index in v[0, n) (list_snapshots() order) of the snapshot `sel`
+ * names; the first match wins. -ENOENT (recorded, naming it) when none. */
+int snapshot_find(const vdisk_snapshot *v, size_t n, const snapshot_sel *sel, size_t *ret);
+
 typedef struct open_ctx {
         vdisk_io *io;           /* the image's own file; borrowed, outlives the state */
         vdisk_files *files;     /* companion files (never NULL; may have no resolver) */
@@ -75,6 +89,13 @@ typedef struct open_ctx {
          * lib/fmt/tablecache under it, other metadata it keeps in proportion
          * to the image's size is charged with tc_budget_charge(). Never NULL. */
         tc_budget *budget;
+        /* NULL: the image's current state. Else the internal snapshot to
+         * read instead (never with `writable`): the backend finds it with
+         * snapshot_find() over its list_snapshots() and from then on maps,
+         * sizes and decodes as the snapshot recorded it, checking the
+         * snapshot's tables as hostile as the current ones. Only backends
+         * with list_snapshots get it (the core refuses it for others). */
+        const snapshot_sel *snapshot;
 } open_ctx;
 
 /* How a range of an image reads. */
@@ -216,6 +237,29 @@ typedef struct create_params {
          * normalized by type (sizes in bytes, booleans "on"/"off"). */
         const char *const *options;
 } create_params;
+
+/* What measure() gets (vdisk_measure(), qemu-img measure). */
+typedef struct measure_params {
+        uint64_t size;              /* the virtual size (the input's, when there is one) */
+        /* "-o" pairs as create_params.options (checked against
+         * info.create_options and normalized). */
+        const char *const *options;
+        int has_input;              /* the content of an input disk is measured */
+        int has_backing;            /* "-o backing_file": the new image would be a diff */
+        int input_is_qcow2;         /* the input's top image can hold persistent bitmaps */
+        /* With an input: how many `unit`-byte units (aligned from offset 0)
+         * hold data, from the input's block status (an extent with data and
+         * not known to be zero), each unit counted once: qemu's count. */
+        int (*count_units)(void *ctx, uint64_t unit, uint64_t *ret);
+        void *ctx;
+} measure_params;
+
+typedef struct measure_result {
+        uint64_t required;          /* the new image with the input's data (or empty) */
+        uint64_t fully_allocated;   /* the new image with every block allocated */
+        int has_bitmaps;            /* print "bitmaps size" (qcow2 v3 from an input that can have them) */
+        uint64_t bitmaps;
+} measure_result;
 
 /* Compact asks the core, for each allocated block, what may replace it. */
 typedef enum compact_verdict {
@@ -397,6 +441,13 @@ typedef struct vdisk_backend {
          * check_report_add() (lib/util). `p` (may be NULL) as for resize: a
          * repair that moves data reports its bytes. Optional (-EOPNOTSUPP). */
         int (*check)(void *state, uint32_t flags, vdisk_check_report *r, vdisk_progress *p);
+
+        /* The file size a new image would take (qemu-img measure): an upper
+         * bound of what create() and then writing the input's data make
+         * (with the core's copy, which writes no zero blocks), and qemu's
+         * own figures where the layouts are qemu's. No state, no I/O but
+         * count_units(). Optional (-EOPNOTSUPP). */
+        int (*measure)(const measure_params *p, measure_result *ret);
 } vdisk_backend;
 
 /* The backend table (lib/core/registry.c). */

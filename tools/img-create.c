@@ -494,7 +494,7 @@ int cmd_convert(int argc, char **argv) {
                 { "bitmaps",            no_argument, NULL, ARG_BITMAPS },
                 {}
         };
-        const char *fmt = NULL, *out_fmt = "raw", *backing = NULL, *backing_fmt = NULL, *in, *out;
+        const char *fmt = NULL, *out_fmt = "raw", *backing = NULL, *backing_fmt = NULL, *snapshot = NULL, *in, *out;
         _cleanup_(optlist_done) OptList opts = {};
         _cleanup_(vdisk_io_unrefp) vdisk_io *out_io = NULL;
         _cleanup_(vdisk_disk_unrefp) vdisk_disk *dst = NULL;
@@ -549,8 +549,8 @@ int cmd_convert(int argc, char **argv) {
                         log_error("Compressed output (-c) is not supported");
                         return EXIT_ERROR;
                 case 'l':
-                        log_error("Internal snapshots (-l) are not supported");
-                        return EXIT_ERROR;
+                        snapshot = optarg;
+                        break;
                 case 'C':
                         log_error("Copy offloading (-C) is not supported");
                         return EXIT_ERROR;
@@ -644,7 +644,7 @@ int cmd_convert(int argc, char **argv) {
                 new_size = ALIGN_UP(new_size, (uint64_t) VDISK_SECTOR_SIZE);
         }
 
-        r = img_open(in, fmt, IMG_CHAIN, &src);
+        r = img_open_snapshot(in, fmt, IMG_CHAIN, snapshot, &src);
         if (r < 0)
                 return EXIT_ERROR;
 
@@ -793,4 +793,128 @@ finish:
                 remove_created_file(out);
         }
         return img_close_exit(&src, ex);
+}
+
+/* ---------------------------------------------------------------- measure */
+
+int cmd_measure(int argc, char **argv) {
+        static const struct option options[] = {
+                COMMON_LONG_OPTIONS,
+                { "output", required_argument, NULL, ARG_OUTPUT },
+                { "size",   required_argument, NULL, ARG_SIZE },
+                {}
+        };
+        const char *fmt = NULL, *out_fmt = "raw", *snapshot = NULL, *filename = NULL, *size_arg = NULL;
+        _cleanup_(optlist_done) OptList opts = {};
+        _cleanup_free_ char **lib_opts = NULL;
+        const vdisk_backend_info *out_info;
+        OutputFormat output = OUTPUT_HUMAN;
+        vdisk_measure_info mi = {};
+        uint64_t size = 0;
+        Img src = {};
+        Json w;
+        int c, r, ex = EXIT_ERROR;
+
+        while ((c = getopt_long(argc, argv, "hf:O:o:l:U", options, NULL)) >= 0) {
+                switch (c) {
+                case 'f':
+                        fmt = optarg;
+                        break;
+                case 'O':
+                        out_fmt = optarg;
+                        break;
+                case 'o':
+                        if (optlist_parse(&opts, optarg) < 0) {
+                                log_error("Invalid option list: %s", optarg);
+                                return EXIT_ERROR;
+                        }
+                        break;
+                case 'l':
+                        snapshot = optarg;
+                        break;
+                case ARG_OUTPUT:
+                        if (parse_output_format(optarg, &output) < 0)
+                                return EXIT_ERROR;
+                        break;
+                case ARG_SIZE:
+                        size_arg = optarg;
+                        break;
+                default:
+                        if (common_option(c, optarg, &ex) == 2)
+                                return ex;
+                }
+        }
+        if (optind < argc)
+                filename = argv[optind++];
+        if (optind < argc)
+                return usage_error("Expecting one image file name");
+        if (size_arg && filename) {
+                log_error("--size N cannot be used together with a filename.");
+                return usage_hint();
+        }
+        if (!size_arg && !filename) {
+                log_error("Either --size N or one filename must be specified.");
+                return usage_hint();
+        }
+        if (size_arg && snapshot) {
+                log_error("--size N cannot be used together with -l.");
+                return usage_hint();
+        }
+        out_info = format_lookup(out_fmt);
+        if (!out_info)
+                return EXIT_ERROR;
+        if (opts.help) {
+                print_create_help(out_info);
+                return EXIT_OK;
+        }
+        if (optlist_validate(&opts, out_info, filename ?: "measure") < 0)
+                return EXIT_ERROR;
+        if (size_arg) {
+                r = parse_size(size_arg, &size);
+                if (r < 0) {
+                        log_error("Invalid image size specified. Must be between 0 and 9223372036854775807.");
+                        return EXIT_ERROR;
+                }
+        }
+        if (filename) {
+                r = img_open_snapshot(filename, fmt, IMG_CHAIN, snapshot, &src);
+                if (r < 0)
+                        return EXIT_ERROR;
+        }
+        /* backing_file counts: a diff's clusters are all counted */
+        lib_opts = calloc(2 * opts.n + 1, sizeof(char *));
+        if (!lib_opts) {
+                log_error("Out of memory");
+                goto finish;
+        }
+        for (size_t i = 0; i < opts.n; i++) {
+                lib_opts[2 * i] = opts.kv[2 * i];
+                lib_opts[2 * i + 1] = opts.kv[2 * i + 1];
+        }
+        vdisk_clear_error();
+        r = vdisk_measure(out_info->name, (const char *const *) lib_opts, size, src.disk, &mi);
+        if (r < 0) {
+                log_error("%s", error_detail(r));
+                goto finish;
+        }
+        if (output == OUTPUT_JSON) {
+                json_begin(&w, stdout, true);
+                json_object_open(&w, NULL);
+                if (mi.has_bitmaps)
+                        json_uint(&w, "bitmaps", mi.bitmaps);
+                json_uint(&w, "required", mi.required);
+                json_uint(&w, "fully-allocated", mi.fully_allocated);
+                json_object_close(&w);
+                json_end(&w);
+        } else {
+                printf("required size: %" PRIu64 "\n", mi.required);
+                printf("fully allocated size: %" PRIu64 "\n", mi.fully_allocated);
+                if (mi.has_bitmaps)
+                        printf("bitmaps size: %" PRIu64 "\n", mi.bitmaps);
+        }
+        ex = EXIT_OK;
+finish:
+        if (filename)
+                return img_close_exit(&src, ex);
+        return ex;
 }

@@ -129,6 +129,8 @@ static void info_print_json(Json *w, const InfoEntry *e) {
                         const vdisk_snapshot *sn = &e->snaps[i];
 
                         json_object_open(w, NULL);
+                        if (sn->icount != VDISK_SNAPSHOT_NO_ICOUNT)
+                                json_uint(w, "icount", sn->icount);
                         json_uint(w, "vm-state-size", sn->vm_state_size);
                         json_int(w, "date-sec", sn->date_sec);
                         json_uint(w, "date-nsec", sn->date_nsec);
@@ -169,6 +171,27 @@ static void info_print_json(Json *w, const InfoEntry *e) {
         json_object_close(w);
 }
 
+/* qemu-img's snapshot table (info and snapshot -l), without its title. */
+void print_snapshot_table(const vdisk_snapshot *v, size_t n) {
+        printf("%-10s%-17s%8s%20s%13s%11s\n", "ID", "TAG", "VM SIZE", "DATE", "VM CLOCK", "ICOUNT");
+        for (size_t i = 0; i < n; i++) {
+                const vdisk_snapshot *sn = &v[i];
+                time_t t = (time_t) sn->date_sec;
+                uint64_t secs = sn->vm_clock_nsec / 1000000000;
+                struct tm tm;
+                char date[32] = "", size[32], icount[32] = "";
+
+                if (localtime_r(&t, &tm))
+                        strftime(date, sizeof date, "%Y-%m-%d %H:%M:%S", &tm);
+                format_size(sn->vm_state_size, size);
+                if (sn->icount != VDISK_SNAPSHOT_NO_ICOUNT)
+                        snprintf(icount, sizeof icount, "%" PRIu64, sn->icount);
+                printf("%-9s %-16s %8s %19s %02" PRIu64 ":%02" PRIu64 ":%02" PRIu64 ".%03" PRIu64 " %10s\n",
+                       sn->id, sn->name, size, date, secs / 3600, secs / 60 % 60, secs % 60,
+                       sn->vm_clock_nsec / 1000000 % 1000, icount);
+        }
+}
+
 static void info_print_human(const InfoEntry *e) {
         char a[32], b[32];
 
@@ -207,21 +230,7 @@ static void info_print_human(const InfoEntry *e) {
                 printf("Comment: %s\n", e->comment);
         if (e->n_snaps > 0) {
                 printf("Snapshot list:\n");
-                printf("%-10s%-17s%8s%20s%13s\n", "ID", "TAG", "VM SIZE", "DATE", "VM CLOCK");
-                for (size_t i = 0; i < e->n_snaps; i++) {
-                        const vdisk_snapshot *sn = &e->snaps[i];
-                        time_t t = (time_t) sn->date_sec;
-                        uint64_t secs = sn->vm_clock_nsec / 1000000000;
-                        struct tm tm;
-                        char date[32] = "", size[32];
-
-                        if (localtime_r(&t, &tm))
-                                strftime(date, sizeof date, "%Y-%m-%d %H:%M:%S", &tm);
-                        format_size(sn->vm_state_size, size);
-                        printf("%-9s %-16s %8s %19s %02" PRIu64 ":%02" PRIu64 ":%02" PRIu64 ".%03" PRIu64 "\n",
-                               sn->id, sn->name, size, date, secs / 3600, secs / 60 % 60, secs % 60,
-                               sn->vm_clock_nsec / 1000000 % 1000);
-                }
+                print_snapshot_table(e->snaps, e->n_snaps);
         }
 }
 
@@ -1108,4 +1117,70 @@ int cmd_compare(int argc, char **argv) {
 finish:
         ex = img_close_exit(&a, ex);
         return img_close_exit(&b, ex);
+}
+
+/* ---------------------------------------------------------------- snapshot */
+
+int cmd_snapshot(int argc, char **argv) {
+        static const struct option options[] = {
+                COMMON_LONG_OPTIONS,
+                {}
+        };
+        const char *fmt = NULL, *filename;
+        vdisk_snapshot *v = NULL;
+        size_t n = 0;
+        Img img = {};
+        char action = 0;
+        bool quiet = false;
+        int c, r, ex = EXIT_ERROR;
+
+        while ((c = getopt_long(argc, argv, "hf:qUla:c:d:", options, NULL)) >= 0) {
+                switch (c) {
+                case 'f':
+                        fmt = optarg;
+                        break;
+                case 'q':
+                        quiet = true;
+                        break;
+                case 'l':
+                case 'a':
+                case 'c':
+                case 'd':
+                        if (action) {
+                                log_error("Cannot mix '-l', '-a', '-c', '-d'");
+                                return usage_hint();
+                        }
+                        action = (char) c;
+                        break;
+                default:
+                        if (common_option(c, optarg, &ex) == 2)
+                                return ex;
+                }
+        }
+        if (optind != argc - 1)
+                return usage_error("Expecting one image file name");
+        filename = argv[optind];
+        if (action && action != 'l') {
+                /* Creating, applying and deleting snapshots write refcounts:
+                 * not before the QCOW2 writer can. */
+                log_error("Could not %s snapshot: not supported yet (vdisk-img only lists snapshots: -l)",
+                          action == 'c' ? "create" : action == 'a' ? "apply" : "delete");
+                return EXIT_ERROR;
+        }
+
+        r = img_open(filename, fmt, IMG_INFO | IMG_SKIP_CHECKS, &img);
+        if (r < 0)
+                return EXIT_ERROR;
+        vdisk_clear_error();
+        r = vdisk_image_list_snapshots(vdisk_disk_image(img.disk, 0), &v, &n);
+        if (r < 0) {
+                log_error("Could not list the snapshots of '%s': %s", filename, error_detail(r));
+                return img_close_exit(&img, EXIT_ERROR);
+        }
+        if (n > 0 && !quiet) {
+                printf("Snapshot list:\n");
+                print_snapshot_table(v, n);
+        }
+        vdisk_snapshots_free(v, n);
+        return img_close_exit(&img, EXIT_OK);
 }

@@ -301,6 +301,10 @@ void print_disk_warnings(vdisk_disk *d) {
 #define LOG(...) do { if (!quiet) log_error(__VA_ARGS__); } while (0)
 
 int img_open(const char *filename, const char *fmt, uint32_t flags, Img *ret) {
+        return img_open_snapshot(filename, fmt, flags, NULL, ret);
+}
+
+int img_open_snapshot(const char *filename, const char *fmt, uint32_t flags, const char *snapshot, Img *ret) {
         _cleanup_(vdisk_io_unrefp) vdisk_io *io = NULL;
         _cleanup_(vdisk_disk_unrefp) vdisk_disk *d = NULL;
         _cleanup_(vdisk_resolver_freep) vdisk_resolver *resolver = NULL;
@@ -371,6 +375,14 @@ int img_open(const char *filename, const char *fmt, uint32_t flags, Img *ret) {
                 LOG("Could not open '%s': %s", filename, strerror(-r));
                 return r;
         }
+        if (snapshot) {
+                vdisk_clear_error();
+                r = vdisk_disk_set_snapshot(d, snapshot);
+                if (r < 0) {
+                        LOG("Failed in parsing snapshot param '%s': %s", snapshot, error_detail(r));
+                        return r;
+                }
+        }
 
         vdisk_clear_error();
         if (flags & IMG_CHAIN) {
@@ -387,6 +399,10 @@ int img_open(const char *filename, const char *fmt, uint32_t flags, Img *ret) {
                         r = vdisk_disk_set_resolver(d, resolver);
                 if (r >= 0)
                         r = vdisk_disk_open(d, io, info->name, open_flags);
+        }
+        if (r < 0 && snapshot && r == -ENOENT && strstr(error_detail(r), "no snapshot with")) {
+                LOG("Failed to load snapshot: %s", error_detail(r));
+                return r;
         }
         if (r < 0) {
                 LOG("Could not open '%s': %s", filename, error_detail(r));

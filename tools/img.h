@@ -99,6 +99,10 @@ typedef struct Img {
  * probe guessed raw for a writable open, prints qemu's warning and refuses
  * any write to the first sector. Disk warnings go to stderr. */
 int img_open(const char *filename, const char *fmt, uint32_t flags, Img *ret);
+/* The same, reading the internal snapshot `snapshot` of the top image
+ * (qemu-img's -l: "snapshot.id=ID", "snapshot.name=NAME" or a bare id or
+ * name; NULL: the current state). Needs a read-only open. */
+int img_open_snapshot(const char *filename, const char *fmt, uint32_t flags, const char *snapshot, Img *ret);
 /* Closes the image's disk, flushing it. A failed final flush is logged
  * (naming the file) and returned. */
 int img_close(Img *img);
@@ -147,6 +151,11 @@ int cmd_rebase(int argc, char **argv);
 int cmd_compact(int argc, char **argv);
 int cmd_setuuid(int argc, char **argv);
 int cmd_comment(int argc, char **argv);
+int cmd_snapshot(int argc, char **argv);
+int cmd_measure(int argc, char **argv);
+
+/* qemu-img's table of internal snapshots (the lines after "Snapshot list:"). */
+void print_snapshot_table(const vdisk_snapshot *v, size_t n);
 
 /* Prints the full help text (used by --help and "COMMAND --help"). */
 void print_help(void);
@@ -174,6 +183,7 @@ enum {
         ARG_TARGET_IMAGE_OPTS,
         ARG_SALVAGE,
         ARG_BITMAPS,
+        ARG_SIZE,
 };
 
 #define COMMON_LONG_OPTIONS                                             \

@@ -31,10 +31,12 @@ static const Command commands[] = {
         { "create",   cmd_create },
         { "info",     cmd_info },
         { "map",      cmd_map },
+        { "measure",  cmd_measure },
         { "rebase",   cmd_rebase },
         { "repair",   cmd_repair },
         { "resize",   cmd_resize },
         { "setuuid",  cmd_setuuid },
+        { "snapshot", cmd_snapshot },
 };
 
 void print_help(void) {
@@ -50,13 +52,16 @@ void print_help(void) {
                "  commit [-q] [-f fmt] [-b base] [-d] [-p] filename\n"
                "  compare [-f fmt] [-F fmt] [-p] [-q] [-s] [-U] filename1 filename2\n"
                "  convert [-U] [-p] [-q] [-n] [--target-is-zero] [-f fmt] [-O output_fmt]\n"
-               "          [-B backing_file [-F backing_fmt]] [-o options] [-S sparse_size]\n"
+               "          [-B backing_file [-F backing_fmt]] [-o options] [-l snapshot_param] [-S sparse_size]\n"
                "          filename output_filename\n"
                "  create [-q] [-f fmt] [-b backing_file [-F backing_fmt]] [-u] [-o options] filename [size]\n"
                "  info [-f fmt] [--output=ofmt] [--backing-chain] [-U] filename\n"
                "  map [-f fmt] [--start-offset=offset] [--max-length=len] [--output=ofmt] [-U] filename\n"
+               "  measure [--output=ofmt] [-O output_fmt] [-o options]\n"
+               "          [--size N | [-f fmt] [-l snapshot_param] filename]\n"
                "  rebase [-q] [-f fmt] [-p] [-u] -b backing_file [-F backing_fmt] filename\n"
                "  resize [-f fmt] [-q] [--shrink] filename [+ | -]size\n"
+               "  snapshot [-f fmt] [-q] [-U] [-l] filename   (-a, -c, -d: not supported yet)\n"
                "\n"
                "vbox-img commands:\n"
                "  compact [-f fmt] [-p] [-q] filename\n"

@@ -68,6 +68,7 @@
 #include "backend.h"
 #include "fmt/hostalloc.h"
 #include "fmt/tablecache.h"
+#include "qcow2-measure.h"
 #include "io/io.h"
 #include "util/util.h"
 
@@ -283,6 +284,7 @@ static int qcow2_probe(const uint8_t *head, size_t head_len, const uint8_t *tail
 }
 
 static int prepare_writes(qcow2_state *s, const uint8_t *features, size_t n_features);
+static int select_snapshot(qcow2_state *s, const snapshot_sel *sel);
 
 static int qcow2_open(void *state, const open_ctx *c) {
         qcow2_state *s = state;
@@ -442,12 +444,19 @@ static int qcow2_open(void *state, const open_ctx *c) {
                 r = files_open(c->files, s->data_file_name, 0, &s->data_io);
                 if (r < 0)
                         return r;
-                r = io_get_size(s->data_io, &s->data_size);
+                /* VDISK_OPEN_LIST_FILES: only named, not opened (no data is read) */
+                r = s->data_io ? io_get_size(s->data_io, &s->data_size) : 0;
                 if (r < 0)
                         return r;
         } else
                 s->data_size = s->file_size;
 
+        if (c->snapshot) {
+                assert(!c->writable);
+                r = select_snapshot(s, c->snapshot);
+                if (r < 0)
+                        return r;
+        }
         if (s->l1_size > 0) {
                 tc_table_params p = {
                         .offset = s->l1_offset,
@@ -562,9 +571,13 @@ static int unit_status(qcow2_state *s, uint64_t voff, map_result *ret) {
         tc_table *l2 = NULL;
         int r;
 
-        r = tc_get(s->l1, l1i, &l1e);
-        if (r < 0)
-                return r;
+        if (l1i >= s->l1_size)
+                l1e = 0;   /* past a snapshot's smaller L1 table (the current one covers the disk) */
+        else {
+                r = tc_get(s->l1, l1i, &l1e);
+                if (r < 0)
+                        return r;
+        }
         l2_off = l1e & OFFSET_MASK;
         if (l2_off == 0) {
                 *ret = (map_result) {
@@ -1867,6 +1880,9 @@ static int qcow2_parse_options(const create_params *p, qcow2_opts *o) {
                                 o->compression_type = 1;
                         else
                                 return vdisk_error(-EINVAL, "qcow2: compression type '%s' (zlib or zstd)", v);
+                } else if (streq(k, "data_file") || streq(k, "encrypt.format") ||
+                           ((streq(k, "data_file_raw") || streq(k, "encryption")) && streq(v, "on"))) {
+                        return vdisk_error(-EOPNOTSUPP, "qcow2: creating images with %s is not supported yet", k);
                 } else if (streq(k, "preallocation")) {
                         if (streq(v, "metadata"))
                                 o->prealloc_metadata = true;
@@ -2192,9 +2208,71 @@ static int qcow2_get_format_info(void *state, strv_builder *kv) {
         return r;
 }
 
-static int qcow2_list_snapshots(void *state, vdisk_snapshot **ret, size_t *ret_n) {
-        qcow2_state *s = state;
+/* One snapshot table entry (40 bytes, then extra data, id and name; the
+ * next entry starts 8-aligned). */
+typedef struct snap_entry {
+        uint64_t l1_offset;
+        uint32_t l1_size;
+        uint64_t next;          /* file offset of the next entry */
+} snap_entry;
+
+/* Reads the n-th entry, at `off`, into *sn (id and name allocated, freed by
+ * the caller even on failure) and *e. Checks what reading it needs; the L1
+ * table is checked only by the open that uses it. */
+static int read_snapshot(qcow2_state *s, uint64_t off, size_t n, vdisk_snapshot *sn, snap_entry *e) {
+        uint8_t h[40], extra[24] = {};
+        uint32_t extra_size;
+        uint16_t id_len, name_len;
+        uint64_t entry_len;
+        int r;
+
+        if (off - s->snapshots_offset > QCOW2_SNAP_TABLE_MAX || !range_within(off, sizeof h, s->file_size))
+                return vdisk_error(-EUCLEAN, "qcow2: snapshot table entry %zu is outside the file", n);
+        r = io_pread(s->io, h, sizeof h, off);
+        if (r < 0)
+                return r;
+        id_len = get_be16(h + 12);
+        name_len = get_be16(h + 14);
+        extra_size = get_be32(h + 36);
+        if (extra_size > QCOW2_SNAP_EXTRA_MAX)
+                return vdisk_error(-EUCLEAN, "qcow2: snapshot %zu has %" PRIu32 " bytes of extra data", n,
+                                   extra_size);
+        /* the padding after the last entry need not be in the file */
+        entry_len = sizeof h + extra_size + id_len + name_len;
+        if (!range_within(off, entry_len, s->file_size))
+                return vdisk_error(-EUCLEAN, "qcow2: snapshot %zu runs past the end of the file", n);
+        sn->id = calloc(1, (size_t) id_len + 1);
+        sn->name = calloc(1, (size_t) name_len + 1);
+        if (!sn->id || !sn->name)
+                return -ENOMEM;
+        r = io_pread(s->io, extra, MIN(extra_size, (uint32_t) sizeof extra), off + sizeof h);
+        if (r >= 0)
+                r = io_pread(s->io, sn->id, id_len, off + sizeof h + extra_size);
+        if (r >= 0)
+                r = io_pread(s->io, sn->name, name_len, off + sizeof h + extra_size + id_len);
+        if (r < 0)
+                return r;
+        /* an id or a name with a NUL inside could never be asked for */
+        if (strlen(sn->id) != id_len || strlen(sn->name) != name_len)
+                return vdisk_error(-EUCLEAN, "qcow2: snapshot %zu has a NUL byte in its id or name", n);
+        sn->date_sec = get_be32(h + 16);
+        sn->date_nsec = get_be32(h + 20);
+        sn->vm_clock_nsec = get_be64(h + 24);
+        sn->vm_state_size = extra_size >= 8 ? get_be64(extra) : get_be32(h + 32);
+        sn->disk_size = extra_size >= 16 ? get_be64(extra + 8) : s->size;
+        sn->icount = extra_size >= 24 ? get_be64(extra + 16) : VDISK_SNAPSHOT_NO_ICOUNT;
+        *e = (snap_entry) {
+                .l1_offset = get_be64(h),
+                .l1_size = get_be32(h + 8),
+                .next = off + ALIGN_UP(entry_len, UINT64_C(8)),
+        };
+        return 0;
+}
+
+/* The whole table; with `ret_e`, each entry's L1 table too. */
+static int read_snapshots(qcow2_state *s, vdisk_snapshot **ret, snap_entry **ret_e, size_t *ret_n) {
         vdisk_snapshot *v;
+        _cleanup_free_ snap_entry *e = NULL;
         uint64_t off = s->snapshots_offset;
         size_t n = 0;
         int r = 0;
@@ -2204,83 +2282,70 @@ static int qcow2_list_snapshots(void *state, vdisk_snapshot **ret, size_t *ret_n
         if (s->nb_snapshots == 0)
                 return 0;
         v = calloc(s->nb_snapshots, sizeof *v);
-        if (!v)
+        e = calloc(s->nb_snapshots, sizeof *e);
+        if (!v || !e) {
+                free(v);
                 return -ENOMEM;
+        }
         for (; n < s->nb_snapshots; n++) {
-                uint8_t e[40], extra[16] = {};
-                uint32_t extra_size;
-                uint16_t id_len, name_len;
-                uint64_t entry_len;
-
-                if (off - s->snapshots_offset > QCOW2_SNAP_TABLE_MAX || !range_within(off, sizeof e, s->file_size)) {
-                        r = vdisk_error(-EUCLEAN, "qcow2: snapshot table entry %zu is outside the file", n);
-                        break;
-                }
-                r = io_pread(s->io, e, sizeof e, off);
-                if (r < 0)
-                        break;
-                id_len = get_be16(e + 12);
-                name_len = get_be16(e + 14);
-                extra_size = get_be32(e + 36);
-                if (extra_size > QCOW2_SNAP_EXTRA_MAX) {
-                        r = vdisk_error(-EUCLEAN, "qcow2: snapshot %zu has %" PRIu32 " bytes of extra data", n,
-                                        extra_size);
-                        break;
-                }
-                entry_len = ALIGN_UP(sizeof e + extra_size + id_len + name_len, UINT64_C(8));
-                if (!range_within(off, entry_len, s->file_size)) {
-                        r = vdisk_error(-EUCLEAN, "qcow2: snapshot %zu runs past the end of the file", n);
-                        break;
-                }
-                v[n].id = calloc(1, (size_t) id_len + 1);
-                v[n].name = calloc(1, (size_t) name_len + 1);
-                if (!v[n].id || !v[n].name) {
-                        r = -ENOMEM;
-                        n++;
-                        break;
-                }
-                r = io_pread(s->io, extra, MIN(extra_size, (uint32_t) sizeof extra), off + sizeof e);
-                if (r >= 0)
-                        r = io_pread(s->io, v[n].id, id_len, off + sizeof e + extra_size);
-                if (r >= 0)
-                        r = io_pread(s->io, v[n].name, name_len, off + sizeof e + extra_size + id_len);
+                r = read_snapshot(s, off, n, &v[n], &e[n]);
                 if (r < 0) {
                         n++;
                         break;
                 }
-                v[n].date_sec = get_be32(e + 16);
-                v[n].date_nsec = get_be32(e + 20);
-                v[n].vm_clock_nsec = get_be64(e + 24);
-                v[n].vm_state_size = extra_size >= 8 ? get_be64(extra) : get_be32(e + 32);
-                v[n].disk_size = extra_size >= 16 ? get_be64(extra + 8) : s->size;
-                off += entry_len;
+                off = e[n].next;
         }
         if (r < 0) {
                 vdisk_snapshots_free(v, n);
                 return r;
         }
         *ret = v;
+        if (ret_e)
+                *ret_e = TAKE_PTR(e);
         *ret_n = n;
+        return 0;
+}
+
+static int qcow2_list_snapshots(void *state, vdisk_snapshot **ret, size_t *ret_n) {
+        return read_snapshots(state, ret, NULL, ret_n);
+}
+
+/* Open: reads the snapshot `sel` names instead of the current state: its
+ * L1 table, checked as the current one is. The virtual size stays the
+ * image's, as qemu-img reads a snapshot (`convert -l` switches the L1 table
+ * only): past the end of a smaller snapshot's L1 table the disk reads
+ * unallocated (the backing file shows through), and a snapshot of a larger
+ * disk is cut at the current size. */
+static int select_snapshot(qcow2_state *s, const snapshot_sel *sel) {
+        vdisk_snapshot *v = NULL;
+        _cleanup_free_ snap_entry *e = NULL;
+        size_t n = 0, i;
+        int r;
+
+        r = read_snapshots(s, &v, &e, &n);
+        if (r < 0)
+                return r;
+        r = snapshot_find(v, n, sel, &i);
+        vdisk_snapshots_free(v, n);
+        if (r < 0)
+                return r;
+        if ((uint64_t) e[i].l1_size * 8 > QCOW2_L1_MAX_BYTES)
+                return vdisk_error(-EFBIG, "qcow2: snapshot %zu has an L1 table of %" PRIu32 " entries, too big", i,
+                                   e[i].l1_size);
+        if (e[i].l1_size > 0 && (e[i].l1_offset < s->cluster_size || e[i].l1_offset % s->cluster_size != 0 ||
+                                 !range_within(e[i].l1_offset, (uint64_t) e[i].l1_size * 8, s->file_size)))
+                return vdisk_error(-EUCLEAN, "qcow2: snapshot %zu has its L1 table at %" PRIu64 " (%" PRIu32
+                                   " entries), not cluster-aligned within the file (%" PRIu64 " bytes)", i,
+                                   e[i].l1_offset, e[i].l1_size, s->file_size);
+        s->l1_offset = e[i].l1_offset;
+        s->l1_size = e[i].l1_size;
         return 0;
 }
 
 /* ---------------------------------------------------------------- table */
 
 static const char *const qcow2_extensions[] = { "qcow2", NULL };
-static const vdisk_option_desc qcow2_create_options[] = {
-        { "size",             VDISK_OPTION_SIZE, "Virtual disk size" },
-        { "compat",           VDISK_OPTION_STRING, "Compatibility level (v2 [0.10], v3 [1.1])", "1.1" },
-        { "backing_file",     VDISK_OPTION_STRING, "File name of a base image" },
-        { "backing_fmt",      VDISK_OPTION_STRING, "Image format of the base image" },
-        { "cluster_size",     VDISK_OPTION_SIZE, "qcow2 cluster size", "65536" },
-        { "preallocation",    VDISK_OPTION_STRING, "Preallocation mode (allowed values: off, metadata)", "off" },
-        { "lazy_refcounts",   VDISK_OPTION_BOOL, "Postpone refcount updates", "off" },
-        { "refcount_bits",    VDISK_OPTION_NUMBER, "Width of a reference count entry in bits", "16" },
-        { "compression_type", VDISK_OPTION_STRING, "Compression method used for image cluster compression",
-                              "zlib" },
-        { "extended_l2",      VDISK_OPTION_BOOL, "Extended L2 tables", "off" },
-        {}
-};
+/* qcow2_create_options: qcow2-measure.c (measure takes the same options) */
 
 const vdisk_backend backend_qcow2 = {
         .info = {
@@ -2312,4 +2377,5 @@ const vdisk_backend backend_qcow2 = {
         .get_info = qcow2_get_info,
         .get_format_info = qcow2_get_format_info,
         .list_snapshots = qcow2_list_snapshots,
+        .measure = qcow2_measure,
 };

@@ -154,6 +154,14 @@ static int raw_resize(void *st, uint64_t new_size, vdisk_progress *p) {
         return 0;
 }
 
+/* qemu's: the (input's) size in whole sectors, data or not. */
+static int raw_measure(const measure_params *p, measure_result *ret) {
+        uint64_t size = ALIGN_UP(p->size, UINT64_C(512));
+
+        *ret = (measure_result) { .required = size, .fully_allocated = size };
+        return 0;
+}
+
 static const char *const raw_extensions[] = { "img", "raw", "iso", "cdr", "ima", "dsk", "flp", "vfd", NULL };
 static const vdisk_option_desc raw_create_options[] = {
         { "size",          VDISK_OPTION_SIZE,   "Virtual disk size" },
@@ -178,6 +186,7 @@ const vdisk_backend backend_raw = {
         .open = raw_open,
         .create = raw_create,
         .close = raw_close,
+        .measure = raw_measure,
         .get_size = raw_get_size,
         .get_layout = raw_get_layout,
         .map = raw_map,

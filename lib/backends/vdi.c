@@ -2075,6 +2075,40 @@ static int vdi_check(void *state, uint32_t flags, vdisk_check_report *rep, vdisk
 
 /* ---------------------------------------------------------------- table */
 
+/* As vdi_create() lays it out: header sector, map, data from a 1 MiB
+ * boundary, one slot of a block per allocated block (all with static=on).
+ * A copy allocates only blocks that hold data; over a parent (a diff)
+ * every block is counted. */
+static int vdi_measure(const measure_params *p, measure_result *ret) {
+        uint64_t size = ALIGN_UP(p->size, (uint64_t) VDI_SECTOR), n_blocks, map_bytes = 0, off_data, used;
+        bool fixed = false;
+        int r;
+
+        r = vdi_parse_options(p->options, &fixed);
+        if (r < 0)
+                return r;
+        if (fixed && p->has_backing)
+                return vdisk_error(-EOPNOTSUPP, "vdi: a differencing image cannot be static");
+        n_blocks = DIV_ROUND_UP(size, (uint64_t) VDI_BLOCK_DEFAULT);
+        r = vdi_map_bytes(n_blocks, &map_bytes);
+        if (r < 0)
+                return r;
+        off_data = ALIGN_UP(VDI_SECTOR + map_bytes, (uint64_t) VDI_DATA_ALIGN);
+        used = 0;
+        if (fixed || p->has_backing)
+                used = n_blocks;
+        else if (p->has_input) {
+                r = p->count_units(p->ctx, VDI_BLOCK_DEFAULT, &used);
+                if (r < 0)
+                        return r;
+        }
+        *ret = (measure_result) {
+                .required = off_data + used * VDI_BLOCK_DEFAULT,
+                .fully_allocated = off_data + n_blocks * VDI_BLOCK_DEFAULT,
+        };
+        return 0;
+}
+
 static const char *const vdi_extensions[] = { "vdi", NULL };
 static const vdisk_option_desc vdi_create_options[] = {
         { "size",         VDISK_OPTION_SIZE, "Virtual disk size" },
@@ -2114,5 +2148,6 @@ const vdisk_backend backend_vdi = {
         .get_info = vdi_get_info,
         .resize = vdi_resize,
         .compact = vdi_compact,
+        .measure = vdi_measure,
         .check = vdi_check,
 };

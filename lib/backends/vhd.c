@@ -2209,6 +2209,62 @@ static int vhd_compact(void *state, compact_fn fn, void *ctx, vdisk_progress *p)
 
 /* ---------------------------------------------------------------- table */
 
+/* As vhd_create() lays it out: the size rounded up to a CHS geometry
+ * (unless force_size), then a fixed image is the data and its footer; a
+ * dynamic one the footer copy, the dynamic header, the BAT (and a diff's two
+ * parent locators), then per allocated block its sector bitmap and data,
+ * and the footer. Over a parent (a diff) every block is counted. */
+static int vhd_measure(const measure_params *p, measure_result *ret) {
+        bool fixed = false, force_size = false;
+        uint64_t sectors = DIV_ROUND_UP(p->size, VHD_SECTOR), size, n_blocks, head, unit, used = 0;
+        uint32_t cyl, heads, spt, bs = VHD_BLOCK_DEFAULT;
+        int r;
+
+        r = vhd_parse_options(p->options, &fixed, &force_size);
+        if (r < 0)
+                return r;
+        if (fixed && p->has_backing)
+                return vdisk_error(-EOPNOTSUPP, "vhd: a differencing image cannot be fixed");
+        if (!force_size && !p->has_backing) {
+                if (sectors > VHD_MAX_GEOMETRY)
+                        return vdisk_error(-EFBIG, "vpc: size %" PRIu64 " is too large for a CHS geometry "
+                                           "(use force_size=on)", p->size);
+                chs_for(sectors, &cyl, &heads, &spt);
+                for (uint64_t i = 1; (uint64_t) cyl * heads * spt < sectors; i++) {
+                        if (sectors + i > VHD_MAX_GEOMETRY)
+                                return vdisk_error(-EFBIG, "vpc: size %" PRIu64 " is too large for a CHS "
+                                                   "geometry (use force_size=on)", p->size);
+                        chs_for(sectors + i, &cyl, &heads, &spt);
+                }
+                sectors = (uint64_t) cyl * heads * spt;
+        }
+        if (sectors > VHD_CREATE_MAX / VHD_SECTOR)
+                return vdisk_error(-EFBIG, "vpc: size %" PRIu64 " is too large (at most %" PRIu64 " bytes)",
+                                   p->size, VHD_CREATE_MAX);
+        size = sectors * VHD_SECTOR;
+        if (fixed) {
+                *ret = (measure_result) { .required = size + VHD_FOOTER_SIZE,
+                                          .fully_allocated = size + VHD_FOOTER_SIZE };
+                return 0;
+        }
+        n_blocks = DIV_ROUND_UP(size, bs);
+        head = VHD_FOOTER_SIZE + VHD_DYN_SIZE + ALIGN_UP(n_blocks * 4, (uint64_t) VHD_SECTOR) +
+               (p->has_backing ? 2 * (uint64_t) VHD_LOC_BYTES : 0);
+        unit = ALIGN_UP(DIV_ROUND_UP(bs / VHD_SECTOR, 8), (uint64_t) VHD_SECTOR) + bs;
+        if (p->has_backing)
+                used = n_blocks;
+        else if (p->has_input) {
+                r = p->count_units(p->ctx, bs, &used);
+                if (r < 0)
+                        return r;
+        }
+        *ret = (measure_result) {
+                .required = head + used * unit + VHD_FOOTER_SIZE,
+                .fully_allocated = head + n_blocks * unit + VHD_FOOTER_SIZE,
+        };
+        return 0;
+}
+
 static const char *const vhd_extensions[] = { "vhd", NULL };
 static const char *const vhd_aliases[] = { "vpc", NULL };
 static const vdisk_option_desc vhd_create_options[] = {
@@ -2252,4 +2308,5 @@ const vdisk_backend backend_vhd = {
         .resize = vhd_resize,
         .check = vhd_check,
         .compact = vhd_compact,
+        .measure = vhd_measure,
 };

@@ -33,6 +33,7 @@ struct vdisk_image {
         unsigned index;         /* position in the chain, 0 = base */
         int writable;           /* opened for writing */
         int info_only;          /* VDISK_OPEN_INFO */
+        int snapshot;           /* reads an internal snapshot: never written, never reopened writable */
         int open_ok;            /* be->open/create succeeded: close() needed */
         int created;            /* made by image_create() */
         int finished;           /* BACKEND_STREAM: finish() done */
@@ -61,6 +62,12 @@ struct vdisk_disk {
         int readonly;           /* opened with VDISK_OPEN_READONLY: never reopen writable */
         tc_budget *budget;      /* metadata budget of every image of the chain */
         uint8_t *scratch;       /* COW_CHUNK bytes for assembling new units (rw.c), under the lock */
+        /* vdisk_disk_set_snapshot(): the snapshot the next open reads (snapshot.c) */
+        struct snap_hold {
+                bool set;
+                snapshot_sel sel;
+                char *id, *name;
+        } snap;
 
         /* Long operations (lib/ops) take the lock per chunk and release it in
          * between; these fields (under the lock) keep the chain as they found
@@ -121,6 +128,14 @@ int image_peek(const vdisk_backend *be, vdisk_io *io, meta *ret, uint8_t **ret_h
 /* info_only: 0, 1 (VDISK_OPEN_INFO), or 2 (VDISK_OPEN_LIST_FILES too). */
 int image_open(const vdisk_backend *be, vdisk_io *io, vdisk_resolver *res, int writable, int info_only,
                tc_budget *budget, vdisk_image **ret);
+/* The same, reading the internal snapshot `snap` (NULL: the current state). */
+int image_open_snapshot(const vdisk_backend *be, vdisk_io *io, vdisk_resolver *res, int writable, int info_only,
+                        tc_budget *budget, const snapshot_sel *snap, vdisk_image **ret);
+
+/* snapshot.c: what vdisk_disk_set_snapshot() set, taken by the open that
+ * uses it (the disk forgets it), and freed. */
+void snap_hold_take(vdisk_disk *d, struct snap_hold *ret);
+void snap_hold_done(struct snap_hold *h);
 int image_create(const vdisk_backend *be, vdisk_io *io, vdisk_resolver *res, const create_params *p,
                  tc_budget *budget, vdisk_image **ret);
 /* Finishes a stream, flushes if writable, then closes and frees; returns the

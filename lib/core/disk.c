@@ -54,6 +54,7 @@ static int disk_free(vdisk_disk *d) {
                         r = k;
         }
         vdisk_strv_free(d->warnings);
+        snap_hold_done(&d->snap);
         free(d->scratch);
         vdisk_resolver_unref(d->resolver);
         tc_budget_unref(d->budget);
@@ -207,6 +208,8 @@ int disk_make_writable(vdisk_disk *d, unsigned level) {
                 return vdisk_error(-EPERM, "%s: opened for information only", vdisk_io_name(img->io));
         if (img->writable)
                 return 0;
+        if (img->snapshot)
+                return vdisk_error(-EROFS, "%s: a snapshot is read-only", vdisk_io_name(img->io));
         if (d->readonly)
                 return vdisk_error(-EROFS, "%s: image is read-only (the chain was opened read-only)",
                                    vdisk_io_name(img->io));
@@ -287,6 +290,7 @@ static int pick_backend(vdisk_io *io, const char *format, uint32_t flags, const 
 
 int vdisk_disk_open(vdisk_disk *d, vdisk_io *io, const char *format, uint32_t open_flags) {
         _cleanup_(disk_unlockp) vdisk_disk *l = NULL;
+        _cleanup_(snap_hold_done) struct snap_hold snap = {};
         const vdisk_backend *be;
         vdisk_image *img;
         int r;
@@ -294,6 +298,7 @@ int vdisk_disk_open(vdisk_disk *d, vdisk_io *io, const char *format, uint32_t op
         if (!d || !io)
                 return vdisk_error(-EINVAL, "invalid arguments");
         l = disk_lock(d);
+        snap_hold_take(d, &snap);
         r = disk_may_add(d);
         if (r < 0)
                 return r;
@@ -303,8 +308,9 @@ int vdisk_disk_open(vdisk_disk *d, vdisk_io *io, const char *format, uint32_t op
         /* Companion files (VMDK extents) through the disk's resolver, if it has one. */
         if (open_flags & VDISK_OPEN_LIST_FILES)
                 open_flags |= VDISK_OPEN_INFO | VDISK_OPEN_READONLY;
-        r = image_open(be, io, d->resolver, !(open_flags & VDISK_OPEN_READONLY),
-                       (open_flags & VDISK_OPEN_LIST_FILES) ? 2 : !!(open_flags & VDISK_OPEN_INFO), d->budget, &img);
+        r = image_open_snapshot(be, io, d->resolver, !(open_flags & VDISK_OPEN_READONLY),
+                                (open_flags & VDISK_OPEN_LIST_FILES) ? 2 : !!(open_flags & VDISK_OPEN_INFO), d->budget,
+                                snap.set ? &snap.sel : NULL, &img);
         if (r < 0)
                 return r;
         r = disk_push(d, img, !!(open_flags & VDISK_OPEN_SKIP_CHECKS));
@@ -433,6 +439,7 @@ static int find_parent(vdisk_resolver *res, vdisk_image *child, const meta *m, c
 int vdisk_disk_open_chain(vdisk_disk *d, vdisk_resolver *res, vdisk_io *top, const char *format,
                           uint32_t open_flags) {
         _cleanup_(disk_unlockp) vdisk_disk *l = NULL;
+        _cleanup_(snap_hold_done) struct snap_hold snap = {};
         vdisk_image *chain[VDISK_CHAIN_MAX] = {};
         uint8_t seen[VDISK_CHAIN_MAX][16];
         io_identity ids[VDISK_CHAIN_MAX];
@@ -446,6 +453,7 @@ int vdisk_disk_open_chain(vdisk_disk *d, vdisk_resolver *res, vdisk_io *top, con
         if (!d || !res || !top)
                 return vdisk_error(-EINVAL, "invalid arguments");
         l = disk_lock(d);
+        snap_hold_take(d, &snap);
         if (d->n > 0)
                 return vdisk_error(-EBUSY, "open_chain needs an empty container");
         r = disk_may_add(d);
@@ -467,8 +475,9 @@ int vdisk_disk_open_chain(vdisk_disk *d, vdisk_resolver *res, vdisk_io *top, con
                  * logs or in-use flags never write into a parent that is
                  * only read. */
                 if (r >= 0)
-                        r = image_open(be, io, res, writable && n == 0, !!(open_flags & VDISK_OPEN_INFO),
-                                       d->budget, &chain[n]);
+                        r = image_open_snapshot(be, io, res, writable && n == 0,
+                                                !!(open_flags & VDISK_OPEN_INFO), d->budget,
+                                                n == 0 && snap.set ? &snap.sel : NULL, &chain[n]);
                 vdisk_io_unref(io);
                 if (r < 0)
                         goto fail;

@@ -43,6 +43,11 @@ void image_refresh(vdisk_image *img) {
 
 int image_open(const vdisk_backend *be, vdisk_io *io, vdisk_resolver *res, int writable, int info_only,
                tc_budget *budget, vdisk_image **ret) {
+        return image_open_snapshot(be, io, res, writable, info_only, budget, NULL, ret);
+}
+
+int image_open_snapshot(const vdisk_backend *be, vdisk_io *io, vdisk_resolver *res, int writable, int info_only,
+                        tc_budget *budget, const snapshot_sel *snap, vdisk_image **ret) {
         open_ctx c;
         vdisk_image *img;
         int r;
@@ -53,11 +58,17 @@ int image_open(const vdisk_backend *be, vdisk_io *io, vdisk_resolver *res, int w
                 return vdisk_error(-EROFS, "%s: %s images %s", vdisk_io_name(io), be->info.name,
                                    (be->flags & BACKEND_STREAM) ? "are written once, at creation, and cannot be "
                                    "opened for writing" : "are read-only");
+        if (snap && writable)
+                return vdisk_error(-EROFS, "%s: a snapshot is opened read-only", vdisk_io_name(io));
+        if (snap && !be->list_snapshots)
+                return vdisk_error(-EOPNOTSUPP, "%s: %s images have no internal snapshots", vdisk_io_name(io),
+                                   be->info.name);
         r = image_alloc(be, io, budget, &img);
         if (r < 0)
                 return r;
         img->writable = writable;
         img->info_only = !!info_only;
+        img->snapshot = !!snap;
         r = files_new(res, vdisk_io_name(io), writable, &img->files);
         if (r < 0) {
                 image_free(img);
@@ -66,7 +77,7 @@ int image_open(const vdisk_backend *be, vdisk_io *io, vdisk_resolver *res, int w
         if (info_only == 2)
                 files_set_list_only(img->files);
         c = (open_ctx) { .io = io, .files = img->files, .writable = writable, .info_only = !!info_only,
-                      .list_files = info_only == 2, .budget = img->budget };
+                      .list_files = info_only == 2, .budget = img->budget, .snapshot = snap };
         r = be->open(img->state, &c);
         files_seal(img->files);
         img->open_ok = 1;   /* close() handles a half-opened state too */

@@ -239,6 +239,49 @@ out:
         vdisk_io_unref(io);
 }
 
+/* The input as a qcow2 image read at its first internal snapshot (its own
+ * L1 table), then measured as qcow2 and vdi outputs (the block status walk
+ * of vdisk_measure). */
+static void exercise_snapshot(const uint8_t *data, size_t size) {
+        static const char *const qcow2_opts[] = { "cluster_size", "512", NULL };
+        vdisk_measure_info mi;
+        vdisk_io *io = NULL;
+        vdisk_disk *d = NULL;
+        uint64_t off = 0, budget = READ_BUDGET;
+        uint8_t *buf = NULL;
+        int calls = 0;
+
+        if (size > FILE_MAX || capped_new(data, size, &io) < 0)
+                return;
+        if (vdisk_disk_new(&d) < 0 || vdisk_disk_set_snapshot(d, "1") < 0 ||
+            vdisk_disk_open(d, io, "qcow2", VDISK_OPEN_READONLY) < 0)
+                goto out;
+        buf = malloc(64 * 1024);
+        if (!buf)
+                goto out;
+        while (off < vdisk_disk_size(d) && calls++ < STATUS_BUDGET) {
+                vdisk_extent e;
+
+                if (vdisk_disk_block_status(d, off, vdisk_disk_size(d) - off, &e) < 0 || e.length == 0)
+                        break;
+                if ((e.flags & VDISK_EXTENT_DATA) && budget > 0) {
+                        size_t len = (size_t) (e.length < 65536 ? e.length : 65536);
+
+                        (void) vdisk_disk_read(d, buf, len, off);
+                        budget -= len < budget ? len : budget;
+                }
+                off += e.length;
+        }
+        if (vdisk_disk_size(d) <= (UINT64_C(1) << 30)) {
+                (void) vdisk_measure("qcow2", qcow2_opts, 0, d, &mi);
+                (void) vdisk_measure("vdi", NULL, 0, d, &mi);
+        }
+out:
+        free(buf);
+        vdisk_disk_unref(d);
+        vdisk_io_unref(io);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         exercise(data, size, NULL, 0);
@@ -249,6 +292,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         exercise(data, size, "vmdk", 0);
         exercise(data, size, "vmdk", 1);
         exercise(data, size, "qcow2", 0);   /* read-only for now */
+        exercise_snapshot(data, size);
         exercise_extent(data, size, 0);
         exercise_extent(data, size, 1);
         return 0;

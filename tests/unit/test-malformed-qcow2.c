@@ -22,7 +22,10 @@
  * compressed entries whose size lies, whose offset lies, whose stream is
  * damaged, or that decode past their cluster (a decompression bomb: a
  * cluster of zeros compressed 4x over), subclusters both allocated and
- * zero; and random bit flips over the metadata. Each case opens or fails
+ * zero; a snapshot table (a copy of the active L1, and an empty one) whose
+ * snapshots read what they hold, and whose entries lie (L1 offsets and sizes,
+ * id, name and extra data lengths, NUL bytes in ids, counts past the table);
+ * and random bit flips over the metadata. Each case opens or fails
  * cleanly, reads cleanly (whatever it reads) and never allocates hugely.
  * Writes: the sound samples written (data, zero, compressed and unallocated
  * clusters) read back, also after a reopen; refcount table entries out of
@@ -66,6 +69,7 @@ typedef struct sample {
 
 static sample s_zlib, s_zstd, s_xl2;
 static unsigned n_cases, n_opened, n_refused;
+static const char *g_snapshot;   /* try_image() opens this snapshot (vdisk_disk_set_snapshot) */
 
 static void put32(uint8_t *p, uint32_t v) {
         p[0] = (uint8_t) (v >> 24), p[1] = (uint8_t) (v >> 16), p[2] = (uint8_t) (v >> 8), p[3] = (uint8_t) v;
@@ -92,6 +96,8 @@ static int try_image(const char *label, const uint8_t *bytes, size_t len, expect
         n_cases++;
         test_set_context("case %s (%zu bytes)", label, len);
         vdisk_clear_error();
+        if (g_snapshot)
+                ASSERT(vdisk_disk_set_snapshot(d, g_snapshot) == 0);
         r = vdisk_disk_open(d, io, n_cases % 2 ? "qcow2" : NULL, VDISK_OPEN_READONLY);
         if (r < 0) {
                 test_check_clean_error(__FILE__, __LINE__, label, r);
@@ -560,6 +566,162 @@ static void test_tables(const sample *s) {
         }
 }
 
+/* The sample plus a snapshot table (cluster T = s->len) of two entries:
+ * id "1" name "one" over a copy of the active L1 (cluster T + C), and id
+ * "2" name "empty" with no L1 table. Returns the buffer (s->len + 2 C). */
+static uint8_t *snap_sample(const sample *s, uint64_t *ret_t) {
+        uint64_t C = s->cluster, T = s->len;
+        uint8_t *b = calloc(1, s->len + 2 * C), *e;
+
+        ASSERT(b);
+        memcpy(b, s->bytes, s->len);
+        put32(b + 60, 2);
+        put64(b + 64, T);
+        memcpy(b + T + C, b + s->l1, 8);
+        e = b + T;
+        put64(e, T + C);
+        put32(e + 8, 1);
+        e[13] = 1, e[15] = 3;                   /* id and name lengths */
+        put32(e + 16, 1796614866);
+        put32(e + 36, 24);                      /* extra: vm state, disk size, icount */
+        put64(e + 40 + 8, DISK);
+        put64(e + 40 + 16, 7);
+        memcpy(e + 64, "1one", 4);
+        e = b + T + 72;
+        e[13] = 1, e[15] = 5;
+        put32(e + 36, 16);
+        put64(e + 40 + 8, DISK);
+        memcpy(e + 56, "2empty", 6);
+        *ret_t = T;
+        return b;
+}
+
+/* `off`: in the snapshot table, or HDR + an offset in the header */
+#define HDR ((size_t) 1 << 40)
+static void snap_case(const sample *s, const char *what, const char *snap, size_t off, unsigned width,
+                      uint64_t v, expect e, const uint8_t *content) {
+        uint64_t T;
+        uint8_t *b = snap_sample(s, &T), *p;
+        char label[160];
+
+        p = off >= HDR ? b + (off - HDR) : b + T + off;
+        if (width == 8)
+                put64(p, v);
+        else if (width == 4)
+                put32(p, (uint32_t) v);
+        else if (width == 2)
+                p[0] = (uint8_t) (v >> 8), p[1] = (uint8_t) v;
+        else if (width == 1)
+                p[0] = (uint8_t) v;
+        snprintf(label, sizeof label, "%s-snap-%s-%s=%#" PRIx64 ".qcow2", s->name, snap, what, v);
+        g_snapshot = snap;
+        try_image(label, b, s->len + 2 * s->cluster, e, content);
+        g_snapshot = NULL;
+        free(b);
+}
+
+static int reopen_calls;
+static int count_reopen(void *user, vdisk_io *io, vdisk_io **ret) {
+        reopen_calls++;
+        return -EACCES;
+}
+
+static void test_snapshots(const sample *s) {
+        uint8_t *zeros = calloc(1, DISK);
+        uint64_t T, C = s->cluster;
+        uint8_t *b = snap_sample(s, &T);
+
+        ASSERT(zeros);
+        /* the pristine table: each snapshot reads what it holds, by id or name */
+        snap_case(s, "none", "1", 0, 0, 0, MUST_READ, s->content);
+        snap_case(s, "none", "snapshot.name=one", 0, 0, 0, MUST_READ, s->content);
+        snap_case(s, "none", "empty", 0, 0, 0, MUST_READ, zeros);
+        snap_case(s, "none", "snapshot.id=2,snapshot.name=empty", 0, 0, 0, MUST_READ, zeros);
+        snap_case(s, "none", "snapshot.id=3", 0, 0, 0, MUST_REFUSE, NULL);
+        snap_case(s, "none", "snapshot.id=1,snapshot.name=empty", 0, 0, 0, MUST_REFUSE, NULL);
+        try_image("snap-table-current", b, s->len + 2 * C, MUST_READ, s->content);
+        {
+                /* listed with what the entries say; a snapshot opens read-only only */
+                vdisk_io *io = mem_io("snap-list", b, s->len + 2 * C);
+                vdisk_disk *d = disk_new();
+                vdisk_snapshot *v = NULL;
+                size_t n = 0;
+
+                ASSERT(vdisk_disk_open(d, io, "qcow2", VDISK_OPEN_READONLY) == 0);
+                ASSERT(vdisk_image_list_snapshots(vdisk_disk_image(d, 0), &v, &n) == 0);
+                ASSERT(n == 2);
+                ASSERT(streq(v[0].id, "1") && streq(v[0].name, "one") && streq(v[1].id, "2") &&
+                       streq(v[1].name, "empty"));
+                ASSERT(v[0].icount == 7 && v[1].icount == VDISK_SNAPSHOT_NO_ICOUNT);
+                ASSERT(v[0].date_sec == 1796614866 && v[0].disk_size == DISK);
+                vdisk_snapshots_free(v, n);
+                vdisk_disk_unref(d);
+                d = disk_new();
+                ASSERT(vdisk_disk_set_snapshot(d, "1") == 0);
+                ASSERT(vdisk_disk_open(d, io, "qcow2", 0) == -EROFS);
+                /* used once: the next open reads the current state */
+                ASSERT(vdisk_disk_open(d, io, "qcow2", VDISK_OPEN_READONLY) == 0);
+                ASSERT(vdisk_disk_set_snapshot(d, "snapshot.bogus=1") == -EINVAL);
+                ASSERT(vdisk_disk_set_snapshot(d, "snapshot.id=") == -EINVAL);
+                ASSERT(vdisk_disk_set_snapshot(d, "") == -EINVAL);
+                ASSERT(vdisk_disk_set_snapshot(d, "snapshot.id=1,snapshot.id=2") == -EINVAL);
+                ASSERT(vdisk_disk_set_snapshot(d, NULL) == 0);
+                vdisk_disk_unref(d);
+                {
+                        /* a snapshot is never reopened writable: a write
+                         * would land in the current state */
+                        vdisk_resolver_ops ops = { .size = sizeof ops, .reopen = count_reopen };
+                        vdisk_resolver *res = NULL;
+                        uint8_t sector[512] = { 1 };
+
+                        d = disk_new();
+                        ASSERT(vdisk_resolver_new_ops(&ops, NULL, &res) == 0);
+                        ASSERT(vdisk_disk_set_resolver(d, res) == 0);
+                        vdisk_resolver_unref(res);
+                        ASSERT(vdisk_disk_set_snapshot(d, "1") == 0);
+                        ASSERT(vdisk_disk_open(d, io, "qcow2", VDISK_OPEN_READONLY) == 0);
+                        reopen_calls = 0;
+                        ASSERT(vdisk_disk_write(d, sector, sizeof sector, 0) == -EROFS);
+                        ASSERT(vdisk_resize(d, 2 * DISK, NULL) == -EROFS);
+                        ASSERT(reopen_calls == 0);
+                        vdisk_disk_unref(d);
+                }
+                vdisk_io_unref(io);
+        }
+        free(b);
+
+        /* the first entry's L1 table */
+        snap_case(s, "l1_offset", "1", 0, 8, 0, MUST_REFUSE, NULL);
+        snap_case(s, "l1_offset", "1", 0, 8, C / 2, MUST_REFUSE, NULL);           /* in the header, unaligned */
+        snap_case(s, "l1_offset", "1", 0, 8, T + C + 8, MUST_REFUSE, NULL);
+        snap_case(s, "l1_offset", "1", 0, 8, T + 2 * C, MUST_REFUSE, NULL);       /* past the end */
+        snap_case(s, "l1_offset", "1", 0, 8, UINT64_MAX - C + 1, MUST_REFUSE, NULL);
+        snap_case(s, "l1_offset", "1", 0, 8, s->l2, ANY, NULL);                   /* an L2 table as L1 */
+        snap_case(s, "l1_offset", "1", 0, 8, s->reft, ANY, NULL);                  /* refcounts as L1 */
+        snap_case(s, "l1_offset", "2", 0, 8, UINT64_MAX, MUST_READ, zeros);       /* no L1: never read */
+        snap_case(s, "l1_size", "1", 8, 4, UINT32_MAX, MUST_REFUSE, NULL);
+        snap_case(s, "l1_size", "1", 8, 4, 4 * 1024 * 1024, MUST_REFUSE, NULL);   /* not in the file */
+        snap_case(s, "l1_size", "1", 8, 4, C / 8 + 1, MUST_REFUSE, NULL);         /* one past the end */
+        snap_case(s, "l1_size", "1", 8, 4, 0, MUST_READ, zeros);
+        snap_case(s, "l1_size", "1", 8, 4, C / 8, ANY, NULL);                     /* zeros after the copy */
+        /* lengths and counts */
+        snap_case(s, "id_len", "1", 12, 2, 0xffff, MUST_REFUSE, NULL);
+        snap_case(s, "id_len", "1", 12, 2, 0, MUST_REFUSE, NULL);                 /* "1" is gone */
+        snap_case(s, "name_len", "empty", 14, 2, 0xffff, MUST_REFUSE, NULL);
+        snap_case(s, "extra", "1", 36, 4, UINT32_MAX, MUST_REFUSE, NULL);
+        snap_case(s, "extra", "1", 36, 4, 1025, MUST_REFUSE, NULL);
+        snap_case(s, "extra", "1", 36, 4, 0, ANY, NULL);                          /* the id is read elsewhere */
+        snap_case(s, "extra2", "1", 72 + 36, 4, UINT32_MAX, MUST_REFUSE, NULL);  /* a bad later entry */
+        snap_case(s, "id-nul", "1", 64, 1, 0, MUST_REFUSE, NULL);
+        snap_case(s, "count", "1", HDR + 60, 4, 3, ANY, NULL);                    /* a third entry of zeros */
+        snap_case(s, "count", "1", HDR + 60, 4, 1000, MUST_REFUSE, NULL);         /* past the table's end */
+        snap_case(s, "count", "1", HDR + 60, 4, 1, MUST_READ, s->content);
+        snap_case(s, "count", "empty", HDR + 60, 4, 1, MUST_REFUSE, NULL);
+        snap_case(s, "offset", "1", HDR + 64, 8, T + 8, MUST_REFUSE, NULL);
+        snap_case(s, "offset", "1", HDR + 64, 8, s->l2, ANY, NULL);               /* an L2 table as entries */
+        free(zeros);
+}
+
 static void fuzz(const sample *s, uint64_t seed, unsigned iterations) {
         uint8_t *b = malloc(s->len);
         size_t meta_end = (size_t) MIN((uint64_t) s->len, 6 * (uint64_t) s->cluster);
@@ -619,6 +781,7 @@ int main(int argc, char **argv) {
                 test_header(s);
                 test_tables(s);
                 test_writes(s);
+                test_snapshots(s);
                 fuzz(s, seed + i, iterations);
                 free(s->bytes);
                 free(s->content);

@@ -419,6 +419,19 @@ const char *const *vdisk_disk_warnings(vdisk_disk *d);
 #define VDISK_METADATA_BUDGET_DEFAULT (UINT64_C(64) << 20)
 int vdisk_disk_set_metadata_budget(vdisk_disk *d, uint64_t bytes);
 
+/* Opens an internal snapshot's content instead of the image's current state
+ * (qemu-img's `-l`): the next vdisk_disk_open(), or the top image of the
+ * next vdisk_disk_open_chain(), reads the disk as it was when the snapshot
+ * was taken (its tables and its virtual size; the parent is the image's
+ * current one). `spec` is "snapshot.id=ID", "snapshot.name=NAME" or both
+ * joined by a comma (both must match then), or a bare string matched as an
+ * id first, then as a name. Such opens must be VDISK_OPEN_READONLY (else
+ * -EROFS); a format without internal snapshots is -EOPNOTSUPP, a snapshot
+ * that is not there -ENOENT (at the open). Used once: the open that takes
+ * it clears it, whatever its result. NULL clears it. -EINVAL for a spec
+ * with other keys or an empty value. */
+int vdisk_disk_set_snapshot(vdisk_disk *d, const char *spec);
+
 typedef struct vdisk_metadata_stats {
         size_t size;                 /* sizeof(vdisk_metadata_stats) */
         uint64_t budget;             /* the limit in bytes */
@@ -459,6 +472,23 @@ typedef struct vdisk_create_opts {
          * next to it; NULL = formats that need them fail with -ENOENT. */
         vdisk_resolver *resolver;
 } vdisk_create_opts;
+
+/* How large a new image would be (qemu-img measure). */
+typedef struct vdisk_measure_info {
+        uint64_t required;          /* bytes for the new image holding the input's data (or empty) */
+        uint64_t fully_allocated;   /* bytes with every block of the image allocated */
+        int has_bitmaps;            /* qcow2 v3 from an input that can hold bitmaps: "bitmaps size" */
+        uint64_t bitmaps;           /* bytes of persistent bitmaps (vdisk copies none: 0) */
+} vdisk_measure_info;
+/* Measures a new image of `format` with `options` ("-o" pairs as in
+ * vdisk_create_opts, "backing_file" included) that would hold the content of
+ * `in` (its whole chain, as a copy writes it; its virtual size), or, when `in`
+ * is NULL, an empty image of `size` bytes. The figures bound the file that
+ * vdisk_copy into such an image writes, and equal qemu-img measure's for the
+ * formats qemu measures (raw, qcow2). -EOPNOTSUPP for formats (or
+ * variants) that cannot be measured. */
+int vdisk_measure(const char *format, const char *const *options, uint64_t size, vdisk_disk *in,
+                  vdisk_measure_info *ret);
 
 /* VDCreateBase: creates a new base image of `size` bytes on io (which must be
  * empty and writable) and opens it as image 0 of an empty container. */
@@ -585,7 +615,11 @@ typedef struct vdisk_snapshot {
         int64_t date_sec;          /* wall clock time it was taken */
         uint32_t date_nsec;
         uint64_t vm_clock_nsec;    /* guest clock */
+        /* Instructions the guest had run (qemu's record/replay icount);
+         * VDISK_SNAPSHOT_NO_ICOUNT when the image does not record it. */
+        uint64_t icount;
 } vdisk_snapshot;
+#define VDISK_SNAPSHOT_NO_ICOUNT UINT64_MAX
 /* *ret is an array of *ret_n entries (NULL and 0 when there are none). */
 int vdisk_image_list_snapshots(vdisk_image *img, vdisk_snapshot **ret, size_t *ret_n);
 void vdisk_snapshots_free(vdisk_snapshot *v, size_t n);
