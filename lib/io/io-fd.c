@@ -284,6 +284,17 @@ static void wq_reap(fd_io *f, write_queue *q, unsigned min) {
         }
 }
 
+/* With q->lock held: does [off, off+len) overlap a write in flight? */
+static bool wq_overlaps(const write_queue *q, uint64_t off, size_t len) {
+        for (unsigned i = 0; i < q->depth; i++) {
+                const wq_slot *s = &q->slots[i];
+
+                if (s->busy && off < s->offset + s->len && s->offset < off + len)
+                        return true;
+        }
+        return false;
+}
+
 static int fd_queue_set(void *u, unsigned depth, size_t chunk) {
         fd_io *f = u;
         write_queue *q = NULL;
@@ -338,7 +349,9 @@ static int fd_queue_write(void *u, const void *buf, size_t len, uint64_t off) {
                 struct io_uring_sqe *sqe;
                 wq_slot *s = NULL;
 
-                if (q->n_busy == q->depth)
+                /* io_uring completes requests in any order: a write that
+                 * overlaps one in flight waits for it. */
+                while (q->n_busy > 0 && q->error == 0 && (q->n_busy == q->depth || wq_overlaps(q, off, n)))
                         wq_reap(f, q, 1);
                 if (q->error < 0) {
                         r = q->error;
