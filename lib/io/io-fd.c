@@ -2,7 +2,12 @@
 /* vdisk_io over a file descriptor: pread/pwrite, fdatasync, fallocate. */
 #include <fcntl.h>
 #include <linux/falloc.h>
+#ifndef HAVE_LIBURING
+#define HAVE_LIBURING 0
+#endif
+#if HAVE_LIBURING
 #include <liburing.h>
+#endif
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -45,7 +50,9 @@ typedef struct write_queue {
         size_t chunk;
         int ready;              /* ring and slots set up (lazily, at the first queued write) */
         int broken;             /* setting up failed: writes stay synchronous */
+#if HAVE_LIBURING
         struct io_uring ring;
+#endif
         wq_slot *slots;
         unsigned n_busy;
         int error;              /* the first failed queued write, sticky */
@@ -192,8 +199,10 @@ static int write_all(int fd, const uint8_t *p, size_t len, uint64_t off) {
 static void wq_free(write_queue *q) {
         if (!q)
                 return;
+#if HAVE_LIBURING
         if (q->ready)
                 io_uring_queue_exit(&q->ring);
+#endif
         for (unsigned i = 0; q->slots && i < q->depth; i++)
                 free(q->slots[i].buf);
         free(q->slots);
@@ -209,7 +218,7 @@ static int wq_setup(write_queue *q) {
         if (q->ready || q->broken)
                 return q->ready ? 0 : -EOPNOTSUPP;
         q->broken = 1;
-        if (e && strcmp(e, "0") == 0)
+        if (!HAVE_LIBURING || (e && strcmp(e, "0") == 0))
                 return -EOPNOTSUPP;
         q->slots = calloc(q->depth, sizeof *q->slots);
         if (!q->slots)
@@ -219,7 +228,11 @@ static int wq_setup(write_queue *q) {
                 if (!q->slots[i].buf)
                         return -ENOMEM;
         }
+#if HAVE_LIBURING
         r = io_uring_queue_init(q->depth, &q->ring, 0);
+#else
+        r = -EOPNOTSUPP;
+#endif
         if (r < 0)
                 return r;
         q->ready = 1;
@@ -254,6 +267,7 @@ static void wq_complete(fd_io *f, write_queue *q, wq_slot *s, int res) {
 
 /* With q->lock held: reaps completions, waiting for at least `min` of them. */
 static void wq_reap(fd_io *f, write_queue *q, unsigned min) {
+#if HAVE_LIBURING
         struct io_uring_cqe *cqe;
         wq_slot *s;
         int r;
@@ -282,6 +296,9 @@ static void wq_reap(fd_io *f, write_queue *q, unsigned min) {
                 if (min > 0)
                         min--;
         }
+#else
+        (void) f, (void) q, (void) min;   /* nothing is ever in flight */
+#endif
 }
 
 /* With q->lock held: does [off, off+len) overlap a write in flight? */
@@ -346,7 +363,9 @@ static int fd_queue_write(void *u, const void *buf, size_t len, uint64_t off) {
                 r = 0;   /* no io_uring: synchronous */
         while (r > 0 && len > 0) {
                 size_t n = MIN(len, q->chunk);
+#if HAVE_LIBURING
                 struct io_uring_sqe *sqe;
+#endif
                 wq_slot *s = NULL;
 
                 /* io_uring completes requests in any order: a write that
@@ -360,6 +379,7 @@ static int fd_queue_write(void *u, const void *buf, size_t len, uint64_t off) {
                 for (unsigned i = 0; i < q->depth && !s; i++)
                         if (!q->slots[i].busy)
                                 s = &q->slots[i];
+#if HAVE_LIBURING
                 sqe = s ? io_uring_get_sqe(&q->ring) : NULL;
                 if (!sqe) {   /* cannot happen: a free slot means a free entry */
                         r = q->error = -EIO;
@@ -384,6 +404,7 @@ static int fd_queue_write(void *u, const void *buf, size_t len, uint64_t off) {
                         wq_complete(f, q, s, write_all(f->dfd, s->buf, n, off) < 0 ? -EIO : (int) n);
                         r = q->error < 0 ? q->error : r;
                 }
+#endif
                 p += n;
                 off += n;
                 len -= n;
