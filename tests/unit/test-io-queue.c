@@ -6,7 +6,8 @@
  *   several chunks), small and unaligned writes through the page cache,
  *   reads through the io, size queries and truncation, on one file with the
  *   queue on, reads exactly like an in-memory model at every step, and the
- *   file reads so through a plain descriptor after the queue ends.
+ *   file reads so through a plain descriptor after the queue ends; writes
+ *   over writes still in flight leave the last one's bytes.
  * - Errors: a queued write that fails (an injected completion error, in
  *   place of the write) is reported by the next write, by a drain and by a
  *   flush, naming the file, the range and the cause; it stays reported until
@@ -149,6 +150,43 @@ static void test_content(unsigned depth, size_t chunk, uint64_t seed) {
         ASSERT_OK(io_queue_end(io));
         vdisk_io_unref(io);
         read_plain("mix", back, size);
+        ASSERT_MEMEQ(back, model, size);
+}
+
+/* Writes over writes still in flight: the last one wins, as without a queue.
+ * Without the overlap rule this fails only when the disk happens to complete
+ * out of order: it did in one run of two here (and the mix above with
+ * writes of up to 8 MiB in one of one); no deterministic check exists. */
+static void test_overlap(void) {
+        const uint64_t size = 16 * MiB;
+        _cleanup_free_ uint8_t *model = calloc(1, size), *buf = aligned_buf(8 * MiB), *back = malloc(size);
+        vdisk_io *io = open_file("overlap", true);
+        rng r;
+
+        ASSERT(model && back);
+        rng_seed(&r, 4);
+        /* Allocated first: overwrites are issued at once and may complete
+         * in any order (writes that allocate wait in io_uring's workers, one
+         * file's one at a time). */
+        for (uint64_t off = 0; off < size; off += 4 * MiB) {
+                rng_fill(&r, buf, 4 * MiB);
+                ASSERT_OK(io_pwrite(io, buf, 4 * MiB, off));
+                memcpy(model + off, buf, 4 * MiB);
+        }
+        ASSERT_OK(io_flush(io));
+        ASSERT_OK(io_queue_begin(io, 8, MiB));
+        for (unsigned i = 0; i < 120; i++) {
+                uint64_t len = rng_range(&r, 1, 32) * 256 * 1024;   /* up to 8 chunks */
+                uint64_t off = rng_below(&r, (size - len) / 4096 + 1) * 4096;
+
+                test_set_context("overlap %u", i);
+                rng_fill(&r, buf, len);
+                ASSERT_OK(io_pwrite(io, buf, len, off));
+                memcpy(model + off, buf, len);
+        }
+        ASSERT_OK(io_queue_end(io));
+        vdisk_io_unref(io);
+        read_plain("overlap", back, size);
         ASSERT_MEMEQ(back, model, size);
 }
 
@@ -395,6 +433,7 @@ int main(void) {
         test_content(8, MiB, 1);
         test_content(1, 512 * 1024, 10);
         test_content(3, 4 * MiB, 20);
+        test_overlap();
         test_close_drains();
         test_error();
         test_transaction();
