@@ -236,6 +236,10 @@ static int write_new_unit(vdisk_disk *d, unsigned level, uint64_t offset, const 
         n = (size_t) MIN((uint64_t) len, uend - offset);
         r = fill_unit(d, level, res.unit_offset, uend, offset, p, n, image_file(img, res.file), res.host_offset,
                       res.fresh);
+        /* The data is written (not queued behind: io.h) before the table
+         * points at it, so a queued write that fails fails this call. */
+        if (r >= 0)
+                r = io_drain(image_file(img, res.file));
         if (r < 0) {
                 img->be->release(img->state, &res);
                 return r;

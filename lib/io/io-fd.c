@@ -2,6 +2,12 @@
 /* vdisk_io over a file descriptor: pread/pwrite, fdatasync, fallocate. */
 #include <fcntl.h>
 #include <linux/falloc.h>
+#ifndef HAVE_LIBURING
+#define HAVE_LIBURING 0
+#endif
+#if HAVE_LIBURING
+#include <liburing.h>
+#endif
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -24,14 +30,50 @@
  *     parallel; uncontended it costs two atomic operations per write call.
  *   - unsynced is a counter for a heuristic (when to start writeback): an
  *     atomic, and whoever takes it past the step starts the writeback. */
+/* Write-behind (io_queue_begin() in io.h): a ring of `depth` chunks the io
+ * owns, each holding one direct write in flight through io_uring. The queue
+ * is set and freed under dlock held for writing; writers and drains use it
+ * under dlock held for reading, and its own lock for the slots and the ring
+ * (lock order: dlock, then lock). A direct write in flight holds the number
+ * of dfd, so dfd is replaced or closed only after a drain. */
+typedef struct wq_slot {
+        uint8_t *buf;
+        size_t len;
+        uint64_t offset;
+        int busy;
+        int inject;             /* tests: complete with this error, write nothing */
+} wq_slot;
+
+typedef struct write_queue {
+        pthread_mutex_t lock;
+        unsigned depth;
+        size_t chunk;
+        int ready;              /* ring and slots set up (lazily, at the first queued write) */
+        int broken;             /* setting up failed: writes stay synchronous */
+#if HAVE_LIBURING
+        struct io_uring ring;
+#endif
+        wq_slot *slots;
+        unsigned n_busy;
+        int error;              /* the first failed queued write, sticky */
+        uint64_t error_offset;
+        size_t error_len;
+        unsigned inject_at;     /* io_fd_queue_inject(): countdown + 1, 0 when off */
+        int inject_error;
+} write_queue;
+
 typedef struct fd_io {
         int fd;
         int own;
         pthread_rwlock_t dlock;
         int dfd;                /* the same file opened O_DIRECT (VDISK_IO_DIRECT), or -1; under dlock */
+        _Atomic int no_direct;  /* a queued direct write was refused (EINVAL): no more direct writes */
+        write_queue *wq;        /* under dlock */
         _Atomic uint64_t unsynced;  /* bytes written through the page cache since writeback was last started */
         int nosync;             /* VDISK_IO_NOSYNC: flushes are skipped, so is early writeback */
 } fd_io;
+
+static void wq_reap(fd_io *f, write_queue *q, unsigned min);
 
 /* Direct writes. A durable bulk write through the page cache costs a copy
  * into the cache and then the kernel's writeback; O_DIRECT hands the pages to
@@ -71,8 +113,8 @@ static int fd_pread(void *u, void *buf, size_t len, uint64_t off) {
 }
 
 /* With dlock held (for reading at least). */
-static bool direct_ok(const fd_io *f, const void *p, size_t len, uint64_t off) {
-        return f->dfd >= 0 && len >= DIRECT_MIN &&
+static bool direct_ok(fd_io *f, const void *p, size_t len, uint64_t off) {
+        return f->dfd >= 0 && !atomic_load(&f->no_direct) && len >= DIRECT_MIN &&
                ((uintptr_t) p | len | off) % DIRECT_ALIGN == 0;
 }
 
@@ -81,6 +123,11 @@ static bool direct_ok(const fd_io *f, const void *p, size_t len, uint64_t off) {
 static void direct_give_up(fd_io *f, int dfd) {
         pthread_rwlock_unlock(&f->dlock);
         pthread_rwlock_wrlock(&f->dlock);
+        if (f->dfd == dfd && f->wq) {   /* queued writes name it */
+                pthread_mutex_lock(&f->wq->lock);
+                wq_reap(f, f->wq, f->wq->n_busy);
+                pthread_mutex_unlock(&f->wq->lock);
+        }
         if (f->dfd == dfd) {   /* not replaced meanwhile, nor given up by another writer */
                 close(f->dfd);
                 f->dfd = -1;
@@ -128,6 +175,277 @@ static int fd_pwrite(void *u, const void *buf, size_t len, uint64_t off) {
             atomic_exchange(&f->unsynced, 0) >= WRITEBACK_STEP)
                 (void) sync_file_range(f->fd, 0, 0, SYNC_FILE_RANGE_WRITE);
         return r;
+}
+
+/* ---- write-behind */
+
+static int write_all(int fd, const uint8_t *p, size_t len, uint64_t off) {
+        while (len > 0) {
+                ssize_t n = pwrite(fd, p, len, (off_t) off);
+                if (n < 0) {
+                        if (errno == EINTR)
+                                continue;
+                        return -errno;
+                }
+                if (n == 0)
+                        return -ENOSPC;
+                p += n;
+                off += (uint64_t) n;
+                len -= (size_t) n;
+        }
+        return 0;
+}
+
+static void wq_free(write_queue *q) {
+        if (!q)
+                return;
+#if HAVE_LIBURING
+        if (q->ready)
+                io_uring_queue_exit(&q->ring);
+#endif
+        for (unsigned i = 0; q->slots && i < q->depth; i++)
+                free(q->slots[i].buf);
+        free(q->slots);
+        pthread_mutex_destroy(&q->lock);
+        free(q);
+}
+
+/* With q->lock held. */
+static int wq_setup(write_queue *q) {
+        const char *e = getenv("VDISK_IO_URING");
+        int r;
+
+        if (q->ready || q->broken)
+                return q->ready ? 0 : -EOPNOTSUPP;
+        q->broken = 1;
+        if (!HAVE_LIBURING || (e && strcmp(e, "0") == 0))
+                return -EOPNOTSUPP;
+        q->slots = calloc(q->depth, sizeof *q->slots);
+        if (!q->slots)
+                return -ENOMEM;
+        for (unsigned i = 0; i < q->depth; i++) {
+                q->slots[i].buf = buf_alloc(q->chunk);
+                if (!q->slots[i].buf)
+                        return -ENOMEM;
+        }
+#if HAVE_LIBURING
+        r = io_uring_queue_init(q->depth, &q->ring, 0);
+#else
+        r = -EOPNOTSUPP;
+#endif
+        if (r < 0)
+                return r;
+        q->ready = 1;
+        q->broken = 0;
+        return 0;
+}
+
+/* With q->lock held: a completion of slot s, res as io_uring gives it. A
+ * short write is finished, and a direct write the file system refused is
+ * done again, through the page cache. */
+static void wq_complete(fd_io *f, write_queue *q, wq_slot *s, int res) {
+        int r = 0;
+
+        if (s->inject)
+                r = s->inject;
+        else if (res == -EINVAL) {
+                atomic_store(&f->no_direct, 1);
+                r = write_all(f->fd, s->buf, s->len, s->offset);
+        } else if (res < 0)
+                r = res == -EAGAIN || res == -EINTR ? write_all(f->fd, s->buf, s->len, s->offset) : res;
+        else if ((size_t) res < s->len)
+                r = write_all(f->fd, s->buf + res, s->len - (size_t) res, s->offset + (uint64_t) res);
+        if (r < 0 && q->error == 0) {
+                q->error = r;
+                q->error_offset = s->offset;
+                q->error_len = s->len;
+        }
+        s->busy = 0;
+        s->inject = 0;
+        q->n_busy--;
+}
+
+/* With q->lock held: reaps completions, waiting for at least `min` of them. */
+static void wq_reap(fd_io *f, write_queue *q, unsigned min) {
+#if HAVE_LIBURING
+        struct io_uring_cqe *cqe;
+        wq_slot *s;
+        int r;
+
+        while (q->n_busy > 0) {
+                if (min > 0) {
+                        r = io_uring_wait_cqe(&q->ring, &cqe);
+                        if (r == -EINTR)
+                                continue;
+                } else
+                        r = io_uring_peek_cqe(&q->ring, &cqe);
+                if (r < 0) {
+                        if (min == 0 && r == -EAGAIN)
+                                return;
+                        /* The ring itself failed: nothing more will come. */
+                        if (q->error == 0)
+                                q->error = r;
+                        return;
+                }
+                s = io_uring_cqe_get_data(cqe);
+                if (s)
+                        wq_complete(f, q, s, cqe->res);
+                io_uring_cqe_seen(&q->ring, cqe);
+                if (!s)
+                        continue;
+                if (min > 0)
+                        min--;
+        }
+#else
+        (void) f, (void) q, (void) min;   /* nothing is ever in flight */
+#endif
+}
+
+/* With q->lock held: does [off, off+len) overlap a write in flight? */
+static bool wq_overlaps(const write_queue *q, uint64_t off, size_t len) {
+        for (unsigned i = 0; i < q->depth; i++) {
+                const wq_slot *s = &q->slots[i];
+
+                if (s->busy && off < s->offset + s->len && s->offset < off + len)
+                        return true;
+        }
+        return false;
+}
+
+static int fd_queue_set(void *u, unsigned depth, size_t chunk) {
+        fd_io *f = u;
+        write_queue *q = NULL;
+        int r = 0;
+
+        if (depth > 0) {
+                q = calloc(1, sizeof *q);
+                if (!q)
+                        return -ENOMEM;
+                pthread_mutex_init(&q->lock, NULL);
+                q->depth = depth;
+                q->chunk = chunk;
+        }
+        pthread_rwlock_wrlock(&f->dlock);
+        if (depth > 0 && (f->dfd < 0 || f->wq))
+                r = -EOPNOTSUPP;
+        else if (depth == 0 && f->wq) {
+                pthread_mutex_lock(&f->wq->lock);
+                wq_reap(f, f->wq, f->wq->n_busy);
+                pthread_mutex_unlock(&f->wq->lock);
+                wq_free(f->wq);
+                f->wq = NULL;
+        } else if (depth > 0) {
+                f->wq = q;
+                q = NULL;
+        }
+        pthread_rwlock_unlock(&f->dlock);
+        wq_free(q);
+        return r;
+}
+
+static int fd_queue_write(void *u, const void *buf, size_t len, uint64_t off) {
+        fd_io *f = u;
+        const uint8_t *p = buf;
+        write_queue *q;
+        int r = 1;
+
+        pthread_rwlock_rdlock(&f->dlock);
+        q = f->wq;
+        if (!q || !direct_ok(f, p, len, off)) {
+                pthread_rwlock_unlock(&f->dlock);
+                return 0;
+        }
+        pthread_mutex_lock(&q->lock);
+        wq_reap(f, q, 0);
+        if (q->error < 0)
+                r = q->error;
+        else if (wq_setup(q) < 0)
+                r = 0;   /* no io_uring: synchronous */
+        while (r > 0 && len > 0) {
+                size_t n = MIN(len, q->chunk);
+#if HAVE_LIBURING
+                struct io_uring_sqe *sqe;
+#endif
+                wq_slot *s = NULL;
+
+                /* io_uring completes requests in any order: a write that
+                 * overlaps one in flight waits for it. */
+                while (q->n_busy > 0 && q->error == 0 && (q->n_busy == q->depth || wq_overlaps(q, off, n)))
+                        wq_reap(f, q, 1);
+                if (q->error < 0) {
+                        r = q->error;
+                        break;
+                }
+                for (unsigned i = 0; i < q->depth && !s; i++)
+                        if (!q->slots[i].busy)
+                                s = &q->slots[i];
+#if HAVE_LIBURING
+                sqe = s ? io_uring_get_sqe(&q->ring) : NULL;
+                if (!sqe) {   /* cannot happen: a free slot means a free entry */
+                        r = q->error = -EIO;
+                        break;
+                }
+                memcpy(s->buf, p, n);
+                s->len = n;
+                s->offset = off;
+                s->busy = 1;
+                if (q->inject_at > 0 && --q->inject_at == 0) {
+                        s->inject = q->inject_error;
+                        io_uring_prep_nop(sqe);
+                } else
+                        io_uring_prep_write(sqe, f->dfd, s->buf, (unsigned) n, off);
+                io_uring_sqe_set_data(sqe, s);
+                q->n_busy++;
+                if (io_uring_submit(&q->ring) < 0) {
+                        /* Not submitted: write it here; the entry goes
+                         * later as a no-op nobody waits for. */
+                        io_uring_prep_nop(sqe);
+                        io_uring_sqe_set_data(sqe, NULL);
+                        wq_complete(f, q, s, write_all(f->dfd, s->buf, n, off) < 0 ? -EIO : (int) n);
+                        r = q->error < 0 ? q->error : r;
+                }
+#endif
+                p += n;
+                off += n;
+                len -= n;
+        }
+        pthread_mutex_unlock(&q->lock);
+        pthread_rwlock_unlock(&f->dlock);
+        return r;
+}
+
+static int fd_drain(void *u, uint64_t *ret_offset, size_t *ret_len) {
+        fd_io *f = u;
+        int r = 0;
+
+        pthread_rwlock_rdlock(&f->dlock);
+        if (f->wq) {
+                pthread_mutex_lock(&f->wq->lock);
+                wq_reap(f, f->wq, f->wq->n_busy);
+                r = f->wq->error;
+                *ret_offset = f->wq->error_offset;
+                *ret_len = f->wq->error_len;
+                pthread_mutex_unlock(&f->wq->lock);
+        }
+        pthread_rwlock_unlock(&f->dlock);
+        return r;
+}
+
+int io_fd_queue_inject(vdisk_io *io, unsigned n, int err) {
+        fd_io *f;
+
+        if (!io || io->kind != IO_KIND_FD || err >= 0)
+                return -EINVAL;
+        f = io->user;
+        pthread_rwlock_rdlock(&f->dlock);
+        if (f->wq) {
+                pthread_mutex_lock(&f->wq->lock);
+                f->wq->inject_at = n + 1;
+                f->wq->inject_error = err;
+                pthread_mutex_unlock(&f->wq->lock);
+        }
+        pthread_rwlock_unlock(&f->dlock);
+        return f->wq ? 0 : -EOPNOTSUPP;
 }
 
 static int fd_flush(void *u) {
@@ -221,6 +539,7 @@ static int fd_get_identity(void *u, io_identity *ret) {
 static void fd_close(void *u) {
         fd_io *f = u;
 
+        (void) fd_queue_set(f, 0, 0);   /* waits for the writes in flight */
         if (f->own)
                 close(f->fd);
         if (f->dfd >= 0)
@@ -240,6 +559,9 @@ static const io_vtable fd_vtable = {
         .get_allocated = fd_get_allocated,
         .seek_data = fd_seek_data,
         .get_identity = fd_get_identity,
+        .queue_set = fd_queue_set,
+        .queue_write = fd_queue_write,
+        .drain = fd_drain,
         .close = fd_close,
 };
 
@@ -341,6 +663,11 @@ int vdisk_io_set_direct_fd(vdisk_io *io, int fd) {
         if (copy < 0)
                 return vdisk_error(-errno, "%s: cannot duplicate the direct descriptor: %m", name);
         pthread_rwlock_wrlock(&f->dlock);
+        if (f->wq) {   /* writes in flight name the old descriptor */
+                pthread_mutex_lock(&f->wq->lock);
+                wq_reap(f, f->wq, f->wq->n_busy);
+                pthread_mutex_unlock(&f->wq->lock);
+        }
         if (f->dfd >= 0)
                 close(f->dfd);
         f->dfd = copy;

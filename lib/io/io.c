@@ -53,9 +53,86 @@ int vdisk_io_readonly(const vdisk_io *io) {
         return io && (io->flags & VDISK_IO_READONLY);
 }
 
+/* ---- write-behind */
+
+static unsigned long long env_number(const char *name, unsigned long long def, unsigned long long max) {
+        const char *v = getenv(name);
+        unsigned long long n;
+        char *end;
+
+        if (!v || !*v)
+                return def;
+        errno = 0;
+        n = strtoull(v, &end, 10);
+        if (errno || end == v)
+                return def;
+        if (*end == 'k' || *end == 'K')
+                n <<= 10, end++;
+        else if (*end == 'm' || *end == 'M')
+                n <<= 20, end++;
+        if (*end)
+                return def;
+        return MIN(n, max);
+}
+
+void io_queue_params(unsigned *ret_depth, size_t *ret_chunk) {
+        *ret_depth = (unsigned) env_number("VDISK_IO_QUEUE_DEPTH", IO_QUEUE_DEPTH, IO_QUEUE_MAX_DEPTH);
+        *ret_chunk = (size_t) env_number("VDISK_IO_QUEUE_CHUNK", IO_QUEUE_CHUNK, IO_QUEUE_MAX_CHUNK);
+}
+
+int io_queue_begin(vdisk_io *io, unsigned depth, size_t chunk) {
+        unsigned d;
+        size_t c;
+        int r;
+
+        if (!io->vt->queue_set || (io->flags & VDISK_IO_READONLY) || atomic_load(&io->queued))
+                return -EOPNOTSUPP;
+        io_queue_params(&d, &c);
+        depth = depth ? MIN(depth, IO_QUEUE_MAX_DEPTH) : d;
+        chunk = chunk ? MIN(chunk, (size_t) IO_QUEUE_MAX_CHUNK) : c;
+        if (depth == 0 || chunk < 4096 || chunk % 4096)
+                return -EOPNOTSUPP;
+        r = io->vt->queue_set(io->user, depth, chunk);
+        if (r < 0)
+                return r == -EOPNOTSUPP ? r : vdisk_error(r, "%s: cannot start the write queue: %s", io->name,
+                                                          strerror(-r));
+        atomic_store(&io->queued, 1);
+        return 0;
+}
+
+int io_drain(vdisk_io *io) {
+        uint64_t offset = 0;
+        size_t len = 0;
+        int r;
+
+        if (!atomic_load(&io->queued))
+                return 0;
+        r = io->vt->drain(io->user, &offset, &len);
+        if (r < 0)
+                return vdisk_error(r, "%s: write of %zu bytes at offset %" PRIu64 " failed: %s", io->name, len,
+                                   offset, strerror(-r));
+        return 0;
+}
+
+int io_queue_end(vdisk_io *io) {
+        int r;
+
+        if (!atomic_load(&io->queued))
+                return 0;
+        r = io_drain(io);
+        /* Waits again (a writer on another thread may have queued since),
+         * then frees the queue. */
+        (void) io->vt->queue_set(io->user, 0, 0);
+        atomic_store(&io->queued, 0);
+        return r;
+}
+
 int io_pread(vdisk_io *io, void *buf, size_t len, uint64_t offset) {
         int r;
 
+        r = io_drain(io);
+        if (r < 0)
+                return r;
         if (len == 0)
                 return 0;
         if (offset > UINT64_MAX - len)
@@ -72,6 +149,9 @@ int io_pread_zerofill(vdisk_io *io, void *buf, size_t len, uint64_t offset) {
         size_t n;
         int r;
 
+        r = io_drain(io);
+        if (r < 0)
+                return r;
         /* The common case: the whole range is inside the file. */
         if (len > 0 && offset <= UINT64_MAX - len && io->vt->pread(io->user, buf, len, offset) >= 0)
                 return 0;
@@ -95,6 +175,16 @@ int io_pwrite(vdisk_io *io, const void *buf, size_t len, uint64_t offset) {
                 return 0;
         if (offset > UINT64_MAX - len)
                 return vdisk_error(-EINVAL, "%s: write range overflows", io->name);
+        if (atomic_load(&io->queued)) {
+                r = io->vt->queue_write(io->user, buf, len, offset);
+                if (r > 0)
+                        return 0;
+                /* Not queueable, or a queued write failed: wait for the
+                 * others, so that this write lands after them. */
+                r = io_drain(io);
+                if (r < 0)
+                        return r;
+        }
         r = io->vt->pwrite(io->user, buf, len, offset);
         if (r < 0)
                 return vdisk_error(r, "%s: write of %zu bytes at offset %" PRIu64 " failed: %s",
@@ -105,6 +195,11 @@ int io_pwrite(vdisk_io *io, const void *buf, size_t len, uint64_t offset) {
 int io_flush(vdisk_io *io) {
         int r;
 
+        /* Even without syncs (VDISK_IO_NOSYNC): a flush orders what follows
+         * after what came before. */
+        r = io_drain(io);
+        if (r < 0)
+                return r;
         if (io->flags & (VDISK_IO_READONLY | VDISK_IO_NOSYNC))
                 return 0;
         r = io->vt->flush(io->user);
@@ -116,6 +211,9 @@ int io_flush(vdisk_io *io) {
 int io_get_size(vdisk_io *io, uint64_t *ret) {
         int r;
 
+        r = io_drain(io);   /* a queued write may grow the file */
+        if (r < 0)
+                return r;
         r = io->vt->get_size(io->user, ret);
         if (r < 0)
                 return vdisk_error(r, "%s: cannot get size: %s", io->name, strerror(-r));
@@ -129,6 +227,9 @@ int io_truncate(vdisk_io *io, uint64_t size) {
                 return vdisk_error(-EROFS, "%s: opened read-only", io->name);
         if (!io->vt->truncate)
                 return vdisk_error(-EOPNOTSUPP, "%s: cannot change the file size", io->name);
+        r = io_drain(io);
+        if (r < 0)
+                return r;
         r = io->vt->truncate(io->user, size);
         if (r < 0)
                 return vdisk_error(r, "%s: truncate to %" PRIu64 " failed: %s", io->name, size, strerror(-r));
@@ -142,6 +243,9 @@ int io_reserve(vdisk_io *io, uint64_t offset, uint64_t len) {
                 return vdisk_error(-EROFS, "%s: opened read-only", io->name);
         if (!io->vt->reserve)
                 return -EOPNOTSUPP;
+        r = io_drain(io);
+        if (r < 0)
+                return r;
         r = io->vt->reserve(io->user, offset, len);
         if (r < 0 && r != -EOPNOTSUPP)
                 return vdisk_error(r, "%s: reserving %" PRIu64 " bytes at offset %" PRIu64 " failed: %s", io->name,
@@ -156,6 +260,9 @@ int io_punch_hole(vdisk_io *io, uint64_t offset, uint64_t len) {
                 return vdisk_error(-EROFS, "%s: opened read-only", io->name);
         if (!io->vt->punch_hole)
                 return -EOPNOTSUPP;
+        r = io_drain(io);
+        if (r < 0)
+                return r;
         r = io->vt->punch_hole(io->user, offset, len);
         if (r < 0 && r != -EOPNOTSUPP)
                 return vdisk_error(r, "%s: punching a hole failed: %s", io->name, strerror(-r));
@@ -181,12 +288,20 @@ int io_write_zeroes(vdisk_io *io, uint64_t offset, uint64_t len) {
 }
 
 int io_get_allocated(vdisk_io *io, uint64_t *ret) {
+        int r = io_drain(io);
+
+        if (r < 0)
+                return r;
         if (io->vt->get_allocated)
                 return io->vt->get_allocated(io->user, ret);
         return io_get_size(io, ret);
 }
 
 int io_seek_data(vdisk_io *io, uint64_t offset, int hole, uint64_t *ret) {
+        int r = io_drain(io);
+
+        if (r < 0)
+                return r;
         if (!io->vt->seek_data)
                 return -EOPNOTSUPP;
         return io->vt->seek_data(io->user, offset, hole, ret);
@@ -201,7 +316,7 @@ int io_get_identity(vdisk_io *io, io_identity *ret) {
 int io_is_hole(vdisk_io *io, uint64_t offset, uint64_t len) {
         uint64_t next;
 
-        if (!io->vt->seek_data)
+        if (!io->vt->seek_data || io_drain(io) < 0)
                 return 0;
         if (io->vt->seek_data(io->user, offset, 0, &next) < 0)
                 return 0;

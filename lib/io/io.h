@@ -33,6 +33,15 @@ typedef struct io_vtable {
         /* Which file this is (st_dev, st_ino); optional: ios that are no
          * host file (memory, caller ops) have no identity. */
         int (*get_identity)(void *user, io_identity *ret);
+        /* Write-behind (io-fd.c; optional, see io_queue_begin()). */
+        int (*queue_set)(void *user, unsigned depth, size_t chunk);
+        /* Queues the write if it can go behind: 1 queued, 0 not queueable
+         * (the caller drains, then writes it synchronously), < 0 a queued
+         * write failed (io_drain() reports it). */
+        int (*queue_write)(void *user, const void *buf, size_t len, uint64_t offset);
+        /* Waits for every queued write; on failure returns the first error
+         * (sticky until the queue ends) and the range it hit. */
+        int (*drain)(void *user, uint64_t *ret_offset, size_t *ret_len);
         void (*close)(void *user);
 } io_vtable;
 
@@ -43,6 +52,7 @@ struct vdisk_io {
         char *name;
         uint32_t flags;            /* VDISK_IO_READONLY */
         int kind;                  /* IO_KIND_* */
+        _Atomic int queued;        /* io_queue_begin() took: writes may be behind */
 };
 
 enum { IO_KIND_OPS, IO_KIND_FD, IO_KIND_MEMORY, IO_KIND_FAULT };
@@ -80,6 +90,35 @@ static inline bool io_identity_equal(const io_identity *a, const io_identity *b)
 }
 /* For a fd io: is [offset, offset+len) known to be a hole in the host file? */
 int io_is_hole(vdisk_io *io, uint64_t offset, uint64_t len);
+
+/* Write-behind. Between io_queue_begin() and io_queue_end(), large aligned
+ * direct writes return at once and up to `depth` of them (copied into
+ * chunks of `chunk` bytes the io owns) are in flight, through io_uring.
+ * Everything else on the io (reads, small writes, flush, truncate, size...)
+ * first drains the queue, so it is ordered after the writes before it; a
+ * queued write's error is returned by the next write, drain or flush, naming
+ * the file, the range and the cause, and stays until io_queue_end().
+ * io_queue_begin() returns -EOPNOTSUPP (no error recorded) when the io cannot
+ * (not a fd io, no O_DIRECT descriptor, io_uring unavailable, or
+ * VDISK_IO_URING=0 in the environment): writes stay synchronous. depth 0 and
+ * chunk 0 take the defaults (VDISK_IO_QUEUE_DEPTH, VDISK_IO_QUEUE_CHUNK, or
+ * IO_QUEUE_DEPTH x IO_QUEUE_CHUNK); depth 1 still lets one write overlap the
+ * caller's work. */
+#define IO_QUEUE_DEPTH 8u
+#define IO_QUEUE_CHUNK (1u << 20)
+#define IO_QUEUE_MAX_DEPTH 64u
+#define IO_QUEUE_MAX_CHUNK (64u << 20)
+int io_queue_begin(vdisk_io *io, unsigned depth, size_t chunk);
+/* Waits for every queued write: the point where the core orders data before
+ * metadata that points at it. Returns the first queued write's error. */
+int io_drain(vdisk_io *io);
+/* Drains, returns the queue's error, and makes writes synchronous again. */
+int io_queue_end(vdisk_io *io);
+/* The queue parameters from the environment, or the defaults. */
+void io_queue_params(unsigned *ret_depth, size_t *ret_chunk);
+/* Tests: the n-th queued write of a fd io from now (0: the next) completes
+ * with error `err` without writing anything. */
+int io_fd_queue_inject(vdisk_io *io, unsigned n, int err);
 
 static inline void io_unrefp(vdisk_io **p) {
         vdisk_io_unref(*p);

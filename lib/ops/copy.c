@@ -272,11 +272,37 @@ out:
         return r;
 }
 
+/* Write-behind on the files of the new image (io.h): the copy's large
+ * writes go behind while the writer goes on to the next buffer. Under the
+ * destination's lock. */
+static void queue_begin(vdisk_image *img) {
+        if (!vdisk_io_readonly(img->io))
+                (void) io_queue_begin(img->io, 0, 0);
+        for (size_t i = 0; i < files_count(img->files); i++)
+                if (!vdisk_io_readonly(files_get(img->files, i)))
+                        (void) io_queue_begin(files_get(img->files, i), 0, 0);
+}
+
+/* Waits for every queued write; returns the first error. Runs on every path
+ * out of the copy (failure and cancel too): nothing is written after the
+ * copy returns. */
+static int queue_end(vdisk_image *img) {
+        int r = io_queue_end(img->io);
+
+        for (size_t i = 0; i < files_count(img->files); i++) {
+                int k = io_queue_end(files_get(img->files, i));
+                if (r >= 0)
+                        r = k;
+        }
+        return r;
+}
+
 /* copy_run() on the source levels [src_bottom, src_top] found at the start
  * (both disks registered; no lock held). */
 static int copy_levels(vdisk_disk *src, unsigned src_bottom, unsigned src_top, uint64_t src_size, vdisk_disk *dst,
                        unsigned level, uint64_t size, uint64_t sparse, vdisk_progress *p) {
         pipeline pl = {};
+        char msg[1024];
         int r = 0;
 
         pl.src = src;
@@ -293,6 +319,8 @@ static int copy_levels(vdisk_disk *src, unsigned src_bottom, unsigned src_top, u
                         r = vdisk_error(-EOPNOTSUPP, "%s: a unit of %" PRIu64 " bytes does not divide the copy "
                                         "buffer", vdisk_io_name(dst->images[level]->io), pl.unit);
         }
+        if (r >= 0)
+                queue_begin(dst->images[level]);
         pthread_mutex_unlock(&dst->lock);
         if (r < 0)
                 return r;
@@ -303,13 +331,21 @@ static int copy_levels(vdisk_disk *src, unsigned src_bottom, unsigned src_top, u
                 r = run_pipeline(&pl, dst, level, sparse, p);
         pthread_cond_destroy(&pl.cond);
         pthread_mutex_destroy(&pl.lock);
-        if (r < 0)
-                return r;
-        /* A stream image gets its tables and footer, then the one flush. */
         pthread_mutex_lock(&dst->lock);
-        r = image_finish(dst->images[level]);
-        if (r >= 0)
-                r = image_flush(dst->images[level]);
+        if (r >= 0) {
+                /* A stream image gets its tables and footer, then the one
+                 * flush (which drains the queues). */
+                r = image_finish(dst->images[level]);
+                if (r >= 0)
+                        r = image_flush(dst->images[level]);
+                if (r >= 0)
+                        r = queue_end(dst->images[level]);
+        }
+        if (r < 0) {
+                snprintf(msg, sizeof msg, "%s", vdisk_last_error());
+                if (queue_end(dst->images[level]) < 0)
+                        r = vdisk_error(r, "%s", msg);   /* the first error is the one to report */
+        }
         pthread_mutex_unlock(&dst->lock);
         return r;
 }
