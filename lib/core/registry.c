@@ -10,7 +10,9 @@ static const vdisk_backend *const backends[] = {
         &backend_vdi,
         &backend_vhd,
         &backend_vmdk,
+        &backend_qcow,      /* before QCOW2: both see "QFI\xfb"; version 1 is ours */
         &backend_qcow2,
+        &backend_qed,
         &backend_raw,
 };
 
