@@ -22,7 +22,9 @@
  * Supported: read, write, create, diffs (backing file name in the header;
  * the format is probed, never raw), compressed clusters as MAP_ENCODED
  * units. Refused: AES encryption (crypt_method 1), backing names that are
- * qemu pseudo-protocols (json:, nbd: ...). A write into a compressed
+ * qemu pseudo-protocols (json:, nbd: ...). Create makes what qemu-img
+ * makes (4 KiB clusters, 512-byte ones in a diff, L2 tables of 4 KiB and
+ * 32 KiB) unless the library's block_size asks for a cluster size. A write into a compressed
  * cluster puts the whole cluster in a new place (the old bytes are left
  * behind: the format has no refcounts).
  *
@@ -485,6 +487,8 @@ static int grow_file(qcow_state *s, uint64_t end) {
         uint64_t size;
         int r;
 
+        if (s->file_size >= end)
+                return 0;   /* files only grow while written */
         r = io_get_size(s->io, &size);
         if (r < 0)
                 return r;
@@ -584,7 +588,16 @@ static int qcow_create(void *state, const open_ctx *c, const create_params *p) {
          * little of the parent), 4 KiB clusters otherwise; L2 tables of
          * 32 KiB and 4 KiB */
         h[32] = p->parent_name ? 9 : 12;
-        h[33] = p->parent_name ? 12 : 9;
+        if (p->block_size) {
+                /* a cluster size asked for (the library's block_size) */
+                if (!IS_POWER_OF_2(p->block_size) || p->block_size < (1u << QCOW_CLUSTER_BITS_MIN) ||
+                    p->block_size > (1u << QCOW_CLUSTER_BITS_MAX))
+                        return vdisk_error(-EINVAL, "qcow: cluster size %" PRIu32 " (a power of two, 512 bytes to "
+                                           "64 KiB)", p->block_size);
+                h[32] = (uint8_t) __builtin_ctz(p->block_size);
+        }
+        /* L2 tables of one cluster, at least 4 KiB */
+        h[33] = (uint8_t) (h[32] == 9 ? 12 : h[32] - 3);
         put_be32(h, QCOW_MAGIC);
         put_be32(h + 4, QCOW_VERSION);
         if (name_len) {
@@ -642,14 +655,22 @@ static int qcow_get_meta(void *state, meta *m) {
 /* A new parent name: in place where the old name's room (up to the L1
  * table) holds it. */
 static int qcow_set_meta(void *state, const meta *m, uint32_t mask) {
+        static const meta none = {};
         qcow_state *s = state;
         uint8_t f[12];
         size_t len;
         char *copy;
         int r;
 
-        if (mask & ~META_PARENT_NAME)
-                return -EOPNOTSUPP;
+        /* The parent is linked by name alone: its UUIDs have no field here. */
+        if (mask & ~(META_PARENT_NAME | META_PARENT_UUID | META_PARENT_MOD_UUID))
+                return vdisk_error(-EOPNOTSUPP, "qcow: the format has no such field (mask %#" PRIx32 ")", mask);
+        if (!(mask & META_PARENT_NAME)) {
+                /* made a base (a merge into it): a null parent UUID drops the link */
+                if (!(mask & META_PARENT_UUID) || !vdisk_uuid_is_null(m->parent_uuid))
+                        return 0;
+                m = &none;
+        }
         if (!m->parent_name || !m->parent_name[0]) {
                 len = 0;
                 copy = NULL;

@@ -432,6 +432,8 @@ static int grow_file(qed_state *s, uint64_t end) {
         uint64_t size;
         int r;
 
+        if (s->file_size >= end)
+                return 0;   /* files only grow while written */
         r = io_get_size(s->io, &size);
         if (r < 0)
                 return r;
@@ -889,13 +891,21 @@ static int qed_get_meta(void *state, meta *m) {
 }
 
 static int qed_set_meta(void *state, const meta *m, uint32_t mask) {
+        static const meta none = {};
         qed_state *s = state;
         size_t len = m->parent_name ? strlen(m->parent_name) : 0;
         char *copy = NULL;
         int r;
 
-        if (mask & ~META_PARENT_NAME)
-                return -EOPNOTSUPP;
+        /* The parent is linked by name alone: its UUIDs have no field here. */
+        if (mask & ~(META_PARENT_NAME | META_PARENT_UUID | META_PARENT_MOD_UUID))
+                return vdisk_error(-EOPNOTSUPP, "qed: the format has no such field (mask %#" PRIx32 ")", mask);
+        if (!(mask & META_PARENT_NAME)) {
+                /* made a base (a merge into it): a null parent UUID drops the link */
+                if (!(mask & META_PARENT_UUID) || !vdisk_uuid_is_null(m->parent_uuid))
+                        return 0;
+                m = &none;
+        }
         if (len) {
                 r = check_name(m->parent_name);
                 if (r < 0)

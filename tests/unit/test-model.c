@@ -61,6 +61,12 @@ static const model_cfg vdi_configs[] = {
         /* VMDK monolithicSparse, 64 KiB grains: no compact yet (bit 7:
          * OP_COMPACT below). */
         { "vmdk-64KiB", 0, 64 * KiB, 3 * MiB, 1536 * KiB, 4 * MiB, 1 * MiB, "vmdk", 1u << 7 },
+        /* QCOW v1 (4 KiB clusters in diffs too: block_size; qemu's 512-byte
+         * diff clusters are in test-qcow-qed) and QED (64 KiB clusters): no
+         * compact (bit 7), no resize (bit 8: QCOW v1 cannot resize, QED only
+         * grows). */
+        { "qcow-4KiB", 4 * KiB, 4 * KiB, 3 * MiB, 1536 * KiB, 4 * MiB, 1 * MiB, "qcow", 1u << 7 | 1u << 8 },
+        { "qed-64KiB", 0, 64 * KiB, 3 * MiB, 1536 * KiB, 4 * MiB, 1 * MiB, "qed", 1u << 7 | 1u << 8 },
 };
 static const model_cfg vhd_configs[] = {
         { "2MiB-blocks", 0, 2 * MiB, 48 * MiB, 24 * MiB, 64 * MiB, 3 * MiB },
@@ -91,6 +97,7 @@ enum {
 };
 
 _Static_assert(OP_COMPACT == 7, "model_cfg.no_ops of the vmdk config");
+_Static_assert(OP_RESIZE == 8, "model_cfg.no_ops of the qcow and qed configs");
 
 /* The format of the next new image: the config's, or in a mixed chain VDI,
  * VMDK and VHD in turn. */
@@ -218,6 +225,19 @@ static void verify_chain(run *s) {
                 ASSERT(img);
                 ASSERT_STREQ(vdisk_image_name(img), vdisk_io_name(s->ios[i]));
                 ASSERT_EQ_U64(vdisk_image_index(img), i);
+                if (is_fmt(s->fmts[i], "qcow") || is_fmt(s->fmts[i], "qed")) {
+                        /* linked by name: the image below's */
+                        const char *pn = NULL, *pf = NULL;
+
+                        r = vdisk_image_get_parent_name(img, &pn, &pf);
+                        if (i == 0 && (r == -ENODATA || r == -EOPNOTSUPP || (r >= 0 && !pn)))
+                                continue;
+                        ASSERT_OK(r);
+                        if (i == 0 || !pn || strcmp(pn, vdisk_io_name(s->ios[i - 1])) != 0)
+                                FAIL("image %u (%s) names '%s' as its parent, not image %u", i,
+                                     vdisk_image_name(img), pn ? pn : "(none)", i - 1);
+                        continue;
+                }
                 r = vdisk_image_get_parent_uuid(img, parent);
                 /* VMDK records no parent UUID in a base (no ddb.uuid.parent) */
                 if (r == -EOPNOTSUPP && i == 0 && is_fmt(s->fmts[0], "vmdk"))
@@ -235,6 +255,8 @@ static void verify_chain(run *s) {
 
 static void check_all(run *s) {
         for (unsigned i = 0; i < s->n; i++) {
+                if (is_fmt(s->fmts[i], "qcow"))
+                        continue;   /* QCOW v1 has no check (nor has qemu one) */
                 uint64_t leaks = CHECK_IMAGE_CLEAN(s->d, i);
 
                 s->leaks += leaks;
@@ -320,6 +342,11 @@ static void create_diff(run *s) {
         ASSERT(s->n < MAX_DEPTH);
         io = new_image_io(s, &fmt);
         o.options = fmt_options(fmt);
+        if (is_fmt(fmt, "qcow") || is_fmt(fmt, "qed")) {
+                /* linked by name alone: the parent's */
+                o.parent_name = vdisk_io_name(s->ios[s->n - 1]);
+                o.parent_format = s->fmts[s->n - 1];
+        }
         note(s, "create diff %s on top of %u images", vdisk_io_name(io), s->n);
         ASSERT_OK(vdisk_disk_create_diff(s->d, io, fmt, &o));
         s->fmts[s->n] = fmt;
