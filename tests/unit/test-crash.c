@@ -349,7 +349,11 @@ static vdisk_disk *build_chain(scenario *sc) {
                         ASSERT_OK(vdisk_disk_create_base(d, sc->tmpl[0], g_fmt, DISK_SIZE, base_opts()));
                 else
                         ASSERT_OK(vdisk_disk_create_diff(d, sc->tmpl[i], g_fmt, NULL));
-                ASSERT_OK(vdisk_image_get_uuid(vdisk_disk_image(d, i), sc->uuid[i]));
+                /* formats without UUIDs (QED: single-image scenarios only) */
+                if (vdisk_image_get_uuid(vdisk_disk_image(d, i), sc->uuid[i]) == -EOPNOTSUPP && sc->n == 1)
+                        memset(sc->uuid[i], 0, 16);
+                else
+                        ASSERT_OK(vdisk_image_get_uuid(vdisk_disk_image(d, i), sc->uuid[i]));
         }
         return d;
 }
@@ -837,6 +841,11 @@ static scenario scenarios[] = {
         /* Grain tables allocated by the writes (both directories). */
         { .name = "vmdk-writes-gt", .fmt = "vmdk", .opts = vmdk_gt_on_demand, .max_crash_seeds = 1, .faulted = 0,
           .qemu = 1, .qemu_every = 8, .per_sector = 1, .build = build_empty_base, .op = op_writes },
+        /* QED (64 KiB clusters): data clusters and L2 tables appended, L1
+         * and L2 updates, NEED_CHECK set and cleared; qemu-img check too.
+         * (Diff scenarios need linking by name, not UUID: not yet.) */
+        { .name = "qed-writes-base", .fmt = "qed", .max_crash_seeds = 1, .faulted = 0, .qemu = 1,
+          .qemu_every = 32, .per_sector = 1, .build = build_writes_base, .op = op_writes },
 };
 
 /* ---------------------------------------------------------------- verification */
@@ -851,6 +860,8 @@ static void check_crashed(vdisk_disk *d, unsigned index, vdisk_io *io, const cha
         vdi_map_stats st;
 
         ASSERT_OK(vdisk_io_memory_data(io, &data, &len));
+        if (strcmp(g_fmt, "qcow") == 0)
+                return;   /* QCOW v1 has no check */
         if (strcmp(g_fmt, "vdi") != 0) {
                 /* Other formats: the library's check alone. */
                 check_image_report(d, index, &rep);
