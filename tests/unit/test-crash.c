@@ -403,7 +403,13 @@ static void build_writes_top(scenario *sc) {
                 if (b != 3)
                         fill_block(d, &r, b, 0, BLOCK);
         sc->tmpl[1] = new_io(sc, 1);
-        ASSERT_OK(vdisk_disk_create_diff(d, sc->tmpl[1], g_fmt, NULL));
+        if (strcmp(g_fmt, "qed") == 0) {
+                /* linked by name alone */
+                vdisk_create_opts o = { .size = sizeof o, .parent_name = vdisk_io_name(sc->tmpl[0]),
+                                        .parent_format = g_fmt };
+                ASSERT_OK(vdisk_disk_create_diff(d, sc->tmpl[1], g_fmt, &o));
+        } else
+                ASSERT_OK(vdisk_disk_create_diff(d, sc->tmpl[1], g_fmt, NULL));
         fill_block(d, &r, 1, 64 * KiB, 64 * KiB);
         fill_block(d, &r, 2, 0, 64 * KiB);
         vdisk_disk_unref(d);
@@ -842,10 +848,11 @@ static scenario scenarios[] = {
         { .name = "vmdk-writes-gt", .fmt = "vmdk", .opts = vmdk_gt_on_demand, .max_crash_seeds = 1, .faulted = 0,
           .qemu = 1, .qemu_every = 8, .per_sector = 1, .build = build_empty_base, .op = op_writes },
         /* QED (64 KiB clusters): data clusters and L2 tables appended, L1
-         * and L2 updates, NEED_CHECK set and cleared; qemu-img check too.
-         * (Diff scenarios need linking by name, not UUID: not yet.) */
+         * and L2 updates, NEED_CHECK set and cleared; qemu-img check too. */
         { .name = "qed-writes-base", .fmt = "qed", .max_crash_seeds = 1, .faulted = 0, .qemu = 1,
           .qemu_every = 32, .per_sector = 1, .build = build_writes_base, .op = op_writes },
+        { .name = "qed-writes-top", .fmt = "qed", .max_crash_seeds = 1, .faulted = 1, .per_sector = 1,
+          .build = build_writes_top, .op = op_writes },
 };
 
 /* ---------------------------------------------------------------- verification */
@@ -860,8 +867,6 @@ static void check_crashed(vdisk_disk *d, unsigned index, vdisk_io *io, const cha
         vdi_map_stats st;
 
         ASSERT_OK(vdisk_io_memory_data(io, &data, &len));
-        if (strcmp(g_fmt, "qcow") == 0)
-                return;   /* QCOW v1 has no check */
         if (strcmp(g_fmt, "vdi") != 0) {
                 /* Other formats: the library's check alone. */
                 check_image_report(d, index, &rep);
