@@ -456,3 +456,9 @@ extern const vdisk_backend backend_vdi;
 extern const vdisk_backend backend_vhd;
 extern const vdisk_backend backend_vmdk;
 extern const vdisk_backend backend_qcow2;
+extern const vdisk_backend backend_qcow;
+extern const vdisk_backend backend_qed;
+
+/* A backing file name qemu reads as a protocol or json: options, not a file
+ * name (lib/backends/qcow.c; for the qemu formats that record names). */
+bool vdisk_backing_name_is_protocol(const char *name);

@@ -276,8 +276,11 @@ static int parse_extensions(qcow2_state *s, const uint8_t *buf, size_t start, si
 
 static int qcow2_probe(const uint8_t *head, size_t head_len, const uint8_t *tail, size_t tail_len,
                        uint64_t file_size, const char *name) {
-        /* Any version (QCOW v1, a future v4): open() refuses what it cannot
-         * read, clearly, rather than letting it pass for raw. */
+        /* Version 1 is the QCOW backend's (qcow.c). Any other version (a
+         * future v4) is ours: open() refuses what it cannot read, clearly,
+         * rather than letting it pass for raw. */
+        if (head_len >= 8 && get_be32(head) == QCOW2_MAGIC && get_be32(head + 4) == 1)
+                return 0;
         if (head_len >= 4 && get_be32(head) == QCOW2_MAGIC)
                 return 100;
         return 0;
@@ -312,7 +315,7 @@ static int qcow2_open(void *state, const open_ctx *c) {
                                    s->file_size);
         s->version = get_be32(h + 4);
         if (s->version == 1)
-                return vdisk_error(-EOPNOTSUPP, "qcow2: QCOW version 1 images are not supported yet");
+                return vdisk_error(-EOPNOTSUPP, "qcow2: this is a QCOW version 1 image: open it as qcow (-f qcow)");
         if (s->version != 2 && s->version != 3)
                 return vdisk_error(-EOPNOTSUPP, "qcow2: version %" PRIu32 " (2 and 3 supported)", s->version);
         backing_offset = get_be64(h + 8);

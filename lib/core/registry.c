@@ -10,7 +10,9 @@ static const vdisk_backend *const backends[] = {
         &backend_vdi,
         &backend_vhd,
         &backend_vmdk,
+        &backend_qcow,      /* "QFI\xfb" version 1; QCOW2 takes the others */
         &backend_qcow2,
+        &backend_qed,
         &backend_raw,
 };
 

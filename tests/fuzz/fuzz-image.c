@@ -293,6 +293,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         exercise(data, size, "vmdk", 1);
         exercise(data, size, "qcow2", 0);   /* read-only for now */
         exercise_snapshot(data, size);
+        exercise(data, size, "qcow", 0);
+        exercise(data, size, "qcow", 1);
+        exercise(data, size, "qed", 0);
+        exercise(data, size, "qed", 1);
         exercise_extent(data, size, 0);
         exercise_extent(data, size, 1);
         return 0;

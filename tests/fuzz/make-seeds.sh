@@ -2,7 +2,8 @@
 # Builds a small seed corpus for fuzz-image in DIR with qemu-img (VDI images
 # with data, zero blocks and holes; dynamic and fixed VHDs; single-file VMDKs)
 # and a few raw files; QCOW2 v2/v3 images (zero clusters, zlib and zstd
-# compressed clusters, extended L2 subclusters, a 512-byte-cluster image).
+# compressed clusters, extended L2 subclusters, a 512-byte-cluster image);
+# QCOW v1 and QED images.
 set -euo pipefail
 dir=$1
 mkdir -p "$dir"
@@ -32,6 +33,15 @@ qemu-img create -q -f qcow2 -o extended_l2=on,cluster_size=16k xl2.qcow2 1M
 qemu-io -f qcow2 -c 'write -P 0x5a 1k 2k' -c 'write -z 8k 1k' xl2.qcow2 >/dev/null
 qemu-img create -q -f qcow2 -o cluster_size=512 c512.qcow2 256k
 qemu-io -f qcow2 -c 'write -P 0x5a 0 4k' c512.qcow2 >/dev/null
+# QCOW v1 (plain, compressed, a diff) and QED (zero clusters, a diff)
+qemu-img create -q -f qcow v1.qcow 1M
+qemu-io -f qcow -c 'write -P 0x5a 0 8k' -c 'write -P 3 900k 4k' v1.qcow >/dev/null
+qemu-img convert -q -c -f qcow -O qcow v1.qcow v1c.qcow || true   # qemu-img 7.2 exits 1 after writing it
+qemu-img create -q -f qcow -b v1.qcow -F qcow v1d.qcow
+qemu-io -f qcow -c 'write -P 0x44 1k 2k' v1d.qcow >/dev/null
+qemu-img create -q -f qed -o cluster_size=4096,table_size=2 data.qed 1M
+qemu-io -f qed -c 'write -P 0x5a 0 8k' -c 'write -z 64k 8k' -c 'write -P 3 900k 4k' data.qed >/dev/null
+qemu-img create -q -f qed -o cluster_size=4096,table_size=2 -b data.qed -F qed diff.qed 1M
 head -c 4096 /dev/zero > zeros.raw
 printf 'not an image' > text.raw
 # VMDK seSparse extent (fuzz-image also opens every input as one, through a
