@@ -1,0 +1,223 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+#include <assert.h>
+#include <errno.h>
+#include <inttypes.h>
+#include <stdlib.h>
+
+#include "fmt/compact.h"
+#include "util/util.h"
+
+#define FMT_PACK_BATCH 64u
+#define FMT_COPY_CHUNK (UINT64_C(4) << 20)
+
+/* ---------------------------------------------------------------- scan */
+
+int fmt_scan_piece(fmt_scan *sc, vdisk_io *io, uint64_t host, uint64_t voff, uint64_t len) {
+        int r;
+
+        assert(sc && sc->fn && sc->buf && sc->buf_size > 0);
+
+        for (uint64_t done = 0; done < len && !fmt_scan_keep(sc);) {
+                size_t n = (size_t) MIN((uint64_t) sc->buf_size, len - done);
+                compact_verdict v;
+
+                r = io_pread_zerofill(io, sc->buf, n, host + done);
+                if (r < 0)
+                        return r;
+                r = sc->fn(sc->ctx, voff + done, sc->buf, n, &v);
+                if (r < 0)
+                        return r;
+                if (v == COMPACT_KEEP)
+                        sc->unalloc = sc->zero = false;
+                else if (v == COMPACT_ZERO)
+                        sc->unalloc = false;
+                else if (sc->zero && !mem_is_zero(sc->buf, n))
+                        sc->zero = false;
+                done += n;
+        }
+        return 0;
+}
+
+/* ---------------------------------------------------------------- pack */
+
+static int cmp_unit(const void *a, const void *b) {
+        const fmt_unit *x = a, *y = b;
+
+        return x->host < y->host ? -1 : x->host > y->host;
+}
+
+static int cmp_span(const void *a, const void *b) {
+        const fmt_span *x = a, *y = b;
+
+        return x->start < y->start ? -1 : x->start > y->start;
+}
+
+/* The plan: the host offsets the top `*ret_n` units (units[n_units - n ..])
+ * go to, ascending, in dst (n_units entries). */
+typedef struct plan {
+        uint64_t *dst;
+        size_t n;
+        uint64_t end;
+} plan;
+
+static int make_plan(const fmt_pack *pk, plan *ret) {
+        size_t n_occ = 0, hi;
+        uint64_t u = pk->unit, cursor, end = pk->floor;
+        _cleanup_free_ fmt_span *occ = NULL;
+        _cleanup_free_ uint64_t *dst = NULL;
+        size_t gi = 0, n = 0;
+
+        assert(u > 0);
+        *ret = (plan) {};
+        if (pk->n_units > 0)
+                qsort(pk->units, pk->n_units, sizeof *pk->units, cmp_unit);
+        occ = malloc((pk->n_units + pk->n_fixed + 1) * sizeof *occ);
+        dst = malloc((pk->n_units + 1) * sizeof *dst);
+        if (!occ || !dst)
+                return -ENOMEM;
+        for (size_t i = 0; i < pk->n_units; i++) {
+                if (i > 0 && pk->units[i].host < pk->units[i - 1].host + u)
+                        return vdisk_error(-EUCLEAN, "units at %" PRIu64 " and %" PRIu64 " overlap; repair the "
+                                           "image first", pk->units[i - 1].host, pk->units[i].host);
+                occ[n_occ++] = (fmt_span) { .start = pk->units[i].host, .len = u };
+        }
+        for (size_t i = 0; i < pk->n_fixed; i++)
+                if (pk->fixed[i].len > 0 && pk->fixed[i].start + pk->fixed[i].len > pk->floor) {
+                        occ[n_occ++] = pk->fixed[i];
+                        end = MAX(end, pk->fixed[i].start + pk->fixed[i].len);
+                }
+        if (n_occ > 0)
+                qsort(occ, n_occ, sizeof *occ, cmp_span);
+
+        /* The lowest free place for a unit at or above cursor, among the
+         * gaps of the layout as it is (gi: the first span not yet passed). */
+        cursor = pk->floor;
+        hi = pk->n_units;
+        while (hi > 0) {
+                uint64_t top = pk->units[hi - 1].host;
+
+                /* skip spans that overlap [cursor, cursor + u) */
+                while (gi < n_occ) {
+                        fmt_span *o = &occ[gi];
+
+                        if (o->start + o->len <= cursor) {
+                                gi++;
+                                continue;
+                        }
+                        if (o->start < cursor + u) {
+                                cursor = o->start + o->len;
+                                gi++;
+                                continue;
+                        }
+                        break;
+                }
+                if (cursor >= top)
+                        break;
+                dst[n++] = cursor;
+                cursor += u;
+                hi--;
+        }
+
+        /* What the file holds after the moves. */
+        for (size_t i = 0; i < pk->n_units - n; i++)
+                end = MAX(end, pk->units[i].host + u);
+        for (size_t i = 0; i < n; i++)
+                end = MAX(end, dst[i] + u);
+        ret->dst = TAKE_PTR(dst);
+        ret->n = n;
+        ret->end = end;
+        return 0;
+}
+
+int fmt_pack_count(const fmt_pack *pk, uint64_t *ret_moves) {
+        plan pl;
+        int r;
+
+        r = make_plan(pk, &pl);
+        if (r < 0)
+                return r;
+        free(pl.dst);
+        *ret_moves = pl.n;
+        return 0;
+}
+
+static int copy_unit(const fmt_pack *pk, uint64_t from, uint64_t to, uint8_t *buf, size_t buf_size) {
+        int r;
+
+        for (uint64_t done = 0; done < pk->unit;) {
+                size_t n = (size_t) MIN((uint64_t) buf_size, pk->unit - done);
+
+                r = io_pread_zerofill(pk->io, buf, n, from + done);
+                if (r < 0)
+                        return r;
+                r = io_pwrite(pk->io, buf, n, to + done);
+                if (r < 0)
+                        return r;
+                done += n;
+        }
+        return 0;
+}
+
+int fmt_pack_run(const fmt_pack *pk, uint64_t *ret_end) {
+        size_t batch = pk->batch ? pk->batch : FMT_PACK_BATCH, buf_size = (size_t) MIN(pk->unit, FMT_COPY_CHUNK);
+        _cleanup_free_ uint8_t *buf = NULL;
+        const fmt_unit *src;
+        plan pl;
+        int r;
+
+        assert(pk && pk->io && pk->repoint && pk->commit);
+
+        r = make_plan(pk, &pl);
+        if (r < 0)
+                return r;
+        _cleanup_free_ uint64_t *dst = pl.dst;
+        src = pk->units + (pk->n_units - pl.n);
+
+        if (pl.n > 0) {
+                buf = buf_alloc(buf_size);
+                if (!buf)
+                        return -ENOMEM;
+        }
+        /* Room for every copy first: a hole (a sparse copy) takes space when
+         * it is written, and nothing has moved yet if there is none. Where
+         * the host cannot reserve, the moves go ahead. */
+        for (size_t i = 0; i < pl.n;) {
+                size_t j = i + 1;
+
+                while (j < pl.n && dst[j] == dst[j - 1] + pk->unit)
+                        j++;
+                r = io_reserve(pk->io, dst[i], (j - i) * pk->unit);
+                if (r == -EOPNOTSUPP)
+                        break;
+                if (r < 0)
+                        return r;
+                i = j;
+        }
+
+        for (size_t i = 0; i < pl.n; i += batch) {
+                size_t k = MIN(batch, pl.n - i);
+
+                for (size_t j = i; j < i + k; j++) {
+                        r = copy_unit(pk, src[j].host, dst[j], buf, buf_size);
+                        if (r < 0)
+                                return r;
+                }
+                r = io_flush(pk->io);
+                if (r < 0)
+                        return r;
+                for (size_t j = i; j < i + k; j++) {
+                        r = pk->repoint(pk->user, src[j].key, src[j].host, dst[j]);
+                        if (r < 0)
+                                return r;
+                }
+                r = pk->commit(pk->user);
+                if (r < 0)
+                        return r;
+                r = progress_add(pk->p, k * pk->unit);
+                if (r < 0 && pk->cancellable)
+                        return r;
+        }
+        if (ret_end)
+                *ret_end = pl.end;
+        return 0;
+}
