@@ -2982,27 +2982,10 @@ static fmt_pack compact_pack_params(vmdk_extent *e, vmdk_compact_extent *x, vmdk
         };
 }
 
-/* Drops, packs and cuts one extent. */
-static int compact_extent(vmdk_state *s, vmdk_extent *e, vmdk_compact_extent *x, vdisk_progress *p) {
-        vmdk_compact_ctx c = { .e = e };
-        fmt_pack pk = compact_pack_params(e, x, &c, p);
-        uint64_t end = 0;
+/* Cuts the extent's file at `end`: nothing references what lies past it. */
+static int vmdk_compact_cut(vmdk_state *s, vmdk_extent *e, uint64_t end) {
         int r;
 
-        if (x->n_drops > 0) {
-                r = gte_changes_apply(e, x->drops, x->n_drops);
-                if (r < 0)
-                        return r;
-        }
-        c.ch = calloc(64, sizeof *c.ch);        /* fmt_pack's batch */
-        if (!c.ch)
-                return -ENOMEM;
-        pk.batch = 64;
-        r = fmt_pack_run(&pk, &end);
-        free(c.ch);
-        if (r < 0)
-                return r == -ECANCELED ? vdisk_error(r, "vmdk: compact cancelled (the grains moved so far stay "
-                                                     "moved; the file was not cut)") : r;
         end = ALIGN_UP(end, (uint64_t) VMDK_SECTOR);
         if (end >= e->file_size)
                 return 0;
@@ -3018,6 +3001,35 @@ static int compact_extent(vmdk_state *s, vmdk_extent *e, vmdk_compact_extent *x,
                 return r;
         return sparse_reload(s, e, vdisk_io_name(e->io));
 }
+
+/* Drops, packs and cuts one extent. */
+static int compact_extent(vmdk_state *s, vmdk_extent *e, vmdk_compact_extent *x, vdisk_progress *p) {
+        vmdk_compact_ctx c = { .e = e };
+        fmt_pack pk = compact_pack_params(e, x, &c, p);
+        uint64_t end = 0;
+        int r, q;
+
+        if (x->n_drops > 0) {
+                r = gte_changes_apply(e, x->drops, x->n_drops);
+                if (r < 0)
+                        return r;
+        }
+        c.ch = calloc(64, sizeof *c.ch);        /* fmt_pack's batch */
+        if (!c.ch)
+                return -ENOMEM;
+        pk.batch = 64;
+        r = fmt_pack_run(&pk, &end);
+        free(c.ch);
+        if (r < 0 && (r != -ECANCELED || end == 0))
+                return r;
+        q = vmdk_compact_cut(s, e, end);
+        if (q < 0)
+                return q;
+        if (r < 0)
+                return vdisk_error(r, "vmdk: compact cancelled (the grains moved so far stay moved)");
+        return 0;
+}
+
 
 /* Hosted sparse extents: grains that read the same without them are
  * dropped (entry 0; in a diff, zeros over the parent's data become a zeroed

@@ -163,7 +163,7 @@ int fmt_pack_run(const fmt_pack *pk, uint64_t *ret_end) {
         _cleanup_free_ uint8_t *buf = NULL;
         const fmt_unit *src;
         plan pl;
-        int r;
+        int r, cancel = 0;
 
         assert(pk && pk->io && pk->repoint && pk->commit);
 
@@ -194,18 +194,24 @@ int fmt_pack_run(const fmt_pack *pk, uint64_t *ret_end) {
                 i = j;
         }
 
-        for (size_t i = 0; i < pl.n; i += batch) {
-                size_t k = MIN(batch, pl.n - i);
+        /* The highest units first: a cancel between two batches leaves the
+         * tail of the file unreferenced, to be cut. */
+        for (size_t hi = pl.n; hi > 0;) {
+                size_t lo = hi - MIN(batch, hi);
 
-                for (size_t j = i; j < i + k; j++) {
+                for (size_t j = lo; j < hi; j++) {
                         r = copy_unit(pk, src[j].host, dst[j], buf, buf_size);
                         if (r < 0)
                                 return r;
+                        /* reported as each goes; a cancel waits for the commit */
+                        r = progress_add(pk->p, pk->unit);
+                        if (r < 0 && cancel == 0)
+                                cancel = r;
                 }
                 r = io_flush(pk->io);
                 if (r < 0)
                         return r;
-                for (size_t j = i; j < i + k; j++) {
+                for (size_t j = lo; j < hi; j++) {
                         r = pk->repoint(pk->user, src[j].key, src[j].host, dst[j]);
                         if (r < 0)
                                 return r;
@@ -213,9 +219,25 @@ int fmt_pack_run(const fmt_pack *pk, uint64_t *ret_end) {
                 r = pk->commit(pk->user);
                 if (r < 0)
                         return r;
-                r = progress_add(pk->p, k * pk->unit);
-                if (r < 0 && pk->cancellable)
-                        return r;
+                hi = lo;
+                if (cancel < 0 && pk->cancellable && hi > 0) {
+                        /* What is referenced now: the fixed spans, the
+                         * units that stay, those not moved yet, the new
+                         * places of those moved. */
+                        if (ret_end) {
+                                uint64_t end = pk->floor;
+
+                                for (size_t q = 0; q < pk->n_fixed; q++)
+                                        if (pk->fixed[q].len > 0 && pk->fixed[q].start + pk->fixed[q].len > pk->floor)
+                                                end = MAX(end, pk->fixed[q].start + pk->fixed[q].len);
+                                for (size_t q = 0; q < pk->n_units - pl.n; q++)
+                                        end = MAX(end, pk->units[q].host + pk->unit);
+                                for (size_t q = 0; q < pl.n; q++)
+                                        end = MAX(end, (q < hi ? src[q].host : dst[q]) + pk->unit);
+                                *ret_end = end;
+                        }
+                        return cancel;
+                }
         }
         if (ret_end)
                 *ret_end = pl.end;

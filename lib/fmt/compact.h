@@ -88,8 +88,9 @@ typedef struct fmt_pack {
         size_t batch;           /* moves per commit; 0 = 64 */
         vdisk_progress *p;      /* gets the bytes moved, may be NULL */
         /* Cancel is honoured between batches (each batch complete and
-         * committed): fmt_pack_run() returns the error of progress_add()
-         * and the file keeps its length. Otherwise progress only reports. */
+         * committed; the highest units move first): fmt_pack_run() returns
+         * the error of progress_add(), and *ret_end says where the file may
+         * be cut then. Otherwise progress only reports. */
         bool cancellable;
         /* Points unit `key` (at `from`) at its copy at `to`. */
         int (*repoint)(void *user, uint64_t key, uint64_t from, uint64_t to);
