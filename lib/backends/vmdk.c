@@ -2711,7 +2711,10 @@ static int check_extent(vmdk_state *s, vmdk_extent *e, size_t idx, vdisk_check_r
                                 continue;
                         }
                 }
-                end = MAX(end, u->sector + u->sectors);
+                /* a short last grain (a capacity that is no grain
+                 * multiple) takes a whole grain's room, as vdisk and qemu
+                 * allocate it: that room is no leak */
+                end = MAX(end, u->sector + (u->g == UINT64_MAX ? u->sectors : MAX(u->sectors, e->h.grain)));
         }
         changed = changed || rep->corruptions_fixed || rep->leaks_fixed;
         file_end = DIV_ROUND_UP(e->file_size, VMDK_SECTOR);
