@@ -34,7 +34,10 @@
  * changes when its destination fails with EIO or ENOSPC at any write,
  * persistent or transient. (a) runs on VMDK too (vmdk-writes-*: grain
  * allocation, both grain tables, the descriptor's new CID), with two crash
- * images per cut and the library's check as the structural oracle.
+ * images per cut and the library's check as the structural oracle; so do
+ * (c) (vmdk-compact-base, and vmdk-compact-zeroed on a diff with zeroed
+ * grain entries) and (e) (vmdk-repair: a redundant grain table entry
+ * missing and junk past the last grain).
  * The structural check also uses the tests' own VDI parser (no map entry out
  * of range or duplicated), and standalone bases go through
  * `qemu-img check -f vdi` when /usr/bin/qemu-img exists (exit 0 or 3; 2 only
@@ -76,6 +79,7 @@ static bool asan_subset;
 static bool fmt_vdi = true;
 static const char *const vhd_exact[] = { "force_size", "on", NULL };
 static const char *const vmdk_gt_on_demand[] = { "gt_on_demand", "on", NULL };
+static const char *const vmdk_zeroed_grain[] = { "zeroed_grain", "on", NULL };
 
 /* The format of the scenario running: scenario.fmt, else crash_fmt. */
 static const char *g_fmt = "vdi";
@@ -510,11 +514,12 @@ static void build_compact_top(scenario *sc) {
         sc->n = 2;
         d = disk_new();
         sc->tmpl[0] = new_io(sc, 0);
-        ASSERT_OK(vdisk_disk_create_base(d, sc->tmpl[0], crash_fmt, DISK_SIZE, base_opts()));
+        ASSERT_OK(vdisk_disk_create_base(d, sc->tmpl[0], g_fmt, DISK_SIZE, base_opts()));
         for (uint64_t b = 0; b < 8; b++)
                 fill_block(d, &r, b, 0, BLOCK);
         sc->tmpl[1] = new_io(sc, 1);
-        ASSERT_OK(vdisk_disk_create_diff(d, sc->tmpl[1], crash_fmt, NULL));
+        /* the scenario's options (VMDK zeroed_grain) apply to the diff too */
+        ASSERT_OK(vdisk_disk_create_diff(d, sc->tmpl[1], g_fmt, g_opts ? base_opts() : NULL));
         /* block 0: equal to the parent's; 2 and 3: zeros over data; 5, 7: data */
         ASSERT_OK(vdisk_disk_read(d, buf, BLOCK, 0));
         ASSERT_OK(vdisk_disk_write(d, buf, BLOCK, 0));
@@ -621,6 +626,49 @@ static void build_repair(scenario *sc) {
                 FAIL("an image with a leaked slot: check reports %" PRIu64 " corruptions and %" PRIu64
                      " leaks, "
                      "expected at most 1 (the count mismatch) and at least 1", rep.corruptions, rep.leaks);
+        }
+        vdisk_check_report_clear(&rep);
+        vdisk_disk_unref(d);
+}
+
+/* A monolithicSparse VMDK with leaks of both kinds repair mends: 3 grains
+ * of junk past the last grain (the file cut), and grain 5 set in the
+ * primary grain table only (the redundant entry written). */
+static void build_vmdk_repair(scenario *sc) {
+        rng r;
+        vdisk_disk *d;
+        uint8_t *bytes, *grown;
+        size_t len;
+        uint64_t rgd, rgt;
+        vdisk_check_report rep;
+
+        rng_seed(&r, 9);
+        sc->n = 1;
+        d = build_chain(sc);
+        for (uint64_t b = 0; b < 4; b++)
+                fill_block(d, &r, b, 0, BLOCK);
+        vdisk_disk_unref(d);
+        bytes = mem_io_copy(sc->tmpl[0], &len);
+        ASSERT(len >= 512 && memcmp(bytes, "KDMV", 4) == 0);
+        rgd = vdi_get64(bytes, 48);     /* the header's redundant GD (sectors) */
+        ASSERT(rgd > 0 && rgd * 512 + 4 <= len);
+        rgt = vdi_get32(bytes, rgd * 512);
+        ASSERT(rgt > 0 && rgt * 512 + 6 * 4 <= len);
+        ASSERT(vdi_get32(bytes, rgt * 512 + 5 * 4) > 1);
+        vdi_put32(bytes, rgt * 512 + 5 * 4, 0);
+        grown = realloc(bytes, len + 3 * 64 * KiB);
+        ASSERT(grown);
+        rng_fill(&r, grown + len, 3 * 64 * KiB);
+        vdisk_io_unref(sc->tmpl[0]);
+        sc->tmpl[0] = mem_io("crash-vmdk-repair-0.vmdk", grown, len + 3 * 64 * KiB);
+        free(grown);
+
+        d = open_ios(sc->tmpl, 1, VDISK_OPEN_READONLY, "repair template");
+        check_image_report(d, 0, &rep);
+        if (rep.corruptions || rep.leaks < 2) {
+                print_check_messages(&rep);
+                FAIL("the VMDK repair template: %" PRIu64 " corruptions and %" PRIu64 " leaks, expected none "
+                     "and at least 2", rep.corruptions, rep.leaks);
         }
         vdisk_check_report_clear(&rep);
         vdisk_disk_unref(d);
@@ -837,6 +885,17 @@ static scenario scenarios[] = {
         /* Grain tables allocated by the writes (both directories). */
         { .name = "vmdk-writes-gt", .fmt = "vmdk", .opts = vmdk_gt_on_demand, .max_crash_seeds = 1, .faulted = 0,
           .qemu = 1, .qemu_every = 8, .per_sector = 1, .build = build_empty_base, .op = op_writes },
+        /* Compact: grains dropped (both grain tables, in three flushed
+         * rounds), grains moved into holes, the file cut. */
+        { .name = "vmdk-compact-base", .fmt = "vmdk", .max_crash_seeds = 2, .faulted = 0, .qemu = 1,
+          .qemu_every = 4, .build = build_compact_base, .op = op_compact, .after_success = after_compact },
+        /* Repair: the redundant grain table completed, the tail cut. */
+        { .name = "vmdk-repair", .fmt = "vmdk", .max_crash_seeds = 1, .faulted = 0, .qemu = 1,
+          .build = build_vmdk_repair, .op = op_repair, .after_success = after_repair },
+        /* A diff: a grain equal to the parent's dropped, zeros over the
+         * parent's data become zeroed-grain entries, the rest moves. */
+        { .name = "vmdk-compact-zeroed", .fmt = "vmdk", .opts = vmdk_zeroed_grain, .max_crash_seeds = 1,
+          .faulted = 1, .build = build_compact_top, .op = op_compact, .after_success = after_compact },
 };
 
 /* ---------------------------------------------------------------- verification */
