@@ -3102,7 +3102,11 @@ static int vmdk_compact(void *state, compact_fn fn, void *ctx, vdisk_progress *p
                 }
         }
         if (r >= 0) {
+                /* the total now knows the moves; the scan stays done */
                 progress_set_total(p, s->size + moved);
+                r = progress_add(p, s->size);
+                if (r < 0)
+                        r = vdisk_error(r, "vmdk: compact cancelled (nothing changed)");
                 for (size_t i = 0; i < s->n_ext && r >= 0; i++)
                         if (s->ext[i].type == VMDK_EXTENT_SPARSE)
                                 r = compact_extent(s, &s->ext[i], &xs[i], p);
