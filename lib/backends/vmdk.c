@@ -36,7 +36,7 @@
  * GTEs), monolithicFlat, twoGbMaxExtentSparse/Flat, vmfs (flat), ZERO
  * extents, streamOptimized; diffs by parentFileNameHint; grain tables
  * allocated on demand (GD entries of 0); resize in the last extent; check
- * and repair. Refused clearly: vmfsSparse, seSparse, raw-device
+ * and repair; compact of hosted sparse extents. Refused clearly: vmfsSparse, seSparse, raw-device
  * descriptors, NOACCESS extents.
  *
  * Threads: none of its own; the core serializes every call on an image.
