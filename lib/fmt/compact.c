@@ -60,53 +60,83 @@ typedef struct plan {
         uint64_t end;
 } plan;
 
+/* The spans of the layout in order of their start: the units (sorted) and
+ * the fixed spans (sorted copy) merged as they are walked. */
+typedef struct walk {
+        const fmt_pack *pk;
+        const fmt_span *fx;
+        size_t n_fx, ui, fi;
+} walk;
+
+static bool walk_peek(const walk *w, fmt_span *ret, bool *ret_unit) {
+        bool have = w->ui < w->pk->n_units;
+
+        if (have)
+                *ret = (fmt_span) { .start = w->pk->units[w->ui].host, .len = w->pk->unit };
+        *ret_unit = have;
+        if (w->fi < w->n_fx && (!have || w->fx[w->fi].start < ret->start)) {
+                *ret = w->fx[w->fi];
+                *ret_unit = false;
+                have = true;
+        }
+        return have;
+}
+
+static void walk_next(walk *w, bool unit) {
+        if (unit)
+                w->ui++;
+        else
+                w->fi++;
+}
+
 static int make_plan(const fmt_pack *pk, plan *ret) {
-        size_t n_occ = 0, hi;
         uint64_t u = pk->unit, cursor, end = pk->floor;
-        _cleanup_free_ fmt_span *occ = NULL;
+        _cleanup_free_ fmt_span *fx = NULL;
         _cleanup_free_ uint64_t *dst = NULL;
-        size_t gi = 0, n = 0;
+        size_t n_fx = 0, n = 0, hi;
+        walk w;
 
         assert(u > 0);
         *ret = (plan) {};
         if (pk->n_units > 0)
                 qsort(pk->units, pk->n_units, sizeof *pk->units, cmp_unit);
-        occ = malloc((pk->n_units + pk->n_fixed + 1) * sizeof *occ);
-        dst = malloc((pk->n_units + 1) * sizeof *dst);
-        if (!occ || !dst)
-                return -ENOMEM;
-        for (size_t i = 0; i < pk->n_units; i++) {
-                if (i > 0 && pk->units[i].host < pk->units[i - 1].host + u)
+        for (size_t i = 1; i < pk->n_units; i++)
+                if (pk->units[i].host < pk->units[i - 1].host + u)
                         return vdisk_error(-EUCLEAN, "units at %" PRIu64 " and %" PRIu64 " overlap; repair the "
                                            "image first", pk->units[i - 1].host, pk->units[i].host);
-                occ[n_occ++] = (fmt_span) { .start = pk->units[i].host, .len = u };
-        }
+        fx = malloc((pk->n_fixed + 1) * sizeof *fx);
+        dst = malloc((pk->n_units + 1) * sizeof *dst);
+        if (!fx || !dst)
+                return -ENOMEM;
         for (size_t i = 0; i < pk->n_fixed; i++)
                 if (pk->fixed[i].len > 0 && pk->fixed[i].start + pk->fixed[i].len > pk->floor) {
-                        occ[n_occ++] = pk->fixed[i];
+                        fx[n_fx++] = pk->fixed[i];
                         end = MAX(end, pk->fixed[i].start + pk->fixed[i].len);
                 }
-        if (n_occ > 0)
-                qsort(occ, n_occ, sizeof *occ, cmp_span);
+        if (n_fx > 0)
+                qsort(fx, n_fx, sizeof *fx, cmp_span);
 
-        /* The lowest free place for a unit at or above cursor, among the
-         * gaps of the layout as it is (gi: the first span not yet passed). */
+        /* Pair the highest unit with the lowest free place for a unit at or
+         * above cursor, among the gaps of the layout as it is, until that
+         * place is no lower than the unit. Every place lies below every
+         * unit that moves, so any pairing of the two sets is safe. */
+        w = (walk) { .pk = pk, .fx = fx, .n_fx = n_fx };
         cursor = pk->floor;
         hi = pk->n_units;
         while (hi > 0) {
                 uint64_t top = pk->units[hi - 1].host;
+                fmt_span o;
+                bool is_unit;
 
-                /* skip spans that overlap [cursor, cursor + u) */
-                while (gi < n_occ) {
-                        fmt_span *o = &occ[gi];
-
-                        if (o->start + o->len <= cursor) {
-                                gi++;
+                /* skip spans that end before cursor or overlap [cursor, cursor + u) */
+                while (walk_peek(&w, &o, &is_unit)) {
+                        if (o.start + o.len <= cursor) {
+                                walk_next(&w, is_unit);
                                 continue;
                         }
-                        if (o->start < cursor + u) {
-                                cursor = o->start + o->len;
-                                gi++;
+                        if (o.start < cursor + u) {
+                                cursor = o.start + o.len;
+                                walk_next(&w, is_unit);
                                 continue;
                         }
                         break;
