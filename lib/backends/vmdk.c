@@ -2934,8 +2934,23 @@ static int compact_scan_extent(vmdk_extent *e, fmt_scan *sc, vmdk_compact_extent
                         r = gt_get(e, gts, g % e->h.gtes, &v);
                         if (r < 0)
                                 return r;
-                        if (v == 0 || (v == 1 && e->zeroed_gte))
+                        if (v == 0 || (v == 1 && e->zeroed_gte)) {
+                                uint64_t rv = v;
+
+                                /* a redundant entry set alone (a crash
+                                 * inside a grain's allocation): made to
+                                 * agree, its grain's room is free here */
+                                if (rgts)
+                                        r = gt_get(e, rgts, g % e->h.gtes, &rv);
+                                if (r >= 0 && rv != v) {
+                                        vmdk_gte_change d = { .g = g, .v = v };
+
+                                        r = push((void **) &x->drops, &x->n_drops, &cap_drops, sizeof d, &d);
+                                }
+                                if (r < 0)
+                                        return r;
                                 continue;
+                        }
                         if (v < meta_end || !range_within(v * VMDK_SECTOR, e->grain, e->file_size))
                                 return vdisk_error(-EUCLEAN, "vmdk: %s: grain %" PRIu64 " at sector %" PRIu64
                                                    " is not within the data area; repair the image before "

@@ -12,7 +12,8 @@
 #     where it has not (the parent's data must not show through); the
 #     chain reads as before, through qemu-img;
 #   - a compacted image takes writes again (qemu-io), and a second compact
-#     finds nothing left to do;
+#     finds nothing left to do; a redundant grain table entry set alone (a
+#     crash inside an allocation) is made to agree and its room cut;
 #   - streamOptimized and flat images are refused with a message, unchanged.
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 source "$(dirname "$0")/lib.sh" "$@"
@@ -54,6 +55,29 @@ sz=$(fsize s.vmdk)
 expect_rc "compact s.vmdk again" 0 "$VDISK_IMG" compact s.vmdk
 qcompare s2.raw raw s.vmdk vmdk
 expect_eq "a second compact changes nothing" "$(fsize s.vmdk)" "$sz"
+
+# --- what a crash inside a grain's allocation leaves: a redundant grain
+# table entry set alone, its grain's room past the last grain; compact
+# makes the tables agree and cuts that room
+"$QEMU_IMG" create -q -f vmdk r.vmdk $((64 * M))
+"$QEMU_IO" -f vmdk -c "write -P 0x11 0 $((8 * M))" -c "write -P 0 $M $((2 * M))" r.vmdk >/dev/null
+"$PY" - r.vmdk <<'PYEOF'
+import struct, sys
+with open(sys.argv[1], 'r+b') as f:
+    d = bytearray(f.read())
+    rgd, gd = struct.unpack_from('<QQ', d, 48)
+    rgt = struct.unpack_from('<I', d, rgd * 512)[0]
+    assert struct.unpack_from('<I', d, struct.unpack_from('<I', d, gd * 512)[0] * 512 + 300 * 4)[0] == 0
+    struct.pack_into('<I', d, rgt * 512 + 300 * 4, len(d) // 512)
+    d += b'\x77' * 65536
+    f.seek(0)
+    f.write(d)
+PYEOF
+run "$VDISK_IMG" check r.vmdk
+expect_true "r.vmdk: check finds the one-sided entry" grep -q "in one grain table only" "$T/out" "$T/err"
+compacted r.vmdk
+run "$VDISK_IMG" check r.vmdk
+expect_true "r.vmdk: no leak left" test "$RC" -eq 0
 
 # --- qemu-made twoGbMaxExtentSparse with zeroed grains: each extent compacted
 "$QEMU_IMG" create -q -f vmdk -o subformat=twoGbMaxExtentSparse,zeroed_grain=on t.vmdk $((5 << 30))
