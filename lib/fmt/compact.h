@@ -56,8 +56,9 @@ static inline void fmt_scan_begin(fmt_scan *sc) {
  * zeros). Stops early once the unit must be kept. */
 int fmt_scan_piece(fmt_scan *sc, vdisk_io *io, uint64_t host, uint64_t voff, uint64_t len);
 
-/* Data that is not in the file but reads as zeros (a hole in a sub-block
- * bitmap that the format reads from below is not asked about at all). */
+/* Whether the unit must be kept whatever its other pieces hold (parts a
+ * sub-block bitmap leaves clear show what is below: they are not asked
+ * about at all). */
 static inline bool fmt_scan_keep(const fmt_scan *sc) {
         return !sc->unalloc && !sc->zero;
 }
