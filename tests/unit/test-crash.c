@@ -518,8 +518,7 @@ static void build_compact_top(scenario *sc) {
         for (uint64_t b = 0; b < 8; b++)
                 fill_block(d, &r, b, 0, BLOCK);
         sc->tmpl[1] = new_io(sc, 1);
-        /* the scenario's options (VMDK zeroed_grain) apply to the diff too */
-        ASSERT_OK(vdisk_disk_create_diff(d, sc->tmpl[1], g_fmt, g_opts ? base_opts() : NULL));
+        ASSERT_OK(vdisk_disk_create_diff(d, sc->tmpl[1], g_fmt, NULL));
         /* block 0: equal to the parent's; 2 and 3: zeros over data; 5, 7: data */
         ASSERT_OK(vdisk_disk_read(d, buf, BLOCK, 0));
         ASSERT_OK(vdisk_disk_write(d, buf, BLOCK, 0));
@@ -527,6 +526,61 @@ static void build_compact_top(scenario *sc) {
         fill_block(d, &r, 5, 0, BLOCK);
         zero_block(d, 3);
         fill_block(d, &r, 7, 0, BLOCK);
+        vdisk_disk_unref(d);
+        free(buf);
+}
+
+/* The VMDK compact scenarios in 64 KiB grains (few moves, few writes): a
+ * base of 8 grains, grains 1 and 4 zeros written as data, 6 discarded; a
+ * diff over it (the scenario's options: zeroed grains) with grain 0 equal
+ * to the parent's, 2 and 3 zeros over its data, 5 and 7 new data. */
+#define GRAIN (64 * KiB)
+
+static void write_grain(vdisk_disk *d, rng *r, uint64_t g, bool zero) {
+        uint8_t *buf = calloc(1, GRAIN);
+
+        ASSERT(buf);
+        if (!zero)
+                rng_fill(r, buf, GRAIN);
+        ASSERT_OK(vdisk_disk_write(d, buf, GRAIN, g * GRAIN));
+        free(buf);
+}
+
+static void build_vmdk_compact_base(scenario *sc) {
+        rng r;
+        vdisk_disk *d;
+
+        rng_seed(&r, 4);
+        sc->n = 1;
+        d = build_chain(sc);
+        for (uint64_t g = 0; g < 8; g++)
+                write_grain(d, &r, g, false);
+        write_grain(d, &r, 1, true);
+        write_grain(d, &r, 4, true);
+        ASSERT_OK(vdisk_disk_discard(d, 6 * GRAIN, GRAIN));
+        vdisk_disk_unref(d);
+}
+
+static void build_vmdk_compact_top(scenario *sc) {
+        uint8_t *buf = malloc(GRAIN);
+        vdisk_disk *d = disk_new();
+        rng r;
+
+        ASSERT(buf);
+        rng_seed(&r, 5);
+        sc->n = 2;
+        sc->tmpl[0] = new_io(sc, 0);
+        ASSERT_OK(vdisk_disk_create_base(d, sc->tmpl[0], g_fmt, DISK_SIZE, base_opts()));
+        for (uint64_t g = 0; g < 8; g++)
+                write_grain(d, &r, g, false);
+        sc->tmpl[1] = new_io(sc, 1);
+        ASSERT_OK(vdisk_disk_create_diff(d, sc->tmpl[1], g_fmt, base_opts()));
+        ASSERT_OK(vdisk_disk_read(d, buf, GRAIN, 0));
+        ASSERT_OK(vdisk_disk_write(d, buf, GRAIN, 0));
+        write_grain(d, &r, 2, true);
+        write_grain(d, &r, 5, false);
+        write_grain(d, &r, 3, true);
+        write_grain(d, &r, 7, false);
         vdisk_disk_unref(d);
         free(buf);
 }
@@ -888,14 +942,14 @@ static scenario scenarios[] = {
         /* Compact: grains dropped (both grain tables, in three flushed
          * rounds), grains moved into holes, the file cut. */
         { .name = "vmdk-compact-base", .fmt = "vmdk", .max_crash_seeds = 2, .faulted = 0, .qemu = 1,
-          .qemu_every = 4, .build = build_compact_base, .op = op_compact, .after_success = after_compact },
+          .qemu_every = 2, .build = build_vmdk_compact_base, .op = op_compact, .after_success = after_compact },
         /* Repair: the redundant grain table completed, the tail cut. */
         { .name = "vmdk-repair", .fmt = "vmdk", .max_crash_seeds = 1, .faulted = 0, .qemu = 1,
           .build = build_vmdk_repair, .op = op_repair, .after_success = after_repair },
         /* A diff: a grain equal to the parent's dropped, zeros over the
          * parent's data become zeroed-grain entries, the rest moves. */
-        { .name = "vmdk-compact-zeroed", .fmt = "vmdk", .opts = vmdk_zeroed_grain, .max_crash_seeds = 1,
-          .faulted = 1, .build = build_compact_top, .op = op_compact, .after_success = after_compact },
+        { .name = "vmdk-compact-zeroed", .fmt = "vmdk", .opts = vmdk_zeroed_grain, .max_crash_seeds = 2,
+          .faulted = 1, .build = build_vmdk_compact_top, .op = op_compact, .after_success = after_compact },
 };
 
 /* ---------------------------------------------------------------- verification */
