@@ -56,6 +56,7 @@
 
 #include "backend.h"
 #include "fmt/tablecache.h"
+#include "fmt/compact.h"
 #include "fmt/hostalloc.h"
 #include "io/io.h"
 #include "util/util.h"
@@ -1341,63 +1342,83 @@ static int vdi_reserve_holes(vdi_state *s, uint32_t n_keep, const uint64_t *drop
         return 0;
 }
 
-/* Packs the referenced slots into 0..n_live-1: every block in a slot at or
- * above n_live moves into the lowest unreferenced slot below it (in block
- * order, so sequential blocks stay sequential). Then the count drops to
- * n_live (the map no longer references anything above it, so the header is
- * written after the map here) and the file is cut after the last slot.
- * p (may be NULL) gets the bytes moved. The moves cannot be cancelled:
- * stopping between two batches would leave the count ahead of the map, which
- * qemu-img check and ours call a corruption. Requires a map without bad
- * entries. */
+static int vdi_pack_repoint(void *user, uint64_t key, uint64_t from, uint64_t to) {
+        vdi_state *s = user;
+        uint32_t src = (uint32_t) ((from - s->h.off_data) / s->h.block_size);
+        uint32_t dst = (uint32_t) ((to - s->h.off_data) / s->h.block_size);
+        int r;
+
+        r = map_set(s, key, dst, 0);
+        if (r < 0)
+                return r;
+        hostalloc_note_used(&s->alloc, to, s->h.block_size);
+        bitmap_clear(s->slot_used, src);
+        bitmap_set(s->slot_used, dst);
+        s->hi = MAX(s->hi, dst + 1);
+        return 0;
+}
+
+/* On failure the entries stay dirty in memory, pointing at flushed copies;
+ * the next flush writes them. */
+static int vdi_pack_commit(void *user) {
+        vdi_state *s = user;
+
+        return tc_table_flush(s->map);
+}
+
+/* Packs the referenced slots into 0..n_live-1: the blocks in the highest
+ * slots move into the lowest unreferenced slots below them (fmt_pack: they
+ * keep their order; every destination is below the count on disk, so the
+ * header need not change first). Then the count drops to n_live (the map no
+ * longer references anything above it, so the header is written after the
+ * map here) and the file is cut after the last slot. p (may be NULL) gets
+ * the bytes moved. The moves cannot be cancelled: stopping between two
+ * batches would leave the count ahead of the map, which qemu-img check and
+ * ours call a corruption. Requires a map without bad entries. */
 static int vdi_defrag(vdi_state *s, vdisk_progress *p) {
-        uint32_t n, hole = 0;
-        size_t n_moves = 0, buf_size;
+        _cleanup_free_ fmt_unit *units = NULL;
+        uint32_t n;
+        size_t n_units = 0;
         uint64_t end;
         int r;
 
         assert(s->n_bad == 0);
 
-        r = vdi_reserve_holes(s, s->n_live, NULL);
-        if (r < 0)
-                return r;
         r = vdi_sync(s);
         if (r < 0)
                 return r;
 
         n = s->n_live;
-        buf_size = MIN(s->h.block_size, VDI_IO_CHUNK);
-        _cleanup_free_ vdi_move *moves = malloc(VDI_MOVE_BATCH * sizeof(vdi_move));
-        _cleanup_free_ uint8_t *buf = buf_alloc(buf_size);
-        if (!moves || !buf)
+        units = malloc(MAX(n, 1u) * sizeof *units);
+        if (!units)
                 return -ENOMEM;
-
         for (uint32_t b = 0; b < s->h.n_blocks; b++) {
-                uint32_t e, dst;
+                uint32_t e;
 
                 r = map_get(s, b, &e);
                 if (r < 0)
                         return r;
-                if (!entry_is_data(e) || e < n)
+                if (!entry_is_data(e))
                         continue;
-                /* As many holes below n as live slots at or above it. */
-                if (!find_free_slot(s, hole, &dst) || dst >= n)
-                        return vdisk_error(-EUCLEAN, "vdi: defragmenting found no free slot below %" PRIu32,
-                                           n);
-                moves[n_moves++] = (vdi_move) { .block = b, .src = e, .dst = dst };
-                hole = dst + 1;
-                if (n_moves == VDI_MOVE_BATCH) {
-                        r = vdi_move_blocks(s, moves, n_moves, buf, buf_size, p);
-                        if (r < 0)
-                                return r;
-                        n_moves = 0;
-                }
+                if (n_units == n)
+                        return vdisk_error(-EUCLEAN, "vdi: more blocks in the map than the %" PRIu32 " counted", n);
+                units[n_units++] = (fmt_unit) { .key = b, .host = slot_offset(s, e) };
         }
-        if (n_moves > 0) {
-                r = vdi_move_blocks(s, moves, n_moves, buf, buf_size, p);
-                if (r < 0)
-                        return r;
-        }
+        fmt_pack pk = {
+                .io = s->io,
+                .unit = s->h.block_size,
+                .floor = slot_offset(s, 0),
+                .units = units,
+                .n_units = n_units,
+                .batch = VDI_MOVE_BATCH,
+                .p = p,
+                .repoint = vdi_pack_repoint,
+                .commit = vdi_pack_commit,
+                .user = s,
+        };
+        r = fmt_pack_run(&pk, NULL);
+        if (r < 0)
+                return r;
 
         /* Every referenced slot is below n now (they are exactly 0..n-1). */
         s->hi = n;
@@ -1749,42 +1770,6 @@ static int vdi_resize(void *state, uint64_t new_size, vdisk_progress *p) {
 
 /* ---------------------------------------------------------------- compact */
 
-/* Asks fn about one data block. Blocks above VDI_IO_CHUNK are shown in
- * pieces (memory stays bounded); the block is then dropped only if every
- * piece may be: UNALLOC if all pieces equal what shows through from below,
- * ZERO if all pieces are zeros. */
-static int vdi_compact_verdict(vdi_state *s, uint64_t b, uint32_t e, compact_fn fn, void *ctx, uint8_t *buf,
-                               size_t buf_size, compact_verdict *ret) {
-        uint64_t bs = s->h.block_size, voff = b * bs, len = MIN(bs, s->size - voff);
-        uint64_t host = slot_offset(s, e);
-        bool all_unalloc = true, all_zero = true;
-        int r;
-
-        for (uint64_t done = 0; done < len;) {
-                size_t n = (size_t) MIN((uint64_t) buf_size, len - done);
-                compact_verdict v;
-
-                r = io_pread_zerofill(s->io, buf, n, host + done);
-                if (r < 0)
-                        return r;
-                r = fn(ctx, voff + done, buf, n, &v);
-                if (r < 0)
-                        return r;
-                if (v == COMPACT_KEEP) {
-                        *ret = COMPACT_KEEP;
-                        return 0;
-                }
-                if (v == COMPACT_ZERO)
-                        all_unalloc = false;
-                else if (!mem_is_zero(buf, n))
-                        all_zero = false;
-                done += n;
-        }
-
-        *ret = all_unalloc ? COMPACT_UNALLOC : all_zero ? COMPACT_ZERO : COMPACT_KEEP;
-        return 0;
-}
-
 /* Static images are refused: every block of one is allocated by definition
  * (VirtualBox refuses too). The scan only reads and decides (a 2-bit verdict
  * per block in memory): cancel during the scan changes nothing. Then the
@@ -1822,6 +1807,7 @@ static int vdi_compact(void *state, compact_fn fn, void *ctx, vdisk_progress *p)
                 return r;
 
         _cleanup_free_ uint8_t *buf = buf_alloc(buf_size);
+        fmt_scan sc = { .fn = fn, .ctx = ctx, .buf = buf, .buf_size = buf_size };
         verdicts = bitmap_new((uint64_t) s->h.n_blocks * 2);
         dropped = bitmap_new(s->h.n_blocks);
         if (!buf || !verdicts || !dropped)
@@ -1841,9 +1827,14 @@ static int vdi_compact(void *state, compact_fn fn, void *ctx, vdisk_progress *p)
                 if (entry_is_data(e)) {
                         compact_verdict v;
 
-                        r = vdi_compact_verdict(s, b, e, fn, ctx, buf, buf_size, &v);
+                        /* in pieces of at most VDI_IO_CHUNK: UNALLOC if every
+                         * piece equals what shows through from below, ZERO if
+                         * every piece is zeros */
+                        fmt_scan_begin(&sc);
+                        r = fmt_scan_piece(&sc, s->io, slot_offset(s, e), b * bs, MIN(bs, s->size - b * bs));
                         if (r < 0)
                                 return r;
+                        v = fmt_scan_verdict(&sc);
                         if (v != COMPACT_KEEP) {
                                 bitmap_set(verdicts, 2 * b + (v == COMPACT_ZERO));
                                 bitmap_set(dropped, e);

@@ -47,6 +47,7 @@
 #include <time.h>
 
 #include "backend.h"
+#include "fmt/compact.h"
 #include "fmt/hostalloc.h"
 #include "fmt/tablecache.h"
 #include "io/io.h"
@@ -1843,6 +1844,39 @@ static int vhd_resize(void *state, uint64_t new_size, vdisk_progress *p) {
 
 #define VHD_CHECK_MESSAGES 16u
 
+/* Writes the footer at `end` (right after the last block), then cuts the
+ * file after it: what lay between was referenced by nothing (repair of
+ * leaked room, the tail compact frees). The footer goes first, flushed: a
+ * crash before the cut leaves a valid footer at the end of the file or,
+ * where the old one is gone with the cut, the copy at 0 and the new one. */
+static int vhd_cut_at(vhd_state *s, uint64_t end) {
+        int r;
+
+        footer_seal(s->footer);
+        r = io_pwrite(s->io, s->footer, VHD_FOOTER_SIZE, end);
+        if (r < 0)
+                return r;
+        r = io_flush(s->io);
+        if (r < 0)
+                return r;
+        r = io_truncate(s->io, end + VHD_FOOTER_SIZE);
+        if (r < 0)
+                return r;
+        r = io_flush(s->io);
+        if (r < 0)
+                return r;
+        s->footer_offset = end;
+        s->footer_len = VHD_FOOTER_SIZE;
+        s->data_end = end;
+        if (s->alloc_ready) {
+                /* The footer sector is where the next block's bitmap goes
+                 * (written whole): from there on, fresh space. */
+                hostalloc_truncated(&s->alloc, end);
+                hostalloc_rewind(&s->alloc, end);
+        }
+        return 0;
+}
+
 typedef struct vhd_span {
         uint64_t start;
         uint32_t block;
@@ -1974,25 +2008,9 @@ static int vhd_check(void *state, uint32_t flags, vdisk_check_report *rep, vdisk
                 if (repair_leaks && !dry && !head_bad && n_bad == 0) {
                         /* The footer right after the last block, the file cut there. */
                         memcpy(s->footer, head, sizeof s->footer);
-                        r = io_pwrite(s->io, s->footer, VHD_FOOTER_SIZE, end);
+                        r = vhd_cut_at(s, end);
                         if (r < 0)
                                 goto out;
-                        r = io_flush(s->io);
-                        if (r < 0)
-                                goto out;
-                        r = io_truncate(s->io, end + VHD_FOOTER_SIZE);
-                        if (r < 0)
-                                goto out;
-                        r = io_flush(s->io);
-                        if (r < 0)
-                                goto out;
-                        s->footer_offset = end;
-                        s->footer_len = VHD_FOOTER_SIZE;
-                        if (s->alloc_ready) {
-                                s->data_end = end;
-                                hostalloc_truncated(&s->alloc, end + VHD_FOOTER_SIZE);
-                                hostalloc_rewind(&s->alloc, end);
-                        }
                         rep->leaks_fixed++;
                 } else if (repair_leaks && dry)
                         rep->leaks_fixed++;
@@ -2030,39 +2048,36 @@ out:
 
 /* ---------------------------------------------------------------- compact */
 
-/* Copies one block (bitmap and data) from `from` to `to` (not overlapping). */
-static int vhd_copy_block(vhd_state *s, uint64_t from, uint64_t to, uint8_t *buf, size_t buf_size) {
-        uint64_t unit = (uint64_t) s->bm_size + s->block_size;
-        int r;
+static int vhd_compact_repoint(void *user, uint64_t key, uint64_t from, uint64_t to) {
+        vhd_state *s = user;
 
-        for (uint64_t done = 0; done < unit;) {
-                size_t n = (size_t) MIN((uint64_t) buf_size, unit - done);
+        (void) from;
+        bm_drop(s, (uint32_t) key);     /* the cached bitmap names the old place */
+        return tc_set(s->bat, key, to / VHD_SECTOR, 0);
+}
 
-                r = io_pread_zerofill(s->io, buf, n, from + done);
-                if (r < 0)
-                        return r;
-                r = io_pwrite(s->io, buf, n, to + done);
-                if (r < 0)
-                        return r;
-                done += n;
-        }
-        return 0;
+static int vhd_compact_commit(void *user) {
+        vhd_state *s = user;
+
+        return tc_table_flush(s->bat);
 }
 
 /* Asks `fn` about the sectors a block holds (set bitmap bits; clear ones
  * already show what is below). VHD has no zero marker: a block is dropped
  * only when all it holds equals what shows through without it. Then (not
- * cancellable) the dropped entries are freed and flushed, the remaining
- * blocks are moved down into whole-block holes one at a time (copy, flush,
- * entry, flush: the old copy stays valid until the entry points at the new
- * one), the footer is written after the last block and the file cut there. */
+ * cancellable) the dropped entries are freed and flushed, the blocks
+ * highest in the file move into whole-block holes below them (fmt_pack:
+ * copy, flush, BAT entries, flush; the old copy stays valid until the entry
+ * points at the new one), and the footer goes after the last block, the
+ * file cut there (vhd_cut_at). */
 static int vhd_compact(void *state, compact_fn fn, void *ctx, vdisk_progress *p) {
         vhd_state *s = state;
-        uint64_t bs, unit, pos, n_live = 0, n_drop = 0;
-        size_t buf_size;
+        uint64_t bs, unit, end = 0, n_live = 0, n_drop = 0;
         _cleanup_free_ uint8_t *buf = NULL;
         _cleanup_free_ uint64_t *drop = NULL;
-        _cleanup_free_ vhd_span *spans = NULL;
+        _cleanup_free_ fmt_unit *units = NULL;
+        fmt_span fixed[2];
+        fmt_scan sc = { .fn = fn, .ctx = ctx };
         int r;
 
         if (!s->writable)
@@ -2081,17 +2096,17 @@ static int vhd_compact(void *state, compact_fn fn, void *ctx, vdisk_progress *p)
 
         bs = s->block_size;
         unit = (uint64_t) s->bm_size + bs;
-        buf_size = (size_t) MIN(unit, (uint64_t) 4 << 20);
-        buf = buf_alloc(buf_size);
+        sc.buf_size = (size_t) MIN(unit, (uint64_t) 4 << 20);
+        buf = buf_alloc(sc.buf_size);
         drop = bitmap_new(MAX(s->n_blocks, 1u));
-        spans = malloc(MAX(s->n_blocks, 1u) * sizeof(vhd_span));
-        if (!buf || !drop || !spans)
+        units = malloc(MAX(s->n_blocks, 1u) * sizeof(fmt_unit));
+        if (!buf || !drop || !units)
                 return vdisk_error(-ENOMEM, "out of memory");
+        sc.buf = buf;
         progress_set_total(p, s->size);
 
         for (uint32_t b = 0; b < s->n_blocks; b++) {
                 uint64_t voff = (uint64_t) b * bs, len = MIN(bs, s->size - voff), end_sec = DIV_ROUND_UP(len, VHD_SECTOR);
-                bool keep = false;
                 vhd_bm *m;
                 uint32_t e;
 
@@ -2102,39 +2117,30 @@ static int vhd_compact(void *state, compact_fn fn, void *ctx, vdisk_progress *p)
                 if (r < 0)
                         return r;
                 if (e != VHD_BAT_FREE) {
+                        uint64_t host = (uint64_t) e * VHD_SECTOR;
+
                         r = bm_get(s, b, e, &m);
                         if (r < 0)
                                 return r;
-                        for (uint64_t sec = 0; sec < end_sec && !keep;) {
+                        fmt_scan_begin(&sc);
+                        for (uint64_t sec = 0; sec < end_sec && sc.unalloc;) {
                                 uint64_t run = bit_run(m->bits, sec, end_sec);
 
-                                if (bit_get(m->bits, sec))
-                                        for (uint64_t off = sec * VHD_SECTOR; off < MIN((sec + run) * VHD_SECTOR, len);) {
-                                                size_t n = (size_t) MIN((uint64_t) buf_size,
-                                                                        MIN((sec + run) * VHD_SECTOR, len) - off);
-                                                compact_verdict v;
+                                if (bit_get(m->bits, sec)) {
+                                        uint64_t off = sec * VHD_SECTOR, stop = MIN((sec + run) * VHD_SECTOR, len);
 
-                                                r = io_pread_zerofill(s->io, buf, n, (uint64_t) e * VHD_SECTOR +
-                                                                      s->bm_size + off);
-                                                if (r < 0)
-                                                        return r;
-                                                r = fn(ctx, voff + off, buf, n, &v);
-                                                if (r < 0)
-                                                        return r;
-                                                if (v != COMPACT_UNALLOC) {
-                                                        keep = true;
-                                                        break;
-                                                }
-                                                off += n;
-                                        }
+                                        r = fmt_scan_piece(&sc, s->io, host + s->bm_size + off, voff + off,
+                                                           stop - off);
+                                        if (r < 0)
+                                                return r;
+                                }
                                 sec += run;
                         }
-                        if (keep)
-                                spans[n_live++] = (vhd_span) { .start = (uint64_t) e * VHD_SECTOR, .block = b };
-                        else {
+                        if (sc.unalloc) {
                                 bitmap_set(drop, b);
                                 n_drop++;
-                        }
+                        } else
+                                units[n_live++] = (fmt_unit) { .key = b, .host = host };
                 }
                 r = progress_add(p, len);
                 if (r < 0)
@@ -2153,57 +2159,32 @@ static int vhd_compact(void *state, compact_fn fn, void *ctx, vdisk_progress *p)
         if (r < 0)
                 return r;
 
-        /* Pack. */
-        qsort(spans, n_live, sizeof *spans, cmp_span);
-        pos = s->alloc_floor;
-        for (uint64_t i = 0; i < n_live; i++) {
-                uint64_t start = spans[i].start;
-
-                if (start < pos + unit) {
-                        pos = MAX(pos, start + unit);
-                        continue;
-                }
-                r = vhd_copy_block(s, start, pos, buf, buf_size);
-                if (r < 0)
-                        return r;
-                r = io_flush(s->io);
-                if (r < 0)
-                        return r;
-                bm_drop(s, spans[i].block);
-                r = tc_set(s->bat, spans[i].block, pos / VHD_SECTOR, 0);
-                if (r < 0)
-                        return r;
-                r = tc_table_flush(s->bat);
-                if (r < 0)
-                        return r;
-                pos += unit;
-        }
+        /* Pack. Below alloc_floor: the headers, the locators' data and a BAT
+         * a grow moved; the BAT and the header stay wherever they are. */
+        fixed[0] = (fmt_span) { .start = s->bat_offset,
+                                .len = ALIGN_UP((uint64_t) s->max_entries * 4, (uint64_t) VHD_SECTOR) };
+        fixed[1] = (fmt_span) { .start = s->dyn_offset, .len = VHD_DYN_SIZE };
+        fmt_pack pk = {
+                .io = s->io,
+                .unit = unit,
+                .floor = s->alloc_floor,
+                .units = units,
+                .n_units = n_live,
+                .fixed = fixed,
+                .n_fixed = 2,
+                .repoint = vhd_compact_repoint,
+                .commit = vhd_compact_commit,
+                .user = s,
+        };
+        r = fmt_pack_run(&pk, &end);
+        if (r < 0)
+                return r;
 
         /* The footer after the last block; the rest goes (also room that
          * no block references any more, before the footer: a shrink frees
          * the blocks past the end without cutting the file). */
-        if (pos < MAX(s->data_end, s->footer_offset)) {
-                footer_seal(s->footer);
-                r = io_pwrite(s->io, s->footer, VHD_FOOTER_SIZE, pos);
-                if (r < 0)
-                        return r;
-                r = io_flush(s->io);
-                if (r < 0)
-                        return r;
-                r = io_truncate(s->io, pos + VHD_FOOTER_SIZE);
-                if (r < 0)
-                        return r;
-                r = io_flush(s->io);
-                if (r < 0)
-                        return r;
-                s->footer_offset = pos;
-                s->footer_len = VHD_FOOTER_SIZE;
-                s->data_end = pos;
-                /* The footer sector is where the next block's bitmap goes
-                 * (written whole): from there on, fresh space. */
-                hostalloc_truncated(&s->alloc, pos);
-                hostalloc_rewind(&s->alloc, pos);
-        }
+        if (end < MAX(s->data_end, s->footer_offset))
+                return vhd_cut_at(s, end);
         return 0;
 }
 

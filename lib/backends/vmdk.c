@@ -36,7 +36,7 @@
  * GTEs), monolithicFlat, twoGbMaxExtentSparse/Flat, vmfs (flat), ZERO
  * extents, streamOptimized; diffs by parentFileNameHint; grain tables
  * allocated on demand (GD entries of 0); resize in the last extent; check
- * and repair. Refused clearly: vmfsSparse, seSparse, raw-device
+ * and repair; compact of hosted sparse extents. Refused clearly: vmfsSparse, seSparse, raw-device
  * descriptors, NOACCESS extents.
  *
  * Threads: none of its own; the core serializes every call on an image.
@@ -56,6 +56,7 @@
 #include "backend.h"
 #include "backends/vmdk-cowd.h"
 #include "backends/vmdk-sesparse.h"
+#include "fmt/compact.h"
 #include "fmt/hostalloc.h"
 #include "fmt/tablecache.h"
 #include "fmt/vmdk-desc.h"
@@ -2965,7 +2966,10 @@ static int check_extent(vmdk_state *s, vmdk_extent *e, size_t idx, vdisk_check_r
                                 continue;
                         }
                 }
-                end = MAX(end, u->sector + u->sectors);
+                /* a short last grain (a capacity that is no grain
+                 * multiple) takes a whole grain's room, as vdisk and qemu
+                 * allocate it: that room is no leak */
+                end = MAX(end, u->sector + (u->g == UINT64_MAX ? u->sectors : MAX(u->sectors, e->h.grain)));
         }
         changed = changed || rep->corruptions_fixed || rep->leaks_fixed;
         file_end = DIV_ROUND_UP(e->file_size, VMDK_SECTOR);
@@ -3031,6 +3035,355 @@ static int vmdk_check(void *state, uint32_t flags, vdisk_check_report *rep, vdis
         if ((flags & VDISK_CHECK_DRY_RUN) && (rep->corruptions || rep->leaks))
                 check_report_add(rep, "dry run: nothing was written");
         return 0;
+}
+
+/* ---------------------------------------------------------------- compact */
+
+/* Grain entries changed by compact, applied in three flushed rounds so that
+ * the two grain tables never disagree with both entries set (what check
+ * calls a corruption): first the redundant entries go to 0, then the
+ * primary ones (what reads) take their new values, then the redundant ones.
+ * A crash between the rounds leaves an entry set in one table only: a leak,
+ * and the grain reads the old or the new place, both complete. */
+typedef struct vmdk_gte_change {
+        uint64_t g, v;
+} vmdk_gte_change;
+
+typedef struct vmdk_compact_ctx {
+        vmdk_extent *e;
+        vmdk_gte_change *ch;
+        size_t n_ch;
+} vmdk_compact_ctx;
+
+static int extent_tables_flush(vmdk_extent *e) {
+        int r;
+
+        for (size_t j = 0; j < e->n_new_gt; j++) {
+                r = tc_table_flush(e->new_gt[j].t);
+                if (r < 0)
+                        return r;
+        }
+        return tc_table_flush(e->view);
+}
+
+static int gte_changes_apply(vmdk_extent *e, const vmdk_gte_change *ch, size_t n) {
+        int r;
+
+        for (int round = 0; round < 3; round++) {
+                tc_table *gd = round == 1 ? e->gd : e->rgd;
+
+                if (!gd)
+                        continue;
+                for (size_t i = 0; i < n; i++) {
+                        uint64_t gts = 0, v = round == 0 ? 0 : ch[i].v, cur;
+
+                        if (round == 2 && v == 0)
+                                continue;       /* done in round 0 */
+                        r = gt_sector(e, ch[i].g, gd, &gts);
+                        if (r < 0)
+                                return r;
+                        if (gts == 0)
+                                continue;       /* a redundant table missing: a leak check mends */
+                        r = gt_get(e, gts, ch[i].g % e->h.gtes, &cur);
+                        if (r >= 0 && cur != v)
+                                r = gt_put(e, gts, ch[i].g % e->h.gtes, v);
+                        if (r < 0)
+                                return r;
+                }
+                r = extent_tables_flush(e);
+                if (r < 0)
+                        return r;
+        }
+        return 0;
+}
+
+static int vmdk_compact_repoint(void *user, uint64_t key, uint64_t from, uint64_t to) {
+        vmdk_compact_ctx *c = user;
+
+        (void) from;
+        c->ch[c->n_ch++] = (vmdk_gte_change) { .g = key, .v = to / VMDK_SECTOR };
+        return 0;
+}
+
+static int vmdk_compact_commit(void *user) {
+        vmdk_compact_ctx *c = user;
+        int r;
+
+        r = gte_changes_apply(c->e, c->ch, c->n_ch);
+        c->n_ch = 0;
+        return r;
+}
+
+/* One sparse extent's plan: the grains that stay (units) and the entries
+ * that change (drops: 0, or 1 for a zeroed grain). */
+typedef struct vmdk_compact_extent {
+        fmt_unit *units;
+        size_t n_units;
+        vmdk_gte_change *drops;
+        size_t n_drops;
+        fmt_span *fixed;
+        size_t n_fixed;
+        uint64_t floor;
+        uint64_t moves;
+} vmdk_compact_extent;
+
+static void compact_extent_done(vmdk_compact_extent *x) {
+        free(x->units);
+        free(x->drops);
+        free(x->fixed);
+        *x = (vmdk_compact_extent) {};
+}
+
+static int push(void **a, size_t *n, size_t *cap, size_t size, const void *v) {
+        if (*n == *cap) {
+                size_t nc = *cap ? 2 * *cap : 64;
+                void *p = reallocarray(*a, nc, size);
+
+                if (!p)
+                        return -ENOMEM;
+                *a = p;
+                *cap = nc;
+        }
+        memcpy((uint8_t *) *a + *n * size, v, size);
+        (*n)++;
+        return 0;
+}
+
+/* Reads every allocated grain of e and asks fn about it (nothing changes). */
+static int compact_scan_extent(vmdk_extent *e, fmt_scan *sc, vmdk_compact_extent *x, vdisk_progress *p) {
+        uint64_t n_grains = DIV_ROUND_UP(e->size, e->grain), gd_sectors = DIV_ROUND_UP(e->n_gd * 4, VMDK_SECTOR);
+        uint64_t gt_sectors = DIV_ROUND_UP((uint64_t) e->h.gtes * 4, VMDK_SECTOR), meta_end;
+        size_t cap_units = 0, cap_drops = 0, cap_fixed = 0;
+        int r;
+
+        meta_end = MAX(MAX(e->h.gd + gd_sectors, e->rgd ? e->h.rgd + gd_sectors : 0),
+                       MAX(e->h.desc_offset + e->h.desc_size, (uint64_t) 1));
+        meta_end = MAX(meta_end, e->h.overhead);
+        x->floor = meta_end * VMDK_SECTOR;
+
+        for (uint64_t t = 0; t < e->n_gd; t++) {
+                uint64_t gts = 0, rgts = 0;
+
+                r = progress_check(p);
+                if (r < 0)
+                        return vdisk_error(r, "vmdk: compact cancelled (nothing changed)");
+                r = gt_sector(e, t * e->h.gtes, e->gd, &gts);
+                if (r >= 0 && e->rgd)
+                        r = gt_sector(e, t * e->h.gtes, e->rgd, &rgts);
+                if (r < 0)
+                        return r;
+                for (int k = 0; k < 2; k++) {
+                        uint64_t s = k ? rgts : gts;
+                        fmt_span sp = { .start = s * VMDK_SECTOR, .len = gt_sectors * VMDK_SECTOR };
+
+                        if (s == 0)
+                                continue;
+                        r = push((void **) &x->fixed, &x->n_fixed, &cap_fixed, sizeof sp, &sp);
+                        if (r < 0)
+                                return r;
+                }
+                for (uint64_t g = t * e->h.gtes; gts && g < n_grains && g < (t + 1) * e->h.gtes; g++) {
+                        uint64_t v = 0, len = MIN(e->grain, e->size - g * e->grain);
+                        compact_verdict verdict;
+
+                        r = gt_get(e, gts, g % e->h.gtes, &v);
+                        if (r < 0)
+                                return r;
+                        if (v == 0 || (v == 1 && e->zeroed_gte)) {
+                                uint64_t rv = v;
+
+                                /* a redundant entry set alone (a crash
+                                 * inside a grain's allocation): made to
+                                 * agree, its grain's room is free here */
+                                if (rgts)
+                                        r = gt_get(e, rgts, g % e->h.gtes, &rv);
+                                if (r >= 0 && rv != v) {
+                                        vmdk_gte_change d = { .g = g, .v = v };
+
+                                        r = push((void **) &x->drops, &x->n_drops, &cap_drops, sizeof d, &d);
+                                }
+                                if (r < 0)
+                                        return r;
+                                continue;
+                        }
+                        if (v < meta_end || !range_within(v * VMDK_SECTOR, e->grain, e->file_size))
+                                return vdisk_error(-EUCLEAN, "vmdk: %s: grain %" PRIu64 " at sector %" PRIu64
+                                                   " is not within the data area; repair the image before "
+                                                   "compacting it", vdisk_io_name(e->io), g, v);
+                        fmt_scan_begin(sc);
+                        r = fmt_scan_piece(sc, e->io, v * VMDK_SECTOR, e->start + g * e->grain, len);
+                        if (r < 0)
+                                return r;
+                        verdict = fmt_scan_verdict(sc);
+                        /* zeros over the parent's data: only a zeroed grain
+                         * entry says so without the grain */
+                        if (verdict == COMPACT_ZERO && !e->zeroed_gte)
+                                verdict = COMPACT_KEEP;
+                        if (verdict == COMPACT_KEEP) {
+                                fmt_unit u = { .key = g, .host = v * VMDK_SECTOR };
+
+                                r = push((void **) &x->units, &x->n_units, &cap_units, sizeof u, &u);
+                        } else {
+                                vmdk_gte_change d = { .g = g, .v = verdict == COMPACT_ZERO };
+
+                                r = push((void **) &x->drops, &x->n_drops, &cap_drops, sizeof d, &d);
+                        }
+                        if (r < 0)
+                                return r;
+                }
+                r = progress_add(p, MIN((uint64_t) e->h.gtes * e->grain, e->size - MIN(e->size, t * e->h.gtes * e->grain)));
+                if (r < 0)
+                        return vdisk_error(r, "vmdk: compact cancelled (nothing changed)");
+        }
+        return 0;
+}
+
+static fmt_pack compact_pack_params(vmdk_extent *e, vmdk_compact_extent *x, vmdk_compact_ctx *c, vdisk_progress *p) {
+        return (fmt_pack) {
+                .io = e->io,
+                .unit = e->grain,
+                .floor = x->floor,
+                .units = x->units,
+                .n_units = x->n_units,
+                .fixed = x->fixed,
+                .n_fixed = x->n_fixed,
+                .p = p,
+                .cancellable = true,
+                .repoint = vmdk_compact_repoint,
+                .commit = vmdk_compact_commit,
+                .user = c,
+        };
+}
+
+/* Cuts the extent's file at `end`: nothing references what lies past it. */
+static int vmdk_compact_cut(vmdk_state *s, vmdk_extent *e, uint64_t end) {
+        int r;
+
+        end = ALIGN_UP(end, (uint64_t) VMDK_SECTOR);
+        if (end >= e->file_size)
+                return 0;
+        /* Nothing references what lies past `end` any more. */
+        r = vmdk_flush(s);
+        if (r < 0)
+                return r;
+        r = io_truncate(e->io, end);
+        if (r < 0)
+                return r;
+        r = io_flush(e->io);
+        if (r < 0)
+                return r;
+        return sparse_reload(s, e, vdisk_io_name(e->io));
+}
+
+/* Drops, packs and cuts one extent. */
+static int compact_extent(vmdk_state *s, vmdk_extent *e, vmdk_compact_extent *x, vdisk_progress *p) {
+        vmdk_compact_ctx c = { .e = e };
+        fmt_pack pk = compact_pack_params(e, x, &c, p);
+        uint64_t end = 0;
+        int r, q;
+
+        if (x->n_drops > 0) {
+                r = gte_changes_apply(e, x->drops, x->n_drops);
+                if (r < 0)
+                        return r;
+        }
+        c.ch = calloc(64, sizeof *c.ch);        /* fmt_pack's batch */
+        if (!c.ch)
+                return -ENOMEM;
+        pk.batch = 64;
+        r = fmt_pack_run(&pk, &end);
+        free(c.ch);
+        if (r < 0 && (r != -ECANCELED || end == 0))
+                return r;
+        q = vmdk_compact_cut(s, e, end);
+        if (q < 0)
+                return q;
+        if (r < 0)
+                return vdisk_error(r, "vmdk: compact cancelled (the grains moved so far stay moved)");
+        return 0;
+}
+
+
+/* Hosted sparse extents: grains that read the same without them are
+ * dropped (entry 0; in a diff, zeros over the parent's data become a zeroed
+ * grain entry where the extent has them, else they stay), then the grains
+ * highest in the file move down into the holes (fmt_pack: the grain tables
+ * and directories stay where they are) and the file is cut after the last
+ * grain or table. Flat and ZERO extents have nothing to compact; compressed
+ * (streamOptimized) ones are read-only. Cancel during the scan changes
+ * nothing; during the moves it stops after a complete batch. */
+static int vmdk_compact(void *state, compact_fn fn, void *ctx, vdisk_progress *p) {
+        vmdk_state *s = state;
+        _cleanup_free_ vmdk_compact_extent *xs = NULL;
+        _cleanup_free_ uint8_t *buf = NULL;
+        uint64_t moved = 0, max_grain = 0;
+        size_t n_sparse = 0;
+        int r = 0;
+
+        if (s->stream)
+                return vdisk_error(-EBUSY, "vmdk: the image is being written");
+        if (!s->writable)
+                return vdisk_error(-EROFS, "vmdk: image is read-only");
+        for (size_t i = 0; i < s->n_ext; i++) {
+                vmdk_extent *e = &s->ext[i];
+
+                if (e->type == VMDK_EXTENT_SESPARSE || e->type == VMDK_EXTENT_VMFSSPARSE)
+                        return vdisk_error(-EOPNOTSUPP, "vmdk: %s extents cannot be compacted",
+                                           vmdk_extent_type_name(e->type));
+                if (e->type != VMDK_EXTENT_SPARSE)
+                        continue;
+                if (e->compressed)
+                        return vdisk_error(-EOPNOTSUPP, "vmdk: compressed (streamOptimized) extents are read-only");
+                if (e->h.gtes % (VMDK_SECTOR / 4))
+                        return vdisk_error(-EOPNOTSUPP, "vmdk: cannot write an extent with %" PRIu32
+                                           " entries per grain table (a multiple of 128 is needed)", e->h.gtes);
+                n_sparse++;
+                max_grain = MAX(max_grain, e->grain);
+        }
+        if (n_sparse == 0)
+                return vdisk_error(-EOPNOTSUPP, "vmdk: flat images cannot be compacted");
+        r = vmdk_flush(s);
+        if (r < 0)
+                return r;
+
+        fmt_scan sc = { .fn = fn, .ctx = ctx, .buf_size = (size_t) MIN(max_grain, (uint64_t) 4 << 20) };
+        buf = buf_alloc(sc.buf_size);
+        xs = calloc(s->n_ext, sizeof *xs);
+        if (!buf || !xs)
+                return vdisk_error(-ENOMEM, "out of memory");
+        sc.buf = buf;
+        progress_set_total(p, s->size);
+        for (size_t i = 0; i < s->n_ext && r >= 0; i++) {
+                vmdk_extent *e = &s->ext[i];
+
+                if (e->type != VMDK_EXTENT_SPARSE) {
+                        r = progress_add(p, e->size);
+                        if (r < 0)
+                                r = vdisk_error(r, "vmdk: compact cancelled (nothing changed)");
+                        continue;
+                }
+                r = compact_scan_extent(e, &sc, &xs[i], p);
+                if (r >= 0) {
+                        vmdk_compact_ctx c = { .e = e };
+                        fmt_pack pk = compact_pack_params(e, &xs[i], &c, p);
+
+                        r = fmt_pack_count(&pk, &xs[i].moves);
+                        moved += xs[i].moves * e->grain;
+                }
+        }
+        if (r >= 0) {
+                /* the total now knows the moves; the scan stays done */
+                progress_set_total(p, s->size + moved);
+                r = progress_add(p, s->size);
+                if (r < 0)
+                        r = vdisk_error(r, "vmdk: compact cancelled (nothing changed)");
+                for (size_t i = 0; i < s->n_ext && r >= 0; i++)
+                        if (s->ext[i].type == VMDK_EXTENT_SPARSE)
+                                r = compact_extent(s, &s->ext[i], &xs[i], p);
+        }
+        for (size_t i = 0; i < s->n_ext; i++)
+                compact_extent_done(&xs[i]);
+        return r;
 }
 
 /* ---------------------------------------------------------------- metadata */
@@ -3241,7 +3594,8 @@ const vdisk_backend backend_vmdk = {
                 .name = "VMDK",
                 .qemu_name = "vmdk",
                 .caps = VDISK_CAP_UUID | VDISK_CAP_CREATE_FIXED | VDISK_CAP_CREATE_DYNAMIC | VDISK_CAP_CREATE_SPLIT_2G |
-                        VDISK_CAP_DIFF | VDISK_CAP_FILE | VDISK_CAP_PREFERRED | VDISK_CAP_CHECK,
+                        VDISK_CAP_DIFF | VDISK_CAP_FILE | VDISK_CAP_PREFERRED | VDISK_CAP_CHECK |
+                        VDISK_CAP_COMPACT,
                 .media = VDISK_MEDIA_HDD,
                 .extensions = vmdk_extensions,
                 .create_options = vmdk_create_options,
@@ -3269,6 +3623,7 @@ const vdisk_backend backend_vmdk = {
         .resize = vmdk_resize,
         .check = vmdk_check,
         .measure = vmdk_measure,
+        .compact = vmdk_compact,
         .get_meta = vmdk_get_meta,
         .set_meta = vmdk_set_meta,
         .get_info = vmdk_get_info,

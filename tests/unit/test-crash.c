@@ -34,10 +34,13 @@
  * changes when its destination fails with EIO or ENOSPC at any write,
  * persistent or transient. (a) runs on VMDK too (vmdk-writes-*: grain
  * allocation, both grain tables, the descriptor's new CID), with two crash
- * images per cut and the library's check as the structural oracle; and on
- * QCOW2 (qcow2-writes-*: clusters, L2 tables and refcount blocks allocated,
- * zero clusters; vdisk_check counts every reference, qemu-img check too),
- * run by VDISK_CRASH_FORMAT=qcow2 (test crash-qcow2) only.
+ * images per cut and the library's check as the structural oracle; so do
+ * (c) (vmdk-compact-base, and vmdk-compact-zeroed on a diff with zeroed
+ * grain entries) and (e) (vmdk-repair: a redundant grain table entry
+ * missing and junk past the last grain); and on QCOW2 (qcow2-writes-*:
+ * clusters, L2 tables and refcount blocks allocated, zero clusters;
+ * vdisk_check counts every reference, qemu-img check too), run by
+ * VDISK_CRASH_FORMAT=qcow2 (test crash-qcow2) only.
  * The structural check also uses the tests' own VDI parser (no map entry out
  * of range or duplicated), and standalone bases go through
  * `qemu-img check -f vdi` when /usr/bin/qemu-img exists (exit 0 or 3; 2 only
@@ -84,6 +87,7 @@ static const char *const vmdk_gt_on_demand[] = { "gt_on_demand", "on", NULL };
  * refcount block covers 32 KiB of the file: the writes make new blocks) */
 static const char *const qcow2_64k[] = { "cluster_size", "65536", NULL };
 static const char *const qcow2_512_rb64[] = { "cluster_size", "512", "refcount_bits", "64", NULL };
+static const char *const vmdk_zeroed_grain[] = { "zeroed_grain", "on", NULL };
 
 /* The format of the scenario running: scenario.fmt, else crash_fmt. */
 static const char *g_fmt = "vdi";
@@ -544,11 +548,11 @@ static void build_compact_top(scenario *sc) {
         sc->n = 2;
         d = disk_new();
         sc->tmpl[0] = new_io(sc, 0);
-        ASSERT_OK(vdisk_disk_create_base(d, sc->tmpl[0], crash_fmt, DISK_SIZE, base_opts()));
+        ASSERT_OK(vdisk_disk_create_base(d, sc->tmpl[0], g_fmt, DISK_SIZE, base_opts()));
         for (uint64_t b = 0; b < 8; b++)
                 fill_block(d, &r, b, 0, BLOCK);
         sc->tmpl[1] = new_io(sc, 1);
-        ASSERT_OK(vdisk_disk_create_diff(d, sc->tmpl[1], crash_fmt, NULL));
+        ASSERT_OK(vdisk_disk_create_diff(d, sc->tmpl[1], g_fmt, NULL));
         /* block 0: equal to the parent's; 2 and 3: zeros over data; 5, 7: data */
         ASSERT_OK(vdisk_disk_read(d, buf, BLOCK, 0));
         ASSERT_OK(vdisk_disk_write(d, buf, BLOCK, 0));
@@ -556,6 +560,61 @@ static void build_compact_top(scenario *sc) {
         fill_block(d, &r, 5, 0, BLOCK);
         zero_block(d, 3);
         fill_block(d, &r, 7, 0, BLOCK);
+        vdisk_disk_unref(d);
+        free(buf);
+}
+
+/* The VMDK compact scenarios in 64 KiB grains (few moves, few writes): a
+ * base of 8 grains, grains 1 and 4 zeros written as data, 6 discarded; a
+ * diff over it (the scenario's options: zeroed grains) with grain 0 equal
+ * to the parent's, 2 and 3 zeros over its data, 5 and 7 new data. */
+#define GRAIN (64 * KiB)
+
+static void write_grain(vdisk_disk *d, rng *r, uint64_t g, bool zero) {
+        uint8_t *buf = calloc(1, GRAIN);
+
+        ASSERT(buf);
+        if (!zero)
+                rng_fill(r, buf, GRAIN);
+        ASSERT_OK(vdisk_disk_write(d, buf, GRAIN, g * GRAIN));
+        free(buf);
+}
+
+static void build_vmdk_compact_base(scenario *sc) {
+        rng r;
+        vdisk_disk *d;
+
+        rng_seed(&r, 4);
+        sc->n = 1;
+        d = build_chain(sc);
+        for (uint64_t g = 0; g < 8; g++)
+                write_grain(d, &r, g, false);
+        write_grain(d, &r, 1, true);
+        write_grain(d, &r, 4, true);
+        ASSERT_OK(vdisk_disk_discard(d, 6 * GRAIN, GRAIN));
+        vdisk_disk_unref(d);
+}
+
+static void build_vmdk_compact_top(scenario *sc) {
+        uint8_t *buf = malloc(GRAIN);
+        vdisk_disk *d = disk_new();
+        rng r;
+
+        ASSERT(buf);
+        rng_seed(&r, 5);
+        sc->n = 2;
+        sc->tmpl[0] = new_io(sc, 0);
+        ASSERT_OK(vdisk_disk_create_base(d, sc->tmpl[0], g_fmt, DISK_SIZE, base_opts()));
+        for (uint64_t g = 0; g < 8; g++)
+                write_grain(d, &r, g, false);
+        sc->tmpl[1] = new_io(sc, 1);
+        ASSERT_OK(vdisk_disk_create_diff(d, sc->tmpl[1], g_fmt, base_opts()));
+        ASSERT_OK(vdisk_disk_read(d, buf, GRAIN, 0));
+        ASSERT_OK(vdisk_disk_write(d, buf, GRAIN, 0));
+        write_grain(d, &r, 2, true);
+        write_grain(d, &r, 5, false);
+        write_grain(d, &r, 3, true);
+        write_grain(d, &r, 7, false);
         vdisk_disk_unref(d);
         free(buf);
 }
@@ -655,6 +714,49 @@ static void build_repair(scenario *sc) {
                 FAIL("an image with a leaked slot: check reports %" PRIu64 " corruptions and %" PRIu64
                      " leaks, "
                      "expected at most 1 (the count mismatch) and at least 1", rep.corruptions, rep.leaks);
+        }
+        vdisk_check_report_clear(&rep);
+        vdisk_disk_unref(d);
+}
+
+/* A monolithicSparse VMDK with leaks of both kinds repair mends: 3 grains
+ * of junk past the last grain (the file cut), and grain 5 set in the
+ * primary grain table only (the redundant entry written). */
+static void build_vmdk_repair(scenario *sc) {
+        rng r;
+        vdisk_disk *d;
+        uint8_t *bytes, *grown;
+        size_t len;
+        uint64_t rgd, rgt;
+        vdisk_check_report rep;
+
+        rng_seed(&r, 9);
+        sc->n = 1;
+        d = build_chain(sc);
+        for (uint64_t b = 0; b < 4; b++)
+                fill_block(d, &r, b, 0, BLOCK);
+        vdisk_disk_unref(d);
+        bytes = mem_io_copy(sc->tmpl[0], &len);
+        ASSERT(len >= 512 && memcmp(bytes, "KDMV", 4) == 0);
+        rgd = vdi_get64(bytes, 48);     /* the header's redundant GD (sectors) */
+        ASSERT(rgd > 0 && rgd * 512 + 4 <= len);
+        rgt = vdi_get32(bytes, rgd * 512);
+        ASSERT(rgt > 0 && rgt * 512 + 6 * 4 <= len);
+        ASSERT(vdi_get32(bytes, rgt * 512 + 5 * 4) > 1);
+        vdi_put32(bytes, rgt * 512 + 5 * 4, 0);
+        grown = realloc(bytes, len + 3 * 64 * KiB);
+        ASSERT(grown);
+        rng_fill(&r, grown + len, 3 * 64 * KiB);
+        vdisk_io_unref(sc->tmpl[0]);
+        sc->tmpl[0] = mem_io("crash-vmdk-repair-0.vmdk", grown, len + 3 * 64 * KiB);
+        free(grown);
+
+        d = open_ios(sc->tmpl, 1, VDISK_OPEN_READONLY, "repair template");
+        check_image_report(d, 0, &rep);
+        if (rep.corruptions || rep.leaks < 2) {
+                print_check_messages(&rep);
+                FAIL("the VMDK repair template: %" PRIu64 " corruptions and %" PRIu64 " leaks, expected none "
+                     "and at least 2", rep.corruptions, rep.leaks);
         }
         vdisk_check_report_clear(&rep);
         vdisk_disk_unref(d);
@@ -886,6 +988,17 @@ static scenario scenarios[] = {
           .qemu_every = 32, .per_sector = 1, .build = build_writes_base, .op = op_writes },
         { .name = "qed-writes-top", .fmt = "qed", .max_crash_seeds = 1, .faulted = 1, .per_sector = 1,
           .build = build_writes_top, .op = op_writes },
+        /* Compact: grains dropped (both grain tables, in three flushed
+         * rounds), grains moved into holes, the file cut. */
+        { .name = "vmdk-compact-base", .fmt = "vmdk", .max_crash_seeds = 2, .faulted = 0, .qemu = 1,
+          .qemu_every = 2, .build = build_vmdk_compact_base, .op = op_compact, .after_success = after_compact },
+        /* Repair: the redundant grain table completed, the tail cut. */
+        { .name = "vmdk-repair", .fmt = "vmdk", .max_crash_seeds = 1, .faulted = 0, .qemu = 1,
+          .build = build_vmdk_repair, .op = op_repair, .after_success = after_repair },
+        /* A diff: a grain equal to the parent's dropped, zeros over the
+         * parent's data become zeroed-grain entries, the rest moves. */
+        { .name = "vmdk-compact-zeroed", .fmt = "vmdk", .opts = vmdk_zeroed_grain, .max_crash_seeds = 2,
+          .faulted = 1, .build = build_vmdk_compact_top, .op = op_compact, .after_success = after_compact },
 };
 
 /* ---------------------------------------------------------------- verification */
