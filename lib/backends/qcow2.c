@@ -286,6 +286,19 @@ static int qcow2_probe(const uint8_t *head, size_t head_len, const uint8_t *tail
         return 0;
 }
 
+/* An L1 table (the current one or a snapshot's) of `l1_size` entries is
+ * not too large to load. */
+static bool l1_size_ok(uint32_t l1_size) {
+        return (uint64_t) l1_size * 8 <= QCOW2_L1_MAX_BYTES;
+}
+
+/* An L1 table of `l1_size` entries at `l1_offset` is cluster-aligned past the
+ * header and within the file (an empty one may be anywhere). */
+static bool l1_place_ok(const qcow2_state *s, uint64_t l1_offset, uint32_t l1_size) {
+        return l1_size == 0 || (l1_offset >= s->cluster_size && l1_offset % s->cluster_size == 0 &&
+                                range_within(l1_offset, (uint64_t) l1_size * 8, s->file_size));
+}
+
 static int prepare_writes(qcow2_state *s, const uint8_t *features, size_t n_features);
 static int select_snapshot(qcow2_state *s, const snapshot_sel *sel);
 
@@ -415,13 +428,12 @@ static int qcow2_open(void *state, const open_ctx *c) {
 
         /* L1 table */
         needed_l1 = DIV_ROUND_UP(s->size, s->l2_coverage);
-        if ((uint64_t) s->l1_size * 8 > QCOW2_L1_MAX_BYTES)
+        if (!l1_size_ok(s->l1_size))
                 return vdisk_error(-EFBIG, "qcow2: L1 table of %" PRIu32 " entries is too big", s->l1_size);
         if (s->l1_size < needed_l1)
                 return vdisk_error(-EUCLEAN, "qcow2: L1 table of %" PRIu32 " entries is too small for %" PRIu64
                                    " bytes", s->l1_size, s->size);
-        if (s->l1_size > 0 && (s->l1_offset == 0 || s->l1_offset % s->cluster_size != 0 ||
-                               !range_within(s->l1_offset, (uint64_t) s->l1_size * 8, s->file_size)))
+        if (!l1_place_ok(s, s->l1_offset, s->l1_size))
                 return vdisk_error(-EUCLEAN, "qcow2: L1 table at %" PRIu64 " (%" PRIu32 " entries) is not "
                                    "cluster-aligned within the file (%" PRIu64 " bytes)", s->l1_offset, s->l1_size,
                                    s->file_size);
@@ -517,13 +529,16 @@ static bool overlaps(uint64_t a, uint64_t alen, uint64_t b, uint64_t blen) {
         return blen && alen && a < b + blen && b < a + alen;
 }
 
-/* The L2 table at host offset `off` (checked), as a one-table view. */
-static int get_l2(qcow2_state *s, uint64_t off, tc_table **ret) {
+/* The cluster-sized table at host offset `off` (checked) in one of the slot
+ * caches, as a one-table view; `what` names it in errors, `name` (static) in
+ * the table cache's. */
+static int get_slot_table(qcow2_state *s, l2_slot *slots, size_t n_slots, uint64_t off, tc_entry entry,
+                          const char *what, const char *name, tc_table **ret) {
         l2_slot *victim = NULL;
         int r;
 
-        for (size_t i = 0; i < QCOW2_L2_SLOTS; i++) {
-                l2_slot *sl = &s->slots[i];
+        for (size_t i = 0; i < n_slots; i++) {
+                l2_slot *sl = &slots[i];
 
                 if (sl->t && sl->offset == off) {
                         sl->used = ++s->tick;
@@ -534,12 +549,12 @@ static int get_l2(qcow2_state *s, uint64_t off, tc_table **ret) {
                         victim = sl;
         }
         if (off % s->cluster_size != 0 || !range_within(off, s->cluster_size, s->file_size))
-                return vdisk_error(-EUCLEAN, "qcow2: L2 table at %" PRIu64 " is not cluster-aligned within the file "
-                                   "(%" PRIu64 " bytes)", off, s->file_size);
+                return vdisk_error(-EUCLEAN, "qcow2: %s at %" PRIu64 " is not cluster-aligned within the file "
+                                   "(%" PRIu64 " bytes)", what, off, s->file_size);
         if (off < s->cluster_size || overlaps(off, s->cluster_size, s->l1_offset, (uint64_t) s->l1_size * 8) ||
             overlaps(off, s->cluster_size, s->reft_offset, s->reft_bytes))
-                return vdisk_error(-EUCLEAN, "qcow2: L2 table at %" PRIu64 " overlaps the header, the L1 table or "
-                                   "the refcount table", off);
+                return vdisk_error(-EUCLEAN, "qcow2: %s at %" PRIu64 " overlaps the header, the L1 table or "
+                                   "the refcount table", what, off);
         if (victim->t && tc_table_is_dirty(victim->t)) {
                 r = tc_table_flush(victim->t);
                 if (r < 0)
@@ -550,8 +565,8 @@ static int get_l2(qcow2_state *s, uint64_t off, tc_table **ret) {
                 .offset = off,
                 .size = s->cluster_size,
                 .page_size = (uint32_t) s->cluster_size,
-                .entry = TC_BE64,
-                .name = "qcow2 L2 table",
+                .entry = entry,
+                .name = name,
         };
         r = tc_table_new(s->budget, s->io, &p, &victim->t);
         if (r < 0)
@@ -560,6 +575,11 @@ static int get_l2(qcow2_state *s, uint64_t off, tc_table **ret) {
         victim->used = ++s->tick;
         *ret = victim->t;
         return 0;
+}
+
+/* The L2 table at host offset `off` (checked), as a one-table view. */
+static int get_l2(qcow2_state *s, uint64_t off, tc_table **ret) {
+        return get_slot_table(s, s->slots, QCOW2_L2_SLOTS, off, TC_BE64, "L2 table", "qcow2 L2 table", ret);
 }
 
 /* How the unit (cluster, or subcluster with extended L2) holding `voff`
@@ -918,47 +938,7 @@ static int write_zero_cluster(qcow2_state *s, uint64_t off) {
 
 /* The refcount block at host offset `off` (checked), as a one-table view. */
 static int get_rb(qcow2_state *s, uint64_t off, tc_table **ret) {
-        l2_slot *victim = NULL;
-        int r;
-
-        for (size_t i = 0; i < QCOW2_RB_SLOTS; i++) {
-                l2_slot *sl = &s->rb_slots[i];
-
-                if (sl->t && sl->offset == off) {
-                        sl->used = ++s->tick;
-                        *ret = sl->t;
-                        return 0;
-                }
-                if (!victim || !sl->t || (victim->t && sl->used < victim->used))
-                        victim = sl;
-        }
-        if (off % s->cluster_size != 0 || !range_within(off, s->cluster_size, s->file_size))
-                return vdisk_error(-EUCLEAN, "qcow2: refcount block at %" PRIu64 " is not cluster-aligned within "
-                                   "the file (%" PRIu64 " bytes)", off, s->file_size);
-        if (off < s->cluster_size || overlaps(off, s->cluster_size, s->l1_offset, (uint64_t) s->l1_size * 8) ||
-            overlaps(off, s->cluster_size, s->reft_offset, s->reft_bytes))
-                return vdisk_error(-EUCLEAN, "qcow2: refcount block at %" PRIu64 " overlaps the header, the L1 "
-                                   "table or the refcount table", off);
-        if (victim->t && tc_table_is_dirty(victim->t)) {
-                r = tc_table_flush(victim->t);
-                if (r < 0)
-                        return r;
-        }
-        victim->t = tc_table_free(victim->t);
-        tc_table_params p = {
-                .offset = off,
-                .size = s->cluster_size,
-                .page_size = (uint32_t) s->cluster_size,
-                .entry = TC_RAW,
-                .name = "qcow2 refcount block",
-        };
-        r = tc_table_new(s->budget, s->io, &p, &victim->t);
-        if (r < 0)
-                return r;
-        victim->offset = off;
-        victim->used = ++s->tick;
-        *ret = victim->t;
-        return 0;
+        return get_slot_table(s, s->rb_slots, QCOW2_RB_SLOTS, off, TC_RAW, "refcount block", "qcow2 refcount block", ret);
 }
 
 /* Writes back the refcount blocks and the refcount table. */
@@ -2332,11 +2312,10 @@ static int select_snapshot(qcow2_state *s, const snapshot_sel *sel) {
         vdisk_snapshots_free(v, n);
         if (r < 0)
                 return r;
-        if ((uint64_t) e[i].l1_size * 8 > QCOW2_L1_MAX_BYTES)
+        if (!l1_size_ok(e[i].l1_size))
                 return vdisk_error(-EFBIG, "qcow2: snapshot %zu has an L1 table of %" PRIu32 " entries, too big", i,
                                    e[i].l1_size);
-        if (e[i].l1_size > 0 && (e[i].l1_offset < s->cluster_size || e[i].l1_offset % s->cluster_size != 0 ||
-                                 !range_within(e[i].l1_offset, (uint64_t) e[i].l1_size * 8, s->file_size)))
+        if (!l1_place_ok(s, e[i].l1_offset, e[i].l1_size))
                 return vdisk_error(-EUCLEAN, "qcow2: snapshot %zu has its L1 table at %" PRIu64 " (%" PRIu32
                                    " entries), not cluster-aligned within the file (%" PRIu64 " bytes)", i,
                                    e[i].l1_offset, e[i].l1_size, s->file_size);
