@@ -44,12 +44,12 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
-#include <zlib.h>
 
 #include "backend.h"
 #include "fmt/hostalloc.h"
 #include "fmt/l2slots.h"
 #include "fmt/tablecache.h"
+#include "fmt/units.h"
 #include "io/io.h"
 #include "util/util.h"
 
@@ -370,68 +370,32 @@ static int unit_status(qcow_state *s, uint64_t voff, map_result *ret) {
         return 0;
 }
 
+static int unit_status_cb(void *state, uint64_t voff, map_result *ret) {
+        return unit_status(state, voff, ret);
+}
+
 static int qcow_map(void *state, uint64_t offset, uint64_t len, map_result *ret) {
         qcow_state *s = state;
-        uint64_t done;
-        int r;
 
-        assert(offset < s->size);
-        assert(len > 0);
-
-        r = unit_status(s, offset, ret);
-        if (r < 0)
-                return r;
-        if (ret->kind == MAP_ENCODED) {
-                ret->length = MIN(ret->length, len);
-                return 0;
-        }
-        done = ret->length;
-        while (done < len && offset + done < s->size) {
-                map_result n;
-
-                r = unit_status(s, offset + done, &n);
-                if (r < 0)
-                        return r;
-                if (n.kind != ret->kind || (n.kind == MAP_DATA && n.host_offset != ret->host_offset + done))
-                        break;
-                done += n.length;
-        }
-        ret->length = MIN(done, len);
-        return 0;
+        return units_map_join(s, unit_status_cb, offset, len, s->size, ret);
 }
 
 /* One cluster of raw deflate; the stream must give exactly the unit (a
  * whole cluster, or what the image holds of its last one) and no more. */
 static int qcow_decode(const void *state, const map_result *m, const void *in, void *out) {
         const qcow_state *s = state;
-        uint8_t scratch[4096];
-        z_stream z = {};
-        uint64_t want = s->cluster_size;
-        int zr;
+        uint64_t want = s->cluster_size, total;
+        bool end, bad;
+        int r;
 
-        if (inflateInit2(&z, -12) != Z_OK)
-                return -ENOMEM;
-        z.next_in = (Bytef *) in;
-        z.avail_in = m->encoded_length;
-        z.next_out = out;
-        z.avail_out = m->unit_length;
-        zr = inflate(&z, Z_FINISH);
         /* the last cluster of an image of odd size holds a whole cluster */
-        while ((zr == Z_OK || zr == Z_BUF_ERROR) && z.avail_out == 0 && z.total_out <= want && z.avail_in > 0) {
-                z.next_out = scratch;
-                z.avail_out = (uInt) MIN((uint64_t) sizeof scratch, want + 1 - z.total_out);
-                zr = inflate(&z, Z_FINISH);
-        }
-        if (z.total_out > want || (zr != Z_STREAM_END && zr != Z_BUF_ERROR && zr != Z_OK) ||
-            z.total_out < m->unit_length) {
-                uint64_t total = z.total_out;
-
-                inflateEnd(&z);
+        r = units_inflate(want, m, in, out, &total, &end, &bad);
+        if (r < 0)
+                return r;
+        if (total > want || bad || total < m->unit_length)
                 return vdisk_error(-EUCLEAN, "qcow: compressed cluster at %" PRIu64 " decodes to %s%" PRIu64
                                    " bytes, not a cluster of %" PRIu64, m->unit_offset,
                                    total > want ? "more than " : "", MIN(total, want), want);
-        }
-        inflateEnd(&z);
         return 0;
 }
 

@@ -62,12 +62,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <zlib.h>
 #include <zstd.h>
 
 #include "backend.h"
 #include "fmt/hostalloc.h"
 #include "fmt/tablecache.h"
+#include "fmt/units.h"
 #include "qcow2-measure.h"
 #include "io/io.h"
 #include "util/util.h"
@@ -695,62 +695,22 @@ static int unit_status(qcow2_state *s, uint64_t voff, map_result *ret) {
         return 0;
 }
 
-static int qcow2_map(void *state, uint64_t offset, uint64_t len, map_result *ret) {
-        qcow2_state *s = state;
-        uint64_t done;
-        int r;
-
-        assert(offset < s->size);
-        assert(len > 0);
-
-        r = unit_status(s, offset, ret);
-        if (r < 0)
-                return r;
-        if (ret->kind == MAP_ENCODED) {
-                ret->length = MIN(ret->length, len);
-                return 0;
-        }
-        done = ret->length;
-        /* Following units of the same kind (data: contiguous in the same file). */
-        while (done < len) {
-                map_result n;
-
-                r = unit_status(s, offset + done, &n);
-                if (r < 0)
-                        return r;
-                if (n.kind != ret->kind ||
-                    (n.kind == MAP_DATA && (n.file != ret->file || n.host_offset != ret->host_offset + done)))
-                        break;
-                done += n.length;
-        }
-        ret->length = MIN(done, len);
-        return 0;
+static int unit_status_cb(void *state, uint64_t voff, map_result *ret) {
+        return unit_status(state, voff, ret);
 }
 
-/* Decodes into out[0, unit_length) and, past it, into scratch up to one byte
- * more than a cluster, to see a stream that goes on past its cluster. */
+static int qcow2_map(void *state, uint64_t offset, uint64_t len, map_result *ret) {
+        qcow2_state *s = state;
+
+        return units_map_join(s, unit_status_cb, offset, len, s->size, ret);
+}
+
+/* Raw deflate (lib/fmt/units), with the signature decode_zstd has. */
 static int decode_deflate(uint64_t cluster, const map_result *m, const void *in, void *out, uint64_t *ret_total,
                           bool *ret_end) {
-        z_stream z = {};
-        uint8_t scratch[4096];
-        int zr;
+        bool bad;
 
-        if (inflateInit2(&z, -12) != Z_OK)
-                return -ENOMEM;
-        z.next_in = (Bytef *) in;
-        z.avail_in = m->encoded_length;
-        z.next_out = out;
-        z.avail_out = m->unit_length;
-        zr = inflate(&z, Z_FINISH);
-        while ((zr == Z_BUF_ERROR || zr == Z_OK) && z.avail_out == 0 && z.total_out <= cluster) {
-                z.next_out = scratch;
-                z.avail_out = (uInt) MIN((uint64_t) sizeof scratch, cluster + 1 - z.total_out);
-                zr = inflate(&z, Z_FINISH);
-        }
-        *ret_total = z.total_out;
-        *ret_end = zr == Z_STREAM_END;
-        inflateEnd(&z);
-        return 0;
+        return units_inflate(cluster, m, in, out, ret_total, ret_end, &bad);
 }
 
 static int decode_zstd(uint64_t cluster, const map_result *m, const void *in, void *out, uint64_t *ret_total,

@@ -44,6 +44,7 @@
 #include "fmt/hostalloc.h"
 #include "fmt/l2slots.h"
 #include "fmt/tablecache.h"
+#include "fmt/units.h"
 #include "io/io.h"
 #include "util/util.h"
 
@@ -392,30 +393,14 @@ static int unit_status(qed_state *s, uint64_t voff, map_result *ret) {
         return 0;
 }
 
+static int unit_status_cb(void *state, uint64_t voff, map_result *ret) {
+        return unit_status(state, voff, ret);
+}
+
 static int qed_map(void *state, uint64_t offset, uint64_t len, map_result *ret) {
         qed_state *s = state;
-        uint64_t done;
-        int r;
 
-        assert(offset < s->size);
-        assert(len > 0);
-
-        r = unit_status(s, offset, ret);
-        if (r < 0)
-                return r;
-        done = ret->length;
-        while (done < len && offset + done < s->size) {
-                map_result n;
-
-                r = unit_status(s, offset + done, &n);
-                if (r < 0)
-                        return r;
-                if (n.kind != ret->kind || (n.kind == MAP_DATA && n.host_offset != ret->host_offset + done))
-                        break;
-                done += n.length;
-        }
-        ret->length = MIN(done, len);
-        return 0;
+        return units_map_join(s, unit_status_cb, offset, len, s->size, ret);
 }
 
 /* ---------------------------------------------------------------- writes */

@@ -1,0 +1,63 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+#include <assert.h>
+#include <errno.h>
+#include <zlib.h>
+
+#include "fmt/units.h"
+#include "util/util.h"
+
+int units_map_join(void *state, units_status_fn unit, uint64_t offset, uint64_t len, uint64_t size,
+                   map_result *ret) {
+        uint64_t done;
+        int r;
+
+        assert(offset < size);
+        assert(len > 0);
+
+        r = unit(state, offset, ret);
+        if (r < 0)
+                return r;
+        if (ret->kind == MAP_ENCODED) {
+                ret->length = MIN(ret->length, len);
+                return 0;
+        }
+        done = ret->length;
+        while (done < len && offset + done < size) {
+                map_result n;
+
+                r = unit(state, offset + done, &n);
+                if (r < 0)
+                        return r;
+                if (n.kind != ret->kind ||
+                    (n.kind == MAP_DATA && (n.file != ret->file || n.host_offset != ret->host_offset + done)))
+                        break;
+                done += n.length;
+        }
+        ret->length = MIN(done, len);
+        return 0;
+}
+
+int units_inflate(uint64_t cluster, const map_result *m, const void *in, void *out, uint64_t *ret_total,
+                  bool *ret_end, bool *ret_bad) {
+        z_stream z = {};
+        uint8_t scratch[4096];
+        int zr;
+
+        if (inflateInit2(&z, -12) != Z_OK)
+                return -ENOMEM;
+        z.next_in = (Bytef *) in;
+        z.avail_in = m->encoded_length;
+        z.next_out = out;
+        z.avail_out = m->unit_length;
+        zr = inflate(&z, Z_FINISH);
+        while ((zr == Z_BUF_ERROR || zr == Z_OK) && z.avail_out == 0 && z.total_out <= cluster) {
+                z.next_out = scratch;
+                z.avail_out = (uInt) MIN((uint64_t) sizeof scratch, cluster + 1 - z.total_out);
+                zr = inflate(&z, Z_FINISH);
+        }
+        *ret_total = z.total_out;
+        *ret_end = zr == Z_STREAM_END;
+        *ret_bad = zr != Z_STREAM_END && zr != Z_BUF_ERROR && zr != Z_OK;
+        inflateEnd(&z);
+        return 0;
+}
