@@ -172,13 +172,6 @@ static int header_parse(qcow_state *s, const uint8_t *h, uint64_t file_size) {
         return 0;
 }
 
-static int check_name(const char *name) {
-        if (vdisk_backing_name_is_protocol(name))
-                return vdisk_error(-EOPNOTSUPP, "qcow: backing file '%.64s' is a qemu protocol or json: name, not "
-                                   "a file name: refused", name);
-        return 0;
-}
-
 static int qcow_peek(const uint8_t *head, size_t head_len, uint64_t file_size, meta *ret) {
         qcow_state s = {};
         uint8_t h[QCOW_HEADER] = {};
@@ -191,16 +184,10 @@ static int qcow_peek(const uint8_t *head, size_t head_len, uint64_t file_size, m
         *ret = (meta) {};
         if (s.backing_room == 0)
                 return 0;
-        /* a name not NUL-terminated within the head cannot be borrowed */
-        if (s.backing_offset + s.backing_room >= head_len || head[s.backing_offset + s.backing_room] != 0)
-                return -ENODATA;
-        if (memchr(head + s.backing_offset, 0, s.backing_room))
-                return vdisk_error(-EUCLEAN, "qcow: backing file name holds a NUL byte");
-        r = check_name((const char *) head + s.backing_offset);
+        r = units_peek_backing_name("qcow", head, head_len, s.backing_offset, s.backing_room, &ret->parent_name);
         if (r < 0)
                 return r;
         ret->mask = META_PARENT_NAME;
-        ret->parent_name = (const char *) head + s.backing_offset;
         return 0;
 }
 
@@ -239,15 +226,7 @@ static int qcow_open(void *state, const open_ctx *c) {
         if (r < 0)
                 return r;
         if (s->backing_room) {
-                s->backing_name = calloc(1, s->backing_room + 1);
-                if (!s->backing_name)
-                        return -ENOMEM;
-                r = io_pread(c->io, s->backing_name, s->backing_room, s->backing_offset);
-                if (r < 0)
-                        return r;
-                if (strlen(s->backing_name) != s->backing_room)
-                        return vdisk_error(-EUCLEAN, "qcow: backing file name holds a NUL byte");
-                r = check_name(s->backing_name);
+                r = units_read_backing_name("qcow", c->io, s->backing_offset, s->backing_room, &s->backing_name);
                 if (r < 0)
                         return r;
         }
@@ -544,7 +523,7 @@ static int qcow_create(void *state, const open_ctx *c, const create_params *p) {
                 if (name_len == 0 || name_len > QCOW_BACKING_NAME_MAX)
                         return vdisk_error(-ENAMETOOLONG, "qcow: backing file name of %zu bytes (1 to %u)", name_len,
                                            QCOW_BACKING_NAME_MAX);
-                r = check_name(p->parent_name);
+                r = units_check_backing_name("qcow", p->parent_name);
                 if (r < 0)
                         return r;
         }
@@ -640,7 +619,7 @@ static int qcow_set_meta(void *state, const meta *m, uint32_t mask) {
                 copy = NULL;
         } else {
                 len = strlen(m->parent_name);
-                r = check_name(m->parent_name);
+                r = units_check_backing_name("qcow", m->parent_name);
                 if (r < 0)
                         return r;
                 if (len > QCOW_BACKING_NAME_MAX || QCOW_HEADER + len > s->l1_offset)

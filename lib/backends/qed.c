@@ -154,13 +154,6 @@ static int header_parse(qed_state *s, const uint8_t *h, uint64_t file_size) {
         return 0;
 }
 
-static int check_name(const char *name) {
-        if (vdisk_backing_name_is_protocol(name))
-                return vdisk_error(-EOPNOTSUPP, "qed: backing file '%.64s' is a qemu protocol or json: name, not a "
-                                   "file name: refused", name);
-        return 0;
-}
-
 static int qed_peek(const uint8_t *head, size_t head_len, uint64_t file_size, meta *ret) {
         qed_state s = {};
         uint8_t h[QED_HEADER] = {};
@@ -173,15 +166,10 @@ static int qed_peek(const uint8_t *head, size_t head_len, uint64_t file_size, me
         *ret = (meta) {};
         if (s.backing_len == 0)
                 return 0;
-        if ((uint64_t) s.backing_offset + s.backing_len >= head_len || head[s.backing_offset + s.backing_len] != 0)
-                return -ENODATA;
-        if (memchr(head + s.backing_offset, 0, s.backing_len))
-                return vdisk_error(-EUCLEAN, "qed: backing file name holds a NUL byte");
-        r = check_name((const char *) head + s.backing_offset);
+        r = units_peek_backing_name("qed", head, head_len, s.backing_offset, s.backing_len, &ret->parent_name);
         if (r < 0)
                 return r;
         ret->mask = META_PARENT_NAME;
-        ret->parent_name = (const char *) head + s.backing_offset;
         ret->parent_format = s.features & QED_F_NO_PROBE ? "raw" : NULL;
         return 0;
 }
@@ -259,15 +247,7 @@ static int qed_open(void *state, const open_ctx *c) {
                 return r;
         s->need_check_on_disk = s->features & QED_F_NEED_CHECK;
         if (s->backing_len) {
-                s->backing_name = calloc(1, s->backing_len + 1);
-                if (!s->backing_name)
-                        return -ENOMEM;
-                r = io_pread(c->io, s->backing_name, s->backing_len, s->backing_offset);
-                if (r < 0)
-                        return r;
-                if (strlen(s->backing_name) != s->backing_len)
-                        return vdisk_error(-EUCLEAN, "qed: backing file name holds a NUL byte");
-                r = check_name(s->backing_name);
+                r = units_read_backing_name("qed", c->io, s->backing_offset, s->backing_len, &s->backing_name);
                 if (r < 0)
                         return r;
         }
@@ -792,7 +772,7 @@ static int qed_create(void *state, const open_ctx *c, const create_params *p) {
                 if (name_len > QED_BACKING_NAME_MAX || QED_HEADER + name_len > cluster)
                         return vdisk_error(-ENAMETOOLONG, "qed: backing file name of %zu bytes is too long",
                                            name_len);
-                r = check_name(p->parent_name);
+                r = units_check_backing_name("qed", p->parent_name);
                 if (r < 0)
                         return r;
         }
@@ -892,7 +872,7 @@ static int qed_set_meta(void *state, const meta *m, uint32_t mask) {
                 m = &none;
         }
         if (len) {
-                r = check_name(m->parent_name);
+                r = units_check_backing_name("qed", m->parent_name);
                 if (r < 0)
                         return r;
                 if (len > QED_BACKING_NAME_MAX || QED_HEADER + len > (uint64_t) s->header_size * s->cluster_size)

@@ -1,6 +1,8 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
 #include <assert.h>
 #include <errno.h>
+#include <stdlib.h>
+#include <string.h>
 #include <zlib.h>
 
 #include "fmt/units.h"
@@ -59,5 +61,46 @@ int units_inflate(uint64_t cluster, const map_result *m, const void *in, void *o
         *ret_end = zr == Z_STREAM_END;
         *ret_bad = zr != Z_STREAM_END && zr != Z_BUF_ERROR && zr != Z_OK;
         inflateEnd(&z);
+        return 0;
+}
+
+int units_check_backing_name(const char *fmt, const char *name) {
+        if (vdisk_backing_name_is_protocol(name))
+                return vdisk_error(-EOPNOTSUPP, "%s: backing file '%.64s' is a qemu protocol or json: name, not a "
+                                   "file name: refused", fmt, name);
+        return 0;
+}
+
+int units_peek_backing_name(const char *fmt, const uint8_t *head, size_t head_len, uint64_t off, uint32_t len,
+                            const char **ret) {
+        int r;
+
+        /* a name not NUL-terminated within the head cannot be borrowed */
+        if (off + len >= head_len || head[off + len] != 0)
+                return -ENODATA;
+        if (memchr(head + off, 0, len))
+                return vdisk_error(-EUCLEAN, "%s: backing file name holds a NUL byte", fmt);
+        r = units_check_backing_name(fmt, (const char *) head + off);
+        if (r < 0)
+                return r;
+        *ret = (const char *) head + off;
+        return 0;
+}
+
+int units_read_backing_name(const char *fmt, vdisk_io *io, uint64_t off, uint32_t len, char **ret) {
+        _cleanup_free_ char *name = calloc(1, (size_t) len + 1);
+        int r;
+
+        if (!name)
+                return -ENOMEM;
+        r = io_pread(io, name, len, off);
+        if (r < 0)
+                return r;
+        if (strlen(name) != len)
+                return vdisk_error(-EUCLEAN, "%s: backing file name holds a NUL byte", fmt);
+        r = units_check_backing_name(fmt, name);
+        if (r < 0)
+                return r;
+        *ret = TAKE_PTR(name);
         return 0;
 }

@@ -13,6 +13,12 @@
  * goes to a scratch buffer, up to one byte more than `cluster`, so the
  * caller sees a stream that overruns its cluster (*ret_total > cluster), one
  * that ends (*ret_end) and one that is damaged (*ret_bad: inflate failed).
+ *
+ * units_peek_backing_name, units_read_backing_name: a backing file name of
+ * `len` bytes at `off` (QCOW v1, QED), from the head the library peeks at
+ * (borrowed; -ENODATA when it is not NUL-terminated within the head) or read
+ * from the file (a string to free). Either way a name holding a NUL byte or
+ * naming a qemu protocol is refused; `fmt` ("qcow") begins the messages.
  */
 #pragma once
 
@@ -20,6 +26,7 @@
 #include <stdint.h>
 
 #include "backend.h"
+#include "io/io.h"
 
 typedef int (*units_status_fn)(void *state, uint64_t voff, map_result *ret);
 
@@ -28,3 +35,11 @@ int units_map_join(void *state, units_status_fn unit, uint64_t offset, uint64_t 
 
 int units_inflate(uint64_t cluster, const map_result *m, const void *in, void *out, uint64_t *ret_total,
                   bool *ret_end, bool *ret_bad);
+
+int units_peek_backing_name(const char *fmt, const uint8_t *head, size_t head_len, uint64_t off, uint32_t len,
+                            const char **ret);
+
+int units_read_backing_name(const char *fmt, vdisk_io *io, uint64_t off, uint32_t len, char **ret);
+
+/* Refuses a backing file name that names a qemu protocol or is a json: name. */
+int units_check_backing_name(const char *fmt, const char *name);
