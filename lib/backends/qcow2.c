@@ -1098,19 +1098,27 @@ static int rb_for(qcow2_state *s, uint64_t ci, tc_table **ret) {
         return get_rb(s, off, ret);
 }
 
-/* Adds delta (+1/-1) to the refcount of the cluster holding `host`. With
- * ret_pg, returns the refcount block's page pinned (tc_page_put() it). */
-static int rc_update(qcow2_state *s, uint64_t host, int delta, tc_page **ret_pg) {
-        uint64_t ci = host / s->cluster_size, v;
+/* The page (the whole block) of the refcount block holding cluster index
+ * `ci`, pinned (tc_page_put() it); the block is made when missing. */
+static int rb_page_for(qcow2_state *s, uint64_t ci, tc_page **ret) {
         tc_table *t = NULL;
-        tc_page *pg;
-        uint32_t o, l;
         int r;
 
         r = rb_for(s, ci, &t);
         if (r < 0)
                 return r;
-        r = tc_page_get(t, 0, &pg);
+        return tc_page_get(t, 0, ret);
+}
+
+/* Adds delta (+1/-1) to the refcount of the cluster holding `host`. With
+ * ret_pg, returns the refcount block's page pinned (tc_page_put() it). */
+static int rc_update(qcow2_state *s, uint64_t host, int delta, tc_page **ret_pg) {
+        uint64_t ci = host / s->cluster_size, v;
+        tc_page *pg;
+        uint32_t o, l;
+        int r;
+
+        r = rb_page_for(s, ci, &pg);
         if (r < 0)
                 return r;
         v = rc_entry_get(tc_page_data(pg), ci % s->rb_entries, s->refcount_order);
@@ -1634,15 +1642,11 @@ static int count_snapshots(qcount *q) {
 /* Sets the refcount of cluster c to v (through the cache; blocks made as
  * needed). */
 static int rc_set_value(qcow2_state *s, uint64_t c, uint64_t v) {
-        tc_table *t = NULL;
         tc_page *pg;
         uint32_t o, l;
         int r;
 
-        r = rb_for(s, c, &t);
-        if (r < 0)
-                return r;
-        r = tc_page_get(t, 0, &pg);
+        r = rb_page_for(s, c, &pg);
         if (r < 0)
                 return r;
         rc_entry_set(tc_page_data(pg), c % s->rb_entries, s->refcount_order, MIN(v, rc_max(s)), &o, &l);
