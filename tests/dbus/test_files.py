@@ -372,11 +372,15 @@ def test_embedded_names_never_followed(env, client):
         d = a.manager('OpenDisk', 'a(hsa{sv})a{sv}', [(Open(f, os.O_RDONLY), 'RAW', {})], {'read-only': True})
         assert len(a.disk(d, 'Read', 'tua{sv}', 0, 512, {})) == 512
         a.disk(d, 'Close', 'a{sv}', {})
-        # a writable open never guesses raw
+        # a writable open never guesses raw; a qcow2 (writable since issue
+        # 12) asks the caller for its parent by the recorded name, which the
+        # daemon never opens (the audit)
         with pytest.raises(RemoteDBusError) as ei:
             a.manager('OpenDisk', 'a(hsa{sv})a{sv}', [(Open(f, os.O_RDWR), '', {})], {})
-        assert ei.value.name in (ERR + 'NotSupported', ERR + 'UnknownFormat', ERR + 'InvalidImage',
-                                 ERR + 'ReadOnly'), ei.value
+        allowed = [ERR + 'NotSupported', ERR + 'UnknownFormat', ERR + 'InvalidImage', ERR + 'ReadOnly']
+        if str(f).endswith('.qcow2'):
+            allowed.append(ERR + 'FileNeeded')
+        assert ei.value.name in allowed, ei.value
 
 
 def test_copy_and_check_through_fds(env, client):
