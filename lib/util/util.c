@@ -167,7 +167,12 @@ void strv_builder_done(strv_builder *b) {
         *b = (strv_builder) {};
 }
 
-/* Messages go into a NULL-terminated list the report owns. */
+/* Messages go into a NULL-terminated list the report owns. A hostile image
+ * can have millions of bad entries: the counts in the report stay exact, but
+ * the list stops at CHECK_MESSAGES_MAX lines and a last line says so (the
+ * list goes to terminals and over the bus). */
+#define CHECK_MESSAGES_MAX 1000
+
 int check_report_add(vdisk_check_report *r, const char *fmt, ...) {
         strv_builder b = { .v = r->messages };
         va_list ap;
@@ -176,6 +181,13 @@ int check_report_add(vdisk_check_report *r, const char *fmt, ...) {
 
         while (b.v && b.v[b.n])
                 b.n++;
+        if (b.n > CHECK_MESSAGES_MAX)
+                return 0;
+        if (b.n == CHECK_MESSAGES_MAX) {
+                k = strv_push(&b, "further messages suppressed (the counts are complete)");
+                r->messages = b.v;
+                return k;
+        }
         va_start(ap, fmt);
         if (vasprintf(&s, fmt, ap) < 0)
                 s = NULL;
