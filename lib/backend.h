@@ -164,6 +164,9 @@ enum {
          * read-only; a new one takes stream_write() of whole units at rising
          * offsets, then finish(). */
         BACKEND_STREAM    = 1u << 2,
+        /* info's actual size is the image's own file's alone, companions not
+         * counted (qemu's qcow2 with an external data file). */
+        BACKEND_SIZE_OWN_FILE = 1u << 3,
 };
 
 /* The most a backend's probe() or peek() gets of a file's head. */

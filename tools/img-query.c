@@ -34,12 +34,21 @@ typedef struct InfoEntry {
         bool have_version;
         vdisk_snapshot *snaps;    /* internal snapshots (qcow2), oldest first */
         size_t n_snaps;
+        char **fmt_kv;            /* qemu's "Format specific information" (qcow2), key/value pairs */
 } InfoEntry;
 
 static void info_entry_done(InfoEntry *e) {
         free(e->backing);
         free(e->full_backing);
         vdisk_snapshots_free(e->snaps, e->n_snaps);
+        vdisk_strv_free(e->fmt_kv);
+}
+
+/* The formats whose format information is qemu-img's own (keys, order and
+ * values); the others' (VHD creator, VMDK CIDs) are vdisk's and stay out of
+ * qemu's section. */
+static bool info_fmt_is_qemus(const char *format) {
+        return streq(format, "qcow2");
 }
 
 static int info_collect(Img *img, unsigned index, InfoEntry *ret) {
@@ -77,6 +86,8 @@ static int info_collect(Img *img, unsigned index, InfoEntry *ret) {
         e.have_version = vdisk_image_get_version(image, &e.version) >= 0;
         if (vdisk_image_list_snapshots(image, &e.snaps, &e.n_snaps) < 0)
                 e.snaps = NULL, e.n_snaps = 0;   /* a damaged table hides the list, not the image */
+        if (info_fmt_is_qemus(e.format) && vdisk_image_get_format_info(image, &e.fmt_kv) < 0)
+                e.fmt_kv = NULL;
 
         /* The parent: the file name the image records (qcow2, VHD ...), or,
          * for formats that link by UUID only (VDI), the file the resolver
@@ -112,6 +123,32 @@ static bool info_has_specific(const InfoEntry *e) {
         return e->have_uuid || e->have_mod_uuid || e->have_parent_uuid || e->have_comment;
 }
 
+static bool info_has_fmt_kv(const InfoEntry *e) {
+        return e->fmt_kv && e->fmt_kv[0];
+}
+
+/* One pair of the format information as qemu's JSON: the key with '-' for
+ * ' ', true/false as booleans, digits as numbers (names stay strings).
+ * Persistent bitmaps are a list in qemu's output, not yet given by the
+ * library: left out. */
+static void info_json_fmt_pair(Json *w, const char *key, const char *value) {
+        char k[64];
+        size_t i;
+
+        if (streq(key, "bitmaps"))
+                return;
+        for (i = 0; key[i] && i < sizeof k - 1; i++)
+                k[i] = key[i] == ' ' ? '-' : key[i];
+        k[i] = 0;
+        if (streq(value, "true") || streq(value, "false"))
+                json_bool(w, k, streq(value, "true"));
+        else if (!streq(key, "data file") && value[0] && strspn(value, "0123456789") == strlen(value) &&
+                 strlen(value) < 20)
+                json_uint(w, k, strtoull(value, NULL, 10));
+        else
+                json_string(w, k, value);
+}
+
 static void info_print_json(Json *w, const InfoEntry *e) {
         json_object_open(w, NULL);
         if (e->backing && e->backing_format)
@@ -142,10 +179,12 @@ static void info_print_json(Json *w, const InfoEntry *e) {
                 }
                 json_array_close(w);
         }
-        if (info_has_specific(e)) {
+        if (info_has_specific(e) || info_has_fmt_kv(e)) {
                 json_object_open(w, "format-specific");
                 json_string(w, "type", e->format);
                 json_object_open(w, "data");
+                for (size_t i = 0; info_has_fmt_kv(e) && e->fmt_kv[i] && e->fmt_kv[i + 1]; i += 2)
+                        info_json_fmt_pair(w, e->fmt_kv[i], e->fmt_kv[i + 1]);
                 if (e->have_uuid)
                         json_string(w, "uuid", e->uuid);
                 if (e->have_mod_uuid)
@@ -156,9 +195,9 @@ static void info_print_json(Json *w, const InfoEntry *e) {
                         json_string(w, "parent-modification-uuid", e->parent_mod_uuid);
                 if (e->have_comment)
                         json_string(w, "comment", e->comment);
-                if (e->have_ii && e->ii.variant)
+                if (info_has_specific(e) && e->have_ii && e->ii.variant)
                         json_string(w, "variant", e->ii.variant);
-                if (e->have_version)
+                if (info_has_specific(e) && e->have_version)
                         json_uint(w, "version", e->version);
                 json_object_close(w);
                 json_object_close(w);
@@ -231,6 +270,12 @@ static void info_print_human(const InfoEntry *e) {
         if (e->n_snaps > 0) {
                 printf("Snapshot list:\n");
                 print_snapshot_table(e->snaps, e->n_snaps);
+        }
+        if (info_has_fmt_kv(e)) {
+                printf("Format specific information:\n");
+                for (size_t i = 0; e->fmt_kv[i] && e->fmt_kv[i + 1]; i += 2)
+                        if (!streq(e->fmt_kv[i], "bitmaps"))
+                                printf("    %s: %s\n", e->fmt_kv[i], e->fmt_kv[i + 1]);
         }
 }
 

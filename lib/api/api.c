@@ -394,7 +394,7 @@ int vdisk_image_get_info(vdisk_image *img, vdisk_image_info *ret) {
         /* A multi-file image (VMDK extents) takes the space of all its files,
          * as qemu-img info counts it; files only named (VDISK_OPEN_LIST_FILES)
          * are not open and count nothing. */
-        for (size_t i = 0; img->files && i < files_count(img->files); i++) {
+        for (size_t i = 0; img->files && !(img->be->flags & BACKEND_SIZE_OWN_FILE) && i < files_count(img->files); i++) {
                 vdisk_io *f = files_get(img->files, i);
                 uint64_t n = 0;
 

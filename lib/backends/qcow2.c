@@ -2037,28 +2037,32 @@ static int qcow2_get_info(void *state, vdisk_image_info *ret) {
         return 0;
 }
 
+/* The keys and their order are qemu-img 7.2's "Format specific information"
+ * (its dictionary's order; `vdisk-img info` prints them as they come, JSON
+ * keys with '-' for ' '): compression type for v2 too, lazy refcounts and
+ * bitmaps only in v3, the data file before "corrupt". */
 static int qcow2_get_format_info(void *state, strv_builder *kv) {
         qcow2_state *s = state;
         int r;
 
         r = strv_push_pair(kv, "compat", "%s", s->version == 2 ? "0.10" : "1.1");
-        if (r >= 0 && s->version >= 3)
+        if (r >= 0)
                 r = strv_push_pair(kv, "compression type", "%s", s->compression_type ? "zstd" : "zlib");
         if (r >= 0 && s->version >= 3)
                 r = strv_push_pair(kv, "lazy refcounts", "%s",
                                    s->compat & COMPAT_LAZY_REFCOUNTS ? "true" : "false");
+        if (r >= 0 && s->nb_bitmaps)
+                r = strv_push_pair(kv, "bitmaps", "%" PRIu32, s->nb_bitmaps);
         if (r >= 0)
                 r = strv_push_pair(kv, "refcount bits", "%u", 1u << s->refcount_order);
-        if (r >= 0)
-                r = strv_push_pair(kv, "corrupt", "%s", s->incompat & INCOMPAT_CORRUPT ? "true" : "false");
-        if (r >= 0 && s->version >= 3)
-                r = strv_push_pair(kv, "extended l2", "%s", s->extended_l2 ? "true" : "false");
         if (r >= 0 && s->data_file_name)
                 r = strv_push_pair(kv, "data file", "%s", s->data_file_name);
         if (r >= 0 && s->data_file_name)
                 r = strv_push_pair(kv, "data file raw", "%s", s->autoclear & AUTOCLEAR_DATA_RAW ? "true" : "false");
-        if (r >= 0 && s->nb_bitmaps)
-                r = strv_push_pair(kv, "bitmaps", "%" PRIu32, s->nb_bitmaps);
+        if (r >= 0 && s->version >= 3)
+                r = strv_push_pair(kv, "corrupt", "%s", s->incompat & INCOMPAT_CORRUPT ? "true" : "false");
+        if (r >= 0 && s->version >= 3)
+                r = strv_push_pair(kv, "extended l2", "%s", s->extended_l2 ? "true" : "false");
         return r;
 }
 
@@ -2210,6 +2214,7 @@ const vdisk_backend backend_qcow2 = {
                 .extensions = qcow2_extensions,
                 .create_options = qcow2_create_options,
         },
+        .flags = BACKEND_SIZE_OWN_FILE,
         .state_size = sizeof(qcow2_state),
         .probe = qcow2_probe,
         .open = qcow2_open,
