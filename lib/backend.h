@@ -439,6 +439,18 @@ typedef struct vdisk_backend {
          * on disk is a valid image. Optional (-EOPNOTSUPP). */
         int (*compact)(void *state, compact_fn fn, void *ctx, vdisk_progress *p);
 
+        /* Changes format options of the open, writable image in place
+         * (qemu-img amend): `options` are "-o" pairs as for create (keys of
+         * info.create_options, checked and normalized by the core; "size"
+         * is the core's, never passed). An option that can only be set at
+         * creation, or a change that cannot be made safely, is -EINVAL or
+         * -EOPNOTSUPP with qemu's words, before anything changes. Every step
+         * on disk is a valid image (a crash leaks space at most); `p` counts
+         * the data it rewrites, and a cancel is honoured only before the
+         * image changes (-ECANCELED). Optional: the core says the format
+         * "does not support option amendment". */
+        int (*amend)(void *state, const char *const *options, vdisk_progress *p);
+
         /* Checks the metadata; with VDISK_CHECK_REPAIR_* fixes it (unless
          * VDISK_CHECK_DRY_RUN). Fills the report; messages are added with
          * check_report_add() (lib/util). `p` (may be NULL) as for resize: a

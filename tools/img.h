@@ -153,6 +153,7 @@ int cmd_setuuid(int argc, char **argv);
 int cmd_comment(int argc, char **argv);
 int cmd_snapshot(int argc, char **argv);
 int cmd_measure(int argc, char **argv);
+int cmd_amend(int argc, char **argv);
 
 /* qemu-img's table of internal snapshots (the lines after "Snapshot list:"). */
 void print_snapshot_table(const vdisk_snapshot *v, size_t n);

@@ -108,3 +108,23 @@ typedef struct qcow2_state {
         size_t n_pending_free, cap_pending_free;
 } qcow2_state;
 
+
+/* ---- lent by qcow2.c to the other parts */
+
+/* The backend's flush(): data, refcounts, L2, L1, then the dirty bit. */
+int qcow2_flush_all(qcow2_state *s);
+/* The L2 table at host offset `off` (checked), from the slot cache. */
+int qcow2_l2_get(qcow2_state *s, uint64_t off, tc_table **ret);
+/* Adds delta (+1/-1) to the refcount of the cluster holding `host` (blocks
+ * made as needed); with ret_pg the refcount block's page, pinned. */
+int qcow2_rc_update(qcow2_state *s, uint64_t host, int delta, tc_page **ret_pg);
+/* Entry i of a refcount block of width 2^order bits. */
+uint64_t qcow2_rc_entry_get(const uint8_t *b, uint64_t i, uint32_t order);
+void qcow2_rc_entry_set(uint8_t *b, uint64_t i, uint32_t order, uint64_t v);
+/* Makes the file hold [0, end) (sparse). */
+int qcow2_cover_file(qcow2_state *s, uint64_t end);
+
+/* ---- qcow2-amend.c */
+
+/* The backend's amend(): compat, refcount_bits, lazy_refcounts. */
+int qcow2_amend(void *state, const char *const *options, vdisk_progress *p);

@@ -2199,6 +2199,34 @@ static int select_snapshot(qcow2_state *s, const snapshot_sel *sel) {
         return 0;
 }
 
+/* ---------------------------------------------------------------- lent to the other parts (qcow2-int.h) */
+
+int qcow2_flush_all(qcow2_state *s) {
+        return qcow2_flush(s);
+}
+
+int qcow2_l2_get(qcow2_state *s, uint64_t off, tc_table **ret) {
+        return get_l2(s, off, ret);
+}
+
+int qcow2_rc_update(qcow2_state *s, uint64_t host, int delta, tc_page **ret_pg) {
+        return rc_update(s, host, delta, ret_pg);
+}
+
+uint64_t qcow2_rc_entry_get(const uint8_t *b, uint64_t i, uint32_t order) {
+        return rc_entry_get(b, i, order);
+}
+
+void qcow2_rc_entry_set(uint8_t *b, uint64_t i, uint32_t order, uint64_t v) {
+        uint32_t o, l;
+
+        rc_entry_set(b, i, order, v, &o, &l);
+}
+
+int qcow2_cover_file(qcow2_state *s, uint64_t end) {
+        return cover_file(s, end);
+}
+
 /* ---------------------------------------------------------------- table */
 
 static const char *const qcow2_extensions[] = { "qcow2", NULL };
@@ -2229,6 +2257,7 @@ const vdisk_backend backend_qcow2 = {
         .release = qcow2_release,
         .mark_zero = qcow2_mark_zero,
         .flush = qcow2_flush,
+        .amend = qcow2_amend,
         .check = qcow2_check,
         .get_meta = qcow2_get_meta,
         .set_meta = qcow2_set_meta,

@@ -157,6 +157,7 @@ static inline vdisk_io *image_file(vdisk_image *img, vdisk_io *file) {
  * says -EOPNOTSUPP, naming the file, when the format lacks it. */
 int image_resize(vdisk_image *img, uint64_t new_size, vdisk_progress *p);
 int image_compact(vdisk_image *img, compact_fn fn, void *ctx, vdisk_progress *p);
+int image_amend(vdisk_image *img, const char *const *options, vdisk_progress *p);
 int image_check(vdisk_image *img, uint32_t flags, vdisk_check_report *r, vdisk_progress *p);
 int image_get_info(vdisk_image *img, vdisk_image_info *ret);
 static inline bool image_can_check(const vdisk_image *img) {

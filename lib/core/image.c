@@ -272,6 +272,17 @@ int image_compact(vdisk_image *img, compact_fn fn, void *ctx, vdisk_progress *p)
         return r < 0 ? vdisk_error_prefix(r, vdisk_io_name(img->io)) : 0;
 }
 
+int image_amend(vdisk_image *img, const char *const *options, vdisk_progress *p) {
+        int r;
+
+        if (!img->be->amend)
+                return vdisk_error(-EOPNOTSUPP, "Format driver '%s' does not support option amendment",
+                                   img->be->info.qemu_name);
+        r = img->be->amend(img->state, options, p);
+        image_refresh(img);
+        return r < 0 ? vdisk_error_prefix(r, vdisk_io_name(img->io)) : 0;
+}
+
 int image_check(vdisk_image *img, uint32_t flags, vdisk_check_report *rep, vdisk_progress *p) {
         if (!img->be->check)
                 return vdisk_error(-EOPNOTSUPP, "%s: %s images cannot be checked", vdisk_io_name(img->io),

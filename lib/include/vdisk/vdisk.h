@@ -712,6 +712,17 @@ int vdisk_compact(vdisk_disk *d, unsigned index, vdisk_progress *p);
  * not cancelled once it changes the image. */
 int vdisk_resize(vdisk_disk *d, uint64_t new_size, vdisk_progress *p);
 
+/* qemu-img amend: changes format options of the top image in place (which
+ * must be writable). `options` are "-o" pairs as in vdisk_create_opts
+ * (qemu's names and values; "size" resizes as vdisk_resize does). Formats
+ * without amendable options give -EOPNOTSUPP ("Format driver 'raw' does not
+ * support option amendment"); an option only creation takes, or a change
+ * that cannot be made safely, fails (-EINVAL, -EOPNOTSUPP) before the image
+ * changes. qcow2: compat (0.10/1.1), refcount_bits, lazy_refcounts. Progress
+ * counts the bytes rewritten; a cancel is honoured before the image changes
+ * (-ECANCELED). Every step on disk leaves a valid image. */
+int vdisk_amend(vdisk_disk *d, const char *const *options, vdisk_progress *p);
+
 /* Check and repair. */
 enum {
         VDISK_CHECK_REPAIR_LEAKS = 1u << 0,  /* qemu-img check -r leaks */

@@ -1,0 +1,569 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/*
+ * QCOW2 amend (qemu-img amend -o ...): the options an existing image can
+ * change, with qemu-img 7.2's rules and messages.
+ *
+ *   compat=1.1       (upgrade) the header becomes a version 3 header
+ *                    (header_length 112, the extensions moved behind it).
+ *   refcount_bits=N  (version 3) the refcount structures are rewritten at
+ *                    the new width: a new refcount table and new blocks
+ *                    are appended, filled with the old counts (each must
+ *                    fit the new width), written and flushed; then one
+ *                    write of the header's first 104 bytes (one sector)
+ *                    switches offset, size and width together; then the
+ *                    old table and blocks are unreferenced. A crash before
+ *                    the switch leaves the old image (the appended space is
+ *                    counted by nobody), after it at most leaks.
+ *   lazy_refcounts   (version 3) the compatible feature bit, written after
+ *                    everything is flushed (so the image is clean).
+ *   compat=0.10      (downgrade) refused while version 3 features that a
+ *                    version 2 reader cannot see are in use: extended L2
+ *                    entries, an external data file, internal snapshots,
+ *                    persistent bitmaps, zstd-compressed clusters, refcount
+ *                    widths other than 16. Zero clusters (v3 only) are
+ *                    rewritten as qemu does: an allocated one gets its host
+ *                    cluster zeroed; an unallocated one is dropped in an
+ *                    image without a backing file and gets a new zeroed
+ *                    cluster in one with a backing file. Data first, then
+ *                    refcounts, then the L2 entries; the header goes to
+ *                    version 2 last, after everything is flushed.
+ *   size             the core resizes (not here).
+ * Options only creation takes (cluster_size, extended_l2, preallocation,
+ * compression_type, encryption) are refused with qemu's words; changing the
+ * backing file (use rebase -u) or the data file is not supported.
+ *
+ * The order of the steps is qemu's: upgrade, refcount width, lazy refcounts,
+ * downgrade. Each step leaves a valid image.
+ */
+#include <errno.h>
+#include <inttypes.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "backend.h"
+#include "qcow2-int.h"
+#include "util/util.h"
+
+#define HDR_REFT_OFFSET    48u
+#define HDR_INCOMPAT       72u
+#define HDR_COMPAT         80u
+#define HDR_REFCOUNT_ORDER 96u
+#define REFT_MASK          UINT64_C(0xfffffffffffffe00)
+
+typedef struct amend_req {
+        uint32_t version;       /* 0: unchanged */
+        int lazy;               /* -1: unchanged */
+        int refcount_order;     /* -1: unchanged */
+} amend_req;
+
+static int parse_request(const qcow2_state *s, const char *const *options, amend_req *ret) {
+        amend_req q = { .lazy = -1, .refcount_order = -1 };
+
+        for (const char *const *kv = options; kv && kv[0]; kv += 2) {
+                const char *k = kv[0], *v = kv[1];
+
+                if (streq(k, "compat")) {
+                        if (streq(v, "0.10") || streq(v, "v2"))
+                                q.version = 2;
+                        else if (streq(v, "1.1") || streq(v, "v3"))
+                                q.version = 3;
+                        else
+                                return vdisk_error(-EINVAL, "Unknown compatibility level %s", v);
+                } else if (streq(k, "refcount_bits")) {
+                        char *end;
+                        unsigned long long n = strtoull(v, &end, 10);
+
+                        if (!v[0] || *end || n < 1 || n > 64 || !IS_POWER_OF_2(n))
+                                return vdisk_error(-EINVAL, "Refcount width must be a power of two and may not "
+                                                   "exceed 64 bits");
+                        q.refcount_order = __builtin_ctzll(n);
+                } else if (streq(k, "lazy_refcounts"))
+                        q.lazy = streq(v, "on");
+                else if (streq(k, "backing_file") || streq(k, "backing_fmt"))
+                        return vdisk_error(-EOPNOTSUPP, "changing the backing file with amend is not supported "
+                                           "(use rebase -u)");
+                else if (streq(k, "data_file") || streq(k, "data_file_raw")) {
+                        if (!s->data_file_name)
+                                return vdisk_error(-EINVAL, "data-file can only be set for images that use an "
+                                                   "external data file");
+                        return vdisk_error(-EOPNOTSUPP, "changing the external data file with amend is not "
+                                           "supported");
+                } else
+                        return vdisk_error(-EINVAL, "Invalid parameter '%s': this option is only supported for "
+                                           "image creation", k);
+        }
+        *ret = q;
+        return 0;
+}
+
+/* Checks the whole request against the image before anything changes. */
+static int check_request(const qcow2_state *s, const amend_req *q) {
+        uint32_t version = q->version ?: s->version;
+        uint32_t order = q->refcount_order >= 0 ? (uint32_t) q->refcount_order : s->refcount_order;
+
+        if (version == 2) {
+                if (q->refcount_order >= 0 && q->refcount_order != 4)
+                        return vdisk_error(-EINVAL, "Refcount widths other than 16 bits require compatibility "
+                                           "level 1.1 or above (use compat=1.1 or greater)");
+                if (q->lazy == 1)
+                        return vdisk_error(-EINVAL, "Lazy refcounts only supported with compatibility level 1.1 "
+                                           "and above (use compat=1.1 or greater)");
+                if (order != 4)
+                        return vdisk_error(-EINVAL, "compat=0.10 requires refcount_bits=16");
+        }
+        if (version == 2 && s->version == 3) {
+                uint64_t bad = s->incompat & ~(uint64_t) (INCOMPAT_DIRTY | INCOMPAT_COMPRESSION);
+
+                if (s->incompat & INCOMPAT_DATA_FILE)
+                        return vdisk_error(-EOPNOTSUPP, "Cannot downgrade an image with a data file");
+                if (bad)
+                        return vdisk_error(-EOPNOTSUPP, "Cannot downgrade an image with incompatible features "
+                                           "%#" PRIx64 " set", bad);
+                if (s->nb_snapshots > 0)
+                        return vdisk_error(-EOPNOTSUPP, "Cannot downgrade an image with internal snapshots "
+                                           "(their zero clusters are not rewritten)");
+                if (s->nb_bitmaps > 0 || (s->autoclear & AUTOCLEAR_BITMAPS))
+                        return vdisk_error(-EOPNOTSUPP, "Cannot downgrade an image with persistent bitmaps");
+        }
+        return 0;
+}
+
+/* Rewrites the header cluster as a version `version` header: the fields of
+ * the state, the extensions of the old header (a version 2 header keeps
+ * neither the feature name table nor the bitmaps extension), the backing
+ * file name. Flushed. */
+static int write_header(qcow2_state *s, uint32_t version, uint64_t compat) {
+        size_t cs = (size_t) s->cluster_size, hlen = version == 3 ? 112 : QCOW2_V2_HEADER, pos, end, used;
+        _cleanup_free_ uint8_t *old = calloc(1, cs), *hdr = calloc(1, cs);
+        uint64_t boff, bsize;
+        int r;
+
+        if (!old || !hdr)
+                return -ENOMEM;
+        r = io_pread_zerofill(s->io, old, cs, 0);
+        if (r < 0)
+                return r;
+        memcpy(hdr, old, QCOW2_V2_HEADER);
+        put_be32(hdr + 4, version);
+        if (version == 3) {
+                put_be64(hdr + HDR_INCOMPAT, s->incompat & ~(uint64_t) INCOMPAT_DIRTY);
+                put_be64(hdr + HDR_COMPAT, compat);
+                put_be64(hdr + 88, s->autoclear);
+                put_be32(hdr + HDR_REFCOUNT_ORDER, s->refcount_order);
+                put_be32(hdr + 100, (uint32_t) hlen);
+                hdr[104] = (uint8_t) s->compression_type;
+        }
+        boff = get_be64(old + 8);
+        bsize = get_be32(old + 16);
+        end = boff != 0 && bsize != 0 && boff < cs ? (size_t) boff : cs;
+        used = boff != 0 && bsize != 0 && boff < cs ? (size_t) MIN(boff + bsize, (uint64_t) cs) : s->header_length;
+        pos = hlen;
+        for (size_t off = s->header_length; off + 8 <= end;) {
+                uint32_t type = get_be32(old + off), len = get_be32(old + off + 4);
+                size_t step = 8 + ALIGN_UP((size_t) len, 8);
+
+                if (type == EXT_END || step > end - off)
+                        break;
+                if (version == 3 || (type != EXT_FEATURES && type != EXT_BITMAPS)) {
+                        if (pos + step + 8 > cs)
+                                return vdisk_error(-ENOSPC, "qcow2: the header extensions do not fit in the "
+                                                   "header cluster");
+                        memcpy(hdr + pos, old + off, step);
+                        pos += step;
+                }
+                off += step;
+                used = MAX(used, off + 8);
+        }
+        pos += 8;   /* the end marker (zeros) */
+        if (boff != 0 && bsize != 0) {
+                if (pos + bsize > cs || boff + bsize > cs)
+                        return vdisk_error(-ENOSPC, "qcow2: the backing file name does not fit in the header "
+                                           "cluster");
+                memcpy(hdr + pos, old + boff, bsize);
+                put_be64(hdr + 8, pos);
+                pos += bsize;
+        }
+        r = io_pwrite(s->io, hdr, MAX(pos, used), 0);
+        if (r >= 0)
+                r = io_flush(s->io);
+        if (r < 0)
+                return r;
+        s->version = version;
+        s->header_length = (uint32_t) hlen;
+        if (version == 2) {
+                s->incompat = s->compat = s->autoclear = 0;
+                s->compression_type = 0;
+        } else {
+                s->compat = compat;
+                s->incompat &= ~(uint64_t) INCOMPAT_DIRTY;
+        }
+        return 0;
+}
+
+static int set_lazy(qcow2_state *s, bool on) {
+        uint64_t compat = on ? s->compat | COMPAT_LAZY_REFCOUNTS : s->compat & ~(uint64_t) COMPAT_LAZY_REFCOUNTS;
+        uint8_t b[8];
+        int r;
+
+        if (compat == s->compat)
+                return 0;
+        /* clean first: the flush clears the dirty bit lazy refcounts set */
+        r = qcow2_flush_all(s);
+        if (r < 0)
+                return r;
+        put_be64(b, compat);
+        r = io_pwrite(s->io, b, sizeof b, HDR_COMPAT);
+        if (r >= 0)
+                r = io_flush(s->io);
+        if (r < 0)
+                return r;
+        s->compat = compat;
+        return 0;
+}
+
+/* ---------------------------------------------------------------- refcount width */
+
+/* Reads the old refcounts in cluster order, one block at a time. */
+typedef struct old_counts {
+        qcow2_state *s;
+        uint8_t *reft, *blk;
+        uint64_t n_reft, cur;   /* cur: the index of the block in blk, UINT64_MAX none */
+} old_counts;
+
+static int old_count(old_counts *o, uint64_t c, uint64_t *ret) {
+        qcow2_state *s = o->s;
+        uint64_t rti = c / s->rb_entries, b;
+        int r;
+
+        *ret = 0;
+        if (rti >= o->n_reft)
+                return 0;
+        b = get_be64(o->reft + rti * 8) & REFT_MASK;
+        if (b == 0)
+                return 0;
+        if (rti != o->cur) {
+                if (b % s->cluster_size != 0 || !range_within(b, s->cluster_size, s->file_size))
+                        return vdisk_error(-EUCLEAN, "qcow2: refcount block %" PRIu64 " at %" PRIu64 " is not "
+                                           "cluster-aligned within the file (repair the image first)", rti, b);
+                r = io_pread(s->io, o->blk, s->cluster_size, b);
+                if (r < 0)
+                        return r;
+                o->cur = rti;
+        }
+        *ret = qcow2_rc_entry_get(o->blk, c % s->rb_entries, s->refcount_order);
+        return 0;
+}
+
+static int change_refcount_order(qcow2_state *s, uint32_t order, vdisk_progress *p) {
+        uint64_t cs = s->cluster_size, new_rbe = (cs * 8) >> order, old_file = s->file_size;
+        uint64_t new_max = order == 6 ? UINT64_MAX : (UINT64_C(1) << (1u << order)) - 1;
+        uint64_t start, n_old, nb = 0, rt = 0, total, base, old_reft = s->reft_offset, old_reft_bytes = s->reft_bytes;
+        _cleanup_free_ uint8_t *old_reft_buf = NULL, *old_blk = NULL, *new_reft = NULL, *blk = NULL;
+        old_counts o = { .s = s, .cur = UINT64_MAX };
+        uint8_t hdr[QCOW2_V3_HEADER];
+        int r;
+
+        r = qcow2_flush_all(s);
+        if (r < 0)
+                return r;
+        start = ALIGN_UP(MAX(hostalloc_next(&s->alloc), s->file_size), cs) / cs;
+        n_old = DIV_ROUND_UP(s->file_size, cs);
+        /* the smallest table and block counts that also count themselves */
+        for (;;) {
+                uint64_t nb2, rt2;
+
+                total = start + rt + nb;
+                nb2 = DIV_ROUND_UP(total, new_rbe);
+                rt2 = DIV_ROUND_UP(nb2 * 8, cs);
+                if (nb2 == nb && rt2 == rt)
+                        break;
+                nb = MAX(nb, nb2);
+                rt = MAX(rt, rt2);
+        }
+        if (rt * cs > QCOW2_REFT_MAX_BYTES)
+                return vdisk_error(-EFBIG, "qcow2: a refcount table for %u-bit refcounts would take more than "
+                                   "%" PRIu64 " bytes", 1u << order, QCOW2_REFT_MAX_BYTES);
+
+        old_reft_buf = malloc(s->reft_bytes ? s->reft_bytes : 1);
+        old_blk = malloc(cs);
+        new_reft = calloc(rt, cs);
+        blk = malloc(cs);
+        if (!old_reft_buf || !old_blk || !new_reft || !blk)
+                return -ENOMEM;
+        r = io_pread(s->io, old_reft_buf, s->reft_bytes, s->reft_offset);
+        if (r < 0)
+                return r;
+        o.reft = old_reft_buf;
+        o.blk = old_blk;
+        o.n_reft = s->reft_bytes / 8;
+
+        /* every count must fit the new width: checked before anything is written */
+        for (uint64_t c = 0; c < n_old; c++) {
+                uint64_t v;
+
+                r = old_count(&o, c, &v);
+                if (r < 0)
+                        return r;
+                if (v > new_max)
+                        return vdisk_error(-EINVAL, "Cannot decrease refcount entry width to %u bits: Cluster at "
+                                           "offset %#" PRIx64 " has a refcount of %" PRIu64, 1u << order, c * cs, v);
+        }
+
+        r = hostalloc_alloc(&s->alloc, (rt + nb) * cs, QCOW2_HOST_LIMIT, &base, NULL);
+        if (r < 0)
+                return r;
+        if (base != start * cs) {
+                hostalloc_rewind(&s->alloc, base);
+                return vdisk_error(-EIO, "qcow2: the new refcount structures are not where they were planned");
+        }
+        progress_set_total(p, nb * cs);
+        for (uint64_t k = 0; k < nb; k++) {
+                memset(blk, 0, cs);
+                for (uint64_t j = 0; j < new_rbe; j++) {
+                        uint64_t c = k * new_rbe + j, v = 0;
+
+                        if (c >= total)
+                                break;
+                        if (c >= start)
+                                v = 1;   /* the new table and blocks */
+                        else if (c < n_old) {
+                                r = old_count(&o, c, &v);
+                                if (r < 0)
+                                        goto undo;
+                        }
+                        qcow2_rc_entry_set(blk, j, order, v);
+                }
+                put_be64(new_reft + k * 8, base + (rt + k) * cs);
+                r = io_pwrite(s->io, blk, cs, base + (rt + k) * cs);
+                if (r >= 0)
+                        r = progress_add(p, cs);
+                if (r < 0)
+                        goto undo;
+        }
+        r = io_pwrite(s->io, new_reft, rt * cs, base);
+        if (r >= 0)
+                r = io_flush(s->io);
+        if (r >= 0)
+                r = progress_check(p);
+        if (r < 0)
+                goto undo;
+
+        /* the switch: offset, size and width in one write of one sector */
+        r = io_pread(s->io, hdr, sizeof hdr, 0);
+        if (r < 0)
+                goto undo;
+        put_be64(hdr + HDR_REFT_OFFSET, base);
+        put_be32(hdr + HDR_REFT_OFFSET + 8, (uint32_t) rt);
+        put_be32(hdr + HDR_REFCOUNT_ORDER, order);
+        r = io_pwrite(s->io, hdr, sizeof hdr, 0);
+        if (r >= 0)
+                r = io_flush(s->io);
+        if (r < 0)
+                return r;   /* the header may be either: the appended space is no harm */
+
+        r = qcow2_cover_file(s, base + (rt + nb) * cs);
+        if (r < 0)
+                return r;
+        for (size_t i = 0; i < QCOW2_RB_SLOTS; i++) {
+                s->rb_slots[i].t = tc_table_free(s->rb_slots[i].t);
+                s->rb_slots[i].offset = 0;
+        }
+        s->reft = tc_table_free(s->reft);
+        s->refcount_order = order;
+        s->rb_entries = new_rbe;
+        s->reft_offset = base;
+        s->reft_bytes = rt * cs;
+        tc_table_params tp = {
+                .offset = base,
+                .size = rt * cs,
+                .page_size = (uint32_t) MIN(cs, UINT64_C(4096)),
+                .entry = TC_BE64,
+                .name = "qcow2 refcount table",
+        };
+        r = tc_table_new(s->budget, s->io, &tp, &s->reft);
+        if (r < 0)
+                return r;
+        /* the old table and blocks are no longer referenced */
+        for (uint64_t off = old_reft; off < old_reft + old_reft_bytes; off += cs) {
+                r = qcow2_rc_update(s, off, -1, NULL);
+                if (r < 0)
+                        return r;
+        }
+        for (uint64_t i = 0; i < o.n_reft; i++) {
+                uint64_t b = get_be64(old_reft_buf + i * 8) & REFT_MASK;
+
+                if (b == 0)
+                        continue;
+                r = qcow2_rc_update(s, b, -1, NULL);
+                if (r < 0)
+                        return r;
+        }
+        return qcow2_flush_all(s);
+
+undo:
+        /* nothing points at the appended space yet: give it back */
+        hostalloc_rewind(&s->alloc, base);
+        if (io_truncate(s->io, old_file) >= 0)
+                hostalloc_truncated(&s->alloc, old_file);
+        return r;
+}
+
+/* ---------------------------------------------------------------- downgrade */
+
+/* Version 2 has no zero clusters: each one is rewritten (see above). zstd
+ * compressed clusters cannot be read by a version 2 reader: refused before
+ * anything changes. */
+static int find_zstd_clusters(qcow2_state *s) {
+        for (uint64_t l1i = 0; l1i < s->l1_size; l1i++) {
+                uint64_t l1e, e;
+                tc_table *l2;
+                int r;
+
+                r = tc_get(s->l1, l1i, &l1e);
+                if (r < 0)
+                        return r;
+                if ((l1e & OFFSET_MASK) == 0)
+                        continue;
+                r = qcow2_l2_get(s, l1e & OFFSET_MASK, &l2);
+                if (r < 0)
+                        return r;
+                for (uint64_t i = 0; i < s->l2_entries; i++) {
+                        r = tc_get(l2, i, &e);
+                        if (r < 0)
+                                return r;
+                        if (e & L2E_COMPRESSED)
+                                return vdisk_error(-EOPNOTSUPP, "Cannot downgrade an image with zstd-compressed "
+                                                   "clusters");
+                }
+        }
+        return 0;
+}
+
+static int expand_zero_clusters(qcow2_state *s, vdisk_progress *p) {
+        uint64_t cs = s->cluster_size;
+        _cleanup_free_ uint8_t *zeros = calloc(1, cs);
+        int r;
+
+        if (!zeros)
+                return -ENOMEM;
+        progress_set_total(p, (uint64_t) s->l1_size * cs);
+        for (uint64_t l1i = 0; l1i < s->l1_size; l1i++) {
+                uint64_t l1e;
+                tc_table *l2;
+
+                r = tc_get(s->l1, l1i, &l1e);
+                if (r < 0)
+                        return r;
+                if ((l1e & OFFSET_MASK) != 0) {
+                        r = qcow2_l2_get(s, l1e & OFFSET_MASK, &l2);
+                        if (r < 0)
+                                return r;
+                }
+                for (uint64_t i = 0; (l1e & OFFSET_MASK) != 0 && i < s->l2_entries; i++) {
+                        uint64_t e, host, h;
+                        tc_page *rbpg = NULL, *l2pg = NULL;
+                        int fresh = 0;
+
+                        r = tc_get(l2, i, &e);
+                        if (r < 0)
+                                return r;
+                        if ((e & L2E_COMPRESSED) || !(e & L2E_ZERO))
+                                continue;
+                        host = e & OFFSET_MASK;
+                        if (host != 0) {
+                                r = io_pwrite(s->io, zeros, cs, host);
+                                if (r >= 0)
+                                        r = qcow2_cover_file(s, host + cs);
+                                if (r >= 0)
+                                        r = tc_set(l2, i, host | (e & L2E_COPIED), TC_AFTER_DATA);
+                                if (r < 0)
+                                        return r;
+                                continue;
+                        }
+                        if (!s->backing_name) {
+                                r = tc_set(l2, i, 0, 0);
+                                if (r < 0)
+                                        return r;
+                                continue;
+                        }
+                        r = hostalloc_alloc(&s->alloc, cs, QCOW2_HOST_LIMIT, &h, &fresh);
+                        if (r >= 0 && !fresh)
+                                r = io_pwrite(s->io, zeros, cs, h);
+                        if (r >= 0)
+                                r = qcow2_cover_file(s, h + cs);
+                        if (r >= 0)
+                                r = qcow2_rc_update(s, h, +1, &rbpg);
+                        if (r < 0)
+                                return r;
+                        r = tc_set(l2, i, h | L2E_COPIED, TC_AFTER_DATA);
+                        if (r >= 0)
+                                r = tc_page_get(l2, 0, &l2pg);
+                        if (r >= 0)
+                                r = tc_page_depends(l2pg, rbpg);
+                        if (l2pg)
+                                tc_page_put(l2pg);
+                        tc_page_put(rbpg);
+                        if (r < 0)
+                                return r;
+                }
+                r = progress_add(p, cs);
+                if (r < 0) {
+                        /* still a valid version 3 image with the same content */
+                        int k = qcow2_flush_all(s);
+                        return k < 0 ? k : r;
+                }
+        }
+        return qcow2_flush_all(s);
+}
+
+static int downgrade(qcow2_state *s, vdisk_progress *p) {
+        int r;
+
+        if (s->compression_type != 0) {
+                r = find_zstd_clusters(s);
+                if (r < 0)
+                        return r;
+        }
+        r = set_lazy(s, false);
+        if (r >= 0)
+                r = expand_zero_clusters(s, p);
+        if (r < 0)
+                return r;
+        return write_header(s, 2, 0);
+}
+
+int qcow2_amend(void *state, const char *const *options, vdisk_progress *p) {
+        qcow2_state *s = state;
+        amend_req q = {};
+        int r;
+
+        r = parse_request(s, options, &q);
+        if (r < 0)
+                return r;
+        r = check_request(s, &q);
+        if (r < 0)
+                return r;
+        if (!s->writable)
+                return vdisk_error(-EROFS, "qcow2: the image is read-only");
+        r = qcow2_flush_all(s);
+        if (r < 0)
+                return r;
+        if (q.version == 3 && s->version == 2) {
+                r = write_header(s, 3, q.lazy == 1 ? COMPAT_LAZY_REFCOUNTS : 0);
+                if (r < 0)
+                        return r;
+        }
+        if (q.refcount_order >= 0 && (uint32_t) q.refcount_order != s->refcount_order) {
+                r = change_refcount_order(s, (uint32_t) q.refcount_order, p);
+                if (r < 0)
+                        return r;
+        }
+        if (q.lazy >= 0 && s->version == 3) {
+                r = set_lazy(s, q.lazy);
+                if (r < 0)
+                        return r;
+        }
+        if (q.version == 2 && s->version == 3)
+                return downgrade(s, p);
+        return 0;
+}
