@@ -39,8 +39,9 @@
  * grain entries) and (e) (vmdk-repair: a redundant grain table entry
  * missing and junk past the last grain); and on QCOW2 (qcow2-writes-*:
  * clusters, L2 tables and refcount blocks allocated, zero clusters;
- * vdisk_check counts every reference, qemu-img check too), run by
- * VDISK_CRASH_FORMAT=qcow2 (test crash-qcow2) only.
+ * vdisk_check counts every reference, qemu-img check too; and
+ * qcow2-amend-*: the refcount width rewritten, compat=0.10 over zero
+ * clusters), run by VDISK_CRASH_FORMAT=qcow2 (test crash-qcow2) only.
  * The structural check also uses the tests' own VDI parser (no map entry out
  * of range or duplicated), and standalone bases go through
  * `qemu-img check -f vdi` when /usr/bin/qemu-img exists (exit 0 or 3; 2 only
@@ -677,6 +678,84 @@ static void after_resize(scenario *sc, wl *w) {
         ASSERT_EQ_U64(vdisk_disk_size(w->d), MAX_SIZE);
 }
 
+/* (d2) qcow2 amend: the refcount width (a new table and new blocks, then
+ * one header write switches), compat=0.10 (zero clusters rewritten, then
+ * the version 2 header) */
+
+static void build_amend(scenario *sc) {
+        rng r;
+        vdisk_disk *d;
+
+        rng_seed(&r, 9);
+        sc->n = 1;
+        d = build_chain(sc);
+        fill_block(d, &r, 0, 0, BLOCK);
+        fill_block(d, &r, 2, 0, BLOCK);
+        fill_block(d, &r, 5, 0, BLOCK);
+        vdisk_disk_unref(d);
+}
+
+/* A diff with data, and zeros over its parent's data: zero clusters without
+ * host clusters (a downgrade gives each a new zeroed cluster). */
+static void build_amend_top(scenario *sc) {
+        rng r;
+        vdisk_disk *d;
+
+        rng_seed(&r, 10);
+        sc->n = 2;
+        d = disk_new();
+        sc->tmpl[0] = new_io(sc, 0);
+        ASSERT_OK(vdisk_disk_create_base(d, sc->tmpl[0], g_fmt, DISK_SIZE, base_opts()));
+        for (uint64_t b = 0; b < 4; b++)
+                fill_block(d, &r, b, 0, BLOCK);
+        sc->tmpl[1] = new_io(sc, 1);
+        vdisk_create_opts o = { .size = sizeof o, .parent_name = vdisk_io_name(sc->tmpl[0]), .parent_format = g_fmt };
+        ASSERT_OK(vdisk_disk_create_diff(d, sc->tmpl[1], g_fmt, &o));
+        fill_block(d, &r, 0, 0, 128 * KiB);
+        ASSERT_OK(vdisk_disk_discard(d, 2 * BLOCK, 256 * KiB));
+        vdisk_disk_unref(d);
+}
+
+static const char *format_info_value(vdisk_disk *d, const char *key, char *buf, size_t len) {
+        char **kv = NULL;
+
+        buf[0] = 0;
+        ASSERT_OK(vdisk_image_get_format_info(vdisk_disk_image(d, vdisk_disk_count(d) - 1), &kv));
+        for (size_t i = 0; kv && kv[i] && kv[i + 1]; i += 2)
+                if (strcmp(kv[i], key) == 0)
+                        snprintf(buf, len, "%s", kv[i + 1]);
+        vdisk_strv_free(kv);
+        return buf;
+}
+
+static int op_amend_refcount_bits(scenario *sc, wl *w) {
+        static const char *const o[] = { "refcount_bits", "8", NULL };
+
+        TRY(vdisk_amend(w->d, o, NULL));
+        return wl_flush(w);
+}
+
+static void after_amend_refcount_bits(scenario *sc, wl *w) {
+        char v[32];
+
+        if (strcmp(format_info_value(w->d, "refcount bits", v, sizeof v), "8") != 0)
+                FAIL("%s: refcount bits '%s' after the amend (8 wanted)", sc->name, v);
+}
+
+static int op_amend_downgrade(scenario *sc, wl *w) {
+        static const char *const o[] = { "compat", "0.10", NULL };
+
+        TRY(vdisk_amend(w->d, o, NULL));
+        return wl_flush(w);
+}
+
+static void after_amend_downgrade(scenario *sc, wl *w) {
+        char v[32];
+
+        if (strcmp(format_info_value(w->d, "compat", v, sizeof v), "0.10") != 0)
+                FAIL("%s: compat '%s' after the amend (0.10 wanted)", sc->name, v);
+}
+
 /* (e) repair of a leaked slot */
 
 static void build_repair(scenario *sc) {
@@ -982,6 +1061,16 @@ static scenario scenarios[] = {
         { .name = "qcow2-writes-refblocks", .fmt = "qcow2", .opts = qcow2_512_rb64, .max_crash_seeds = 1,
           .faulted = 0, .qemu = 1, .qemu_every = 16, .per_sector = 1, .build = build_empty_base,
           .op = op_writes_small },
+        /* Amend: the refcount width 16 -> 8 (new structures, the header
+         * switch, the old ones freed), and compat=0.10 over zero clusters
+         * (data, L2 entries, then the version 2 header). Content unchanged;
+         * crash images leak at most. */
+        { .name = "qcow2-amend-refcount-bits", .fmt = "qcow2", .opts = qcow2_64k, .max_crash_seeds = 2,
+          .faulted = 0, .qemu = 1, .qemu_every = 4, .build = build_amend, .op = op_amend_refcount_bits,
+          .after_success = after_amend_refcount_bits },
+        { .name = "qcow2-amend-downgrade", .fmt = "qcow2", .opts = qcow2_64k, .max_crash_seeds = 2,
+          .faulted = 1, .build = build_amend_top, .op = op_amend_downgrade,
+          .after_success = after_amend_downgrade },
         /* QED (64 KiB clusters): data clusters and L2 tables appended, L1
          * and L2 updates, NEED_CHECK set and cleared; qemu-img check too. */
         { .name = "qed-writes-base", .fmt = "qed", .max_crash_seeds = 1, .faulted = 0, .qemu = 1,
