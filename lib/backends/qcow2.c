@@ -363,7 +363,7 @@ static int qcow2_open(void *state, const open_ctx *c) {
         if (s->incompat & INCOMPAT_DATA_FILE) {
                 if (!s->data_file_name)
                         return vdisk_error(-EUCLEAN, "qcow2: the image needs an external data file but names none");
-                r = files_open(c->files, s->data_file_name, 0, &s->data_io);
+                r = files_open(c->files, s->data_file_name, c->writable ? FILES_WRITE : 0, &s->data_io);
                 if (r < 0)
                         return r;
                 /* VDISK_OPEN_LIST_FILES: only named, not opened (no data is read) */
@@ -439,6 +439,14 @@ static bool overlaps(uint64_t a, uint64_t alen, uint64_t b, uint64_t blen) {
 /* The cluster-sized table at host offset `off` (checked) in one of the slot
  * caches, as a one-table view; `what` names it in errors, `name` (static) in
  * the table cache's. */
+/* Before L2 pages go out: the data they point at in an external data file
+ * is durable (TC_AFTER_DATA flushes only the table's own file). */
+static int flush_data_file(void *user) {
+        qcow2_state *s = user;
+
+        return s->data_io ? io_flush(s->data_io) : 0;
+}
+
 static int get_slot_table(qcow2_state *s, l2_slot *slots, size_t n_slots, uint64_t off, tc_entry entry,
                           const char *what, const char *name, tc_table **ret) {
         l2_slot *victim = NULL;
@@ -473,6 +481,8 @@ static int get_slot_table(qcow2_state *s, l2_slot *slots, size_t n_slots, uint64
                 .size = s->cluster_size,
                 .page_size = (uint32_t) s->cluster_size,
                 .entry = entry,
+                .before_write = slots == s->slots && s->data_io ? flush_data_file : NULL,
+                .user = s,
                 .name = name,
         };
         r = tc_table_new(s->budget, s->io, &p, &victim->t);
@@ -1080,9 +1090,6 @@ static int prepare_writes(qcow2_state *s, const uint8_t *features, size_t n_feat
         if (s->incompat & INCOMPAT_CORRUPT)
                 return vdisk_error(-EUCLEAN, "qcow2: the image is marked corrupt; it opens read-only only "
                                    "(repair it first)");
-        if (s->incompat & INCOMPAT_DATA_FILE)
-                return vdisk_error(-EOPNOTSUPP, "qcow2: writing images with an external data file is not "
-                                   "supported yet");
         if (s->nb_snapshots > 0)
                 return vdisk_error(-EOPNOTSUPP, "qcow2: writing images with internal snapshots is not supported "
                                    "yet");
@@ -1214,6 +1221,7 @@ static int qcow2_allocate(void *state, uint64_t offset, uint64_t len, reservatio
         uint64_t cl = offset >> s->cluster_bits, cstart = cl << s->cluster_bits;
         uint64_t cend = MIN(cstart + s->cluster_size, s->size), ustart = cstart, uend = cend;
         uint64_t e, bitmap, host;
+        bool has_host;
         int fresh = 0, r;
 
         assert(s->writable);
@@ -1227,6 +1235,8 @@ static int qcow2_allocate(void *state, uint64_t offset, uint64_t len, reservatio
         if (r < 0)
                 return r;
         host = e & L2E_COMPRESSED ? 0 : e & OFFSET_MASK;
+        /* in an external data file offset 0 is allocated when COPIED is set */
+        has_host = host != 0 || (s->data_io && !(e & L2E_COMPRESSED) && (e & L2E_COPIED));
         if (s->extended_l2 && !(e & L2E_COMPRESSED)) {
                 /* the run of not-allocated subclusters the write covers */
                 uint64_t sc0 = (offset - cstart) / s->subcluster_size;
@@ -1238,7 +1248,13 @@ static int qcow2_allocate(void *state, uint64_t offset, uint64_t len, reservatio
                 ustart = cstart + sc0 * s->subcluster_size;
                 uend = MIN(cstart + sc1 * s->subcluster_size, cend);
         }
-        if (host == 0) {
+        if (!has_host && s->data_io) {
+                /* an external data file holds every cluster at its guest
+                 * offset, and has no refcounts */
+                host = cstart;
+                fresh = host >= s->data_size;
+                s->res_new = true;
+        } else if (!has_host) {
                 r = hostalloc_alloc(&s->alloc, s->cluster_size, QCOW2_HOST_LIMIT, &host, &fresh);
                 if (r < 0)
                         return r;
@@ -1248,6 +1264,7 @@ static int qcow2_allocate(void *state, uint64_t offset, uint64_t len, reservatio
         s->reserved = true;
         s->res_host = host;
         *ret = (reservation) {
+                .file = s->data_io,
                 .unit_offset = ustart,
                 .length = uend - ustart,
                 .host_offset = host + (ustart - cstart),
@@ -1273,14 +1290,18 @@ static int qcow2_commit(void *state, const reservation *res) {
                 r = tc_get(l2, 2 * l2i + 1, &bitmap);
         if (r < 0)
                 return r;
-        if (s->res_new) {
+        if (s->res_new && !s->data_io) {
                 r = rc_update(s, s->res_host, +1, &rbpg);
                 if (r < 0)
                         return r;
         }
-        r = cover_file(s, s->res_host + s->cluster_size);
-        if (r < 0)
-                goto out;
+        if (s->data_io)
+                s->data_size = MAX(s->data_size, res->host_offset + res->length);
+        else {
+                r = cover_file(s, s->res_host + s->cluster_size);
+                if (r < 0)
+                        goto out;
+        }
         if (e & L2E_COMPRESSED) {
                 queue_free_compressed(s, e);
                 bitmap = UINT32_MAX;   /* the unit was the whole cluster */
@@ -1317,7 +1338,7 @@ static void qcow2_release(void *state, const reservation *res) {
 
         assert(s->reserved);
         s->reserved = false;
-        if (s->res_new && hostalloc_next(&s->alloc) == s->res_host + s->cluster_size)
+        if (s->res_new && !s->data_io && hostalloc_next(&s->alloc) == s->res_host + s->cluster_size)
                 hostalloc_rewind(&s->alloc, s->res_host);
 }
 
@@ -1331,6 +1352,9 @@ static int qcow2_mark_zero(void *state, uint64_t offset, uint64_t len) {
         assert(s->writable);
         if (s->version < 3)
                 return vdisk_error(-EOPNOTSUPP, "qcow2: version 2 images have no zero clusters");
+        /* a raw data file must read as the disk does: the core writes zeros */
+        if (s->data_io && (s->autoclear & AUTOCLEAR_DATA_RAW))
+                return -EOPNOTSUPP;
         r = mark_dirty(s);
         if (r < 0)
                 return r;
@@ -1343,7 +1367,7 @@ static int qcow2_mark_zero(void *state, uint64_t offset, uint64_t len) {
                         return r;
                 /* in an image without a backing file, nothing reads zeros already */
                 if (!s->backing_name && !(e & L2E_COMPRESSED) && (e & OFFSET_MASK) == 0 &&
-                    (s->extended_l2 ? (uint32_t) bitmap == 0 : true))
+                    !(s->data_io && (e & L2E_COPIED)) && (s->extended_l2 ? (uint32_t) bitmap == 0 : true))
                         continue;
                 r = l2_for_write(s, l1i, &l2);
                 if (r < 0)
@@ -1387,6 +1411,11 @@ static int qcow2_flush(void *state) {
 
         if (!s->writable)
                 return 0;
+        if (s->data_io) {
+                r = io_flush(s->data_io);
+                if (r < 0)
+                        return r;
+        }
         r = flush_tables(s);
         if (r < 0)
                 return r;
@@ -1500,8 +1529,11 @@ static int count_l1(qcount *q, uint64_t l1_off, uint32_t l1_size, bool active) {
                                 continue;
                         }
                         host = e & OFFSET_MASK;
-                        if (s->data_io)
-                                continue;   /* the external data file has no refcounts */
+                        if (s->data_io) {
+                                /* the external data file has no refcounts */
+                                q->allocated += active && (host != 0 || (e & L2E_COPIED));
+                                continue;
+                        }
                         if (host == 0)
                                 continue;
                         if (host % cs != 0) {
@@ -1691,6 +1723,8 @@ static int qcow2_check(void *state, uint32_t flags, vdisk_check_report *rep, vdi
 typedef struct qcow2_opts {
         uint32_t version, cluster_size, refcount_bits, compression_type;
         bool lazy, extl2, prealloc_metadata;
+        const char *data_file;          /* external data file, NULL = none */
+        bool data_file_raw;
 } qcow2_opts;
 
 static int qcow2_parse_options(const create_params *p, qcow2_opts *o) {
@@ -1734,8 +1768,14 @@ static int qcow2_parse_options(const create_params *p, qcow2_opts *o) {
                                 o->compression_type = 1;
                         else
                                 return vdisk_error(-EINVAL, "qcow2: compression type '%s' (zlib or zstd)", v);
-                } else if (streq(k, "data_file") || streq(k, "encrypt.format") ||
-                           ((streq(k, "data_file_raw") || streq(k, "encryption")) && streq(v, "on"))) {
+                } else if (streq(k, "data_file")) {
+                        if (!v[0] || strlen(v) > QCOW2_BACKING_NAME_MAX)
+                                return vdisk_error(-EINVAL, "qcow2: data file name of %zu bytes (1 to %u)",
+                                                   strlen(v), QCOW2_BACKING_NAME_MAX);
+                        o->data_file = v;
+                } else if (streq(k, "data_file_raw"))
+                        o->data_file_raw = streq(v, "on");
+                else if (streq(k, "encrypt.format") || (streq(k, "encryption") && streq(v, "on"))) {
                         return vdisk_error(-EOPNOTSUPP, "qcow2: creating images with %s is not supported yet", k);
                 } else if (streq(k, "preallocation")) {
                         if (streq(v, "metadata"))
@@ -1763,6 +1803,15 @@ static int qcow2_parse_options(const create_params *p, qcow2_opts *o) {
                         return vdisk_error(-EINVAL, "qcow2: compression type zstd requires compatibility "
                                            "level 1.1 and above (use compat=1.1 or greater)");
         }
+        if (o->data_file_raw && !o->data_file)
+                return vdisk_error(-EINVAL, "qcow2: data-file-raw requires data-file");
+        if (o->data_file && o->version == 2)
+                return vdisk_error(-EINVAL, "qcow2: External data files are only supported with compatibility "
+                                   "level 1.1 and above (use version=v3 or greater)");
+        if (o->data_file_raw && (p->parent_name || p->parent_rel_name))
+                return vdisk_error(-EINVAL, "qcow2: Backing file and data-file-raw cannot be used at the same time");
+        if (o->data_file_raw)
+                o->prealloc_metadata = true;   /* the data file must read as the disk: qemu does the same */
         if (o->extl2 && o->cluster_size < 16384)
                 return vdisk_error(-EINVAL, "qcow2: extended L2 entries are only supported with cluster sizes "
                                    "of at least 16384 bytes");
@@ -1783,22 +1832,27 @@ static int preallocate_metadata(qcow2_state *s) {
                 r = l2_for_write(s, cl / s->l2_entries, &l2);
                 if (r < 0)
                         return r;
-                r = hostalloc_alloc(&s->alloc, s->cluster_size, QCOW2_HOST_LIMIT, &host, NULL);
-                if (r < 0)
-                        return r;
-                r = rc_update(s, host, +1, &rbpg);
-                if (r < 0)
-                        return r;
+                if (s->data_io)
+                        host = cl * s->cluster_size;   /* uncounted, at its guest offset */
+                else {
+                        r = hostalloc_alloc(&s->alloc, s->cluster_size, QCOW2_HOST_LIMIT, &host, NULL);
+                        if (r < 0)
+                                return r;
+                        r = rc_update(s, host, +1, &rbpg);
+                        if (r < 0)
+                                return r;
+                }
                 r = tc_set(l2, s->extended_l2 ? 2 * l2i : l2i, host | L2E_COPIED, 0);
                 if (r >= 0 && s->extended_l2)
                         r = tc_set(l2, 2 * l2i + 1, UINT32_MAX, 0);
-                if (r >= 0)
+                if (r >= 0 && rbpg)
                         r = tc_page_get(l2, 0, &l2pg);
-                if (r >= 0)
+                if (r >= 0 && rbpg)
                         r = tc_page_depends(l2pg, rbpg);
                 if (l2pg)
                         tc_page_put(l2pg);
-                tc_page_put(rbpg);
+                if (rbpg)
+                        tc_page_put(rbpg);
                 if (r < 0)
                         return r;
         }
@@ -1809,9 +1863,10 @@ static int qcow2_create(void *state, const open_ctx *c, const create_params *p) 
         qcow2_opts o;
         uint64_t cs, l2_entries, l1_size, l1_c, rt_c = 1, rb_c = 1, total, rb_entries, l1_off;
         uint32_t cbits, order, hlen;
-        size_t pos, name_len = 0, fmt_len = 0;
+        size_t pos, name_len = 0, fmt_len = 0, df_len;
         _cleanup_free_ uint8_t *buf = NULL;
         const char *pname = p->parent_name ?: p->parent_rel_name;
+        vdisk_io *data_io = NULL;
         int r;
 
         r = qcow2_parse_options(p, &o);
@@ -1859,7 +1914,9 @@ static int qcow2_create(void *state, const open_ctx *c, const create_params *p) 
                 }
         }
         hlen = o.version == 3 ? 112 : QCOW2_V2_HEADER;
-        if (hlen + (fmt_len ? 8 + ALIGN_UP(fmt_len, (size_t) 8) : 0) + 8 + name_len > cs)
+        df_len = o.data_file ? strlen(o.data_file) : 0;
+        if (hlen + (fmt_len ? 8 + ALIGN_UP(fmt_len, (size_t) 8) : 0) + (df_len ? 8 + ALIGN_UP(df_len, (size_t) 8) : 0) +
+            8 + name_len > cs)
                 return vdisk_error(-EINVAL, "qcow2: the backing file name does not fit in a %" PRIu64
                                    "-byte header cluster", cs);
 
@@ -1876,7 +1933,9 @@ static int qcow2_create(void *state, const open_ctx *c, const create_params *p) 
         put_be64(buf + 48, cs);
         put_be32(buf + 56, (uint32_t) rt_c);
         if (o.version == 3) {
-                put_be64(buf + 72, (o.extl2 ? INCOMPAT_EXTL2 : 0) | (o.compression_type ? INCOMPAT_COMPRESSION : 0));
+                put_be64(buf + 72, (o.extl2 ? INCOMPAT_EXTL2 : 0) | (o.compression_type ? INCOMPAT_COMPRESSION : 0) |
+                                   (o.data_file ? INCOMPAT_DATA_FILE : 0));
+                put_be64(buf + 88, o.data_file_raw ? AUTOCLEAR_DATA_RAW : 0);
                 put_be64(buf + 80, o.lazy ? COMPAT_LAZY_REFCOUNTS : 0);
                 put_be32(buf + 96, order);
                 put_be32(buf + 100, hlen);
@@ -1888,6 +1947,12 @@ static int qcow2_create(void *state, const open_ctx *c, const create_params *p) 
                 put_be32(buf + pos + 4, (uint32_t) fmt_len);
                 memcpy(buf + pos + 8, p->parent_format, fmt_len);
                 pos += 8 + ALIGN_UP(fmt_len, (size_t) 8);
+        }
+        if (df_len) {
+                put_be32(buf + pos, EXT_DATA_FILE);
+                put_be32(buf + pos + 4, (uint32_t) df_len);
+                memcpy(buf + pos + 8, o.data_file, df_len);
+                pos += 8 + ALIGN_UP(df_len, (size_t) 8);
         }
         pos += 8;   /* end of extensions */
         if (name_len) {
@@ -1909,6 +1974,16 @@ static int qcow2_create(void *state, const open_ctx *c, const create_params *p) 
         r = io_truncate(c->io, total * cs);
         if (r < 0)
                 return r;
+        if (o.data_file) {
+                /* new, next to the image (the files handle's rules), as long
+                 * as the disk (qemu makes it so) */
+                r = files_open(c->files, o.data_file, FILES_CREATE | FILES_WRITE, &data_io);
+                if (r < 0)
+                        return r;
+                r = io_truncate(data_io, p->size);
+                if (r < 0)
+                        return r;
+        }
         r = qcow2_open(state, c);
         if (r < 0 || !o.prealloc_metadata)
                 return r;
