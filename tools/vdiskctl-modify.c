@@ -263,6 +263,17 @@ static int companion_names(const char *backend, OptList *opts, const char *displ
         bool flat;
 
         *ret = NULL;
+        if (strcasecmp(backend, "QCOW2") == 0 && optlist_get(opts, "data_file")) {
+                /* the external data file, by the name the image records */
+                const char *df = optlist_get(opts, "data_file");
+
+                if (!df[0] || strchr(df, '/') || streq(df, ".") || streq(df, ".."))
+                        return -EINVAL;
+                if (strv_push(&l, &n, df) < 0)
+                        return -ENOMEM;
+                *ret = TAKE_PTR(l);
+                return 0;
+        }
         if (strcasecmp(backend, "VMDK") != 0 || !sub ||
             (strncmp(sub, "twoGbMaxExtent", 14) != 0 && !streq(sub, "monolithicFlat")))
                 return 0;
@@ -323,7 +334,9 @@ static int companions_open(const char *backend, OptList *opts, const char *file,
         *ret = (Companions) {};
         r = companion_names(backend, opts, display, size, &c.names);
         if (r < 0) {
-                log_error("%s: %s", file, r == -E2BIG ? "Too many extents" : "Out of memory");
+                log_error("%s: %s", file, r == -E2BIG ? "Too many extents" :
+                          r == -EINVAL ? "The data file must be named inside the image's directory" :
+                          "Out of memory");
                 return EXIT_FAILURE;
         }
         if (!c.names)

@@ -8,7 +8,12 @@
 - vdiskctl opens the data file with the user's rights and passes it like a
   VMDK extent: `vdiskctl convert -O raw` equals qemu-img's own raw conversion
   byte for byte, also with data_file_raw=on; a data file the user cannot read
-  stops vdiskctl (vdiskd opens no path).
+  stops vdiskctl (vdiskd opens no path);
+- writes through a writable OpenDisk land in the data file given O_RDWR (a
+  read-only one is refused): qemu-img check finds the image clean and reads
+  what was written, and with data_file_raw=on the data file alone is the disk;
+- `vdiskctl convert -O qcow2 -o data_file=NAME` creates the data file next to
+  the output and passes it: qemu-img reads the copy as the source.
 """
 
 import os
@@ -107,3 +112,72 @@ def test_unreadable_data_file_stops_vdiskctl(env, a):
     r = ctl(env, 'info', img, check=False)
     assert r.returncode != 0
     assert dat.name in r.stderr, r.stderr
+
+
+def qemu_check(img):
+    """qemu-img check, run in the image's directory: qemu-img 7.2's check
+    (unlike info) looks for a relative data file name in its working directory."""
+    r = subprocess.run(['qemu-img', 'check', img.name], cwd=img.parent, stdout=subprocess.PIPE,
+                       stderr=subprocess.STDOUT, text=True)
+    assert r.returncode == 0, r.stdout
+
+
+def expected_content(extra=()):
+    """What make()'s image holds, with `extra` (offset, bytes) written over it."""
+    want = bytearray(SIZE)
+    for _, off, length, byte in WRITES:
+        want[off:off + length] = bytes([byte]) * length
+    want[10 * MiB:12 * MiB] = bytes(2 * MiB)
+    for off, data in extra:
+        want[off:off + len(data)] = data
+    return bytes(want)
+
+
+@pytest.mark.parametrize('raw_flag', [False, True], ids=['data_file', 'data_file_raw'])
+def test_write_through_data_file(env, a, raw_flag):
+    img, dat = make(env, raw_flag)
+    extra = [(3 * MiB, bytes([0x44]) * 70000),          # new clusters
+             (10 * MiB + 4096, bytes([0x55]) * 4096),   # inside the zero clusters
+             (47 * MiB + 512, bytes([0x66]) * 512)]     # in place
+    d = a.manager('OpenDisk', 'a(hsa{sv})a{sv}', [(Open(img, os.O_RDWR), 'QCOW2', {})],
+                  {'files': T('a{sh}', {dat.name: Open(dat, os.O_RDWR)})})
+    for off, data in extra:
+        a.disk(d, 'Write', 'taya{sv}', off, data, {})
+    a.disk(d, 'Close', 'a{sv}', {})
+    want = expected_content(extra)
+    qemu_check(img)
+    ref = env.tmp / (img.name + '.written.raw')
+    r = subprocess.run(['qemu-img', 'convert', '-f', 'qcow2', '-O', 'raw', img.name, str(ref)], cwd=img.parent,
+                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    assert r.returncode == 0, r.stdout
+    assert ref.read_bytes() == want
+    if raw_flag:
+        assert dat.read_bytes() == want
+
+
+def test_writable_open_needs_writable_data_file(env, a):
+    img, dat = make(env)
+    before = (img.read_bytes(), dat.read_bytes())
+    e = expect_error(ERR + 'ReadOnly', a.manager, 'OpenDisk', 'a(hsa{sv})a{sv}', [(Open(img, os.O_RDWR), 'QCOW2', {})],
+                     {'files': T('a{sh}', {dat.name: Open(dat, os.O_RDONLY)})})
+    assert dat.name in e.message, e.message
+    assert (img.read_bytes(), dat.read_bytes()) == before
+
+
+def test_vdiskctl_convert_creates_data_file(env, a):
+    img, dat = make(env)
+    ref = env.tmp / (img.name + '.src.raw')
+    r = subprocess.run(['qemu-img', 'convert', '-f', 'qcow2', '-O', 'raw', img.name, str(ref)], cwd=img.parent,
+                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    assert r.returncode == 0, r.stdout
+    stem = unique('dfout')
+    out, name = env.path(UID_A, stem + '.qcow2'), stem + '.dat'
+    ctl(env, 'convert', '-O', 'qcow2', '-o', f'data_file={name}', img, out)
+    assert (out.parent / name).exists()
+    qemu_check(out)
+    r = subprocess.run(['qemu-img', 'compare', '-f', 'raw', '-F', 'qcow2', str(ref), out.name], cwd=out.parent,
+                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    assert r.returncode == 0, r.stdout
+    r = subprocess.run(['qemu-img', 'info', '--output=json', out.name], cwd=out.parent, stdout=subprocess.PIPE,
+                       text=True, check=True)
+    assert f'"data-file": "{name}"' in r.stdout, r.stdout
