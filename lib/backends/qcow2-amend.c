@@ -266,8 +266,10 @@ static int change_refcount_order(qcow2_state *s, uint32_t order, vdisk_progress 
         r = qcow2_flush_all(s);
         if (r < 0)
                 return r;
-        start = ALIGN_UP(MAX(hostalloc_next(&s->alloc), s->file_size), cs) / cs;
-        n_old = DIV_ROUND_UP(s->file_size, cs);
+        /* appended where the next cluster would go; what lies past it (a
+         * released reservation's data) is referenced by nothing */
+        start = ALIGN_UP(hostalloc_next(&s->alloc), cs) / cs;
+        n_old = MIN(DIV_ROUND_UP(s->file_size, cs), start);
         /* the smallest table and block counts that also count themselves */
         for (;;) {
                 uint64_t nb2, rt2;
