@@ -124,6 +124,16 @@ static void print_formatting(const char *filename, const vdisk_backend_info *inf
                 } else if ((v = optlist_get(l, o->name) ?: o->def))
                         printf(" %s=%s", o->name, v);
         }
+        /* qemu's file layer options, after the format's own, when given */
+        for (const char *const *k = (const char *const[]) { "nocow", "preallocation", NULL }; *k; k++) {
+                const char *v = optlist_get(l, *k);
+                bool own = false;
+
+                for (const vdisk_option_desc *o = info->create_options; o && o->name; o++)
+                        own = own || streq(o->name, *k);
+                if (v && !own)
+                        printf(" %s=%s", *k, v);
+        }
         putchar('\n');
         fflush(stdout);
 }

@@ -2231,4 +2231,7 @@ const vdisk_backend backend_qcow2 = {
         .get_format_info = qcow2_get_format_info,
         .list_snapshots = qcow2_list_snapshots,
         .measure = qcow2_measure,
+        .prealloc_create = PREALLOC_BIT(PREALLOC_METADATA) | PREALLOC_BIT(PREALLOC_FALLOC) |
+                           PREALLOC_BIT(PREALLOC_FULL),
+        .prealloc_flags = PREALLOC_FILE | PREALLOC_BACKEND_META,
 };
