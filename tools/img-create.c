@@ -777,6 +777,11 @@ int cmd_convert(int argc, char **argv) {
         if (r < 0) {
                 if (r == -ECANCELED)
                         log_error("Conversion of '%s' to '%s' cancelled", in, out);
+                else if (strncmp(error_detail(r), "Unsupported preallocation mode", 30) == 0 ||
+                         strncmp(error_detail(r), "Parameter 'preallocation'", 25) == 0 ||
+                         strncmp(error_detail(r), "invalid parameter value: ", 25) == 0)
+                        /* qemu-img's words, which KubeVirt CDI matches */
+                        log_error("%s: error while converting %s: %s", out, out_info->qemu_name, error_detail(r));
                 else
                         log_error("Could not convert '%s' to '%s': %s", in, out, error_detail(r));
                 goto finish;
