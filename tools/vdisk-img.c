@@ -60,7 +60,7 @@ void print_help(void) {
                "  measure [--output=ofmt] [-O output_fmt] [-o options]\n"
                "          [--size N | [-f fmt] [-l snapshot_param] filename]\n"
                "  rebase [-q] [-f fmt] [-p] [-u] -b backing_file [-F backing_fmt] filename\n"
-               "  resize [-f fmt] [-q] [--shrink] filename [+ | -]size\n"
+               "  resize [-f fmt] [--preallocation=prealloc] [-q] [--shrink] filename [+ | -]size\n"
                "  snapshot [-f fmt] [-q] [-U] [-l] filename   (-a, -c, -d: not supported yet)\n"
                "\n"
                "vbox-img commands:\n"
