@@ -132,11 +132,18 @@ int prealloc_range(vdisk_io *io, uint64_t from, uint64_t to, prealloc_mode mode)
                 return 0;
         if (mode == PREALLOC_FALLOC) {
                 r = io_reserve(io, from, to - from);
-                if (r != -EOPNOTSUPP)
-                        return r;
                 /* no fallocate here: the space is taken by writing it */
+                if (r == -EOPNOTSUPP)
+                        r = fill_holes(io, from, to);
+                /* qemu-img's words (scripts match them) */
+                if (r < 0)
+                        return vdisk_error(r, "Could not preallocate new data: %s", strerror(-r));
+                return 0;
         }
-        return fill_holes(io, from, to);
+        r = fill_holes(io, from, to);
+        if (r < 0)
+                return vdisk_error(r, "Could not write zeros for preallocation: %s", strerror(-r));
+        return 0;
 }
 
 int prealloc_first_block(vdisk_io *io, uint64_t size) {
