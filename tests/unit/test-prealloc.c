@@ -13,7 +13,8 @@
  *     with off (qemu's file layer has nothing to preallocate);
  *   - qcow2 metadata maps every cluster to data in the file yet leaves it
  *     sparse; falloc and full allocate that space, and data written then
- *     reads back;
+ *     reads back; a preallocated diff needs extended_l2 (qemu's words
+ *     otherwise) and its parent's data shows through;
  *   - nocow=on and off are accepted everywhere (the attribute is a hint);
  *   - resize of raw: falloc/full allocate the new range, metadata is
  *     refused, a mode on a shrink is -EINVAL; a shrink over data is
@@ -182,6 +183,37 @@ static void test_qcow2(void) {
         test_set_context("%s", "");
 }
 
+/* A preallocated qcow2 diff: only with extended L2 entries (qemu's rule),
+ * and the parent's data still shows through every cluster. */
+static void test_qcow2_diff(void) {
+        vdisk_disk *d = disk_new();
+        vdisk_io *base = mem_io("base.raw", NULL, 0), *top = mem_io("top.qcow2", NULL, 0), *top2;
+        vdisk_create_opts o = { .size = sizeof o, .parent_name = "base.raw", .parent_format = "raw" };
+        uint8_t buf[4096], back[4096];
+        vdisk_extent e;
+
+        memset(buf, 0x3c, sizeof buf);
+        ASSERT_OK(vdisk_disk_create_base(d, base, "raw", 4 * MiB, NULL));
+        ASSERT_OK(vdisk_disk_write(d, buf, sizeof buf, 2 * MiB));
+        ASSERT_OK(vdisk_disk_flush(d));
+        o.options = (const char *const[]) { "preallocation", "metadata", NULL };
+        ASSERT_ERR(vdisk_disk_create_diff(d, top, "qcow2", &o), -EINVAL);
+        ASSERT_STREQ(vdisk_last_error(),
+                     "top.qcow2: Backing file and preallocation can only be used at the same time if extended_l2 is on");
+        top2 = mem_io("top2.qcow2", NULL, 0);
+        o.options = (const char *const[]) { "preallocation", "full", "extended_l2", "on", NULL };
+        ASSERT_OK(vdisk_disk_create_diff(d, top2, "qcow2", &o));
+        ASSERT_OK(vdisk_disk_flush(d));
+        ASSERT_OK(vdisk_disk_read(d, back, sizeof back, 2 * MiB));
+        ASSERT_MEMEQ(buf, back, sizeof buf);
+        ASSERT_OK(vdisk_disk_block_status(d, 2 * MiB, 4096, &e));
+        ASSERT(e.depth == 1);   /* the base defines it */
+        vdisk_disk_unref(d);
+        vdisk_io_unref(base);
+        vdisk_io_unref(top);
+        vdisk_io_unref(top2);
+}
+
 static int resize(const char *path, const char *fmt, uint64_t size, const char *mode, uint32_t flags) {
         vdisk_disk *d = open_rw(path, fmt);
         vdisk_resize_opts o = { .size = sizeof o, .preallocation = mode, .flags = flags };
@@ -246,6 +278,7 @@ int main(void) {
         test_refusals();
         test_file_layer_noop();
         test_qcow2();
+        test_qcow2_diff();
         test_resize();
         ASSERT(asprintf(&cmd, "rm -rf '%s'", dir) > 0);
         ASSERT(system(cmd) == 0);
