@@ -1061,7 +1061,8 @@ static int method_create_base(sd_bus_message *msg, void *userdata, sd_bus_error 
                 r = sd_bus_message_read(msg, "t", &c->t1);
         if (r >= 0)
                 r = options_parse(msg, OPT_VARIANT | OPT_BLOCK_SIZE | OPT_UUID | OPT_COMMENT | OPT_PCHS | OPT_LCHS |
-                                  OPT_FORMAT_OPTIONS | OPT_DISPLAY_NAME | OPT_FILES | OPT_FILE_SET, &c->options, error);
+                                  OPT_FORMAT_OPTIONS | OPT_DISPLAY_NAME | OPT_FILES | OPT_FILE_SET | OPT_PREALLOCATION,
+                                  &c->options, error);
         if (r < 0)
                 return r;
         if (c->t1 == 0)
@@ -1084,7 +1085,7 @@ static int method_create_diff(sd_bus_message *msg, void *userdata, sd_bus_error 
                 r = read_format_arg(c, msg, true, error);
         if (r >= 0)
                 r = options_parse(msg, OPT_UUID | OPT_COMMENT | OPT_SIZE | OPT_BLOCK_SIZE | OPT_FORMAT_OPTIONS |
-                                  OPT_DISPLAY_NAME | OPT_FILES | OPT_FILE_SET, &c->options, error);
+                                  OPT_DISPLAY_NAME | OPT_FILES | OPT_FILE_SET | OPT_PREALLOCATION, &c->options, error);
         if (r < 0)
                 return r;
         return call_dispatch(TAKE_PTR(c));
@@ -1102,7 +1103,7 @@ static int method_copy(sd_bus_message *msg, void *userdata, sd_bus_error *error)
         if (r >= 0)
                 r = options_parse(msg, OPT_SIZE | OPT_VARIANT | OPT_BLOCK_SIZE | OPT_UUID | OPT_COMMENT |
                                   OPT_FORMAT_OPTIONS | OPT_SPARSE_SIZE | OPT_OPEN | OPT_DISPLAY_NAME |
-                                  OPT_DIRECT_FD | OPT_PERSIST | OPT_FILES | OPT_FILE_SET,
+                                  OPT_DIRECT_FD | OPT_PERSIST | OPT_FILES | OPT_FILE_SET | OPT_PREALLOCATION,
                                   &c->options, error);
         if (r < 0)
                 return r;
@@ -1204,7 +1205,7 @@ static int method_resize(sd_bus_message *msg, void *userdata, sd_bus_error *erro
         if (r >= 0)
                 r = sd_bus_message_read(msg, "t", &c->t1);
         if (r >= 0)
-                r = options_parse(msg, OPT_ALLOW_SHRINK, &c->options, error);
+                r = options_parse(msg, OPT_ALLOW_SHRINK | OPT_PREALLOCATION, &c->options, error);
         if (r < 0)
                 return r;
         if (c->t1 == 0)

@@ -200,9 +200,18 @@ static const struct {
 static void option_names(const vdisk_backend_info *b, const char **v, size_t max) {
         size_t n = 0;
 
+        bool own_prealloc = false;
+
         for (const vdisk_option_desc *o = b->create_options; o && o->name && n + 1 < max; o++)
-                if (!streq(o->name, "size") && !streq(o->name, "backing_file") && !streq(o->name, "backing_fmt"))
+                if (!streq(o->name, "size") && !streq(o->name, "backing_file") && !streq(o->name, "backing_fmt")) {
+                        own_prealloc = own_prealloc || streq(o->name, "preallocation");
                         v[n++] = o->name;
+                }
+        /* qemu's file layer options, which every writable format takes */
+        if (n + 1 < max && vdisk_backend_option(b, "nocow"))
+                v[n++] = "nocow";
+        if (n + 1 < max && !own_prealloc && vdisk_backend_option(b, "preallocation"))
+                v[n++] = "preallocation";
         v[n] = NULL;
 }
 

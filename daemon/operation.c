@@ -392,9 +392,15 @@ static void op_run(Task *t) {
         case OP_COMPACT:
                 r = vdisk_compact(vd, o->index, o->vp);
                 break;
-        case OP_RESIZE:
-                r = vdisk_resize(vd, o->size, o->vp);
+        case OP_RESIZE: {
+                vdisk_resize_opts ropts = {
+                        .size = sizeof(ropts),
+                        .preallocation = o->options.preallocation,
+                };
+
+                r = vdisk_resize_ex(vd, o->size, &ropts, o->vp);
                 break;
+        }
         case OP_CHECK:
         case OP_REPAIR: {
                 uint32_t flags = 0;

@@ -38,6 +38,7 @@ static const OptionDef option_defs[] = {
         { "direct-fd",                "h",     OPT_DIRECT_FD },
         { "persist",                  "b",     OPT_PERSIST },
         { "file-set",                 "o",     OPT_FILE_SET },
+        { "preallocation",            "s",     OPT_PREALLOCATION },
 };
 
 void options_done(Options *o, Trash *t) {
@@ -45,6 +46,7 @@ void options_done(Options *o, Trash *t) {
         free(o->variant);
         free(o->comment);
         free(o->file_set);
+        free(o->preallocation);
         if (o->format_options)
                 vdisk_strv_free(o->format_options);
         for (size_t i = 0; i < o->n_files; i++) {
@@ -175,6 +177,28 @@ int files_read(sd_bus_message *m, const char *what, FileArg **files, size_t *n_f
                         return r;
         }
         return sd_bus_message_exit_container(m);
+}
+
+/* Create, CreateDiff, Copy: "preallocation" is a creation option like
+ * those of format-options (qemu-img's -o preallocation=), where it goes. */
+static int fold_preallocation(Options *o, sd_bus_error *error) {
+        size_t n = 0;
+        char **nv;
+
+        for (char **k = o->format_options; k && k[0]; k += 2, n += 2)
+                if (streq(k[0], "preallocation"))
+                        return set_error(error, SD_BUS_ERROR_INVALID_ARGS,
+                                         "Option 'preallocation' given twice (also in 'format-options')");
+        nv = reallocarray(o->format_options, n + 3, sizeof(char *));
+        if (!nv)
+                return -ENOMEM;
+        o->format_options = nv;
+        nv[n] = strdup("preallocation");
+        nv[n + 1] = strdup(o->preallocation);
+        nv[n + 2] = NULL;
+        if (!nv[n] || !nv[n + 1])
+                return -ENOMEM;
+        return 0;
 }
 
 static int check_text(const char *key, const char *s, size_t max, sd_bus_error *error) {
@@ -327,6 +351,13 @@ int options_parse(sd_bus_message *m, uint32_t allowed, Options *o, sd_bus_error 
                         }
                         break;
                 }
+                case OPT_PREALLOCATION:
+                        r = read_string(m, &o->preallocation);
+                        if (r >= 0 && !streq(o->preallocation, "off") && !streq(o->preallocation, "metadata") &&
+                            !streq(o->preallocation, "falloc") && !streq(o->preallocation, "full"))
+                                r = set_error(error, SD_BUS_ERROR_INVALID_ARGS,
+                                              "Option 'preallocation' must be 'off', 'metadata', 'falloc' or 'full'");
+                        break;
                 case OPT_DIRECT_FD: {
                         int fd;
 
@@ -350,5 +381,10 @@ int options_parse(sd_bus_message *m, uint32_t allowed, Options *o, sd_bus_error 
                 if (r < 0)
                         return r;
         }
-        return sd_bus_message_exit_container(m);
+        r = sd_bus_message_exit_container(m);
+        if (r < 0)
+                return r;
+        if ((o->set & OPT_PREALLOCATION) && (allowed & OPT_FORMAT_OPTIONS))
+                return fold_preallocation(o, error);
+        return 0;
 }

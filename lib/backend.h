@@ -273,6 +273,38 @@ typedef enum compact_verdict {
 typedef int (*compact_fn)(void *ctx, uint64_t offset, const void *data, size_t len,
                           compact_verdict *ret);
 
+/* Preallocation (qemu-img's -o preallocation=, resize --preallocation=).
+ * The core parses the option, refuses modes a backend does not take with
+ * qemu-img's words, and does the file work itself (lib/core/prealloc.c). */
+typedef enum prealloc_mode {
+        PREALLOC_OFF,
+        PREALLOC_METADATA,   /* every block mapped to space in the file (sparse) */
+        PREALLOC_FALLOC,     /* that, and the file's space allocated (fallocate) */
+        PREALLOC_FULL,       /* that, and the file's space written with zeros */
+        _PREALLOC_MAX,
+} prealloc_mode;
+#define PREALLOC_BIT(m) (1u << (m))
+
+/* vdisk_backend.prealloc_flags */
+enum {
+        /* falloc/full allocate or zero every hole of the file after create()
+         * (and a resize's new range): raw, and qcow2 over its metadata
+         * preallocation. Without it, falloc/full are accepted and change
+         * nothing, as qemu-img's file layer preallocates the empty file
+         * before the format writes its header. */
+        PREALLOC_FILE         = 1u << 0,
+        /* metadata is the backend's own: it lists "preallocation" in its
+         * create_options and gets "metadata" (also for falloc/full) there. */
+        PREALLOC_BACKEND_META = 1u << 1,
+        /* A new image's first 4 KiB are written (zeros), as qemu-img does for
+         * a file it grows from empty (raw): probes of the storage's block
+         * size read there. */
+        PREALLOC_FIRST_BLOCK  = 1u << 2,
+        /* resize refuses a mode as qemu's QED does ("Unsupported
+         * preallocation mode 'falloc'"), not as its file layer does. */
+        PREALLOC_RESIZE_QUOTED = 1u << 3,
+};
+
 typedef struct vdisk_backend {
         /* Name, qemu's name, caps, media, extensions, typed create options
          * (each with its default, in the order qemu-img prints them). */
@@ -463,6 +495,12 @@ typedef struct vdisk_backend {
          * own figures where the layouts are qemu's. No state, no I/O but
          * count_units(). Optional (-EOPNOTSUPP). */
         int (*measure)(const measure_params *p, measure_result *ret);
+
+        /* Preallocation (hE): the modes create() and resize() take, as
+         * PREALLOC_BIT()s (0 = off only), and PREALLOC_* flags above. */
+        uint32_t prealloc_create;
+        uint32_t prealloc_resize;
+        uint32_t prealloc_flags;
 } vdisk_backend;
 
 /* The backend table (lib/core/registry.c). */

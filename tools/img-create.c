@@ -124,6 +124,16 @@ static void print_formatting(const char *filename, const vdisk_backend_info *inf
                 } else if ((v = optlist_get(l, o->name) ?: o->def))
                         printf(" %s=%s", o->name, v);
         }
+        /* qemu's file layer options, after the format's own, when given */
+        for (const char *const *k = (const char *const[]) { "nocow", "preallocation", NULL }; *k; k++) {
+                const char *v = optlist_get(l, *k);
+                bool own = false;
+
+                for (const vdisk_option_desc *o = info->create_options; o && o->name; o++)
+                        own = own || streq(o->name, *k);
+                if (v && !own)
+                        printf(" %s=%s", *k, v);
+        }
         putchar('\n');
         fflush(stdout);
 }
@@ -767,6 +777,11 @@ int cmd_convert(int argc, char **argv) {
         if (r < 0) {
                 if (r == -ECANCELED)
                         log_error("Conversion of '%s' to '%s' cancelled", in, out);
+                else if (strncmp(error_detail(r), "Unsupported preallocation mode", 30) == 0 ||
+                         strncmp(error_detail(r), "Parameter 'preallocation'", 25) == 0 ||
+                         strncmp(error_detail(r), "invalid parameter value: ", 25) == 0)
+                        /* qemu-img's words, which KubeVirt CDI matches */
+                        log_error("%s: error while converting %s: %s", out, out_info->qemu_name, error_detail(r));
                 else
                         log_error("Could not convert '%s' to '%s': %s", in, out, error_detail(r));
                 goto finish;

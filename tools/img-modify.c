@@ -364,7 +364,7 @@ int cmd_resize(int argc, char **argv) {
                 { "preallocation", required_argument, NULL, ARG_PREALLOCATION },
                 {}
         };
-        const char *fmt = NULL, *size_arg = NULL;
+        const char *fmt = NULL, *size_arg = NULL, *prealloc = NULL;
         bool quiet = false, shrink = false;
         uint64_t cur, new_size;
         SizeChange change;
@@ -388,10 +388,13 @@ int cmd_resize(int argc, char **argv) {
                         shrink = true;
                         break;
                 case ARG_PREALLOCATION:
-                        if (!streq(optarg, "off")) {
-                                log_error("Preallocation mode '%s' is not supported", optarg);
+                        /* qemu-img checks the word before it opens anything */
+                        if (!streq(optarg, "off") && !streq(optarg, "metadata") &&
+                            !streq(optarg, "falloc") && !streq(optarg, "full")) {
+                                log_error("Invalid preallocation mode '%s'", optarg);
                                 return EXIT_ERROR;
                         }
+                        prealloc = optarg;
                         break;
                 default:
                         if (common_option(c, optarg, &ex) == 2)
@@ -420,10 +423,15 @@ int cmd_resize(int argc, char **argv) {
                 log_error(r == -EFBIG ? "Image size too large" : "New image size must be positive");
                 goto finish;
         }
+        /* qemu-img's order and words */
+        if (new_size < cur && prealloc && !streq(prealloc, "off")) {
+                log_error("Preallocation can only be used for growing images");
+                goto finish;
+        }
         if (new_size < cur && !shrink) {
-                log_error("%s: %" PRIu64 " bytes is smaller than the image (%" PRIu64 " bytes): "
-                          "give --shrink to shrink it (vdisk-img shrinks only when the part cut off "
-                          "holds no data)", img.filename, new_size, cur);
+                log_error("Use the --shrink option to perform a shrink operation.");
+                log_warning("Shrinking an image will delete all data beyond the shrunken image's end. "
+                            "Before performing such an operation, make sure there is no important data there.");
                 goto finish;
         }
 
@@ -431,8 +439,19 @@ int cmd_resize(int argc, char **argv) {
         if (progress_bar_init(&bar, false) < 0)
                 goto finish;
         vdisk_clear_error();
-        r = vdisk_resize(img.disk, new_size, bar.p);
+        /* --shrink consents to dropping what lies past the new end (raw;
+         * the other formats shrink only over blocks without data) */
+        vdisk_resize_opts ropts = {
+                .size = sizeof(ropts),
+                .preallocation = prealloc,
+                .flags = shrink ? VDISK_RESIZE_DISCARD_DATA : 0,
+        };
+        r = vdisk_resize_ex(img.disk, new_size, &ropts, bar.p);
         progress_bar_done(&bar, r >= 0);
+        if (r == -EOPNOTSUPP && strncmp(vdisk_last_error(), "Unsupported preallocation mode", 30) == 0) {
+                log_error("%s", vdisk_last_error());
+                goto finish;
+        }
         if (r == -EOPNOTSUPP) {
                 /* qemu-img's words, then why (a VMDK shrink that would drop extents ...) */
                 if (vdisk_last_error()[0])

@@ -43,13 +43,18 @@ static void drop_repeated_name(char *msg) {
         }
 }
 
+/* "qemu-img" when invoked under that name (vdisk-img.c), so that
+ * messages read as the ones scripts match. */
+const char *log_program_name = PROGRAM_NAME;
+
 static void log_va(const char *prefix, const char *fmt, va_list ap) {
         int saved_errno = errno;
         char *msg = NULL;
 
         fflush(stdout);
         errno = saved_errno;   /* for %m */
-        fputs(PROGRAM_NAME ": ", stderr);
+        fputs(log_program_name, stderr);
+        fputs(": ", stderr);
         fputs(prefix, stderr);
         if (vasprintf(&msg, fmt, ap) < 0) {
                 fputs("(out of memory)\n", stderr);

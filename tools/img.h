@@ -28,6 +28,8 @@
 
 /* ---- logging (img-util.c) */
 
+/* The name messages start with: PROGRAM_NAME, or "qemu-img" under that name. */
+extern const char *log_program_name;
 void log_error(const char *fmt, ...) _printf_(1, 2);
 void log_warning(const char *fmt, ...) _printf_(1, 2);
 /* The best description of failure r: the library's detail when it has one,

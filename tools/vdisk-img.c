@@ -62,7 +62,7 @@ void print_help(void) {
                "  measure [--output=ofmt] [-O output_fmt] [-o options]\n"
                "          [--size N | [-f fmt] [-l snapshot_param] filename]\n"
                "  rebase [-q] [-f fmt] [-p] [-u] -b backing_file [-F backing_fmt] filename\n"
-               "  resize [-f fmt] [-q] [--shrink] filename [+ | -]size\n"
+               "  resize [-f fmt] [--preallocation=prealloc] [-q] [--shrink] filename [+ | -]size\n"
                "  snapshot [-f fmt] [-q] [-U] [-l] filename   (-a, -c, -d: not supported yet)\n"
                "\n"
                "vbox-img commands:\n"
@@ -99,15 +99,36 @@ void print_help(void) {
         printf("\n");
 }
 
-/* vdisk-img is built with libvdisk and versioned with it. */
-static void print_version(void) {
+/* The qemu-img release whose command line vdisk-img follows: what it says
+ * it is when installed as qemu-img (see -Dqemu_img_name). */
+#define QEMU_IMG_COMPAT_VERSION "7.2.0"
+
+/* Invoked as "qemu-img" (a symlink or an alternative of that name)? */
+static bool invoked_as_qemu_img(const char *argv0) {
+        const char *base;
+
+        if (!argv0)
+                return false;
+        base = strrchr(argv0, '/');
+        return streq(base ? base + 1 : argv0, "qemu-img");
+}
+
+/* vdisk-img is built with libvdisk and versioned with it. Under the name
+ * qemu-img, the first line is qemu-img's, which scripts parse for the
+ * version ("qemu-img version N.N.N"), and vdisk's own follows. */
+static void print_version(bool as_qemu_img) {
+        if (as_qemu_img)
+                printf("qemu-img version " QEMU_IMG_COMPAT_VERSION "\n");
         printf("vdisk-img version %s\n", vdisk_version());
 }
 
 int main(int argc, char **argv) {
         const char *cmd;
+        bool as_qemu_img = invoked_as_qemu_img(argv[0]);
         int ex;
 
+        if (as_qemu_img)
+                log_program_name = "qemu-img";
         if (argc < 2) {
                 log_error("Not enough arguments");
                 return usage_hint();
@@ -119,7 +140,7 @@ int main(int argc, char **argv) {
                 return EXIT_OK;
         }
         if (streq(cmd, "-V") || streq(cmd, "--version")) {
-                print_version();
+                print_version(as_qemu_img);
                 return EXIT_OK;
         }
         if (cmd[0] == '-') {
@@ -132,7 +153,7 @@ int main(int argc, char **argv) {
                         continue;
 
                 /* getopt names the program after argv[0] in its messages. */
-                argv[1] = (char *) PROGRAM_NAME;
+                argv[1] = (char *) log_program_name;
                 ex = commands[i].run(argc - 1, argv + 1);
                 if (fflush(stdout) != 0 || ferror(stdout)) {
                         log_error("Could not write the output: %s", strerror(errno));

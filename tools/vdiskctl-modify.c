@@ -1093,12 +1093,13 @@ int cmd_resize(Ctx *ctx, int argc, char **argv) {
                 { "parent-dir",    required_argument, NULL, ARG_PARENT_DIR },
                 { "shrink",        no_argument,       NULL, ARG_SHRINK },
                 { "force-share",   no_argument,       NULL, 'U' },
+                { "preallocation", required_argument, NULL, ARG_PREALLOCATION },
                 {}
         };
         _cleanup_bus_error_ sd_bus_error error = SD_BUS_ERROR_NULL;
         _cleanup_msg_ sd_bus_message *m = NULL;
         _cleanup_value_ Value props = {};
-        const char *fmt = NULL, *size_arg = NULL, *file;
+        const char *fmt = NULL, *size_arg = NULL, *file, *prealloc = NULL;
         bool shrink = false;
         uint64_t cur, new_size;
         SizeChange change;
@@ -1119,6 +1120,15 @@ int cmd_resize(Ctx *ctx, int argc, char **argv) {
                         break;
                 case ARG_SHRINK:
                         shrink = true;
+                        break;
+                case ARG_PREALLOCATION:
+                        /* as vdisk-img (qemu-img): the word first */
+                        if (!streq(optarg, "off") && !streq(optarg, "metadata") &&
+                            !streq(optarg, "falloc") && !streq(optarg, "full")) {
+                                log_error("Invalid preallocation mode '%s'", optarg);
+                                return EXIT_FAILURE;
+                        }
+                        prealloc = optarg;
                         break;
                 default:
                         if (common_option(c, optarg, &ex) == 2)
@@ -1173,6 +1183,8 @@ int cmd_resize(Ctx *ctx, int argc, char **argv) {
                 r = bus_options_open(m);
         if (r >= 0 && new_size < cur)
                 r = bus_append_opt_bool(m, "allow-shrink", true);
+        if (r >= 0 && prealloc)
+                r = bus_append_opt_string(m, "preallocation", prealloc);
         if (r >= 0)
                 r = bus_options_close(m);
         if (r < 0) {
@@ -1182,6 +1194,12 @@ int cmd_resize(Ctx *ctx, int argc, char **argv) {
         r = op_run(ctx, m, progress_wanted(false), file, &w);
         if (r == -EIO && streq_ptr(w.st.error_name, VDISK_ERROR_PREFIX "NotEmpty")) {
                 log_error("Could not shrink '%s': the range past the new end holds data", file);
+                goto finish;
+        }
+        if (r == -EIO && streq_ptr(w.st.error_name, VDISK_ERROR_PREFIX "NotSupported") && w.st.error_message &&
+            strncmp(w.st.error_message, "Unsupported preallocation mode", 30) == 0) {
+                log_error("%s", w.st.error_message);
+                ex = EXIT_NOT_SUPPORTED;
                 goto finish;
         }
         if (r == -EIO && streq_ptr(w.st.error_name, VDISK_ERROR_PREFIX "NotSupported")) {

@@ -81,7 +81,7 @@ void print_help(void) {
                "  merge [-p] [-q] [-f FMT] FILE --from N --to M   (or: merge FILE N M)\n"
                "  commit [-p] [-q] [-f FMT] FILE\n"
                "  compact [-p] [-q] [-f FMT] [--image N] FILE\n"
-               "  resize [-q] [-f FMT] [--shrink] FILE [+|-]SIZE\n"
+               "  resize [-q] [-f FMT] [--shrink] [--preallocation=MODE] FILE [+|-]SIZE\n"
                "\n"
                "Image commands also take '--parent-dir DIR' (repeatable): a directory searched for\n"
                "parents named by UUID only (VDI differencing images). OPERATION is a number, as\n"

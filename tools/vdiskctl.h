@@ -412,6 +412,7 @@ enum {
         ARG_ADDRESS,
         ARG_NO_ASK_PASSWORD,
         ARG_VERSION,
+        ARG_PREALLOCATION,
 };
 
 /* Handles -h, -q, --parent-dir and getopt's '?' for a command. Returns 0

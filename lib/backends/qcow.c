@@ -691,4 +691,6 @@ const vdisk_backend backend_qcow = {
         .get_meta = qcow_get_meta,
         .set_meta = qcow_set_meta,
         .get_info = qcow_get_info,
+        /* falloc/full: qemu's file layer preallocates the empty file (no effect) */
+        .prealloc_create = PREALLOC_BIT(PREALLOC_FALLOC) | PREALLOC_BIT(PREALLOC_FULL),
 };

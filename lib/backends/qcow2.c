@@ -1817,12 +1817,17 @@ static int qcow2_parse_options(const create_params *p, qcow2_opts *o) {
         if (o->extl2 && o->cluster_size < 16384)
                 return vdisk_error(-EINVAL, "qcow2: extended L2 entries are only supported with cluster sizes "
                                    "of at least 16384 bytes");
+        /* (hE) a preallocated cluster of a diff must let the backing file
+         * show through: only subclusters can say so; qemu's words */
+        if (o->prealloc_metadata && (p->image_flags & VDISK_IMAGE_FLAGS_DIFF) && !o->extl2)
+                return vdisk_error(-EINVAL, "Backing file and preallocation can only be used at the same time "
+                                   "if extended_l2 is on");
         return 0;
 }
 
 /* preallocation=metadata: every cluster gets its L2 entry and host space
  * (appended, sparse: it reads zeros until written). */
-static int preallocate_metadata(qcow2_state *s) {
+static int preallocate_metadata(qcow2_state *s, bool diff) {
         uint64_t n = DIV_ROUND_UP(s->size, s->cluster_size);
         int r;
 
@@ -1845,8 +1850,10 @@ static int preallocate_metadata(qcow2_state *s) {
                                 return r;
                 }
                 r = tc_set(l2, s->extended_l2 ? 2 * l2i : l2i, host | L2E_COPIED, 0);
+                /* a diff's subclusters stay unallocated: the backing file
+                 * shows through until they are written (as qemu) */
                 if (r >= 0 && s->extended_l2)
-                        r = tc_set(l2, 2 * l2i + 1, UINT32_MAX, 0);
+                        r = tc_set(l2, 2 * l2i + 1, diff ? 0 : UINT32_MAX, 0);
                 if (r >= 0 && rbpg)
                         r = tc_page_get(l2, 0, &l2pg);
                 if (r >= 0 && rbpg)
@@ -1989,7 +1996,7 @@ static int qcow2_create(void *state, const open_ctx *c, const create_params *p) 
         r = qcow2_open(state, c);
         if (r < 0 || !o.prealloc_metadata)
                 return r;
-        return preallocate_metadata(state);
+        return preallocate_metadata(state, p->image_flags & VDISK_IMAGE_FLAGS_DIFF);
 }
 
 /* ---------------------------------------------------------------- metadata */
@@ -2342,4 +2349,7 @@ const vdisk_backend backend_qcow2 = {
         .get_format_info = qcow2_get_format_info,
         .list_snapshots = qcow2_list_snapshots,
         .measure = qcow2_measure,
+        .prealloc_create = PREALLOC_BIT(PREALLOC_METADATA) | PREALLOC_BIT(PREALLOC_FALLOC) |
+                           PREALLOC_BIT(PREALLOC_FULL),
+        .prealloc_flags = PREALLOC_FILE | PREALLOC_BACKEND_META,
 };

@@ -946,4 +946,7 @@ const vdisk_backend backend_qed = {
         .get_info = qed_get_info,
         .resize = qed_resize,
         .check = qed_check,
+        /* falloc/full: qemu's file layer preallocates the empty file (no effect) */
+        .prealloc_create = PREALLOC_BIT(PREALLOC_FALLOC) | PREALLOC_BIT(PREALLOC_FULL),
+        .prealloc_flags = PREALLOC_RESIZE_QUOTED,
 };

@@ -73,9 +73,8 @@ static int raw_create(void *st, const open_ctx *c, const create_params *p) {
         vdisk_io *io = c->io;
         int r;
 
+        /* preallocation and nocow are the core's (lib/core/prealloc.c) */
         for (const char *const *o = p->options; o && *o; o += 2) {
-                if (strcmp(o[0], "preallocation") == 0 && o[1] && strcasecmp(o[1], "off") == 0)
-                        continue;
                 return vdisk_error(-EINVAL, "raw: unsupported option '%s=%s'", o[0], o[1] ? o[1] : "");
         }
         if (p->image_flags & VDISK_IMAGE_FLAGS_DIFF)
@@ -165,7 +164,6 @@ static int raw_measure(const measure_params *p, measure_result *ret) {
 static const char *const raw_extensions[] = { "img", "raw", "iso", "cdr", "ima", "dsk", "flp", "vfd", NULL };
 static const vdisk_option_desc raw_create_options[] = {
         { "size",          VDISK_OPTION_SIZE,   "Virtual disk size" },
-        { "preallocation", VDISK_OPTION_STRING, "Preallocation mode (only off)" },
         {}
 };
 static const char *const raw_aliases[] = { "file", NULL };
@@ -195,4 +193,7 @@ const vdisk_backend backend_raw = {
         .set_meta = raw_set_meta,
         .get_info = raw_get_info,
         .resize = raw_resize,
+        .prealloc_create = PREALLOC_BIT(PREALLOC_FALLOC) | PREALLOC_BIT(PREALLOC_FULL),
+        .prealloc_resize = PREALLOC_BIT(PREALLOC_FALLOC) | PREALLOC_BIT(PREALLOC_FULL),
+        .prealloc_flags = PREALLOC_FILE | PREALLOC_FIRST_BLOCK,
 };

@@ -2141,4 +2141,6 @@ const vdisk_backend backend_vdi = {
         .compact = vdi_compact,
         .measure = vdi_measure,
         .check = vdi_check,
+        /* falloc/full: qemu's file layer preallocates the empty file (no effect) */
+        .prealloc_create = PREALLOC_BIT(PREALLOC_FALLOC) | PREALLOC_BIT(PREALLOC_FULL),
 };

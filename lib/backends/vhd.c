@@ -2290,4 +2290,6 @@ const vdisk_backend backend_vhd = {
         .check = vhd_check,
         .compact = vhd_compact,
         .measure = vhd_measure,
+        /* falloc/full: qemu's file layer preallocates the empty file (no effect) */
+        .prealloc_create = PREALLOC_BIT(PREALLOC_FALLOC) | PREALLOC_BIT(PREALLOC_FULL),
 };

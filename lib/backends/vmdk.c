@@ -3628,4 +3628,6 @@ const vdisk_backend backend_vmdk = {
         .set_meta = vmdk_set_meta,
         .get_info = vmdk_get_info,
         .get_format_info = vmdk_get_format_info,
+        /* falloc/full: qemu's file layer preallocates the empty file (no effect) */
+        .prealloc_create = PREALLOC_BIT(PREALLOC_FALLOC) | PREALLOC_BIT(PREALLOC_FULL),
 };

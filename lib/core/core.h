@@ -290,3 +290,32 @@ int resolver_find_uuid(vdisk_resolver *r, const uint8_t uuid[16], const char *fo
 /* The resolver's reopen: a writable io on the same file as io, or an error
  * naming the file (-EROFS when the resolver cannot reopen at all). */
 int resolver_reopen(vdisk_resolver *r, vdisk_io *io, vdisk_io **ret);
+
+/* prealloc.c: qemu's file layer options (preallocation, nocow) for every
+ * writable format. */
+typedef struct prealloc_req {
+        prealloc_mode mode;
+        bool nocow;
+} prealloc_req;
+/* "preallocation" or "nocow" when `be` creates files and `key` is one of
+ * them (they are every writable format's options); else NULL. */
+const vdisk_option_desc *prealloc_file_option(const vdisk_backend *be, const char *key);
+int prealloc_mode_parse(const char *s, prealloc_mode *ret);
+const char *prealloc_mode_name(prealloc_mode m);
+/* Takes preallocation and nocow out of `options` into *rq, checking the
+ * mode against the backend with qemu-img's words; *ret_rest (calloc'ed,
+ * strings borrowed) is what the backend gets: its own "preallocation"
+ * (off or metadata) when PREALLOC_BACKEND_META. */
+int prealloc_take_options(const vdisk_backend *be, const char *const *options, prealloc_req *rq,
+                          const char ***ret_rest);
+/* Allocates (falloc) or writes zeros into (full) the holes of [from, to)
+ * of io; off and metadata do nothing. */
+int prealloc_range(vdisk_io *io, uint64_t from, uint64_t to, prealloc_mode mode);
+/* Writes zeros into the first 4 KiB (or `size`) of a new file. */
+int prealloc_first_block(vdisk_io *io, uint64_t size);
+/* After create(): the first block and the file work the request asks for. */
+int prealloc_after_create(vdisk_image *img, const prealloc_req *rq);
+/* Checks a resize's mode (NULL = off) against the backend, with qemu-img's
+ * words; *ret the mode. */
+int prealloc_check_resize(const vdisk_backend *be, const char *mode, uint64_t old_size, uint64_t new_size,
+                          prealloc_mode *ret);

@@ -93,6 +93,9 @@ int image_open_snapshot(const vdisk_backend *be, vdisk_io *io, vdisk_resolver *r
 
 int image_create(const vdisk_backend *be, vdisk_io *io, vdisk_resolver *res, const create_params *p,
                  tc_budget *budget, vdisk_image **ret) {
+        _cleanup_free_ const char **rest = NULL;
+        create_params bp;
+        prealloc_req rq;
         open_ctx c;
         vdisk_image *img;
         uint64_t size;
@@ -109,6 +112,9 @@ int image_create(const vdisk_backend *be, vdisk_io *io, vdisk_resolver *res, con
         if (size != 0)
                 return vdisk_error(-ENOTEMPTY, "%s: not empty (%" PRIu64 " bytes): refusing to create an image over it",
                                    vdisk_io_name(io), size);
+        r = prealloc_take_options(be, p->options, &rq, &rest);
+        if (r < 0)
+                return r;
         r = image_alloc(be, io, budget, &img);
         if (r < 0)
                 return r;
@@ -121,7 +127,12 @@ int image_create(const vdisk_backend *be, vdisk_io *io, vdisk_resolver *res, con
                 return r;
         }
         c = (open_ctx) { .io = io, .files = img->files, .writable = 1, .budget = img->budget };
-        r = be->create(img->state, &c, p);
+        /* nocow first: the attribute takes only on an empty file */
+        if (rq.nocow)
+                (void) io_set_nocow(io);
+        bp = *p;
+        bp.options = rest;
+        r = be->create(img->state, &c, &bp);
         files_seal(img->files);
         img->open_ok = 1;
         if (r < 0) {
@@ -130,6 +141,11 @@ int image_create(const vdisk_backend *be, vdisk_io *io, vdisk_resolver *res, con
                 return vdisk_error_prefix(r, vdisk_io_name(io));
         }
         image_refresh(img);
+        r = prealloc_after_create(img, &rq);
+        if (r < 0) {
+                image_free(img);
+                return vdisk_error_prefix(r, vdisk_io_name(io));
+        }
         *ret = img;
         return 0;
 }

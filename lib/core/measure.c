@@ -150,6 +150,10 @@ int vdisk_measure(const char *format, const char *const *options, uint64_t size,
                 }
                 if (streq(o[0], "size"))
                         continue;
+                /* the file layer's: the backend measures without them */
+                if (streq(o[0], "nocow") ||
+                    (streq(o[0], "preallocation") && !(be->prealloc_flags & PREALLOC_BACKEND_META)))
+                        continue;
                 rest[k++] = o[0];
                 rest[k++] = o[1];
         }

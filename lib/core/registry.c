@@ -65,7 +65,8 @@ const vdisk_option_desc *vdisk_backend_option(const vdisk_backend_info *info, co
         for (const vdisk_option_desc *o = info->create_options; o && o->name; o++)
                 if (streq(o->name, key))
                         return o;
-        return NULL;
+        /* qemu's file layer options, which every writable format takes */
+        return prealloc_file_option(backend_from_info(info), key);
 }
 
 /* Keys every creator passes as arguments of their own, never as options. */

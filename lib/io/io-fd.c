@@ -2,6 +2,7 @@
 /* vdisk_io over a file descriptor: pread/pwrite, fdatasync, fallocate. */
 #include <fcntl.h>
 #include <linux/falloc.h>
+#include <linux/fs.h>
 #ifndef HAVE_LIBURING
 #define HAVE_LIBURING 0
 #endif
@@ -12,6 +13,7 @@
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <sys/ioctl.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -536,6 +538,22 @@ static int fd_get_identity(void *u, io_identity *ret) {
         return 0;
 }
 
+/* FS_NOCOW_FL only takes effect on an empty file (btrfs); other file
+ * systems refuse the flag or the ioctl: that is no error of the caller's. */
+static int fd_set_nocow(void *u) {
+        fd_io *f = u;
+        int attr = 0;
+
+        if (ioctl(f->fd, FS_IOC_GETFLAGS, &attr) < 0)
+                return -EOPNOTSUPP;
+        if (attr & FS_NOCOW_FL)
+                return 0;
+        attr |= FS_NOCOW_FL;
+        if (ioctl(f->fd, FS_IOC_SETFLAGS, &attr) < 0)
+                return -EOPNOTSUPP;
+        return 0;
+}
+
 static void fd_close(void *u) {
         fd_io *f = u;
 
@@ -558,6 +576,7 @@ static const io_vtable fd_vtable = {
         .reserve = fd_reserve,
         .get_allocated = fd_get_allocated,
         .seek_data = fd_seek_data,
+        .set_nocow = fd_set_nocow,
         .get_identity = fd_get_identity,
         .queue_set = fd_queue_set,
         .queue_write = fd_queue_write,

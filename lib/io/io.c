@@ -287,6 +287,29 @@ int io_write_zeroes(vdisk_io *io, uint64_t offset, uint64_t len) {
         return 0;
 }
 
+int io_write_zero_data(vdisk_io *io, uint64_t offset, uint64_t len) {
+        static const uint8_t zero[65536];
+        int r;
+
+        while (len > 0) {
+                size_t n = (size_t) MIN(len, (uint64_t) sizeof zero);
+                r = io_pwrite(io, zero, n, offset);
+                if (r < 0)
+                        return r;
+                offset += n;
+                len -= n;
+        }
+        return 0;
+}
+
+int io_set_nocow(vdisk_io *io) {
+        if (io->flags & VDISK_IO_READONLY)
+                return vdisk_error(-EROFS, "%s: opened read-only", io->name);
+        if (!io->vt->set_nocow)
+                return -EOPNOTSUPP;
+        return io->vt->set_nocow(io->user);
+}
+
 int io_get_allocated(vdisk_io *io, uint64_t *ret) {
         int r = io_drain(io);
 

@@ -43,6 +43,9 @@ typedef struct io_vtable {
          * (sticky until the queue ends) and the range it hit. */
         int (*drain)(void *user, uint64_t *ret_offset, size_t *ret_len);
         void (*close)(void *user);
+        /* Sets the file's "no copy-on-write" attribute (FS_NOCOW_FL) where
+         * the file system has one (btrfs); optional. */
+        int (*set_nocow)(void *user);
 } io_vtable;
 
 struct vdisk_io {
@@ -77,6 +80,13 @@ int io_punch_hole(vdisk_io *io, uint64_t offset, uint64_t len);
 int io_reserve(vdisk_io *io, uint64_t offset, uint64_t len);
 /* Writes zeros: punches a hole when possible, else writes zero buffers. */
 int io_write_zeroes(vdisk_io *io, uint64_t offset, uint64_t len);
+/* Writes zero bytes (never a hole): the space is allocated and written,
+ * as preallocation=full wants. */
+int io_write_zero_data(vdisk_io *io, uint64_t offset, uint64_t len);
+/* Sets FS_NOCOW_FL on the file (qemu-img's nocow=on): 0 when set, -EOPNOTSUPP
+ * (no error recorded) where the io or its file system has no such
+ * attribute; a hint, so callers go on either way. */
+int io_set_nocow(vdisk_io *io);
 int io_get_allocated(vdisk_io *io, uint64_t *ret);
 /* The next data (hole = 0) or hole (hole = 1) boundary at or after offset
  * (SEEK_DATA/SEEK_HOLE); -EOPNOTSUPP when the io cannot tell. */

@@ -506,3 +506,44 @@ def test_abandoned_file_set_is_dropped(env, deep_chain):
         a.close()
         env.stop_daemon()
         env.start_daemon(VDISK_ENV['daemon_args'])
+
+
+# ---------------------------------------------------------------- preallocation
+
+
+def test_preallocation_create_and_resize(env):
+    """CreateBase and Resize take qemu-img's preallocation modes (option
+    `preallocation`, for a create also in `format-options`, not in both): a
+    raw file made with falloc is allocated whole, a Resize with full
+    allocates the new range; a mode the format does not take fails the
+    Operation with NotSupported and qemu-img's words; another word is
+    InvalidArgs."""
+    a = env.agent(UID_A, unique('prealloc'))
+    try:
+        d = a.manager('CreateDisk', 'a{sv}', {})
+        new = env.empty_file(UID_A, unique('pre') + '.raw')
+        op = a.disk(d, 'CreateBase', 'hsta{sv}', Open(new, os.O_RDWR), 'RAW', SMALL, {'preallocation': 'falloc'})
+        finished_ok(env, a, op)
+        assert os.stat(new).st_blocks * 512 >= SMALL
+        op = a.disk(d, 'Resize', 'ta{sv}', 2 * SMALL, {'preallocation': 'full'})
+        finished_ok(env, a, op)
+        st = os.stat(new)
+        assert st.st_size == 2 * SMALL and st.st_blocks * 512 >= 2 * SMALL, st
+        op = a.disk(d, 'Resize', 'ta{sv}', 3 * SMALL, {'preallocation': 'metadata'})
+        e = expect_error(ERR + 'NotSupported', a.wait_op, op)
+        assert 'Unsupported preallocation mode: metadata' in e.message, e.message
+        assert os.stat(new).st_size == 2 * SMALL
+        expect_error(INVALID_ARGS, a.disk, d, 'Resize', 'ta{sv}', 3 * SMALL, {'preallocation': 'sparse'})
+        a.disk(d, 'Close', 'a{sv}', {})
+
+        d = a.manager('CreateDisk', 'a{sv}', {})
+        new = env.empty_file(UID_A, unique('pre') + '.vdi')
+        expect_error(INVALID_ARGS, a.disk, d, 'CreateBase', 'hsta{sv}', Open(new, os.O_RDWR), 'VDI', SMALL,
+                     {'preallocation': 'full', 'format-options': {'preallocation': 'off'}})
+        op = a.disk(d, 'CreateBase', 'hsta{sv}', Open(new, os.O_RDWR), 'VDI', SMALL,
+                    {'format-options': {'preallocation': 'metadata'}})
+        e = expect_error(ERR + 'NotSupported', a.wait_op, op)
+        assert 'Unsupported preallocation mode: metadata' in e.message, e.message
+        a.disk(d, 'Close', 'a{sv}', {})
+    finally:
+        a.close()

@@ -88,7 +88,14 @@ for o in "" ,extended_l2=on ,cluster_size=512,refcount_bits=1 ,compat=0.10; do
         if [[ $RC -ne 0 ]]; then notok "preallocation=metadata$o: convert -n" "$(last_err)"; continue; fi
         wcheck pm.qcow2 pat.raw "preallocation=metadata$o, written"
 done
-expect_fail "preallocation=full is refused (not yet)" "$VDISK_IMG" create -f qcow2 -o preallocation=full pf.qcow2 1M
+# falloc/full: metadata, then the clusters' space allocated / written (the
+# comparison with qemu-img's images is in test-prealloc.sh)
+for m in falloc full; do
+        vimg create -f qcow2 -o "preallocation=$m" pf.qcow2 1M
+        if [[ $RC -eq 0 ]]; then ok "preallocation=$m: created"; else notok "preallocation=$m: created" "$(last_err)"; fi
+        expect_rc "preallocation=$m: qemu-img check clean" 0 "$QEMU_IMG" check -f qcow2 pf.qcow2
+        rm -f pf.qcow2
+done
 
 # --- vdisk-img create, then writes; qemu-io writes into vdisk's image
 vimg create -f qcow2 -o cluster_size=4096 c.qcow2 "$SIZE"

@@ -722,6 +722,24 @@ int vdisk_resize(vdisk_disk *d, uint64_t new_size, vdisk_progress *p);
  * counts the bytes rewritten; a cancel is honoured before the image changes
  * (-ECANCELED). Every step on disk leaves a valid image. */
 int vdisk_amend(vdisk_disk *d, const char *const *options, vdisk_progress *p);
+/* vdisk_resize_opts.flags */
+enum {
+        /* Shrink a raw image even when the range cut off holds data (qemu-img
+         * resize --shrink: the flag is the caller's consent). Formats that
+         * can only drop empty blocks still refuse with -ENOTEMPTY. */
+        VDISK_RESIZE_DISCARD_DATA = 1u << 0,
+};
+typedef struct vdisk_resize_opts {
+        size_t size;                 /* sizeof(vdisk_resize_opts) */
+        /* qemu-img resize --preallocation: NULL or "off", "metadata",
+         * "falloc", "full" for the new range, as far as the top image's
+         * format takes it (-EOPNOTSUPP with qemu-img's words otherwise;
+         * -EINVAL for another word or a shrink). */
+        const char *preallocation;
+        uint32_t flags;              /* VDISK_RESIZE_* */
+} vdisk_resize_opts;
+/* vdisk_resize() with options; opts may be NULL (= vdisk_resize()). */
+int vdisk_resize_ex(vdisk_disk *d, uint64_t new_size, const vdisk_resize_opts *opts, vdisk_progress *p);
 
 /* Check and repair. */
 enum {
