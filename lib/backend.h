@@ -448,6 +448,17 @@ typedef struct vdisk_backend {
          * own figures where the layouts are qemu's. No state, no I/O but
          * count_units(). Optional (-EOPNOTSUPP). */
         int (*measure)(const measure_params *p, measure_result *ret);
+
+        /* Discards whole zero units [offset, offset+len) (aligned as for
+         * mark_zero; the core calls it for one unit at a time, that maps
+         * DATA, ENCODED or ZERO) so that they keep no host space: afterwards
+         * they read as zeros, as after mark_zero (never the parent's data;
+         * in an image without a parent, unallocated), and the space they
+         * held is given back at the next flush, after the table entries
+         * that dropped it are on disk. vdisk_disk_discard() only. Optional:
+         * -EOPNOTSUPP (or NULL) and the core writes zeros instead, as
+         * vdisk_disk_write_zeroes() does. */
+        int (*discard)(void *state, uint64_t offset, uint64_t len);
 } vdisk_backend;
 
 /* The backend table (lib/core/registry.c). */

@@ -10,6 +10,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "backend.h"
 #include "fmt/hostalloc.h"
 #include "fmt/tablecache.h"
 #include "io/io.h"
@@ -106,5 +107,28 @@ typedef struct qcow2_state {
         bool marked_dirty;              /* lazy refcounts: dirty bit set on disk */
         uint64_t *pending_free;         /* host byte ranges to unreference at flush */
         size_t n_pending_free, cap_pending_free;
+
+        /* resize, discard, compact, free-cluster reuse (qcow2-space.c) */
+        uint64_t free_hint;             /* no cluster below this host offset has refcount 0 */
 } qcow2_state;
+
+/* qcow2.c, for the other parts */
+int qcow2_flush(void *state);
+int qcow2_rc_update(qcow2_state *s, uint64_t host, int delta, tc_page **ret_pg);
+int qcow2_flush_refcounts(qcow2_state *s);
+int qcow2_flush_tables(qcow2_state *s);
+int qcow2_mark_dirty(qcow2_state *s);
+int qcow2_l2_entry(qcow2_state *s, uint64_t cl, uint64_t *ret_e, uint64_t *ret_bitmap);
+int qcow2_l2_for_write(qcow2_state *s, uint64_t l1i, tc_table **ret);
+int qcow2_get_l2(qcow2_state *s, uint64_t off, tc_table **ret);
+void qcow2_queue_free_compressed(qcow2_state *s, uint64_t e);
+int qcow2_refcount_get(qcow2_state *s, uint64_t ci, uint64_t *ret);
+int qcow2_drop_table(qcow2_state *s, uint64_t off);
+
+/* qcow2-space.c: resize, discard, compact, free-cluster reuse */
+int qcow2_alloc_cluster(qcow2_state *s, uint64_t *ret, int *ret_fresh);
+void qcow2_note_free(qcow2_state *s, uint64_t host);
+int qcow2_discard(void *state, uint64_t offset, uint64_t len);
+int qcow2_resize(void *state, uint64_t new_size, vdisk_progress *p);
+int qcow2_compact(void *state, compact_fn fn, void *ctx, vdisk_progress *p);
 
