@@ -450,8 +450,8 @@ typedef struct vdisk_backend {
         int (*measure)(const measure_params *p, measure_result *ret);
 
         /* Discards whole zero units [offset, offset+len) (aligned as for
-         * mark_zero; the core calls it for one unit at a time, that maps
-         * DATA, ENCODED or ZERO) so that they keep no host space: afterwards
+         * mark_zero; the core calls it for one unit at a time, whatever
+         * the unit holds) so that they keep no host space: afterwards
          * they read as zeros, as after mark_zero (never the parent's data;
          * in an image without a parent, unallocated), and the space they
          * held is given back at the next flush, after the table entries

@@ -364,23 +364,25 @@ static int write_zeroes(vdisk_disk *d, unsigned level, int below, uint64_t offse
                 bool whole = zu && offset == bstart && n == bend - bstart;
                 map_result m;
 
+                if (discard && whole && img->be->discard) {
+                        /* the whole unit, whatever its parts hold */
+                        r = img->be->discard(img->state, offset, n);
+                        if (r >= 0) {
+                                wrote = true;
+                                offset += n;
+                                len -= n;
+                                continue;
+                        }
+                        if (r != -EOPNOTSUPP) {
+                                r = vdisk_error_prefix(r, vdisk_io_name(img->io));
+                                break;
+                        }
+                }
                 r = map_checked(img, offset, n, &m);
                 if (r < 0)
                         break;
                 n = m.length;
                 whole = whole && n == bend - bstart;
-                if (discard && whole && m.kind != MAP_UNALLOC && img->be->discard) {
-                        r = img->be->discard(img->state, offset, n);
-                        if (r != -EOPNOTSUPP) {
-                                wrote = wrote || r >= 0;
-                                m.kind = MAP_ZERO;   /* done (or failed: r < 0) */
-                        } else
-                                r = 0;
-                }
-                if (r < 0) {
-                        r = vdisk_error_prefix(r, vdisk_io_name(img->io));
-                        break;
-                }
                 switch (m.kind) {
                 case MAP_ZERO:
                         break;
