@@ -201,16 +201,28 @@ int qcow2_discard(void *state, uint64_t offset, uint64_t len) {
 
 /* ---------------------------------------------------------------- resize */
 
-static int write_header_size(qcow2_state *s, uint64_t size, uint32_t l1_size, uint64_t l1_offset) {
+/* The switch: size, L1 size and offset in one write. Once written, the
+ * state follows it (a failed flush after it may or may not have made it
+ * durable: the file says the new values, and so does the state). Returns
+ * the flush's error after the state changed, with *ret_written set. */
+static int write_header_size(qcow2_state *s, uint64_t size, uint32_t l1_size, uint64_t l1_offset,
+                             bool *ret_written) {
         uint8_t b[HDR_SIZE];
         int r;
 
+        *ret_written = false;
         put_be64(b, size);
         put_be32(b + 8, 0);     /* crypt_method: 0 (checked at open) */
         put_be32(b + 12, l1_size);
         put_be64(b + 16, l1_offset);
         r = io_pwrite(s->io, b, sizeof b, 24);
-        return r < 0 ? r : io_flush(s->io);
+        if (r < 0)
+                return r;
+        *ret_written = true;
+        s->size = size;
+        s->l1_size = l1_size;
+        s->l1_offset = l1_offset;
+        return io_flush(s->io);
 }
 
 static int l1_view(qcow2_state *s) {
@@ -233,6 +245,7 @@ static int grow_l1(qcow2_state *s, uint64_t new_size, uint32_t new_l1) {
         uint64_t cs = s->cluster_size, bytes = l1_clusters(s, new_l1) * cs, off;
         uint64_t old_off = s->l1_offset, old_n = s->l1_size;
         _cleanup_free_ uint8_t *tbl = calloc(1, bytes);
+        bool written;
         int r;
 
         if (!tbl)
@@ -260,43 +273,56 @@ static int grow_l1(qcow2_state *s, uint64_t new_size, uint32_t new_l1) {
                 r = io_flush(s->io);
         if (r < 0)
                 return r;
-        /* the switch */
-        r = write_header_size(s, new_size, new_l1, off);
-        if (r < 0)
-                return r;
-        s->l1_offset = off;
-        s->l1_size = new_l1;
-        s->size = new_size;
-        r = l1_view(s);
-        if (r < 0)
-                return r;
-        for (uint64_t c = 0; c < l1_clusters(s, old_n); c++) {
-                r = qcow2_rc_update(s, (old_off & ~(cs - 1)) + c * cs, -1, NULL);
-                if (r < 0)
-                        return r;
+        /* the switch (a failed flush after it: the old table leaks) */
+        r = write_header_size(s, new_size, new_l1, off, &written);
+        if (written) {
+                int rv = l1_view(s);
+
+                if (r >= 0)
+                        r = rv;
         }
-        return qcow2_flush(s);
+        if (r < 0)
+                return r;
+        /* The image has its new size now, whatever follows: the old table's
+         * clusters are freed, and should that fail they leak (the refcount
+         * blocks stay dirty: the next flush tries again), which is no reason
+         * to fail a resize that is done. */
+        for (uint64_t c = 0; c < l1_clusters(s, old_n); c++)
+                queue_free(s, (old_off & ~(cs - 1)) + c * cs);
+        if (qcow2_flush(s) < 0)
+                vdisk_clear_error();
+        return 0;
 }
 
+/* The header first: once it says the new size, what lies past it is
+ * unreachable, so dropping it (entries, whole L2 tables, the L1 table's
+ * tail) can only leak if it fails; a failed call before the switch changed
+ * nothing. */
 static int shrink(qcow2_state *s, uint64_t new_size, uint32_t new_l1) {
         uint64_t cs = s->cluster_size, first_cl = DIV_ROUND_UP(new_size, cs), old_l1 = s->l1_size;
+        uint64_t l1_base = s->l1_offset & ~(cs - 1);
+        bool written;
         int r;
 
         if (s->nb_snapshots > 0)
                 return vdisk_error(-EOPNOTSUPP, "qcow2: an image with internal snapshots cannot shrink");
+        r = write_header_size(s, new_size, new_l1, s->l1_offset, &written);
+        if (r < 0)
+                return r;   /* after the write: leaks at worst, the state says the new size */
+        /* s->l1 is still the old table's view (old_l1 entries) */
         for (uint64_t l1i = first_cl / s->l2_entries; l1i < old_l1; l1i++) {
                 uint64_t l1e, l2off;
                 tc_table *l2;
 
                 r = tc_get(s->l1, l1i, &l1e);
                 if (r < 0)
-                        return r;
+                        goto leak;
                 l2off = l1e & OFFSET_MASK;
                 if (l2off == 0)
                         continue;
                 r = qcow2_get_l2(s, l2off, &l2);
                 if (r < 0)
-                        return r;
+                        goto leak;
                 for (uint64_t l2i = 0; l2i < s->l2_entries; l2i++) {
                         uint64_t cl = l1i * s->l2_entries + l2i, e;
 
@@ -304,44 +330,45 @@ static int shrink(qcow2_state *s, uint64_t new_size, uint32_t new_l1) {
                                 continue;
                         r = tc_get(l2, s->extended_l2 ? 2 * l2i : l2i, &e);
                         if (r < 0)
-                                return r;
-                        queue_free_entry(s, e);
+                                goto leak;
+                        if (e == 0)
+                                continue;
                         if (l1i < new_l1) {
                                 r = tc_set(l2, s->extended_l2 ? 2 * l2i : l2i, 0, 0);
                                 if (r >= 0 && s->extended_l2)
                                         r = tc_set(l2, 2 * l2i + 1, 0, 0);
                                 if (r < 0)
-                                        return r;
+                                        goto leak;
                         }
+                        queue_free_entry(s, e);
                 }
                 if (l1i >= new_l1) {
-                        /* the whole table goes: the L1 entry first */
                         r = tc_set(s->l1, l1i, 0, 0);
+                        if (r >= 0)
+                                r = qcow2_drop_table(s, l2off);
                         if (r < 0)
-                                return r;
-                        r = qcow2_drop_table(s, l2off);
-                        if (r < 0)
-                                return r;
+                                goto leak;
                         queue_free(s, l2off);
                 }
         }
-        /* the tables, without the entries; the header keeps the old size */
+        /* the tables without the entries, on disk before the view shrinks
+         * (and before any refcount drops: qcow2_flush writes tables first) */
         r = qcow2_flush_tables(s);
-        if (r >= 0)
-                r = io_flush(s->io);
         if (r < 0)
-                return r;
-        r = write_header_size(s, new_size, new_l1, s->l1_offset);
-        if (r < 0)
-                return r;
-        s->size = new_size;
-        s->l1_size = new_l1;
-        for (uint64_t c = l1_clusters(s, new_l1); c < l1_clusters(s, old_l1); c++)
-                queue_free(s, (s->l1_offset & ~(cs - 1)) + c * cs);
+                goto leak;
         r = l1_view(s);
         if (r < 0)
-                return r;
-        return trim_tail(s);
+                return r;   /* no view: the image cannot go on */
+        for (uint64_t c = l1_clusters(s, new_l1); c < l1_clusters(s, old_l1); c++)
+                queue_free(s, l1_base + c * cs);
+        r = trim_tail(s);
+leak:
+        /* done all the same: what was not dropped leaks */
+        if (r < 0)
+                vdisk_clear_error();
+        if (s->l1 && tc_table_entries(s->l1) != s->l1_size && !tc_table_is_dirty(s->l1))
+                return l1_view(s);
+        return 0;
 }
 
 /* Growing: the part of the last cluster past the old end must read zeros
@@ -370,6 +397,7 @@ static int zero_tail(qcow2_state *s, uint64_t new_size) {
 int qcow2_resize(void *state, uint64_t new_size, vdisk_progress *p) {
         qcow2_state *s = state;
         uint64_t need = DIV_ROUND_UP(new_size, s->l2_coverage);
+        bool written;
         int r;
 
         assert(s->writable);
@@ -390,11 +418,7 @@ int qcow2_resize(void *state, uint64_t new_size, vdisk_progress *p) {
                 return r;
         if (need > s->l1_size)
                 return grow_l1(s, new_size, (uint32_t) need);
-        r = write_header_size(s, new_size, s->l1_size, s->l1_offset);
-        if (r < 0)
-                return r;
-        s->size = new_size;
-        return 0;
+        return write_header_size(s, new_size, s->l1_size, s->l1_offset, &written);
 }
 
 /* ---------------------------------------------------------------- compact */
