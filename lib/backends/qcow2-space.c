@@ -23,12 +23,14 @@
  *   resize    grow: a larger L1 table is written at the end of the file
  *             and counted, flushed, then the header switches to it (size, L1
  *             size and offset in one write), flushed, then the old L1's
- *             clusters are freed. Shrink: the entries past the end are
- *             dropped (L2 entries, whole L2 tables from the L1), flushed, the
- *             header's size and L1 size written, flushed, then the clusters
- *             lose their counts (and the L1 table's clusters past its new
- *             size), flushed, and the file is cut after its last referenced
- *             cluster. Refused with internal snapshots (as qemu does).
+ *             clusters are freed. Shrink: the header's size and L1 size
+ *             first, flushed (what lies past the end is unreachable from
+ *             then on: the rest can only leak), then the entries past the
+ *             end are dropped (L2 entries, whole L2 tables from the L1),
+ *             flushed, the clusters lose their counts (and the L1 table's
+ *             clusters past its new size), flushed, and the file is cut
+ *             after its last referenced cluster. Refused with internal
+ *             snapshots (as qemu does).
  *   compact   every data cluster is asked about (the core's compact_fn):
  *             equal to what shows through below, it is unallocated; all
  *             zeros over a parent with data, a zero cluster (v3); zero
@@ -729,7 +731,9 @@ int qcow2_compact(void *state, compact_fn fn, void *ctx, vdisk_progress *p) {
         r = fmt_pack_count(&pk, &moves);
         if (r < 0)
                 return r;
+        /* the scan is done: the moves report past the disk's size */
         progress_set_total(p, s->size + moves * s->cluster_size);
+        (void) progress_add(p, s->size);   /* a cancel: seen by the pack */
         r = fmt_pack_run(&pk, NULL);
         /* after a cancel too: what the moves left free at the end goes */
         rt = trim_tail(s);

@@ -688,10 +688,10 @@ static int qcow2_decode(const void *state, const map_result *m, const void *in, 
  * Writing keeps the refcounts exact: every cluster the image references
  * (header, L1, L2 tables, data, refcount table and blocks) has refcount 1,
  * nothing else has one, so `qemu-img check` finds neither leaks nor
- * corruptions after any clean flush. New clusters are appended at the end
- * of the file (as qemu does); clusters freed (a compressed cluster
- * rewritten, an outgrown refcount table) become refcount-0 holes that are
- * not reused. Refcount blocks are held through the table cache like L2
+ * corruptions after any clean flush. New data clusters and L2 tables go
+ * into refcount-0 clusters below the end of the file first, else at the
+ * end (qcow2-space.c, with discard, resize and compact); refcount blocks
+ * and moved tables are appended. Refcount blocks are held through the table cache like L2
  * tables (one cluster-sized page each, a few at a time).
  *
  * Crash ordering: a refcount goes up before anything points at its cluster
