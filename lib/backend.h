@@ -501,6 +501,16 @@ typedef struct vdisk_backend {
         uint32_t prealloc_create;
         uint32_t prealloc_resize;
         uint32_t prealloc_flags;
+        /* Discards whole zero units [offset, offset+len) (aligned as for
+         * mark_zero; the core calls it for one unit at a time, whatever
+         * the unit holds) so that they keep no host space: afterwards
+         * they read as zeros, as after mark_zero (never the parent's data;
+         * in an image without a parent, unallocated), and the space they
+         * held is given back at the next flush, after the table entries
+         * that dropped it are on disk. vdisk_disk_discard() only. Optional:
+         * -EOPNOTSUPP (or NULL) and the core writes zeros instead, as
+         * vdisk_disk_write_zeroes() does. */
+        int (*discard)(void *state, uint64_t offset, uint64_t len);
 } vdisk_backend;
 
 /* The backend table (lib/core/registry.c). */

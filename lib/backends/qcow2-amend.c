@@ -208,7 +208,7 @@ static int set_lazy(qcow2_state *s, bool on) {
         if (compat == s->compat)
                 return 0;
         /* clean first: the flush clears the dirty bit lazy refcounts set */
-        r = qcow2_flush_all(s);
+        r = qcow2_flush(s);
         if (r < 0)
                 return r;
         put_be64(b, compat);
@@ -263,7 +263,7 @@ static int change_refcount_order(qcow2_state *s, uint32_t order, vdisk_progress 
         uint8_t hdr[QCOW2_V3_HEADER];
         int r;
 
-        r = qcow2_flush_all(s);
+        r = qcow2_flush(s);
         if (r < 0)
                 return r;
         /* appended where the next cluster would go; what lies past it (a
@@ -400,7 +400,7 @@ static int change_refcount_order(qcow2_state *s, uint32_t order, vdisk_progress 
                 if (r < 0)
                         return r;
         }
-        return qcow2_flush_all(s);
+        return qcow2_flush(s);
 
 undo:
         /* nothing points at the appended space yet: give it back */
@@ -426,7 +426,7 @@ static int find_zstd_clusters(qcow2_state *s) {
                         return r;
                 if ((l1e & OFFSET_MASK) == 0)
                         continue;
-                r = qcow2_l2_get(s, l1e & OFFSET_MASK, &l2);
+                r = qcow2_get_l2(s, l1e & OFFSET_MASK, &l2);
                 if (r < 0)
                         return r;
                 for (uint64_t i = 0; i < s->l2_entries; i++) {
@@ -457,7 +457,7 @@ static int expand_zero_clusters(qcow2_state *s, vdisk_progress *p) {
                 if (r < 0)
                         return r;
                 if ((l1e & OFFSET_MASK) != 0) {
-                        r = qcow2_l2_get(s, l1e & OFFSET_MASK, &l2);
+                        r = qcow2_get_l2(s, l1e & OFFSET_MASK, &l2);
                         if (r < 0)
                                 return r;
                 }
@@ -511,11 +511,11 @@ static int expand_zero_clusters(qcow2_state *s, vdisk_progress *p) {
                 r = progress_add(p, cs);
                 if (r < 0) {
                         /* still a valid version 3 image with the same content */
-                        int k = qcow2_flush_all(s);
+                        int k = qcow2_flush(s);
                         return k < 0 ? k : r;
                 }
         }
-        return qcow2_flush_all(s);
+        return qcow2_flush(s);
 }
 
 static int downgrade(qcow2_state *s, vdisk_progress *p) {
@@ -547,7 +547,7 @@ int qcow2_amend(void *state, const char *const *options, vdisk_progress *p) {
                 return r;
         if (!s->writable)
                 return vdisk_error(-EROFS, "qcow2: the image is read-only");
-        r = qcow2_flush_all(s);
+        r = qcow2_flush(s);
         if (r < 0)
                 return r;
         if (q.version == 3 && s->version == 2) {

@@ -10,6 +10,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "backend.h"
 #include "fmt/hostalloc.h"
 #include "fmt/tablecache.h"
 #include "io/io.h"
@@ -106,25 +107,44 @@ typedef struct qcow2_state {
         bool marked_dirty;              /* lazy refcounts: dirty bit set on disk */
         uint64_t *pending_free;         /* host byte ranges to unreference at flush */
         size_t n_pending_free, cap_pending_free;
+
+        /* resize, discard, compact, free-cluster reuse (qcow2-space.c) */
+        uint64_t free_hint;             /* no cluster below this host offset has refcount 0 */
 } qcow2_state;
 
 
 /* ---- lent by qcow2.c to the other parts */
 
 /* The backend's flush(): data, refcounts, L2, L1, then the dirty bit. */
-int qcow2_flush_all(qcow2_state *s);
-/* The L2 table at host offset `off` (checked), from the slot cache. */
-int qcow2_l2_get(qcow2_state *s, uint64_t off, tc_table **ret);
+int qcow2_flush(void *state);
+int qcow2_flush_refcounts(qcow2_state *s);
+int qcow2_flush_tables(qcow2_state *s);
+int qcow2_mark_dirty(qcow2_state *s);
 /* Adds delta (+1/-1) to the refcount of the cluster holding `host` (blocks
  * made as needed); with ret_pg the refcount block's page, pinned. */
 int qcow2_rc_update(qcow2_state *s, uint64_t host, int delta, tc_page **ret_pg);
+/* The refcount of cluster index `ci` in memory (0 where no block is). */
+int qcow2_refcount_get(qcow2_state *s, uint64_t ci, uint64_t *ret);
 /* Entry i of a refcount block of width 2^order bits. */
 uint64_t qcow2_rc_entry_get(const uint8_t *b, uint64_t i, uint32_t order);
 void qcow2_rc_entry_set(uint8_t *b, uint64_t i, uint32_t order, uint64_t v);
+int qcow2_l2_entry(qcow2_state *s, uint64_t cl, uint64_t *ret_e, uint64_t *ret_bitmap);
+int qcow2_l2_for_write(qcow2_state *s, uint64_t l1i, tc_table **ret);
+/* The L2 table at host offset `off` (checked), from the slot cache. */
+int qcow2_get_l2(qcow2_state *s, uint64_t off, tc_table **ret);
+void qcow2_queue_free_compressed(qcow2_state *s, uint64_t e);
+/* Drops the cached view of a freed or moved table (written back first). */
+int qcow2_drop_table(qcow2_state *s, uint64_t off);
 /* Makes the file hold [0, end) (sparse). */
 int qcow2_cover_file(qcow2_state *s, uint64_t end);
 
-/* ---- qcow2-amend.c */
+/* ---- qcow2-space.c: resize, discard, compact, free-cluster reuse */
+int qcow2_alloc_cluster(qcow2_state *s, uint64_t *ret, int *ret_fresh);
+void qcow2_note_free(qcow2_state *s, uint64_t host);
+int qcow2_discard(void *state, uint64_t offset, uint64_t len);
+int qcow2_resize(void *state, uint64_t new_size, vdisk_progress *p);
+int qcow2_compact(void *state, compact_fn fn, void *ctx, vdisk_progress *p);
 
+/* ---- qcow2-amend.c */
 /* The backend's amend(): compat, refcount_bits, lazy_refcounts. */
 int qcow2_amend(void *state, const char *const *options, vdisk_progress *p);

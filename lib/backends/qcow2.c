@@ -700,10 +700,10 @@ static int qcow2_decode(const void *state, const map_result *m, const void *in, 
  * Writing keeps the refcounts exact: every cluster the image references
  * (header, L1, L2 tables, data, refcount table and blocks) has refcount 1,
  * nothing else has one, so `qemu-img check` finds neither leaks nor
- * corruptions after any clean flush. New clusters are appended at the end
- * of the file (as qemu does); clusters freed (a compressed cluster
- * rewritten, an outgrown refcount table) become refcount-0 holes that are
- * not reused. Refcount blocks are held through the table cache like L2
+ * corruptions after any clean flush. New data clusters and L2 tables go
+ * into refcount-0 clusters below the end of the file first, else at the
+ * end (qcow2-space.c, with discard, resize and compact); refcount blocks
+ * and moved tables are appended. Refcount blocks are held through the table cache like L2
  * tables (one cluster-sized page each, a few at a time).
  *
  * Crash ordering: a refcount goes up before anything points at its cluster
@@ -1048,6 +1048,8 @@ static int rc_update(qcow2_state *s, uint64_t host, int delta, tc_page **ret_pg)
         }
         rc_entry_set(tc_page_data(pg), ci % s->rb_entries, s->refcount_order, delta < 0 ? v - 1 : v + 1, &o, &l);
         tc_page_dirty(pg, o, l, 0);
+        if (delta < 0 && v == 1)
+                qcow2_note_free(s, ci * s->cluster_size);
         if (ret_pg)
                 *ret_pg = pg;
         else
@@ -1177,7 +1179,7 @@ static int l2_for_write(qcow2_state *s, uint64_t l1i, tc_table **ret) {
                 return r;
         if (l1e & OFFSET_MASK)
                 return get_l2(s, l1e & OFFSET_MASK, ret);
-        r = hostalloc_alloc(&s->alloc, s->cluster_size, QCOW2_HOST_LIMIT, &off, NULL);
+        r = qcow2_alloc_cluster(s, &off, NULL);
         if (r < 0)
                 return r;
         r = write_zero_cluster(s, off);
@@ -1257,7 +1259,7 @@ static int qcow2_allocate(void *state, uint64_t offset, uint64_t len, reservatio
                 fresh = host >= s->data_size;
                 s->res_new = true;
         } else if (!has_host) {
-                r = hostalloc_alloc(&s->alloc, s->cluster_size, QCOW2_HOST_LIMIT, &host, &fresh);
+                r = qcow2_alloc_cluster(s, &host, &fresh);
                 if (r < 0)
                         return r;
                 s->res_new = true;
@@ -1342,6 +1344,8 @@ static void qcow2_release(void *state, const reservation *res) {
         s->reserved = false;
         if (s->res_new && !s->data_io && hostalloc_next(&s->alloc) == s->res_host + s->cluster_size)
                 hostalloc_rewind(&s->alloc, s->res_host);
+        else if (s->res_new && !s->data_io)
+                qcow2_note_free(s, s->res_host);   /* a reused cluster: free again */
 }
 
 /* v3 zero clusters: an allocated cluster keeps its space (zero flag, or all
@@ -1407,7 +1411,7 @@ static int flush_tables(qcow2_state *s) {
         return s->l1 && tc_table_is_dirty(s->l1) ? tc_table_flush(s->l1) : 0;
 }
 
-static int qcow2_flush(void *state) {
+int qcow2_flush(void *state) {
         qcow2_state *s = state;
         int r;
 
@@ -1441,6 +1445,102 @@ static int qcow2_flush(void *state) {
                 s->incompat &= ~(uint64_t) INCOMPAT_DIRTY;
                 s->marked_dirty = false;
         }
+        return 0;
+}
+
+/* Lent to the other parts (qcow2-int.h): qcow2-space.c, qcow2-amend.c. */
+int qcow2_rc_update(qcow2_state *s, uint64_t host, int delta, tc_page **ret_pg) {
+        return rc_update(s, host, delta, ret_pg);
+}
+
+int qcow2_flush_refcounts(qcow2_state *s) {
+        return flush_refcounts(s);
+}
+
+int qcow2_flush_tables(qcow2_state *s) {
+        return flush_tables(s);
+}
+
+int qcow2_mark_dirty(qcow2_state *s) {
+        return mark_dirty(s);
+}
+
+int qcow2_l2_entry(qcow2_state *s, uint64_t cl, uint64_t *ret_e, uint64_t *ret_bitmap) {
+        return l2_entry(s, cl, ret_e, ret_bitmap);
+}
+
+int qcow2_l2_for_write(qcow2_state *s, uint64_t l1i, tc_table **ret) {
+        return l2_for_write(s, l1i, ret);
+}
+
+int qcow2_get_l2(qcow2_state *s, uint64_t off, tc_table **ret) {
+        return get_l2(s, off, ret);
+}
+
+void qcow2_queue_free_compressed(qcow2_state *s, uint64_t e) {
+        queue_free_compressed(s, e);
+}
+
+uint64_t qcow2_rc_entry_get(const uint8_t *b, uint64_t i, uint32_t order) {
+        return rc_entry_get(b, i, order);
+}
+
+void qcow2_rc_entry_set(uint8_t *b, uint64_t i, uint32_t order, uint64_t v) {
+        uint32_t o, l;
+
+        rc_entry_set(b, i, order, v, &o, &l);
+}
+
+int qcow2_cover_file(qcow2_state *s, uint64_t end) {
+        return cover_file(s, end);
+}
+
+/* The refcount of cluster index `ci` as the refcounts say now (in memory),
+ * without making a refcount block: 0 where there is none. */
+int qcow2_refcount_get(qcow2_state *s, uint64_t ci, uint64_t *ret) {
+        uint64_t rti = ci / s->rb_entries, e;
+        tc_table *t;
+        tc_page *pg;
+        int r;
+
+        *ret = 0;
+        if (rti >= tc_table_entries(s->reft))
+                return 0;
+        r = tc_get(s->reft, rti, &e);
+        if (r < 0 || (e & REFT_OFFSET_MASK) == 0)
+                return r;
+        r = get_rb(s, e & REFT_OFFSET_MASK, &t);
+        if (r < 0)
+                return r;
+        r = tc_page_get(t, 0, &pg);
+        if (r < 0)
+                return r;
+        *ret = rc_entry_get(tc_page_data(pg), ci % s->rb_entries, s->refcount_order);
+        tc_page_put(pg);
+        return 0;
+}
+
+/* Drops the cached view of the cluster-sized table at `off` (an L2 table or
+ * refcount block that was freed or moved), writing it back first when dirty. */
+int qcow2_drop_table(qcow2_state *s, uint64_t off) {
+        l2_slot *sets[2] = { s->slots, s->rb_slots };
+        size_t n[2] = { QCOW2_L2_SLOTS, QCOW2_RB_SLOTS };
+        int r;
+
+        for (size_t k = 0; k < 2; k++)
+                for (size_t i = 0; i < n[k]; i++) {
+                        l2_slot *sl = &sets[k][i];
+
+                        if (!sl->t || sl->offset != off)
+                                continue;
+                        if (tc_table_is_dirty(sl->t)) {
+                                r = tc_table_flush(sl->t);
+                                if (r < 0)
+                                        return r;
+                        }
+                        sl->t = tc_table_free(sl->t);
+                        sl->offset = 0;
+                }
         return 0;
 }
 
@@ -2283,34 +2383,6 @@ static int select_snapshot(qcow2_state *s, const snapshot_sel *sel) {
         return 0;
 }
 
-/* ---------------------------------------------------------------- lent to the other parts (qcow2-int.h) */
-
-int qcow2_flush_all(qcow2_state *s) {
-        return qcow2_flush(s);
-}
-
-int qcow2_l2_get(qcow2_state *s, uint64_t off, tc_table **ret) {
-        return get_l2(s, off, ret);
-}
-
-int qcow2_rc_update(qcow2_state *s, uint64_t host, int delta, tc_page **ret_pg) {
-        return rc_update(s, host, delta, ret_pg);
-}
-
-uint64_t qcow2_rc_entry_get(const uint8_t *b, uint64_t i, uint32_t order) {
-        return rc_entry_get(b, i, order);
-}
-
-void qcow2_rc_entry_set(uint8_t *b, uint64_t i, uint32_t order, uint64_t v) {
-        uint32_t o, l;
-
-        rc_entry_set(b, i, order, v, &o, &l);
-}
-
-int qcow2_cover_file(qcow2_state *s, uint64_t end) {
-        return cover_file(s, end);
-}
-
 /* ---------------------------------------------------------------- table */
 
 static const char *const qcow2_extensions[] = { "qcow2", NULL };
@@ -2340,6 +2412,9 @@ const vdisk_backend backend_qcow2 = {
         .commit = qcow2_commit,
         .release = qcow2_release,
         .mark_zero = qcow2_mark_zero,
+        .discard = qcow2_discard,
+        .resize = qcow2_resize,
+        .compact = qcow2_compact,
         .flush = qcow2_flush,
         .amend = qcow2_amend,
         .check = qcow2_check,

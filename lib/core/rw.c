@@ -339,7 +339,9 @@ int rw_is_zero(vdisk_disk *d, int level, uint64_t offset, uint64_t len, bool *re
         return 0;
 }
 
-int rw_write_zeroes(vdisk_disk *d, unsigned level, int below, uint64_t offset, uint64_t len) {
+/* With `discard`, whole zero units that hold something are first offered
+ * to the backend's discard() (its space given back); the rest as zeros. */
+static int write_zeroes(vdisk_disk *d, unsigned level, int below, uint64_t offset, uint64_t len, bool discard) {
         vdisk_image *img = d->images[level];
         _cleanup_free_ uint8_t *zero = NULL;
         bool wrote = false;
@@ -352,14 +354,30 @@ int rw_write_zeroes(vdisk_disk *d, unsigned level, int below, uint64_t offset, u
                 return write_done(img, true, io_write_zeroes(img->io, offset, len));
 
         while (len > 0) {
-                /* Whole zero units may become zero entries (mark_zero). */
-                uint64_t zu = img->layout.zero_unit;
+                /* Whole zero units may become zero entries (mark_zero);
+                 * a discard gives back whole clusters where there are none. */
+                uint64_t zu = img->layout.zero_unit ? img->layout.zero_unit :
+                              discard && img->be->discard ? img->layout.cluster_size : 0;
                 uint64_t bstart = zu ? ALIGN_DOWN(offset, zu) : offset;
                 uint64_t bend = zu ? MIN(bstart + zu, img->size) : offset + len;
                 uint64_t n = MIN(len, bend - offset);
                 bool whole = zu && offset == bstart && n == bend - bstart;
                 map_result m;
 
+                if (discard && whole && img->be->discard) {
+                        /* the whole unit, whatever its parts hold */
+                        r = img->be->discard(img->state, offset, n);
+                        if (r >= 0) {
+                                wrote = true;
+                                offset += n;
+                                len -= n;
+                                continue;
+                        }
+                        if (r != -EOPNOTSUPP) {
+                                r = vdisk_error_prefix(r, vdisk_io_name(img->io));
+                                break;
+                        }
+                }
                 r = map_checked(img, offset, n, &m);
                 if (r < 0)
                         break;
@@ -407,8 +425,12 @@ int rw_write_zeroes(vdisk_disk *d, unsigned level, int below, uint64_t offset, u
         return write_done(img, wrote, r);
 }
 
+int rw_write_zeroes(vdisk_disk *d, unsigned level, int below, uint64_t offset, uint64_t len) {
+        return write_zeroes(d, level, below, offset, len, false);
+}
+
 int rw_discard(vdisk_disk *d, uint64_t offset, uint64_t len) {
-        return rw_write_zeroes(d, d->n - 1, (int) d->n - 2, offset, len);
+        return write_zeroes(d, d->n - 1, (int) d->n - 2, offset, len, true);
 }
 
 int rw_status(vdisk_disk *d, unsigned bottom, unsigned top, uint64_t offset, uint64_t len, vdisk_extent *ret) {

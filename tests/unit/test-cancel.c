@@ -9,8 +9,9 @@
  * bytes) and a convert's source bytes never change. A progress cancelled before
  * the call stops the operation before it changes anything. Uncancelled runs
  * report monotonic progress that ends exactly at the total; compact keeps
- * reporting past the scan while it moves blocks, and a VDI shrink reports the
- * blocks it packs below the new end.
+ * reporting past the scan while it moves blocks (VMDK and QCOW2 also when
+ * cancelled then), and a VDI shrink reports the blocks it packs below the
+ * new end.
  */
 #include "tests.h"
 
@@ -115,12 +116,18 @@ static void make_chain(chain *c, const char *tag, uint64_t seed) {
                 c->ios[i] = mem_io(name, NULL, 0);
                 if (i == 0)
                         ASSERT_OK(vdisk_disk_create_base(c->d, c->ios[0], chain_fmt, DISK_SIZE, NULL));
-                else
+                else if (strcmp(chain_fmt, "qcow2") == 0) {
+                        /* linked by name alone */
+                        vdisk_create_opts o = { .size = sizeof o, .parent_name = vdisk_io_name(c->ios[i - 1]),
+                                                .parent_format = "qcow2" };
+
+                        ASSERT_OK(vdisk_disk_create_diff(c->d, c->ios[i], chain_fmt, &o));
+                } else
                         ASSERT_OK(vdisk_disk_create_diff(c->d, c->ios[i], chain_fmt, NULL));
-                /* VMDK writes no grain for zeros where there is none:
-                 * random data first, so that the zero blocks are grains
+                /* VMDK (and QCOW2) write no grain for zeros where there is
+                 * none: random data first, so that the zero blocks are grains
                  * holding zeros (what compact drops) */
-                if (strcmp(chain_fmt, "vmdk") == 0)
+                if (strcmp(chain_fmt, "vmdk") == 0 || strcmp(chain_fmt, "qcow2") == 0)
                         fill_blocks(c->d, &r, i + 1, i, 0);
                 fill_blocks(c->d, &r, i + 1, i, i != 1);
         }
@@ -291,7 +298,7 @@ static void test_compact(unsigned index) {
         before = disk_read_all(c.d, &size);
         ASSERT_OK(vdisk_image_file_size(vdisk_disk_image(c.d, index), &fsize_before));
 
-        if (strcmp(chain_fmt, "vmdk") == 0) {
+        if (strcmp(chain_fmt, "vmdk") == 0 || strcmp(chain_fmt, "qcow2") == 0) {
                 uint64_t fs;
 
                 /* Cancelled while grains move (progress past the scan of
@@ -404,6 +411,8 @@ int main(void) {
         test_compact(0);
         test_compact(2);
         chain_fmt = "vmdk";
+        test_compact(0);
+        chain_fmt = "qcow2";
         test_compact(0);
         chain_fmt = "vdi";
         test_shrink_progress();

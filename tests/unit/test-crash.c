@@ -635,6 +635,23 @@ static void after_compact(scenario *sc, wl *w) {
                      sc->file_size_before, after);
 }
 
+/* QCOW2 discard: whole clusters given back (their L2 entries, then their
+ * refcounts at the flush), partial ones zeroed; the writes after the flush
+ * reuse the freed clusters. */
+static int op_qcow2_discard(scenario *sc, wl *w) {
+        rng r;
+
+        rng_seed(&r, 44);
+        TRY(wl_discard(w, 1 * BLOCK, BLOCK));                            /* whole clusters */
+        TRY(wl_discard(w, 4 * BLOCK + 96 * KiB, 200 * KiB));             /* partial ones at both ends */
+        TRY(wl_discard(w, 7 * BLOCK, BLOCK));
+        TRY(wl_flush(w));
+        TRY(wl_write_random(w, &r, 256 * KiB, 5 * BLOCK + 64 * KiB));    /* into freed clusters */
+        TRY(wl_write_random(w, &r, 4 * KiB, 1 * BLOCK + 8 * KiB));
+        TRY(wl_flush(w));
+        return 0;
+}
+
 /* (d) resize */
 
 static void build_resize_base(scenario *sc) {
@@ -754,6 +771,35 @@ static void after_amend_downgrade(scenario *sc, wl *w) {
 
         if (strcmp(format_info_value(w->d, "compat", v, sizeof v), "0.10") != 0)
                 FAIL("%s: compat '%s' after the amend (0.10 wanted)", sc->name, v);
+}
+
+/* QCOW2 shrink to 6 MiB: the header first, then the entries past the end
+ * (zeros written as data in block 7), their refcounts, the file's tail. */
+static void build_qcow2_shrink(scenario *sc) {
+        uint8_t *zero = calloc(1, BLOCK);
+        rng r;
+        vdisk_disk *d;
+
+        ASSERT(zero);
+        rng_seed(&r, 9);
+        sc->n = 1;
+        d = build_chain(sc);
+        fill_block(d, &r, 0, 0, BLOCK);
+        fill_block(d, &r, 5, 0, BLOCK);
+        ASSERT_OK(vdisk_disk_write(d, zero, BLOCK, 7 * BLOCK));
+        vdisk_disk_unref(d);
+        free(zero);
+}
+
+static int op_shrink(scenario *sc, wl *w) {
+        allowed_add_size(w->a, 6 * BLOCK);
+        TRY(vdisk_resize(w->d, 6 * BLOCK, NULL));
+        w->size = 6 * BLOCK;
+        return wl_flush(w);
+}
+
+static void after_shrink(scenario *sc, wl *w) {
+        ASSERT_EQ_U64(vdisk_disk_size(w->d), 6 * BLOCK);
 }
 
 /* (e) repair of a leaked slot */
@@ -1071,6 +1117,18 @@ static scenario scenarios[] = {
         { .name = "qcow2-amend-downgrade", .fmt = "qcow2", .opts = qcow2_64k, .max_crash_seeds = 2,
           .faulted = 1, .build = build_amend_top, .op = op_amend_downgrade,
           .after_success = after_amend_downgrade },
+        /* QCOW2 discard, resize (a grow that moves the L1 table: 512-byte
+         * clusters; a shrink) and compact (clusters dropped, zero clusters in a diff,
+         * clusters moved down, the file cut). */
+        { .name = "qcow2-discard", .fmt = "qcow2", .opts = qcow2_64k, .max_crash_seeds = 1, .faulted = 0,
+          .qemu = 1, .qemu_every = 8, .per_sector = 1, .build = build_writes_base, .op = op_qcow2_discard },
+        { .name = "qcow2-resize", .fmt = "qcow2", .opts = qcow2_512_rb64, .max_crash_seeds = 1, .faulted = 0,
+          .qemu = 1, .qemu_every = 2, .build = build_resize_base, .op = op_resize, .after_success = after_resize },
+        { .name = "qcow2-shrink", .fmt = "qcow2", .opts = qcow2_64k, .max_crash_seeds = 1, .faulted = 0,
+          .qemu = 1, .qemu_every = 2, .build = build_qcow2_shrink, .op = op_shrink, .after_success = after_shrink },
+        { .name = "qcow2-compact", .fmt = "qcow2", .opts = qcow2_64k, .max_crash_seeds = 1, .faulted = 0,
+          .qemu = 1, .qemu_every = 2, .build = build_vmdk_compact_base, .op = op_compact,
+          .after_success = after_compact },
         /* QED (64 KiB clusters): data clusters and L2 tables appended, L1
          * and L2 updates, NEED_CHECK set and cleared; qemu-img check too. */
         { .name = "qed-writes-base", .fmt = "qed", .max_crash_seeds = 1, .faulted = 0, .qemu = 1,

@@ -77,12 +77,12 @@ static const model_cfg mixed_configs[] = {
         { "mixed-64KiB", 64 * KiB, 64 * KiB, 3 * MiB, 1536 * KiB, 4 * MiB, 1 * MiB, "mixed" },
         { "mixed-default", 0, 1 * MiB, 48 * MiB, 24 * MiB, 64 * MiB, 3 * MiB, "mixed" },
 };
-/* QCOW2 (VDISK_MODEL_FORMAT=qcow2): diffs link their parent by name; no
- * compact and no resize yet (bits 7, 8: OP_COMPACT, OP_RESIZE below). 512-byte
- * clusters move the refcount table as the files grow. */
+/* QCOW2 (VDISK_MODEL_FORMAT=qcow2): diffs link their parent by name; every
+ * operation, compact and resize included. 512-byte clusters move the
+ * refcount table as the files grow. */
 static const model_cfg qcow2_configs[] = {
-        { "qcow2-64KiB", 0, 64 * KiB, 3 * MiB, 1536 * KiB, 4 * MiB, 1 * MiB, "qcow2", 3u << 7 },
-        { "qcow2-512B", 512, 512, 3 * MiB, 1536 * KiB, 4 * MiB, 256 * KiB, "qcow2", 3u << 7 },
+        { "qcow2-64KiB", 0, 64 * KiB, 3 * MiB, 1536 * KiB, 4 * MiB, 1 * MiB, "qcow2", 0 },
+        { "qcow2-512B", 512, 512, 3 * MiB, 1536 * KiB, 4 * MiB, 256 * KiB, "qcow2", 0 },
 };
 static const model_cfg *configs = vdi_configs;
 static const char *model_fmt = "vdi";

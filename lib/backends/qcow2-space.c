@@ -1,0 +1,741 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/*
+ * QCOW2: where the host space goes. Reuse of free clusters, discard, resize
+ * (grow and shrink) and compact; docs/formats/qcow2.md "Space".
+ *
+ * Every change keeps qcow2's rule: a cluster a table points to has a
+ * refcount of at least one on disk. So a new place is counted before the
+ * table that points to it is written, and an old place loses its count only
+ * after the table that pointed to it was written and flushed (the
+ * pending_free list, emptied by qcow2_flush()). A crash in between leaks a
+ * cluster at worst; qemu-img check -r leaks gives it back.
+ *
+ *   reuse     a new cluster (data, L2 table) goes into the lowest cluster
+ *             with refcount 0 at or above a hint, below the end of the file;
+ *             the hint only moves forward while searching and back when a
+ *             refcount drops to 0. Refcount blocks, the refcount table and
+ *             L1 tables (several clusters in a row) are still appended.
+ *   discard   a whole cluster: its L2 entry becomes 0 (no backing file) or a
+ *             zero cluster (v3 with a backing file: the parent must not show
+ *             through); v2 with a backing file has no zero clusters: the
+ *             core writes zeros into the cluster instead (it keeps its
+ *             space). The old cluster is freed at the next flush.
+ *   resize    grow: a larger L1 table is written at the end of the file
+ *             and counted, flushed, then the header switches to it (size, L1
+ *             size and offset in one write), flushed, then the old L1's
+ *             clusters are freed. Shrink: the header's size and L1 size
+ *             first, flushed (what lies past the end is unreachable from
+ *             then on: the rest can only leak), then the entries past the
+ *             end are dropped (L2 entries, whole L2 tables from the L1),
+ *             flushed, the clusters lose their counts (and the L1 table's
+ *             clusters past its new size), flushed, and the file is cut
+ *             after its last referenced cluster. Refused with internal
+ *             snapshots (as qemu does).
+ *   compact   every data cluster is asked about (the core's compact_fn):
+ *             equal to what shows through below, it is unallocated; all
+ *             zeros over a parent with data, a zero cluster (v3); zero
+ *             clusters give up the space they kept; L2 tables left empty are
+ *             dropped. Flushed. Then fmt_pack moves the highest data clusters
+ *             into the lowest free clusters (copy, flush, the new place
+ *             counted, the L2 entry, flushed, the old place freed,
+ *             flushed), and the file is cut after its last referenced
+ *             cluster. A cancel stops between batches; every step is a valid
+ *             image.
+ */
+#include <assert.h>
+#include <errno.h>
+#include <inttypes.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "backends/qcow2-int.h"
+#include "fmt/compact.h"
+#include "util/util.h"
+
+#define HDR_SIZE        24u     /* size (8), crypt_method (4), l1_size (4), l1_table_offset (8) */
+
+/* ---------------------------------------------------------------- reuse */
+
+void qcow2_note_free(qcow2_state *s, uint64_t host) {
+        if (host < s->free_hint)
+                s->free_hint = host;
+}
+
+static bool in_range(uint64_t off, uint64_t start, uint64_t len) {
+        return len > 0 && off >= start && off < start + len;
+}
+
+/* Metadata that never holds data, whatever the refcounts say. */
+static bool is_fixed(const qcow2_state *s, uint64_t off) {
+        return off < s->cluster_size ||
+               in_range(off, s->l1_offset & ~(s->cluster_size - 1),
+                        ALIGN_UP((s->l1_offset & (s->cluster_size - 1)) + (uint64_t) s->l1_size * 8,
+                                 s->cluster_size)) ||
+               in_range(off, s->reft_offset, s->reft_bytes) ||
+               (s->nb_snapshots > 0 && off == s->snapshots_offset);
+}
+
+int qcow2_alloc_cluster(qcow2_state *s, uint64_t *ret, int *ret_fresh) {
+        uint64_t cs = s->cluster_size, end = MIN(hostalloc_next(&s->alloc), ALIGN_DOWN(s->file_size, cs));
+        int r;
+
+        for (uint64_t off = ALIGN_UP(s->free_hint, cs); off < end; off += cs) {
+                uint64_t rc;
+
+                if (is_fixed(s, off) || (s->reserved && s->res_host == off))
+                        continue;
+                r = qcow2_refcount_get(s, off / cs, &rc);
+                if (r < 0)
+                        return r;
+                if (rc == 0) {
+                        s->free_hint = off + cs;
+                        *ret = off;
+                        if (ret_fresh)
+                                *ret_fresh = 0;
+                        return 0;
+                }
+                s->free_hint = off + cs;
+        }
+        if (end > s->free_hint)
+                s->free_hint = end;
+        return hostalloc_alloc(&s->alloc, cs, QCOW2_HOST_LIMIT, ret, ret_fresh);
+}
+
+/* The cluster at `host` loses its reference at the next flush (after the
+ * tables that dropped it). Out of memory: it leaks. */
+static void queue_free(qcow2_state *s, uint64_t host) {
+        if (s->n_pending_free == s->cap_pending_free) {
+                size_t cap = MAX(s->cap_pending_free * 2, (size_t) 64);
+                uint64_t *n = realloc(s->pending_free, cap * sizeof *n);
+
+                if (!n)
+                        return;
+                s->pending_free = n;
+                s->cap_pending_free = cap;
+        }
+        s->pending_free[s->n_pending_free++] = host;
+}
+
+/* Drops what entry `e` references (at the next flush). */
+static void queue_free_entry(qcow2_state *s, uint64_t e) {
+        if (e & L2E_COMPRESSED)
+                qcow2_queue_free_compressed(s, e);
+        else if (e & OFFSET_MASK)
+                queue_free(s, e & OFFSET_MASK);
+}
+
+/* Refcounts, then the file cut after the last cluster with a reference. */
+static int trim_tail(qcow2_state *s) {
+        uint64_t cs = s->cluster_size, ci = DIV_ROUND_UP(s->file_size, cs), end;
+        int r;
+
+        r = qcow2_flush(s);
+        if (r < 0)
+                return r;
+        while (ci > 1) {
+                uint64_t rc;
+
+                if (is_fixed(s, (ci - 1) * cs))
+                        break;
+                r = qcow2_refcount_get(s, ci - 1, &rc);
+                if (r < 0)
+                        return r;
+                if (rc > 0)
+                        break;
+                ci--;
+        }
+        end = ci * cs;
+        if (end >= s->file_size)
+                return 0;
+        r = io_truncate(s->io, end);
+        if (r < 0)
+                return r;
+        s->file_size = s->data_size = end;
+        hostalloc_truncated(&s->alloc, end);
+        hostalloc_rewind(&s->alloc, end);
+        if (s->free_hint > end)
+                s->free_hint = end;
+        return 0;
+}
+
+/* ---------------------------------------------------------------- discard */
+
+int qcow2_discard(void *state, uint64_t offset, uint64_t len) {
+        qcow2_state *s = state;
+        uint64_t first = offset >> s->cluster_bits, end = DIV_ROUND_UP(offset + len, s->cluster_size);
+        bool zero = s->backing_name != NULL;
+        int r;
+
+        assert(s->writable);
+        assert(offset % s->cluster_size == 0);
+        if (zero && s->version < 3)
+                return -EOPNOTSUPP;   /* the core writes zeros */
+        r = qcow2_mark_dirty(s);
+        if (r < 0)
+                return r;
+        for (uint64_t cl = first; cl < end; cl++) {
+                uint64_t l1i = cl / s->l2_entries, l2i = cl % s->l2_entries, e, bitmap, ne = 0, nb = 0;
+                tc_table *l2;
+
+                r = qcow2_l2_entry(s, cl, &e, &bitmap);
+                if (r < 0)
+                        return r;
+                if (zero) {
+                        if (s->extended_l2)
+                                nb = (uint64_t) UINT32_MAX << 32;
+                        else
+                                ne = L2E_ZERO;
+                }
+                if (e == ne && bitmap == nb)
+                        continue;
+                r = qcow2_l2_for_write(s, l1i, &l2);
+                if (r < 0)
+                        return r;
+                r = tc_set(l2, s->extended_l2 ? 2 * l2i : l2i, ne, 0);
+                if (r >= 0 && s->extended_l2)
+                        r = tc_set(l2, 2 * l2i + 1, nb, 0);
+                if (r < 0)
+                        return r;
+                queue_free_entry(s, e);
+        }
+        return 0;
+}
+
+/* ---------------------------------------------------------------- resize */
+
+/* The switch: size, L1 size and offset in one write. Once written, the
+ * state follows it (a failed flush after it may or may not have made it
+ * durable: the file says the new values, and so does the state). Returns
+ * the flush's error after the state changed, with *ret_written set. */
+static int write_header_size(qcow2_state *s, uint64_t size, uint32_t l1_size, uint64_t l1_offset,
+                             bool *ret_written) {
+        uint8_t b[HDR_SIZE];
+        int r;
+
+        *ret_written = false;
+        put_be64(b, size);
+        put_be32(b + 8, 0);     /* crypt_method: 0 (checked at open) */
+        put_be32(b + 12, l1_size);
+        put_be64(b + 16, l1_offset);
+        r = io_pwrite(s->io, b, sizeof b, 24);
+        if (r < 0)
+                return r;
+        *ret_written = true;
+        s->size = size;
+        s->l1_size = l1_size;
+        s->l1_offset = l1_offset;
+        return io_flush(s->io);
+}
+
+static int l1_view(qcow2_state *s) {
+        s->l1 = tc_table_free(s->l1);
+        tc_table_params p = {
+                .offset = s->l1_offset,
+                .size = (uint64_t) s->l1_size * 8,
+                .page_size = 4096,
+                .entry = TC_BE64,
+                .name = "qcow2 L1 table",
+        };
+        return tc_table_new(s->budget, s->io, &p, &s->l1);
+}
+
+static uint64_t l1_clusters(const qcow2_state *s, uint64_t l1_size) {
+        return DIV_ROUND_UP(l1_size * 8, s->cluster_size);
+}
+
+static int grow_l1(qcow2_state *s, uint64_t new_size, uint32_t new_l1) {
+        uint64_t cs = s->cluster_size, bytes = l1_clusters(s, new_l1) * cs, off;
+        uint64_t old_off = s->l1_offset, old_n = s->l1_size;
+        _cleanup_free_ uint8_t *tbl = calloc(1, bytes);
+        bool written;
+        int r;
+
+        if (!tbl)
+                return -ENOMEM;
+        if (old_n > 0) {
+                r = tc_read(s->l1, 0, tbl, old_n * 8);
+                if (r < 0)
+                        return r;
+        }
+        r = hostalloc_alloc(&s->alloc, bytes, QCOW2_HOST_LIMIT, &off, NULL);
+        if (r < 0)
+                return r;
+        r = io_pwrite(s->io, tbl, bytes, off);
+        if (r < 0)
+                return r;
+        if (off + bytes > s->file_size)
+                s->file_size = s->data_size = off + bytes;
+        for (uint64_t c = 0; c < bytes; c += cs) {
+                r = qcow2_rc_update(s, off + c, +1, NULL);
+                if (r < 0)
+                        return r;
+        }
+        r = qcow2_flush_refcounts(s);
+        if (r >= 0)
+                r = io_flush(s->io);
+        if (r < 0)
+                return r;
+        /* the switch (a failed flush after it: the old table leaks) */
+        r = write_header_size(s, new_size, new_l1, off, &written);
+        if (written) {
+                int rv = l1_view(s);
+
+                if (r >= 0)
+                        r = rv;
+        }
+        if (r < 0)
+                return r;
+        /* The image has its new size now, whatever follows: the old table's
+         * clusters are freed, and should that fail they leak (the refcount
+         * blocks stay dirty: the next flush tries again), which is no reason
+         * to fail a resize that is done. */
+        for (uint64_t c = 0; c < l1_clusters(s, old_n); c++)
+                queue_free(s, (old_off & ~(cs - 1)) + c * cs);
+        if (qcow2_flush(s) < 0)
+                vdisk_clear_error();
+        return 0;
+}
+
+/* The header first: once it says the new size, what lies past it is
+ * unreachable, so dropping it (entries, whole L2 tables, the L1 table's
+ * tail) can only leak if it fails; a failed call before the switch changed
+ * nothing. */
+static int shrink(qcow2_state *s, uint64_t new_size, uint32_t new_l1) {
+        uint64_t cs = s->cluster_size, first_cl = DIV_ROUND_UP(new_size, cs), old_l1 = s->l1_size;
+        uint64_t l1_base = s->l1_offset & ~(cs - 1);
+        bool written;
+        int r;
+
+        if (s->nb_snapshots > 0)
+                return vdisk_error(-EOPNOTSUPP, "qcow2: an image with internal snapshots cannot shrink");
+        r = write_header_size(s, new_size, new_l1, s->l1_offset, &written);
+        if (r < 0)
+                return r;   /* after the write: leaks at worst, the state says the new size */
+        /* s->l1 is still the old table's view (old_l1 entries) */
+        for (uint64_t l1i = first_cl / s->l2_entries; l1i < old_l1; l1i++) {
+                uint64_t l1e, l2off;
+                tc_table *l2;
+
+                r = tc_get(s->l1, l1i, &l1e);
+                if (r < 0)
+                        goto leak;
+                l2off = l1e & OFFSET_MASK;
+                if (l2off == 0)
+                        continue;
+                r = qcow2_get_l2(s, l2off, &l2);
+                if (r < 0)
+                        goto leak;
+                for (uint64_t l2i = 0; l2i < s->l2_entries; l2i++) {
+                        uint64_t cl = l1i * s->l2_entries + l2i, e;
+
+                        if (cl < first_cl)
+                                continue;
+                        r = tc_get(l2, s->extended_l2 ? 2 * l2i : l2i, &e);
+                        if (r < 0)
+                                goto leak;
+                        if (e == 0)
+                                continue;
+                        if (l1i < new_l1) {
+                                r = tc_set(l2, s->extended_l2 ? 2 * l2i : l2i, 0, 0);
+                                if (r >= 0 && s->extended_l2)
+                                        r = tc_set(l2, 2 * l2i + 1, 0, 0);
+                                if (r < 0)
+                                        goto leak;
+                        }
+                        queue_free_entry(s, e);
+                }
+                if (l1i >= new_l1) {
+                        r = tc_set(s->l1, l1i, 0, 0);
+                        if (r >= 0)
+                                r = qcow2_drop_table(s, l2off);
+                        if (r < 0)
+                                goto leak;
+                        queue_free(s, l2off);
+                }
+        }
+        /* the tables without the entries, on disk before the view shrinks
+         * (and before any refcount drops: qcow2_flush writes tables first) */
+        r = qcow2_flush_tables(s);
+        if (r < 0)
+                goto leak;
+        r = l1_view(s);
+        if (r < 0)
+                return r;   /* no view: the image cannot go on */
+        for (uint64_t c = l1_clusters(s, new_l1); c < l1_clusters(s, old_l1); c++)
+                queue_free(s, l1_base + c * cs);
+        r = trim_tail(s);
+leak:
+        /* done all the same: what was not dropped leaks */
+        if (r < 0)
+                vdisk_clear_error();
+        if (s->l1 && tc_table_entries(s->l1) != s->l1_size && !tc_table_is_dirty(s->l1))
+                return l1_view(s);
+        return 0;
+}
+
+/* Growing: the part of the last cluster past the old end must read zeros
+ * (a reused cluster keeps what it held there), before the header says so. */
+static int zero_tail(qcow2_state *s, uint64_t new_size) {
+        uint64_t cs = s->cluster_size, in = s->size % cs, cl = s->size / cs, e, b, host, len;
+        int r;
+
+        if (in == 0)
+                return 0;
+        r = qcow2_l2_entry(s, cl, &e, &b);
+        if (r < 0)
+                return r;
+        host = e & OFFSET_MASK;
+        if ((e & L2E_COMPRESSED) || host == 0)
+                return 0;
+        len = MIN(cs - in, new_size - s->size);
+        r = io_write_zeroes(s->io, host + in, len);
+        if (r < 0)
+                return r;
+        if (host + in + len > s->file_size)
+                s->file_size = s->data_size = host + in + len;
+        return io_flush(s->io);
+}
+
+int qcow2_resize(void *state, uint64_t new_size, vdisk_progress *p) {
+        qcow2_state *s = state;
+        uint64_t need = DIV_ROUND_UP(new_size, s->l2_coverage);
+        bool written;
+        int r;
+
+        assert(s->writable);
+        if (need * 8 > QCOW2_L1_MAX_BYTES)
+                return vdisk_error(-EFBIG, "qcow2: %" PRIu64 " bytes need an L1 table of more than %" PRIu64
+                                   " bytes", new_size, QCOW2_L1_MAX_BYTES);
+        if (new_size < s->size && s->nb_snapshots > 0)
+                return vdisk_error(-EOPNOTSUPP, "qcow2: an image with internal snapshots cannot shrink");
+        r = qcow2_mark_dirty(s);
+        if (r >= 0)
+                r = qcow2_flush(s);
+        if (r < 0)
+                return r;
+        if (new_size < s->size)
+                return shrink(s, new_size, (uint32_t) need);
+        r = zero_tail(s, new_size);
+        if (r < 0)
+                return r;
+        if (need > s->l1_size)
+                return grow_l1(s, new_size, (uint32_t) need);
+        return write_header_size(s, new_size, s->l1_size, s->l1_offset, &written);
+}
+
+/* ---------------------------------------------------------------- compact */
+
+typedef struct cpack {
+        qcow2_state *s;
+} cpack;
+
+/* Data cluster `key` (its virtual cluster number) moves: the new place is
+ * counted now (written with the refcounts before the L2 table), the old
+ * one freed after the L2 table is on disk. */
+static int cpack_repoint(void *user, uint64_t key, uint64_t from, uint64_t to) {
+        qcow2_state *s = ((cpack *) user)->s;
+        uint64_t l1i = key / s->l2_entries, l2i = key % s->l2_entries, i = s->extended_l2 ? 2 * l2i : l2i, e;
+        tc_page *rbpg = NULL, *l2pg = NULL;
+        tc_table *l2;
+        int r;
+
+        r = qcow2_l2_for_write(s, l1i, &l2);
+        if (r >= 0)
+                r = tc_get(l2, i, &e);
+        if (r < 0)
+                return r;
+        if ((e & OFFSET_MASK) != from || (e & L2E_COMPRESSED))
+                return vdisk_error(-EUCLEAN, "qcow2: the cluster at %" PRIu64 " changed during compact", from);
+        r = qcow2_rc_update(s, to, +1, &rbpg);
+        if (r < 0)
+                return r;
+        /* the refcount block reaches the disk before the L2 table (an early
+         * write-back of the L2 page included) */
+        r = tc_set(l2, i, (e & ~OFFSET_MASK) | to, 0);   /* rc_update keeps the L2 views */
+        if (r >= 0)
+                r = tc_page_get(l2, 0, &l2pg);
+        if (r >= 0)
+                r = tc_page_depends(l2pg, rbpg);
+        if (l2pg)
+                tc_page_put(l2pg);
+        tc_page_put(rbpg);
+        if (r < 0)
+                return r;
+        hostalloc_note_used(&s->alloc, to, s->cluster_size);
+        queue_free(s, from);
+        return 0;
+}
+
+static int cpack_commit(void *user) {
+        return qcow2_flush(((cpack *) user)->s);
+}
+
+/* The verdicts for one cluster; *ret_e, *ret_b: the new entry (unchanged
+ * when kept). */
+static int compact_cluster(qcow2_state *s, fmt_scan *sc, uint64_t cl, uint64_t e, uint64_t b,
+                           uint64_t *ret_e, uint64_t *ret_b) {
+        uint64_t cs = s->cluster_size, voff = cl * cs, vlen = MIN(cs, s->size - voff), host = e & OFFSET_MASK;
+        compact_verdict v;
+        int r;
+
+        *ret_e = e, *ret_b = b;
+        if (e & L2E_COMPRESSED)
+                return 0;       /* kept as it is: it shares its host clusters */
+        if (!s->extended_l2) {
+                if (e & L2E_ZERO) {
+                        *ret_e = L2E_ZERO;      /* a zero cluster keeps no space */
+                        return 0;
+                }
+                fmt_scan_begin(sc);
+                r = fmt_scan_piece(sc, s->io, host, voff, vlen);
+                if (r < 0)
+                        return r;
+                v = fmt_scan_verdict(sc);
+                if (v == COMPACT_UNALLOC)
+                        *ret_e = 0;
+                else if (v == COMPACT_ZERO && s->version >= 3)
+                        *ret_e = L2E_ZERO;
+                return 0;
+        }
+        /* extended L2: only the allocated subclusters are asked about */
+        uint32_t alloc = (uint32_t) b, zeros = (uint32_t) (b >> 32);
+        uint64_t sc_size = s->subcluster_size;
+
+        fmt_scan_begin(sc);
+        for (unsigned i = 0; i < QCOW2_SUBCLUSTERS && !fmt_scan_keep(sc); i++) {
+                uint64_t so = i * sc_size;
+
+                if (!((alloc >> i) & 1) || so >= vlen)
+                        continue;
+                r = fmt_scan_piece(sc, s->io, host + so, voff + so, MIN(sc_size, vlen - so));
+                if (r < 0)
+                        return r;
+        }
+        v = fmt_scan_verdict(sc);
+        if (v == COMPACT_UNALLOC) {
+                *ret_e = 0;
+                *ret_b = (uint64_t) zeros << 32;
+        } else if (v == COMPACT_ZERO) {
+                *ret_e = 0;
+                *ret_b = (uint64_t) (zeros | alloc) << 32;
+        }
+        return 0;
+}
+
+/* Phase 1: the verdicts, applied to the tables in memory (each change is a
+ * valid image on its own); L2 tables left empty leave the L1 table. */
+static int compact_scan(qcow2_state *s, compact_fn fn, void *ctx, vdisk_progress *p) {
+        uint64_t cs = s->cluster_size, n_cl = DIV_ROUND_UP(s->size, cs);
+        size_t buf_size = (size_t) MIN(cs, UINT64_C(1) << 20);
+        _cleanup_free_ uint8_t *buf = buf_alloc(buf_size);
+        fmt_scan sc = { .fn = fn, .ctx = ctx, .buf = buf, .buf_size = buf_size };
+        int r;
+
+        if (!buf)
+                return vdisk_error(-ENOMEM, "out of memory");
+        for (uint64_t l1i = 0; l1i < s->l1_size; l1i++) {
+                uint64_t l1e, l2off, first = l1i * s->l2_entries;
+                bool empty = true;
+                tc_table *l2;
+
+                if (first >= n_cl)
+                        break;
+                r = tc_get(s->l1, l1i, &l1e);
+                if (r < 0)
+                        return r;
+                l2off = l1e & OFFSET_MASK;
+                if (l2off == 0) {
+                        r = progress_add(p, MIN(s->l2_coverage, s->size - first * cs));
+                        if (r < 0)
+                                return r;
+                        continue;
+                }
+                for (uint64_t l2i = 0; l2i < s->l2_entries; l2i++) {
+                        uint64_t cl = first + l2i, e, b = 0, ne, nb;
+
+                        r = qcow2_get_l2(s, l2off, &l2);
+                        if (r >= 0)
+                                r = tc_get(l2, s->extended_l2 ? 2 * l2i : l2i, &e);
+                        if (r >= 0 && s->extended_l2)
+                                r = tc_get(l2, 2 * l2i + 1, &b);
+                        if (r < 0)
+                                return r;
+                        if (cl < n_cl && (e & (OFFSET_MASK | L2E_COMPRESSED))) {
+                                r = compact_cluster(s, &sc, cl, e, b, &ne, &nb);
+                                if (r < 0)
+                                        return r;
+                                if (ne != e || nb != b) {
+                                        r = qcow2_get_l2(s, l2off, &l2);
+                                        if (r >= 0)
+                                                r = tc_set(l2, s->extended_l2 ? 2 * l2i : l2i, ne, 0);
+                                        if (r >= 0 && s->extended_l2)
+                                                r = tc_set(l2, 2 * l2i + 1, nb, 0);
+                                        if (r < 0)
+                                                return r;
+                                        if ((ne & OFFSET_MASK) == 0)
+                                                queue_free_entry(s, e);
+                                        e = ne, b = nb;
+                                }
+                        }
+                        if (e != 0 || b != 0)
+                                empty = false;
+                        if (cl < n_cl) {
+                                r = progress_add(p, MIN(cs, s->size - cl * cs));
+                                if (r < 0)
+                                        return r;
+                        }
+                }
+                if (empty) {
+                        r = tc_set(s->l1, l1i, 0, 0);
+                        if (r >= 0)
+                                r = qcow2_drop_table(s, l2off);
+                        if (r < 0)
+                                return r;
+                        queue_free(s, l2off);
+                }
+        }
+        return 0;
+}
+
+static int cmp_u64(const void *a, const void *b) {
+        uint64_t x = *(const uint64_t *) a, y = *(const uint64_t *) b;
+
+        return x < y ? -1 : x > y;
+}
+
+/* Phase 2: the data clusters (units) and everything else that has a
+ * reference (fixed), for fmt_pack. */
+static int compact_layout(qcow2_state *s, fmt_unit **ret_units, size_t *ret_n, fmt_span **ret_fixed,
+                          size_t *ret_nf) {
+        uint64_t cs = s->cluster_size, n_file = DIV_ROUND_UP(s->file_size, cs);
+        _cleanup_free_ fmt_unit *units = NULL;
+        _cleanup_free_ fmt_span *fixed = NULL;
+        _cleanup_free_ uint64_t *hosts = NULL;
+        size_t n = 0, cap = 0, nf = 0, capf = 0;
+        int r;
+
+        for (uint64_t l1i = 0; l1i < s->l1_size; l1i++) {
+                uint64_t l1e;
+                tc_table *l2;
+
+                r = tc_get(s->l1, l1i, &l1e);
+                if (r < 0)
+                        return r;
+                if ((l1e & OFFSET_MASK) == 0)
+                        continue;
+                for (uint64_t l2i = 0; l2i < s->l2_entries; l2i++) {
+                        uint64_t e;
+
+                        r = qcow2_get_l2(s, l1e & OFFSET_MASK, &l2);
+                        if (r >= 0)
+                                r = tc_get(l2, s->extended_l2 ? 2 * l2i : l2i, &e);
+                        if (r < 0)
+                                return r;
+                        if ((e & L2E_COMPRESSED) || (e & OFFSET_MASK) == 0)
+                                continue;
+                        if (n == cap) {
+                                size_t nc = MAX(cap * 2, (size_t) 256);
+                                fmt_unit *nu = realloc(units, nc * sizeof *nu);
+
+                                if (!nu)
+                                        return vdisk_error(-ENOMEM, "out of memory");
+                                units = nu, cap = nc;
+                        }
+                        units[n++] = (fmt_unit) { .key = l1i * s->l2_entries + l2i, .host = e & OFFSET_MASK };
+                }
+        }
+        hosts = malloc((n + 1) * sizeof *hosts);
+        if (!hosts)
+                return vdisk_error(-ENOMEM, "out of memory");
+        for (size_t i = 0; i < n; i++)
+                hosts[i] = units[i].host;
+        qsort(hosts, n, sizeof *hosts, cmp_u64);
+        for (uint64_t ci = 0; ci < n_file; ci++) {
+                uint64_t rc, off = ci * cs;
+
+                r = qcow2_refcount_get(s, ci, &rc);
+                if (r < 0)
+                        return r;
+                if (bsearch(&off, hosts, n, sizeof *hosts, cmp_u64)) {
+                        if (rc != 1)
+                                return vdisk_error(-EUCLEAN, "qcow2: the data cluster at %" PRIu64 " has a refcount "
+                                                   "of %" PRIu64 "; repair the image before compacting it", off, rc);
+                        continue;
+                }
+                if (rc == 0 && !is_fixed(s, off))
+                        continue;
+                if (nf > 0 && fixed[nf - 1].start + fixed[nf - 1].len == off) {
+                        fixed[nf - 1].len += cs;
+                        continue;
+                }
+                if (nf == capf) {
+                        size_t nc = MAX(capf * 2, (size_t) 64);
+                        fmt_span *nx = realloc(fixed, nc * sizeof *nx);
+
+                        if (!nx)
+                                return vdisk_error(-ENOMEM, "out of memory");
+                        fixed = nx, capf = nc;
+                }
+                fixed[nf++] = (fmt_span) { .start = off, .len = cs };
+        }
+        *ret_units = TAKE_PTR(units);
+        *ret_n = n;
+        *ret_fixed = TAKE_PTR(fixed);
+        *ret_nf = nf;
+        return 0;
+}
+
+int qcow2_compact(void *state, compact_fn fn, void *ctx, vdisk_progress *p) {
+        qcow2_state *s = state;
+        _cleanup_free_ fmt_unit *units = NULL;
+        _cleanup_free_ fmt_span *fixed = NULL;
+        size_t n = 0, nf = 0;
+        uint64_t moves;
+        cpack cp = { .s = s };
+        int r, rt;
+
+        assert(s->writable && fn);
+        if (s->nb_snapshots > 0)
+                return vdisk_error(-EOPNOTSUPP, "qcow2: images with internal snapshots cannot be compacted");
+        r = qcow2_mark_dirty(s);
+        if (r >= 0)
+                r = qcow2_flush(s);
+        if (r < 0)
+                return r;
+        r = compact_scan(s, fn, ctx, p);
+        if (r < 0) {
+                /* what was decided is valid: kept */
+                rt = qcow2_flush(s);
+                return rt < 0 ? rt : r;
+        }
+        r = qcow2_flush(s);
+        if (r < 0)
+                return r;
+        r = compact_layout(s, &units, &n, &fixed, &nf);
+        if (r < 0)
+                return r;
+        fmt_pack pk = {
+                .io = s->io,
+                .unit = s->cluster_size,
+                .floor = s->cluster_size,
+                .units = units,
+                .n_units = n,
+                .fixed = fixed,
+                .n_fixed = nf,
+                .p = p,
+                .cancellable = true,
+                .repoint = cpack_repoint,
+                .commit = cpack_commit,
+                .user = &cp,
+        };
+        r = fmt_pack_count(&pk, &moves);
+        if (r < 0)
+                return r;
+        /* the scan is done: the moves report past the disk's size */
+        progress_set_total(p, s->size + moves * s->cluster_size);
+        (void) progress_add(p, s->size);   /* a cancel: seen by the pack */
+        r = fmt_pack_run(&pk, NULL);
+        /* after a cancel too: what the moves left free at the end goes */
+        rt = trim_tail(s);
+        return r < 0 ? r : rt;
+}
