@@ -13,6 +13,7 @@
 #include "fmt/hostalloc.h"
 #include "fmt/tablecache.h"
 #include "io/io.h"
+#include "vdisk/vdisk.h"
 
 #define QCOW2_MAGIC             UINT32_C(0x514649fb)   /* "QFI\xfb" */
 #define QCOW2_V2_HEADER         72u
@@ -106,5 +107,36 @@ typedef struct qcow2_state {
         bool marked_dirty;              /* lazy refcounts: dirty bit set on disk */
         uint64_t *pending_free;         /* host byte ranges to unreference at flush */
         size_t n_pending_free, cap_pending_free;
+
+        /* internal snapshots (hC): writes copy shared clusters */
+        uint64_t res_cow;               /* the reservation replaces this shared cluster (0: none) */
 } qcow2_state;
+
+/* Lent by qcow2.c to qcow2-snapshot.c (writable opens only). */
+int qcow2_rc_get(qcow2_state *s, uint64_t host, uint64_t *ret);
+int qcow2_rc_update(qcow2_state *s, uint64_t host, int delta);
+uint64_t qcow2_rc_max(const qcow2_state *s);
+int qcow2_flush_refcounts(qcow2_state *s);
+int qcow2_flush_tables(qcow2_state *s);
+int qcow2_flush_all(qcow2_state *s);
+int qcow2_get_l2(qcow2_state *s, uint64_t off, tc_table **ret);
+int qcow2_alloc_clusters(qcow2_state *s, uint64_t bytes, uint64_t *ret);
+int qcow2_cover_file(qcow2_state *s, uint64_t end);
+bool qcow2_l1_ok(const qcow2_state *s, uint64_t l1_offset, uint32_t l1_size);
+void qcow2_drop_l2_cache(qcow2_state *s);
+/* The snapshot table: each entry's id, name, facts, and where it lies. */
+typedef struct qcow2_snap {
+        uint64_t l1_offset;
+        uint32_t l1_size;
+        uint64_t start, next;           /* file offsets of the entry and of the next one */
+} qcow2_snap;
+int qcow2_read_snapshots(qcow2_state *s, vdisk_snapshot **ret, qcow2_snap **ret_e, size_t *ret_n);
+
+/* qcow2-snapshot.c: snapshot -c/-a/-d (backend callbacks) and the
+ * OFLAG_COPIED part of check. */
+int qcow2_snapshot_create(void *state, const char *name, int64_t date_sec, uint32_t date_nsec);
+int qcow2_snapshot_apply(void *state, size_t i);
+int qcow2_snapshot_delete(void *state, size_t i);
+int qcow2_check_copied(qcow2_state *s, vdisk_check_report *rep, bool repair);
+uint64_t qcow2_rc_entry(const uint8_t *block, uint64_t i, uint32_t order);
 
