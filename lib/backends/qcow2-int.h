@@ -110,6 +110,7 @@ typedef struct qcow2_state {
 
         /* internal snapshots (hC): writes copy shared clusters */
         uint64_t res_cow;               /* the reservation replaces this shared cluster (0: none) */
+        bool res_counted;               /* commit counted the new cluster: release must not reuse it */
 } qcow2_state;
 
 /* Lent by qcow2.c to qcow2-snapshot.c (writable opens only). */

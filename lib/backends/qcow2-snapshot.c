@@ -16,9 +16,9 @@
  * at them and uncounted only after the pointer is gone from the disk; every
  * table (the snapshot table, a new active L1) is written to new clusters and
  * made current by one small header write:
- *   create  refcounts +1 (the L1 copy, the new table, the active tree),
- *           flush; the L1 copy and the new table written, flush; COPIED
- *           cleared in the active tables, flush; header (nb_snapshots,
+ *   create  COPIED cleared in the active tables, flush; refcounts +1 (the
+ *           L1 copy, the new table, the active tree), flush; the L1 copy
+ *           and the new table written, flush; header (nb_snapshots,
  *           snapshots_offset), flush; the old table's clusters -1.
  *   apply   refcounts +1 (the new active L1, the snapshot's tree), flush;
  *           the new active L1 (the snapshot's, COPIED clear), flush;
@@ -28,10 +28,14 @@
  *           flush; the snapshot's tree, its L1 and the old table -1, flush;
  *           COPIED set in the active tables where a refcount came to 1.
  * A cut leaves the old or the new state with at most leaked clusters, with
- * one exception qemu shares: a cut in delete after the decrements and
- * before the COPIED update leaves active entries with refcount 1 and COPIED
- * clear, which `qemu-img check` calls an OFLAG_COPIED error (harmless: the
- * next write copies that cluster needlessly; `check -r all` sets the flag).
+ * one exception qemu shares (the flag and the refcount live in different
+ * clusters, and qemu's check wants them to agree): a cut in create between
+ * the COPIED clearing and the increments, or in delete between the
+ * decrements and the COPIED update, leaves active entries with refcount 1
+ * and COPIED clear. `qemu-img check` calls that an OFLAG_COPIED error; it
+ * is harmless (the next write copies that cluster needlessly, or sets the
+ * flag when it finds refcount 1) and `check -r all` sets the flag. The other
+ * order would leave COPIED set on shared clusters, which is not harmless.
  *
  * Limits: snapshots with VM state are applied and deleted like any other
  * (the state's clusters live in the L1 table past the disk); vdisk writes
@@ -154,11 +158,11 @@ static int adjust_tree(qcow2_state *s, const uint64_t *l1, uint32_t n, int delta
         return 0;
 }
 
-/* COPIED in the active L1 and L2 tables exactly where the refcount is 1.
- * An L2 table still shared only has its flags cleared (never set: the
- * other table that names it sees the same entries). Through the caches;
- * the caller flushes. */
-static int update_copied(qcow2_state *s) {
+/* COPIED in the active L1 and L2 tables exactly where the refcount is 1
+ * (`clear`: nowhere). An L2 table still shared only has its flags cleared
+ * (never set: the other table that names it sees the same entries).
+ * Through the caches; the caller flushes. */
+static int update_copied(qcow2_state *s, bool clear) {
         int r;
 
         for (uint32_t i = 0; i < s->l1_size; i++) {
@@ -174,6 +178,8 @@ static int update_copied(qcow2_state *s) {
                 r = qcow2_rc_get(s, off, &rc);
                 if (r < 0)
                         return r;
+                if (clear)
+                        rc = 2;
                 if (!!(l1e & L2E_COPIED) != (rc == 1)) {
                         r = tc_set(s->l1, i, rc == 1 ? l1e | L2E_COPIED : l1e & ~L2E_COPIED, 0);
                         if (r < 0)
@@ -190,9 +196,13 @@ static int update_copied(qcow2_state *s) {
                                 return r;
                         if ((e & L2E_COMPRESSED) || (e & OFFSET_MASK) == 0)
                                 continue;
-                        r = qcow2_rc_get(s, e & OFFSET_MASK, &drc);
-                        if (r < 0)
-                                return r;
+                        if (clear)
+                                drc = 2;
+                        else {
+                                r = qcow2_rc_get(s, e & OFFSET_MASK, &drc);
+                                if (r < 0)
+                                        return r;
+                        }
                         if (drc == 1 && !(e & L2E_COPIED) && rc == 1)
                                 r = tc_set(l2, idx, e | L2E_COPIED, 0);
                         else if (drc != 1 && (e & L2E_COPIED))
@@ -331,7 +341,16 @@ int qcow2_snapshot_create(void *state, const char *name, int64_t date_sec, uint3
         if (r < 0)
                 return r;
 
-        /* 1. every new reference counted (a cut from here on leaks) */
+        /* 1. the active tree is about to be shared: COPIED cleared first
+         * (a cut now leaves refcount-1 clusters without COPIED: copied on
+         * their next write, harmless; qemu-img check calls it an error) */
+        r = update_copied(s, true);
+        if (r >= 0)
+                r = flush_tables_sync(s);
+        if (r < 0)
+                return r;
+
+        /* 2. every new reference counted (a cut from here on leaks) */
         if (s->l1_size > 0) {
                 r = qcow2_alloc_clusters(s, ALIGN_UP((uint64_t) s->l1_size * 8, cs), &l1_copy);
                 if (r < 0)
@@ -353,7 +372,7 @@ int qcow2_snapshot_create(void *state, const char *name, int64_t date_sec, uint3
         if (r < 0)
                 return r;
 
-        /* 2. the snapshot's L1 table and the new snapshot table */
+        /* 3. the snapshot's L1 table and the new snapshot table */
         p = tbl + t.len;
         put_be64(p, l1_copy);
         put_be32(p + 8, s->l1_size);
@@ -375,13 +394,6 @@ int qcow2_snapshot_create(void *state, const char *name, int64_t date_sec, uint3
         r = write_new(s, tbl, ALIGN_UP(new_len, cs), tbl_off);
         if (r >= 0)
                 r = io_flush(s->io);
-        if (r < 0)
-                return r;
-
-        /* 3. the active tree is shared now: COPIED cleared */
-        r = update_copied(s);
-        if (r >= 0)
-                r = flush_tables_sync(s);
         if (r < 0)
                 return r;
 
@@ -495,7 +507,7 @@ int qcow2_snapshot_apply(void *state, size_t i) {
 
         /* 5. where a cluster is the active tree's alone now (a hostile or
          * odd table), COPIED */
-        r = update_copied(s);
+        r = update_copied(s, false);
         return r < 0 ? r : flush_tables_sync(s);
 }
 
@@ -566,7 +578,7 @@ int qcow2_snapshot_delete(void *state, size_t i) {
                 return r;
 
         /* 4. what the active tree now holds alone gets COPIED */
-        r = update_copied(s);
+        r = update_copied(s, false);
         return r < 0 ? r : flush_tables_sync(s);
 }
 

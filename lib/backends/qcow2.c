@@ -1370,14 +1370,16 @@ static int qcow2_commit(void *state, const reservation *res) {
                 r = tc_get(l2, 2 * l2i + 1, &bitmap);
         if (r < 0)
                 return r;
+        r = cover_file(s, s->res_host + s->cluster_size);
+        if (r < 0)
+                return r;
         if (s->res_new) {
                 r = rc_update(s, s->res_host, +1, &rbpg);
                 if (r < 0)
                         return r;
+                /* counted: a release now leaks it rather than hand it out again */
+                s->res_counted = true;
         }
-        r = cover_file(s, s->res_host + s->cluster_size);
-        if (r < 0)
-                goto out;
         if (e & L2E_COMPRESSED) {
                 queue_free_compressed(s, e);
                 bitmap = UINT32_MAX;   /* the unit was the whole cluster */
@@ -1408,8 +1410,8 @@ static int qcow2_commit(void *state, const reservation *res) {
                         queue_free(s, s->res_cow);
                 s->reserved = false;
                 s->res_cow = 0;
+                s->res_counted = false;
         }
-out:
         if (l2pg)
                 tc_page_put(l2pg);
         if (rbpg)
@@ -1425,7 +1427,9 @@ static void qcow2_release(void *state, const reservation *res) {
         assert(s->reserved);
         s->reserved = false;
         s->res_cow = 0;
-        if (s->res_new && hostalloc_next(&s->alloc) == s->res_host + s->cluster_size)
+        if (s->res_counted)
+                s->res_counted = false;
+        else if (s->res_new && hostalloc_next(&s->alloc) == s->res_host + s->cluster_size)
                 hostalloc_rewind(&s->alloc, s->res_host);
 }
 

@@ -370,9 +370,13 @@ int rw_write_zeroes(vdisk_disk *d, unsigned level, int below, uint64_t offset, u
                 case MAP_ZERO:
                         break;
                 case MAP_DATA:
-                        r = io_write_zeroes(image_file(img, m.file), m.host_offset, n);
-                        wrote = true;
-                        break;
+                        if (!m.shared) {
+                                r = io_write_zeroes(image_file(img, m.file), m.host_offset, n);
+                                wrote = true;
+                                break;
+                        }
+                        /* shared: a zero entry, or zeros copied on write */
+                        __attribute__((fallthrough));
                 case MAP_ENCODED:
                 case MAP_UNALLOC: {
                         bool below_zero;
