@@ -122,6 +122,10 @@ typedef struct map_result {
         uint32_t unit_length;   /* decoded bytes (at most UNIT_MAX) */
         uint32_t encoded_length;/* encoded bytes at host_offset (at most UNIT_MAX) */
         uint32_t codec;         /* the backend's own tag for decode() */
+        /* DATA only: the bytes are shared (a qcow2 cluster an internal
+         * snapshot references too): a write must not go to host_offset but
+         * through allocate(), which copies the unit on write. */
+        int shared;
 } map_result;
 
 /* The largest encoded unit the core decodes (either side). */
@@ -452,6 +456,17 @@ typedef struct vdisk_backend {
         /* Internal snapshots, oldest first; *ret is a calloc'ed array the
          * core frees with vdisk_snapshots_free(). Optional: none. */
         int (*list_snapshots)(void *state, vdisk_snapshot **ret, size_t *ret_n);
+
+        /* Internal snapshots changed (writable opens only; the core flushed
+         * first and refreshes the size after): create one of the current
+         * state named `name` (the backend picks its id), make the snapshot
+         * at index `i` of list_snapshots() the current state, or delete it.
+         * Each is crash-safe on its own: a cut leaves the old or the new
+         * table, at worst with leaked space. Optional (all three or none):
+         * -EOPNOTSUPP from the core. */
+        int (*snapshot_create)(void *state, const char *name, int64_t date_sec, uint32_t date_nsec);
+        int (*snapshot_apply)(void *state, size_t i);
+        int (*snapshot_delete)(void *state, size_t i);
 
         /* Optical regions (tracks of a CUE sheet), VD's VDQueryRegions; a
          * calloc'ed array. Optional: the core reports one region covering

@@ -1166,12 +1166,46 @@ finish:
 
 /* ---------------------------------------------------------------- snapshot */
 
+/* -c, -a, -d: the image alone (no backing file), writable; qemu-img 7.2's
+ * messages and exit codes. */
+static int snapshot_change(const char *filename, const char *fmt, char action, const char *arg) {
+        Img img = {};
+        int r;
+
+        r = img_open(filename, fmt, IMG_WRITE | IMG_SKIP_CHECKS, &img);
+        if (r < 0)
+                return EXIT_ERROR;
+        vdisk_clear_error();
+        switch (action) {
+        case 'c':
+                r = vdisk_disk_snapshot_create(img.disk, arg);
+                if (r < 0)
+                        log_error("Could not create snapshot '%s': %d (%s)", arg, r, error_detail(r));
+                break;
+        case 'a':
+                r = vdisk_disk_snapshot_apply(img.disk, arg);
+                if (r == -ENOENT)
+                        log_error("Could not apply snapshot '%s': Failed to load snapshot: %s", arg, strerror(-r));
+                else if (r < 0)
+                        log_error("Could not apply snapshot '%s': %s", arg, error_detail(r));
+                break;
+        default:
+                r = vdisk_disk_snapshot_delete(img.disk, arg);
+                if (r == -ENOENT)
+                        log_error("Could not delete snapshot '%s': snapshot not found", arg);
+                else if (r < 0)
+                        log_error("Could not delete snapshot '%s': %s", arg, error_detail(r));
+                break;
+        }
+        return img_close_exit(&img, r < 0 ? EXIT_ERROR : EXIT_OK);
+}
+
 int cmd_snapshot(int argc, char **argv) {
         static const struct option options[] = {
                 COMMON_LONG_OPTIONS,
                 {}
         };
-        const char *fmt = NULL, *filename;
+        const char *fmt = NULL, *filename, *arg = NULL;
         vdisk_snapshot *v = NULL;
         size_t n = 0;
         Img img = {};
@@ -1196,6 +1230,7 @@ int cmd_snapshot(int argc, char **argv) {
                                 return usage_hint();
                         }
                         action = (char) c;
+                        arg = optarg;
                         break;
                 default:
                         if (common_option(c, optarg, &ex) == 2)
@@ -1205,13 +1240,8 @@ int cmd_snapshot(int argc, char **argv) {
         if (optind != argc - 1)
                 return usage_error("Expecting one image file name");
         filename = argv[optind];
-        if (action && action != 'l') {
-                /* Creating, applying and deleting snapshots write refcounts:
-                 * not before the QCOW2 writer can. */
-                log_error("Could not %s snapshot: not supported yet (vdisk-img only lists snapshots: -l)",
-                          action == 'c' ? "create" : action == 'a' ? "apply" : "delete");
-                return EXIT_ERROR;
-        }
+        if (action && action != 'l')
+                return snapshot_change(filename, fmt, action, arg);
 
         r = img_open(filename, fmt, IMG_INFO | IMG_SKIP_CHECKS, &img);
         if (r < 0)

@@ -63,7 +63,7 @@ void print_help(void) {
                "          [--size N | [-f fmt] [-l snapshot_param] filename]\n"
                "  rebase [-q] [-f fmt] [-p] [-u] -b backing_file [-F backing_fmt] filename\n"
                "  resize [-f fmt] [--preallocation=prealloc] [-q] [--shrink] filename [+ | -]size\n"
-               "  snapshot [-f fmt] [-q] [-U] [-l] filename   (-a, -c, -d: not supported yet)\n"
+               "  snapshot [-f fmt] [-q] [-U] [-l | -a snapshot | -c snapshot | -d snapshot] filename\n"
                "\n"
                "vbox-img commands:\n"
                "  compact [-f fmt] [-p] [-q] filename\n"

@@ -14,6 +14,7 @@
 #include "fmt/hostalloc.h"
 #include "fmt/tablecache.h"
 #include "io/io.h"
+#include "vdisk/vdisk.h"
 
 #define QCOW2_MAGIC             UINT32_C(0x514649fb)   /* "QFI\xfb" */
 #define QCOW2_V2_HEADER         72u
@@ -110,6 +111,10 @@ typedef struct qcow2_state {
 
         /* resize, discard, compact, free-cluster reuse (qcow2-space.c) */
         uint64_t free_hint;             /* no cluster below this host offset has refcount 0 */
+
+        /* internal snapshots (qcow2-snapshot.c): writes copy shared clusters */
+        uint64_t res_cow;               /* the reservation replaces this shared cluster (0: none) */
+        bool res_counted;               /* commit counted the new cluster: release must not reuse it */
 } qcow2_state;
 
 
@@ -137,6 +142,21 @@ void qcow2_queue_free_compressed(qcow2_state *s, uint64_t e);
 int qcow2_drop_table(qcow2_state *s, uint64_t off);
 /* Makes the file hold [0, end) (sparse). */
 int qcow2_cover_file(qcow2_state *s, uint64_t end);
+/* The refcount of the cluster holding `host`; the largest one the width takes. */
+int qcow2_rc_get(qcow2_state *s, uint64_t host, uint64_t *ret);
+uint64_t qcow2_rc_max(const qcow2_state *s);
+/* `bytes` (cluster multiple) appended at the end of the file. */
+int qcow2_alloc_clusters(qcow2_state *s, uint64_t bytes, uint64_t *ret);
+bool qcow2_l1_ok(const qcow2_state *s, uint64_t l1_offset, uint32_t l1_size);
+/* Drops the L2 tables held (flushed first): the active L1 table changed. */
+void qcow2_drop_l2_cache(qcow2_state *s);
+/* The snapshot table: each entry's id, name, facts, and where it lies. */
+typedef struct qcow2_snap {
+        uint64_t l1_offset;
+        uint32_t l1_size;
+        uint64_t start, next;           /* file offsets of the entry and of the next one */
+} qcow2_snap;
+int qcow2_read_snapshots(qcow2_state *s, vdisk_snapshot **ret, qcow2_snap **ret_e, size_t *ret_n);
 
 /* ---- qcow2-space.c: resize, discard, compact, free-cluster reuse */
 int qcow2_alloc_cluster(qcow2_state *s, uint64_t *ret, int *ret_fresh);
@@ -148,3 +168,10 @@ int qcow2_compact(void *state, compact_fn fn, void *ctx, vdisk_progress *p);
 /* ---- qcow2-amend.c */
 /* The backend's amend(): compat, refcount_bits, lazy_refcounts. */
 int qcow2_amend(void *state, const char *const *options, vdisk_progress *p);
+
+/* ---- qcow2-snapshot.c: snapshot -c/-a/-d (backend callbacks) and the
+ * OFLAG_COPIED part of check. */
+int qcow2_snapshot_create(void *state, const char *name, int64_t date_sec, uint32_t date_nsec);
+int qcow2_snapshot_apply(void *state, size_t i);
+int qcow2_snapshot_delete(void *state, size_t i);
+int qcow2_check_copied(qcow2_state *s, vdisk_check_report *rep, bool repair);

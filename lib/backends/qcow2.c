@@ -35,8 +35,10 @@
  * subclusters, compressed clusters replaced; create with qemu-img's options;
  * relinks; check and repair of refcounts; an external data file (each
  * cluster at its guest offset there, uncounted; created by create -o
- * data_file); amend in qcow2-amend.c. Not written yet: images with
- * snapshots or bitmaps (refused writable).
+ * data_file); amend in qcow2-amend.c; internal snapshots (shared
+ * clusters copied on write, OFLAG_COPIED kept; snapshot -c/-a/-d in
+ * qcow2-snapshot.c); resize, discard, compact in qcow2-space.c. Not written
+ * yet: images with bitmaps (refused writable).
  *
  * Decisions:
  *   - The dirty bit (lazy refcounts) and the corrupt bit do not stop a
@@ -605,6 +607,10 @@ static int unit_status(qcow2_state *s, uint64_t voff, map_result *ret) {
                                            "end of its file (%" PRIu64 " bytes)", cstart, host, s->data_size);
                 ret->file = s->data_io;
                 ret->host_offset = h0;
+                /* COPIED clear on the cluster or its L2 table: another
+                 * reference (an internal snapshot) may share it, so a write
+                 * goes through allocate() (copy on write) */
+                ret->shared = s->writable && !s->data_io && (!(l1e & L2E_COPIED) || !(e & L2E_COPIED));
                 if (h0 >= s->data_size)
                         /* the tail of a cluster past the end of the file reads zeros */
                         *ret = (map_result) { .kind = MAP_ZERO, .length = ret->length };
@@ -1057,6 +1063,29 @@ static int rc_update(qcow2_state *s, uint64_t host, int delta, tc_page **ret_pg)
         return 0;
 }
 
+/* The refcount of the cluster holding `host` (0 where no block covers it). */
+static int rc_get(qcow2_state *s, uint64_t host, uint64_t *ret) {
+        uint64_t ci = host / s->cluster_size, rti = ci / s->rb_entries, e;
+        tc_table *t;
+        tc_page *pg;
+        int r;
+
+        *ret = 0;
+        if (rti >= tc_table_entries(s->reft))
+                return 0;
+        r = tc_get(s->reft, rti, &e);
+        if (r < 0 || (e & REFT_OFFSET_MASK) == 0)
+                return r;
+        r = get_rb(s, e & REFT_OFFSET_MASK, &t);
+        if (r >= 0)
+                r = tc_page_get(t, 0, &pg);
+        if (r < 0)
+                return r;
+        *ret = rc_entry_get(tc_page_data(pg), ci % s->rb_entries, s->refcount_order);
+        tc_page_put(pg);
+        return 0;
+}
+
 /* ---------------------------------------------------------------- writes */
 
 static int write_header_u64(qcow2_state *s, uint32_t at, uint64_t v) {
@@ -1094,9 +1123,6 @@ static int prepare_writes(qcow2_state *s, const uint8_t *features, size_t n_feat
         if (s->incompat & INCOMPAT_CORRUPT)
                 return vdisk_error(-EUCLEAN, "qcow2: the image is marked corrupt; it opens read-only only "
                                    "(repair it first)");
-        if (s->nb_snapshots > 0)
-                return vdisk_error(-EOPNOTSUPP, "qcow2: writing images with internal snapshots is not supported "
-                                   "yet");
         if (s->nb_bitmaps > 0 || (s->autoclear & AUTOCLEAR_BITMAPS))
                 return vdisk_error(-EOPNOTSUPP, "qcow2: writing images with persistent bitmaps is not supported "
                                    "yet");
@@ -1168,21 +1194,65 @@ static int l2_entry(qcow2_state *s, uint64_t cl, uint64_t *ret_e, uint64_t *ret_
         return r;
 }
 
-/* The L2 table for L1 index l1i, made (zeroed, counted, linked) when missing. */
+static int rc_get(qcow2_state *s, uint64_t host, uint64_t *ret);
+static void queue_free(qcow2_state *s, uint64_t host);
+
+/* A copy of the shared L2 table at `old` in a new cluster (its data
+ * clusters keep their counts: the copy takes over the active tree's
+ * references, the old table keeps the snapshot's). */
+static int copy_l2(qcow2_state *s, uint64_t old, uint64_t off) {
+        _cleanup_free_ uint8_t *buf = malloc(s->cluster_size);
+        tc_table *l2;
+        int r;
+
+        if (!buf)
+                return -ENOMEM;
+        r = get_l2(s, old, &l2);
+        if (r >= 0)
+                r = tc_read(l2, 0, buf, s->cluster_size);
+        if (r >= 0)
+                r = io_pwrite(s->io, buf, s->cluster_size, off);
+        if (r < 0)
+                return r;
+        note_file_end(s, off + s->cluster_size);
+        return 0;
+}
+
+/* The L2 table for L1 index l1i, made (zeroed, counted, linked) when
+ * missing, copied first when shared (refcount > 1: an internal snapshot
+ * references it too); the old table is unreferenced at the next flush. */
 static int l2_for_write(qcow2_state *s, uint64_t l1i, tc_table **ret) {
-        uint64_t l1e, off;
+        uint64_t l1e, off, old = 0;
         tc_page *rbpg = NULL, *l1pg = NULL;
         int r;
 
         r = tc_get(s->l1, l1i, &l1e);
         if (r < 0)
                 return r;
-        if (l1e & OFFSET_MASK)
+        if ((l1e & OFFSET_MASK) && !(l1e & L2E_COPIED)) {
+                uint64_t rc;
+
+                r = rc_get(s, l1e & OFFSET_MASK, &rc);
+                if (r < 0)
+                        return r;
+                if (rc == 0)
+                        return vdisk_error(-EUCLEAN, "qcow2: the L2 table at %" PRIu64 " has refcount 0",
+                                           l1e & OFFSET_MASK);
+                if (rc == 1) {
+                        /* not shared: the flag was missing */
+                        r = tc_set(s->l1, l1i, (l1e & OFFSET_MASK) | L2E_COPIED, 0);
+                        if (r < 0)
+                                return r;
+                        l1e |= L2E_COPIED;
+                } else
+                        old = l1e & OFFSET_MASK;
+        }
+        if ((l1e & OFFSET_MASK) && !old)
                 return get_l2(s, l1e & OFFSET_MASK, ret);
         r = qcow2_alloc_cluster(s, &off, NULL);
         if (r < 0)
                 return r;
-        r = write_zero_cluster(s, off);
+        r = old ? copy_l2(s, old, off) : write_zero_cluster(s, off);
         if (r < 0)
                 return r;
         r = rc_update(s, off, +1, &rbpg);
@@ -1199,25 +1269,32 @@ static int l2_for_write(qcow2_state *s, uint64_t l1i, tc_table **ret) {
         tc_page_put(rbpg);
         if (r < 0)
                 return r;
+        if (old)
+                queue_free(s, old);
         return get_l2(s, off, ret);
+}
+
+/* The cluster holding `host` loses a reference at the next flush (after
+ * the tables that dropped the pointer are on disk). */
+static void queue_free(qcow2_state *s, uint64_t host) {
+        if (s->n_pending_free == s->cap_pending_free) {
+                size_t cap = MAX(s->cap_pending_free * 2, (size_t) 64);
+                uint64_t *n = realloc(s->pending_free, cap * sizeof *n);
+
+                if (!n)
+                        return;   /* at worst a leak */
+                s->pending_free = n;
+                s->cap_pending_free = cap;
+        }
+        s->pending_free[s->n_pending_free++] = host;
 }
 
 static void queue_free_compressed(qcow2_state *s, uint64_t e) {
         uint64_t coff = e & s->coffset_mask, nsec = ((e >> s->csize_shift) & s->csize_mask) + 1;
         uint64_t start = coff & ~UINT64_C(511), last = start + nsec * 512 - 1;
 
-        for (uint64_t c = start / s->cluster_size; c <= last / s->cluster_size; c++) {
-                if (s->n_pending_free == s->cap_pending_free) {
-                        size_t cap = MAX(s->cap_pending_free * 2, (size_t) 64);
-                        uint64_t *n = realloc(s->pending_free, cap * sizeof *n);
-
-                        if (!n)
-                                return;   /* at worst a leak */
-                        s->pending_free = n;
-                        s->cap_pending_free = cap;
-                }
-                s->pending_free[s->n_pending_free++] = c * s->cluster_size;
-        }
+        for (uint64_t c = start / s->cluster_size; c <= last / s->cluster_size; c++)
+                queue_free(s, c * s->cluster_size);
 }
 
 static int qcow2_allocate(void *state, uint64_t offset, uint64_t len, reservation *ret) {
@@ -1241,7 +1318,29 @@ static int qcow2_allocate(void *state, uint64_t offset, uint64_t len, reservatio
         host = e & L2E_COMPRESSED ? 0 : e & OFFSET_MASK;
         /* in an external data file offset 0 is allocated when COPIED is set */
         has_host = host != 0 || (s->data_io && !(e & L2E_COMPRESSED) && (e & L2E_COPIED));
-        if (s->extended_l2 && !(e & L2E_COMPRESSED)) {
+        s->res_cow = 0;
+        if (host != 0 && !s->data_io && !(e & L2E_COPIED)) {
+                /* maybe shared with a snapshot: copied on write, as a whole
+                 * cluster (with extended L2 every subcluster becomes
+                 * allocated, holding what it read) */
+                uint64_t rc;
+
+                r = rc_get(s, host, &rc);
+                if (r < 0)
+                        return r;
+                if (rc == 0)
+                        return vdisk_error(-EUCLEAN, "qcow2: the cluster at %" PRIu64 " maps to %" PRIu64
+                                           ", which has refcount 0", cstart, host);
+                if (rc > 1) {
+                        s->res_cow = host;
+                        host = 0;
+                        has_host = false;
+                }
+        }
+        if (s->res_cow) {
+                ustart = cstart;
+                uend = cend;
+        } else if (s->extended_l2 && !(e & L2E_COMPRESSED)) {
                 /* the run of not-allocated subclusters the write covers */
                 uint64_t sc0 = (offset - cstart) / s->subcluster_size;
                 uint64_t last = (MIN(offset + len, cend) - 1 - cstart) / s->subcluster_size, sc1 = sc0 + 1;
@@ -1283,6 +1382,7 @@ static int qcow2_commit(void *state, const reservation *res) {
         uint64_t l1i = cl / s->l2_entries, l2i = cl % s->l2_entries, e, bitmap = 0;
         tc_table *l2;
         tc_page *rbpg = NULL, *l2pg = NULL;
+        bool drop = false;
         int r;
 
         assert(s->reserved);
@@ -1294,21 +1394,29 @@ static int qcow2_commit(void *state, const reservation *res) {
                 r = tc_get(l2, 2 * l2i + 1, &bitmap);
         if (r < 0)
                 return r;
-        if (s->res_new && !s->data_io) {
-                r = rc_update(s, s->res_host, +1, &rbpg);
-                if (r < 0)
-                        return r;
-        }
         if (s->data_io)
                 s->data_size = MAX(s->data_size, res->host_offset + res->length);
         else {
                 r = cover_file(s, s->res_host + s->cluster_size);
                 if (r < 0)
-                        goto out;
+                        return r;
+        }
+        if (s->res_new && !s->data_io) {
+                r = rc_update(s, s->res_host, +1, &rbpg);
+                if (r < 0)
+                        return r;
+                /* counted: a release now leaks it rather than hand it out again */
+                s->res_counted = true;
         }
         if (e & L2E_COMPRESSED) {
                 queue_free_compressed(s, e);
                 bitmap = UINT32_MAX;   /* the unit was the whole cluster */
+        } else if (s->res_cow) {
+                /* the snapshot keeps the old cluster; this table drops it
+                 * (the L2 entry may have changed since allocate(): only
+                 * if it still points there) */
+                drop = (e & OFFSET_MASK) == s->res_cow;
+                bitmap = UINT32_MAX;
         } else if (s->extended_l2) {
                 uint64_t sc0 = (res->unit_offset - cstart) / s->subcluster_size;
                 uint64_t n = DIV_ROUND_UP(res->length, s->subcluster_size);
@@ -1325,9 +1433,13 @@ static int qcow2_commit(void *state, const reservation *res) {
                 if (r >= 0)
                         r = tc_page_depends(l2pg, rbpg);
         }
-        if (r >= 0)
+        if (r >= 0) {
+                if (drop)
+                        queue_free(s, s->res_cow);
                 s->reserved = false;
-out:
+                s->res_cow = 0;
+                s->res_counted = false;
+        }
         if (l2pg)
                 tc_page_put(l2pg);
         if (rbpg)
@@ -1342,7 +1454,10 @@ static void qcow2_release(void *state, const reservation *res) {
 
         assert(s->reserved);
         s->reserved = false;
-        if (s->res_new && !s->data_io && hostalloc_next(&s->alloc) == s->res_host + s->cluster_size)
+        s->res_cow = 0;
+        if (s->res_counted)
+                s->res_counted = false;
+        else if (s->res_new && !s->data_io && hostalloc_next(&s->alloc) == s->res_host + s->cluster_size)
                 hostalloc_rewind(&s->alloc, s->res_host);
         else if (s->res_new && !s->data_io)
                 qcow2_note_free(s, s->res_host);   /* a reused cluster: free again */
@@ -1498,26 +1613,7 @@ int qcow2_cover_file(qcow2_state *s, uint64_t end) {
 /* The refcount of cluster index `ci` as the refcounts say now (in memory),
  * without making a refcount block: 0 where there is none. */
 int qcow2_refcount_get(qcow2_state *s, uint64_t ci, uint64_t *ret) {
-        uint64_t rti = ci / s->rb_entries, e;
-        tc_table *t;
-        tc_page *pg;
-        int r;
-
-        *ret = 0;
-        if (rti >= tc_table_entries(s->reft))
-                return 0;
-        r = tc_get(s->reft, rti, &e);
-        if (r < 0 || (e & REFT_OFFSET_MASK) == 0)
-                return r;
-        r = get_rb(s, e & REFT_OFFSET_MASK, &t);
-        if (r < 0)
-                return r;
-        r = tc_page_get(t, 0, &pg);
-        if (r < 0)
-                return r;
-        *ret = rc_entry_get(tc_page_data(pg), ci % s->rb_entries, s->refcount_order);
-        tc_page_put(pg);
-        return 0;
+        return rc_get(s, ci * s->cluster_size, ret);
 }
 
 /* Drops the cached view of the cluster-sized table at `off` (an L2 table or
@@ -1814,6 +1910,13 @@ static int qcow2_check(void *state, uint32_t flags, vdisk_check_report *rep, vdi
                 if (r < 0)
                         return r;
         }
+        /* OFLAG_COPIED against the refcounts as they are now; -r leaks
+         * mends it too once nothing else is left (qemu's rule) */
+        r = qcow2_check_copied(s, rep, !dry && s->writable &&
+                               (fix_all || (fix_leaks && rep->corruptions == rep->corruptions_fixed &&
+                                            rep->leaks == rep->leaks_fixed && !rep->check_errors)));
+        if (r < 0)
+                return r;
         rep->total_clusters = DIV_ROUND_UP(s->size, cs);
         rep->allocated_clusters = q.allocated;
         rep->image_end_offset = s->file_size;
@@ -2252,11 +2355,7 @@ static int qcow2_get_format_info(void *state, strv_builder *kv) {
 
 /* One snapshot table entry (40 bytes, then extra data, id and name; the
  * next entry starts 8-aligned). */
-typedef struct snap_entry {
-        uint64_t l1_offset;
-        uint32_t l1_size;
-        uint64_t next;          /* file offset of the next entry */
-} snap_entry;
+typedef qcow2_snap snap_entry;
 
 /* Reads the n-th entry, at `off`, into *sn (id and name allocated, freed by
  * the caller even on failure) and *e. Checks what reading it needs; the L1
@@ -2306,6 +2405,7 @@ static int read_snapshot(qcow2_state *s, uint64_t off, size_t n, vdisk_snapshot 
         *e = (snap_entry) {
                 .l1_offset = get_be64(h),
                 .l1_size = get_be32(h + 8),
+                .start = off,
                 .next = off + ALIGN_UP(entry_len, UINT64_C(8)),
         };
         return 0;
@@ -2348,6 +2448,10 @@ static int read_snapshots(qcow2_state *s, vdisk_snapshot **ret, snap_entry **ret
         return 0;
 }
 
+int qcow2_read_snapshots(qcow2_state *s, vdisk_snapshot **ret, qcow2_snap **ret_e, size_t *ret_n) {
+        return read_snapshots(s, ret, ret_e, ret_n);
+}
+
 static int qcow2_list_snapshots(void *state, vdisk_snapshot **ret, size_t *ret_n) {
         return read_snapshots(state, ret, NULL, ret_n);
 }
@@ -2381,6 +2485,32 @@ static int select_snapshot(qcow2_state *s, const snapshot_sel *sel) {
         s->l1_offset = e[i].l1_offset;
         s->l1_size = e[i].l1_size;
         return 0;
+}
+
+/* ---------------------------------------------------------------- lent to qcow2-snapshot.c (and qcow2-int.h) */
+
+int qcow2_rc_get(qcow2_state *s, uint64_t host, uint64_t *ret) {
+        return rc_get(s, host, ret);
+}
+
+uint64_t qcow2_rc_max(const qcow2_state *s) {
+        return rc_max(s);
+}
+
+/* `bytes` (cluster multiple) appended at the end of the file. */
+int qcow2_alloc_clusters(qcow2_state *s, uint64_t bytes, uint64_t *ret) {
+        return hostalloc_alloc(&s->alloc, bytes, QCOW2_HOST_LIMIT, ret, NULL);
+}
+
+bool qcow2_l1_ok(const qcow2_state *s, uint64_t l1_offset, uint32_t l1_size) {
+        return l1_size_ok(l1_size) && l1_place_ok(s, l1_offset, l1_size);
+}
+
+/* The L2 tables held (flushed first by the caller) are dropped: the active
+ * L1 table changed. */
+void qcow2_drop_l2_cache(qcow2_state *s) {
+        for (size_t i = 0; i < QCOW2_L2_SLOTS; i++)
+                s->slots[i].t = tc_table_free(s->slots[i].t);
 }
 
 /* ---------------------------------------------------------------- table */
@@ -2423,6 +2553,9 @@ const vdisk_backend backend_qcow2 = {
         .get_info = qcow2_get_info,
         .get_format_info = qcow2_get_format_info,
         .list_snapshots = qcow2_list_snapshots,
+        .snapshot_create = qcow2_snapshot_create,
+        .snapshot_apply = qcow2_snapshot_apply,
+        .snapshot_delete = qcow2_snapshot_delete,
         .measure = qcow2_measure,
         .prealloc_create = PREALLOC_BIT(PREALLOC_METADATA) | PREALLOC_BIT(PREALLOC_FALLOC) |
                            PREALLOC_BIT(PREALLOC_FULL),

@@ -289,12 +289,13 @@ int rw_write(vdisk_disk *d, unsigned level, const void *buf, size_t len, uint64_
                 r = map_checked(img, offset, len, &m);
                 if (r < 0)
                         break;
-                if (m.kind == MAP_DATA) {
+                if (m.kind == MAP_DATA && !m.shared) {
                         n = (size_t) m.length;
                         r = io_pwrite(image_file(img, m.file), p, n, m.host_offset);
                 } else
                         /* UNALLOC, ZERO, and ENCODED: an encoded unit is
-                         * never rewritten in place; it gets a new unit. */
+                         * never rewritten in place; it gets a new unit.
+                         * Shared DATA is copied on write the same way. */
                         r = write_new_unit(d, level, offset, p, len, &n);
                 if (r < 0)
                         break;
@@ -387,9 +388,13 @@ static int write_zeroes(vdisk_disk *d, unsigned level, int below, uint64_t offse
                 case MAP_ZERO:
                         break;
                 case MAP_DATA:
-                        r = io_write_zeroes(image_file(img, m.file), m.host_offset, n);
-                        wrote = true;
-                        break;
+                        if (!m.shared) {
+                                r = io_write_zeroes(image_file(img, m.file), m.host_offset, n);
+                                wrote = true;
+                                break;
+                        }
+                        /* shared: a zero entry, or zeros copied on write */
+                        __attribute__((fallthrough));
                 case MAP_ENCODED:
                 case MAP_UNALLOC: {
                         bool below_zero;

@@ -1,7 +1,9 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
-/* Choosing an internal snapshot to open (qemu-img's -l). */
+/* Choosing an internal snapshot to open (qemu-img's -l); creating,
+ * applying and deleting snapshots (qemu-img snapshot -c/-a/-d). */
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "core/core.h"
 
@@ -113,4 +115,73 @@ int vdisk_disk_set_snapshot(vdisk_disk *d, const char *spec) {
                 .name = name,
         };
         return 0;
+}
+
+/* ---------------------------------------------------------------- snapshot -c/-a/-d */
+
+enum { SNAP_CREATE, SNAP_APPLY, SNAP_DELETE };
+
+static int disk_snapshot(vdisk_disk *d, int op, const char *arg) {
+        _cleanup_(disk_unlockp) vdisk_disk *l = NULL;
+        vdisk_snapshot *v = NULL;
+        vdisk_image *img;
+        size_t n = 0, i = 0;
+        int r;
+
+        if (!d || !arg)
+                return vdisk_error(-EINVAL, "invalid arguments");
+        l = disk_lock(d);
+        if (d->n == 0)
+                return vdisk_error(-EINVAL, "the container is empty");
+        img = d->images[d->n - 1];
+        if (!img->be->snapshot_create)
+                return vdisk_error(-EOPNOTSUPP, "%s: %s images have no writable internal snapshots",
+                                   vdisk_io_name(img->io), img->be->info.name);
+        /* apply changes the disk size */
+        if (op == SNAP_APPLY) {
+                r = disk_may_reshape(d);
+                if (r < 0)
+                        return r;
+        }
+        r = disk_make_writable(d, d->n - 1);
+        if (r < 0)
+                return r;
+        img = d->images[d->n - 1];
+        r = image_flush(img);
+        if (r < 0)
+                return r;
+        if (op != SNAP_CREATE) {
+                snapshot_sel sel = { .id = arg, .id_or_name = 1 };
+
+                r = img->be->list_snapshots(img->state, &v, &n);
+                if (r < 0)
+                        return vdisk_error_prefix(r, vdisk_io_name(img->io));
+                r = snapshot_find(v, n, &sel, &i);
+                vdisk_snapshots_free(v, n);
+                if (r < 0)
+                        return r;
+        }
+        if (op == SNAP_CREATE) {
+                struct timespec ts = {};
+
+                (void) clock_gettime(CLOCK_REALTIME, &ts);
+                r = img->be->snapshot_create(img->state, arg, (int64_t) ts.tv_sec, (uint32_t) ts.tv_nsec);
+        } else if (op == SNAP_APPLY)
+                r = img->be->snapshot_apply(img->state, i);
+        else
+                r = img->be->snapshot_delete(img->state, i);
+        image_refresh(img);
+        return r < 0 ? vdisk_error_prefix(r, vdisk_io_name(img->io)) : 0;
+}
+
+int vdisk_disk_snapshot_create(vdisk_disk *d, const char *name) {
+        return disk_snapshot(d, SNAP_CREATE, name);
+}
+
+int vdisk_disk_snapshot_apply(vdisk_disk *d, const char *id_or_name) {
+        return disk_snapshot(d, SNAP_APPLY, id_or_name);
+}
+
+int vdisk_disk_snapshot_delete(vdisk_disk *d, const char *id_or_name) {
+        return disk_snapshot(d, SNAP_DELETE, id_or_name);
 }

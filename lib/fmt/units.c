@@ -31,7 +31,8 @@ int units_map_join(void *state, units_status_fn unit, uint64_t offset, uint64_t 
                 if (r < 0)
                         return r;
                 if (n.kind != ret->kind ||
-                    (n.kind == MAP_DATA && (n.file != ret->file || n.host_offset != ret->host_offset + done)))
+                    (n.kind == MAP_DATA && (n.file != ret->file || n.host_offset != ret->host_offset + done ||
+                                            n.shared != ret->shared)))
                         break;
                 done += n.length;
         }

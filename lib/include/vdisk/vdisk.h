@@ -624,6 +624,16 @@ typedef struct vdisk_snapshot {
 int vdisk_image_list_snapshots(vdisk_image *img, vdisk_snapshot **ret, size_t *ret_n);
 void vdisk_snapshots_free(vdisk_snapshot *v, size_t n);
 
+/* qemu-img snapshot -c/-a/-d on the top image of `d` (reopened writable
+ * when needed): create a snapshot of its current state named `name` (the
+ * id is the next free number; names need not be unique, as in qemu), apply
+ * the snapshot `id_or_name` (an id first, else a name: it becomes the
+ * current state, its disk size too), or delete it. -ENOENT when no
+ * snapshot matches, -EOPNOTSUPP for formats without writable snapshots. */
+int vdisk_disk_snapshot_create(vdisk_disk *d, const char *name);
+int vdisk_disk_snapshot_apply(vdisk_disk *d, const char *id_or_name);
+int vdisk_disk_snapshot_delete(vdisk_disk *d, const char *id_or_name);
+
 /* Regions of a disk (VD's VDQueryRegions): a hard disk or a plain ISO is
  * one region; a CUE sheet has a region per track. */
 enum {
