@@ -448,6 +448,19 @@ typedef struct vdisk_backend {
          * own figures where the layouts are qemu's. No state, no I/O but
          * count_units(). Optional (-EOPNOTSUPP). */
         int (*measure)(const measure_params *p, measure_result *ret);
+
+        /* Told of every write of [offset, offset+len) (data, zeroes,
+         * discard) before anything of it changes: formats that record
+         * changed ranges (qcow2 persistent dirty bitmaps) note it, and may
+         * first write metadata (mark their bitmaps in use). Optional. */
+        int (*note_write)(void *state, uint64_t offset, uint64_t len);
+
+        /* Persistent bitmaps (see vdisk_bitmap in vdisk.h): list them, read
+         * one's content, change them (writable images; durable on return).
+         * Optional: a format without them has none (list) or -EOPNOTSUPP. */
+        int (*list_bitmaps)(void *state, vdisk_bitmap **ret, size_t *ret_n);
+        int (*read_bitmap)(void *state, const char *name, uint8_t **ret, size_t *ret_len, uint64_t *ret_granularity);
+        int (*change_bitmap)(void *state, const vdisk_bitmap_change *c);
 } vdisk_backend;
 
 /* The backend table (lib/core/registry.c). */
