@@ -22,6 +22,7 @@ typedef struct Command {
 } Command;
 
 static const Command commands[] = {
+        { "bitmap",   cmd_bitmap },
         { "check",    cmd_check },
         { "commit",   cmd_commit },
         { "compact",  cmd_compact },
@@ -48,6 +49,8 @@ void print_help(void) {
                "    '-V', '--version'    output version information and exit\n"
                "\n"
                "Command syntax:\n"
+               "  bitmap (--merge SOURCE | --add | --remove | --clear | --enable | --disable)...\n"
+               "         [-b source_file [-F source_fmt]] [-g granularity] [-f fmt] filename bitmap\n"
                "  check [-q] [-f fmt] [--output=ofmt] [-r [leaks | all]] [-U] filename\n"
                "  commit [-q] [-f fmt] [-b base] [-d] [-p] filename\n"
                "  compare [-f fmt] [-F fmt] [-p] [-q] [-s] [-U] filename1 filename2\n"
