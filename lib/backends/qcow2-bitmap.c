@@ -770,7 +770,9 @@ static int replace_directory(qcow2_state *s, qcow2_bitmap *v, uint32_t n) {
 }
 
 static int change_add(qcow2_state *s, const vdisk_bitmap_change *c) {
-        uint64_t g = c->granularity ? c->granularity : MAX(s->cluster_size, UINT64_C(4096));
+        /* the default as qemu picks it: the cluster size, within 4 KiB .. 64 KiB */
+        uint64_t g = c->granularity ? c->granularity
+                                    : MIN(MAX(s->cluster_size, UINT64_C(4096)), UINT64_C(65536));
         qcow2_bitmap *v;
         qcow2_bitmap nb = {};
         unsigned gb = 0;

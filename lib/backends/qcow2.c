@@ -33,8 +33,9 @@
  * Writing (see "refcounts" and "writes" below, docs/formats/qcow2.md):
  * appended clusters with exact refcounts, v3 zero clusters, extended-L2
  * subclusters, compressed clusters replaced; create with qemu-img's options;
- * relinks; check and repair of refcounts. Not written yet: images with an
- * external data file, snapshots or bitmaps (refused writable).
+ * relinks; check and repair of refcounts; persistent bitmaps kept and
+ * updated (qcow2-bitmap.c). Not written yet: images with an external data
+ * file or snapshots (refused writable).
  *
  * Decisions:
  *   - The dirty bit (lazy refcounts) and the corrupt bit do not stop a
