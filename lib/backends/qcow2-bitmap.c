@@ -347,7 +347,11 @@ broken:
         return 0;
 }
 
+/* Sets bits first..last (clipped to the content: the disk's size at load). */
 static void set_bits(qcow2_bitmap *b, uint64_t first, uint64_t last) {
+        if (b->bits_len == 0 || first >= b->bits_len * 8)
+                return;
+        last = MIN(last, b->bits_len * 8 - 1);
         for (uint64_t i = first; i <= last;) {
                 if (i % 8 == 0 && last - i >= 7) {
                         uint64_t n = (last - i + 1) / 8;
@@ -458,7 +462,7 @@ static int append_clusters(qcow2_state *s, const void *data, uint64_t len, uint6
 /* Writes b's content to new clusters and a new table; returns the table's
  * offset (its refcounts counted, not yet flushed). */
 static int write_content(qcow2_state *s, const qcow2_bitmap *b, uint64_t *ret_table) {
-        uint64_t cs = s->cluster_size, n = table_entries(s, b->gran_bits);
+        uint64_t cs = s->cluster_size, n = DIV_ROUND_UP(b->bits_len, cs);
         _cleanup_free_ uint8_t *t = calloc(n ? n : 1, 8);
         int r;
 
@@ -511,7 +515,7 @@ int qcow2_bitmaps_flush(qcow2_state *s) {
                 if (!b->dirty)
                         continue;
                 put_be64(e, newt[i]);
-                put_be32(e + 8, (uint32_t) table_entries(s, b->gran_bits));
+                put_be32(e + 8, (uint32_t) DIV_ROUND_UP(b->bits_len, s->cluster_size));
                 r = io_pwrite(s->io, e, sizeof e, s->bm_dir_offset + b->dir_pos);
                 if (r < 0)
                         return r;
@@ -527,7 +531,7 @@ int qcow2_bitmaps_flush(qcow2_state *s) {
                         continue;
                 r = free_table(s, b->table_offset, b->table_size, b->name);
                 b->table_offset = newt[i];
-                b->table_size = (uint32_t) table_entries(s, b->gran_bits);
+                b->table_size = (uint32_t) DIV_ROUND_UP(b->bits_len, s->cluster_size);
                 if (r < 0)
                         return r;
                 b->dirty = false;
