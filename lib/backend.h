@@ -252,6 +252,10 @@ typedef struct measure_params {
          * not known to be zero), each unit counted once: qemu's count. */
         int (*count_units)(void *ctx, uint64_t unit, uint64_t *ret);
         void *ctx;
+        /* The persistent bitmaps of the input's top image (convert --bitmaps
+         * would copy them), n_bitmaps of them; NULL when none. */
+        const vdisk_bitmap *bitmaps;
+        size_t n_bitmaps;
 } measure_params;
 
 typedef struct measure_result {

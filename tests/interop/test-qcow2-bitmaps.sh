@@ -13,7 +13,8 @@
 #   - vdisk-img bitmap --add [-g] [--disable] / --remove / --clear / --enable
 #     / --disable / --merge [-b file]: the same sequence as qemu-img bitmap
 #     on a copy gives the same bitmaps; check clean;
-#   - convert --bitmaps copies them as qemu-img convert --bitmaps does;
+#   - convert --bitmaps copies them as qemu-img convert --bitmaps does, and
+#     measure's "bitmaps size" is qemu-img's;
 #   - refusals: convert --bitmaps to a format without bitmaps, bitmap on a
 #     raw image and on a version 2 qcow2.
 # shellcheck source-path=SCRIPTDIR source=lib.sh
@@ -161,6 +162,15 @@ qcheck2 vc.qcow2
 qcompare v.qcow2 qcow2 vc.qcow2 qcow2
 expect_rc "convert without --bitmaps" 0 "$VDISK_IMG" convert -f qcow2 -O qcow2 v.qcow2 vn.qcow2
 expect_eq "... copies none" "$(qflags vn.qcow2)" "-"
+
+# --- measure: "bitmaps size" as qemu-img counts it (an in-use bitmap too)
+for f in v.qcow2 crash.qcow2; do
+        for o in cluster_size=65536 cluster_size=4096 cluster_size=2M; do
+                want=$("$QEMU_IMG" measure -f qcow2 -O qcow2 -o "$o" "$f" | grep "bitmaps size")
+                got=$("$VDISK_IMG" measure -f qcow2 -O qcow2 -o "$o" "$f" | grep "bitmaps size")
+                expect_eq "measure $f -o $o: $want" "$got" "$want"
+        done
+done
 
 # --- refusals
 expect_fail "convert --bitmaps to vdi is refused" "$VDISK_IMG" convert -f qcow2 -O vdi --bitmaps v.qcow2 v.vdi
