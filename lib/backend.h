@@ -259,6 +259,10 @@ typedef struct measure_params {
          * not known to be zero), each unit counted once: qemu's count. */
         int (*count_units)(void *ctx, uint64_t unit, uint64_t *ret);
         void *ctx;
+        /* The persistent bitmaps of the input's top image (convert --bitmaps
+         * would copy them), n_bitmaps of them; NULL when none. */
+        const vdisk_bitmap *bitmaps;
+        size_t n_bitmaps;
 } measure_params;
 
 typedef struct measure_result {
@@ -526,6 +530,18 @@ typedef struct vdisk_backend {
          * -EOPNOTSUPP (or NULL) and the core writes zeros instead, as
          * vdisk_disk_write_zeroes() does. */
         int (*discard)(void *state, uint64_t offset, uint64_t len);
+        /* Told of every write of [offset, offset+len) (data, zeroes,
+         * discard) before anything of it changes: formats that record
+         * changed ranges (qcow2 persistent dirty bitmaps) note it, and may
+         * first write metadata (mark their bitmaps in use). Optional. */
+        int (*note_write)(void *state, uint64_t offset, uint64_t len);
+
+        /* Persistent bitmaps (see vdisk_bitmap in vdisk.h): list them, read
+         * one's content, change them (writable images; durable on return).
+         * Optional: a format without them has none (list) or -EOPNOTSUPP. */
+        int (*list_bitmaps)(void *state, vdisk_bitmap **ret, size_t *ret_n);
+        int (*read_bitmap)(void *state, const char *name, uint8_t **ret, size_t *ret_len, uint64_t *ret_granularity);
+        int (*change_bitmap)(void *state, const vdisk_bitmap_change *c);
 } vdisk_backend;
 
 /* The backend table (lib/core/registry.c). */

@@ -495,6 +495,8 @@ static int convert_loop(Img *src, vdisk_disk *dst, const char *dst_name, ZeroMod
         return 0;
 }
 
+#define ARG_SKIP_BROKEN_BITMAPS 0x380   /* convert only */
+
 int cmd_convert(int argc, char **argv) {
         static const struct option options[] = {
                 COMMON_LONG_OPTIONS,
@@ -502,6 +504,7 @@ int cmd_convert(int argc, char **argv) {
                 { "target-image-opts",  no_argument, NULL, ARG_TARGET_IMAGE_OPTS },
                 { "salvage",            no_argument, NULL, ARG_SALVAGE },
                 { "bitmaps",            no_argument, NULL, ARG_BITMAPS },
+                { "skip-broken-bitmaps", no_argument, NULL, ARG_SKIP_BROKEN_BITMAPS },
                 {}
         };
         const char *fmt = NULL, *out_fmt = "raw", *backing = NULL, *backing_fmt = NULL, *snapshot = NULL, *in, *out;
@@ -511,6 +514,7 @@ int cmd_convert(int argc, char **argv) {
         _cleanup_free_ char **lib_opts = NULL, *backing_path = NULL;
         _cleanup_(vdisk_resolver_unrefp) vdisk_resolver *create_res = NULL;
         const vdisk_backend_info *out_info;
+        bool bitmaps = false, skip_broken_bitmaps = false;
         bool quiet = false, progress = false, no_create = false, target_is_zero = false, created = false,
              unsafe = false, cached = false;
         uint64_t sparse = 4096, new_size = 0;
@@ -586,9 +590,14 @@ int cmd_convert(int argc, char **argv) {
                 case ARG_TARGET_IS_ZERO:
                         target_is_zero = true;
                         break;
+                case ARG_BITMAPS:
+                        bitmaps = true;
+                        break;
+                case ARG_SKIP_BROKEN_BITMAPS:
+                        skip_broken_bitmaps = true;
+                        break;
                 case ARG_TARGET_IMAGE_OPTS:
                 case ARG_SALVAGE:
-                case ARG_BITMAPS:
                         log_error("Option '%s' is not supported", argv[optind - 1]);
                         return EXIT_ERROR;
                 default:
@@ -646,6 +655,18 @@ int cmd_convert(int argc, char **argv) {
                 log_error("--target-is-zero requires -n");
                 return EXIT_ERROR;
         }
+        if (skip_broken_bitmaps && !bitmaps) {
+                log_error("--skip-broken-bitmaps requires --bitmaps");
+                return EXIT_ERROR;
+        }
+        if (bitmaps && no_create) {
+                log_error("--bitmaps cannot be combined with -n");
+                return EXIT_ERROR;
+        }
+        if (bitmaps && !streq(out_info->qemu_name, "qcow2")) {
+                log_error("Destination lacks bitmap support");
+                return EXIT_ERROR;
+        }
         if (optlist_validate(&opts, out_info, out) < 0)
                 return EXIT_ERROR;
         if (optlist_get(&opts, "size")) {
@@ -663,6 +684,17 @@ int cmd_convert(int argc, char **argv) {
                 log_error("%s: %s", out,
                           r > 0 ? "The destination is one of the source images" : strerror(-r));
                 goto finish;
+        }
+
+        if (bitmaps) {
+                vdisk_image *top = img_at_depth(&src, 0);
+
+                if (!top || !streq(vdisk_image_backend(top)->qemu_name, "qcow2")) {
+                        log_error("Source lacks bitmap support");
+                        goto finish;
+                }
+                if (convert_bitmaps_check(top, in, skip_broken_bitmaps) < 0)
+                        goto finish;
         }
 
         install_cancel_handlers();
@@ -785,6 +817,13 @@ int cmd_convert(int argc, char **argv) {
                 else
                         log_error("Could not convert '%s' to '%s': %s", in, out, error_detail(r));
                 goto finish;
+        }
+        if (bitmaps) {
+                vdisk_clear_error();
+                r = convert_bitmaps_copy(img_at_depth(&src, 0), vdisk_disk_image(dst, vdisk_disk_count(dst) - 1),
+                                         skip_broken_bitmaps);
+                if (r < 0)
+                        goto finish;
         }
         /* vdisk_copy flushed the image; close it (flushing once more) and
          * make the new directory entry durable too (not with -t unsafe,

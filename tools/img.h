@@ -156,6 +156,11 @@ int cmd_comment(int argc, char **argv);
 int cmd_snapshot(int argc, char **argv);
 int cmd_measure(int argc, char **argv);
 int cmd_amend(int argc, char **argv);
+int cmd_bitmap(int argc, char **argv);   /* img-bitmap.c */
+/* convert --bitmaps (img-bitmap.c): refuses (logged) a source with
+ * inconsistent bitmaps unless skip_broken; then copies them. */
+int convert_bitmaps_check(vdisk_image *src, const char *src_name, bool skip_broken);
+int convert_bitmaps_copy(vdisk_image *src, vdisk_image *dst, bool skip_broken);
 
 /* qemu-img's table of internal snapshots (the lines after "Snapshot list:"). */
 void print_snapshot_table(const vdisk_snapshot *v, size_t n);

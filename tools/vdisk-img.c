@@ -23,6 +23,7 @@ typedef struct Command {
 
 static const Command commands[] = {
         { "amend",    cmd_amend },
+        { "bitmap",   cmd_bitmap },
         { "check",    cmd_check },
         { "commit",   cmd_commit },
         { "compact",  cmd_compact },
@@ -50,6 +51,8 @@ void print_help(void) {
                "\n"
                "Command syntax:\n"
                "  amend [-f fmt] [-p] [-q] -o options filename\n"
+               "  bitmap (--merge SOURCE | --add | --remove | --clear | --enable | --disable)...\n"
+               "         [-b source_file [-F source_fmt]] [-g granularity] [-f fmt] filename bitmap\n"
                "  check [-q] [-f fmt] [--output=ofmt] [-r [leaks | all]] [-U] filename\n"
                "  commit [-q] [-f fmt] [-b base] [-d] [-p] filename\n"
                "  compare [-f fmt] [-F fmt] [-p] [-q] [-s] [-U] filename1 filename2\n"

@@ -549,3 +549,67 @@ int vdisk_disk_query_regions(vdisk_disk *d, vdisk_region **ret, size_t *ret_n) {
         *ret_n = 1;
         return 0;
 }
+
+/* ---------------------------------------------------------------- bitmaps */
+
+void vdisk_bitmaps_free(vdisk_bitmap *v, size_t n) {
+        if (!v)
+                return;
+        for (size_t i = 0; i < n; i++)
+                free(v[i].name);
+        free(v);
+}
+
+int vdisk_image_list_bitmaps(vdisk_image *img, vdisk_bitmap **ret, size_t *ret_n) {
+        _cleanup_(disk_unlockp) vdisk_disk *l = NULL;
+        vdisk_bitmap *v = NULL;
+        size_t n = 0;
+        int r;
+
+        if (!img || !ret || !ret_n)
+                return vdisk_error(-EINVAL, "invalid arguments");
+        l = image_lock(img);
+        if (img->be->list_bitmaps && !img->info_only) {
+                r = img->be->list_bitmaps(img->state, &v, &n);
+                if (r < 0)
+                        return vdisk_error_prefix(r, vdisk_io_name(img->io));
+        }
+        *ret = v;
+        *ret_n = n;
+        return 0;
+}
+
+int vdisk_image_read_bitmap(vdisk_image *img, const char *name, uint8_t **ret, size_t *ret_len,
+                            uint64_t *ret_granularity) {
+        _cleanup_(disk_unlockp) vdisk_disk *l = NULL;
+        int r;
+
+        if (!img || !name || !ret || !ret_len)
+                return vdisk_error(-EINVAL, "invalid arguments");
+        l = image_lock(img);
+        if (!img->be->read_bitmap || img->info_only)
+                return vdisk_error(-EOPNOTSUPP, "%s: %s images have no bitmaps", vdisk_io_name(img->io),
+                                   img->be->info.name);
+        r = img->be->read_bitmap(img->state, name, ret, ret_len, ret_granularity);
+        return r < 0 ? vdisk_error_prefix(r, vdisk_io_name(img->io)) : 0;
+}
+
+int vdisk_image_change_bitmap(vdisk_image *img, const vdisk_bitmap_change *c) {
+        _cleanup_(disk_unlockp) vdisk_disk *l = NULL;
+        int r;
+
+        if (!img || !c || c->size < sizeof *c || !c->name || c->op > VDISK_BITMAP_OP_MERGE)
+                return vdisk_error(-EINVAL, "invalid arguments");
+        l = image_lock(img);
+        if (!img->be->change_bitmap)
+                return vdisk_error(-EOPNOTSUPP, "%s: %s images have no bitmaps", vdisk_io_name(img->io),
+                                   img->be->info.name);
+        if (!img->writable || img->info_only)
+                return vdisk_error(-EROFS, "%s: image is read-only", vdisk_io_name(img->io));
+        if (img->disk && img->disk->exclusive)
+                return vdisk_error(-EBUSY, "%s: a merge runs on this disk", vdisk_io_name(img->io));
+        r = img->be->change_bitmap(img->state, c);
+        if (r < 0)
+                return vdisk_error_prefix(r, vdisk_io_name(img->io));
+        return image_flush(img);
+}

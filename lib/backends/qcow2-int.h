@@ -115,6 +115,15 @@ typedef struct qcow2_state {
         /* internal snapshots (qcow2-snapshot.c): writes copy shared clusters */
         uint64_t res_cow;               /* the reservation replaces this shared cluster (0: none) */
         bool res_counted;               /* commit counted the new cluster: release must not reuse it */
+
+        /* persistent bitmaps (qcow2-bitmap.c) */
+        bool bm_ext;                    /* the header has a bitmaps extension */
+        uint32_t bm_ext_len, bm_ext_reserved;
+        uint64_t bm_dir_offset, bm_dir_size;
+        struct qcow2_bitmap *bm;        /* the directory, in its order (nb_bitmaps entries) */
+        bool bm_broken;                 /* the directory is invalid: bitmaps ignored (read-only) */
+        bool bm_marked;                 /* tracking bitmaps are marked in_use on disk */
+        uint64_t bm_mem;                /* bytes of bitmap content held in memory */
 } qcow2_state;
 
 
@@ -175,3 +184,41 @@ int qcow2_snapshot_create(void *state, const char *name, int64_t date_sec, uint3
 int qcow2_snapshot_apply(void *state, size_t i);
 int qcow2_snapshot_delete(void *state, size_t i);
 int qcow2_check_copied(qcow2_state *s, vdisk_check_report *rep, bool repair);
+
+
+/* ---------------------------------------------------------------- bitmaps */
+
+#define QCOW2_BITMAPS_MAX       65535u
+#define QCOW2_BITMAP_DIR_MAX    (UINT64_C(1024) * 65535)
+#define QCOW2_BITMAP_NAME_MAX   1023u
+#define QCOW2_BITMAP_EXTRA_MAX  4096u
+#define QCOW2_BITMAP_MEM_MAX    (UINT64_C(64) << 20)   /* content held in memory, all bitmaps */
+#define QCOW2_BITMAP_GRAN_MIN   9u
+#define QCOW2_BITMAP_GRAN_MAX   31u
+
+/* One bitmap directory entry and, while it is held, its content. */
+typedef struct qcow2_bitmap {
+        char *name;
+        uint64_t table_offset;
+        uint32_t table_size;            /* entries */
+        uint32_t flags;                 /* BME_* */
+        uint8_t type, gran_bits;
+        uint32_t extra_size;
+        uint8_t *extra;                 /* kept as it is */
+        uint64_t dir_pos;               /* byte offset of the entry in the directory */
+        bool tracking;                  /* records every write (auto, consistent, writable open) */
+        uint8_t *bits;                  /* content, when loaded (bits_len bytes) */
+        uint64_t bits_len;
+        bool dirty;                     /* bits differ from what the file holds */
+} qcow2_bitmap;
+
+/* qcow2-bitmap.c */
+int qcow2_bitmaps_open(qcow2_state *s, bool writable);
+void qcow2_bitmaps_close(qcow2_state *s);
+int qcow2_bitmaps_note_write(qcow2_state *s, uint64_t offset, uint64_t len);
+int qcow2_bitmaps_flush(qcow2_state *s);
+typedef void (*qcow2_ref_fn)(void *ctx, uint64_t off, uint64_t len, const char *what);
+int qcow2_bitmaps_count(qcow2_state *s, qcow2_ref_fn ref, void *ctx, vdisk_check_report *rep);
+int qcow2_list_bitmaps(void *state, vdisk_bitmap **ret, size_t *ret_n);
+int qcow2_bitmap_read(void *state, const char *name, uint8_t **ret, size_t *ret_len, uint64_t *ret_granularity);
+int qcow2_bitmap_change(void *state, const vdisk_bitmap_change *c);

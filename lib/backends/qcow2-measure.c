@@ -147,5 +147,19 @@ int qcow2_measure(const measure_params *p, measure_result *ret) {
         ret->required = ret->fully_allocated - virtual_size + data;
         ret->has_bitmaps = version >= 3 && p->has_input && p->input_is_qcow2;
         ret->bitmaps = 0;
+        if (ret->has_bitmaps && p->n_bitmaps > 0) {
+                /* what convert --bitmaps adds, as qemu counts it: every data
+                 * cluster of each bitmap, its table, and the directory */
+                uint64_t dir = 0;
+
+                for (size_t i = 0; i < p->n_bitmaps; i++) {
+                        uint64_t bits = DIV_ROUND_UP(p->size, p->bitmaps[i].granularity);
+                        uint64_t clusters = DIV_ROUND_UP(DIV_ROUND_UP(bits, UINT64_C(8)), cluster_size);
+
+                        ret->bitmaps += clusters * cluster_size + ALIGN_UP(clusters * 8, cluster_size);
+                        dir += ALIGN_UP(24 + (uint64_t) strlen(p->bitmaps[i].name), UINT64_C(8));
+                }
+                ret->bitmaps += ALIGN_UP(dir, cluster_size);
+        }
         return 0;
 }

@@ -37,8 +37,8 @@
  * cluster at its guest offset there, uncounted; created by create -o
  * data_file); amend in qcow2-amend.c; internal snapshots (shared
  * clusters copied on write, OFLAG_COPIED kept; snapshot -c/-a/-d in
- * qcow2-snapshot.c); resize, discard, compact in qcow2-space.c. Not written
- * yet: images with bitmaps (refused writable).
+ * qcow2-snapshot.c); resize, discard, compact in qcow2-space.c;
+ * persistent bitmaps kept and updated (qcow2-bitmap.c).
  *
  * Decisions:
  *   - The dirty bit (lazy refcounts) and the corrupt bit do not stop a
@@ -173,9 +173,16 @@ static int parse_extensions(qcow2_state *s, const uint8_t *buf, size_t start, si
                                 return r;
                         break;
                 case EXT_BITMAPS:
-                        /* tolerated: bitmaps are not read (nor written yet) */
+                        /* checked by qcow2_bitmaps_open() */
+                        s->bm_ext = true;
+                        s->bm_ext_len = len;
                         if (len >= 4)
                                 s->nb_bitmaps = get_be32(d);
+                        if (len >= 24) {
+                                s->bm_ext_reserved = get_be32(d + 4);
+                                s->bm_dir_size = get_be64(d + 8);
+                                s->bm_dir_offset = get_be64(d + 16);
+                        }
                         break;
                 default:
                         break;   /* EXT_FDE (encryption is refused anyway), unknown: ignored */
@@ -395,6 +402,9 @@ static int qcow2_open(void *state, const open_ctx *c) {
                 if (r < 0)
                         return r;
         }
+        r = qcow2_bitmaps_open(s, c->writable);
+        if (r < 0)
+                return r;
         if (c->writable)
                 return prepare_writes(s, features, n_features);
         return 0;
@@ -409,6 +419,7 @@ static void qcow2_close(void *state) {
         for (size_t i = 0; i < QCOW2_RB_SLOTS; i++)
                 s->rb_slots[i].t = tc_table_free(s->rb_slots[i].t);
         s->reft = tc_table_free(s->reft);
+        qcow2_bitmaps_close(s);
         free(s->pending_free);
         s->pending_free = NULL;
         s->n_pending_free = s->cap_pending_free = 0;
@@ -1123,9 +1134,6 @@ static int prepare_writes(qcow2_state *s, const uint8_t *features, size_t n_feat
         if (s->incompat & INCOMPAT_CORRUPT)
                 return vdisk_error(-EUCLEAN, "qcow2: the image is marked corrupt; it opens read-only only "
                                    "(repair it first)");
-        if (s->nb_bitmaps > 0 || (s->autoclear & AUTOCLEAR_BITMAPS))
-                return vdisk_error(-EOPNOTSUPP, "qcow2: writing images with persistent bitmaps is not supported "
-                                   "yet");
         if (s->reft_bytes == 0 || s->reft_offset < s->cluster_size ||
             !range_within(s->reft_offset, s->reft_bytes, s->file_size) ||
             overlaps(s->reft_offset, s->reft_bytes, s->l1_offset, (uint64_t) s->l1_size * 8))
@@ -1553,6 +1561,9 @@ int qcow2_flush(void *state) {
         r = io_flush(s->io);
         if (r < 0)
                 return r;
+        r = qcow2_bitmaps_flush(s);
+        if (r < 0)
+                return r;
         if (s->marked_dirty) {
                 r = write_header_u64(s, HDR_INCOMPAT, s->incompat & ~(uint64_t) INCOMPAT_DIRTY);
                 if (r < 0)
@@ -1776,6 +1787,10 @@ static int count_snapshots(qcount *q) {
         return 0;
 }
 
+static void count_ref_cb(void *ctx, uint64_t off, uint64_t len, const char *what) {
+        count_ref(ctx, off, len, what);
+}
+
 /* Sets the refcount of cluster c to v (through the cache; blocks made as
  * needed). */
 static int rc_set_value(qcow2_state *s, uint64_t c, uint64_t v) {
@@ -1804,9 +1819,6 @@ static int qcow2_check(void *state, uint32_t flags, vdisk_check_report *rep, vdi
 
         if ((fix_leaks && !dry) && !s->writable)
                 return vdisk_error(-EROFS, "qcow2: image is read-only; cannot repair");
-        if (s->nb_bitmaps > 0)
-                return vdisk_error(-EOPNOTSUPP, "qcow2: checking images with persistent bitmaps is not supported "
-                                   "yet");
         if (s->writable) {
                 r = qcow2_flush(s);
                 if (r < 0)
@@ -1850,6 +1862,9 @@ static int qcow2_check(void *state, uint32_t flags, vdisk_check_report *rep, vdi
                 if (r < 0)
                         return r;
         }
+        r = qcow2_bitmaps_count(s, count_ref_cb, &q, rep);
+        if (r < 0)
+                return r;
 
         /* compare: clusters in a refcount block, then referenced ones without */
         for (uint64_t i = 0; i < n_reft; i++) {
@@ -2513,6 +2528,10 @@ void qcow2_drop_l2_cache(qcow2_state *s) {
                 s->slots[i].t = tc_table_free(s->slots[i].t);
 }
 
+static int qcow2_note_write(void *state, uint64_t offset, uint64_t len) {
+        return qcow2_bitmaps_note_write(state, offset, len);
+}
+
 /* ---------------------------------------------------------------- table */
 
 static const char *const qcow2_extensions[] = { "qcow2", NULL };
@@ -2560,4 +2579,8 @@ const vdisk_backend backend_qcow2 = {
         .prealloc_create = PREALLOC_BIT(PREALLOC_METADATA) | PREALLOC_BIT(PREALLOC_FALLOC) |
                            PREALLOC_BIT(PREALLOC_FULL),
         .prealloc_flags = PREALLOC_FILE | PREALLOC_BACKEND_META,
+        .note_write = qcow2_note_write,
+        .list_bitmaps = qcow2_list_bitmaps,
+        .read_bitmap = qcow2_bitmap_read,
+        .change_bitmap = qcow2_bitmap_change,
 };

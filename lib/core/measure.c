@@ -111,6 +111,7 @@ int vdisk_measure(const char *format, const char *const *options, uint64_t size,
         const vdisk_backend *be;
         measure_ctx m = { .in = in };
         measure_result res = {};
+        vdisk_bitmap *bitmaps = NULL;
         size_t n = 0, k = 0;
         int r;
 
@@ -163,9 +164,18 @@ int vdisk_measure(const char *format, const char *const *options, uint64_t size,
         if (in) {
                 const vdisk_backend_info *top = vdisk_image_backend(vdisk_disk_image(in, vdisk_disk_count(in) - 1));
 
+                vdisk_image *img = vdisk_disk_image(in, vdisk_disk_count(in) - 1);
+
                 p.input_is_qcow2 = top && streq(top->qemu_name, "qcow2");
+                if (img && img->be->list_bitmaps && !img->info_only) {
+                        r = img->be->list_bitmaps(img->state, &bitmaps, &p.n_bitmaps);
+                        if (r < 0)
+                                return r;
+                        p.bitmaps = bitmaps;
+                }
         }
         r = be->measure(&p, &res);
+        vdisk_bitmaps_free(bitmaps, p.n_bitmaps);
         if (r < 0)
                 return r;
         *ret = (vdisk_measure_info) {

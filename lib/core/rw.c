@@ -142,6 +142,12 @@ static int write_prepare(vdisk_image *img, uint64_t offset, uint64_t len) {
                 return vdisk_error(-EROFS, "%s: image is read-only", vdisk_io_name(img->io));
         if (!range_within(offset, len, img->size))
                 return vdisk_error(-EINVAL, "%s: write beyond the end of the image", vdisk_io_name(img->io));
+        if (len > 0 && img->be->note_write) {
+                int r = img->be->note_write(img->state, offset, len);
+
+                if (r < 0)
+                        return vdisk_error_prefix(r, vdisk_io_name(img->io));
+        }
         return len > 0;
 }
 

@@ -41,7 +41,10 @@
  * clusters, L2 tables and refcount blocks allocated, zero clusters;
  * vdisk_check counts every reference, qemu-img check too; and
  * qcow2-amend-*: the refcount width rewritten, compat=0.10 over zero
- * clusters), run by VDISK_CRASH_FORMAT=qcow2 (test crash-qcow2) only.
+ * clusters), run by VDISK_CRASH_FORMAT=qcow2 (test crash-qcow2) only;
+ * qcow2-writes-bitmaps (an image with an enabled and a disabled persistent
+ * bitmap: the disabled one never changes, the enabled one is in use or
+ * records every changed unit) in its own test, crash-qcow2-bitmaps.
  * The structural check also uses the tests' own VDI parser (no map entry out
  * of range or duplicated), and standalone bases go through
  * `qemu-img check -f vdi` when /usr/bin/qemu-img exists (exit 0 or 3; 2 only
@@ -112,6 +115,7 @@ static char tmpdir[256];
 static struct {
         uint64_t cases, images, count_ahead, leaky, qemu_runs, transient, absorbed, retried,
                 flush_fault_done, copied_lag;
+        uint64_t bitmaps_consistent, bitmaps_in_use;   /* qcow2-writes-bitmaps: images seen each way */
 } stats;
 
 /* ---------------------------------------------------------------- allowed contents */
@@ -323,6 +327,8 @@ struct scenario {
         uint64_t intended_size;
         int copied_lag;                 /* qcow2: the OFLAG_COPIED lag of snapshot -c/-d is allowed */
         uint8_t *snap_content;          /* qcow2: snapshot "old" reads this whenever it is there */
+        /* more checks of the faulted image after a fault (crash images too); NULL = none */
+        void (*verify_image)(scenario *sc, vdisk_io *io, const char *what);
 };
 
 static vdisk_io *new_io(scenario *sc, unsigned i) {
@@ -462,6 +468,80 @@ static int op_writes(scenario *sc, wl *w) {
         TRY(wl_write_random(w, &r, 512, 3 * BLOCK + 1 * MiB - 512));
         TRY(wl_flush(w));
         return 0;
+}
+
+/* QCOW2 with persistent bitmaps: "on" (enabled, 64 KiB) and "off"
+ * (disabled, 4 KiB) over the writes-base template. */
+static void build_writes_bitmaps(scenario *sc) {
+        vdisk_bitmap_change on = { .size = sizeof on, .op = VDISK_BITMAP_OP_ADD, .name = "on",
+                                   .granularity = 65536, .flags = VDISK_BITMAP_AUTO };
+        vdisk_bitmap_change off = { .size = sizeof off, .op = VDISK_BITMAP_OP_ADD, .name = "off",
+                                    .granularity = 4096 };
+        rng r;
+        vdisk_disk *d;
+
+        rng_seed(&r, 1);
+        sc->n = 1;
+        d = build_chain(sc);
+        fill_block(d, &r, 0, 0, BLOCK);
+        fill_block(d, &r, 5, 0, BLOCK);
+        ASSERT_OK(vdisk_image_change_bitmap(vdisk_disk_image(d, 0), &on));
+        ASSERT_OK(vdisk_image_change_bitmap(vdisk_disk_image(d, 0), &off));
+        vdisk_disk_unref(d);
+}
+
+/* Fewer writes than op_writes (the bitmaps add a write-back per flush):
+ * allocating, in place, zeros, a discard, the last sector; three flushes. */
+static int op_writes_bitmaps(scenario *sc, wl *w) {
+        rng r;
+
+        rng_seed(&r, 43);
+        TRY(wl_write_random(w, &r, 64 * KiB, 3 * BLOCK + 128 * KiB));    /* allocating */
+        TRY(wl_write_random(w, &r, 4 * KiB, 4 * KiB));                   /* in place */
+        TRY(wl_flush(w));
+        TRY(wl_write_zeros(w, 8 * KiB, 5 * BLOCK));                      /* zeros, in place */
+        TRY(wl_discard(w, 5 * BLOCK + 512 * KiB, 128 * KiB));
+        TRY(wl_flush(w));
+        TRY(wl_write_random(w, &r, 512, 8 * BLOCK - 512));               /* the last sector */
+        TRY(wl_flush(w));
+        return 0;
+}
+
+/* After any fault: the disabled bitmap is untouched (consistent, empty);
+ * the enabled one is either marked in use (inconsistent, as qemu leaves it
+ * after a crash) or consistent, and then every 64 KiB unit whose content
+ * differs from the template's has its bit set. */
+static void verify_bitmaps(scenario *sc, vdisk_io *io, const char *what) {
+        vdisk_disk *d = open_ios(&io, 1, VDISK_OPEN_READONLY, what);
+        vdisk_image *img = vdisk_disk_image(d, 0);
+        vdisk_bitmap *v = NULL;
+        uint8_t *bits = NULL, *now;
+        size_t n = 0, len = 0;
+        uint64_t size, g = 0;
+
+        ASSERT_OK(vdisk_image_list_bitmaps(img, &v, &n));
+        if (n != 2 || strcmp(v[0].name, "on") != 0 || strcmp(v[1].name, "off") != 0 || v[1].flags != 0 ||
+            !(v[0].flags & VDISK_BITMAP_AUTO))
+                FAIL("%s: the bitmaps are not \"on\" (auto) and \"off\" (disabled, consistent)", what);
+        ASSERT_OK(vdisk_image_read_bitmap(img, "off", &bits, &len, &g));
+        ASSERT(g == 4096 && len == DISK_SIZE / 4096 / 8 && buf_is_zero(bits, len));
+        free(bits);
+        if (!(v[0].flags & VDISK_BITMAP_IN_USE)) {
+                stats.bitmaps_consistent++;
+                ASSERT_OK(vdisk_image_read_bitmap(img, "on", &bits, &len, &g));
+                ASSERT(g == 65536 && len == DISK_SIZE / 65536 / 8);
+                now = disk_read_all(d, &size);
+                for (uint64_t u = 0; u < DISK_SIZE / 65536; u++)
+                        if (memcmp(now + u * 65536, sc->content + u * 65536, 65536) != 0 &&
+                            !(bits[u / 8] >> (u % 8) & 1))
+                                FAIL("%s: bitmap \"on\" is consistent but misses the change at %" PRIu64, what,
+                                     u * 65536);
+                free(now);
+                free(bits);
+        } else
+                stats.bitmaps_in_use++;
+        vdisk_bitmaps_free(v, n);
+        vdisk_disk_unref(d);
 }
 
 /* A few small writes (qcow2 with 512-byte clusters: each cluster is a write;
@@ -1172,6 +1252,12 @@ static scenario scenarios[] = {
          * leaks only) and qemu-img check. */
         { .name = "qcow2-writes-base", .fmt = "qcow2", .opts = qcow2_64k, .max_crash_seeds = 1, .faulted = 0,
           .qemu = 1, .qemu_every = 16, .per_sector = 1, .build = build_writes_base, .op = op_writes },
+        /* ... with persistent bitmaps: marked in use before the first
+         * write, written back (new clusters, then the table pointer, then
+         * the old ones freed, then in_use cleared) at each flush. */
+        { .name = "qcow2-writes-bitmaps", .fmt = "qcow2", .opts = qcow2_64k, .max_crash_seeds = 2, .faulted = 0,
+          .qemu = 1, .qemu_every = 16, .per_sector = 1, .build = build_writes_bitmaps, .op = op_writes_bitmaps,
+          .verify_image = verify_bitmaps },
         { .name = "qcow2-writes-refblocks", .fmt = "qcow2", .opts = qcow2_512_rb64, .max_crash_seeds = 1,
           .faulted = 0, .qemu = 1, .qemu_every = 16, .per_sector = 1, .build = build_empty_base,
           .op = op_writes_small },
@@ -1566,6 +1652,8 @@ static uint64_t run_case(scenario *sc, vdisk_fault_kind kind, uint64_t after) {
                         ASSERT_OK(vdisk_io_fault_crash_image(fio, seed, &crash));
                         post[sc->faulted] = crash;
                         verify(sc, post, &w, what2);
+                        if (sc->verify_image)
+                                sc->verify_image(sc, crash, what2);
                         if (have_qemu && sc->qemu &&
                             (sc->qemu_every ? seed == 0 && after % sc->qemu_every == 0 : seed < 2))
                                 run_qemu_check(crash, what2);
@@ -1573,6 +1661,8 @@ static uint64_t run_case(scenario *sc, vdisk_fault_kind kind, uint64_t after) {
                 }
         } else {
                 verify(sc, post, &w, what);
+                if (sc->verify_image)
+                        sc->verify_image(sc, post[sc->faulted], what);
                 if (have_qemu && sc->qemu && (!sc->qemu_every || after % sc->qemu_every == 0))
                         run_qemu_check(post[sc->faulted], what);
         }
@@ -2055,6 +2145,9 @@ int main(int argc, char **argv) {
                 /* qcow2-*: in their own test (VDISK_CRASH_FORMAT=qcow2) */
                 if (strcmp(only, "all") == 0 && only_qcow2 != (strncmp(scenarios[i].name, "qcow2-", 6) == 0))
                         continue;
+                /* (and the bitmaps one in a test of its own: crash-qcow2-bitmaps) */
+                if (strcmp(only, "all") == 0 && strcmp(scenarios[i].name, "qcow2-writes-bitmaps") == 0)
+                        continue;
                 if (!fmt_vdi && strncmp(scenarios[i].name, "writes-", 7) != 0 &&
                     strncmp(scenarios[i].name, "resize-", 7) != 0 &&
                     strncmp(scenarios[i].name, "compact-", 8) != 0 &&
@@ -2090,6 +2183,12 @@ int main(int argc, char **argv) {
                stats.cases, stats.images, stats.count_ahead, stats.leaky, stats.qemu_runs);
         if (stats.copied_lag)
                 printf("%" PRIu64 " checks found only the OFLAG_COPIED lag of a snapshot create or delete\n", stats.copied_lag);
+        if (stats.bitmaps_consistent + stats.bitmaps_in_use > 0) {
+                printf("qcow2 bitmaps after a fault: %" PRIu64 " consistent, %" PRIu64 " left in use\n",
+                       stats.bitmaps_consistent, stats.bitmaps_in_use);
+                /* both states must occur: the cuts fall before and after the marks */
+                ASSERT(stats.bitmaps_consistent > 0 && stats.bitmaps_in_use > 0);
+        }
         printf("%" PRIu64 " transient faults, %" PRIu64 " retried; %" PRIu64 " hit a write the call did not "
                "depend on%s%s\n", stats.transient, stats.retried, stats.absorbed, absorbed[0] ? ": " : "",
                absorbed);

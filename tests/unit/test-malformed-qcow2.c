@@ -25,7 +25,11 @@
  * zero; a snapshot table (a copy of the active L1, and an empty one) whose
  * snapshots read what they hold, and whose entries lie (L1 offsets and sizes,
  * id, name and extra data lengths, NUL bytes in ids, counts past the table);
- * and random bit flips over the metadata. Each case opens or fails
+ * persistent bitmaps (extension, directory entries and bitmap tables that
+ * lie: counts, sizes, offsets, flags, types, granularities, names,
+ * padding, duplicate names; a sound sample's enabled bitmap records the
+ * writes, its disabled one does not); and random bit flips over the
+ * metadata. Each case opens or fails
  * cleanly, reads cleanly (whatever it reads) and never allocates hugely.
  * Writes: the sound samples written (data, zero, compressed and unallocated
  * clusters) read back, also after a reopen; refcount table entries out of
@@ -419,6 +423,252 @@ static void test_writes(const sample *s) {
         /* dirty and corrupt bits: refused writable */
         write_edit(s, "incompat", 72, 8, be64(s->bytes + 72) | 1);
         write_edit(s, "incompat", 72, 8, be64(s->bytes + 72) | 2);
+}
+
+/* ---------------------------------------------------------------- bitmaps */
+
+/* The zlib sample with two persistent bitmaps (extension, autoclear bit 0):
+ * "b0" (granularity 64 KiB, auto; bits 0 and 2 set, its data in a cluster)
+ * and "dis" (512 bytes, disabled; an all-zero table entry). Appended: the
+ * directory, b0's table, b0's data, dis's table. */
+typedef struct bm_sample {
+        uint8_t *bytes;
+        size_t len;
+        size_t ext, dir, t0, data0, t1;   /* offsets */
+} bm_sample;
+
+static bm_sample s_bm;
+
+static void make_bm_sample(const sample *s, bm_sample *m) {
+        uint32_t C = s->cluster;
+        size_t base = s->len, len = base + 4 * (size_t) C;
+        uint8_t *b = calloc(1, len);
+
+        ASSERT(b);
+        memcpy(b, s->bytes, s->len);
+        m->ext = 216, m->dir = base, m->t0 = base + C, m->data0 = base + 2 * (size_t) C, m->t1 = base + 3 * (size_t) C;
+        put64(b + 88, 1);                               /* autoclear: bitmaps */
+        put32(b + m->ext, 0x23852875);
+        put32(b + m->ext + 4, 24);
+        put32(b + m->ext + 8, 2);
+        put64(b + m->ext + 16, 64);                     /* directory size */
+        put64(b + m->ext + 24, m->dir);
+        /* b + 248: end of extensions */
+        put64(b + m->dir, m->t0);
+        put32(b + m->dir + 8, 1);
+        put32(b + m->dir + 12, 2);                      /* auto */
+        b[m->dir + 16] = 1, b[m->dir + 17] = 16;
+        b[m->dir + 19] = 2;
+        memcpy(b + m->dir + 24, "b0", 2);
+        put64(b + m->dir + 32, m->t1);
+        put32(b + m->dir + 40, 1);
+        put32(b + m->dir + 44, 0);
+        b[m->dir + 48] = 1, b[m->dir + 49] = 9;
+        b[m->dir + 51] = 3;
+        memcpy(b + m->dir + 56, "dis", 3);
+        put64(b + m->t0, m->data0);
+        b[m->data0] = 0x05;
+        for (uint64_t k = base / C; k < len / C; k++)
+                b[2 * (size_t) C + 2 * k + 1] = 1;
+        m->bytes = b;
+        m->len = len;
+}
+
+/* Opens writable, writes, flushes, closes: the bitmaps of a sound image
+ * hold what was written, the disabled one nothing, none in use, and the
+ * check is clean; a damaged one fails cleanly at any step. */
+static void bm_try_write(const sample *s, const char *label, const uint8_t *bytes, size_t len, bool must_work) {
+        static const uint64_t at[][2] = { { 100, 3000 }, { 5 * 65536 + 7, 65536 }, { DISK - 512, 512 } };
+        vdisk_io *io = mem_io(label, bytes, len);
+        vdisk_disk *d = disk_new();
+        int r;
+
+        n_cases++;
+        test_set_context("bitmap write case %s (%zu bytes)", label, len);
+        vdisk_clear_error();
+        r = vdisk_disk_open(d, io, "qcow2", 0);
+        if (r < 0) {
+                test_check_clean_error(__FILE__, __LINE__, label, r);
+                if (must_work)
+                        FAIL("%s: refused writable: %d (%s)", label, r, vdisk_last_error());
+                n_refused++;
+                goto out;
+        }
+        n_opened++;
+        for (size_t i = 0; i < ELEMENTSOF(at) && r >= 0; i++)
+                r = vdisk_disk_write(d, s->content + at[i][0], (size_t) at[i][1], at[i][0]);
+        if (r >= 0)
+                r = vdisk_disk_flush(d);
+        if (r < 0) {
+                test_check_clean_error(__FILE__, __LINE__, "write", r);
+                if (must_work)
+                        FAIL("%s: writing failed: %d (%s)", label, r, vdisk_last_error());
+                goto out;
+        }
+        if (must_work) {
+                vdisk_check_report rep = { .size = sizeof rep };
+                vdisk_bitmap *v = NULL;
+                uint8_t *bits = NULL;
+                size_t n = 0, blen = 0;
+                uint64_t g = 0;
+
+                d = vdisk_disk_unref(d);
+                d = disk_new();
+                ASSERT_OK(vdisk_disk_open(d, io, "qcow2", VDISK_OPEN_READONLY));
+                ASSERT_OK(vdisk_image_list_bitmaps(vdisk_disk_image(d, 0), &v, &n));
+                ASSERT(n == 2 && streq(v[0].name, "b0") && v[0].flags == VDISK_BITMAP_AUTO &&
+                       v[0].granularity == 65536 && streq(v[1].name, "dis") && v[1].flags == 0);
+                vdisk_bitmaps_free(v, n);
+                /* b0: its bits 0 and 2, and the writes: 64 KiB units 0, 5, 6, 15 */
+                ASSERT_OK(vdisk_image_read_bitmap(vdisk_disk_image(d, 0), "b0", &bits, &blen, &g));
+                ASSERT(blen == 2 && g == 65536);
+                ASSERT(bits[0] == (0x01 | 0x04 | 0x20 | 0x40) && bits[1] == 0x80);
+                free(bits);
+                ASSERT_OK(vdisk_image_read_bitmap(vdisk_disk_image(d, 0), "dis", &bits, &blen, &g));
+                ASSERT(blen == 256 && g == 512);
+                for (size_t i = 0; i < blen; i++)
+                        ASSERT(bits[i] == 0);
+                free(bits);
+                ASSERT_OK(vdisk_check(d, 0, 0, &rep, NULL));
+                if (rep.leaks || rep.corruptions)
+                        FAIL("%s: check after the writes: %" PRIu64 " leaks, %" PRIu64 " corruptions (%s)", label,
+                             rep.leaks, rep.corruptions, rep.messages && rep.messages[0] ? rep.messages[0] : "");
+                vdisk_check_report_clear(&rep);
+        }
+out:
+        vdisk_disk_unref(d);
+        vdisk_io_unref(io);
+}
+
+/* An edited bitmap sample: read-only it reads its data (broken bitmaps are
+ * ignored; listing and checking them fail or work cleanly), writable it
+ * works or fails cleanly. */
+static void bm_case(const sample *s, const char *what, size_t off, unsigned width, uint64_t v, expect e) {
+        uint8_t *b = malloc(s_bm.len);
+        vdisk_check_report rep = { .size = sizeof rep };
+        vdisk_bitmap *bl = NULL;
+        size_t nb = 0;
+        vdisk_disk *d;
+        vdisk_io *io;
+        char label[128];
+        int r;
+
+        ASSERT(b);
+        memcpy(b, s_bm.bytes, s_bm.len);
+        if (width == 8)
+                put64(b + off, v);
+        else if (width == 4)
+                put32(b + off, (uint32_t) v);
+        else if (width == 2)
+                b[off] = (uint8_t) (v >> 8), b[off + 1] = (uint8_t) v;
+        else
+                b[off] = (uint8_t) v;
+        snprintf(label, sizeof label, "bitmaps-%s=%#" PRIx64 ".qcow2", what, v);
+        try_image(label, b, s_bm.len, e, e == MUST_READ ? s->content : NULL);
+        io = mem_io(label, b, s_bm.len);
+        d = disk_new();
+        vdisk_clear_error();
+        r = vdisk_disk_open(d, io, "qcow2", VDISK_OPEN_READONLY);
+        if (r >= 0) {
+                r = vdisk_image_list_bitmaps(vdisk_disk_image(d, 0), &bl, &nb);
+                if (r < 0)
+                        test_check_clean_error(__FILE__, __LINE__, "list bitmaps", r);
+                for (size_t i = 0; i < nb; i++) {
+                        uint8_t *bits = NULL;
+                        size_t blen;
+
+                        r = vdisk_image_read_bitmap(vdisk_disk_image(d, 0), bl[i].name, &bits, &blen, NULL);
+                        if (r < 0)
+                                test_check_clean_error(__FILE__, __LINE__, "read bitmap", r);
+                        free(bits);
+                }
+                vdisk_bitmaps_free(bl, nb);
+                r = vdisk_check(d, 0, 0, &rep, NULL);
+                if (r < 0)
+                        test_check_clean_error(__FILE__, __LINE__, "check", r);
+                vdisk_check_report_clear(&rep);
+        } else
+                test_check_clean_error(__FILE__, __LINE__, label, r);
+        vdisk_disk_unref(d);
+        vdisk_io_unref(io);
+        bm_try_write(s, label, b, s_bm.len, false);
+        free(b);
+}
+
+static void test_bitmaps(const sample *s) {
+        size_t e = s_bm.ext + 8, d0 = s_bm.dir, d1 = s_bm.dir + 32;
+        uint64_t C = s->cluster;
+
+        try_image("bitmaps.qcow2", s_bm.bytes, s_bm.len, MUST_READ, s->content);
+        bm_try_write(s, "bitmaps.qcow2", s_bm.bytes, s_bm.len, true);
+        for (size_t len = s->len; len < s_bm.len; len += 512)
+                try_image("bitmaps-truncated.qcow2", s_bm.bytes, len, MUST_READ, s->content);
+        /* the extension */
+        bm_case(s, "ext-len", s_bm.ext + 4, 4, 16, MUST_READ);
+        bm_case(s, "ext-len", s_bm.ext + 4, 4, 32, MUST_READ);
+        bm_case(s, "ext-len", s_bm.ext + 4, 4, UINT32_MAX, ANY);
+        bm_case(s, "nb", e, 4, 0, MUST_READ);
+        bm_case(s, "nb", e, 4, 1, MUST_READ);
+        bm_case(s, "nb", e, 4, 3, MUST_READ);
+        bm_case(s, "nb", e, 4, 65536, MUST_READ);
+        bm_case(s, "nb", e, 4, UINT32_MAX, MUST_READ);
+        bm_case(s, "reserved", e + 4, 4, 1, MUST_READ);
+        bm_case(s, "dir-size", e + 8, 8, 0, MUST_READ);
+        bm_case(s, "dir-size", e + 8, 8, 8, MUST_READ);
+        bm_case(s, "dir-size", e + 8, 8, 63, MUST_READ);
+        bm_case(s, "dir-size", e + 8, 8, 72, MUST_READ);
+        bm_case(s, "dir-size", e + 8, 8, C * 4, MUST_READ);
+        bm_case(s, "dir-size", e + 8, 8, UINT64_C(1) << 40, MUST_READ);
+        bm_case(s, "dir-size", e + 8, 8, UINT64_MAX, MUST_READ);
+        bm_case(s, "dir-offset", e + 16, 8, 0, MUST_READ);
+        bm_case(s, "dir-offset", e + 16, 8, d0 + 8, MUST_READ);
+        bm_case(s, "dir-offset", e + 16, 8, s_bm.len, MUST_READ);
+        bm_case(s, "dir-offset", e + 16, 8, UINT64_MAX - C + 1, MUST_READ);
+        bm_case(s, "dir-offset", e + 16, 8, s_bm.t0, MUST_READ);      /* a table read as a directory */
+        bm_case(s, "autoclear", 88, 8, 0, MUST_READ);                 /* stale: ignored, leaks in check */
+        /* directory entries */
+        bm_case(s, "table-offset", d0, 8, 0, MUST_READ);
+        bm_case(s, "table-offset", d0, 8, s_bm.t0 + 8, MUST_READ);
+        bm_case(s, "table-offset", d0, 8, s_bm.len, MUST_READ);
+        bm_case(s, "table-offset", d0, 8, UINT64_MAX, MUST_READ);
+        bm_case(s, "table-offset", d0, 8, s->l1, MUST_READ);          /* an L1 table read as a bitmap table */
+        bm_case(s, "table-size", d0 + 8, 4, 0, MUST_READ);
+        bm_case(s, "table-size", d0 + 8, 4, 2, MUST_READ);
+        bm_case(s, "table-size", d0 + 8, 4, UINT32_MAX, MUST_READ);
+        bm_case(s, "flags", d0 + 12, 4, 1 | 2, MUST_READ);            /* in use */
+        bm_case(s, "flags", d0 + 12, 4, 8 | 2, MUST_READ);
+        bm_case(s, "flags", d0 + 12, 4, UINT32_MAX, MUST_READ);
+        bm_case(s, "type", d0 + 16, 1, 0, MUST_READ);
+        bm_case(s, "type", d0 + 16, 1, 2, MUST_READ);
+        bm_case(s, "gran", d0 + 17, 1, 8, MUST_READ);
+        bm_case(s, "gran", d0 + 17, 1, 9, MUST_READ);                 /* a table too small for it */
+        bm_case(s, "gran", d0 + 17, 1, 32, MUST_READ);
+        bm_case(s, "gran", d0 + 17, 1, 63, MUST_READ);
+        bm_case(s, "gran", d0 + 17, 1, 255, MUST_READ);
+        bm_case(s, "name-size", d0 + 18, 2, 0, MUST_READ);
+        bm_case(s, "name-size", d0 + 18, 2, 3, MUST_READ);
+        bm_case(s, "name-size", d0 + 18, 2, 9, MUST_READ);
+        bm_case(s, "name-size", d0 + 18, 2, 1024, MUST_READ);
+        bm_case(s, "name-size", d0 + 18, 2, 0xffff, MUST_READ);
+        bm_case(s, "extra-size", d0 + 20, 4, 8, MUST_READ);
+        bm_case(s, "extra-size", d0 + 20, 4, 4096, MUST_READ);
+        bm_case(s, "extra-size", d0 + 20, 4, UINT32_MAX, MUST_READ);
+        bm_case(s, "name", d0 + 24, 1, 0, MUST_READ);                 /* NUL in a name */
+        bm_case(s, "padding", d0 + 30, 1, 1, MUST_READ);
+        bm_case(s, "dup-name", d1 + 24, 2, ('b' << 8) | '0', MUST_READ);
+        bm_case(s, "dup-name", d1 + 19, 1, 2, MUST_READ);              /* "di" */
+        bm_case(s, "second-gran", d1 + 17, 1, 30, MUST_READ);
+        /* table entries */
+        bm_case(s, "table-entry", s_bm.t0, 8, s_bm.data0 | 1, MUST_READ);
+        bm_case(s, "table-entry", s_bm.t0, 8, s_bm.data0 + 512, MUST_READ);
+        bm_case(s, "table-entry", s_bm.t0, 8, s_bm.data0 | UINT64_C(1) << 63, MUST_READ);
+        bm_case(s, "table-entry", s_bm.t0, 8, s_bm.len, MUST_READ);
+        bm_case(s, "table-entry", s_bm.t0, 8, 1, MUST_READ);           /* all ones: fine */
+        bm_case(s, "table-entry", s_bm.t0, 8, 0, MUST_READ);
+        bm_case(s, "table-entry", s_bm.t0, 8, 0, MUST_READ);
+        bm_case(s, "table-entry", s_bm.t0, 8, 2, MUST_READ);
+        bm_case(s, "table-entry", s_bm.t0, 8, s->l2, MUST_READ);       /* shared with an L2 table */
+        bm_case(s, "table-entry", s_bm.t1, 8, UINT64_MAX, MUST_READ);
 }
 
 /* ---------------------------------------------------------------- cases */
@@ -846,6 +1096,9 @@ int main(int argc, char **argv) {
 #endif
 
         test_check_messages(&s_zlib);
+        make_bm_sample(&s_zlib, &s_bm);
+        test_bitmaps(&s_zlib);
+        free(s_bm.bytes);
         const sample *all[] = { &s_zlib, &s_zstd, &s_xl2 };
         for (size_t i = 0; i < ELEMENTSOF(all); i++) {
                 const sample *s = all[i];

@@ -633,6 +633,48 @@ void vdisk_snapshots_free(vdisk_snapshot *v, size_t n);
 int vdisk_disk_snapshot_create(vdisk_disk *d, const char *name);
 int vdisk_disk_snapshot_apply(vdisk_disk *d, const char *id_or_name);
 int vdisk_disk_snapshot_delete(vdisk_disk *d, const char *id_or_name);
+/* Persistent dirty bitmaps (qcow2): a bit per `granularity` bytes of the
+ * disk, set when the range was written while the bitmap was enabled. */
+enum {
+        VDISK_BITMAP_IN_USE = 1u << 0,    /* not saved consistently: the content is unreliable */
+        VDISK_BITMAP_AUTO   = 1u << 1,    /* enabled: records every write */
+};
+typedef struct vdisk_bitmap {
+        char *name;
+        uint64_t granularity;      /* bytes per bit */
+        uint32_t flags;            /* VDISK_BITMAP_* */
+} vdisk_bitmap;
+/* *ret is an array of *ret_n entries (NULL and 0 when there are none, and
+ * for formats without bitmaps). */
+int vdisk_image_list_bitmaps(vdisk_image *img, vdisk_bitmap **ret, size_t *ret_n);
+void vdisk_bitmaps_free(vdisk_bitmap *v, size_t n);
+/* A bitmap's content: ceil(ceil(size / granularity) / 8) bytes, bit i of
+ * the bitmap is bit i % 8 (least significant first) of byte i / 8. */
+int vdisk_image_read_bitmap(vdisk_image *img, const char *name, uint8_t **ret, size_t *ret_len,
+                            uint64_t *ret_granularity);
+enum {
+        VDISK_BITMAP_OP_ADD,       /* name, granularity (0: the format's default), flags (AUTO: enabled) */
+        VDISK_BITMAP_OP_REMOVE,
+        VDISK_BITMAP_OP_CLEAR,
+        VDISK_BITMAP_OP_ENABLE,
+        VDISK_BITMAP_OP_DISABLE,
+        VDISK_BITMAP_OP_MERGE,     /* source (a bitmap of the same image) or bits: ORed into name */
+};
+typedef struct vdisk_bitmap_change {
+        size_t size;               /* sizeof(vdisk_bitmap_change) */
+        unsigned op;               /* VDISK_BITMAP_OP_* */
+        const char *name;
+        uint64_t granularity;
+        uint32_t flags;
+        const char *source;
+        const uint8_t *bits;       /* MERGE without source: content as vdisk_image_read_bitmap() gives */
+        size_t bits_len;
+        uint64_t bits_granularity;
+} vdisk_bitmap_change;
+/* Changes the bitmaps of a writable image, durably (flushed) when it
+ * returns. -EOPNOTSUPP for formats without bitmaps, -ENOENT for an unknown
+ * name, -EEXIST when adding a name that exists. */
+int vdisk_image_change_bitmap(vdisk_image *img, const vdisk_bitmap_change *c);
 
 /* Regions of a disk (VD's VDQueryRegions): a hard disk or a plain ISO is
  * one region; a CUE sheet has a region per track. */

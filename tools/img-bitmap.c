@@ -1,0 +1,303 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/*
+ * vdisk-img bitmap (qemu-img 7.2's syntax) and the bitmap copy of
+ * convert --bitmaps: persistent dirty bitmaps of qcow2 images, through
+ * vdisk_image_{list,read,change}_bitmap(s).
+ *
+ *   bitmap (--merge SOURCE | --add | --remove | --clear | --enable |
+ *           --disable)... [-b source_file [-F source_fmt]] [-g granularity]
+ *           [-f fmt] filename bitmap
+ *
+ * The actions run in the order given. --disabled (with --add) adds the
+ * bitmap disabled, as "--add --disable" does.
+ */
+
+#include <errno.h>
+#include <getopt.h>
+#include <inttypes.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "img.h"
+#include "shared/text.h"
+
+enum {
+        ARG_BM_ADD = 0x300,
+        ARG_BM_REMOVE,
+        ARG_BM_CLEAR,
+        ARG_BM_ENABLE,
+        ARG_BM_DISABLE,
+        ARG_BM_MERGE,
+        ARG_BM_DISABLED,
+};
+
+typedef struct BitmapAction {
+        unsigned op;              /* VDISK_BITMAP_OP_* */
+        const char *source;       /* --merge */
+} BitmapAction;
+
+#define BITMAP_ACTIONS_MAX 64
+
+/* Merges bitmap `source` of the image `file` (format `fmt`) into `name` of `dst`. */
+static int merge_from_file(vdisk_image *dst, const char *name, const char *file, const char *fmt,
+                           const char *source) {
+        uint8_t *bits = NULL;
+        size_t len = 0;
+        uint64_t g = 0, dsize, ssize;
+        Img src = {};
+        int r;
+
+        r = img_open(file, fmt, 0, &src);
+        if (r < 0)
+                return r;
+        vdisk_clear_error();
+        ssize = vdisk_disk_size(src.disk);
+        dsize = vdisk_image_size(dst);
+        if (ssize != dsize) {
+                log_error("Bitmap '%s' of '%s' covers %" PRIu64 " bytes, the image %" PRIu64, source, file, ssize,
+                          dsize);
+                r = -EINVAL;
+        } else if (r >= 0) {
+                r = vdisk_image_read_bitmap(vdisk_disk_image(src.disk, 0), source, &bits, &len, &g);
+                if (r < 0)
+                        log_error("Could not read bitmap '%s' of '%s': %s", source, file, error_detail(r));
+        }
+        (void) img_close(&src);
+        if (r < 0)
+                return r;
+        vdisk_bitmap_change c = {
+                .size = sizeof c,
+                .op = VDISK_BITMAP_OP_MERGE,
+                .name = name,
+                .bits = bits,
+                .bits_len = len,
+                .bits_granularity = g,
+        };
+        r = vdisk_image_change_bitmap(dst, &c);
+        free(bits);
+        return r;
+}
+
+int cmd_bitmap(int argc, char **argv) {
+        static const struct option options[] = {
+                COMMON_LONG_OPTIONS,
+                { "add",      no_argument,       NULL, ARG_BM_ADD },
+                { "remove",   no_argument,       NULL, ARG_BM_REMOVE },
+                { "clear",    no_argument,       NULL, ARG_BM_CLEAR },
+                { "enable",   no_argument,       NULL, ARG_BM_ENABLE },
+                { "disable",  no_argument,       NULL, ARG_BM_DISABLE },
+                { "merge",    required_argument, NULL, ARG_BM_MERGE },
+                { "disabled", no_argument,       NULL, ARG_BM_DISABLED },
+                {}
+        };
+        BitmapAction act[BITMAP_ACTIONS_MAX];
+        const char *fmt = NULL, *src_file = NULL, *src_fmt = NULL, *filename, *name;
+        uint64_t granularity = 0;
+        bool add = false, disabled = false;
+        size_t n = 0;
+        Img img = {};
+        int c, r, ex = EXIT_ERROR;
+
+        while ((c = getopt_long(argc, argv, "hf:b:F:g:qU", options, NULL)) >= 0) {
+                switch (c) {
+                case 'f':
+                        fmt = optarg;
+                        break;
+                case 'b':
+                        src_file = optarg;
+                        break;
+                case 'F':
+                        src_fmt = optarg;
+                        break;
+                case 'g':
+                        if (parse_size(optarg, &granularity) < 0 || granularity == 0) {
+                                log_error("Invalid granularity specified");
+                                return EXIT_ERROR;
+                        }
+                        break;
+                case 'q':
+                        break;
+                case ARG_BM_ADD:
+                case ARG_BM_REMOVE:
+                case ARG_BM_CLEAR:
+                case ARG_BM_ENABLE:
+                case ARG_BM_DISABLE:
+                case ARG_BM_MERGE:
+                        if (n == BITMAP_ACTIONS_MAX) {
+                                log_error("Too many actions (at most %d)", BITMAP_ACTIONS_MAX);
+                                return EXIT_ERROR;
+                        }
+                        act[n++] = (BitmapAction) {
+                                .op = c == ARG_BM_ADD ? VDISK_BITMAP_OP_ADD :
+                                      c == ARG_BM_REMOVE ? VDISK_BITMAP_OP_REMOVE :
+                                      c == ARG_BM_CLEAR ? VDISK_BITMAP_OP_CLEAR :
+                                      c == ARG_BM_ENABLE ? VDISK_BITMAP_OP_ENABLE :
+                                      c == ARG_BM_DISABLE ? VDISK_BITMAP_OP_DISABLE : VDISK_BITMAP_OP_MERGE,
+                                .source = c == ARG_BM_MERGE ? optarg : NULL,
+                        };
+                        add = add || c == ARG_BM_ADD;
+                        break;
+                case ARG_BM_DISABLED:
+                        disabled = true;
+                        break;
+                default:
+                        if (common_option(c, optarg, &ex) == 2)
+                                return ex;
+                }
+        }
+        if (n == 0) {
+                log_error("Need at least one of --add, --remove, --clear, --enable, --disable, or --merge");
+                return EXIT_ERROR;
+        }
+        if (granularity && !add) {
+                log_error("granularity only supported with --add");
+                return EXIT_ERROR;
+        }
+        if (disabled && !add) {
+                log_error("--disabled only supported with --add");
+                return EXIT_ERROR;
+        }
+        if (src_fmt && !src_file) {
+                log_error("-F only supported with -b");
+                return EXIT_ERROR;
+        }
+        if (src_file) {
+                bool merge = false;
+
+                for (size_t i = 0; i < n; i++)
+                        merge = merge || act[i].op == VDISK_BITMAP_OP_MERGE;
+                if (!merge) {
+                        log_error("Merge bitmap source file only supported with --merge");
+                        return EXIT_ERROR;
+                }
+        }
+        if (argc - optind != 2) {
+                log_error("Expecting filename and bitmap name");
+                return EXIT_ERROR;
+        }
+        filename = argv[optind];
+        name = argv[optind + 1];
+
+        r = img_open(filename, fmt, IMG_WRITE, &img);
+        if (r < 0)
+                return EXIT_ERROR;
+        vdisk_image *top = vdisk_disk_image(img.disk, 0);
+        for (size_t i = 0; i < n; i++) {
+                const char *what;
+
+                vdisk_clear_error();
+                if (act[i].op == VDISK_BITMAP_OP_MERGE && src_file) {
+                        r = merge_from_file(top, name, src_file, src_fmt, act[i].source);
+                        if (r < 0 && r != -EINVAL && !strstr(error_detail(r), act[i].source))
+                                log_error("Could not merge bitmap '%s' into '%s': %s", act[i].source, name,
+                                          error_detail(r));
+                        if (r < 0)
+                                return img_close_exit(&img, EXIT_ERROR);
+                        continue;
+                }
+                vdisk_bitmap_change ch = {
+                        .size = sizeof ch,
+                        .op = act[i].op,
+                        .name = name,
+                        .granularity = granularity,
+                        .flags = disabled ? 0 : VDISK_BITMAP_AUTO,
+                        .source = act[i].source,
+                };
+                r = vdisk_image_change_bitmap(top, &ch);
+                if (r >= 0)
+                        continue;
+                switch (act[i].op) {
+                case VDISK_BITMAP_OP_ADD:
+                        what = "add";
+                        break;
+                case VDISK_BITMAP_OP_REMOVE:
+                        what = "remove";
+                        break;
+                case VDISK_BITMAP_OP_CLEAR:
+                        what = "clear";
+                        break;
+                case VDISK_BITMAP_OP_ENABLE:
+                        what = "enable";
+                        break;
+                case VDISK_BITMAP_OP_DISABLE:
+                        what = "disable";
+                        break;
+                default:
+                        what = "merge into";
+                }
+                log_error("Operation %s on bitmap %s failed: %s", what, name, error_detail(r));
+                return img_close_exit(&img, EXIT_ERROR);
+        }
+        return img_close_exit(&img, EXIT_OK);
+}
+
+/* convert --bitmaps: copies the persistent bitmaps of `src` into `dst`
+ * (after the data: the copy's own writes are not recorded), each with its
+ * granularity and enabled state. A source bitmap in use (inconsistent)
+ * stops the copy unless skip_broken, which leaves it out. */
+int convert_bitmaps_check(vdisk_image *src, const char *src_name, bool skip_broken) {
+        vdisk_bitmap *v = NULL;
+        size_t n = 0;
+        int r;
+
+        r = vdisk_image_list_bitmaps(src, &v, &n);
+        if (r < 0) {
+                log_error("Could not list the bitmaps of '%s': %s", src_name, error_detail(r));
+                return r;
+        }
+        for (size_t i = 0; i < n && !skip_broken; i++)
+                if (v[i].flags & VDISK_BITMAP_IN_USE) {
+                        log_error("Cannot copy inconsistent bitmap '%s'", v[i].name);
+                        log_error("Try --skip-broken-bitmaps, or use 'qemu-img bitmap --remove' to delete it");
+                        r = -EUCLEAN;
+                        break;
+                }
+        vdisk_bitmaps_free(v, n);
+        return r;
+}
+
+int convert_bitmaps_copy(vdisk_image *src, vdisk_image *dst, bool skip_broken) {
+        vdisk_bitmap *v = NULL;
+        size_t n = 0;
+        int r;
+
+        r = vdisk_image_list_bitmaps(src, &v, &n);
+        if (r < 0)
+                return r;
+        for (size_t i = 0; i < n; i++) {
+                uint8_t *bits = NULL;
+                size_t len = 0;
+                uint64_t g = 0;
+
+                if ((v[i].flags & VDISK_BITMAP_IN_USE) && skip_broken)
+                        continue;
+                r = vdisk_image_read_bitmap(src, v[i].name, &bits, &len, &g);
+                if (r < 0)
+                        break;
+                vdisk_bitmap_change add = {
+                        .size = sizeof add,
+                        .op = VDISK_BITMAP_OP_ADD,
+                        .name = v[i].name,
+                        .granularity = v[i].granularity,
+                        .flags = v[i].flags & VDISK_BITMAP_AUTO,
+                };
+                vdisk_bitmap_change merge = {
+                        .size = sizeof merge,
+                        .op = VDISK_BITMAP_OP_MERGE,
+                        .name = v[i].name,
+                        .bits = bits,
+                        .bits_len = len,
+                        .bits_granularity = g,
+                };
+                r = vdisk_image_change_bitmap(dst, &add);
+                if (r >= 0)
+                        r = vdisk_image_change_bitmap(dst, &merge);
+                free(bits);
+                if (r < 0) {
+                        log_error("Failed to populate bitmap %s: %s", v[i].name, error_detail(r));
+                        break;
+                }
+        }
+        vdisk_bitmaps_free(v, n);
+        return r;
+}
