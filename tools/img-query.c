@@ -963,9 +963,10 @@ static int compare_images(CompareCtx *ctx, bool strict, ProgressBar *bar) {
                 r = compare_status(ctx->b, off, common - off, &e2);
                 if (r < 0)
                         return r;
-                /* At most one buffer per step, zeros too, as qemu-img does
-                 * (it shows in the progress steps). */
-                chunk = MIN(MIN(e1.length, e2.length), (uint64_t) COMPARE_BUFFER_SIZE);
+                /* Where both read zeros, the whole common extent at once (a
+                 * hole of terabytes costs two block status calls); what is
+                 * read, one buffer at a time. */
+                chunk = MIN(e1.length, e2.length);
 
                 if (strict && ((e1.flags ^ e2.flags) & (VDISK_EXTENT_ALLOCATED | VDISK_EXTENT_ZERO |
                                                         VDISK_EXTENT_DATA))) {
@@ -1021,8 +1022,9 @@ static int compare_images(CompareCtx *ctx, bool strict, ProgressBar *bar) {
                         r = compare_status(larger, off, total - off, &e);
                         if (r < 0)
                                 return r;
-                        chunk = MIN(e.length, (uint64_t) COMPARE_BUFFER_SIZE);
+                        chunk = e.length;
                         if (!(e.flags & VDISK_EXTENT_ZERO)) {
+                                chunk = MIN(chunk, (uint64_t) COMPARE_BUFFER_SIZE);
                                 r = compare_check_zero(ctx, larger, off, chunk);
                                 if (r < 0)
                                         return r;
