@@ -389,6 +389,8 @@ finish:
 
 #define CONVERT_BUFFER_SIZE (2u << 20)
 #define CONVERT_SPARSE_MAX (16u << 20)
+/* convert -n asks block status at most this far at once (1 GiB). */
+#define CONVERT_STATUS_SPAN (UINT64_C(1) << 30)
 
 /* How convert_loop() treats ranges that read as zeros in the source. */
 typedef enum ZeroMode {
@@ -447,7 +449,7 @@ static int convert_loop(Img *src, vdisk_disk *dst, const char *dst_name, ZeroMod
                         return -ECANCELED;
                 }
                 vdisk_clear_error();
-                r = vdisk_disk_block_status(src->disk, off, size - off, &e);
+                r = vdisk_disk_block_status(src->disk, off, MIN(size - off, CONVERT_STATUS_SPAN), &e);
                 if (r < 0) {
                         log_error("Could not read the allocation of '%s' at offset %" PRIu64 ": %s",
                                   src->filename, off, error_detail(r));
