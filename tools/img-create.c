@@ -399,6 +399,8 @@ finish:
 
 #define CONVERT_BUFFER_SIZE (2u << 20)
 #define CONVERT_SPARSE_MAX (16u << 20)
+/* convert -n asks block status at most this far at once (1 GiB). */
+#define CONVERT_STATUS_SPAN (UINT64_C(1) << 30)
 
 /* How convert_loop() treats ranges that read as zeros in the source. */
 typedef enum ZeroMode {
@@ -407,8 +409,27 @@ typedef enum ZeroMode {
         ZERO_WRITE,          /* -S 0: write every byte */
 } ZeroMode;
 
+/* Reads [off, off+n) of dst into buf; returns 1 when it is all zeros. */
+static int convert_target_is_zero(vdisk_disk *dst, const char *dst_name, uint8_t *buf, size_t n, uint64_t off) {
+        int r;
+
+        vdisk_clear_error();
+        r = vdisk_disk_read(dst, buf, n, off);
+        if (r < 0) {
+                log_error("Could not read '%s' at offset %" PRIu64 ": %s", dst_name, off, error_detail(r));
+                return r;
+        }
+        return mem_is_zero(buf, n);
+}
+
 /* Copies src into dst block by block: convert -n (an existing target) and
- * convert -S 0 (a new, fully written target). */
+ * convert -S 0 (a new, fully written target).
+ *
+ * With -n, both sides' block status is asked: a range the source reads as
+ * zeros costs nothing where the target reads zeros too (a hole over a hole,
+ * however large, is two block status calls); where the target has data
+ * there, it is read and overwritten with zeros unless it is zero already.
+ * Ranges the source has data in are read and written, a buffer at a time. */
 static int convert_loop(Img *src, vdisk_disk *dst, const char *dst_name, ZeroMode zero_mode,
                         ProgressBar *bar) {
         _cleanup_free_ uint8_t *buf = NULL, *dbuf = NULL;
@@ -429,6 +450,7 @@ static int convert_loop(Img *src, vdisk_disk *dst, const char *dst_name, ZeroMod
 
         while (off < size) {
                 vdisk_extent e;
+                uint64_t step;
                 size_t n;
                 bool write = true;
 
@@ -437,32 +459,49 @@ static int convert_loop(Img *src, vdisk_disk *dst, const char *dst_name, ZeroMod
                         return -ECANCELED;
                 }
                 vdisk_clear_error();
-                r = vdisk_disk_block_status(src->disk, off, MIN((uint64_t) CONVERT_BUFFER_SIZE, size - off),
-                                            &e);
+                r = vdisk_disk_block_status(src->disk, off, MIN(size - off, CONVERT_STATUS_SPAN), &e);
                 if (r < 0) {
                         log_error("Could not read the allocation of '%s' at offset %" PRIu64 ": %s",
                                   src->filename, off, error_detail(r));
                         return r;
                 }
-                n = (size_t) MIN(e.length, (uint64_t) CONVERT_BUFFER_SIZE);
-                if (n == 0)
-                        n = (size_t) MIN((uint64_t) CONVERT_BUFFER_SIZE, size - off);
+                step = e.length > 0 && e.length <= size - off ? e.length : size - off;
 
-                if (e.flags & VDISK_EXTENT_ZERO) {
-                        memset(buf, 0, n);
-                        if (zero_mode == ZERO_SKIP)
-                                write = false;
-                        else if (zero_mode == ZERO_CHECK_TARGET) {
-                                vdisk_clear_error();
-                                r = vdisk_disk_read(dst, dbuf, n, off);
-                                if (r < 0) {
-                                        log_error("Could not read '%s' at offset %" PRIu64 ": %s",
-                                                  dst_name, off, error_detail(r));
-                                        return r;
-                                }
-                                write = !mem_is_zero(dbuf, n);
+                if ((e.flags & VDISK_EXTENT_ZERO) && zero_mode != ZERO_WRITE) {
+                        vdisk_extent d;
+
+                        if (zero_mode == ZERO_SKIP) {
+                                off += step;
+                                progress_bar_print(bar, (double) off * 100.0 / (double) size);
+                                continue;
                         }
+                        /* ZERO_CHECK_TARGET: what does the target hold here? */
+                        vdisk_clear_error();
+                        r = vdisk_disk_block_status(dst, off, step, &d);
+                        if (r < 0) {
+                                log_error("Could not read the allocation of '%s' at offset %" PRIu64 ": %s",
+                                          dst_name, off, error_detail(r));
+                                return r;
+                        }
+                        if (d.length > 0 && d.length < step)
+                                step = d.length;
+                        if (d.flags & VDISK_EXTENT_ZERO) {
+                                off += step;
+                                progress_bar_print(bar, (double) off * 100.0 / (double) size);
+                                continue;
+                        }
+                        n = (size_t) MIN(step, (uint64_t) CONVERT_BUFFER_SIZE);
+                        r = convert_target_is_zero(dst, dst_name, dbuf, n, off);
+                        if (r < 0)
+                                return r;
+                        write = r == 0;
+                        memset(buf, 0, n);
+                } else if (e.flags & VDISK_EXTENT_ZERO) {
+                        /* ZERO_WRITE (-S 0): every byte is written. */
+                        n = (size_t) MIN(step, (uint64_t) CONVERT_BUFFER_SIZE);
+                        memset(buf, 0, n);
                 } else {
+                        n = (size_t) MIN(step, (uint64_t) CONVERT_BUFFER_SIZE);
                         vdisk_clear_error();
                         r = vdisk_disk_read(src->disk, buf, n, off);
                         if (r < 0) {

@@ -479,6 +479,8 @@ finish:
 /* ---------------------------------------------------------------- rebase */
 
 #define REBASE_BUFFER_SIZE (1u << 20)
+/* Block status is asked at most this far at once (1 GiB). */
+#define REBASE_STATUS_SPAN (UINT64_C(1) << 30)
 
 /* Reads what the new backing chain shows at [off, off+len): zeros past its
  * end or without a new backing file. */
@@ -503,8 +505,37 @@ static int rebase_read_new(Img *new_chain, uint8_t *buf, size_t len, uint64_t of
         return r;
 }
 
+/* Does the new backing chain read zeros from `off` on? *ret_len gets how
+ * far that is known to hold (at most len). */
+static int rebase_new_is_zero(Img *new_chain, uint64_t off, uint64_t len, bool *ret, uint64_t *ret_len) {
+        uint64_t size;
+        vdisk_extent e;
+        int r;
+
+        *ret = true;
+        *ret_len = len;
+        if (!new_chain->disk)
+                return 0;
+        size = vdisk_disk_size(new_chain->disk);
+        if (off >= size)
+                return 0;
+        vdisk_clear_error();
+        r = vdisk_disk_block_status(new_chain->disk, off, MIN(len, size - off), &e);
+        if (r < 0) {
+                log_error("Could not read the allocation of '%s' at offset %" PRIu64 ": %s",
+                          new_chain->filename, off, error_detail(r));
+                return r;
+        }
+        *ret = e.flags & VDISK_EXTENT_ZERO;
+        if (e.length > 0)
+                *ret_len = MIN(len, e.length);
+        return 0;
+}
+
 /* Safe rebase: wherever the top does not define the data itself and the old
- * and new backing chains differ, the old content is written into the top. */
+ * and new backing chains differ, the old content is written into the top.
+ * Where both chains read zeros by their block status, nothing is read: a
+ * hole of terabytes costs a few block status calls. */
 static int rebase_copy_differences(Img *top, Img *new_chain, ProgressBar *bar) {
         _cleanup_free_ uint8_t *old_buf = NULL, *new_buf = NULL;
         uint64_t size = vdisk_disk_size(top->disk), off = 0;
@@ -526,7 +557,7 @@ static int rebase_copy_differences(Img *top, Img *new_chain, ProgressBar *bar) {
                         return -ECANCELED;
                 }
                 vdisk_clear_error();
-                r = vdisk_disk_block_status(top->disk, off, size - off, &e);
+                r = vdisk_disk_block_status(top->disk, off, MIN(size - off, REBASE_STATUS_SPAN), &e);
                 if (r < 0) {
                         log_error("Could not read the allocation of '%s' at offset %" PRIu64 ": %s",
                                   top->filename, off, error_detail(r));
@@ -539,6 +570,22 @@ static int rebase_copy_differences(Img *top, Img *new_chain, ProgressBar *bar) {
                         off += e.length;
                         progress_bar_print(bar, (double) off * 100.0 / (double) size);
                         continue;
+                }
+
+                if (e.flags & VDISK_EXTENT_ZERO) {
+                        bool zero;
+                        uint64_t len;
+
+                        r = rebase_new_is_zero(new_chain, off, e.length, &zero, &len);
+                        if (r < 0)
+                                return r;
+                        if (zero) {
+                                /* Zeros in both chains: nothing to copy. */
+                                off += len;
+                                progress_bar_print(bar, (double) off * 100.0 / (double) size);
+                                continue;
+                        }
+                        e.length = len;
                 }
 
                 n = (size_t) MIN(e.length, (uint64_t) REBASE_BUFFER_SIZE);

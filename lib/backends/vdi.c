@@ -658,6 +658,21 @@ static int vdi_map(void *state, uint64_t offset, uint64_t len, map_result *ret) 
         kind = entry_kind(e);
         length = bs - offset % bs;
 
+        /* A run of unallocated or zero blocks (a hole of terabytes in a
+         * large image) is found a word at a time in the cached map pages.
+         * Such entries are never bad before a scan; after one, only where
+         * the scan says so (then entry by entry, below). */
+        if (kind != MAP_DATA && length < len && !(s->scanned && s->bad)) {
+                uint64_t to = MIN((uint64_t) s->h.n_blocks, (offset + len - 1) / bs + 1), nb;
+
+                r = tc_find_other(s->map, b + 1, to, e, &nb);
+                if (r < 0)
+                        return r;
+                length += (nb - b - 1) * bs;
+                *ret = (map_result) { .kind = kind, .length = MIN(length, len) };
+                return 0;
+        }
+
         /* Merge following blocks of the same kind (and, for data, contiguous
          * slots). Bad entries end the run; they fail when asked for. */
         for (uint64_t nb = b + 1; length < len && nb < s->h.n_blocks; nb++) {

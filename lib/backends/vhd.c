@@ -817,16 +817,15 @@ static int vhd_map(void *state, uint64_t offset, uint64_t len, map_result *ret) 
         if (r < 0)
                 return r;
         if (e == VHD_BAT_FREE) {
-                length = bs - in;
-                for (uint64_t nb = b + 1; length < len && nb < s->n_blocks; nb++) {
-                        uint32_t next;
+                uint64_t to = MIN(s->n_blocks, (offset + len - 1) / bs + 1), nb = to;
 
-                        r = bat_get(s, nb, &next);
+                /* The run of free entries, a word at a time. */
+                length = bs - in;
+                if (length < len) {
+                        r = tc_find_other(s->bat, b + 1, to, VHD_BAT_FREE, &nb);
                         if (r < 0)
                                 return r;
-                        if (next != VHD_BAT_FREE)
-                                break;
-                        length += bs;
+                        length += (nb - b - 1) * bs;
                 }
                 *ret = (map_result) { .kind = MAP_UNALLOC, .length = MIN(length, len) };
                 return 0;

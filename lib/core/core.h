@@ -238,6 +238,11 @@ void encode_pool_free(encode_pool *p);
 /* Data buffer size for operations: big enough to keep the disk busy, small
  * enough for the 64 MiB memory bound with two stages in flight. */
 #define OP_BUFFER_SIZE (4u << 20)
+/* The most an operation asks block status for at once: ranges nothing
+ * defines (or both sides read as zeros) are passed in steps of this size,
+ * so a hole of terabytes costs a few thousand metadata lookups, each bounded
+ * (a VDI map scan of 1024 entries), while the lock is taken per step. */
+#define OP_STATUS_SPAN (UINT64_C(1) << 30)
 
 /* A scoped lock: _cleanup_(disk_unlockp) _unused_ vdisk_disk *l = disk_lock(d); */
 static inline vdisk_disk *disk_lock(vdisk_disk *d) {

@@ -782,6 +782,66 @@ int tc_set(tc_table *t, uint64_t i, uint64_t v, uint32_t flags) {
         return 0;
 }
 
+/* The first index in [i, n) of the page bytes p whose entry is not v (n
+ * when none). Compares eight bytes at a time against the entry's pattern
+ * (entries are 4 or 8 bytes: a word holds whole entries when aligned). */
+static uint64_t page_find_other(const uint8_t *p, unsigned es, tc_entry entry, uint64_t i, uint64_t n,
+                                uint64_t v) {
+        uint8_t pat[8];
+        uint64_t w;
+
+        for (unsigned k = 0; k < 8; k += es)
+                put_entry(pat + k, entry, v);
+        memcpy(&w, pat, 8);
+        /* Entry by entry to the first 8-byte boundary, word by word, then
+         * entry by entry to find which one differs. */
+        while (i < n && (i * es) % 8 != 0) {
+                if (get_entry(p + i * es, entry) != v)
+                        return i;
+                i++;
+        }
+        while (i + 8 / es <= n) {
+                uint64_t x;
+
+                memcpy(&x, p + i * es, 8);
+                if (x != w)
+                        break;
+                i += 8 / es;
+        }
+        for (; i < n; i++)
+                if (get_entry(p + i * es, entry) != v)
+                        return i;
+        return n;
+}
+
+int tc_find_other(tc_table *t, uint64_t from, uint64_t to, uint64_t v, uint64_t *ret) {
+        unsigned es = tc_entry_size(t->entry);
+        uint64_t per_page, i = from;
+        int r;
+
+        assert(es > 0);
+        assert(from <= to && to <= t->size / es);
+        assert(ret);
+
+        per_page = t->page_size / es;
+        while (i < to) {
+                uint64_t page = i / per_page, first = page * per_page, end = MIN(to, first + per_page), k;
+                tc_page *pg;
+
+                r = page_find(t, page, &pg);
+                if (r < 0)
+                        return r;
+                k = page_find_other(pg->data, es, t->entry, i - first, end - first, v);
+                if (k < end - first) {
+                        *ret = first + k;
+                        return 0;
+                }
+                i = end;
+        }
+        *ret = to;
+        return 0;
+}
+
 int tc_read(tc_table *t, uint64_t offset, void *buf, size_t len) {
         uint8_t *p = buf;
         int r;

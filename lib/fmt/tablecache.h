@@ -140,6 +140,11 @@ int tc_table_resize(tc_table *t, uint64_t size, uint64_t fill);
 /* Entry i (asserted < tc_table_entries()). Load errors are returned. */
 int tc_get(tc_table *t, uint64_t i, uint64_t *ret);
 int tc_set(tc_table *t, uint64_t i, uint64_t v, uint32_t flags);
+/* The first entry in [from, to) that is not v, in *ret (to when there is
+ * none): a run of equal entries (a hole of unallocated blocks) is found
+ * page by page, a machine word at a time, not entry by entry. Loads the
+ * pages it passes; load errors are returned. */
+int tc_find_other(tc_table *t, uint64_t from, uint64_t to, uint64_t v, uint64_t *ret);
 /* Raw bytes at `offset` in the table (asserted inside it). */
 int tc_read(tc_table *t, uint64_t offset, void *buf, size_t len);
 int tc_write(tc_table *t, uint64_t offset, const void *buf, size_t len, uint32_t flags);

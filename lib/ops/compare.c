@@ -1,6 +1,8 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
 /* Content comparison (qemu-img compare): ranges both sides know to be zero are
- * not read; the larger disk's tail must read zeros unless strict. */
+ * not read, and are passed in steps of OP_STATUS_SPAN, so the cost follows
+ * the data, not the virtual size; the larger disk's tail must read zeros
+ * unless strict. */
 #include <stdlib.h>
 #include <string.h>
 
@@ -113,7 +115,7 @@ static int compare_run(side *a, side *b, int strict, uint64_t *ret_offset, vdisk
 
         while (offset < common) {
                 vdisk_extent ea, eb;
-                uint64_t len = MIN(common - offset, (uint64_t) OP_BUFFER_SIZE);
+                uint64_t len = MIN(common - offset, OP_STATUS_SPAN);
                 bool za, zb;
 
                 r = side_status(a, offset, len, &ea);
@@ -131,6 +133,9 @@ static int compare_run(side *a, side *b, int strict, uint64_t *ret_offset, vdisk
                         return 1;
                 }
                 if (!(za && zb)) {
+                        /* Read a buffer at a time; where both read zeros,
+                         * the whole common extent goes in one step. */
+                        len = MIN(len, (uint64_t) OP_BUFFER_SIZE);
                         r = side_read(a, ba, (size_t) len, offset);
                         if (r < 0)
                                 return r;

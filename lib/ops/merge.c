@@ -47,6 +47,9 @@ static int copy_chunk(vdisk_disk *d, unsigned lo, unsigned hi, unsigned target, 
                 return r;
         len = e.length;
         if (e.depth >= 0) {
+                /* What is copied or zeroed goes a buffer at a time; what
+                 * none of the images defines is passed in one step. */
+                len = MIN(len, (uint64_t) OP_BUFFER_SIZE);
                 if (e.flags & VDISK_EXTENT_DATA) {
                         r = rw_read(d, hi, buf, (size_t) len, offset);
                         if (r >= 0)
@@ -80,7 +83,7 @@ static int copy_defined(vdisk_disk *d, unsigned lo, unsigned hi, unsigned target
                  * status and the copy would otherwise be overwritten. */
                 pthread_mutex_lock(&d->lock);
                 r = copy_chunk(d, lo, hi, target, skip_level, below, offset, MIN(size - offset,
-                               (uint64_t) OP_BUFFER_SIZE), buf, &len);
+                               (uint64_t) OP_STATUS_SPAN), buf, &len);
                 pthread_mutex_unlock(&d->lock);
                 if (r < 0)
                         return r;

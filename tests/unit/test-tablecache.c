@@ -662,6 +662,67 @@ static void test_write_entries(void) {
         vdisk_io_unref(r.inner);
 }
 
+/* tc_find_other() finds the same entry as a walk with tc_get(), for every
+ * entry kind, at unaligned starts and ends, across page boundaries, with the
+ * differing entry anywhere (first, inside a word, last), and over a table
+ * that starts at an odd file offset (the word compare must not assume the
+ * page data aligned to the entry pattern beyond the entry size). */
+static void test_find_other(void) {
+        static const tc_entry kinds[] = { TC_LE32, TC_BE32, TC_LE64, TC_BE64 };
+        rng g;
+
+        rng_seed(&g, 13);
+        for (size_t k = 0; k < ELEMENTSOF(kinds); k++) {
+                rec r;
+                vdisk_io *io = rec_io(&r, 64 * KiB);
+                unsigned es = tc_entry_size(kinds[k]);
+                uint64_t fill = es == 4 ? 0xfffffffe : UINT64_C(0xfffffffffffffffe), n, got;
+                tc_budget *b;
+                tc_table *t;
+
+                ASSERT_OK(tc_budget_new(0, &b));
+                t = table(b, io, 1028, 16 * KiB, 512, kinds[k]);
+                n = tc_table_entries(t);
+                for (uint64_t i = 0; i < n; i++)
+                        ASSERT_OK(tc_set(t, i, fill, 0));
+                ASSERT_OK(tc_find_other(t, 0, n, fill, &got));
+                ASSERT_EQ_U64(got, n);
+                ASSERT_OK(tc_find_other(t, 7, 7, fill, &got));
+                ASSERT_EQ_U64(got, 7);
+
+                for (unsigned round = 0; round < 300; round++) {
+                        uint64_t at = round < 3 ? (uint64_t[]) { 0, n - 1, 512 / es }[round] : rng_below(&g, n);
+                        uint64_t from = rng_below(&g, n), to = from + rng_below(&g, n - from + 1), want = to;
+
+                        ASSERT_OK(tc_set(t, at, round & 1 ? 0 : fill - 1, 0));
+                        for (uint64_t i = from; i < to; i++) {
+                                uint64_t v;
+
+                                ASSERT_OK(tc_get(t, i, &v));
+                                if (v != fill) {
+                                        want = i;
+                                        break;
+                                }
+                        }
+                        ASSERT_OK(tc_find_other(t, from, to, fill, &got));
+                        test_set_context("kind %zu, entry %" PRIu64 ", [%" PRIu64 ", %" PRIu64 ")", k, at, from,
+                                         to);
+                        ASSERT_EQ_U64(got, want);
+                        /* From the changed entry itself, and just after it. */
+                        ASSERT_OK(tc_find_other(t, at, n, fill, &got));
+                        ASSERT_EQ_U64(got, at);
+                        ASSERT_OK(tc_set(t, at, fill, 0));
+                        ASSERT_OK(tc_find_other(t, at, n, fill, &got));
+                        ASSERT_EQ_U64(got, n);
+                }
+                test_set_context("%s", "");
+                tc_table_free(t);
+                tc_budget_unref(b);
+                vdisk_io_unref(io);
+                vdisk_io_unref(r.inner);
+        }
+}
+
 int main(void) {
         test_entries();
         test_lru();
@@ -674,6 +735,7 @@ int main(void) {
         test_load_errors();
         test_resize();
         test_write_entries();
+        test_find_other();
         printf("ok\n");
         return 0;
 }
