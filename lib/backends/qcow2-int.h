@@ -106,5 +106,29 @@ typedef struct qcow2_state {
         bool marked_dirty;              /* lazy refcounts: dirty bit set on disk */
         uint64_t *pending_free;         /* host byte ranges to unreference at flush */
         size_t n_pending_free, cap_pending_free;
+
+        /* compressed writing (qcow2-compress.c): the host cluster being
+         * packed with compressed clusters, 0 = none; bytes of it used; how
+         * many compressed clusters it holds (its refcount) */
+        uint64_t comp_host, comp_used, comp_refs;
 } qcow2_state;
 
+
+/* Lent by qcow2.c to qcow2-compress.c: thin wrappers of its static helpers. */
+typedef struct reservation reservation;
+int qcow2_mark_dirty(qcow2_state *s);
+int qcow2_rc_update(qcow2_state *s, uint64_t host, int delta, tc_page **ret_pg);
+uint64_t qcow2_rc_max(const qcow2_state *s);
+void qcow2_note_file_end(qcow2_state *s, uint64_t end);
+int qcow2_l2_entry(qcow2_state *s, uint64_t cl, uint64_t *ret_e, uint64_t *ret_bitmap);
+int qcow2_l2_for_write(qcow2_state *s, uint64_t l1i, tc_table **ret);
+void qcow2_queue_free_compressed(qcow2_state *s, uint64_t e);
+int qcow2_allocate_unit(qcow2_state *s, uint64_t offset, uint64_t len, reservation *ret);
+int qcow2_commit_unit(qcow2_state *s, const reservation *res);
+void qcow2_release_unit(qcow2_state *s, const reservation *res);
+
+/* qcow2-compress.c: the backend's encode_bound, encode and
+ * stream_write_encoded (convert -c). */
+size_t qcow2_encode_bound(const void *state, size_t len);
+int qcow2_encode(const void *state, const void *in, size_t len, void *out, size_t *ret_len);
+int qcow2_write_encoded(void *state, uint64_t offset, size_t len, const void *enc, size_t enc_len);

@@ -1413,6 +1413,47 @@ static int qcow2_flush(void *state) {
         return 0;
 }
 
+/* Lent to qcow2-compress.c (compressed writing), see qcow2-int.h. */
+int qcow2_mark_dirty(qcow2_state *s) {
+        return mark_dirty(s);
+}
+
+int qcow2_rc_update(qcow2_state *s, uint64_t host, int delta, tc_page **ret_pg) {
+        return rc_update(s, host, delta, ret_pg);
+}
+
+uint64_t qcow2_rc_max(const qcow2_state *s) {
+        return rc_max(s);
+}
+
+void qcow2_note_file_end(qcow2_state *s, uint64_t end) {
+        note_file_end(s, end);
+}
+
+int qcow2_l2_entry(qcow2_state *s, uint64_t cl, uint64_t *ret_e, uint64_t *ret_bitmap) {
+        return l2_entry(s, cl, ret_e, ret_bitmap);
+}
+
+int qcow2_l2_for_write(qcow2_state *s, uint64_t l1i, tc_table **ret) {
+        return l2_for_write(s, l1i, ret);
+}
+
+void qcow2_queue_free_compressed(qcow2_state *s, uint64_t e) {
+        queue_free_compressed(s, e);
+}
+
+int qcow2_allocate_unit(qcow2_state *s, uint64_t offset, uint64_t len, reservation *ret) {
+        return qcow2_allocate(s, offset, len, ret);
+}
+
+int qcow2_commit_unit(qcow2_state *s, const reservation *res) {
+        return qcow2_commit(s, res);
+}
+
+void qcow2_release_unit(qcow2_state *s, const reservation *res) {
+        qcow2_release(s, res);
+}
+
 /* ---------------------------------------------------------------- check
  *
  * Counts every reference the image makes (header, L1 and refcount tables,
@@ -2205,7 +2246,7 @@ const vdisk_backend backend_qcow2 = {
                 .name = "QCOW2",
                 .qemu_name = "qcow2",
                 .caps = VDISK_CAP_FILE | VDISK_CAP_DIFF | VDISK_CAP_CREATE_DYNAMIC | VDISK_CAP_CHECK |
-                        VDISK_CAP_REPAIR,
+                        VDISK_CAP_REPAIR | VDISK_CAP_COMPRESS,
                 .media = VDISK_MEDIA_HDD,
                 .extensions = qcow2_extensions,
                 .create_options = qcow2_create_options,
@@ -2231,4 +2272,7 @@ const vdisk_backend backend_qcow2 = {
         .get_format_info = qcow2_get_format_info,
         .list_snapshots = qcow2_list_snapshots,
         .measure = qcow2_measure,
+        .encode_bound = qcow2_encode_bound,
+        .encode = qcow2_encode,
+        .stream_write_encoded = qcow2_write_encoded,
 };

@@ -104,3 +104,36 @@ int units_read_backing_name(const char *fmt, vdisk_io *io, uint64_t off, uint32_
         *ret = TAKE_PTR(name);
         return 0;
 }
+
+/* Deflate and zstd gain nothing on bytes whose values are all about equally
+ * frequent (data compressed or encrypted already), and deflate is at its
+ * slowest on them. The test: the chance that two bytes picked at random
+ * are equal, sum(count^2) / len^2, at most 1.1/256 (uniform random bytes
+ * give about 1.004/256, text some 15/256). */
+static bool window_incompressible(const uint8_t *p, size_t len) {
+        uint32_t count[256] = {};
+        uint64_t sq = 0;
+
+        for (size_t i = 0; i < len; i++)
+                count[p[i]]++;
+        for (unsigned v = 0; v < 256; v++)
+                sq += (uint64_t) count[v] * count[v];
+        return sq * 256 * 10 <= (uint64_t) len * len * 11;
+}
+
+/* Four 4 KiB windows spread over the buffer must all look random: a
+ * cluster that is random in one part and text in another still compresses. */
+bool units_incompressible(const void *buf, size_t len) {
+        const uint8_t *p = buf;
+        const size_t w = 4096;
+
+        if (len < w)
+                return false;
+        for (unsigned k = 0; k < 4; k++) {
+                size_t at = ALIGN_DOWN((len - w) / 3 * k, (size_t) 512);
+
+                if (!window_incompressible(p + at, w))
+                        return false;
+        }
+        return true;
+}

@@ -43,3 +43,9 @@ int units_read_backing_name(const char *fmt, vdisk_io *io, uint64_t off, uint32_
 
 /* Refuses a backing file name that names a qemu protocol or is a json: name. */
 int units_check_backing_name(const char *fmt, const char *name);
+
+/* Whether the bytes look incompressible (random, compressed or encrypted
+ * data): byte histograms of four 4 KiB windows spread over the buffer, so a
+ * compressor need not spend its slowest path finding out. Only a hint:
+ * false below 4 KiB. */
+bool units_incompressible(const void *buf, size_t len);
