@@ -236,6 +236,7 @@ enum {
         OPT_DIRECT_FD           = 1u << 19,
         OPT_PERSIST             = 1u << 20,
         OPT_FILE_SET            = 1u << 21,
+        OPT_COMPRESS            = 1u << 28,   /* Copy: compressed clusters */
 };
 
 typedef struct FileArg {
@@ -261,6 +262,7 @@ typedef struct Options {
         FileArg *files;
         size_t n_files;
         int direct_fd;          /* our duplicate; valid when set & OPT_DIRECT_FD */
+        int compress;           /* Copy: store compressed units (qemu-img convert -c) */
 } Options;
 
 int options_parse(sd_bus_message *m, uint32_t allowed, Options *o, sd_bus_error *error);
