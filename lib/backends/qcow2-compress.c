@@ -29,111 +29,12 @@
  * refcount block pages): a crash leaks at worst. A unit whose data write
  * fails leaves no entry and gives its new host cluster back.
  */
-#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
-#include <zlib.h>
-#include <zstd.h>
-#include <zstd_errors.h>
 
 #include "backend.h"
 #include "backends/qcow2-int.h"
 #include "fmt/units.h"
-
-/* zstd's default level (qemu's choice too); deflate at zlib's default. */
-#define QCOW2_ZSTD_LEVEL        3
-#define QCOW2_DEFLATE_LEVEL     Z_DEFAULT_COMPRESSION
-
-/* Each encoding thread keeps its compressors and resets them per cluster:
- * setting up a deflate stream or a zstd context costs hundreds of KiB of
- * allocations, far more than compressing a small cluster. Freed when the
- * thread ends. */
-typedef struct compressors {
-        z_stream z;
-        bool z_ok;
-        ZSTD_CCtx *zc;
-} compressors;
-
-static pthread_key_t comp_key;
-static pthread_once_t comp_once = PTHREAD_ONCE_INIT;
-static bool comp_key_ok;
-
-static void compressors_free(void *p) {
-        compressors *c = p;
-
-        if (c->z_ok)
-                deflateEnd(&c->z);
-        ZSTD_freeCCtx(c->zc);
-        free(c);
-}
-
-static void comp_key_init(void) {
-        comp_key_ok = pthread_key_create(&comp_key, compressors_free) == 0;
-}
-
-static compressors *thread_compressors(void) {
-        compressors *c;
-
-        pthread_once(&comp_once, comp_key_init);
-        if (!comp_key_ok)
-                return NULL;
-        c = pthread_getspecific(comp_key);
-        if (c)
-                return c;
-        c = calloc(1, sizeof *c);
-        if (!c)
-                return NULL;
-        if (pthread_setspecific(comp_key, c) != 0) {
-                free(c);
-                return NULL;
-        }
-        return c;
-}
-
-/* Raw deflate of in[0, len) into out[0, cap); 0 and *ret_len, or 1 when it
- * does not fit. */
-static int deflate_cluster(compressors *c, const uint8_t *in, size_t len, uint8_t *out, size_t cap,
-                           size_t *ret_len) {
-        int zr;
-
-        if (!c->z_ok) {
-                if (deflateInit2(&c->z, QCOW2_DEFLATE_LEVEL, Z_DEFLATED, -12, 9, Z_DEFAULT_STRATEGY) != Z_OK)
-                        return vdisk_error(-ENOMEM, "qcow2: cannot set up deflate");
-                c->z_ok = true;
-        } else if (deflateReset(&c->z) != Z_OK)
-                return vdisk_error(-EIO, "qcow2: cannot reset deflate");
-        c->z.next_in = (Bytef *) in;
-        c->z.avail_in = (uInt) len;
-        c->z.next_out = out;
-        c->z.avail_out = (uInt) cap;
-        zr = deflate(&c->z, Z_FINISH);
-        if (zr == Z_STREAM_END) {
-                *ret_len = cap - c->z.avail_out;
-                return 0;
-        }
-        if (zr == Z_OK || zr == Z_BUF_ERROR)
-                return 1;   /* out of room: it does not shrink enough */
-        return vdisk_error(-EIO, "qcow2: deflate failed (%d)", zr);
-}
-
-static int zstd_cluster(compressors *c, const uint8_t *in, size_t len, uint8_t *out, size_t cap,
-                        size_t *ret_len) {
-        size_t n;
-
-        if (!c->zc) {
-                c->zc = ZSTD_createCCtx();
-                if (!c->zc)
-                        return vdisk_error(-ENOMEM, "qcow2: cannot set up zstd");
-        }
-        n = ZSTD_compressCCtx(c->zc, out, cap, in, len, QCOW2_ZSTD_LEVEL);
-        if (!ZSTD_isError(n)) {
-                *ret_len = n;
-                return 0;
-        }
-        if (ZSTD_getErrorCode(n) == ZSTD_error_dstSize_tooSmall)
-                return 1;
-        return vdisk_error(-EIO, "qcow2: zstd failed: %s", ZSTD_getErrorName(n));
-}
 
 /* The plain data, or the compressed cluster when shorter: out holds one
  * cluster at most. */
@@ -147,7 +48,6 @@ int qcow2_encode(const void *state, const void *in, size_t len, void *out, size_
         const qcow2_state *s = state;
         _cleanup_free_ uint8_t *padded = NULL;
         const uint8_t *src = in;
-        compressors *c;
         size_t n = 0;
         int r;
 
@@ -163,16 +63,11 @@ int qcow2_encode(const void *state, const void *in, size_t len, void *out, size_
                 memcpy(padded, in, len);
                 src = padded;
         }
-        c = thread_compressors();
-        if (!c)
-                return vdisk_error(-ENOMEM, "qcow2: cannot set up the compressors");
         /* At most len - 1 bytes: a result must shrink the data to count. */
-        if (s->compression_type == 1)
-                r = zstd_cluster(c, src, s->cluster_size, out, len - 1, &n);
-        else
-                r = deflate_cluster(c, src, s->cluster_size, out, len - 1, &n);
+        r = units_compress(s->compression_type == 1 ? UNITS_ZSTD : UNITS_DEFLATE12, src, s->cluster_size, out,
+                           len - 1, &n);
         if (r < 0)
-                return r;
+                return vdisk_error_prefix(r, "qcow2");
         if (r == 0) {
                 *ret_len = n;
                 return 0;

@@ -13,6 +13,7 @@
 #   - qemu-made compressed images converted by vdisk-img -c compare equal;
 #   - writes into vdisk's compressed clusters afterwards (qemu-io, and
 #     vdisk-img convert -n) stay check-clean and read as written;
+#   - QCOW v1 (zlib) -c: qemu-img reads it, qemu-io writes into it;
 #   - -c into a format without compressed clusters is refused with
 #     qemu-img's message and leaves no file behind.
 # shellcheck source-path=SCRIPTDIR source=lib.sh
@@ -58,8 +59,9 @@ wcheck() {
 
 # compressed_entries IMAGE: map entries with data and no host offset (qemu
 # gives no offset for compressed clusters)
-compressed_entries() {
-        "$QEMU_IMG" map -f qcow2 --output=json "$1" | "$PY" -c '
+compressed_entries() { compressed_entries_fmt "$1" qcow2; }
+compressed_entries_fmt() {
+        "$QEMU_IMG" map -f "$2" --output=json "$1" | "$PY" -c '
 import json, sys
 print(sum(1 for e in json.load(sys.stdin) if e["data"] and "offset" not in e))'
 }
@@ -154,6 +156,26 @@ EOF
                 wcheck w.qcow2 other.raw "$d, rewritten by vdisk"
         done
 done
+
+# --- QCOW v1 (zlib): vdisk-img -c, qemu reads it and writes into it
+rm -f v1.qcow u1.qcow q1.qcow v1b.qcow
+vimg convert -c -O qcow mixed.raw v1.qcow
+expect_eq "qcow v1: convert -c" "$RC" 0
+qcompare mixed.raw raw v1.qcow qcow
+n=$(compressed_entries_fmt v1.qcow qcow)
+expect_true "qcow v1: the map shows compressed clusters ($n)" test "$n" -gt 0
+vimg convert -O qcow mixed.raw u1.qcow
+expect_true "qcow v1: smaller than the uncompressed convert" test "$(stat -c %s v1.qcow)" -lt "$(stat -c %s u1.qcow)"
+run "$QEMU_IO" -f qcow -c "write -P 0x55 $((64 * K + 100)) 5000" v1.qcow
+expect_eq "qcow v1: qemu-io writes into a compressed cluster" "$RC" 0
+cp mixed.raw ref1.raw
+"$PY" -c 'import sys; f = open(sys.argv[1], "r+b"); f.seek(int(sys.argv[2])); f.write(b"\x55" * 5000)' \
+        ref1.raw $((64 * K + 100))
+qcompare ref1.raw raw v1.qcow qcow
+qimg convert -c -O qcow mixed.raw q1.qcow
+vimg convert -c -O qcow q1.qcow v1b.qcow
+expect_eq "qcow v1: qemu-made compressed image converted -c" "$RC" 0
+qcompare mixed.raw raw v1b.qcow qcow
 
 # --- formats without compressed clusters
 for f in raw vdi vpc qed; do
