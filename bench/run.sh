@@ -16,7 +16,7 @@ usage: $0 [-n PAIRS] [--quick | --size GIB] [--only LIST] [--drop-caches] [--kee
   --quick         256 MiB disk, data scaled down by 32 (smoke test, a few minutes)
   --size GIB      disk of GIB GiB (1-8), data scaled by GIB/8 (default 8)
   --only LIST     comma-separated workload groups to run, of
-                  a,b,c,d,vmdk,vpc,stream (default: all)
+                  a,b,c,d,vmdk,vpc,stream,compress (default: all)
   --drop-caches   drop the page cache before every timed run (needs root);
                   default: warm cache
   --keep          keep the scratch directory
@@ -27,7 +27,7 @@ EOF
 PAIRS=5
 QUICK=0
 SIZE_GIB=8
-ONLY=a,b,c,d,vmdk,vpc,stream
+ONLY=a,b,c,d,vmdk,vpc,stream,compress
 DROP=0
 KEEP=0
 while (($#)); do
@@ -47,8 +47,8 @@ done
 [[ $SIZE_GIB =~ ^[1-8]$ ]] || { echo "run.sh: --size wants 1 to 8 (GiB)" >&2; exit 2; }
 for g in ${ONLY//,/ }; do
         case $g in
-        a|b|c|d|vmdk|vpc|stream) ;;
-        *) echo "run.sh: --only: unknown workload group '$g' (a b c d vmdk vpc stream)" >&2; exit 2 ;;
+        a|b|c|d|vmdk|vpc|stream|compress) ;;
+        *) echo "run.sh: --only: unknown workload group '$g' (a b c d vmdk vpc stream compress)" >&2; exit 2 ;;
         esac
 done
 want() { [[ ,$ONLY, == *,$1,* ]]; } # GROUP -> true when it is to run
@@ -178,6 +178,31 @@ def filldiff(vdi, d):
         f.seek(0x184)
         f.write(struct.pack('<I', k))
 
+def mixed(path, size, ndata, seed):
+    # ndata 1 MiB extents at distinct random 1 MiB-aligned offsets, in turn
+    # random bytes, word text, bytes of 16 values and zero bytes (what an
+    # OS image holds, roughly): the input of the compressed rows
+    rng = random.Random(seed)
+    words = [bytes(rng.choice(b'abcdefghijklmnopqrstuvwxyz') for _ in range(rng.randrange(2, 10)))
+             for _ in range(4096)]
+    text = b' '.join(rng.choice(words) for _ in range(800000))
+    sixteen = bytes(range(16)) * 16
+    blocks = rng.sample(range(size // MiB), ndata)
+    with open(path, 'wb') as f:
+        f.truncate(size)
+        for i, b in enumerate(blocks):
+            f.seek(b * MiB)
+            k = i % 4
+            if k == 0:
+                f.write(rng.randbytes(MiB))
+            elif k == 1:
+                at = rng.randrange(len(text) - MiB)
+                f.write(text[at:at + MiB])
+            elif k == 2:
+                f.write(rng.randbytes(MiB).translate(sixteen))
+            else:
+                f.write(bytes(MiB))
+
 def stats(*vals):
     # pairs "v q" -> median, min, max of v/q
     import statistics
@@ -198,6 +223,8 @@ elif cmd == 'extents':
     extents(a[0], int(a[1]), int(a[2]), int(a[3]))
 elif cmd == 'filldiff':
     filldiff(a[0], a[1])
+elif cmd == 'mixed':
+    mixed(a[0], int(a[1]), int(a[2]), int(a[3]))
 elif cmd == 'stats':
     stats(*a)
 elif cmd == 'median':
@@ -419,6 +446,25 @@ fi
 rm -rf "$W/f"
 
 # --- b: raw->vdi of a disk with scattered 4 KiB writes
+# h. convert -c into qcow2 (zlib, zstd), at the pairings of equal durability
+for m in durable unsafe; do
+        for ct in zlib zstd; do
+                eval "h${ct}${m}_prep() { fmt_prep \$1 $m raw \"\$W/h/mixed.raw\" qcow2 qcow2 -c -o compression_type=$ct; }"
+                eval "h${ct}${m}_verify() { verify qcow2 \"\$OUT\" raw \"\$W/h/mixed.raw\"; }"
+                eval "h${ct}${m}_clean() { fmt_clean; }"
+        done
+done
+if want compress; then
+        mkdir -p "$W/h" "$W/f"
+        gen mixed "$W/h/mixed.raw" $DISK $NDATA 3
+        note "   mixed.raw: $((DISK >> 20)) MiB, $NDATA MiB of random, text, 16-value and zero extents"
+        run_workload hzlibdurable "h. raw->qcow2 -c zlib, both durable"
+        run_workload hzlibunsafe "h. raw->qcow2 -c zlib, v unsafe/q dflt"
+        run_workload hzstddurable "h. raw->qcow2 -c zstd, both durable"
+        run_workload hzstdunsafe "h. raw->qcow2 -c zstd, v unsafe/q dflt"
+        rm -rf "$W/h" "$W/f"
+fi
+
 if want b; then
 gen small "$W/b/small.raw" $DISK $NSMALL 2
 b_prep() { OUT=$W/b/out-$1.vdi; CMD=("$(tool "$1")" convert -f raw -O vdi "$W/b/small.raw" "$OUT"); }

@@ -1103,7 +1103,8 @@ static int method_copy(sd_bus_message *msg, void *userdata, sd_bus_error *error)
         if (r >= 0)
                 r = options_parse(msg, OPT_SIZE | OPT_VARIANT | OPT_BLOCK_SIZE | OPT_UUID | OPT_COMMENT |
                                   OPT_FORMAT_OPTIONS | OPT_SPARSE_SIZE | OPT_OPEN | OPT_DISPLAY_NAME |
-                                  OPT_DIRECT_FD | OPT_PERSIST | OPT_FILES | OPT_FILE_SET | OPT_PREALLOCATION,
+                                  OPT_DIRECT_FD | OPT_PERSIST | OPT_FILES | OPT_FILE_SET | OPT_PREALLOCATION |
+                                  OPT_COMPRESS,
                                   &c->options, error);
         if (r < 0)
                 return r;

@@ -379,6 +379,7 @@ static void op_run(Task *t) {
                         .from_same = -1,
                         .to_same = -1,
                         .sparse_size = o->options.sparse_size,
+                        .compress = o->options.compress,
                 };
 
                 r = vdisk_disk_new(&dst);

@@ -39,6 +39,7 @@ static const OptionDef option_defs[] = {
         { "persist",                  "b",     OPT_PERSIST },
         { "file-set",                 "o",     OPT_FILE_SET },
         { "preallocation",            "s",     OPT_PREALLOCATION },
+        { "compress",                 "b",     OPT_COMPRESS },
 };
 
 void options_done(Options *o, Trash *t) {
@@ -324,6 +325,9 @@ int options_parse(sd_bus_message *m, uint32_t allowed, Options *o, sd_bus_error 
                         break;
                 case OPT_OPEN:
                         r = read_bool(m, &o->open);
+                        break;
+                case OPT_COMPRESS:
+                        r = read_bool(m, &o->compress);
                         break;
                 case OPT_ALLOW_SHRINK:
                         r = read_bool(m, &o->allow_shrink);

@@ -237,6 +237,7 @@ enum {
         OPT_PERSIST             = 1u << 20,
         OPT_FILE_SET            = 1u << 21,
         OPT_PREALLOCATION       = 1u << 22,
+        OPT_COMPRESS            = 1u << 28,   /* Copy: compressed clusters */
 };
 
 typedef struct FileArg {
@@ -265,6 +266,7 @@ typedef struct Options {
         /* Resize: off, metadata, falloc or full (Create, CreateDiff and Copy
          * fold it into format_options) */
         char *preallocation;
+        int compress;           /* Copy: store compressed units (qemu-img convert -c) */
 } Options;
 
 int options_parse(sd_bus_message *m, uint32_t allowed, Options *o, sd_bus_error *error);

@@ -418,7 +418,9 @@ typedef struct vdisk_backend {
         int (*stream_write)(void *state, uint64_t offset, const void *buf, size_t len);
 
         /* BACKEND_STREAM formats that store units encoded (VMDK
-         * streamOptimized grains): the largest encoding of `len` bytes, and
+         * streamOptimized grains), and formats with VDISK_CAP_COMPRESS
+         * (qcow2, QCOW v1 compressed clusters, for a copy with
+         * vdisk_copy_opts.compress): the largest encoding of `len` bytes, and
          * the encoding itself of one whole unit (layout.cluster_size bytes,
          * less at the image's end) into `out` (encode_bound() bytes). Pure:
          * no I/O, no change of state; copy runs it on several threads at
@@ -427,7 +429,12 @@ typedef struct vdisk_backend {
         int (*encode)(const void *state, const void *in, size_t len, void *out, size_t *ret_len);
 
         /* Takes one unit of `len` data bytes at `offset`, already encoded
-         * by encode() (`enc_len` bytes), under the rules of stream_write(). */
+         * by encode() (`enc_len` bytes), under the rules of stream_write().
+         * For VDISK_CAP_COMPRESS formats (not BACKEND_STREAM) a copy with
+         * compress calls it on the new, writable image, whole units at
+         * rising offsets; what `enc` holds is the backend's own business
+         * (qcow2: enc_len == len says encode() found no gain and `enc` is
+         * the data, written as a plain cluster). */
         int (*stream_write_encoded)(void *state, uint64_t offset, size_t len, const void *enc, size_t enc_len);
 
         /* BACKEND_STREAM only: writes what follows the data (tables, footer,

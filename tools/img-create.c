@@ -535,6 +535,36 @@ static int convert_loop(Img *src, vdisk_disk *dst, const char *dst_name, ZeroMod
 }
 
 #define ARG_SKIP_BROKEN_BITMAPS 0x380   /* convert only */
+/* -c: the formats that store compressed units (qemu-img's message for the
+ * others; VMDK decides by its subformat: streamOptimized compresses). */
+static int convert_compress_check(const vdisk_backend_info *out_info, bool no_create) {
+        if (no_create) {
+                log_error("-c cannot be combined with -n");
+                return -EINVAL;
+        }
+        if (!(out_info->caps & VDISK_CAP_COMPRESS) && !streq(out_info->qemu_name, "vmdk")) {
+                log_error("Compression not supported for this file format");
+                return -EOPNOTSUPP;
+        }
+        return 0;
+}
+
+/* Encoding (compression) threads: $VDISK_THREADS, else one per CPU (0). */
+static unsigned convert_threads(void) {
+        const char *e = getenv("VDISK_THREADS");
+        unsigned long n;
+        char *end;
+
+        if (!e || !*e)
+                return 0;
+        errno = 0;
+        n = strtoul(e, &end, 10);
+        if (errno || *end || n == 0 || n > 64) {
+                log_warning("Ignoring VDISK_THREADS=%s (use 1 to 64)", e);
+                return 0;
+        }
+        return (unsigned) n;
+}
 
 int cmd_convert(int argc, char **argv) {
         static const struct option options[] = {
@@ -555,7 +585,7 @@ int cmd_convert(int argc, char **argv) {
         const vdisk_backend_info *out_info;
         bool bitmaps = false, skip_broken_bitmaps = false;
         bool quiet = false, progress = false, no_create = false, target_is_zero = false, created = false,
-             unsafe = false, cached = false;
+             unsafe = false, cached = false, compress = false;
         uint64_t sparse = 4096, new_size = 0;
         ProgressBar bar = {};
         Img src = {}, existing = {}, parent = {};
@@ -599,8 +629,8 @@ int cmd_convert(int argc, char **argv) {
                         no_create = true;
                         break;
                 case 'c':
-                        log_error("Compressed output (-c) is not supported");
-                        return EXIT_ERROR;
+                        compress = true;
+                        break;
                 case 'l':
                         snapshot = optarg;
                         break;
@@ -708,6 +738,8 @@ int cmd_convert(int argc, char **argv) {
         }
         if (optlist_validate(&opts, out_info, out) < 0)
                 return EXIT_ERROR;
+        if (compress && convert_compress_check(out_info, no_create) < 0)
+                return EXIT_ERROR;
         if (optlist_get(&opts, "size")) {
                 if (parse_size(optlist_get(&opts, "size"), &new_size) < 0)
                         return EXIT_ERROR;
@@ -779,6 +811,8 @@ int cmd_convert(int argc, char **argv) {
                 /* libvdisk looks for zeros in runs of at most 4 MiB; a larger
                  * -S only asks for fewer holes, which changes no content. */
                 .sparse_size = MIN(sparse, (uint64_t) (4u << 20)),
+                .compress = compress,
+                .threads = convert_threads(),
         };
 
         if (backing) {
@@ -825,7 +859,7 @@ int cmd_convert(int argc, char **argv) {
         created = true;
 
         vdisk_clear_error();
-        if (sparse == 0) {
+        if (sparse == 0 && !compress) {
                 /* -S 0: create the image, then write every byte of it. */
                 uint64_t size = new_size > 0 ? new_size : vdisk_disk_size(src.disk);
 

@@ -653,7 +653,7 @@ int cmd_convert(Ctx *ctx, int argc, char **argv) {
         _cleanup_msg_ sd_bus_message *m = NULL;
         _cleanup_close_ int direct_fd = -1;
         uint64_t sparse = 0, new_size = 0, disk_size = 0;
-        bool progress = false, direct = true;
+        bool progress = false, direct = true, compress = false;
         const Value *info;
         _cleanup_free_ char *display = NULL;
         CreateOpts copts;
@@ -700,9 +700,11 @@ int cmd_convert(Ctx *ctx, int argc, char **argv) {
                 case 'T':
                 case 'U':
                         break;   /* the source's cache mode and locks are vdiskd's business */
+                case 'c':
+                        compress = true;
+                        break;
                 case 'n':
                 case 'B':
-                case 'c':
                         log_error("Option '-%c' is not supported by vdiskctl (use vdisk-img)", c);
                         return EXIT_USAGE;
                 default:
@@ -781,6 +783,8 @@ int cmd_convert(Ctx *ctx, int argc, char **argv) {
                 r = bus_append_opt_u64(m, "size", new_size);
         if (r >= 0 && sparse_arg)
                 r = bus_append_opt_u64(m, "sparse-size", sparse);
+        if (r >= 0 && compress)
+                r = bus_append_opt_bool(m, "compress", true);
         if (r >= 0 && direct_fd >= 0)
                 r = sd_bus_message_append(m, "{sv}", "direct-fd", "h", direct_fd);
         if (r >= 0 && comp.n > 0)

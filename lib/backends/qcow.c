@@ -21,7 +21,7 @@
  *
  * Supported: read, write, create, diffs (backing file name in the header;
  * the format is probed, never raw), compressed clusters as MAP_ENCODED
- * units. Refused: AES encryption (crypt_method 1), backing names that are
+ * units, written by convert -c (see "compressed writes" below). Refused: AES encryption (crypt_method 1), backing names that are
  * qemu pseudo-protocols (json:, nbd: ...). Create makes what qemu-img
  * makes (4 KiB clusters, 512-byte ones in a diff, L2 tables of 4 KiB and
  * 32 KiB) unless the library's block_size asks for a cluster size. A write into a compressed
@@ -84,6 +84,9 @@ typedef struct qcow_state {
         char *backing_name;
         uint64_t backing_offset;
         uint32_t backing_room;
+        /* compressed writing (convert -c): the cluster being packed, 0 =
+         * none, and the bytes of it used */
+        uint64_t comp_host, comp_used;
 } qcow_state;
 
 /* ---------------------------------------------------------------- header */
@@ -502,6 +505,144 @@ static int qcow_flush(void *state) {
         return r;
 }
 
+/* ---------------------------------------------------------------- compressed writes (convert -c)
+ *
+ * Copy's encode pool runs encode() on its workers and hands the units in
+ * order to qcow_write_encoded(). A cluster is raw deflate (4 KiB window, as
+ * qemu inflates it), the image's last one zero-padded to a whole cluster;
+ * one that does not shrink is handed on plain (enc_len == len) and written
+ * as an ordinary cluster. Compressed clusters are packed back to back,
+ * running on into the next cluster when that is the next one allocated
+ * (the format has no refcounts to keep). The L2 entry is set with
+ * TC_AFTER_DATA, after the bytes were written. */
+
+static size_t qcow_encode_bound(const void *state, size_t len) {
+        const qcow_state *s = state;
+
+        return (size_t) MAX((uint64_t) len, s->cluster_size);
+}
+
+static int qcow_encode(const void *state, const void *in, size_t len, void *out, size_t *ret_len) {
+        const qcow_state *s = state;
+        _cleanup_free_ uint8_t *padded = NULL;
+        const void *src = in;
+        size_t n = 0;
+        int r;
+
+        if (len == 0 || len > s->cluster_size)
+                return vdisk_error(-EINVAL, "qcow: a compressed unit is one cluster");
+        if (len >= 2 && !units_incompressible(in, len)) {
+                if (len < s->cluster_size) {
+                        padded = calloc(1, s->cluster_size);
+                        if (!padded)
+                                return vdisk_error(-ENOMEM, "out of memory");
+                        memcpy(padded, in, len);
+                        src = padded;
+                }
+                r = units_compress(UNITS_DEFLATE12, src, s->cluster_size, out, len - 1, &n);
+                if (r < 0)
+                        return vdisk_error_prefix(r, "qcow");
+                if (r == 0) {
+                        *ret_len = n;
+                        return 0;
+                }
+        }
+        memcpy(out, in, len);
+        *ret_len = len;
+        return 0;
+}
+
+static int qcow_write_encoded(void *state, uint64_t offset, size_t len, const void *enc, size_t enc_len) {
+        qcow_state *s = state;
+        uint64_t cs = s->cluster_size, cl = offset >> s->cluster_bits, l2o, e, pos, new_host = 0, new_l2 = 0;
+        uint64_t pack_host, pack_used;
+        reservation res;
+        int r;
+
+        assert(s->writable);
+        if (offset % cs || len == 0 || len > cs || (len < cs && offset + len != s->size) || enc_len > len)
+                return vdisk_error(-EOPNOTSUPP, "qcow: compressed writes take whole clusters");
+        prepare_alloc(s);
+        if (enc_len == len) {
+                r = qcow_allocate(s, offset, len, &res);
+                if (r < 0)
+                        return r;
+                r = io_pwrite(s->io, enc, len, res.host_offset);
+                if (r < 0) {
+                        qcow_release(s, &res);
+                        return r;
+                }
+                return qcow_commit(s, &res);
+        }
+        r = l2_entry(s, cl, &l2o, &e);
+        if (r < 0)
+                return r;
+        if (e != 0 && !(e & QCOW_COMPRESSED))
+                return vdisk_error(-EOPNOTSUPP, "qcow: compressed writes go to clusters not written yet (the "
+                                   "cluster at %" PRIu64 " is allocated)", offset);
+        if (s->comp_host != 0 && (s->comp_used + enc_len <= cs || hostalloc_next(&s->alloc) == s->comp_host + cs)) {
+                pos = s->comp_host + s->comp_used;
+                pack_host = s->comp_host;
+                pack_used = s->comp_used + enc_len;
+                if (pack_used > cs) {
+                        r = hostalloc_alloc(&s->alloc, cs, s->coffset_mask, &new_host, NULL);
+                        if (r < 0)
+                                return vdisk_error(r, "qcow: the file would grow past its largest offset");
+                        pack_host = new_host;
+                        pack_used -= cs;
+                }
+        } else {
+                r = hostalloc_alloc(&s->alloc, cs, s->coffset_mask, &new_host, NULL);
+                if (r < 0)
+                        return vdisk_error(r, "qcow: the file would grow past its largest offset");
+                pos = pack_host = new_host;
+                pack_used = enc_len;
+        }
+        r = io_pwrite(s->io, enc, enc_len, pos);
+        if (r < 0)
+                goto undo;
+        r = grow_file(s, pos + enc_len);
+        if (r < 0)
+                goto undo;
+        e = QCOW_COMPRESSED | ((uint64_t) enc_len << (63 - s->cluster_bits)) | pos;
+        if (l2o == 0) {
+                _cleanup_free_ uint8_t *buf = calloc(1, s->l2_bytes);
+
+                if (!buf) {
+                        r = -ENOMEM;
+                        goto undo;
+                }
+                r = hostalloc_alloc(&s->alloc, ALIGN_UP(s->l2_bytes, cs), s->coffset_mask, &new_l2, NULL);
+                if (r < 0) {
+                        r = vdisk_error(r, "qcow: the file would grow past its largest offset");
+                        goto undo;
+                }
+                put_be64(buf + 8 * (cl % s->l2_entries), e);
+                r = io_pwrite(s->io, buf, s->l2_bytes, new_l2);
+                if (r >= 0)
+                        r = grow_file(s, new_l2 + s->l2_bytes);
+                if (r >= 0)
+                        r = tc_set(s->l1, cl / s->l2_entries, new_l2, TC_AFTER_DATA);
+        } else {
+                tc_table *t;
+
+                r = l2slots_get(&s->l2, l2o, &t);
+                if (r >= 0)
+                        r = tc_set(t, cl % s->l2_entries, e, TC_AFTER_DATA);
+        }
+        if (r < 0) {
+                s->comp_host = 0;   /* space may be lost, nothing points at it */
+                return r;
+        }
+        s->comp_host = pack_host;
+        s->comp_used = pack_used;
+        return 0;
+undo:
+        if (new_host != 0 && hostalloc_next(&s->alloc) == new_host + cs)
+                hostalloc_rewind(&s->alloc, new_host);
+        return r;
+}
+
 /* ---------------------------------------------------------------- create */
 
 static int qcow_create(void *state, const open_ctx *c, const create_params *p) {
@@ -669,7 +810,7 @@ const vdisk_backend backend_qcow = {
         .info = {
                 .name = "QCOW",
                 .qemu_name = "qcow",
-                .caps = VDISK_CAP_FILE | VDISK_CAP_DIFF | VDISK_CAP_CREATE_DYNAMIC,
+                .caps = VDISK_CAP_FILE | VDISK_CAP_DIFF | VDISK_CAP_CREATE_DYNAMIC | VDISK_CAP_COMPRESS,
                 .media = VDISK_MEDIA_HDD,
                 .extensions = qcow_extensions,
                 .create_options = qcow_create_options,
@@ -687,6 +828,9 @@ const vdisk_backend backend_qcow = {
         .allocate = qcow_allocate,
         .commit = qcow_commit,
         .release = qcow_release,
+        .encode_bound = qcow_encode_bound,
+        .encode = qcow_encode,
+        .stream_write_encoded = qcow_write_encoded,
         .flush = qcow_flush,
         .get_meta = qcow_get_meta,
         .set_meta = qcow_set_meta,

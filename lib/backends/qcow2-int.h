@@ -124,6 +124,11 @@ typedef struct qcow2_state {
         bool bm_broken;                 /* the directory is invalid: bitmaps ignored (read-only) */
         bool bm_marked;                 /* tracking bitmaps are marked in_use on disk */
         uint64_t bm_mem;                /* bytes of bitmap content held in memory */
+
+        /* compressed writing (qcow2-compress.c): the host cluster being
+         * packed with compressed clusters, 0 = none; bytes of it used; how
+         * many compressed clusters it holds (its refcount) */
+        uint64_t comp_host, comp_used, comp_refs;
 } qcow2_state;
 
 
@@ -173,6 +178,20 @@ void qcow2_note_free(qcow2_state *s, uint64_t host);
 int qcow2_discard(void *state, uint64_t offset, uint64_t len);
 int qcow2_resize(void *state, uint64_t new_size, vdisk_progress *p);
 int qcow2_compact(void *state, compact_fn fn, void *ctx, vdisk_progress *p);
+
+/* A new cluster for the unit at `offset` (the backend's allocate, commit
+ * and release, for qcow2-compress.c's plain clusters). */
+typedef struct reservation reservation;
+int qcow2_allocate_unit(qcow2_state *s, uint64_t offset, uint64_t len, reservation *ret);
+int qcow2_commit_unit(qcow2_state *s, const reservation *res);
+void qcow2_release_unit(qcow2_state *s, const reservation *res);
+void qcow2_note_file_end(qcow2_state *s, uint64_t end);
+
+/* ---- qcow2-compress.c: the backend's encode_bound, encode and
+ * stream_write_encoded (convert -c). */
+size_t qcow2_encode_bound(const void *state, size_t len);
+int qcow2_encode(const void *state, const void *in, size_t len, void *out, size_t *ret_len);
+int qcow2_write_encoded(void *state, uint64_t offset, size_t len, const void *enc, size_t enc_len);
 
 /* ---- qcow2-amend.c */
 /* The backend's amend(): compat, refcount_bits, lazy_refcounts. */

@@ -408,6 +408,11 @@ int qcow2_resize(void *state, uint64_t new_size, vdisk_progress *p) {
                                    " bytes", new_size, QCOW2_L1_MAX_BYTES);
         if (new_size < s->size && s->nb_snapshots > 0)
                 return vdisk_error(-EOPNOTSUPP, "qcow2: an image with internal snapshots cannot shrink");
+        if (s->nb_bitmaps > 0)
+                /* their tables would have to follow the size (qemu resizes
+                 * them); refused before anything changes */
+                return vdisk_error(-EOPNOTSUPP, "qcow2: resizing an image with persistent bitmaps is not "
+                                   "supported yet");
         r = qcow2_mark_dirty(s);
         if (r >= 0)
                 r = qcow2_flush(s);

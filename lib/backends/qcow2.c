@@ -1574,7 +1574,8 @@ int qcow2_flush(void *state) {
         return 0;
 }
 
-/* Lent to the other parts (qcow2-int.h): qcow2-space.c, qcow2-amend.c. */
+/* Lent to the other parts (qcow2-int.h): qcow2-space.c, qcow2-amend.c,
+ * qcow2-compress.c. */
 int qcow2_rc_update(qcow2_state *s, uint64_t host, int delta, tc_page **ret_pg) {
         return rc_update(s, host, delta, ret_pg);
 }
@@ -1589,6 +1590,10 @@ int qcow2_flush_tables(qcow2_state *s) {
 
 int qcow2_mark_dirty(qcow2_state *s) {
         return mark_dirty(s);
+}
+
+void qcow2_note_file_end(qcow2_state *s, uint64_t end) {
+        note_file_end(s, end);
 }
 
 int qcow2_l2_entry(qcow2_state *s, uint64_t cl, uint64_t *ret_e, uint64_t *ret_bitmap) {
@@ -1649,6 +1654,18 @@ int qcow2_drop_table(qcow2_state *s, uint64_t off) {
                         sl->offset = 0;
                 }
         return 0;
+}
+
+int qcow2_allocate_unit(qcow2_state *s, uint64_t offset, uint64_t len, reservation *ret) {
+        return qcow2_allocate(s, offset, len, ret);
+}
+
+int qcow2_commit_unit(qcow2_state *s, const reservation *res) {
+        return qcow2_commit(s, res);
+}
+
+void qcow2_release_unit(qcow2_state *s, const reservation *res) {
+        qcow2_release(s, res);
 }
 
 /* ---------------------------------------------------------------- check
@@ -2542,7 +2559,7 @@ const vdisk_backend backend_qcow2 = {
                 .name = "QCOW2",
                 .qemu_name = "qcow2",
                 .caps = VDISK_CAP_FILE | VDISK_CAP_DIFF | VDISK_CAP_CREATE_DYNAMIC | VDISK_CAP_CHECK |
-                        VDISK_CAP_REPAIR,
+                        VDISK_CAP_REPAIR | VDISK_CAP_COMPRESS,
                 .media = VDISK_MEDIA_HDD,
                 .extensions = qcow2_extensions,
                 .create_options = qcow2_create_options,
@@ -2583,4 +2600,7 @@ const vdisk_backend backend_qcow2 = {
         .list_bitmaps = qcow2_list_bitmaps,
         .read_bitmap = qcow2_bitmap_read,
         .change_bitmap = qcow2_bitmap_change,
+        .encode_bound = qcow2_encode_bound,
+        .encode = qcow2_encode,
+        .stream_write_encoded = qcow2_write_encoded,
 };

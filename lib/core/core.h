@@ -226,12 +226,14 @@ int copy_run(vdisk_disk *src, unsigned src_bottom, vdisk_disk *dst, unsigned lev
              uint64_t sparse, vdisk_progress *p);
 
 /* ops/encode.c: a pool of encoding threads for one copy into `img` (a
- * stream image with encode()). encode_pool_buffer() encodes the units of
- * buf (destination offset `offset`, unit aligned, at most OP_BUFFER_SIZE)
- * on the pool and hands them in order to the stream writer of `img`;
- * all-zero units are left out. */
+ * stream image with encode(), or an image copy compresses into: qcow2).
+ * encode_pool_buffer() encodes the units of buf (destination offset
+ * `offset`, unit aligned, at most OP_BUFFER_SIZE) on the pool and hands them
+ * in order to the stream_write_encoded() of `img`; all-zero units are left
+ * out unless `zeros_matter` (a differencing image: they are encoded too).
+ * `threads`: workers (0 = one per online CPU). */
 typedef struct encode_pool encode_pool;
-int encode_pool_new(vdisk_image *img, encode_pool **ret);
+int encode_pool_new(vdisk_image *img, unsigned threads, bool zeros_matter, encode_pool **ret);
 int encode_pool_buffer(encode_pool *p, const uint8_t *buf, uint64_t len, uint64_t offset);
 void encode_pool_free(encode_pool *p);
 

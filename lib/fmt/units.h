@@ -43,3 +43,21 @@ int units_read_backing_name(const char *fmt, vdisk_io *io, uint64_t off, uint32_
 
 /* Refuses a backing file name that names a qemu protocol or is a json: name. */
 int units_check_backing_name(const char *fmt, const char *name);
+
+/* Whether the bytes look incompressible (random, compressed or encrypted
+ * data): byte histograms of four 4 KiB windows spread over the buffer, so a
+ * compressor need not spend its slowest path finding out. Only a hint:
+ * false below 4 KiB. */
+bool units_incompressible(const void *buf, size_t len);
+
+/* units_compress: one unit (cluster) compressed the way qemu's readers
+ * take it: raw deflate with a 4 KiB window (QCOW v1, QCOW2 zlib: qemu
+ * inflates with windowBits -12) or one zstd frame (QCOW2 zstd). 0 and
+ * *ret_len when the result fits in `cap` bytes, 1 when it does not. Each
+ * calling thread keeps its own compressors (freed when it ends), so copy's
+ * encode workers call it at once without locks. */
+typedef enum units_codec {
+        UNITS_DEFLATE12,
+        UNITS_ZSTD,
+} units_codec;
+int units_compress(units_codec codec, const void *in, size_t len, void *out, size_t cap, size_t *ret_len);

@@ -52,6 +52,7 @@ typedef struct pipeline {
         int zeros_matter;         /* destination is a diff: zeros must be written */
         uint64_t unit;            /* destination is a stream: slots hold whole units (0: no) */
         bool encode;              /* ... that copy encodes (encode()) */
+        unsigned threads;         /* encoding threads (0: one per CPU) */
 } pipeline;
 
 /* Producer: waits for a free slot; returns NULL when the consumer stopped. */
@@ -212,7 +213,7 @@ static int run_pipeline(pipeline *pl, vdisk_disk *dst, unsigned level, uint64_t 
         }
         if (pl->encode) {
                 pthread_mutex_lock(&dst->lock);
-                r = encode_pool_new(dst->images[level], &pool);
+                r = encode_pool_new(dst->images[level], pl->threads, pl->zeros_matter, &pool);
                 pthread_mutex_unlock(&dst->lock);
                 if (r < 0)
                         goto out;
@@ -300,7 +301,8 @@ static int queue_end(vdisk_image *img) {
 /* copy_run() on the source levels [src_bottom, src_top] found at the start
  * (both disks registered; no lock held). */
 static int copy_levels(vdisk_disk *src, unsigned src_bottom, unsigned src_top, uint64_t src_size, vdisk_disk *dst,
-                       unsigned level, uint64_t size, uint64_t sparse, vdisk_progress *p) {
+                       unsigned level, uint64_t size, uint64_t sparse, const vdisk_copy_opts *o,
+                       vdisk_progress *p) {
         pipeline pl = {};
         char msg[1024];
         int r = 0;
@@ -310,8 +312,23 @@ static int copy_levels(vdisk_disk *src, unsigned src_bottom, unsigned src_top, u
         pl.src_bottom = src_bottom;
         pl.size = MIN(size, src_size);
         pl.zeros_matter = level > 0;
+        pl.threads = o ? o->threads : 0;
         pthread_mutex_lock(&dst->lock);
-        if (((dst->images[level]->be->flags | dst->images[level]->layout.flags) & BACKEND_STREAM) &&
+        if (o && o->compress && !((dst->images[level]->be->flags | dst->images[level]->layout.flags) &
+                                  BACKEND_STREAM)) {
+                /* Compressed units (qcow2 compressed clusters): whole
+                 * clusters through the encode pool, like a stream. */
+                vdisk_image *img = dst->images[level];
+
+                if (!(img->be->info.caps & VDISK_CAP_COMPRESS) || !img->be->encode ||
+                    !img->be->stream_write_encoded || img->layout.cluster_size == 0)
+                        r = vdisk_error(-EOPNOTSUPP, "Compression not supported for this file format");
+                else if (OP_BUFFER_SIZE % img->layout.cluster_size)
+                        r = vdisk_error(-EOPNOTSUPP, "%s: a cluster of %" PRIu64 " bytes does not divide the copy "
+                                        "buffer", vdisk_io_name(img->io), img->layout.cluster_size);
+                pl.unit = img->layout.cluster_size;
+                pl.encode = true;
+        } else if (((dst->images[level]->be->flags | dst->images[level]->layout.flags) & BACKEND_STREAM) &&
             dst->images[level]->layout.cluster_size > 0) {
                 pl.unit = dst->images[level]->layout.cluster_size;
                 pl.encode = dst->images[level]->be->encode;
@@ -360,7 +377,7 @@ int copy_run(vdisk_disk *src, unsigned src_bottom, vdisk_disk *dst, unsigned lev
         top = src->n - 1;
         src_size = src->images[top]->size;
         pthread_mutex_unlock(&src->lock);
-        return copy_levels(src, src_bottom, top, src_size, dst, level, size, sparse, p);
+        return copy_levels(src, src_bottom, top, src_size, dst, level, size, sparse, NULL, p);
 }
 
 /* Under the destination's lock: the new image, registered and pinned. */
@@ -433,6 +450,16 @@ int vdisk_copy(vdisk_disk *src, vdisk_disk *dst, vdisk_io *dst_io, const char *f
         if (sparse % 512 || sparse > OP_BUFFER_SIZE)
                 return vdisk_error(-EINVAL, "sparse size must be a multiple of 512 up to %u", OP_BUFFER_SIZE);
 
+        if (o.compress) {
+                /* Refused before anything is created (qemu-img's words). A
+                 * stream format that encodes anyway (VMDK streamOptimized)
+                 * is decided on the new image. */
+                const vdisk_backend *be = backend_lookup(format);
+
+                if (be && !(be->info.caps & VDISK_CAP_COMPRESS) && !be->encode)
+                        return vdisk_error(-EOPNOTSUPP, "Compression not supported for this file format");
+        }
+
         /* The source: checked and registered under its lock alone. */
         pthread_mutex_lock(&src->lock);
         r = disk_op_top(src, &src_top);
@@ -453,7 +480,7 @@ int vdisk_copy(vdisk_disk *src, vdisk_disk *dst, vdisk_io *dst_io, const char *f
         r = copy_create(dst, dst_io, format, &o, size, &level);
         if (r >= 0) {
                 r = copy_levels(src, o.from_same >= 0 ? (unsigned) o.from_same + 1 : 0, src_top, src_size, dst,
-                                level, size, sparse, p);
+                                level, size, sparse, &o, p);
                 copy_finish(dst, level, r);
         }
         pthread_mutex_lock(&src->lock);

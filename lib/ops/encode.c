@@ -1,7 +1,8 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
 /*
  * The encoding stage of copy, for destinations that store units encoded
- * (BACKEND_STREAM with encode(): VMDK streamOptimized grains).
+ * (BACKEND_STREAM with encode(): VMDK streamOptimized grains; and a copy
+ * that compresses into a format with encode(): qcow2 compressed clusters).
  *
  * Copy hands over one buffer of source data at a time (up to
  * OP_BUFFER_SIZE, unit aligned). A pool of worker threads, one per core,
@@ -22,7 +23,7 @@
 
 #include "core/core.h"
 
-#define ENCODE_THREADS_MAX 8u
+#define ENCODE_THREADS_MAX 64u
 
 typedef struct encode_unit {
         uint64_t offset;
@@ -41,6 +42,7 @@ struct encode_pool {
         pthread_t threads[ENCODE_THREADS_MAX];
         unsigned n_threads;
         bool quit;
+        bool zeros_matter;              /* zero units are encoded and written too */
 
         /* the buffer being encoded; under lock: next, units[].done */
         const uint8_t *buf;
@@ -70,7 +72,7 @@ static void encode_one(encode_pool *p, size_t i) {
         const uint8_t *in = p->buf + (u->offset - p->offset);
 
         pthread_mutex_unlock(&p->lock);
-        u->zero = mem_is_zero(in, u->len);
+        u->zero = !p->zeros_matter && mem_is_zero(in, u->len);
         if (!u->zero)
                 u->r = p->img->be->encode(p->img->state, in, u->len, u->out, &u->out_len);
         pthread_mutex_lock(&p->lock);
@@ -112,7 +114,7 @@ void encode_pool_free(encode_pool *p) {
         free(p);
 }
 
-int encode_pool_new(vdisk_image *img, encode_pool **ret) {
+int encode_pool_new(vdisk_image *img, unsigned threads, bool zeros_matter, encode_pool **ret) {
         uint64_t unit = img->layout.cluster_size;
         encode_pool *p;
 
@@ -121,6 +123,7 @@ int encode_pool_new(vdisk_image *img, encode_pool **ret) {
         if (!p)
                 return vdisk_error(-ENOMEM, "out of memory");
         p->img = img;
+        p->zeros_matter = zeros_matter;
         pthread_mutex_init(&p->lock, NULL);
         pthread_cond_init(&p->work, NULL);
         pthread_cond_init(&p->done, NULL);
@@ -135,8 +138,11 @@ int encode_pool_new(vdisk_image *img, encode_pool **ret) {
                         goto oom;
         }
         /* One worker per core: the calling thread mostly writes. Fewer
-         * workers than asked for (or none) still encode everything. */
-        for (unsigned t = 0; t < encode_threads(); t++) {
+         * workers than asked for (or none) still encode everything. An
+         * explicit `threads` counts the calling thread, which encodes too. */
+        unsigned n = threads ? MIN(threads - 1, ENCODE_THREADS_MAX) : encode_threads();
+
+        for (unsigned t = 0; t < n; t++) {
                 if (pthread_create(&p->threads[p->n_threads], NULL, encode_worker, p) != 0)
                         break;
                 p->n_threads++;

@@ -15,7 +15,7 @@ import pytest
 
 from harness import (A_CANCEL_OTHER, A_MODIFY, A_OPEN, ACCESS_DENIED, DISK, ERR, LIMITS_EXCEEDED, MANAGER, MiB,
                      OPERATION, REGIONS, ROOT_PATH, UID_A, UID_B, Fd, Open, RemoteDBusError, disk_images,
-                     expect_error, finished_ok, frozen_fs, open_disk, op_props, unique, wait_until)
+                     T, expect_error, finished_ok, frozen_fs, open_disk, op_props, unique, wait_until)
 
 VDISK_ENV = dict(daemon_args=['--workers=2', '--max-workers-per-user=2'])
 
@@ -152,6 +152,28 @@ def test_copy_open_result_objects(env, clients):
     assert env.watcher.get(new_disk, DISK, 'OwnerUID') == UID_A
     assert disk_images(env, new_disk) == [new_image]
     assert a.disk(new_disk, 'Read', 'tua{sv}', 0, 4096, {}) == b'\x11' * 4096
+
+
+def test_copy_compress(env, clients):
+    """Copy with compress=true into QCOW2 writes compressed clusters (zlib
+    and zstd by format-options), which qemu-img checks clean and reads as the
+    source; into a format without compressed units the operation fails
+    NotSupported and writes nothing."""
+    a = clients[UID_A]
+    d, src = src_disk(env, a, UID_A)
+    for ct in ('zlib', 'zstd'):
+        dest = env.empty_file(UID_A, unique('compressed') + '.qcow2')
+        op = a.disk(d, 'Copy', 'hsa{sv}', Open(dest, os.O_RDWR), 'QCOW2',
+                    {'compress': True, 'format-options': T('a{ss}', {'compression_type': ct})})
+        finished_ok(env, a, op)
+        env.qemu_img('compare', '-f', 'vdi', '-F', 'qcow2', src, dest)
+        out = env.qemu_img('check', '-f', 'qcow2', dest).stdout
+        assert 'No errors were found' in out and '% compressed clusters' in out and ' 0.00% compressed' not in out, out
+    dest = env.empty_file(UID_A, unique('notcompressed') + '.vdi')
+    op = a.disk(d, 'Copy', 'hsa{sv}', Open(dest, os.O_RDWR), 'VDI', {'compress': True})
+    e = expect_error(ERR + 'NotSupported', a.wait_op, op)
+    assert 'Compression not supported' in e.message, e.message
+    assert dest.stat().st_size == 0
 
 
 def test_wait_subscribed_after_reply(env, clients, frz):

@@ -97,6 +97,11 @@ def test_chain_convert_commit_merge_compact_resize_check(env, a):
     ctl(env, 'convert', '-O', 'vdi', 'top.vdi', 'flat.vdi')
     env.qemu_img('compare', '-f', 'vdi', '-F', 'raw', p(env, 'flat.vdi'), refpath)
     env.qemu_img('check', '-f', 'vdi', p(env, 'flat.vdi'))
+    # -c: compressed clusters (zstd), checked and read by qemu-img
+    ctl(env, 'convert', '-c', '-O', 'qcow2', '-o', 'compression_type=zstd', 'top.vdi', 'flat-c.qcow2')
+    env.qemu_img('compare', '-f', 'qcow2', '-F', 'raw', p(env, 'flat-c.qcow2'), refpath)
+    out = env.qemu_img('check', '-f', 'qcow2', p(env, 'flat-c.qcow2')).stdout
+    assert '% compressed clusters' in out and ' 0.00% compressed' not in out, out
     for f in ('top.vdi', 'mid.vdi', 'base.vdi'):
         ctl(env, 'check', f)
     env.qemu_img('check', '-f', 'vdi', p(env, 'base.vdi'))

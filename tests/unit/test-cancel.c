@@ -7,7 +7,9 @@
  * -ECANCELED, every image still checks clean, the content is unchanged (merge,
  * compact: the container's, and also after reopening the images from their
  * bytes) and a convert's source bytes never change. A progress cancelled before
- * the call stops the operation before it changes anything. Uncancelled runs
+ * the call stops the operation before it changes anything. A cancelled
+ * compressed copy into qcow2 leaves a destination without corruption.
+ * Uncancelled runs
  * report monotonic progress that ends exactly at the total; compact keeps
  * reporting past the scan while it moves blocks (VMDK and QCOW2 also when
  * cancelled then), and a VDI shrink reports the blocks it packs below the
@@ -402,8 +404,89 @@ static void test_shrink_progress(void) {
         vdisk_io_unref(io);
 }
 
+/* ---- compressed copy (qcow2 -c): cancelled, the source is untouched and
+ * the incomplete destination, reopened from its bytes, has no corruption
+ * and reads the source's data or zeros cluster by cluster */
+
+static void test_copy_compress(void) {
+        static const char *const opts[] = { "cluster_size", "4096", "compression_type", "zstd", NULL };
+        vdisk_copy_opts o = { .size = sizeof o, .from_same = -1, .to_same = -1, .compress = 1,
+                              .create = { .size = sizeof o.create, .options = opts } };
+        vdisk_io *sio = mem_io("cancel-cc-src.qcow2", NULL, 0), *dio = mem_io("cancel-cc-dst.qcow2", NULL, 0);
+        vdisk_disk *sd = disk_new(), *dst = disk_new(), *re = disk_new();
+        uint8_t *content = malloc(DISK_SIZE), *got, *src_bytes, *after;
+        uint64_t size;
+        size_t src_len, len;
+        vdisk_progress *p;
+        watch w;
+        rng r;
+
+        ASSERT(content);
+        rng_seed(&r, 5);
+        /* compressible: random bytes masked to 4 bits, every 4th 64 KiB random */
+        rng_fill(&r, content, DISK_SIZE);
+        for (uint64_t i = 0; i < DISK_SIZE; i++)
+                if (i / 65536 % 4 != 0)
+                        content[i] &= 0x0f;
+        ASSERT_OK(vdisk_disk_create_base(sd, sio, "qcow2", DISK_SIZE, NULL));
+        ASSERT_OK(vdisk_disk_write(sd, content, DISK_SIZE, 0));
+        ASSERT_OK(vdisk_disk_flush(sd));
+        src_bytes = mem_io_copy(sio, &src_len);
+
+        test_set_context("compressed copy, cancelled in the middle");
+        p = progress_new(&w, 1);
+        ASSERT_ERR(vdisk_copy(sd, dst, dio, "qcow2", &o, p), -ECANCELED);
+        assert_progress_cancelled(&w, p, "vdisk_copy (compress)");
+        vdisk_progress_free(p);
+        assert_content(sd, content, DISK_SIZE, "compressed copy source after cancel");
+        after = mem_io_copy(sio, &len);
+        ASSERT_EQ_U64(len, src_len);
+        ASSERT_MEMEQ(after, src_bytes, len);
+        free(after);
+
+        ASSERT_OK(vdisk_disk_open(re, dio, "qcow2", VDISK_OPEN_READONLY));
+        (void) CHECK_IMAGE_CLEAN(re, 0);
+        got = disk_read_all(re, &size);
+        ASSERT_EQ_U64(size, DISK_SIZE);
+        for (uint64_t off = 0; off < size; off += 4096) {
+                bool zero = true;
+
+                for (size_t i = 0; i < 4096 && zero; i++)
+                        zero = got[off + i] == 0;
+                if (!zero && memcmp(got + off, content + off, 4096) != 0)
+                        FAIL("cancelled compressed copy: the cluster at %" PRIu64 " holds neither zeros nor "
+                             "the source's data", off);
+        }
+        free(got);
+
+        /* not cancelled: the content, clean */
+        vdisk_disk_unref(dst);
+        vdisk_io_unref(dio);
+        dst = disk_new();
+        dio = mem_io("cancel-cc-dst2.qcow2", NULL, 0);
+        test_set_context("compressed copy, not cancelled");
+        p = progress_new(&w, 0);
+        ASSERT_OK(vdisk_copy(sd, dst, dio, "qcow2", &o, p));
+        assert_progress_complete(&w, p);
+        vdisk_progress_free(p);
+        assert_content(dst, content, DISK_SIZE, "compressed copy destination");
+        ASSERT_EQ_U64(CHECK_IMAGE_CLEAN(dst, 0), 0);
+        /* compressed indeed: 3/4 of the data halves at least */
+        ASSERT_OK(vdisk_io_memory_data(dio, (const void **) &got, &len));
+        ASSERT(len < DISK_SIZE / 4 * 3);
+
+        free(src_bytes);
+        free(content);
+        vdisk_disk_unref(re);
+        vdisk_disk_unref(dst);
+        vdisk_disk_unref(sd);
+        vdisk_io_unref(dio);
+        vdisk_io_unref(sio);
+}
+
 int main(void) {
         test_copy();
+        test_copy_compress();
         test_merge(2, 0);   /* forward, apart */
         test_merge(2, 1);   /* forward, adjacent */
         test_merge(0, 2);   /* backward, apart */

@@ -206,6 +206,8 @@ enum {
         VDISK_CAP_RESIZE         = 1u << 17,
         VDISK_CAP_CHECK          = 1u << 18,
         VDISK_CAP_REPAIR         = 1u << 19,
+        /* writes compressed units when a copy asks (vdisk_copy_opts.compress) */
+        VDISK_CAP_COMPRESS       = 1u << 23,
 };
 
 /* Media types. */
@@ -730,6 +732,14 @@ typedef struct vdisk_copy_opts {
          * -S); 0 = default 4 KiB. The destination must read as zero where not
          * written (it is new). */
         uint64_t sparse_size;
+        /* Store the data compressed where the destination format can (qcow2
+         * compressed clusters, zlib or zstd by its compression_type: qemu-img
+         * convert -c); -EOPNOTSUPP for a format that cannot. Clusters that do
+         * not shrink are stored plain. */
+        int compress;
+        /* Threads that encode (compress, or VMDK streamOptimized grains);
+         * 0 = one per online CPU. */
+        unsigned threads;
 } vdisk_copy_opts;
 
 /* VDCopyEx: copies the content of `src` into a new image created on dst_io and
