@@ -49,6 +49,7 @@ typedef struct pipeline {
         vdisk_disk *src;
         unsigned src_bottom, src_top;
         uint64_t size;
+        uint64_t src_offset;      /* the source offset of destination offset 0 (dd) */
         int zeros_matter;         /* destination is a diff: zeros must be written */
         uint64_t unit;            /* destination is a stream: slots hold whole units (0: no) */
         bool encode;              /* ... that copy encodes (encode()) */
@@ -89,7 +90,7 @@ static void *reader_main(void *arg) {
                         return NULL;
                 /* One chunk under the source's lock: what it is, and its data. */
                 pthread_mutex_lock(&pl->src->lock);
-                r = rw_status(pl->src, pl->src_bottom, pl->src_top, offset,
+                r = rw_status(pl->src, pl->src_bottom, pl->src_top, pl->src_offset + offset,
                               MIN(pl->size - offset, (uint64_t) 1 << 30), &e);
                 if (r >= 0 && pl->unit) {
                         /* Whole units only: skip whole units of nothing,
@@ -110,7 +111,7 @@ static void *reader_main(void *arg) {
                         /* Keep later reads aligned to the buffer size. */
                         if (len == OP_BUFFER_SIZE && offset % OP_BUFFER_SIZE)
                                 len = OP_BUFFER_SIZE - offset % OP_BUFFER_SIZE;
-                        r = rw_read(pl->src, pl->src_top, s->buf, (size_t) len, offset);
+                        r = rw_read(pl->src, pl->src_top, s->buf, (size_t) len, pl->src_offset + offset);
                 }
                 pthread_mutex_unlock(&pl->src->lock);
                 if (r < 0)
@@ -299,8 +300,9 @@ static int queue_end(vdisk_image *img) {
 
 /* copy_run() on the source levels [src_bottom, src_top] found at the start
  * (both disks registered; no lock held). */
-static int copy_levels(vdisk_disk *src, unsigned src_bottom, unsigned src_top, uint64_t src_size, vdisk_disk *dst,
-                       unsigned level, uint64_t size, uint64_t sparse, vdisk_progress *p) {
+static int copy_levels(vdisk_disk *src, unsigned src_bottom, unsigned src_top, uint64_t src_size,
+                       uint64_t src_offset, vdisk_disk *dst, unsigned level, uint64_t size, uint64_t sparse,
+                       vdisk_progress *p) {
         pipeline pl = {};
         char msg[1024];
         int r = 0;
@@ -308,7 +310,8 @@ static int copy_levels(vdisk_disk *src, unsigned src_bottom, unsigned src_top, u
         pl.src = src;
         pl.src_top = src_top;
         pl.src_bottom = src_bottom;
-        pl.size = MIN(size, src_size);
+        pl.src_offset = src_offset;
+        pl.size = src_offset < src_size ? MIN(size, src_size - src_offset) : 0;
         pl.zeros_matter = level > 0;
         pthread_mutex_lock(&dst->lock);
         if (((dst->images[level]->be->flags | dst->images[level]->layout.flags) & BACKEND_STREAM) &&
@@ -360,7 +363,7 @@ int copy_run(vdisk_disk *src, unsigned src_bottom, vdisk_disk *dst, unsigned lev
         top = src->n - 1;
         src_size = src->images[top]->size;
         pthread_mutex_unlock(&src->lock);
-        return copy_levels(src, src_bottom, top, src_size, dst, level, size, sparse, p);
+        return copy_levels(src, src_bottom, top, src_size, 0, dst, level, size, sparse, p);
 }
 
 /* Under the destination's lock: the new image, registered and pinned. */
@@ -442,6 +445,8 @@ int vdisk_copy(vdisk_disk *src, vdisk_disk *dst, vdisk_io *dst_io, const char *f
                                         vdisk_io_name(src->images[i]->io));
         if (r >= 0 && o.from_same >= 0 && (unsigned) o.from_same > src_top)
                 r = vdisk_error(-EINVAL, "same-content images out of range");
+        if (r >= 0 && o.from_same >= 0 && o.src_offset > 0)
+                r = vdisk_error(-EINVAL, "a source offset with same-content images");
         if (r >= 0)
                 r = disk_op_begin(src, OP_SHARED, src_top);
         src_size = r >= 0 ? src->images[src_top]->size : 0;
@@ -452,8 +457,8 @@ int vdisk_copy(vdisk_disk *src, vdisk_disk *dst, vdisk_io *dst_io, const char *f
         size = o.new_size ? o.new_size : src_size;
         r = copy_create(dst, dst_io, format, &o, size, &level);
         if (r >= 0) {
-                r = copy_levels(src, o.from_same >= 0 ? (unsigned) o.from_same + 1 : 0, src_top, src_size, dst,
-                                level, size, sparse, p);
+                r = copy_levels(src, o.from_same >= 0 ? (unsigned) o.from_same + 1 : 0, src_top, src_size,
+                                o.src_offset, dst, level, size, sparse, p);
                 copy_finish(dst, level, r);
         }
         pthread_mutex_lock(&src->lock);

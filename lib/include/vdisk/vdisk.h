@@ -678,6 +678,10 @@ typedef struct vdisk_copy_opts {
          * -S); 0 = default 4 KiB. The destination must read as zero where not
          * written (it is new). */
         uint64_t sparse_size;
+        /* dd: the copy starts at this offset of the source; the destination
+         * gets the source's bytes from there on (up to its own size) at
+         * offset 0. 0 = from the start. With from_same: must be 0. */
+        uint64_t src_offset;
 } vdisk_copy_opts;
 
 /* VDCopyEx: copies the content of `src` into a new image created on dst_io and
