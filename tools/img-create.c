@@ -191,7 +191,7 @@ static int open_backing(const char *child, const char *backing, const char *back
         /* -u: the parent's own parents need not be there; the new image
          * only records the parent's identity. */
         assert(backing_fmt);
-        r = img_open(path, backing_fmt, unsafe ? IMG_SKIP_CHECKS : IMG_CHAIN, ret);
+        r = img_open(path, backing_fmt, IMG_PLAIN_NAME | (unsafe ? IMG_SKIP_CHECKS : IMG_CHAIN), ret);
         if (r < 0)
                 return r;
         *ret_path = TAKE_PTR(path);
@@ -660,7 +660,7 @@ int cmd_convert(int argc, char **argv) {
                 goto finish;
 
         if (no_create) {
-                r = img_open(out, out_fmt, IMG_WRITE | IMG_CHAIN, &existing);
+                r = img_open(out, out_fmt, IMG_WRITE | IMG_CHAIN | IMG_PLAIN_NAME, &existing);
                 if (r >= 0)
                         r = convert_loop(&src, existing.disk, out,
                                          target_is_zero ? ZERO_SKIP : ZERO_CHECK_TARGET, &bar);
