@@ -1126,7 +1126,7 @@ int cmd_snapshot(int argc, char **argv) {
                 COMMON_LONG_OPTIONS,
                 {}
         };
-        const char *fmt = NULL, *filename;
+        const char *fmt = NULL, *filename, *name = NULL;
         vdisk_snapshot *v = NULL;
         size_t n = 0;
         Img img = {};
@@ -1151,6 +1151,7 @@ int cmd_snapshot(int argc, char **argv) {
                                 return usage_hint();
                         }
                         action = (char) c;
+                        name = optarg;
                         break;
                 default:
                         if (common_option(c, optarg, &ex) == 2)
@@ -1161,6 +1162,13 @@ int cmd_snapshot(int argc, char **argv) {
                 return usage_error("Expecting one image file name");
         filename = argv[optind];
         if (action && action != 'l') {
+                /* Formats without internal snapshots: qemu-img's refusal. */
+                r = img_open(filename, fmt, IMG_INFO | IMG_SKIP_CHECKS, &img);
+                if (r < 0)
+                        return EXIT_ERROR;
+                if (!format_has_internal_snapshots(img.backend))
+                        return img_close_exit(&img, snapshot_refuse(action, name));
+                img_close(&img);
                 /* Creating, applying and deleting snapshots write refcounts:
                  * not before the QCOW2 writer can. */
                 log_error("Could not %s snapshot: not supported yet (vdisk-img only lists snapshots: -l)",

@@ -22,6 +22,7 @@ typedef struct Command {
 } Command;
 
 static const Command commands[] = {
+        { "bitmap",   cmd_bitmap },
         { "check",    cmd_check },
         { "commit",   cmd_commit },
         { "compact",  cmd_compact },
@@ -29,6 +30,7 @@ static const Command commands[] = {
         { "comment",  cmd_comment },
         { "convert",  cmd_convert },
         { "create",   cmd_create },
+        { "dd",       cmd_dd },
         { "info",     cmd_info },
         { "map",      cmd_map },
         { "measure",  cmd_measure },
