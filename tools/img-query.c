@@ -42,7 +42,8 @@ static void info_entry_done(InfoEntry *e) {
         vdisk_snapshots_free(e->snaps, e->n_snaps);
 }
 
-static int info_collect(Img *img, unsigned index, InfoEntry *ret) {
+/* `name`: what the child calls this image (NULL: the top, or the name it was opened by). */
+static int info_collect(Img *img, unsigned index, const char *name, InfoEntry *ret) {
         vdisk_image *image = vdisk_disk_image(img->disk, index);
         const char *pname = NULL, *pfmt = NULL;
         uint8_t u[16];
@@ -51,7 +52,7 @@ static int info_collect(Img *img, unsigned index, InfoEntry *ret) {
 
         assert(image);
 
-        e.filename = index == vdisk_disk_count(img->disk) - 1 ? img->filename : vdisk_image_name(image);
+        e.filename = index == vdisk_disk_count(img->disk) - 1 ? img->filename : name ?: vdisk_image_name(image);
         e.format = vdisk_image_backend(image)->qemu_name;
 
         e.ii.size = sizeof(e.ii);
@@ -242,6 +243,7 @@ int cmd_info(int argc, char **argv) {
                 {}
         };
         const char *fmt = NULL, *filename;
+        _cleanup_free_ char *child_full_backing = NULL;
         OutputFormat output = OUTPUT_HUMAN;
         bool backing_chain = false;
         Json w;
@@ -290,7 +292,9 @@ int cmd_info(int argc, char **argv) {
         for (unsigned i = n; i-- > 0;) {
                 InfoEntry e;
 
-                r = info_collect(&img, i, &e);
+                /* qemu-img names a parent as its child names it (the child's
+                 * full-backing-filename), not as the resolver opened it. */
+                r = info_collect(&img, i, child_full_backing, &e);
                 if (r < 0)
                         goto finish;
                 if (output == OUTPUT_JSON)
@@ -300,6 +304,8 @@ int cmd_info(int argc, char **argv) {
                                 putchar('\n');
                         info_print_human(&e);
                 }
+                free(child_full_backing);
+                child_full_backing = e.full_backing ? strdup(e.full_backing) : NULL;
                 info_entry_done(&e);
                 if (!backing_chain)
                         break;
