@@ -246,6 +246,12 @@ int cmd_create(int argc, char **argv) {
                 }
         }
 
+        if (arg_image_opts) {
+                /* qemu-img create names the file it creates: no option list. */
+                log_error("unrecognized option '--image-opts'");
+                return usage_hint();
+        }
+
         info = format_lookup(fmt);
         if (!info)
                 return EXIT_ERROR;
