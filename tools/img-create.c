@@ -639,7 +639,7 @@ int cmd_convert(int argc, char **argv) {
                 return EXIT_ERROR;
         }
         if (backing && !no_create && !(out_info->caps & VDISK_CAP_DIFF)) {
-                log_error("%s: Backing file not supported for file format '%s'", out, out_info->qemu_name);
+                log_error("Backing file not supported for file format '%s'", out_info->qemu_name);
                 return EXIT_ERROR;
         }
         if (backing && !no_create && !backing_fmt) {
