@@ -286,6 +286,13 @@ tc() {
 }
 
 D=@D@
+# nova and cinder run `info` under prlimit (1 GiB of address space, 30 s of CPU).
+LIMIT=
+if command -v prlimit >/dev/null 2>&1; then
+        LIMIT="prlimit --as=1073741824 --cpu=30 --"
+else
+        echo "# prlimit not found: the nova/cinder info invocations run without their limits"
+fi
 G_PREALLOC="preallocation for raw/VDI (issue 13: core preallocation, another helper)"
 G_NOCOW="nocow (issue 13, another helper)"
 G_FIRST="raw create allocates its first block (issue 13, another helper)"
@@ -322,7 +329,7 @@ tc nova-info nova disk.qcow2 "$INFO_KEYS" - - -- info -f qcow2 --output=json --f
 tc nova-info-qcow2-specific nova disk.qcow2 "$QINFO_KEYS" - "$G_QINFO" -- info -f qcow2 --output=json --force-share disk.qcow2
 tc nova-info-raw nova disk.raw "$INFO_KEYS" - - -- info --output=json --force-share disk.raw
 tc nova-info-vdi nova disk.vdi "$INFO_KEYS" - - -- info -f vdi --output=json --force-share disk.vdi
-WRAP="prlimit --as=1073741824 --cpu=30 --" tc nova-info-prlimit nova disk.vdi "$INFO_KEYS" - - -- info -f vdi --output=json --force-share disk.vdi
+WRAP=$LIMIT tc nova-info-prlimit nova disk.vdi "$INFO_KEYS" - - -- info -f vdi --output=json --force-share disk.vdi
 tc nova-fetch-to-raw nova disk.qcow2 out disk.part:raw - -- convert -t none -O raw -f qcow2 disk.qcow2 disk.part
 tc nova-fetch-vdi-to-raw nova disk.vdi out disk.part:raw - -- convert -t none -O raw -f vdi disk.vdi disk.part
 tc nova-snapshot nova disk.raw out snap.qcow2:qcow2 - -- convert -t writeback -O qcow2 -f raw disk.raw snap.qcow2
@@ -336,7 +343,7 @@ tc nova-flatten nova top.qcow2,base.qcow2 out top.qcow2:qcow2 - -- rebase -f qco
 tc nova-image-opts nova disk.qcow2 "$INFO_KEYS" - - -- info --output=json --object secret,id=sec0,data=x --image-opts driver=qcow2,file.filename=disk.qcow2
 
 # ---- OpenStack cinder (cinder/image/image_utils.py, remotefs)
-WRAP="prlimit --as=1073741824 --cpu=30 --" tc cinder-info cinder disk.qcow2 "$INFO_KEYS" - - -- info --output=json -f qcow2 disk.qcow2
+WRAP=$LIMIT tc cinder-info cinder disk.qcow2 "$INFO_KEYS" - - -- info --output=json -f qcow2 disk.qcow2
 tc cinder-info-human cinder disk.vdi lines - - -- info -f vdi disk.vdi
 tc cinder-to-raw cinder disk.vdi out volume:raw - -- convert -O raw -t none -f vdi disk.vdi volume
 tc cinder-to-raw-falloc cinder disk.qcow2 out volume:raw "$G_PREALLOC" -- convert -O raw -o preallocation=falloc -t none -f qcow2 disk.qcow2 volume
