@@ -303,7 +303,7 @@ G_AMEND="amend (hD)"
 G_SNAP="qcow2 snapshot -c/-a/-d (hC)"
 G_BITMAP="qcow2 bitmaps (hH)"
 G_QRESIZE="qcow2 resize (hB)"
-G_HOSTHOLES="not assigned: map reports a qcow2 cluster as data even where the host file has a hole in it; qemu-img asks the file system and says zero (still correct, less sparse)"
+G_HOSTHOLES="not assigned: map reports a qcow2 cluster as data even where the host file has a hole in it (qemu-img convert leaves such holes for zero runs); qemu-img asks the file system and says zero (still correct, less sparse)"
 G_QINFO="qcow2 format-specific info: compat, lazy-refcounts, refcount-bits (hD)"
 INFO_KEYS=json=format:virtual-size:actual-size:cluster-size:backing-filename:backing-filename-format:dirty-flag:encrypted:snapshots
 QINFO_KEYS=json=format-specific.type:format-specific.data.compat:format-specific.data.lazy-refcounts:format-specific.data.refcount-bits:format-specific.data.corrupt
@@ -389,7 +389,7 @@ tc vdsm-compare-diff vdsm disk.raw,other.raw out - - -- compare -f raw -F raw di
 tc vdsm-commit vdsm top.qcow2,base.qcow2 progress base.qcow2:qcow2 - -- commit -p -t none -b base.qcow2 -d top.qcow2
 tc vdsm-rebase-unsafe vdsm top.qcow2,base.qcow2,disk.qcow2 out top.qcow2:qcow2 - -- rebase -u -t none -T none -f qcow2 -b disk.qcow2 -F qcow2 top.qcow2
 tc vdsm-amend vdsm disk.qcow2 out disk.qcow2:qcow2 "$G_AMEND" -- amend -f qcow2 -o compat=1.1 disk.qcow2
-tc vdsm-map vdsm disk.qcow2 map - - -- map --output json -f qcow2 disk.qcow2
+tc vdsm-map vdsm disk.qcow2 map - "$G_HOSTHOLES" -- map --output json -f qcow2 disk.qcow2
 tc vdsm-map-holey vdsm holey.qcow2 map - "$G_HOSTHOLES" -- map --output json -f qcow2 holey.qcow2
 tc vdsm-resize vdsm disk.qcow2 out disk.qcow2:qcow2 "$G_QRESIZE" -- resize -f qcow2 disk.qcow2 64M
 tc vdsm-bitmap-add vdsm disk.qcow2 out disk.qcow2:qcow2 "$G_BITMAP" -- bitmap --add --enable -f qcow2 disk.qcow2 bm0
