@@ -42,7 +42,8 @@ static void info_entry_done(InfoEntry *e) {
         vdisk_snapshots_free(e->snaps, e->n_snaps);
 }
 
-/* `name`: what the child calls this image (NULL: the top, or the name it was opened by). */
+/* `name`: what the child calls this image, used when it is the file that was
+ * opened (NULL: the name it was opened by). */
 static int info_collect(Img *img, unsigned index, const char *name, InfoEntry *ret) {
         vdisk_image *image = vdisk_disk_image(img->disk, index);
         const char *pname = NULL, *pfmt = NULL;
@@ -52,7 +53,11 @@ static int info_collect(Img *img, unsigned index, const char *name, InfoEntry *r
 
         assert(image);
 
-        e.filename = index == vdisk_disk_count(img->disk) - 1 ? img->filename : name ?: vdisk_image_name(image);
+        e.filename = index == vdisk_disk_count(img->disk) - 1 ? img->filename : vdisk_image_name(image);
+        /* ... unless the image found is another file (a stale name, the
+         * parent found by UUID). */
+        if (index < vdisk_disk_count(img->disk) - 1 && name && same_file(name, e.filename) > 0)
+                e.filename = name;
         e.format = vdisk_image_backend(image)->qemu_name;
 
         e.ii.size = sizeof(e.ii);
