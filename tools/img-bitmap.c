@@ -78,6 +78,24 @@ static int merge_from_file(vdisk_image *dst, const char *name, const char *file,
         return r;
 }
 
+/* qemu-img's word for an action in its messages. */
+static const char *op_word(unsigned op) {
+        switch (op) {
+        case VDISK_BITMAP_OP_ADD:
+                return "add";
+        case VDISK_BITMAP_OP_REMOVE:
+                return "remove";
+        case VDISK_BITMAP_OP_CLEAR:
+                return "clear";
+        case VDISK_BITMAP_OP_ENABLE:
+                return "enable";
+        case VDISK_BITMAP_OP_DISABLE:
+                return "disable";
+        default:
+                return "merge";
+        }
+}
+
 int cmd_bitmap(int argc, char **argv) {
         static const struct option options[] = {
                 COMMON_LONG_OPTIONS,
@@ -181,6 +199,8 @@ int cmd_bitmap(int argc, char **argv) {
         r = img_open(filename, fmt, IMG_WRITE, &img);
         if (r < 0)
                 return EXIT_ERROR;
+        if (!format_has_persistent_bitmaps(img.backend))
+                return img_close_exit(&img, bitmap_refuse(op_word(act[0].op), name, img.filename));
         vdisk_image *top = vdisk_disk_image(img.disk, 0);
         for (size_t i = 0; i < n; i++) {
                 const char *what;
@@ -206,25 +226,7 @@ int cmd_bitmap(int argc, char **argv) {
                 r = vdisk_image_change_bitmap(top, &ch);
                 if (r >= 0)
                         continue;
-                switch (act[i].op) {
-                case VDISK_BITMAP_OP_ADD:
-                        what = "add";
-                        break;
-                case VDISK_BITMAP_OP_REMOVE:
-                        what = "remove";
-                        break;
-                case VDISK_BITMAP_OP_CLEAR:
-                        what = "clear";
-                        break;
-                case VDISK_BITMAP_OP_ENABLE:
-                        what = "enable";
-                        break;
-                case VDISK_BITMAP_OP_DISABLE:
-                        what = "disable";
-                        break;
-                default:
-                        what = "merge into";
-                }
+                what = op_word(act[i].op);
                 log_error("Operation %s on bitmap %s failed: %s", what, name, error_detail(r));
                 return img_close_exit(&img, EXIT_ERROR);
         }

@@ -201,7 +201,7 @@ static int open_backing(const char *child, const char *backing, const char *back
         /* -u: the parent's own parents need not be there; the new image
          * only records the parent's identity. */
         assert(backing_fmt);
-        r = img_open(path, backing_fmt, unsafe ? IMG_SKIP_CHECKS : IMG_CHAIN, ret);
+        r = img_open(path, backing_fmt, IMG_PLAIN_NAME | (unsafe ? IMG_SKIP_CHECKS : IMG_CHAIN), ret);
         if (r < 0)
                 return r;
         *ret_path = TAKE_PTR(path);
@@ -254,6 +254,12 @@ int cmd_create(int argc, char **argv) {
                         if (common_option(c, optarg, &ex) == 2)
                                 return ex;
                 }
+        }
+
+        if (arg_image_opts) {
+                /* qemu-img create names the file it creates: no option list. */
+                log_error("unrecognized option '--image-opts'");
+                return usage_hint();
         }
 
         info = format_lookup(fmt);
@@ -429,8 +435,13 @@ static int convert_target_is_zero(vdisk_disk *dst, const char *dst_name, uint8_t
  * zeros costs nothing where the target reads zeros too (a hole over a hole,
  * however large, is two block status calls); where the target has data
  * there, it is read and overwritten with zeros unless it is zero already.
- * Ranges the source has data in are read and written, a buffer at a time. */
-static int convert_loop(Img *src, vdisk_disk *dst, const char *dst_name, ZeroMode zero_mode,
+ * Ranges the source has data in are read and written, a buffer at a time.
+ *
+ * With `top_only` (convert -n -B: the target already has its backing file,
+ * holding what the source's backing chain holds), what the source's parents
+ * define is left to the target's backing file, and data equal to the
+ * target's is not rewritten. */
+static int convert_loop(Img *src, vdisk_disk *dst, const char *dst_name, ZeroMode zero_mode, bool top_only,
                         ProgressBar *bar) {
         _cleanup_free_ uint8_t *buf = NULL, *dbuf = NULL;
         uint64_t size = vdisk_disk_size(src->disk), off = 0;
@@ -467,6 +478,12 @@ static int convert_loop(Img *src, vdisk_disk *dst, const char *dst_name, ZeroMod
                 }
                 step = e.length > 0 && e.length <= size - off ? e.length : size - off;
 
+                if (top_only && e.depth > 0) {
+                        /* The source's backing chain: the target's backing file has it. */
+                        off += step;
+                        progress_bar_print(bar, (double) off * 100.0 / (double) size);
+                        continue;
+                }
                 if ((e.flags & VDISK_EXTENT_ZERO) && zero_mode != ZERO_WRITE) {
                         vdisk_extent d;
 
@@ -511,6 +528,16 @@ static int convert_loop(Img *src, vdisk_disk *dst, const char *dst_name, ZeroMod
                         }
                         if (zero_mode == ZERO_SKIP && mem_is_zero(buf, n))
                                 write = false;
+                        else if (top_only) {
+                                vdisk_clear_error();
+                                r = vdisk_disk_read(dst, dbuf, n, off);
+                                if (r < 0) {
+                                        log_error("Could not read '%s' at offset %" PRIu64 ": %s",
+                                                  dst_name, off, error_detail(r));
+                                        return r;
+                                }
+                                write = memcmp(buf, dbuf, n) != 0;
+                        }
                 }
                 if (write) {
                         vdisk_clear_error();
@@ -693,31 +720,23 @@ int cmd_convert(int argc, char **argv) {
                 print_create_help(out_info);
                 return EXIT_OK;
         }
-        if (optlist_get(&opts, "backing_file")) {
-                if (backing) {
-                        log_error("%s: The backing file must be given only once", out);
-                        return EXIT_ERROR;
-                }
+        /* qemu-img 7.2: -B and -F win over -o backing_file= / backing_fmt=. */
+        if (optlist_get(&opts, "backing_file") && !backing)
                 backing = optlist_get(&opts, "backing_file");
-        }
         if (optlist_get(&opts, "backing_fmt") && !backing_fmt)
                 backing_fmt = optlist_get(&opts, "backing_fmt");
         if (backing_fmt && !format_lookup(backing_fmt))
                 return EXIT_ERROR;
-        if (no_create && (backing || opts.n > 0)) {
-                log_error("-n cannot be combined with -B or -o");
+        if (no_create && opts.n > 0) {
+                log_error("-o has no effect when skipping image creation");
                 return EXIT_ERROR;
         }
-        if (backing && !(out_info->caps & VDISK_CAP_DIFF)) {
-                log_error("%s: Backing file not supported for file format '%s'", out, out_info->qemu_name);
+        if (backing && !no_create && !(out_info->caps & VDISK_CAP_DIFF)) {
+                log_error("Backing file not supported for file format '%s'", out_info->qemu_name);
                 return EXIT_ERROR;
         }
-        if (backing && !backing_fmt) {
+        if (backing && !no_create && !backing_fmt) {
                 log_error("Use of backing file requires explicit backing format");
-                return EXIT_ERROR;
-        }
-        if (sparse == 0 && backing) {
-                log_error("-S 0 cannot be combined with -B");
                 return EXIT_ERROR;
         }
         if (target_is_zero && !no_create) {
@@ -773,10 +792,10 @@ int cmd_convert(int argc, char **argv) {
                 goto finish;
 
         if (no_create) {
-                r = img_open(out, out_fmt, IMG_WRITE | IMG_CHAIN, &existing);
+                r = img_open(out, out_fmt, IMG_WRITE | IMG_CHAIN | IMG_PLAIN_NAME, &existing);
                 if (r >= 0)
                         r = convert_loop(&src, existing.disk, out,
-                                         target_is_zero ? ZERO_SKIP : ZERO_CHECK_TARGET, &bar);
+                                         target_is_zero ? ZERO_SKIP : ZERO_CHECK_TARGET, backing != NULL, &bar);
                 progress_bar_done(&bar, r >= 0);
                 if (img_close(&existing) >= 0 && r >= 0)
                         ex = EXIT_OK;
@@ -813,6 +832,9 @@ int cmd_convert(int argc, char **argv) {
                 .sparse_size = MIN(sparse, (uint64_t) (4u << 20)),
                 .compress = compress,
                 .threads = convert_threads(),
+                /* -B: the new image holds only what differs from its
+                 * backing file (qemu-img writes all the source's data). */
+                .flags = backing ? VDISK_COPY_SKIP_SAME : 0,
         };
 
         if (backing) {
@@ -870,7 +892,7 @@ int cmd_convert(int argc, char **argv) {
                 if (r < 0)
                         log_error("%s: %s", out, error_detail(r));
                 else
-                        r = convert_loop(&src, dst, out, ZERO_WRITE, &bar);
+                        r = convert_loop(&src, dst, out, ZERO_WRITE, backing != NULL, &bar);
                 progress_bar_done(&bar, r >= 0);
                 if (r < 0)
                         goto finish;

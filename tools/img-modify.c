@@ -691,7 +691,7 @@ static int rebase_check_loop(Img *img, Img *new_chain, const char *backing_path,
         Img *chain = new_chain;
         int r = 0;
 
-        if (unsafe && img_open(backing_path, backing_fmt, IMG_CHAIN | IMG_INFO | IMG_QUIET, &full) >= 0)
+        if (unsafe && img_open(backing_path, backing_fmt, IMG_CHAIN | IMG_INFO | IMG_QUIET | IMG_PLAIN_NAME, &full) >= 0)
                 chain = &full;
         for (unsigned i = 0; i < vdisk_disk_count(chain->disk); i++)
                 if (same_file(vdisk_image_name(vdisk_disk_image(chain->disk, i)), img->filename) > 0) {
@@ -771,7 +771,7 @@ int cmd_rebase(int argc, char **argv) {
                         goto finish;
                 }
                 r = img_open(backing_path, backing_fmt,
-                             unsafe ? IMG_INFO | IMG_SKIP_CHECKS : IMG_CHAIN, &new_chain);
+                             IMG_PLAIN_NAME | (unsafe ? IMG_INFO | IMG_SKIP_CHECKS : IMG_CHAIN), &new_chain);
                 if (r < 0)
                         goto finish;
                 r = rebase_check_loop(&img, &new_chain, backing_path, backing_fmt, unsafe);

@@ -51,7 +51,9 @@ static bool info_fmt_is_qemus(const char *format) {
         return streq(format, "qcow2");
 }
 
-static int info_collect(Img *img, unsigned index, InfoEntry *ret) {
+/* `name`: what the child calls this image, used when it is the file that was
+ * opened (NULL: the name it was opened by). */
+static int info_collect(Img *img, unsigned index, const char *name, InfoEntry *ret) {
         vdisk_image *image = vdisk_disk_image(img->disk, index);
         const char *pname = NULL, *pfmt = NULL;
         uint8_t u[16];
@@ -61,6 +63,10 @@ static int info_collect(Img *img, unsigned index, InfoEntry *ret) {
         assert(image);
 
         e.filename = index == vdisk_disk_count(img->disk) - 1 ? img->filename : vdisk_image_name(image);
+        /* ... unless the image found is another file (a stale name, the
+         * parent found by UUID). */
+        if (index < vdisk_disk_count(img->disk) - 1 && name && same_file(name, e.filename) > 0)
+                e.filename = name;
         e.format = vdisk_image_backend(image)->qemu_name;
 
         e.ii.size = sizeof(e.ii);
@@ -287,6 +293,7 @@ int cmd_info(int argc, char **argv) {
                 {}
         };
         const char *fmt = NULL, *filename;
+        _cleanup_free_ char *child_full_backing = NULL;
         OutputFormat output = OUTPUT_HUMAN;
         bool backing_chain = false;
         Json w;
@@ -335,7 +342,9 @@ int cmd_info(int argc, char **argv) {
         for (unsigned i = n; i-- > 0;) {
                 InfoEntry e;
 
-                r = info_collect(&img, i, &e);
+                /* qemu-img names a parent as its child names it (the child's
+                 * full-backing-filename), not as the resolver opened it. */
+                r = info_collect(&img, i, child_full_backing, &e);
                 if (r < 0)
                         goto finish;
                 if (output == OUTPUT_JSON)
@@ -345,6 +354,8 @@ int cmd_info(int argc, char **argv) {
                                 putchar('\n');
                         info_print_human(&e);
                 }
+                free(child_full_backing);
+                child_full_backing = e.full_backing ? strdup(e.full_backing) : NULL;
                 info_entry_done(&e);
                 if (!backing_chain)
                         break;
@@ -1246,8 +1257,16 @@ int cmd_snapshot(int argc, char **argv) {
         if (optind != argc - 1)
                 return usage_error("Expecting one image file name");
         filename = argv[optind];
-        if (action && action != 'l')
+        if (action && action != 'l') {
+                /* Formats without internal snapshots: qemu-img's refusal. */
+                r = img_open(filename, fmt, IMG_INFO | IMG_SKIP_CHECKS, &img);
+                if (r < 0)
+                        return EXIT_ERROR;
+                if (!format_has_internal_snapshots(img.backend))
+                        return img_close_exit(&img, snapshot_refuse(action, arg));
+                img_close(&img);
                 return snapshot_change(filename, fmt, action, arg);
+        }
 
         r = img_open(filename, fmt, IMG_INFO | IMG_SKIP_CHECKS, &img);
         if (r < 0)

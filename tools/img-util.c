@@ -321,6 +321,23 @@ int img_open_snapshot(const char *filename, const char *fmt, uint32_t flags, con
         assert(filename);
         assert(ret);
 
+        if (arg_image_opts && !(flags & IMG_PLAIN_NAME)) {
+                const char *path, *opts_fmt, *opts_snapshot;
+
+                if (fmt) {
+                        LOG("--image-opts and --format are mutually exclusive");
+                        return -EINVAL;
+                }
+                r = image_opts_parse(filename, quiet, &path, &opts_fmt, &opts_snapshot);
+                if (r < 0)
+                        return r;
+                if (snapshot && opts_snapshot) {
+                        LOG("Could not open '%s': a snapshot is given twice (-l and snapshot.*)", filename);
+                        return -EINVAL;
+                }
+                return img_open_snapshot(path, opts_fmt, flags | IMG_PLAIN_NAME, snapshot ?: opts_snapshot, ret);
+        }
+
         if (fmt) {
                 info = quiet ? vdisk_backend_find(fmt) : format_lookup(fmt);
                 if (!info)
@@ -530,13 +547,15 @@ int common_option(int c, const char *arg, int *ret_exit) {
                 }
                 return 1;
         case ARG_IMAGE_OPTS:
-                log_error("--image-opts is not supported");
-                *ret_exit = EXIT_ERROR;
+                arg_image_opts = true;
+                return 1;
+        case ARG_OBJECT: {
+                int r = object_add(arg);
+                if (r == 0)
+                        return 1;
+                *ret_exit = r > 0 ? EXIT_OK : EXIT_ERROR;
                 return 2;
-        case ARG_OBJECT:
-                log_error("--object is not supported");
-                *ret_exit = EXIT_ERROR;
-                return 2;
+        }
         case '?':
                 *ret_exit = usage_hint();
                 return 2;

@@ -84,6 +84,7 @@ enum {
         IMG_SKIP_CHECKS = 1u << 3,   /* do not check the parent linkage */
         IMG_NO_PROBE_WARNING = 1u << 4,
         IMG_QUIET       = 1u << 5,   /* no error messages or warnings */
+        IMG_PLAIN_NAME  = 1u << 7,   /* a file name even under --image-opts (outputs, backing files) */
         IMG_WRITE_BELOW = 1u << 6,   /* with IMG_CHAIN: every image opens read-only (the top too,
                                       * unless IMG_WRITE), and the library reopens writable just
                                       * the ones an operation writes into (commit's base) */
@@ -161,6 +162,7 @@ int cmd_bitmap(int argc, char **argv);   /* img-bitmap.c */
  * inconsistent bitmaps unless skip_broken; then copies them. */
 int convert_bitmaps_check(vdisk_image *src, const char *src_name, bool skip_broken);
 int convert_bitmaps_copy(vdisk_image *src, vdisk_image *dst, bool skip_broken);
+int cmd_dd(int argc, char **argv);
 
 /* qemu-img's table of internal snapshots (the lines after "Snapshot list:"). */
 void print_snapshot_table(const vdisk_snapshot *v, size_t n);
@@ -206,6 +208,34 @@ enum {
  * on, 2 when the command must end with exit code *ret_exit (help printed,
  * bad option). */
 int common_option(int c, const char *arg, int *ret_exit);
+
+/* ---- --image-opts and --object (img-opts.c) */
+
+/* --image-opts was given: img_open() takes image names as option lists. */
+extern bool arg_image_opts;
+/* Parses an --image-opts list ("driver=qcow2,file.filename=x.qcow2"): the
+ * file, its format (NULL: probe) and the internal snapshot spec (NULL: none).
+ * The strings live until exit. Logs qemu-img's message for a key vdisk-img
+ * does not take (unless quiet) and returns a negative errno. */
+int image_opts_parse(const char *spec, bool quiet, const char **ret_path, const char **ret_format,
+                     const char **ret_snapshot);
+/* Checks and records one --object definition: 0, 1 when "help" was printed,
+ * or a negative errno (logged). */
+int object_add(const char *arg);
+
+/* ---- formats without snapshots or bitmaps (img-refuse.c) */
+
+/* Whether vdisk-img can create/apply/delete internal snapshots, or keep
+ * persistent bitmaps, in images of this format. */
+bool format_has_internal_snapshots(const vdisk_backend_info *info);
+bool format_has_persistent_bitmaps(const vdisk_backend_info *info);
+/* qemu-img 7.2's failure for snapshot -c/-a/-d ('c', 'a', 'd') on a format
+ * without internal snapshots; returns EXIT_ERROR. */
+int snapshot_refuse(char action, const char *name);
+/* qemu-img 7.2's failure for the bitmap operation `op` ("add", "remove",
+ * "clear", "enable", "disable", "merge") on a format without persistent
+ * bitmaps; returns EXIT_ERROR. */
+int bitmap_refuse(const char *op, const char *bitmap, const char *filename);
 
 /* ---- cleanup helpers for library objects */
 

@@ -8,7 +8,9 @@
  * Everything goes through the public libvdisk API.
  *
  * The commands live in img-query.c (reading), img-create.c (creating) and
- * img-modify.c (changing); img-util.c and img-json.c hold the helpers.
+ * img-modify.c (changing), img-dd.c (dd); img-refuse.c holds what formats
+ * without snapshots or bitmaps answer, img-opts.c --image-opts and --object;
+ * img-util.c and img-json.c hold the helpers.
  */
 
 #include <errno.h>
@@ -31,6 +33,7 @@ static const Command commands[] = {
         { "comment",  cmd_comment },
         { "convert",  cmd_convert },
         { "create",   cmd_create },
+        { "dd",       cmd_dd },
         { "info",     cmd_info },
         { "map",      cmd_map },
         { "measure",  cmd_measure },
@@ -60,6 +63,7 @@ void print_help(void) {
                "          [-B backing_file [-F backing_fmt]] [-o options] [-l snapshot_param] [-S sparse_size]\n"
                "          filename output_filename\n"
                "  create [-q] [-f fmt] [-b backing_file [-F backing_fmt]] [-u] [-o options] filename [size]\n"
+               "  dd [-f fmt] [-O output_fmt] [bs=block_size] [count=blocks] [skip=blocks] if=input of=output\n"
                "  info [-f fmt] [--output=ofmt] [--backing-chain] [-U] filename\n"
                "  map [-f fmt] [--start-offset=offset] [--max-length=len] [--output=ofmt] [-U] filename\n"
                "  measure [--output=ofmt] [-O output_fmt] [-o options]\n"
@@ -76,7 +80,9 @@ void print_help(void) {
                "  repair [-f fmt] [--dry-run] filename\n"
                "\n"
                "Every command that opens images also takes '--parent-dir DIR' (repeatable): a directory\n"
-               "searched for parents that an image names by UUID only (VDI differencing images).\n"
+               "searched for parents that an image names by UUID only (VDI differencing images),\n"
+               "'--image-opts' (image names are option lists: driver=FMT,file.filename=FILE) and\n"
+               "'--object TYPE,id=ID,...' (secrets are checked and kept; encrypted images are not supported).\n"
                "\n"
                "Command parameters:\n"
                "  'filename' is a disk image filename\n"
@@ -89,6 +95,8 @@ void print_help(void) {
                "  '-q' quiet mode: print nothing but errors\n"
                "  '-S' the number of consecutive zero bytes (default 4k) that convert leaves unwritten\n"
                "  '--output' takes the format of the output: human or json\n"
+               "  'bs', 'count', 'skip', 'if', 'of' (dd): block size (default 512), blocks to copy from the\n"
+               "    start of the input, blocks to skip, input and output file\n"
                "\n"
                "See vdisk-img(1) for every option and the exit codes.\n"
                "\n"

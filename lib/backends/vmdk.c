@@ -3569,23 +3569,22 @@ static int vmdk_measure(const measure_params *p, measure_result *ret) {
 }
 
 static const char *const vmdk_extensions[] = { "vmdk", NULL };
+/* Defaults only where qemu-img 7.2's "Formatting" line shows them unasked. */
 static const vdisk_option_desc vmdk_create_options[] = {
         { "size",         VDISK_OPTION_SIZE, "Virtual disk size" },
         { "adapter_type", VDISK_OPTION_STRING, "Virtual adapter type, can be one of ide (default), lsilogic, "
-                                               "buslogic or legacyESX", "ide" },
+                                               "buslogic or legacyESX" },
         { "backing_file", VDISK_OPTION_STRING, "File name of a base image" },
         { "backing_fmt",  VDISK_OPTION_STRING, "Must be 'vmdk' if it operates on diff images" },
         { "compat6",      VDISK_OPTION_BOOL, "VMDK version 6 image", "off" },
         { "hwversion",    VDISK_OPTION_STRING, "VMDK hardware version", "undefined" },
         { "subformat",    VDISK_OPTION_STRING, "VMDK flat extent format, can be one of {monolithicSparse (default) "
-                                               "| monolithicFlat | twoGbMaxExtentSparse | twoGbMaxExtentFlat | streamOptimized}",
-                                               "monolithicSparse" },
-        { "zeroed_grain", VDISK_OPTION_BOOL, "Enable efficient zero writes using the zeroed-grain GTE feature",
-                                             "off" },
+                                               "| monolithicFlat | twoGbMaxExtentSparse | twoGbMaxExtentFlat | streamOptimized}" },
+        { "zeroed_grain", VDISK_OPTION_BOOL, "Enable efficient zero writes using the zeroed-grain GTE feature" },
         /* vdisk's own (after qemu's): qemu-img 7.2 reads such images but
          * corrupts them when it writes into a missing grain table. */
         { "gt_on_demand", VDISK_OPTION_BOOL, "Allocate grain tables on first write instead of at creation "
-                                             "(qemu-img can read but not write such images)", "off" },
+                                             "(qemu-img can read but not write such images)" },
         {}
 };
 

@@ -17,7 +17,8 @@
  * put in between: the source is read at the levels it had at the start, the
  * new image is the destination's top until the copy ends.
  *
- * Memory: RING_SLOTS buffers of OP_BUFFER_SIZE (16 MiB in all).
+ * Memory: RING_SLOTS buffers of OP_BUFFER_SIZE (16 MiB in all), one more with
+ * VDISK_COPY_SKIP_SAME (the parents' content of the buffer being written).
  */
 #include <pthread.h>
 #include <stdio.h>
@@ -49,8 +50,11 @@ typedef struct pipeline {
         vdisk_disk *src;
         unsigned src_bottom, src_top;
         uint64_t size;
+        uint64_t src_offset;      /* the source offset of destination offset 0 (dd) */
         int zeros_matter;         /* destination is a diff: zeros must be written */
         uint64_t unit;            /* destination is a stream: slots hold whole units (0: no) */
+        uint64_t same_unit;       /* SKIP_SAME: compare with the parents in units of this size (0: off) */
+        uint8_t *parent_buf;      /* ... reading them into this buffer (OP_BUFFER_SIZE) */
         bool encode;              /* ... that copy encodes (encode()) */
         unsigned threads;         /* encoding threads (0: one per CPU) */
 } pipeline;
@@ -90,7 +94,7 @@ static void *reader_main(void *arg) {
                         return NULL;
                 /* One chunk under the source's lock: what it is, and its data. */
                 pthread_mutex_lock(&pl->src->lock);
-                r = rw_status(pl->src, pl->src_bottom, pl->src_top, offset,
+                r = rw_status(pl->src, pl->src_bottom, pl->src_top, pl->src_offset + offset,
                               MIN(pl->size - offset, (uint64_t) 1 << 30), &e);
                 if (r >= 0 && pl->unit) {
                         /* Whole units only: skip whole units of nothing,
@@ -111,7 +115,7 @@ static void *reader_main(void *arg) {
                         /* Keep later reads aligned to the buffer size. */
                         if (len == OP_BUFFER_SIZE && offset % OP_BUFFER_SIZE)
                                 len = OP_BUFFER_SIZE - offset % OP_BUFFER_SIZE;
-                        r = rw_read(pl->src, pl->src_top, s->buf, (size_t) len, offset);
+                        r = rw_read(pl->src, pl->src_top, s->buf, (size_t) len, pl->src_offset + offset);
                 }
                 pthread_mutex_unlock(&pl->src->lock);
                 if (r < 0)
@@ -180,6 +184,39 @@ static int write_data(vdisk_disk *dst, unsigned level, const uint8_t *buf, uint6
         return 0;
 }
 
+/* SKIP_SAME: writes only the units of the buffer whose content differs from
+ * what the destination's parents read there (the rest shows through). */
+static int write_different(vdisk_disk *dst, unsigned level, const uint8_t *buf, uint8_t *pbuf, uint64_t len,
+                           uint64_t offset, uint64_t unit, uint64_t sparse) {
+        uint64_t i = 0;
+        int r;
+
+        assert(level > 0);
+        r = rw_read(dst, level - 1, pbuf, (size_t) len, offset);
+        if (r < 0)
+                return r;
+        while (i < len) {
+                uint64_t start = i, n;
+                bool same;
+
+                n = MIN(unit - (offset + i) % unit, len - i);
+                same = memcmp(buf + i, pbuf + i, (size_t) n) == 0;
+                i += n;
+                while (i < len) {
+                        n = MIN(unit, len - i);
+                        if ((memcmp(buf + i, pbuf + i, (size_t) n) == 0) != same)
+                                break;
+                        i += n;
+                }
+                if (!same) {
+                        r = write_data(dst, level, buf + start, i - start, offset + start, sparse, 1);
+                        if (r < 0)
+                                return r;
+                }
+        }
+        return 0;
+}
+
 /* A stream destination takes whole units in order: every unit of the buffer
  * that holds data, in one write; all-zero units are left out (a stream image
  * reads unwritten units as unallocated). */
@@ -207,6 +244,13 @@ static int run_pipeline(pipeline *pl, vdisk_disk *dst, unsigned level, uint64_t 
         for (unsigned i = 0; i < RING_SLOTS; i++) {
                 pl->ring[i].buf = buf_alloc(OP_BUFFER_SIZE);
                 if (!pl->ring[i].buf) {
+                        r = vdisk_error(-ENOMEM, "out of memory");
+                        goto out;
+                }
+        }
+        if (pl->same_unit) {
+                pl->parent_buf = buf_alloc(OP_BUFFER_SIZE);
+                if (!pl->parent_buf) {
                         r = vdisk_error(-ENOMEM, "out of memory");
                         goto out;
                 }
@@ -244,6 +288,9 @@ static int run_pipeline(pipeline *pl, vdisk_disk *dst, unsigned level, uint64_t 
                         r = encode_pool_buffer(pool, s->buf, s->length, s->offset);
                 else if (s->kind == SLOT_DATA && pl->unit)
                         r = write_units(dst, level, s->buf, s->length, s->offset, pl->unit);
+                else if (s->kind == SLOT_DATA && pl->same_unit)
+                        r = write_different(dst, level, s->buf, pl->parent_buf, s->length, s->offset,
+                                            pl->same_unit, sparse);
                 else if (s->kind == SLOT_DATA)
                         r = write_data(dst, level, s->buf, s->length, s->offset, sparse, pl->zeros_matter);
                 else if (s->kind == SLOT_ZERO)
@@ -268,6 +315,7 @@ static int run_pipeline(pipeline *pl, vdisk_disk *dst, unsigned level, uint64_t 
         pthread_join(reader, NULL);
 out:
         encode_pool_free(pool);
+        free(pl->parent_buf);
         for (unsigned i = 0; i < RING_SLOTS; i++)
                 free(pl->ring[i].buf);
         return r;
@@ -300,9 +348,10 @@ static int queue_end(vdisk_image *img) {
 
 /* copy_run() on the source levels [src_bottom, src_top] found at the start
  * (both disks registered; no lock held). */
-static int copy_levels(vdisk_disk *src, unsigned src_bottom, unsigned src_top, uint64_t src_size, vdisk_disk *dst,
-                       unsigned level, uint64_t size, uint64_t sparse, const vdisk_copy_opts *o,
-                       vdisk_progress *p) {
+static int copy_levels(vdisk_disk *src, unsigned src_bottom, unsigned src_top, uint64_t src_size,
+                       uint64_t src_offset, vdisk_disk *dst, unsigned level, uint64_t size, uint64_t sparse,
+                       const vdisk_copy_opts *o, vdisk_progress *p) {
+        uint32_t flags = o ? o->flags : 0;
         pipeline pl = {};
         char msg[1024];
         int r = 0;
@@ -310,7 +359,8 @@ static int copy_levels(vdisk_disk *src, unsigned src_bottom, unsigned src_top, u
         pl.src = src;
         pl.src_top = src_top;
         pl.src_bottom = src_bottom;
-        pl.size = MIN(size, src_size);
+        pl.src_offset = src_offset;
+        pl.size = src_offset < src_size ? MIN(size, src_size - src_offset) : 0;
         pl.zeros_matter = level > 0;
         pl.threads = o ? o->threads : 0;
         pthread_mutex_lock(&dst->lock);
@@ -335,6 +385,12 @@ static int copy_levels(vdisk_disk *src, unsigned src_bottom, unsigned src_top, u
                 if (OP_BUFFER_SIZE % pl.unit)
                         r = vdisk_error(-EOPNOTSUPP, "%s: a unit of %" PRIu64 " bytes does not divide the copy "
                                         "buffer", vdisk_io_name(dst->images[level]->io), pl.unit);
+        }
+        if (r >= 0 && !pl.unit && level > 0 && (flags & VDISK_COPY_SKIP_SAME)) {
+                /* Whole clusters: a cluster that differs anywhere is written
+                 * whole from the source, one that does not is left out. */
+                uint64_t cs = dst->images[level]->layout.cluster_size;
+                pl.same_unit = cs > 0 && cs <= OP_BUFFER_SIZE && OP_BUFFER_SIZE % cs == 0 ? cs : sparse;
         }
         if (r >= 0)
                 queue_begin(dst->images[level]);
@@ -377,7 +433,7 @@ int copy_run(vdisk_disk *src, unsigned src_bottom, vdisk_disk *dst, unsigned lev
         top = src->n - 1;
         src_size = src->images[top]->size;
         pthread_mutex_unlock(&src->lock);
-        return copy_levels(src, src_bottom, top, src_size, dst, level, size, sparse, NULL, p);
+        return copy_levels(src, src_bottom, top, src_size, 0, dst, level, size, sparse, NULL, p);
 }
 
 /* Under the destination's lock: the new image, registered and pinned. */
@@ -446,6 +502,8 @@ int vdisk_copy(vdisk_disk *src, vdisk_disk *dst, vdisk_io *dst_io, const char *f
                         return vdisk_error(-EINVAL, "vdisk_copy_opts.size not set");
                 o = *opts;
         }
+        if (o.flags & ~(uint32_t) VDISK_COPY_SKIP_SAME)
+                return vdisk_error(-EINVAL, "unknown copy flags 0x%" PRIx32, o.flags);
         sparse = o.sparse_size ? o.sparse_size : DEFAULT_SPARSE;
         if (sparse % 512 || sparse > OP_BUFFER_SIZE)
                 return vdisk_error(-EINVAL, "sparse size must be a multiple of 512 up to %u", OP_BUFFER_SIZE);
@@ -469,6 +527,8 @@ int vdisk_copy(vdisk_disk *src, vdisk_disk *dst, vdisk_io *dst_io, const char *f
                                         vdisk_io_name(src->images[i]->io));
         if (r >= 0 && o.from_same >= 0 && (unsigned) o.from_same > src_top)
                 r = vdisk_error(-EINVAL, "same-content images out of range");
+        if (r >= 0 && o.from_same >= 0 && o.src_offset > 0)
+                r = vdisk_error(-EINVAL, "a source offset with same-content images");
         if (r >= 0)
                 r = disk_op_begin(src, OP_SHARED, src_top);
         src_size = r >= 0 ? src->images[src_top]->size : 0;
@@ -479,8 +539,8 @@ int vdisk_copy(vdisk_disk *src, vdisk_disk *dst, vdisk_io *dst_io, const char *f
         size = o.new_size ? o.new_size : src_size;
         r = copy_create(dst, dst_io, format, &o, size, &level);
         if (r >= 0) {
-                r = copy_levels(src, o.from_same >= 0 ? (unsigned) o.from_same + 1 : 0, src_top, src_size, dst,
-                                level, size, sparse, &o, p);
+                r = copy_levels(src, o.from_same >= 0 ? (unsigned) o.from_same + 1 : 0, src_top, src_size,
+                                o.src_offset, dst, level, size, sparse, &o, p);
                 copy_finish(dst, level, r);
         }
         pthread_mutex_lock(&src->lock);

@@ -2,7 +2,8 @@
 /*
  * vdisk_copy (VDCopyEx): resize on copy, the same-content shortcut for chain
  * clones, copies into a differencing destination (zeros must shadow the
- * parent), and sparse output (zero data is never allocated).
+ * parent), sparse output (zero data is never allocated), a source offset
+ * (dd) and copies that skip what the destination's parent already holds.
  */
 #include "tests.h"
 
@@ -184,11 +185,126 @@ static void test_sparse(void) {
         vdisk_disk_unref(src);
 }
 
+/* dd: the copy starts at src_offset of the source; the destination's size
+ * bounds what is copied, the source's end too. */
+static void test_src_offset(void) {
+        vdisk_disk *src = disk_new(), *dst;
+        vdisk_io *io;
+        vdisk_copy_opts o;
+        uint8_t *buf, *want;
+        uint64_t size, want_size;
+
+        io = mem_io("src.vdi", NULL, 0);
+        ASSERT_OK(vdisk_disk_create_base(src, io, "vdi", SIZE, NULL));
+        vdisk_io_unref(io);
+        fill(src, 0, 1 * MiB, 0x11);
+        fill(src, 3 * MiB - 512, 1024, 0x22);     /* straddles the offset below */
+        fill(src, SIZE - 4096, 4096, 0x33);
+        want = disk_read_all(src, &want_size);
+
+        /* an unaligned offset, up to the end of the source */
+        o = copy_opts();
+        o.src_offset = 3 * MiB - 512;
+        o.new_size = SIZE - o.src_offset;
+        dst = disk_new();
+        io = mem_io("tail.raw", NULL, 0);
+        ASSERT_OK(vdisk_copy(src, dst, io, "raw", &o, NULL));
+        vdisk_io_unref(io);
+        buf = disk_read_all(dst, &size);
+        ASSERT_EQ_U64(size, o.new_size);
+        ASSERT(memcmp(buf, want + o.src_offset, size) == 0);
+        ASSERT(buf[0] == 0x22 && buf[1023] == 0x22 && buf[1024] == 0);
+        free(buf);
+        vdisk_disk_unref(dst);
+
+        /* a destination larger than what is left: the rest reads zeros */
+        o = copy_opts();
+        o.src_offset = SIZE - 4096;
+        o.new_size = 1 * MiB;
+        dst = disk_new();
+        io = mem_io("past.vdi", NULL, 0);
+        ASSERT_OK(vdisk_copy(src, dst, io, "vdi", &o, NULL));
+        vdisk_io_unref(io);
+        buf = disk_read_all(dst, &size);
+        ASSERT_EQ_U64(size, 1 * MiB);
+        ASSERT(buf[0] == 0x33 && buf[4095] == 0x33 && buf_is_zero(buf + 4096, size - 4096));
+        free(buf);
+        vdisk_disk_unref(dst);
+
+        /* an offset past the end copies nothing; with same-content images it is refused */
+        o = copy_opts();
+        o.src_offset = 2 * SIZE;
+        o.new_size = 1 * MiB;
+        dst = disk_new();
+        io = mem_io("none.vdi", NULL, 0);
+        ASSERT_OK(vdisk_copy(src, dst, io, "vdi", &o, NULL));
+        vdisk_io_unref(io);
+        ASSERT_EQ_U64(allocated_bytes(dst, 0), 0);
+        vdisk_disk_unref(dst);
+
+        free(want);
+        vdisk_disk_unref(src);
+}
+
+/* VDISK_COPY_SKIP_SAME: a copy over a parent writes only the clusters that
+ * differ from what the parent reads (convert -B of a modified copy). */
+static void test_skip_same(void) {
+        vdisk_disk *src = disk_new(), *dst = disk_new(), *plain = disk_new();
+        vdisk_io *io, *base_io;
+        vdisk_copy_opts o;
+
+        /* the parent: data everywhere */
+        base_io = mem_io("base.vdi", NULL, 0);
+        ASSERT_OK(vdisk_disk_create_base(dst, base_io, "vdi", SIZE, NULL));
+        fill(dst, 0, SIZE, 0x77);
+        /* the source: the same data, but for one byte and one zeroed block */
+        io = mem_io("src.vdi", NULL, 0);
+        ASSERT_OK(vdisk_disk_create_base(src, io, "vdi", SIZE, NULL));
+        vdisk_io_unref(io);
+        fill(src, 0, SIZE, 0x77);
+        fill(src, 5 * MiB + 100, 1, 0x78);
+        fill(src, 2 * MiB, 1 * MiB, 0);
+
+        o = copy_opts();
+        o.flags = VDISK_COPY_SKIP_SAME;
+        io = mem_io("diff.vdi", NULL, 0);
+        ASSERT_OK(vdisk_copy(src, dst, io, "vdi", &o, NULL));
+        vdisk_io_unref(io);
+        ASSERT_EQ_U64(vdisk_disk_count(dst), 2);
+        assert_same_content(src, dst);
+        /* the block with the changed byte as data, the zeroed block as a
+         * zero block (VDI marks it), nothing else */
+        ASSERT_EQ_U64(allocated_bytes(dst, 0), 1 * MiB);
+
+        /* without the flag, every block is written */
+        ASSERT_OK(vdisk_disk_open(plain, base_io, "vdi", VDISK_OPEN_READONLY));
+        o = copy_opts();
+        io = mem_io("full.vdi", NULL, 0);
+        ASSERT_OK(vdisk_copy(src, plain, io, "vdi", &o, NULL));
+        vdisk_io_unref(io);
+        assert_same_content(src, plain);
+        ASSERT(allocated_bytes(plain, 0) > 1 * MiB);
+
+        /* unknown flags are refused */
+        o = copy_opts();
+        o.flags = 1u << 31;
+        io = mem_io("bad.vdi", NULL, 0);
+        ASSERT_FAILS(vdisk_copy(src, plain, io, "vdi", &o, NULL));
+        vdisk_io_unref(io);
+
+        vdisk_io_unref(base_io);
+        vdisk_disk_unref(plain);
+        vdisk_disk_unref(src);
+        vdisk_disk_unref(dst);
+}
+
 int main(void) {
         test_resize_on_copy();
         test_same_content();
         test_copy_over_parent();
         test_sparse();
+        test_src_offset();
+        test_skip_same();
         printf("test-copy: all passed\n");
         return 0;
 }

@@ -740,7 +740,21 @@ typedef struct vdisk_copy_opts {
         /* Threads that encode (compress, or VMDK streamOptimized grains);
          * 0 = one per online CPU. */
         unsigned threads;
+        /* dd: the copy starts at this offset of the source; the destination
+         * gets the source's bytes from there on (up to its own size) at
+         * offset 0. 0 = from the start. With from_same: must be 0. */
+        uint64_t src_offset;
+        uint32_t flags;                  /* VDISK_COPY_* */
 } vdisk_copy_opts;
+
+enum {
+        /* Into a differencing destination (one with parents below the new
+         * image): a cluster whose content equals what the parents already
+         * read there is not written (convert -B: only what differs from the
+         * backing file lands in the new image). Costs a read of the parents
+         * for every range the source defines. */
+        VDISK_COPY_SKIP_SAME = 1u << 0,
+};
 
 /* VDCopyEx: copies the content of `src` into a new image created on dst_io and
  * opened on top of `dst` (empty or holding the same-content images). The

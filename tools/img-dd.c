@@ -1,0 +1,229 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/*
+ * vdisk-img dd: qemu-img 7.2's dd.
+ *
+ *   dd [-f fmt] [-O output_fmt] [bs=block_size] [count=blocks] [skip=blocks] if=input of=output
+ *
+ * The output is always created (an existing file is replaced), in the output
+ * format, with qemu-img's size: the input's size, cut to count*bs when count
+ * is given, minus skip*bs (count counts from the start of the input, not
+ * from the skipped offset: qemu-img's arithmetic, kept). The bytes are the
+ * input's from skip*bs on. The copy goes through vdisk_copy (its src_offset),
+ * so ranges of zeros or holes in the input stay unallocated in the output;
+ * qemu-img writes every block, the content is the same.
+ */
+
+#include <errno.h>
+#include <getopt.h>
+#include <inttypes.h>
+#include <string.h>
+
+#include "img.h"
+
+typedef struct DdOperand {
+        const char *name;
+        uint64_t value;
+        bool given;
+} DdOperand;
+
+/* "bs=N", "count=N", "skip=N": qemu-img's messages for bad values. */
+static int dd_number(DdOperand *o, const char *arg, uint64_t max) {
+        int r = parse_size(arg, &o->value);
+
+        if (r < 0 && r != -ERANGE) {
+                log_error("Invalid %s specified. You may use k, M, G, T, P or E suffixes for", o->name);
+                log_error("kilobytes, megabytes, gigabytes, terabytes, petabytes and exabytes.");
+                return -EINVAL;
+        }
+        if (r == -ERANGE || o->value > max || (max != UINT64_MAX && o->value == 0)) {
+                log_error("Invalid %s specified. Must be between 1 and %" PRIu64 ".", o->name, max);
+                return -EINVAL;
+        }
+        o->given = true;
+        return 0;
+}
+
+/* Writes zeros over [from, to) of the disk (the part of the last sector that
+ * qemu-img leaves zero when bs*count is not a whole number of sectors). */
+static int zero_tail(vdisk_disk *d, uint64_t from, uint64_t to) {
+        uint8_t zeros[VDISK_SECTOR_SIZE] = {};
+
+        if (from >= to)
+                return 0;
+        assert(to - from <= sizeof(zeros));
+        return vdisk_disk_write(d, zeros, (size_t) (to - from), from);
+}
+
+int cmd_dd(int argc, char **argv) {
+        static const struct option options[] = {
+                COMMON_LONG_OPTIONS,
+                {}
+        };
+        DdOperand bs = { "bs", 512, false }, count = { "count", 0, false }, skip = { "skip", 0, false };
+        const char *fmt = NULL, *out_fmt = "raw", *in = NULL, *out = NULL;
+        _cleanup_(vdisk_io_unrefp) vdisk_io *out_io = NULL;
+        _cleanup_(vdisk_disk_unrefp) vdisk_disk *dst = NULL;
+        _cleanup_(vdisk_resolver_unrefp) vdisk_resolver *create_res = NULL;
+        const vdisk_backend_info *out_info;
+        uint64_t in_size, size, offset = 0;
+        bool created = false, skip_past_end = false;
+        ProgressBar bar = {};
+        Img src = {};
+        int c, r, ex = EXIT_ERROR;
+
+        while ((c = getopt_long(argc, argv, "hf:O:U", options, NULL)) >= 0) {
+                switch (c) {
+                case 'f':
+                        fmt = optarg;
+                        break;
+                case 'O':
+                        out_fmt = optarg;
+                        break;
+                default:
+                        if (common_option(c, optarg, &ex) == 2)
+                                return ex;
+                }
+        }
+
+        for (int i = optind; i < argc; i++) {
+                const char *arg = argv[i], *eq = strchr(arg, '=');
+                size_t klen = eq ? (size_t) (eq - arg) : strlen(arg);
+
+#define KEY_IS(k) (klen == strlen(k) && strncmp(arg, k, klen) == 0)
+                if (!eq) {
+                        log_error("unrecognized operand %s", arg);
+                        return EXIT_ERROR;
+                }
+                if (KEY_IS("bs")) {
+                        if (dd_number(&bs, eq + 1, INT32_MAX) < 0)
+                                return EXIT_ERROR;
+                } else if (KEY_IS("count")) {
+                        if (dd_number(&count, eq + 1, UINT64_MAX) < 0)
+                                return EXIT_ERROR;
+                } else if (KEY_IS("skip")) {
+                        if (dd_number(&skip, eq + 1, UINT64_MAX) < 0)
+                                return EXIT_ERROR;
+                } else if (KEY_IS("if"))
+                        in = eq + 1;
+                else if (KEY_IS("of"))
+                        out = eq + 1;
+                else {
+                        log_error("unrecognized operand %.*s", (int) klen, arg);
+                        return EXIT_ERROR;
+                }
+#undef KEY_IS
+        }
+        if (!in || !out) {
+                log_error("Must specify both input and output files");
+                return EXIT_ERROR;
+        }
+
+        r = img_open(in, fmt, IMG_CHAIN, &src);
+        if (r < 0)
+                return EXIT_ERROR;
+        out_info = format_lookup(out_fmt);
+        if (!out_info)
+                return img_close_exit(&src, EXIT_ERROR);
+        if (!(out_info->caps & (VDISK_CAP_CREATE_DYNAMIC | VDISK_CAP_CREATE_FIXED))) {
+                log_error("Format driver '%s' does not support image creation", out_info->qemu_name);
+                return img_close_exit(&src, EXIT_ERROR);
+        }
+        /* qemu-img would truncate its own input before reading it. */
+        for (unsigned i = 0; i < vdisk_disk_count(src.disk); i++) {
+                r = same_file(vdisk_image_name(vdisk_disk_image(src.disk, i)), out);
+                if (r != 0) {
+                        log_error("%s: %s", out, r > 0 ? "The output is one of the input images" : strerror(-r));
+                        return img_close_exit(&src, EXIT_ERROR);
+                }
+        }
+
+        /* qemu-img's size arithmetic (overflows mean "past the end"). */
+        in_size = vdisk_disk_size(src.disk);
+        size = in_size;
+        if (count.given && count.value <= INT64_MAX / bs.value && count.value * bs.value < size)
+                size = count.value * bs.value;
+        if (skip.given) {
+                if (skip.value > INT64_MAX / bs.value || size < skip.value * bs.value)
+                        skip_past_end = true;
+                else
+                        offset = skip.value * bs.value;
+        }
+        size = skip_past_end ? 0 : size - offset;
+
+        install_cancel_handlers();
+        if (progress_bar_init(&bar, false) < 0)
+                return img_close_exit(&src, EXIT_ERROR);
+
+        vdisk_clear_error();
+        r = vdisk_io_open_path(out, VDISK_PATH_WRITE | VDISK_PATH_CREATE | VDISK_PATH_TRUNC | VDISK_PATH_DIRECT,
+                               &out_io);
+        if (r < 0) {
+                log_error("%s: error while creating output image: Could not create '%s': %s", out, out,
+                          strerror(-r));
+                goto finish;
+        }
+        created = true;
+        r = vdisk_resolver_new_path(NULL, &create_res);
+        if (r >= 0)
+                r = vdisk_disk_new(&dst);
+        if (r < 0) {
+                log_error("Out of memory");
+                goto finish;
+        }
+
+        vdisk_copy_opts copts = {
+                .size = sizeof(copts),
+                .new_size = ALIGN_UP(size, (uint64_t) VDISK_SECTOR_SIZE),
+                .create = {
+                        .size = sizeof(vdisk_create_opts),
+                        .resolver = create_res,
+                },
+                .from_same = -1,
+                .to_same = -1,
+                .src_offset = offset,
+        };
+
+        vdisk_clear_error();
+        if (size == 0) {
+                /* Nothing to copy. An empty file is an empty raw image; the
+                 * other formats take no size 0 (the library says so). */
+                if (!streq(out_info->qemu_name, "raw"))
+                        r = vdisk_disk_create_base(dst, out_io, out_info->name, 0, &copts.create);
+        } else {
+                r = vdisk_copy(src.disk, dst, out_io, out_info->name, &copts, bar.p);
+                if (r >= 0 && copts.new_size > size && offset + size < in_size) {
+                        vdisk_clear_error();
+                        r = zero_tail(dst, size, copts.new_size);
+                        if (r >= 0)
+                                r = vdisk_disk_flush(dst);
+                }
+        }
+        if (r < 0) {
+                if (r == -ECANCELED)
+                        log_error("Copy of '%s' to '%s' cancelled", in, out);
+                else
+                        log_error("%s: error while writing to output image file: %s", out, error_detail(r));
+                goto finish;
+        }
+        if (skip_past_end)
+                log_error("%s: cannot skip to specified offset", in);
+
+        vdisk_clear_error();
+        r = vdisk_disk_close(TAKE_PTR(dst));
+        if (r < 0) {
+                log_error("Could not close '%s': %s", out, error_detail(r));
+                goto finish;
+        }
+        out_io = vdisk_io_unref(out_io);
+        fsync_parent_dir(out);
+        ex = EXIT_OK;
+
+finish:
+        progress_bar_done(&bar, ex == EXIT_OK);
+        if (ex != EXIT_OK && created) {
+                dst = vdisk_disk_unref(dst);
+                out_io = vdisk_io_unref(out_io);
+                remove_created_file(out);
+        }
+        return img_close_exit(&src, ex);
+}
