@@ -199,6 +199,13 @@ int cmd_bitmap(int argc, char **argv) {
         r = img_open(filename, fmt, IMG_WRITE, &img);
         if (r < 0)
                 return EXIT_ERROR;
+        if (act[0].op == VDISK_BITMAP_OP_ADD && granularity &&
+            (granularity < 512 || granularity > UINT32_MAX || (granularity & (granularity - 1)))) {
+                /* qemu-img checks it first, whatever the format */
+                log_error("Operation add on bitmap %s failed: Granularity must be power of 2 and at least 512",
+                          name);
+                return img_close_exit(&img, EXIT_ERROR);
+        }
         if (!format_has_persistent_bitmaps(img.backend))
                 return img_close_exit(&img, bitmap_refuse(op_word(act[0].op), name, img.filename));
         vdisk_image *top = vdisk_disk_image(img.disk, 0);
