@@ -14,7 +14,7 @@
 #     sha256 (skipped when the corpus is absent);
 #   - a json: backing name, an unknown incompatible bit (named from the
 #     feature table) and encryption are refused clearly; the corrupt bit
-#     still reads; resize is refused (not supported yet).
+#     still reads; a resize checks clean.
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 source "$(dirname "$0")/lib.sh" "$@"
 
@@ -197,7 +197,11 @@ if [[ $RC -eq 0 ]]; then
 else
         echo "# qemu-img could not make a LUKS qcow2 ($(last_err)): encryption case skipped"
 fi
-expect_fail "resize is refused (not supported yet)" "$VDISK_IMG" resize c-1.1-65536.qcow2 +1M
+# resize (lib/backends/qcow2-space.c; test-qcow2-modify.sh does the rest)
+before=$(qinfo c-1.1-65536.qcow2 qcow2 virtual-size)
+expect_rc "resize +1M" 0 "$VDISK_IMG" resize c-1.1-65536.qcow2 +1M
+expect_eq "resize +1M: the new virtual size" "$(qinfo c-1.1-65536.qcow2 qcow2 virtual-size)" "$((before + 1048576))"
+qcheck c-1.1-65536.qcow2 qcow2
 
 # --- the real images of ../shared/corpus/real
 CORPUS=${VDISK_CORPUS:-$HERE/../../../shared/corpus/real}
