@@ -174,14 +174,18 @@ static bool call_account(Call *c, uid_t uid) {
                           (unsigned) uid, m->max_calls_per_user);
                 return false;
         }
-        if (u->n_fds + n_fds > m->max_fds_per_user) {
+        /* A call that brings no descriptor adds none: never refused here.
+         * The uid may stand over the bound for a moment after an OpenDisk
+         * (its copies are closed off the bus thread), and a Write sent right
+         * after it must not depend on that moment. */
+        if (n_fds > 0 && u->n_fds + n_fds > m->max_fds_per_user) {
                 user_unref(u);
                 call_fail(c, -E2BIG, NULL, "Too many file descriptors held for user %u (at most %u)",
                           (unsigned) uid, m->max_fds_per_user);
                 return false;
         }
         /* Every image holds one: this also bounds the Images of all Disks. */
-        if (m->n_fds + n_fds > m->max_fds) {
+        if (n_fds > 0 && m->n_fds + n_fds > m->max_fds) {
                 user_unref(u);
                 call_fail(c, -E2BIG, NULL, "Too many file descriptors held (at most %u in all)", m->max_fds);
                 return false;

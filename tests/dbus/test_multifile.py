@@ -498,3 +498,32 @@ def test_fd_bound_counts_writable_copies(env, a):
     a.call(second, 'org.vdisk.VDisk1.FileSet', 'Close', 'a{sv}', {})
     a.disk(d, 'Close', 'a{sv}', {})
     env.qemu_img('check', base)
+
+
+def test_disk_over_the_fd_bound_stays_usable(env, a):
+    """A writable 80 GiB split VMDK (40 extents) under --max-fds-per-user 80:
+    its file set (40) and the descriptor fit, but the open Disk holds 81 (every
+    extent twice, and the descriptor). The uid stands over the bound for as
+    long as the Disk is open: calls that bring descriptors are LimitsExceeded,
+    calls that bring none (Write, Read, Flush, Close) still run, since they
+    add nothing to what the uid holds."""
+    size = 80 * GiB
+    stem = unique('over')
+    base = make_base(env, stem, size, [(0, 4096, 0x71)])
+    fs = a.manager('CreateFileSet', 'a{sv}', {})
+    names = sorted(opened(base))
+    assert len(names) == 40, names
+    for i in range(0, len(names), 15):
+        a.call(fs, 'org.vdisk.VDisk1.FileSet', 'Add', 'a{sh}a{sv}',
+               {n: Open(p(env, n), os.O_RDWR) for n in names[i:i + 15]}, {})
+    d = a.manager('OpenDisk', 'a(hsa{sv})a{sv}', [(Open(base, os.O_RDWR), 'VMDK', {})], {'file-set': T('o', fs)})
+    a.disk(d, 'Write', 'taya{sv}', 39 * 2 * GiB, bytes([0x72]) * 4096, {})
+    assert a.disk(d, 'Read', 'tua{sv}', 39 * 2 * GiB, 4096, {}) == bytes([0x72]) * 4096
+    assert a.disk(d, 'Read', 'tua{sv}', 0, 4096, {}) == bytes([0x71]) * 4096
+    a.disk(d, 'Flush', 'a{sv}', {})
+    second = a.manager('CreateFileSet', 'a{sv}', {})
+    expect_error(LIMITS_EXCEEDED, a.call, second, 'org.vdisk.VDisk1.FileSet', 'Add', 'a{sh}a{sv}',
+                 {'x': Open(p(env, names[0]), os.O_RDONLY)}, {})
+    a.call(second, 'org.vdisk.VDisk1.FileSet', 'Close', 'a{sv}', {})
+    a.disk(d, 'Close', 'a{sv}', {})
+    env.qemu_img('check', base)
