@@ -579,6 +579,17 @@ int vdisk_image_set_pchs(vdisk_image *img, const vdisk_geometry *g);
 int vdisk_image_set_lchs(vdisk_image *img, const vdisk_geometry *g);
 int vdisk_image_set_flags(vdisk_image *img, uint32_t flags);   /* only ZERO_EXPAND is changeable */
 
+/* Gives an image of a disk the caller's descriptor of its file opened with
+ * O_DIRECT for writing: what vdisk_io_set_direct_fd() does for a new image,
+ * for an image an operation writes into (merge's target, compact, copy
+ * into an existing disk), which a service handed descriptors cannot reopen.
+ * Used now if the image is writable, or when an operation reopens it
+ * writable. `fd` is duplicated. -EINVAL if it is not open for writing with
+ * O_DIRECT (or has O_APPEND); -EBADF if it is another file. fd -1 takes it
+ * away again (writes go through the image's own descriptor). Only the
+ * image's main file: companion files are written through their own. */
+int vdisk_image_set_direct_fd(vdisk_image *img, int fd);
+
 /* Records the parent's file name and format in a child (a relink, like
  * qemu-img rebase -u); -EOPNOTSUPP for formats that link by UUID only. The
  * name is relative to the child's directory (or absolute), as qemu takes a
