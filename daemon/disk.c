@@ -1158,7 +1158,8 @@ static int method_create_diff(sd_bus_message *msg, void *userdata, sd_bus_error 
                 r = read_format_arg(c, msg, true, error);
         if (r >= 0)
                 r = options_parse(msg, OPT_UUID | OPT_COMMENT | OPT_SIZE | OPT_BLOCK_SIZE | OPT_FORMAT_OPTIONS |
-                                  OPT_DISPLAY_NAME | OPT_FILES | OPT_FILE_SET | OPT_PREALLOCATION, &c->options, error);
+                                  OPT_DISPLAY_NAME | OPT_FILES | OPT_FILE_SET | OPT_PREALLOCATION | OPT_PARENT_NAME,
+                                  &c->options, error);
         if (r < 0)
                 return r;
         return call_dispatch(TAKE_PTR(c));

@@ -424,6 +424,16 @@ static void op_run(Task *t) {
                 r = vdisk_disk_create_base(vd, io, o->format, o->size, &o->create);
                 break;
         case OP_CREATE_DIFF:
+                if (o->options.parent_name) {
+                        /* The caller's name for the parent (relative to the
+                         * child's directory, as qemu reads it), and the
+                         * parent's format, so nothing probes it. */
+                        unsigned n = vdisk_disk_count(vd);
+                        const vdisk_backend_info *pb = n > 0 ? vdisk_image_backend(vdisk_disk_image(vd, n - 1)) : NULL;
+
+                        o->create.parent_name = o->options.parent_name;
+                        o->create.parent_format = pb ? pb->qemu_name : NULL;
+                }
                 r = vdisk_disk_create_diff(vd, io, o->format, &o->create);
                 break;
         case OP_COPY: {

@@ -321,3 +321,45 @@ def test_busy_and_bounded(env, clients):
         a.disk(x, 'Close', 'a{sv}', {})
     env.qemu_img('compare', '-f', 'vdi', '-F', 'vdi', src, tpath)
     a.close()
+
+
+def test_create_diff_qcow2_parent_name(env, clients):
+    """CreateDiff of a qcow2 child records the caller's `parent-name`
+    (relative to the child's directory, as qemu reads it) and the parent's
+    format: qemu-img opens the chain and reads what vdiskd wrote. Without a
+    name (qcow2 links by name only) the Operation fails and the child file is
+    left empty."""
+    a = clients[UID_A]
+    for parent_fmt in ('qcow2', 'vdi'):
+        base = env.path(UID_A, unique('qb') + '.' + parent_fmt)
+        raw = env.make_raw(UID_A, unique('qb') + '.raw', SIZE, regions=REGIONS)
+        env.qemu_img('convert', '-f', 'raw', '-O', parent_fmt, raw, base)
+        env.chown(base, UID_A)
+        sub = env.path(UID_A, unique('sub'))
+        sub.mkdir(mode=0o700)
+        os.chown(sub, UID_A, UID_A)
+        child = sub / 'child.qcow2'
+        child.write_bytes(b'')
+        env.chown(child, UID_A)
+        d = disk(env, a, base, parent_fmt.upper())
+
+        op = a.disk(d, 'CreateDiff', 'hsa{sv}', Open(child, os.O_RDWR), 'QCOW2', {})
+        with pytest.raises(Exception) as ei:
+            a.wait_op(op)
+        assert 'name' in getattr(ei.value, 'message', str(ei.value)), ei.value
+        assert os.path.getsize(child) == 0
+        expect_error(INVALID_ARGS, a.disk, d, 'CreateDiff', 'hsa{sv}', Open(child, os.O_RDWR), 'QCOW2',
+                     {'parent-name': T('s', '')})
+
+        finished_ok(env, a, a.disk(d, 'CreateDiff', 'hsa{sv}', Open(child, os.O_RDWR), 'QCOW2',
+                                   {'parent-name': T('s', '../' + base.name)}))
+        a.disk(d, 'Write', 'taya{sv}', 2 * MiB, bytes([0x5c]) * 8192, {})
+        a.disk(d, 'Close', 'a{sv}', {})
+        info = env.qemu_img('info', '--backing-chain', child).stdout
+        assert f'backing file: ../{base.name}' in info, info
+        assert f'backing file format: {parent_fmt}' in info, info
+        with open(raw, 'r+b') as f:
+            f.seek(2 * MiB)
+            f.write(bytes([0x5c]) * 8192)
+        env.qemu_img('compare', '-F', 'raw', child, raw)
+        env.qemu_img('check', child)
