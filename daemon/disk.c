@@ -964,6 +964,77 @@ static int merge_images_start(Call *c) {
         return start_operation_on(c, d, OP_MERGE);
 }
 
+/* Compare and CopyTo: an operation on two Disks. The other one (named by
+ * path in the call) must be an open Disk of the caller's own (root and
+ * vdiskd's uid may name anyone's), idle: no operation, no call queued on
+ * it. It becomes busy with this operation too (its `Operation` is set), so
+ * nothing else runs on it until the end; the work itself runs on this
+ * Disk's queue. */
+static int two_disk_start(Call *c, OpKind kind) {
+        Manager *m = c->manager;
+        Disk *d = disk_usable(c), *other;
+        Operation *o;
+        int r;
+
+        if (!d)
+                return 0;
+        other = manager_find_disk(m, c->image_paths[0]);
+        /* Another uid's Disk reads as absent: the caller learns nothing of it. */
+        if (!other || other->closing || other->gone ||
+            (other->owner != c->uid && c->uid != 0 && c->uid != m->own_uid)) {
+                call_fail(c, 0, SD_BUS_ERROR_INVALID_ARGS, "%s is not an open Disk of the caller",
+                          c->image_paths[0]);
+                return 0;
+        }
+        if (other == d) {
+                call_fail(c, 0, SD_BUS_ERROR_INVALID_ARGS, "%s: the other disk is this disk", disk_name(d));
+                return 0;
+        }
+        if (d->n_images == 0 || other->n_images == 0) {
+                call_fail(c, -EINVAL, NULL, "%s: the disk holds no image", disk_name(d->n_images ? other : d));
+                return 0;
+        }
+        if (other->operation || other->active || other->queue_head) {
+                call_fail(c, -EBUSY, NULL, "%s: the other disk is busy (%s)", disk_name(other),
+                          other->operation ? other->operation->path : "calls in progress");
+                return 0;
+        }
+        if (kind == OP_COPY_TO) {
+                if (other->read_only) {
+                        call_fail(c, -EROFS, NULL, "%s: the target is read-only", disk_name(other));
+                        return 0;
+                }
+                if (other->size < d->size) {
+                        call_fail(c, -EINVAL, NULL, "%s: the target is smaller than the source (%" PRIu64
+                                  " < %" PRIu64 " bytes)", disk_name(other), other->size, d->size);
+                        return 0;
+                }
+        }
+        if (!check_limits(c, kind))
+                return 0;
+
+        r = operation_new(m, kind, d, c->user, &o);
+        if (r < 0)
+                return r;
+        r = operation_take_call(o, c);
+        if (r >= 0)
+                r = operation_set_other(o, other);
+        if (r >= 0)
+                r = operation_start(o);
+        if (r < 0) {
+                operation_free(o);
+                return r;
+        }
+        r = sd_bus_reply_method_return(c->message, "o", o->path);
+        if (r < 0)
+                log_error("Failed to reply: %s", strerror(-r));
+        call_free(c);
+        return 0;
+}
+
+static int compare_start(Call *c) { return two_disk_start(c, OP_COMPARE); }
+static int copy_to_start(Call *c) { return two_disk_start(c, OP_COPY_TO); }
+
 static int create_start(Call *c) { return start_operation(c, OP_CREATE); }
 static int create_diff_start(Call *c) { return start_operation(c, OP_CREATE_DIFF); }
 static int copy_start(Call *c) { return start_operation(c, OP_COPY); }
@@ -993,6 +1064,8 @@ static const MethodSpec spec_compact = { "compact", ACTION_MODIFY, OBJECT_DISK, 
 static const MethodSpec spec_resize = { "resize", ACTION_MODIFY, OBJECT_DISK, resize_start };
 static const MethodSpec spec_check = { "check", ACTION_OPEN, OBJECT_DISK, check_start };
 static const MethodSpec spec_repair = { "repair", ACTION_MODIFY, OBJECT_DISK, repair_start };
+static const MethodSpec spec_compare = { "compare", ACTION_OPEN, OBJECT_DISK, compare_start };
+static const MethodSpec spec_copy_to = { "copy-to", ACTION_MODIFY, OBJECT_DISK, copy_to_start };
 
 static int read_fd_arg(Call *c, sd_bus_message *msg, uint32_t fd_flags, sd_bus_error *error) {
         int fd, r;
@@ -1085,7 +1158,8 @@ static int method_create_diff(sd_bus_message *msg, void *userdata, sd_bus_error 
                 r = read_format_arg(c, msg, true, error);
         if (r >= 0)
                 r = options_parse(msg, OPT_UUID | OPT_COMMENT | OPT_SIZE | OPT_BLOCK_SIZE | OPT_FORMAT_OPTIONS |
-                                  OPT_DISPLAY_NAME | OPT_FILES | OPT_FILE_SET | OPT_PREALLOCATION, &c->options, error);
+                                  OPT_DISPLAY_NAME | OPT_FILES | OPT_FILE_SET | OPT_PREALLOCATION | OPT_PARENT_NAME,
+                                  &c->options, error);
         if (r < 0)
                 return r;
         return call_dispatch(TAKE_PTR(c));
@@ -1113,6 +1187,36 @@ static int method_copy(sd_bus_message *msg, void *userdata, sd_bus_error *error)
         return call_dispatch(TAKE_PTR(c));
 }
 
+/* Compare(o other, a{sv}), CopyTo(o target, a{sv}). */
+static int method_two_disk(sd_bus_message *msg, void *userdata, sd_bus_error *error, const MethodSpec *spec,
+                           uint32_t allowed) {
+        _cleanup_(call_freep) Call *c = NULL;
+        const char *other;
+        int r;
+
+        r = new_call(msg, userdata, spec, &c);
+        if (r >= 0)
+                r = sd_bus_message_read(msg, "o", &other);
+        if (r < 0)
+                return r;
+        c->image_paths[0] = strdup(other);
+        if (!c->image_paths[0])
+                return -ENOMEM;
+        r = options_parse(msg, allowed, &c->options, error);
+        if (r < 0)
+                return r;
+        return call_dispatch(TAKE_PTR(c));
+}
+
+static int method_compare(sd_bus_message *msg, void *userdata, sd_bus_error *error) {
+        return method_two_disk(msg, userdata, error, &spec_compare, OPT_STRICT);
+}
+
+static int method_copy_to(sd_bus_message *msg, void *userdata, sd_bus_error *error) {
+        return method_two_disk(msg, userdata, error, &spec_copy_to,
+                               OPT_TARGET_IS_ZERO | OPT_SOURCE_TOP_ONLY | OPT_DIRECT_FD);
+}
+
 static int method_close(sd_bus_message *msg, void *userdata, sd_bus_error *error) {
         _cleanup_(call_freep) Call *c = NULL;
         int r;
@@ -1133,7 +1237,7 @@ static int method_merge(sd_bus_message *msg, void *userdata, sd_bus_error *error
         if (r >= 0)
                 r = sd_bus_message_read(msg, "uu", &c->u1, &c->u2);
         if (r >= 0)
-                r = options_parse(msg, 0, &c->options, error);
+                r = options_parse(msg, OPT_DIRECT_FD, &c->options, error);
         if (r < 0)
                 return r;
         /* The chain may change before the call runs: the indices are checked
@@ -1162,7 +1266,7 @@ static int method_merge_images(sd_bus_message *msg, void *userdata, sd_bus_error
         c->image_paths[1] = strdup(to);
         if (!c->image_paths[0] || !c->image_paths[1])
                 return -ENOMEM;
-        r = options_parse(msg, 0, &c->options, error);
+        r = options_parse(msg, OPT_DIRECT_FD, &c->options, error);
         if (r < 0)
                 return r;
         return call_dispatch(TAKE_PTR(c));
@@ -1187,7 +1291,7 @@ static int method_index_op(sd_bus_message *msg, void *userdata, sd_bus_error *er
 }
 
 static int method_compact(sd_bus_message *msg, void *userdata, sd_bus_error *error) {
-        return method_index_op(msg, userdata, error, &spec_compact, 0);
+        return method_index_op(msg, userdata, error, &spec_compact, OPT_DIRECT_FD);
 }
 
 static int method_check(sd_bus_message *msg, void *userdata, sd_bus_error *error) {
@@ -1332,6 +1436,10 @@ const sd_bus_vtable disk_vtable[] = {
                                  "o", SD_BUS_PARAM(operation), method_check, UNPRIV),
         SD_BUS_METHOD_WITH_NAMES("Repair", "ua{sv}", SD_BUS_PARAM(image) SD_BUS_PARAM(options),
                                  "o", SD_BUS_PARAM(operation), method_repair, UNPRIV),
+        SD_BUS_METHOD_WITH_NAMES("Compare", "oa{sv}", SD_BUS_PARAM(other) SD_BUS_PARAM(options),
+                                 "o", SD_BUS_PARAM(operation), method_compare, UNPRIV),
+        SD_BUS_METHOD_WITH_NAMES("CopyTo", "oa{sv}", SD_BUS_PARAM(target) SD_BUS_PARAM(options),
+                                 "o", SD_BUS_PARAM(operation), method_copy_to, UNPRIV),
         SD_BUS_METHOD_WITH_NAMES("Flush", "a{sv}", SD_BUS_PARAM(options), "", , method_flush, UNPRIV),
         SD_BUS_METHOD_WITH_NAMES("Read", "tua{sv}", SD_BUS_PARAM(offset) SD_BUS_PARAM(length) SD_BUS_PARAM(options),
                                  "ay", SD_BUS_PARAM(data), method_read, UNPRIV),

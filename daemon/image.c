@@ -343,7 +343,7 @@ static int method_image_op(sd_bus_message *msg, void *userdata, sd_bus_error *er
 }
 
 static int method_compact(sd_bus_message *msg, void *userdata, sd_bus_error *error) {
-        return method_image_op(msg, userdata, error, &spec_compact, 0);
+        return method_image_op(msg, userdata, error, &spec_compact, OPT_DIRECT_FD);
 }
 
 static int method_check(sd_bus_message *msg, void *userdata, sd_bus_error *error) {

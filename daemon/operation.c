@@ -29,6 +29,8 @@ static const char *const kind_names[_OP_KIND_MAX] = {
         [OP_RESIZE] = "resize",
         [OP_CHECK] = "check",
         [OP_REPAIR] = "repair",
+        [OP_COMPARE] = "compare",
+        [OP_COPY_TO] = "copy-to",
 };
 
 static const char *const state_names[_OP_STATE_MAX] = {
@@ -208,6 +210,41 @@ int operation_take_call(Operation *o, Call *c) {
         return 0;
 }
 
+int operation_set_other(Operation *o, Disk *other) {
+        int r = 0;
+
+        assert((o->kind == OP_COMPARE || o->kind == OP_COPY_TO) && !o->other);
+        o->other_path = strdup(other->path);
+        if (!o->other_path)
+                return -ENOMEM;
+        o->other = disk_ref(other);
+        /* Objects: this Disk and its images (read), the other Disk and the
+         * images the work reads (Compare: all) or writes (CopyTo: the top). */
+        r = strv_push(&o->objects, other->path);
+        for (unsigned i = 0; r >= 0 && i < other->n_images; i++)
+                if (o->kind == OP_COMPARE || i + 1 == other->n_images)
+                        r = strv_push(&o->objects, other->images[i]->path);
+        return r;
+}
+
+/* The other Disk is free again: its Operation is "/" and, if its creator
+ * left meanwhile, it closes now. */
+static void op_release_other(Operation *o) {
+        Disk *other = TAKE_PTR(o->other);
+
+        if (!other)
+                return;
+        if (other->operation == o) {
+                other->operation = NULL;
+                if (other->exported) {
+                        const char *dc[] = { "Operation", NULL };
+                        emit_properties_changed(o->manager, OBJECT_DISK, other, dc);
+                }
+                disk_operation_finished(other);
+        }
+        disk_unref(other);
+}
+
 /* ---------------------------------------------------------------- bus helpers */
 
 static void op_emit(Operation *o, const char **names) {
@@ -283,6 +320,7 @@ static void op_run(Task *t) {
         vdisk_resolver *res = NULL;
         FilesResolver *fr = NULL;
         bool creates = IN_SET3(o->kind, OP_CREATE, OP_CREATE_DIFF, OP_COPY);
+        vdisk_image *direct_img = NULL;
         int r = 0;
 
         vdisk_clear_error();
@@ -364,11 +402,38 @@ static void op_run(Task *t) {
                 else
                         o->to = i;
         }
+        /* Merge, Compact, CopyTo: the image written gets the caller's
+         * O_DIRECT twin of its file for the work (vdisk_image_set_direct_fd
+         * checks it is the same file: BadFileDescriptor otherwise). */
+        if ((o->options.set & OPT_DIRECT_FD) && IN_SET3(o->kind, OP_MERGE, OP_COMPACT, OP_COPY_TO)) {
+                vdisk_disk *wd = o->kind == OP_COPY_TO ? (o->other ? o->other->vd : NULL) : vd;
+
+                if (wd && vdisk_disk_count(wd) > 0)
+                        direct_img = vdisk_disk_image(wd, o->kind == OP_MERGE ? o->to :
+                                                      o->kind == OP_COMPACT ? o->index : vdisk_disk_count(wd) - 1);
+                r = direct_img ? vdisk_image_set_direct_fd(direct_img, o->options.direct_fd) : 0;
+                close(o->options.direct_fd);
+                o->options.set &= ~OPT_DIRECT_FD;
+                if (r < 0) {
+                        direct_img = NULL;
+                        goto finish;
+                }
+        }
         switch (o->kind) {
         case OP_CREATE:
                 r = vdisk_disk_create_base(vd, io, o->format, o->size, &o->create);
                 break;
         case OP_CREATE_DIFF:
+                if (o->options.parent_name) {
+                        /* The caller's name for the parent (relative to the
+                         * child's directory, as qemu reads it), and the
+                         * parent's format, so nothing probes it. */
+                        unsigned n = vdisk_disk_count(vd);
+                        const vdisk_backend_info *pb = n > 0 ? vdisk_image_backend(vdisk_disk_image(vd, n - 1)) : NULL;
+
+                        o->create.parent_name = o->options.parent_name;
+                        o->create.parent_format = pb ? pb->qemu_name : NULL;
+                }
                 r = vdisk_disk_create_diff(vd, io, o->format, &o->create);
                 break;
         case OP_COPY: {
@@ -393,6 +458,48 @@ static void op_run(Task *t) {
         case OP_COMPACT:
                 r = vdisk_compact(vd, o->index, o->vp);
                 break;
+        case OP_COMPARE:
+        case OP_COPY_TO: {
+                /* The other Disk is ours until the end (its Operation is
+                 * this one): no other task touches its container. */
+                vdisk_disk *ov = o->other ? o->other->vd : NULL;
+                uint64_t off = 0;
+
+                if (!ov) {
+                        r = -ENXIO;
+                        outcome_setf(&o->outcome, r, "the other disk was closed");
+                        break;
+                }
+                if (o->kind == OP_COPY_TO) {
+                        r = vdisk_copy_into(vd, ov, (o->options.target_is_zero ? VDISK_COPY_INTO_TARGET_ZERO : 0) |
+                                            (o->options.source_top_only ? VDISK_COPY_INTO_TOP_ONLY : 0), o->vp);
+                        if (r < 0) {
+                                /* Name what was left behind, as convert -n would. */
+                                outcome_set(&o->outcome, r);
+                                if (o->outcome.message) {
+                                        char *msg = NULL;
+
+                                        if (asprintf(&msg, "%s; the target holds a mix of its old content and "
+                                                     "the source's", o->outcome.message) >= 0) {
+                                                free(o->outcome.message);
+                                                o->outcome.message = msg;
+                                        }
+                                }
+                        }
+                        (void) disk_info_read(ov, &o->other_info);
+                        break;
+                }
+                r = vdisk_compare(vd, ov, o->options.strict, &off, o->vp);
+                if (r >= 0) {
+                        o->w_have_compare = true;
+                        o->w_equal = r == 0;
+                        o->w_offset = off;
+                        o->w_size = vdisk_disk_size(vd);
+                        o->w_other_size = vdisk_disk_size(ov);
+                        r = 0;
+                }
+                break;
+        }
         case OP_RESIZE: {
                 vdisk_resize_opts ropts = {
                         .size = sizeof(ropts),
@@ -425,7 +532,11 @@ finish:
         /* From here on nothing can be stopped any more: a Cancel now gets
          * NotCancelable instead of showing `cancelling` before a success. */
         (void) op_enter_finishing(o);
-        outcome_set(&o->outcome, r);
+        if (direct_img)
+                (void) vdisk_image_set_direct_fd(direct_img, -1);
+        /* Unless the work worded its failure itself (CopyTo). */
+        if (!(r < 0 && o->outcome.r < 0))
+                outcome_set(&o->outcome, r);
         if (r >= 0 && dst && o->options.open) {
                 if (disk_info_read(dst, &o->new_info) >= 0)
                         o->new_vd = TAKE_PTR(dst);
@@ -651,7 +762,7 @@ static void operation_finish(Operation *o) {
         }
         if (o->result_objects)
                 changed[n++] = "ResultObjects";
-        if (o->result.have_report || o->result.removed)
+        if (o->result.have_report || o->result.removed || o->result.have_compare)
                 changed[n++] = "Result";
 
         /* The disk first: its Operation is "/" again when Completed arrives. */
@@ -667,6 +778,7 @@ static void operation_finish(Operation *o) {
                 disk_operation_finished(d);
                 disk_unref(d);
         }
+        op_release_other(o);
         op_emit_end(o, changed);
 
         op_list_finished(o);
@@ -712,6 +824,8 @@ static void op_apply(Operation *o) {
                                 if (d->images[i]->id == o->new_image_id)
                                         (void) strv_push(&o->result_objects, d->images[i]->path);
         }
+        if (o->other && o->other_info.valid && !o->other->gone)
+                disk_apply_info(o->other, &o->other_info, NULL, 0);
         if (o->new_vd) {
                 Disk *nd;
                 int r;
@@ -763,6 +877,13 @@ static void op_done(Task *t, bool cancelled) {
         report_clamp(&o->result.report);
         o->w_report = (vdisk_check_report) {};
         o->w_have_report = false;
+        if (o->w_have_compare) {
+                o->result.have_compare = true;
+                o->result.equal = o->w_equal;
+                o->result.offset = o->w_offset;
+                o->result.size = o->w_size;
+                o->result.other_size = o->w_other_size;
+        }
         /* The destination (and its direct twin), when the work never took
          * them, close now. */
         trash_fd(&trash, TAKE_FD(o->fd));
@@ -797,6 +918,12 @@ int operation_start(Operation *o) {
         {
                 const char *dc[] = { "Operation", NULL };
                 emit_properties_changed(m, OBJECT_DISK, d, dc);
+        }
+        if (o->other) {
+                const char *dc[] = { "Operation", NULL };
+
+                o->other->operation = o;
+                emit_properties_changed(m, OBJECT_DISK, o->other, dc);
         }
         r = sd_event_add_time_relative(m->event, &o->timer, CLOCK_MONOTONIC, SAMPLE_USEC, 0, on_progress_timer, o);
         if (r < 0)
@@ -888,6 +1015,13 @@ Operation *operation_free(Operation *o) {
                         o->disk->operation = NULL;
                 disk_unref(o->disk);
         }
+        if (o->other) {
+                if (o->other->operation == o)
+                        o->other->operation = NULL;
+                o->other = disk_unref(o->other);
+        }
+        free(o->other_path);
+        disk_info_clear(&o->other_info);
         LIST_REMOVE(operations, m->operations, o);
         m->n_operations--;
         free(o->path);
@@ -1016,6 +1150,14 @@ static int property_get_result(sd_bus *bus, const char *path, const char *interf
         }
         if (o->result.removed) {
                 r = bus_append_strv_entry(reply, "removed", 'o', (const char *const *) o->result.removed);
+                if (r < 0)
+                        return r;
+        }
+        if (o->result.have_compare) {
+                r = sd_bus_message_append(reply, "{sv}{sv}{sv}", "equal", "b", (int) o->result.equal,
+                                          "size", "t", o->result.size, "other-size", "t", o->result.other_size);
+                if (r >= 0 && !o->result.equal)
+                        r = sd_bus_message_append(reply, "{sv}", "offset", "t", o->result.offset);
                 if (r < 0)
                         return r;
         }

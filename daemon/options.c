@@ -40,6 +40,10 @@ static const OptionDef option_defs[] = {
         { "file-set",                 "o",     OPT_FILE_SET },
         { "preallocation",            "s",     OPT_PREALLOCATION },
         { "compress",                 "b",     OPT_COMPRESS },
+        { "strict",                   "b",     OPT_STRICT },
+        { "target-is-zero",           "b",     OPT_TARGET_IS_ZERO },
+        { "source-top-only",          "b",     OPT_SOURCE_TOP_ONLY },
+        { "parent-name",              "s",     OPT_PARENT_NAME },
 };
 
 void options_done(Options *o, Trash *t) {
@@ -48,6 +52,7 @@ void options_done(Options *o, Trash *t) {
         free(o->comment);
         free(o->file_set);
         free(o->preallocation);
+        free(o->parent_name);
         if (o->format_options)
                 vdisk_strv_free(o->format_options);
         for (size_t i = 0; i < o->n_files; i++) {
@@ -343,6 +348,23 @@ int options_parse(sd_bus_message *m, uint32_t allowed, Options *o, sd_bus_error 
                         break;
                 case OPT_PERSIST:
                         r = read_bool(m, &o->persist);
+                        break;
+                case OPT_STRICT:
+                        r = read_bool(m, &o->strict);
+                        break;
+                case OPT_TARGET_IS_ZERO:
+                        r = read_bool(m, &o->target_is_zero);
+                        break;
+                case OPT_SOURCE_TOP_ONLY:
+                        r = read_bool(m, &o->source_top_only);
+                        break;
+                case OPT_PARENT_NAME:
+                        /* A name relative to the child's directory, as qemu
+                         * takes a backing name; vdiskd never opens it. */
+                        r = read_string(m, &o->parent_name);
+                        if (r >= 0 && (o->parent_name[0] == 0 || strlen(o->parent_name) > PARENT_NAME_MAX))
+                                r = set_error(error, SD_BUS_ERROR_INVALID_ARGS,
+                                              "Option 'parent-name' must be 1 to %u bytes", PARENT_NAME_MAX);
                         break;
                 case OPT_FILE_SET: {
                         const char *p;

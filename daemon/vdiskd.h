@@ -38,6 +38,7 @@
 #define COMMENT_MAX 255u                        /* image comments, bytes */
 #define SPARSE_SIZE_MAX (4u << 20)              /* Copy's sparse-size */
 #define DISPLAY_NAME_MAX 255u                   /* display-name option, bytes */
+#define PARENT_NAME_MAX 1023u                   /* CreateDiff's parent-name, bytes (qcow2 takes 1023) */
 /* What an Operation publishes, bounded (docs/dbus-api.md "Limits"). */
 #define ERROR_MESSAGE_MAX 1024u                 /* ErrorMessage, bytes */
 #define RESULT_MESSAGES_MAX 16u                 /* Result "messages": entries */
@@ -238,6 +239,11 @@ enum {
         OPT_FILE_SET            = 1u << 21,
         OPT_PREALLOCATION       = 1u << 22,
         OPT_COMPRESS            = 1u << 28,   /* Copy: compressed clusters */
+        /* Compare, CopyTo, CreateDiff (docs/dbus-api.md) */
+        OPT_STRICT              = 1u << 25,   /* Compare: sizes and allocation must match */
+        OPT_TARGET_IS_ZERO      = 1u << 26,   /* CopyTo: the target reads zeros already */
+        OPT_SOURCE_TOP_ONLY     = 1u << 27,   /* CopyTo: only the source's top (convert -n -B) */
+        OPT_PARENT_NAME         = 1u << 29,   /* CreateDiff: the parent name the child records */
 };
 
 typedef struct FileArg {
@@ -267,6 +273,9 @@ typedef struct Options {
          * fold it into format_options) */
         char *preallocation;
         int compress;           /* Copy: store compressed units (qemu-img convert -c) */
+        /* Compare, CopyTo, CreateDiff */
+        int strict, target_is_zero, source_top_only;
+        char *parent_name;      /* CreateDiff: recorded in the child as its parent's name */
 } Options;
 
 int options_parse(sd_bus_message *m, uint32_t allowed, Options *o, sd_bus_error *error);
@@ -423,6 +432,8 @@ typedef enum OpKind {
         OP_RESIZE,
         OP_CHECK,
         OP_REPAIR,
+        OP_COMPARE,             /* Disk.Compare: another Disk of the caller, read */
+        OP_COPY_TO,             /* Disk.CopyTo: another Disk of the caller, written */
         _OP_KIND_MAX,
 } OpKind;
 
@@ -449,6 +460,9 @@ typedef struct OpResult {
         bool have_report;
         vdisk_check_report report;
         char **removed;                  /* object paths, merge */
+        bool have_compare;               /* Compare: equal, offset, sizes */
+        bool equal;
+        uint64_t offset, size, other_size;
 } OpResult;
 
 struct Operation {
@@ -508,6 +522,15 @@ struct Operation {
         DiskInfo new_info;
         bool w_have_report;
         vdisk_check_report w_report;
+
+        /* Compare, CopyTo: the other Disk (ref; its `operation` is this one
+         * until the end, so nothing else runs on it), and what came out. */
+        Disk *other;
+        char *other_path;
+        DiskInfo other_info;             /* worker: the other disk after the work */
+        bool w_have_compare;             /* worker: the comparison ran to its end */
+        bool w_equal;
+        uint64_t w_offset, w_size, w_other_size;
 
         LIST_FIELDS(Operation, operations);
 };
@@ -655,6 +678,8 @@ int operation_new(Manager *m, OpKind kind, Disk *d, User *u, Operation **ret);
 Operation *operation_free(Operation *o);
 int operation_take_call(Operation *o, Call *c);
 int operation_start(Operation *o);          /* export + submit */
+/* Compare, CopyTo: the other Disk, idle (checked); busy with o from operation_start() on. */
+int operation_set_other(Operation *o, Disk *other);
 void operation_cancel_for_shutdown(Operation *o);
 void operation_abandon(Operation *o, unsigned stop_timeout_sec);   /* the stop bound passed: see manager.c */
 

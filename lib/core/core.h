@@ -44,6 +44,12 @@ struct vdisk_image {
         unit_entry units[UNIT_CACHE_N];
         uint64_t unit_clock;
         tc_budget *budget;      /* a reference: the disk's, or its own when opened alone */
+
+        /* vdisk_image_set_direct_fd(): the caller's O_DIRECT descriptor of the
+         * image's file (our duplicate), given to the io whenever the image is
+         * (or becomes, disk_make_writable) writable. */
+        bool have_direct;
+        int direct_fd;
 };
 
 struct vdisk_resolver {

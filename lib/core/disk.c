@@ -7,6 +7,9 @@
  */
 #include <stdarg.h>
 #include <stdio.h>
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -242,6 +245,61 @@ int disk_make_writable(vdisk_disk *d, unsigned level) {
         fresh->writable = 0;
         image_refresh(img);
         image_free(fresh);
+        if (img->have_direct) {
+                /* vdisk_image_set_direct_fd() checked it is the same file. */
+                r = vdisk_io_set_direct_fd(img->io, img->direct_fd);
+                if (r < 0)
+                        return r;
+        }
+        return 0;
+}
+
+int vdisk_image_set_direct_fd(vdisk_image *img, int fd) {
+        _cleanup_(disk_unlockp) vdisk_disk *l = NULL;
+        uint64_t dev, ino;
+        struct stat st;
+        int fl, copy, r;
+
+        if (!img)
+                return vdisk_error(-EINVAL, "invalid arguments");
+        if (img->disk)
+                l = disk_lock(img->disk);
+        if (fd < 0) {
+                if (img->have_direct) {
+                        if (img->writable)
+                                io_drop_direct_fd(img->io);
+                        close(img->direct_fd);
+                        img->have_direct = false;
+                }
+                return 0;
+        }
+        fl = fcntl(fd, F_GETFL);
+        if (fl < 0 || !(fl & O_DIRECT) || (fl & (O_PATH | O_APPEND)) || (fl & O_ACCMODE) == O_RDONLY)
+                return vdisk_error(-EINVAL, "%s: the direct descriptor must be open for writing with O_DIRECT "
+                                   "and without O_APPEND", vdisk_io_name(img->io));
+        r = vdisk_io_get_file_id(img->io, &dev, &ino);
+        if (r < 0)
+                return r;
+        if (fstat(fd, &st) < 0)
+                return vdisk_error(-errno, "%s: cannot stat the direct descriptor: %m", vdisk_io_name(img->io));
+        if (!S_ISREG(st.st_mode) || (uint64_t) st.st_dev != dev || (uint64_t) st.st_ino != ino)
+                return vdisk_error(-EBADF, "%s: the direct descriptor is not the same file", vdisk_io_name(img->io));
+        if (img->writable) {
+                r = vdisk_io_set_direct_fd(img->io, fd);
+                if (r < 0)
+                        return r;
+        }
+        copy = fcntl(fd, F_DUPFD_CLOEXEC, 3);
+        if (copy < 0) {
+                r = vdisk_error(-errno, "%s: cannot duplicate the direct descriptor: %m", vdisk_io_name(img->io));
+                if (img->writable)
+                        io_drop_direct_fd(img->io);
+                return r;
+        }
+        if (img->have_direct)
+                close(img->direct_fd);
+        img->direct_fd = copy;
+        img->have_direct = true;
         return 0;
 }
 

@@ -1,5 +1,6 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
 /* One layer of a chain: a backend, its state and its file. */
+#include <unistd.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -209,6 +210,8 @@ int image_close(vdisk_image *img) {
         free(img->state);
         free(img->comment_cache);
         files_free(img->files);
+        if (img->have_direct)
+                close(img->direct_fd);
         tc_budget_unref(img->budget);
         vdisk_io_unref(img->io);
         free(img);

@@ -694,6 +694,24 @@ int vdisk_io_set_direct_fd(vdisk_io *io, int fd) {
         return 0;
 }
 
+void io_drop_direct_fd(vdisk_io *io) {
+        fd_io *f;
+
+        if (!io || io->kind != IO_KIND_FD)
+                return;
+        f = io->user;
+        pthread_rwlock_wrlock(&f->dlock);
+        if (f->wq) {   /* writes in flight name the descriptor */
+                pthread_mutex_lock(&f->wq->lock);
+                wq_reap(f, f->wq, f->wq->n_busy);
+                pthread_mutex_unlock(&f->wq->lock);
+        }
+        if (f->dfd >= 0)
+                close(f->dfd);
+        f->dfd = -1;
+        pthread_rwlock_unlock(&f->dlock);
+}
+
 int vdisk_io_get_file_id(vdisk_io *io, uint64_t *ret_dev, uint64_t *ret_ino) {
         io_identity id;
         int r;

@@ -98,6 +98,10 @@ int io_get_identity(vdisk_io *io, io_identity *ret);
 static inline bool io_identity_equal(const io_identity *a, const io_identity *b) {
         return a->dev == b->dev && a->ino == b->ino;
 }
+/* For a fd io: stops using its O_DIRECT twin (vdisk_io_set_direct_fd),
+ * after the writes in flight through it; writes go through the io's own
+ * descriptor again. Nothing for other ios. */
+void io_drop_direct_fd(vdisk_io *io);
 /* For a fd io: is [offset, offset+len) known to be a hole in the host file? */
 int io_is_hole(vdisk_io *io, uint64_t offset, uint64_t len);
 

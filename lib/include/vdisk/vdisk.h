@@ -579,6 +579,17 @@ int vdisk_image_set_pchs(vdisk_image *img, const vdisk_geometry *g);
 int vdisk_image_set_lchs(vdisk_image *img, const vdisk_geometry *g);
 int vdisk_image_set_flags(vdisk_image *img, uint32_t flags);   /* only ZERO_EXPAND is changeable */
 
+/* Gives an image of a disk the caller's descriptor of its file opened with
+ * O_DIRECT for writing: what vdisk_io_set_direct_fd() does for a new image,
+ * for an image an operation writes into (merge's target, compact, copy
+ * into an existing disk), which a service handed descriptors cannot reopen.
+ * Used now if the image is writable, or when an operation reopens it
+ * writable. `fd` is duplicated. -EINVAL if it is not open for writing with
+ * O_DIRECT (or has O_APPEND); -EBADF if it is another file. fd -1 takes it
+ * away again (writes go through the image's own descriptor). Only the
+ * image's main file: companion files are written through their own. */
+int vdisk_image_set_direct_fd(vdisk_image *img, int fd);
+
 /* Records the parent's file name and format in a child (a relink, like
  * qemu-img rebase -u); -EOPNOTSUPP for formats that link by UUID only. The
  * name is relative to the child's directory (or absolute), as qemu takes a
@@ -762,6 +773,27 @@ enum {
  * closed and left incomplete: the caller removes the file. */
 int vdisk_copy(vdisk_disk *src, vdisk_disk *dst, vdisk_io *dst_io, const char *format,
                const vdisk_copy_opts *opts, vdisk_progress *p);
+
+/* vdisk_copy_into() flags */
+enum {
+        /* The destination reads zeros everywhere already (qemu-img convert
+         * -n --target-is-zero): source holes are not looked at in it. */
+        VDISK_COPY_INTO_TARGET_ZERO = 1u << 0,
+        /* convert -n -B: the destination's parents hold what the source's
+         * parents hold. Only what the source's top image defines is
+         * copied, and data the destination reads already is not rewritten. */
+        VDISK_COPY_INTO_TOP_ONLY = 1u << 1,
+};
+
+/* Copies the content of `src` into the existing disk `dst` (qemu-img convert
+ * -n): into dst's top image, which is made writable and must be at least
+ * src's size (-EINVAL otherwise); dst keeps its format, size and parents.
+ * Both sides' block status is asked for every range, so a range both read
+ * as zeros costs two metadata lookups however large it is; where dst holds
+ * data under a source hole, it is made to read zeros. dst is flushed at the
+ * end (a failed flush fails the copy). On failure or cancel dst holds a mix
+ * of its old content and the source's: the caller says so. */
+int vdisk_copy_into(vdisk_disk *src, vdisk_disk *dst, uint32_t flags, vdisk_progress *p);
 
 /* VDMerge: the data of images `from`..`to` ends up in `to`; the images strictly
  * between them and `from` itself leave the chain (closed, files untouched and

@@ -1,0 +1,222 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/* Copy into an existing disk (qemu-img convert -n): the source's content
+ * goes into the destination's top image, which keeps its format, its size
+ * and its parents.
+ *
+ * Both sides' block status is asked for every range, so the cost follows the
+ * data of either side, not the virtual size: a range the source reads as
+ * zeros costs two block status calls where the destination reads zeros too,
+ * however large it is (a 15 TiB hole over a hole is ~15,000 lookups of at
+ * most OP_STATUS_SPAN each). Where the destination holds data under a source
+ * hole, that range is made to read zeros with the format's zero marker where
+ * it has one (rw_write_zeroes). Source data is read and written a buffer at
+ * a time; a buffer that turns out to be all zeros is treated like a hole.
+ *
+ * Each step takes one disk's lock alone (never both), as compare does; both
+ * disks are registered as running a shared operation for the whole copy, so
+ * neither chain changes under it. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/core.h"
+
+typedef struct into_side {
+        vdisk_disk *d;
+        unsigned top;
+        uint64_t size;
+        bool registered;
+} into_side;
+
+static int into_begin(into_side *s, bool write) {
+        _cleanup_(disk_unlockp) _unused_ vdisk_disk *l = disk_lock(s->d);
+        int r;
+
+        r = disk_op_top(s->d, &s->top);
+        if (r < 0)
+                return r;
+        for (unsigned i = 0; i <= s->top; i++)
+                if (s->d->images[i]->info_only)
+                        return vdisk_error(-EPERM, "%s: opened for information only",
+                                           vdisk_io_name(s->d->images[i]->io));
+        if (write) {
+                if (s->top + 1 != s->d->n)
+                        return vdisk_error(-EBUSY, "%s: a copy is still writing the top image",
+                                           vdisk_io_name(s->d->images[s->d->n - 1]->io));
+                if (s->d->top_leaving)
+                        return vdisk_error(-EBUSY, "%s: a merge is moving this image's data into its parent",
+                                           vdisk_io_name(s->d->images[s->top]->io));
+                r = disk_make_writable(s->d, s->top);
+                if (r < 0)
+                        return r;
+        }
+        r = disk_op_begin(s->d, OP_SHARED, s->top);
+        if (r < 0)
+                return r;
+        s->registered = true;
+        s->size = s->d->images[s->top]->size;
+        return 0;
+}
+
+static void into_end(into_side *s) {
+        if (!s->registered)
+                return;
+        pthread_mutex_lock(&s->d->lock);
+        disk_op_end(s->d, OP_SHARED, s->top);
+        pthread_mutex_unlock(&s->d->lock);
+        s->registered = false;
+}
+
+static int into_status(into_side *s, uint64_t offset, uint64_t len, vdisk_extent *ret) {
+        _cleanup_(disk_unlockp) _unused_ vdisk_disk *l = disk_lock(s->d);
+
+        return rw_status(s->d, 0, s->top, offset, len, ret);
+}
+
+static int into_read(into_side *s, void *buf, size_t len, uint64_t offset) {
+        _cleanup_(disk_unlockp) _unused_ vdisk_disk *l = disk_lock(s->d);
+
+        return rw_read(s->d, s->top, buf, len, offset);
+}
+
+static int into_write(into_side *s, const void *buf, size_t len, uint64_t offset) {
+        _cleanup_(disk_unlockp) _unused_ vdisk_disk *l = disk_lock(s->d);
+
+        return rw_write(s->d, s->top, buf, len, offset);
+}
+
+static bool extent_reads_zero(const vdisk_extent *e) {
+        return (e->flags & VDISK_EXTENT_ZERO) && !(e->flags & VDISK_EXTENT_DATA);
+}
+
+/* [offset, offset+len) of the destination must read zeros: nothing to do
+ * where it does already; elsewhere zeroed a buffer's length per lock hold. */
+static int into_zero(into_side *dst, uint64_t offset, uint64_t len, uint32_t flags, vdisk_progress *p) {
+        while (len > 0) {
+                vdisk_extent e;
+                uint64_t n;
+                int r;
+
+                if (flags & VDISK_COPY_INTO_TARGET_ZERO)
+                        n = len;
+                else {
+                        r = into_status(dst, offset, len, &e);
+                        if (r < 0)
+                                return r;
+                        n = e.length > 0 && e.length <= len ? e.length : len;
+                        if (!extent_reads_zero(&e)) {
+                                _cleanup_(disk_unlockp) _unused_ vdisk_disk *l = NULL;
+
+                                n = MIN(n, (uint64_t) OP_BUFFER_SIZE);
+                                l = disk_lock(dst->d);
+                                r = rw_write_zeroes(dst->d, dst->top, (int) dst->top - 1, offset, n);
+                                if (r < 0)
+                                        return r;
+                        }
+                }
+                r = progress_add(p, n);
+                if (r < 0)
+                        return r;
+                offset += n;
+                len -= n;
+        }
+        return 0;
+}
+
+static int into_run(into_side *src, into_side *dst, uint32_t flags, vdisk_progress *p) {
+        _cleanup_free_ uint8_t *buf = NULL, *dbuf = NULL;
+        uint64_t size = src->size, offset = 0;
+        int r;
+
+        progress_set_total(p, size);
+        buf = malloc(OP_BUFFER_SIZE);
+        if (!buf)
+                return vdisk_error(-ENOMEM, "out of memory");
+
+        while (offset < size) {
+                vdisk_extent e;
+                uint64_t step;
+                size_t n;
+                bool write = true;
+
+                r = into_status(src, offset, MIN(size - offset, OP_STATUS_SPAN), &e);
+                if (r < 0)
+                        return r;
+                step = e.length > 0 && e.length <= size - offset ? e.length : size - offset;
+
+                if ((flags & VDISK_COPY_INTO_TOP_ONLY) && e.depth != 0) {
+                        /* Defined by the source's parents (or by nothing):
+                         * the destination's parents hold that already. */
+                        r = progress_add(p, step);
+                        if (r < 0)
+                                return r;
+                        offset += step;
+                        continue;
+                }
+                if (extent_reads_zero(&e)) {
+                        r = into_zero(dst, offset, step, flags, p);
+                        if (r < 0)
+                                return r;
+                        offset += step;
+                        continue;
+                }
+                n = (size_t) MIN(step, (uint64_t) OP_BUFFER_SIZE);
+                r = into_read(src, buf, n, offset);
+                if (r < 0)
+                        return r;
+                if (!(flags & VDISK_COPY_INTO_TOP_ONLY) && mem_is_zero(buf, n)) {
+                        r = into_zero(dst, offset, n, flags, p);
+                        if (r < 0)
+                                return r;
+                        offset += n;
+                        continue;
+                }
+                if (flags & VDISK_COPY_INTO_TOP_ONLY) {
+                        /* convert -n -B: data the destination reads already is
+                         * not rewritten. */
+                        if (!dbuf && !(dbuf = malloc(OP_BUFFER_SIZE)))
+                                return vdisk_error(-ENOMEM, "out of memory");
+                        r = into_read(dst, dbuf, n, offset);
+                        if (r < 0)
+                                return r;
+                        write = memcmp(buf, dbuf, n) != 0;
+                }
+                if (write) {
+                        r = into_write(dst, buf, n, offset);
+                        if (r < 0)
+                                return r;
+                }
+                r = progress_add(p, n);
+                if (r < 0)
+                        return r;
+                offset += n;
+        }
+        return 0;
+}
+
+int vdisk_copy_into(vdisk_disk *src, vdisk_disk *dst, uint32_t flags, vdisk_progress *p) {
+        into_side s = { .d = src }, t = { .d = dst };
+        int r;
+
+        if (!src || !dst || src == dst)
+                return vdisk_error(-EINVAL, "invalid arguments");
+        if (flags & ~(uint32_t) (VDISK_COPY_INTO_TARGET_ZERO | VDISK_COPY_INTO_TOP_ONLY))
+                return vdisk_error(-EINVAL, "unknown copy flags 0x%" PRIx32, flags);
+        if (src->n == 0 || dst->n == 0)
+                return vdisk_error(-EINVAL, "the container is empty");
+        r = into_begin(&s, false);
+        if (r >= 0)
+                r = into_begin(&t, true);
+        if (r >= 0 && t.size < s.size)
+                r = vdisk_error(-EINVAL, "%s: the target is smaller than the source (%" PRIu64 " < %" PRIu64
+                                " bytes)", vdisk_io_name(dst->images[t.top]->io), t.size, s.size);
+        if (r >= 0)
+                r = into_run(&s, &t, flags, p);
+        into_end(&s);
+        into_end(&t);
+        /* Only a final flush makes the copy a success. */
+        if (r >= 0)
+                r = vdisk_disk_flush(dst);
+        if (r >= 0)
+                progress_finish(p);
+        return r;
+}
