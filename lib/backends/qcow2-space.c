@@ -396,10 +396,24 @@ static int zero_tail(qcow2_state *s, uint64_t new_size) {
         return io_flush(s->io);
 }
 
+/* The resize proper; the header switches at one point (s->size follows). */
+static int resize_switch(qcow2_state *s, uint64_t new_size, uint32_t need) {
+        bool written;
+        int r;
+
+        if (new_size < s->size)
+                return shrink(s, new_size, need);
+        r = zero_tail(s, new_size);
+        if (r < 0)
+                return r;
+        if (need > s->l1_size)
+                return grow_l1(s, new_size, need);
+        return write_header_size(s, new_size, s->l1_size, s->l1_offset, &written);
+}
+
 int qcow2_resize(void *state, uint64_t new_size, vdisk_progress *p) {
         qcow2_state *s = state;
         uint64_t need = DIV_ROUND_UP(new_size, s->l2_coverage);
-        bool written;
         int r;
 
         assert(s->writable);
@@ -408,24 +422,22 @@ int qcow2_resize(void *state, uint64_t new_size, vdisk_progress *p) {
                                    " bytes", new_size, QCOW2_L1_MAX_BYTES);
         if (new_size < s->size && s->nb_snapshots > 0)
                 return vdisk_error(-EOPNOTSUPP, "qcow2: an image with internal snapshots cannot shrink");
-        if (s->nb_bitmaps > 0)
-                /* their tables would have to follow the size (qemu resizes
-                 * them); refused before anything changes */
-                return vdisk_error(-EOPNOTSUPP, "qcow2: resizing an image with persistent bitmaps is not "
-                                   "supported yet");
         r = qcow2_mark_dirty(s);
         if (r >= 0)
                 r = qcow2_flush(s);
         if (r < 0)
                 return r;
-        if (new_size < s->size)
-                return shrink(s, new_size, (uint32_t) need);
-        r = zero_tail(s, new_size);
+        if (s->nb_bitmaps == 0 || new_size == s->size)
+                return resize_switch(s, new_size, (uint32_t) need);
+        /* persistent bitmaps follow the size: their new tables first (marked
+         * in use), then the switch, then the marks cleared (or, when the
+         * header still says the old size, the old tables put back) */
+        r = qcow2_bitmaps_resize_begin(s, new_size);
         if (r < 0)
                 return r;
-        if (need > s->l1_size)
-                return grow_l1(s, new_size, (uint32_t) need);
-        return write_header_size(s, new_size, s->l1_size, s->l1_offset, &written);
+        r = resize_switch(s, new_size, (uint32_t) need);
+        (void) qcow2_bitmaps_resize_end(s, s->size == new_size);
+        return r;
 }
 
 /* ---------------------------------------------------------------- compact */
