@@ -42,6 +42,8 @@
  * vdisk_check counts every reference, qemu-img check too; and
  * qcow2-amend-*: the refcount width rewritten, compat=0.10 over zero
  * clusters), run by VDISK_CRASH_FORMAT=qcow2 (test crash-qcow2) only;
+ * qcow2-discard-subclusters (extended L2: whole subclusters discarded, a
+ * cluster freed once none is left, then written again);
  * qcow2-resize-bitmaps (512-byte clusters, an enabled and a disabled
  * bitmap, grown so that a table grows: each bitmap in use or consistent
  * with the size the header says, the grown range clean but for the one
@@ -95,6 +97,7 @@ static const char *const vmdk_gt_on_demand[] = { "gt_on_demand", "on", NULL };
  * refcount block covers 32 KiB of the file: the writes make new blocks) */
 static const char *const qcow2_64k[] = { "cluster_size", "65536", NULL };
 static const char *const qcow2_512_rb64[] = { "cluster_size", "512", "refcount_bits", "64", NULL };
+static const char *const qcow2_extl2[] = { "cluster_size", "65536", "extended_l2", "on", NULL };
 static const char *const vmdk_zeroed_grain[] = { "zeroed_grain", "on", NULL };
 
 /* The format of the scenario running: scenario.fmt, else crash_fmt. */
@@ -904,6 +907,23 @@ static int op_qcow2_discard(scenario *sc, wl *w) {
         return 0;
 }
 
+/* Extended L2 (2 KiB subclusters): whole subclusters discarded (L2 entry,
+ * then the refcount of a cluster left with none), pieces of subclusters
+ * zeroed, then a write into the freed cluster. */
+static int op_qcow2_discard_subclusters(scenario *sc, wl *w) {
+        rng r;
+
+        rng_seed(&r, 45);
+        TRY(wl_discard(w, 2 * BLOCK + 2 * KiB, 8 * KiB));                /* subclusters 1-4 */
+        TRY(wl_discard(w, 5 * BLOCK + 32 * KiB, 32 * KiB));              /* half a cluster ... */
+        TRY(wl_discard(w, 5 * BLOCK, 32 * KiB));                         /* ... the rest: freed */
+        TRY(wl_discard(w, 62 * KiB + 512, 4 * KiB));                     /* pieces and one across */
+        TRY(wl_flush(w));
+        TRY(wl_write_random(w, &r, 4 * KiB, 5 * BLOCK + 8 * KiB));       /* into the freed cluster */
+        TRY(wl_flush(w));
+        return 0;
+}
+
 /* (d) resize */
 
 static void build_resize_base(scenario *sc) {
@@ -1380,6 +1400,9 @@ static scenario scenarios[] = {
          * clusters moved down, the file cut). */
         { .name = "qcow2-discard", .fmt = "qcow2", .opts = qcow2_64k, .max_crash_seeds = 1, .faulted = 0,
           .qemu = 1, .qemu_every = 8, .per_sector = 1, .build = build_writes_base, .op = op_qcow2_discard },
+        { .name = "qcow2-discard-subclusters", .fmt = "qcow2", .opts = qcow2_extl2, .max_crash_seeds = 1,
+          .faulted = 0, .qemu = 1, .qemu_every = 4, .per_sector = 1, .build = build_writes_base,
+          .op = op_qcow2_discard_subclusters },
         { .name = "qcow2-resize", .fmt = "qcow2", .opts = qcow2_512_rb64, .max_crash_seeds = 1, .faulted = 0,
           .qemu = 1, .qemu_every = 2, .build = build_resize_base, .op = op_resize, .after_success = after_resize },
         /* ... with persistent bitmaps: their tables follow the size (new
