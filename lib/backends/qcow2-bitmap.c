@@ -572,8 +572,14 @@ static int write_entry_table(qcow2_state *s, const qcow2_bitmap *b, uint64_t tab
         return io_pwrite(s->io, e, sizeof e, s->bm_dir_offset + b->dir_pos);
 }
 
+/* A bitmap a resize marked in use whose entry is final: the resize ended
+ * (its new table is the bitmap's) and the entry fits the disk's size. */
+static bool resize_done(const qcow2_state *s, const qcow2_bitmap *b) {
+        return b->resize_marked && b->new_table_offset == 0 && b->table_size == table_entries(s, b->gran_bits);
+}
+
 /* Clears the in_use marks a resize left (a failed write after the switch)
- * on the bitmaps whose entries match the disk's size. */
+ * on the bitmaps whose entries are final; never inside the resize's window. */
 static int resize_unmark(qcow2_state *s) {
         bool any = false;
         int r;
@@ -581,7 +587,7 @@ static int resize_unmark(qcow2_state *s) {
         for (uint32_t i = 0; i < s->nb_bitmaps; i++) {
                 qcow2_bitmap *b = &s->bm[i];
 
-                if (!b->resize_marked || b->table_size != table_entries(s, b->gran_bits))
+                if (!resize_done(s, b))
                         continue;
                 r = write_flags(s, b, b->flags);
                 if (r < 0)
@@ -594,7 +600,7 @@ static int resize_unmark(qcow2_state *s) {
         if (r < 0)
                 return r;
         for (uint32_t i = 0; i < s->nb_bitmaps; i++)
-                if (s->bm[i].resize_marked && s->bm[i].table_size == table_entries(s, s->bm[i].gran_bits))
+                if (resize_done(s, &s->bm[i]))
                         s->bm[i].resize_marked = false;
         return 0;
 }
