@@ -154,6 +154,10 @@ typedef struct image_layout {
          * variants are not (a VMDK streamOptimized image the backend is
          * creating): the core treats it as the flag of the backend. */
         uint32_t flags;
+        /* discard() also takes whole multiples of it inside a zero unit, one
+         * zero unit at most per call (qcow2 subclusters); 0 = whole zero
+         * units only */
+        uint64_t discard_unit;
 } image_layout;
 
 /* vdisk_backend.flags */
@@ -529,7 +533,9 @@ typedef struct vdisk_backend {
         uint32_t prealloc_flags;
         /* Discards whole zero units [offset, offset+len) (aligned as for
          * mark_zero; the core calls it for one unit at a time, whatever
-         * the unit holds) so that they keep no host space: afterwards
+         * the unit holds; with layout.discard_unit also whole sub-units
+         * within one unit, the last one possibly cut by the image's end)
+         * so that they keep no host space: afterwards
          * they read as zeros, as after mark_zero (never the parent's data;
          * in an image without a parent, unallocated), and the space they
          * held is given back at the next flush, after the table entries

@@ -97,6 +97,7 @@ static void bm_free_all(qcow2_state *s) {
                 free(s->bm[i].name);
                 free(s->bm[i].extra);
                 free(s->bm[i].bits);
+                free(s->bm[i].new_bits);
         }
         free(s->bm);
         s->bm = NULL;
@@ -481,6 +482,8 @@ static int write_content(qcow2_state *s, const qcow2_bitmap *b, uint64_t *ret_ta
         return append_clusters(s, t, n * 8, ret_table);
 }
 
+static int resize_unmark(qcow2_state *s);
+
 /* Writes back every bitmap whose content changed, then clears the in_use
  * marks of the first write (see the top of the file). */
 int qcow2_bitmaps_flush(qcow2_state *s) {
@@ -488,7 +491,7 @@ int qcow2_bitmaps_flush(qcow2_state *s) {
         int r;
 
         for (uint32_t i = 0; i < s->nb_bitmaps; i++)
-                any = any || s->bm[i].dirty;
+                any = any || s->bm[i].dirty || s->bm[i].resize_marked;
         if (!any && !s->bm_marked)
                 return 0;
         /* new content and tables, durable with their refcounts */
@@ -554,6 +557,232 @@ int qcow2_bitmaps_flush(qcow2_state *s) {
                         return r;
                 s->bm_marked = false;
         }
+        return resize_unmark(s);
+}
+
+/* ---------------------------------------------------------------- resize */
+
+/* Writes the table pointer of b's directory entry in place (offset and
+ * size, 12 bytes of an 8-aligned entry). */
+static int write_entry_table(qcow2_state *s, const qcow2_bitmap *b, uint64_t table_offset, uint32_t table_size) {
+        uint8_t e[12];
+
+        put_be64(e, table_offset);
+        put_be32(e + 8, table_size);
+        return io_pwrite(s->io, e, sizeof e, s->bm_dir_offset + b->dir_pos);
+}
+
+/* A bitmap a resize marked in use whose entry is final: the resize ended
+ * (its new table is the bitmap's) and the entry fits the disk's size. */
+static bool resize_done(const qcow2_state *s, const qcow2_bitmap *b) {
+        return b->resize_marked && b->new_table_offset == 0 && b->table_size == table_entries(s, b->gran_bits);
+}
+
+/* Clears the in_use marks a resize left (a failed write after the switch)
+ * on the bitmaps whose entries are final; never inside the resize's window. */
+static int resize_unmark(qcow2_state *s) {
+        bool any = false;
+        int r;
+
+        for (uint32_t i = 0; i < s->nb_bitmaps; i++) {
+                qcow2_bitmap *b = &s->bm[i];
+
+                if (!resize_done(s, b))
+                        continue;
+                r = write_flags(s, b, b->flags);
+                if (r < 0)
+                        return r;
+                any = true;
+        }
+        if (!any)
+                return 0;
+        r = io_flush(s->io);
+        if (r < 0)
+                return r;
+        for (uint32_t i = 0; i < s->nb_bitmaps; i++)
+                if (resize_done(s, &s->bm[i]))
+                        s->bm[i].resize_marked = false;
+        return 0;
+}
+
+/* The content of b for a disk of new_size bytes: the bits of the range both
+ * sizes share, none past it (qemu-img 7.2 leaves a grown range clean and
+ * drops what a shrink cuts off). */
+static int resized_bits(qcow2_state *s, qcow2_bitmap *b, uint64_t new_size, uint8_t **ret, uint64_t *ret_len) {
+        uint64_t nbits = DIV_ROUND_UP(new_size, bm_granularity(b)), len = DIV_ROUND_UP(nbits, UINT64_C(8));
+        bool loaded = b->bits != NULL;
+        uint8_t *v = NULL;
+        int r;
+
+        r = load_bits(s, b);
+        if (r < 0)
+                return r;
+        if (len > QCOW2_BITMAP_MEM_MAX - s->bm_mem)
+                r = vdisk_error(-E2BIG, "qcow2: bitmap '%.64s' (%" PRIu64 " bytes for the new size) does not fit "
+                                "in the %" PRIu64 " bytes of memory for bitmaps", b->name, len,
+                                QCOW2_BITMAP_MEM_MAX);
+        else if (!(v = calloc(1, len ? len : 1)))
+                r = -ENOMEM;
+        if (r >= 0) {
+                memcpy(v, b->bits, (size_t) MIN(len, b->bits_len));
+                if (nbits % 8)
+                        v[len - 1] &= (uint8_t) ((1u << (nbits % 8)) - 1);
+                *ret = v;
+                *ret_len = len;
+        }
+        if (!loaded) {
+                s->bm_mem -= b->bits_len;
+                b->bits = mfree(b->bits);
+                b->bits_len = 0;
+        }
+        return r;
+}
+
+int qcow2_bitmaps_resize_begin(qcow2_state *s, uint64_t new_size) {
+        int r;
+
+        assert(!s->bm_marked);
+        for (uint32_t i = 0; i < s->nb_bitmaps; i++)
+                if (!bm_usable(&s->bm[i]))
+                        /* qemu-img: "Bitmap '...' is inconsistent and cannot be used" */
+                        return vdisk_error(-EUCLEAN, "qcow2: bitmap '%.64s' is inconsistent (in use) or of a kind "
+                                           "this program does not know: remove it before resizing", s->bm[i].name);
+        /* 1. the new content and tables, durable with their refcounts */
+        for (uint32_t i = 0; i < s->nb_bitmaps; i++) {
+                qcow2_bitmap *b = &s->bm[i], tmp = { .name = b->name };
+
+                r = resized_bits(s, b, new_size, &tmp.bits, &tmp.bits_len);
+                if (r < 0)
+                        goto fail;
+                r = write_content(s, &tmp, &b->new_table_offset);
+                if (r < 0) {
+                        free(tmp.bits);
+                        goto fail;
+                }
+                b->new_table_size = (uint32_t) DIV_ROUND_UP(tmp.bits_len, s->cluster_size);
+                if (b->tracking) {
+                        b->new_bits = tmp.bits;
+                        b->new_bits_len = tmp.bits_len;
+                        s->bm_mem += tmp.bits_len;
+                } else
+                        free(tmp.bits);
+        }
+        r = qcow2_flush_refcounts(s);
+        if (r >= 0)
+                r = io_flush(s->io);
+        if (r < 0)
+                goto fail;
+        /* 2. in_use: from here until the header says the new size, the
+         * entries may not match it (as qemu's bitmaps stay in use while it
+         * has the image open) */
+        for (uint32_t i = 0; i < s->nb_bitmaps; i++) {
+                s->bm[i].resize_marked = true;
+                r = write_flags(s, &s->bm[i], s->bm[i].flags | BME_IN_USE);
+                if (r < 0)
+                        goto fail;
+        }
+        r = io_flush(s->io);
+        if (r < 0)
+                goto fail;
+        /* 3. the entries point at the new tables */
+        for (uint32_t i = 0; i < s->nb_bitmaps; i++) {
+                r = write_entry_table(s, &s->bm[i], s->bm[i].new_table_offset, s->bm[i].new_table_size);
+                if (r < 0)
+                        goto fail;
+        }
+        r = io_flush(s->io);
+        if (r < 0)
+                goto fail;
+        return 0;
+fail:
+        (void) qcow2_bitmaps_resize_end(s, false);
+        return r;
+}
+
+/* Not switched: the old entries and flags back, the new tables freed. What
+ * cannot be put back stays in use (on disk and here): the bitmap is lost,
+ * as after a crash. */
+static void resize_rollback(qcow2_state *s) {
+        bool marked = false;
+        int r = 0;
+
+        for (uint32_t i = 0; i < s->nb_bitmaps; i++) {
+                qcow2_bitmap *b = &s->bm[i];
+
+                if (!b->resize_marked)
+                        continue;
+                marked = true;
+                r = write_entry_table(s, b, b->table_offset, b->table_size);
+                if (r >= 0)
+                        r = write_flags(s, b, b->flags);
+                if (r < 0)
+                        break;
+        }
+        if (marked && r >= 0)
+                r = io_flush(s->io);
+        for (uint32_t i = 0; i < s->nb_bitmaps; i++) {
+                qcow2_bitmap *b = &s->bm[i];
+
+                if (b->new_bits) {
+                        s->bm_mem -= b->new_bits_len;
+                        b->new_bits = mfree(b->new_bits);
+                        b->new_bits_len = 0;
+                }
+                if (b->resize_marked && r < 0) {
+                        b->flags |= BME_IN_USE;
+                        b->tracking = false;
+                        if (b->bits) {
+                                s->bm_mem -= b->bits_len;
+                                b->bits = mfree(b->bits);
+                                b->bits_len = 0;
+                        }
+                        b->dirty = false;
+                } else if (b->new_table_offset && free_table(s, b->new_table_offset, b->new_table_size, b->name) < 0)
+                        vdisk_clear_error();    /* they leak */
+                b->resize_marked = false;
+                b->new_table_offset = 0;
+                b->new_table_size = 0;
+        }
+        if (qcow2_flush_refcounts(s) < 0)
+                vdisk_clear_error();
+        vdisk_clear_error();
+}
+
+int qcow2_bitmaps_resize_end(qcow2_state *s, bool switched) {
+        int r;
+
+        if (!switched) {
+                resize_rollback(s);
+                return 0;
+        }
+        /* the header says the new size: the new tables are the bitmaps' */
+        for (uint32_t i = 0; i < s->nb_bitmaps; i++) {
+                qcow2_bitmap *b = &s->bm[i];
+                uint64_t old_off = b->table_offset;
+                uint32_t old_size = b->table_size;
+
+                b->table_offset = b->new_table_offset;
+                b->table_size = b->new_table_size;
+                b->new_table_offset = 0;
+                b->new_table_size = 0;
+                if (b->bits) {
+                        s->bm_mem -= b->bits_len;
+                        free(b->bits);
+                }
+                b->bits = TAKE_PTR(b->new_bits);
+                b->bits_len = b->new_bits_len;
+                b->new_bits_len = 0;
+                /* the old table and clusters: nothing points at them since 3. */
+                if (free_table(s, old_off, old_size, b->name) < 0)
+                        vdisk_clear_error();    /* they leak */
+        }
+        /* 4. the marks cleared (should that fail, the next flush tries again:
+         * the resize is done all the same) */
+        r = resize_unmark(s);
+        if (r >= 0)
+                r = qcow2_flush_refcounts(s);
+        if (r < 0)
+                vdisk_clear_error();
         return 0;
 }
 

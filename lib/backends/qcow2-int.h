@@ -229,6 +229,15 @@ typedef struct qcow2_bitmap {
         uint8_t *bits;                  /* content, when loaded (bits_len bytes) */
         uint64_t bits_len;
         bool dirty;                     /* bits differ from what the file holds */
+
+        /* resize (qcow2_bitmaps_resize_begin/_end): the table and content
+         * made for the new size; in_use set on disk by the resize (cleared
+         * once the entry matches the disk's size again) */
+        uint64_t new_table_offset;
+        uint32_t new_table_size;
+        uint8_t *new_bits;              /* tracking bitmaps only */
+        uint64_t new_bits_len;
+        bool resize_marked;
 } qcow2_bitmap;
 
 /* qcow2-bitmap.c */
@@ -241,3 +250,10 @@ int qcow2_bitmaps_count(qcow2_state *s, qcow2_ref_fn ref, void *ctx, vdisk_check
 int qcow2_list_bitmaps(void *state, vdisk_bitmap **ret, size_t *ret_n);
 int qcow2_bitmap_read(void *state, const char *name, uint8_t **ret, size_t *ret_len, uint64_t *ret_granularity);
 int qcow2_bitmap_change(void *state, const vdisk_bitmap_change *c);
+/* Resize with bitmaps: begin writes every bitmap's table and content for
+ * new_size and points the directory at them with the bitmaps marked in use
+ * (refused, before anything changes, when one is in use or of an unknown
+ * kind); end, once the header says the new size (switched) or not, clears
+ * the marks and frees the old tables, or puts the old ones back. */
+int qcow2_bitmaps_resize_begin(qcow2_state *s, uint64_t new_size);
+int qcow2_bitmaps_resize_end(qcow2_state *s, bool switched);

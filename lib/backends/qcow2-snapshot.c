@@ -417,6 +417,12 @@ int qcow2_snapshot_apply(void *state, size_t i) {
         uint8_t h[HDR_SIZE];
         int r;
 
+        /* qemu-img 7.2 refuses any image with persistent bitmaps, enabled
+         * or not ("Device has active dirty bitmaps"): the snapshot's content
+         * would change the disk behind them. Refused before anything changes. */
+        if (s->nb_bitmaps > 0)
+                return vdisk_error(-EBUSY, "qcow2: cannot apply a snapshot to an image with persistent bitmaps "
+                                   "(%" PRIu32 "): remove them first", s->nb_bitmaps);
         r = begin(s);
         if (r < 0)
                 return r;

@@ -160,6 +160,53 @@ static int trim_tail(qcow2_state *s) {
 
 /* ---------------------------------------------------------------- discard */
 
+/* Whole subclusters [offset, offset+len) of one cluster (extended L2, not
+ * the whole cluster): their allocation bits cleared, their zero bits set
+ * over a backing file (the parent must not show through) and cleared
+ * without one; a cluster left with no allocated subcluster gives up its
+ * host cluster (the entry's offset goes, the zero bits stay). The L2 entry
+ * (16 aligned bytes) is written before the refcount drops (at the next
+ * flush): a crash leaks, never corrupts. */
+static int discard_subclusters(qcow2_state *s, uint64_t offset, uint64_t len) {
+        uint64_t cl = offset >> s->cluster_bits, in = offset - (cl << s->cluster_bits), e, bitmap, ne, nb;
+        uint64_t l1i = cl / s->l2_entries, l2i = cl % s->l2_entries;
+        unsigned first = (unsigned) (in / s->subcluster_size);
+        unsigned end = (unsigned) DIV_ROUND_UP(in + len, s->subcluster_size);
+        uint32_t mask = (uint32_t) (((UINT64_C(1) << end) - 1) & ~((UINT64_C(1) << first) - 1));
+        uint32_t alloc, zeros;
+        tc_table *l2;
+        int r;
+
+        assert(end <= QCOW2_SUBCLUSTERS && first < end);
+        /* a raw data file must read as the disk does: the core writes zeros */
+        if (s->data_io && (s->autoclear & AUTOCLEAR_DATA_RAW))
+                return -EOPNOTSUPP;
+        r = qcow2_l2_entry(s, cl, &e, &bitmap);
+        if (r < 0)
+                return r;
+        if (e & L2E_COMPRESSED)
+                return -EOPNOTSUPP;     /* no subclusters: the core writes zeros */
+        alloc = (uint32_t) bitmap & ~mask;
+        zeros = s->backing_name ? (uint32_t) (bitmap >> 32) | mask : (uint32_t) (bitmap >> 32) & ~mask;
+        ne = alloc == 0 ? 0 : e;
+        nb = (uint64_t) zeros << 32 | alloc;
+        if (ne == e && nb == bitmap)
+                return 0;
+        r = qcow2_mark_dirty(s);
+        if (r < 0)
+                return r;
+        r = qcow2_l2_for_write(s, l1i, &l2);
+        if (r >= 0)
+                r = tc_set(l2, 2 * l2i, ne, 0);
+        if (r >= 0)
+                r = tc_set(l2, 2 * l2i + 1, nb, 0);
+        if (r < 0)
+                return r;
+        if (ne != e)
+                queue_free_entry(s, e);
+        return 0;
+}
+
 int qcow2_discard(void *state, uint64_t offset, uint64_t len) {
         qcow2_state *s = state;
         uint64_t first = offset >> s->cluster_bits, end = DIV_ROUND_UP(offset + len, s->cluster_size);
@@ -167,7 +214,12 @@ int qcow2_discard(void *state, uint64_t offset, uint64_t len) {
         int r;
 
         assert(s->writable);
-        assert(offset % s->cluster_size == 0);
+        if (offset % s->cluster_size != 0 || (len < s->cluster_size && offset + len < s->size)) {
+                /* whole subclusters within one cluster (layout.discard_unit) */
+                assert(s->extended_l2 && offset % s->subcluster_size == 0 &&
+                       (offset + len - 1) / s->cluster_size == offset / s->cluster_size);
+                return discard_subclusters(s, offset, len);
+        }
         if (zero && s->version < 3)
                 return -EOPNOTSUPP;   /* the core writes zeros */
         r = qcow2_mark_dirty(s);
@@ -396,10 +448,24 @@ static int zero_tail(qcow2_state *s, uint64_t new_size) {
         return io_flush(s->io);
 }
 
+/* The resize proper; the header switches at one point (s->size follows). */
+static int resize_switch(qcow2_state *s, uint64_t new_size, uint32_t need) {
+        bool written;
+        int r;
+
+        if (new_size < s->size)
+                return shrink(s, new_size, need);
+        r = zero_tail(s, new_size);
+        if (r < 0)
+                return r;
+        if (need > s->l1_size)
+                return grow_l1(s, new_size, need);
+        return write_header_size(s, new_size, s->l1_size, s->l1_offset, &written);
+}
+
 int qcow2_resize(void *state, uint64_t new_size, vdisk_progress *p) {
         qcow2_state *s = state;
         uint64_t need = DIV_ROUND_UP(new_size, s->l2_coverage);
-        bool written;
         int r;
 
         assert(s->writable);
@@ -408,24 +474,22 @@ int qcow2_resize(void *state, uint64_t new_size, vdisk_progress *p) {
                                    " bytes", new_size, QCOW2_L1_MAX_BYTES);
         if (new_size < s->size && s->nb_snapshots > 0)
                 return vdisk_error(-EOPNOTSUPP, "qcow2: an image with internal snapshots cannot shrink");
-        if (s->nb_bitmaps > 0)
-                /* their tables would have to follow the size (qemu resizes
-                 * them); refused before anything changes */
-                return vdisk_error(-EOPNOTSUPP, "qcow2: resizing an image with persistent bitmaps is not "
-                                   "supported yet");
         r = qcow2_mark_dirty(s);
         if (r >= 0)
                 r = qcow2_flush(s);
         if (r < 0)
                 return r;
-        if (new_size < s->size)
-                return shrink(s, new_size, (uint32_t) need);
-        r = zero_tail(s, new_size);
+        if (s->nb_bitmaps == 0 || new_size == s->size)
+                return resize_switch(s, new_size, (uint32_t) need);
+        /* persistent bitmaps follow the size: their new tables first (marked
+         * in use), then the switch, then the marks cleared (or, when the
+         * header still says the old size, the old tables put back) */
+        r = qcow2_bitmaps_resize_begin(s, new_size);
         if (r < 0)
                 return r;
-        if (need > s->l1_size)
-                return grow_l1(s, new_size, (uint32_t) need);
-        return write_header_size(s, new_size, s->l1_size, s->l1_offset, &written);
+        r = resize_switch(s, new_size, (uint32_t) need);
+        (void) qcow2_bitmaps_resize_end(s, s->size == new_size);
+        return r;
 }
 
 /* ---------------------------------------------------------------- compact */

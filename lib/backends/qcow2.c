@@ -442,6 +442,8 @@ static void qcow2_get_layout(void *state, image_layout *ret) {
                 .cluster_size = s->cluster_size,
                 .zero_unit = s->version >= 3 ? s->cluster_size : 0,
                 .sector_size = 512,
+                /* extended L2: single subclusters are discarded too */
+                .discard_unit = s->extended_l2 ? s->subcluster_size : 0,
         };
 }
 

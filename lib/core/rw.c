@@ -369,10 +369,23 @@ static int write_zeroes(vdisk_disk *d, unsigned level, int below, uint64_t offse
                 uint64_t bend = zu ? MIN(bstart + zu, img->size) : offset + len;
                 uint64_t n = MIN(len, bend - offset);
                 bool whole = zu && offset == bstart && n == bend - bstart;
+                /* discard's sub-units of a zero unit (qcow2 subclusters) */
+                uint64_t du = discard && img->be->discard && img->layout.discard_unit &&
+                              img->layout.discard_unit < zu ? img->layout.discard_unit : 0;
+                uint64_t dn = 0;
                 map_result m;
 
-                if (discard && whole && img->be->discard) {
-                        /* the whole unit, whatever its parts hold */
+                if (du && !whole) {
+                        if (offset % du != 0)
+                                /* the piece of a sub-unit before the whole ones: zeros */
+                                n = MIN(n, ALIGN_UP(offset, du) - offset);
+                        else
+                                dn = offset + n == img->size ? n : ALIGN_DOWN(n, du);
+                }
+                if (discard && (whole || dn > 0) && img->be->discard) {
+                        /* the whole unit (or whole sub-units), whatever its parts hold */
+                        if (!whole)
+                                n = dn;
                         r = img->be->discard(img->state, offset, n);
                         if (r >= 0) {
                                 wrote = true;

@@ -42,6 +42,12 @@
  * vdisk_check counts every reference, qemu-img check too; and
  * qcow2-amend-*: the refcount width rewritten, compat=0.10 over zero
  * clusters), run by VDISK_CRASH_FORMAT=qcow2 (test crash-qcow2) only;
+ * qcow2-discard-subclusters (extended L2: whole subclusters discarded, a
+ * cluster freed once none is left, then written again);
+ * qcow2-resize-bitmaps (512-byte clusters, an enabled and a disabled
+ * bitmap, grown so that a table grows: each bitmap in use or consistent
+ * with the size the header says, the grown range clean but for the one
+ * write made into it);
  * qcow2-writes-bitmaps (an image with an enabled and a disabled persistent
  * bitmap: the disabled one never changes, the enabled one is in use or
  * records every changed unit) in its own test, crash-qcow2-bitmaps.
@@ -91,6 +97,7 @@ static const char *const vmdk_gt_on_demand[] = { "gt_on_demand", "on", NULL };
  * refcount block covers 32 KiB of the file: the writes make new blocks) */
 static const char *const qcow2_64k[] = { "cluster_size", "65536", NULL };
 static const char *const qcow2_512_rb64[] = { "cluster_size", "512", "refcount_bits", "64", NULL };
+static const char *const qcow2_extl2[] = { "cluster_size", "65536", "extended_l2", "on", NULL };
 static const char *const vmdk_zeroed_grain[] = { "zeroed_grain", "on", NULL };
 
 /* The format of the scenario running: scenario.fmt, else crash_fmt. */
@@ -544,6 +551,106 @@ static void verify_bitmaps(scenario *sc, vdisk_io *io, const char *what) {
         vdisk_disk_unref(d);
 }
 
+/* QCOW2 (512-byte clusters) with persistent bitmaps, grown 8 -> 16 MiB:
+ * "on" (enabled, 512 B: its table grows from 4 to 8 entries) and "off"
+ * (disabled, 4 KiB), both holding 0..64K and 7M..7M+64K. */
+static void build_resize_bitmaps(scenario *sc) {
+        vdisk_bitmap_change on = { .size = sizeof on, .op = VDISK_BITMAP_OP_ADD, .name = "on",
+                                   .granularity = 512, .flags = VDISK_BITMAP_AUTO };
+        vdisk_bitmap_change off = { .size = sizeof off, .op = VDISK_BITMAP_OP_ADD, .name = "off",
+                                    .granularity = 4096 };
+        vdisk_bitmap_change merge = { .size = sizeof merge, .op = VDISK_BITMAP_OP_MERGE, .name = "off",
+                                      .source = "on" };
+        rng r;
+        vdisk_disk *d;
+
+        rng_seed(&r, 12);
+        sc->n = 1;
+        d = build_chain(sc);
+        ASSERT_OK(vdisk_image_change_bitmap(vdisk_disk_image(d, 0), &on));
+        fill_block(d, &r, 0, 0, 64 * KiB);
+        fill_block(d, &r, 7, 0, 64 * KiB);
+        ASSERT_OK(vdisk_disk_flush(d));
+        ASSERT_OK(vdisk_image_change_bitmap(vdisk_disk_image(d, 0), &off));
+        ASSERT_OK(vdisk_image_change_bitmap(vdisk_disk_image(d, 0), &merge));
+        vdisk_disk_unref(d);
+}
+
+/* The grow, then one sector written in the new range (the grown bitmap
+ * records it). */
+static int op_resize_bitmaps(scenario *sc, wl *w) {
+        rng rg;
+        int r;
+
+        rng_seed(&rg, 44);
+        allowed_add_size(w->a, MAX_SIZE);
+        r = vdisk_resize(w->d, MAX_SIZE, NULL);
+        /* a failed flush after the header switch: the new size stays */
+        w->size = vdisk_disk_size(w->d);
+        if (r < 0)
+                return r;
+        TRY(wl_write_random(w, &rg, 512, 12 * MiB));
+        return wl_flush(w);
+}
+
+/* Bit i of `bits` (granularity g) is set exactly where [i*g, (i+1)*g) meets
+ * 0..64K, 7M..7M+64K (or `extra`, when extra_len). */
+static int bits_are_template(const uint8_t *bits, size_t len, uint64_t g, uint64_t extra, uint64_t extra_len) {
+        for (uint64_t i = 0; i < len * 8; i++) {
+                uint64_t a = i * g, b = a + g;
+                int want = a < 64 * KiB || (a < 7 * MiB + 64 * KiB && b > 7 * MiB) ||
+                           (extra_len && a < extra + extra_len && b > extra);
+
+                if (want != (bits[i / 8] >> (i % 8) & 1))
+                        return 0;
+        }
+        return 1;
+}
+
+/* After any fault: both bitmaps listed, each either in use (the resize's
+ * window, as a crashed qemu leaves them) or consistent with the size the
+ * header says: "off" exactly the template's bits, "on" those and, once the
+ * write in the new range is there, its sector too. */
+static void verify_resize_bitmaps(scenario *sc, vdisk_io *io, const char *what) {
+        vdisk_disk *d = open_ios(&io, 1, VDISK_OPEN_READONLY, what);
+        vdisk_image *img = vdisk_disk_image(d, 0);
+        uint64_t size = vdisk_disk_size(d), g = 0;
+        vdisk_bitmap *v = NULL;
+        uint8_t *bits = NULL, *now;
+        size_t n = 0, len = 0;
+
+        ASSERT(size == DISK_SIZE || size == MAX_SIZE);
+        ASSERT_OK(vdisk_image_list_bitmaps(img, &v, &n));
+        if (n != 2 || strcmp(v[0].name, "on") != 0 || strcmp(v[1].name, "off") != 0 ||
+            !(v[0].flags & VDISK_BITMAP_AUTO) || (v[1].flags & VDISK_BITMAP_AUTO))
+                FAIL("%s: the bitmaps are not \"on\" (auto) and \"off\" (disabled)", what);
+        if (!(v[1].flags & VDISK_BITMAP_IN_USE)) {
+                ASSERT_OK(vdisk_image_read_bitmap(img, "off", &bits, &len, &g));
+                if (g != 4096 || len != size / 4096 / 8 || !bits_are_template(bits, len, g, 0, 0))
+                        FAIL("%s: bitmap \"off\" is consistent but not the template's for %" PRIu64 " bytes",
+                             what, size);
+                free(bits);
+                stats.bitmaps_consistent++;
+        } else
+                stats.bitmaps_in_use++;
+        if (!(v[0].flags & VDISK_BITMAP_IN_USE)) {
+                int written;
+
+                ASSERT_OK(vdisk_image_read_bitmap(img, "on", &bits, &len, &g));
+                now = disk_read_all(d, &size);
+                written = size == MAX_SIZE && !buf_is_zero(now + 12 * MiB, 512);
+                if (g != 512 || len != size / 512 / 8 ||
+                    !(bits_are_template(bits, len, g, 12 * MiB, 512) ||
+                      (!written && bits_are_template(bits, len, g, 0, 0))))
+                        FAIL("%s: bitmap \"on\" is consistent but not the template's (and the write) for %" PRIu64
+                             " bytes", what, size);
+                free(now);
+                free(bits);
+        }
+        vdisk_bitmaps_free(v, n);
+        vdisk_disk_unref(d);
+}
+
 /* A few small writes (qcow2 with 512-byte clusters: each cluster is a write;
  * new L2 tables and refcount blocks on the way). */
 static int op_writes_small(scenario *sc, wl *w) {
@@ -796,6 +903,23 @@ static int op_qcow2_discard(scenario *sc, wl *w) {
         TRY(wl_flush(w));
         TRY(wl_write_random(w, &r, 256 * KiB, 5 * BLOCK + 64 * KiB));    /* into freed clusters */
         TRY(wl_write_random(w, &r, 4 * KiB, 1 * BLOCK + 8 * KiB));
+        TRY(wl_flush(w));
+        return 0;
+}
+
+/* Extended L2 (2 KiB subclusters): whole subclusters discarded (L2 entry,
+ * then the refcount of a cluster left with none), pieces of subclusters
+ * zeroed, then a write into the freed cluster. */
+static int op_qcow2_discard_subclusters(scenario *sc, wl *w) {
+        rng r;
+
+        rng_seed(&r, 45);
+        TRY(wl_discard(w, 2 * BLOCK + 2 * KiB, 8 * KiB));                /* subclusters 1-4 */
+        TRY(wl_discard(w, 5 * BLOCK + 32 * KiB, 32 * KiB));              /* half a cluster ... */
+        TRY(wl_discard(w, 5 * BLOCK, 32 * KiB));                         /* ... the rest: freed */
+        TRY(wl_discard(w, 62 * KiB + 512, 4 * KiB));                     /* pieces and one across */
+        TRY(wl_flush(w));
+        TRY(wl_write_random(w, &r, 4 * KiB, 5 * BLOCK + 8 * KiB));       /* into the freed cluster */
         TRY(wl_flush(w));
         return 0;
 }
@@ -1276,8 +1400,16 @@ static scenario scenarios[] = {
          * clusters moved down, the file cut). */
         { .name = "qcow2-discard", .fmt = "qcow2", .opts = qcow2_64k, .max_crash_seeds = 1, .faulted = 0,
           .qemu = 1, .qemu_every = 8, .per_sector = 1, .build = build_writes_base, .op = op_qcow2_discard },
+        { .name = "qcow2-discard-subclusters", .fmt = "qcow2", .opts = qcow2_extl2, .max_crash_seeds = 1,
+          .faulted = 0, .qemu = 1, .qemu_every = 4, .per_sector = 1, .build = build_writes_base,
+          .op = op_qcow2_discard_subclusters },
         { .name = "qcow2-resize", .fmt = "qcow2", .opts = qcow2_512_rb64, .max_crash_seeds = 1, .faulted = 0,
           .qemu = 1, .qemu_every = 2, .build = build_resize_base, .op = op_resize, .after_success = after_resize },
+        /* ... with persistent bitmaps: their tables follow the size (new
+         * tables marked in use, the header switch, the marks cleared). */
+        { .name = "qcow2-resize-bitmaps", .fmt = "qcow2", .opts = qcow2_512_rb64, .max_crash_seeds = 1,
+          .faulted = 0, .qemu = 1, .qemu_every = 16, .per_sector = 1, .build = build_resize_bitmaps, .op = op_resize_bitmaps,
+          .after_success = after_resize, .verify_image = verify_resize_bitmaps },
         { .name = "qcow2-shrink", .fmt = "qcow2", .opts = qcow2_64k, .max_crash_seeds = 1, .faulted = 0,
           .qemu = 1, .qemu_every = 2, .build = build_qcow2_shrink, .op = op_shrink, .after_success = after_shrink },
         { .name = "qcow2-compact", .fmt = "qcow2", .opts = qcow2_64k, .max_crash_seeds = 1, .faulted = 0,

@@ -53,6 +53,7 @@ typedef struct model_cfg {
         uint64_t max_write;
         const char *fmt;       /* NULL = "vdi" */
         uint32_t no_ops;       /* (1 << OP_*) the format cannot do yet */
+        const char *const *options;     /* create options of its images (NULL: the format's) */
 } model_cfg;
 
 static const model_cfg vdi_configs[] = {
@@ -80,9 +81,14 @@ static const model_cfg mixed_configs[] = {
 /* QCOW2 (VDISK_MODEL_FORMAT=qcow2): diffs link their parent by name; every
  * operation, compact and resize included. 512-byte clusters move the
  * refcount table as the files grow. */
+static const char *const qcow2_extl2_options[] = { "extended_l2", "on", NULL };
 static const model_cfg qcow2_configs[] = {
         { "qcow2-64KiB", 0, 64 * KiB, 3 * MiB, 1536 * KiB, 4 * MiB, 1 * MiB, "qcow2", 0 },
         { "qcow2-512B", 512, 512, 3 * MiB, 1536 * KiB, 4 * MiB, 256 * KiB, "qcow2", 0 },
+        /* extended L2 (2 KiB subclusters): partial writes allocate
+         * subclusters, discards of whole subclusters drop them */
+        { "qcow2-extl2-64KiB", 0, 64 * KiB, 3 * MiB, 1536 * KiB, 4 * MiB, 1 * MiB, "qcow2", 0,
+          qcow2_extl2_options },
 };
 static const model_cfg *configs = vdi_configs;
 static const char *model_fmt = "vdi";
@@ -330,7 +336,9 @@ static const char *fill(run *s, uint8_t *buf, uint64_t off, uint64_t len) {
 /* ---- the chain */
 
 /* The create options of a format: VHD sizes exactly (force_size=on). */
-static const char *const *fmt_options(const char *fmt) {
+static const char *const *fmt_options(const model_cfg *cfg, const char *fmt) {
+        if (cfg->options)
+                return cfg->options;
         return is_fmt(fmt, "vpc") ? vhd_options : NULL;
 }
 
@@ -350,7 +358,7 @@ static void create_diff(run *s) {
 
         ASSERT(s->n < MAX_DEPTH);
         io = new_image_io(s, &fmt);
-        o.options = fmt_options(fmt);
+        o.options = fmt_options(s->cfg, fmt);
         if (is_fmt(fmt, "qcow2") || is_fmt(fmt, "qcow") || is_fmt(fmt, "qed")) {
                 /* linked by name alone (no UUIDs): the parent's */
                 o.parent_name = vdisk_io_name(s->ios[s->n - 1]);
@@ -712,7 +720,7 @@ static uint64_t run_one(const model_cfg *cfg, uint64_t seed, uint64_t n_ops) {
         /* base, some data in it, a diff, more data, another diff */
         s.d = disk_new();
         s.ios[0] = new_image_io(&s, &s.fmts[0]);
-        o.options = fmt_options(s.fmts[0]);
+        o.options = fmt_options(cfg, s.fmts[0]);
         note(&s, "create base %s (%s, 0x%" PRIx64 " bytes)", vdisk_io_name(s.ios[0]), cfg->name, cfg->size);
         ASSERT_OK(vdisk_disk_create_base(s.d, s.ios[0], s.fmts[0], cfg->size, &o));
         s.n = 1;
