@@ -166,8 +166,12 @@ static int relink(vdisk_disk *d, unsigned child, int parent) {
          * locators) gets the new parent's names: relative to the child's
          * directory and absolute where both were opened by path, else the
          * base name the new parent was opened by (vdiskd's fds); a recorded
-         * parent format becomes the new parent's. */
-        if ((cm.mask & META_PARENT_NAME) && cm.parent_name && cm.parent_name[0] && parent >= 0) {
+         * parent format becomes the new parent's. A new parent without a
+         * UUID (the QCOW family) can be named only: a VMDK child that linked
+         * by UUID alone (made where no names were known) gets its name too,
+         * or the null parent UUID would make it a base. */
+        if (parent >= 0 && (((cm.mask & META_PARENT_NAME) && cm.parent_name && cm.parent_name[0]) ||
+                            ((cm.mask & META_PARENT_CONTENT_ID) && !(pm.mask & META_UUID)))) {
                 const char *pn = vdisk_io_name(d->images[parent]->io), *base = strrchr(pn, '/');
 
                 r = resolver_link_names(d->resolver, d->images[child]->io, d->images[parent]->io, &rel, &abs);
