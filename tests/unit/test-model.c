@@ -21,6 +21,9 @@
  * a format cannot do yet (VMDK resize of a diff) are tried, and must fail
  * with -EOPNOTSUPP leaving the disk as it was.
  *
+ * VDISK_MODEL_FORMAT=mixed-qcow mixes all six formats, QCOW2, QCOW and QED
+ * included (VDI and VHD never above one of those three: they have no UUID).
+ *
  * Usage: test-model [SEED [OPS [CONFIG]]]  (default: 4 fixed seeds, both
  * configurations, 1500 operations each = 12,000 operations).
  * On failure the last operations are printed; rerun with the printed seed.
@@ -77,6 +80,17 @@ static const model_cfg mixed_configs[] = {
         { "mixed-64KiB", 64 * KiB, 64 * KiB, 3 * MiB, 1536 * KiB, 4 * MiB, 1 * MiB, "mixed" },
         { "mixed-default", 0, 1 * MiB, 48 * MiB, 24 * MiB, 64 * MiB, 3 * MiB, "mixed" },
 };
+/* fmt "mixed-qcow" (VDISK_MODEL_FORMAT=mixed-qcow): chains that mix all six
+ * formats, each new image of a random format among those that can sit on the
+ * chain: VDI and VHD diffs link by UUID and QCOW2, QCOW and QED have none, so
+ * no VDI or VHD image ever sits above one of the QCOW family (merges keep the
+ * order of the images, so this holds through them); VMDK and the QCOW family
+ * take any parent. 64 KiB clusters in all six. What a format cannot do (compact
+ * of QCOW and QED, resize of QCOW, shrinking QED) is tried and must be
+ * refused with -EOPNOTSUPP, the disk as it was. */
+static const model_cfg mixed_qcow_configs[] = {
+        { "mixed-qcow-64KiB", 64 * KiB, 64 * KiB, 3 * MiB, 1536 * KiB, 4 * MiB, 1 * MiB, "mixed-qcow" },
+};
 /* QCOW2 (VDISK_MODEL_FORMAT=qcow2): diffs link their parent by name; every
  * operation, compact and resize included. 512-byte clusters move the
  * refcount table as the files grow. */
@@ -107,16 +121,36 @@ _Static_assert(OP_RESIZE == 8, "model_cfg.no_ops of the qcow2, qcow and qed conf
 
 /* The format of the next new image: the config's, or in a mixed chain VDI,
  * VMDK and VHD in turn. */
-static const char *next_fmt(const model_cfg *cfg, unsigned id) {
-        static const char *const mixed[] = { "vdi", "vmdk", "vpc" };
-
-        if (cfg->fmt && strcmp(cfg->fmt, "mixed") == 0)
-                return mixed[id % ELEMENTSOF(mixed)];
-        return cfg->fmt ? cfg->fmt : model_fmt;
-}
-
 static bool is_fmt(const char *fmt, const char *name) {
         return strcmp(fmt, name) == 0;
+}
+
+static const char *const all_fmts[] = { "vdi", "vmdk", "vpc", "qcow2", "qcow", "qed" };
+
+static unsigned fmt_index(const char *fmt) {
+        for (unsigned i = 0; i < ELEMENTSOF(all_fmts); i++)
+                if (is_fmt(fmt, all_fmts[i]))
+                        return i;
+        FAIL("unknown format %s", fmt);
+}
+
+/* QCOW2, QCOW and QED record no UUID: a child that links by UUID alone (VDI)
+ * or records its parent's UUID (VHD) cannot sit on one of them. */
+static bool fmt_has_uuid(const char *fmt) {
+        return !is_fmt(fmt, "qcow2") && !is_fmt(fmt, "qcow") && !is_fmt(fmt, "qed");
+}
+
+/* A format that cannot resize (QCOW), or only grow (QED), or (formerly) VMDK:
+ * a resize refused with
+ * -EOPNOTSUPP leaves the disk as it was. */
+static bool fmt_resize_limited(const char *fmt) {
+        return is_fmt(fmt, "vmdk") || is_fmt(fmt, "qcow") || is_fmt(fmt, "qed");
+}
+
+/* A diff of this format names its parent (the QCOW family by file name
+ * alone, VMDK by parentFileNameHint and CID): any parent will do. */
+static bool fmt_links_by_name(const char *fmt) {
+        return !fmt_has_uuid(fmt) || is_fmt(fmt, "vmdk");
 }
 
 static const char *const op_names[OP_MAX] = {
@@ -148,7 +182,35 @@ typedef struct run {
         uint64_t shrinks_refused, shrinks_done, grows;
         uint64_t checks, leaks, max_leaks;
         uint64_t refused;             /* mixed: VMDK resize/grow-merge, -EOPNOTSUPP */
+        uint64_t pairs;               /* mixed-qcow: (parent, child) format pairs seen, a bit each */
 } run;
+
+/* The format of the next new image: the config's; in a "mixed" chain VDI,
+ * VMDK and VHD in turn; in a "mixed-qcow" chain a random one of the six that
+ * may sit on the chain (see mixed_qcow_configs). */
+static const char *next_fmt(run *s) {
+        static const char *const mixed[] = { "vdi", "vmdk", "vpc" };
+        const model_cfg *cfg = s->cfg;
+        bool uuid_below = true;
+
+        if (cfg->fmt && is_fmt(cfg->fmt, "mixed"))
+                return mixed[s->next_id % ELEMENTSOF(mixed)];
+        if (!cfg->fmt || !is_fmt(cfg->fmt, "mixed-qcow"))
+                return cfg->fmt ? cfg->fmt : model_fmt;
+        for (unsigned i = 0; i < s->n; i++)
+                if (!fmt_has_uuid(s->fmts[i]))
+                        uuid_below = false;
+        /* While the chain is all VDI, VMDK and VHD, mostly one of those three
+         * (the QCOW family, once in, keeps VDI and VHD out). */
+        if (uuid_below && rng_chance(&s->r, 70))
+                return all_fmts[rng_below(&s->r, 3)];
+        for (;;) {
+                const char *f = all_fmts[rng_below(&s->r, ELEMENTSOF(all_fmts))];
+
+                if (uuid_below || fmt_links_by_name(f))
+                        return f;
+        }
+}
 
 /* The last operations, printed when a test fails. */
 static char history[HISTORY][160];
@@ -231,9 +293,21 @@ static void verify_chain(run *s) {
                 ASSERT(img);
                 ASSERT_STREQ(vdisk_image_name(img), vdisk_io_name(s->ios[i]));
                 ASSERT_EQ_U64(vdisk_image_index(img), i);
-                if (is_fmt(s->fmts[i], "qcow2") || is_fmt(s->fmts[i], "qcow") || is_fmt(s->fmts[i], "qed")) {
-                        /* no UUIDs: linked by name alone, the image below's */
-                        const char *pn = NULL, *pf = NULL;
+                if (i > 0)
+                        s->pairs |= UINT64_C(1) << (fmt_index(s->fmts[i - 1]) * 8 + fmt_index(s->fmts[i]));
+                /* A VMDK made on a parent without a UUID records no
+                 * ddb.uuid.parent, and a merge that relinks it to one with
+                 * a UUID adds none: it links by parentFileNameHint. */
+                if (i > 0 && is_fmt(s->fmts[i], "vmdk") && vdisk_image_get_parent_uuid(img, parent) == -EOPNOTSUPP) {
+                        vdisk_clear_error();
+                        goto by_name;
+                }
+                if (!fmt_has_uuid(s->fmts[i]) || (i > 0 && !fmt_has_uuid(s->fmts[i - 1]))) {
+                        /* no UUIDs (or a VMDK on a parent without one):
+                         * linked by name alone, the image below's */
+                        const char *pn, *pf;
+                by_name:
+                        pn = pf = NULL;
 
                         r = vdisk_image_get_parent_name(img, &pn, &pf);
                         if (i == 0) {
@@ -241,7 +315,9 @@ static void verify_chain(run *s) {
                                         FAIL("base image %s names a backing file '%s'", vdisk_image_name(img), pn);
                                 continue;
                         }
-                        ASSERT_OK(r);
+                        if (r < 0)
+                                FAIL("image %u (%s, on a %s) names no parent: %d (%s)", i, vdisk_image_name(img),
+                                     s->fmts[i - 1], r, strerror(-r));
                         if (!pn || strcmp(pn, vdisk_io_name(s->ios[i - 1])) != 0)
                                 FAIL("image %u (%s) names '%s' as its parent, not image %u", i,
                                      vdisk_image_name(img), pn ? pn : "(none)", i - 1);
@@ -253,11 +329,13 @@ static void verify_chain(run *s) {
                         memset(parent, 0, 16);
                 else
                         ASSERT_OK(r);
-                if (i == 0)
+                if (i == 0) {
                         ASSERT(vdisk_uuid_is_null(parent));
-                else if (memcmp(parent, uuid, 16) != 0)
+                        continue;
+                }
+                ASSERT_OK(vdisk_image_get_uuid(vdisk_disk_image(s->d, i - 1), uuid));
+                if (memcmp(parent, uuid, 16) != 0)
                         FAIL("image %u (%s) does not link to image %u", i, vdisk_image_name(img), i - 1);
-                ASSERT_OK(vdisk_image_get_uuid(img, uuid));
         }
         ASSERT(!vdisk_disk_image(s->d, s->n));
 }
@@ -335,7 +413,7 @@ static const char *const *fmt_options(const char *fmt) {
 }
 
 static vdisk_io *new_image_io(run *s, const char **ret_fmt) {
-        const char *fmt = next_fmt(s->cfg, s->next_id);
+        const char *fmt = next_fmt(s);
         char name[96];
 
         snprintf(name, sizeof name, "model-%" PRIu64 "-%s-img%u.%s", s->seed, s->cfg->name, s->next_id++, fmt);
@@ -351,7 +429,7 @@ static void create_diff(run *s) {
         ASSERT(s->n < MAX_DEPTH);
         io = new_image_io(s, &fmt);
         o.options = fmt_options(fmt);
-        if (is_fmt(fmt, "qcow2") || is_fmt(fmt, "qcow") || is_fmt(fmt, "qed")) {
+        if (!fmt_has_uuid(fmt) || !fmt_has_uuid(s->fmts[s->n - 1])) {
                 /* linked by name alone (no UUIDs): the parent's */
                 o.parent_name = vdisk_io_name(s->ios[s->n - 1]);
                 o.parent_format = s->fmts[s->n - 1];
@@ -470,10 +548,11 @@ static void do_merge(run *s) {
              hi - lo == 1 ? "adjacent" : "apart", s->n);
         set_context(s);
         r = vdisk_merge(s->d, from, to, NULL, &removed);
-        if (r == -EOPNOTSUPP && is_fmt(s->fmts[to], "vmdk") && from > to &&
+        if (r == -EOPNOTSUPP && fmt_resize_limited(s->fmts[to]) && from > to &&
             vdisk_image_size(vdisk_disk_image(s->d, to)) < vdisk_image_size(vdisk_disk_image(s->d, from))) {
                 /* `to` would have to grow: VMDK cannot resize yet. */
                 note(s, "merge refused: %s cannot grow", vdisk_io_name(s->ios[to]));
+                ASSERT(vdisk_last_error()[0]);
                 s->refused++;
                 verify_chain(s);
                 compare_all(s, "after a refused merge");
@@ -558,6 +637,15 @@ static void do_compact(run *s) {
         ASSERT_OK(vdisk_image_file_size(img, &before));
         note(s, "compact image %u of %u (%s, %" PRIu64 " bytes)", idx, s->n, vdisk_image_name(img), before);
         r = vdisk_compact(s->d, idx, NULL);
+        if (r == -EOPNOTSUPP && (is_fmt(s->fmts[idx], "qcow") || is_fmt(s->fmts[idx], "qed"))) {
+                /* QCOW and QED cannot compact: a clean refusal */
+                note(s, "compact refused: %s cannot compact", s->fmts[idx]);
+                ASSERT(vdisk_last_error()[0]);
+                s->refused++;
+                verify_chain(s);
+                compare_all(s, "after a refused compact");
+                return;
+        }
         if (r < 0)
                 FAIL("vdisk_compact(%u) of %u images failed: %d (%s)", idx, s->n, r, strerror(-r));
         verify_chain(s);
@@ -593,11 +681,11 @@ static void do_compact(run *s) {
                      vdi_slot_offset(&h, st.referenced));
 }
 
-/* A VMDK top cannot resize yet: -EOPNOTSUPP, the disk as it was. */
 static bool resize_unsupported(run *s, int r) {
-        if (r != -EOPNOTSUPP || !is_fmt(s->fmts[s->n - 1], "vmdk"))
+        if (r != -EOPNOTSUPP || !fmt_resize_limited(s->fmts[s->n - 1]))
                 return false;
-        note(s, "resize refused: VMDK cannot resize yet");
+        ASSERT(vdisk_last_error()[0]);
+        note(s, "resize refused: %s cannot resize so", s->fmts[s->n - 1]);
         s->refused++;
         ASSERT_EQ_U64(vdisk_disk_size(s->d), s->size);
         compare_all(s, "after a refused resize");
@@ -695,6 +783,8 @@ static double now(void) {
         clock_gettime(CLOCK_MONOTONIC, &ts);
         return (double) ts.tv_sec + (double) ts.tv_nsec / 1e9;
 }
+
+static uint64_t total_pairs;
 
 static uint64_t run_one(const model_cfg *cfg, uint64_t seed, uint64_t n_ops) {
         vdisk_create_opts o = { .size = sizeof o, .block_size = cfg->block_size };
@@ -801,8 +891,17 @@ static uint64_t run_one(const model_cfg *cfg, uint64_t seed, uint64_t n_ops) {
                " leaks seen=%" PRIu64 " (max %" PRIu64 " in one image)\n",
                s.merges_fwd, s.merges_bwd, s.merges_adjacent, s.merges_apart, s.shrinks_refused,
                s.shrinks_done, s.grows, s.checks, s.leaks, s.max_leaks);
+        if (cfg->fmt && is_fmt(cfg->fmt, "mixed-qcow")) {
+                printf("    parent <- child pairs seen (%u):", (unsigned) __builtin_popcountll(s.pairs));
+                for (unsigned a = 0; a < ELEMENTSOF(all_fmts); a++)
+                        for (unsigned b = 0; b < ELEMENTSOF(all_fmts); b++)
+                                if (s.pairs & UINT64_C(1) << (a * 8 + b))
+                                        printf(" %s<-%s", all_fmts[a], all_fmts[b]);
+                printf("\n");
+                total_pairs |= s.pairs;
+        }
         if (s.refused)
-                printf("    refused as not supported (VMDK resize): %" PRIu64 "\n", s.refused);
+                printf("    refused as not supported (resize, grow-merge, compact): %" PRIu64 "\n", s.refused);
         fflush(stdout);
 
         s.d = vdisk_disk_unref(s.d);
@@ -825,6 +924,13 @@ int main(int argc, char **argv) {
                 model_fmt = "qcow2";
                 configs = qcow2_configs;
                 cfg_hi = ELEMENTSOF(qcow2_configs);
+#ifdef MODEL_ASAN
+                if (argc == 1)
+                        n_seeds = 1;
+#endif
+        } else if (e && strcmp(e, "mixed-qcow") == 0) {
+                configs = mixed_qcow_configs;
+                cfg_hi = ELEMENTSOF(mixed_qcow_configs);
 #ifdef MODEL_ASAN
                 if (argc == 1)
                         n_seeds = 1;
@@ -878,6 +984,12 @@ int main(int argc, char **argv) {
                                          2 * n_ops : n_ops);
                 }
         printf("%" PRIu64 " operations in total\n", total);
+        /* Every pairing the formats allow: 4 x 6 under a VDI, VMDK or VHD
+         * parent less VDI and VHD on the QCOW family (6 pairs): 30. */
+        if (argc == 1 && n_seeds == 4 && configs == mixed_qcow_configs &&
+            __builtin_popcountll(total_pairs) < 30)
+                FAIL("only %d of the 30 possible parent <- child format pairs were seen",
+                     __builtin_popcountll(total_pairs));
         if (argc == 1 && n_seeds == 4)
                 ASSERT(total >= 10000);
         return 0;
