@@ -1357,11 +1357,24 @@ static int write_desc(vmdk_state *s) {
                 room = (size_t) (h0.desc_size * VMDK_SECTOR);
                 if (len >= room)
                         return vdisk_error(-ENOSPC, "vmdk: the descriptor no longer fits in its %zu bytes", room);
+                /* Only the sectors the new text or the old one uses: the
+                 * NUL padding past them is left as it is (it may be a hole in
+                 * the file, which a write of zeros would have to allocate:
+                 * ENOSPC on a full file system for a descriptor that fits). */
+                size_t used, n;
+
                 pad = calloc(1, room);
                 if (!pad)
                         return -ENOMEM;
+                r = io_pread(s->io, pad, room, h0.desc_offset * VMDK_SECTOR);
+                if (r < 0)
+                        return r;
+                for (used = room; used > 0 && pad[used - 1] == 0; used--)
+                        ;
+                n = MIN(ALIGN_UP(MAX(used, len), (size_t) VMDK_SECTOR), room);
+                memset(pad, 0, n);
                 memcpy(pad, text, len);
-                return io_pwrite(s->io, pad, room, h0.desc_offset * VMDK_SECTOR);
+                return io_pwrite(s->io, pad, n, h0.desc_offset * VMDK_SECTOR);
         }
         r = io_pwrite(s->io, text, len, 0);
         if (r < 0)
