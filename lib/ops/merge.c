@@ -285,10 +285,25 @@ static int merge_run(vdisk_disk *d, unsigned from, unsigned to, vdisk_progress *
                 /* Whatever was copied must be durable, also on cancel. */
                 l = disk_lock(d);
                 cr = image_flush(d->images[to]);
-                if (r < 0)
-                        return r;
-                if (cr < 0)
-                        return cr;
+                if (r < 0 || cr < 0) {
+                        /* `to` holds part of `from`'s data now and a new
+                         * content ID (VMDK CID). Adjacent, `from` reads as
+                         * before over it: a child that records its parent's
+                         * content ID (VMDK parentCID) gets the new one, or the
+                         * chain would no longer open (nor the merge be
+                         * retried). Best effort (a commit opened it read-only:
+                         * reopened writable through the resolver if it can
+                         * be): the failure stays the error. */
+                        if (from == to + 1 && records_parent_content_id(d->images[from])) {
+                                _cleanup_free_ char *msg = strdup(vdisk_last_error());
+
+                                if (disk_make_writable(d, from) >= 0)
+                                        (void) relink(d, from, (int) to);
+                                if (msg)
+                                        (void) vdisk_error(0, "%s", msg);
+                        }
+                        return r < 0 ? r : cr;
+                }
                 if (from + 1 < d->n) {
                         r = relink(d, from + 1, (int) to);
                         if (r < 0)
