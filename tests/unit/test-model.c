@@ -21,6 +21,10 @@
  * a format cannot do yet (VMDK resize of a diff) are tried, and must fail
  * with -EOPNOTSUPP leaving the disk as it was.
  *
+ * VDISK_MODEL_FORMAT=qcow2-datafile runs QCOW2 chains whose every image keeps
+ * its data in an external data file (data_file; companion memory ios through
+ * a resolver): compact is refused there (-EOPNOTSUPP, checked clean).
+ *
  * VDISK_MODEL_FORMAT=mixed-qcow mixes all six formats, QCOW2, QCOW and QED
  * included (VDI and VHD never above one of those three: they have no UUID).
  *
@@ -56,6 +60,9 @@ typedef struct model_cfg {
         uint64_t max_write;
         const char *fmt;       /* NULL = "vdi" */
         uint32_t no_ops;       /* (1 << OP_*) the format cannot do yet */
+        /* qcow2 only: every image keeps its data in an external data file
+         * (the data_file create option), a companion memory io */
+        bool data_file;
 } model_cfg;
 
 static const model_cfg vdi_configs[] = {
@@ -97,6 +104,11 @@ static const model_cfg mixed_qcow_configs[] = {
 static const model_cfg qcow2_configs[] = {
         { "qcow2-64KiB", 0, 64 * KiB, 3 * MiB, 1536 * KiB, 4 * MiB, 1 * MiB, "qcow2", 0 },
         { "qcow2-512B", 512, 512, 3 * MiB, 1536 * KiB, 4 * MiB, 256 * KiB, "qcow2", 0 },
+        /* External data files (VDISK_MODEL_FORMAT=qcow2-datafile): each
+         * image's guest data in a companion file at the guest offsets; the
+         * metadata file holds the tables. Compact refuses such images
+         * (-EOPNOTSUPP, the disk as it was: do_compact). */
+        { "qcow2-datafile", 0, 64 * KiB, 3 * MiB, 1536 * KiB, 4 * MiB, 1 * MiB, "qcow2", 0, true },
 };
 static const model_cfg *configs = vdi_configs;
 static const char *model_fmt = "vdi";
@@ -405,11 +417,96 @@ static const char *fill(run *s, uint8_t *buf, uint64_t off, uint64_t len) {
         return "zero";
 }
 
+/* ---- companion files (qcow2 data files): memory ios by name */
+
+#define MAX_COMPANIONS 64
+static struct {
+        char name[128];
+        vdisk_io *io;
+} companions[MAX_COMPANIONS];
+static vdisk_resolver *companion_resolver;
+
+static int companion_open(void *user, const char *name, const char *image_name, uint32_t flags,
+                          vdisk_io **ret_io) {
+        unsigned free_slot = MAX_COMPANIONS;
+
+        for (unsigned i = 0; i < MAX_COMPANIONS; i++) {
+                if (!companions[i].io) {
+                        if (free_slot == MAX_COMPANIONS)
+                                free_slot = i;
+                        continue;
+                }
+                if (strcmp(companions[i].name, name) != 0)
+                        continue;
+                if (flags & VDISK_COMPANION_CREATE)
+                        return -EEXIST;
+                *ret_io = vdisk_io_ref(companions[i].io);
+                return 0;
+        }
+        if (!(flags & VDISK_COMPANION_CREATE))
+                return -ENOENT;
+        ASSERT(free_slot < MAX_COMPANIONS);
+        snprintf(companions[free_slot].name, sizeof companions[0].name, "%s", name);
+        companions[free_slot].io = mem_io(name, NULL, 0);
+        *ret_io = vdisk_io_ref(companions[free_slot].io);
+        return 0;
+}
+
+static vdisk_resolver *get_companion_resolver(void) {
+        static const vdisk_resolver_ops ops = { .size = sizeof ops, .open_companion = companion_open };
+
+        if (!companion_resolver)
+                ASSERT_OK(vdisk_resolver_new_ops(&ops, NULL, &companion_resolver));
+        return companion_resolver;
+}
+
+/* The image `image_name` left the chain: its data file goes too. */
+static void companion_drop(const char *image_name) {
+        char name[160];
+
+        snprintf(name, sizeof name, "%s.data", image_name);
+        for (unsigned i = 0; i < MAX_COMPANIONS; i++)
+                if (companions[i].io && strcmp(companions[i].name, name) == 0)
+                        companions[i].io = vdisk_io_unref(companions[i].io);
+}
+
+static void companions_free(void) {
+        for (unsigned i = 0; i < MAX_COMPANIONS; i++)
+                companions[i].io = vdisk_io_unref(companions[i].io);
+        companion_resolver = vdisk_resolver_unref(companion_resolver);
+}
+
 /* ---- the chain */
 
 /* The create options of a format: VHD sizes exactly (force_size=on). */
 static const char *const *fmt_options(const char *fmt) {
         return is_fmt(fmt, "vpc") ? vhd_options : NULL;
+}
+
+/* The create options of a new image `io`: the format's; with data files, its
+ * own companion (name.data) through the companion resolver. `opts` holds the
+ * option vector and `buf` the name. */
+static void image_options(run *s, vdisk_io *io, const char *fmt, vdisk_create_opts *o, const char *opts[3],
+                          char *buf, size_t buf_size) {
+        o->options = fmt_options(fmt);
+        if (!s->cfg->data_file)
+                return;
+        snprintf(buf, buf_size, "%s.data", vdisk_io_name(io));
+        opts[0] = "data_file";
+        opts[1] = buf;
+        opts[2] = NULL;
+        o->options = opts;
+        o->resolver = get_companion_resolver();
+}
+
+/* A new container; with data files it opens companions through the
+ * companion resolver. */
+static vdisk_disk *model_disk_new(run *s) {
+        vdisk_disk *d = disk_new();
+
+        if (s->cfg->data_file)
+                ASSERT_OK(vdisk_disk_set_resolver(d, get_companion_resolver()));
+        return d;
 }
 
 static vdisk_io *new_image_io(run *s, const char **ret_fmt) {
@@ -423,12 +520,13 @@ static vdisk_io *new_image_io(run *s, const char **ret_fmt) {
 
 static void create_diff(run *s) {
         vdisk_create_opts o = { .size = sizeof o, .block_size = s->cfg->block_size };
-        const char *fmt;
+        const char *fmt, *opts[3];
+        char df[160];
         vdisk_io *io;
 
         ASSERT(s->n < MAX_DEPTH);
         io = new_image_io(s, &fmt);
-        o.options = fmt_options(fmt);
+        image_options(s, io, fmt, &o, opts, df, sizeof df);
         if (!fmt_has_uuid(fmt) || !fmt_has_uuid(s->fmts[s->n - 1])) {
                 /* linked by name alone (no UUIDs): the parent's */
                 o.parent_name = vdisk_io_name(s->ios[s->n - 1]);
@@ -488,7 +586,7 @@ static void do_discard(run *s) {
 }
 
 static void open_chain(run *s, uint32_t flags) {
-        s->d = disk_new();
+        s->d = model_disk_new(s);
         for (unsigned i = 0; i < s->n; i++) {
                 int r = vdisk_disk_open(s->d, s->ios[i], s->fmts[i], flags);
                 if (r < 0)
@@ -589,6 +687,7 @@ static void do_merge(run *s) {
                 if (!found)
                         FAIL("merge %u -> %u: image %u (%s) should have left the chain but is not "
                              "among the removed names", from, to, i, vdisk_io_name(s->ios[i]));
+                companion_drop(vdisk_io_name(s->ios[i]));
                 vdisk_io_unref(s->ios[i]);
         }
         vdisk_strv_free(removed);
@@ -637,8 +736,10 @@ static void do_compact(run *s) {
         ASSERT_OK(vdisk_image_file_size(img, &before));
         note(s, "compact image %u of %u (%s, %" PRIu64 " bytes)", idx, s->n, vdisk_image_name(img), before);
         r = vdisk_compact(s->d, idx, NULL);
-        if (r == -EOPNOTSUPP && (is_fmt(s->fmts[idx], "qcow") || is_fmt(s->fmts[idx], "qed"))) {
-                /* QCOW and QED cannot compact: a clean refusal */
+        if (r == -EOPNOTSUPP && (is_fmt(s->fmts[idx], "qcow") || is_fmt(s->fmts[idx], "qed") ||
+                                 s->cfg->data_file)) {
+                /* QCOW and QED cannot compact, nor qcow2 with an external
+                 * data file: a clean refusal */
                 note(s, "compact refused: %s cannot compact", s->fmts[idx]);
                 ASSERT(vdisk_last_error()[0]);
                 s->refused++;
@@ -789,6 +890,8 @@ static uint64_t total_pairs;
 static uint64_t run_one(const model_cfg *cfg, uint64_t seed, uint64_t n_ops) {
         vdisk_create_opts o = { .size = sizeof o, .block_size = cfg->block_size };
         run s = { .cfg = cfg, .seed = seed, .size = cfg->size };
+        const char *base_opts[3];
+        char base_df[160];
         double t0 = now();
 
         rng_seed(&s.r, seed ^ (uint64_t) (cfg - configs) << 56);
@@ -800,9 +903,9 @@ static uint64_t run_one(const model_cfg *cfg, uint64_t seed, uint64_t n_ops) {
         set_context(&s);
 
         /* base, some data in it, a diff, more data, another diff */
-        s.d = disk_new();
+        s.d = model_disk_new(&s);
         s.ios[0] = new_image_io(&s, &s.fmts[0]);
-        o.options = fmt_options(s.fmts[0]);
+        image_options(&s, s.ios[0], s.fmts[0], &o, base_opts, base_df, sizeof base_df);
         note(&s, "create base %s (%s, 0x%" PRIx64 " bytes)", vdisk_io_name(s.ios[0]), cfg->name, cfg->size);
         ASSERT_OK(vdisk_disk_create_base(s.d, s.ios[0], s.fmts[0], cfg->size, &o));
         s.n = 1;
@@ -907,6 +1010,7 @@ static uint64_t run_one(const model_cfg *cfg, uint64_t seed, uint64_t n_ops) {
         s.d = vdisk_disk_unref(s.d);
         for (unsigned i = 0; i < s.n; i++)
                 vdisk_io_unref(s.ios[i]);
+        companions_free();
         free(s.model);
         free(s.buf);
         run_active = 0;
@@ -920,10 +1024,20 @@ int main(int argc, char **argv) {
         const char *e = getenv("VDISK_MODEL_FORMAT");
         unsigned cfg_lo = 0, cfg_hi = ELEMENTSOF(vdi_configs);
 
-        if (e && strcmp(e, "qcow2") == 0) {
+        if (e && strcmp(e, "qcow2-datafile") == 0) {
+                /* the last qcow2 config alone */
                 model_fmt = "qcow2";
                 configs = qcow2_configs;
+                cfg_lo = ELEMENTSOF(qcow2_configs) - 1;
                 cfg_hi = ELEMENTSOF(qcow2_configs);
+#ifdef MODEL_ASAN
+                if (argc == 1)
+                        n_seeds = 1;
+#endif
+        } else if (e && strcmp(e, "qcow2") == 0) {
+                model_fmt = "qcow2";
+                configs = qcow2_configs;
+                cfg_hi = ELEMENTSOF(qcow2_configs) - 1;   /* the data file one: its own test */
 #ifdef MODEL_ASAN
                 if (argc == 1)
                         n_seeds = 1;
