@@ -118,6 +118,9 @@ static void queue_free(qcow2_state *s, uint64_t host) {
 
 /* Drops what entry `e` references (at the next flush). */
 static void queue_free_entry(qcow2_state *s, uint64_t e) {
+        /* data clusters in an external data file have no refcounts */
+        if (s->data_io)
+                return;
         if (e & L2E_COMPRESSED)
                 qcow2_queue_free_compressed(s, e);
         else if (e & OFFSET_MASK)
@@ -437,6 +440,15 @@ static int zero_tail(qcow2_state *s, uint64_t new_size) {
         if (r < 0)
                 return r;
         host = e & OFFSET_MASK;
+        if (s->data_io) {
+                /* in the external data file (where offset 0 is a cluster
+                 * too, marked by COPIED); its size is not this file's */
+                if (host == 0 && !(e & L2E_COPIED))
+                        return 0;
+                len = MIN(cs - in, new_size - s->size);
+                r = io_write_zeroes(s->data_io, host + in, len);
+                return r < 0 ? r : io_flush(s->data_io);
+        }
         if ((e & L2E_COMPRESSED) || host == 0)
                 return 0;
         len = MIN(cs - in, new_size - s->size);
@@ -448,6 +460,24 @@ static int zero_tail(qcow2_state *s, uint64_t new_size) {
         return io_flush(s->io);
 }
 
+/* An external data file holds every cluster at its guest offset, and is made
+ * as large as the disk (create; qemu does the same): it grows with the disk,
+ * before the header says the new size, or a cluster allocated in the new
+ * range but never written (zeros) would lie past its end. */
+static int grow_data_file(qcow2_state *s, uint64_t new_size) {
+        int r;
+
+        if (!s->data_io || s->data_size >= new_size)
+                return 0;
+        r = io_truncate(s->data_io, new_size);
+        if (r >= 0)
+                r = io_flush(s->data_io);
+        if (r < 0)
+                return r;
+        s->data_size = new_size;
+        return 0;
+}
+
 /* The resize proper; the header switches at one point (s->size follows). */
 static int resize_switch(qcow2_state *s, uint64_t new_size, uint32_t need) {
         bool written;
@@ -456,6 +486,9 @@ static int resize_switch(qcow2_state *s, uint64_t new_size, uint32_t need) {
         if (new_size < s->size)
                 return shrink(s, new_size, need);
         r = zero_tail(s, new_size);
+        if (r < 0)
+                return r;
+        r = grow_data_file(s, new_size);
         if (r < 0)
                 return r;
         if (need > s->l1_size)
@@ -766,6 +799,10 @@ int qcow2_compact(void *state, compact_fn fn, void *ctx, vdisk_progress *p) {
         assert(s->writable && fn);
         if (s->nb_snapshots > 0)
                 return vdisk_error(-EOPNOTSUPP, "qcow2: images with internal snapshots cannot be compacted");
+        /* The data clusters live in the external data file (no refcounts
+         * there): the scan would free and move them as this file's. */
+        if (s->data_io)
+                return vdisk_error(-EOPNOTSUPP, "qcow2: images with an external data file cannot be compacted");
         r = qcow2_mark_dirty(s);
         if (r >= 0)
                 r = qcow2_flush(s);

@@ -1357,11 +1357,24 @@ static int write_desc(vmdk_state *s) {
                 room = (size_t) (h0.desc_size * VMDK_SECTOR);
                 if (len >= room)
                         return vdisk_error(-ENOSPC, "vmdk: the descriptor no longer fits in its %zu bytes", room);
+                /* Only the sectors the new text or the old one uses: the
+                 * NUL padding past them is left as it is (it may be a hole in
+                 * the file, which a write of zeros would have to allocate:
+                 * ENOSPC on a full file system for a descriptor that fits). */
+                size_t used, n;
+
                 pad = calloc(1, room);
                 if (!pad)
                         return -ENOMEM;
+                r = io_pread(s->io, pad, room, h0.desc_offset * VMDK_SECTOR);
+                if (r < 0)
+                        return r;
+                for (used = room; used > 0 && pad[used - 1] == 0; used--)
+                        ;
+                n = MIN(ALIGN_UP(MAX(used, len), (size_t) VMDK_SECTOR), room);
+                memset(pad, 0, n);
                 memcpy(pad, text, len);
-                return io_pwrite(s->io, pad, room, h0.desc_offset * VMDK_SECTOR);
+                return io_pwrite(s->io, pad, n, h0.desc_offset * VMDK_SECTOR);
         }
         r = io_pwrite(s->io, text, len, 0);
         if (r < 0)
@@ -2766,13 +2779,32 @@ static bool gt_valid(vmdk_extent *e, uint64_t gts) {
                range_within(gts * VMDK_SECTOR, (uint64_t) e->h.gtes * 4, e->file_size);
 }
 
+/* A grain directory at sector `gd` lies in front of the grains, as an extent
+ * is made. A grow that needed larger directories wrote them past the grains
+ * (sparse_grow): those lie in the data area, and check and compact keep the
+ * grains apart from them as ranges of their own. Without an overhead, every
+ * directory counts as in front. */
+static bool gd_in_front(const vmdk_extent *e, uint64_t gd) {
+        return e->h.overhead == 0 || gd < e->h.overhead;
+}
+
+/* The end of the directories in front of the grains (sectors). */
+static uint64_t front_dirs_end(const vmdk_extent *e) {
+        uint64_t gd_sectors = DIV_ROUND_UP(e->n_gd * 4, VMDK_SECTOR), end = 0;
+
+        if (gd_in_front(e, e->h.gd))
+                end = e->h.gd + gd_sectors;
+        if (e->rgd && gd_in_front(e, e->h.rgd))
+                end = MAX(end, e->h.rgd + gd_sectors);
+        return end;
+}
+
 /* One grain directory entry t: both directories, then the grains of its table. */
 static int check_gt(check_ctx *c, uint64_t t) {
         vmdk_extent *e = c->e;
         vdisk_check_report *rep = c->rep;
         uint64_t gts = 0, rgts = 0, n_grains = DIV_ROUND_UP(e->size, e->grain);
-        uint64_t meta_end = MAX(e->h.gd + DIV_ROUND_UP(e->n_gd * 4, VMDK_SECTOR),
-                                e->rgd ? e->h.rgd + DIV_ROUND_UP(e->n_gd * 4, VMDK_SECTOR) : 0);
+        uint64_t meta_end = front_dirs_end(e);
         int r;
 
         r = tc_get(e->gd, t, &gts);
@@ -2932,6 +2964,11 @@ static int check_extent(vmdk_state *s, vmdk_extent *e, size_t idx, vdisk_check_r
                 return vdisk_error(-EROFS, "vmdk: compressed extents are not repaired");
         for (uint64_t t = 0; t < e->n_gd && r >= 0; t++)
                 r = check_gt(&c, t);
+        /* directories a grow moved past the grains: no grain may overlap them */
+        if (r >= 0 && !gd_in_front(e, e->h.gd))
+                r = used_add(&c, e->h.gd, gd_sectors, UINT64_MAX);
+        if (r >= 0 && e->rgd && !gd_in_front(e, e->h.rgd))
+                r = used_add(&c, e->h.rgd, gd_sectors, UINT64_MAX);
         if (r < 0)
                 goto out;
         if (c.n_used > 0)               /* qsort(NULL, 0) is undefined */
@@ -3156,10 +3193,20 @@ static int compact_scan_extent(vmdk_extent *e, fmt_scan *sc, vmdk_compact_extent
         size_t cap_units = 0, cap_drops = 0, cap_fixed = 0;
         int r;
 
-        meta_end = MAX(MAX(e->h.gd + gd_sectors, e->rgd ? e->h.rgd + gd_sectors : 0),
-                       MAX(e->h.desc_offset + e->h.desc_size, (uint64_t) 1));
+        meta_end = MAX(front_dirs_end(e), MAX(e->h.desc_offset + e->h.desc_size, (uint64_t) 1));
         meta_end = MAX(meta_end, e->h.overhead);
         x->floor = meta_end * VMDK_SECTOR;
+        /* directories a grow moved past the grains stay where they are */
+        for (int k = 0; k < 2; k++) {
+                uint64_t at = k ? e->h.rgd : e->h.gd;
+                fmt_span sp = { .start = at * VMDK_SECTOR, .len = gd_sectors * VMDK_SECTOR };
+
+                if ((k && !e->rgd) || gd_in_front(e, at))
+                        continue;
+                r = push((void **) &x->fixed, &x->n_fixed, &cap_fixed, sizeof sp, &sp);
+                if (r < 0)
+                        return r;
+        }
 
         for (uint64_t t = 0; t < e->n_gd; t++) {
                 uint64_t gts = 0, rgts = 0;

@@ -166,8 +166,12 @@ static int relink(vdisk_disk *d, unsigned child, int parent) {
          * locators) gets the new parent's names: relative to the child's
          * directory and absolute where both were opened by path, else the
          * base name the new parent was opened by (vdiskd's fds); a recorded
-         * parent format becomes the new parent's. */
-        if ((cm.mask & META_PARENT_NAME) && cm.parent_name && cm.parent_name[0] && parent >= 0) {
+         * parent format becomes the new parent's. A new parent without a
+         * UUID (the QCOW family) can be named only: a VMDK child that linked
+         * by UUID alone (made where no names were known) gets its name too,
+         * or the null parent UUID would make it a base. */
+        if (parent >= 0 && (((cm.mask & META_PARENT_NAME) && cm.parent_name && cm.parent_name[0]) ||
+                            ((cm.mask & META_PARENT_CONTENT_ID) && !(pm.mask & META_UUID)))) {
                 const char *pn = vdisk_io_name(d->images[parent]->io), *base = strrchr(pn, '/');
 
                 r = resolver_link_names(d->resolver, d->images[child]->io, d->images[parent]->io, &rel, &abs);
@@ -281,10 +285,25 @@ static int merge_run(vdisk_disk *d, unsigned from, unsigned to, vdisk_progress *
                 /* Whatever was copied must be durable, also on cancel. */
                 l = disk_lock(d);
                 cr = image_flush(d->images[to]);
-                if (r < 0)
-                        return r;
-                if (cr < 0)
-                        return cr;
+                if (r < 0 || cr < 0) {
+                        /* `to` holds part of `from`'s data now and a new
+                         * content ID (VMDK CID). Adjacent, `from` reads as
+                         * before over it: a child that records its parent's
+                         * content ID (VMDK parentCID) gets the new one, or the
+                         * chain would no longer open (nor the merge be
+                         * retried). Best effort (a commit opened it read-only:
+                         * reopened writable through the resolver if it can
+                         * be): the failure stays the error. */
+                        if (from == to + 1 && records_parent_content_id(d->images[from])) {
+                                _cleanup_free_ char *msg = strdup(vdisk_last_error());
+
+                                if (disk_make_writable(d, from) >= 0)
+                                        (void) relink(d, from, (int) to);
+                                if (msg)
+                                        (void) vdisk_error(0, "%s", msg);
+                        }
+                        return r < 0 ? r : cr;
+                }
                 if (from + 1 < d->n) {
                         r = relink(d, from + 1, (int) to);
                         if (r < 0)

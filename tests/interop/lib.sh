@@ -78,7 +78,8 @@ run() {
         echo "# \$ $*" | sed "s|$T/||g"
         RC=0
         "$@" >"$T/out" 2>"$T/err" || RC=$?
-        if [[ $RC -ne 0 && -s $T/err ]]; then sed 's/^/#   stderr: /' "$T/err" | head -n 5; fi
+        # (|| true: a long stderr makes sed die of SIGPIPE once head is done)
+        if [[ $RC -ne 0 && -s $T/err ]]; then sed 's/^/#   stderr: /' "$T/err" | head -n 5 || true; fi
         return 0
 }
 vimg() { run "$VDISK_IMG" "$@"; }

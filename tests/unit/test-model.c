@@ -21,6 +21,13 @@
  * a format cannot do yet (VMDK resize of a diff) are tried, and must fail
  * with -EOPNOTSUPP leaving the disk as it was.
  *
+ * VDISK_MODEL_FORMAT=qcow2-datafile runs QCOW2 chains whose every image keeps
+ * its data in an external data file (data_file; companion memory ios through
+ * a resolver): compact is refused there (-EOPNOTSUPP, checked clean).
+ *
+ * VDISK_MODEL_FORMAT=mixed-qcow mixes all six formats, QCOW2, QCOW and QED
+ * included (VDI and VHD never above one of those three: they have no UUID).
+ *
  * Usage: test-model [SEED [OPS [CONFIG]]]  (default: 4 fixed seeds, both
  * configurations, 1500 operations each = 12,000 operations).
  * On failure the last operations are printed; rerun with the printed seed.
@@ -54,6 +61,9 @@ typedef struct model_cfg {
         const char *fmt;       /* NULL = "vdi" */
         uint32_t no_ops;       /* (1 << OP_*) the format cannot do yet */
         const char *const *options;     /* create options of its images (NULL: the format's) */
+        /* qcow2 only: every image keeps its data in an external data file
+         * (the data_file create option), a companion memory io */
+        bool data_file;
 } model_cfg;
 
 static const model_cfg vdi_configs[] = {
@@ -78,6 +88,17 @@ static const model_cfg mixed_configs[] = {
         { "mixed-64KiB", 64 * KiB, 64 * KiB, 3 * MiB, 1536 * KiB, 4 * MiB, 1 * MiB, "mixed" },
         { "mixed-default", 0, 1 * MiB, 48 * MiB, 24 * MiB, 64 * MiB, 3 * MiB, "mixed" },
 };
+/* fmt "mixed-qcow" (VDISK_MODEL_FORMAT=mixed-qcow): chains that mix all six
+ * formats, each new image of a random format among those that can sit on the
+ * chain: VDI and VHD diffs link by UUID and QCOW2, QCOW and QED have none, so
+ * no VDI or VHD image ever sits above one of the QCOW family (merges keep the
+ * order of the images, so this holds through them); VMDK and the QCOW family
+ * take any parent. 64 KiB clusters in all six. What a format cannot do (compact
+ * of QCOW and QED, resize of QCOW, shrinking QED) is tried and must be
+ * refused with -EOPNOTSUPP, the disk as it was. */
+static const model_cfg mixed_qcow_configs[] = {
+        { "mixed-qcow-64KiB", 64 * KiB, 64 * KiB, 3 * MiB, 1536 * KiB, 4 * MiB, 1 * MiB, "mixed-qcow" },
+};
 /* QCOW2 (VDISK_MODEL_FORMAT=qcow2): diffs link their parent by name; every
  * operation, compact and resize included. 512-byte clusters move the
  * refcount table as the files grow. */
@@ -89,6 +110,11 @@ static const model_cfg qcow2_configs[] = {
          * subclusters, discards of whole subclusters drop them */
         { "qcow2-extl2-64KiB", 0, 64 * KiB, 3 * MiB, 1536 * KiB, 4 * MiB, 1 * MiB, "qcow2", 0,
           qcow2_extl2_options },
+        /* External data files (VDISK_MODEL_FORMAT=qcow2-datafile): each
+         * image's guest data in a companion file at the guest offsets; the
+         * metadata file holds the tables. Compact refuses such images
+         * (-EOPNOTSUPP, the disk as it was: do_compact). */
+        { "qcow2-datafile", 0, 64 * KiB, 3 * MiB, 1536 * KiB, 4 * MiB, 1 * MiB, "qcow2", 0, NULL, true },
 };
 static const model_cfg *configs = vdi_configs;
 static const char *model_fmt = "vdi";
@@ -113,16 +139,36 @@ _Static_assert(OP_RESIZE == 8, "model_cfg.no_ops of the qcow2, qcow and qed conf
 
 /* The format of the next new image: the config's, or in a mixed chain VDI,
  * VMDK and VHD in turn. */
-static const char *next_fmt(const model_cfg *cfg, unsigned id) {
-        static const char *const mixed[] = { "vdi", "vmdk", "vpc" };
-
-        if (cfg->fmt && strcmp(cfg->fmt, "mixed") == 0)
-                return mixed[id % ELEMENTSOF(mixed)];
-        return cfg->fmt ? cfg->fmt : model_fmt;
-}
-
 static bool is_fmt(const char *fmt, const char *name) {
         return strcmp(fmt, name) == 0;
+}
+
+static const char *const all_fmts[] = { "vdi", "vmdk", "vpc", "qcow2", "qcow", "qed" };
+
+static unsigned fmt_index(const char *fmt) {
+        for (unsigned i = 0; i < ELEMENTSOF(all_fmts); i++)
+                if (is_fmt(fmt, all_fmts[i]))
+                        return i;
+        FAIL("unknown format %s", fmt);
+}
+
+/* QCOW2, QCOW and QED record no UUID: a child that links by UUID alone (VDI)
+ * or records its parent's UUID (VHD) cannot sit on one of them. */
+static bool fmt_has_uuid(const char *fmt) {
+        return !is_fmt(fmt, "qcow2") && !is_fmt(fmt, "qcow") && !is_fmt(fmt, "qed");
+}
+
+/* A format that cannot resize (QCOW), or only grow (QED), or (formerly) VMDK:
+ * a resize refused with
+ * -EOPNOTSUPP leaves the disk as it was. */
+static bool fmt_resize_limited(const char *fmt) {
+        return is_fmt(fmt, "vmdk") || is_fmt(fmt, "qcow") || is_fmt(fmt, "qed");
+}
+
+/* A diff of this format names its parent (the QCOW family by file name
+ * alone, VMDK by parentFileNameHint and CID): any parent will do. */
+static bool fmt_links_by_name(const char *fmt) {
+        return !fmt_has_uuid(fmt) || is_fmt(fmt, "vmdk");
 }
 
 static const char *const op_names[OP_MAX] = {
@@ -154,7 +200,35 @@ typedef struct run {
         uint64_t shrinks_refused, shrinks_done, grows;
         uint64_t checks, leaks, max_leaks;
         uint64_t refused;             /* mixed: VMDK resize/grow-merge, -EOPNOTSUPP */
+        uint64_t pairs;               /* mixed-qcow: (parent, child) format pairs seen, a bit each */
 } run;
+
+/* The format of the next new image: the config's; in a "mixed" chain VDI,
+ * VMDK and VHD in turn; in a "mixed-qcow" chain a random one of the six that
+ * may sit on the chain (see mixed_qcow_configs). */
+static const char *next_fmt(run *s) {
+        static const char *const mixed[] = { "vdi", "vmdk", "vpc" };
+        const model_cfg *cfg = s->cfg;
+        bool uuid_below = true;
+
+        if (cfg->fmt && is_fmt(cfg->fmt, "mixed"))
+                return mixed[s->next_id % ELEMENTSOF(mixed)];
+        if (!cfg->fmt || !is_fmt(cfg->fmt, "mixed-qcow"))
+                return cfg->fmt ? cfg->fmt : model_fmt;
+        for (unsigned i = 0; i < s->n; i++)
+                if (!fmt_has_uuid(s->fmts[i]))
+                        uuid_below = false;
+        /* While the chain is all VDI, VMDK and VHD, mostly one of those three
+         * (the QCOW family, once in, keeps VDI and VHD out). */
+        if (uuid_below && rng_chance(&s->r, 70))
+                return all_fmts[rng_below(&s->r, 3)];
+        for (;;) {
+                const char *f = all_fmts[rng_below(&s->r, ELEMENTSOF(all_fmts))];
+
+                if (uuid_below || fmt_links_by_name(f))
+                        return f;
+        }
+}
 
 /* The last operations, printed when a test fails. */
 static char history[HISTORY][160];
@@ -237,9 +311,21 @@ static void verify_chain(run *s) {
                 ASSERT(img);
                 ASSERT_STREQ(vdisk_image_name(img), vdisk_io_name(s->ios[i]));
                 ASSERT_EQ_U64(vdisk_image_index(img), i);
-                if (is_fmt(s->fmts[i], "qcow2") || is_fmt(s->fmts[i], "qcow") || is_fmt(s->fmts[i], "qed")) {
-                        /* no UUIDs: linked by name alone, the image below's */
-                        const char *pn = NULL, *pf = NULL;
+                if (i > 0)
+                        s->pairs |= UINT64_C(1) << (fmt_index(s->fmts[i - 1]) * 8 + fmt_index(s->fmts[i]));
+                /* A VMDK made on a parent without a UUID records no
+                 * ddb.uuid.parent, and a merge that relinks it to one with
+                 * a UUID adds none: it links by parentFileNameHint. */
+                if (i > 0 && is_fmt(s->fmts[i], "vmdk") && vdisk_image_get_parent_uuid(img, parent) == -EOPNOTSUPP) {
+                        vdisk_clear_error();
+                        goto by_name;
+                }
+                if (!fmt_has_uuid(s->fmts[i]) || (i > 0 && !fmt_has_uuid(s->fmts[i - 1]))) {
+                        /* no UUIDs (or a VMDK on a parent without one):
+                         * linked by name alone, the image below's */
+                        const char *pn, *pf;
+                by_name:
+                        pn = pf = NULL;
 
                         r = vdisk_image_get_parent_name(img, &pn, &pf);
                         if (i == 0) {
@@ -247,7 +333,9 @@ static void verify_chain(run *s) {
                                         FAIL("base image %s names a backing file '%s'", vdisk_image_name(img), pn);
                                 continue;
                         }
-                        ASSERT_OK(r);
+                        if (r < 0)
+                                FAIL("image %u (%s, on a %s) names no parent: %d (%s)", i, vdisk_image_name(img),
+                                     s->fmts[i - 1], r, strerror(-r));
                         if (!pn || strcmp(pn, vdisk_io_name(s->ios[i - 1])) != 0)
                                 FAIL("image %u (%s) names '%s' as its parent, not image %u", i,
                                      vdisk_image_name(img), pn ? pn : "(none)", i - 1);
@@ -259,11 +347,13 @@ static void verify_chain(run *s) {
                         memset(parent, 0, 16);
                 else
                         ASSERT_OK(r);
-                if (i == 0)
+                if (i == 0) {
                         ASSERT(vdisk_uuid_is_null(parent));
-                else if (memcmp(parent, uuid, 16) != 0)
+                        continue;
+                }
+                ASSERT_OK(vdisk_image_get_uuid(vdisk_disk_image(s->d, i - 1), uuid));
+                if (memcmp(parent, uuid, 16) != 0)
                         FAIL("image %u (%s) does not link to image %u", i, vdisk_image_name(img), i - 1);
-                ASSERT_OK(vdisk_image_get_uuid(img, uuid));
         }
         ASSERT(!vdisk_disk_image(s->d, s->n));
 }
@@ -333,6 +423,65 @@ static const char *fill(run *s, uint8_t *buf, uint64_t off, uint64_t len) {
         return "zero";
 }
 
+/* ---- companion files (qcow2 data files): memory ios by name */
+
+#define MAX_COMPANIONS 64
+static struct {
+        char name[128];
+        vdisk_io *io;
+} companions[MAX_COMPANIONS];
+static vdisk_resolver *companion_resolver;
+
+static int companion_open(void *user, const char *name, const char *image_name, uint32_t flags,
+                          vdisk_io **ret_io) {
+        unsigned free_slot = MAX_COMPANIONS;
+
+        for (unsigned i = 0; i < MAX_COMPANIONS; i++) {
+                if (!companions[i].io) {
+                        if (free_slot == MAX_COMPANIONS)
+                                free_slot = i;
+                        continue;
+                }
+                if (strcmp(companions[i].name, name) != 0)
+                        continue;
+                if (flags & VDISK_COMPANION_CREATE)
+                        return -EEXIST;
+                *ret_io = vdisk_io_ref(companions[i].io);
+                return 0;
+        }
+        if (!(flags & VDISK_COMPANION_CREATE))
+                return -ENOENT;
+        ASSERT(free_slot < MAX_COMPANIONS);
+        snprintf(companions[free_slot].name, sizeof companions[0].name, "%s", name);
+        companions[free_slot].io = mem_io(name, NULL, 0);
+        *ret_io = vdisk_io_ref(companions[free_slot].io);
+        return 0;
+}
+
+static vdisk_resolver *get_companion_resolver(void) {
+        static const vdisk_resolver_ops ops = { .size = sizeof ops, .open_companion = companion_open };
+
+        if (!companion_resolver)
+                ASSERT_OK(vdisk_resolver_new_ops(&ops, NULL, &companion_resolver));
+        return companion_resolver;
+}
+
+/* The image `image_name` left the chain: its data file goes too. */
+static void companion_drop(const char *image_name) {
+        char name[160];
+
+        snprintf(name, sizeof name, "%s.data", image_name);
+        for (unsigned i = 0; i < MAX_COMPANIONS; i++)
+                if (companions[i].io && strcmp(companions[i].name, name) == 0)
+                        companions[i].io = vdisk_io_unref(companions[i].io);
+}
+
+static void companions_free(void) {
+        for (unsigned i = 0; i < MAX_COMPANIONS; i++)
+                companions[i].io = vdisk_io_unref(companions[i].io);
+        companion_resolver = vdisk_resolver_unref(companion_resolver);
+}
+
 /* ---- the chain */
 
 /* The create options of a format: VHD sizes exactly (force_size=on). */
@@ -342,8 +491,34 @@ static const char *const *fmt_options(const model_cfg *cfg, const char *fmt) {
         return is_fmt(fmt, "vpc") ? vhd_options : NULL;
 }
 
+/* The create options of a new image `io`: the format's; with data files, its
+ * own companion (name.data) through the companion resolver. `opts` holds the
+ * option vector and `buf` the name. */
+static void image_options(run *s, vdisk_io *io, const char *fmt, vdisk_create_opts *o, const char *opts[3],
+                          char *buf, size_t buf_size) {
+        o->options = fmt_options(s->cfg, fmt);
+        if (!s->cfg->data_file)
+                return;
+        snprintf(buf, buf_size, "%s.data", vdisk_io_name(io));
+        opts[0] = "data_file";
+        opts[1] = buf;
+        opts[2] = NULL;
+        o->options = opts;
+        o->resolver = get_companion_resolver();
+}
+
+/* A new container; with data files it opens companions through the
+ * companion resolver. */
+static vdisk_disk *model_disk_new(run *s) {
+        vdisk_disk *d = disk_new();
+
+        if (s->cfg->data_file)
+                ASSERT_OK(vdisk_disk_set_resolver(d, get_companion_resolver()));
+        return d;
+}
+
 static vdisk_io *new_image_io(run *s, const char **ret_fmt) {
-        const char *fmt = next_fmt(s->cfg, s->next_id);
+        const char *fmt = next_fmt(s);
         char name[96];
 
         snprintf(name, sizeof name, "model-%" PRIu64 "-%s-img%u.%s", s->seed, s->cfg->name, s->next_id++, fmt);
@@ -353,13 +528,14 @@ static vdisk_io *new_image_io(run *s, const char **ret_fmt) {
 
 static void create_diff(run *s) {
         vdisk_create_opts o = { .size = sizeof o, .block_size = s->cfg->block_size };
-        const char *fmt;
+        const char *fmt, *opts[3];
+        char df[160];
         vdisk_io *io;
 
         ASSERT(s->n < MAX_DEPTH);
         io = new_image_io(s, &fmt);
-        o.options = fmt_options(s->cfg, fmt);
-        if (is_fmt(fmt, "qcow2") || is_fmt(fmt, "qcow") || is_fmt(fmt, "qed")) {
+        image_options(s, io, fmt, &o, opts, df, sizeof df);
+        if (!fmt_has_uuid(fmt) || !fmt_has_uuid(s->fmts[s->n - 1])) {
                 /* linked by name alone (no UUIDs): the parent's */
                 o.parent_name = vdisk_io_name(s->ios[s->n - 1]);
                 o.parent_format = s->fmts[s->n - 1];
@@ -418,7 +594,7 @@ static void do_discard(run *s) {
 }
 
 static void open_chain(run *s, uint32_t flags) {
-        s->d = disk_new();
+        s->d = model_disk_new(s);
         for (unsigned i = 0; i < s->n; i++) {
                 int r = vdisk_disk_open(s->d, s->ios[i], s->fmts[i], flags);
                 if (r < 0)
@@ -478,10 +654,11 @@ static void do_merge(run *s) {
              hi - lo == 1 ? "adjacent" : "apart", s->n);
         set_context(s);
         r = vdisk_merge(s->d, from, to, NULL, &removed);
-        if (r == -EOPNOTSUPP && is_fmt(s->fmts[to], "vmdk") && from > to &&
+        if (r == -EOPNOTSUPP && fmt_resize_limited(s->fmts[to]) && from > to &&
             vdisk_image_size(vdisk_disk_image(s->d, to)) < vdisk_image_size(vdisk_disk_image(s->d, from))) {
                 /* `to` would have to grow: VMDK cannot resize yet. */
                 note(s, "merge refused: %s cannot grow", vdisk_io_name(s->ios[to]));
+                ASSERT(vdisk_last_error()[0]);
                 s->refused++;
                 verify_chain(s);
                 compare_all(s, "after a refused merge");
@@ -518,6 +695,7 @@ static void do_merge(run *s) {
                 if (!found)
                         FAIL("merge %u -> %u: image %u (%s) should have left the chain but is not "
                              "among the removed names", from, to, i, vdisk_io_name(s->ios[i]));
+                companion_drop(vdisk_io_name(s->ios[i]));
                 vdisk_io_unref(s->ios[i]);
         }
         vdisk_strv_free(removed);
@@ -566,6 +744,17 @@ static void do_compact(run *s) {
         ASSERT_OK(vdisk_image_file_size(img, &before));
         note(s, "compact image %u of %u (%s, %" PRIu64 " bytes)", idx, s->n, vdisk_image_name(img), before);
         r = vdisk_compact(s->d, idx, NULL);
+        if (r == -EOPNOTSUPP && (is_fmt(s->fmts[idx], "qcow") || is_fmt(s->fmts[idx], "qed") ||
+                                 s->cfg->data_file)) {
+                /* QCOW and QED cannot compact, nor qcow2 with an external
+                 * data file: a clean refusal */
+                note(s, "compact refused: %s cannot compact", s->fmts[idx]);
+                ASSERT(vdisk_last_error()[0]);
+                s->refused++;
+                verify_chain(s);
+                compare_all(s, "after a refused compact");
+                return;
+        }
         if (r < 0)
                 FAIL("vdisk_compact(%u) of %u images failed: %d (%s)", idx, s->n, r, strerror(-r));
         verify_chain(s);
@@ -601,11 +790,11 @@ static void do_compact(run *s) {
                      vdi_slot_offset(&h, st.referenced));
 }
 
-/* A VMDK top cannot resize yet: -EOPNOTSUPP, the disk as it was. */
 static bool resize_unsupported(run *s, int r) {
-        if (r != -EOPNOTSUPP || !is_fmt(s->fmts[s->n - 1], "vmdk"))
+        if (r != -EOPNOTSUPP || !fmt_resize_limited(s->fmts[s->n - 1]))
                 return false;
-        note(s, "resize refused: VMDK cannot resize yet");
+        ASSERT(vdisk_last_error()[0]);
+        note(s, "resize refused: %s cannot resize so", s->fmts[s->n - 1]);
         s->refused++;
         ASSERT_EQ_U64(vdisk_disk_size(s->d), s->size);
         compare_all(s, "after a refused resize");
@@ -704,9 +893,13 @@ static double now(void) {
         return (double) ts.tv_sec + (double) ts.tv_nsec / 1e9;
 }
 
+static uint64_t total_pairs;
+
 static uint64_t run_one(const model_cfg *cfg, uint64_t seed, uint64_t n_ops) {
         vdisk_create_opts o = { .size = sizeof o, .block_size = cfg->block_size };
         run s = { .cfg = cfg, .seed = seed, .size = cfg->size };
+        const char *base_opts[3];
+        char base_df[160];
         double t0 = now();
 
         rng_seed(&s.r, seed ^ (uint64_t) (cfg - configs) << 56);
@@ -718,9 +911,9 @@ static uint64_t run_one(const model_cfg *cfg, uint64_t seed, uint64_t n_ops) {
         set_context(&s);
 
         /* base, some data in it, a diff, more data, another diff */
-        s.d = disk_new();
+        s.d = model_disk_new(&s);
         s.ios[0] = new_image_io(&s, &s.fmts[0]);
-        o.options = fmt_options(cfg, s.fmts[0]);
+        image_options(&s, s.ios[0], s.fmts[0], &o, base_opts, base_df, sizeof base_df);
         note(&s, "create base %s (%s, 0x%" PRIx64 " bytes)", vdisk_io_name(s.ios[0]), cfg->name, cfg->size);
         ASSERT_OK(vdisk_disk_create_base(s.d, s.ios[0], s.fmts[0], cfg->size, &o));
         s.n = 1;
@@ -809,13 +1002,23 @@ static uint64_t run_one(const model_cfg *cfg, uint64_t seed, uint64_t n_ops) {
                " leaks seen=%" PRIu64 " (max %" PRIu64 " in one image)\n",
                s.merges_fwd, s.merges_bwd, s.merges_adjacent, s.merges_apart, s.shrinks_refused,
                s.shrinks_done, s.grows, s.checks, s.leaks, s.max_leaks);
+        if (cfg->fmt && is_fmt(cfg->fmt, "mixed-qcow")) {
+                printf("    parent <- child pairs seen (%u):", (unsigned) __builtin_popcountll(s.pairs));
+                for (unsigned a = 0; a < ELEMENTSOF(all_fmts); a++)
+                        for (unsigned b = 0; b < ELEMENTSOF(all_fmts); b++)
+                                if (s.pairs & UINT64_C(1) << (a * 8 + b))
+                                        printf(" %s<-%s", all_fmts[a], all_fmts[b]);
+                printf("\n");
+                total_pairs |= s.pairs;
+        }
         if (s.refused)
-                printf("    refused as not supported (VMDK resize): %" PRIu64 "\n", s.refused);
+                printf("    refused as not supported (resize, grow-merge, compact): %" PRIu64 "\n", s.refused);
         fflush(stdout);
 
         s.d = vdisk_disk_unref(s.d);
         for (unsigned i = 0; i < s.n; i++)
                 vdisk_io_unref(s.ios[i]);
+        companions_free();
         free(s.model);
         free(s.buf);
         run_active = 0;
@@ -829,10 +1032,27 @@ int main(int argc, char **argv) {
         const char *e = getenv("VDISK_MODEL_FORMAT");
         unsigned cfg_lo = 0, cfg_hi = ELEMENTSOF(vdi_configs);
 
-        if (e && strcmp(e, "qcow2") == 0) {
+        if (e && strcmp(e, "qcow2-datafile") == 0) {
+                /* the last qcow2 config alone */
                 model_fmt = "qcow2";
                 configs = qcow2_configs;
+                cfg_lo = ELEMENTSOF(qcow2_configs) - 1;
                 cfg_hi = ELEMENTSOF(qcow2_configs);
+#ifdef MODEL_ASAN
+                if (argc == 1)
+                        n_seeds = 1;
+#endif
+        } else if (e && strcmp(e, "qcow2") == 0) {
+                model_fmt = "qcow2";
+                configs = qcow2_configs;
+                cfg_hi = ELEMENTSOF(qcow2_configs) - 1;   /* the data file one: its own test */
+#ifdef MODEL_ASAN
+                if (argc == 1)
+                        n_seeds = 1;
+#endif
+        } else if (e && strcmp(e, "mixed-qcow") == 0) {
+                configs = mixed_qcow_configs;
+                cfg_hi = ELEMENTSOF(mixed_qcow_configs);
 #ifdef MODEL_ASAN
                 if (argc == 1)
                         n_seeds = 1;
@@ -886,6 +1106,12 @@ int main(int argc, char **argv) {
                                          2 * n_ops : n_ops);
                 }
         printf("%" PRIu64 " operations in total\n", total);
+        /* Every pairing the formats allow: 4 x 6 under a VDI, VMDK or VHD
+         * parent less VDI and VHD on the QCOW family (6 pairs): 30. */
+        if (argc == 1 && n_seeds == 4 && configs == mixed_qcow_configs &&
+            __builtin_popcountll(total_pairs) < 30)
+                FAIL("only %d of the 30 possible parent <- child format pairs were seen",
+                     __builtin_popcountll(total_pairs));
         if (argc == 1 && n_seeds == 4)
                 ASSERT(total >= 10000);
         return 0;

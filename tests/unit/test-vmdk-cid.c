@@ -13,7 +13,12 @@
  *     same;
  *   - a read-only open with reads, and a writable open that writes nothing,
  *     leave every byte of the files as they were;
- *   - one new CID per open: a second write in the same open keeps it.
+ *   - one new CID per open: a second write in the same open keeps it;
+ *   - a forward merge (commit) of a diff into its VMDK base that fails with
+ *     ENOSPC at write N, for every N (memory ios under a fault io): the base
+ *     got a new CID with the first write, and the diff must have been
+ *     relinked to it, so that the chain opens again (no -ESTALE), reads as
+ *     before, and the retried merge succeeds.
  */
 #include <unistd.h>
 
@@ -151,6 +156,78 @@ static void expect_untouched(const char *const *files, bool writable) {
         }
 }
 
+static vdisk_disk *open_mem_chain(vdisk_io *base, vdisk_io *top) {
+        vdisk_disk *d = disk_new();
+
+        ASSERT_OK(vdisk_disk_open(d, base, "vmdk", 0));
+        ASSERT_OK(vdisk_disk_open(d, top, "vmdk", 0));
+        return d;
+}
+
+static void failed_merge_relinks(void) {
+        vdisk_create_opts o = { .size = sizeof o };
+        vdisk_io *base = mem_io("m-base.vmdk", NULL, 0), *top = mem_io("m-top.vmdk", NULL, 0);
+        uint8_t *want, *buf = malloc(MiB);
+        uint64_t size, n_writes = 0;
+        vdisk_disk *d = disk_new();
+
+        ASSERT(buf);
+        ASSERT_OK(vdisk_disk_create_base(d, base, "vmdk", 4 * MiB, &o));
+        memset(buf, 0x11, MiB);
+        ASSERT_OK(vdisk_disk_write(d, buf, MiB, 0));
+        ASSERT_OK(vdisk_disk_create_diff(d, top, "vmdk", &o));
+        memset(buf, 0x22, MiB);
+        ASSERT_OK(vdisk_disk_write(d, buf, MiB, 512 * KiB));
+        ASSERT_OK(vdisk_disk_write(d, buf, 64 * KiB, 3 * MiB));
+        want = disk_read_all(d, &size);
+        vdisk_disk_unref(d);
+
+        for (uint64_t n = 0;; n++) {
+                vdisk_io *b = mem_io_clone(base, "m-base.vmdk"), *t = mem_io_clone(top, "m-top.vmdk"), *fb;
+                vdisk_fault f = { .size = sizeof f, .kind = VDISK_FAULT_ENOSPC, .after = n };
+                uint8_t *got;
+                uint64_t got_size;
+                char **removed = NULL;
+                int r;
+
+                test_set_context("merge with ENOSPC at the base's write %" PRIu64, n);
+                ASSERT_OK(vdisk_io_new_fault(b, &f, &fb));
+                d = open_mem_chain(fb, t);
+                r = vdisk_merge(d, 1, 0, NULL, &removed);
+                vdisk_strv_free(removed);
+                vdisk_disk_unref(d);
+                vdisk_io_unref(fb);
+                if (r >= 0) {
+                        n_writes = n;
+                        vdisk_io_unref(b);
+                        vdisk_io_unref(t);
+                        break;
+                }
+                ASSERT(r == -ENOSPC);
+                /* the chain opens and reads as before; the retry succeeds */
+                d = open_mem_chain(b, t);
+                got = disk_read_all(d, &got_size);
+                ASSERT_EQ_U64(got_size, size);
+                ASSERT_MEMEQ(got, want, size);
+                free(got);
+                ASSERT_OK(vdisk_merge(d, 1, 0, NULL, &removed));
+                vdisk_strv_free(removed);
+                got = disk_read_all(d, &got_size);
+                ASSERT_MEMEQ(got, want, size);
+                free(got);
+                vdisk_disk_unref(d);
+                vdisk_io_unref(b);
+                vdisk_io_unref(t);
+        }
+        test_set_context("%s", "");
+        printf("failed merges: ENOSPC at each of the base's %" PRIu64 " writes, the chain opened again\n", n_writes);
+        ASSERT(n_writes > 2);
+        free(want);
+        free(buf);
+        vdisk_io_unref(base);
+        vdisk_io_unref(top);
+}
+
 int main(void) {
         static const char *const sparse_files[] = { "sparse.vmdk", NULL };
         static const char *const flat_files[] = { "flat.vmdk", "flat-flat.vmdk", NULL };
@@ -159,6 +236,8 @@ int main(void) {
 
         snprintf(dir, sizeof dir, "%s/vdisk-cid-XXXXXX", tmp && *tmp ? tmp : "/tmp");
         ASSERT(mkdtemp(dir));
+
+        failed_merge_relinks();
 
         make_pair("sparse.vmdk", "monolithicSparse");
         expect_untouched(sparse_files, false);
