@@ -84,7 +84,7 @@ int qcow2_alloc_cluster(qcow2_state *s, uint64_t *ret, int *ret_fresh) {
 
                 if (is_fixed(s, off) || (s->reserved && s->res_host == off))
                         continue;
-                r = qcow2_refcount_get(s, off / cs, &rc);
+                r = qcow2_rc_get(s, off, &rc);
                 if (r < 0)
                         return r;
                 if (rc == 0) {
@@ -101,19 +101,51 @@ int qcow2_alloc_cluster(qcow2_state *s, uint64_t *ret, int *ret_fresh) {
         return hostalloc_alloc(&s->alloc, cs, QCOW2_HOST_LIMIT, ret, ret_fresh);
 }
 
-/* The cluster at `host` loses its reference at the next flush (after the
- * tables that dropped it). Out of memory: it leaks. */
-static void queue_free(qcow2_state *s, uint64_t host) {
-        if (s->n_pending_free == s->cap_pending_free) {
-                size_t cap = MAX(s->cap_pending_free * 2, (size_t) 64);
-                uint64_t *n = realloc(s->pending_free, cap * sizeof *n);
+/* A refcount block covers the cluster at `off` (a new place without one
+ * would make one at the end of the file). */
+static bool has_block(qcow2_state *s, uint64_t off) {
+        uint64_t rti = off / s->cluster_size / s->rb_entries, e = 0;
 
-                if (!n)
-                        return;
-                s->pending_free = n;
-                s->cap_pending_free = cap;
+        return rti < tc_table_entries(s->reft) && tc_get(s->reft, rti, &e) >= 0 && e != 0;
+}
+
+/* The lowest free run (compact's metadata moves); the hint moves only over
+ * clusters found in use (or without a refcount block). */
+int qcow2_alloc_low(qcow2_state *s, uint64_t bytes, uint64_t limit, uint64_t *ret) {
+        uint64_t cs = s->cluster_size, start = 0, run = 0;
+        bool first = true;
+        int r;
+
+        assert(bytes > 0 && bytes % cs == 0);
+        for (uint64_t off = ALIGN_UP(MAX(s->free_hint, cs), cs); off + cs <= limit; off += cs) {
+                uint64_t rc = 1;
+
+                if (!is_fixed(s, off) && !(s->reserved && s->res_host == off) && has_block(s, off)) {
+                        r = qcow2_rc_get(s, off, &rc);
+                        if (r < 0)
+                                return r;
+                }
+                if (rc != 0) {
+                        run = 0;
+                        if (first)
+                                s->free_hint = off + cs;
+                        continue;
+                }
+                first = false;
+                if (run == 0)
+                        start = off;
+                run += cs;
+                if (run == bytes) {
+                        hostalloc_note_used(&s->alloc, start, bytes);
+                        *ret = start;
+                        return 0;
+                }
         }
-        s->pending_free[s->n_pending_free++] = host;
+        return -ENOSPC;
+}
+
+static void queue_free(qcow2_state *s, uint64_t host) {
+        qcow2_queue_free(s, host);
 }
 
 /* Drops what entry `e` references (at the next flush). */
@@ -137,7 +169,7 @@ static int trim_tail(qcow2_state *s) {
 
                 if (is_fixed(s, (ci - 1) * cs))
                         break;
-                r = qcow2_refcount_get(s, ci - 1, &rc);
+                r = qcow2_rc_get(s, (ci - 1) * cs, &rc);
                 if (r < 0)
                         return r;
                 if (rc > 0)
@@ -227,18 +259,6 @@ static int write_header_size(qcow2_state *s, uint64_t size, uint32_t l1_size, ui
         return io_flush(s->io);
 }
 
-static int l1_view(qcow2_state *s) {
-        s->l1 = tc_table_free(s->l1);
-        tc_table_params p = {
-                .offset = s->l1_offset,
-                .size = (uint64_t) s->l1_size * 8,
-                .page_size = 4096,
-                .entry = TC_BE64,
-                .name = "qcow2 L1 table",
-        };
-        return tc_table_new(s->budget, s->io, &p, &s->l1);
-}
-
 static uint64_t l1_clusters(const qcow2_state *s, uint64_t l1_size) {
         return DIV_ROUND_UP(l1_size * 8, s->cluster_size);
 }
@@ -257,28 +277,13 @@ static int grow_l1(qcow2_state *s, uint64_t new_size, uint32_t new_l1) {
                 if (r < 0)
                         return r;
         }
-        r = hostalloc_alloc(&s->alloc, bytes, QCOW2_HOST_LIMIT, &off, NULL);
-        if (r < 0)
-                return r;
-        r = io_pwrite(s->io, tbl, bytes, off);
-        if (r < 0)
-                return r;
-        if (off + bytes > s->file_size)
-                s->file_size = s->data_size = off + bytes;
-        for (uint64_t c = 0; c < bytes; c += cs) {
-                r = qcow2_rc_update(s, off + c, +1, NULL);
-                if (r < 0)
-                        return r;
-        }
-        r = qcow2_flush_refcounts(s);
-        if (r >= 0)
-                r = io_flush(s->io);
+        r = qcow2_table_place(s, tbl, bytes, 0, 0, 0, &off);
         if (r < 0)
                 return r;
         /* the switch (a failed flush after it: the old table leaks) */
         r = write_header_size(s, new_size, new_l1, off, &written);
         if (written) {
-                int rv = l1_view(s);
+                int rv = qcow2_l1_view(s);
 
                 if (r >= 0)
                         r = rv;
@@ -358,7 +363,7 @@ static int shrink(qcow2_state *s, uint64_t new_size, uint32_t new_l1) {
         r = qcow2_flush_tables(s);
         if (r < 0)
                 goto leak;
-        r = l1_view(s);
+        r = qcow2_l1_view(s);
         if (r < 0)
                 return r;   /* no view: the image cannot go on */
         for (uint64_t c = l1_clusters(s, new_l1); c < l1_clusters(s, old_l1); c++)
@@ -369,7 +374,7 @@ leak:
         if (r < 0)
                 vdisk_clear_error();
         if (s->l1 && tc_table_entries(s->l1) != s->l1_size && !tc_table_is_dirty(s->l1))
-                return l1_view(s);
+                return qcow2_l1_view(s);
         return 0;
 }
 
@@ -658,7 +663,7 @@ static int compact_layout(qcow2_state *s, fmt_unit **ret_units, size_t *ret_n, f
         for (uint64_t ci = 0; ci < n_file; ci++) {
                 uint64_t rc, off = ci * cs;
 
-                r = qcow2_refcount_get(s, ci, &rc);
+                r = qcow2_rc_get(s, off, &rc);
                 if (r < 0)
                         return r;
                 if (bsearch(&off, hosts, n, sizeof *hosts, cmp_u64)) {
