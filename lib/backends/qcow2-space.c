@@ -607,6 +607,215 @@ static int compact_scan(qcow2_state *s, compact_fn fn, void *ctx, vdisk_progress
         return 0;
 }
 
+/* Phase 2: the metadata moves down into the lowest free clusters, each
+ * table on its own (qcow2_table_place: the copy, counted, durable; the
+ * switch, flushed; the old place uncounted, flushed with the next step):
+ * L2 tables (the L1 entry switches), refcount blocks (the refcount table
+ * entry; a block counting its own new place holds that count, since the
+ * copy is taken after the counts are written), the L1 table and the
+ * refcount table (the header's offset). A table with no free place below
+ * it stays. */
+static int move_done(qcow2_state *s, int r, bool *ret_moved) {
+        *ret_moved = r >= 0;
+        if (r == -ENOSPC) {
+                vdisk_clear_error();
+                return 0;   /* no room below: it stays */
+        }
+        return r;
+}
+
+static int move_l2(qcow2_state *s, uint64_t l1i, uint64_t from, bool *ret_moved) {
+        uint64_t cs = s->cluster_size, to, l1e;
+        int r;
+
+        r = qcow2_drop_table(s, from);
+        if (r < 0)
+                return r;
+        r = move_done(s, qcow2_table_place(s, NULL, cs, from, from, QCOW2_PLACE_LOW, &to), ret_moved);
+        if (r < 0 || !*ret_moved)
+                return r;
+        r = tc_get(s->l1, l1i, &l1e);
+        if (r >= 0)
+                r = tc_set(s->l1, l1i, (l1e & ~OFFSET_MASK) | to, 0);
+        if (r >= 0)
+                r = qcow2_flush_tables(s);
+        if (r >= 0)
+                r = io_flush(s->io);
+        return r < 0 ? r : qcow2_uncount(s, from, cs);
+}
+
+static int move_rb(qcow2_state *s, uint64_t rti, uint64_t from, bool *ret_moved) {
+        uint64_t cs = s->cluster_size, to;
+        int r;
+
+        r = qcow2_flush_refcounts(s);
+        if (r < 0)
+                return r;
+        r = move_done(s, qcow2_table_place(s, NULL, cs, from, from, QCOW2_PLACE_LOW, &to), ret_moved);
+        if (r < 0 || !*ret_moved)
+                return r;
+        r = tc_set(s->reft, rti, to, 0);
+        if (r >= 0)
+                r = tc_table_flush(s->reft);
+        if (r >= 0)
+                r = io_flush(s->io);
+        /* the view of the old place is stale (and clean: flushed above) */
+        if (r >= 0)
+                r = qcow2_drop_table(s, from);
+        return r < 0 ? r : qcow2_uncount(s, from, cs);
+}
+
+/* A refcount block that counts nothing but perhaps itself (it covers only
+ * free clusters: past the compacted end, or a hole) leaves the refcount
+ * table: the entry cleared, flushed, then the block uncounted (a block
+ * counting itself is then counted nowhere: nothing more to do). */
+static int drop_empty_rb(qcow2_state *s, uint64_t rti, uint64_t off, uint8_t *buf, bool *ret_dropped) {
+        uint64_t ci = off / s->cluster_size;
+        bool self = ci / s->rb_entries == rti;
+        int r;
+
+        *ret_dropped = false;
+        r = qcow2_flush_refcounts(s);
+        if (r >= 0)
+                r = io_pread(s->io, buf, s->cluster_size, off);
+        if (r < 0)
+                return r;
+        if (self) {
+                if (qcow2_rc_entry_get(buf, ci % s->rb_entries, s->refcount_order) != 1)
+                        return 0;
+                qcow2_rc_entry_set(buf, ci % s->rb_entries, s->refcount_order, 0);
+        }
+        if (!mem_is_zero(buf, s->cluster_size))
+                return 0;
+        r = tc_set(s->reft, rti, 0, 0);
+        if (r >= 0)
+                r = tc_table_flush(s->reft);
+        if (r >= 0)
+                r = io_flush(s->io);
+        if (r >= 0)
+                r = qcow2_drop_table(s, off);
+        if (r < 0)
+                return r;
+        *ret_dropped = true;
+        if (self) {
+                qcow2_note_free(s, off);
+                return 0;
+        }
+        return qcow2_uncount(s, off, s->cluster_size);
+}
+
+static int move_l1(qcow2_state *s, bool *ret_moved) {
+        uint64_t from = s->l1_offset, len = (uint64_t) s->l1_size * 8, to;
+        uint8_t b[8];
+        int r;
+
+        *ret_moved = false;
+        if (len == 0 || from % s->cluster_size != 0)
+                return 0;
+        r = qcow2_flush_tables(s);
+        if (r < 0)
+                return r;
+        r = move_done(s, qcow2_table_place(s, NULL, len, from, from, QCOW2_PLACE_LOW, &to), ret_moved);
+        if (r < 0 || !*ret_moved)
+                return r;
+        put_be64(b, to);
+        r = qcow2_header_switch(s, 40, b, sizeof b);   /* l1_table_offset */
+        if (r < 0)
+                return r;
+        s->l1_offset = to;
+        r = qcow2_l1_view(s);
+        return r < 0 ? r : qcow2_uncount(s, from, len);
+}
+
+static int move_reft(qcow2_state *s, bool *ret_moved) {
+        uint64_t from = s->reft_offset, len = s->reft_bytes, to;
+        uint8_t b[8];
+        int r;
+
+        *ret_moved = false;
+        r = qcow2_flush_refcounts(s);
+        if (r < 0)
+                return r;
+        r = move_done(s, qcow2_table_place(s, NULL, len, from, from, QCOW2_PLACE_LOW, &to), ret_moved);
+        if (r < 0 || !*ret_moved)
+                return r;
+        if (s->reft_offset != from) {
+                /* counting the copy grew (moved) the table: the copy is stale */
+                *ret_moved = false;
+                return qcow2_uncount(s, to, len);
+        }
+        put_be64(b, to);
+        r = qcow2_header_switch(s, 48, b, sizeof b);   /* refcount_table_offset */
+        if (r < 0)
+                return r;
+        s->reft_offset = to;
+        r = qcow2_reft_view(s);
+        return r < 0 ? r : qcow2_uncount(s, from, len);
+}
+
+static int compact_meta(qcow2_state *s, vdisk_progress *p, uint64_t *ret_moved) {
+        _cleanup_free_ uint8_t *buf = malloc(s->cluster_size);
+        uint64_t n_moved = 0;
+        bool moved;
+        int r;
+
+        if (!buf)
+                return vdisk_error(-ENOMEM, "out of memory");
+
+        s->free_hint = 0;
+        for (uint64_t l1i = 0; l1i < s->l1_size; l1i++) {
+                uint64_t l1e;
+
+                r = tc_get(s->l1, l1i, &l1e);
+                if (r < 0)
+                        return r;
+                if ((l1e & OFFSET_MASK) == 0 || (l1e & OFFSET_MASK) <= s->free_hint)
+                        continue;
+                r = progress_check(p);
+                if (r >= 0)
+                        r = move_l2(s, l1i, l1e & OFFSET_MASK, &moved);
+                if (r < 0)
+                        return r;
+                n_moved += moved;
+        }
+        for (uint64_t rti = 0; rti < tc_table_entries(s->reft); rti++) {
+                uint64_t e;
+
+                r = tc_get(s->reft, rti, &e);
+                if (r < 0)
+                        return r;
+                e &= OFFSET_MASK;
+                if (e == 0)
+                        continue;
+                r = progress_check(p);
+                if (r >= 0)
+                        r = drop_empty_rb(s, rti, e, buf, &moved);
+                if (r < 0)
+                        return r;
+                n_moved += moved;
+                if (moved || e <= s->free_hint)
+                        continue;
+                r = move_rb(s, rti, e, &moved);
+                if (r < 0)
+                        return r;
+                n_moved += moved;
+        }
+        r = progress_check(p);
+        if (r >= 0)
+                r = move_l1(s, &moved);
+        if (r < 0)
+                return r;
+        n_moved += moved;
+        r = progress_check(p);
+        if (r >= 0)
+                r = move_reft(s, &moved);
+        if (r < 0)
+                return r;
+        n_moved += moved;
+        *ret_moved = n_moved;
+        return qcow2_flush(s);
+}
+
 static int cmp_u64(const void *a, const void *b) {
         uint64_t x = *(const uint64_t *) a, y = *(const uint64_t *) b;
 
@@ -700,7 +909,7 @@ int qcow2_compact(void *state, compact_fn fn, void *ctx, vdisk_progress *p) {
         _cleanup_free_ fmt_unit *units = NULL;
         _cleanup_free_ fmt_span *fixed = NULL;
         size_t n = 0, nf = 0;
-        uint64_t moves;
+        uint64_t moves, meta_moves = 0;
         cpack cp = { .s = s };
         int r, rt;
 
@@ -721,6 +930,15 @@ int qcow2_compact(void *state, compact_fn fn, void *ctx, vdisk_progress *p) {
         r = qcow2_flush(s);
         if (r < 0)
                 return r;
+        if (!s->data_io) {
+                r = compact_meta(s, p, &meta_moves);
+                if (r < 0) {
+                        rt = qcow2_flush(s);
+                        if (rt >= 0)
+                                rt = trim_tail(s);
+                        return rt < 0 ? rt : r;
+                }
+        }
         r = compact_layout(s, &units, &n, &fixed, &nf);
         if (r < 0)
                 return r;
@@ -745,6 +963,11 @@ int qcow2_compact(void *state, compact_fn fn, void *ctx, vdisk_progress *p) {
         progress_set_total(p, s->size + moves * s->cluster_size);
         (void) progress_add(p, s->size);   /* a cancel: seen by the pack */
         r = fmt_pack_run(&pk, NULL);
+        /* again: refcount blocks left counting nothing (past the packed
+         * data, or whose old place counted only itself) go, and what still
+         * lies above a hole moves down */
+        if (r >= 0 && !s->data_io)
+                r = compact_meta(s, p, &meta_moves);
         /* after a cancel too: what the moves left free at the end goes */
         rt = trim_tail(s);
         return r < 0 ? r : rt;
