@@ -35,12 +35,16 @@
  *             equal to what shows through below, it is unallocated; all
  *             zeros over a parent with data, a zero cluster (v3); zero
  *             clusters give up the space they kept; L2 tables left empty are
- *             dropped. Flushed. Then fmt_pack moves the highest data clusters
- *             into the lowest free clusters (copy, flush, the new place
- *             counted, the L2 entry, flushed, the old place freed,
- *             flushed), and the file is cut after its last referenced
- *             cluster. A cancel stops between batches; every step is a valid
- *             image.
+ *             dropped. Flushed. Then the metadata moves down (L2 tables,
+ *             refcount blocks, the L1 table, the refcount table: each into
+ *             the lowest free clusters below it, by qcow2_table_place, the
+ *             pointer switched, the old place freed; refcount blocks that
+ *             count nothing leave the refcount table), fmt_pack moves the
+ *             highest data clusters into the lowest free clusters (copy,
+ *             flush, the new place counted, the L2 entry, flushed, the old
+ *             place freed, flushed), the metadata moves once more, and the
+ *             file is cut after its last referenced cluster. A cancel stops
+ *             between batches and moves; every step is a valid image.
  */
 #include <assert.h>
 #include <errno.h>
