@@ -628,24 +628,57 @@ static int move_done(qcow2_state *s, int r, bool *ret_moved) {
         return r;
 }
 
-static int move_l2(qcow2_state *s, uint64_t l1i, uint64_t from, bool *ret_moved) {
-        uint64_t cs = s->cluster_size, to, l1e;
+/* L2 tables move in batches: each copied into the lowest free cluster
+ * below it and counted (not yet durable), then the whole batch made durable
+ * at once, the L1 entries switched (flags kept), flushed, the old places
+ * uncounted. */
+#define L2_BATCH 64u
+
+typedef struct l2_move {
+        uint64_t l1i, from, to;
+} l2_move;
+
+/* The table's content from the cache (counting a new place does not change
+ * an L2 table: no refcount write is needed before the copy, unlike a
+ * refcount block's move) */
+static int place_l2(qcow2_state *s, uint64_t from, uint8_t *buf, uint64_t *ret_to, bool *ret_moved) {
+        tc_table *l2;
         int r;
 
-        r = qcow2_drop_table(s, from);
+        r = qcow2_get_l2(s, from, &l2);
+        if (r >= 0)
+                r = tc_read(l2, 0, buf, s->cluster_size);
+        if (r >= 0)
+                r = qcow2_drop_table(s, from);   /* written back when dirty */
         if (r < 0)
                 return r;
-        r = move_done(s, qcow2_table_place(s, NULL, cs, from, from, QCOW2_PLACE_LOW, &to), ret_moved);
-        if (r < 0 || !*ret_moved)
+        return move_done(s, qcow2_table_place(s, buf, s->cluster_size, 0, from,
+                                              QCOW2_PLACE_LOW | QCOW2_PLACE_NOSYNC, ret_to), ret_moved);
+}
+
+static int switch_l2s(qcow2_state *s, const l2_move *m, size_t n) {
+        int r;
+
+        if (n == 0)
+                return 0;
+        r = qcow2_sync_refcounts(s);
+        if (r < 0)
                 return r;
-        r = tc_get(s->l1, l1i, &l1e);
-        if (r >= 0)
-                r = tc_set(s->l1, l1i, (l1e & ~OFFSET_MASK) | to, 0);
-        if (r >= 0)
-                r = qcow2_flush_tables(s);
+        for (size_t i = 0; i < n; i++) {
+                uint64_t l1e;
+
+                r = tc_get(s->l1, m[i].l1i, &l1e);
+                if (r >= 0)
+                        r = tc_set(s->l1, m[i].l1i, (l1e & ~OFFSET_MASK) | m[i].to, 0);
+                if (r < 0)
+                        return r;
+        }
+        r = qcow2_flush_tables(s);
         if (r >= 0)
                 r = io_flush(s->io);
-        return r < 0 ? r : qcow2_uncount(s, from, cs);
+        for (size_t i = 0; i < n && r >= 0; i++)
+                r = qcow2_uncount(s, m[i].from, s->cluster_size);
+        return r;
 }
 
 static int move_rb(qcow2_state *s, uint64_t rti, uint64_t from, bool *ret_moved) {
@@ -759,29 +792,48 @@ static int move_reft(qcow2_state *s, bool *ret_moved) {
 
 static int compact_meta(qcow2_state *s, vdisk_progress *p, uint64_t *ret_moved) {
         _cleanup_free_ uint8_t *buf = malloc(s->cluster_size);
+        _cleanup_free_ l2_move *batch = calloc(L2_BATCH, sizeof *batch);
         uint64_t n_moved = 0;
+        size_t nb = 0;
         bool moved;
-        int r;
+        int r = 0, rt;
 
-        if (!buf)
+        if (!buf || !batch)
                 return vdisk_error(-ENOMEM, "out of memory");
 
         s->free_hint = 0;
         for (uint64_t l1i = 0; l1i < s->l1_size; l1i++) {
-                uint64_t l1e;
+                uint64_t l1e, to;
 
+                if (nb == 0) {
+                        r = progress_check(p);
+                        if (r < 0)
+                                return r;
+                }
                 r = tc_get(s->l1, l1i, &l1e);
                 if (r < 0)
-                        return r;
+                        break;
                 if ((l1e & OFFSET_MASK) == 0 || (l1e & OFFSET_MASK) <= s->free_hint)
                         continue;
-                r = progress_check(p);
-                if (r >= 0)
-                        r = move_l2(s, l1i, l1e & OFFSET_MASK, &moved);
+                r = place_l2(s, l1e & OFFSET_MASK, buf, &to, &moved);
                 if (r < 0)
-                        return r;
-                n_moved += moved;
+                        break;
+                if (!moved)
+                        continue;
+                batch[nb++] = (l2_move) { .l1i = l1i, .from = l1e & OFFSET_MASK, .to = to };
+                n_moved++;
+                if (nb == L2_BATCH) {
+                        r = switch_l2s(s, batch, nb);
+                        nb = 0;
+                        if (r < 0)
+                                return r;
+                }
         }
+        /* the rest of the batch (after a failed copy too: those placed are
+         * sound) */
+        rt = switch_l2s(s, batch, nb);
+        if (r < 0 || rt < 0)
+                return r < 0 ? r : rt;
         for (uint64_t rti = 0; rti < tc_table_entries(s->reft); rti++) {
                 uint64_t e;
 
