@@ -370,27 +370,17 @@ static int change_refcount_order(qcow2_state *s, uint32_t order, vdisk_progress 
                 s->rb_slots[i].t = tc_table_free(s->rb_slots[i].t);
                 s->rb_slots[i].offset = 0;
         }
-        s->reft = tc_table_free(s->reft);
         s->refcount_order = order;
         s->rb_entries = new_rbe;
         s->reft_offset = base;
         s->reft_bytes = rt * cs;
-        tc_table_params tp = {
-                .offset = base,
-                .size = rt * cs,
-                .page_size = (uint32_t) MIN(cs, UINT64_C(4096)),
-                .entry = TC_BE64,
-                .name = "qcow2 refcount table",
-        };
-        r = tc_table_new(s->budget, s->io, &tp, &s->reft);
+        r = qcow2_reft_view(s);
         if (r < 0)
                 return r;
         /* the old table and blocks are no longer referenced */
-        for (uint64_t off = old_reft; off < old_reft + old_reft_bytes; off += cs) {
-                r = qcow2_rc_update(s, off, -1, NULL);
-                if (r < 0)
-                        return r;
-        }
+        r = qcow2_uncount(s, old_reft, old_reft_bytes);
+        if (r < 0)
+                return r;
         for (uint64_t i = 0; i < o.n_reft; i++) {
                 uint64_t b = get_be64(old_reft_buf + i * 8) & REFT_MASK;
 

@@ -424,40 +424,13 @@ static int free_table(qcow2_state *s, uint64_t table_offset, uint32_t table_size
                         if (r < 0)
                                 return r;
                 }
-        for (uint64_t off = 0; off < (uint64_t) table_size * 8; off += s->cluster_size) {
-                r = qcow2_rc_update(s, table_offset + off, -1, NULL);
-                if (r < 0)
-                        return r;
-        }
-        return 0;
+        return qcow2_uncount(s, table_offset, (uint64_t) table_size * 8);
 }
 
 /* Appends `len` bytes (rounded up to clusters) at the end of the file with
- * their refcounts; returns where. */
+ * their refcounts (not yet durable); returns where. */
 static int append_clusters(qcow2_state *s, const void *data, uint64_t len, uint64_t *ret) {
-        uint64_t bytes = ALIGN_UP(MAX(len, UINT64_C(1)), s->cluster_size), off;
-        _cleanup_free_ uint8_t *buf = calloc(1, (size_t) bytes);
-        int r;
-
-        if (!buf)
-                return -ENOMEM;
-        memcpy(buf, data, (size_t) len);
-        r = hostalloc_alloc(&s->alloc, bytes, QCOW2_HOST_LIMIT, &off, NULL);
-        if (r < 0)
-                return r;
-        r = io_pwrite(s->io, buf, (size_t) bytes, off);
-        if (r < 0)
-                return r;
-        r = qcow2_cover_file(s, off + bytes);
-        if (r < 0)
-                return r;
-        for (uint64_t c = 0; c < bytes; c += s->cluster_size) {
-                r = qcow2_rc_update(s, off + c, +1, NULL);
-                if (r < 0)
-                        return r;
-        }
-        *ret = off;
-        return 0;
+        return qcow2_table_place(s, data, len, 0, 0, QCOW2_PLACE_NOSYNC, ret);
 }
 
 /* Writes b's content to new clusters and a new table; returns the table's
@@ -505,9 +478,7 @@ int qcow2_bitmaps_flush(qcow2_state *s) {
                 if (r < 0)
                         return r;
         }
-        r = qcow2_flush_refcounts(s);
-        if (r >= 0)
-                r = io_flush(s->io);
+        r = qcow2_sync_refcounts(s);
         if (r < 0)
                 return r;
         /* the switch, bitmap by bitmap (8 aligned bytes each) */
@@ -539,9 +510,7 @@ int qcow2_bitmaps_flush(qcow2_state *s) {
                         return r;
                 b->dirty = false;
         }
-        r = qcow2_flush_refcounts(s);
-        if (r >= 0)
-                r = io_flush(s->io);
+        r = qcow2_sync_refcounts(s);
         if (r < 0)
                 return r;
         if (s->bm_marked) {
@@ -983,9 +952,7 @@ static int replace_directory(qcow2_state *s, qcow2_bitmap *v, uint32_t n) {
                 if (r < 0)
                         return r;
         }
-        r = qcow2_flush_refcounts(s);
-        if (r >= 0)
-                r = io_flush(s->io);
+        r = qcow2_sync_refcounts(s);
         if (r < 0)
                 return r;
         r = write_header_ext(s, n, off, size);
@@ -993,13 +960,7 @@ static int replace_directory(qcow2_state *s, qcow2_bitmap *v, uint32_t n) {
                 return r;
         s->bm_dir_offset = off;
         s->bm_dir_size = size;
-        if (had)
-                for (uint64_t c = 0; c < old_size; c += s->cluster_size) {
-                        r = qcow2_rc_update(s, old_off + c, -1, NULL);
-                        if (r < 0)
-                                return r;
-                }
-        return 0;
+        return had ? qcow2_uncount(s, old_off, old_size) : 0;
 }
 
 static int change_add(qcow2_state *s, const vdisk_bitmap_change *c) {

@@ -142,8 +142,6 @@ int qcow2_mark_dirty(qcow2_state *s);
 /* Adds delta (+1/-1) to the refcount of the cluster holding `host` (blocks
  * made as needed); with ret_pg the refcount block's page, pinned. */
 int qcow2_rc_update(qcow2_state *s, uint64_t host, int delta, tc_page **ret_pg);
-/* The refcount of cluster index `ci` in memory (0 where no block is). */
-int qcow2_refcount_get(qcow2_state *s, uint64_t ci, uint64_t *ret);
 /* Entry i of a refcount block of width 2^order bits. */
 uint64_t qcow2_rc_entry_get(const uint8_t *b, uint64_t i, uint32_t order);
 void qcow2_rc_entry_set(uint8_t *b, uint64_t i, uint32_t order, uint64_t v);
@@ -151,16 +149,19 @@ int qcow2_l2_entry(qcow2_state *s, uint64_t cl, uint64_t *ret_e, uint64_t *ret_b
 int qcow2_l2_for_write(qcow2_state *s, uint64_t l1i, tc_table **ret);
 /* The L2 table at host offset `off` (checked), from the slot cache. */
 int qcow2_get_l2(qcow2_state *s, uint64_t off, tc_table **ret);
+/* The cluster holding `host` loses a reference at the next flush (after the
+ * tables that dropped it); out of memory: it leaks. */
+void qcow2_queue_free(qcow2_state *s, uint64_t host);
 void qcow2_queue_free_compressed(qcow2_state *s, uint64_t e);
 /* Drops the cached view of a freed or moved table (written back first). */
 int qcow2_drop_table(qcow2_state *s, uint64_t off);
 /* Makes the file hold [0, end) (sparse). */
 int qcow2_cover_file(qcow2_state *s, uint64_t end);
-/* The refcount of the cluster holding `host`; the largest one the width takes. */
+/* The refcount of the cluster holding `host` as the refcounts say now (in
+ * memory), without making a refcount block: 0 where there is none; the
+ * largest one the width takes. */
 int qcow2_rc_get(qcow2_state *s, uint64_t host, uint64_t *ret);
 uint64_t qcow2_rc_max(const qcow2_state *s);
-/* `bytes` (cluster multiple) appended at the end of the file. */
-int qcow2_alloc_clusters(qcow2_state *s, uint64_t bytes, uint64_t *ret);
 bool qcow2_l1_ok(const qcow2_state *s, uint64_t l1_offset, uint32_t l1_size);
 /* Drops the L2 tables held (flushed first): the active L1 table changed. */
 void qcow2_drop_l2_cache(qcow2_state *s);
@@ -172,7 +173,31 @@ typedef struct qcow2_snap {
 } qcow2_snap;
 int qcow2_read_snapshots(qcow2_state *s, vdisk_snapshot **ret, qcow2_snap **ret_e, size_t *ret_n);
 
+/* A new table's place (see qcow2.c "new tables"): `len` bytes of `buf`
+ * (or, buf NULL, a move: the `len` bytes at `from` as they are once the
+ * refcounts are written) in new clusters, zero-padded; counted, written and,
+ * without QCOW2_PLACE_NOSYNC, durable. QCOW2_PLACE_LOW: into the lowest free
+ * clusters ending at or below `below` (-ENOSPC: none), else appended. */
+enum {
+        QCOW2_PLACE_LOW    = 1u << 0,
+        QCOW2_PLACE_NOSYNC = 1u << 1,
+};
+int qcow2_table_place(qcow2_state *s, const void *buf, uint64_t len, uint64_t from, uint64_t below,
+                      uint32_t flags, uint64_t *ret);
+/* Refcounts written, then everything flushed: what a switch waits for. */
+int qcow2_sync_refcounts(qcow2_state *s);
+/* The switch: `len` bytes of the header at `at`, flushed. */
+int qcow2_header_switch(qcow2_state *s, uint32_t at, const void *buf, size_t len);
+/* The clusters of [off, off + len) lose one reference each (in memory). */
+int qcow2_uncount(qcow2_state *s, uint64_t off, uint64_t len);
+/* The cached views of the L1 table and refcount table, made from the state's
+ * offsets and sizes (after a switch). */
+int qcow2_l1_view(qcow2_state *s);
+int qcow2_reft_view(qcow2_state *s);
+
 /* ---- qcow2-space.c: resize, discard, compact, free-cluster reuse */
+/* The lowest `bytes` of free clusters in a row ending at or below `limit`. */
+int qcow2_alloc_low(qcow2_state *s, uint64_t bytes, uint64_t limit, uint64_t *ret);
 int qcow2_alloc_cluster(qcow2_state *s, uint64_t *ret, int *ret_fresh);
 void qcow2_note_free(qcow2_state *s, uint64_t host);
 int qcow2_discard(void *state, uint64_t offset, uint64_t len);

@@ -14,16 +14,17 @@
  *
  * Crash ordering (qcow2.md): references are counted before anything points
  * at them and uncounted only after the pointer is gone from the disk; every
- * table (the snapshot table, a new active L1) is written to new clusters and
- * made current by one small header write:
- *   create  COPIED cleared in the active tables, flush; refcounts +1 (the
- *           L1 copy, the new table, the active tree), flush; the L1 copy
- *           and the new table written, flush; header (nb_snapshots,
- *           snapshots_offset), flush; the old table's clusters -1.
- *   apply   refcounts +1 (the new active L1, the snapshot's tree), flush;
- *           the new active L1 (the snapshot's, COPIED clear), flush;
- *           header (size, l1_size, l1_table_offset), flush; the old active
- *           tree -1, flush; COPIED set where a refcount came down to 1.
+ * table (the snapshot table, a new active L1) is written to new clusters
+ * (qcow2_table_place: counted and written, made durable together) and made
+ * current by one small header write:
+ *   create  COPIED cleared in the active tables, flush; the L1 copy and the
+ *           new table placed, the active tree +1, flush; header
+ *           (nb_snapshots, snapshots_offset), flush; the old table's
+ *           clusters -1.
+ *   apply   the new active L1 (the snapshot's, COPIED clear) placed, the
+ *           snapshot's tree +1, flush; header (size, l1_size,
+ *           l1_table_offset), flush; the old active tree -1, flush; COPIED
+ *           set where a refcount came down to 1.
  *   delete  the new table written (its clusters counted), flush; header,
  *           flush; the snapshot's tree, its L1 and the old table -1, flush;
  *           COPIED set in the active tables where a refcount came to 1.
@@ -214,13 +215,6 @@ static int update_copied(qcow2_state *s, bool clear) {
         return 0;
 }
 
-static int flush_refcounts_sync(qcow2_state *s) {
-        int r;
-
-        r = qcow2_flush_refcounts(s);
-        return r < 0 ? r : io_flush(s->io);
-}
-
 static int flush_tables_sync(qcow2_state *s) {
         int r;
 
@@ -228,26 +222,17 @@ static int flush_tables_sync(qcow2_state *s) {
         return r < 0 ? r : io_flush(s->io);
 }
 
-/* Writes `len` bytes at `off` (new clusters at the end) and makes the file
- * cover them. */
-static int write_new(qcow2_state *s, const void *buf, uint64_t len, uint64_t off) {
-        int r;
-
-        r = io_pwrite(s->io, buf, (size_t) len, off);
-        return r < 0 ? r : qcow2_cover_file(s, ALIGN_UP(off + len, s->cluster_size));
-}
-
 /* An L1 table of n entries: the entries given (COPIED cleared: every L2
- * table it names is shared), zeros up to `total`, cluster-padded. */
-static int write_l1_copy(qcow2_state *s, const uint64_t *l1, uint32_t n, uint32_t total, uint64_t off) {
-        uint64_t bytes = ALIGN_UP((uint64_t) total * 8, s->cluster_size);
-        _cleanup_free_ uint8_t *buf = calloc(1, bytes);
+ * table it names is shared), zeros up to `total`, in new clusters, counted
+ * (not yet durable: the caller syncs). */
+static int place_l1_copy(qcow2_state *s, const uint64_t *l1, uint32_t n, uint32_t total, uint64_t *ret) {
+        _cleanup_free_ uint8_t *buf = calloc(total, 8);
 
         if (!buf)
                 return -ENOMEM;
         for (uint32_t i = 0; i < n; i++)
                 put_be64(buf + (size_t) i * 8, l1[i] & ~L2E_COPIED);
-        return write_new(s, buf, bytes, off);
+        return qcow2_table_place(s, buf, (uint64_t) total * 8, 0, 0, QCOW2_PLACE_NOSYNC, ret);
 }
 
 /* The header's snapshot fields: nb_snapshots, snapshots_offset. */
@@ -257,9 +242,7 @@ static int switch_table(qcow2_state *s, uint32_t nb, uint64_t off) {
 
         put_be32(h, nb);
         put_be64(h + 4, off);
-        r = io_pwrite(s->io, h, sizeof h, HDR_NB_SNAPSHOTS);
-        if (r >= 0)
-                r = io_flush(s->io);
+        r = qcow2_header_switch(s, HDR_NB_SNAPSHOTS, h, sizeof h);
         if (r < 0)
                 return r;
         s->nb_snapshots = nb;
@@ -350,29 +333,14 @@ int qcow2_snapshot_create(void *state, const char *name, int64_t date_sec, uint3
         if (r < 0)
                 return r;
 
-        /* 2. every new reference counted (a cut from here on leaks) */
+        /* 2. the snapshot's L1 table and the new snapshot table in new
+         * clusters, and every new reference counted, durable (a cut from
+         * here on leaks) */
         if (s->l1_size > 0) {
-                r = qcow2_alloc_clusters(s, ALIGN_UP((uint64_t) s->l1_size * 8, cs), &l1_copy);
+                r = place_l1_copy(s, l1, s->l1_size, s->l1_size, &l1_copy);
                 if (r < 0)
                         return r;
         }
-        r = qcow2_alloc_clusters(s, ALIGN_UP(new_len, cs), &tbl_off);
-        if (r < 0)
-                return r;
-        /* the new clusters are in the file before their refcounts */
-        r = qcow2_cover_file(s, tbl_off + ALIGN_UP(new_len, cs));
-        if (r >= 0)
-                r = adjust_range(s, l1_copy, (uint64_t) s->l1_size * 8, +1, "L1 table");
-        if (r >= 0)
-                r = adjust_range(s, tbl_off, new_len, +1, "snapshot table");
-        if (r >= 0)
-                r = adjust_tree(s, l1, s->l1_size, +1);
-        if (r >= 0)
-                r = flush_refcounts_sync(s);
-        if (r < 0)
-                return r;
-
-        /* 3. the snapshot's L1 table and the new snapshot table */
         p = tbl + t.len;
         put_be64(p, l1_copy);
         put_be32(p + 8, s->l1_size);
@@ -386,31 +354,28 @@ int qcow2_snapshot_create(void *state, const char *name, int64_t date_sec, uint3
         put_be64(p + SNAP_HEADER + 8, s->size);
         memcpy(p + SNAP_HEADER + SNAP_EXTRA, id, id_len);
         memcpy(p + SNAP_HEADER + SNAP_EXTRA + id_len, name, name_len);
-        if (s->l1_size > 0) {
-                r = write_l1_copy(s, l1, s->l1_size, s->l1_size, l1_copy);
-                if (r < 0)
-                        return r;
-        }
-        r = write_new(s, tbl, ALIGN_UP(new_len, cs), tbl_off);
+        r = qcow2_table_place(s, tbl, new_len, 0, 0, QCOW2_PLACE_NOSYNC, &tbl_off);
         if (r >= 0)
-                r = io_flush(s->io);
+                r = adjust_tree(s, l1, s->l1_size, +1);
+        if (r >= 0)
+                r = qcow2_sync_refcounts(s);
         if (r < 0)
                 return r;
 
-        /* 4. the switch */
+        /* 3. the switch */
         old_off = s->snapshots_offset;
         r = switch_table(s, s->nb_snapshots + 1, tbl_off);
         if (r < 0)
                 return r;
 
-        /* 5. the old table is no longer referenced */
+        /* 4. the old table is no longer referenced */
         r = adjust_range(s, old_off, t.len, -1, "snapshot table");
-        return r < 0 ? r : flush_refcounts_sync(s);
+        return r < 0 ? r : qcow2_sync_refcounts(s);
 }
 
 int qcow2_snapshot_apply(void *state, size_t i) {
         qcow2_state *s = state;
-        uint64_t cs = s->cluster_size, size, needed, new_l1 = 0, old_l1_off = s->l1_offset;
+        uint64_t size, needed, new_l1 = 0, old_l1_off = s->l1_offset;
         uint32_t new_n, old_n = s->l1_size;
         _cleanup_(snap_table_done) snap_table t = {};
         _cleanup_free_ uint64_t *sl1 = NULL, *ol1 = NULL;
@@ -446,72 +411,47 @@ int qcow2_snapshot_apply(void *state, size_t i) {
         if (r < 0)
                 return r;
 
-        /* 1. the new active L1 and the snapshot's tree counted */
+        /* 1. the new active L1 (the snapshot's, every L2 table shared) in
+         * new clusters, and the snapshot's tree counted, durable */
         if (new_n > 0) {
-                r = qcow2_alloc_clusters(s, ALIGN_UP((uint64_t) new_n * 8, cs), &new_l1);
-                if (r < 0)
-                        return r;
-                r = qcow2_cover_file(s, new_l1 + ALIGN_UP((uint64_t) new_n * 8, cs));
-                if (r >= 0)
-                        r = adjust_range(s, new_l1, (uint64_t) new_n * 8, +1, "L1 table");
+                r = place_l1_copy(s, sl1, t.e[i].l1_size, new_n, &new_l1);
                 if (r < 0)
                         return r;
         }
         r = adjust_tree(s, sl1, t.e[i].l1_size, +1);
         if (r >= 0)
-                r = flush_refcounts_sync(s);
+                r = qcow2_sync_refcounts(s);
         if (r < 0)
                 return r;
 
-        /* 2. the new active L1: the snapshot's, every L2 table shared */
-        if (new_n > 0) {
-                r = write_l1_copy(s, sl1, t.e[i].l1_size, new_n, new_l1);
-                if (r >= 0)
-                        r = io_flush(s->io);
-                if (r < 0)
-                        return r;
-        }
-
-        /* 3. the switch: size, L1 size and offset (one write) */
+        /* 2. the switch: size, L1 size and offset (one write) */
         r = io_pread(s->io, h, sizeof h, HDR_SIZE);
         if (r < 0)
                 return r;
         put_be64(h, size);
         put_be32(h + 12, new_n);
         put_be64(h + 16, new_l1);
-        r = io_pwrite(s->io, h, sizeof h, HDR_SIZE);
-        if (r >= 0)
-                r = io_flush(s->io);
+        r = qcow2_header_switch(s, HDR_SIZE, h, sizeof h);
         if (r < 0)
                 return r;
         qcow2_drop_l2_cache(s);
-        s->l1 = tc_table_free(s->l1);
         s->l1_offset = new_l1;
         s->l1_size = new_n;
         s->size = size;
-        if (new_n > 0) {
-                tc_table_params p = {
-                        .offset = new_l1,
-                        .size = (uint64_t) new_n * 8,
-                        .page_size = 4096,
-                        .entry = TC_BE64,
-                        .name = "qcow2 L1 table",
-                };
-                r = tc_table_new(s->budget, s->io, &p, &s->l1);
-                if (r < 0)
-                        return r;
-        }
+        r = qcow2_l1_view(s);
+        if (r < 0)
+                return r;
 
-        /* 4. the old active tree is no longer referenced */
+        /* 3. the old active tree is no longer referenced */
         r = adjust_tree(s, ol1, old_n, -1);
         if (r >= 0)
                 r = adjust_range(s, old_l1_off, (uint64_t) old_n * 8, -1, "L1 table");
         if (r >= 0)
-                r = flush_refcounts_sync(s);
+                r = qcow2_sync_refcounts(s);
         if (r < 0)
                 return r;
 
-        /* 5. where a cluster is the active tree's alone now (a hostile or
+        /* 4. where a cluster is the active tree's alone now (a hostile or
          * odd table), COPIED */
         r = update_copied(s, false);
         return r < 0 ? r : flush_tables_sync(s);
@@ -551,18 +491,7 @@ int qcow2_snapshot_delete(void *state, size_t i) {
 
         /* 1. the new table, counted, written */
         if (new_len > 0) {
-                r = qcow2_alloc_clusters(s, ALIGN_UP(new_len, cs), &tbl_off);
-                if (r < 0)
-                        return r;
-                r = qcow2_cover_file(s, tbl_off + ALIGN_UP(new_len, cs));
-                if (r >= 0)
-                        r = adjust_range(s, tbl_off, new_len, +1, "snapshot table");
-                if (r >= 0)
-                        r = flush_refcounts_sync(s);
-                if (r >= 0)
-                        r = write_new(s, tbl, ALIGN_UP(new_len, cs), tbl_off);
-                if (r >= 0)
-                        r = io_flush(s->io);
+                r = qcow2_table_place(s, tbl, new_len, 0, 0, 0, &tbl_off);
                 if (r < 0)
                         return r;
         }
@@ -579,7 +508,7 @@ int qcow2_snapshot_delete(void *state, size_t i) {
         if (r >= 0)
                 r = adjust_range(s, old_off, t.len, -1, "snapshot table");
         if (r >= 0)
-                r = flush_refcounts_sync(s);
+                r = qcow2_sync_refcounts(s);
         if (r < 0)
                 return r;
 

@@ -35,12 +35,16 @@
  *             equal to what shows through below, it is unallocated; all
  *             zeros over a parent with data, a zero cluster (v3); zero
  *             clusters give up the space they kept; L2 tables left empty are
- *             dropped. Flushed. Then fmt_pack moves the highest data clusters
- *             into the lowest free clusters (copy, flush, the new place
- *             counted, the L2 entry, flushed, the old place freed,
- *             flushed), and the file is cut after its last referenced
- *             cluster. A cancel stops between batches; every step is a valid
- *             image.
+ *             dropped. Flushed. Then the metadata moves down (L2 tables,
+ *             refcount blocks, the L1 table, the refcount table: each into
+ *             the lowest free clusters below it, by qcow2_table_place, the
+ *             pointer switched, the old place freed; refcount blocks that
+ *             count nothing leave the refcount table), fmt_pack moves the
+ *             highest data clusters into the lowest free clusters (copy,
+ *             flush, the new place counted, the L2 entry, flushed, the old
+ *             place freed, flushed), the metadata moves once more, and the
+ *             file is cut after its last referenced cluster. A cancel stops
+ *             between batches and moves; every step is a valid image.
  */
 #include <assert.h>
 #include <errno.h>
@@ -84,7 +88,7 @@ int qcow2_alloc_cluster(qcow2_state *s, uint64_t *ret, int *ret_fresh) {
 
                 if (is_fixed(s, off) || (s->reserved && s->res_host == off))
                         continue;
-                r = qcow2_refcount_get(s, off / cs, &rc);
+                r = qcow2_rc_get(s, off, &rc);
                 if (r < 0)
                         return r;
                 if (rc == 0) {
@@ -101,19 +105,51 @@ int qcow2_alloc_cluster(qcow2_state *s, uint64_t *ret, int *ret_fresh) {
         return hostalloc_alloc(&s->alloc, cs, QCOW2_HOST_LIMIT, ret, ret_fresh);
 }
 
-/* The cluster at `host` loses its reference at the next flush (after the
- * tables that dropped it). Out of memory: it leaks. */
-static void queue_free(qcow2_state *s, uint64_t host) {
-        if (s->n_pending_free == s->cap_pending_free) {
-                size_t cap = MAX(s->cap_pending_free * 2, (size_t) 64);
-                uint64_t *n = realloc(s->pending_free, cap * sizeof *n);
+/* A refcount block covers the cluster at `off` (a new place without one
+ * would make one at the end of the file). */
+static bool has_block(qcow2_state *s, uint64_t off) {
+        uint64_t rti = off / s->cluster_size / s->rb_entries, e = 0;
 
-                if (!n)
-                        return;
-                s->pending_free = n;
-                s->cap_pending_free = cap;
+        return rti < tc_table_entries(s->reft) && tc_get(s->reft, rti, &e) >= 0 && e != 0;
+}
+
+/* The lowest free run (compact's metadata moves); the hint moves only over
+ * clusters found in use (or without a refcount block). */
+int qcow2_alloc_low(qcow2_state *s, uint64_t bytes, uint64_t limit, uint64_t *ret) {
+        uint64_t cs = s->cluster_size, start = 0, run = 0;
+        bool first = true;
+        int r;
+
+        assert(bytes > 0 && bytes % cs == 0);
+        for (uint64_t off = ALIGN_UP(MAX(s->free_hint, cs), cs); off + cs <= limit; off += cs) {
+                uint64_t rc = 1;
+
+                if (!is_fixed(s, off) && !(s->reserved && s->res_host == off) && has_block(s, off)) {
+                        r = qcow2_rc_get(s, off, &rc);
+                        if (r < 0)
+                                return r;
+                }
+                if (rc != 0) {
+                        run = 0;
+                        if (first)
+                                s->free_hint = off + cs;
+                        continue;
+                }
+                first = false;
+                if (run == 0)
+                        start = off;
+                run += cs;
+                if (run == bytes) {
+                        hostalloc_note_used(&s->alloc, start, bytes);
+                        *ret = start;
+                        return 0;
+                }
         }
-        s->pending_free[s->n_pending_free++] = host;
+        return -ENOSPC;
+}
+
+static void queue_free(qcow2_state *s, uint64_t host) {
+        qcow2_queue_free(s, host);
 }
 
 /* Drops what entry `e` references (at the next flush). */
@@ -140,7 +176,7 @@ static int trim_tail(qcow2_state *s) {
 
                 if (is_fixed(s, (ci - 1) * cs))
                         break;
-                r = qcow2_refcount_get(s, ci - 1, &rc);
+                r = qcow2_rc_get(s, (ci - 1) * cs, &rc);
                 if (r < 0)
                         return r;
                 if (rc > 0)
@@ -282,18 +318,6 @@ static int write_header_size(qcow2_state *s, uint64_t size, uint32_t l1_size, ui
         return io_flush(s->io);
 }
 
-static int l1_view(qcow2_state *s) {
-        s->l1 = tc_table_free(s->l1);
-        tc_table_params p = {
-                .offset = s->l1_offset,
-                .size = (uint64_t) s->l1_size * 8,
-                .page_size = 4096,
-                .entry = TC_BE64,
-                .name = "qcow2 L1 table",
-        };
-        return tc_table_new(s->budget, s->io, &p, &s->l1);
-}
-
 static uint64_t l1_clusters(const qcow2_state *s, uint64_t l1_size) {
         return DIV_ROUND_UP(l1_size * 8, s->cluster_size);
 }
@@ -312,28 +336,13 @@ static int grow_l1(qcow2_state *s, uint64_t new_size, uint32_t new_l1) {
                 if (r < 0)
                         return r;
         }
-        r = hostalloc_alloc(&s->alloc, bytes, QCOW2_HOST_LIMIT, &off, NULL);
-        if (r < 0)
-                return r;
-        r = io_pwrite(s->io, tbl, bytes, off);
-        if (r < 0)
-                return r;
-        if (off + bytes > s->file_size)
-                s->file_size = s->data_size = off + bytes;
-        for (uint64_t c = 0; c < bytes; c += cs) {
-                r = qcow2_rc_update(s, off + c, +1, NULL);
-                if (r < 0)
-                        return r;
-        }
-        r = qcow2_flush_refcounts(s);
-        if (r >= 0)
-                r = io_flush(s->io);
+        r = qcow2_table_place(s, tbl, bytes, 0, 0, 0, &off);
         if (r < 0)
                 return r;
         /* the switch (a failed flush after it: the old table leaks) */
         r = write_header_size(s, new_size, new_l1, off, &written);
         if (written) {
-                int rv = l1_view(s);
+                int rv = qcow2_l1_view(s);
 
                 if (r >= 0)
                         r = rv;
@@ -413,7 +422,7 @@ static int shrink(qcow2_state *s, uint64_t new_size, uint32_t new_l1) {
         r = qcow2_flush_tables(s);
         if (r < 0)
                 goto leak;
-        r = l1_view(s);
+        r = qcow2_l1_view(s);
         if (r < 0)
                 return r;   /* no view: the image cannot go on */
         for (uint64_t c = l1_clusters(s, new_l1); c < l1_clusters(s, old_l1); c++)
@@ -424,7 +433,7 @@ leak:
         if (r < 0)
                 vdisk_clear_error();
         if (s->l1 && tc_table_entries(s->l1) != s->l1_size && !tc_table_is_dirty(s->l1))
-                return l1_view(s);
+                return qcow2_l1_view(s);
         return 0;
 }
 
@@ -699,6 +708,267 @@ static int compact_scan(qcow2_state *s, compact_fn fn, void *ctx, vdisk_progress
         return 0;
 }
 
+/* Phase 2: the metadata moves down into the lowest free clusters, each
+ * table on its own (qcow2_table_place: the copy, counted, durable; the
+ * switch, flushed; the old place uncounted, flushed with the next step):
+ * L2 tables (the L1 entry switches), refcount blocks (the refcount table
+ * entry; a block counting its own new place holds that count, since the
+ * copy is taken after the counts are written), the L1 table and the
+ * refcount table (the header's offset). A table with no free place below
+ * it stays. */
+static int move_done(qcow2_state *s, int r, bool *ret_moved) {
+        *ret_moved = r >= 0;
+        if (r == -ENOSPC) {
+                vdisk_clear_error();
+                return 0;   /* no room below: it stays */
+        }
+        return r;
+}
+
+/* L2 tables move in batches: each copied into the lowest free cluster
+ * below it and counted (not yet durable), then the whole batch made durable
+ * at once, the L1 entries switched (flags kept), flushed, the old places
+ * uncounted. */
+#define L2_BATCH 64u
+
+typedef struct l2_move {
+        uint64_t l1i, from, to;
+} l2_move;
+
+/* The table's content from the cache (counting a new place does not change
+ * an L2 table: no refcount write is needed before the copy, unlike a
+ * refcount block's move) */
+static int place_l2(qcow2_state *s, uint64_t from, uint8_t *buf, uint64_t *ret_to, bool *ret_moved) {
+        tc_table *l2;
+        int r;
+
+        r = qcow2_get_l2(s, from, &l2);
+        if (r >= 0)
+                r = tc_read(l2, 0, buf, s->cluster_size);
+        if (r >= 0)
+                r = qcow2_drop_table(s, from);   /* written back when dirty */
+        if (r < 0)
+                return r;
+        return move_done(s, qcow2_table_place(s, buf, s->cluster_size, 0, from,
+                                              QCOW2_PLACE_LOW | QCOW2_PLACE_NOSYNC, ret_to), ret_moved);
+}
+
+static int switch_l2s(qcow2_state *s, const l2_move *m, size_t n) {
+        int r;
+
+        if (n == 0)
+                return 0;
+        r = qcow2_sync_refcounts(s);
+        if (r < 0)
+                return r;
+        for (size_t i = 0; i < n; i++) {
+                uint64_t l1e;
+
+                r = tc_get(s->l1, m[i].l1i, &l1e);
+                if (r >= 0)
+                        r = tc_set(s->l1, m[i].l1i, (l1e & ~OFFSET_MASK) | m[i].to, 0);
+                if (r < 0)
+                        return r;
+        }
+        r = qcow2_flush_tables(s);
+        if (r >= 0)
+                r = io_flush(s->io);
+        for (size_t i = 0; i < n && r >= 0; i++)
+                r = qcow2_uncount(s, m[i].from, s->cluster_size);
+        return r;
+}
+
+static int move_rb(qcow2_state *s, uint64_t rti, uint64_t from, bool *ret_moved) {
+        uint64_t cs = s->cluster_size, to;
+        int r;
+
+        r = qcow2_flush_refcounts(s);
+        if (r < 0)
+                return r;
+        r = move_done(s, qcow2_table_place(s, NULL, cs, from, from, QCOW2_PLACE_LOW, &to), ret_moved);
+        if (r < 0 || !*ret_moved)
+                return r;
+        r = tc_set(s->reft, rti, to, 0);
+        if (r >= 0)
+                r = tc_table_flush(s->reft);
+        if (r >= 0)
+                r = io_flush(s->io);
+        /* the view of the old place is stale (and clean: flushed above) */
+        if (r >= 0)
+                r = qcow2_drop_table(s, from);
+        return r < 0 ? r : qcow2_uncount(s, from, cs);
+}
+
+/* A refcount block that counts nothing but perhaps itself (it covers only
+ * free clusters: past the compacted end, or a hole) leaves the refcount
+ * table: the entry cleared, flushed, then the block uncounted (a block
+ * counting itself is then counted nowhere: nothing more to do). */
+static int drop_empty_rb(qcow2_state *s, uint64_t rti, uint64_t off, uint8_t *buf, bool *ret_dropped) {
+        uint64_t ci = off / s->cluster_size;
+        bool self = ci / s->rb_entries == rti;
+        int r;
+
+        *ret_dropped = false;
+        r = qcow2_flush_refcounts(s);
+        if (r >= 0)
+                r = io_pread(s->io, buf, s->cluster_size, off);
+        if (r < 0)
+                return r;
+        if (self) {
+                if (qcow2_rc_entry_get(buf, ci % s->rb_entries, s->refcount_order) != 1)
+                        return 0;
+                qcow2_rc_entry_set(buf, ci % s->rb_entries, s->refcount_order, 0);
+        }
+        if (!mem_is_zero(buf, s->cluster_size))
+                return 0;
+        r = tc_set(s->reft, rti, 0, 0);
+        if (r >= 0)
+                r = tc_table_flush(s->reft);
+        if (r >= 0)
+                r = io_flush(s->io);
+        if (r >= 0)
+                r = qcow2_drop_table(s, off);
+        if (r < 0)
+                return r;
+        *ret_dropped = true;
+        if (self) {
+                qcow2_note_free(s, off);
+                return 0;
+        }
+        return qcow2_uncount(s, off, s->cluster_size);
+}
+
+static int move_l1(qcow2_state *s, bool *ret_moved) {
+        uint64_t from = s->l1_offset, len = (uint64_t) s->l1_size * 8, to;
+        uint8_t b[8];
+        int r;
+
+        *ret_moved = false;
+        if (len == 0 || from % s->cluster_size != 0)
+                return 0;
+        r = qcow2_flush_tables(s);
+        if (r < 0)
+                return r;
+        r = move_done(s, qcow2_table_place(s, NULL, len, from, from, QCOW2_PLACE_LOW, &to), ret_moved);
+        if (r < 0 || !*ret_moved)
+                return r;
+        put_be64(b, to);
+        r = qcow2_header_switch(s, 40, b, sizeof b);   /* l1_table_offset */
+        if (r < 0)
+                return r;
+        s->l1_offset = to;
+        r = qcow2_l1_view(s);
+        return r < 0 ? r : qcow2_uncount(s, from, len);
+}
+
+static int move_reft(qcow2_state *s, bool *ret_moved) {
+        uint64_t from = s->reft_offset, len = s->reft_bytes, to;
+        uint8_t b[8];
+        int r;
+
+        *ret_moved = false;
+        r = qcow2_flush_refcounts(s);
+        if (r < 0)
+                return r;
+        r = move_done(s, qcow2_table_place(s, NULL, len, from, from, QCOW2_PLACE_LOW, &to), ret_moved);
+        if (r < 0 || !*ret_moved)
+                return r;
+        if (s->reft_offset != from) {
+                /* counting the copy grew (moved) the table: the copy is stale */
+                *ret_moved = false;
+                return qcow2_uncount(s, to, len);
+        }
+        put_be64(b, to);
+        r = qcow2_header_switch(s, 48, b, sizeof b);   /* refcount_table_offset */
+        if (r < 0)
+                return r;
+        s->reft_offset = to;
+        r = qcow2_reft_view(s);
+        return r < 0 ? r : qcow2_uncount(s, from, len);
+}
+
+static int compact_meta(qcow2_state *s, vdisk_progress *p, uint64_t *ret_moved) {
+        _cleanup_free_ uint8_t *buf = malloc(s->cluster_size);
+        _cleanup_free_ l2_move *batch = calloc(L2_BATCH, sizeof *batch);
+        uint64_t n_moved = 0;
+        size_t nb = 0;
+        bool moved;
+        int r = 0, rt;
+
+        if (!buf || !batch)
+                return vdisk_error(-ENOMEM, "out of memory");
+
+        s->free_hint = 0;
+        for (uint64_t l1i = 0; l1i < s->l1_size; l1i++) {
+                uint64_t l1e, to;
+
+                if (nb == 0) {
+                        r = progress_check(p);
+                        if (r < 0)
+                                return r;
+                }
+                r = tc_get(s->l1, l1i, &l1e);
+                if (r < 0)
+                        break;
+                if ((l1e & OFFSET_MASK) == 0 || (l1e & OFFSET_MASK) <= s->free_hint)
+                        continue;
+                r = place_l2(s, l1e & OFFSET_MASK, buf, &to, &moved);
+                if (r < 0)
+                        break;
+                if (!moved)
+                        continue;
+                batch[nb++] = (l2_move) { .l1i = l1i, .from = l1e & OFFSET_MASK, .to = to };
+                n_moved++;
+                if (nb == L2_BATCH) {
+                        r = switch_l2s(s, batch, nb);
+                        nb = 0;
+                        if (r < 0)
+                                return r;
+                }
+        }
+        /* the rest of the batch (after a failed copy too: those placed are
+         * sound) */
+        rt = switch_l2s(s, batch, nb);
+        if (r < 0 || rt < 0)
+                return r < 0 ? r : rt;
+        for (uint64_t rti = 0; rti < tc_table_entries(s->reft); rti++) {
+                uint64_t e;
+
+                r = tc_get(s->reft, rti, &e);
+                if (r < 0)
+                        return r;
+                e &= OFFSET_MASK;
+                if (e == 0)
+                        continue;
+                r = progress_check(p);
+                if (r >= 0)
+                        r = drop_empty_rb(s, rti, e, buf, &moved);
+                if (r < 0)
+                        return r;
+                n_moved += moved;
+                if (moved || e <= s->free_hint)
+                        continue;
+                r = move_rb(s, rti, e, &moved);
+                if (r < 0)
+                        return r;
+                n_moved += moved;
+        }
+        r = progress_check(p);
+        if (r >= 0)
+                r = move_l1(s, &moved);
+        if (r < 0)
+                return r;
+        n_moved += moved;
+        r = progress_check(p);
+        if (r >= 0)
+                r = move_reft(s, &moved);
+        if (r < 0)
+                return r;
+        n_moved += moved;
+        *ret_moved = n_moved;
+        return qcow2_flush(s);
+}
+
 static int cmp_u64(const void *a, const void *b) {
         uint64_t x = *(const uint64_t *) a, y = *(const uint64_t *) b;
 
@@ -755,7 +1025,7 @@ static int compact_layout(qcow2_state *s, fmt_unit **ret_units, size_t *ret_n, f
         for (uint64_t ci = 0; ci < n_file; ci++) {
                 uint64_t rc, off = ci * cs;
 
-                r = qcow2_refcount_get(s, ci, &rc);
+                r = qcow2_rc_get(s, off, &rc);
                 if (r < 0)
                         return r;
                 if (bsearch(&off, hosts, n, sizeof *hosts, cmp_u64)) {
@@ -792,7 +1062,7 @@ int qcow2_compact(void *state, compact_fn fn, void *ctx, vdisk_progress *p) {
         _cleanup_free_ fmt_unit *units = NULL;
         _cleanup_free_ fmt_span *fixed = NULL;
         size_t n = 0, nf = 0;
-        uint64_t moves;
+        uint64_t moves, meta_moves = 0;
         cpack cp = { .s = s };
         int r, rt;
 
@@ -817,6 +1087,15 @@ int qcow2_compact(void *state, compact_fn fn, void *ctx, vdisk_progress *p) {
         r = qcow2_flush(s);
         if (r < 0)
                 return r;
+        if (!s->data_io) {
+                r = compact_meta(s, p, &meta_moves);
+                if (r < 0) {
+                        rt = qcow2_flush(s);
+                        if (rt >= 0)
+                                rt = trim_tail(s);
+                        return rt < 0 ? rt : r;
+                }
+        }
         r = compact_layout(s, &units, &n, &fixed, &nf);
         if (r < 0)
                 return r;
@@ -841,6 +1120,11 @@ int qcow2_compact(void *state, compact_fn fn, void *ctx, vdisk_progress *p) {
         progress_set_total(p, s->size + moves * s->cluster_size);
         (void) progress_add(p, s->size);   /* a cancel: seen by the pack */
         r = fmt_pack_run(&pk, NULL);
+        /* again: refcount blocks left counting nothing (past the packed
+         * data, or whose old place counted only itself) go, and what still
+         * lies above a hole moves down */
+        if (r >= 0 && !s->data_io)
+                r = compact_meta(s, p, &meta_moves);
         /* after a cancel too: what the moves left free at the end goes */
         rt = trim_tail(s);
         return r < 0 ? r : rt;

@@ -390,18 +390,9 @@ static int qcow2_open(void *state, const open_ctx *c) {
                 if (r < 0)
                         return r;
         }
-        if (s->l1_size > 0) {
-                tc_table_params p = {
-                        .offset = s->l1_offset,
-                        .size = (uint64_t) s->l1_size * 8,
-                        .page_size = 4096,
-                        .entry = TC_BE64,
-                        .name = "qcow2 L1 table",
-                };
-                r = tc_table_new(s->budget, s->io, &p, &s->l1);
-                if (r < 0)
-                        return r;
-        }
+        r = qcow2_l1_view(s);
+        if (r < 0)
+                return r;
         r = qcow2_bitmaps_open(s, c->writable);
         if (r < 0)
                 return r;
@@ -937,41 +928,23 @@ static int grow_reft(qcow2_state *s, uint64_t need) {
         if (r < 0)
                 return r;
         r = cover_file(s, end);
-        if (r < 0)
-                return r;
-        r = flush_refcounts(s);
         if (r >= 0)
-                r = io_flush(s->io);
+                r = qcow2_sync_refcounts(s);
         if (r < 0)
                 return r;
         /* the switch */
         put_be64(hdr, roff);
         put_be32(hdr + 8, (uint32_t) (bytes / cs));
-        r = io_pwrite(s->io, hdr, sizeof hdr, HDR_REFT_OFFSET);
-        if (r >= 0)
-                r = io_flush(s->io);
+        r = qcow2_header_switch(s, HDR_REFT_OFFSET, hdr, sizeof hdr);
         if (r < 0)
                 return r;
-        s->reft = tc_table_free(s->reft);
         s->reft_offset = roff;
         s->reft_bytes = bytes;
-        tc_table_params p = {
-                .offset = roff,
-                .size = bytes,
-                .page_size = (uint32_t) MIN(cs, UINT64_C(4096)),
-                .entry = TC_BE64,
-                .name = "qcow2 refcount table",
-        };
-        r = tc_table_new(s->budget, s->io, &p, &s->reft);
+        r = qcow2_reft_view(s);
         if (r < 0)
                 return r;
         /* the old table's clusters are no longer referenced */
-        for (uint64_t off = old_off; off < old_off + old_bytes; off += cs) {
-                r = rc_update(s, off, -1, NULL);
-                if (r < 0)
-                        return r;
-        }
-        return 0;
+        return qcow2_uncount(s, old_off, old_bytes);
 }
 
 /* A new refcount block for refcount table index `rti`, written and linked
@@ -1143,14 +1116,7 @@ static int prepare_writes(qcow2_state *s, const uint8_t *features, size_t n_feat
                                    "within the file or overlaps the header or the L1 table", s->reft_offset,
                                    s->reft_bytes);
         s->rb_entries = (s->cluster_size * 8) >> s->refcount_order;
-        tc_table_params p = {
-                .offset = s->reft_offset,
-                .size = s->reft_bytes,
-                .page_size = (uint32_t) MIN(s->cluster_size, UINT64_C(4096)),
-                .entry = TC_BE64,
-                .name = "qcow2 refcount table",
-        };
-        r = tc_table_new(s->budget, s->io, &p, &s->reft);
+        r = qcow2_reft_view(s);
         if (r < 0)
                 return r;
         hostalloc_init(&s->alloc, ALIGN_UP(s->file_size, s->cluster_size), s->file_size,
@@ -1610,6 +1576,10 @@ int qcow2_get_l2(qcow2_state *s, uint64_t off, tc_table **ret) {
         return get_l2(s, off, ret);
 }
 
+void qcow2_queue_free(qcow2_state *s, uint64_t host) {
+        queue_free(s, host);
+}
+
 void qcow2_queue_free_compressed(qcow2_state *s, uint64_t e) {
         queue_free_compressed(s, e);
 }
@@ -1626,12 +1596,6 @@ void qcow2_rc_entry_set(uint8_t *b, uint64_t i, uint32_t order, uint64_t v) {
 
 int qcow2_cover_file(qcow2_state *s, uint64_t end) {
         return cover_file(s, end);
-}
-
-/* The refcount of cluster index `ci` as the refcounts say now (in memory),
- * without making a refcount block: 0 where there is none. */
-int qcow2_refcount_get(qcow2_state *s, uint64_t ci, uint64_t *ret) {
-        return rc_get(s, ci * s->cluster_size, ret);
 }
 
 /* Drops the cached view of the cluster-sized table at `off` (an L2 table or
@@ -2531,11 +2495,6 @@ uint64_t qcow2_rc_max(const qcow2_state *s) {
         return rc_max(s);
 }
 
-/* `bytes` (cluster multiple) appended at the end of the file. */
-int qcow2_alloc_clusters(qcow2_state *s, uint64_t bytes, uint64_t *ret) {
-        return hostalloc_alloc(&s->alloc, bytes, QCOW2_HOST_LIMIT, ret, NULL);
-}
-
 bool qcow2_l1_ok(const qcow2_state *s, uint64_t l1_offset, uint32_t l1_size) {
         return l1_size_ok(l1_size) && l1_place_ok(s, l1_offset, l1_size);
 }
@@ -2545,6 +2504,123 @@ bool qcow2_l1_ok(const qcow2_state *s, uint64_t l1_offset, uint32_t l1_size) {
 void qcow2_drop_l2_cache(qcow2_state *s) {
         for (size_t i = 0; i < QCOW2_L2_SLOTS; i++)
                 s->slots[i].t = tc_table_free(s->slots[i].t);
+}
+
+/* ---------------------------------------------------------------- new tables: place, switch, uncount */
+
+/* Every table that moves (an L1 table on resize or snapshot apply, the
+ * snapshot table, the bitmap directory and tables, the refcount table, and
+ * compact's moves of L2 tables, refcount blocks, the L1 and refcount
+ * tables) goes the same way:
+ *
+ *   1. qcow2_table_place(): new clusters, counted, the content written,
+ *      both durable (unless QCOW2_PLACE_NOSYNC: the caller places more and
+ *      calls qcow2_sync_refcounts() once);
+ *   2. the switch: one write of the pointer (a header field, an L1 or
+ *      refcount table entry, a directory entry), flushed;
+ *   3. qcow2_uncount() on the old place (or queue_free: at the next flush).
+ *
+ * A cut before 2 leaves counted clusters nothing points to (a leak); after
+ * it, the old place at worst leaks. Never a pointer to unwritten or
+ * uncounted clusters. */
+
+int qcow2_sync_refcounts(qcow2_state *s) {
+        int r;
+
+        r = flush_refcounts(s);
+        return r < 0 ? r : io_flush(s->io);
+}
+
+int qcow2_table_place(qcow2_state *s, const void *buf, uint64_t len, uint64_t from, uint64_t below,
+                      uint32_t flags, uint64_t *ret) {
+        uint64_t cs = s->cluster_size, bytes = ALIGN_UP(MAX(len, UINT64_C(1)), cs), off;
+        _cleanup_free_ uint8_t *tmp = NULL;
+        int r;
+
+        if (flags & QCOW2_PLACE_LOW)
+                r = qcow2_alloc_low(s, bytes, below, &off);
+        else
+                r = hostalloc_alloc(&s->alloc, bytes, QCOW2_HOST_LIMIT, &off, NULL);
+        if (r < 0)
+                return r;
+        tmp = calloc(1, (size_t) bytes);
+        if (!tmp)
+                return -ENOMEM;
+        /* the clusters are in the file before their refcounts */
+        r = cover_file(s, off + bytes);
+        if (r < 0)
+                return r;
+        for (uint64_t c = 0; c < bytes; c += cs) {
+                r = rc_update(s, off + c, +1, NULL);
+                if (r < 0)
+                        return r;
+        }
+        if (!buf) {
+                /* a move: the refcounts go to the disk first, so a refcount
+                 * block (or table) copied from `from` holds the counts just
+                 * made, its new place's included */
+                r = flush_refcounts(s);
+                if (r >= 0)
+                        r = io_pread(s->io, tmp, (size_t) len, from);
+        } else
+                memcpy(tmp, buf, (size_t) len);
+        if (r >= 0)
+                r = io_pwrite(s->io, tmp, (size_t) bytes, off);
+        if (r < 0)
+                return r;
+        if (!(flags & QCOW2_PLACE_NOSYNC)) {
+                r = qcow2_sync_refcounts(s);
+                if (r < 0)
+                        return r;
+        }
+        *ret = off;
+        return 0;
+}
+
+int qcow2_header_switch(qcow2_state *s, uint32_t at, const void *buf, size_t len) {
+        int r;
+
+        r = io_pwrite(s->io, buf, len, at);
+        return r < 0 ? r : io_flush(s->io);
+}
+
+int qcow2_uncount(qcow2_state *s, uint64_t off, uint64_t len) {
+        int r;
+
+        for (uint64_t c = ALIGN_DOWN(off, s->cluster_size); c < off + len; c += s->cluster_size) {
+                r = rc_update(s, c, -1, NULL);
+                if (r < 0)
+                        return r;
+        }
+        return 0;
+}
+
+/* The cached views of the L1 and refcount tables, made again after a
+ * switch moved them. */
+int qcow2_l1_view(qcow2_state *s) {
+        s->l1 = tc_table_free(s->l1);
+        if (s->l1_size == 0)
+                return 0;
+        tc_table_params p = {
+                .offset = s->l1_offset,
+                .size = (uint64_t) s->l1_size * 8,
+                .page_size = 4096,
+                .entry = TC_BE64,
+                .name = "qcow2 L1 table",
+        };
+        return tc_table_new(s->budget, s->io, &p, &s->l1);
+}
+
+int qcow2_reft_view(qcow2_state *s) {
+        s->reft = tc_table_free(s->reft);
+        tc_table_params p = {
+                .offset = s->reft_offset,
+                .size = s->reft_bytes,
+                .page_size = (uint32_t) MIN(s->cluster_size, UINT64_C(4096)),
+                .entry = TC_BE64,
+                .name = "qcow2 refcount table",
+        };
+        return tc_table_new(s->budget, s->io, &p, &s->reft);
 }
 
 static int qcow2_note_write(void *state, uint64_t offset, uint64_t len) {

@@ -103,6 +103,9 @@ static const char *const vmdk_gt_on_demand[] = { "gt_on_demand", "on", NULL };
  * refcount block covers 32 KiB of the file: the writes make new blocks) */
 static const char *const qcow2_64k[] = { "cluster_size", "65536", NULL };
 static const char *const qcow2_512_rb64[] = { "cluster_size", "512", "refcount_bits", "64", NULL };
+/* 4 KiB clusters with 64-bit refcounts: a refcount block covers 2 MiB of the
+ * file, an L2 table 2 MiB of the disk */
+static const char *const qcow2_4k_rb64[] = { "cluster_size", "4096", "refcount_bits", "64", NULL };
 static const char *const qcow2_extl2[] = { "cluster_size", "65536", "extended_l2", "on", NULL };
 static const char *const vmdk_zeroed_grain[] = { "zeroed_grain", "on", NULL };
 
@@ -922,6 +925,28 @@ static void after_compact(scenario *sc, wl *w) {
                      sc->file_size_before, after);
 }
 
+/* QCOW2 compact moving metadata: 64 KiB at 0, 2.5 MiB after it (the file
+ * passes 2 MiB: a second refcount block), 8 KiB at 6 MiB (its L2 table and
+ * data at the end of the file), then the 2.5 MiB discarded. Compact moves
+ * the late L2 table and the second refcount block down into the hole, the
+ * two data clusters after them, drops the refcount block left counting
+ * nothing, and cuts the file. */
+static void build_qcow2_compact_meta(scenario *sc) {
+        rng r;
+        vdisk_disk *d;
+
+        rng_seed(&r, 12);
+        sc->n = 1;
+        d = build_chain(sc);
+        fill_block(d, &r, 0, 0, 64 * KiB);
+        fill_block(d, &r, 0, 512 * KiB, 512 * KiB);
+        fill_block(d, &r, 1, 0, BLOCK);
+        fill_block(d, &r, 2, 0, BLOCK);
+        fill_block(d, &r, 6, 0, 8 * KiB);
+        ASSERT_OK(vdisk_disk_discard(d, 512 * KiB, 2 * BLOCK + 512 * KiB));
+        vdisk_disk_unref(d);
+}
+
 /* QCOW2 discard: whole clusters given back (their L2 entries, then their
  * refcounts at the flush), partial ones zeroed; the writes after the flush
  * reuse the freed clusters. */
@@ -1446,6 +1471,12 @@ static scenario scenarios[] = {
           .qemu = 1, .qemu_every = 2, .build = build_qcow2_shrink, .op = op_shrink, .after_success = after_shrink },
         { .name = "qcow2-compact", .fmt = "qcow2", .opts = qcow2_64k, .max_crash_seeds = 1, .faulted = 0,
           .qemu = 1, .qemu_every = 2, .build = build_vmdk_compact_base, .op = op_compact,
+          .after_success = after_compact },
+        /* compact moving an L2 table and a refcount block (each: the copy
+         * counted and flushed, the pointer switched and flushed, the old
+         * place freed) and dropping an empty refcount block */
+        { .name = "qcow2-compact-meta", .fmt = "qcow2", .opts = qcow2_4k_rb64, .max_crash_seeds = 1,
+          .faulted = 0, .qemu = 1, .qemu_every = 4, .build = build_qcow2_compact_meta, .op = op_compact,
           .after_success = after_compact },
         /* QCOW2 with an internal snapshot: the same writes copy shared
          * data clusters and L2 tables (COPIED clear) on write; snapshot

@@ -1,0 +1,123 @@
+#!/bin/bash
+# SPDX-License-Identifier: LGPL-2.1-or-later
+# QCOW2 compact moves metadata: images whose L2 tables, refcount blocks, L1
+# table or refcount table sit late in the file (written last, grown by a
+# resize, or made by qemu as the file grew), with a hole below them (a
+# discard). After `vdisk-img compact` the file is no larger than the
+# clusters it references (a few holes at most: refcount blocks dropped after
+# the data moves), the tables that stood above a hole moved down,
+# `qemu-img check` is clean and `qemu-img compare` equals the content before.
+#   tests/interop/test-qcow2-compact-meta.sh build/tools/vdisk-img build/tests/interop/vdisk-discard
+DISCARD=${2:-build/tests/interop/vdisk-discard}
+[[ $DISCARD == /* ]] || DISCARD=$(pwd)/$DISCARD
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+source "$(dirname "$0")/lib.sh" "$1"
+[[ -x $DISCARD ]] || { notok "vdisk-discard not found at $DISCARD"; finish; }
+
+M=$((1 << 20))
+K=1024
+
+# layout IMG: "FILE_CLUSTERS REFERENCED_CLUSTERS L1_OFFSET REFT_OFFSET
+# LAST_L2 LAST_REFBLOCK" from the file itself (the refcounts as written)
+layout() {
+        "$PY" - "$1" <<'EOF'
+import struct, sys
+d = open(sys.argv[1], 'rb').read()
+be64 = lambda o: struct.unpack('>Q', d[o:o + 8])[0]
+cs = 1 << struct.unpack('>I', d[20:24])[0]
+l1_size, l1 = struct.unpack('>I', d[36:40])[0], be64(40)
+reft, reft_cl = be64(48), struct.unpack('>I', d[56:60])[0]
+order = struct.unpack('>I', d[96:100])[0] if struct.unpack('>I', d[4:8])[0] >= 3 else 4
+bits = 1 << order
+per = cs * 8 // bits
+mask = 0x00fffffffffffe00
+l2s = [be64(l1 + 8 * i) & mask for i in range(l1_size)]
+rbs = [be64(reft + 8 * i) & mask for i in range(reft_cl * cs // 8)]
+n = (len(d) + cs - 1) // cs
+used = 0
+for c in range(n):
+    rti = c // per
+    b = rbs[rti] if rti < len(rbs) else 0
+    if b == 0:
+        continue
+    i = c % per
+    bitoff = i * bits
+    if bits < 8:   # sub-byte widths: the low bits first, as qemu stores them
+        chunk = (d[b + bitoff // 8] >> (bitoff % 8)) & ((1 << bits) - 1)
+    else:
+        chunk = int.from_bytes(d[b + bitoff // 8:b + (bitoff + bits) // 8], 'big')
+    if chunk:
+        used += 1
+print(n, used, l1, reft, max(l2s), max(rbs))
+EOF
+}
+
+# check_compacted NAME IMG REF BEFORE_LAYOUT SLACK MOVED: the file holds only
+# referenced clusters (SLACK holes at most); the tables MOVED names (l2: the
+# last L2 table, rb: the last refcount block, l1, reft) lie lower than before
+check_compacted() {
+        local name=$1 img=$2 ref=$3 slack=$5 n used l1 reft l2 rb
+        local b_n b_l1 b_reft b_l2 b_rb
+        read -r b_n _ b_l1 b_reft b_l2 b_rb <<<"$4"
+        read -r n used l1 reft l2 rb <<<"$(layout "$img")"
+        expect_rc "$name: qemu-img check clean" 0 "$QEMU_IMG" check -f qcow2 "$img"
+        expect_rc "$name: qemu-img compare equal" 0 "$QEMU_IMG" compare -f qcow2 -F raw "$img" "$ref"
+        expect_true "$name: $n clusters in the file, $used referenced (slack $slack; $b_n before)" \
+                test "$n" -le $((used + slack))
+        [[ $6 == *l2* ]] && expect_true "$name: the last L2 table moved down ($b_l2 -> $l2)" test "$l2" -lt "$b_l2"
+        [[ $6 == *rb* ]] && expect_true "$name: the last refcount block moved down or went ($b_rb -> $rb)" \
+                test "$rb" -lt "$b_rb"
+        [[ $6 == *l1* ]] && expect_true "$name: the L1 table moved down ($b_l1 -> $l1)" test "$l1" -lt "$b_l1"
+        [[ $6 == *reft* ]] && expect_true "$name: the refcount table moved down ($b_reft -> $reft)" \
+                test "$reft" -lt "$b_reft"
+        expect_rc "$name: vdisk-img check" 0 "$VDISK_IMG" check -f qcow2 "$img"
+}
+
+# 1. qemu-made, 64 KiB clusters: L2 tables written late (600M, 1100M) after
+# 4 MiB of data that is then discarded
+img=late-l2.qcow2
+"$QEMU_IMG" create -q -f qcow2 -o cluster_size=64k "$img" 2G
+"$QEMU_IO" -f qcow2 -c "write -P 0x11 0 1M" -c "write -P 0x22 100M 4M" -c "write -P 0x33 600M 64k" \
+        -c "write -P 0x44 1100M 64k" "$img" >/dev/null
+expect_rc "late-l2: discard 4M" 0 "$DISCARD" "$img" qcow2 $((100 * M)):$((4 * M))
+"$QEMU_IMG" convert -f qcow2 -O raw "$img" late-l2.raw
+before=$(layout "$img")
+expect_rc "late-l2: compact" 0 "$VDISK_IMG" compact "$img"
+check_compacted late-l2 "$img" late-l2.raw "$before" 0 l2
+
+# 2. qemu-made, 512-byte clusters: refcount blocks every 128 KiB of the file
+# (self-counting), the refcount table grown past 8 MiB of file (moved to the
+# end by qemu), the L1 table grown by vdisk's resize (appended); then the big
+# middle discarded
+img=late-all.qcow2
+"$QEMU_IMG" create -q -f qcow2 -o cluster_size=512 "$img" 64M
+"$QEMU_IO" -f qcow2 -c "write -P 0x11 0 1M" -c "write -P 0x22 8M 10M" -c "write -P 0x33 40M 256k" \
+        "$img" >/dev/null
+expect_rc "late-all: resize 128M (the L1 table moves to the end)" 0 "$VDISK_IMG" resize "$img" 128M
+"$QEMU_IO" -f qcow2 -c "write -P 0x44 100M 64k" "$img" >/dev/null
+expect_rc "late-all: discard 10M" 0 "$DISCARD" "$img" qcow2 $((8 * M)):$((10 * M))
+"$QEMU_IMG" convert -f qcow2 -O raw "$img" late-all.raw
+before=$(layout "$img")
+expect_rc "late-all: compact" 0 "$VDISK_IMG" compact "$img"
+check_compacted late-all "$img" late-all.raw "$before" 16 l2,rb,l1,reft
+
+# 3. vdisk-made, 4 KiB clusters with 64-bit refcounts (the crash test's
+# image): a second refcount block, an L2 table at the end
+img=vd-4k.qcow2
+run "$VDISK_IMG" create -f qcow2 -o cluster_size=4096,refcount_bits=64 "$img" 8M
+"$QEMU_IO" -f qcow2 -c "write -P 1 0 64k" -c "write -P 2 512k 2560k" -c "write -P 5 6M 8k" "$img" >/dev/null
+expect_rc "vd-4k: discard 2.5M" 0 "$DISCARD" "$img" qcow2 $((512 * K)):$((2560 * K))
+"$QEMU_IMG" convert -f qcow2 -O raw "$img" vd-4k.raw
+before=$(layout "$img")
+expect_rc "vd-4k: compact" 0 "$VDISK_IMG" compact "$img"
+check_compacted vd-4k "$img" vd-4k.raw "$before" 1 l2,rb
+
+# internal snapshots: compact refused (shared L2 tables), the image unchanged
+"$QEMU_IMG" create -q -f qcow2 snap.qcow2 8M
+"$QEMU_IO" -f qcow2 -c "write -P 0x12 0 1M" snap.qcow2 >/dev/null
+"$QEMU_IMG" snapshot -c s1 snap.qcow2
+cp snap.qcow2 snap-before.qcow2
+expect_fail "compact with internal snapshots refused" "$VDISK_IMG" compact snap.qcow2
+expect_cmp "refused compact left the image unchanged" snap.qcow2 snap-before.qcow2
+
+finish
