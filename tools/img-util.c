@@ -507,23 +507,8 @@ int same_file(const char *a, const char *b) {
         return sa.st_dev == sb.st_dev && sa.st_ino == sb.st_ino;
 }
 
-bool cache_mode_valid(const char *mode) {
-        static const char *const modes[] = {
-                "none", "off", "writeback", "writethrough", "directsync", "unsafe",
-        };
-
-        for (size_t i = 0; i < ELEMENTSOF(modes); i++)
-                if (streq(mode, modes[i]))
-                        return true;
-        return false;
-}
-
 int parse_output_format(const char *s, OutputFormat *ret) {
-        if (streq(s, "human"))
-                *ret = OUTPUT_HUMAN;
-        else if (streq(s, "json"))
-                *ret = OUTPUT_JSON;
-        else {
+        if (front_parse_output(s, ret) < 0) {
                 log_error("--output must be used with human or json as argument.");
                 return -EINVAL;
         }

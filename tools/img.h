@@ -16,6 +16,7 @@
 #include "macro.h"
 #include "vdisk/vdisk.h"
 #include "shared/check.h"
+#include "shared/front.h"
 #include "shared/json.h"
 #include "shared/optlist.h"
 #include "shared/text.h"
@@ -127,31 +128,23 @@ void fsync_parent_dir(const char *path);
 /* Whether two paths name the same file (1), not (0), or an error. */
 int same_file(const char *a, const char *b);
 
-/* Validates a qemu cache mode name (-t / -T). */
-bool cache_mode_valid(const char *mode);
-
-/* ---- output format (--output) */
-
-typedef enum OutputFormat {
-        OUTPUT_HUMAN,
-        OUTPUT_JSON,
-} OutputFormat;
+/* ---- output format (--output; the shared verbs' is parsed in shared/front.c) */
 
 int parse_output_format(const char *s, OutputFormat *ret);
 
 /* ---- commands */
 
-int cmd_info(int argc, char **argv);
-int cmd_create(int argc, char **argv);
-int cmd_convert(int argc, char **argv);
-int cmd_check(int argc, char **argv);
-int cmd_repair(int argc, char **argv);
-int cmd_commit(int argc, char **argv);
+int cmd_info(Request *req);
+int cmd_create(Request *req);
+int cmd_convert(Request *req);
+int cmd_check(Request *req);
+int cmd_repair(Request *req);
+int cmd_commit(Request *req);
 int cmd_compare(int argc, char **argv);
 int cmd_map(int argc, char **argv);
-int cmd_resize(int argc, char **argv);
+int cmd_resize(Request *req);
 int cmd_rebase(int argc, char **argv);
-int cmd_compact(int argc, char **argv);
+int cmd_compact(Request *req);
 int cmd_setuuid(int argc, char **argv);
 int cmd_comment(int argc, char **argv);
 int cmd_snapshot(int argc, char **argv);
@@ -170,32 +163,7 @@ void print_snapshot_table(const vdisk_snapshot *v, size_t n);
 /* Prints the full help text (used by --help and "COMMAND --help"). */
 void print_help(void);
 
-/* Long options every image-opening command takes. */
-enum {
-        ARG_PARENT_DIR = 0x100,
-        ARG_OUTPUT,
-        ARG_IMAGE_OPTS,
-        ARG_OBJECT,
-        ARG_BACKING_CHAIN,
-        ARG_SHRINK,
-        ARG_START_OFFSET,
-        ARG_MAX_LENGTH,
-        ARG_PREALLOCATION,
-        ARG_TARGET_IS_ZERO,
-        ARG_UUID,
-        ARG_PARENT_UUID,
-        ARG_ZERO_PARENT_UUID,
-        ARG_MODIFICATION_UUID,
-        ARG_PARENT_MODIFICATION_UUID,
-        ARG_CLEAR,
-        ARG_DRY_RUN,
-        ARG_FORCE,
-        ARG_TARGET_IMAGE_OPTS,
-        ARG_SALVAGE,
-        ARG_BITMAPS,
-        ARG_SIZE,
-};
-
+/* Long options every image-opening command takes (the keys: shared/front.h). */
 #define COMMON_LONG_OPTIONS                                             \
         { "help",        no_argument,       NULL, 'h' },                \
         { "force-share", no_argument,       NULL, 'U' },                \

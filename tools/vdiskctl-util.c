@@ -133,16 +133,6 @@ int parse_uint(const char *s, unsigned *ret) {
         return 0;
 }
 
-int parse_output(const char *s, OutputMode *ret) {
-        if (streq(s, "human"))
-                *ret = OUTPUT_HUMAN;
-        else if (streq(s, "json"))
-                *ret = OUTPUT_JSON;
-        else
-                return -EINVAL;
-        return 0;
-}
-
 /* ---------------------------------------------------------------- UTF-8 */
 
 /* Length of the valid UTF-8 sequence at s (0 when invalid), its code point
