@@ -16,92 +16,12 @@
 
 /* ---------------------------------------------------------------- messages */
 
-/* The library's messages start with the file they concern, and so do ours:
- * "'a.vdi': a.vdi: bad signature" says the name twice. Drops the second one. */
-static void drop_repeated_name(char *msg) {
-        for (char *p = msg; *p; p++) {
-                char *sep = strstr(p, ": ");
-                size_t n;
-
-                if (!sep)
-                        return;
-                n = (size_t) (sep - p);
-                /* p..sep is a candidate name, optionally quoted */
-                if (n > 2 && p[0] == '\'' && sep[-1] == '\'') {
-                        if (strncmp(sep + 2, p + 1, n - 2) == 0 && strncmp(sep + 2 + n - 2, ": ", 2) == 0) {
-                                memmove(sep + 2, sep + 2 + n, strlen(sep + 2 + n) + 1);
-                                return;
-                        }
-                } else if (n > 0 && strncmp(sep + 2, p, n) == 0 && strncmp(sep + 2 + n, ": ", 2) == 0) {
-                        memmove(sep + 2, sep + 4 + n, strlen(sep + 4 + n) + 1);
-                        return;
-                }
-                /* next candidate starts after the next space */
-                p = strchr(p, ' ');
-                if (!p)
-                        return;
-        }
-}
-
-/* "qemu-img" when invoked under that name (vdisk-img.c), so that
- * messages read as the ones scripts match. */
-const char *log_program_name = PROGRAM_NAME;
-
-static void log_va(const char *prefix, const char *fmt, va_list ap) {
-        int saved_errno = errno;
-        char *msg = NULL;
-
-        fflush(stdout);
-        errno = saved_errno;   /* for %m */
-        fputs(log_program_name, stderr);
-        fputs(": ", stderr);
-        fputs(prefix, stderr);
-        if (vasprintf(&msg, fmt, ap) < 0) {
-                fputs("(out of memory)\n", stderr);
-                return;
-        }
-        drop_repeated_name(msg);
-        fputs(msg, stderr);
-        fputc('\n', stderr);
-        free(msg);
-}
-
-void log_error(const char *fmt, ...) {
-        va_list ap;
-
-        va_start(ap, fmt);
-        log_va("", fmt, ap);
-        va_end(ap);
-}
-
-void log_warning(const char *fmt, ...) {
-        va_list ap;
-
-        va_start(ap, fmt);
-        log_va("warning: ", fmt, ap);
-        va_end(ap);
-}
-
 const char *error_detail(int r) {
         const char *e = vdisk_last_error();
 
         if (e && *e)
                 return e;
         return strerror(r < 0 ? -r : r);
-}
-
-int usage_hint(void) {
-        fputs("Try '" PROGRAM_NAME " --help' for more information\n", stderr);
-        return EXIT_ERROR;
-}
-
-int usage_error(const char *fmt, ...) {
-        va_list ap;
-
-        va_start(ap, fmt);
-        log_va("", fmt, ap);
-        va_end(ap);
-        return usage_hint();
 }
 
 /* ---------------------------------------------------------------- sizes */

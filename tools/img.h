@@ -18,6 +18,7 @@
 #include "shared/check.h"
 #include "shared/front.h"
 #include "shared/json.h"
+#include "shared/log.h"
 #include "shared/optlist.h"
 #include "shared/text.h"
 
@@ -29,17 +30,12 @@
 
 /* ---- logging (img-util.c) */
 
-/* The name messages start with: PROGRAM_NAME, or "qemu-img" under that name. */
-extern const char *log_program_name;
-void log_error(const char *fmt, ...) _printf_(1, 2);
-void log_warning(const char *fmt, ...) _printf_(1, 2);
+/* log_error(), log_warning(), usage_hint() and usage_error(): shared/log.h
+ * (messages start with front_dialect.program: PROGRAM_NAME, or "qemu-img"
+ * under that name; a bad command line ends with EXIT_ERROR). */
 /* The best description of failure r: the library's detail when it has one,
  * else strerror(-r). */
 const char *error_detail(int r);
-/* Prints "Try 'vdisk-img --help' for more information" and returns EXIT_ERROR. */
-int usage_hint(void);
-/* Reports a bad command line ("vdisk-img: <message>" + hint); returns EXIT_ERROR. */
-int usage_error(const char *fmt, ...) _printf_(1, 2);
 
 /* ---- sizes (img-util.c) */
 

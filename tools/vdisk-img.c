@@ -18,9 +18,12 @@
 
 #include "img.h"
 
-const FrontDialect front_dialect = {
+FrontDialect front_dialect = {
         .tool = FRONT_IMG,
+        .program = PROGRAM_NAME,
+        .hint = "Try '" PROGRAM_NAME " --help' for more information\n",
         .exit_usage = EXIT_ERROR,
+        .drop_repeated_name = true,
 };
 
 typedef struct Command {
@@ -145,7 +148,7 @@ int main(int argc, char **argv) {
         int ex;
 
         if (as_qemu_img)
-                log_program_name = "qemu-img";
+                front_dialect.program = "qemu-img";
         if (argc < 2) {
                 log_error("Not enough arguments");
                 return usage_hint();
@@ -170,7 +173,7 @@ int main(int argc, char **argv) {
                         continue;
 
                 /* getopt names the program after argv[0] in its messages. */
-                argv[1] = (char *) log_program_name;
+                argv[1] = (char *) front_dialect.program;
                 if (commands[i].run_request) {
                         Request req = {};
                         FrontVerbId verb = VERB_INFO;

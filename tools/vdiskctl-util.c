@@ -13,63 +13,14 @@
 
 /* ---------------------------------------------------------------- messages */
 
-static bool log_quiet = false;
-
-void log_set_quiet(bool b) {
-        log_quiet = b;
-}
-
-static void log_va(const char *prefix, const char *fmt, va_list ap) {
-        int saved_errno = errno;
-
-        if (log_quiet)
-                return;
-        fflush(stdout);
-        errno = saved_errno;   /* for %m */
-        fputs(PROGRAM_NAME ": ", stderr);
-        fputs(prefix, stderr);
-        vfprintf(stderr, fmt, ap);
-        fputc('\n', stderr);
-}
-
-void log_error(const char *fmt, ...) {
-        va_list ap;
-
-        va_start(ap, fmt);
-        log_va("", fmt, ap);
-        va_end(ap);
-}
-
-void log_warning(const char *fmt, ...) {
-        va_list ap;
-
-        va_start(ap, fmt);
-        log_va("warning: ", fmt, ap);
-        va_end(ap);
-}
-
 void log_notice(const char *fmt, ...) {
         va_list ap;
 
         if (arg_quiet)
                 return;
         va_start(ap, fmt);
-        log_va("", fmt, ap);
+        log_msgv("", fmt, ap);
         va_end(ap);
-}
-
-int usage_hint(void) {
-        fputs("Try '" PROGRAM_NAME " --help' for more information.\n", stderr);
-        return EXIT_USAGE;
-}
-
-int usage_error(const char *fmt, ...) {
-        va_list ap;
-
-        va_start(ap, fmt);
-        log_va("", fmt, ap);
-        va_end(ap);
-        return usage_hint();
 }
 
 /* ---------------------------------------------------------------- signals */

@@ -27,8 +27,10 @@ bool arg_ask_password = true;
 OutputFormat arg_output = OUTPUT_HUMAN;
 bool arg_quiet = false;
 
-const FrontDialect front_dialect = {
+FrontDialect front_dialect = {
         .tool = FRONT_CTL,
+        .program = PROGRAM_NAME,
+        .hint = "Try '" PROGRAM_NAME " --help' for more information.\n",
         .exit_usage = EXIT_USAGE,
 };
 

@@ -21,6 +21,7 @@
 #include "shared/check.h"
 #include "shared/front.h"
 #include "shared/json.h"
+#include "shared/log.h"
 #include "shared/optlist.h"
 #include "shared/text.h"
 
@@ -70,15 +71,9 @@ extern bool arg_quiet;
 
 /* ---- messages (vdiskctl-util.c) */
 
-void log_error(const char *fmt, ...) _printf_(1, 2);
-void log_warning(const char *fmt, ...) _printf_(1, 2);
+/* log_error(), log_warning(), log_set_quiet(), usage_hint() and
+ * usage_error(): shared/log.h (a bad command line ends with EXIT_USAGE). */
 void log_notice(const char *fmt, ...) _printf_(1, 2);    /* nothing with -q */
-/* Drops every message while set (trying something that may fail quietly). */
-void log_set_quiet(bool b);
-/* "Try 'vdiskctl --help' ..." and EXIT_USAGE. */
-int usage_hint(void);
-/* Logs a bad command line and returns EXIT_USAGE. */
-int usage_error(const char *fmt, ...) _printf_(1, 2);
 
 /* ---- cancel (vdiskctl-util.c) */
 

@@ -8,13 +8,11 @@
 #include <string.h>
 
 #include "front.h"
+#include "log.h"
 #include "macro.h"
 #include "text.h"
 
 /* What each tool defines (img.h, vdiskctl.h). */
-void log_error(const char *fmt, ...) _printf_(1, 2);
-int usage_error(const char *fmt, ...) _printf_(1, 2);
-int usage_hint(void);
 int common_option(int c, const char *arg, int *ret_exit);
 
 /* ---------------------------------------------------------------- options */

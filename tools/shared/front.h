@@ -13,8 +13,8 @@
  * names the verb and exits 2 on a bad command line).
  *
  * The parser uses what each tool defines with the same name and meaning:
- * log_error(), usage_error(), usage_hint() and common_option() (-h, --parent-dir,
- * --image-opts, --object and getopt's '?'), and front_tool below.
+ * common_option() (-h, --parent-dir, --image-opts, --object and getopt's '?')
+ * and front_dialect below.
  */
 #pragma once
 
@@ -29,13 +29,16 @@ typedef enum FrontTool {
         FRONT_CTL = 1u << 1,   /* vdiskctl */
 } FrontTool;
 
-/* Defined by each tool: which one it is and how it ends on a bad command
- * line (vdisk-img 1 like qemu-img, vdiskctl 2). */
+/* Defined by each tool: which one it is, how its messages start, and how it
+ * ends on a bad command line (vdisk-img 1 like qemu-img, vdiskctl 2). */
 typedef struct FrontDialect {
         FrontTool tool;
+        const char *program;       /* what messages start with ("qemu-img" under that name) */
+        const char *hint;          /* the line after a bad command line */
         int exit_usage;
+        bool drop_repeated_name;   /* "'a.vdi': a.vdi: bad" -> "'a.vdi': bad" (libvdisk names the file too) */
 } FrontDialect;
-extern const FrontDialect front_dialect;
+extern FrontDialect front_dialect;
 
 /* The keys getopt returns for options without a short form (shared by the
  * tools' own verbs too). */
