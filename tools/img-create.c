@@ -211,8 +211,7 @@ static int open_backing(const char *child, const char *backing, const char *back
 /* ---------------------------------------------------------------- create */
 
 int cmd_create(Request *req) {
-        const char *fmt = req->format, *backing = req->backing, *backing_fmt = req->backing_format, *filename,
-                   *size_arg = req->size_arg, *what;
+        const char *fmt = req->format, *backing, *backing_fmt, *filename;
         OptList *opts = &req->opts;
         _cleanup_(vdisk_io_unrefp) vdisk_io *io = NULL;
         _cleanup_free_ char **lib_opts = NULL, *backing_path = NULL;
@@ -243,11 +242,8 @@ int cmd_create(Request *req) {
                 return ex;
         ex = EXIT_ERROR;
         filename = req->files[0];
-
-        if (optlist_fold_backing(opts, &backing, &backing_fmt, &what) < 0) {
-                log_error("%s: The %s must be given only once", filename, what);
-                return EXIT_ERROR;
-        }
+        backing = req->backing;
+        backing_fmt = req->backing_format;
         if (backing_fmt && !format_lookup(backing_fmt))
                 return EXIT_ERROR;
         if (backing && !(info->caps & VDISK_CAP_DIFF)) {
@@ -261,24 +257,10 @@ int cmd_create(Request *req) {
         if (optlist_validate(opts, info, filename) < 0)
                 return EXIT_ERROR;
 
-        if (optlist_get(opts, "size")) {
-                if (size_arg) {
-                        log_error("%s: The image size must be specified only once", filename);
-                        return EXIT_ERROR;
-                }
-                size_arg = optlist_get(opts, "size");
-        }
-        if (size_arg) {
-                r = parse_size(size_arg, &size);
-                if (r < 0) {
-                        log_bad_size(r);
-                        return EXIT_ERROR;
-                }
-                have_size = true;
-        } else if (!backing) {
-                log_error("%s: Image creation needs a size parameter", filename);
-                return EXIT_ERROR;
-        }
+        ex = front_create_size(req, &size, &have_size);
+        if (ex >= 0)
+                return ex;
+        ex = EXIT_ERROR;
 
         if (backing) {
                 r = open_backing(filename, backing, backing_fmt, unsafe, &backing_path, &parent);

@@ -24,17 +24,6 @@ const char *error_detail(int r) {
         return strerror(r < 0 ? -r : r);
 }
 
-/* ---------------------------------------------------------------- sizes */
-
-void log_bad_size(int r) {
-        if (r == -ERANGE)
-                log_error("Invalid image size specified. Must be between 0 and %" PRIi64 ".", INT64_MAX);
-        else {
-                log_error("Invalid image size specified. You may use k, M, G, T, P or E suffixes for");
-                log_error("kilobytes, megabytes, gigabytes, terabytes, petabytes and exabytes.");
-        }
-}
-
 /* ---------------------------------------------------------------- cancel and progress */
 
 volatile sig_atomic_t cancel_requested = 0;
@@ -117,23 +106,6 @@ void progress_bar_done(ProgressBar *b, bool success) {
 }
 
 /* ---------------------------------------------------------------- formats and images */
-
-char **arg_parent_dirs = NULL;
-static size_t n_parent_dirs = 0;
-
-int parent_dirs_add(const char *dir) {
-        char **l;
-
-        l = realloc(arg_parent_dirs, (n_parent_dirs + 2) * sizeof(char *));
-        if (!l)
-                return -ENOMEM;
-        arg_parent_dirs = l;
-        l[n_parent_dirs] = strdup(dir);
-        if (!l[n_parent_dirs])
-                return -ENOMEM;
-        l[++n_parent_dirs] = NULL;
-        return 0;
-}
 
 const vdisk_backend_info *format_lookup(const char *name) {
         const vdisk_backend_info *info = vdisk_backend_find(name);
@@ -437,19 +409,8 @@ int parse_output_format(const char *s, OutputFormat *ret) {
 
 int common_option(int c, const char *arg, int *ret_exit) {
         switch (c) {
-        case 'h':
-                print_help();
-                *ret_exit = EXIT_OK;
-                return 2;
         case 'U':
                 /* vdisk-img takes no locks, so there is nothing to share. */
-                return 1;
-        case ARG_PARENT_DIR:
-                if (parent_dirs_add(arg) < 0) {
-                        log_error("Out of memory");
-                        *ret_exit = EXIT_ERROR;
-                        return 2;
-                }
                 return 1;
         case ARG_IMAGE_OPTS:
                 arg_image_opts = true;
@@ -461,10 +422,7 @@ int common_option(int c, const char *arg, int *ret_exit) {
                 *ret_exit = r > 0 ? EXIT_OK : EXIT_ERROR;
                 return 2;
         }
-        case '?':
-                *ret_exit = usage_hint();
-                return 2;
         default:
-                return 0;
+                return front_common_option(c, arg, ret_exit);
         }
 }

@@ -39,8 +39,6 @@ const char *error_detail(int r);
 
 /* ---- sizes (img-util.c) */
 
-/* Prints qemu-img's message for a bad size argument. */
-void log_bad_size(int r);
 /* ---- signals and progress (img-util.c) */
 
 /* Set by SIGINT/SIGTERM once the handlers are installed. */
@@ -67,8 +65,6 @@ void progress_bar_done(ProgressBar *b, bool success);
 /* ---- formats and images (img-util.c) */
 
 /* Extra directories searched for parents (--parent-dir), NULL-terminated. */
-extern char **arg_parent_dirs;
-int parent_dirs_add(const char *dir);
 
 /* Looks a format up by qemu's or VirtualBox's name; logs
  * "Unknown file format 'x'" and returns NULL when unknown. */

@@ -423,8 +423,7 @@ static int op_finish(OpWatch *w, const char *what, int r) {
 /* ---------------------------------------------------------------- create */
 
 int cmd_create(Ctx *ctx, Request *req) {
-        const char *fmt = req->format, *backing = req->backing, *backing_fmt = req->backing_format, *file,
-                   *size_arg = req->size_arg, *backend, *what;
+        const char *fmt = req->format, *backing, *backing_fmt, *file, *backend;
         OptList *opts = &req->opts;
         _cleanup_free_ char *backing_path = NULL, *disk = NULL, *display = NULL;
         _cleanup_msg_ sd_bus_message *m = NULL;
@@ -450,33 +449,16 @@ int cmd_create(Ctx *ctx, Request *req) {
                 return ex;
         ex = EXIT_FAILURE;
         file = req->files[0];
-
-        if (optlist_fold_backing(opts, &backing, &backing_fmt, &what) < 0) {
-                log_error("%s: The %s must be given only once", file, what);
-                return EXIT_USAGE;
-        }
+        backing = req->backing;
+        backing_fmt = req->backing_format;
         if (backing && !backing_fmt) {
                 log_error("%s: Backing file specified without backing format (give -F)", file);
                 return EXIT_USAGE;
         }
-        if (optlist_get(opts, "size")) {
-                if (size_arg) {
-                        log_error("%s: The image size must be specified only once", file);
-                        return EXIT_USAGE;
-                }
-                size_arg = optlist_get(opts, "size");
-        }
-        if (size_arg) {
-                r = parse_size(size_arg, &size);
-                if (r < 0) {
-                        log_bad_size("image size", size_arg, r);
-                        return EXIT_USAGE;
-                }
-                have_size = true;
-        } else if (!backing) {
-                log_error("%s: Image creation needs a size parameter", file);
-                return EXIT_USAGE;
-        }
+        ex = front_create_size(req, &size, &have_size);
+        if (ex >= 0)
+                return ex;
+        ex = EXIT_FAILURE;
         r = create_opts_check(opts, info, file, &copts);
         if (r != 0)
                 return r;

@@ -62,14 +62,6 @@ void install_signal_handlers(void) {
 
 /* ---------------------------------------------------------------- sizes */
 
-void log_bad_size(const char *what, const char *s, int r) {
-        if (r == -ERANGE)
-                log_error("Invalid %s '%s': must be between 0 and %" PRIi64, what, s, INT64_MAX);
-        else
-                log_error("Invalid %s '%s': use a number of bytes, optionally with a suffix "
-                          "k, M, G, T, P or E", what, s);
-}
-
 int parse_uint(const char *s, unsigned *ret) {
         unsigned long v;
         char *end;
@@ -199,33 +191,10 @@ int strv_push(char ***l, size_t *n, const char *s) {
 
 /* ---------------------------------------------------------------- options */
 
-char **arg_parent_dirs = NULL;
-static size_t n_parent_dirs = 0;
-
-int parent_dirs_add(const char *dir) {
-        return strv_push(&arg_parent_dirs, &n_parent_dirs, dir);
-}
-
 int common_option(int c, const char *arg, int *ret_exit) {
-        switch (c) {
-        case 'h':
-                print_help();
-                *ret_exit = EXIT_OK;
-                return 2;
-        case 'q':
+        if (c == 'q') {
                 arg_quiet = true;
                 return 1;
-        case ARG_PARENT_DIR:
-                if (parent_dirs_add(arg) < 0) {
-                        log_error("Out of memory");
-                        *ret_exit = EXIT_FAILURE;
-                        return 2;
-                }
-                return 1;
-        case '?':
-                *ret_exit = usage_hint();
-                return 2;
-        default:
-                return 0;
         }
+        return front_common_option(c, arg, ret_exit);
 }

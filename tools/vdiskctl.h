@@ -85,7 +85,6 @@ void install_signal_handlers(void);
 
 /* ---- sizes and parsing (vdiskctl-util.c) */
 
-void log_bad_size(const char *what, const char *s, int r);
 int parse_uint(const char *s, unsigned *ret);
 
 /* ---- small string and file helpers (vdiskctl-util.c) */
@@ -279,8 +278,6 @@ int file_set_new_filled(Ctx *ctx, const NamedFd *l, size_t n, unsigned per_call,
 int bus_append_opt_files(sd_bus_message *m, const NamedFd *l, size_t n);
 
 /* Extra directories searched for parents named by UUID only (--parent-dir). */
-extern char **arg_parent_dirs;
-int parent_dirs_add(const char *dir);
 
 enum {
         CHAIN_TOP_WRITABLE = 1u << 0,   /* the top is opened O_RDWR */

@@ -3,8 +3,10 @@
 
 #include <errno.h>
 #include <getopt.h>
+#include <inttypes.h>
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "front.h"
@@ -14,6 +16,45 @@
 
 /* What each tool defines (img.h, vdiskctl.h). */
 int common_option(int c, const char *arg, int *ret_exit);
+void print_help(void);
+
+char **arg_parent_dirs = NULL;
+static size_t n_parent_dirs = 0;
+
+int parent_dirs_add(const char *dir) {
+        char **l;
+
+        l = realloc(arg_parent_dirs, (n_parent_dirs + 2) * sizeof(char *));
+        if (!l)
+                return -ENOMEM;
+        arg_parent_dirs = l;
+        l[n_parent_dirs] = strdup(dir);
+        if (!l[n_parent_dirs])
+                return -ENOMEM;
+        l[++n_parent_dirs] = NULL;
+        return 0;
+}
+
+int front_common_option(int c, const char *arg, int *ret_exit) {
+        switch (c) {
+        case 'h':
+                print_help();
+                *ret_exit = 0;
+                return 2;
+        case ARG_PARENT_DIR:
+                if (parent_dirs_add(arg) < 0) {
+                        log_error("Out of memory");
+                        *ret_exit = 1;
+                        return 2;
+                }
+                return 1;
+        case '?':
+                *ret_exit = usage_hint();
+                return 2;
+        default:
+                return 0;
+        }
+}
 
 /* ---------------------------------------------------------------- options */
 
@@ -394,13 +435,19 @@ static int files_error(const Request *req) {
         return usage_error("%s needs %s", v->name, v->ctl_what);
 }
 
-int front_check_files(const Request *req) {
+int front_check_files(Request *req) {
+        const char *what;
+
         switch (req->verb) {
         case VERB_CREATE:
                 if (req->n_args < 1)
                         return files_error(req);
                 if (req->n_args > 2)
                         return usage_error("Unexpected argument: %s", req->args[2]);
+                if (optlist_fold_backing(&req->opts, &req->backing, &req->backing_format, &what) < 0) {
+                        log_error("%s: The %s must be given only once", req->files[0], what);
+                        return front_dialect.exit_usage;
+                }
                 return -1;
         case VERB_CONVERT:
                 if (req->n_args > 2 && is_img()) {
@@ -416,6 +463,46 @@ int front_check_files(const Request *req) {
         default:
                 return req->n_args == 1 ? -1 : files_error(req);
         }
+}
+
+void log_bad_size(const char *what, const char *s, int r) {
+        if (is_img() && r == -ERANGE)
+                log_error("Invalid image size specified. Must be between 0 and %" PRIi64 ".", INT64_MAX);
+        else if (is_img()) {
+                log_error("Invalid image size specified. You may use k, M, G, T, P or E suffixes for");
+                log_error("kilobytes, megabytes, gigabytes, terabytes, petabytes and exabytes.");
+        } else if (r == -ERANGE)
+                log_error("Invalid %s '%s': must be between 0 and %" PRIi64, what, s, INT64_MAX);
+        else
+                log_error("Invalid %s '%s': use a number of bytes, optionally with a suffix k, M, G, T, P or E",
+                          what, s);
+}
+
+int front_create_size(const Request *req, uint64_t *ret_size, bool *ret_have_size) {
+        const char *size_arg = req->size_arg, *o = optlist_get(&req->opts, "size");
+        int r;
+
+        *ret_size = 0;
+        *ret_have_size = false;
+        if (o) {
+                if (size_arg) {
+                        log_error("%s: The image size must be specified only once", req->files[0]);
+                        return front_dialect.exit_usage;
+                }
+                size_arg = o;
+        }
+        if (size_arg) {
+                r = parse_size(size_arg, ret_size);
+                if (r < 0) {
+                        log_bad_size("image size", size_arg, r);
+                        return front_dialect.exit_usage;
+                }
+                *ret_have_size = true;
+        } else if (!req->backing) {
+                log_error("%s: Image creation needs a size parameter", req->files[0]);
+                return front_dialect.exit_usage;
+        }
+        return -1;
 }
 
 static int parse_options(FrontVerbId verb, int argc, char **argv, Request *req) {

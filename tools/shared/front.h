@@ -81,6 +81,17 @@ typedef enum OutputFormat {
         OUTPUT_JSON,
 } OutputFormat;
 
+/* Extra directories searched for parents named by UUID only (--parent-dir),
+ * NULL-terminated. */
+extern char **arg_parent_dirs;
+int parent_dirs_add(const char *dir);
+
+/* What every command of both tools takes: -h (the tool's print_help()),
+ * --parent-dir, and getopt's '?' for a bad option. Returns 0 when c is none
+ * of them, 1 when handled, 2 when the command must end with *ret_exit. Each
+ * tool's common_option() handles its own first, then calls this. */
+int front_common_option(int c, const char *arg, int *ret_exit);
+
 /* "human" or "json"; -EINVAL (nothing logged) otherwise. */
 int front_parse_output(const char *s, OutputFormat *ret);
 /* Whether `mode` is a qemu cache mode name (-t / -T). */
@@ -146,6 +157,14 @@ int front_verb_find(const char *name, FrontVerbId *ret);
  * error logged). Create's file names are checked after the format's
  * "-o help" could be answered: call front_check_files() then. */
 int front_parse(FrontVerbId verb, int argc, char **argv, Request *req);
-/* Checks the count of file names: -1 to go on, or the exit code (logged). */
-int front_check_files(const Request *req);
+/* Checks the count of file names (create: and folds -o backing_file= and
+ * backing_fmt= into backing and backing_format): -1 to go on, or the exit
+ * code (logged). */
+int front_check_files(Request *req);
+/* create's size: [size] or -o size= (not both), needed unless there is a
+ * backing file. -1 with *ret_size and *ret_have_size set, or the exit code. */
+int front_create_size(const Request *req, uint64_t *ret_size, bool *ret_have_size);
+/* A size argument that parse_size() refused with r: vdisk-img says it in
+ * qemu-img's words, vdiskctl names `what` and the argument `s`. */
+void log_bad_size(const char *what, const char *s, int r);
 void request_done(Request *req);
