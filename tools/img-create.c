@@ -210,51 +210,18 @@ static int open_backing(const char *child, const char *backing, const char *back
 
 /* ---------------------------------------------------------------- create */
 
-int cmd_create(int argc, char **argv) {
-        static const struct option options[] = {
-                COMMON_LONG_OPTIONS,
-                {}
-        };
-        const char *fmt = "raw", *backing = NULL, *backing_fmt = NULL, *filename, *size_arg = NULL, *what;
-        _cleanup_(optlist_done) OptList opts = {};
+int cmd_create(Request *req) {
+        const char *fmt = req->format, *backing, *backing_fmt, *filename;
+        OptList *opts = &req->opts;
         _cleanup_(vdisk_io_unrefp) vdisk_io *io = NULL;
         _cleanup_free_ char **lib_opts = NULL, *backing_path = NULL;
         _cleanup_(vdisk_resolver_unrefp) vdisk_resolver *create_res = NULL;
         const vdisk_backend_info *info;
-        bool quiet = false, unsafe = false, have_size = false;
+        bool quiet = req->quiet, unsafe = req->unsafe, have_size = false;
         Img parent = {};
         vdisk_disk *d = NULL;
         uint64_t size = 0;
-        int c, r, ex = EXIT_ERROR;
-
-        while ((c = getopt_long(argc, argv, "F:b:f:ho:qu", options, NULL)) >= 0) {
-                switch (c) {
-                case 'F':
-                        backing_fmt = optarg;
-                        break;
-                case 'b':
-                        backing = optarg;
-                        break;
-                case 'f':
-                        fmt = optarg;
-                        break;
-                case 'o':
-                        if (optlist_parse(&opts, optarg) < 0) {
-                                log_error("Invalid option list: %s", optarg);
-                                return EXIT_ERROR;
-                        }
-                        break;
-                case 'q':
-                        quiet = true;
-                        break;
-                case 'u':
-                        unsafe = true;
-                        break;
-                default:
-                        if (common_option(c, optarg, &ex) == 2)
-                                return ex;
-                }
-        }
+        int r, ex = EXIT_ERROR;
 
         if (arg_image_opts) {
                 /* qemu-img create names the file it creates: no option list. */
@@ -265,23 +232,18 @@ int cmd_create(int argc, char **argv) {
         info = format_lookup(fmt);
         if (!info)
                 return EXIT_ERROR;
-        if (opts.help) {
+        if (opts->help) {
                 print_create_help(info);
                 return EXIT_OK;
         }
 
-        if (optind >= argc)
-                return usage_error("Expecting image file name");
-        filename = argv[optind++];
-        if (optind < argc)
-                size_arg = argv[optind++];
-        if (optind < argc)
-                return usage_error("Unexpected argument: %s", argv[optind]);
-
-        if (optlist_fold_backing(&opts, &backing, &backing_fmt, &what) < 0) {
-                log_error("%s: The %s must be given only once", filename, what);
-                return EXIT_ERROR;
-        }
+        ex = front_check_files(req);
+        if (ex >= 0)
+                return ex;
+        ex = EXIT_ERROR;
+        filename = req->files[0];
+        backing = req->backing;
+        backing_fmt = req->backing_format;
         if (backing_fmt && !format_lookup(backing_fmt))
                 return EXIT_ERROR;
         if (backing && !(info->caps & VDISK_CAP_DIFF)) {
@@ -292,27 +254,13 @@ int cmd_create(int argc, char **argv) {
                 log_missing_backing_format(filename, backing, !unsafe);
                 return EXIT_ERROR;
         }
-        if (optlist_validate(&opts, info, filename) < 0)
+        if (optlist_validate(opts, info, filename) < 0)
                 return EXIT_ERROR;
 
-        if (optlist_get(&opts, "size")) {
-                if (size_arg) {
-                        log_error("%s: The image size must be specified only once", filename);
-                        return EXIT_ERROR;
-                }
-                size_arg = optlist_get(&opts, "size");
-        }
-        if (size_arg) {
-                r = parse_size(size_arg, &size);
-                if (r < 0) {
-                        log_bad_size(r);
-                        return EXIT_ERROR;
-                }
-                have_size = true;
-        } else if (!backing) {
-                log_error("%s: Image creation needs a size parameter", filename);
-                return EXIT_ERROR;
-        }
+        ex = front_create_size(req, &size, &have_size);
+        if (ex >= 0)
+                return ex;
+        ex = EXIT_ERROR;
 
         if (backing) {
                 r = open_backing(filename, backing, backing_fmt, unsafe, &backing_path, &parent);
@@ -329,14 +277,14 @@ int cmd_create(int argc, char **argv) {
                         size = vdisk_disk_size(parent.disk);
         }
 
-        r = optlist_library_view(&opts, &lib_opts);
+        r = optlist_library_view(opts, &lib_opts);
         if (r < 0) {
                 log_error("Out of memory");
                 goto finish;
         }
 
         if (!quiet)
-                print_formatting(filename, info, size, backing, backing ? backing_fmt : NULL, &opts);
+                print_formatting(filename, info, size, backing, backing ? backing_fmt : NULL, opts);
 
         /* Like qemu-img: the line shows the size asked for, the image gets it
          * rounded up to whole sectors. */
@@ -404,7 +352,6 @@ finish:
 /* ---------------------------------------------------------------- convert */
 
 #define CONVERT_BUFFER_SIZE (2u << 20)
-#define CONVERT_SPARSE_MAX (16u << 20)
 /* convert -n asks block status at most this far at once (1 GiB). */
 #define CONVERT_STATUS_SPAN (UINT64_C(1) << 30)
 
@@ -561,7 +508,6 @@ static int convert_loop(Img *src, vdisk_disk *dst, const char *dst_name, ZeroMod
         return 0;
 }
 
-#define ARG_SKIP_BROKEN_BITMAPS 0x380   /* convert only */
 /* -c: the formats that store compressed units (qemu-img's message for the
  * others; VMDK decides by its subformat: streamOptimized compresses). */
 static int convert_compress_check(const vdisk_backend_info *out_info, bool no_create) {
@@ -593,141 +539,44 @@ static unsigned convert_threads(void) {
         return (unsigned) n;
 }
 
-int cmd_convert(int argc, char **argv) {
-        static const struct option options[] = {
-                COMMON_LONG_OPTIONS,
-                { "target-is-zero",     no_argument, NULL, ARG_TARGET_IS_ZERO },
-                { "target-image-opts",  no_argument, NULL, ARG_TARGET_IMAGE_OPTS },
-                { "salvage",            no_argument, NULL, ARG_SALVAGE },
-                { "bitmaps",            no_argument, NULL, ARG_BITMAPS },
-                { "skip-broken-bitmaps", no_argument, NULL, ARG_SKIP_BROKEN_BITMAPS },
-                {}
-        };
-        const char *fmt = NULL, *out_fmt = "raw", *backing = NULL, *backing_fmt = NULL, *snapshot = NULL, *in, *out;
-        _cleanup_(optlist_done) OptList opts = {};
+int cmd_convert(Request *req) {
+        const char *fmt = req->format, *out_fmt = req->out_format, *backing = req->backing,
+                   *backing_fmt = req->backing_format, *snapshot = req->snapshot, *in = req->files[0],
+                   *out = req->files[1];
+        OptList *opts = &req->opts;
         _cleanup_(vdisk_io_unrefp) vdisk_io *out_io = NULL;
         _cleanup_(vdisk_disk_unrefp) vdisk_disk *dst = NULL;
         _cleanup_free_ char **lib_opts = NULL, *backing_path = NULL;
         _cleanup_(vdisk_resolver_unrefp) vdisk_resolver *create_res = NULL;
         const vdisk_backend_info *out_info;
-        bool bitmaps = false, skip_broken_bitmaps = false;
-        bool quiet = false, progress = false, no_create = false, target_is_zero = false, created = false,
-             unsafe = false, cached = false, compress = false;
-        uint64_t sparse = 4096, new_size = 0;
+        bool bitmaps = req->bitmaps, skip_broken_bitmaps = req->skip_broken_bitmaps;
+        bool progress = req->progress, no_create = req->no_create,
+             target_is_zero = req->target_is_zero, created = false, compress = req->compress;
+        /* -t unsafe: like qemu-img, the output is not flushed to the disk.
+         * -t writeback/writethrough: written through the page cache and
+         * flushed once. Default, none, directsync: large writes go direct. */
+        bool unsafe = streq_ptr(req->cache, "unsafe"),
+             cached = unsafe || streq_ptr(req->cache, "writeback") || streq_ptr(req->cache, "writethrough");
+        uint64_t sparse = req->sparse, new_size = 0;
         ProgressBar bar = {};
         Img src = {}, existing = {}, parent = {};
-        int c, r, ex = EXIT_ERROR;
-
-        while ((c = getopt_long(argc, argv, "hf:O:o:B:F:S:pqnct:T:m:WUl:r:C", options, NULL)) >= 0) {
-                switch (c) {
-                case 'f':
-                        fmt = optarg;
-                        break;
-                case 'O':
-                        out_fmt = optarg;
-                        break;
-                case 'o':
-                        if (optlist_parse(&opts, optarg) < 0) {
-                                log_error("Invalid option list: %s", optarg);
-                                return EXIT_ERROR;
-                        }
-                        break;
-                case 'B':
-                        backing = optarg;
-                        break;
-                case 'F':
-                        backing_fmt = optarg;
-                        break;
-                case 'S':
-                        r = parse_size(optarg, &sparse);
-                        if (r < 0 || sparse % VDISK_SECTOR_SIZE != 0 || sparse > CONVERT_SPARSE_MAX) {
-                                log_error("Invalid sparse size '%s': use a multiple of 512 up to 16 MiB, "
-                                          "or 0 to allocate the whole output", optarg);
-                                return EXIT_ERROR;
-                        }
-                        break;
-                case 'p':
-                        progress = true;
-                        break;
-                case 'q':
-                        quiet = true;
-                        break;
-                case 'n':
-                        no_create = true;
-                        break;
-                case 'c':
-                        compress = true;
-                        break;
-                case 'l':
-                        snapshot = optarg;
-                        break;
-                case 'C':
-                        log_error("Copy offloading (-C) is not supported");
-                        return EXIT_ERROR;
-                case 't':
-                case 'T':
-                        if (!cache_mode_valid(optarg)) {
-                                log_error("Invalid cache option: %s", optarg);
-                                return EXIT_ERROR;
-                        }
-                        /* -t unsafe: like qemu-img, the output is not flushed to the disk.
-                         * -t writeback/writethrough: written through the page cache and
-                         * flushed once. Default, none, directsync: large writes go direct. */
-                        if (c == 't') {
-                                unsafe = streq(optarg, "unsafe");
-                                cached = unsafe || streq(optarg, "writeback") || streq(optarg, "writethrough");
-                        }
-                        break;
-                case 'm':
-                case 'r':
-                case 'W':
-                        /* Parallelism and rate limits: vdisk-img copies sequentially. */
-                        break;
-                case ARG_TARGET_IS_ZERO:
-                        target_is_zero = true;
-                        break;
-                case ARG_BITMAPS:
-                        bitmaps = true;
-                        break;
-                case ARG_SKIP_BROKEN_BITMAPS:
-                        skip_broken_bitmaps = true;
-                        break;
-                case ARG_TARGET_IMAGE_OPTS:
-                case ARG_SALVAGE:
-                        log_error("Option '%s' is not supported", argv[optind - 1]);
-                        return EXIT_ERROR;
-                default:
-                        if (common_option(c, optarg, &ex) == 2)
-                                return ex;
-                }
-        }
-        if (quiet)
-                progress = false;
-
-        if (argc - optind < 2)
-                return usage_error("Expecting a source and a destination file name");
-        if (argc - optind > 2) {
-                log_error("Concatenating several source images is not supported");
-                return EXIT_ERROR;
-        }
-        in = argv[optind];
-        out = argv[optind + 1];
+        int r, ex = EXIT_ERROR;
 
         out_info = format_lookup(out_fmt);
         if (!out_info)
                 return EXIT_ERROR;
-        if (opts.help) {
+        if (opts->help) {
                 print_create_help(out_info);
                 return EXIT_OK;
         }
         /* qemu-img 7.2: -B and -F win over -o backing_file= / backing_fmt=. */
-        if (optlist_get(&opts, "backing_file") && !backing)
-                backing = optlist_get(&opts, "backing_file");
-        if (optlist_get(&opts, "backing_fmt") && !backing_fmt)
-                backing_fmt = optlist_get(&opts, "backing_fmt");
+        if (optlist_get(opts, "backing_file") && !backing)
+                backing = optlist_get(opts, "backing_file");
+        if (optlist_get(opts, "backing_fmt") && !backing_fmt)
+                backing_fmt = optlist_get(opts, "backing_fmt");
         if (backing_fmt && !format_lookup(backing_fmt))
                 return EXIT_ERROR;
-        if (no_create && opts.n > 0) {
+        if (no_create && opts->n > 0) {
                 log_error("-o has no effect when skipping image creation");
                 return EXIT_ERROR;
         }
@@ -755,12 +604,12 @@ int cmd_convert(int argc, char **argv) {
                 log_error("Destination lacks bitmap support");
                 return EXIT_ERROR;
         }
-        if (optlist_validate(&opts, out_info, out) < 0)
+        if (optlist_validate(opts, out_info, out) < 0)
                 return EXIT_ERROR;
         if (compress && convert_compress_check(out_info, no_create) < 0)
                 return EXIT_ERROR;
-        if (optlist_get(&opts, "size")) {
-                if (parse_size(optlist_get(&opts, "size"), &new_size) < 0)
+        if (optlist_get(opts, "size")) {
+                if (parse_size(optlist_get(opts, "size"), &new_size) < 0)
                         return EXIT_ERROR;
                 new_size = ALIGN_UP(new_size, (uint64_t) VDISK_SECTOR_SIZE);
         }
@@ -802,7 +651,7 @@ int cmd_convert(int argc, char **argv) {
                 goto finish;
         }
 
-        r = optlist_library_view(&opts, &lib_opts);
+        r = optlist_library_view(opts, &lib_opts);
         if (r < 0) {
                 log_error("Out of memory");
                 progress_bar_done(&bar, false);

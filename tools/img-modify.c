@@ -224,65 +224,22 @@ fail:
         return r;
 }
 
-int cmd_commit(int argc, char **argv) {
-        static const struct option options[] = {
-                COMMON_LONG_OPTIONS,
-                {}
-        };
-        const char *fmt = NULL, *base = NULL;
+int cmd_commit(Request *req) {
+        const char *fmt = req->format, *base = req->backing;
         _cleanup_(vdisk_strv_freep) char **removed = NULL;
-        bool quiet = false, progress = false, drop = false;
+        bool quiet = req->quiet, progress = req->progress, drop = req->drop;
         TopIdentity id = {};
         ProgressBar bar = {};
         vdisk_image *top;
         unsigned n;
-        int c, r, to, ex = EXIT_ERROR;
+        int r, to, ex = EXIT_ERROR;
         Img img = {};
-
-        while ((c = getopt_long(argc, argv, "f:ht:b:dpqr:", options, NULL)) >= 0) {
-                switch (c) {
-                case 'f':
-                        fmt = optarg;
-                        break;
-                case 't':
-                        if (!cache_mode_valid(optarg)) {
-                                log_error("Invalid cache option: %s", optarg);
-                                return EXIT_ERROR;
-                        }
-                        break;
-                case 'b':
-                        base = optarg;
-                        /* Images between the base and the top become invalid,
-                         * so the top must keep its data (qemu-img: -b implies -d). */
-                        drop = true;
-                        break;
-                case 'd':
-                        drop = true;
-                        break;
-                case 'p':
-                        progress = true;
-                        break;
-                case 'q':
-                        quiet = true;
-                        break;
-                case 'r':
-                        /* Rate limit: vdisk-img runs offline, at full speed. */
-                        break;
-                default:
-                        if (common_option(c, optarg, &ex) == 2)
-                                return ex;
-                }
-        }
-        if (quiet)
-                progress = false;
-        if (optind != argc - 1)
-                return usage_error("Expecting one image file name");
 
         /* The top is only read: its data goes into the base, then the top is
          * replaced by a new empty file or (with -d/-b) relinked through a new
          * descriptor. Only the base and that relink write, so everything
          * opens read-only and the merge reopens the base writable. */
-        r = img_open(argv[optind], fmt, IMG_WRITE_BELOW | IMG_CHAIN, &img);
+        r = img_open(req->files[0], fmt, IMG_WRITE_BELOW | IMG_CHAIN, &img);
         if (r < 0)
                 return EXIT_ERROR;
 
@@ -357,54 +314,14 @@ finish:
 
 /* ---------------------------------------------------------------- resize */
 
-int cmd_resize(int argc, char **argv) {
-        static const struct option options[] = {
-                COMMON_LONG_OPTIONS,
-                { "shrink",        no_argument,       NULL, ARG_SHRINK },
-                { "preallocation", required_argument, NULL, ARG_PREALLOCATION },
-                {}
-        };
-        const char *fmt = NULL, *size_arg = NULL, *prealloc = NULL;
-        bool quiet = false, shrink = false;
+int cmd_resize(Request *req) {
+        const char *fmt = req->format, *size_arg = req->size_arg, *prealloc = req->prealloc;
+        bool quiet = req->quiet, shrink = req->shrink;
         uint64_t cur, new_size;
         SizeChange change;
         ProgressBar bar = {};
         Img img = {};
-        int c, r, ex = EXIT_ERROR;
-
-        /* A negative size ("-1G") would look like an option: take it out first. */
-        if (argc >= 3 && argv[argc - 1][0] == '-' && argv[argc - 1][1] >= '0' && argv[argc - 1][1] <= '9')
-                size_arg = argv[--argc];
-
-        while ((c = getopt_long(argc, argv, "f:hqU", options, NULL)) >= 0) {
-                switch (c) {
-                case 'f':
-                        fmt = optarg;
-                        break;
-                case 'q':
-                        quiet = true;
-                        break;
-                case ARG_SHRINK:
-                        shrink = true;
-                        break;
-                case ARG_PREALLOCATION:
-                        /* qemu-img checks the word before it opens anything */
-                        if (!streq(optarg, "off") && !streq(optarg, "metadata") &&
-                            !streq(optarg, "falloc") && !streq(optarg, "full")) {
-                                log_error("Invalid preallocation mode '%s'", optarg);
-                                return EXIT_ERROR;
-                        }
-                        prealloc = optarg;
-                        break;
-                default:
-                        if (common_option(c, optarg, &ex) == 2)
-                                return ex;
-                }
-        }
-        if (!size_arg && argc - optind == 2)
-                size_arg = argv[argc - 1];
-        else if (!size_arg || argc - optind != 1)
-                return usage_error("Expecting image file name and size");
+        int r, ex = EXIT_ERROR;
 
         if (parse_size_change(size_arg, &change) < 0) {
                 log_error("Parameter 'size' expects a non-negative number below 2^64");
@@ -413,7 +330,7 @@ int cmd_resize(int argc, char **argv) {
                 return EXIT_ERROR;
         }
 
-        r = img_open(argv[optind], fmt, IMG_WRITE | IMG_CHAIN, &img);
+        r = img_open(req->files[0], fmt, IMG_WRITE | IMG_CHAIN, &img);
         if (r < 0)
                 return EXIT_ERROR;
 
@@ -806,44 +723,12 @@ finish:
 
 /* ---------------------------------------------------------------- compact */
 
-int cmd_compact(int argc, char **argv) {
-        static const struct option options[] = {
-                COMMON_LONG_OPTIONS,
-                { "filename", required_argument, NULL, 'F' },
-                { "format",   required_argument, NULL, 'f' },
-                {}
-        };
-        const char *fmt = NULL, *filename = NULL;
-        bool progress = false, quiet = false;
+int cmd_compact(Request *req) {
+        const char *fmt = req->format, *filename = req->files[0];
+        bool progress = req->progress, quiet = req->quiet;
         ProgressBar bar = {};
         Img img = {};
-        int c, r, ex = EXIT_ERROR;
-
-        while ((c = getopt_long(argc, argv, "f:hpq", options, NULL)) >= 0) {
-                switch (c) {
-                case 'f':
-                        fmt = optarg;
-                        break;
-                case 'F':
-                        filename = optarg;
-                        break;
-                case 'p':
-                        progress = true;
-                        break;
-                case 'q':
-                        quiet = true;
-                        break;
-                default:
-                        if (common_option(c, optarg, &ex) == 2)
-                                return ex;
-                }
-        }
-        if (quiet)
-                progress = false;
-        if (!filename && optind == argc - 1)
-                filename = argv[optind];
-        else if (!filename || optind != argc)
-                return usage_error("Expecting one image file name");
+        int r, ex = EXIT_ERROR;
 
         /* The parents are needed: blocks equal to the parent's go too. */
         r = img_open(filename, fmt, IMG_WRITE | IMG_CHAIN, &img);

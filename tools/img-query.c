@@ -285,42 +285,15 @@ static void info_print_human(const InfoEntry *e) {
         }
 }
 
-int cmd_info(int argc, char **argv) {
-        static const struct option options[] = {
-                COMMON_LONG_OPTIONS,
-                { "output",        required_argument, NULL, ARG_OUTPUT },
-                { "backing-chain", no_argument,       NULL, ARG_BACKING_CHAIN },
-                {}
-        };
-        const char *fmt = NULL, *filename;
+int cmd_info(Request *req) {
+        const char *fmt = req->format, *filename = req->files[0];
         _cleanup_free_ char *child_full_backing = NULL;
-        OutputFormat output = OUTPUT_HUMAN;
-        bool backing_chain = false;
+        OutputFormat output = req->output;
+        bool backing_chain = req->backing_chain;
         Json w;
         Img img = {};
         unsigned n;
-        int c, r, ex = EXIT_ERROR;
-
-        while ((c = getopt_long(argc, argv, "f:hU", options, NULL)) >= 0) {
-                switch (c) {
-                case 'f':
-                        fmt = optarg;
-                        break;
-                case ARG_OUTPUT:
-                        if (parse_output_format(optarg, &output) < 0)
-                                return EXIT_ERROR;
-                        break;
-                case ARG_BACKING_CHAIN:
-                        backing_chain = true;
-                        break;
-                default:
-                        if (common_option(c, optarg, &ex) == 2)
-                                return ex;
-                }
-        }
-        if (optind != argc - 1)
-                return usage_error("Expecting one image file name");
-        filename = argv[optind];
+        int r, ex = EXIT_ERROR;
 
         if (backing_chain)
                 r = img_open(filename, fmt, IMG_CHAIN | IMG_INFO, &img);
@@ -653,35 +626,6 @@ finish:
 
 /* ---------------------------------------------------------------- check and repair */
 
-/* qemu-img check's exit codes. */
-#define CHECK_EXIT_INCOMPLETE  1
-#define CHECK_EXIT_CORRUPT     2
-#define CHECK_EXIT_LEAKS       3
-#define CHECK_EXIT_UNSUPPORTED 63
-
-/* Which statistics qemu-img shows for a format: its VDI, VHDX and VMDK
- * checks count no clusters, QED reports no end offset. Formats qemu-img
- * cannot check show everything the library reports. */
-enum {
-        STATS_END_OFFSET = 1u << 0,
-        STATS_CLUSTERS   = 1u << 1,
-};
-
-static unsigned check_stats_shown(const char *format) {
-        if (streq(format, "vdi") || streq(format, "vhdx") || streq(format, "vmdk"))
-                return 0;
-        if (streq(format, "qed"))
-                return STATS_CLUSTERS;
-        return STATS_END_OFFSET | STATS_CLUSTERS;
-}
-
-static void check_hide_stats(vdisk_check_report *rep, unsigned shown) {
-        if (!(shown & STATS_END_OFFSET))
-                rep->image_end_offset = 0;
-        if (!(shown & STATS_CLUSTERS))
-                rep->total_clusters = rep->allocated_clusters = rep->fragmented_clusters = 0;
-}
-
 static void check_print_messages(const vdisk_check_report *rep, FILE *f) {
         fflush(stdout);
         for (char **m = rep->messages; m && *m; m++)
@@ -696,14 +640,6 @@ static CheckCounts check_counts(const vdisk_check_report *r) {
                 .total_clusters = r->total_clusters, .allocated_clusters = r->allocated_clusters,
                 .fragmented_clusters = r->fragmented_clusters, .image_end_offset = r->image_end_offset,
         };
-}
-
-static int check_exit_code(const vdisk_check_report *rep) {
-        if (rep->corruptions)
-                return CHECK_EXIT_CORRUPT;
-        if (rep->leaks)
-                return CHECK_EXIT_LEAKS;
-        return EXIT_OK;
 }
 
 /* Runs vdisk_check; after a real repair checks again, like qemu-img, so the
@@ -731,56 +667,20 @@ static int check_run(Img *img, uint32_t flags, ProgressBar *bar, vdisk_check_rep
         return 0;
 }
 
-int cmd_check(int argc, char **argv) {
-        static const struct option options[] = {
-                COMMON_LONG_OPTIONS,
-                { "output", required_argument, NULL, ARG_OUTPUT },
-                {}
+int cmd_check(Request *req) {
+        static const uint32_t mode_flags[CHECK_DRY_RUN + 1] = {
+                [CHECK_REPAIR_LEAKS] = VDISK_CHECK_REPAIR_LEAKS,
+                [CHECK_REPAIR_ALL] = VDISK_CHECK_REPAIR_ALL,
         };
-        const char *fmt = NULL, *filename;
-        OutputFormat output = OUTPUT_HUMAN;
+        const char *fmt = req->format, *filename = req->files[0];
+        OutputFormat output = req->output;
         vdisk_check_report rep = {}, fixed = {};
-        uint32_t flags = 0;
-        bool quiet = false;
+        CheckCounts now, was;
+        uint32_t flags = mode_flags[req->check_mode];
+        bool quiet = req->quiet;
         ProgressBar bar = {};
         Img img = {};
-        int c, r, ex = EXIT_ERROR;
-
-        while ((c = getopt_long(argc, argv, "f:hqr:T:U", options, NULL)) >= 0) {
-                switch (c) {
-                case 'f':
-                        fmt = optarg;
-                        break;
-                case 'q':
-                        quiet = true;
-                        break;
-                case 'r':
-                        if (streq(optarg, "leaks"))
-                                flags = VDISK_CHECK_REPAIR_LEAKS;
-                        else if (streq(optarg, "all"))
-                                flags = VDISK_CHECK_REPAIR_ALL;
-                        else
-                                return usage_error("Unknown option value for -r "
-                                                   "(expecting 'leaks' or 'all'): %s", optarg);
-                        break;
-                case 'T':
-                        if (!cache_mode_valid(optarg)) {
-                                log_error("Invalid source cache option: %s", optarg);
-                                return EXIT_ERROR;
-                        }
-                        break;
-                case ARG_OUTPUT:
-                        if (parse_output_format(optarg, &output) < 0)
-                                return EXIT_ERROR;
-                        break;
-                default:
-                        if (common_option(c, optarg, &ex) == 2)
-                                return ex;
-                }
-        }
-        if (optind != argc - 1)
-                return usage_error("Expecting one image file name");
-        filename = argv[optind];
+        int r, ex = EXIT_ERROR;
 
         /* Only the named image is checked; its parents are not needed. */
         r = img_open(filename, fmt, IMG_SKIP_CHECKS | (flags ? IMG_WRITE : 0), &img);
@@ -800,26 +700,26 @@ int cmd_check(int argc, char **argv) {
         }
         if (r < 0) {
                 log_error("Check failed: %s", error_detail(r));
-                ex = CHECK_EXIT_INCOMPLETE;
+                ex = CHECK_EXIT_ERROR;
                 goto finish;
         }
 
+        now = check_counts(&rep);
+        was = check_counts(&fixed);
         check_print_messages(&fixed, stderr);
         check_print_messages(&rep, stderr);
-        check_hide_stats(&rep, check_stats_shown(img.backend->qemu_name));
         if (!quiet) {
-                CheckCounts now = check_counts(&rep), was = check_counts(&fixed);
+                CheckCounts shown = now;
 
+                check_hide_stats(&shown, img.backend->qemu_name);
                 if (output == OUTPUT_JSON)
-                        check_print_json(&now, &was, filename, img.backend->qemu_name);
+                        check_print_json(&shown, &was, filename, img.backend->qemu_name);
                 else
-                        check_print_human(&now, &was);
+                        check_print_human(&shown, &was);
         }
-        if (rep.check_errors) {
+        if (now.check_errors)
                 log_error("Check failed");
-                ex = CHECK_EXIT_INCOMPLETE;
-        } else
-                ex = check_exit_code(&rep);
+        ex = check_exit_code(&now);
 
 finish:
         vdisk_check_report_clear(&rep);
@@ -827,42 +727,15 @@ finish:
         return img_close_exit(&img, ex);
 }
 
-int cmd_repair(int argc, char **argv) {
-        static const struct option options[] = {
-                COMMON_LONG_OPTIONS,
-                { "dry-run", no_argument,       NULL, ARG_DRY_RUN },
-                { "format",  required_argument, NULL, 'f' },
-                {}
-        };
-        const char *fmt = NULL, *filename;
+int cmd_repair(Request *req) {
+        const char *fmt = req->format, *filename = req->files[0];
         vdisk_check_report rep = {}, fixed = {};
-        bool dry_run = false, quiet = false;
-        uint32_t flags = VDISK_CHECK_REPAIR_ALL;
+        CheckCounts pass, now;
+        bool dry_run = req->check_mode == CHECK_DRY_RUN, quiet = req->quiet;
+        uint32_t flags = VDISK_CHECK_REPAIR_ALL | (dry_run ? VDISK_CHECK_DRY_RUN : 0);
         ProgressBar bar = {};
         Img img = {};
-        int c, r, ex = EXIT_ERROR;
-
-        while ((c = getopt_long(argc, argv, "f:hqU", options, NULL)) >= 0) {
-                switch (c) {
-                case 'f':
-                        fmt = optarg;
-                        break;
-                case 'q':
-                        quiet = true;
-                        break;
-                case ARG_DRY_RUN:
-                        dry_run = true;
-                        break;
-                default:
-                        if (common_option(c, optarg, &ex) == 2)
-                                return ex;
-                }
-        }
-        if (optind != argc - 1)
-                return usage_error("Expecting one image file name");
-        filename = argv[optind];
-        if (dry_run)
-                flags |= VDISK_CHECK_DRY_RUN;
+        int r, ex = EXIT_ERROR;
 
         r = img_open(filename, fmt, IMG_SKIP_CHECKS | (dry_run ? 0 : IMG_WRITE), &img);
         if (r < 0)
@@ -884,28 +757,15 @@ int cmd_repair(int argc, char **argv) {
                 goto finish;
         }
 
+        pass = check_counts(&rep);
+        now = pass;
+        if (fixed.corruptions_fixed || fixed.leaks_fixed)
+                pass = check_counts(&fixed);   /* the repair; rep: the check after it */
         if (!quiet) {
-                const vdisk_check_report *first =
-                        (fixed.corruptions_fixed || fixed.leaks_fixed) ? &fixed : &rep;
-
-                check_print_messages(first, stdout);
-                if (dry_run && !rep.corruptions && !rep.leaks)
-                        printf("No errors were found on the image.\n");
-                else if (dry_run)
-                        printf("%" PRIu64 " corruptions and %" PRIu64 " leaked clusters found; "
-                               "a repair would fix %" PRIu64 " and %" PRIu64 " of them "
-                               "(dry run, nothing changed).\n",
-                               rep.corruptions, rep.leaks, rep.corruptions_fixed, rep.leaks_fixed);
-                else if (first == &fixed)
-                        printf("Repaired %" PRIu64 " corruptions and %" PRIu64 " leaked clusters.\n",
-                               fixed.corruptions_fixed, fixed.leaks_fixed);
-                else
-                        printf("No repairs were needed.\n");
-                if (!dry_run && (rep.corruptions || rep.leaks))
-                        printf("%" PRIu64 " corruptions and %" PRIu64 " leaked clusters remain.\n",
-                               rep.corruptions, rep.leaks);
+                check_print_messages(pass.corruptions_fixed || pass.leaks_fixed ? &fixed : &rep, stdout);
+                repair_print_summary(&pass, &now, dry_run);
         }
-        ex = rep.check_errors ? CHECK_EXIT_INCOMPLETE : check_exit_code(&rep);
+        ex = check_exit_code(&now);
 
 finish:
         vdisk_check_report_clear(&rep);

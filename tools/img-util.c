@@ -16,103 +16,12 @@
 
 /* ---------------------------------------------------------------- messages */
 
-/* The library's messages start with the file they concern, and so do ours:
- * "'a.vdi': a.vdi: bad signature" says the name twice. Drops the second one. */
-static void drop_repeated_name(char *msg) {
-        for (char *p = msg; *p; p++) {
-                char *sep = strstr(p, ": ");
-                size_t n;
-
-                if (!sep)
-                        return;
-                n = (size_t) (sep - p);
-                /* p..sep is a candidate name, optionally quoted */
-                if (n > 2 && p[0] == '\'' && sep[-1] == '\'') {
-                        if (strncmp(sep + 2, p + 1, n - 2) == 0 && strncmp(sep + 2 + n - 2, ": ", 2) == 0) {
-                                memmove(sep + 2, sep + 2 + n, strlen(sep + 2 + n) + 1);
-                                return;
-                        }
-                } else if (n > 0 && strncmp(sep + 2, p, n) == 0 && strncmp(sep + 2 + n, ": ", 2) == 0) {
-                        memmove(sep + 2, sep + 4 + n, strlen(sep + 4 + n) + 1);
-                        return;
-                }
-                /* next candidate starts after the next space */
-                p = strchr(p, ' ');
-                if (!p)
-                        return;
-        }
-}
-
-/* "qemu-img" when invoked under that name (vdisk-img.c), so that
- * messages read as the ones scripts match. */
-const char *log_program_name = PROGRAM_NAME;
-
-static void log_va(const char *prefix, const char *fmt, va_list ap) {
-        int saved_errno = errno;
-        char *msg = NULL;
-
-        fflush(stdout);
-        errno = saved_errno;   /* for %m */
-        fputs(log_program_name, stderr);
-        fputs(": ", stderr);
-        fputs(prefix, stderr);
-        if (vasprintf(&msg, fmt, ap) < 0) {
-                fputs("(out of memory)\n", stderr);
-                return;
-        }
-        drop_repeated_name(msg);
-        fputs(msg, stderr);
-        fputc('\n', stderr);
-        free(msg);
-}
-
-void log_error(const char *fmt, ...) {
-        va_list ap;
-
-        va_start(ap, fmt);
-        log_va("", fmt, ap);
-        va_end(ap);
-}
-
-void log_warning(const char *fmt, ...) {
-        va_list ap;
-
-        va_start(ap, fmt);
-        log_va("warning: ", fmt, ap);
-        va_end(ap);
-}
-
 const char *error_detail(int r) {
         const char *e = vdisk_last_error();
 
         if (e && *e)
                 return e;
         return strerror(r < 0 ? -r : r);
-}
-
-int usage_hint(void) {
-        fputs("Try '" PROGRAM_NAME " --help' for more information\n", stderr);
-        return EXIT_ERROR;
-}
-
-int usage_error(const char *fmt, ...) {
-        va_list ap;
-
-        va_start(ap, fmt);
-        log_va("", fmt, ap);
-        va_end(ap);
-        return usage_hint();
-}
-
-/* ---------------------------------------------------------------- sizes */
-
-void log_bad_size(int r) {
-        if (r == -ERANGE)
-                log_error("Invalid image size specified. Must be between 0 and %" PRIi64 ".", INT64_MAX);
-        else {
-                log_error("Invalid image size specified. You may use k, M, G, T, P or E suffixes for");
-                log_error("kilobytes, megabytes, gigabytes, terabytes, petabytes and exabytes.");
-        }
 }
 
 /* ---------------------------------------------------------------- cancel and progress */
@@ -197,23 +106,6 @@ void progress_bar_done(ProgressBar *b, bool success) {
 }
 
 /* ---------------------------------------------------------------- formats and images */
-
-char **arg_parent_dirs = NULL;
-static size_t n_parent_dirs = 0;
-
-int parent_dirs_add(const char *dir) {
-        char **l;
-
-        l = realloc(arg_parent_dirs, (n_parent_dirs + 2) * sizeof(char *));
-        if (!l)
-                return -ENOMEM;
-        arg_parent_dirs = l;
-        l[n_parent_dirs] = strdup(dir);
-        if (!l[n_parent_dirs])
-                return -ENOMEM;
-        l[++n_parent_dirs] = NULL;
-        return 0;
-}
 
 const vdisk_backend_info *format_lookup(const char *name) {
         const vdisk_backend_info *info = vdisk_backend_find(name);
@@ -507,23 +399,8 @@ int same_file(const char *a, const char *b) {
         return sa.st_dev == sb.st_dev && sa.st_ino == sb.st_ino;
 }
 
-bool cache_mode_valid(const char *mode) {
-        static const char *const modes[] = {
-                "none", "off", "writeback", "writethrough", "directsync", "unsafe",
-        };
-
-        for (size_t i = 0; i < ELEMENTSOF(modes); i++)
-                if (streq(mode, modes[i]))
-                        return true;
-        return false;
-}
-
 int parse_output_format(const char *s, OutputFormat *ret) {
-        if (streq(s, "human"))
-                *ret = OUTPUT_HUMAN;
-        else if (streq(s, "json"))
-                *ret = OUTPUT_JSON;
-        else {
+        if (front_parse_output(s, ret) < 0) {
                 log_error("--output must be used with human or json as argument.");
                 return -EINVAL;
         }
@@ -532,19 +409,8 @@ int parse_output_format(const char *s, OutputFormat *ret) {
 
 int common_option(int c, const char *arg, int *ret_exit) {
         switch (c) {
-        case 'h':
-                print_help();
-                *ret_exit = EXIT_OK;
-                return 2;
         case 'U':
                 /* vdisk-img takes no locks, so there is nothing to share. */
-                return 1;
-        case ARG_PARENT_DIR:
-                if (parent_dirs_add(arg) < 0) {
-                        log_error("Out of memory");
-                        *ret_exit = EXIT_ERROR;
-                        return 2;
-                }
                 return 1;
         case ARG_IMAGE_OPTS:
                 arg_image_opts = true;
@@ -556,10 +422,7 @@ int common_option(int c, const char *arg, int *ret_exit) {
                 *ret_exit = r > 0 ? EXIT_OK : EXIT_ERROR;
                 return 2;
         }
-        case '?':
-                *ret_exit = usage_hint();
-                return 2;
         default:
-                return 0;
+                return front_common_option(c, arg, ret_exit);
         }
 }

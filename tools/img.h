@@ -16,7 +16,9 @@
 #include "macro.h"
 #include "vdisk/vdisk.h"
 #include "shared/check.h"
+#include "shared/front.h"
 #include "shared/json.h"
+#include "shared/log.h"
 #include "shared/optlist.h"
 #include "shared/text.h"
 
@@ -28,22 +30,15 @@
 
 /* ---- logging (img-util.c) */
 
-/* The name messages start with: PROGRAM_NAME, or "qemu-img" under that name. */
-extern const char *log_program_name;
-void log_error(const char *fmt, ...) _printf_(1, 2);
-void log_warning(const char *fmt, ...) _printf_(1, 2);
+/* log_error(), log_warning(), usage_hint() and usage_error(): shared/log.h
+ * (messages start with front_dialect.program: PROGRAM_NAME, or "qemu-img"
+ * under that name; a bad command line ends with EXIT_ERROR). */
 /* The best description of failure r: the library's detail when it has one,
  * else strerror(-r). */
 const char *error_detail(int r);
-/* Prints "Try 'vdisk-img --help' for more information" and returns EXIT_ERROR. */
-int usage_hint(void);
-/* Reports a bad command line ("vdisk-img: <message>" + hint); returns EXIT_ERROR. */
-int usage_error(const char *fmt, ...) _printf_(1, 2);
 
 /* ---- sizes (img-util.c) */
 
-/* Prints qemu-img's message for a bad size argument. */
-void log_bad_size(int r);
 /* ---- signals and progress (img-util.c) */
 
 /* Set by SIGINT/SIGTERM once the handlers are installed. */
@@ -70,8 +65,6 @@ void progress_bar_done(ProgressBar *b, bool success);
 /* ---- formats and images (img-util.c) */
 
 /* Extra directories searched for parents (--parent-dir), NULL-terminated. */
-extern char **arg_parent_dirs;
-int parent_dirs_add(const char *dir);
 
 /* Looks a format up by qemu's or VirtualBox's name; logs
  * "Unknown file format 'x'" and returns NULL when unknown. */
@@ -127,31 +120,23 @@ void fsync_parent_dir(const char *path);
 /* Whether two paths name the same file (1), not (0), or an error. */
 int same_file(const char *a, const char *b);
 
-/* Validates a qemu cache mode name (-t / -T). */
-bool cache_mode_valid(const char *mode);
-
-/* ---- output format (--output) */
-
-typedef enum OutputFormat {
-        OUTPUT_HUMAN,
-        OUTPUT_JSON,
-} OutputFormat;
+/* ---- output format (--output; the shared verbs' is parsed in shared/front.c) */
 
 int parse_output_format(const char *s, OutputFormat *ret);
 
 /* ---- commands */
 
-int cmd_info(int argc, char **argv);
-int cmd_create(int argc, char **argv);
-int cmd_convert(int argc, char **argv);
-int cmd_check(int argc, char **argv);
-int cmd_repair(int argc, char **argv);
-int cmd_commit(int argc, char **argv);
+int cmd_info(Request *req);
+int cmd_create(Request *req);
+int cmd_convert(Request *req);
+int cmd_check(Request *req);
+int cmd_repair(Request *req);
+int cmd_commit(Request *req);
 int cmd_compare(int argc, char **argv);
 int cmd_map(int argc, char **argv);
-int cmd_resize(int argc, char **argv);
+int cmd_resize(Request *req);
 int cmd_rebase(int argc, char **argv);
-int cmd_compact(int argc, char **argv);
+int cmd_compact(Request *req);
 int cmd_setuuid(int argc, char **argv);
 int cmd_comment(int argc, char **argv);
 int cmd_snapshot(int argc, char **argv);
@@ -170,32 +155,7 @@ void print_snapshot_table(const vdisk_snapshot *v, size_t n);
 /* Prints the full help text (used by --help and "COMMAND --help"). */
 void print_help(void);
 
-/* Long options every image-opening command takes. */
-enum {
-        ARG_PARENT_DIR = 0x100,
-        ARG_OUTPUT,
-        ARG_IMAGE_OPTS,
-        ARG_OBJECT,
-        ARG_BACKING_CHAIN,
-        ARG_SHRINK,
-        ARG_START_OFFSET,
-        ARG_MAX_LENGTH,
-        ARG_PREALLOCATION,
-        ARG_TARGET_IS_ZERO,
-        ARG_UUID,
-        ARG_PARENT_UUID,
-        ARG_ZERO_PARENT_UUID,
-        ARG_MODIFICATION_UUID,
-        ARG_PARENT_MODIFICATION_UUID,
-        ARG_CLEAR,
-        ARG_DRY_RUN,
-        ARG_FORCE,
-        ARG_TARGET_IMAGE_OPTS,
-        ARG_SALVAGE,
-        ARG_BITMAPS,
-        ARG_SIZE,
-};
-
+/* Long options every image-opening command takes (the keys: shared/front.h). */
 #define COMMON_LONG_OPTIONS                                             \
         { "help",        no_argument,       NULL, 'h' },                \
         { "force-share", no_argument,       NULL, 'U' },                \

@@ -18,28 +18,37 @@
 
 #include "img.h"
 
+FrontDialect front_dialect = {
+        .tool = FRONT_IMG,
+        .program = PROGRAM_NAME,
+        .hint = "Try '" PROGRAM_NAME " --help' for more information\n",
+        .exit_usage = EXIT_ERROR,
+        .drop_repeated_name = true,
+};
+
 typedef struct Command {
         const char *name;
-        int (*run)(int argc, char **argv);
+        int (*run)(int argc, char **argv);   /* vdisk-img's own verbs parse their arguments */
+        int (*run_request)(Request *req);    /* the verbs vdiskctl shares: parsed in shared/front.c */
 } Command;
 
 static const Command commands[] = {
         { "amend",    cmd_amend },
         { "bitmap",   cmd_bitmap },
-        { "check",    cmd_check },
-        { "commit",   cmd_commit },
-        { "compact",  cmd_compact },
+        { "check",    .run_request = cmd_check },
+        { "commit",   .run_request = cmd_commit },
+        { "compact",  .run_request = cmd_compact },
         { "compare",  cmd_compare },
         { "comment",  cmd_comment },
-        { "convert",  cmd_convert },
-        { "create",   cmd_create },
+        { "convert",  .run_request = cmd_convert },
+        { "create",   .run_request = cmd_create },
         { "dd",       cmd_dd },
-        { "info",     cmd_info },
+        { "info",     .run_request = cmd_info },
         { "map",      cmd_map },
         { "measure",  cmd_measure },
         { "rebase",   cmd_rebase },
-        { "repair",   cmd_repair },
-        { "resize",   cmd_resize },
+        { "repair",   .run_request = cmd_repair },
+        { "resize",   .run_request = cmd_resize },
         { "setuuid",  cmd_setuuid },
         { "snapshot", cmd_snapshot },
 };
@@ -139,7 +148,7 @@ int main(int argc, char **argv) {
         int ex;
 
         if (as_qemu_img)
-                log_program_name = "qemu-img";
+                front_dialect.program = "qemu-img";
         if (argc < 2) {
                 log_error("Not enough arguments");
                 return usage_hint();
@@ -164,8 +173,18 @@ int main(int argc, char **argv) {
                         continue;
 
                 /* getopt names the program after argv[0] in its messages. */
-                argv[1] = (char *) log_program_name;
-                ex = commands[i].run(argc - 1, argv + 1);
+                argv[1] = (char *) front_dialect.program;
+                if (commands[i].run_request) {
+                        Request req = {};
+                        FrontVerbId verb = VERB_INFO;
+
+                        (void) front_verb_find(cmd, &verb);   /* every run_request verb is there */
+                        ex = front_parse(verb, argc - 1, argv + 1, &req);
+                        if (ex < 0)
+                                ex = commands[i].run_request(&req);
+                        request_done(&req);
+                } else
+                        ex = commands[i].run(argc - 1, argv + 1);
                 if (fflush(stdout) != 0 || ferror(stdout)) {
                         log_error("Could not write the output: %s", strerror(errno));
                         if (ex == EXIT_OK)

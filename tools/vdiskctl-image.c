@@ -7,7 +7,6 @@
  */
 
 #include <errno.h>
-#include <getopt.h>
 #include <string.h>
 #include <strings.h>
 
@@ -183,46 +182,14 @@ static void info_print_json(Ctx *ctx, Json *j, const InfoEntry *e) {
         json_object_close(j);
 }
 
-int cmd_info(Ctx *ctx, int argc, char **argv) {
-        static const struct option options[] = {
-                { "help",          no_argument,       NULL, 'h' },
-                { "quiet",         no_argument,       NULL, 'q' },
-                { "output",        required_argument, NULL, ARG_OUTPUT },
-                { "backing-chain", no_argument,       NULL, ARG_BACKING_CHAIN },
-                { "parent-dir",    required_argument, NULL, ARG_PARENT_DIR },
-                { "force-share",   no_argument,       NULL, 'U' },
-                {}
-        };
-        const char *fmt = NULL, *file;
-        bool backing_chain = false, opened = false;
+int cmd_info(Ctx *ctx, Request *req) {
+        const char *fmt = req->format, *file = req->files[0];
+        bool backing_chain = req->backing_chain, opened = false;
         _cleanup_(strv_freep) char **images = NULL;
         InfoEntry entries[CHAIN_MAX] = {};
         Chain chain = {};
         unsigned n_entries = 0, n_images = 0;
-        int c, r, ex = EXIT_FAILURE;
-
-        while ((c = getopt_long(argc, argv, "f:hqU", options, NULL)) >= 0) {
-                switch (c) {
-                case 'f':
-                        fmt = optarg;
-                        break;
-                case 'U':
-                        break;   /* vdiskd takes no image locks to share */
-                case ARG_OUTPUT:
-                        if (parse_output(optarg, &arg_output) < 0)
-                                return usage_error("--output takes 'human' or 'json', not '%s'", optarg);
-                        break;
-                case ARG_BACKING_CHAIN:
-                        backing_chain = true;
-                        break;
-                default:
-                        if (common_option(c, optarg, &ex) == 2)
-                                return ex;
-                }
-        }
-        if (optind + 1 != argc)
-                return usage_error("info needs one image file name");
-        file = argv[optind];
+        int r, ex = EXIT_FAILURE;
 
         /* The image itself: every failure here is an error. */
         r = chain_resolve(ctx, file, fmt, backing_chain ? 0 : CHAIN_TOP_ONLY, &chain);
@@ -335,15 +302,6 @@ static void report_from(const Value *result, Report *ret) {
         };
 }
 
-/* As vdisk-img: the statistics qemu-img's check shows for the format. */
-static void report_hide_stats(Report *rep, const char *qemu_format) {
-        if (streq(qemu_format, "vdi") || streq(qemu_format, "vhdx") || streq(qemu_format, "vmdk")) {
-                rep->n.image_end_offset = 0;
-                rep->n.total_clusters = rep->n.allocated_clusters = rep->n.fragmented_clusters = 0;
-        } else if (streq(qemu_format, "qed"))
-                rep->n.image_end_offset = 0;
-}
-
 static void report_messages(const Report *rep, FILE *f) {
         const Value *m = rep->messages;
 
@@ -353,23 +311,6 @@ static void report_messages(const Report *rep, FILE *f) {
                         fprintf(f, "%s\n", m->c.items[i].s);
         fflush(f);
 }
-
-static int report_exit(const Report *rep) {
-        if (rep->n.check_errors)
-                return CHECK_EXIT_ERROR;
-        if (rep->n.corruptions)
-                return CHECK_EXIT_CORRUPT;
-        if (rep->n.leaks)
-                return CHECK_EXIT_LEAKS;
-        return EXIT_OK;
-}
-
-typedef enum CheckMode {
-        CHECK_ONLY,
-        CHECK_REPAIR_LEAKS,
-        CHECK_REPAIR_ALL,
-        CHECK_DRY_RUN,
-} CheckMode;
 
 /* One Check or Repair operation on the top image; *ret gets its Result.
  * Returns 0, or the (negative) op_run() result, or an exit code. */
@@ -423,80 +364,14 @@ static int check_once(Ctx *ctx, Chain *c, CheckMode mode, bool progress, Value *
         return r;
 }
 
-static int parse_check_args(int argc, char **argv, bool repair_cmd, const char **ret_fmt, CheckMode *mode,
-                            const char **ret_file) {
-        static const struct option options[] = {
-                { "help",        no_argument,       NULL, 'h' },
-                { "quiet",       no_argument,       NULL, 'q' },
-                { "output",      required_argument, NULL, ARG_OUTPUT },
-                { "parent-dir",  required_argument, NULL, ARG_PARENT_DIR },
-                { "dry-run",     no_argument,       NULL, ARG_DRY_RUN },
-                { "format",      required_argument, NULL, 'f' },
-                { "force-share", no_argument,       NULL, 'U' },
-                {}
-        };
-        int c, ex;
-
-        while ((c = getopt_long(argc, argv, repair_cmd ? "f:hqU" : "f:hqr:T:U", options, NULL)) >= 0) {
-                switch (c) {
-                case 'f':
-                        *ret_fmt = optarg;
-                        break;
-                case 'U':
-                case 'T':
-                        break;   /* no locks, no cache modes: nothing to do */
-                case 'r':
-                        if (streq(optarg, "leaks"))
-                                *mode = CHECK_REPAIR_LEAKS;
-                        else if (streq(optarg, "all"))
-                                *mode = CHECK_REPAIR_ALL;
-                        else {
-                                log_error("Unknown option value for -r (expecting 'leaks' or 'all'): %s",
-                                          optarg);
-                                (void) usage_hint();
-                                return CHECK_EXIT_ERROR;
-                        }
-                        break;
-                case ARG_DRY_RUN:
-                        if (!repair_cmd) {
-                                (void) usage_hint();
-                                return CHECK_EXIT_ERROR;
-                        }
-                        *mode = CHECK_DRY_RUN;
-                        break;
-                case ARG_OUTPUT:
-                        if (parse_output(optarg, &arg_output) < 0) {
-                                log_error("--output takes 'human' or 'json', not '%s'", optarg);
-                                return CHECK_EXIT_ERROR;
-                        }
-                        break;
-                default:
-                        /* qemu-img check exits 1 on a bad command line: 2 means corruption. */
-                        if (common_option(c, optarg, &ex) == 2)
-                                return ex == EXIT_USAGE ? CHECK_EXIT_ERROR : ex;
-                }
-        }
-        if (optind + 1 != argc) {
-                log_error("%s needs one image file name", repair_cmd ? "repair" : "check");
-                (void) usage_hint();
-                return CHECK_EXIT_ERROR;
-        }
-        *ret_file = argv[optind];
-        return -1;
-}
-
-int cmd_check(Ctx *ctx, int argc, char **argv) {
+int cmd_check(Ctx *ctx, Request *req) {
         _cleanup_value_ Value result = {}, fixed_result = {};
-        const char *fmt = NULL, *file = NULL;
-        CheckMode mode = CHECK_ONLY;
+        const char *fmt = req->format, *file = req->files[0];
+        CheckMode mode = req->check_mode;
         Report rep, fixed = {};
         bool have_fixed = false;
         Chain chain = {};
         int r, ex;
-
-        ex = parse_check_args(argc, argv, false, &fmt, &mode, &file);
-        if (ex >= 0)
-                return ex;
 
         r = chain_open(ctx, file, fmt, mode == CHECK_ONLY ? 0 : CHAIN_TOP_WRITABLE, mode == CHECK_ONLY,
                        &chain);
@@ -529,7 +404,7 @@ int cmd_check(Ctx *ctx, int argc, char **argv) {
         if (have_fixed)
                 report_messages(&fixed, stderr);
         report_messages(&rep, stderr);
-        report_hide_stats(&rep, chain.elems[chain.n - 1].qemu_format);
+        check_hide_stats(&rep.n, chain.elems[chain.n - 1].qemu_format);
         if (!arg_quiet) {
                 if (arg_output == OUTPUT_JSON)
                         check_print_json(&rep.n, have_fixed ? &fixed.n : NULL, file,
@@ -539,26 +414,21 @@ int cmd_check(Ctx *ctx, int argc, char **argv) {
         }
         if (rep.n.check_errors)
                 log_error("Check failed");
-        ex = report_exit(&rep);
+        ex = check_exit_code(&rep.n);
 
 finish:
         chain_done(ctx, &chain);
         return ex;
 }
 
-int cmd_repair(Ctx *ctx, int argc, char **argv) {
+int cmd_repair(Ctx *ctx, Request *req) {
         _cleanup_value_ Value result = {}, after = {};
-        const char *fmt = NULL, *file = NULL;
-        CheckMode mode = CHECK_REPAIR_ALL;
+        const char *fmt = req->format, *file = req->files[0];
+        CheckMode mode = req->check_mode == CHECK_DRY_RUN ? CHECK_DRY_RUN : CHECK_REPAIR_ALL;
+        bool dry_run = mode == CHECK_DRY_RUN;
         Report rep, now;
         Chain chain = {};
-        bool dry_run;
         int r, ex;
-
-        ex = parse_check_args(argc, argv, true, &fmt, &mode, &file);
-        if (ex >= 0)
-                return ex;
-        dry_run = mode == CHECK_DRY_RUN;
 
         r = chain_open(ctx, file, fmt, dry_run ? 0 : CHAIN_TOP_WRITABLE, dry_run, &chain);
         if (r != 0)
@@ -587,23 +457,9 @@ int cmd_repair(Ctx *ctx, int argc, char **argv) {
 
         if (!arg_quiet) {
                 report_messages(&rep, stdout);
-                if (dry_run && !rep.n.corruptions && !rep.n.leaks)
-                        printf("No errors were found on the image.\n");
-                else if (dry_run)
-                        printf("%" PRIu64 " corruptions and %" PRIu64
-                               " leaked clusters found; a repair would fix "
-                               "%" PRIu64 " and %" PRIu64 " of them (dry run, nothing changed).\n",
-                               rep.n.corruptions, rep.n.leaks, rep.n.corruptions_fixed, rep.n.leaks_fixed);
-                else if (rep.n.corruptions_fixed || rep.n.leaks_fixed)
-                        printf("Repaired %" PRIu64 " corruptions and %" PRIu64 " leaked clusters.\n",
-                               rep.n.corruptions_fixed, rep.n.leaks_fixed);
-                else
-                        printf("No repairs were needed.\n");
-                if (!dry_run && (now.n.corruptions || now.n.leaks))
-                        printf("%" PRIu64 " corruptions and %" PRIu64 " leaked clusters remain.\n",
-                               now.n.corruptions, now.n.leaks);
+                repair_print_summary(&rep.n, &now.n, dry_run);
         }
-        ex = report_exit(&now);
+        ex = check_exit_code(&now.n);
 
 finish:
         chain_done(ctx, &chain);

@@ -354,7 +354,7 @@ static int parse_output_only(int argc, char **argv, const char *usage) {
 
         while ((c = getopt_long(argc, argv, "hq", options, NULL)) >= 0) {
                 if (c == ARG_OUTPUT) {
-                        if (parse_output(optarg, &arg_output) < 0)
+                        if (front_parse_output(optarg, &arg_output) < 0)
                                 return usage_error("--output takes 'human' or 'json', not '%s'", optarg);
                         continue;
                 }

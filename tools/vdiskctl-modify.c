@@ -422,15 +422,9 @@ static int op_finish(OpWatch *w, const char *what, int r) {
 
 /* ---------------------------------------------------------------- create */
 
-int cmd_create(Ctx *ctx, int argc, char **argv) {
-        static const struct option options[] = {
-                { "help",       no_argument,       NULL, 'h' },
-                { "quiet",      no_argument,       NULL, 'q' },
-                { "parent-dir", required_argument, NULL, ARG_PARENT_DIR },
-                {}
-        };
-        const char *fmt = "raw", *backing = NULL, *backing_fmt = NULL, *file, *size_arg = NULL, *backend, *what;
-        _cleanup_(optlist_done) OptList opts = {};
+int cmd_create(Ctx *ctx, Request *req) {
+        const char *fmt = req->format, *backing, *backing_fmt, *file, *backend;
+        OptList *opts = &req->opts;
         _cleanup_free_ char *backing_path = NULL, *disk = NULL, *display = NULL;
         _cleanup_msg_ sd_bus_message *m = NULL;
         const Value *info;
@@ -441,75 +435,31 @@ int cmd_create(Ctx *ctx, int argc, char **argv) {
         OpWatch w = {};
         uint64_t size = 0;
         bool have_size = false;
-        int c, r, ex = EXIT_FAILURE;
-
-        while ((c = getopt_long(argc, argv, "F:b:f:ho:qu", options, NULL)) >= 0) {
-                switch (c) {
-                case 'F':
-                        backing_fmt = optarg;
-                        break;
-                case 'b':
-                        backing = optarg;
-                        break;
-                case 'f':
-                        fmt = optarg;
-                        break;
-                case 'o':
-                        if (optlist_parse(&opts, optarg) < 0)
-                                return usage_error("Invalid option list: %s", optarg);
-                        break;
-                case 'u':
-                        log_error("-u (unsafe) is not supported by vdiskctl: "
-                                  "vdiskd opens the whole backing chain");
-                        return EXIT_USAGE;
-                default:
-                        if (common_option(c, optarg, &ex) == 2)
-                                return ex;
-                }
-        }
+        int r, ex = EXIT_FAILURE;
 
         r = lookup_format(ctx, fmt, &backend, &info);
         if (r != 0)
                 return r;
-        if (opts.help) {
+        if (opts->help) {
                 print_create_help(backend, info);
                 return EXIT_OK;
         }
-        if (optind >= argc)
-                return usage_error("create needs an image file name");
-        file = argv[optind++];
-        if (optind < argc)
-                size_arg = argv[optind++];
-        if (optind < argc)
-                return usage_error("Unexpected argument: %s", argv[optind]);
-
-        if (optlist_fold_backing(&opts, &backing, &backing_fmt, &what) < 0) {
-                log_error("%s: The %s must be given only once", file, what);
-                return EXIT_USAGE;
-        }
+        ex = front_check_files(req);
+        if (ex >= 0)
+                return ex;
+        ex = EXIT_FAILURE;
+        file = req->files[0];
+        backing = req->backing;
+        backing_fmt = req->backing_format;
         if (backing && !backing_fmt) {
                 log_error("%s: Backing file specified without backing format (give -F)", file);
                 return EXIT_USAGE;
         }
-        if (optlist_get(&opts, "size")) {
-                if (size_arg) {
-                        log_error("%s: The image size must be specified only once", file);
-                        return EXIT_USAGE;
-                }
-                size_arg = optlist_get(&opts, "size");
-        }
-        if (size_arg) {
-                r = parse_size(size_arg, &size);
-                if (r < 0) {
-                        log_bad_size("image size", size_arg, r);
-                        return EXIT_USAGE;
-                }
-                have_size = true;
-        } else if (!backing) {
-                log_error("%s: Image creation needs a size parameter", file);
-                return EXIT_USAGE;
-        }
-        r = create_opts_check(&opts, info, file, &copts);
+        ex = front_create_size(req, &size, &have_size);
+        if (ex >= 0)
+                return ex;
+        ex = EXIT_FAILURE;
+        r = create_opts_check(opts, info, file, &copts);
         if (r != 0)
                 return r;
         display = utf8_sanitize(path_basename(file));
@@ -543,11 +493,11 @@ int cmd_create(Ctx *ctx, int argc, char **argv) {
                         printf(" backing_file=%s backing_fmt=%s", backing, backing_fmt);
                 if (!copts.variant && streq(value_str(info, "qemu-name", ""), "vdi"))
                         printf(" static=off");
-                for (size_t i = 0; i < opts.n; i++)
-                        if (!streq(optlist_key(&opts, i), "size") &&
-                            !streq(optlist_key(&opts, i), "backing_file") &&
-                            !streq(optlist_key(&opts, i), "backing_fmt"))
-                                printf(" %s=%s", optlist_key(&opts, i), optlist_value(&opts, i));
+                for (size_t i = 0; i < opts->n; i++)
+                        if (!streq(optlist_key(opts, i), "size") &&
+                            !streq(optlist_key(opts, i), "backing_file") &&
+                            !streq(optlist_key(opts, i), "backing_fmt"))
+                                printf(" %s=%s", optlist_key(opts, i), optlist_value(opts, i));
                 putchar('\n');
                 fflush(stdout);
         }
@@ -559,7 +509,7 @@ int cmd_create(Ctx *ctx, int argc, char **argv) {
                 ex = r;
                 goto finish;
         }
-        r = companions_open(backend, &opts, file, display, size, backing ? &chain : NULL, &comp);
+        r = companions_open(backend, opts, file, display, size, backing ? &chain : NULL, &comp);
         if (r != 0) {
                 ex = r;
                 goto finish;
@@ -638,22 +588,19 @@ finish:
 
 /* ---------------------------------------------------------------- convert */
 
-#define SPARSE_SIZE_MAX (UINT64_C(16) << 20)
-
-int cmd_convert(Ctx *ctx, int argc, char **argv) {
-        static const struct option options[] = {
-                { "help",        no_argument,       NULL, 'h' },
-                { "quiet",       no_argument,       NULL, 'q' },
-                { "parent-dir",  required_argument, NULL, ARG_PARENT_DIR },
-                { "force-share", no_argument,       NULL, 'U' },
-                {}
-        };
-        const char *fmt = NULL, *out_fmt = "raw", *in, *out_name, *backend, *sparse_arg = NULL;
-        _cleanup_(optlist_done) OptList opts = {};
+int cmd_convert(Ctx *ctx, Request *req) {
+        const char *fmt = req->format, *out_fmt = req->out_format, *in = req->files[0], *out_name = req->files[1],
+                   *backend, *sparse_arg = req->sparse_arg;
+        OptList *opts = &req->opts;
         _cleanup_msg_ sd_bus_message *m = NULL;
         _cleanup_close_ int direct_fd = -1;
-        uint64_t sparse = 0, new_size = 0, disk_size = 0;
-        bool progress = false, direct = true, compress = false;
+        uint64_t sparse = req->sparse, new_size = 0, disk_size = 0;
+        /* As vdisk-img: direct writes unless the page cache is asked for.
+         * vdiskd flushes the output at the end either way. The source's
+         * cache mode (-T) and locks (-U) are vdiskd's business. */
+        bool progress = req->progress, compress = req->compress,
+             direct = !streq_ptr(req->cache, "writeback") && !streq_ptr(req->cache, "writethrough") &&
+                      !streq_ptr(req->cache, "unsafe");
         const Value *info;
         _cleanup_free_ char *display = NULL;
         CreateOpts copts;
@@ -661,82 +608,28 @@ int cmd_convert(Ctx *ctx, int argc, char **argv) {
         Companions comp = {};
         Chain chain = {};
         OpWatch w = {};
-        int c, r, ex = EXIT_FAILURE;
-
-        while ((c = getopt_long(argc, argv, "hf:O:o:S:pqt:T:UnB:c", options, NULL)) >= 0) {
-                switch (c) {
-                case 'f':
-                        fmt = optarg;
-                        break;
-                case 'O':
-                        out_fmt = optarg;
-                        break;
-                case 'o':
-                        if (optlist_parse(&opts, optarg) < 0)
-                                return usage_error("Invalid option list: %s", optarg);
-                        break;
-                case 'S':
-                        sparse_arg = optarg;
-                        r = parse_size(optarg, &sparse);
-                        if (r < 0 || sparse % 512 != 0 || sparse > SPARSE_SIZE_MAX)
-                                return usage_error(
-                                        "Invalid sparse size '%s': use a multiple of 512 up to 16 MiB",
-                                        optarg);
-                        /* vdiskd takes 0 as its default (4 KiB), not as "allocate all". */
-                        if (sparse == 0)
-                                return usage_error(
-                                        "-S 0 (allocating the whole output) is not available through "
-                                        "vdiskd; use vdisk-img convert -S 0");
-                        break;
-                case 'p':
-                        progress = true;
-                        break;
-                case 't':
-                        /* As vdisk-img: direct writes unless the page cache is asked
-                         * for. vdiskd flushes the output at the end either way. */
-                        direct = !streq(optarg, "writeback") && !streq(optarg, "writethrough") &&
-                                 !streq(optarg, "unsafe");
-                        break;
-                case 'T':
-                case 'U':
-                        break;   /* the source's cache mode and locks are vdiskd's business */
-                case 'c':
-                        compress = true;
-                        break;
-                case 'n':
-                case 'B':
-                        log_error("Option '-%c' is not supported by vdiskctl (use vdisk-img)", c);
-                        return EXIT_USAGE;
-                default:
-                        if (common_option(c, optarg, &ex) == 2)
-                                return ex;
-                }
-        }
-        if (argc - optind != 2)
-                return usage_error("convert needs a source and a destination file name");
-        in = argv[optind];
-        out_name = argv[optind + 1];
+        int r, ex = EXIT_FAILURE;
 
         r = lookup_format(ctx, out_fmt, &backend, &info);
         if (r != 0)
                 return r;
-        if (opts.help) {
+        if (opts->help) {
                 print_create_help(backend, info);
                 return EXIT_OK;
         }
-        if (optlist_get(&opts, "backing_file") || optlist_get(&opts, "backing_fmt")) {
+        if (optlist_get(opts, "backing_file") || optlist_get(opts, "backing_fmt")) {
                 log_error("%s: A backing file for the output is not supported by vdiskctl", out_name);
                 return EXIT_USAGE;
         }
-        if (optlist_get(&opts, "size")) {
-                r = parse_size(optlist_get(&opts, "size"), &new_size);
+        if (optlist_get(opts, "size")) {
+                r = parse_size(optlist_get(opts, "size"), &new_size);
                 if (r < 0) {
-                        log_bad_size("size", optlist_get(&opts, "size"), r);
+                        log_bad_size("size", optlist_get(opts, "size"), r);
                         return EXIT_USAGE;
                 }
                 new_size = ALIGN_UP(new_size, UINT64_C(512));
         }
-        r = create_opts_check(&opts, info, out_name, &copts);
+        r = create_opts_check(opts, info, out_name, &copts);
         if (r != 0)
                 return r;
 
@@ -760,7 +653,7 @@ int cmd_convert(Ctx *ctx, int argc, char **argv) {
                 if (bus_get_all(ctx, chain.disk, VDISK_IFACE_DISK, &error, &props) >= 0)
                         disk_size = value_uint(&props, "Size", 0);
         }
-        r = companions_open(backend, &opts, out_name, display, new_size ?: disk_size, &chain, &comp);
+        r = companions_open(backend, opts, out_name, display, new_size ?: disk_size, &chain, &comp);
         if (r != 0) {
                 ex = r;
                 goto finish;
@@ -938,36 +831,11 @@ finish:
         return ex;
 }
 
-int cmd_commit(Ctx *ctx, int argc, char **argv) {
-        static const struct option options[] = {
-                { "help",       no_argument,       NULL, 'h' },
-                { "quiet",      no_argument,       NULL, 'q' },
-                { "parent-dir", required_argument, NULL, ARG_PARENT_DIR },
-                {}
-        };
-        const char *fmt = NULL, *file;
-        bool progress = false;
+int cmd_commit(Ctx *ctx, Request *req) {
+        const char *fmt = req->format, *file = req->files[0];
+        bool progress = req->progress;   /* -t: the cache mode is vdiskd's business */
         Chain chain = {};
-        int c, r, ex = EXIT_FAILURE;
-
-        while ((c = getopt_long(argc, argv, "f:hpqt:", options, NULL)) >= 0) {
-                switch (c) {
-                case 'f':
-                        fmt = optarg;
-                        break;
-                case 'p':
-                        progress = true;
-                        break;
-                case 't':
-                        break;   /* cache mode: vdiskd's business */
-                default:
-                        if (common_option(c, optarg, &ex) == 2)
-                                return ex;
-                }
-        }
-        if (optind + 1 != argc)
-                return usage_error("commit needs one image file name");
-        file = argv[optind];
+        int r, ex = EXIT_FAILURE;
 
         r = chain_resolve(ctx, file, fmt, CHAIN_TOP_WRITABLE, &chain);
         if (r != 0)
@@ -993,50 +861,15 @@ finish:
 
 /* ---------------------------------------------------------------- compact */
 
-int cmd_compact(Ctx *ctx, int argc, char **argv) {
-        static const struct option options[] = {
-                { "help",       no_argument,       NULL, 'h' },
-                { "quiet",      no_argument,       NULL, 'q' },
-                { "parent-dir", required_argument, NULL, ARG_PARENT_DIR },
-                { "image",      required_argument, NULL, ARG_IMAGE },
-                { "filename",   required_argument, NULL, 'F' },
-                { "format",     required_argument, NULL, 'f' },
-                {}
-        };
+int cmd_compact(Ctx *ctx, Request *req) {
         _cleanup_msg_ sd_bus_message *m = NULL;
         _cleanup_(strv_freep) char **images = NULL;
-        const char *fmt = NULL, *file = NULL;
-        unsigned image = UINT32_MAX;
-        bool progress = false;
+        const char *fmt = req->format, *file = req->files[0];
+        unsigned image = req->image;
+        bool progress = req->progress;
         Chain chain = {};
         OpWatch w = {};
-        int c, r, ex = EXIT_FAILURE;
-
-        while ((c = getopt_long(argc, argv, "f:hpq", options, NULL)) >= 0) {
-                switch (c) {
-                case 'f':
-                        fmt = optarg;
-                        break;
-                case 'F':
-                        file = optarg;
-                        break;
-                case 'p':
-                        progress = true;
-                        break;
-                case ARG_IMAGE:
-                        if (parse_uint(optarg, &image) < 0)
-                                return usage_error("--image takes an image index (0 is the base): %s",
-                                                   optarg);
-                        break;
-                default:
-                        if (common_option(c, optarg, &ex) == 2)
-                                return ex;
-                }
-        }
-        if (!file && optind + 1 == argc)
-                file = argv[optind];
-        else if (!file || optind != argc)
-                return usage_error("compact needs one image file name");
+        int r, ex = EXIT_FAILURE;
 
         /* The parents are needed: blocks equal to the parent's go too. */
         r = chain_resolve(ctx, file, fmt, image == UINT32_MAX ? CHAIN_TOP_WRITABLE : 0, &chain);
@@ -1090,60 +923,17 @@ finish:
 
 /* ---------------------------------------------------------------- resize */
 
-int cmd_resize(Ctx *ctx, int argc, char **argv) {
-        static const struct option options[] = {
-                { "help",          no_argument,       NULL, 'h' },
-                { "quiet",         no_argument,       NULL, 'q' },
-                { "parent-dir",    required_argument, NULL, ARG_PARENT_DIR },
-                { "shrink",        no_argument,       NULL, ARG_SHRINK },
-                { "force-share",   no_argument,       NULL, 'U' },
-                { "preallocation", required_argument, NULL, ARG_PREALLOCATION },
-                {}
-        };
+int cmd_resize(Ctx *ctx, Request *req) {
         _cleanup_bus_error_ sd_bus_error error = SD_BUS_ERROR_NULL;
         _cleanup_msg_ sd_bus_message *m = NULL;
         _cleanup_value_ Value props = {};
-        const char *fmt = NULL, *size_arg = NULL, *file, *prealloc = NULL;
-        bool shrink = false;
+        const char *fmt = req->format, *size_arg = req->size_arg, *file = req->files[0], *prealloc = req->prealloc;
+        bool shrink = req->shrink;
         uint64_t cur, new_size;
         SizeChange change;
         Chain chain = {};
         OpWatch w = {};
-        int c, r, ex = EXIT_FAILURE;
-
-        /* A negative size ("-1G") would look like an option: take it out first. */
-        if (argc >= 3 && argv[argc - 1][0] == '-' && argv[argc - 1][1] >= '0' && argv[argc - 1][1] <= '9')
-                size_arg = argv[--argc];
-
-        while ((c = getopt_long(argc, argv, "f:hqU", options, NULL)) >= 0) {
-                switch (c) {
-                case 'f':
-                        fmt = optarg;
-                        break;
-                case 'U':
-                        break;
-                case ARG_SHRINK:
-                        shrink = true;
-                        break;
-                case ARG_PREALLOCATION:
-                        /* as vdisk-img (qemu-img): the word first */
-                        if (!streq(optarg, "off") && !streq(optarg, "metadata") &&
-                            !streq(optarg, "falloc") && !streq(optarg, "full")) {
-                                log_error("Invalid preallocation mode '%s'", optarg);
-                                return EXIT_FAILURE;
-                        }
-                        prealloc = optarg;
-                        break;
-                default:
-                        if (common_option(c, optarg, &ex) == 2)
-                                return ex;
-                }
-        }
-        if (!size_arg && argc - optind == 2)
-                size_arg = argv[argc - 1];
-        else if (!size_arg || argc - optind != 1)
-                return usage_error("resize needs an image file name and a size");
-        file = argv[optind];
+        int r, ex = EXIT_FAILURE;
 
         r = parse_size_change(size_arg, &change);
         if (r < 0) {

@@ -13,63 +13,14 @@
 
 /* ---------------------------------------------------------------- messages */
 
-static bool log_quiet = false;
-
-void log_set_quiet(bool b) {
-        log_quiet = b;
-}
-
-static void log_va(const char *prefix, const char *fmt, va_list ap) {
-        int saved_errno = errno;
-
-        if (log_quiet)
-                return;
-        fflush(stdout);
-        errno = saved_errno;   /* for %m */
-        fputs(PROGRAM_NAME ": ", stderr);
-        fputs(prefix, stderr);
-        vfprintf(stderr, fmt, ap);
-        fputc('\n', stderr);
-}
-
-void log_error(const char *fmt, ...) {
-        va_list ap;
-
-        va_start(ap, fmt);
-        log_va("", fmt, ap);
-        va_end(ap);
-}
-
-void log_warning(const char *fmt, ...) {
-        va_list ap;
-
-        va_start(ap, fmt);
-        log_va("warning: ", fmt, ap);
-        va_end(ap);
-}
-
 void log_notice(const char *fmt, ...) {
         va_list ap;
 
         if (arg_quiet)
                 return;
         va_start(ap, fmt);
-        log_va("", fmt, ap);
+        log_msgv("", fmt, ap);
         va_end(ap);
-}
-
-int usage_hint(void) {
-        fputs("Try '" PROGRAM_NAME " --help' for more information.\n", stderr);
-        return EXIT_USAGE;
-}
-
-int usage_error(const char *fmt, ...) {
-        va_list ap;
-
-        va_start(ap, fmt);
-        log_va("", fmt, ap);
-        va_end(ap);
-        return usage_hint();
 }
 
 /* ---------------------------------------------------------------- signals */
@@ -111,14 +62,6 @@ void install_signal_handlers(void) {
 
 /* ---------------------------------------------------------------- sizes */
 
-void log_bad_size(const char *what, const char *s, int r) {
-        if (r == -ERANGE)
-                log_error("Invalid %s '%s': must be between 0 and %" PRIi64, what, s, INT64_MAX);
-        else
-                log_error("Invalid %s '%s': use a number of bytes, optionally with a suffix "
-                          "k, M, G, T, P or E", what, s);
-}
-
 int parse_uint(const char *s, unsigned *ret) {
         unsigned long v;
         char *end;
@@ -130,16 +73,6 @@ int parse_uint(const char *s, unsigned *ret) {
         if (errno != 0 || *end || v > UINT32_MAX)
                 return -EINVAL;
         *ret = (unsigned) v;
-        return 0;
-}
-
-int parse_output(const char *s, OutputMode *ret) {
-        if (streq(s, "human"))
-                *ret = OUTPUT_HUMAN;
-        else if (streq(s, "json"))
-                *ret = OUTPUT_JSON;
-        else
-                return -EINVAL;
         return 0;
 }
 
@@ -258,33 +191,10 @@ int strv_push(char ***l, size_t *n, const char *s) {
 
 /* ---------------------------------------------------------------- options */
 
-char **arg_parent_dirs = NULL;
-static size_t n_parent_dirs = 0;
-
-int parent_dirs_add(const char *dir) {
-        return strv_push(&arg_parent_dirs, &n_parent_dirs, dir);
-}
-
 int common_option(int c, const char *arg, int *ret_exit) {
-        switch (c) {
-        case 'h':
-                print_help();
-                *ret_exit = EXIT_OK;
-                return 2;
-        case 'q':
+        if (c == 'q') {
                 arg_quiet = true;
                 return 1;
-        case ARG_PARENT_DIR:
-                if (parent_dirs_add(arg) < 0) {
-                        log_error("Out of memory");
-                        *ret_exit = EXIT_FAILURE;
-                        return 2;
-                }
-                return 1;
-        case '?':
-                *ret_exit = usage_hint();
-                return 2;
-        default:
-                return 0;
         }
+        return front_common_option(c, arg, ret_exit);
 }

@@ -24,28 +24,36 @@
 BusTransport arg_transport = TRANSPORT_SYSTEM;
 const char *arg_address = NULL;
 bool arg_ask_password = true;
-OutputMode arg_output = OUTPUT_HUMAN;
+OutputFormat arg_output = OUTPUT_HUMAN;
 bool arg_quiet = false;
+
+FrontDialect front_dialect = {
+        .tool = FRONT_CTL,
+        .program = PROGRAM_NAME,
+        .hint = "Try '" PROGRAM_NAME " --help' for more information.\n",
+        .exit_usage = EXIT_USAGE,
+};
 
 typedef struct Command {
         const char *name;
-        int (*run)(Ctx *ctx, int argc, char **argv);
+        int (*run)(Ctx *ctx, int argc, char **argv);   /* vdiskctl's own verbs parse their arguments */
+        int (*run_request)(Ctx *ctx, Request *req);    /* the verbs vdisk-img shares: shared/front.c */
 } Command;
 
 static const Command commands[] = {
         { "cancel",   cmd_cancel },
-        { "check",    cmd_check },
-        { "commit",   cmd_commit },
-        { "compact",  cmd_compact },
-        { "convert",  cmd_convert },
-        { "copy",     cmd_convert },
-        { "create",   cmd_create },
-        { "info",     cmd_info },
+        { "check",    .run_request = cmd_check },
+        { "commit",   .run_request = cmd_commit },
+        { "compact",  .run_request = cmd_compact },
+        { "convert",  .run_request = cmd_convert },
+        { "copy",     .run_request = cmd_convert },
+        { "create",   .run_request = cmd_create },
+        { "info",     .run_request = cmd_info },
         { "list",     cmd_list },
         { "merge",    cmd_merge },
         { "monitor",  cmd_monitor },
-        { "repair",   cmd_repair },
-        { "resize",   cmd_resize },
+        { "repair",   .run_request = cmd_repair },
+        { "resize",   .run_request = cmd_resize },
         { "status",   cmd_status },
 };
 
@@ -139,7 +147,7 @@ static int parse_global(int argc, char **argv) {
                         arg_ask_password = false;
                         break;
                 case ARG_OUTPUT:
-                        if (parse_output(optarg, &arg_output) < 0)
+                        if (front_parse_output(optarg, &arg_output) < 0)
                                 return usage_error("--output takes 'human' or 'json', not '%s'", optarg);
                         break;
                 case '?':
@@ -159,6 +167,7 @@ static int parse_global(int argc, char **argv) {
 
 int main(int argc, char **argv) {
         const Command *cmd = NULL;
+        Request req = {};
         Ctx ctx = {};
         int ex;
 
@@ -198,11 +207,28 @@ int main(int argc, char **argv) {
         argv += optind;
         optind = 0;   /* the command parses its own options (getopt re-initializes) */
 
+        if (cmd->run_request) {
+                FrontVerbId verb = VERB_INFO;
+
+                (void) front_verb_find(cmd->name, &verb);   /* every run_request verb is there */
+                /* The global -q and --output hold unless the verb's own say otherwise. */
+                req.quiet = arg_quiet;
+                req.output = arg_output;
+                ex = front_parse(verb, argc, argv, &req);
+                arg_quiet = req.quiet;
+                arg_output = req.output;
+                if (ex >= 0) {
+                        request_done(&req);
+                        return ex;
+                }
+        }
+
         ex = ctx_connect(&ctx);
-        if (ex != 0)
-                return ex;
-        ex = cmd->run(&ctx, argc, argv);
-        ctx_done(&ctx);
+        if (ex == 0) {
+                ex = cmd->run_request ? cmd->run_request(&ctx, &req) : cmd->run(&ctx, argc, argv);
+                ctx_done(&ctx);
+        }
+        request_done(&req);
 
         if (fflush(stdout) != 0 || ferror(stdout)) {
                 log_error("Could not write the output: %s", strerror(errno));

@@ -19,7 +19,9 @@
 
 #include "macro.h"
 #include "shared/check.h"
+#include "shared/front.h"
 #include "shared/json.h"
+#include "shared/log.h"
 #include "shared/optlist.h"
 #include "shared/text.h"
 
@@ -51,11 +53,6 @@
 #define EXIT_UNAVAILABLE 69    /* vdiskd not reachable */
 #define EXIT_CANCELLED 130     /* interrupted (Ctrl-C) or the operation was cancelled */
 
-/* qemu-img check's codes. */
-#define CHECK_EXIT_ERROR 1
-#define CHECK_EXIT_CORRUPT 2
-#define CHECK_EXIT_LEAKS 3
-#define CHECK_EXIT_UNSUPPORTED 63
 
 /* ---- global options (vdiskctl.c) */
 
@@ -65,28 +62,18 @@ typedef enum BusTransport {
         TRANSPORT_ADDRESS,
 } BusTransport;
 
-typedef enum OutputMode {
-        OUTPUT_HUMAN,
-        OUTPUT_JSON,
-} OutputMode;
 
 extern BusTransport arg_transport;
 extern const char *arg_address;
 extern bool arg_ask_password;
-extern OutputMode arg_output;
+extern OutputFormat arg_output;
 extern bool arg_quiet;
 
 /* ---- messages (vdiskctl-util.c) */
 
-void log_error(const char *fmt, ...) _printf_(1, 2);
-void log_warning(const char *fmt, ...) _printf_(1, 2);
+/* log_error(), log_warning(), log_set_quiet(), usage_hint() and
+ * usage_error(): shared/log.h (a bad command line ends with EXIT_USAGE). */
 void log_notice(const char *fmt, ...) _printf_(1, 2);    /* nothing with -q */
-/* Drops every message while set (trying something that may fail quietly). */
-void log_set_quiet(bool b);
-/* "Try 'vdiskctl --help' ..." and EXIT_USAGE. */
-int usage_hint(void);
-/* Logs a bad command line and returns EXIT_USAGE. */
-int usage_error(const char *fmt, ...) _printf_(1, 2);
 
 /* ---- cancel (vdiskctl-util.c) */
 
@@ -98,9 +85,7 @@ void install_signal_handlers(void);
 
 /* ---- sizes and parsing (vdiskctl-util.c) */
 
-void log_bad_size(const char *what, const char *s, int r);
 int parse_uint(const char *s, unsigned *ret);
-int parse_output(const char *s, OutputMode *ret);
 
 /* ---- small string and file helpers (vdiskctl-util.c) */
 
@@ -121,9 +106,6 @@ uint64_t now_usec(void);
 /* "12:34:56" local time of a µs timestamp. */
 void format_timestamp(uint64_t usec, char buf[static 64]);
 void strv_free(char **l);
-static inline bool streq_ptr(const char *a, const char *b) {
-        return a && b ? streq(a, b) : a == b;
-}
 int strv_push(char ***l, size_t *n, const char *s);
 
 static inline void strv_freep(char ***l) {
@@ -296,8 +278,6 @@ int file_set_new_filled(Ctx *ctx, const NamedFd *l, size_t n, unsigned per_call,
 int bus_append_opt_files(sd_bus_message *m, const NamedFd *l, size_t n);
 
 /* Extra directories searched for parents named by UUID only (--parent-dir). */
-extern char **arg_parent_dirs;
-int parent_dirs_add(const char *dir);
 
 enum {
         CHAIN_TOP_WRITABLE = 1u << 0,   /* the top is opened O_RDWR */
@@ -384,36 +364,18 @@ int operation_path_parse(const char *s, char **ret);
 int cmd_list(Ctx *ctx, int argc, char **argv);
 int cmd_status(Ctx *ctx, int argc, char **argv);
 int cmd_monitor(Ctx *ctx, int argc, char **argv);
-int cmd_info(Ctx *ctx, int argc, char **argv);
-int cmd_check(Ctx *ctx, int argc, char **argv);
-int cmd_repair(Ctx *ctx, int argc, char **argv);
-int cmd_create(Ctx *ctx, int argc, char **argv);
-int cmd_convert(Ctx *ctx, int argc, char **argv);
+int cmd_info(Ctx *ctx, Request *req);
+int cmd_check(Ctx *ctx, Request *req);
+int cmd_repair(Ctx *ctx, Request *req);
+int cmd_create(Ctx *ctx, Request *req);
+int cmd_convert(Ctx *ctx, Request *req);
 int cmd_merge(Ctx *ctx, int argc, char **argv);
-int cmd_commit(Ctx *ctx, int argc, char **argv);
-int cmd_compact(Ctx *ctx, int argc, char **argv);
-int cmd_resize(Ctx *ctx, int argc, char **argv);
+int cmd_commit(Ctx *ctx, Request *req);
+int cmd_compact(Ctx *ctx, Request *req);
+int cmd_resize(Ctx *ctx, Request *req);
 int cmd_cancel(Ctx *ctx, int argc, char **argv);
 
 void print_help(void);
-
-/* Long options shared by the commands. */
-enum {
-        ARG_PARENT_DIR = 0x100,
-        ARG_OUTPUT,
-        ARG_BACKING_CHAIN,
-        ARG_SHRINK,
-        ARG_DRY_RUN,
-        ARG_FROM,
-        ARG_TO,
-        ARG_IMAGE,
-        ARG_SYSTEM,
-        ARG_SESSION,
-        ARG_ADDRESS,
-        ARG_NO_ASK_PASSWORD,
-        ARG_VERSION,
-        ARG_PREALLOCATION,
-};
 
 /* Handles -h, -q, --parent-dir and getopt's '?' for a command. Returns 0
  * when c is none of them, 1 when handled, 2 when the command must end with

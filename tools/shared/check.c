@@ -6,6 +6,7 @@
 
 #include "check.h"
 #include "json.h"
+#include "text.h"
 
 void check_print_human(const CheckCounts *rep, const CheckCounts *fixed) {
         if (fixed && (fixed->corruptions_fixed || fixed->leaks_fixed))
@@ -72,4 +73,44 @@ void check_print_json(const CheckCounts *rep, const CheckCounts *fixed, const ch
                 json_uint(&w, "fragmented-clusters", rep->fragmented_clusters);
         json_object_close(&w);
         json_end(&w);
+}
+
+void check_hide_stats(CheckCounts *rep, const char *qemu_format) {
+        bool clusters = true, end_offset = true;
+
+        if (streq_ptr(qemu_format, "vdi") || streq_ptr(qemu_format, "vhdx") || streq_ptr(qemu_format, "vmdk"))
+                clusters = end_offset = false;
+        else if (streq_ptr(qemu_format, "qed"))
+                end_offset = false;
+        if (!end_offset)
+                rep->image_end_offset = 0;
+        if (!clusters)
+                rep->total_clusters = rep->allocated_clusters = rep->fragmented_clusters = 0;
+}
+
+int check_exit_code(const CheckCounts *rep) {
+        if (rep->check_errors)
+                return CHECK_EXIT_ERROR;
+        if (rep->corruptions)
+                return CHECK_EXIT_CORRUPT;
+        if (rep->leaks)
+                return CHECK_EXIT_LEAKS;
+        return 0;
+}
+
+void repair_print_summary(const CheckCounts *pass, const CheckCounts *now, bool dry_run) {
+        if (dry_run && !pass->corruptions && !pass->leaks)
+                printf("No errors were found on the image.\n");
+        else if (dry_run)
+                printf("%" PRIu64 " corruptions and %" PRIu64 " leaked clusters found; "
+                       "a repair would fix %" PRIu64 " and %" PRIu64 " of them (dry run, nothing changed).\n",
+                       pass->corruptions, pass->leaks, pass->corruptions_fixed, pass->leaks_fixed);
+        else if (pass->corruptions_fixed || pass->leaks_fixed)
+                printf("Repaired %" PRIu64 " corruptions and %" PRIu64 " leaked clusters.\n",
+                       pass->corruptions_fixed, pass->leaks_fixed);
+        else
+                printf("No repairs were needed.\n");
+        if (!dry_run && (now->corruptions || now->leaks))
+                printf("%" PRIu64 " corruptions and %" PRIu64 " leaked clusters remain.\n", now->corruptions,
+                       now->leaks);
 }

@@ -2,7 +2,14 @@
 /* The report of `check` in qemu-img's words and JSON, for vdisk-img and vdiskctl. */
 #pragma once
 
+#include <stdbool.h>
 #include <stdint.h>
+
+/* qemu-img check's exit codes (repair's too). */
+#define CHECK_EXIT_ERROR 1            /* a bad command line, or the check could not finish */
+#define CHECK_EXIT_CORRUPT 2
+#define CHECK_EXIT_LEAKS 3
+#define CHECK_EXIT_UNSUPPORTED 63
 
 typedef struct CheckCounts {
         uint64_t corruptions, leaks, check_errors, corruptions_fixed, leaks_fixed;
@@ -15,3 +22,12 @@ void check_print_human(const CheckCounts *rep, const CheckCounts *fixed);
 /* qemu-img's ImageCheck object: keys in its order, counters that are 0 left out. */
 void check_print_json(const CheckCounts *rep, const CheckCounts *fixed, const char *filename,
                       const char *format);
+
+/* Leaves out the statistics qemu-img's check does not show for the format
+ * (`qemu_format`: qemu's name). */
+void check_hide_stats(CheckCounts *rep, const char *qemu_format);
+/* The exit code a report gives: errors, corruptions, leaks, else 0. */
+int check_exit_code(const CheckCounts *rep);
+/* repair's summary: `pass` the repair (or dry run) itself, `now` the image
+ * after it (the check run again after a repair; `pass` otherwise). */
+void repair_print_summary(const CheckCounts *pass, const CheckCounts *now, bool dry_run);

@@ -2,8 +2,10 @@
 /* Text helpers shared by vdisk-img and vdiskctl (no libvdisk, no sd-bus). */
 #pragma once
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 /* A size as qemu-img takes it: decimal (with an optional fraction when a
  * suffix follows) or 0x hex, optional suffix b/k/M/G/T/P/E (powers of 1024,
@@ -27,3 +29,8 @@ size_t utf8_next(const unsigned char *s, uint32_t *ret);
 /* `name` as the image `child` names it: relative to child's directory unless
  * absolute. */
 int path_relative_to(const char *child, const char *name, char **ret);
+
+/* Equal strings, or both NULL. */
+static inline bool streq_ptr(const char *a, const char *b) {
+        return a && b ? strcmp(a, b) == 0 : a == b;
+}

@@ -1,0 +1,587 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/* The shared verbs' command line: tables and the one parser (see front.h). */
+
+#include <errno.h>
+#include <getopt.h>
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "front.h"
+#include "log.h"
+#include "macro.h"
+#include "text.h"
+
+/* What each tool defines (img.h, vdiskctl.h). */
+int common_option(int c, const char *arg, int *ret_exit);
+void print_help(void);
+
+char **arg_parent_dirs = NULL;
+static size_t n_parent_dirs = 0;
+
+int parent_dirs_add(const char *dir) {
+        char **l;
+
+        l = realloc(arg_parent_dirs, (n_parent_dirs + 2) * sizeof(char *));
+        if (!l)
+                return -ENOMEM;
+        arg_parent_dirs = l;
+        l[n_parent_dirs] = strdup(dir);
+        if (!l[n_parent_dirs])
+                return -ENOMEM;
+        l[++n_parent_dirs] = NULL;
+        return 0;
+}
+
+int front_common_option(int c, const char *arg, int *ret_exit) {
+        switch (c) {
+        case 'h':
+                print_help();
+                *ret_exit = 0;
+                return 2;
+        case ARG_PARENT_DIR:
+                if (parent_dirs_add(arg) < 0) {
+                        log_error("Out of memory");
+                        *ret_exit = 1;
+                        return 2;
+                }
+                return 1;
+        case '?':
+                *ret_exit = usage_hint();
+                return 2;
+        default:
+                return 0;
+        }
+}
+
+/* ---------------------------------------------------------------- options */
+
+/* One row per option the shared verbs take; a verb names its options as bits
+ * of these ids, per tool. */
+typedef enum OptId {
+        O_h, O_f, O_O, O_o, O_b, O_B, O_F, O_t, O_T, O_S, O_p, O_q, O_n, O_c, O_l, O_r, O_m, O_W, O_C,
+        O_u, O_d, O_U,
+        O_FORMAT, O_FILENAME, O_QUIET, O_FORCE_SHARE, O_OUTPUT, O_BACKING_CHAIN, O_PARENT_DIR,
+        O_IMAGE_OPTS, O_OBJECT, O_SHRINK, O_PREALLOCATION, O_DRY_RUN, O_IMAGE, O_TARGET_IS_ZERO,
+        O_TARGET_IMAGE_OPTS, O_SALVAGE, O_BITMAPS, O_SKIP_BROKEN_BITMAPS,
+        _O_MAX,
+} OptId;
+
+#define OPT(id) (UINT64_C(1) << O_##id)
+
+typedef struct OptSpec {
+        char short_name;          /* 0: long only */
+        const char *long_name;    /* NULL: short only */
+        bool has_arg;
+        int key;                  /* what getopt returns: the short letter, or ARG_* */
+} OptSpec;
+
+static const OptSpec opt_specs[_O_MAX] = {
+        [O_h] = { 'h', "help", false, 'h' },
+        [O_f] = { 'f', NULL, true, 'f' },
+        [O_O] = { 'O', NULL, true, 'O' },
+        [O_o] = { 'o', NULL, true, 'o' },
+        [O_b] = { 'b', NULL, true, 'b' },
+        [O_B] = { 'B', NULL, true, 'B' },
+        [O_F] = { 'F', NULL, true, 'F' },
+        [O_t] = { 't', NULL, true, 't' },
+        [O_T] = { 'T', NULL, true, 'T' },
+        [O_S] = { 'S', NULL, true, 'S' },
+        [O_p] = { 'p', NULL, false, 'p' },
+        [O_q] = { 'q', NULL, false, 'q' },
+        [O_n] = { 'n', NULL, false, 'n' },
+        [O_c] = { 'c', NULL, false, 'c' },
+        [O_l] = { 'l', NULL, true, 'l' },
+        [O_r] = { 'r', NULL, true, 'r' },
+        [O_m] = { 'm', NULL, true, 'm' },
+        [O_W] = { 'W', NULL, false, 'W' },
+        [O_C] = { 'C', NULL, false, 'C' },
+        [O_u] = { 'u', NULL, false, 'u' },
+        [O_d] = { 'd', NULL, false, 'd' },
+        [O_U] = { 'U', NULL, false, 'U' },
+        [O_FORMAT] = { 0, "format", true, 'f' },
+        [O_FILENAME] = { 0, "filename", true, 'F' },   /* compact: the image, not -F */
+        [O_QUIET] = { 0, "quiet", false, 'q' },
+        [O_FORCE_SHARE] = { 0, "force-share", false, 'U' },
+        [O_OUTPUT] = { 0, "output", true, ARG_OUTPUT },
+        [O_BACKING_CHAIN] = { 0, "backing-chain", false, ARG_BACKING_CHAIN },
+        [O_PARENT_DIR] = { 0, "parent-dir", true, ARG_PARENT_DIR },
+        [O_IMAGE_OPTS] = { 0, "image-opts", false, ARG_IMAGE_OPTS },
+        [O_OBJECT] = { 0, "object", true, ARG_OBJECT },
+        [O_SHRINK] = { 0, "shrink", false, ARG_SHRINK },
+        [O_PREALLOCATION] = { 0, "preallocation", true, ARG_PREALLOCATION },
+        [O_DRY_RUN] = { 0, "dry-run", false, ARG_DRY_RUN },
+        [O_IMAGE] = { 0, "image", true, ARG_IMAGE },
+        [O_TARGET_IS_ZERO] = { 0, "target-is-zero", false, ARG_TARGET_IS_ZERO },
+        [O_TARGET_IMAGE_OPTS] = { 0, "target-image-opts", false, ARG_TARGET_IMAGE_OPTS },
+        [O_SALVAGE] = { 0, "salvage", false, ARG_SALVAGE },
+        [O_BITMAPS] = { 0, "bitmaps", false, ARG_BITMAPS },
+        [O_SKIP_BROKEN_BITMAPS] = { 0, "skip-broken-bitmaps", false, ARG_SKIP_BROKEN_BITMAPS },
+};
+
+/* What every verb of a tool takes. */
+#define IMG_COMMON (OPT(h) | OPT(FORCE_SHARE) | OPT(PARENT_DIR) | OPT(IMAGE_OPTS) | OPT(OBJECT))
+#define CTL_COMMON (OPT(h) | OPT(q) | OPT(QUIET) | OPT(PARENT_DIR))
+
+/* ---------------------------------------------------------------- verbs */
+
+typedef struct FrontVerb {
+        const char *name;
+        uint64_t img_opts, ctl_opts;   /* beyond IMG_COMMON / CTL_COMMON */
+        /* The file names it wants, in each tool's words: "Expecting %s"
+         * (vdisk-img, qemu-img's) and "<verb> needs %s" (vdiskctl). */
+        const char *img_what, *ctl_what;
+} FrontVerb;
+
+static const FrontVerb verbs[_VERB_MAX] = {
+        [VERB_INFO] = {
+                "info",
+                OPT(f) | OPT(U) | OPT(OUTPUT) | OPT(BACKING_CHAIN),
+                OPT(f) | OPT(U) | OPT(FORCE_SHARE) | OPT(OUTPUT) | OPT(BACKING_CHAIN),
+                "one image file name", "one image file name",
+        },
+        [VERB_CHECK] = {
+                "check",
+                OPT(f) | OPT(q) | OPT(r) | OPT(T) | OPT(U) | OPT(OUTPUT),
+                OPT(f) | OPT(r) | OPT(T) | OPT(U) | OPT(FORMAT) | OPT(FORCE_SHARE) | OPT(OUTPUT),
+                "one image file name", "one image file name",
+        },
+        [VERB_REPAIR] = {
+                "repair",
+                OPT(f) | OPT(q) | OPT(U) | OPT(FORMAT) | OPT(DRY_RUN),
+                OPT(f) | OPT(U) | OPT(FORMAT) | OPT(FORCE_SHARE) | OPT(OUTPUT) | OPT(DRY_RUN),
+                "one image file name", "one image file name",
+        },
+        [VERB_COMMIT] = {
+                "commit",
+                OPT(f) | OPT(t) | OPT(b) | OPT(d) | OPT(p) | OPT(q) | OPT(r),
+                OPT(f) | OPT(p) | OPT(t),
+                "one image file name", "one image file name",
+        },
+        [VERB_COMPACT] = {
+                "compact",
+                OPT(f) | OPT(p) | OPT(q) | OPT(FORMAT) | OPT(FILENAME),
+                OPT(f) | OPT(p) | OPT(FORMAT) | OPT(FILENAME) | OPT(IMAGE),
+                "one image file name", "one image file name",
+        },
+        [VERB_RESIZE] = {
+                "resize",
+                OPT(f) | OPT(q) | OPT(U) | OPT(SHRINK) | OPT(PREALLOCATION),
+                OPT(f) | OPT(U) | OPT(FORCE_SHARE) | OPT(SHRINK) | OPT(PREALLOCATION),
+                "image file name and size", "an image file name and a size",
+        },
+        [VERB_CREATE] = {
+                "create",
+                OPT(f) | OPT(F) | OPT(b) | OPT(o) | OPT(q) | OPT(u),
+                OPT(f) | OPT(F) | OPT(b) | OPT(o) | OPT(u),
+                "image file name", "an image file name",
+        },
+        [VERB_CONVERT] = {
+                "convert",
+                OPT(f) | OPT(O) | OPT(o) | OPT(B) | OPT(F) | OPT(S) | OPT(p) | OPT(q) | OPT(n) | OPT(c) |
+                        OPT(t) | OPT(T) | OPT(m) | OPT(W) | OPT(U) | OPT(l) | OPT(r) | OPT(C) |
+                        OPT(TARGET_IS_ZERO) | OPT(TARGET_IMAGE_OPTS) | OPT(SALVAGE) | OPT(BITMAPS) |
+                        OPT(SKIP_BROKEN_BITMAPS),
+                OPT(f) | OPT(O) | OPT(o) | OPT(S) | OPT(p) | OPT(t) | OPT(T) | OPT(U) | OPT(n) | OPT(B) |
+                        OPT(c) | OPT(FORCE_SHARE),
+                "a source and a destination file name", "a source and a destination file name",
+        },
+};
+
+int front_verb_find(const char *name, FrontVerbId *ret) {
+        if (streq(name, "copy")) {
+                *ret = VERB_CONVERT;
+                return 0;
+        }
+        for (size_t i = 0; i < _VERB_MAX; i++)
+                if (streq(name, verbs[i].name)) {
+                        *ret = (FrontVerbId) i;
+                        return 0;
+                }
+        return -ENOENT;
+}
+
+/* ---------------------------------------------------------------- values */
+
+int front_parse_output(const char *s, OutputFormat *ret) {
+        if (streq(s, "human"))
+                *ret = OUTPUT_HUMAN;
+        else if (streq(s, "json"))
+                *ret = OUTPUT_JSON;
+        else
+                return -EINVAL;
+        return 0;
+}
+
+bool cache_mode_valid(const char *mode) {
+        static const char *const modes[] = {
+                "none", "off", "writeback", "writethrough", "directsync", "unsafe",
+        };
+
+        for (size_t i = 0; i < ELEMENTSOF(modes); i++)
+                if (streq(mode, modes[i]))
+                        return true;
+        return false;
+}
+
+static bool is_img(void) {
+        return front_dialect.tool == FRONT_IMG;
+}
+
+/* A bad option value: vdisk-img logs it and fails (qemu-img prints no
+ * hint); vdiskctl treats it as a bad command line. */
+_printf_(1, 2) static int bad_value(const char *fmt, ...) {
+        va_list ap;
+        char *s = NULL;
+        int ex;
+
+        va_start(ap, fmt);
+        if (vasprintf(&s, fmt, ap) < 0)
+                s = NULL;
+        va_end(ap);
+        if (is_img()) {
+                log_error("%s", s ?: "Out of memory");
+                ex = front_dialect.exit_usage;
+        } else
+                ex = usage_error("%s", s ?: "Out of memory");
+        free(s);
+        return ex;
+}
+
+/* What vdiskctl cannot pass on to vdiskd, and what neither tool does. */
+static int refuse(int c, const char *as_given) {
+        if (c == 'u')
+                log_error("-u (unsafe) is not supported by vdiskctl: vdiskd opens the whole backing chain");
+        else if (c == 'C')
+                log_error("Copy offloading (-C) is not supported");
+        else if (is_img())
+                log_error("Option '%s' is not supported", as_given);
+        else
+                log_error("Option '-%c' is not supported by vdiskctl (use vdisk-img)", c);
+        return front_dialect.exit_usage;
+}
+
+#define SPARSE_SIZE_MAX (UINT64_C(16) << 20)
+
+static int parse_sparse(Request *req, const char *arg) {
+        int r;
+
+        req->sparse_arg = arg;
+        r = parse_size(arg, &req->sparse);
+        if (r < 0 || req->sparse % 512 != 0 || req->sparse > SPARSE_SIZE_MAX)
+                return is_img() ? bad_value("Invalid sparse size '%s': use a multiple of 512 up to 16 MiB, "
+                                            "or 0 to allocate the whole output", arg)
+                                : bad_value("Invalid sparse size '%s': use a multiple of 512 up to 16 MiB",
+                                            arg);
+        /* vdiskd takes 0 as its default (4 KiB), not as "allocate all". */
+        if (req->sparse == 0 && !is_img())
+                return usage_error("-S 0 (allocating the whole output) is not available through vdiskd; "
+                                   "use vdisk-img convert -S 0");
+        return -1;
+}
+
+/* One option of a shared verb: -1 to go on, or the exit code. */
+static int handle_option(Request *req, int c, const char *arg, const char *as_given) {
+        bool img = is_img();
+        int ex = -1;
+
+        switch (c) {
+        case 'f':
+                req->format = arg;
+                break;
+        case 'O':
+                req->out_format = arg;
+                break;
+        case 'F':
+                if (req->verb == VERB_COMPACT)
+                        req->files[0] = arg;   /* --filename */
+                else
+                        req->backing_format = arg;
+                break;
+        case 'b':
+                req->backing = arg;
+                /* commit: the images between the base and the top become
+                 * invalid, so the top keeps its data (qemu-img: -b implies -d). */
+                if (req->verb == VERB_COMMIT)
+                        req->drop = true;
+                break;
+        case 'B':
+                if (!img)
+                        return refuse(c, as_given);
+                req->backing = arg;
+                break;
+        case 'o':
+                if (optlist_parse(&req->opts, arg) < 0)
+                        return bad_value("Invalid option list: %s", arg);
+                break;
+        case 't':
+        case 'T':
+                /* vdiskd takes no cache modes: vdiskctl passes them over. */
+                if (img && !cache_mode_valid(arg)) {
+                        log_error("Invalid %scache option: %s",
+                                  req->verb == VERB_CHECK ? "source " : "", arg);
+                        return front_dialect.exit_usage;
+                }
+                if (c == 't')
+                        req->cache = arg;
+                else
+                        req->src_cache = arg;
+                break;
+        case 'S':
+                return parse_sparse(req, arg);
+        case 'p':
+                req->progress = true;
+                break;
+        case 'q':
+                req->quiet = true;
+                break;
+        case 'n':
+                if (!img)
+                        return refuse(c, as_given);
+                req->no_create = true;
+                break;
+        case 'c':
+                req->compress = true;
+                break;
+        case 'l':
+                req->snapshot = arg;
+                break;
+        case 'r':
+                if (req->verb != VERB_CHECK)
+                        break;   /* a rate limit: vdisk-img and vdiskd copy at full speed */
+                if (streq(arg, "leaks"))
+                        req->check_mode = CHECK_REPAIR_LEAKS;
+                else if (streq(arg, "all"))
+                        req->check_mode = CHECK_REPAIR_ALL;
+                else
+                        return usage_error("Unknown option value for -r (expecting 'leaks' or 'all'): %s", arg);
+                break;
+        case 'm':
+        case 'W':
+        case 'U':
+                break;   /* parallelism; locks: neither tool takes image locks to share */
+        case 'C':
+        case 'u':
+                if (c == 'C' || !img)
+                        return refuse(c, as_given);
+                req->unsafe = true;
+                break;
+        case 'd':
+                req->drop = true;
+                break;
+        case ARG_OUTPUT:
+                if (front_parse_output(arg, &req->output) < 0)
+                        return img ? bad_value("--output must be used with human or json as argument.")
+                                   : bad_value("--output takes 'human' or 'json', not '%s'", arg);
+                break;
+        case ARG_BACKING_CHAIN:
+                req->backing_chain = true;
+                break;
+        case ARG_SHRINK:
+                req->shrink = true;
+                break;
+        case ARG_PREALLOCATION:
+                /* qemu-img checks the word before it opens anything */
+                if (!streq(arg, "off") && !streq(arg, "metadata") && !streq(arg, "falloc") &&
+                    !streq(arg, "full")) {
+                        log_error("Invalid preallocation mode '%s'", arg);
+                        return 1;
+                }
+                req->prealloc = arg;
+                break;
+        case ARG_DRY_RUN:
+                req->check_mode = CHECK_DRY_RUN;
+                break;
+        case ARG_IMAGE: {
+                char *end;
+                unsigned long v;
+
+                errno = 0;
+                v = strtoul(arg, &end, 10);
+                if (!(arg[0] >= '0' && arg[0] <= '9') || errno != 0 || *end || v > UINT32_MAX)
+                        return usage_error("--image takes an image index (0 is the base): %s", arg);
+                req->image = (unsigned) v;
+                break;
+        }
+        case ARG_TARGET_IS_ZERO:
+                req->target_is_zero = true;
+                break;
+        case ARG_BITMAPS:
+                req->bitmaps = true;
+                break;
+        case ARG_SKIP_BROKEN_BITMAPS:
+                req->skip_broken_bitmaps = true;
+                break;
+        case ARG_TARGET_IMAGE_OPTS:
+        case ARG_SALVAGE:
+                return refuse(c, as_given);
+        default:
+                /* -h, --parent-dir, --image-opts, --object, '?': the tool's. */
+                if (common_option(c, arg, &ex) == 2)
+                        return ex;
+        }
+        return -1;
+}
+
+/* ---------------------------------------------------------------- the parser */
+
+static int files_error(const Request *req) {
+        const FrontVerb *v = &verbs[req->verb];
+
+        if (is_img())
+                return usage_error("Expecting %s", v->img_what);
+        return usage_error("%s needs %s", v->name, v->ctl_what);
+}
+
+int front_check_files(Request *req) {
+        const char *what;
+
+        switch (req->verb) {
+        case VERB_CREATE:
+                if (req->n_args < 1)
+                        return files_error(req);
+                if (req->n_args > 2)
+                        return usage_error("Unexpected argument: %s", req->args[2]);
+                if (optlist_fold_backing(&req->opts, &req->backing, &req->backing_format, &what) < 0) {
+                        log_error("%s: The %s must be given only once", req->files[0], what);
+                        return front_dialect.exit_usage;
+                }
+                return -1;
+        case VERB_CONVERT:
+                if (req->n_args > 2 && is_img()) {
+                        log_error("Concatenating several source images is not supported");
+                        return front_dialect.exit_usage;
+                }
+                return req->n_args == 2 ? -1 : files_error(req);
+        case VERB_COMPACT:
+                /* --filename names the image instead */
+                return (req->files[0] ? req->n_args == 0 : req->n_args == 1) ? -1 : files_error(req);
+        case VERB_RESIZE:
+                return req->n_args == 1 && req->size_arg ? -1 : files_error(req);
+        default:
+                return req->n_args == 1 ? -1 : files_error(req);
+        }
+}
+
+void log_bad_size(const char *what, const char *s, int r) {
+        if (is_img() && r == -ERANGE)
+                log_error("Invalid image size specified. Must be between 0 and %" PRIi64 ".", INT64_MAX);
+        else if (is_img()) {
+                log_error("Invalid image size specified. You may use k, M, G, T, P or E suffixes for");
+                log_error("kilobytes, megabytes, gigabytes, terabytes, petabytes and exabytes.");
+        } else if (r == -ERANGE)
+                log_error("Invalid %s '%s': must be between 0 and %" PRIi64, what, s, INT64_MAX);
+        else
+                log_error("Invalid %s '%s': use a number of bytes, optionally with a suffix k, M, G, T, P or E",
+                          what, s);
+}
+
+int front_create_size(const Request *req, uint64_t *ret_size, bool *ret_have_size) {
+        const char *size_arg = req->size_arg, *o = optlist_get(&req->opts, "size");
+        int r;
+
+        *ret_size = 0;
+        *ret_have_size = false;
+        if (o) {
+                if (size_arg) {
+                        log_error("%s: The image size must be specified only once", req->files[0]);
+                        return front_dialect.exit_usage;
+                }
+                size_arg = o;
+        }
+        if (size_arg) {
+                r = parse_size(size_arg, ret_size);
+                if (r < 0) {
+                        log_bad_size("image size", size_arg, r);
+                        return front_dialect.exit_usage;
+                }
+                *ret_have_size = true;
+        } else if (!req->backing) {
+                log_error("%s: Image creation needs a size parameter", req->files[0]);
+                return front_dialect.exit_usage;
+        }
+        return -1;
+}
+
+static int parse_options(FrontVerbId verb, int argc, char **argv, Request *req) {
+        const FrontVerb *v = &verbs[verb];
+        uint64_t mask = is_img() ? IMG_COMMON | v->img_opts : CTL_COMMON | v->ctl_opts;
+        struct option longs[_O_MAX + 1] = {};
+        char shorts[2 * _O_MAX + 1];
+        size_t n_longs = 0, n_shorts = 0;
+        int c, ex;
+
+        for (size_t i = 0; i < _O_MAX; i++) {
+                const OptSpec *s = &opt_specs[i];
+
+                if (!(mask & (UINT64_C(1) << i)))
+                        continue;
+                if (s->short_name) {
+                        shorts[n_shorts++] = s->short_name;
+                        if (s->has_arg)
+                                shorts[n_shorts++] = ':';
+                }
+                if (s->long_name)
+                        longs[n_longs++] = (struct option) {
+                                s->long_name, s->has_arg ? required_argument : no_argument, NULL, s->key,
+                        };
+        }
+        shorts[n_shorts] = 0;
+
+        optind = 0;   /* getopt starts afresh at argv[1] */
+        while ((c = getopt_long(argc, argv, shorts, longs, NULL)) >= 0) {
+                ex = handle_option(req, c, optarg, argv[optind - 1]);
+                if (ex >= 0)
+                        return ex;
+        }
+        return -1;
+}
+
+int front_parse(FrontVerbId verb, int argc, char **argv, Request *req) {
+        int ex;
+
+        assert(verb < _VERB_MAX);
+        req->verb = verb;
+        req->image = UINT32_MAX;
+        if (verb == VERB_CREATE)
+                req->format = "raw";
+        if (verb == VERB_CONVERT) {
+                req->out_format = "raw";
+                req->sparse = 4096;
+        }
+        /* A negative size ("-1G") would look like an option: take it out first. */
+        if (verb == VERB_RESIZE && argc >= 3 && argv[argc - 1][0] == '-' && argv[argc - 1][1] >= '0' &&
+            argv[argc - 1][1] <= '9')
+                req->size_arg = argv[--argc];
+
+        ex = parse_options(verb, argc, argv, req);
+        if (ex < 0) {
+                if (req->quiet)
+                        req->progress = false;
+                req->args = argv + optind;
+                req->n_args = (unsigned) (argc - optind);
+                if (verb == VERB_RESIZE && !req->size_arg && req->n_args == 2) {
+                        req->size_arg = req->args[1];
+                        req->n_args = 1;
+                }
+                /* create's are checked once "-o help" had its chance */
+                if (verb != VERB_CREATE)
+                        ex = front_check_files(req);
+                if (!req->files[0] && req->n_args > 0)
+                        req->files[0] = req->args[0];
+                if (verb == VERB_CONVERT && req->n_args > 1)
+                        req->files[1] = req->args[1];
+                if (verb == VERB_CREATE && req->n_args > 1)
+                        req->size_arg = req->args[1];
+        }
+        /* qemu-img check exits 1 on a bad command line: 2 means corruption. */
+        if ((verb == VERB_CHECK || verb == VERB_REPAIR) && ex == front_dialect.exit_usage)
+                ex = 1;
+        return ex;
+}
+
+void request_done(Request *req) {
+        optlist_done(&req->opts);
+}

@@ -1,0 +1,23 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/*
+ * Messages on stderr for vdisk-img and vdiskctl: "PROGRAM: message", and
+ * the hint after a bad command line. What differs between the tools is in
+ * front_dialect (shared/front.h), which each tool defines.
+ */
+#pragma once
+
+#include <stdarg.h>
+#include <stdbool.h>
+
+#include "macro.h"
+
+void log_error(const char *fmt, ...) _printf_(1, 2);
+void log_warning(const char *fmt, ...) _printf_(1, 2);
+/* "PROGRAM: <prefix><message>" (the other two are this with "" and "warning: "). */
+void log_msgv(const char *prefix, const char *fmt, va_list ap) _printf_(2, 0);
+/* Drops every message while set (trying something that may fail quietly). */
+void log_set_quiet(bool b);
+/* Prints the hint ("Try '... --help' ...") and returns the usage exit code. */
+int usage_hint(void);
+/* Logs a bad command line, then the hint; returns the usage exit code. */
+int usage_error(const char *fmt, ...) _printf_(1, 2);
