@@ -11,10 +11,10 @@
  * the middle (nothing written after it, the error returned, later calls
  * too); a stop with buffers still in the pool (nothing written); and no
  * barrier at the end of a buffer: while one unit of the first buffer is held
- * back, the next buffers are taken and encoded.
+ * back, the next buffers are taken and encoded (a pool that waits at a
+ * buffer's end hangs there: the test's timeout fails it).
  */
 #include <pthread.h>
-#include <unistd.h>
 
 #include "core/core.h"
 #include "tests.h"
@@ -158,7 +158,7 @@ static size_t make_plan(piece *plan, size_t max, uint64_t *ret_size) {
         uint64_t off = 0;
         size_t n = 0;
 
-        for (unsigned round = 0; round < 3; round++)
+        for (unsigned round = 0; round < 2; round++)
                 for (size_t i = 0; i < ELEMENTSOF(lens) && n < max; i++, n++) {
                         plan[n] = (piece) { .len = lens[i], .skip = lens[i] ? 0 : 2 * UNIT };
                         off += lens[i] + plan[n].skip;
@@ -256,7 +256,7 @@ static void assert_written_below(uint64_t end, uint64_t size) {
 }
 
 static void test_order(void) {
-        static const unsigned threads[] = { 1, 2, 4, 8 };
+        static const unsigned threads[] = { 1, 2, 8 };
 
         for (size_t t = 0; t < ELEMENTSOF(threads); t++)
                 for (unsigned buffers = 1; buffers <= ENCODE_BUFFERS_MAX; buffers++) {
@@ -376,7 +376,6 @@ static void test_refusals(void) {
 }
 
 int main(void) {
-        alarm(100);     /* a pool that waits at a buffer's end hangs in test_no_barrier */
         pthread_mutex_init(&T.lock, NULL);
         pthread_cond_init(&T.cond, NULL);
         test_order();
