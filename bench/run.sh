@@ -453,6 +453,10 @@ for m in durable unsafe; do
                 eval "h${ct}${m}_verify() { verify qcow2 \"\$OUT\" raw \"\$W/h/mixed.raw\"; }"
                 eval "h${ct}${m}_clean() { fmt_clean; }"
         done
+        # and into VMDK streamOptimized (zlib grains, compressed always)
+        eval "hvmdk${m}_prep() { fmt_prep \$1 $m raw \"\$W/h/mixed.raw\" vmdk vmdk -o subformat=streamOptimized; }"
+        eval "hvmdk${m}_verify() { verify vmdk \"\$OUT\" raw \"\$W/h/mixed.raw\"; }"
+        eval "hvmdk${m}_clean() { fmt_clean; }"
 done
 if want compress; then
         mkdir -p "$W/h" "$W/f"
@@ -462,6 +466,8 @@ if want compress; then
         run_workload hzlibunsafe "h. raw->qcow2 -c zlib, v unsafe/q dflt"
         run_workload hzstddurable "h. raw->qcow2 -c zstd, both durable"
         run_workload hzstdunsafe "h. raw->qcow2 -c zstd, v unsafe/q dflt"
+        run_workload hvmdkdurable "h. raw->vmdk streamOptimized, both durable"
+        run_workload hvmdkunsafe "h. raw->vmdk streamOpt, v unsafe/q dflt"
         rm -rf "$W/h" "$W/f"
 fi
 

@@ -3,7 +3,7 @@
 # Usage: scripts/install-deps.sh [--test]   (--test adds the test tools: qemu-utils, clang ...)
 set -euo pipefail
 
-pkgs=(meson ninja-build gcc pkg-config zlib1g-dev libzstd-dev uuid-dev libsystemd-dev liburing-dev dbus)
+pkgs=(meson ninja-build gcc pkg-config zlib1g-dev libzstd-dev libdeflate-dev uuid-dev libsystemd-dev liburing-dev dbus)
 if [ "${1:-}" = "--test" ]; then
     pkgs+=(qemu-utils clang libclang-rt-14-dev python3 time python3-dbus python3-dbusmock python3-gi python3-pytest
            libxml2-utils systemd util-linux strace btrfs-progs)

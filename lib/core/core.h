@@ -233,14 +233,24 @@ int copy_run(vdisk_disk *src, unsigned src_bottom, vdisk_disk *dst, unsigned lev
 
 /* ops/encode.c: a pool of encoding threads for one copy into `img` (a
  * stream image with encode(), or an image copy compresses into: qcow2).
- * encode_pool_buffer() encodes the units of buf (destination offset
- * `offset`, unit aligned, at most OP_BUFFER_SIZE) on the pool and hands them
- * in order to the stream_write_encoded() of `img`; all-zero units are left
- * out unless `zeros_matter` (a differencing image: they are encoded too).
+ * encode_pool_submit() hands over the units of buf (destination offset
+ * `offset`, unit aligned, at most OP_BUFFER_SIZE; offsets rising; len 0: a
+ * buffer with nothing to write, kept in order) to be encoded on the pool and
+ * written in order to the stream_write_encoded() of `img`; all-zero units are
+ * left out unless `zeros_matter` (a differencing image: they are encoded
+ * too). Up to `buffers` (1..ENCODE_BUFFERS_MAX) buffers are in the pool at
+ * once: submit waits (writing, and encoding too) until there is room, and
+ * returns how many buffers were done since the last call, oldest first —
+ * the caller keeps each buffer untouched until then. encode_pool_drain()
+ * writes everything and returns the same count. Both run under the lock of
+ * `img`'s disk (they write); after a failure every call returns it.
  * `threads`: workers (0 = one per online CPU). */
+#define ENCODE_BUFFERS_MAX 4u
 typedef struct encode_pool encode_pool;
-int encode_pool_new(vdisk_image *img, unsigned threads, bool zeros_matter, encode_pool **ret);
-int encode_pool_buffer(encode_pool *p, const uint8_t *buf, uint64_t len, uint64_t offset);
+int encode_pool_new(vdisk_image *img, unsigned threads, bool zeros_matter, unsigned buffers, encode_pool **ret);
+int encode_pool_submit(encode_pool *p, const uint8_t *buf, uint64_t len, uint64_t offset);
+int encode_pool_drain(encode_pool *p);
+unsigned encode_pool_pending(encode_pool *p);
 void encode_pool_free(encode_pool *p);
 
 /* Data buffer size for operations: big enough to keep the disk busy, small

@@ -19,6 +19,9 @@
  *
  * Memory: RING_SLOTS buffers of OP_BUFFER_SIZE (16 MiB in all), one more with
  * VDISK_COPY_SKIP_SAME (the parents' content of the buffer being written).
+ * An encoding copy (compressed clusters, stream grains) hands up to
+ * RING_SLOTS - 1 slots to the encode pool at once (encode.c), which holds
+ * as much again of encoded units at most (~12 MiB): about 30 MiB in all.
  */
 #include <pthread.h>
 #include <stdio.h>
@@ -236,8 +239,29 @@ static int write_units(vdisk_disk *dst, unsigned level, const uint8_t *buf, uint
         return 0;
 }
 
+/* Gives back the ring's oldest `n` slots (done), counting their progress. */
+static int slots_release(pipeline *pl, vdisk_progress *p, unsigned n) {
+        int r = 0;
+
+        for (unsigned i = 0; i < n; i++) {
+                uint64_t length;
+
+                pthread_mutex_lock(&pl->lock);
+                assert(pl->count > 0);
+                length = pl->ring[pl->head].length;
+                pl->head = (pl->head + 1) % RING_SLOTS;
+                pl->count--;
+                pthread_cond_broadcast(&pl->cond);
+                pthread_mutex_unlock(&pl->lock);
+                if (r >= 0)
+                        r = progress_add(p, length);
+        }
+        return r;
+}
+
 static int run_pipeline(pipeline *pl, vdisk_disk *dst, unsigned level, uint64_t sparse, vdisk_progress *p) {
         encode_pool *pool = NULL;
+        unsigned pending = 0;   /* slots ring[head ...] handed to the pool, not done yet */
         pthread_t reader;
         int r = 0, rr;
 
@@ -256,8 +280,11 @@ static int run_pipeline(pipeline *pl, vdisk_disk *dst, unsigned level, uint64_t 
                 }
         }
         if (pl->encode) {
+                /* All slots but one in the pool: the reader fills that one
+                 * while the pool encodes and writes the others. */
                 pthread_mutex_lock(&dst->lock);
-                r = encode_pool_new(dst->images[level], pl->threads, pl->zeros_matter, &pool);
+                r = encode_pool_new(dst->images[level], pl->threads, pl->zeros_matter,
+                                    MIN(RING_SLOTS - 1, ENCODE_BUFFERS_MAX), &pool);
                 pthread_mutex_unlock(&dst->lock);
                 if (r < 0)
                         goto out;
@@ -272,21 +299,49 @@ static int run_pipeline(pipeline *pl, vdisk_disk *dst, unsigned level, uint64_t 
                 slot *s;
 
                 pthread_mutex_lock(&pl->lock);
-                while (pl->count == 0)
+                while (pl->count <= pending)
                         pthread_cond_wait(&pl->cond, &pl->lock);
-                s = &pl->ring[pl->head];
+                s = &pl->ring[(pl->head + pending) % RING_SLOTS];
                 pthread_mutex_unlock(&pl->lock);
 
-                if (s->kind == SLOT_END)
-                        break;
+                if (pool && (s->kind == SLOT_DATA || s->kind == SLOT_SKIP)) {
+                        /* Into the pool, in order (a skipped range holds
+                         * its place); the slots it is done with come back. */
+                        pthread_mutex_lock(&dst->lock);
+                        r = encode_pool_submit(pool, s->kind == SLOT_DATA ? s->buf : NULL,
+                                               s->kind == SLOT_DATA ? s->length : 0, s->offset);
+                        pthread_mutex_unlock(&dst->lock);
+                        if (r < 0)
+                                break;
+                        pending++;
+                        assert((unsigned) r <= pending);
+                        pending -= (unsigned) r;
+                        r = slots_release(pl, p, (unsigned) r);
+                        if (r < 0)
+                                break;
+                        continue;
+                }
                 if (s->kind == SLOT_ERROR) {
                         r = vdisk_error(pl->error, "%s", pl->error_msg);
                         break;
                 }
+                if (pool && pending > 0) {
+                        /* The end, or zeros to write: the pool's units first. */
+                        pthread_mutex_lock(&dst->lock);
+                        r = encode_pool_drain(pool);
+                        pthread_mutex_unlock(&dst->lock);
+                        if (r < 0)
+                                break;
+                        assert((unsigned) r == pending);
+                        pending = 0;
+                        r = slots_release(pl, p, (unsigned) r);
+                        if (r < 0)
+                                break;
+                }
+                if (s->kind == SLOT_END)
+                        break;
                 pthread_mutex_lock(&dst->lock);
-                if (s->kind == SLOT_DATA && pl->encode)
-                        r = encode_pool_buffer(pool, s->buf, s->length, s->offset);
-                else if (s->kind == SLOT_DATA && pl->unit)
+                if (s->kind == SLOT_DATA && pl->unit)
                         r = write_units(dst, level, s->buf, s->length, s->offset, pl->unit);
                 else if (s->kind == SLOT_DATA && pl->same_unit)
                         r = write_different(dst, level, s->buf, pl->parent_buf, s->length, s->offset,
@@ -296,18 +351,15 @@ static int run_pipeline(pipeline *pl, vdisk_disk *dst, unsigned level, uint64_t 
                 else if (s->kind == SLOT_ZERO)
                         r = rw_write_zeroes(dst, level, (int) level - 1, s->offset, s->length);
                 pthread_mutex_unlock(&dst->lock);
-                if (r >= 0)
-                        r = progress_add(p, s->length);
                 if (r < 0)
                         break;
-
-                pthread_mutex_lock(&pl->lock);
-                pl->head = (pl->head + 1) % RING_SLOTS;
-                pl->count--;
-                pthread_cond_broadcast(&pl->cond);
-                pthread_mutex_unlock(&pl->lock);
+                r = slots_release(pl, p, 1);
+                if (r < 0)
+                        break;
         }
 
+        /* On failure or cancel the slots still in the pool are dropped:
+         * encode_pool_free() below writes nothing. */
         pthread_mutex_lock(&pl->lock);
         pl->stop = 1;
         pthread_cond_broadcast(&pl->cond);
