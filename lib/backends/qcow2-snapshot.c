@@ -30,7 +30,8 @@
  *           COPIED set in the active tables where a refcount came to 1.
  * A cut leaves the old or the new state with at most leaked clusters, with
  * one exception qemu shares (the flag and the refcount live in different
- * clusters, and qemu's check wants them to agree): a cut in create between
+ * clusters, and qemu's check wants them to agree): a cut (a crash; a create
+ * that fails gives the flags back, create_undo_copied()) in create between
  * the COPIED clearing and the increments, or in delete between the
  * decrements and the COPIED update, leaves active entries with refcount 1
  * and COPIED clear. `qemu-img check` calls that an OFLAG_COPIED error; it
@@ -282,6 +283,20 @@ static int begin(qcow2_state *s) {
         return qcow2_flush(s);
 }
 
+/* A create that failed before its switch (ENOSPC placing the L1 copy, say)
+ * gives back the COPIED flags its step 1 cleared, wherever the refcount is
+ * still 1 (a tree already counted +1 keeps them clear: leaks only), so the
+ * failed call leaves an image `qemu-img check` finds clean but for leaks.
+ * Best effort: a crash is what the ordering above is for. Returns r. */
+static int create_undo_copied(qcow2_state *s, int r) {
+        char why[1024];
+
+        snprintf(why, sizeof why, "%s", vdisk_last_error());
+        if (update_copied(s, false) >= 0)
+                (void) flush_tables_sync(s);
+        return vdisk_error(r, "%s", why);
+}
+
 int qcow2_snapshot_create(void *state, const char *name, int64_t date_sec, uint32_t date_nsec) {
         qcow2_state *s = state;
         uint64_t cs = s->cluster_size, id_max = 0, entry_len, new_len, l1_copy = 0, tbl_off, old_off;
@@ -339,7 +354,7 @@ int qcow2_snapshot_create(void *state, const char *name, int64_t date_sec, uint3
         if (s->l1_size > 0) {
                 r = place_l1_copy(s, l1, s->l1_size, s->l1_size, &l1_copy);
                 if (r < 0)
-                        return r;
+                        return create_undo_copied(s, r);
         }
         p = tbl + t.len;
         put_be64(p, l1_copy);
@@ -360,7 +375,7 @@ int qcow2_snapshot_create(void *state, const char *name, int64_t date_sec, uint3
         if (r >= 0)
                 r = qcow2_sync_refcounts(s);
         if (r < 0)
-                return r;
+                return create_undo_copied(s, r);
 
         /* 3. the switch */
         old_off = s->snapshots_offset;
