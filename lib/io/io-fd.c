@@ -62,12 +62,6 @@ typedef struct write_queue {
         size_t error_len;
         unsigned inject_at;     /* io_fd_queue_inject(): countdown + 1, 0 when off */
         int inject_error;
-        /* The page-cache path (issue 13): the io has no O_DIRECT descriptor
-         * (`-t writeback`, `-t unsafe`), so the queue sends its writes of at
-         * least DIRECT_MIN bytes, any alignment, through io_uring on the
-         * cached descriptor: the kernel copies them into the page cache on
-         * its own threads while the copy goes on reading. */
-        int cached;
 } write_queue;
 
 typedef struct fd_io {
@@ -256,7 +250,7 @@ static void wq_complete(fd_io *f, write_queue *q, wq_slot *s, int res) {
 
         if (s->inject)
                 r = s->inject;
-        else if (res == -EINVAL && !q->cached) {
+        else if (res == -EINVAL) {
                 atomic_store(&f->no_direct, 1);
                 r = write_all(f->fd, s->buf, s->len, s->offset);
         } else if (res < 0)
@@ -320,14 +314,6 @@ static bool wq_overlaps(const write_queue *q, uint64_t off, size_t len) {
         return false;
 }
 
-/* VDISK_IO_QUEUE_CACHED=0: no queue on the page-cache path (the
- * synchronous writes of before, for measuring and as a way out). */
-static bool cached_queue_wanted(void) {
-        const char *e = getenv("VDISK_IO_QUEUE_CACHED");
-
-        return !e || strcmp(e, "0") != 0;
-}
-
 static int fd_queue_set(void *u, unsigned depth, size_t chunk) {
         fd_io *f = u;
         write_queue *q = NULL;
@@ -342,9 +328,7 @@ static int fd_queue_set(void *u, unsigned depth, size_t chunk) {
                 q->chunk = chunk;
         }
         pthread_rwlock_wrlock(&f->dlock);
-        if (q)
-                q->cached = f->dfd < 0;
-        if (depth > 0 && (f->wq || (f->dfd < 0 && !cached_queue_wanted())))
+        if (depth > 0 && (f->dfd < 0 || f->wq))
                 r = -EOPNOTSUPP;
         else if (depth == 0 && f->wq) {
                 pthread_mutex_lock(&f->wq->lock);
@@ -364,20 +348,16 @@ static int fd_queue_set(void *u, unsigned depth, size_t chunk) {
 static int fd_queue_write(void *u, const void *buf, size_t len, uint64_t off) {
         fd_io *f = u;
         const uint8_t *p = buf;
-        size_t total = len;
         write_queue *q;
-        bool cached;
-        int wfd, r = 1;
+        int r = 1;
 
         pthread_rwlock_rdlock(&f->dlock);
         q = f->wq;
-        if (!q || !(q->cached ? len >= DIRECT_MIN : direct_ok(f, p, len, off))) {
+        if (!q || !direct_ok(f, p, len, off)) {
                 pthread_rwlock_unlock(&f->dlock);
                 return 0;
         }
         pthread_mutex_lock(&q->lock);
-        cached = q->cached;
-        wfd = cached ? f->fd : f->dfd;
         wq_reap(f, q, 0);
         if (q->error < 0)
                 r = q->error;
@@ -415,7 +395,7 @@ static int fd_queue_write(void *u, const void *buf, size_t len, uint64_t off) {
                         s->inject = q->inject_error;
                         io_uring_prep_nop(sqe);
                 } else
-                        io_uring_prep_write(sqe, wfd, s->buf, (unsigned) n, off);
+                        io_uring_prep_write(sqe, f->dfd, s->buf, (unsigned) n, off);
                 io_uring_sqe_set_data(sqe, s);
                 q->n_busy++;
                 if (io_uring_submit(&q->ring) < 0) {
@@ -423,7 +403,7 @@ static int fd_queue_write(void *u, const void *buf, size_t len, uint64_t off) {
                          * later as a no-op nobody waits for. */
                         io_uring_prep_nop(sqe);
                         io_uring_sqe_set_data(sqe, NULL);
-                        wq_complete(f, q, s, write_all(wfd, s->buf, n, off) < 0 ? -EIO : (int) n);
+                        wq_complete(f, q, s, write_all(f->dfd, s->buf, n, off) < 0 ? -EIO : (int) n);
                         r = q->error < 0 ? q->error : r;
                 }
 #endif
@@ -433,12 +413,6 @@ static int fd_queue_write(void *u, const void *buf, size_t len, uint64_t off) {
         }
         pthread_mutex_unlock(&q->lock);
         pthread_rwlock_unlock(&f->dlock);
-        /* Cached writes: the early writeback of fd_pwrite() (the kernel
-         * writes back what is in the cache by then; the rest at the flush). */
-        if (r > 0 && cached && !f->nosync &&
-            atomic_fetch_add(&f->unsynced, total) + total >= WRITEBACK_STEP &&
-            atomic_exchange(&f->unsynced, 0) >= WRITEBACK_STEP)
-                (void) sync_file_range(f->fd, 0, 0, SYNC_FILE_RANGE_WRITE);
         return r;
 }
 
@@ -716,8 +690,6 @@ int vdisk_io_set_direct_fd(vdisk_io *io, int fd) {
         if (f->dfd >= 0)
                 close(f->dfd);
         f->dfd = copy;
-        if (f->wq)
-                f->wq->cached = 0;   /* drained: the queue writes direct from now on */
         pthread_rwlock_unlock(&f->dlock);
         return 0;
 }
