@@ -4,6 +4,11 @@
 #
 #   bench/run.sh [-n PAIRS] [--quick | --size GIB] [--only LIST] [--drop-caches] [--keep]
 #
+# --only pipe: the rows of issue 13's I/O pipeline (raw->vdi, vdi->raw,
+# vdi->vdi, vmdk->raw, vpc->raw at both pairings of equal durability, the
+# commit row) and the disk's O_DIRECT bandwidth at queue depth 1 and 16
+# (bench/iobench.c), measured in the same run.
+#
 # Environment: VDISK_IMG (default build/tools/vdisk-img of this checkout),
 # QEMU_IMG, QEMU_IO (default from PATH), BENCH_DIR (scratch, default
 # /tmp/vdisk-bench; the full run needs about 15 GiB free there).
@@ -16,7 +21,9 @@ usage: $0 [-n PAIRS] [--quick | --size GIB] [--only LIST] [--drop-caches] [--kee
   --quick         256 MiB disk, data scaled down by 32 (smoke test, a few minutes)
   --size GIB      disk of GIB GiB (1-8), data scaled by GIB/8 (default 8)
   --only LIST     comma-separated workload groups to run, of
-                  a,b,c,d,vmdk,vpc,stream,compress (default: all)
+                  a,b,c,d,vmdk,vpc,stream,compress (default: all), or
+                  pipe (issue 13's rows: a durable/unsafe, vmdk->raw, vpc->raw, c,
+                  and the disk at queue depth 1 and 16)
   --drop-caches   drop the page cache before every timed run (needs root);
                   default: warm cache
   --keep          keep the scratch directory
@@ -47,7 +54,7 @@ done
 [[ $SIZE_GIB =~ ^[1-8]$ ]] || { echo "run.sh: --size wants 1 to 8 (GiB)" >&2; exit 2; }
 for g in ${ONLY//,/ }; do
         case $g in
-        a|b|c|d|vmdk|vpc|stream|compress) ;;
+        a|b|c|d|vmdk|vpc|stream|compress|pipe) ;;
         *) echo "run.sh: --only: unknown workload group '$g' (a b c d vmdk vpc stream compress)" >&2; exit 2 ;;
         esac
 done
@@ -328,7 +335,7 @@ note "generating workloads in $W ..."
 mkdir -p "$W/a" "$W/b" "$W/c" "$W/d"
 gen scattered "$W/src.raw" $DISK $NDATA $NZERO 1 "$W/zero-extents"
 note "   src.raw: $((DISK >> 20)) MiB, $NDATA MiB random data, $NZERO MiB written zeros"
-if want a || want c || want d; then
+if want a || want c || want d || want pipe; then
         "$QEMU_IMG" convert -f raw -O vdi "$W/src.raw" "$W/src.vdi"
         verify vdi "$W/src.vdi" raw "$W/src.raw"
 fi
@@ -371,7 +378,47 @@ for m in durable direct unsafe; do
         done
 done
 
+# pipe: the disk itself, O_DIRECT 1 MiB writes at queue depth 1 and 16 into a
+# new file and over its allocated blocks, alternating (bench/iobench.c)
+if want pipe; then
+        if cc -O2 -o "$W/iobench" "$REPO/bench/iobench.c" -luring -lpthread 2>"$W/cmd.log"; then
+                declare -A QD=()
+                for ((i = 0; i < PAIRS; i++)); do
+                        for over in 0 1; do
+                                for q in 1 16; do
+                                        ((over)) || rm -f "$W/qd.bin"
+                                        sync
+                                        QD[$over.$q]+=" $("$W/iobench" disk "$W/qd.bin" $((DISK >> 21)) 1024 $q $over)"
+                                done
+                        done
+                done
+                rm -f "$W/qd.bin"
+                for over in 0 1; do
+                        for q in 1 16; do
+                                # shellcheck disable=SC2086 # a list of times
+                                say "$(printf 'disk: O_DIRECT 1 MiB writes, %d MiB, QD %2d, %s: median %s s = %s MB/s (runs:%s)' \
+                                        $((DISK >> 21)) $q "$( ((over)) && echo 'over written blocks' || echo 'new file')" \
+                                        "$(gen median ${QD[$over.$q]})" \
+                                        "$(awk -v m=$((DISK >> 21)) -v t="$(gen median ${QD[$over.$q]})" 'BEGIN { printf "%.0f", m * 1.048576 / t }')" \
+                                        "${QD[$over.$q]}")"
+                        done
+                done
+                say ""
+        else
+                say "disk: bench/iobench.c does not build (liburing headers?): $(head -c 200 "$W/cmd.log")"
+        fi
+fi
 say "$HEADER"
+if want pipe; then
+        run_workload a1durable "a. raw->vdi, both durable"
+        run_workload a2durable "a. vdi->raw, both durable"
+        run_workload a3durable "a. vdi->vdi, both durable"
+        # qemu-img convert's default for the output is cache=unsafe: this is
+        # the pairing "vdisk-img -t unsafe vs qemu-img's default"
+        run_workload a1unsafe "a. raw->vdi, both -t unsafe"
+        run_workload a2unsafe "a. vdi->raw, both -t unsafe"
+        run_workload a3unsafe "a. vdi->vdi, both -t unsafe"
+fi
 if want a; then
 run_workload a1 "a. raw->vdi ($(hs $NDATA) data+$(hs $NZERO) 0s)"
 run_workload a2 "a. vdi->raw"
@@ -421,20 +468,24 @@ for m in durable unsafe; do
         for k in e1 e2 f1 f2 g; do eval "$k${m}_clean() { fmt_clean; }"; done
 done
 mkdir -p "$W/f"
-if want vmdk; then
+if want vmdk || want pipe; then
         "$QEMU_IMG" convert -f raw -O vmdk "$W/src.raw" "$W/f/src.vmdk"
         verify vmdk "$W/f/src.vmdk" raw "$W/src.raw"
-        run_workload e1durable "e. raw->vmdk, both durable"
-        run_workload e1unsafe "e. raw->vmdk, v -t unsafe/q default"
+        if want vmdk; then
+                run_workload e1durable "e. raw->vmdk, both durable"
+                run_workload e1unsafe "e. raw->vmdk, v -t unsafe/q default"
+        fi
         run_workload e2durable "e. vmdk->raw, both durable"
         run_workload e2unsafe "e. vmdk->raw, v -t unsafe/q default"
         rm -f "$W/f/src.vmdk"
 fi
-if want vpc; then
+if want vpc || want pipe; then
         "$QEMU_IMG" convert -f raw -O vpc "$W/src.raw" "$W/f/src.vhd"
         verify vpc "$W/f/src.vhd" raw "$W/src.raw"
-        run_workload f1durable "f. raw->vpc, both durable"
-        run_workload f1unsafe "f. raw->vpc, v -t unsafe/q default"
+        if want vpc; then
+                run_workload f1durable "f. raw->vpc, both durable"
+                run_workload f1unsafe "f. raw->vpc, v -t unsafe/q default"
+        fi
         run_workload f2durable "f. vpc->raw, both durable"
         run_workload f2unsafe "f. vpc->raw, v -t unsafe/q default"
         rm -f "$W/f/src.vhd"
@@ -519,7 +570,7 @@ fi
 # -b` and filled by gen.py filldiff; qemu stand-in: a qcow2 overlay holding the
 # same extents committed onto a raw base (qemu cannot read VDI diffs).
 # Reference: the pristine qcow2 overlay over src.raw.
-if want c; then
+if want c || want pipe; then
 mkdir -p "$W/c/ext"
 gen extents "$W/c/ext" $DISK $NCOMMIT 3
 "$QEMU_IMG" create -q -f qcow2 -b "$W/src.raw" -F raw "$W/c/ref.qcow2"

@@ -177,6 +177,25 @@ int image_flush(vdisk_image *img) {
         return files_flush(img);
 }
 
+void image_queue_begin(vdisk_image *img) {
+        if (!vdisk_io_readonly(img->io))
+                (void) io_queue_begin(img->io, 0, 0);
+        for (size_t i = 0; i < files_count(img->files); i++)
+                if (!vdisk_io_readonly(files_get(img->files, i)))
+                        (void) io_queue_begin(files_get(img->files, i), 0, 0);
+}
+
+int image_queue_end(vdisk_image *img) {
+        int r = io_queue_end(img->io);
+
+        for (size_t i = 0; i < files_count(img->files); i++) {
+                int k = io_queue_end(files_get(img->files, i));
+                if (r >= 0)
+                        r = k;
+        }
+        return r;
+}
+
 int image_finish(vdisk_image *img) {
         int r;
 

@@ -373,31 +373,6 @@ out:
         return r;
 }
 
-/* Write-behind on the files of the new image (io.h): the copy's large
- * writes go behind while the writer goes on to the next buffer. Under the
- * destination's lock. */
-static void queue_begin(vdisk_image *img) {
-        if (!vdisk_io_readonly(img->io))
-                (void) io_queue_begin(img->io, 0, 0);
-        for (size_t i = 0; i < files_count(img->files); i++)
-                if (!vdisk_io_readonly(files_get(img->files, i)))
-                        (void) io_queue_begin(files_get(img->files, i), 0, 0);
-}
-
-/* Waits for every queued write; returns the first error. Runs on every path
- * out of the copy (failure and cancel too): nothing is written after the
- * copy returns. */
-static int queue_end(vdisk_image *img) {
-        int r = io_queue_end(img->io);
-
-        for (size_t i = 0; i < files_count(img->files); i++) {
-                int k = io_queue_end(files_get(img->files, i));
-                if (r >= 0)
-                        r = k;
-        }
-        return r;
-}
-
 /* copy_run() on the source levels [src_bottom, src_top] found at the start
  * (both disks registered; no lock held). */
 static int copy_levels(vdisk_disk *src, unsigned src_bottom, unsigned src_top, uint64_t src_size,
@@ -445,7 +420,7 @@ static int copy_levels(vdisk_disk *src, unsigned src_bottom, unsigned src_top, u
                 pl.same_unit = cs > 0 && cs <= OP_BUFFER_SIZE && OP_BUFFER_SIZE % cs == 0 ? cs : sparse;
         }
         if (r >= 0)
-                queue_begin(dst->images[level]);
+                image_queue_begin(dst->images[level]);
         pthread_mutex_unlock(&dst->lock);
         if (r < 0)
                 return r;
@@ -464,11 +439,11 @@ static int copy_levels(vdisk_disk *src, unsigned src_bottom, unsigned src_top, u
                 if (r >= 0)
                         r = image_flush(dst->images[level]);
                 if (r >= 0)
-                        r = queue_end(dst->images[level]);
+                        r = image_queue_end(dst->images[level]);
         }
         if (r < 0) {
                 snprintf(msg, sizeof msg, "%s", vdisk_last_error());
-                if (queue_end(dst->images[level]) < 0)
+                if (image_queue_end(dst->images[level]) < 0)
                         r = vdisk_error(r, "%s", msg);   /* the first error is the one to report */
         }
         pthread_mutex_unlock(&dst->lock);

@@ -20,6 +20,7 @@
  * disk serves reads meanwhile; writes too, unless the top is merged away
  * (they would land in an image whose data was already copied down).
  */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -235,12 +236,44 @@ static int merge_begin(vdisk_disk *d, unsigned from, unsigned to) {
         return 0;
 }
 
+/* Write-behind (io.h) for the copy into `to`: its large direct writes go
+ * behind while the merge reads the next chunk; the core drains before a
+ * table points at new data, and copy_end() before the relink. Only where
+ * no caller's write can land in `to` meanwhile (it is not the top, or the
+ * top leaves and refuses writes): a caller's write must never meet an
+ * error of the merge's queued writes. Under the lock. */
+static void copy_begin(vdisk_disk *d, unsigned to) {
+        if (to + 1 < d->n || d->top_leaving)
+                image_queue_begin(d->images[to]);
+}
+
+/* Whatever was copied must be durable, also on cancel and failure: flushes
+ * `to`, ends its queue (nothing is written after this returns), and returns
+ * the first error of the copy `r`, the flush and the queue, with its
+ * message. Under the lock. */
+static int copy_end(vdisk_disk *d, unsigned to, int r) {
+        char msg[1024] = "";
+        int k;
+
+        if (r < 0)
+                snprintf(msg, sizeof msg, "%s", vdisk_last_error());
+        k = image_flush(d->images[to]);
+        if (r >= 0 && k < 0) {
+                r = k;
+                snprintf(msg, sizeof msg, "%s", vdisk_last_error());
+        }
+        k = image_queue_end(d->images[to]);
+        if (r >= 0)
+                return k;
+        return vdisk_error(r, "%s", msg);
+}
+
 /* The steps before and after the data copy run under the lock. */
 static int merge_run(vdisk_disk *d, unsigned from, unsigned to, vdisk_progress *p, char ***ret_removed) {
         _cleanup_(disk_unlockp) _unused_ vdisk_disk *l = disk_lock(d);
         char **removed = NULL;
         unsigned lo, hi;
-        int r, cr;
+        int r;
 
         if (from > to) {
                 uint64_t size = d->images[from]->size;
@@ -280,12 +313,12 @@ static int merge_run(vdisk_disk *d, unsigned from, unsigned to, vdisk_progress *
                         }
                 }
                 progress_set_total(p, size);
+                copy_begin(d, to);
                 pthread_mutex_unlock(&TAKE_PTR(l)->lock);
                 r = copy_defined(d, to + 1, from, to, -1, (int) to - 1, size, p);
-                /* Whatever was copied must be durable, also on cancel. */
                 l = disk_lock(d);
-                cr = image_flush(d->images[to]);
-                if (r < 0 || cr < 0) {
+                r = copy_end(d, to, r);
+                if (r < 0) {
                         /* `to` holds part of `from`'s data now and a new
                          * content ID (VMDK CID). Adjacent, `from` reads as
                          * before over it: a child that records its parent's
@@ -302,7 +335,7 @@ static int merge_run(vdisk_disk *d, unsigned from, unsigned to, vdisk_progress *
                                 if (msg)
                                         (void) vdisk_error(0, "%s", msg);
                         }
-                        return r < 0 ? r : cr;
+                        return r;
                 }
                 if (from + 1 < d->n) {
                         r = relink(d, from + 1, (int) to);
@@ -315,14 +348,13 @@ static int merge_run(vdisk_disk *d, unsigned from, unsigned to, vdisk_progress *
                 uint64_t size = d->images[to]->size;
 
                 progress_set_total(p, size);
+                copy_begin(d, to);
                 pthread_mutex_unlock(&TAKE_PTR(l)->lock);
                 r = copy_defined(d, from, to - 1, to, (int) to, (int) from - 1, size, p);
                 l = disk_lock(d);
-                cr = image_flush(d->images[to]);
+                r = copy_end(d, to, r);
                 if (r < 0)
                         return r;
-                if (cr < 0)
-                        return cr;
                 r = relink(d, to, (int) from - 1);
                 if (r < 0)
                         return r;

@@ -16,6 +16,9 @@
  *   write fails fails in that call (the core drains before the table points
  *   at the data), and the disk, and reopened, reads exactly as before the
  *   call; the write again (over that block and others) succeeds.
+ * - Merge (commit) queues its writes into the target: a queued write that
+ *   fails fails the merge, the chain (and reopened) reads as before and
+ *   checks clean, and the merge again succeeds with the same content.
  * - Fallback: with VDISK_IO_URING=0 writes are synchronous (an injected
  *   failure never fires) and the content is the same.
  * - A copy into a raw file and into a VDI file with the queue at depth 1,
@@ -300,6 +303,104 @@ static void test_transaction(void) {
         vdisk_io_unref(io);
 }
 
+/* Merge (commit) writes into its target through the queue; a queued write
+ * that fails fails the merge, and the chain, and reopened from its files,
+ * reads as before; the target checks clean; the merge again works. */
+typedef struct merge_watch {
+        vdisk_io *io;
+        int calls;
+        bool queued;
+        bool inject;
+} merge_watch;
+
+static void merge_progress(vdisk_progress *p, void *user) {
+        merge_watch *w = user;
+
+        (void) p;
+        if (w->calls++ > 0)
+                return;
+        w->queued = atomic_load(&w->io->queued);
+        if (w->inject)
+                ASSERT_OK(io_fd_queue_inject(w->io, 0, -EIO));
+}
+
+static vdisk_disk *open_merge_chain(vdisk_io **bio, vdisk_io **dio) {
+        vdisk_disk *d = disk_new();
+
+        *bio = open_file("base.vdi", false);
+        *dio = open_file("diff.vdi", false);
+        ASSERT_OK(vdisk_disk_open(d, *bio, "vdi", 0));
+        ASSERT_OK(vdisk_disk_open(d, *dio, "vdi", 0));
+        return d;
+}
+
+static void test_merge(void) {
+        const uint64_t size = 32 * MiB;
+        _cleanup_free_ uint8_t *buf = aligned_buf(8 * MiB), *back = aligned_buf(size), *before = aligned_buf(size);
+        merge_watch w = {};
+        vdisk_progress *p = NULL;
+        vdisk_disk *d = disk_new();
+        vdisk_io *bio = open_file("base.vdi", true), *dio = open_file("diff.vdi", true);
+        rng r;
+
+        test_set_context("merge");
+        rng_seed(&r, 21);
+        /* Base: blocks 0..7; diff: blocks 4..11 (so the merge writes over
+         * allocated blocks of the base and into new ones). */
+        ASSERT_OK(vdisk_disk_create_base(d, bio, "vdi", size, NULL));
+        rng_fill(&r, buf, 8 * MiB);
+        ASSERT_OK(vdisk_disk_write(d, buf, 8 * MiB, 0));
+        ASSERT_OK(vdisk_disk_create_diff(d, dio, "vdi", NULL));
+        rng_fill(&r, buf, 8 * MiB);
+        ASSERT_OK(vdisk_disk_write(d, buf, 8 * MiB, 4 * MiB));
+        ASSERT_OK(vdisk_disk_flush(d));
+        ASSERT_OK(vdisk_disk_read(d, before, size, 0));
+
+        /* The first queued write of the merge fails. */
+        w.io = bio;
+        w.inject = true;
+        ASSERT_OK(vdisk_progress_new(merge_progress, &w, &p));
+        assert_queue_error(vdisk_merge(d, 1, 0, p, NULL), "base.vdi", UINT64_MAX);
+        vdisk_progress_free(p);
+        ASSERT(w.calls > 0);
+        ASSERT(w.queued);                       /* the merge wrote through the queue */
+        ASSERT(!atomic_load(&bio->queued));     /* and ended it */
+        ASSERT_EQ_U64(vdisk_disk_count(d), 2);
+        ASSERT_OK(vdisk_disk_read(d, back, size, 0));
+        ASSERT_MEMEQ(back, before, size);
+        ASSERT_OK(vdisk_disk_close(d));
+        vdisk_io_unref(bio);
+        vdisk_io_unref(dio);
+
+        d = open_merge_chain(&bio, &dio);
+        ASSERT_OK(vdisk_disk_read(d, back, size, 0));
+        ASSERT_MEMEQ(back, before, size);
+        CHECK_IMAGE_CLEAN(d, 0);
+        CHECK_IMAGE_CLEAN(d, 1);
+
+        /* Again, without a failure: the chain reads the same, from the base alone. */
+        w = (merge_watch) { .io = bio };
+        ASSERT_OK(vdisk_progress_new(merge_progress, &w, &p));
+        ASSERT_OK(vdisk_merge(d, 1, 0, p, NULL));
+        vdisk_progress_free(p);
+        ASSERT(w.queued);
+        ASSERT(!atomic_load(&bio->queued));
+        ASSERT_EQ_U64(vdisk_disk_count(d), 1);
+        ASSERT_OK(vdisk_disk_read(d, back, size, 0));
+        ASSERT_MEMEQ(back, before, size);
+        ASSERT_OK(vdisk_disk_close(d));
+        vdisk_io_unref(bio);
+        vdisk_io_unref(dio);
+        d = disk_new();
+        bio = open_file("base.vdi", false);
+        ASSERT_OK(vdisk_disk_open(d, bio, "vdi", 0));
+        ASSERT_OK(vdisk_disk_read(d, back, size, 0));
+        ASSERT_MEMEQ(back, before, size);
+        CHECK_IMAGE_CLEAN(d, 0);
+        ASSERT_OK(vdisk_disk_close(d));
+        vdisk_io_unref(bio);
+}
+
 static void test_fallback(void) {
         _cleanup_free_ uint8_t *buf = aligned_buf(4 * MiB), *back = malloc(4 * MiB);
         vdisk_io *io = open_file("sync", true);
@@ -437,6 +538,7 @@ int main(void) {
         test_close_drains();
         test_error();
         test_transaction();
+        test_merge();
         test_fallback();
         test_copy("raw", "1", "128k");
         test_copy("raw", "8", "1m");
