@@ -814,6 +814,36 @@ static bool check_limits(Call *c, OpKind kind) {
         return true;
 }
 
+/* The one launch path of every long method, once its arguments and the
+ * Disk's state are checked: within the operation limits, an Operation of
+ * `kind` on d (and `other`, busy with it until the end: Compare, CopyTo)
+ * takes over the call's arguments and fds, is exported and queued, and the
+ * call's reply is its path. A failure here is the call's error reply. */
+static int operation_launch(Call *c, Disk *d, OpKind kind, Disk *other) {
+        Operation *o;
+        int r;
+
+        if (!check_limits(c, kind))
+                return 0;
+        r = operation_new(c->manager, kind, d, c->user, &o);
+        if (r < 0)
+                return r;
+        r = operation_take_call(o, c);
+        if (r >= 0 && other)
+                r = operation_set_other(o, other);
+        if (r >= 0)
+                r = operation_start(o);
+        if (r < 0) {
+                operation_free(o);
+                return r;
+        }
+        r = sd_bus_reply_method_return(c->message, "o", o->path);
+        if (r < 0)
+                log_error("Failed to reply: %s", strerror(-r));
+        call_free(c);
+        return 0;
+}
+
 static bool check_image_index(Call *c, Disk *d, uint32_t index, const char *what) {
         if (index >= d->n_images) {
                 call_fail(c, -EINVAL, NULL, "%s: %s %" PRIu32 " out of range (the disk holds %u images)",
@@ -824,9 +854,6 @@ static bool check_image_index(Call *c, Disk *d, uint32_t index, const char *what
 }
 
 static int start_operation_on(Call *c, Disk *d, OpKind kind) {
-        Operation *o;
-        int r;
-
         switch (kind) {
         case OP_CREATE:
                 if (d->n_images > 0) {
@@ -880,27 +907,10 @@ static int start_operation_on(Call *c, Disk *d, OpKind kind) {
         default:
                 break;
         }
-        if (!check_limits(c, kind))
-                return 0;
         /* A destination fd is checked (a regular file, empty) when the work
          * starts, on the worker: the Operation fails with BadFileDescriptor
          * then, leaving the file as it was. */
-
-        r = operation_new(c->manager, kind, d, c->user, &o);
-        if (r < 0)
-                return r;
-        r = operation_take_call(o, c);
-        if (r >= 0)
-                r = operation_start(o);
-        if (r < 0) {
-                operation_free(o);
-                return r;
-        }
-        r = sd_bus_reply_method_return(c->message, "o", o->path);
-        if (r < 0)
-                log_error("Failed to reply: %s", strerror(-r));
-        call_free(c);
-        return 0;
+        return operation_launch(c, d, kind, NULL);
 }
 
 static int start_operation(Call *c, OpKind kind) {
@@ -973,8 +983,6 @@ static int merge_images_start(Call *c) {
 static int two_disk_start(Call *c, OpKind kind) {
         Manager *m = c->manager;
         Disk *d = disk_usable(c), *other;
-        Operation *o;
-        int r;
 
         if (!d)
                 return 0;
@@ -1010,26 +1018,7 @@ static int two_disk_start(Call *c, OpKind kind) {
                         return 0;
                 }
         }
-        if (!check_limits(c, kind))
-                return 0;
-
-        r = operation_new(m, kind, d, c->user, &o);
-        if (r < 0)
-                return r;
-        r = operation_take_call(o, c);
-        if (r >= 0)
-                r = operation_set_other(o, other);
-        if (r >= 0)
-                r = operation_start(o);
-        if (r < 0) {
-                operation_free(o);
-                return r;
-        }
-        r = sd_bus_reply_method_return(c->message, "o", o->path);
-        if (r < 0)
-                log_error("Failed to reply: %s", strerror(-r));
-        call_free(c);
-        return 0;
+        return operation_launch(c, d, kind, other);
 }
 
 static int compare_start(Call *c) { return two_disk_start(c, OP_COMPARE); }
