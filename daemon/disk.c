@@ -1288,7 +1288,7 @@ static int method_check(sd_bus_message *msg, void *userdata, sd_bus_error *error
 }
 
 static int method_repair(sd_bus_message *msg, void *userdata, sd_bus_error *error) {
-        return method_index_op(msg, userdata, error, &spec_repair, OPT_DRY_RUN | OPT_LEAKS_ONLY);
+        return method_index_op(msg, userdata, error, &spec_repair, OPT_DRY_RUN | OPT_LEAKS_ONLY | OPT_DIRECT_FD);
 }
 
 static int method_resize(sd_bus_message *msg, void *userdata, sd_bus_error *error) {
@@ -1299,7 +1299,7 @@ static int method_resize(sd_bus_message *msg, void *userdata, sd_bus_error *erro
         if (r >= 0)
                 r = sd_bus_message_read(msg, "t", &c->t1);
         if (r >= 0)
-                r = options_parse(msg, OPT_ALLOW_SHRINK | OPT_PREALLOCATION, &c->options, error);
+                r = options_parse(msg, OPT_ALLOW_SHRINK | OPT_PREALLOCATION | OPT_DIRECT_FD, &c->options, error);
         if (r < 0)
                 return r;
         if (c->t1 == 0)

@@ -351,7 +351,7 @@ static int method_check(sd_bus_message *msg, void *userdata, sd_bus_error *error
 }
 
 static int method_repair(sd_bus_message *msg, void *userdata, sd_bus_error *error) {
-        return method_image_op(msg, userdata, error, &spec_repair, OPT_DRY_RUN | OPT_LEAKS_ONLY);
+        return method_image_op(msg, userdata, error, &spec_repair, OPT_DRY_RUN | OPT_LEAKS_ONLY | OPT_DIRECT_FD);
 }
 
 static int method_set_comment(sd_bus_message *msg, void *userdata, sd_bus_error *error) {
