@@ -531,7 +531,8 @@ static void open_run(Task *t) {
                 files_resolver_done_opening(fr);
         }
         outcome_set(&c->outcome, r);
-        (void) disk_info_read(vd, &c->info);
+        if (disk_info_read(vd, &c->info) >= 0)
+                (void) disk_info_read_snapshots(vd, &c->info);
         c->info.have_resolver_fds = true;
         c->info.n_resolver_fds = files_resolver_n_writable(c->disk->fr);
         vdisk_io_unref(io);
