@@ -11,8 +11,9 @@ qemu-img as the oracle, and the `direct-fd` of Resize and Repair:
 - refused: a read-only disk (ReadOnly), a format without snapshots
   (NotSupported), an image below the top (InvalidArgs), an unknown
   snapshot (InvalidArgument), a name beyond 255 bytes or an empty id
-  (InvalidArgs), another uid without manage-other-user (AccessDenied);
-  nothing changes in the file then;
+  (InvalidArgs), another uid without manage-other-user (AccessDenied),
+  `modify` not granted (AccessDenied), the Disk running an operation or
+  being the target of another Disk's (Busy); nothing changes in the file then;
 - `direct-fd` of Resize and Repair (Disk and Image forms): the written
   image's file opened O_DIRECT works; a twin of another file fails the
   Operation with BadFileDescriptor, leaving the file as it was.
@@ -25,12 +26,13 @@ import time
 
 import pytest
 
-from harness import (A_MODIFY, A_OPEN, ACCESS_DENIED, DISK, ERR, IMAGE, INVALID_ARGS, REGIONS, UID_A, UID_B, MiB,
-                     Open, T, expect_error, finished_ok, open_disk, unique)
+from harness import (A_MODIFY, A_OPEN, ACCESS_DENIED, DISK, ERR, IMAGE, INVALID_ARGS, OPERATION, REGIONS, UID_A,
+                     UID_B, MiB, Open, T, expect_error, finished_ok, frozen_fs, open_disk, unique, wait_until)
 
 VDISK_ENV = dict(daemon_args=['--workers=2'])
 
 BAD_FD = ERR + 'BadFileDescriptor'
+BUSY = ERR + 'Busy'
 READ_ONLY = ERR + 'ReadOnly'
 NOT_SUPPORTED = ERR + 'NotSupported'
 INVALID_ARGUMENT = ERR + 'InvalidArgument'
@@ -50,6 +52,8 @@ def clients(env):
 def policy(env):
     env.polkit.allow(A_OPEN, A_MODIFY)
     yield
+    for f in env.freezers:
+        f.thaw()
     assert env.daemon.alive(), f'vdiskd died:\n{env.daemon.output()[-4000:]}'
 
 
@@ -280,3 +284,34 @@ def test_needs_modify(env, clients):
     env.polkit.allow(A_OPEN, A_MODIFY)
     a.disk(d, 'Close', 'a{sv}', {})
     assert p.read_bytes() == before
+
+
+@needs_qemu
+def test_busy(env, clients):
+    """While a CopyTo from the qcow2 Disk into a Disk on a frozen file system
+    runs, both Disks are busy: the snapshot methods of either's image are
+    Busy and the file is untouched; after the thaw they work."""
+    a = clients[UID_A]
+    frz = frozen_fs(env)
+    p = qcow2(env)
+    tpath = frz.dirs[UID_A] / (unique('frz') + '.vdi')
+    tpath.write_bytes(env.make_vdi(UID_A, unique('t') + '.vdi', SIZE, REGIONS).read_bytes())
+    env.chown(tpath, UID_A)
+    ds = open_disk(env, a, [p], fmt='QCOW2', name=p.name)
+    dt = open_disk(env, a, [tpath], name=tpath.name)
+    src_img, tgt_img = top_image(env, ds), top_image(env, dt)
+    before = p.read_bytes()
+    frz.freeze()
+    op = a.disk(ds, 'CopyTo', 'oa{sv}', dt, {})
+    wait_until(lambda: env.watcher.get(op, OPERATION, 'State') == 'running', 60, 'the CopyTo to run')
+    expect_error(BUSY, a.image, src_img, 'CreateSnapshot', 'sa{sv}', 'x', {})
+    expect_error(BUSY, a.image, src_img, 'DeleteSnapshot', 'sa{sv}', '1', {})
+    expect_error(BUSY, a.image, tgt_img, 'CreateSnapshot', 'sa{sv}', 'x', {})
+    assert p.read_bytes() == before
+    frz.thaw()
+    finished_ok(env, a, op)
+    a.image(src_img, 'CreateSnapshot', 'sa{sv}', 'x', {})
+    for d in (ds, dt):
+        a.disk(d, 'Close', 'a{sv}', {})
+    assert qemu_snapshots(env, p) == [('1', 'x')]
+    env.qemu_img('check', '-f', 'qcow2', p)
