@@ -230,16 +230,17 @@ static int property_get_snapshot_count(sd_bus *bus, const char *path, const char
 
 /* ---------------------------------------------------------------- methods */
 
-/* What identifies the target image, copied from the cache when the call is
- * queued (the worker never reads the Image object). */
+/* The short methods of an Image, which run as image tasks. */
 typedef enum ImageTaskKind {
         IMAGE_SET_COMMENT,
         IMAGE_SET_UUIDS,
-        IMAGE_SNAPSHOT_CREATE,
+        IMAGE_SNAPSHOT_CREATE,          /* the snapshot methods last (image_snapshot_run) */
         IMAGE_SNAPSHOT_DELETE,
         IMAGE_SNAPSHOT_APPLY,
 } ImageTaskKind;
 
+/* What identifies the target image, copied from the cache when the call is
+ * queued (the worker never reads the Image object), and what to do. */
 typedef struct ImageRef {
         ImageTaskKind kind;
         const void *key;
