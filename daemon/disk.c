@@ -531,7 +531,8 @@ static void open_run(Task *t) {
                 files_resolver_done_opening(fr);
         }
         outcome_set(&c->outcome, r);
-        (void) disk_info_read(vd, &c->info);
+        if (disk_info_read(vd, &c->info) >= 0)
+                (void) disk_info_read_snapshots(vd, &c->info);
         c->info.have_resolver_fds = true;
         c->info.n_resolver_fds = files_resolver_n_writable(c->disk->fr);
         vdisk_io_unref(io);
@@ -814,6 +815,36 @@ static bool check_limits(Call *c, OpKind kind) {
         return true;
 }
 
+/* The one launch path of every long method, once its arguments and the
+ * Disk's state are checked: within the operation limits, an Operation of
+ * `kind` on d (and `other`, busy with it until the end: Compare, CopyTo)
+ * takes over the call's arguments and fds, is exported and queued, and the
+ * call's reply is its path. A failure here is the call's error reply. */
+static int operation_launch(Call *c, Disk *d, OpKind kind, Disk *other) {
+        Operation *o;
+        int r;
+
+        if (!check_limits(c, kind))
+                return 0;
+        r = operation_new(c->manager, kind, d, c->user, &o);
+        if (r < 0)
+                return r;
+        r = operation_take_call(o, c);
+        if (r >= 0 && other)
+                r = operation_set_other(o, other);
+        if (r >= 0)
+                r = operation_start(o);
+        if (r < 0) {
+                operation_free(o);
+                return r;
+        }
+        r = sd_bus_reply_method_return(c->message, "o", o->path);
+        if (r < 0)
+                log_error("Failed to reply: %s", strerror(-r));
+        call_free(c);
+        return 0;
+}
+
 static bool check_image_index(Call *c, Disk *d, uint32_t index, const char *what) {
         if (index >= d->n_images) {
                 call_fail(c, -EINVAL, NULL, "%s: %s %" PRIu32 " out of range (the disk holds %u images)",
@@ -824,9 +855,6 @@ static bool check_image_index(Call *c, Disk *d, uint32_t index, const char *what
 }
 
 static int start_operation_on(Call *c, Disk *d, OpKind kind) {
-        Operation *o;
-        int r;
-
         switch (kind) {
         case OP_CREATE:
                 if (d->n_images > 0) {
@@ -880,27 +908,10 @@ static int start_operation_on(Call *c, Disk *d, OpKind kind) {
         default:
                 break;
         }
-        if (!check_limits(c, kind))
-                return 0;
         /* A destination fd is checked (a regular file, empty) when the work
          * starts, on the worker: the Operation fails with BadFileDescriptor
          * then, leaving the file as it was. */
-
-        r = operation_new(c->manager, kind, d, c->user, &o);
-        if (r < 0)
-                return r;
-        r = operation_take_call(o, c);
-        if (r >= 0)
-                r = operation_start(o);
-        if (r < 0) {
-                operation_free(o);
-                return r;
-        }
-        r = sd_bus_reply_method_return(c->message, "o", o->path);
-        if (r < 0)
-                log_error("Failed to reply: %s", strerror(-r));
-        call_free(c);
-        return 0;
+        return operation_launch(c, d, kind, NULL);
 }
 
 static int start_operation(Call *c, OpKind kind) {
@@ -973,8 +984,6 @@ static int merge_images_start(Call *c) {
 static int two_disk_start(Call *c, OpKind kind) {
         Manager *m = c->manager;
         Disk *d = disk_usable(c), *other;
-        Operation *o;
-        int r;
 
         if (!d)
                 return 0;
@@ -1010,26 +1019,7 @@ static int two_disk_start(Call *c, OpKind kind) {
                         return 0;
                 }
         }
-        if (!check_limits(c, kind))
-                return 0;
-
-        r = operation_new(m, kind, d, c->user, &o);
-        if (r < 0)
-                return r;
-        r = operation_take_call(o, c);
-        if (r >= 0)
-                r = operation_set_other(o, other);
-        if (r >= 0)
-                r = operation_start(o);
-        if (r < 0) {
-                operation_free(o);
-                return r;
-        }
-        r = sd_bus_reply_method_return(c->message, "o", o->path);
-        if (r < 0)
-                log_error("Failed to reply: %s", strerror(-r));
-        call_free(c);
-        return 0;
+        return operation_launch(c, d, kind, other);
 }
 
 static int compare_start(Call *c) { return two_disk_start(c, OP_COMPARE); }
@@ -1299,7 +1289,7 @@ static int method_check(sd_bus_message *msg, void *userdata, sd_bus_error *error
 }
 
 static int method_repair(sd_bus_message *msg, void *userdata, sd_bus_error *error) {
-        return method_index_op(msg, userdata, error, &spec_repair, OPT_DRY_RUN | OPT_LEAKS_ONLY);
+        return method_index_op(msg, userdata, error, &spec_repair, OPT_DRY_RUN | OPT_LEAKS_ONLY | OPT_DIRECT_FD);
 }
 
 static int method_resize(sd_bus_message *msg, void *userdata, sd_bus_error *error) {
@@ -1310,7 +1300,7 @@ static int method_resize(sd_bus_message *msg, void *userdata, sd_bus_error *erro
         if (r >= 0)
                 r = sd_bus_message_read(msg, "t", &c->t1);
         if (r >= 0)
-                r = options_parse(msg, OPT_ALLOW_SHRINK | OPT_PREALLOCATION, &c->options, error);
+                r = options_parse(msg, OPT_ALLOW_SHRINK | OPT_PREALLOCATION | OPT_DIRECT_FD, &c->options, error);
         if (r < 0)
                 return r;
         if (c->t1 == 0)

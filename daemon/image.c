@@ -12,10 +12,12 @@
 int image_info_copy(ImageInfo *dst, const ImageInfo *src) {
         ImageInfo n = *src;
 
+        n.snapshots = NULL;
+        n.n_snapshots = 0;
         n.comment = strdup(src->comment ?: "");
         n.variant = strdup(src->variant ?: "");
         n.io_name = strdup(src->io_name ?: "");
-        if (!n.comment || !n.variant || !n.io_name) {
+        if (!n.comment || !n.variant || !n.io_name || snapshots_copy(&n, src) < 0) {
                 image_info_clear(&n);
                 return -ENOMEM;
         }
@@ -97,6 +99,7 @@ void image_remove(Image *i) {
 
 int image_update(Image *i, const ImageInfo *n, const char **changed, size_t max) {
         const ImageInfo *o = &i->info;
+        ImageInfo kept;
         size_t k = 0;
 
 #define CHANGED(name) do { if (k + 1 < max) changed[k++] = name; } while (0)
@@ -132,8 +135,22 @@ int image_update(Image *i, const ImageInfo *n, const char **changed, size_t max)
                 CHANGED("LCHSGeometry");
         if (o->read_only != n->read_only)
                 CHANGED("ReadOnly");
+        if (n->have_snapshots && !snapshots_equal(o, n)) {
+                CHANGED("Snapshots");
+                if (o->snapshot_count != n->snapshot_count)
+                        CHANGED("SnapshotCount");
+        }
 #undef CHANGED
         changed[k] = NULL;
+        if (!n->have_snapshots) {
+                /* This read left the snapshots out: they are as they were. */
+                kept = *n;
+                kept.have_snapshots = o->have_snapshots;
+                kept.snapshots = o->snapshots;
+                kept.n_snapshots = o->n_snapshots;
+                kept.snapshot_count = o->snapshot_count;
+                n = &kept;
+        }
         return image_info_copy(&i->info, n);
 }
 
@@ -184,11 +201,48 @@ static int property_get_index(sd_bus *bus, const char *path, const char *interfa
         return sd_bus_message_append(reply, "u", (uint32_t) i->info.index);
 }
 
+/* a(sstttt): id, name, vm-state size, date (µs), vm clock (ns), disk size. */
+static int property_get_snapshots(sd_bus *bus, const char *path, const char *interface, const char *property,
+                                  sd_bus_message *reply, void *userdata, sd_bus_error *error) {
+        Image *i = userdata;
+        int r;
+
+        r = sd_bus_message_open_container(reply, 'a', "(sstttt)");
+        if (r < 0)
+                return r;
+        for (unsigned k = 0; k < i->info.n_snapshots; k++) {
+                const SnapshotInfo *e = &i->info.snapshots[k];
+
+                r = sd_bus_message_append(reply, "(sstttt)", e->id, e->name, e->vm_state_size, e->date_usec,
+                                          e->vm_clock_nsec, e->disk_size);
+                if (r < 0)
+                        return r;
+        }
+        return sd_bus_message_close_container(reply);
+}
+
+static int property_get_snapshot_count(sd_bus *bus, const char *path, const char *interface, const char *property,
+                                       sd_bus_message *reply, void *userdata, sd_bus_error *error) {
+        Image *i = userdata;
+
+        return sd_bus_message_append(reply, "u", (uint32_t) i->info.snapshot_count);
+}
+
 /* ---------------------------------------------------------------- methods */
 
+/* The short methods of an Image, which run as image tasks. */
+typedef enum ImageTaskKind {
+        IMAGE_SET_COMMENT,
+        IMAGE_SET_UUIDS,
+        IMAGE_SNAPSHOT_CREATE,          /* the snapshot methods last (image_snapshot_run) */
+        IMAGE_SNAPSHOT_DELETE,
+        IMAGE_SNAPSHOT_APPLY,
+} ImageTaskKind;
+
 /* What identifies the target image, copied from the cache when the call is
- * queued (the worker never reads the Image object). */
+ * queued (the worker never reads the Image object), and what to do. */
 typedef struct ImageRef {
+        ImageTaskKind kind;
         const void *key;
         unsigned index;
         char uuid[37];
@@ -242,6 +296,32 @@ static vdisk_image *image_resolve(vdisk_disk *vd, const ImageRef *ref) {
         return NULL;
 }
 
+/* Worker: CreateSnapshot, DeleteSnapshot, ApplySnapshot on the top image
+ * (the library's snapshot calls act on the top: the start checked that img
+ * is it, and the chain cannot have changed since, as calls on a Disk run
+ * one at a time). The info read after includes the snapshots. */
+static void image_snapshot_run(Call *c, vdisk_disk *vd, vdisk_image *img) {
+        ImageRef *ref = c->result;
+        unsigned n = vdisk_disk_count(vd);
+        int r;
+
+        if (n == 0 || vdisk_disk_image(vd, n - 1) != img) {
+                outcome_setf(&c->outcome, -EINVAL, "snapshots are changed in the disk's top image only");
+                r = -EINVAL;
+        } else if (ref->kind == IMAGE_SNAPSHOT_CREATE)
+                r = vdisk_disk_snapshot_create(vd, c->text);
+        else if (ref->kind == IMAGE_SNAPSHOT_DELETE)
+                r = vdisk_disk_snapshot_delete(vd, c->text);
+        else
+                r = vdisk_disk_snapshot_apply(vd, c->text);
+        /* No such snapshot is an argument the library refused, not a
+         * missing file (ENOENT's FileNeeded). */
+        if (c->outcome.r >= 0)
+                outcome_set(&c->outcome, r == -ENOENT ? -EINVAL : r);
+        if (disk_info_read(vd, &c->info) >= 0)
+                (void) disk_info_read_snapshots(vd, &c->info);
+}
+
 static void image_task_run(Task *t) {
         Call *c = container_of(t, Call, task);
         ImageRef *ref = c->result;
@@ -259,7 +339,11 @@ static void image_task_run(Task *t) {
                 (void) disk_info_read(vd, &c->info);
                 return;
         }
-        if (c->text) {   /* SetComment */
+        if (ref->kind >= IMAGE_SNAPSHOT_CREATE) {
+                image_snapshot_run(c, vd, img);
+                return;
+        }
+        if (ref->kind == IMAGE_SET_COMMENT) {
                 r = vdisk_image_set_comment(img, c->text[0] ? c->text : NULL);
         } else {
                 static int (*const setters[4])(vdisk_image *, const uint8_t[16]) = {
@@ -286,6 +370,26 @@ static void image_task_run(Task *t) {
         (void) disk_info_read(vd, &c->info);
 }
 
+static ImageTaskKind image_task_kind(const MethodSpec *spec);
+
+/* CreateSnapshot, DeleteSnapshot, ApplySnapshot: refused at once (no
+ * worker) where the write cannot be done, as Compact is: the disk's top
+ * image, writable. */
+static bool image_snapshot_allowed(Call *c, Image *i, Disk *d) {
+        const char *name = i->display_name[0] ? i->display_name : i->path;
+
+        if (i->info.index + 1 != d->n_images) {
+                call_fail(c, -EINVAL, NULL, "%s: snapshots are changed in the disk's top image only (this is "
+                          "image %u of %u)", name, i->info.index, d->n_images);
+                return false;
+        }
+        if (d->read_only || i->info.read_only) {
+                call_fail(c, -EROFS, NULL, "%s: the image is read-only", name);
+                return false;
+        }
+        return true;
+}
+
 static int image_task_start(Call *c) {
         Image *i = call_target(c);
         ImageRef *ref;
@@ -304,6 +408,11 @@ static int image_task_start(Call *c) {
         ref = calloc(1, sizeof *ref);
         if (!ref)
                 return -ENOMEM;
+        ref->kind = image_task_kind(c->spec);
+        if (ref->kind >= IMAGE_SNAPSHOT_CREATE && !image_snapshot_allowed(c, i, d)) {
+                free(ref);
+                return 0;
+        }
         ref->key = i->info.key;
         ref->index = i->info.index;
         memcpy(ref->uuid, i->info.uuid, sizeof ref->uuid);
@@ -318,6 +427,25 @@ static const MethodSpec spec_set_comment = { "set-comment", "org.vdisk.vdisk1.mo
                                              image_task_start };
 static const MethodSpec spec_set_uuids = { "set-uuids", "org.vdisk.vdisk1.modify", OBJECT_IMAGE,
                                            image_task_start };
+
+static const MethodSpec spec_create_snapshot = { "create-snapshot", "org.vdisk.vdisk1.modify", OBJECT_IMAGE,
+                                                 image_task_start };
+static const MethodSpec spec_delete_snapshot = { "delete-snapshot", "org.vdisk.vdisk1.modify", OBJECT_IMAGE,
+                                                 image_task_start };
+static const MethodSpec spec_apply_snapshot = { "apply-snapshot", "org.vdisk.vdisk1.modify", OBJECT_IMAGE,
+                                                image_task_start };
+
+static ImageTaskKind image_task_kind(const MethodSpec *spec) {
+        if (spec == &spec_set_comment)
+                return IMAGE_SET_COMMENT;
+        if (spec == &spec_create_snapshot)
+                return IMAGE_SNAPSHOT_CREATE;
+        if (spec == &spec_delete_snapshot)
+                return IMAGE_SNAPSHOT_DELETE;
+        if (spec == &spec_apply_snapshot)
+                return IMAGE_SNAPSHOT_APPLY;
+        return IMAGE_SET_UUIDS;
+}
 
 /* Compact, Check, Repair: the Disk's operations on this image (disk.c). */
 static int compact_start(Call *c) { return disk_start_image_operation(c, OP_COMPACT); }
@@ -351,30 +479,52 @@ static int method_check(sd_bus_message *msg, void *userdata, sd_bus_error *error
 }
 
 static int method_repair(sd_bus_message *msg, void *userdata, sd_bus_error *error) {
-        return method_image_op(msg, userdata, error, &spec_repair, OPT_DRY_RUN | OPT_LEAKS_ONLY);
+        return method_image_op(msg, userdata, error, &spec_repair, OPT_DRY_RUN | OPT_LEAKS_ONLY | OPT_DIRECT_FD);
 }
 
-static int method_set_comment(sd_bus_message *msg, void *userdata, sd_bus_error *error) {
+/* The methods whose argument is one string (s, a{sv}): SetComment and the
+ * snapshot methods. It is checked here (length, empty) and kept in c->text. */
+static int method_text(sd_bus_message *msg, void *userdata, sd_bus_error *error, const MethodSpec *spec,
+                       const char *what, unsigned max, bool may_be_empty) {
         Image *i = userdata;
         _cleanup_(call_freep) Call *c = NULL;
-        const char *comment;
+        const char *arg;
         int r;
 
-        r = call_new(i->manager, msg, &spec_set_comment, &c);
+        r = call_new(i->manager, msg, spec, &c);
         if (r >= 0)
-                r = sd_bus_message_read(msg, "s", &comment);
+                r = sd_bus_message_read(msg, "s", &arg);
         if (r < 0)
                 return r;
-        if (strlen(comment) > COMMENT_MAX)
-                return set_error(error, SD_BUS_ERROR_INVALID_ARGS, "The comment is longer than %u bytes",
-                                 COMMENT_MAX);
-        c->text = strdup(comment);
+        if (!may_be_empty && !arg[0])
+                return set_error(error, SD_BUS_ERROR_INVALID_ARGS, "The %s must be given", what);
+        if (strlen(arg) > max)
+                return set_error(error, SD_BUS_ERROR_INVALID_ARGS, "The %s is longer than %u bytes", what, max);
+        c->text = strdup(arg);
         if (!c->text)
                 return -ENOMEM;
         r = options_parse(msg, 0, &c->options, error);
         if (r < 0)
                 return r;
         return call_dispatch(TAKE_PTR(c));
+}
+
+static int method_set_comment(sd_bus_message *msg, void *userdata, sd_bus_error *error) {
+        return method_text(msg, userdata, error, &spec_set_comment, "comment", COMMENT_MAX, true);
+}
+
+static int method_create_snapshot(sd_bus_message *msg, void *userdata, sd_bus_error *error) {
+        return method_text(msg, userdata, error, &spec_create_snapshot, "snapshot name", SNAPSHOT_NAME_MAX, true);
+}
+
+static int method_delete_snapshot(sd_bus_message *msg, void *userdata, sd_bus_error *error) {
+        return method_text(msg, userdata, error, &spec_delete_snapshot, "snapshot id or name", SNAPSHOT_NAME_MAX,
+                           false);
+}
+
+static int method_apply_snapshot(sd_bus_message *msg, void *userdata, sd_bus_error *error) {
+        return method_text(msg, userdata, error, &spec_apply_snapshot, "snapshot id or name", SNAPSHOT_NAME_MAX,
+                           false);
 }
 
 static int method_set_uuids(sd_bus_message *msg, void *userdata, sd_bus_error *error) {
@@ -447,6 +597,9 @@ const sd_bus_vtable image_vtable[] = {
         SD_BUS_PROPERTY("LCHSGeometry", "(uuu)", property_get_geometry, INFO(lchs), EMITS),
         SD_BUS_PROPERTY("ReadOnly", "b", NULL, INFO(read_only), EMITS),
         SD_BUS_PROPERTY("DisplayName", "s", property_get_string_ptr, offsetof(Image, display_name), CONST),
+        SD_BUS_PROPERTY("SnapshotCount", "u", property_get_snapshot_count, 0, EMITS),
+        SD_BUS_PROPERTY("Snapshots", "a(sstttt)", property_get_snapshots, 0,
+                        SD_BUS_VTABLE_PROPERTY_EXPLICIT | SD_BUS_VTABLE_PROPERTY_EMITS_INVALIDATION),
         SD_BUS_METHOD_WITH_NAMES("SetComment", "sa{sv}", SD_BUS_PARAM(comment) SD_BUS_PARAM(options), "", ,
                                  method_set_comment, SD_BUS_VTABLE_UNPRIVILEGED),
         SD_BUS_METHOD_WITH_NAMES("SetUuids", "a{ss}a{sv}", SD_BUS_PARAM(uuids) SD_BUS_PARAM(options), "", ,
@@ -457,5 +610,11 @@ const sd_bus_vtable image_vtable[] = {
                                  method_check, SD_BUS_VTABLE_UNPRIVILEGED),
         SD_BUS_METHOD_WITH_NAMES("Repair", "a{sv}", SD_BUS_PARAM(options), "o", SD_BUS_PARAM(operation),
                                  method_repair, SD_BUS_VTABLE_UNPRIVILEGED),
+        SD_BUS_METHOD_WITH_NAMES("CreateSnapshot", "sa{sv}", SD_BUS_PARAM(name) SD_BUS_PARAM(options), "", ,
+                                 method_create_snapshot, SD_BUS_VTABLE_UNPRIVILEGED),
+        SD_BUS_METHOD_WITH_NAMES("DeleteSnapshot", "sa{sv}", SD_BUS_PARAM(snapshot) SD_BUS_PARAM(options), "", ,
+                                 method_delete_snapshot, SD_BUS_VTABLE_UNPRIVILEGED),
+        SD_BUS_METHOD_WITH_NAMES("ApplySnapshot", "sa{sv}", SD_BUS_PARAM(snapshot) SD_BUS_PARAM(options), "", ,
+                                 method_apply_snapshot, SD_BUS_VTABLE_UNPRIVILEGED),
         SD_BUS_VTABLE_END,
 };

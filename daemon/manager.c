@@ -653,6 +653,8 @@ static void open_disk_run(Task *t) {
         files_resolver_done_opening(fr);
         if (r >= 0)
                 r = disk_info_read(d, &c->info);
+        if (r >= 0)
+                r = disk_info_read_snapshots(d, &c->info);
         c->info.have_resolver_fds = true;
         c->info.n_resolver_fds = files_resolver_n_writable(fr);
         if (r < 0) {

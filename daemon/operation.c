@@ -312,6 +312,28 @@ static bool op_enter_finishing(Operation *o) {
         return atomic_exchange(&o->finishing, OP_FINISHING) == OP_CANCEL_REQUESTED;
 }
 
+/* The image an operation writes into, which takes a `direct-fd` (NULL
+ * when it has none or the chain is empty). */
+static vdisk_image *op_written_image(Operation *o, vdisk_disk *vd) {
+        vdisk_disk *wd = o->kind == OP_COPY_TO ? (o->other ? o->other->vd : NULL) : vd;
+        unsigned n = wd ? vdisk_disk_count(wd) : 0;
+
+        if (n == 0)
+                return NULL;
+        switch (o->kind) {
+        case OP_MERGE:
+                return vdisk_disk_image(wd, o->to);
+        case OP_COMPACT:
+        case OP_REPAIR:
+                return vdisk_disk_image(wd, o->index);
+        case OP_COPY_TO:
+        case OP_RESIZE:
+                return vdisk_disk_image(wd, n - 1);
+        default:
+                return NULL;
+        }
+}
+
 static void op_run(Task *t) {
         Operation *o = container_of(t, Operation, task);
         vdisk_disk *vd = o->disk->vd;
@@ -402,15 +424,12 @@ static void op_run(Task *t) {
                 else
                         o->to = i;
         }
-        /* Merge, Compact, CopyTo: the image written gets the caller's
-         * O_DIRECT twin of its file for the work (vdisk_image_set_direct_fd
-         * checks it is the same file: BadFileDescriptor otherwise). */
-        if ((o->options.set & OPT_DIRECT_FD) && IN_SET3(o->kind, OP_MERGE, OP_COMPACT, OP_COPY_TO)) {
-                vdisk_disk *wd = o->kind == OP_COPY_TO ? (o->other ? o->other->vd : NULL) : vd;
-
-                if (wd && vdisk_disk_count(wd) > 0)
-                        direct_img = vdisk_disk_image(wd, o->kind == OP_MERGE ? o->to :
-                                                      o->kind == OP_COMPACT ? o->index : vdisk_disk_count(wd) - 1);
+        /* Merge, Compact, CopyTo, Resize, Repair: the image written gets the
+         * caller's O_DIRECT twin of its file for the work
+         * (vdisk_image_set_direct_fd checks it is the same file:
+         * BadFileDescriptor otherwise). */
+        if (o->options.set & OPT_DIRECT_FD) {
+                direct_img = op_written_image(o, vd);
                 r = direct_img ? vdisk_image_set_direct_fd(direct_img, o->options.direct_fd) : 0;
                 close(o->options.direct_fd);
                 o->options.set &= ~OPT_DIRECT_FD;

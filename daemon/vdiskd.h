@@ -43,6 +43,10 @@
 #define ERROR_MESSAGE_MAX 1024u                 /* ErrorMessage, bytes */
 #define RESULT_MESSAGES_MAX 16u                 /* Result "messages": entries */
 #define RESULT_MESSAGE_MAX 256u                 /* each, bytes */
+/* Internal snapshots (Image.Snapshots, CreateSnapshot ...). */
+#define SNAPSHOT_NAME_MAX 255u                  /* a name or id argument, bytes (qemu's and the library's) */
+#define SNAPSHOT_TEXT_MAX 255u                  /* an id or name as listed, bytes (longer ones are cut) */
+#define SNAPSHOTS_LISTED_MAX 64u                /* Snapshots: entries (the newest); SnapshotCount has all */
 
 #define container_of(ptr, type, member) ((type *) ((char *) (ptr) - offsetof(type, member)))
 
@@ -105,7 +109,21 @@ typedef struct ImageInfo {
         uint32_t pchs[3], lchs[3];
         int read_only;
         unsigned n_files;                    /* companion files held open (VMDK extents) */
+
+        /* Internal snapshots: read at open and by the snapshot methods
+         * (disk_info_read_snapshots), not by every task: have_snapshots
+         * says whether this copy holds them; when it does not, the cache
+         * keeps what it had. */
+        bool have_snapshots;
+        struct SnapshotInfo *snapshots;      /* the newest, at most SNAPSHOTS_LISTED_MAX, oldest first */
+        unsigned n_snapshots;
+        unsigned snapshot_count;             /* all the image has */
 } ImageInfo;
+
+typedef struct SnapshotInfo {
+        char *id, *name;                     /* valid UTF-8, at most SNAPSHOT_TEXT_MAX bytes */
+        uint64_t vm_state_size, date_usec, vm_clock_nsec, disk_size;
+} SnapshotInfo;
 
 typedef struct DiskInfo {
         bool valid;
@@ -123,6 +141,10 @@ typedef struct DiskInfo {
 
 /* Worker side: reads every property of every image of d. */
 int disk_info_read(vdisk_disk *d, DiskInfo *ret);
+/* Worker side, after disk_info_read(): the snapshots of every image too. */
+int disk_info_read_snapshots(vdisk_disk *d, DiskInfo *info);
+int snapshots_copy(ImageInfo *dst, const ImageInfo *src);
+bool snapshots_equal(const ImageInfo *a, const ImageInfo *b);
 void disk_info_clear(DiskInfo *i);
 void image_info_clear(ImageInfo *i);
 const char *media_type_name(uint32_t media);

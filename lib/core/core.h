@@ -291,6 +291,22 @@ int disk_op_top(vdisk_disk *d, unsigned *ret);
  * for OP_EXCLUSIVE, while any operation runs). */
 int disk_op_begin(vdisk_disk *d, op_kind kind, unsigned top);
 void disk_op_end(vdisk_disk *d, op_kind kind, unsigned top);
+/* ops/side.c: one disk of a two-disk operation (compare, copy into), at
+ * the highest level an operation may use now (disk_op_top). begin checks it
+ * (no information-only image; for `write`, the top image itself, made
+ * writable, with no copy or merge on it) and registers an OP_SHARED
+ * operation until end (which is a no-op unless begin succeeded). status and
+ * read take the disk's lock per call. */
+typedef struct op_side {
+        vdisk_disk *d;
+        unsigned top;
+        uint64_t size;          /* of image `top` */
+        bool registered;
+} op_side;
+int op_side_begin(op_side *s, bool write);
+void op_side_end(op_side *s);
+int op_side_status(op_side *s, uint64_t offset, uint64_t len, vdisk_extent *ret);
+int op_side_read(op_side *s, void *buf, size_t len, uint64_t offset);
 /* May an image be put on top of the chain now? (-EBUSY while a copy writes
  * into this disk or a merge runs.) */
 int disk_may_add(vdisk_disk *d);

@@ -18,50 +18,9 @@ static uint64_t first_difference(const uint8_t *a, const uint8_t *b, size_t n) {
         return i;
 }
 
-/* One side of the comparison: the disk and the level it is read at. Every
- * step takes that disk's lock alone (core/guard.c): never both at once. */
-typedef struct side {
-        vdisk_disk *d;
-        unsigned top;
-        uint64_t size;
-        bool registered;
-} side;
-
-static int side_begin(side *s) {
-        _cleanup_(disk_unlockp) _unused_ vdisk_disk *l = disk_lock(s->d);
-        int r;
-
-        r = disk_op_top(s->d, &s->top);
-        if (r < 0)
-                return r;
-        r = disk_op_begin(s->d, OP_SHARED, s->top);
-        if (r < 0)
-                return r;
-        s->registered = true;
-        s->size = s->d->images[s->top]->size;
-        return 0;
-}
-
-static void side_end(side *s) {
-        if (!s->registered)
-                return;
-        pthread_mutex_lock(&s->d->lock);
-        disk_op_end(s->d, OP_SHARED, s->top);
-        pthread_mutex_unlock(&s->d->lock);
-        s->registered = false;
-}
-
-static int side_status(side *s, uint64_t offset, uint64_t len, vdisk_extent *ret) {
-        _cleanup_(disk_unlockp) _unused_ vdisk_disk *l = disk_lock(s->d);
-
-        return rw_status(s->d, 0, s->top, offset, len, ret);
-}
-
-static int side_read(side *s, void *buf, size_t len, uint64_t offset) {
-        _cleanup_(disk_unlockp) _unused_ vdisk_disk *l = disk_lock(s->d);
-
-        return rw_read(s->d, s->top, buf, len, offset);
-}
+/* One side of the comparison: the disk and the level it is read at
+ * (ops/side.c). */
+typedef op_side side;
 
 static int tail_zero(side *s, uint64_t from, uint64_t to, uint64_t *ret_offset, vdisk_progress *p) {
         _cleanup_free_ uint8_t *buf = NULL;
@@ -71,14 +30,14 @@ static int tail_zero(side *s, uint64_t from, uint64_t to, uint64_t *ret_offset, 
                 vdisk_extent e;
                 size_t n;
 
-                r = side_status(s, from, to - from, &e);
+                r = op_side_status(s, from, to - from, &e);
                 if (r < 0)
                         return r;
                 if (!(e.flags & VDISK_EXTENT_ZERO) || (e.flags & VDISK_EXTENT_DATA)) {
                         n = (size_t) MIN(e.length, (uint64_t) OP_BUFFER_SIZE);
                         if (!buf && !(buf = malloc(OP_BUFFER_SIZE)))
                                 return vdisk_error(-ENOMEM, "out of memory");
-                        r = side_read(s, buf, n, from);
+                        r = op_side_read(s, buf, n, from);
                         if (r < 0)
                                 return r;
                         for (size_t i = 0; i < n; i++)
@@ -118,10 +77,10 @@ static int compare_run(side *a, side *b, int strict, uint64_t *ret_offset, vdisk
                 uint64_t len = MIN(common - offset, OP_STATUS_SPAN);
                 bool za, zb;
 
-                r = side_status(a, offset, len, &ea);
+                r = op_side_status(a, offset, len, &ea);
                 if (r < 0)
                         return r;
-                r = side_status(b, offset, len, &eb);
+                r = op_side_status(b, offset, len, &eb);
                 if (r < 0)
                         return r;
                 len = MIN(ea.length, eb.length);
@@ -136,10 +95,10 @@ static int compare_run(side *a, side *b, int strict, uint64_t *ret_offset, vdisk
                         /* Read a buffer at a time; where both read zeros,
                          * the whole common extent goes in one step. */
                         len = MIN(len, (uint64_t) OP_BUFFER_SIZE);
-                        r = side_read(a, ba, (size_t) len, offset);
+                        r = op_side_read(a, ba, (size_t) len, offset);
                         if (r < 0)
                                 return r;
-                        r = side_read(b, bb, (size_t) len, offset);
+                        r = op_side_read(b, bb, (size_t) len, offset);
                         if (r < 0)
                                 return r;
                         if (memcmp(ba, bb, (size_t) len) != 0) {
@@ -170,13 +129,13 @@ int vdisk_compare(vdisk_disk *a, vdisk_disk *b, int strict, uint64_t *ret_offset
 
         if (!a || !b || a == b)
                 return vdisk_error(-EINVAL, "invalid arguments");
-        r = side_begin(&sa);
+        r = op_side_begin(&sa, false);
         if (r >= 0)
-                r = side_begin(&sb);
+                r = op_side_begin(&sb, false);
         if (r >= 0)
                 r = compare_run(&sa, &sb, strict, ret_offset, p);
-        side_end(&sa);
-        side_end(&sb);
+        op_side_end(&sa);
+        op_side_end(&sb);
         if (r == 0)
                 progress_finish(p);
         return r;

@@ -20,63 +20,7 @@
 
 #include "core/core.h"
 
-typedef struct into_side {
-        vdisk_disk *d;
-        unsigned top;
-        uint64_t size;
-        bool registered;
-} into_side;
-
-static int into_begin(into_side *s, bool write) {
-        _cleanup_(disk_unlockp) _unused_ vdisk_disk *l = disk_lock(s->d);
-        int r;
-
-        r = disk_op_top(s->d, &s->top);
-        if (r < 0)
-                return r;
-        for (unsigned i = 0; i <= s->top; i++)
-                if (s->d->images[i]->info_only)
-                        return vdisk_error(-EPERM, "%s: opened for information only",
-                                           vdisk_io_name(s->d->images[i]->io));
-        if (write) {
-                if (s->top + 1 != s->d->n)
-                        return vdisk_error(-EBUSY, "%s: a copy is still writing the top image",
-                                           vdisk_io_name(s->d->images[s->d->n - 1]->io));
-                if (s->d->top_leaving)
-                        return vdisk_error(-EBUSY, "%s: a merge is moving this image's data into its parent",
-                                           vdisk_io_name(s->d->images[s->top]->io));
-                r = disk_make_writable(s->d, s->top);
-                if (r < 0)
-                        return r;
-        }
-        r = disk_op_begin(s->d, OP_SHARED, s->top);
-        if (r < 0)
-                return r;
-        s->registered = true;
-        s->size = s->d->images[s->top]->size;
-        return 0;
-}
-
-static void into_end(into_side *s) {
-        if (!s->registered)
-                return;
-        pthread_mutex_lock(&s->d->lock);
-        disk_op_end(s->d, OP_SHARED, s->top);
-        pthread_mutex_unlock(&s->d->lock);
-        s->registered = false;
-}
-
-static int into_status(into_side *s, uint64_t offset, uint64_t len, vdisk_extent *ret) {
-        _cleanup_(disk_unlockp) _unused_ vdisk_disk *l = disk_lock(s->d);
-
-        return rw_status(s->d, 0, s->top, offset, len, ret);
-}
-
-static int into_read(into_side *s, void *buf, size_t len, uint64_t offset) {
-        _cleanup_(disk_unlockp) _unused_ vdisk_disk *l = disk_lock(s->d);
-
-        return rw_read(s->d, s->top, buf, len, offset);
-}
+typedef op_side into_side;
 
 static int into_write(into_side *s, const void *buf, size_t len, uint64_t offset) {
         _cleanup_(disk_unlockp) _unused_ vdisk_disk *l = disk_lock(s->d);
@@ -99,7 +43,7 @@ static int into_zero(into_side *dst, uint64_t offset, uint64_t len, uint32_t fla
                 if (flags & VDISK_COPY_INTO_TARGET_ZERO)
                         n = len;
                 else {
-                        r = into_status(dst, offset, len, &e);
+                        r = op_side_status(dst, offset, len, &e);
                         if (r < 0)
                                 return r;
                         n = e.length > 0 && e.length <= len ? e.length : len;
@@ -138,7 +82,7 @@ static int into_run(into_side *src, into_side *dst, uint32_t flags, vdisk_progre
                 size_t n;
                 bool write = true;
 
-                r = into_status(src, offset, MIN(size - offset, OP_STATUS_SPAN), &e);
+                r = op_side_status(src, offset, MIN(size - offset, OP_STATUS_SPAN), &e);
                 if (r < 0)
                         return r;
                 step = e.length > 0 && e.length <= size - offset ? e.length : size - offset;
@@ -160,7 +104,7 @@ static int into_run(into_side *src, into_side *dst, uint32_t flags, vdisk_progre
                         continue;
                 }
                 n = (size_t) MIN(step, (uint64_t) OP_BUFFER_SIZE);
-                r = into_read(src, buf, n, offset);
+                r = op_side_read(src, buf, n, offset);
                 if (r < 0)
                         return r;
                 if (!(flags & VDISK_COPY_INTO_TOP_ONLY) && mem_is_zero(buf, n)) {
@@ -175,7 +119,7 @@ static int into_run(into_side *src, into_side *dst, uint32_t flags, vdisk_progre
                          * not rewritten. */
                         if (!dbuf && !(dbuf = malloc(OP_BUFFER_SIZE)))
                                 return vdisk_error(-ENOMEM, "out of memory");
-                        r = into_read(dst, dbuf, n, offset);
+                        r = op_side_read(dst, dbuf, n, offset);
                         if (r < 0)
                                 return r;
                         write = memcmp(buf, dbuf, n) != 0;
@@ -203,16 +147,16 @@ int vdisk_copy_into(vdisk_disk *src, vdisk_disk *dst, uint32_t flags, vdisk_prog
                 return vdisk_error(-EINVAL, "unknown copy flags 0x%" PRIx32, flags);
         if (src->n == 0 || dst->n == 0)
                 return vdisk_error(-EINVAL, "the container is empty");
-        r = into_begin(&s, false);
+        r = op_side_begin(&s, false);
         if (r >= 0)
-                r = into_begin(&t, true);
+                r = op_side_begin(&t, true);
         if (r >= 0 && t.size < s.size)
                 r = vdisk_error(-EINVAL, "%s: the target is smaller than the source (%" PRIu64 " < %" PRIu64
                                 " bytes)", vdisk_io_name(dst->images[t.top]->io), t.size, s.size);
         if (r >= 0)
                 r = into_run(&s, &t, flags, p);
-        into_end(&s);
-        into_end(&t);
+        op_side_end(&s);
+        op_side_end(&t);
         /* Only a final flush makes the copy a success. */
         if (r >= 0)
                 r = vdisk_disk_flush(dst);

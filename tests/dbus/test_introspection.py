@@ -230,9 +230,12 @@ def test_xml_matches_contract(iface):
         if x['access'] != 'read':
             problems.append(f'property {name}: access {x["access"]}, the contract has read-only properties')
         emits = x['annotations'].get(EMITS, 'true')
-        want = 'const' if flag == 'const' else 'true'
+        want = 'const' if flag == 'const' else 'invalidates' if flag.startswith('invalidates') else 'true'
         if emits != want:
             problems.append(f'property {name}: EmitsChangedSignal={emits}, contract says {flag}')
+        explicit = x['annotations'].get('org.freedesktop.systemd1.Explicit', 'false') == 'true'
+        if explicit != ('explicit' in flag):
+            problems.append(f'property {name}: Explicit={explicit}, contract says {flag}')
     for name in ref['properties']:
         if name not in props:
             problems.append(f'property {name} of the XML is not in the contract')
