@@ -102,15 +102,24 @@ static void wq_reap(fd_io *f, write_queue *q, unsigned min);
 
 /* Direct writes. A durable bulk write through the page cache costs a copy
  * into the cache and then the kernel's writeback; O_DIRECT hands the pages to
- * the disk instead, which on the machines we measured is 2-4x faster for the
- * same durability (docs/performance.md). Only large writes whose buffer,
- * offset and length are aligned go direct; everything else (headers, tables,
- * the 4 KiB pages of a sparse block) goes through the page cache, where small
- * writes are cheap and get merged. Mixing the two on one file is coherent:
- * the kernel writes back and drops cached pages in the range of a direct
- * write. DIRECT_ALIGN is the strictest alignment Linux file systems ask for. */
+ * the disk instead. Which is faster depends on the machine's state: on this
+ * VM, busy (load 14-18 from other jobs), direct writes (queued through
+ * io_uring when the caller asked for the write-behind queue) beat the page
+ * cache with the write-behind window below by about 1.5x and use half the
+ * CPU; idle, the lead measured the page cache with a window at ~1 GB/s,
+ * twice the direct path (docs/performance.md, "A write-behind window for
+ * page-cache writes"). Until that is measured idle through vdisk-img, large
+ * writes of an io with an O_DIRECT twin stay direct (DIRECT_WRITES;
+ * VDISK_IO_DIRECT_WRITES=0 in the environment sends them through the cache
+ * and the window, for measuring). Only large writes whose buffer, offset and
+ * length are aligned go direct; everything else (headers, tables, the 4 KiB
+ * pages of a sparse block) goes through the page cache, where small writes
+ * are cheap and get merged. Mixing the two on one file is coherent: the
+ * kernel writes back and drops cached pages in the range of a direct write.
+ * DIRECT_ALIGN is the strictest alignment Linux file systems ask for. */
 #define DIRECT_ALIGN 4096u
 #define DIRECT_MIN (128u << 10)
+#define DIRECT_WRITES 1
 
 
 static int fd_pread(void *u, void *buf, size_t len, uint64_t off) {
@@ -179,14 +188,10 @@ static void direct_give_up(fd_io *f, int dfd) {
  *
  * The ring is under wlock; the system calls run outside it, so writers that
  * wait do not hold up the others more than the disk does. Reads never wait. */
-#define WB_STEP (8u << 20)
-#define WB_WINDOW (64u << 20)
+#define WB_STEP (32u << 20)
+#define WB_WINDOW (256u << 20)
 #define WB_MIN_SPAN (1u << 20)          /* an evicted open span smaller than this counts as scattered */
 #define WB_OFF_STEP (32u << 20)         /* no window (VDISK_IO_WINDOW=0): whole-file kick, never waited for */
-
-/* Large aligned durable writes of an io with an O_DIRECT twin: direct
- * (1) or through the page cache and the window (0). See "Direct writes". */
-#define DIRECT_WRITES 1
 
 typedef struct wb_policy {
         uint64_t step, window;
