@@ -3,11 +3,11 @@
  * Suite `unit`: the write-behind window of a fd io's durable page-cache
  * writes (io-fd.c, wb_note_write(); io_fd_window_*() in io.h). Counted
  * through the io's counters, never timed:
- * - Bound: 64 MiB written sequentially in 256 KiB writes with a 1 MiB step
+ * - Bound: 32 MiB written sequentially in 256 KiB writes with a 1 MiB step
  *   and a 4 MiB window starts writeback of every step and waits for the
  *   spans older than the window, so the bytes written and not waited for
  *   never exceed window + step + one write; the file reads back right.
- * - Scattered 4 KiB writes over 64 MiB (no span grows) are counted and
+ * - Scattered 4 KiB writes over 32 MiB (no span grows) are counted and
  *   kicked and waited for as a whole file: still bounded.
  * - Four threads writing their own regions at once (more streams than open
  *   spans): bounded by window + (open spans + 1) x step + the writes in
@@ -60,7 +60,7 @@ static void check_content(vdisk_io *io, const uint8_t *model, uint64_t size) {
 }
 
 static void test_sequential(void) {
-        const uint64_t size = 64 * MiB, step = MiB, window = 4 * MiB, w = 256 * KiB;
+        const uint64_t size = 32 * MiB, step = MiB, window = 4 * MiB, w = 256 * KiB;
         _cleanup_free_ uint8_t *model = malloc(size);
         vdisk_io *io = open_file("seq", 0);
         io_window_stats st;
@@ -84,7 +84,7 @@ static void test_sequential(void) {
 }
 
 static void test_scattered(void) {
-        const uint64_t size = 64 * MiB, step = MiB, window = 4 * MiB;
+        const uint64_t size = 32 * MiB, step = MiB, window = 4 * MiB;
         _cleanup_free_ uint8_t *model = calloc(1, size);
         vdisk_io *io = open_file("scattered", 0);
         io_window_stats st;
@@ -93,7 +93,7 @@ static void test_scattered(void) {
         ASSERT(model);
         ASSERT_OK(io_truncate(io, size));
         ASSERT_OK(io_fd_window_set(io, step, window));
-        for (unsigned i = 0; i < 4096; i++) {   /* 16 MiB in 4 KiB pages all over the file */
+        for (unsigned i = 0; i < 2048; i++) {   /* 8 MiB in 4 KiB pages all over the file */
                 uint64_t off;
 
                 seed = seed * 6364136223846793005u + 1442695040888963407u;
@@ -102,8 +102,8 @@ static void test_scattered(void) {
                 ASSERT_OK(io_pwrite(io, model + off, 4 * KiB, off));
         }
         ASSERT_OK(io_fd_window_stats(io, &st));
-        ASSERT(st.kicks >= 10);
-        ASSERT(st.waits >= 5);
+        ASSERT(st.kicks >= 6);
+        ASSERT(st.waits >= 2);
         ASSERT(st.max_pending <= window + step + N_OPEN * MiB);
         ASSERT_OK(io_flush(io));
         check_content(io, model, size);
@@ -125,7 +125,7 @@ static void *writer_main(void *u) {
 }
 
 static void test_threads(void) {
-        const uint64_t size = 96 * MiB, step = MiB, window = 8 * MiB, w = 128 * KiB;
+        const uint64_t size = 48 * MiB, step = MiB, window = 8 * MiB, w = 128 * KiB;
         const unsigned n = 6;   /* more streams than open spans */
         _cleanup_free_ uint8_t *model = malloc(size);
         vdisk_io *io = open_file("threads", 0);
@@ -182,7 +182,7 @@ static void test_off_and_nosync(void) {
 }
 
 static void test_error(int err) {
-        const uint64_t size = 32 * MiB, step = MiB, window = 4 * MiB, w = 256 * KiB;
+        const uint64_t size = 16 * MiB, step = MiB, window = 4 * MiB, w = 256 * KiB;
         _cleanup_free_ uint8_t *model = malloc(size);
         vdisk_io *io = open_file("error", 0);
         io_window_stats st;
