@@ -30,8 +30,7 @@
  *     `dlock` for reading while it may use dfd, and dfd changes only under the
  *     write lock. A read-write lock, not a mutex: writes through one io run in
  *     parallel; uncontended it costs two atomic operations per write call.
- *   - unsynced is a counter for a heuristic (when to start writeback): an
- *     atomic, and whoever takes it past the step starts the writeback. */
+ *   - the write-behind window (wb_*) has a mutex of its own, wlock. */
 /* Write-behind (io_queue_begin() in io.h): a ring of `depth` chunks the io
  * owns, each holding one direct write in flight through io_uring. The queue
  * is set and freed under dlock held for writing; writers and drains use it
@@ -64,6 +63,16 @@ typedef struct write_queue {
         int inject_error;
 } write_queue;
 
+/* The write-behind window (see wb_note_write()). */
+#define WB_OPEN 4u
+#define WB_KICKED 64u
+typedef struct wb_span {
+        uint64_t lo, hi;        /* [lo, hi); in kicked[], lo == hi == 0 stands for the whole file */
+        uint64_t bytes;         /* kicked spans: bytes it accounts for */
+        uint64_t used;          /* open spans: when last extended (a counter), 0 when unused */
+        int inject;             /* tests: the wait for it fails with this error */
+} wb_span;
+
 typedef struct fd_io {
         int fd;
         int own;
@@ -71,28 +80,47 @@ typedef struct fd_io {
         int dfd;                /* the same file opened O_DIRECT (VDISK_IO_DIRECT), or -1; under dlock */
         _Atomic int no_direct;  /* a queued direct write was refused (EINVAL): no more direct writes */
         write_queue *wq;        /* under dlock */
-        _Atomic uint64_t unsynced;  /* bytes written through the page cache since writeback was last started */
         int nosync;             /* VDISK_IO_NOSYNC: flushes are skipped, so is early writeback */
+
+        /* The write-behind window of page-cache writes (wb_*): under wlock. */
+        pthread_mutex_t wlock;
+        wb_span open[WB_OPEN];          /* dirty, writeback not started yet */
+        wb_span kicked[WB_KICKED];      /* writeback started, not waited for: a FIFO */
+        unsigned k_head, k_count;
+        uint64_t k_bytes;               /* bytes in kicked[] */
+        uint64_t loose;                 /* bytes of small scattered writes in no span */
+        int w_error;                    /* a failed wait, also returned by the next flush */
+        uint64_t w_clock;               /* for open[].used */
+        uint64_t w_step, w_window;      /* w_window 0: no window, a whole-file kick every w_step */
+        int direct_writes;              /* large aligned writes may go through dfd */
+        io_window_stats stats;
+        unsigned w_inject_at;           /* io_fd_window_inject(): countdown + 1, 0 when off */
+        int w_inject_error;
 } fd_io;
 
 static void wq_reap(fd_io *f, write_queue *q, unsigned min);
 
 /* Direct writes. A durable bulk write through the page cache costs a copy
  * into the cache and then the kernel's writeback; O_DIRECT hands the pages to
- * the disk instead, which on the machines we measured is 2-4x faster for the
- * same durability (docs/performance.md). Only large writes whose buffer,
- * offset and length are aligned go direct; everything else (headers, tables,
- * the 4 KiB pages of a sparse block) goes through the page cache, where small
- * writes are cheap and get merged. Mixing the two on one file is coherent:
- * the kernel writes back and drops cached pages in the range of a direct
- * write. DIRECT_ALIGN is the strictest alignment Linux file systems ask for. */
+ * the disk instead. Which is faster depends on the machine's state: on this
+ * VM, busy (load 14-18 from other jobs), direct writes (queued through
+ * io_uring when the caller asked for the write-behind queue) beat the page
+ * cache with the write-behind window below by about 1.5x and use half the
+ * CPU; idle, the lead measured the page cache with a window at ~1 GB/s,
+ * twice the direct path (docs/performance.md, "A write-behind window for
+ * page-cache writes"). Until that is measured idle through vdisk-img, large
+ * writes of an io with an O_DIRECT twin stay direct (DIRECT_WRITES;
+ * VDISK_IO_DIRECT_WRITES=0 in the environment sends them through the cache
+ * and the window, for measuring). Only large writes whose buffer, offset and
+ * length are aligned go direct; everything else (headers, tables, the 4 KiB
+ * pages of a sparse block) goes through the page cache, where small writes
+ * are cheap and get merged. Mixing the two on one file is coherent: the
+ * kernel writes back and drops cached pages in the range of a direct write.
+ * DIRECT_ALIGN is the strictest alignment Linux file systems ask for. */
 #define DIRECT_ALIGN 4096u
 #define DIRECT_MIN (128u << 10)
+#define DIRECT_WRITES 1
 
-/* Large copies end in one flush. To keep that flush short, writeback is
- * started (not waited for) every WRITEBACK_STEP bytes, so the disk works
- * while the copy goes on. Durability still comes only from the flush. */
-#define WRITEBACK_STEP (32u << 20)
 
 static int fd_pread(void *u, void *buf, size_t len, uint64_t off) {
         fd_io *f = u;
@@ -116,7 +144,7 @@ static int fd_pread(void *u, void *buf, size_t len, uint64_t off) {
 
 /* With dlock held (for reading at least). */
 static bool direct_ok(fd_io *f, const void *p, size_t len, uint64_t off) {
-        return f->dfd >= 0 && !atomic_load(&f->no_direct) && len >= DIRECT_MIN &&
+        return f->dfd >= 0 && f->direct_writes && !atomic_load(&f->no_direct) && len >= DIRECT_MIN &&
                ((uintptr_t) p | len | off) % DIRECT_ALIGN == 0;
 }
 
@@ -138,11 +166,233 @@ static void direct_give_up(fd_io *f, int dfd) {
         pthread_rwlock_rdlock(&f->dlock);
 }
 
+/* ---- the write-behind window of page-cache writes
+ *
+ * A durable write through the page cache only dirties pages; the kernel
+ * writes them back when it likes, and the final fdatasync waits for whatever
+ * is left. Left alone, a large copy dirties up to the kernel's dirty limit
+ * (gigabytes), then the flush writes it all at once while the copy is over
+ * (docs/performance.md, "A write-behind window"). Instead the io remembers
+ * the ranges written since the last flush: up to WB_OPEN open spans (a copy
+ * writes its data sequentially, its tables elsewhere; a span grows while
+ * writes touch its end), starts writeback of a span as soon as it holds a
+ * step (sync_file_range WRITE: the disk gets one large I/O while the copy
+ * goes on), and waits for the oldest started spans once more than the window
+ * is under writeback (WAIT_BEFORE|WRITE|WAIT_AFTER), so dirty memory stays
+ * about window + a few steps, whatever the size of the copy. Scattered small
+ * writes (tables, guest writes) belong to no span: they are counted, and
+ * every step of them the whole file is kicked and, a window later, waited
+ * for. Durability still comes only from the flush; a failed wait is a write
+ * error (EIO, ENOSPC) that the kernel will not report again to this file's
+ * fdatasync, so it is returned by the write that waited and by the next flush.
+ *
+ * The ring is under wlock; the system calls run outside it, so writers that
+ * wait do not hold up the others more than the disk does. Reads never wait. */
+#define WB_STEP (32u << 20)
+#define WB_WINDOW (256u << 20)
+#define WB_MIN_SPAN (1u << 20)          /* an evicted open span smaller than this counts as scattered */
+#define WB_OFF_STEP (32u << 20)         /* no window (VDISK_IO_WINDOW=0): whole-file kick, never waited for */
+
+typedef struct wb_policy {
+        uint64_t step, window;
+        int direct_writes;
+} wb_policy;
+
+static wb_policy wb_default;
+static pthread_once_t wb_once = PTHREAD_ONCE_INIT;
+
+/* VDISK_IO_WINDOW=STEP,WINDOW (MiB) or 0, VDISK_IO_DIRECT_WRITES=0|1: for
+ * measuring (bench/run.sh), not for tuning in production. */
+static void wb_policy_init(void) {
+        const char *e = getenv("VDISK_IO_WINDOW");
+        unsigned long step, window;
+
+        wb_default = (wb_policy) { .step = WB_STEP, .window = WB_WINDOW, .direct_writes = DIRECT_WRITES };
+        if (e && strcmp(e, "0") == 0) {
+                wb_default.step = WB_OFF_STEP;
+                wb_default.window = 0;
+        } else if (e && sscanf(e, "%lu,%lu", &step, &window) == 2 && step > 0 && step <= 1024 &&
+                   window >= step && window <= 65536) {
+                wb_default.step = (uint64_t) step << 20;
+                wb_default.window = (uint64_t) window << 20;
+        }
+        e = getenv("VDISK_IO_DIRECT_WRITES");
+        if (e && (strcmp(e, "0") == 0 || strcmp(e, "1") == 0))
+                wb_default.direct_writes = e[0] == '1';
+}
+
+/* With wlock held: a started span joins the FIFO; the oldest go to `wait`
+ * while more than the window is under writeback. */
+static void wb_push(fd_io *f, uint64_t lo, uint64_t hi, uint64_t bytes, wb_span *wait, unsigned *n_wait) {
+        wb_span *k;
+
+        if (f->k_count == WB_KICKED) {   /* full: the oldest is waited for whatever its size */
+                wait[(*n_wait)++] = f->kicked[f->k_head];
+                f->k_bytes -= f->kicked[f->k_head].bytes;
+                f->k_head = (f->k_head + 1) % WB_KICKED;
+                f->k_count--;
+        }
+        k = &f->kicked[(f->k_head + f->k_count) % WB_KICKED];
+        *k = (wb_span) { .lo = lo, .hi = hi, .bytes = bytes };
+        if (f->w_inject_at > 0 && --f->w_inject_at == 0)
+                k->inject = f->w_inject_error;
+        f->k_count++;
+        f->k_bytes += bytes;
+}
+
+static void wb_clear(fd_io *f) {
+        memset(f->open, 0, sizeof f->open);
+        f->k_head = f->k_count = 0;
+        f->k_bytes = f->loose = 0;
+}
+
+/* After a page-cache write of [off, off+n) that a flush will make durable:
+ * starts writeback and waits for what the window says. Returns the error of
+ * a failed wait. */
+static int wb_note_write(fd_io *f, uint64_t off, uint64_t n) {
+        wb_span wait[WB_KICKED + 3], kick[3];
+        unsigned n_wait = 0, n_kick = 0;
+        uint64_t end = off + n, pending;
+        wb_span *s = NULL, *lru = NULL;
+        int r = 0;
+
+        pthread_mutex_lock(&f->wlock);
+        if (f->w_window == 0) {
+                f->loose += n;
+                if (f->loose >= f->w_step) {
+                        f->loose = 0;
+                        kick[n_kick++] = (wb_span) {};
+                }
+                goto unlock;
+        }
+        for (unsigned i = 0; i < WB_OPEN && !s; i++) {
+                wb_span *o = &f->open[i];
+
+                if (o->used > 0 && off <= o->hi && end >= o->lo)
+                        s = o;
+                else if (!lru || o->used < lru->used)
+                        lru = o;
+        }
+        if (s) {
+                s->lo = MIN(s->lo, off);
+                s->hi = MAX(s->hi, end);
+                /* It may now touch another open span: one span of the two. */
+                for (unsigned i = 0; i < WB_OPEN; i++) {
+                        wb_span *o = &f->open[i];
+
+                        if (o != s && o->used > 0 && s->lo <= o->hi && s->hi >= o->lo) {
+                                s->lo = MIN(s->lo, o->lo);
+                                s->hi = MAX(s->hi, o->hi);
+                                o->used = 0;
+                        }
+                }
+        } else {
+                s = lru;
+                if (s->used > 0 && s->hi - s->lo >= WB_MIN_SPAN) {
+                        kick[n_kick++] = *s;
+                        wb_push(f, s->lo, s->hi, s->hi - s->lo, wait, &n_wait);
+                } else if (s->used > 0)
+                        f->loose += s->hi - s->lo;
+                s->lo = off;
+                s->hi = end;
+        }
+        s->used = ++f->w_clock;
+        if (s->hi - s->lo >= f->w_step) {
+                kick[n_kick++] = *s;
+                wb_push(f, s->lo, s->hi, s->hi - s->lo, wait, &n_wait);
+                s->lo = s->hi;   /* stays open at its end, empty */
+        }
+        if (f->loose >= f->w_step) {
+                kick[n_kick++] = (wb_span) {};
+                wb_push(f, 0, 0, f->loose, wait, &n_wait);
+                f->loose = 0;
+        }
+        while (f->k_bytes > f->w_window && f->k_count > 0) {
+                wait[n_wait++] = f->kicked[f->k_head];
+                f->k_bytes -= f->kicked[f->k_head].bytes;
+                f->k_head = (f->k_head + 1) % WB_KICKED;
+                f->k_count--;
+        }
+        pending = f->k_bytes + f->loose;
+        for (unsigned i = 0; i < WB_OPEN; i++)
+                if (f->open[i].used > 0)
+                        pending += f->open[i].hi - f->open[i].lo;
+        f->stats.max_pending = MAX(f->stats.max_pending, pending);
+unlock:
+        f->stats.kicks += n_kick;
+        f->stats.waits += n_wait;
+        pthread_mutex_unlock(&f->wlock);
+
+        for (unsigned i = 0; i < n_kick; i++)
+                (void) sync_file_range(f->fd, (off_t) kick[i].lo, (off_t) (kick[i].hi - kick[i].lo),
+                                       SYNC_FILE_RANGE_WRITE);
+        for (unsigned i = 0; i < n_wait; i++) {
+                int q = 0;
+
+                if (sync_file_range(f->fd, (off_t) wait[i].lo, (off_t) (wait[i].hi - wait[i].lo),
+                                    SYNC_FILE_RANGE_WAIT_BEFORE | SYNC_FILE_RANGE_WRITE |
+                                    SYNC_FILE_RANGE_WAIT_AFTER) < 0)
+                        q = errno == EIO || errno == ENOSPC || errno == EDQUOT ? -errno : 0;
+                if (wait[i].inject)
+                        q = wait[i].inject;
+                if (q < 0 && r == 0)
+                        r = q;
+        }
+        if (r < 0) {
+                pthread_mutex_lock(&f->wlock);
+                f->stats.wait_errors++;
+                if (f->w_error == 0)
+                        f->w_error = r;
+                pthread_mutex_unlock(&f->wlock);
+        }
+        return r;
+}
+
+static fd_io *fd_of(vdisk_io *io) {
+        return io && io->kind == IO_KIND_FD ? io->user : NULL;
+}
+
+int io_fd_window_set(vdisk_io *io, uint64_t step, uint64_t window) {
+        fd_io *f = fd_of(io);
+
+        if (!f || step == 0 || (window > 0 && window < step))
+                return -EINVAL;
+        pthread_mutex_lock(&f->wlock);
+        f->w_step = step;
+        f->w_window = window;
+        wb_clear(f);
+        pthread_mutex_unlock(&f->wlock);
+        return 0;
+}
+
+int io_fd_window_stats(vdisk_io *io, io_window_stats *ret) {
+        fd_io *f = fd_of(io);
+
+        if (!f || !ret)
+                return -EINVAL;
+        pthread_mutex_lock(&f->wlock);
+        *ret = f->stats;
+        pthread_mutex_unlock(&f->wlock);
+        return 0;
+}
+
+int io_fd_window_inject(vdisk_io *io, unsigned n, int err) {
+        fd_io *f = fd_of(io);
+
+        if (!f || err >= 0)
+                return -EINVAL;
+        pthread_mutex_lock(&f->wlock);
+        f->w_inject_at = n + 1;
+        f->w_inject_error = err;
+        pthread_mutex_unlock(&f->wlock);
+        return 0;
+}
+
 static int fd_pwrite(void *u, const void *buf, size_t len, uint64_t off) {
         fd_io *f = u;
         const uint8_t *p = buf;
-        uint64_t cached = 0;
-        int r = 0;
+        uint64_t cached_lo = UINT64_MAX, cached_hi = 0;
+        int r = 0, q;
 
         pthread_rwlock_rdlock(&f->dlock);
         while (len > 0) {
@@ -168,14 +418,17 @@ static int fd_pwrite(void *u, const void *buf, size_t len, uint64_t off) {
                 p += n;
                 off += (uint64_t) n;
                 len -= (size_t) n;
-                if (!direct)
-                        cached += (uint64_t) n;
+                if (!direct) {
+                        cached_lo = MIN(cached_lo, off - (uint64_t) n);
+                        cached_hi = MAX(cached_hi, off);
+                }
         }
         pthread_rwlock_unlock(&f->dlock);
-        if (cached > 0 && !f->nosync &&
-            atomic_fetch_add(&f->unsynced, cached) + cached >= WRITEBACK_STEP &&
-            atomic_exchange(&f->unsynced, 0) >= WRITEBACK_STEP)
-                (void) sync_file_range(f->fd, 0, 0, SYNC_FILE_RANGE_WRITE);
+        if (cached_hi > 0 && !f->nosync) {
+                q = wb_note_write(f, cached_lo, cached_hi - cached_lo);
+                if (r == 0)
+                        r = q;
+        }
         return r;
 }
 
@@ -452,10 +705,16 @@ int io_fd_queue_inject(vdisk_io *io, unsigned n, int err) {
 
 static int fd_flush(void *u) {
         fd_io *f = u;
+        int r;
 
-        if (fdatasync(f->fd) < 0)
-                return errno == EINVAL ? 0 : -errno;   /* EINVAL: a special file without sync */
-        return 0;
+        pthread_mutex_lock(&f->wlock);
+        r = f->w_error;   /* a wait of the window failed: this flush fails too, once */
+        f->w_error = 0;
+        wb_clear(f);
+        pthread_mutex_unlock(&f->wlock);
+        if (fdatasync(f->fd) < 0 && errno != EINVAL)   /* EINVAL: a special file without sync */
+                return -errno;
+        return r;
 }
 
 static int fd_get_size(void *u, uint64_t *ret) {
@@ -563,6 +822,7 @@ static void fd_close(void *u) {
         if (f->dfd >= 0)
                 close(f->dfd);
         pthread_rwlock_destroy(&f->dlock);
+        pthread_mutex_destroy(&f->wlock);
         free(f);
 }
 
@@ -595,11 +855,16 @@ static int fd_io_new(int fd, int dfd, const char *name, uint32_t flags, vdisk_io
         f->own = 1;
         f->dfd = dfd;
         pthread_rwlock_init(&f->dlock, NULL);
-        atomic_init(&f->unsynced, 0);
         f->nosync = !!(flags & VDISK_IO_NOSYNC);
+        pthread_mutex_init(&f->wlock, NULL);
+        pthread_once(&wb_once, wb_policy_init);
+        f->w_step = wb_default.step;
+        f->w_window = wb_default.window;
+        f->direct_writes = wb_default.direct_writes;
         r = io_new(&fd_vtable, f, name, flags & (VDISK_IO_READONLY | VDISK_IO_NOSYNC), IO_KIND_FD, ret);
         if (r < 0) {
                 pthread_rwlock_destroy(&f->dlock);
+                pthread_mutex_destroy(&f->wlock);
                 free(f);
         }
         return r;

@@ -134,6 +134,20 @@ void io_queue_params(unsigned *ret_depth, size_t *ret_chunk);
  * with error `err` without writing anything. */
 int io_fd_queue_inject(vdisk_io *io, unsigned n, int err);
 
+/* The write-behind window of a fd io's durable page-cache writes
+ * (io-fd.c, wb_note_write()). Tests: its counters, its step and window
+ * (window 0: none, a whole-file writeback kick every step), and the n-th
+ * span from now whose wait fails with `err`. */
+typedef struct io_window_stats {
+        uint64_t kicks;         /* writeback started (sync_file_range WRITE) */
+        uint64_t waits;         /* spans waited for */
+        uint64_t wait_errors;   /* writes that got a failed wait */
+        uint64_t max_pending;   /* most bytes written and not yet waited for, seen after a write */
+} io_window_stats;
+int io_fd_window_set(vdisk_io *io, uint64_t step, uint64_t window);
+int io_fd_window_stats(vdisk_io *io, io_window_stats *ret);
+int io_fd_window_inject(vdisk_io *io, unsigned n, int err);
+
 static inline void io_unrefp(vdisk_io **p) {
         vdisk_io_unref(*p);
 }
