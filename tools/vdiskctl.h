@@ -153,8 +153,6 @@ typedef struct Value {
 /* Reads the complete value at the message's read position (variants are
  * unwrapped). */
 int value_read(sd_bus_message *m, Value *ret);
-/* Reads every remaining value of the current container into an array. */
-int value_read_all(sd_bus_message *m, Value *ret);
 void value_clear(Value *v);
 
 const Value *value_get(const Value *dict, const char *key);
@@ -164,10 +162,9 @@ bool value_bool(const Value *dict, const char *key, bool def);
 double value_double(const Value *dict, const char *key, double def);
 /* (uuu) geometry; false when missing or all zero. */
 bool value_geometry(const Value *dict, const char *key, uint32_t ret[3]);
-
-/* ---- JSON output (shared/json.h, plus:) */
-
+/* v as JSON (shared/json.h), under `key` inside an object. */
 void json_value(Json *j, const char *key, const Value *v);
+
 
 /* ---- bus (vdiskctl-bus.c) */
 
