@@ -7,6 +7,7 @@
  */
 
 #include <errno.h>
+#include <stdarg.h>
 #include <string.h>
 #include <strings.h>
 #include <unistd.h>
@@ -157,8 +158,36 @@ int bus_append_opt_u64(sd_bus_message *m, const char *key, uint64_t v) {
         return sd_bus_message_append(m, "{sv}", key, "t", v);
 }
 
-int bus_append_opt_u32(sd_bus_message *m, const char *key, uint32_t v) {
-        return sd_bus_message_append(m, "{sv}", key, "u", v);
+int bus_new_simple_call(Ctx *ctx, const char *path, const char *iface, const char *member, sd_bus_message **ret,
+                        const char *types, ...) {
+        sd_bus_message *m = NULL;
+        va_list ap;
+        int r;
+
+        r = bus_new_call(ctx, path, iface, member, &m);
+        if (r >= 0 && types) {
+                va_start(ap, types);
+                r = sd_bus_message_appendv(m, types, ap);
+                va_end(ap);
+        }
+        if (r >= 0)
+                r = bus_options_open(m);
+        if (r >= 0)
+                r = bus_options_close(m);
+        if (r < 0) {
+                sd_bus_message_unref(m);
+                return r;
+        }
+        *ret = m;
+        return 0;
+}
+
+int log_build_failed(const char *what, int r) {
+        if (what)
+                log_error("%s: Could not build the request: %s", what, strerror(-r));
+        else
+                log_error("Could not build the request: %s", strerror(-r));
+        return EXIT_FAILURE;
 }
 
 typedef struct PendingCall {
@@ -182,7 +211,7 @@ int bus_call(Ctx *ctx, sd_bus_message *m, unsigned flags, sd_bus_error *error, s
         int r;
 
         /* An interactive polkit dialog may take its time. */
-        if ((flags & CALL_NO_TIMEOUT) || sd_bus_message_get_allow_interactive_authorization(m) > 0)
+        if (sd_bus_message_get_allow_interactive_authorization(m) > 0)
                 timeout = UINT64_MAX;
 
         r = sd_bus_call_async(ctx->bus, &slot, m, pending_call_reply, &p, timeout);
@@ -321,10 +350,6 @@ bool error_is(const sd_bus_error *error, const char *short_name) {
                streq(error->name + n, short_name);
 }
 
-static bool error_name_is(const sd_bus_error *error, const char *name) {
-        return error && error->name && streq(error->name, name);
-}
-
 int exit_code_from_error(const sd_bus_error *error, int r) {
         static const struct {
                 const char *name;
@@ -385,13 +410,11 @@ int log_bus_error(const char *what, const sd_bus_error *error, int r) {
         if (!msg)
                 msg = r == -EINTR ? "Interrupted" : strerror(r < 0 ? -r : r);
 
-        if (error_name_is(error, SD_BUS_ERROR_SERVICE_UNKNOWN) ||
-            error_name_is(error, SD_BUS_ERROR_NAME_HAS_NO_OWNER))
+        if (sd_bus_error_has_names(error, SD_BUS_ERROR_SERVICE_UNKNOWN, SD_BUS_ERROR_NAME_HAS_NO_OWNER))
                 log_error("%s: vdiskd is not running on this bus (%s)", what, msg);
-        else if (error_name_is(error, SD_BUS_ERROR_NO_REPLY) ||
-                 error_name_is(error, SD_BUS_ERROR_DISCONNECTED))
+        else if (sd_bus_error_has_names(error, SD_BUS_ERROR_NO_REPLY, SD_BUS_ERROR_DISCONNECTED))
                 log_error("%s: vdiskd did not answer (%s)", what, msg);
-        else if (error_name_is(error, SD_BUS_ERROR_INTERACTIVE_AUTHORIZATION_REQUIRED))
+        else if (sd_bus_error_has_name(error, SD_BUS_ERROR_INTERACTIVE_AUTHORIZATION_REQUIRED))
                 log_error("%s: %s (authentication is needed: run vdiskctl from a terminal without "
                           "--no-ask-password)", what, msg);
         else

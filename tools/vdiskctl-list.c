@@ -585,10 +585,8 @@ static int status_object(Ctx *ctx, const char *arg) {
         int r;
 
         r = object_parse(arg, &path, &iface);
-        if (r == -ENOMEM) {
-                log_error("Out of memory");
-                return EXIT_FAILURE;
-        }
+        if (r == -ENOMEM)
+                return log_oom();
         if (r < 0)
                 return usage_error(
                         "'%s' is no operation, disk or image (use N, operation/N, disk/N, image/N "
@@ -954,10 +952,8 @@ int cmd_cancel(Ctx *ctx, int argc, char **argv) {
         if (optind + 1 != argc)
                 return usage_error("cancel takes one operation");
         r = operation_path_parse(argv[optind], &path);
-        if (r == -ENOMEM) {
-                log_error("Out of memory");
-                return EXIT_FAILURE;
-        }
+        if (r == -ENOMEM)
+                return log_oom();
         if (r < 0)
                 return usage_error("'%s' is no operation (use N, operation/N or an object path)",
                                    argv[optind]);

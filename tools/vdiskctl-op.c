@@ -230,10 +230,8 @@ int op_watch_start(Ctx *ctx, bool progress, OpWatch *ret) {
                      "arg0='" VDISK_IFACE_OPERATION "'", daemon) < 0 ||
             asprintf(&rule_completed,
                      "type='signal',sender='%s',interface='" VDISK_IFACE_OPERATION "',member='Completed'",
-                     daemon) < 0) {
-                log_error("Out of memory");
-                return EXIT_FAILURE;
-        }
+                     daemon) < 0)
+                return log_oom();
 
         /* sd_bus_add_match() waits until the bus has installed the rule. */
         r = sd_bus_add_match(ctx->bus, &ret->props_slot, rule_props, on_properties_changed, ret);

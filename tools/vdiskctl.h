@@ -71,6 +71,11 @@ extern bool arg_quiet;
 
 /* ---- messages (vdiskctl-util.c) */
 
+static inline int log_oom(void) {
+        log_error("Out of memory");
+        return EXIT_FAILURE;
+}
+
 /* log_error(), log_warning(), log_set_quiet(), usage_hint() and
  * usage_error(): shared/log.h (a bad command line ends with EXIT_USAGE). */
 void log_notice(const char *fmt, ...) _printf_(1, 2);    /* nothing with -q */
@@ -190,11 +195,15 @@ int bus_options_close(sd_bus_message *m);
 int bus_append_opt_bool(sd_bus_message *m, const char *key, bool v);
 int bus_append_opt_string(sd_bus_message *m, const char *key, const char *v);
 int bus_append_opt_u64(sd_bus_message *m, const char *key, uint64_t v);
-int bus_append_opt_u32(sd_bus_message *m, const char *key, uint32_t v);
+/* bus_new_call() with the arguments `types` (sd_bus_message_append()) and
+ * empty options. */
+int bus_new_simple_call(Ctx *ctx, const char *path, const char *iface, const char *member, sd_bus_message **ret,
+                        const char *types, ...);
+/* Logs "[WHAT: ]Could not build the request: ..."; returns EXIT_FAILURE. */
+int log_build_failed(const char *what, int r);
 
 enum {
         CALL_UNINTERRUPTIBLE = 1u << 0,   /* keep waiting for the reply after Ctrl-C */
-        CALL_NO_TIMEOUT      = 1u << 1,
 };
 /* Sends m and waits for the reply, dispatching signals meanwhile. Returns
  * -EINTR when interrupted (unless CALL_UNINTERRUPTIBLE), or a negative errno
