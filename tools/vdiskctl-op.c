@@ -426,26 +426,6 @@ int op_log_failure(OpWatch *w, const char *what, int r) {
         return exit_code_from_error(&error, -EIO);
 }
 
-int operation_path_parse(const char *s, char **ret) {
-        unsigned id;
-        char *p;
-
-        if (parse_uint(s, &id) >= 0) {
-                if (asprintf(&p, VDISK_PATH "/operation/%u", id) < 0)
-                        return -ENOMEM;
-        } else if (strncmp(s, "operation/", 10) == 0 && parse_uint(s + 10, &id) >= 0) {
-                if (asprintf(&p, VDISK_PATH "/operation/%u", id) < 0)
-                        return -ENOMEM;
-        } else if (sd_bus_object_path_is_valid(s)) {
-                p = strdup(s);
-                if (!p)
-                        return -ENOMEM;
-        } else
-                return -EINVAL;
-        *ret = p;
-        return 0;
-}
-
 bool progress_wanted(bool forced) {
         if (arg_quiet)
                 return false;

@@ -362,8 +362,6 @@ bool progress_wanted(bool forced);
  * -EINTR (stopped waiting) without logging: see op_log_failure(). The caller
  * calls op_watch_done(w) in every case. */
 int op_run(Ctx *ctx, sd_bus_message *m, bool progress, const char *what, OpWatch *w);
-/* Parses "3", "operation/3" or the full path. */
-int operation_path_parse(const char *s, char **ret);
 
 /* ---- commands */
 
