@@ -190,6 +190,15 @@ int log_build_failed(const char *what, int r) {
         return EXIT_FAILURE;
 }
 
+int bus_step(Ctx *ctx, uint64_t timeout_usec) {
+        int r;
+
+        r = sd_bus_process(ctx->bus, NULL);
+        if (r == 0)
+                r = sd_bus_wait(ctx->bus, timeout_usec);
+        return r == -EINTR ? 0 : r;
+}
+
 typedef struct PendingCall {
         bool done;
         sd_bus_message *reply;
@@ -227,13 +236,8 @@ int bus_call(Ctx *ctx, sd_bus_message *m, unsigned flags, sd_bus_error *error, s
                         r = -EINTR;
                         break;
                 }
-                r = sd_bus_process(ctx->bus, NULL);
-                if (r < 0 && r != -EINTR)
-                        break;
-                if (r > 0)
-                        continue;
-                r = sd_bus_wait(ctx->bus, UINT64_MAX);
-                if (r < 0 && r != -EINTR)
+                r = bus_step(ctx, UINT64_MAX);
+                if (r < 0)
                         break;
         }
         sd_bus_slot_unref(slot);

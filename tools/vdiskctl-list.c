@@ -913,15 +913,8 @@ int cmd_monitor(Ctx *ctx, int argc, char **argv) {
         }
 
         while (signals_received == 0) {
-                r = sd_bus_process(ctx->bus, NULL);
-                if (r < 0 && r != -EINTR) {
-                        log_error("Lost the connection to the bus: %s", strerror(-r));
-                        goto finish;
-                }
-                if (r > 0)
-                        continue;
-                r = sd_bus_wait(ctx->bus, UINT64_MAX);
-                if (r < 0 && r != -EINTR) {
+                r = bus_step(ctx, UINT64_MAX);
+                if (r < 0) {
                         log_error("Lost the connection to the bus: %s", strerror(-r));
                         goto finish;
                 }

@@ -209,6 +209,9 @@ enum {
  * -EINTR when interrupted (unless CALL_UNINTERRUPTIBLE), or a negative errno
  * with `error` set on a D-Bus error. */
 int bus_call(Ctx *ctx, sd_bus_message *m, unsigned flags, sd_bus_error *error, sd_bus_message **ret);
+/* Dispatches one message, or waits up to timeout_usec (or a signal) for
+ * one. >= 0, or a negative errno when the connection is lost. */
+int bus_step(Ctx *ctx, uint64_t timeout_usec);
 /* Properties.GetAll of one interface as a dictionary. */
 int bus_get_all(Ctx *ctx, const char *path, const char *iface, sd_bus_error *error, Value *ret);
 /* ObjectManager.GetManagedObjects: path -> interface -> properties. */
@@ -341,14 +344,6 @@ typedef struct OpWatch {
         bool daemon_gone;
 } OpWatch;
 
-/* Subscribes to the signals of operations; call before the method that
- * starts one, so that no signal is missed. */
-int op_watch_start(Ctx *ctx, bool progress, OpWatch *ret);
-/* Follows the operation at `path` until it ends. Ctrl-C sends Cancel and
- * keeps waiting; a second Ctrl-C stops waiting. Returns 0 on success,
- * -ECANCELED when cancelled, -EIO when it failed (st has the error), another
- * negative errno when following failed (logged). */
-int op_follow(OpWatch *w, const char *path);
 void op_watch_done(OpWatch *w);
 /* Reports an operation that did not succeed: "vdiskctl: WHAT: message".
  * Returns the exit code. */
