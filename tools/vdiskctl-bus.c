@@ -70,7 +70,7 @@ static bool interactive(void) {
         return arg_ask_password && isatty(STDIN_FILENO);
 }
 
-static int get_name_owner(Ctx *ctx, char **ret) {
+int bus_name_owner(Ctx *ctx, char **ret) {
         sd_bus_creds *creds = NULL;
         const char *unique;
         int r;
@@ -92,7 +92,7 @@ int ctx_daemon_name(Ctx *ctx, const char **ret) {
         int r;
 
         if (!ctx->daemon) {
-                r = get_name_owner(ctx, &ctx->daemon);
+                r = bus_name_owner(ctx, &ctx->daemon);
                 if (r < 0) {
                         /* Not running: a Ping through the well-known name
                          * starts it where the bus can activate it. */
@@ -104,7 +104,7 @@ int ctx_daemon_name(Ctx *ctx, const char **ret) {
                         if (r >= 0)
                                 r = bus_call(ctx, m, 0, &error, &reply);
                         if (r >= 0)
-                                r = get_name_owner(ctx, &ctx->daemon);
+                                r = bus_name_owner(ctx, &ctx->daemon);
                         if (r < 0)
                                 return r;
                 }

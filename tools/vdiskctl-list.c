@@ -171,10 +171,6 @@ static void table_done(Table *t) {
 
 /* ---------------------------------------------------------------- list */
 
-static void format_percent(double p, char buf[static 32]) {
-        snprintf(buf, 32, "%.1f%%", p * 100.0);
-}
-
 static void list_json(const Objects *o) {
         Json j;
 
@@ -321,7 +317,7 @@ static int list_human(const Objects *o) {
                         const Value *p = o->ops[i].props;
                         char pct[32], user[64];
 
-                        format_percent(value_double(p, "Progress", 0), pct);
+                        snprintf(pct, sizeof pct, "%.1f%%", value_double(p, "Progress", 0) * 100.0);
                         format_uid((uint32_t) value_uint(p, "StartedByUID", 0), user);
                         r = table_add(&t, object_short(o->ops[i].path), value_str(p, "Kind", "-"),
                                       value_str(p, "State", "-"), pct,
@@ -878,8 +874,6 @@ int cmd_monitor(Ctx *ctx, int argc, char **argv) {
         };
         sd_bus_slot *slots[ELEMENTSOF(rules)] = {};
         Monitor mon = { .ctx = ctx };
-        sd_bus_creds *creds = NULL;
-        const char *unique;
         int r, ex = EXIT_FAILURE;
 
         ex = parse_options(argc, argv, true);
@@ -898,11 +892,7 @@ int cmd_monitor(Ctx *ctx, int argc, char **argv) {
         }
 
         /* Who is vdiskd now (without starting it: monitor only watches). */
-        if (sd_bus_get_name_creds(ctx->bus, VDISK_BUS_NAME, SD_BUS_CREDS_UNIQUE_NAME, &creds) >= 0 &&
-            sd_bus_creds_get_unique_name(creds, &unique) >= 0)
-                mon.owner = strdup(unique);
-        creds = sd_bus_creds_unref(creds);
-        if (mon.owner)
+        if (bus_name_owner(ctx, &mon.owner) >= 0)
                 monitor_register(ctx, true);
         if (arg_output == OUTPUT_HUMAN && !arg_quiet) {
                 if (mon.owner)

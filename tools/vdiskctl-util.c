@@ -78,8 +78,6 @@ int parse_uint(const char *s, unsigned *ret) {
 
 /* ---------------------------------------------------------------- UTF-8 */
 
-/* Length of the valid UTF-8 sequence at s (0 when invalid), its code point
- * in *ret. */
 char *utf8_sanitize(const char *s) {
         const unsigned char *p = (const unsigned char *) s;
         char *out, *o;

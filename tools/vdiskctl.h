@@ -62,14 +62,13 @@ typedef enum BusTransport {
         TRANSPORT_ADDRESS,
 } BusTransport;
 
-
 extern BusTransport arg_transport;
 extern const char *arg_address;
 extern bool arg_ask_password;
 extern OutputFormat arg_output;
 extern bool arg_quiet;
 
-/* ---- messages (vdiskctl-util.c) */
+/* ---- messages, signals, names (vdiskctl-util.c) */
 
 static inline int log_oom(void) {
         log_error("Out of memory");
@@ -80,24 +79,16 @@ static inline int log_oom(void) {
  * usage_error(): shared/log.h (a bad command line ends with EXIT_USAGE). */
 void log_notice(const char *fmt, ...) _printf_(1, 2);    /* nothing with -q */
 
-/* ---- cancel (vdiskctl-util.c) */
-
 /* Number of SIGINT/SIGTERM/SIGHUP requests since the handlers were
  * installed (signals less than a second apart count once). Blocking waits
  * return early (EINTR) when one arrives. */
 extern volatile sig_atomic_t signals_received;
 void install_signal_handlers(void);
 
-/* ---- sizes and parsing (vdiskctl-util.c) */
-
 int parse_uint(const char *s, unsigned *ret);
-
-/* ---- small string and file helpers (vdiskctl-util.c) */
-
 /* A copy of s with every byte that is not valid UTF-8 replaced by U+FFFD
  * (D-Bus strings must be UTF-8; file names need not be). */
 char *utf8_sanitize(const char *s);
-
 /* The file's base name (a pointer into path). */
 const char *path_basename(const char *path);
 /* The directory part of path ("." when none). */
@@ -108,7 +99,7 @@ const char *object_short(const char *path);
 void format_uid(uint32_t uid, char buf[static 64]);
 /* Microseconds of CLOCK_REALTIME. */
 uint64_t now_usec(void);
-/* "12:34:56" local time of a µs timestamp. */
+/* "2024-05-01 12:34:56" local time of a µs timestamp, "-" for 0. */
 void format_timestamp(uint64_t usec, char buf[static 64]);
 void strv_free(char **l);
 int strv_push(char ***l, size_t *n, const char *s);
@@ -130,8 +121,8 @@ static inline size_t strv_length(char **l) {
 typedef enum ValueType {
         VALUE_NONE,
         VALUE_BOOL,
-        VALUE_INT,      /* y n i x (signed) and h */
-        VALUE_UINT,     /* q u t */
+        VALUE_INT,      /* n i x h */
+        VALUE_UINT,     /* y q u t */
         VALUE_DOUBLE,
         VALUE_STRING,   /* s o g */
         VALUE_ARRAY,    /* arrays that are not dictionaries, structs */
@@ -182,6 +173,8 @@ typedef struct Ctx {
 
 int ctx_connect(Ctx *ctx);
 void ctx_done(Ctx *ctx);
+/* vdiskd's unique name now, without starting it. */
+int bus_name_owner(Ctx *ctx, char **ret);
 /* vdiskd's unique name (activating it if the bus can). */
 int ctx_daemon_name(Ctx *ctx, const char **ret);
 
@@ -285,8 +278,6 @@ unsigned call_fds_max(Ctx *ctx);
 int file_set_new_filled(Ctx *ctx, const NamedFd *l, size_t n, unsigned per_call, const char *what, char **ret);
 /* Appends the option `files` (a{sh}) to an open options array. */
 int bus_append_opt_files(sd_bus_message *m, const NamedFd *l, size_t n);
-
-/* Extra directories searched for parents named by UUID only (--parent-dir). */
 
 enum {
         CHAIN_TOP_WRITABLE = 1u << 0,   /* the top is opened O_RDWR */
