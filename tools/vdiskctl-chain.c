@@ -851,7 +851,7 @@ int chain_open_disk(Ctx *ctx, Chain *c, bool read_only) {
         _cleanup_msg_ sd_bus_message *m = NULL, *reply = NULL;
         _cleanup_free_ char *file_set = NULL;
         const ChainElem *top = &c->elems[c->n - 1];
-        unsigned per_call = MESSAGE_FDS_MAX, first = c->n;
+        unsigned per_call = MESSAGE_FDS_MAX;
         NamedFd *extra = NULL;
         size_t n_extra = 0;
         const char *disk;
@@ -870,14 +870,12 @@ int chain_open_disk(Ctx *ctx, Chain *c, bool read_only) {
                 per_call = call_fds_max(ctx);
         if (c->n + n_extra > per_call) {
                 r = chain_file_set(ctx, c, extra, n_extra, per_call, &file_set);
-                if (r == -EOPNOTSUPP && n_extra == 0)
-                        first = per_call;   /* an older vdiskd: the rest one by one below */
-                else if (r == -EOPNOTSUPP) {
+                if (r == -EOPNOTSUPP) {
                         log_error("%s: The image has more files (%zu) than one call may carry, and vdiskd has no "
                                   "FileSets", top->path, c->n + n_extra);
                         r = EXIT_NOT_SUPPORTED;
-                        goto finish;
-                } else if (r != 0)
+                }
+                if (r != 0)
                         goto finish;
         }
 
@@ -887,7 +885,7 @@ int chain_open_disk(Ctx *ctx, Chain *c, bool read_only) {
         if (file_set)
                 r = r >= 0 ? append_element(m, top) : r;
         else
-                for (unsigned i = 0; r >= 0 && i < first; i++)
+                for (unsigned i = 0; r >= 0 && i < c->n; i++)
                         r = append_element(m, &c->elems[i]);
         if (r >= 0)
                 r = sd_bus_message_close_container(m);
@@ -919,32 +917,6 @@ int chain_open_disk(Ctx *ctx, Chain *c, bool read_only) {
                 goto finish;
         }
 
-        /* An older vdiskd without FileSets: the rest one by one. */
-        for (unsigned i = first; !file_set && i < c->n; i++) {
-                _cleanup_msg_ sd_bus_message *m2 = NULL, *reply2 = NULL;
-                const ChainElem *e = &c->elems[i];
-
-                r = bus_new_call(ctx, c->disk, VDISK_IFACE_DISK, "Open", &m2);
-                if (r >= 0)
-                        r = sd_bus_message_append(m2, "hs", e->fd, e->format);
-                if (r >= 0)
-                        r = bus_options_open(m2);
-                if (r >= 0)
-                        r = bus_append_opt_string(m2, "display-name", e->name);
-                if (r >= 0 && (read_only || !e->writable))
-                        r = bus_append_opt_bool(m2, "read-only", true);
-                if (r >= 0)
-                        r = bus_options_close(m2);
-                if (r < 0) {
-                        r = log_build_failed(e->path, r);
-                        goto finish;
-                }
-                r = bus_call(ctx, m2, 0, &error, &reply2);
-                if (r < 0) {
-                        r = log_bus_error(e->path, &error, r);
-                        goto finish;
-                }
-        }
         r = 0;
 finish:
         named_fds_free(extra, n_extra);

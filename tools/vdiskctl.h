@@ -299,7 +299,7 @@ int chain_make_writable(Chain *c, unsigned i);
 bool chain_contains(const Chain *c, const struct stat *st);
 /* Manager.OpenDisk; a chain with more files than one call may carry
  * (MaxFdsPerCall) passes its parents through a FileSet, so that it still
- * opens in one step (Disk.Open per element with a vdiskd without FileSets).
+ * opens in one step.
  * Logs; returns an exit code. */
 int chain_open_disk(Ctx *ctx, Chain *c, bool read_only);
 /* chain_resolve() and chain_open_disk(); on failure nothing stays open. */
