@@ -275,10 +275,9 @@ static bool in_chain(const ChainElem *elems, unsigned n, const struct stat *st) 
         return false;
 }
 
-/* The UUID of the file dir/name (probing it once per inode). Returns 1 when
- * it matches `uuid` and then hands over an fd, 0 when not, < 0 on OOM. */
-static int candidate_check(Resolver *res, int dfd, const char *name, const struct stat *st, const char *uuid,
-                           int *ret_fd) {
+/* Whether the file dir/name has the UUID `uuid` (probing it once per
+ * inode): 1 or 0, < 0 on OOM. */
+static int candidate_check(Resolver *res, int dfd, const char *name, const struct stat *st, const char *uuid) {
         _cleanup_bus_error_ sd_bus_error error = SD_BUS_ERROR_NULL;
         _cleanup_value_ Value info = {};
         _cleanup_free_ char *format = NULL;
@@ -291,17 +290,13 @@ static int candidate_check(Resolver *res, int dfd, const char *name, const struc
                         c = &res->cands[i];
                         break;
                 }
-        if (c && strcasecmp(c->uuid, uuid) != 0)
-                return 0;
+        if (c)
+                return strcasecmp(c->uuid, uuid) == 0;
 
         fd = openat(dfd, name, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NOFOLLOW | O_NONBLOCK);
         if (fd < 0 || fstat(fd, &st2) < 0 || st2.st_dev != st->st_dev || st2.st_ino != st->st_ino ||
             !S_ISREG(st2.st_mode))
                 return 0;
-        if (c) {
-                *ret_fd = TAKE_FD(fd);
-                return 1;
-        }
 
         cands = realloc(res->cands, (res->n_cands + 1) * sizeof(Candidate));
         if (!cands)
@@ -319,10 +314,7 @@ static int candidate_check(Resolver *res, int dfd, const char *name, const struc
                 return -ENOMEM;
         res->n_cands++;
 
-        if (!*c->uuid || strcasecmp(c->uuid, uuid) != 0)
-                return 0;
-        *ret_fd = TAKE_FD(fd);
-        return 1;
+        return *c->uuid && strcasecmp(c->uuid, uuid) == 0;
 }
 
 static void closedirp(DIR **d) {
@@ -346,7 +338,6 @@ static int search_dir(Resolver *res, const ChainElem *elems, unsigned n, const c
                 return 0;
         }
         while ((de = readdir(dir))) {
-                _cleanup_close_ int fd = -1;
                 struct stat st;
 
                 if (streq(de->d_name, ".") || streq(de->d_name, "..") || !name_has_extension(de->d_name, exts))
@@ -357,7 +348,7 @@ static int search_dir(Resolver *res, const ChainElem *elems, unsigned n, const c
                 if (*found && st.st_dev == found_st->st_dev && st.st_ino == found_st->st_ino)
                         continue;   /* the same file again (another name or directory) */
 
-                r = candidate_check(res, dirfd(dir), de->d_name, &st, uuid, &fd);
+                r = candidate_check(res, dirfd(dir), de->d_name, &st, uuid);
                 if (r < 0)
                         return log_oom();
                 if (r == 0)
@@ -596,8 +587,9 @@ fail:
 }
 
 static int elem_make_writable(ChainElem *e) {
+        _cleanup_close_ int fd = -1;
         struct stat st;
-        int fd, r;
+        int r;
 
         if (e->writable)
                 return 0;
@@ -610,31 +602,26 @@ static int elem_make_writable(ChainElem *e) {
         }
         if (fstat(fd, &st) < 0 || st.st_dev != e->st.st_dev || st.st_ino != e->st.st_ino) {
                 log_error("%s: The file changed while vdiskctl was opening the chain", e->path);
-                close(fd);
                 return EXIT_FAILURE;
         }
         /* Its companion files too: the same inodes, read-write. */
         for (size_t i = 0; i < e->n_files; i++) {
+                _cleanup_close_ int ffd = -1;
                 struct stat fst;
-                int ffd;
 
                 r = companion_open(e, e->files[i], true, &ffd, &fst);
-                if (r != 0) {
-                        close(fd);
+                if (r != 0)
                         return r;
-                }
                 if (fst.st_dev != e->file_st[i].st_dev || fst.st_ino != e->file_st[i].st_ino) {
                         log_error("%s: Its file '%s' changed while vdiskctl was opening the chain", e->path,
                                   e->files[i]);
-                        close(ffd);
-                        close(fd);
                         return EXIT_FAILURE;
                 }
                 close(e->file_fds[i]);
-                e->file_fds[i] = ffd;
+                e->file_fds[i] = TAKE_FD(ffd);
         }
         close(e->fd);
-        e->fd = fd;
+        e->fd = TAKE_FD(fd);
         e->writable = true;
         return 0;
 }
