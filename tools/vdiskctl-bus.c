@@ -256,11 +256,22 @@ int bus_call(Ctx *ctx, sd_bus_message *m, unsigned flags, sd_bus_error *error, s
         return 0;
 }
 
-/* Calls m and reads its whole reply into *ret. */
-static int call_value(Ctx *ctx, sd_bus_message *m, sd_bus_error *error, Value *ret) {
-        _cleanup_msg_ sd_bus_message *reply = NULL;
+/* Calls iface.member (a freedesktop interface) on vdiskd's `path` with the
+ * arguments `types`, and reads its whole reply into *ret. */
+static int call_value(Ctx *ctx, const char *path, const char *iface, const char *member, sd_bus_error *error,
+                      Value *ret, const char *types, ...) {
+        _cleanup_msg_ sd_bus_message *m = NULL, *reply = NULL;
+        va_list ap;
         int r;
 
+        r = sd_bus_message_new_method_call(ctx->bus, &m, VDISK_BUS_NAME, path, iface, member);
+        if (r >= 0 && types) {
+                va_start(ap, types);
+                r = sd_bus_message_appendv(m, types, ap);
+                va_end(ap);
+        }
+        if (r < 0)
+                return sd_bus_error_set_errno(error, r);
         r = bus_call(ctx, m, 0, error, &reply);
         if (r < 0)
                 return r;
@@ -271,48 +282,22 @@ static int call_value(Ctx *ctx, sd_bus_message *m, sd_bus_error *error, Value *r
 }
 
 int bus_get_all(Ctx *ctx, const char *path, const char *iface, sd_bus_error *error, Value *ret) {
-        _cleanup_msg_ sd_bus_message *m = NULL;
-        int r;
-
-        r = sd_bus_message_new_method_call(ctx->bus, &m, VDISK_BUS_NAME, path,
-                                           "org.freedesktop.DBus.Properties", "GetAll");
-        if (r >= 0)
-                r = sd_bus_message_append(m, "s", iface);
-        if (r < 0)
-                return sd_bus_error_set_errno(error, r);
-        return call_value(ctx, m, error, ret);
+        return call_value(ctx, path, "org.freedesktop.DBus.Properties", "GetAll", error, ret, "s", iface);
 }
 
 int bus_get_objects(Ctx *ctx, sd_bus_error *error, Value *ret) {
-        _cleanup_msg_ sd_bus_message *m = NULL;
-        int r;
-
-        r = sd_bus_message_new_method_call(ctx->bus, &m, VDISK_BUS_NAME, VDISK_PATH,
-                                           "org.freedesktop.DBus.ObjectManager", "GetManagedObjects");
-        if (r < 0)
-                return sd_bus_error_set_errno(error, r);
-        return call_value(ctx, m, error, ret);
+        return call_value(ctx, VDISK_PATH, "org.freedesktop.DBus.ObjectManager", "GetManagedObjects", error, ret,
+                          NULL);
 }
 
 const Value *bus_backends(Ctx *ctx) {
         _cleanup_bus_error_ sd_bus_error error = SD_BUS_ERROR_NULL;
-        _cleanup_msg_ sd_bus_message *m = NULL, *reply = NULL;
         int r;
 
         if (ctx->have_backends)
                 return &ctx->backends;
-
-        r = sd_bus_message_new_method_call(ctx->bus, &m, VDISK_BUS_NAME, VDISK_PATH,
-                                           "org.freedesktop.DBus.Properties", "Get");
-        if (r >= 0)
-                r = sd_bus_message_append(m, "ss", VDISK_IFACE_MANAGER, "Backends");
-        if (r < 0) {
-                log_error("Could not ask vdiskd for its formats: %s", strerror(-r));
-                return NULL;
-        }
-        r = bus_call(ctx, m, 0, &error, &reply);
-        if (r >= 0)
-                r = value_read(reply, &ctx->backends);
+        r = call_value(ctx, VDISK_PATH, "org.freedesktop.DBus.Properties", "Get", &error, &ctx->backends, "ss",
+                       VDISK_IFACE_MANAGER, "Backends");
         if (r < 0 || ctx->backends.type != VALUE_ARRAY) {
                 (void) log_bus_error("Could not ask vdiskd for its formats", &error, r);
                 value_clear(&ctx->backends);

@@ -37,34 +37,24 @@ static int container_append(Value *v, Value *item, char *key) {
 
 /* A dictionary key as a string, whatever its basic type. */
 static int key_to_string(const Value *k, char **ret) {
-        char *s = NULL;
+        char buf[64];
 
-        switch (k->type) {
-        case VALUE_STRING:
-                s = strdup(k->s);
-                break;
-        case VALUE_BOOL:
-                s = strdup(k->b ? "true" : "false");
-                break;
-        case VALUE_INT:
-                if (asprintf(&s, "%" PRIi64, k->i) < 0)
-                        s = NULL;
-                break;
-        case VALUE_UINT:
-                if (asprintf(&s, "%" PRIu64, k->u) < 0)
-                        s = NULL;
-                break;
-        case VALUE_DOUBLE:
-                if (asprintf(&s, "%g", k->d) < 0)
-                        s = NULL;
-                break;
-        default:
-                return -EINVAL;
+        if (k->type == VALUE_STRING)
+                *ret = strdup(k->s);
+        else {
+                if (k->type == VALUE_BOOL)
+                        snprintf(buf, sizeof buf, "%s", k->b ? "true" : "false");
+                else if (k->type == VALUE_INT)
+                        snprintf(buf, sizeof buf, "%" PRIi64, k->i);
+                else if (k->type == VALUE_UINT)
+                        snprintf(buf, sizeof buf, "%" PRIu64, k->u);
+                else if (k->type == VALUE_DOUBLE)
+                        snprintf(buf, sizeof buf, "%g", k->d);
+                else
+                        return -EINVAL;
+                *ret = strdup(buf);
         }
-        if (!s)
-                return -ENOMEM;
-        *ret = s;
-        return 0;
+        return *ret ? 0 : -ENOMEM;
 }
 
 static int read_container_items(sd_bus_message *m, Value *v, bool dict, unsigned depth) {
