@@ -85,14 +85,11 @@ void log_notice(const char *fmt, ...) _printf_(1, 2);    /* nothing with -q */
 extern volatile sig_atomic_t signals_received;
 void install_signal_handlers(void);
 
-int parse_uint(const char *s, unsigned *ret);
 /* A copy of s with every byte that is not valid UTF-8 replaced by U+FFFD
  * (D-Bus strings must be UTF-8; file names need not be). */
 char *utf8_sanitize(const char *s);
 /* The file's base name (a pointer into path). */
 const char *path_basename(const char *path);
-/* The directory part of path ("." when none). */
-int path_dirname(const char *path, char **ret);
 /* "disk/3" for "/org/vdisk/VDisk1/disk/3" (or the path itself). */
 const char *object_short(const char *path);
 /* "user" or the uid in decimal. */
