@@ -66,14 +66,13 @@ static void objects_done(Objects *o) {
 /* Loads and sorts vdiskd's objects. Logs; exit code. */
 static int objects_load(Ctx *ctx, Objects *ret) {
         _cleanup_bus_error_ sd_bus_error error = SD_BUS_ERROR_NULL;
-        Objects o = {};
+        _cleanup_(objects_done) Objects o = {};
         int r;
 
         r = bus_get_objects(ctx, &error, &o.tree);
         if (r < 0)
                 return log_bus_error("Could not list vdiskd's objects", &error, r);
         if (o.tree.type != VALUE_DICT) {
-                value_clear(&o.tree);
                 log_error("Bad reply from vdiskd");
                 return EXIT_FAILURE;
         }
@@ -88,11 +87,8 @@ static int objects_load(Ctx *ctx, Objects *ret) {
                         r = objects_add(&o.images, &o.n_images, path, p);
                 else if ((p = value_get(ifaces, VDISK_IFACE_OPERATION)))
                         r = objects_add(&o.ops, &o.n_ops, path, p);
-                if (r < 0) {
-                        objects_done(&o);
-                        log_error("Out of memory");
-                        return EXIT_FAILURE;
-                }
+                if (r < 0)
+                        return log_oom();
         }
         if (o.n_disks)
                 qsort(o.disks, o.n_disks, sizeof(Object), object_cmp);
@@ -101,6 +97,7 @@ static int objects_load(Ctx *ctx, Objects *ret) {
         if (o.n_ops)
                 qsort(o.ops, o.n_ops, sizeof(Object), object_cmp);
         *ret = o;
+        o = (Objects) {};
         return 0;
 }
 
@@ -335,8 +332,7 @@ static int list_human(const Objects *o) {
 
 oom:
         table_done(&t);
-        log_error("Out of memory");
-        return EXIT_FAILURE;
+        return log_oom();
 }
 
 /* The options of vdiskctl's own service commands: -h, -q and, where
