@@ -7,6 +7,7 @@
  */
 
 #include <errno.h>
+#include <stdarg.h>
 #include <string.h>
 #include <strings.h>
 #include <unistd.h>
@@ -69,7 +70,7 @@ static bool interactive(void) {
         return arg_ask_password && isatty(STDIN_FILENO);
 }
 
-static int get_name_owner(Ctx *ctx, char **ret) {
+int bus_name_owner(Ctx *ctx, char **ret) {
         sd_bus_creds *creds = NULL;
         const char *unique;
         int r;
@@ -91,7 +92,7 @@ int ctx_daemon_name(Ctx *ctx, const char **ret) {
         int r;
 
         if (!ctx->daemon) {
-                r = get_name_owner(ctx, &ctx->daemon);
+                r = bus_name_owner(ctx, &ctx->daemon);
                 if (r < 0) {
                         /* Not running: a Ping through the well-known name
                          * starts it where the bus can activate it. */
@@ -103,7 +104,7 @@ int ctx_daemon_name(Ctx *ctx, const char **ret) {
                         if (r >= 0)
                                 r = bus_call(ctx, m, 0, &error, &reply);
                         if (r >= 0)
-                                r = get_name_owner(ctx, &ctx->daemon);
+                                r = bus_name_owner(ctx, &ctx->daemon);
                         if (r < 0)
                                 return r;
                 }
@@ -157,8 +158,45 @@ int bus_append_opt_u64(sd_bus_message *m, const char *key, uint64_t v) {
         return sd_bus_message_append(m, "{sv}", key, "t", v);
 }
 
-int bus_append_opt_u32(sd_bus_message *m, const char *key, uint32_t v) {
-        return sd_bus_message_append(m, "{sv}", key, "u", v);
+int bus_new_simple_call(Ctx *ctx, const char *path, const char *iface, const char *member, sd_bus_message **ret,
+                        const char *types, ...) {
+        sd_bus_message *m = NULL;
+        va_list ap;
+        int r;
+
+        r = bus_new_call(ctx, path, iface, member, &m);
+        if (r >= 0 && types) {
+                va_start(ap, types);
+                r = sd_bus_message_appendv(m, types, ap);
+                va_end(ap);
+        }
+        if (r >= 0)
+                r = bus_options_open(m);
+        if (r >= 0)
+                r = bus_options_close(m);
+        if (r < 0) {
+                sd_bus_message_unref(m);
+                return r;
+        }
+        *ret = m;
+        return 0;
+}
+
+int log_build_failed(const char *what, int r) {
+        if (what)
+                log_error("%s: Could not build the request: %s", what, strerror(-r));
+        else
+                log_error("Could not build the request: %s", strerror(-r));
+        return EXIT_FAILURE;
+}
+
+int bus_step(Ctx *ctx, uint64_t timeout_usec) {
+        int r;
+
+        r = sd_bus_process(ctx->bus, NULL);
+        if (r == 0)
+                r = sd_bus_wait(ctx->bus, timeout_usec);
+        return r == -EINTR ? 0 : r;
 }
 
 typedef struct PendingCall {
@@ -182,7 +220,7 @@ int bus_call(Ctx *ctx, sd_bus_message *m, unsigned flags, sd_bus_error *error, s
         int r;
 
         /* An interactive polkit dialog may take its time. */
-        if ((flags & CALL_NO_TIMEOUT) || sd_bus_message_get_allow_interactive_authorization(m) > 0)
+        if (sd_bus_message_get_allow_interactive_authorization(m) > 0)
                 timeout = UINT64_MAX;
 
         r = sd_bus_call_async(ctx->bus, &slot, m, pending_call_reply, &p, timeout);
@@ -198,13 +236,8 @@ int bus_call(Ctx *ctx, sd_bus_message *m, unsigned flags, sd_bus_error *error, s
                         r = -EINTR;
                         break;
                 }
-                r = sd_bus_process(ctx->bus, NULL);
-                if (r < 0 && r != -EINTR)
-                        break;
-                if (r > 0)
-                        continue;
-                r = sd_bus_wait(ctx->bus, UINT64_MAX);
-                if (r < 0 && r != -EINTR)
+                r = bus_step(ctx, UINT64_MAX);
+                if (r < 0)
                         break;
         }
         sd_bus_slot_unref(slot);
@@ -223,11 +256,22 @@ int bus_call(Ctx *ctx, sd_bus_message *m, unsigned flags, sd_bus_error *error, s
         return 0;
 }
 
-/* Calls m and reads its whole reply into *ret. */
-static int call_value(Ctx *ctx, sd_bus_message *m, sd_bus_error *error, Value *ret) {
-        _cleanup_msg_ sd_bus_message *reply = NULL;
+/* Calls iface.member (a freedesktop interface) on vdiskd's `path` with the
+ * arguments `types`, and reads its whole reply into *ret. */
+static int call_value(Ctx *ctx, const char *path, const char *iface, const char *member, sd_bus_error *error,
+                      Value *ret, const char *types, ...) {
+        _cleanup_msg_ sd_bus_message *m = NULL, *reply = NULL;
+        va_list ap;
         int r;
 
+        r = sd_bus_message_new_method_call(ctx->bus, &m, VDISK_BUS_NAME, path, iface, member);
+        if (r >= 0 && types) {
+                va_start(ap, types);
+                r = sd_bus_message_appendv(m, types, ap);
+                va_end(ap);
+        }
+        if (r < 0)
+                return sd_bus_error_set_errno(error, r);
         r = bus_call(ctx, m, 0, error, &reply);
         if (r < 0)
                 return r;
@@ -238,48 +282,22 @@ static int call_value(Ctx *ctx, sd_bus_message *m, sd_bus_error *error, Value *r
 }
 
 int bus_get_all(Ctx *ctx, const char *path, const char *iface, sd_bus_error *error, Value *ret) {
-        _cleanup_msg_ sd_bus_message *m = NULL;
-        int r;
-
-        r = sd_bus_message_new_method_call(ctx->bus, &m, VDISK_BUS_NAME, path,
-                                           "org.freedesktop.DBus.Properties", "GetAll");
-        if (r >= 0)
-                r = sd_bus_message_append(m, "s", iface);
-        if (r < 0)
-                return sd_bus_error_set_errno(error, r);
-        return call_value(ctx, m, error, ret);
+        return call_value(ctx, path, "org.freedesktop.DBus.Properties", "GetAll", error, ret, "s", iface);
 }
 
 int bus_get_objects(Ctx *ctx, sd_bus_error *error, Value *ret) {
-        _cleanup_msg_ sd_bus_message *m = NULL;
-        int r;
-
-        r = sd_bus_message_new_method_call(ctx->bus, &m, VDISK_BUS_NAME, VDISK_PATH,
-                                           "org.freedesktop.DBus.ObjectManager", "GetManagedObjects");
-        if (r < 0)
-                return sd_bus_error_set_errno(error, r);
-        return call_value(ctx, m, error, ret);
+        return call_value(ctx, VDISK_PATH, "org.freedesktop.DBus.ObjectManager", "GetManagedObjects", error, ret,
+                          NULL);
 }
 
 const Value *bus_backends(Ctx *ctx) {
         _cleanup_bus_error_ sd_bus_error error = SD_BUS_ERROR_NULL;
-        _cleanup_msg_ sd_bus_message *m = NULL, *reply = NULL;
         int r;
 
         if (ctx->have_backends)
                 return &ctx->backends;
-
-        r = sd_bus_message_new_method_call(ctx->bus, &m, VDISK_BUS_NAME, VDISK_PATH,
-                                           "org.freedesktop.DBus.Properties", "Get");
-        if (r >= 0)
-                r = sd_bus_message_append(m, "ss", VDISK_IFACE_MANAGER, "Backends");
-        if (r < 0) {
-                log_error("Could not ask vdiskd for its formats: %s", strerror(-r));
-                return NULL;
-        }
-        r = bus_call(ctx, m, 0, &error, &reply);
-        if (r >= 0)
-                r = value_read(reply, &ctx->backends);
+        r = call_value(ctx, VDISK_PATH, "org.freedesktop.DBus.Properties", "Get", &error, &ctx->backends, "ss",
+                       VDISK_IFACE_MANAGER, "Backends");
         if (r < 0 || ctx->backends.type != VALUE_ARRAY) {
                 (void) log_bus_error("Could not ask vdiskd for its formats", &error, r);
                 value_clear(&ctx->backends);
@@ -319,10 +337,6 @@ bool error_is(const sd_bus_error *error, const char *short_name) {
 
         return error && error->name && strncmp(error->name, VDISK_ERROR_PREFIX, n) == 0 &&
                streq(error->name + n, short_name);
-}
-
-static bool error_name_is(const sd_bus_error *error, const char *name) {
-        return error && error->name && streq(error->name, name);
 }
 
 int exit_code_from_error(const sd_bus_error *error, int r) {
@@ -385,13 +399,11 @@ int log_bus_error(const char *what, const sd_bus_error *error, int r) {
         if (!msg)
                 msg = r == -EINTR ? "Interrupted" : strerror(r < 0 ? -r : r);
 
-        if (error_name_is(error, SD_BUS_ERROR_SERVICE_UNKNOWN) ||
-            error_name_is(error, SD_BUS_ERROR_NAME_HAS_NO_OWNER))
+        if (sd_bus_error_has_names(error, SD_BUS_ERROR_SERVICE_UNKNOWN, SD_BUS_ERROR_NAME_HAS_NO_OWNER))
                 log_error("%s: vdiskd is not running on this bus (%s)", what, msg);
-        else if (error_name_is(error, SD_BUS_ERROR_NO_REPLY) ||
-                 error_name_is(error, SD_BUS_ERROR_DISCONNECTED))
+        else if (sd_bus_error_has_names(error, SD_BUS_ERROR_NO_REPLY, SD_BUS_ERROR_DISCONNECTED))
                 log_error("%s: vdiskd did not answer (%s)", what, msg);
-        else if (error_name_is(error, SD_BUS_ERROR_INTERACTIVE_AUTHORIZATION_REQUIRED))
+        else if (sd_bus_error_has_name(error, SD_BUS_ERROR_INTERACTIVE_AUTHORIZATION_REQUIRED))
                 log_error("%s: %s (authentication is needed: run vdiskctl from a terminal without "
                           "--no-ask-password)", what, msg);
         else

@@ -85,13 +85,7 @@ static int probe_fd(Ctx *ctx, int fd, sd_bus_error *error, char **ret_format, Va
         char *f;
         int r;
 
-        r = bus_new_call(ctx, VDISK_PATH, VDISK_IFACE_MANAGER, "ProbeFormat", &m);
-        if (r >= 0)
-                r = sd_bus_message_append(m, "h", fd);
-        if (r >= 0)
-                r = bus_options_open(m);
-        if (r >= 0)
-                r = bus_options_close(m);
+        r = bus_new_simple_call(ctx, VDISK_PATH, VDISK_IFACE_MANAGER, "ProbeFormat", &m, "h", fd);
         if (r < 0)
                 return sd_bus_error_set_errno(error, r);
         r = bus_call(ctx, m, 0, error, &reply);
@@ -152,10 +146,8 @@ static int companion_open(const ChainElem *e, const char *name, bool writable, i
                           "relative to the image, inside its directory)", e->path);
                 return EXIT_FAILURE;
         }
-        if (path_dirname(e->path, &dir) < 0) {
-                log_error("Out of memory");
-                return EXIT_FAILURE;
-        }
+        if (path_dirname(e->path, &dir) < 0)
+                return log_oom();
         dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
         if (dfd >= 0)
                 fd = openat(dfd, name, (writable ? O_RDWR : O_RDONLY) | O_CLOEXEC | O_NOCTTY | O_NONBLOCK | O_NOFOLLOW);
@@ -185,20 +177,16 @@ static int elem_open_files(ChainElem *e) {
         e->files = calloc(files->c.n + 1, sizeof(char *));
         e->file_fds = calloc(files->c.n, sizeof(int));
         e->file_st = calloc(files->c.n, sizeof(struct stat));
-        if (!e->files || !e->file_fds || !e->file_st) {
-                log_error("Out of memory");
-                return EXIT_FAILURE;
-        }
+        if (!e->files || !e->file_fds || !e->file_st)
+                return log_oom();
         for (size_t i = 0; i < files->c.n; i++) {
                 const Value *v = &files->c.items[i];
 
                 if (v->type != VALUE_STRING)
                         continue;
                 e->files[n] = strdup(v->s);
-                if (!e->files[n]) {
-                        log_error("Out of memory");
-                        return EXIT_FAILURE;
-                }
+                if (!e->files[n])
+                        return log_oom();
                 e->file_fds[n] = -1;
                 e->n_files = ++n;
                 r = companion_open(e, v->s, e->writable, &e->file_fds[n - 1], &e->file_st[n - 1]);
@@ -213,20 +201,14 @@ static int elem_open_files(ChainElem *e) {
 static int elem_open(Resolver *res, const char *path, bool writable, bool follow, const char *what,
                      ChainElem *ret) {
         _cleanup_bus_error_ sd_bus_error error = SD_BUS_ERROR_NULL;
-        ChainElem e = { .fd = -1 };
+        _cleanup_(elem_clear) ChainElem e = { .fd = -1 };
         int r;
 
         e.path = strdup(path);
-        if (!e.path) {
-                log_error("Out of memory");
-                return EXIT_FAILURE;
-        }
-        e.name = utf8_sanitize(path_basename(e.path));
-        if (!e.name) {
-                log_error("Out of memory");
-                elem_clear(&e);
-                return EXIT_FAILURE;
-        }
+        if (e.path)
+                e.name = utf8_sanitize(path_basename(e.path));
+        if (!e.name)
+                return log_oom();
         e.writable = writable;
         e.follow = follow;
         /* O_NONBLOCK: a FIFO in place of an image must not hang the open. */
@@ -236,21 +218,17 @@ static int elem_open(Resolver *res, const char *path, bool writable, bool follow
                 int err = errno;
 
                 log_error("%s: Could not open %s: %s", path, what, strerror(err));
-                elem_clear(&e);
                 return open_errno_exit(err);
         }
         if (fstat(e.fd, &e.st) < 0 || !S_ISREG(e.st.st_mode) || fcntl(e.fd, F_SETFL, 0) < 0) {
                 log_error("%s: Not a regular file", path);
-                elem_clear(&e);
                 return EXIT_FAILURE;
         }
         r = probe_fd(res->ctx, e.fd, &error, &e.format, &e.info);
-        if (r < 0) {
-                r = log_bus_error(path, &error, r);
-                elem_clear(&e);
-                return r;
-        }
+        if (r < 0)
+                return log_bus_error(path, &error, r);
         *ret = e;
+        e = (ChainElem) { .fd = -1 };
         return 0;
 }
 
@@ -297,10 +275,9 @@ static bool in_chain(const ChainElem *elems, unsigned n, const struct stat *st) 
         return false;
 }
 
-/* The UUID of the file dir/name (probing it once per inode). Returns 1 when
- * it matches `uuid` and then hands over an fd, 0 when not, < 0 on OOM. */
-static int candidate_check(Resolver *res, int dfd, const char *name, const struct stat *st, const char *uuid,
-                           int *ret_fd) {
+/* Whether the file dir/name has the UUID `uuid` (probing it once per
+ * inode): 1 or 0, < 0 on OOM. */
+static int candidate_check(Resolver *res, int dfd, const char *name, const struct stat *st, const char *uuid) {
         _cleanup_bus_error_ sd_bus_error error = SD_BUS_ERROR_NULL;
         _cleanup_value_ Value info = {};
         _cleanup_free_ char *format = NULL;
@@ -313,17 +290,13 @@ static int candidate_check(Resolver *res, int dfd, const char *name, const struc
                         c = &res->cands[i];
                         break;
                 }
-        if (c && strcasecmp(c->uuid, uuid) != 0)
-                return 0;
+        if (c)
+                return strcasecmp(c->uuid, uuid) == 0;
 
         fd = openat(dfd, name, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NOFOLLOW | O_NONBLOCK);
         if (fd < 0 || fstat(fd, &st2) < 0 || st2.st_dev != st->st_dev || st2.st_ino != st->st_ino ||
             !S_ISREG(st2.st_mode))
                 return 0;
-        if (c) {
-                *ret_fd = TAKE_FD(fd);
-                return 1;
-        }
 
         cands = realloc(res->cands, (res->n_cands + 1) * sizeof(Candidate));
         if (!cands)
@@ -341,123 +314,99 @@ static int candidate_check(Resolver *res, int dfd, const char *name, const struc
                 return -ENOMEM;
         res->n_cands++;
 
-        if (!*c->uuid || strcasecmp(c->uuid, uuid) != 0)
-                return 0;
-        *ret_fd = TAKE_FD(fd);
-        return 1;
+        return *c->uuid && strcasecmp(c->uuid, uuid) == 0;
 }
 
-/* Looks for the parent with `uuid` of elems[n-1]. On success, *ret_path is
- * the file found and *ret_fd an O_RDONLY fd of it. Logs; exit code. */
+static void closedirp(DIR **d) {
+        if (*d)
+                closedir(*d);
+}
+
+/* One directory of the search for the parent with `uuid` of elems[n-1]:
+ * a match goes to *found (named `prefix` + its name), a second one is an
+ * error. Logs; exit code. */
+static int search_dir(Resolver *res, const ChainElem *elems, unsigned n, const char *uuid, char **exts,
+                      const char *dir_name, const char *prefix, char **found, struct stat *found_st) {
+        const ChainElem *child = &elems[n - 1];
+        _cleanup_(closedirp) DIR *dir = opendir(dir_name);
+        struct dirent *de;
+        int r;
+
+        if (!dir) {
+                log_warning("Could not read the directory '%s' while looking for the parent of '%s': %s",
+                            dir_name, child->path, strerror(errno));
+                return 0;
+        }
+        while ((de = readdir(dir))) {
+                struct stat st;
+
+                if (streq(de->d_name, ".") || streq(de->d_name, "..") || !name_has_extension(de->d_name, exts))
+                        continue;
+                if (fstatat(dirfd(dir), de->d_name, &st, AT_SYMLINK_NOFOLLOW) < 0 || !S_ISREG(st.st_mode) ||
+                    in_chain(elems, n, &st))
+                        continue;
+                if (*found && st.st_dev == found_st->st_dev && st.st_ino == found_st->st_ino)
+                        continue;   /* the same file again (another name or directory) */
+
+                r = candidate_check(res, dirfd(dir), de->d_name, &st, uuid);
+                if (r < 0)
+                        return log_oom();
+                if (r == 0)
+                        continue;
+                if (*found) {
+                        log_error("%s: Two different files have the UUID %s of its parent: '%s' and '%s%s'; "
+                                  "refusing to guess", child->path, uuid, *found, prefix, de->d_name);
+                        return EXIT_FAILURE;
+                }
+                if (asprintf(found, "%s%s", prefix, de->d_name) < 0) {
+                        *found = NULL;
+                        return log_oom();
+                }
+                *found_st = st;
+        }
+        return 0;
+}
+
+/* Looks for the parent with `uuid` of elems[n-1], in its directory and in
+ * every --parent-dir. On success, *ret_path is the file found. Logs; exit
+ * code. */
 static int find_parent_by_uuid(Resolver *res, const ChainElem *elems, unsigned n, const char *uuid,
                                char **ret_path) {
         const ChainElem *child = &elems[n - 1];
-        _cleanup_(strv_freep) char **exts = NULL, **dirs = NULL, **prefixes = NULL;
-        _cleanup_free_ char *found = NULL, *child_dir = NULL, *searched = NULL;
+        const char *slash = strrchr(child->path, '/');
+        _cleanup_(strv_freep) char **exts = NULL;
+        _cleanup_free_ char *found = NULL, *searched = NULL, *prefix = NULL;
         struct stat found_st = {};
-        size_t n_dirs = 0, n_prefixes = 0;
         int r;
 
         /* Names are shown as the user would write them: "mid.vdi" beside
          * "top.vdi", "dir/mid.vdi" for --parent-dir dir. */
-        if (parent_extensions(res, child, &exts) < 0 || path_dirname(child->path, &child_dir) < 0 ||
-            strv_push(&dirs, &n_dirs, child_dir) < 0)
-                goto oom;
-        {
-                const char *slash = strrchr(child->path, '/');
-                _cleanup_free_ char *prefix =
-                        strndup(child->path, slash ? (size_t) (slash - child->path + 1) : 0);
-
-                if (!prefix || strv_push(&prefixes, &n_prefixes, prefix) < 0)
-                        goto oom;
-        }
-        for (char **d = arg_parent_dirs; d && *d; d++) {
-                _cleanup_free_ char *prefix = NULL;
+        prefix = strndup(child->path, slash ? (size_t) (slash - child->path + 1) : 0);
+        if (!prefix || parent_extensions(res, child, &exts) < 0 || path_dirname(child->path, &searched) < 0)
+                return log_oom();
+        r = search_dir(res, elems, n, uuid, exts, searched, prefix, &found, &found_st);
+        for (char **d = arg_parent_dirs; r == 0 && d && *d; d++) {
                 size_t len = strlen(*d);
+                char *s;
 
-                if (asprintf(&prefix, "%s%s", *d, len > 0 && (*d)[len - 1] == '/' ? "" : "/") < 0) {
+                free(prefix);
+                if (asprintf(&prefix, "%s%s", *d, len > 0 && (*d)[len - 1] == '/' ? "" : "/") < 0)
                         prefix = NULL;
-                        goto oom;
-                }
-                if (strv_push(&dirs, &n_dirs, *d) < 0 || strv_push(&prefixes, &n_prefixes, prefix) < 0)
-                        goto oom;
+                if (!prefix || asprintf(&s, "%s, %s", searched, *d) < 0)
+                        return log_oom();
+                free(searched);
+                searched = s;
+                r = search_dir(res, elems, n, uuid, exts, *d, prefix, &found, &found_st);
         }
-
-        for (size_t di = 0; di < n_dirs; di++) {
-                char **d = &dirs[di];
-                DIR *dir;
-                struct dirent *de;
-
-                dir = opendir(*d);
-                if (!dir) {
-                        log_warning(
-                                "Could not read the directory '%s' while looking for the parent of '%s': %s",
-                                *d, child->path, strerror(errno));
-                        continue;
-                }
-                while ((de = readdir(dir))) {
-                        _cleanup_close_ int fd = -1;
-                        struct stat st;
-
-                        if (streq(de->d_name, ".") || streq(de->d_name, ".."))
-                                continue;
-                        if (!name_has_extension(de->d_name, exts))
-                                continue;
-                        if (fstatat(dirfd(dir), de->d_name, &st, AT_SYMLINK_NOFOLLOW) < 0 ||
-                            !S_ISREG(st.st_mode))
-                                continue;
-                        if (in_chain(elems, n, &st))
-                                continue;
-                        if (found && st.st_dev == found_st.st_dev && st.st_ino == found_st.st_ino)
-                                continue;   /* the same file again (another name or directory) */
-
-                        r = candidate_check(res, dirfd(dir), de->d_name, &st, uuid, &fd);
-                        if (r < 0) {
-                                closedir(dir);
-                                goto oom;
-                        }
-                        if (r == 0)
-                                continue;
-                        if (found) {
-                                log_error("%s: Two different files have the UUID %s of its parent: '%s' and "
-                                          "'%s%s'; refusing to guess",
-                                          child->path, uuid, found, prefixes[di], de->d_name);
-                                closedir(dir);
-                                return EXIT_FAILURE;
-                        }
-                        if (asprintf(&found, "%s%s", prefixes[di], de->d_name) < 0) {
-                                found = NULL;
-                                closedir(dir);
-                                goto oom;
-                        }
-                        found_st = st;
-                }
-                closedir(dir);
-        }
-
+        if (r != 0)
+                return r;
         if (!found) {
-                size_t len = 0;
-
-                for (char **d = dirs; *d; d++)
-                        len += strlen(*d) + 2;
-                searched = calloc(1, len + 1);
-                if (!searched)
-                        goto oom;
-                for (char **d = dirs; *d; d++) {
-                        if (d != dirs)
-                                strcat(searched, ", ");
-                        strcat(searched, *d);
-                }
                 log_error("%s: Parent image with UUID %s not found (searched %s); use --parent-dir DIR to "
                           "search more directories", child->path, uuid, searched);
                 return EXIT_NOT_FOUND;
         }
         *ret_path = TAKE_PTR(found);
         return 0;
-
-oom:
-        log_error("Out of memory");
-        return EXIT_FAILURE;
 }
 
 static int set_qemu_format(Resolver *res, ChainElem *e) {
@@ -467,10 +416,8 @@ static int set_qemu_format(Resolver *res, ChainElem *e) {
         if (!q)
                 q = value_str(&e->info, "qemu-name", NULL);
         e->qemu_format = strdup(q ? q : e->format);
-        if (!e->qemu_format) {
-                log_error("Out of memory");
-                return EXIT_FAILURE;
-        }
+        if (!e->qemu_format)
+                return log_oom();
         /* lower-case fallback for display when vdiskd gave no qemu name */
         if (!q)
                 for (char *p = e->qemu_format; *p; p++)
@@ -484,139 +431,107 @@ static int open_parent(Resolver *res, ChainElem *elems, unsigned n) {
         const char *pname = value_str(&child->info, "parent-name", "");
         const char *puuid = value_str(&child->info, "parent-uuid", "");
         const char *pfmt = value_str(&child->info, "parent-format", "");
+        const char *bname = NULL, *uuid;
+        _cleanup_(elem_clear) ChainElem e = { .fd = -1 };
         _cleanup_free_ char *path = NULL;
-        ChainElem *e = &elems[n];
-        const char *uuid;
-        bool follow, same_format;
         int r;
 
         if (*pname) {
-                if (path_relative_to(child->path, pname, &path) < 0) {
-                        log_error("Out of memory");
-                        return EXIT_FAILURE;
-                }
-                follow = true;
+                if (path_relative_to(child->path, pname, &path) < 0)
+                        return log_oom();
         } else if (*puuid) {
                 r = find_parent_by_uuid(res, elems, n, puuid, &path);
                 if (r != 0)
                         return r;
-                follow = false;
         } else {
                 log_error("%s: The image needs a parent but names none", child->path);
                 return EXIT_FAILURE;
         }
 
-        r = elem_open(res, path, false, follow, "its parent", e);
+        /* A parent named by file follows symlinks like qemu-img; one found by UUID never. */
+        r = elem_open(res, path, false, *pname != '\0', "its parent", &e);
         if (r != 0) {
                 if (*pname)
                         log_error("%s: Its parent '%s' could not be opened", child->path, pname);
                 return r;
         }
-        if (in_chain(elems, n, &e->st)) {
-                log_error("%s: The chain loops back to '%s'", child->path, e->path);
-                elem_clear(e);
+        if (in_chain(elems, n, &e.st)) {
+                log_error("%s: The chain loops back to '%s'", child->path, e.path);
                 return EXIT_FAILURE;
         }
 
         /* Parents are opened with the format the child records, never a
          * probed guess. Its companion files are those of the probed format. */
-        {
-                const char *bname = NULL;
-
-                if (*pfmt && !backend_find(res->ctx, pfmt, &bname))
-                        bname = NULL;
-                same_format = !*pfmt || strcasecmp(pfmt, e->format) == 0 ||
-                              (bname && strcasecmp(bname, e->format) == 0);
-        }
-        if (same_format) {
-                r = elem_open_files(e);
-                if (r != 0) {
-                        elem_clear(e);
+        if (*pfmt && !backend_find(res->ctx, pfmt, &bname))
+                bname = NULL;
+        if (!*pfmt || strcasecmp(pfmt, e.format) == 0 || (bname && strcasecmp(bname, e.format) == 0)) {
+                r = elem_open_files(&e);
+                if (r != 0)
                         return r;
-                }
         }
         if (*pfmt) {
-                const char *name = NULL;
-
-                if (backend_find(res->ctx, pfmt, &name) && name)
-                        pfmt = name;
-                free(e->format);
-                e->format = strdup(pfmt);
-                if (!e->format) {
-                        log_error("Out of memory");
-                        elem_clear(e);
-                        return EXIT_FAILURE;
-                }
-        } else if (value_bool(&e->info, "guessed-raw", false)) {
-                log_error("%s: Could not tell the format of its parent '%s'", child->path, e->path);
-                elem_clear(e);
+                free(e.format);
+                e.format = strdup(bname ?: pfmt);
+                if (!e.format)
+                        return log_oom();
+        } else if (value_bool(&e.info, "guessed-raw", false)) {
+                log_error("%s: Could not tell the format of its parent '%s'", child->path, e.path);
                 return EXIT_FAILURE;
         }
 
-        uuid = value_str(&e->info, "uuid", "");
+        uuid = value_str(&e.info, "uuid", "");
         if (*puuid && *uuid && strcasecmp(uuid, puuid) != 0) {
-                log_error("%s: Its parent '%s' has the UUID %s, not %s as recorded", child->path, e->path,
+                log_error("%s: Its parent '%s' has the UUID %s, not %s as recorded", child->path, e.path,
                           uuid, puuid);
-                elem_clear(e);
                 return EXIT_FAILURE;
         }
-        return set_qemu_format(res, e);
+        r = set_qemu_format(res, &e);
+        if (r != 0)
+                return r;
+        elems[n] = e;
+        e = (ChainElem) { .fd = -1 };
+        return 0;
 }
 
 int chain_resolve(Ctx *ctx, const char *filename, const char *format, unsigned flags, Chain *ret) {
-        Resolver res = { .ctx = ctx };
-        ChainElem *elems;
+        _cleanup_(resolver_done) Resolver res = { .ctx = ctx };
+        ChainElem *elems = ret->elems;   /* top first until the end */
         const char *backend = NULL;
         unsigned n = 0;
         int r;
 
         *ret = (Chain) {};
-        elems = calloc(CHAIN_MAX, sizeof(ChainElem));
-        if (!elems) {
-                log_error("Out of memory");
-                return EXIT_FAILURE;
-        }
         for (unsigned i = 0; i < CHAIN_MAX; i++)
                 elems[i].fd = -1;
 
-        if (format) {
-                if (!backend_find(ctx, format, &backend)) {
-                        if (ctx->have_backends) {
-                                log_error("Unknown file format '%s'", format);
-                                r = EXIT_NOT_SUPPORTED;
-                                goto finish;
-                        }
-                        backend = format;   /* let vdiskd judge */
+        if (format && !backend_find(ctx, format, &backend)) {
+                if (ctx->have_backends) {
+                        log_error("Unknown file format '%s'", format);
+                        return EXIT_NOT_SUPPORTED;
                 }
+                backend = format;   /* let vdiskd judge */
         }
 
         r = elem_open(&res, filename, flags & (CHAIN_TOP_WRITABLE | CHAIN_ALL_WRITABLE), true, "the image",
                       &elems[0]);
         if (r != 0)
-                goto finish;
+                return r;
         n = 1;
 
-        if (backend) {
-                bool same = strcasecmp(backend, elems[0].format) == 0;
-
+        /* Read as another format, the probe's parent info and companion
+         * files are moot. */
+        if (backend && strcasecmp(backend, elems[0].format) != 0)
+                flags |= CHAIN_TOP_ONLY;
+        else
+                r = elem_open_files(&elems[0]);
+        if (r == 0 && backend) {
                 free(elems[0].format);
                 elems[0].format = strdup(backend);
-                if (!elems[0].format) {
-                        log_error("Out of memory");
-                        r = EXIT_FAILURE;
-                        goto finish;
-                }
-                /* Read as another format, the probe's parent info and
-                 * companion files are moot. */
-                if (!same)
-                        flags |= CHAIN_TOP_ONLY;
-                else
-                        r = elem_open_files(&elems[0]);
-        } else {
-                r = elem_open_files(&elems[0]);
+                if (!elems[0].format)
+                        r = log_oom();
         }
         if (r != 0)
-                goto finish;
+                goto fail;
         if (!backend && value_bool(&elems[0].info, "guessed-raw", false)) {
                 ret->guessed_raw = true;
                 if (elems[0].writable && (flags & CHAIN_GUESSED_RAW_OK)) {
@@ -630,50 +545,51 @@ int chain_resolve(Ctx *ctx, const char *filename, const char *format, unsigned f
                                   "needs '-f raw' (a guessed raw image could be turned into another format "
                                   "by what is written)", filename);
                         r = EXIT_FAILURE;
-                        goto finish;
+                        goto fail;
                 }
         }
         r = set_qemu_format(&res, &elems[0]);
         if (r != 0)
-                goto finish;
+                goto fail;
 
         while (!(flags & CHAIN_TOP_ONLY) && value_bool(&elems[n - 1].info, "needs-parent", false)) {
                 if (n >= CHAIN_MAX) {
                         log_error("%s: The chain is longer than %u images", filename, CHAIN_MAX);
                         r = EXIT_FAILURE;
-                        goto finish;
+                        goto fail;
                 }
                 r = open_parent(&res, elems, n);
                 if (r != 0)
-                        goto finish;
+                        goto fail;
                 n++;
                 if (flags & CHAIN_ALL_WRITABLE) {
                         r = elem_make_writable(&elems[n - 1]);
                         if (r != 0)
-                                goto finish;
+                                goto fail;
                 }
         }
 
         /* Base first. */
-        for (unsigned i = 0; i < n; i++)
-                ret->elems[i] = elems[n - 1 - i];
-        for (unsigned i = n; i < CHAIN_MAX; i++)
-                ret->elems[i] = (ChainElem) { .fd = -1 };
-        ret->n = n;
-        n = 0;
-        r = 0;
+        for (unsigned i = 0; i < n / 2; i++) {
+                ChainElem t = elems[i];
 
-finish:
+                elems[i] = elems[n - 1 - i];
+                elems[n - 1 - i] = t;
+        }
+        ret->n = n;
+        return 0;
+
+fail:
         for (unsigned i = 0; i < n; i++)
                 elem_clear(&elems[i]);
-        free(elems);
-        resolver_done(&res);
+        *ret = (Chain) {};
         return r;
 }
 
 static int elem_make_writable(ChainElem *e) {
+        _cleanup_close_ int fd = -1;
         struct stat st;
-        int fd, r;
+        int r;
 
         if (e->writable)
                 return 0;
@@ -686,31 +602,26 @@ static int elem_make_writable(ChainElem *e) {
         }
         if (fstat(fd, &st) < 0 || st.st_dev != e->st.st_dev || st.st_ino != e->st.st_ino) {
                 log_error("%s: The file changed while vdiskctl was opening the chain", e->path);
-                close(fd);
                 return EXIT_FAILURE;
         }
         /* Its companion files too: the same inodes, read-write. */
         for (size_t i = 0; i < e->n_files; i++) {
+                _cleanup_close_ int ffd = -1;
                 struct stat fst;
-                int ffd;
 
                 r = companion_open(e, e->files[i], true, &ffd, &fst);
-                if (r != 0) {
-                        close(fd);
+                if (r != 0)
                         return r;
-                }
                 if (fst.st_dev != e->file_st[i].st_dev || fst.st_ino != e->file_st[i].st_ino) {
                         log_error("%s: Its file '%s' changed while vdiskctl was opening the chain", e->path,
                                   e->files[i]);
-                        close(ffd);
-                        close(fd);
                         return EXIT_FAILURE;
                 }
                 close(e->file_fds[i]);
-                e->file_fds[i] = ffd;
+                e->file_fds[i] = TAKE_FD(ffd);
         }
         close(e->fd);
-        e->fd = fd;
+        e->fd = TAKE_FD(fd);
         e->writable = true;
         return 0;
 }
@@ -741,11 +652,6 @@ static int append_element(sd_bus_message *m, const ChainElem *e) {
         if (r >= 0)
                 r = sd_bus_message_close_container(m);
         return r;
-}
-
-static int build_request_failed(int r) {
-        log_error("Could not build the request: %s", strerror(-r));
-        return EXIT_FAILURE;
 }
 
 /* Descriptors one call may carry: vdiskd's MaxFdsPerCall, and never more than
@@ -818,9 +724,8 @@ static int chain_companions(const Chain *c, NamedFd **ret, size_t *ret_n) {
                         if (dup)
                                 continue;
                         if (named_fds_push(&l, &n, strdup(e->files[k]), e->file_fds[k]) < 0) {
-                                log_error("Out of memory");
                                 named_fds_free(l, n);
-                                return EXIT_FAILURE;
+                                return log_oom();
                         }
                 }
         }
@@ -836,13 +741,9 @@ int file_set_new_filled(Ctx *ctx, const NamedFd *l, size_t n, unsigned per_call,
         const char *path;
         int r;
 
-        r = bus_new_call(ctx, VDISK_PATH, VDISK_IFACE_MANAGER, "CreateFileSet", &m);
-        if (r >= 0)
-                r = bus_options_open(m);
-        if (r >= 0)
-                r = bus_options_close(m);
+        r = bus_new_simple_call(ctx, VDISK_PATH, VDISK_IFACE_MANAGER, "CreateFileSet", &m, NULL);
         if (r < 0)
-                return build_request_failed(r);
+                return log_build_failed(NULL, r);
         r = bus_call(ctx, m, 0, &error, &reply);
         if (r < 0) {
                 if (sd_bus_error_has_name(&error, SD_BUS_ERROR_UNKNOWN_METHOD))
@@ -869,7 +770,7 @@ int file_set_new_filled(Ctx *ctx, const NamedFd *l, size_t n, unsigned per_call,
                 if (r >= 0)
                         r = bus_options_close(m2);
                 if (r < 0)
-                        return build_request_failed(r);
+                        return log_build_failed(NULL, r);
                 r = bus_call(ctx, m2, 0, &error, NULL);
                 if (r < 0)
                         return log_bus_error(what, &error, r);
@@ -929,8 +830,7 @@ static int chain_file_set(Ctx *ctx, Chain *c, const NamedFd *extra, size_t n_ext
         return r;
 oom:
         named_fds_free(l, n);
-        log_error("Out of memory");
-        return EXIT_FAILURE;
+        return log_oom();
 }
 
 int chain_open_disk(Ctx *ctx, Chain *c, bool read_only) {
@@ -938,7 +838,7 @@ int chain_open_disk(Ctx *ctx, Chain *c, bool read_only) {
         _cleanup_msg_ sd_bus_message *m = NULL, *reply = NULL;
         _cleanup_free_ char *file_set = NULL;
         const ChainElem *top = &c->elems[c->n - 1];
-        unsigned per_call = MESSAGE_FDS_MAX, first = c->n;
+        unsigned per_call = MESSAGE_FDS_MAX;
         NamedFd *extra = NULL;
         size_t n_extra = 0;
         const char *disk;
@@ -957,14 +857,12 @@ int chain_open_disk(Ctx *ctx, Chain *c, bool read_only) {
                 per_call = call_fds_max(ctx);
         if (c->n + n_extra > per_call) {
                 r = chain_file_set(ctx, c, extra, n_extra, per_call, &file_set);
-                if (r == -EOPNOTSUPP && n_extra == 0)
-                        first = per_call;   /* an older vdiskd: the rest one by one below */
-                else if (r == -EOPNOTSUPP) {
+                if (r == -EOPNOTSUPP) {
                         log_error("%s: The image has more files (%zu) than one call may carry, and vdiskd has no "
                                   "FileSets", top->path, c->n + n_extra);
                         r = EXIT_NOT_SUPPORTED;
-                        goto finish;
-                } else if (r != 0)
+                }
+                if (r != 0)
                         goto finish;
         }
 
@@ -974,7 +872,7 @@ int chain_open_disk(Ctx *ctx, Chain *c, bool read_only) {
         if (file_set)
                 r = r >= 0 ? append_element(m, top) : r;
         else
-                for (unsigned i = 0; r >= 0 && i < first; i++)
+                for (unsigned i = 0; r >= 0 && i < c->n; i++)
                         r = append_element(m, &c->elems[i]);
         if (r >= 0)
                 r = sd_bus_message_close_container(m);
@@ -991,8 +889,7 @@ int chain_open_disk(Ctx *ctx, Chain *c, bool read_only) {
         if (r >= 0)
                 r = bus_options_close(m);
         if (r < 0) {
-                log_error("%s: Could not build the request: %s", top->path, strerror(-r));
-                r = EXIT_FAILURE;
+                r = log_build_failed(top->path, r);
                 goto finish;
         }
         r = bus_call(ctx, m, 0, &error, &reply);
@@ -1007,33 +904,6 @@ int chain_open_disk(Ctx *ctx, Chain *c, bool read_only) {
                 goto finish;
         }
 
-        /* An older vdiskd without FileSets: the rest one by one. */
-        for (unsigned i = first; !file_set && i < c->n; i++) {
-                _cleanup_msg_ sd_bus_message *m2 = NULL, *reply2 = NULL;
-                const ChainElem *e = &c->elems[i];
-
-                r = bus_new_call(ctx, c->disk, VDISK_IFACE_DISK, "Open", &m2);
-                if (r >= 0)
-                        r = sd_bus_message_append(m2, "hs", e->fd, e->format);
-                if (r >= 0)
-                        r = bus_options_open(m2);
-                if (r >= 0)
-                        r = bus_append_opt_string(m2, "display-name", e->name);
-                if (r >= 0 && (read_only || !e->writable))
-                        r = bus_append_opt_bool(m2, "read-only", true);
-                if (r >= 0)
-                        r = bus_options_close(m2);
-                if (r < 0) {
-                        log_error("%s: Could not build the request: %s", e->path, strerror(-r));
-                        r = EXIT_FAILURE;
-                        goto finish;
-                }
-                r = bus_call(ctx, m2, 0, &error, &reply2);
-                if (r < 0) {
-                        r = log_bus_error(e->path, &error, r);
-                        goto finish;
-                }
-        }
         r = 0;
 finish:
         named_fds_free(extra, n_extra);
@@ -1085,11 +955,7 @@ void chain_done(Ctx *ctx, Chain *c) {
                 int r;
 
                 /* Best effort: vdiskd also closes our disks when we go. */
-                r = bus_new_call(ctx, c->disk, VDISK_IFACE_DISK, "Close", &m);
-                if (r >= 0)
-                        r = bus_options_open(m);
-                if (r >= 0)
-                        r = bus_options_close(m);
+                r = bus_new_simple_call(ctx, c->disk, VDISK_IFACE_DISK, "Close", &m, NULL);
                 if (r >= 0)
                         (void) bus_call(ctx, m, CALL_UNINTERRUPTIBLE, &error, NULL);
         }

@@ -66,14 +66,13 @@ static void objects_done(Objects *o) {
 /* Loads and sorts vdiskd's objects. Logs; exit code. */
 static int objects_load(Ctx *ctx, Objects *ret) {
         _cleanup_bus_error_ sd_bus_error error = SD_BUS_ERROR_NULL;
-        Objects o = {};
+        _cleanup_(objects_done) Objects o = {};
         int r;
 
         r = bus_get_objects(ctx, &error, &o.tree);
         if (r < 0)
                 return log_bus_error("Could not list vdiskd's objects", &error, r);
         if (o.tree.type != VALUE_DICT) {
-                value_clear(&o.tree);
                 log_error("Bad reply from vdiskd");
                 return EXIT_FAILURE;
         }
@@ -88,11 +87,8 @@ static int objects_load(Ctx *ctx, Objects *ret) {
                         r = objects_add(&o.images, &o.n_images, path, p);
                 else if ((p = value_get(ifaces, VDISK_IFACE_OPERATION)))
                         r = objects_add(&o.ops, &o.n_ops, path, p);
-                if (r < 0) {
-                        objects_done(&o);
-                        log_error("Out of memory");
-                        return EXIT_FAILURE;
-                }
+                if (r < 0)
+                        return log_oom();
         }
         if (o.n_disks)
                 qsort(o.disks, o.n_disks, sizeof(Object), object_cmp);
@@ -101,6 +97,7 @@ static int objects_load(Ctx *ctx, Objects *ret) {
         if (o.n_ops)
                 qsort(o.ops, o.n_ops, sizeof(Object), object_cmp);
         *ret = o;
+        o = (Objects) {};
         return 0;
 }
 
@@ -170,10 +167,6 @@ static void table_done(Table *t) {
 }
 
 /* ---------------------------------------------------------------- list */
-
-static void format_percent(double p, char buf[static 32]) {
-        snprintf(buf, 32, "%.1f%%", p * 100.0);
-}
 
 static void list_json(const Objects *o) {
         Json j;
@@ -321,7 +314,7 @@ static int list_human(const Objects *o) {
                         const Value *p = o->ops[i].props;
                         char pct[32], user[64];
 
-                        format_percent(value_double(p, "Progress", 0), pct);
+                        snprintf(pct, sizeof pct, "%.1f%%", value_double(p, "Progress", 0) * 100.0);
                         format_uid((uint32_t) value_uint(p, "StartedByUID", 0), user);
                         r = table_add(&t, object_short(o->ops[i].path), value_str(p, "Kind", "-"),
                                       value_str(p, "State", "-"), pct,
@@ -339,20 +332,21 @@ static int list_human(const Objects *o) {
 
 oom:
         table_done(&t);
-        log_error("Out of memory");
-        return EXIT_FAILURE;
+        return log_oom();
 }
 
-static int parse_output_only(int argc, char **argv, const char *usage) {
+/* The options of vdiskctl's own service commands: -h, -q and, where
+ * `output`, --output. -1 to go on, or the exit code. */
+static int parse_options(int argc, char **argv, bool output) {
         static const struct option options[] = {
+                { "output", required_argument, NULL, ARG_OUTPUT },
                 { "help",   no_argument,       NULL, 'h' },
                 { "quiet",  no_argument,       NULL, 'q' },
-                { "output", required_argument, NULL, ARG_OUTPUT },
                 {}
         };
         int c, ex;
 
-        while ((c = getopt_long(argc, argv, "hq", options, NULL)) >= 0) {
+        while ((c = getopt_long(argc, argv, "hq", output ? options : options + 1, NULL)) >= 0) {
                 if (c == ARG_OUTPUT) {
                         if (front_parse_output(optarg, &arg_output) < 0)
                                 return usage_error("--output takes 'human' or 'json', not '%s'", optarg);
@@ -361,7 +355,6 @@ static int parse_output_only(int argc, char **argv, const char *usage) {
                 if (common_option(c, optarg, &ex) == 2)
                         return ex;
         }
-        (void) usage;
         return -1;
 }
 
@@ -369,7 +362,7 @@ int cmd_list(Ctx *ctx, int argc, char **argv) {
         Objects o = {};
         int ex;
 
-        ex = parse_output_only(argc, argv, "list");
+        ex = parse_options(argc, argv, true);
         if (ex >= 0)
                 return ex;
         if (optind != argc)
@@ -548,8 +541,9 @@ static int status_manager(Ctx *ctx) {
 }
 
 /* "3" and "operation/3" are operations, "disk/3" and "image/3" what they
- * say; object paths as they are. */
-static int object_parse(const char *s, char **ret_path, const char **ret_iface) {
+ * say; object paths as they are. `operation`: operations only, and any
+ * other object path is taken as one. */
+static int object_parse(const char *s, bool operation, char **ret_path, const char **ret_iface) {
         static const struct {
                 const char *prefix;
                 const char *iface;
@@ -561,13 +555,14 @@ static int object_parse(const char *s, char **ret_path, const char **ret_iface) 
         const char *rest = s;
         unsigned id;
 
+        *ret_iface = VDISK_IFACE_OPERATION;
+        if (operation && sd_bus_object_path_is_valid(s))
+                return (*ret_path = strdup(s)) ? 0 : -ENOMEM;
         if (strncmp(rest, VDISK_PATH "/", strlen(VDISK_PATH "/")) == 0)
                 rest += strlen(VDISK_PATH "/");
-        if (parse_uint(rest, &id) >= 0 && rest == s) {
-                *ret_iface = VDISK_IFACE_OPERATION;
+        if (parse_uint(rest, &id) >= 0 && rest == s)
                 return asprintf(ret_path, VDISK_PATH "/operation/%u", id) < 0 ? -ENOMEM : 0;
-        }
-        for (size_t i = 0; i < ELEMENTSOF(kinds); i++)
+        for (size_t i = 0; i < (operation ? 1 : ELEMENTSOF(kinds)); i++)
                 if (strncmp(rest, kinds[i].prefix, strlen(kinds[i].prefix)) == 0 &&
                     parse_uint(rest + strlen(kinds[i].prefix), &id) >= 0) {
                         *ret_iface = kinds[i].iface;
@@ -580,15 +575,15 @@ static int status_object(Ctx *ctx, const char *arg) {
         _cleanup_bus_error_ sd_bus_error error = SD_BUS_ERROR_NULL;
         _cleanup_value_ Value props = {};
         _cleanup_free_ char *path = NULL;
-        const char *iface;
+        bool json = arg_output == OUTPUT_JSON;
         const Value *images = NULL;
+        const char *iface;
+        Json j;
         int r;
 
-        r = object_parse(arg, &path, &iface);
-        if (r == -ENOMEM) {
-                log_error("Out of memory");
-                return EXIT_FAILURE;
-        }
+        r = object_parse(arg, false, &path, &iface);
+        if (r == -ENOMEM)
+                return log_oom();
         if (r < 0)
                 return usage_error(
                         "'%s' is no operation, disk or image (use N, operation/N, disk/N, image/N "
@@ -604,51 +599,48 @@ static int status_object(Ctx *ctx, const char *arg) {
         }
         if (streq(iface, VDISK_IFACE_DISK))
                 images = value_get(&props, "Images");
+        if (images && images->type != VALUE_ARRAY)
+                images = NULL;
 
-        if (arg_output == OUTPUT_JSON) {
-                Json j;
-
+        if (json) {
                 json_begin(&j, stdout, true);
                 json_object_open(&j, NULL);
                 json_string(&j, "object", path);
                 json_string(&j, "interface", iface);
                 json_value(&j, "properties", &props);
-                if (images && images->type == VALUE_ARRAY) {
+                if (images)
                         json_array_open(&j, "images");
-                        for (size_t i = 0; i < images->c.n; i++) {
-                                _cleanup_bus_error_ sd_bus_error e2 = SD_BUS_ERROR_NULL;
-                                _cleanup_value_ Value ip = {};
-
-                                if (images->c.items[i].type != VALUE_STRING ||
-                                    bus_get_all(ctx, images->c.items[i].s, VDISK_IFACE_IMAGE, &e2, &ip) < 0)
-                                        continue;
-                                json_object_open(&j, NULL);
-                                json_string(&j, "object", images->c.items[i].s);
-                                json_value(&j, "properties", &ip);
-                                json_object_close(&j);
-                        }
-                        json_array_close(&j);
-                }
-                json_object_close(&j);
-                json_end(&j);
-                return EXIT_OK;
+        } else {
+                printf("%s\n", object_short(path));
+                print_properties(&props, 4);
         }
-
-        printf("%s\n", object_short(path));
-        print_properties(&props, 4);
-        for (size_t i = 0; images && images->type == VALUE_ARRAY && i < images->c.n; i++) {
+        /* A disk's images follow it. */
+        for (size_t i = 0; images && i < images->c.n; i++) {
                 _cleanup_bus_error_ sd_bus_error e2 = SD_BUS_ERROR_NULL;
                 _cleanup_value_ Value ip = {};
+                const char *ipath = images->c.items[i].s;
 
                 if (images->c.items[i].type != VALUE_STRING)
                         continue;
-                r = bus_get_all(ctx, images->c.items[i].s, VDISK_IFACE_IMAGE, &e2, &ip);
+                r = bus_get_all(ctx, ipath, VDISK_IFACE_IMAGE, &e2, &ip);
                 if (r < 0) {
-                        (void) log_bus_error(object_short(images->c.items[i].s), &e2, r);
-                        continue;
+                        if (!json)
+                                (void) log_bus_error(object_short(ipath), &e2, r);
+                } else if (json) {
+                        json_object_open(&j, NULL);
+                        json_string(&j, "object", ipath);
+                        json_value(&j, "properties", &ip);
+                        json_object_close(&j);
+                } else {
+                        printf("\n  %s\n", object_short(ipath));
+                        print_properties(&ip, 6);
                 }
-                printf("\n  %s\n", object_short(images->c.items[i].s));
-                print_properties(&ip, 6);
+        }
+        if (json) {
+                if (images)
+                        json_array_close(&j);
+                json_object_close(&j);
+                json_end(&j);
         }
         return EXIT_OK;
 }
@@ -656,7 +648,7 @@ static int status_object(Ctx *ctx, const char *arg) {
 int cmd_status(Ctx *ctx, int argc, char **argv) {
         int ex;
 
-        ex = parse_output_only(argc, argv, "status");
+        ex = parse_options(argc, argv, true);
         if (ex >= 0)
                 return ex;
         if (optind == argc)
@@ -878,11 +870,9 @@ int cmd_monitor(Ctx *ctx, int argc, char **argv) {
         };
         sd_bus_slot *slots[ELEMENTSOF(rules)] = {};
         Monitor mon = { .ctx = ctx };
-        sd_bus_creds *creds = NULL;
-        const char *unique;
         int r, ex = EXIT_FAILURE;
 
-        ex = parse_output_only(argc, argv, "monitor");
+        ex = parse_options(argc, argv, true);
         if (ex >= 0)
                 return ex;
         ex = EXIT_FAILURE;
@@ -898,11 +888,7 @@ int cmd_monitor(Ctx *ctx, int argc, char **argv) {
         }
 
         /* Who is vdiskd now (without starting it: monitor only watches). */
-        if (sd_bus_get_name_creds(ctx->bus, VDISK_BUS_NAME, SD_BUS_CREDS_UNIQUE_NAME, &creds) >= 0 &&
-            sd_bus_creds_get_unique_name(creds, &unique) >= 0)
-                mon.owner = strdup(unique);
-        creds = sd_bus_creds_unref(creds);
-        if (mon.owner)
+        if (bus_name_owner(ctx, &mon.owner) >= 0)
                 monitor_register(ctx, true);
         if (arg_output == OUTPUT_HUMAN && !arg_quiet) {
                 if (mon.owner)
@@ -913,15 +899,8 @@ int cmd_monitor(Ctx *ctx, int argc, char **argv) {
         }
 
         while (signals_received == 0) {
-                r = sd_bus_process(ctx->bus, NULL);
-                if (r < 0 && r != -EINTR) {
-                        log_error("Lost the connection to the bus: %s", strerror(-r));
-                        goto finish;
-                }
-                if (r > 0)
-                        continue;
-                r = sd_bus_wait(ctx->bus, UINT64_MAX);
-                if (r < 0 && r != -EINTR) {
+                r = bus_step(ctx, UINT64_MAX);
+                if (r < 0) {
                         log_error("Lost the connection to the bus: %s", strerror(-r));
                         goto finish;
                 }
@@ -938,39 +917,27 @@ finish:
 /* ---------------------------------------------------------------- cancel */
 
 int cmd_cancel(Ctx *ctx, int argc, char **argv) {
-        static const struct option options[] = {
-                { "help",  no_argument, NULL, 'h' },
-                { "quiet", no_argument, NULL, 'q' },
-                {}
-        };
         _cleanup_bus_error_ sd_bus_error error = SD_BUS_ERROR_NULL;
         _cleanup_msg_ sd_bus_message *m = NULL;
         _cleanup_free_ char *path = NULL;
-        int c, r, ex;
+        const char *iface;
+        int r, ex;
 
-        while ((c = getopt_long(argc, argv, "hq", options, NULL)) >= 0)
-                if (common_option(c, optarg, &ex) == 2)
-                        return ex;
+        ex = parse_options(argc, argv, false);
+        if (ex >= 0)
+                return ex;
         if (optind + 1 != argc)
                 return usage_error("cancel takes one operation");
-        r = operation_path_parse(argv[optind], &path);
-        if (r == -ENOMEM) {
-                log_error("Out of memory");
-                return EXIT_FAILURE;
-        }
+        r = object_parse(argv[optind], true, &path, &iface);
+        if (r == -ENOMEM)
+                return log_oom();
         if (r < 0)
                 return usage_error("'%s' is no operation (use N, operation/N or an object path)",
                                    argv[optind]);
 
-        r = bus_new_call(ctx, path, VDISK_IFACE_OPERATION, "Cancel", &m);
-        if (r >= 0)
-                r = bus_options_open(m);
-        if (r >= 0)
-                r = bus_options_close(m);
-        if (r < 0) {
-                log_error("Could not build the request: %s", strerror(-r));
-                return EXIT_FAILURE;
-        }
+        r = bus_new_simple_call(ctx, path, iface, "Cancel", &m, NULL);
+        if (r < 0)
+                return log_build_failed(NULL, r);
         r = bus_call(ctx, m, 0, &error, NULL);
         if (r < 0)
                 return log_bus_error(object_short(path), &error, r);

@@ -45,6 +45,12 @@ static int set_string(char **p, const char *s) {
         return 0;
 }
 
+static void op_state_set_end(OpState *st, const char *state, const char *name, const char *message) {
+        (void) set_string(&st->state, state);
+        (void) set_string(&st->error_name, name);
+        (void) set_string(&st->error_message, message);
+}
+
 /* Takes the values it keeps (Result) out of props. */
 static void op_state_update(OpState *st, Value *props) {
         Value *v;
@@ -165,9 +171,7 @@ static int on_completed(sd_bus_message *m, void *userdata, sd_bus_error *ret_err
                 return 0;
         if (sd_bus_message_read(m, "sss", &state, &name, &message) < 0)
                 return 0;
-        (void) set_string(&w->st.state, state);
-        (void) set_string(&w->st.error_name, name);
-        (void) set_string(&w->st.error_message, message);
+        op_state_set_end(&w->st, state, name, message);
         w->st.ended = true;
         return 0;
 }
@@ -183,17 +187,14 @@ static int on_wait_reply(sd_bus_message *m, void *userdata, sd_bus_error *ret_er
                 return 1;   /* too many waiters: the signals still tell the end */
         w->st.waited = true;
         if (!e && sd_bus_message_read(m, "sss", &state, &name, &message) >= 0 && state_terminal(state)) {
-                if (!state_terminal(w->st.state)) {
-                        (void) set_string(&w->st.state, state);
-                        (void) set_string(&w->st.error_name, name);
-                        (void) set_string(&w->st.error_message, message);
-                }
+                if (!state_terminal(w->st.state))
+                        op_state_set_end(&w->st, state, name, message);
         } else if (!state_terminal(w->st.state)) {
                 /* Ended (or vdiskd went away) without us seeing the final properties. */
-                (void) set_string(&w->st.state, e && (error_is(e, "Cancelled") || error_is(e, "ServiceStopping")) ?
-                                          "cancelled" : "failed");
-                (void) set_string(&w->st.error_name, e && e->name ? e->name : "");
-                (void) set_string(&w->st.error_message, e && e->message ? e->message : "malformed Wait reply");
+                bool cancelled = e && (error_is(e, "Cancelled") || error_is(e, "ServiceStopping"));
+
+                op_state_set_end(&w->st, cancelled ? "cancelled" : "failed", e && e->name ? e->name : "",
+                                 e && e->message ? e->message : "malformed Wait reply");
         }
         w->st.ended = true;
         return 1;
@@ -210,7 +211,9 @@ static int on_owner_changed(sd_bus_message *m, void *userdata, sd_bus_error *ret
         return 0;
 }
 
-int op_watch_start(Ctx *ctx, bool progress, OpWatch *ret) {
+/* Subscribes to the signals of operations; call before the method that
+ * starts one, so that no signal is missed. */
+static int op_watch_start(Ctx *ctx, bool progress, OpWatch *ret) {
         _cleanup_free_ char *rule_props = NULL, *rule_completed = NULL;
         const char *daemon;
         int r;
@@ -230,10 +233,8 @@ int op_watch_start(Ctx *ctx, bool progress, OpWatch *ret) {
                      "arg0='" VDISK_IFACE_OPERATION "'", daemon) < 0 ||
             asprintf(&rule_completed,
                      "type='signal',sender='%s',interface='" VDISK_IFACE_OPERATION "',member='Completed'",
-                     daemon) < 0) {
-                log_error("Out of memory");
-                return EXIT_FAILURE;
-        }
+                     daemon) < 0)
+                return log_oom();
 
         /* sd_bus_add_match() waits until the bus has installed the rule. */
         r = sd_bus_add_match(ctx->bus, &ret->props_slot, rule_props, on_properties_changed, ret);
@@ -274,11 +275,7 @@ static int send_wait(OpWatch *w) {
         _cleanup_msg_ sd_bus_message *m = NULL;
         int r;
 
-        r = bus_new_call(w->ctx, w->st.path, VDISK_IFACE_OPERATION, "Wait", &m);
-        if (r >= 0)
-                r = bus_options_open(m);
-        if (r >= 0)
-                r = bus_options_close(m);
+        r = bus_new_simple_call(w->ctx, w->st.path, VDISK_IFACE_OPERATION, "Wait", &m, NULL);
         if (r >= 0)
                 r = sd_bus_call_async(w->ctx->bus, &w->wait_slot, m, on_wait_reply, w, UINT64_MAX);
         return r;
@@ -299,11 +296,7 @@ static void send_cancel(OpWatch *w) {
                 fprintf(stderr, "Cancelling %s (press Ctrl-C again to stop waiting)...\n",
                         object_short(w->st.path));
 
-        r = bus_new_call(w->ctx, w->st.path, VDISK_IFACE_OPERATION, "Cancel", &m);
-        if (r >= 0)
-                r = bus_options_open(m);
-        if (r >= 0)
-                r = bus_options_close(m);
+        r = bus_new_simple_call(w->ctx, w->st.path, VDISK_IFACE_OPERATION, "Cancel", &m, NULL);
         if (r >= 0)
                 r = bus_call(w->ctx, m, CALL_UNINTERRUPTIBLE, &error, NULL);
         if (r >= 0 || w->st.ended)
@@ -327,7 +320,11 @@ static int refresh(OpWatch *w) {
         return 0;
 }
 
-int op_follow(OpWatch *w, const char *path) {
+/* Follows the operation at `path` until it ends. Ctrl-C sends Cancel and
+ * keeps waiting; a second Ctrl-C stops waiting. Returns 0 on success,
+ * -ECANCELED when cancelled, -EIO when it failed (st has the error), another
+ * negative errno when following failed (logged). */
+static int op_follow(OpWatch *w, const char *path) {
         unsigned sigs_handled = 0;
         uint64_t last_draw = 0;
         int r;
@@ -378,15 +375,8 @@ int op_follow(OpWatch *w, const char *path) {
                         last_draw = now;
                 }
 
-                r = sd_bus_process(w->ctx->bus, NULL);
-                if (r < 0 && r != -EINTR) {
-                        log_error("Lost the connection to the bus: %s", strerror(-r));
-                        return r;
-                }
-                if (r > 0)
-                        continue;
-                r = sd_bus_wait(w->ctx->bus, PROGRESS_REDRAW_USEC);
-                if (r < 0 && r != -EINTR) {
+                r = bus_step(w->ctx, PROGRESS_REDRAW_USEC);
+                if (r < 0) {
                         log_error("Lost the connection to the bus: %s", strerror(-r));
                         return r;
                 }
@@ -426,26 +416,6 @@ int op_log_failure(OpWatch *w, const char *what, int r) {
         sd_bus_error_set_const(&error, name ? name : VDISK_ERROR_PREFIX "Failed", msg);
         log_error("%s: %s", what, msg ? msg : name ? name : "the operation failed");
         return exit_code_from_error(&error, -EIO);
-}
-
-int operation_path_parse(const char *s, char **ret) {
-        unsigned id;
-        char *p;
-
-        if (parse_uint(s, &id) >= 0) {
-                if (asprintf(&p, VDISK_PATH "/operation/%u", id) < 0)
-                        return -ENOMEM;
-        } else if (strncmp(s, "operation/", 10) == 0 && parse_uint(s + 10, &id) >= 0) {
-                if (asprintf(&p, VDISK_PATH "/operation/%u", id) < 0)
-                        return -ENOMEM;
-        } else if (sd_bus_object_path_is_valid(s)) {
-                p = strdup(s);
-                if (!p)
-                        return -ENOMEM;
-        } else
-                return -EINVAL;
-        *ret = p;
-        return 0;
 }
 
 bool progress_wanted(bool forced) {

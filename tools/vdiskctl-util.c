@@ -1,9 +1,7 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
 /* vdiskctl helpers: messages, signals, sizes, paths, small string lists. */
 
-#include <ctype.h>
 #include <errno.h>
-#include <getopt.h>
 #include <pwd.h>
 #include <stdarg.h>
 #include <string.h>
@@ -60,26 +58,8 @@ void install_signal_handlers(void) {
         (void) signal(SIGPIPE, SIG_IGN);
 }
 
-/* ---------------------------------------------------------------- sizes */
-
-int parse_uint(const char *s, unsigned *ret) {
-        unsigned long v;
-        char *end;
-
-        if (!isdigit((unsigned char) s[0]))
-                return -EINVAL;
-        errno = 0;
-        v = strtoul(s, &end, 10);
-        if (errno != 0 || *end || v > UINT32_MAX)
-                return -EINVAL;
-        *ret = (unsigned) v;
-        return 0;
-}
-
 /* ---------------------------------------------------------------- UTF-8 */
 
-/* Length of the valid UTF-8 sequence at s (0 when invalid), its code point
- * in *ret. */
 char *utf8_sanitize(const char *s) {
         const unsigned char *p = (const unsigned char *) s;
         char *out, *o;
@@ -117,22 +97,6 @@ const char *path_basename(const char *path) {
         if (slash[1])
                 return slash + 1;
         return path;   /* "dir/": keep it whole, the daemon only shows it */
-}
-
-int path_dirname(const char *path, char **ret) {
-        const char *slash = strrchr(path, '/');
-        char *s;
-
-        if (!slash)
-                s = strdup(".");
-        else if (slash == path)
-                s = strdup("/");
-        else
-                s = strndup(path, (size_t) (slash - path));
-        if (!s)
-                return -ENOMEM;
-        *ret = s;
-        return 0;
 }
 
 const char *object_short(const char *path) {

@@ -37,34 +37,24 @@ static int container_append(Value *v, Value *item, char *key) {
 
 /* A dictionary key as a string, whatever its basic type. */
 static int key_to_string(const Value *k, char **ret) {
-        char *s = NULL;
+        char buf[64];
 
-        switch (k->type) {
-        case VALUE_STRING:
-                s = strdup(k->s);
-                break;
-        case VALUE_BOOL:
-                s = strdup(k->b ? "true" : "false");
-                break;
-        case VALUE_INT:
-                if (asprintf(&s, "%" PRIi64, k->i) < 0)
-                        s = NULL;
-                break;
-        case VALUE_UINT:
-                if (asprintf(&s, "%" PRIu64, k->u) < 0)
-                        s = NULL;
-                break;
-        case VALUE_DOUBLE:
-                if (asprintf(&s, "%g", k->d) < 0)
-                        s = NULL;
-                break;
-        default:
-                return -EINVAL;
+        if (k->type == VALUE_STRING)
+                *ret = strdup(k->s);
+        else {
+                if (k->type == VALUE_BOOL)
+                        snprintf(buf, sizeof buf, "%s", k->b ? "true" : "false");
+                else if (k->type == VALUE_INT)
+                        snprintf(buf, sizeof buf, "%" PRIi64, k->i);
+                else if (k->type == VALUE_UINT)
+                        snprintf(buf, sizeof buf, "%" PRIu64, k->u);
+                else if (k->type == VALUE_DOUBLE)
+                        snprintf(buf, sizeof buf, "%g", k->d);
+                else
+                        return -EINVAL;
+                *ret = strdup(buf);
         }
-        if (!s)
-                return -ENOMEM;
-        *ret = s;
-        return 0;
+        return *ret ? 0 : -ENOMEM;
 }
 
 static int read_container_items(sd_bus_message *m, Value *v, bool dict, unsigned depth) {
@@ -137,77 +127,43 @@ static int value_read_depth(sd_bus_message *m, Value *ret, unsigned depth) {
         v.sig = type;
 
         switch (type) {
-        case SD_BUS_TYPE_BOOLEAN: {
-                int b;
-
-                r = sd_bus_message_read_basic(m, type, &b);
-                v.type = VALUE_BOOL;
-                v.b = b;
-                break;
-        }
-        case SD_BUS_TYPE_BYTE: {
-                uint8_t x;
-
-                r = sd_bus_message_read_basic(m, type, &x);
-                v.type = VALUE_UINT;
-                v.u = x;
-                break;
-        }
-        case SD_BUS_TYPE_INT16: {
-                int16_t x;
-
-                r = sd_bus_message_read_basic(m, type, &x);
-                v.type = VALUE_INT;
-                v.i = x;
-                break;
-        }
-        case SD_BUS_TYPE_UINT16: {
-                uint16_t x;
-
-                r = sd_bus_message_read_basic(m, type, &x);
-                v.type = VALUE_UINT;
-                v.u = x;
-                break;
-        }
+        case SD_BUS_TYPE_BOOLEAN:
+        case SD_BUS_TYPE_BYTE:
+        case SD_BUS_TYPE_INT16:
+        case SD_BUS_TYPE_UINT16:
         case SD_BUS_TYPE_INT32:
-        case SD_BUS_TYPE_UNIX_FD: {
-                int32_t x;
-
-                r = sd_bus_message_read_basic(m, type, &x);
-                v.type = VALUE_INT;
-                v.i = x;
-                break;
-        }
-        case SD_BUS_TYPE_UINT32: {
-                uint32_t x;
-
-                r = sd_bus_message_read_basic(m, type, &x);
-                v.type = VALUE_UINT;
-                v.u = x;
-                break;
-        }
-        case SD_BUS_TYPE_INT64: {
-                int64_t x;
-
-                r = sd_bus_message_read_basic(m, type, &x);
-                v.type = VALUE_INT;
-                v.i = x;
-                break;
-        }
-        case SD_BUS_TYPE_UINT64: {
-                uint64_t x;
-
-                r = sd_bus_message_read_basic(m, type, &x);
-                v.type = VALUE_UINT;
-                v.u = x;
-                break;
-        }
+        case SD_BUS_TYPE_UNIX_FD:
+        case SD_BUS_TYPE_UINT32:
+        case SD_BUS_TYPE_INT64:
+        case SD_BUS_TYPE_UINT64:
         case SD_BUS_TYPE_DOUBLE: {
-                double x;
+                /* sd-bus stores each type in its own width. */
+                union {
+                        int b;
+                        uint8_t y;
+                        int16_t n;
+                        uint16_t q;
+                        int32_t i;
+                        uint32_t u;
+                        int64_t x;
+                        uint64_t t;
+                        double d;
+                } x;
 
                 r = sd_bus_message_read_basic(m, type, &x);
-                v.type = VALUE_DOUBLE;
-                v.d = x;
+                if (type == SD_BUS_TYPE_BOOLEAN) {
+                        v.type = VALUE_BOOL;
+                        v.b = x.b;
+                } else if (type == SD_BUS_TYPE_DOUBLE) {
+                        v.type = VALUE_DOUBLE;
+                        v.d = x.d;
+                } else if (strchr("nihx", type)) {
+                        v.type = VALUE_INT;
+                        v.i = type == 'n' ? x.n : type == 'x' ? x.x : x.i;
+                } else {
+                        v.type = VALUE_UINT;
+                        v.u = type == 'y' ? x.y : type == 'q' ? x.q : type == 'u' ? x.u : x.t;
+                }
                 break;
         }
         case SD_BUS_TYPE_STRING:
@@ -261,18 +217,6 @@ static int value_read_depth(sd_bus_message *m, Value *ret, unsigned depth) {
 
 int value_read(sd_bus_message *m, Value *ret) {
         return value_read_depth(m, ret, 0);
-}
-
-int value_read_all(sd_bus_message *m, Value *ret) {
-        _cleanup_value_ Value v = { .type = VALUE_ARRAY, .sig = 'r' };
-        int r;
-
-        r = read_container_items(m, &v, false, 0);
-        if (r < 0)
-                return r;
-        *ret = v;
-        v = (Value) {};
-        return 0;
 }
 
 void value_clear(Value *v) {
@@ -348,4 +292,40 @@ bool value_geometry(const Value *dict, const char *key, uint32_t ret[3]) {
                 ret[i] = (uint32_t) v->c.items[i].u;
         }
         return ret[0] || ret[1] || ret[2];
+}
+
+/* The writer is shared/json.c. */
+void json_value(Json *j, const char *key, const Value *v) {
+        switch (v->type) {
+        case VALUE_NONE:
+                json_null(j, key);
+                break;
+        case VALUE_BOOL:
+                json_bool(j, key, v->b);
+                break;
+        case VALUE_INT:
+                json_int(j, key, v->i);
+                break;
+        case VALUE_UINT:
+                json_uint(j, key, v->u);
+                break;
+        case VALUE_DOUBLE:
+                json_double(j, key, v->d);
+                break;
+        case VALUE_STRING:
+                json_string(j, key, v->s);
+                break;
+        case VALUE_ARRAY:
+                json_array_open(j, key);
+                for (size_t i = 0; i < v->c.n; i++)
+                        json_value(j, NULL, &v->c.items[i]);
+                json_array_close(j);
+                break;
+        case VALUE_DICT:
+                json_object_open(j, key);
+                for (size_t i = 0; i < v->c.n; i++)
+                        json_value(j, v->c.keys[i], &v->c.items[i]);
+                json_object_close(j);
+                break;
+        }
 }

@@ -62,20 +62,22 @@ typedef enum BusTransport {
         TRANSPORT_ADDRESS,
 } BusTransport;
 
-
 extern BusTransport arg_transport;
 extern const char *arg_address;
 extern bool arg_ask_password;
 extern OutputFormat arg_output;
 extern bool arg_quiet;
 
-/* ---- messages (vdiskctl-util.c) */
+/* ---- messages, signals, names (vdiskctl-util.c) */
+
+static inline int log_oom(void) {
+        log_error("Out of memory");
+        return EXIT_FAILURE;
+}
 
 /* log_error(), log_warning(), log_set_quiet(), usage_hint() and
  * usage_error(): shared/log.h (a bad command line ends with EXIT_USAGE). */
 void log_notice(const char *fmt, ...) _printf_(1, 2);    /* nothing with -q */
-
-/* ---- cancel (vdiskctl-util.c) */
 
 /* Number of SIGINT/SIGTERM/SIGHUP requests since the handlers were
  * installed (signals less than a second apart count once). Blocking waits
@@ -83,27 +85,18 @@ void log_notice(const char *fmt, ...) _printf_(1, 2);    /* nothing with -q */
 extern volatile sig_atomic_t signals_received;
 void install_signal_handlers(void);
 
-/* ---- sizes and parsing (vdiskctl-util.c) */
-
-int parse_uint(const char *s, unsigned *ret);
-
-/* ---- small string and file helpers (vdiskctl-util.c) */
-
 /* A copy of s with every byte that is not valid UTF-8 replaced by U+FFFD
  * (D-Bus strings must be UTF-8; file names need not be). */
 char *utf8_sanitize(const char *s);
-
 /* The file's base name (a pointer into path). */
 const char *path_basename(const char *path);
-/* The directory part of path ("." when none). */
-int path_dirname(const char *path, char **ret);
 /* "disk/3" for "/org/vdisk/VDisk1/disk/3" (or the path itself). */
 const char *object_short(const char *path);
 /* "user" or the uid in decimal. */
 void format_uid(uint32_t uid, char buf[static 64]);
 /* Microseconds of CLOCK_REALTIME. */
 uint64_t now_usec(void);
-/* "12:34:56" local time of a µs timestamp. */
+/* "2024-05-01 12:34:56" local time of a µs timestamp, "-" for 0. */
 void format_timestamp(uint64_t usec, char buf[static 64]);
 void strv_free(char **l);
 int strv_push(char ***l, size_t *n, const char *s);
@@ -125,8 +118,8 @@ static inline size_t strv_length(char **l) {
 typedef enum ValueType {
         VALUE_NONE,
         VALUE_BOOL,
-        VALUE_INT,      /* y n i x (signed) and h */
-        VALUE_UINT,     /* q u t */
+        VALUE_INT,      /* n i x h */
+        VALUE_UINT,     /* y q u t */
         VALUE_DOUBLE,
         VALUE_STRING,   /* s o g */
         VALUE_ARRAY,    /* arrays that are not dictionaries, structs */
@@ -153,8 +146,6 @@ typedef struct Value {
 /* Reads the complete value at the message's read position (variants are
  * unwrapped). */
 int value_read(sd_bus_message *m, Value *ret);
-/* Reads every remaining value of the current container into an array. */
-int value_read_all(sd_bus_message *m, Value *ret);
 void value_clear(Value *v);
 
 const Value *value_get(const Value *dict, const char *key);
@@ -164,10 +155,9 @@ bool value_bool(const Value *dict, const char *key, bool def);
 double value_double(const Value *dict, const char *key, double def);
 /* (uuu) geometry; false when missing or all zero. */
 bool value_geometry(const Value *dict, const char *key, uint32_t ret[3]);
-
-/* ---- JSON output (shared/json.h, plus:) */
-
+/* v as JSON (shared/json.h), under `key` inside an object. */
 void json_value(Json *j, const char *key, const Value *v);
+
 
 /* ---- bus (vdiskctl-bus.c) */
 
@@ -180,6 +170,8 @@ typedef struct Ctx {
 
 int ctx_connect(Ctx *ctx);
 void ctx_done(Ctx *ctx);
+/* vdiskd's unique name now, without starting it. */
+int bus_name_owner(Ctx *ctx, char **ret);
 /* vdiskd's unique name (activating it if the bus can). */
 int ctx_daemon_name(Ctx *ctx, const char **ret);
 
@@ -193,16 +185,23 @@ int bus_options_close(sd_bus_message *m);
 int bus_append_opt_bool(sd_bus_message *m, const char *key, bool v);
 int bus_append_opt_string(sd_bus_message *m, const char *key, const char *v);
 int bus_append_opt_u64(sd_bus_message *m, const char *key, uint64_t v);
-int bus_append_opt_u32(sd_bus_message *m, const char *key, uint32_t v);
+/* bus_new_call() with the arguments `types` (sd_bus_message_append()) and
+ * empty options. */
+int bus_new_simple_call(Ctx *ctx, const char *path, const char *iface, const char *member, sd_bus_message **ret,
+                        const char *types, ...);
+/* Logs "[WHAT: ]Could not build the request: ..."; returns EXIT_FAILURE. */
+int log_build_failed(const char *what, int r);
 
 enum {
         CALL_UNINTERRUPTIBLE = 1u << 0,   /* keep waiting for the reply after Ctrl-C */
-        CALL_NO_TIMEOUT      = 1u << 1,
 };
 /* Sends m and waits for the reply, dispatching signals meanwhile. Returns
  * -EINTR when interrupted (unless CALL_UNINTERRUPTIBLE), or a negative errno
  * with `error` set on a D-Bus error. */
 int bus_call(Ctx *ctx, sd_bus_message *m, unsigned flags, sd_bus_error *error, sd_bus_message **ret);
+/* Dispatches one message, or waits up to timeout_usec (or a signal) for
+ * one. >= 0, or a negative errno when the connection is lost. */
+int bus_step(Ctx *ctx, uint64_t timeout_usec);
 /* Properties.GetAll of one interface as a dictionary. */
 int bus_get_all(Ctx *ctx, const char *path, const char *iface, sd_bus_error *error, Value *ret);
 /* ObjectManager.GetManagedObjects: path -> interface -> properties. */
@@ -277,8 +276,6 @@ int file_set_new_filled(Ctx *ctx, const NamedFd *l, size_t n, unsigned per_call,
 /* Appends the option `files` (a{sh}) to an open options array. */
 int bus_append_opt_files(sd_bus_message *m, const NamedFd *l, size_t n);
 
-/* Extra directories searched for parents named by UUID only (--parent-dir). */
-
 enum {
         CHAIN_TOP_WRITABLE = 1u << 0,   /* the top is opened O_RDWR */
         CHAIN_ALL_WRITABLE = 1u << 1,   /* every element is opened O_RDWR */
@@ -299,7 +296,7 @@ int chain_make_writable(Chain *c, unsigned i);
 bool chain_contains(const Chain *c, const struct stat *st);
 /* Manager.OpenDisk; a chain with more files than one call may carry
  * (MaxFdsPerCall) passes its parents through a FileSet, so that it still
- * opens in one step (Disk.Open per element with a vdiskd without FileSets).
+ * opens in one step.
  * Logs; returns an exit code. */
 int chain_open_disk(Ctx *ctx, Chain *c, bool read_only);
 /* chain_resolve() and chain_open_disk(); on failure nothing stays open. */
@@ -335,14 +332,6 @@ typedef struct OpWatch {
         bool daemon_gone;
 } OpWatch;
 
-/* Subscribes to the signals of operations; call before the method that
- * starts one, so that no signal is missed. */
-int op_watch_start(Ctx *ctx, bool progress, OpWatch *ret);
-/* Follows the operation at `path` until it ends. Ctrl-C sends Cancel and
- * keeps waiting; a second Ctrl-C stops waiting. Returns 0 on success,
- * -ECANCELED when cancelled, -EIO when it failed (st has the error), another
- * negative errno when following failed (logged). */
-int op_follow(OpWatch *w, const char *path);
 void op_watch_done(OpWatch *w);
 /* Reports an operation that did not succeed: "vdiskctl: WHAT: message".
  * Returns the exit code. */
@@ -356,8 +345,6 @@ bool progress_wanted(bool forced);
  * -EINTR (stopped waiting) without logging: see op_log_failure(). The caller
  * calls op_watch_done(w) in every case. */
 int op_run(Ctx *ctx, sd_bus_message *m, bool progress, const char *what, OpWatch *w);
-/* Parses "3", "operation/3" or the full path. */
-int operation_path_parse(const char *s, char **ret);
 
 /* ---- commands */
 

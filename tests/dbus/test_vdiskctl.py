@@ -4,14 +4,19 @@ system mode: vdiskctl runs as client uid 61002 in its own directory, polkit
 allows open and modify. A chain of three VDI images is made with vdiskctl,
 data goes into each layer with Disk.Write over the bus (python), and the
 results of convert, commit, merge, compact, resize and check are compared
-with a flat reference by qemu-img (an independent reader)."""
+with a flat reference by qemu-img (an independent reader). The service
+commands (list, status, cancel, monitor) are checked line by line against
+what the bus says."""
 
 import json
 import os
+import re
+import signal
+import subprocess
 
 import pytest
 
-from harness import A_MODIFY, A_OPEN, UID_A, MiB, Open, user_path, vdiskctl
+from harness import A_MODIFY, A_OPEN, DISK, UID_A, MiB, Open, tool, user_path, vdiskctl
 
 SIZE = 64 * MiB
 
@@ -177,3 +182,78 @@ def test_denied_exit_status(env, a):
         assert not p(env, 'deny.raw').exists()
     finally:
         env.polkit.allow(A_OPEN, A_MODIFY)
+
+
+def short(path):
+    return path.replace('/org/vdisk/VDisk1/', '')
+
+
+def test_service_commands_output(env, a):
+    """list, status, cancel and monitor, human and JSON, on a disk of two VDI
+    images and a Check that ended; bad arguments exit 2, unknown objects 5."""
+    base = env.make_vdi(UID_A, 'svc-base.vdi', 8 * MiB, regions=[(0, MiB, 1)])
+    top = env.make_vdi_diff(UID_A, 'svc-top.vdi', base)
+    mon = subprocess.Popen(['setpriv', f'--reuid={UID_A}', f'--regid={UID_A}', '--clear-groups', '--',
+                            tool('VDISKCTL'), f'--address={env.bus.address}', 'monitor'],
+                           cwd=env.dirs[UID_A], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        # printed once vdiskd answered: every event from here on reaches it
+        assert mon.stdout.readline().startswith('Monitoring vdiskd (')
+        d = a.manager('OpenDisk', 'a(hsa{sv})a{sv}', [(Open(base, os.O_RDONLY), 'VDI', {}),
+                                                      (Open(top, os.O_RDWR), 'VDI', {})], {'display-name': 'svc'})
+        imgs = env.watcher.get(d, DISK, 'Images')
+        op = a.image(imgs[1], 'Check', 'a{sv}', {})
+        a.wait_op(op)
+        n = op.rsplit('/', 1)[1]
+
+        out = ctl(env, 'list').stdout
+        assert re.search(r'^OBJECT +NAME +FORMAT +SIZE +OWNER +ACCESS +DETAILS$', out, re.M), out
+        assert re.search(rf'^{short(d)} +svc +vdi +8 MiB +\S+ +rw +2 images$', out, re.M), out
+        assert re.search(rf'^  {short(imgs[0])} +vdi +8 MiB +\S+ +ro +#0 dynamic$', out, re.M), out
+        assert re.search(rf'^  {short(imgs[1])} +vdi +8 MiB +\S+ +rw +#1 diff$', out, re.M), out
+        assert re.search(rf'^{short(op)} +check +succeeded +100.0% +{short(d)} +\S+$', out, re.M), out
+        listing = json.loads(ctl(env, '--output=json', 'list').stdout)
+        disk = [x for x in listing['disks'] if x['object'] == d][0]
+        assert (disk['display-name'], disk['size'], disk['read-only'], disk['operation']) == \
+            ('svc', 8 * MiB, False, None), disk
+        assert [(i['object'], i['index'], i['format'], i['variant'], i['read-only']) for i in disk['images']] == \
+            [(imgs[0], 0, 'vdi', 'dynamic', True), (imgs[1], 1, 'vdi', 'diff', False)], disk
+        o = [x for x in listing['operations'] if x['object'] == op][0]
+        assert (o['kind'], o['state'], o['progress'], o['disk'], o['started-by-uid']) == \
+            ('check', 'succeeded', 1, d, UID_A), o
+
+        out = ctl(env, 'status', short(d)).stdout.splitlines()
+        assert out[0] == short(d) and '     DisplayName: svc' in out and f'  {short(imgs[1])}' in out, out
+        assert re.search(r'^ +Variant: diff$', '\n'.join(out), re.M), out
+        st = json.loads(ctl(env, '--output=json', 'status', d).stdout)
+        assert (st['object'], st['interface'], st['properties']['DisplayName']) == (d, DISK, 'svc'), st
+        assert [(i['object'], i['properties']['Index']) for i in st['images']] == [(imgs[0], 0), (imgs[1], 1)], st
+        st = json.loads(ctl(env, 'status', '--output=json', n).stdout)
+        assert (st['object'], st['properties']['State']) == (op, 'succeeded'), st
+        assert 'images' not in st
+        out = ctl(env, 'status').stdout
+        assert out.startswith('vdiskd ') and '  Formats:\n    VDI (vdi):' in out, out
+
+        r = ctl(env, 'cancel', f'operation/{n}', check=False)
+        assert r.returncode == 1 and f'{short(op)}: ' in r.stderr and 'ended' in r.stderr, (r.returncode, r.stderr)
+        for args, code in ((('cancel', 'operation/99999'), 5), (('status', 'disk/99999'), 5),
+                           (('cancel', short(d)), 2), (('cancel', '--output=json', n), 2),
+                           (('status', 'bogus'), 2), (('status', n, n), 2), (('list', 'x'), 2)):
+            r = ctl(env, *args, check=False)
+            assert r.returncode == code and r.stdout == '', (args, r.returncode, r.stdout, r.stderr)
+
+        a.disk(d, 'Close', 'a{sv}', {})
+        seen = []
+        while not seen or seen[-1] != f'- {short(d)}':
+            line = mon.stdout.readline()
+            assert line, seen
+            seen.append(line.rstrip('\n').split(' ', 1)[1])   # without the time of day
+    finally:
+        mon.send_signal(signal.SIGINT)
+        mon.wait(timeout=30)
+    assert mon.returncode == 0
+    events = '\n'.join(seen)
+    assert re.search(rf'^\+ {short(d)} "svc" 8 MiB, owner \S+$', events, re.M), seen
+    assert f'+ {short(imgs[1])} "" vdi 8 MiB, {short(d)} #1' in seen, seen
+    assert re.search(rf'^\+ {short(op)} check on {short(d)} by \S+ \(queued\)$', events, re.M), seen
+    assert f'* {short(op)} succeeded' in seen and f'- {short(imgs[0])}' in seen, seen

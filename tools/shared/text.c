@@ -193,3 +193,33 @@ int size_change_apply(const SizeChange *c, uint64_t cur, uint64_t *ret) {
         *ret = n;
         return 0;
 }
+
+int parse_uint(const char *s, unsigned *ret) {
+        unsigned long v;
+        char *end;
+
+        if (!isdigit((unsigned char) s[0]))
+                return -EINVAL;
+        errno = 0;
+        v = strtoul(s, &end, 10);
+        if (errno != 0 || *end || v > UINT32_MAX)
+                return -EINVAL;
+        *ret = (unsigned) v;
+        return 0;
+}
+
+int path_dirname(const char *path, char **ret) {
+        const char *slash = strrchr(path, '/');
+        char *s;
+
+        if (!slash)
+                s = strdup(".");
+        else if (slash == path)
+                s = strdup("/");
+        else
+                s = strndup(path, (size_t) (slash - path));
+        if (!s)
+                return -ENOMEM;
+        *ret = s;
+        return 0;
+}

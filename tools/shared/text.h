@@ -34,3 +34,8 @@ int path_relative_to(const char *child, const char *name, char **ret);
 static inline bool streq_ptr(const char *a, const char *b) {
         return a && b ? strcmp(a, b) == 0 : a == b;
 }
+
+/* A decimal number up to UINT32_MAX, digits only: 0 or -EINVAL. */
+int parse_uint(const char *s, unsigned *ret);
+/* The directory part of path ("." when none). */
+int path_dirname(const char *path, char **ret);
