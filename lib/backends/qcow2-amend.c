@@ -411,7 +411,7 @@ static int switch_header(qcow2_state *s, const uint8_t *hdr, size_t used) {
  *   - neither: first a shorter header with the old name (without the
  *     feature name table, which only names bits, and with the backing file
  *     name moved past both) that fits in the first sector, then as above.
- * Headers too big for that (both names of several hundred bytes, or no room
+ * Headers too big for that (an old name of several hundred bytes, or no room
  * left in the cluster for the moved backing file name) are refused (qemu
  * writes every header in one call; vdisk does not tear a header); two
  * renames through a short name do it. */
@@ -499,8 +499,9 @@ static int rename_data_file(qcow2_state *s, const char *name) {
         /* no order of one-sector switches: refused rather than torn */
 refuse:
         r = vdisk_error(-EOPNOTSUPP, "qcow2: the data file name of %zu bytes cannot become one of %zu bytes with "
-                        "a crash-safe header update (both are too long for the header's first sector); rename "
-                        "through a shorter name in two steps", strlen(s->data_file_name), strlen(name));
+                        "a crash-safe header update (the old header and the new one are both too long for the "
+                        "header's first sector); rename through a shorter name in two steps",
+                        strlen(s->data_file_name), strlen(name));
         goto fail;
 done:
         if (r < 0)
