@@ -28,9 +28,25 @@
  *                    refcounts, then the L2 entries; the header goes to
  *                    version 2 last, after everything is flushed.
  *   size             the core resizes (not here).
+ *   backing_file, backing_fmt
+ *                    qemu-img 7.2's rule: accepted only when both are given
+ *                    and equal the image's (a no-op); any other value, or
+ *                    only one of them, is refused ("Cannot amend the backing
+ *                    file": rebase changes it).
+ *   data_file=NAME   (images with an external data file) the name in the
+ *                    header changes; the data file itself is not touched or
+ *                    opened (as with qemu, it may be renamed afterwards). The
+ *                    header is rewritten so that a crash or a failed write
+ *                    leaves the old or the new header, never a mix (see
+ *                    rename_data_file()). Unlike qemu, an empty name (which
+ *                    leaves an image no one opens without an option) and
+ *                    names vdisk would refuse to open (absolute, "..", a
+ *                    protocol prefix) are refused.
+ *   data_file_raw    off: the autoclear bit is cleared (one 8-byte write);
+ *                    on: only where it is already set (qemu: "data-file-raw
+ *                    cannot be set on existing images").
  * Options only creation takes (cluster_size, extended_l2, preallocation,
- * compression_type, encryption) are refused with qemu's words; changing the
- * backing file (use rebase -u) or the data file is not supported.
+ * compression_type, encryption) are refused with qemu's words.
  *
  * The order of the steps is qemu's: upgrade, refcount width, lazy refcounts,
  * downgrade. Each step leaves a valid image.
@@ -47,6 +63,7 @@
 #define HDR_REFT_OFFSET    48u
 #define HDR_INCOMPAT       72u
 #define HDR_COMPAT         80u
+#define HDR_AUTOCLEAR      88u
 #define HDR_REFCOUNT_ORDER 96u
 #define REFT_MASK          UINT64_C(0xfffffffffffffe00)
 
@@ -54,7 +71,63 @@ typedef struct amend_req {
         uint32_t version;       /* 0: unchanged */
         int lazy;               /* -1: unchanged */
         int refcount_order;     /* -1: unchanged */
+        /* backing file, data file (hB) */
+        const char *backing_file, *backing_fmt;   /* NULL: not given */
+        const char *data_file;                     /* NULL: unchanged */
+        int data_file_raw;                         /* -1: not given */
 } amend_req;
+
+/* qemu's boolean option values */
+static int parse_bool(const char *k, const char *v, int *ret) {
+        if (streq(v, "on") || streq(v, "yes") || streq(v, "true"))
+                *ret = 1;
+        else if (streq(v, "off") || streq(v, "no") || streq(v, "false"))
+                *ret = 0;
+        else
+                return vdisk_error(-EINVAL, "Parameter '%s' expects 'on' or 'off'", k);
+        return 0;
+}
+
+static bool has_prefix_ci(const char *s, const char *prefix) {
+        return strncasecmp(s, prefix, strlen(prefix)) == 0;
+}
+
+/* A data file name vdisk can open again: relative, inside the image's
+ * directory, a file name (no protocol), within the header's limits. */
+static int check_data_file_name(const char *v) {
+        static const char *const protocols[] = {
+                "json:", "nbd:", "nbd+", "http:", "https:", "ftp:", "ftps:", "ssh:", "file:", NULL,
+        };
+        size_t len = strlen(v);
+
+        if (len == 0)
+                return vdisk_error(-EINVAL, "data-file cannot be empty: the image could not be opened without "
+                                   "naming its data file");
+        if (len > QCOW2_BACKING_NAME_MAX)
+                return vdisk_error(-EINVAL, "qcow2: data file name of %zu bytes (at most %u)", len,
+                                   QCOW2_BACKING_NAME_MAX);
+        if (v[0] == '/')
+                return vdisk_error(-EINVAL, "refusing the absolute data file name '%s' (companion files must be "
+                                   "named relative to the image)", v);
+        for (const char *p = v; *p;) {
+                size_t n = strcspn(p, "/");
+
+                if (n == 2 && p[0] == '.' && p[1] == '.')
+                        return vdisk_error(-EINVAL, "refusing the data file name '%s' (companion files must stay "
+                                           "inside the image's directory)", v);
+                p += n;
+                p += strspn(p, "/");
+        }
+        for (const char *const *p = protocols; *p; p++)
+                if (has_prefix_ci(v, *p))
+                        return vdisk_error(-EINVAL, "refusing the data file name '%s': a protocol name, not a "
+                                           "file name", v);
+        return 0;
+}
+
+static bool str_eq0(const char *a, const char *b) {
+        return a == b || (a && b && streq(a, b));
+}
 
 static int parse_request(const qcow2_state *s, const char *const *options, amend_req *ret) {
         amend_req q = { .lazy = -1, .refcount_order = -1 };
@@ -79,19 +152,36 @@ static int parse_request(const qcow2_state *s, const char *const *options, amend
                         q.refcount_order = __builtin_ctzll(n);
                 } else if (streq(k, "lazy_refcounts"))
                         q.lazy = streq(v, "on");
-                else if (streq(k, "backing_file") || streq(k, "backing_fmt"))
-                        return vdisk_error(-EOPNOTSUPP, "changing the backing file with amend is not supported "
-                                           "(use rebase -u)");
-                else if (streq(k, "data_file") || streq(k, "data_file_raw")) {
+                else if (streq(k, "backing_file"))
+                        q.backing_file = v;
+                else if (streq(k, "backing_fmt"))
+                        q.backing_fmt = v;
+                else if (streq(k, "data_file")) {
+                        int r;
+
                         if (!s->data_file_name)
                                 return vdisk_error(-EINVAL, "data-file can only be set for images that use an "
                                                    "external data file");
-                        return vdisk_error(-EOPNOTSUPP, "changing the external data file with amend is not "
-                                           "supported");
+                        r = check_data_file_name(v);
+                        if (r < 0)
+                                return r;
+                        q.data_file = v;
+                } else if (streq(k, "data_file_raw")) {
+                        int r = parse_bool(k, v, &q.data_file_raw);
+
+                        if (r < 0)
+                                return r;
+                        if (q.data_file_raw == 1 && !(s->autoclear & AUTOCLEAR_DATA_RAW))
+                                return vdisk_error(-EINVAL, "data-file-raw cannot be set on existing images");
                 } else
                         return vdisk_error(-EINVAL, "Invalid parameter '%s': this option is only supported for "
                                            "image creation", k);
         }
+        /* qemu-img 7.2: both as the image has them (each may be absent),
+         * or refused */
+        if ((q.backing_file || q.backing_fmt) &&
+            (!str_eq0(q.backing_file, s->backing_name) || !str_eq0(q.backing_fmt, s->backing_format)))
+                return vdisk_error(-EINVAL, "Cannot amend the backing file (you can use rebase instead)");
         *ret = q;
         return 0;
 }
@@ -218,6 +308,223 @@ static int set_lazy(qcow2_state *s, bool on) {
         if (r < 0)
                 return r;
         s->compat = compat;
+        return 0;
+}
+
+/* ---------------------------------------------------------------- data file name (hB) */
+
+#define SECTOR 512u
+
+/* Composes in `out` (one zeroed cluster) the header of `old` with the data
+ * file extension's name replaced by `name` (the other extensions in their
+ * order; the feature name table only `with_features`), the end marker, and
+ * the backing file name at `name_at` (0: right behind the end marker).
+ * *ret_chain_end: where the end marker ends; *ret_used: the bytes used. */
+static int compose_header(qcow2_state *s, const uint8_t *old, uint8_t *out, bool with_features, const char *name,
+                          size_t name_at, size_t *ret_chain_end, size_t *ret_used) {
+        size_t cs = (size_t) s->cluster_size, nlen = strlen(name), pos, end, bpos;
+        uint64_t boff = get_be64(old + 8), bsize = get_be32(old + 16);
+
+        memset(out, 0, cs);
+        memcpy(out, old, s->header_length);
+        end = boff != 0 && bsize != 0 && boff < cs ? (size_t) boff : cs;
+        pos = s->header_length;
+        for (size_t off = s->header_length; off + 8 <= end;) {
+                uint32_t type = get_be32(old + off), len = get_be32(old + off + 4);
+                size_t step = 8 + ALIGN_UP((size_t) len, 8);
+
+                if (type == EXT_END || step > end - off)
+                        break;
+                off += step;
+                if (type == EXT_FEATURES && !with_features)
+                        continue;
+                if (type == EXT_DATA_FILE) {
+                        size_t nstep = 8 + ALIGN_UP(nlen, (size_t) 8);
+
+                        if (pos + nstep + 8 > cs)
+                                goto full;
+                        put_be32(out + pos, EXT_DATA_FILE);
+                        put_be32(out + pos + 4, (uint32_t) nlen);
+                        memcpy(out + pos + 8, name, nlen);
+                        pos += nstep;
+                        continue;
+                }
+                if (pos + step + 8 > cs)
+                        goto full;
+                memcpy(out + pos, old + off - step, step);
+                pos += step;
+        }
+        pos += 8;   /* the end marker (zeros) */
+        *ret_chain_end = pos;
+        bpos = name_at ?: pos;
+        if (boff != 0 && bsize != 0) {
+                if (bpos < pos || bsize > cs || bpos + bsize > cs || boff + bsize > cs)
+                        goto full;
+                memcpy(out + bpos, old + boff, bsize);
+                put_be64(out + 8, bpos);
+                pos = bpos + bsize;
+        }
+        *ret_used = pos;
+        return 0;
+full:
+        return vdisk_error(-ENOSPC, "qcow2: the header extensions and the backing file name do not fit in the "
+                           "header cluster");
+}
+
+static int write_flush(qcow2_state *s, const uint8_t *buf, size_t len, uint64_t at) {
+        int r;
+
+        if (len == 0)
+                return 0;
+        r = io_pwrite(s->io, buf, len, at);
+        return r < 0 ? r : io_flush(s->io);
+}
+
+/* Writes the header `hdr` (`used` bytes) over one whose bytes past the first
+ * sector are all either outside [SECTOR, used) or equal there: the bytes
+ * past the first sector first (no reader of the current header looks at
+ * them), then the first sector in one write. */
+static int switch_header(qcow2_state *s, const uint8_t *hdr, size_t used) {
+        int r;
+
+        if (used > SECTOR) {
+                r = write_flush(s, hdr + SECTOR, used - SECTOR, SECTOR);
+                if (r < 0)
+                        return r;
+        }
+        return write_flush(s, hdr, MIN(used, (size_t) SECTOR), 0);
+}
+
+/* The data file extension names `name`. Every write is either one sector
+ * (which disks, and the crash model, write whole) or into bytes the header
+ * on disk does not use (or holds already), so a crash or a failed write
+ * leaves the old header or the new one. With c the header on disk and t the
+ * new one (each: the extensions up to the end marker, then the backing file
+ * name):
+ *   - t fits in the first sector: one write;
+ *   - c's extensions fit in the first sector: t's bytes past it (its backing
+ *     file name where c has it, or behind its extensions), then its first
+ *     sector; c's backing file name is moved out of the way first when t's
+ *     extensions reach it;
+ *   - t's extensions fit in the first sector: its backing file name past
+ *     both, then its first sector;
+ *   - neither: first a shorter header with the old name (without the
+ *     feature name table, which only names bits, and with the backing file
+ *     name moved past both) that fits in the first sector, then as above.
+ * Headers too big for that (an old name of several hundred bytes, or no room
+ * left in the cluster for the moved backing file name) are refused (qemu
+ * writes every header in one call; vdisk does not tear a header); two
+ * renames through a short name do it. */
+static int rename_data_file(qcow2_state *s, const char *name) {
+        size_t cs = (size_t) s->cluster_size, c_chain, c_used, t_chain, t_used, m_chain, m_used, far, tb;
+        _cleanup_free_ uint8_t *cur = malloc(cs), *t = malloc(cs), *m = malloc(cs);
+        uint64_t cb, bs;
+        char *dup;
+        int r;
+
+        if (!cur || !t || !m)
+                return -ENOMEM;
+        dup = strdup(name);
+        if (!dup)
+                return -ENOMEM;
+        /* refused before anything is written when no order can do it */
+        r = io_pread_zerofill(s->io, cur, cs, 0);
+        if (r >= 0)
+                r = compose_header(s, cur, t, true, name, 0, &t_chain, &t_used);
+        if (r >= 0)
+                r = compose_header(s, cur, m, false, s->data_file_name, 0, &m_chain, &m_used);
+        if (r < 0)
+                goto fail;
+        if (t_used > SECTOR && t_chain > SECTOR && m_chain > SECTOR)
+                goto refuse;
+        for (unsigned step = 0; step < 4; step++) {
+                r = io_pread_zerofill(s->io, cur, cs, 0);
+                if (r < 0)
+                        goto fail;
+                cb = get_be64(cur + 8);
+                bs = get_be32(cur + 16);
+                if (cb == 0 || bs == 0 || cb >= cs || bs > cs - cb)
+                        cb = bs = 0;
+                /* c's layout: its extensions composed again end where they do */
+                r = compose_header(s, cur, m, true, s->data_file_name, 0, &c_chain, &c_used);
+                if (r >= 0)
+                        r = compose_header(s, cur, t, true, name, 0, &t_chain, &t_used);
+                if (r < 0)
+                        goto fail;
+                c_used = MAX(c_chain, (size_t) (cb + bs));
+                if (t_used <= SECTOR) {
+                        r = write_flush(s, t, SECTOR, 0);
+                        goto done;
+                }
+                far = ALIGN_UP(MAX(c_used, t_chain), (size_t) 8);
+                if (c_chain <= SECTOR) {
+                        bool c_out = bs && cb + bs > SECTOR;
+
+                        if (c_out && cb < t_chain) {
+                                /* c's backing file name is in the way: moved first */
+                                if (compose_header(s, cur, m, true, s->data_file_name, far, &m_chain, &m_used) < 0)
+                                        break;
+                                r = write_flush(s, m + far, m_used - far, far);
+                                if (r >= 0)
+                                        r = write_flush(s, m, SECTOR, 0);
+                                if (r < 0)
+                                        goto fail;
+                                continue;
+                        }
+                        tb = c_out ? cb : t_chain;   /* c's name: the same bytes */
+                        if (compose_header(s, cur, t, true, name, tb, &t_chain, &t_used) < 0)
+                                break;
+                        r = switch_header(s, t, t_used);
+                        goto done;
+                }
+                if (t_chain <= SECTOR) {
+                        tb = bs && cb >= SECTOR ? cb : ALIGN_UP(MAX(c_used, (size_t) SECTOR), (size_t) 8);
+                        if (compose_header(s, cur, t, true, name, tb, &t_chain, &t_used) < 0)
+                                break;
+                        r = write_flush(s, t + tb, t_used - tb, tb);
+                        if (r >= 0)
+                                r = write_flush(s, t, SECTOR, 0);
+                        goto done;
+                }
+                if (compose_header(s, cur, m, false, s->data_file_name, bs ? far : 0, &m_chain, &m_used) < 0 ||
+                    m_chain > SECTOR)
+                        break;
+                if (bs)
+                        r = write_flush(s, m + far, m_used - far, far);
+                if (r >= 0)
+                        r = write_flush(s, m, SECTOR, 0);
+                if (r < 0)
+                        goto fail;
+        }
+        /* no order of one-sector switches: refused rather than torn */
+refuse:
+        r = vdisk_error(-EOPNOTSUPP, "qcow2: the data file name of %zu bytes cannot become one of %zu bytes with "
+                        "a crash-safe header update (the old header and the new one are both too long for the "
+                        "header's first sector); rename through a shorter name in two steps",
+                        strlen(s->data_file_name), strlen(name));
+        goto fail;
+done:
+        if (r < 0)
+                goto fail;
+        free(s->data_file_name);
+        s->data_file_name = dup;
+        return 0;
+fail:
+        free(dup);
+        return r;
+}
+
+static int clear_data_file_raw(qcow2_state *s) {
+        uint8_t b[8];
+        int r;
+
+        if (!(s->autoclear & AUTOCLEAR_DATA_RAW))
+                return 0;
+        put_be64(b, s->autoclear & ~(uint64_t) AUTOCLEAR_DATA_RAW);
+        r = write_flush(s, b, sizeof b, HDR_AUTOCLEAR);
+        if (r < 0)
+                return r;
+        s->autoclear &= ~(uint64_t) AUTOCLEAR_DATA_RAW;
         return 0;
 }
 
@@ -552,6 +859,16 @@ int qcow2_amend(void *state, const char *const *options, vdisk_progress *p) {
         }
         if (q.lazy >= 0 && s->version == 3) {
                 r = set_lazy(s, q.lazy);
+                if (r < 0)
+                        return r;
+        }
+        if (q.data_file && !streq(q.data_file, s->data_file_name)) {
+                r = rename_data_file(s, q.data_file);
+                if (r < 0)
+                        return r;
+        }
+        if (q.data_file_raw == 0) {
+                r = clear_data_file_raw(s);
                 if (r < 0)
                         return r;
         }

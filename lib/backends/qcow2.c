@@ -1790,6 +1790,37 @@ static int rc_set_value(qcow2_state *s, uint64_t c, uint64_t v) {
         return 0;
 }
 
+/* (hB) A refcount block that something else points at too (an L2 entry,
+ * another table) is corruption: qemu-img check's "ERROR refcount block N
+ * refcount=R", repaired by -r all with a rebuild of the refcounts. Here the
+ * block is copied to a new cluster at the end of the file (counted, written,
+ * made durable), the refcount table entry switched to it and flushed, and
+ * the old cluster loses the block's reference: what pointed at it keeps a
+ * cluster of its own, which no refcount update changes any more. */
+static int move_shared_rb(qcow2_state *s, uint64_t rti, uint64_t from, uint64_t *ret_to) {
+        uint64_t cs = s->cluster_size, to;
+        int r;
+
+        r = qcow2_flush_refcounts(s);
+        if (r >= 0)
+                r = qcow2_table_place(s, NULL, cs, from, 0, 0, &to);
+        if (r >= 0)
+                r = tc_set(s->reft, rti, to, 0);
+        if (r >= 0)
+                r = tc_table_flush(s->reft);
+        if (r >= 0)
+                r = io_flush(s->io);
+        /* the cached view of the old place is stale (and clean: flushed above) */
+        if (r >= 0)
+                r = qcow2_drop_table(s, from);
+        if (r >= 0)
+                r = qcow2_uncount(s, from, cs);
+        if (r < 0)
+                return r;
+        *ret_to = to;
+        return 0;
+}
+
 static int qcow2_check(void *state, uint32_t flags, vdisk_check_report *rep, vdisk_progress *p) {
         qcow2_state *s = state;
         bool fix_all = flags & VDISK_CHECK_REPAIR_ALL, fix_leaks = fix_all || (flags & VDISK_CHECK_REPAIR_LEAKS);
@@ -1798,6 +1829,8 @@ static int qcow2_check(void *state, uint32_t flags, vdisk_check_report *rep, vdi
         _cleanup_free_ uint8_t *reft = NULL, *blk = NULL;
         _cleanup_free_ uint32_t *cnt = NULL;
         qcount q = { .s = s, .rep = rep };
+        uint64_t shared[64];   /* (hB) refcount blocks referenced more than once */
+        size_t n_shared = 0;
         int r;
 
         if ((fix_leaks && !dry) && !s->writable)
@@ -1848,6 +1881,21 @@ static int qcow2_check(void *state, uint32_t flags, vdisk_check_report *rep, vdi
         r = qcow2_bitmaps_count(s, count_ref_cb, &q, rep);
         if (r < 0)
                 return r;
+
+        /* (hB) each refcount block referenced once, by the table */
+        for (uint64_t i = 0; i < n_reft; i++) {
+                uint64_t b = get_be64(reft + i * 8) & REFT_OFFSET_MASK;
+
+                if (b == 0 || b % cs != 0 || !range_within(b, cs, s->file_size) || b / cs >= q.clusters ||
+                    cnt[b / cs] == 1)
+                        continue;
+                rep->corruptions++;
+                r = check_report_add(rep, "ERROR refcount block %" PRIu64 " refcount=%" PRIu32, i, cnt[b / cs]);
+                if (r < 0)
+                        return r;
+                if (cnt[b / cs] > 1 && n_shared < ELEMENTSOF(shared))
+                        shared[n_shared++] = i;
+        }
 
         /* compare: clusters in a refcount block, then referenced ones without */
         for (uint64_t i = 0; i < n_reft; i++) {
@@ -1905,6 +1953,24 @@ static int qcow2_check(void *state, uint32_t flags, vdisk_check_report *rep, vdi
                 if (r < 0)
                         return r;
                 r = io_flush(s->io);
+                if (r < 0)
+                        return r;
+        }
+        /* (hB) shared refcount blocks move out, once the counts are right */
+        for (size_t k = 0; !dry && fix_all && k < n_shared; k++) {
+                uint64_t b = get_be64(reft + shared[k] * 8) & REFT_OFFSET_MASK, to;
+
+                r = move_shared_rb(s, shared[k], b, &to);
+                if (r < 0)
+                        return r;
+                rep->corruptions_fixed++;
+                r = check_report_add(rep, "Repairing refcount block %" PRIu64 ": moved from %" PRIu64 " to %" PRIu64
+                                     " (the old cluster stays with the other reference)", shared[k], b, to);
+                if (r < 0)
+                        return r;
+        }
+        if (n_shared > 0 && !dry && fix_all) {
+                r = qcow2_flush(s);
                 if (r < 0)
                         return r;
         }

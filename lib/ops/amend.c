@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
 /*
  * Amend (qemu-img amend): changes format options of the top image in place
- * (qcow2: compat, refcount width, lazy refcounts). The backend does the
+ * (qcow2: compat, refcount width, lazy refcounts, the data file name). The backend does the
  * work; "size" is a resize, done here after the backend's part, as qemu's
  * amend does it.
  */
@@ -56,17 +56,21 @@ int vdisk_amend(vdisk_disk *d, const char *const *options, vdisk_progress *p) {
         if (!img->be->amend)
                 return vdisk_error(-EOPNOTSUPP, "Format driver '%s' does not support option amendment",
                                    img->be->info.qemu_name);
+        /* backing_file and backing_fmt go to the backend: qcow2 takes them
+         * when they name what the image has (qemu-img 7.2's rule) */
         for (size_t i = 0; i < k; i += 2)
-                if (!vdisk_backend_option(&img->be->info, rest[i]) || strcmp(rest[i], "backing_file") == 0 ||
-                    strcmp(rest[i], "backing_fmt") == 0) {
-                        if (strcmp(rest[i], "backing_file") == 0 || strcmp(rest[i], "backing_fmt") == 0)
-                                return vdisk_error(-EOPNOTSUPP, "changing the backing file with amend is not "
-                                                   "supported (use rebase -u)");
+                if (!vdisk_backend_option(&img->be->info, rest[i]))
                         return vdisk_error(-EINVAL, "Invalid parameter '%s'", rest[i]);
-                }
-        r = backend_check_options(img->be, rest);
-        if (r < 0)
-                return r;
+        /* the value checks of creation, for all but the backing file's keys */
+        for (size_t i = 0; i < k; i += 2) {
+                const char *one[3] = { rest[i], rest[i + 1], NULL };
+
+                if (strcmp(rest[i], "backing_file") == 0 || strcmp(rest[i], "backing_fmt") == 0)
+                        continue;
+                r = backend_check_options(img->be, one);
+                if (r < 0)
+                        return r;
+        }
         if (img->info_only)
                 return vdisk_error(-EROFS, "%s: image is read-only", vdisk_io_name(img->io));
         r = disk_make_writable(d, top);

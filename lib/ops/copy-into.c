@@ -66,6 +66,89 @@ static int into_zero(into_side *dst, uint64_t offset, uint64_t len, uint32_t fla
         return 0;
 }
 
+/* (hB) One cluster of data compressed (or plain when it does not shrink)
+ * into the top image, under its disk's lock. */
+static int into_write_encoded(into_side *dst, const uint8_t *data, size_t len, uint64_t offset, uint8_t *out) {
+        _cleanup_(disk_unlockp) _unused_ vdisk_disk *l = disk_lock(dst->d);
+        vdisk_image *img = dst->d->images[dst->top];
+        size_t out_len = 0;
+        int r;
+
+        if (!img->writable || img->info_only)
+                return vdisk_error(-EROFS, "%s: image is read-only", vdisk_io_name(img->io));
+        if (len < img->layout.cluster_size && offset + len != img->size)
+                return rw_write(dst->d, dst->top, data, len, offset);   /* a partial cluster inside */
+        r = img->be->encode(img->state, data, len, out, &out_len);
+        if (r >= 0 && img->be->note_write)
+                r = img->be->note_write(img->state, offset, len);
+        if (r >= 0)
+                r = img->be->stream_write_encoded(img->state, offset, len, out, out_len);
+        return r < 0 ? vdisk_error_prefix(r, vdisk_io_name(img->io)) : 0;
+}
+
+/* convert -c -n: the source a buffer at a time, each cluster of it
+ * compressed into the destination (see VDISK_COPY_INTO_COMPRESS). */
+static int into_run_compressed(into_side *src, into_side *dst, uint32_t flags, vdisk_progress *p) {
+        _cleanup_free_ uint8_t *buf = NULL, *out = NULL;
+        uint64_t size = src->size, offset = 0, cs;
+        vdisk_image *img;
+        int r;
+
+        pthread_mutex_lock(&dst->d->lock);
+        img = dst->d->images[dst->top];
+        cs = img->layout.cluster_size;
+        if (!(img->be->info.caps & VDISK_CAP_COMPRESS) || !img->be->encode || !img->be->encode_bound ||
+            !img->be->stream_write_encoded || cs == 0)
+                r = vdisk_error(-EOPNOTSUPP, "Compression not supported for this file format");
+        else if (OP_BUFFER_SIZE % cs)
+                r = vdisk_error(-EOPNOTSUPP, "%s: a cluster of %" PRIu64 " bytes does not divide the copy buffer",
+                                vdisk_io_name(img->io), cs);
+        else {
+                out = malloc(img->be->encode_bound(img->state, (size_t) cs));
+                r = out ? 0 : vdisk_error(-ENOMEM, "out of memory");
+        }
+        pthread_mutex_unlock(&dst->d->lock);
+        if (r < 0)
+                return r;
+        buf = malloc(OP_BUFFER_SIZE);
+        if (!buf)
+                return vdisk_error(-ENOMEM, "out of memory");
+        progress_set_total(p, size);
+        while (offset < size) {
+                size_t n = (size_t) MIN(size - offset, (uint64_t) OP_BUFFER_SIZE);
+                vdisk_extent e;
+
+                r = op_side_status(src, offset, n, &e);
+                if (r < 0)
+                        return r;
+                if (extent_reads_zero(&e) && e.length >= n) {
+                        r = into_zero(dst, offset, n, flags, p);
+                        if (r < 0)
+                                return r;
+                        offset += n;
+                        continue;
+                }
+                r = op_side_read(src, buf, n, offset);
+                if (r < 0)
+                        return r;
+                for (size_t k = 0; k < n; k += (size_t) cs) {
+                        size_t len = (size_t) MIN((uint64_t) n - k, cs);
+
+                        if (mem_is_zero(buf + k, len))
+                                r = into_zero(dst, offset + k, len, flags, p);
+                        else {
+                                r = into_write_encoded(dst, buf + k, len, offset + k, out);
+                                if (r >= 0)
+                                        r = progress_add(p, len);
+                        }
+                        if (r < 0)
+                                return r;
+                }
+                offset += n;
+        }
+        return 0;
+}
+
 static int into_run(into_side *src, into_side *dst, uint32_t flags, vdisk_progress *p) {
         _cleanup_free_ uint8_t *buf = NULL, *dbuf = NULL;
         uint64_t size = src->size, offset = 0;
@@ -143,8 +226,10 @@ int vdisk_copy_into(vdisk_disk *src, vdisk_disk *dst, uint32_t flags, vdisk_prog
 
         if (!src || !dst || src == dst)
                 return vdisk_error(-EINVAL, "invalid arguments");
-        if (flags & ~(uint32_t) (VDISK_COPY_INTO_TARGET_ZERO | VDISK_COPY_INTO_TOP_ONLY))
+        if (flags & ~(uint32_t) (VDISK_COPY_INTO_TARGET_ZERO | VDISK_COPY_INTO_TOP_ONLY | VDISK_COPY_INTO_COMPRESS))
                 return vdisk_error(-EINVAL, "unknown copy flags 0x%" PRIx32, flags);
+        if ((flags & VDISK_COPY_INTO_COMPRESS) && (flags & VDISK_COPY_INTO_TOP_ONLY))
+                return vdisk_error(-EINVAL, "compressed copies into an existing image take the whole source");
         if (src->n == 0 || dst->n == 0)
                 return vdisk_error(-EINVAL, "the container is empty");
         r = op_side_begin(&s, false);
@@ -154,7 +239,7 @@ int vdisk_copy_into(vdisk_disk *src, vdisk_disk *dst, uint32_t flags, vdisk_prog
                 r = vdisk_error(-EINVAL, "%s: the target is smaller than the source (%" PRIu64 " < %" PRIu64
                                 " bytes)", vdisk_io_name(dst->images[t.top]->io), t.size, s.size);
         if (r >= 0)
-                r = into_run(&s, &t, flags, p);
+                r = flags & VDISK_COPY_INTO_COMPRESS ? into_run_compressed(&s, &t, flags, p) : into_run(&s, &t, flags, p);
         op_side_end(&s);
         op_side_end(&t);
         /* Only a final flush makes the copy a success. */

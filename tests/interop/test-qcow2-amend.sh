@@ -15,7 +15,14 @@
 #     lazy refcounts, 1-bit refcounts, extended L2, zstd and data files;
 #   - data files: vdisk-img convert -O qcow2 -o data_file=NAME[,data_file_raw=on]
 #     and writes into qemu-made data-file images: qemu-img check clean,
-#     compare equal; with data_file_raw the data file is the disk byte for byte.
+#     compare equal; with data_file_raw the data file is the disk byte for byte;
+#   - backing_file/backing_fmt: vdisk-img and qemu-img agree on what amend
+#     takes (only the image's own name and format, both given) and refuses;
+#   - data_file=NAME renames the data file in the header (short and long
+#     names, qemu-made images with a feature table and a backing file):
+#     qemu-img info names it, check clean, compare equal; data_file_raw=off
+#     clears the bit, data_file_raw=on and data_file on an image without one
+#     are refused with qemu's words.
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 source "$(dirname "$0")/lib.sh" "$@"
 
@@ -150,5 +157,64 @@ expect_cmp "qr.dat is the disk, byte for byte" qr.dat pat.raw
 expect_fail "a data file outside the image's directory is refused" \
         "$VDISK_IMG" create -f qcow2 -o data_file=../outside.dat o.qcow2 1M
 expect_true "nothing was created outside" test ! -e ../outside.dat
+
+# --- backing_file / backing_fmt: accepted and refused exactly where qemu-img 7.2 does
+"$QEMU_IMG" create -q -f qcow2 -b q.qcow2 -F qcow2 bk.qcow2 "$SIZE"
+"$QEMU_IMG" create -q -f qcow2 bs.qcow2 4M
+for case in "bk.qcow2 backing_file=q.qcow2,backing_fmt=qcow2" "bk.qcow2 backing_file=q.qcow2" \
+            "bk.qcow2 backing_fmt=qcow2" "bk.qcow2 backing_file=d.qcow2,backing_fmt=qcow2" \
+            "bk.qcow2 backing_file=q.qcow2,backing_fmt=raw" "bs.qcow2 backing_file=" \
+            "bs.qcow2 backing_file=q.qcow2,backing_fmt=qcow2"; do
+        read -r f opts <<<"$case"
+        cp "$f" qemu-copy.qcow2
+        qrc=0
+        "$QEMU_IMG" amend -o "$opts" qemu-copy.qcow2 2>/dev/null || qrc=$?
+        sum=$(md5sum <"$f")
+        vimg amend -o "$opts" "$f"
+        if [[ $qrc -eq 0 && $RC -eq 0 ]] || { [[ $qrc -ne 0 && $RC -ne 0 ]] && grep -qF "Cannot amend the backing file" "$T/err"; }; then
+                ok "amend -o $opts $f: as qemu-img (exit $qrc)"
+        else notok "amend -o $opts $f: as qemu-img (exit $qrc)" "vdisk-img exit $RC: $(last_err)"; fi
+        expect_eq "amend -o $opts $f leaves the file as it was" "$(md5sum <"$f")" "$sum"
+done
+expect_eq "bk.qcow2 still names q.qcow2" "$("$QEMU_IMG" info --output=json bk.qcow2 | py json-get - backing-filename)" "q.qcow2"
+
+# --- data_file=NAME: the name in the header changes (qemu-made images: a
+# feature table; one with a backing file too; names past the first sector)
+long1=$(printf 'p%.0s' {1..200})
+long2=$long1/$(printf 'q%.0s' {1..200})
+mkdir -p "$long2"
+"$QEMU_IMG" create -q -f qcow2 -o data_file=rn.dat rn.qcow2 "$SIZE"
+"$QEMU_IO" -f qcow2 -c "write -P 0x44 1M 3M" -c "write -z 6M 1M" rn.qcow2 >/dev/null
+"$QEMU_IMG" create -q -f qcow2 -o data_file=rb.dat -b q.qcow2 -F qcow2 rb.qcow2 "$SIZE"
+"$QEMU_IO" -f qcow2 -c "write -P 0x55 2M 1M" rb.qcow2 >/dev/null
+for f in rn rb; do
+        "$QEMU_IMG" convert -q -f qcow2 -O raw $f.qcow2 $f.ref
+        cur=$f.dat
+        for new in $f-2.dat "$long1/$f-$(printf 'x%.0s' {1..150}).dat" "$long2/$f-$(printf 'y%.0s' {1..100}).dat" \
+                   $f-3.dat; do
+                cp "$cur" "$new"
+                vimg amend -o "data_file=$new" $f.qcow2
+                if [[ $RC -ne 0 ]]; then notok "amend -o data_file=(${#new} bytes) $f.qcow2" "exit $RC: $(last_err)"; continue; fi
+                ok "amend -o data_file=(${#new} bytes) $f.qcow2"
+                expect_eq "$f.qcow2 names its new data file (${#new} bytes)" "$(spec $f.qcow2 data-file)" "$new"
+                rm -f "$cur"
+                cur=$new
+                wcheck $f.qcow2 $f.ref "$f.qcow2 with data file of ${#new} bytes"
+        done
+done
+expect_eq "rb.qcow2 keeps its backing file" "$("$QEMU_IMG" info --output=json rb.qcow2 | py json-get - backing-filename)" "q.qcow2"
+run "$QEMU_IO" -f qcow2 -c "write -P 0x66 5M 64k" rn.qcow2
+expect_eq "qemu-io writes rn.qcow2 through its renamed data file" "$RC" 0
+qcheck rn.qcow2 qcow2
+amend_refused q.qcow2 data_file=x.dat "data-file can only be set for images that use an external data file"
+amend_refused rn.qcow2 data_file_raw=on "data-file-raw cannot be set on existing images"
+amend_refused rn.qcow2 data_file=/tmp/abs.dat "refusing the absolute data file name"
+"$QEMU_IMG" create -q -f qcow2 -o data_file=rw.dat,data_file_raw=on rw.qcow2 4M
+vimg amend -o data_file_raw=on rw.qcow2
+expect_eq "amend -o data_file_raw=on where it is on already" "$RC" 0
+vimg amend -o data_file_raw=off rw.qcow2
+expect_eq "amend -o data_file_raw=off" "$RC" 0
+expect_eq "rw.qcow2: data file raw off" "$(spec rw.qcow2 data-file-raw)" "false"
+qcheck rw.qcow2 qcow2
 
 finish

@@ -13,6 +13,18 @@
  *   the destination's own parents supply the rest.
  * - Refusals: a smaller destination, the same disk twice, unknown flags; a
  *   cancel stops it with -ECANCELED.
+ * - COMPRESS (convert -c -n) into existing qcow2 images (a file, so that
+ *   qemu-img checks it when /usr/bin/qemu-img is there): compressible
+ *   clusters stored compressed (the file grows by far less than the data),
+ *   random ones plain, zeros over the destination's data read zeros, an odd
+ *   last cluster compressed; refcounts exact (vdisk_check: no leak, no
+ *   corruption; qemu-img check clean, qemu-img compare equal); a cluster
+ *   allocated in the destination where the source has compressible data
+ *   fails the copy with -EOPNOTSUPP naming it (qemu's rule: compression
+ *   never overwrites; a cluster that does not shrink is written plain, over
+ *   an allocated one too, as qemu does),
+ *   the clusters before it kept and the image still clean; a VDI
+ *   destination and COMPRESS with TOP_ONLY are refused.
  */
 #include "tests.h"
 
@@ -165,11 +177,141 @@ static void test_refusals(void) {
         vdisk_disk_unref(dst);
 }
 
+/* ---------------------------------------------------------------- COMPRESS */
+
+#define CSIZE (4 * MiB + 12 * KiB)   /* an odd last cluster */
+#define CL (64 * KiB)
+
+static char tdir[4096];
+
+static void text_fill(uint8_t *p, size_t len, unsigned seed) {
+        for (size_t i = 0; i < len; i++)
+                p[i] = (uint8_t) "the quick brown fox jumps over the lazy dog "[(i + seed) % 44];
+}
+
+static vdisk_disk *raw_src(uint8_t **ret_content) {
+        uint8_t *c = calloc(1, CSIZE);
+        rng r;
+        vdisk_disk *d = disk_new();
+        vdisk_io *io;
+
+        ASSERT(c);
+        text_fill(c, 4 * CL, 1);                        /* clusters 0-3: compressible */
+        rng_seed(&r, 5);
+        rng_fill(&r, c + 8 * CL, CL);                   /* cluster 8: random */
+        text_fill(c + 20 * CL + 100, 3000, 2);          /* cluster 20: partly */
+        text_fill(c + 64 * CL, 12 * KiB, 3);            /* the odd last cluster */
+        io = mem_io("src.raw", c, CSIZE);
+        ASSERT_OK(vdisk_disk_open(d, io, "raw", VDISK_OPEN_READONLY));
+        vdisk_io_unref(io);
+        *ret_content = c;
+        return d;
+}
+
+static vdisk_disk *qcow2_dst(const char *path, uint64_t *ret_file_size) {
+        vdisk_disk *d = disk_new();
+        vdisk_io *io;
+        uint8_t *junk = malloc(CL);
+
+        ASSERT(junk);
+        ASSERT_OK(vdisk_io_open_path(path, VDISK_PATH_WRITE | VDISK_PATH_CREATE | VDISK_PATH_TRUNC, &io));
+        ASSERT_OK(vdisk_disk_create_base(d, io, "qcow2", CSIZE, NULL));
+        vdisk_io_unref(io);
+        memset(junk, 0x5a, CL);
+        ASSERT_OK(vdisk_disk_write(d, junk, CL, 30 * CL));   /* data where the source has zeros */
+        ASSERT_OK(vdisk_disk_flush(d));
+        ASSERT_OK(vdisk_image_file_size(vdisk_disk_image(d, 0), ret_file_size));
+        free(junk);
+        return d;
+}
+
+static void qemu_img_ok(const char *args) {
+        char cmd[8400];
+
+        if (access("/usr/bin/qemu-img", X_OK) != 0)
+                return;
+        snprintf(cmd, sizeof cmd, "/usr/bin/qemu-img %s >/dev/null 2>&1", args);
+        if (system(cmd) != 0)
+                FAIL("qemu-img %s failed", args);
+}
+
+static void test_compress(void) {
+        const char *tmp = getenv("TMPDIR");
+        char path[4200], raw[4200], args[8600];
+        uint8_t *content, *got;
+        uint64_t before, after, size;
+        vdisk_disk *src = raw_src(&content), *dst;
+        vdisk_io *rio;
+
+        snprintf(tdir, sizeof tdir, "%s/vdisk-cinto-XXXXXX", tmp && tmp[0] ? tmp : "/tmp");
+        ASSERT(mkdtemp(tdir));
+        snprintf(path, sizeof path, "%s/dst.qcow2", tdir);
+        snprintf(raw, sizeof raw, "%s/src.raw", tdir);
+        ASSERT_OK(vdisk_io_open_path(raw, VDISK_PATH_WRITE | VDISK_PATH_CREATE, &rio));
+        ASSERT_OK(vdisk_io_pwrite(rio, content, CSIZE, 0));
+        vdisk_io_unref(rio);
+
+        /* into an image with data where the source reads zeros */
+        dst = qcow2_dst(path, &before);
+        ASSERT_OK(vdisk_copy_into(src, dst, VDISK_COPY_INTO_COMPRESS, NULL));
+        got = disk_read_all(dst, &size);
+        ASSERT_EQ_U64(size, CSIZE);
+        ASSERT_MEMEQ(got, content, CSIZE);
+        free(got);
+        ASSERT_EQ_U64(CHECK_IMAGE_CLEAN(dst, 0), 0);
+        ASSERT_OK(vdisk_image_file_size(vdisk_disk_image(dst, 0), &after));
+        /* 7 clusters of data: the random one plain, the rest a few KiB each */
+        printf("# compressed into an existing qcow2: the file grew by %" PRIu64 " bytes for %u clusters of data\n",
+               after - before, 7);
+        ASSERT(after - before < 3 * CL);
+        ASSERT_OK(vdisk_disk_close(dst));
+        snprintf(args, sizeof args, "check -q -f qcow2 '%s'", path);
+        qemu_img_ok(args);
+        snprintf(args, sizeof args, "compare -q -f raw -F qcow2 '%s' '%s'", raw, path);
+        qemu_img_ok(args);
+
+        /* a cluster allocated where the source has data: refused there */
+        dst = qcow2_dst(path, &before);
+        {
+                uint8_t *junk = malloc(CL);
+
+                ASSERT(junk);
+                memset(junk, 0x6b, CL);
+                ASSERT_OK(vdisk_disk_write(dst, junk, CL, 2 * CL));
+                free(junk);
+        }
+        vdisk_clear_error();
+        ASSERT_ERR(vdisk_copy_into(src, dst, VDISK_COPY_INTO_COMPRESS, NULL), -EOPNOTSUPP);
+        ASSERT(strstr(vdisk_last_error(), "131072"));   /* 2 * 64 KiB */
+        got = disk_read_all(dst, &size);
+        ASSERT_MEMEQ(got, content, 2 * CL);              /* written before the refusal */
+        free(got);
+        ASSERT_EQ_U64(CHECK_IMAGE_CLEAN(dst, 0), 0);
+        ASSERT_OK(vdisk_disk_close(dst));
+        snprintf(args, sizeof args, "check -q -f qcow2 '%s'", path);
+        qemu_img_ok(args);
+
+        /* refusals */
+        {
+                vdisk_disk *v = big_base("dst.vdi", CSIZE);
+
+                ASSERT_ERR(vdisk_copy_into(src, v, VDISK_COPY_INTO_COMPRESS, NULL), -EOPNOTSUPP);
+                ASSERT_ERR(vdisk_copy_into(src, v, VDISK_COPY_INTO_COMPRESS | VDISK_COPY_INTO_TOP_ONLY, NULL),
+                           -EINVAL);
+                vdisk_disk_unref(v);
+        }
+        vdisk_disk_unref(src);
+        free(content);
+        snprintf(args, sizeof args, "rm -rf '%s'", tdir);
+        ASSERT(system(args) == 0);
+}
+
 int main(void) {
         test_into_empty();
         test_over_data();
         test_top_only();
         test_refusals();
+        test_compress();
         printf("ok\n");
         return 0;
 }

@@ -783,6 +783,18 @@ enum {
          * parents hold. Only what the source's top image defines is
          * copied, and data the destination reads already is not rewritten. */
         VDISK_COPY_INTO_TOP_ONLY = 1u << 1,
+        /* convert -c -n: data clusters are written compressed (qcow2: the
+         * top image's format must take compressed writes, else
+         * -EOPNOTSUPP before anything is written). qemu's rule: a
+         * compressed write never overwrites, so each cluster written must
+         * be unallocated in the top image (zero clusters without a host
+         * cluster count as unallocated); an allocated one fails the copy
+         * with -EOPNOTSUPP naming its offset, what was written before it
+         * kept. Clusters that read zeros are made to read zeros as without
+         * the flag (zero markers), clusters that do not shrink are written
+         * plain, a partial cluster short of the image's end is written
+         * plain. Not with TOP_ONLY. */
+        VDISK_COPY_INTO_COMPRESS = 1u << 2,
 };
 
 /* Copies the content of `src` into the existing disk `dst` (qemu-img convert
