@@ -119,6 +119,22 @@ def wait_until(cond, timeout, what):
 # the private system bus
 
 
+def reap(proc, seconds=10):
+    """Waits for proc to exit; kills it after `seconds`."""
+    try:
+        proc.wait(seconds)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def terminate(proc):
+    """SIGTERM to a helper process that still runs (dbus-daemon, the polkit mock), then reap()."""
+    if proc.poll() is None:
+        proc.terminate()
+        reap(proc)
+
+
 class PrivateBus:
     """dbus-daemon with a config allowing every uid to connect, own and send."""
 
@@ -159,13 +175,7 @@ class PrivateBus:
         os.chmod(sock, 0o777)
 
     def stop(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        terminate(self.proc)
         self.log.close()
 
 
@@ -326,13 +336,7 @@ class Polkit:
         self.allow()
 
     def stop(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        terminate(self.proc)
         self.log.close()
 
 
@@ -566,11 +570,7 @@ class Agent:
                 self.rpc('exit')
             except (OSError, RuntimeError):
                 pass
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+            reap(self.proc)
         self.sock.close()
         if self in self.env.agents:
             self.env.agents.remove(self)
@@ -864,6 +864,15 @@ def frozen_fs(env):
 # small building blocks for tests
 
 _names = iter(range(1, 1 << 30))
+
+
+def after_test(env):
+    """The end of every test (the autouse fixtures' teardown): thaws what a
+    failed test left frozen, so that it does not block the next one, and
+    vdiskd must still run."""
+    for f in env.freezers:
+        f.thaw()
+    assert env.daemon.alive(), f'vdiskd died:\n{env.daemon.output()[-4000:]}'
 
 
 def unique(prefix):

@@ -21,6 +21,7 @@ import pytest
 from harness import (A_MODIFY, A_OPEN, ACCESS_DENIED, DISK, ERR, FILE_SET, IMAGE, INVALID_ARGS, LIMITS_EXCEEDED,
                      MANAGER, ROOT_PATH, UID_A, UID_B, UNKNOWN_OBJECT, Fd, Open, RemoteDBusError, T, deadline,
                      disk_images, expect_error, finished_ok, frozen_fs, open_disk, tool, unique)
+from harness import after_test
 
 MAX_PERSISTENT = 3
 MAX_FDS_PER_CALL = 16
@@ -38,7 +39,7 @@ SMALL = 8 * MiB
 def policy(env):
     env.polkit.allow(A_OPEN, A_MODIFY)
     yield
-    assert env.daemon.alive(), f'vdiskd died:\n{env.daemon.output()[-4000:]}'
+    after_test(env)
 
 
 @pytest.fixture(scope='module')

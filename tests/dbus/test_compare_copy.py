@@ -28,6 +28,7 @@ import pytest
 from harness import (A_MODIFY, A_OPEN, DISK, ERR, INVALID_ARGS, LIMITS_EXCEEDED, OPERATION, REGIONS, UID_A,
                      UID_B, Fd, MiB, Open, T, expect_error, finished_ok, frozen_fs, op_props, open_disk, unique,
                      wait_until)
+from harness import after_test
 
 VDISK_ENV = dict(daemon_args=['--workers=3', '--max-workers-per-user=3'])
 
@@ -47,9 +48,7 @@ def clients(env):
 def policy(env):
     env.polkit.allow(A_OPEN, A_MODIFY)
     yield
-    for f in env.freezers:
-        f.thaw()
-    assert env.daemon.alive(), f'vdiskd died:\n{env.daemon.output()[-4000:]}'
+    after_test(env)
 
 
 def vdi(env, regions=REGIONS, size=SIZE, uid=UID_A):

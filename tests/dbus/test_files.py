@@ -32,6 +32,7 @@ import pytest
 from harness import (A_MODIFY, A_OPEN, DISK, ERR, IMAGE, INVALID_ARGS, MANAGER, UNKNOWN_OBJECT, MiB, REGIONS,
                      ROOT_PATH, UID_A, UID_DAEMON, Open, RemoteDBusError, T, deadline, disk_images,
                      expect_error, finished_ok, op_props, open_disk, sanitizer_kind, tool, unique)
+from harness import after_test
 
 VDISK_ENV = dict(start_daemon=False)
 
@@ -116,7 +117,7 @@ def client(env, audit):
 def allowed(env, audit):
     env.polkit.allow(A_OPEN, A_MODIFY)
     yield
-    assert env.daemon.alive(), f'vdiskd died:\n{env.daemon.output()[-4000:]}'
+    after_test(env)
 
 
 def vdi(env, regions=REGIONS, uid=UID_A):

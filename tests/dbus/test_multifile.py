@@ -28,6 +28,7 @@ import pytest
 
 from harness import (A_MODIFY, A_OPEN, ERR, LIMITS_EXCEEDED, UID_A, MiB, Fd, Open, T, deadline, expect_error,
                      frozen_fs, tool, unique, user_path, vdiskctl, wait_until)
+from harness import after_test
 
 GiB = 1024 * MiB
 
@@ -49,9 +50,7 @@ DIFF_DATA = [(512 * 1024, 1 * MiB, 0x21), (2 * GiB - 4096, 8192, 0x22), (3 * GiB
 def policy(env):
     env.polkit.allow(A_OPEN, A_MODIFY)
     yield
-    for f in env.freezers:
-        f.thaw()
-    assert env.daemon.alive(), f'vdiskd died:\n{env.daemon.output()[-4000:]}'
+    after_test(env)
 
 
 @pytest.fixture(scope='module')

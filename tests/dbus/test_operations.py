@@ -16,6 +16,7 @@ import pytest
 from harness import (A_CANCEL_OTHER, A_MODIFY, A_OPEN, ACCESS_DENIED, DISK, ERR, LIMITS_EXCEEDED, MANAGER, MiB,
                      OPERATION, REGIONS, ROOT_PATH, UID_A, UID_B, Fd, Open, RemoteDBusError, disk_images,
                      T, expect_error, finished_ok, frozen_fs, open_disk, op_props, unique, wait_until)
+from harness import after_test
 
 VDISK_ENV = dict(daemon_args=['--workers=2', '--max-workers-per-user=2'])
 
@@ -38,9 +39,7 @@ def frz(env):
 def policy(env):
     env.polkit.allow(A_OPEN, A_MODIFY)
     yield
-    for f in env.freezers:       # a failed test must not leave the next one frozen
-        f.thaw()
-    assert env.daemon.alive(), f'vdiskd died:\n{env.daemon.output()[-4000:]}'
+    after_test(env)
 
 
 def src_disk(env, agent, uid, size=SMALL, regions=REGIONS, name=None):

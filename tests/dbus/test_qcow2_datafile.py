@@ -22,6 +22,7 @@ import subprocess
 import pytest
 
 from harness import A_MODIFY, A_OPEN, ERR, UID_A, MiB, Open, T, deadline, expect_error, tool, unique
+from harness import after_test
 
 FILE_NEEDED = ERR + 'FileNeeded'
 SIZE = 48 * MiB
@@ -33,7 +34,7 @@ WRITES = [('write -P 0x11 0 1M', 0, MiB, 0x11), ('write -P 0x22 5M 70000', 5 * M
 def policy(env):
     env.polkit.allow(A_OPEN, A_MODIFY)
     yield
-    assert env.daemon.alive(), f'vdiskd died:\n{env.daemon.output()[-4000:]}'
+    after_test(env)
 
 
 @pytest.fixture(scope='module')

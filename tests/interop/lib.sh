@@ -20,6 +20,16 @@ VDISK_IMG=${1:-${VDISK_IMG:-build/tools/vdisk-img}}
 
 skip() { FINISHED=1; echo "SKIP $TEST_NAME: $*"; exit 77; }
 
+# Real-ENOSPC tests set VDISK_TMPFS_TEST=1 before sourcing this file: the
+# script runs again in a private mount namespace (so that its tmpfs is
+# nobody else's and goes with it), which needs root; skipped otherwise. See
+# newfs, fill, flat and enospc_fails below.
+if [[ -n ${VDISK_TMPFS_TEST:-} && -z ${VDISK_ENOSPC_NS:-} ]]; then
+        [[ $(id -u) -eq 0 ]] || skip "needs root to mount a tmpfs"
+        unshare -m true 2>/dev/null || skip "unshare -m is not possible"
+        VDISK_ENOSPC_NS=1 exec unshare -m --propagation private bash "$0" "$@"
+fi
+
 # bytes N: 64M, 1G, 512K, 0x100 or plain numbers to a byte count
 bytes() {
         local n=$1 m=1
@@ -41,6 +51,11 @@ if [[ $VDISK_IMG == */* ]]; then
 else
         VDISK_IMG=$(command -v "$VDISK_IMG") || { echo "FAIL $TEST_NAME: vdisk-img not found"; exit 1; }
 fi
+
+# The second argument (a test's helper binary: need_discard) and the
+# directory relative paths in the arguments start from.
+ARG2=${2:-}
+START_DIR=$PWD
 
 T=$(mktemp -d "${TMPDIR:-/tmp}/vdisk-interop-$TEST_NAME.XXXXXX")
 FINISHED=0
@@ -159,6 +174,85 @@ mkpattern() {
                 items+=("data:$((size - 512)):512:$((s * 100 + 7))")    # last sector
         fi
         py mkraw "$f" "$size" "${items[@]}"
+}
+
+# Real ENOSPC (VDISK_TMPFS_TEST=1): images on a small tmpfs at $T/fs, a
+# filler file leaving FREE bytes (default 256 KiB) free.
+FREE=$((256 * 1024))
+# newfs SIZE: a fresh, empty tmpfs of SIZE bytes on fs/
+newfs() {
+        mountpoint -q fs && umount fs
+        mount -t tmpfs -o "size=$1,mode=0755" vdisk-enospc fs || skip "cannot mount a tmpfs"
+}
+# fill [FREE]: a filler file leaves exactly FREE (default $FREE) bytes free on fs/
+fill() {
+        local avail free=${1:-$FREE}
+        avail=$(df -B1 --output=avail fs | tail -n 1 | tr -d ' ')
+        (( avail > free )) || { notok "fill: only $avail bytes free before filling"; return; }
+        fallocate -l $((avail - free)) fs/filler
+        expect_eq "fill: $free bytes left free" "$(df -B1 --output=avail fs | tail -n 1 | tr -d ' ')" "$free"
+}
+# flat IMG OUT: IMG's chain as raw, written outside the tmpfs
+flat() {
+        rm -f "$2"
+        vimg convert -O raw "$1" "$2"
+        [[ $RC -eq 0 ]] || notok "convert -O raw $1" "exit $RC: $(last_err)"
+}
+# enospc_fails DESC FILE CMD...: the command fails, naming FILE and ENOSPC
+enospc_fails() {
+        local desc=$1 file=$2; shift 2
+        run "$@"
+        if [[ $RC -eq 0 ]]; then notok "$desc fails on a full file system" "exit 0"
+        elif ! grep -q "No space left on device" "$T/err"; then
+                notok "$desc fails with \"No space left on device\"" "exit $RC, stderr: $(last_err)"
+        elif ! grep -qF "$file" "$T/err"; then
+                notok "$desc: the message names $file" "stderr: $(last_err)"
+        else ok "$desc fails: $(last_err)"; fi
+}
+
+# --- QCOW2 helpers
+
+# need_discard: DISCARD is the vdisk-discard helper (tests/interop/vdisk-discard.c),
+# the test's second argument (default build/tests/interop/vdisk-discard); the
+# test fails when it is missing.
+need_discard() {
+        DISCARD=${ARG2:-build/tests/interop/vdisk-discard}
+        [[ $DISCARD == /* ]] || DISCARD=$START_DIR/$DISCARD
+        [[ -x $DISCARD ]] || { notok "vdisk-discard not found at $DISCARD"; finish; }
+}
+
+# wcheck IMAGE REF DESC: qemu-img check is clean and IMAGE (qcow2) reads as raw REF.
+wcheck() {
+        local f=$1 ref=$2 desc=$3
+        run "$QEMU_IMG" check -f qcow2 "$f"
+        if [[ $RC -eq 0 ]]; then ok "$desc: qemu-img check clean"
+        else notok "$desc: qemu-img check clean" "$(tr '\n' ' ' <"$T/out" | cut -c1-400)"; fi
+        run "$QEMU_IMG" compare -f raw -F qcow2 "$ref" "$f"
+        if [[ $RC -eq 0 ]]; then ok "$desc: qemu-img compare equal"
+        else notok "$desc: qemu-img compare equal" "$(tr '\n' ' ' <"$T/out" | cut -c1-300) $(last_err)"; fi
+}
+
+# expect_no_data IMG OFF LEN DESC: qemu-img map shows no data in the range
+# (a discard gave the clusters back instead of writing zeros into them)
+expect_no_data() {
+        local img=$1 off=$2 len=$3 desc=$4 got
+        got=$("$QEMU_IMG" map -f qcow2 --output=json "$img" | "$PY" -c '
+import json, sys
+off, end = int(sys.argv[1]), int(sys.argv[1]) + int(sys.argv[2])
+bad = [e for e in json.load(sys.stdin) if e["data"] and e["start"] < end and off < e["start"] + e["length"]]
+print("data at " + ", ".join(str(e["start"]) for e in bad) if bad else "no data")' "$off" "$len" 2>&1)
+        expect_eq "$desc" "$got" "no data"
+}
+
+# BM ARGS...: the tests' own QCOW2 bitmap reader and writer (qcow2-bitmaps.py)
+BM() { "$PY" "$HERE/qcow2-bitmaps.py" "$@"; }
+# qflags FILE: "name:flag,flag:granularity ..." as qemu-img info --output=json lists them
+qflags() {
+        "$QEMU_IMG" info -f qcow2 --output=json "$1" | "$PY" -c '
+import json, sys
+d = json.load(sys.stdin)
+bms = d.get("format-specific", {}).get("data", {}).get("bitmaps", [])
+print(" ".join("%s:%s:%d" % (b["name"], ",".join(b["flags"]), b["granularity"]) for b in bms) or "-")'
 }
 
 finish() {

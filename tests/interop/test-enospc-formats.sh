@@ -18,46 +18,13 @@
 # check and qemu-img check (VMDK, QCOW2; qemu-img has no vpc check) report at
 # most leaks (exit 0 or 3). Then the filler goes, the same command succeeds,
 # and the content is what was intended. Needs root; skips otherwise.
-if [[ -z ${VDISK_ENOSPC_NS:-} ]]; then
-        if [[ $(id -u) -ne 0 ]]; then echo "SKIP test-enospc-formats: needs root to mount a tmpfs"; exit 77; fi
-        if ! unshare -m true 2>/dev/null; then echo "SKIP test-enospc-formats: unshare -m is not possible"; exit 77; fi
-        VDISK_ENOSPC_NS=1 exec unshare -m --propagation private bash "$0" "$@"
-fi
 # shellcheck source-path=SCRIPTDIR source=lib.sh
-source "$(dirname "$0")/lib.sh" "$@"
+VDISK_TMPFS_TEST=1 source "$(dirname "$0")/lib.sh" "$@"
 
 M=$((1 << 20))
 K=1024
-FREE=$((256 * K))
 mkdir fs prep
 
-newfs() {
-        mountpoint -q fs && umount fs
-        mount -t tmpfs -o "size=$1,mode=0755" vdisk-enospc fs || skip "cannot mount a tmpfs"
-}
-# fill [FREE]: a filler file leaves exactly FREE (default $FREE) bytes free
-fill() {
-        local avail free=${1:-$FREE}
-        avail=$(df -B1 --output=avail fs | tail -n 1 | tr -d ' ')
-        (( avail > free )) || { notok "fill: only $avail bytes free before filling"; return; }
-        fallocate -l $((avail - free)) fs/filler
-        expect_eq "fill: $free bytes left free" "$(df -B1 --output=avail fs | tail -n 1 | tr -d ' ')" "$free"
-}
-flat() {
-        rm -f "$2"
-        vimg convert -O raw "$1" "$2"
-        [[ $RC -eq 0 ]] || notok "convert -O raw $1" "exit $RC: $(last_err)"
-}
-enospc_fails() {
-        local desc=$1 file=$2; shift 2
-        run "$@"
-        if [[ $RC -eq 0 ]]; then notok "$desc fails on a full file system" "exit 0"
-        elif ! grep -q "No space left on device" "$T/err"; then
-                notok "$desc fails with \"No space left on device\"" "exit $RC, stderr: $(last_err)"
-        elif ! grep -qF "$file" "$T/err"; then
-                notok "$desc: the message names $file" "stderr: $(last_err)"
-        else ok "$desc fails: $(last_err)"; fi
-}
 # checks_clean DESC FMT IMG...: at most leaks, ours and qemu-img's
 checks_clean() {
         local desc=$1 fmt=$2 f; shift 2

@@ -29,49 +29,13 @@
 # it after the failure and says so in a "# count ahead" line.
 # Then the filler goes, the same command succeeds, and the content is what was
 # intended. Needs root (for the mount namespace and tmpfs); skips otherwise.
-if [[ -z ${VDISK_ENOSPC_NS:-} ]]; then
-        if [[ $(id -u) -ne 0 ]]; then echo "SKIP test-enospc: needs root to mount a tmpfs"; exit 77; fi
-        if ! unshare -m true 2>/dev/null; then echo "SKIP test-enospc: unshare -m is not possible"; exit 77; fi
-        VDISK_ENOSPC_NS=1 exec unshare -m --propagation private bash "$0" "$@"
-fi
 # shellcheck source-path=SCRIPTDIR source=lib.sh
-source "$(dirname "$0")/lib.sh" "$@"
+VDISK_TMPFS_TEST=1 source "$(dirname "$0")/lib.sh" "$@"
 
 M=$((1 << 20))
 K=1024
-FREE=$((256 * K))
 mkdir fs prep
 
-# newfs SIZE: a fresh, empty tmpfs of SIZE bytes on fs/
-newfs() {
-        mountpoint -q fs && umount fs
-        mount -t tmpfs -o "size=$1,mode=0755" vdisk-enospc fs || skip "cannot mount a tmpfs"
-}
-# fill: a filler file leaves exactly $FREE bytes free on fs/
-fill() {
-        local avail
-        avail=$(df -B1 --output=avail fs | tail -n 1 | tr -d ' ')
-        (( avail > FREE )) || { notok "fill: only $avail bytes free before filling"; return; }
-        fallocate -l $((avail - FREE)) fs/filler
-        expect_eq "fill: $FREE bytes left free" "$(df -B1 --output=avail fs | tail -n 1 | tr -d ' ')" "$FREE"
-}
-# flat IMG OUT: IMG's chain as raw, written outside the tmpfs
-flat() {
-        rm -f "$2"
-        vimg convert -O raw "$1" "$2"
-        [[ $RC -eq 0 ]] || notok "convert -O raw $1" "exit $RC: $(last_err)"
-}
-# enospc_fails DESC FILE CMD...: the command fails, naming FILE and ENOSPC
-enospc_fails() {
-        local desc=$1 file=$2; shift 2
-        run "$@"
-        if [[ $RC -eq 0 ]]; then notok "$desc fails on a full file system" "exit 0"
-        elif ! grep -q "No space left on device" "$T/err"; then
-                notok "$desc fails with \"No space left on device\"" "exit $RC, stderr: $(last_err)"
-        elif ! grep -qF "$file" "$T/err"; then
-                notok "$desc: the message names $file" "stderr: $(last_err)"
-        else ok "$desc fails: $(last_err)"; fi
-}
 # count_ahead: the last check's only error is the allocated count above the
 # slots the map references (vdisk-img's or qemu-img's wording)
 count_ahead() {

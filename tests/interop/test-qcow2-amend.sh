@@ -31,17 +31,6 @@ SIZE=$((14 * M))
 
 mkpattern pat.raw "$SIZE"
 
-# wcheck IMAGE REF DESC: qemu-img check is clean and IMAGE reads as raw REF.
-wcheck() {
-        local f=$1 ref=$2 desc=$3
-        run "$QEMU_IMG" check -f qcow2 "$f"
-        if [[ $RC -eq 0 ]]; then ok "$desc: qemu-img check clean"
-        else notok "$desc: qemu-img check clean" "$(tr '\n' ' ' <"$T/out" | cut -c1-400)"; fi
-        run "$QEMU_IMG" compare -f raw -F qcow2 "$ref" "$f"
-        if [[ $RC -eq 0 ]]; then ok "$desc: qemu-img compare equal"
-        else notok "$desc: qemu-img compare equal" "$(tr '\n' ' ' <"$T/out" | cut -c1-300) $(last_err)"; fi
-}
-
 # spec IMAGE KEY...: "format-specific" data fields of qemu-img info's JSON
 spec() {
         local f=$1; shift

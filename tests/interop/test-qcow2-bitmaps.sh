@@ -21,16 +21,7 @@
 source "$(dirname "$0")/lib.sh" "$@"
 
 M=$((1 << 20))
-BM() { "$PY" "$HERE/qcow2-bitmaps.py" "$@"; }
 
-# qflags FILE: "name:flag,flag name:..." as qemu-img info --output=json lists them
-qflags() {
-        "$QEMU_IMG" info -f qcow2 --output=json "$1" | "$PY" -c '
-import json, sys
-d = json.load(sys.stdin)
-bms = d.get("format-specific", {}).get("data", {}).get("bitmaps", [])
-print(" ".join("%s:%s:%d" % (b["name"], ",".join(b["flags"]), b["granularity"]) for b in bms) or "-")'
-}
 # same_bitmaps DESC A B: both files hold the same bitmaps (names, flags, granularity, bits)
 same_bitmaps() {
         local desc=$1 a b

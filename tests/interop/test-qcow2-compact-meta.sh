@@ -8,11 +8,9 @@
 # the data moves), the tables that stood above a hole moved down,
 # `qemu-img check` is clean and `qemu-img compare` equals the content before.
 #   tests/interop/test-qcow2-compact-meta.sh build/tools/vdisk-img build/tests/interop/vdisk-discard
-DISCARD=${2:-build/tests/interop/vdisk-discard}
-[[ $DISCARD == /* ]] || DISCARD=$(pwd)/$DISCARD
 # shellcheck source-path=SCRIPTDIR source=lib.sh
-source "$(dirname "$0")/lib.sh" "$1"
-[[ -x $DISCARD ]] || { notok "vdisk-discard not found at $DISCARD"; finish; }
+source "$(dirname "$0")/lib.sh" "$@"
+need_discard
 
 M=$((1 << 20))
 K=1024

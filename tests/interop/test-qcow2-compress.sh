@@ -46,17 +46,6 @@ for name, shift in ((sys.argv[1], 0), (sys.argv[2], 1)):
         f.write(piece(1)[:10000])
 EOF
 
-# wcheck IMAGE REF DESC: qemu-img check clean and IMAGE reads as raw REF.
-wcheck() {
-        local f=$1 ref=$2 desc=$3
-        run "$QEMU_IMG" check -f qcow2 "$f"
-        if [[ $RC -eq 0 ]]; then ok "$desc: qemu-img check clean"
-        else notok "$desc: qemu-img check clean" "$(tr '\n' ' ' <"$T/out" | cut -c1-400)"; fi
-        run "$QEMU_IMG" compare -f raw -F qcow2 "$ref" "$f"
-        if [[ $RC -eq 0 ]]; then ok "$desc: qemu-img compare equal"
-        else notok "$desc: qemu-img compare equal" "$(tr '\n' ' ' <"$T/out" | cut -c1-300)"; fi
-}
-
 # compressed_entries IMAGE: map entries with data and no host offset (qemu
 # gives no offset for compressed clusters)
 compressed_entries() { compressed_entries_fmt "$1" qcow2; }

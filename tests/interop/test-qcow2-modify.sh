@@ -10,11 +10,9 @@
 # `qemu-img info` gives the new virtual size. Compact makes the file smaller;
 # shrinking an image with internal snapshots is refused.
 #   tests/interop/test-qcow2-modify.sh build/tools/vdisk-img build/tests/interop/vdisk-discard
-DISCARD=${2:-build/tests/interop/vdisk-discard}
-[[ $DISCARD == /* ]] || DISCARD=$(pwd)/$DISCARD
 # shellcheck source-path=SCRIPTDIR source=lib.sh
-source "$(dirname "$0")/lib.sh" "$1"
-[[ -x $DISCARD ]] || { notok "vdisk-discard not found at $DISCARD"; finish; }
+source "$(dirname "$0")/lib.sh" "$@"
+need_discard
 
 M=$((1 << 20))
 K=1024
@@ -32,18 +30,6 @@ verify() {
 }
 
 fsize() { stat -c %s "$1"; }
-
-# expect_no_data IMG OFF LEN DESC: qemu-img map shows no data in the range
-# (a discard gave the clusters back instead of writing zeros into them)
-expect_no_data() {
-        local img=$1 off=$2 len=$3 desc=$4 got
-        got=$("$QEMU_IMG" map -f qcow2 --output=json "$img" | "$PY" -c '
-import json, sys
-off, end = int(sys.argv[1]), int(sys.argv[1]) + int(sys.argv[2])
-bad = [e for e in json.load(sys.stdin) if e["data"] and e["start"] < end and off < e["start"] + e["length"]]
-print("data at " + ", ".join(str(e["start"]) for e in bad) if bad else "no data")' "$off" "$len" 2>&1)
-        expect_eq "$desc" "$got" "no data"
-}
 
 # base_case NAME MAKER OPTS: an 8 MiB image made by MAKER (qemu or vdisk)
 # with OPTS, data written by qemu-io (zeros written as data too), then

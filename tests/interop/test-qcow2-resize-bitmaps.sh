@@ -19,14 +19,6 @@ source "$(dirname "$0")/lib.sh" "$@"
 
 K=1024
 M=$((1 << 20))
-BM() { "$PY" "$HERE/qcow2-bitmaps.py" "$@"; }
-qflags() {
-        "$QEMU_IMG" info -f qcow2 --output=json "$1" | "$PY" -c '
-import json, sys
-d = json.load(sys.stdin)
-bms = d.get("format-specific", {}).get("data", {}).get("bitmaps", [])
-print(" ".join("%s:%s:%d" % (b["name"], ",".join(b["flags"]), b["granularity"]) for b in bms) or "-")'
-}
 same_bitmaps() { expect_eq "$1" "$(BM dump "$2")" "$(BM dump "$3")"; }
 qcheck2() { expect_rc "qemu-img check $(basename "$1") clean" 0 "$QEMU_IMG" check -f qcow2 "$1"; }
 qio() { run "$QEMU_IO" -f qcow2 "$@"; expect_true "qemu-io $*" test "$RC" -eq 0; }

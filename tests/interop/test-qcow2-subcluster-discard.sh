@@ -9,11 +9,9 @@
 # of whose subclusters were discarded (in two calls) is given back (qemu-img
 # check's allocated count drops by one).
 #   tests/interop/test-qcow2-subcluster-discard.sh build/tools/vdisk-img build/tests/interop/vdisk-discard
-DISCARD=${2:-build/tests/interop/vdisk-discard}
-[[ $DISCARD == /* ]] || DISCARD=$(pwd)/$DISCARD
 # shellcheck source-path=SCRIPTDIR source=lib.sh
-source "$(dirname "$0")/lib.sh" "$1"
-[[ -x $DISCARD ]] || { notok "vdisk-discard not found at $DISCARD"; finish; }
+source "$(dirname "$0")/lib.sh" "$@"
+need_discard
 
 K=1024
 M=$((1 << 20))
@@ -21,16 +19,6 @@ M=$((1 << 20))
 zero_raw() { dd if=/dev/zero of="$1" bs=512 seek=$(($2 / 512)) count=$(($3 / 512)) conv=notrunc status=none; }
 # allocated IMG: qemu-img check's count of allocated clusters
 allocated() { "$QEMU_IMG" check -f qcow2 --output=json "$1" | py json-get - allocated-clusters; }
-expect_no_data() {
-        local img=$1 off=$2 len=$3 desc=$4 got
-        got=$("$QEMU_IMG" map -f qcow2 --output=json "$img" | "$PY" -c '
-import json, sys
-off, end = int(sys.argv[1]), int(sys.argv[1]) + int(sys.argv[2])
-bad = [e for e in json.load(sys.stdin) if e["data"] and e["start"] < end and off < e["start"] + e["length"]]
-print("data at " + ", ".join(str(e["start"]) for e in bad) if bad else "no data")' "$off" "$len" 2>&1)
-        expect_eq "$desc" "$got" "no data"
-}
-
 # one_case NAME MAKER CLUSTER BACKING(0/1)
 one_case() {
         local name=$1 maker=$2 cs=$3 backing=$4 img=$1.qcow2 ref=$1.raw sc before after

@@ -30,17 +30,6 @@ SIZE=$((12 * M + 512 * 3))
 mkpattern pat.raw "$SIZE"
 mkpattern pat2.raw "$SIZE" 2
 
-# wcheck IMAGE REF DESC: qemu-img check is clean and IMAGE reads as raw REF.
-wcheck() {
-        local f=$1 ref=$2 desc=$3
-        run "$QEMU_IMG" check -f qcow2 "$f"
-        if [[ $RC -eq 0 ]]; then ok "$desc: qemu-img check clean"
-        else notok "$desc: qemu-img check clean" "$(tr '\n' ' ' <"$T/out" | cut -c1-400)"; fi
-        run "$QEMU_IMG" compare -f raw -F qcow2 "$ref" "$f"
-        if [[ $RC -eq 0 ]]; then ok "$desc: qemu-img compare equal"
-        else notok "$desc: qemu-img compare equal" "$(tr '\n' ' ' <"$T/out" | cut -c1-300)"; fi
-}
-
 # --- convert -O qcow2: the option matrix
 for compat in 0.10 1.1; do
         for cs in 512 4096 65536 2097152; do

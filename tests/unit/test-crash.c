@@ -2516,7 +2516,7 @@ static void test_compress_copy_faults(void) {
                         snprintf(what, sizeof what, "compressed copy, %s at write %" PRIu64,
                                  pass == 0 ? "no fault" : pass == 1 ? "EIO from" : pass == 2 ? "EIO once" :
                                  "power cut", n);
-                        test_set_context("%s (rerun: test-crash-qcow2 qcow2-copy-compress)", what);
+                        test_set_context("%s (rerun: VDISK_CRASH_FORMAT=qcow2 test-crash qcow2-copy-compress)", what);
                         ASSERT_OK(vdisk_io_new_fault(inner, &f, &dio));
                         ret = vdisk_copy(sd, dd, dio, "qcow2", &o, NULL);
                         runs++;

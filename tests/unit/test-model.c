@@ -314,10 +314,13 @@ static void verify_chain(run *s) {
                 if (i > 0)
                         s->pairs |= UINT64_C(1) << (fmt_index(s->fmts[i - 1]) * 8 + fmt_index(s->fmts[i]));
                 /* A VMDK made on a parent without a UUID records no
-                 * ddb.uuid.parent, and a merge that relinks it to one with
-                 * a UUID adds none: it links by parentFileNameHint. */
+                 * ddb.uuid.parent; a merge that relinks it onto a parent
+                 * with a UUID writes that one (checked below). */
                 if (i > 0 && is_fmt(s->fmts[i], "vmdk") && vdisk_image_get_parent_uuid(img, parent) == -EOPNOTSUPP) {
                         vdisk_clear_error();
+                        if (fmt_has_uuid(s->fmts[i - 1]))
+                                FAIL("image %u (%s, vmdk) records no parent UUID, its parent %s has one", i,
+                                     vdisk_image_name(img), s->fmts[i - 1]);
                         goto by_name;
                 }
                 if (!fmt_has_uuid(s->fmts[i]) || (i > 0 && !fmt_has_uuid(s->fmts[i - 1]))) {

@@ -18,7 +18,12 @@
  *     ENOSPC at write N, for every N (memory ios under a fault io): the base
  *     got a new CID with the first write, and the diff must have been
  *     relinked to it, so that the chain opens again (no -ESTALE), reads as
- *     before, and the retried merge succeeds.
+ *     before, and the retried merge succeeds;
+ *   - a VMDK diff made on a parent without a UUID (QCOW2, QED: no
+ *     ddb.uuid.parent in its descriptor) that a merge relinks onto a parent
+ *     with one (VDI, VHD, VMDK; backward and forward merges) records that
+ *     UUID: `ddb.uuid.parent = "<uuid>"` in the descriptor bytes after close,
+ *     and the chain reopened from the bytes links by it.
  */
 #include <unistd.h>
 
@@ -228,6 +233,68 @@ static void failed_merge_relinks(void) {
         vdisk_io_unref(top);
 }
 
+/* The value of `key = "..."` in the descriptor bytes `b` (NULL: none). */
+static char *desc_value(const uint8_t *b, size_t len, const char *key) {
+        size_t kl = strlen(key);
+
+        for (size_t i = 0; i + kl < len; i++)
+                if ((i == 0 || b[i - 1] == '\n') && memcmp(b + i, key, kl) == 0) {
+                        const char *p = (const char *) b + i + kl, *e;
+
+                        while (p < (const char *) b + len && (*p == ' ' || *p == '=' || *p == '"'))
+                                p++;
+                        e = memchr(p, '"', (size_t) ((const char *) b + len - p));
+                        ASSERT(e);
+                        return strndup(p, (size_t) (e - p));
+                }
+        return NULL;
+}
+
+/* base (pfmt, with a UUID) <- mid (qcow2 or qed, none) <- top.vmdk, mid
+ * merged into base (1, 0) or into top (1, 2): top.vmdk ends on base and
+ * records base's UUID. */
+static void relink_records_uuid(const char *pfmt, const char *midfmt, unsigned from, unsigned to) {
+        vdisk_create_opts o = { .size = sizeof o };
+        vdisk_io *a = mem_io("u-base", NULL, 0), *b = mem_io("u-mid", NULL, 0), *c = mem_io("u-top.vmdk", NULL, 0);
+        vdisk_disk *d = disk_new();
+        uint8_t u[16], pu[16], *bytes;
+        char want[37], **removed = NULL, *got;
+        size_t len;
+
+        test_set_context("%s <- %s <- vmdk, merge %u into %u", pfmt, midfmt, from, to);
+        ASSERT_OK(vdisk_disk_create_base(d, a, pfmt, 4 * MiB, &o));
+        o.parent_name = "u-base";
+        ASSERT_OK(vdisk_disk_create_diff(d, b, midfmt, &o));
+        o.parent_name = "u-mid";
+        ASSERT_OK(vdisk_disk_create_diff(d, c, "vmdk", &o));
+        /* made on a parent without a UUID: no ddb.uuid.parent */
+        ASSERT(vdisk_image_get_parent_uuid(vdisk_disk_image(d, 2), pu) == -EOPNOTSUPP);
+        vdisk_clear_error();
+        ASSERT_OK(vdisk_merge(d, from, to, NULL, &removed));
+        vdisk_strv_free(removed);
+        ASSERT_OK(vdisk_image_get_uuid(vdisk_disk_image(d, 0), u));
+        vdisk_uuid_format(u, want);
+        vdisk_disk_unref(d);
+
+        bytes = mem_io_copy(c, &len);
+        got = desc_value(bytes, len, "ddb.uuid.parent");
+        if (!got || strcmp(got, want) != 0)
+                FAIL("the relinked VMDK records ddb.uuid.parent \"%s\", want \"%s\"", got ? got : "(none)", want);
+        free(got);
+        free(bytes);
+
+        d = disk_new();
+        ASSERT_OK(vdisk_disk_open(d, a, pfmt, 0));
+        ASSERT_OK(vdisk_disk_open(d, c, "vmdk", 0));
+        ASSERT_OK(vdisk_image_get_parent_uuid(vdisk_disk_image(d, 1), pu));
+        ASSERT_MEMEQ(pu, u, 16);
+        vdisk_disk_unref(d);
+        vdisk_io_unref(a);
+        vdisk_io_unref(b);
+        vdisk_io_unref(c);
+        test_set_context("%s", "");
+}
+
 int main(void) {
         static const char *const sparse_files[] = { "sparse.vmdk", NULL };
         static const char *const flat_files[] = { "flat.vmdk", "flat-flat.vmdk", NULL };
@@ -238,6 +305,15 @@ int main(void) {
         ASSERT(mkdtemp(dir));
 
         failed_merge_relinks();
+        /* the mid merged down (the VMDK above relinked) and up into the VMDK */
+        relink_records_uuid("vdi", "qcow2", 1, 0);
+        relink_records_uuid("vdi", "qcow2", 1, 2);
+        relink_records_uuid("vpc", "qed", 1, 0);
+        relink_records_uuid("vpc", "qed", 1, 2);
+        relink_records_uuid("vmdk", "qcow2", 1, 0);
+        relink_records_uuid("vmdk", "qed", 1, 2);
+        printf("a VMDK diff made on a QCOW2/QED parent and relinked onto a VDI, VHD or VMDK parent records its "
+               "UUID (ddb.uuid.parent)\n");
 
         make_pair("sparse.vmdk", "monolithicSparse");
         expect_untouched(sparse_files, false);
