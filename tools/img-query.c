@@ -780,183 +780,44 @@ finish:
 #define COMPARE_EXIT_STATUS    3
 #define COMPARE_EXIT_READ      4
 
-#define COMPARE_BUFFER_SIZE (2u << 20)
-/* Block status is asked at most this far at once (1 GiB): each answer stays
- * cheap (a VDI map scan of 1024 entries) however the two sides' extents
- * interleave, and a hole of 15 TiB takes some 15000 steps. */
-#define COMPARE_STATUS_SPAN (UINT64_C(1) << 30)
+/* vdisk_compare_ex() does the work (block status on both sides); this says
+ * its verdict in qemu-img compare's words and exit codes. */
+static int compare_report(Img *img[2], int r, const vdisk_compare_result *res, bool quiet) {
+        bool mismatch = res->size_a != res->size_b;
 
-/* Offset of the first 512-byte sector where a and b differ (b NULL: where a
- * is not zero), or len when none. */
-static size_t first_differing_sector(const uint8_t *a, const uint8_t *b, size_t len) {
-        for (size_t off = 0; off < len; off += VDISK_SECTOR_SIZE) {
-                size_t n = MIN((size_t) VDISK_SECTOR_SIZE, len - off);
-
-                if (b ? memcmp(a + off, b + off, n) != 0 : !mem_is_zero(a + off, n))
-                        return off;
-        }
-        return len;
-}
-
-typedef struct CompareCtx {
-        Img *a, *b;
-        uint8_t *buf1, *buf2;
-        bool quiet;
-} CompareCtx;
-
-static int compare_status(Img *img, uint64_t off, uint64_t len, vdisk_extent *ret) {
-        int r;
-
-        vdisk_clear_error();
-        r = vdisk_disk_block_status(img->disk, off, len, ret);
         if (r < 0) {
-                log_error("Could not read the allocation of '%s' at offset %" PRIu64 ": %s",
-                          img->filename, off, error_detail(r));
-                return -COMPARE_EXIT_STATUS;
-        }
-        if (ret->length == 0 || ret->length > len)
-                ret->length = len;
-        return 0;
-}
+                Img *f = img[res->failed_side ? 1 : 0];
 
-static int compare_read(Img *img, void *buf, size_t len, uint64_t off) {
-        int r;
-
-        vdisk_clear_error();
-        r = vdisk_disk_read(img->disk, buf, len, off);
-        if (r < 0) {
-                log_error("Error while reading offset %" PRIu64 " of '%s': %s", off, img->filename,
-                          error_detail(r));
-                return -COMPARE_EXIT_READ;
-        }
-        return 0;
-}
-
-static int compare_mismatch(CompareCtx *ctx, uint64_t off) {
-        if (!ctx->quiet)
-                printf("Content mismatch at offset %" PRIu64 "!\n", off);
-        return -COMPARE_EXIT_DIFFERENT;
-}
-
-/* Checks that [off, off+len) of img reads as zeros. */
-static int compare_check_zero(CompareCtx *ctx, Img *img, uint64_t off, uint64_t len) {
-        size_t n = (size_t) len, at;
-        int r;
-
-        assert(len <= COMPARE_BUFFER_SIZE);
-        r = compare_read(img, ctx->buf1, n, off);
-        if (r < 0)
-                return r;
-        at = first_differing_sector(ctx->buf1, NULL, n);
-        if (at < n)
-                return compare_mismatch(ctx, off + at);
-        return 0;
-}
-
-static bool extent_allocated(const vdisk_extent *e) {
-        return e->flags & VDISK_EXTENT_ALLOCATED;
-}
-
-static int compare_images(CompareCtx *ctx, bool strict, ProgressBar *bar) {
-        uint64_t size1 = vdisk_disk_size(ctx->a->disk), size2 = vdisk_disk_size(ctx->b->disk);
-        uint64_t common = MIN(size1, size2), total = MAX(size1, size2), off;
-        int r;
-
-        if (size1 != size2 && strict) {
-                if (!ctx->quiet)
-                        printf("Strict mode: Image size mismatch!\n");
-                return -COMPARE_EXIT_DIFFERENT;
-        }
-
-        for (off = 0; off < common;) {
-                vdisk_extent e1, e2;
-                uint64_t chunk;
-                bool zero1, zero2;
-
-                if (cancel_requested) {
+                if (r == -ECANCELED) {
                         log_error("Comparison cancelled");
-                        return -EXIT_ERROR;
+                        return EXIT_ERROR;
                 }
-                r = compare_status(ctx->a, off, MIN(common - off, COMPARE_STATUS_SPAN), &e1);
-                if (r < 0)
-                        return r;
-                r = compare_status(ctx->b, off, MIN(common - off, COMPARE_STATUS_SPAN), &e2);
-                if (r < 0)
-                        return r;
-                /* Where both read zeros, the whole common extent at once (a
-                 * hole of terabytes costs two block status calls); what is
-                 * read, one buffer at a time. */
-                chunk = MIN(e1.length, e2.length);
-
-                if (strict && ((e1.flags ^ e2.flags) & (VDISK_EXTENT_ALLOCATED | VDISK_EXTENT_ZERO |
-                                                        VDISK_EXTENT_DATA))) {
-                        if (!ctx->quiet)
-                                printf("Strict mode: Offset %" PRIu64 " block status mismatch!\n", off);
-                        return -COMPARE_EXIT_DIFFERENT;
+                if (res->failed_status) {
+                        log_error("Could not read the allocation of '%s' at offset %" PRIu64 ": %s",
+                                  f->filename, res->failed_offset, error_detail(r));
+                        return COMPARE_EXIT_STATUS;
                 }
-
-                zero1 = e1.flags & VDISK_EXTENT_ZERO;
-                zero2 = e2.flags & VDISK_EXTENT_ZERO;
-                if (zero1 && zero2) {
-                        /* Both read as zeros. */
-                } else if (extent_allocated(&e1) == extent_allocated(&e2) || (!zero1 && !zero2)) {
-                        size_t n, at;
-
-                        chunk = MIN(chunk, (uint64_t) COMPARE_BUFFER_SIZE);
-                        n = (size_t) chunk;
-                        r = compare_read(ctx->a, ctx->buf1, n, off);
-                        if (r < 0)
-                                return r;
-                        r = compare_read(ctx->b, ctx->buf2, n, off);
-                        if (r < 0)
-                                return r;
-                        at = first_differing_sector(ctx->buf1, ctx->buf2, n);
-                        if (at < n)
-                                return compare_mismatch(ctx, off + at);
-                } else {
-                        /* One side is known to be zero: the other must read zeros. */
-                        chunk = MIN(chunk, (uint64_t) COMPARE_BUFFER_SIZE);
-                        r = compare_check_zero(ctx, zero1 ? ctx->b : ctx->a, off, chunk);
-                        if (r < 0)
-                                return r;
-                }
-                off += chunk;
-                progress_bar_print(bar, (double) off * 100.0 / (double) total);
+                log_error("Error while reading offset %" PRIu64 " of '%s': %s", res->failed_offset,
+                          f->filename, error_detail(r));
+                return COMPARE_EXIT_READ;
         }
+        if (quiet)
+                return r > 0 ? COMPARE_EXIT_DIFFERENT : EXIT_OK;
 
-        /* The part only the larger image has must read as zeros. */
-        if (size1 != size2) {
-                Img *larger = size1 > size2 ? ctx->a : ctx->b;
-
-                if (!ctx->quiet)
+        if (r > 0 && res->outcome == VDISK_COMPARE_SIZE)
+                printf("Strict mode: Image size mismatch!\n");
+        else if (r > 0 && res->outcome == VDISK_COMPARE_BLOCK_STATUS)
+                printf("Strict mode: Offset %" PRIu64 " block status mismatch!\n", res->offset);
+        else {
+                /* The warning comes once the common part matched. */
+                if (mismatch && (r == 0 || res->offset >= MIN(res->size_a, res->size_b)))
                         printf("Warning: Image size mismatch!\n");
-
-                for (off = common; off < total;) {
-                        vdisk_extent e;
-                        uint64_t chunk;
-
-                        if (cancel_requested) {
-                                log_error("Comparison cancelled");
-                                return -EXIT_ERROR;
-                        }
-                        r = compare_status(larger, off, MIN(total - off, COMPARE_STATUS_SPAN), &e);
-                        if (r < 0)
-                                return r;
-                        chunk = e.length;
-                        if (!(e.flags & VDISK_EXTENT_ZERO)) {
-                                chunk = MIN(chunk, (uint64_t) COMPARE_BUFFER_SIZE);
-                                r = compare_check_zero(ctx, larger, off, chunk);
-                                if (r < 0)
-                                        return r;
-                        }
-                        /* (qemu-img shows no progress for this part) */
-                        off += chunk;
-                }
+                if (r > 0)
+                        printf("Content mismatch at offset %" PRIu64 "!\n", res->offset);
+                else
+                        printf("Images are identical.\n");
         }
-
-        if (!ctx->quiet)
-                printf("Images are identical.\n");
-        return 0;
+        return r > 0 ? COMPARE_EXIT_DIFFERENT : EXIT_OK;
 }
 
 int cmd_compare(int argc, char **argv) {
@@ -965,8 +826,8 @@ int cmd_compare(int argc, char **argv) {
                 {}
         };
         const char *fmt1 = NULL, *fmt2 = NULL;
-        _cleanup_free_ uint8_t *buf1 = NULL, *buf2 = NULL;
         bool quiet = false, progress = false, strict = false;
+        vdisk_compare_result res = { .size = sizeof(res) };
         ProgressBar bar = {};
         Img a = {}, b = {};
         int c, r, ex = EXIT_ERROR;
@@ -1011,28 +872,14 @@ int cmd_compare(int argc, char **argv) {
                 goto finish;
         }
 
-        buf1 = malloc(COMPARE_BUFFER_SIZE);
-        buf2 = malloc(COMPARE_BUFFER_SIZE);
-        if (!buf1 || !buf2) {
-                log_error("Out of memory");
-                ex = COMPARE_EXIT_STATUS;
-                goto finish;
-        }
-
         install_cancel_handlers();
         if (progress_bar_init(&bar, progress) < 0)
                 goto finish;
         bar.min_step = 2.0;   /* qemu-img compare's step */
 
-        CompareCtx ctx = {
-                .a = &a,
-                .b = &b,
-                .buf1 = buf1,
-                .buf2 = buf2,
-                .quiet = quiet,
-        };
-        r = compare_images(&ctx, strict, &bar);
-        ex = r < 0 ? -r : EXIT_OK;
+        vdisk_clear_error();
+        r = vdisk_compare_ex(a.disk, b.disk, strict ? VDISK_COMPARE_STRICT : 0, &res, bar.p);
+        ex = compare_report((Img *[2]) { &a, &b }, r, &res, quiet);
         /* qemu-img ends the progress line after the verdict. */
         progress_bar_done(&bar, false);
 

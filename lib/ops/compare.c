@@ -25,7 +25,16 @@ typedef struct side {
         unsigned top;
         uint64_t size;
         bool registered;
+        unsigned index;                 /* 0: a, 1: b */
+        vdisk_compare_result *res;      /* where a failure is recorded */
 } side;
+
+static int side_failed(side *s, int r, bool status, uint64_t offset) {
+        s->res->failed_side = s->index;
+        s->res->failed_status = status;
+        s->res->failed_offset = offset;
+        return r;
+}
 
 static int side_begin(side *s) {
         _cleanup_(disk_unlockp) _unused_ vdisk_disk *l = disk_lock(s->d);
@@ -53,15 +62,26 @@ static void side_end(side *s) {
 
 static int side_status(side *s, uint64_t offset, uint64_t len, vdisk_extent *ret) {
         _cleanup_(disk_unlockp) _unused_ vdisk_disk *l = disk_lock(s->d);
+        int r;
 
-        return rw_status(s->d, 0, s->top, offset, len, ret);
+        r = rw_status(s->d, 0, s->top, offset, len, ret);
+        if (r < 0)
+                return side_failed(s, r, true, offset);
+        return r;
 }
 
 static int side_read(side *s, void *buf, size_t len, uint64_t offset) {
         _cleanup_(disk_unlockp) _unused_ vdisk_disk *l = disk_lock(s->d);
+        int r;
 
-        return rw_read(s->d, s->top, buf, len, offset);
+        r = rw_read(s->d, s->top, buf, len, offset);
+        if (r < 0)
+                return side_failed(s, r, false, offset);
+        return r;
 }
+
+/* The allocation flags strict mode compares. */
+#define STRICT_FLAGS (VDISK_EXTENT_ALLOCATED | VDISK_EXTENT_ZERO | VDISK_EXTENT_DATA)
 
 static int tail_zero(side *s, uint64_t from, uint64_t to, uint64_t *ret_offset, vdisk_progress *p) {
         _cleanup_free_ uint8_t *buf = NULL;
@@ -96,18 +116,22 @@ static int tail_zero(side *s, uint64_t from, uint64_t to, uint64_t *ret_offset, 
         return 0;
 }
 
-static int compare_run(side *a, side *b, int strict, uint64_t *ret_offset, vdisk_progress *p) {
+/* Records a difference of kind `outcome` at `offset`: returns 1. */
+static int differs(vdisk_compare_result *res, vdisk_compare_outcome outcome, uint64_t offset) {
+        res->outcome = outcome;
+        res->offset = offset;
+        return 1;
+}
+
+static int compare_run(side *a, side *b, bool strict, vdisk_compare_result *res, vdisk_progress *p) {
         _cleanup_free_ uint8_t *ba = NULL, *bb = NULL;
         uint64_t sa = a->size, sb = b->size, common, offset = 0, diff = 0;
         int r;
 
         common = MIN(sa, sb);
         progress_set_total(p, MAX(sa, sb));
-        if (strict && sa != sb) {
-                if (ret_offset)
-                        *ret_offset = common;
-                return 1;
-        }
+        if (strict && sa != sb)
+                return differs(res, VDISK_COMPARE_SIZE, common);
         ba = malloc(OP_BUFFER_SIZE);
         bb = malloc(OP_BUFFER_SIZE);
         if (!ba || !bb)
@@ -127,11 +151,8 @@ static int compare_run(side *a, side *b, int strict, uint64_t *ret_offset, vdisk
                 len = MIN(ea.length, eb.length);
                 za = (ea.flags & VDISK_EXTENT_ZERO) && !(ea.flags & VDISK_EXTENT_DATA);
                 zb = (eb.flags & VDISK_EXTENT_ZERO) && !(eb.flags & VDISK_EXTENT_DATA);
-                if (strict && (ea.flags & VDISK_EXTENT_ALLOCATED) != (eb.flags & VDISK_EXTENT_ALLOCATED)) {
-                        if (ret_offset)
-                                *ret_offset = offset;
-                        return 1;
-                }
+                if (strict && ((ea.flags ^ eb.flags) & STRICT_FLAGS))
+                        return differs(res, VDISK_COMPARE_BLOCK_STATUS, offset);
                 if (!(za && zb)) {
                         /* Read a buffer at a time; where both read zeros,
                          * the whole common extent goes in one step. */
@@ -142,11 +163,9 @@ static int compare_run(side *a, side *b, int strict, uint64_t *ret_offset, vdisk
                         r = side_read(b, bb, (size_t) len, offset);
                         if (r < 0)
                                 return r;
-                        if (memcmp(ba, bb, (size_t) len) != 0) {
-                                if (ret_offset)
-                                        *ret_offset = ALIGN_DOWN(offset + first_difference(ba, bb, (size_t) len), 512);
-                                return 1;
-                        }
+                        if (memcmp(ba, bb, (size_t) len) != 0)
+                                return differs(res, VDISK_COMPARE_CONTENT,
+                                               ALIGN_DOWN(offset + first_difference(ba, bb, (size_t) len), 512));
                 }
                 r = progress_add(p, len);
                 if (r < 0)
@@ -155,29 +174,45 @@ static int compare_run(side *a, side *b, int strict, uint64_t *ret_offset, vdisk
         }
         if (sa != sb) {
                 r = tail_zero(sa > sb ? a : b, common, MAX(sa, sb), &diff, p);
-                if (r != 0) {
-                        if (r > 0 && ret_offset)
-                                *ret_offset = diff;
+                if (r > 0)
+                        return differs(res, VDISK_COMPARE_CONTENT, diff);
+                if (r < 0)
                         return r;
-                }
         }
         return 0;
 }
 
-int vdisk_compare(vdisk_disk *a, vdisk_disk *b, int strict, uint64_t *ret_offset, vdisk_progress *p) {
-        side sa = { .d = a }, sb = { .d = b };
+int vdisk_compare_ex(vdisk_disk *a, vdisk_disk *b, uint32_t flags, vdisk_compare_result *ret,
+                     vdisk_progress *p) {
+        vdisk_compare_result res = { .size = sizeof(res) };
+        side sa = { .d = a, .index = 0, .res = &res }, sb = { .d = b, .index = 1, .res = &res };
         int r;
 
-        if (!a || !b || a == b)
+        if (!a || !b || a == b || (flags & ~VDISK_COMPARE_STRICT) || (ret && ret->size < sizeof(res)))
                 return vdisk_error(-EINVAL, "invalid arguments");
         r = side_begin(&sa);
         if (r >= 0)
                 r = side_begin(&sb);
-        if (r >= 0)
-                r = compare_run(&sa, &sb, strict, ret_offset, p);
+        if (r >= 0) {
+                res.size_a = sa.size;
+                res.size_b = sb.size;
+                r = compare_run(&sa, &sb, flags & VDISK_COMPARE_STRICT, &res, p);
+        }
         side_end(&sa);
         side_end(&sb);
         if (r == 0)
                 progress_finish(p);
+        if (ret)
+                *ret = res;
+        return r;
+}
+
+int vdisk_compare(vdisk_disk *a, vdisk_disk *b, int strict, uint64_t *ret_offset, vdisk_progress *p) {
+        vdisk_compare_result res = { .size = sizeof(res) };
+        int r;
+
+        r = vdisk_compare_ex(a, b, strict ? VDISK_COMPARE_STRICT : 0, &res, p);
+        if (r > 0 && ret_offset)
+                *ret_offset = res.offset;
         return r;
 }
