@@ -783,6 +783,10 @@ enum {
          * parents hold. Only what the source's top image defines is
          * copied, and data the destination reads already is not rewritten. */
         VDISK_COPY_INTO_TOP_ONLY = 1u << 1,
+        /* qemu-img convert -S 0: where the source reads zeros, zeros are
+         * written (allocated), and data buffers of zeros are written as
+         * they are; nothing is left as a hole. Wins over TARGET_ZERO. */
+        VDISK_COPY_INTO_ALLOCATE = 1u << 2,
 };
 
 /* Copies the content of `src` into the existing disk `dst` (qemu-img convert
