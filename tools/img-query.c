@@ -9,7 +9,6 @@
 #include <assert.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <getopt.h>
 #include <inttypes.h>
 #include <string.h>
 #include <time.h>
@@ -429,61 +428,18 @@ static bool image_preallocated(vdisk_image *image) {
                !streq(vdisk_image_backend(image)->qemu_name, "raw");
 }
 
-static int parse_offset_arg(const char *s, const char *what, uint64_t *ret) {
-        int r = parse_size(s, ret);
-
-        if (r < 0) {
-                log_error("Invalid %s specified. You may use k, M, G, T, P or E suffixes for", what);
-                log_error("kilobytes, megabytes, gigabytes, terabytes, petabytes and exabytes.");
-        }
-        return r;
-}
-
-int cmd_map(int argc, char **argv) {
-        static const struct option options[] = {
-                COMMON_LONG_OPTIONS,
-                { "output",       required_argument, NULL, ARG_OUTPUT },
-                { "start-offset", required_argument, NULL, ARG_START_OFFSET },
-                { "max-length",   required_argument, NULL, ARG_MAX_LENGTH },
-                {}
-        };
-        const char *fmt = NULL, *filename;
-        OutputFormat output = OUTPUT_HUMAN;
-        uint64_t start = 0, max_length = UINT64_MAX, end, off, size;
+int cmd_map(Request *req) {
+        const char *filename = req->files[0];
+        OutputFormat output = req->output;
+        uint64_t start = req->start_offset, max_length = req->max_length, end, off, size;
         MapEntry cur = {};
         bool have_cur = false, first = true, zero_base;
         _cleanup_free_ int *fds = NULL;
         unsigned n, n_fds = 0;
         Img img = {};
-        int c, r, ex = EXIT_ERROR;
+        int r, ex = EXIT_ERROR;
 
-        while ((c = getopt_long(argc, argv, "f:hU", options, NULL)) >= 0) {
-                switch (c) {
-                case 'f':
-                        fmt = optarg;
-                        break;
-                case ARG_OUTPUT:
-                        if (parse_output_format(optarg, &output) < 0)
-                                return EXIT_ERROR;
-                        break;
-                case ARG_START_OFFSET:
-                        if (parse_offset_arg(optarg, "start offset", &start) < 0)
-                                return EXIT_ERROR;
-                        break;
-                case ARG_MAX_LENGTH:
-                        if (parse_offset_arg(optarg, "max length", &max_length) < 0)
-                                return EXIT_ERROR;
-                        break;
-                default:
-                        if (common_option(c, optarg, &ex) == 2)
-                                return ex;
-                }
-        }
-        if (optind != argc - 1)
-                return usage_error("Expecting one image file name");
-        filename = argv[optind];
-
-        r = img_open(filename, fmt, IMG_CHAIN, &img);
+        r = img_open(filename, req->format, IMG_CHAIN, &img);
         if (r < 0)
                 return EXIT_ERROR;
 
@@ -820,66 +776,27 @@ static int compare_report(Img *img[2], int r, const vdisk_compare_result *res, b
         return r > 0 ? COMPARE_EXIT_DIFFERENT : EXIT_OK;
 }
 
-int cmd_compare(int argc, char **argv) {
-        static const struct option options[] = {
-                COMMON_LONG_OPTIONS,
-                {}
-        };
-        const char *fmt1 = NULL, *fmt2 = NULL;
-        bool quiet = false, progress = false, strict = false;
+int cmd_compare(Request *req) {
         vdisk_compare_result res = { .size = sizeof(res) };
         ProgressBar bar = {};
         Img a = {}, b = {};
-        int c, r, ex = EXIT_ERROR;
+        int r, ex = EXIT_ERROR;
 
-        while ((c = getopt_long(argc, argv, "hf:F:T:pqsU", options, NULL)) >= 0) {
-                switch (c) {
-                case 'f':
-                        fmt1 = optarg;
-                        break;
-                case 'F':
-                        fmt2 = optarg;
-                        break;
-                case 'T':
-                        if (!cache_mode_valid(optarg)) {
-                                log_error("Invalid source cache option: %s", optarg);
-                                return EXIT_ERROR;
-                        }
-                        break;
-                case 'p':
-                        progress = true;
-                        break;
-                case 'q':
-                        quiet = true;
-                        break;
-                case 's':
-                        strict = true;
-                        break;
-                default:
-                        if (common_option(c, optarg, &ex) == 2)
-                                return ex;
-                }
-        }
-        if (quiet)
-                progress = false;
-        if (argc - optind != 2)
-                return usage_error("Expecting two image file names");
-
-        if (img_open(argv[optind], fmt1, IMG_CHAIN, &a) < 0)
+        if (img_open(req->files[0], req->format, IMG_CHAIN, &a) < 0)
                 return COMPARE_EXIT_OPEN;
-        if (img_open(argv[optind + 1], fmt2, IMG_CHAIN, &b) < 0) {
+        if (img_open(req->files[1], req->format2, IMG_CHAIN, &b) < 0) {
                 ex = COMPARE_EXIT_OPEN;
                 goto finish;
         }
 
         install_cancel_handlers();
-        if (progress_bar_init(&bar, progress) < 0)
+        if (progress_bar_init(&bar, req->progress) < 0)
                 goto finish;
         bar.min_step = 2.0;   /* qemu-img compare's step */
 
         vdisk_clear_error();
-        r = vdisk_compare_ex(a.disk, b.disk, strict ? VDISK_COMPARE_STRICT : 0, &res, bar.p);
-        ex = compare_report((Img *[2]) { &a, &b }, r, &res, quiet);
+        r = vdisk_compare_ex(a.disk, b.disk, req->strict ? VDISK_COMPARE_STRICT : 0, &res, bar.p);
+        ex = compare_report((Img *[2]) { &a, &b }, r, &res, req->quiet);
         /* qemu-img ends the progress line after the verdict. */
         progress_bar_done(&bar, false);
 
@@ -924,46 +841,14 @@ static int snapshot_change(const char *filename, const char *fmt, char action, c
         return img_close_exit(&img, r < 0 ? EXIT_ERROR : EXIT_OK);
 }
 
-int cmd_snapshot(int argc, char **argv) {
-        static const struct option options[] = {
-                COMMON_LONG_OPTIONS,
-                {}
-        };
-        const char *fmt = NULL, *filename, *arg = NULL;
+int cmd_snapshot(Request *req) {
+        const char *fmt = req->format, *filename = req->files[0], *arg = req->action_arg;
         vdisk_snapshot *v = NULL;
         size_t n = 0;
         Img img = {};
-        char action = 0;
-        bool quiet = false;
-        int c, r, ex = EXIT_ERROR;
+        char action = req->action;
+        int r;
 
-        while ((c = getopt_long(argc, argv, "hf:qUla:c:d:", options, NULL)) >= 0) {
-                switch (c) {
-                case 'f':
-                        fmt = optarg;
-                        break;
-                case 'q':
-                        quiet = true;
-                        break;
-                case 'l':
-                case 'a':
-                case 'c':
-                case 'd':
-                        if (action) {
-                                log_error("Cannot mix '-l', '-a', '-c', '-d'");
-                                return usage_hint();
-                        }
-                        action = (char) c;
-                        arg = optarg;
-                        break;
-                default:
-                        if (common_option(c, optarg, &ex) == 2)
-                                return ex;
-                }
-        }
-        if (optind != argc - 1)
-                return usage_error("Expecting one image file name");
-        filename = argv[optind];
         if (action && action != 'l') {
                 /* Formats without internal snapshots: qemu-img's refusal. */
                 r = img_open(filename, fmt, IMG_INFO | IMG_SKIP_CHECKS, &img);
@@ -984,7 +869,7 @@ int cmd_snapshot(int argc, char **argv) {
                 log_error("Could not list the snapshots of '%s': %s", filename, error_detail(r));
                 return img_close_exit(&img, EXIT_ERROR);
         }
-        if (n > 0 && !quiet) {
+        if (n > 0 && !req->quiet) {
                 printf("Snapshot list:\n");
                 print_snapshot_table(v, n);
         }

@@ -132,14 +132,14 @@ int cmd_convert(Request *req);
 int cmd_check(Request *req);
 int cmd_repair(Request *req);
 int cmd_commit(Request *req);
-int cmd_compare(int argc, char **argv);
-int cmd_map(int argc, char **argv);
+int cmd_compare(Request *req);
+int cmd_map(Request *req);
 int cmd_resize(Request *req);
 int cmd_rebase(int argc, char **argv);
 int cmd_compact(Request *req);
 int cmd_setuuid(int argc, char **argv);
 int cmd_comment(int argc, char **argv);
-int cmd_snapshot(int argc, char **argv);
+int cmd_snapshot(Request *req);
 int cmd_measure(int argc, char **argv);
 int cmd_amend(int argc, char **argv);
 int cmd_bitmap(int argc, char **argv);   /* img-bitmap.c */

@@ -38,19 +38,19 @@ static const Command commands[] = {
         { "check",    .run_request = cmd_check },
         { "commit",   .run_request = cmd_commit },
         { "compact",  .run_request = cmd_compact },
-        { "compare",  cmd_compare },
+        { "compare",  .run_request = cmd_compare },
         { "comment",  cmd_comment },
         { "convert",  .run_request = cmd_convert },
         { "create",   .run_request = cmd_create },
         { "dd",       cmd_dd },
         { "info",     .run_request = cmd_info },
-        { "map",      cmd_map },
+        { "map",      .run_request = cmd_map },
         { "measure",  cmd_measure },
         { "rebase",   cmd_rebase },
         { "repair",   .run_request = cmd_repair },
         { "resize",   .run_request = cmd_resize },
         { "setuuid",  cmd_setuuid },
-        { "snapshot", cmd_snapshot },
+        { "snapshot", .run_request = cmd_snapshot },
 };
 
 void print_help(void) {

@@ -62,10 +62,11 @@ int front_common_option(int c, const char *arg, int *ret_exit) {
  * of these ids, per tool. */
 typedef enum OptId {
         O_h, O_f, O_O, O_o, O_b, O_B, O_F, O_t, O_T, O_S, O_p, O_q, O_n, O_c, O_l, O_r, O_m, O_W, O_C,
-        O_u, O_d, O_U,
+        O_u, O_d, O_U, O_s,
         O_FORMAT, O_FILENAME, O_QUIET, O_FORCE_SHARE, O_OUTPUT, O_BACKING_CHAIN, O_PARENT_DIR,
         O_IMAGE_OPTS, O_OBJECT, O_SHRINK, O_PREALLOCATION, O_DRY_RUN, O_IMAGE, O_TARGET_IS_ZERO,
         O_TARGET_IMAGE_OPTS, O_SALVAGE, O_BITMAPS, O_SKIP_BROKEN_BITMAPS,
+        O_START_OFFSET, O_MAX_LENGTH, O_SNAP_l, O_SNAP_a, O_SNAP_c, O_SNAP_d,
         _O_MAX,
 } OptId;
 
@@ -101,6 +102,7 @@ static const OptSpec opt_specs[_O_MAX] = {
         [O_u] = { 'u', NULL, false, 'u' },
         [O_d] = { 'd', NULL, false, 'd' },
         [O_U] = { 'U', NULL, false, 'U' },
+        [O_s] = { 's', NULL, false, 's' },
         [O_FORMAT] = { 0, "format", true, 'f' },
         [O_FILENAME] = { 0, "filename", true, 'F' },   /* compact: the image, not -F */
         [O_QUIET] = { 0, "quiet", false, 'q' },
@@ -119,6 +121,13 @@ static const OptSpec opt_specs[_O_MAX] = {
         [O_SALVAGE] = { 0, "salvage", false, ARG_SALVAGE },
         [O_BITMAPS] = { 0, "bitmaps", false, ARG_BITMAPS },
         [O_SKIP_BROKEN_BITMAPS] = { 0, "skip-broken-bitmaps", false, ARG_SKIP_BROKEN_BITMAPS },
+        [O_START_OFFSET] = { 0, "start-offset", true, ARG_START_OFFSET },
+        [O_MAX_LENGTH] = { 0, "max-length", true, ARG_MAX_LENGTH },
+        /* snapshot's actions (-l takes no argument there, -c and -d one) */
+        [O_SNAP_l] = { 'l', NULL, false, 'l' },
+        [O_SNAP_a] = { 'a', NULL, true, 'a' },
+        [O_SNAP_c] = { 'c', NULL, true, 'c' },
+        [O_SNAP_d] = { 'd', NULL, true, 'd' },
 };
 
 /* What every verb of a tool takes. */
@@ -187,6 +196,24 @@ static const FrontVerb verbs[_VERB_MAX] = {
                 OPT(f) | OPT(O) | OPT(o) | OPT(S) | OPT(p) | OPT(t) | OPT(T) | OPT(U) | OPT(n) | OPT(B) |
                         OPT(c) | OPT(FORCE_SHARE),
                 "a source and a destination file name", "a source and a destination file name",
+        },
+        [VERB_COMPARE] = {
+                "compare",
+                OPT(f) | OPT(F) | OPT(T) | OPT(p) | OPT(q) | OPT(s) | OPT(U),
+                0,
+                "two image file names", "two image file names",
+        },
+        [VERB_MAP] = {
+                "map",
+                OPT(f) | OPT(U) | OPT(OUTPUT) | OPT(START_OFFSET) | OPT(MAX_LENGTH),
+                0,
+                "one image file name", "one image file name",
+        },
+        [VERB_SNAPSHOT] = {
+                "snapshot",
+                OPT(f) | OPT(q) | OPT(U) | OPT(SNAP_l) | OPT(SNAP_a) | OPT(SNAP_c) | OPT(SNAP_d),
+                0,
+                "one image file name", "one image file name",
         },
 };
 
@@ -287,6 +314,15 @@ static int handle_option(Request *req, int c, const char *arg, const char *as_gi
         bool img = is_img();
         int ex = -1;
 
+        if (req->verb == VERB_SNAPSHOT && (c == 'l' || c == 'a' || c == 'c' || c == 'd')) {
+                if (req->action) {
+                        log_error("Cannot mix '-l', '-a', '-c', '-d'");
+                        return usage_hint();
+                }
+                req->action = (char) c;
+                req->action_arg = arg;
+                return -1;
+        }
         switch (c) {
         case 'f':
                 req->format = arg;
@@ -297,6 +333,8 @@ static int handle_option(Request *req, int c, const char *arg, const char *as_gi
         case 'F':
                 if (req->verb == VERB_COMPACT)
                         req->files[0] = arg;   /* --filename */
+                else if (req->verb == VERB_COMPARE)
+                        req->format2 = arg;
                 else
                         req->backing_format = arg;
                 break;
@@ -321,7 +359,7 @@ static int handle_option(Request *req, int c, const char *arg, const char *as_gi
                 /* vdiskd takes no cache modes: vdiskctl passes them over. */
                 if (img && !cache_mode_valid(arg)) {
                         log_error("Invalid %scache option: %s",
-                                  req->verb == VERB_CHECK ? "source " : "", arg);
+                                  req->verb == VERB_CHECK || req->verb == VERB_COMPARE ? "source " : "", arg);
                         return front_dialect.exit_usage;
                 }
                 if (c == 't')
@@ -371,6 +409,9 @@ static int handle_option(Request *req, int c, const char *arg, const char *as_gi
         case 'd':
                 req->drop = true;
                 break;
+        case 's':
+                req->strict = true;
+                break;
         case ARG_OUTPUT:
                 if (front_parse_output(arg, &req->output) < 0)
                         return img ? bad_value("--output must be used with human or json as argument.")
@@ -378,6 +419,15 @@ static int handle_option(Request *req, int c, const char *arg, const char *as_gi
                 break;
         case ARG_BACKING_CHAIN:
                 req->backing_chain = true;
+                break;
+        case ARG_START_OFFSET:
+        case ARG_MAX_LENGTH:
+                if (parse_size(arg, c == ARG_START_OFFSET ? &req->start_offset : &req->max_length) < 0) {
+                        log_error("Invalid %s specified. You may use k, M, G, T, P or E suffixes for",
+                                  c == ARG_START_OFFSET ? "start offset" : "max length");
+                        log_error("kilobytes, megabytes, gigabytes, terabytes, petabytes and exabytes.");
+                        return front_dialect.exit_usage;
+                }
                 break;
         case ARG_SHRINK:
                 req->shrink = true;
@@ -460,6 +510,8 @@ int front_check_files(Request *req) {
                 return (req->files[0] ? req->n_args == 0 : req->n_args == 1) ? -1 : files_error(req);
         case VERB_RESIZE:
                 return req->n_args == 1 && req->size_arg ? -1 : files_error(req);
+        case VERB_COMPARE:
+                return req->n_args == 2 ? -1 : files_error(req);
         default:
                 return req->n_args == 1 ? -1 : files_error(req);
         }
@@ -545,6 +597,7 @@ int front_parse(FrontVerbId verb, int argc, char **argv, Request *req) {
         assert(verb < _VERB_MAX);
         req->verb = verb;
         req->image = UINT32_MAX;
+        req->max_length = UINT64_MAX;
         if (verb == VERB_CREATE)
                 req->format = "raw";
         if (verb == VERB_CONVERT) {
@@ -571,7 +624,7 @@ int front_parse(FrontVerbId verb, int argc, char **argv, Request *req) {
                         ex = front_check_files(req);
                 if (!req->files[0] && req->n_args > 0)
                         req->files[0] = req->args[0];
-                if (verb == VERB_CONVERT && req->n_args > 1)
+                if ((verb == VERB_CONVERT || verb == VERB_COMPARE) && req->n_args > 1)
                         req->files[1] = req->args[1];
                 if (verb == VERB_CREATE && req->n_args > 1)
                         req->size_arg = req->args[1];

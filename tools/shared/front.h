@@ -106,6 +106,9 @@ typedef enum FrontVerbId {
         VERB_RESIZE,
         VERB_CREATE,
         VERB_CONVERT,
+        VERB_COMPARE,
+        VERB_MAP,
+        VERB_SNAPSHOT,
         _VERB_MAX,
 } FrontVerbId;
 
@@ -145,6 +148,15 @@ typedef struct Request {
         bool compress;                /* convert -c */
         bool no_create;               /* convert -n */
         bool target_is_zero, bitmaps, skip_broken_bitmaps;   /* convert */
+        /* compare */
+        const char *format2;          /* -F: the second image's format */
+        bool strict;                  /* -s */
+        /* map */
+        uint64_t start_offset;        /* --start-offset */
+        uint64_t max_length;          /* --max-length (UINT64_MAX: to the end) */
+        /* snapshot: -l, -a, -c or -d (0: list), and its argument */
+        char action;
+        const char *action_arg;
 } Request;
 
 /* The verb named `name` ("copy" is convert) or -ENOENT. */
