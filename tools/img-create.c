@@ -658,56 +658,20 @@ finish:
 
 /* ---------------------------------------------------------------- measure */
 
-int cmd_measure(int argc, char **argv) {
-        static const struct option options[] = {
-                COMMON_LONG_OPTIONS,
-                { "output", required_argument, NULL, ARG_OUTPUT },
-                { "size",   required_argument, NULL, ARG_SIZE },
-                {}
-        };
-        const char *fmt = NULL, *out_fmt = "raw", *snapshot = NULL, *filename = NULL, *size_arg = NULL;
-        _cleanup_(optlist_done) OptList opts = {};
+int cmd_measure(Request *req) {
+        const char *fmt = req->format, *out_fmt = req->out_format, *snapshot = req->snapshot,
+                   *filename = req->files[0], *size_arg = req->size_arg;
+        OptList *opts = &req->opts;
         _cleanup_free_ char **lib_opts = NULL;
         const vdisk_backend_info *out_info;
-        OutputFormat output = OUTPUT_HUMAN;
+        OutputFormat output = req->output;
         vdisk_measure_info mi = {};
         uint64_t size = 0;
         Img src = {};
         Json w;
-        int c, r, ex = EXIT_ERROR;
+        int r, ex = EXIT_ERROR;
 
-        while ((c = getopt_long(argc, argv, "hf:O:o:l:U", options, NULL)) >= 0) {
-                switch (c) {
-                case 'f':
-                        fmt = optarg;
-                        break;
-                case 'O':
-                        out_fmt = optarg;
-                        break;
-                case 'o':
-                        if (optlist_parse(&opts, optarg) < 0) {
-                                log_error("Invalid option list: %s", optarg);
-                                return EXIT_ERROR;
-                        }
-                        break;
-                case 'l':
-                        snapshot = optarg;
-                        break;
-                case ARG_OUTPUT:
-                        if (parse_output_format(optarg, &output) < 0)
-                                return EXIT_ERROR;
-                        break;
-                case ARG_SIZE:
-                        size_arg = optarg;
-                        break;
-                default:
-                        if (common_option(c, optarg, &ex) == 2)
-                                return ex;
-                }
-        }
-        if (optind < argc)
-                filename = argv[optind++];
-        if (optind < argc)
+        if (req->n_args > 1)
                 return usage_error("Expecting one image file name");
         if (size_arg && filename) {
                 log_error("--size N cannot be used together with a filename.");
@@ -724,11 +688,11 @@ int cmd_measure(int argc, char **argv) {
         out_info = format_lookup(out_fmt);
         if (!out_info)
                 return EXIT_ERROR;
-        if (opts.help) {
+        if (opts->help) {
                 print_create_help(out_info);
                 return EXIT_OK;
         }
-        if (optlist_validate(&opts, out_info, filename ?: "measure") < 0)
+        if (optlist_validate(opts, out_info, filename ?: "measure") < 0)
                 return EXIT_ERROR;
         if (size_arg) {
                 r = parse_size(size_arg, &size);
@@ -743,14 +707,14 @@ int cmd_measure(int argc, char **argv) {
                         return EXIT_ERROR;
         }
         /* backing_file counts: a diff's clusters are all counted */
-        lib_opts = calloc(2 * opts.n + 1, sizeof(char *));
+        lib_opts = calloc(2 * opts->n + 1, sizeof(char *));
         if (!lib_opts) {
                 log_error("Out of memory");
                 goto finish;
         }
-        for (size_t i = 0; i < opts.n; i++) {
-                lib_opts[2 * i] = opts.kv[2 * i];
-                lib_opts[2 * i + 1] = opts.kv[2 * i + 1];
+        for (size_t i = 0; i < opts->n; i++) {
+                lib_opts[2 * i] = opts->kv[2 * i];
+                lib_opts[2 * i + 1] = opts->kv[2 * i + 1];
         }
         vdisk_clear_error();
         r = vdisk_measure(out_info->name, (const char *const *) lib_opts, size, src.disk, &mi);

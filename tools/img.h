@@ -140,14 +140,14 @@ int cmd_compact(Request *req);
 int cmd_setuuid(int argc, char **argv);
 int cmd_comment(int argc, char **argv);
 int cmd_snapshot(Request *req);
-int cmd_measure(int argc, char **argv);
-int cmd_amend(int argc, char **argv);
+int cmd_measure(Request *req);
+int cmd_amend(Request *req);
 int cmd_bitmap(int argc, char **argv);   /* img-bitmap.c */
 /* convert --bitmaps (img-bitmap.c): refuses (logged) a source with
  * inconsistent bitmaps unless skip_broken; then copies them. */
 int convert_bitmaps_check(vdisk_image *src, const char *src_name, bool skip_broken);
 int convert_bitmaps_copy(vdisk_image *src, vdisk_image *dst, bool skip_broken);
-int cmd_dd(int argc, char **argv);
+int cmd_dd(Request *req);
 
 /* qemu-img's table of internal snapshots (the lines after "Snapshot list:"). */
 void print_snapshot_table(const vdisk_snapshot *v, size_t n);

@@ -33,7 +33,7 @@ typedef struct Command {
 } Command;
 
 static const Command commands[] = {
-        { "amend",    cmd_amend },
+        { "amend",    .run_request = cmd_amend },
         { "bitmap",   cmd_bitmap },
         { "check",    .run_request = cmd_check },
         { "commit",   .run_request = cmd_commit },
@@ -42,10 +42,10 @@ static const Command commands[] = {
         { "comment",  cmd_comment },
         { "convert",  .run_request = cmd_convert },
         { "create",   .run_request = cmd_create },
-        { "dd",       cmd_dd },
+        { "dd",       .run_request = cmd_dd },
         { "info",     .run_request = cmd_info },
         { "map",      .run_request = cmd_map },
-        { "measure",  cmd_measure },
+        { "measure",  .run_request = cmd_measure },
         { "rebase",   cmd_rebase },
         { "repair",   .run_request = cmd_repair },
         { "resize",   .run_request = cmd_resize },

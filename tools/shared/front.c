@@ -66,7 +66,7 @@ typedef enum OptId {
         O_FORMAT, O_FILENAME, O_QUIET, O_FORCE_SHARE, O_OUTPUT, O_BACKING_CHAIN, O_PARENT_DIR,
         O_IMAGE_OPTS, O_OBJECT, O_SHRINK, O_PREALLOCATION, O_DRY_RUN, O_IMAGE, O_TARGET_IS_ZERO,
         O_TARGET_IMAGE_OPTS, O_SALVAGE, O_BITMAPS, O_SKIP_BROKEN_BITMAPS,
-        O_START_OFFSET, O_MAX_LENGTH, O_SNAP_l, O_SNAP_a, O_SNAP_c, O_SNAP_d,
+        O_START_OFFSET, O_MAX_LENGTH, O_SNAP_l, O_SNAP_a, O_SNAP_c, O_SNAP_d, O_SIZE, O_FORCE,
         _O_MAX,
 } OptId;
 
@@ -128,6 +128,8 @@ static const OptSpec opt_specs[_O_MAX] = {
         [O_SNAP_a] = { 'a', NULL, true, 'a' },
         [O_SNAP_c] = { 'c', NULL, true, 'c' },
         [O_SNAP_d] = { 'd', NULL, true, 'd' },
+        [O_SIZE] = { 0, "size", true, ARG_SIZE },
+        [O_FORCE] = { 0, "force", false, ARG_FORCE },
 };
 
 /* What every verb of a tool takes. */
@@ -214,6 +216,17 @@ static const FrontVerb verbs[_VERB_MAX] = {
                 OPT(f) | OPT(q) | OPT(U) | OPT(SNAP_l) | OPT(SNAP_a) | OPT(SNAP_c) | OPT(SNAP_d),
                 0,
                 "one image file name", "one image file name",
+        },
+        /* dd, measure and amend check their own arguments (dd's are operands) */
+        [VERB_DD] = {
+                "dd", OPT(f) | OPT(O) | OPT(U), 0, NULL, NULL,
+        },
+        [VERB_MEASURE] = {
+                "measure", OPT(f) | OPT(O) | OPT(o) | OPT(l) | OPT(U) | OPT(OUTPUT) | OPT(SIZE), 0, NULL, NULL,
+        },
+        [VERB_AMEND] = {
+                /* -t: vdisk-img always flushes at the end; --force is for encryption key slots */
+                "amend", OPT(f) | OPT(o) | OPT(p) | OPT(q) | OPT(t) | OPT(U) | OPT(FORCE), 0, NULL, NULL,
         },
 };
 
@@ -353,11 +366,13 @@ static int handle_option(Request *req, int c, const char *arg, const char *as_gi
         case 'o':
                 if (optlist_parse(&req->opts, arg) < 0)
                         return bad_value("Invalid option list: %s", arg);
+                req->have_opts = true;
                 break;
         case 't':
         case 'T':
-                /* vdiskd takes no cache modes: vdiskctl passes them over. */
-                if (img && !cache_mode_valid(arg)) {
+                /* vdiskd takes no cache modes: vdiskctl passes them over;
+                 * amend takes any (it always flushes). */
+                if (img && req->verb != VERB_AMEND && !cache_mode_valid(arg)) {
                         log_error("Invalid %scache option: %s",
                                   req->verb == VERB_CHECK || req->verb == VERB_COMPARE ? "source " : "", arg);
                         return front_dialect.exit_usage;
@@ -419,6 +434,11 @@ static int handle_option(Request *req, int c, const char *arg, const char *as_gi
                 break;
         case ARG_BACKING_CHAIN:
                 req->backing_chain = true;
+                break;
+        case ARG_SIZE:
+                req->size_arg = arg;
+                break;
+        case ARG_FORCE:
                 break;
         case ARG_START_OFFSET:
         case ARG_MAX_LENGTH:
@@ -512,6 +532,10 @@ int front_check_files(Request *req) {
                 return req->n_args == 1 && req->size_arg ? -1 : files_error(req);
         case VERB_COMPARE:
                 return req->n_args == 2 ? -1 : files_error(req);
+        case VERB_DD:
+        case VERB_MEASURE:
+        case VERB_AMEND:
+                return -1;
         default:
                 return req->n_args == 1 ? -1 : files_error(req);
         }
@@ -600,6 +624,8 @@ int front_parse(FrontVerbId verb, int argc, char **argv, Request *req) {
         req->max_length = UINT64_MAX;
         if (verb == VERB_CREATE)
                 req->format = "raw";
+        if (verb == VERB_DD || verb == VERB_MEASURE)
+                req->out_format = "raw";
         if (verb == VERB_CONVERT) {
                 req->out_format = "raw";
                 req->sparse = 4096;

@@ -109,6 +109,9 @@ typedef enum FrontVerbId {
         VERB_COMPARE,
         VERB_MAP,
         VERB_SNAPSHOT,
+        VERB_DD,
+        VERB_MEASURE,
+        VERB_AMEND,
         _VERB_MAX,
 } FrontVerbId;
 
@@ -130,7 +133,7 @@ typedef struct Request {
         const char *src_cache;        /* -T */
         const char *snapshot;         /* convert -l */
         const char *prealloc;         /* resize --preallocation (checked) */
-        const char *size_arg;         /* create [size], resize [+|-]size */
+        const char *size_arg;         /* create [size], resize [+|-]size, measure --size */
         const char *sparse_arg;       /* convert -S as given; its value in sparse */
         uint64_t sparse;
         OptList opts;                 /* -o */
@@ -157,6 +160,7 @@ typedef struct Request {
         /* snapshot: -l, -a, -c or -d (0: list), and its argument */
         char action;
         const char *action_arg;
+        bool have_opts;               /* -o was given (amend needs it) */
 } Request;
 
 /* The verb named `name` ("copy" is convert) or -ENOENT. */
