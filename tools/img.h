@@ -142,7 +142,7 @@ int cmd_comment(int argc, char **argv);
 int cmd_snapshot(Request *req);
 int cmd_measure(Request *req);
 int cmd_amend(Request *req);
-int cmd_bitmap(int argc, char **argv);   /* img-bitmap.c */
+int cmd_bitmap(Request *req);   /* img-bitmap.c */
 /* convert --bitmaps (img-bitmap.c): refuses (logged) a source with
  * inconsistent bitmaps unless skip_broken; then copies them. */
 int convert_bitmaps_check(vdisk_image *src, const char *src_name, bool skip_broken);

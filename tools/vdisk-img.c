@@ -34,7 +34,7 @@ typedef struct Command {
 
 static const Command commands[] = {
         { "amend",    .run_request = cmd_amend },
-        { "bitmap",   cmd_bitmap },
+        { "bitmap",   .run_request = cmd_bitmap },
         { "check",    .run_request = cmd_check },
         { "commit",   .run_request = cmd_commit },
         { "compact",  .run_request = cmd_compact },

@@ -67,6 +67,7 @@ typedef enum OptId {
         O_IMAGE_OPTS, O_OBJECT, O_SHRINK, O_PREALLOCATION, O_DRY_RUN, O_IMAGE, O_TARGET_IS_ZERO,
         O_TARGET_IMAGE_OPTS, O_SALVAGE, O_BITMAPS, O_SKIP_BROKEN_BITMAPS,
         O_START_OFFSET, O_MAX_LENGTH, O_SNAP_l, O_SNAP_a, O_SNAP_c, O_SNAP_d, O_SIZE, O_FORCE,
+        O_g, O_BM_ADD, O_BM_REMOVE, O_BM_CLEAR, O_BM_ENABLE, O_BM_DISABLE, O_BM_MERGE, O_BM_DISABLED,
         _O_MAX,
 } OptId;
 
@@ -130,6 +131,14 @@ static const OptSpec opt_specs[_O_MAX] = {
         [O_SNAP_d] = { 'd', NULL, true, 'd' },
         [O_SIZE] = { 0, "size", true, ARG_SIZE },
         [O_FORCE] = { 0, "force", false, ARG_FORCE },
+        [O_g] = { 'g', NULL, true, 'g' },
+        [O_BM_ADD] = { 0, "add", false, ARG_BM_ADD },
+        [O_BM_REMOVE] = { 0, "remove", false, ARG_BM_REMOVE },
+        [O_BM_CLEAR] = { 0, "clear", false, ARG_BM_CLEAR },
+        [O_BM_ENABLE] = { 0, "enable", false, ARG_BM_ENABLE },
+        [O_BM_DISABLE] = { 0, "disable", false, ARG_BM_DISABLE },
+        [O_BM_MERGE] = { 0, "merge", true, ARG_BM_MERGE },
+        [O_BM_DISABLED] = { 0, "disabled", false, ARG_BM_DISABLED },
 };
 
 /* What every verb of a tool takes. */
@@ -227,6 +236,12 @@ static const FrontVerb verbs[_VERB_MAX] = {
         [VERB_AMEND] = {
                 /* -t: vdisk-img always flushes at the end; --force is for encryption key slots */
                 "amend", OPT(f) | OPT(o) | OPT(p) | OPT(q) | OPT(t) | OPT(U) | OPT(FORCE), 0, NULL, NULL,
+        },
+        [VERB_BITMAP] = {
+                "bitmap",
+                OPT(f) | OPT(b) | OPT(F) | OPT(g) | OPT(q) | OPT(U) | OPT(BM_ADD) | OPT(BM_REMOVE) |
+                        OPT(BM_CLEAR) | OPT(BM_ENABLE) | OPT(BM_DISABLE) | OPT(BM_MERGE) | OPT(BM_DISABLED),
+                0, NULL, NULL,
         },
 };
 
@@ -438,6 +453,29 @@ static int handle_option(Request *req, int c, const char *arg, const char *as_gi
         case ARG_SIZE:
                 req->size_arg = arg;
                 break;
+        case 'g':
+                if (parse_size(arg, &req->granularity) < 0 || req->granularity == 0) {
+                        log_error("Invalid granularity specified");
+                        return front_dialect.exit_usage;
+                }
+                break;
+        case ARG_BM_ADD:
+        case ARG_BM_REMOVE:
+        case ARG_BM_CLEAR:
+        case ARG_BM_ENABLE:
+        case ARG_BM_DISABLE:
+        case ARG_BM_MERGE:
+                if (req->n_bitmap_actions == BITMAP_ACTIONS_MAX) {
+                        log_error("Too many actions (at most %d)", BITMAP_ACTIONS_MAX);
+                        return front_dialect.exit_usage;
+                }
+                req->bitmap_actions[req->n_bitmap_actions].key = c;
+                req->bitmap_actions[req->n_bitmap_actions++].source = arg;
+                req->bitmap_add = req->bitmap_add || c == ARG_BM_ADD;
+                break;
+        case ARG_BM_DISABLED:
+                req->bitmap_disabled = true;
+                break;
         case ARG_FORCE:
                 break;
         case ARG_START_OFFSET:
@@ -535,6 +573,7 @@ int front_check_files(Request *req) {
         case VERB_DD:
         case VERB_MEASURE:
         case VERB_AMEND:
+        case VERB_BITMAP:
                 return -1;
         default:
                 return req->n_args == 1 ? -1 : files_error(req);

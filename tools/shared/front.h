@@ -74,6 +74,13 @@ enum {
         ARG_ADDRESS,
         ARG_NO_ASK_PASSWORD,
         ARG_VERSION,
+        ARG_BM_ADD,
+        ARG_BM_REMOVE,
+        ARG_BM_CLEAR,
+        ARG_BM_ENABLE,
+        ARG_BM_DISABLE,
+        ARG_BM_MERGE,
+        ARG_BM_DISABLED,
 };
 
 typedef enum OutputFormat {
@@ -112,6 +119,7 @@ typedef enum FrontVerbId {
         VERB_DD,
         VERB_MEASURE,
         VERB_AMEND,
+        VERB_BITMAP,
         _VERB_MAX,
 } FrontVerbId;
 
@@ -121,6 +129,8 @@ typedef enum CheckMode {
         CHECK_REPAIR_ALL,     /* check -r all, repair */
         CHECK_DRY_RUN,        /* repair --dry-run */
 } CheckMode;
+
+#define BITMAP_ACTIONS_MAX 64
 
 /* A shared verb's command line, parsed. Strings point into argv. */
 typedef struct Request {
@@ -161,6 +171,15 @@ typedef struct Request {
         char action;
         const char *action_arg;
         bool have_opts;               /* -o was given (amend needs it) */
+        /* bitmap: the actions in order (ARG_BM_ADD..ARG_BM_MERGE; --merge's
+         * source), -g, --disabled; -b/-F are backing/backing_format */
+        struct {
+                int key;
+                const char *source;
+        } bitmap_actions[BITMAP_ACTIONS_MAX];
+        unsigned n_bitmap_actions;
+        uint64_t granularity;
+        bool bitmap_add, bitmap_disabled;
 } Request;
 
 /* The verb named `name` ("copy" is convert) or -ENOENT. */
