@@ -85,16 +85,16 @@ static const char *op_word(unsigned op) {
 }
 
 int cmd_bitmap(Request *req) {
-        BitmapAction act[BITMAP_ACTIONS_MAX];
+        BitmapAction act[ACTIONS_MAX];
         const char *fmt = req->format, *src_file = req->backing, *src_fmt = req->backing_format, *filename, *name;
         uint64_t granularity = req->granularity;
         bool add = req->bitmap_add, disabled = req->bitmap_disabled;
-        size_t n = req->n_bitmap_actions;
+        size_t n = req->n_actions;
         Img img = {};
         int r;
 
         for (size_t i = 0; i < n; i++) {
-                int c = req->bitmap_actions[i].key;
+                int c = req->actions[i].key;
 
                 act[i] = (BitmapAction) {
                         .op = c == ARG_BM_ADD ? VDISK_BITMAP_OP_ADD :
@@ -102,7 +102,7 @@ int cmd_bitmap(Request *req) {
                               c == ARG_BM_CLEAR ? VDISK_BITMAP_OP_CLEAR :
                               c == ARG_BM_ENABLE ? VDISK_BITMAP_OP_ENABLE :
                               c == ARG_BM_DISABLE ? VDISK_BITMAP_OP_DISABLE : VDISK_BITMAP_OP_MERGE,
-                        .source = req->bitmap_actions[i].source,
+                        .source = req->actions[i].arg,
                 };
         }
         if (n == 0) {

@@ -68,6 +68,7 @@ typedef enum OptId {
         O_TARGET_IMAGE_OPTS, O_SALVAGE, O_BITMAPS, O_SKIP_BROKEN_BITMAPS,
         O_START_OFFSET, O_MAX_LENGTH, O_SNAP_l, O_SNAP_a, O_SNAP_c, O_SNAP_d, O_SIZE, O_FORCE,
         O_g, O_BM_ADD, O_BM_REMOVE, O_BM_CLEAR, O_BM_ENABLE, O_BM_DISABLE, O_BM_MERGE, O_BM_DISABLED,
+        O_UUID, O_PARENT_UUID, O_ZERO_PARENT_UUID, O_MODIFICATION_UUID, O_PARENT_MODIFICATION_UUID, O_CLEAR,
         _O_MAX,
 } OptId;
 
@@ -139,6 +140,12 @@ static const OptSpec opt_specs[_O_MAX] = {
         [O_BM_DISABLE] = { 0, "disable", false, ARG_BM_DISABLE },
         [O_BM_MERGE] = { 0, "merge", true, ARG_BM_MERGE },
         [O_BM_DISABLED] = { 0, "disabled", false, ARG_BM_DISABLED },
+        [O_UUID] = { 0, "uuid", true, ARG_UUID },
+        [O_PARENT_UUID] = { 0, "parentuuid", true, ARG_PARENT_UUID },
+        [O_ZERO_PARENT_UUID] = { 0, "zeroparentuuid", false, ARG_ZERO_PARENT_UUID },
+        [O_MODIFICATION_UUID] = { 0, "modificationuuid", true, ARG_MODIFICATION_UUID },
+        [O_PARENT_MODIFICATION_UUID] = { 0, "parentmodificationuuid", true, ARG_PARENT_MODIFICATION_UUID },
+        [O_CLEAR] = { 0, "clear", false, ARG_CLEAR },
 };
 
 /* What every verb of a tool takes. */
@@ -242,6 +249,19 @@ static const FrontVerb verbs[_VERB_MAX] = {
                 OPT(f) | OPT(b) | OPT(F) | OPT(g) | OPT(q) | OPT(U) | OPT(BM_ADD) | OPT(BM_REMOVE) |
                         OPT(BM_CLEAR) | OPT(BM_ENABLE) | OPT(BM_DISABLE) | OPT(BM_MERGE) | OPT(BM_DISABLED),
                 0, NULL, NULL,
+        },
+        [VERB_REBASE] = {
+                "rebase", OPT(f) | OPT(F) | OPT(b) | OPT(u) | OPT(p) | OPT(q) | OPT(t) | OPT(T) | OPT(U), 0,
+                "one image file name", NULL,
+        },
+        [VERB_SETUUID] = {
+                "setuuid",
+                OPT(f) | OPT(q) | OPT(FILENAME) | OPT(FORMAT) | OPT(UUID) | OPT(PARENT_UUID) |
+                        OPT(ZERO_PARENT_UUID) | OPT(MODIFICATION_UUID) | OPT(PARENT_MODIFICATION_UUID),
+                0, "one image file name", NULL,
+        },
+        [VERB_COMMENT] = {
+                "comment", OPT(f) | OPT(FILENAME) | OPT(FORMAT) | OPT(CLEAR), 0, NULL, NULL,
         },
 };
 
@@ -359,7 +379,7 @@ static int handle_option(Request *req, int c, const char *arg, const char *as_gi
                 req->out_format = arg;
                 break;
         case 'F':
-                if (req->verb == VERB_COMPACT)
+                if (req->verb == VERB_COMPACT || req->verb == VERB_SETUUID || req->verb == VERB_COMMENT)
                         req->files[0] = arg;   /* --filename */
                 else if (req->verb == VERB_COMPARE)
                         req->format2 = arg;
@@ -465,13 +485,21 @@ static int handle_option(Request *req, int c, const char *arg, const char *as_gi
         case ARG_BM_ENABLE:
         case ARG_BM_DISABLE:
         case ARG_BM_MERGE:
-                if (req->n_bitmap_actions == BITMAP_ACTIONS_MAX) {
-                        log_error("Too many actions (at most %d)", BITMAP_ACTIONS_MAX);
+        case ARG_UUID:
+        case ARG_PARENT_UUID:
+        case ARG_ZERO_PARENT_UUID:
+        case ARG_MODIFICATION_UUID:
+        case ARG_PARENT_MODIFICATION_UUID:
+                if (req->n_actions == ACTIONS_MAX) {
+                        log_error("Too many actions (at most %d)", ACTIONS_MAX);
                         return front_dialect.exit_usage;
                 }
-                req->bitmap_actions[req->n_bitmap_actions].key = c;
-                req->bitmap_actions[req->n_bitmap_actions++].source = arg;
+                req->actions[req->n_actions].key = c;
+                req->actions[req->n_actions++].arg = arg;
                 req->bitmap_add = req->bitmap_add || c == ARG_BM_ADD;
+                break;
+        case ARG_CLEAR:
+                req->clear = true;
                 break;
         case ARG_BM_DISABLED:
                 req->bitmap_disabled = true;
@@ -563,7 +591,10 @@ int front_check_files(Request *req) {
                         return front_dialect.exit_usage;
                 }
                 return req->n_args == 2 ? -1 : files_error(req);
+        case VERB_COMMENT:
+                return -1;
         case VERB_COMPACT:
+        case VERB_SETUUID:
                 /* --filename names the image instead */
                 return (req->files[0] ? req->n_args == 0 : req->n_args == 1) ? -1 : files_error(req);
         case VERB_RESIZE:

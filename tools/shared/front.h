@@ -120,6 +120,9 @@ typedef enum FrontVerbId {
         VERB_MEASURE,
         VERB_AMEND,
         VERB_BITMAP,
+        VERB_REBASE,
+        VERB_SETUUID,
+        VERB_COMMENT,
         _VERB_MAX,
 } FrontVerbId;
 
@@ -130,7 +133,7 @@ typedef enum CheckMode {
         CHECK_DRY_RUN,        /* repair --dry-run */
 } CheckMode;
 
-#define BITMAP_ACTIONS_MAX 64
+#define ACTIONS_MAX 64
 
 /* A shared verb's command line, parsed. Strings point into argv. */
 typedef struct Request {
@@ -171,15 +174,18 @@ typedef struct Request {
         char action;
         const char *action_arg;
         bool have_opts;               /* -o was given (amend needs it) */
-        /* bitmap: the actions in order (ARG_BM_ADD..ARG_BM_MERGE; --merge's
-         * source), -g, --disabled; -b/-F are backing/backing_format */
+        /* Options whose order matters, as given: bitmap's actions
+         * (ARG_BM_ADD..ARG_BM_MERGE, with --merge's source), setuuid's
+         * (ARG_UUID..ARG_PARENT_MODIFICATION_UUID, with the value). */
         struct {
                 int key;
-                const char *source;
-        } bitmap_actions[BITMAP_ACTIONS_MAX];
-        unsigned n_bitmap_actions;
+                const char *arg;
+        } actions[ACTIONS_MAX];
+        unsigned n_actions;
+        /* bitmap: -g, --add among the actions, --disabled; -b/-F are backing/backing_format */
         uint64_t granularity;
         bool bitmap_add, bitmap_disabled;
+        bool clear;                   /* comment --clear */
 } Request;
 
 /* The verb named `name` ("copy" is convert) or -ENOENT. */
