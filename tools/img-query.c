@@ -739,8 +739,6 @@ finish:
 /* vdisk_compare_ex() does the work (block status on both sides); this says
  * its verdict in qemu-img compare's words and exit codes. */
 static int compare_report(Img *img[2], int r, const vdisk_compare_result *res, bool quiet) {
-        bool mismatch = res->size_a != res->size_b;
-
         if (r < 0) {
                 Img *f = img[res->failed_side ? 1 : 0];
 
@@ -757,23 +755,11 @@ static int compare_report(Img *img[2], int r, const vdisk_compare_result *res, b
                           f->filename, error_detail(r));
                 return COMPARE_EXIT_READ;
         }
-        if (quiet)
-                return r > 0 ? COMPARE_EXIT_DIFFERENT : EXIT_OK;
-
-        if (r > 0 && res->outcome == VDISK_COMPARE_SIZE)
-                printf("Strict mode: Image size mismatch!\n");
-        else if (r > 0 && res->outcome == VDISK_COMPARE_BLOCK_STATUS)
-                printf("Strict mode: Offset %" PRIu64 " block status mismatch!\n", res->offset);
-        else {
-                /* The warning comes once the common part matched. */
-                if (mismatch && (r == 0 || res->offset >= MIN(res->size_a, res->size_b)))
-                        printf("Warning: Image size mismatch!\n");
-                if (r > 0)
-                        printf("Content mismatch at offset %" PRIu64 "!\n", res->offset);
-                else
-                        printf("Images are identical.\n");
-        }
-        return r > 0 ? COMPARE_EXIT_DIFFERENT : EXIT_OK;
+        /* libvdisk's outcomes are the verdicts, in the same order */
+        _Static_assert(VDISK_COMPARE_CONTENT == (int) VERDICT_CONTENT && VDISK_COMPARE_SIZE == (int) VERDICT_SIZE &&
+                       VDISK_COMPARE_BLOCK_STATUS == (int) VERDICT_BLOCK_STATUS, "compare outcomes");
+        return compare_print_verdict(r > 0 ? (CompareVerdict) res->outcome : VERDICT_EQUAL, res->offset,
+                                     res->size_a, res->size_b, quiet);
 }
 
 int cmd_compare(Request *req) {

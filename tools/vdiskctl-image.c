@@ -465,3 +465,57 @@ finish:
         chain_done(ctx, &chain);
         return ex;
 }
+
+/* ---------------------------------------------------------------- compare */
+
+/* qemu-img compare through vdiskd (Disk.Compare): vdisk-img's verdict and
+ * exit codes (0 same, 1 different, 2 an image could not be opened). */
+int cmd_compare(Ctx *ctx, Request *req) {
+        _cleanup_msg_ sd_bus_message *m = NULL;
+        Chain a = {}, b = {};
+        OpWatch w = {};
+        int r, ex = 2;
+
+        if (chain_open(ctx, req->files[0], req->format, 0, true, &a) != 0)
+                return ex;
+        if (chain_open(ctx, req->files[1], req->format2, 0, true, &b) != 0)
+                goto finish;
+
+        r = bus_new_call(ctx, a.disk, VDISK_IFACE_DISK, "Compare", &m);
+        if (r >= 0)
+                r = sd_bus_message_append(m, "o", b.disk);
+        if (r >= 0)
+                r = bus_options_open(m);
+        if (r >= 0 && req->strict)
+                r = bus_append_opt_bool(m, "strict", true);
+        if (r >= 0)
+                r = bus_options_close(m);
+        if (r < 0) {
+                log_error("Could not build the request: %s", strerror(-r));
+                ex = EXIT_FAILURE;
+                goto finish;
+        }
+        r = op_run(ctx, m, progress_wanted(req->progress), req->files[1], &w);
+        if (r > 0)
+                ex = r;
+        else if (r < 0)
+                /* cancelled, or a read failed (vdisk-img: 3 or 4) */
+                ex = r == -EIO ? (op_log_failure(&w, req->files[1], r), 4) : op_log_failure(&w, req->files[1], r);
+        else {
+                const char *d = value_str(&w.st.result, "difference", "content");
+                CompareVerdict v = value_bool(&w.st.result, "equal", false) ? VERDICT_EQUAL :
+                                   streq(d, "size")                         ? VERDICT_SIZE :
+                                   streq(d, "block-status")                 ? VERDICT_BLOCK_STATUS
+                                                                            : VERDICT_CONTENT;
+
+                ex = compare_print_verdict(v, value_uint(&w.st.result, "offset", 0),
+                                           value_uint(&w.st.result, "size", 0),
+                                           value_uint(&w.st.result, "other-size", 0), req->quiet);
+        }
+        op_watch_done(&w);
+
+finish:
+        chain_done(ctx, &b);
+        chain_done(ctx, &a);
+        return ex;
+}

@@ -45,6 +45,7 @@ static const Command commands[] = {
         { "check",    .run_request = cmd_check },
         { "commit",   .run_request = cmd_commit },
         { "compact",  .run_request = cmd_compact },
+        { "compare",  .run_request = cmd_compare },
         { "convert",  .run_request = cmd_convert },
         { "copy",     .run_request = cmd_convert },
         { "create",   .run_request = cmd_create },

@@ -212,13 +212,13 @@ static const FrontVerb verbs[_VERB_MAX] = {
                         OPT(TARGET_IS_ZERO) | OPT(TARGET_IMAGE_OPTS) | OPT(SALVAGE) | OPT(BITMAPS) |
                         OPT(SKIP_BROKEN_BITMAPS),
                 OPT(f) | OPT(O) | OPT(o) | OPT(S) | OPT(p) | OPT(t) | OPT(T) | OPT(U) | OPT(n) | OPT(B) |
-                        OPT(c) | OPT(FORCE_SHARE),
+                        OPT(c) | OPT(FORCE_SHARE) | OPT(TARGET_IS_ZERO),
                 "a source and a destination file name", "a source and a destination file name",
         },
         [VERB_COMPARE] = {
                 "compare",
                 OPT(f) | OPT(F) | OPT(T) | OPT(p) | OPT(q) | OPT(s) | OPT(U),
-                0,
+                OPT(f) | OPT(F) | OPT(T) | OPT(p) | OPT(s) | OPT(U) | OPT(FORCE_SHARE),
                 "two image file names", "two image file names",
         },
         [VERB_MAP] = {
@@ -426,8 +426,6 @@ static int handle_option(Request *req, int c, const char *arg, const char *as_gi
                 req->quiet = true;
                 break;
         case 'n':
-                if (!img)
-                        return refuse(c, as_given);
                 req->no_create = true;
                 break;
         case 'c':
