@@ -122,97 +122,66 @@ oom:
         return -ENOMEM;
 }
 
-/* Formats without VirtualBox-style metadata (raw) get no vdisk additions,
- * so their output stays exactly qemu-img's. */
-static bool info_has_specific(const InfoEntry *e) {
-        return e->have_uuid || e->have_mod_uuid || e->have_parent_uuid || e->have_comment;
-}
+static void info_snapshots_json(Json *w, const void *data) {
+        const InfoEntry *e = data;
 
-static bool info_has_fmt_kv(const InfoEntry *e) {
-        return e->fmt_kv && e->fmt_kv[0];
-}
-
-/* One pair of the format information as qemu's JSON: the key with '-' for
- * ' ', true/false as booleans, digits as numbers (names stay strings).
- * Persistent bitmaps are a list in qemu's output, not yet given by the
- * library: left out. */
-static void info_json_fmt_pair(Json *w, const char *key, const char *value) {
-        char k[64];
-        size_t i;
-
-        if (streq(key, "bitmaps"))
+        if (e->n_snaps == 0)
                 return;
-        for (i = 0; key[i] && i < sizeof k - 1; i++)
-                k[i] = key[i] == ' ' ? '-' : key[i];
-        k[i] = 0;
-        if (streq(value, "true") || streq(value, "false"))
-                json_bool(w, k, streq(value, "true"));
-        else if (!streq(key, "data file") && value[0] && strspn(value, "0123456789") == strlen(value) &&
-                 strlen(value) < 20)
-                json_uint(w, k, strtoull(value, NULL, 10));
-        else
-                json_string(w, k, value);
+        json_array_open(w, "snapshots");
+        for (size_t i = 0; i < e->n_snaps; i++) {
+                const vdisk_snapshot *sn = &e->snaps[i];
+
+                json_object_open(w, NULL);
+                if (sn->icount != VDISK_SNAPSHOT_NO_ICOUNT)
+                        json_uint(w, "icount", sn->icount);
+                json_uint(w, "vm-state-size", sn->vm_state_size);
+                json_int(w, "date-sec", sn->date_sec);
+                json_uint(w, "date-nsec", sn->date_nsec);
+                json_uint(w, "vm-clock-nsec", sn->vm_clock_nsec % 1000000000);
+                json_string(w, "name", sn->name);
+                json_uint(w, "vm-clock-sec", sn->vm_clock_nsec / 1000000000);
+                json_string(w, "id", sn->id);
+                json_object_close(w);
+        }
+        json_array_close(w);
 }
 
-static void info_print_json(Json *w, const InfoEntry *e) {
-        json_object_open(w, NULL);
-        if (e->backing && e->backing_format)
-                json_string(w, "backing-filename-format", e->backing_format);
-        json_uint(w, "virtual-size", e->have_ii ? e->ii.virtual_size : 0);
-        json_string(w, "filename", e->filename);
-        if (e->have_ii && e->ii.cluster_size > 0)
-                json_uint(w, "cluster-size", e->ii.cluster_size);
-        json_string(w, "format", e->format);
-        if (e->have_ii)
-                json_uint(w, "actual-size", e->ii.actual_size);
-        if (e->n_snaps > 0) {
-                json_array_open(w, "snapshots");
-                for (size_t i = 0; i < e->n_snaps; i++) {
-                        const vdisk_snapshot *sn = &e->snaps[i];
+static void info_snapshots_human(const void *data) {
+        const InfoEntry *e = data;
 
-                        json_object_open(w, NULL);
-                        if (sn->icount != VDISK_SNAPSHOT_NO_ICOUNT)
-                                json_uint(w, "icount", sn->icount);
-                        json_uint(w, "vm-state-size", sn->vm_state_size);
-                        json_int(w, "date-sec", sn->date_sec);
-                        json_uint(w, "date-nsec", sn->date_nsec);
-                        json_uint(w, "vm-clock-nsec", sn->vm_clock_nsec % 1000000000);
-                        json_string(w, "name", sn->name);
-                        json_uint(w, "vm-clock-sec", sn->vm_clock_nsec / 1000000000);
-                        json_string(w, "id", sn->id);
-                        json_object_close(w);
-                }
-                json_array_close(w);
+        if (e->n_snaps > 0) {
+                printf("Snapshot list:\n");
+                print_snapshot_table(e->snaps, e->n_snaps);
         }
-        if (info_has_specific(e) || info_has_fmt_kv(e)) {
-                json_object_open(w, "format-specific");
-                json_string(w, "type", e->format);
-                json_object_open(w, "data");
-                for (size_t i = 0; info_has_fmt_kv(e) && e->fmt_kv[i] && e->fmt_kv[i + 1]; i += 2)
-                        info_json_fmt_pair(w, e->fmt_kv[i], e->fmt_kv[i + 1]);
-                if (e->have_uuid)
-                        json_string(w, "uuid", e->uuid);
-                if (e->have_mod_uuid)
-                        json_string(w, "modification-uuid", e->mod_uuid);
-                if (e->have_parent_uuid)
-                        json_string(w, "parent-uuid", e->parent_uuid);
-                if (e->have_parent_mod_uuid)
-                        json_string(w, "parent-modification-uuid", e->parent_mod_uuid);
-                if (e->have_comment)
-                        json_string(w, "comment", e->comment);
-                if (info_has_specific(e) && e->have_ii && e->ii.variant)
-                        json_string(w, "variant", e->ii.variant);
-                if (info_has_specific(e) && e->have_version)
-                        json_uint(w, "version", e->version);
-                json_object_close(w);
-                json_object_close(w);
-        }
-        if (e->backing) {
-                json_string(w, "full-backing-filename", e->full_backing);
-                json_string(w, "backing-filename", e->backing);
-        }
-        json_bool(w, "dirty-flag", e->have_ii && e->ii.dirty);
-        json_object_close(w);
+}
+
+/* The entry as the shared printers take it (shared/info.c). */
+static InfoView info_view(const InfoEntry *e) {
+        return (InfoView) {
+                .filename = e->filename,
+                .format = e->format,
+                .have_sizes = e->have_ii,
+                .virtual_size = e->have_ii ? e->ii.virtual_size : 0,
+                .actual_size = e->have_ii ? e->ii.actual_size : 0,
+                .cluster_size = e->have_ii ? e->ii.cluster_size : 0,
+                .have_dirty = true,
+                .dirty = e->have_ii && e->ii.dirty,
+                .backing = e->backing,
+                .full_backing = e->full_backing,
+                .backing_format = e->backing_format,
+                .uuid = e->have_uuid ? e->uuid : NULL,
+                .mod_uuid = e->have_mod_uuid ? e->mod_uuid : NULL,
+                .parent_uuid = e->have_parent_uuid ? e->parent_uuid : NULL,
+                .parent_mod_uuid = e->have_parent_mod_uuid ? e->parent_mod_uuid : NULL,
+                .comment = e->have_comment ? e->comment : NULL,
+                .variant = e->have_ii ? e->ii.variant : NULL,
+                .have_version = e->have_version,
+                .version = e->version,
+                .fmt_kv = e->fmt_kv,
+                .snapshots_human = info_snapshots_human,
+                .snapshots_json = info_snapshots_json,
+                .snapshots = e,
+        };
 }
 
 /* qemu-img's snapshot table (info and snapshot -l), without its title. */
@@ -233,54 +202,6 @@ void print_snapshot_table(const vdisk_snapshot *v, size_t n) {
                 printf("%-9s %-16s %8s %19s %02" PRIu64 ":%02" PRIu64 ":%02" PRIu64 ".%03" PRIu64 " %10s\n",
                        sn->id, sn->name, size, date, secs / 3600, secs / 60 % 60, secs % 60,
                        sn->vm_clock_nsec / 1000000 % 1000, icount);
-        }
-}
-
-static void info_print_human(const InfoEntry *e) {
-        char a[32], b[32];
-
-        printf("image: %s\n", e->filename);
-        printf("file format: %s\n", e->format);
-        if (e->have_ii) {
-                format_size(e->ii.virtual_size, a);
-                format_size(e->ii.actual_size, b);
-                printf("virtual size: %s (%" PRIu64 " bytes)\n", a, e->ii.virtual_size);
-                printf("disk size: %s\n", b);
-                if (e->ii.cluster_size > 0)
-                        printf("cluster_size: %" PRIu32 "\n", e->ii.cluster_size);
-                if (e->ii.dirty)
-                        printf("cleanly shut down: no\n");
-        } else
-                printf("disk size: unavailable\n");
-        if (e->backing) {
-                printf("backing file: %s", e->backing);
-                if (!streq(e->backing, e->full_backing))
-                        printf(" (actual path: %s)", e->full_backing);
-                putchar('\n');
-                if (e->backing_format)
-                        printf("backing file format: %s\n", e->backing_format);
-        }
-        if (e->have_uuid)
-                printf("UUID: %s\n", e->uuid);
-        if (e->have_parent_uuid)
-                printf("Parent UUID: %s\n", e->parent_uuid);
-        if (e->have_mod_uuid)
-                printf("Modification UUID: %s\n", e->mod_uuid);
-        if (e->have_parent_mod_uuid)
-                printf("Parent modification UUID: %s\n", e->parent_mod_uuid);
-        if (info_has_specific(e) && e->have_ii && e->ii.variant)
-                printf("Variant: %s\n", e->ii.variant);
-        if (e->have_comment && *e->comment)
-                printf("Comment: %s\n", e->comment);
-        if (e->n_snaps > 0) {
-                printf("Snapshot list:\n");
-                print_snapshot_table(e->snaps, e->n_snaps);
-        }
-        if (info_has_fmt_kv(e)) {
-                printf("Format specific information:\n");
-                for (size_t i = 0; e->fmt_kv[i] && e->fmt_kv[i + 1]; i += 2)
-                        if (!streq(e->fmt_kv[i], "bitmaps"))
-                                printf("    %s: %s\n", e->fmt_kv[i], e->fmt_kv[i + 1]);
         }
 }
 
@@ -319,12 +240,14 @@ int cmd_info(Request *req) {
                 r = info_collect(&img, i, child_full_backing, &e);
                 if (r < 0)
                         goto finish;
+                InfoView v = info_view(&e);
+
                 if (output == OUTPUT_JSON)
-                        info_print_json(&w, &e);
+                        info_print_json(&w, &v);
                 else {
                         if (i != n - 1)
                                 putchar('\n');
-                        info_print_human(&e);
+                        info_print_human(&v);
                 }
                 free(child_full_backing);
                 child_full_backing = e.full_backing ? strdup(e.full_backing) : NULL;

@@ -17,6 +17,7 @@
 #include "vdisk/vdisk.h"
 #include "shared/check.h"
 #include "shared/front.h"
+#include "shared/info.h"
 #include "shared/json.h"
 #include "shared/log.h"
 #include "shared/optlist.h"
