@@ -657,8 +657,6 @@ int cmd_convert(Ctx *ctx, Request *req) {
         OpWatch w = {};
         int r, ex = EXIT_FAILURE;
 
-        if (req->target_is_zero && !req->no_create)
-                return usage_error("--target-is-zero requires -n");
         r = lookup_format(ctx, out_fmt, &backend, &info);
         if (r != 0)
                 return r;

@@ -584,6 +584,9 @@ int front_check_files(Request *req) {
                 }
                 return -1;
         case VERB_CONVERT:
+                /* (vdisk-img says so after the format checks, as it always did) */
+                if (req->target_is_zero && !req->no_create && !is_img())
+                        return usage_error("--target-is-zero requires -n");
                 if (req->n_args > 2 && is_img()) {
                         log_error("Concatenating several source images is not supported");
                         return front_dialect.exit_usage;
