@@ -482,8 +482,6 @@ static void op_run(Task *t) {
                 /* The other Disk is ours until the end (its Operation is
                  * this one): no other task touches its container. */
                 vdisk_disk *ov = o->other ? o->other->vd : NULL;
-                uint64_t off = 0;
-
                 if (!ov) {
                         r = -ENXIO;
                         outcome_setf(&o->outcome, r, "the other disk was closed");
@@ -508,11 +506,14 @@ static void op_run(Task *t) {
                         (void) disk_info_read(ov, &o->other_info);
                         break;
                 }
-                r = vdisk_compare(vd, ov, o->options.strict, &off, o->vp);
+                vdisk_compare_result cres = { .size = sizeof(cres) };
+
+                r = vdisk_compare_ex(vd, ov, o->options.strict ? VDISK_COMPARE_STRICT : 0, &cres, o->vp);
                 if (r >= 0) {
                         o->w_have_compare = true;
                         o->w_equal = r == 0;
-                        o->w_offset = off;
+                        o->w_offset = cres.offset;
+                        o->w_difference = cres.outcome;
                         o->w_size = vdisk_disk_size(vd);
                         o->w_other_size = vdisk_disk_size(ov);
                         r = 0;
@@ -902,6 +903,7 @@ static void op_done(Task *t, bool cancelled) {
                 o->result.offset = o->w_offset;
                 o->result.size = o->w_size;
                 o->result.other_size = o->w_other_size;
+                o->result.difference = o->w_difference;
         }
         /* The destination (and its direct twin), when the work never took
          * them, close now. */
@@ -1176,7 +1178,10 @@ static int property_get_result(sd_bus *bus, const char *path, const char *interf
                 r = sd_bus_message_append(reply, "{sv}{sv}{sv}", "equal", "b", (int) o->result.equal,
                                           "size", "t", o->result.size, "other-size", "t", o->result.other_size);
                 if (r >= 0 && !o->result.equal)
-                        r = sd_bus_message_append(reply, "{sv}", "offset", "t", o->result.offset);
+                        r = sd_bus_message_append(reply, "{sv}{sv}", "offset", "t", o->result.offset, "difference",
+                                                  "s", o->result.difference == VDISK_COMPARE_SIZE ? "size" :
+                                                  o->result.difference == VDISK_COMPARE_BLOCK_STATUS ?
+                                                  "block-status" : "content");
                 if (r < 0)
                         return r;
         }

@@ -485,6 +485,7 @@ typedef struct OpResult {
         bool have_compare;               /* Compare: equal, offset, sizes */
         bool equal;
         uint64_t offset, size, other_size;
+        vdisk_compare_outcome difference;   /* Compare, not equal: what differs */
 } OpResult;
 
 struct Operation {
@@ -553,6 +554,7 @@ struct Operation {
         bool w_have_compare;             /* worker: the comparison ran to its end */
         bool w_equal;
         uint64_t w_offset, w_size, w_other_size;
+        vdisk_compare_outcome w_difference;
 
         LIST_FIELDS(Operation, operations);
 };

@@ -6,7 +6,6 @@
  */
 
 #include <errno.h>
-#include <getopt.h>
 #include <inttypes.h>
 #include <stdlib.h>
 #include <string.h>
@@ -69,57 +68,25 @@ static int normalize_options(OptList *l, const vdisk_backend_info *info) {
         return 0;
 }
 
-int cmd_amend(int argc, char **argv) {
-        static const struct option options[] = {
-                COMMON_LONG_OPTIONS,
-                { "force", no_argument, NULL, ARG_FORCE },
-                {}
-        };
-        _cleanup_(optlist_done) OptList opts = {};
-        const char *fmt = NULL;
-        bool quiet = false, progress = false, have_o = false;
+int cmd_amend(Request *req) {
+        OptList *opts = &req->opts;
+        const char *fmt = req->format;
         ProgressBar bar = {};
         Img img = {};
-        int c, r, ex = EXIT_ERROR;
+        int r, ex = EXIT_ERROR;
 
-        while ((c = getopt_long(argc, argv, "f:ho:pqt:U", options, NULL)) >= 0) {
-                switch (c) {
-                case 'f':
-                        fmt = optarg;
-                        break;
-                case 'o':
-                        if (optlist_parse(&opts, optarg) < 0) {
-                                log_error("Invalid option list: %s", optarg);
-                                return EXIT_ERROR;
-                        }
-                        have_o = true;
-                        break;
-                case 'p':
-                        progress = true;
-                        break;
-                case 'q':
-                        quiet = true;
-                        break;
-                case 't':       /* the cache mode: vdisk-img always flushes at the end */
-                case ARG_FORCE: /* qemu's --force is for encryption key slots */
-                        break;
-                default:
-                        if (common_option(c, optarg, &ex) == 2)
-                                return ex;
-                }
-        }
-        if (!have_o)
+        if (!req->have_opts)
                 return usage_error("Must specify options (-o)");
-        if (optind != argc - 1 && !(opts.help && optind == argc))
+        if (req->n_args != 1 && !(opts->help && req->n_args == 0))
                 return usage_error("Expecting one image file name");
 
-        if (opts.help) {
+        if (opts->help) {
                 const vdisk_backend_info *info = NULL;
 
                 if (fmt)
                         info = format_lookup(fmt);
-                else if (optind < argc) {
-                        r = img_open(argv[optind], NULL, IMG_INFO | IMG_SKIP_CHECKS, &img);
+                else if (req->n_args > 0) {
+                        r = img_open(req->files[0], NULL, IMG_INFO | IMG_SKIP_CHECKS, &img);
                         if (r < 0)
                                 return EXIT_ERROR;
                         info = img.backend;
@@ -129,17 +96,17 @@ int cmd_amend(int argc, char **argv) {
                 return img.disk ? img_close_exit(&img, ex) : ex;
         }
 
-        r = img_open(argv[optind], fmt, IMG_WRITE | IMG_CHAIN, &img);
+        r = img_open(req->files[0], fmt, IMG_WRITE | IMG_CHAIN, &img);
         if (r < 0)
                 return EXIT_ERROR;
-        if (normalize_options(&opts, img.backend) < 0)
+        if (normalize_options(opts, img.backend) < 0)
                 goto finish;
 
         install_cancel_handlers();
-        if (progress_bar_init(&bar, progress && !quiet) < 0)
+        if (progress_bar_init(&bar, req->progress) < 0)
                 goto finish;
         vdisk_clear_error();
-        r = vdisk_amend(img.disk, (const char *const *) opts.kv, bar.p);
+        r = vdisk_amend(img.disk, (const char *const *) opts->kv, bar.p);
         progress_bar_done(&bar, r >= 0);
         if (r < 0) {
                 log_error("%s", error_detail(r));

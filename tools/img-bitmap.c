@@ -13,7 +13,6 @@
  */
 
 #include <errno.h>
-#include <getopt.h>
 #include <inttypes.h>
 #include <stdlib.h>
 #include <string.h>
@@ -21,22 +20,11 @@
 #include "img.h"
 #include "shared/text.h"
 
-enum {
-        ARG_BM_ADD = 0x300,
-        ARG_BM_REMOVE,
-        ARG_BM_CLEAR,
-        ARG_BM_ENABLE,
-        ARG_BM_DISABLE,
-        ARG_BM_MERGE,
-        ARG_BM_DISABLED,
-};
-
 typedef struct BitmapAction {
         unsigned op;              /* VDISK_BITMAP_OP_* */
         const char *source;       /* --merge */
 } BitmapAction;
 
-#define BITMAP_ACTIONS_MAX 64
 
 /* Merges bitmap `source` of the image `file` (format `fmt`) into `name` of `dst`. */
 static int merge_from_file(vdisk_image *dst, const char *name, const char *file, const char *fmt,
@@ -96,72 +84,26 @@ static const char *op_word(unsigned op) {
         }
 }
 
-int cmd_bitmap(int argc, char **argv) {
-        static const struct option options[] = {
-                COMMON_LONG_OPTIONS,
-                { "add",      no_argument,       NULL, ARG_BM_ADD },
-                { "remove",   no_argument,       NULL, ARG_BM_REMOVE },
-                { "clear",    no_argument,       NULL, ARG_BM_CLEAR },
-                { "enable",   no_argument,       NULL, ARG_BM_ENABLE },
-                { "disable",  no_argument,       NULL, ARG_BM_DISABLE },
-                { "merge",    required_argument, NULL, ARG_BM_MERGE },
-                { "disabled", no_argument,       NULL, ARG_BM_DISABLED },
-                {}
-        };
-        BitmapAction act[BITMAP_ACTIONS_MAX];
-        const char *fmt = NULL, *src_file = NULL, *src_fmt = NULL, *filename, *name;
-        uint64_t granularity = 0;
-        bool add = false, disabled = false;
-        size_t n = 0;
+int cmd_bitmap(Request *req) {
+        BitmapAction act[ACTIONS_MAX];
+        const char *fmt = req->format, *src_file = req->backing, *src_fmt = req->backing_format, *filename, *name;
+        uint64_t granularity = req->granularity;
+        bool add = req->bitmap_add, disabled = req->bitmap_disabled;
+        size_t n = req->n_actions;
         Img img = {};
-        int c, r, ex = EXIT_ERROR;
+        int r;
 
-        while ((c = getopt_long(argc, argv, "hf:b:F:g:qU", options, NULL)) >= 0) {
-                switch (c) {
-                case 'f':
-                        fmt = optarg;
-                        break;
-                case 'b':
-                        src_file = optarg;
-                        break;
-                case 'F':
-                        src_fmt = optarg;
-                        break;
-                case 'g':
-                        if (parse_size(optarg, &granularity) < 0 || granularity == 0) {
-                                log_error("Invalid granularity specified");
-                                return EXIT_ERROR;
-                        }
-                        break;
-                case 'q':
-                        break;
-                case ARG_BM_ADD:
-                case ARG_BM_REMOVE:
-                case ARG_BM_CLEAR:
-                case ARG_BM_ENABLE:
-                case ARG_BM_DISABLE:
-                case ARG_BM_MERGE:
-                        if (n == BITMAP_ACTIONS_MAX) {
-                                log_error("Too many actions (at most %d)", BITMAP_ACTIONS_MAX);
-                                return EXIT_ERROR;
-                        }
-                        act[n++] = (BitmapAction) {
-                                .op = c == ARG_BM_ADD ? VDISK_BITMAP_OP_ADD :
-                                      c == ARG_BM_REMOVE ? VDISK_BITMAP_OP_REMOVE :
-                                      c == ARG_BM_CLEAR ? VDISK_BITMAP_OP_CLEAR :
-                                      c == ARG_BM_ENABLE ? VDISK_BITMAP_OP_ENABLE :
-                                      c == ARG_BM_DISABLE ? VDISK_BITMAP_OP_DISABLE : VDISK_BITMAP_OP_MERGE,
-                                .source = c == ARG_BM_MERGE ? optarg : NULL,
-                        };
-                        add = add || c == ARG_BM_ADD;
-                        break;
-                case ARG_BM_DISABLED:
-                        disabled = true;
-                        break;
-                default:
-                        if (common_option(c, optarg, &ex) == 2)
-                                return ex;
-                }
+        for (size_t i = 0; i < n; i++) {
+                int c = req->actions[i].key;
+
+                act[i] = (BitmapAction) {
+                        .op = c == ARG_BM_ADD ? VDISK_BITMAP_OP_ADD :
+                              c == ARG_BM_REMOVE ? VDISK_BITMAP_OP_REMOVE :
+                              c == ARG_BM_CLEAR ? VDISK_BITMAP_OP_CLEAR :
+                              c == ARG_BM_ENABLE ? VDISK_BITMAP_OP_ENABLE :
+                              c == ARG_BM_DISABLE ? VDISK_BITMAP_OP_DISABLE : VDISK_BITMAP_OP_MERGE,
+                        .source = req->actions[i].arg,
+                };
         }
         if (n == 0) {
                 log_error("Need at least one of --add, --remove, --clear, --enable, --disable, or --merge");
@@ -189,12 +131,12 @@ int cmd_bitmap(int argc, char **argv) {
                         return EXIT_ERROR;
                 }
         }
-        if (argc - optind != 2) {
+        if (req->n_args != 2) {
                 log_error("Expecting filename and bitmap name");
                 return EXIT_ERROR;
         }
-        filename = argv[optind];
-        name = argv[optind + 1];
+        filename = req->args[0];
+        name = req->args[1];
 
         r = img_open(filename, fmt, IMG_WRITE, &img);
         if (r < 0)

@@ -11,7 +11,6 @@
 #include <assert.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <getopt.h>
 #include <inttypes.h>
 #include <string.h>
 #include <strings.h>
@@ -351,161 +350,22 @@ finish:
 
 /* ---------------------------------------------------------------- convert */
 
-#define CONVERT_BUFFER_SIZE (2u << 20)
-/* convert -n asks block status at most this far at once (1 GiB). */
-#define CONVERT_STATUS_SPAN (UINT64_C(1) << 30)
-
-/* How convert_loop() treats ranges that read as zeros in the source. */
-typedef enum ZeroMode {
-        ZERO_CHECK_TARGET,   /* -n: write zeros where the target does not read zeros */
-        ZERO_SKIP,           /* -n --target-is-zero: the target reads zeros already */
-        ZERO_WRITE,          /* -S 0: write every byte */
-} ZeroMode;
-
-/* Reads [off, off+n) of dst into buf; returns 1 when it is all zeros. */
-static int convert_target_is_zero(vdisk_disk *dst, const char *dst_name, uint8_t *buf, size_t n, uint64_t off) {
-        int r;
-
-        vdisk_clear_error();
-        r = vdisk_disk_read(dst, buf, n, off);
-        if (r < 0) {
-                log_error("Could not read '%s' at offset %" PRIu64 ": %s", dst_name, off, error_detail(r));
-                return r;
-        }
-        return mem_is_zero(buf, n);
-}
-
-/* Copies src into dst block by block: convert -n (an existing target) and
- * convert -S 0 (a new, fully written target).
- *
- * With -n, both sides' block status is asked: a range the source reads as
- * zeros costs nothing where the target reads zeros too (a hole over a hole,
- * however large, is two block status calls); where the target has data
- * there, it is read and overwritten with zeros unless it is zero already.
- * Ranges the source has data in are read and written, a buffer at a time.
- *
- * With `top_only` (convert -n -B: the target already has its backing file,
- * holding what the source's backing chain holds), what the source's parents
- * define is left to the target's backing file, and data equal to the
- * target's is not rewritten. */
-static int convert_loop(Img *src, vdisk_disk *dst, const char *dst_name, ZeroMode zero_mode, bool top_only,
+/* convert -n (an existing target) and convert -S 0 (a new target, every
+ * byte written): vdisk_copy_into() copies, asking both sides' block status
+ * (a hole over a hole costs two look-ups however large). With -B (`flags`
+ * has VDISK_COPY_INTO_TOP_ONLY) what the source's parents define is left to
+ * the target's backing file. */
+static int convert_into(const char *in, Img *src, vdisk_disk *dst, const char *out, uint32_t flags,
                         ProgressBar *bar) {
-        _cleanup_free_ uint8_t *buf = NULL, *dbuf = NULL;
-        uint64_t size = vdisk_disk_size(src->disk), off = 0;
         int r;
 
-        if (vdisk_disk_size(dst) < size) {
-                log_error("The target image '%s' is smaller than the source "
-                          "(%" PRIu64 " < %" PRIu64 " bytes)", dst_name, vdisk_disk_size(dst), size);
-                return -EINVAL;
-        }
-        buf = malloc(CONVERT_BUFFER_SIZE);
-        dbuf = malloc(CONVERT_BUFFER_SIZE);
-        if (!buf || !dbuf) {
-                log_error("Out of memory");
-                return -ENOMEM;
-        }
-
-        while (off < size) {
-                vdisk_extent e;
-                uint64_t step;
-                size_t n;
-                bool write = true;
-
-                if (cancel_requested) {
-                        log_error("Conversion cancelled");
-                        return -ECANCELED;
-                }
-                vdisk_clear_error();
-                r = vdisk_disk_block_status(src->disk, off, MIN(size - off, CONVERT_STATUS_SPAN), &e);
-                if (r < 0) {
-                        log_error("Could not read the allocation of '%s' at offset %" PRIu64 ": %s",
-                                  src->filename, off, error_detail(r));
-                        return r;
-                }
-                step = e.length > 0 && e.length <= size - off ? e.length : size - off;
-
-                if (top_only && e.depth > 0) {
-                        /* The source's backing chain: the target's backing file has it. */
-                        off += step;
-                        progress_bar_print(bar, (double) off * 100.0 / (double) size);
-                        continue;
-                }
-                if ((e.flags & VDISK_EXTENT_ZERO) && zero_mode != ZERO_WRITE) {
-                        vdisk_extent d;
-
-                        if (zero_mode == ZERO_SKIP) {
-                                off += step;
-                                progress_bar_print(bar, (double) off * 100.0 / (double) size);
-                                continue;
-                        }
-                        /* ZERO_CHECK_TARGET: what does the target hold here? */
-                        vdisk_clear_error();
-                        r = vdisk_disk_block_status(dst, off, step, &d);
-                        if (r < 0) {
-                                log_error("Could not read the allocation of '%s' at offset %" PRIu64 ": %s",
-                                          dst_name, off, error_detail(r));
-                                return r;
-                        }
-                        if (d.length > 0 && d.length < step)
-                                step = d.length;
-                        if (d.flags & VDISK_EXTENT_ZERO) {
-                                off += step;
-                                progress_bar_print(bar, (double) off * 100.0 / (double) size);
-                                continue;
-                        }
-                        n = (size_t) MIN(step, (uint64_t) CONVERT_BUFFER_SIZE);
-                        r = convert_target_is_zero(dst, dst_name, dbuf, n, off);
-                        if (r < 0)
-                                return r;
-                        write = r == 0;
-                        memset(buf, 0, n);
-                } else if (e.flags & VDISK_EXTENT_ZERO) {
-                        /* ZERO_WRITE (-S 0): every byte is written. */
-                        n = (size_t) MIN(step, (uint64_t) CONVERT_BUFFER_SIZE);
-                        memset(buf, 0, n);
-                } else {
-                        n = (size_t) MIN(step, (uint64_t) CONVERT_BUFFER_SIZE);
-                        vdisk_clear_error();
-                        r = vdisk_disk_read(src->disk, buf, n, off);
-                        if (r < 0) {
-                                log_error("Could not read '%s' at offset %" PRIu64 ": %s",
-                                          src->filename, off, error_detail(r));
-                                return r;
-                        }
-                        if (zero_mode == ZERO_SKIP && mem_is_zero(buf, n))
-                                write = false;
-                        else if (top_only) {
-                                vdisk_clear_error();
-                                r = vdisk_disk_read(dst, dbuf, n, off);
-                                if (r < 0) {
-                                        log_error("Could not read '%s' at offset %" PRIu64 ": %s",
-                                                  dst_name, off, error_detail(r));
-                                        return r;
-                                }
-                                write = memcmp(buf, dbuf, n) != 0;
-                        }
-                }
-                if (write) {
-                        vdisk_clear_error();
-                        r = vdisk_disk_write(dst, buf, n, off);
-                        if (r < 0) {
-                                log_error("Could not write '%s' at offset %" PRIu64 ": %s",
-                                          dst_name, off, error_detail(r));
-                                return r;
-                        }
-                }
-                off += n;
-                progress_bar_print(bar, (double) off * 100.0 / (double) size);
-        }
-
         vdisk_clear_error();
-        r = vdisk_disk_flush(dst);
-        if (r < 0) {
-                log_error("Could not flush '%s': %s", dst_name, error_detail(r));
-                return r;
-        }
-        return 0;
+        r = vdisk_copy_into(src->disk, dst, flags, bar->p);
+        if (r == -ECANCELED)
+                log_error("Conversion cancelled");
+        else if (r < 0)
+                log_error("Could not convert '%s' to '%s': %s", in, out, error_detail(r));
+        return r;
 }
 
 /* -c: the formats that store compressed units (qemu-img's message for the
@@ -643,8 +503,9 @@ int cmd_convert(Request *req) {
         if (no_create) {
                 r = img_open(out, out_fmt, IMG_WRITE | IMG_CHAIN | IMG_PLAIN_NAME, &existing);
                 if (r >= 0)
-                        r = convert_loop(&src, existing.disk, out,
-                                         target_is_zero ? ZERO_SKIP : ZERO_CHECK_TARGET, backing != NULL, &bar);
+                        r = convert_into(in, &src, existing.disk, out,
+                                         (target_is_zero ? VDISK_COPY_INTO_TARGET_ZERO : 0) |
+                                         (backing ? VDISK_COPY_INTO_TOP_ONLY : 0), &bar);
                 progress_bar_done(&bar, r >= 0);
                 if (img_close(&existing) >= 0 && r >= 0)
                         ex = EXIT_OK;
@@ -741,7 +602,8 @@ int cmd_convert(Request *req) {
                 if (r < 0)
                         log_error("%s: %s", out, error_detail(r));
                 else
-                        r = convert_loop(&src, dst, out, ZERO_WRITE, backing != NULL, &bar);
+                        r = convert_into(in, &src, dst, out, VDISK_COPY_INTO_ALLOCATE |
+                                         (backing ? VDISK_COPY_INTO_TOP_ONLY : 0), &bar);
                 progress_bar_done(&bar, r >= 0);
                 if (r < 0)
                         goto finish;
@@ -795,56 +657,20 @@ finish:
 
 /* ---------------------------------------------------------------- measure */
 
-int cmd_measure(int argc, char **argv) {
-        static const struct option options[] = {
-                COMMON_LONG_OPTIONS,
-                { "output", required_argument, NULL, ARG_OUTPUT },
-                { "size",   required_argument, NULL, ARG_SIZE },
-                {}
-        };
-        const char *fmt = NULL, *out_fmt = "raw", *snapshot = NULL, *filename = NULL, *size_arg = NULL;
-        _cleanup_(optlist_done) OptList opts = {};
+int cmd_measure(Request *req) {
+        const char *fmt = req->format, *out_fmt = req->out_format, *snapshot = req->snapshot,
+                   *filename = req->files[0], *size_arg = req->size_arg;
+        OptList *opts = &req->opts;
         _cleanup_free_ char **lib_opts = NULL;
         const vdisk_backend_info *out_info;
-        OutputFormat output = OUTPUT_HUMAN;
+        OutputFormat output = req->output;
         vdisk_measure_info mi = {};
         uint64_t size = 0;
         Img src = {};
         Json w;
-        int c, r, ex = EXIT_ERROR;
+        int r, ex = EXIT_ERROR;
 
-        while ((c = getopt_long(argc, argv, "hf:O:o:l:U", options, NULL)) >= 0) {
-                switch (c) {
-                case 'f':
-                        fmt = optarg;
-                        break;
-                case 'O':
-                        out_fmt = optarg;
-                        break;
-                case 'o':
-                        if (optlist_parse(&opts, optarg) < 0) {
-                                log_error("Invalid option list: %s", optarg);
-                                return EXIT_ERROR;
-                        }
-                        break;
-                case 'l':
-                        snapshot = optarg;
-                        break;
-                case ARG_OUTPUT:
-                        if (parse_output_format(optarg, &output) < 0)
-                                return EXIT_ERROR;
-                        break;
-                case ARG_SIZE:
-                        size_arg = optarg;
-                        break;
-                default:
-                        if (common_option(c, optarg, &ex) == 2)
-                                return ex;
-                }
-        }
-        if (optind < argc)
-                filename = argv[optind++];
-        if (optind < argc)
+        if (req->n_args > 1)
                 return usage_error("Expecting one image file name");
         if (size_arg && filename) {
                 log_error("--size N cannot be used together with a filename.");
@@ -861,11 +687,11 @@ int cmd_measure(int argc, char **argv) {
         out_info = format_lookup(out_fmt);
         if (!out_info)
                 return EXIT_ERROR;
-        if (opts.help) {
+        if (opts->help) {
                 print_create_help(out_info);
                 return EXIT_OK;
         }
-        if (optlist_validate(&opts, out_info, filename ?: "measure") < 0)
+        if (optlist_validate(opts, out_info, filename ?: "measure") < 0)
                 return EXIT_ERROR;
         if (size_arg) {
                 r = parse_size(size_arg, &size);
@@ -880,14 +706,14 @@ int cmd_measure(int argc, char **argv) {
                         return EXIT_ERROR;
         }
         /* backing_file counts: a diff's clusters are all counted */
-        lib_opts = calloc(2 * opts.n + 1, sizeof(char *));
+        lib_opts = calloc(2 * opts->n + 1, sizeof(char *));
         if (!lib_opts) {
                 log_error("Out of memory");
                 goto finish;
         }
-        for (size_t i = 0; i < opts.n; i++) {
-                lib_opts[2 * i] = opts.kv[2 * i];
-                lib_opts[2 * i + 1] = opts.kv[2 * i + 1];
+        for (size_t i = 0; i < opts->n; i++) {
+                lib_opts[2 * i] = opts->kv[2 * i];
+                lib_opts[2 * i + 1] = opts->kv[2 * i + 1];
         }
         vdisk_clear_error();
         r = vdisk_measure(out_info->name, (const char *const *) lib_opts, size, src.disk, &mi);

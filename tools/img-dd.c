@@ -14,7 +14,6 @@
  */
 
 #include <errno.h>
-#include <getopt.h>
 #include <inttypes.h>
 #include <string.h>
 
@@ -54,13 +53,9 @@ static int zero_tail(vdisk_disk *d, uint64_t from, uint64_t to) {
         return vdisk_disk_write(d, zeros, (size_t) (to - from), from);
 }
 
-int cmd_dd(int argc, char **argv) {
-        static const struct option options[] = {
-                COMMON_LONG_OPTIONS,
-                {}
-        };
+int cmd_dd(Request *req) {
         DdOperand bs = { "bs", 512, false }, count = { "count", 0, false }, skip = { "skip", 0, false };
-        const char *fmt = NULL, *out_fmt = "raw", *in = NULL, *out = NULL;
+        const char *fmt = req->format, *out_fmt = req->out_format, *in = NULL, *out = NULL;
         _cleanup_(vdisk_io_unrefp) vdisk_io *out_io = NULL;
         _cleanup_(vdisk_disk_unrefp) vdisk_disk *dst = NULL;
         _cleanup_(vdisk_resolver_unrefp) vdisk_resolver *create_res = NULL;
@@ -69,24 +64,10 @@ int cmd_dd(int argc, char **argv) {
         bool created = false, skip_past_end = false;
         ProgressBar bar = {};
         Img src = {};
-        int c, r, ex = EXIT_ERROR;
+        int r, ex = EXIT_ERROR;
 
-        while ((c = getopt_long(argc, argv, "hf:O:U", options, NULL)) >= 0) {
-                switch (c) {
-                case 'f':
-                        fmt = optarg;
-                        break;
-                case 'O':
-                        out_fmt = optarg;
-                        break;
-                default:
-                        if (common_option(c, optarg, &ex) == 2)
-                                return ex;
-                }
-        }
-
-        for (int i = optind; i < argc; i++) {
-                const char *arg = argv[i], *eq = strchr(arg, '=');
+        for (unsigned i = 0; i < req->n_args; i++) {
+                const char *arg = req->args[i], *eq = strchr(arg, '=');
                 size_t klen = eq ? (size_t) (eq - arg) : strlen(arg);
 
 #define KEY_IS(k) (klen == strlen(k) && strncmp(arg, k, klen) == 0)

@@ -10,7 +10,6 @@
 #include <assert.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <getopt.h>
 #include <inttypes.h>
 #include <libgen.h>
 #include <stdio.h>
@@ -619,61 +618,21 @@ static int rebase_check_loop(Img *img, Img *new_chain, const char *backing_path,
         return r;
 }
 
-int cmd_rebase(int argc, char **argv) {
-        static const struct option options[] = {
-                COMMON_LONG_OPTIONS,
-                {}
-        };
-        const char *fmt = NULL, *backing = NULL, *backing_fmt = NULL;
+int cmd_rebase(Request *req) {
+        const char *fmt = req->format, *backing = req->backing, *backing_fmt = req->backing_format;
         _cleanup_free_ char *backing_path = NULL;
-        bool unsafe = false, progress = false, quiet = false;
+        bool unsafe = req->unsafe, progress = req->progress;
         vdisk_image *new_parent = NULL;
         ProgressBar bar = {};
         Img img = {}, new_chain = {};
-        int c, r, ex = EXIT_ERROR;
+        int r, ex = EXIT_ERROR;
 
-        while ((c = getopt_long(argc, argv, "hf:F:b:upqt:T:U", options, NULL)) >= 0) {
-                switch (c) {
-                case 'f':
-                        fmt = optarg;
-                        break;
-                case 'F':
-                        backing_fmt = optarg;
-                        break;
-                case 'b':
-                        backing = optarg;
-                        break;
-                case 'u':
-                        unsafe = true;
-                        break;
-                case 'p':
-                        progress = true;
-                        break;
-                case 'q':
-                        quiet = true;
-                        break;
-                case 't':
-                case 'T':
-                        if (!cache_mode_valid(optarg)) {
-                                log_error("Invalid cache option: %s", optarg);
-                                return EXIT_ERROR;
-                        }
-                        break;
-                default:
-                        if (common_option(c, optarg, &ex) == 2)
-                                return ex;
-                }
-        }
-        if (quiet)
-                progress = false;
-        if (optind != argc - 1)
-                return usage_error("Expecting one image file name");
         if (!backing)
                 return usage_error("Must specify backing file (-b) or use unsafe mode (-u)");
         if (backing_fmt && !format_lookup(backing_fmt))
                 return EXIT_ERROR;
 
-        r = img_open(argv[optind], fmt, IMG_WRITE | (unsafe ? IMG_SKIP_CHECKS : IMG_CHAIN), &img);
+        r = img_open(req->files[0], fmt, IMG_WRITE | (unsafe ? IMG_SKIP_CHECKS : IMG_CHAIN), &img);
         if (r < 0)
                 return EXIT_ERROR;
         /* As qemu-img 7.2: a new backing file needs its format named. */
@@ -777,18 +736,7 @@ typedef struct UuidChange {
         uint8_t value[16];
 } UuidChange;
 
-int cmd_setuuid(int argc, char **argv) {
-        static const struct option options[] = {
-                COMMON_LONG_OPTIONS,
-                { "filename",                      required_argument, NULL, 'F' },
-                { "format",                        required_argument, NULL, 'f' },
-                { "uuid",                          required_argument, NULL, ARG_UUID },
-                { "parentuuid",                    required_argument, NULL, ARG_PARENT_UUID },
-                { "zeroparentuuid",                no_argument,       NULL, ARG_ZERO_PARENT_UUID },
-                { "modificationuuid",              required_argument, NULL, ARG_MODIFICATION_UUID },
-                { "parentmodificationuuid",        required_argument, NULL, ARG_PARENT_MODIFICATION_UUID },
-                {}
-        };
+int cmd_setuuid(Request *req) {
         UuidChange changes[] = {
                 { "UUID", vdisk_image_get_uuid, vdisk_image_set_uuid },
                 { "Parent UUID", vdisk_image_get_parent_uuid, vdisk_image_set_parent_uuid },
@@ -796,30 +744,23 @@ int cmd_setuuid(int argc, char **argv) {
                 { "Parent modification UUID", vdisk_image_get_parent_modification_uuid,
                   vdisk_image_set_parent_modification_uuid },
         };
-        const char *fmt = NULL, *filename = NULL;
-        bool quiet = false, any = false;
+        const char *fmt = req->format, *filename = req->files[0];
+        bool quiet = req->quiet, any = false;
         vdisk_image *top;
         Img img = {};
-        int c, r, ex = EXIT_ERROR;
+        int r, ex = EXIT_ERROR;
 
-        while ((c = getopt_long(argc, argv, "f:hq", options, NULL)) >= 0) {
-                switch (c) {
-                case 'f':
-                        fmt = optarg;
-                        break;
-                case 'F':
-                        filename = optarg;
-                        break;
-                case 'q':
-                        quiet = true;
-                        break;
+        for (unsigned i = 0; i < req->n_actions; i++) {
+                const char *arg = req->actions[i].arg;
+
+                switch (req->actions[i].key) {
                 case ARG_UUID:
-                        if (uuid_arg(optarg, "UUID", changes[0].value) < 0)
+                        if (uuid_arg(arg, "UUID", changes[0].value) < 0)
                                 return EXIT_ERROR;
                         changes[0].wanted = any = true;
                         break;
                 case ARG_PARENT_UUID:
-                        if (uuid_arg(optarg, "parent UUID", changes[1].value) < 0)
+                        if (uuid_arg(arg, "parent UUID", changes[1].value) < 0)
                                 return EXIT_ERROR;
                         changes[1].wanted = any = true;
                         break;
@@ -829,24 +770,17 @@ int cmd_setuuid(int argc, char **argv) {
                         changes[1].wanted = changes[3].wanted = any = true;
                         break;
                 case ARG_MODIFICATION_UUID:
-                        if (uuid_arg(optarg, "modification UUID", changes[2].value) < 0)
+                        if (uuid_arg(arg, "modification UUID", changes[2].value) < 0)
                                 return EXIT_ERROR;
                         changes[2].wanted = any = true;
                         break;
                 case ARG_PARENT_MODIFICATION_UUID:
-                        if (uuid_arg(optarg, "parent modification UUID", changes[3].value) < 0)
+                        if (uuid_arg(arg, "parent modification UUID", changes[3].value) < 0)
                                 return EXIT_ERROR;
                         changes[3].wanted = any = true;
                         break;
-                default:
-                        if (common_option(c, optarg, &ex) == 2)
-                                return ex;
                 }
         }
-        if (!filename && optind == argc - 1)
-                filename = argv[optind];
-        else if (!filename || optind != argc)
-                return usage_error("Expecting one image file name");
 
         /* Like vbox-img: without any option the image gets a new random UUID. */
         if (!any) {
@@ -893,44 +827,21 @@ finish:
 
 /* ---------------------------------------------------------------- comment */
 
-int cmd_comment(int argc, char **argv) {
-        static const struct option options[] = {
-                COMMON_LONG_OPTIONS,
-                { "filename", required_argument, NULL, 'F' },
-                { "format",   required_argument, NULL, 'f' },
-                { "clear",    no_argument,       NULL, ARG_CLEAR },
-                {}
-        };
-        const char *fmt = NULL, *filename = NULL, *text = NULL;
-        bool clear = false;
+int cmd_comment(Request *req) {
+        const char *fmt = req->format, *filename = req->files[0], *text = NULL;
+        bool clear = req->clear;
+        unsigned i = 0;
         Img img = {};
-        int c, r, ex = EXIT_ERROR;
+        int r, ex = EXIT_ERROR;
 
-        while ((c = getopt_long(argc, argv, "f:h", options, NULL)) >= 0) {
-                switch (c) {
-                case 'f':
-                        fmt = optarg;
-                        break;
-                case 'F':
-                        filename = optarg;
-                        break;
-                case ARG_CLEAR:
-                        clear = true;
-                        break;
-                default:
-                        if (common_option(c, optarg, &ex) == 2)
-                                return ex;
-                }
-        }
-        if (!filename) {
-                if (optind >= argc)
-                        return usage_error("Expecting an image file name");
-                filename = argv[optind++];
-        }
-        if (optind < argc)
-                text = argv[optind++];
-        if (optind < argc)
-                return usage_error("Unexpected argument: %s", argv[optind]);
+        if (!filename)
+                return usage_error("Expecting an image file name");
+        if (req->n_args > 0 && filename == req->args[0])
+                i++;   /* the name came first, not from --filename */
+        if (i < req->n_args)
+                text = req->args[i++];
+        if (i < req->n_args)
+                return usage_error("Unexpected argument: %s", req->args[i]);
         if (clear && text)
                 return usage_error("--clear takes no comment text");
 

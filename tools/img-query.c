@@ -9,7 +9,6 @@
 #include <assert.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <getopt.h>
 #include <inttypes.h>
 #include <string.h>
 #include <time.h>
@@ -123,97 +122,66 @@ oom:
         return -ENOMEM;
 }
 
-/* Formats without VirtualBox-style metadata (raw) get no vdisk additions,
- * so their output stays exactly qemu-img's. */
-static bool info_has_specific(const InfoEntry *e) {
-        return e->have_uuid || e->have_mod_uuid || e->have_parent_uuid || e->have_comment;
-}
+static void info_snapshots_json(Json *w, const void *data) {
+        const InfoEntry *e = data;
 
-static bool info_has_fmt_kv(const InfoEntry *e) {
-        return e->fmt_kv && e->fmt_kv[0];
-}
-
-/* One pair of the format information as qemu's JSON: the key with '-' for
- * ' ', true/false as booleans, digits as numbers (names stay strings).
- * Persistent bitmaps are a list in qemu's output, not yet given by the
- * library: left out. */
-static void info_json_fmt_pair(Json *w, const char *key, const char *value) {
-        char k[64];
-        size_t i;
-
-        if (streq(key, "bitmaps"))
+        if (e->n_snaps == 0)
                 return;
-        for (i = 0; key[i] && i < sizeof k - 1; i++)
-                k[i] = key[i] == ' ' ? '-' : key[i];
-        k[i] = 0;
-        if (streq(value, "true") || streq(value, "false"))
-                json_bool(w, k, streq(value, "true"));
-        else if (!streq(key, "data file") && value[0] && strspn(value, "0123456789") == strlen(value) &&
-                 strlen(value) < 20)
-                json_uint(w, k, strtoull(value, NULL, 10));
-        else
-                json_string(w, k, value);
+        json_array_open(w, "snapshots");
+        for (size_t i = 0; i < e->n_snaps; i++) {
+                const vdisk_snapshot *sn = &e->snaps[i];
+
+                json_object_open(w, NULL);
+                if (sn->icount != VDISK_SNAPSHOT_NO_ICOUNT)
+                        json_uint(w, "icount", sn->icount);
+                json_uint(w, "vm-state-size", sn->vm_state_size);
+                json_int(w, "date-sec", sn->date_sec);
+                json_uint(w, "date-nsec", sn->date_nsec);
+                json_uint(w, "vm-clock-nsec", sn->vm_clock_nsec % 1000000000);
+                json_string(w, "name", sn->name);
+                json_uint(w, "vm-clock-sec", sn->vm_clock_nsec / 1000000000);
+                json_string(w, "id", sn->id);
+                json_object_close(w);
+        }
+        json_array_close(w);
 }
 
-static void info_print_json(Json *w, const InfoEntry *e) {
-        json_object_open(w, NULL);
-        if (e->backing && e->backing_format)
-                json_string(w, "backing-filename-format", e->backing_format);
-        json_uint(w, "virtual-size", e->have_ii ? e->ii.virtual_size : 0);
-        json_string(w, "filename", e->filename);
-        if (e->have_ii && e->ii.cluster_size > 0)
-                json_uint(w, "cluster-size", e->ii.cluster_size);
-        json_string(w, "format", e->format);
-        if (e->have_ii)
-                json_uint(w, "actual-size", e->ii.actual_size);
-        if (e->n_snaps > 0) {
-                json_array_open(w, "snapshots");
-                for (size_t i = 0; i < e->n_snaps; i++) {
-                        const vdisk_snapshot *sn = &e->snaps[i];
+static void info_snapshots_human(const void *data) {
+        const InfoEntry *e = data;
 
-                        json_object_open(w, NULL);
-                        if (sn->icount != VDISK_SNAPSHOT_NO_ICOUNT)
-                                json_uint(w, "icount", sn->icount);
-                        json_uint(w, "vm-state-size", sn->vm_state_size);
-                        json_int(w, "date-sec", sn->date_sec);
-                        json_uint(w, "date-nsec", sn->date_nsec);
-                        json_uint(w, "vm-clock-nsec", sn->vm_clock_nsec % 1000000000);
-                        json_string(w, "name", sn->name);
-                        json_uint(w, "vm-clock-sec", sn->vm_clock_nsec / 1000000000);
-                        json_string(w, "id", sn->id);
-                        json_object_close(w);
-                }
-                json_array_close(w);
+        if (e->n_snaps > 0) {
+                printf("Snapshot list:\n");
+                print_snapshot_table(e->snaps, e->n_snaps);
         }
-        if (info_has_specific(e) || info_has_fmt_kv(e)) {
-                json_object_open(w, "format-specific");
-                json_string(w, "type", e->format);
-                json_object_open(w, "data");
-                for (size_t i = 0; info_has_fmt_kv(e) && e->fmt_kv[i] && e->fmt_kv[i + 1]; i += 2)
-                        info_json_fmt_pair(w, e->fmt_kv[i], e->fmt_kv[i + 1]);
-                if (e->have_uuid)
-                        json_string(w, "uuid", e->uuid);
-                if (e->have_mod_uuid)
-                        json_string(w, "modification-uuid", e->mod_uuid);
-                if (e->have_parent_uuid)
-                        json_string(w, "parent-uuid", e->parent_uuid);
-                if (e->have_parent_mod_uuid)
-                        json_string(w, "parent-modification-uuid", e->parent_mod_uuid);
-                if (e->have_comment)
-                        json_string(w, "comment", e->comment);
-                if (info_has_specific(e) && e->have_ii && e->ii.variant)
-                        json_string(w, "variant", e->ii.variant);
-                if (info_has_specific(e) && e->have_version)
-                        json_uint(w, "version", e->version);
-                json_object_close(w);
-                json_object_close(w);
-        }
-        if (e->backing) {
-                json_string(w, "full-backing-filename", e->full_backing);
-                json_string(w, "backing-filename", e->backing);
-        }
-        json_bool(w, "dirty-flag", e->have_ii && e->ii.dirty);
-        json_object_close(w);
+}
+
+/* The entry as the shared printers take it (shared/info.c). */
+static InfoView info_view(const InfoEntry *e) {
+        return (InfoView) {
+                .filename = e->filename,
+                .format = e->format,
+                .have_sizes = e->have_ii,
+                .virtual_size = e->have_ii ? e->ii.virtual_size : 0,
+                .actual_size = e->have_ii ? e->ii.actual_size : 0,
+                .cluster_size = e->have_ii ? e->ii.cluster_size : 0,
+                .have_dirty = true,
+                .dirty = e->have_ii && e->ii.dirty,
+                .backing = e->backing,
+                .full_backing = e->full_backing,
+                .backing_format = e->backing_format,
+                .uuid = e->have_uuid ? e->uuid : NULL,
+                .mod_uuid = e->have_mod_uuid ? e->mod_uuid : NULL,
+                .parent_uuid = e->have_parent_uuid ? e->parent_uuid : NULL,
+                .parent_mod_uuid = e->have_parent_mod_uuid ? e->parent_mod_uuid : NULL,
+                .comment = e->have_comment ? e->comment : NULL,
+                .variant = e->have_ii ? e->ii.variant : NULL,
+                .have_version = e->have_version,
+                .version = e->version,
+                .fmt_kv = e->fmt_kv,
+                .snapshots_human = info_snapshots_human,
+                .snapshots_json = info_snapshots_json,
+                .snapshots = e,
+        };
 }
 
 /* qemu-img's snapshot table (info and snapshot -l), without its title. */
@@ -234,54 +202,6 @@ void print_snapshot_table(const vdisk_snapshot *v, size_t n) {
                 printf("%-9s %-16s %8s %19s %02" PRIu64 ":%02" PRIu64 ":%02" PRIu64 ".%03" PRIu64 " %10s\n",
                        sn->id, sn->name, size, date, secs / 3600, secs / 60 % 60, secs % 60,
                        sn->vm_clock_nsec / 1000000 % 1000, icount);
-        }
-}
-
-static void info_print_human(const InfoEntry *e) {
-        char a[32], b[32];
-
-        printf("image: %s\n", e->filename);
-        printf("file format: %s\n", e->format);
-        if (e->have_ii) {
-                format_size(e->ii.virtual_size, a);
-                format_size(e->ii.actual_size, b);
-                printf("virtual size: %s (%" PRIu64 " bytes)\n", a, e->ii.virtual_size);
-                printf("disk size: %s\n", b);
-                if (e->ii.cluster_size > 0)
-                        printf("cluster_size: %" PRIu32 "\n", e->ii.cluster_size);
-                if (e->ii.dirty)
-                        printf("cleanly shut down: no\n");
-        } else
-                printf("disk size: unavailable\n");
-        if (e->backing) {
-                printf("backing file: %s", e->backing);
-                if (!streq(e->backing, e->full_backing))
-                        printf(" (actual path: %s)", e->full_backing);
-                putchar('\n');
-                if (e->backing_format)
-                        printf("backing file format: %s\n", e->backing_format);
-        }
-        if (e->have_uuid)
-                printf("UUID: %s\n", e->uuid);
-        if (e->have_parent_uuid)
-                printf("Parent UUID: %s\n", e->parent_uuid);
-        if (e->have_mod_uuid)
-                printf("Modification UUID: %s\n", e->mod_uuid);
-        if (e->have_parent_mod_uuid)
-                printf("Parent modification UUID: %s\n", e->parent_mod_uuid);
-        if (info_has_specific(e) && e->have_ii && e->ii.variant)
-                printf("Variant: %s\n", e->ii.variant);
-        if (e->have_comment && *e->comment)
-                printf("Comment: %s\n", e->comment);
-        if (e->n_snaps > 0) {
-                printf("Snapshot list:\n");
-                print_snapshot_table(e->snaps, e->n_snaps);
-        }
-        if (info_has_fmt_kv(e)) {
-                printf("Format specific information:\n");
-                for (size_t i = 0; e->fmt_kv[i] && e->fmt_kv[i + 1]; i += 2)
-                        if (!streq(e->fmt_kv[i], "bitmaps"))
-                                printf("    %s: %s\n", e->fmt_kv[i], e->fmt_kv[i + 1]);
         }
 }
 
@@ -320,12 +240,14 @@ int cmd_info(Request *req) {
                 r = info_collect(&img, i, child_full_backing, &e);
                 if (r < 0)
                         goto finish;
+                InfoView v = info_view(&e);
+
                 if (output == OUTPUT_JSON)
-                        info_print_json(&w, &e);
+                        info_print_json(&w, &v);
                 else {
                         if (i != n - 1)
                                 putchar('\n');
-                        info_print_human(&e);
+                        info_print_human(&v);
                 }
                 free(child_full_backing);
                 child_full_backing = e.full_backing ? strdup(e.full_backing) : NULL;
@@ -429,61 +351,18 @@ static bool image_preallocated(vdisk_image *image) {
                !streq(vdisk_image_backend(image)->qemu_name, "raw");
 }
 
-static int parse_offset_arg(const char *s, const char *what, uint64_t *ret) {
-        int r = parse_size(s, ret);
-
-        if (r < 0) {
-                log_error("Invalid %s specified. You may use k, M, G, T, P or E suffixes for", what);
-                log_error("kilobytes, megabytes, gigabytes, terabytes, petabytes and exabytes.");
-        }
-        return r;
-}
-
-int cmd_map(int argc, char **argv) {
-        static const struct option options[] = {
-                COMMON_LONG_OPTIONS,
-                { "output",       required_argument, NULL, ARG_OUTPUT },
-                { "start-offset", required_argument, NULL, ARG_START_OFFSET },
-                { "max-length",   required_argument, NULL, ARG_MAX_LENGTH },
-                {}
-        };
-        const char *fmt = NULL, *filename;
-        OutputFormat output = OUTPUT_HUMAN;
-        uint64_t start = 0, max_length = UINT64_MAX, end, off, size;
+int cmd_map(Request *req) {
+        const char *filename = req->files[0];
+        OutputFormat output = req->output;
+        uint64_t start = req->start_offset, max_length = req->max_length, end, off, size;
         MapEntry cur = {};
         bool have_cur = false, first = true, zero_base;
         _cleanup_free_ int *fds = NULL;
         unsigned n, n_fds = 0;
         Img img = {};
-        int c, r, ex = EXIT_ERROR;
+        int r, ex = EXIT_ERROR;
 
-        while ((c = getopt_long(argc, argv, "f:hU", options, NULL)) >= 0) {
-                switch (c) {
-                case 'f':
-                        fmt = optarg;
-                        break;
-                case ARG_OUTPUT:
-                        if (parse_output_format(optarg, &output) < 0)
-                                return EXIT_ERROR;
-                        break;
-                case ARG_START_OFFSET:
-                        if (parse_offset_arg(optarg, "start offset", &start) < 0)
-                                return EXIT_ERROR;
-                        break;
-                case ARG_MAX_LENGTH:
-                        if (parse_offset_arg(optarg, "max length", &max_length) < 0)
-                                return EXIT_ERROR;
-                        break;
-                default:
-                        if (common_option(c, optarg, &ex) == 2)
-                                return ex;
-                }
-        }
-        if (optind != argc - 1)
-                return usage_error("Expecting one image file name");
-        filename = argv[optind];
-
-        r = img_open(filename, fmt, IMG_CHAIN, &img);
+        r = img_open(filename, req->format, IMG_CHAIN, &img);
         if (r < 0)
                 return EXIT_ERROR;
 
@@ -780,259 +659,53 @@ finish:
 #define COMPARE_EXIT_STATUS    3
 #define COMPARE_EXIT_READ      4
 
-#define COMPARE_BUFFER_SIZE (2u << 20)
-/* Block status is asked at most this far at once (1 GiB): each answer stays
- * cheap (a VDI map scan of 1024 entries) however the two sides' extents
- * interleave, and a hole of 15 TiB takes some 15000 steps. */
-#define COMPARE_STATUS_SPAN (UINT64_C(1) << 30)
-
-/* Offset of the first 512-byte sector where a and b differ (b NULL: where a
- * is not zero), or len when none. */
-static size_t first_differing_sector(const uint8_t *a, const uint8_t *b, size_t len) {
-        for (size_t off = 0; off < len; off += VDISK_SECTOR_SIZE) {
-                size_t n = MIN((size_t) VDISK_SECTOR_SIZE, len - off);
-
-                if (b ? memcmp(a + off, b + off, n) != 0 : !mem_is_zero(a + off, n))
-                        return off;
-        }
-        return len;
-}
-
-typedef struct CompareCtx {
-        Img *a, *b;
-        uint8_t *buf1, *buf2;
-        bool quiet;
-} CompareCtx;
-
-static int compare_status(Img *img, uint64_t off, uint64_t len, vdisk_extent *ret) {
-        int r;
-
-        vdisk_clear_error();
-        r = vdisk_disk_block_status(img->disk, off, len, ret);
+/* vdisk_compare_ex() does the work (block status on both sides); this says
+ * its verdict in qemu-img compare's words and exit codes. */
+static int compare_report(Img *img[2], int r, const vdisk_compare_result *res, bool quiet) {
         if (r < 0) {
-                log_error("Could not read the allocation of '%s' at offset %" PRIu64 ": %s",
-                          img->filename, off, error_detail(r));
-                return -COMPARE_EXIT_STATUS;
-        }
-        if (ret->length == 0 || ret->length > len)
-                ret->length = len;
-        return 0;
-}
+                Img *f = img[res->failed_side ? 1 : 0];
 
-static int compare_read(Img *img, void *buf, size_t len, uint64_t off) {
-        int r;
-
-        vdisk_clear_error();
-        r = vdisk_disk_read(img->disk, buf, len, off);
-        if (r < 0) {
-                log_error("Error while reading offset %" PRIu64 " of '%s': %s", off, img->filename,
-                          error_detail(r));
-                return -COMPARE_EXIT_READ;
-        }
-        return 0;
-}
-
-static int compare_mismatch(CompareCtx *ctx, uint64_t off) {
-        if (!ctx->quiet)
-                printf("Content mismatch at offset %" PRIu64 "!\n", off);
-        return -COMPARE_EXIT_DIFFERENT;
-}
-
-/* Checks that [off, off+len) of img reads as zeros. */
-static int compare_check_zero(CompareCtx *ctx, Img *img, uint64_t off, uint64_t len) {
-        size_t n = (size_t) len, at;
-        int r;
-
-        assert(len <= COMPARE_BUFFER_SIZE);
-        r = compare_read(img, ctx->buf1, n, off);
-        if (r < 0)
-                return r;
-        at = first_differing_sector(ctx->buf1, NULL, n);
-        if (at < n)
-                return compare_mismatch(ctx, off + at);
-        return 0;
-}
-
-static bool extent_allocated(const vdisk_extent *e) {
-        return e->flags & VDISK_EXTENT_ALLOCATED;
-}
-
-static int compare_images(CompareCtx *ctx, bool strict, ProgressBar *bar) {
-        uint64_t size1 = vdisk_disk_size(ctx->a->disk), size2 = vdisk_disk_size(ctx->b->disk);
-        uint64_t common = MIN(size1, size2), total = MAX(size1, size2), off;
-        int r;
-
-        if (size1 != size2 && strict) {
-                if (!ctx->quiet)
-                        printf("Strict mode: Image size mismatch!\n");
-                return -COMPARE_EXIT_DIFFERENT;
-        }
-
-        for (off = 0; off < common;) {
-                vdisk_extent e1, e2;
-                uint64_t chunk;
-                bool zero1, zero2;
-
-                if (cancel_requested) {
+                if (r == -ECANCELED) {
                         log_error("Comparison cancelled");
-                        return -EXIT_ERROR;
+                        return EXIT_ERROR;
                 }
-                r = compare_status(ctx->a, off, MIN(common - off, COMPARE_STATUS_SPAN), &e1);
-                if (r < 0)
-                        return r;
-                r = compare_status(ctx->b, off, MIN(common - off, COMPARE_STATUS_SPAN), &e2);
-                if (r < 0)
-                        return r;
-                /* Where both read zeros, the whole common extent at once (a
-                 * hole of terabytes costs two block status calls); what is
-                 * read, one buffer at a time. */
-                chunk = MIN(e1.length, e2.length);
-
-                if (strict && ((e1.flags ^ e2.flags) & (VDISK_EXTENT_ALLOCATED | VDISK_EXTENT_ZERO |
-                                                        VDISK_EXTENT_DATA))) {
-                        if (!ctx->quiet)
-                                printf("Strict mode: Offset %" PRIu64 " block status mismatch!\n", off);
-                        return -COMPARE_EXIT_DIFFERENT;
+                if (res->failed_status) {
+                        log_error("Could not read the allocation of '%s' at offset %" PRIu64 ": %s",
+                                  f->filename, res->failed_offset, error_detail(r));
+                        return COMPARE_EXIT_STATUS;
                 }
-
-                zero1 = e1.flags & VDISK_EXTENT_ZERO;
-                zero2 = e2.flags & VDISK_EXTENT_ZERO;
-                if (zero1 && zero2) {
-                        /* Both read as zeros. */
-                } else if (extent_allocated(&e1) == extent_allocated(&e2) || (!zero1 && !zero2)) {
-                        size_t n, at;
-
-                        chunk = MIN(chunk, (uint64_t) COMPARE_BUFFER_SIZE);
-                        n = (size_t) chunk;
-                        r = compare_read(ctx->a, ctx->buf1, n, off);
-                        if (r < 0)
-                                return r;
-                        r = compare_read(ctx->b, ctx->buf2, n, off);
-                        if (r < 0)
-                                return r;
-                        at = first_differing_sector(ctx->buf1, ctx->buf2, n);
-                        if (at < n)
-                                return compare_mismatch(ctx, off + at);
-                } else {
-                        /* One side is known to be zero: the other must read zeros. */
-                        chunk = MIN(chunk, (uint64_t) COMPARE_BUFFER_SIZE);
-                        r = compare_check_zero(ctx, zero1 ? ctx->b : ctx->a, off, chunk);
-                        if (r < 0)
-                                return r;
-                }
-                off += chunk;
-                progress_bar_print(bar, (double) off * 100.0 / (double) total);
+                log_error("Error while reading offset %" PRIu64 " of '%s': %s", res->failed_offset,
+                          f->filename, error_detail(r));
+                return COMPARE_EXIT_READ;
         }
-
-        /* The part only the larger image has must read as zeros. */
-        if (size1 != size2) {
-                Img *larger = size1 > size2 ? ctx->a : ctx->b;
-
-                if (!ctx->quiet)
-                        printf("Warning: Image size mismatch!\n");
-
-                for (off = common; off < total;) {
-                        vdisk_extent e;
-                        uint64_t chunk;
-
-                        if (cancel_requested) {
-                                log_error("Comparison cancelled");
-                                return -EXIT_ERROR;
-                        }
-                        r = compare_status(larger, off, MIN(total - off, COMPARE_STATUS_SPAN), &e);
-                        if (r < 0)
-                                return r;
-                        chunk = e.length;
-                        if (!(e.flags & VDISK_EXTENT_ZERO)) {
-                                chunk = MIN(chunk, (uint64_t) COMPARE_BUFFER_SIZE);
-                                r = compare_check_zero(ctx, larger, off, chunk);
-                                if (r < 0)
-                                        return r;
-                        }
-                        /* (qemu-img shows no progress for this part) */
-                        off += chunk;
-                }
-        }
-
-        if (!ctx->quiet)
-                printf("Images are identical.\n");
-        return 0;
+        /* libvdisk's outcomes are the verdicts, in the same order */
+        _Static_assert(VDISK_COMPARE_CONTENT == (int) VERDICT_CONTENT && VDISK_COMPARE_SIZE == (int) VERDICT_SIZE &&
+                       VDISK_COMPARE_BLOCK_STATUS == (int) VERDICT_BLOCK_STATUS, "compare outcomes");
+        return compare_print_verdict(r > 0 ? (CompareVerdict) res->outcome : VERDICT_EQUAL, res->offset,
+                                     res->size_a, res->size_b, quiet);
 }
 
-int cmd_compare(int argc, char **argv) {
-        static const struct option options[] = {
-                COMMON_LONG_OPTIONS,
-                {}
-        };
-        const char *fmt1 = NULL, *fmt2 = NULL;
-        _cleanup_free_ uint8_t *buf1 = NULL, *buf2 = NULL;
-        bool quiet = false, progress = false, strict = false;
+int cmd_compare(Request *req) {
+        vdisk_compare_result res = { .size = sizeof(res) };
         ProgressBar bar = {};
         Img a = {}, b = {};
-        int c, r, ex = EXIT_ERROR;
+        int r, ex = EXIT_ERROR;
 
-        while ((c = getopt_long(argc, argv, "hf:F:T:pqsU", options, NULL)) >= 0) {
-                switch (c) {
-                case 'f':
-                        fmt1 = optarg;
-                        break;
-                case 'F':
-                        fmt2 = optarg;
-                        break;
-                case 'T':
-                        if (!cache_mode_valid(optarg)) {
-                                log_error("Invalid source cache option: %s", optarg);
-                                return EXIT_ERROR;
-                        }
-                        break;
-                case 'p':
-                        progress = true;
-                        break;
-                case 'q':
-                        quiet = true;
-                        break;
-                case 's':
-                        strict = true;
-                        break;
-                default:
-                        if (common_option(c, optarg, &ex) == 2)
-                                return ex;
-                }
-        }
-        if (quiet)
-                progress = false;
-        if (argc - optind != 2)
-                return usage_error("Expecting two image file names");
-
-        if (img_open(argv[optind], fmt1, IMG_CHAIN, &a) < 0)
+        if (img_open(req->files[0], req->format, IMG_CHAIN, &a) < 0)
                 return COMPARE_EXIT_OPEN;
-        if (img_open(argv[optind + 1], fmt2, IMG_CHAIN, &b) < 0) {
+        if (img_open(req->files[1], req->format2, IMG_CHAIN, &b) < 0) {
                 ex = COMPARE_EXIT_OPEN;
                 goto finish;
         }
 
-        buf1 = malloc(COMPARE_BUFFER_SIZE);
-        buf2 = malloc(COMPARE_BUFFER_SIZE);
-        if (!buf1 || !buf2) {
-                log_error("Out of memory");
-                ex = COMPARE_EXIT_STATUS;
-                goto finish;
-        }
-
         install_cancel_handlers();
-        if (progress_bar_init(&bar, progress) < 0)
+        if (progress_bar_init(&bar, req->progress) < 0)
                 goto finish;
         bar.min_step = 2.0;   /* qemu-img compare's step */
 
-        CompareCtx ctx = {
-                .a = &a,
-                .b = &b,
-                .buf1 = buf1,
-                .buf2 = buf2,
-                .quiet = quiet,
-        };
-        r = compare_images(&ctx, strict, &bar);
-        ex = r < 0 ? -r : EXIT_OK;
+        vdisk_clear_error();
+        r = vdisk_compare_ex(a.disk, b.disk, req->strict ? VDISK_COMPARE_STRICT : 0, &res, bar.p);
+        ex = compare_report((Img *[2]) { &a, &b }, r, &res, req->quiet);
         /* qemu-img ends the progress line after the verdict. */
         progress_bar_done(&bar, false);
 
@@ -1077,46 +750,14 @@ static int snapshot_change(const char *filename, const char *fmt, char action, c
         return img_close_exit(&img, r < 0 ? EXIT_ERROR : EXIT_OK);
 }
 
-int cmd_snapshot(int argc, char **argv) {
-        static const struct option options[] = {
-                COMMON_LONG_OPTIONS,
-                {}
-        };
-        const char *fmt = NULL, *filename, *arg = NULL;
+int cmd_snapshot(Request *req) {
+        const char *fmt = req->format, *filename = req->files[0], *arg = req->action_arg;
         vdisk_snapshot *v = NULL;
         size_t n = 0;
         Img img = {};
-        char action = 0;
-        bool quiet = false;
-        int c, r, ex = EXIT_ERROR;
+        char action = req->action;
+        int r;
 
-        while ((c = getopt_long(argc, argv, "hf:qUla:c:d:", options, NULL)) >= 0) {
-                switch (c) {
-                case 'f':
-                        fmt = optarg;
-                        break;
-                case 'q':
-                        quiet = true;
-                        break;
-                case 'l':
-                case 'a':
-                case 'c':
-                case 'd':
-                        if (action) {
-                                log_error("Cannot mix '-l', '-a', '-c', '-d'");
-                                return usage_hint();
-                        }
-                        action = (char) c;
-                        arg = optarg;
-                        break;
-                default:
-                        if (common_option(c, optarg, &ex) == 2)
-                                return ex;
-                }
-        }
-        if (optind != argc - 1)
-                return usage_error("Expecting one image file name");
-        filename = argv[optind];
         if (action && action != 'l') {
                 /* Formats without internal snapshots: qemu-img's refusal. */
                 r = img_open(filename, fmt, IMG_INFO | IMG_SKIP_CHECKS, &img);
@@ -1137,7 +778,7 @@ int cmd_snapshot(int argc, char **argv) {
                 log_error("Could not list the snapshots of '%s': %s", filename, error_detail(r));
                 return img_close_exit(&img, EXIT_ERROR);
         }
-        if (n > 0 && !quiet) {
+        if (n > 0 && !req->quiet) {
                 printf("Snapshot list:\n");
                 print_snapshot_table(v, n);
         }

@@ -399,14 +399,6 @@ int same_file(const char *a, const char *b) {
         return sa.st_dev == sb.st_dev && sa.st_ino == sb.st_ino;
 }
 
-int parse_output_format(const char *s, OutputFormat *ret) {
-        if (front_parse_output(s, ret) < 0) {
-                log_error("--output must be used with human or json as argument.");
-                return -EINVAL;
-        }
-        return 0;
-}
-
 int common_option(int c, const char *arg, int *ret_exit) {
         switch (c) {
         case 'U':

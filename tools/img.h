@@ -17,6 +17,7 @@
 #include "vdisk/vdisk.h"
 #include "shared/check.h"
 #include "shared/front.h"
+#include "shared/info.h"
 #include "shared/json.h"
 #include "shared/log.h"
 #include "shared/optlist.h"
@@ -120,10 +121,6 @@ void fsync_parent_dir(const char *path);
 /* Whether two paths name the same file (1), not (0), or an error. */
 int same_file(const char *a, const char *b);
 
-/* ---- output format (--output; the shared verbs' is parsed in shared/front.c) */
-
-int parse_output_format(const char *s, OutputFormat *ret);
-
 /* ---- commands */
 
 int cmd_info(Request *req);
@@ -132,22 +129,22 @@ int cmd_convert(Request *req);
 int cmd_check(Request *req);
 int cmd_repair(Request *req);
 int cmd_commit(Request *req);
-int cmd_compare(int argc, char **argv);
-int cmd_map(int argc, char **argv);
+int cmd_compare(Request *req);
+int cmd_map(Request *req);
 int cmd_resize(Request *req);
-int cmd_rebase(int argc, char **argv);
+int cmd_rebase(Request *req);
 int cmd_compact(Request *req);
-int cmd_setuuid(int argc, char **argv);
-int cmd_comment(int argc, char **argv);
-int cmd_snapshot(int argc, char **argv);
-int cmd_measure(int argc, char **argv);
-int cmd_amend(int argc, char **argv);
-int cmd_bitmap(int argc, char **argv);   /* img-bitmap.c */
+int cmd_setuuid(Request *req);
+int cmd_comment(Request *req);
+int cmd_snapshot(Request *req);
+int cmd_measure(Request *req);
+int cmd_amend(Request *req);
+int cmd_bitmap(Request *req);   /* img-bitmap.c */
 /* convert --bitmaps (img-bitmap.c): refuses (logged) a source with
  * inconsistent bitmaps unless skip_broken; then copies them. */
 int convert_bitmaps_check(vdisk_image *src, const char *src_name, bool skip_broken);
 int convert_bitmaps_copy(vdisk_image *src, vdisk_image *dst, bool skip_broken);
-int cmd_dd(int argc, char **argv);
+int cmd_dd(Request *req);
 
 /* qemu-img's table of internal snapshots (the lines after "Snapshot list:"). */
 void print_snapshot_table(const vdisk_snapshot *v, size_t n);
@@ -155,15 +152,8 @@ void print_snapshot_table(const vdisk_snapshot *v, size_t n);
 /* Prints the full help text (used by --help and "COMMAND --help"). */
 void print_help(void);
 
-/* Long options every image-opening command takes (the keys: shared/front.h). */
-#define COMMON_LONG_OPTIONS                                             \
-        { "help",        no_argument,       NULL, 'h' },                \
-        { "force-share", no_argument,       NULL, 'U' },                \
-        { "parent-dir",  required_argument, NULL, ARG_PARENT_DIR },     \
-        { "image-opts",  no_argument,       NULL, ARG_IMAGE_OPTS },     \
-        { "object",      required_argument, NULL, ARG_OBJECT }
-
-/* Handles the options in COMMON_LONG_OPTIONS, 'h' and getopt's '?'.
+/* Handles -U, --image-opts, --object, then front_common_option()'s (-h,
+ * --parent-dir, getopt's '?') for every verb parsed in shared/front.c.
  * Returns 0 when c is not one of them, 1 when it was handled and parsing goes
  * on, 2 when the command must end with exit code *ret_exit (help printed,
  * bad option). */

@@ -28,27 +28,26 @@ FrontDialect front_dialect = {
 
 typedef struct Command {
         const char *name;
-        int (*run)(int argc, char **argv);   /* vdisk-img's own verbs parse their arguments */
-        int (*run_request)(Request *req);    /* the verbs vdiskctl shares: parsed in shared/front.c */
+        int (*run)(Request *req);   /* every verb is parsed in shared/front.c */
 } Command;
 
 static const Command commands[] = {
         { "amend",    cmd_amend },
         { "bitmap",   cmd_bitmap },
-        { "check",    .run_request = cmd_check },
-        { "commit",   .run_request = cmd_commit },
-        { "compact",  .run_request = cmd_compact },
+        { "check",    cmd_check },
+        { "commit",   cmd_commit },
+        { "compact",  cmd_compact },
         { "compare",  cmd_compare },
         { "comment",  cmd_comment },
-        { "convert",  .run_request = cmd_convert },
-        { "create",   .run_request = cmd_create },
+        { "convert",  cmd_convert },
+        { "create",   cmd_create },
         { "dd",       cmd_dd },
-        { "info",     .run_request = cmd_info },
+        { "info",     cmd_info },
         { "map",      cmd_map },
         { "measure",  cmd_measure },
         { "rebase",   cmd_rebase },
-        { "repair",   .run_request = cmd_repair },
-        { "resize",   .run_request = cmd_resize },
+        { "repair",   cmd_repair },
+        { "resize",   cmd_resize },
         { "setuuid",  cmd_setuuid },
         { "snapshot", cmd_snapshot },
 };
@@ -174,17 +173,14 @@ int main(int argc, char **argv) {
 
                 /* getopt names the program after argv[0] in its messages. */
                 argv[1] = (char *) front_dialect.program;
-                if (commands[i].run_request) {
-                        Request req = {};
-                        FrontVerbId verb = VERB_INFO;
+                Request req = {};
+                FrontVerbId verb = VERB_INFO;
 
-                        (void) front_verb_find(cmd, &verb);   /* every run_request verb is there */
-                        ex = front_parse(verb, argc - 1, argv + 1, &req);
-                        if (ex < 0)
-                                ex = commands[i].run_request(&req);
-                        request_done(&req);
-                } else
-                        ex = commands[i].run(argc - 1, argv + 1);
+                (void) front_verb_find(cmd, &verb);   /* every command is there */
+                ex = front_parse(verb, argc - 1, argv + 1, &req);
+                if (ex < 0)
+                        ex = commands[i].run(&req);
+                request_done(&req);
                 if (fflush(stdout) != 0 || ferror(stdout)) {
                         log_error("Could not write the output: %s", strerror(errno));
                         if (ex == EXIT_OK)

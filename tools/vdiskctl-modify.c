@@ -588,6 +588,53 @@ finish:
 
 /* ---------------------------------------------------------------- convert */
 
+/* convert -n through vdiskd (Disk.CopyTo): the source's content into the
+ * existing image `out`, which keeps its format, size and parents. */
+static int convert_into(Ctx *ctx, Request *req) {
+        const char *in = req->files[0], *out = req->files[1];
+        _cleanup_msg_ sd_bus_message *m = NULL;
+        Chain src = {}, dst = {};
+        OpWatch w = {};
+        int r, ex;
+
+        if (req->opts.n > 0 || req->opts.help) {
+                log_error("-o has no effect when skipping image creation");
+                return EXIT_USAGE;
+        }
+        if (req->compress) {
+                log_error("-c cannot be combined with -n");
+                return EXIT_USAGE;
+        }
+        ex = chain_open(ctx, in, req->format, 0, true, &src);
+        if (ex != 0)
+                return ex;
+        ex = chain_open(ctx, out, req->out_format, CHAIN_TOP_WRITABLE, false, &dst);
+        if (ex != 0)
+                goto finish;
+
+        r = bus_new_call(ctx, src.disk, VDISK_IFACE_DISK, "CopyTo", &m);
+        if (r >= 0)
+                r = sd_bus_message_append(m, "o", dst.disk);
+        if (r >= 0)
+                r = bus_options_open(m);
+        if (r >= 0 && req->target_is_zero)
+                r = bus_append_opt_bool(m, "target-is-zero", true);
+        if (r >= 0)
+                r = bus_options_close(m);
+        if (r < 0) {
+                ex = build_failed(r);
+                goto finish;
+        }
+        r = op_run(ctx, m, progress_wanted(req->progress), out, &w);
+        ex = op_finish(&w, out, r);
+        op_watch_done(&w);
+
+finish:
+        chain_done(ctx, &dst);
+        chain_done(ctx, &src);
+        return ex;
+}
+
 int cmd_convert(Ctx *ctx, Request *req) {
         const char *fmt = req->format, *out_fmt = req->out_format, *in = req->files[0], *out_name = req->files[1],
                    *backend, *sparse_arg = req->sparse_arg;
@@ -613,6 +660,8 @@ int cmd_convert(Ctx *ctx, Request *req) {
         r = lookup_format(ctx, out_fmt, &backend, &info);
         if (r != 0)
                 return r;
+        if (req->no_create)
+                return convert_into(ctx, req);
         if (opts->help) {
                 print_create_help(backend, info);
                 return EXIT_OK;

@@ -3,7 +3,7 @@
  * vdiskctl: control vdiskd, the virtual disk image service, over D-Bus.
  *
  * The image commands take vdisk-img's arguments (info, create, convert,
- * check, commit, compact, resize, repair) but run in vdiskd: vdiskctl opens
+ * compare, check, commit, compact, resize, repair) but run in vdiskd: vdiskctl opens
  * the files with the caller's rights, resolves the chain of parents, passes
  * the fds, and follows the Operation the daemon starts, with a progress bar
  * and Ctrl-C as Cancel. list, status and monitor show the daemon's objects.
@@ -45,6 +45,7 @@ static const Command commands[] = {
         { "check",    .run_request = cmd_check },
         { "commit",   .run_request = cmd_commit },
         { "compact",  .run_request = cmd_compact },
+        { "compare",  .run_request = cmd_compare },
         { "convert",  .run_request = cmd_convert },
         { "copy",     .run_request = cmd_convert },
         { "create",   .run_request = cmd_create },
@@ -83,7 +84,9 @@ void print_help(void) {
                "  info [-f FMT] [--output=FMT] [--backing-chain] FILE\n"
                "  create [-q] -f FMT [-o OPTIONS] [-b BACKING -F BACKING_FMT] FILE [SIZE]\n"
                "  convert [-p] [-q] [-f FMT] [-O OUTPUT_FMT] [-o OPTIONS] [-S SPARSE_SIZE] FILE OUTPUT\n"
+               "  convert -n [--target-is-zero] [-p] [-q] [-f FMT] [-O OUTPUT_FMT] FILE EXISTING_OUTPUT\n"
                "  copy ...                        the same as convert\n"
+               "  compare [-p] [-q] [-s] [-f FMT] [-F FMT] FILE1 FILE2\n"
                "  check [-q] [-f FMT] [--output=FMT] [-r leaks|all] FILE\n"
                "  repair [-q] [-f FMT] [--dry-run] FILE\n"
                "  merge [-p] [-q] [-f FMT] FILE --from N --to M   (or: merge FILE N M)\n"

@@ -35,12 +35,25 @@ static bool extent_reads_zero(const vdisk_extent *e) {
 /* [offset, offset+len) of the destination must read zeros: nothing to do
  * where it does already; elsewhere zeroed a buffer's length per lock hold. */
 static int into_zero(into_side *dst, uint64_t offset, uint64_t len, uint32_t flags, vdisk_progress *p) {
+        _cleanup_free_ uint8_t *zeros = NULL;
+
+        if (flags & VDISK_COPY_INTO_ALLOCATE) {
+                /* -S 0: the zeros are written, allocated. */
+                zeros = calloc(1, OP_BUFFER_SIZE);
+                if (!zeros)
+                        return vdisk_error(-ENOMEM, "out of memory");
+        }
         while (len > 0) {
                 vdisk_extent e;
                 uint64_t n;
                 int r;
 
-                if (flags & VDISK_COPY_INTO_TARGET_ZERO)
+                if (zeros) {
+                        n = MIN(len, (uint64_t) OP_BUFFER_SIZE);
+                        r = into_write(dst, zeros, (size_t) n, offset);
+                        if (r < 0)
+                                return r;
+                } else if (flags & VDISK_COPY_INTO_TARGET_ZERO)
                         n = len;
                 else {
                         r = op_side_status(dst, offset, len, &e);
@@ -190,7 +203,7 @@ static int into_run(into_side *src, into_side *dst, uint32_t flags, vdisk_progre
                 r = op_side_read(src, buf, n, offset);
                 if (r < 0)
                         return r;
-                if (!(flags & VDISK_COPY_INTO_TOP_ONLY) && mem_is_zero(buf, n)) {
+                if (!(flags & (VDISK_COPY_INTO_TOP_ONLY | VDISK_COPY_INTO_ALLOCATE)) && mem_is_zero(buf, n)) {
                         r = into_zero(dst, offset, n, flags, p);
                         if (r < 0)
                                 return r;
@@ -226,10 +239,13 @@ int vdisk_copy_into(vdisk_disk *src, vdisk_disk *dst, uint32_t flags, vdisk_prog
 
         if (!src || !dst || src == dst)
                 return vdisk_error(-EINVAL, "invalid arguments");
-        if (flags & ~(uint32_t) (VDISK_COPY_INTO_TARGET_ZERO | VDISK_COPY_INTO_TOP_ONLY | VDISK_COPY_INTO_COMPRESS))
+        if (flags & ~(uint32_t) (VDISK_COPY_INTO_TARGET_ZERO | VDISK_COPY_INTO_TOP_ONLY | VDISK_COPY_INTO_COMPRESS |
+                                 VDISK_COPY_INTO_ALLOCATE))
                 return vdisk_error(-EINVAL, "unknown copy flags 0x%" PRIx32, flags);
         if ((flags & VDISK_COPY_INTO_COMPRESS) && (flags & VDISK_COPY_INTO_TOP_ONLY))
                 return vdisk_error(-EINVAL, "compressed copies into an existing image take the whole source");
+        if ((flags & VDISK_COPY_INTO_COMPRESS) && (flags & VDISK_COPY_INTO_ALLOCATE))
+                return vdisk_error(-EINVAL, "compressed copies into an existing image write no zeros");
         if (src->n == 0 || dst->n == 0)
                 return vdisk_error(-EINVAL, "the container is empty");
         r = op_side_begin(&s, false);

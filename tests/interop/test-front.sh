@@ -87,7 +87,12 @@ t "ctl resize: no size" 2 "vdiskctl: resize needs an image file name and a size"
 t "ctl create: -u" 2 "vdiskctl: -u (unsafe) is not supported by vdiskctl: vdiskd opens the whole backing chain" \
         "$CTL" create -u a 1M
 t "ctl copy: one file" 2 "vdiskctl: convert needs a source and a destination file name" "$CTL" copy a
-t "ctl convert: -n" 2 "vdiskctl: Option '-n' is not supported by vdiskctl (use vdisk-img)" "$CTL" convert -n a b
+t "ctl convert: --target-is-zero without -n" 2 "vdiskctl: --target-is-zero requires -n" \
+        "$CTL" convert --target-is-zero a b
+t "ctl convert: -n -B" 2 "vdiskctl: Option '-B' is not supported by vdiskctl (use vdisk-img)" \
+        "$CTL" convert -n -B x a b
+t "ctl compare: one file" 2 "vdiskctl: compare needs two image file names" "$CTL" compare a
+t "ctl compare: -f without a value" 2 "Try 'vdiskctl --help' for more information." "$CTL" compare a b -f
 t "ctl convert: -S 0" 2 \
         "vdiskctl: -S 0 (allocating the whole output) is not available through vdiskd; use vdisk-img convert -S 0" \
         "$CTL" convert -S 0 a b
@@ -96,6 +101,11 @@ t "ctl convert: bad -S" 2 "vdiskctl: Invalid sparse size '7': use a multiple of 
 # a good command line gets as far as the bus
 t "ctl info: a good command line reaches the bus" 69 \
         "vdiskctl: Could not connect to the bus at $VDISKCTL_ADDRESS: No such file or directory" "$CTL" info -q a
+t "ctl convert -n: a good command line reaches the bus" 69 \
+        "vdiskctl: Could not connect to the bus at $VDISKCTL_ADDRESS: No such file or directory" \
+        "$CTL" convert -n --target-is-zero -O vdi a b
+t "ctl compare: a good command line reaches the bus" 69 \
+        "vdiskctl: Could not connect to the bus at $VDISKCTL_ADDRESS: No such file or directory" "$CTL" compare -s a b
 
 echo "# test-front: $passed passed, $failed failed"
 [[ $failed == 0 ]]

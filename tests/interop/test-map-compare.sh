@@ -60,11 +60,15 @@ map_same "patterned raw with holes and written zeros" raw p.raw
 map_same "qemu vdi converted from the patterned raw" vdi p.vdi
 
 # --- compare: exit codes equal qemu-img's
-cmp_pair() { # DESC A FA B FB
-        local desc=$1 a=$2 fa=$3 b=$4 fb=$5
+cmp_pair() { # DESC A FA B FB [OPTION...]: exit code, and stdout when the images opened
+        local desc=$1 a=$2 fa=$3 b=$4 fb=$5 qout
+        shift 5
         local qrc=0
-        "$QEMU_IMG" compare -f "$fa" -F "$fb" "$a" "$b" >/dev/null 2>&1 || qrc=$?
-        expect_rc "compare $desc: exit $qrc like qemu-img" "$qrc" "$VDISK_IMG" compare -f "$fa" -F "$fb" "$a" "$b"
+        qout=$("$QEMU_IMG" compare "$@" -f "$fa" -F "$fb" "$a" "$b" 2>/dev/null) || qrc=$?
+        expect_rc "compare $* $desc: exit $qrc like qemu-img" "$qrc" "$VDISK_IMG" compare "$@" -f "$fa" -F "$fb" "$a" "$b"
+        if [[ $qrc -lt 2 ]]; then
+                expect_eq "compare $* $desc: qemu-img's words" "$(cat "$T/out")" "$qout"
+        fi
 }
 "$QEMU_IMG" convert -f vdi -O raw a.vdi a.raw
 cp a.raw a1.raw
@@ -96,6 +100,12 @@ cmp_pair "vdi with zero-filled blocks vs ZERO/FREE entries (same content)" a.vdi
 cmp_pair "missing first file" nope.vdi vdi a.vdi vdi
 cmp_pair "missing second file" a.vdi vdi nope.raw raw
 cmp_pair "raw opened as vdi" a.raw vdi a.vdi vdi
+# -s: sizes and block status must match too; the verdict lines are qemu-img's
+cmp_pair "longer raw with a zero tail" a.vdi vdi big0.raw raw -s
+cmp_pair "vdi vs its raw (allocation differs)" a.vdi vdi a.raw raw -s
+cmp_pair "raw vs itself" a.raw raw a.raw raw -s
+cmp_pair "raw vs a raw differing in data" a.raw raw a1.raw raw -s
+cmp_pair "one byte differs in data" a.vdi vdi a1.raw raw -q
 
 # explicit exit-code values, independent of qemu
 expect_rc "compare identical: 0" 0 "$VDISK_IMG" compare a.vdi a.raw

@@ -883,6 +883,57 @@ static void test_compare(void) {
         vdisk_io_unref(b);
 }
 
+/* vdisk_compare_ex says what differs: content, size (strict), block status
+ * (strict), and a longer disk's tail. */
+static void test_compare_ex(void) {
+        vdisk_io *a = mem_io("api-cmpx-a.vdi", NULL, 0), *b = mem_io("api-cmpx-b.img", NULL, 0);
+        vdisk_io *c = mem_io("api-cmpx-c.img", NULL, 0);
+        vdisk_disk *da = disk_new(), *db = disk_new(), *dc = disk_new();
+        vdisk_compare_result res = { .size = sizeof(res) };
+        uint8_t buf[4096];
+
+        memset(buf, 0x5a, sizeof buf);
+        ASSERT_OK(vdisk_disk_create_base(da, a, "vdi", 4 * MiB, NULL));
+        ASSERT_OK(vdisk_disk_create_base(db, b, "raw", 4 * MiB, NULL));
+        ASSERT_OK(vdisk_disk_create_base(dc, c, "raw", 6 * MiB, NULL));
+        ASSERT_OK(vdisk_disk_write(da, buf, sizeof buf, 2 * MiB));
+        ASSERT_OK(vdisk_disk_write(db, buf, sizeof buf, 2 * MiB));
+        ASSERT_OK(vdisk_disk_write(dc, buf, sizeof buf, 2 * MiB));
+
+        ASSERT_EQ_U64(ASSERT_OK(vdisk_compare_ex(da, db, 0, &res, NULL)), 0);
+        ASSERT_EQ_U64(res.outcome, VDISK_COMPARE_EQUAL);
+        ASSERT_EQ_U64(res.size_a, 4 * MiB);
+        /* raw is allocated everywhere, the VDI at 2 MiB only */
+        ASSERT_EQ_U64(ASSERT_OK(vdisk_compare_ex(da, db, VDISK_COMPARE_STRICT, &res, NULL)), 1);
+        ASSERT_EQ_U64(res.outcome, VDISK_COMPARE_BLOCK_STATUS);
+        ASSERT_EQ_U64(res.offset, 0);
+        /* a longer disk whose tail reads zeros: equal, unless strict */
+        ASSERT_EQ_U64(ASSERT_OK(vdisk_compare_ex(da, dc, 0, &res, NULL)), 0);
+        ASSERT_EQ_U64(res.size_b, 6 * MiB);
+        ASSERT_EQ_U64(ASSERT_OK(vdisk_compare_ex(dc, db, VDISK_COMPARE_STRICT, &res, NULL)), 1);
+        ASSERT_EQ_U64(res.outcome, VDISK_COMPARE_SIZE);
+        ASSERT_EQ_U64(res.offset, 4 * MiB);
+        /* data in the tail: a content difference past the common size */
+        ASSERT_OK(vdisk_disk_write(dc, buf, 512, 5 * MiB + 1024));
+        ASSERT_EQ_U64(ASSERT_OK(vdisk_compare_ex(db, dc, 0, &res, NULL)), 1);
+        ASSERT_EQ_U64(res.outcome, VDISK_COMPARE_CONTENT);
+        ASSERT_EQ_U64(res.offset, 5 * MiB + 1024);
+        /* in the common part */
+        ASSERT_OK(vdisk_disk_write(db, buf, 512, 1 * MiB + 512));
+        ASSERT_EQ_U64(ASSERT_OK(vdisk_compare_ex(da, db, 0, &res, NULL)), 1);
+        ASSERT_EQ_U64(res.outcome, VDISK_COMPARE_CONTENT);
+        ASSERT_EQ_U64(res.offset, 1 * MiB + 512);
+        ASSERT_ERR(vdisk_compare_ex(da, db, 1u << 5, &res, NULL), -EINVAL);
+        res.size = 8;
+        ASSERT_ERR(vdisk_compare_ex(da, db, 0, &res, NULL), -EINVAL);
+        vdisk_disk_unref(da);
+        vdisk_disk_unref(db);
+        vdisk_disk_unref(dc);
+        vdisk_io_unref(a);
+        vdisk_io_unref(b);
+        vdisk_io_unref(c);
+}
+
 /* ---------------------------------------------------------------- memory and fault ios */
 
 static void test_ios(void) {
@@ -1151,6 +1202,7 @@ int main(void) {
         test_chain_linkage();
         test_error_names();
         test_compare();
+        test_compare_ex();
         test_ios();
         test_progress_object();
         printf("test-api: all passed\n");

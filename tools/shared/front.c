@@ -62,10 +62,13 @@ int front_common_option(int c, const char *arg, int *ret_exit) {
  * of these ids, per tool. */
 typedef enum OptId {
         O_h, O_f, O_O, O_o, O_b, O_B, O_F, O_t, O_T, O_S, O_p, O_q, O_n, O_c, O_l, O_r, O_m, O_W, O_C,
-        O_u, O_d, O_U,
+        O_u, O_d, O_U, O_s,
         O_FORMAT, O_FILENAME, O_QUIET, O_FORCE_SHARE, O_OUTPUT, O_BACKING_CHAIN, O_PARENT_DIR,
         O_IMAGE_OPTS, O_OBJECT, O_SHRINK, O_PREALLOCATION, O_DRY_RUN, O_IMAGE, O_TARGET_IS_ZERO,
         O_TARGET_IMAGE_OPTS, O_SALVAGE, O_BITMAPS, O_SKIP_BROKEN_BITMAPS,
+        O_START_OFFSET, O_MAX_LENGTH, O_SNAP_l, O_SNAP_a, O_SNAP_c, O_SNAP_d, O_SIZE, O_FORCE,
+        O_g, O_BM_ADD, O_BM_REMOVE, O_BM_CLEAR, O_BM_ENABLE, O_BM_DISABLE, O_BM_MERGE, O_BM_DISABLED,
+        O_UUID, O_PARENT_UUID, O_ZERO_PARENT_UUID, O_MODIFICATION_UUID, O_PARENT_MODIFICATION_UUID, O_CLEAR,
         _O_MAX,
 } OptId;
 
@@ -101,6 +104,7 @@ static const OptSpec opt_specs[_O_MAX] = {
         [O_u] = { 'u', NULL, false, 'u' },
         [O_d] = { 'd', NULL, false, 'd' },
         [O_U] = { 'U', NULL, false, 'U' },
+        [O_s] = { 's', NULL, false, 's' },
         [O_FORMAT] = { 0, "format", true, 'f' },
         [O_FILENAME] = { 0, "filename", true, 'F' },   /* compact: the image, not -F */
         [O_QUIET] = { 0, "quiet", false, 'q' },
@@ -119,6 +123,29 @@ static const OptSpec opt_specs[_O_MAX] = {
         [O_SALVAGE] = { 0, "salvage", false, ARG_SALVAGE },
         [O_BITMAPS] = { 0, "bitmaps", false, ARG_BITMAPS },
         [O_SKIP_BROKEN_BITMAPS] = { 0, "skip-broken-bitmaps", false, ARG_SKIP_BROKEN_BITMAPS },
+        [O_START_OFFSET] = { 0, "start-offset", true, ARG_START_OFFSET },
+        [O_MAX_LENGTH] = { 0, "max-length", true, ARG_MAX_LENGTH },
+        /* snapshot's actions (-l takes no argument there, -c and -d one) */
+        [O_SNAP_l] = { 'l', NULL, false, 'l' },
+        [O_SNAP_a] = { 'a', NULL, true, 'a' },
+        [O_SNAP_c] = { 'c', NULL, true, 'c' },
+        [O_SNAP_d] = { 'd', NULL, true, 'd' },
+        [O_SIZE] = { 0, "size", true, ARG_SIZE },
+        [O_FORCE] = { 0, "force", false, ARG_FORCE },
+        [O_g] = { 'g', NULL, true, 'g' },
+        [O_BM_ADD] = { 0, "add", false, ARG_BM_ADD },
+        [O_BM_REMOVE] = { 0, "remove", false, ARG_BM_REMOVE },
+        [O_BM_CLEAR] = { 0, "clear", false, ARG_BM_CLEAR },
+        [O_BM_ENABLE] = { 0, "enable", false, ARG_BM_ENABLE },
+        [O_BM_DISABLE] = { 0, "disable", false, ARG_BM_DISABLE },
+        [O_BM_MERGE] = { 0, "merge", true, ARG_BM_MERGE },
+        [O_BM_DISABLED] = { 0, "disabled", false, ARG_BM_DISABLED },
+        [O_UUID] = { 0, "uuid", true, ARG_UUID },
+        [O_PARENT_UUID] = { 0, "parentuuid", true, ARG_PARENT_UUID },
+        [O_ZERO_PARENT_UUID] = { 0, "zeroparentuuid", false, ARG_ZERO_PARENT_UUID },
+        [O_MODIFICATION_UUID] = { 0, "modificationuuid", true, ARG_MODIFICATION_UUID },
+        [O_PARENT_MODIFICATION_UUID] = { 0, "parentmodificationuuid", true, ARG_PARENT_MODIFICATION_UUID },
+        [O_CLEAR] = { 0, "clear", false, ARG_CLEAR },
 };
 
 /* What every verb of a tool takes. */
@@ -185,8 +212,56 @@ static const FrontVerb verbs[_VERB_MAX] = {
                         OPT(TARGET_IS_ZERO) | OPT(TARGET_IMAGE_OPTS) | OPT(SALVAGE) | OPT(BITMAPS) |
                         OPT(SKIP_BROKEN_BITMAPS),
                 OPT(f) | OPT(O) | OPT(o) | OPT(S) | OPT(p) | OPT(t) | OPT(T) | OPT(U) | OPT(n) | OPT(B) |
-                        OPT(c) | OPT(FORCE_SHARE),
+                        OPT(c) | OPT(FORCE_SHARE) | OPT(TARGET_IS_ZERO),
                 "a source and a destination file name", "a source and a destination file name",
+        },
+        [VERB_COMPARE] = {
+                "compare",
+                OPT(f) | OPT(F) | OPT(T) | OPT(p) | OPT(q) | OPT(s) | OPT(U),
+                OPT(f) | OPT(F) | OPT(T) | OPT(p) | OPT(s) | OPT(U) | OPT(FORCE_SHARE),
+                "two image file names", "two image file names",
+        },
+        [VERB_MAP] = {
+                "map",
+                OPT(f) | OPT(U) | OPT(OUTPUT) | OPT(START_OFFSET) | OPT(MAX_LENGTH),
+                0,
+                "one image file name", "one image file name",
+        },
+        [VERB_SNAPSHOT] = {
+                "snapshot",
+                OPT(f) | OPT(q) | OPT(U) | OPT(SNAP_l) | OPT(SNAP_a) | OPT(SNAP_c) | OPT(SNAP_d),
+                0,
+                "one image file name", "one image file name",
+        },
+        /* dd, measure and amend check their own arguments (dd's are operands) */
+        [VERB_DD] = {
+                "dd", OPT(f) | OPT(O) | OPT(U), 0, NULL, NULL,
+        },
+        [VERB_MEASURE] = {
+                "measure", OPT(f) | OPT(O) | OPT(o) | OPT(l) | OPT(U) | OPT(OUTPUT) | OPT(SIZE), 0, NULL, NULL,
+        },
+        [VERB_AMEND] = {
+                /* -t: vdisk-img always flushes at the end; --force is for encryption key slots */
+                "amend", OPT(f) | OPT(o) | OPT(p) | OPT(q) | OPT(t) | OPT(U) | OPT(FORCE), 0, NULL, NULL,
+        },
+        [VERB_BITMAP] = {
+                "bitmap",
+                OPT(f) | OPT(b) | OPT(F) | OPT(g) | OPT(q) | OPT(U) | OPT(BM_ADD) | OPT(BM_REMOVE) |
+                        OPT(BM_CLEAR) | OPT(BM_ENABLE) | OPT(BM_DISABLE) | OPT(BM_MERGE) | OPT(BM_DISABLED),
+                0, NULL, NULL,
+        },
+        [VERB_REBASE] = {
+                "rebase", OPT(f) | OPT(F) | OPT(b) | OPT(u) | OPT(p) | OPT(q) | OPT(t) | OPT(T) | OPT(U), 0,
+                "one image file name", NULL,
+        },
+        [VERB_SETUUID] = {
+                "setuuid",
+                OPT(f) | OPT(q) | OPT(FILENAME) | OPT(FORMAT) | OPT(UUID) | OPT(PARENT_UUID) |
+                        OPT(ZERO_PARENT_UUID) | OPT(MODIFICATION_UUID) | OPT(PARENT_MODIFICATION_UUID),
+                0, "one image file name", NULL,
+        },
+        [VERB_COMMENT] = {
+                "comment", OPT(f) | OPT(FILENAME) | OPT(FORMAT) | OPT(CLEAR), 0, NULL, NULL,
         },
 };
 
@@ -287,6 +362,15 @@ static int handle_option(Request *req, int c, const char *arg, const char *as_gi
         bool img = is_img();
         int ex = -1;
 
+        if (req->verb == VERB_SNAPSHOT && (c == 'l' || c == 'a' || c == 'c' || c == 'd')) {
+                if (req->action) {
+                        log_error("Cannot mix '-l', '-a', '-c', '-d'");
+                        return usage_hint();
+                }
+                req->action = (char) c;
+                req->action_arg = arg;
+                return -1;
+        }
         switch (c) {
         case 'f':
                 req->format = arg;
@@ -295,8 +379,10 @@ static int handle_option(Request *req, int c, const char *arg, const char *as_gi
                 req->out_format = arg;
                 break;
         case 'F':
-                if (req->verb == VERB_COMPACT)
+                if (req->verb == VERB_COMPACT || req->verb == VERB_SETUUID || req->verb == VERB_COMMENT)
                         req->files[0] = arg;   /* --filename */
+                else if (req->verb == VERB_COMPARE)
+                        req->format2 = arg;
                 else
                         req->backing_format = arg;
                 break;
@@ -315,13 +401,15 @@ static int handle_option(Request *req, int c, const char *arg, const char *as_gi
         case 'o':
                 if (optlist_parse(&req->opts, arg) < 0)
                         return bad_value("Invalid option list: %s", arg);
+                req->have_opts = true;
                 break;
         case 't':
         case 'T':
-                /* vdiskd takes no cache modes: vdiskctl passes them over. */
-                if (img && !cache_mode_valid(arg)) {
+                /* vdiskd takes no cache modes: vdiskctl passes them over;
+                 * amend takes any (it always flushes). */
+                if (img && req->verb != VERB_AMEND && !cache_mode_valid(arg)) {
                         log_error("Invalid %scache option: %s",
-                                  req->verb == VERB_CHECK ? "source " : "", arg);
+                                  req->verb == VERB_CHECK || req->verb == VERB_COMPARE ? "source " : "", arg);
                         return front_dialect.exit_usage;
                 }
                 if (c == 't')
@@ -338,8 +426,6 @@ static int handle_option(Request *req, int c, const char *arg, const char *as_gi
                 req->quiet = true;
                 break;
         case 'n':
-                if (!img)
-                        return refuse(c, as_given);
                 req->no_create = true;
                 break;
         case 'c':
@@ -371,6 +457,9 @@ static int handle_option(Request *req, int c, const char *arg, const char *as_gi
         case 'd':
                 req->drop = true;
                 break;
+        case 's':
+                req->strict = true;
+                break;
         case ARG_OUTPUT:
                 if (front_parse_output(arg, &req->output) < 0)
                         return img ? bad_value("--output must be used with human or json as argument.")
@@ -378,6 +467,51 @@ static int handle_option(Request *req, int c, const char *arg, const char *as_gi
                 break;
         case ARG_BACKING_CHAIN:
                 req->backing_chain = true;
+                break;
+        case ARG_SIZE:
+                req->size_arg = arg;
+                break;
+        case 'g':
+                if (parse_size(arg, &req->granularity) < 0 || req->granularity == 0) {
+                        log_error("Invalid granularity specified");
+                        return front_dialect.exit_usage;
+                }
+                break;
+        case ARG_BM_ADD:
+        case ARG_BM_REMOVE:
+        case ARG_BM_CLEAR:
+        case ARG_BM_ENABLE:
+        case ARG_BM_DISABLE:
+        case ARG_BM_MERGE:
+        case ARG_UUID:
+        case ARG_PARENT_UUID:
+        case ARG_ZERO_PARENT_UUID:
+        case ARG_MODIFICATION_UUID:
+        case ARG_PARENT_MODIFICATION_UUID:
+                if (req->n_actions == ACTIONS_MAX) {
+                        log_error("Too many actions (at most %d)", ACTIONS_MAX);
+                        return front_dialect.exit_usage;
+                }
+                req->actions[req->n_actions].key = c;
+                req->actions[req->n_actions++].arg = arg;
+                req->bitmap_add = req->bitmap_add || c == ARG_BM_ADD;
+                break;
+        case ARG_CLEAR:
+                req->clear = true;
+                break;
+        case ARG_BM_DISABLED:
+                req->bitmap_disabled = true;
+                break;
+        case ARG_FORCE:
+                break;
+        case ARG_START_OFFSET:
+        case ARG_MAX_LENGTH:
+                if (parse_size(arg, c == ARG_START_OFFSET ? &req->start_offset : &req->max_length) < 0) {
+                        log_error("Invalid %s specified. You may use k, M, G, T, P or E suffixes for",
+                                  c == ARG_START_OFFSET ? "start offset" : "max length");
+                        log_error("kilobytes, megabytes, gigabytes, terabytes, petabytes and exabytes.");
+                        return front_dialect.exit_usage;
+                }
                 break;
         case ARG_SHRINK:
                 req->shrink = true;
@@ -450,16 +584,29 @@ int front_check_files(Request *req) {
                 }
                 return -1;
         case VERB_CONVERT:
+                /* (vdisk-img says so after the format checks, as it always did) */
+                if (req->target_is_zero && !req->no_create && !is_img())
+                        return usage_error("--target-is-zero requires -n");
                 if (req->n_args > 2 && is_img()) {
                         log_error("Concatenating several source images is not supported");
                         return front_dialect.exit_usage;
                 }
                 return req->n_args == 2 ? -1 : files_error(req);
+        case VERB_COMMENT:
+                return -1;
         case VERB_COMPACT:
+        case VERB_SETUUID:
                 /* --filename names the image instead */
                 return (req->files[0] ? req->n_args == 0 : req->n_args == 1) ? -1 : files_error(req);
         case VERB_RESIZE:
                 return req->n_args == 1 && req->size_arg ? -1 : files_error(req);
+        case VERB_COMPARE:
+                return req->n_args == 2 ? -1 : files_error(req);
+        case VERB_DD:
+        case VERB_MEASURE:
+        case VERB_AMEND:
+        case VERB_BITMAP:
+                return -1;
         default:
                 return req->n_args == 1 ? -1 : files_error(req);
         }
@@ -545,8 +692,11 @@ int front_parse(FrontVerbId verb, int argc, char **argv, Request *req) {
         assert(verb < _VERB_MAX);
         req->verb = verb;
         req->image = UINT32_MAX;
+        req->max_length = UINT64_MAX;
         if (verb == VERB_CREATE)
                 req->format = "raw";
+        if (verb == VERB_DD || verb == VERB_MEASURE)
+                req->out_format = "raw";
         if (verb == VERB_CONVERT) {
                 req->out_format = "raw";
                 req->sparse = 4096;
@@ -571,7 +721,7 @@ int front_parse(FrontVerbId verb, int argc, char **argv, Request *req) {
                         ex = front_check_files(req);
                 if (!req->files[0] && req->n_args > 0)
                         req->files[0] = req->args[0];
-                if (verb == VERB_CONVERT && req->n_args > 1)
+                if ((verb == VERB_CONVERT || verb == VERB_COMPARE) && req->n_args > 1)
                         req->files[1] = req->args[1];
                 if (verb == VERB_CREATE && req->n_args > 1)
                         req->size_arg = req->args[1];

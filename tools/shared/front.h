@@ -74,6 +74,13 @@ enum {
         ARG_ADDRESS,
         ARG_NO_ASK_PASSWORD,
         ARG_VERSION,
+        ARG_BM_ADD,
+        ARG_BM_REMOVE,
+        ARG_BM_CLEAR,
+        ARG_BM_ENABLE,
+        ARG_BM_DISABLE,
+        ARG_BM_MERGE,
+        ARG_BM_DISABLED,
 };
 
 typedef enum OutputFormat {
@@ -106,6 +113,16 @@ typedef enum FrontVerbId {
         VERB_RESIZE,
         VERB_CREATE,
         VERB_CONVERT,
+        VERB_COMPARE,
+        VERB_MAP,
+        VERB_SNAPSHOT,
+        VERB_DD,
+        VERB_MEASURE,
+        VERB_AMEND,
+        VERB_BITMAP,
+        VERB_REBASE,
+        VERB_SETUUID,
+        VERB_COMMENT,
         _VERB_MAX,
 } FrontVerbId;
 
@@ -115,6 +132,8 @@ typedef enum CheckMode {
         CHECK_REPAIR_ALL,     /* check -r all, repair */
         CHECK_DRY_RUN,        /* repair --dry-run */
 } CheckMode;
+
+#define ACTIONS_MAX 64
 
 /* A shared verb's command line, parsed. Strings point into argv. */
 typedef struct Request {
@@ -127,7 +146,7 @@ typedef struct Request {
         const char *src_cache;        /* -T */
         const char *snapshot;         /* convert -l */
         const char *prealloc;         /* resize --preallocation (checked) */
-        const char *size_arg;         /* create [size], resize [+|-]size */
+        const char *size_arg;         /* create [size], resize [+|-]size, measure --size */
         const char *sparse_arg;       /* convert -S as given; its value in sparse */
         uint64_t sparse;
         OptList opts;                 /* -o */
@@ -145,6 +164,28 @@ typedef struct Request {
         bool compress;                /* convert -c */
         bool no_create;               /* convert -n */
         bool target_is_zero, bitmaps, skip_broken_bitmaps;   /* convert */
+        /* compare */
+        const char *format2;          /* -F: the second image's format */
+        bool strict;                  /* -s */
+        /* map */
+        uint64_t start_offset;        /* --start-offset */
+        uint64_t max_length;          /* --max-length (UINT64_MAX: to the end) */
+        /* snapshot: -l, -a, -c or -d (0: list), and its argument */
+        char action;
+        const char *action_arg;
+        bool have_opts;               /* -o was given (amend needs it) */
+        /* Options whose order matters, as given: bitmap's actions
+         * (ARG_BM_ADD..ARG_BM_MERGE, with --merge's source), setuuid's
+         * (ARG_UUID..ARG_PARENT_MODIFICATION_UUID, with the value). */
+        struct {
+                int key;
+                const char *arg;
+        } actions[ACTIONS_MAX];
+        unsigned n_actions;
+        /* bitmap: -g, --add among the actions, --disabled; -b/-F are backing/backing_format */
+        uint64_t granularity;
+        bool bitmap_add, bitmap_disabled;
+        bool clear;                   /* comment --clear */
 } Request;
 
 /* The verb named `name` ("copy" is convert) or -ENOENT. */

@@ -4,6 +4,7 @@
 #include <assert.h>
 #include <ctype.h>
 #include <errno.h>
+#include <inttypes.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -222,4 +223,25 @@ int path_dirname(const char *path, char **ret) {
                 return -ENOMEM;
         *ret = s;
         return 0;
+}
+
+int compare_print_verdict(CompareVerdict v, uint64_t offset, uint64_t size_a, uint64_t size_b, bool quiet) {
+        uint64_t common = size_a < size_b ? size_a : size_b;
+
+        if (quiet)
+                return v == VERDICT_EQUAL ? 0 : 1;
+        if (v == VERDICT_SIZE)
+                printf("Strict mode: Image size mismatch!\n");
+        else if (v == VERDICT_BLOCK_STATUS)
+                printf("Strict mode: Offset %" PRIu64 " block status mismatch!\n", offset);
+        else {
+                /* The warning comes once the common part matched. */
+                if (size_a != size_b && (v == VERDICT_EQUAL || offset >= common))
+                        printf("Warning: Image size mismatch!\n");
+                if (v == VERDICT_CONTENT)
+                        printf("Content mismatch at offset %" PRIu64 "!\n", offset);
+                else
+                        printf("Images are identical.\n");
+        }
+        return v == VERDICT_EQUAL ? 0 : 1;
 }

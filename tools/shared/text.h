@@ -30,6 +30,19 @@ size_t utf8_next(const unsigned char *s, uint32_t *ret);
  * absolute. */
 int path_relative_to(const char *child, const char *name, char **ret);
 
+/* What compare found (libvdisk's vdisk_compare_outcome, vdiskd's Result
+ * "difference"). */
+typedef enum CompareVerdict {
+        VERDICT_EQUAL,
+        VERDICT_CONTENT,
+        VERDICT_SIZE,           /* strict: the sizes differ */
+        VERDICT_BLOCK_STATUS,   /* strict: the allocation differs at offset */
+} CompareVerdict;
+/* Prints qemu-img compare's verdict on stdout (nothing when quiet): the
+ * size warning when only the common part matched, then the verdict line.
+ * Returns the exit code: 0 equal, 1 different. */
+int compare_print_verdict(CompareVerdict v, uint64_t offset, uint64_t size_a, uint64_t size_b, bool quiet);
+
 /* Equal strings, or both NULL. */
 static inline bool streq_ptr(const char *a, const char *b) {
         return a && b ? strcmp(a, b) == 0 : a == b;

@@ -795,6 +795,10 @@ enum {
          * plain, a partial cluster short of the image's end is written
          * plain. Not with TOP_ONLY. */
         VDISK_COPY_INTO_COMPRESS = 1u << 2,
+        /* qemu-img convert -S 0: where the source reads zeros, zeros are
+         * written (allocated), and data buffers of zeros are written as
+         * they are; nothing is left as a hole. Wins over TARGET_ZERO. */
+        VDISK_COPY_INTO_ALLOCATE = 1u << 3,
 };
 
 /* Copies the content of `src` into the existing disk `dst` (qemu-img convert
@@ -888,6 +892,39 @@ int vdisk_check(vdisk_disk *d, unsigned index, uint32_t flags, vdisk_check_repor
  * 1 when different (then *ret_offset, if not NULL, gets the first differing
  * offset), or a negative error. With strict, allocation and size must match too. */
 int vdisk_compare(vdisk_disk *a, vdisk_disk *b, int strict, uint64_t *ret_offset, vdisk_progress *p);
+
+/* vdisk_compare_ex(): what was found, and where a failure happened. */
+typedef enum vdisk_compare_outcome {
+        VDISK_COMPARE_EQUAL,         /* the same content (the longer disk's tail reads zeros) */
+        VDISK_COMPARE_CONTENT,       /* the content differs at `offset` (a 512-byte sector) */
+        VDISK_COMPARE_SIZE,          /* strict: the sizes differ (nothing was read) */
+        VDISK_COMPARE_BLOCK_STATUS,  /* strict: allocated/zero/data differ at `offset` */
+} vdisk_compare_outcome;
+
+typedef struct vdisk_compare_result {
+        size_t size;                 /* sizeof(vdisk_compare_result), set by the caller */
+        vdisk_compare_outcome outcome;
+        uint64_t offset;
+        uint64_t size_a, size_b;     /* the two disks' sizes */
+        /* On a negative return: the disk that failed (0: a, 1: b), whether its
+         * block status (1) or its data (0) could not be read, and at
+         * which offset. */
+        unsigned failed_side;
+        int failed_status;
+        uint64_t failed_offset;
+} vdisk_compare_result;
+
+/* vdisk_compare_ex() flags */
+enum {
+        VDISK_COMPARE_STRICT = 1u << 0,   /* sizes and block status must match too */
+};
+
+/* vdisk_compare() telling what differs (qemu-img compare's messages): returns
+ * 0 when equal, 1 when different, or a negative error; *ret says more in each
+ * case. A size mismatch without VDISK_COMPARE_STRICT is not a difference when
+ * the longer disk's tail reads zeros (ret->size_a != ret->size_b says it). */
+int vdisk_compare_ex(vdisk_disk *a, vdisk_disk *b, uint32_t flags, vdisk_compare_result *ret,
+                     vdisk_progress *p);
 
 #ifdef __cplusplus
 }

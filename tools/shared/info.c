@@ -1,0 +1,160 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/* qemu-img info's output for both tools (see info.h). */
+
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "info.h"
+#include "macro.h"
+#include "text.h"
+
+/* Formats without VirtualBox-style metadata (raw) get none of vdisk's
+ * additions, so their output stays exactly qemu-img's. */
+static bool has_specific(const InfoView *v) {
+        return v->uuid || v->mod_uuid || v->parent_uuid || v->comment;
+}
+
+static bool has_fmt_kv(const InfoView *v) {
+        return v->fmt_kv && v->fmt_kv[0];
+}
+
+static const char *full_backing(const InfoView *v) {
+        return v->full_backing ? v->full_backing : v->backing;
+}
+
+void info_print_human(const InfoView *v) {
+        char a[32], b[32];
+
+        printf("image: %s\n", v->filename);
+        printf("file format: %s\n", v->format);
+        if (v->have_sizes) {
+                format_size(v->virtual_size, a);
+                format_size(v->actual_size, b);
+                printf("virtual size: %s (%" PRIu64 " bytes)\n", a, v->virtual_size);
+                printf("disk size: %s\n", b);
+                if (v->cluster_size > 0)
+                        printf("cluster_size: %" PRIu64 "\n", v->cluster_size);
+                if (v->dirty)
+                        printf("cleanly shut down: no\n");
+        } else
+                printf("disk size: unavailable\n");
+        if (v->backing) {
+                printf("backing file: %s", v->backing);
+                if (!streq(v->backing, full_backing(v)))
+                        printf(" (actual path: %s)", full_backing(v));
+                putchar('\n');
+                if (v->backing_format)
+                        printf("backing file format: %s\n", v->backing_format);
+        }
+        if (v->uuid)
+                printf("UUID: %s\n", v->uuid);
+        if (v->parent_uuid)
+                printf("Parent UUID: %s\n", v->parent_uuid);
+        if (v->mod_uuid)
+                printf("Modification UUID: %s\n", v->mod_uuid);
+        if (v->parent_mod_uuid)
+                printf("Parent modification UUID: %s\n", v->parent_mod_uuid);
+        if (has_specific(v) && v->variant)
+                printf("Variant: %s\n", v->variant);
+        if (v->comment && *v->comment)
+                printf("Comment: %s\n", v->comment);
+        if (v->snapshots_human)
+                v->snapshots_human(v->snapshots);
+        if (has_fmt_kv(v)) {
+                printf("Format specific information:\n");
+                for (size_t i = 0; v->fmt_kv[i] && v->fmt_kv[i + 1]; i += 2)
+                        if (!streq(v->fmt_kv[i], "bitmaps"))
+                                printf("    %s: %s\n", v->fmt_kv[i], v->fmt_kv[i + 1]);
+        }
+        if (v->have_pchs)
+                printf("PCHS geometry: %" PRIu32 "/%" PRIu32 "/%" PRIu32 "\n", v->pchs[0], v->pchs[1], v->pchs[2]);
+        if (v->have_lchs)
+                printf("LCHS geometry: %" PRIu32 "/%" PRIu32 "/%" PRIu32 "\n", v->lchs[0], v->lchs[1], v->lchs[2]);
+}
+
+/* One pair of the format information as qemu's JSON: the key with '-' for
+ * ' ', true/false as booleans, digits as numbers (names stay strings).
+ * Persistent bitmaps are a list in qemu's output, not yet given by the
+ * library: left out. */
+static void json_fmt_pair(Json *j, const char *key, const char *value) {
+        char k[64];
+        size_t i;
+
+        if (streq(key, "bitmaps"))
+                return;
+        for (i = 0; key[i] && i < sizeof k - 1; i++)
+                k[i] = key[i] == ' ' ? '-' : key[i];
+        k[i] = 0;
+        if (streq(value, "true") || streq(value, "false"))
+                json_bool(j, k, streq(value, "true"));
+        else if (!streq(key, "data file") && value[0] && strspn(value, "0123456789") == strlen(value) &&
+                 strlen(value) < 20)
+                json_uint(j, k, strtoull(value, NULL, 10));
+        else
+                json_string(j, k, value);
+}
+
+static void json_geometry(Json *j, const char *key, const uint32_t g[3]) {
+        json_object_open(j, key);
+        json_uint(j, "cylinders", g[0]);
+        json_uint(j, "heads", g[1]);
+        json_uint(j, "sectors", g[2]);
+        json_object_close(j);
+}
+
+static void json_specific(Json *j, const InfoView *v) {
+        json_object_open(j, "format-specific");
+        json_string(j, "type", v->format);
+        json_object_open(j, "data");
+        for (size_t i = 0; has_fmt_kv(v) && v->fmt_kv[i] && v->fmt_kv[i + 1]; i += 2)
+                json_fmt_pair(j, v->fmt_kv[i], v->fmt_kv[i + 1]);
+        if (v->uuid)
+                json_string(j, "uuid", v->uuid);
+        if (v->mod_uuid)
+                json_string(j, "modification-uuid", v->mod_uuid);
+        if (v->parent_uuid)
+                json_string(j, "parent-uuid", v->parent_uuid);
+        if (v->parent_mod_uuid)
+                json_string(j, "parent-modification-uuid", v->parent_mod_uuid);
+        if (v->comment)
+                json_string(j, "comment", v->comment);
+        if (has_specific(v) && v->variant)
+                json_string(j, "variant", v->variant);
+        if (has_specific(v) && v->have_version)
+                json_uint(j, "version", v->version);
+        if (v->media_type)
+                json_string(j, "media-type", v->media_type);
+        if (v->have_pchs)
+                json_geometry(j, "pchs", v->pchs);
+        if (v->have_lchs)
+                json_geometry(j, "lchs", v->lchs);
+        json_object_close(j);
+        json_object_close(j);
+}
+
+void info_print_json(Json *j, const InfoView *v) {
+        /* qemu-img's keys, in its order */
+        json_object_open(j, NULL);
+        if (v->backing && v->backing_format)
+                json_string(j, "backing-filename-format", v->backing_format);
+        json_uint(j, "virtual-size", v->have_sizes ? v->virtual_size : 0);
+        json_string(j, "filename", v->filename);
+        if (v->cluster_size > 0)
+                json_uint(j, "cluster-size", v->cluster_size);
+        json_string(j, "format", v->format);
+        if (v->have_sizes)
+                json_uint(j, "actual-size", v->actual_size);
+        if (v->snapshots_json)
+                v->snapshots_json(j, v->snapshots);
+        if (has_specific(v) || has_fmt_kv(v))
+                json_specific(j, v);
+        if (v->backing) {
+                json_string(j, "full-backing-filename", full_backing(v));
+                json_string(j, "backing-filename", v->backing);
+        }
+        if (v->have_dirty)
+                json_bool(j, "dirty-flag", v->dirty);
+        json_object_close(j);
+}

@@ -1,0 +1,35 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/* qemu-img info's human and JSON output, once for both tools: vdisk-img
+ * fills an InfoView from libvdisk's image accessors, vdiskctl from the
+ * Image properties and ProbeFormat. */
+#pragma once
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "json.h"
+
+typedef struct InfoView {
+        const char *filename, *format;
+        bool have_sizes;                /* false: "disk size: unavailable" */
+        uint64_t virtual_size, actual_size;
+        uint64_t cluster_size;          /* 0: none */
+        bool have_dirty, dirty;         /* have_dirty: "dirty-flag" is shown */
+        const char *backing;            /* NULL: none */
+        const char *full_backing;       /* NULL: backing */
+        const char *backing_format;
+        /* vdisk's additions (NULL: none; a present comment may be empty) */
+        const char *uuid, *mod_uuid, *parent_uuid, *parent_mod_uuid, *comment, *variant, *media_type;
+        bool have_version;
+        uint32_t version;
+        bool have_pchs, have_lchs;
+        uint32_t pchs[3], lchs[3];      /* cylinders, heads, sectors */
+        char **fmt_kv;                  /* qemu's "Format specific information": key/value pairs */
+        /* Internal snapshots, printed by the tool that knows their type. */
+        void (*snapshots_human)(const void *data);
+        void (*snapshots_json)(Json *j, const void *data);
+        const void *snapshots;
+} InfoView;
+
+void info_print_human(const InfoView *v);
+void info_print_json(Json *j, const InfoView *v);
