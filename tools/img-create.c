@@ -369,13 +369,11 @@ static int convert_into(const char *in, Img *src, vdisk_disk *dst, const char *o
 }
 
 /* -c: the formats that store compressed units (qemu-img's message for the
- * others; VMDK decides by its subformat: streamOptimized compresses). */
+ * others; VMDK decides by its subformat: streamOptimized compresses). With
+ * -n the library decides by the existing image (VDISK_COPY_INTO_COMPRESS:
+ * qemu's rule, compressed writes only into unallocated clusters). */
 static int convert_compress_check(const vdisk_backend_info *out_info, bool no_create) {
-        if (no_create) {
-                log_error("-c cannot be combined with -n");
-                return -EINVAL;
-        }
-        if (!(out_info->caps & VDISK_CAP_COMPRESS) && !streq(out_info->qemu_name, "vmdk")) {
+        if (!(out_info->caps & VDISK_CAP_COMPRESS) && (no_create || !streq(out_info->qemu_name, "vmdk"))) {
                 log_error("Compression not supported for this file format");
                 return -EOPNOTSUPP;
         }
@@ -505,7 +503,8 @@ int cmd_convert(Request *req) {
                 if (r >= 0)
                         r = convert_into(in, &src, existing.disk, out,
                                          (target_is_zero ? VDISK_COPY_INTO_TARGET_ZERO : 0) |
-                                         (backing ? VDISK_COPY_INTO_TOP_ONLY : 0), &bar);
+                                         (backing ? VDISK_COPY_INTO_TOP_ONLY : 0) |
+                                         (compress ? VDISK_COPY_INTO_COMPRESS : 0), &bar);
                 progress_bar_done(&bar, r >= 0);
                 if (img_close(&existing) >= 0 && r >= 0)
                         ex = EXIT_OK;

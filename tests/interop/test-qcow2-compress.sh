@@ -14,6 +14,8 @@
 #   - writes into vdisk's compressed clusters afterwards (qemu-io, and
 #     vdisk-img convert -n) stay check-clean and read as written;
 #   - QCOW v1 (zlib) -c: qemu-img reads it, qemu-io writes into it;
+#   - -c -n into an existing qcow2: compressed clusters, check-clean, equal;
+#     over an allocated cluster refused as qemu-img refuses it;
 #   - -c into a format without compressed clusters is refused with
 #     qemu-img's message and leaves no file behind.
 # shellcheck source-path=SCRIPTDIR source=lib.sh
@@ -165,6 +167,28 @@ qimg convert -c -O qcow mixed.raw q1.qcow
 vimg convert -c -O qcow q1.qcow v1b.qcow
 expect_eq "qcow v1: qemu-made compressed image converted -c" "$RC" 0
 qcompare mixed.raw raw v1b.qcow qcow
+
+# --- convert -c -n: compressed writes into an existing image (qemu's rule:
+# only into clusters not allocated yet; a cluster that does not shrink is
+# written plain)
+sz=$(stat -c %s mixed.raw)
+qimg create -f qcow2 n.qcow2 "$sz"
+vimg convert -c -n -f raw -O qcow2 mixed.raw n.qcow2
+expect_eq "-c -n into an empty qcow2" "$RC" 0
+qcheck n.qcow2 qcow2
+qcompare mixed.raw raw n.qcow2 qcow2
+n=$(compressed_entries_fmt n.qcow2 qcow2)
+expect_true "-c -n: the map shows compressed clusters ($n)" test "$n" -gt 0
+qimg create -f qcow2 a.qcow2 "$sz"
+run "$QEMU_IO" -f qcow2 -c "write -P 0x11 64k 64k" a.qcow2   # text there: it compresses
+cp a.qcow2 a0.qcow2
+expect_fail "-c -n over an allocated cluster refused" "$VDISK_IMG" convert -c -n -f raw -O qcow2 mixed.raw a.qcow2
+expect_true "-c -n over an allocated cluster: the message names it" grep -q "is allocated" "$T/err"
+expect_fail "qemu-img refuses it too" "$QEMU_IMG" convert -c -n -f raw -O qcow2 mixed.raw a0.qcow2
+qcheck a.qcow2 qcow2
+qimg create -f vdi n.vdi "$sz"
+expect_fail "-c -n into a VDI refused" "$VDISK_IMG" convert -c -n -f raw -O vdi mixed.raw n.vdi
+expect_true "-c -n into a VDI: qemu-img's message" grep -q "Compression not supported for this file format" "$T/err"
 
 # --- formats without compressed clusters
 for f in raw vdi vpc qed; do
