@@ -526,7 +526,7 @@ typedef struct vdisk_backend {
          * count_units(). Optional (-EOPNOTSUPP). */
         int (*measure)(const measure_params *p, measure_result *ret);
 
-        /* Preallocation (hE): the modes create() and resize() take, as
+        /* Preallocation: the modes create() and resize() take, as
          * PREALLOC_BIT()s (0 = off only), and PREALLOC_* flags above. */
         uint32_t prealloc_create;
         uint32_t prealloc_resize;

@@ -71,7 +71,7 @@ typedef struct amend_req {
         uint32_t version;       /* 0: unchanged */
         int lazy;               /* -1: unchanged */
         int refcount_order;     /* -1: unchanged */
-        /* backing file, data file (hB) */
+        /* backing file, data file */
         const char *backing_file, *backing_fmt;   /* NULL: not given */
         const char *data_file;                     /* NULL: unchanged */
         int data_file_raw;                         /* -1: not given */
@@ -311,7 +311,7 @@ static int set_lazy(qcow2_state *s, bool on) {
         return 0;
 }
 
-/* ---------------------------------------------------------------- data file name (hB) */
+/* ---------------------------------------------------------------- data file name */
 
 #define SECTOR 512u
 

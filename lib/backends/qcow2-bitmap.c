@@ -855,9 +855,9 @@ int qcow2_bitmap_read(void *state, const char *name, uint8_t **ret, size_t *ret_
  * (n, dir_off, dir_size), or without it when n == 0; the backing file name
  * follows them. */
 static int write_header_ext(qcow2_state *s, uint32_t n, uint64_t dir_off, uint64_t dir_size) {
-        size_t cs = (size_t) s->cluster_size, end, pos, name_len = s->backing_name ? strlen(s->backing_name) : 0;
+        size_t cs = (size_t) s->cluster_size, pos, name_len = s->backing_name ? strlen(s->backing_name) : 0;
         _cleanup_free_ uint8_t *old = calloc(1, cs), *hdr = calloc(1, cs);
-        uint64_t boff, bsize, autoclear;
+        uint64_t autoclear;
         int r;
 
         if (!old || !hdr)
@@ -865,23 +865,7 @@ static int write_header_ext(qcow2_state *s, uint32_t n, uint64_t dir_off, uint64
         r = io_pread_zerofill(s->io, old, cs, 0);
         if (r < 0)
                 return r;
-        memcpy(hdr, old, s->header_length);
-        boff = get_be64(old + 8);
-        bsize = get_be32(old + 16);
-        end = boff != 0 && bsize != 0 && boff < cs ? (size_t) boff : cs;
-        pos = s->header_length;
-        for (size_t off = s->header_length; off + 8 <= end;) {
-                uint32_t type = get_be32(old + off), len = get_be32(old + off + 4);
-                size_t step = 8 + ALIGN_UP((size_t) len, 8);
-
-                if (type == EXT_END || step > end - off)
-                        break;
-                if (type != EXT_BITMAPS) {
-                        memcpy(hdr + pos, old + off, step);
-                        pos += step;
-                }
-                off += step;
-        }
+        pos = qcow2_ext_copy(s, old, hdr, EXT_BITMAPS);
         if (n > 0) {
                 if (pos + 8 + BM_EXT_LEN > cs)
                         return vdisk_error(-ENOSPC, "qcow2: no room for the bitmaps extension in the header cluster");

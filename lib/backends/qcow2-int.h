@@ -189,6 +189,8 @@ int qcow2_sync_refcounts(qcow2_state *s);
 /* The switch: `len` bytes of the header at `at`, flushed. */
 int qcow2_header_switch(qcow2_state *s, uint32_t at, const void *buf, size_t len);
 /* The clusters of [off, off + len) lose one reference each (in memory). */
+size_t qcow2_ext_copy(qcow2_state *s, const uint8_t *old, uint8_t *hdr, uint32_t drop);
+int qcow2_refblock_switch(qcow2_state *s, uint64_t rti, uint64_t from, uint64_t to);
 int qcow2_uncount(qcow2_state *s, uint64_t off, uint64_t len);
 /* The cached views of the L1 table and refcount table, made from the state's
  * offsets and sizes (after a switch). */

@@ -778,16 +778,12 @@ static int switch_l2s(qcow2_state *s, const l2_move *m, size_t n) {
         return r;
 }
 
-static int move_rb(qcow2_state *s, uint64_t rti, uint64_t from, bool *ret_moved) {
-        uint64_t cs = s->cluster_size, to;
+/* Refcount table entry `rti` switched from the block at `from` to its copy
+ * at `to` (placed, written and durable: qcow2_table_place()), made durable,
+ * and the old cluster's reference dropped. */
+int qcow2_refblock_switch(qcow2_state *s, uint64_t rti, uint64_t from, uint64_t to) {
         int r;
 
-        r = qcow2_flush_refcounts(s);
-        if (r < 0)
-                return r;
-        r = move_done(s, qcow2_table_place(s, NULL, cs, from, from, QCOW2_PLACE_LOW, &to), ret_moved);
-        if (r < 0 || !*ret_moved)
-                return r;
         r = tc_set(s->reft, rti, to, 0);
         if (r >= 0)
                 r = tc_table_flush(s->reft);
@@ -796,7 +792,20 @@ static int move_rb(qcow2_state *s, uint64_t rti, uint64_t from, bool *ret_moved)
         /* the view of the old place is stale (and clean: flushed above) */
         if (r >= 0)
                 r = qcow2_drop_table(s, from);
-        return r < 0 ? r : qcow2_uncount(s, from, cs);
+        return r < 0 ? r : qcow2_uncount(s, from, s->cluster_size);
+}
+
+static int move_rb(qcow2_state *s, uint64_t rti, uint64_t from, bool *ret_moved) {
+        uint64_t to;
+        int r;
+
+        r = qcow2_flush_refcounts(s);
+        if (r < 0)
+                return r;
+        r = move_done(s, qcow2_table_place(s, NULL, s->cluster_size, from, from, QCOW2_PLACE_LOW, &to), ret_moved);
+        if (r < 0 || !*ret_moved)
+                return r;
+        return qcow2_refblock_switch(s, rti, from, to);
 }
 
 /* A refcount block that counts nothing but perhaps itself (it covers only

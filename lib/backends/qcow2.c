@@ -1790,7 +1790,7 @@ static int rc_set_value(qcow2_state *s, uint64_t c, uint64_t v) {
         return 0;
 }
 
-/* (hB) A refcount block that something else points at too (an L2 entry,
+/* A refcount block that something else points at too (an L2 entry,
  * another table) is corruption: qemu-img check's "ERROR refcount block N
  * refcount=R", repaired by -r all with a rebuild of the refcounts. Here the
  * block is copied to a new cluster at the end of the file (counted, written,
@@ -1798,23 +1798,14 @@ static int rc_set_value(qcow2_state *s, uint64_t c, uint64_t v) {
  * the old cluster loses the block's reference: what pointed at it keeps a
  * cluster of its own, which no refcount update changes any more. */
 static int move_shared_rb(qcow2_state *s, uint64_t rti, uint64_t from, uint64_t *ret_to) {
-        uint64_t cs = s->cluster_size, to;
+        uint64_t to;
         int r;
 
         r = qcow2_flush_refcounts(s);
         if (r >= 0)
-                r = qcow2_table_place(s, NULL, cs, from, 0, 0, &to);
+                r = qcow2_table_place(s, NULL, s->cluster_size, from, 0, 0, &to);
         if (r >= 0)
-                r = tc_set(s->reft, rti, to, 0);
-        if (r >= 0)
-                r = tc_table_flush(s->reft);
-        if (r >= 0)
-                r = io_flush(s->io);
-        /* the cached view of the old place is stale (and clean: flushed above) */
-        if (r >= 0)
-                r = qcow2_drop_table(s, from);
-        if (r >= 0)
-                r = qcow2_uncount(s, from, cs);
+                r = qcow2_refblock_switch(s, rti, from, to);
         if (r < 0)
                 return r;
         *ret_to = to;
@@ -1829,7 +1820,7 @@ static int qcow2_check(void *state, uint32_t flags, vdisk_check_report *rep, vdi
         _cleanup_free_ uint8_t *reft = NULL, *blk = NULL;
         _cleanup_free_ uint32_t *cnt = NULL;
         qcount q = { .s = s, .rep = rep };
-        uint64_t shared[64];   /* (hB) refcount blocks referenced more than once */
+        uint64_t shared[64];   /* refcount blocks referenced more than once */
         size_t n_shared = 0;
         int r;
 
@@ -1882,7 +1873,7 @@ static int qcow2_check(void *state, uint32_t flags, vdisk_check_report *rep, vdi
         if (r < 0)
                 return r;
 
-        /* (hB) each refcount block referenced once, by the table */
+        /* each refcount block referenced once, by the table */
         for (uint64_t i = 0; i < n_reft; i++) {
                 uint64_t b = get_be64(reft + i * 8) & REFT_OFFSET_MASK;
 
@@ -1956,7 +1947,7 @@ static int qcow2_check(void *state, uint32_t flags, vdisk_check_report *rep, vdi
                 if (r < 0)
                         return r;
         }
-        /* (hB) shared refcount blocks move out, once the counts are right */
+        /* shared refcount blocks move out, once the counts are right */
         for (size_t k = 0; !dry && fix_all && k < n_shared; k++) {
                 uint64_t b = get_be64(reft + shared[k] * 8) & REFT_OFFSET_MASK, to;
 
@@ -2084,7 +2075,7 @@ static int qcow2_parse_options(const create_params *p, qcow2_opts *o) {
         if (o->extl2 && o->cluster_size < 16384)
                 return vdisk_error(-EINVAL, "qcow2: extended L2 entries are only supported with cluster sizes "
                                    "of at least 16384 bytes");
-        /* (hE) a preallocated cluster of a diff must let the backing file
+        /* a preallocated cluster of a diff must let the backing file
          * show through: only subclusters can say so; qemu's words */
         if (o->prealloc_metadata && (p->image_flags & VDISK_IMAGE_FLAGS_DIFF) && !o->extl2)
                 return vdisk_error(-EINVAL, "Backing file and preallocation can only be used at the same time "
@@ -2285,12 +2276,36 @@ static int qcow2_get_meta(void *state, meta *m) {
  * again without the old backing format, with the new one, and the new
  * backing file name after them; everything written before is flushed first,
  * so a relinked child never points at a parent its data does not yet cover. */
+/* A new header cluster `hdr` (zeroed, cluster_size bytes) gets the header
+ * of `old` and its extensions but those of type `drop`, in their order;
+ * they end at the old backing file name or at the end marker. Returns where
+ * the next extension goes. */
+size_t qcow2_ext_copy(qcow2_state *s, const uint8_t *old, uint8_t *hdr, uint32_t drop) {
+        size_t cs = (size_t) s->cluster_size, pos = s->header_length, end;
+        uint64_t boff = get_be64(old + 8), bsize = get_be32(old + 16);
+
+        memcpy(hdr, old, s->header_length);
+        end = boff != 0 && bsize != 0 && boff < cs ? (size_t) boff : cs;
+        for (size_t off = s->header_length; off + 8 <= end;) {
+                uint32_t type = get_be32(old + off), len = get_be32(old + off + 4);
+                size_t step = 8 + ALIGN_UP((size_t) len, 8);
+
+                if (type == EXT_END || step > end - off)
+                        break;
+                if (type != drop) {
+                        memcpy(hdr + pos, old + off, step);
+                        pos += step;
+                }
+                off += step;
+        }
+        return pos;
+}
+
 static int qcow2_set_meta(void *state, const meta *m, uint32_t mask) {
         qcow2_state *s = state;
-        size_t cs = (size_t) s->cluster_size, end, pos, name_len = 0, fmt_len = 0;
+        size_t cs = (size_t) s->cluster_size, pos, name_len = 0, fmt_len = 0;
         _cleanup_free_ uint8_t *old = NULL, *hdr = NULL;
         _cleanup_free_ char *nname = NULL, *nfmt = NULL;
-        uint64_t boff, bsize;
         int r;
 
         bool unlink = (mask & META_PARENT_UUID) && vdisk_uuid_is_null(m->parent_uuid) &&
@@ -2329,24 +2344,7 @@ static int qcow2_set_meta(void *state, const meta *m, uint32_t mask) {
         r = io_pread_zerofill(s->io, old, cs, 0);
         if (r < 0)
                 return r;
-        memcpy(hdr, old, s->header_length);
-        /* the extensions end at the old backing name, or at the end marker */
-        boff = get_be64(old + 8);
-        bsize = get_be32(old + 16);
-        end = boff != 0 && bsize != 0 && boff < cs ? (size_t) boff : cs;
-        pos = s->header_length;
-        for (size_t off = s->header_length; off + 8 <= end;) {
-                uint32_t type = get_be32(old + off), len = get_be32(old + off + 4);
-                size_t step = 8 + ALIGN_UP((size_t) len, 8);
-
-                if (type == EXT_END || step > end - off)
-                        break;
-                if (type != EXT_BACKING_FMT) {
-                        memcpy(hdr + pos, old + off, step);
-                        pos += step;
-                }
-                off += step;
-        }
+        pos = qcow2_ext_copy(s, old, hdr, EXT_BACKING_FMT);
         if (fmt_len) {
                 if (pos + 8 + 16 > cs)
                         return vdisk_error(-ENOSPC, "qcow2: no room for the backing format in the header cluster");

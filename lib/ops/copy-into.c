@@ -79,7 +79,7 @@ static int into_zero(into_side *dst, uint64_t offset, uint64_t len, uint32_t fla
         return 0;
 }
 
-/* (hB) One cluster of data compressed (or plain when it does not shrink)
+/* One cluster of data compressed (or plain when it does not shrink)
  * into the top image, under its disk's lock. */
 static int into_write_encoded(into_side *dst, const uint8_t *data, size_t len, uint64_t offset, uint8_t *out) {
         _cleanup_(disk_unlockp) _unused_ vdisk_disk *l = disk_lock(dst->d);
