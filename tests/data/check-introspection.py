@@ -9,8 +9,9 @@ Per file:
   file, in the shape sd-bus's Introspect prints: <method>/<property>/<signal>;
   <arg type name direction> in methods, <arg type name> in signals;
   <property name type access="read">, with the EmitsChangedSignal annotation
-  "const" or none (emits-change is the default and sd-bus prints nothing for
-  it); no other annotations (every vdiskd method is SD_BUS_VTABLE_UNPRIVILEGED,
+  "const" or "invalidates" or none (emits-change is the default and sd-bus
+  prints nothing for it) and the systemd Explicit annotation or none; no
+  other annotations (every vdiskd method is SD_BUS_VTABLE_UNPRIVILEGED,
   so sd-bus prints no org.freedesktop.systemd1.Privileged);
 - a doc comment right before every method, property and signal, before the
   in-arguments of every method that has any, and before its out-arguments, and
@@ -30,6 +31,7 @@ import xml.etree.ElementTree as ET
 from datacheck import failures, fail, ok
 
 ECS = "org.freedesktop.DBus.Property.EmitsChangedSignal"
+EXPLICIT = "org.freedesktop.systemd1.Explicit"
 
 
 def parse_single_type(sig, i):
@@ -113,16 +115,24 @@ def lint_file(path):
                 fail(f"{where}: want <property name type access=\"read\">, got {m.attrib}")
             if not valid_type(m.get("type", "")):
                 fail(f"{where}: invalid type {m.get('type')!r}")
-            flag = "emits-change"
+            signal, explicit = None, False
             for a in m:
                 if a.tag is ET.Comment:
                     continue
-                if a.tag != "annotation" or a.get("name") != ECS or a.get("value") != "const":
-                    fail(f"{where}: only the EmitsChangedSignal=const annotation is expected, got <{a.tag} {a.attrib}>")
-                elif flag == "const":
-                    fail(f"{where}: annotation given twice")
+                if a.tag == "annotation" and a.get("name") == ECS and a.get("value") in ("const", "invalidates"):
+                    if signal:
+                        fail(f"{where}: annotation given twice")
+                    signal = a.get("value")
+                elif a.tag == "annotation" and a.get("name") == EXPLICIT and a.get("value") == "true":
+                    if explicit:
+                        fail(f"{where}: annotation given twice")
+                    explicit = True
                 else:
-                    flag = "const"
+                    fail(f"{where}: only the EmitsChangedSignal=const|invalidates and Explicit=true annotations "
+                         f"are expected, got <{a.tag} {a.attrib}>")
+            flag = signal or "emits-change"
+            if explicit:
+                flag += ", explicit"
             members["property"][mname] = (m.get("type"), flag)
             continue
         args_in, args_out = [], []
@@ -187,7 +197,8 @@ def docs_members(md_path):
                     flag = "const"
                 else:
                     flag = cells[0]
-                    if flag not in ("const", "emits-change"):
+                    if flag not in ("const", "emits-change", "invalidates", "const, explicit",
+                                    "emits-change, explicit", "invalidates, explicit"):
                         fail(f"docs/dbus-api.md: {iface}.{row.group(1)}: flags {flag!r}")
                 mem["property"][row.group(1)] = (row.group(2), flag)
         for call in re.finditer(r"(Signal:\s*)?`([A-Z][A-Za-z0-9]*)\(([^`]*?)\)(?:\s*->\s*\(([^`]*)\))?`", sec):
