@@ -374,15 +374,8 @@ void remove_created_file(const char *path) {
 void fsync_parent_dir(const char *path) {
         _cleanup_free_ char *dir = NULL;
         _cleanup_close_ int fd = -1;
-        const char *slash = strrchr(path, '/');
 
-        if (!slash)
-                dir = strdup(".");
-        else if (slash == path)
-                dir = strdup("/");
-        else
-                dir = strndup(path, (size_t) (slash - path));
-        if (!dir)
+        if (path_dirname(path, &dir) < 0)
                 return;
         fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
         if (fd >= 0)

@@ -87,18 +87,6 @@ static char *long_name(char c, size_t dirs, size_t len) {
         return s;
 }
 
-static const char *format_value(vdisk_disk *d, const char *key, char *buf, size_t len) {
-        char **kv = NULL;
-
-        buf[0] = 0;
-        ASSERT_OK(vdisk_image_get_format_info(vdisk_disk_image(d, vdisk_disk_count(d) - 1), &kv));
-        for (size_t i = 0; kv && kv[i] && kv[i + 1]; i += 2)
-                if (strcmp(kv[i], key) == 0)
-                        snprintf(buf, len, "%s", kv[i + 1]);
-        vdisk_strv_free(kv);
-        return buf;
-}
-
 static vdisk_disk *open_top(vdisk_io *io, uint32_t flags) {
         vdisk_disk *d = disk_new();
 
@@ -179,7 +167,7 @@ static void verify(vdisk_io *io, const char *old, const char *new, bool want_new
         uint8_t *got;
         uint64_t size;
 
-        format_value(d, "data file", v, sizeof v);
+        test_format_value(d, "data file", v, sizeof v);
         if (strcmp(v, new) != 0 && (want_new || strcmp(v, old) != 0))
                 FAIL("data file '%.40s...' (%zu bytes): neither the old (%zu) nor the new (%zu) name%s", v,
                      strlen(v), strlen(old), strlen(new), want_new ? " (the new one wanted)" : "");

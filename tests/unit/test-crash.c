@@ -1062,18 +1062,6 @@ static void build_amend_top(scenario *sc) {
         vdisk_disk_unref(d);
 }
 
-static const char *format_info_value(vdisk_disk *d, const char *key, char *buf, size_t len) {
-        char **kv = NULL;
-
-        buf[0] = 0;
-        ASSERT_OK(vdisk_image_get_format_info(vdisk_disk_image(d, vdisk_disk_count(d) - 1), &kv));
-        for (size_t i = 0; kv && kv[i] && kv[i + 1]; i += 2)
-                if (strcmp(kv[i], key) == 0)
-                        snprintf(buf, len, "%s", kv[i + 1]);
-        vdisk_strv_free(kv);
-        return buf;
-}
-
 static int op_amend_refcount_bits(scenario *sc, wl *w) {
         static const char *const o[] = { "refcount_bits", "8", NULL };
 
@@ -1084,7 +1072,7 @@ static int op_amend_refcount_bits(scenario *sc, wl *w) {
 static void after_amend_refcount_bits(scenario *sc, wl *w) {
         char v[32];
 
-        if (strcmp(format_info_value(w->d, "refcount bits", v, sizeof v), "8") != 0)
+        if (strcmp(test_format_value(w->d, "refcount bits", v, sizeof v), "8") != 0)
                 FAIL("%s: refcount bits '%s' after the amend (8 wanted)", sc->name, v);
 }
 
@@ -1098,7 +1086,7 @@ static int op_amend_downgrade(scenario *sc, wl *w) {
 static void after_amend_downgrade(scenario *sc, wl *w) {
         char v[32];
 
-        if (strcmp(format_info_value(w->d, "compat", v, sizeof v), "0.10") != 0)
+        if (strcmp(test_format_value(w->d, "compat", v, sizeof v), "0.10") != 0)
                 FAIL("%s: compat '%s' after the amend (0.10 wanted)", sc->name, v);
 }
 

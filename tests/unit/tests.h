@@ -120,6 +120,20 @@ test_fail(const char *file, int line, const char *fmt, ...) {
                 }                                                               \
         } while (0)
 
+/* The value the top image of `d` gives for `key` in its format info
+ * ("compat", "refcount bits", "data file"...), or "" when it has none. */
+static inline const char *test_format_value(vdisk_disk *d, const char *key, char *buf, size_t len) {
+        char **kv = NULL;
+
+        buf[0] = 0;
+        ASSERT_OK(vdisk_image_get_format_info(vdisk_disk_image(d, vdisk_disk_count(d) - 1), &kv));
+        for (size_t i = 0; kv && kv[i] && kv[i + 1]; i += 2)
+                if (strcmp(kv[i], key) == 0)
+                        snprintf(buf, len, "%s", kv[i + 1]);
+        vdisk_strv_free(kv);
+        return buf;
+}
+
 /* Failures are negative, never -ENOMEM (inputs must not make the library try
  * huge allocations), and always leave a message. */
 static inline void test_check_clean_error(const char *file, int line, const char *what, int r) {
