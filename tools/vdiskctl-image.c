@@ -448,3 +448,97 @@ finish:
         chain_done(ctx, &a);
         return ex;
 }
+
+/* ---------------------------------------------------------------- snapshot */
+
+/* -l: the top image's Snapshots (vdiskd lists the newest 64). */
+static int snapshot_list(Ctx *ctx, const char *image, const char *file, bool quiet) {
+        _cleanup_bus_error_ sd_bus_error error = SD_BUS_ERROR_NULL;
+        _cleanup_value_ Value props = {}, list = {};
+        uint64_t count;
+        int r;
+
+        r = bus_get_all(ctx, image, VDISK_IFACE_IMAGE, &error, &props);
+        if (r >= 0)
+                r = bus_get_property(ctx, image, VDISK_IFACE_IMAGE, "Snapshots", &error, &list);
+        if (r < 0)
+                return log_bus_error(file, &error, r);
+        if (list.type != VALUE_ARRAY) {
+                log_error("%s: Bad reply from vdiskd", file);
+                return EXIT_FAILURE;
+        }
+        count = value_uint(&props, "SnapshotCount", list.c.n);
+        if (count > list.c.n)
+                log_warning("%s: %" PRIu64 " older snapshots not listed (vdiskd lists the newest %zu)", file,
+                            count - list.c.n, list.c.n);
+        if (list.c.n == 0 || quiet)
+                return EXIT_OK;
+        printf("Snapshot list:\n");
+        snapshot_table_header();
+        for (size_t i = 0; i < list.c.n; i++) {
+                const Value *f = list.c.items[i].c.items;
+
+                /* (id, name, vm-state size, date µs, guest clock ns, disk size, icount) */
+                if (list.c.items[i].type != VALUE_ARRAY || list.c.items[i].c.n != 7 || f[0].type != VALUE_STRING ||
+                    f[1].type != VALUE_STRING || f[2].type != VALUE_UINT || f[3].type != VALUE_UINT ||
+                    f[4].type != VALUE_UINT || f[6].type != VALUE_UINT)
+                        continue;
+                snapshot_table_row(f[0].s, f[1].s, f[2].u, (int64_t) (f[3].u / 1000000), f[4].u, f[6].u);
+        }
+        return EXIT_OK;
+}
+
+/* qemu-img snapshot through vdiskd: -l reads the top image's Snapshots,
+ * -c, -a and -d call its CreateSnapshot, ApplySnapshot, DeleteSnapshot;
+ * vdisk-img's output, messages and exit codes (qemu-img 7.2's). */
+int cmd_snapshot(Ctx *ctx, Request *req) {
+        static const char *const methods[] = { ['c'] = "CreateSnapshot", ['a'] = "ApplySnapshot",
+                                               ['d'] = "DeleteSnapshot" };
+        _cleanup_bus_error_ sd_bus_error error = SD_BUS_ERROR_NULL;
+        _cleanup_msg_ sd_bus_message *m = NULL;
+        _cleanup_(strv_freep) char **images = NULL;
+        const char *file = req->files[0], *arg = req->action_arg;
+        char action = req->action ?: 'l';
+        Chain chain = {};
+        int r, ex;
+
+        ex = chain_open(ctx, file, req->format, action == 'l' ? 0 : CHAIN_TOP_WRITABLE, action == 'l', &chain);
+        if (ex != 0)
+                return ex;
+        r = chain_image_paths(ctx, &chain, &images);
+        if (r >= 0 && strv_length(images) != chain.n)
+                r = -EBADMSG;
+        if (r < 0) {
+                log_error("%s: Could not list the images vdiskd opened: %s", file, strerror(-r));
+                ex = EXIT_FAILURE;
+                goto finish;
+        }
+        if (action == 'l') {
+                ex = snapshot_list(ctx, images[chain.n - 1], file, req->quiet);
+                goto finish;
+        }
+
+        r = bus_new_simple_call(ctx, images[chain.n - 1], VDISK_IFACE_IMAGE, methods[(unsigned char) action], &m,
+                                "s", arg);
+        if (r < 0) {
+                ex = log_build_failed(file, r);
+                goto finish;
+        }
+        r = bus_call(ctx, m, CALL_UNINTERRUPTIBLE, &error, NULL);
+        if (r >= 0)
+                ex = EXIT_OK;
+        else if (error_is(&error, "NotSupported"))
+                ex = snapshot_refuse(action, arg);
+        else if (action == 'a' && error_is(&error, "InvalidArgument")) {
+                log_error("Could not apply snapshot '%s': Failed to load snapshot: %s", arg, strerror(ENOENT));
+                ex = EXIT_FAILURE;
+        } else if (action == 'd' && error_is(&error, "InvalidArgument")) {
+                log_error("Could not delete snapshot '%s': snapshot not found", arg);
+                ex = EXIT_FAILURE;
+        } else
+                ex = log_bus_error(file, &error, r);
+
+finish:
+        chain_done(ctx, &chain);
+        return ex;
+}

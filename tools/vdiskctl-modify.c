@@ -601,10 +601,6 @@ static int convert_into(Ctx *ctx, Request *req) {
                 log_error("-o has no effect when skipping image creation");
                 return EXIT_USAGE;
         }
-        if (req->compress) {
-                log_error("-c cannot be combined with -n");
-                return EXIT_USAGE;
-        }
         ex = chain_open(ctx, in, req->format, 0, true, &src);
         if (ex != 0)
                 return ex;
@@ -619,6 +615,10 @@ static int convert_into(Ctx *ctx, Request *req) {
                 r = bus_options_open(m);
         if (r >= 0 && req->target_is_zero)
                 r = bus_append_opt_bool(m, "target-is-zero", true);
+        if (r >= 0 && req->compress)
+                r = bus_append_opt_bool(m, "compress", true);
+        if (r >= 0 && req->backing)
+                r = bus_append_opt_bool(m, "source-top-only", true);
         if (r >= 0)
                 r = bus_options_close(m);
         if (r < 0) {
@@ -626,7 +626,16 @@ static int convert_into(Ctx *ctx, Request *req) {
                 goto finish;
         }
         r = op_run(ctx, m, progress_wanted(req->progress), out, &w);
-        ex = op_finish(&w, out, r);
+        if (r == -EIO) {
+                /* A copy that failed, in vdisk-img's words (convert -c -n
+                 * over an allocated cluster among others): exit 1. */
+                log_error("Could not convert '%s' to '%s': %s", in, out,
+                          w.st.error_message && *w.st.error_message ? w.st.error_message
+                          : w.st.error_name                         ? w.st.error_name
+                                                                    : "unknown error");
+                ex = EXIT_FAILURE;
+        } else
+                ex = op_finish(&w, out, r);
         op_watch_done(&w);
 
 finish:
@@ -666,7 +675,7 @@ int cmd_convert(Ctx *ctx, Request *req) {
                 print_create_help(backend, info);
                 return EXIT_OK;
         }
-        if (optlist_get(opts, "backing_file") || optlist_get(opts, "backing_fmt")) {
+        if (req->backing || optlist_get(opts, "backing_file") || optlist_get(opts, "backing_fmt")) {
                 log_error("%s: A backing file for the output is not supported by vdiskctl", out_name);
                 return EXIT_USAGE;
         }

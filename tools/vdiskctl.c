@@ -32,6 +32,7 @@ FrontDialect front_dialect = {
         .program = PROGRAM_NAME,
         .hint = "Try '" PROGRAM_NAME " --help' for more information.\n",
         .exit_usage = EXIT_USAGE,
+        .drop_repeated_name = true,   /* vdiskd's messages name the file too */
 };
 
 typedef struct Command {
@@ -55,6 +56,7 @@ static const Command commands[] = {
         { "monitor",  cmd_monitor },
         { "repair",   .run_request = cmd_repair },
         { "resize",   .run_request = cmd_resize },
+        { "snapshot", .run_request = cmd_snapshot },
         { "status",   cmd_status },
 };
 

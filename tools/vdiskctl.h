@@ -204,6 +204,9 @@ int bus_call(Ctx *ctx, sd_bus_message *m, unsigned flags, sd_bus_error *error, s
 int bus_step(Ctx *ctx, uint64_t timeout_usec);
 /* Properties.GetAll of one interface as a dictionary. */
 int bus_get_all(Ctx *ctx, const char *path, const char *iface, sd_bus_error *error, Value *ret);
+/* Properties.Get of one property (those GetAll leaves out too). */
+int bus_get_property(Ctx *ctx, const char *path, const char *iface, const char *name, sd_bus_error *error,
+                     Value *ret);
 /* ObjectManager.GetManagedObjects: path -> interface -> properties. */
 int bus_get_objects(Ctx *ctx, sd_bus_error *error, Value *ret);
 /* Manager.Backends (cached). NULL on failure (logged). */
@@ -361,6 +364,7 @@ int cmd_commit(Ctx *ctx, Request *req);
 int cmd_compact(Ctx *ctx, Request *req);
 int cmd_resize(Ctx *ctx, Request *req);
 int cmd_compare(Ctx *ctx, Request *req);   /* vdiskctl-image.c */
+int cmd_snapshot(Ctx *ctx, Request *req);  /* vdiskctl-image.c */
 int cmd_cancel(Ctx *ctx, int argc, char **argv);
 
 void print_help(void);

@@ -230,7 +230,7 @@ static const FrontVerb verbs[_VERB_MAX] = {
         [VERB_SNAPSHOT] = {
                 "snapshot",
                 OPT(f) | OPT(q) | OPT(U) | OPT(SNAP_l) | OPT(SNAP_a) | OPT(SNAP_c) | OPT(SNAP_d),
-                0,
+                OPT(f) | OPT(U) | OPT(FORCE_SHARE) | OPT(SNAP_l) | OPT(SNAP_a) | OPT(SNAP_c) | OPT(SNAP_d),
                 "one image file name", "one image file name",
         },
         /* dd, measure and amend check their own arguments (dd's are operands) */
@@ -331,10 +331,8 @@ static int refuse(int c, const char *as_given) {
                 log_error("-u (unsafe) is not supported by vdiskctl: vdiskd opens the whole backing chain");
         else if (c == 'C')
                 log_error("Copy offloading (-C) is not supported");
-        else if (is_img())
-                log_error("Option '%s' is not supported", as_given);
         else
-                log_error("Option '-%c' is not supported by vdiskctl (use vdisk-img)", c);
+                log_error("Option '%s' is not supported", as_given);
         return front_dialect.exit_usage;
 }
 
@@ -394,9 +392,7 @@ static int handle_option(Request *req, int c, const char *arg, const char *as_gi
                         req->drop = true;
                 break;
         case 'B':
-                if (!img)
-                        return refuse(c, as_given);
-                req->backing = arg;
+                req->backing = arg;   /* vdiskctl: with -n only (CopyTo's source-top-only) */
                 break;
         case 'o':
                 if (optlist_parse(&req->opts, arg) < 0)
