@@ -241,14 +241,18 @@ static void report_messages(const Report *rep, FILE *f) {
         fflush(f);
 }
 
-/* One Check or Repair operation on the top image; *ret gets its Result.
+/* One Check or Repair operation on the top image; *ret gets its Result. A
+ * repair that writes writes `direct` (vdiskd's `direct-fd`), as vdisk-img.
  * Returns 0, or the (negative) op_run() result, or an exit code. */
-static int check_once(Ctx *ctx, Chain *c, CheckMode mode, bool progress, Value *ret) {
+static int check_once(Ctx *ctx, Chain *c, CheckMode mode, bool direct, bool progress, Value *ret) {
         _cleanup_msg_ sd_bus_message *m = NULL;
         _cleanup_(strv_freep) char **images = NULL;
+        _cleanup_close_ int direct_fd = -1;
         OpWatch w = {};
         int r;
 
+        if (direct && (mode == CHECK_REPAIR_LEAKS || mode == CHECK_REPAIR_ALL))
+                direct_fd = open_direct(c->elems[c->n - 1].fd);
         /* The image by its object path (Image.Check/Repair), not by index. */
         r = chain_image_paths(ctx, c, &images);
         if (r >= 0 && (c->n == 0 || !images[0] || strv_length(images) != c->n))
@@ -262,12 +266,12 @@ static int check_once(Ctx *ctx, Chain *c, CheckMode mode, bool progress, Value *
                 r = bus_append_opt_bool(m, "leaks-only", true);
         if (r >= 0 && mode == CHECK_DRY_RUN)
                 r = bus_append_opt_bool(m, "dry-run", true);
+        if (r >= 0 && direct_fd >= 0)
+                r = sd_bus_message_append(m, "{sv}", "direct-fd", "h", direct_fd);
         if (r >= 0)
                 r = bus_options_close(m);
-        if (r < 0) {
-                log_error("Could not build the request: %s", strerror(-r));
-                return EXIT_FAILURE;
-        }
+        if (r < 0)
+                return log_build_failed(NULL, r);
         r = op_run(ctx, m, progress, c->elems[c->n - 1].path, &w);
         if (r == -EIO || r == -ECANCELED || r == -EINTR) {
                 if (r == -EIO && streq_ptr(w.st.error_name, VDISK_ERROR_PREFIX "NotSupported")) {
@@ -307,7 +311,7 @@ int cmd_check(Ctx *ctx, Request *req) {
         if (r != 0)
                 return r == EXIT_CANCELLED ? r : CHECK_EXIT_ERROR;
 
-        r = check_once(ctx, &chain, mode, progress_wanted(false), &result);
+        r = check_once(ctx, &chain, mode, cache_mode_direct(req->src_cache), progress_wanted(false), &result);
         if (r == 0 && mode != CHECK_ONLY) {
                 report_from(&result, &fixed);
                 if (fixed.n.corruptions_fixed || fixed.n.leaks_fixed) {
@@ -316,7 +320,7 @@ int cmd_check(Ctx *ctx, Request *req) {
                         fixed_result = result;
                         result = (Value) {};
                         report_from(&fixed_result, &fixed);
-                        r = check_once(ctx, &chain, CHECK_ONLY, progress_wanted(false), &result);
+                        r = check_once(ctx, &chain, CHECK_ONLY, false, progress_wanted(false), &result);
                 }
         }
         if (r == -EOPNOTSUPP) {
@@ -363,7 +367,7 @@ int cmd_repair(Ctx *ctx, Request *req) {
         if (r != 0)
                 return r == EXIT_CANCELLED ? r : CHECK_EXIT_ERROR;
 
-        r = check_once(ctx, &chain, mode, progress_wanted(false), &result);
+        r = check_once(ctx, &chain, mode, true, progress_wanted(false), &result);
         if (r == -EOPNOTSUPP) {
                 log_error("The format of '%s' does not support repairs", file);
                 ex = CHECK_EXIT_UNSUPPORTED;
@@ -376,7 +380,7 @@ int cmd_repair(Ctx *ctx, Request *req) {
         report_from(&result, &rep);
         now = rep;
         if (!dry_run && (rep.n.corruptions_fixed || rep.n.leaks_fixed)) {
-                r = check_once(ctx, &chain, CHECK_ONLY, progress_wanted(false), &after);
+                r = check_once(ctx, &chain, CHECK_ONLY, false, progress_wanted(false), &after);
                 if (r != 0) {
                         ex = r == EXIT_CANCELLED ? r : CHECK_EXIT_ERROR;
                         goto finish;
@@ -420,8 +424,7 @@ int cmd_compare(Ctx *ctx, Request *req) {
         if (r >= 0)
                 r = bus_options_close(m);
         if (r < 0) {
-                log_error("Could not build the request: %s", strerror(-r));
-                ex = EXIT_FAILURE;
+                ex = log_build_failed(NULL, r);
                 goto finish;
         }
         r = op_run(ctx, m, progress_wanted(req->progress), req->files[1], &w);

@@ -161,16 +161,6 @@ typedef struct Output {
         struct stat st;
 } Output;
 
-/* The output opened a second time, for writing with O_DIRECT, through
- * /proc/self/fd (the same file whatever happened to its name); -1 if the file
- * system or the environment does not allow it. */
-static int open_direct(int fd) {
-        char path[64];
-
-        snprintf(path, sizeof path, "/proc/self/fd/%d", fd);
-        return open(path, O_WRONLY | O_DIRECT | O_CLOEXEC | O_NOCTTY);
-}
-
 /* Creates `path`, or truncates it when it is an existing regular file that is
  * none of the images of `avoid`. Logs; exit code. */
 static int output_open(const char *path, const Chain *avoid, Output *ret) {
@@ -654,9 +644,7 @@ int cmd_convert(Ctx *ctx, Request *req) {
         /* As vdisk-img: direct writes unless the page cache is asked for.
          * vdiskd flushes the output at the end either way. The source's
          * cache mode (-T) and locks (-U) are vdiskd's business. */
-        bool progress = req->progress, compress = req->compress,
-             direct = !streq_ptr(req->cache, "writeback") && !streq_ptr(req->cache, "writethrough") &&
-                      !streq_ptr(req->cache, "unsafe");
+        bool progress = req->progress, compress = req->compress, direct = cache_mode_direct(req->cache);
         const Value *info;
         _cleanup_free_ char *display = NULL;
         CreateOpts copts;
@@ -985,6 +973,7 @@ int cmd_resize(Ctx *ctx, Request *req) {
         _cleanup_bus_error_ sd_bus_error error = SD_BUS_ERROR_NULL;
         _cleanup_msg_ sd_bus_message *m = NULL;
         _cleanup_value_ Value props = {};
+        _cleanup_close_ int direct_fd = -1;
         const char *fmt = req->format, *size_arg = req->size_arg, *file = req->files[0], *prealloc = req->prealloc;
         bool shrink = req->shrink;
         uint64_t cur, new_size;
@@ -1028,6 +1017,8 @@ int cmd_resize(Ctx *ctx, Request *req) {
                 goto finish;
         }
 
+        /* As vdisk-img, direct writes (preallocation=full writes data). */
+        direct_fd = open_direct(chain.elems[chain.n - 1].fd);
         r = bus_new_call(ctx, chain.disk, VDISK_IFACE_DISK, "Resize", &m);
         if (r >= 0)
                 r = sd_bus_message_append(m, "t", new_size);
@@ -1037,6 +1028,8 @@ int cmd_resize(Ctx *ctx, Request *req) {
                 r = bus_append_opt_bool(m, "allow-shrink", true);
         if (r >= 0 && prealloc)
                 r = bus_append_opt_string(m, "preallocation", prealloc);
+        if (r >= 0 && direct_fd >= 0)
+                r = sd_bus_message_append(m, "{sv}", "direct-fd", "h", direct_fd);
         if (r >= 0)
                 r = bus_options_close(m);
         if (r < 0) {

@@ -85,6 +85,10 @@ void log_notice(const char *fmt, ...) _printf_(1, 2);    /* nothing with -q */
 extern volatile sig_atomic_t signals_received;
 void install_signal_handlers(void);
 
+/* The file of fd opened a second time, for writing with O_DIRECT, through
+ * /proc/self/fd (the same file whatever happened to its name), for vdiskd's
+ * `direct-fd`; -1 if the file system or the environment does not allow it. */
+int open_direct(int fd);
 /* A copy of s with every byte that is not valid UTF-8 replaced by U+FFFD
  * (D-Bus strings must be UTF-8; file names need not be). */
 char *utf8_sanitize(const char *s);

@@ -15,7 +15,9 @@ qemu-img as the oracle:
 
 import json
 import os
+import re
 import shutil
+import struct
 import subprocess
 
 import pytest
@@ -191,3 +193,70 @@ def test_snapshot_change(env, a):
     # a bad command line
     r = vdiskctl(env, 'snapshot', '-l', '-d', 'x', 'ch.qcow2', check=False)
     assert r.returncode == 2 and "Cannot mix '-l', '-a', '-c', '-d'" in r.stderr, r
+
+
+# ---------------------------------------------------------------- direct-fd
+
+def traced(env, *args):
+    """vdiskctl ARGS under strace: (result, whether a message it sent
+    carried a descriptor it had opened O_DIRECT, or a duplicate of one,
+    together with the key `direct-fd`)."""
+    log = env.tmp / unique('strace')
+    cmd = ['strace', '-f', '-qq', '-s', '65536', '-e', 'trace=openat,fcntl,sendmsg', '-o', str(log),
+           'setpriv', f'--reuid={UID_A}', f'--regid={UID_A}', '--clear-groups', '--', os.environ['VDISKCTL'],
+           f'--address={env.bus.address}', '--no-ask-password'] + [str(x) for x in args]
+    r = subprocess.run(cmd, cwd=env.dirs[UID_A], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                       timeout=120, env={'PATH': os.environ.get('PATH', '/usr/bin:/bin'), 'LANG': 'C.UTF-8'})
+    direct, passed = set(), False
+    for line in log.read_text().splitlines():
+        m = re.search(r'openat\(AT_FDCWD, "/proc/self/fd/\d+", [A-Z_|]*O_DIRECT[A-Z_|]*\)\s+= (\d+)', line)
+        if m:
+            direct.add(m.group(1))
+        m = re.search(r'fcntl\((\d+), F_DUPFD(?:_CLOEXEC)?, \d+\)\s+= (\d+)', line)   # sd-bus keeps a duplicate
+        if m and m.group(1) in direct:
+            direct.add(m.group(2))
+        m = re.search(r'SCM_RIGHTS, cmsg_data=\[([0-9, ]+)\]', line)
+        if m and 'direct-fd' in line and direct & {x.strip() for x in m.group(1).split(',')}:
+            passed = True
+    return r, passed
+
+
+def leaky_qcow2(env, name):
+    """A qcow2 image made by qemu-img with one leaked cluster (a refcount
+    of 1 for a cluster nothing maps, past the metadata)."""
+    path = qcow2(env, name, size=MiB)
+    with open(path, 'r+b') as f:
+        rt = struct.unpack('>Q', f.read(56)[48:56])[0]
+        f.seek(rt)
+        rb = struct.unpack('>Q', f.read(8))[0]
+        n = (os.path.getsize(path) + 65535) // 65536
+        f.seek(rb + 2 * n)
+        f.write(struct.pack('>H', 1))
+        f.truncate((n + 1) * 65536)
+    assert env.qemu_img('check', path, check=False).returncode == 3
+    return path
+
+
+def test_direct_fd_resize_repair(env, a):
+    path = qcow2(env, 'd.qcow2', writes=('write -P 0x11 0 1M',))
+    r, passed = traced(env, 'resize', 'd.qcow2', '+2M')
+    assert r.returncode == 0 and r.stdout == 'Image resized.\n' and passed, (r, passed)
+    assert json.loads(env.qemu_img('info', '--output=json', path).stdout)['virtual-size'] == SIZE + 2 * MiB
+    env.qemu_img('check', path)
+    qemu_io(env, path, 'read -P 0x11 0 1M', f'read -P 0 1M {SIZE + MiB}')
+    # preallocation=full writes the new part
+    raw = env.make_raw(UID_A, 'd.raw', SIZE, regions=((0, MiB, 0x11),))
+    r, passed = traced(env, 'resize', '-f', 'raw', '--preallocation=full', 'd.raw', '+1M')
+    assert r.returncode == 0 and passed, (r, passed)
+    assert os.path.getsize(raw) == SIZE + MiB and os.stat(raw).st_blocks * 512 >= MiB + MiB
+    qemu_io(env, raw, 'read -P 0x11 0 1M', f'read -P 0 1M {SIZE}', fmt='raw')
+
+    for args, direct in ((('check', '-r', 'leaks'), True), (('check', '-r', 'all', '-T', 'writeback'), False),
+                         (('repair',), True)):
+        path = leaky_qcow2(env, 'leak.qcow2')
+        r, passed = traced(env, *args, 'leak.qcow2')
+        assert r.returncode == 0 and passed == direct, (args, r, passed)
+        env.qemu_img('check', path)
+    # a check alone writes nothing: no descriptor for writing
+    r, passed = traced(env, 'check', 'leak.qcow2')
+    assert r.returncode == 0 and not passed, r

@@ -301,6 +301,10 @@ bool cache_mode_valid(const char *mode) {
         return false;
 }
 
+bool cache_mode_direct(const char *mode) {
+        return !streq_ptr(mode, "writeback") && !streq_ptr(mode, "writethrough") && !streq_ptr(mode, "unsafe");
+}
+
 static bool is_img(void) {
         return front_dialect.tool == FRONT_IMG;
 }
