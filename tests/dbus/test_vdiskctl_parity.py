@@ -260,3 +260,67 @@ def test_direct_fd_resize_repair(env, a):
     # a check alone writes nothing: no descriptor for writing
     r, passed = traced(env, 'check', 'leak.qcow2')
     assert r.returncode == 0 and not passed, r
+
+
+# ---------------------------------------------------------------- convert -n -B
+
+def top_map(env, path):
+    """What the top image of path's chain defines, as qemu-img maps it."""
+    return [(e['start'], e['length'], e['zero']) for e in
+            json.loads(env.qemu_img('map', '--output=json', path).stdout) if e['depth'] == 0 and e['present']]
+
+
+def test_convert_into_top_only(env, a):
+    base = qcow2(env, 'b-base.qcow2', writes=('write -P 0x11 0 4M',))
+    top = p(env, 'b-top.qcow2')
+    env.qemu_img('create', '-q', '-f', 'qcow2', '-b', 'b-base.qcow2', '-F', 'qcow2', top)
+    qemu_io(env, top, 'write -P 0x22 1M 64k', 'write -z 2M 64k', 'write -P 0x23 6M 128k')
+    env.chown(top, UID_A)
+    # the targets: an overlay over a copy of the source's base, as qemu-img convert -n -B expects
+    for t in ('ctl', 'img'):
+        shutil.copy(base, p(env, f'b-tbase-{t}.qcow2'))
+        env.chown(p(env, f'b-tbase-{t}.qcow2'), UID_A)
+        env.qemu_img('create', '-q', '-f', 'qcow2', '-b', f'b-tbase-{t}.qcow2', '-F', 'qcow2', p(env, f'b-t-{t}.qcow2'))
+        env.chown(p(env, f'b-t-{t}.qcow2'), UID_A)
+
+    r = vdiskctl(env, 'convert', '-n', '-B', 'b-tbase-ctl.qcow2', '-O', 'qcow2', 'b-top.qcow2', 'b-t-ctl.qcow2')
+    assert r.stdout == '' and r.stderr == '', r
+    dst = p(env, 'b-t-ctl.qcow2')
+    env.qemu_img('check', dst)
+    env.qemu_img('compare', top, dst)
+    # only the source's top was copied: the target's top defines what it does, no more
+    assert top_map(env, dst) == top_map(env, top)
+    env.vdisk_img('convert', '-n', '-B', p(env, 'b-tbase-img.qcow2'), '-O', 'qcow2', top, p(env, 'b-t-img.qcow2'))
+    assert top_map(env, dst) == top_map(env, p(env, 'b-t-img.qcow2'))
+    # without -B the whole source is copied into the target's top
+    env.qemu_img('create', '-q', '-f', 'qcow2', '-b', 'b-tbase-ctl.qcow2', '-F', 'qcow2', p(env, 'b-full.qcow2'))
+    env.chown(p(env, 'b-full.qcow2'), UID_A)
+    vdiskctl(env, 'convert', '-n', '-O', 'qcow2', 'b-top.qcow2', 'b-full.qcow2')
+    assert top_map(env, p(env, 'b-full.qcow2')) != top_map(env, top)
+
+    # -B makes a new image with a backing file: vdisk-img's business
+    r = vdiskctl(env, 'convert', '-B', 'b-tbase-ctl.qcow2', '-O', 'qcow2', 'b-top.qcow2', 'b-new.qcow2', check=False)
+    assert r.returncode == 2 and 'A backing file for the output is not supported' in r.stderr, r
+    assert not os.path.exists(p(env, 'b-new.qcow2'))
+    # -c takes the whole source
+    r = vdiskctl(env, 'convert', '-c', '-n', '-B', 'b-tbase-ctl.qcow2', '-O', 'qcow2', 'b-top.qcow2', 'b-t-ctl.qcow2',
+                 check=False)
+    assert r.returncode != 0 and "'compress' and 'source-top-only'" in r.stderr, r
+
+
+# ---------------------------------------------------------------- compare -T/-U
+
+def test_compare_cache_and_share(env, a):
+    env.make_raw(UID_A, 't1.raw', SIZE, regions=((0, 4096, 0x41),))
+    env.make_raw(UID_A, 't2.raw', SIZE, regions=((0, 4096, 0x41), (5 * MiB, 512, 0x42)))
+    for args in (('-T', 'writeback', 't1.raw', 't2.raw'), ('-U', 't1.raw', 't1.raw'),
+                 ('--force-share', '-T', 'none', '-f', 'raw', 't1.raw', 't2.raw')):
+        ctl = vdiskctl(env, 'compare', *args, check=False)
+        img = env.vdisk_img('compare', *[p(env, x) if x.endswith('.raw') else x for x in args], check=False)
+        assert (ctl.returncode, ctl.stdout) == (img.returncode, img.stdout), (args, ctl, img)
+        assert ctl.returncode in (0, 1) and ctl.stdout, ctl
+    # a cache mode that is none: both refuse it (vdiskctl: a bad command line, 2)
+    ctl = vdiskctl(env, 'compare', '-T', 'bogus', 't1.raw', 't2.raw', check=False)
+    img = env.vdisk_img('compare', '-T', 'bogus', p(env, 't1.raw'), p(env, 't2.raw'), check=False)
+    assert errors(ctl.stderr, 'vdiskctl') == errors(img.stdout, 'vdisk-img') == ['Invalid source cache option: bogus']
+    assert (ctl.returncode, img.returncode) == (2, 1)

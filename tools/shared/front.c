@@ -405,9 +405,10 @@ static int handle_option(Request *req, int c, const char *arg, const char *as_gi
                 break;
         case 't':
         case 'T':
-                /* vdiskd takes no cache modes: vdiskctl passes them over;
-                 * amend takes any (it always flushes). */
-                if (img && req->verb != VERB_AMEND && !cache_mode_valid(arg)) {
+                /* vdiskd takes no cache modes: vdiskctl checks the word and
+                 * decides only whether to pass a direct-fd; amend takes any
+                 * (it always flushes). */
+                if (req->verb != VERB_AMEND && !cache_mode_valid(arg)) {
                         log_error("Invalid %scache option: %s",
                                   req->verb == VERB_CHECK || req->verb == VERB_COMPARE ? "source " : "", arg);
                         return front_dialect.exit_usage;
