@@ -99,8 +99,7 @@ static int create_opts_check(OptList *l, const Value *info, const char *file, Cr
                                 return EXIT_USAGE;
                         }
                         if (asprintf(&s, "%" PRIu64, v) < 0) {
-                                log_error("Out of memory");
-                                return EXIT_FAILURE;
+                                return log_oom();
                         }
                         optlist_replace_value(l, i, s);
                 }
@@ -224,8 +223,6 @@ static void output_close(Output *o, bool success) {
 
 /* ---------------------------------------------------------------- outputs of several files */
 
-static int build_failed(int r);
-
 /* The files a new image consists of besides its own (the extents of a split
  * VMDK), created by vdiskctl next to the output and passed by name: vdiskd
  * creates nothing itself. The names follow libvdisk's rule, documented in
@@ -339,8 +336,7 @@ static int companions_open(const char *backend, OptList *opts, const char *file,
                 c.out = NULL;
                 c.n = 0;
                 companions_close(&c, false);
-                log_error("Out of memory");
-                return EXIT_FAILURE;
+                return log_oom();
         }
         for (size_t i = 0; i < c.n; i++)
                 c.out[i].fd = -1;
@@ -348,8 +344,7 @@ static int companions_open(const char *backend, OptList *opts, const char *file,
                 if (asprintf(&c.paths[i], "%s/%s", dir, c.names[i]) < 0) {
                         c.paths[i] = NULL;
                         companions_close(&c, false);
-                        log_error("Out of memory");
-                        return EXIT_FAILURE;
+                        return log_oom();
                 }
                 r = output_open(c.paths[i], avoid, &c.out[i]);
                 if (r != 0) {
@@ -375,12 +370,11 @@ static int companions_append(Ctx *ctx, sd_bus_message *m, Companions *c, unsigne
         for (size_t i = 0; i < c->n; i++)
                 if (named_fds_push(&l, &n, strdup(c->names[i]), c->out[i].fd) < 0) {
                         named_fds_free(l, n);
-                        log_error("Out of memory");
-                        return EXIT_FAILURE;
+                        return log_oom();
                 }
         per_call = call_fds_max(ctx);
         if (used + n <= per_call)
-                r = bus_append_opt_files(m, l, n) < 0 ? build_failed(-ENOMEM) : 0;
+                r = bus_append_opt_files(m, l, n) < 0 ? log_build_failed(NULL, -ENOMEM) : 0;
         else {
                 r = file_set_new_filled(ctx, l, n, per_call, what, &c->file_set);
                 if (r == -EOPNOTSUPP) {
@@ -388,18 +382,13 @@ static int companions_append(Ctx *ctx, sd_bus_message *m, Companions *c, unsigne
                                   "no FileSets", what, n + used);
                         r = EXIT_NOT_SUPPORTED;
                 } else if (r == 0 && sd_bus_message_append(m, "{sv}", "file-set", "o", c->file_set) < 0)
-                        r = build_failed(-ENOMEM);
+                        r = log_build_failed(NULL, -ENOMEM);
         }
         named_fds_free(l, n);
         return r;
 }
 
 /* ---------------------------------------------------------------- helpers */
-
-static int build_failed(int r) {
-        log_error("Could not build the request: %s", strerror(-r));
-        return EXIT_FAILURE;
-}
 
 /* The exit code of a finished op_run(); logs what failed. */
 static int op_finish(OpWatch *w, const char *what, int r) {
@@ -454,14 +443,12 @@ int cmd_create(Ctx *ctx, Request *req) {
                 return r;
         display = utf8_sanitize(path_basename(file));
         if (!display) {
-                log_error("Out of memory");
-                return EXIT_FAILURE;
+                return log_oom();
         }
 
         if (backing) {
                 if (path_relative_to(file, backing, &backing_path) < 0) {
-                        log_error("Out of memory");
-                        return EXIT_FAILURE;
+                        return log_oom();
                 }
                 r = chain_open(ctx, backing_path, backing_fmt, 0, false, &chain);
                 if (r != 0)
@@ -526,7 +513,7 @@ int cmd_create(Ctx *ctx, Request *req) {
                 if (r >= 0)
                         r = bus_options_close(cm);
                 if (r < 0) {
-                        ex = build_failed(r);
+                        ex = log_build_failed(NULL, r);
                         goto finish;
                 }
                 r = bus_call(ctx, cm, 0, &error, &reply);
@@ -552,7 +539,7 @@ int cmd_create(Ctx *ctx, Request *req) {
         if (r >= 0)
                 r = bus_append_opt_string(m, "display-name", display);
         if (r < 0) {
-                ex = build_failed(r);
+                ex = log_build_failed(NULL, r);
                 goto finish;
         }
         r = companions_append(ctx, m, &comp, 1, file);
@@ -562,7 +549,7 @@ int cmd_create(Ctx *ctx, Request *req) {
         }
         r = bus_options_close(m);
         if (r < 0) {
-                ex = build_failed(r);
+                ex = log_build_failed(NULL, r);
                 goto finish;
         }
         r = op_run(ctx, m, progress_wanted(false), file, &w);
@@ -612,7 +599,7 @@ static int convert_into(Ctx *ctx, Request *req) {
         if (r >= 0)
                 r = bus_options_close(m);
         if (r < 0) {
-                ex = build_failed(r);
+                ex = log_build_failed(NULL, r);
                 goto finish;
         }
         r = op_run(ctx, m, progress_wanted(req->progress), out, &w);
@@ -663,7 +650,7 @@ int cmd_convert(Ctx *ctx, Request *req) {
                 print_create_help(backend, info);
                 return EXIT_OK;
         }
-        if (req->backing || optlist_get(opts, "backing_file") || optlist_get(opts, "backing_fmt")) {
+        if (optlist_get(opts, "backing_file") || optlist_get(opts, "backing_fmt")) {
                 log_error("%s: A backing file for the output is not supported by vdiskctl", out_name);
                 return EXIT_USAGE;
         }
@@ -689,7 +676,7 @@ int cmd_convert(Ctx *ctx, Request *req) {
         }
         display = utf8_sanitize(path_basename(out_name));
         if (!display) {
-                log_error("Out of memory");
+                log_oom();
                 goto finish;
         }
         if (new_size == 0) {
@@ -729,7 +716,7 @@ int cmd_convert(Ctx *ctx, Request *req) {
         if (r >= 0 && comp.n > 0)
                 r = bus_append_opt_string(m, "display-name", display);
         if (r < 0) {
-                ex = build_failed(r);
+                ex = log_build_failed(NULL, r);
                 goto finish;
         }
         r = companions_append(ctx, m, &comp, 1 + (direct_fd >= 0), out_name);
@@ -739,7 +726,7 @@ int cmd_convert(Ctx *ctx, Request *req) {
         }
         r = bus_options_close(m);
         if (r < 0) {
-                ex = build_failed(r);
+                ex = log_build_failed(NULL, r);
                 goto finish;
         }
         r = op_run(ctx, m, progress_wanted(progress), out_name, &w);
@@ -770,15 +757,10 @@ static int run_merge(Ctx *ctx, Chain *chain, unsigned from, unsigned to, bool pr
         if (r >= 0 && (strv_length(images) != chain->n || from >= chain->n || to >= chain->n))
                 r = -EBADMSG;
         if (r >= 0)
-                r = bus_new_call(ctx, chain->disk, VDISK_IFACE_DISK, "MergeImages", &m);
-        if (r >= 0)
-                r = sd_bus_message_append(m, "oo", images[from], images[to]);
-        if (r >= 0)
-                r = bus_options_open(m);
-        if (r >= 0)
-                r = bus_options_close(m);
+                r = bus_new_simple_call(ctx, chain->disk, VDISK_IFACE_DISK, "MergeImages", &m, "oo", images[from],
+                                        images[to]);
         if (r < 0)
-                return build_failed(r);
+                return log_build_failed(NULL, r);
         r = op_run(ctx, m, progress, what, &w);
         ex = op_finish(&w, what, r);
         if (ex == EXIT_OK && !arg_quiet) {
@@ -867,7 +849,7 @@ int cmd_merge(Ctx *ctx, int argc, char **argv) {
         }
         if (asprintf(&msg, "Merged '%s' into '%s'.", chain.elems[from].path, chain.elems[to].path) < 0) {
                 msg = NULL;
-                log_error("Out of memory");
+                log_oom();
                 goto finish;
         }
         ex = run_merge(ctx, &chain, from, to, progress_wanted(progress), file, msg);
@@ -941,13 +923,9 @@ int cmd_compact(Ctx *ctx, Request *req) {
         if (r >= 0 && strv_length(images) != chain.n)
                 r = -EBADMSG;
         if (r >= 0)
-                r = bus_new_call(ctx, images[image], VDISK_IFACE_IMAGE, "Compact", &m);
-        if (r >= 0)
-                r = bus_options_open(m);
-        if (r >= 0)
-                r = bus_options_close(m);
+                r = bus_new_simple_call(ctx, images[image], VDISK_IFACE_IMAGE, "Compact", &m, NULL);
         if (r < 0) {
-                ex = build_failed(r);
+                ex = log_build_failed(NULL, r);
                 goto finish;
         }
         r = op_run(ctx, m, progress_wanted(progress), chain.elems[image].path, &w);
@@ -1033,7 +1011,7 @@ int cmd_resize(Ctx *ctx, Request *req) {
         if (r >= 0)
                 r = bus_options_close(m);
         if (r < 0) {
-                ex = build_failed(r);
+                ex = log_build_failed(NULL, r);
                 goto finish;
         }
         r = op_run(ctx, m, progress_wanted(false), file, &w);

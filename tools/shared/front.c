@@ -529,17 +529,10 @@ static int handle_option(Request *req, int c, const char *arg, const char *as_gi
         case ARG_DRY_RUN:
                 req->check_mode = CHECK_DRY_RUN;
                 break;
-        case ARG_IMAGE: {
-                char *end;
-                unsigned long v;
-
-                errno = 0;
-                v = strtoul(arg, &end, 10);
-                if (!(arg[0] >= '0' && arg[0] <= '9') || errno != 0 || *end || v > UINT32_MAX)
+        case ARG_IMAGE:
+                if (parse_uint(arg, &req->image) < 0)
                         return usage_error("--image takes an image index (0 is the base): %s", arg);
-                req->image = (unsigned) v;
                 break;
-        }
         case ARG_TARGET_IS_ZERO:
                 req->target_is_zero = true;
                 break;
@@ -588,6 +581,8 @@ int front_check_files(Request *req) {
                 /* (vdisk-img says so after the format checks, as it always did) */
                 if (req->target_is_zero && !req->no_create && !is_img())
                         return usage_error("--target-is-zero requires -n");
+                if (req->backing && !req->no_create && !is_img())
+                        return usage_error("-B requires -n: vdiskctl creates no output with a backing file");
                 if (req->n_args > 2 && is_img()) {
                         log_error("Concatenating several source images is not supported");
                         return front_dialect.exit_usage;
