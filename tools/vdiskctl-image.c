@@ -479,12 +479,14 @@ static int snapshot_list(Ctx *ctx, const char *image, const char *file, bool qui
         printf("Snapshot list:\n");
         snapshot_table_header();
         for (size_t i = 0; i < list.c.n; i++) {
-                const Value *f = list.c.items[i].c.items;
+                const Value *e = &list.c.items[i], *f;
 
                 /* (id, name, vm-state size, date µs, guest clock ns, disk size, icount) */
-                if (list.c.items[i].type != VALUE_ARRAY || list.c.items[i].c.n != 7 || f[0].type != VALUE_STRING ||
-                    f[1].type != VALUE_STRING || f[2].type != VALUE_UINT || f[3].type != VALUE_UINT ||
-                    f[4].type != VALUE_UINT || f[6].type != VALUE_UINT)
+                if (e->type != VALUE_ARRAY || e->c.n != 7)
+                        continue;
+                f = e->c.items;
+                if (f[0].type != VALUE_STRING || f[1].type != VALUE_STRING || f[2].type != VALUE_UINT ||
+                    f[3].type != VALUE_UINT || f[4].type != VALUE_UINT || f[6].type != VALUE_UINT)
                         continue;
                 snapshot_table_row(f[0].s, f[1].s, f[2].u, (int64_t) (f[3].u / 1000000), f[4].u, f[6].u);
         }
@@ -495,8 +497,6 @@ static int snapshot_list(Ctx *ctx, const char *image, const char *file, bool qui
  * -c, -a and -d call its CreateSnapshot, ApplySnapshot, DeleteSnapshot;
  * vdisk-img's output, messages and exit codes (qemu-img 7.2's). */
 int cmd_snapshot(Ctx *ctx, Request *req) {
-        static const char *const methods[] = { ['c'] = "CreateSnapshot", ['a'] = "ApplySnapshot",
-                                               ['d'] = "DeleteSnapshot" };
         _cleanup_bus_error_ sd_bus_error error = SD_BUS_ERROR_NULL;
         _cleanup_msg_ sd_bus_message *m = NULL;
         _cleanup_(strv_freep) char **images = NULL;
@@ -521,8 +521,9 @@ int cmd_snapshot(Ctx *ctx, Request *req) {
                 goto finish;
         }
 
-        r = bus_new_simple_call(ctx, images[chain.n - 1], VDISK_IFACE_IMAGE, methods[(unsigned char) action], &m,
-                                "s", arg);
+        r = bus_new_simple_call(ctx, images[chain.n - 1], VDISK_IFACE_IMAGE,
+                                action == 'c' ? "CreateSnapshot" : action == 'a' ? "ApplySnapshot" : "DeleteSnapshot",
+                                &m, "s", arg);
         if (r < 0) {
                 ex = log_build_failed(file, r);
                 goto finish;

@@ -98,9 +98,8 @@ static int create_opts_check(OptList *l, const Value *info, const char *file, Cr
                                 log_error("%s: Parameter '%s' expects a size", file, optlist_key(l, i));
                                 return EXIT_USAGE;
                         }
-                        if (asprintf(&s, "%" PRIu64, v) < 0) {
+                        if (asprintf(&s, "%" PRIu64, v) < 0)
                                 return log_oom();
-                        }
                         optlist_replace_value(l, i, s);
                 }
                 ret->n_format_options++;
@@ -442,14 +441,12 @@ int cmd_create(Ctx *ctx, Request *req) {
         if (r != 0)
                 return r;
         display = utf8_sanitize(path_basename(file));
-        if (!display) {
+        if (!display)
                 return log_oom();
-        }
 
         if (backing) {
-                if (path_relative_to(file, backing, &backing_path) < 0) {
+                if (path_relative_to(file, backing, &backing_path) < 0)
                         return log_oom();
-                }
                 r = chain_open(ctx, backing_path, backing_fmt, 0, false, &chain);
                 if (r != 0)
                         return r;
@@ -570,6 +567,7 @@ finish:
 static int convert_into(Ctx *ctx, Request *req) {
         const char *in = req->files[0], *out = req->files[1];
         _cleanup_msg_ sd_bus_message *m = NULL;
+        _cleanup_close_ int direct_fd = -1;
         Chain src = {}, dst = {};
         OpWatch w = {};
         int r, ex;
@@ -584,6 +582,9 @@ static int convert_into(Ctx *ctx, Request *req) {
         ex = chain_open(ctx, out, req->out_format, CHAIN_TOP_WRITABLE, false, &dst);
         if (ex != 0)
                 goto finish;
+        /* As convert without -n: direct writes unless -t asks for the cache. */
+        if (cache_mode_direct(req->cache))
+                direct_fd = open_direct(dst.elems[dst.n - 1].fd);
 
         r = bus_new_call(ctx, src.disk, VDISK_IFACE_DISK, "CopyTo", &m);
         if (r >= 0)
@@ -596,6 +597,8 @@ static int convert_into(Ctx *ctx, Request *req) {
                 r = bus_append_opt_bool(m, "compress", true);
         if (r >= 0 && req->backing)
                 r = bus_append_opt_bool(m, "source-top-only", true);
+        if (r >= 0 && direct_fd >= 0)
+                r = sd_bus_message_append(m, "{sv}", "direct-fd", "h", direct_fd);
         if (r >= 0)
                 r = bus_options_close(m);
         if (r < 0) {

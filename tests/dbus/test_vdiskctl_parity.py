@@ -9,7 +9,8 @@ qemu-img as the oracle:
 - convert -n -B (CopyTo `source-top-only`): only the source's top is copied;
 - snapshot -l/-c/-a/-d over the Image's snapshot methods: -l prints what
   vdisk-img and qemu-img print, the others change what qemu-img lists;
-- resize and check -r pass a `direct-fd` (unless -t asks for the cache);
+- resize, check -r, repair and convert -n pass a `direct-fd` (unless -t/-T
+  ask for the page cache);
 - compare -T/-U accepted as vdisk-img accepts them.
 """
 
@@ -260,6 +261,14 @@ def test_direct_fd_resize_repair(env, a):
     # a check alone writes nothing: no descriptor for writing
     r, passed = traced(env, 'check', 'leak.qcow2')
     assert r.returncode == 0 and not passed, r
+
+    # convert -n: the target's top, as convert without -n does for its output
+    src = env.make_raw(UID_A, 'dn.raw', SIZE, regions=((0, MiB, 0x61),))
+    for cache, direct in ((None, True), ('writeback', False)):
+        dst = qcow2(env, unique('dn') + '.qcow2')
+        r, passed = traced(env, 'convert', '-n', *(('-t', cache) if cache else ()), '-O', 'qcow2', 'dn.raw', dst.name)
+        assert r.returncode == 0 and passed == direct, (cache, r, passed)
+        env.qemu_img('compare', '-f', 'raw', '-F', 'qcow2', src, dst)
 
 
 # ---------------------------------------------------------------- convert -n -B
