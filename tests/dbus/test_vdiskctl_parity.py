@@ -37,10 +37,6 @@ def a(env):
     return env.agent(UID_A, 'A')
 
 
-def p(env, name):
-    return user_path(env, name)
-
-
 def qemu_io(env, path, *cmds, fmt='qcow2'):
     args = ['qemu-io', '-f', fmt]
     for c in cmds:
@@ -50,7 +46,7 @@ def qemu_io(env, path, *cmds, fmt='qcow2'):
 
 def qcow2(env, name, size=SIZE, writes=()):
     """A qcow2 image of uid A made by qemu-img, `writes` done by qemu-io."""
-    path = p(env, name)
+    path = user_path(env, name)
     env.qemu_img('create', '-q', '-f', 'qcow2', path, str(size))
     if writes:
         qemu_io(env, path, *writes)
@@ -61,18 +57,6 @@ def qcow2(env, name, size=SIZE, writes=()):
 def errors(text, prog):
     """The messages of `prog` in text, without the program's prefix."""
     return [l[len(prog) + 2:] for l in text.splitlines() if l.startswith(prog + ': ')]
-
-
-def both(env, *args):
-    """vdiskctl ARGS and vdisk-img ARGS (file names made absolute for
-    vdisk-img): (exit code, stdout, messages) of each."""
-    ctl = vdiskctl(env, *args, check=False)
-    img = env.run('setpriv', f'--reuid={UID_A}', f'--regid={UID_A}', '--clear-groups', '--',
-                  os.environ['VDISK_IMG'], *[p(env, x) if '.' in str(x) and not str(x).startswith('-') else x
-                                              for x in args], check=False)
-    img_out = '\n'.join(l for l in img.stdout.splitlines() if not l.startswith('vdisk-img: '))
-    return ((ctl.returncode, ctl.stdout, errors(ctl.stderr, 'vdiskctl')),
-            (img.returncode, img_out + '\n' if img_out else '', errors(img.stdout, 'vdisk-img')))
 
 
 # ---------------------------------------------------------------- convert -c -n
@@ -102,25 +86,26 @@ def test_convert_compress_into(env, a):
     for tool in ('ctl', 'img'):
         qcow2(env, f'c-busy-{tool}.qcow2', writes=('write -P 0x55 2M 64k',))
     ctl = vdiskctl(env, 'convert', '-c', '-n', '-O', 'qcow2', 'c-src.raw', 'c-busy-ctl.qcow2', check=False)
-    img = env.vdisk_img('convert', '-c', '-n', '-O', 'qcow2', src, p(env, 'c-busy-img.qcow2'), check=False)
+    img = env.vdisk_img('convert', '-c', '-n', '-O', 'qcow2', src, user_path(env, 'c-busy-img.qcow2'), check=False)
     assert ctl.returncode == img.returncode == 1, (ctl, img)
     # vdiskd says what is left behind
     mix = "; the target holds a mix of its old content and the source's"
-    want = [w.replace(str(p(env, '')) + '/', '').replace('-img.', '-ctl.') + mix for w in errors(img.stdout, 'vdisk-img')]
+    want = [w.replace(str(user_path(env, '')) + '/', '').replace('-img.', '-ctl.') + mix
+            for w in errors(img.stdout, 'vdisk-img')]
     assert want and errors(ctl.stderr, 'vdiskctl') == want, (ctl.stderr, img.stdout)
     assert 'the cluster at 2097152 is allocated' in want[0]
-    env.qemu_img('check', '-f', 'qcow2', p(env, 'c-busy-ctl.qcow2'))
+    env.qemu_img('check', '-f', 'qcow2', user_path(env, 'c-busy-ctl.qcow2'))
 
     # a format without compressed clusters: refused before anything is written
-    env.vdisk_img('create', '-f', 'vdi', p(env, 'c-dst.vdi'), str(SIZE))
-    env.chown(p(env, 'c-dst.vdi'), UID_A)
-    before = open(p(env, 'c-dst.vdi'), 'rb').read()
+    env.vdisk_img('create', '-f', 'vdi', user_path(env, 'c-dst.vdi'), str(SIZE))
+    env.chown(user_path(env, 'c-dst.vdi'), UID_A)
+    before = open(user_path(env, 'c-dst.vdi'), 'rb').read()
     ctl = vdiskctl(env, 'convert', '-c', '-n', '-O', 'vdi', 'c-src.raw', 'c-dst.vdi', check=False)
-    img = env.vdisk_img('convert', '-c', '-n', '-O', 'vdi', src, p(env, 'c-dst.vdi'), check=False)
+    img = env.vdisk_img('convert', '-c', '-n', '-O', 'vdi', src, user_path(env, 'c-dst.vdi'), check=False)
     assert img.returncode == 1 and errors(img.stdout, 'vdisk-img') == ['Compression not supported for this file format']
     assert ctl.returncode == 6 and errors(ctl.stderr, 'vdiskctl') == \
         ['c-dst.vdi: Compression not supported for this file format'], ctl
-    assert open(p(env, 'c-dst.vdi'), 'rb').read() == before
+    assert open(user_path(env, 'c-dst.vdi'), 'rb').read() == before
 
 
 # ---------------------------------------------------------------- snapshot
@@ -130,8 +115,8 @@ def snapshot_l(env, name):
     qemu-img's for the same file."""
     ctl = vdiskctl(env, 'snapshot', '-l', name)
     assert ctl.stderr == '', ctl
-    assert ctl.stdout == env.vdisk_img('snapshot', '-l', p(env, name)).stdout
-    assert ctl.stdout == env.qemu_img('snapshot', '-l', p(env, name)).stdout
+    assert ctl.stdout == env.vdisk_img('snapshot', '-l', user_path(env, name)).stdout
+    assert ctl.stdout == env.qemu_img('snapshot', '-l', user_path(env, name)).stdout
     return ctl.stdout
 
 
@@ -181,12 +166,12 @@ def test_snapshot_change(env, a):
 
     # failures: vdisk-img's messages and exit codes
     env.make_raw(UID_A, 'ch.raw', SIZE)
-    env.vdisk_img('create', '-q', '-f', 'vdi', p(env, 'ch.vdi'), str(SIZE))
-    env.chown(p(env, 'ch.vdi'), UID_A)
+    env.vdisk_img('create', '-q', '-f', 'vdi', user_path(env, 'ch.vdi'), str(SIZE))
+    env.chown(user_path(env, 'ch.vdi'), UID_A)
     for args in (('-a', 'nope', 'ch.qcow2'), ('-d', 'nope', 'ch.qcow2'), ('-c', 'x', 'ch.vdi'),
                  ('-a', 'x', 'ch.vdi'), ('-d', 'x', 'ch.vdi'), ('-c', 'x', '-f', 'raw', 'ch.raw')):
         ctl = vdiskctl(env, 'snapshot', *args, check=False)
-        img = env.vdisk_img('snapshot', *[p(env, x) if x.startswith('ch.') else x for x in args], check=False)
+        img = env.vdisk_img('snapshot', *[user_path(env, x) if x.startswith('ch.') else x for x in args], check=False)
         assert (ctl.returncode, errors(ctl.stderr, 'vdiskctl')) == (img.returncode, errors(img.stdout, 'vdisk-img')), \
             (args, ctl, img)
         assert ctl.returncode == 1
@@ -279,38 +264,41 @@ def top_map(env, path):
             json.loads(env.qemu_img('map', '--output=json', path).stdout) if e['depth'] == 0 and e['present']]
 
 
+def overlay(env, name, backing):
+    """A qcow2 image of uid A over `backing` (a name in the same directory), made by qemu-img."""
+    path = user_path(env, name)
+    env.qemu_img('create', '-q', '-f', 'qcow2', '-b', backing, '-F', 'qcow2', path)
+    env.chown(path, UID_A)
+    return path
+
+
 def test_convert_into_top_only(env, a):
     base = qcow2(env, 'b-base.qcow2', writes=('write -P 0x11 0 4M',))
-    top = p(env, 'b-top.qcow2')
-    env.qemu_img('create', '-q', '-f', 'qcow2', '-b', 'b-base.qcow2', '-F', 'qcow2', top)
+    top = overlay(env, 'b-top.qcow2', 'b-base.qcow2')
     qemu_io(env, top, 'write -P 0x22 1M 64k', 'write -z 2M 64k', 'write -P 0x23 6M 128k')
-    env.chown(top, UID_A)
-    # the targets: an overlay over a copy of the source's base, as qemu-img convert -n -B expects
+    # the targets: overlays over a copy of the source's base, as qemu-img convert -n -B expects
     for t in ('ctl', 'img'):
-        shutil.copy(base, p(env, f'b-tbase-{t}.qcow2'))
-        env.chown(p(env, f'b-tbase-{t}.qcow2'), UID_A)
-        env.qemu_img('create', '-q', '-f', 'qcow2', '-b', f'b-tbase-{t}.qcow2', '-F', 'qcow2', p(env, f'b-t-{t}.qcow2'))
-        env.chown(p(env, f'b-t-{t}.qcow2'), UID_A)
+        shutil.copy(base, user_path(env, f'b-tbase-{t}.qcow2'))
+        env.chown(user_path(env, f'b-tbase-{t}.qcow2'), UID_A)
+    dst, ref = overlay(env, 'b-t-ctl.qcow2', 'b-tbase-ctl.qcow2'), overlay(env, 'b-t-img.qcow2', 'b-tbase-img.qcow2')
 
     r = vdiskctl(env, 'convert', '-n', '-B', 'b-tbase-ctl.qcow2', '-O', 'qcow2', 'b-top.qcow2', 'b-t-ctl.qcow2')
     assert r.stdout == '' and r.stderr == '', r
-    dst = p(env, 'b-t-ctl.qcow2')
     env.qemu_img('check', dst)
     env.qemu_img('compare', top, dst)
     # only the source's top was copied: the target's top defines what it does, no more
     assert top_map(env, dst) == top_map(env, top)
-    env.vdisk_img('convert', '-n', '-B', p(env, 'b-tbase-img.qcow2'), '-O', 'qcow2', top, p(env, 'b-t-img.qcow2'))
-    assert top_map(env, dst) == top_map(env, p(env, 'b-t-img.qcow2'))
+    env.vdisk_img('convert', '-n', '-B', user_path(env, 'b-tbase-img.qcow2'), '-O', 'qcow2', top, ref)
+    assert top_map(env, dst) == top_map(env, ref)
     # without -B the whole source is copied into the target's top
-    env.qemu_img('create', '-q', '-f', 'qcow2', '-b', 'b-tbase-ctl.qcow2', '-F', 'qcow2', p(env, 'b-full.qcow2'))
-    env.chown(p(env, 'b-full.qcow2'), UID_A)
+    full = overlay(env, 'b-full.qcow2', 'b-tbase-ctl.qcow2')
     vdiskctl(env, 'convert', '-n', '-O', 'qcow2', 'b-top.qcow2', 'b-full.qcow2')
-    assert top_map(env, p(env, 'b-full.qcow2')) != top_map(env, top)
+    assert top_map(env, full) != top_map(env, top)
 
     # -B makes a new image with a backing file: vdisk-img's business
     r = vdiskctl(env, 'convert', '-B', 'b-tbase-ctl.qcow2', '-O', 'qcow2', 'b-top.qcow2', 'b-new.qcow2', check=False)
     assert r.returncode == 2 and '-B requires -n' in r.stderr, r
-    assert not os.path.exists(p(env, 'b-new.qcow2'))
+    assert not os.path.exists(user_path(env, 'b-new.qcow2'))
     # -c takes the whole source
     r = vdiskctl(env, 'convert', '-c', '-n', '-B', 'b-tbase-ctl.qcow2', '-O', 'qcow2', 'b-top.qcow2', 'b-t-ctl.qcow2',
                  check=False)
@@ -325,11 +313,11 @@ def test_compare_cache_and_share(env, a):
     for args in (('-T', 'writeback', 't1.raw', 't2.raw'), ('-U', 't1.raw', 't1.raw'),
                  ('--force-share', '-T', 'none', '-f', 'raw', 't1.raw', 't2.raw')):
         ctl = vdiskctl(env, 'compare', *args, check=False)
-        img = env.vdisk_img('compare', *[p(env, x) if x.endswith('.raw') else x for x in args], check=False)
+        img = env.vdisk_img('compare', *[user_path(env, x) if x.endswith('.raw') else x for x in args], check=False)
         assert (ctl.returncode, ctl.stdout) == (img.returncode, img.stdout), (args, ctl, img)
         assert ctl.returncode in (0, 1) and ctl.stdout, ctl
     # a cache mode that is none: both refuse it (vdiskctl: a bad command line, 2)
     ctl = vdiskctl(env, 'compare', '-T', 'bogus', 't1.raw', 't2.raw', check=False)
-    img = env.vdisk_img('compare', '-T', 'bogus', p(env, 't1.raw'), p(env, 't2.raw'), check=False)
+    img = env.vdisk_img('compare', '-T', 'bogus', user_path(env, 't1.raw'), user_path(env, 't2.raw'), check=False)
     assert errors(ctl.stderr, 'vdiskctl') == errors(img.stdout, 'vdisk-img') == ['Invalid source cache option: bogus']
     assert (ctl.returncode, img.returncode) == (2, 1)
