@@ -1018,6 +1018,19 @@ static int two_disk_start(Call *c, OpKind kind) {
                                   " < %" PRIu64 " bytes)", disk_name(other), other->size, d->size);
                         return 0;
                 }
+                /* convert -c -n: refused before anything is written, in
+                 * vdisk-img's (qemu-img's) words. Which clusters may take a
+                 * compressed write is the library's check, as it copies. */
+                if (c->options.compress &&
+                    !(other->images[other->n_images - 1]->info.backend->caps & VDISK_CAP_COMPRESS)) {
+                        call_fail(c, -EOPNOTSUPP, NULL, "Compression not supported for this file format");
+                        return 0;
+                }
+                if (c->options.compress && c->options.source_top_only) {
+                        call_fail(c, 0, SD_BUS_ERROR_INVALID_ARGS,
+                                  "Options 'compress' and 'source-top-only' cannot be combined");
+                        return 0;
+                }
         }
         return operation_launch(c, d, kind, other);
 }
@@ -1204,7 +1217,8 @@ static int method_compare(sd_bus_message *msg, void *userdata, sd_bus_error *err
 
 static int method_copy_to(sd_bus_message *msg, void *userdata, sd_bus_error *error) {
         return method_two_disk(msg, userdata, error, &spec_copy_to,
-                               OPT_TARGET_IS_ZERO | OPT_SOURCE_TOP_ONLY | OPT_DIRECT_FD);
+                               OPT_TARGET_IS_ZERO | OPT_SOURCE_TOP_ONLY | OPT_COMPRESS |
+                                       OPT_DIRECT_FD);
 }
 
 static int method_close(sd_bus_message *msg, void *userdata, sd_bus_error *error) {

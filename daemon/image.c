@@ -201,20 +201,21 @@ static int property_get_index(sd_bus *bus, const char *path, const char *interfa
         return sd_bus_message_append(reply, "u", (uint32_t) i->info.index);
 }
 
-/* a(sstttt): id, name, vm-state size, date (µs), vm clock (ns), disk size. */
+/* a(ssttttt): id, name, vm-state size, date (µs), vm clock (ns), disk size,
+ * icount (UINT64_MAX: not recorded). */
 static int property_get_snapshots(sd_bus *bus, const char *path, const char *interface, const char *property,
                                   sd_bus_message *reply, void *userdata, sd_bus_error *error) {
         Image *i = userdata;
         int r;
 
-        r = sd_bus_message_open_container(reply, 'a', "(sstttt)");
+        r = sd_bus_message_open_container(reply, 'a', "(ssttttt)");
         if (r < 0)
                 return r;
         for (unsigned k = 0; k < i->info.n_snapshots; k++) {
                 const SnapshotInfo *e = &i->info.snapshots[k];
 
-                r = sd_bus_message_append(reply, "(sstttt)", e->id, e->name, e->vm_state_size, e->date_usec,
-                                          e->vm_clock_nsec, e->disk_size);
+                r = sd_bus_message_append(reply, "(ssttttt)", e->id, e->name, e->vm_state_size, e->date_usec,
+                                          e->vm_clock_nsec, e->disk_size, e->icount);
                 if (r < 0)
                         return r;
         }
@@ -598,7 +599,7 @@ const sd_bus_vtable image_vtable[] = {
         SD_BUS_PROPERTY("ReadOnly", "b", NULL, INFO(read_only), EMITS),
         SD_BUS_PROPERTY("DisplayName", "s", property_get_string_ptr, offsetof(Image, display_name), CONST),
         SD_BUS_PROPERTY("SnapshotCount", "u", property_get_snapshot_count, 0, EMITS),
-        SD_BUS_PROPERTY("Snapshots", "a(sstttt)", property_get_snapshots, 0,
+        SD_BUS_PROPERTY("Snapshots", "a(ssttttt)", property_get_snapshots, 0,
                         SD_BUS_VTABLE_PROPERTY_EXPLICIT | SD_BUS_VTABLE_PROPERTY_EMITS_INVALIDATION),
         SD_BUS_METHOD_WITH_NAMES("SetComment", "sa{sv}", SD_BUS_PARAM(comment) SD_BUS_PARAM(options), "", ,
                                  method_set_comment, SD_BUS_VTABLE_UNPRIVILEGED),

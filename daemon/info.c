@@ -204,6 +204,7 @@ static int image_snapshots_read(vdisk_image *img, ImageInfo *ii) {
                         (uint64_t) v[k].date_sec * UINT64_C(1000000) + v[k].date_nsec / 1000;
                 e->vm_clock_nsec = v[k].vm_clock_nsec;
                 e->disk_size = v[k].disk_size;
+                e->icount = v[k].icount;
                 if (!e->id || !e->name) {
                         vdisk_snapshots_free(v, n);
                         return -ENOMEM;
@@ -256,7 +257,7 @@ bool snapshots_equal(const ImageInfo *a, const ImageInfo *b) {
 
                 if (!streq(x->id, y->id) || !streq(x->name, y->name) || x->vm_state_size != y->vm_state_size ||
                     x->date_usec != y->date_usec || x->vm_clock_nsec != y->vm_clock_nsec ||
-                    x->disk_size != y->disk_size)
+                    x->disk_size != y->disk_size || x->icount != y->icount)
                         return false;
         }
         return true;

@@ -489,7 +489,8 @@ static void op_run(Task *t) {
                 }
                 if (o->kind == OP_COPY_TO) {
                         r = vdisk_copy_into(vd, ov, (o->options.target_is_zero ? VDISK_COPY_INTO_TARGET_ZERO : 0) |
-                                            (o->options.source_top_only ? VDISK_COPY_INTO_TOP_ONLY : 0), o->vp);
+                                            (o->options.source_top_only ? VDISK_COPY_INTO_TOP_ONLY : 0) |
+                                            (o->options.compress ? VDISK_COPY_INTO_COMPRESS : 0), o->vp);
                         if (r < 0) {
                                 /* Name what was left behind, as convert -n would. */
                                 outcome_set(&o->outcome, r);

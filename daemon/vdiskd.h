@@ -123,6 +123,7 @@ typedef struct ImageInfo {
 typedef struct SnapshotInfo {
         char *id, *name;                     /* valid UTF-8, at most SNAPSHOT_TEXT_MAX bytes */
         uint64_t vm_state_size, date_usec, vm_clock_nsec, disk_size;
+        uint64_t icount;                     /* UINT64_MAX: not recorded */
 } SnapshotInfo;
 
 typedef struct DiskInfo {

@@ -186,23 +186,10 @@ static InfoView info_view(const InfoEntry *e) {
 
 /* qemu-img's snapshot table (info and snapshot -l), without its title. */
 void print_snapshot_table(const vdisk_snapshot *v, size_t n) {
-        printf("%-10s%-17s%8s%20s%13s%11s\n", "ID", "TAG", "VM SIZE", "DATE", "VM CLOCK", "ICOUNT");
-        for (size_t i = 0; i < n; i++) {
-                const vdisk_snapshot *sn = &v[i];
-                time_t t = (time_t) sn->date_sec;
-                uint64_t secs = sn->vm_clock_nsec / 1000000000;
-                struct tm tm;
-                char date[32] = "", size[32], icount[32] = "";
-
-                if (localtime_r(&t, &tm))
-                        strftime(date, sizeof date, "%Y-%m-%d %H:%M:%S", &tm);
-                format_size(sn->vm_state_size, size);
-                if (sn->icount != VDISK_SNAPSHOT_NO_ICOUNT)
-                        snprintf(icount, sizeof icount, "%" PRIu64, sn->icount);
-                printf("%-9s %-16s %8s %19s %02" PRIu64 ":%02" PRIu64 ":%02" PRIu64 ".%03" PRIu64 " %10s\n",
-                       sn->id, sn->name, size, date, secs / 3600, secs / 60 % 60, secs % 60,
-                       sn->vm_clock_nsec / 1000000 % 1000, icount);
-        }
+        snapshot_table_header();
+        for (size_t i = 0; i < n; i++)
+                snapshot_table_row(v[i].id, v[i].name, v[i].vm_state_size, v[i].date_sec, v[i].vm_clock_nsec,
+                                   v[i].icount);
 }
 
 int cmd_info(Request *req) {

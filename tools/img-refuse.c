@@ -26,23 +26,6 @@ bool format_has_persistent_bitmaps(const vdisk_backend_info *info) {
 
 /* ---------------------------------------------------------------- refusals */
 
-int snapshot_refuse(char action, const char *name) {
-        switch (action) {
-        case 'c':
-                log_error("Could not create snapshot '%s': -%d (%s)", name, EOPNOTSUPP, strerror(EOPNOTSUPP));
-                break;
-        case 'a':
-                log_error("Could not apply snapshot '%s': Block driver does not support snapshots", name);
-                break;
-        case 'd':
-                log_error("Could not delete snapshot '%s': snapshot not found", name);
-                break;
-        default:
-                abort();
-        }
-        return EXIT_ERROR;
-}
-
 int bitmap_refuse(const char *op, const char *bitmap, const char *filename) {
         /* qemu names its internal node ("#block123"); the file is the
          * stable name of the same thing. */

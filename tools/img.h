@@ -179,9 +179,6 @@ int object_add(const char *arg);
  * persistent bitmaps, in images of this format. */
 bool format_has_internal_snapshots(const vdisk_backend_info *info);
 bool format_has_persistent_bitmaps(const vdisk_backend_info *info);
-/* qemu-img 7.2's failure for snapshot -c/-a/-d ('c', 'a', 'd') on a format
- * without internal snapshots; returns EXIT_ERROR. */
-int snapshot_refuse(char action, const char *name);
 /* qemu-img 7.2's failure for the bitmap operation `op` ("add", "remove",
  * "clear", "enable", "disable", "merge") on a format without persistent
  * bitmaps; returns EXIT_ERROR. */

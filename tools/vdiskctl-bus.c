@@ -285,6 +285,11 @@ int bus_get_all(Ctx *ctx, const char *path, const char *iface, sd_bus_error *err
         return call_value(ctx, path, "org.freedesktop.DBus.Properties", "GetAll", error, ret, "s", iface);
 }
 
+int bus_get_property(Ctx *ctx, const char *path, const char *iface, const char *name, sd_bus_error *error,
+                     Value *ret) {
+        return call_value(ctx, path, "org.freedesktop.DBus.Properties", "Get", error, ret, "ss", iface, name);
+}
+
 int bus_get_objects(Ctx *ctx, sd_bus_error *error, Value *ret) {
         return call_value(ctx, VDISK_PATH, "org.freedesktop.DBus.ObjectManager", "GetManagedObjects", error, ret,
                           NULL);
@@ -296,8 +301,7 @@ const Value *bus_backends(Ctx *ctx) {
 
         if (ctx->have_backends)
                 return &ctx->backends;
-        r = call_value(ctx, VDISK_PATH, "org.freedesktop.DBus.Properties", "Get", &error, &ctx->backends, "ss",
-                       VDISK_IFACE_MANAGER, "Backends");
+        r = bus_get_property(ctx, VDISK_PATH, VDISK_IFACE_MANAGER, "Backends", &error, &ctx->backends);
         if (r < 0 || ctx->backends.type != VALUE_ARRAY) {
                 (void) log_bus_error("Could not ask vdiskd for its formats", &error, r);
                 value_clear(&ctx->backends);

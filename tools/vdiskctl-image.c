@@ -241,14 +241,18 @@ static void report_messages(const Report *rep, FILE *f) {
         fflush(f);
 }
 
-/* One Check or Repair operation on the top image; *ret gets its Result.
+/* One Check or Repair operation on the top image; *ret gets its Result. A
+ * repair that writes writes `direct` (vdiskd's `direct-fd`), as vdisk-img.
  * Returns 0, or the (negative) op_run() result, or an exit code. */
-static int check_once(Ctx *ctx, Chain *c, CheckMode mode, bool progress, Value *ret) {
+static int check_once(Ctx *ctx, Chain *c, CheckMode mode, bool direct, bool progress, Value *ret) {
         _cleanup_msg_ sd_bus_message *m = NULL;
         _cleanup_(strv_freep) char **images = NULL;
+        _cleanup_close_ int direct_fd = -1;
         OpWatch w = {};
         int r;
 
+        if (direct && (mode == CHECK_REPAIR_LEAKS || mode == CHECK_REPAIR_ALL))
+                direct_fd = open_direct(c->elems[c->n - 1].fd);
         /* The image by its object path (Image.Check/Repair), not by index. */
         r = chain_image_paths(ctx, c, &images);
         if (r >= 0 && (c->n == 0 || !images[0] || strv_length(images) != c->n))
@@ -262,12 +266,12 @@ static int check_once(Ctx *ctx, Chain *c, CheckMode mode, bool progress, Value *
                 r = bus_append_opt_bool(m, "leaks-only", true);
         if (r >= 0 && mode == CHECK_DRY_RUN)
                 r = bus_append_opt_bool(m, "dry-run", true);
+        if (r >= 0 && direct_fd >= 0)
+                r = sd_bus_message_append(m, "{sv}", "direct-fd", "h", direct_fd);
         if (r >= 0)
                 r = bus_options_close(m);
-        if (r < 0) {
-                log_error("Could not build the request: %s", strerror(-r));
-                return EXIT_FAILURE;
-        }
+        if (r < 0)
+                return log_build_failed(NULL, r);
         r = op_run(ctx, m, progress, c->elems[c->n - 1].path, &w);
         if (r == -EIO || r == -ECANCELED || r == -EINTR) {
                 if (r == -EIO && streq_ptr(w.st.error_name, VDISK_ERROR_PREFIX "NotSupported")) {
@@ -307,7 +311,7 @@ int cmd_check(Ctx *ctx, Request *req) {
         if (r != 0)
                 return r == EXIT_CANCELLED ? r : CHECK_EXIT_ERROR;
 
-        r = check_once(ctx, &chain, mode, progress_wanted(false), &result);
+        r = check_once(ctx, &chain, mode, cache_mode_direct(req->src_cache), progress_wanted(false), &result);
         if (r == 0 && mode != CHECK_ONLY) {
                 report_from(&result, &fixed);
                 if (fixed.n.corruptions_fixed || fixed.n.leaks_fixed) {
@@ -316,7 +320,7 @@ int cmd_check(Ctx *ctx, Request *req) {
                         fixed_result = result;
                         result = (Value) {};
                         report_from(&fixed_result, &fixed);
-                        r = check_once(ctx, &chain, CHECK_ONLY, progress_wanted(false), &result);
+                        r = check_once(ctx, &chain, CHECK_ONLY, false, progress_wanted(false), &result);
                 }
         }
         if (r == -EOPNOTSUPP) {
@@ -363,7 +367,7 @@ int cmd_repair(Ctx *ctx, Request *req) {
         if (r != 0)
                 return r == EXIT_CANCELLED ? r : CHECK_EXIT_ERROR;
 
-        r = check_once(ctx, &chain, mode, progress_wanted(false), &result);
+        r = check_once(ctx, &chain, mode, true, progress_wanted(false), &result);
         if (r == -EOPNOTSUPP) {
                 log_error("The format of '%s' does not support repairs", file);
                 ex = CHECK_EXIT_UNSUPPORTED;
@@ -376,7 +380,7 @@ int cmd_repair(Ctx *ctx, Request *req) {
         report_from(&result, &rep);
         now = rep;
         if (!dry_run && (rep.n.corruptions_fixed || rep.n.leaks_fixed)) {
-                r = check_once(ctx, &chain, CHECK_ONLY, progress_wanted(false), &after);
+                r = check_once(ctx, &chain, CHECK_ONLY, false, progress_wanted(false), &after);
                 if (r != 0) {
                         ex = r == EXIT_CANCELLED ? r : CHECK_EXIT_ERROR;
                         goto finish;
@@ -420,8 +424,7 @@ int cmd_compare(Ctx *ctx, Request *req) {
         if (r >= 0)
                 r = bus_options_close(m);
         if (r < 0) {
-                log_error("Could not build the request: %s", strerror(-r));
-                ex = EXIT_FAILURE;
+                ex = log_build_failed(NULL, r);
                 goto finish;
         }
         r = op_run(ctx, m, progress_wanted(req->progress), req->files[1], &w);
@@ -446,5 +449,100 @@ int cmd_compare(Ctx *ctx, Request *req) {
 finish:
         chain_done(ctx, &b);
         chain_done(ctx, &a);
+        return ex;
+}
+
+/* ---------------------------------------------------------------- snapshot */
+
+/* -l: the top image's Snapshots (vdiskd lists the newest 64). */
+static int snapshot_list(Ctx *ctx, const char *image, const char *file, bool quiet) {
+        _cleanup_bus_error_ sd_bus_error error = SD_BUS_ERROR_NULL;
+        _cleanup_value_ Value props = {}, list = {};
+        uint64_t count;
+        int r;
+
+        r = bus_get_all(ctx, image, VDISK_IFACE_IMAGE, &error, &props);
+        if (r >= 0)
+                r = bus_get_property(ctx, image, VDISK_IFACE_IMAGE, "Snapshots", &error, &list);
+        if (r < 0)
+                return log_bus_error(file, &error, r);
+        if (list.type != VALUE_ARRAY) {
+                log_error("%s: Bad reply from vdiskd", file);
+                return EXIT_FAILURE;
+        }
+        count = value_uint(&props, "SnapshotCount", list.c.n);
+        if (count > list.c.n)
+                log_warning("%s: %" PRIu64 " older snapshots not listed (vdiskd lists the newest %zu)", file,
+                            count - list.c.n, list.c.n);
+        if (list.c.n == 0 || quiet)
+                return EXIT_OK;
+        printf("Snapshot list:\n");
+        snapshot_table_header();
+        for (size_t i = 0; i < list.c.n; i++) {
+                const Value *e = &list.c.items[i], *f;
+
+                /* (id, name, vm-state size, date µs, guest clock ns, disk size, icount) */
+                if (e->type != VALUE_ARRAY || e->c.n != 7)
+                        continue;
+                f = e->c.items;
+                if (f[0].type != VALUE_STRING || f[1].type != VALUE_STRING || f[2].type != VALUE_UINT ||
+                    f[3].type != VALUE_UINT || f[4].type != VALUE_UINT || f[6].type != VALUE_UINT)
+                        continue;
+                snapshot_table_row(f[0].s, f[1].s, f[2].u, (int64_t) (f[3].u / 1000000), f[4].u, f[6].u);
+        }
+        return EXIT_OK;
+}
+
+/* qemu-img snapshot through vdiskd: -l reads the top image's Snapshots,
+ * -c, -a and -d call its CreateSnapshot, ApplySnapshot, DeleteSnapshot;
+ * vdisk-img's output, messages and exit codes (qemu-img 7.2's). */
+int cmd_snapshot(Ctx *ctx, Request *req) {
+        _cleanup_bus_error_ sd_bus_error error = SD_BUS_ERROR_NULL;
+        _cleanup_msg_ sd_bus_message *m = NULL;
+        _cleanup_(strv_freep) char **images = NULL;
+        const char *file = req->files[0], *arg = req->action_arg;
+        char action = req->action ?: 'l';
+        Chain chain = {};
+        int r, ex;
+
+        ex = chain_open(ctx, file, req->format, action == 'l' ? 0 : CHAIN_TOP_WRITABLE, action == 'l', &chain);
+        if (ex != 0)
+                return ex;
+        r = chain_image_paths(ctx, &chain, &images);
+        if (r >= 0 && strv_length(images) != chain.n)
+                r = -EBADMSG;
+        if (r < 0) {
+                log_error("%s: Could not list the images vdiskd opened: %s", file, strerror(-r));
+                ex = EXIT_FAILURE;
+                goto finish;
+        }
+        if (action == 'l') {
+                ex = snapshot_list(ctx, images[chain.n - 1], file, req->quiet);
+                goto finish;
+        }
+
+        r = bus_new_simple_call(ctx, images[chain.n - 1], VDISK_IFACE_IMAGE,
+                                action == 'c' ? "CreateSnapshot" : action == 'a' ? "ApplySnapshot" : "DeleteSnapshot",
+                                &m, "s", arg);
+        if (r < 0) {
+                ex = log_build_failed(file, r);
+                goto finish;
+        }
+        r = bus_call(ctx, m, CALL_UNINTERRUPTIBLE, &error, NULL);
+        if (r >= 0)
+                ex = EXIT_OK;
+        else if (error_is(&error, "NotSupported"))
+                ex = snapshot_refuse(action, arg);
+        else if (action == 'a' && error_is(&error, "InvalidArgument")) {
+                log_error("Could not apply snapshot '%s': Failed to load snapshot: %s", arg, strerror(ENOENT));
+                ex = EXIT_FAILURE;
+        } else if (action == 'd' && error_is(&error, "InvalidArgument")) {
+                log_error("Could not delete snapshot '%s': snapshot not found", arg);
+                ex = EXIT_FAILURE;
+        } else
+                ex = log_bus_error(file, &error, r);
+
+finish:
+        chain_done(ctx, &chain);
         return ex;
 }

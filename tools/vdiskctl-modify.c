@@ -98,10 +98,8 @@ static int create_opts_check(OptList *l, const Value *info, const char *file, Cr
                                 log_error("%s: Parameter '%s' expects a size", file, optlist_key(l, i));
                                 return EXIT_USAGE;
                         }
-                        if (asprintf(&s, "%" PRIu64, v) < 0) {
-                                log_error("Out of memory");
-                                return EXIT_FAILURE;
-                        }
+                        if (asprintf(&s, "%" PRIu64, v) < 0)
+                                return log_oom();
                         optlist_replace_value(l, i, s);
                 }
                 ret->n_format_options++;
@@ -160,16 +158,6 @@ typedef struct Output {
         bool created;
         struct stat st;
 } Output;
-
-/* The output opened a second time, for writing with O_DIRECT, through
- * /proc/self/fd (the same file whatever happened to its name); -1 if the file
- * system or the environment does not allow it. */
-static int open_direct(int fd) {
-        char path[64];
-
-        snprintf(path, sizeof path, "/proc/self/fd/%d", fd);
-        return open(path, O_WRONLY | O_DIRECT | O_CLOEXEC | O_NOCTTY);
-}
 
 /* Creates `path`, or truncates it when it is an existing regular file that is
  * none of the images of `avoid`. Logs; exit code. */
@@ -233,8 +221,6 @@ static void output_close(Output *o, bool success) {
 }
 
 /* ---------------------------------------------------------------- outputs of several files */
-
-static int build_failed(int r);
 
 /* The files a new image consists of besides its own (the extents of a split
  * VMDK), created by vdiskctl next to the output and passed by name: vdiskd
@@ -349,8 +335,7 @@ static int companions_open(const char *backend, OptList *opts, const char *file,
                 c.out = NULL;
                 c.n = 0;
                 companions_close(&c, false);
-                log_error("Out of memory");
-                return EXIT_FAILURE;
+                return log_oom();
         }
         for (size_t i = 0; i < c.n; i++)
                 c.out[i].fd = -1;
@@ -358,8 +343,7 @@ static int companions_open(const char *backend, OptList *opts, const char *file,
                 if (asprintf(&c.paths[i], "%s/%s", dir, c.names[i]) < 0) {
                         c.paths[i] = NULL;
                         companions_close(&c, false);
-                        log_error("Out of memory");
-                        return EXIT_FAILURE;
+                        return log_oom();
                 }
                 r = output_open(c.paths[i], avoid, &c.out[i]);
                 if (r != 0) {
@@ -385,12 +369,11 @@ static int companions_append(Ctx *ctx, sd_bus_message *m, Companions *c, unsigne
         for (size_t i = 0; i < c->n; i++)
                 if (named_fds_push(&l, &n, strdup(c->names[i]), c->out[i].fd) < 0) {
                         named_fds_free(l, n);
-                        log_error("Out of memory");
-                        return EXIT_FAILURE;
+                        return log_oom();
                 }
         per_call = call_fds_max(ctx);
         if (used + n <= per_call)
-                r = bus_append_opt_files(m, l, n) < 0 ? build_failed(-ENOMEM) : 0;
+                r = bus_append_opt_files(m, l, n) < 0 ? log_build_failed(NULL, -ENOMEM) : 0;
         else {
                 r = file_set_new_filled(ctx, l, n, per_call, what, &c->file_set);
                 if (r == -EOPNOTSUPP) {
@@ -398,18 +381,13 @@ static int companions_append(Ctx *ctx, sd_bus_message *m, Companions *c, unsigne
                                   "no FileSets", what, n + used);
                         r = EXIT_NOT_SUPPORTED;
                 } else if (r == 0 && sd_bus_message_append(m, "{sv}", "file-set", "o", c->file_set) < 0)
-                        r = build_failed(-ENOMEM);
+                        r = log_build_failed(NULL, -ENOMEM);
         }
         named_fds_free(l, n);
         return r;
 }
 
 /* ---------------------------------------------------------------- helpers */
-
-static int build_failed(int r) {
-        log_error("Could not build the request: %s", strerror(-r));
-        return EXIT_FAILURE;
-}
 
 /* The exit code of a finished op_run(); logs what failed. */
 static int op_finish(OpWatch *w, const char *what, int r) {
@@ -463,16 +441,12 @@ int cmd_create(Ctx *ctx, Request *req) {
         if (r != 0)
                 return r;
         display = utf8_sanitize(path_basename(file));
-        if (!display) {
-                log_error("Out of memory");
-                return EXIT_FAILURE;
-        }
+        if (!display)
+                return log_oom();
 
         if (backing) {
-                if (path_relative_to(file, backing, &backing_path) < 0) {
-                        log_error("Out of memory");
-                        return EXIT_FAILURE;
-                }
+                if (path_relative_to(file, backing, &backing_path) < 0)
+                        return log_oom();
                 r = chain_open(ctx, backing_path, backing_fmt, 0, false, &chain);
                 if (r != 0)
                         return r;
@@ -536,7 +510,7 @@ int cmd_create(Ctx *ctx, Request *req) {
                 if (r >= 0)
                         r = bus_options_close(cm);
                 if (r < 0) {
-                        ex = build_failed(r);
+                        ex = log_build_failed(NULL, r);
                         goto finish;
                 }
                 r = bus_call(ctx, cm, 0, &error, &reply);
@@ -562,7 +536,7 @@ int cmd_create(Ctx *ctx, Request *req) {
         if (r >= 0)
                 r = bus_append_opt_string(m, "display-name", display);
         if (r < 0) {
-                ex = build_failed(r);
+                ex = log_build_failed(NULL, r);
                 goto finish;
         }
         r = companions_append(ctx, m, &comp, 1, file);
@@ -572,7 +546,7 @@ int cmd_create(Ctx *ctx, Request *req) {
         }
         r = bus_options_close(m);
         if (r < 0) {
-                ex = build_failed(r);
+                ex = log_build_failed(NULL, r);
                 goto finish;
         }
         r = op_run(ctx, m, progress_wanted(false), file, &w);
@@ -593,6 +567,7 @@ finish:
 static int convert_into(Ctx *ctx, Request *req) {
         const char *in = req->files[0], *out = req->files[1];
         _cleanup_msg_ sd_bus_message *m = NULL;
+        _cleanup_close_ int direct_fd = -1;
         Chain src = {}, dst = {};
         OpWatch w = {};
         int r, ex;
@@ -601,16 +576,15 @@ static int convert_into(Ctx *ctx, Request *req) {
                 log_error("-o has no effect when skipping image creation");
                 return EXIT_USAGE;
         }
-        if (req->compress) {
-                log_error("-c cannot be combined with -n");
-                return EXIT_USAGE;
-        }
         ex = chain_open(ctx, in, req->format, 0, true, &src);
         if (ex != 0)
                 return ex;
         ex = chain_open(ctx, out, req->out_format, CHAIN_TOP_WRITABLE, false, &dst);
         if (ex != 0)
                 goto finish;
+        /* As convert without -n: direct writes unless -t asks for the cache. */
+        if (cache_mode_direct(req->cache))
+                direct_fd = open_direct(dst.elems[dst.n - 1].fd);
 
         r = bus_new_call(ctx, src.disk, VDISK_IFACE_DISK, "CopyTo", &m);
         if (r >= 0)
@@ -619,14 +593,29 @@ static int convert_into(Ctx *ctx, Request *req) {
                 r = bus_options_open(m);
         if (r >= 0 && req->target_is_zero)
                 r = bus_append_opt_bool(m, "target-is-zero", true);
+        if (r >= 0 && req->compress)
+                r = bus_append_opt_bool(m, "compress", true);
+        if (r >= 0 && req->backing)
+                r = bus_append_opt_bool(m, "source-top-only", true);
+        if (r >= 0 && direct_fd >= 0)
+                r = sd_bus_message_append(m, "{sv}", "direct-fd", "h", direct_fd);
         if (r >= 0)
                 r = bus_options_close(m);
         if (r < 0) {
-                ex = build_failed(r);
+                ex = log_build_failed(NULL, r);
                 goto finish;
         }
         r = op_run(ctx, m, progress_wanted(req->progress), out, &w);
-        ex = op_finish(&w, out, r);
+        if (r == -EIO) {
+                /* A copy that failed, in vdisk-img's words (convert -c -n
+                 * over an allocated cluster among others): exit 1. */
+                log_error("Could not convert '%s' to '%s': %s", in, out,
+                          w.st.error_message && *w.st.error_message ? w.st.error_message
+                          : w.st.error_name                         ? w.st.error_name
+                                                                    : "unknown error");
+                ex = EXIT_FAILURE;
+        } else
+                ex = op_finish(&w, out, r);
         op_watch_done(&w);
 
 finish:
@@ -645,9 +634,7 @@ int cmd_convert(Ctx *ctx, Request *req) {
         /* As vdisk-img: direct writes unless the page cache is asked for.
          * vdiskd flushes the output at the end either way. The source's
          * cache mode (-T) and locks (-U) are vdiskd's business. */
-        bool progress = req->progress, compress = req->compress,
-             direct = !streq_ptr(req->cache, "writeback") && !streq_ptr(req->cache, "writethrough") &&
-                      !streq_ptr(req->cache, "unsafe");
+        bool progress = req->progress, compress = req->compress, direct = cache_mode_direct(req->cache);
         const Value *info;
         _cleanup_free_ char *display = NULL;
         CreateOpts copts;
@@ -692,7 +679,7 @@ int cmd_convert(Ctx *ctx, Request *req) {
         }
         display = utf8_sanitize(path_basename(out_name));
         if (!display) {
-                log_error("Out of memory");
+                log_oom();
                 goto finish;
         }
         if (new_size == 0) {
@@ -732,7 +719,7 @@ int cmd_convert(Ctx *ctx, Request *req) {
         if (r >= 0 && comp.n > 0)
                 r = bus_append_opt_string(m, "display-name", display);
         if (r < 0) {
-                ex = build_failed(r);
+                ex = log_build_failed(NULL, r);
                 goto finish;
         }
         r = companions_append(ctx, m, &comp, 1 + (direct_fd >= 0), out_name);
@@ -742,7 +729,7 @@ int cmd_convert(Ctx *ctx, Request *req) {
         }
         r = bus_options_close(m);
         if (r < 0) {
-                ex = build_failed(r);
+                ex = log_build_failed(NULL, r);
                 goto finish;
         }
         r = op_run(ctx, m, progress_wanted(progress), out_name, &w);
@@ -773,15 +760,10 @@ static int run_merge(Ctx *ctx, Chain *chain, unsigned from, unsigned to, bool pr
         if (r >= 0 && (strv_length(images) != chain->n || from >= chain->n || to >= chain->n))
                 r = -EBADMSG;
         if (r >= 0)
-                r = bus_new_call(ctx, chain->disk, VDISK_IFACE_DISK, "MergeImages", &m);
-        if (r >= 0)
-                r = sd_bus_message_append(m, "oo", images[from], images[to]);
-        if (r >= 0)
-                r = bus_options_open(m);
-        if (r >= 0)
-                r = bus_options_close(m);
+                r = bus_new_simple_call(ctx, chain->disk, VDISK_IFACE_DISK, "MergeImages", &m, "oo", images[from],
+                                        images[to]);
         if (r < 0)
-                return build_failed(r);
+                return log_build_failed(NULL, r);
         r = op_run(ctx, m, progress, what, &w);
         ex = op_finish(&w, what, r);
         if (ex == EXIT_OK && !arg_quiet) {
@@ -870,7 +852,7 @@ int cmd_merge(Ctx *ctx, int argc, char **argv) {
         }
         if (asprintf(&msg, "Merged '%s' into '%s'.", chain.elems[from].path, chain.elems[to].path) < 0) {
                 msg = NULL;
-                log_error("Out of memory");
+                log_oom();
                 goto finish;
         }
         ex = run_merge(ctx, &chain, from, to, progress_wanted(progress), file, msg);
@@ -944,13 +926,9 @@ int cmd_compact(Ctx *ctx, Request *req) {
         if (r >= 0 && strv_length(images) != chain.n)
                 r = -EBADMSG;
         if (r >= 0)
-                r = bus_new_call(ctx, images[image], VDISK_IFACE_IMAGE, "Compact", &m);
-        if (r >= 0)
-                r = bus_options_open(m);
-        if (r >= 0)
-                r = bus_options_close(m);
+                r = bus_new_simple_call(ctx, images[image], VDISK_IFACE_IMAGE, "Compact", &m, NULL);
         if (r < 0) {
-                ex = build_failed(r);
+                ex = log_build_failed(NULL, r);
                 goto finish;
         }
         r = op_run(ctx, m, progress_wanted(progress), chain.elems[image].path, &w);
@@ -976,6 +954,7 @@ int cmd_resize(Ctx *ctx, Request *req) {
         _cleanup_bus_error_ sd_bus_error error = SD_BUS_ERROR_NULL;
         _cleanup_msg_ sd_bus_message *m = NULL;
         _cleanup_value_ Value props = {};
+        _cleanup_close_ int direct_fd = -1;
         const char *fmt = req->format, *size_arg = req->size_arg, *file = req->files[0], *prealloc = req->prealloc;
         bool shrink = req->shrink;
         uint64_t cur, new_size;
@@ -1019,6 +998,8 @@ int cmd_resize(Ctx *ctx, Request *req) {
                 goto finish;
         }
 
+        /* As vdisk-img, direct writes (preallocation=full writes data). */
+        direct_fd = open_direct(chain.elems[chain.n - 1].fd);
         r = bus_new_call(ctx, chain.disk, VDISK_IFACE_DISK, "Resize", &m);
         if (r >= 0)
                 r = sd_bus_message_append(m, "t", new_size);
@@ -1028,10 +1009,12 @@ int cmd_resize(Ctx *ctx, Request *req) {
                 r = bus_append_opt_bool(m, "allow-shrink", true);
         if (r >= 0 && prealloc)
                 r = bus_append_opt_string(m, "preallocation", prealloc);
+        if (r >= 0 && direct_fd >= 0)
+                r = sd_bus_message_append(m, "{sv}", "direct-fd", "h", direct_fd);
         if (r >= 0)
                 r = bus_options_close(m);
         if (r < 0) {
-                ex = build_failed(r);
+                ex = log_build_failed(NULL, r);
                 goto finish;
         }
         r = op_run(ctx, m, progress_wanted(false), file, &w);

@@ -2,6 +2,7 @@
 /* vdiskctl helpers: messages, signals, sizes, paths, small string lists. */
 
 #include <errno.h>
+#include <fcntl.h>
 #include <pwd.h>
 #include <stdarg.h>
 #include <string.h>
@@ -161,4 +162,13 @@ int common_option(int c, const char *arg, int *ret_exit) {
                 return 1;
         }
         return front_common_option(c, arg, ret_exit);
+}
+
+/* ---------------------------------------------------------------- files */
+
+int open_direct(int fd) {
+        char path[64];
+
+        snprintf(path, sizeof path, "/proc/self/fd/%d", fd);
+        return open(path, O_WRONLY | O_DIRECT | O_CLOEXEC | O_NOCTTY);
 }

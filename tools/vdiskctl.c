@@ -3,15 +3,18 @@
  * vdiskctl: control vdiskd, the virtual disk image service, over D-Bus.
  *
  * The image commands take vdisk-img's arguments (info, create, convert,
- * compare, check, commit, compact, resize, repair) but run in vdiskd: vdiskctl opens
- * the files with the caller's rights, resolves the chain of parents, passes
- * the fds, and follows the Operation the daemon starts, with a progress bar
- * and Ctrl-C as Cancel. list, status and monitor show the daemon's objects.
+ * compare, check, commit, compact, resize, repair, snapshot) but run in
+ * vdiskd: vdiskctl opens the files with the caller's rights, resolves the
+ * chain of parents, passes the fds, and follows the Operation the daemon
+ * starts, with a progress bar and Ctrl-C as Cancel. list, status and monitor
+ * show the daemon's objects.
  *
  * vdiskctl.c: global options and dispatch; vdiskctl-list.c: list, status,
- * monitor; vdiskctl-image.c: the image commands; vdiskctl-chain.c: chains;
- * vdiskctl-op.c: following operations; vdiskctl-bus.c, -value.c, -json.c,
- * -util.c: helpers.
+ * monitor; vdiskctl-image.c: info, check, repair, compare, snapshot;
+ * vdiskctl-modify.c: create, convert, merge, commit, compact, resize;
+ * vdiskctl-chain.c: chains; vdiskctl-op.c: following operations;
+ * vdiskctl-bus.c, -value.c, -util.c: helpers; shared/: the command line and
+ * the printers vdisk-img uses too.
  */
 
 #include <errno.h>
@@ -32,6 +35,7 @@ FrontDialect front_dialect = {
         .program = PROGRAM_NAME,
         .hint = "Try '" PROGRAM_NAME " --help' for more information.\n",
         .exit_usage = EXIT_USAGE,
+        .drop_repeated_name = true,   /* vdiskd's messages name the file too */
 };
 
 typedef struct Command {
@@ -55,6 +59,7 @@ static const Command commands[] = {
         { "monitor",  cmd_monitor },
         { "repair",   .run_request = cmd_repair },
         { "resize",   .run_request = cmd_resize },
+        { "snapshot", .run_request = cmd_snapshot },
         { "status",   cmd_status },
 };
 
@@ -83,8 +88,9 @@ void print_help(void) {
                "Image commands (vdisk-img's arguments; run by vdiskd):\n"
                "  info [-f FMT] [--output=FMT] [--backing-chain] FILE\n"
                "  create [-q] -f FMT [-o OPTIONS] [-b BACKING -F BACKING_FMT] FILE [SIZE]\n"
-               "  convert [-p] [-q] [-f FMT] [-O OUTPUT_FMT] [-o OPTIONS] [-S SPARSE_SIZE] FILE OUTPUT\n"
-               "  convert -n [--target-is-zero] [-p] [-q] [-f FMT] [-O OUTPUT_FMT] FILE EXISTING_OUTPUT\n"
+               "  convert [-p] [-q] [-c] [-f FMT] [-O OUTPUT_FMT] [-o OPTIONS] [-S SPARSE_SIZE] FILE OUTPUT\n"
+               "  convert -n [--target-is-zero] [-c | -B BACKING] [-p] [-q] [-f FMT] [-O OUTPUT_FMT] FILE\n"
+               "          EXISTING_OUTPUT\n"
                "  copy ...                        the same as convert\n"
                "  compare [-p] [-q] [-s] [-f FMT] [-F FMT] FILE1 FILE2\n"
                "  check [-q] [-f FMT] [--output=FMT] [-r leaks|all] FILE\n"
@@ -93,6 +99,7 @@ void print_help(void) {
                "  commit [-p] [-q] [-f FMT] FILE\n"
                "  compact [-p] [-q] [-f FMT] [--image N] FILE\n"
                "  resize [-q] [-f FMT] [--shrink] [--preallocation=MODE] FILE [+|-]SIZE\n"
+               "  snapshot [-q] [-f FMT] [-l | -c NAME | -a SNAPSHOT | -d SNAPSHOT] FILE\n"
                "\n"
                "Image commands also take '--parent-dir DIR' (repeatable): a directory searched for\n"
                "parents named by UUID only (VDI differencing images). OPERATION is a number, as\n"

@@ -85,6 +85,10 @@ void log_notice(const char *fmt, ...) _printf_(1, 2);    /* nothing with -q */
 extern volatile sig_atomic_t signals_received;
 void install_signal_handlers(void);
 
+/* The file of fd opened a second time, for writing with O_DIRECT, through
+ * /proc/self/fd (the same file whatever happened to its name), for vdiskd's
+ * `direct-fd`; -1 if the file system or the environment does not allow it. */
+int open_direct(int fd);
 /* A copy of s with every byte that is not valid UTF-8 replaced by U+FFFD
  * (D-Bus strings must be UTF-8; file names need not be). */
 char *utf8_sanitize(const char *s);
@@ -204,6 +208,9 @@ int bus_call(Ctx *ctx, sd_bus_message *m, unsigned flags, sd_bus_error *error, s
 int bus_step(Ctx *ctx, uint64_t timeout_usec);
 /* Properties.GetAll of one interface as a dictionary. */
 int bus_get_all(Ctx *ctx, const char *path, const char *iface, sd_bus_error *error, Value *ret);
+/* Properties.Get of one property (those GetAll leaves out too). */
+int bus_get_property(Ctx *ctx, const char *path, const char *iface, const char *name, sd_bus_error *error,
+                     Value *ret);
 /* ObjectManager.GetManagedObjects: path -> interface -> properties. */
 int bus_get_objects(Ctx *ctx, sd_bus_error *error, Value *ret);
 /* Manager.Backends (cached). NULL on failure (logged). */
@@ -361,6 +368,7 @@ int cmd_commit(Ctx *ctx, Request *req);
 int cmd_compact(Ctx *ctx, Request *req);
 int cmd_resize(Ctx *ctx, Request *req);
 int cmd_compare(Ctx *ctx, Request *req);   /* vdiskctl-image.c */
+int cmd_snapshot(Ctx *ctx, Request *req);  /* vdiskctl-image.c */
 int cmd_cancel(Ctx *ctx, int argc, char **argv);
 
 void print_help(void);

@@ -89,8 +89,11 @@ t "ctl create: -u" 2 "vdiskctl: -u (unsafe) is not supported by vdiskctl: vdiskd
 t "ctl copy: one file" 2 "vdiskctl: convert needs a source and a destination file name" "$CTL" copy a
 t "ctl convert: --target-is-zero without -n" 2 "vdiskctl: --target-is-zero requires -n" \
         "$CTL" convert --target-is-zero a b
-t "ctl convert: -n -B" 2 "vdiskctl: Option '-B' is not supported by vdiskctl (use vdisk-img)" \
-        "$CTL" convert -n -B x a b
+t "ctl convert: -B without -n" 2 "vdiskctl: -B requires -n: vdiskctl creates no output with a backing file" \
+        "$CTL" convert -B x a b
+t "ctl compare: bad -T" 2 "vdiskctl: Invalid source cache option: x" "$CTL" compare -T x a b
+t "ctl snapshot: -l and -d" 2 "vdiskctl: Cannot mix '-l', '-a', '-c', '-d'" "$CTL" snapshot -l -d x a
+t "ctl snapshot: no file" 2 "vdiskctl: snapshot needs one image file name" "$CTL" snapshot -l
 t "ctl compare: one file" 2 "vdiskctl: compare needs two image file names" "$CTL" compare a
 t "ctl compare: -f without a value" 2 "Try 'vdiskctl --help' for more information." "$CTL" compare a b -f
 t "ctl convert: -S 0" 2 \
@@ -104,6 +107,12 @@ t "ctl info: a good command line reaches the bus" 69 \
 t "ctl convert -n: a good command line reaches the bus" 69 \
         "vdiskctl: Could not connect to the bus at $VDISKCTL_ADDRESS: No such file or directory" \
         "$CTL" convert -n --target-is-zero -O vdi a b
+t "ctl convert -c -n -B: a good command line reaches the bus" 69 \
+        "vdiskctl: Could not connect to the bus at $VDISKCTL_ADDRESS: No such file or directory" \
+        "$CTL" convert -c -n -B x -O qcow2 a b
+t "ctl snapshot: a good command line reaches the bus" 69 \
+        "vdiskctl: Could not connect to the bus at $VDISKCTL_ADDRESS: No such file or directory" \
+        "$CTL" snapshot -c x -f qcow2 a
 t "ctl compare: a good command line reaches the bus" 69 \
         "vdiskctl: Could not connect to the bus at $VDISKCTL_ADDRESS: No such file or directory" "$CTL" compare -s a b
 

@@ -230,7 +230,7 @@ static const FrontVerb verbs[_VERB_MAX] = {
         [VERB_SNAPSHOT] = {
                 "snapshot",
                 OPT(f) | OPT(q) | OPT(U) | OPT(SNAP_l) | OPT(SNAP_a) | OPT(SNAP_c) | OPT(SNAP_d),
-                0,
+                OPT(f) | OPT(U) | OPT(FORCE_SHARE) | OPT(SNAP_l) | OPT(SNAP_a) | OPT(SNAP_c) | OPT(SNAP_d),
                 "one image file name", "one image file name",
         },
         /* dd, measure and amend check their own arguments (dd's are operands) */
@@ -301,6 +301,10 @@ bool cache_mode_valid(const char *mode) {
         return false;
 }
 
+bool cache_mode_direct(const char *mode) {
+        return !streq_ptr(mode, "writeback") && !streq_ptr(mode, "writethrough") && !streq_ptr(mode, "unsafe");
+}
+
 static bool is_img(void) {
         return front_dialect.tool == FRONT_IMG;
 }
@@ -331,10 +335,8 @@ static int refuse(int c, const char *as_given) {
                 log_error("-u (unsafe) is not supported by vdiskctl: vdiskd opens the whole backing chain");
         else if (c == 'C')
                 log_error("Copy offloading (-C) is not supported");
-        else if (is_img())
-                log_error("Option '%s' is not supported", as_given);
         else
-                log_error("Option '-%c' is not supported by vdiskctl (use vdisk-img)", c);
+                log_error("Option '%s' is not supported", as_given);
         return front_dialect.exit_usage;
 }
 
@@ -394,9 +396,7 @@ static int handle_option(Request *req, int c, const char *arg, const char *as_gi
                         req->drop = true;
                 break;
         case 'B':
-                if (!img)
-                        return refuse(c, as_given);
-                req->backing = arg;
+                req->backing = arg;   /* vdiskctl: with -n only (CopyTo's source-top-only) */
                 break;
         case 'o':
                 if (optlist_parse(&req->opts, arg) < 0)
@@ -405,9 +405,10 @@ static int handle_option(Request *req, int c, const char *arg, const char *as_gi
                 break;
         case 't':
         case 'T':
-                /* vdiskd takes no cache modes: vdiskctl passes them over;
-                 * amend takes any (it always flushes). */
-                if (img && req->verb != VERB_AMEND && !cache_mode_valid(arg)) {
+                /* vdiskd takes no cache modes: vdiskctl checks the word and
+                 * decides only whether to pass a direct-fd; amend takes any
+                 * (it always flushes). */
+                if (req->verb != VERB_AMEND && !cache_mode_valid(arg)) {
                         log_error("Invalid %scache option: %s",
                                   req->verb == VERB_CHECK || req->verb == VERB_COMPARE ? "source " : "", arg);
                         return front_dialect.exit_usage;
@@ -528,17 +529,10 @@ static int handle_option(Request *req, int c, const char *arg, const char *as_gi
         case ARG_DRY_RUN:
                 req->check_mode = CHECK_DRY_RUN;
                 break;
-        case ARG_IMAGE: {
-                char *end;
-                unsigned long v;
-
-                errno = 0;
-                v = strtoul(arg, &end, 10);
-                if (!(arg[0] >= '0' && arg[0] <= '9') || errno != 0 || *end || v > UINT32_MAX)
+        case ARG_IMAGE:
+                if (parse_uint(arg, &req->image) < 0)
                         return usage_error("--image takes an image index (0 is the base): %s", arg);
-                req->image = (unsigned) v;
                 break;
-        }
         case ARG_TARGET_IS_ZERO:
                 req->target_is_zero = true;
                 break;
@@ -587,6 +581,8 @@ int front_check_files(Request *req) {
                 /* (vdisk-img says so after the format checks, as it always did) */
                 if (req->target_is_zero && !req->no_create && !is_img())
                         return usage_error("--target-is-zero requires -n");
+                if (req->backing && !req->no_create && !is_img())
+                        return usage_error("-B requires -n: vdiskctl creates no output with a backing file");
                 if (req->n_args > 2 && is_img()) {
                         log_error("Concatenating several source images is not supported");
                         return front_dialect.exit_usage;

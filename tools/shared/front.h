@@ -103,6 +103,9 @@ int front_common_option(int c, const char *arg, int *ret_exit);
 int front_parse_output(const char *s, OutputFormat *ret);
 /* Whether `mode` is a qemu cache mode name (-t / -T). */
 bool cache_mode_valid(const char *mode);
+/* Whether writes under cache mode `mode` (NULL: the default) bypass the page
+ * cache: all but writeback, writethrough and unsafe. */
+bool cache_mode_direct(const char *mode);
 
 typedef enum FrontVerbId {
         VERB_INFO,

@@ -1,12 +1,15 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
 /* qemu-img info's output for both tools (see info.h). */
 
+#include <errno.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "info.h"
+#include "log.h"
 #include "macro.h"
 #include "text.h"
 
@@ -157,4 +160,41 @@ void info_print_json(Json *j, const InfoView *v) {
         if (v->have_dirty)
                 json_bool(j, "dirty-flag", v->dirty);
         json_object_close(j);
+}
+
+void snapshot_table_header(void) {
+        printf("%-10s%-17s%8s%20s%13s%11s\n", "ID", "TAG", "VM SIZE", "DATE", "VM CLOCK", "ICOUNT");
+}
+
+void snapshot_table_row(const char *id, const char *name, uint64_t vm_state_size, int64_t date_sec,
+                        uint64_t vm_clock_nsec, uint64_t icount) {
+        time_t t = (time_t) date_sec;
+        uint64_t secs = vm_clock_nsec / 1000000000;
+        struct tm tm;
+        char date[32] = "", size[32], count[32] = "";
+
+        if (localtime_r(&t, &tm))
+                strftime(date, sizeof date, "%Y-%m-%d %H:%M:%S", &tm);
+        format_size(vm_state_size, size);
+        if (icount != UINT64_MAX)
+                snprintf(count, sizeof count, "%" PRIu64, icount);
+        printf("%-9s %-16s %8s %19s %02" PRIu64 ":%02" PRIu64 ":%02" PRIu64 ".%03" PRIu64 " %10s\n", id, name,
+               size, date, secs / 3600, secs / 60 % 60, secs % 60, vm_clock_nsec / 1000000 % 1000, count);
+}
+
+int snapshot_refuse(char action, const char *name) {
+        switch (action) {
+        case 'c':
+                log_error("Could not create snapshot '%s': -%d (%s)", name, EOPNOTSUPP, strerror(EOPNOTSUPP));
+                break;
+        case 'a':
+                log_error("Could not apply snapshot '%s': Block driver does not support snapshots", name);
+                break;
+        case 'd':
+                log_error("Could not delete snapshot '%s': snapshot not found", name);
+                break;
+        default:
+                abort();
+        }
+        return 1;
 }

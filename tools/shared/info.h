@@ -33,3 +33,13 @@ typedef struct InfoView {
 
 void info_print_human(const InfoView *v);
 void info_print_json(Json *j, const InfoView *v);
+
+/* qemu-img's snapshot table (info's "Snapshot list:", snapshot -l): the
+ * header, then one row per snapshot. date_sec: the wall clock time it was
+ * taken; icount: UINT64_MAX when the image does not record it. */
+void snapshot_table_header(void);
+void snapshot_table_row(const char *id, const char *name, uint64_t vm_state_size, int64_t date_sec,
+                        uint64_t vm_clock_nsec, uint64_t icount);
+/* qemu-img 7.2's failure for snapshot -c/-a/-d ('c', 'a', 'd') on a format
+ * without internal snapshots (logged); returns 1, both tools' exit code. */
+int snapshot_refuse(char action, const char *name);
