@@ -284,3 +284,13 @@ int qcow2_bitmap_change(void *state, const vdisk_bitmap_change *c);
  * the marks and frees the old tables, or puts the old ones back. */
 int qcow2_bitmaps_resize_begin(qcow2_state *s, uint64_t new_size);
 int qcow2_bitmaps_resize_end(qcow2_state *s, bool switched);
+/* Compact (qcow2-space.c moves, these switch): bitmap i's table as it is on
+ * disk (checked; table_size entries, freed by the caller); entry i's table
+ * offset pointed at `to`, flushed; the extension's directory offset pointed
+ * at `to`, flushed; entry j of bitmap i's table, at `from`, pointed at its
+ * copy at `to` (counted and durable first, flushed after; `from` is freed at
+ * the next flush). */
+int qcow2_bitmap_table(qcow2_state *s, uint32_t i, uint64_t **ret);
+int qcow2_bitmap_table_switch(qcow2_state *s, uint32_t i, uint64_t to);
+int qcow2_bitmap_dir_switch(qcow2_state *s, uint64_t to);
+int qcow2_bitmap_data_switch(qcow2_state *s, uint32_t i, uint32_t j, uint64_t from, uint64_t to);

@@ -540,6 +540,10 @@ typedef struct cpack {
         qcow2_state *s;
 } cpack;
 
+/* A pack unit's key: a data cluster's virtual cluster number, or, with this
+ * bit, a bitmap data cluster (bitmap i, table entry j: i << 32 | j). */
+#define KEY_BITMAP      (UINT64_C(1) << 63)
+
 /* Data cluster `key` (its virtual cluster number) moves: the new place is
  * counted now (written with the refcounts before the L2 table), the old
  * one freed after the L2 table is on disk. */
@@ -550,6 +554,8 @@ static int cpack_repoint(void *user, uint64_t key, uint64_t from, uint64_t to) {
         tc_table *l2;
         int r;
 
+        if (key & KEY_BITMAP)
+                return qcow2_bitmap_data_switch(s, (uint32_t) ((key & ~KEY_BITMAP) >> 32), (uint32_t) key, from, to);
         r = qcow2_l2_for_write(s, l1i, &l2);
         if (r >= 0)
                 r = tc_get(l2, i, &e);
@@ -847,6 +853,39 @@ static int drop_empty_rb(qcow2_state *s, uint64_t rti, uint64_t off, uint8_t *bu
         return qcow2_uncount(s, off, s->cluster_size);
 }
 
+/* Each bitmap table, then the bitmap directory, into the lowest free
+ * clusters below it: the copy counted and durable, the pointer switched (the
+ * directory entry's table offset, the extension's directory offset),
+ * flushed, the old place uncounted. */
+static int move_bitmaps(qcow2_state *s, vdisk_progress *p, uint64_t *ret_moved) {
+        uint64_t to;
+        bool moved;
+        int r;
+
+        for (uint32_t i = 0; i <= s->nb_bitmaps && s->nb_bitmaps > 0; i++) {
+                bool dir = i == s->nb_bitmaps;
+                uint64_t from = dir ? s->bm_dir_offset : s->bm[i].table_offset;
+                uint64_t len = dir ? s->bm_dir_size : (uint64_t) s->bm[i].table_size * 8;
+
+                if (len == 0 || from <= s->free_hint)
+                        continue;
+                r = progress_check(p);
+                if (r >= 0)
+                        r = move_done(s, qcow2_table_place(s, NULL, len, from, from, QCOW2_PLACE_LOW, &to), &moved);
+                if (r < 0)
+                        return r;
+                if (!moved)
+                        continue;
+                r = dir ? qcow2_bitmap_dir_switch(s, to) : qcow2_bitmap_table_switch(s, i, to);
+                if (r >= 0)
+                        r = qcow2_uncount(s, from, len);
+                if (r < 0)
+                        return r;
+                (*ret_moved)++;
+        }
+        return 0;
+}
+
 static int move_l1(qcow2_state *s, bool *ret_moved) {
         uint64_t from = s->l1_offset, len = (uint64_t) s->l1_size * 8, to;
         uint8_t b[8];
@@ -940,6 +979,9 @@ static int compact_meta(qcow2_state *s, vdisk_progress *p, uint64_t *ret_moved) 
         rt = switch_l2s(s, batch, nb);
         if (r < 0 || rt < 0)
                 return r < 0 ? r : rt;
+        r = move_bitmaps(s, p, &n_moved);
+        if (r < 0)
+                return r;
         for (uint64_t rti = 0; rti < tc_table_entries(s->reft); rti++) {
                 uint64_t e;
 
@@ -984,8 +1026,21 @@ static int cmp_u64(const void *a, const void *b) {
         return x < y ? -1 : x > y;
 }
 
-/* Phase 2: the data clusters (units) and everything else that has a
- * reference (fixed), for fmt_pack. */
+static int push_unit(fmt_unit **units, size_t *n, size_t *cap, uint64_t key, uint64_t host) {
+        if (*n == *cap) {
+                size_t nc = MAX(*cap * 2, (size_t) 256);
+                fmt_unit *nu = realloc(*units, nc * sizeof *nu);
+
+                if (!nu)
+                        return vdisk_error(-ENOMEM, "out of memory");
+                *units = nu, *cap = nc;
+        }
+        (*units)[(*n)++] = (fmt_unit) { .key = key, .host = host };
+        return 0;
+}
+
+/* Phase 2: the data clusters and the bitmaps' (units) and everything else
+ * that has a reference (fixed), for fmt_pack. */
 static int compact_layout(qcow2_state *s, fmt_unit **ret_units, size_t *ret_n, fmt_span **ret_fixed,
                           size_t *ret_nf) {
         uint64_t cs = s->cluster_size, n_file = DIV_ROUND_UP(s->file_size, cs);
@@ -1014,15 +1069,23 @@ static int compact_layout(qcow2_state *s, fmt_unit **ret_units, size_t *ret_n, f
                                 return r;
                         if ((e & L2E_COMPRESSED) || (e & OFFSET_MASK) == 0)
                                 continue;
-                        if (n == cap) {
-                                size_t nc = MAX(cap * 2, (size_t) 256);
-                                fmt_unit *nu = realloc(units, nc * sizeof *nu);
+                        r = push_unit(&units, &n, &cap, l1i * s->l2_entries + l2i, e & OFFSET_MASK);
+                        if (r < 0)
+                                return r;
+                }
+        }
+        for (uint32_t i = 0; i < s->nb_bitmaps; i++) {
+                _cleanup_free_ uint64_t *t = NULL;
 
-                                if (!nu)
-                                        return vdisk_error(-ENOMEM, "out of memory");
-                                units = nu, cap = nc;
-                        }
-                        units[n++] = (fmt_unit) { .key = l1i * s->l2_entries + l2i, .host = e & OFFSET_MASK };
+                r = qcow2_bitmap_table(s, i, &t);
+                if (r < 0)
+                        return r;
+                for (uint32_t j = 0; j < s->bm[i].table_size; j++) {
+                        if ((t[j] & OFFSET_MASK) == 0)
+                                continue;
+                        r = push_unit(&units, &n, &cap, KEY_BITMAP | (uint64_t) i << 32 | j, t[j] & OFFSET_MASK);
+                        if (r < 0)
+                                return r;
                 }
         }
         hosts = malloc((n + 1) * sizeof *hosts);

@@ -110,6 +110,69 @@ before=$(layout "$img")
 expect_rc "vd-4k: compact" 0 "$VDISK_IMG" compact "$img"
 check_compacted vd-4k "$img" vd-4k.raw "$before" 1 l2,rb
 
+# bmlayout IMG: "DIRECTORY_OFFSET LAST_BITMAP_TABLE LAST_BITMAP_DATA_CLUSTER"
+bmlayout() {
+        "$PY" - "$1" <<'EOF'
+import struct, sys
+d = open(sys.argv[1], 'rb').read()
+off = struct.unpack('>I', d[100:104])[0]
+while True:
+    t, ln = struct.unpack('>II', d[off:off + 8])
+    if t == 0x23852875:
+        n, _, size, dof = struct.unpack('>IIQQ', d[off + 8:off + 32])
+        break
+    assert t != 0, 'no bitmaps extension'
+    off += 8 + ((ln + 7) & ~7)
+pos, tables, data = dof, [], [0]
+for _ in range(n):
+    toff, tsize, _, _, _, nlen, xlen = struct.unpack('>QIIBBHI', d[pos:pos + 24])
+    tables.append(toff)
+    data += [struct.unpack('>Q', d[toff + 8 * j:toff + 8 * j + 8])[0] & 0x00fffffffffffe00 for j in range(tsize)]
+    pos += (24 + xlen + nlen + 7) & ~7
+print(dof, max(tables), max(data))
+EOF
+}
+
+# 4. persistent bitmaps high in the file (qemu-made, 64 KiB clusters): b1
+# (4 KiB granularity) and b2 enabled, b3 disabled with b1 merged into it,
+# stored by qemu after the data; then the 4 MiB of data below them
+# discarded. Compact moves each bitmap table and the directory down, and the
+# bitmaps' data clusters with the data: qemu-img info lists the same
+# bitmaps, their bits are the same (our reader on the image, and on qemu's
+# `convert --bitmaps` copy of it), the content too, the file is smaller.
+img=bitmaps.qcow2
+"$QEMU_IMG" create -q -f qcow2 -o cluster_size=64k "$img" 64M
+"$QEMU_IO" -f qcow2 -c "write -P 0x11 0 1M" -c "write -P 0x22 8M 4M" -c "write -P 0x33 20M 256k" \
+        "$img" >/dev/null
+"$QEMU_IMG" bitmap --add -g 4096 "$img" b1
+"$QEMU_IMG" bitmap --add "$img" b2
+"$QEMU_IO" -f qcow2 -c "write -P 0x44 30M 128k" -c "write -P 0x55 1M 64k" "$img" >/dev/null
+"$QEMU_IMG" bitmap --add --disable "$img" b3
+"$QEMU_IMG" bitmap --merge b1 "$img" b3
+expect_rc "bitmaps: discard 4M" 0 "$DISCARD" "$img" qcow2 $((8 * M)):$((4 * M))
+"$QEMU_IMG" convert -f qcow2 -O raw "$img" bitmaps.raw
+BM dump "$img" >bitmaps.before
+"$QEMU_IMG" info "$img" | sed -n '/bitmaps:/,/refcount bits/p' >bitmaps.info
+expect_true "bitmaps: three bitmaps with bits set before" test "$(grep -c 'ranges=[0-9]' bitmaps.before)" -eq 3
+before=$(layout "$img")
+read -r b_dir b_table b_data <<<"$(bmlayout "$img")"
+size_before=$(stat -c %s "$img")
+expect_rc "bitmaps: compact" 0 "$VDISK_IMG" compact "$img"
+check_compacted bitmaps "$img" bitmaps.raw "$before" 0 ""
+read -r dir table data <<<"$(bmlayout "$img")"
+expect_true "bitmaps: the directory moved down ($b_dir -> $dir)" test "$dir" -lt "$b_dir"
+expect_true "bitmaps: the last bitmap table moved down ($b_table -> $table)" test "$table" -lt "$b_table"
+expect_true "bitmaps: the last bitmap data cluster moved down ($b_data -> $data)" test "$data" -lt "$b_data"
+expect_true "bitmaps: the file shrank ($size_before -> $(stat -c %s "$img"))" \
+        test "$(stat -c %s "$img")" -lt "$size_before"
+"$QEMU_IMG" info "$img" | sed -n '/bitmaps:/,/refcount bits/p' >bitmaps.info.after
+expect_cmp "bitmaps: qemu-img info lists the same bitmaps" bitmaps.info bitmaps.info.after
+BM dump "$img" >bitmaps.after
+expect_cmp "bitmaps: the same bits (our reader)" bitmaps.before bitmaps.after
+run "$QEMU_IMG" convert --bitmaps -f qcow2 -O qcow2 "$img" bitmaps-copy.qcow2
+BM dump bitmaps-copy.qcow2 >bitmaps.copy
+expect_cmp "bitmaps: the same bits (qemu-img convert --bitmaps)" bitmaps.before bitmaps.copy
+
 # internal snapshots: compact refused (shared L2 tables), the image unchanged
 "$QEMU_IMG" create -q -f qcow2 snap.qcow2 8M
 "$QEMU_IO" -f qcow2 -c "write -P 0x12 0 1M" snap.qcow2 >/dev/null
