@@ -48,6 +48,8 @@
  * bitmap, grown so that a table grows: each bitmap in use or consistent
  * with the size the header says, the grown range clean but for the one
  * write made into it);
+ * qcow2-compact-bitmaps (compact moving the tables, data clusters and
+ * directory of an enabled and a disabled bitmap: their bits never change);
  * qcow2-writes-bitmaps (an image with an enabled and a disabled persistent
  * bitmap: the disabled one never changes, the enabled one is in use or
  * records every changed unit) in its own test, crash-qcow2-bitmaps.
@@ -947,6 +949,89 @@ static void build_qcow2_compact_meta(scenario *sc) {
         vdisk_disk_unref(d);
 }
 
+/* QCOW2 compact moving bitmaps: the compact-meta image with an enabled
+ * bitmap "on" (64 KiB) and a disabled one "off" (4 KiB, "on" merged into
+ * it) added after the first 3 MiB of data and rewritten by the write at
+ * 6 MiB, so that their tables, data clusters and directory lie above the
+ * 2.5 MiB discarded. Their bits after the build are what every crash image
+ * must hold. */
+static struct {
+        uint8_t *on, *off;
+        size_t on_len, off_len;
+} compact_bm;
+
+static void build_qcow2_compact_bitmaps(scenario *sc) {
+        vdisk_bitmap_change on = { .size = sizeof on, .op = VDISK_BITMAP_OP_ADD, .name = "on",
+                                   .granularity = 65536, .flags = VDISK_BITMAP_AUTO };
+        vdisk_bitmap_change off = { .size = sizeof off, .op = VDISK_BITMAP_OP_ADD, .name = "off",
+                                    .granularity = 4096 };
+        vdisk_bitmap_change merge = { .size = sizeof merge, .op = VDISK_BITMAP_OP_MERGE, .name = "off",
+                                      .source = "on" };
+        uint64_t g;
+        rng r;
+        vdisk_disk *d;
+
+        rng_seed(&r, 13);
+        sc->n = 1;
+        d = build_chain(sc);
+        fill_block(d, &r, 0, 0, 64 * KiB);
+        fill_block(d, &r, 0, 512 * KiB, 512 * KiB);
+        fill_block(d, &r, 1, 0, BLOCK);
+        fill_block(d, &r, 2, 0, BLOCK);
+        ASSERT_OK(vdisk_image_change_bitmap(vdisk_disk_image(d, 0), &on));
+        ASSERT_OK(vdisk_image_change_bitmap(vdisk_disk_image(d, 0), &off));
+        fill_block(d, &r, 6, 0, 8 * KiB);
+        fill_block(d, &r, 0, 0, 4 * KiB);
+        ASSERT_OK(vdisk_disk_flush(d));
+        ASSERT_OK(vdisk_image_change_bitmap(vdisk_disk_image(d, 0), &merge));
+        ASSERT_OK(vdisk_disk_discard(d, 512 * KiB, 2 * BLOCK + 512 * KiB));
+        ASSERT_OK(vdisk_disk_flush(d));
+        free(compact_bm.on);
+        free(compact_bm.off);
+        ASSERT_OK(vdisk_image_read_bitmap(vdisk_disk_image(d, 0), "on", &compact_bm.on, &compact_bm.on_len, &g));
+        ASSERT_OK(vdisk_image_read_bitmap(vdisk_disk_image(d, 0), "off", &compact_bm.off, &compact_bm.off_len, &g));
+        ASSERT(!buf_is_zero(compact_bm.off, compact_bm.off_len));
+        vdisk_disk_unref(d);
+}
+
+/* The bitmaps lay past 3 MiB of the file: cut below 1 MiB, they moved. */
+static void after_compact_bitmaps(scenario *sc, wl *w) {
+        uint64_t after;
+
+        after_compact(sc, w);
+        ASSERT_OK(vdisk_image_file_size(vdisk_disk_image(w->d, sc->faulted), &after));
+        if (after >= 1 * MiB)
+                FAIL("%s: compact left %" PRIu64 " of %" PRIu64 " bytes: the bitmaps did not move", sc->name, after,
+                     sc->file_size_before);
+}
+
+/* After any fault: both bitmaps consistent, "on" enabled and "off" not,
+ * each holding exactly the bits it had before the compact. */
+static void verify_compact_bitmaps(scenario *sc, vdisk_io *io, const char *what) {
+        vdisk_disk *d = open_ios(&io, 1, VDISK_OPEN_READONLY, what);
+        vdisk_image *img = vdisk_disk_image(d, 0);
+        vdisk_bitmap *v = NULL;
+        uint8_t *bits = NULL;
+        size_t n = 0, len = 0;
+        uint64_t g = 0;
+
+        (void) sc;
+        ASSERT_OK(vdisk_image_list_bitmaps(img, &v, &n));
+        if (n != 2 || strcmp(v[0].name, "on") != 0 || strcmp(v[1].name, "off") != 0 ||
+            v[0].flags != VDISK_BITMAP_AUTO || v[1].flags != 0)
+                FAIL("%s: the bitmaps are not \"on\" (auto) and \"off\" (disabled), both consistent", what);
+        ASSERT_OK(vdisk_image_read_bitmap(img, "on", &bits, &len, &g));
+        if (g != 65536 || len != compact_bm.on_len || memcmp(bits, compact_bm.on, len) != 0)
+                FAIL("%s: bitmap \"on\" changed", what);
+        free(bits);
+        ASSERT_OK(vdisk_image_read_bitmap(img, "off", &bits, &len, &g));
+        if (g != 4096 || len != compact_bm.off_len || memcmp(bits, compact_bm.off, len) != 0)
+                FAIL("%s: bitmap \"off\" changed", what);
+        free(bits);
+        vdisk_bitmaps_free(v, n);
+        vdisk_disk_unref(d);
+}
+
 /* QCOW2 discard: whole clusters given back (their L2 entries, then their
  * refcounts at the flush), partial ones zeroed; the writes after the flush
  * reuse the freed clusters. */
@@ -1478,6 +1563,15 @@ static scenario scenarios[] = {
         { .name = "qcow2-compact-meta", .fmt = "qcow2", .opts = qcow2_4k_rb64, .max_crash_seeds = 1,
           .faulted = 0, .qemu = 1, .qemu_every = 4, .build = build_qcow2_compact_meta, .op = op_compact,
           .after_success = after_compact },
+        /* ... with persistent bitmaps above the hole: each bitmap table and
+         * the directory moved (the copy counted and flushed, the entry's
+         * table offset or the header extension's directory offset switched
+         * and flushed, the old place freed), the bitmap data clusters
+         * packed with the data (the table entry switched); the bits never
+         * change */
+        { .name = "qcow2-compact-bitmaps", .fmt = "qcow2", .opts = qcow2_4k_rb64, .max_crash_seeds = 2,
+          .faulted = 0, .qemu = 1, .qemu_every = 4, .build = build_qcow2_compact_bitmaps, .op = op_compact,
+          .after_success = after_compact_bitmaps, .verify_image = verify_compact_bitmaps },
         /* QCOW2 with an internal snapshot: the same writes copy shared
          * data clusters and L2 tables (COPIED clear) on write; snapshot
          * create and delete (snapshot -c/-d). The snapshot reads as taken
