@@ -189,7 +189,9 @@ static int trim_tail(qcow2_state *s) {
         r = io_truncate(s->io, end);
         if (r < 0)
                 return r;
-        s->file_size = s->data_size = end;
+        s->file_size = end;
+        if (!s->data_io)
+                s->data_size = end;   /* else the data file's, unchanged */
         hostalloc_truncated(&s->alloc, end);
         hostalloc_rewind(&s->alloc, end);
         if (s->free_hint > end)
@@ -592,6 +594,7 @@ static int cpack_commit(void *user) {
 static int compact_cluster(qcow2_state *s, fmt_scan *sc, uint64_t cl, uint64_t e, uint64_t b,
                            uint64_t *ret_e, uint64_t *ret_b) {
         uint64_t cs = s->cluster_size, voff = cl * cs, vlen = MIN(cs, s->size - voff), host = e & OFFSET_MASK;
+        vdisk_io *io = s->data_io ? s->data_io : s->io;
         compact_verdict v;
         int r;
 
@@ -604,7 +607,7 @@ static int compact_cluster(qcow2_state *s, fmt_scan *sc, uint64_t cl, uint64_t e
                         return 0;
                 }
                 fmt_scan_begin(sc);
-                r = fmt_scan_piece(sc, s->io, host, voff, vlen);
+                r = fmt_scan_piece(sc, io, host, voff, vlen);
                 if (r < 0)
                         return r;
                 v = fmt_scan_verdict(sc);
@@ -624,7 +627,7 @@ static int compact_cluster(qcow2_state *s, fmt_scan *sc, uint64_t cl, uint64_t e
 
                 if (!((alloc >> i) & 1) || so >= vlen)
                         continue;
-                r = fmt_scan_piece(sc, s->io, host + so, voff + so, MIN(sc_size, vlen - so));
+                r = fmt_scan_piece(sc, io, host + so, voff + so, MIN(sc_size, vlen - so));
                 if (r < 0)
                         return r;
         }
@@ -639,17 +642,71 @@ static int compact_cluster(qcow2_state *s, fmt_scan *sc, uint64_t cl, uint64_t e
         return 0;
 }
 
+/* An external data file's clusters that no entry names any more: their
+ * ranges (each cluster at its guest offset, the spec's rule), punched once
+ * the tables without them are durable. */
+#define PUNCH_BATCH 64u
+
+typedef struct punch_list {
+        fmt_span v[PUNCH_BATCH];
+        size_t n;
+} punch_list;
+
+static int punch_run(qcow2_state *s, punch_list *pl) {
+        int r;
+
+        if (pl->n == 0)
+                return 0;
+        r = qcow2_flush(s);
+        for (size_t i = 0; i < pl->n && r >= 0; i++) {
+                r = io_punch_hole(s->data_io, pl->v[i].start, pl->v[i].len);
+                if (r == -EOPNOTSUPP)
+                        r = 0;  /* the space stays allocated; the disk reads the same */
+        }
+        if (r >= 0)
+                r = io_flush(s->data_io);
+        pl->n = 0;
+        return r;
+}
+
+static int punch_add(qcow2_state *s, punch_list *pl, uint64_t start, uint64_t len) {
+        if (pl->n > 0 && pl->v[pl->n - 1].start + pl->v[pl->n - 1].len == start) {
+                pl->v[pl->n - 1].len += len;
+                return 0;
+        }
+        if (pl->n == PUNCH_BATCH) {
+                int r = punch_run(s, pl);
+
+                if (r < 0)
+                        return r;
+        }
+        pl->v[pl->n++] = (fmt_span) { .start = start, .len = len };
+        return 0;
+}
+
+/* The cluster's host space: in an external data file offset 0 is a cluster
+ * too, when COPIED is set. */
+static bool has_space(const qcow2_state *s, uint64_t e) {
+        return (e & OFFSET_MASK) != 0 || (s->data_io && !(e & L2E_COMPRESSED) && (e & L2E_COPIED));
+}
+
 /* Phase 1: the verdicts, applied to the tables in memory (each change is a
- * valid image on its own); L2 tables left empty leave the L1 table. */
+ * valid image on its own); L2 tables left empty leave the L1 table. With an
+ * external data file, the clusters given up are punched out of it after the
+ * tables are durable; a raw data file must keep reading as the disk: not
+ * scanned at all. */
 static int compact_scan(qcow2_state *s, compact_fn fn, void *ctx, vdisk_progress *p) {
         uint64_t cs = s->cluster_size, n_cl = DIV_ROUND_UP(s->size, cs);
         size_t buf_size = (size_t) MIN(cs, UINT64_C(1) << 20);
         _cleanup_free_ uint8_t *buf = buf_alloc(buf_size);
         fmt_scan sc = { .fn = fn, .ctx = ctx, .buf = buf, .buf_size = buf_size };
+        punch_list pl = {};
         int r;
 
         if (!buf)
                 return vdisk_error(-ENOMEM, "out of memory");
+        if (s->data_io && (s->autoclear & AUTOCLEAR_DATA_RAW))
+                return progress_add(p, s->size);
         for (uint64_t l1i = 0; l1i < s->l1_size; l1i++) {
                 uint64_t l1e, l2off, first = l1i * s->l2_entries;
                 bool empty = true;
@@ -677,7 +734,7 @@ static int compact_scan(qcow2_state *s, compact_fn fn, void *ctx, vdisk_progress
                                 r = tc_get(l2, 2 * l2i + 1, &b);
                         if (r < 0)
                                 return r;
-                        if (cl < n_cl && (e & (OFFSET_MASK | L2E_COMPRESSED))) {
+                        if (cl < n_cl && (has_space(s, e) || (e & L2E_COMPRESSED))) {
                                 r = compact_cluster(s, &sc, cl, e, b, &ne, &nb);
                                 if (r < 0)
                                         return r;
@@ -691,6 +748,12 @@ static int compact_scan(qcow2_state *s, compact_fn fn, void *ctx, vdisk_progress
                                                 return r;
                                         if ((ne & OFFSET_MASK) == 0)
                                                 queue_free_entry(s, e);
+                                        /* never a range another entry could name */
+                                        if (s->data_io && !has_space(s, ne) && (e & OFFSET_MASK) == cl * cs) {
+                                                r = punch_add(s, &pl, cl * cs, cs);
+                                                if (r < 0)
+                                                        return r;
+                                        }
                                         e = ne, b = nb;
                                 }
                         }
@@ -711,7 +774,7 @@ static int compact_scan(qcow2_state *s, compact_fn fn, void *ctx, vdisk_progress
                         queue_free(s, l2off);
                 }
         }
-        return 0;
+        return punch_run(s, &pl);
 }
 
 /* Phase 2: the metadata moves down into the lowest free clusters, each
@@ -1050,7 +1113,8 @@ static int compact_layout(qcow2_state *s, fmt_unit **ret_units, size_t *ret_n, f
         size_t n = 0, cap = 0, nf = 0, capf = 0;
         int r;
 
-        for (uint64_t l1i = 0; l1i < s->l1_size; l1i++) {
+        /* (the data clusters of an external data file are not this file's) */
+        for (uint64_t l1i = 0; l1i < s->l1_size && !s->data_io; l1i++) {
                 uint64_t l1e;
                 tc_table *l2;
 
@@ -1141,10 +1205,6 @@ int qcow2_compact(void *state, compact_fn fn, void *ctx, vdisk_progress *p) {
         assert(s->writable && fn);
         if (s->nb_snapshots > 0)
                 return vdisk_error(-EOPNOTSUPP, "qcow2: images with internal snapshots cannot be compacted");
-        /* The data clusters live in the external data file (no refcounts
-         * there): the scan would free and move them as this file's. */
-        if (s->data_io)
-                return vdisk_error(-EOPNOTSUPP, "qcow2: images with an external data file cannot be compacted");
         r = qcow2_mark_dirty(s);
         if (r >= 0)
                 r = qcow2_flush(s);
@@ -1159,14 +1219,12 @@ int qcow2_compact(void *state, compact_fn fn, void *ctx, vdisk_progress *p) {
         r = qcow2_flush(s);
         if (r < 0)
                 return r;
-        if (!s->data_io) {
-                r = compact_meta(s, p, &meta_moves);
-                if (r < 0) {
-                        rt = qcow2_flush(s);
-                        if (rt >= 0)
-                                rt = trim_tail(s);
-                        return rt < 0 ? rt : r;
-                }
+        r = compact_meta(s, p, &meta_moves);
+        if (r < 0) {
+                rt = qcow2_flush(s);
+                if (rt >= 0)
+                        rt = trim_tail(s);
+                return rt < 0 ? rt : r;
         }
         r = compact_layout(s, &units, &n, &fixed, &nf);
         if (r < 0)
@@ -1195,7 +1253,7 @@ int qcow2_compact(void *state, compact_fn fn, void *ctx, vdisk_progress *p) {
         /* again: refcount blocks left counting nothing (past the packed
          * data, or whose old place counted only itself) go, and what still
          * lies above a hole moves down */
-        if (r >= 0 && !s->data_io)
+        if (r >= 0)
                 r = compact_meta(s, p, &meta_moves);
         /* after a cancel too: what the moves left free at the end goes */
         rt = trim_tail(s);

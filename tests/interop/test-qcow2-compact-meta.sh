@@ -173,6 +173,63 @@ run "$QEMU_IMG" convert --bitmaps -f qcow2 -O qcow2 "$img" bitmaps-copy.qcow2
 BM dump bitmaps-copy.qcow2 >bitmaps.copy
 expect_cmp "bitmaps: the same bits (qemu-img convert --bitmaps)" bitmaps.before bitmaps.copy
 
+# 5. external data files (qemu-made, 64 KiB clusters, 2 GiB): the image
+# file holds only metadata; compact gives clusters that read as what shows
+# through back to the data file (unallocated in L2, their range punched)
+# and moves the image file's tables down.
+# blocks FILE: 512-byte blocks the file takes
+blocks() { stat -c %b "$1"; }
+
+# 5a. no backing file: zeros written as data at 8M (4 MiB) and as the only
+# data of the second L2 table (600M); data at 0, 1100M and 1600M
+img=df.qcow2
+"$QEMU_IMG" create -q -f qcow2 -o cluster_size=64k,data_file=df.data "$img" 2G
+"$QEMU_IO" -f qcow2 -c "write -P 0x11 0 4M" -c "write -P 0 8M 4M" -c "write -P 0 600M 64k" \
+        -c "write -P 0x44 1100M 64k" -c "write -P 0x55 1600M 128k" "$img" >/dev/null
+"$QEMU_IMG" convert -f qcow2 -O raw "$img" df.raw
+before=$(layout "$img")
+data_before=$(blocks df.data)
+expect_rc "data file: compact" 0 "$VDISK_IMG" compact "$img"
+check_compacted datafile "$img" df.raw "$before" 0 l2
+expect_true "data file: the zeros' 4160 KiB punched out of it ($data_before -> $(blocks df.data) blocks)" \
+        test "$(blocks df.data)" -le $((data_before - 8320))
+expect_no_data "$img" $((8 * M)) $((4 * M)) "data file: no data where the zeros were"
+expect_no_data "$img" $((600 * M)) $((64 * K)) "data file: no data in the dropped L2 table's range"
+
+# 5b. over a backing file: 0..1M written again with the parent's data, 4M..5M
+# with zeros over the parent's zeros (both show through: unallocated and
+# punched), 1M..2M with other data (kept)
+"$QEMU_IMG" create -q -f raw dfb-base.raw 64M
+"$QEMU_IO" -f raw -c "write -P 0x21 0 2M" dfb-base.raw >/dev/null
+cp dfb-base.raw dfb-base.orig
+img=dfb.qcow2
+"$QEMU_IMG" create -q -f qcow2 -o cluster_size=64k,data_file=dfb.data -b dfb-base.raw -F raw "$img"
+"$QEMU_IO" -f qcow2 -c "write -P 0x21 0 1M" -c "write -P 0x22 1M 1M" -c "write -P 0 4M 1M" "$img" >/dev/null
+"$QEMU_IMG" convert -f qcow2 -O raw "$img" dfb.raw
+data_before=$(blocks dfb.data)
+expect_rc "data file over a parent: compact" 0 "$VDISK_IMG" compact "$img"
+expect_rc "data file over a parent: qemu-img check clean" 0 "$QEMU_IMG" check -f qcow2 "$img"
+expect_rc "data file over a parent: qemu-img compare equal" 0 "$QEMU_IMG" compare -f qcow2 -F raw "$img" dfb.raw
+expect_true "data file over a parent: 2 MiB punched ($data_before -> $(blocks dfb.data) blocks)" \
+        test "$(blocks dfb.data)" -le $((data_before - 4096))
+expect_eq "data file over a parent: only 1M..2M allocated" \
+        "$("$QEMU_IMG" map -f qcow2 --output=json "$img" | "$PY" -c '
+import json, sys
+print([(e["start"], e["length"]) for e in json.load(sys.stdin) if e["depth"] == 0 and e["data"]])')" \
+        "[($M, $M)]"
+expect_cmp "data file over a parent: the parent unchanged" dfb-base.raw dfb-base.orig
+
+# 5c. data_file_raw=on: the data file must go on reading as the disk (zeros
+# written as data stay); only the image file's metadata is compacted
+img=dfr.qcow2
+"$QEMU_IMG" create -q -f qcow2 -o cluster_size=64k,data_file=dfr.data,data_file_raw=on "$img" 64M
+"$QEMU_IO" -f qcow2 -c "write -P 0x11 0 4M" -c "write -P 0 8M 4M" "$img" >/dev/null
+cp dfr.data dfr.orig
+expect_rc "raw data file: compact" 0 "$VDISK_IMG" compact "$img"
+expect_rc "raw data file: qemu-img check clean" 0 "$QEMU_IMG" check -f qcow2 "$img"
+expect_cmp "raw data file: byte for byte unchanged" dfr.data dfr.orig
+expect_rc "raw data file: the image reads as the data file" 0 "$QEMU_IMG" compare -f qcow2 -F raw "$img" dfr.data
+
 # internal snapshots: compact refused (shared L2 tables), the image unchanged
 "$QEMU_IMG" create -q -f qcow2 snap.qcow2 8M
 "$QEMU_IO" -f qcow2 -c "write -P 0x12 0 1M" snap.qcow2 >/dev/null
