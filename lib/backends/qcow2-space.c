@@ -642,48 +642,6 @@ static int compact_cluster(qcow2_state *s, fmt_scan *sc, uint64_t cl, uint64_t e
         return 0;
 }
 
-/* An external data file's clusters that no entry names any more: their
- * ranges (each cluster at its guest offset, the spec's rule), punched once
- * the tables without them are durable. */
-#define PUNCH_BATCH 64u
-
-typedef struct punch_list {
-        fmt_span v[PUNCH_BATCH];
-        size_t n;
-} punch_list;
-
-static int punch_run(qcow2_state *s, punch_list *pl) {
-        int r;
-
-        if (pl->n == 0)
-                return 0;
-        r = qcow2_flush(s);
-        for (size_t i = 0; i < pl->n && r >= 0; i++) {
-                r = io_punch_hole(s->data_io, pl->v[i].start, pl->v[i].len);
-                if (r == -EOPNOTSUPP)
-                        r = 0;  /* the space stays allocated; the disk reads the same */
-        }
-        if (r >= 0)
-                r = io_flush(s->data_io);
-        pl->n = 0;
-        return r;
-}
-
-static int punch_add(qcow2_state *s, punch_list *pl, uint64_t start, uint64_t len) {
-        if (pl->n > 0 && pl->v[pl->n - 1].start + pl->v[pl->n - 1].len == start) {
-                pl->v[pl->n - 1].len += len;
-                return 0;
-        }
-        if (pl->n == PUNCH_BATCH) {
-                int r = punch_run(s, pl);
-
-                if (r < 0)
-                        return r;
-        }
-        pl->v[pl->n++] = (fmt_span) { .start = start, .len = len };
-        return 0;
-}
-
 /* The cluster's host space: in an external data file offset 0 is a cluster
  * too, when COPIED is set. */
 static bool has_space(const qcow2_state *s, uint64_t e) {
@@ -691,16 +649,15 @@ static bool has_space(const qcow2_state *s, uint64_t e) {
 }
 
 /* Phase 1: the verdicts, applied to the tables in memory (each change is a
- * valid image on its own); L2 tables left empty leave the L1 table. With an
- * external data file, the clusters given up are punched out of it after the
- * tables are durable; a raw data file must keep reading as the disk: not
- * scanned at all. */
-static int compact_scan(qcow2_state *s, compact_fn fn, void *ctx, vdisk_progress *p) {
+ * valid image on its own); L2 tables left empty leave the L1 table. A raw
+ * data file must keep reading as the disk: not scanned at all. *ret_ident:
+ * every cluster with space in an external data file lies at its guest
+ * offset. */
+static int compact_scan(qcow2_state *s, compact_fn fn, void *ctx, vdisk_progress *p, bool *ret_ident) {
         uint64_t cs = s->cluster_size, n_cl = DIV_ROUND_UP(s->size, cs);
         size_t buf_size = (size_t) MIN(cs, UINT64_C(1) << 20);
         _cleanup_free_ uint8_t *buf = buf_alloc(buf_size);
         fmt_scan sc = { .fn = fn, .ctx = ctx, .buf = buf, .buf_size = buf_size };
-        punch_list pl = {};
         int r;
 
         if (!buf)
@@ -734,6 +691,8 @@ static int compact_scan(qcow2_state *s, compact_fn fn, void *ctx, vdisk_progress
                                 r = tc_get(l2, 2 * l2i + 1, &b);
                         if (r < 0)
                                 return r;
+                        if (has_space(s, e) && (e & OFFSET_MASK) != cl * cs)
+                                *ret_ident = false;
                         if (cl < n_cl && (has_space(s, e) || (e & L2E_COMPRESSED))) {
                                 r = compact_cluster(s, &sc, cl, e, b, &ne, &nb);
                                 if (r < 0)
@@ -748,12 +707,6 @@ static int compact_scan(qcow2_state *s, compact_fn fn, void *ctx, vdisk_progress
                                                 return r;
                                         if ((ne & OFFSET_MASK) == 0)
                                                 queue_free_entry(s, e);
-                                        /* never a range another entry could name */
-                                        if (s->data_io && !has_space(s, ne) && (e & OFFSET_MASK) == cl * cs) {
-                                                r = punch_add(s, &pl, cl * cs, cs);
-                                                if (r < 0)
-                                                        return r;
-                                        }
                                         e = ne, b = nb;
                                 }
                         }
@@ -774,7 +727,55 @@ static int compact_scan(qcow2_state *s, compact_fn fn, void *ctx, vdisk_progress
                         queue_free(s, l2off);
                 }
         }
-        return punch_run(s, &pl);
+        return 0;
+}
+
+static int punch(qcow2_state *s, uint64_t start, uint64_t end) {
+        int r;
+
+        end = MIN(end, s->size);
+        if (start >= end)
+                return 0;
+        r = io_punch_hole(s->data_io, start, end - start);
+        return r == -EOPNOTSUPP ? 0 : r;   /* the space stays; the disk reads the same */
+}
+
+/* An external data file holds each cluster at its guest offset (the spec's
+ * rule): once the tables are durable, the range of every cluster they do not
+ * map is punched out of it. That gives back what the scan unallocated, and
+ * what a compact cut before its punches left. Only when every cluster with
+ * space lies at its guest offset (else a range could be another cluster's). */
+static int punch_unmapped(qcow2_state *s) {
+        uint64_t cs = s->cluster_size, n_cl = DIV_ROUND_UP(s->size, cs), run = 0;
+        int r;
+
+        for (uint64_t l1i = 0; l1i < s->l1_size && l1i * s->l2_entries < n_cl; l1i++) {
+                uint64_t l1e;
+                tc_table *l2;
+
+                r = tc_get(s->l1, l1i, &l1e);
+                if (r < 0)
+                        return r;
+                if ((l1e & OFFSET_MASK) == 0)
+                        continue;       /* the run goes on */
+                for (uint64_t l2i = 0; l2i < s->l2_entries && l1i * s->l2_entries + l2i < n_cl; l2i++) {
+                        uint64_t cl = l1i * s->l2_entries + l2i, e;
+
+                        r = qcow2_get_l2(s, l1e & OFFSET_MASK, &l2);
+                        if (r >= 0)
+                                r = tc_get(l2, s->extended_l2 ? 2 * l2i : l2i, &e);
+                        if (r < 0)
+                                return r;
+                        if (!has_space(s, e))
+                                continue;
+                        r = punch(s, run, cl * cs);
+                        if (r < 0)
+                                return r;
+                        run = (cl + 1) * cs;
+                }
+        }
+        r = punch(s, run, s->size);
+        return r < 0 ? r : io_flush(s->data_io);
 }
 
 /* Phase 2: the metadata moves down into the lowest free clusters, each
@@ -1200,6 +1201,7 @@ int qcow2_compact(void *state, compact_fn fn, void *ctx, vdisk_progress *p) {
         size_t n = 0, nf = 0;
         uint64_t moves, meta_moves = 0;
         cpack cp = { .s = s };
+        bool ident = true;
         int r, rt;
 
         assert(s->writable && fn);
@@ -1210,13 +1212,15 @@ int qcow2_compact(void *state, compact_fn fn, void *ctx, vdisk_progress *p) {
                 r = qcow2_flush(s);
         if (r < 0)
                 return r;
-        r = compact_scan(s, fn, ctx, p);
+        r = compact_scan(s, fn, ctx, p, &ident);
         if (r < 0) {
                 /* what was decided is valid: kept */
                 rt = qcow2_flush(s);
                 return rt < 0 ? rt : r;
         }
         r = qcow2_flush(s);
+        if (r >= 0 && s->data_io && !(s->autoclear & AUTOCLEAR_DATA_RAW) && ident)
+                r = punch_unmapped(s);
         if (r < 0)
                 return r;
         r = compact_meta(s, p, &meta_moves);
