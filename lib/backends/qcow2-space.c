@@ -35,16 +35,19 @@
  *             equal to what shows through below, it is unallocated; all
  *             zeros over a parent with data, a zero cluster (v3); zero
  *             clusters give up the space they kept; L2 tables left empty are
- *             dropped. Flushed. Then the metadata moves down (L2 tables,
- *             refcount blocks, the L1 table, the refcount table: each into
- *             the lowest free clusters below it, by qcow2_table_place, the
- *             pointer switched, the old place freed; refcount blocks that
- *             count nothing leave the refcount table), fmt_pack moves the
- *             highest data clusters into the lowest free clusters (copy,
- *             flush, the new place counted, the L2 entry, flushed, the old
- *             place freed, flushed), the metadata moves once more, and the
- *             file is cut after its last referenced cluster. A cancel stops
- *             between batches and moves; every step is a valid image.
+ *             dropped. Flushed. With an external data file (not raw), the
+ *             ranges of the clusters the tables do not map are punched out
+ *             of it then. Then the metadata moves down (L2 tables, bitmap
+ *             tables and directory, refcount blocks, the L1 table, the
+ *             refcount table: each into the lowest free clusters below it,
+ *             by qcow2_table_place, the pointer switched, the old place
+ *             freed; refcount blocks that count nothing leave the refcount
+ *             table), fmt_pack moves the highest data clusters and bitmap
+ *             data clusters into the lowest free clusters (copy, flush, the
+ *             new place counted, the L2 or bitmap table entry, flushed, the
+ *             old place freed, flushed), the metadata moves once more, and
+ *             the file is cut after its last referenced cluster. A cancel
+ *             stops between batches and moves; every step is a valid image.
  */
 #include <assert.h>
 #include <errno.h>
@@ -781,11 +784,12 @@ static int punch_unmapped(qcow2_state *s) {
 /* Phase 2: the metadata moves down into the lowest free clusters, each
  * table on its own (qcow2_table_place: the copy, counted, durable; the
  * switch, flushed; the old place uncounted, flushed with the next step):
- * L2 tables (the L1 entry switches), refcount blocks (the refcount table
- * entry; a block counting its own new place holds that count, since the
- * copy is taken after the counts are written), the L1 table and the
- * refcount table (the header's offset). A table with no free place below
- * it stays. */
+ * L2 tables (the L1 entry switches), bitmap tables and the bitmap
+ * directory (the directory entry; the header extension), refcount blocks
+ * (the refcount table entry; a block counting its own new place holds that
+ * count, since the copy is taken after the counts are written), the L1
+ * table and the refcount table (the header's offset). A table with no free
+ * place below it stays. */
 static int move_done(qcow2_state *s, int r, bool *ret_moved) {
         *ret_moved = r >= 0;
         if (r == -ENOSPC) {

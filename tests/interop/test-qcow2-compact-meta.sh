@@ -7,6 +7,9 @@
 # clusters it references (a few holes at most: refcount blocks dropped after
 # the data moves), the tables that stood above a hole moved down,
 # `qemu-img check` is clean and `qemu-img compare` equals the content before.
+# Also: persistent bitmaps above the hole (their tables, data clusters and
+# directory move; qemu-img info and the bits unchanged), and images with an
+# external data file (dropped clusters punched out of it; raw ones kept).
 #   tests/interop/test-qcow2-compact-meta.sh build/tools/vdisk-img build/tests/interop/vdisk-discard
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 source "$(dirname "$0")/lib.sh" "$@"
