@@ -592,6 +592,18 @@ static int cpack_commit(void *user) {
         return qcow2_flush(((cpack *) user)->s);
 }
 
+/* Whether the table or data cluster at `off` is referenced from elsewhere
+ * too (an internal snapshot's tree): compact neither changes nor moves it. */
+static int is_shared(qcow2_state *s, uint64_t off, bool *ret) {
+        uint64_t rc = 1;
+        int r = 0;
+
+        if (s->nb_snapshots > 0)
+                r = qcow2_rc_get(s, off, &rc);
+        *ret = rc != 1;
+        return r;
+}
+
 /* The verdicts for one cluster; *ret_e, *ret_b: the new entry (unchanged
  * when kept). */
 static int compact_cluster(qcow2_state *s, fmt_scan *sc, uint64_t cl, uint64_t e, uint64_t b,
@@ -669,7 +681,7 @@ static int compact_scan(qcow2_state *s, compact_fn fn, void *ctx, vdisk_progress
                 return progress_add(p, s->size);
         for (uint64_t l1i = 0; l1i < s->l1_size; l1i++) {
                 uint64_t l1e, l2off, first = l1i * s->l2_entries;
-                bool empty = true;
+                bool empty = true, shared;
                 tc_table *l2;
 
                 if (first >= n_cl)
@@ -678,7 +690,10 @@ static int compact_scan(qcow2_state *s, compact_fn fn, void *ctx, vdisk_progress
                 if (r < 0)
                         return r;
                 l2off = l1e & OFFSET_MASK;
-                if (l2off == 0) {
+                r = l2off ? is_shared(s, l2off, &shared) : 0;
+                if (r < 0)
+                        return r;
+                if (l2off == 0 || shared) {
                         r = progress_add(p, MIN(s->l2_coverage, s->size - first * cs));
                         if (r < 0)
                                 return r;
@@ -1008,7 +1023,7 @@ static int compact_meta(qcow2_state *s, vdisk_progress *p, uint64_t *ret_moved) 
         _cleanup_free_ l2_move *batch = calloc(L2_BATCH, sizeof *batch);
         uint64_t n_moved = 0;
         size_t nb = 0;
-        bool moved;
+        bool moved, shared;
         int r = 0, rt;
 
         if (!buf || !batch)
@@ -1027,6 +1042,11 @@ static int compact_meta(qcow2_state *s, vdisk_progress *p, uint64_t *ret_moved) 
                 if (r < 0)
                         break;
                 if ((l1e & OFFSET_MASK) == 0 || (l1e & OFFSET_MASK) <= s->free_hint)
+                        continue;
+                r = is_shared(s, l1e & OFFSET_MASK, &shared);
+                if (r < 0)
+                        break;
+                if (shared)
                         continue;
                 r = place_l2(s, l1e & OFFSET_MASK, buf, &to, &moved);
                 if (r < 0)
@@ -1119,8 +1139,10 @@ static int compact_layout(qcow2_state *s, fmt_unit **ret_units, size_t *ret_n, f
         int r;
 
         /* (the data clusters of an external data file are not this file's) */
+        /* (and a snapshot's clusters stay where they are) */
         for (uint64_t l1i = 0; l1i < s->l1_size && !s->data_io; l1i++) {
                 uint64_t l1e;
+                bool shared;
                 tc_table *l2;
 
                 r = tc_get(s->l1, l1i, &l1e);
@@ -1128,15 +1150,22 @@ static int compact_layout(qcow2_state *s, fmt_unit **ret_units, size_t *ret_n, f
                         return r;
                 if ((l1e & OFFSET_MASK) == 0)
                         continue;
+                r = is_shared(s, l1e & OFFSET_MASK, &shared);
+                if (r < 0)
+                        return r;
+                if (shared)
+                        continue;
                 for (uint64_t l2i = 0; l2i < s->l2_entries; l2i++) {
                         uint64_t e;
 
                         r = qcow2_get_l2(s, l1e & OFFSET_MASK, &l2);
                         if (r >= 0)
                                 r = tc_get(l2, s->extended_l2 ? 2 * l2i : l2i, &e);
+                        if (r >= 0 && !(e & L2E_COMPRESSED) && (e & OFFSET_MASK) != 0)
+                                r = is_shared(s, e & OFFSET_MASK, &shared);
                         if (r < 0)
                                 return r;
-                        if ((e & L2E_COMPRESSED) || (e & OFFSET_MASK) == 0)
+                        if ((e & L2E_COMPRESSED) || (e & OFFSET_MASK) == 0 || shared)
                                 continue;
                         r = push_unit(&units, &n, &cap, l1i * s->l2_entries + l2i, e & OFFSET_MASK);
                         if (r < 0)
@@ -1209,8 +1238,6 @@ int qcow2_compact(void *state, compact_fn fn, void *ctx, vdisk_progress *p) {
         int r, rt;
 
         assert(s->writable && fn);
-        if (s->nb_snapshots > 0)
-                return vdisk_error(-EOPNOTSUPP, "qcow2: images with internal snapshots cannot be compacted");
         r = qcow2_mark_dirty(s);
         if (r >= 0)
                 r = qcow2_flush(s);

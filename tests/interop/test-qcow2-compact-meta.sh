@@ -9,7 +9,9 @@
 # `qemu-img check` is clean and `qemu-img compare` equals the content before.
 # Also: persistent bitmaps above the hole (their tables, data clusters and
 # directory move; qemu-img info and the bits unchanged), and images with an
-# external data file (dropped clusters punched out of it; raw ones kept).
+# external data file (dropped clusters punched out of it; raw ones kept),
+# and an image with internal snapshots (only the active tree's own
+# clusters and tables move; every snapshot reads as before).
 #   tests/interop/test-qcow2-compact-meta.sh build/tools/vdisk-img build/tests/interop/vdisk-discard
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 source "$(dirname "$0")/lib.sh" "$@"
@@ -233,12 +235,49 @@ expect_rc "raw data file: qemu-img check clean" 0 "$QEMU_IMG" check -f qcow2 "$i
 expect_cmp "raw data file: byte for byte unchanged" dfr.data dfr.orig
 expect_rc "raw data file: the image reads as the data file" 0 "$QEMU_IMG" compare -f qcow2 -F raw "$img" dfr.data
 
-# internal snapshots: compact refused (shared L2 tables), the image unchanged
-"$QEMU_IMG" create -q -f qcow2 snap.qcow2 8M
-"$QEMU_IO" -f qcow2 -c "write -P 0x12 0 1M" snap.qcow2 >/dev/null
-"$QEMU_IMG" snapshot -c s1 snap.qcow2
-cp snap.qcow2 snap-before.qcow2
-expect_fail "compact with internal snapshots refused" "$VDISK_IMG" compact snap.qcow2
-expect_cmp "refused compact left the image unchanged" snap.qcow2 snap-before.qcow2
+# 6. internal snapshots (qemu-made, 64 KiB clusters): s1 over 9 MiB of data
+# and a cluster of zeros written as data in a second L2 table (600M) that
+# stays shared (compact must not drop it there: s1 would lose it), the
+# active tree then written (its L2 table and clusters copied on write),
+# s2, more writes, 4 MiB of the active tree's own clusters discarded, a last
+# write at the end of the file. Compact moves only what the active tree
+# holds alone (clusters and L2 tables of refcount 1); the snapshots' tables
+# and clusters stay. Check clean, the active disk and each snapshot read as
+# before (`qemu-img convert -l`), the snapshot list unchanged, the file
+# smaller, the active tree's last cluster lower.
+img=snap.qcow2
+"$QEMU_IMG" create -q -f qcow2 -o cluster_size=64k "$img" 1G
+"$QEMU_IO" -f qcow2 -c "write -P 0x11 0 4M" -c "write -P 0x22 8M 4M" -c "write -P 0x33 20M 1M" \
+        -c "write -P 0 600M 64k" -c "write -P 0x34 700M 64k" "$img" >/dev/null
+"$QEMU_IMG" snapshot -c s1 "$img"
+"$QEMU_IO" -f qcow2 -c "write -P 0x44 0 1M" -c "write -P 0x55 30M 4M" "$img" >/dev/null
+"$QEMU_IMG" snapshot -c s2 "$img"
+"$QEMU_IO" -f qcow2 -c "write -P 0x66 40M 4M" -c "write -P 0 8M 64k" "$img" >/dev/null
+expect_rc "snapshots: discard 4M of the active tree's own clusters" 0 "$DISCARD" "$img" qcow2 $((40 * M)):$((4 * M))
+"$QEMU_IO" -f qcow2 -c "write -P 0x77 50M 128k" "$img" >/dev/null
+"$QEMU_IMG" convert -f qcow2 -O raw "$img" snap.raw
+for sn in s1 s2; do "$QEMU_IMG" convert -f qcow2 -l "$sn" -O raw "$img" "snap-$sn.raw"; done
+"$QEMU_IMG" snapshot -l "$img" >snap.list
+last_before=$("$QEMU_IMG" map -f qcow2 --output=json "$img" | "$PY" -c '
+import json, sys
+print(max(e["offset"] for e in json.load(sys.stdin) if e["data"]))')
+size_before=$(stat -c %s "$img")
+expect_rc "snapshots: compact" 0 "$VDISK_IMG" compact "$img"
+expect_rc "snapshots: qemu-img check clean" 0 "$QEMU_IMG" check -f qcow2 "$img"
+expect_rc "snapshots: the active disk as before" 0 "$QEMU_IMG" compare -f qcow2 -F raw "$img" snap.raw
+for sn in s1 s2; do
+        run "$QEMU_IMG" convert -f qcow2 -l "$sn" -O raw "$img" "snap-$sn.after"
+        expect_cmp "snapshots: $sn reads as before" "snap-$sn.raw" "snap-$sn.after"
+done
+"$QEMU_IMG" snapshot -l "$img" >snap.list.after
+expect_cmp "snapshots: the snapshot list unchanged" snap.list snap.list.after
+last=$("$QEMU_IMG" map -f qcow2 --output=json "$img" | "$PY" -c '
+import json, sys
+print(max(e["offset"] for e in json.load(sys.stdin) if e["data"]))')
+expect_true "snapshots: the active tree's last cluster moved down ($last_before -> $last)" \
+        test "$last" -lt "$last_before"
+expect_true "snapshots: the file shrank ($size_before -> $(stat -c %s "$img"))" \
+        test "$(stat -c %s "$img")" -lt "$size_before"
+expect_rc "snapshots: vdisk-img check" 0 "$VDISK_IMG" check -f qcow2 "$img"
 
 finish

@@ -50,6 +50,8 @@
  * write made into it);
  * qcow2-compact-bitmaps (compact moving the tables, data clusters and
  * directory of an enabled and a disabled bitmap: their bits never change);
+ * qcow2-compact-snapshot (compact of an image with an internal snapshot:
+ * the snapshot reads as taken in every crash image);
  * qcow2-writes-bitmaps (an image with an enabled and a disabled persistent
  * bitmap: the disabled one never changes, the enabled one is in use or
  * records every changed unit) in its own test, crash-qcow2-bitmaps.
@@ -717,6 +719,26 @@ static void build_snapshot_base(scenario *sc) {
         rng_seed(&r, 3);
         fill_block(d, &r, 5, 256 * KiB, 128 * KiB);
         fill_block(d, &r, 7, 0, 64 * KiB);
+        vdisk_disk_unref(d);
+}
+
+/* Compact with an internal snapshot: after "old", the active tree's own
+ * clusters (its copied L2 table, a 512 KiB run in the middle of the file
+ * then discarded, 128 KiB and 64 KiB after it) and shared ones. Compact may
+ * move only what the active tree holds alone; "old" reads as taken. */
+static void build_qcow2_compact_snapshot(scenario *sc) {
+        vdisk_disk *d;
+        rng r;
+
+        build_writes_base(sc);
+        sc->snap_content = read_view(sc->tmpl, 1);
+        d = open_ios(sc->tmpl, 1, 0, "building the snapshot");
+        ASSERT_OK(vdisk_disk_snapshot_create(d, "old"));
+        rng_seed(&r, 4);
+        fill_block(d, &r, 3, 0, 512 * KiB);
+        fill_block(d, &r, 5, 256 * KiB, 128 * KiB);
+        fill_block(d, &r, 7, 0, 64 * KiB);
+        ASSERT_OK(vdisk_disk_discard(d, 3 * BLOCK, 512 * KiB));
         vdisk_disk_unref(d);
 }
 
@@ -1581,6 +1603,11 @@ static scenario scenarios[] = {
          * allowed for snapshot -c/-d only (lib/backends/qcow2-snapshot.c). */
         { .name = "qcow2-snapshot-writes", .fmt = "qcow2", .opts = qcow2_64k, .max_crash_seeds = 1, .faulted = 0,
           .qemu = 1, .qemu_every = 16, .per_sector = 1, .build = build_snapshot_base, .op = op_writes },
+        /* compact of an image with a snapshot: only clusters and L2 tables
+         * of refcount 1 are dropped or moved */
+        { .name = "qcow2-compact-snapshot", .fmt = "qcow2", .opts = qcow2_64k, .max_crash_seeds = 2,
+          .faulted = 0, .qemu = 1, .qemu_every = 2, .build = build_qcow2_compact_snapshot, .op = op_compact,
+          .after_success = after_compact },
         { .name = "qcow2-snapshot", .fmt = "qcow2", .opts = qcow2_64k, .max_crash_seeds = 2, .faulted = 0,
           .qemu = 1, .qemu_every = 2, .copied_lag = 1, .build = build_snapshot_base, .op = op_snapshot },
         /* QED (64 KiB clusters): data clusters and L2 tables appended, L1
