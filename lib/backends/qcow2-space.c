@@ -48,6 +48,8 @@
  *             old place freed, flushed), the metadata moves once more, and
  *             the file is cut after its last referenced cluster. A cancel
  *             stops between batches and moves; every step is a valid image.
+ *             With internal snapshots, L2 tables and data clusters with a
+ *             refcount above 1 are neither changed nor moved.
  */
 #include <assert.h>
 #include <errno.h>
