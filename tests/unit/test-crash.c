@@ -955,17 +955,24 @@ static void after_compact(scenario *sc, wl *w) {
  * the late L2 table and the second refcount block down into the hole, the
  * two data clusters after them, drops the refcount block left counting
  * nothing, and cuts the file. */
+static vdisk_disk *build_compact_meta_start(scenario *sc, rng *r) {
+        vdisk_disk *d;
+
+        sc->n = 1;
+        d = build_chain(sc);
+        fill_block(d, r, 0, 0, 64 * KiB);
+        fill_block(d, r, 0, 512 * KiB, 512 * KiB);
+        fill_block(d, r, 1, 0, BLOCK);
+        fill_block(d, r, 2, 0, BLOCK);
+        return d;
+}
+
 static void build_qcow2_compact_meta(scenario *sc) {
         rng r;
         vdisk_disk *d;
 
         rng_seed(&r, 12);
-        sc->n = 1;
-        d = build_chain(sc);
-        fill_block(d, &r, 0, 0, 64 * KiB);
-        fill_block(d, &r, 0, 512 * KiB, 512 * KiB);
-        fill_block(d, &r, 1, 0, BLOCK);
-        fill_block(d, &r, 2, 0, BLOCK);
+        d = build_compact_meta_start(sc, &r);
         fill_block(d, &r, 6, 0, 8 * KiB);
         ASSERT_OK(vdisk_disk_discard(d, 512 * KiB, 2 * BLOCK + 512 * KiB));
         vdisk_disk_unref(d);
@@ -994,12 +1001,7 @@ static void build_qcow2_compact_bitmaps(scenario *sc) {
         vdisk_disk *d;
 
         rng_seed(&r, 13);
-        sc->n = 1;
-        d = build_chain(sc);
-        fill_block(d, &r, 0, 0, 64 * KiB);
-        fill_block(d, &r, 0, 512 * KiB, 512 * KiB);
-        fill_block(d, &r, 1, 0, BLOCK);
-        fill_block(d, &r, 2, 0, BLOCK);
+        d = build_compact_meta_start(sc, &r);
         ASSERT_OK(vdisk_image_change_bitmap(vdisk_disk_image(d, 0), &on));
         ASSERT_OK(vdisk_image_change_bitmap(vdisk_disk_image(d, 0), &off));
         fill_block(d, &r, 6, 0, 8 * KiB);
