@@ -52,6 +52,8 @@
  * directory of an enabled and a disabled bitmap: their bits never change);
  * qcow2-compact-snapshot (compact of an image with an internal snapshot:
  * the snapshot reads as taken in every crash image);
+ * qcow2-amend-downgrade-snapshot (compat=0.10 of a diff with a snapshot and
+ * zero clusters over its data and the parent's: the snapshot as taken);
  * qcow2-writes-bitmaps (an image with an enabled and a disabled persistent
  * bitmap: the disabled one never changes, the enabled one is in use or
  * records every changed unit) in its own test, crash-qcow2-bitmaps.
@@ -1171,6 +1173,58 @@ static void build_amend_top(scenario *sc) {
         vdisk_disk_unref(d);
 }
 
+/* The same diff with a snapshot "old" taken after its data, then zero
+ * clusters in the active tree's copied L2 table: over the snapshot's data
+ * (the cluster the snapshot holds loses the active tree's reference) and
+ * over the parent's; a downgrade gives each a new zeroed cluster and must
+ * leave "old" as it was taken. */
+static uint8_t *amend_snap_content;
+
+static void build_amend_snapshot(scenario *sc) {
+        rng r;
+        vdisk_disk *d;
+
+        rng_seed(&r, 11);
+        sc->n = 2;
+        d = disk_new();
+        sc->tmpl[0] = new_io(sc, 0);
+        ASSERT_OK(vdisk_disk_create_base(d, sc->tmpl[0], g_fmt, DISK_SIZE, base_opts()));
+        for (uint64_t b = 0; b < 4; b++)
+                fill_block(d, &r, b, 0, BLOCK);
+        sc->tmpl[1] = new_io(sc, 1);
+        vdisk_create_opts o = { .size = sizeof o, .parent_name = vdisk_io_name(sc->tmpl[0]), .parent_format = g_fmt };
+        ASSERT_OK(vdisk_disk_create_diff(d, sc->tmpl[1], g_fmt, &o));
+        fill_block(d, &r, 0, 0, 128 * KiB);
+        fill_block(d, &r, 3, 0, 64 * KiB);
+        free(amend_snap_content);
+        amend_snap_content = disk_read_all(d, &(uint64_t) { 0 });
+        ASSERT_OK(vdisk_disk_snapshot_create(d, "old"));
+        ASSERT_OK(vdisk_disk_discard(d, 0, 64 * KiB));
+        ASSERT_OK(vdisk_disk_discard(d, 2 * BLOCK, 256 * KiB));
+        fill_block(d, &r, 6, 0, 64 * KiB);
+        vdisk_disk_unref(d);
+}
+
+/* Snapshot "old" of the diff, over the base, reads as it was taken. */
+static void verify_amend_snapshot(scenario *sc, vdisk_io *io, const char *what) {
+        vdisk_disk *d = disk_new();
+        uint64_t size;
+        uint8_t *got;
+        int r;
+
+        ASSERT_OK(vdisk_disk_open(d, sc->tmpl[0], g_fmt, VDISK_OPEN_READONLY));
+        ASSERT_OK(vdisk_disk_set_snapshot(d, "snapshot.name=old"));
+        r = vdisk_disk_open(d, io, g_fmt, VDISK_OPEN_READONLY);
+        if (r < 0)
+                FAIL("%s: snapshot 'old' does not open: %d (%s)", what, r, strerror(-r));
+        got = disk_read_all(d, &size);
+        ASSERT_EQ_U64(size, DISK_SIZE);
+        if (memcmp(got, amend_snap_content, DISK_SIZE) != 0)
+                FAIL("%s: snapshot 'old' no longer reads as it was taken", what);
+        free(got);
+        vdisk_disk_unref(d);
+}
+
 static const char *format_info_value(vdisk_disk *d, const char *key, char *buf, size_t len) {
         char **kv = NULL;
 
@@ -1561,6 +1615,11 @@ static scenario scenarios[] = {
         { .name = "qcow2-amend-downgrade", .fmt = "qcow2", .opts = qcow2_64k, .max_crash_seeds = 2,
           .faulted = 1, .build = build_amend_top, .op = op_amend_downgrade,
           .after_success = after_amend_downgrade },
+        /* ... with an internal snapshot in the diff: every crash image has
+         * the snapshot as it was taken */
+        { .name = "qcow2-amend-downgrade-snapshot", .fmt = "qcow2", .opts = qcow2_64k, .max_crash_seeds = 2,
+          .faulted = 1, .build = build_amend_snapshot, .op = op_amend_downgrade,
+          .after_success = after_amend_downgrade, .verify_image = verify_amend_snapshot },
         /* QCOW2 discard, resize (a grow that moves the L1 table: 512-byte
          * clusters; a shrink) and compact (clusters dropped, zero clusters in a diff,
          * clusters moved down, the file cut). */
