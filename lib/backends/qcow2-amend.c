@@ -740,7 +740,6 @@ static int expand_table(qcow2_state *s, uint64_t l2off, bool active, bool dry, c
                 return r;
         for (uint64_t i = 0; i < s->l2_entries; i++) {
                 uint64_t e, host, h, rc_h = rc_t;
-                tc_page *rbpg = NULL, *l2pg = NULL;
                 int fresh = 0;
 
                 r = qcow2_get_l2(s, l2off, &l2);
@@ -790,17 +789,7 @@ static int expand_table(qcow2_state *s, uint64_t l2off, bool active, bool dry, c
                 if (r >= 0)
                         r = qcow2_cover_file(s, h + cs);
                 if (r >= 0)
-                        r = qcow2_rc_update(s, h, +1, &rbpg);
-                if (r < 0)
-                        return r;
-                r = tc_set(l2, i, h | (active ? L2E_COPIED : 0), TC_AFTER_DATA);
-                if (r >= 0)
-                        r = tc_page_get(l2, 0, &l2pg);
-                if (r >= 0)
-                        r = tc_page_depends(l2pg, rbpg);
-                if (l2pg)
-                        tc_page_put(l2pg);
-                tc_page_put(rbpg);
+                        r = qcow2_l2_set_counted(s, l2, i, h | (active ? L2E_COPIED : 0), h, TC_AFTER_DATA);
                 if (r < 0)
                         return r;
                 if (host != 0)

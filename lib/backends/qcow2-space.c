@@ -557,7 +557,6 @@ typedef struct cpack {
 static int cpack_repoint(void *user, uint64_t key, uint64_t from, uint64_t to) {
         qcow2_state *s = ((cpack *) user)->s;
         uint64_t l1i = key / s->l2_entries, l2i = key % s->l2_entries, i = s->extended_l2 ? 2 * l2i : l2i, e;
-        tc_page *rbpg = NULL, *l2pg = NULL;
         tc_table *l2;
         int r;
 
@@ -570,19 +569,7 @@ static int cpack_repoint(void *user, uint64_t key, uint64_t from, uint64_t to) {
                 return r;
         if ((e & OFFSET_MASK) != from || (e & L2E_COMPRESSED))
                 return vdisk_error(-EUCLEAN, "qcow2: the cluster at %" PRIu64 " changed during compact", from);
-        r = qcow2_rc_update(s, to, +1, &rbpg);
-        if (r < 0)
-                return r;
-        /* the refcount block reaches the disk before the L2 table (an early
-         * write-back of the L2 page included) */
-        r = tc_set(l2, i, (e & ~OFFSET_MASK) | to, 0);   /* rc_update keeps the L2 views */
-        if (r >= 0)
-                r = tc_page_get(l2, 0, &l2pg);
-        if (r >= 0)
-                r = tc_page_depends(l2pg, rbpg);
-        if (l2pg)
-                tc_page_put(l2pg);
-        tc_page_put(rbpg);
+        r = qcow2_l2_set_counted(s, l2, i, (e & ~OFFSET_MASK) | to, to, 0);
         if (r < 0)
                 return r;
         hostalloc_note_used(&s->alloc, to, s->cluster_size);

@@ -1154,20 +1154,27 @@ static void build_amend(scenario *sc) {
 
 /* A diff with data, and zeros over its parent's data: zero clusters without
  * host clusters (a downgrade gives each a new zeroed cluster). */
+/* The base (blocks 0-3 of data) and an empty diff over it. */
+static vdisk_disk *build_amend_chain(scenario *sc, rng *r) {
+        vdisk_disk *d = disk_new();
+
+        sc->n = 2;
+        sc->tmpl[0] = new_io(sc, 0);
+        ASSERT_OK(vdisk_disk_create_base(d, sc->tmpl[0], g_fmt, DISK_SIZE, base_opts()));
+        for (uint64_t b = 0; b < 4; b++)
+                fill_block(d, r, b, 0, BLOCK);
+        sc->tmpl[1] = new_io(sc, 1);
+        vdisk_create_opts o = { .size = sizeof o, .parent_name = vdisk_io_name(sc->tmpl[0]), .parent_format = g_fmt };
+        ASSERT_OK(vdisk_disk_create_diff(d, sc->tmpl[1], g_fmt, &o));
+        return d;
+}
+
 static void build_amend_top(scenario *sc) {
         rng r;
         vdisk_disk *d;
 
         rng_seed(&r, 10);
-        sc->n = 2;
-        d = disk_new();
-        sc->tmpl[0] = new_io(sc, 0);
-        ASSERT_OK(vdisk_disk_create_base(d, sc->tmpl[0], g_fmt, DISK_SIZE, base_opts()));
-        for (uint64_t b = 0; b < 4; b++)
-                fill_block(d, &r, b, 0, BLOCK);
-        sc->tmpl[1] = new_io(sc, 1);
-        vdisk_create_opts o = { .size = sizeof o, .parent_name = vdisk_io_name(sc->tmpl[0]), .parent_format = g_fmt };
-        ASSERT_OK(vdisk_disk_create_diff(d, sc->tmpl[1], g_fmt, &o));
+        d = build_amend_chain(sc, &r);
         fill_block(d, &r, 0, 0, 128 * KiB);
         ASSERT_OK(vdisk_disk_discard(d, 2 * BLOCK, 256 * KiB));
         vdisk_disk_unref(d);
@@ -1185,15 +1192,7 @@ static void build_amend_snapshot(scenario *sc) {
         vdisk_disk *d;
 
         rng_seed(&r, 11);
-        sc->n = 2;
-        d = disk_new();
-        sc->tmpl[0] = new_io(sc, 0);
-        ASSERT_OK(vdisk_disk_create_base(d, sc->tmpl[0], g_fmt, DISK_SIZE, base_opts()));
-        for (uint64_t b = 0; b < 4; b++)
-                fill_block(d, &r, b, 0, BLOCK);
-        sc->tmpl[1] = new_io(sc, 1);
-        vdisk_create_opts o = { .size = sizeof o, .parent_name = vdisk_io_name(sc->tmpl[0]), .parent_format = g_fmt };
-        ASSERT_OK(vdisk_disk_create_diff(d, sc->tmpl[1], g_fmt, &o));
+        d = build_amend_chain(sc, &r);
         fill_block(d, &r, 0, 0, 128 * KiB);
         fill_block(d, &r, 3, 0, 64 * KiB);
         free(amend_snap_content);
