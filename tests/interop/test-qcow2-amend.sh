@@ -100,33 +100,33 @@ expect_eq "d.qcow2 keeps its backing file" "$("$QEMU_IMG" info --output=json d.q
 # zeroed clusters). Content and every snapshot unchanged, the snapshot list
 # the same, check clean; a snapshot of another size and shared zero
 # clusters over a backing file are refused, the file unchanged.
-# snaps_ok IMAGE REF: check clean, equal to REF, s1 as snap-IMAGE.s1
-snaps_ok() {
-        local f=$1
-        run "$QEMU_IMG" convert -f qcow2 -l s1 -O raw "$f" "$f.s1.after"
-        expect_cmp "$f: snapshot s1 unchanged" "$f.s1" "$f.s1.after"
-        "$QEMU_IMG" snapshot -l "$f" | sed 1d | awk '{print $1, $2, $3, $4}' >"$f.list.after"
-        expect_cmp "$f: snapshot list unchanged" "$f.list" "$f.list.after"
-}
+# snaps_save IMAGE [SUFFIX]: snapshot s1's content (IMAGE.s1SUFFIX) and the
+# snapshot list without dates (IMAGE.listSUFFIX); without SUFFIX, the
+# content too (IMAGE.ref)
 snaps_save() {
-        "$QEMU_IMG" convert -q -f qcow2 -l s1 -O raw "$1" "$1.s1"
-        "$QEMU_IMG" snapshot -l "$1" | sed 1d | awk '{print $1, $2, $3, $4}' >"$1.list"
-        "$QEMU_IMG" convert -q -f qcow2 -O raw "$1" "$1.ref"
+        "$QEMU_IMG" convert -q -f qcow2 -l s1 -O raw "$1" "$1.s1${2-}"
+        "$QEMU_IMG" snapshot -l "$1" | sed 1d | awk '{print $1, $2, $3, $4}' >"$1.list${2-}"
+        [[ -n ${2-} ]] || "$QEMU_IMG" convert -q -f qcow2 -O raw "$1" "$1.ref"
+}
+# downgrade_snaps IMAGE: compat=0.10 (clean, the same content), then s1 and
+# the snapshot list as they were
+downgrade_snaps() {
+        snaps_save "$1"
+        amend_ok "$1" "$1.ref" compat=0.10 0.10 16
+        snaps_save "$1" .after
+        expect_cmp "$1: snapshot s1 unchanged" "$1.s1" "$1.s1.after"
+        expect_cmp "$1: snapshot list unchanged" "$1.list" "$1.list.after"
 }
 "$QEMU_IMG" create -q -f qcow2 sn.qcow2 16M
 "$QEMU_IO" -f qcow2 -c "write -P 0x41 0 2M" -c "write -z 4M 1M" sn.qcow2 >/dev/null
 "$QEMU_IMG" snapshot -c s1 sn.qcow2
 "$QEMU_IO" -f qcow2 -c "write -z 0 128k" -c "write -P 0x42 8M 64k" sn.qcow2 >/dev/null
-snaps_save sn.qcow2
-amend_ok sn.qcow2 sn.qcow2.ref compat=0.10 0.10 16
-snaps_ok sn.qcow2
+downgrade_snaps sn.qcow2
 "$QEMU_IMG" create -q -f qcow2 -b q.qcow2 -F qcow2 snd.qcow2
 "$QEMU_IO" -f qcow2 -c "write -P 0x43 1M 64k" snd.qcow2 >/dev/null
 "$QEMU_IMG" snapshot -c s1 snd.qcow2
 "$QEMU_IO" -f qcow2 -c "write -z 0 512k" -c "write -z 1M 64k" snd.qcow2 >/dev/null
-snaps_save snd.qcow2
-amend_ok snd.qcow2 snd.qcow2.ref compat=0.10 0.10 16
-snaps_ok snd.qcow2
+downgrade_snaps snd.qcow2
 "$QEMU_IMG" create -q -f qcow2 -b q.qcow2 -F qcow2 sns.qcow2
 "$QEMU_IO" -f qcow2 -c "write -z 0 512k" sns.qcow2 >/dev/null
 "$QEMU_IMG" snapshot -c s1 sns.qcow2

@@ -709,14 +709,21 @@ static int op_qcow_writes(scenario *sc, wl *w) {
 /* (a') qcow2 with an internal snapshot: the writes copy shared clusters
  * (and shared L2 tables) on write; snapshot create and delete. */
 
-static void build_snapshot_base(scenario *sc) {
+/* The writes-base image with snapshot "old" of it, open. */
+static vdisk_disk *build_snapshot_start(scenario *sc) {
         vdisk_disk *d;
-        rng r;
 
         build_writes_base(sc);
         sc->snap_content = read_view(sc->tmpl, 1);
         d = open_ios(sc->tmpl, 1, 0, "building the snapshot");
         ASSERT_OK(vdisk_disk_snapshot_create(d, "old"));
+        return d;
+}
+
+static void build_snapshot_base(scenario *sc) {
+        vdisk_disk *d = build_snapshot_start(sc);
+        rng r;
+
         /* some clusters the active tree holds alone, most shared */
         rng_seed(&r, 3);
         fill_block(d, &r, 5, 256 * KiB, 128 * KiB);
@@ -729,13 +736,9 @@ static void build_snapshot_base(scenario *sc) {
  * then discarded, 128 KiB and 64 KiB after it) and shared ones. Compact may
  * move only what the active tree holds alone; "old" reads as taken. */
 static void build_qcow2_compact_snapshot(scenario *sc) {
-        vdisk_disk *d;
+        vdisk_disk *d = build_snapshot_start(sc);
         rng r;
 
-        build_writes_base(sc);
-        sc->snap_content = read_view(sc->tmpl, 1);
-        d = open_ios(sc->tmpl, 1, 0, "building the snapshot");
-        ASSERT_OK(vdisk_disk_snapshot_create(d, "old"));
         rng_seed(&r, 4);
         fill_block(d, &r, 3, 0, 512 * KiB);
         fill_block(d, &r, 5, 256 * KiB, 128 * KiB);
