@@ -934,7 +934,9 @@ static int move_bitmaps(qcow2_state *s, vdisk_progress *p, uint64_t *ret_moved) 
         bool moved;
         int r;
 
-        for (uint32_t i = 0; i <= s->nb_bitmaps && s->nb_bitmaps > 0; i++) {
+        if (s->nb_bitmaps == 0)
+                return 0;
+        for (uint32_t i = 0; i <= s->nb_bitmaps; i++) {
                 bool dir = i == s->nb_bitmaps;
                 uint64_t from = dir ? s->bm_dir_offset : s->bm[i].table_offset;
                 uint64_t len = dir ? s->bm_dir_size : (uint64_t) s->bm[i].table_size * 8;
@@ -1239,7 +1241,8 @@ int qcow2_compact(void *state, compact_fn fn, void *ctx, vdisk_progress *p) {
                 return rt < 0 ? rt : r;
         }
         r = qcow2_flush(s);
-        if (r >= 0 && s->data_io && !(s->autoclear & AUTOCLEAR_DATA_RAW) && ident)
+        /* (a snapshot's tables may name what the active ones do not) */
+        if (r >= 0 && s->data_io && !(s->autoclear & AUTOCLEAR_DATA_RAW) && ident && s->nb_snapshots == 0)
                 r = punch_unmapped(s);
         if (r < 0)
                 return r;
