@@ -1175,14 +1175,40 @@ int qcow2_bitmap_table_switch(qcow2_state *s, uint32_t i, uint64_t to) {
         return 0;
 }
 
+/* Only the extension's directory offset changes (8 aligned bytes of the
+ * header cluster, one write): a torn write cannot mix two headers. */
 int qcow2_bitmap_dir_switch(qcow2_state *s, uint64_t to) {
+        size_t cs = (size_t) s->cluster_size, end;
+        _cleanup_free_ uint8_t *hdr = malloc(cs);
+        uint64_t boff, bsize;
+        uint8_t b[8];
         int r;
 
-        r = write_header_ext(s, s->nb_bitmaps, to, s->bm_dir_size);
+        if (!hdr)
+                return -ENOMEM;
+        r = io_pread_zerofill(s->io, hdr, cs, 0);
         if (r < 0)
                 return r;
-        s->bm_dir_offset = to;
-        return 0;
+        boff = get_be64(hdr + 8);
+        bsize = get_be32(hdr + 16);
+        end = boff != 0 && bsize != 0 && boff < cs ? (size_t) boff : cs;
+        for (size_t off = s->header_length; off + 8 <= end;) {
+                uint32_t type = get_be32(hdr + off), len = get_be32(hdr + off + 4);
+                size_t step = 8 + ALIGN_UP((size_t) len, 8);
+
+                if (type == EXT_END || step > end - off)
+                        break;
+                if (type == EXT_BITMAPS && len == BM_EXT_LEN) {
+                        put_be64(b, to);
+                        r = qcow2_header_switch(s, (uint32_t) (off + 8 + 16), b, sizeof b);
+                        if (r < 0)
+                                return r;
+                        s->bm_dir_offset = to;
+                        return 0;
+                }
+                off += step;
+        }
+        return vdisk_error(-EUCLEAN, "qcow2: the header cluster has no bitmaps extension");
 }
 
 int qcow2_bitmap_data_switch(qcow2_state *s, uint32_t i, uint32_t j, uint64_t from, uint64_t to) {
