@@ -18,15 +18,18 @@
  *                    everything is flushed (so the image is clean).
  *   compat=0.10      (downgrade) refused while version 3 features that a
  *                    version 2 reader cannot see are in use: extended L2
- *                    entries, an external data file, internal snapshots,
- *                    persistent bitmaps, zstd-compressed clusters, refcount
- *                    widths other than 16. Zero clusters (v3 only) are
- *                    rewritten as qemu does: an allocated one gets its host
- *                    cluster zeroed; an unallocated one is dropped in an
- *                    image without a backing file and gets a new zeroed
- *                    cluster in one with a backing file. Data first, then
- *                    refcounts, then the L2 entries; the header goes to
- *                    version 2 last, after everything is flushed.
+ *                    entries, an external data file, persistent bitmaps,
+ *                    zstd-compressed clusters, refcount widths other than
+ *                    16, internal snapshots whose size is not the disk's
+ *                    (qemu's rule). Zero clusters (v3 only) are rewritten as
+ *                    qemu does, in the snapshots' L2 tables too: an
+ *                    allocated one gets its host cluster zeroed; an
+ *                    unallocated one is dropped in an image without a
+ *                    backing file and gets a new zeroed cluster in one with
+ *                    a backing file (expand_table: what a snapshot shares).
+ *                    Data first, then refcounts, then the L2 entries; the
+ *                    header goes to version 2 last, after everything is
+ *                    flushed.
  *   size             the core resizes (not here).
  *   backing_file, backing_fmt
  *                    qemu-img 7.2's rule: accepted only when both are given
@@ -209,9 +212,6 @@ static int check_request(const qcow2_state *s, const amend_req *q) {
                 if (bad)
                         return vdisk_error(-EOPNOTSUPP, "Cannot downgrade an image with incompatible features "
                                            "%#" PRIx64 " set", bad);
-                if (s->nb_snapshots > 0)
-                        return vdisk_error(-EOPNOTSUPP, "Cannot downgrade an image with internal snapshots "
-                                           "(their zero clusters are not rewritten)");
                 if (s->nb_bitmaps > 0 || (s->autoclear & AUTOCLEAR_BITMAPS))
                         return vdisk_error(-EOPNOTSUPP, "Cannot downgrade an image with persistent bitmaps");
         }
@@ -709,123 +709,177 @@ undo:
 
 /* ---------------------------------------------------------------- downgrade */
 
-/* Version 2 has no zero clusters: each one is rewritten (see above). zstd
- * compressed clusters cannot be read by a version 2 reader: refused before
- * anything changes. */
-static int find_zstd_clusters(qcow2_state *s) {
-        for (uint64_t l1i = 0; l1i < s->l1_size; l1i++) {
-                uint64_t l1e, e;
-                tc_table *l2;
-                int r;
+/* The zero entries of one L2 table `l2` (at `l2off`, named by `rc_t` L1
+ * tables: the active one and the snapshots' that share it), rewritten for
+ * version 2 (which has no zero clusters); `active`: the active tree names
+ * it (COPIED kept where the refcount is 1). With `dry`, nothing changes:
+ * -EOPNOTSUPP for what cannot be downgraded (checked before anything
+ * changes): zstd-compressed clusters (a version 2 reader has only deflate),
+ * and what is described last below.
+ *   - a zero cluster whose host cluster only this table names (its refcount
+ *     is the table's): the host cluster zeroed (TC_AFTER_DATA), the flag
+ *     cleared;
+ *   - one without a host cluster, or whose host cluster is named elsewhere
+ *     too (a snapshot's data the active tree zeroed): no backing file, the
+ *     entry 0; a backing file, a new zeroed cluster (counted before the L2
+ *     page goes out). The host cluster, if any, loses this table's
+ *     reference at the flush (after the L2 page).
+ *   Only in a table of refcount 1: in a shared table, a new cluster would
+ *   need one count per tree, and dropping a cluster named elsewhere one
+ *   decrement per tree; both are refused ("shared with internal
+ *   snapshots"). */
+static int expand_table(qcow2_state *s, uint64_t l2off, bool active, bool dry, const uint8_t *zeros) {
+        uint64_t cs = s->cluster_size, rc_t = 1;
+        tc_table *l2;
+        int r;
 
-                r = tc_get(s->l1, l1i, &l1e);
-                if (r < 0)
-                        return r;
-                if ((l1e & OFFSET_MASK) == 0)
-                        continue;
-                r = qcow2_get_l2(s, l1e & OFFSET_MASK, &l2);
-                if (r < 0)
-                        return r;
-                for (uint64_t i = 0; i < s->l2_entries; i++) {
+        r = qcow2_get_l2(s, l2off, &l2);
+        if (r >= 0 && s->nb_snapshots > 0)
+                r = qcow2_rc_get(s, l2off, &rc_t);
+        if (r < 0)
+                return r;
+        for (uint64_t i = 0; i < s->l2_entries; i++) {
+                uint64_t e, host, h, rc_h = rc_t;
+                int fresh = 0;
+
+                r = qcow2_get_l2(s, l2off, &l2);
+                if (r >= 0)
                         r = tc_get(l2, i, &e);
+                if (r < 0)
+                        return r;
+                if ((e & L2E_COMPRESSED) && s->compression_type != 0)
+                        return vdisk_error(-EOPNOTSUPP, "Cannot downgrade an image with zstd-compressed "
+                                           "clusters");
+                if ((e & L2E_COMPRESSED) || !(e & L2E_ZERO))
+                        continue;
+                host = e & OFFSET_MASK;
+                if (host != 0 && s->nb_snapshots > 0) {
+                        r = qcow2_rc_get(s, host, &rc_h);
                         if (r < 0)
                                 return r;
-                        if (e & L2E_COMPRESSED)
-                                return vdisk_error(-EOPNOTSUPP, "Cannot downgrade an image with zstd-compressed "
-                                                   "clusters");
+                }
+                if (host != 0 && rc_h == rc_t) {
+                        if (dry)
+                                continue;
+                        r = io_pwrite(s->io, zeros, cs, host);
+                        if (r >= 0)
+                                r = qcow2_cover_file(s, host + cs);
+                        if (r >= 0)
+                                r = tc_set(l2, i, host | (active && rc_t == 1 ? e & L2E_COPIED : 0), TC_AFTER_DATA);
+                        if (r < 0)
+                                return r;
+                        continue;
+                }
+                if (rc_t != 1 && (host != 0 || s->backing_name))
+                        return vdisk_error(-EOPNOTSUPP, "Cannot downgrade an image whose zero clusters are shared "
+                                           "with internal snapshots (the L2 table at %" PRIu64 ")", l2off);
+                if (dry)
+                        continue;
+                if (!s->backing_name) {
+                        r = tc_set(l2, i, 0, 0);
+                        if (r < 0)
+                                return r;
+                        if (host != 0)
+                                qcow2_queue_free(s, host);
+                        continue;
+                }
+                r = hostalloc_alloc(&s->alloc, cs, QCOW2_HOST_LIMIT, &h, &fresh);
+                if (r >= 0 && !fresh)
+                        r = io_pwrite(s->io, zeros, cs, h);
+                if (r >= 0)
+                        r = qcow2_cover_file(s, h + cs);
+                if (r >= 0)
+                        r = qcow2_l2_set_counted(s, l2, i, h | (active ? L2E_COPIED : 0), h, TC_AFTER_DATA);
+                if (r < 0)
+                        return r;
+                if (host != 0)
+                        qcow2_queue_free(s, host);
+        }
+        return 0;
+}
+
+/* Every L2 table of the L1 table `n` entries long at `l1off` (the active one
+ * through its view; a snapshot's read from the file), through expand_table;
+ * a table two L1 tables share is seen twice: the second time it has no
+ * zero entry left. */
+static int expand_l1(qcow2_state *s, uint64_t l1off, uint32_t n, bool active, bool dry, const uint8_t *zeros,
+                     vdisk_progress *p) {
+        int r;
+
+        for (uint64_t l1i = 0; l1i < n; l1i++) {
+                uint64_t l1e;
+                uint8_t b[8];
+
+                if (active)
+                        r = tc_get(s->l1, l1i, &l1e);
+                else {
+                        r = io_pread(s->io, b, sizeof b, l1off + l1i * 8);
+                        l1e = get_be64(b);
+                }
+                if (r < 0)
+                        return r;
+                if ((l1e & OFFSET_MASK) != 0) {
+                        r = expand_table(s, l1e & OFFSET_MASK, active, dry, zeros);
+                        if (r < 0)
+                                return r;
+                }
+                if (!dry && active) {
+                        r = progress_add(p, s->cluster_size);
+                        if (r < 0) {
+                                /* still a valid version 3 image with the same content */
+                                int k = qcow2_flush(s);
+                                return k < 0 ? k : r;
+                        }
                 }
         }
         return 0;
 }
 
-static int expand_zero_clusters(qcow2_state *s, vdisk_progress *p) {
-        uint64_t cs = s->cluster_size;
-        _cleanup_free_ uint8_t *zeros = calloc(1, cs);
+/* The active tree, then each snapshot's (see expand_table). */
+static int expand_zero_clusters(qcow2_state *s, const qcow2_snap *snaps, size_t n_snaps, bool dry,
+                                vdisk_progress *p) {
+        _cleanup_free_ uint8_t *zeros = calloc(1, s->cluster_size);
         int r;
 
         if (!zeros)
                 return -ENOMEM;
-        progress_set_total(p, (uint64_t) s->l1_size * cs);
-        for (uint64_t l1i = 0; l1i < s->l1_size; l1i++) {
-                uint64_t l1e;
-                tc_table *l2;
-
-                r = tc_get(s->l1, l1i, &l1e);
-                if (r < 0)
-                        return r;
-                if ((l1e & OFFSET_MASK) != 0) {
-                        r = qcow2_get_l2(s, l1e & OFFSET_MASK, &l2);
-                        if (r < 0)
-                                return r;
-                }
-                for (uint64_t i = 0; (l1e & OFFSET_MASK) != 0 && i < s->l2_entries; i++) {
-                        uint64_t e, host, h;
-                        tc_page *rbpg = NULL, *l2pg = NULL;
-                        int fresh = 0;
-
-                        r = tc_get(l2, i, &e);
-                        if (r < 0)
-                                return r;
-                        if ((e & L2E_COMPRESSED) || !(e & L2E_ZERO))
-                                continue;
-                        host = e & OFFSET_MASK;
-                        if (host != 0) {
-                                r = io_pwrite(s->io, zeros, cs, host);
-                                if (r >= 0)
-                                        r = qcow2_cover_file(s, host + cs);
-                                if (r >= 0)
-                                        r = tc_set(l2, i, host | (e & L2E_COPIED), TC_AFTER_DATA);
-                                if (r < 0)
-                                        return r;
-                                continue;
-                        }
-                        if (!s->backing_name) {
-                                r = tc_set(l2, i, 0, 0);
-                                if (r < 0)
-                                        return r;
-                                continue;
-                        }
-                        r = hostalloc_alloc(&s->alloc, cs, QCOW2_HOST_LIMIT, &h, &fresh);
-                        if (r >= 0 && !fresh)
-                                r = io_pwrite(s->io, zeros, cs, h);
-                        if (r >= 0)
-                                r = qcow2_cover_file(s, h + cs);
-                        if (r >= 0)
-                                r = qcow2_rc_update(s, h, +1, &rbpg);
-                        if (r < 0)
-                                return r;
-                        r = tc_set(l2, i, h | L2E_COPIED, TC_AFTER_DATA);
-                        if (r >= 0)
-                                r = tc_page_get(l2, 0, &l2pg);
-                        if (r >= 0)
-                                r = tc_page_depends(l2pg, rbpg);
-                        if (l2pg)
-                                tc_page_put(l2pg);
-                        tc_page_put(rbpg);
-                        if (r < 0)
-                                return r;
-                }
-                r = progress_add(p, cs);
-                if (r < 0) {
-                        /* still a valid version 3 image with the same content */
-                        int k = qcow2_flush(s);
-                        return k < 0 ? k : r;
-                }
-        }
+        if (!dry)
+                progress_set_total(p, (uint64_t) s->l1_size * s->cluster_size);
+        r = expand_l1(s, s->l1_offset, s->l1_size, true, dry, zeros, p);
+        for (size_t i = 0; i < n_snaps && r >= 0; i++)
+                r = expand_l1(s, snaps[i].l1_offset, snaps[i].l1_size, false, dry, zeros, p);
+        if (r < 0 || dry)
+                return r;
         return qcow2_flush(s);
 }
 
+/* Internal snapshots: kept as they are (their 24 bytes of extra data too,
+ * which a version 2 reader may skip), as qemu-img 7.2 keeps them, and
+ * refused as it refuses them when one's size is not the disk's or its VM
+ * state does not fit the version 2 entry's 32 bits (a version 2 reader
+ * would take the wrong ones). */
 static int downgrade(qcow2_state *s, vdisk_progress *p) {
-        int r;
+        vdisk_snapshot *v = NULL;
+        _cleanup_free_ qcow2_snap *e = NULL;
+        size_t n = 0;
+        int r = 0;
 
-        if (s->compression_type != 0) {
-                r = find_zstd_clusters(s);
-                if (r < 0)
-                        return r;
+        if (s->nb_snapshots > 0)
+                r = qcow2_read_snapshots(s, &v, &e, &n);
+        for (size_t i = 0; i < n && r >= 0; i++) {
+                if (v[i].disk_size != s->size || v[i].vm_state_size > UINT32_MAX)
+                        r = vdisk_error(-EOPNOTSUPP, "Internal snapshots prevent downgrade of image");
+                else if (!qcow2_l1_ok(s, e[i].l1_offset, e[i].l1_size))
+                        r = vdisk_error(-EUCLEAN, "qcow2: snapshot %zu has its L1 table at %" PRIu64 " (%" PRIu32
+                                        " entries), not within the file", i, e[i].l1_offset, e[i].l1_size);
         }
-        r = set_lazy(s, false);
+        vdisk_snapshots_free(v, n);
+        if (r >= 0 && (n > 0 || s->compression_type != 0))
+                r = expand_zero_clusters(s, e, n, true, p);
         if (r >= 0)
-                r = expand_zero_clusters(s, p);
+                r = set_lazy(s, false);
+        if (r >= 0)
+                r = expand_zero_clusters(s, e, n, false, p);
         if (r < 0)
                 return r;
         return write_header(s, 2, 0);

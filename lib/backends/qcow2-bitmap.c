@@ -1145,3 +1145,98 @@ int qcow2_bitmap_change(void *state, const vdisk_bitmap_change *c) {
         }
         return 0;
 }
+
+/* ---------------------------------------------------------------- compact */
+
+int qcow2_bitmap_table(qcow2_state *s, uint32_t i, uint64_t **ret) {
+        const qcow2_bitmap *b = &s->bm[i];
+        _cleanup_free_ uint64_t *t = calloc(b->table_size ? b->table_size : 1, sizeof *t);
+        int r;
+
+        if (!t)
+                return -ENOMEM;
+        r = read_table(s, b, t);
+        if (r < 0)
+                return r;
+        *ret = TAKE_PTR(t);
+        return 0;
+}
+
+int qcow2_bitmap_table_switch(qcow2_state *s, uint32_t i, uint64_t to) {
+        qcow2_bitmap *b = &s->bm[i];
+        int r;
+
+        r = write_entry_table(s, b, to, b->table_size);
+        if (r >= 0)
+                r = io_flush(s->io);
+        if (r < 0)
+                return r;
+        b->table_offset = to;
+        return 0;
+}
+
+/* Only the extension's directory offset changes (8 aligned bytes of the
+ * header cluster, one write): a torn write cannot mix two headers. */
+int qcow2_bitmap_dir_switch(qcow2_state *s, uint64_t to) {
+        size_t cs = (size_t) s->cluster_size, end;
+        _cleanup_free_ uint8_t *hdr = malloc(cs);
+        uint64_t boff, bsize;
+        uint8_t b[8];
+        int r;
+
+        if (!hdr)
+                return -ENOMEM;
+        r = io_pread_zerofill(s->io, hdr, cs, 0);
+        if (r < 0)
+                return r;
+        boff = get_be64(hdr + 8);
+        bsize = get_be32(hdr + 16);
+        end = boff != 0 && bsize != 0 && boff < cs ? (size_t) boff : cs;
+        for (size_t off = s->header_length; off + 8 <= end;) {
+                uint32_t type = get_be32(hdr + off), len = get_be32(hdr + off + 4);
+                size_t step = 8 + ALIGN_UP((size_t) len, 8);
+
+                if (type == EXT_END || step > end - off)
+                        break;
+                if (type == EXT_BITMAPS && len == BM_EXT_LEN) {
+                        put_be64(b, to);
+                        r = qcow2_header_switch(s, (uint32_t) (off + 8 + 16), b, sizeof b);
+                        if (r < 0)
+                                return r;
+                        s->bm_dir_offset = to;
+                        return 0;
+                }
+                off += step;
+        }
+        return vdisk_error(-EUCLEAN, "qcow2: the header cluster has no bitmaps extension");
+}
+
+int qcow2_bitmap_data_switch(qcow2_state *s, uint32_t i, uint32_t j, uint64_t from, uint64_t to) {
+        const qcow2_bitmap *b = i < s->nb_bitmaps ? &s->bm[i] : NULL;
+        uint64_t at;
+        uint8_t e[8];
+        int r;
+
+        if (!b || j >= b->table_size)
+                return vdisk_error(-EUCLEAN, "qcow2: the bitmaps changed during compact");
+        at = b->table_offset + (uint64_t) j * 8;
+        r = io_pread(s->io, e, sizeof e, at);
+        if (r < 0)
+                return r;
+        if ((get_be64(e) & OFFSET_MASK) != from)
+                return vdisk_error(-EUCLEAN, "qcow2: bitmap '%.64s': the cluster at %" PRIu64 " changed during "
+                                   "compact", b->name, from);
+        r = qcow2_rc_update(s, to, +1, NULL);
+        if (r >= 0)
+                r = qcow2_sync_refcounts(s);
+        if (r < 0)
+                return r;
+        put_be64(e, to);
+        r = io_pwrite(s->io, e, sizeof e, at);
+        if (r >= 0)
+                r = io_flush(s->io);
+        if (r < 0)
+                return r;
+        qcow2_queue_free(s, from);
+        return 0;
+}

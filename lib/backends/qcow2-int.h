@@ -142,6 +142,10 @@ int qcow2_mark_dirty(qcow2_state *s);
 /* Adds delta (+1/-1) to the refcount of the cluster holding `host` (blocks
  * made as needed); with ret_pg the refcount block's page, pinned. */
 int qcow2_rc_update(qcow2_state *s, uint64_t host, int delta, tc_page **ret_pg);
+/* Entry i of the L2 table `l2` set to `e` (tc_set's flags) once `host`, the
+ * new cluster it names, is counted: the L2 page goes to the disk after the
+ * refcount block's page. */
+int qcow2_l2_set_counted(qcow2_state *s, tc_table *l2, uint64_t i, uint64_t e, uint64_t host, uint32_t flags);
 /* Entry i of a refcount block of width 2^order bits. */
 uint64_t qcow2_rc_entry_get(const uint8_t *b, uint64_t i, uint32_t order);
 void qcow2_rc_entry_set(uint8_t *b, uint64_t i, uint32_t order, uint64_t v);
@@ -284,3 +288,13 @@ int qcow2_bitmap_change(void *state, const vdisk_bitmap_change *c);
  * the marks and frees the old tables, or puts the old ones back. */
 int qcow2_bitmaps_resize_begin(qcow2_state *s, uint64_t new_size);
 int qcow2_bitmaps_resize_end(qcow2_state *s, bool switched);
+/* Compact (qcow2-space.c moves, these switch): bitmap i's table as it is on
+ * disk (checked; table_size entries, freed by the caller); entry i's table
+ * offset pointed at `to`, flushed; the extension's directory offset pointed
+ * at `to`, flushed; entry j of bitmap i's table, at `from`, pointed at its
+ * copy at `to` (counted and durable first, flushed after; `from` is freed at
+ * the next flush). */
+int qcow2_bitmap_table(qcow2_state *s, uint32_t i, uint64_t **ret);
+int qcow2_bitmap_table_switch(qcow2_state *s, uint32_t i, uint64_t to);
+int qcow2_bitmap_dir_switch(qcow2_state *s, uint64_t to);
+int qcow2_bitmap_data_switch(qcow2_state *s, uint32_t i, uint32_t j, uint64_t from, uint64_t to);

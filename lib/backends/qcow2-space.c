@@ -35,16 +35,21 @@
  *             equal to what shows through below, it is unallocated; all
  *             zeros over a parent with data, a zero cluster (v3); zero
  *             clusters give up the space they kept; L2 tables left empty are
- *             dropped. Flushed. Then the metadata moves down (L2 tables,
- *             refcount blocks, the L1 table, the refcount table: each into
- *             the lowest free clusters below it, by qcow2_table_place, the
- *             pointer switched, the old place freed; refcount blocks that
- *             count nothing leave the refcount table), fmt_pack moves the
- *             highest data clusters into the lowest free clusters (copy,
- *             flush, the new place counted, the L2 entry, flushed, the old
- *             place freed, flushed), the metadata moves once more, and the
- *             file is cut after its last referenced cluster. A cancel stops
- *             between batches and moves; every step is a valid image.
+ *             dropped. Flushed. With an external data file (not raw), the
+ *             ranges of the clusters the tables do not map are punched out
+ *             of it then. Then the metadata moves down (L2 tables, bitmap
+ *             tables and directory, refcount blocks, the L1 table, the
+ *             refcount table: each into the lowest free clusters below it,
+ *             by qcow2_table_place, the pointer switched, the old place
+ *             freed; refcount blocks that count nothing leave the refcount
+ *             table), fmt_pack moves the highest data clusters and bitmap
+ *             data clusters into the lowest free clusters (copy, flush, the
+ *             new place counted, the L2 or bitmap table entry, flushed, the
+ *             old place freed, flushed), the metadata moves once more, and
+ *             the file is cut after its last referenced cluster. A cancel
+ *             stops between batches and moves; every step is a valid image.
+ *             With internal snapshots, L2 tables and data clusters with a
+ *             refcount above 1 are neither changed nor moved.
  */
 #include <assert.h>
 #include <errno.h>
@@ -189,7 +194,9 @@ static int trim_tail(qcow2_state *s) {
         r = io_truncate(s->io, end);
         if (r < 0)
                 return r;
-        s->file_size = s->data_size = end;
+        s->file_size = end;
+        if (!s->data_io)
+                s->data_size = end;   /* else the data file's, unchanged */
         hostalloc_truncated(&s->alloc, end);
         hostalloc_rewind(&s->alloc, end);
         if (s->free_hint > end)
@@ -540,16 +547,21 @@ typedef struct cpack {
         qcow2_state *s;
 } cpack;
 
+/* A pack unit's key: a data cluster's virtual cluster number, or, with this
+ * bit, a bitmap data cluster (bitmap i, table entry j: i << 32 | j). */
+#define KEY_BITMAP      (UINT64_C(1) << 63)
+
 /* Data cluster `key` (its virtual cluster number) moves: the new place is
  * counted now (written with the refcounts before the L2 table), the old
  * one freed after the L2 table is on disk. */
 static int cpack_repoint(void *user, uint64_t key, uint64_t from, uint64_t to) {
         qcow2_state *s = ((cpack *) user)->s;
         uint64_t l1i = key / s->l2_entries, l2i = key % s->l2_entries, i = s->extended_l2 ? 2 * l2i : l2i, e;
-        tc_page *rbpg = NULL, *l2pg = NULL;
         tc_table *l2;
         int r;
 
+        if (key & KEY_BITMAP)
+                return qcow2_bitmap_data_switch(s, (uint32_t) ((key & ~KEY_BITMAP) >> 32), (uint32_t) key, from, to);
         r = qcow2_l2_for_write(s, l1i, &l2);
         if (r >= 0)
                 r = tc_get(l2, i, &e);
@@ -557,19 +569,7 @@ static int cpack_repoint(void *user, uint64_t key, uint64_t from, uint64_t to) {
                 return r;
         if ((e & OFFSET_MASK) != from || (e & L2E_COMPRESSED))
                 return vdisk_error(-EUCLEAN, "qcow2: the cluster at %" PRIu64 " changed during compact", from);
-        r = qcow2_rc_update(s, to, +1, &rbpg);
-        if (r < 0)
-                return r;
-        /* the refcount block reaches the disk before the L2 table (an early
-         * write-back of the L2 page included) */
-        r = tc_set(l2, i, (e & ~OFFSET_MASK) | to, 0);   /* rc_update keeps the L2 views */
-        if (r >= 0)
-                r = tc_page_get(l2, 0, &l2pg);
-        if (r >= 0)
-                r = tc_page_depends(l2pg, rbpg);
-        if (l2pg)
-                tc_page_put(l2pg);
-        tc_page_put(rbpg);
+        r = qcow2_l2_set_counted(s, l2, i, (e & ~OFFSET_MASK) | to, to, 0);
         if (r < 0)
                 return r;
         hostalloc_note_used(&s->alloc, to, s->cluster_size);
@@ -581,11 +581,24 @@ static int cpack_commit(void *user) {
         return qcow2_flush(((cpack *) user)->s);
 }
 
+/* Whether the table or data cluster at `off` is referenced from elsewhere
+ * too (an internal snapshot's tree): compact neither changes nor moves it. */
+static int is_shared(qcow2_state *s, uint64_t off, bool *ret) {
+        uint64_t rc = 1;
+        int r = 0;
+
+        if (s->nb_snapshots > 0)
+                r = qcow2_rc_get(s, off, &rc);
+        *ret = rc != 1;
+        return r;
+}
+
 /* The verdicts for one cluster; *ret_e, *ret_b: the new entry (unchanged
  * when kept). */
 static int compact_cluster(qcow2_state *s, fmt_scan *sc, uint64_t cl, uint64_t e, uint64_t b,
                            uint64_t *ret_e, uint64_t *ret_b) {
         uint64_t cs = s->cluster_size, voff = cl * cs, vlen = MIN(cs, s->size - voff), host = e & OFFSET_MASK;
+        vdisk_io *io = s->data_io ? s->data_io : s->io;
         compact_verdict v;
         int r;
 
@@ -598,7 +611,7 @@ static int compact_cluster(qcow2_state *s, fmt_scan *sc, uint64_t cl, uint64_t e
                         return 0;
                 }
                 fmt_scan_begin(sc);
-                r = fmt_scan_piece(sc, s->io, host, voff, vlen);
+                r = fmt_scan_piece(sc, io, host, voff, vlen);
                 if (r < 0)
                         return r;
                 v = fmt_scan_verdict(sc);
@@ -618,7 +631,7 @@ static int compact_cluster(qcow2_state *s, fmt_scan *sc, uint64_t cl, uint64_t e
 
                 if (!((alloc >> i) & 1) || so >= vlen)
                         continue;
-                r = fmt_scan_piece(sc, s->io, host + so, voff + so, MIN(sc_size, vlen - so));
+                r = fmt_scan_piece(sc, io, host + so, voff + so, MIN(sc_size, vlen - so));
                 if (r < 0)
                         return r;
         }
@@ -633,9 +646,18 @@ static int compact_cluster(qcow2_state *s, fmt_scan *sc, uint64_t cl, uint64_t e
         return 0;
 }
 
+/* The cluster's host space: in an external data file offset 0 is a cluster
+ * too, when COPIED is set. */
+static bool has_space(const qcow2_state *s, uint64_t e) {
+        return (e & OFFSET_MASK) != 0 || (s->data_io && !(e & L2E_COMPRESSED) && (e & L2E_COPIED));
+}
+
 /* Phase 1: the verdicts, applied to the tables in memory (each change is a
- * valid image on its own); L2 tables left empty leave the L1 table. */
-static int compact_scan(qcow2_state *s, compact_fn fn, void *ctx, vdisk_progress *p) {
+ * valid image on its own); L2 tables left empty leave the L1 table. A raw
+ * data file must keep reading as the disk: not scanned at all. *ret_ident:
+ * every cluster with space in an external data file lies at its guest
+ * offset. */
+static int compact_scan(qcow2_state *s, compact_fn fn, void *ctx, vdisk_progress *p, bool *ret_ident) {
         uint64_t cs = s->cluster_size, n_cl = DIV_ROUND_UP(s->size, cs);
         size_t buf_size = (size_t) MIN(cs, UINT64_C(1) << 20);
         _cleanup_free_ uint8_t *buf = buf_alloc(buf_size);
@@ -644,9 +666,11 @@ static int compact_scan(qcow2_state *s, compact_fn fn, void *ctx, vdisk_progress
 
         if (!buf)
                 return vdisk_error(-ENOMEM, "out of memory");
+        if (s->data_io && (s->autoclear & AUTOCLEAR_DATA_RAW))
+                return progress_add(p, s->size);
         for (uint64_t l1i = 0; l1i < s->l1_size; l1i++) {
                 uint64_t l1e, l2off, first = l1i * s->l2_entries;
-                bool empty = true;
+                bool empty = true, shared;
                 tc_table *l2;
 
                 if (first >= n_cl)
@@ -655,7 +679,10 @@ static int compact_scan(qcow2_state *s, compact_fn fn, void *ctx, vdisk_progress
                 if (r < 0)
                         return r;
                 l2off = l1e & OFFSET_MASK;
-                if (l2off == 0) {
+                r = l2off ? is_shared(s, l2off, &shared) : 0;
+                if (r < 0)
+                        return r;
+                if (l2off == 0 || shared) {
                         r = progress_add(p, MIN(s->l2_coverage, s->size - first * cs));
                         if (r < 0)
                                 return r;
@@ -671,7 +698,9 @@ static int compact_scan(qcow2_state *s, compact_fn fn, void *ctx, vdisk_progress
                                 r = tc_get(l2, 2 * l2i + 1, &b);
                         if (r < 0)
                                 return r;
-                        if (cl < n_cl && (e & (OFFSET_MASK | L2E_COMPRESSED))) {
+                        if (has_space(s, e) && (e & OFFSET_MASK) != cl * cs)
+                                *ret_ident = false;
+                        if (cl < n_cl && (has_space(s, e) || (e & L2E_COMPRESSED))) {
                                 r = compact_cluster(s, &sc, cl, e, b, &ne, &nb);
                                 if (r < 0)
                                         return r;
@@ -708,14 +737,63 @@ static int compact_scan(qcow2_state *s, compact_fn fn, void *ctx, vdisk_progress
         return 0;
 }
 
+static int punch(qcow2_state *s, uint64_t start, uint64_t end) {
+        int r;
+
+        end = MIN(end, s->size);
+        if (start >= end)
+                return 0;
+        r = io_punch_hole(s->data_io, start, end - start);
+        return r == -EOPNOTSUPP ? 0 : r;   /* the space stays; the disk reads the same */
+}
+
+/* An external data file holds each cluster at its guest offset (the spec's
+ * rule): once the tables are durable, the range of every cluster they do not
+ * map is punched out of it. That gives back what the scan unallocated, and
+ * what a compact cut before its punches left. Only when every cluster with
+ * space lies at its guest offset (else a range could be another cluster's). */
+static int punch_unmapped(qcow2_state *s) {
+        uint64_t cs = s->cluster_size, n_cl = DIV_ROUND_UP(s->size, cs), run = 0;
+        int r;
+
+        for (uint64_t l1i = 0; l1i < s->l1_size && l1i * s->l2_entries < n_cl; l1i++) {
+                uint64_t l1e;
+                tc_table *l2;
+
+                r = tc_get(s->l1, l1i, &l1e);
+                if (r < 0)
+                        return r;
+                if ((l1e & OFFSET_MASK) == 0)
+                        continue;       /* the run goes on */
+                for (uint64_t l2i = 0; l2i < s->l2_entries && l1i * s->l2_entries + l2i < n_cl; l2i++) {
+                        uint64_t cl = l1i * s->l2_entries + l2i, e;
+
+                        r = qcow2_get_l2(s, l1e & OFFSET_MASK, &l2);
+                        if (r >= 0)
+                                r = tc_get(l2, s->extended_l2 ? 2 * l2i : l2i, &e);
+                        if (r < 0)
+                                return r;
+                        if (!has_space(s, e))
+                                continue;
+                        r = punch(s, run, cl * cs);
+                        if (r < 0)
+                                return r;
+                        run = (cl + 1) * cs;
+                }
+        }
+        r = punch(s, run, s->size);
+        return r < 0 ? r : io_flush(s->data_io);
+}
+
 /* Phase 2: the metadata moves down into the lowest free clusters, each
  * table on its own (qcow2_table_place: the copy, counted, durable; the
  * switch, flushed; the old place uncounted, flushed with the next step):
- * L2 tables (the L1 entry switches), refcount blocks (the refcount table
- * entry; a block counting its own new place holds that count, since the
- * copy is taken after the counts are written), the L1 table and the
- * refcount table (the header's offset). A table with no free place below
- * it stays. */
+ * L2 tables (the L1 entry switches), bitmap tables and the bitmap
+ * directory (the directory entry; the header extension), refcount blocks
+ * (the refcount table entry; a block counting its own new place holds that
+ * count, since the copy is taken after the counts are written), the L1
+ * table and the refcount table (the header's offset). A table with no free
+ * place below it stays. */
 static int move_done(qcow2_state *s, int r, bool *ret_moved) {
         *ret_moved = r >= 0;
         if (r == -ENOSPC) {
@@ -847,6 +925,41 @@ static int drop_empty_rb(qcow2_state *s, uint64_t rti, uint64_t off, uint8_t *bu
         return qcow2_uncount(s, off, s->cluster_size);
 }
 
+/* Each bitmap table, then the bitmap directory, into the lowest free
+ * clusters below it: the copy counted and durable, the pointer switched (the
+ * directory entry's table offset, the extension's directory offset),
+ * flushed, the old place uncounted. */
+static int move_bitmaps(qcow2_state *s, vdisk_progress *p, uint64_t *ret_moved) {
+        uint64_t to;
+        bool moved;
+        int r;
+
+        if (s->nb_bitmaps == 0)
+                return 0;
+        for (uint32_t i = 0; i <= s->nb_bitmaps; i++) {
+                bool dir = i == s->nb_bitmaps;
+                uint64_t from = dir ? s->bm_dir_offset : s->bm[i].table_offset;
+                uint64_t len = dir ? s->bm_dir_size : (uint64_t) s->bm[i].table_size * 8;
+
+                if (len == 0 || from <= s->free_hint)
+                        continue;
+                r = progress_check(p);
+                if (r >= 0)
+                        r = move_done(s, qcow2_table_place(s, NULL, len, from, from, QCOW2_PLACE_LOW, &to), &moved);
+                if (r < 0)
+                        return r;
+                if (!moved)
+                        continue;
+                r = dir ? qcow2_bitmap_dir_switch(s, to) : qcow2_bitmap_table_switch(s, i, to);
+                if (r >= 0)
+                        r = qcow2_uncount(s, from, len);
+                if (r < 0)
+                        return r;
+                (*ret_moved)++;
+        }
+        return 0;
+}
+
 static int move_l1(qcow2_state *s, bool *ret_moved) {
         uint64_t from = s->l1_offset, len = (uint64_t) s->l1_size * 8, to;
         uint8_t b[8];
@@ -901,7 +1014,7 @@ static int compact_meta(qcow2_state *s, vdisk_progress *p, uint64_t *ret_moved) 
         _cleanup_free_ l2_move *batch = calloc(L2_BATCH, sizeof *batch);
         uint64_t n_moved = 0;
         size_t nb = 0;
-        bool moved;
+        bool moved, shared;
         int r = 0, rt;
 
         if (!buf || !batch)
@@ -920,6 +1033,11 @@ static int compact_meta(qcow2_state *s, vdisk_progress *p, uint64_t *ret_moved) 
                 if (r < 0)
                         break;
                 if ((l1e & OFFSET_MASK) == 0 || (l1e & OFFSET_MASK) <= s->free_hint)
+                        continue;
+                r = is_shared(s, l1e & OFFSET_MASK, &shared);
+                if (r < 0)
+                        break;
+                if (shared)
                         continue;
                 r = place_l2(s, l1e & OFFSET_MASK, buf, &to, &moved);
                 if (r < 0)
@@ -940,6 +1058,9 @@ static int compact_meta(qcow2_state *s, vdisk_progress *p, uint64_t *ret_moved) 
         rt = switch_l2s(s, batch, nb);
         if (r < 0 || rt < 0)
                 return r < 0 ? r : rt;
+        r = move_bitmaps(s, p, &n_moved);
+        if (r < 0)
+                return r;
         for (uint64_t rti = 0; rti < tc_table_entries(s->reft); rti++) {
                 uint64_t e;
 
@@ -984,8 +1105,21 @@ static int cmp_u64(const void *a, const void *b) {
         return x < y ? -1 : x > y;
 }
 
-/* Phase 2: the data clusters (units) and everything else that has a
- * reference (fixed), for fmt_pack. */
+static int push_unit(fmt_unit **units, size_t *n, size_t *cap, uint64_t key, uint64_t host) {
+        if (*n == *cap) {
+                size_t nc = MAX(*cap * 2, (size_t) 256);
+                fmt_unit *nu = realloc(*units, nc * sizeof *nu);
+
+                if (!nu)
+                        return vdisk_error(-ENOMEM, "out of memory");
+                *units = nu, *cap = nc;
+        }
+        (*units)[(*n)++] = (fmt_unit) { .key = key, .host = host };
+        return 0;
+}
+
+/* Phase 2: the data clusters and the bitmaps' (units) and everything else
+ * that has a reference (fixed), for fmt_pack. */
 static int compact_layout(qcow2_state *s, fmt_unit **ret_units, size_t *ret_n, fmt_span **ret_fixed,
                           size_t *ret_nf) {
         uint64_t cs = s->cluster_size, n_file = DIV_ROUND_UP(s->file_size, cs);
@@ -995,8 +1129,11 @@ static int compact_layout(qcow2_state *s, fmt_unit **ret_units, size_t *ret_n, f
         size_t n = 0, cap = 0, nf = 0, capf = 0;
         int r;
 
-        for (uint64_t l1i = 0; l1i < s->l1_size; l1i++) {
+        /* (the data clusters of an external data file are not this file's) */
+        /* (and a snapshot's clusters stay where they are) */
+        for (uint64_t l1i = 0; l1i < s->l1_size && !s->data_io; l1i++) {
                 uint64_t l1e;
+                bool shared;
                 tc_table *l2;
 
                 r = tc_get(s->l1, l1i, &l1e);
@@ -1004,25 +1141,40 @@ static int compact_layout(qcow2_state *s, fmt_unit **ret_units, size_t *ret_n, f
                         return r;
                 if ((l1e & OFFSET_MASK) == 0)
                         continue;
+                r = is_shared(s, l1e & OFFSET_MASK, &shared);
+                if (r < 0)
+                        return r;
+                if (shared)
+                        continue;
                 for (uint64_t l2i = 0; l2i < s->l2_entries; l2i++) {
                         uint64_t e;
 
                         r = qcow2_get_l2(s, l1e & OFFSET_MASK, &l2);
                         if (r >= 0)
                                 r = tc_get(l2, s->extended_l2 ? 2 * l2i : l2i, &e);
+                        if (r >= 0 && !(e & L2E_COMPRESSED) && (e & OFFSET_MASK) != 0)
+                                r = is_shared(s, e & OFFSET_MASK, &shared);
                         if (r < 0)
                                 return r;
-                        if ((e & L2E_COMPRESSED) || (e & OFFSET_MASK) == 0)
+                        if ((e & L2E_COMPRESSED) || (e & OFFSET_MASK) == 0 || shared)
                                 continue;
-                        if (n == cap) {
-                                size_t nc = MAX(cap * 2, (size_t) 256);
-                                fmt_unit *nu = realloc(units, nc * sizeof *nu);
+                        r = push_unit(&units, &n, &cap, l1i * s->l2_entries + l2i, e & OFFSET_MASK);
+                        if (r < 0)
+                                return r;
+                }
+        }
+        for (uint32_t i = 0; i < s->nb_bitmaps; i++) {
+                _cleanup_free_ uint64_t *t = NULL;
 
-                                if (!nu)
-                                        return vdisk_error(-ENOMEM, "out of memory");
-                                units = nu, cap = nc;
-                        }
-                        units[n++] = (fmt_unit) { .key = l1i * s->l2_entries + l2i, .host = e & OFFSET_MASK };
+                r = qcow2_bitmap_table(s, i, &t);
+                if (r < 0)
+                        return r;
+                for (uint32_t j = 0; j < s->bm[i].table_size; j++) {
+                        if ((t[j] & OFFSET_MASK) == 0)
+                                continue;
+                        r = push_unit(&units, &n, &cap, KEY_BITMAP | (uint64_t) i << 32 | j, t[j] & OFFSET_MASK);
+                        if (r < 0)
+                                return r;
                 }
         }
         hosts = malloc((n + 1) * sizeof *hosts);
@@ -1073,37 +1225,33 @@ int qcow2_compact(void *state, compact_fn fn, void *ctx, vdisk_progress *p) {
         size_t n = 0, nf = 0;
         uint64_t moves, meta_moves = 0;
         cpack cp = { .s = s };
+        bool ident = true;
         int r, rt;
 
         assert(s->writable && fn);
-        if (s->nb_snapshots > 0)
-                return vdisk_error(-EOPNOTSUPP, "qcow2: images with internal snapshots cannot be compacted");
-        /* The data clusters live in the external data file (no refcounts
-         * there): the scan would free and move them as this file's. */
-        if (s->data_io)
-                return vdisk_error(-EOPNOTSUPP, "qcow2: images with an external data file cannot be compacted");
         r = qcow2_mark_dirty(s);
         if (r >= 0)
                 r = qcow2_flush(s);
         if (r < 0)
                 return r;
-        r = compact_scan(s, fn, ctx, p);
+        r = compact_scan(s, fn, ctx, p, &ident);
         if (r < 0) {
                 /* what was decided is valid: kept */
                 rt = qcow2_flush(s);
                 return rt < 0 ? rt : r;
         }
         r = qcow2_flush(s);
+        /* (a snapshot's tables may name what the active ones do not) */
+        if (r >= 0 && s->data_io && !(s->autoclear & AUTOCLEAR_DATA_RAW) && ident && s->nb_snapshots == 0)
+                r = punch_unmapped(s);
         if (r < 0)
                 return r;
-        if (!s->data_io) {
-                r = compact_meta(s, p, &meta_moves);
-                if (r < 0) {
-                        rt = qcow2_flush(s);
-                        if (rt >= 0)
-                                rt = trim_tail(s);
-                        return rt < 0 ? rt : r;
-                }
+        r = compact_meta(s, p, &meta_moves);
+        if (r < 0) {
+                rt = qcow2_flush(s);
+                if (rt >= 0)
+                        rt = trim_tail(s);
+                return rt < 0 ? rt : r;
         }
         r = compact_layout(s, &units, &n, &fixed, &nf);
         if (r < 0)
@@ -1132,7 +1280,7 @@ int qcow2_compact(void *state, compact_fn fn, void *ctx, vdisk_progress *p) {
         /* again: refcount blocks left counting nothing (past the packed
          * data, or whose old place counted only itself) go, and what still
          * lies above a hole moves down */
-        if (r >= 0 && !s->data_io)
+        if (r >= 0)
                 r = compact_meta(s, p, &meta_moves);
         /* after a cancel too: what the moves left free at the end goes */
         rt = trim_tail(s);

@@ -1552,6 +1552,26 @@ int qcow2_flush_refcounts(qcow2_state *s) {
         return flush_refcounts(s);
 }
 
+int qcow2_l2_set_counted(qcow2_state *s, tc_table *l2, uint64_t i, uint64_t e, uint64_t host, uint32_t flags) {
+        tc_page *rbpg = NULL, *l2pg = NULL;
+        int r;
+
+        r = rc_update(s, host, +1, &rbpg);
+        if (r < 0)
+                return r;
+        /* the refcount block reaches the disk before the L2 table (an early
+         * write-back of the L2 page included); rc_update keeps the L2 views */
+        r = tc_set(l2, i, e, flags);
+        if (r >= 0)
+                r = tc_page_get(l2, 0, &l2pg);
+        if (r >= 0)
+                r = tc_page_depends(l2pg, rbpg);
+        if (l2pg)
+                tc_page_put(l2pg);
+        tc_page_put(rbpg);
+        return r;
+}
+
 int qcow2_flush_tables(qcow2_state *s) {
         return flush_tables(s);
 }

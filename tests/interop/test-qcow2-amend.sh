@@ -7,9 +7,13 @@
 #     to 1.1 with lazy_refcounts: after each step `qemu-img check` is clean,
 #     `qemu-img compare` finds the content unchanged and `qemu-img info` shows
 #     the new compat and refcount bits; qemu-io still writes the result;
+#   - compat=0.10 of images with internal snapshots (zero clusters shared
+#     with a snapshot, over its data, over a backing file): every snapshot
+#     reads as before;
 #   - refusals with qemu's words: a raw image, options only creation takes,
-#     downgrades of images with extended L2 or a data file, compat=0.10 with
-#     another refcount width; a refused amend leaves the file unchanged;
+#     downgrades of images with extended L2, a data file or a snapshot of
+#     another size, compat=0.10 with another refcount width; a refused amend
+#     leaves the file unchanged;
 #   - `vdisk-img info` prints the "Format specific information" (human) and
 #     the "format-specific" object (JSON) exactly as qemu-img does for v2, v3,
 #     lazy refcounts, 1-bit refcounts, extended L2, zstd and data files;
@@ -87,6 +91,50 @@ amend_ok v.qcow2 pat.raw compat=1.1,refcount_bits=64 1.1 64
 amend_ok d.qcow2 d.ref compat=0.10 0.10 16
 amend_ok d.qcow2 d.ref compat=1.1,refcount_bits=4 1.1 4
 expect_eq "d.qcow2 keeps its backing file" "$("$QEMU_IMG" info --output=json d.qcow2 | py json-get - backing-filename)" "q.qcow2"
+
+# --- compat=0.10 with internal snapshots (qemu keeps them, and their 24
+# bytes of extra data): zero clusters in a table the snapshot shares
+# (dropped in place), over the snapshot's data after it (the active tree's
+# copied table: the shared cluster keeps the snapshot's data, qemu-img 7.2
+# zeroes it), and in a diff over a backing file after the snapshot (new
+# zeroed clusters). Content and every snapshot unchanged, the snapshot list
+# the same, check clean; a snapshot of another size and shared zero
+# clusters over a backing file are refused, the file unchanged.
+# snaps_save IMAGE [SUFFIX]: snapshot s1's content (IMAGE.s1SUFFIX) and the
+# snapshot list without dates (IMAGE.listSUFFIX); without SUFFIX, the
+# content too (IMAGE.ref)
+snaps_save() {
+        "$QEMU_IMG" convert -q -f qcow2 -l s1 -O raw "$1" "$1.s1${2-}"
+        "$QEMU_IMG" snapshot -l "$1" | sed 1d | awk '{print $1, $2, $3, $4}' >"$1.list${2-}"
+        [[ -n ${2-} ]] || "$QEMU_IMG" convert -q -f qcow2 -O raw "$1" "$1.ref"
+}
+# downgrade_snaps IMAGE: compat=0.10 (clean, the same content), then s1 and
+# the snapshot list as they were
+downgrade_snaps() {
+        snaps_save "$1"
+        amend_ok "$1" "$1.ref" compat=0.10 0.10 16
+        snaps_save "$1" .after
+        expect_cmp "$1: snapshot s1 unchanged" "$1.s1" "$1.s1.after"
+        expect_cmp "$1: snapshot list unchanged" "$1.list" "$1.list.after"
+}
+"$QEMU_IMG" create -q -f qcow2 sn.qcow2 16M
+"$QEMU_IO" -f qcow2 -c "write -P 0x41 0 2M" -c "write -z 4M 1M" sn.qcow2 >/dev/null
+"$QEMU_IMG" snapshot -c s1 sn.qcow2
+"$QEMU_IO" -f qcow2 -c "write -z 0 128k" -c "write -P 0x42 8M 64k" sn.qcow2 >/dev/null
+downgrade_snaps sn.qcow2
+"$QEMU_IMG" create -q -f qcow2 -b q.qcow2 -F qcow2 snd.qcow2
+"$QEMU_IO" -f qcow2 -c "write -P 0x43 1M 64k" snd.qcow2 >/dev/null
+"$QEMU_IMG" snapshot -c s1 snd.qcow2
+"$QEMU_IO" -f qcow2 -c "write -z 0 512k" -c "write -z 1M 64k" snd.qcow2 >/dev/null
+downgrade_snaps snd.qcow2
+"$QEMU_IMG" create -q -f qcow2 -b q.qcow2 -F qcow2 sns.qcow2
+"$QEMU_IO" -f qcow2 -c "write -z 0 512k" sns.qcow2 >/dev/null
+"$QEMU_IMG" snapshot -c s1 sns.qcow2
+amend_refused sns.qcow2 compat=0.10 "Cannot downgrade an image whose zero clusters are shared with internal snapshots"
+"$QEMU_IMG" create -q -f qcow2 snr.qcow2 8M
+"$QEMU_IMG" snapshot -c s1 snr.qcow2
+"$QEMU_IMG" resize -q snr.qcow2 16M
+amend_refused snr.qcow2 compat=0.10 "Internal snapshots prevent downgrade of image"
 
 # --- refusals
 "$QEMU_IMG" create -q -f raw r.raw 1M

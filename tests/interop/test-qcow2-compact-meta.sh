@@ -7,6 +7,11 @@
 # clusters it references (a few holes at most: refcount blocks dropped after
 # the data moves), the tables that stood above a hole moved down,
 # `qemu-img check` is clean and `qemu-img compare` equals the content before.
+# Also: persistent bitmaps above the hole (their tables, data clusters and
+# directory move; qemu-img info and the bits unchanged), and images with an
+# external data file (dropped clusters punched out of it; raw ones kept),
+# and an image with internal snapshots (only the active tree's own
+# clusters and tables move; every snapshot reads as before).
 #   tests/interop/test-qcow2-compact-meta.sh build/tools/vdisk-img build/tests/interop/vdisk-discard
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 source "$(dirname "$0")/lib.sh" "$@"
@@ -110,12 +115,169 @@ before=$(layout "$img")
 expect_rc "vd-4k: compact" 0 "$VDISK_IMG" compact "$img"
 check_compacted vd-4k "$img" vd-4k.raw "$before" 1 l2,rb
 
-# internal snapshots: compact refused (shared L2 tables), the image unchanged
-"$QEMU_IMG" create -q -f qcow2 snap.qcow2 8M
-"$QEMU_IO" -f qcow2 -c "write -P 0x12 0 1M" snap.qcow2 >/dev/null
-"$QEMU_IMG" snapshot -c s1 snap.qcow2
-cp snap.qcow2 snap-before.qcow2
-expect_fail "compact with internal snapshots refused" "$VDISK_IMG" compact snap.qcow2
-expect_cmp "refused compact left the image unchanged" snap.qcow2 snap-before.qcow2
+# bmlayout IMG: "DIRECTORY_OFFSET LAST_BITMAP_TABLE LAST_BITMAP_DATA_CLUSTER"
+bmlayout() {
+        "$PY" - "$1" <<'EOF'
+import struct, sys
+d = open(sys.argv[1], 'rb').read()
+off = struct.unpack('>I', d[100:104])[0]
+while True:
+    t, ln = struct.unpack('>II', d[off:off + 8])
+    if t == 0x23852875:
+        n, _, size, dof = struct.unpack('>IIQQ', d[off + 8:off + 32])
+        break
+    assert t != 0, 'no bitmaps extension'
+    off += 8 + ((ln + 7) & ~7)
+pos, tables, data = dof, [], [0]
+for _ in range(n):
+    toff, tsize, _, _, _, nlen, xlen = struct.unpack('>QIIBBHI', d[pos:pos + 24])
+    tables.append(toff)
+    data += [struct.unpack('>Q', d[toff + 8 * j:toff + 8 * j + 8])[0] & 0x00fffffffffffe00 for j in range(tsize)]
+    pos += (24 + xlen + nlen + 7) & ~7
+print(dof, max(tables), max(data))
+EOF
+}
+
+# 4. persistent bitmaps high in the file (qemu-made, 64 KiB clusters): b1
+# (4 KiB granularity) and b2 enabled, b3 disabled with b1 merged into it,
+# stored by qemu after the data; then the 4 MiB of data below them
+# discarded. Compact moves each bitmap table and the directory down, and the
+# bitmaps' data clusters with the data: qemu-img info lists the same
+# bitmaps, their bits are the same (our reader on the image, and on qemu's
+# `convert --bitmaps` copy of it), the content too, the file is smaller.
+img=bitmaps.qcow2
+"$QEMU_IMG" create -q -f qcow2 -o cluster_size=64k "$img" 64M
+"$QEMU_IO" -f qcow2 -c "write -P 0x11 0 1M" -c "write -P 0x22 8M 4M" -c "write -P 0x33 20M 256k" \
+        "$img" >/dev/null
+"$QEMU_IMG" bitmap --add -g 4096 "$img" b1
+"$QEMU_IMG" bitmap --add "$img" b2
+"$QEMU_IO" -f qcow2 -c "write -P 0x44 30M 128k" -c "write -P 0x55 1M 64k" "$img" >/dev/null
+"$QEMU_IMG" bitmap --add --disable "$img" b3
+"$QEMU_IMG" bitmap --merge b1 "$img" b3
+expect_rc "bitmaps: discard 4M" 0 "$DISCARD" "$img" qcow2 $((8 * M)):$((4 * M))
+"$QEMU_IMG" convert -f qcow2 -O raw "$img" bitmaps.raw
+BM dump "$img" >bitmaps.before
+"$QEMU_IMG" info "$img" | sed -n '/bitmaps:/,/refcount bits/p' >bitmaps.info
+expect_true "bitmaps: three bitmaps with bits set before" test "$(grep -c 'ranges=[0-9]' bitmaps.before)" -eq 3
+before=$(layout "$img")
+read -r b_dir b_table b_data <<<"$(bmlayout "$img")"
+size_before=$(stat -c %s "$img")
+expect_rc "bitmaps: compact" 0 "$VDISK_IMG" compact "$img"
+check_compacted bitmaps "$img" bitmaps.raw "$before" 0 ""
+read -r dir table data <<<"$(bmlayout "$img")"
+expect_true "bitmaps: the directory moved down ($b_dir -> $dir)" test "$dir" -lt "$b_dir"
+expect_true "bitmaps: the last bitmap table moved down ($b_table -> $table)" test "$table" -lt "$b_table"
+expect_true "bitmaps: the last bitmap data cluster moved down ($b_data -> $data)" test "$data" -lt "$b_data"
+expect_true "bitmaps: the file shrank ($size_before -> $(stat -c %s "$img"))" \
+        test "$(stat -c %s "$img")" -lt "$size_before"
+"$QEMU_IMG" info "$img" | sed -n '/bitmaps:/,/refcount bits/p' >bitmaps.info.after
+expect_cmp "bitmaps: qemu-img info lists the same bitmaps" bitmaps.info bitmaps.info.after
+BM dump "$img" >bitmaps.after
+expect_cmp "bitmaps: the same bits (our reader)" bitmaps.before bitmaps.after
+run "$QEMU_IMG" convert --bitmaps -f qcow2 -O qcow2 "$img" bitmaps-copy.qcow2
+BM dump bitmaps-copy.qcow2 >bitmaps.copy
+expect_cmp "bitmaps: the same bits (qemu-img convert --bitmaps)" bitmaps.before bitmaps.copy
+
+# 5. external data files (qemu-made, 64 KiB clusters, 2 GiB): the image
+# file holds only metadata; compact gives clusters that read as what shows
+# through back to the data file (unallocated in L2, their range punched)
+# and moves the image file's tables down.
+# blocks FILE: 512-byte blocks the file takes
+blocks() { stat -c %b "$1"; }
+
+# 5a. no backing file: zeros written as data at 8M (4 MiB) and as the only
+# data of the second L2 table (600M); data at 0, 1100M and 1600M
+img=df.qcow2
+"$QEMU_IMG" create -q -f qcow2 -o cluster_size=64k,data_file=df.data "$img" 2G
+"$QEMU_IO" -f qcow2 -c "write -P 0x11 0 4M" -c "write -P 0 8M 4M" -c "write -P 0 600M 64k" \
+        -c "write -P 0x44 1100M 64k" -c "write -P 0x55 1600M 128k" "$img" >/dev/null
+"$QEMU_IMG" convert -f qcow2 -O raw "$img" df.raw
+before=$(layout "$img")
+data_before=$(blocks df.data)
+expect_rc "data file: compact" 0 "$VDISK_IMG" compact "$img"
+check_compacted datafile "$img" df.raw "$before" 0 l2
+expect_true "data file: the zeros' 4160 KiB punched out of it ($data_before -> $(blocks df.data) blocks)" \
+        test "$(blocks df.data)" -le $((data_before - 8320))
+expect_no_data "$img" $((8 * M)) $((4 * M)) "data file: no data where the zeros were"
+expect_no_data "$img" $((600 * M)) $((64 * K)) "data file: no data in the dropped L2 table's range"
+
+# 5b. over a backing file: 0..1M written again with the parent's data, 4M..5M
+# with zeros over the parent's zeros (both show through: unallocated and
+# punched), 1M..2M with other data (kept)
+"$QEMU_IMG" create -q -f raw dfb-base.raw 64M
+"$QEMU_IO" -f raw -c "write -P 0x21 0 2M" dfb-base.raw >/dev/null
+cp dfb-base.raw dfb-base.orig
+img=dfb.qcow2
+"$QEMU_IMG" create -q -f qcow2 -o cluster_size=64k,data_file=dfb.data -b dfb-base.raw -F raw "$img"
+"$QEMU_IO" -f qcow2 -c "write -P 0x21 0 1M" -c "write -P 0x22 1M 1M" -c "write -P 0 4M 1M" "$img" >/dev/null
+"$QEMU_IMG" convert -f qcow2 -O raw "$img" dfb.raw
+data_before=$(blocks dfb.data)
+expect_rc "data file over a parent: compact" 0 "$VDISK_IMG" compact "$img"
+expect_rc "data file over a parent: qemu-img check clean" 0 "$QEMU_IMG" check -f qcow2 "$img"
+expect_rc "data file over a parent: qemu-img compare equal" 0 "$QEMU_IMG" compare -f qcow2 -F raw "$img" dfb.raw
+expect_true "data file over a parent: 2 MiB punched ($data_before -> $(blocks dfb.data) blocks)" \
+        test "$(blocks dfb.data)" -le $((data_before - 4096))
+expect_eq "data file over a parent: only 1M..2M allocated" \
+        "$("$QEMU_IMG" map -f qcow2 --output=json "$img" | "$PY" -c '
+import json, sys
+print([(e["start"], e["length"]) for e in json.load(sys.stdin) if e["depth"] == 0 and e["data"]])')" \
+        "[($M, $M)]"
+expect_cmp "data file over a parent: the parent unchanged" dfb-base.raw dfb-base.orig
+
+# 5c. data_file_raw=on: the data file must go on reading as the disk (zeros
+# written as data stay); only the image file's metadata is compacted
+img=dfr.qcow2
+"$QEMU_IMG" create -q -f qcow2 -o cluster_size=64k,data_file=dfr.data,data_file_raw=on "$img" 64M
+"$QEMU_IO" -f qcow2 -c "write -P 0x11 0 4M" -c "write -P 0 8M 4M" "$img" >/dev/null
+cp dfr.data dfr.orig
+expect_rc "raw data file: compact" 0 "$VDISK_IMG" compact "$img"
+expect_rc "raw data file: qemu-img check clean" 0 "$QEMU_IMG" check -f qcow2 "$img"
+expect_cmp "raw data file: byte for byte unchanged" dfr.data dfr.orig
+expect_rc "raw data file: the image reads as the data file" 0 "$QEMU_IMG" compare -f qcow2 -F raw "$img" dfr.data
+
+# 6. internal snapshots (qemu-made, 64 KiB clusters): s1 over 9 MiB of data
+# and a cluster of zeros written as data in a second L2 table (600M) that
+# stays shared (compact must not drop it there: s1 would lose it), the
+# active tree then written (its L2 table and clusters copied on write),
+# s2, more writes, 4 MiB of the active tree's own clusters discarded, a last
+# write at the end of the file. Compact moves only what the active tree
+# holds alone (clusters and L2 tables of refcount 1); the snapshots' tables
+# and clusters stay. Check clean, the active disk and each snapshot read as
+# before (`qemu-img convert -l`), the snapshot list unchanged, the file
+# smaller, the active tree's last cluster lower.
+img=snap.qcow2
+"$QEMU_IMG" create -q -f qcow2 -o cluster_size=64k "$img" 1G
+"$QEMU_IO" -f qcow2 -c "write -P 0x11 0 4M" -c "write -P 0x22 8M 4M" -c "write -P 0x33 20M 1M" \
+        -c "write -P 0 600M 64k" -c "write -P 0x34 700M 64k" "$img" >/dev/null
+"$QEMU_IMG" snapshot -c s1 "$img"
+"$QEMU_IO" -f qcow2 -c "write -P 0x44 0 1M" -c "write -P 0x55 30M 4M" "$img" >/dev/null
+"$QEMU_IMG" snapshot -c s2 "$img"
+"$QEMU_IO" -f qcow2 -c "write -P 0x66 40M 4M" -c "write -P 0 8M 64k" "$img" >/dev/null
+expect_rc "snapshots: discard 4M of the active tree's own clusters" 0 "$DISCARD" "$img" qcow2 $((40 * M)):$((4 * M))
+"$QEMU_IO" -f qcow2 -c "write -P 0x77 50M 128k" "$img" >/dev/null
+"$QEMU_IMG" convert -f qcow2 -O raw "$img" snap.raw
+for sn in s1 s2; do "$QEMU_IMG" convert -f qcow2 -l "$sn" -O raw "$img" "snap-$sn.raw"; done
+"$QEMU_IMG" snapshot -l "$img" >snap.list
+last_before=$("$QEMU_IMG" map -f qcow2 --output=json "$img" | "$PY" -c '
+import json, sys
+print(max(e["offset"] for e in json.load(sys.stdin) if e["data"]))')
+size_before=$(stat -c %s "$img")
+expect_rc "snapshots: compact" 0 "$VDISK_IMG" compact "$img"
+expect_rc "snapshots: qemu-img check clean" 0 "$QEMU_IMG" check -f qcow2 "$img"
+expect_rc "snapshots: the active disk as before" 0 "$QEMU_IMG" compare -f qcow2 -F raw "$img" snap.raw
+for sn in s1 s2; do
+        run "$QEMU_IMG" convert -f qcow2 -l "$sn" -O raw "$img" "snap-$sn.after"
+        expect_cmp "snapshots: $sn reads as before" "snap-$sn.raw" "snap-$sn.after"
+done
+"$QEMU_IMG" snapshot -l "$img" >snap.list.after
+expect_cmp "snapshots: the snapshot list unchanged" snap.list snap.list.after
+last=$("$QEMU_IMG" map -f qcow2 --output=json "$img" | "$PY" -c '
+import json, sys
+print(max(e["offset"] for e in json.load(sys.stdin) if e["data"]))')
+expect_true "snapshots: the active tree's last cluster moved down ($last_before -> $last)" \
+        test "$last" -lt "$last_before"
+expect_true "snapshots: the file shrank ($size_before -> $(stat -c %s "$img"))" \
+        test "$(stat -c %s "$img")" -lt "$size_before"
+expect_rc "snapshots: vdisk-img check" 0 "$VDISK_IMG" check -f qcow2 "$img"
 
 finish

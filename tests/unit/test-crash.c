@@ -48,6 +48,12 @@
  * bitmap, grown so that a table grows: each bitmap in use or consistent
  * with the size the header says, the grown range clean but for the one
  * write made into it);
+ * qcow2-compact-bitmaps (compact moving the tables, data clusters and
+ * directory of an enabled and a disabled bitmap: their bits never change);
+ * qcow2-compact-snapshot (compact of an image with an internal snapshot:
+ * the snapshot reads as taken in every crash image);
+ * qcow2-amend-downgrade-snapshot (compat=0.10 of a diff with a snapshot and
+ * zero clusters over its data and the parent's: the snapshot as taken);
  * qcow2-writes-bitmaps (an image with an enabled and a disabled persistent
  * bitmap: the disabled one never changes, the enabled one is in use or
  * records every changed unit) in its own test, crash-qcow2-bitmaps.
@@ -703,18 +709,41 @@ static int op_qcow_writes(scenario *sc, wl *w) {
 /* (a') qcow2 with an internal snapshot: the writes copy shared clusters
  * (and shared L2 tables) on write; snapshot create and delete. */
 
-static void build_snapshot_base(scenario *sc) {
+/* The writes-base image with snapshot "old" of it, open. */
+static vdisk_disk *build_snapshot_start(scenario *sc) {
         vdisk_disk *d;
-        rng r;
 
         build_writes_base(sc);
         sc->snap_content = read_view(sc->tmpl, 1);
         d = open_ios(sc->tmpl, 1, 0, "building the snapshot");
         ASSERT_OK(vdisk_disk_snapshot_create(d, "old"));
+        return d;
+}
+
+static void build_snapshot_base(scenario *sc) {
+        vdisk_disk *d = build_snapshot_start(sc);
+        rng r;
+
         /* some clusters the active tree holds alone, most shared */
         rng_seed(&r, 3);
         fill_block(d, &r, 5, 256 * KiB, 128 * KiB);
         fill_block(d, &r, 7, 0, 64 * KiB);
+        vdisk_disk_unref(d);
+}
+
+/* Compact with an internal snapshot: after "old", the active tree's own
+ * clusters (its copied L2 table, a 512 KiB run in the middle of the file
+ * then discarded, 128 KiB and 64 KiB after it) and shared ones. Compact may
+ * move only what the active tree holds alone; "old" reads as taken. */
+static void build_qcow2_compact_snapshot(scenario *sc) {
+        vdisk_disk *d = build_snapshot_start(sc);
+        rng r;
+
+        rng_seed(&r, 4);
+        fill_block(d, &r, 3, 0, 512 * KiB);
+        fill_block(d, &r, 5, 256 * KiB, 128 * KiB);
+        fill_block(d, &r, 7, 0, 64 * KiB);
+        ASSERT_OK(vdisk_disk_discard(d, 3 * BLOCK, 512 * KiB));
         vdisk_disk_unref(d);
 }
 
@@ -931,19 +960,104 @@ static void after_compact(scenario *sc, wl *w) {
  * the late L2 table and the second refcount block down into the hole, the
  * two data clusters after them, drops the refcount block left counting
  * nothing, and cuts the file. */
+static vdisk_disk *build_compact_meta_start(scenario *sc, rng *r) {
+        vdisk_disk *d;
+
+        sc->n = 1;
+        d = build_chain(sc);
+        fill_block(d, r, 0, 0, 64 * KiB);
+        fill_block(d, r, 0, 512 * KiB, 512 * KiB);
+        fill_block(d, r, 1, 0, BLOCK);
+        fill_block(d, r, 2, 0, BLOCK);
+        return d;
+}
+
 static void build_qcow2_compact_meta(scenario *sc) {
         rng r;
         vdisk_disk *d;
 
         rng_seed(&r, 12);
-        sc->n = 1;
-        d = build_chain(sc);
-        fill_block(d, &r, 0, 0, 64 * KiB);
-        fill_block(d, &r, 0, 512 * KiB, 512 * KiB);
-        fill_block(d, &r, 1, 0, BLOCK);
-        fill_block(d, &r, 2, 0, BLOCK);
+        d = build_compact_meta_start(sc, &r);
         fill_block(d, &r, 6, 0, 8 * KiB);
         ASSERT_OK(vdisk_disk_discard(d, 512 * KiB, 2 * BLOCK + 512 * KiB));
+        vdisk_disk_unref(d);
+}
+
+/* QCOW2 compact moving bitmaps: the compact-meta image with an enabled
+ * bitmap "on" (64 KiB) and a disabled one "off" (4 KiB, "on" merged into
+ * it) added after the first 3 MiB of data and rewritten by the write at
+ * 6 MiB, so that their tables, data clusters and directory lie above the
+ * 2.5 MiB discarded. Their bits after the build are what every crash image
+ * must hold. */
+static struct {
+        uint8_t *on, *off;
+        size_t on_len, off_len;
+} compact_bm;
+
+static void build_qcow2_compact_bitmaps(scenario *sc) {
+        vdisk_bitmap_change on = { .size = sizeof on, .op = VDISK_BITMAP_OP_ADD, .name = "on",
+                                   .granularity = 65536, .flags = VDISK_BITMAP_AUTO };
+        vdisk_bitmap_change off = { .size = sizeof off, .op = VDISK_BITMAP_OP_ADD, .name = "off",
+                                    .granularity = 4096 };
+        vdisk_bitmap_change merge = { .size = sizeof merge, .op = VDISK_BITMAP_OP_MERGE, .name = "off",
+                                      .source = "on" };
+        uint64_t g;
+        rng r;
+        vdisk_disk *d;
+
+        rng_seed(&r, 13);
+        d = build_compact_meta_start(sc, &r);
+        ASSERT_OK(vdisk_image_change_bitmap(vdisk_disk_image(d, 0), &on));
+        ASSERT_OK(vdisk_image_change_bitmap(vdisk_disk_image(d, 0), &off));
+        fill_block(d, &r, 6, 0, 8 * KiB);
+        fill_block(d, &r, 0, 0, 4 * KiB);
+        ASSERT_OK(vdisk_disk_flush(d));
+        ASSERT_OK(vdisk_image_change_bitmap(vdisk_disk_image(d, 0), &merge));
+        ASSERT_OK(vdisk_disk_discard(d, 512 * KiB, 2 * BLOCK + 512 * KiB));
+        ASSERT_OK(vdisk_disk_flush(d));
+        free(compact_bm.on);
+        free(compact_bm.off);
+        ASSERT_OK(vdisk_image_read_bitmap(vdisk_disk_image(d, 0), "on", &compact_bm.on, &compact_bm.on_len, &g));
+        ASSERT_OK(vdisk_image_read_bitmap(vdisk_disk_image(d, 0), "off", &compact_bm.off, &compact_bm.off_len, &g));
+        ASSERT(!buf_is_zero(compact_bm.off, compact_bm.off_len));
+        vdisk_disk_unref(d);
+}
+
+/* The bitmaps lay past 3 MiB of the file: cut below 1 MiB, they moved. */
+static void after_compact_bitmaps(scenario *sc, wl *w) {
+        uint64_t after;
+
+        after_compact(sc, w);
+        ASSERT_OK(vdisk_image_file_size(vdisk_disk_image(w->d, sc->faulted), &after));
+        if (after >= 1 * MiB)
+                FAIL("%s: compact left %" PRIu64 " of %" PRIu64 " bytes: the bitmaps did not move", sc->name, after,
+                     sc->file_size_before);
+}
+
+/* After any fault: both bitmaps consistent, "on" enabled and "off" not,
+ * each holding exactly the bits it had before the compact. */
+static void verify_compact_bitmaps(scenario *sc, vdisk_io *io, const char *what) {
+        vdisk_disk *d = open_ios(&io, 1, VDISK_OPEN_READONLY, what);
+        vdisk_image *img = vdisk_disk_image(d, 0);
+        vdisk_bitmap *v = NULL;
+        uint8_t *bits = NULL;
+        size_t n = 0, len = 0;
+        uint64_t g = 0;
+
+        (void) sc;
+        ASSERT_OK(vdisk_image_list_bitmaps(img, &v, &n));
+        if (n != 2 || strcmp(v[0].name, "on") != 0 || strcmp(v[1].name, "off") != 0 ||
+            v[0].flags != VDISK_BITMAP_AUTO || v[1].flags != 0)
+                FAIL("%s: the bitmaps are not \"on\" (auto) and \"off\" (disabled), both consistent", what);
+        ASSERT_OK(vdisk_image_read_bitmap(img, "on", &bits, &len, &g));
+        if (g != 65536 || len != compact_bm.on_len || memcmp(bits, compact_bm.on, len) != 0)
+                FAIL("%s: bitmap \"on\" changed", what);
+        free(bits);
+        ASSERT_OK(vdisk_image_read_bitmap(img, "off", &bits, &len, &g));
+        if (g != 4096 || len != compact_bm.off_len || memcmp(bits, compact_bm.off, len) != 0)
+                FAIL("%s: bitmap \"off\" changed", what);
+        free(bits);
+        vdisk_bitmaps_free(v, n);
         vdisk_disk_unref(d);
 }
 
@@ -1043,22 +1157,73 @@ static void build_amend(scenario *sc) {
 
 /* A diff with data, and zeros over its parent's data: zero clusters without
  * host clusters (a downgrade gives each a new zeroed cluster). */
+/* The base (blocks 0-3 of data) and an empty diff over it. */
+static vdisk_disk *build_amend_chain(scenario *sc, rng *r) {
+        vdisk_disk *d = disk_new();
+
+        sc->n = 2;
+        sc->tmpl[0] = new_io(sc, 0);
+        ASSERT_OK(vdisk_disk_create_base(d, sc->tmpl[0], g_fmt, DISK_SIZE, base_opts()));
+        for (uint64_t b = 0; b < 4; b++)
+                fill_block(d, r, b, 0, BLOCK);
+        sc->tmpl[1] = new_io(sc, 1);
+        vdisk_create_opts o = { .size = sizeof o, .parent_name = vdisk_io_name(sc->tmpl[0]), .parent_format = g_fmt };
+        ASSERT_OK(vdisk_disk_create_diff(d, sc->tmpl[1], g_fmt, &o));
+        return d;
+}
+
 static void build_amend_top(scenario *sc) {
         rng r;
         vdisk_disk *d;
 
         rng_seed(&r, 10);
-        sc->n = 2;
-        d = disk_new();
-        sc->tmpl[0] = new_io(sc, 0);
-        ASSERT_OK(vdisk_disk_create_base(d, sc->tmpl[0], g_fmt, DISK_SIZE, base_opts()));
-        for (uint64_t b = 0; b < 4; b++)
-                fill_block(d, &r, b, 0, BLOCK);
-        sc->tmpl[1] = new_io(sc, 1);
-        vdisk_create_opts o = { .size = sizeof o, .parent_name = vdisk_io_name(sc->tmpl[0]), .parent_format = g_fmt };
-        ASSERT_OK(vdisk_disk_create_diff(d, sc->tmpl[1], g_fmt, &o));
+        d = build_amend_chain(sc, &r);
         fill_block(d, &r, 0, 0, 128 * KiB);
         ASSERT_OK(vdisk_disk_discard(d, 2 * BLOCK, 256 * KiB));
+        vdisk_disk_unref(d);
+}
+
+/* The same diff with a snapshot "old" taken after its data, then zero
+ * clusters in the active tree's copied L2 table: over the snapshot's data
+ * (the cluster the snapshot holds loses the active tree's reference) and
+ * over the parent's; a downgrade gives each a new zeroed cluster and must
+ * leave "old" as it was taken. */
+static uint8_t *amend_snap_content;
+
+static void build_amend_snapshot(scenario *sc) {
+        rng r;
+        vdisk_disk *d;
+
+        rng_seed(&r, 11);
+        d = build_amend_chain(sc, &r);
+        fill_block(d, &r, 0, 0, 128 * KiB);
+        fill_block(d, &r, 3, 0, 64 * KiB);
+        free(amend_snap_content);
+        amend_snap_content = disk_read_all(d, &(uint64_t) { 0 });
+        ASSERT_OK(vdisk_disk_snapshot_create(d, "old"));
+        ASSERT_OK(vdisk_disk_discard(d, 0, 64 * KiB));
+        ASSERT_OK(vdisk_disk_discard(d, 2 * BLOCK, 256 * KiB));
+        fill_block(d, &r, 6, 0, 64 * KiB);
+        vdisk_disk_unref(d);
+}
+
+/* Snapshot "old" of the diff, over the base, reads as it was taken. */
+static void verify_amend_snapshot(scenario *sc, vdisk_io *io, const char *what) {
+        vdisk_disk *d = disk_new();
+        uint64_t size;
+        uint8_t *got;
+        int r;
+
+        ASSERT_OK(vdisk_disk_open(d, sc->tmpl[0], g_fmt, VDISK_OPEN_READONLY));
+        ASSERT_OK(vdisk_disk_set_snapshot(d, "snapshot.name=old"));
+        r = vdisk_disk_open(d, io, g_fmt, VDISK_OPEN_READONLY);
+        if (r < 0)
+                FAIL("%s: snapshot 'old' does not open: %d (%s)", what, r, strerror(-r));
+        got = disk_read_all(d, &size);
+        ASSERT_EQ_U64(size, DISK_SIZE);
+        if (memcmp(got, amend_snap_content, DISK_SIZE) != 0)
+                FAIL("%s: snapshot 'old' no longer reads as it was taken", what);
+        free(got);
         vdisk_disk_unref(d);
 }
 
@@ -1440,6 +1605,11 @@ static scenario scenarios[] = {
         { .name = "qcow2-amend-downgrade", .fmt = "qcow2", .opts = qcow2_64k, .max_crash_seeds = 2,
           .faulted = 1, .build = build_amend_top, .op = op_amend_downgrade,
           .after_success = after_amend_downgrade },
+        /* ... with an internal snapshot in the diff: every crash image has
+         * the snapshot as it was taken */
+        { .name = "qcow2-amend-downgrade-snapshot", .fmt = "qcow2", .opts = qcow2_64k, .max_crash_seeds = 2,
+          .faulted = 1, .build = build_amend_snapshot, .op = op_amend_downgrade,
+          .after_success = after_amend_downgrade, .verify_image = verify_amend_snapshot },
         /* QCOW2 discard, resize (a grow that moves the L1 table: 512-byte
          * clusters; a shrink) and compact (clusters dropped, zero clusters in a diff,
          * clusters moved down, the file cut). */
@@ -1466,6 +1636,15 @@ static scenario scenarios[] = {
         { .name = "qcow2-compact-meta", .fmt = "qcow2", .opts = qcow2_4k_rb64, .max_crash_seeds = 1,
           .faulted = 0, .qemu = 1, .qemu_every = 4, .build = build_qcow2_compact_meta, .op = op_compact,
           .after_success = after_compact },
+        /* ... with persistent bitmaps above the hole: each bitmap table and
+         * the directory moved (the copy counted and flushed, the entry's
+         * table offset or the header extension's directory offset switched
+         * and flushed, the old place freed), the bitmap data clusters
+         * packed with the data (the table entry switched); the bits never
+         * change */
+        { .name = "qcow2-compact-bitmaps", .fmt = "qcow2", .opts = qcow2_4k_rb64, .max_crash_seeds = 2,
+          .faulted = 0, .qemu = 1, .qemu_every = 4, .build = build_qcow2_compact_bitmaps, .op = op_compact,
+          .after_success = after_compact_bitmaps, .verify_image = verify_compact_bitmaps },
         /* QCOW2 with an internal snapshot: the same writes copy shared
          * data clusters and L2 tables (COPIED clear) on write; snapshot
          * create and delete (snapshot -c/-d). The snapshot reads as taken
@@ -1475,6 +1654,11 @@ static scenario scenarios[] = {
          * allowed for snapshot -c/-d only (lib/backends/qcow2-snapshot.c). */
         { .name = "qcow2-snapshot-writes", .fmt = "qcow2", .opts = qcow2_64k, .max_crash_seeds = 1, .faulted = 0,
           .qemu = 1, .qemu_every = 16, .per_sector = 1, .build = build_snapshot_base, .op = op_writes },
+        /* compact of an image with a snapshot: only clusters and L2 tables
+         * of refcount 1 are dropped or moved */
+        { .name = "qcow2-compact-snapshot", .fmt = "qcow2", .opts = qcow2_64k, .max_crash_seeds = 2,
+          .faulted = 0, .qemu = 1, .qemu_every = 2, .build = build_qcow2_compact_snapshot, .op = op_compact,
+          .after_success = after_compact },
         { .name = "qcow2-snapshot", .fmt = "qcow2", .opts = qcow2_64k, .max_crash_seeds = 2, .faulted = 0,
           .qemu = 1, .qemu_every = 2, .copied_lag = 1, .build = build_snapshot_base, .op = op_snapshot },
         /* QED (64 KiB clusters): data clusters and L2 tables appended, L1

@@ -23,7 +23,9 @@
  *
  * VDISK_MODEL_FORMAT=qcow2-datafile runs QCOW2 chains whose every image keeps
  * its data in an external data file (data_file; companion memory ios through
- * a resolver): compact is refused there (-EOPNOTSUPP, checked clean).
+ * a resolver): compact gives clusters that read as what shows through back
+ * (unallocated, their ranges punched out of the data file) and moves the
+ * metadata file's tables.
  *
  * VDISK_MODEL_FORMAT=mixed-qcow mixes all six formats, QCOW2, QCOW and QED
  * included (VDI and VHD never above one of those three: they have no UUID).
@@ -112,8 +114,7 @@ static const model_cfg qcow2_configs[] = {
           qcow2_extl2_options },
         /* External data files (VDISK_MODEL_FORMAT=qcow2-datafile): each
          * image's guest data in a companion file at the guest offsets; the
-         * metadata file holds the tables. Compact refuses such images
-         * (-EOPNOTSUPP, the disk as it was: do_compact). */
+         * metadata file holds the tables (compacted as any other). */
         { "qcow2-datafile", 0, 64 * KiB, 3 * MiB, 1536 * KiB, 4 * MiB, 1 * MiB, "qcow2", 0, NULL, true },
 };
 static const model_cfg *configs = vdi_configs;
@@ -747,10 +748,8 @@ static void do_compact(run *s) {
         ASSERT_OK(vdisk_image_file_size(img, &before));
         note(s, "compact image %u of %u (%s, %" PRIu64 " bytes)", idx, s->n, vdisk_image_name(img), before);
         r = vdisk_compact(s->d, idx, NULL);
-        if (r == -EOPNOTSUPP && (is_fmt(s->fmts[idx], "qcow") || is_fmt(s->fmts[idx], "qed") ||
-                                 s->cfg->data_file)) {
-                /* QCOW and QED cannot compact, nor qcow2 with an external
-                 * data file: a clean refusal */
+        if (r == -EOPNOTSUPP && (is_fmt(s->fmts[idx], "qcow") || is_fmt(s->fmts[idx], "qed"))) {
+                /* QCOW and QED cannot compact: a clean refusal */
                 note(s, "compact refused: %s cannot compact", s->fmts[idx]);
                 ASSERT(vdisk_last_error()[0]);
                 s->refused++;
