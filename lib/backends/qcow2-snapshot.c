@@ -308,6 +308,11 @@ int qcow2_snapshot_create(void *state, const char *name, int64_t date_sec, uint3
         uint8_t *p;
         int r;
 
+        /* qemu's rule: a data file holds the active disk only, at guest
+         * offsets, so nothing could keep a snapshot's clusters */
+        if (s->incompat & INCOMPAT_DATA_FILE)
+                return vdisk_error(-EOPNOTSUPP, "qcow2: internal snapshots are not supported with an external "
+                                   "data file");
         r = begin(s);
         if (r < 0)
                 return r;

@@ -147,6 +147,18 @@ for a in -a -d; do
         expect_eq "... and its message" "$(sed 's/^vdisk-img: //' "$T/err")" "$(sed 's/^qemu-img: //' q.err)"
 done
 
+# --- an external data file holds the active disk only: qemu-img refuses a
+# snapshot there (and its check calls one corruption); so does vdisk-img
+"$QEMU_IMG" create -q -f qcow2 -o data_file=df.raw df.qcow2 $SZ
+cp df.qcow2 df0.qcow2
+"$QEMU_IMG" snapshot -c s1 df.qcow2 2>q.err && true
+qrc=$?
+vimg snapshot -c s1 df.qcow2
+expect_eq "snapshot -c of an image with a data file: exit code as qemu-img's" "$RC" "$qrc"
+expect_eq "... refused before anything is written" "$(cmp -s df.qcow2 df0.qcow2 && echo same)" same
+expect_eq "... with qemu-img's errno" "$(grep -o -- '-95' "$T/err" | head -1)" "$(grep -o -- '-95' q.err | head -1)"
+clean df.qcow2 "refused snapshot with a data file"
+
 # --- check: OFLAG_COPIED
 vimg create -f qcow2 k.qcow2 $SZ
 vimg convert -n -O qcow2 p1.raw k.qcow2
