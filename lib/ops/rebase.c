@@ -171,37 +171,16 @@ static bool chain_holds(vdisk_disk *chain, vdisk_image *img) {
         return false;
 }
 
-/* Formats that name their parent and record its content ID (VMDK
- * parentFileNameHint and parentCID): the new parent's. Others: nothing. */
-static int link_name(vdisk_image *child, vdisk_image *parent, const char *name, const char *format) {
-        uint32_t cid;
-        int r;
-
-        if (!parent)
-                return 0;
-        if (name) {
-                r = vdisk_image_set_parent_name(child, name, format);
-                if (r < 0 && r != -EOPNOTSUPP)
-                        return r;
-        }
-        if (vdisk_image_get_parent_content_id(child, NULL) >= 0) {
-                if (vdisk_image_get_content_id(parent, &cid) < 0)
-                        cid = VDISK_CONTENT_ID_NONE;
-                r = vdisk_image_set_parent_content_id(child, cid);
-                if (r < 0 && r != -EOPNOTSUPP)
-                        return r;
-        }
-        return 0;
-}
-
 /* Points `top` at `parent` (NULL: none). A format that names its parent
- * (VMDK's parentFileNameHint, VHD's locators, qcow2's backing file) gets
- * `name` as given (the parent may then have no UUID); formats that link by
- * UUID only keep none. */
+ * (qcow2's backing file, VMDK's parentFileNameHint, VHD's locators) gets
+ * `name` as given, with the parent UUID in the same write (the parent may
+ * then have no UUID), and a VMDK the parent's content ID; formats that link
+ * by UUID alone get none. */
 static int set_link(vdisk_image *top, vdisk_image *parent, const char *name) {
         const char *pname = NULL;
         uint8_t uuid[16] = {}, mod_uuid[16] = {};
         bool by_name = vdisk_image_get_parent_name(top, &pname, NULL) >= 0 && pname && *pname;
+        uint32_t cid;
         int r;
 
         if (parent) {
@@ -210,17 +189,25 @@ static int set_link(vdisk_image *top, vdisk_image *parent, const char *name) {
                         return vdisk_error(r, "the backing file has no UUID");
                 if (r < 0 && r != -EOPNOTSUPP)
                         return r;
+                if (by_name && !name)
+                        return vdisk_error(-EINVAL, "%s names its parent: the new parent's name is needed",
+                                           vdisk_io_name(top->io));
                 if (vdisk_image_get_modification_uuid(parent, mod_uuid) < 0)
                         memset(mod_uuid, 0, sizeof mod_uuid);
         }
-        r = vdisk_image_set_parent_uuid(top, uuid);
+        r = image_set_parent(top, uuid, by_name && parent ? name : NULL, NULL);
         if (r < 0)
                 return r;
         r = vdisk_image_set_parent_modification_uuid(top, mod_uuid);
         if (r < 0 && r != -EOPNOTSUPP)
                 return r;
-        if (by_name)
-                return link_name(top, parent, name, NULL);
+        if (by_name && parent && vdisk_image_get_parent_content_id(top, NULL) >= 0) {
+                if (vdisk_image_get_content_id(parent, &cid) < 0)
+                        cid = VDISK_CONTENT_ID_NONE;
+                r = vdisk_image_set_parent_content_id(top, cid);
+                if (r < 0 && r != -EOPNOTSUPP)
+                        return r;
+        }
         return 0;
 }
 
