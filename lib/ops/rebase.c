@@ -173,10 +173,10 @@ static bool chain_holds(vdisk_disk *chain, vdisk_image *img) {
 
 /* Points `top` at `parent` (NULL: none). A format that names its parent
  * (qcow2's backing file, VMDK's parentFileNameHint, VHD's locators) gets
- * `name` as given, with the parent UUID in the same write (the parent may
- * then have no UUID), and a VMDK the parent's content ID; formats that link
+ * `name` (and `format`) as given, with the parent UUID in the same write
+ * (the parent may then have no UUID), and a VMDK the parent's content ID; formats that link
  * by UUID alone get none. */
-static int set_link(vdisk_image *top, vdisk_image *parent, const char *name) {
+static int set_link(vdisk_image *top, vdisk_image *parent, const char *name, const char *format) {
         const char *pname = NULL;
         uint8_t uuid[16] = {}, mod_uuid[16] = {};
         bool by_name = vdisk_image_get_parent_name(top, &pname, NULL) >= 0 && pname && *pname;
@@ -195,7 +195,7 @@ static int set_link(vdisk_image *top, vdisk_image *parent, const char *name) {
                 if (vdisk_image_get_modification_uuid(parent, mod_uuid) < 0)
                         memset(mod_uuid, 0, sizeof mod_uuid);
         }
-        r = image_set_parent(top, uuid, by_name && parent ? name : NULL, NULL);
+        r = image_set_parent(top, uuid, by_name && parent ? name : NULL, format);
         if (r < 0)
                 return r;
         r = vdisk_image_set_parent_modification_uuid(top, mod_uuid);
@@ -216,7 +216,7 @@ int vdisk_rebase(vdisk_disk *d, vdisk_disk *backing, const vdisk_rebase_opts *op
         vdisk_rebase_result res = { .size = sizeof(res) };
         rebase_ctx c = { .top.d = d, .new.d = backing, .res = &res, .p = p };
         uint32_t flags = opts ? opts->flags : 0;
-        const char *name = opts ? opts->parent_name : NULL;
+        const char *name = opts ? opts->parent_name : NULL, *format = opts ? opts->parent_format : NULL;
         vdisk_image *top, *parent = NULL;
         int r;
 
@@ -251,7 +251,7 @@ int vdisk_rebase(vdisk_disk *d, vdisk_disk *backing, const vdisk_rebase_opts *op
                 }
         }
 
-        r = set_link(top, parent, name);
+        r = set_link(top, parent, name, format);
         if (r >= 0)
                 r = vdisk_disk_flush(d);
         if (r < 0)

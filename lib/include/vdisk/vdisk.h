@@ -941,6 +941,9 @@ typedef struct vdisk_rebase_opts {
          * locators), as given; NULL: the recorded name is not changed.
          * Formats that link by UUID alone ignore it. */
         const char *parent_name;
+        /* With parent_name: the new parent's format as the top records it
+         * (qcow2's backing format: qemu's name); NULL: none recorded. */
+        const char *parent_format;
 } vdisk_rebase_opts;
 
 /* Where vdisk_rebase() failed (for messages naming the file and offset). */
