@@ -64,35 +64,13 @@ static char *recorded_parent_name(const char *child, const char *parent) {
         return realpath(parent, NULL) ?: strdup(parent);
 }
 
-/* Formats that name their parent and record its content ID (VMDK
- * parentFileNameHint and parentCID): the new parent's. Others: nothing. */
-static int link_name_and_content(vdisk_image *child, bool by_name, vdisk_image *parent, const char *name,
-                                 const char *format) {
-        uint32_t cid;
-        int r;
-
-        if (by_name && parent && name) {
-                r = vdisk_image_set_parent_name(child, name, format);
-                if (r < 0 && r != -EOPNOTSUPP)
-                        return r;
-        }
-        if (parent && vdisk_image_get_parent_content_id(child, NULL) >= 0) {
-                if (vdisk_image_get_content_id(parent, &cid) < 0)
-                        cid = VDISK_CONTENT_ID_NONE;
-                r = vdisk_image_set_parent_content_id(child, cid);
-                if (r < 0 && r != -EOPNOTSUPP)
-                        return r;
-        }
-        return 0;
-}
-
 /* Re-links the old top (which vdisk_merge took out of the chain) onto the
  * new top of the chain, so that it stays a valid image: its data is what it
  * was, and below it the chain now reads what it read before. */
 static int commit_relink(Img *img, const TopIdentity *id) {
         _cleanup_(vdisk_io_unrefp) vdisk_io *io = NULL;
+        _cleanup_free_ char *name = NULL;
         vdisk_image *base, *top;
-        uint8_t u[16];
         int r;
 
         base = vdisk_disk_image(img->disk, vdisk_disk_count(img->disk) - 1);
@@ -105,32 +83,12 @@ static int commit_relink(Img *img, const TopIdentity *id) {
         if (r < 0)
                 return r;
         top = vdisk_disk_image(img->disk, vdisk_disk_count(img->disk) - 1);
-        /* Before the UUID: a null parent UUID drops a VMDK's parent name. */
-        const char *pname = NULL;
-        bool by_name = vdisk_image_get_parent_name(top, &pname, NULL) >= 0 && pname && *pname;
-
-        r = vdisk_image_get_uuid(base, u);
-        if (r == -EOPNOTSUPP)
-                memset(u, 0, sizeof u);   /* linked by name alone (qemu's VMDKs) */
-        else if (r < 0)
+        name = recorded_parent_name(img->filename, vdisk_image_name(base));
+        if (!name)
+                return -ENOMEM;
+        r = vdisk_image_set_parent(top, base, name, vdisk_image_backend(base)->qemu_name);
+        if (r < 0)
                 return r;
-        r = vdisk_image_set_parent_uuid(top, u);
-        if (r < 0 && !(r == -EOPNOTSUPP && vdisk_uuid_is_null(u)))
-                return r;
-        {
-                _cleanup_free_ char *name = recorded_parent_name(img->filename, vdisk_image_name(base));
-
-                if (!name)
-                        return -ENOMEM;
-                r = link_name_and_content(top, by_name, base, name, vdisk_image_backend(base)->qemu_name);
-                if (r < 0)
-                        return r;
-        }
-        if (vdisk_image_get_modification_uuid(base, u) >= 0) {
-                r = vdisk_image_set_parent_modification_uuid(top, u);
-                if (r < 0 && r != -EOPNOTSUPP)
-                        return r;
-        }
         return vdisk_disk_flush(img->disk);
 }
 

@@ -435,7 +435,7 @@ int vdisk_image_set_parent_name(vdisk_image *img, const char *name, const char *
         return set_parent_name(img, &m, 0);
 }
 
-int image_set_parent(vdisk_image *img, const uint8_t uuid[16], const char *name, const char *format) {
+int image_set_link(vdisk_image *img, const uint8_t uuid[16], const char *name, const char *format) {
         meta m = { .parent_name = name, .parent_format = format };
 
         memcpy(m.parent_uuid, uuid, 16);

@@ -171,18 +171,16 @@ static bool chain_holds(vdisk_disk *chain, vdisk_image *img) {
         return false;
 }
 
-/* Points `top` at `parent` (NULL: none). A format that names its parent
- * (qcow2's backing file, VMDK's parentFileNameHint, VHD's locators) gets
- * `name` (and `format`) as given, with the parent UUID in the same write
- * (the parent may then have no UUID), and a VMDK the parent's content ID; formats that link
- * by UUID alone get none. */
-static int set_link(vdisk_image *top, vdisk_image *parent, const char *name, const char *format) {
+int vdisk_image_set_parent(vdisk_image *child, vdisk_image *parent, const char *name, const char *format) {
         const char *pname = NULL;
         uint8_t uuid[16] = {}, mod_uuid[16] = {};
-        bool by_name = vdisk_image_get_parent_name(top, &pname, NULL) >= 0 && pname && *pname;
+        bool by_name;
         uint32_t cid;
         int r;
 
+        if (!child || child == parent)
+                return vdisk_error(-EINVAL, "invalid arguments");
+        by_name = vdisk_image_get_parent_name(child, &pname, NULL) >= 0 && pname && *pname;
         if (parent) {
                 r = vdisk_image_get_uuid(parent, uuid);
                 if (r == -EOPNOTSUPP && !by_name)
@@ -191,20 +189,20 @@ static int set_link(vdisk_image *top, vdisk_image *parent, const char *name, con
                         return r;
                 if (by_name && !name)
                         return vdisk_error(-EINVAL, "%s names its parent: the new parent's name is needed",
-                                           vdisk_io_name(top->io));
+                                           vdisk_io_name(child->io));
                 if (vdisk_image_get_modification_uuid(parent, mod_uuid) < 0)
                         memset(mod_uuid, 0, sizeof mod_uuid);
         }
-        r = image_set_parent(top, uuid, by_name && parent ? name : NULL, format);
+        r = image_set_link(child, uuid, by_name && parent ? name : NULL, format);
         if (r < 0)
                 return r;
-        r = vdisk_image_set_parent_modification_uuid(top, mod_uuid);
+        r = vdisk_image_set_parent_modification_uuid(child, mod_uuid);
         if (r < 0 && r != -EOPNOTSUPP)
                 return r;
-        if (by_name && parent && vdisk_image_get_parent_content_id(top, NULL) >= 0) {
+        if (by_name && parent && vdisk_image_get_parent_content_id(child, NULL) >= 0) {
                 if (vdisk_image_get_content_id(parent, &cid) < 0)
                         cid = VDISK_CONTENT_ID_NONE;
-                r = vdisk_image_set_parent_content_id(top, cid);
+                r = vdisk_image_set_parent_content_id(child, cid);
                 if (r < 0 && r != -EOPNOTSUPP)
                         return r;
         }
@@ -251,7 +249,7 @@ int vdisk_rebase(vdisk_disk *d, vdisk_disk *backing, const vdisk_rebase_opts *op
                 }
         }
 
-        r = set_link(top, parent, name, format);
+        r = vdisk_image_set_parent(top, parent, name, format);
         if (r >= 0)
                 r = vdisk_disk_flush(d);
         if (r < 0)

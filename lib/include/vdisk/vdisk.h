@@ -963,6 +963,16 @@ typedef struct vdisk_rebase_result {
         uint64_t failed_offset;
 } vdisk_rebase_result;
 
+/* Points `child` (writable) at `parent` (NULL: none) as its parent: the
+ * parent UUID (null without a parent) and, in formats that name their
+ * parent (qcow2's backing file, VMDK's parentFileNameHint, VHD's locators),
+ * `name` and `format` as given, in one metadata write; then the parent
+ * modification UUID where the format has one, and a VMDK's parentCID. Nothing
+ * is read or copied (vdisk_rebase() does that). -EINVAL when the child names
+ * its parent and `name` is NULL; -EOPNOTSUPP when it links by UUID alone and
+ * the parent has none. Each field is durable when it returns. */
+int vdisk_image_set_parent(vdisk_image *child, vdisk_image *parent, const char *name, const char *format);
+
 /* qemu-img rebase: the top image of `d` (which must be writable) gets the
  * top image of `backing` as its parent; backing NULL: none (the top becomes
  * a standalone image). -ELOOP when the top's file is an image of `backing`.
