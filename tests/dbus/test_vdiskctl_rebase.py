@@ -6,7 +6,6 @@ did) and link to the same parent."""
 
 import os
 import re
-import shutil
 
 import pytest
 
@@ -34,8 +33,8 @@ def twin_dirs(env):
     return out
 
 
-def vdi_chain(env, d):
-    """old.vdi <- top.vdi, and new.vdi, in d."""
+def bases(env, d, fmt):
+    """old.FMT and new.FMT in d, holding OLD and NEW."""
     for name, regions in (('old', OLD), ('new', NEW)):
         raw = env.tmp / (unique(name) + '.raw')
         with open(raw, 'wb') as f:
@@ -43,19 +42,18 @@ def vdi_chain(env, d):
             for off, length, byte in regions:
                 f.seek(off)
                 f.write(bytes([byte]) * length)
-        env.vdisk_img('convert', '-f', 'raw', '-O', 'vdi', raw, d / f'{name}.vdi')
+        env.qemu_img('convert', '-f', 'raw', '-O', fmt, raw, d / f'{name}.{fmt}')
+
+
+def vdi_chain(env, d):
+    """old.vdi <- top.vdi, and new.vdi, in d."""
+    bases(env, d, 'vdi')
     env.vdisk_img('create', '-q', '-f', 'vdi', '-b', 'old.vdi', '-F', 'vdi', d / 'top.vdi')
 
 
 def qcow2_chain(env, d):
-    for name, regions in (('old', OLD), ('new', NEW)):
-        raw = env.tmp / (unique(name) + '.raw')
-        with open(raw, 'wb') as f:
-            f.truncate(SIZE)
-            for off, length, byte in regions:
-                f.seek(off)
-                f.write(bytes([byte]) * length)
-        env.qemu_img('convert', '-f', 'raw', '-O', 'qcow2', raw, d / f'{name}.qcow2')
+    """old.qcow2 <- top.qcow2 (data of its own at 6 MiB), and new.qcow2, in d."""
+    bases(env, d, 'qcow2')
     env.qemu_img('create', '-f', 'qcow2', '-b', 'old.qcow2', '-F', 'qcow2', d / 'top.qcow2')
     env.run('qemu-io', '-f', 'qcow2', '-c', 'write -P 0x66 6M 64k', d / 'top.qcow2')
 

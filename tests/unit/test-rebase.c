@@ -18,23 +18,14 @@
 #define HUGE (UINT64_C(2) << 40)
 #define LOOKUPS_MAX 20000
 
-static void fill(vdisk_disk *d, uint64_t off, uint64_t len, uint8_t v) {
-        uint8_t *buf = malloc(len);
-
-        ASSERT(buf);
-        memset(buf, v, len);
-        ASSERT_OK(vdisk_disk_write(d, buf, len, off));
-        free(buf);
-}
-
 static vdisk_io *make_base(const char *name, uint64_t size, uint8_t v) {
         vdisk_disk *d = disk_new();
         vdisk_io *io = mem_io(name, NULL, 0);
 
         ASSERT_OK(vdisk_disk_create_base(d, io, "vdi", size, NULL));
-        fill(d, 0, 64 * KiB, 0x11);                         /* the same in both bases */
-        fill(d, 3 * MiB + 512, 100000, v);
-        fill(d, size - 2 * MiB, MiB, v);
+        disk_fill(d, 0, 64 * KiB, 0x11);                         /* the same in both bases */
+        disk_fill(d, 3 * MiB + 512, 100000, v);
+        disk_fill(d, size - 2 * MiB, MiB, v);
         vdisk_disk_unref(d);
         return io;
 }
@@ -48,8 +39,8 @@ static void make_chain(uint64_t size, vdisk_io **ret_old, vdisk_io **ret_top, vd
         *ret_top = mem_io("top.vdi", NULL, 0);
         ASSERT_OK(vdisk_disk_open(d, *ret_old, "vdi", 0));
         ASSERT_OK(vdisk_disk_create_diff(d, *ret_top, "vdi", NULL));
-        fill(d, 3 * MiB, 4096, 0x44);                       /* over the old base's data */
-        fill(d, 5 * MiB, 4096, 0x55);
+        disk_fill(d, 3 * MiB, 4096, 0x44);                       /* over the old base's data */
+        disk_fill(d, 5 * MiB, 4096, 0x55);
         vdisk_disk_unref(d);
 }
 
@@ -60,6 +51,25 @@ static vdisk_disk *open_ios(vdisk_io *a, vdisk_io *b, uint32_t flags) {
         if (b)
                 ASSERT_OK(vdisk_disk_open(d, b, "vdi", flags));
         return d;
+}
+
+/* The chain a (<- b) reads `want` (SIZE bytes). */
+static void reads_as(vdisk_io *a, vdisk_io *b, const uint8_t *want) {
+        vdisk_disk *d = open_ios(a, b, VDISK_OPEN_READONLY);
+        uint64_t size;
+        uint8_t *got = disk_read_all(d, &size);
+
+        ASSERT_EQ_U64(size, SIZE);
+        ASSERT_MEMEQ(got, want, SIZE);
+        CHECK_IMAGE_CLEAN(d, b ? 1 : 0);
+        free(got);
+        vdisk_disk_unref(d);
+}
+
+static void unref_ios(vdisk_io *a, vdisk_io *b, vdisk_io *c) {
+        vdisk_io_unref(a);
+        vdisk_io_unref(b);
+        vdisk_io_unref(c);
 }
 
 static void uuid_of(vdisk_io *io, bool parent, uint8_t ret[16]) {
@@ -94,12 +104,7 @@ static void test_safe(void) {
         uuid_of(top, true, u);
         uuid_of(new, false, want);
         ASSERT_MEMEQ(u, want, 16);
-        d = open_ios(new, top, VDISK_OPEN_READONLY);
-        after = disk_read_all(d, &size);
-        ASSERT_MEMEQ(after, before, SIZE);
-        CHECK_IMAGE_CLEAN(d, 1);
-        free(after);
-        vdisk_disk_unref(d);
+        reads_as(new, top, before);
 
         /* then onto nothing: the top alone reads the same */
         d = open_ios(new, top, 0);
@@ -107,16 +112,9 @@ static void test_safe(void) {
         vdisk_disk_unref(d);
         uuid_of(top, true, u);
         ASSERT(vdisk_uuid_is_null(u));
-        d = open_ios(top, NULL, VDISK_OPEN_READONLY);
-        after = disk_read_all(d, &size);
-        ASSERT_MEMEQ(after, before, SIZE);
-        free(after);
-        vdisk_disk_unref(d);
-
+        reads_as(top, NULL, before);
         free(before);
-        vdisk_io_unref(old);
-        vdisk_io_unref(top);
-        vdisk_io_unref(new);
+        unref_ios(old, top, new);
 }
 
 static void test_unsafe(void) {
@@ -142,9 +140,7 @@ static void test_unsafe(void) {
         ASSERT_OK(vdisk_disk_read(d, buf, sizeof buf, 5 * MiB));
         ASSERT(buf[0] == 0x55);
         vdisk_disk_unref(d);
-        vdisk_io_unref(old);
-        vdisk_io_unref(top);
-        vdisk_io_unref(new);
+        unref_ios(old, top, new);
 }
 
 static void test_refused(void) {
@@ -182,11 +178,10 @@ static void test_refused(void) {
         ASSERT_MEMEQ(u, want, 16);
         after = mem_io_copy(top, &n_after);
         ASSERT_EQ_U64(n_after, n_before);
+        ASSERT_MEMEQ(after, before, n_before);
         free(before);
         free(after);
-        vdisk_io_unref(old);
-        vdisk_io_unref(top);
-        vdisk_io_unref(new);
+        unref_ios(old, top, new);
 }
 
 static uint64_t lookups(vdisk_disk *d) {
@@ -220,9 +215,7 @@ static void test_cost_follows_data(void) {
         ASSERT_OK(vdisk_disk_read(d, buf, sizeof buf, 3 * MiB));
         ASSERT(buf[0] == 0x44);
         vdisk_disk_unref(d);
-        vdisk_io_unref(old);
-        vdisk_io_unref(top);
-        vdisk_io_unref(new);
+        unref_ios(old, top, new);
 }
 
 int main(void) {
