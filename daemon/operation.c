@@ -530,11 +530,6 @@ static void op_run(Task *t) {
                         .flags = o->options.unsafe ? VDISK_REBASE_UNSAFE : 0,
                         .parent_name = o->options.parent_name,
                 };
-                /* Recorded with the name, as CreateDiff does, so that
-                 * nothing probes the parent. */
-                if (ov && vdisk_disk_count(ov) > 0)
-                        bopts.parent_format =
-                                vdisk_image_backend(vdisk_disk_image(ov, vdisk_disk_count(ov) - 1))->qemu_name;
 
                 if (o->other_path && !ov) {
                         r = -ENXIO;

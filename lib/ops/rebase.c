@@ -225,6 +225,8 @@ int vdisk_rebase(vdisk_disk *d, vdisk_disk *backing, const vdisk_rebase_opts *op
         top = vdisk_disk_image(d, vdisk_disk_count(d) - 1);
         if (backing) {
                 parent = vdisk_disk_image(backing, vdisk_disk_count(backing) - 1);
+                if (!format)
+                        format = vdisk_image_backend(parent)->qemu_name;
                 if (chain_holds(backing, top)) {
                         r = vdisk_error(-ELOOP, "'%s' would become its own ancestor", vdisk_io_name(top->io));
                         goto finish;

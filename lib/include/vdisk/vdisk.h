@@ -942,7 +942,8 @@ typedef struct vdisk_rebase_opts {
          * Formats that link by UUID alone ignore it. */
         const char *parent_name;
         /* With parent_name: the new parent's format as the top records it
-         * (qcow2's backing format: qemu's name); NULL: none recorded. */
+         * (qcow2's backing format: qemu's name); NULL: the format the new
+         * parent was opened as (qemu-img rebase records -F). */
         const char *parent_format;
 } vdisk_rebase_opts;
 
