@@ -110,7 +110,7 @@ def test_rebase_like_vdisk_img(env, a):
     assert rc == 0
     for d in (dc, di):
         info = env.qemu_img('info', d / 'top.qcow2').stdout
-        assert 'backing file: new.qcow2' in info, info
+        assert 'backing file: new.qcow2' in info and 'backing file format: qcow2' in info, info
         env.qemu_img('check', d / 'top.qcow2')
 
     # failures: the same exit code, nothing on stdout
