@@ -122,3 +122,19 @@ def test_rebase_like_vdisk_img(env, a):
     r = vdiskctl(env, 'rebase', '-b', 'missing.vdi', '-F', 'vdi', f'{dc.name}/top.vdi', check=False)
     assert (r.returncode, r.stdout) == (5, ''), r
     assert 'missing.vdi' in r.stderr, r.stderr
+
+
+def test_loop_refused(env, a):
+    """old.vdi onto top.vdi, whose chain holds old.vdi itself: refused by both,
+    nothing written."""
+    dc, di = twin_dirs(env)
+    for d in (dc, di):
+        vdi_chain(env, d)
+        own(env, d)
+    before = (dc / 'old.vdi').read_bytes()
+    r = vdiskctl(env, 'rebase', '-b', 'top.vdi', '-F', 'vdi', f'{dc.name}/old.vdi', check=False)
+    img = env.run('sh', '-c', 'cd "$0" && exec "$@"', di, os.environ['VDISK_IMG'], 'rebase', '-b', 'top.vdi',
+                  '-F', 'vdi', 'old.vdi', check=False)
+    assert img.returncode == 1 and 'own ancestor' in img.stdout, img
+    assert (r.returncode, r.stdout) == (1, '') and 'own ancestor' in r.stderr, r
+    assert (dc / 'old.vdi').read_bytes() == before
