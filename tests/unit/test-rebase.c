@@ -10,7 +10,12 @@
  * - refusals change nothing: the top in the new chain (-ELOOP), the same
  *   disk twice, unknown flags, a cancel before it starts (-ECANCELED);
  * - the cost follows the data: 2 TiB chains holding a few MiB, rebased
- *   safely, make a few thousand block map look-ups on each side.
+ *   safely, make a few thousand block map look-ups on each side;
+ * - a qcow2 top names its backing file: the link switch is one header
+ *   write, so a transient EIO at any write (or a failing flush) leaves it
+ *   naming its old backing file or the new one, never none (the name and
+ *   the parent UUID used to be two writes: qcow2 dropped its backing file at
+ *   the first); a rebase without the new name is refused.
  */
 #include "tests.h"
 
@@ -218,11 +223,88 @@ static void test_cost_follows_data(void) {
         unref_ios(old, top, new);
 }
 
+static const char *parent_name(vdisk_io *io) {
+        static char name[64];
+        vdisk_disk *d = disk_new();
+        const char *n = NULL;
+
+        ASSERT_OK(vdisk_disk_open(d, io, "qcow2", VDISK_OPEN_READONLY | VDISK_OPEN_SKIP_CHECKS));
+        if (vdisk_image_get_parent_name(vdisk_disk_image(d, 0), &n, NULL) < 0 || !n)
+                n = "";
+        snprintf(name, sizeof name, "%s", n);
+        vdisk_disk_unref(d);
+        return name;
+}
+
+static void test_qcow2_link_one_write(void) {
+        vdisk_create_opts copts = { .size = sizeof(copts), .parent_name = "old.qcow2", .parent_format = "qcow2" };
+        vdisk_rebase_opts ropts = { .size = sizeof(ropts), .flags = VDISK_REBASE_UNSAFE,
+                                    .parent_name = "new.qcow2" };
+        vdisk_io *old = mem_io("old.qcow2", NULL, 0), *new = mem_io("new.qcow2", NULL, 0);
+        vdisk_io *top = mem_io("top.qcow2", NULL, 0);
+        vdisk_disk *d = disk_new(), *nd = disk_new();
+        bool done = false;
+
+        ASSERT_OK(vdisk_disk_create_base(d, old, "qcow2", SIZE, NULL));
+        ASSERT_OK(vdisk_disk_create_diff(d, top, "qcow2", &copts));
+        vdisk_disk_unref(d);
+        ASSERT_OK(vdisk_disk_create_base(nd, new, "qcow2", SIZE, NULL));
+        ASSERT_STREQ(parent_name(top), "old.qcow2");
+
+        /* no name for a top that names its parent: refused, nothing changed */
+        d = disk_new();
+        ASSERT_OK(vdisk_disk_open(d, top, "qcow2", VDISK_OPEN_SKIP_CHECKS));
+        ASSERT_ERR(vdisk_rebase(d, nd, &(vdisk_rebase_opts) { .size = sizeof(ropts) }, NULL, NULL), -EINVAL);
+        vdisk_disk_unref(d);
+        ASSERT_STREQ(parent_name(top), "old.qcow2");
+
+        /* write N fails once (then, past the last write, flush N) */
+        for (uint64_t n = 0; !done; n++) {
+                vdisk_io *inner = mem_io_clone(top, "top.qcow2"), *fio = NULL;
+                vdisk_fault f = { .size = sizeof(f), .kind = VDISK_FAULT_EIO, .after = n, .once = 1 };
+                int r;
+
+                ASSERT(n < 100);
+                ASSERT_OK(vdisk_io_new_fault(inner, &f, &fio));
+                d = disk_new();
+                ASSERT_OK(vdisk_disk_open(d, fio, "qcow2", VDISK_OPEN_SKIP_CHECKS));
+                r = vdisk_rebase(d, nd, &ropts, NULL, NULL);
+                done = !vdisk_io_fault_fired(fio);
+                vdisk_disk_unref(d);
+                vdisk_io_unref(fio);
+                if (done)
+                        ASSERT_OK(r);
+                else
+                        ASSERT_ERR(r, -EIO);
+                ASSERT_STREQ(parent_name(inner), r < 0 ? "old.qcow2" : "new.qcow2");
+                vdisk_io_unref(inner);
+        }
+        for (uint64_t n = 1; n < 4; n++) {
+                vdisk_io *inner = mem_io_clone(top, "top.qcow2"), *fio = NULL;
+                vdisk_fault f = { .size = sizeof(f), .fail_flush_at = n };
+                int r;
+
+                ASSERT_OK(vdisk_io_new_fault(inner, &f, &fio));
+                d = disk_new();
+                ASSERT_OK(vdisk_disk_open(d, fio, "qcow2", VDISK_OPEN_SKIP_CHECKS));
+                r = vdisk_rebase(d, nd, &ropts, NULL, NULL);
+                vdisk_disk_unref(d);
+                vdisk_io_unref(fio);
+                ASSERT(strlen(parent_name(inner)) > 0);
+                if (r >= 0)
+                        ASSERT_STREQ(parent_name(inner), "new.qcow2");
+                vdisk_io_unref(inner);
+        }
+        vdisk_disk_unref(nd);
+        unref_ios(old, top, new);
+}
+
 int main(void) {
         test_safe();
         test_unsafe();
         test_refused();
         test_cost_follows_data();
+        test_qcow2_link_one_write();
         printf("ok\n");
         return 0;
 }
