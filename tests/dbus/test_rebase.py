@@ -10,7 +10,9 @@
   file system): the top still names its old parent and the chain reads as
   before;
 - another uid can neither rebase the caller's Disk nor name it as the new
-  chain; options are checked.
+  chain; options are checked; a new chain holding the top fails the
+  Operation with ChainBroken; a qcow2 top without parent-name with
+  InvalidArgument.
 """
 
 import os
@@ -120,6 +122,7 @@ def test_rebase_qcow2(env, clients):
     op = rebase(a, d, n)
     with pytest.raises(Exception) as ei:
         a.wait_op(op)
+    assert getattr(ei.value, 'name', None) == ERR + 'InvalidArgument', ei.value
     assert 'name' in getattr(ei.value, 'message', str(ei.value)), ei.value
     env.qemu_img('compare', '-F', 'raw', top, before)
 
@@ -214,6 +217,13 @@ def test_refused(env, clients):
     expect_error(INVALID_ARGS, a.disk, d, 'Rebase', 'oa{sv}', n, {'strict': T('b', True)})
     expect_error(INVALID_ARGS, a.disk, d, 'Rebase', 'oa{sv}', n, {'parent-name': T('s', '')})
     expect_error(READ_ONLY, a.disk, n, 'Rebase', 'oa{sv}', '/', {})
+    # a new chain that holds the top itself: the Operation fails, nothing written
+    loop = open_disk(env, a, [old, top], name='loop', flags=os.O_RDONLY)
+    with pytest.raises(Exception) as ei:
+        a.wait_op(rebase(a, d, loop))
+    assert getattr(ei.value, 'name', None) == ERR + 'ChainBroken', ei.value
+    assert 'own ancestor' in ei.value.message, ei.value.message
+    a.disk(loop, 'Close', 'a{sv}', {})
     for x in (d, n):
         a.disk(x, 'Close', 'a{sv}', {})
     b.disk(e, 'Close', 'a{sv}', {})
