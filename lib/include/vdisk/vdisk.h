@@ -938,8 +938,9 @@ typedef struct vdisk_rebase_opts {
         uint32_t flags;              /* VDISK_REBASE_* */
         /* The name the top records for its new parent, in formats that name
          * it (qcow2's backing file, VMDK's parentFileNameHint, VHD's
-         * locators), as given; NULL: the recorded name is not changed.
-         * Formats that link by UUID alone ignore it. */
+         * locators), as given (relative to the top's directory, as qemu
+         * reads it); needed when such a top gets a new parent (-EINVAL
+         * otherwise). Formats that link by UUID alone ignore it. */
         const char *parent_name;
         /* With parent_name: the new parent's format as the top records it
          * (qcow2's backing format: qemu's name); NULL: the format the new
