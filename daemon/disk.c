@@ -975,18 +975,29 @@ static int merge_images_start(Call *c) {
         return start_operation_on(c, d, OP_MERGE);
 }
 
-/* Compare and CopyTo: an operation on two Disks. The other one (named by
- * path in the call) must be an open Disk of the caller's own (root and
- * vdiskd's uid may name anyone's), idle: no operation, no call queued on
+/* Compare, CopyTo and Rebase: an operation on two Disks. The other one
+ * (named by path in the call) must be an open Disk of the caller's own (root
+ * and vdiskd's uid may name anyone's), idle: no operation, no call queued on
  * it. It becomes busy with this operation too (its `Operation` is set), so
  * nothing else runs on it until the end; the work itself runs on this
- * Disk's queue. */
+ * Disk's queue. Rebase onto "/" (no new parent) runs on this Disk alone. */
 static int two_disk_start(Call *c, OpKind kind) {
         Manager *m = c->manager;
         Disk *d = disk_usable(c), *other;
 
         if (!d)
                 return 0;
+        if (kind == OP_REBASE && d->read_only) {
+                call_fail(c, -EROFS, NULL, "%s: the disk is read-only", disk_name(d));
+                return 0;
+        }
+        if (kind == OP_REBASE && streq(c->image_paths[0], "/")) {
+                if (d->n_images == 0) {
+                        call_fail(c, -EINVAL, NULL, "%s: the disk holds no image", disk_name(d));
+                        return 0;
+                }
+                return operation_launch(c, d, kind, NULL);
+        }
         other = manager_find_disk(m, c->image_paths[0]);
         /* Another uid's Disk reads as absent: the caller learns nothing of it. */
         if (!other || other->closing || other->gone ||
@@ -1037,6 +1048,7 @@ static int two_disk_start(Call *c, OpKind kind) {
 
 static int compare_start(Call *c) { return two_disk_start(c, OP_COMPARE); }
 static int copy_to_start(Call *c) { return two_disk_start(c, OP_COPY_TO); }
+static int rebase_start(Call *c) { return two_disk_start(c, OP_REBASE); }
 
 static int create_start(Call *c) { return start_operation(c, OP_CREATE); }
 static int create_diff_start(Call *c) { return start_operation(c, OP_CREATE_DIFF); }
@@ -1069,6 +1081,7 @@ static const MethodSpec spec_check = { "check", ACTION_OPEN, OBJECT_DISK, check_
 static const MethodSpec spec_repair = { "repair", ACTION_MODIFY, OBJECT_DISK, repair_start };
 static const MethodSpec spec_compare = { "compare", ACTION_OPEN, OBJECT_DISK, compare_start };
 static const MethodSpec spec_copy_to = { "copy-to", ACTION_MODIFY, OBJECT_DISK, copy_to_start };
+static const MethodSpec spec_rebase = { "rebase", ACTION_MODIFY, OBJECT_DISK, rebase_start };
 
 static int read_fd_arg(Call *c, sd_bus_message *msg, uint32_t fd_flags, sd_bus_error *error) {
         int fd, r;
@@ -1219,6 +1232,11 @@ static int method_copy_to(sd_bus_message *msg, void *userdata, sd_bus_error *err
         return method_two_disk(msg, userdata, error, &spec_copy_to,
                                OPT_TARGET_IS_ZERO | OPT_SOURCE_TOP_ONLY | OPT_COMPRESS |
                                        OPT_DIRECT_FD);
+}
+
+/* Rebase(o backing, a{sv}): backing "/" for none. */
+static int method_rebase(sd_bus_message *msg, void *userdata, sd_bus_error *error) {
+        return method_two_disk(msg, userdata, error, &spec_rebase, OPT_UNSAFE | OPT_PARENT_NAME);
 }
 
 static int method_close(sd_bus_message *msg, void *userdata, sd_bus_error *error) {
@@ -1444,6 +1462,8 @@ const sd_bus_vtable disk_vtable[] = {
                                  "o", SD_BUS_PARAM(operation), method_compare, UNPRIV),
         SD_BUS_METHOD_WITH_NAMES("CopyTo", "oa{sv}", SD_BUS_PARAM(target) SD_BUS_PARAM(options),
                                  "o", SD_BUS_PARAM(operation), method_copy_to, UNPRIV),
+        SD_BUS_METHOD_WITH_NAMES("Rebase", "oa{sv}", SD_BUS_PARAM(backing) SD_BUS_PARAM(options),
+                                 "o", SD_BUS_PARAM(operation), method_rebase, UNPRIV),
         SD_BUS_METHOD_WITH_NAMES("Flush", "a{sv}", SD_BUS_PARAM(options), "", , method_flush, UNPRIV),
         SD_BUS_METHOD_WITH_NAMES("Read", "tua{sv}", SD_BUS_PARAM(offset) SD_BUS_PARAM(length) SD_BUS_PARAM(options),
                                  "ay", SD_BUS_PARAM(data), method_read, UNPRIV),

@@ -31,6 +31,7 @@ static const char *const kind_names[_OP_KIND_MAX] = {
         [OP_REPAIR] = "repair",
         [OP_COMPARE] = "compare",
         [OP_COPY_TO] = "copy-to",
+        [OP_REBASE] = "rebase",
 };
 
 static const char *const state_names[_OP_STATE_MAX] = {
@@ -213,16 +214,16 @@ int operation_take_call(Operation *o, Call *c) {
 int operation_set_other(Operation *o, Disk *other) {
         int r = 0;
 
-        assert((o->kind == OP_COMPARE || o->kind == OP_COPY_TO) && !o->other);
+        assert(IN_SET3(o->kind, OP_COMPARE, OP_COPY_TO, OP_REBASE) && !o->other);
         o->other_path = strdup(other->path);
         if (!o->other_path)
                 return -ENOMEM;
         o->other = disk_ref(other);
-        /* Objects: this Disk and its images (read), the other Disk and the
-         * images the work reads (Compare: all) or writes (CopyTo: the top). */
+        /* Objects: this Disk and its images, the other Disk and the images
+         * the work reads (Compare, Rebase: all) or writes (CopyTo: the top). */
         r = strv_push(&o->objects, other->path);
         for (unsigned i = 0; r >= 0 && i < other->n_images; i++)
-                if (o->kind == OP_COMPARE || i + 1 == other->n_images)
+                if (o->kind != OP_COPY_TO || i + 1 == other->n_images)
                         r = strv_push(&o->objects, other->images[i]->path);
         return r;
 }
@@ -519,6 +520,24 @@ static void op_run(Task *t) {
                         o->w_other_size = vdisk_disk_size(ov);
                         r = 0;
                 }
+                break;
+        }
+        case OP_REBASE: {
+                /* The new chain is the other Disk (ours until the end), or
+                 * none when the call named "/". */
+                vdisk_disk *ov = o->other ? o->other->vd : NULL;
+                vdisk_rebase_opts bopts = {
+                        .size = sizeof(bopts),
+                        .flags = o->options.unsafe ? VDISK_REBASE_UNSAFE : 0,
+                        .parent_name = o->options.parent_name,
+                };
+
+                if (o->other_path && !ov) {
+                        r = -ENXIO;
+                        outcome_setf(&o->outcome, r, "the other disk was closed");
+                        break;
+                }
+                r = vdisk_rebase(vd, ov, &bopts, NULL, o->vp);
                 break;
         }
         case OP_RESIZE: {

@@ -44,6 +44,7 @@ static const OptionDef option_defs[] = {
         { "target-is-zero",           "b",     OPT_TARGET_IS_ZERO },
         { "source-top-only",          "b",     OPT_SOURCE_TOP_ONLY },
         { "parent-name",              "s",     OPT_PARENT_NAME },
+        { "unsafe",                   "b",     OPT_UNSAFE },
 };
 
 void options_done(Options *o, Trash *t) {
@@ -357,6 +358,9 @@ int options_parse(sd_bus_message *m, uint32_t allowed, Options *o, sd_bus_error 
                         break;
                 case OPT_SOURCE_TOP_ONLY:
                         r = read_bool(m, &o->source_top_only);
+                        break;
+                case OPT_UNSAFE:
+                        r = read_bool(m, &o->unsafe);
                         break;
                 case OPT_PARENT_NAME:
                         /* A name relative to the child's directory, as qemu

@@ -267,6 +267,7 @@ enum {
         OPT_TARGET_IS_ZERO      = 1u << 26,   /* CopyTo: the target reads zeros already */
         OPT_SOURCE_TOP_ONLY     = 1u << 27,   /* CopyTo: only the source's top (convert -n -B) */
         OPT_PARENT_NAME         = 1u << 29,   /* CreateDiff: the parent name the child records */
+        OPT_UNSAFE              = 1u << 30,   /* Rebase: the link alone (qemu-img rebase -u) */
 };
 
 typedef struct FileArg {
@@ -298,7 +299,8 @@ typedef struct Options {
         int compress;           /* Copy: store compressed units (qemu-img convert -c) */
         /* Compare, CopyTo, CreateDiff */
         int strict, target_is_zero, source_top_only;
-        char *parent_name;      /* CreateDiff: recorded in the child as its parent's name */
+        char *parent_name;      /* CreateDiff, Rebase: recorded in the child as its parent's name */
+        int unsafe;             /* Rebase */
 } Options;
 
 int options_parse(sd_bus_message *m, uint32_t allowed, Options *o, sd_bus_error *error);
@@ -457,6 +459,7 @@ typedef enum OpKind {
         OP_REPAIR,
         OP_COMPARE,             /* Disk.Compare: another Disk of the caller, read */
         OP_COPY_TO,             /* Disk.CopyTo: another Disk of the caller, written */
+        OP_REBASE,              /* Disk.Rebase: onto another Disk of the caller (read), or none */
         _OP_KIND_MAX,
 } OpKind;
 

@@ -20,8 +20,6 @@
 
 #include "img.h"
 
-static const uint8_t null_uuid[16];
-
 /* ---------------------------------------------------------------- commit */
 
 /* The index of `base` (a path as the user gave it, or relative to the top's
@@ -66,35 +64,13 @@ static char *recorded_parent_name(const char *child, const char *parent) {
         return realpath(parent, NULL) ?: strdup(parent);
 }
 
-/* Formats that name their parent and record its content ID (VMDK
- * parentFileNameHint and parentCID): the new parent's. Others: nothing. */
-static int link_name_and_content(vdisk_image *child, bool by_name, vdisk_image *parent, const char *name,
-                                 const char *format) {
-        uint32_t cid;
-        int r;
-
-        if (by_name && parent && name) {
-                r = vdisk_image_set_parent_name(child, name, format);
-                if (r < 0 && r != -EOPNOTSUPP)
-                        return r;
-        }
-        if (parent && vdisk_image_get_parent_content_id(child, NULL) >= 0) {
-                if (vdisk_image_get_content_id(parent, &cid) < 0)
-                        cid = VDISK_CONTENT_ID_NONE;
-                r = vdisk_image_set_parent_content_id(child, cid);
-                if (r < 0 && r != -EOPNOTSUPP)
-                        return r;
-        }
-        return 0;
-}
-
 /* Re-links the old top (which vdisk_merge took out of the chain) onto the
  * new top of the chain, so that it stays a valid image: its data is what it
  * was, and below it the chain now reads what it read before. */
 static int commit_relink(Img *img, const TopIdentity *id) {
         _cleanup_(vdisk_io_unrefp) vdisk_io *io = NULL;
+        _cleanup_free_ char *name = NULL;
         vdisk_image *base, *top;
-        uint8_t u[16];
         int r;
 
         base = vdisk_disk_image(img->disk, vdisk_disk_count(img->disk) - 1);
@@ -107,32 +83,12 @@ static int commit_relink(Img *img, const TopIdentity *id) {
         if (r < 0)
                 return r;
         top = vdisk_disk_image(img->disk, vdisk_disk_count(img->disk) - 1);
-        /* Before the UUID: a null parent UUID drops a VMDK's parent name. */
-        const char *pname = NULL;
-        bool by_name = vdisk_image_get_parent_name(top, &pname, NULL) >= 0 && pname && *pname;
-
-        r = vdisk_image_get_uuid(base, u);
-        if (r == -EOPNOTSUPP)
-                memset(u, 0, sizeof u);   /* linked by name alone (qemu's VMDKs) */
-        else if (r < 0)
+        name = recorded_parent_name(img->filename, vdisk_image_name(base));
+        if (!name)
+                return -ENOMEM;
+        r = vdisk_image_set_parent(top, base, name, vdisk_image_backend(base)->qemu_name);
+        if (r < 0)
                 return r;
-        r = vdisk_image_set_parent_uuid(top, u);
-        if (r < 0 && !(r == -EOPNOTSUPP && vdisk_uuid_is_null(u)))
-                return r;
-        {
-                _cleanup_free_ char *name = recorded_parent_name(img->filename, vdisk_image_name(base));
-
-                if (!name)
-                        return -ENOMEM;
-                r = link_name_and_content(top, by_name, base, name, vdisk_image_backend(base)->qemu_name);
-                if (r < 0)
-                        return r;
-        }
-        if (vdisk_image_get_modification_uuid(base, u) >= 0) {
-                r = vdisk_image_set_parent_modification_uuid(top, u);
-                if (r < 0 && r != -EOPNOTSUPP)
-                        return r;
-        }
         return vdisk_disk_flush(img->disk);
 }
 
@@ -394,235 +350,42 @@ finish:
 
 /* ---------------------------------------------------------------- rebase */
 
-#define REBASE_BUFFER_SIZE (1u << 20)
-/* Block status is asked at most this far at once (1 GiB). */
-#define REBASE_STATUS_SPAN (UINT64_C(1) << 30)
+/* The message for a failed vdisk_rebase(), naming the file and offset. */
+static void rebase_error(int r, const vdisk_rebase_result *res, Img *img, Img *new_chain, const char *backing) {
+        const char *file = res->failed_side ? new_chain->filename : img->filename;
 
-/* Reads what the new backing chain shows at [off, off+len): zeros past its
- * end or without a new backing file. */
-static int rebase_read_new(Img *new_chain, uint8_t *buf, size_t len, uint64_t off) {
-        uint64_t size;
-        size_t n = 0;
-        int r;
-
-        memset(buf, 0, len);
-        if (!new_chain->disk)
-                return 0;
-        size = vdisk_disk_size(new_chain->disk);
-        if (off < size)
-                n = (size_t) MIN((uint64_t) len, size - off);
-        if (n == 0)
-                return 0;
-        vdisk_clear_error();
-        r = vdisk_disk_read(new_chain->disk, buf, n, off);
-        if (r < 0)
-                log_error("Could not read '%s' at offset %" PRIu64 ": %s", new_chain->filename, off,
+        switch (r == -ECANCELED ? VDISK_REBASE_STEP_NONE : res->failed_step) {
+        case VDISK_REBASE_STEP_STATUS:
+                log_error("Could not read the allocation of '%s' at offset %" PRIu64 ": %s", file,
+                          res->failed_offset, error_detail(r));
+                break;
+        case VDISK_REBASE_STEP_READ:
+                log_error("Could not read '%s' at offset %" PRIu64 ": %s", file, res->failed_offset,
                           error_detail(r));
-        return r;
-}
-
-/* Does the new backing chain read zeros from `off` on? *ret_len gets how
- * far that is known to hold (at most len). */
-static int rebase_new_is_zero(Img *new_chain, uint64_t off, uint64_t len, bool *ret, uint64_t *ret_len) {
-        uint64_t size;
-        vdisk_extent e;
-        int r;
-
-        *ret = true;
-        *ret_len = len;
-        if (!new_chain->disk)
-                return 0;
-        size = vdisk_disk_size(new_chain->disk);
-        if (off >= size)
-                return 0;
-        vdisk_clear_error();
-        r = vdisk_disk_block_status(new_chain->disk, off, MIN(len, size - off), &e);
-        if (r < 0) {
-                log_error("Could not read the allocation of '%s' at offset %" PRIu64 ": %s",
-                          new_chain->filename, off, error_detail(r));
-                return r;
+                break;
+        case VDISK_REBASE_STEP_WRITE:
+                log_error("Could not write '%s' at offset %" PRIu64 ": %s", file, res->failed_offset,
+                          error_detail(r));
+                break;
+        case VDISK_REBASE_STEP_FLUSH:
+                log_error("Could not flush '%s': %s", file, error_detail(r));
+                break;
+        default:
+                if (r == -ECANCELED)
+                        log_error("Rebase cancelled; '%s' still uses its old backing file", img->filename);
+                else if (r == -ELOOP)
+                        log_error("Could not change the backing file to '%s': '%s' would become its own "
+                                  "ancestor", backing, img->filename);
+                else
+                        log_error("Could not change the backing file to '%s': %s", backing, error_detail(r));
         }
-        *ret = e.flags & VDISK_EXTENT_ZERO;
-        if (e.length > 0)
-                *ret_len = MIN(len, e.length);
-        return 0;
-}
-
-/* Safe rebase: wherever the top does not define the data itself and the old
- * and new backing chains differ, the old content is written into the top.
- * Where both chains read zeros by their block status, nothing is read: a
- * hole of terabytes costs a few block status calls. */
-static int rebase_copy_differences(Img *top, Img *new_chain, ProgressBar *bar) {
-        _cleanup_free_ uint8_t *old_buf = NULL, *new_buf = NULL;
-        uint64_t size = vdisk_disk_size(top->disk), off = 0;
-        int r;
-
-        old_buf = malloc(REBASE_BUFFER_SIZE);
-        new_buf = malloc(REBASE_BUFFER_SIZE);
-        if (!old_buf || !new_buf) {
-                log_error("Out of memory");
-                return -ENOMEM;
-        }
-
-        while (off < size) {
-                vdisk_extent e;
-                size_t n;
-
-                if (cancel_requested) {
-                        log_error("Rebase cancelled; '%s' still uses its old backing file", top->filename);
-                        return -ECANCELED;
-                }
-                vdisk_clear_error();
-                r = vdisk_disk_block_status(top->disk, off, MIN(size - off, REBASE_STATUS_SPAN), &e);
-                if (r < 0) {
-                        log_error("Could not read the allocation of '%s' at offset %" PRIu64 ": %s",
-                                  top->filename, off, error_detail(r));
-                        return r;
-                }
-                if (e.length == 0 || e.length > size - off)
-                        e.length = size - off;
-                if (e.depth == 0) {
-                        /* The top defines this range; the backing file does not matter. */
-                        off += e.length;
-                        progress_bar_print(bar, (double) off * 100.0 / (double) size);
-                        continue;
-                }
-
-                if (e.flags & VDISK_EXTENT_ZERO) {
-                        bool zero;
-                        uint64_t len;
-
-                        r = rebase_new_is_zero(new_chain, off, e.length, &zero, &len);
-                        if (r < 0)
-                                return r;
-                        if (zero) {
-                                /* Zeros in both chains: nothing to copy. */
-                                off += len;
-                                progress_bar_print(bar, (double) off * 100.0 / (double) size);
-                                continue;
-                        }
-                        e.length = len;
-                }
-
-                n = (size_t) MIN(e.length, (uint64_t) REBASE_BUFFER_SIZE);
-                vdisk_clear_error();
-                r = vdisk_disk_read(top->disk, old_buf, n, off);
-                if (r < 0) {
-                        log_error("Could not read '%s' at offset %" PRIu64 ": %s", top->filename, off,
-                                  error_detail(r));
-                        return r;
-                }
-                r = rebase_read_new(new_chain, new_buf, n, off);
-                if (r < 0)
-                        return r;
-
-                /* Write each run of differing sectors. */
-                for (size_t s = 0; s < n;) {
-                        size_t run;
-
-                        if (memcmp(old_buf + s, new_buf + s, MIN((size_t) VDISK_SECTOR_SIZE, n - s)) == 0) {
-                                s += VDISK_SECTOR_SIZE;
-                                continue;
-                        }
-                        for (run = s; run < n; run += VDISK_SECTOR_SIZE)
-                                if (memcmp(old_buf + run, new_buf + run,
-                                           MIN((size_t) VDISK_SECTOR_SIZE, n - run)) == 0)
-                                        break;
-                        run = MIN(run, n);
-                        vdisk_clear_error();
-                        /* Zeros are written as data: a discard would be a no-op
-                         * here, since the old backing chain reads zeros too. */
-                        r = vdisk_disk_write(top->disk, old_buf + s, run - s, off + s);
-                        if (r < 0) {
-                                log_error("Could not write '%s' at offset %" PRIu64 ": %s", top->filename,
-                                          off + s, error_detail(r));
-                                return r;
-                        }
-                        s = run;
-                }
-                off += n;
-                progress_bar_print(bar, (double) off * 100.0 / (double) size);
-        }
-
-        vdisk_clear_error();
-        r = vdisk_disk_flush(top->disk);
-        if (r < 0)
-                log_error("Could not flush '%s': %s", top->filename, error_detail(r));
-        return r;
-}
-
-/* Points the top image of `img` at `parent` (NULL: no parent). */
-static int rebase_set_link(Img *img, vdisk_image *parent, const char *backing) {
-        vdisk_image *top = vdisk_disk_image(img->disk, vdisk_disk_count(img->disk) - 1);
-        const char *pname = NULL, *pfmt = NULL;
-        uint8_t uuid[16], mod_uuid[16];
-        bool have_mod = false;
-        int r;
-
-        /* A format that names its parent (VMDK's parentFileNameHint, VHD's
-         * locators) gets the name as given, as qemu-img records it (the
-         * parent may then have no UUID); formats that link by UUID only keep
-         * none. */
-        bool by_name = vdisk_image_get_parent_name(top, &pname, &pfmt) >= 0 && pname && *pname;
-
-        if (parent) {
-                r = vdisk_image_get_uuid(parent, uuid);
-                if (r == -EOPNOTSUPP && by_name)
-                        memcpy(uuid, null_uuid, sizeof(uuid));
-                else if (r < 0) {
-                        log_error("Could not change the backing file to '%s': the backing file has no UUID",
-                                  backing);
-                        return r;
-                }
-                have_mod = vdisk_image_get_modification_uuid(parent, mod_uuid) >= 0;
-        } else
-                memcpy(uuid, null_uuid, sizeof(uuid));
-        if (!have_mod)
-                memcpy(mod_uuid, null_uuid, sizeof(mod_uuid));
-
-        vdisk_clear_error();
-        r = vdisk_image_set_parent_uuid(top, uuid);
-        if (r >= 0) {
-                r = vdisk_image_set_parent_modification_uuid(top, mod_uuid);
-                if (r == -EOPNOTSUPP)
-                        r = 0;
-        }
-        if (r >= 0 && by_name)
-                r = link_name_and_content(top, by_name, parent, backing, NULL);
-        if (r >= 0)
-                r = vdisk_disk_flush(img->disk);
-        if (r < 0) {
-                log_error("Could not change the backing file to '%s': %s", backing, error_detail(r));
-                return r;
-        }
-        return 0;
-}
-
-/* Refuses a new backing chain that contains the image itself. In unsafe
- * mode only the new backing file was opened; its chain is looked at when it
- * can be opened at all. */
-static int rebase_check_loop(Img *img, Img *new_chain, const char *backing_path, const char *backing_fmt,
-                             bool unsafe) {
-        Img full = {};
-        Img *chain = new_chain;
-        int r = 0;
-
-        if (unsafe && img_open(backing_path, backing_fmt, IMG_CHAIN | IMG_INFO | IMG_QUIET | IMG_PLAIN_NAME, &full) >= 0)
-                chain = &full;
-        for (unsigned i = 0; i < vdisk_disk_count(chain->disk); i++)
-                if (same_file(vdisk_image_name(vdisk_disk_image(chain->disk, i)), img->filename) > 0) {
-                        r = -ELOOP;
-                        break;
-                }
-        img_close(&full);
-        return r;
 }
 
 int cmd_rebase(Request *req) {
         const char *fmt = req->format, *backing = req->backing, *backing_fmt = req->backing_format;
         _cleanup_free_ char *backing_path = NULL;
         bool unsafe = req->unsafe, progress = req->progress;
-        vdisk_image *new_parent = NULL;
+        vdisk_rebase_result res = { .size = sizeof(res) };
         ProgressBar bar = {};
         Img img = {}, new_chain = {};
         int r, ex = EXIT_ERROR;
@@ -646,33 +409,37 @@ int cmd_rebase(Request *req) {
                         log_error("Out of memory");
                         goto finish;
                 }
-                r = img_open(backing_path, backing_fmt,
-                             IMG_PLAIN_NAME | (unsafe ? IMG_INFO | IMG_SKIP_CHECKS : IMG_CHAIN), &new_chain);
+                /* Unsafe: the new chain as far as it opens (the loop check
+                 * looks at it), else the new backing file alone. */
+                r = -1;
+                if (unsafe)
+                        r = img_open(backing_path, backing_fmt, IMG_CHAIN | IMG_INFO | IMG_QUIET | IMG_PLAIN_NAME,
+                                     &new_chain);
+                if (r < 0)
+                        r = img_open(backing_path, backing_fmt,
+                                     IMG_PLAIN_NAME | (unsafe ? IMG_INFO | IMG_SKIP_CHECKS : IMG_CHAIN), &new_chain);
                 if (r < 0)
                         goto finish;
-                r = rebase_check_loop(&img, &new_chain, backing_path, backing_fmt, unsafe);
-                if (r < 0) {
-                        log_error("Could not change the backing file to '%s': '%s' would become its own "
-                                  "ancestor", backing, img.filename);
-                        goto finish;
-                }
         }
 
         if (!unsafe) {
                 install_cancel_handlers();
                 if (progress_bar_init(&bar, progress) < 0)
                         goto finish;
-                r = rebase_copy_differences(&img, &new_chain, &bar);
-                progress_bar_done(&bar, r >= 0);
-                if (r < 0)
-                        goto finish;
         }
-
-        if (new_chain.disk)
-                new_parent = vdisk_disk_image(new_chain.disk, vdisk_disk_count(new_chain.disk) - 1);
-        r = rebase_set_link(&img, new_parent, backing);
-        if (r < 0)
+        vdisk_rebase_opts opts = {
+                .size = sizeof(opts),
+                .flags = unsafe ? VDISK_REBASE_UNSAFE : 0,
+                .parent_name = *backing ? backing : NULL,
+        };
+        vdisk_clear_error();
+        r = vdisk_rebase(img.disk, new_chain.disk, &opts, &res, bar.p);
+        if (!unsafe)
+                progress_bar_done(&bar, r >= 0 || res.failed_step == VDISK_REBASE_STEP_LINK);
+        if (r < 0) {
+                rebase_error(r, &res, &img, &new_chain, backing);
                 goto finish;
+        }
         ex = EXIT_OK;
 
 finish:

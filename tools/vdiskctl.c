@@ -57,6 +57,7 @@ static const Command commands[] = {
         { "list",     cmd_list },
         { "merge",    cmd_merge },
         { "monitor",  cmd_monitor },
+        { "rebase",   .run_request = cmd_rebase },
         { "repair",   .run_request = cmd_repair },
         { "resize",   .run_request = cmd_resize },
         { "snapshot", .run_request = cmd_snapshot },
@@ -98,6 +99,7 @@ void print_help(void) {
                "  merge [-p] [-q] [-f FMT] FILE --from N --to M   (or: merge FILE N M)\n"
                "  commit [-p] [-q] [-f FMT] FILE\n"
                "  compact [-p] [-q] [-f FMT] [--image N] FILE\n"
+               "  rebase [-p] [-q] [-f FMT] [-u] -b BACKING [-F BACKING_FMT] FILE\n"
                "  resize [-q] [-f FMT] [--shrink] [--preallocation=MODE] FILE [+|-]SIZE\n"
                "  snapshot [-q] [-f FMT] [-l | -c NAME | -a SNAPSHOT | -d SNAPSHOT] FILE\n"
                "\n"

@@ -366,6 +366,7 @@ int cmd_convert(Ctx *ctx, Request *req);
 int cmd_merge(Ctx *ctx, int argc, char **argv);
 int cmd_commit(Ctx *ctx, Request *req);
 int cmd_compact(Ctx *ctx, Request *req);
+int cmd_rebase(Ctx *ctx, Request *req);    /* vdiskctl-rebase.c */
 int cmd_resize(Ctx *ctx, Request *req);
 int cmd_compare(Ctx *ctx, Request *req);   /* vdiskctl-image.c */
 int cmd_snapshot(Ctx *ctx, Request *req);  /* vdiskctl-image.c */

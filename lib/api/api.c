@@ -411,21 +411,37 @@ int vdisk_image_get_info(vdisk_image *img, vdisk_image_info *ret) {
         return image_get_info(img, ret);
 }
 
-int vdisk_image_set_parent_name(vdisk_image *img, const char *name, const char *format) {
+/* Sets the parent name (and with META_PARENT_UUID in `mask`, the parent
+ * UUID: one metadata write) from m->parent_name and m->parent_format. */
+static int set_parent_name(vdisk_image *img, meta *m, uint32_t mask) {
         _cleanup_free_ char *abs = NULL;
-        meta m = { .parent_name = name, .parent_format = format };
 
-        if (!img || !name || !name[0])
-                return vdisk_error(-EINVAL, "invalid arguments");
         /* Formats that record an absolute name too (VHD's W2ku) get it when
          * the image was opened by path. */
         if (img->disk) {
                 _cleanup_(disk_unlockp) _unused_ vdisk_disk *l = image_lock(img);
 
-                abs = resolver_abs_name(img->disk->resolver, img->io, name);
+                abs = resolver_abs_name(img->disk->resolver, img->io, m->parent_name);
         }
-        m.parent_abs_name = abs;
-        return set_meta_field(img, &m, META_PARENT_NAME);
+        m->parent_abs_name = abs;
+        return set_meta_field(img, m, mask | META_PARENT_NAME);
+}
+
+int vdisk_image_set_parent_name(vdisk_image *img, const char *name, const char *format) {
+        meta m = { .parent_name = name, .parent_format = format };
+
+        if (!img || !name || !name[0])
+                return vdisk_error(-EINVAL, "invalid arguments");
+        return set_parent_name(img, &m, 0);
+}
+
+int image_set_link(vdisk_image *img, const uint8_t uuid[16], const char *name, const char *format) {
+        meta m = { .parent_name = name, .parent_format = format };
+
+        memcpy(m.parent_uuid, uuid, 16);
+        if (!name)
+                return set_meta_field(img, &m, META_PARENT_UUID);
+        return set_parent_name(img, &m, META_PARENT_UUID);
 }
 
 int vdisk_image_get_content_id(vdisk_image *img, uint32_t *ret) {

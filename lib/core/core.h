@@ -207,6 +207,11 @@ int disk_create_diff(vdisk_disk *d, vdisk_io *io, const char *format, const vdis
 /* ops/resize.c: resizes image `level` alone (no checks of the content). */
 int resize_image(vdisk_disk *d, unsigned level, uint64_t new_size, vdisk_progress *p);
 
+/* api.c: the parent UUID of `img` and, when `name` is not NULL, its parent
+ * name (and format) in one metadata write, so that a format naming its
+ * parent (qcow2) is never left between two links, or with none. */
+int image_set_link(vdisk_image *img, const uint8_t uuid[16], const char *name, const char *format);
+
 /* rw.c: the generic data path. `level` is an image index: the view at level L
  * is what image L shows with its ancestors below it. */
 

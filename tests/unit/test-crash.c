@@ -1389,10 +1389,9 @@ static void after_repair(scenario *sc, wl *w) {
         vdisk_check_report_clear(&rep);
 }
 
-/* (f) rebase onto another parent, as vdisk-img rebase does it
- * (tools/img-modify.c): wherever the child does not define the data and the
- * old and new parents differ, the old content is written into the child; then
- * the child is relinked. tmpl[0] is the old parent, tmpl[1] the child, extra
+/* (f) rebase onto another parent (vdisk_rebase, lib/ops/rebase.c): wherever
+ * the child does not define the data and the old and new parents differ, the
+ * old content is written into the child; then the child is relinked. tmpl[0] is the old parent, tmpl[1] the child, extra
  * the new parent. */
 
 static void build_rebase(scenario *sc) {
@@ -1427,63 +1426,13 @@ static void build_rebase(scenario *sc) {
         free(buf);
 }
 
-static int rebase_copy(vdisk_disk *d, vdisk_disk *nd) {
-        uint64_t size = vdisk_disk_size(d), off = 0;
-        uint8_t *old_buf = malloc(BLOCK), *new_buf = malloc(BLOCK);
-        int r = 0;
-
-        ASSERT(old_buf && new_buf);
-        ASSERT_EQ_U64(vdisk_disk_size(nd), size);
-        while (off < size && r >= 0) {
-                vdisk_extent e;
-                size_t n;
-
-                ASSERT_OK(vdisk_disk_block_status(d, off, size - off, &e));
-                if (e.length == 0 || e.length > size - off)
-                        e.length = size - off;
-                if (e.depth == 0) {
-                        off += e.length;
-                        continue;
-                }
-                n = (size_t) MIN(e.length, BLOCK);
-                ASSERT_OK(vdisk_disk_read(d, old_buf, n, off));
-                ASSERT_OK(vdisk_disk_read(nd, new_buf, n, off));
-                for (size_t i = 0; i < n && r >= 0;) {
-                        size_t end;
-
-                        if (memcmp(old_buf + i, new_buf + i, 512) == 0) {
-                                i += 512;
-                                continue;
-                        }
-                        for (end = i; end < n && memcmp(old_buf + end, new_buf + end, 512) != 0; end += 512)
-                                ;
-                        r = vdisk_disk_write(d, old_buf + i, end - i, off + i);
-                        i = end;
-                }
-                off += n;
-        }
-        free(old_buf);
-        free(new_buf);
-        return r;
-}
-
 static int op_rebase(scenario *sc, wl *w) {
         vdisk_disk *nd = open_ios(&w->extra, 1, VDISK_OPEN_READONLY, "the new parent");
-        vdisk_image *top = vdisk_disk_image(w->d, vdisk_disk_count(w->d) - 1), *np = vdisk_disk_image(nd, 0);
-        uint8_t mod[16];
+        vdisk_rebase_opts opts = { .size = sizeof(opts) };
         int r;
 
-        r = rebase_copy(w->d, nd);
-        if (r >= 0)
-                r = vdisk_disk_flush(w->d);
-        if (r >= 0) {
-                ASSERT_OK(vdisk_image_get_modification_uuid(np, mod));
-                r = vdisk_image_set_parent_uuid(top, sc->extra_uuid);
-        }
-        if (r >= 0)
-                r = vdisk_image_set_parent_modification_uuid(top, mod);
-        if (r >= 0)
-                r = vdisk_disk_flush(w->d);
+        (void) sc;
+        r = vdisk_rebase(w->d, nd, &opts, NULL, NULL);
         vdisk_disk_unref(nd);
         return r;
 }

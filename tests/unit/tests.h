@@ -319,6 +319,16 @@ static inline vdisk_disk *disk_new(void) {
         return d;
 }
 
+/* Writes `len` bytes of `v` at `off`. */
+static inline void disk_fill(vdisk_disk *d, uint64_t off, uint64_t len, uint8_t v) {
+        uint8_t *buf = malloc(len);
+
+        ASSERT(buf);
+        memset(buf, v, len);
+        ASSERT_OK(vdisk_disk_write(d, buf, len, off));
+        free(buf);
+}
+
 /* Reads the whole disk into a new buffer. */
 static inline uint8_t *disk_read_all(vdisk_disk *d, uint64_t *ret_size) {
         uint64_t size = vdisk_disk_size(d);

@@ -251,8 +251,9 @@ static const FrontVerb verbs[_VERB_MAX] = {
                 0, NULL, NULL,
         },
         [VERB_REBASE] = {
-                "rebase", OPT(f) | OPT(F) | OPT(b) | OPT(u) | OPT(p) | OPT(q) | OPT(t) | OPT(T) | OPT(U), 0,
-                "one image file name", NULL,
+                "rebase", OPT(f) | OPT(F) | OPT(b) | OPT(u) | OPT(p) | OPT(q) | OPT(t) | OPT(T) | OPT(U),
+                OPT(f) | OPT(F) | OPT(b) | OPT(u) | OPT(p) | OPT(t) | OPT(T) | OPT(U),
+                "one image file name", "one image file name",
         },
         [VERB_SETUUID] = {
                 "setuuid",
@@ -451,7 +452,8 @@ static int handle_option(Request *req, int c, const char *arg, const char *as_gi
                 break;   /* parallelism; locks: neither tool takes image locks to share */
         case 'C':
         case 'u':
-                if (c == 'C' || !img)
+                /* vdiskctl rebase -u: vdiskd relinks the chains vdiskctl opened */
+                if (c == 'C' || (!img && req->verb != VERB_REBASE))
                         return refuse(c, as_given);
                 req->unsafe = true;
                 break;

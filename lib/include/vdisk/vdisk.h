@@ -926,6 +926,70 @@ enum {
 int vdisk_compare_ex(vdisk_disk *a, vdisk_disk *b, uint32_t flags, vdisk_compare_result *ret,
                      vdisk_progress *p);
 
+/* vdisk_rebase_opts.flags */
+enum {
+        /* qemu-img rebase -u: only the link changes; no data is looked at,
+         * and the top's old chain need not be open. */
+        VDISK_REBASE_UNSAFE = 1u << 0,
+};
+
+typedef struct vdisk_rebase_opts {
+        size_t size;                 /* sizeof(vdisk_rebase_opts) */
+        uint32_t flags;              /* VDISK_REBASE_* */
+        /* The name the top records for its new parent, in formats that name
+         * it (qcow2's backing file, VMDK's parentFileNameHint, VHD's
+         * locators), as given (relative to the top's directory, as qemu
+         * reads it); needed when such a top gets a new parent (-EINVAL
+         * otherwise). Formats that link by UUID alone ignore it. */
+        const char *parent_name;
+        /* With parent_name: the new parent's format as the top records it
+         * (qcow2's backing format: qemu's name); NULL: the format the new
+         * parent was opened as (qemu-img rebase records -F). */
+        const char *parent_format;
+} vdisk_rebase_opts;
+
+/* Where vdisk_rebase() failed (for messages naming the file and offset). */
+typedef enum vdisk_rebase_step {
+        VDISK_REBASE_STEP_NONE,      /* before any work (arguments, loop, cancel) */
+        VDISK_REBASE_STEP_STATUS,    /* block status of failed_side at failed_offset */
+        VDISK_REBASE_STEP_READ,      /* a read of failed_side at failed_offset */
+        VDISK_REBASE_STEP_WRITE,     /* a write into the top at failed_offset */
+        VDISK_REBASE_STEP_FLUSH,     /* the flush of the copied data */
+        VDISK_REBASE_STEP_LINK,      /* the switch of the link (and its flush) */
+} vdisk_rebase_step;
+
+typedef struct vdisk_rebase_result {
+        size_t size;                 /* sizeof(vdisk_rebase_result), set by the caller */
+        vdisk_rebase_step failed_step;
+        unsigned failed_side;        /* 0: d (the top and its old chain), 1: backing */
+        uint64_t failed_offset;
+} vdisk_rebase_result;
+
+/* Points `child` (writable) at `parent` (NULL: none) as its parent: the
+ * parent UUID (null without a parent) and, in formats that name their
+ * parent (qcow2's backing file, VMDK's parentFileNameHint, VHD's locators),
+ * `name` and `format` as given, in one metadata write; then the parent
+ * modification UUID where the format has one, and a VMDK's parentCID. Nothing
+ * is read or copied (vdisk_rebase() does that). -EINVAL when the child names
+ * its parent and `name` is NULL; -EOPNOTSUPP when it links by UUID alone and
+ * the parent has none. Each field is durable when it returns. */
+int vdisk_image_set_parent(vdisk_image *child, vdisk_image *parent, const char *name, const char *format);
+
+/* qemu-img rebase: the top image of `d` (which must be writable) gets the
+ * top image of `backing` as its parent; backing NULL: none (the top becomes
+ * a standalone image). -ELOOP when the top's file is an image of `backing`.
+ * Safe (no VDISK_REBASE_UNSAFE): `d` holds the top's whole old chain and
+ * `backing` the whole new one (not opened for information only); wherever the
+ * top does not define the data and the chains read differently, the old
+ * content is written into the top, so that it reads the same on its new
+ * chain. The link switches only after that data is flushed: on a failure or
+ * cancel (-ECANCELED) before it, the top still names its old parent and the
+ * disk reads as before. Progress counts the top's virtual size. `d` keeps
+ * its old images below the top: the caller closes it. *ret (may be NULL)
+ * says where a failure happened. */
+int vdisk_rebase(vdisk_disk *d, vdisk_disk *backing, const vdisk_rebase_opts *opts, vdisk_rebase_result *ret,
+                 vdisk_progress *p);
+
 #ifdef __cplusplus
 }
 #endif
