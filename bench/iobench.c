@@ -415,7 +415,7 @@ int main(int argc, char **argv) {
         else if (argc > 1 && !strcmp(argv[1], "cmp"))
                 r = cmd_cmp(argc, argv);
         if (r == 2)
-                fprintf(stderr, "usage: iobench disk FILE MIB BS_KIB QD | copy sync|uring|cfr SRC DST FLUSH "
+                fprintf(stderr, "usage: iobench disk FILE MIB BS_KIB QD | copy sync|uring|pool|cfr SRC DST FLUSH "
                         "[QD CHUNK_KIB] | cmp plain|fadvise|threads A B\n");
         return r;
 }

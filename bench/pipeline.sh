@@ -164,11 +164,13 @@ if want path; then
 fi
 
 # Several page-cache writes at once: the copy loop alone, 1 MiB chunks
-# written by a pool of threads while the reader goes on.
+# written by a pool of threads while the reader goes on, against one writer
+# thread beside the reader (the shape of vdisk-img's copy: a reader thread
+# and a writing thread).
 if want pool; then
         for th in 2 4; do
-                ab "copy loop alone (bench/iobench.c), raw->raw, one fdatasync; A = pool of $th threads writing 1 MiB chunks, B = pread+pwrite 4 MiB" \
-                        rmout okraw "$IOB" copy pool "$W/dense.raw" "$W/o.raw" 1 $th 1024 -- "$IOB" copy sync "$W/dense.raw" "$W/o.raw" 1
+                ab "copy loop alone (bench/iobench.c), raw->raw, one fdatasync; A = pool of $th threads writing 1 MiB chunks, B = one writer thread" \
+                        rmout okraw "$IOB" copy pool "$W/dense.raw" "$W/o.raw" 1 $th 1024 -- "$IOB" copy pool "$W/dense.raw" "$W/o.raw" 1 1 1024
         done
 fi
 
