@@ -347,26 +347,37 @@ static vdisk_disk *open_merge_chain(vdisk_io **bio, vdisk_io **dio) {
         return d;
 }
 
-static void test_merge(void) {
-        const uint64_t size = 32 * MiB;
-        _cleanup_free_ uint8_t *buf = aligned_buf(8 * MiB), *back = aligned_buf(size), *before = aligned_buf(size);
-        merge_watch w = {};
-        vdisk_progress *p = NULL;
+/* A VDI chain in files base.vdi and diff.vdi of `size` bytes: the base holds
+ * blocks 0..7, the diff blocks 4..11 (so a merge writes over allocated
+ * blocks of the base and into new ones). */
+static vdisk_disk *make_merge_chain(uint64_t size, uint64_t seed, vdisk_io **bio, vdisk_io **dio) {
+        _cleanup_free_ uint8_t *buf = aligned_buf(8 * MiB);
         vdisk_disk *d = disk_new();
-        vdisk_io *bio = open_file("base.vdi", true), *dio = open_file("diff.vdi", true);
         rng r;
 
-        test_set_context("merge");
-        rng_seed(&r, 21);
-        /* Base: blocks 0..7; diff: blocks 4..11 (so the merge writes over
-         * allocated blocks of the base and into new ones). */
-        ASSERT_OK(vdisk_disk_create_base(d, bio, "vdi", size, NULL));
+        *bio = open_file("base.vdi", true);
+        *dio = open_file("diff.vdi", true);
+        rng_seed(&r, seed);
+        ASSERT_OK(vdisk_disk_create_base(d, *bio, "vdi", size, NULL));
         rng_fill(&r, buf, 8 * MiB);
         ASSERT_OK(vdisk_disk_write(d, buf, 8 * MiB, 0));
-        ASSERT_OK(vdisk_disk_create_diff(d, dio, "vdi", NULL));
+        ASSERT_OK(vdisk_disk_create_diff(d, *dio, "vdi", NULL));
         rng_fill(&r, buf, 8 * MiB);
         ASSERT_OK(vdisk_disk_write(d, buf, 8 * MiB, 4 * MiB));
         ASSERT_OK(vdisk_disk_flush(d));
+        return d;
+}
+
+static void test_merge(void) {
+        const uint64_t size = 32 * MiB;
+        _cleanup_free_ uint8_t *back = aligned_buf(size), *before = aligned_buf(size);
+        merge_watch w = {};
+        vdisk_progress *p = NULL;
+        vdisk_io *bio, *dio;
+        vdisk_disk *d;
+
+        test_set_context("merge");
+        d = make_merge_chain(size, 21, &bio, &dio);
         ASSERT_OK(vdisk_disk_read(d, before, size, 0));
 
         /* The first queued write of the merge fails. */
@@ -640,22 +651,14 @@ static void test_copy_path(const char *format, bool want_direct) {
 
 /* Merge writes its target direct, whatever the format (a VDI here). */
 static void test_merge_path(void) {
-        const uint64_t size = 16 * MiB;
-        _cleanup_free_ uint8_t *buf = aligned_buf(8 * MiB);
-        vdisk_disk *d = disk_new();
-        vdisk_io *bio = open_file("mbase.vdi", true), *dio = open_file("mdiff.vdi", true);
         vdisk_progress *p = NULL;
-        path_watch w = { .io = bio };
-        rng r;
+        path_watch w = {};
+        vdisk_io *bio, *dio;
+        vdisk_disk *d;
 
         test_set_context("merge path");
-        rng_seed(&r, 31);
-        ASSERT_OK(vdisk_disk_create_base(d, bio, "vdi", size, NULL));
-        rng_fill(&r, buf, 8 * MiB);
-        ASSERT_OK(vdisk_disk_write(d, buf, 8 * MiB, 0));
-        ASSERT_OK(vdisk_disk_create_diff(d, dio, "vdi", NULL));
-        rng_fill(&r, buf, 8 * MiB);
-        ASSERT_OK(vdisk_disk_write(d, buf, 8 * MiB, 4 * MiB));
+        d = make_merge_chain(16 * MiB, 31, &bio, &dio);
+        w.io = bio;
         ASSERT_OK(vdisk_progress_new(path_progress, &w, &p));
         ASSERT_OK(vdisk_merge(d, 1, 0, p, NULL));
         vdisk_progress_free(p);
