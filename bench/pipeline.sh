@@ -4,12 +4,14 @@
 # queue depth 1 and 16, the page-cache path (-t unsafe / -t writeback) with
 # and without queued writes and against copy_file_range(2), compare's
 # reads, and commit with and without the write queue, plus the queue depth x
-# chunk matrix of commit. Figures and conclusions: docs/performance.md,
-# "The I/O pipeline".
+# chunk matrix of commit; the write path per output (page cache or direct,
+# chosen by the format) against one path for all, and page-cache writes
+# from a pool of threads. Figures and conclusions: docs/performance.md,
+# "The I/O pipeline" and "The write path per output".
 #
 #   bench/pipeline.sh [-n PAIRS] [--mib MIB] [--only LIST]
 #
-# LIST: disk,cache,cfr,cmp,commit,matrix (default: all). Every output is
+# LIST: disk,cache,cfr,cmp,commit,matrix,path,pool (default: all). Every output is
 # checked (cmp, or vdisk-img compare for images). Needs liburing's headers
 # (bench/iobench.c) and a file system with O_DIRECT in BENCH_DIR.
 set -euo pipefail
@@ -17,13 +19,13 @@ set -euo pipefail
 PAIRS=5
 MRUNS=3   # runs per cell of the matrix
 MIB=1024
-ONLY=disk,cache,cfr,cmp,commit,matrix
+ONLY=disk,cache,cfr,cmp,commit,matrix,path,pool
 while (($#)); do
         case $1 in
         -n) PAIRS=${2:?}; shift 2 ;;
         --mib) MIB=${2:?}; shift 2 ;;
         --only) ONLY=${2:?}; shift 2 ;;
-        *) echo "usage: $0 [-n PAIRS] [--mib MIB] [--only disk,cache,cfr,cmp,commit,matrix]" >&2; exit 2 ;;
+        *) echo "usage: $0 [-n PAIRS] [--mib MIB] [--only disk,cache,cfr,cmp,commit,matrix,path,pool]" >&2; exit 2 ;;
         esac
 done
 want() { [[ ,$ONLY, == *,$1,* ]]; }
@@ -143,6 +145,33 @@ if want cmp; then
         done
         ab "vdisk-img compare, cold cache; A = vdisk-img, B = the plain loop alone" \
                 cold none "$V" compare -f raw -F raw "$W/dense.raw" "$W/dense2.raw" -- "$IOB" cmp plain "$W/dense.raw" "$W/dense2.raw"
+fi
+
+# The path per output (the default) against the path forced for every file
+# (VDISK_IO_DIRECT_WRITES): into VDI the default takes the page cache, into
+# raw direct writes, so each row's B is the other path.
+if want path; then
+        okv() { "$V" compare -f vdi -F raw "$W/o.vdi" "$W/dense.raw" >/dev/null || { echo MISMATCH >&2; exit 1; }; rm -f "$W/o.vdi"; sync; }
+        ab "durable convert raw->vdi; A = the path per output (page cache + window), B = direct (VDISK_IO_DIRECT_WRITES=1, the old default)" \
+                rmout okv "$V" convert -f raw -O vdi "$W/dense.raw" "$W/o.vdi" -- \
+                env VDISK_IO_DIRECT_WRITES=1 "$V" convert -f raw -O vdi "$W/dense.raw" "$W/o.vdi"
+        "$V" convert -O vdi "$W/dense.raw" "$W/dense.vdi"
+        okr() { "$V" compare -f raw -F raw "$W/o.raw" "$W/dense.raw" >/dev/null || { echo MISMATCH >&2; exit 1; }; rm -f "$W/o.raw"; sync; }
+        ab "durable convert vdi->raw; A = the path per output (direct), B = page cache + window (VDISK_IO_DIRECT_WRITES=0)" \
+                rmout okr "$V" convert -f vdi -O raw "$W/dense.vdi" "$W/o.raw" -- \
+                env VDISK_IO_DIRECT_WRITES=0 "$V" convert -f vdi -O raw "$W/dense.vdi" "$W/o.raw"
+        rm -f "$W/dense.vdi"
+fi
+
+# Several page-cache writes at once: the copy loop alone, 1 MiB chunks
+# written by a pool of threads while the reader goes on, against one writer
+# thread beside the reader (the shape of vdisk-img's copy: a reader thread
+# and a writing thread).
+if want pool; then
+        for th in 2 4; do
+                ab "copy loop alone (bench/iobench.c), raw->raw, one fdatasync; A = pool of $th threads writing 1 MiB chunks, B = one writer thread" \
+                        rmout okraw "$IOB" copy pool "$W/dense.raw" "$W/o.raw" 1 $th 1024 -- "$IOB" copy pool "$W/dense.raw" "$W/o.raw" 1 1 1024
+        done
 fi
 
 if want commit || want matrix; then

@@ -150,9 +150,10 @@ typedef struct image_layout {
         uint64_t cluster_size;  /* reported (qemu's cluster_size); 0 = none */
         uint64_t zero_unit;     /* mark_zero() takes whole multiples of it; 0 = none */
         uint32_t sector_size;   /* logical sector: 512, 2048 (optical) or 4096 */
-        /* BACKEND_STREAM for this image alone, in a format whose other
-         * variants are not (a VMDK streamOptimized image the backend is
-         * creating): the core treats it as the flag of the backend. */
+        /* BACKEND_STREAM or BACKEND_APPENDS for this image alone, in a
+         * format whose other variants are not (a VMDK streamOptimized image
+         * the backend is creating, a dynamic VDI): the core treats it as the
+         * flag of the backend. */
         uint32_t flags;
         /* discard() also takes whole multiples of it inside a zero unit, one
          * zero unit at most per call (qcow2 subclusters); 0 = whole zero
@@ -175,6 +176,13 @@ enum {
         /* info's actual size is the image's own file's alone, companions not
          * counted (qemu's qcow2 with an external data file). */
         BACKEND_SIZE_OWN_FILE = 1u << 3,
+        /* New data blocks are appended at the end of the file that holds
+         * them (hostalloc), rather than written where space was laid out
+         * already (raw, fixed and flat images, an external data file): a
+         * copy into such an image writes its data through the page cache
+         * with the write-behind window, which is faster there than direct
+         * writes (image_copy_path(), docs/performance.md). */
+        BACKEND_APPENDS = 1u << 4,
 };
 
 /* The most a backend's probe() or peek() gets of a file's head. */

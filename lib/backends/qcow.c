@@ -257,6 +257,7 @@ static void qcow_get_layout(void *state, image_layout *ret) {
         *ret = (image_layout) {
                 .cluster_size = s->cluster_size,
                 .sector_size = 512,
+                .flags = BACKEND_APPENDS,
         };
 }
 

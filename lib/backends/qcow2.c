@@ -435,6 +435,8 @@ static void qcow2_get_layout(void *state, image_layout *ret) {
                 .sector_size = 512,
                 /* extended L2: single subclusters are discarded too */
                 .discard_unit = s->extended_l2 ? s->subcluster_size : 0,
+                /* an external data file holds each cluster at its guest offset */
+                .flags = s->data_io ? 0 : BACKEND_APPENDS,
         };
 }
 

@@ -296,6 +296,7 @@ static void qed_get_layout(void *state, image_layout *ret) {
                 .cluster_size = s->cluster_size,
                 .zero_unit = s->cluster_size,
                 .sector_size = 512,
+                .flags = BACKEND_APPENDS,
         };
 }
 

@@ -634,6 +634,7 @@ static void vdi_get_layout(void *state, image_layout *ret) {
                 .cluster_size = s->h.block_size,
                 .zero_unit = s->h.block_size,
                 .sector_size = VDI_SECTOR,
+                .flags = s->h.type == VDI_TYPE_FIXED ? 0 : BACKEND_APPENDS,
         };
 }
 

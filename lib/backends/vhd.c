@@ -790,6 +790,7 @@ static void vhd_get_layout(void *state, image_layout *ret) {
                 .cluster_size = s->type == VHD_TYPE_FIXED ? 0 : s->block_size,
                 .zero_unit = 0,           /* VHD has no zero marker (T14) */
                 .sector_size = VHD_SECTOR,
+                .flags = s->type == VHD_TYPE_FIXED ? 0 : BACKEND_APPENDS,
         };
 }
 

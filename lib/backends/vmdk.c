@@ -908,7 +908,8 @@ static void vmdk_get_layout(void *state, image_layout *ret) {
         *ret = (image_layout) {
                 .cluster_size = grain,
                 .zero_unit = zero ? grain : 0,
-                .flags = s->stream ? BACKEND_STREAM : 0,
+                /* grains of sparse extents are appended; flat extents are laid out */
+                .flags = s->stream ? BACKEND_STREAM : grain ? BACKEND_APPENDS : 0,
                 .sector_size = VMDK_SECTOR,
         };
 }

@@ -153,12 +153,18 @@ int image_flush(vdisk_image *img);
 /* BACKEND_STREAM images the core created: writes the tables and footer, once. */
 int image_finish(vdisk_image *img);
 /* Write-behind (io.h) on the files of an image an operation writes in bulk
- * (copy, merge): large direct writes go behind while the caller goes on.
- * Under the disk's lock. image_queue_end() drains and ends every queue of
- * the image and returns the first queued write's error; it runs on every
- * way out of the operation, so nothing is written after it returns. */
-void image_queue_begin(vdisk_image *img);
+ * (copy, merge), with its large writes on `path`: IO_PATH_DIRECT, they go
+ * behind while the caller goes on; IO_PATH_CACHED, the page cache with the
+ * write-behind window. Under the disk's lock. image_queue_end() drains and
+ * ends every queue of the image and returns the first queued write's error;
+ * it runs on every way out of the operation, so nothing is written after it
+ * returns. */
+void image_queue_begin(vdisk_image *img, io_path path);
 int image_queue_end(vdisk_image *img);
+/* The path of a copy's writes into img: the page cache where the format
+ * appends its new blocks (BACKEND_APPENDS), direct otherwise. Merge writes
+ * direct whatever the format: it overwrites the target's allocated blocks. */
+io_path image_copy_path(const vdisk_image *img);
 /* The decoded bytes of the encoded unit `m` maps (cached); borrowed until
  * the next call on the image. */
 int image_decode_unit(vdisk_image *img, const map_result *m, const uint8_t **ret);

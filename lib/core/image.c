@@ -177,12 +177,12 @@ int image_flush(vdisk_image *img) {
         return files_flush(img);
 }
 
-void image_queue_begin(vdisk_image *img) {
+void image_queue_begin(vdisk_image *img, io_path path) {
         if (!vdisk_io_readonly(img->io))
-                (void) io_queue_begin(img->io, 0, 0);
+                (void) io_queue_begin(img->io, path, 0, 0);
         for (size_t i = 0; i < files_count(img->files); i++)
                 if (!vdisk_io_readonly(files_get(img->files, i)))
-                        (void) io_queue_begin(files_get(img->files, i), 0, 0);
+                        (void) io_queue_begin(files_get(img->files, i), path, 0, 0);
 }
 
 int image_queue_end(vdisk_image *img) {
@@ -194,6 +194,10 @@ int image_queue_end(vdisk_image *img) {
                         r = k;
         }
         return r;
+}
+
+io_path image_copy_path(const vdisk_image *img) {
+        return (img->be->flags | img->layout.flags) & BACKEND_APPENDS ? IO_PATH_CACHED : IO_PATH_DIRECT;
 }
 
 int image_finish(vdisk_image *img) {

@@ -92,7 +92,7 @@ typedef struct fd_io {
         int w_error;                    /* a failed wait, also returned by the next flush */
         uint64_t w_clock;               /* for open[].used */
         uint64_t w_step, w_window;      /* w_window 0: no window, a whole-file kick every w_step */
-        int direct_writes;              /* large aligned writes may go through dfd */
+        int direct_writes;              /* large aligned writes may go through dfd; under dlock */
         io_window_stats stats;
         unsigned w_inject_at;           /* io_fd_window_inject(): countdown + 1, 0 when off */
         int w_inject_error;
@@ -102,21 +102,20 @@ static void wq_reap(fd_io *f, write_queue *q, unsigned min);
 
 /* Direct writes. A durable bulk write through the page cache costs a copy
  * into the cache and then the kernel's writeback; O_DIRECT hands the pages to
- * the disk instead. Which is faster depends on the machine's state: on this
- * VM, busy (load 14-18 from other jobs), direct writes (queued through
- * io_uring when the caller asked for the write-behind queue) beat the page
- * cache with the write-behind window below by about 1.5x and use half the
- * CPU; idle, the lead measured the page cache with a window at ~1 GB/s,
- * twice the direct path (docs/performance.md, "A write-behind window for
- * page-cache writes"). Until that is measured idle through vdisk-img, large
- * writes of an io with an O_DIRECT twin stay direct (DIRECT_WRITES;
- * VDISK_IO_DIRECT_WRITES=0 in the environment sends them through the cache
- * and the window, for measuring). Only large writes whose buffer, offset and
- * length are aligned go direct; everything else (headers, tables, the 4 KiB
- * pages of a sparse block) goes through the page cache, where small writes
- * are cheap and get merged. Mixing the two on one file is coherent: the
- * kernel writes back and drops cached pages in the range of a direct write.
- * DIRECT_ALIGN is the strictest alignment Linux file systems ask for. */
+ * the disk instead. Which is faster depends on the file being written: the
+ * idle runs of docs/performance.md put the page cache with the write-behind
+ * window below ahead where an image format appends its new blocks to a
+ * growing file (a copy into VDI), direct writes (queued through io_uring)
+ * ahead for raw outputs and for merge targets. So the operation chooses per
+ * file (io_queue_begin()'s path); outside a queue, large writes of an io
+ * with an O_DIRECT twin go direct (DIRECT_WRITES). VDISK_IO_DIRECT_WRITES=0|1
+ * in the environment forces one path everywhere, for measuring. Only large
+ * writes whose buffer, offset and length are aligned go direct; everything
+ * else (headers, tables, the 4 KiB pages of a sparse block) goes through the
+ * page cache, where small writes are cheap and get merged. Mixing the two on
+ * one file is coherent: the kernel writes back and drops cached pages in the
+ * range of a direct write. DIRECT_ALIGN is the strictest alignment Linux
+ * file systems ask for. */
 #define DIRECT_ALIGN 4096u
 #define DIRECT_MIN (128u << 10)
 #define DIRECT_WRITES 1
@@ -195,7 +194,8 @@ static void direct_give_up(fd_io *f, int dfd) {
 
 typedef struct wb_policy {
         uint64_t step, window;
-        int direct_writes;
+        int direct_writes;      /* outside a queue */
+        int force_direct;       /* VDISK_IO_DIRECT_WRITES: 0 or 1 for every queue too, -1 unset */
 } wb_policy;
 
 static wb_policy wb_default;
@@ -207,7 +207,8 @@ static void wb_policy_init(void) {
         const char *e = getenv("VDISK_IO_WINDOW");
         unsigned long step, window;
 
-        wb_default = (wb_policy) { .step = WB_STEP, .window = WB_WINDOW, .direct_writes = DIRECT_WRITES };
+        wb_default = (wb_policy) { .step = WB_STEP, .window = WB_WINDOW, .direct_writes = DIRECT_WRITES,
+                                   .force_direct = -1 };
         if (e && strcmp(e, "0") == 0) {
                 wb_default.step = WB_OFF_STEP;
                 wb_default.window = 0;
@@ -218,7 +219,7 @@ static void wb_policy_init(void) {
         }
         e = getenv("VDISK_IO_DIRECT_WRITES");
         if (e && (strcmp(e, "0") == 0 || strcmp(e, "1") == 0))
-                wb_default.direct_writes = e[0] == '1';
+                wb_default.direct_writes = wb_default.force_direct = e[0] == '1';
 }
 
 /* With wlock held: a started span joins the FIFO; the oldest go to `wait`
@@ -374,6 +375,18 @@ int io_fd_window_stats(vdisk_io *io, io_window_stats *ret) {
         *ret = f->stats;
         pthread_mutex_unlock(&f->wlock);
         return 0;
+}
+
+int io_fd_writes_direct(vdisk_io *io) {
+        fd_io *f = fd_of(io);
+        int r;
+
+        if (!f)
+                return -EINVAL;
+        pthread_rwlock_rdlock(&f->dlock);
+        r = f->dfd >= 0 && f->direct_writes && !atomic_load(&f->no_direct);
+        pthread_rwlock_unlock(&f->dlock);
+        return r;
 }
 
 int io_fd_window_inject(vdisk_io *io, unsigned n, int err) {
@@ -567,12 +580,16 @@ static bool wq_overlaps(const write_queue *q, uint64_t off, size_t len) {
         return false;
 }
 
-static int fd_queue_set(void *u, unsigned depth, size_t chunk) {
+/* The large writes of the queue go direct through io_uring (path
+ * IO_PATH_DIRECT, unless the environment forces the page cache), or through
+ * the page cache and the window (IO_PATH_CACHED, unless it forces direct). */
+static int fd_queue_begin(void *u, int path, unsigned depth, size_t chunk) {
         fd_io *f = u;
         write_queue *q = NULL;
+        bool direct = wb_default.force_direct >= 0 ? wb_default.force_direct : path == IO_PATH_DIRECT;
         int r = 0;
 
-        if (depth > 0) {
+        if (direct && depth > 0) {
                 q = calloc(1, sizeof *q);
                 if (!q)
                         return -ENOMEM;
@@ -581,21 +598,30 @@ static int fd_queue_set(void *u, unsigned depth, size_t chunk) {
                 q->chunk = chunk;
         }
         pthread_rwlock_wrlock(&f->dlock);
-        if (depth > 0 && (f->dfd < 0 || f->wq))
+        if (f->wq || (direct && (depth == 0 || f->dfd < 0)))
                 r = -EOPNOTSUPP;
-        else if (depth == 0 && f->wq) {
+        else {
+                f->direct_writes = direct;
+                f->wq = TAKE_PTR(q);
+        }
+        pthread_rwlock_unlock(&f->dlock);
+        wq_free(q);
+        return r;
+}
+
+static void fd_queue_end(void *u) {
+        fd_io *f = u;
+
+        pthread_rwlock_wrlock(&f->dlock);
+        if (f->wq) {
                 pthread_mutex_lock(&f->wq->lock);
                 wq_reap(f, f->wq, f->wq->n_busy);
                 pthread_mutex_unlock(&f->wq->lock);
                 wq_free(f->wq);
                 f->wq = NULL;
-        } else if (depth > 0) {
-                f->wq = q;
-                q = NULL;
         }
+        f->direct_writes = wb_default.direct_writes;
         pthread_rwlock_unlock(&f->dlock);
-        wq_free(q);
-        return r;
 }
 
 static int fd_queue_write(void *u, const void *buf, size_t len, uint64_t off) {
@@ -816,7 +842,7 @@ static int fd_set_nocow(void *u) {
 static void fd_close(void *u) {
         fd_io *f = u;
 
-        (void) fd_queue_set(f, 0, 0);   /* waits for the writes in flight */
+        fd_queue_end(f);   /* waits for the writes in flight */
         if (f->own)
                 close(f->fd);
         if (f->dfd >= 0)
@@ -838,7 +864,8 @@ static const io_vtable fd_vtable = {
         .seek_data = fd_seek_data,
         .set_nocow = fd_set_nocow,
         .get_identity = fd_get_identity,
-        .queue_set = fd_queue_set,
+        .queue_begin = fd_queue_begin,
+        .queue_end = fd_queue_end,
         .queue_write = fd_queue_write,
         .drain = fd_drain,
         .close = fd_close,

@@ -80,19 +80,19 @@ void io_queue_params(unsigned *ret_depth, size_t *ret_chunk) {
         *ret_chunk = (size_t) env_number("VDISK_IO_QUEUE_CHUNK", IO_QUEUE_CHUNK, IO_QUEUE_MAX_CHUNK);
 }
 
-int io_queue_begin(vdisk_io *io, unsigned depth, size_t chunk) {
+int io_queue_begin(vdisk_io *io, io_path path, unsigned depth, size_t chunk) {
         unsigned d;
         size_t c;
         int r;
 
-        if (!io->vt->queue_set || (io->flags & VDISK_IO_READONLY) || atomic_load(&io->queued))
+        if (!io->vt->queue_begin || (io->flags & VDISK_IO_READONLY) || atomic_load(&io->queued))
                 return -EOPNOTSUPP;
         io_queue_params(&d, &c);
         depth = depth ? MIN(depth, IO_QUEUE_MAX_DEPTH) : d;
         chunk = chunk ? MIN(chunk, (size_t) IO_QUEUE_MAX_CHUNK) : c;
-        if (depth == 0 || chunk < 4096 || chunk % 4096)
-                return -EOPNOTSUPP;
-        r = io->vt->queue_set(io->user, depth, chunk);
+        if (chunk < 4096 || chunk % 4096)
+                depth = 0;
+        r = io->vt->queue_begin(io->user, path, depth, chunk);
         if (r < 0)
                 return r == -EOPNOTSUPP ? r : vdisk_error(r, "%s: cannot start the write queue: %s", io->name,
                                                           strerror(-r));
@@ -122,7 +122,7 @@ int io_queue_end(vdisk_io *io) {
         r = io_drain(io);
         /* Waits again (a writer on another thread may have queued since),
          * then frees the queue. */
-        (void) io->vt->queue_set(io->user, 0, 0);
+        io->vt->queue_end(io->user);
         atomic_store(&io->queued, 0);
         return r;
 }

@@ -33,8 +33,11 @@ typedef struct io_vtable {
         /* Which file this is (st_dev, st_ino); optional: ios that are no
          * host file (memory, caller ops) have no identity. */
         int (*get_identity)(void *user, io_identity *ret);
-        /* Write-behind (io-fd.c; optional, see io_queue_begin()). */
-        int (*queue_set)(void *user, unsigned depth, size_t chunk);
+        /* Write-behind (io-fd.c; optional, see io_queue_begin()): depth 0
+         * for IO_PATH_DIRECT means no queue (synchronous direct writes). */
+        int (*queue_begin)(void *user, int path, unsigned depth, size_t chunk);
+        /* Waits for the writes in flight and ends what queue_begin() set. */
+        void (*queue_end)(void *user);
         /* Queues the write if it can go behind: 1 queued, 0 not queueable
          * (the caller drains, then writes it synchronously), < 0 a queued
          * write failed (io_drain() reports it). */
@@ -105,28 +108,43 @@ void io_drop_direct_fd(vdisk_io *io);
 /* For a fd io: is [offset, offset+len) known to be a hole in the host file? */
 int io_is_hole(vdisk_io *io, uint64_t offset, uint64_t len);
 
-/* Write-behind. Between io_queue_begin() and io_queue_end(), large aligned
- * direct writes return at once and up to `depth` of them (copied into
- * chunks of `chunk` bytes the io owns) are in flight, through io_uring.
- * Everything else on the io (reads, small writes, flush, truncate, size...)
- * first drains the queue, so it is ordered after the writes before it; a
- * queued write's error is returned by the next write, drain or flush, naming
- * the file, the range and the cause, and stays until io_queue_end().
- * io_queue_begin() returns -EOPNOTSUPP (no error recorded) when the io cannot
- * (not a fd io, no O_DIRECT descriptor, io_uring unavailable, or
- * VDISK_IO_URING=0 in the environment): writes stay synchronous. depth 0 and
- * chunk 0 take the defaults (VDISK_IO_QUEUE_DEPTH, VDISK_IO_QUEUE_CHUNK, or
- * IO_QUEUE_DEPTH x IO_QUEUE_CHUNK); depth 1 still lets one write overlap the
- * caller's work. */
+/* Write-behind for an operation that writes a file in bulk (copy, merge).
+ * Between io_queue_begin() and io_queue_end(), the large aligned writes of
+ * a fd io take the path the caller chose:
+ * - IO_PATH_DIRECT: they return at once and up to `depth` of them (copied
+ *   into chunks of `chunk` bytes the io owns) are in flight as direct writes,
+ *   through io_uring. Everything else on the io (reads, small writes, flush,
+ *   truncate, size...) first drains the queue, so it is ordered after the
+ *   writes before it; a queued write's error is returned by the next write,
+ *   drain or flush, naming the file, the range and the cause, and stays
+ *   until io_queue_end(). Without an O_DIRECT descriptor, io_uring, or with
+ *   VDISK_IO_URING=0, io_queue_begin() returns -EOPNOTSUPP (no error
+ *   recorded) and writes stay synchronous.
+ * - IO_PATH_CACHED: they go through the page cache, synchronously, with the
+ *   write-behind window (io_fd_window_*() below), as every write of an io
+ *   without an O_DIRECT descriptor does: cheaper where a format appends its
+ *   new blocks to a growing file (docs/performance.md, "The write path per
+ *   output"). A failed wait of the window fails that write and the next
+ *   flush. Nothing is behind: io_drain() has nothing to wait for.
+ * VDISK_IO_DIRECT_WRITES=0 or 1 in the environment forces one path for
+ * every queue (and for the writes outside any queue), for measuring. Ios
+ * other than fd ios return -EOPNOTSUPP. depth 0 and chunk 0 take the
+ * defaults (VDISK_IO_QUEUE_DEPTH, VDISK_IO_QUEUE_CHUNK, or IO_QUEUE_DEPTH x
+ * IO_QUEUE_CHUNK); depth 1 still lets one write overlap the caller's work. */
+typedef enum io_path {
+        IO_PATH_DIRECT,
+        IO_PATH_CACHED,
+} io_path;
 #define IO_QUEUE_DEPTH 8u
 #define IO_QUEUE_CHUNK (1u << 20)
 #define IO_QUEUE_MAX_DEPTH 64u
 #define IO_QUEUE_MAX_CHUNK (64u << 20)
-int io_queue_begin(vdisk_io *io, unsigned depth, size_t chunk);
+int io_queue_begin(vdisk_io *io, io_path path, unsigned depth, size_t chunk);
 /* Waits for every queued write: the point where the core orders data before
  * metadata that points at it. Returns the first queued write's error. */
 int io_drain(vdisk_io *io);
-/* Drains, returns the queue's error, and makes writes synchronous again. */
+/* Drains, returns the queue's error, and makes writes synchronous again
+ * (and direct or not as outside a queue). */
 int io_queue_end(vdisk_io *io);
 /* The queue parameters from the environment, or the defaults. */
 void io_queue_params(unsigned *ret_depth, size_t *ret_chunk);
@@ -147,6 +165,9 @@ typedef struct io_window_stats {
 int io_fd_window_set(vdisk_io *io, uint64_t step, uint64_t window);
 int io_fd_window_stats(vdisk_io *io, io_window_stats *ret);
 int io_fd_window_inject(vdisk_io *io, unsigned n, int err);
+/* Tests: would a large aligned write of a fd io go direct now? (1 yes, 0 no,
+ * -EINVAL for other ios) */
+int io_fd_writes_direct(vdisk_io *io);
 
 static inline void io_unrefp(vdisk_io **p) {
         vdisk_io_unref(*p);

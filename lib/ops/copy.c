@@ -420,7 +420,7 @@ static int copy_levels(vdisk_disk *src, unsigned src_bottom, unsigned src_top, u
                 pl.same_unit = cs > 0 && cs <= OP_BUFFER_SIZE && OP_BUFFER_SIZE % cs == 0 ? cs : sparse;
         }
         if (r >= 0)
-                image_queue_begin(dst->images[level]);
+                image_queue_begin(dst->images[level], image_copy_path(dst->images[level]));
         pthread_mutex_unlock(&dst->lock);
         if (r < 0)
                 return r;

@@ -238,13 +238,15 @@ static int merge_begin(vdisk_disk *d, unsigned from, unsigned to) {
 
 /* Write-behind (io.h) for the copy into `to`: its large direct writes go
  * behind while the merge reads the next chunk; the core drains before a
- * table points at new data, and copy_end() before the relink. Only where
+ * table points at new data, and copy_end() before the relink. Direct,
+ * whatever the format: most of a merge overwrites blocks the target has
+ * (docs/performance.md, "The write path per output"). Only where
  * no caller's write can land in `to` meanwhile (it is not the top, or the
  * top leaves and refuses writes): a caller's write must never meet an
  * error of the merge's queued writes. Under the lock. */
 static void copy_begin(vdisk_disk *d, unsigned to) {
         if (to + 1 < d->n || d->top_leaving)
-                image_queue_begin(d->images[to]);
+                image_queue_begin(d->images[to], IO_PATH_DIRECT);
 }
 
 /* Whatever was copied must be durable, also on cancel and failure: flushes

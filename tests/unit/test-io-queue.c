@@ -25,6 +25,18 @@
  *   2 and 8 and chunks of 128 KiB to 4 MiB gives the source's bytes.
  * - A cancelled copy has ended (drained) its queue when it returns, and the
  *   file holds source data or zeros, page by page; a new copy works.
+ * - The write path per output (image_copy_path()): a copy into a format
+ *   that appends its blocks (VDI, dynamic VHD, sparse VMDK, qcow2, QED,
+ *   QCOW) writes through the page cache and the write-behind window; into
+ *   raw and fixed images, and a merge into any target, direct through the
+ *   queue. Seen from the io during the copy (io_fd_writes_direct()) and in
+ *   its window counters afterwards (cached data is counted, direct is not);
+ *   writes are direct again after the copy. With VDISK_IO_DIRECT_WRITES=0 or
+ *   1 in the environment (the io-queue-direct-writes-* tests) only these
+ *   tests run, and every copy takes the forced path.
+ * - A copy into VDI whose window wait fails (an injected EIO) fails, naming
+ *   the file; the image left checks clean and reads source data or zeros,
+ *   block by block; the copy again gives the source's bytes.
  * Runs in $TMPDIR (or /tmp); skips (77) where O_DIRECT or io_uring is
  * unavailable.
  */
@@ -33,6 +45,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "core/core.h"
 #include "io/io.h"
 #include "tests.h"
 
@@ -144,7 +157,7 @@ static void test_content(unsigned depth, size_t chunk, uint64_t seed) {
         uint64_t size;
 
         ASSERT(model && back);
-        ASSERT_OK(io_queue_begin(io, depth, chunk));
+        ASSERT_OK(io_queue_begin(io, IO_PATH_DIRECT, depth, chunk));
         size = mix(io, model, 0, seed, 250);
         check_io(io, model, size);
         size = mix(io, model, size, seed + 1, 100);
@@ -177,7 +190,7 @@ static void test_overlap(void) {
                 memcpy(model + off, buf, 4 * MiB);
         }
         ASSERT_OK(io_flush(io));
-        ASSERT_OK(io_queue_begin(io, 8, MiB));
+        ASSERT_OK(io_queue_begin(io, IO_PATH_DIRECT, 8, MiB));
         for (unsigned i = 0; i < 120; i++) {
                 uint64_t len = rng_range(&r, 1, 32) * 256 * 1024;   /* up to 8 chunks */
                 uint64_t off = rng_below(&r, (size - len) / 4096 + 1) * 4096;
@@ -200,7 +213,7 @@ static void test_close_drains(void) {
 
         rng_seed(&r, 77);
         rng_fill(&r, buf, 16 * MiB);
-        ASSERT_OK(io_queue_begin(io, 4, MiB));
+        ASSERT_OK(io_queue_begin(io, IO_PATH_DIRECT, 4, MiB));
         ASSERT_OK(io_pwrite(io, buf, 16 * MiB, 0));
         vdisk_io_unref(io);   /* no end, no flush: close waits */
         read_plain("close", back, 16 * MiB);
@@ -227,7 +240,7 @@ static void test_error(void) {
         rng_seed(&r, 5);
         rng_fill(&r, before, 4 * MiB);
         ASSERT_OK(io_pwrite(io, before, 4 * MiB, 0));   /* synchronous: no queue yet */
-        ASSERT_OK(io_queue_begin(io, 4, MiB));
+        ASSERT_OK(io_queue_begin(io, IO_PATH_DIRECT, 4, MiB));
         /* The third queued write (the third MiB of this one) fails. */
         ASSERT_OK(io_fd_queue_inject(io, 2, -EIO));
         rng_fill(&r, buf, 4 * MiB);
@@ -245,7 +258,7 @@ static void test_error(void) {
         ASSERT_MEMEQ(back + 2 * MiB, before + 2 * MiB, MiB);
         ASSERT_MEMEQ(back + 3 * MiB, buf + 3 * MiB, MiB);
         /* A retry, queue on again, works. */
-        ASSERT_OK(io_queue_begin(io, 4, MiB));
+        ASSERT_OK(io_queue_begin(io, IO_PATH_DIRECT, 4, MiB));
         ASSERT_OK(io_pwrite(io, buf, 4 * MiB, 0));
         ASSERT_OK(io_queue_end(io));
         ASSERT_OK(io_pread(io, back, 4 * MiB, 0));
@@ -268,7 +281,7 @@ static void test_transaction(void) {
         ASSERT_OK(vdisk_disk_flush(d));
         ASSERT_OK(vdisk_disk_read(d, before, size, 0));
 
-        ASSERT_OK(io_queue_begin(io, 4, MiB));
+        ASSERT_OK(io_queue_begin(io, IO_PATH_DIRECT, 4, MiB));
         ASSERT_OK(io_fd_queue_inject(io, 0, -EIO));
         rng_fill(&r, buf, 4 * MiB);
         /* Block 6 is new: its data is queued, fails, and the call fails
@@ -287,7 +300,7 @@ static void test_transaction(void) {
         ASSERT_OK(vdisk_disk_read(d, back, size, 0));
         ASSERT_MEMEQ(back, before, size);
         /* The retry, queued again. */
-        ASSERT_OK(io_queue_begin(io, 4, MiB));
+        ASSERT_OK(io_queue_begin(io, IO_PATH_DIRECT, 4, MiB));
         ASSERT_OK(vdisk_disk_write(d, buf, 4 * MiB, 4 * MiB));   /* blocks 4..7, 6 among them */
         ASSERT_OK(vdisk_disk_flush(d));
         ASSERT_OK(io_queue_end(io));
@@ -334,26 +347,37 @@ static vdisk_disk *open_merge_chain(vdisk_io **bio, vdisk_io **dio) {
         return d;
 }
 
-static void test_merge(void) {
-        const uint64_t size = 32 * MiB;
-        _cleanup_free_ uint8_t *buf = aligned_buf(8 * MiB), *back = aligned_buf(size), *before = aligned_buf(size);
-        merge_watch w = {};
-        vdisk_progress *p = NULL;
+/* A VDI chain in files base.vdi and diff.vdi of `size` bytes: the base holds
+ * blocks 0..7, the diff blocks 4..11 (so a merge writes over allocated
+ * blocks of the base and into new ones). */
+static vdisk_disk *make_merge_chain(uint64_t size, uint64_t seed, vdisk_io **bio, vdisk_io **dio) {
+        _cleanup_free_ uint8_t *buf = aligned_buf(8 * MiB);
         vdisk_disk *d = disk_new();
-        vdisk_io *bio = open_file("base.vdi", true), *dio = open_file("diff.vdi", true);
         rng r;
 
-        test_set_context("merge");
-        rng_seed(&r, 21);
-        /* Base: blocks 0..7; diff: blocks 4..11 (so the merge writes over
-         * allocated blocks of the base and into new ones). */
-        ASSERT_OK(vdisk_disk_create_base(d, bio, "vdi", size, NULL));
+        *bio = open_file("base.vdi", true);
+        *dio = open_file("diff.vdi", true);
+        rng_seed(&r, seed);
+        ASSERT_OK(vdisk_disk_create_base(d, *bio, "vdi", size, NULL));
         rng_fill(&r, buf, 8 * MiB);
         ASSERT_OK(vdisk_disk_write(d, buf, 8 * MiB, 0));
-        ASSERT_OK(vdisk_disk_create_diff(d, dio, "vdi", NULL));
+        ASSERT_OK(vdisk_disk_create_diff(d, *dio, "vdi", NULL));
         rng_fill(&r, buf, 8 * MiB);
         ASSERT_OK(vdisk_disk_write(d, buf, 8 * MiB, 4 * MiB));
         ASSERT_OK(vdisk_disk_flush(d));
+        return d;
+}
+
+static void test_merge(void) {
+        const uint64_t size = 32 * MiB;
+        _cleanup_free_ uint8_t *back = aligned_buf(size), *before = aligned_buf(size);
+        merge_watch w = {};
+        vdisk_progress *p = NULL;
+        vdisk_io *bio, *dio;
+        vdisk_disk *d;
+
+        test_set_context("merge");
+        d = make_merge_chain(size, 21, &bio, &dio);
         ASSERT_OK(vdisk_disk_read(d, before, size, 0));
 
         /* The first queued write of the merge fails. */
@@ -409,7 +433,7 @@ static void test_fallback(void) {
         setenv("VDISK_IO_URING", "0", 1);
         rng_seed(&r, 3);
         rng_fill(&r, buf, 4 * MiB);
-        if (io_queue_begin(io, 4, MiB) >= 0)
+        if (io_queue_begin(io, IO_PATH_DIRECT, 4, MiB) >= 0)
                 ASSERT_OK(io_fd_queue_inject(io, 0, -EIO));   /* never fires: nothing is queued */
         ASSERT_OK(io_pwrite(io, buf, 4 * MiB, 0));
         ASSERT_OK(io_queue_end(io));
@@ -502,6 +526,194 @@ static void test_cancel(void) {
         vdisk_io_unref(sio);
 }
 
+/* The path each output format's copy takes, as the core chooses it. */
+static void test_path_policy(void) {
+        static const char *const vpc_fixed[] = { "subformat", "fixed", NULL };
+        static const struct {
+                const char *format;
+                uint32_t image_flags;
+                const char *const *options;
+                io_path want;
+        } cases[] = {
+                { "raw",   0,                       NULL,      IO_PATH_DIRECT },
+                { "vdi",   0,                       NULL,      IO_PATH_CACHED },
+                { "vdi",   VDISK_IMAGE_FLAGS_FIXED, NULL,      IO_PATH_DIRECT },
+                { "vpc",   0,                       NULL,      IO_PATH_CACHED },
+                { "vpc",   0,                       vpc_fixed, IO_PATH_DIRECT },
+                { "vmdk",  0,                       NULL,      IO_PATH_CACHED },
+                { "qcow2", 0,                       NULL,      IO_PATH_CACHED },
+                { "qed",   0,                       NULL,      IO_PATH_CACHED },
+                { "qcow",  0,                       NULL,      IO_PATH_CACHED },
+        };
+
+        for (size_t i = 0; i < ELEMENTSOF(cases); i++) {
+                vdisk_create_opts o = { .size = sizeof o, .image_flags = cases[i].image_flags,
+                                        .options = cases[i].options };
+                vdisk_disk *d = disk_new();
+                vdisk_io *io = mem_io("policy", NULL, 0);
+
+                test_set_context("path of %s #%zu", cases[i].format, i);
+                ASSERT_OK(vdisk_disk_create_base(d, io, cases[i].format, 16 * MiB, &o));
+                ASSERT_EQ_U64(image_copy_path(d->images[0]), cases[i].want);
+                ASSERT_OK(vdisk_disk_close(d));
+                vdisk_io_unref(io);
+        }
+}
+
+/* VDISK_IO_DIRECT_WRITES: -1 unset, else the path it forces (0 cached, 1 direct). */
+static int forced_direct(void) {
+        const char *e = getenv("VDISK_IO_DIRECT_WRITES");
+
+        return e && (streq(e, "0") || streq(e, "1")) ? e[0] == '1' : -1;
+}
+
+typedef struct path_watch {
+        vdisk_io *io;
+        int calls;
+        int direct;     /* io_fd_writes_direct() during the operation */
+} path_watch;
+
+static void path_progress(vdisk_progress *p, void *user) {
+        path_watch *w = user;
+
+        (void) p;
+        if (w->calls++ == 0)
+                w->direct = io_fd_writes_direct(w->io);
+}
+
+/* 40 MiB: 1 MiB extents of data, some half-filled, between holes. */
+static vdisk_disk *open_source(uint8_t *data, uint64_t size, vdisk_io **ret_io) {
+        vdisk_disk *src = disk_new();
+        rng r;
+
+        rng_seed(&r, 11);
+        for (uint64_t off = 0; off < size; off += MiB)
+                if (rng_chance(&r, 60))
+                        rng_fill(&r, data + off, rng_chance(&r, 30) ? MiB / 2 : MiB);
+        *ret_io = mem_io("src", data, size);
+        ASSERT_OK(vdisk_disk_open(src, *ret_io, "raw", 0));
+        return src;
+}
+
+static void check_copy(const char *name, const char *format, const uint8_t *data, uint64_t size) {
+        _cleanup_free_ uint8_t *back = malloc(size);
+        vdisk_disk *chk = disk_new();
+        vdisk_io *io = open_file(name, false);
+
+        ASSERT(back);
+        ASSERT_OK(vdisk_disk_open(chk, io, format, 0));
+        ASSERT_OK(vdisk_disk_read(chk, back, size, 0));
+        ASSERT_MEMEQ(back, data, size);
+        if (!streq(format, "raw"))
+                CHECK_IMAGE_CLEAN(chk, 0);
+        ASSERT_OK(vdisk_disk_close(chk));
+        vdisk_io_unref(io);
+}
+
+static void test_copy_path(const char *format, bool want_direct) {
+        const uint64_t size = 40 * MiB;
+        _cleanup_free_ uint8_t *data = calloc(1, size);
+        vdisk_disk *dst = disk_new(), *src;
+        vdisk_progress *p = NULL;
+        io_window_stats st;
+        path_watch w = {};
+        int outside = forced_direct() >= 0 ? forced_direct() : 1;   /* direct outside a queue */
+        vdisk_io *sio, *dio;
+
+        test_set_context("copy path to %s", format);
+        ASSERT(data);
+        src = open_source(data, size, &sio);
+        if (forced_direct() >= 0)
+                want_direct = forced_direct();
+        dio = open_file("path", true);
+        ASSERT_EQ_U64(io_fd_writes_direct(dio), outside);
+        /* A window larger than the copy: every cached byte stays counted. */
+        ASSERT_OK(io_fd_window_set(dio, MiB, 64 * MiB));
+        w.io = dio;
+        ASSERT_OK(vdisk_progress_new(path_progress, &w, &p));
+        ASSERT_OK(vdisk_copy(src, dst, dio, format, NULL, p));
+        vdisk_progress_free(p);
+        ASSERT(w.calls > 0);
+        ASSERT_EQ_U64(w.direct, want_direct);
+        ASSERT_EQ_U64(io_fd_writes_direct(dio), outside);   /* as before the copy again */
+        ASSERT_OK(io_fd_window_stats(dio, &st));
+        if (want_direct && streq(format, "raw"))
+                ASSERT(st.max_pending < MiB);          /* nothing went through the cache */
+        else if (!want_direct)
+                ASSERT(st.max_pending >= 8 * MiB);     /* the data */
+        ASSERT_EQ_U64(st.wait_errors, 0);
+        ASSERT_OK(vdisk_disk_close(dst));
+        vdisk_io_unref(dio);
+        check_copy("path", format, data, size);
+        ASSERT_OK(vdisk_disk_close(src));
+        vdisk_io_unref(sio);
+}
+
+/* Merge writes its target direct, whatever the format (a VDI here). */
+static void test_merge_path(void) {
+        vdisk_progress *p = NULL;
+        path_watch w = {};
+        vdisk_io *bio, *dio;
+        vdisk_disk *d;
+
+        test_set_context("merge path");
+        d = make_merge_chain(16 * MiB, 31, &bio, &dio);
+        w.io = bio;
+        ASSERT_OK(vdisk_progress_new(path_progress, &w, &p));
+        ASSERT_OK(vdisk_merge(d, 1, 0, p, NULL));
+        vdisk_progress_free(p);
+        ASSERT(w.calls > 0);
+        ASSERT_EQ_U64(w.direct, forced_direct() >= 0 ? forced_direct() : 1);
+        ASSERT_OK(vdisk_disk_close(d));
+        vdisk_io_unref(bio);
+        vdisk_io_unref(dio);
+}
+
+/* A copy into VDI writes through the window: a failed wait fails the copy;
+ * what is left is a valid image holding source data or zeros per block, and
+ * the copy again works. */
+static void test_copy_window_error(void) {
+        const uint64_t size = 40 * MiB;
+        _cleanup_free_ uint8_t *data = calloc(1, size), *back = malloc(size);
+        vdisk_disk *dst = disk_new(), *src, *chk;
+        vdisk_io *sio, *dio;
+        int k;
+
+        test_set_context("copy window error");
+        ASSERT(data && back);
+        src = open_source(data, size, &sio);
+        dio = open_file("werr.vdi", true);
+        ASSERT_OK(io_fd_window_set(dio, MiB, 2 * MiB));
+        ASSERT_OK(io_fd_window_inject(dio, 3, -EIO));
+        k = vdisk_copy(src, dst, dio, "vdi", NULL, NULL);
+        ASSERT_EQ_U64((uint64_t) -k, EIO);
+        ASSERT(strstr(vdisk_last_error(), "werr.vdi"));
+        ASSERT(strstr(vdisk_last_error(), strerror(EIO)));
+        (void) vdisk_disk_close(dst);
+        vdisk_io_unref(dio);
+
+        dio = open_file("werr.vdi", false);
+        chk = disk_new();
+        ASSERT_OK(vdisk_disk_open(chk, dio, "vdi", 0));
+        CHECK_IMAGE_CLEAN(chk, 0);
+        ASSERT_OK(vdisk_disk_read(chk, back, size, 0));
+        for (uint64_t off = 0; off < size; off += MiB)
+                ASSERT(memcmp(back + off, data + off, MiB) == 0 || buf_is_zero(back + off, MiB));
+        ASSERT(memcmp(back, data, size) != 0);   /* the copy stopped short */
+        ASSERT_OK(vdisk_disk_close(chk));
+        vdisk_io_unref(dio);
+
+        dst = disk_new();
+        dio = open_file("werr.vdi", true);
+        ASSERT_OK(io_fd_window_set(dio, MiB, 2 * MiB));
+        ASSERT_OK(vdisk_copy(src, dst, dio, "vdi", NULL, NULL));
+        ASSERT_OK(vdisk_disk_close(dst));
+        vdisk_io_unref(dio);
+        check_copy("werr.vdi", "vdi", data, size);
+        ASSERT_OK(vdisk_disk_close(src));
+        vdisk_io_unref(sio);
+}
+
 int main(void) {
         const char *tmp = getenv("TMPDIR");
         vdisk_io *io;
@@ -509,10 +721,12 @@ int main(void) {
 
         snprintf(dir, sizeof dir, "%s/vdisk-io-queue.XXXXXX", tmp && *tmp ? tmp : "/tmp");
         ASSERT(mkdtemp(dir));
-        /* Direct writes and io_uring, or skip. */
+        /* Direct writes and io_uring (with a forced path: direct writes),
+         * or skip. */
         io = open_file("probe", true);
-        r = io_queue_begin(io, 1, MiB);
-        if (r >= 0) {
+        r = forced_direct() >= 0 ? (io_fd_writes_direct(io) == forced_direct() ? 1 : -EOPNOTSUPP) :
+                                   io_queue_begin(io, IO_PATH_DIRECT, 1, MiB);
+        if (r == 0) {
                 _cleanup_free_ uint8_t *buf = aligned_buf(MiB);
 
                 memset(buf, 1, MiB);
@@ -531,6 +745,14 @@ int main(void) {
                 return EXIT_TEST_SKIP;
         }
 
+        test_path_policy();
+        test_copy_path("raw", true);
+        test_copy_path("vdi", false);
+        test_copy_path("vpc", false);
+        test_merge_path();
+        if (forced_direct() >= 0)
+                goto done;
+        test_copy_window_error();
         test_content(8, MiB, 1);
         test_content(1, 512 * 1024, 10);
         test_content(3, 4 * MiB, 20);
@@ -545,7 +767,7 @@ int main(void) {
         test_copy("vdi", "2", "4m");
         test_copy("vpc", "8", "1m");
         test_cancel();
-
+done:
         {
                 char cmd[4200];
 
