@@ -412,9 +412,13 @@ int cmd_convert(Request *req) {
              target_is_zero = req->target_is_zero, created = false, compress = req->compress;
         /* -t unsafe: like qemu-img, the output is not flushed to the disk.
          * -t writeback/writethrough: written through the page cache and
-         * flushed once. Default, none, directsync: large writes go direct. */
+         * flushed once. Default: large writes go direct, or through the page
+         * cache with early writeback where the output format appends its
+         * blocks (the faster path there); none, directsync: always direct. */
         bool unsafe = streq_ptr(req->cache, "unsafe"),
-             cached = unsafe || streq_ptr(req->cache, "writeback") || streq_ptr(req->cache, "writethrough");
+             cached = unsafe || streq_ptr(req->cache, "writeback") || streq_ptr(req->cache, "writethrough"),
+             direct_only = streq_ptr(req->cache, "none") || streq_ptr(req->cache, "off") ||
+                           streq_ptr(req->cache, "directsync");
         uint64_t sparse = req->sparse, new_size = 0;
         ProgressBar bar = {};
         Img src = {}, existing = {}, parent = {};
@@ -581,7 +585,9 @@ int cmd_convert(Request *req) {
 
         vdisk_clear_error();
         r = vdisk_io_open_path(out, VDISK_PATH_WRITE | VDISK_PATH_CREATE | VDISK_PATH_TRUNC |
-                               (unsafe ? VDISK_PATH_NOSYNC : 0) | (cached ? 0 : VDISK_PATH_DIRECT), &out_io);
+                               (unsafe ? VDISK_PATH_NOSYNC : 0) | (cached ? 0 : VDISK_PATH_DIRECT) |
+                                       (direct_only ? VDISK_PATH_DIRECT_ONLY : 0),
+                               &out_io);
         if (r < 0) {
                 progress_bar_done(&bar, false);
                 log_error("%s: Could not create the file: %s", out, error_detail(r));

@@ -81,6 +81,7 @@ typedef struct fd_io {
         _Atomic int no_direct;  /* a queued direct write was refused (EINVAL): no more direct writes */
         write_queue *wq;        /* under dlock */
         int nosync;             /* VDISK_IO_NOSYNC: flushes are skipped, so is early writeback */
+        int direct_only;        /* VDISK_IO_DIRECT_ONLY: a queue takes IO_PATH_DIRECT whatever it is asked */
 
         /* The write-behind window of page-cache writes (wb_*): under wlock. */
         pthread_mutex_t wlock;
@@ -582,11 +583,13 @@ static bool wq_overlaps(const write_queue *q, uint64_t off, size_t len) {
 
 /* The large writes of the queue go direct through io_uring (path
  * IO_PATH_DIRECT, unless the environment forces the page cache), or through
- * the page cache and the window (IO_PATH_CACHED, unless it forces direct). */
+ * the page cache and the window (IO_PATH_CACHED, unless it forces direct or
+ * the io is VDISK_IO_DIRECT_ONLY). */
 static int fd_queue_begin(void *u, int path, unsigned depth, size_t chunk) {
         fd_io *f = u;
         write_queue *q = NULL;
-        bool direct = wb_default.force_direct >= 0 ? wb_default.force_direct : path == IO_PATH_DIRECT;
+        bool direct = wb_default.force_direct >= 0 ? wb_default.force_direct
+                                                   : path == IO_PATH_DIRECT || f->direct_only;
         int r = 0;
 
         if (direct && depth > 0) {
@@ -883,6 +886,7 @@ static int fd_io_new(int fd, int dfd, const char *name, uint32_t flags, vdisk_io
         f->dfd = dfd;
         pthread_rwlock_init(&f->dlock, NULL);
         f->nosync = !!(flags & VDISK_IO_NOSYNC);
+        f->direct_only = !!(flags & VDISK_IO_DIRECT_ONLY);
         pthread_mutex_init(&f->wlock, NULL);
         pthread_once(&wb_once, wb_policy_init);
         f->w_step = wb_default.step;
@@ -1063,7 +1067,8 @@ int vdisk_io_open_path(const char *path, uint32_t path_flags, vdisk_io **ret) {
                 dfd = open_direct(fd);
         r = fd_io_new(fd, dfd, path,
                       ((path_flags & (VDISK_PATH_WRITE | VDISK_PATH_CREATE)) ? 0 : VDISK_IO_READONLY) |
-                      ((path_flags & VDISK_PATH_NOSYNC) ? VDISK_IO_NOSYNC : 0),
+                      ((path_flags & VDISK_PATH_NOSYNC) ? VDISK_IO_NOSYNC : 0) |
+                      ((path_flags & VDISK_PATH_DIRECT_ONLY) ? VDISK_IO_DIRECT_ONLY : 0),
                       ret);
         if (r < 0)
                 return r;

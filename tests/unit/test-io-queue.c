@@ -60,14 +60,17 @@ static uint8_t *aligned_buf(size_t len) {
         return p;
 }
 
-static vdisk_io *open_file(const char *name, bool create) {
+static vdisk_io *open_file_flags(const char *name, uint32_t flags) {
         char path[4200];
         vdisk_io *io = NULL;
 
         snprintf(path, sizeof path, "%s/%s", dir, name);
-        ASSERT_OK(vdisk_io_open_path(path, VDISK_PATH_WRITE | VDISK_PATH_DIRECT |
-                                     (create ? VDISK_PATH_CREATE | VDISK_PATH_TRUNC : 0), &io));
+        ASSERT_OK(vdisk_io_open_path(path, VDISK_PATH_WRITE | VDISK_PATH_DIRECT | flags, &io));
         return io;
+}
+
+static vdisk_io *open_file(const char *name, bool create) {
+        return open_file_flags(name, create ? VDISK_PATH_CREATE | VDISK_PATH_TRUNC : 0);
 }
 
 static void read_plain(const char *name, uint8_t *buf, size_t len) {
@@ -610,7 +613,9 @@ static void check_copy(const char *name, const char *format, const uint8_t *data
         vdisk_io_unref(io);
 }
 
-static void test_copy_path(const char *format, bool want_direct) {
+/* direct_only: the output opened as for -t none (VDISK_PATH_DIRECT_ONLY),
+ * which keeps every format's copy direct. */
+static void test_copy_path(const char *format, bool want_direct, bool direct_only) {
         const uint64_t size = 40 * MiB;
         _cleanup_free_ uint8_t *data = calloc(1, size);
         vdisk_disk *dst = disk_new(), *src;
@@ -620,12 +625,13 @@ static void test_copy_path(const char *format, bool want_direct) {
         int outside = forced_direct() >= 0 ? forced_direct() : 1;   /* direct outside a queue */
         vdisk_io *sio, *dio;
 
-        test_set_context("copy path to %s", format);
+        test_set_context("copy path to %s%s", format, direct_only ? ", direct only" : "");
         ASSERT(data);
         src = open_source(data, size, &sio);
         if (forced_direct() >= 0)
                 want_direct = forced_direct();
-        dio = open_file("path", true);
+        dio = open_file_flags("path", VDISK_PATH_CREATE | VDISK_PATH_TRUNC |
+                                              (direct_only ? VDISK_PATH_DIRECT_ONLY : 0));
         ASSERT_EQ_U64(io_fd_writes_direct(dio), outside);
         /* A window larger than the copy: every cached byte stays counted. */
         ASSERT_OK(io_fd_window_set(dio, MiB, 64 * MiB));
@@ -746,9 +752,10 @@ int main(void) {
         }
 
         test_path_policy();
-        test_copy_path("raw", true);
-        test_copy_path("vdi", false);
-        test_copy_path("vpc", false);
+        test_copy_path("raw", true, false);
+        test_copy_path("vdi", false, false);
+        test_copy_path("vpc", false, false);
+        test_copy_path("vdi", true, true);
         test_merge_path();
         if (forced_direct() >= 0)
                 goto done;

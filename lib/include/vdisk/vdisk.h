@@ -78,6 +78,10 @@ enum {
                                       * through a second descriptor of the same file, opened
                                       * via /proc/self/fd; silently off where that fails):
                                       * for bulk writes that end in a flush */
+        VDISK_IO_DIRECT_ONLY = 1u << 4, /* with VDISK_IO_DIRECT: a copy's large writes stay
+                                         * direct even into a format that appends its blocks,
+                                         * where the copy would take the page cache (the
+                                         * caller asked for cache=none or directsync) */
 };
 
 /* Flags of vdisk_io_open_path(). */
@@ -89,6 +93,7 @@ enum {
         VDISK_PATH_NOSYNC = 1u << 3, /* the io gets VDISK_IO_NOSYNC */
         VDISK_PATH_DIRECT = 1u << 4, /* with WRITE: the io gets VDISK_IO_DIRECT */
         VDISK_PATH_NOFOLLOW = 1u << 5, /* a symlink as the last component is -ELOOP */
+        VDISK_PATH_DIRECT_ONLY = 1u << 6, /* with DIRECT: the io gets VDISK_IO_DIRECT_ONLY */
 };
 
 /* An io over a file descriptor (must be a regular file or block device). The
