@@ -30,42 +30,17 @@
 #define SIZE (8 * MiB)
 #define SEEDS 4u
 
-static vdisk_io *g_data, *g_base;
+static test_chain_files g_files;
 static vdisk_resolver *g_res;
 static uint8_t *g_content;
-
-static int open_companion(void *user, const char *name, const char *image_name, uint32_t flags, vdisk_io **ret) {
-        (void) user;
-        (void) name;
-        (void) image_name;
-        (void) flags;
-        *ret = vdisk_io_ref(g_data);
-        return 0;
-}
-
-static int open_name(void *user, const char *name, const char *child_name, int writable, vdisk_io **ret) {
-        (void) user;
-        (void) child_name;
-        (void) writable;
-        if (strcmp(name, "base.raw") != 0)
-                return -ENOENT;
-        *ret = vdisk_io_ref(g_base);
-        return 0;
-}
-
-static const vdisk_resolver_ops ops = {
-        .size = sizeof(vdisk_resolver_ops),
-        .open_name = open_name,
-        .open_companion = open_companion,
-};
 
 /* The chain of `img` with `data` as its data file. */
 static vdisk_disk *open_top(vdisk_io *img, vdisk_io *data, uint32_t flags) {
         vdisk_disk *d = disk_new();
 
-        g_data = data;
+        g_files.data = data;
         ASSERT_OK(vdisk_disk_open_chain(d, g_res, img, "qcow2", flags));
-        g_data = NULL;
+        g_files.data = NULL;
         return d;
 }
 
@@ -84,11 +59,11 @@ static void build(bool backing, vdisk_io **ret_img, vdisk_io **ret_data) {
         rng r;
 
         ASSERT(buf && zero);
-        g_data = data;
+        g_files.data = data;
         rng_seed(&r, backing ? 2 : 1);
         if (backing) {
-                ASSERT_OK(vdisk_io_memory_data(g_base, &base, &base_len));
-                ASSERT_OK(vdisk_disk_open(d, g_base, "raw", VDISK_OPEN_READONLY));
+                ASSERT_OK(vdisk_io_memory_data(g_files.base, &base, &base_len));
+                ASSERT_OK(vdisk_disk_open(d, g_files.base, "raw", VDISK_OPEN_READONLY));
                 o.parent_name = "base.raw";
                 o.parent_format = "raw";
                 ASSERT_OK(vdisk_disk_create_diff(d, img, "qcow2", &o));
@@ -114,7 +89,7 @@ static void build(bool backing, vdisk_io **ret_img, vdisk_io **ret_data) {
                 write_at(d, zero, 64 * KiB, 256 * KiB);     /* part of table 0 */
         }
         ASSERT_OK(vdisk_disk_close(d));
-        g_data = NULL;
+        g_files.data = NULL;
         free(buf);
         free(zero);
         d = open_top(img, data, VDISK_OPEN_READONLY);
@@ -232,9 +207,9 @@ int main(void) {
         ASSERT(base);
         rng_seed(&r, 7);
         rng_fill(&r, base, SIZE);
-        g_base = mem_io("base.raw", base, SIZE);
+        g_files.base = mem_io("base.raw", base, SIZE);
         free(base);
-        ASSERT_OK(vdisk_resolver_new_ops(&ops, NULL, &g_res));
+        ASSERT_OK(vdisk_resolver_new_ops(&test_chain_ops, &g_files, &g_res));
         for (unsigned v = 0; v < 2; v++) {
                 vdisk_fault none = { .size = sizeof none, .kind = VDISK_FAULT_NONE };
                 bool backing = v == 1;
@@ -270,7 +245,7 @@ int main(void) {
                 vdisk_io_unref(img);
                 vdisk_io_unref(data);
         }
-        vdisk_io_unref(g_base);
+        vdisk_io_unref(g_files.base);
         vdisk_resolver_unref(g_res);
         free(g_content);
         return 0;

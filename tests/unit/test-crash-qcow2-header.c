@@ -27,7 +27,7 @@
 #define CS 65536u
 #define SEEDS 8u
 
-static vdisk_io *g_data, *g_base;
+static test_chain_files g_files;
 
 static void put_be32(uint8_t *p, uint32_t v) {
         p[0] = (uint8_t) (v >> 24), p[1] = (uint8_t) (v >> 16), p[2] = (uint8_t) (v >> 8), p[3] = (uint8_t) v;
@@ -45,31 +45,6 @@ static uint64_t be64(const uint8_t *p) {
 static uint32_t be32(const uint8_t *p) {
         return (uint32_t) p[0] << 24 | (uint32_t) p[1] << 16 | (uint32_t) p[2] << 8 | p[3];
 }
-
-static int open_companion(void *user, const char *name, const char *image_name, uint32_t flags, vdisk_io **ret) {
-        (void) user;
-        (void) name;
-        (void) image_name;
-        (void) flags;
-        *ret = vdisk_io_ref(g_data);   /* every name is the same data file */
-        return 0;
-}
-
-static int open_name(void *user, const char *name, const char *child_name, int writable, vdisk_io **ret) {
-        (void) user;
-        (void) child_name;
-        (void) writable;
-        if (strcmp(name, "base.raw") != 0)
-                return -ENOENT;
-        *ret = vdisk_io_ref(g_base);
-        return 0;
-}
-
-static const vdisk_resolver_ops ops = {
-        .size = sizeof(vdisk_resolver_ops),
-        .open_name = open_name,
-        .open_companion = open_companion,
-};
 
 static vdisk_resolver *g_res;
 static uint8_t *g_content;
@@ -132,10 +107,10 @@ static void build(vdisk_io **ret, bool backing, bool features) {
         vdisk_io *io = mem_io("t.qcow2", NULL, 0);
         rng r;
 
-        vdisk_io_unref(g_data);
-        g_data = mem_io("d0.dat", NULL, 0);
+        vdisk_io_unref(g_files.data);
+        g_files.data = mem_io("d0.dat", NULL, 0);
         if (backing) {
-                ASSERT_OK(vdisk_disk_open(d, g_base, "raw", VDISK_OPEN_READONLY));
+                ASSERT_OK(vdisk_disk_open(d, g_files.base, "raw", VDISK_OPEN_READONLY));
                 o.parent_name = "base.raw";
                 o.parent_format = "raw";
                 ASSERT_OK(vdisk_disk_create_diff(d, io, "qcow2", &o));
@@ -355,9 +330,9 @@ int main(void) {
         ASSERT(base);
         rng_seed(&r, 7);
         rng_fill(&r, base, SIZE);
-        g_base = mem_io("base.raw", base, SIZE);
+        g_files.base = mem_io("base.raw", base, SIZE);
         free(base);
-        ASSERT_OK(vdisk_resolver_new_ops(&ops, NULL, &g_res));
+        ASSERT_OK(vdisk_resolver_new_ops(&test_chain_ops, &g_files, &g_res));
         for (unsigned v = 0; v < 4; v++) {
                 bool backing = v & 1, features = v & 2;
                 unsigned total = 0;
@@ -375,8 +350,8 @@ int main(void) {
                        features ? ", feature table" : "", sizeof names / sizeof names[0] - 1, total, n_torn);
                 vdisk_io_unref(tmpl);
         }
-        vdisk_io_unref(g_data);
-        vdisk_io_unref(g_base);
+        vdisk_io_unref(g_files.data);
+        vdisk_io_unref(g_files.base);
         vdisk_resolver_unref(g_res);
         free(g_content);
         free(n225);

@@ -120,6 +120,44 @@ test_fail(const char *file, int line, const char *fmt, ...) {
                 }                                                               \
         } while (0)
 
+/* A resolver for crash tests of a qcow2 image with an external data file
+ * over an optional raw parent: every companion name is `data`, the parent
+ * name "base.raw" is `base` (NULL: no parent). */
+typedef struct test_chain_files {
+        vdisk_io *data, *base;
+} test_chain_files;
+
+static inline int test_chain_companion(void *user, const char *name, const char *image_name, uint32_t flags,
+                                       vdisk_io **ret) {
+        test_chain_files *f = user;
+
+        (void) name;
+        (void) image_name;
+        (void) flags;
+        if (!f->data)
+                return -ENOENT;
+        *ret = vdisk_io_ref(f->data);
+        return 0;
+}
+
+static inline int test_chain_name(void *user, const char *name, const char *child_name, int writable,
+                                  vdisk_io **ret) {
+        test_chain_files *f = user;
+
+        (void) child_name;
+        (void) writable;
+        if (!f->base || strcmp(name, "base.raw") != 0)
+                return -ENOENT;
+        *ret = vdisk_io_ref(f->base);
+        return 0;
+}
+
+static const vdisk_resolver_ops test_chain_ops = {
+        .size = sizeof(vdisk_resolver_ops),
+        .open_name = test_chain_name,
+        .open_companion = test_chain_companion,
+};
+
 /* The value the top image of `d` gives for `key` in its format info
  * ("compat", "refcount bits", "data file"...), or "" when it has none. */
 static inline const char *test_format_value(vdisk_disk *d, const char *key, char *buf, size_t len) {
