@@ -181,6 +181,41 @@ def test_snapshot_change(env, a):
     assert r.returncode == 2 and "Cannot mix '-l', '-a', '-c', '-d'" in r.stderr, r
 
 
+def test_info_snapshots(env, a):
+    """vdiskctl info lists the snapshots as vdisk-img info does (and
+    qemu-img); vdiskd gives no "Format specific information", the rest is
+    the same."""
+    path = qcow2(env, 'i.qcow2', writes=('write -P 0x11 0 1M',))
+    env.qemu_img('snapshot', '-c', 'one', path)
+    qemu_io(env, path, 'write -P 0x22 0 64k')
+    env.qemu_img('snapshot', '-c', 'x' * 20, path)
+    ctl = vdiskctl(env, 'info', str(path))
+    img = env.vdisk_img('info', path).stdout
+    assert ctl.stderr == '', ctl
+    assert img.split('Format specific information:')[0] == ctl.stdout, (img, ctl.stdout)
+    assert listed(ctl.stdout[ctl.stdout.index('Snapshot list:'):]) == [('1', 'one'), ('2', 'x' * 20)], ctl.stdout
+    assert env.qemu_img('info', path).stdout.startswith(ctl.stdout)
+
+    ctl = json.loads(vdiskctl(env, 'info', '--output=json', str(path)).stdout)
+    img = json.loads(env.vdisk_img('info', '--output=json', path).stdout)
+    del img['format-specific']
+    assert ctl == img and len(ctl['snapshots']) == 2, (ctl, img)
+    # qemu-img's values (its keys, dates to the nanosecond)
+    q = json.loads(env.qemu_img('info', '--output=json', path).stdout)['snapshots']
+    assert ctl['snapshots'] == [{k: s[k] for k in ctl['snapshots'][0]} for s in q], (ctl, q)
+
+    # with --backing-chain each image lists its own; a format without
+    # snapshots lists none
+    top = overlay(env, 'i-top.qcow2', 'i.qcow2')
+    out = vdiskctl(env, 'info', '--backing-chain', str(top)).stdout
+    assert out.count('Snapshot list:') == 1 and out.index('Snapshot list:') > out.index('image: ' + str(path)), out
+    chain = json.loads(vdiskctl(env, 'info', '--output=json', '--backing-chain', str(top)).stdout)
+    assert ['snapshots' in i for i in chain] == [False, True], chain
+    env.make_raw(UID_A, 'i.raw', SIZE)
+    assert vdiskctl(env, 'info', 'i.raw').stdout == env.vdisk_img('info', user_path(env, 'i.raw')).stdout.replace(
+        str(user_path(env, 'i.raw')), 'i.raw')
+
+
 # ---------------------------------------------------------------- direct-fd
 
 def traced(env, *args):
