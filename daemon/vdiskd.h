@@ -319,6 +319,9 @@ typedef struct Outcome {
 
 void outcome_set(Outcome *o, int r);            /* worker: captures vdisk_last_error() */
 void outcome_setf(Outcome *o, int r, const char *fmt, ...) _printf_(3, 4);
+/* A failure's message (strerror when none) followed by "; " and what it
+ * left behind. */
+void outcome_append(Outcome *o, const char *fmt, ...) _printf_(2, 3);
 void outcome_clear(Outcome *o);
 const char *errno_to_error_name(int r);
 int reply_outcome_error(sd_bus_message *m, const Outcome *o);
