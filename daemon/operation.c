@@ -389,7 +389,10 @@ static void op_run(Task *t) {
                 return;
         }
         if (o->fd >= 0) {
-                r = io_from_fd(TAKE_FD(o->fd), 1, o->io_name, &io);
+                /* -t none/directsync: a copy into a format that appends
+                 * its blocks stays direct too (with the direct-fd). */
+                r = io_from_fd(TAKE_FD(o->fd), o->options.direct_only ? VDISK_IO_DIRECT_ONLY : 0, o->io_name,
+                               &io);
                 if (r < 0)
                         goto finish;
                 /* Large aligned writes go through the caller's O_DIRECT

@@ -23,7 +23,8 @@ import subprocess
 
 import pytest
 
-from harness import A_MODIFY, A_OPEN, UID_A, MiB, unique, user_path, vdiskctl
+from agentproto import Open, T
+from harness import A_MODIFY, A_OPEN, INVALID_ARGS, UID_A, MiB, expect_error, open_disk, unique, user_path, vdiskctl
 
 SIZE = 8 * MiB
 
@@ -218,10 +219,10 @@ def test_info_snapshots(env, a):
 
 # ---------------------------------------------------------------- direct-fd
 
-def traced(env, *args):
+def traced(env, *args, key='direct-fd'):
     """vdiskctl ARGS under strace: (result, whether a message it sent
     carried a descriptor it had opened O_DIRECT, or a duplicate of one,
-    together with the key `direct-fd`)."""
+    together with `key`, by default `direct-fd`)."""
     log = env.tmp / unique('strace')
     cmd = ['strace', '-f', '-qq', '-s', '65536', '-e', 'trace=openat,fcntl,sendmsg', '-o', str(log),
            'setpriv', f'--reuid={UID_A}', f'--regid={UID_A}', '--clear-groups', '--', os.environ['VDISKCTL'],
@@ -237,7 +238,7 @@ def traced(env, *args):
         if m and m.group(1) in direct:
             direct.add(m.group(2))
         m = re.search(r'SCM_RIGHTS, cmsg_data=\[([0-9, ]+)\]', line)
-        if m and 'direct-fd' in line and direct & {x.strip() for x in m.group(1).split(',')}:
+        if m and 'direct-fd' in line and key in line and direct & {x.strip() for x in m.group(1).split(',')}:
             passed = True
     return r, passed
 
@@ -289,6 +290,52 @@ def test_direct_fd_resize_repair(env, a):
         r, passed = traced(env, 'convert', '-n', *(('-t', cache) if cache else ()), '-O', 'qcow2', 'dn.raw', dst.name)
         assert r.returncode == 0 and passed == direct, (cache, r, passed)
         env.qemu_img('compare', '-f', 'raw', '-F', 'qcow2', src, dst)
+
+
+def resident(path):
+    """Bytes of the file in the page cache (fincore)."""
+    out = subprocess.run(['fincore', '--bytes', '--noheadings', '--output', 'RES', str(path)], check=True,
+                         stdout=subprocess.PIPE, text=True).stdout
+    return int(out.split()[0])
+
+
+@pytest.mark.skipif(not shutil.which('fincore'), reason='fincore (util-linux) not installed')
+def test_convert_direct_only(env, a):
+    """-t none and directsync keep a copy into a format that appends its
+    blocks direct: vdiskctl sends Copy's `direct-only` with its `direct-fd`,
+    and a VDI output's data never was in the page cache (by default, and
+    with -t writeback, it went through it)."""
+    size = 32 * MiB
+    src = user_path(env, 'do.raw')
+    with open(src, 'wb') as f:
+        f.write(os.urandom(size))
+    env.chown(src, UID_A)
+    for fmt, cache, direct_only in (('vdi', 'none', True), ('vdi', 'directsync', True), ('vpc', 'none', True),
+                                    ('vmdk', 'directsync', True), ('vdi', None, False), ('vdi', 'writeback', False)):
+        name = unique('do') + '.' + fmt
+        r, sent = traced(env, 'convert', *(('-t', cache) if cache else ()), '-O', fmt, 'do.raw', name,
+                         key='direct-only')
+        assert r.returncode == 0 and r.stderr == '' and sent == direct_only, (fmt, cache, r, sent)
+        out = user_path(env, name)
+        # before anything reads it; the data of VHD (after each block's
+        # bitmap) and VMDK is not aligned for direct writes (as vdisk-img's)
+        cached = resident(out)
+        if fmt == 'vdi' and direct_only:
+            assert cached < size // 8, (fmt, cache, cached)     # metadata only
+        elif fmt == 'vdi':
+            assert cached >= size // 2, (fmt, cache, cached)
+        if fmt != 'vpc':   # qemu-img checks no VHD
+            env.qemu_img('check', '-f', fmt, out)
+        env.qemu_img('compare', '-f', 'raw', '-F', fmt, src, out)
+    # direct-only without a direct-fd says nothing: refused in the call
+    d = open_disk(env, a, [src], fmt='RAW', name='do', flags=os.O_RDONLY)
+    dest = user_path(env, 'do-bad.vdi')
+    open(dest, 'wb').close()
+    env.chown(dest, UID_A)
+    expect_error(INVALID_ARGS, a.disk, d, 'Copy', 'hsa{sv}', Open(dest, os.O_RDWR), 'VDI',
+                 {'direct-only': T('b', True)})
+    a.disk(d, 'Close', 'a{sv}', {})
+    assert os.path.getsize(dest) == 0
 
 
 # ---------------------------------------------------------------- convert -n -B
