@@ -497,6 +497,11 @@ int cmd_create(Ctx *ctx, Request *req) {
                         r = bus_options_open(m);
                 if (r >= 0 && have_size)
                         r = bus_append_opt_u64(m, "size", size);
+                /* The name as given (relative to the new image, as qemu
+                 * reads it) for the formats that record one: qcow2's
+                 * backing file, VMDK's parentFileNameHint, VHD's locator. */
+                if (r >= 0)
+                        r = bus_append_opt_string(m, "parent-name", backing);
         } else {
                 _cleanup_bus_error_ sd_bus_error error = SD_BUS_ERROR_NULL;
                 _cleanup_msg_ sd_bus_message *cm = NULL, *reply = NULL;

@@ -387,6 +387,19 @@ def test_convert_into_top_only(env, a):
     assert r.returncode != 0 and "'compress' and 'source-top-only'" in r.stderr, r
 
 
+def test_create_diff_names_backing(env, a):
+    """vdiskctl create -b passes the backing name as given (CreateDiff
+    `parent-name`): a qcow2 diff records it as qemu-img does."""
+    base = qcow2(env, 'cb-base.qcow2', writes=('write -P 0x11 0 1M',))
+    r = vdiskctl(env, 'create', '-f', 'qcow2', '-b', 'cb-base.qcow2', '-F', 'qcow2', 'cb-top.qcow2')
+    assert r.returncode == 0 and r.stderr == '', r
+    top = user_path(env, 'cb-top.qcow2')
+    info = json.loads(env.qemu_img('info', '--output=json', top).stdout)
+    assert (info['backing-filename'], info['backing-filename-format']) == ('cb-base.qcow2', 'qcow2'), info
+    env.qemu_img('check', top)
+    env.qemu_img('compare', base, top)
+
+
 # ---------------------------------------------------------------- compare -T/-U
 
 def test_compare_cache_and_share(env, a):
