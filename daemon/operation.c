@@ -532,16 +532,17 @@ static void op_run(Task *t) {
                 if (o->other_path && !ov) {
                         r = -ENXIO;
                         outcome_setf(&o->outcome, r, "the other disk was closed");
-                        break;
+                } else {
+                        r = vdisk_rebase(vd, ov, &bopts, &bres, o->vp);
+                        if (r < 0)
+                                outcome_set(&o->outcome, r);
                 }
-                r = vdisk_rebase(vd, ov, &bopts, &bres, o->vp);
-                if (r < 0) {
+                if (r < 0 && vdisk_disk_count(vd) > 0) {
                         /* What the top is linked to now, as vdisk-img
                          * says: before the link switch, still the old
                          * parent (and it reads as before). */
                         const char *top = vdisk_image_name(vdisk_disk_image(vd, vdisk_disk_count(vd) - 1));
 
-                        outcome_set(&o->outcome, r);
                         if (bres.failed_step == VDISK_REBASE_STEP_LINK)
                                 outcome_append(&o->outcome, "writing the new link of '%s' failed: it may name "
                                                "either parent", top);
