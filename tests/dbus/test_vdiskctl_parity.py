@@ -9,8 +9,11 @@ qemu-img as the oracle:
 - convert -n -B (CopyTo `source-top-only`): only the source's top is copied;
 - snapshot -l/-c/-a/-d over the Image's snapshot methods: -l prints what
   vdisk-img and qemu-img print, the others change what qemu-img lists;
+- info lists the snapshots as vdisk-img info does (human and JSON);
 - resize, check -r, repair and convert -n pass a `direct-fd` (unless -t/-T
-  ask for the page cache);
+  ask for the page cache); convert -t none/directsync adds Copy's
+  `direct-only` (a VDI output's data never enters the page cache);
+- create -b passes the backing name (`parent-name`);
 - compare -T/-U accepted as vdisk-img accepts them.
 """
 
