@@ -500,7 +500,7 @@ static void open_run(Task *t) {
         }
         if (ro && !format)
                 flags |= VDISK_OPEN_ALLOW_PROBE_RAW;
-        r = io_from_fd(TAKE_FD(c->fd), !ro, c->names[0].io_name, &io);
+        r = io_from_fd(TAKE_FD(c->fd), ro ? VDISK_IO_READONLY : 0, c->names[0].io_name, &io);
         if (r >= 0) {
                 if (vdisk_disk_count(vd) == 0) {
                         r = files_resolver_new(c->options.files, c->options.n_files, &fr, &res);
@@ -1194,12 +1194,14 @@ static int method_copy(sd_bus_message *msg, void *userdata, sd_bus_error *error)
                 r = options_parse(msg, OPT_SIZE | OPT_VARIANT | OPT_BLOCK_SIZE | OPT_UUID | OPT_COMMENT |
                                   OPT_FORMAT_OPTIONS | OPT_SPARSE_SIZE | OPT_OPEN | OPT_DISPLAY_NAME |
                                   OPT_DIRECT_FD | OPT_PERSIST | OPT_FILES | OPT_FILE_SET | OPT_PREALLOCATION |
-                                  OPT_COMPRESS,
+                                  OPT_COMPRESS | OPT_DIRECT_ONLY,
                                   &c->options, error);
         if (r < 0)
                 return r;
         if (c->options.persist && !c->options.open)
                 return set_error(error, SD_BUS_ERROR_INVALID_ARGS, "Option 'persist' needs option 'open'");
+        if (c->options.direct_only && !(c->options.set & OPT_DIRECT_FD))
+                return set_error(error, SD_BUS_ERROR_INVALID_ARGS, "Option 'direct-only' needs option 'direct-fd'");
         return call_dispatch(TAKE_PTR(c));
 }
 

@@ -77,6 +77,21 @@ void outcome_setf(Outcome *o, int r, const char *fmt, ...) {
         va_end(ap);
 }
 
+void outcome_append(Outcome *o, const char *fmt, ...) {
+        _cleanup_free_ char *what = NULL;
+        char *msg;
+        va_list ap;
+        int r;
+
+        va_start(ap, fmt);
+        r = vasprintf(&what, fmt, ap);
+        va_end(ap);
+        if (r < 0 || asprintf(&msg, "%s; %s", o->message ? o->message : strerror(-o->r), what) < 0)
+                return;
+        free(o->message);
+        o->message = msg;
+}
+
 int reply_outcome_error(sd_bus_message *m, const Outcome *o) {
         return reply_error(m, errno_to_error_name(o->r), "%s", o->message ? o->message : strerror(-o->r));
 }

@@ -116,10 +116,10 @@ int files_vet(FileArg *files, size_t n_files, Outcome *o) {
         return 0;
 }
 
-int io_from_fd(int fd, int writable, const char *name, vdisk_io **ret) {
+int io_from_fd(int fd, uint32_t flags, const char *name, vdisk_io **ret) {
         int r;
 
-        r = vdisk_io_new_fd(fd, name, VDISK_IO_OWN_FD | (writable ? 0 : VDISK_IO_READONLY), ret);
+        r = vdisk_io_new_fd(fd, name, VDISK_IO_OWN_FD | flags, ret);
         if (r < 0)
                 close(fd);
         return r;

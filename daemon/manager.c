@@ -346,7 +346,7 @@ static void probe_run(Task *t) {
         if (r < 0)
                 goto finish;
         pi->file_size = (uint64_t) st.st_size;
-        r = io_from_fd(TAKE_FD(c->fd), 0, "the file", &io);
+        r = io_from_fd(TAKE_FD(c->fd), VDISK_IO_READONLY, "the file", &io);
         if (r >= 0)
                 r = vdisk_probe(io, NULL, 1, &be, &guessed);
         if (r >= 0)
@@ -641,7 +641,7 @@ static void open_disk_run(Task *t) {
                         if (r < 0)
                                 break;
                 }
-                r = io_from_fd(TAKE_FD(e->fd), !ro && top, e->io_name, &io);
+                r = io_from_fd(TAKE_FD(e->fd), (!ro && top) ? 0 : VDISK_IO_READONLY, e->io_name, &io);
                 if (r < 0)
                         break;
                 if (i == 0)

@@ -389,7 +389,10 @@ static void op_run(Task *t) {
                 return;
         }
         if (o->fd >= 0) {
-                r = io_from_fd(TAKE_FD(o->fd), 1, o->io_name, &io);
+                /* -t none/directsync: a copy into a format that appends
+                 * its blocks stays direct too (with the direct-fd). */
+                r = io_from_fd(TAKE_FD(o->fd), o->options.direct_only ? VDISK_IO_DIRECT_ONLY : 0, o->io_name,
+                               &io);
                 if (r < 0)
                         goto finish;
                 /* Large aligned writes go through the caller's O_DIRECT
@@ -495,15 +498,8 @@ static void op_run(Task *t) {
                         if (r < 0) {
                                 /* Name what was left behind, as convert -n would. */
                                 outcome_set(&o->outcome, r);
-                                if (o->outcome.message) {
-                                        char *msg = NULL;
-
-                                        if (asprintf(&msg, "%s; the target holds a mix of its old content and "
-                                                     "the source's", o->outcome.message) >= 0) {
-                                                free(o->outcome.message);
-                                                o->outcome.message = msg;
-                                        }
-                                }
+                                outcome_append(&o->outcome, "the target holds a mix of its old content and "
+                                               "the source's");
                         }
                         (void) disk_info_read(ov, &o->other_info);
                         break;
@@ -531,13 +527,28 @@ static void op_run(Task *t) {
                         .flags = o->options.unsafe ? VDISK_REBASE_UNSAFE : 0,
                         .parent_name = o->options.parent_name,
                 };
+                vdisk_rebase_result bres = { .size = sizeof(bres) };
 
                 if (o->other_path && !ov) {
                         r = -ENXIO;
                         outcome_setf(&o->outcome, r, "the other disk was closed");
-                        break;
+                } else {
+                        r = vdisk_rebase(vd, ov, &bopts, &bres, o->vp);
+                        if (r < 0)
+                                outcome_set(&o->outcome, r);
                 }
-                r = vdisk_rebase(vd, ov, &bopts, NULL, o->vp);
+                if (r < 0 && vdisk_disk_count(vd) > 0) {
+                        /* What the top is linked to now, as vdisk-img
+                         * says: before the link switch, still the old
+                         * parent (and it reads as before). */
+                        const char *top = vdisk_image_name(vdisk_disk_image(vd, vdisk_disk_count(vd) - 1));
+
+                        if (bres.failed_step == VDISK_REBASE_STEP_LINK)
+                                outcome_append(&o->outcome, "writing the new link of '%s' failed: it may name "
+                                               "either parent", top);
+                        else
+                                outcome_append(&o->outcome, "'%s' still uses its old parent", top);
+                }
                 break;
         }
         case OP_RESIZE: {
@@ -593,14 +604,8 @@ finish:
         }
         if (r < 0 && io && creates) {
                 /* The destination was empty when we got it: leave it so. */
-                if (vdisk_io_truncate(io, 0) >= 0) {
-                        _cleanup_free_ char *msg = o->outcome.message;
-
-                        o->outcome.message = NULL;
-                        if (asprintf(&o->outcome.message, "%s; the destination file was truncated to 0 bytes",
-                                     msg ? msg : strerror(-r)) < 0)
-                                o->outcome.message = NULL;
-                }
+                if (vdisk_io_truncate(io, 0) >= 0)
+                        outcome_append(&o->outcome, "the destination file was truncated to 0 bytes");
                 for (size_t i = 0; i < o->options.n_files; i++)
                         if (o->options.files[i].writable)
                                 (void) ftruncate(o->options.files[i].fd, 0);

@@ -40,6 +40,7 @@ static const OptionDef option_defs[] = {
         { "file-set",                 "o",     OPT_FILE_SET },
         { "preallocation",            "s",     OPT_PREALLOCATION },
         { "compress",                 "b",     OPT_COMPRESS },
+        { "direct-only",              "b",     OPT_DIRECT_ONLY },
         { "strict",                   "b",     OPT_STRICT },
         { "target-is-zero",           "b",     OPT_TARGET_IS_ZERO },
         { "source-top-only",          "b",     OPT_SOURCE_TOP_ONLY },
@@ -334,6 +335,9 @@ int options_parse(sd_bus_message *m, uint32_t allowed, Options *o, sd_bus_error 
                         break;
                 case OPT_COMPRESS:
                         r = read_bool(m, &o->compress);
+                        break;
+                case OPT_DIRECT_ONLY:
+                        r = read_bool(m, &o->direct_only);
                         break;
                 case OPT_ALLOW_SHRINK:
                         r = read_bool(m, &o->allow_shrink);

@@ -261,6 +261,7 @@ enum {
         OPT_PERSIST             = 1u << 20,
         OPT_FILE_SET            = 1u << 21,
         OPT_PREALLOCATION       = 1u << 22,
+        OPT_DIRECT_ONLY         = 1u << 23,   /* Copy: large writes direct whatever the format */
         OPT_COMPRESS            = 1u << 28,   /* Copy: compressed clusters */
         /* Compare, CopyTo, CreateDiff (docs/dbus-api.md) */
         OPT_STRICT              = 1u << 25,   /* Compare: sizes and allocation must match */
@@ -297,6 +298,7 @@ typedef struct Options {
          * fold it into format_options) */
         char *preallocation;
         int compress;           /* Copy: store compressed units (qemu-img convert -c) */
+        int direct_only;        /* Copy: the output io is VDISK_IO_DIRECT_ONLY (cache=none) */
         /* Compare, CopyTo, CreateDiff */
         int strict, target_is_zero, source_top_only;
         char *parent_name;      /* CreateDiff, Rebase: recorded in the child as its parent's name */
@@ -319,6 +321,9 @@ typedef struct Outcome {
 
 void outcome_set(Outcome *o, int r);            /* worker: captures vdisk_last_error() */
 void outcome_setf(Outcome *o, int r, const char *fmt, ...) _printf_(3, 4);
+/* A failure's message (strerror when none) followed by "; " and what it
+ * left behind. */
+void outcome_append(Outcome *o, const char *fmt, ...) _printf_(2, 3);
 void outcome_clear(Outcome *o);
 const char *errno_to_error_name(int r);
 int reply_outcome_error(sd_bus_message *m, const Outcome *o);
@@ -346,7 +351,8 @@ int fd_accept_direct(int fd, const char *what, int *ret_fd, sd_bus_error *error)
  * file, empty with FD_NEED_EMPTY. Failing: -EBADF with o set. */
 int fd_vet(int fd, uint32_t flags, const char *what, struct stat *ret_st, Outcome *o);
 int files_vet(FileArg *files, size_t n_files, Outcome *o);   /* fills dev/ino */
-int io_from_fd(int fd, int writable, const char *name, vdisk_io **ret);   /* takes the fd */
+/* Takes the fd; flags: vdisk_io_new_fd()'s (VDISK_IO_READONLY, ...). */
+int io_from_fd(int fd, uint32_t flags, const char *name, vdisk_io **ret);
 /* A resolver over the `files` option of the call that opens a disk: parents
  * are found among them (the files stay owned by the call: call
  * files_resolver_done_opening() before the call frees them). It keeps

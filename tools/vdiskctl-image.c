@@ -20,12 +20,103 @@ static const char *qemu_name(Ctx *ctx, const char *name) {
         return value_str(info, "qemu-name", name);
 }
 
+/* ---------------------------------------------------------------- snapshots */
+
+/* The fields of one entry of Image.Snapshots (id, name, vm-state size,
+ * date µs, guest clock ns, disk size, icount); NULL when it is malformed. */
+static const Value *snapshot_fields(const Value *e) {
+        const Value *f;
+
+        if (e->type != VALUE_ARRAY || e->c.n != 7)
+                return NULL;
+        f = e->c.items;
+        if (f[0].type != VALUE_STRING || f[1].type != VALUE_STRING || f[2].type != VALUE_UINT ||
+            f[3].type != VALUE_UINT || f[4].type != VALUE_UINT || f[6].type != VALUE_UINT)
+                return NULL;
+        return f;
+}
+
+/* The Snapshots of `image` into *ret (an array); a warning when vdiskd
+ * lists fewer than the image holds (it lists the newest 64). */
+static int snapshots_get(Ctx *ctx, const char *image, const char *file, Value *ret) {
+        _cleanup_bus_error_ sd_bus_error error = SD_BUS_ERROR_NULL;
+        _cleanup_value_ Value props = {}, list = {};
+        uint64_t count;
+        int r;
+
+        r = bus_get_all(ctx, image, VDISK_IFACE_IMAGE, &error, &props);
+        if (r >= 0)
+                r = bus_get_property(ctx, image, VDISK_IFACE_IMAGE, "Snapshots", &error, &list);
+        if (r < 0)
+                return log_bus_error(file, &error, r);
+        if (list.type != VALUE_ARRAY) {
+                log_error("%s: Bad reply from vdiskd", file);
+                return EXIT_FAILURE;
+        }
+        count = value_uint(&props, "SnapshotCount", list.c.n);
+        if (count > list.c.n)
+                log_warning("%s: %" PRIu64 " older snapshots not listed (vdiskd lists the newest %zu)", file,
+                            count - list.c.n, list.c.n);
+        *ret = list;
+        list = (Value) {};
+        return EXIT_OK;
+}
+
+/* qemu-img's snapshot table (info, snapshot -l) without its title. */
+static void snapshots_table(const Value *list) {
+        snapshot_table_header();
+        for (size_t i = 0; i < list->c.n; i++) {
+                const Value *f = snapshot_fields(&list->c.items[i]);
+
+                if (f)
+                        snapshot_table_row(f[0].s, f[1].s, f[2].u, (int64_t) (f[3].u / 1000000), f[4].u, f[6].u);
+        }
+}
+
+/* info's snapshots (InfoView.snapshots_human/json): data is the list. */
+static void info_snapshots_human(const void *data) {
+        const Value *list = data;
+
+        if (list->c.n > 0) {
+                printf("Snapshot list:\n");
+                snapshots_table(list);
+        }
+}
+
+static void info_snapshots_json(Json *j, const void *data) {
+        const Value *list = data;
+
+        if (list->c.n == 0)
+                return;
+        /* vdisk-img's keys, in its (qemu-img's) order */
+        json_array_open(j, "snapshots");
+        for (size_t i = 0; i < list->c.n; i++) {
+                const Value *f = snapshot_fields(&list->c.items[i]);
+
+                if (!f)
+                        continue;
+                json_object_open(j, NULL);
+                if (f[6].u != UINT64_MAX)
+                        json_uint(j, "icount", f[6].u);
+                json_uint(j, "vm-state-size", f[2].u);
+                json_int(j, "date-sec", (int64_t) (f[3].u / 1000000));
+                json_uint(j, "date-nsec", f[3].u % 1000000 * 1000);
+                json_uint(j, "vm-clock-nsec", f[4].u % 1000000000);
+                json_string(j, "name", f[1].s);
+                json_uint(j, "vm-clock-sec", f[4].u / 1000000000);
+                json_string(j, "id", f[0].s);
+                json_object_close(j);
+        }
+        json_array_close(j);
+}
+
 /* ---------------------------------------------------------------- info */
 
 typedef struct InfoEntry {
         const ChainElem *elem;
         const ChainElem *parent;       /* the element below, when opened */
         Value props;                   /* Image properties; empty when only probed */
+        Value snapshots;               /* its Snapshots, with the properties */
         bool have_props;
 } InfoEntry;
 
@@ -100,6 +191,9 @@ static InfoView info_view(Ctx *ctx, const InfoEntry *e, char **full) {
         if (e->have_props) {
                 v.have_pchs = value_geometry(&e->props, "PCHSGeometry", v.pchs);
                 v.have_lchs = value_geometry(&e->props, "LCHSGeometry", v.lchs);
+                v.snapshots_human = info_snapshots_human;
+                v.snapshots_json = info_snapshots_json;
+                v.snapshots = &e->snapshots;
         }
         return v;
 }
@@ -170,6 +264,11 @@ int cmd_info(Ctx *ctx, Request *req) {
                                 ex = log_bus_error(e->elem->path, &error, r);
                                 goto finish;
                         }
+                        r = snapshots_get(ctx, images[i], e->elem->path, &e->snapshots);
+                        if (r != EXIT_OK) {
+                                ex = r;
+                                goto finish;
+                        }
                         e->have_props = true;
                 }
                 if (!backing_chain)
@@ -203,8 +302,10 @@ int cmd_info(Ctx *ctx, Request *req) {
         ex = EXIT_OK;
 
 finish:
-        for (unsigned i = 0; i < n_entries; i++)
+        for (unsigned i = 0; i < n_entries; i++) {
                 value_clear(&entries[i].props);
+                value_clear(&entries[i].snapshots);
+        }
         chain_done(ctx, &chain);
         return ex;
 }
@@ -454,42 +555,18 @@ finish:
 
 /* ---------------------------------------------------------------- snapshot */
 
-/* -l: the top image's Snapshots (vdiskd lists the newest 64). */
+/* -l: the top image's Snapshots, as vdisk-img's snapshot -l. */
 static int snapshot_list(Ctx *ctx, const char *image, const char *file, bool quiet) {
-        _cleanup_bus_error_ sd_bus_error error = SD_BUS_ERROR_NULL;
-        _cleanup_value_ Value props = {}, list = {};
-        uint64_t count;
+        _cleanup_value_ Value list = {};
         int r;
 
-        r = bus_get_all(ctx, image, VDISK_IFACE_IMAGE, &error, &props);
-        if (r >= 0)
-                r = bus_get_property(ctx, image, VDISK_IFACE_IMAGE, "Snapshots", &error, &list);
-        if (r < 0)
-                return log_bus_error(file, &error, r);
-        if (list.type != VALUE_ARRAY) {
-                log_error("%s: Bad reply from vdiskd", file);
-                return EXIT_FAILURE;
-        }
-        count = value_uint(&props, "SnapshotCount", list.c.n);
-        if (count > list.c.n)
-                log_warning("%s: %" PRIu64 " older snapshots not listed (vdiskd lists the newest %zu)", file,
-                            count - list.c.n, list.c.n);
+        r = snapshots_get(ctx, image, file, &list);
+        if (r != EXIT_OK)
+                return r;
         if (list.c.n == 0 || quiet)
                 return EXIT_OK;
         printf("Snapshot list:\n");
-        snapshot_table_header();
-        for (size_t i = 0; i < list.c.n; i++) {
-                const Value *e = &list.c.items[i], *f;
-
-                /* (id, name, vm-state size, date µs, guest clock ns, disk size, icount) */
-                if (e->type != VALUE_ARRAY || e->c.n != 7)
-                        continue;
-                f = e->c.items;
-                if (f[0].type != VALUE_STRING || f[1].type != VALUE_STRING || f[2].type != VALUE_UINT ||
-                    f[3].type != VALUE_UINT || f[4].type != VALUE_UINT || f[6].type != VALUE_UINT)
-                        continue;
-                snapshot_table_row(f[0].s, f[1].s, f[2].u, (int64_t) (f[3].u / 1000000), f[4].u, f[6].u);
-        }
+        snapshots_table(&list);
         return EXIT_OK;
 }
 

@@ -497,6 +497,11 @@ int cmd_create(Ctx *ctx, Request *req) {
                         r = bus_options_open(m);
                 if (r >= 0 && have_size)
                         r = bus_append_opt_u64(m, "size", size);
+                /* The name as given (relative to the new image, as qemu
+                 * reads it) for the formats that record one: qcow2's
+                 * backing file, VMDK's parentFileNameHint, VHD's locator. */
+                if (r >= 0)
+                        r = bus_append_opt_string(m, "parent-name", backing);
         } else {
                 _cleanup_bus_error_ sd_bus_error error = SD_BUS_ERROR_NULL;
                 _cleanup_msg_ sd_bus_message *cm = NULL, *reply = NULL;
@@ -631,9 +636,11 @@ int cmd_convert(Ctx *ctx, Request *req) {
         _cleanup_msg_ sd_bus_message *m = NULL;
         _cleanup_close_ int direct_fd = -1;
         uint64_t sparse = req->sparse, new_size = 0, disk_size = 0;
-        /* As vdisk-img: direct writes unless the page cache is asked for.
-         * vdiskd flushes the output at the end either way. The source's
-         * cache mode (-T) and locks (-U) are vdiskd's business. */
+        /* As vdisk-img: direct writes unless the page cache is asked for
+         * (by default vdiskd lets a format that appends its blocks take the
+         * page cache; -t none/directsync say direct-only). vdiskd flushes
+         * the output at the end either way. The source's cache mode (-T)
+         * and locks (-U) are vdiskd's business. */
         bool progress = req->progress, compress = req->compress, direct = cache_mode_direct(req->cache);
         const Value *info;
         _cleanup_free_ char *display = NULL;
@@ -716,6 +723,10 @@ int cmd_convert(Ctx *ctx, Request *req) {
                 r = bus_append_opt_bool(m, "compress", true);
         if (r >= 0 && direct_fd >= 0)
                 r = sd_bus_message_append(m, "{sv}", "direct-fd", "h", direct_fd);
+        /* -t none/directsync: direct even where vdiskd would let the
+         * format's appended blocks take the page cache, as vdisk-img. */
+        if (r >= 0 && direct_fd >= 0 && cache_mode_direct_only(req->cache))
+                r = bus_append_opt_bool(m, "direct-only", true);
         if (r >= 0 && comp.n > 0)
                 r = bus_append_opt_string(m, "display-name", display);
         if (r < 0) {

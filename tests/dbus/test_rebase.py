@@ -8,7 +8,7 @@
 - unsafe: the link alone (the content then follows the new base);
 - a Cancel while the worker is blocked in a write into the top (on a frozen
   file system): the top still names its old parent and the chain reads as
-  before;
+  before, which the Operation's ErrorMessage says (as for a failure);
 - another uid can neither rebase the caller's Disk nor name it as the new
   chain; options are checked; a new chain holding the top fails the
   Operation with ChainBroken; a qcow2 top without parent-name with
@@ -183,6 +183,9 @@ def test_cancel_keeps_old_chain(env, clients):
     assert getattr(ei.value, 'name', None) == CANCELLED, ei.value
     p = op_props(env, op)
     assert p['State'] == 'cancelled' and p['Progress'] < 1.0, p
+    # the message says what is left behind
+    assert ei.value.message == p['ErrorMessage'] and \
+        p['ErrorMessage'].endswith("' still uses its old parent"), p
     for x in (d, n):
         a.disk(x, 'Close', 'a{sv}', {})
     # back beside its parent, where vdisk-img finds it
@@ -222,7 +225,8 @@ def test_refused(env, clients):
     with pytest.raises(Exception) as ei:
         a.wait_op(rebase(a, d, loop))
     assert getattr(ei.value, 'name', None) == ERR + 'ChainBroken', ei.value
-    assert 'own ancestor' in ei.value.message, ei.value.message
+    assert 'own ancestor' in ei.value.message and \
+        ei.value.message.endswith("' still uses its old parent"), ei.value.message
     a.disk(loop, 'Close', 'a{sv}', {})
     for x in (d, n):
         a.disk(x, 'Close', 'a{sv}', {})

@@ -9,8 +9,11 @@ qemu-img as the oracle:
 - convert -n -B (CopyTo `source-top-only`): only the source's top is copied;
 - snapshot -l/-c/-a/-d over the Image's snapshot methods: -l prints what
   vdisk-img and qemu-img print, the others change what qemu-img lists;
+- info lists the snapshots as vdisk-img info does (human and JSON);
 - resize, check -r, repair and convert -n pass a `direct-fd` (unless -t/-T
-  ask for the page cache);
+  ask for the page cache); convert -t none/directsync adds Copy's
+  `direct-only` (a VDI output's data never enters the page cache);
+- create -b passes the backing name (`parent-name`);
 - compare -T/-U accepted as vdisk-img accepts them.
 """
 
@@ -23,7 +26,8 @@ import subprocess
 
 import pytest
 
-from harness import A_MODIFY, A_OPEN, UID_A, MiB, unique, user_path, vdiskctl
+from agentproto import Open, T
+from harness import A_MODIFY, A_OPEN, INVALID_ARGS, UID_A, MiB, expect_error, open_disk, unique, user_path, vdiskctl
 
 SIZE = 8 * MiB
 
@@ -181,12 +185,47 @@ def test_snapshot_change(env, a):
     assert r.returncode == 2 and "Cannot mix '-l', '-a', '-c', '-d'" in r.stderr, r
 
 
+def test_info_snapshots(env, a):
+    """vdiskctl info lists the snapshots as vdisk-img info does (and
+    qemu-img); vdiskd gives no "Format specific information", the rest is
+    the same."""
+    path = qcow2(env, 'i.qcow2', writes=('write -P 0x11 0 1M',))
+    env.qemu_img('snapshot', '-c', 'one', path)
+    qemu_io(env, path, 'write -P 0x22 0 64k')
+    env.qemu_img('snapshot', '-c', 'x' * 20, path)
+    ctl = vdiskctl(env, 'info', str(path))
+    img = env.vdisk_img('info', path).stdout
+    assert ctl.stderr == '', ctl
+    assert img.split('Format specific information:')[0] == ctl.stdout, (img, ctl.stdout)
+    assert listed(ctl.stdout[ctl.stdout.index('Snapshot list:'):]) == [('1', 'one'), ('2', 'x' * 20)], ctl.stdout
+    assert env.qemu_img('info', path).stdout.startswith(ctl.stdout)
+
+    ctl = json.loads(vdiskctl(env, 'info', '--output=json', str(path)).stdout)
+    img = json.loads(env.vdisk_img('info', '--output=json', path).stdout)
+    del img['format-specific']
+    assert ctl == img and len(ctl['snapshots']) == 2, (ctl, img)
+    # qemu-img's values (its keys, dates to the nanosecond)
+    q = json.loads(env.qemu_img('info', '--output=json', path).stdout)['snapshots']
+    assert ctl['snapshots'] == [{k: s[k] for k in ctl['snapshots'][0]} for s in q], (ctl, q)
+
+    # with --backing-chain each image lists its own; a format without
+    # snapshots lists none
+    top = overlay(env, 'i-top.qcow2', 'i.qcow2')
+    out = vdiskctl(env, 'info', '--backing-chain', str(top)).stdout
+    assert out.count('Snapshot list:') == 1 and out.index('Snapshot list:') > out.index('image: ' + str(path)), out
+    chain = json.loads(vdiskctl(env, 'info', '--output=json', '--backing-chain', str(top)).stdout)
+    assert ['snapshots' in i for i in chain] == [False, True], chain
+    env.make_raw(UID_A, 'i.raw', SIZE)
+    assert vdiskctl(env, 'info', 'i.raw').stdout == env.vdisk_img('info', user_path(env, 'i.raw')).stdout.replace(
+        str(user_path(env, 'i.raw')), 'i.raw')
+
+
 # ---------------------------------------------------------------- direct-fd
 
-def traced(env, *args):
+def traced(env, *args, key='direct-fd'):
     """vdiskctl ARGS under strace: (result, whether a message it sent
     carried a descriptor it had opened O_DIRECT, or a duplicate of one,
-    together with the key `direct-fd`)."""
+    together with `key`, by default `direct-fd`)."""
     log = env.tmp / unique('strace')
     cmd = ['strace', '-f', '-qq', '-s', '65536', '-e', 'trace=openat,fcntl,sendmsg', '-o', str(log),
            'setpriv', f'--reuid={UID_A}', f'--regid={UID_A}', '--clear-groups', '--', os.environ['VDISKCTL'],
@@ -202,7 +241,7 @@ def traced(env, *args):
         if m and m.group(1) in direct:
             direct.add(m.group(2))
         m = re.search(r'SCM_RIGHTS, cmsg_data=\[([0-9, ]+)\]', line)
-        if m and 'direct-fd' in line and direct & {x.strip() for x in m.group(1).split(',')}:
+        if m and 'direct-fd' in line and key in line and direct & {x.strip() for x in m.group(1).split(',')}:
             passed = True
     return r, passed
 
@@ -256,6 +295,52 @@ def test_direct_fd_resize_repair(env, a):
         env.qemu_img('compare', '-f', 'raw', '-F', 'qcow2', src, dst)
 
 
+def resident(path):
+    """Bytes of the file in the page cache (fincore)."""
+    out = subprocess.run(['fincore', '--bytes', '--noheadings', '--output', 'RES', str(path)], check=True,
+                         stdout=subprocess.PIPE, text=True).stdout
+    return int(out.split()[0])
+
+
+@pytest.mark.skipif(not shutil.which('fincore'), reason='fincore (util-linux) not installed')
+def test_convert_direct_only(env, a):
+    """-t none and directsync keep a copy into a format that appends its
+    blocks direct: vdiskctl sends Copy's `direct-only` with its `direct-fd`,
+    and a VDI output's data never was in the page cache (by default, and
+    with -t writeback, it went through it)."""
+    size = 32 * MiB
+    src = user_path(env, 'do.raw')
+    with open(src, 'wb') as f:
+        f.write(os.urandom(size))
+    env.chown(src, UID_A)
+    for fmt, cache, direct_only in (('vdi', 'none', True), ('vdi', 'directsync', True), ('vpc', 'none', True),
+                                    ('vmdk', 'directsync', True), ('vdi', None, False), ('vdi', 'writeback', False)):
+        name = unique('do') + '.' + fmt
+        r, sent = traced(env, 'convert', *(('-t', cache) if cache else ()), '-O', fmt, 'do.raw', name,
+                         key='direct-only')
+        assert r.returncode == 0 and r.stderr == '' and sent == direct_only, (fmt, cache, r, sent)
+        out = user_path(env, name)
+        # before anything reads it; the data of VHD (after each block's
+        # bitmap) and VMDK is not aligned for direct writes (as vdisk-img's)
+        cached = resident(out)
+        if fmt == 'vdi' and direct_only:
+            assert cached < size // 8, (fmt, cache, cached)     # metadata only
+        elif fmt == 'vdi':
+            assert cached >= size // 2, (fmt, cache, cached)
+        if fmt != 'vpc':   # qemu-img checks no VHD
+            env.qemu_img('check', '-f', fmt, out)
+        env.qemu_img('compare', '-f', 'raw', '-F', fmt, src, out)
+    # direct-only without a direct-fd says nothing: refused in the call
+    d = open_disk(env, a, [src], fmt='RAW', name='do', flags=os.O_RDONLY)
+    dest = user_path(env, 'do-bad.vdi')
+    open(dest, 'wb').close()
+    env.chown(dest, UID_A)
+    expect_error(INVALID_ARGS, a.disk, d, 'Copy', 'hsa{sv}', Open(dest, os.O_RDWR), 'VDI',
+                 {'direct-only': T('b', True)})
+    a.disk(d, 'Close', 'a{sv}', {})
+    assert os.path.getsize(dest) == 0
+
+
 # ---------------------------------------------------------------- convert -n -B
 
 def top_map(env, path):
@@ -303,6 +388,19 @@ def test_convert_into_top_only(env, a):
     r = vdiskctl(env, 'convert', '-c', '-n', '-B', 'b-tbase-ctl.qcow2', '-O', 'qcow2', 'b-top.qcow2', 'b-t-ctl.qcow2',
                  check=False)
     assert r.returncode != 0 and "'compress' and 'source-top-only'" in r.stderr, r
+
+
+def test_create_diff_names_backing(env, a):
+    """vdiskctl create -b passes the backing name as given (CreateDiff
+    `parent-name`): a qcow2 diff records it as qemu-img does."""
+    base = qcow2(env, 'cb-base.qcow2', writes=('write -P 0x11 0 1M',))
+    r = vdiskctl(env, 'create', '-f', 'qcow2', '-b', 'cb-base.qcow2', '-F', 'qcow2', 'cb-top.qcow2')
+    assert r.returncode == 0 and r.stderr == '', r
+    top = user_path(env, 'cb-top.qcow2')
+    info = json.loads(env.qemu_img('info', '--output=json', top).stdout)
+    assert (info['backing-filename'], info['backing-filename-format']) == ('cb-base.qcow2', 'qcow2'), info
+    env.qemu_img('check', top)
+    env.qemu_img('compare', base, top)
 
 
 # ---------------------------------------------------------------- compare -T/-U

@@ -613,9 +613,28 @@ static void check_copy(const char *name, const char *format, const uint8_t *data
         vdisk_io_unref(io);
 }
 
-/* direct_only: the output opened as for -t none (VDISK_PATH_DIRECT_ONLY),
- * which keeps every format's copy direct. */
-static void test_copy_path(const char *format, bool want_direct, bool direct_only) {
+/* The output as vdiskd builds it for Copy `direct-only`: a fd io with
+ * VDISK_IO_DIRECT_ONLY, given its O_DIRECT twin afterwards. */
+static vdisk_io *open_fd_direct_only(const char *name) {
+        char path[4200];
+        vdisk_io *io = NULL;
+        int fd, dfd;
+
+        snprintf(path, sizeof path, "%s/%s", dir, name);
+        fd = open(path, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+        ASSERT(fd >= 0);
+        ASSERT_OK(vdisk_io_new_fd(fd, name, VDISK_IO_OWN_FD | VDISK_IO_DIRECT_ONLY, &io));
+        dfd = open(path, O_WRONLY | O_DIRECT | O_CLOEXEC);
+        ASSERT(dfd >= 0);
+        ASSERT_OK(vdisk_io_set_direct_fd(io, dfd));
+        close(dfd);
+        return io;
+}
+
+/* direct_only: the output opened as for -t none (VDISK_PATH_DIRECT_ONLY;
+ * 2: as vdiskd builds it, open_fd_direct_only()), which keeps every
+ * format's copy direct. */
+static void test_copy_path(const char *format, bool want_direct, int direct_only) {
         const uint64_t size = 40 * MiB;
         _cleanup_free_ uint8_t *data = calloc(1, size);
         vdisk_disk *dst = disk_new(), *src;
@@ -630,8 +649,9 @@ static void test_copy_path(const char *format, bool want_direct, bool direct_onl
         src = open_source(data, size, &sio);
         if (forced_direct() >= 0)
                 want_direct = forced_direct();
-        dio = open_file_flags("path", VDISK_PATH_CREATE | VDISK_PATH_TRUNC |
-                                              (direct_only ? VDISK_PATH_DIRECT_ONLY : 0));
+        dio = direct_only == 2 ? open_fd_direct_only("path")
+                               : open_file_flags("path", VDISK_PATH_CREATE | VDISK_PATH_TRUNC |
+                                                                 (direct_only ? VDISK_PATH_DIRECT_ONLY : 0));
         ASSERT_EQ_U64(io_fd_writes_direct(dio), outside);
         /* A window larger than the copy: every cached byte stays counted. */
         ASSERT_OK(io_fd_window_set(dio, MiB, 64 * MiB));
@@ -752,10 +772,11 @@ int main(void) {
         }
 
         test_path_policy();
-        test_copy_path("raw", true, false);
-        test_copy_path("vdi", false, false);
-        test_copy_path("vpc", false, false);
-        test_copy_path("vdi", true, true);
+        test_copy_path("raw", true, 0);
+        test_copy_path("vdi", false, 0);
+        test_copy_path("vpc", false, 0);
+        test_copy_path("vdi", true, 1);
+        test_copy_path("vdi", true, 2);
         test_merge_path();
         if (forced_direct() >= 0)
                 goto done;

@@ -306,6 +306,10 @@ bool cache_mode_direct(const char *mode) {
         return !streq_ptr(mode, "writeback") && !streq_ptr(mode, "writethrough") && !streq_ptr(mode, "unsafe");
 }
 
+bool cache_mode_direct_only(const char *mode) {
+        return streq_ptr(mode, "none") || streq_ptr(mode, "off") || streq_ptr(mode, "directsync");
+}
+
 static bool is_img(void) {
         return front_dialect.tool == FRONT_IMG;
 }

@@ -106,6 +106,10 @@ bool cache_mode_valid(const char *mode);
 /* Whether writes under cache mode `mode` (NULL: the default) bypass the page
  * cache: all but writeback, writethrough and unsafe. */
 bool cache_mode_direct(const char *mode);
+/* Whether `mode` asks for direct writes whatever the output format (none,
+ * off, directsync), where the default lets a format that appends its blocks
+ * take the page cache. */
+bool cache_mode_direct_only(const char *mode);
 
 typedef enum FrontVerbId {
         VERB_INFO,

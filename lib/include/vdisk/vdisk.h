@@ -78,7 +78,8 @@ enum {
                                       * through a second descriptor of the same file, opened
                                       * via /proc/self/fd; silently off where that fails):
                                       * for bulk writes that end in a flush */
-        VDISK_IO_DIRECT_ONLY = 1u << 4, /* with VDISK_IO_DIRECT: a copy's large writes stay
+        VDISK_IO_DIRECT_ONLY = 1u << 4, /* with VDISK_IO_DIRECT (or a descriptor from
+                                         * vdisk_io_set_direct_fd()): a copy's large writes stay
                                          * direct even into a format that appends its blocks,
                                          * where the copy would take the page cache (the
                                          * caller asked for cache=none or directsync) */
