@@ -960,6 +960,116 @@ static int move_bitmaps(qcow2_state *s, vdisk_progress *p, uint64_t *ret_moved) 
         return 0;
 }
 
+/* Whether the snapshot table or table at [off, off + len) is held by one
+ * pointer alone (every cluster refcount 1, none of the active tree's fixed
+ * metadata): only then may it move and its old place be uncounted. */
+static int held_alone(qcow2_state *s, uint64_t off, uint64_t len, bool *ret) {
+        int r;
+
+        *ret = false;
+        for (uint64_t c = off; c < off + len; c += s->cluster_size) {
+                uint64_t rc;
+
+                if (c != s->snapshots_offset && is_fixed(s, c))
+                        return 0;
+                r = qcow2_rc_get(s, c, &rc);
+                if (r < 0)
+                        return r;
+                if (rc != 1)
+                        return 0;
+        }
+        *ret = true;
+        return 0;
+}
+
+/* A snapshot's table at `from` (`len` bytes) into the lowest free clusters
+ * below it; the switch is the 8-byte pointer at `at` (8-aligned: a
+ * snapshot's L1 entry, a snapshot table entry's L1 offset, the header's
+ * snapshots_offset) written in place, flushed (and *cur, when given, set);
+ * the old place uncounted. */
+static int move_snap_table(qcow2_state *s, uint64_t from, uint64_t len, uint64_t at, uint64_t flags,
+                           vdisk_progress *p, uint64_t *cur, uint64_t *ret_moved) {
+        uint64_t to;
+        uint8_t b[8];
+        bool alone, moved;
+        int r;
+
+        if (from <= s->free_hint)
+                return 0;
+        r = held_alone(s, from, len, &alone);
+        if (r < 0 || !alone)
+                return r;
+        r = progress_check(p);
+        if (r >= 0)
+                r = move_done(s, qcow2_table_place(s, NULL, len, from, from, QCOW2_PLACE_LOW, &to), &moved);
+        if (r < 0 || !moved)
+                return r;
+        put_be64(b, to | flags);
+        r = io_pwrite(s->io, b, sizeof b, at);
+        if (r >= 0)
+                r = io_flush(s->io);
+        if (r < 0)
+                return r;
+        if (cur)
+                *cur = to;
+        (*ret_moved)++;
+        return qcow2_uncount(s, from, len);
+}
+
+/* Internal snapshots: for each snapshot, its L2 tables held by it alone
+ * (refcount 1: the switch is the snapshot's L1 entry, flags kept), then its
+ * L1 table (the entry's l1_table_offset); last the snapshot table (the
+ * header's snapshots_offset; nb_snapshots unchanged). Their data clusters
+ * stay where they are. */
+static int move_snapshots(qcow2_state *s, vdisk_progress *p, uint64_t *ret_moved) {
+        vdisk_snapshot *v = NULL;
+        _cleanup_free_ qcow2_snap *e = NULL;
+        size_t n = 0;
+        int r;
+
+        if (s->nb_snapshots == 0)
+                return 0;
+        r = qcow2_read_snapshots(s, &v, &e, &n);
+        vdisk_snapshots_free(v, n);
+        if (r < 0)
+                return r;
+        for (size_t i = 0; i < n; i++) {
+                uint64_t len = (uint64_t) e[i].l1_size * 8;
+                _cleanup_free_ uint8_t *l1 = NULL;
+
+                if (len == 0)
+                        continue;
+                if (!qcow2_l1_ok(s, e[i].l1_offset, e[i].l1_size))
+                        return vdisk_error(-EUCLEAN, "qcow2: snapshot %zu has its L1 table at %" PRIu64 " (%" PRIu32
+                                           " entries), not cluster-aligned within the file", i, e[i].l1_offset,
+                                           e[i].l1_size);
+                l1 = malloc(len);
+                if (!l1)
+                        return vdisk_error(-ENOMEM, "out of memory");
+                r = io_pread(s->io, l1, len, e[i].l1_offset);
+                if (r < 0)
+                        return r;
+                for (uint32_t j = 0; j < e[i].l1_size; j++) {
+                        uint64_t l1e = get_be64(l1 + (size_t) j * 8), l2 = l1e & OFFSET_MASK;
+
+                        if (l2 == 0)
+                                continue;
+                        if (l2 % s->cluster_size != 0 || !range_within(l2, s->cluster_size, s->file_size))
+                                return vdisk_error(-EUCLEAN, "qcow2: snapshot %zu names an L2 table at %" PRIu64
+                                                   ", not cluster-aligned within the file", i, l2);
+                        r = move_snap_table(s, l2, s->cluster_size, e[i].l1_offset + (uint64_t) j * 8,
+                                            l1e & ~OFFSET_MASK, p, NULL, ret_moved);
+                        if (r < 0)
+                                return r;
+                }
+                r = move_snap_table(s, e[i].l1_offset, len, e[i].start, 0, p, NULL, ret_moved);
+                if (r < 0)
+                        return r;
+        }
+        return move_snap_table(s, s->snapshots_offset, e[n - 1].next - s->snapshots_offset, 64, 0, p,
+                               &s->snapshots_offset, ret_moved);
+}
+
 static int move_l1(qcow2_state *s, bool *ret_moved) {
         uint64_t from = s->l1_offset, len = (uint64_t) s->l1_size * 8, to;
         uint8_t b[8];
@@ -1059,6 +1169,8 @@ static int compact_meta(qcow2_state *s, vdisk_progress *p, uint64_t *ret_moved) 
         if (r < 0 || rt < 0)
                 return r < 0 ? r : rt;
         r = move_bitmaps(s, p, &n_moved);
+        if (r >= 0)
+                r = move_snapshots(s, p, &n_moved);
         if (r < 0)
                 return r;
         for (uint64_t rti = 0; rti < tc_table_entries(s->reft); rti++) {

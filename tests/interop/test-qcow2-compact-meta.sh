@@ -280,4 +280,63 @@ expect_true "snapshots: the file shrank ($size_before -> $(stat -c %s "$img"))" 
         test "$(stat -c %s "$img")" -lt "$size_before"
 expect_rc "snapshots: vdisk-img check" 0 "$VDISK_IMG" check -f qcow2 "$img"
 
+# 7. the snapshots' own tables move too (qemu-made, 64 KiB clusters): s0
+# over 4 MiB of data the active tree then overwrites (copied on write), s1
+# and s2 with writes between them (each write copies the active L2 table,
+# so s1 and s2 each hold an L2 table alone), then s0 deleted: its 4 MiB
+# and its tables leave a hole below both snapshots' L1 and L2 tables and
+# the snapshot table. After compact each of those lies lower, the file is
+# smaller, check clean, the active disk and each snapshot read as before,
+# the snapshot list unchanged.
+# snap_layout IMG: "SNAPSHOTS_OFFSET L1(s1) MAX_L2(s1) L1(s2) MAX_L2(s2) ..."
+snap_layout() {
+        "$PY" - "$1" <<'EOF'
+import struct, sys
+d = open(sys.argv[1], 'rb').read()
+be64 = lambda o: struct.unpack('>Q', d[o:o + 8])[0]
+n, off = struct.unpack('>I', d[60:64])[0], be64(64)
+out = [off]
+for _ in range(n):
+    l1, l1_size = be64(off), struct.unpack('>I', d[off + 8:off + 12])[0]
+    id_len, name_len = struct.unpack('>HH', d[off + 12:off + 16])
+    extra = struct.unpack('>I', d[off + 36:off + 40])[0]
+    out += [l1, max(be64(l1 + 8 * i) & 0x00fffffffffffe00 for i in range(l1_size))]
+    off += (40 + extra + id_len + name_len + 7) & ~7
+print(*out)
+EOF
+}
+img=snaptab.qcow2
+"$QEMU_IMG" create -q -f qcow2 -o cluster_size=64k "$img" 1G
+"$QEMU_IO" -f qcow2 -c "write -P 0x11 0 4M" "$img" >/dev/null
+"$QEMU_IMG" snapshot -c s0 "$img"
+"$QEMU_IO" -f qcow2 -c "write -P 0x22 0 4M" -c "write -P 0x33 20M 1M" "$img" >/dev/null
+"$QEMU_IMG" snapshot -c s1 "$img"
+"$QEMU_IO" -f qcow2 -c "write -P 0x44 30M 1M" "$img" >/dev/null
+"$QEMU_IMG" snapshot -c s2 "$img"
+"$QEMU_IO" -f qcow2 -c "write -P 0x55 40M 1M" "$img" >/dev/null
+"$QEMU_IMG" snapshot -d s0 "$img"
+"$QEMU_IMG" convert -f qcow2 -O raw "$img" snaptab.raw
+for sn in s1 s2; do "$QEMU_IMG" convert -f qcow2 -l "$sn" -O raw "$img" "snaptab-$sn.raw"; done
+"$QEMU_IMG" snapshot -l "$img" >snaptab.list
+read -r b_tab b_l1a b_l2a b_l1b b_l2b <<<"$(snap_layout "$img")"
+size_before=$(stat -c %s "$img")
+expect_rc "snapshot tables: compact" 0 "$VDISK_IMG" compact "$img"
+expect_rc "snapshot tables: qemu-img check clean" 0 "$QEMU_IMG" check -f qcow2 "$img"
+expect_rc "snapshot tables: the active disk as before" 0 "$QEMU_IMG" compare -f qcow2 -F raw "$img" snaptab.raw
+for sn in s1 s2; do
+        run "$QEMU_IMG" convert -f qcow2 -l "$sn" -O raw "$img" "snaptab-$sn.after"
+        expect_cmp "snapshot tables: $sn reads as before" "snaptab-$sn.raw" "snaptab-$sn.after"
+done
+"$QEMU_IMG" snapshot -l "$img" >snaptab.list.after
+expect_cmp "snapshot tables: the snapshot list unchanged" snaptab.list snaptab.list.after
+read -r tab l1a l2a l1b l2b <<<"$(snap_layout "$img")"
+expect_true "snapshot tables: the snapshot table moved down ($b_tab -> $tab)" test "$tab" -lt "$b_tab"
+expect_true "snapshot tables: s1's L1 table moved down ($b_l1a -> $l1a)" test "$l1a" -lt "$b_l1a"
+expect_true "snapshot tables: s1's own L2 table moved down ($b_l2a -> $l2a)" test "$l2a" -lt "$b_l2a"
+expect_true "snapshot tables: s2's L1 table moved down ($b_l1b -> $l1b)" test "$l1b" -lt "$b_l1b"
+expect_true "snapshot tables: s2's own L2 table moved down ($b_l2b -> $l2b)" test "$l2b" -lt "$b_l2b"
+expect_true "snapshot tables: the file shrank ($size_before -> $(stat -c %s "$img"))" \
+        test "$(stat -c %s "$img")" -lt "$size_before"
+expect_rc "snapshot tables: vdisk-img check" 0 "$VDISK_IMG" check -f qcow2 "$img"
+
 finish
