@@ -52,6 +52,8 @@
  * directory of an enabled and a disabled bitmap: their bits never change);
  * qcow2-compact-snapshot (compact of an image with an internal snapshot:
  * the snapshot reads as taken in every crash image);
+ * qcow2-compact-snapshot-tables (the same, the snapshot's own L2 table, its
+ * L1 table and the snapshot table moved down into a hole);
  * qcow2-amend-downgrade-snapshot (compat=0.10 of a diff with a snapshot and
  * zero clusters over its data and the parent's: the snapshot as taken);
  * qcow2-writes-bitmaps (an image with an enabled and a disabled persistent
@@ -744,6 +746,32 @@ static void build_qcow2_compact_snapshot(scenario *sc) {
         fill_block(d, &r, 5, 256 * KiB, 128 * KiB);
         fill_block(d, &r, 7, 0, 64 * KiB);
         ASSERT_OK(vdisk_disk_discard(d, 3 * BLOCK, 512 * KiB));
+        vdisk_disk_unref(d);
+}
+
+/* Compact moving a snapshot's own tables: "tmp" of the writes-base image,
+ * block 0 written again (the active L2 table and those clusters copied:
+ * "tmp" holds the old ones alone), "old", 128 KiB of block 3 written (the
+ * L2 table copied again: "old" holds the previous copy alone), then "tmp"
+ * deleted: its clusters and tables leave a hole below "old"'s L2 table, its
+ * L1 table and the snapshot table, which the compact moves down (each
+ * switch one 8-byte write: the L1 entry, the snapshot entry, the header).
+ * "old" reads as taken. */
+static void build_qcow2_compact_snapshot_tables(scenario *sc) {
+        vdisk_disk *d;
+        rng r;
+
+        build_writes_base(sc);
+        rng_seed(&r, 5);
+        d = open_ios(sc->tmpl, 1, 0, "building the snapshots");
+        ASSERT_OK(vdisk_disk_snapshot_create(d, "tmp"));
+        fill_block(d, &r, 0, 0, BLOCK);
+        vdisk_disk_unref(d);
+        sc->snap_content = read_view(sc->tmpl, 1);
+        d = open_ios(sc->tmpl, 1, 0, "building the snapshots");
+        ASSERT_OK(vdisk_disk_snapshot_create(d, "old"));
+        fill_block(d, &r, 3, 0, 128 * KiB);
+        ASSERT_OK(vdisk_disk_snapshot_delete(d, "tmp"));
         vdisk_disk_unref(d);
 }
 
@@ -1608,6 +1636,12 @@ static scenario scenarios[] = {
         { .name = "qcow2-compact-snapshot", .fmt = "qcow2", .opts = qcow2_64k, .max_crash_seeds = 2,
           .faulted = 0, .qemu = 1, .qemu_every = 2, .build = build_qcow2_compact_snapshot, .op = op_compact,
           .after_success = after_compact },
+        /* the same with the snapshot's own L2 table, its L1 table and the
+         * snapshot table above a hole: moved down (without those moves the
+         * file does not shrink: the last cluster is the snapshot table) */
+        { .name = "qcow2-compact-snapshot-tables", .fmt = "qcow2", .opts = qcow2_64k, .max_crash_seeds = 2,
+          .faulted = 0, .qemu = 1, .qemu_every = 2, .build = build_qcow2_compact_snapshot_tables,
+          .op = op_compact, .after_success = after_compact },
         { .name = "qcow2-snapshot", .fmt = "qcow2", .opts = qcow2_64k, .max_crash_seeds = 2, .faulted = 0,
           .qemu = 1, .qemu_every = 2, .copied_lag = 1, .build = build_snapshot_base, .op = op_snapshot },
         /* QED (64 KiB clusters): data clusters and L2 tables appended, L1
