@@ -38,18 +38,22 @@
  *             dropped. Flushed. With an external data file (not raw), the
  *             ranges of the clusters the tables do not map are punched out
  *             of it then. Then the metadata moves down (L2 tables, bitmap
- *             tables and directory, refcount blocks, the L1 table, the
- *             refcount table: each into the lowest free clusters below it,
+ *             tables and directory, the snapshots' own L2 tables, their L1
+ *             tables and the snapshot table, refcount blocks, the L1 table,
+ *             the refcount table: each into the lowest free clusters below it,
  *             by qcow2_table_place, the pointer switched, the old place
  *             freed; refcount blocks that count nothing leave the refcount
  *             table), fmt_pack moves the highest data clusters and bitmap
  *             data clusters into the lowest free clusters (copy, flush, the
  *             new place counted, the L2 or bitmap table entry, flushed, the
- *             old place freed, flushed), the metadata moves once more, and
- *             the file is cut after its last referenced cluster. A cancel
+ *             old place freed, flushed), the metadata moves once more (and,
+ *             while that moved or dropped something, the data packs and the
+ *             metadata moves again, a few rounds at most), and the file is
+ *             cut after its last referenced cluster. A cancel
  *             stops between batches and moves; every step is a valid image.
  *             With internal snapshots, L2 tables and data clusters with a
- *             refcount above 1 are neither changed nor moved.
+ *             refcount above 1 are neither changed nor moved, and neither
+ *             are the data clusters a snapshot holds alone.
  */
 #include <assert.h>
 #include <errno.h>
@@ -1330,13 +1334,51 @@ static int compact_layout(qcow2_state *s, fmt_unit **ret_units, size_t *ret_n, f
         return 0;
 }
 
-int qcow2_compact(void *state, compact_fn fn, void *ctx, vdisk_progress *p) {
-        qcow2_state *s = state;
+/* Data packs again after a metadata round moved or dropped a table (a
+ * refcount block dropped after the data moved leaves a hole below it): at
+ * most this many more times (each round only moves clusters down, so it
+ * ends anyway; the bound keeps the scans few). */
+#define PACK_ROUNDS 4u
+
+/* One pack (fmt_pack) of the data and bitmap clusters into the lowest free
+ * clusters. *done: the progress reported so far; the moves report past it.
+ * *ret_moves: how many clusters it moved. */
+static int pack_data(qcow2_state *s, vdisk_progress *p, uint64_t *done, uint64_t *ret_moves) {
         _cleanup_free_ fmt_unit *units = NULL;
         _cleanup_free_ fmt_span *fixed = NULL;
         size_t n = 0, nf = 0;
-        uint64_t moves, meta_moves = 0;
         cpack cp = { .s = s };
+        int r;
+
+        r = compact_layout(s, &units, &n, &fixed, &nf);
+        if (r < 0)
+                return r;
+        fmt_pack pk = {
+                .io = s->io,
+                .unit = s->cluster_size,
+                .floor = s->cluster_size,
+                .units = units,
+                .n_units = n,
+                .fixed = fixed,
+                .n_fixed = nf,
+                .p = p,
+                .cancellable = true,
+                .repoint = cpack_repoint,
+                .commit = cpack_commit,
+                .user = &cp,
+        };
+        r = fmt_pack_count(&pk, ret_moves);
+        if (r < 0)
+                return r;
+        progress_set_total(p, *done + *ret_moves * s->cluster_size);
+        (void) progress_add(p, *done);   /* a cancel: seen by the pack */
+        *done += *ret_moves * s->cluster_size;
+        return fmt_pack_run(&pk, NULL);
+}
+
+int qcow2_compact(void *state, compact_fn fn, void *ctx, vdisk_progress *p) {
+        qcow2_state *s = state;
+        uint64_t done, moves, meta_moves = 0;
         bool ident = true;
         int r, rt;
 
@@ -1365,35 +1407,21 @@ int qcow2_compact(void *state, compact_fn fn, void *ctx, vdisk_progress *p) {
                         rt = trim_tail(s);
                 return rt < 0 ? rt : r;
         }
-        r = compact_layout(s, &units, &n, &fixed, &nf);
-        if (r < 0)
-                return r;
-        fmt_pack pk = {
-                .io = s->io,
-                .unit = s->cluster_size,
-                .floor = s->cluster_size,
-                .units = units,
-                .n_units = n,
-                .fixed = fixed,
-                .n_fixed = nf,
-                .p = p,
-                .cancellable = true,
-                .repoint = cpack_repoint,
-                .commit = cpack_commit,
-                .user = &cp,
-        };
-        r = fmt_pack_count(&pk, &moves);
-        if (r < 0)
-                return r;
         /* the scan is done: the moves report past the disk's size */
-        progress_set_total(p, s->size + moves * s->cluster_size);
-        (void) progress_add(p, s->size);   /* a cancel: seen by the pack */
-        r = fmt_pack_run(&pk, NULL);
+        done = s->size;
+        r = pack_data(s, p, &done, &moves);
         /* again: refcount blocks left counting nothing (past the packed
          * data, or whose old place counted only itself) go, and what still
-         * lies above a hole moves down */
+         * lies above a hole moves down; where that freed clusters below the
+         * data, the data packs again */
         if (r >= 0)
                 r = compact_meta(s, p, &meta_moves);
+        for (unsigned i = 0; r >= 0 && meta_moves > 0 && i < PACK_ROUNDS; i++) {
+                r = pack_data(s, p, &done, &moves);
+                if (r < 0 || moves == 0)
+                        break;
+                r = compact_meta(s, p, &meta_moves);
+        }
         /* after a cancel too: what the moves left free at the end goes */
         rt = trim_tail(s);
         return r < 0 ? r : rt;

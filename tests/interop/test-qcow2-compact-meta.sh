@@ -3,15 +3,17 @@
 # QCOW2 compact moves metadata: images whose L2 tables, refcount blocks, L1
 # table or refcount table sit late in the file (written last, grown by a
 # resize, or made by qemu as the file grew), with a hole below them (a
-# discard). After `vdisk-img compact` the file is no larger than the
-# clusters it references (a few holes at most: refcount blocks dropped after
-# the data moves), the tables that stood above a hole moved down,
+# discard). After `vdisk-img compact` the file holds only the clusters it
+# references, no hole (the data packs again after refcount blocks are
+# dropped) and ends at qemu-img check's image end offset, the tables that
+# stood above a hole moved down,
 # `qemu-img check` is clean and `qemu-img compare` equals the content before.
 # Also: persistent bitmaps above the hole (their tables, data clusters and
 # directory move; qemu-img info and the bits unchanged), and images with an
 # external data file (dropped clusters punched out of it; raw ones kept),
-# and an image with internal snapshots (only the active tree's own
-# clusters and tables move; every snapshot reads as before).
+# and images with internal snapshots (the active tree's own clusters and
+# tables move, and the snapshots' own tables; every snapshot reads as
+# before).
 #   tests/interop/test-qcow2-compact-meta.sh build/tools/vdisk-img build/tests/interop/vdisk-discard
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 source "$(dirname "$0")/lib.sh" "$@"
@@ -55,23 +57,27 @@ print(n, used, l1, reft, max(l2s), max(rbs))
 EOF
 }
 
-# check_compacted NAME IMG REF BEFORE_LAYOUT SLACK MOVED: the file holds only
-# referenced clusters (SLACK holes at most); the tables MOVED names (l2: the
-# last L2 table, rb: the last refcount block, l1, reft) lie lower than before
+# check_compacted NAME IMG REF BEFORE_LAYOUT MOVED: the file holds only
+# referenced clusters (no hole) and ends where qemu-img check says the image
+# ends; the tables MOVED names (l2: the last L2 table, rb: the last refcount
+# block, l1, reft) lie lower than before
 check_compacted() {
-        local name=$1 img=$2 ref=$3 slack=$5 n used l1 reft l2 rb
+        local name=$1 img=$2 ref=$3 n used l1 reft l2 rb end
         local b_n b_l1 b_reft b_l2 b_rb
         read -r b_n _ b_l1 b_reft b_l2 b_rb <<<"$4"
         read -r n used l1 reft l2 rb <<<"$(layout "$img")"
         expect_rc "$name: qemu-img check clean" 0 "$QEMU_IMG" check -f qcow2 "$img"
         expect_rc "$name: qemu-img compare equal" 0 "$QEMU_IMG" compare -f qcow2 -F raw "$img" "$ref"
-        expect_true "$name: $n clusters in the file, $used referenced (slack $slack; $b_n before)" \
-                test "$n" -le $((used + slack))
-        [[ $6 == *l2* ]] && expect_true "$name: the last L2 table moved down ($b_l2 -> $l2)" test "$l2" -lt "$b_l2"
-        [[ $6 == *rb* ]] && expect_true "$name: the last refcount block moved down or went ($b_rb -> $rb)" \
+        expect_true "$name: $n clusters in the file, $used referenced ($b_n before)" test "$n" -eq "$used"
+        end=$("$QEMU_IMG" check -f qcow2 --output=json "$img" | "$PY" -c 'import json, sys
+print(json.load(sys.stdin)["image-end-offset"])')
+        expect_true "$name: the file ends at qemu-img check's image end offset ($end)" \
+                test "$(stat -c %s "$img")" -eq "$end"
+        [[ $5 == *l2* ]] && expect_true "$name: the last L2 table moved down ($b_l2 -> $l2)" test "$l2" -lt "$b_l2"
+        [[ $5 == *rb* ]] && expect_true "$name: the last refcount block moved down or went ($b_rb -> $rb)" \
                 test "$rb" -lt "$b_rb"
-        [[ $6 == *l1* ]] && expect_true "$name: the L1 table moved down ($b_l1 -> $l1)" test "$l1" -lt "$b_l1"
-        [[ $6 == *reft* ]] && expect_true "$name: the refcount table moved down ($b_reft -> $reft)" \
+        [[ $5 == *l1* ]] && expect_true "$name: the L1 table moved down ($b_l1 -> $l1)" test "$l1" -lt "$b_l1"
+        [[ $5 == *reft* ]] && expect_true "$name: the refcount table moved down ($b_reft -> $reft)" \
                 test "$reft" -lt "$b_reft"
         expect_rc "$name: vdisk-img check" 0 "$VDISK_IMG" check -f qcow2 "$img"
 }
@@ -86,7 +92,7 @@ expect_rc "late-l2: discard 4M" 0 "$DISCARD" "$img" qcow2 $((100 * M)):$((4 * M)
 "$QEMU_IMG" convert -f qcow2 -O raw "$img" late-l2.raw
 before=$(layout "$img")
 expect_rc "late-l2: compact" 0 "$VDISK_IMG" compact "$img"
-check_compacted late-l2 "$img" late-l2.raw "$before" 0 l2
+check_compacted late-l2 "$img" late-l2.raw "$before" l2
 
 # 2. qemu-made, 512-byte clusters: refcount blocks every 128 KiB of the file
 # (self-counting), the refcount table grown past 8 MiB of file (moved to the
@@ -102,7 +108,7 @@ expect_rc "late-all: discard 10M" 0 "$DISCARD" "$img" qcow2 $((8 * M)):$((10 * M
 "$QEMU_IMG" convert -f qcow2 -O raw "$img" late-all.raw
 before=$(layout "$img")
 expect_rc "late-all: compact" 0 "$VDISK_IMG" compact "$img"
-check_compacted late-all "$img" late-all.raw "$before" 16 l2,rb,l1,reft
+check_compacted late-all "$img" late-all.raw "$before" l2,rb,l1,reft
 
 # 3. vdisk-made, 4 KiB clusters with 64-bit refcounts (the crash test's
 # image): a second refcount block, an L2 table at the end
@@ -113,7 +119,7 @@ expect_rc "vd-4k: discard 2.5M" 0 "$DISCARD" "$img" qcow2 $((512 * K)):$((2560 *
 "$QEMU_IMG" convert -f qcow2 -O raw "$img" vd-4k.raw
 before=$(layout "$img")
 expect_rc "vd-4k: compact" 0 "$VDISK_IMG" compact "$img"
-check_compacted vd-4k "$img" vd-4k.raw "$before" 1 l2,rb
+check_compacted vd-4k "$img" vd-4k.raw "$before" l2,rb
 
 # bmlayout IMG: "DIRECTORY_OFFSET LAST_BITMAP_TABLE LAST_BITMAP_DATA_CLUSTER"
 bmlayout() {
@@ -163,7 +169,7 @@ before=$(layout "$img")
 read -r b_dir b_table b_data <<<"$(bmlayout "$img")"
 size_before=$(stat -c %s "$img")
 expect_rc "bitmaps: compact" 0 "$VDISK_IMG" compact "$img"
-check_compacted bitmaps "$img" bitmaps.raw "$before" 0 ""
+check_compacted bitmaps "$img" bitmaps.raw "$before" ""
 read -r dir table data <<<"$(bmlayout "$img")"
 expect_true "bitmaps: the directory moved down ($b_dir -> $dir)" test "$dir" -lt "$b_dir"
 expect_true "bitmaps: the last bitmap table moved down ($b_table -> $table)" test "$table" -lt "$b_table"
@@ -195,7 +201,7 @@ img=df.qcow2
 before=$(layout "$img")
 data_before=$(blocks df.data)
 expect_rc "data file: compact" 0 "$VDISK_IMG" compact "$img"
-check_compacted datafile "$img" df.raw "$before" 0 l2
+check_compacted datafile "$img" df.raw "$before" l2
 expect_true "data file: the zeros' 4160 KiB punched out of it ($data_before -> $(blocks df.data) blocks)" \
         test "$(blocks df.data)" -le $((data_before - 8320))
 expect_no_data "$img" $((8 * M)) $((4 * M)) "data file: no data where the zeros were"
