@@ -251,6 +251,29 @@ expect_rc "raw data file: the image reads as the data file" 0 "$QEMU_IMG" compar
 # and clusters stay. Check clean, the active disk and each snapshot read as
 # before (`qemu-img convert -l`), the snapshot list unchanged, the file
 # smaller, the active tree's last cluster lower.
+# snap_save PREFIX IMG: the active disk, s1, s2 and the snapshot list, for
+# snap_compact
+snap_save() {
+        "$QEMU_IMG" convert -f qcow2 -O raw "$2" "$1.raw"
+        for sn in s1 s2; do "$QEMU_IMG" convert -f qcow2 -l "$sn" -O raw "$2" "$1-$sn.raw"; done
+        "$QEMU_IMG" snapshot -l "$2" >"$1.list"
+}
+
+# snap_compact NAME PREFIX IMG: compact; check clean, the active disk, s1,
+# s2 and the snapshot list as snap_save found them
+snap_compact() {
+        local name=$1 pre=$2 img=$3 sn
+        expect_rc "$name: compact" 0 "$VDISK_IMG" compact "$img"
+        expect_rc "$name: qemu-img check clean" 0 "$QEMU_IMG" check -f qcow2 "$img"
+        expect_rc "$name: the active disk as before" 0 "$QEMU_IMG" compare -f qcow2 -F raw "$img" "$pre.raw"
+        for sn in s1 s2; do
+                run "$QEMU_IMG" convert -f qcow2 -l "$sn" -O raw "$img" "$pre-$sn.after"
+                expect_cmp "$name: $sn reads as before" "$pre-$sn.raw" "$pre-$sn.after"
+        done
+        "$QEMU_IMG" snapshot -l "$img" >"$pre.list.after"
+        expect_cmp "$name: the snapshot list unchanged" "$pre.list" "$pre.list.after"
+}
+
 img=snap.qcow2
 "$QEMU_IMG" create -q -f qcow2 -o cluster_size=64k "$img" 1G
 "$QEMU_IO" -f qcow2 -c "write -P 0x11 0 4M" -c "write -P 0x22 8M 4M" -c "write -P 0x33 20M 1M" \
@@ -261,22 +284,12 @@ img=snap.qcow2
 "$QEMU_IO" -f qcow2 -c "write -P 0x66 40M 4M" -c "write -P 0 8M 64k" "$img" >/dev/null
 expect_rc "snapshots: discard 4M of the active tree's own clusters" 0 "$DISCARD" "$img" qcow2 $((40 * M)):$((4 * M))
 "$QEMU_IO" -f qcow2 -c "write -P 0x77 50M 128k" "$img" >/dev/null
-"$QEMU_IMG" convert -f qcow2 -O raw "$img" snap.raw
-for sn in s1 s2; do "$QEMU_IMG" convert -f qcow2 -l "$sn" -O raw "$img" "snap-$sn.raw"; done
-"$QEMU_IMG" snapshot -l "$img" >snap.list
+snap_save snap "$img"
 last_before=$("$QEMU_IMG" map -f qcow2 --output=json "$img" | "$PY" -c '
 import json, sys
 print(max(e["offset"] for e in json.load(sys.stdin) if e["data"]))')
 size_before=$(stat -c %s "$img")
-expect_rc "snapshots: compact" 0 "$VDISK_IMG" compact "$img"
-expect_rc "snapshots: qemu-img check clean" 0 "$QEMU_IMG" check -f qcow2 "$img"
-expect_rc "snapshots: the active disk as before" 0 "$QEMU_IMG" compare -f qcow2 -F raw "$img" snap.raw
-for sn in s1 s2; do
-        run "$QEMU_IMG" convert -f qcow2 -l "$sn" -O raw "$img" "snap-$sn.after"
-        expect_cmp "snapshots: $sn reads as before" "snap-$sn.raw" "snap-$sn.after"
-done
-"$QEMU_IMG" snapshot -l "$img" >snap.list.after
-expect_cmp "snapshots: the snapshot list unchanged" snap.list snap.list.after
+snap_compact snapshots snap "$img"
 last=$("$QEMU_IMG" map -f qcow2 --output=json "$img" | "$PY" -c '
 import json, sys
 print(max(e["offset"] for e in json.load(sys.stdin) if e["data"]))')
@@ -321,20 +334,10 @@ img=snaptab.qcow2
 "$QEMU_IMG" snapshot -c s2 "$img"
 "$QEMU_IO" -f qcow2 -c "write -P 0x55 40M 1M" "$img" >/dev/null
 "$QEMU_IMG" snapshot -d s0 "$img"
-"$QEMU_IMG" convert -f qcow2 -O raw "$img" snaptab.raw
-for sn in s1 s2; do "$QEMU_IMG" convert -f qcow2 -l "$sn" -O raw "$img" "snaptab-$sn.raw"; done
-"$QEMU_IMG" snapshot -l "$img" >snaptab.list
+snap_save snaptab "$img"
 read -r b_tab b_l1a b_l2a b_l1b b_l2b <<<"$(snap_layout "$img")"
 size_before=$(stat -c %s "$img")
-expect_rc "snapshot tables: compact" 0 "$VDISK_IMG" compact "$img"
-expect_rc "snapshot tables: qemu-img check clean" 0 "$QEMU_IMG" check -f qcow2 "$img"
-expect_rc "snapshot tables: the active disk as before" 0 "$QEMU_IMG" compare -f qcow2 -F raw "$img" snaptab.raw
-for sn in s1 s2; do
-        run "$QEMU_IMG" convert -f qcow2 -l "$sn" -O raw "$img" "snaptab-$sn.after"
-        expect_cmp "snapshot tables: $sn reads as before" "snaptab-$sn.raw" "snaptab-$sn.after"
-done
-"$QEMU_IMG" snapshot -l "$img" >snaptab.list.after
-expect_cmp "snapshot tables: the snapshot list unchanged" snaptab.list snaptab.list.after
+snap_compact "snapshot tables" snaptab "$img"
 read -r tab l1a l2a l1b l2b <<<"$(snap_layout "$img")"
 expect_true "snapshot tables: the snapshot table moved down ($b_tab -> $tab)" test "$tab" -lt "$b_tab"
 expect_true "snapshot tables: s1's L1 table moved down ($b_l1a -> $l1a)" test "$l1a" -lt "$b_l1a"
