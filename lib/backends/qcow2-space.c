@@ -52,8 +52,9 @@
  *             cut after its last referenced cluster. A cancel
  *             stops between batches and moves; every step is a valid image.
  *             With internal snapshots, L2 tables and data clusters with a
- *             refcount above 1 are neither changed nor moved, and neither
- *             are the data clusters a snapshot holds alone.
+ *             refcount above 1 are neither changed nor moved; what one
+ *             snapshot holds alone (its tables, its data clusters of
+ *             refcount 1) moves, its pointer switched in place.
  */
 #include <assert.h>
 #include <errno.h>
@@ -552,8 +553,39 @@ typedef struct cpack {
 } cpack;
 
 /* A pack unit's key: a data cluster's virtual cluster number, or, with this
- * bit, a bitmap data cluster (bitmap i, table entry j: i << 32 | j). */
+ * bit, a bitmap data cluster (bitmap i, table entry j: i << 32 | j), or,
+ * with KEY_SNAP, a data cluster a snapshot holds alone (the file offset of
+ * its entry in the snapshot's L2 table). */
 #define KEY_BITMAP      (UINT64_C(1) << 63)
+#define KEY_SNAP        (UINT64_C(1) << 62)
+
+int qcow2_entry_switch(qcow2_state *s, uint64_t at, uint64_t from, uint64_t to, const char *what) {
+        uint8_t b[8];
+        uint64_t e;
+        int r;
+
+        r = io_pread(s->io, b, sizeof b, at);
+        if (r < 0)
+                return r;
+        e = get_be64(b);
+        if ((e & OFFSET_MASK) != from || (e & L2E_COMPRESSED))
+                return vdisk_error(-EUCLEAN, "qcow2: %s: the cluster at %" PRIu64 " changed during compact", what,
+                                   from);
+        r = qcow2_rc_update(s, to, +1, NULL);
+        if (r >= 0)
+                r = qcow2_sync_refcounts(s);
+        if (r < 0)
+                return r;
+        put_be64(b, (e & ~OFFSET_MASK) | to);
+        r = io_pwrite(s->io, b, sizeof b, at);
+        if (r >= 0)
+                r = io_flush(s->io);
+        if (r < 0)
+                return r;
+        hostalloc_note_used(&s->alloc, to, s->cluster_size);
+        queue_free(s, from);
+        return 0;
+}
 
 /* Data cluster `key` (its virtual cluster number) moves: the new place is
  * counted now (written with the refcounts before the L2 table), the old
@@ -566,6 +598,8 @@ static int cpack_repoint(void *user, uint64_t key, uint64_t from, uint64_t to) {
 
         if (key & KEY_BITMAP)
                 return qcow2_bitmap_data_switch(s, (uint32_t) ((key & ~KEY_BITMAP) >> 32), (uint32_t) key, from, to);
+        if (key & KEY_SNAP)
+                return qcow2_entry_switch(s, key & ~KEY_SNAP, from, to, "a snapshot's L2 table");
         r = qcow2_l2_for_write(s, l1i, &l2);
         if (r >= 0)
                 r = tc_get(l2, i, &e);
@@ -1234,8 +1268,59 @@ static int push_unit(fmt_unit **units, size_t *n, size_t *cap, uint64_t key, uin
         return 0;
 }
 
-/* Phase 2: the data clusters and the bitmaps' (units) and everything else
- * that has a reference (fixed), for fmt_pack. */
+/* The data clusters snapshot i holds alone: in its L2 tables held alone
+ * (refcount 1), each uncompressed cluster with refcount 1, a unit keyed by
+ * its entry's file offset (the entry is switched in place). */
+static int snapshot_units(qcow2_state *s, const qcow2_snap *sn, size_t i, fmt_unit **units, size_t *n,
+                          size_t *cap) {
+        uint64_t cs = s->cluster_size, len = (uint64_t) sn->l1_size * 8, stride = s->extended_l2 ? 16 : 8;
+        _cleanup_free_ uint8_t *l1 = NULL, *l2 = NULL;
+        bool alone;
+        int r;
+
+        if (len == 0)
+                return 0;
+        if (!qcow2_l1_ok(s, sn->l1_offset, sn->l1_size))
+                return vdisk_error(-EUCLEAN, "qcow2: snapshot %zu has its L1 table at %" PRIu64 " (%" PRIu32
+                                   " entries), not cluster-aligned within the file", i, sn->l1_offset, sn->l1_size);
+        l1 = malloc(len);
+        l2 = malloc(cs);
+        if (!l1 || !l2)
+                return vdisk_error(-ENOMEM, "out of memory");
+        r = io_pread(s->io, l1, len, sn->l1_offset);
+        if (r < 0)
+                return r;
+        for (uint32_t j = 0; j < sn->l1_size; j++) {
+                uint64_t l2off = get_be64(l1 + (size_t) j * 8) & OFFSET_MASK;
+
+                if (l2off == 0 || l2off % cs != 0 || !range_within(l2off, cs, s->file_size))
+                        continue;   /* (move_snapshots refused a misplaced one) */
+                r = held_alone(s, l2off, cs, &alone);
+                if (r < 0)
+                        return r;
+                if (!alone)
+                        continue;   /* shared: so is every cluster in it */
+                r = io_pread(s->io, l2, cs, l2off);
+                if (r < 0)
+                        return r;
+                for (uint64_t k = 0; k < s->l2_entries; k++) {
+                        uint64_t e = get_be64(l2 + k * stride), host = e & OFFSET_MASK;
+
+                        if ((e & L2E_COMPRESSED) || host == 0 || host % cs != 0 ||
+                            !range_within(host, cs, s->file_size))
+                                continue;
+                        r = held_alone(s, host, cs, &alone);
+                        if (r >= 0 && alone)
+                                r = push_unit(units, n, cap, KEY_SNAP | (l2off + k * stride), host);
+                        if (r < 0)
+                                return r;
+                }
+        }
+        return 0;
+}
+
+/* Phase 2: the data clusters and the bitmaps' and the snapshots' (units)
+ * and everything else that has a reference (fixed), for fmt_pack. */
 static int compact_layout(qcow2_state *s, fmt_unit **ret_units, size_t *ret_n, fmt_span **ret_fixed,
                           size_t *ret_nf) {
         uint64_t cs = s->cluster_size, n_file = DIV_ROUND_UP(s->file_size, cs);
@@ -1279,6 +1364,18 @@ static int compact_layout(qcow2_state *s, fmt_unit **ret_units, size_t *ret_n, f
                                 return r;
                 }
         }
+        if (s->nb_snapshots > 0 && !s->data_io) {
+                vdisk_snapshot *v = NULL;
+                _cleanup_free_ qcow2_snap *e = NULL;
+                size_t ns = 0;
+
+                r = qcow2_read_snapshots(s, &v, &e, &ns);
+                vdisk_snapshots_free(v, ns);
+                for (size_t i = 0; r >= 0 && i < ns; i++)
+                        r = snapshot_units(s, &e[i], i, &units, &n, &cap);
+                if (r < 0)
+                        return r;
+        }
         for (uint32_t i = 0; i < s->nb_bitmaps; i++) {
                 _cleanup_free_ uint64_t *t = NULL;
 
@@ -1299,6 +1396,10 @@ static int compact_layout(qcow2_state *s, fmt_unit **ret_units, size_t *ret_n, f
         for (size_t i = 0; i < n; i++)
                 hosts[i] = units[i].host;
         qsort(hosts, n, sizeof *hosts, cmp_u64);
+        for (size_t i = 1; i < n; i++)
+                if (hosts[i] == hosts[i - 1])
+                        return vdisk_error(-EUCLEAN, "qcow2: the cluster at %" PRIu64 " is referenced twice with a "
+                                           "refcount of 1; repair the image before compacting it", hosts[i]);
         for (uint64_t ci = 0; ci < n_file; ci++) {
                 uint64_t rc, off = ci * cs;
 

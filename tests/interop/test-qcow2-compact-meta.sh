@@ -299,28 +299,41 @@ expect_true "snapshots: the file shrank ($size_before -> $(stat -c %s "$img"))" 
         test "$(stat -c %s "$img")" -lt "$size_before"
 expect_rc "snapshots: vdisk-img check" 0 "$VDISK_IMG" check -f qcow2 "$img"
 
-# 7. the snapshots' own tables move too (qemu-made, 64 KiB clusters): s0
-# over 4 MiB of data the active tree then overwrites (copied on write), s1
-# and s2 with writes between them (each write copies the active L2 table,
-# so s1 and s2 each hold an L2 table alone), then s0 deleted: its 4 MiB
-# and its tables leave a hole below both snapshots' L1 and L2 tables and
-# the snapshot table. After compact each of those lies lower, the file is
-# smaller, check clean, the active disk and each snapshot read as before,
-# the snapshot list unchanged.
-# snap_layout IMG: "SNAPSHOTS_OFFSET L1(s1) MAX_L2(s1) L1(s2) MAX_L2(s2) ..."
+# 7. the snapshots' own tables and clusters move too (qemu-made, 64 KiB
+# clusters): s0 over 4 MiB of data the active tree then overwrites (copied
+# on write), s1 and s2 with writes between them (each write copies the
+# active L2 table, so s1 and s2 each hold an L2 table alone, and 512 KiB of
+# clusters written over), then s0 deleted: its 4 MiB and its tables leave
+# a hole below both snapshots' L1 and L2 tables, their clusters and the
+# snapshot table. After compact each of those tables lies lower, the file
+# holds only referenced clusters (no hole) and ends at qemu-img check's
+# image end offset, check clean, the active disk and each snapshot read as
+# before, the snapshot list unchanged.
+# snap_layout IMG: "SNAPSHOTS_OFFSET L1(s1) MAX_L2(s1) MAX_OWN(s1) L1(s2) ...":
+# MAX_OWN, the last data cluster no other L1 table (the active one, another
+# snapshot's) reaches
 snap_layout() {
         "$PY" - "$1" <<'EOF'
 import struct, sys
 d = open(sys.argv[1], 'rb').read()
 be64 = lambda o: struct.unpack('>Q', d[o:o + 8])[0]
+mask = 0x00fffffffffffe00
+cs = 1 << struct.unpack('>I', d[20:24])[0]
+def tree(l1, l1_size):
+    l2s = [be64(l1 + 8 * i) & mask for i in range(l1_size)]
+    return l2s, {be64(t + 8 * k) & mask for t in l2s if t for k in range(cs // 8)} - {0}
 n, off = struct.unpack('>I', d[60:64])[0], be64(64)
-out = [off]
+out, l1s, trees = [off], [], [tree(be64(40), struct.unpack('>I', d[36:40])[0])]
 for _ in range(n):
     l1, l1_size = be64(off), struct.unpack('>I', d[off + 8:off + 12])[0]
     id_len, name_len = struct.unpack('>HH', d[off + 12:off + 16])
     extra = struct.unpack('>I', d[off + 36:off + 40])[0]
-    out += [l1, max(be64(l1 + 8 * i) & 0x00fffffffffffe00 for i in range(l1_size))]
+    l1s.append(l1)
+    trees.append(tree(l1, l1_size))
     off += (40 + extra + id_len + name_len + 7) & ~7
+for i in range(1, n + 1):
+    own = trees[i][1] - set().union(*(t[1] for j, t in enumerate(trees) if j != i))
+    out += [l1s[i - 1], max(trees[i][0]), max(own, default=0)]
 print(*out)
 EOF
 }
@@ -330,22 +343,28 @@ img=snaptab.qcow2
 "$QEMU_IMG" snapshot -c s0 "$img"
 "$QEMU_IO" -f qcow2 -c "write -P 0x22 0 4M" -c "write -P 0x33 20M 1M" "$img" >/dev/null
 "$QEMU_IMG" snapshot -c s1 "$img"
-"$QEMU_IO" -f qcow2 -c "write -P 0x44 30M 1M" "$img" >/dev/null
+"$QEMU_IO" -f qcow2 -c "write -P 0x44 20M 512k" -c "write -P 0x45 30M 1M" "$img" >/dev/null
 "$QEMU_IMG" snapshot -c s2 "$img"
-"$QEMU_IO" -f qcow2 -c "write -P 0x55 40M 1M" "$img" >/dev/null
+"$QEMU_IO" -f qcow2 -c "write -P 0x55 30M 512k" -c "write -P 0x56 40M 1M" "$img" >/dev/null
 "$QEMU_IMG" snapshot -d s0 "$img"
 snap_save snaptab "$img"
-read -r b_tab b_l1a b_l2a b_l1b b_l2b <<<"$(snap_layout "$img")"
+read -r b_tab b_l1a b_l2a b_da b_l1b b_l2b b_db <<<"$(snap_layout "$img")"
 size_before=$(stat -c %s "$img")
 snap_compact "snapshot tables" snaptab "$img"
-read -r tab l1a l2a l1b l2b <<<"$(snap_layout "$img")"
+read -r tab l1a l2a da l1b l2b db <<<"$(snap_layout "$img")"
 expect_true "snapshot tables: the snapshot table moved down ($b_tab -> $tab)" test "$tab" -lt "$b_tab"
 expect_true "snapshot tables: s1's L1 table moved down ($b_l1a -> $l1a)" test "$l1a" -lt "$b_l1a"
 expect_true "snapshot tables: s1's own L2 table moved down ($b_l2a -> $l2a)" test "$l2a" -lt "$b_l2a"
+expect_true "snapshot tables: s1's last own cluster moved down ($b_da -> $da)" test "$da" -lt "$b_da"
 expect_true "snapshot tables: s2's L1 table moved down ($b_l1b -> $l1b)" test "$l1b" -lt "$b_l1b"
 expect_true "snapshot tables: s2's own L2 table moved down ($b_l2b -> $l2b)" test "$l2b" -lt "$b_l2b"
+expect_true "snapshot tables: s2's last own cluster moved down ($b_db -> $db)" test "$db" -lt "$b_db"
 expect_true "snapshot tables: the file shrank ($size_before -> $(stat -c %s "$img"))" \
         test "$(stat -c %s "$img")" -lt "$size_before"
+end=$("$QEMU_IMG" check -f qcow2 --output=json "$img" | "$PY" -c 'import json, sys
+print(json.load(sys.stdin)["image-end-offset"])')
+expect_true "snapshot tables: the file ends at qemu-img check's image end offset ($end)" \
+        test "$(stat -c %s "$img")" -eq "$end"
 expect_rc "snapshot tables: vdisk-img check" 0 "$VDISK_IMG" check -f qcow2 "$img"
 
 finish
