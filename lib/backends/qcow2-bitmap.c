@@ -44,6 +44,7 @@
 #include <errno.h>
 #include <inttypes.h>
 #include <stdbool.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -1213,30 +1214,10 @@ int qcow2_bitmap_dir_switch(qcow2_state *s, uint64_t to) {
 
 int qcow2_bitmap_data_switch(qcow2_state *s, uint32_t i, uint32_t j, uint64_t from, uint64_t to) {
         const qcow2_bitmap *b = i < s->nb_bitmaps ? &s->bm[i] : NULL;
-        uint64_t at;
-        uint8_t e[8];
-        int r;
+        char what[80];
 
         if (!b || j >= b->table_size)
                 return vdisk_error(-EUCLEAN, "qcow2: the bitmaps changed during compact");
-        at = b->table_offset + (uint64_t) j * 8;
-        r = io_pread(s->io, e, sizeof e, at);
-        if (r < 0)
-                return r;
-        if ((get_be64(e) & OFFSET_MASK) != from)
-                return vdisk_error(-EUCLEAN, "qcow2: bitmap '%.64s': the cluster at %" PRIu64 " changed during "
-                                   "compact", b->name, from);
-        r = qcow2_rc_update(s, to, +1, NULL);
-        if (r >= 0)
-                r = qcow2_sync_refcounts(s);
-        if (r < 0)
-                return r;
-        put_be64(e, to);
-        r = io_pwrite(s->io, e, sizeof e, at);
-        if (r >= 0)
-                r = io_flush(s->io);
-        if (r < 0)
-                return r;
-        qcow2_queue_free(s, from);
-        return 0;
+        snprintf(what, sizeof what, "bitmap '%.64s'", b->name);
+        return qcow2_entry_switch(s, b->table_offset + (uint64_t) j * 8, from, to, what);
 }

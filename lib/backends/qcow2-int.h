@@ -298,3 +298,9 @@ int qcow2_bitmap_table(qcow2_state *s, uint32_t i, uint64_t **ret);
 int qcow2_bitmap_table_switch(qcow2_state *s, uint32_t i, uint64_t to);
 int qcow2_bitmap_dir_switch(qcow2_state *s, uint64_t to);
 int qcow2_bitmap_data_switch(qcow2_state *s, uint32_t i, uint32_t j, uint64_t from, uint64_t to);
+/* Compact's move of a cluster whose pointer is an 8-byte entry at `at` on
+ * disk, in a table no cache holds (a bitmap table, a snapshot's L2 table):
+ * the new place `to` counted and durable, the entry switched in place (its
+ * flags kept), flushed; `from` is freed at the next flush. `what` names the
+ * table when the entry no longer points at `from`. */
+int qcow2_entry_switch(qcow2_state *s, uint64_t at, uint64_t from, uint64_t to, const char *what);

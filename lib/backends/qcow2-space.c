@@ -38,18 +38,23 @@
  *             dropped. Flushed. With an external data file (not raw), the
  *             ranges of the clusters the tables do not map are punched out
  *             of it then. Then the metadata moves down (L2 tables, bitmap
- *             tables and directory, refcount blocks, the L1 table, the
- *             refcount table: each into the lowest free clusters below it,
+ *             tables and directory, the snapshots' own L2 tables, their L1
+ *             tables and the snapshot table, refcount blocks, the L1 table,
+ *             the refcount table: each into the lowest free clusters below it,
  *             by qcow2_table_place, the pointer switched, the old place
  *             freed; refcount blocks that count nothing leave the refcount
  *             table), fmt_pack moves the highest data clusters and bitmap
  *             data clusters into the lowest free clusters (copy, flush, the
  *             new place counted, the L2 or bitmap table entry, flushed, the
- *             old place freed, flushed), the metadata moves once more, and
- *             the file is cut after its last referenced cluster. A cancel
+ *             old place freed, flushed), the metadata moves once more (and,
+ *             while that moved or dropped something, the data packs and the
+ *             metadata moves again, a few rounds at most), and the file is
+ *             cut after its last referenced cluster. A cancel
  *             stops between batches and moves; every step is a valid image.
  *             With internal snapshots, L2 tables and data clusters with a
- *             refcount above 1 are neither changed nor moved.
+ *             refcount above 1 are neither changed nor moved; what one
+ *             snapshot holds alone (its tables, its data clusters of
+ *             refcount 1) moves, its pointer switched in place.
  */
 #include <assert.h>
 #include <errno.h>
@@ -548,8 +553,39 @@ typedef struct cpack {
 } cpack;
 
 /* A pack unit's key: a data cluster's virtual cluster number, or, with this
- * bit, a bitmap data cluster (bitmap i, table entry j: i << 32 | j). */
+ * bit, a bitmap data cluster (bitmap i, table entry j: i << 32 | j), or,
+ * with KEY_SNAP, a data cluster a snapshot holds alone (the file offset of
+ * its entry in the snapshot's L2 table). */
 #define KEY_BITMAP      (UINT64_C(1) << 63)
+#define KEY_SNAP        (UINT64_C(1) << 62)
+
+int qcow2_entry_switch(qcow2_state *s, uint64_t at, uint64_t from, uint64_t to, const char *what) {
+        uint8_t b[8];
+        uint64_t e;
+        int r;
+
+        r = io_pread(s->io, b, sizeof b, at);
+        if (r < 0)
+                return r;
+        e = get_be64(b);
+        if ((e & OFFSET_MASK) != from || (e & L2E_COMPRESSED))
+                return vdisk_error(-EUCLEAN, "qcow2: %s: the cluster at %" PRIu64 " changed during compact", what,
+                                   from);
+        r = qcow2_rc_update(s, to, +1, NULL);
+        if (r >= 0)
+                r = qcow2_sync_refcounts(s);
+        if (r < 0)
+                return r;
+        put_be64(b, (e & ~OFFSET_MASK) | to);
+        r = io_pwrite(s->io, b, sizeof b, at);
+        if (r >= 0)
+                r = io_flush(s->io);
+        if (r < 0)
+                return r;
+        hostalloc_note_used(&s->alloc, to, s->cluster_size);
+        queue_free(s, from);
+        return 0;
+}
 
 /* Data cluster `key` (its virtual cluster number) moves: the new place is
  * counted now (written with the refcounts before the L2 table), the old
@@ -562,6 +598,8 @@ static int cpack_repoint(void *user, uint64_t key, uint64_t from, uint64_t to) {
 
         if (key & KEY_BITMAP)
                 return qcow2_bitmap_data_switch(s, (uint32_t) ((key & ~KEY_BITMAP) >> 32), (uint32_t) key, from, to);
+        if (key & KEY_SNAP)
+                return qcow2_entry_switch(s, key & ~KEY_SNAP, from, to, "a snapshot's L2 table");
         r = qcow2_l2_for_write(s, l1i, &l2);
         if (r >= 0)
                 r = tc_get(l2, i, &e);
@@ -960,6 +998,116 @@ static int move_bitmaps(qcow2_state *s, vdisk_progress *p, uint64_t *ret_moved) 
         return 0;
 }
 
+/* Whether the snapshot table or table at [off, off + len) is held by one
+ * pointer alone (every cluster refcount 1, none of the active tree's fixed
+ * metadata): only then may it move and its old place be uncounted. */
+static int held_alone(qcow2_state *s, uint64_t off, uint64_t len, bool *ret) {
+        int r;
+
+        *ret = false;
+        for (uint64_t c = off; c < off + len; c += s->cluster_size) {
+                uint64_t rc;
+
+                if (c != s->snapshots_offset && is_fixed(s, c))
+                        return 0;
+                r = qcow2_rc_get(s, c, &rc);
+                if (r < 0)
+                        return r;
+                if (rc != 1)
+                        return 0;
+        }
+        *ret = true;
+        return 0;
+}
+
+/* A snapshot's table at `from` (`len` bytes) into the lowest free clusters
+ * below it; the switch is the 8-byte pointer at `at` (8-aligned: a
+ * snapshot's L1 entry, a snapshot table entry's L1 offset, the header's
+ * snapshots_offset) written in place, flushed (and *cur, when given, set);
+ * the old place uncounted. */
+static int move_snap_table(qcow2_state *s, uint64_t from, uint64_t len, uint64_t at, uint64_t flags,
+                           vdisk_progress *p, uint64_t *cur, uint64_t *ret_moved) {
+        uint64_t to;
+        uint8_t b[8];
+        bool alone, moved;
+        int r;
+
+        if (from <= s->free_hint)
+                return 0;
+        r = held_alone(s, from, len, &alone);
+        if (r < 0 || !alone)
+                return r;
+        r = progress_check(p);
+        if (r >= 0)
+                r = move_done(s, qcow2_table_place(s, NULL, len, from, from, QCOW2_PLACE_LOW, &to), &moved);
+        if (r < 0 || !moved)
+                return r;
+        put_be64(b, to | flags);
+        r = io_pwrite(s->io, b, sizeof b, at);
+        if (r >= 0)
+                r = io_flush(s->io);
+        if (r < 0)
+                return r;
+        if (cur)
+                *cur = to;
+        (*ret_moved)++;
+        return qcow2_uncount(s, from, len);
+}
+
+/* Internal snapshots: for each snapshot, its L2 tables held by it alone
+ * (refcount 1: the switch is the snapshot's L1 entry, flags kept), then its
+ * L1 table (the entry's l1_table_offset); last the snapshot table (the
+ * header's snapshots_offset; nb_snapshots unchanged). Their data clusters
+ * stay where they are. */
+static int move_snapshots(qcow2_state *s, vdisk_progress *p, uint64_t *ret_moved) {
+        vdisk_snapshot *v = NULL;
+        _cleanup_free_ qcow2_snap *e = NULL;
+        size_t n = 0;
+        int r;
+
+        if (s->nb_snapshots == 0)
+                return 0;
+        r = qcow2_read_snapshots(s, &v, &e, &n);
+        vdisk_snapshots_free(v, n);
+        if (r < 0)
+                return r;
+        for (size_t i = 0; i < n; i++) {
+                uint64_t len = (uint64_t) e[i].l1_size * 8;
+                _cleanup_free_ uint8_t *l1 = NULL;
+
+                if (len == 0)
+                        continue;
+                if (!qcow2_l1_ok(s, e[i].l1_offset, e[i].l1_size))
+                        return vdisk_error(-EUCLEAN, "qcow2: snapshot %zu has its L1 table at %" PRIu64 " (%" PRIu32
+                                           " entries), not cluster-aligned within the file", i, e[i].l1_offset,
+                                           e[i].l1_size);
+                l1 = malloc(len);
+                if (!l1)
+                        return vdisk_error(-ENOMEM, "out of memory");
+                r = io_pread(s->io, l1, len, e[i].l1_offset);
+                if (r < 0)
+                        return r;
+                for (uint32_t j = 0; j < e[i].l1_size; j++) {
+                        uint64_t l1e = get_be64(l1 + (size_t) j * 8), l2 = l1e & OFFSET_MASK;
+
+                        if (l2 == 0)
+                                continue;
+                        if (l2 % s->cluster_size != 0 || !range_within(l2, s->cluster_size, s->file_size))
+                                return vdisk_error(-EUCLEAN, "qcow2: snapshot %zu names an L2 table at %" PRIu64
+                                                   ", not cluster-aligned within the file", i, l2);
+                        r = move_snap_table(s, l2, s->cluster_size, e[i].l1_offset + (uint64_t) j * 8,
+                                            l1e & ~OFFSET_MASK, p, NULL, ret_moved);
+                        if (r < 0)
+                                return r;
+                }
+                r = move_snap_table(s, e[i].l1_offset, len, e[i].start, 0, p, NULL, ret_moved);
+                if (r < 0)
+                        return r;
+        }
+        return move_snap_table(s, s->snapshots_offset, e[n - 1].next - s->snapshots_offset, 64, 0, p,
+                               &s->snapshots_offset, ret_moved);
+}
+
 static int move_l1(qcow2_state *s, bool *ret_moved) {
         uint64_t from = s->l1_offset, len = (uint64_t) s->l1_size * 8, to;
         uint8_t b[8];
@@ -1059,6 +1207,8 @@ static int compact_meta(qcow2_state *s, vdisk_progress *p, uint64_t *ret_moved) 
         if (r < 0 || rt < 0)
                 return r < 0 ? r : rt;
         r = move_bitmaps(s, p, &n_moved);
+        if (r >= 0)
+                r = move_snapshots(s, p, &n_moved);
         if (r < 0)
                 return r;
         for (uint64_t rti = 0; rti < tc_table_entries(s->reft); rti++) {
@@ -1118,8 +1268,59 @@ static int push_unit(fmt_unit **units, size_t *n, size_t *cap, uint64_t key, uin
         return 0;
 }
 
-/* Phase 2: the data clusters and the bitmaps' (units) and everything else
- * that has a reference (fixed), for fmt_pack. */
+/* The data clusters snapshot i holds alone: in its L2 tables held alone
+ * (refcount 1), each uncompressed cluster with refcount 1, a unit keyed by
+ * its entry's file offset (the entry is switched in place). */
+static int snapshot_units(qcow2_state *s, const qcow2_snap *sn, size_t i, fmt_unit **units, size_t *n,
+                          size_t *cap) {
+        uint64_t cs = s->cluster_size, len = (uint64_t) sn->l1_size * 8, stride = s->extended_l2 ? 16 : 8;
+        _cleanup_free_ uint8_t *l1 = NULL, *l2 = NULL;
+        bool alone;
+        int r;
+
+        if (len == 0)
+                return 0;
+        if (!qcow2_l1_ok(s, sn->l1_offset, sn->l1_size))
+                return vdisk_error(-EUCLEAN, "qcow2: snapshot %zu has its L1 table at %" PRIu64 " (%" PRIu32
+                                   " entries), not cluster-aligned within the file", i, sn->l1_offset, sn->l1_size);
+        l1 = malloc(len);
+        l2 = malloc(cs);
+        if (!l1 || !l2)
+                return vdisk_error(-ENOMEM, "out of memory");
+        r = io_pread(s->io, l1, len, sn->l1_offset);
+        if (r < 0)
+                return r;
+        for (uint32_t j = 0; j < sn->l1_size; j++) {
+                uint64_t l2off = get_be64(l1 + (size_t) j * 8) & OFFSET_MASK;
+
+                if (l2off == 0 || l2off % cs != 0 || !range_within(l2off, cs, s->file_size))
+                        continue;   /* (move_snapshots refused a misplaced one) */
+                r = held_alone(s, l2off, cs, &alone);
+                if (r < 0)
+                        return r;
+                if (!alone)
+                        continue;   /* shared: so is every cluster in it */
+                r = io_pread(s->io, l2, cs, l2off);
+                if (r < 0)
+                        return r;
+                for (uint64_t k = 0; k < s->l2_entries; k++) {
+                        uint64_t e = get_be64(l2 + k * stride), host = e & OFFSET_MASK;
+
+                        if ((e & L2E_COMPRESSED) || host == 0 || host % cs != 0 ||
+                            !range_within(host, cs, s->file_size))
+                                continue;
+                        r = held_alone(s, host, cs, &alone);
+                        if (r >= 0 && alone)
+                                r = push_unit(units, n, cap, KEY_SNAP | (l2off + k * stride), host);
+                        if (r < 0)
+                                return r;
+                }
+        }
+        return 0;
+}
+
+/* Phase 2: the data clusters and the bitmaps' and the snapshots' (units)
+ * and everything else that has a reference (fixed), for fmt_pack. */
 static int compact_layout(qcow2_state *s, fmt_unit **ret_units, size_t *ret_n, fmt_span **ret_fixed,
                           size_t *ret_nf) {
         uint64_t cs = s->cluster_size, n_file = DIV_ROUND_UP(s->file_size, cs);
@@ -1163,6 +1364,18 @@ static int compact_layout(qcow2_state *s, fmt_unit **ret_units, size_t *ret_n, f
                                 return r;
                 }
         }
+        if (s->nb_snapshots > 0 && !s->data_io) {
+                vdisk_snapshot *v = NULL;
+                _cleanup_free_ qcow2_snap *e = NULL;
+                size_t ns = 0;
+
+                r = qcow2_read_snapshots(s, &v, &e, &ns);
+                vdisk_snapshots_free(v, ns);
+                for (size_t i = 0; r >= 0 && i < ns; i++)
+                        r = snapshot_units(s, &e[i], i, &units, &n, &cap);
+                if (r < 0)
+                        return r;
+        }
         for (uint32_t i = 0; i < s->nb_bitmaps; i++) {
                 _cleanup_free_ uint64_t *t = NULL;
 
@@ -1183,6 +1396,10 @@ static int compact_layout(qcow2_state *s, fmt_unit **ret_units, size_t *ret_n, f
         for (size_t i = 0; i < n; i++)
                 hosts[i] = units[i].host;
         qsort(hosts, n, sizeof *hosts, cmp_u64);
+        for (size_t i = 1; i < n; i++)
+                if (hosts[i] == hosts[i - 1])
+                        return vdisk_error(-EUCLEAN, "qcow2: the cluster at %" PRIu64 " is referenced twice with a "
+                                           "refcount of 1; repair the image before compacting it", hosts[i]);
         for (uint64_t ci = 0; ci < n_file; ci++) {
                 uint64_t rc, off = ci * cs;
 
@@ -1218,13 +1435,51 @@ static int compact_layout(qcow2_state *s, fmt_unit **ret_units, size_t *ret_n, f
         return 0;
 }
 
-int qcow2_compact(void *state, compact_fn fn, void *ctx, vdisk_progress *p) {
-        qcow2_state *s = state;
+/* Data packs again after a metadata round moved or dropped a table (a
+ * refcount block dropped after the data moved leaves a hole below it): at
+ * most this many more times (each round only moves clusters down, so it
+ * ends anyway; the bound keeps the scans few). */
+#define PACK_ROUNDS 4u
+
+/* One pack (fmt_pack) of the data and bitmap clusters into the lowest free
+ * clusters. *done: the progress reported so far; the moves report past it.
+ * *ret_moves: how many clusters it moved. */
+static int pack_data(qcow2_state *s, vdisk_progress *p, uint64_t *done, uint64_t *ret_moves) {
         _cleanup_free_ fmt_unit *units = NULL;
         _cleanup_free_ fmt_span *fixed = NULL;
         size_t n = 0, nf = 0;
-        uint64_t moves, meta_moves = 0;
         cpack cp = { .s = s };
+        int r;
+
+        r = compact_layout(s, &units, &n, &fixed, &nf);
+        if (r < 0)
+                return r;
+        fmt_pack pk = {
+                .io = s->io,
+                .unit = s->cluster_size,
+                .floor = s->cluster_size,
+                .units = units,
+                .n_units = n,
+                .fixed = fixed,
+                .n_fixed = nf,
+                .p = p,
+                .cancellable = true,
+                .repoint = cpack_repoint,
+                .commit = cpack_commit,
+                .user = &cp,
+        };
+        r = fmt_pack_count(&pk, ret_moves);
+        if (r < 0)
+                return r;
+        progress_set_total(p, *done + *ret_moves * s->cluster_size);
+        (void) progress_add(p, *done);   /* a cancel: seen by the pack */
+        *done += *ret_moves * s->cluster_size;
+        return fmt_pack_run(&pk, NULL);
+}
+
+int qcow2_compact(void *state, compact_fn fn, void *ctx, vdisk_progress *p) {
+        qcow2_state *s = state;
+        uint64_t done, moves, meta_moves = 0;
         bool ident = true;
         int r, rt;
 
@@ -1253,35 +1508,21 @@ int qcow2_compact(void *state, compact_fn fn, void *ctx, vdisk_progress *p) {
                         rt = trim_tail(s);
                 return rt < 0 ? rt : r;
         }
-        r = compact_layout(s, &units, &n, &fixed, &nf);
-        if (r < 0)
-                return r;
-        fmt_pack pk = {
-                .io = s->io,
-                .unit = s->cluster_size,
-                .floor = s->cluster_size,
-                .units = units,
-                .n_units = n,
-                .fixed = fixed,
-                .n_fixed = nf,
-                .p = p,
-                .cancellable = true,
-                .repoint = cpack_repoint,
-                .commit = cpack_commit,
-                .user = &cp,
-        };
-        r = fmt_pack_count(&pk, &moves);
-        if (r < 0)
-                return r;
         /* the scan is done: the moves report past the disk's size */
-        progress_set_total(p, s->size + moves * s->cluster_size);
-        (void) progress_add(p, s->size);   /* a cancel: seen by the pack */
-        r = fmt_pack_run(&pk, NULL);
+        done = s->size;
+        r = pack_data(s, p, &done, &moves);
         /* again: refcount blocks left counting nothing (past the packed
          * data, or whose old place counted only itself) go, and what still
-         * lies above a hole moves down */
+         * lies above a hole moves down; where that freed clusters below the
+         * data, the data packs again */
         if (r >= 0)
                 r = compact_meta(s, p, &meta_moves);
+        for (unsigned i = 0; r >= 0 && meta_moves > 0 && i < PACK_ROUNDS; i++) {
+                r = pack_data(s, p, &done, &moves);
+                if (r < 0 || moves == 0)
+                        break;
+                r = compact_meta(s, p, &meta_moves);
+        }
         /* after a cancel too: what the moves left free at the end goes */
         rt = trim_tail(s);
         return r < 0 ? r : rt;

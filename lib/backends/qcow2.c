@@ -2644,10 +2644,12 @@ int qcow2_table_place(qcow2_state *s, const void *buf, uint64_t len, uint64_t fr
         if (!buf) {
                 /* a move: the refcounts go to the disk first, so a refcount
                  * block (or table) copied from `from` holds the counts just
-                 * made, its new place's included */
+                 * made, its new place's included; past the end of the file
+                 * (qemu ends it after the snapshot table's last entry,
+                 * without its padding) zeros */
                 r = flush_refcounts(s);
                 if (r >= 0)
-                        r = io_pread(s->io, tmp, (size_t) len, from);
+                        r = io_pread_zerofill(s->io, tmp, (size_t) len, from);
         } else
                 memcpy(tmp, buf, (size_t) len);
         if (r >= 0)

@@ -3,15 +3,17 @@
 # QCOW2 compact moves metadata: images whose L2 tables, refcount blocks, L1
 # table or refcount table sit late in the file (written last, grown by a
 # resize, or made by qemu as the file grew), with a hole below them (a
-# discard). After `vdisk-img compact` the file is no larger than the
-# clusters it references (a few holes at most: refcount blocks dropped after
-# the data moves), the tables that stood above a hole moved down,
+# discard). After `vdisk-img compact` the file holds only the clusters it
+# references, no hole (the data packs again after refcount blocks are
+# dropped) and ends at qemu-img check's image end offset, the tables that
+# stood above a hole moved down,
 # `qemu-img check` is clean and `qemu-img compare` equals the content before.
 # Also: persistent bitmaps above the hole (their tables, data clusters and
 # directory move; qemu-img info and the bits unchanged), and images with an
 # external data file (dropped clusters punched out of it; raw ones kept),
-# and an image with internal snapshots (only the active tree's own
-# clusters and tables move; every snapshot reads as before).
+# and images with internal snapshots (the active tree's own clusters and
+# tables move, and the snapshots' own tables; every snapshot reads as
+# before).
 #   tests/interop/test-qcow2-compact-meta.sh build/tools/vdisk-img build/tests/interop/vdisk-discard
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 source "$(dirname "$0")/lib.sh" "$@"
@@ -55,23 +57,27 @@ print(n, used, l1, reft, max(l2s), max(rbs))
 EOF
 }
 
-# check_compacted NAME IMG REF BEFORE_LAYOUT SLACK MOVED: the file holds only
-# referenced clusters (SLACK holes at most); the tables MOVED names (l2: the
-# last L2 table, rb: the last refcount block, l1, reft) lie lower than before
+# check_compacted NAME IMG REF BEFORE_LAYOUT MOVED: the file holds only
+# referenced clusters (no hole) and ends where qemu-img check says the image
+# ends; the tables MOVED names (l2: the last L2 table, rb: the last refcount
+# block, l1, reft) lie lower than before
 check_compacted() {
-        local name=$1 img=$2 ref=$3 slack=$5 n used l1 reft l2 rb
+        local name=$1 img=$2 ref=$3 n used l1 reft l2 rb end
         local b_n b_l1 b_reft b_l2 b_rb
         read -r b_n _ b_l1 b_reft b_l2 b_rb <<<"$4"
         read -r n used l1 reft l2 rb <<<"$(layout "$img")"
         expect_rc "$name: qemu-img check clean" 0 "$QEMU_IMG" check -f qcow2 "$img"
         expect_rc "$name: qemu-img compare equal" 0 "$QEMU_IMG" compare -f qcow2 -F raw "$img" "$ref"
-        expect_true "$name: $n clusters in the file, $used referenced (slack $slack; $b_n before)" \
-                test "$n" -le $((used + slack))
-        [[ $6 == *l2* ]] && expect_true "$name: the last L2 table moved down ($b_l2 -> $l2)" test "$l2" -lt "$b_l2"
-        [[ $6 == *rb* ]] && expect_true "$name: the last refcount block moved down or went ($b_rb -> $rb)" \
+        expect_true "$name: $n clusters in the file, $used referenced ($b_n before)" test "$n" -eq "$used"
+        end=$("$QEMU_IMG" check -f qcow2 --output=json "$img" | "$PY" -c 'import json, sys
+print(json.load(sys.stdin)["image-end-offset"])')
+        expect_true "$name: the file ends at qemu-img check's image end offset ($end)" \
+                test "$(stat -c %s "$img")" -eq "$end"
+        [[ $5 == *l2* ]] && expect_true "$name: the last L2 table moved down ($b_l2 -> $l2)" test "$l2" -lt "$b_l2"
+        [[ $5 == *rb* ]] && expect_true "$name: the last refcount block moved down or went ($b_rb -> $rb)" \
                 test "$rb" -lt "$b_rb"
-        [[ $6 == *l1* ]] && expect_true "$name: the L1 table moved down ($b_l1 -> $l1)" test "$l1" -lt "$b_l1"
-        [[ $6 == *reft* ]] && expect_true "$name: the refcount table moved down ($b_reft -> $reft)" \
+        [[ $5 == *l1* ]] && expect_true "$name: the L1 table moved down ($b_l1 -> $l1)" test "$l1" -lt "$b_l1"
+        [[ $5 == *reft* ]] && expect_true "$name: the refcount table moved down ($b_reft -> $reft)" \
                 test "$reft" -lt "$b_reft"
         expect_rc "$name: vdisk-img check" 0 "$VDISK_IMG" check -f qcow2 "$img"
 }
@@ -86,7 +92,7 @@ expect_rc "late-l2: discard 4M" 0 "$DISCARD" "$img" qcow2 $((100 * M)):$((4 * M)
 "$QEMU_IMG" convert -f qcow2 -O raw "$img" late-l2.raw
 before=$(layout "$img")
 expect_rc "late-l2: compact" 0 "$VDISK_IMG" compact "$img"
-check_compacted late-l2 "$img" late-l2.raw "$before" 0 l2
+check_compacted late-l2 "$img" late-l2.raw "$before" l2
 
 # 2. qemu-made, 512-byte clusters: refcount blocks every 128 KiB of the file
 # (self-counting), the refcount table grown past 8 MiB of file (moved to the
@@ -102,7 +108,7 @@ expect_rc "late-all: discard 10M" 0 "$DISCARD" "$img" qcow2 $((8 * M)):$((10 * M
 "$QEMU_IMG" convert -f qcow2 -O raw "$img" late-all.raw
 before=$(layout "$img")
 expect_rc "late-all: compact" 0 "$VDISK_IMG" compact "$img"
-check_compacted late-all "$img" late-all.raw "$before" 16 l2,rb,l1,reft
+check_compacted late-all "$img" late-all.raw "$before" l2,rb,l1,reft
 
 # 3. vdisk-made, 4 KiB clusters with 64-bit refcounts (the crash test's
 # image): a second refcount block, an L2 table at the end
@@ -113,7 +119,7 @@ expect_rc "vd-4k: discard 2.5M" 0 "$DISCARD" "$img" qcow2 $((512 * K)):$((2560 *
 "$QEMU_IMG" convert -f qcow2 -O raw "$img" vd-4k.raw
 before=$(layout "$img")
 expect_rc "vd-4k: compact" 0 "$VDISK_IMG" compact "$img"
-check_compacted vd-4k "$img" vd-4k.raw "$before" 1 l2,rb
+check_compacted vd-4k "$img" vd-4k.raw "$before" l2,rb
 
 # bmlayout IMG: "DIRECTORY_OFFSET LAST_BITMAP_TABLE LAST_BITMAP_DATA_CLUSTER"
 bmlayout() {
@@ -163,7 +169,7 @@ before=$(layout "$img")
 read -r b_dir b_table b_data <<<"$(bmlayout "$img")"
 size_before=$(stat -c %s "$img")
 expect_rc "bitmaps: compact" 0 "$VDISK_IMG" compact "$img"
-check_compacted bitmaps "$img" bitmaps.raw "$before" 0 ""
+check_compacted bitmaps "$img" bitmaps.raw "$before" ""
 read -r dir table data <<<"$(bmlayout "$img")"
 expect_true "bitmaps: the directory moved down ($b_dir -> $dir)" test "$dir" -lt "$b_dir"
 expect_true "bitmaps: the last bitmap table moved down ($b_table -> $table)" test "$table" -lt "$b_table"
@@ -195,7 +201,7 @@ img=df.qcow2
 before=$(layout "$img")
 data_before=$(blocks df.data)
 expect_rc "data file: compact" 0 "$VDISK_IMG" compact "$img"
-check_compacted datafile "$img" df.raw "$before" 0 l2
+check_compacted datafile "$img" df.raw "$before" l2
 expect_true "data file: the zeros' 4160 KiB punched out of it ($data_before -> $(blocks df.data) blocks)" \
         test "$(blocks df.data)" -le $((data_before - 8320))
 expect_no_data "$img" $((8 * M)) $((4 * M)) "data file: no data where the zeros were"
@@ -245,6 +251,29 @@ expect_rc "raw data file: the image reads as the data file" 0 "$QEMU_IMG" compar
 # and clusters stay. Check clean, the active disk and each snapshot read as
 # before (`qemu-img convert -l`), the snapshot list unchanged, the file
 # smaller, the active tree's last cluster lower.
+# snap_save PREFIX IMG: the active disk, s1, s2 and the snapshot list, for
+# snap_compact
+snap_save() {
+        "$QEMU_IMG" convert -f qcow2 -O raw "$2" "$1.raw"
+        for sn in s1 s2; do "$QEMU_IMG" convert -f qcow2 -l "$sn" -O raw "$2" "$1-$sn.raw"; done
+        "$QEMU_IMG" snapshot -l "$2" >"$1.list"
+}
+
+# snap_compact NAME PREFIX IMG: compact; check clean, the active disk, s1,
+# s2 and the snapshot list as snap_save found them
+snap_compact() {
+        local name=$1 pre=$2 img=$3 sn
+        expect_rc "$name: compact" 0 "$VDISK_IMG" compact "$img"
+        expect_rc "$name: qemu-img check clean" 0 "$QEMU_IMG" check -f qcow2 "$img"
+        expect_rc "$name: the active disk as before" 0 "$QEMU_IMG" compare -f qcow2 -F raw "$img" "$pre.raw"
+        for sn in s1 s2; do
+                run "$QEMU_IMG" convert -f qcow2 -l "$sn" -O raw "$img" "$pre-$sn.after"
+                expect_cmp "$name: $sn reads as before" "$pre-$sn.raw" "$pre-$sn.after"
+        done
+        "$QEMU_IMG" snapshot -l "$img" >"$pre.list.after"
+        expect_cmp "$name: the snapshot list unchanged" "$pre.list" "$pre.list.after"
+}
+
 img=snap.qcow2
 "$QEMU_IMG" create -q -f qcow2 -o cluster_size=64k "$img" 1G
 "$QEMU_IO" -f qcow2 -c "write -P 0x11 0 4M" -c "write -P 0x22 8M 4M" -c "write -P 0x33 20M 1M" \
@@ -255,22 +284,12 @@ img=snap.qcow2
 "$QEMU_IO" -f qcow2 -c "write -P 0x66 40M 4M" -c "write -P 0 8M 64k" "$img" >/dev/null
 expect_rc "snapshots: discard 4M of the active tree's own clusters" 0 "$DISCARD" "$img" qcow2 $((40 * M)):$((4 * M))
 "$QEMU_IO" -f qcow2 -c "write -P 0x77 50M 128k" "$img" >/dev/null
-"$QEMU_IMG" convert -f qcow2 -O raw "$img" snap.raw
-for sn in s1 s2; do "$QEMU_IMG" convert -f qcow2 -l "$sn" -O raw "$img" "snap-$sn.raw"; done
-"$QEMU_IMG" snapshot -l "$img" >snap.list
+snap_save snap "$img"
 last_before=$("$QEMU_IMG" map -f qcow2 --output=json "$img" | "$PY" -c '
 import json, sys
 print(max(e["offset"] for e in json.load(sys.stdin) if e["data"]))')
 size_before=$(stat -c %s "$img")
-expect_rc "snapshots: compact" 0 "$VDISK_IMG" compact "$img"
-expect_rc "snapshots: qemu-img check clean" 0 "$QEMU_IMG" check -f qcow2 "$img"
-expect_rc "snapshots: the active disk as before" 0 "$QEMU_IMG" compare -f qcow2 -F raw "$img" snap.raw
-for sn in s1 s2; do
-        run "$QEMU_IMG" convert -f qcow2 -l "$sn" -O raw "$img" "snap-$sn.after"
-        expect_cmp "snapshots: $sn reads as before" "snap-$sn.raw" "snap-$sn.after"
-done
-"$QEMU_IMG" snapshot -l "$img" >snap.list.after
-expect_cmp "snapshots: the snapshot list unchanged" snap.list snap.list.after
+snap_compact snapshots snap "$img"
 last=$("$QEMU_IMG" map -f qcow2 --output=json "$img" | "$PY" -c '
 import json, sys
 print(max(e["offset"] for e in json.load(sys.stdin) if e["data"]))')
@@ -279,5 +298,73 @@ expect_true "snapshots: the active tree's last cluster moved down ($last_before 
 expect_true "snapshots: the file shrank ($size_before -> $(stat -c %s "$img"))" \
         test "$(stat -c %s "$img")" -lt "$size_before"
 expect_rc "snapshots: vdisk-img check" 0 "$VDISK_IMG" check -f qcow2 "$img"
+
+# 7. the snapshots' own tables and clusters move too (qemu-made, 64 KiB
+# clusters): s0 over 4 MiB of data the active tree then overwrites (copied
+# on write), s1 and s2 with writes between them (each write copies the
+# active L2 table, so s1 and s2 each hold an L2 table alone, and 512 KiB of
+# clusters written over), then s0 deleted: its 4 MiB and its tables leave
+# a hole below both snapshots' L1 and L2 tables, their clusters and the
+# snapshot table. After compact each of those tables lies lower, the file
+# holds only referenced clusters (no hole) and ends at qemu-img check's
+# image end offset, check clean, the active disk and each snapshot read as
+# before, the snapshot list unchanged.
+# snap_layout IMG: "SNAPSHOTS_OFFSET L1(s1) MAX_L2(s1) MAX_OWN(s1) L1(s2) ...":
+# MAX_OWN, the last data cluster no other L1 table (the active one, another
+# snapshot's) reaches
+snap_layout() {
+        "$PY" - "$1" <<'EOF'
+import struct, sys
+d = open(sys.argv[1], 'rb').read()
+be64 = lambda o: struct.unpack('>Q', d[o:o + 8])[0]
+mask = 0x00fffffffffffe00
+cs = 1 << struct.unpack('>I', d[20:24])[0]
+def tree(l1, l1_size):
+    l2s = [be64(l1 + 8 * i) & mask for i in range(l1_size)]
+    return l2s, {be64(t + 8 * k) & mask for t in l2s if t for k in range(cs // 8)} - {0}
+n, off = struct.unpack('>I', d[60:64])[0], be64(64)
+out, l1s, trees = [off], [], [tree(be64(40), struct.unpack('>I', d[36:40])[0])]
+for _ in range(n):
+    l1, l1_size = be64(off), struct.unpack('>I', d[off + 8:off + 12])[0]
+    id_len, name_len = struct.unpack('>HH', d[off + 12:off + 16])
+    extra = struct.unpack('>I', d[off + 36:off + 40])[0]
+    l1s.append(l1)
+    trees.append(tree(l1, l1_size))
+    off += (40 + extra + id_len + name_len + 7) & ~7
+for i in range(1, n + 1):
+    own = trees[i][1] - set().union(*(t[1] for j, t in enumerate(trees) if j != i))
+    out += [l1s[i - 1], max(trees[i][0]), max(own, default=0)]
+print(*out)
+EOF
+}
+img=snaptab.qcow2
+"$QEMU_IMG" create -q -f qcow2 -o cluster_size=64k "$img" 1G
+"$QEMU_IO" -f qcow2 -c "write -P 0x11 0 4M" "$img" >/dev/null
+"$QEMU_IMG" snapshot -c s0 "$img"
+"$QEMU_IO" -f qcow2 -c "write -P 0x22 0 4M" -c "write -P 0x33 20M 1M" "$img" >/dev/null
+"$QEMU_IMG" snapshot -c s1 "$img"
+"$QEMU_IO" -f qcow2 -c "write -P 0x44 20M 512k" -c "write -P 0x45 30M 1M" "$img" >/dev/null
+"$QEMU_IMG" snapshot -c s2 "$img"
+"$QEMU_IO" -f qcow2 -c "write -P 0x55 30M 512k" -c "write -P 0x56 40M 1M" "$img" >/dev/null
+"$QEMU_IMG" snapshot -d s0 "$img"
+snap_save snaptab "$img"
+read -r b_tab b_l1a b_l2a b_da b_l1b b_l2b b_db <<<"$(snap_layout "$img")"
+size_before=$(stat -c %s "$img")
+snap_compact "snapshot tables" snaptab "$img"
+read -r tab l1a l2a da l1b l2b db <<<"$(snap_layout "$img")"
+expect_true "snapshot tables: the snapshot table moved down ($b_tab -> $tab)" test "$tab" -lt "$b_tab"
+expect_true "snapshot tables: s1's L1 table moved down ($b_l1a -> $l1a)" test "$l1a" -lt "$b_l1a"
+expect_true "snapshot tables: s1's own L2 table moved down ($b_l2a -> $l2a)" test "$l2a" -lt "$b_l2a"
+expect_true "snapshot tables: s1's last own cluster moved down ($b_da -> $da)" test "$da" -lt "$b_da"
+expect_true "snapshot tables: s2's L1 table moved down ($b_l1b -> $l1b)" test "$l1b" -lt "$b_l1b"
+expect_true "snapshot tables: s2's own L2 table moved down ($b_l2b -> $l2b)" test "$l2b" -lt "$b_l2b"
+expect_true "snapshot tables: s2's last own cluster moved down ($b_db -> $db)" test "$db" -lt "$b_db"
+expect_true "snapshot tables: the file shrank ($size_before -> $(stat -c %s "$img"))" \
+        test "$(stat -c %s "$img")" -lt "$size_before"
+end=$("$QEMU_IMG" check -f qcow2 --output=json "$img" | "$PY" -c 'import json, sys
+print(json.load(sys.stdin)["image-end-offset"])')
+expect_true "snapshot tables: the file ends at qemu-img check's image end offset ($end)" \
+        test "$(stat -c %s "$img")" -eq "$end"
+expect_rc "snapshot tables: vdisk-img check" 0 "$VDISK_IMG" check -f qcow2 "$img"
 
 finish

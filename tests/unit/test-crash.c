@@ -52,6 +52,8 @@
  * directory of an enabled and a disabled bitmap: their bits never change);
  * qcow2-compact-snapshot (compact of an image with an internal snapshot:
  * the snapshot reads as taken in every crash image);
+ * qcow2-compact-snapshot-tables (the same, the snapshot's own L2 table and
+ * clusters, its L1 table and the snapshot table moved down into a hole);
  * qcow2-amend-downgrade-snapshot (compat=0.10 of a diff with a snapshot and
  * zero clusters over its data and the parent's: the snapshot as taken);
  * qcow2-writes-bitmaps (an image with an enabled and a disabled persistent
@@ -747,6 +749,34 @@ static void build_qcow2_compact_snapshot(scenario *sc) {
         vdisk_disk_unref(d);
 }
 
+/* Compact moving a snapshot's own tables and data: "tmp" of the
+ * writes-base image, block 0 written again (the active L2 table and those
+ * clusters copied: "tmp" holds the old ones alone), 128 KiB of block 3,
+ * "old", the same 128 KiB written again (the L2 table and those two
+ * clusters copied: "old" holds the previous ones alone), then "tmp"
+ * deleted: its clusters and tables leave a hole below "old"'s L2 table, its
+ * two clusters, its L1 table and the snapshot table, which the compact
+ * moves down (each switch one 8-byte write: the L2 or L1 entry, the
+ * snapshot entry, the header). "old" reads as taken. */
+static void build_qcow2_compact_snapshot_tables(scenario *sc) {
+        vdisk_disk *d;
+        rng r;
+
+        build_writes_base(sc);
+        rng_seed(&r, 5);
+        d = open_ios(sc->tmpl, 1, 0, "building the snapshots");
+        ASSERT_OK(vdisk_disk_snapshot_create(d, "tmp"));
+        fill_block(d, &r, 0, 0, BLOCK);
+        fill_block(d, &r, 3, 0, 128 * KiB);
+        vdisk_disk_unref(d);
+        sc->snap_content = read_view(sc->tmpl, 1);
+        d = open_ios(sc->tmpl, 1, 0, "building the snapshots");
+        ASSERT_OK(vdisk_disk_snapshot_create(d, "old"));
+        fill_block(d, &r, 3, 0, 128 * KiB);
+        ASSERT_OK(vdisk_disk_snapshot_delete(d, "tmp"));
+        vdisk_disk_unref(d);
+}
+
 /* Create a snapshot, delete the old one (when a failed run left it). */
 static int op_snapshot(scenario *sc, wl *w) {
         vdisk_snapshot *v = NULL;
@@ -952,6 +982,19 @@ static void after_compact(scenario *sc, wl *w) {
         if (after >= sc->file_size_before)
                 FAIL("%s: compact did not shrink the image (%" PRIu64 " -> %" PRIu64 " bytes)", sc->name,
                      sc->file_size_before, after);
+}
+
+/* Every cluster of the compacted file has a reference then (4.5 MiB;
+ * 4,849,664 bytes when the two clusters "old" holds alone stay where they
+ * are). */
+static void after_compact_snapshot_tables(scenario *sc, wl *w) {
+        uint64_t after;
+
+        after_compact(sc, w);
+        ASSERT_OK(vdisk_image_file_size(vdisk_disk_image(w->d, sc->faulted), &after));
+        if (after > 4608 * KiB)
+                FAIL("%s: compact left %" PRIu64 " of %" PRIu64 " bytes: the snapshot's tables or its own clusters "
+                     "did not move", sc->name, after, sc->file_size_before);
 }
 
 /* QCOW2 compact moving metadata: 64 KiB at 0, 2.5 MiB after it (the file
@@ -1608,6 +1651,11 @@ static scenario scenarios[] = {
         { .name = "qcow2-compact-snapshot", .fmt = "qcow2", .opts = qcow2_64k, .max_crash_seeds = 2,
           .faulted = 0, .qemu = 1, .qemu_every = 2, .build = build_qcow2_compact_snapshot, .op = op_compact,
           .after_success = after_compact },
+        /* the same with the snapshot's own L2 table and data clusters, its
+         * L1 table and the snapshot table above a hole: moved down */
+        { .name = "qcow2-compact-snapshot-tables", .fmt = "qcow2", .opts = qcow2_64k, .max_crash_seeds = 2,
+          .faulted = 0, .qemu = 1, .qemu_every = 2, .build = build_qcow2_compact_snapshot_tables,
+          .op = op_compact, .after_success = after_compact_snapshot_tables },
         { .name = "qcow2-snapshot", .fmt = "qcow2", .opts = qcow2_64k, .max_crash_seeds = 2, .faulted = 0,
           .qemu = 1, .qemu_every = 2, .copied_lag = 1, .build = build_snapshot_base, .op = op_snapshot },
         /* QED (64 KiB clusters): data clusters and L2 tables appended, L1
