@@ -367,4 +367,41 @@ expect_true "snapshot tables: the file ends at qemu-img check's image end offset
         test "$(stat -c %s "$img")" -eq "$end"
 expect_rc "snapshot tables: vdisk-img check" 0 "$VDISK_IMG" check -f qcow2 "$img"
 
+
+# 8. an image whose refcounts contradict its tables (a data cluster counted
+# 0: qemu-img check calls it a corruption): compact could place another
+# cluster over it, so it refuses before writing anything; after
+# `check -r all` it compacts and checks clean
+img=corrupt.qcow2
+"$QEMU_IMG" create -q -f qcow2 "$img" 16M
+"$QEMU_IO" -f qcow2 -c "write -P 0x61 0 1M" -c "write -P 0x62 4M 1M" "$img" >/dev/null
+"$QEMU_IMG" convert -f qcow2 -O raw "$img" corrupt-before.raw
+host=$("$QEMU_IMG" map -f qcow2 --output=json "$img" | "$PY" -c 'import json, sys
+print(next(e["offset"] for e in json.load(sys.stdin) if e["data"]))')
+"$PY" - "$img" "$host" <<'EOF'
+import struct, sys
+f = open(sys.argv[1], 'r+b')
+h = f.read(104)
+cs = 1 << struct.unpack('>I', h[20:24])[0]
+reft = struct.unpack('>Q', h[48:56])[0]
+bits = 1 << struct.unpack('>I', h[96:100])[0]
+per = cs * 8 // bits
+idx = int(sys.argv[2]) // cs
+f.seek(reft + 8 * (idx // per))
+rb = struct.unpack('>Q', f.read(8))[0] & 0x00fffffffffffe00
+f.seek(rb + (idx % per) * bits // 8)
+f.write(bytes(bits // 8))
+EOF
+"$QEMU_IMG" check -f qcow2 "$img" >/dev/null 2>&1 && true
+expect_eq "corrupt refcount: qemu-img check finds a corruption (exit 2)" "$?" 2
+cp "$img" corrupt-copy.qcow2
+vimg compact -f qcow2 "$img"
+expect_eq "corrupt refcount: compact refuses" "$RC" 1
+expect_true "... naming the repair" grep -q "check -r all" "$T/err"
+expect_true "... before writing anything" cmp -s "$img" corrupt-copy.qcow2
+expect_rc "corrupt refcount: check -r all" 0 "$VDISK_IMG" check -r all -f qcow2 "$img"
+expect_rc "corrupt refcount: compact after the repair" 0 "$VDISK_IMG" compact -f qcow2 "$img"
+expect_rc "corrupt refcount: qemu-img check clean after" 0 "$QEMU_IMG" check -f qcow2 "$img"
+expect_rc "corrupt refcount: content unchanged" 0 "$QEMU_IMG" compare -f qcow2 -F raw "$img" corrupt-before.raw
+
 finish
