@@ -508,7 +508,8 @@ int cmd_convert(Request *req) {
                         r = convert_into(in, &src, existing.disk, out,
                                          (target_is_zero ? VDISK_COPY_INTO_TARGET_ZERO : 0) |
                                          (backing ? VDISK_COPY_INTO_TOP_ONLY : 0) |
-                                         (compress ? VDISK_COPY_INTO_COMPRESS : 0), &bar);
+                                         (compress ? VDISK_COPY_INTO_COMPRESS :
+                                          sparse == 0 ? VDISK_COPY_INTO_ALLOCATE : 0), &bar);
                 progress_bar_done(&bar, r >= 0);
                 if (img_close(&existing) >= 0 && r >= 0)
                         ex = EXIT_OK;

@@ -22,9 +22,13 @@
 
 typedef op_side into_side;
 
-static int into_write(into_side *s, const void *buf, size_t len, uint64_t offset) {
+/* With VDISK_COPY_INTO_ALLOCATE the blocks it allocates are written whole,
+ * zeros included (-S 0: no hole in the file). */
+static int into_write(into_side *s, const void *buf, size_t len, uint64_t offset, uint32_t flags) {
         _cleanup_(disk_unlockp) _unused_ vdisk_disk *l = disk_lock(s->d);
 
+        if (flags & VDISK_COPY_INTO_ALLOCATE)
+                return rw_write_filled(s->d, s->top, buf, len, offset);
         return rw_write(s->d, s->top, buf, len, offset);
 }
 
@@ -50,7 +54,7 @@ static int into_zero(into_side *dst, uint64_t offset, uint64_t len, uint32_t fla
 
                 if (zeros) {
                         n = MIN(len, (uint64_t) OP_BUFFER_SIZE);
-                        r = into_write(dst, zeros, (size_t) n, offset);
+                        r = into_write(dst, zeros, (size_t) n, offset, flags);
                         if (r < 0)
                                 return r;
                 } else if (flags & VDISK_COPY_INTO_TARGET_ZERO)
@@ -221,7 +225,7 @@ static int into_run(into_side *src, into_side *dst, uint32_t flags, vdisk_progre
                         write = memcmp(buf, dbuf, n) != 0;
                 }
                 if (write) {
-                        r = into_write(dst, buf, n, offset);
+                        r = into_write(dst, buf, n, offset, flags);
                         if (r < 0)
                                 return r;
                 }
