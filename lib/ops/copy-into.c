@@ -11,6 +11,8 @@
  * hole, that range is made to read zeros with the format's zero marker where
  * it has one (rw_write_zeroes). Source data is read and written a buffer at
  * a time; a buffer that turns out to be all zeros is treated like a hole.
+ * With VDISK_COPY_INTO_ALLOCATE (-S 0) every byte is written, in order, a
+ * buffer at a time, and no block status is asked (without TOP_ONLY).
  *
  * Each step takes one disk's lock alone (never both), as compare does; both
  * disks are registered as running a shared operation for the whole copy, so
@@ -182,6 +184,21 @@ static int into_run(into_side *src, into_side *dst, uint32_t flags, vdisk_progre
                 size_t n;
                 bool write = true;
 
+                if ((flags & VDISK_COPY_INTO_ALLOCATE) && !(flags & VDISK_COPY_INTO_TOP_ONLY)) {
+                        /* -S 0: every byte is written, so no status is
+                         * needed: the source a buffer at a time, in order
+                         * (a stream image takes whole grains in order). */
+                        n = (size_t) MIN(size - offset, (uint64_t) OP_BUFFER_SIZE);
+                        r = op_side_read(src, buf, n, offset);
+                        if (r >= 0)
+                                r = into_write(dst, buf, n, offset, flags);
+                        if (r >= 0)
+                                r = progress_add(p, n);
+                        if (r < 0)
+                                return r;
+                        offset += n;
+                        continue;
+                }
                 r = op_side_status(src, offset, MIN(size - offset, OP_STATUS_SPAN), &e);
                 if (r < 0)
                         return r;

@@ -804,7 +804,9 @@ enum {
          * written (allocated), and data buffers of zeros are written as
          * they are; nothing is left as a hole, in the image or in its file
          * (the blocks allocated are written whole, zero pages included).
-         * Wins over TARGET_ZERO. */
+         * Without TOP_ONLY the source is copied a buffer at a time in
+         * order, holes read as zeros (a VMDK streamOptimized top takes
+         * that). Wins over TARGET_ZERO. */
         VDISK_COPY_INTO_ALLOCATE = 1u << 3,
 };
 
