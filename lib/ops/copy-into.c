@@ -106,7 +106,8 @@ static int into_write_encoded(into_side *dst, const uint8_t *data, size_t len, u
 }
 
 /* convert -c -n: the source a buffer at a time, each cluster of it
- * compressed into the destination (see VDISK_COPY_INTO_COMPRESS). */
+ * compressed into the destination (see VDISK_COPY_INTO_COMPRESS); with
+ * ALLOCATE (-c -S 0) the clusters of zeros too. */
 static int into_run_compressed(into_side *src, into_side *dst, uint32_t flags, vdisk_progress *p) {
         _cleanup_free_ uint8_t *buf = NULL, *out = NULL;
         uint64_t size = src->size, offset = 0, cs;
@@ -137,10 +138,10 @@ static int into_run_compressed(into_side *src, into_side *dst, uint32_t flags, v
                 size_t n = (size_t) MIN(size - offset, (uint64_t) OP_BUFFER_SIZE);
                 vdisk_extent e;
 
-                r = op_side_status(src, offset, n, &e);
+                r = flags & VDISK_COPY_INTO_ALLOCATE ? 0 : op_side_status(src, offset, n, &e);
                 if (r < 0)
                         return r;
-                if (extent_reads_zero(&e) && e.length >= n) {
+                if (!(flags & VDISK_COPY_INTO_ALLOCATE) && extent_reads_zero(&e) && e.length >= n) {
                         r = into_zero(dst, offset, n, flags, p);
                         if (r < 0)
                                 return r;
@@ -153,7 +154,7 @@ static int into_run_compressed(into_side *src, into_side *dst, uint32_t flags, v
                 for (size_t k = 0; k < n; k += (size_t) cs) {
                         size_t len = (size_t) MIN((uint64_t) n - k, cs);
 
-                        if (mem_is_zero(buf + k, len))
+                        if (!(flags & VDISK_COPY_INTO_ALLOCATE) && mem_is_zero(buf + k, len))
                                 r = into_zero(dst, offset + k, len, flags, p);
                         else {
                                 r = into_write_encoded(dst, buf + k, len, offset + k, out);
@@ -265,8 +266,6 @@ int vdisk_copy_into(vdisk_disk *src, vdisk_disk *dst, uint32_t flags, vdisk_prog
                 return vdisk_error(-EINVAL, "unknown copy flags 0x%" PRIx32, flags);
         if ((flags & VDISK_COPY_INTO_COMPRESS) && (flags & VDISK_COPY_INTO_TOP_ONLY))
                 return vdisk_error(-EINVAL, "compressed copies into an existing image take the whole source");
-        if ((flags & VDISK_COPY_INTO_COMPRESS) && (flags & VDISK_COPY_INTO_ALLOCATE))
-                return vdisk_error(-EINVAL, "compressed copies into an existing image write no zeros");
         if (src->n == 0 || dst->n == 0)
                 return vdisk_error(-EINVAL, "the container is empty");
         r = op_side_begin(&s, false);

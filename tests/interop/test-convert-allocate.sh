@@ -10,8 +10,11 @@
 #     qcow2 and QED metadata placement, VDI data offset), so no range reads
 #     as a hole of the host file ("zero": true) where qemu's does not
 #   - st_blocks covers the virtual size (no hole in the host file; not for
-#     streamOptimized, whose grains are compressed: every grain is data)
+#     streamOptimized or -c, whose units are compressed: every one is data)
 #   - qemu-img compare equal to the source and qemu-img check clean
+#   - -S 0 -B: only the top written, the map as qemu-img's
+#   - -c -S 0 (qcow2): every cluster compressed, zeros too, new and -n;
+#     -n over an allocated cluster fails as qemu-img's does
 #   - the same with convert -n -S 0 into an image qemu-img created, after
 #     data was written where the source has holes and zeros (not into
 #     streamOptimized, which takes no writes once made)
@@ -41,7 +44,7 @@ full_alloc() {
         expect_true "$desc: $got bytes allocated >= virtual size $size" test "$got" -ge "$size"
 }
 
-# check_out DESC SRC SRCFMT QFILE VFILE FMT [stream]
+# check_out DESC SRC SRCFMT QFILE VFILE FMT [compressed]
 check_out() {
         local desc=$1 src=$2 sfmt=$3 q=$4 v=$5 fmt=$6
         same_map "$desc" "$q" "$v" "$fmt"
@@ -95,6 +98,59 @@ for src in p.raw:raw z.qcow2:qcow2; do
                         notok "convert -n -S 0 $sfile -> $fmt" "exit $RC: $(last_err)"
                 fi
         done
+done
+
+# -S 0 -B: only the source's top is written (qemu-img's map, backing
+# included; the content equal)
+"$QEMU_IMG" create -q -f qcow2 -b z.qcow2 -F qcow2 t.qcow2
+"$QEMU_IO" -f qcow2 -c "write -P 0x41 $((4 * M)) 64k" -c "write -z $((8 * M)) $M" t.qcow2 >/dev/null
+rm -f q.qcow2 v.qcow2
+qimg convert -S 0 -O qcow2 -B z.qcow2 -F qcow2 t.qcow2 q.qcow2
+vimg convert -S 0 -O qcow2 -B z.qcow2 -F qcow2 t.qcow2 v.qcow2
+if [[ $RC -eq 0 ]]; then
+        ok "convert -S 0 -B"
+        same_map "convert -S 0 -B" q.qcow2 v.qcow2 qcow2
+        qcompare t.qcow2 qcow2 v.qcow2 qcow2
+        qcheck v.qcow2 qcow2
+else
+        notok "convert -S 0 -B" "exit $RC: $(last_err)"
+fi
+
+# -c -S 0: every cluster compressed, zeros too (qemu's map: data everywhere);
+# -n -c -S 0 into an empty qcow2 the same, and over an allocated cluster it
+# fails as qemu-img does (a compressed write never overwrites)
+for sfile in p.raw:raw z.qcow2:qcow2; do
+        sfmt=${sfile##*:} sfile=${sfile%%:*}
+        rm -f q.qcow2 v.qcow2
+        qimg convert -c -S 0 -f "$sfmt" -O qcow2 "$sfile" q.qcow2
+        vimg convert -c -S 0 -f "$sfmt" -O qcow2 "$sfile" v.qcow2
+        if [[ $RC -eq 0 ]]; then
+                ok "convert -c -S 0 $sfile -> qcow2"
+                check_out "convert -c -S 0 $sfile -> qcow2" "$sfile" "$sfmt" q.qcow2 v.qcow2 qcow2 compressed
+        else
+                notok "convert -c -S 0 $sfile -> qcow2" "exit $RC: $(last_err)"
+        fi
+        size=$(qinfo "$sfile" "$sfmt" virtual-size)
+        rm -f q.qcow2 v.qcow2
+        "$QEMU_IMG" create -q -f qcow2 q.qcow2 "$size"
+        "$QEMU_IMG" create -q -f qcow2 v.qcow2 "$size"
+        qimg convert -n -c -S 0 -f "$sfmt" -O qcow2 "$sfile" q.qcow2
+        vimg convert -n -c -S 0 -f "$sfmt" -O qcow2 "$sfile" v.qcow2
+        if [[ $RC -eq 0 ]]; then
+                ok "convert -n -c -S 0 $sfile -> qcow2"
+                check_out "convert -n -c -S 0 $sfile -> qcow2" "$sfile" "$sfmt" q.qcow2 v.qcow2 qcow2 compressed
+        else
+                notok "convert -n -c -S 0 $sfile -> qcow2" "exit $RC: $(last_err)"
+        fi
+        rm -f q.qcow2 v.qcow2
+        "$QEMU_IMG" create -q -f qcow2 q.qcow2 "$size"
+        "$QEMU_IO" -f qcow2 -c "write -P 0x79 $((12 * M)) 64k" q.qcow2 >/dev/null
+        cp q.qcow2 v.qcow2
+        qimg convert -n -c -S 0 -f "$sfmt" -O qcow2 "$sfile" q.qcow2
+        want=$RC
+        vimg convert -n -c -S 0 -f "$sfmt" -O qcow2 "$sfile" v.qcow2
+        expect_eq "convert -n -c -S 0 $sfile over an allocated cluster: qemu-img's exit code" "$RC" "$want"
+        qcheck v.qcow2 qcow2
 done
 
 finish

@@ -25,6 +25,11 @@
  *   an allocated one too, as qemu does),
  *   the clusters before it kept and the image still clean; a VDI
  *   destination and COMPRESS with TOP_ONLY are refused.
+ * - ALLOCATE (convert -S 0): VDI and qcow2 files get every block allocated
+ *   and written whole, zeros included (st_blocks covers the virtual size);
+ *   with COMPRESS every cluster is stored compressed, zeros too. Every write
+ *   of an ALLOCATE copy into a qcow2 failing in turn, once or for good: no
+ *   corruption, each sector old or new, a retry completes.
  */
 #include <sys/stat.h>
 #include <unistd.h>
@@ -61,13 +66,17 @@ static uint64_t lookups(vdisk_disk *d) {
         return s.hits + s.misses;
 }
 
-static vdisk_disk *big_base(const char *name, uint64_t size) {
+static vdisk_disk *big_base_fmt(const char *name, const char *format, uint64_t size) {
         vdisk_disk *d = disk_new();
         vdisk_io *io = mem_io(name, NULL, 0);
 
-        ASSERT_OK(vdisk_disk_create_base(d, io, "vdi", size, NULL));
+        ASSERT_OK(vdisk_disk_create_base(d, io, format, size, NULL));
         vdisk_io_unref(io);
         return d;
+}
+
+static vdisk_disk *big_base(const char *name, uint64_t size) {
+        return big_base_fmt(name, "vdi", size);
 }
 
 static vdisk_disk *big_disk(const char *name) {
@@ -369,6 +378,22 @@ static void test_allocate(void) {
         }
         test_set_context("%s", "");
         ASSERT(rmdir(dir) == 0);
+
+        /* -c -S 0: every cluster compressed, clusters of zeros too */
+        {
+                vdisk_disk *dst = big_base_fmt("acomp.qcow2", "qcow2", ASIZE);
+                uint64_t fsize;
+
+                ASSERT_OK(vdisk_copy_into(src, dst, VDISK_COPY_INTO_ALLOCATE | VDISK_COPY_INTO_COMPRESS, NULL));
+                ASSERT(vdisk_compare(src, dst, 0, NULL, NULL) == 0);
+                assert_all_data(dst);
+                ASSERT_EQ_U64(CHECK_IMAGE_CLEAN(dst, 0), 0);
+                ASSERT_OK(vdisk_image_file_size(vdisk_disk_image(dst, 0), &fsize));
+                /* 64 clusters of 64 KiB, stored compressed: far less than 4 MiB */
+                printf("# -c -S 0 into a new qcow2: %" PRIu64 " bytes\n", fsize);
+                ASSERT(fsize < ASIZE / 4);
+                vdisk_disk_unref(dst);
+        }
         vdisk_disk_unref(src);
 }
 

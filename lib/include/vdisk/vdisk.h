@@ -806,7 +806,8 @@ enum {
          * (the blocks allocated are written whole, zero pages included).
          * Without TOP_ONLY the source is copied a buffer at a time in
          * order, holes read as zeros (a VMDK streamOptimized top takes
-         * that). Wins over TARGET_ZERO. */
+         * that). With COMPRESS every cluster is written compressed,
+         * clusters of zeros too (qemu's -c -S 0). Wins over TARGET_ZERO. */
         VDISK_COPY_INTO_ALLOCATE = 1u << 3,
 };
 
