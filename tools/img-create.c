@@ -508,7 +508,8 @@ int cmd_convert(Request *req) {
                         r = convert_into(in, &src, existing.disk, out,
                                          (target_is_zero ? VDISK_COPY_INTO_TARGET_ZERO : 0) |
                                          (backing ? VDISK_COPY_INTO_TOP_ONLY : 0) |
-                                         (compress ? VDISK_COPY_INTO_COMPRESS : 0), &bar);
+                                         (compress ? VDISK_COPY_INTO_COMPRESS : 0) |
+                                         (sparse == 0 ? VDISK_COPY_INTO_ALLOCATE : 0), &bar);
                 progress_bar_done(&bar, r >= 0);
                 if (img_close(&existing) >= 0 && r >= 0)
                         ex = EXIT_OK;
@@ -596,8 +597,10 @@ int cmd_convert(Request *req) {
         created = true;
 
         vdisk_clear_error();
-        if (sparse == 0 && !compress) {
-                /* -S 0: create the image, then write every byte of it. */
+        if (sparse == 0 && (!compress || (!backing && (out_info->caps & VDISK_CAP_COMPRESS)))) {
+                /* -S 0: create the image, then write every byte of it
+                 * (-c: every cluster compressed, as qemu-img does; a VMDK
+                 * decides by its subformat in vdisk_copy below). */
                 uint64_t size = new_size > 0 ? new_size : vdisk_disk_size(src.disk);
 
                 if (backing)
@@ -608,7 +611,8 @@ int cmd_convert(Request *req) {
                         log_error("%s: %s", out, error_detail(r));
                 else
                         r = convert_into(in, &src, dst, out, VDISK_COPY_INTO_ALLOCATE |
-                                         (backing ? VDISK_COPY_INTO_TOP_ONLY : 0), &bar);
+                                         (backing ? VDISK_COPY_INTO_TOP_ONLY : 0) |
+                                         (compress ? VDISK_COPY_INTO_COMPRESS : 0), &bar);
                 progress_bar_done(&bar, r >= 0);
                 if (r < 0)
                         goto finish;

@@ -225,6 +225,10 @@ int image_set_link(vdisk_image *img, const uint8_t uuid[16], const char *name, c
 int rw_read(vdisk_disk *d, unsigned level, void *buf, size_t len, uint64_t offset);
 /* Writes into image `level`, copying partial blocks from the view at level-1. */
 int rw_write(vdisk_disk *d, unsigned level, const void *buf, size_t len, uint64_t offset);
+/* rw_write, but the blocks it allocates are written whole, zero pages too
+ * (rw_write leaves them as holes of the file where the space is new):
+ * convert -S 0, whose output takes its full size on the host. */
+int rw_write_filled(vdisk_disk *d, unsigned level, const void *buf, size_t len, uint64_t offset);
 /* Makes [offset, offset+len) of image `level` read zeros, using the format's
  * zero marker for whole blocks where it has one. `below` is the level whose
  * view will show through unallocated ranges of `level` (normally level - 1;

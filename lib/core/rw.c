@@ -224,7 +224,7 @@ static int fill_unit(vdisk_disk *d, unsigned level, uint64_t ustart, uint64_t ue
  * failure the reservation is released and the image reads as it did before.
  * *ret_n gets the bytes of p consumed. */
 static int write_new_unit(vdisk_disk *d, unsigned level, uint64_t offset, const uint8_t *p, size_t len,
-                          size_t *ret_n) {
+                          bool filled, size_t *ret_n) {
         vdisk_image *img = d->images[level];
         reservation res = {};
         uint64_t uend;
@@ -241,7 +241,7 @@ static int write_new_unit(vdisk_disk *d, unsigned level, uint64_t offset, const 
         uend = MIN(res.unit_offset + res.length, img->size);
         n = (size_t) MIN((uint64_t) len, uend - offset);
         r = fill_unit(d, level, res.unit_offset, uend, offset, p, n, image_file(img, res.file), res.host_offset,
-                      res.fresh);
+                      res.fresh && !filled);
         /* The data is written (not queued behind: io.h) before the table
          * points at it, so a queued write that fails fails this call. */
         if (r >= 0)
@@ -271,7 +271,9 @@ static int write_done(vdisk_image *img, bool wrote, int r) {
         return r < 0 ? r : k;
 }
 
-int rw_write(vdisk_disk *d, unsigned level, const void *buf, size_t len, uint64_t offset) {
+/* `filled`: a new unit is written whole, zero pages included (the file
+ * holds every byte of it, as after qemu-img convert -S 0). */
+static int write_range(vdisk_disk *d, unsigned level, const void *buf, size_t len, uint64_t offset, bool filled) {
         vdisk_image *img = d->images[level];
         const uint8_t *p = buf;
         bool wrote = false;
@@ -302,7 +304,7 @@ int rw_write(vdisk_disk *d, unsigned level, const void *buf, size_t len, uint64_
                         /* UNALLOC, ZERO, and ENCODED: an encoded unit is
                          * never rewritten in place; it gets a new unit.
                          * Shared DATA is copied on write the same way. */
-                        r = write_new_unit(d, level, offset, p, len, &n);
+                        r = write_new_unit(d, level, offset, p, len, filled, &n);
                 if (r < 0)
                         break;
                 wrote = true;
@@ -311,6 +313,14 @@ int rw_write(vdisk_disk *d, unsigned level, const void *buf, size_t len, uint64_
                 len -= n;
         }
         return write_done(img, wrote, r);
+}
+
+int rw_write(vdisk_disk *d, unsigned level, const void *buf, size_t len, uint64_t offset) {
+        return write_range(d, level, buf, len, offset, false);
+}
+
+int rw_write_filled(vdisk_disk *d, unsigned level, const void *buf, size_t len, uint64_t offset) {
+        return write_range(d, level, buf, len, offset, true);
 }
 
 /* Does the view at `level` read zeros in [offset, offset+len)? */

@@ -11,6 +11,8 @@
  * hole, that range is made to read zeros with the format's zero marker where
  * it has one (rw_write_zeroes). Source data is read and written a buffer at
  * a time; a buffer that turns out to be all zeros is treated like a hole.
+ * With VDISK_COPY_INTO_ALLOCATE (-S 0) every byte is written, in order, a
+ * buffer at a time, and no block status is asked (without TOP_ONLY).
  *
  * Each step takes one disk's lock alone (never both), as compare does; both
  * disks are registered as running a shared operation for the whole copy, so
@@ -22,9 +24,13 @@
 
 typedef op_side into_side;
 
-static int into_write(into_side *s, const void *buf, size_t len, uint64_t offset) {
+/* With VDISK_COPY_INTO_ALLOCATE the blocks it allocates are written whole,
+ * zeros included (-S 0: no hole in the file). */
+static int into_write(into_side *s, const void *buf, size_t len, uint64_t offset, uint32_t flags) {
         _cleanup_(disk_unlockp) _unused_ vdisk_disk *l = disk_lock(s->d);
 
+        if (flags & VDISK_COPY_INTO_ALLOCATE)
+                return rw_write_filled(s->d, s->top, buf, len, offset);
         return rw_write(s->d, s->top, buf, len, offset);
 }
 
@@ -50,7 +56,7 @@ static int into_zero(into_side *dst, uint64_t offset, uint64_t len, uint32_t fla
 
                 if (zeros) {
                         n = MIN(len, (uint64_t) OP_BUFFER_SIZE);
-                        r = into_write(dst, zeros, (size_t) n, offset);
+                        r = into_write(dst, zeros, (size_t) n, offset, flags);
                         if (r < 0)
                                 return r;
                 } else if (flags & VDISK_COPY_INTO_TARGET_ZERO)
@@ -100,7 +106,8 @@ static int into_write_encoded(into_side *dst, const uint8_t *data, size_t len, u
 }
 
 /* convert -c -n: the source a buffer at a time, each cluster of it
- * compressed into the destination (see VDISK_COPY_INTO_COMPRESS). */
+ * compressed into the destination (see VDISK_COPY_INTO_COMPRESS); with
+ * ALLOCATE (-c -S 0) the clusters of zeros too. */
 static int into_run_compressed(into_side *src, into_side *dst, uint32_t flags, vdisk_progress *p) {
         _cleanup_free_ uint8_t *buf = NULL, *out = NULL;
         uint64_t size = src->size, offset = 0, cs;
@@ -131,10 +138,10 @@ static int into_run_compressed(into_side *src, into_side *dst, uint32_t flags, v
                 size_t n = (size_t) MIN(size - offset, (uint64_t) OP_BUFFER_SIZE);
                 vdisk_extent e;
 
-                r = op_side_status(src, offset, n, &e);
+                r = flags & VDISK_COPY_INTO_ALLOCATE ? 0 : op_side_status(src, offset, n, &e);
                 if (r < 0)
                         return r;
-                if (extent_reads_zero(&e) && e.length >= n) {
+                if (!(flags & VDISK_COPY_INTO_ALLOCATE) && extent_reads_zero(&e) && e.length >= n) {
                         r = into_zero(dst, offset, n, flags, p);
                         if (r < 0)
                                 return r;
@@ -147,7 +154,7 @@ static int into_run_compressed(into_side *src, into_side *dst, uint32_t flags, v
                 for (size_t k = 0; k < n; k += (size_t) cs) {
                         size_t len = (size_t) MIN((uint64_t) n - k, cs);
 
-                        if (mem_is_zero(buf + k, len))
+                        if (!(flags & VDISK_COPY_INTO_ALLOCATE) && mem_is_zero(buf + k, len))
                                 r = into_zero(dst, offset + k, len, flags, p);
                         else {
                                 r = into_write_encoded(dst, buf + k, len, offset + k, out);
@@ -178,6 +185,21 @@ static int into_run(into_side *src, into_side *dst, uint32_t flags, vdisk_progre
                 size_t n;
                 bool write = true;
 
+                if ((flags & VDISK_COPY_INTO_ALLOCATE) && !(flags & VDISK_COPY_INTO_TOP_ONLY)) {
+                        /* -S 0: every byte is written, so no status is
+                         * needed: the source a buffer at a time, in order
+                         * (a stream image takes whole grains in order). */
+                        n = (size_t) MIN(size - offset, (uint64_t) OP_BUFFER_SIZE);
+                        r = op_side_read(src, buf, n, offset);
+                        if (r >= 0)
+                                r = into_write(dst, buf, n, offset, flags);
+                        if (r >= 0)
+                                r = progress_add(p, n);
+                        if (r < 0)
+                                return r;
+                        offset += n;
+                        continue;
+                }
                 r = op_side_status(src, offset, MIN(size - offset, OP_STATUS_SPAN), &e);
                 if (r < 0)
                         return r;
@@ -221,7 +243,7 @@ static int into_run(into_side *src, into_side *dst, uint32_t flags, vdisk_progre
                         write = memcmp(buf, dbuf, n) != 0;
                 }
                 if (write) {
-                        r = into_write(dst, buf, n, offset);
+                        r = into_write(dst, buf, n, offset, flags);
                         if (r < 0)
                                 return r;
                 }
@@ -244,8 +266,6 @@ int vdisk_copy_into(vdisk_disk *src, vdisk_disk *dst, uint32_t flags, vdisk_prog
                 return vdisk_error(-EINVAL, "unknown copy flags 0x%" PRIx32, flags);
         if ((flags & VDISK_COPY_INTO_COMPRESS) && (flags & VDISK_COPY_INTO_TOP_ONLY))
                 return vdisk_error(-EINVAL, "compressed copies into an existing image take the whole source");
-        if ((flags & VDISK_COPY_INTO_COMPRESS) && (flags & VDISK_COPY_INTO_ALLOCATE))
-                return vdisk_error(-EINVAL, "compressed copies into an existing image write no zeros");
         if (src->n == 0 || dst->n == 0)
                 return vdisk_error(-EINVAL, "the container is empty");
         r = op_side_begin(&s, false);

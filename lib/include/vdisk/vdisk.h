@@ -803,7 +803,12 @@ enum {
         VDISK_COPY_INTO_COMPRESS = 1u << 2,
         /* qemu-img convert -S 0: where the source reads zeros, zeros are
          * written (allocated), and data buffers of zeros are written as
-         * they are; nothing is left as a hole. Wins over TARGET_ZERO. */
+         * they are; nothing is left as a hole, in the image or in its file
+         * (the blocks allocated are written whole, zero pages included).
+         * Without TOP_ONLY the source is copied a buffer at a time in
+         * order, holes read as zeros (a VMDK streamOptimized top takes
+         * that). With COMPRESS every cluster is written compressed,
+         * clusters of zeros too (qemu's -c -S 0). Wins over TARGET_ZERO. */
         VDISK_COPY_INTO_ALLOCATE = 1u << 3,
 };
 
