@@ -136,6 +136,7 @@ typedef struct qcow2_state {
 
 /* The backend's flush(): data, refcounts, L2, L1, then the dirty bit. */
 int qcow2_flush(void *state);
+int qcow2_check(void *state, uint32_t flags, vdisk_check_report *rep, vdisk_progress *p);
 int qcow2_flush_refcounts(qcow2_state *s);
 int qcow2_flush_tables(qcow2_state *s);
 int qcow2_mark_dirty(qcow2_state *s);

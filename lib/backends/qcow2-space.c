@@ -1477,6 +1477,27 @@ static int pack_data(qcow2_state *s, vdisk_progress *p, uint64_t *done, uint64_t
         return fmt_pack_run(&pk, NULL);
 }
 
+/* Compact frees and moves clusters by their refcounts. Where the check finds
+ * counts that contradict the tables (a cluster counted below its references,
+ * named twice), a free or a move could put one cluster over another's data:
+ * refused, before anything is written, until a repair makes them agree.
+ * Leaks (counted, not referenced) are harmless: they stay where they are. */
+static int compact_precheck(qcow2_state *s) {
+        vdisk_check_report rep = { .size = sizeof(rep) };
+        uint64_t bad;
+        int r;
+
+        r = qcow2_check(s, 0, &rep, NULL);
+        bad = rep.corruptions;
+        vdisk_check_report_clear(&rep);
+        if (r < 0)
+                return r;
+        if (bad > 0)
+                return vdisk_error(-EUCLEAN, "qcow2: the image's check finds %" PRIu64 " corruption%s: repair it "
+                                   "(check -r all) before compacting", bad, bad == 1 ? "" : "s");
+        return 0;
+}
+
 int qcow2_compact(void *state, compact_fn fn, void *ctx, vdisk_progress *p) {
         qcow2_state *s = state;
         uint64_t done, moves, meta_moves = 0;
@@ -1484,6 +1505,9 @@ int qcow2_compact(void *state, compact_fn fn, void *ctx, vdisk_progress *p) {
         int r, rt;
 
         assert(s->writable && fn);
+        r = compact_precheck(s);
+        if (r < 0)
+                return r;
         r = qcow2_mark_dirty(s);
         if (r >= 0)
                 r = qcow2_flush(s);

@@ -1102,8 +1102,6 @@ static int mark_dirty(qcow2_state *s) {
         return 0;
 }
 
-static int qcow2_check(void *state, uint32_t flags, vdisk_check_report *rep, vdisk_progress *p);
-
 static int prepare_writes(qcow2_state *s, const uint8_t *features, size_t n_features) {
         uint64_t known_autoclear = AUTOCLEAR_BITMAPS | AUTOCLEAR_DATA_RAW;
         int r;
@@ -1834,7 +1832,7 @@ static int move_shared_rb(qcow2_state *s, uint64_t rti, uint64_t from, uint64_t 
         return 0;
 }
 
-static int qcow2_check(void *state, uint32_t flags, vdisk_check_report *rep, vdisk_progress *p) {
+int qcow2_check(void *state, uint32_t flags, vdisk_check_report *rep, vdisk_progress *p) {
         qcow2_state *s = state;
         bool fix_all = flags & VDISK_CHECK_REPAIR_ALL, fix_leaks = fix_all || (flags & VDISK_CHECK_REPAIR_LEAKS);
         bool dry = flags & VDISK_CHECK_DRY_RUN;

@@ -6,7 +6,6 @@
  * what the parent shows is dropped. The backend then moves blocks down and
  * truncates the file.
  */
-#include <inttypes.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -51,30 +50,6 @@ static int compact_decide(void *userdata, uint64_t offset, const void *data, siz
         return 0;
 }
 
-/* Compact moves blocks and frees space by what the image's tables and
- * counts say. Where its check finds them contradicting each other (a block
- * two entries name, a count below its references), a move or a free could
- * put one block over another's data: refused, before anything is written,
- * until a repair has made them agree. Leaks are harmless here. */
-static int compact_precheck(vdisk_image *img) {
-        vdisk_check_report rep = { .size = sizeof(rep) };
-        uint64_t bad;
-        int r;
-
-        if (!image_can_check(img))
-                return 0;
-        r = image_check(img, 0, &rep, NULL);
-        bad = rep.corruptions;
-        vdisk_check_report_clear(&rep);
-        if (r < 0)
-                return vdisk_error_prefix(r, vdisk_io_name(img->io));
-        if (bad > 0)
-                return vdisk_error(-EUCLEAN, "%s: the image's check finds %" PRIu64 " corruption%s: repair it "
-                                   "(check -r all) before compacting", vdisk_io_name(img->io), bad,
-                                   bad == 1 ? "" : "s");
-        return 0;
-}
-
 int vdisk_compact(vdisk_disk *d, unsigned index, vdisk_progress *p) {
         _cleanup_(disk_unlockp) vdisk_disk *l = NULL;
         compact_ctx c = {};
@@ -98,9 +73,6 @@ int vdisk_compact(vdisk_disk *d, unsigned index, vdisk_progress *p) {
                 return r == -EPERM ? vdisk_error(-EROFS, "%s: image is read-only", vdisk_io_name(img->io)) : r;
         /* Pending table updates reach the disk before blocks move. */
         r = image_flush(img);
-        if (r < 0)
-                return r;
-        r = compact_precheck(img);
         if (r < 0)
                 return r;
         progress_set_total(p, img->size);
