@@ -57,6 +57,7 @@ typedef struct write_queue {
         wq_slot *slots;
         unsigned n_busy;
         int error;              /* the first failed queued write, sticky */
+        uint64_t cached_left;   /* IO_PATH_CACHED: large writes the page cache still takes, then direct */
         uint64_t error_offset;
         size_t error_len;
         unsigned inject_at;     /* io_fd_queue_inject(): countdown + 1, 0 when off */
@@ -120,7 +121,12 @@ static void wq_reap(fd_io *f, write_queue *q, unsigned min);
 #define DIRECT_ALIGN 4096u
 #define DIRECT_MIN (128u << 10)
 #define DIRECT_WRITES 1
-
+/* The page-cache path pays off for a copy of a few hundred MiB into a
+ * growing file; with gigabytes to write, the fresh page-cache pages cost more
+ * than the direct writes do (docs/performance.md, "At 8 GiB"). So a queue on
+ * IO_PATH_CACHED takes that much of large aligned writes through the page
+ * cache, and goes direct for the rest. */
+#define CACHED_LIMIT (512u << 20)
 
 static int fd_pread(void *u, void *buf, size_t len, uint64_t off) {
         fd_io *f = u;
@@ -142,10 +148,15 @@ static int fd_pread(void *u, void *buf, size_t len, uint64_t off) {
         return 0;
 }
 
-/* With dlock held (for reading at least). */
-static bool direct_ok(fd_io *f, const void *p, size_t len, uint64_t off) {
-        return f->dfd >= 0 && f->direct_writes && !atomic_load(&f->no_direct) && len >= DIRECT_MIN &&
+/* With dlock held (for reading at least): could this write go direct? */
+static bool direct_fits(fd_io *f, const void *p, size_t len, uint64_t off) {
+        return f->dfd >= 0 && !atomic_load(&f->no_direct) && len >= DIRECT_MIN &&
                ((uintptr_t) p | len | off) % DIRECT_ALIGN == 0;
+}
+
+/* With dlock held (for reading at least): does it? */
+static bool direct_ok(fd_io *f, const void *p, size_t len, uint64_t off) {
+        return f->direct_writes && direct_fits(f, p, len, off);
 }
 
 /* The file system refused a direct write to `dfd`: stop using it. Called and
@@ -197,19 +208,21 @@ typedef struct wb_policy {
         uint64_t step, window;
         int direct_writes;      /* outside a queue */
         int force_direct;       /* VDISK_IO_DIRECT_WRITES: 0 or 1 for every queue too, -1 unset */
+        uint64_t cached_limit;  /* IO_PATH_CACHED: bytes of large writes before it goes direct */
 } wb_policy;
 
 static wb_policy wb_default;
 static pthread_once_t wb_once = PTHREAD_ONCE_INIT;
 
-/* VDISK_IO_WINDOW=STEP,WINDOW (MiB) or 0, VDISK_IO_DIRECT_WRITES=0|1: for
- * measuring (bench/run.sh), not for tuning in production. */
+/* VDISK_IO_WINDOW=STEP,WINDOW (MiB) or 0, VDISK_IO_DIRECT_WRITES=0|1,
+ * VDISK_IO_CACHED_LIMIT=MiB: for measuring (bench/run.sh), not for tuning in
+ * production. */
 static void wb_policy_init(void) {
         const char *e = getenv("VDISK_IO_WINDOW");
-        unsigned long step, window;
+        unsigned long step, window, limit;
 
         wb_default = (wb_policy) { .step = WB_STEP, .window = WB_WINDOW, .direct_writes = DIRECT_WRITES,
-                                   .force_direct = -1 };
+                                   .force_direct = -1, .cached_limit = CACHED_LIMIT };
         if (e && strcmp(e, "0") == 0) {
                 wb_default.step = WB_OFF_STEP;
                 wb_default.window = 0;
@@ -221,6 +234,9 @@ static void wb_policy_init(void) {
         e = getenv("VDISK_IO_DIRECT_WRITES");
         if (e && (strcmp(e, "0") == 0 || strcmp(e, "1") == 0))
                 wb_default.direct_writes = wb_default.force_direct = e[0] == '1';
+        e = getenv("VDISK_IO_CACHED_LIMIT");
+        if (e && sscanf(e, "%lu", &limit) == 1 && limit <= (1ul << 30))
+                wb_default.cached_limit = (uint64_t) limit << 20;
 }
 
 /* With wlock held: a started span joins the FIFO; the oldest go to `wait`
@@ -584,28 +600,32 @@ static bool wq_overlaps(const write_queue *q, uint64_t off, size_t len) {
 /* The large writes of the queue go direct through io_uring (path
  * IO_PATH_DIRECT, unless the environment forces the page cache), or through
  * the page cache and the window (IO_PATH_CACHED, unless it forces direct or
- * the io is VDISK_IO_DIRECT_ONLY). */
+ * the io is VDISK_IO_DIRECT_ONLY) for the first cached_limit bytes, then
+ * direct as well. */
 static int fd_queue_begin(void *u, int path, unsigned depth, size_t chunk) {
         fd_io *f = u;
         write_queue *q = NULL;
         bool direct = wb_default.force_direct >= 0 ? wb_default.force_direct
                                                    : path == IO_PATH_DIRECT || f->direct_only;
+        bool later = !direct && wb_default.force_direct < 0;
         int r = 0;
 
-        if (direct && depth > 0) {
+        if ((direct || later) && depth > 0) {   /* later: the queue for after the page cache's share */
                 q = calloc(1, sizeof *q);
                 if (!q)
                         return -ENOMEM;
                 pthread_mutex_init(&q->lock, NULL);
                 q->depth = depth;
                 q->chunk = chunk;
+                q->cached_left = direct ? 0 : wb_default.cached_limit;
         }
         pthread_rwlock_wrlock(&f->dlock);
         if (f->wq || (direct && (depth == 0 || f->dfd < 0)))
                 r = -EOPNOTSUPP;
         else {
                 f->direct_writes = direct;
-                f->wq = TAKE_PTR(q);
+                if (f->dfd >= 0)   /* else the page cache throughout */
+                        f->wq = TAKE_PTR(q);
         }
         pthread_rwlock_unlock(&f->dlock);
         wq_free(q);
@@ -635,6 +655,26 @@ static int fd_queue_write(void *u, const void *buf, size_t len, uint64_t off) {
 
         pthread_rwlock_rdlock(&f->dlock);
         q = f->wq;
+        if (q && !f->direct_writes && direct_fits(f, p, len, off)) {
+                /* IO_PATH_CACHED: through the page cache while its share
+                 * lasts, then direct from here on. */
+                bool cached;
+
+                pthread_mutex_lock(&q->lock);
+                cached = q->cached_left >= len;
+                if (cached)
+                        q->cached_left -= len;
+                pthread_mutex_unlock(&q->lock);
+                if (!cached) {
+                        pthread_rwlock_unlock(&f->dlock);
+                        pthread_rwlock_wrlock(&f->dlock);
+                        if (f->wq == q)
+                                f->direct_writes = 1;
+                        pthread_rwlock_unlock(&f->dlock);
+                        pthread_rwlock_rdlock(&f->dlock);
+                        q = f->wq;
+                }
+        }
         if (!q || !direct_ok(f, p, len, off)) {
                 pthread_rwlock_unlock(&f->dlock);
                 return 0;

@@ -125,7 +125,9 @@ int io_is_hole(vdisk_io *io, uint64_t offset, uint64_t len);
  *   without an O_DIRECT descriptor does: cheaper where a format appends its
  *   new blocks to a growing file (docs/performance.md, "The write path per
  *   output"). A failed wait of the window fails that write and the next
- *   flush. Nothing is behind: io_drain() has nothing to wait for.
+ *   flush. Past CACHED_LIMIT bytes of large writes (VDISK_IO_CACHED_LIMIT
+ *   in MiB) the queue takes the direct path for the rest, where a copy of
+ *   gigabytes is faster (docs/performance.md, "At 8 GiB").
  * VDISK_IO_DIRECT_WRITES=0 or 1 in the environment forces one path for
  * every queue (and for the writes outside any queue), for measuring. Ios
  * other than fd ios return -EOPNOTSUPP. depth 0 and chunk 0 take the
