@@ -148,9 +148,12 @@ static int fd_pread(void *u, void *buf, size_t len, uint64_t off) {
         return 0;
 }
 
-/* With dlock held (for reading at least): could this write go direct? */
+/* With dlock held (for reading at least): could this write go direct? For
+ * VDISK_IO_DIRECT_ONLY (-t none, directsync) any aligned write does: the
+ * caller asked to keep the page cache out, and qcow2's or sparse VMDK's
+ * 64 KiB clusters are below DIRECT_MIN. */
 static bool direct_fits(fd_io *f, const void *p, size_t len, uint64_t off) {
-        return f->dfd >= 0 && !atomic_load(&f->no_direct) && len >= DIRECT_MIN &&
+        return f->dfd >= 0 && !atomic_load(&f->no_direct) && len >= (f->direct_only ? DIRECT_ALIGN : DIRECT_MIN) &&
                ((uintptr_t) p | len | off) % DIRECT_ALIGN == 0;
 }
 
