@@ -22,19 +22,21 @@
 
 typedef struct top_identity {
         const char *format;
-        bool have_uuid, have_mod_uuid, have_cid;
+        bool have_uuid, have_mod_uuid, have_cid, have_parent_cid;
         uint8_t uuid[16], mod_uuid[16];
         uint32_t cid;
         char *comment;
         uint32_t cluster_size;
         uint64_t size;
         char *parent_name, *parent_abs;
+        vdisk_io *io;                   /* the old top's */
 } top_identity;
 
 static void top_identity_done(top_identity *id) {
         free(id->comment);
         free(id->parent_name);
         free(id->parent_abs);
+        vdisk_io_unref(id->io);
 }
 
 /* What the emptied top keeps of the old one, and how it names `to`
@@ -50,6 +52,7 @@ static int top_identity_get(vdisk_disk *d, unsigned to, top_identity *id) {
         id->have_uuid = vdisk_image_get_uuid(top, id->uuid) >= 0;
         id->have_mod_uuid = vdisk_image_get_modification_uuid(top, id->mod_uuid) >= 0;
         id->have_cid = vdisk_image_get_content_id(top, &id->cid) >= 0;
+        id->have_parent_cid = vdisk_image_get_parent_content_id(top, &(uint32_t) { 0 }) >= 0;
         if (vdisk_image_get_comment(top, &comment) >= 0 && comment && *comment &&
             !(id->comment = strdup(comment)))
                 return vdisk_error(-ENOMEM, "out of memory");
@@ -58,6 +61,7 @@ static int top_identity_get(vdisk_disk *d, unsigned to, top_identity *id) {
                 id->size = ii.virtual_size;
         }
         vdisk_clear_error();
+        id->io = vdisk_io_ref(top->io);
         r = resolver_parent_name(d->resolver, top->io, vdisk_disk_image(d, to)->io, &id->parent_name,
                                  &id->parent_abs);
         if (r < 0)
@@ -107,6 +111,29 @@ static int write_empty_top(vdisk_disk *d, vdisk_io *io, const top_identity *id) 
         return 0;
 }
 
+/* After a failed write_empty_top() over the old top's parent: the old top
+ * recorded its parent's old content ID (a VMDK's parentCID), so no tool
+ * opens it on the merged parent any more. Relinked onto it (reopened
+ * writable through the resolver), it reads what it read. Best effort: the
+ * failure stays the error, and the disk's top stays `to`. */
+static void relink_old_top(vdisk_disk *d, const top_identity *id) {
+        _cleanup_free_ char *msg = strdup(vdisk_last_error());
+        vdisk_io *io = NULL;
+        vdisk_image *parent = vdisk_disk_image(d, vdisk_disk_count(d) - 1);
+
+        if (!vdisk_io_readonly(id->io))
+                io = vdisk_io_ref(id->io);
+        else if (resolver_reopen(d->resolver, id->io, &io) < 0)
+                io = NULL;
+        if (io && vdisk_disk_open(d, io, id->format, VDISK_OPEN_SKIP_CHECKS) >= 0) {
+                (void) vdisk_image_set_parent(vdisk_disk_image(d, vdisk_disk_count(d) - 1), parent,
+                                              id->parent_name, vdisk_image_backend(parent)->qemu_name);
+                (void) vdisk_disk_close_top(d);
+        }
+        vdisk_io_unref(io);
+        (void) vdisk_error(0, "%s", msg ?: "");
+}
+
 int vdisk_commit(vdisk_disk *d, unsigned to, const vdisk_commit_opts *opts, vdisk_progress *p,
                  vdisk_commit_result *ret) {
         vdisk_commit_result res = { .size = sizeof(res) };
@@ -136,6 +163,8 @@ int vdisk_commit(vdisk_disk *d, unsigned to, const vdisk_commit_opts *opts, vdis
         if (r >= 0 && !keep) {
                 res.failed_step = VDISK_COMMIT_STEP_TOP;
                 r = write_empty_top(d, opts->new_top, &id);
+                if (r < 0 && id.have_parent_cid && to + 2 == n)
+                        relink_old_top(d, &id);
         }
         if (r >= 0)
                 res.failed_step = VDISK_COMMIT_STEP_NONE;
