@@ -110,10 +110,9 @@ static void test_empty_vmdk_faults(void) {
         vdisk_io *base, *top;
         uint8_t *ref;
         bool done = false;
-
-        make_chain("vmdk", &base, NULL, &top, &ref);
         uint64_t n;
 
+        make_chain("vmdk", &base, NULL, &top, &ref);
         for (n = 0; !done; n++) {
                 vdisk_io *b = mem_io_clone(base, "base.vmdk"), *t = mem_io_clone(top, "top.vmdk");
                 vdisk_io *fresh = mem_io("top.vmdk", NULL, 0), *fio = NULL;
@@ -151,39 +150,52 @@ static void test_empty_vmdk_faults(void) {
         unref_ios(base, top, NULL);
 }
 
+/* Commits the chain `below` (base first) + `t` into the base, keeping the
+ * top, with write `n` of the top failing once: true when no fault fired
+ * (then it succeeded), else it failed in the relink step with -EIO. */
+static bool keep_commit_faulted(const char *format, vdisk_io *const *below, unsigned n_below, vdisk_io *t,
+                                uint64_t n) {
+        vdisk_fault f = { .size = sizeof(f), .kind = VDISK_FAULT_EIO, .after = n, .once = 1 };
+        vdisk_commit_opts opts = { .size = sizeof(opts), .flags = VDISK_COMMIT_KEEP_TOP };
+        vdisk_commit_result res = { .size = sizeof(res) };
+        vdisk_io *fio = NULL, *ios[4];
+        vdisk_disk *d;
+        bool done;
+        int r;
+
+        ASSERT(n < 100 && n_below < 4);
+        test_set_context("keep %s, write %" PRIu64 " fails", format, n);
+        ASSERT_OK(vdisk_io_new_fault(t, &f, &fio));
+        memcpy(ios, below, n_below * sizeof(ios[0]));
+        ios[n_below] = fio;
+        d = open_ios(format, ios, n_below + 1);
+        r = vdisk_commit(d, 0, &opts, NULL, &res);
+        done = !vdisk_io_fault_fired(fio);
+        if (done) {
+                ASSERT_OK(r);
+                ASSERT_EQ_U64(vdisk_disk_count(d), 2);
+        } else {
+                ASSERT_ERR(r, -EIO);
+                ASSERT(res.failed_step == VDISK_COMMIT_STEP_TOP);
+        }
+        ASSERT_OK(vdisk_disk_close(d));
+        vdisk_io_unref(fio);
+        return done;
+}
+
 static void test_keep_qcow2_faults(void) {
         vdisk_io *base, *mid, *top;
         uint8_t *ref;
         bool done = false;
-
-        make_chain("qcow2", &base, &mid, &top, &ref);
         uint64_t n;
 
+        make_chain("qcow2", &base, &mid, &top, &ref);
         for (n = 0; !done; n++) {
-                vdisk_io *b = mem_io_clone(base, "base.qcow2"), *t = mem_io_clone(top, "top.qcow2"), *fio = NULL;
-                vdisk_fault f = { .size = sizeof(f), .kind = VDISK_FAULT_EIO, .after = n, .once = 1 };
-                vdisk_commit_opts opts = { .size = sizeof(opts), .flags = VDISK_COMMIT_KEEP_TOP };
-                vdisk_commit_result res = { .size = sizeof(res) };
+                vdisk_io *b = mem_io_clone(base, "base.qcow2"), *t = mem_io_clone(top, "top.qcow2");
                 char name[64];
                 uint32_t pcid;
-                vdisk_disk *d;
-                int r;
 
-                ASSERT(n < 100);
-                test_set_context("keep qcow2, write %" PRIu64 " fails", n);
-                ASSERT_OK(vdisk_io_new_fault(t, &f, &fio));
-                d = open_ios("qcow2", (vdisk_io *[]) { b, mid, fio }, 3);
-                r = vdisk_commit(d, 0, &opts, NULL, &res);
-                done = !vdisk_io_fault_fired(fio);
-                if (done) {
-                        ASSERT_OK(r);
-                        ASSERT_EQ_U64(vdisk_disk_count(d), 2);
-                } else {
-                        ASSERT_ERR(r, -EIO);
-                        ASSERT(res.failed_step == VDISK_COMMIT_STEP_TOP);
-                }
-                ASSERT_OK(vdisk_disk_close(d));
-                vdisk_io_unref(fio);
+                done = keep_commit_faulted("qcow2", (vdisk_io *[]) { b, mid }, 2, t, n);
                 links_of("qcow2", t, name, sizeof name, &pcid);
                 ASSERT_STREQ(name, done ? "base.qcow2" : "mid.qcow2");
                 if (done)
@@ -204,39 +216,20 @@ static void test_keep_vmdk_faults(void) {
         uint32_t old_cid;
         uint8_t *ref;
         bool done = false;
+        uint64_t n;
 
         make_chain("vmdk", &base, NULL, &top, &ref);
         old_cid = cid_of(base);
-        uint64_t n;
-
         for (n = 0; !done; n++) {
-                vdisk_io *b = mem_io_clone(base, "base.vmdk"), *t = mem_io_clone(top, "top.vmdk"), *fio = NULL;
-                vdisk_fault f = { .size = sizeof(f), .kind = VDISK_FAULT_EIO, .after = n, .once = 1 };
-                vdisk_commit_opts opts = { .size = sizeof(opts), .flags = VDISK_COMMIT_KEEP_TOP };
-                vdisk_commit_result res = { .size = sizeof(res) };
+                vdisk_io *b = mem_io_clone(base, "base.vmdk"), *t = mem_io_clone(top, "top.vmdk");
                 char name[64];
                 uint32_t pcid;
-                vdisk_disk *d;
-                int r;
 
-                ASSERT(n < 100);
-                test_set_context("keep vmdk, write %" PRIu64 " fails", n);
-                ASSERT_OK(vdisk_io_new_fault(t, &f, &fio));
-                d = open_ios("vmdk", (vdisk_io *[]) { b, fio }, 2);
-                r = vdisk_commit(d, 0, &opts, NULL, &res);
-                done = !vdisk_io_fault_fired(fio);
-                ASSERT_OK(vdisk_disk_close(d));
-                vdisk_io_unref(fio);
+                done = keep_commit_faulted("vmdk", (vdisk_io *[]) { b }, 1, t, n);
                 reads_as("vmdk", (vdisk_io *[]) { b }, 1, ref);
                 ASSERT(cid_of(b) != old_cid);
                 links_of("vmdk", t, name, sizeof name, &pcid);
                 ASSERT_STREQ(name, "base.vmdk");
-                if (done)
-                        ASSERT_OK(r);
-                else {
-                        ASSERT_ERR(r, -EIO);
-                        ASSERT(res.failed_step == VDISK_COMMIT_STEP_TOP);
-                }
                 /* Failed, the descriptor the close wrote may hold the new
                  * link already: either link, whole. */
                 if (done || pcid != old_cid) {
