@@ -133,13 +133,14 @@ int cmd_commit(Request *req) {
         progress_bar_done(&bar, r >= 0 || res.failed_step == VDISK_COMMIT_STEP_TOP);
         /* The emptied top is durable: it replaces the old one. */
         if (r >= 0 && !drop) {
+                res.failed_step = VDISK_COMMIT_STEP_TOP;
                 r = vdisk_disk_close_top(img.disk);
                 if (r >= 0 && rename(tmp, target) < 0)
                         r = -errno;
                 if (r >= 0)
                         fsync_parent_dir(target);
         }
-        if (r < 0 && res.failed_step != VDISK_COMMIT_STEP_MERGE) {
+        if (r < 0 && res.failed_step == VDISK_COMMIT_STEP_TOP) {
                 /* The data is in the base now; the top left the chain untouched. */
                 log_error("The data of '%s' was committed, but %s failed: %s", img.filename,
                           drop ? "linking it to its new backing file" : "emptying it", error_detail(r));

@@ -202,7 +202,8 @@ static int merge_begin(vdisk_disk *d, unsigned from, unsigned to, bool keep) {
                 return vdisk_error(-EINVAL, "image index out of range (the chain has %u images)", d->n);
         if (from == to)
                 return vdisk_error(-EINVAL, "nothing to merge: from and to are the same image");
-        assert(!keep || (from > to && from + 1 == d->n));
+        if (keep && (from < to || from + 1 != d->n))
+                return vdisk_error(-EINVAL, "image %u is not the top any more (the chain has %u images)", from, d->n);
         for (unsigned i = 0; i < d->n; i++)
                 if (d->images[i]->info_only)
                         return vdisk_error(-EPERM, "%s: opened for information only",

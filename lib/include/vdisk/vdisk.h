@@ -877,8 +877,11 @@ typedef struct vdisk_commit_result {
  * opened by path, else the name the parent's io carries. *ret (may be NULL)
  * says which step failed: after a failed merge the chain reads as before;
  * after a failed relink the top holds its old link or the new one (a VMDK top
- * with its old parentCID then no longer matches `to`). Progress counts the
- * merge; cancel stops it (-ECANCELED). */
+ * with its old parentCID then no longer matches `to`: rebase -u); after a
+ * failed emptying the old top is as it was, except that one recording the
+ * old content ID of `to`, adjacent (a VMDK's parentCID), is relinked onto
+ * it, best effort. Progress counts the merge; cancel stops it
+ * (-ECANCELED). */
 int vdisk_commit(vdisk_disk *d, unsigned to, const vdisk_commit_opts *opts, vdisk_progress *p,
                  vdisk_commit_result *ret);
 void vdisk_strv_free(char **strv);
