@@ -67,8 +67,8 @@ static int commit_temp_file(const char *filename, char **ret_tmp, char **ret_tar
         (void) fchmod(fd, st.st_mode & 07777);
         if (geteuid() == 0)
                 (void) fchown(fd, st.st_uid, st.st_gid);
-        /* The io carries the final name: formats that record their parent by
-         * name compute it relative to this one. */
+        /* The io carries the final name, for messages (the library names
+         * the parent as the old top's file sees it). */
         r = vdisk_io_new_fd(fd, filename, VDISK_IO_OWN_FD, ret_io);
         if (r < 0) {
                 (void) unlink(tmp);
