@@ -11,6 +11,7 @@
  *   base, the fault vdiskctl commit used to leave);
  * - kept qcow2 top of base <- mid <- top, committed into base: it names mid
  *   (as before the relink) or base (after it), and reads the same either way;
+ *   a failing flush (each one, the close's too) leaves either link as well;
  * - kept VMDK top: its descriptor records the base's old CID (as before the
  *   relink, one write: the top then needs rebase -u) or its new one, and
  *   then reads the same on the base; never a torn descriptor;
@@ -151,11 +152,13 @@ static void test_empty_vmdk_faults(void) {
 }
 
 /* Commits the chain `below` (base first) + `t` into the base, keeping the
- * top, with write `n` of the top failing once: true when no fault fired
- * (then it succeeded), else it failed in the relink step with -EIO. */
+ * top, with write `n` of the top failing once (or with `flush`, flush n):
+ * true when no fault fired (then it succeeded), else it failed in the
+ * relink step with -EIO. */
 static bool keep_commit_faulted(const char *format, vdisk_io *const *below, unsigned n_below, vdisk_io *t,
-                                uint64_t n) {
-        vdisk_fault f = { .size = sizeof(f), .kind = VDISK_FAULT_EIO, .after = n, .once = 1 };
+                                uint64_t n, bool flush) {
+        vdisk_fault f = { .size = sizeof(f), .kind = flush ? VDISK_FAULT_NONE : VDISK_FAULT_EIO, .after = n,
+                          .once = !flush, .fail_flush_at = flush ? n : 0 };
         vdisk_commit_opts opts = { .size = sizeof(opts), .flags = VDISK_COMMIT_KEEP_TOP };
         vdisk_commit_result res = { .size = sizeof(res) };
         vdisk_io *fio = NULL, *ios[4];
@@ -164,21 +167,24 @@ static bool keep_commit_faulted(const char *format, vdisk_io *const *below, unsi
         int r;
 
         ASSERT(n < 100 && n_below < 4);
-        test_set_context("keep %s, write %" PRIu64 " fails", format, n);
+        test_set_context("keep %s, %s %" PRIu64 " fails", format, flush ? "flush" : "write", n);
         ASSERT_OK(vdisk_io_new_fault(t, &f, &fio));
         memcpy(ios, below, n_below * sizeof(ios[0]));
         ios[n_below] = fio;
         d = open_ios(format, ios, n_below + 1);
         r = vdisk_commit(d, 0, &opts, NULL, &res);
-        done = !vdisk_io_fault_fired(fio);
-        if (done) {
+        if (!vdisk_io_fault_fired(fio)) {
                 ASSERT_OK(r);
                 ASSERT_EQ_U64(vdisk_disk_count(d), 2);
         } else {
                 ASSERT_ERR(r, -EIO);
                 ASSERT(res.failed_step == VDISK_COMMIT_STEP_TOP);
         }
-        ASSERT_OK(vdisk_disk_close(d));
+        /* A flush past the commit's fails the close's (which then reports it). */
+        r = vdisk_disk_close(d);
+        done = !vdisk_io_fault_fired(fio);
+        if (done || !flush)
+                ASSERT_OK(r);
         vdisk_io_unref(fio);
         return done;
 }
@@ -195,7 +201,7 @@ static void test_keep_qcow2_faults(void) {
                 char name[64];
                 uint32_t pcid;
 
-                done = keep_commit_faulted("qcow2", (vdisk_io *[]) { b, mid }, 2, t, n);
+                done = keep_commit_faulted("qcow2", (vdisk_io *[]) { b, mid }, 2, t, n, false);
                 links_of("qcow2", t, name, sizeof name, &pcid);
                 ASSERT_STREQ(name, done ? "base.qcow2" : "mid.qcow2");
                 if (done)
@@ -207,6 +213,27 @@ static void test_keep_qcow2_faults(void) {
         test_set_context("%s", "");
         printf("%s: a fault at each of %" PRIu64 " writes\n", __func__, n - 1);
         ASSERT(n >= 2);   /* at least one write faulted */
+        /* a failing flush: the header write landed or not; either link,
+         * and the chain it names reads the same */
+        done = false;
+        for (n = 1; !done; n++) {
+                vdisk_io *b = mem_io_clone(base, "base.qcow2"), *t = mem_io_clone(top, "top.qcow2");
+                char name[64];
+                uint32_t pcid;
+
+                done = keep_commit_faulted("qcow2", (vdisk_io *[]) { b, mid }, 2, t, n, true);
+                links_of("qcow2", t, name, sizeof name, &pcid);
+                if (done || streq(name, "base.qcow2"))
+                        reads_as("qcow2", (vdisk_io *[]) { b, t }, 2, ref);
+                else {
+                        ASSERT_STREQ(name, "mid.qcow2");
+                        reads_as("qcow2", (vdisk_io *[]) { b, mid, t }, 3, ref);
+                }
+                unref_ios(b, t, NULL);
+        }
+        test_set_context("%s", "");
+        printf("%s: a fault at each of %" PRIu64 " flushes\n", __func__, n - 2);
+        ASSERT(n >= 3);   /* at least one flush failed */
         free(ref);
         unref_ios(base, mid, top);
 }
@@ -225,7 +252,7 @@ static void test_keep_vmdk_faults(void) {
                 char name[64];
                 uint32_t pcid;
 
-                done = keep_commit_faulted("vmdk", (vdisk_io *[]) { b }, 1, t, n);
+                done = keep_commit_faulted("vmdk", (vdisk_io *[]) { b }, 1, t, n, false);
                 reads_as("vmdk", (vdisk_io *[]) { b }, 1, ref);
                 ASSERT(cid_of(b) != old_cid);
                 links_of("vmdk", t, name, sizeof name, &pcid);
