@@ -476,7 +476,19 @@ static void op_run(Task *t) {
                 break;
         }
         case OP_MERGE:
-                r = vdisk_merge(vd, o->from, o->to, o->vp, NULL);
+                /* The top merged down (vdiskctl commit) is left a valid image
+                 * when it is writable: relinked onto `to` (a VMDK's parentCID
+                 * follows the new CID of `to`), it then leaves the chain as
+                 * Merge says. A read-only top is left as it was. */
+                if (o->from > o->to && o->from + 1 == vdisk_disk_count(vd) &&
+                    !vdisk_image_readonly(vdisk_disk_image(vd, o->from))) {
+                        r = vdisk_commit(vd, o->to, &(vdisk_commit_opts) { .size = sizeof(vdisk_commit_opts),
+                                                                           .flags = VDISK_COMMIT_KEEP_TOP },
+                                         o->vp, NULL);
+                        if (r >= 0)
+                                r = vdisk_disk_close_top(vd);
+                } else
+                        r = vdisk_merge(vd, o->from, o->to, o->vp, NULL);
                 break;
         case OP_COMPACT:
                 r = vdisk_compact(vd, o->index, o->vp);

@@ -39,161 +39,62 @@ static int chain_find(Img *img, const char *base) {
         return -ENOENT;
 }
 
-typedef struct TopIdentity {
-        bool have_uuid, have_mod_uuid, have_cid;
-        uint32_t cid;
-        uint8_t uuid[16], mod_uuid[16];
-        char *comment;
-        uint32_t cluster_size;
-        uint64_t size;          /* the top's virtual size: the new top keeps it */
-        const char *format;
-        struct stat st;
-} TopIdentity;
-
-/* The name the image at `child` records for the file at `parent` (both
- * paths as opened): the file name when both are in one directory, else the
- * parent's absolute path. */
-static char *recorded_parent_name(const char *child, const char *parent) {
-        _cleanup_free_ char *cdir = strdup(child), *pdir = strdup(parent);
-        const char *base = strrchr(parent, '/');
-
-        if (!cdir || !pdir)
-                return NULL;
-        if (streq(dirname(cdir), dirname(pdir)))
-                return strdup(base ? base + 1 : parent);
-        return realpath(parent, NULL) ?: strdup(parent);
-}
-
-/* Re-links the old top (which vdisk_merge took out of the chain) onto the
- * new top of the chain, so that it stays a valid image: its data is what it
- * was, and below it the chain now reads what it read before. */
-static int commit_relink(Img *img, const TopIdentity *id) {
-        _cleanup_(vdisk_io_unrefp) vdisk_io *io = NULL;
-        _cleanup_free_ char *name = NULL;
-        vdisk_image *base, *top;
-        int r;
-
-        base = vdisk_disk_image(img->disk, vdisk_disk_count(img->disk) - 1);
-
-        vdisk_clear_error();
-        r = vdisk_io_open_path(img->filename, VDISK_PATH_WRITE, &io);
-        if (r < 0)
-                return r;
-        r = vdisk_disk_open(img->disk, io, id->format, VDISK_OPEN_SKIP_CHECKS);
-        if (r < 0)
-                return r;
-        top = vdisk_disk_image(img->disk, vdisk_disk_count(img->disk) - 1);
-        name = recorded_parent_name(img->filename, vdisk_image_name(base));
-        if (!name)
-                return -ENOMEM;
-        r = vdisk_image_set_parent(top, base, name, vdisk_image_backend(base)->qemu_name);
-        if (r < 0)
-                return r;
-        return vdisk_disk_flush(img->disk);
-}
-
-/* Replaces the old top by an empty differencing image with the same
- * identity on the new top of the chain. The new file is written beside the
- * old one and renamed over it, so the path always holds a valid image: the
- * old top (whose content the chain below now also holds) or the new one. */
-static int commit_empty_top(Img *img, const TopIdentity *id) {
-        _cleanup_(vdisk_io_unrefp) vdisk_io *io = NULL;
-        _cleanup_free_ char *tmp = NULL, *target = NULL, *pname = NULL;
+/* A new file beside the top's (the target's, when the top is a symbolic
+ * link), with its mode (and owner, as root), for vdisk_commit() to write the
+ * emptied top into; *ret_io carries the top's name. */
+static int commit_temp_file(const char *filename, char **ret_tmp, char **ret_target, vdisk_io **ret_io) {
+        _cleanup_free_ char *tmp = NULL, *target = NULL;
         _cleanup_close_ int fd = -1;
-        vdisk_image *top;
-        struct stat lst;
+        struct stat st, lst;
         int r;
 
+        if (stat(filename, &st) < 0)
+                return -errno;
         /* Replace the file a symbolic link points to, not the link. */
-        if (lstat(img->filename, &lst) >= 0 && S_ISLNK(lst.st_mode)) {
-                target = realpath(img->filename, NULL);
+        if (lstat(filename, &lst) >= 0 && S_ISLNK(lst.st_mode)) {
+                target = realpath(filename, NULL);
                 if (!target)
                         return -errno;
-        } else if (!(target = strdup(img->filename)))
+        } else if (!(target = strdup(filename)))
                 return -ENOMEM;
-
-        if (asprintf(&tmp, "%s.vdisk-img-XXXXXX", target) < 0)
+        if (asprintf(&tmp, "%s.vdisk-img-XXXXXX", target) < 0) {
+                tmp = NULL;
                 return -ENOMEM;
+        }
         fd = mkostemp(tmp, O_CLOEXEC);
         if (fd < 0)
                 return -errno;
-        (void) fchmod(fd, id->st.st_mode & 07777);
+        (void) fchmod(fd, st.st_mode & 07777);
         if (geteuid() == 0)
-                (void) fchown(fd, id->st.st_uid, id->st.st_gid);
-
-        /* The io carries the final name: formats that record their parent by
-         * name compute it relative to this one. */
-        r = vdisk_io_new_fd(fd, img->filename, VDISK_IO_OWN_FD, &io);
-        if (r < 0)
-                goto fail;
+                (void) fchown(fd, st.st_uid, st.st_gid);
+        /* The io carries the final name, for messages (the library names
+         * the parent as the old top's file sees it). */
+        r = vdisk_io_new_fd(fd, filename, VDISK_IO_OWN_FD, ret_io);
+        if (r < 0) {
+                (void) unlink(tmp);
+                return r;
+        }
         TAKE_FD(fd);
-
-        /* Formats that name their parent (VMDK) name the new one. */
-        vdisk_image *parent = vdisk_disk_image(img->disk, vdisk_disk_count(img->disk) - 1);
-
-        pname = recorded_parent_name(img->filename, vdisk_image_name(parent));
-        if (!pname) {
-                r = -ENOMEM;
-                goto fail;
-        }
-        vdisk_create_opts opts = {
-                .size = sizeof(opts),
-                .block_size = id->cluster_size,
-                .diff_size = id->size,
-                .comment = id->comment && *id->comment ? id->comment : NULL,
-                .uuid = id->have_uuid ? id->uuid : NULL,
-                .parent_name = pname,
-                .parent_format = vdisk_image_backend(parent)->qemu_name,
-        };
-        vdisk_clear_error();
-        r = vdisk_disk_create_diff(img->disk, io, id->format, &opts);
-        if (r < 0)
-                goto fail;
-        top = vdisk_disk_image(img->disk, vdisk_disk_count(img->disk) - 1);
-        /* The view through the top did not change: keep its modification
-         * UUID, so children of the top still match it. */
-        if (id->have_mod_uuid) {
-                r = vdisk_image_set_modification_uuid(top, id->mod_uuid);
-                if (r < 0 && r != -EOPNOTSUPP)
-                        goto fail;
-        }
-        if (id->have_cid) {   /* the same for a VMDK's CID */
-                r = vdisk_image_set_content_id(top, id->cid);
-                if (r < 0 && r != -EOPNOTSUPP)
-                        goto fail;
-        }
-        r = vdisk_disk_close_top(img->disk);
-        if (r < 0)
-                goto fail;
-        io = vdisk_io_unref(io);
-
-        if (rename(tmp, target) < 0) {
-                r = -errno;
-                goto fail;
-        }
-        fsync_parent_dir(target);
+        *ret_tmp = TAKE_PTR(tmp);
+        *ret_target = TAKE_PTR(target);
         return 0;
-
-fail:
-        (void) unlink(tmp);
-        return r;
 }
 
 int cmd_commit(Request *req) {
         const char *fmt = req->format, *base = req->backing;
-        _cleanup_(vdisk_strv_freep) char **removed = NULL;
+        _cleanup_(vdisk_io_unrefp) vdisk_io *new_top = NULL;
+        _cleanup_free_ char *tmp = NULL, *target = NULL;
         bool quiet = req->quiet, progress = req->progress, drop = req->drop;
-        TopIdentity id = {};
+        vdisk_commit_result res = { .size = sizeof(res) };
         ProgressBar bar = {};
-        vdisk_image *top;
         unsigned n;
         int r, to, ex = EXIT_ERROR;
         Img img = {};
 
         /* The top is only read: its data goes into the base, then the top is
-         * replaced by a new empty file or (with -d/-b) relinked through a new
-         * descriptor. Only the base and that relink write, so everything
-         * opens read-only and the merge reopens the base writable. */
+         * replaced by a new empty file or (with -d/-b) relinked, reopened
+         * writable. Everything opens read-only; the library reopens what it
+         * writes. */
         r = img_open(req->files[0], fmt, IMG_WRITE_BELOW | IMG_CHAIN, &img);
         if (r < 0)
                 return EXIT_ERROR;
@@ -212,49 +113,44 @@ int cmd_commit(Request *req) {
         } else
                 to = (int) n - 2;
 
-        top = vdisk_disk_image(img.disk, n - 1);
-        id.format = vdisk_image_backend(top)->name;
-        id.have_uuid = vdisk_image_get_uuid(top, id.uuid) >= 0;
-        id.have_mod_uuid = vdisk_image_get_modification_uuid(top, id.mod_uuid) >= 0;
-        id.have_cid = vdisk_image_get_content_id(top, &id.cid) >= 0;
-        {
-                const char *comment = NULL;
-                vdisk_image_info ii = { .size = sizeof(ii) };
-
-                if (vdisk_image_get_comment(top, &comment) >= 0 && comment &&
-                    !(id.comment = strdup(comment))) {
-                        log_error("Out of memory");
+        if (!drop) {
+                r = commit_temp_file(img.filename, &tmp, &target, &new_top);
+                if (r < 0) {
+                        log_error("Could not commit '%s': %s", img.filename, strerror(-r));
                         goto finish;
                 }
-                if (vdisk_image_get_info(top, &ii) >= 0) {
-                        id.cluster_size = ii.cluster_size;
-                        id.size = ii.virtual_size;
-                }
-        }
-        if (stat(img.filename, &id.st) < 0) {
-                log_error("Could not stat '%s': %m", img.filename);
-                goto finish;
         }
 
         install_cancel_handlers();
         if (progress_bar_init(&bar, progress) < 0)
                 goto finish;
         vdisk_clear_error();
-        r = vdisk_merge(img.disk, n - 1, (unsigned) to, bar.p, &removed);
-        progress_bar_done(&bar, r >= 0);
-        if (r < 0) {
-                log_error("Could not commit '%s': %s", img.filename,
-                          r == -ECANCELED ? "cancelled (every image is still valid)" : error_detail(r));
-                goto finish;
+        r = vdisk_commit(img.disk, (unsigned) to, &(vdisk_commit_opts) {
+                                 .size = sizeof(vdisk_commit_opts),
+                                 .flags = drop ? VDISK_COMMIT_KEEP_TOP : 0,
+                                 .new_top = new_top,
+                         }, bar.p, &res);
+        progress_bar_done(&bar, r >= 0 || res.failed_step == VDISK_COMMIT_STEP_TOP);
+        /* The emptied top is durable: it replaces the old one. */
+        if (r >= 0 && !drop) {
+                res.failed_step = VDISK_COMMIT_STEP_TOP;
+                r = vdisk_disk_close_top(img.disk);
+                if (r >= 0 && rename(tmp, target) < 0)
+                        r = -errno;
+                if (r >= 0)
+                        fsync_parent_dir(target);
         }
-
-        /* The data is in the base now; the top left the chain untouched. */
-        r = drop ? commit_relink(&img, &id) : commit_empty_top(&img, &id);
-        if (r < 0) {
+        if (r < 0 && res.failed_step == VDISK_COMMIT_STEP_TOP) {
+                /* The data is in the base now; the top left the chain untouched. */
                 log_error("The data of '%s' was committed, but %s failed: %s", img.filename,
                           drop ? "linking it to its new backing file" : "emptying it", error_detail(r));
                 log_error("'%s' was left as it was; it still reads correctly on its backing chain",
                           img.filename);
+                goto finish;
+        }
+        if (r < 0) {
+                log_error("Could not commit '%s': %s", img.filename,
+                          r == -ECANCELED ? "cancelled (every image is still valid)" : error_detail(r));
                 goto finish;
         }
 
@@ -263,7 +159,8 @@ int cmd_commit(Request *req) {
         ex = EXIT_OK;
 
 finish:
-        free(id.comment);
+        if (tmp && ex != EXIT_OK)
+                (void) unlink(tmp);
         return img_close_exit(&img, ex);
 }
 

@@ -212,6 +212,11 @@ int disk_create_base(vdisk_disk *d, vdisk_io *io, const char *format, uint64_t s
 int disk_create_diff(vdisk_disk *d, vdisk_io *io, const char *format, const vdisk_create_opts *opts);
 /* ops/resize.c: resizes image `level` alone (no checks of the content). */
 int resize_image(vdisk_disk *d, unsigned level, uint64_t new_size, vdisk_progress *p);
+/* ops/merge.c: vdisk_merge(); with `keep` (the top merged into `to`: from
+ * is the top, from > to) the top stays, relinked onto `to` (vdisk_commit).
+ * *ret_copied (may be NULL): whether the data reached `to` (flushed). */
+int merge_images(vdisk_disk *d, unsigned from, unsigned to, bool keep, vdisk_progress *p, bool *ret_copied,
+                 char ***ret_removed);
 
 /* api.c: the parent UUID of `img` and, when `name` is not NULL, its parent
  * name (and format) in one metadata write, so that a format naming its
@@ -341,6 +346,12 @@ bool disk_op_running(vdisk_disk *d);
  * resolver is the path resolver and both ios are the files their names lead
  * to; else both NULL (vdiskd's fds, memory ios). Freed by the caller. */
 int resolver_link_names(vdisk_resolver *r, vdisk_io *child, vdisk_io *parent, char **ret_rel, char **ret_abs);
+/* The one rule for the name a child records for its parent when a commit,
+ * merge or relink names it: resolver_link_names()'s relative name where both
+ * are files opened by path (what qemu-img records for `-b NAME` given
+ * relative to the child), else the base name the parent's io carries
+ * (vdiskd's fds: the caller's name). *ret_abs may get NULL. */
+int resolver_parent_name(vdisk_resolver *r, vdisk_io *child, vdisk_io *parent, char **ret_name, char **ret_abs);
 /* The absolute, canonical name of the file `name` leads to, named as the
  * image on `child` names its parent (relative to its directory); NULL when
  * the resolver is not the path resolver or the name leads nowhere. */

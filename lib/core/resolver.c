@@ -374,6 +374,21 @@ int resolver_link_names(vdisk_resolver *r, vdisk_io *child, vdisk_io *parent, ch
         return 0;
 }
 
+int resolver_parent_name(vdisk_resolver *r, vdisk_io *child, vdisk_io *parent, char **ret_name, char **ret_abs) {
+        _cleanup_free_ char *rel = NULL, *abs = NULL;
+        const char *pn = vdisk_io_name(parent), *base = strrchr(pn, '/');
+        int k;
+
+        k = resolver_link_names(r, child, parent, &rel, &abs);
+        if (k < 0)
+                return k;
+        if (!rel && !(rel = strdup(base ? base + 1 : pn)))
+                return -ENOMEM;
+        *ret_name = TAKE_PTR(rel);
+        *ret_abs = TAKE_PTR(abs);
+        return 0;
+}
+
 char *resolver_abs_name(vdisk_resolver *r, vdisk_io *child, const char *name) {
         _cleanup_free_ char *dir = NULL, *full = NULL;
 

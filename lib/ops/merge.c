@@ -136,7 +136,7 @@ static int collect_names(vdisk_disk *d, unsigned lo, unsigned hi, char ***ret) {
  * its parent UUIDs, and where its format records them, the parent's names
  * and content ID (VMDK parentFileNameHint and parentCID, VHD locators). */
 static int relink(vdisk_disk *d, unsigned child, int parent) {
-        _cleanup_free_ char *rel = NULL, *abs = NULL;
+        _cleanup_free_ char *name = NULL, *abs = NULL;
         meta pm = {}, m = {}, cm = {};
         uint32_t mask = META_PARENT_UUID;
         int r;
@@ -173,12 +173,10 @@ static int relink(vdisk_disk *d, unsigned child, int parent) {
          * or the null parent UUID would make it a base. */
         if (parent >= 0 && (((cm.mask & META_PARENT_NAME) && cm.parent_name && cm.parent_name[0]) ||
                             ((cm.mask & META_PARENT_CONTENT_ID) && !(pm.mask & META_UUID)))) {
-                const char *pn = vdisk_io_name(d->images[parent]->io), *base = strrchr(pn, '/');
-
-                r = resolver_link_names(d->resolver, d->images[child]->io, d->images[parent]->io, &rel, &abs);
+                r = resolver_parent_name(d->resolver, d->images[child]->io, d->images[parent]->io, &name, &abs);
                 if (r < 0)
                         return vdisk_error(r, "out of memory");
-                m.parent_name = rel ?: base ? base + 1 : pn;
+                m.parent_name = name;
                 m.parent_abs_name = abs;
                 m.parent_format = cm.parent_format ? d->images[parent]->be->info.qemu_name : NULL;
                 mask |= META_PARENT_NAME;
@@ -196,7 +194,7 @@ static bool records_parent_content_id(vdisk_image *img) {
 }
 
 /* Checks the arguments and registers the merge (under the lock). */
-static int merge_begin(vdisk_disk *d, unsigned from, unsigned to) {
+static int merge_begin(vdisk_disk *d, unsigned from, unsigned to, bool keep) {
         _cleanup_(disk_unlockp) _unused_ vdisk_disk *l = disk_lock(d);
         int r;
 
@@ -204,6 +202,8 @@ static int merge_begin(vdisk_disk *d, unsigned from, unsigned to) {
                 return vdisk_error(-EINVAL, "image index out of range (the chain has %u images)", d->n);
         if (from == to)
                 return vdisk_error(-EINVAL, "nothing to merge: from and to are the same image");
+        if (keep && (from < to || from + 1 != d->n))
+                return vdisk_error(-EINVAL, "image %u is not the top any more (the chain has %u images)", from, d->n);
         for (unsigned i = 0; i < d->n; i++)
                 if (d->images[i]->info_only)
                         return vdisk_error(-EPERM, "%s: opened for information only",
@@ -216,6 +216,8 @@ static int merge_begin(vdisk_disk *d, unsigned from, unsigned to) {
          * all before the first byte is written: `to`, and in a forward merge
          * the child relinked onto it. */
         r = disk_make_writable(d, to);
+        if (r >= 0 && keep)
+                r = disk_make_writable(d, from);
         if (r >= 0 && from > to && from + 1 < d->n)
                 r = disk_make_writable(d, from + 1);
         /* A forward merge writes into `to`, which gives it a new content ID:
@@ -271,7 +273,8 @@ static int copy_end(vdisk_disk *d, unsigned to, int r) {
 }
 
 /* The steps before and after the data copy run under the lock. */
-static int merge_run(vdisk_disk *d, unsigned from, unsigned to, vdisk_progress *p, char ***ret_removed) {
+static int merge_run(vdisk_disk *d, unsigned from, unsigned to, bool keep, vdisk_progress *p, bool *ret_copied,
+                     char ***ret_removed) {
         _cleanup_(disk_unlockp) _unused_ vdisk_disk *l = disk_lock(d);
         char **removed = NULL;
         unsigned lo, hi;
@@ -339,13 +342,17 @@ static int merge_run(vdisk_disk *d, unsigned from, unsigned to, vdisk_progress *
                         }
                         return r;
                 }
-                if (from + 1 < d->n) {
-                        r = relink(d, from + 1, (int) to);
+                *ret_copied = true;
+                /* Kept (a commit's top), `from` itself is relinked: it
+                 * reads what it read, and its VMDK parentCID is `to`'s new
+                 * CID. The images between leave. */
+                if (keep || from + 1 < d->n) {
+                        r = relink(d, keep ? from : from + 1, (int) to);
                         if (r < 0)
                                 return r;
                 }
                 lo = to + 1;
-                hi = from;
+                hi = keep ? from - 1 : from;
         } else {
                 uint64_t size = d->images[to]->size;
 
@@ -357,6 +364,7 @@ static int merge_run(vdisk_disk *d, unsigned from, unsigned to, vdisk_progress *
                 r = copy_end(d, to, r);
                 if (r < 0)
                         return r;
+                *ret_copied = true;
                 r = relink(d, to, (int) from - 1);
                 if (r < 0)
                         return r;
@@ -380,25 +388,34 @@ static int merge_run(vdisk_disk *d, unsigned from, unsigned to, vdisk_progress *
         }
         /* The merge only read the images that leave, and their content is
          * in `to` now (flushed): a flush error here loses nothing. */
-        (void) disk_remove_range(d, lo, hi);
+        if (lo <= hi)
+                (void) disk_remove_range(d, lo, hi);
         if (ret_removed)
                 *ret_removed = removed;
         return 0;
 }
 
-int vdisk_merge(vdisk_disk *d, unsigned from, unsigned to, vdisk_progress *p, char ***ret_removed) {
+int merge_images(vdisk_disk *d, unsigned from, unsigned to, bool keep, vdisk_progress *p, bool *ret_copied,
+                 char ***ret_removed) {
+        bool copied = false;
         int r;
 
-        if (!d)
-                return vdisk_error(-EINVAL, "invalid arguments");
-        r = merge_begin(d, from, to);
+        r = merge_begin(d, from, to, keep);
         if (r < 0)
                 return r;
-        r = merge_run(d, from, to, p, ret_removed);
+        r = merge_run(d, from, to, keep, p, &copied, ret_removed);
         pthread_mutex_lock(&d->lock);
         disk_op_end(d, OP_EXCLUSIVE, 0);
         pthread_mutex_unlock(&d->lock);
         if (r >= 0)
                 progress_finish(p);
+        if (ret_copied)
+                *ret_copied = copied;
         return r;
+}
+
+int vdisk_merge(vdisk_disk *d, unsigned from, unsigned to, vdisk_progress *p, char ***ret_removed) {
+        if (!d)
+                return vdisk_error(-EINVAL, "invalid arguments");
+        return merge_images(d, from, to, false, p, NULL, ret_removed);
 }

@@ -833,6 +833,57 @@ int vdisk_copy_into(vdisk_disk *src, vdisk_disk *dst, uint32_t flags, vdisk_prog
  * is smaller and never shrinks it, so merging the top into a larger ancestor
  * leaves a disk of the ancestor's size (as VDMerge does). */
 int vdisk_merge(vdisk_disk *d, unsigned from, unsigned to, vdisk_progress *p, char ***ret_removed);
+
+/* vdisk_commit_opts.flags */
+enum {
+        /* qemu-img commit -d (and -b): the top keeps its data and is relinked
+         * onto `to` instead of being emptied. */
+        VDISK_COMMIT_KEEP_TOP = 1u << 0,
+};
+
+typedef struct vdisk_commit_opts {
+        size_t size;                 /* sizeof(vdisk_commit_opts) */
+        uint32_t flags;              /* VDISK_COMMIT_* */
+        /* Without KEEP_TOP (then required): a new, empty, writable file that
+         * gets the emptied top, its io named as the top's file is (the
+         * names of the parent are computed from there). The library cannot
+         * create a file beside the top nor rename it (vdiskd has fds only):
+         * the caller made it and renames it over the top's file after a 0
+         * return (and removes it after a failure). Not taken over. */
+        vdisk_io *new_top;
+} vdisk_commit_opts;
+
+/* Where vdisk_commit() failed. */
+typedef enum vdisk_commit_step {
+        VDISK_COMMIT_STEP_NONE,      /* before any work (arguments) */
+        VDISK_COMMIT_STEP_MERGE,     /* the merge: the chain reads as before */
+        VDISK_COMMIT_STEP_TOP,       /* emptying or relinking the top: the data is in `to` */
+} vdisk_commit_step;
+
+typedef struct vdisk_commit_result {
+        size_t size;                 /* sizeof(vdisk_commit_result), set by the caller */
+        vdisk_commit_step failed_step;
+} vdisk_commit_result;
+
+/* qemu-img commit: the data of the top and of the images between it and
+ * `to` goes into `to` (vdisk_merge()); the images between leave the chain.
+ * Then the top is made valid on `to` again: with KEEP_TOP it is relinked
+ * onto it (parent UUIDs, names, VMDK parentCID: one metadata write, then a
+ * flush), else a differencing image with the top's format, size, cluster
+ * size, comment, UUID, modification UUID and VMDK CID is written into
+ * opts->new_top over `to` and flushed. Either way the disk's top is then
+ * that image, reading what the old top read. A format that names its parent
+ * records the name relative to the top's directory where both files were
+ * opened by path, else the name the parent's io carries. *ret (may be NULL)
+ * says which step failed: after a failed merge the chain reads as before;
+ * after a failed relink the top holds its old link or the new one (a VMDK top
+ * with its old parentCID then no longer matches `to`: rebase -u); after a
+ * failed emptying the old top is as it was, except that one recording the
+ * old content ID of `to`, adjacent (a VMDK's parentCID), is relinked onto
+ * it, best effort. Progress counts the merge; cancel stops it
+ * (-ECANCELED). */
+int vdisk_commit(vdisk_disk *d, unsigned to, const vdisk_commit_opts *opts, vdisk_progress *p,
+                 vdisk_commit_result *ret);
 void vdisk_strv_free(char **strv);
 
 /* VDCompact: drops all-zero blocks (and, in a differencing image, blocks equal
