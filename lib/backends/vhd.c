@@ -480,14 +480,38 @@ static int bm_slot(vhd_state *s, vhd_bm **ret) {
         return 0;
 }
 
+static int check_entry(vhd_state *s, uint64_t b, uint32_t e, uint64_t file_size);
+
+/* The bitmap of allocated block b, whose BAT entry is e. The entry is checked
+ * against the file when its bitmap is read; a cached bitmap was checked then,
+ * and an entry we change drops it (bm_drop()), so a block mapped again costs
+ * no fstat. A file that shrank since reads zeros past its end
+ * (io_pread_zerofill), never out of range. */
 static int bm_get(vhd_state *s, uint32_t b, uint32_t e, vhd_bm **ret) {
         vhd_bm *m = bm_find(s, b);
+        uint64_t file_size;
         int r;
 
+        if (m && m->host != (uint64_t) e * VHD_SECTOR) {
+                /* Another writer changed the BAT (a page of it read again):
+                 * a clean bitmap is read again from the new place. */
+                if (m->dirty)
+                        return vdisk_error(-EUCLEAN, "vhd: the BAT entry of block %" PRIu32 " changed under the "
+                                           "open image (sector %" PRIu32 ", was %" PRIu64 ")", b, e,
+                                           m->host / VHD_SECTOR);
+                bm_drop(s, b);
+                m = NULL;
+        }
         if (m) {
                 *ret = m;
                 return 0;
         }
+        r = io_get_size(s->io, &file_size);
+        if (r < 0)
+                return r;
+        r = check_entry(s, b, e, file_size);
+        if (r < 0)
+                return r;
         r = bm_slot(s, &m);
         if (r < 0)
                 return r;
@@ -798,7 +822,7 @@ static void vhd_get_layout(void *state, image_layout *ret) {
 
 static int vhd_map(void *state, uint64_t offset, uint64_t len, map_result *ret) {
         vhd_state *s = state;
-        uint64_t bs, b, in, length, file_size, sec, end_sec;
+        uint64_t bs, b, in, length, sec, end_sec;
         uint32_t e;
         vhd_bm *m;
         int r;
@@ -832,12 +856,6 @@ static int vhd_map(void *state, uint64_t offset, uint64_t len, map_result *ret) 
                 return 0;
         }
 
-        r = io_get_size(s->io, &file_size);
-        if (r < 0)
-                return r;
-        r = check_entry(s, b, e, file_size);
-        if (r < 0)
-                return r;
         r = bm_get(s, (uint32_t) b, e, &m);
         if (r < 0)
                 return r;
@@ -968,15 +986,9 @@ static int vhd_allocate(void *state, uint64_t offset, uint64_t len, reservation 
                         .fresh = fresh,
                 };
         } else {
-                uint64_t file_size, sec, end_sec;
+                uint64_t sec, end_sec;
                 vhd_bm *m;
 
-                r = io_get_size(s->io, &file_size);
-                if (r < 0)
-                        return r;
-                r = check_entry(s, b, e, file_size);
-                if (r < 0)
-                        return r;
                 r = bm_get(s, (uint32_t) b, e, &m);
                 if (r < 0)
                         return r;

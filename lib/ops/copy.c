@@ -82,6 +82,31 @@ static void slot_publish(pipeline *pl) {
         pthread_mutex_unlock(&pl->lock);
 }
 
+/* A DATA extent of the source at `top` may lie in a hole of the image's own
+ * file: a block qemu's vpc driver allocated and wrote in part, a fixed or
+ * preallocated image never written. The hole reads zeros, so it need not be
+ * read, nor scanned for zeros: `e` becomes ZERO over the hole at its start,
+ * or is cut where such a hole begins. Only where the io can tell (SEEK_DATA);
+ * a host offset past the file's end reads zeros too. */
+static void skip_host_hole(vdisk_disk *src, unsigned top, vdisk_extent *e) {
+        vdisk_image *img;
+        uint64_t next;
+
+        if (e->depth < 0 || !(e->flags & VDISK_EXTENT_DATA) || !e->host_offset_valid)
+                return;
+        img = src->images[top - (unsigned) e->depth];
+        /* Holes of an identity image (raw) are ZERO extents already. */
+        if ((img->be->flags & BACKEND_IDENTITY) || e->file != vdisk_io_name(img->io))
+                return;
+        if (io_seek_data(img->io, e->host_offset, 0, &next) < 0)
+                return;
+        if (next > e->host_offset) {
+                e->flags = (e->flags & ~(uint32_t) VDISK_EXTENT_DATA) | VDISK_EXTENT_ZERO;
+                e->length = MIN(e->length, next - e->host_offset);
+        } else if (io_seek_data(img->io, e->host_offset, 1, &next) >= 0 && next > e->host_offset)
+                e->length = MIN(e->length, next - e->host_offset);
+}
+
 static void *reader_main(void *arg) {
         pipeline *pl = arg;
         uint64_t offset = 0;
@@ -99,6 +124,8 @@ static void *reader_main(void *arg) {
                 pthread_mutex_lock(&pl->src->lock);
                 r = rw_status(pl->src, pl->src_bottom, pl->src_top, pl->src_offset + offset,
                               MIN(pl->size - offset, (uint64_t) 1 << 30), &e);
+                if (r >= 0)
+                        skip_host_hole(pl->src, pl->src_top, &e);
                 if (r >= 0 && pl->unit) {
                         /* Whole units only: skip whole units of nothing,
                          * read any unit that holds some data in full. */

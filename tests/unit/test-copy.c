@@ -3,8 +3,13 @@
  * vdisk_copy (VDCopyEx): resize on copy, the same-content shortcut for chain
  * clones, copies into a differencing destination (zeros must shadow the
  * parent), sparse output (zero data is never allocated), a source offset
- * (dd) and copies that skip what the destination's parent already holds.
+ * (dd) and copies that skip what the destination's parent already holds,
+ * and sources whose blocks lie in part in holes of their file (not read).
  */
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include "tests.h"
 
 #define SIZE (8 * MiB)
@@ -137,17 +142,12 @@ static void test_same_content(void) {
         vdisk_disk_unref(dst);
 }
 
-/* A full copy into a destination that already has a different parent: every
- * zero of the source must shadow the parent's data. */
-static void test_copy_over_parent(void) {
-        vdisk_disk *src = disk_new(), *dst = disk_new();
-        vdisk_io *io;
+/* Copies `src` into a new diff over a base full of data: every zero of the
+ * source must shadow the base's data. */
+static void assert_copies_over_data(vdisk_disk *src) {
+        vdisk_disk *dst = disk_new();
         vdisk_copy_opts o = copy_opts();
-
-        io = mem_io("src.vdi", NULL, 0);
-        ASSERT_OK(vdisk_disk_create_base(src, io, "vdi", SIZE, NULL));
-        vdisk_io_unref(io);
-        fill(src, 2 * MiB, 4096, 0x55);
+        vdisk_io *io;
 
         io = mem_io("other-base.vdi", NULL, 0);
         ASSERT_OK(vdisk_disk_create_base(dst, io, "vdi", SIZE, NULL));
@@ -159,8 +159,20 @@ static void test_copy_over_parent(void) {
         vdisk_io_unref(io);
         ASSERT_EQ_U64(vdisk_disk_count(dst), 2);
         assert_same_content(src, dst);
-        vdisk_disk_unref(src);
         vdisk_disk_unref(dst);
+}
+
+/* A full copy into a destination that already has a different parent. */
+static void test_copy_over_parent(void) {
+        vdisk_disk *src = disk_new();
+        vdisk_io *io;
+
+        io = mem_io("src.vdi", NULL, 0);
+        ASSERT_OK(vdisk_disk_create_base(src, io, "vdi", SIZE, NULL));
+        vdisk_io_unref(io);
+        fill(src, 2 * MiB, 4096, 0x55);
+        assert_copies_over_data(src);
+        vdisk_disk_unref(src);
 }
 
 /* Zero data in the source is not allocated in the destination. */
@@ -298,6 +310,90 @@ static void test_skip_same(void) {
         vdisk_disk_unref(dst);
 }
 
+/* Bytes this process has read with read(2) and pread(2), all its threads
+ * (the copy's reader too). */
+static uint64_t bytes_read(void) {
+        FILE *f = fopen("/proc/self/io", "r");
+        char line[128];
+        uint64_t v = UINT64_MAX;
+
+        ASSERT(f);
+        while (fgets(line, sizeof line, f))
+                if (sscanf(line, "rchar: %" SCNu64, &v) == 1)
+                        break;
+        fclose(f);
+        ASSERT(v != UINT64_MAX);
+        return v;
+}
+
+/* A dynamic VHD whose block's bitmap says data over a hole of the file (as
+ * qemu's vpc driver leaves a block it wrote in part): the copy does not read
+ * the hole, and the hole reads zeros in the copy, also where a parent below
+ * the destination holds data. */
+static void test_host_holes(void) {
+        const char *tmp = getenv("TMPDIR");
+        vdisk_disk *src = disk_new(), *dst;
+        vdisk_copy_opts o;
+        char dir[4096], path[4200];
+        uint8_t dyn[1024], ent[4];
+        uint64_t bat, hole, before, n;
+        vdisk_io *io;
+        int fd;
+
+        snprintf(dir, sizeof dir, "%s/vdisk-holes-XXXXXX", tmp && tmp[0] ? tmp : "/tmp");
+        ASSERT(mkdtemp(dir));
+        snprintf(path, sizeof path, "%s/src.vhd", dir);
+        ASSERT_OK(vdisk_io_open_path(path, VDISK_PATH_WRITE | VDISK_PATH_CREATE, &io));
+        ASSERT_OK(vdisk_disk_create_base(src, io, "vpc", SIZE, NULL));
+        vdisk_io_unref(io);
+        fill(src, 0, 4 * MiB, 0x5a);       /* blocks 0 and 1 (2 MiB), every bit set */
+        ASSERT_OK(vdisk_disk_close(src));
+
+        /* Punch 1 MiB out of block 1's data: BAT entry 1, past its bitmap
+         * (512 bytes for 2 MiB), 4 KiB aligned. */
+        fd = open(path, O_RDWR);
+        ASSERT(fd >= 0);
+        ASSERT(pread(fd, dyn, sizeof dyn, 512) == (ssize_t) sizeof dyn);
+        bat = 0;
+        for (int i = 0; i < 8; i++)
+                bat = bat << 8 | dyn[16 + i];
+        ASSERT(pread(fd, ent, 4, (off_t) bat + 4) == 4);
+        hole = ((uint64_t) ent[0] << 24 | (uint64_t) ent[1] << 16 | ent[2] << 8 | ent[3]) * 512 + 512;
+        hole = (hole + 4095) / 4096 * 4096;
+        if (fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t) hole, 1 * MiB) < 0 ||
+            lseek(fd, (off_t) hole, SEEK_DATA) == (off_t) hole) {
+                printf("# no holes here (%s): skipped\n", strerror(errno));
+                close(fd);
+                goto out;
+        }
+        close(fd);
+
+        src = disk_new();
+        ASSERT_OK(vdisk_io_open_path(path, VDISK_PATH_READ, &io));
+        ASSERT_OK(vdisk_disk_open(src, io, "vpc", VDISK_OPEN_READONLY));
+        vdisk_io_unref(io);
+
+        /* into a raw image: 3 MiB of data read, not 4 */
+        o = copy_opts();
+        dst = disk_new();
+        io = mem_io("out.raw", NULL, 0);
+        before = bytes_read();
+        ASSERT_OK(vdisk_copy(src, dst, io, "raw", &o, NULL));
+        n = bytes_read() - before;
+        vdisk_io_unref(io);
+        printf("# copy read %" PRIu64 " bytes\n", n);
+        ASSERT(n < 3 * MiB + 64 * KiB);
+        assert_same_content(src, dst);
+        vdisk_disk_unref(dst);
+
+        /* into a diff over data: the hole shadows it as zeros */
+        assert_copies_over_data(src);
+        vdisk_disk_unref(src);
+out:
+        ASSERT(unlink(path) == 0);
+        ASSERT(rmdir(dir) == 0);
+}
+
 int main(void) {
         test_resize_on_copy();
         test_same_content();
@@ -305,6 +401,7 @@ int main(void) {
         test_sparse();
         test_src_offset();
         test_skip_same();
+        test_host_holes();
         printf("test-copy: all passed\n");
         return 0;
 }

@@ -13,6 +13,9 @@
  * with a clean error, and whatever opens must read, write and flush with
  * clean results. Checksum damage and the afl5 case must be refused. Cases
  * that must stay valid are read back and compared.
+ * Last, a BAT entry another writer changes under an open image, once the
+ * page of the BAT that held it was read again: the block reads from its new
+ * place with the bitmap found there, never with the one cached before.
  *
  * Usage: test-malformed-vhd [SEED [ITERATIONS]]
  */
@@ -311,6 +314,72 @@ static void fuzz(const sample *s, uint64_t seed, unsigned iterations) {
         free(b);
 }
 
+/* Reads every BAT page of `d` once (2 MiB of BAT, a 1 MiB budget): the
+ * first ones are dropped. */
+static void walk_bat(vdisk_disk *d) {
+        vdisk_metadata_stats st = { .size = sizeof st };
+        uint64_t off = 0, size = vdisk_disk_size(d);
+
+        while (off < size) {
+                vdisk_extent e;
+
+                ASSERT_OK(vdisk_disk_block_status(d, off, size - off, &e));
+                off += e.length;
+        }
+        ASSERT_OK(vdisk_disk_get_metadata_stats(d, &st));
+        ASSERT(st.evictions > 0);
+}
+
+/* Points block 0's BAT entry at the last block, as another writer of the
+ * file would, and marks that block's sectors 64..127 (its second half)
+ * clear. */
+static void move_block0(vdisk_io *io, uint64_t last) {
+        uint8_t dyn_hdr[1024], ent[4], clear[8] = { 0 };
+        uint64_t bat;
+
+        ASSERT_OK(vdisk_io_pread(io, dyn_hdr, sizeof dyn_hdr, 512));
+        bat = be64(dyn_hdr + 16);
+        ASSERT_OK(vdisk_io_pread(io, ent, 4, bat + 4 * (last / BLOCK)));
+        ASSERT_OK(vdisk_io_pwrite(io, ent, 4, bat));
+        ASSERT_OK(vdisk_io_pwrite(io, clear, sizeof clear, (uint64_t) be32(ent) * 512 + 8));
+}
+
+/* A cached bitmap never outlives its BAT entry: another writer moves block 0
+ * under a read-only open, and once the BAT page is read again, block 0 reads
+ * from its new place with the bitmap found there (data where it is set,
+ * zeros where it is clear). (A writable open cannot drop a BAT page alone:
+ * its first write charges a table as large as the BAT.) */
+static void test_bat_changed_under(void) {
+        static const char *const opts[] = { "force_size", "on", NULL };
+        vdisk_create_opts o = { .size = sizeof o, .block_size = BLOCK, .options = opts };
+        const uint64_t size = 32ull << 30, last = size - BLOCK;    /* 524288 entries */
+        uint8_t buf[BLOCK];
+        vdisk_disk *d = disk_new();
+        vdisk_io *io = mem_io("changed.vhd", NULL, 0);
+
+        test_set_context("%s", "BAT entry changed under the open image");
+        ASSERT_OK(vdisk_disk_create_base(d, io, "vpc", size, &o));
+        memset(buf, 0x11, BLOCK);
+        ASSERT_OK(vdisk_disk_write(d, buf, BLOCK, 0));
+        memset(buf, 0x22, BLOCK);
+        ASSERT_OK(vdisk_disk_write(d, buf, BLOCK, last));
+        ASSERT_OK(vdisk_disk_flush(d));
+        vdisk_disk_unref(d);
+        d = disk_new();
+        ASSERT_OK(vdisk_disk_set_metadata_budget(d, 1 * MiB));
+        ASSERT_OK(vdisk_disk_open(d, io, "vpc", VDISK_OPEN_READONLY));
+        ASSERT_OK(vdisk_disk_read(d, buf, BLOCK, 0));
+        ASSERT(buf[0] == 0x11 && buf[BLOCK - 1] == 0x11);
+        move_block0(io, last);
+        walk_bat(d);
+        ASSERT_OK(vdisk_disk_read(d, buf, BLOCK, 0));
+        ASSERT(buf[0] == 0x22 && buf[BLOCK / 2 - 1] == 0x22);
+        ASSERT(buf_is_zero(buf + BLOCK / 2, BLOCK / 2));
+        vdisk_disk_unref(d);
+        vdisk_io_unref(io);
+        test_set_context("%s", "");
+}
+
 int main(int argc, char **argv) {
         uint64_t seed = 20261206;
         unsigned iterations = 1500;
@@ -327,6 +396,7 @@ int main(int argc, char **argv) {
         test_fields();
         fuzz(&dyn, seed, iterations);
         fuzz(&fixed, seed + 1, iterations / 3);
+        test_bat_changed_under();
         printf("test-malformed-vhd: %u cases, %u opened, %u refused at open\n", n_cases, n_opened, n_refused);
         free(dyn.bytes);
         free(fixed.bytes);
