@@ -160,6 +160,17 @@ static int adjust_tree(qcow2_state *s, const uint64_t *l1, uint32_t n, int delta
         return 0;
 }
 
+/* The first L2 index from k on whose entry is not 0 (l2_entries when there
+ * is none): a run of unallocated clusters in one scan of the table, not a
+ * lookup per entry. Extended L2 entries alternate with their bitmaps: k. */
+static int next_used(qcow2_state *s, tc_table *l2, uint64_t k, uint64_t *ret) {
+        if (s->extended_l2) {
+                *ret = k;
+                return 0;
+        }
+        return tc_find_other(l2, k, s->l2_entries, 0, ret);
+}
+
 /* COPIED in the active L1 and L2 tables exactly where the refcount is 1
  * (`clear`: nowhere). An L2 table still shared only has its flags cleared
  * (never set: the other table that names it sees the same entries).
@@ -191,8 +202,14 @@ static int update_copied(qcow2_state *s, bool clear) {
                 if (r < 0)
                         return r;
                 for (uint64_t k = 0; k < s->l2_entries; k++) {
-                        uint64_t idx = s->extended_l2 ? 2 * k : k, e, drc;
+                        uint64_t idx, e, drc;
 
+                        r = next_used(s, l2, k, &k);
+                        if (r < 0)
+                                return r;
+                        if (k == s->l2_entries)
+                                break;
+                        idx = s->extended_l2 ? 2 * k : k;
                         r = tc_get(l2, idx, &e);
                         if (r < 0)
                                 return r;
@@ -635,8 +652,14 @@ int qcow2_check_copied(qcow2_state *s, vdisk_check_report *rep, bool repair) {
                 if (r < 0)
                         return r;
                 for (uint64_t k = 0; k < s->l2_entries; k++) {
-                        uint64_t idx = s->extended_l2 ? 2 * k : k, e, drc;
+                        uint64_t idx, e, drc;
 
+                        r = next_used(s, l2, k, &k);
+                        if (r < 0)
+                                return r;
+                        if (k == s->l2_entries)
+                                break;
+                        idx = s->extended_l2 ? 2 * k : k;
                         r = tc_get(l2, idx, &e);
                         if (r < 0)
                                 return r;
