@@ -21,7 +21,7 @@ usage: $0 [-n PAIRS] [--quick | --size GIB] [--only LIST] [--drop-caches] [--kee
   --quick         256 MiB disk, data scaled down by 32 (smoke test, a few minutes)
   --size GIB      disk of GIB GiB (1-8), data scaled by GIB/8 (default 8)
   --only LIST     comma-separated workload groups to run, of
-                  a,b,c,d,vmdk,vpc,stream,compress (default: all), or
+                  a,b,c,d,vmdk,vpc,stream,compress,qcow2 (default: all), or
                   pipe (issue 13's rows: a durable/unsafe, vmdk->raw, vpc->raw, c,
                   and the disk at queue depth 1 and 16)
   --drop-caches   drop the page cache before every timed run (needs root);
@@ -34,7 +34,7 @@ EOF
 PAIRS=5
 QUICK=0
 SIZE_GIB=8
-ONLY=a,b,c,d,vmdk,vpc,stream,compress
+ONLY=a,b,c,d,vmdk,vpc,stream,compress,qcow2
 DROP=0
 KEEP=0
 while (($#)); do
@@ -54,8 +54,8 @@ done
 [[ $SIZE_GIB =~ ^[1-8]$ ]] || { echo "run.sh: --size wants 1 to 8 (GiB)" >&2; exit 2; }
 for g in ${ONLY//,/ }; do
         case $g in
-        a|b|c|d|vmdk|vpc|stream|compress|pipe) ;;
-        *) echo "run.sh: --only: unknown workload group '$g' (a b c d vmdk vpc stream compress)" >&2; exit 2 ;;
+        a|b|c|d|vmdk|vpc|stream|compress|qcow2|pipe) ;;
+        *) echo "run.sh: --only: unknown workload group '$g' (a b c d vmdk vpc stream compress qcow2)" >&2; exit 2 ;;
         esac
 done
 want() { [[ ,$ONLY, == *,$1,* ]]; } # GROUP -> true when it is to run
@@ -85,10 +85,12 @@ fi
 MiB=$((1 << 20))
 if ((QUICK)); then
         DISK=$((256 * MiB)); NDATA=64; NZERO=32; NSMALL=1024; NCOMMIT=32; NEED=$((1 << 30))
+        NBIG=128
 else
         # 8 GiB by default; --size N scales every count by N/8
         DISK=$((SIZE_GIB << 30)); NDATA=$((256 * SIZE_GIB)); NZERO=$((128 * SIZE_GIB))
         NSMALL=$((4096 * SIZE_GIB)); NCOMMIT=$((128 * SIZE_GIB)); NEED=$(((15 << 30) * SIZE_GIB / 8))
+        NBIG=4096 # 64 KiB pieces on the 1 TiB disk of group qcow2: 256 MiB, whatever --size
 fi
 
 BENCH_DIR=${BENCH_DIR:-/tmp/vdisk-bench}
@@ -142,6 +144,16 @@ def small(path, size, n, seed):
         for _ in range(n):
             f.seek(rng.randrange(size // 4096) * 4096)
             f.write(rng.randbytes(4096))
+
+def pieces(path, size, n, piece, seed):
+    # n pieces of piece bytes of seeded random data at distinct random
+    # piece-aligned offsets of a sparse file of size bytes
+    rng = random.Random(seed)
+    with open(path, 'wb') as f:
+        f.truncate(size)
+        for p in sorted(rng.sample(range(size // piece), n)):
+            f.seek(p * piece)
+            f.write(rng.randbytes(piece))
 
 def extents(d, size, n, seed):
     # n files of 1 MiB random data and the offsets they go to
@@ -226,6 +238,8 @@ if cmd == 'scattered':
     scattered(a[0], int(a[1]), int(a[2]), int(a[3]), int(a[4]), a[5])
 elif cmd == 'small':
     small(a[0], int(a[1]), int(a[2]), int(a[3]))
+elif cmd == 'pieces':
+    pieces(a[0], int(a[1]), int(a[2]), int(a[3]), int(a[4]))
 elif cmd == 'extents':
     extents(a[0], int(a[1]), int(a[2]), int(a[3]))
 elif cmd == 'filldiff':
@@ -292,12 +306,16 @@ run_workload() {
                         if ((i > 0)); then
                                 if [[ $tool == vdisk ]]; then
                                         tv+=("$ELAPSED"); cv+=("$CPU"); ((RSS > rss_v)) && rss_v=$RSS
-                                        size_v=$(du -B1 "$OUT" | cut -f1)
-                                        app_v=$(stat -c %s "$OUT")
+                                        if [[ -n $OUT ]]; then # empty: the command writes no image
+                                                size_v=$(du -B1 "$OUT" | cut -f1)
+                                                app_v=$(stat -c %s "$OUT")
+                                        fi
                                 else
                                         tq+=("$ELAPSED"); cq+=("$CPU"); ((RSS > rss_q)) && rss_q=$RSS
-                                        size_q=$(du -B1 "$OUT" | cut -f1)
-                                        app_q=$(stat -c %s "$OUT")
+                                        if [[ -n $OUT ]]; then
+                                                size_q=$(du -B1 "$OUT" | cut -f1)
+                                                app_q=$(stat -c %s "$OUT")
+                                        fi
                                 fi
                                 times+=("$ELAPSED")
                         fi
@@ -335,7 +353,7 @@ note "generating workloads in $W ..."
 mkdir -p "$W/a" "$W/b" "$W/c" "$W/d"
 gen scattered "$W/src.raw" $DISK $NDATA $NZERO 1 "$W/zero-extents"
 note "   src.raw: $((DISK >> 20)) MiB, $NDATA MiB random data, $NZERO MiB written zeros"
-if want a || want c || want d || want pipe; then
+if want a || want c || want d || want qcow2 || want pipe; then
         "$QEMU_IMG" convert -f raw -O vdi "$W/src.raw" "$W/src.vdi"
         verify vdi "$W/src.vdi" raw "$W/src.raw"
 fi
@@ -520,6 +538,123 @@ if want compress; then
         run_workload hvmdkdurable "h. raw->vmdk streamOptimized, both durable"
         run_workload hvmdkunsafe "h. raw->vmdk streamOpt, v unsafe/q dflt"
         rm -rf "$W/h" "$W/f"
+fi
+
+# --- qcow2: issue 12's rows. raw->qcow2, qcow2->raw, vdi->qcow2,
+# qcow2->qcow2, raw->qed and the 4 KiB-scattered raw->qcow2 at the two
+# pairings of equal durability (pair_args); the commit of the top of a 3-deep
+# qcow2 chain; compare, map and check of a 1 TiB sparse qcow2. Every qcow2 or
+# QED output must also pass qemu-img check.
+check_clean() { # FMT IMAGE: qemu-img check, abort unless it finds nothing (no leaks either)
+        if ! "$QEMU_IMG" check -q -f "$1" "$2" >"$W/chk.log" 2>&1; then
+                cat "$W/chk.log" >&2
+                die "CHECK: $2 ($1) is not clean"
+        fi
+}
+commit_args() { # TOOL MODE -> the -t option of commit (qemu-img commit's default is writeback)
+        case "$2" in
+        durable) if [[ $1 == qemu ]]; then echo "-t writeback"; fi ;;
+        unsafe) echo "-t unsafe" ;;
+        esac
+        return 0
+}
+for m in durable unsafe; do
+        eval "q1${m}_prep() { fmt_prep \$1 $m raw \"\$W/src.raw\" qcow2 qcow2; }"
+        eval "q1${m}_verify() { verify qcow2 \"\$OUT\" raw \"\$W/src.raw\"; check_clean qcow2 \"\$OUT\"; }"
+        eval "q2${m}_prep() { fmt_prep \$1 $m qcow2 \"\$W/q/src.qcow2\" raw raw; }"
+        eval "q2${m}_verify() { verify raw \"\$OUT\" raw \"\$W/src.raw\"; }"
+        eval "q3${m}_prep() { fmt_prep \$1 $m vdi \"\$W/src.vdi\" qcow2 qcow2; }"
+        eval "q3${m}_verify() { verify qcow2 \"\$OUT\" raw \"\$W/src.raw\"; check_clean qcow2 \"\$OUT\"; }"
+        eval "q4${m}_prep() { fmt_prep \$1 $m qcow2 \"\$W/q/src.qcow2\" qcow2 qcow2; }"
+        eval "q4${m}_verify() { verify qcow2 \"\$OUT\" raw \"\$W/src.raw\"; check_clean qcow2 \"\$OUT\"; }"
+        eval "q5${m}_prep() { fmt_prep \$1 $m raw \"\$W/src.raw\" qed qed; }"
+        eval "q5${m}_verify() { verify qed \"\$OUT\" raw \"\$W/src.raw\"; check_clean qed \"\$OUT\"; }"
+        eval "q6${m}_prep() { fmt_prep \$1 $m raw \"\$W/q/small.raw\" qcow2 qcow2; }"
+        eval "q6${m}_verify() { verify qcow2 \"\$OUT\" raw \"\$W/q/small.raw\"; check_clean qcow2 \"\$OUT\"; }"
+        for k in q1 q2 q3 q4 q5 q6; do eval "$k${m}_clean() { fmt_clean; }"; done
+        # commit of top.qcow2 into mid.qcow2, each run on a fresh copy of the chain
+        eval "qc${m}_prep() { qc_prep \$1 $m; }"
+        eval "qc${m}_verify() { qc_verify; }; qc${m}_clean() { qc_clean; }"
+done
+qc_prep() { # TOOL MODE
+        local d=$W/q/chain-$1
+        cp -r --sparse=always "$W/q/chain" "$d"
+        sync
+        OUT=$d/mid.qcow2
+        # shellcheck disable=SC2046 # commit_args gives zero or two words
+        CMD=("$(tool "$1")" commit $(commit_args "$1" "$2") -f qcow2 "$d/top.qcow2")
+}
+qc_verify() { # mid now holds top's data; top (emptied or not) still reads the same
+        verify qcow2 "$OUT" raw "$W/q/chain.raw"
+        verify qcow2 "${OUT%/*}/top.qcow2" raw "$W/q/chain.raw"
+        check_clean qcow2 "$OUT"
+        check_clean qcow2 "${OUT%/*}/top.qcow2"
+        check_clean qcow2 "${OUT%/*}/base.qcow2"
+}
+qc_clean() { rm -rf "${OUT%/*}"; sync; }
+# the read-only rows on the 1 TiB image: the timed command fails (and stops the
+# run) unless compare finds the images equal and check finds nothing; map's
+# JSON must be qemu-img's, byte for byte
+qbig_prep() { local t=$1; shift; OUT=; CMD=("$(tool "$t")" "$@"); }
+qcmp_prep() { qbig_prep "$1" compare -f qcow2 -F raw "$W/q/big.qcow2" "$W/q/big.raw"; }
+qmap_prep() { qbig_prep "$1" map -f qcow2 --output=json "$W/q/big.qcow2"; }
+qchk_prep() { qbig_prep "$1" check -f qcow2 "$W/q/big.qcow2"; }
+qcmp_verify() { :; }
+qchk_verify() { :; }
+qmap_verify() {
+        cmp -s "$W/cmd.log" "$W/q/big.map" || die "MISMATCH: $1's map of big.qcow2 differs from qemu-img's (diff $W/cmd.log $W/q/big.map)"
+}
+qcmp_clean() { :; }
+qmap_clean() { :; }
+qchk_clean() { :; }
+if want qcow2; then
+        mkdir -p "$W/q/chain" "$W/f"
+        "$QEMU_IMG" convert -f raw -O qcow2 "$W/src.raw" "$W/q/src.qcow2"
+        verify qcow2 "$W/q/src.qcow2" raw "$W/src.raw"
+        run_workload q1durable "q. raw->qcow2, both durable"
+        run_workload q1unsafe "q. raw->qcow2, v -t unsafe/q default"
+        run_workload q2durable "q. qcow2->raw, both durable"
+        run_workload q2unsafe "q. qcow2->raw, v -t unsafe/q default"
+        run_workload q3durable "q. vdi->qcow2, both durable"
+        run_workload q3unsafe "q. vdi->qcow2, v -t unsafe/q default"
+        run_workload q4durable "q. qcow2->qcow2, both durable"
+        run_workload q4unsafe "q. qcow2->qcow2, v -t unsafe/q dflt"
+        run_workload q5durable "q. raw->qed, both durable"
+        run_workload q5unsafe "q. raw->qed, v -t unsafe/q default"
+        gen small "$W/q/small.raw" $DISK $NSMALL 2
+        run_workload q6durable "q. raw->qcow2 ($NSMALL x 4K), durable"
+        run_workload q6unsafe "q. raw->qcow2 (4K), v unsafe/q dflt"
+        rm -f "$W/q/small.raw"
+        # the chain: base.qcow2 (src.raw's data) <- mid.qcow2 <- top.qcow2,
+        # mid and top each holding NCOMMIT MiB in 1 MiB extents at random
+        # offsets (overlapping in part); relative backing names, so a copy
+        # of the directory is the same chain
+        mkdir -p "$W/q/ext"
+        mv "$W/q/src.qcow2" "$W/q/chain/base.qcow2"
+        (cd "$W/q/chain" &&
+                "$QEMU_IMG" create -q -f qcow2 -b base.qcow2 -F qcow2 mid.qcow2 &&
+                "$QEMU_IMG" create -q -f qcow2 -b mid.qcow2 -F qcow2 top.qcow2)
+        for img in mid top; do
+                rm -f "$W/q/ext/"*
+                gen extents "$W/q/ext" $DISK $NCOMMIT $([[ $img == mid ]] && echo 4 || echo 5)
+                awk -v m=$MiB '{ print "write -q -s " $1 " " $2 " " m }' "$W/q/ext/list" |
+                        "$QEMU_IO" -f qcow2 "$W/q/chain/$img.qcow2" >/dev/null
+        done
+        rm -rf "$W/q/ext"
+        "$QEMU_IMG" convert -f qcow2 -O raw "$W/q/chain/top.qcow2" "$W/q/chain.raw"
+        run_workload qcdurable "q. commit 3-deep chain, both durable"
+        run_workload qcunsafe "q. commit 3-deep chain, both unsafe"
+        rm -rf "$W/q/chain" "$W/q/chain.raw"
+        # 1 TiB: NBIG 64 KiB pieces of random data at random offsets, as a
+        # sparse raw and as the qcow2 qemu-img makes of it
+        gen pieces "$W/q/big.raw" $((1 << 40)) $NBIG 65536 6
+        note "   big.raw: 1 TiB sparse, $NBIG x 64 KiB of random data"
+        "$QEMU_IMG" convert -f raw -O qcow2 "$W/q/big.raw" "$W/q/big.qcow2"
+        "$QEMU_IMG" map -f qcow2 --output=json "$W/q/big.qcow2" >"$W/q/big.map"
+        run_workload qcmp "q. compare 1T qcow2/raw ($((NBIG / 16))M data)"
+        run_workload qmap "q. map --output=json 1T qcow2"
+        run_workload qchk "q. check 1T qcow2"
+        rm -rf "$W/q" "$W/f"
 fi
 
 if want b; then

@@ -160,6 +160,26 @@ static int adjust_tree(qcow2_state *s, const uint64_t *l1, uint32_t n, int delta
         return 0;
 }
 
+/* The next L2 entry from index *k on that is not 0, found in one scan of
+ * the table over a run of unallocated clusters, not a lookup per entry
+ * (extended L2 entries alternate with their bitmaps: one at a time). Its
+ * index goes to *k, its place in the table to *ret_idx, its value to
+ * *ret_e; returns 1, or 0 at the end of the table. */
+static int next_used(qcow2_state *s, tc_table *l2, uint64_t *k, uint64_t *ret_idx, uint64_t *ret_e) {
+        int r;
+
+        if (!s->extended_l2) {
+                r = tc_find_other(l2, *k, s->l2_entries, 0, k);
+                if (r < 0)
+                        return r;
+        }
+        if (*k >= s->l2_entries)
+                return 0;
+        *ret_idx = s->extended_l2 ? 2 * *k : *k;
+        r = tc_get(l2, *ret_idx, ret_e);
+        return r < 0 ? r : 1;
+}
+
 /* COPIED in the active L1 and L2 tables exactly where the refcount is 1
  * (`clear`: nowhere). An L2 table still shared only has its flags cleared
  * (never set: the other table that names it sees the same entries).
@@ -168,7 +188,7 @@ static int update_copied(qcow2_state *s, bool clear) {
         int r;
 
         for (uint32_t i = 0; i < s->l1_size; i++) {
-                uint64_t l1e, off, rc;
+                uint64_t l1e, off, rc, idx, e;
                 tc_table *l2;
 
                 r = tc_get(s->l1, i, &l1e);
@@ -190,12 +210,9 @@ static int update_copied(qcow2_state *s, bool clear) {
                 r = qcow2_get_l2(s, off, &l2);
                 if (r < 0)
                         return r;
-                for (uint64_t k = 0; k < s->l2_entries; k++) {
-                        uint64_t idx = s->extended_l2 ? 2 * k : k, e, drc;
+                for (uint64_t k = 0; (r = next_used(s, l2, &k, &idx, &e)) > 0; k++) {
+                        uint64_t drc;
 
-                        r = tc_get(l2, idx, &e);
-                        if (r < 0)
-                                return r;
                         if ((e & L2E_COMPRESSED) || (e & OFFSET_MASK) == 0)
                                 continue;
                         if (clear)
@@ -212,6 +229,8 @@ static int update_copied(qcow2_state *s, bool clear) {
                         if (r < 0)
                                 return r;
                 }
+                if (r < 0)
+                        return r;
         }
         return 0;
 }
@@ -605,7 +624,7 @@ int qcow2_check_copied(qcow2_state *s, vdisk_check_report *rep, bool repair) {
         rr = (rc_reader) { .s = s, .reft = reft, .blk = blk, .n_reft = s->reft_bytes / 8, .blk_off = 0 };
 
         for (uint32_t i = 0; i < s->l1_size; i++) {
-                uint64_t l1e, off, rc;
+                uint64_t l1e, off, rc, idx, e;
                 tc_table *l2;
 
                 r = tc_get(s->l1, i, &l1e);
@@ -634,12 +653,9 @@ int qcow2_check_copied(qcow2_state *s, vdisk_check_report *rep, bool repair) {
                         continue;
                 if (r < 0)
                         return r;
-                for (uint64_t k = 0; k < s->l2_entries; k++) {
-                        uint64_t idx = s->extended_l2 ? 2 * k : k, e, drc;
+                for (uint64_t k = 0; (r = next_used(s, l2, &k, &idx, &e)) > 0; k++) {
+                        uint64_t drc;
 
-                        r = tc_get(l2, idx, &e);
-                        if (r < 0)
-                                return r;
                         if ((e & L2E_COMPRESSED) || (e & OFFSET_MASK) == 0)
                                 continue;
                         r = disk_rc(&rr, e & OFFSET_MASK, &drc);
@@ -655,6 +671,8 @@ int qcow2_check_copied(qcow2_state *s, vdisk_check_report *rep, bool repair) {
                                 return r;
                         fixed = fixed || repair;
                 }
+                if (r < 0)
+                        return r;
         }
         return fixed ? flush_tables_sync(s) : 0;
 }

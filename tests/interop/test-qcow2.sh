@@ -68,6 +68,16 @@ qread z2.qcow2 "compat=0.10 zero writes"
 "$QEMU_IMG" convert -f raw -O qcow2 pat.raw z3.qcow2
 "$QEMU_IO" -f qcow2 -c "write -z 0 $M" -c "write -z -u $((8 * M)) $((2 * M))" z3.qcow2 >/dev/null
 qread z3.qcow2 "compat=1.1 zero clusters (with and without unmap)" --no-offset
+# runs of unallocated and zero clusters (found by one scan of the L2 table)
+# that end at a table's end and at the end of a disk whose last table and
+# cluster are partial (4 KiB clusters: a table covers 2 MiB); check too
+"$QEMU_IMG" create -q -f qcow2 -o cluster_size=4096 runs.qcow2 $((5 * M + 7 * 512))
+"$QEMU_IO" -f qcow2 -c "write -P 0x51 $((2 * M - 12288)) 4096" -c "write -z $((2 * M - 8192)) 8192" \
+        -c "write -P 0x52 $((4 * M)) 4096" -c "write -z $((4 * M + 8192)) $((M + 7 * 512 - 8192))" \
+        runs.qcow2 >/dev/null
+qread runs.qcow2 "runs of zero and unallocated clusters to a table's end and the disk's"
+vimg check runs.qcow2
+if [[ $RC -eq 0 ]]; then ok "runs.qcow2: check finds nothing"; else notok "runs.qcow2: check finds nothing" "$(last_err)"; fi
 
 # --- extended L2: subclusters, also partially written over a backing file
 "$QEMU_IMG" convert -f raw -O qcow2 -o extended_l2=on pat.raw xl2.qcow2
