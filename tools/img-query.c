@@ -533,23 +533,25 @@ static int check_run(Img *img, uint32_t flags, ProgressBar *bar, vdisk_check_rep
         return 0;
 }
 
+/* check, and vbox-img's repair: check -r all (or its dry run) with repair's
+ * summary instead of check's report. */
 int cmd_check(Request *req) {
         static const uint32_t mode_flags[CHECK_DRY_RUN + 1] = {
                 [CHECK_REPAIR_LEAKS] = VDISK_CHECK_REPAIR_LEAKS,
                 [CHECK_REPAIR_ALL] = VDISK_CHECK_REPAIR_ALL,
+                [CHECK_DRY_RUN] = VDISK_CHECK_REPAIR_ALL | VDISK_CHECK_DRY_RUN,
         };
         const char *fmt = req->format, *filename = req->files[0];
-        OutputFormat output = req->output;
         vdisk_check_report rep = {}, fixed = {};
         CheckCounts now, was;
         uint32_t flags = mode_flags[req->check_mode];
-        bool quiet = req->quiet;
+        bool repair = req->verb == VERB_REPAIR, dry_run = req->check_mode == CHECK_DRY_RUN, quiet = req->quiet;
         ProgressBar bar = {};
         Img img = {};
         int r, ex = EXIT_ERROR;
 
         /* Only the named image is checked; its parents are not needed. */
-        r = img_open(filename, fmt, IMG_SKIP_CHECKS | (flags ? IMG_WRITE : 0), &img);
+        r = img_open(filename, fmt, IMG_SKIP_CHECKS | (flags && !dry_run ? IMG_WRITE : 0), &img);
         if (r < 0)
                 return EXIT_ERROR;
 
@@ -560,76 +562,46 @@ int cmd_check(Request *req) {
         r = check_run(&img, flags, &bar, &rep, &fixed);
         progress_bar_done(&bar, r >= 0);
         if (r == -EOPNOTSUPP) {
-                log_error("This image format does not support checks");
+                if (repair)
+                        log_error("The format of '%s' does not support repairs", filename);
+                else
+                        log_error("This image format does not support checks");
                 ex = CHECK_EXIT_UNSUPPORTED;
                 goto finish;
         }
         if (r < 0) {
-                log_error("Check failed: %s", error_detail(r));
+                if (repair)
+                        log_error("Could not repair '%s': %s", filename, error_detail(r));
+                else
+                        log_error("Check failed: %s", error_detail(r));
                 ex = CHECK_EXIT_ERROR;
                 goto finish;
         }
 
         now = check_counts(&rep);
         was = check_counts(&fixed);
-        check_print_messages(&fixed, stderr);
-        check_print_messages(&rep, stderr);
-        if (!quiet) {
-                CheckCounts shown = now;
+        if (repair) {
+                /* the repair itself: the first pass when the check ran again */
+                const CheckCounts *pass = was.corruptions_fixed || was.leaks_fixed ? &was : &now;
 
-                check_hide_stats(&shown, img.backend->qemu_name);
-                if (output == OUTPUT_JSON)
-                        check_print_json(&shown, &was, filename, img.backend->qemu_name);
-                else
-                        check_print_human(&shown, &was);
-        }
-        if (now.check_errors)
-                log_error("Check failed");
-        ex = check_exit_code(&now);
+                if (!quiet) {
+                        check_print_messages(pass->corruptions_fixed || pass->leaks_fixed ? &fixed : &rep, stdout);
+                        repair_print_summary(pass, &now, dry_run);
+                }
+        } else {
+                check_print_messages(&fixed, stderr);
+                check_print_messages(&rep, stderr);
+                if (!quiet) {
+                        CheckCounts shown = now;
 
-finish:
-        vdisk_check_report_clear(&rep);
-        vdisk_check_report_clear(&fixed);
-        return img_close_exit(&img, ex);
-}
-
-int cmd_repair(Request *req) {
-        const char *fmt = req->format, *filename = req->files[0];
-        vdisk_check_report rep = {}, fixed = {};
-        CheckCounts pass, now;
-        bool dry_run = req->check_mode == CHECK_DRY_RUN, quiet = req->quiet;
-        uint32_t flags = VDISK_CHECK_REPAIR_ALL | (dry_run ? VDISK_CHECK_DRY_RUN : 0);
-        ProgressBar bar = {};
-        Img img = {};
-        int r, ex = EXIT_ERROR;
-
-        r = img_open(filename, fmt, IMG_SKIP_CHECKS | (dry_run ? 0 : IMG_WRITE), &img);
-        if (r < 0)
-                return EXIT_ERROR;
-
-        install_cancel_handlers();
-        if (progress_bar_init(&bar, false) < 0)
-                goto finish;
-
-        r = check_run(&img, flags, &bar, &rep, &fixed);
-        progress_bar_done(&bar, r >= 0);
-        if (r == -EOPNOTSUPP) {
-                log_error("The format of '%s' does not support repairs", filename);
-                ex = CHECK_EXIT_UNSUPPORTED;
-                goto finish;
-        }
-        if (r < 0) {
-                log_error("Could not repair '%s': %s", filename, error_detail(r));
-                goto finish;
-        }
-
-        pass = check_counts(&rep);
-        now = pass;
-        if (fixed.corruptions_fixed || fixed.leaks_fixed)
-                pass = check_counts(&fixed);   /* the repair; rep: the check after it */
-        if (!quiet) {
-                check_print_messages(pass.corruptions_fixed || pass.leaks_fixed ? &fixed : &rep, stdout);
-                repair_print_summary(&pass, &now, dry_run);
+                        check_hide_stats(&shown, img.backend->qemu_name);
+                        if (req->output == OUTPUT_JSON)
+                                check_print_json(&shown, &was, filename, img.backend->qemu_name);
+                        else
+                                check_print_human(&shown, &was);
+                }
+                if (now.check_errors)
+                        log_error("Check failed");
         }
         ex = check_exit_code(&now);
 

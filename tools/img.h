@@ -127,7 +127,6 @@ int cmd_info(Request *req);
 int cmd_create(Request *req);
 int cmd_convert(Request *req);
 int cmd_check(Request *req);
-int cmd_repair(Request *req);
 int cmd_commit(Request *req);
 int cmd_compare(Request *req);
 int cmd_map(Request *req);

@@ -46,7 +46,7 @@ static const Command commands[] = {
         { "map",      cmd_map },
         { "measure",  cmd_measure },
         { "rebase",   cmd_rebase },
-        { "repair",   cmd_repair },
+        { "repair",   cmd_check },
         { "resize",   cmd_resize },
         { "setuuid",  cmd_setuuid },
         { "snapshot", cmd_snapshot },

@@ -398,22 +398,26 @@ static int check_once(Ctx *ctx, Chain *c, CheckMode mode, bool direct, bool prog
         return r;
 }
 
+/* check, and repair: check -r all (or its dry run) with repair's summary
+ * instead of check's report. */
 int cmd_check(Ctx *ctx, Request *req) {
         _cleanup_value_ Value result = {}, fixed_result = {};
         const char *fmt = req->format, *file = req->files[0];
         CheckMode mode = req->check_mode;
+        bool repair = req->verb == VERB_REPAIR, read_only = mode == CHECK_ONLY || mode == CHECK_DRY_RUN;
         Report rep, fixed = {};
         bool have_fixed = false;
         Chain chain = {};
         int r, ex;
 
-        r = chain_open(ctx, file, fmt, mode == CHECK_ONLY ? 0 : CHAIN_TOP_WRITABLE, mode == CHECK_ONLY,
-                       &chain);
+        r = chain_open(ctx, file, fmt, read_only ? 0 : CHAIN_TOP_WRITABLE, read_only, &chain);
         if (r != 0)
                 return r == EXIT_CANCELLED ? r : CHECK_EXIT_ERROR;
 
-        r = check_once(ctx, &chain, mode, cache_mode_direct(req->src_cache), progress_wanted(false), &result);
-        if (r == 0 && mode != CHECK_ONLY) {
+        /* repair writes direct whatever -T says, as vdisk-img */
+        r = check_once(ctx, &chain, mode, repair || cache_mode_direct(req->src_cache), progress_wanted(false),
+                       &result);
+        if (r == 0 && !read_only) {
                 report_from(&result, &fixed);
                 if (fixed.n.corruptions_fixed || fixed.n.leaks_fixed) {
                         /* As qemu-img: describe the image as it is now. */
@@ -425,7 +429,10 @@ int cmd_check(Ctx *ctx, Request *req) {
                 }
         }
         if (r == -EOPNOTSUPP) {
-                log_error("This image format does not support checks");
+                if (repair)
+                        log_error("The format of '%s' does not support repairs", file);
+                else
+                        log_error("This image format does not support checks");
                 ex = CHECK_EXIT_UNSUPPORTED;
                 goto finish;
         }
@@ -435,6 +442,14 @@ int cmd_check(Ctx *ctx, Request *req) {
         }
 
         report_from(&result, &rep);
+        if (repair) {
+                if (!arg_quiet) {
+                        report_messages(have_fixed ? &fixed : &rep, stdout);
+                        repair_print_summary(have_fixed ? &fixed.n : &rep.n, &rep.n, mode == CHECK_DRY_RUN);
+                }
+                ex = check_exit_code(&rep.n);
+                goto finish;
+        }
         if (have_fixed)
                 report_messages(&fixed, stderr);
         report_messages(&rep, stderr);
@@ -449,51 +464,6 @@ int cmd_check(Ctx *ctx, Request *req) {
         if (rep.n.check_errors)
                 log_error("Check failed");
         ex = check_exit_code(&rep.n);
-
-finish:
-        chain_done(ctx, &chain);
-        return ex;
-}
-
-int cmd_repair(Ctx *ctx, Request *req) {
-        _cleanup_value_ Value result = {}, after = {};
-        const char *fmt = req->format, *file = req->files[0];
-        CheckMode mode = req->check_mode == CHECK_DRY_RUN ? CHECK_DRY_RUN : CHECK_REPAIR_ALL;
-        bool dry_run = mode == CHECK_DRY_RUN;
-        Report rep, now;
-        Chain chain = {};
-        int r, ex;
-
-        r = chain_open(ctx, file, fmt, dry_run ? 0 : CHAIN_TOP_WRITABLE, dry_run, &chain);
-        if (r != 0)
-                return r == EXIT_CANCELLED ? r : CHECK_EXIT_ERROR;
-
-        r = check_once(ctx, &chain, mode, true, progress_wanted(false), &result);
-        if (r == -EOPNOTSUPP) {
-                log_error("The format of '%s' does not support repairs", file);
-                ex = CHECK_EXIT_UNSUPPORTED;
-                goto finish;
-        }
-        if (r != 0) {
-                ex = r == EXIT_CANCELLED ? r : CHECK_EXIT_ERROR;
-                goto finish;
-        }
-        report_from(&result, &rep);
-        now = rep;
-        if (!dry_run && (rep.n.corruptions_fixed || rep.n.leaks_fixed)) {
-                r = check_once(ctx, &chain, CHECK_ONLY, false, progress_wanted(false), &after);
-                if (r != 0) {
-                        ex = r == EXIT_CANCELLED ? r : CHECK_EXIT_ERROR;
-                        goto finish;
-                }
-                report_from(&after, &now);
-        }
-
-        if (!arg_quiet) {
-                report_messages(&rep, stdout);
-                repair_print_summary(&rep.n, &now.n, dry_run);
-        }
-        ex = check_exit_code(&now.n);
 
 finish:
         chain_done(ctx, &chain);

@@ -58,7 +58,7 @@ static const Command commands[] = {
         { "merge",    cmd_merge },
         { "monitor",  cmd_monitor },
         { "rebase",   .run_request = cmd_rebase },
-        { "repair",   .run_request = cmd_repair },
+        { "repair",   .run_request = cmd_check },
         { "resize",   .run_request = cmd_resize },
         { "snapshot", .run_request = cmd_snapshot },
         { "status",   cmd_status },

@@ -360,7 +360,6 @@ int cmd_status(Ctx *ctx, int argc, char **argv);
 int cmd_monitor(Ctx *ctx, int argc, char **argv);
 int cmd_info(Ctx *ctx, Request *req);
 int cmd_check(Ctx *ctx, Request *req);
-int cmd_repair(Ctx *ctx, Request *req);
 int cmd_create(Ctx *ctx, Request *req);
 int cmd_convert(Ctx *ctx, Request *req);
 int cmd_merge(Ctx *ctx, int argc, char **argv);

@@ -697,6 +697,8 @@ int front_parse(FrontVerbId verb, int argc, char **argv, Request *req) {
         req->max_length = UINT64_MAX;
         if (verb == VERB_CREATE)
                 req->format = "raw";
+        if (verb == VERB_REPAIR)
+                req->check_mode = CHECK_REPAIR_ALL;   /* --dry-run: CHECK_DRY_RUN */
         if (verb == VERB_DD || verb == VERB_MEASURE)
                 req->out_format = "raw";
         if (verb == VERB_CONVERT) {
