@@ -40,27 +40,27 @@ FrontDialect front_dialect = {
 
 typedef struct Command {
         const char *name;
-        int (*run)(Ctx *ctx, int argc, char **argv);   /* vdiskctl's own verbs parse their arguments */
-        int (*run_request)(Ctx *ctx, Request *req);    /* the verbs vdisk-img shares: shared/front.c */
+        int (*run_request)(Ctx *ctx, Request *req);    /* parsed in shared/front.c */
+        int (*run)(Ctx *ctx, int argc, char **argv);   /* merge parses its own arguments */
 } Command;
 
 static const Command commands[] = {
         { "cancel",   cmd_cancel },
-        { "check",    .run_request = cmd_check },
-        { "commit",   .run_request = cmd_commit },
-        { "compact",  .run_request = cmd_compact },
-        { "compare",  .run_request = cmd_compare },
-        { "convert",  .run_request = cmd_convert },
-        { "copy",     .run_request = cmd_convert },
-        { "create",   .run_request = cmd_create },
-        { "info",     .run_request = cmd_info },
+        { "check",    cmd_check },
+        { "commit",   cmd_commit },
+        { "compact",  cmd_compact },
+        { "compare",  cmd_compare },
+        { "convert",  cmd_convert },
+        { "copy",     cmd_convert },
+        { "create",   cmd_create },
+        { "info",     cmd_info },
         { "list",     cmd_list },
-        { "merge",    cmd_merge },
+        { "merge",    .run = cmd_merge },
         { "monitor",  cmd_monitor },
-        { "rebase",   .run_request = cmd_rebase },
-        { "repair",   .run_request = cmd_check },
-        { "resize",   .run_request = cmd_resize },
-        { "snapshot", .run_request = cmd_snapshot },
+        { "rebase",   cmd_rebase },
+        { "repair",   cmd_check },
+        { "resize",   cmd_resize },
+        { "snapshot", cmd_snapshot },
         { "status",   cmd_status },
 };
 

@@ -355,9 +355,9 @@ int op_run(Ctx *ctx, sd_bus_message *m, bool progress, const char *what, OpWatch
 
 /* ---- commands */
 
-int cmd_list(Ctx *ctx, int argc, char **argv);
-int cmd_status(Ctx *ctx, int argc, char **argv);
-int cmd_monitor(Ctx *ctx, int argc, char **argv);
+int cmd_list(Ctx *ctx, Request *req);
+int cmd_status(Ctx *ctx, Request *req);
+int cmd_monitor(Ctx *ctx, Request *req);
 int cmd_info(Ctx *ctx, Request *req);
 int cmd_check(Ctx *ctx, Request *req);
 int cmd_create(Ctx *ctx, Request *req);
@@ -369,7 +369,7 @@ int cmd_rebase(Ctx *ctx, Request *req);    /* vdiskctl-rebase.c */
 int cmd_resize(Ctx *ctx, Request *req);
 int cmd_compare(Ctx *ctx, Request *req);   /* vdiskctl-image.c */
 int cmd_snapshot(Ctx *ctx, Request *req);  /* vdiskctl-image.c */
-int cmd_cancel(Ctx *ctx, int argc, char **argv);
+int cmd_cancel(Ctx *ctx, Request *req);
 
 void print_help(void);
 

@@ -264,6 +264,11 @@ static const FrontVerb verbs[_VERB_MAX] = {
         [VERB_COMMENT] = {
                 "comment", OPT(f) | OPT(FILENAME) | OPT(FORMAT) | OPT(CLEAR), 0, NULL, NULL,
         },
+        /* vdiskctl's service commands check their own arguments */
+        [VERB_LIST] = { "list", 0, OPT(OUTPUT), NULL, NULL },
+        [VERB_STATUS] = { "status", 0, OPT(OUTPUT), NULL, NULL },
+        [VERB_MONITOR] = { "monitor", 0, OPT(OUTPUT), NULL, NULL },
+        [VERB_CANCEL] = { "cancel", 0, 0, NULL, NULL },
 };
 
 int front_verb_find(const char *name, FrontVerbId *ret) {
@@ -511,6 +516,7 @@ static int handle_option(Request *req, int c, const char *arg, const char *as_gi
                 break;
         case ARG_FORCE:
                 break;
+
         case ARG_START_OFFSET:
         case ARG_MAX_LENGTH:
                 if (parse_size(arg, c == ARG_START_OFFSET ? &req->start_offset : &req->max_length) < 0) {
@@ -608,6 +614,10 @@ int front_check_files(Request *req) {
         case VERB_MEASURE:
         case VERB_AMEND:
         case VERB_BITMAP:
+        case VERB_LIST:
+        case VERB_STATUS:
+        case VERB_MONITOR:
+        case VERB_CANCEL:
                 return -1;
         default:
                 return req->n_args == 1 ? -1 : files_error(req);

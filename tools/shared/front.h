@@ -130,6 +130,11 @@ typedef enum FrontVerbId {
         VERB_REBASE,
         VERB_SETUUID,
         VERB_COMMENT,
+        /* vdiskctl's own */
+        VERB_LIST,
+        VERB_STATUS,
+        VERB_MONITOR,
+        VERB_CANCEL,
         _VERB_MAX,
 } FrontVerbId;
 
