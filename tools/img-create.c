@@ -415,10 +415,8 @@ int cmd_convert(Request *req) {
          * flushed once. Default: large writes go direct, or through the page
          * cache with early writeback where the output format appends its
          * blocks (the faster path there); none, directsync: always direct. */
-        bool unsafe = streq_ptr(req->cache, "unsafe"),
-             cached = unsafe || streq_ptr(req->cache, "writeback") || streq_ptr(req->cache, "writethrough"),
-             direct_only = streq_ptr(req->cache, "none") || streq_ptr(req->cache, "off") ||
-                           streq_ptr(req->cache, "directsync");
+        bool unsafe = streq_ptr(req->cache, "unsafe"), direct = cache_mode_direct(req->cache),
+             direct_only = cache_mode_direct_only(req->cache);
         uint64_t sparse = req->sparse, new_size = 0;
         ProgressBar bar = {};
         Img src = {}, existing = {}, parent = {};
@@ -586,7 +584,7 @@ int cmd_convert(Request *req) {
 
         vdisk_clear_error();
         r = vdisk_io_open_path(out, VDISK_PATH_WRITE | VDISK_PATH_CREATE | VDISK_PATH_TRUNC |
-                               (unsafe ? VDISK_PATH_NOSYNC : 0) | (cached ? 0 : VDISK_PATH_DIRECT) |
+                               (unsafe ? VDISK_PATH_NOSYNC : 0) | (direct ? VDISK_PATH_DIRECT : 0) |
                                        (direct_only ? VDISK_PATH_DIRECT_ONLY : 0),
                                &out_io);
         if (r < 0) {
