@@ -32,6 +32,7 @@ typedef struct InfoEntry {
         uint32_t version;
         bool have_version;
         vdisk_snapshot *snaps;    /* internal snapshots (qcow2), oldest first */
+        InfoSnapshot *snaps_view;
         size_t n_snaps;
         char **fmt_kv;            /* qemu's "Format specific information" (qcow2), key/value pairs */
 } InfoEntry;
@@ -40,7 +41,22 @@ static void info_entry_done(InfoEntry *e) {
         free(e->backing);
         free(e->full_backing);
         vdisk_snapshots_free(e->snaps, e->n_snaps);
+        free(e->snaps_view);
         vdisk_strv_free(e->fmt_kv);
+}
+
+/* libvdisk's snapshots as the shared printers take them (the strings
+ * borrowed); NULL when there are none, or out of memory. */
+static InfoSnapshot *snapshots_view(const vdisk_snapshot *v, size_t n) {
+        InfoSnapshot *l = n > 0 ? calloc(n, sizeof(*l)) : NULL;
+
+        for (size_t i = 0; l && i < n; i++)
+                l[i] = (InfoSnapshot) {
+                        .id = v[i].id, .name = v[i].name, .vm_state_size = v[i].vm_state_size,
+                        .date_sec = v[i].date_sec, .date_nsec = v[i].date_nsec,
+                        .vm_clock_nsec = v[i].vm_clock_nsec, .icount = v[i].icount,
+                };
+        return l;
 }
 
 /* The formats whose format information is qemu-img's own (keys, order and
@@ -91,6 +107,9 @@ static int info_collect(Img *img, unsigned index, const char *name, InfoEntry *r
         e.have_version = vdisk_image_get_version(image, &e.version) >= 0;
         if (vdisk_image_list_snapshots(image, &e.snaps, &e.n_snaps) < 0)
                 e.snaps = NULL, e.n_snaps = 0;   /* a damaged table hides the list, not the image */
+        e.snaps_view = snapshots_view(e.snaps, e.n_snaps);
+        if (e.n_snaps > 0 && !e.snaps_view)
+                goto oom;
         if (info_fmt_is_qemus(e.format) && vdisk_image_get_format_info(image, &e.fmt_kv) < 0)
                 e.fmt_kv = NULL;
 
@@ -122,39 +141,6 @@ oom:
         return -ENOMEM;
 }
 
-static void info_snapshots_json(Json *w, const void *data) {
-        const InfoEntry *e = data;
-
-        if (e->n_snaps == 0)
-                return;
-        json_array_open(w, "snapshots");
-        for (size_t i = 0; i < e->n_snaps; i++) {
-                const vdisk_snapshot *sn = &e->snaps[i];
-
-                json_object_open(w, NULL);
-                if (sn->icount != VDISK_SNAPSHOT_NO_ICOUNT)
-                        json_uint(w, "icount", sn->icount);
-                json_uint(w, "vm-state-size", sn->vm_state_size);
-                json_int(w, "date-sec", sn->date_sec);
-                json_uint(w, "date-nsec", sn->date_nsec);
-                json_uint(w, "vm-clock-nsec", sn->vm_clock_nsec % 1000000000);
-                json_string(w, "name", sn->name);
-                json_uint(w, "vm-clock-sec", sn->vm_clock_nsec / 1000000000);
-                json_string(w, "id", sn->id);
-                json_object_close(w);
-        }
-        json_array_close(w);
-}
-
-static void info_snapshots_human(const void *data) {
-        const InfoEntry *e = data;
-
-        if (e->n_snaps > 0) {
-                printf("Snapshot list:\n");
-                print_snapshot_table(e->snaps, e->n_snaps);
-        }
-}
-
 /* The entry as the shared printers take it (shared/info.c). */
 static InfoView info_view(const InfoEntry *e) {
         return (InfoView) {
@@ -178,18 +164,9 @@ static InfoView info_view(const InfoEntry *e) {
                 .have_version = e->have_version,
                 .version = e->version,
                 .fmt_kv = e->fmt_kv,
-                .snapshots_human = info_snapshots_human,
-                .snapshots_json = info_snapshots_json,
-                .snapshots = e,
+                .snapshots = e->snaps_view,
+                .n_snapshots = e->n_snaps,
         };
-}
-
-/* qemu-img's snapshot table (info and snapshot -l), without its title. */
-void print_snapshot_table(const vdisk_snapshot *v, size_t n) {
-        snapshot_table_header();
-        for (size_t i = 0; i < n; i++)
-                snapshot_table_row(v[i].id, v[i].name, v[i].vm_state_size, v[i].date_sec, v[i].vm_clock_nsec,
-                                   v[i].icount);
 }
 
 int cmd_info(Request *req) {
@@ -712,10 +689,11 @@ static int snapshot_change(const char *filename, const char *fmt, char action, c
 int cmd_snapshot(Request *req) {
         const char *fmt = req->format, *filename = req->files[0], *arg = req->action_arg;
         vdisk_snapshot *v = NULL;
+        _cleanup_free_ InfoSnapshot *view = NULL;
         size_t n = 0;
         Img img = {};
         char action = req->action;
-        int r;
+        int r, ex = EXIT_OK;
 
         if (action && action != 'l') {
                 /* Formats without internal snapshots: qemu-img's refusal. */
@@ -737,10 +715,12 @@ int cmd_snapshot(Request *req) {
                 log_error("Could not list the snapshots of '%s': %s", filename, error_detail(r));
                 return img_close_exit(&img, EXIT_ERROR);
         }
-        if (n > 0 && !req->quiet) {
-                printf("Snapshot list:\n");
-                print_snapshot_table(v, n);
-        }
+        view = snapshots_view(v, n);
+        if (n > 0 && !view) {
+                log_error("Out of memory");
+                ex = EXIT_ERROR;
+        } else if (!req->quiet)
+                snapshot_list_print(view, n);
         vdisk_snapshots_free(v, n);
-        return img_close_exit(&img, EXIT_OK);
+        return img_close_exit(&img, ex);
 }

@@ -146,7 +146,6 @@ int convert_bitmaps_copy(vdisk_image *src, vdisk_image *dst, bool skip_broken);
 int cmd_dd(Request *req);
 
 /* qemu-img's table of internal snapshots (the lines after "Snapshot list:"). */
-void print_snapshot_table(const vdisk_snapshot *v, size_t n);
 
 /* Prints the full help text (used by --help and "COMMAND --help"). */
 void print_help(void);

@@ -62,52 +62,25 @@ static int snapshots_get(Ctx *ctx, const char *image, const char *file, Value *r
         return EXIT_OK;
 }
 
-/* qemu-img's snapshot table (info, snapshot -l) without its title. */
-static void snapshots_table(const Value *list) {
-        snapshot_table_header();
-        for (size_t i = 0; i < list->c.n; i++) {
+/* The list as the shared printers take it (the strings borrowed), leaving
+ * out malformed entries; NULL when out of memory. */
+static InfoSnapshot *snapshots_view(const Value *list, size_t *ret_n) {
+        InfoSnapshot *l = calloc(list->c.n ?: 1, sizeof(*l));
+        size_t n = 0;
+
+        for (size_t i = 0; l && i < list->c.n; i++) {
                 const Value *f = snapshot_fields(&list->c.items[i]);
 
                 if (f)
-                        snapshot_table_row(f[0].s, f[1].s, f[2].u, (int64_t) (f[3].u / 1000000), f[4].u, f[6].u);
+                        l[n++] = (InfoSnapshot) {
+                                .id = f[0].s, .name = f[1].s, .vm_state_size = f[2].u,
+                                .date_sec = (int64_t) (f[3].u / 1000000),
+                                .date_nsec = (uint32_t) (f[3].u % 1000000 * 1000),
+                                .vm_clock_nsec = f[4].u, .icount = f[6].u,
+                        };
         }
-}
-
-/* info's snapshots (InfoView.snapshots_human/json): data is the list. */
-static void info_snapshots_human(const void *data) {
-        const Value *list = data;
-
-        if (list->c.n > 0) {
-                printf("Snapshot list:\n");
-                snapshots_table(list);
-        }
-}
-
-static void info_snapshots_json(Json *j, const void *data) {
-        const Value *list = data;
-
-        if (list->c.n == 0)
-                return;
-        /* vdisk-img's keys, in its (qemu-img's) order */
-        json_array_open(j, "snapshots");
-        for (size_t i = 0; i < list->c.n; i++) {
-                const Value *f = snapshot_fields(&list->c.items[i]);
-
-                if (!f)
-                        continue;
-                json_object_open(j, NULL);
-                if (f[6].u != UINT64_MAX)
-                        json_uint(j, "icount", f[6].u);
-                json_uint(j, "vm-state-size", f[2].u);
-                json_int(j, "date-sec", (int64_t) (f[3].u / 1000000));
-                json_uint(j, "date-nsec", f[3].u % 1000000 * 1000);
-                json_uint(j, "vm-clock-nsec", f[4].u % 1000000000);
-                json_string(j, "name", f[1].s);
-                json_uint(j, "vm-clock-sec", f[4].u / 1000000000);
-                json_string(j, "id", f[0].s);
-                json_object_close(j);
-        }
-        json_array_close(j);
+        *ret_n = n;
+        return l;
 }
 
 /* ---------------------------------------------------------------- info */
@@ -117,6 +90,8 @@ typedef struct InfoEntry {
         const ChainElem *parent;       /* the element below, when opened */
         Value props;                   /* Image properties; empty when only probed */
         Value snapshots;               /* its Snapshots, with the properties */
+        InfoSnapshot *snaps_view;
+        size_t n_snaps;
         bool have_props;
 } InfoEntry;
 
@@ -191,9 +166,8 @@ static InfoView info_view(Ctx *ctx, const InfoEntry *e, char **full) {
         if (e->have_props) {
                 v.have_pchs = value_geometry(&e->props, "PCHSGeometry", v.pchs);
                 v.have_lchs = value_geometry(&e->props, "LCHSGeometry", v.lchs);
-                v.snapshots_human = info_snapshots_human;
-                v.snapshots_json = info_snapshots_json;
-                v.snapshots = &e->snapshots;
+                v.snapshots = e->snaps_view;
+                v.n_snapshots = e->n_snaps;
         }
         return v;
 }
@@ -269,6 +243,11 @@ int cmd_info(Ctx *ctx, Request *req) {
                                 ex = r;
                                 goto finish;
                         }
+                        e->snaps_view = snapshots_view(&e->snapshots, &e->n_snaps);
+                        if (!e->snaps_view) {
+                                ex = log_oom();
+                                goto finish;
+                        }
                         e->have_props = true;
                 }
                 if (!backing_chain)
@@ -305,6 +284,7 @@ finish:
         for (unsigned i = 0; i < n_entries; i++) {
                 value_clear(&entries[i].props);
                 value_clear(&entries[i].snapshots);
+                free(entries[i].snaps_view);
         }
         chain_done(ctx, &chain);
         return ex;
@@ -528,15 +508,18 @@ finish:
 /* -l: the top image's Snapshots, as vdisk-img's snapshot -l. */
 static int snapshot_list(Ctx *ctx, const char *image, const char *file, bool quiet) {
         _cleanup_value_ Value list = {};
+        _cleanup_free_ InfoSnapshot *view = NULL;
+        size_t n;
         int r;
 
         r = snapshots_get(ctx, image, file, &list);
         if (r != EXIT_OK)
                 return r;
-        if (list.c.n == 0 || quiet)
-                return EXIT_OK;
-        printf("Snapshot list:\n");
-        snapshots_table(&list);
+        view = snapshots_view(&list, &n);
+        if (!view)
+                return log_oom();
+        if (!quiet)
+                snapshot_list_print(view, n);
         return EXIT_OK;
 }
 
