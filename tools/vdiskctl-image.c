@@ -366,7 +366,7 @@ static int check_once(Ctx *ctx, Chain *c, CheckMode mode, bool direct, bool prog
                                                                             : "unknown error");
                         r = EXIT_FAILURE;
                 } else
-                        r = op_log_failure(&w, c->elems[c->n - 1].path, r);
+                        r = op_finish(&w, c->elems[c->n - 1].path, r);
                 op_watch_done(&w);
                 return r;
         }
@@ -483,7 +483,7 @@ int cmd_compare(Ctx *ctx, Request *req) {
                 ex = r;
         else if (r < 0)
                 /* cancelled, or a read failed (vdisk-img: 3 or 4) */
-                ex = r == -EIO ? (op_log_failure(&w, req->files[1], r), 4) : op_log_failure(&w, req->files[1], r);
+                ex = r == -EIO ? (op_finish(&w, req->files[1], r), 4) : op_finish(&w, req->files[1], r);
         else {
                 const char *d = value_str(&w.st.result, "difference", "content");
                 CompareVerdict v = value_bool(&w.st.result, "equal", false) ? VERDICT_EQUAL :

@@ -387,15 +387,18 @@ static int companions_append(Ctx *ctx, sd_bus_message *m, Companions *c, unsigne
         return r;
 }
 
-/* ---------------------------------------------------------------- helpers */
+/* Ends the options of a call that writes a new image (create, convert) with
+ * its companions, and runs it. Returns the exit code (logged). */
+static int run_creating(Ctx *ctx, sd_bus_message *m, Companions *c, unsigned used, bool progress,
+                        const char *what, OpWatch *w) {
+        int r = companions_append(ctx, m, c, used, what);
 
-/* The exit code of a finished op_run(); logs what failed. */
-static int op_finish(OpWatch *w, const char *what, int r) {
-        if (r > 0)
+        if (r != 0)
                 return r;
+        r = bus_options_close(m);
         if (r < 0)
-                return op_log_failure(w, what, r);
-        return EXIT_OK;
+                return log_build_failed(NULL, r);
+        return op_finish(w, what, op_run(ctx, m, progress, what, w));
 }
 
 /* ---------------------------------------------------------------- create */
@@ -544,18 +547,7 @@ int cmd_create(Ctx *ctx, Request *req) {
                 ex = log_build_failed(NULL, r);
                 goto finish;
         }
-        r = companions_append(ctx, m, &comp, 1, file);
-        if (r != 0) {
-                ex = r;
-                goto finish;
-        }
-        r = bus_options_close(m);
-        if (r < 0) {
-                ex = log_build_failed(NULL, r);
-                goto finish;
-        }
-        r = op_run(ctx, m, progress_wanted(false), file, &w);
-        ex = op_finish(&w, file, r);
+        ex = run_creating(ctx, m, &comp, 1, progress_wanted(false), file, &w);
 
 finish:
         op_watch_done(&w);
@@ -733,18 +725,7 @@ int cmd_convert(Ctx *ctx, Request *req) {
                 ex = log_build_failed(NULL, r);
                 goto finish;
         }
-        r = companions_append(ctx, m, &comp, 1 + (direct_fd >= 0), out_name);
-        if (r != 0) {
-                ex = r;
-                goto finish;
-        }
-        r = bus_options_close(m);
-        if (r < 0) {
-                ex = log_build_failed(NULL, r);
-                goto finish;
-        }
-        r = op_run(ctx, m, progress_wanted(progress), out_name, &w);
-        ex = op_finish(&w, out_name, r);
+        ex = run_creating(ctx, m, &comp, 1 + (direct_fd >= 0), progress_wanted(progress), out_name, &w);
 
 finish:
         op_watch_done(&w);

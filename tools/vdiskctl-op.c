@@ -396,11 +396,13 @@ static int op_follow(OpWatch *w, const char *path) {
         return -EIO;
 }
 
-int op_log_failure(OpWatch *w, const char *what, int r) {
+int op_finish(OpWatch *w, const char *what, int r) {
         _cleanup_bus_error_ sd_bus_error error = SD_BUS_ERROR_NULL;
         const char *name = w->st.error_name && *w->st.error_name ? w->st.error_name : NULL;
         const char *msg = w->st.error_message && *w->st.error_message ? w->st.error_message : NULL;
 
+        if (r >= 0)
+                return r;
         if (r == -ECANCELED) {
                 if (msg)
                         log_error("%s: cancelled (%s)", what, msg);

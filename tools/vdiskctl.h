@@ -340,16 +340,16 @@ typedef struct OpWatch {
 } OpWatch;
 
 void op_watch_done(OpWatch *w);
-/* Reports an operation that did not succeed: "vdiskctl: WHAT: message".
- * Returns the exit code. */
-int op_log_failure(OpWatch *w, const char *what, int r);
+/* The exit code of op_run()'s result r: r itself when >= 0; an operation
+ * that did not succeed is reported ("vdiskctl: WHAT: message"). */
+int op_finish(OpWatch *w, const char *what, int r);
 /* Whether to show a progress bar: forced by -p, else when stderr is a tty
  * (never with -q). */
 bool progress_wanted(bool forced);
 /* Sends m (a method that returns an Operation path) and follows the
  * operation. Returns 0 on success, a positive exit code when it could not be
  * started or followed (logged), or -EIO (failed), -ECANCELED (cancelled),
- * -EINTR (stopped waiting) without logging: see op_log_failure(). The caller
+ * -EINTR (stopped waiting) without logging: see op_finish(). The caller
  * calls op_watch_done(w) in every case. */
 int op_run(Ctx *ctx, sd_bus_message *m, bool progress, const char *what, OpWatch *w);
 
