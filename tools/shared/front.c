@@ -18,6 +18,10 @@
 int common_option(int c, const char *arg, int *ret_exit);
 void print_help(void);
 
+static bool is_img(void) {
+        return front_dialect.tool == FRONT_IMG;
+}
+
 char **arg_parent_dirs = NULL;
 static size_t n_parent_dirs = 0;
 
@@ -272,7 +276,7 @@ static const FrontVerb verbs[_VERB_MAX] = {
 };
 
 int front_verb_find(const char *name, FrontVerbId *ret) {
-        if (streq(name, "copy")) {
+        if (streq(name, "copy") && !is_img()) {
                 *ret = VERB_CONVERT;
                 return 0;
         }
@@ -313,10 +317,6 @@ bool cache_mode_direct(const char *mode) {
 
 bool cache_mode_direct_only(const char *mode) {
         return streq_ptr(mode, "none") || streq_ptr(mode, "off") || streq_ptr(mode, "directsync");
-}
-
-static bool is_img(void) {
-        return front_dialect.tool == FRONT_IMG;
 }
 
 /* A bad option value: vdisk-img logs it and fails (qemu-img prints no

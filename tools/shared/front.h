@@ -200,7 +200,7 @@ typedef struct Request {
         bool clear;                   /* comment --clear */
 } Request;
 
-/* The verb named `name` ("copy" is convert) or -ENOENT. */
+/* The verb named `name` (vdiskctl's "copy" is convert) or -ENOENT. */
 int front_verb_find(const char *name, FrontVerbId *ret);
 
 /* Parses a shared verb's options and file names (argv[0] is the program
