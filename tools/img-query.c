@@ -321,8 +321,7 @@ int cmd_map(Request *req) {
         uint64_t start = req->start_offset, max_length = req->max_length, end, off, size;
         MapEntry cur = {};
         bool have_cur = false, first = true, zero_base;
-        _cleanup_free_ int *fds = NULL;
-        unsigned n, n_fds = 0;
+        unsigned n;
         Img img = {};
         int r, ex = EXIT_ERROR;
 
@@ -333,14 +332,6 @@ int cmd_map(Request *req) {
         n = vdisk_disk_count(img.disk);
         size = vdisk_disk_size(img.disk);
         zero_base = base_defines_zeros(&img);
-        fds = malloc(n * sizeof(int));
-        if (!fds) {
-                log_error("Out of memory");
-                goto finish;
-        }
-        for (unsigned i = 0; i < n; i++)
-                fds[i] = -1;
-        n_fds = n;
         end = start + MIN(max_length, UINT64_MAX - start);
         end = MIN(end, size);
 
@@ -401,27 +392,13 @@ int cmd_map(Request *req) {
                         e.filename = ext.file;
                 if (e.data && e.has_offset && !e.zero &&
                     image_preallocated(img_at_depth(&img, (unsigned) e.depth))) {
-                        unsigned depth = (unsigned) e.depth;
-                        uint64_t l;
+                        /* the image's file, or the companion file holding the data */
+                        _cleanup_close_ int fd =
+                                open(ext.file ?: vdisk_image_name(img_at_depth(&img, (unsigned) e.depth)),
+                                     O_RDONLY | O_CLOEXEC | O_NOCTTY);
                         bool z = false;
-                        int fd;
+                        uint64_t l = map_file_zero(fd, e.offset, e.length, &z);
 
-                        if (fds[depth] == -1) {
-                                const char *name = vdisk_image_name(img_at_depth(&img, depth));
-                                fds[depth] = open(name, O_RDONLY | O_CLOEXEC | O_NOCTTY);
-                                if (fds[depth] < 0)
-                                        fds[depth] = -2;
-                        }
-                        fd = fds[depth];
-                        if (!streq(e.filename, vdisk_image_name(img_at_depth(&img, depth)))) {
-                                /* a companion: opened for this look only */
-                                fd = open(e.filename, O_RDONLY | O_CLOEXEC | O_NOCTTY);
-                                if (fd < 0)
-                                        fd = -2;
-                        }
-                        l = map_file_zero(fd, e.offset, e.length, &z);
-                        if (fd >= 0 && fd != fds[depth])
-                                close(fd);
                         if (l > 0) {
                                 e.length = l;
                                 e.zero = z;
@@ -461,9 +438,6 @@ done:
                 printf("]\n");
         ex = EXIT_OK;
 finish:
-        for (unsigned i = 0; i < n_fds; i++)
-                if (fds[i] >= 0)
-                        close(fds[i]);
         return img_close_exit(&img, ex);
 }
 
