@@ -318,13 +318,11 @@ int chain_image_paths(Ctx *ctx, Chain *c, char ***ret);
 
 typedef struct OpState {
         char *path;
-        char *kind, *state, *error_name, *error_message;
+        char *state, *error_name, *error_message;
         double progress;
         uint64_t bytes_done, bytes_total, rate, expected_end;
-        bool cancelable;
         Value result;           /* the Result dictionary */
         bool ended;             /* Completed seen, or a terminal State */
-        bool waited;            /* the Wait call returned */
         bool cancel_sent;
 } OpState;
 
