@@ -675,7 +675,6 @@ int cmd_measure(Request *req) {
         const char *fmt = req->format, *out_fmt = req->out_format, *snapshot = req->snapshot,
                    *filename = req->files[0], *size_arg = req->size_arg;
         OptList *opts = &req->opts;
-        _cleanup_free_ char **lib_opts = NULL;
         const vdisk_backend_info *out_info;
         OutputFormat output = req->output;
         vdisk_measure_info mi = {};
@@ -719,18 +718,9 @@ int cmd_measure(Request *req) {
                 if (r < 0)
                         return EXIT_ERROR;
         }
-        /* backing_file counts: a diff's clusters are all counted */
-        lib_opts = calloc(2 * opts->n + 1, sizeof(char *));
-        if (!lib_opts) {
-                log_error("Out of memory");
-                goto finish;
-        }
-        for (size_t i = 0; i < opts->n; i++) {
-                lib_opts[2 * i] = opts->kv[2 * i];
-                lib_opts[2 * i + 1] = opts->kv[2 * i + 1];
-        }
+        /* every -o pair, backing_file too: a diff's clusters are all counted */
         vdisk_clear_error();
-        r = vdisk_measure(out_info->name, (const char *const *) lib_opts, size, src.disk, &mi);
+        r = vdisk_measure(out_info->name, (const char *const *) opts->kv, size, src.disk, &mi);
         if (r < 0) {
                 log_error("%s", error_detail(r));
                 goto finish;
