@@ -171,12 +171,11 @@ static InfoView info_view(const InfoEntry *e) {
 
 int cmd_info(Request *req) {
         const char *fmt = req->format, *filename = req->files[0];
-        _cleanup_free_ char *child_full_backing = NULL;
-        OutputFormat output = req->output;
         bool backing_chain = req->backing_chain;
-        Json w;
+        _cleanup_free_ InfoEntry *entries = NULL;
+        _cleanup_free_ InfoView *views = NULL;
         Img img = {};
-        unsigned n;
+        unsigned n, count = 0;
         int r, ex = EXIT_ERROR;
 
         if (backing_chain)
@@ -192,41 +191,27 @@ int cmd_info(Request *req) {
                 return EXIT_ERROR;
 
         n = vdisk_disk_count(img.disk);
-        json_begin(&w, stdout, true);
-        if (backing_chain && output == OUTPUT_JSON)
-                json_array_open(&w, NULL);
-
-        for (unsigned i = n; i-- > 0;) {
-                InfoEntry e;
-
-                /* qemu-img names a parent as its child names it (the child's
-                 * full-backing-filename), not as the resolver opened it. */
-                r = info_collect(&img, i, child_full_backing, &e);
+        entries = calloc(n, sizeof(*entries));
+        views = calloc(n, sizeof(*views));
+        if (!entries || !views) {
+                log_error("Out of memory");
+                goto finish;
+        }
+        /* Top first. qemu-img names a parent as its child names it (the
+         * child's full-backing-filename), not as the resolver opened it. */
+        for (unsigned i = n; i-- > 0 && (count == 0 || backing_chain);) {
+                r = info_collect(&img, i, count > 0 ? entries[count - 1].full_backing : NULL, &entries[count]);
                 if (r < 0)
                         goto finish;
-                InfoView v = info_view(&e);
-
-                if (output == OUTPUT_JSON)
-                        info_print_json(&w, &v);
-                else {
-                        if (i != n - 1)
-                                putchar('\n');
-                        info_print_human(&v);
-                }
-                free(child_full_backing);
-                child_full_backing = e.full_backing ? strdup(e.full_backing) : NULL;
-                info_entry_done(&e);
-                if (!backing_chain)
-                        break;
+                views[count] = info_view(&entries[count]);
+                count++;
         }
-        if (output == OUTPUT_JSON) {
-                if (backing_chain)
-                        json_array_close(&w);
-                json_end(&w);
-        }
+        info_print(views, count, req->output, backing_chain);
         ex = EXIT_OK;
 
 finish:
+        for (unsigned i = 0; i < count; i++)
+                info_entry_done(&entries[i]);
         return img_close_exit(&img, ex);
 }
 

@@ -177,6 +177,8 @@ int cmd_info(Ctx *ctx, Request *req) {
         bool backing_chain = req->backing_chain, opened = false;
         _cleanup_(strv_freep) char **images = NULL;
         InfoEntry entries[CHAIN_MAX] = {};
+        InfoView views[CHAIN_MAX];
+        char *full_backing[CHAIN_MAX] = {};   /* the views' */
         Chain chain = {};
         unsigned n_entries = 0, n_images = 0;
         int r, ex = EXIT_FAILURE;
@@ -254,30 +256,9 @@ int cmd_info(Ctx *ctx, Request *req) {
                         break;
         }
 
-        if (arg_output == OUTPUT_JSON) {
-                Json j;
-
-                json_begin(&j, stdout, true);
-                if (backing_chain)
-                        json_array_open(&j, NULL);
-                for (unsigned i = 0; i < n_entries; i++) {
-                        _cleanup_free_ char *full = NULL;
-                        InfoView v = info_view(ctx, &entries[i], &full);
-
-                        info_print_json(&j, &v);
-                }
-                if (backing_chain)
-                        json_array_close(&j);
-                json_end(&j);
-        } else
-                for (unsigned i = 0; i < n_entries; i++) {
-                        _cleanup_free_ char *full = NULL;
-                        InfoView v = info_view(ctx, &entries[i], &full);
-
-                        if (i > 0)
-                                putchar('\n');
-                        info_print_human(&v);
-                }
+        for (unsigned i = 0; i < n_entries; i++)
+                views[i] = info_view(ctx, &entries[i], &full_backing[i]);
+        info_print(views, n_entries, arg_output, backing_chain);
         ex = EXIT_OK;
 
 finish:
@@ -285,6 +266,7 @@ finish:
                 value_clear(&entries[i].props);
                 value_clear(&entries[i].snapshots);
                 free(entries[i].snaps_view);
+                free(full_backing[i]);
         }
         chain_done(ctx, &chain);
         return ex;

@@ -27,7 +27,7 @@ static const char *full_backing(const InfoView *v) {
         return v->full_backing ? v->full_backing : v->backing;
 }
 
-void info_print_human(const InfoView *v) {
+static void info_print_human(const InfoView *v) {
         char a[32], b[32];
 
         printf("image: %s\n", v->filename);
@@ -136,7 +136,7 @@ static void json_specific(Json *j, const InfoView *v) {
         json_object_close(j);
 }
 
-void info_print_json(Json *j, const InfoView *v) {
+static void info_print_json(Json *j, const InfoView *v) {
         /* qemu-img's keys, in its order */
         json_object_open(j, NULL);
         if (v->backing && v->backing_format)
@@ -175,6 +175,27 @@ void info_print_json(Json *j, const InfoView *v) {
         if (v->have_dirty)
                 json_bool(j, "dirty-flag", v->dirty);
         json_object_close(j);
+}
+
+void info_print(const InfoView *v, size_t n, OutputFormat output, bool chain) {
+        Json j;
+
+        if (output == OUTPUT_HUMAN) {
+                for (size_t i = 0; i < n; i++) {
+                        if (i > 0)
+                                putchar('\n');
+                        info_print_human(&v[i]);
+                }
+                return;
+        }
+        json_begin(&j, stdout, true);
+        if (chain)
+                json_array_open(&j, NULL);
+        for (size_t i = 0; i < n; i++)
+                info_print_json(&j, &v[i]);
+        if (chain)
+                json_array_close(&j);
+        json_end(&j);
 }
 
 void snapshot_list_print(const InfoSnapshot *l, size_t n) {

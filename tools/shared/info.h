@@ -7,6 +7,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "front.h"
 #include "json.h"
 
 /* An internal snapshot (qcow2), as info and snapshot -l show it. */
@@ -39,8 +40,9 @@ typedef struct InfoView {
         size_t n_snapshots;
 } InfoView;
 
-void info_print_human(const InfoView *v);
-void info_print_json(Json *j, const InfoView *v);
+/* info's output of n images (top first): with `chain` (--backing-chain),
+ * JSON is an array of them. */
+void info_print(const InfoView *v, size_t n, OutputFormat output, bool chain);
 
 /* qemu-img's "Snapshot list:" and its table (info, snapshot -l); nothing
  * when there are none. */
