@@ -246,7 +246,7 @@ static int companion_names(const char *backend, OptList *opts, const char *displ
         const char *sub = optlist_get(opts, "subformat");
         size_t n = 0, len;
         uint64_t count;
-        bool flat;
+        bool mono;
 
         *ret = NULL;
         if (strcasecmp(backend, "QCOW2") == 0 && optlist_get(opts, "data_file")) {
@@ -263,32 +263,21 @@ static int companion_names(const char *backend, OptList *opts, const char *displ
         if (strcasecmp(backend, "VMDK") != 0 || !sub ||
             (strncmp(sub, "twoGbMaxExtent", 14) != 0 && !streq(sub, "monolithicFlat")))
                 return 0;
-        flat = strstr(sub, "Flat") != NULL;
+        mono = streq(sub, "monolithicFlat");
         stem = strdup(display);
         if (!stem)
                 return -ENOMEM;
         len = strlen(stem);
         if (len > 5 && strcasecmp(stem + len - 5, ".vmdk") == 0)
                 stem[len - 5] = 0;
-        if (streq(sub, "monolithicFlat")) {
-                _cleanup_free_ char *name = NULL;
-
-                if (asprintf(&name, "%s-flat.vmdk", stem) < 0) {
-                        name = NULL;
-                        return -ENOMEM;
-                }
-                if (strv_push(&l, &n, name) < 0)
-                        return -ENOMEM;
-                *ret = TAKE_PTR(l);
-                return 0;
-        }
-        count = (ALIGN_UP(size, UINT64_C(512)) + VMDK_EXTENT_BYTES - 1) / VMDK_EXTENT_BYTES;
+        count = mono ? 1 : (ALIGN_UP(size, UINT64_C(512)) + VMDK_EXTENT_BYTES - 1) / VMDK_EXTENT_BYTES;
         if (count > 65536)
                 return -E2BIG;
         for (uint64_t i = 1; i <= count; i++) {
                 _cleanup_free_ char *name = NULL;
 
-                if (asprintf(&name, "%s-%c%03" PRIu64 ".vmdk", stem, flat ? 'f' : 's', i) < 0) {
+                if ((mono ? asprintf(&name, "%s-flat.vmdk", stem)
+                          : asprintf(&name, "%s-%c%03" PRIu64 ".vmdk", stem, strstr(sub, "Flat") ? 'f' : 's', i)) < 0) {
                         name = NULL;
                         return -ENOMEM;
                 }
