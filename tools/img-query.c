@@ -524,22 +524,12 @@ int cmd_check(Request *req) {
                         check_print_messages(pass->corruptions_fixed || pass->leaks_fixed ? &fixed : &rep, stdout);
                         repair_print_summary(pass, &now, dry_run);
                 }
+                ex = check_exit_code(&now);
         } else {
                 check_print_messages(&fixed, stderr);
                 check_print_messages(&rep, stderr);
-                if (!quiet) {
-                        CheckCounts shown = now;
-
-                        check_hide_stats(&shown, img.backend->qemu_name);
-                        if (req->output == OUTPUT_JSON)
-                                check_print_json(&shown, &was, filename, img.backend->qemu_name);
-                        else
-                                check_print_human(&shown, &was);
-                }
-                if (now.check_errors)
-                        log_error("Check failed");
+                ex = check_report(&now, &was, req->output, quiet, filename, img.backend->qemu_name);
         }
-        ex = check_exit_code(&now);
 
 finish:
         vdisk_check_report_clear(&rep);

@@ -415,17 +415,8 @@ int cmd_check(Ctx *ctx, Request *req) {
         if (have_fixed)
                 report_messages(&fixed, stderr);
         report_messages(&rep, stderr);
-        check_hide_stats(&rep.n, chain.elems[chain.n - 1].qemu_format);
-        if (!arg_quiet) {
-                if (arg_output == OUTPUT_JSON)
-                        check_print_json(&rep.n, have_fixed ? &fixed.n : NULL, file,
-                                         chain.elems[chain.n - 1].qemu_format);
-                else
-                        check_print_human(&rep.n, have_fixed ? &fixed.n : NULL);
-        }
-        if (rep.n.check_errors)
-                log_error("Check failed");
-        ex = check_exit_code(&rep.n);
+        ex = check_report(&rep.n, have_fixed ? &fixed.n : NULL, arg_output, arg_quiet, file,
+                          chain.elems[chain.n - 1].qemu_format);
 
 finish:
         chain_done(ctx, &chain);
