@@ -25,7 +25,7 @@ static bool is_img(void) {
 char **arg_parent_dirs = NULL;
 static size_t n_parent_dirs = 0;
 
-int parent_dirs_add(const char *dir) {
+static int parent_dirs_add(const char *dir) {
         char **l;
 
         l = realloc(arg_parent_dirs, (n_parent_dirs + 2) * sizeof(char *));
@@ -308,7 +308,8 @@ int front_parse_output(const char *s, OutputFormat *ret) {
         return 0;
 }
 
-bool cache_mode_valid(const char *mode) {
+/* Whether `mode` is a qemu cache mode name (-t / -T). */
+static bool cache_mode_valid(const char *mode) {
         static const char *const modes[] = {
                 "none", "off", "writeback", "writethrough", "directsync", "unsafe",
         };
