@@ -180,7 +180,7 @@ int cmd_info(Ctx *ctx, Request *req) {
         InfoView views[CHAIN_MAX];
         char *full_backing[CHAIN_MAX] = {};   /* the views' */
         Chain chain = {};
-        unsigned n_entries = 0, n_images = 0;
+        unsigned n_entries = 0;
         int r, ex = EXIT_FAILURE;
 
         /* The image itself: every failure here is an error. */
@@ -223,8 +223,6 @@ int cmd_info(Ctx *ctx, Request *req) {
                         log_error("%s: Could not list the images vdiskd opened: %s", file, strerror(-r));
                         goto finish;
                 }
-                while (images[n_images])
-                        n_images++;
         }
 
         for (unsigned i = chain.n; i-- > 0;) {
@@ -232,7 +230,7 @@ int cmd_info(Ctx *ctx, Request *req) {
 
                 e->elem = &chain.elems[i];
                 e->parent = i > 0 ? &chain.elems[i - 1] : NULL;
-                if (n_images == chain.n) {
+                if (images) {
                         _cleanup_bus_error_ sd_bus_error error = SD_BUS_ERROR_NULL;
 
                         r = bus_get_all(ctx, images[i], VDISK_IFACE_IMAGE, &error, &e->props);
@@ -318,8 +316,6 @@ static int check_once(Ctx *ctx, Chain *c, CheckMode mode, bool direct, bool prog
                 direct_fd = open_direct(c->elems[c->n - 1].fd);
         /* The image by its object path (Image.Check/Repair), not by index. */
         r = chain_image_paths(ctx, c, &images);
-        if (r >= 0 && (c->n == 0 || !images[0] || strv_length(images) != c->n))
-                r = -EBADMSG;
         if (r >= 0)
                 r = bus_new_call(ctx, images[c->n - 1], VDISK_IFACE_IMAGE, mode == CHECK_ONLY ? "Check" : "Repair",
                                  &m);
@@ -512,8 +508,6 @@ int cmd_snapshot(Ctx *ctx, Request *req) {
         if (ex != 0)
                 return ex;
         r = chain_image_paths(ctx, &chain, &images);
-        if (r >= 0 && strv_length(images) != chain.n)
-                r = -EBADMSG;
         if (r < 0) {
                 log_error("%s: Could not list the images vdiskd opened: %s", file, strerror(-r));
                 ex = EXIT_FAILURE;

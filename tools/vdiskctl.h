@@ -311,7 +311,8 @@ int chain_open(Ctx *ctx, const char *file, const char *format, unsigned flags, b
 /* Disk.Close of the disk opened (errors ignored) and closes the fds. */
 void chain_done(Ctx *ctx, Chain *c);
 /* The image object paths of the opened disk, base first (Disk.Images), as a
- * NULL-terminated list; -ENOENT when no disk is open. */
+ * NULL-terminated list of c->n; -ENOENT when no disk is open, -EBADMSG when
+ * vdiskd lists another number of images. */
 int chain_image_paths(Ctx *ctx, Chain *c, char ***ret);
 
 /* ---- operations (vdiskctl-op.c) */
