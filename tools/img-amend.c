@@ -24,14 +24,8 @@ static int print_amend_help(const vdisk_backend_info *info) {
         printf("Amend options for '%s':\n", info->qemu_name);
         for (size_t i = 0; qcow2_keys[i]; i++) {
                 const vdisk_option_desc *d = vdisk_backend_option(info, qcow2_keys[i]);
-                _cleanup_free_ char *left = NULL;
-                const char *type = !d ? "str" : d->type == VDISK_OPTION_SIZE ? "size" :
-                                   d->type == VDISK_OPTION_BOOL ? "bool (on/off)" :
-                                   d->type == VDISK_OPTION_NUMBER ? "num" : "str";
 
-                if (asprintf(&left, "%s=<%s>", qcow2_keys[i], type) < 0)
-                        return EXIT_ERROR;
-                printf("  %-22s - %s\n", left, d ? d->help : "");
+                print_option_help(qcow2_keys[i], d ? d->type : VDISK_OPTION_STRING, d ? d->help : "");
         }
         return EXIT_OK;
 }
@@ -40,30 +34,15 @@ static int print_amend_help(const vdisk_backend_info *info) {
  * the library ("Invalid parameter", or the format's refusal). */
 static int normalize_options(OptList *l, const vdisk_backend_info *info) {
         for (size_t i = 0; i < l->n; i++) {
-                const char *key = optlist_key(l, i), *value = optlist_value(l, i);
-                const vdisk_option_desc *d = vdisk_backend_option(info, key);
-                char *s;
+                const vdisk_option_desc *d = vdisk_backend_option(info, optlist_key(l, i));
+                int r = 0;
 
-                if (!d && !streq(key, "size"))
-                        continue;
-                if (streq(key, "size") || d->type == VDISK_OPTION_SIZE) {
-                        uint64_t v;
-
-                        if (parse_size(value, &v) < 0) {
-                                log_error("Parameter '%s' expects a size", key);
-                                return -EINVAL;
-                        }
-                        if (asprintf(&s, "%" PRIu64, v) < 0)
-                                return -ENOMEM;
-                        optlist_replace_value(l, i, s);
-                } else if (d->type == VDISK_OPTION_BOOL && !streq(value, "on") && !streq(value, "off")) {
-                        log_error("Parameter '%s' expects 'on' or 'off'", key);
-                        return -EINVAL;
-                } else if (d->type == VDISK_OPTION_NUMBER &&
-                           (!value[0] || strspn(value, "0123456789") != strlen(value))) {
-                        log_error("Parameter '%s' expects a number", key);
-                        return -EINVAL;
-                }
+                if (streq(optlist_key(l, i), "size"))
+                        r = option_normalize(l, i, VDISK_OPTION_SIZE, "");
+                else if (d)
+                        r = option_normalize(l, i, d->type, "");
+                if (r < 0)
+                        return r;
         }
         return 0;
 }

@@ -20,11 +20,28 @@
 #include "img.h"
 #include "shared/text.h"
 
+/* The action options: their operation, and qemu-img's word for it in messages. */
 typedef struct BitmapAction {
+        int key;                  /* ARG_BM_* */
         unsigned op;              /* VDISK_BITMAP_OP_* */
-        const char *source;       /* --merge */
+        const char *word;
 } BitmapAction;
 
+static const BitmapAction bitmap_actions[] = {
+        { ARG_BM_ADD,     VDISK_BITMAP_OP_ADD,     "add" },
+        { ARG_BM_REMOVE,  VDISK_BITMAP_OP_REMOVE,  "remove" },
+        { ARG_BM_CLEAR,   VDISK_BITMAP_OP_CLEAR,   "clear" },
+        { ARG_BM_ENABLE,  VDISK_BITMAP_OP_ENABLE,  "enable" },
+        { ARG_BM_DISABLE, VDISK_BITMAP_OP_DISABLE, "disable" },
+        { ARG_BM_MERGE,   VDISK_BITMAP_OP_MERGE,   "merge" },
+};
+
+static const BitmapAction *bitmap_action(int key) {
+        for (size_t i = 0; i < ELEMENTSOF(bitmap_actions) - 1; i++)
+                if (bitmap_actions[i].key == key)
+                        return &bitmap_actions[i];
+        return &bitmap_actions[ELEMENTSOF(bitmap_actions) - 1];   /* --merge */
+}
 
 /* Merges bitmap `source` of the image `file` (format `fmt`) into `name` of `dst`. */
 static int merge_from_file(vdisk_image *dst, const char *name, const char *file, const char *fmt,
@@ -66,26 +83,8 @@ static int merge_from_file(vdisk_image *dst, const char *name, const char *file,
         return r;
 }
 
-/* qemu-img's word for an action in its messages. */
-static const char *op_word(unsigned op) {
-        switch (op) {
-        case VDISK_BITMAP_OP_ADD:
-                return "add";
-        case VDISK_BITMAP_OP_REMOVE:
-                return "remove";
-        case VDISK_BITMAP_OP_CLEAR:
-                return "clear";
-        case VDISK_BITMAP_OP_ENABLE:
-                return "enable";
-        case VDISK_BITMAP_OP_DISABLE:
-                return "disable";
-        default:
-                return "merge";
-        }
-}
-
 int cmd_bitmap(Request *req) {
-        BitmapAction act[ACTIONS_MAX];
+        const BitmapAction *act[ACTIONS_MAX];
         const char *fmt = req->format, *src_file = req->backing, *src_fmt = req->backing_format, *filename, *name;
         uint64_t granularity = req->granularity;
         bool add = req->bitmap_add, disabled = req->bitmap_disabled;
@@ -93,18 +92,8 @@ int cmd_bitmap(Request *req) {
         Img img = {};
         int r;
 
-        for (size_t i = 0; i < n; i++) {
-                int c = req->actions[i].key;
-
-                act[i] = (BitmapAction) {
-                        .op = c == ARG_BM_ADD ? VDISK_BITMAP_OP_ADD :
-                              c == ARG_BM_REMOVE ? VDISK_BITMAP_OP_REMOVE :
-                              c == ARG_BM_CLEAR ? VDISK_BITMAP_OP_CLEAR :
-                              c == ARG_BM_ENABLE ? VDISK_BITMAP_OP_ENABLE :
-                              c == ARG_BM_DISABLE ? VDISK_BITMAP_OP_DISABLE : VDISK_BITMAP_OP_MERGE,
-                        .source = req->actions[i].arg,
-                };
-        }
+        for (size_t i = 0; i < n; i++)
+                act[i] = bitmap_action(req->actions[i].key);
         if (n == 0) {
                 log_error("Need at least one of --add, --remove, --clear, --enable, --disable, or --merge");
                 return EXIT_ERROR;
@@ -125,7 +114,7 @@ int cmd_bitmap(Request *req) {
                 bool merge = false;
 
                 for (size_t i = 0; i < n; i++)
-                        merge = merge || act[i].op == VDISK_BITMAP_OP_MERGE;
+                        merge = merge || act[i]->op == VDISK_BITMAP_OP_MERGE;
                 if (!merge) {
                         log_error("Merge bitmap source file only supported with --merge");
                         return EXIT_ERROR;
@@ -141,7 +130,7 @@ int cmd_bitmap(Request *req) {
         r = img_open(filename, fmt, IMG_WRITE, &img);
         if (r < 0)
                 return EXIT_ERROR;
-        if (act[0].op == VDISK_BITMAP_OP_ADD && granularity &&
+        if (act[0]->op == VDISK_BITMAP_OP_ADD && granularity &&
             (granularity < 512 || granularity > UINT32_MAX || (granularity & (granularity - 1)))) {
                 /* qemu-img checks it first, whatever the format */
                 log_error("Operation add on bitmap %s failed: Granularity must be power of 2 and at least 512",
@@ -149,16 +138,14 @@ int cmd_bitmap(Request *req) {
                 return img_close_exit(&img, EXIT_ERROR);
         }
         if (!format_has_persistent_bitmaps(img.backend))
-                return img_close_exit(&img, bitmap_refuse(op_word(act[0].op), name, img.filename));
+                return img_close_exit(&img, bitmap_refuse(act[0]->word, name, img.filename));
         vdisk_image *top = vdisk_disk_image(img.disk, 0);
         for (size_t i = 0; i < n; i++) {
-                const char *what;
-
                 vdisk_clear_error();
-                if (act[i].op == VDISK_BITMAP_OP_MERGE && src_file) {
-                        r = merge_from_file(top, name, src_file, src_fmt, act[i].source);
-                        if (r < 0 && r != -EINVAL && !strstr(error_detail(r), act[i].source))
-                                log_error("Could not merge bitmap '%s' into '%s': %s", act[i].source, name,
+                if (act[i]->op == VDISK_BITMAP_OP_MERGE && src_file) {
+                        r = merge_from_file(top, name, src_file, src_fmt, req->actions[i].arg);
+                        if (r < 0 && r != -EINVAL && !strstr(error_detail(r), req->actions[i].arg))
+                                log_error("Could not merge bitmap '%s' into '%s': %s", req->actions[i].arg, name,
                                           error_detail(r));
                         if (r < 0)
                                 return img_close_exit(&img, EXIT_ERROR);
@@ -166,17 +153,16 @@ int cmd_bitmap(Request *req) {
                 }
                 vdisk_bitmap_change ch = {
                         .size = sizeof ch,
-                        .op = act[i].op,
+                        .op = act[i]->op,
                         .name = name,
                         .granularity = granularity,
                         .flags = disabled ? 0 : VDISK_BITMAP_AUTO,
-                        .source = act[i].source,
+                        .source = req->actions[i].arg,
                 };
                 r = vdisk_image_change_bitmap(top, &ch);
                 if (r >= 0)
                         continue;
-                what = op_word(act[i].op);
-                log_error("Operation %s on bitmap %s failed: %s", what, name, error_detail(r));
+                log_error("Operation %s on bitmap %s failed: %s", act[i]->word, name, error_detail(r));
                 return img_close_exit(&img, EXIT_ERROR);
         }
         return img_close_exit(&img, EXIT_OK);

@@ -31,13 +31,52 @@ static int cmp_option(const void *a, const void *b) {
         return strcmp((*(const vdisk_option_desc *const *) a)->name, (*(const vdisk_option_desc *const *) b)->name);
 }
 
-static void print_create_help(const vdisk_backend_info *info) {
+void print_option_help(const char *name, vdisk_option_type type, const char *help) {
         static const char *const type_names[] = {
                 [VDISK_OPTION_STRING] = "str",
                 [VDISK_OPTION_SIZE] = "size",
                 [VDISK_OPTION_BOOL] = "bool (on/off)",
                 [VDISK_OPTION_NUMBER] = "num",
         };
+        _cleanup_free_ char *left = NULL;
+
+        if (asprintf(&left, "%s=<%s>", name, type_names[type]) >= 0)
+                printf("  %-22s - %s\n", left, help);
+}
+
+int option_normalize(OptList *l, size_t i, vdisk_option_type type, const char *prefix) {
+        const char *key = optlist_key(l, i), *value = optlist_value(l, i);
+        uint64_t v;
+        char *s;
+
+        switch (type) {
+        case VDISK_OPTION_SIZE:
+                if (parse_size(value, &v) < 0) {
+                        log_error("%sParameter '%s' expects a size", prefix, key);
+                        return -EINVAL;
+                }
+                if (asprintf(&s, "%" PRIu64, v) < 0)
+                        return -ENOMEM;
+                optlist_replace_value(l, i, s);
+                return 0;
+        case VDISK_OPTION_BOOL:
+                if (!streq(value, "on") && !streq(value, "off")) {
+                        log_error("%sParameter '%s' expects 'on' or 'off'", prefix, key);
+                        return -EINVAL;
+                }
+                return 0;
+        case VDISK_OPTION_NUMBER:
+                if (!value[0] || strspn(value, "0123456789") != strlen(value)) {
+                        log_error("%sParameter '%s' expects a number", prefix, key);
+                        return -EINVAL;
+                }
+                return 0;
+        default:
+                return 0;
+        }
+}
+
+static void print_create_help(const vdisk_backend_info *info) {
         const vdisk_option_desc *keys[64];
         size_t n = 0;
 
@@ -46,60 +85,28 @@ static void print_create_help(const vdisk_backend_info *info) {
         qsort(keys, n, sizeof(keys[0]), cmp_option);
 
         printf("Supported %s options:\n", info->qemu_name);
-        for (size_t i = 0; i < n; i++) {
-                _cleanup_free_ char *left = NULL;
-
-                if (asprintf(&left, "%s=<%s>", keys[i]->name, type_names[keys[i]->type]) < 0)
-                        return;
-                printf("  %-22s - %s\n", left, keys[i]->help);
-        }
+        for (size_t i = 0; i < n; i++)
+                print_option_help(keys[i]->name, keys[i]->type, keys[i]->help);
 }
 
 /* Checks every key against the backend and normalizes values the way qemu
  * does (sizes in bytes, booleans as on/off). Logs and returns -EINVAL. */
 static int optlist_validate(OptList *l, const vdisk_backend_info *info, const char *filename) {
-        for (size_t i = 0; i < l->n; i++) {
-                const char *key = l->kv[2 * i];
-                char **value = &l->kv[2 * i + 1];
-                const vdisk_option_desc *d;
+        _cleanup_free_ char *prefix = NULL;
 
-                if (!backend_takes(info, key)) {
-                        log_error("%s: Invalid parameter '%s'", filename, key);
+        if (asprintf(&prefix, "%s: ", filename) < 0)
+                return -ENOMEM;
+        for (size_t i = 0; i < l->n; i++) {
+                const vdisk_option_desc *d = vdisk_backend_option(info, optlist_key(l, i));
+                int r;
+
+                if (!backend_takes(info, optlist_key(l, i))) {
+                        log_error("%s: Invalid parameter '%s'", filename, optlist_key(l, i));
                         return -EINVAL;
                 }
-                d = vdisk_backend_option(info, key);
-                if (!d)
-                        continue;
-                switch (d->type) {
-                case VDISK_OPTION_SIZE: {
-                        uint64_t v;
-                        char *s;
-
-                        if (parse_size(*value, &v) < 0) {
-                                log_error("%s: Parameter '%s' expects a size", filename, key);
-                                return -EINVAL;
-                        }
-                        if (asprintf(&s, "%" PRIu64, v) < 0)
-                                return -ENOMEM;
-                        free(*value);
-                        *value = s;
-                        break;
-                }
-                case VDISK_OPTION_BOOL:
-                        if (!streq(*value, "on") && !streq(*value, "off")) {
-                                log_error("%s: Parameter '%s' expects 'on' or 'off'", filename, key);
-                                return -EINVAL;
-                        }
-                        break;
-                case VDISK_OPTION_NUMBER:
-                        if (!**value || strspn(*value, "0123456789") != strlen(*value)) {
-                                log_error("%s: Parameter '%s' expects a number", filename, key);
-                                return -EINVAL;
-                        }
-                        break;
-                case VDISK_OPTION_STRING:
-                        break;
-                }
+                r = d ? option_normalize(l, i, d->type, prefix) : 0;
+                if (r < 0)
+                        return r;
         }
         return 0;
 }
@@ -415,10 +422,8 @@ int cmd_convert(Request *req) {
          * flushed once. Default: large writes go direct, or through the page
          * cache with early writeback where the output format appends its
          * blocks (the faster path there); none, directsync: always direct. */
-        bool unsafe = streq_ptr(req->cache, "unsafe"),
-             cached = unsafe || streq_ptr(req->cache, "writeback") || streq_ptr(req->cache, "writethrough"),
-             direct_only = streq_ptr(req->cache, "none") || streq_ptr(req->cache, "off") ||
-                           streq_ptr(req->cache, "directsync");
+        bool unsafe = streq_ptr(req->cache, "unsafe"), direct = cache_mode_direct(req->cache),
+             direct_only = cache_mode_direct_only(req->cache);
         uint64_t sparse = req->sparse, new_size = 0;
         ProgressBar bar = {};
         Img src = {}, existing = {}, parent = {};
@@ -586,7 +591,7 @@ int cmd_convert(Request *req) {
 
         vdisk_clear_error();
         r = vdisk_io_open_path(out, VDISK_PATH_WRITE | VDISK_PATH_CREATE | VDISK_PATH_TRUNC |
-                               (unsafe ? VDISK_PATH_NOSYNC : 0) | (cached ? 0 : VDISK_PATH_DIRECT) |
+                               (unsafe ? VDISK_PATH_NOSYNC : 0) | (direct ? VDISK_PATH_DIRECT : 0) |
                                        (direct_only ? VDISK_PATH_DIRECT_ONLY : 0),
                                &out_io);
         if (r < 0) {
@@ -670,7 +675,6 @@ int cmd_measure(Request *req) {
         const char *fmt = req->format, *out_fmt = req->out_format, *snapshot = req->snapshot,
                    *filename = req->files[0], *size_arg = req->size_arg;
         OptList *opts = &req->opts;
-        _cleanup_free_ char **lib_opts = NULL;
         const vdisk_backend_info *out_info;
         OutputFormat output = req->output;
         vdisk_measure_info mi = {};
@@ -714,18 +718,9 @@ int cmd_measure(Request *req) {
                 if (r < 0)
                         return EXIT_ERROR;
         }
-        /* backing_file counts: a diff's clusters are all counted */
-        lib_opts = calloc(2 * opts->n + 1, sizeof(char *));
-        if (!lib_opts) {
-                log_error("Out of memory");
-                goto finish;
-        }
-        for (size_t i = 0; i < opts->n; i++) {
-                lib_opts[2 * i] = opts->kv[2 * i];
-                lib_opts[2 * i + 1] = opts->kv[2 * i + 1];
-        }
+        /* every -o pair, backing_file too: a diff's clusters are all counted */
         vdisk_clear_error();
-        r = vdisk_measure(out_info->name, (const char *const *) lib_opts, size, src.disk, &mi);
+        r = vdisk_measure(out_info->name, (const char *const *) opts->kv, size, src.disk, &mi);
         if (r < 0) {
                 log_error("%s", error_detail(r));
                 goto finish;

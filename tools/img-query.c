@@ -32,6 +32,7 @@ typedef struct InfoEntry {
         uint32_t version;
         bool have_version;
         vdisk_snapshot *snaps;    /* internal snapshots (qcow2), oldest first */
+        InfoSnapshot *snaps_view;
         size_t n_snaps;
         char **fmt_kv;            /* qemu's "Format specific information" (qcow2), key/value pairs */
 } InfoEntry;
@@ -40,7 +41,22 @@ static void info_entry_done(InfoEntry *e) {
         free(e->backing);
         free(e->full_backing);
         vdisk_snapshots_free(e->snaps, e->n_snaps);
+        free(e->snaps_view);
         vdisk_strv_free(e->fmt_kv);
+}
+
+/* libvdisk's snapshots as the shared printers take them (the strings
+ * borrowed); NULL when there are none, or out of memory. */
+static InfoSnapshot *snapshots_view(const vdisk_snapshot *v, size_t n) {
+        InfoSnapshot *l = n > 0 ? calloc(n, sizeof(*l)) : NULL;
+
+        for (size_t i = 0; l && i < n; i++)
+                l[i] = (InfoSnapshot) {
+                        .id = v[i].id, .name = v[i].name, .vm_state_size = v[i].vm_state_size,
+                        .date_sec = v[i].date_sec, .date_nsec = v[i].date_nsec,
+                        .vm_clock_nsec = v[i].vm_clock_nsec, .icount = v[i].icount,
+                };
+        return l;
 }
 
 /* The formats whose format information is qemu-img's own (keys, order and
@@ -91,6 +107,9 @@ static int info_collect(Img *img, unsigned index, const char *name, InfoEntry *r
         e.have_version = vdisk_image_get_version(image, &e.version) >= 0;
         if (vdisk_image_list_snapshots(image, &e.snaps, &e.n_snaps) < 0)
                 e.snaps = NULL, e.n_snaps = 0;   /* a damaged table hides the list, not the image */
+        e.snaps_view = snapshots_view(e.snaps, e.n_snaps);
+        if (e.n_snaps > 0 && !e.snaps_view)
+                goto oom;
         if (info_fmt_is_qemus(e.format) && vdisk_image_get_format_info(image, &e.fmt_kv) < 0)
                 e.fmt_kv = NULL;
 
@@ -122,39 +141,6 @@ oom:
         return -ENOMEM;
 }
 
-static void info_snapshots_json(Json *w, const void *data) {
-        const InfoEntry *e = data;
-
-        if (e->n_snaps == 0)
-                return;
-        json_array_open(w, "snapshots");
-        for (size_t i = 0; i < e->n_snaps; i++) {
-                const vdisk_snapshot *sn = &e->snaps[i];
-
-                json_object_open(w, NULL);
-                if (sn->icount != VDISK_SNAPSHOT_NO_ICOUNT)
-                        json_uint(w, "icount", sn->icount);
-                json_uint(w, "vm-state-size", sn->vm_state_size);
-                json_int(w, "date-sec", sn->date_sec);
-                json_uint(w, "date-nsec", sn->date_nsec);
-                json_uint(w, "vm-clock-nsec", sn->vm_clock_nsec % 1000000000);
-                json_string(w, "name", sn->name);
-                json_uint(w, "vm-clock-sec", sn->vm_clock_nsec / 1000000000);
-                json_string(w, "id", sn->id);
-                json_object_close(w);
-        }
-        json_array_close(w);
-}
-
-static void info_snapshots_human(const void *data) {
-        const InfoEntry *e = data;
-
-        if (e->n_snaps > 0) {
-                printf("Snapshot list:\n");
-                print_snapshot_table(e->snaps, e->n_snaps);
-        }
-}
-
 /* The entry as the shared printers take it (shared/info.c). */
 static InfoView info_view(const InfoEntry *e) {
         return (InfoView) {
@@ -178,28 +164,18 @@ static InfoView info_view(const InfoEntry *e) {
                 .have_version = e->have_version,
                 .version = e->version,
                 .fmt_kv = e->fmt_kv,
-                .snapshots_human = info_snapshots_human,
-                .snapshots_json = info_snapshots_json,
-                .snapshots = e,
+                .snapshots = e->snaps_view,
+                .n_snapshots = e->n_snaps,
         };
-}
-
-/* qemu-img's snapshot table (info and snapshot -l), without its title. */
-void print_snapshot_table(const vdisk_snapshot *v, size_t n) {
-        snapshot_table_header();
-        for (size_t i = 0; i < n; i++)
-                snapshot_table_row(v[i].id, v[i].name, v[i].vm_state_size, v[i].date_sec, v[i].vm_clock_nsec,
-                                   v[i].icount);
 }
 
 int cmd_info(Request *req) {
         const char *fmt = req->format, *filename = req->files[0];
-        _cleanup_free_ char *child_full_backing = NULL;
-        OutputFormat output = req->output;
         bool backing_chain = req->backing_chain;
-        Json w;
+        _cleanup_free_ InfoEntry *entries = NULL;
+        _cleanup_free_ InfoView *views = NULL;
         Img img = {};
-        unsigned n;
+        unsigned n, count = 0;
         int r, ex = EXIT_ERROR;
 
         if (backing_chain)
@@ -215,41 +191,27 @@ int cmd_info(Request *req) {
                 return EXIT_ERROR;
 
         n = vdisk_disk_count(img.disk);
-        json_begin(&w, stdout, true);
-        if (backing_chain && output == OUTPUT_JSON)
-                json_array_open(&w, NULL);
-
-        for (unsigned i = n; i-- > 0;) {
-                InfoEntry e;
-
-                /* qemu-img names a parent as its child names it (the child's
-                 * full-backing-filename), not as the resolver opened it. */
-                r = info_collect(&img, i, child_full_backing, &e);
+        entries = calloc(n, sizeof(*entries));
+        views = calloc(n, sizeof(*views));
+        if (!entries || !views) {
+                log_error("Out of memory");
+                goto finish;
+        }
+        /* Top first. qemu-img names a parent as its child names it (the
+         * child's full-backing-filename), not as the resolver opened it. */
+        for (unsigned i = n; i-- > 0 && (count == 0 || backing_chain);) {
+                r = info_collect(&img, i, count > 0 ? entries[count - 1].full_backing : NULL, &entries[count]);
                 if (r < 0)
                         goto finish;
-                InfoView v = info_view(&e);
-
-                if (output == OUTPUT_JSON)
-                        info_print_json(&w, &v);
-                else {
-                        if (i != n - 1)
-                                putchar('\n');
-                        info_print_human(&v);
-                }
-                free(child_full_backing);
-                child_full_backing = e.full_backing ? strdup(e.full_backing) : NULL;
-                info_entry_done(&e);
-                if (!backing_chain)
-                        break;
+                views[count] = info_view(&entries[count]);
+                count++;
         }
-        if (output == OUTPUT_JSON) {
-                if (backing_chain)
-                        json_array_close(&w);
-                json_end(&w);
-        }
+        info_print(views, count, req->output, backing_chain);
         ex = EXIT_OK;
 
 finish:
+        for (unsigned i = 0; i < count; i++)
+                info_entry_done(&entries[i]);
         return img_close_exit(&img, ex);
 }
 
@@ -344,8 +306,7 @@ int cmd_map(Request *req) {
         uint64_t start = req->start_offset, max_length = req->max_length, end, off, size;
         MapEntry cur = {};
         bool have_cur = false, first = true, zero_base;
-        _cleanup_free_ int *fds = NULL;
-        unsigned n, n_fds = 0;
+        unsigned n;
         Img img = {};
         int r, ex = EXIT_ERROR;
 
@@ -356,14 +317,6 @@ int cmd_map(Request *req) {
         n = vdisk_disk_count(img.disk);
         size = vdisk_disk_size(img.disk);
         zero_base = base_defines_zeros(&img);
-        fds = malloc(n * sizeof(int));
-        if (!fds) {
-                log_error("Out of memory");
-                goto finish;
-        }
-        for (unsigned i = 0; i < n; i++)
-                fds[i] = -1;
-        n_fds = n;
         end = start + MIN(max_length, UINT64_MAX - start);
         end = MIN(end, size);
 
@@ -424,27 +377,13 @@ int cmd_map(Request *req) {
                         e.filename = ext.file;
                 if (e.data && e.has_offset && !e.zero &&
                     image_preallocated(img_at_depth(&img, (unsigned) e.depth))) {
-                        unsigned depth = (unsigned) e.depth;
-                        uint64_t l;
+                        /* the image's file, or the companion file holding the data */
+                        _cleanup_close_ int fd =
+                                open(ext.file ?: vdisk_image_name(img_at_depth(&img, (unsigned) e.depth)),
+                                     O_RDONLY | O_CLOEXEC | O_NOCTTY);
                         bool z = false;
-                        int fd;
+                        uint64_t l = map_file_zero(fd, e.offset, e.length, &z);
 
-                        if (fds[depth] == -1) {
-                                const char *name = vdisk_image_name(img_at_depth(&img, depth));
-                                fds[depth] = open(name, O_RDONLY | O_CLOEXEC | O_NOCTTY);
-                                if (fds[depth] < 0)
-                                        fds[depth] = -2;
-                        }
-                        fd = fds[depth];
-                        if (!streq(e.filename, vdisk_image_name(img_at_depth(&img, depth)))) {
-                                /* a companion: opened for this look only */
-                                fd = open(e.filename, O_RDONLY | O_CLOEXEC | O_NOCTTY);
-                                if (fd < 0)
-                                        fd = -2;
-                        }
-                        l = map_file_zero(fd, e.offset, e.length, &z);
-                        if (fd >= 0 && fd != fds[depth])
-                                close(fd);
                         if (l > 0) {
                                 e.length = l;
                                 e.zero = z;
@@ -484,9 +423,6 @@ done:
                 printf("]\n");
         ex = EXIT_OK;
 finish:
-        for (unsigned i = 0; i < n_fds; i++)
-                if (fds[i] >= 0)
-                        close(fds[i]);
         return img_close_exit(&img, ex);
 }
 
@@ -533,23 +469,25 @@ static int check_run(Img *img, uint32_t flags, ProgressBar *bar, vdisk_check_rep
         return 0;
 }
 
+/* check, and vbox-img's repair: check -r all (or its dry run) with repair's
+ * summary instead of check's report. */
 int cmd_check(Request *req) {
         static const uint32_t mode_flags[CHECK_DRY_RUN + 1] = {
                 [CHECK_REPAIR_LEAKS] = VDISK_CHECK_REPAIR_LEAKS,
                 [CHECK_REPAIR_ALL] = VDISK_CHECK_REPAIR_ALL,
+                [CHECK_DRY_RUN] = VDISK_CHECK_REPAIR_ALL | VDISK_CHECK_DRY_RUN,
         };
         const char *fmt = req->format, *filename = req->files[0];
-        OutputFormat output = req->output;
         vdisk_check_report rep = {}, fixed = {};
         CheckCounts now, was;
         uint32_t flags = mode_flags[req->check_mode];
-        bool quiet = req->quiet;
+        bool repair = req->verb == VERB_REPAIR, dry_run = req->check_mode == CHECK_DRY_RUN, quiet = req->quiet;
         ProgressBar bar = {};
         Img img = {};
         int r, ex = EXIT_ERROR;
 
         /* Only the named image is checked; its parents are not needed. */
-        r = img_open(filename, fmt, IMG_SKIP_CHECKS | (flags ? IMG_WRITE : 0), &img);
+        r = img_open(filename, fmt, IMG_SKIP_CHECKS | (flags && !dry_run ? IMG_WRITE : 0), &img);
         if (r < 0)
                 return EXIT_ERROR;
 
@@ -560,78 +498,38 @@ int cmd_check(Request *req) {
         r = check_run(&img, flags, &bar, &rep, &fixed);
         progress_bar_done(&bar, r >= 0);
         if (r == -EOPNOTSUPP) {
-                log_error("This image format does not support checks");
+                if (repair)
+                        log_error("The format of '%s' does not support repairs", filename);
+                else
+                        log_error("This image format does not support checks");
                 ex = CHECK_EXIT_UNSUPPORTED;
                 goto finish;
         }
         if (r < 0) {
-                log_error("Check failed: %s", error_detail(r));
+                if (repair)
+                        log_error("Could not repair '%s': %s", filename, error_detail(r));
+                else
+                        log_error("Check failed: %s", error_detail(r));
                 ex = CHECK_EXIT_ERROR;
                 goto finish;
         }
 
         now = check_counts(&rep);
         was = check_counts(&fixed);
-        check_print_messages(&fixed, stderr);
-        check_print_messages(&rep, stderr);
-        if (!quiet) {
-                CheckCounts shown = now;
+        if (repair) {
+                /* the repair itself: the first pass when the check ran again */
+                const CheckCounts *pass = was.corruptions_fixed || was.leaks_fixed ? &was : &now;
 
-                check_hide_stats(&shown, img.backend->qemu_name);
-                if (output == OUTPUT_JSON)
-                        check_print_json(&shown, &was, filename, img.backend->qemu_name);
-                else
-                        check_print_human(&shown, &was);
+                if (!quiet) {
+                        check_print_messages(pass->corruptions_fixed || pass->leaks_fixed ? &fixed : &rep, stdout);
+                        repair_print_summary(pass, &now, dry_run);
+                }
+                ex = check_exit_code(&now);
+        } else {
+                check_print_messages(&fixed, stderr);
+                check_print_messages(&rep, stderr);
+                ex = check_report(&now, &was, req->output, quiet, filename, img.backend->qemu_name);
         }
-        if (now.check_errors)
-                log_error("Check failed");
-        ex = check_exit_code(&now);
-
-finish:
-        vdisk_check_report_clear(&rep);
-        vdisk_check_report_clear(&fixed);
-        return img_close_exit(&img, ex);
-}
-
-int cmd_repair(Request *req) {
-        const char *fmt = req->format, *filename = req->files[0];
-        vdisk_check_report rep = {}, fixed = {};
-        CheckCounts pass, now;
-        bool dry_run = req->check_mode == CHECK_DRY_RUN, quiet = req->quiet;
-        uint32_t flags = VDISK_CHECK_REPAIR_ALL | (dry_run ? VDISK_CHECK_DRY_RUN : 0);
-        ProgressBar bar = {};
-        Img img = {};
-        int r, ex = EXIT_ERROR;
-
-        r = img_open(filename, fmt, IMG_SKIP_CHECKS | (dry_run ? 0 : IMG_WRITE), &img);
-        if (r < 0)
-                return EXIT_ERROR;
-
-        install_cancel_handlers();
-        if (progress_bar_init(&bar, false) < 0)
-                goto finish;
-
-        r = check_run(&img, flags, &bar, &rep, &fixed);
-        progress_bar_done(&bar, r >= 0);
-        if (r == -EOPNOTSUPP) {
-                log_error("The format of '%s' does not support repairs", filename);
-                ex = CHECK_EXIT_UNSUPPORTED;
-                goto finish;
-        }
-        if (r < 0) {
-                log_error("Could not repair '%s': %s", filename, error_detail(r));
-                goto finish;
-        }
-
-        pass = check_counts(&rep);
-        now = pass;
-        if (fixed.corruptions_fixed || fixed.leaks_fixed)
-                pass = check_counts(&fixed);   /* the repair; rep: the check after it */
-        if (!quiet) {
-                check_print_messages(pass.corruptions_fixed || pass.leaks_fixed ? &fixed : &rep, stdout);
-                repair_print_summary(&pass, &now, dry_run);
-        }
-        ex = check_exit_code(&now);
 
 finish:
         vdisk_check_report_clear(&rep);
@@ -740,10 +638,11 @@ static int snapshot_change(const char *filename, const char *fmt, char action, c
 int cmd_snapshot(Request *req) {
         const char *fmt = req->format, *filename = req->files[0], *arg = req->action_arg;
         vdisk_snapshot *v = NULL;
+        _cleanup_free_ InfoSnapshot *view = NULL;
         size_t n = 0;
         Img img = {};
         char action = req->action;
-        int r;
+        int r, ex = EXIT_OK;
 
         if (action && action != 'l') {
                 /* Formats without internal snapshots: qemu-img's refusal. */
@@ -765,10 +664,12 @@ int cmd_snapshot(Request *req) {
                 log_error("Could not list the snapshots of '%s': %s", filename, error_detail(r));
                 return img_close_exit(&img, EXIT_ERROR);
         }
-        if (n > 0 && !req->quiet) {
-                printf("Snapshot list:\n");
-                print_snapshot_table(v, n);
-        }
+        view = snapshots_view(v, n);
+        if (n > 0 && !view) {
+                log_error("Out of memory");
+                ex = EXIT_ERROR;
+        } else if (!req->quiet)
+                snapshot_list_print(view, n);
         vdisk_snapshots_free(v, n);
-        return img_close_exit(&img, EXIT_OK);
+        return img_close_exit(&img, ex);
 }

@@ -125,9 +125,14 @@ int same_file(const char *a, const char *b);
 
 int cmd_info(Request *req);
 int cmd_create(Request *req);
+/* A creation option's line of "-o help" ("  size=<size>  - help"). */
+void print_option_help(const char *name, vdisk_option_type type, const char *help);
+/* Pair i of l as an option of `type` takes it: a size in bytes (the value
+ * replaced), a boolean on/off, a number. Logs ("<prefix>Parameter ...");
+ * -EINVAL, or -ENOMEM. */
+int option_normalize(OptList *l, size_t i, vdisk_option_type type, const char *prefix);
 int cmd_convert(Request *req);
 int cmd_check(Request *req);
-int cmd_repair(Request *req);
 int cmd_commit(Request *req);
 int cmd_compare(Request *req);
 int cmd_map(Request *req);
@@ -147,7 +152,6 @@ int convert_bitmaps_copy(vdisk_image *src, vdisk_image *dst, bool skip_broken);
 int cmd_dd(Request *req);
 
 /* qemu-img's table of internal snapshots (the lines after "Snapshot list:"). */
-void print_snapshot_table(const vdisk_snapshot *v, size_t n);
 
 /* Prints the full help text (used by --help and "COMMAND --help"). */
 void print_help(void);

@@ -13,7 +13,6 @@
  * img-util.c and img-json.c hold the helpers.
  */
 
-#include <errno.h>
 #include <string.h>
 
 #include "img.h"
@@ -26,30 +25,26 @@ FrontDialect front_dialect = {
         .drop_repeated_name = true,
 };
 
-typedef struct Command {
-        const char *name;
-        int (*run)(Request *req);   /* every verb is parsed in shared/front.c */
-} Command;
-
-static const Command commands[] = {
-        { "amend",    cmd_amend },
-        { "bitmap",   cmd_bitmap },
-        { "check",    cmd_check },
-        { "commit",   cmd_commit },
-        { "compact",  cmd_compact },
-        { "compare",  cmd_compare },
-        { "comment",  cmd_comment },
-        { "convert",  cmd_convert },
-        { "create",   cmd_create },
-        { "dd",       cmd_dd },
-        { "info",     cmd_info },
-        { "map",      cmd_map },
-        { "measure",  cmd_measure },
-        { "rebase",   cmd_rebase },
-        { "repair",   cmd_repair },
-        { "resize",   cmd_resize },
-        { "setuuid",  cmd_setuuid },
-        { "snapshot", cmd_snapshot },
+/* The command of each verb (parsed in shared/front.c); NULL: vdiskctl's only. */
+static int (*const commands[_VERB_MAX])(Request *req) = {
+        [VERB_AMEND] = cmd_amend,
+        [VERB_BITMAP] = cmd_bitmap,
+        [VERB_CHECK] = cmd_check,
+        [VERB_COMMIT] = cmd_commit,
+        [VERB_COMPACT] = cmd_compact,
+        [VERB_COMPARE] = cmd_compare,
+        [VERB_COMMENT] = cmd_comment,
+        [VERB_CONVERT] = cmd_convert,
+        [VERB_CREATE] = cmd_create,
+        [VERB_DD] = cmd_dd,
+        [VERB_INFO] = cmd_info,
+        [VERB_MAP] = cmd_map,
+        [VERB_MEASURE] = cmd_measure,
+        [VERB_REBASE] = cmd_rebase,
+        [VERB_REPAIR] = cmd_check,
+        [VERB_RESIZE] = cmd_resize,
+        [VERB_SETUUID] = cmd_setuuid,
+        [VERB_SNAPSHOT] = cmd_snapshot,
 };
 
 void print_help(void) {
@@ -144,6 +139,8 @@ static void print_version(bool as_qemu_img) {
 int main(int argc, char **argv) {
         const char *cmd;
         bool as_qemu_img = invoked_as_qemu_img(argv[0]);
+        FrontVerbId verb;
+        Request req = {};
         int ex;
 
         if (as_qemu_img)
@@ -167,28 +164,16 @@ int main(int argc, char **argv) {
                 return usage_hint();
         }
 
-        for (size_t i = 0; i < ELEMENTSOF(commands); i++) {
-                if (!streq(cmd, commands[i].name))
-                        continue;
-
-                /* getopt names the program after argv[0] in its messages. */
-                argv[1] = (char *) front_dialect.program;
-                Request req = {};
-                FrontVerbId verb = VERB_INFO;
-
-                (void) front_verb_find(cmd, &verb);   /* every command is there */
-                ex = front_parse(verb, argc - 1, argv + 1, &req);
-                if (ex < 0)
-                        ex = commands[i].run(&req);
-                request_done(&req);
-                if (fflush(stdout) != 0 || ferror(stdout)) {
-                        log_error("Could not write the output: %s", strerror(errno));
-                        if (ex == EXIT_OK)
-                                ex = EXIT_ERROR;
-                }
-                return ex;
+        if (front_verb_find(cmd, &verb) < 0 || !commands[verb]) {
+                log_error("Command not found: %s", cmd);
+                return usage_hint();
         }
 
-        log_error("Command not found: %s", cmd);
-        return usage_hint();
+        /* getopt names the program after argv[0] in its messages. */
+        argv[1] = (char *) front_dialect.program;
+        ex = front_parse(verb, argc - 1, argv + 1, &req);
+        if (ex < 0)
+                ex = commands[verb](&req);
+        request_done(&req);
+        return flush_output(ex);
 }

@@ -944,6 +944,8 @@ int chain_image_paths(Ctx *ctx, Chain *c, char ***ret) {
         for (size_t i = 0; i < images->c.n; i++)
                 if (images->c.items[i].type == VALUE_STRING && strv_push(&l, &n, images->c.items[i].s) < 0)
                         return -ENOMEM;
+        if (n != c->n)
+                return -EBADMSG;
         *ret = TAKE_PTR(l);
         return 0;
 }

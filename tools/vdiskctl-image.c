@@ -62,52 +62,25 @@ static int snapshots_get(Ctx *ctx, const char *image, const char *file, Value *r
         return EXIT_OK;
 }
 
-/* qemu-img's snapshot table (info, snapshot -l) without its title. */
-static void snapshots_table(const Value *list) {
-        snapshot_table_header();
-        for (size_t i = 0; i < list->c.n; i++) {
+/* The list as the shared printers take it (the strings borrowed), leaving
+ * out malformed entries; NULL when out of memory. */
+static InfoSnapshot *snapshots_view(const Value *list, size_t *ret_n) {
+        InfoSnapshot *l = calloc(list->c.n ?: 1, sizeof(*l));
+        size_t n = 0;
+
+        for (size_t i = 0; l && i < list->c.n; i++) {
                 const Value *f = snapshot_fields(&list->c.items[i]);
 
                 if (f)
-                        snapshot_table_row(f[0].s, f[1].s, f[2].u, (int64_t) (f[3].u / 1000000), f[4].u, f[6].u);
+                        l[n++] = (InfoSnapshot) {
+                                .id = f[0].s, .name = f[1].s, .vm_state_size = f[2].u,
+                                .date_sec = (int64_t) (f[3].u / 1000000),
+                                .date_nsec = (uint32_t) (f[3].u % 1000000 * 1000),
+                                .vm_clock_nsec = f[4].u, .icount = f[6].u,
+                        };
         }
-}
-
-/* info's snapshots (InfoView.snapshots_human/json): data is the list. */
-static void info_snapshots_human(const void *data) {
-        const Value *list = data;
-
-        if (list->c.n > 0) {
-                printf("Snapshot list:\n");
-                snapshots_table(list);
-        }
-}
-
-static void info_snapshots_json(Json *j, const void *data) {
-        const Value *list = data;
-
-        if (list->c.n == 0)
-                return;
-        /* vdisk-img's keys, in its (qemu-img's) order */
-        json_array_open(j, "snapshots");
-        for (size_t i = 0; i < list->c.n; i++) {
-                const Value *f = snapshot_fields(&list->c.items[i]);
-
-                if (!f)
-                        continue;
-                json_object_open(j, NULL);
-                if (f[6].u != UINT64_MAX)
-                        json_uint(j, "icount", f[6].u);
-                json_uint(j, "vm-state-size", f[2].u);
-                json_int(j, "date-sec", (int64_t) (f[3].u / 1000000));
-                json_uint(j, "date-nsec", f[3].u % 1000000 * 1000);
-                json_uint(j, "vm-clock-nsec", f[4].u % 1000000000);
-                json_string(j, "name", f[1].s);
-                json_uint(j, "vm-clock-sec", f[4].u / 1000000000);
-                json_string(j, "id", f[0].s);
-                json_object_close(j);
-        }
-        json_array_close(j);
+        *ret_n = n;
+        return l;
 }
 
 /* ---------------------------------------------------------------- info */
@@ -117,6 +90,8 @@ typedef struct InfoEntry {
         const ChainElem *parent;       /* the element below, when opened */
         Value props;                   /* Image properties; empty when only probed */
         Value snapshots;               /* its Snapshots, with the properties */
+        InfoSnapshot *snaps_view;
+        size_t n_snaps;
         bool have_props;
 } InfoEntry;
 
@@ -191,9 +166,8 @@ static InfoView info_view(Ctx *ctx, const InfoEntry *e, char **full) {
         if (e->have_props) {
                 v.have_pchs = value_geometry(&e->props, "PCHSGeometry", v.pchs);
                 v.have_lchs = value_geometry(&e->props, "LCHSGeometry", v.lchs);
-                v.snapshots_human = info_snapshots_human;
-                v.snapshots_json = info_snapshots_json;
-                v.snapshots = &e->snapshots;
+                v.snapshots = e->snaps_view;
+                v.n_snapshots = e->n_snaps;
         }
         return v;
 }
@@ -203,8 +177,10 @@ int cmd_info(Ctx *ctx, Request *req) {
         bool backing_chain = req->backing_chain, opened = false;
         _cleanup_(strv_freep) char **images = NULL;
         InfoEntry entries[CHAIN_MAX] = {};
+        InfoView views[CHAIN_MAX];
+        char *full_backing[CHAIN_MAX] = {};   /* the views' */
         Chain chain = {};
-        unsigned n_entries = 0, n_images = 0;
+        unsigned n_entries = 0;
         int r, ex = EXIT_FAILURE;
 
         /* The image itself: every failure here is an error. */
@@ -247,8 +223,6 @@ int cmd_info(Ctx *ctx, Request *req) {
                         log_error("%s: Could not list the images vdiskd opened: %s", file, strerror(-r));
                         goto finish;
                 }
-                while (images[n_images])
-                        n_images++;
         }
 
         for (unsigned i = chain.n; i-- > 0;) {
@@ -256,7 +230,7 @@ int cmd_info(Ctx *ctx, Request *req) {
 
                 e->elem = &chain.elems[i];
                 e->parent = i > 0 ? &chain.elems[i - 1] : NULL;
-                if (n_images == chain.n) {
+                if (images) {
                         _cleanup_bus_error_ sd_bus_error error = SD_BUS_ERROR_NULL;
 
                         r = bus_get_all(ctx, images[i], VDISK_IFACE_IMAGE, &error, &e->props);
@@ -269,42 +243,28 @@ int cmd_info(Ctx *ctx, Request *req) {
                                 ex = r;
                                 goto finish;
                         }
+                        e->snaps_view = snapshots_view(&e->snapshots, &e->n_snaps);
+                        if (!e->snaps_view) {
+                                ex = log_oom();
+                                goto finish;
+                        }
                         e->have_props = true;
                 }
                 if (!backing_chain)
                         break;
         }
 
-        if (arg_output == OUTPUT_JSON) {
-                Json j;
-
-                json_begin(&j, stdout, true);
-                if (backing_chain)
-                        json_array_open(&j, NULL);
-                for (unsigned i = 0; i < n_entries; i++) {
-                        _cleanup_free_ char *full = NULL;
-                        InfoView v = info_view(ctx, &entries[i], &full);
-
-                        info_print_json(&j, &v);
-                }
-                if (backing_chain)
-                        json_array_close(&j);
-                json_end(&j);
-        } else
-                for (unsigned i = 0; i < n_entries; i++) {
-                        _cleanup_free_ char *full = NULL;
-                        InfoView v = info_view(ctx, &entries[i], &full);
-
-                        if (i > 0)
-                                putchar('\n');
-                        info_print_human(&v);
-                }
+        for (unsigned i = 0; i < n_entries; i++)
+                views[i] = info_view(ctx, &entries[i], &full_backing[i]);
+        info_print(views, n_entries, arg_output, backing_chain);
         ex = EXIT_OK;
 
 finish:
         for (unsigned i = 0; i < n_entries; i++) {
                 value_clear(&entries[i].props);
                 value_clear(&entries[i].snapshots);
+                free(entries[i].snaps_view);
+                free(full_backing[i]);
         }
         chain_done(ctx, &chain);
         return ex;
@@ -356,8 +316,6 @@ static int check_once(Ctx *ctx, Chain *c, CheckMode mode, bool direct, bool prog
                 direct_fd = open_direct(c->elems[c->n - 1].fd);
         /* The image by its object path (Image.Check/Repair), not by index. */
         r = chain_image_paths(ctx, c, &images);
-        if (r >= 0 && (c->n == 0 || !images[0] || strv_length(images) != c->n))
-                r = -EBADMSG;
         if (r >= 0)
                 r = bus_new_call(ctx, images[c->n - 1], VDISK_IFACE_IMAGE, mode == CHECK_ONLY ? "Check" : "Repair",
                                  &m);
@@ -386,7 +344,7 @@ static int check_once(Ctx *ctx, Chain *c, CheckMode mode, bool direct, bool prog
                                                                             : "unknown error");
                         r = EXIT_FAILURE;
                 } else
-                        r = op_log_failure(&w, c->elems[c->n - 1].path, r);
+                        r = op_finish(&w, c->elems[c->n - 1].path, r);
                 op_watch_done(&w);
                 return r;
         }
@@ -398,22 +356,26 @@ static int check_once(Ctx *ctx, Chain *c, CheckMode mode, bool direct, bool prog
         return r;
 }
 
+/* check, and repair: check -r all (or its dry run) with repair's summary
+ * instead of check's report. */
 int cmd_check(Ctx *ctx, Request *req) {
         _cleanup_value_ Value result = {}, fixed_result = {};
         const char *fmt = req->format, *file = req->files[0];
         CheckMode mode = req->check_mode;
+        bool repair = req->verb == VERB_REPAIR, read_only = mode == CHECK_ONLY || mode == CHECK_DRY_RUN;
         Report rep, fixed = {};
         bool have_fixed = false;
         Chain chain = {};
         int r, ex;
 
-        r = chain_open(ctx, file, fmt, mode == CHECK_ONLY ? 0 : CHAIN_TOP_WRITABLE, mode == CHECK_ONLY,
-                       &chain);
+        r = chain_open(ctx, file, fmt, read_only ? 0 : CHAIN_TOP_WRITABLE, read_only, &chain);
         if (r != 0)
                 return r == EXIT_CANCELLED ? r : CHECK_EXIT_ERROR;
 
-        r = check_once(ctx, &chain, mode, cache_mode_direct(req->src_cache), progress_wanted(false), &result);
-        if (r == 0 && mode != CHECK_ONLY) {
+        /* repair writes direct whatever -T says, as vdisk-img */
+        r = check_once(ctx, &chain, mode, repair || cache_mode_direct(req->src_cache), progress_wanted(false),
+                       &result);
+        if (r == 0 && !read_only) {
                 report_from(&result, &fixed);
                 if (fixed.n.corruptions_fixed || fixed.n.leaks_fixed) {
                         /* As qemu-img: describe the image as it is now. */
@@ -425,7 +387,10 @@ int cmd_check(Ctx *ctx, Request *req) {
                 }
         }
         if (r == -EOPNOTSUPP) {
-                log_error("This image format does not support checks");
+                if (repair)
+                        log_error("The format of '%s' does not support repairs", file);
+                else
+                        log_error("This image format does not support checks");
                 ex = CHECK_EXIT_UNSUPPORTED;
                 goto finish;
         }
@@ -435,65 +400,19 @@ int cmd_check(Ctx *ctx, Request *req) {
         }
 
         report_from(&result, &rep);
+        if (repair) {
+                if (!arg_quiet) {
+                        report_messages(have_fixed ? &fixed : &rep, stdout);
+                        repair_print_summary(have_fixed ? &fixed.n : &rep.n, &rep.n, mode == CHECK_DRY_RUN);
+                }
+                ex = check_exit_code(&rep.n);
+                goto finish;
+        }
         if (have_fixed)
                 report_messages(&fixed, stderr);
         report_messages(&rep, stderr);
-        check_hide_stats(&rep.n, chain.elems[chain.n - 1].qemu_format);
-        if (!arg_quiet) {
-                if (arg_output == OUTPUT_JSON)
-                        check_print_json(&rep.n, have_fixed ? &fixed.n : NULL, file,
-                                         chain.elems[chain.n - 1].qemu_format);
-                else
-                        check_print_human(&rep.n, have_fixed ? &fixed.n : NULL);
-        }
-        if (rep.n.check_errors)
-                log_error("Check failed");
-        ex = check_exit_code(&rep.n);
-
-finish:
-        chain_done(ctx, &chain);
-        return ex;
-}
-
-int cmd_repair(Ctx *ctx, Request *req) {
-        _cleanup_value_ Value result = {}, after = {};
-        const char *fmt = req->format, *file = req->files[0];
-        CheckMode mode = req->check_mode == CHECK_DRY_RUN ? CHECK_DRY_RUN : CHECK_REPAIR_ALL;
-        bool dry_run = mode == CHECK_DRY_RUN;
-        Report rep, now;
-        Chain chain = {};
-        int r, ex;
-
-        r = chain_open(ctx, file, fmt, dry_run ? 0 : CHAIN_TOP_WRITABLE, dry_run, &chain);
-        if (r != 0)
-                return r == EXIT_CANCELLED ? r : CHECK_EXIT_ERROR;
-
-        r = check_once(ctx, &chain, mode, true, progress_wanted(false), &result);
-        if (r == -EOPNOTSUPP) {
-                log_error("The format of '%s' does not support repairs", file);
-                ex = CHECK_EXIT_UNSUPPORTED;
-                goto finish;
-        }
-        if (r != 0) {
-                ex = r == EXIT_CANCELLED ? r : CHECK_EXIT_ERROR;
-                goto finish;
-        }
-        report_from(&result, &rep);
-        now = rep;
-        if (!dry_run && (rep.n.corruptions_fixed || rep.n.leaks_fixed)) {
-                r = check_once(ctx, &chain, CHECK_ONLY, false, progress_wanted(false), &after);
-                if (r != 0) {
-                        ex = r == EXIT_CANCELLED ? r : CHECK_EXIT_ERROR;
-                        goto finish;
-                }
-                report_from(&after, &now);
-        }
-
-        if (!arg_quiet) {
-                report_messages(&rep, stdout);
-                repair_print_summary(&rep.n, &now.n, dry_run);
-        }
-        ex = check_exit_code(&now.n);
+        ex = check_report(&rep.n, have_fixed ? &fixed.n : NULL, arg_output, arg_quiet, file,
+                          chain.elems[chain.n - 1].qemu_format);
 
 finish:
         chain_done(ctx, &chain);
@@ -533,7 +452,7 @@ int cmd_compare(Ctx *ctx, Request *req) {
                 ex = r;
         else if (r < 0)
                 /* cancelled, or a read failed (vdisk-img: 3 or 4) */
-                ex = r == -EIO ? (op_log_failure(&w, req->files[1], r), 4) : op_log_failure(&w, req->files[1], r);
+                ex = r == -EIO ? (op_finish(&w, req->files[1], r), 4) : op_finish(&w, req->files[1], r);
         else {
                 const char *d = value_str(&w.st.result, "difference", "content");
                 CompareVerdict v = value_bool(&w.st.result, "equal", false) ? VERDICT_EQUAL :
@@ -558,15 +477,18 @@ finish:
 /* -l: the top image's Snapshots, as vdisk-img's snapshot -l. */
 static int snapshot_list(Ctx *ctx, const char *image, const char *file, bool quiet) {
         _cleanup_value_ Value list = {};
+        _cleanup_free_ InfoSnapshot *view = NULL;
+        size_t n;
         int r;
 
         r = snapshots_get(ctx, image, file, &list);
         if (r != EXIT_OK)
                 return r;
-        if (list.c.n == 0 || quiet)
-                return EXIT_OK;
-        printf("Snapshot list:\n");
-        snapshots_table(&list);
+        view = snapshots_view(&list, &n);
+        if (!view)
+                return log_oom();
+        if (!quiet)
+                snapshot_list_print(view, n);
         return EXIT_OK;
 }
 
@@ -586,8 +508,6 @@ int cmd_snapshot(Ctx *ctx, Request *req) {
         if (ex != 0)
                 return ex;
         r = chain_image_paths(ctx, &chain, &images);
-        if (r >= 0 && strv_length(images) != chain.n)
-                r = -EBADMSG;
         if (r < 0) {
                 log_error("%s: Could not list the images vdiskd opened: %s", file, strerror(-r));
                 ex = EXIT_FAILURE;

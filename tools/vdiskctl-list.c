@@ -6,7 +6,6 @@
  */
 
 #include <errno.h>
-#include <getopt.h>
 #include <stdarg.h>
 #include <string.h>
 
@@ -335,37 +334,11 @@ oom:
         return log_oom();
 }
 
-/* The options of vdiskctl's own service commands: -h, -q and, where
- * `output`, --output. -1 to go on, or the exit code. */
-static int parse_options(int argc, char **argv, bool output) {
-        static const struct option options[] = {
-                { "output", required_argument, NULL, ARG_OUTPUT },
-                { "help",   no_argument,       NULL, 'h' },
-                { "quiet",  no_argument,       NULL, 'q' },
-                {}
-        };
-        int c, ex;
-
-        while ((c = getopt_long(argc, argv, "hq", output ? options : options + 1, NULL)) >= 0) {
-                if (c == ARG_OUTPUT) {
-                        if (front_parse_output(optarg, &arg_output) < 0)
-                                return usage_error("--output takes 'human' or 'json', not '%s'", optarg);
-                        continue;
-                }
-                if (common_option(c, optarg, &ex) == 2)
-                        return ex;
-        }
-        return -1;
-}
-
-int cmd_list(Ctx *ctx, int argc, char **argv) {
+int cmd_list(Ctx *ctx, Request *req) {
         Objects o = {};
         int ex;
 
-        ex = parse_options(argc, argv, true);
-        if (ex >= 0)
-                return ex;
-        if (optind != argc)
+        if (req->n_args > 0)
                 return usage_error("list takes no arguments");
 
         ex = objects_load(ctx, &o);
@@ -645,17 +618,12 @@ static int status_object(Ctx *ctx, const char *arg) {
         return EXIT_OK;
 }
 
-int cmd_status(Ctx *ctx, int argc, char **argv) {
-        int ex;
-
-        ex = parse_options(argc, argv, true);
-        if (ex >= 0)
-                return ex;
-        if (optind == argc)
+int cmd_status(Ctx *ctx, Request *req) {
+        if (req->n_args == 0)
                 return status_manager(ctx);
-        if (optind + 1 != argc)
+        if (req->n_args > 1)
                 return usage_error("status takes at most one operation, disk or image");
-        return status_object(ctx, argv[optind]);
+        return status_object(ctx, req->args[0]);
 }
 
 /* ---------------------------------------------------------------- monitor */
@@ -849,7 +817,7 @@ static int on_monitor_owner(sd_bus_message *m, void *userdata, sd_bus_error *ret
         return 0;
 }
 
-int cmd_monitor(Ctx *ctx, int argc, char **argv) {
+int cmd_monitor(Ctx *ctx, Request *req) {
         static const char *const rules[] = {
                 "type='signal',interface='org.freedesktop.DBus.ObjectManager',member='InterfacesAdded',"
                 "path='" VDISK_PATH "'",
@@ -872,11 +840,7 @@ int cmd_monitor(Ctx *ctx, int argc, char **argv) {
         Monitor mon = { .ctx = ctx };
         int r, ex = EXIT_FAILURE;
 
-        ex = parse_options(argc, argv, true);
-        if (ex >= 0)
-                return ex;
-        ex = EXIT_FAILURE;
-        if (optind != argc)
+        if (req->n_args > 0)
                 return usage_error("monitor takes no arguments");
 
         for (size_t i = 0; i < ELEMENTSOF(rules); i++) {
@@ -916,24 +880,21 @@ finish:
 
 /* ---------------------------------------------------------------- cancel */
 
-int cmd_cancel(Ctx *ctx, int argc, char **argv) {
+int cmd_cancel(Ctx *ctx, Request *req) {
         _cleanup_bus_error_ sd_bus_error error = SD_BUS_ERROR_NULL;
         _cleanup_msg_ sd_bus_message *m = NULL;
         _cleanup_free_ char *path = NULL;
         const char *iface;
-        int r, ex;
+        int r;
 
-        ex = parse_options(argc, argv, false);
-        if (ex >= 0)
-                return ex;
-        if (optind + 1 != argc)
+        if (req->n_args != 1)
                 return usage_error("cancel takes one operation");
-        r = object_parse(argv[optind], true, &path, &iface);
+        r = object_parse(req->args[0], true, &path, &iface);
         if (r == -ENOMEM)
                 return log_oom();
         if (r < 0)
                 return usage_error("'%s' is no operation (use N, operation/N or an object path)",
-                                   argv[optind]);
+                                   req->args[0]);
 
         r = bus_new_simple_call(ctx, path, iface, "Cancel", &m, NULL);
         if (r < 0)

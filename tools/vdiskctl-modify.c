@@ -246,7 +246,7 @@ static int companion_names(const char *backend, OptList *opts, const char *displ
         const char *sub = optlist_get(opts, "subformat");
         size_t n = 0, len;
         uint64_t count;
-        bool flat;
+        bool mono;
 
         *ret = NULL;
         if (strcasecmp(backend, "QCOW2") == 0 && optlist_get(opts, "data_file")) {
@@ -263,32 +263,21 @@ static int companion_names(const char *backend, OptList *opts, const char *displ
         if (strcasecmp(backend, "VMDK") != 0 || !sub ||
             (strncmp(sub, "twoGbMaxExtent", 14) != 0 && !streq(sub, "monolithicFlat")))
                 return 0;
-        flat = strstr(sub, "Flat") != NULL;
+        mono = streq(sub, "monolithicFlat");
         stem = strdup(display);
         if (!stem)
                 return -ENOMEM;
         len = strlen(stem);
         if (len > 5 && strcasecmp(stem + len - 5, ".vmdk") == 0)
                 stem[len - 5] = 0;
-        if (streq(sub, "monolithicFlat")) {
-                _cleanup_free_ char *name = NULL;
-
-                if (asprintf(&name, "%s-flat.vmdk", stem) < 0) {
-                        name = NULL;
-                        return -ENOMEM;
-                }
-                if (strv_push(&l, &n, name) < 0)
-                        return -ENOMEM;
-                *ret = TAKE_PTR(l);
-                return 0;
-        }
-        count = (ALIGN_UP(size, UINT64_C(512)) + VMDK_EXTENT_BYTES - 1) / VMDK_EXTENT_BYTES;
+        count = mono ? 1 : (ALIGN_UP(size, UINT64_C(512)) + VMDK_EXTENT_BYTES - 1) / VMDK_EXTENT_BYTES;
         if (count > 65536)
                 return -E2BIG;
         for (uint64_t i = 1; i <= count; i++) {
                 _cleanup_free_ char *name = NULL;
 
-                if (asprintf(&name, "%s-%c%03" PRIu64 ".vmdk", stem, flat ? 'f' : 's', i) < 0) {
+                if ((mono ? asprintf(&name, "%s-flat.vmdk", stem)
+                          : asprintf(&name, "%s-%c%03" PRIu64 ".vmdk", stem, strstr(sub, "Flat") ? 'f' : 's', i)) < 0) {
                         name = NULL;
                         return -ENOMEM;
                 }
@@ -387,15 +376,18 @@ static int companions_append(Ctx *ctx, sd_bus_message *m, Companions *c, unsigne
         return r;
 }
 
-/* ---------------------------------------------------------------- helpers */
+/* Ends the options of a call that writes a new image (create, convert) with
+ * its companions, and runs it. Returns the exit code (logged). */
+static int run_creating(Ctx *ctx, sd_bus_message *m, Companions *c, unsigned used, bool progress,
+                        const char *what, OpWatch *w) {
+        int r = companions_append(ctx, m, c, used, what);
 
-/* The exit code of a finished op_run(); logs what failed. */
-static int op_finish(OpWatch *w, const char *what, int r) {
-        if (r > 0)
+        if (r != 0)
                 return r;
+        r = bus_options_close(m);
         if (r < 0)
-                return op_log_failure(w, what, r);
-        return EXIT_OK;
+                return log_build_failed(NULL, r);
+        return op_finish(w, what, op_run(ctx, m, progress, what, w));
 }
 
 /* ---------------------------------------------------------------- create */
@@ -544,18 +536,7 @@ int cmd_create(Ctx *ctx, Request *req) {
                 ex = log_build_failed(NULL, r);
                 goto finish;
         }
-        r = companions_append(ctx, m, &comp, 1, file);
-        if (r != 0) {
-                ex = r;
-                goto finish;
-        }
-        r = bus_options_close(m);
-        if (r < 0) {
-                ex = log_build_failed(NULL, r);
-                goto finish;
-        }
-        r = op_run(ctx, m, progress_wanted(false), file, &w);
-        ex = op_finish(&w, file, r);
+        ex = run_creating(ctx, m, &comp, 1, progress_wanted(false), file, &w);
 
 finish:
         op_watch_done(&w);
@@ -733,18 +714,7 @@ int cmd_convert(Ctx *ctx, Request *req) {
                 ex = log_build_failed(NULL, r);
                 goto finish;
         }
-        r = companions_append(ctx, m, &comp, 1 + (direct_fd >= 0), out_name);
-        if (r != 0) {
-                ex = r;
-                goto finish;
-        }
-        r = bus_options_close(m);
-        if (r < 0) {
-                ex = log_build_failed(NULL, r);
-                goto finish;
-        }
-        r = op_run(ctx, m, progress_wanted(progress), out_name, &w);
-        ex = op_finish(&w, out_name, r);
+        ex = run_creating(ctx, m, &comp, 1 + (direct_fd >= 0), progress_wanted(progress), out_name, &w);
 
 finish:
         op_watch_done(&w);
@@ -768,7 +738,7 @@ static int run_merge(Ctx *ctx, Chain *chain, unsigned from, unsigned to, bool pr
         /* Image paths before the merge: the images are named by path
          * (MergeImages), and the result says which paths left the chain. */
         r = chain_image_paths(ctx, chain, &images);
-        if (r >= 0 && (strv_length(images) != chain->n || from >= chain->n || to >= chain->n))
+        if (r >= 0 && (from >= chain->n || to >= chain->n))
                 r = -EBADMSG;
         if (r >= 0)
                 r = bus_new_simple_call(ctx, chain->disk, VDISK_IFACE_DISK, "MergeImages", &m, "oo", images[from],
@@ -934,8 +904,6 @@ int cmd_compact(Ctx *ctx, Request *req) {
         }
 
         r = chain_image_paths(ctx, &chain, &images);
-        if (r >= 0 && strv_length(images) != chain.n)
-                r = -EBADMSG;
         if (r >= 0)
                 r = bus_new_simple_call(ctx, images[image], VDISK_IFACE_IMAGE, "Compact", &m, NULL);
         if (r < 0) {

@@ -61,8 +61,6 @@ static void op_state_update(OpState *st, Value *props) {
                 v = &props->c.items[i];
                 if (streq(key, "State") && v->type == VALUE_STRING)
                         (void) set_string(&st->state, v->s);
-                else if (streq(key, "Kind") && v->type == VALUE_STRING)
-                        (void) set_string(&st->kind, v->s);
                 else if (streq(key, "ErrorName") && v->type == VALUE_STRING)
                         (void) set_string(&st->error_name, v->s);
                 else if (streq(key, "ErrorMessage") && v->type == VALUE_STRING)
@@ -77,8 +75,6 @@ static void op_state_update(OpState *st, Value *props) {
                         st->rate = v->u;
                 else if (streq(key, "ExpectedEndTime") && v->type == VALUE_UINT)
                         st->expected_end = v->u;
-                else if (streq(key, "Cancelable") && v->type == VALUE_BOOL)
-                        st->cancelable = v->b;
                 else if (streq(key, "Result") && v->type == VALUE_DICT) {
                         value_clear(&st->result);
                         st->result = *v;
@@ -185,7 +181,6 @@ static int on_wait_reply(sd_bus_message *m, void *userdata, sd_bus_error *ret_er
 
         if (e && sd_bus_error_has_name(e, SD_BUS_ERROR_LIMITS_EXCEEDED))
                 return 1;   /* too many waiters: the signals still tell the end */
-        w->st.waited = true;
         if (!e && sd_bus_message_read(m, "sss", &state, &name, &message) >= 0 && state_terminal(state)) {
                 if (!state_terminal(w->st.state))
                         op_state_set_end(&w->st, state, name, message);
@@ -263,7 +258,6 @@ void op_watch_done(OpWatch *w) {
         w->wait_slot = sd_bus_slot_unref(w->wait_slot);
         w->owner_slot = sd_bus_slot_unref(w->owner_slot);
         free(w->st.path);
-        free(w->st.kind);
         free(w->st.state);
         free(w->st.error_name);
         free(w->st.error_message);
@@ -396,11 +390,13 @@ static int op_follow(OpWatch *w, const char *path) {
         return -EIO;
 }
 
-int op_log_failure(OpWatch *w, const char *what, int r) {
+int op_finish(OpWatch *w, const char *what, int r) {
         _cleanup_bus_error_ sd_bus_error error = SD_BUS_ERROR_NULL;
         const char *name = w->st.error_name && *w->st.error_name ? w->st.error_name : NULL;
         const char *msg = w->st.error_message && *w->st.error_message ? w->st.error_message : NULL;
 
+        if (r >= 0)
+                return r;
         if (r == -ECANCELED) {
                 if (msg)
                         log_error("%s: cancelled (%s)", what, msg);

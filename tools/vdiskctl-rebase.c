@@ -60,7 +60,7 @@ int cmd_rebase(Ctx *ctx, Request *req) {
                 goto finish;
         }
         r = op_run(ctx, m, progress_wanted(req->progress), file, &w);
-        ex = r > 0 ? r : r < 0 ? op_log_failure(&w, file, r) : EXIT_OK;
+        ex = op_finish(&w, file, r);
 
 finish:
         op_watch_done(&w);

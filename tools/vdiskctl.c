@@ -17,7 +17,6 @@
  * the printers vdisk-img uses too.
  */
 
-#include <errno.h>
 #include <getopt.h>
 #include <string.h>
 
@@ -38,30 +37,25 @@ FrontDialect front_dialect = {
         .drop_repeated_name = true,   /* vdiskd's messages name the file too */
 };
 
-typedef struct Command {
-        const char *name;
-        int (*run)(Ctx *ctx, int argc, char **argv);   /* vdiskctl's own verbs parse their arguments */
-        int (*run_request)(Ctx *ctx, Request *req);    /* the verbs vdisk-img shares: shared/front.c */
-} Command;
-
-static const Command commands[] = {
-        { "cancel",   cmd_cancel },
-        { "check",    .run_request = cmd_check },
-        { "commit",   .run_request = cmd_commit },
-        { "compact",  .run_request = cmd_compact },
-        { "compare",  .run_request = cmd_compare },
-        { "convert",  .run_request = cmd_convert },
-        { "copy",     .run_request = cmd_convert },
-        { "create",   .run_request = cmd_create },
-        { "info",     .run_request = cmd_info },
-        { "list",     cmd_list },
-        { "merge",    cmd_merge },
-        { "monitor",  cmd_monitor },
-        { "rebase",   .run_request = cmd_rebase },
-        { "repair",   .run_request = cmd_repair },
-        { "resize",   .run_request = cmd_resize },
-        { "snapshot", .run_request = cmd_snapshot },
-        { "status",   cmd_status },
+/* The command of each verb (parsed in shared/front.c, "copy" is convert);
+ * NULL: vdisk-img's only. merge, which parses its own arguments, is not among
+ * them. */
+static int (*const commands[_VERB_MAX])(Ctx *ctx, Request *req) = {
+        [VERB_CANCEL] = cmd_cancel,
+        [VERB_CHECK] = cmd_check,
+        [VERB_COMMIT] = cmd_commit,
+        [VERB_COMPACT] = cmd_compact,
+        [VERB_COMPARE] = cmd_compare,
+        [VERB_CONVERT] = cmd_convert,
+        [VERB_CREATE] = cmd_create,
+        [VERB_INFO] = cmd_info,
+        [VERB_LIST] = cmd_list,
+        [VERB_MONITOR] = cmd_monitor,
+        [VERB_REBASE] = cmd_rebase,
+        [VERB_REPAIR] = cmd_check,
+        [VERB_RESIZE] = cmd_resize,
+        [VERB_SNAPSHOT] = cmd_snapshot,
+        [VERB_STATUS] = cmd_status,
 };
 
 void print_help(void) {
@@ -178,9 +172,10 @@ static int parse_global(int argc, char **argv) {
 }
 
 int main(int argc, char **argv) {
-        const Command *cmd = NULL;
+        FrontVerbId verb = VERB_INFO;
         Request req = {};
         Ctx ctx = {};
+        bool merge;
         int ex;
 
         ex = parse_global(argc, argv);
@@ -191,12 +186,8 @@ int main(int argc, char **argv) {
                 return usage_hint();
         }
 
-        for (size_t i = 0; i < ELEMENTSOF(commands); i++)
-                if (streq(argv[optind], commands[i].name)) {
-                        cmd = &commands[i];
-                        break;
-                }
-        if (!cmd) {
+        merge = streq(argv[optind], "merge");
+        if (!merge && (front_verb_find(argv[optind], &verb) < 0 || !commands[verb])) {
                 log_error("Unknown command '%s'", argv[optind]);
                 return usage_hint();
         }
@@ -219,10 +210,7 @@ int main(int argc, char **argv) {
         argv += optind;
         optind = 0;   /* the command parses its own options (getopt re-initializes) */
 
-        if (cmd->run_request) {
-                FrontVerbId verb = VERB_INFO;
-
-                (void) front_verb_find(cmd->name, &verb);   /* every run_request verb is there */
+        if (!merge) {
                 /* The global -q and --output hold unless the verb's own say otherwise. */
                 req.quiet = arg_quiet;
                 req.output = arg_output;
@@ -237,15 +225,9 @@ int main(int argc, char **argv) {
 
         ex = ctx_connect(&ctx);
         if (ex == 0) {
-                ex = cmd->run_request ? cmd->run_request(&ctx, &req) : cmd->run(&ctx, argc, argv);
+                ex = merge ? cmd_merge(&ctx, argc, argv) : commands[verb](&ctx, &req);
                 ctx_done(&ctx);
         }
         request_done(&req);
-
-        if (fflush(stdout) != 0 || ferror(stdout)) {
-                log_error("Could not write the output: %s", strerror(errno));
-                if (ex == EXIT_OK)
-                        ex = EXIT_FAILURE;
-        }
-        return ex;
+        return flush_output(ex);
 }

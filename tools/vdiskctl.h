@@ -311,20 +311,19 @@ int chain_open(Ctx *ctx, const char *file, const char *format, unsigned flags, b
 /* Disk.Close of the disk opened (errors ignored) and closes the fds. */
 void chain_done(Ctx *ctx, Chain *c);
 /* The image object paths of the opened disk, base first (Disk.Images), as a
- * NULL-terminated list; -ENOENT when no disk is open. */
+ * NULL-terminated list of c->n; -ENOENT when no disk is open, -EBADMSG when
+ * vdiskd lists another number of images. */
 int chain_image_paths(Ctx *ctx, Chain *c, char ***ret);
 
 /* ---- operations (vdiskctl-op.c) */
 
 typedef struct OpState {
         char *path;
-        char *kind, *state, *error_name, *error_message;
+        char *state, *error_name, *error_message;
         double progress;
         uint64_t bytes_done, bytes_total, rate, expected_end;
-        bool cancelable;
         Value result;           /* the Result dictionary */
         bool ended;             /* Completed seen, or a terminal State */
-        bool waited;            /* the Wait call returned */
         bool cancel_sent;
 } OpState;
 
@@ -340,27 +339,26 @@ typedef struct OpWatch {
 } OpWatch;
 
 void op_watch_done(OpWatch *w);
-/* Reports an operation that did not succeed: "vdiskctl: WHAT: message".
- * Returns the exit code. */
-int op_log_failure(OpWatch *w, const char *what, int r);
+/* The exit code of op_run()'s result r: r itself when >= 0; an operation
+ * that did not succeed is reported ("vdiskctl: WHAT: message"). */
+int op_finish(OpWatch *w, const char *what, int r);
 /* Whether to show a progress bar: forced by -p, else when stderr is a tty
  * (never with -q). */
 bool progress_wanted(bool forced);
 /* Sends m (a method that returns an Operation path) and follows the
  * operation. Returns 0 on success, a positive exit code when it could not be
  * started or followed (logged), or -EIO (failed), -ECANCELED (cancelled),
- * -EINTR (stopped waiting) without logging: see op_log_failure(). The caller
+ * -EINTR (stopped waiting) without logging: see op_finish(). The caller
  * calls op_watch_done(w) in every case. */
 int op_run(Ctx *ctx, sd_bus_message *m, bool progress, const char *what, OpWatch *w);
 
 /* ---- commands */
 
-int cmd_list(Ctx *ctx, int argc, char **argv);
-int cmd_status(Ctx *ctx, int argc, char **argv);
-int cmd_monitor(Ctx *ctx, int argc, char **argv);
+int cmd_list(Ctx *ctx, Request *req);
+int cmd_status(Ctx *ctx, Request *req);
+int cmd_monitor(Ctx *ctx, Request *req);
 int cmd_info(Ctx *ctx, Request *req);
 int cmd_check(Ctx *ctx, Request *req);
-int cmd_repair(Ctx *ctx, Request *req);
 int cmd_create(Ctx *ctx, Request *req);
 int cmd_convert(Ctx *ctx, Request *req);
 int cmd_merge(Ctx *ctx, int argc, char **argv);
@@ -370,7 +368,7 @@ int cmd_rebase(Ctx *ctx, Request *req);    /* vdiskctl-rebase.c */
 int cmd_resize(Ctx *ctx, Request *req);
 int cmd_compare(Ctx *ctx, Request *req);   /* vdiskctl-image.c */
 int cmd_snapshot(Ctx *ctx, Request *req);  /* vdiskctl-image.c */
-int cmd_cancel(Ctx *ctx, int argc, char **argv);
+int cmd_cancel(Ctx *ctx, Request *req);
 
 void print_help(void);
 

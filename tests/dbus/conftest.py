@@ -47,3 +47,18 @@ def daemon_alive(env):
     yield
     assert env.daemon is None or env.daemon.alive(), \
         f'vdiskd died (exit {env.daemon.proc.returncode}):\n{env.daemon.output()[-4000:]}'
+
+
+@pytest.fixture(scope='module')
+def clients(env):
+    """A client of each test uid (A and B), shared by the module's tests."""
+    return {harness.UID_A: env.agent(harness.UID_A, 'A'), harness.UID_B: env.agent(harness.UID_B, 'B')}
+
+
+@pytest.fixture
+def policy(env):
+    """polkit allows open and modify during the test; after it, harness.after_test().
+    A module takes it for every test with pytestmark = pytest.mark.usefixtures('policy')."""
+    env.polkit.allow(harness.A_OPEN, harness.A_MODIFY)
+    yield
+    harness.after_test(env)

@@ -18,10 +18,9 @@ import uuid
 
 import pytest
 
-from harness import (A_MODIFY, A_OPEN, ACCESS_DENIED, DISK, ERR, FILE_SET, IMAGE, INVALID_ARGS, LIMITS_EXCEEDED,
+from harness import (ACCESS_DENIED, DISK, ERR, FILE_SET, IMAGE, INVALID_ARGS, LIMITS_EXCEEDED,
                      MANAGER, ROOT_PATH, UID_A, UID_B, UNKNOWN_OBJECT, Fd, Open, RemoteDBusError, T, deadline,
                      disk_images, expect_error, finished_ok, frozen_fs, open_disk, tool, unique)
-from harness import after_test
 
 MAX_PERSISTENT = 3
 MAX_FDS_PER_CALL = 16
@@ -34,12 +33,7 @@ VDISK_ENV = dict(daemon_args=[f'--max-persistent-disks-per-user={MAX_PERSISTENT}
 MiB = 1024 * 1024
 SMALL = 8 * MiB
 
-
-@pytest.fixture(autouse=True)
-def policy(env):
-    env.polkit.allow(A_OPEN, A_MODIFY)
-    yield
-    after_test(env)
+pytestmark = pytest.mark.usefixtures('policy')
 
 
 @pytest.fixture(scope='module')

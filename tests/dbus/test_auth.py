@@ -30,11 +30,6 @@ VDISK_ENV = dict(daemon_args=['--workers=2'])
 SIZE = 8 * MiB
 
 
-@pytest.fixture(scope='module')
-def clients(env):
-    return {UID_A: env.agent(UID_A, 'A'), UID_B: env.agent(UID_B, 'B')}
-
-
 # ---------------------------------------------------------------------------
 # one case per method: setup (as the owner, polkit allowing everything), the
 # call (as the caller), and a check of the result when it is allowed.

@@ -28,11 +28,6 @@ FLAG_INTERACTIVE = rawbus.FLAG_ALLOW_INTERACTIVE_AUTHORIZATION
 POLKIT_ALLOW_USER_INTERACTION = 1
 
 
-@pytest.fixture(scope='module')
-def clients(env):
-    return {UID_A: env.agent(UID_A, 'A'), UID_B: env.agent(UID_B, 'B')}
-
-
 def set_result(env, authorized, challenge, details):
     env.polkit.mock.SetResult(authorized, challenge, dbus.Dictionary(details, signature='ss'))
 

@@ -28,7 +28,6 @@ import pytest
 from harness import (A_MODIFY, A_OPEN, DISK, ERR, INVALID_ARGS, LIMITS_EXCEEDED, OPERATION, REGIONS, UID_A,
                      UID_B, Fd, MiB, Open, T, expect_error, finished_ok, frozen_fs, op_props, open_disk, unique,
                      wait_until)
-from harness import after_test
 
 VDISK_ENV = dict(daemon_args=['--workers=3', '--max-workers-per-user=3'])
 
@@ -38,17 +37,7 @@ READ_ONLY = ERR + 'ReadOnly'
 SIZE = 8 * MiB
 TiB = 1 << 40
 
-
-@pytest.fixture(scope='module')
-def clients(env):
-    return {UID_A: env.agent(UID_A, 'A'), UID_B: env.agent(UID_B, 'B')}
-
-
-@pytest.fixture(autouse=True)
-def policy(env):
-    env.polkit.allow(A_OPEN, A_MODIFY)
-    yield
-    after_test(env)
+pytestmark = pytest.mark.usefixtures('policy')
 
 
 def vdi(env, regions=REGIONS, size=SIZE, uid=UID_A):

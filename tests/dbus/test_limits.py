@@ -42,11 +42,6 @@ FLOOD_OPERATIONS = 5000
 FLOOD_DISKS = 24                 # below MaxOperationsPerUser (32): one Check per Disk at a time
 
 
-@pytest.fixture(scope='module')
-def clients(env):
-    return {UID_A: env.agent(UID_A, 'A'), UID_B: env.agent(UID_B, 'B')}
-
-
 @pytest.fixture(autouse=True)
 def policy(env):
     env.polkit.allow(A_OPEN, A_MODIFY)

@@ -28,7 +28,6 @@ import pytest
 
 from harness import (A_MODIFY, A_OPEN, ERR, LIMITS_EXCEEDED, UID_A, MiB, Fd, Open, T, deadline, expect_error,
                      frozen_fs, tool, unique, user_path, vdiskctl, wait_until)
-from harness import after_test
 
 GiB = 1024 * MiB
 
@@ -45,12 +44,7 @@ BASE_DATA = [(0, 1 * MiB, 0x11), (2 * GiB - 64 * 1024, 256 * 1024, 0x12), (4 * G
 # written into the diff over the bus
 DIFF_DATA = [(512 * 1024, 1 * MiB, 0x21), (2 * GiB - 4096, 8192, 0x22), (3 * GiB, 65536, 0x23)]
 
-
-@pytest.fixture(autouse=True)
-def policy(env):
-    env.polkit.allow(A_OPEN, A_MODIFY)
-    yield
-    after_test(env)
+pytestmark = pytest.mark.usefixtures('policy')
 
 
 @pytest.fixture(scope='module')

@@ -16,7 +16,6 @@ import pytest
 from harness import (A_CANCEL_OTHER, A_MODIFY, A_OPEN, ACCESS_DENIED, DISK, ERR, LIMITS_EXCEEDED, MANAGER, MiB,
                      OPERATION, REGIONS, ROOT_PATH, UID_A, UID_B, Fd, Open, RemoteDBusError, disk_images,
                      T, expect_error, finished_ok, frozen_fs, open_disk, op_props, unique, wait_until)
-from harness import after_test
 
 VDISK_ENV = dict(daemon_args=['--workers=2', '--max-workers-per-user=2'])
 
@@ -24,22 +23,12 @@ SMALL = 16 * MiB
 BIG = 256 * MiB
 CANCELLED = ERR + 'Cancelled'
 
-
-@pytest.fixture(scope='module')
-def clients(env):
-    return {UID_A: env.agent(UID_A, 'A'), UID_B: env.agent(UID_B, 'B')}
+pytestmark = pytest.mark.usefixtures('policy')
 
 
 @pytest.fixture(scope='module')
 def frz(env):
     return frozen_fs(env)
-
-
-@pytest.fixture(autouse=True)
-def policy(env):
-    env.polkit.allow(A_OPEN, A_MODIFY)
-    yield
-    after_test(env)
 
 
 def src_disk(env, agent, uid, size=SMALL, regions=REGIONS, name=None):

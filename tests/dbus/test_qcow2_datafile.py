@@ -22,19 +22,13 @@ import subprocess
 import pytest
 
 from harness import A_MODIFY, A_OPEN, ERR, UID_A, MiB, Open, T, deadline, expect_error, tool, unique
-from harness import after_test
 
 FILE_NEEDED = ERR + 'FileNeeded'
 SIZE = 48 * MiB
 WRITES = [('write -P 0x11 0 1M', 0, MiB, 0x11), ('write -P 0x22 5M 70000', 5 * MiB, 70000, 0x22),
           ('write -P 0x33 47M 1M', 47 * MiB, MiB, 0x33)]
 
-
-@pytest.fixture(autouse=True)
-def policy(env):
-    env.polkit.allow(A_OPEN, A_MODIFY)
-    yield
-    after_test(env)
+pytestmark = pytest.mark.usefixtures('policy')
 
 
 @pytest.fixture(scope='module')

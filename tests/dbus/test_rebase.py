@@ -21,9 +21,8 @@ import shutil
 
 import pytest
 
-from harness import (A_MODIFY, A_OPEN, ACCESS_DENIED, DISK, ERR, INVALID_ARGS, OPERATION, UID_A, UID_B, MiB, Open,
+from harness import (ACCESS_DENIED, DISK, ERR, INVALID_ARGS, OPERATION, UID_A, UID_B, MiB, Open,
                      T, expect_error, finished_ok, frozen_fs, op_props, open_disk, unique, wait_until)
-from harness import after_test
 
 SIZE = 8 * MiB
 CANCELLED = ERR + 'Cancelled'
@@ -31,17 +30,7 @@ READ_ONLY = ERR + 'ReadOnly'
 OLD = ((0, 65536, 0x11), (3 * MiB + 512, 100000, 0x22), (6 * MiB, MiB, 0x33))
 NEW = ((0, 65536, 0x11), (5 * MiB, 4096, 0x44))
 
-
-@pytest.fixture(scope='module')
-def clients(env):
-    return {UID_A: env.agent(UID_A, 'A'), UID_B: env.agent(UID_B, 'B')}
-
-
-@pytest.fixture(autouse=True)
-def policy(env):
-    env.polkit.allow(A_OPEN, A_MODIFY)
-    yield
-    after_test(env)
+pytestmark = pytest.mark.usefixtures('policy')
 
 
 def chain_vdi(env):

@@ -6,9 +6,10 @@
 
 #include "check.h"
 #include "json.h"
+#include "log.h"
 #include "text.h"
 
-void check_print_human(const CheckCounts *rep, const CheckCounts *fixed) {
+static void check_print_human(const CheckCounts *rep, const CheckCounts *fixed) {
         if (fixed && (fixed->corruptions_fixed || fixed->leaks_fixed))
                 printf("The following inconsistencies were found and repaired:\n\n"
                        "    %" PRIu64 " leaked clusters\n"
@@ -43,8 +44,8 @@ void check_print_human(const CheckCounts *rep, const CheckCounts *fixed) {
                 printf("Image end offset: %" PRIu64 "\n", rep->image_end_offset);
 }
 
-void check_print_json(const CheckCounts *rep, const CheckCounts *fixed, const char *filename,
-                      const char *format) {
+static void check_print_json(const CheckCounts *rep, const CheckCounts *fixed, const char *filename,
+                             const char *format) {
         uint64_t corruptions_fixed = fixed ? fixed->corruptions_fixed : 0;
         uint64_t leaks_fixed = fixed ? fixed->leaks_fixed : 0;
         Json w;
@@ -75,7 +76,8 @@ void check_print_json(const CheckCounts *rep, const CheckCounts *fixed, const ch
         json_end(&w);
 }
 
-void check_hide_stats(CheckCounts *rep, const char *qemu_format) {
+/* Leaves out the statistics qemu-img's check does not show for the format. */
+static void check_hide_stats(CheckCounts *rep, const char *qemu_format) {
         bool clusters = true, end_offset = true;
 
         if (streq_ptr(qemu_format, "vdi") || streq_ptr(qemu_format, "vhdx") || streq_ptr(qemu_format, "vmdk"))
@@ -86,6 +88,20 @@ void check_hide_stats(CheckCounts *rep, const char *qemu_format) {
                 rep->image_end_offset = 0;
         if (!clusters)
                 rep->total_clusters = rep->allocated_clusters = rep->fragmented_clusters = 0;
+}
+
+int check_report(const CheckCounts *rep, const CheckCounts *fixed, OutputFormat output, bool quiet,
+                 const char *filename, const char *qemu_format) {
+        CheckCounts shown = *rep;
+
+        check_hide_stats(&shown, qemu_format);
+        if (!quiet && output == OUTPUT_JSON)
+                check_print_json(&shown, fixed, filename, qemu_format);
+        else if (!quiet)
+                check_print_human(&shown, fixed);
+        if (rep->check_errors)
+                log_error("Check failed");
+        return check_exit_code(rep);
 }
 
 int check_exit_code(const CheckCounts *rep) {

@@ -5,6 +5,8 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "front.h"
+
 /* qemu-img check's exit codes (repair's too). */
 #define CHECK_EXIT_ERROR 1            /* a bad command line, or the check could not finish */
 #define CHECK_EXIT_CORRUPT 2
@@ -16,16 +18,13 @@ typedef struct CheckCounts {
         uint64_t total_clusters, allocated_clusters, fragmented_clusters, image_end_offset;
 } CheckCounts;
 
-/* `fixed` (may be NULL): the pass that repaired, when the report is of the
- * check run again after a repair. */
-void check_print_human(const CheckCounts *rep, const CheckCounts *fixed);
-/* qemu-img's ImageCheck object: keys in its order, counters that are 0 left out. */
-void check_print_json(const CheckCounts *rep, const CheckCounts *fixed, const char *filename,
-                      const char *format);
-
-/* Leaves out the statistics qemu-img's check does not show for the format
- * (`qemu_format`: qemu's name). */
-void check_hide_stats(CheckCounts *rep, const char *qemu_format);
+/* check's report of the image `filename` (`qemu_format`: qemu's name of its
+ * format) unless quiet: human, or qemu-img's ImageCheck object (keys in its
+ * order, counters that are 0 left out). `fixed` (may be NULL): the pass that
+ * repaired, when rep is of the check run again after a repair. Returns the
+ * exit code (check_exit_code()). */
+int check_report(const CheckCounts *rep, const CheckCounts *fixed, OutputFormat output, bool quiet,
+                 const char *filename, const char *qemu_format);
 /* The exit code a report gives: errors, corruptions, leaks, else 0. */
 int check_exit_code(const CheckCounts *rep);
 /* repair's summary: `pass` the repair (or dry run) itself, `now` the image

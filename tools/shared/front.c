@@ -18,10 +18,14 @@
 int common_option(int c, const char *arg, int *ret_exit);
 void print_help(void);
 
+static bool is_img(void) {
+        return front_dialect.tool == FRONT_IMG;
+}
+
 char **arg_parent_dirs = NULL;
 static size_t n_parent_dirs = 0;
 
-int parent_dirs_add(const char *dir) {
+static int parent_dirs_add(const char *dir) {
         char **l;
 
         l = realloc(arg_parent_dirs, (n_parent_dirs + 2) * sizeof(char *));
@@ -79,50 +83,58 @@ typedef struct OptSpec {
         const char *long_name;    /* NULL: short only */
         bool has_arg;
         int key;                  /* what getopt returns: the short letter, or ARG_* */
+        /* Options that only set a Request field: the offset of that bool
+         * (set to true) or string (set to the argument); 0: handle_option()
+         * does the rest. */
+        size_t flag, value;
 } OptSpec;
+
+#define FLAG(field) .flag = offsetof(Request, field)
+#define VALUE(field) .value = offsetof(Request, field)
 
 static const OptSpec opt_specs[_O_MAX] = {
         [O_h] = { 'h', "help", false, 'h' },
-        [O_f] = { 'f', NULL, true, 'f' },
-        [O_O] = { 'O', NULL, true, 'O' },
+        [O_f] = { 'f', NULL, true, 'f', VALUE(format) },
+        [O_O] = { 'O', NULL, true, 'O', VALUE(out_format) },
         [O_o] = { 'o', NULL, true, 'o' },
         [O_b] = { 'b', NULL, true, 'b' },
-        [O_B] = { 'B', NULL, true, 'B' },
+        [O_B] = { 'B', NULL, true, 'B', VALUE(backing) },   /* vdiskctl: with -n only (CopyTo's source-top-only) */
         [O_F] = { 'F', NULL, true, 'F' },
         [O_t] = { 't', NULL, true, 't' },
         [O_T] = { 'T', NULL, true, 'T' },
         [O_S] = { 'S', NULL, true, 'S' },
-        [O_p] = { 'p', NULL, false, 'p' },
-        [O_q] = { 'q', NULL, false, 'q' },
-        [O_n] = { 'n', NULL, false, 'n' },
-        [O_c] = { 'c', NULL, false, 'c' },
-        [O_l] = { 'l', NULL, true, 'l' },
+        [O_p] = { 'p', NULL, false, 'p', FLAG(progress) },
+        [O_q] = { 'q', NULL, false, 'q', FLAG(quiet) },
+        [O_n] = { 'n', NULL, false, 'n', FLAG(no_create) },
+        [O_c] = { 'c', NULL, false, 'c', FLAG(compress) },
+        [O_l] = { 'l', NULL, true, 'l', VALUE(snapshot) },
         [O_r] = { 'r', NULL, true, 'r' },
         [O_m] = { 'm', NULL, true, 'm' },
         [O_W] = { 'W', NULL, false, 'W' },
         [O_C] = { 'C', NULL, false, 'C' },
         [O_u] = { 'u', NULL, false, 'u' },
-        [O_d] = { 'd', NULL, false, 'd' },
+        [O_d] = { 'd', NULL, false, 'd', FLAG(drop) },
         [O_U] = { 'U', NULL, false, 'U' },
-        [O_s] = { 's', NULL, false, 's' },
-        [O_FORMAT] = { 0, "format", true, 'f' },
+        [O_s] = { 's', NULL, false, 's', FLAG(strict) },
+        [O_FORMAT] = { 0, "format", true, 'f', VALUE(format) },
         [O_FILENAME] = { 0, "filename", true, 'F' },   /* compact: the image, not -F */
-        [O_QUIET] = { 0, "quiet", false, 'q' },
+        [O_QUIET] = { 0, "quiet", false, 'q', FLAG(quiet) },
         [O_FORCE_SHARE] = { 0, "force-share", false, 'U' },
         [O_OUTPUT] = { 0, "output", true, ARG_OUTPUT },
-        [O_BACKING_CHAIN] = { 0, "backing-chain", false, ARG_BACKING_CHAIN },
+        [O_BACKING_CHAIN] = { 0, "backing-chain", false, ARG_BACKING_CHAIN, FLAG(backing_chain) },
         [O_PARENT_DIR] = { 0, "parent-dir", true, ARG_PARENT_DIR },
         [O_IMAGE_OPTS] = { 0, "image-opts", false, ARG_IMAGE_OPTS },
         [O_OBJECT] = { 0, "object", true, ARG_OBJECT },
-        [O_SHRINK] = { 0, "shrink", false, ARG_SHRINK },
+        [O_SHRINK] = { 0, "shrink", false, ARG_SHRINK, FLAG(shrink) },
         [O_PREALLOCATION] = { 0, "preallocation", true, ARG_PREALLOCATION },
         [O_DRY_RUN] = { 0, "dry-run", false, ARG_DRY_RUN },
         [O_IMAGE] = { 0, "image", true, ARG_IMAGE },
-        [O_TARGET_IS_ZERO] = { 0, "target-is-zero", false, ARG_TARGET_IS_ZERO },
+        [O_TARGET_IS_ZERO] = { 0, "target-is-zero", false, ARG_TARGET_IS_ZERO, FLAG(target_is_zero) },
         [O_TARGET_IMAGE_OPTS] = { 0, "target-image-opts", false, ARG_TARGET_IMAGE_OPTS },
         [O_SALVAGE] = { 0, "salvage", false, ARG_SALVAGE },
-        [O_BITMAPS] = { 0, "bitmaps", false, ARG_BITMAPS },
-        [O_SKIP_BROKEN_BITMAPS] = { 0, "skip-broken-bitmaps", false, ARG_SKIP_BROKEN_BITMAPS },
+        [O_BITMAPS] = { 0, "bitmaps", false, ARG_BITMAPS, FLAG(bitmaps) },
+        [O_SKIP_BROKEN_BITMAPS] = { 0, "skip-broken-bitmaps", false, ARG_SKIP_BROKEN_BITMAPS,
+                                    FLAG(skip_broken_bitmaps) },
         [O_START_OFFSET] = { 0, "start-offset", true, ARG_START_OFFSET },
         [O_MAX_LENGTH] = { 0, "max-length", true, ARG_MAX_LENGTH },
         /* snapshot's actions (-l takes no argument there, -c and -d one) */
@@ -130,7 +142,7 @@ static const OptSpec opt_specs[_O_MAX] = {
         [O_SNAP_a] = { 'a', NULL, true, 'a' },
         [O_SNAP_c] = { 'c', NULL, true, 'c' },
         [O_SNAP_d] = { 'd', NULL, true, 'd' },
-        [O_SIZE] = { 0, "size", true, ARG_SIZE },
+        [O_SIZE] = { 0, "size", true, ARG_SIZE, VALUE(size_arg) },
         [O_FORCE] = { 0, "force", false, ARG_FORCE },
         [O_g] = { 'g', NULL, true, 'g' },
         [O_BM_ADD] = { 0, "add", false, ARG_BM_ADD },
@@ -139,13 +151,13 @@ static const OptSpec opt_specs[_O_MAX] = {
         [O_BM_ENABLE] = { 0, "enable", false, ARG_BM_ENABLE },
         [O_BM_DISABLE] = { 0, "disable", false, ARG_BM_DISABLE },
         [O_BM_MERGE] = { 0, "merge", true, ARG_BM_MERGE },
-        [O_BM_DISABLED] = { 0, "disabled", false, ARG_BM_DISABLED },
+        [O_BM_DISABLED] = { 0, "disabled", false, ARG_BM_DISABLED, FLAG(bitmap_disabled) },
         [O_UUID] = { 0, "uuid", true, ARG_UUID },
         [O_PARENT_UUID] = { 0, "parentuuid", true, ARG_PARENT_UUID },
         [O_ZERO_PARENT_UUID] = { 0, "zeroparentuuid", false, ARG_ZERO_PARENT_UUID },
         [O_MODIFICATION_UUID] = { 0, "modificationuuid", true, ARG_MODIFICATION_UUID },
         [O_PARENT_MODIFICATION_UUID] = { 0, "parentmodificationuuid", true, ARG_PARENT_MODIFICATION_UUID },
-        [O_CLEAR] = { 0, "clear", false, ARG_CLEAR },
+        [O_CLEAR] = { 0, "clear", false, ARG_CLEAR, FLAG(clear) },
 };
 
 /* What every verb of a tool takes. */
@@ -264,10 +276,15 @@ static const FrontVerb verbs[_VERB_MAX] = {
         [VERB_COMMENT] = {
                 "comment", OPT(f) | OPT(FILENAME) | OPT(FORMAT) | OPT(CLEAR), 0, NULL, NULL,
         },
+        /* vdiskctl's service commands check their own arguments */
+        [VERB_LIST] = { "list", 0, OPT(OUTPUT), NULL, NULL },
+        [VERB_STATUS] = { "status", 0, OPT(OUTPUT), NULL, NULL },
+        [VERB_MONITOR] = { "monitor", 0, OPT(OUTPUT), NULL, NULL },
+        [VERB_CANCEL] = { "cancel", 0, 0, NULL, NULL },
 };
 
 int front_verb_find(const char *name, FrontVerbId *ret) {
-        if (streq(name, "copy")) {
+        if (streq(name, "copy") && !is_img()) {
                 *ret = VERB_CONVERT;
                 return 0;
         }
@@ -291,7 +308,8 @@ int front_parse_output(const char *s, OutputFormat *ret) {
         return 0;
 }
 
-bool cache_mode_valid(const char *mode) {
+/* Whether `mode` is a qemu cache mode name (-t / -T). */
+static bool cache_mode_valid(const char *mode) {
         static const char *const modes[] = {
                 "none", "off", "writeback", "writethrough", "directsync", "unsafe",
         };
@@ -308,10 +326,6 @@ bool cache_mode_direct(const char *mode) {
 
 bool cache_mode_direct_only(const char *mode) {
         return streq_ptr(mode, "none") || streq_ptr(mode, "off") || streq_ptr(mode, "directsync");
-}
-
-static bool is_img(void) {
-        return front_dialect.tool == FRONT_IMG;
 }
 
 /* A bad option value: vdisk-img logs it and fails (qemu-img prints no
@@ -364,8 +378,9 @@ static int parse_sparse(Request *req, const char *arg) {
         return -1;
 }
 
-/* One option of a shared verb: -1 to go on, or the exit code. */
-static int handle_option(Request *req, int c, const char *arg, const char *as_given) {
+/* One option of a shared verb (spec: its row, NULL for getopt's '?'): -1 to
+ * go on, or the exit code. */
+static int handle_option(Request *req, const OptSpec *spec, int c, const char *arg, const char *as_given) {
         bool img = is_img();
         int ex = -1;
 
@@ -378,13 +393,15 @@ static int handle_option(Request *req, int c, const char *arg, const char *as_gi
                 req->action_arg = arg;
                 return -1;
         }
+        if (spec && spec->flag) {
+                *(bool *) ((char *) req + spec->flag) = true;
+                return -1;
+        }
+        if (spec && spec->value) {
+                *(const char **) ((char *) req + spec->value) = arg;
+                return -1;
+        }
         switch (c) {
-        case 'f':
-                req->format = arg;
-                break;
-        case 'O':
-                req->out_format = arg;
-                break;
         case 'F':
                 if (req->verb == VERB_COMPACT || req->verb == VERB_SETUUID || req->verb == VERB_COMMENT)
                         req->files[0] = arg;   /* --filename */
@@ -399,9 +416,6 @@ static int handle_option(Request *req, int c, const char *arg, const char *as_gi
                  * invalid, so the top keeps its data (qemu-img: -b implies -d). */
                 if (req->verb == VERB_COMMIT)
                         req->drop = true;
-                break;
-        case 'B':
-                req->backing = arg;   /* vdiskctl: with -n only (CopyTo's source-top-only) */
                 break;
         case 'o':
                 if (optlist_parse(&req->opts, arg) < 0)
@@ -425,21 +439,6 @@ static int handle_option(Request *req, int c, const char *arg, const char *as_gi
                 break;
         case 'S':
                 return parse_sparse(req, arg);
-        case 'p':
-                req->progress = true;
-                break;
-        case 'q':
-                req->quiet = true;
-                break;
-        case 'n':
-                req->no_create = true;
-                break;
-        case 'c':
-                req->compress = true;
-                break;
-        case 'l':
-                req->snapshot = arg;
-                break;
         case 'r':
                 if (req->verb != VERB_CHECK)
                         break;   /* a rate limit: vdisk-img and vdiskd copy at full speed */
@@ -461,22 +460,10 @@ static int handle_option(Request *req, int c, const char *arg, const char *as_gi
                         return refuse(c, as_given);
                 req->unsafe = true;
                 break;
-        case 'd':
-                req->drop = true;
-                break;
-        case 's':
-                req->strict = true;
-                break;
         case ARG_OUTPUT:
                 if (front_parse_output(arg, &req->output) < 0)
                         return img ? bad_value("--output must be used with human or json as argument.")
                                    : bad_value("--output takes 'human' or 'json', not '%s'", arg);
-                break;
-        case ARG_BACKING_CHAIN:
-                req->backing_chain = true;
-                break;
-        case ARG_SIZE:
-                req->size_arg = arg;
                 break;
         case 'g':
                 if (parse_size(arg, &req->granularity) < 0 || req->granularity == 0) {
@@ -503,14 +490,9 @@ static int handle_option(Request *req, int c, const char *arg, const char *as_gi
                 req->actions[req->n_actions++].arg = arg;
                 req->bitmap_add = req->bitmap_add || c == ARG_BM_ADD;
                 break;
-        case ARG_CLEAR:
-                req->clear = true;
-                break;
-        case ARG_BM_DISABLED:
-                req->bitmap_disabled = true;
-                break;
         case ARG_FORCE:
                 break;
+
         case ARG_START_OFFSET:
         case ARG_MAX_LENGTH:
                 if (parse_size(arg, c == ARG_START_OFFSET ? &req->start_offset : &req->max_length) < 0) {
@@ -519,9 +501,6 @@ static int handle_option(Request *req, int c, const char *arg, const char *as_gi
                         log_error("kilobytes, megabytes, gigabytes, terabytes, petabytes and exabytes.");
                         return front_dialect.exit_usage;
                 }
-                break;
-        case ARG_SHRINK:
-                req->shrink = true;
                 break;
         case ARG_PREALLOCATION:
                 /* qemu-img checks the word before it opens anything */
@@ -538,15 +517,6 @@ static int handle_option(Request *req, int c, const char *arg, const char *as_gi
         case ARG_IMAGE:
                 if (parse_uint(arg, &req->image) < 0)
                         return usage_error("--image takes an image index (0 is the base): %s", arg);
-                break;
-        case ARG_TARGET_IS_ZERO:
-                req->target_is_zero = true;
-                break;
-        case ARG_BITMAPS:
-                req->bitmaps = true;
-                break;
-        case ARG_SKIP_BROKEN_BITMAPS:
-                req->skip_broken_bitmaps = true;
                 break;
         case ARG_TARGET_IMAGE_OPTS:
         case ARG_SALVAGE:
@@ -608,6 +578,10 @@ int front_check_files(Request *req) {
         case VERB_MEASURE:
         case VERB_AMEND:
         case VERB_BITMAP:
+        case VERB_LIST:
+        case VERB_STATUS:
+        case VERB_MONITOR:
+        case VERB_CANCEL:
                 return -1;
         default:
                 return req->n_args == 1 ? -1 : files_error(req);
@@ -681,7 +655,13 @@ static int parse_options(FrontVerbId verb, int argc, char **argv, Request *req) 
 
         optind = 0;   /* getopt starts afresh at argv[1] */
         while ((c = getopt_long(argc, argv, shorts, longs, NULL)) >= 0) {
-                ex = handle_option(req, c, optarg, argv[optind - 1]);
+                const OptSpec *spec = NULL;
+
+                /* the row of the key among the verb's (rows sharing a key mean the same) */
+                for (size_t i = 0; !spec && i < _O_MAX; i++)
+                        if ((mask & (UINT64_C(1) << i)) && opt_specs[i].key == c)
+                                spec = &opt_specs[i];
+                ex = handle_option(req, spec, c, optarg, argv[optind - 1]);
                 if (ex >= 0)
                         return ex;
         }
@@ -697,6 +677,8 @@ int front_parse(FrontVerbId verb, int argc, char **argv, Request *req) {
         req->max_length = UINT64_MAX;
         if (verb == VERB_CREATE)
                 req->format = "raw";
+        if (verb == VERB_REPAIR)
+                req->check_mode = CHECK_REPAIR_ALL;   /* --dry-run: CHECK_DRY_RUN */
         if (verb == VERB_DD || verb == VERB_MEASURE)
                 req->out_format = "raw";
         if (verb == VERB_CONVERT) {

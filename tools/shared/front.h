@@ -91,7 +91,6 @@ typedef enum OutputFormat {
 /* Extra directories searched for parents named by UUID only (--parent-dir),
  * NULL-terminated. */
 extern char **arg_parent_dirs;
-int parent_dirs_add(const char *dir);
 
 /* What every command of both tools takes: -h (the tool's print_help()),
  * --parent-dir, and getopt's '?' for a bad option. Returns 0 when c is none
@@ -101,8 +100,6 @@ int front_common_option(int c, const char *arg, int *ret_exit);
 
 /* "human" or "json"; -EINVAL (nothing logged) otherwise. */
 int front_parse_output(const char *s, OutputFormat *ret);
-/* Whether `mode` is a qemu cache mode name (-t / -T). */
-bool cache_mode_valid(const char *mode);
 /* Whether writes under cache mode `mode` (NULL: the default) bypass the page
  * cache: all but writeback, writethrough and unsafe. */
 bool cache_mode_direct(const char *mode);
@@ -130,6 +127,11 @@ typedef enum FrontVerbId {
         VERB_REBASE,
         VERB_SETUUID,
         VERB_COMMENT,
+        /* vdiskctl's own */
+        VERB_LIST,
+        VERB_STATUS,
+        VERB_MONITOR,
+        VERB_CANCEL,
         _VERB_MAX,
 } FrontVerbId;
 
@@ -195,7 +197,7 @@ typedef struct Request {
         bool clear;                   /* comment --clear */
 } Request;
 
-/* The verb named `name` ("copy" is convert) or -ENOENT. */
+/* The verb named `name` (vdiskctl's "copy" is convert) or -ENOENT. */
 int front_verb_find(const char *name, FrontVerbId *ret);
 
 /* Parses a shared verb's options and file names (argv[0] is the program

@@ -27,7 +27,7 @@ static const char *full_backing(const InfoView *v) {
         return v->full_backing ? v->full_backing : v->backing;
 }
 
-void info_print_human(const InfoView *v) {
+static void info_print_human(const InfoView *v) {
         char a[32], b[32];
 
         printf("image: %s\n", v->filename);
@@ -63,8 +63,7 @@ void info_print_human(const InfoView *v) {
                 printf("Variant: %s\n", v->variant);
         if (v->comment && *v->comment)
                 printf("Comment: %s\n", v->comment);
-        if (v->snapshots_human)
-                v->snapshots_human(v->snapshots);
+        snapshot_list_print(v->snapshots, v->n_snapshots);
         if (has_fmt_kv(v)) {
                 printf("Format specific information:\n");
                 for (size_t i = 0; v->fmt_kv[i] && v->fmt_kv[i + 1]; i += 2)
@@ -137,7 +136,7 @@ static void json_specific(Json *j, const InfoView *v) {
         json_object_close(j);
 }
 
-void info_print_json(Json *j, const InfoView *v) {
+static void info_print_json(Json *j, const InfoView *v) {
         /* qemu-img's keys, in its order */
         json_object_open(j, NULL);
         if (v->backing && v->backing_format)
@@ -149,8 +148,24 @@ void info_print_json(Json *j, const InfoView *v) {
         json_string(j, "format", v->format);
         if (v->have_sizes)
                 json_uint(j, "actual-size", v->actual_size);
-        if (v->snapshots_json)
-                v->snapshots_json(j, v->snapshots);
+        if (v->n_snapshots > 0) {
+                /* qemu-img's keys, in its order */
+                json_array_open(j, "snapshots");
+                for (const InfoSnapshot *s = v->snapshots; s < v->snapshots + v->n_snapshots; s++) {
+                        json_object_open(j, NULL);
+                        if (s->icount != UINT64_MAX)
+                                json_uint(j, "icount", s->icount);
+                        json_uint(j, "vm-state-size", s->vm_state_size);
+                        json_int(j, "date-sec", s->date_sec);
+                        json_uint(j, "date-nsec", s->date_nsec);
+                        json_uint(j, "vm-clock-nsec", s->vm_clock_nsec % 1000000000);
+                        json_string(j, "name", s->name);
+                        json_uint(j, "vm-clock-sec", s->vm_clock_nsec / 1000000000);
+                        json_string(j, "id", s->id);
+                        json_object_close(j);
+                }
+                json_array_close(j);
+        }
         if (has_specific(v) || has_fmt_kv(v))
                 json_specific(j, v);
         if (v->backing) {
@@ -162,24 +177,47 @@ void info_print_json(Json *j, const InfoView *v) {
         json_object_close(j);
 }
 
-void snapshot_table_header(void) {
-        printf("%-10s%-17s%8s%20s%13s%11s\n", "ID", "TAG", "VM SIZE", "DATE", "VM CLOCK", "ICOUNT");
+void info_print(const InfoView *v, size_t n, OutputFormat output, bool chain) {
+        Json j;
+
+        if (output == OUTPUT_HUMAN) {
+                for (size_t i = 0; i < n; i++) {
+                        if (i > 0)
+                                putchar('\n');
+                        info_print_human(&v[i]);
+                }
+                return;
+        }
+        json_begin(&j, stdout, true);
+        if (chain)
+                json_array_open(&j, NULL);
+        for (size_t i = 0; i < n; i++)
+                info_print_json(&j, &v[i]);
+        if (chain)
+                json_array_close(&j);
+        json_end(&j);
 }
 
-void snapshot_table_row(const char *id, const char *name, uint64_t vm_state_size, int64_t date_sec,
-                        uint64_t vm_clock_nsec, uint64_t icount) {
-        time_t t = (time_t) date_sec;
-        uint64_t secs = vm_clock_nsec / 1000000000;
-        struct tm tm;
-        char date[32] = "", size[32], count[32] = "";
+void snapshot_list_print(const InfoSnapshot *l, size_t n) {
+        if (n == 0)
+                return;
+        printf("Snapshot list:\n");
+        printf("%-10s%-17s%8s%20s%13s%11s\n", "ID", "TAG", "VM SIZE", "DATE", "VM CLOCK", "ICOUNT");
+        for (const InfoSnapshot *s = l; s < l + n; s++) {
+                time_t t = (time_t) s->date_sec;
+                uint64_t secs = s->vm_clock_nsec / 1000000000;
+                struct tm tm;
+                char date[32] = "", size[32], count[32] = "";
 
-        if (localtime_r(&t, &tm))
-                strftime(date, sizeof date, "%Y-%m-%d %H:%M:%S", &tm);
-        format_size(vm_state_size, size);
-        if (icount != UINT64_MAX)
-                snprintf(count, sizeof count, "%" PRIu64, icount);
-        printf("%-9s %-16s %8s %19s %02" PRIu64 ":%02" PRIu64 ":%02" PRIu64 ".%03" PRIu64 " %10s\n", id, name,
-               size, date, secs / 3600, secs / 60 % 60, secs % 60, vm_clock_nsec / 1000000 % 1000, count);
+                if (localtime_r(&t, &tm))
+                        strftime(date, sizeof date, "%Y-%m-%d %H:%M:%S", &tm);
+                format_size(s->vm_state_size, size);
+                if (s->icount != UINT64_MAX)
+                        snprintf(count, sizeof count, "%" PRIu64, s->icount);
+                printf("%-9s %-16s %8s %19s %02" PRIu64 ":%02" PRIu64 ":%02" PRIu64 ".%03" PRIu64 " %10s\n",
+                       s->id, s->name, size, date, secs / 3600, secs / 60 % 60, secs % 60,
+                       s->vm_clock_nsec / 1000000 % 1000, count);
+        }
 }
 
 int snapshot_refuse(char action, const char *name) {

@@ -7,7 +7,18 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "front.h"
 #include "json.h"
+
+/* An internal snapshot (qcow2), as info and snapshot -l show it. */
+typedef struct InfoSnapshot {
+        const char *id, *name;
+        uint64_t vm_state_size;
+        int64_t date_sec;               /* the wall clock time it was taken */
+        uint32_t date_nsec;
+        uint64_t vm_clock_nsec;         /* guest clock */
+        uint64_t icount;                /* UINT64_MAX: not recorded */
+} InfoSnapshot;
 
 typedef struct InfoView {
         const char *filename, *format;
@@ -25,21 +36,17 @@ typedef struct InfoView {
         bool have_pchs, have_lchs;
         uint32_t pchs[3], lchs[3];      /* cylinders, heads, sectors */
         char **fmt_kv;                  /* qemu's "Format specific information": key/value pairs */
-        /* Internal snapshots, printed by the tool that knows their type. */
-        void (*snapshots_human)(const void *data);
-        void (*snapshots_json)(Json *j, const void *data);
-        const void *snapshots;
+        const InfoSnapshot *snapshots;  /* oldest first */
+        size_t n_snapshots;
 } InfoView;
 
-void info_print_human(const InfoView *v);
-void info_print_json(Json *j, const InfoView *v);
+/* info's output of n images (top first): with `chain` (--backing-chain),
+ * JSON is an array of them. */
+void info_print(const InfoView *v, size_t n, OutputFormat output, bool chain);
 
-/* qemu-img's snapshot table (info's "Snapshot list:", snapshot -l): the
- * header, then one row per snapshot. date_sec: the wall clock time it was
- * taken; icount: UINT64_MAX when the image does not record it. */
-void snapshot_table_header(void);
-void snapshot_table_row(const char *id, const char *name, uint64_t vm_state_size, int64_t date_sec,
-                        uint64_t vm_clock_nsec, uint64_t icount);
+/* qemu-img's "Snapshot list:" and its table (info, snapshot -l); nothing
+ * when there are none. */
+void snapshot_list_print(const InfoSnapshot *l, size_t n);
 /* qemu-img 7.2's failure for snapshot -c/-a/-d ('c', 'a', 'd') on a format
  * without internal snapshots (logged); returns 1, both tools' exit code. */
 int snapshot_refuse(char action, const char *name);

@@ -20,7 +20,8 @@ static void json_newline(Json *j) {
                 fputs("    ", j->f);
 }
 
-void json_write_quoted(FILE *f, const char *s) {
+/* Writes `s` as a JSON string literal. */
+static void json_write_quoted(FILE *f, const char *s) {
         const unsigned char *p = (const unsigned char *) s;
 
         fputc('"', f);

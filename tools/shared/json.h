@@ -33,5 +33,3 @@ void json_bool(Json *j, const char *key, bool value);
 void json_null(Json *j, const char *key);
 /* Ends the document with a newline; the writer can start another. */
 void json_end(Json *j);
-/* Writes `s` as a JSON string literal. */
-void json_write_quoted(FILE *f, const char *s);

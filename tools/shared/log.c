@@ -93,3 +93,10 @@ int usage_error(const char *fmt, ...) {
         va_end(ap);
         return usage_hint();
 }
+
+int flush_output(int ex) {
+        if (fflush(stdout) == 0 && !ferror(stdout))
+                return ex;
+        log_error("Could not write the output: %s", strerror(errno));
+        return ex == 0 ? 1 : ex;
+}

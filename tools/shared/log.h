@@ -21,3 +21,6 @@ void log_set_quiet(bool b);
 int usage_hint(void);
 /* Logs a bad command line, then the hint; returns the usage exit code. */
 int usage_error(const char *fmt, ...) _printf_(1, 2);
+/* A command's end: flushes stdout; a write that failed is logged, and turns
+ * the exit code ex, when 0, into 1. */
+int flush_output(int ex);

@@ -17,7 +17,6 @@ int parse_size(const char *s, uint64_t *ret) {
         const char *p = s;
         uint64_t integer = 0, unit = 1, result, extra;
         double fraction = 0;
-        bool hex = false;
 
         assert(s);
         assert(ret);
@@ -28,7 +27,6 @@ int parse_size(const char *s, uint64_t *ret) {
                 p++;
 
         if (p[0] == '0' && (p[1] == 'x' || p[1] == 'X')) {
-                hex = true;
                 p += 2;
                 if (!isxdigit((unsigned char) *p))
                         return -EINVAL;
@@ -54,46 +52,18 @@ int parse_size(const char *s, uint64_t *ret) {
                 }
         }
 
-        switch (*p) {
-        case '\0':
-                break;
-        case 'b': case 'B':
-                unit = 1;
-                p++;
-                break;
-        case 'k': case 'K':
-                unit = UINT64_C(1) << 10;
-                p++;
-                break;
-        case 'm': case 'M':
-                unit = UINT64_C(1) << 20;
-                p++;
-                break;
-        case 'g': case 'G':
-                unit = UINT64_C(1) << 30;
-                p++;
-                break;
-        case 't': case 'T':
-                unit = UINT64_C(1) << 40;
-                p++;
-                break;
-        case 'p': case 'P':
-                unit = UINT64_C(1) << 50;
-                p++;
-                break;
-        case 'e': case 'E':
-                unit = UINT64_C(1) << 60;
-                p++;
-                break;
-        default:
-                return -EINVAL;
+        if (*p) {
+                /* the suffix: 1024 to the power of its place */
+                static const char suffixes[] = "bkmgtpe";
+                const char *u = strchr(suffixes, tolower((unsigned char) *p));
+
+                if (!u || p[1])
+                        return -EINVAL;
+                unit = UINT64_C(1) << (10 * (u - suffixes));
         }
-        if (*p != '\0')
-                return -EINVAL;
         /* A fraction of a byte means nothing. */
         if (fraction != 0 && unit == 1)
                 return -EINVAL;
-        (void) hex;
 
         if (MUL_OVERFLOW(integer, unit, &result))
                 return -ERANGE;
