@@ -42,7 +42,8 @@ static int chain_find(Img *img, const char *base) {
 /* A new file beside the top's (the target's, when the top is a symbolic
  * link), with its mode (and owner, as root), for vdisk_commit() to write the
  * emptied top into; *ret_io carries the top's name. */
-static int commit_temp_file(const char *filename, char **ret_tmp, char **ret_target, vdisk_io **ret_io) {
+static int commit_temp_file(const char *filename, uint32_t io_flags, char **ret_tmp, char **ret_target,
+                            vdisk_io **ret_io) {
         _cleanup_free_ char *tmp = NULL, *target = NULL;
         _cleanup_close_ int fd = -1;
         struct stat st, lst;
@@ -69,7 +70,7 @@ static int commit_temp_file(const char *filename, char **ret_tmp, char **ret_tar
                 (void) fchown(fd, st.st_uid, st.st_gid);
         /* The io carries the final name, for messages (the library names
          * the parent as the old top's file sees it). */
-        r = vdisk_io_new_fd(fd, filename, VDISK_IO_OWN_FD, ret_io);
+        r = vdisk_io_new_fd(fd, filename, VDISK_IO_OWN_FD | io_flags, ret_io);
         if (r < 0) {
                 (void) unlink(tmp);
                 return r;
@@ -95,7 +96,7 @@ int cmd_commit(Request *req) {
          * replaced by a new empty file or (with -d/-b) relinked, reopened
          * writable. Everything opens read-only; the library reopens what it
          * writes. */
-        r = img_open(req->files[0], fmt, IMG_WRITE_BELOW | IMG_CHAIN, &img);
+        r = img_open(req->files[0], fmt, IMG_WRITE_BELOW | IMG_CHAIN | img_cache_flags(req->cache), &img);
         if (r < 0)
                 return EXIT_ERROR;
 
@@ -114,7 +115,8 @@ int cmd_commit(Request *req) {
                 to = (int) n - 2;
 
         if (!drop) {
-                r = commit_temp_file(img.filename, &tmp, &target, &new_top);
+                r = commit_temp_file(img.filename, streq_ptr(req->cache, "unsafe") ? VDISK_IO_NOSYNC : 0, &tmp,
+                                     &target, &new_top);
                 if (r < 0) {
                         log_error("Could not commit '%s': %s", img.filename, strerror(-r));
                         goto finish;
@@ -292,7 +294,8 @@ int cmd_rebase(Request *req) {
         if (backing_fmt && !format_lookup(backing_fmt))
                 return EXIT_ERROR;
 
-        r = img_open(req->files[0], fmt, IMG_WRITE | (unsafe ? IMG_SKIP_CHECKS : IMG_CHAIN), &img);
+        r = img_open(req->files[0], fmt,
+                     IMG_WRITE | (unsafe ? IMG_SKIP_CHECKS : IMG_CHAIN) | img_cache_flags(req->cache), &img);
         if (r < 0)
                 return EXIT_ERROR;
         /* As qemu-img 7.2: a new backing file needs its format named. */

@@ -197,6 +197,14 @@ void print_disk_warnings(vdisk_disk *d) {
 
 #define LOG(...) do { if (!quiet) log_error(__VA_ARGS__); } while (0)
 
+uint32_t img_cache_flags(const char *mode) {
+        if (streq_ptr(mode, "unsafe"))
+                return IMG_CACHED | IMG_NOSYNC;
+        if (!cache_mode_direct(mode))
+                return IMG_CACHED;
+        return cache_mode_direct_only(mode) ? IMG_DIRECT_ONLY : 0;
+}
+
 int img_open(const char *filename, const char *fmt, uint32_t flags, Img *ret) {
         return img_open_snapshot(filename, fmt, flags, NULL, ret);
 }
@@ -207,6 +215,10 @@ int img_open_snapshot(const char *filename, const char *fmt, uint32_t flags, con
         _cleanup_(vdisk_resolver_freep) vdisk_resolver *resolver = NULL;
         const vdisk_backend_info *info = NULL;
         bool writable = flags & IMG_WRITE, quiet = flags & IMG_QUIET;
+        /* How written images open: the top now, the others when reopened. */
+        uint32_t write_flags = ((flags & IMG_CACHED) ? 0 : VDISK_PATH_DIRECT) |
+                               ((flags & IMG_DIRECT_ONLY) ? VDISK_PATH_DIRECT_ONLY : 0) |
+                               ((flags & IMG_NOSYNC) ? VDISK_PATH_NOSYNC : 0);
         uint32_t open_flags = 0;
         int guessed = 0, r;
 
@@ -237,7 +249,7 @@ int img_open_snapshot(const char *filename, const char *fmt, uint32_t flags, con
         }
 
         vdisk_clear_error();
-        r = vdisk_io_open_path(filename, writable ? VDISK_PATH_WRITE | VDISK_PATH_DIRECT : VDISK_PATH_READ, &io);
+        r = vdisk_io_open_path(filename, writable ? VDISK_PATH_WRITE | write_flags : VDISK_PATH_READ, &io);
         if (r < 0) {
                 LOG("Could not open '%s': %s", filename, error_detail(r));
                 return r;
@@ -301,6 +313,8 @@ int img_open_snapshot(const char *filename, const char *fmt, uint32_t flags, con
         vdisk_clear_error();
         if (flags & IMG_CHAIN) {
                 r = vdisk_resolver_new_path((const char *const *) arg_parent_dirs, &resolver);
+                if (r >= 0)
+                        r = vdisk_resolver_set_write_flags(resolver, write_flags);
                 if (r < 0) {
                         LOG("Could not open '%s': %s", filename, error_detail(r));
                         return r;
@@ -309,6 +323,8 @@ int img_open_snapshot(const char *filename, const char *fmt, uint32_t flags, con
         } else {
                 /* No parents, but the image's own companion files (VMDK extents). */
                 r = vdisk_resolver_new_path(NULL, &resolver);
+                if (r >= 0)
+                        r = vdisk_resolver_set_write_flags(resolver, write_flags);
                 if (r >= 0)
                         r = vdisk_disk_set_resolver(d, resolver);
                 if (r >= 0)

@@ -82,7 +82,14 @@ enum {
         IMG_WRITE_BELOW = 1u << 6,   /* with IMG_CHAIN: every image opens read-only (the top too,
                                       * unless IMG_WRITE), and the library reopens writable just
                                       * the ones an operation writes into (commit's base) */
+        IMG_CACHED      = 1u << 8,   /* written through the page cache (-t writeback, unsafe) */
+        IMG_NOSYNC      = 1u << 9,   /* no flushes (-t unsafe) */
+        IMG_DIRECT_ONLY = 1u << 10,  /* every aligned write direct (-t none, directsync) */
 };
+
+/* The IMG_CACHED/NOSYNC/DIRECT_ONLY flags of a -t cache mode, for the images
+ * a command writes (opened or reopened). */
+uint32_t img_cache_flags(const char *mode);
 
 typedef struct Img {
         vdisk_disk *disk;

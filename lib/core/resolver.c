@@ -27,7 +27,8 @@
 #include "core/core.h"
 
 typedef struct path_resolver {
-        char **dirs;   /* NULL-terminated */
+        char **dirs;            /* NULL-terminated */
+        uint32_t write_flags;   /* VDISK_PATH_* of images reopened for writing */
 } path_resolver;
 
 static char *dir_of(const char *path) {
@@ -261,6 +262,7 @@ static int path_open_companion(void *user, const char *name, const char *image_n
  * new descriptor must be the file the chain has open (device and inode), not
  * whatever the name points to now. */
 static int path_reopen(void *user, vdisk_io *io, vdisk_io **ret) {
+        path_resolver *pr = user;
         const char *name = vdisk_io_name(io);
         _cleanup_free_ char *real = NULL;
         _cleanup_close_ int fd = -1;
@@ -294,7 +296,10 @@ static int path_reopen(void *user, vdisk_io *io, vdisk_io **ret) {
                 return vdisk_error(-ESTALE, "'%s' was replaced by another file since it was opened", name);
         /* O_NONBLOCK only guarded the open against FIFOs; clear it. */
         (void) fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK);
-        r = vdisk_io_new_fd(fd, name, VDISK_IO_OWN_FD | VDISK_IO_DIRECT, ret);
+        r = vdisk_io_new_fd(fd, name, VDISK_IO_OWN_FD |
+                            ((pr->write_flags & VDISK_PATH_DIRECT) ? VDISK_IO_DIRECT : 0) |
+                            ((pr->write_flags & VDISK_PATH_DIRECT_ONLY) ? VDISK_IO_DIRECT_ONLY : 0) |
+                            ((pr->write_flags & VDISK_PATH_NOSYNC) ? VDISK_IO_NOSYNC : 0), ret);
         if (r < 0)
                 return r;
         TAKE_FD(fd);
@@ -431,6 +436,7 @@ int vdisk_resolver_new_path(const char *const *extra_dirs, vdisk_resolver **ret)
                 return vdisk_error(-ENOMEM, "out of memory");
         while (extra_dirs && extra_dirs[n])
                 n++;
+        pr->write_flags = VDISK_PATH_DIRECT;
         pr->dirs = calloc(n + 1, sizeof(char *));
         if (!pr->dirs) {
                 free(pr);
@@ -445,6 +451,18 @@ int vdisk_resolver_new_path(const char *const *extra_dirs, vdisk_resolver **ret)
         if (r < 0)
                 path_free(pr);
         return r;
+}
+
+int vdisk_resolver_set_write_flags(vdisk_resolver *r, uint32_t path_flags) {
+        path_resolver *pr;
+
+        if (!r || r->ops.reopen != path_reopen ||
+            (path_flags & ~(uint32_t) (VDISK_PATH_DIRECT | VDISK_PATH_DIRECT_ONLY | VDISK_PATH_NOSYNC)) ||
+            ((path_flags & VDISK_PATH_DIRECT_ONLY) && !(path_flags & VDISK_PATH_DIRECT)))
+                return vdisk_error(-EINVAL, "invalid arguments");
+        pr = r->user;
+        pr->write_flags = path_flags;
+        return 0;
 }
 
 int vdisk_resolver_new_ops(const vdisk_resolver_ops *ops, void *user, vdisk_resolver **ret) {

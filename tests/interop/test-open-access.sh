@@ -118,6 +118,40 @@ job "d2.vdi" setuuid d2.vdi
 job "d2.vdi" comment d2.vdi "a comment"
 job "" comment d2.vdi
 
+# --- -t: how commit and rebase write (the image they write opens, or is
+# reopened, as the cache mode says; unsafe never flushes)
+# cache_job MODE ARGS...: vdisk-img ARGS on a fresh chain under strace; sets
+# SYNCS (fsync/fdatasync calls on chain images) and DIRECT (chain images
+# opened O_DIRECT).
+cache_job() {
+        local mode=$1
+        shift
+        fresh_chain
+        cd "$T/c"
+        RC=0
+        strace -f -qq -y -e trace=open,openat,openat2,fsync,fdatasync -o "$T/trace" "$VDISK_IMG" "$@" \
+                >"$T/out" 2>"$T/err" || RC=$?
+        cd "$T"
+        expect_eq "vdisk-img $* ($mode): exit 0" "$RC" 0
+        SYNCS=$(grep -cE 'f(data)?sync\([0-9]+<[^>]*/c/[a-z0-9]+\.vdi>' "$T/trace" || true)
+        DIRECT=$(grep -cE 'O_DIRECT.* = [0-9]+<[^>]*/c/[a-z0-9]+\.vdi>$' "$T/trace" || true)
+}
+cache_job default commit d2.vdi
+expect_true "commit: flushed (fsync/fdatasync: $SYNCS)" test "$SYNCS" -gt 0
+expect_true "commit: the base written direct (O_DIRECT opens: $DIRECT)" test "$DIRECT" -gt 0
+cache_job unsafe commit -t unsafe d2.vdi
+expect_eq "commit -t unsafe: never flushed" "$SYNCS" 0
+expect_eq "commit -t unsafe: through the page cache" "$DIRECT" 0
+expect_rc "after commit -t unsafe: the chain reads as before" 0 "$VDISK_IMG" compare -F raw c/d2.vdi m2.raw
+expect_rc "after commit -t unsafe: d1.vdi reads as d2 did" 0 "$VDISK_IMG" compare -F raw c/d1.vdi m2.raw
+cache_job writeback commit -t writeback -d d2.vdi
+expect_true "commit -t writeback: flushed (fsync/fdatasync: $SYNCS)" test "$SYNCS" -gt 0
+expect_eq "commit -t writeback: through the page cache" "$DIRECT" 0
+expect_rc "after commit -t writeback -d: d1.vdi reads as d2 did" 0 "$VDISK_IMG" compare -F raw c/d1.vdi m2.raw
+cache_job unsafe rebase -t unsafe -b base.vdi -F vdi d2.vdi
+expect_eq "rebase -t unsafe: never flushed" "$SYNCS" 0
+expect_rc "after rebase -t unsafe: d2.vdi reads as before" 0 "$VDISK_IMG" compare -F raw c/d2.vdi m2.raw
+
 # --- a parent the user may not write: commit names it and changes nothing
 denied() { # runs vdisk-img as a user who cannot write c/d1.vdi
         if [[ $(id -u) -eq 0 ]]; then

@@ -385,10 +385,16 @@ enum {
  * UUID search never follows symlinks and opens nothing but regular files.
  * Parents are opened read-only; reopen opens the same name O_RDWR|O_NOFOLLOW
  * (a symlink's target when the name is a symlink) and checks that it is the
- * same file. Reopened parents get VDISK_IO_DIRECT (merges write them in bulk).
+ * same file. Reopened parents get VDISK_IO_DIRECT (merges write them in bulk; see
+ * vdisk_resolver_set_write_flags()).
  * Companion files (extents, data files) must be named relative to the image,
  * inside its directory: an absolute name or one with a ".." component is -EPERM. */
 int vdisk_resolver_new_path(const char *const *extra_dirs, vdisk_resolver **ret);
+/* For a resolver of vdisk_resolver_new_path(): how reopen opens an image an
+ * operation writes into: VDISK_PATH_DIRECT (the default), with
+ * VDISK_PATH_DIRECT_ONLY, or neither (the page cache), and VDISK_PATH_NOSYNC
+ * (flushes skipped: qemu-img's -t unsafe). -EINVAL for other resolvers. */
+int vdisk_resolver_set_write_flags(vdisk_resolver *r, uint32_t path_flags);
 /* A resolver over caller ops; `ops->free(user)` runs when the last reference
  * goes. */
 int vdisk_resolver_new_ops(const vdisk_resolver_ops *ops, void *user, vdisk_resolver **ret);
