@@ -446,7 +446,7 @@ static int write_new_l2(qed_state *s, uint64_t off, uint64_t first, uint64_t n, 
 
 /* A unit is a cluster, or a run of them: the clusters after it that hold
  * nothing (entry 0), as far as the write goes, within its L2 table, in
- * contiguous new space (one data write, then one commit). */
+ * contiguous new space: written, then committed, as one transaction. */
 static int qed_allocate(void *state, uint64_t offset, uint64_t len, reservation *ret) {
         qed_state *s = state;
         uint64_t cl = offset >> s->cluster_bits, cstart = cl << s->cluster_bits, l2o, e, host, k = 1, max;
