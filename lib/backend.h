@@ -400,7 +400,10 @@ typedef struct vdisk_backend {
         /* Reserves host space for a unit containing `offset` (which maps
          * UNALLOC or ZERO): see `reservation`. `len` (>= 1) is how far the
          * write goes; a backend may reserve a larger unit but never one that
-         * starts after `offset`. The table does not change: reads still see
+         * starts after `offset` (qcow2 and QED reserve a run: the clusters
+         * after offset's that hold nothing, as far as `len` reaches, within
+         * one L2 table; commit then records them all, release frees them
+         * all). The table does not change: reads still see
          * the old mapping. The core holds at most one reservation per image
          * and ends it with commit() or release() before any other call.
          * Optional: NULL means the format cannot allocate (read-only,

@@ -104,7 +104,8 @@ typedef struct qcow2_state {
         hostalloc alloc;                /* clusters are appended at the end */
         bool reserved;                  /* one reservation at a time */
         bool res_new;                   /* it takes a new host cluster */
-        uint64_t res_host;              /* host cluster of the reservation */
+        uint64_t res_host;              /* first host cluster of the reservation */
+        uint64_t res_clusters;          /* how many (contiguous; > 1 only for new ones) */
         bool marked_dirty;              /* lazy refcounts: dirty bit set on disk */
         uint64_t *pending_free;         /* host byte ranges to unreference at flush */
         size_t n_pending_free, cap_pending_free;
@@ -114,7 +115,7 @@ typedef struct qcow2_state {
 
         /* internal snapshots (qcow2-snapshot.c): writes copy shared clusters */
         uint64_t res_cow;               /* the reservation replaces this shared cluster (0: none) */
-        bool res_counted;               /* commit counted the new cluster: release must not reuse it */
+        bool res_counted;               /* commit counted new clusters: release must not reuse them */
 
         /* persistent bitmaps (qcow2-bitmap.c) */
         bool bm_ext;                    /* the header has a bitmaps extension */
@@ -206,6 +207,7 @@ int qcow2_reft_view(qcow2_state *s);
 /* The lowest `bytes` of free clusters in a row ending at or below `limit`. */
 int qcow2_alloc_low(qcow2_state *s, uint64_t bytes, uint64_t limit, uint64_t *ret);
 int qcow2_alloc_cluster(qcow2_state *s, uint64_t *ret, int *ret_fresh);
+int qcow2_alloc_run(qcow2_state *s, uint64_t max, uint64_t *ret, uint64_t *ret_n, int *ret_fresh);
 void qcow2_note_free(qcow2_state *s, uint64_t host);
 int qcow2_discard(void *state, uint64_t offset, uint64_t len);
 int qcow2_resize(void *state, uint64_t new_size, vdisk_progress *p);

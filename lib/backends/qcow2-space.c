@@ -89,30 +89,70 @@ static bool is_fixed(const qcow2_state *s, uint64_t off) {
                (s->nb_snapshots > 0 && off == s->snapshots_offset);
 }
 
-int qcow2_alloc_cluster(qcow2_state *s, uint64_t *ret, int *ret_fresh) {
+/* Held by the reservation in progress (commit may allocate an L2 table). */
+static bool is_reserved(const qcow2_state *s, uint64_t off) {
+        return s->reserved && in_range(off, s->res_host, s->res_clusters * s->cluster_size);
+}
+
+static int is_free(qcow2_state *s, uint64_t off, bool *ret) {
+        uint64_t rc;
+        int r;
+
+        *ret = false;
+        if (is_fixed(s, off) || is_reserved(s, off))
+                return 0;
+        r = qcow2_rc_get(s, off, &rc);
+        if (r < 0)
+                return r;
+        *ret = rc == 0;
+        return 0;
+}
+
+/* Up to `max` contiguous free clusters (*ret_n of them, at least one): the
+ * lowest free one and the free ones right after it, or else new space at
+ * the end of the file. */
+int qcow2_alloc_run(qcow2_state *s, uint64_t max, uint64_t *ret, uint64_t *ret_n, int *ret_fresh) {
         uint64_t cs = s->cluster_size, end = MIN(hostalloc_next(&s->alloc), ALIGN_DOWN(s->file_size, cs));
         int r;
 
+        assert(max >= 1);
         for (uint64_t off = ALIGN_UP(s->free_hint, cs); off < end; off += cs) {
-                uint64_t rc;
+                uint64_t n = 1;
+                bool fr;
 
-                if (is_fixed(s, off) || (s->reserved && s->res_host == off))
-                        continue;
-                r = qcow2_rc_get(s, off, &rc);
+                r = is_free(s, off, &fr);
                 if (r < 0)
                         return r;
-                if (rc == 0) {
-                        s->free_hint = off + cs;
-                        *ret = off;
-                        if (ret_fresh)
-                                *ret_fresh = 0;
-                        return 0;
-                }
                 s->free_hint = off + cs;
+                if (!fr)
+                        continue;
+                for (; n < max && off + n * cs < end; n++) {
+                        r = is_free(s, off + n * cs, &fr);
+                        if (r < 0)
+                                return r;
+                        if (!fr)
+                                break;
+                }
+                s->free_hint = off + n * cs;
+                *ret = off;
+                *ret_n = n;
+                if (ret_fresh)
+                        *ret_fresh = 0;
+                return 0;
         }
         if (end > s->free_hint)
                 s->free_hint = end;
-        return hostalloc_alloc(&s->alloc, cs, QCOW2_HOST_LIMIT, ret, ret_fresh);
+        r = hostalloc_alloc(&s->alloc, max * cs, QCOW2_HOST_LIMIT, ret, ret_fresh);
+        if (r < 0)
+                return r;
+        *ret_n = max;
+        return 0;
+}
+
+int qcow2_alloc_cluster(qcow2_state *s, uint64_t *ret, int *ret_fresh) {
+        uint64_t n;
+
+        return qcow2_alloc_run(s, 1, ret, &n, ret_fresh);
 }
 
 /* A refcount block covers the cluster at `off` (a new place without one
@@ -134,7 +174,7 @@ int qcow2_alloc_low(qcow2_state *s, uint64_t bytes, uint64_t limit, uint64_t *re
         for (uint64_t off = ALIGN_UP(MAX(s->free_hint, cs), cs); off + cs <= limit; off += cs) {
                 uint64_t rc = 1;
 
-                if (!is_fixed(s, off) && !(s->reserved && s->res_host == off) && has_block(s, off)) {
+                if (!is_fixed(s, off) && !is_reserved(s, off) && has_block(s, off)) {
                         r = qcow2_rc_get(s, off, &rc);
                         if (r < 0)
                                 return r;

@@ -1299,7 +1299,7 @@ static int qcow2_allocate(void *state, uint64_t offset, uint64_t len, reservatio
         qcow2_state *s = state;
         uint64_t cl = offset >> s->cluster_bits, cstart = cl << s->cluster_bits;
         uint64_t cend = MIN(cstart + s->cluster_size, s->size), ustart = cstart, uend = cend;
-        uint64_t e, bitmap, host;
+        uint64_t e, bitmap, host, k = 1;
         bool has_host;
         int fresh = 0, r;
 
@@ -1349,6 +1349,25 @@ static int qcow2_allocate(void *state, uint64_t offset, uint64_t len, reservatio
                 ustart = cstart + sc0 * s->subcluster_size;
                 uend = MIN(cstart + sc1 * s->subcluster_size, cend);
         }
+        /* A run: a cluster holding nothing, which the write fills to its
+         * end, takes the clusters after it that hold nothing either (no
+         * host, no flags, no subcluster bits) as far as the write goes,
+         * within its L2 table: one unit of contiguous new host clusters. */
+        if (!has_host && !s->res_cow && !(e & L2E_COMPRESSED) && uend == cend && offset + len > cend) {
+                uint64_t wend = MIN(offset + len, s->size);
+                uint64_t max = MIN(DIV_ROUND_UP(wend - cstart, s->cluster_size), s->l2_entries - cl % s->l2_entries);
+
+                while (k < max) {
+                        uint64_t e2, b2;
+
+                        r = l2_entry(s, cl + k, &e2, &b2);
+                        if (r < 0)
+                                return r;
+                        if (e2 != 0 || b2 != 0)
+                                break;
+                        k++;
+                }
+        }
         if (!has_host && s->data_io) {
                 /* an external data file holds every cluster at its guest
                  * offset, and has no refcounts */
@@ -1356,14 +1375,23 @@ static int qcow2_allocate(void *state, uint64_t offset, uint64_t len, reservatio
                 fresh = host >= s->data_size;
                 s->res_new = true;
         } else if (!has_host) {
-                r = qcow2_alloc_cluster(s, &host, &fresh);
+                r = qcow2_alloc_run(s, k, &host, &k, &fresh);
                 if (r < 0)
                         return r;
                 s->res_new = true;
         } else
                 s->res_new = false;
+        if (k > 1) {
+                uint64_t last = (cl + k - 1) << s->cluster_bits;
+
+                uend = MIN(last + s->cluster_size, s->size);
+                /* with subclusters, the last cluster's as far as the write goes */
+                if (s->extended_l2)
+                        uend = MIN(last + ALIGN_UP(MIN(offset + len, uend) - last, s->subcluster_size), uend);
+        }
         s->reserved = true;
         s->res_host = host;
+        s->res_clusters = k;
         *ret = (reservation) {
                 .file = s->data_io,
                 .unit_offset = ustart,
@@ -1374,16 +1402,63 @@ static int qcow2_allocate(void *state, uint64_t offset, uint64_t len, reservatio
         return 0;
 }
 
+/* Commits cluster i of the reservation (entry `e`, bitmap `bitmap` before):
+ * a new host cluster counted, then its L2 entry and subcluster bitmap (the
+ * L2 page written after the refcount page). */
+static int commit_cluster(qcow2_state *s, tc_table *l2, const reservation *res, uint64_t i, uint64_t e,
+                          uint64_t bitmap) {
+        uint64_t cl = (res->unit_offset >> s->cluster_bits) + i, cstart = cl << s->cluster_bits;
+        uint64_t l2i = cl % s->l2_entries, host = s->res_host + i * s->cluster_size;
+        tc_page *rbpg = NULL, *l2pg = NULL;
+        int r;
+
+        if (s->res_new && !s->data_io) {
+                r = rc_update(s, host, +1, &rbpg);
+                if (r < 0)
+                        return r;
+                /* counted: a release now leaks them rather than hand them out again */
+                s->res_counted = true;
+        }
+        if ((e & L2E_COMPRESSED) || s->res_cow)
+                bitmap = UINT32_MAX;   /* the unit was the whole cluster */
+        else if (s->extended_l2) {
+                uint64_t lo = MAX(res->unit_offset, cstart);
+                uint64_t hi = MIN(res->unit_offset + res->length, cstart + s->cluster_size);
+                uint64_t sc0 = (lo - cstart) / s->subcluster_size, n = DIV_ROUND_UP(hi - lo, s->subcluster_size);
+                uint32_t bits = (uint32_t) (n >= 32 ? UINT32_MAX : ((UINT32_C(1) << n) - 1) << sc0);
+
+                bitmap = (bitmap | bits) & ~((uint64_t) bits << 32);
+        }
+        r = tc_set(l2, s->extended_l2 ? 2 * l2i : l2i, host | L2E_COPIED, TC_AFTER_DATA);
+        if (r >= 0 && s->extended_l2)
+                r = tc_set(l2, 2 * l2i + 1, bitmap, TC_AFTER_DATA);
+        if (r >= 0 && rbpg) {
+                r = tc_page_get(l2, 0, &l2pg);
+                if (r >= 0)
+                        r = tc_page_depends(l2pg, rbpg);
+        }
+        if (l2pg)
+                tc_page_put(l2pg);
+        if (rbpg)
+                tc_page_put(rbpg);
+        return r;
+}
+
+/* Commits the unit's clusters in order, each as a single cluster would be.
+ * The clusters after the first of a run held nothing (allocate() checked,
+ * and the core makes no other call in between). A failure part way leaves
+ * the clusters before it committed (their data is written) and leaks the
+ * counted rest. */
 static int qcow2_commit(void *state, const reservation *res) {
         qcow2_state *s = state;
-        uint64_t cl = res->unit_offset >> s->cluster_bits, cstart = cl << s->cluster_bits;
+        uint64_t cl = res->unit_offset >> s->cluster_bits;
         uint64_t l1i = cl / s->l2_entries, l2i = cl % s->l2_entries, e, bitmap = 0;
         tc_table *l2;
-        tc_page *rbpg = NULL, *l2pg = NULL;
-        bool drop = false;
+        bool drop;
         int r;
 
         assert(s->reserved);
+        assert(l2i + s->res_clusters <= s->l2_entries);
         r = l2_for_write(s, l1i, &l2);
         if (r < 0)
                 return r;
@@ -1395,70 +1470,44 @@ static int qcow2_commit(void *state, const reservation *res) {
         if (s->data_io)
                 s->data_size = MAX(s->data_size, res->host_offset + res->length);
         else {
-                r = cover_file(s, s->res_host + s->cluster_size);
+                r = cover_file(s, s->res_host + s->res_clusters * s->cluster_size);
                 if (r < 0)
                         return r;
         }
-        if (s->res_new && !s->data_io) {
-                r = rc_update(s, s->res_host, +1, &rbpg);
-                if (r < 0)
-                        return r;
-                /* counted: a release now leaks it rather than hand it out again */
-                s->res_counted = true;
-        }
-        if (e & L2E_COMPRESSED) {
+        /* the snapshot keeps a copied cluster; this table drops it (the L2
+         * entry may have changed since allocate(): only if it still points
+         * there) */
+        drop = s->res_cow && (e & OFFSET_MASK) == s->res_cow;
+        for (uint64_t i = 0; r >= 0 && i < s->res_clusters; i++)
+                r = commit_cluster(s, l2, res, i, i == 0 ? e : 0, i == 0 ? bitmap : 0);
+        if (r < 0)
+                return r;
+        /* (a compressed or copied cluster is a unit of its own) */
+        if (e & L2E_COMPRESSED)
                 queue_free_compressed(s, e);
-                bitmap = UINT32_MAX;   /* the unit was the whole cluster */
-        } else if (s->res_cow) {
-                /* the snapshot keeps the old cluster; this table drops it
-                 * (the L2 entry may have changed since allocate(): only
-                 * if it still points there) */
-                drop = (e & OFFSET_MASK) == s->res_cow;
-                bitmap = UINT32_MAX;
-        } else if (s->extended_l2) {
-                uint64_t sc0 = (res->unit_offset - cstart) / s->subcluster_size;
-                uint64_t n = DIV_ROUND_UP(res->length, s->subcluster_size);
-                uint32_t bits = (uint32_t) (n >= 32 ? UINT32_MAX : ((UINT32_C(1) << n) - 1) << sc0);
-
-                bitmap = (bitmap | bits) & ~((uint64_t) bits << 32);
-        }
-        e = s->res_host | L2E_COPIED;
-        r = tc_set(l2, s->extended_l2 ? 2 * l2i : l2i, e, TC_AFTER_DATA);
-        if (r >= 0 && s->extended_l2)
-                r = tc_set(l2, 2 * l2i + 1, bitmap, TC_AFTER_DATA);
-        if (r >= 0 && rbpg) {
-                r = tc_page_get(l2, 0, &l2pg);
-                if (r >= 0)
-                        r = tc_page_depends(l2pg, rbpg);
-        }
-        if (r >= 0) {
-                if (drop)
-                        queue_free(s, s->res_cow);
-                s->reserved = false;
-                s->res_cow = 0;
-                s->res_counted = false;
-        }
-        if (l2pg)
-                tc_page_put(l2pg);
-        if (rbpg)
-                tc_page_put(rbpg);
-        return r;
+        else if (drop)
+                queue_free(s, s->res_cow);
+        s->reserved = false;
+        s->res_cow = 0;
+        s->res_counted = false;
+        return 0;
 }
 
-/* The cluster stays unreferenced; the next reservation takes it again (no
+/* The clusters stay unreferenced; the next reservation takes them again (no
  * longer fresh). */
 static void qcow2_release(void *state, const reservation *res) {
         qcow2_state *s = state;
+        uint64_t end = s->res_host + s->res_clusters * s->cluster_size;
 
         assert(s->reserved);
         s->reserved = false;
         s->res_cow = 0;
         if (s->res_counted)
                 s->res_counted = false;
-        else if (s->res_new && !s->data_io && hostalloc_next(&s->alloc) == s->res_host + s->cluster_size)
+        else if (s->res_new && !s->data_io && hostalloc_next(&s->alloc) == end)
                 hostalloc_rewind(&s->alloc, s->res_host);
         else if (s->res_new && !s->data_io)
-                qcow2_note_free(s, s->res_host);   /* a reused cluster: free again */
+                qcow2_note_free(s, s->res_host);   /* reused clusters: free again */
 }
 
 /* v3 zero clusters: an allocated cluster keeps its space (zero flag, or all

@@ -413,8 +413,9 @@ static int grow_file(qed_state *s, uint64_t end) {
 }
 
 /* Writes a new L2 table at `off` (fresh space reads zeros already) holding
- * `n` entries `v` from index `first`. Nothing points at it yet. */
-static int write_new_l2(qed_state *s, uint64_t off, uint64_t first, uint64_t n, uint64_t v) {
+ * `n` entries from index `first`: v, v + step, v + 2 * step ... Nothing
+ * points at it yet. */
+static int write_new_l2(qed_state *s, uint64_t off, uint64_t first, uint64_t n, uint64_t v, uint64_t step) {
         uint8_t buf[64 * 1024];
         int r;
 
@@ -434,7 +435,7 @@ static int write_new_l2(qed_state *s, uint64_t off, uint64_t first, uint64_t n, 
                 size_t k = (size_t) MIN(first + n - i, (uint64_t) sizeof buf / 8);
 
                 for (size_t j = 0; j < k; j++)
-                        put_le64(buf + 8 * j, v);
+                        put_le64(buf + 8 * j, v + (i - first + j) * step);
                 r = io_pwrite(s->io, buf, k * 8, off + 8 * i);
                 if (r < 0)
                         return r;
@@ -443,9 +444,12 @@ static int write_new_l2(qed_state *s, uint64_t off, uint64_t first, uint64_t n, 
         return 0;
 }
 
+/* A unit is a cluster, or a run of them: the clusters after it that hold
+ * nothing (entry 0), as far as the write goes, within its L2 table, in
+ * contiguous new space: written, then committed, as one transaction. */
 static int qed_allocate(void *state, uint64_t offset, uint64_t len, reservation *ret) {
         qed_state *s = state;
-        uint64_t cl = offset >> s->cluster_bits, cstart = cl << s->cluster_bits, l2o, e, host;
+        uint64_t cl = offset >> s->cluster_bits, cstart = cl << s->cluster_bits, l2o, e, host, k = 1, max;
         int fresh, r;
 
         assert(offset < s->size);
@@ -458,13 +462,25 @@ static int qed_allocate(void *state, uint64_t offset, uint64_t len, reservation 
         r = l2_entry(s, cl, &l2o, &e);
         if (r < 0)
                 return r;
+        max = MIN(DIV_ROUND_UP(MIN(offset + len, s->size) - cstart, s->cluster_size), s->entries - cl % s->entries);
+        if (l2o == 0)
+                k = max;
+        for (; k < max; k++) {
+                uint64_t l2o2, e2;
+
+                r = l2_entry(s, cl + k, &l2o2, &e2);
+                if (r < 0)
+                        return r;
+                if (e2 != 0)
+                        break;
+        }
         s->res_l2 = 0;
         if (l2o == 0) {
                 r = hostalloc_alloc(&s->alloc, s->table_bytes, UINT64_MAX / 2, &s->res_l2, NULL);
                 if (r < 0)
                         return r;
         }
-        r = hostalloc_alloc(&s->alloc, s->cluster_size, UINT64_MAX / 2, &host, &fresh);
+        r = hostalloc_alloc(&s->alloc, k * s->cluster_size, UINT64_MAX / 2, &host, &fresh);
         if (r < 0) {
                 if (s->res_l2)
                         hostalloc_rewind(&s->alloc, s->res_l2);
@@ -474,7 +490,7 @@ static int qed_allocate(void *state, uint64_t offset, uint64_t len, reservation 
         s->reserved = true;
         *ret = (reservation) {
                 .unit_offset = cstart,
-                .length = MIN((uint64_t) s->cluster_size, s->size - cstart),
+                .length = MIN(k * s->cluster_size, s->size - cstart),
                 .host_offset = host,
                 .fresh = fresh,
         };
@@ -483,16 +499,17 @@ static int qed_allocate(void *state, uint64_t offset, uint64_t len, reservation 
 
 static int qed_commit(void *state, const reservation *res) {
         qed_state *s = state;
-        uint64_t cl = res->unit_offset >> s->cluster_bits;
+        uint64_t cl = res->unit_offset >> s->cluster_bits, k = DIV_ROUND_UP(res->length, s->cluster_size);
         tc_table *t;
         int r;
 
         assert(s->reserved);
-        r = grow_file(s, res->host_offset + s->cluster_size);
+        assert(cl % s->entries + k <= s->entries);
+        r = grow_file(s, res->host_offset + k * s->cluster_size);
         if (r < 0)
                 return r;
         if (s->res_l2) {
-                r = write_new_l2(s, s->res_l2, cl % s->entries, 1, res->host_offset);
+                r = write_new_l2(s, s->res_l2, cl % s->entries, k, res->host_offset, s->cluster_size);
                 if (r >= 0)
                         r = tc_set(s->l1, cl / s->entries, s->res_l2, TC_AFTER_DATA);
         } else {
@@ -501,8 +518,9 @@ static int qed_commit(void *state, const reservation *res) {
                 r = l2_offset(s, cl / s->entries, &l2o);
                 if (r >= 0)
                         r = l2slots_get(&s->l2, l2o, &t);
-                if (r >= 0)
-                        r = tc_set(t, cl % s->entries, res->host_offset, TC_AFTER_DATA);
+                for (uint64_t i = 0; r >= 0 && i < k; i++)
+                        r = tc_set(t, cl % s->entries + i, res->host_offset + i * s->cluster_size,
+                                   TC_AFTER_DATA);
         }
         if (r < 0)
                 return r;
@@ -547,7 +565,7 @@ static int qed_mark_zero(void *state, uint64_t offset, uint64_t len) {
                         prepare_alloc(s);
                         r = hostalloc_alloc(&s->alloc, s->table_bytes, UINT64_MAX / 2, &at, NULL);
                         if (r >= 0)
-                                r = write_new_l2(s, at, first, k, QED_ZERO);
+                                r = write_new_l2(s, at, first, k, QED_ZERO, 0);
                         if (r >= 0)
                                 r = tc_set(s->l1, cl / s->entries, at, TC_AFTER_DATA);
                         if (r < 0)

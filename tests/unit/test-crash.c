@@ -58,7 +58,11 @@
  * zero clusters over its data and the parent's: the snapshot as taken);
  * qcow2-writes-bitmaps (an image with an enabled and a disabled persistent
  * bitmap: the disabled one never changes, the enabled one is in use or
- * records every changed unit) in its own test, crash-qcow2-bitmaps.
+ * records every changed unit) in its own test, crash-qcow2-bitmaps;
+ * qcow2-writes-runs* and qed-writes-runs-top (writes over many empty
+ * clusters, one transaction per run: every cut inside a run's data, its
+ * refcounts, its L2 entries; and the writes a run-less backend would make
+ * are refused by max_writes).
  * QCOW v1 (qcow-writes-base, an empty base whose first write makes the L2
  * table; qcow-writes-top, a diff whose partial clusters are filled from the
  * backing file; 64 KiB clusters, a few dozen writes): neither the library nor
@@ -355,6 +359,9 @@ struct scenario {
         uint64_t intended_size;
         int copied_lag;                 /* qcow2: the OFLAG_COPIED lag of snapshot -c/-d is allowed */
         uint8_t *snap_content;          /* qcow2: snapshot "old" reads this whenever it is there */
+        /* the operation without a fault makes at most this many writes
+         * (0: no bound; the qcow2/QED runs: one data write per run) */
+        uint64_t max_writes;
         /* more checks of the faulted image after a fault (crash images too); NULL = none */
         void (*verify_image)(scenario *sc, vdisk_io *io, const char *what);
 };
@@ -454,7 +461,7 @@ static void build_writes_top(scenario *sc) {
                 if (b != 3)
                         fill_block(d, &r, b, 0, BLOCK);
         sc->tmpl[1] = new_io(sc, 1);
-        if (strcmp(g_fmt, "qed") == 0 || strcmp(g_fmt, "qcow") == 0) {
+        if (strcmp(g_fmt, "qed") == 0 || strcmp(g_fmt, "qcow") == 0 || strcmp(g_fmt, "qcow2") == 0) {
                 /* linked by name alone (QCOW: 64 KiB clusters in the diff too) */
                 vdisk_create_opts o = { .size = sizeof o, .parent_name = vdisk_io_name(sc->tmpl[0]),
                                         .parent_format = g_fmt,
@@ -683,6 +690,28 @@ static int op_writes_small(scenario *sc, wl *w) {
         TRY(wl_flush(w));
         TRY(wl_write_random(w, &r, 8 * KiB, 5 * BLOCK + 4 * KiB));
         TRY(wl_write_zeros(w, 4 * KiB, 8 * KiB));
+        TRY(wl_flush(w));
+        return 0;
+}
+
+/* Writes over many clusters that hold nothing, made one transaction per
+ * run of clusters (qcow2, QED): partial first and last clusters (filled from
+ * below), runs ended by an L2 table's end (512-byte clusters: every 32 KiB)
+ * or by an allocated cluster, written in place first; after a discard and a
+ * flush, a run in the freed clusters (qcow2 reuses them); the image's last
+ * sector. Each cut falls inside a run's data, its refcounts or its L2
+ * entries; every sector reads old or new data, checks find leaks at most. */
+static int op_writes_runs(scenario *sc, wl *w) {
+        rng r;
+
+        rng_seed(&r, 45);
+        TRY(wl_write_random(w, &r, 200 * KiB, 1 * MiB + 40 * KiB));
+        TRY(wl_write_random(w, &r, 128 * KiB, 1 * MiB + 200 * KiB));      /* in place, then a run */
+        TRY(wl_flush(w));
+        TRY(wl_discard(w, 1 * MiB + 64 * KiB, 128 * KiB));
+        TRY(wl_flush(w));
+        TRY(wl_write_random(w, &r, 192 * KiB, 3 * MiB + 512));
+        TRY(wl_write_random(w, &r, 512, DISK_SIZE - 512));
         TRY(wl_flush(w));
         return 0;
 }
@@ -1578,6 +1607,20 @@ static scenario scenarios[] = {
          * leaks only) and qemu-img check. */
         { .name = "qcow2-writes-base", .fmt = "qcow2", .opts = qcow2_64k, .max_crash_seeds = 1, .faulted = 0,
           .qemu = 1, .qemu_every = 16, .per_sector = 1, .build = build_writes_base, .op = op_writes },
+        /* Runs of clusters, one transaction each (op_writes_runs): 512-byte
+         * clusters with 64-bit refcounts (runs cut at each L2 table's end,
+         * refcounts of a run in two refcount blocks); 64 KiB clusters with
+         * subclusters over data; a diff whose partial clusters are filled
+         * from the backing file. max_writes: what runs take (a data write
+         * per cluster took 1052, 23 and 19 writes) */
+        { .name = "qcow2-writes-runs", .fmt = "qcow2", .opts = qcow2_512_rb64, .max_crash_seeds = 2,
+          .faulted = 0, .qemu = 1, .qemu_every = 16, .per_sector = 1, .build = build_empty_base,
+          .op = op_writes_runs, .max_writes = 112 },
+        { .name = "qcow2-writes-runs-extl2", .fmt = "qcow2", .opts = qcow2_extl2, .max_crash_seeds = 2,
+          .faulted = 0, .qemu = 1, .qemu_every = 8, .per_sector = 1, .build = build_writes_base,
+          .op = op_writes_runs, .max_writes = 17 },
+        { .name = "qcow2-writes-runs-top", .fmt = "qcow2", .opts = qcow2_64k, .max_crash_seeds = 2,
+          .faulted = 1, .per_sector = 1, .build = build_writes_top, .op = op_writes_runs, .max_writes = 16 },
         /* ... with persistent bitmaps: marked in use before the first
          * write, written back (new clusters, then the table pointer, then
          * the old ones freed, then in_use cleared) at each flush. */
@@ -1664,6 +1707,10 @@ static scenario scenarios[] = {
           .qemu_every = 32, .per_sector = 1, .build = build_writes_base, .op = op_writes },
         { .name = "qed-writes-top", .fmt = "qed", .max_crash_seeds = 1, .faulted = 1, .per_sector = 1,
           .build = build_writes_top, .op = op_writes },
+        /* runs of clusters over a backing file (op_writes_runs; a data
+         * write per cluster took 21 writes) */
+        { .name = "qed-writes-runs-top", .fmt = "qed", .max_crash_seeds = 2, .faulted = 1, .per_sector = 1,
+          .build = build_writes_top, .op = op_writes_runs, .max_writes = 16 },
         /* QCOW v1 (64 KiB clusters; no check in the library nor in qemu-img:
          * the tests' own parse of the L1 and L2 tables, qcow1_check). */
         { .name = "qcow-writes-base", .fmt = "qcow", .max_crash_seeds = 2, .faulted = 0, .per_sector = 1,
@@ -2405,6 +2452,8 @@ static void run_scenario(scenario *sc) {
 
         w = run_case(sc, VDISK_FAULT_NONE, 0);
         ASSERT(w > 0);
+        if (sc->max_writes && w > sc->max_writes)
+                FAIL("%s: %" PRIu64 " writes, more than %" PRIu64, sc->name, w, sc->max_writes);
         for (uint64_t n = 0; n <= w; n++) {
                 run_case(sc, VDISK_FAULT_POWER_CUT, n);
                 run_case(sc, VDISK_FAULT_EIO, n);
