@@ -152,6 +152,16 @@ int qcow2_l2_set_counted(qcow2_state *s, tc_table *l2, uint64_t i, uint64_t e, u
 uint64_t qcow2_rc_entry_get(const uint8_t *b, uint64_t i, uint32_t order);
 void qcow2_rc_entry_set(uint8_t *b, uint64_t i, uint32_t order, uint64_t v);
 int qcow2_l2_entry(qcow2_state *s, uint64_t cl, uint64_t *ret_e, uint64_t *ret_bitmap);
+/* Entry l2i of the L2 table `l2` and, with extended L2, its subcluster
+ * bitmap (left alone otherwise). */
+static inline int qcow2_l2_get(const qcow2_state *s, tc_table *l2, uint64_t l2i, uint64_t *ret_e,
+                               uint64_t *ret_bitmap) {
+        int r = tc_get(l2, s->extended_l2 ? 2 * l2i : l2i, ret_e);
+
+        if (r >= 0 && s->extended_l2)
+                r = tc_get(l2, 2 * l2i + 1, ret_bitmap);
+        return r;
+}
 int qcow2_l2_for_write(qcow2_state *s, uint64_t l1i, tc_table **ret);
 /* The L2 table at host offset `off` (checked), from the slot cache. */
 int qcow2_get_l2(qcow2_state *s, uint64_t off, tc_table **ret);

@@ -771,9 +771,7 @@ static int compact_scan(qcow2_state *s, compact_fn fn, void *ctx, vdisk_progress
 
                         r = qcow2_get_l2(s, l2off, &l2);
                         if (r >= 0)
-                                r = tc_get(l2, s->extended_l2 ? 2 * l2i : l2i, &e);
-                        if (r >= 0 && s->extended_l2)
-                                r = tc_get(l2, 2 * l2i + 1, &b);
+                                r = qcow2_l2_get(s, l2, l2i, &e, &b);
                         if (r < 0)
                                 return r;
                         if (has_space(s, e) && (e & OFFSET_MASK) != cl * cs)

@@ -539,9 +539,7 @@ static int unit_status(qcow2_state *s, uint64_t voff, map_result *ret) {
         r = get_l2(s, l2_off, &l2);
         if (r < 0)
                 return r;
-        r = tc_get(l2, s->extended_l2 ? 2 * l2i : l2i, &e);
-        if (r >= 0 && s->extended_l2)
-                r = tc_get(l2, 2 * l2i + 1, &bitmap);
+        r = qcow2_l2_get(s, l2, l2i, &e, &bitmap);
         if (r < 0)
                 return r;
 
@@ -1186,10 +1184,7 @@ static int l2_entry(qcow2_state *s, uint64_t cl, uint64_t *ret_e, uint64_t *ret_
         r = get_l2(s, l1e & OFFSET_MASK, &l2);
         if (r < 0)
                 return r;
-        r = tc_get(l2, s->extended_l2 ? 2 * l2i : l2i, ret_e);
-        if (r >= 0 && s->extended_l2)
-                r = tc_get(l2, 2 * l2i + 1, ret_bitmap);
-        return r;
+        return qcow2_l2_get(s, l2, l2i, ret_e, ret_bitmap);
 }
 
 static int rc_get(qcow2_state *s, uint64_t host, uint64_t *ret);
@@ -1462,9 +1457,7 @@ static int qcow2_commit(void *state, const reservation *res) {
         r = l2_for_write(s, l1i, &l2);
         if (r < 0)
                 return r;
-        r = tc_get(l2, s->extended_l2 ? 2 * l2i : l2i, &e);
-        if (r >= 0 && s->extended_l2)
-                r = tc_get(l2, 2 * l2i + 1, &bitmap);
+        r = qcow2_l2_get(s, l2, l2i, &e, &bitmap);
         if (r < 0)
                 return r;
         if (s->data_io)
