@@ -518,10 +518,11 @@ int cmd_check(Request *req) {
         was = check_counts(&fixed);
         if (repair) {
                 /* the repair itself: the first pass when the check ran again */
-                const CheckCounts *pass = was.corruptions_fixed || was.leaks_fixed ? &was : &now;
+                bool again = was.corruptions_fixed || was.leaks_fixed;
+                const CheckCounts *pass = again ? &was : &now;
 
                 if (!quiet) {
-                        check_print_messages(pass->corruptions_fixed || pass->leaks_fixed ? &fixed : &rep, stdout);
+                        check_print_messages(again ? &fixed : &rep, stdout);
                         repair_print_summary(pass, &now, dry_run);
                 }
                 ex = check_exit_code(&now);

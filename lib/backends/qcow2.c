@@ -1996,8 +1996,9 @@ int qcow2_check(void *state, uint32_t flags, vdisk_check_report *rep, vdisk_prog
                                              leak ? "Leaked" : "ERROR", c, disk, want);
                         if (r < 0)
                                 return r;
-                        if (!dry && (leak ? fix_leaks : fix_all)) {
-                                r = rc_set_value(s, c, want);
+                        /* a dry run counts what a repair would fix */
+                        if (leak ? fix_leaks : fix_all) {
+                                r = dry ? 0 : rc_set_value(s, c, want);
                                 if (r < 0)
                                         return r;
                                 if (leak)
@@ -2016,14 +2017,21 @@ int qcow2_check(void *state, uint32_t flags, vdisk_check_report *rep, vdisk_prog
                 r = check_report_add(rep, "ERROR cluster %" PRIu64 " refcount=0 reference=%" PRIu32, c, cnt[c]);
                 if (r < 0)
                         return r;
-                if (!dry && fix_all) {
-                        r = rc_set_value(s, c, cnt[c]);
+                if (fix_all) {
+                        r = dry ? 0 : rc_set_value(s, c, cnt[c]);
                         if (r < 0)
                                 return r;
                         rep->corruptions_fixed++;
                 }
         }
-        if (s->writable && (rep->leaks_fixed || rep->corruptions_fixed)) {
+        if (dry && fix_all)
+                rep->corruptions_fixed += n_shared;   /* each would move */
+        if (dry && fix_leaks) {
+                r = check_report_add(rep, "dry run: nothing was written");
+                if (r < 0)
+                        return r;
+        }
+        if (!dry && s->writable && (rep->leaks_fixed || rep->corruptions_fixed)) {
                 r = flush_tables(s);
                 if (r < 0)
                         return r;
