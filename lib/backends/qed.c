@@ -81,6 +81,7 @@ typedef struct qed_state {
         hostalloc alloc;
         bool alloc_ready, reserved;
         uint64_t res_l2;
+        bool res_linked;        /* commit set an entry: release must not hand the space out again */
         bool need_check_on_disk;
         char *backing_name;
 } qed_state;
@@ -518,23 +519,31 @@ static int qed_commit(void *state, const reservation *res) {
                 r = l2_offset(s, cl / s->entries, &l2o);
                 if (r >= 0)
                         r = l2slots_get(&s->l2, l2o, &t);
-                for (uint64_t i = 0; r >= 0 && i < k; i++)
+                /* A run's entries may span table pages: one that fails to
+                 * load leaves the ones before it pointing at the run (their
+                 * data is written), so its space is kept, not rewound. */
+                for (uint64_t i = 0; r >= 0 && i < k; i++) {
                         r = tc_set(t, cl % s->entries + i, res->host_offset + i * s->cluster_size,
                                    TC_AFTER_DATA);
+                        s->res_linked |= r >= 0;
+                }
         }
         if (r < 0)
                 return r;
         s->reserved = false;
         s->res_l2 = 0;
+        s->res_linked = false;
         return 0;
 }
 
 static void qed_release(void *state, const reservation *res) {
         qed_state *s = state;
 
-        hostalloc_rewind(&s->alloc, s->res_l2 ? s->res_l2 : res->host_offset);
+        if (!s->res_linked)
+                hostalloc_rewind(&s->alloc, s->res_l2 ? s->res_l2 : res->host_offset);
         s->reserved = false;
         s->res_l2 = 0;
+        s->res_linked = false;
 }
 
 /* Zero clusters where the cluster holds no data (a data cluster would leak:
