@@ -128,6 +128,7 @@ typedef enum FrontVerbId {
         VERB_SETUUID,
         VERB_COMMENT,
         /* vdiskctl's own */
+        VERB_MERGE,
         VERB_LIST,
         VERB_STATUS,
         VERB_MONITOR,
@@ -195,6 +196,9 @@ typedef struct Request {
         uint64_t granularity;
         bool bitmap_add, bitmap_disabled;
         bool clear;                   /* comment --clear */
+        /* vdiskctl merge: --from and --to (or the positional N M), checked */
+        const char *from_arg, *to_arg;
+        unsigned merge_from, merge_to;
 } Request;
 
 /* The verb named `name` (vdiskctl's "copy" is convert) or -ENOENT. */
