@@ -174,7 +174,8 @@ typedef struct FrontVerb {
         const char *name;
         const OptId *img_opts, *ctl_opts;   /* beyond IMG_COMMON / CTL_COMMON; NULL: none */
         /* The file names it wants, in each tool's words: "Expecting %s"
-         * (vdisk-img, qemu-img's) and "<verb> needs %s" (vdiskctl). */
+         * (vdisk-img, qemu-img's) and "<verb> needs %s" (vdiskctl); both
+         * NULL: its cmd_X checks its arguments. */
         const char *img_what, *ctl_what;
 } FrontVerb;
 
@@ -545,6 +546,8 @@ static int files_error(const Request *req) {
 int front_check_files(Request *req) {
         const char *what;
 
+        if (!verbs[req->verb].img_what && !verbs[req->verb].ctl_what)
+                return -1;   /* it checks its own in its cmd_X */
         switch (req->verb) {
         case VERB_CREATE:
                 if (req->n_args < 1)
@@ -567,8 +570,6 @@ int front_check_files(Request *req) {
                         return front_dialect.exit_usage;
                 }
                 return req->n_args == 2 ? -1 : files_error(req);
-        case VERB_COMMENT:
-                return -1;
         case VERB_MERGE:
                 /* merge FILE [N [M]]: the indexes not given by --from and --to, in that order */
                 if (req->n_args < 1)
@@ -596,15 +597,6 @@ int front_check_files(Request *req) {
                 return req->n_args == 1 && req->size_arg ? -1 : files_error(req);
         case VERB_COMPARE:
                 return req->n_args == 2 ? -1 : files_error(req);
-        case VERB_DD:
-        case VERB_MEASURE:
-        case VERB_AMEND:
-        case VERB_BITMAP:
-        case VERB_LIST:
-        case VERB_STATUS:
-        case VERB_MONITOR:
-        case VERB_CANCEL:
-                return -1;
         default:
                 return req->n_args == 1 ? -1 : files_error(req);
         }
