@@ -5,7 +5,7 @@
  * verbs and of options, and one parser that turns a verb's arguments into a
  * Request. vdisk-img runs the Request through libvdisk, vdiskctl sends it over
  * the bus. A new qemu-img option lands here once: a row in the option table,
- * a bit in the verbs that take it, a field in the Request.
+ * its id in the option lists of the verbs that take it, a field in the Request.
  *
  * Each tool still decides which options it takes for a verb (vdisk-img takes
  * qemu-img's; vdiskctl the ones vdiskd can honour), and keeps its own words
