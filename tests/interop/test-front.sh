@@ -126,6 +126,8 @@ t "ctl merge: no --output" 2 "Try 'vdiskctl --help' for more information." "$CTL
 t "ctl merge: a good command line reaches the bus" 69 \
         "vdiskctl: Could not connect to the bus at $VDISKCTL_ADDRESS: No such file or directory" \
         "$CTL" merge -p -q -f vdi --fr 1 --t 0 a
+t "ctl merge: FILE N M reaches the bus" 69 \
+        "vdiskctl: Could not connect to the bus at $VDISKCTL_ADDRESS: No such file or directory" "$CTL" merge a 1 0
 
 echo "# test-front: $passed passed, $failed failed"
 [[ $failed == 0 ]]
