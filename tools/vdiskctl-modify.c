@@ -12,7 +12,6 @@
 
 #include <errno.h>
 #include <fcntl.h>
-#include <getopt.h>
 #include <string.h>
 #include <strings.h>
 #include <unistd.h>
@@ -764,60 +763,15 @@ static int run_merge(Ctx *ctx, Chain *chain, unsigned from, unsigned to, bool pr
         return ex;
 }
 
-int cmd_merge(Ctx *ctx, int argc, char **argv) {
-        static const struct option options[] = {
-                { "help",       no_argument,       NULL, 'h' },
-                { "quiet",      no_argument,       NULL, 'q' },
-                { "parent-dir", required_argument, NULL, ARG_PARENT_DIR },
-                { "from",       required_argument, NULL, ARG_FROM },
-                { "to",         required_argument, NULL, ARG_TO },
-                {}
-        };
-        const char *fmt = NULL, *file, *from_arg = NULL, *to_arg = NULL;
+int cmd_merge(Ctx *ctx, Request *req) {
+        const char *file = req->files[0];
+        unsigned from = req->merge_from, to = req->merge_to;
         _cleanup_free_ char *msg = NULL;
-        unsigned from, to;
-        bool progress = false;
         Chain chain = {};
-        int c, r, ex = EXIT_FAILURE;
-
-        while ((c = getopt_long(argc, argv, "f:hpq", options, NULL)) >= 0) {
-                switch (c) {
-                case 'f':
-                        fmt = optarg;
-                        break;
-                case 'p':
-                        progress = true;
-                        break;
-                case ARG_FROM:
-                        from_arg = optarg;
-                        break;
-                case ARG_TO:
-                        to_arg = optarg;
-                        break;
-                default:
-                        if (common_option(c, optarg, &ex) == 2)
-                                return ex;
-                }
-        }
-        if (optind >= argc)
-                return usage_error("merge needs an image file name");
-        file = argv[optind++];
-        if (!from_arg && optind < argc)
-                from_arg = argv[optind++];
-        if (!to_arg && optind < argc)
-                to_arg = argv[optind++];
-        if (optind < argc)
-                return usage_error("Unexpected argument: %s", argv[optind]);
-        if (!from_arg || !to_arg)
-                return usage_error("merge needs the images to merge: --from N --to M (0 is the base)");
-        if (parse_uint(from_arg, &from) < 0 || parse_uint(to_arg, &to) < 0)
-                return usage_error("Image indexes are numbers (0 is the base): '%s', '%s'", from_arg,
-                                   to_arg);
-        if (from == to)
-                return usage_error("--from and --to name the same image");
+        int r, ex = EXIT_FAILURE;
 
         /* Every image a merge may write is opened read-write. */
-        r = chain_resolve(ctx, file, fmt, CHAIN_ALL_WRITABLE, &chain);
+        r = chain_resolve(ctx, file, req->format, CHAIN_ALL_WRITABLE, &chain);
         if (r != 0)
                 return r;
         if (from >= chain.n || to >= chain.n) {
@@ -836,7 +790,7 @@ int cmd_merge(Ctx *ctx, int argc, char **argv) {
                 log_oom();
                 goto finish;
         }
-        ex = run_merge(ctx, &chain, from, to, progress_wanted(progress), file, msg);
+        ex = run_merge(ctx, &chain, from, to, progress_wanted(req->progress), file, msg);
 
 finish:
         chain_done(ctx, &chain);

@@ -38,8 +38,7 @@ FrontDialect front_dialect = {
 };
 
 /* The command of each verb (parsed in shared/front.c, "copy" is convert);
- * NULL: vdisk-img's only. merge, which parses its own arguments, is not among
- * them. */
+ * NULL: vdisk-img's only. */
 static int (*const commands[_VERB_MAX])(Ctx *ctx, Request *req) = {
         [VERB_CANCEL] = cmd_cancel,
         [VERB_CHECK] = cmd_check,
@@ -50,6 +49,7 @@ static int (*const commands[_VERB_MAX])(Ctx *ctx, Request *req) = {
         [VERB_CREATE] = cmd_create,
         [VERB_INFO] = cmd_info,
         [VERB_LIST] = cmd_list,
+        [VERB_MERGE] = cmd_merge,
         [VERB_MONITOR] = cmd_monitor,
         [VERB_REBASE] = cmd_rebase,
         [VERB_REPAIR] = cmd_check,
@@ -175,7 +175,6 @@ int main(int argc, char **argv) {
         FrontVerbId verb = VERB_INFO;
         Request req = {};
         Ctx ctx = {};
-        bool merge;
         int ex;
 
         ex = parse_global(argc, argv);
@@ -186,8 +185,7 @@ int main(int argc, char **argv) {
                 return usage_hint();
         }
 
-        merge = streq(argv[optind], "merge");
-        if (!merge && (front_verb_find(argv[optind], &verb) < 0 || !commands[verb])) {
+        if (front_verb_find(argv[optind], &verb) < 0 || !commands[verb]) {
                 log_error("Unknown command '%s'", argv[optind]);
                 return usage_hint();
         }
@@ -210,22 +208,20 @@ int main(int argc, char **argv) {
         argv += optind;
         optind = 0;   /* the command parses its own options (getopt re-initializes) */
 
-        if (!merge) {
-                /* The global -q and --output hold unless the verb's own say otherwise. */
-                req.quiet = arg_quiet;
-                req.output = arg_output;
-                ex = front_parse(verb, argc, argv, &req);
-                arg_quiet = req.quiet;
-                arg_output = req.output;
-                if (ex >= 0) {
-                        request_done(&req);
-                        return ex;
-                }
+        /* The global -q and --output hold unless the verb's own say otherwise. */
+        req.quiet = arg_quiet;
+        req.output = arg_output;
+        ex = front_parse(verb, argc, argv, &req);
+        arg_quiet = req.quiet;
+        arg_output = req.output;
+        if (ex >= 0) {
+                request_done(&req);
+                return ex;
         }
 
         ex = ctx_connect(&ctx);
         if (ex == 0) {
-                ex = merge ? cmd_merge(&ctx, argc, argv) : commands[verb](&ctx, &req);
+                ex = commands[verb](&ctx, &req);
                 ctx_done(&ctx);
         }
         request_done(&req);

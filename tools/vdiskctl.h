@@ -361,7 +361,7 @@ int cmd_info(Ctx *ctx, Request *req);
 int cmd_check(Ctx *ctx, Request *req);
 int cmd_create(Ctx *ctx, Request *req);
 int cmd_convert(Ctx *ctx, Request *req);
-int cmd_merge(Ctx *ctx, int argc, char **argv);
+int cmd_merge(Ctx *ctx, Request *req);
 int cmd_commit(Ctx *ctx, Request *req);
 int cmd_compact(Ctx *ctx, Request *req);
 int cmd_rebase(Ctx *ctx, Request *req);    /* vdiskctl-rebase.c */

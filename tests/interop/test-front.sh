@@ -115,6 +115,19 @@ t "ctl snapshot: a good command line reaches the bus" 69 \
         "$CTL" snapshot -c x -f qcow2 a
 t "ctl compare: a good command line reaches the bus" 69 \
         "vdiskctl: Could not connect to the bus at $VDISKCTL_ADDRESS: No such file or directory" "$CTL" compare -s a b
+# merge parses through the front too (it used to parse after connecting)
+t "ctl merge: no file" 2 "vdiskctl: merge needs an image file name" "$CTL" merge
+t "ctl merge: one index" 2 "vdiskctl: merge needs the images to merge: --from N --to M (0 is the base)" \
+        "$CTL" merge a 1
+t "ctl merge: --from and two more" 2 "vdiskctl: Unexpected argument: 3" "$CTL" merge --from 1 a 2 3
+t "ctl merge: not a number" 2 "vdiskctl: Image indexes are numbers (0 is the base): 'x', '2'" "$CTL" merge a x 2
+t "ctl merge: the same image" 2 "vdiskctl: --from and --to name the same image" "$CTL" merge --to 1 --from 1 a
+t "ctl merge: no --output" 2 "Try 'vdiskctl --help' for more information." "$CTL" merge --output=json a 1 2
+t "ctl merge: a good command line reaches the bus" 69 \
+        "vdiskctl: Could not connect to the bus at $VDISKCTL_ADDRESS: No such file or directory" \
+        "$CTL" merge -p -q -f vdi --fr 1 --t 0 a
+t "ctl merge: FILE N M reaches the bus" 69 \
+        "vdiskctl: Could not connect to the bus at $VDISKCTL_ADDRESS: No such file or directory" "$CTL" merge a 1 0
 
 echo "# test-front: $passed passed, $failed failed"
 [[ $failed == 0 ]]

@@ -62,8 +62,8 @@ int front_common_option(int c, const char *arg, int *ret_exit) {
 
 /* ---------------------------------------------------------------- options */
 
-/* One row per option the shared verbs take; a verb names its options as bits
- * of these ids, per tool. */
+/* One row per option the shared verbs take; a verb lists its options by
+ * these ids, per tool. */
 typedef enum OptId {
         O_h, O_f, O_O, O_o, O_b, O_B, O_F, O_t, O_T, O_S, O_p, O_q, O_n, O_c, O_l, O_r, O_m, O_W, O_C,
         O_u, O_d, O_U, O_s,
@@ -73,10 +73,12 @@ typedef enum OptId {
         O_START_OFFSET, O_MAX_LENGTH, O_SNAP_l, O_SNAP_a, O_SNAP_c, O_SNAP_d, O_SIZE, O_FORCE,
         O_g, O_BM_ADD, O_BM_REMOVE, O_BM_CLEAR, O_BM_ENABLE, O_BM_DISABLE, O_BM_MERGE, O_BM_DISABLED,
         O_UUID, O_PARENT_UUID, O_ZERO_PARENT_UUID, O_MODIFICATION_UUID, O_PARENT_MODIFICATION_UUID, O_CLEAR,
+        O_FROM, O_TO,
         _O_MAX,
 } OptId;
 
-#define OPT(id) (UINT64_C(1) << O_##id)
+/* A verb's options: a list of ids, ended by _O_MAX. */
+#define OPTS(...) ((const OptId[]) { __VA_ARGS__, _O_MAX })
 
 typedef struct OptSpec {
         char short_name;          /* 0: long only */
@@ -158,129 +160,131 @@ static const OptSpec opt_specs[_O_MAX] = {
         [O_MODIFICATION_UUID] = { 0, "modificationuuid", true, ARG_MODIFICATION_UUID },
         [O_PARENT_MODIFICATION_UUID] = { 0, "parentmodificationuuid", true, ARG_PARENT_MODIFICATION_UUID },
         [O_CLEAR] = { 0, "clear", false, ARG_CLEAR, FLAG(clear) },
+        [O_FROM] = { 0, "from", true, ARG_FROM, VALUE(from_arg) },
+        [O_TO] = { 0, "to", true, ARG_TO, VALUE(to_arg) },
 };
 
 /* What every verb of a tool takes. */
-#define IMG_COMMON (OPT(h) | OPT(FORCE_SHARE) | OPT(PARENT_DIR) | OPT(IMAGE_OPTS) | OPT(OBJECT))
-#define CTL_COMMON (OPT(h) | OPT(q) | OPT(QUIET) | OPT(PARENT_DIR))
+#define IMG_COMMON OPTS(O_h, O_FORCE_SHARE, O_PARENT_DIR, O_IMAGE_OPTS, O_OBJECT)
+#define CTL_COMMON OPTS(O_h, O_q, O_QUIET, O_PARENT_DIR)
 
 /* ---------------------------------------------------------------- verbs */
 
 typedef struct FrontVerb {
         const char *name;
-        uint64_t img_opts, ctl_opts;   /* beyond IMG_COMMON / CTL_COMMON */
+        const OptId *img_opts, *ctl_opts;   /* beyond IMG_COMMON / CTL_COMMON; NULL: none */
         /* The file names it wants, in each tool's words: "Expecting %s"
-         * (vdisk-img, qemu-img's) and "<verb> needs %s" (vdiskctl). */
+         * (vdisk-img, qemu-img's) and "<verb> needs %s" (vdiskctl); both
+         * NULL: its cmd_X checks its arguments. */
         const char *img_what, *ctl_what;
 } FrontVerb;
 
 static const FrontVerb verbs[_VERB_MAX] = {
         [VERB_INFO] = {
                 "info",
-                OPT(f) | OPT(U) | OPT(OUTPUT) | OPT(BACKING_CHAIN),
-                OPT(f) | OPT(U) | OPT(FORCE_SHARE) | OPT(OUTPUT) | OPT(BACKING_CHAIN),
+                OPTS(O_f, O_U, O_OUTPUT, O_BACKING_CHAIN),
+                OPTS(O_f, O_U, O_FORCE_SHARE, O_OUTPUT, O_BACKING_CHAIN),
                 "one image file name", "one image file name",
         },
         [VERB_CHECK] = {
                 "check",
-                OPT(f) | OPT(q) | OPT(r) | OPT(T) | OPT(U) | OPT(OUTPUT),
-                OPT(f) | OPT(r) | OPT(T) | OPT(U) | OPT(FORMAT) | OPT(FORCE_SHARE) | OPT(OUTPUT),
+                OPTS(O_f, O_q, O_r, O_T, O_U, O_OUTPUT),
+                OPTS(O_f, O_r, O_T, O_U, O_FORMAT, O_FORCE_SHARE, O_OUTPUT),
                 "one image file name", "one image file name",
         },
         [VERB_REPAIR] = {
                 "repair",
-                OPT(f) | OPT(q) | OPT(U) | OPT(FORMAT) | OPT(DRY_RUN),
-                OPT(f) | OPT(U) | OPT(FORMAT) | OPT(FORCE_SHARE) | OPT(OUTPUT) | OPT(DRY_RUN),
+                OPTS(O_f, O_q, O_U, O_FORMAT, O_DRY_RUN),
+                OPTS(O_f, O_U, O_FORMAT, O_FORCE_SHARE, O_OUTPUT, O_DRY_RUN),
                 "one image file name", "one image file name",
         },
         [VERB_COMMIT] = {
                 "commit",
-                OPT(f) | OPT(t) | OPT(b) | OPT(d) | OPT(p) | OPT(q) | OPT(r),
-                OPT(f) | OPT(p) | OPT(t),
+                OPTS(O_f, O_t, O_b, O_d, O_p, O_q, O_r),
+                OPTS(O_f, O_p, O_t),
                 "one image file name", "one image file name",
         },
         [VERB_COMPACT] = {
                 "compact",
-                OPT(f) | OPT(p) | OPT(q) | OPT(FORMAT) | OPT(FILENAME),
-                OPT(f) | OPT(p) | OPT(FORMAT) | OPT(FILENAME) | OPT(IMAGE),
+                OPTS(O_f, O_p, O_q, O_FORMAT, O_FILENAME),
+                OPTS(O_f, O_p, O_FORMAT, O_FILENAME, O_IMAGE),
                 "one image file name", "one image file name",
         },
         [VERB_RESIZE] = {
                 "resize",
-                OPT(f) | OPT(q) | OPT(U) | OPT(SHRINK) | OPT(PREALLOCATION),
-                OPT(f) | OPT(U) | OPT(FORCE_SHARE) | OPT(SHRINK) | OPT(PREALLOCATION),
+                OPTS(O_f, O_q, O_U, O_SHRINK, O_PREALLOCATION),
+                OPTS(O_f, O_U, O_FORCE_SHARE, O_SHRINK, O_PREALLOCATION),
                 "image file name and size", "an image file name and a size",
         },
         [VERB_CREATE] = {
                 "create",
-                OPT(f) | OPT(F) | OPT(b) | OPT(o) | OPT(q) | OPT(u),
-                OPT(f) | OPT(F) | OPT(b) | OPT(o) | OPT(u),
+                OPTS(O_f, O_F, O_b, O_o, O_q, O_u),
+                OPTS(O_f, O_F, O_b, O_o, O_u),
                 "image file name", "an image file name",
         },
         [VERB_CONVERT] = {
                 "convert",
-                OPT(f) | OPT(O) | OPT(o) | OPT(B) | OPT(F) | OPT(S) | OPT(p) | OPT(q) | OPT(n) | OPT(c) |
-                        OPT(t) | OPT(T) | OPT(m) | OPT(W) | OPT(U) | OPT(l) | OPT(r) | OPT(C) |
-                        OPT(TARGET_IS_ZERO) | OPT(TARGET_IMAGE_OPTS) | OPT(SALVAGE) | OPT(BITMAPS) |
-                        OPT(SKIP_BROKEN_BITMAPS),
-                OPT(f) | OPT(O) | OPT(o) | OPT(S) | OPT(p) | OPT(t) | OPT(T) | OPT(U) | OPT(n) | OPT(B) |
-                        OPT(c) | OPT(FORCE_SHARE) | OPT(TARGET_IS_ZERO),
+                OPTS(O_f, O_O, O_o, O_B, O_F, O_S, O_p, O_q, O_n, O_c, O_t, O_T, O_m, O_W, O_U, O_l, O_r, O_C,
+                     O_TARGET_IS_ZERO, O_TARGET_IMAGE_OPTS, O_SALVAGE, O_BITMAPS, O_SKIP_BROKEN_BITMAPS),
+                OPTS(O_f, O_O, O_o, O_S, O_p, O_t, O_T, O_U, O_n, O_B, O_c, O_FORCE_SHARE, O_TARGET_IS_ZERO),
                 "a source and a destination file name", "a source and a destination file name",
         },
         [VERB_COMPARE] = {
                 "compare",
-                OPT(f) | OPT(F) | OPT(T) | OPT(p) | OPT(q) | OPT(s) | OPT(U),
-                OPT(f) | OPT(F) | OPT(T) | OPT(p) | OPT(s) | OPT(U) | OPT(FORCE_SHARE),
+                OPTS(O_f, O_F, O_T, O_p, O_q, O_s, O_U),
+                OPTS(O_f, O_F, O_T, O_p, O_s, O_U, O_FORCE_SHARE),
                 "two image file names", "two image file names",
         },
         [VERB_MAP] = {
                 "map",
-                OPT(f) | OPT(U) | OPT(OUTPUT) | OPT(START_OFFSET) | OPT(MAX_LENGTH),
-                0,
+                OPTS(O_f, O_U, O_OUTPUT, O_START_OFFSET, O_MAX_LENGTH),
+                NULL,
                 "one image file name", "one image file name",
         },
         [VERB_SNAPSHOT] = {
                 "snapshot",
-                OPT(f) | OPT(q) | OPT(U) | OPT(SNAP_l) | OPT(SNAP_a) | OPT(SNAP_c) | OPT(SNAP_d),
-                OPT(f) | OPT(U) | OPT(FORCE_SHARE) | OPT(SNAP_l) | OPT(SNAP_a) | OPT(SNAP_c) | OPT(SNAP_d),
+                OPTS(O_f, O_q, O_U, O_SNAP_l, O_SNAP_a, O_SNAP_c, O_SNAP_d),
+                OPTS(O_f, O_U, O_FORCE_SHARE, O_SNAP_l, O_SNAP_a, O_SNAP_c, O_SNAP_d),
                 "one image file name", "one image file name",
         },
         /* dd, measure and amend check their own arguments (dd's are operands) */
         [VERB_DD] = {
-                "dd", OPT(f) | OPT(O) | OPT(U), 0, NULL, NULL,
+                "dd", OPTS(O_f, O_O, O_U), NULL, NULL, NULL,
         },
         [VERB_MEASURE] = {
-                "measure", OPT(f) | OPT(O) | OPT(o) | OPT(l) | OPT(U) | OPT(OUTPUT) | OPT(SIZE), 0, NULL, NULL,
+                "measure", OPTS(O_f, O_O, O_o, O_l, O_U, O_OUTPUT, O_SIZE), NULL, NULL, NULL,
         },
         [VERB_AMEND] = {
                 /* -t: vdisk-img always flushes at the end; --force is for encryption key slots */
-                "amend", OPT(f) | OPT(o) | OPT(p) | OPT(q) | OPT(t) | OPT(U) | OPT(FORCE), 0, NULL, NULL,
+                "amend", OPTS(O_f, O_o, O_p, O_q, O_t, O_U, O_FORCE), NULL, NULL, NULL,
         },
         [VERB_BITMAP] = {
                 "bitmap",
-                OPT(f) | OPT(b) | OPT(F) | OPT(g) | OPT(q) | OPT(U) | OPT(BM_ADD) | OPT(BM_REMOVE) |
-                        OPT(BM_CLEAR) | OPT(BM_ENABLE) | OPT(BM_DISABLE) | OPT(BM_MERGE) | OPT(BM_DISABLED),
-                0, NULL, NULL,
+                OPTS(O_f, O_b, O_F, O_g, O_q, O_U, O_BM_ADD, O_BM_REMOVE, O_BM_CLEAR, O_BM_ENABLE, O_BM_DISABLE,
+                     O_BM_MERGE, O_BM_DISABLED),
+                NULL, NULL, NULL,
         },
         [VERB_REBASE] = {
-                "rebase", OPT(f) | OPT(F) | OPT(b) | OPT(u) | OPT(p) | OPT(q) | OPT(t) | OPT(T) | OPT(U),
-                OPT(f) | OPT(F) | OPT(b) | OPT(u) | OPT(p) | OPT(t) | OPT(T) | OPT(U),
+                "rebase", OPTS(O_f, O_F, O_b, O_u, O_p, O_q, O_t, O_T, O_U),
+                OPTS(O_f, O_F, O_b, O_u, O_p, O_t, O_T, O_U),
                 "one image file name", "one image file name",
         },
         [VERB_SETUUID] = {
                 "setuuid",
-                OPT(f) | OPT(q) | OPT(FILENAME) | OPT(FORMAT) | OPT(UUID) | OPT(PARENT_UUID) |
-                        OPT(ZERO_PARENT_UUID) | OPT(MODIFICATION_UUID) | OPT(PARENT_MODIFICATION_UUID),
-                0, "one image file name", NULL,
+                OPTS(O_f, O_q, O_FILENAME, O_FORMAT, O_UUID, O_PARENT_UUID, O_ZERO_PARENT_UUID, O_MODIFICATION_UUID,
+                     O_PARENT_MODIFICATION_UUID),
+                NULL, "one image file name", NULL,
         },
         [VERB_COMMENT] = {
-                "comment", OPT(f) | OPT(FILENAME) | OPT(FORMAT) | OPT(CLEAR), 0, NULL, NULL,
+                "comment", OPTS(O_f, O_FILENAME, O_FORMAT, O_CLEAR), NULL, NULL, NULL,
         },
+        /* vdiskctl's own: merge FILE [N M] checks its image indexes in front_check_files() */
+        [VERB_MERGE] = { "merge", NULL, OPTS(O_f, O_p, O_FROM, O_TO), NULL, "an image file name" },
         /* vdiskctl's service commands check their own arguments */
-        [VERB_LIST] = { "list", 0, OPT(OUTPUT), NULL, NULL },
-        [VERB_STATUS] = { "status", 0, OPT(OUTPUT), NULL, NULL },
-        [VERB_MONITOR] = { "monitor", 0, OPT(OUTPUT), NULL, NULL },
-        [VERB_CANCEL] = { "cancel", 0, 0, NULL, NULL },
+        [VERB_LIST] = { "list", NULL, OPTS(O_OUTPUT), NULL, NULL },
+        [VERB_STATUS] = { "status", NULL, OPTS(O_OUTPUT), NULL, NULL },
+        [VERB_MONITOR] = { "monitor", NULL, OPTS(O_OUTPUT), NULL, NULL },
+        [VERB_CANCEL] = { "cancel", NULL, NULL, NULL, NULL },
 };
 
 int front_verb_find(const char *name, FrontVerbId *ret) {
@@ -542,6 +546,8 @@ static int files_error(const Request *req) {
 int front_check_files(Request *req) {
         const char *what;
 
+        if (!verbs[req->verb].img_what && !verbs[req->verb].ctl_what)
+                return -1;   /* it checks its own in its cmd_X */
         switch (req->verb) {
         case VERB_CREATE:
                 if (req->n_args < 1)
@@ -564,7 +570,24 @@ int front_check_files(Request *req) {
                         return front_dialect.exit_usage;
                 }
                 return req->n_args == 2 ? -1 : files_error(req);
-        case VERB_COMMENT:
+        case VERB_MERGE:
+                /* merge FILE [N [M]]: the indexes not given by --from and --to, in that order */
+                if (req->n_args < 1)
+                        return files_error(req);
+                for (unsigned i = 1; i < req->n_args; i++) {
+                        const char **slot = !req->from_arg ? &req->from_arg : !req->to_arg ? &req->to_arg : NULL;
+
+                        if (!slot)
+                                return usage_error("Unexpected argument: %s", req->args[i]);
+                        *slot = req->args[i];
+                }
+                if (!req->from_arg || !req->to_arg)
+                        return usage_error("merge needs the images to merge: --from N --to M (0 is the base)");
+                if (parse_uint(req->from_arg, &req->merge_from) < 0 || parse_uint(req->to_arg, &req->merge_to) < 0)
+                        return usage_error("Image indexes are numbers (0 is the base): '%s', '%s'", req->from_arg,
+                                           req->to_arg);
+                if (req->merge_from == req->merge_to)
+                        return usage_error("--from and --to name the same image");
                 return -1;
         case VERB_COMPACT:
         case VERB_SETUUID:
@@ -574,15 +597,6 @@ int front_check_files(Request *req) {
                 return req->n_args == 1 && req->size_arg ? -1 : files_error(req);
         case VERB_COMPARE:
                 return req->n_args == 2 ? -1 : files_error(req);
-        case VERB_DD:
-        case VERB_MEASURE:
-        case VERB_AMEND:
-        case VERB_BITMAP:
-        case VERB_LIST:
-        case VERB_STATUS:
-        case VERB_MONITOR:
-        case VERB_CANCEL:
-                return -1;
         default:
                 return req->n_args == 1 ? -1 : files_error(req);
         }
@@ -628,18 +642,26 @@ int front_create_size(const Request *req, uint64_t *ret_size, bool *ret_have_siz
         return -1;
 }
 
+/* Marks the options of `l` (NULL: none) in takes[]. */
+static void opts_mark(const OptId *l, bool takes[static _O_MAX]) {
+        for (; l && *l != _O_MAX; l++)
+                takes[*l] = true;
+}
+
 static int parse_options(FrontVerbId verb, int argc, char **argv, Request *req) {
         const FrontVerb *v = &verbs[verb];
-        uint64_t mask = is_img() ? IMG_COMMON | v->img_opts : CTL_COMMON | v->ctl_opts;
+        bool takes[_O_MAX] = {};
         struct option longs[_O_MAX + 1] = {};
         char shorts[2 * _O_MAX + 1];
         size_t n_longs = 0, n_shorts = 0;
         int c, ex;
 
+        opts_mark(is_img() ? IMG_COMMON : CTL_COMMON, takes);
+        opts_mark(is_img() ? v->img_opts : v->ctl_opts, takes);
         for (size_t i = 0; i < _O_MAX; i++) {
                 const OptSpec *s = &opt_specs[i];
 
-                if (!(mask & (UINT64_C(1) << i)))
+                if (!takes[i])
                         continue;
                 if (s->short_name) {
                         shorts[n_shorts++] = s->short_name;
@@ -659,7 +681,7 @@ static int parse_options(FrontVerbId verb, int argc, char **argv, Request *req) 
 
                 /* the row of the key among the verb's (rows sharing a key mean the same) */
                 for (size_t i = 0; !spec && i < _O_MAX; i++)
-                        if ((mask & (UINT64_C(1) << i)) && opt_specs[i].key == c)
+                        if (takes[i] && opt_specs[i].key == c)
                                 spec = &opt_specs[i];
                 ex = handle_option(req, spec, c, optarg, argv[optind - 1]);
                 if (ex >= 0)

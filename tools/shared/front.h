@@ -5,7 +5,7 @@
  * verbs and of options, and one parser that turns a verb's arguments into a
  * Request. vdisk-img runs the Request through libvdisk, vdiskctl sends it over
  * the bus. A new qemu-img option lands here once: a row in the option table,
- * a bit in the verbs that take it, a field in the Request.
+ * its id in the option lists of the verbs that take it, a field in the Request.
  *
  * Each tool still decides which options it takes for a verb (vdisk-img takes
  * qemu-img's; vdiskctl the ones vdiskd can honour), and keeps its own words
@@ -128,6 +128,7 @@ typedef enum FrontVerbId {
         VERB_SETUUID,
         VERB_COMMENT,
         /* vdiskctl's own */
+        VERB_MERGE,
         VERB_LIST,
         VERB_STATUS,
         VERB_MONITOR,
@@ -195,6 +196,9 @@ typedef struct Request {
         uint64_t granularity;
         bool bitmap_add, bitmap_disabled;
         bool clear;                   /* comment --clear */
+        /* vdiskctl merge: --from and --to (or the positional N M), checked */
+        const char *from_arg, *to_arg;
+        unsigned merge_from, merge_to;
 } Request;
 
 /* The verb named `name` (vdiskctl's "copy" is convert) or -ENOENT. */
