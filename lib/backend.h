@@ -126,6 +126,11 @@ typedef struct map_result {
          * snapshot references too): a write must not go to host_offset but
          * through allocate(), which copies the unit on write. */
         int shared;
+        /* ZERO and UNALLOC only: the unit keeps host space at host_offset
+         * (a qcow2 cluster written as zeros, or with unallocated subclusters,
+         * that kept its host cluster). Only block status reports it, as
+         * qemu-img map does; reads and writes ignore it. */
+        int space;
 } map_result;
 
 /* The largest encoded unit the core decodes (either side). */
@@ -389,6 +394,13 @@ typedef struct vdisk_backend {
          * and how far it goes (ret->length in 1..len). Not called for
          * BACKEND_IDENTITY formats on the data path (only for block status). */
         int (*map)(void *state, uint64_t offset, uint64_t len, map_result *ret);
+
+        /* Optional: whether qemu reads holes in the image's own file under
+         * its data as zeros although the format does not say so (qcow2's
+         * test for metadata preallocation). Block status as qemu-img map
+         * reports it only; absent: no (fixed images say so by
+         * VDISK_IMAGE_FLAGS_FIXED). */
+        int (*file_holes)(void *state, bool *ret);
 
         /* Turns one encoded unit (m->encoded_length bytes in `in`) into its
          * m->unit_length bytes of data in `out`. Pure: no I/O, no change of

@@ -264,42 +264,6 @@ static bool base_defines_zeros(Img *img) {
                         streq(vdisk_image_backend(base)->qemu_name, "vpc"));
 }
 
-/* Like qemu-img, data of a preallocated image that lies in a hole of its file
- * is reported as reading zeros: the file system knows. Returns how much of the extent at
- * `host` (of `len` bytes) has the hole status found, or 0 when unknown. */
-static uint64_t map_file_zero(int fd, uint64_t host, uint64_t len, bool *ret_zero) {
-        off_t data, hole;
-
-        if (fd < 0 || host > INT64_MAX)
-                return 0;
-        data = lseek(fd, (off_t) host, SEEK_DATA);
-        if (data < 0) {
-                if (errno != ENXIO)
-                        return 0;
-                /* A hole up to the end of the file (or past it). */
-                *ret_zero = true;
-                return len;
-        }
-        if ((uint64_t) data > host) {
-                *ret_zero = true;
-                return MIN(len, (uint64_t) data - host);
-        }
-        hole = lseek(fd, (off_t) host, SEEK_HOLE);
-        if (hole < 0 || (uint64_t) hole <= host)
-                return 0;
-        *ret_zero = false;
-        return MIN(len, (uint64_t) hole - host);
-}
-
-/* qemu-img looks into the file only for preallocated images (a static VDI):
- * there a block with data may never have been written. */
-static bool image_preallocated(vdisk_image *image) {
-        uint32_t flags;
-
-        return vdisk_image_get_flags(image, &flags) >= 0 && (flags & VDISK_IMAGE_FLAGS_FIXED) &&
-               !streq(vdisk_image_backend(image)->qemu_name, "raw");
-}
-
 int cmd_map(Request *req) {
         const char *filename = req->files[0];
         OutputFormat output = req->output;
@@ -339,7 +303,7 @@ int cmd_map(Request *req) {
                 MapEntry e;
 
                 vdisk_clear_error();
-                r = vdisk_disk_block_status(img.disk, off, end - off, &ext);
+                r = vdisk_disk_map_status(img.disk, off, end - off, &ext);
                 if (r < 0) {
                         if (output == OUTPUT_JSON)
                                 printf("]\n");
@@ -368,27 +332,12 @@ int cmd_map(Request *req) {
                         e.present = zero_base;
                         e.zero = true;
                         e.data = false;
-                        e.has_offset = false;
                 }
                 e.filename = e.depth == 0 ? filename
                                           : vdisk_image_name(img_at_depth(&img, (unsigned) e.depth));
                 /* Data in a companion file (a VMDK extent) names that file. */
                 if (e.has_offset && ext.file)
                         e.filename = ext.file;
-                if (e.data && e.has_offset && !e.zero &&
-                    image_preallocated(img_at_depth(&img, (unsigned) e.depth))) {
-                        /* the image's file, or the companion file holding the data */
-                        _cleanup_close_ int fd =
-                                open(ext.file ?: vdisk_image_name(img_at_depth(&img, (unsigned) e.depth)),
-                                     O_RDONLY | O_CLOEXEC | O_NOCTTY);
-                        bool z = false;
-                        uint64_t l = map_file_zero(fd, e.offset, e.length, &z);
-
-                        if (l > 0) {
-                                e.length = l;
-                                e.zero = z;
-                        }
-                }
                 /* A raw file maps the disk one to one, holes included. */
                 if (!e.has_offset && e.present &&
                     streq(vdisk_image_backend(img_at_depth(&img, (unsigned) e.depth))->qemu_name, "raw")) {

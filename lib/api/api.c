@@ -85,7 +85,10 @@ int vdisk_disk_discard(vdisk_disk *d, uint64_t offset, uint64_t len) {
         return rw_discard(d, offset, len);
 }
 
-int vdisk_disk_block_status(vdisk_disk *d, uint64_t offset, uint64_t max_len, vdisk_extent *ret) {
+typedef int (*status_fn)(vdisk_disk *d, unsigned bottom, unsigned top, uint64_t offset, uint64_t len,
+                         vdisk_extent *ret);
+
+static int disk_status(vdisk_disk *d, uint64_t offset, uint64_t max_len, status_fn status, vdisk_extent *ret) {
         _cleanup_(disk_unlockp) vdisk_disk *l = NULL;
         uint64_t size;
         int r;
@@ -99,14 +102,14 @@ int vdisk_disk_block_status(vdisk_disk *d, uint64_t offset, uint64_t max_len, vd
         if (offset >= size)
                 return vdisk_error(-EINVAL, "offset %" PRIu64 " beyond the end of the disk", offset);
         max_len = MIN(max_len, size - offset);
-        r = rw_status(d, 0, d->n - 1, offset, max_len, ret);
+        r = status(d, 0, d->n - 1, offset, max_len, ret);
         if (r < 0)
                 return r;
         /* Merge following extents with the same status. */
         while (ret->length < max_len) {
                 vdisk_extent next;
 
-                r = rw_status(d, 0, d->n - 1, offset + ret->length, max_len - ret->length, &next);
+                r = status(d, 0, d->n - 1, offset + ret->length, max_len - ret->length, &next);
                 if (r < 0)
                         return r;
                 if (next.flags != ret->flags || next.depth != ret->depth ||
@@ -117,6 +120,14 @@ int vdisk_disk_block_status(vdisk_disk *d, uint64_t offset, uint64_t max_len, vd
                 ret->length += next.length;
         }
         return 0;
+}
+
+int vdisk_disk_block_status(vdisk_disk *d, uint64_t offset, uint64_t max_len, vdisk_extent *ret) {
+        return disk_status(d, offset, max_len, rw_status, ret);
+}
+
+int vdisk_disk_map_status(vdisk_disk *d, uint64_t offset, uint64_t max_len, vdisk_extent *ret) {
+        return disk_status(d, offset, max_len, rw_status_file, ret);
 }
 
 /* ---- images */

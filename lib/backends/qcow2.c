@@ -614,6 +614,13 @@ static int unit_status(qcow2_state *s, uint64_t voff, map_result *ret) {
                 ret->length = MIN((l1i * s->l2_entries + next) << s->cluster_bits, s->size) - voff;
         }
 
+        if (ret->kind != MAP_DATA && allocated && (s->data_io || host >= s->cluster_size) && host < s->data_size) {
+                /* zeros or unallocated subclusters in a cluster that kept its
+                 * host cluster: qemu-img map reports where */
+                ret->space = 1;
+                ret->file = s->data_io;
+                ret->host_offset = host + in;
+        }
         if (ret->kind == MAP_DATA) {
                 uint64_t h0 = host + in;
 
@@ -639,6 +646,43 @@ static int unit_status(qcow2_state *s, uint64_t voff, map_result *ret) {
 
 static int unit_status_cb(void *state, uint64_t voff, map_result *ret) {
         return unit_status(state, voff, ret);
+}
+
+/* qemu takes an image for metadata-preallocated, and then reads holes of its
+ * file under data clusters as zeros, when at least max(10/9 of the clusters
+ * the file system allocated for the file, 2 more) of the clusters the file
+ * spans have a reference. */
+static int qcow2_file_holes(void *state, bool *ret) {
+        qcow2_state *s = state;
+        uint64_t alloc, real, threshold, end, count = 0;
+        int r;
+
+        *ret = false;
+        if (!s->reft) {
+                /* opened read-only: a view of the refcounts for this test */
+                if (s->reft_bytes == 0 || !range_within(s->reft_offset, s->reft_bytes, s->file_size))
+                        return 0;
+                s->rb_entries = (s->cluster_size * 8) >> s->refcount_order;
+                r = qcow2_reft_view(s);
+                if (r < 0)
+                        return r;
+        }
+        r = io_get_allocated(s->io, &alloc);
+        if (r < 0)
+                return r;
+        real = alloc / s->cluster_size;
+        threshold = MAX(real * 10 / 9, real + 2);
+        end = DIV_ROUND_UP(s->file_size, s->cluster_size);
+        for (uint64_t i = 0; i < end && count < threshold; i++) {
+                uint64_t rc;
+
+                r = qcow2_rc_get(s, i * s->cluster_size, &rc);
+                if (r < 0)
+                        return r;
+                count += rc != 0;
+        }
+        *ret = count >= threshold;
+        return 0;
 }
 
 static int qcow2_map(void *state, uint64_t offset, uint64_t len, map_result *ret) {
@@ -2809,6 +2853,7 @@ const vdisk_backend backend_qcow2 = {
         .get_size = qcow2_get_size,
         .get_layout = qcow2_get_layout,
         .map = qcow2_map,
+        .file_holes = qcow2_file_holes,
         .decode = qcow2_decode,
         .allocate = qcow2_allocate,
         .commit = qcow2_commit,

@@ -45,6 +45,8 @@ struct vdisk_image {
         uint64_t unit_clock;
         tc_budget *budget;      /* a reference: the disk's, or its own when opened alone */
 
+        int8_t file_holes;      /* image_file_holes(): 0 not decided yet, 1 yes, -1 no */
+
         /* vdisk_image_set_direct_fd(): the caller's O_DIRECT descriptor of the
          * image's file (our duplicate), given to the io whenever the image is
          * (or becomes, disk_make_writable) writable. */
@@ -246,6 +248,14 @@ int rw_discard(vdisk_disk *d, uint64_t offset, uint64_t len);
  * from `top` down (0 = image top) and is -1 when none of them defines the range. */
 int rw_status(vdisk_disk *d, unsigned bottom, unsigned top, uint64_t offset, uint64_t len,
               vdisk_extent *ret);
+/* Whether qemu takes holes in the image's own file under its data for zeros
+ * (qemu-img map's "zero": true, "data": true; measure does not count them). */
+bool image_file_holes(vdisk_image *img);
+/* rw_status(), then where image_file_holes() says so, data over a hole of the
+ * file holding it (the image's or a companion) reads as zeros: the extent
+ * gains ZERO (keeping DATA) and ends where the file's hole or data ends. */
+int rw_status_file(vdisk_disk *d, unsigned bottom, unsigned top, uint64_t offset, uint64_t len,
+                   vdisk_extent *ret);
 /* Does the view at `level` read zeros in the range? (level -1: yes) */
 int rw_is_zero(vdisk_disk *d, int level, uint64_t offset, uint64_t len, bool *ret);
 /* Size of the view at `level` (= image level's size). */

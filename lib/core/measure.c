@@ -8,7 +8,6 @@
 typedef struct measure_ctx {
         vdisk_disk *in;
         uint64_t size;
-        int8_t sparse[VDISK_CHAIN_MAX];   /* per image: 0 unknown, 1 look at holes, -1 not */
 } measure_ctx;
 
 /* The units [first, last] that [off, off + len) touches, counted unless
@@ -22,42 +21,9 @@ static void touch(uint64_t unit, uint64_t off, uint64_t len, uint64_t *next, uin
         *next = last + 1;
 }
 
-/* Whether the data of `img` over holes of its file counts as zeros: qemu
- * asks the file only for a qcow2 image whose file holds far fewer clusters
- * than it spans (it takes that for metadata preallocation: more than
- * max(10/9 of the allocated clusters, 2 more) of them in use). We count the
- * clusters the file spans; qemu those with a reference, nearly the same. */
-static bool looks_preallocated(vdisk_image *img) {
-        uint64_t cs = img->layout.cluster_size, file_size, alloc, real;
-
-        if (!streq(img->be->info.qemu_name, "qcow2") || cs == 0)
-                return false;
-        if (io_get_size(img->io, &file_size) < 0 || io_get_allocated(img->io, &alloc) < 0)
-                return false;
-        real = alloc / cs;
-        return file_size / cs > MAX(real * 10 / 9, real + 2);
-}
-
-/* The io holding an extent's data (the image's own file), when holes in it
- * read as zeros for qemu (see looks_preallocated()); NULL otherwise. */
-static vdisk_io *extent_io(measure_ctx *m, const vdisk_extent *e) {
-        vdisk_disk *d = m->in;
-        vdisk_image *img;
-        unsigned i;
-
-        if (!e->host_offset_valid || !e->file || e->depth < 0 || (unsigned) e->depth >= d->n)
-                return NULL;
-        i = d->n - 1 - (unsigned) e->depth;
-        img = d->images[i];
-        if (e->file != vdisk_io_name(img->io))
-                return NULL;
-        if (m->sparse[i] == 0)
-                m->sparse[i] = looks_preallocated(img) ? 1 : -1;
-        return m->sparse[i] > 0 ? img->io : NULL;
-}
-
 /* qemu's count: an extent with data counts every unit it touches, each unit
- * once; data over holes of its file as extent_io() says does not count. */
+ * once; data over holes of its file that qemu reads as zeros does not count
+ * (vdisk_disk_map_status()). */
 static int count_units(void *user, uint64_t unit, uint64_t *ret) {
         measure_ctx *m = user;
         uint64_t off = 0, n = 0, next = 0;
@@ -67,39 +33,14 @@ static int count_units(void *user, uint64_t unit, uint64_t *ret) {
                 return vdisk_error(-EINVAL, "invalid arguments");
         while (off < m->size) {
                 vdisk_extent e;
-                vdisk_io *io;
 
-                r = vdisk_disk_block_status(m->in, off, m->size - off, &e);
+                r = vdisk_disk_map_status(m->in, off, m->size - off, &e);
                 if (r < 0)
                         return r;
                 if (e.length == 0)
                         return vdisk_error(-EIO, "block status made no progress at %" PRIu64, off);
-                if (!(e.flags & VDISK_EXTENT_DATA) || (e.flags & VDISK_EXTENT_ZERO)) {
-                        off += e.length;
-                        continue;
-                }
-                io = extent_io(m, &e);
-                if (!io) {
+                if ((e.flags & VDISK_EXTENT_DATA) && !(e.flags & VDISK_EXTENT_ZERO))
                         touch(unit, off, e.length, &next, &n);
-                        off += e.length;
-                        continue;
-                }
-                for (uint64_t h = e.host_offset, end = e.host_offset + e.length; h < end;) {
-                        uint64_t d, hole;
-
-                        r = io_seek_data(io, h, 0, &d);
-                        if (r == -ENXIO)
-                                break;   /* holes to the end of the file */
-                        if (r < 0) {
-                                d = h, hole = end;   /* the file cannot tell: all data */
-                        } else if (io_seek_data(io, d, 1, &hole) < 0)
-                                hole = end;
-                        if (d >= end)
-                                break;
-                        hole = MIN(MAX(hole, d + 1), end);
-                        touch(unit, off + (d - e.host_offset), hole - d, &next, &n);
-                        h = hole;
-                }
                 off += e.length;
         }
         *ret = n;

@@ -467,14 +467,34 @@ int rw_discard(vdisk_disk *d, uint64_t offset, uint64_t len) {
         return write_zeroes(d, d->n - 1, (int) d->n - 2, offset, len, true);
 }
 
-int rw_status(vdisk_disk *d, unsigned bottom, unsigned top, uint64_t offset, uint64_t len, vdisk_extent *ret) {
+/* Where `holes` and image_file_holes() say so, data over a hole of its file
+ * reads as zeros: ZERO is added (DATA kept) and the extent ends where the
+ * file's hole or data ends. */
+static void file_holes(vdisk_image *img, vdisk_io *io, vdisk_extent *e) {
+        uint64_t next;
+
+        if (!image_file_holes(img))
+                return;
+        /* No data after the offset (past the file's end too) is UINT64_MAX. */
+        if (io_seek_data(io, e->host_offset, 0, &next) < 0)
+                return;   /* the file cannot tell: data */
+        if (next > e->host_offset) {
+                e->flags |= VDISK_EXTENT_ZERO;
+                e->length = MIN(e->length, next - e->host_offset);
+        } else if (io_seek_data(io, e->host_offset, 1, &next) >= 0 && next > e->host_offset)
+                e->length = MIN(e->length, next - e->host_offset);
+}
+
+static int status(vdisk_disk *d, unsigned bottom, unsigned top, uint64_t offset, uint64_t len, bool holes,
+                  vdisk_extent *ret) {
         uint64_t length = len;
+        bool has_offset = false;
+        map_result m = {};
         int r;
 
         assert(top < d->n && bottom <= top && len > 0);
         for (unsigned level = top;; level--) {
                 vdisk_image *img = d->images[level];
-                map_result m;
 
                 if (offset >= img->size) {
                         /* Past this image's end: zeros, defined here. */
@@ -488,24 +508,61 @@ int rw_status(vdisk_disk *d, unsigned bottom, unsigned top, uint64_t offset, uin
                 if (r < 0)
                         return r;
                 length = m.length;
+                /* An encoded unit has data but no offset it reads from; a
+                 * zero or unallocated unit has one where it kept its space. */
+                has_offset = m.kind == MAP_DATA || m.space;
                 if (m.kind != MAP_UNALLOC) {
-                        /* An encoded unit has data but no offset it reads from. */
                         *ret = (vdisk_extent) {
                                 .offset = offset, .length = length,
                                 .flags = VDISK_EXTENT_ALLOCATED |
                                          (m.kind == MAP_ZERO ? VDISK_EXTENT_ZERO : VDISK_EXTENT_DATA),
                                 .depth = (int) (top - level),
                                 .host_offset = m.host_offset,
-                                .host_offset_valid = m.kind == MAP_DATA,
-                                .file = m.kind == MAP_DATA ? vdisk_io_name(m.file ? m.file : img->io) : NULL,
+                                .host_offset_valid = has_offset,
+                                .file = has_offset ? vdisk_io_name(m.file ? m.file : img->io) : NULL,
                         };
+                        if (holes && m.kind == MAP_DATA)
+                                file_holes(img, image_file(img, m.file), ret);
                         /* A raw base "allocates" everything; holes map as ZERO. */
                         return 0;
                 }
                 if (level == bottom)
                         break;
         }
+        /* Defined by none; the bottom image's space there is reported. */
         *ret = (vdisk_extent) { .offset = offset, .length = length,
-                                .flags = bottom == 0 ? VDISK_EXTENT_ZERO : 0, .depth = -1 };
+                                .flags = bottom == 0 ? VDISK_EXTENT_ZERO : 0, .depth = -1,
+                                .host_offset = m.host_offset,
+                                .host_offset_valid = has_offset,
+                                .file = has_offset ? vdisk_io_name(m.file ? m.file : d->images[bottom]->io) : NULL };
         return 0;
+}
+
+/* qemu looks into the file under the data of a fixed or preallocated image
+ * (a static VDI, a fixed VHD) and where the backend says it does (qcow2's
+ * metadata preallocation). Decided once per open, as qemu does; a failure to
+ * decide means no. A raw image's holes are ZERO extents already. */
+bool image_file_holes(vdisk_image *img) {
+        bool holes = false;
+        meta m;
+
+        if (img->file_holes)
+                return img->file_holes > 0;
+        if (img->be->flags & BACKEND_IDENTITY)
+                holes = false;
+        else if (image_get_meta(img, &m) >= 0 && (m.mask & META_FLAGS) && (m.flags & VDISK_IMAGE_FLAGS_FIXED))
+                holes = true;
+        else if (img->be->file_holes && img->be->file_holes(img->state, &holes) < 0)
+                holes = false;
+        img->file_holes = holes ? 1 : -1;
+        return holes;
+}
+
+int rw_status(vdisk_disk *d, unsigned bottom, unsigned top, uint64_t offset, uint64_t len, vdisk_extent *ret) {
+        return status(d, bottom, top, offset, len, false, ret);
+}
+
+int rw_status_file(vdisk_disk *d, unsigned bottom, unsigned top, uint64_t offset, uint64_t len,
+                   vdisk_extent *ret) {
+        return status(d, bottom, top, offset, len, true, ret);
 }

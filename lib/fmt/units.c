@@ -28,14 +28,14 @@ int units_map_join(void *state, units_status_fn unit, uint64_t offset, uint64_t 
         }
         done = ret->length;
         while (done < len && offset + done < size) {
-                map_result n;
+                map_result n = {};
 
                 r = unit(state, offset + done, &n);
                 if (r < 0)
                         return r;
-                if (n.kind != ret->kind ||
-                    (n.kind == MAP_DATA && (n.file != ret->file || n.host_offset != ret->host_offset + done ||
-                                            n.shared != ret->shared)))
+                if (n.kind != ret->kind || n.space != ret->space ||
+                    ((n.kind == MAP_DATA || n.space) &&
+                     (n.file != ret->file || n.host_offset != ret->host_offset + done || n.shared != ret->shared)))
                         break;
                 done += n.length;
         }

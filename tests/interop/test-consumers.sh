@@ -320,7 +320,6 @@ if command -v prlimit >/dev/null 2>&1; then
 else
         echo "# prlimit not found: the nova/cinder info invocations run without their limits"
 fi
-G_HOSTHOLES="not assigned: map reports a qcow2 cluster as data even where the host file has a hole in it (qemu-img convert leaves such holes for zero runs); qemu-img asks the file system and says zero (still correct, less sparse)"
 INFO_KEYS=json=format:virtual-size:actual-size:cluster-size:backing-filename:backing-filename-format:dirty-flag:encrypted:snapshots
 QINFO_KEYS=json=format-specific.type:format-specific.data.compat:format-specific.data.lazy-refcounts:format-specific.data.refcount-bits:format-specific.data.corrupt
 CHECK_KEYS=json=check-errors:corruptions:leaks:image-end-offset:total-clusters:allocated-clusters:format:filename
@@ -405,8 +404,8 @@ tc vdsm-compare-diff vdsm disk.raw,other.raw out - - -- compare -f raw -F raw di
 tc vdsm-commit vdsm top.qcow2,base.qcow2 progress base.qcow2:qcow2 - -- commit -p -t none -b base.qcow2 -d top.qcow2
 tc vdsm-rebase-unsafe vdsm top.qcow2,base.qcow2,disk.qcow2 out top.qcow2:qcow2 - -- rebase -u -t none -T none -f qcow2 -b disk.qcow2 -F qcow2 top.qcow2
 tc vdsm-amend vdsm disk.qcow2 out disk.qcow2:qcow2 - -- amend -f qcow2 -o compat=1.1 disk.qcow2
-tc vdsm-map vdsm disk.qcow2 map - "$G_HOSTHOLES" -- map --output json -f qcow2 disk.qcow2
-tc vdsm-map-holey vdsm holey.qcow2 map - "$G_HOSTHOLES" -- map --output json -f qcow2 holey.qcow2
+tc vdsm-map vdsm disk.qcow2 map - - -- map --output json -f qcow2 disk.qcow2
+tc vdsm-map-holey vdsm holey.qcow2 map - - -- map --output json -f qcow2 holey.qcow2
 tc vdsm-resize vdsm disk.qcow2 out disk.qcow2:qcow2 - -- resize -f qcow2 disk.qcow2 64M
 tc vdsm-bitmap-add vdsm disk.qcow2 out disk.qcow2:qcow2 - -- bitmap --add --enable -f qcow2 disk.qcow2 bm0
 tc vdsm-bitmap-raw vdsm disk.raw errre="Operation add on bitmap bm0 failed: Can't store persistent bitmaps to" - - -- bitmap --add -f raw disk.raw bm0

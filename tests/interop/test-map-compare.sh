@@ -2,7 +2,8 @@
 # SPDX-License-Identifier: LGPL-2.1-or-later
 # `vdisk-img map --output=json` equals `qemu-img map --output=json` (parsed:
 # start, length, data, zero, depth, present and offset) on VDI and raw images
-# qemu-img made, with holes, data, zeros written as data, a ZERO (0xFFFFFFFE)
+# qemu-img made (and qcow2 ones whose files have holes under data, which qemu
+# asks the file system about), with holes, data, zeros written as data, a ZERO (0xFFFFFFFE)
 # block map entry, sizes not a multiple of the block size; also with
 # --start-offset / --max-length.  `vdisk-img compare` exit codes (0 same,
 # 1 different, 2 cannot open) equal qemu-img compare's on the same pairs.
@@ -53,6 +54,30 @@ map_same "qemu static vdi" vdi s.vdi
 
 "$QEMU_IMG" create -q -f vdi e.vdi 3M
 map_same "empty vdi" vdi e.vdi
+
+# qcow2: qemu looks into the file under data clusters when the image looks
+# metadata-preallocated (far fewer clusters allocated in the file than it
+# references), and reports the host offset of a zero cluster that kept its
+# space and of unallocated subclusters of an allocated cluster. The same
+# rule decides what measure counts.
+"$QEMU_IMG" create -q -f qcow2 -o preallocation=metadata pm.qcow2 8M
+"$QEMU_IO" -f qcow2 -c "write -P 0x31 $M 64k" pm.qcow2 >/dev/null
+map_same "qcow2 with metadata preallocation, written in part" qcow2 pm.qcow2
+"$QEMU_IMG" create -q -f qcow2 -o cluster_size=65536 ph.qcow2 8M
+# a fresh cluster written in part: qemu leaves the rest a hole of the file
+"$QEMU_IO" -f qcow2 -c "write -P 0x32 $((M + 4096)) 8k" -c "write -P 0x33 $((3 * M)) 4k" \
+        -c "write -P 0x34 $((5 * M)) 64k" -c "write -z $((5 * M)) 64k" ph.qcow2 >/dev/null
+map_same "qcow2 clusters written in part, a zero cluster that kept its space" qcow2 ph.qcow2
+"$QEMU_IMG" create -q -f qcow2 -o cluster_size=65536,extended_l2=on px.qcow2 8M
+"$QEMU_IO" -f qcow2 -c "write -P 0x35 $((M + 2048)) 2k" -c "write -z $((2 * M)) 8k" \
+        -c "write -P 0x36 $((2 * M + 16384)) 2k" px.qcow2 >/dev/null
+map_same "qcow2 with extended L2, subclusters unallocated in allocated clusters" qcow2 px.qcow2
+for f in pm ph px; do
+        "$QEMU_IMG" measure -O qcow2 $f.qcow2 >mq.txt
+        vimg measure -O qcow2 $f.qcow2
+        if [[ $RC -eq 0 ]] && cmp -s mq.txt "$T/out"; then ok "measure of $f.qcow2 equals qemu-img's"
+        else notok "measure of $f.qcow2 equals qemu-img's" "$(cat mq.txt)" "$(cat "$T/out")" "$(last_err)"; fi
+done
 
 mkpattern p.raw 40M 3
 map_same "patterned raw with holes and written zeros" raw p.raw

@@ -551,6 +551,12 @@ typedef struct vdisk_extent {
 /* The extent at `offset` up to `max_len` long (merged across blocks while the
  * status stays the same). */
 int vdisk_disk_block_status(vdisk_disk *d, uint64_t offset, uint64_t max_len, vdisk_extent *ret);
+/* The same as qemu-img map reports it: where qemu looks into the file under
+ * an image's data (a fixed or preallocated image: a static VDI, a fixed VHD,
+ * a flat VMDK extent; a qcow2 image whose file holds far fewer clusters than
+ * it spans, which qemu takes for metadata preallocation), data over a hole
+ * of the file reads as zeros: VDISK_EXTENT_DATA | VDISK_EXTENT_ZERO. */
+int vdisk_disk_map_status(vdisk_disk *d, uint64_t offset, uint64_t max_len, vdisk_extent *ret);
 
 /* ---------------------------------------------------------------- images */
 
