@@ -813,19 +813,20 @@ static void note_file_end(qcow2_state *s, uint64_t end) {
 }
 
 /* Makes sure the file holds [0, end) (sparse where nothing was written).
- * A new cluster's data write has mostly extended the file already: asking
- * its size costs less than a truncate to the same size, which ext4 handles
- * as a truncate (one per cluster a copy allocates). */
+ * A new cluster's data write has mostly extended the file already, and the
+ * io knows where its writes ended: no system call then. Otherwise asking the
+ * size costs less than a truncate to the same size, which ext4 handles as a
+ * truncate (one per cluster a copy allocates). */
 static int cover_file(qcow2_state *s, uint64_t end) {
         uint64_t size;
         int r;
 
         if (end <= s->file_size)
                 return 0;
-        r = io_get_size(s->io, &size);
+        r = io_covers(s->io, end, &size);
         if (r < 0)
                 return r;
-        if (size < end) {
+        if (r == 0) {
                 r = io_truncate(s->io, end);
                 if (r < 0)
                         return r;
