@@ -581,6 +581,9 @@ static void test_load_errors(void) {
 
                 ASSERT_OK(tc_budget_new(TC_BUDGET_MIN, &small));
                 ASSERT_ERR(tc_table_new(small, io, &hp, &huge), -E2BIG);
+                /* the budget's message, quoted whole (not overwritten as it is formatted) */
+                ASSERT(strstr(vdisk_last_error(), "512-byte pages: ") &&
+                       strstr(vdisk_last_error(), "exceed the budget of 1048576 bytes"));
                 ASSERT_EQ_U64(stats(small).held, 0);
                 tc_budget_unref(small);
         }
