@@ -246,7 +246,7 @@ int qcow2_amend(void *state, const char *const *options, vdisk_progress *p);
 int qcow2_snapshot_create(void *state, const char *name, int64_t date_sec, uint32_t date_nsec);
 int qcow2_snapshot_apply(void *state, size_t i);
 int qcow2_snapshot_delete(void *state, size_t i);
-int qcow2_check_copied(qcow2_state *s, vdisk_check_report *rep, bool repair);
+int qcow2_check_copied(qcow2_state *s, vdisk_check_report *rep, bool repair, bool scan_l2);
 
 
 /* ---------------------------------------------------------------- bitmaps */

@@ -605,8 +605,10 @@ static int copied_mismatch(vdisk_check_report *rep, bool repair, const char *fmt
 /* qemu-img check's OFLAG_COPIED test: in the active L1 and L2 tables the
  * flag is set exactly where the cluster's refcount is 1 (L2 tables, and
  * data clusters, also the preallocated zero ones); with `repair`, set or
- * cleared to match. Runs after the refcounts were compared (and mended). */
-int qcow2_check_copied(qcow2_state *s, vdisk_check_report *rep, bool repair) {
+ * cleared to match. Runs after the refcounts were compared (and mended).
+ * Without `scan_l2` (the count found every data cluster's flag in agreement
+ * with its final refcount) only the L1 entries are looked at. */
+int qcow2_check_copied(qcow2_state *s, vdisk_check_report *rep, bool repair, bool scan_l2) {
         _cleanup_free_ uint8_t *reft = NULL, *blk = NULL;
         rc_reader rr = { .s = s };
         bool fixed = false;
@@ -646,7 +648,7 @@ int qcow2_check_copied(qcow2_state *s, vdisk_check_report *rep, bool repair) {
                         fixed = fixed || repair;
                 }
                 /* a table check already called misplaced is left to it */
-                if (off % s->cluster_size != 0 || !range_within(off, s->cluster_size, s->file_size))
+                if (!scan_l2 || off % s->cluster_size != 0 || !range_within(off, s->cluster_size, s->file_size))
                         continue;
                 r = qcow2_get_l2(s, off, &l2);
                 if (r == -EUCLEAN)

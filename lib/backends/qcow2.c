@@ -857,19 +857,20 @@ static void note_file_end(qcow2_state *s, uint64_t end) {
 }
 
 /* Makes sure the file holds [0, end) (sparse where nothing was written).
- * A new cluster's data write has mostly extended the file already: asking
- * its size costs less than a truncate to the same size, which ext4 handles
- * as a truncate (one per cluster a copy allocates). */
+ * A new cluster's data write has mostly extended the file already, and the
+ * io knows where its writes ended: no system call then. Otherwise asking the
+ * size costs less than a truncate to the same size, which ext4 handles as a
+ * truncate (one per cluster a copy allocates). */
 static int cover_file(qcow2_state *s, uint64_t end) {
         uint64_t size;
         int r;
 
         if (end <= s->file_size)
                 return 0;
-        r = io_get_size(s->io, &size);
+        r = io_covers(s->io, end, &size);
         if (r < 0)
                 return r;
-        if (size < end) {
+        if (r == 0) {
                 r = io_truncate(s->io, end);
                 if (r < 0)
                         return r;
@@ -1771,7 +1772,13 @@ void qcow2_release_unit(qcow2_state *s, const reservation *res) {
  * corruption (qemu-img check's words). Repair sets the refcounts to the
  * counts (leaks with REPAIR_LEAKS, both with REPAIR_ALL); the same repair
  * rebuilds the refcounts of a dirty (lazy refcounts) image at writable open.
- * Memory: one u32 per cluster of the file while it runs.
+ * Memory: one u32 per cluster of the file while it runs, and two bits.
+ *
+ * The OFLAG_COPIED test (qcow2_check_copied) comes last, against the
+ * refcounts as the repair left them. So that it need not read every L2 table
+ * again, the count notes which clusters the active L2 tables name with the
+ * flag and which without; where the final refcounts agree with all of them
+ * (refcount 1 exactly where flagged: a sound image), it reads no L2 table.
  */
 
 typedef struct qcount {
@@ -1780,7 +1787,26 @@ typedef struct qcount {
         uint64_t clusters;
         vdisk_check_report *rep;
         uint64_t allocated;
+        uint64_t *copied, *plain;   /* per cluster: named by an active L2 entry with / without COPIED */
+        bool copied_suspect;        /* an active L2 entry may disagree with its refcount */
 } qcount;
+
+/* The active L2 entry e names cluster `host` (not compressed, not 0). */
+static void note_copied(qcount *q, uint64_t host, uint64_t e) {
+        uint64_t c = host / q->s->cluster_size;
+
+        if (host % q->s->cluster_size != 0 || c >= q->clusters) {
+                q->copied_suspect = true;
+                return;
+        }
+        bitmap_set(e & L2E_COPIED ? q->copied : q->plain, c);
+}
+
+/* Cluster c ends with refcount rc: does an active L2 entry's flag disagree? */
+static void copied_against(qcount *q, uint64_t c, uint64_t rc) {
+        if (c < q->clusters && (rc == 1 ? bitmap_get(q->plain, c) : bitmap_get(q->copied, c)))
+                q->copied_suspect = true;
+}
 
 static void count_ref(qcount *q, uint64_t off, uint64_t len, const char *what) {
         uint64_t cs = q->s->cluster_size;
@@ -1856,6 +1882,8 @@ static int count_l1(qcount *q, uint64_t l1_off, uint32_t l1_size, bool active) {
                         }
                         if (host == 0)
                                 continue;
+                        if (active)
+                                note_copied(q, host, e);
                         if (host % cs != 0) {
                                 q->rep->corruptions++;
                                 r = check_report_add(q->rep, "ERROR cluster at %" PRIu64 " is not aligned", host);
@@ -1947,6 +1975,7 @@ int qcow2_check(void *state, uint32_t flags, vdisk_check_report *rep, vdisk_prog
         uint64_t cs = s->cluster_size, rb_entries = (cs * 8) >> s->refcount_order, n_reft;
         _cleanup_free_ uint8_t *reft = NULL, *blk = NULL;
         _cleanup_free_ uint32_t *cnt = NULL;
+        _cleanup_free_ uint64_t *copied = NULL, *plain = NULL;
         qcount q = { .s = s, .rep = rep };
         uint64_t shared[64];   /* refcount blocks referenced more than once */
         size_t n_shared = 0;
@@ -1961,12 +1990,16 @@ int qcow2_check(void *state, uint32_t flags, vdisk_check_report *rep, vdisk_prog
         }
         q.clusters = DIV_ROUND_UP(s->file_size, cs);
         cnt = calloc(q.clusters ? q.clusters : 1, sizeof *cnt);
+        copied = calloc(DIV_ROUND_UP(q.clusters, 64u) + 1, sizeof *copied);
+        plain = calloc(DIV_ROUND_UP(q.clusters, 64u) + 1, sizeof *plain);
         n_reft = s->reft_bytes / 8;
         reft = malloc(s->reft_bytes ? s->reft_bytes : 1);
         blk = malloc(cs);
-        if (!cnt || !reft || !blk)
+        if (!cnt || !copied || !plain || !reft || !blk)
                 return -ENOMEM;
         q.n = cnt;
+        q.copied = copied;
+        q.plain = plain;
         if (!range_within(s->reft_offset, s->reft_bytes, s->file_size))
                 return vdisk_error(-EUCLEAN, "qcow2: the refcount table is outside the file");
         r = io_pread(s->io, reft, s->reft_bytes, s->reft_offset);
@@ -2028,8 +2061,9 @@ int qcow2_check(void *state, uint32_t flags, vdisk_check_report *rep, vdisk_prog
                 for (uint64_t k = 0; k < rb_entries; k++) {
                         uint64_t c = i * rb_entries + k, disk = rc_entry_get(blk, k, s->refcount_order);
                         uint64_t want = c < q.clusters ? cnt[c] : 0;
-                        bool leak = disk > want;
+                        bool leak = disk > want, fix = !dry && (leak ? fix_leaks : fix_all);
 
+                        copied_against(&q, c, fix ? MIN(want, rc_max(s)) : disk);
                         if (disk == want)
                                 continue;
                         if (leak)
@@ -2057,6 +2091,7 @@ int qcow2_check(void *state, uint32_t flags, vdisk_check_report *rep, vdisk_prog
 
                 if (cnt[c] == 0 || (b != 0 && b % cs == 0 && range_within(b, cs, s->file_size)))
                         continue;
+                copied_against(&q, c, fix_all && !dry ? MIN(cnt[c], rc_max(s)) : 0);
                 rep->corruptions++;
                 r = check_report_add(rep, "ERROR cluster %" PRIu64 " refcount=0 reference=%" PRIu32, c, cnt[c]);
                 if (r < 0)
@@ -2105,7 +2140,8 @@ int qcow2_check(void *state, uint32_t flags, vdisk_check_report *rep, vdisk_prog
          * mends it too once nothing else is left (qemu's rule) */
         r = qcow2_check_copied(s, rep, !dry && s->writable &&
                                (fix_all || (fix_leaks && rep->corruptions == rep->corruptions_fixed &&
-                                            rep->leaks == rep->leaks_fixed && !rep->check_errors)));
+                                            rep->leaks == rep->leaks_fixed && !rep->check_errors)),
+                               q.copied_suspect || (n_shared > 0 && !dry && fix_all));
         if (r < 0)
                 return r;
         rep->total_clusters = DIV_ROUND_UP(s->size, cs);

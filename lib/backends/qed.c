@@ -401,10 +401,11 @@ static int grow_file(qed_state *s, uint64_t end) {
 
         if (s->file_size >= end)
                 return 0;   /* files only grow while written */
-        r = io_get_size(s->io, &size);
+        /* Mostly the new cluster's data write has extended the file already */
+        r = io_covers(s->io, end, &size);
         if (r < 0)
                 return r;
-        if (size < end) {
+        if (r == 0) {
                 r = io_truncate(s->io, end);
                 if (r < 0)
                         return r;

@@ -684,10 +684,11 @@ static int page_load(tc_table *t, uint64_t index, tc_page **ret) {
 
         table_bytes = MIN((uint64_t) len, t->size - start);
         if (!t->zero_past_eof) {
-                r = io_get_size(t->io, &file_size);
+                /* Without asking the file per page where its size is known */
+                r = io_covers(t->io, t->offset + start + table_bytes, &file_size);
                 if (r < 0)
                         return r;
-                if (t->offset + start + table_bytes > file_size)
+                if (r == 0)
                         return vdisk_error(-EUCLEAN, "%s at %" PRIu64 " (%" PRIu64 " bytes) extends past the end "
                                            "of the file (%" PRIu64 " bytes)", t->name, t->offset, t->size,
                                            file_size);

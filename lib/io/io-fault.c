@@ -212,6 +212,9 @@ static int fault_truncate(void *u, uint64_t size) {
         r = fi->inner->vt->truncate(fi->inner->user, size);
         if (r < 0)
                 return r;
+        /* What the inner io knows of its size (io_covers()) follows: it
+         * may be used on its own later. */
+        atomic_store(&fi->inner->size_floor, size);
         return pending_add(fi, OP_TRUNCATE, size, 0, NULL);
 }
 

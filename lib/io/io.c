@@ -166,6 +166,14 @@ int io_pread_zerofill(vdisk_io *io, void *buf, size_t len, uint64_t offset) {
         return 0;
 }
 
+/* The file holds at least `end` bytes (a write ended there). */
+static void size_floor_raise(vdisk_io *io, uint64_t end) {
+        uint64_t cur = atomic_load(&io->size_floor);
+
+        while (cur < end && !atomic_compare_exchange_weak(&io->size_floor, &cur, end))
+                ;
+}
+
 int io_pwrite(vdisk_io *io, const void *buf, size_t len, uint64_t offset) {
         int r;
 
@@ -189,6 +197,7 @@ int io_pwrite(vdisk_io *io, const void *buf, size_t len, uint64_t offset) {
         if (r < 0)
                 return vdisk_error(r, "%s: write of %zu bytes at offset %" PRIu64 " failed: %s",
                                    io->name, len, offset, strerror(-r));
+        size_floor_raise(io, offset + len);
         return 0;
 }
 
@@ -217,7 +226,22 @@ int io_get_size(vdisk_io *io, uint64_t *ret) {
         r = io->vt->get_size(io->user, ret);
         if (r < 0)
                 return vdisk_error(r, "%s: cannot get size: %s", io->name, strerror(-r));
+        atomic_store(&io->size_floor, *ret);
         return 0;
+}
+
+int io_covers(vdisk_io *io, uint64_t end, uint64_t *ret_size) {
+        uint64_t size = atomic_load(&io->size_floor);
+        int r;
+
+        if (size < end) {
+                r = io_get_size(io, &size);
+                if (r < 0)
+                        return r;
+        }
+        if (ret_size)
+                *ret_size = size;
+        return size >= end;
 }
 
 int io_truncate(vdisk_io *io, uint64_t size) {
@@ -233,6 +257,7 @@ int io_truncate(vdisk_io *io, uint64_t size) {
         r = io->vt->truncate(io->user, size);
         if (r < 0)
                 return vdisk_error(r, "%s: truncate to %" PRIu64 " failed: %s", io->name, size, strerror(-r));
+        atomic_store(&io->size_floor, size);
         return 0;
 }
 

@@ -59,6 +59,10 @@ struct vdisk_io {
         uint32_t flags;            /* VDISK_IO_READONLY */
         int kind;                  /* IO_KIND_* */
         _Atomic int queued;        /* io_queue_begin() took: writes may be behind */
+        /* Bytes the file is known to hold (io_covers()): the size io_get_size()
+         * last returned or io_truncate() set, raised by where this io's
+         * completed writes ended. */
+        _Atomic uint64_t size_floor;
 };
 
 enum { IO_KIND_OPS, IO_KIND_FD, IO_KIND_MEMORY, IO_KIND_FAULT };
@@ -73,6 +77,13 @@ int io_pwrite(vdisk_io *io, const void *buf, size_t len, uint64_t offset);
 int io_flush(vdisk_io *io);
 int io_get_size(vdisk_io *io, uint64_t *ret);
 int io_truncate(vdisk_io *io, uint64_t size);
+/* Whether the file holds at least `end` bytes: 1 or 0, or an error. Asks the
+ * file's size only when what this io saw of it (sizes asked, its own
+ * truncates, where its writes ended) does not cover `end`: for checks made
+ * per table page or per allocated cluster. A file shrunk other than through
+ * this io is seen at the next io_get_size(). *ret_size (may be NULL) gets
+ * the bytes known: at least `end` when covered, the file's size when not. */
+int io_covers(vdisk_io *io, uint64_t end, uint64_t *ret_size);
 /* Deallocates a range so it reads as zeros; -EOPNOTSUPP when the io cannot,
  * in which case callers write zeros instead. */
 int io_punch_hole(vdisk_io *io, uint64_t offset, uint64_t len);

@@ -187,6 +187,43 @@ static int relink(vdisk_disk *d, unsigned child, int parent) {
         return image_flush(d->images[child]);
 }
 
+/* A commit's kept top, relinked onto `parent`: what the call reports is what
+ * the file holds. A write that fails is tried once more (a transient fault:
+ * the link is then on disk and the commit succeeds). When the second try
+ * fails too, the old link is put back and written again (best effort: a
+ * write may have landed before its flush failed), so that no later flush
+ * (the close's) writes the new one after the commit reported the failure:
+ * the top keeps naming its old parent (a VMDK its base's old CID, which
+ * `rebase -u` mends). */
+static int relink_kept(vdisk_disk *d, unsigned child, int parent) {
+        _cleanup_free_ char *name = NULL, *abs = NULL, *format = NULL, *msg = NULL;
+        meta old = {};
+        int r;
+
+        r = image_get_meta(d->images[child], &old);
+        if (r < 0)
+                return r;
+        if ((old.parent_name && !(name = strdup(old.parent_name))) ||
+            (old.parent_abs_name && !(abs = strdup(old.parent_abs_name))) ||
+            (old.parent_format && !(format = strdup(old.parent_format))))
+                return vdisk_error(-ENOMEM, "out of memory");
+        old.parent_name = name;
+        old.parent_abs_name = abs;
+        old.parent_format = format;
+        r = relink(d, child, parent);
+        if (r >= 0)
+                return 0;
+        r = relink(d, child, parent);
+        if (r >= 0)
+                return 0;
+        msg = strdup(vdisk_last_error());
+        if (image_set_meta(d->images[child], &old,
+                           old.mask & (META_PARENT_UUID | META_PARENT_MOD_UUID | META_PARENT_NAME |
+                                       META_PARENT_CONTENT_ID)) >= 0)
+                (void) image_flush(d->images[child]);
+        return vdisk_error(r, "%s", msg ?: "");
+}
+
 static bool records_parent_content_id(vdisk_image *img) {
         meta m = {};
 
@@ -347,7 +384,7 @@ static int merge_run(vdisk_disk *d, unsigned from, unsigned to, bool keep, vdisk
                  * reads what it read, and its VMDK parentCID is `to`'s new
                  * CID. The images between leave. */
                 if (keep || from + 1 < d->n) {
-                        r = relink(d, keep ? from : from + 1, (int) to);
+                        r = keep ? relink_kept(d, from, (int) to) : relink(d, from + 1, (int) to);
                         if (r < 0)
                                 return r;
                 }

@@ -11,11 +11,14 @@
 static _Thread_local char error_buf[ERROR_MAX];
 
 int vdisk_error(int r, const char *fmt, ...) {
+        char tmp[ERROR_MAX];
         va_list ap;
 
+        /* Through a copy: the arguments may include vdisk_last_error(). */
         va_start(ap, fmt);
-        vsnprintf(error_buf, sizeof error_buf, fmt, ap);
+        vsnprintf(tmp, sizeof tmp, fmt, ap);
         va_end(ap);
+        memcpy(error_buf, tmp, sizeof tmp);
         return r;
 }
 

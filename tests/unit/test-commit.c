@@ -9,12 +9,13 @@
  *   the same over it, or (the fault) the old top does, relinked onto the
  *   base's new CID (it recorded the old one: no tool opened it on the merged
  *   base, the fault vdiskctl commit used to leave);
- * - kept qcow2 top of base <- mid <- top, committed into base: it names mid
- *   (as before the relink) or base (after it), and reads the same either way;
- *   a failing flush (each one, the close's too) leaves either link as well;
- * - kept VMDK top: its descriptor records the base's old CID (as before the
- *   relink, one write: the top then needs rebase -u) or its new one, and
- *   then reads the same on the base; never a torn descriptor;
+ * - kept top (qcow2, VMDK): what the commit reports is what the top's file
+ *   holds, right after the call and after the close. A write or flush that
+ *   fails once is tried again: the commit succeeds with the new link (a
+ *   VMDK's parentCID the base's new CID). Writes that keep failing: the
+ *   commit fails and the top keeps its old link (the close does not write
+ *   the new one later): a qcow2 top still reads through mid, a VMDK top
+ *   needs rebase -u; either way a retried commit then succeeds;
  * - refusals: a top without a parent, `to` not below the top, an emptied top
  *   without its file, KEEP_TOP with one.
  */
@@ -151,84 +152,126 @@ static void test_empty_vmdk_faults(void) {
         unref_ios(base, top, NULL);
 }
 
+/* What the top on `io` alone links to, as its file holds it: its parent's
+ * name, and for a VMDK the parent CID it records. */
+static void link_of(const char *format, vdisk_io *io, char *buf, size_t len) {
+        char name[64];
+        uint32_t pcid;
+
+        links_of(format, io, name, sizeof name, &pcid);
+        snprintf(buf, len, "%s %08" PRIx32, name, pcid);
+}
+
+typedef enum { FAULT_ONCE, FAULT_PERSISTENT, FAULT_FLUSH, FAULT_WRITE0_AND_FLUSH } fault_mode;
+
 /* Commits the chain `below` (base first) + `t` into the base, keeping the
- * top, with write `n` of the top failing once (or with `flush`, flush n):
- * true when no fault fired (then it succeeded), else it failed in the
- * relink step with -EIO. */
+ * top, with write `n` of the top failing once (FAULT_ONCE), every write from
+ * the nth on (FAULT_PERSISTENT), flush n once (FAULT_FLUSH), or the first
+ * write and flush n (FAULT_WRITE0_AND_FLUSH: the relink's retry written but
+ * not flushed). What the call
+ * reports is what the top's file holds, right after it and after the close:
+ * success with a new link, or -EIO in the relink step with the old link
+ * `old` (never the new link written later by the close). Returns whether the
+ * fault fired; *ret_ok whether the commit succeeded. */
 static bool keep_commit_faulted(const char *format, vdisk_io *const *below, unsigned n_below, vdisk_io *t,
-                                uint64_t n, bool flush) {
-        vdisk_fault f = { .size = sizeof(f), .kind = flush ? VDISK_FAULT_NONE : VDISK_FAULT_EIO, .after = n,
-                          .once = !flush, .fail_flush_at = flush ? n : 0 };
+                                uint64_t n, fault_mode mode, const char *old, bool *ret_ok) {
+        vdisk_fault f = { .size = sizeof(f), .kind = mode == FAULT_FLUSH ? VDISK_FAULT_NONE : VDISK_FAULT_EIO,
+                          .after = mode == FAULT_WRITE0_AND_FLUSH ? 0 : n, .once = mode != FAULT_PERSISTENT,
+                          .fail_flush_at = mode == FAULT_FLUSH || mode == FAULT_WRITE0_AND_FLUSH ? n : 0 };
         vdisk_commit_opts opts = { .size = sizeof(opts), .flags = VDISK_COMMIT_KEEP_TOP };
         vdisk_commit_result res = { .size = sizeof(res) };
         vdisk_io *fio = NULL, *ios[4];
+        char now[96], closed[96];
         vdisk_disk *d;
-        bool done;
+        bool fired;
         int r;
 
         ASSERT(n < 100 && n_below < 4);
-        test_set_context("keep %s, %s %" PRIu64 " fails", format, flush ? "flush" : "write", n);
+        test_set_context("keep %s, %s %" PRIu64 " fails%s", format, mode >= FAULT_FLUSH ? "flush" : "write", n,
+                         mode == FAULT_PERSISTENT ? " and every one after" :
+                         mode == FAULT_WRITE0_AND_FLUSH ? ", write 0 too" : "");
         ASSERT_OK(vdisk_io_new_fault(t, &f, &fio));
         memcpy(ios, below, n_below * sizeof(ios[0]));
         ios[n_below] = fio;
         d = open_ios(format, ios, n_below + 1);
         r = vdisk_commit(d, 0, &opts, NULL, &res);
-        if (!vdisk_io_fault_fired(fio)) {
-                ASSERT_OK(r);
+        fired = vdisk_io_fault_fired(fio);
+        link_of(format, t, now, sizeof now);
+        if (r >= 0) {
                 ASSERT_EQ_U64(vdisk_disk_count(d), 2);
+                if (streq(now, old))
+                        FAIL("the commit succeeded, but the top's file still links to '%s'", old);
         } else {
+                ASSERT(fired);
                 ASSERT_ERR(r, -EIO);
                 ASSERT(res.failed_step == VDISK_COMMIT_STEP_TOP);
+                ASSERT_STREQ(now, old);
         }
-        /* A flush past the commit's fails the close's (which then reports it). */
         r = vdisk_disk_close(d);
-        done = !vdisk_io_fault_fired(fio);
-        if (done || !flush)
+        if (mode == FAULT_ONCE)
                 ASSERT_OK(r);
+        link_of(format, t, closed, sizeof closed);
+        ASSERT_STREQ(closed, now);
         vdisk_io_unref(fio);
-        return done;
+        *ret_ok = streq(now, old) == 0;
+        return fired;
 }
 
 static void test_keep_qcow2_faults(void) {
         vdisk_io *base, *mid, *top;
+        char old[96];
         uint8_t *ref;
-        bool done = false;
+        bool fired = true, ok;
         uint64_t n;
 
         make_chain("qcow2", &base, &mid, &top, &ref);
-        for (n = 0; !done; n++) {
+        link_of("qcow2", top, old, sizeof old);
+        /* A write failing once is tried again: the commit succeeds. */
+        for (n = 0; fired; n++) {
                 vdisk_io *b = mem_io_clone(base, "base.qcow2"), *t = mem_io_clone(top, "top.qcow2");
-                char name[64];
-                uint32_t pcid;
 
-                done = keep_commit_faulted("qcow2", (vdisk_io *[]) { b, mid }, 2, t, n, false);
-                links_of("qcow2", t, name, sizeof name, &pcid);
-                ASSERT_STREQ(name, done ? "base.qcow2" : "mid.qcow2");
-                if (done)
-                        reads_as("qcow2", (vdisk_io *[]) { b, t }, 2, ref);
-                else
-                        reads_as("qcow2", (vdisk_io *[]) { b, mid, t }, 3, ref);
+                fired = keep_commit_faulted("qcow2", (vdisk_io *[]) { b, mid }, 2, t, n, FAULT_ONCE, old, &ok);
+                ASSERT(ok);
+                reads_as("qcow2", (vdisk_io *[]) { b, t }, 2, ref);
                 unref_ios(b, t, NULL);
         }
         test_set_context("%s", "");
-        printf("%s: a fault at each of %" PRIu64 " writes\n", __func__, n - 1);
+        printf("%s: a transient fault at each of %" PRIu64 " writes\n", __func__, n - 1);
         ASSERT(n >= 2);   /* at least one write faulted */
-        /* a failing flush: the header write landed or not; either link,
-         * and the chain it names reads the same */
-        done = false;
-        for (n = 1; !done; n++) {
+        /* Writes that keep failing: the top names mid, and the chain through
+         * it reads the same; a retry of the whole commit then succeeds. */
+        fired = true;
+        for (n = 0; fired; n++) {
                 vdisk_io *b = mem_io_clone(base, "base.qcow2"), *t = mem_io_clone(top, "top.qcow2");
-                char name[64];
-                uint32_t pcid;
+                vdisk_commit_opts opts = { .size = sizeof(opts), .flags = VDISK_COMMIT_KEEP_TOP };
+                vdisk_disk *d;
 
-                done = keep_commit_faulted("qcow2", (vdisk_io *[]) { b, mid }, 2, t, n, true);
-                links_of("qcow2", t, name, sizeof name, &pcid);
-                if (done || streq(name, "base.qcow2"))
+                fired = keep_commit_faulted("qcow2", (vdisk_io *[]) { b, mid }, 2, t, n, FAULT_PERSISTENT, old,
+                                            &ok);
+                ASSERT(ok != fired);
+                if (ok) {
                         reads_as("qcow2", (vdisk_io *[]) { b, t }, 2, ref);
-                else {
-                        ASSERT_STREQ(name, "mid.qcow2");
+                } else {
                         reads_as("qcow2", (vdisk_io *[]) { b, mid, t }, 3, ref);
+                        d = open_ios("qcow2", (vdisk_io *[]) { b, mid, t }, 3);
+                        ASSERT_OK(vdisk_commit(d, 0, &opts, NULL, NULL));
+                        ASSERT_OK(vdisk_disk_close(d));
+                        reads_as("qcow2", (vdisk_io *[]) { b, t }, 2, ref);
                 }
+                unref_ios(b, t, NULL);
+        }
+        test_set_context("%s", "");
+        printf("%s: a persistent fault from each of %" PRIu64 " writes\n", __func__, n - 1);
+        /* A failing flush: tried again as well. */
+        fired = true;
+        for (n = 1; fired; n++) {
+                vdisk_io *b = mem_io_clone(base, "base.qcow2"), *t = mem_io_clone(top, "top.qcow2");
+
+                fired = keep_commit_faulted("qcow2", (vdisk_io *[]) { b, mid }, 2, t, n, FAULT_FLUSH, old, &ok);
+                if (ok)
+                        reads_as("qcow2", (vdisk_io *[]) { b, t }, 2, ref);
+                else
+                        reads_as("qcow2", (vdisk_io *[]) { b, mid, t }, 3, ref);
                 unref_ios(b, t, NULL);
         }
         test_set_context("%s", "");
@@ -240,34 +283,77 @@ static void test_keep_qcow2_faults(void) {
 
 static void test_keep_vmdk_faults(void) {
         vdisk_io *base, *top;
+        char old[96];
         uint32_t old_cid;
         uint8_t *ref;
-        bool done = false;
+        bool fired = true, ok;
         uint64_t n;
 
         make_chain("vmdk", &base, NULL, &top, &ref);
         old_cid = cid_of(base);
-        for (n = 0; !done; n++) {
+        link_of("vmdk", top, old, sizeof old);
+        /* A write failing once is tried again: the commit succeeds, and the
+         * top records the base's new CID. */
+        for (n = 0; fired; n++) {
                 vdisk_io *b = mem_io_clone(base, "base.vmdk"), *t = mem_io_clone(top, "top.vmdk");
                 char name[64];
                 uint32_t pcid;
 
-                done = keep_commit_faulted("vmdk", (vdisk_io *[]) { b }, 1, t, n, false);
-                reads_as("vmdk", (vdisk_io *[]) { b }, 1, ref);
+                fired = keep_commit_faulted("vmdk", (vdisk_io *[]) { b }, 1, t, n, FAULT_ONCE, old, &ok);
+                ASSERT(ok);
                 ASSERT(cid_of(b) != old_cid);
                 links_of("vmdk", t, name, sizeof name, &pcid);
                 ASSERT_STREQ(name, "base.vmdk");
-                /* Failed, the descriptor the close wrote may hold the new
-                 * link already: either link, whole. */
-                if (done || pcid != old_cid) {
-                        ASSERT_EQ_U64(pcid, cid_of(b));
-                        reads_as("vmdk", (vdisk_io *[]) { b, t }, 2, ref);
-                }
+                ASSERT_EQ_U64(pcid, cid_of(b));
+                reads_as("vmdk", (vdisk_io *[]) { b, t }, 2, ref);
                 unref_ios(b, t, NULL);
         }
         test_set_context("%s", "");
-        printf("%s: a fault at each of %" PRIu64 " writes\n", __func__, n - 1);
+        printf("%s: a transient fault at each of %" PRIu64 " writes\n", __func__, n - 1);
         ASSERT(n >= 2);   /* at least one write faulted */
+        /* Writes that keep failing: the top keeps the base's old CID (whole
+         * descriptor: it opens alone); relinked by hand (rebase -u), the
+         * retried commit succeeds and the chain reads the same. */
+        fired = true;
+        for (n = 0; fired; n++) {
+                vdisk_io *b = mem_io_clone(base, "base.vmdk"), *t = mem_io_clone(top, "top.vmdk");
+                vdisk_commit_opts opts = { .size = sizeof(opts), .flags = VDISK_COMMIT_KEEP_TOP };
+                vdisk_disk *d;
+
+                fired = keep_commit_faulted("vmdk", (vdisk_io *[]) { b }, 1, t, n, FAULT_PERSISTENT, old, &ok);
+                ASSERT(ok != fired);
+                if (!ok) {
+                        d = disk_new();
+                        ASSERT_OK(vdisk_disk_open(d, b, "vmdk", 0));
+                        ASSERT_ERR(vdisk_disk_open(d, t, "vmdk", 0), -ESTALE);
+                        ASSERT_OK(vdisk_disk_open(d, t, "vmdk", VDISK_OPEN_SKIP_CHECKS));
+                        ASSERT_OK(vdisk_commit(d, 0, &opts, NULL, NULL));
+                        ASSERT_OK(vdisk_disk_close(d));
+                }
+                reads_as("vmdk", (vdisk_io *[]) { b, t }, 2, ref);
+                unref_ios(b, t, NULL);
+        }
+        test_set_context("%s", "");
+        printf("%s: a persistent fault from each of %" PRIu64 " writes\n", __func__, n - 1);
+        /* The first write fails and then a flush (the retry's, for one n):
+         * the old link is written back, and the close keeps it. */
+        {
+                unsigned failed = 0;
+
+                for (n = 1; n <= 6; n++) {
+                        vdisk_io *b = mem_io_clone(base, "base.vmdk"), *t = mem_io_clone(top, "top.vmdk");
+
+                        (void) keep_commit_faulted("vmdk", (vdisk_io *[]) { b }, 1, t, n, FAULT_WRITE0_AND_FLUSH,
+                                                   old, &ok);
+                        failed += !ok;
+                        if (ok)
+                                reads_as("vmdk", (vdisk_io *[]) { b, t }, 2, ref);
+                        unref_ios(b, t, NULL);
+                }
+                test_set_context("%s", "");
+                printf("%s: %u of 6 flushes failing after a failed write failed the commit\n", __func__, failed);
+                ASSERT(failed >= 1);
+        }
         free(ref);
         unref_ios(base, top, NULL);
 }

@@ -307,6 +307,98 @@ static void test_check_messages(const sample *s) {
         free(b);
 }
 
+/* Reads of [lo, hi) counted: a memory io under a caller-ops io. */
+typedef struct counting {
+        vdisk_io *mem;
+        uint64_t lo, hi;
+        unsigned reads;
+} counting;
+
+static int counting_pread(void *user, void *buf, size_t len, uint64_t offset) {
+        counting *c = user;
+
+        c->reads += offset < c->hi && offset + len > c->lo;
+        return vdisk_io_pread(c->mem, buf, len, offset);
+}
+
+static int counting_pwrite(void *user, const void *buf, size_t len, uint64_t offset) {
+        return vdisk_io_pwrite(((counting *) user)->mem, buf, len, offset);
+}
+
+static int counting_flush(void *user) {
+        return vdisk_io_flush(((counting *) user)->mem);
+}
+
+static int counting_get_size(void *user, uint64_t *ret) {
+        return vdisk_io_get_size(((counting *) user)->mem, ret);
+}
+
+static int counting_truncate(void *user, uint64_t size) {
+        return vdisk_io_truncate(((counting *) user)->mem, size);
+}
+
+static const vdisk_io_ops counting_ops = {
+        .size = sizeof counting_ops,
+        .pread = counting_pread,
+        .pwrite = counting_pwrite,
+        .flush = counting_flush,
+        .get_size = counting_get_size,
+        .truncate = counting_truncate,
+};
+
+/* Check reads the L2 table once on a sound image (the OFLAG_COPIED test
+ * needs no second look when the counts agree with every flag), and still
+ * finds a data cluster whose COPIED is missing, which -r all mends. */
+static bool report_has(const vdisk_check_report *rep, const char *text);
+
+static void test_check_reads_l2_once(const sample *s) {
+        size_t e0 = (size_t) s->l2;     /* guest cluster 0: data, refcount 1, COPIED */
+        counting c = { .lo = s->l2, .hi = s->l2 + s->cluster };
+        vdisk_check_report rep = { .size = sizeof rep };
+        uint8_t *b = malloc(s->len);
+        vdisk_io *io;
+        vdisk_disk *d;
+
+        ASSERT(b);
+        test_set_context("%s", "check reads each L2 table once");
+        c.mem = mem_io("sound", s->bytes, s->len);
+        ASSERT_OK(vdisk_io_new_ops(&counting_ops, &c, "sound", 0, &io));
+        d = disk_new();
+        ASSERT_OK(vdisk_disk_open(d, io, "qcow2", VDISK_OPEN_READONLY));
+        c.reads = 0;
+        ASSERT_OK(vdisk_check(d, 0, 0, &rep, NULL));
+        ASSERT(rep.corruptions == 0 && rep.leaks == 0);
+        vdisk_check_report_clear(&rep);
+        ASSERT_EQ_U64(c.reads, 1);
+        vdisk_disk_unref(d);
+        vdisk_io_unref(io);
+        vdisk_io_unref(c.mem);
+
+        memcpy(b, s->bytes, s->len);
+        put64(b + e0, be64(b + e0) & ~(UINT64_C(1) << 63));
+        io = mem_io("copied-missing", b, s->len);
+        d = disk_new();
+        ASSERT_OK(vdisk_disk_open(d, io, "qcow2", VDISK_OPEN_READONLY));
+        ASSERT_OK(vdisk_check(d, 0, 0, &rep, NULL));
+        if (rep.corruptions != 1 || !report_has(&rep, "ERROR OFLAG_COPIED data cluster")) {
+                print_check_messages(&rep);
+                FAIL("COPIED missing: %" PRIu64 " corruptions", rep.corruptions);
+        }
+        vdisk_check_report_clear(&rep);
+        vdisk_disk_unref(d);
+        d = disk_new();
+        ASSERT_OK(vdisk_disk_open(d, io, "qcow2", 0));
+        ASSERT_OK(vdisk_check(d, 0, VDISK_CHECK_REPAIR_ALL, &rep, NULL));
+        ASSERT(rep.corruptions_fixed == 1);
+        vdisk_check_report_clear(&rep);
+        ASSERT_EQ_U64(CHECK_IMAGE_CLEAN(d, 0), 0);
+        vdisk_disk_unref(d);
+        vdisk_io_unref(io);
+        free(b);
+        test_set_context("%s", "");
+        n_cases++;
+}
+
 /* ---------------------------------------------------------------- writes */
 
 /* Opens writable and writes into a data cluster, a zero cluster, the
@@ -1189,6 +1281,7 @@ int main(int argc, char **argv) {
 #endif
 
         test_check_messages(&s_zlib);
+        test_check_reads_l2_once(&s_zlib);
         make_bm_sample(&s_zlib, &s_bm);
         test_bitmaps(&s_zlib);
         test_overlaps(&s_zlib, &s_bm);

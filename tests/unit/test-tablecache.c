@@ -24,6 +24,7 @@ typedef struct rec {
         op log[4096];
         size_t n;
         int fail_writes, fail_reads, fail_flush;
+        unsigned sizes;         /* get_size calls */
 } rec;
 
 static int rec_pread(void *user, void *buf, size_t len, uint64_t offset) {
@@ -60,6 +61,7 @@ static int rec_flush(void *user) {
 static int rec_get_size(void *user, uint64_t *ret) {
         rec *r = user;
 
+        r->sizes++;
         return vdisk_io_get_size(r->inner, ret);
 }
 
@@ -579,11 +581,58 @@ static void test_load_errors(void) {
 
                 ASSERT_OK(tc_budget_new(TC_BUDGET_MIN, &small));
                 ASSERT_ERR(tc_table_new(small, io, &hp, &huge), -E2BIG);
+                /* the budget's message, quoted whole (not overwritten as it is formatted) */
+                ASSERT(strstr(vdisk_last_error(), "512-byte pages: ") &&
+                       strstr(vdisk_last_error(), "exceed the budget of 1048576 bytes"));
                 ASSERT_EQ_U64(stats(small).held, 0);
                 tc_budget_unref(small);
         }
         tc_table_free(t);
         tc_table_free(z);
+        tc_budget_unref(b);
+        vdisk_io_unref(io);
+        vdisk_io_unref(r.inner);
+}
+
+/* The file's size is asked once, not per page loaded; a table the file was
+ * cut under (through its io) is refused past the new end as before, and one
+ * that the io's own writes extended is read without asking. */
+static void test_file_size(void) {
+        rec r;
+        vdisk_io *io = rec_io(&r, 1 * MiB);
+        uint8_t page[4096];
+        tc_budget *b;
+        tc_table *t;
+        uint64_t v;
+
+        ASSERT_OK(tc_budget_new(0, &b));
+        t = table(b, io, 64 * KiB, 512 * KiB, 4096, TC_LE32);
+        for (uint64_t i = 0; i < 128; i++)
+                ASSERT_OK(tc_get(t, i * 1024, &v));
+        ASSERT_EQ_U64(stats(b).misses, 128);
+        ASSERT(r.sizes <= 1);
+        tc_table_free(t);
+
+        /* Cut at 128 KiB: the table's second page on are past the end. */
+        ASSERT_OK(vdisk_io_truncate(io, 128 * KiB));
+        t = table(b, io, 96 * KiB, 64 * KiB, 4096, TC_LE32);
+        ASSERT_OK(tc_get(t, 0, &v));
+        ASSERT_OK(tc_get(t, 7 * 1024, &v));                /* page 7 ends at 128 KiB */
+        ASSERT_ERR(tc_get(t, 8 * 1024, &v), -EUCLEAN);
+        ASSERT(strstr(vdisk_last_error(), "131072 bytes"));
+        tc_table_free(t);
+
+        /* Written on through the same io: covered, with no more questions. */
+        memset(page, 0x5a, sizeof page);
+        r.sizes = 0;
+        for (uint64_t off = 128 * KiB; off < 192 * KiB; off += sizeof page)
+                ASSERT_OK(vdisk_io_pwrite(io, page, sizeof page, off));
+        t = table(b, io, 96 * KiB, 64 * KiB, 4096, TC_LE32);
+        for (uint64_t i = 0; i < 16; i++)
+                ASSERT_OK(tc_get(t, i * 1024, &v));
+        ASSERT_EQ_U64(v, 0x5a5a5a5a);
+        ASSERT_EQ_U64(r.sizes, 0);
+        tc_table_free(t);
         tc_budget_unref(b);
         vdisk_io_unref(io);
         vdisk_io_unref(r.inner);
@@ -733,6 +782,7 @@ int main(void) {
         test_early_writeback();
         test_write_failure();
         test_load_errors();
+        test_file_size();
         test_resize();
         test_write_entries();
         test_find_other();
