@@ -485,7 +485,8 @@ static int check_entry(vhd_state *s, uint64_t b, uint32_t e, uint64_t file_size)
 /* The bitmap of allocated block b, whose BAT entry is e. The entry is checked
  * against the file when its bitmap is read; a cached bitmap was checked then,
  * and an entry we change drops it (bm_drop()), so a block mapped again costs
- * no fstat. A file that shrank since reads zeros past its end
+ * no fstat (nor does one inside what the io knows the file holds: io_covers()).
+ * A file that shrank since reads zeros past its end
  * (io_pread_zerofill), never out of range. */
 static int bm_get(vhd_state *s, uint32_t b, uint32_t e, vhd_bm **ret) {
         vhd_bm *m = bm_find(s, b);
@@ -506,7 +507,8 @@ static int bm_get(vhd_state *s, uint32_t b, uint32_t e, vhd_bm **ret) {
                 *ret = m;
                 return 0;
         }
-        r = io_get_size(s->io, &file_size);
+        /* the file's size, asked only past what the io knows it holds */
+        r = io_covers(s->io, (uint64_t) e * VHD_SECTOR + s->bm_size, &file_size);
         if (r < 0)
                 return r;
         r = check_entry(s, b, e, file_size);
