@@ -21,12 +21,6 @@
 
 /* ---------------------------------------------------------------- what qemu-img prints */
 
-static bool backend_takes(const vdisk_backend_info *info, const char *key) {
-        if ((streq(key, "backing_file") || streq(key, "backing_fmt")) && !(info->caps & VDISK_CAP_DIFF))
-                return false;
-        return streq(key, "size") || vdisk_backend_option(info, key);
-}
-
 static int cmp_option(const void *a, const void *b) {
         return strcmp((*(const vdisk_option_desc *const *) a)->name, (*(const vdisk_option_desc *const *) b)->name);
 }
@@ -44,7 +38,10 @@ void print_option_help(const char *name, vdisk_option_type type, const char *hel
                 printf("  %-22s - %s\n", left, help);
 }
 
-int option_normalize(OptList *l, size_t i, vdisk_option_type type, const char *prefix) {
+/* Pair i of l as an option of `type` takes it: a size in bytes (the value
+ * replaced), a boolean on/off, a number. Logs ("<prefix>Parameter ...");
+ * -EINVAL, or -ENOMEM. */
+static int option_normalize(OptList *l, size_t i, vdisk_option_type type, const char *prefix) {
         const char *key = optlist_key(l, i), *value = optlist_value(l, i);
         uint64_t v;
         char *s;
@@ -89,18 +86,16 @@ static void print_create_help(const vdisk_backend_info *info) {
                 print_option_help(keys[i]->name, keys[i]->type, keys[i]->help);
 }
 
-/* Checks every key against the backend and normalizes values the way qemu
- * does (sizes in bytes, booleans as on/off). Logs and returns -EINVAL. */
-static int optlist_validate(OptList *l, const vdisk_backend_info *info, const char *filename) {
+int optlist_normalize(OptList *l, const vdisk_backend_info *info, const char *filename) {
         _cleanup_free_ char *prefix = NULL;
 
-        if (asprintf(&prefix, "%s: ", filename) < 0)
+        if (asprintf(&prefix, "%s%s", filename ?: "", filename ? ": " : "") < 0)
                 return -ENOMEM;
         for (size_t i = 0; i < l->n; i++) {
                 const vdisk_option_desc *d = vdisk_backend_option(info, optlist_key(l, i));
                 int r;
 
-                if (!backend_takes(info, optlist_key(l, i))) {
+                if (!d && filename) {
                         log_error("%s: Invalid parameter '%s'", filename, optlist_key(l, i));
                         return -EINVAL;
                 }
@@ -144,35 +139,41 @@ static void print_formatting(const char *filename, const vdisk_backend_info *inf
         fflush(stdout);
 }
 
-/* Builds the NULL-terminated key/value array the library takes: everything
- * but the keys vdisk-img handles itself. */
-static int optlist_library_view(const OptList *l, char ***ret) {
-        char **v;
+/* A new image's options: the "-o" pairs the library takes (all but size and
+ * the backing file, arguments of their own), the parent as the user named it
+ * (VMDK records it as parentFileNameHint, VDI links by UUID and ignores it)
+ * and a resolver that creates companion files (VMDK extents) next to the
+ * image. Logs; free with create_opts_done(). */
+static int create_opts_init(const OptList *l, const char *backing, const char *backing_fmt, vdisk_create_opts *ret) {
+        const char **v;
         size_t k = 0;
 
+        *ret = (vdisk_create_opts) {
+                .size = sizeof(*ret),
+                .parent_name = backing,
+                .parent_format = backing ? backing_fmt : NULL,
+        };
         v = calloc(2 * l->n + 1, sizeof(char *));
-        if (!v)
+        if (!v || vdisk_resolver_new_path(NULL, &ret->resolver) < 0) {
+                free(v);
+                log_error("Out of memory");
                 return -ENOMEM;
+        }
         for (size_t i = 0; i < l->n; i++) {
-                const char *key = l->kv[2 * i];
+                const char *key = optlist_key(l, i);
 
                 if (streq(key, "size") || streq(key, "backing_file") || streq(key, "backing_fmt"))
                         continue;
-                v[k++] = l->kv[2 * i];
-                v[k++] = l->kv[2 * i + 1];
+                v[k++] = key;
+                v[k++] = optlist_value(l, i);
         }
-        *ret = v;
+        ret->options = v;
         return 0;
 }
 
-/* Whether `path` is one of the files of the chain in `d`. */
-static int chain_contains(vdisk_disk *d, const char *path) {
-        for (unsigned i = 0; i < vdisk_disk_count(d); i++) {
-                int r = same_file(vdisk_image_name(vdisk_disk_image(d, i)), path);
-                if (r != 0)
-                        return r;
-        }
-        return 0;
+static void create_opts_done(vdisk_create_opts *o) {
+        free((char **) o->options);
+        vdisk_resolver_unref(o->resolver);
 }
 
 /* qemu-img 7.2 wants the backing format spelled out (a probe could be
@@ -193,9 +194,10 @@ static void log_missing_backing_format(const char *child, const char *backing, b
 }
 
 /* Opens the parent chain for a new differencing image. `backing` is
- * relative to the directory of `child`, as in qemu-img. */
+ * relative to the directory of `child`, as in qemu-img. A chain that holds
+ * `child` itself is refused ("child: <self>"). */
 static int open_backing(const char *child, const char *backing, const char *backing_fmt, bool unsafe,
-                        char **ret_path, Img *ret) {
+                        const char *self, char **ret_path, Img *ret) {
         _cleanup_free_ char *path = NULL;
         int r;
 
@@ -210,6 +212,11 @@ static int open_backing(const char *child, const char *backing, const char *back
         r = img_open(path, backing_fmt, IMG_PLAIN_NAME | (unsafe ? IMG_SKIP_CHECKS : IMG_CHAIN), ret);
         if (r < 0)
                 return r;
+        r = chain_refuse(ret->disk, child, self);
+        if (r < 0) {
+                img_close(ret);
+                return r;
+        }
         *ret_path = TAKE_PTR(path);
         return 0;
 }
@@ -220,14 +227,14 @@ int cmd_create(Request *req) {
         const char *fmt = req->format, *backing, *backing_fmt, *filename;
         OptList *opts = &req->opts;
         _cleanup_(vdisk_io_unrefp) vdisk_io *io = NULL;
-        _cleanup_free_ char **lib_opts = NULL, *backing_path = NULL;
-        _cleanup_(vdisk_resolver_unrefp) vdisk_resolver *create_res = NULL;
+        _cleanup_free_ char *backing_path = NULL;
+        _cleanup_(create_opts_done) vdisk_create_opts copts = {};
         const vdisk_backend_info *info;
         bool quiet = req->quiet, unsafe = req->unsafe, have_size = false;
         Img parent = {};
         vdisk_disk *d = NULL;
         uint64_t size = 0;
-        int r, ex = EXIT_ERROR;
+        int r, ex;
 
         if (arg_image_opts) {
                 /* qemu-img create names the file it creates: no option list. */
@@ -246,7 +253,6 @@ int cmd_create(Request *req) {
         ex = front_check_files(req);
         if (ex >= 0)
                 return ex;
-        ex = EXIT_ERROR;
         filename = req->files[0];
         backing = req->backing;
         backing_fmt = req->backing_format;
@@ -260,7 +266,7 @@ int cmd_create(Request *req) {
                 log_missing_backing_format(filename, backing, !unsafe);
                 return EXIT_ERROR;
         }
-        if (optlist_validate(opts, info, filename) < 0)
+        if (optlist_normalize(opts, info, filename) < 0)
                 return EXIT_ERROR;
 
         ex = front_create_size(req, &size, &have_size);
@@ -269,26 +275,20 @@ int cmd_create(Request *req) {
         ex = EXIT_ERROR;
 
         if (backing) {
-                r = open_backing(filename, backing, backing_fmt, unsafe, &backing_path, &parent);
+                r = open_backing(filename, backing, backing_fmt, unsafe,
+                                 "The new image would overwrite its own backing file", &backing_path, &parent);
                 if (r < 0)
                         return EXIT_ERROR;
-                r = chain_contains(parent.disk, filename);
-                if (r != 0) {
-                        log_error("%s: %s", filename,
-                                  r > 0 ? "The new image would overwrite its own backing file"
-                                        : strerror(-r));
-                        goto finish;
-                }
                 if (!have_size)
                         size = vdisk_disk_size(parent.disk);
-        }
-
-        r = optlist_library_view(opts, &lib_opts);
-        if (r < 0) {
+                d = TAKE_PTR(parent.disk);
+        } else if (vdisk_disk_new(&d) < 0) {
                 log_error("Out of memory");
-                goto finish;
+                return EXIT_ERROR;
         }
 
+        if (create_opts_init(opts, backing, backing_fmt, &copts) < 0)
+                goto finish;
         if (!quiet)
                 print_formatting(filename, info, size, backing, backing ? backing_fmt : NULL, opts);
 
@@ -303,33 +303,13 @@ int cmd_create(Request *req) {
                 goto finish;
         }
 
-        /* Companion files (VMDK extents) are created next to the image. */
-        r = vdisk_resolver_new_path(NULL, &create_res);
-        if (r < 0) {
-                log_error("%s: %s", filename, strerror(-r));
-                goto finish;
-        }
-        vdisk_create_opts copts = {
-                .size = sizeof(copts),
-                .options = (const char *const *) lib_opts,
-                /* As the user gave it: VMDK records it (parentFileNameHint),
-                 * VDI links by UUID and ignores it. */
-                .parent_name = backing,
-                .parent_format = backing ? backing_fmt : NULL,
-                .resolver = create_res,
-        };
-
         vdisk_clear_error();
         if (backing) {
-                d = parent.disk;
                 if (have_size)
                         copts.diff_size = size;
                 r = vdisk_disk_create_diff(d, io, info->name, &copts);
-        } else {
-                r = vdisk_disk_new(&d);
-                if (r >= 0)
-                        r = vdisk_disk_create_base(d, io, info->name, size, &copts);
-        }
+        } else
+                r = vdisk_disk_create_base(d, io, info->name, size, &copts);
         if (r >= 0) {
                 vdisk_clear_error();
                 r = vdisk_disk_flush(d);
@@ -343,8 +323,6 @@ int cmd_create(Request *req) {
         ex = EXIT_OK;
 
 finish:
-        if (backing)
-                return img_close_exit(&parent, ex);
         vdisk_clear_error();
         r = vdisk_disk_close(d);
         if (r < 0 && ex == EXIT_OK) {
@@ -411,8 +389,8 @@ int cmd_convert(Request *req) {
         OptList *opts = &req->opts;
         _cleanup_(vdisk_io_unrefp) vdisk_io *out_io = NULL;
         _cleanup_(vdisk_disk_unrefp) vdisk_disk *dst = NULL;
-        _cleanup_free_ char **lib_opts = NULL, *backing_path = NULL;
-        _cleanup_(vdisk_resolver_unrefp) vdisk_resolver *create_res = NULL;
+        _cleanup_free_ char *backing_path = NULL;
+        _cleanup_(create_opts_done) vdisk_create_opts create = {};
         const vdisk_backend_info *out_info;
         bool bitmaps = req->bitmaps, skip_broken_bitmaps = req->skip_broken_bitmaps;
         bool progress = req->progress, no_create = req->no_create,
@@ -471,7 +449,7 @@ int cmd_convert(Request *req) {
                 log_error("Destination lacks bitmap support");
                 return EXIT_ERROR;
         }
-        if (optlist_validate(opts, out_info, out) < 0)
+        if (optlist_normalize(opts, out_info, out) < 0)
                 return EXIT_ERROR;
         if (compress && convert_compress_check(out_info, no_create) < 0)
                 return EXIT_ERROR;
@@ -485,12 +463,8 @@ int cmd_convert(Request *req) {
         if (r < 0)
                 return EXIT_ERROR;
 
-        r = chain_contains(src.disk, out);
-        if (r != 0) {
-                log_error("%s: %s", out,
-                          r > 0 ? "The destination is one of the source images" : strerror(-r));
+        if (chain_refuse(src.disk, out, "The destination is one of the source images") < 0)
                 goto finish;
-        }
 
         if (bitmaps) {
                 vdisk_image *top = img_at_depth(&src, 0);
@@ -503,7 +477,6 @@ int cmd_convert(Request *req) {
                         goto finish;
         }
 
-        install_cancel_handlers();
         if (progress_bar_init(&bar, progress) < 0)
                 goto finish;
 
@@ -521,29 +494,14 @@ int cmd_convert(Request *req) {
                 goto finish;
         }
 
-        r = optlist_library_view(opts, &lib_opts);
-        if (r < 0) {
-                log_error("Out of memory");
+        if (create_opts_init(opts, backing, backing_fmt, &create) < 0) {
                 progress_bar_done(&bar, false);
                 goto finish;
         }
-        r = vdisk_resolver_new_path(NULL, &create_res);
-        if (r < 0) {
-                log_error("Out of memory");
-                progress_bar_done(&bar, false);
-                goto finish;
-        }
-
         vdisk_copy_opts copts = {
                 .size = sizeof(copts),
                 .new_size = new_size,
-                .create = {
-                        .size = sizeof(vdisk_create_opts),
-                        .options = (const char *const *) lib_opts,
-                        .parent_name = backing,
-                        .parent_format = backing ? backing_fmt : NULL,
-                        .resolver = create_res,
-                },
+                .create = create,
                 .from_same = -1,
                 .to_same = -1,
                 /* libvdisk looks for zeros in runs of at most 4 MiB; a larger
@@ -559,17 +517,10 @@ int cmd_convert(Request *req) {
         if (backing) {
                 unsigned n_src = vdisk_disk_count(src.disk);
 
-                r = open_backing(out, backing, backing_fmt, false, &backing_path, &parent);
+                r = open_backing(out, backing, backing_fmt, false, "The destination is its own backing file",
+                                 &backing_path, &parent);
                 if (r < 0) {
                         progress_bar_done(&bar, false);
-                        goto finish;
-                }
-                r = chain_contains(parent.disk, out);
-                if (r != 0) {
-                        log_error("%s: %s", out,
-                                  r > 0 ? "The destination is its own backing file" : strerror(-r));
-                        progress_bar_done(&bar, false);
-                        img_close(&parent);
                         goto finish;
                 }
                 /* qemu's contract for -B: the backing file holds what the
@@ -580,13 +531,10 @@ int cmd_convert(Request *req) {
                         copts.to_same = (int) vdisk_disk_count(parent.disk) - 1;
                 }
                 dst = TAKE_PTR(parent.disk);
-        } else {
-                r = vdisk_disk_new(&dst);
-                if (r < 0) {
-                        log_error("Out of memory");
-                        progress_bar_done(&bar, false);
-                        goto finish;
-                }
+        } else if (vdisk_disk_new(&dst) < 0) {
+                log_error("Out of memory");
+                progress_bar_done(&bar, false);
+                goto finish;
         }
 
         vdisk_clear_error();
@@ -704,7 +652,7 @@ int cmd_measure(Request *req) {
                 print_create_help(out_info);
                 return EXIT_OK;
         }
-        if (optlist_validate(opts, out_info, filename ?: "measure") < 0)
+        if (optlist_normalize(opts, out_info, filename ?: "measure") < 0)
                 return EXIT_ERROR;
         if (size_arg) {
                 r = parse_size(size_arg, &size);

@@ -110,13 +110,8 @@ int cmd_dd(Request *req) {
                 return img_close_exit(&src, EXIT_ERROR);
         }
         /* qemu-img would truncate its own input before reading it. */
-        for (unsigned i = 0; i < vdisk_disk_count(src.disk); i++) {
-                r = same_file(vdisk_image_name(vdisk_disk_image(src.disk, i)), out);
-                if (r != 0) {
-                        log_error("%s: %s", out, r > 0 ? "The output is one of the input images" : strerror(-r));
-                        return img_close_exit(&src, EXIT_ERROR);
-                }
-        }
+        if (chain_refuse(src.disk, out, "The output is one of the input images") < 0)
+                return img_close_exit(&src, EXIT_ERROR);
 
         /* qemu-img's size arithmetic (overflows mean "past the end"). */
         in_size = vdisk_disk_size(src.disk);
@@ -131,7 +126,6 @@ int cmd_dd(Request *req) {
         }
         size = skip_past_end ? 0 : size - offset;
 
-        install_cancel_handlers();
         if (progress_bar_init(&bar, false) < 0)
                 return img_close_exit(&src, EXIT_ERROR);
 

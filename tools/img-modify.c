@@ -123,7 +123,6 @@ int cmd_commit(Request *req) {
                 }
         }
 
-        install_cancel_handlers();
         if (progress_bar_init(&bar, progress) < 0)
                 goto finish;
         vdisk_clear_error();
@@ -206,7 +205,6 @@ int cmd_resize(Request *req) {
                 goto finish;
         }
 
-        install_cancel_handlers();
         if (progress_bar_init(&bar, false) < 0)
                 goto finish;
         vdisk_clear_error();
@@ -322,11 +320,8 @@ int cmd_rebase(Request *req) {
                         goto finish;
         }
 
-        if (!unsafe) {
-                install_cancel_handlers();
-                if (progress_bar_init(&bar, progress) < 0)
-                        goto finish;
-        }
+        if (!unsafe && progress_bar_init(&bar, progress) < 0)
+                goto finish;
         vdisk_rebase_opts opts = {
                 .size = sizeof(opts),
                 .flags = unsafe ? VDISK_REBASE_UNSAFE : 0,
@@ -361,7 +356,6 @@ int cmd_compact(Request *req) {
         if (r < 0)
                 return EXIT_ERROR;
 
-        install_cancel_handlers();
         if (progress_bar_init(&bar, progress) < 0)
                 goto finish;
         vdisk_clear_error();
@@ -387,16 +381,9 @@ finish:
 
 /* ---------------------------------------------------------------- setuuid */
 
-static int uuid_arg(const char *s, const char *what, uint8_t ret[16]) {
-        if (vdisk_uuid_parse(s, ret) < 0) {
-                log_error("Invalid %s '%s'", what, s);
-                return -EINVAL;
-        }
-        return 0;
-}
-
 typedef struct UuidChange {
-        const char *label;
+        int key;                  /* the option that sets it (ARG_*) */
+        const char *label, *what; /* in the report, in the message for a bad value */
         int (*get)(vdisk_image *img, uint8_t ret[16]);
         int (*set)(vdisk_image *img, const uint8_t uuid[16]);
         bool wanted;
@@ -405,11 +392,13 @@ typedef struct UuidChange {
 
 int cmd_setuuid(Request *req) {
         UuidChange changes[] = {
-                { "UUID", vdisk_image_get_uuid, vdisk_image_set_uuid },
-                { "Parent UUID", vdisk_image_get_parent_uuid, vdisk_image_set_parent_uuid },
-                { "Modification UUID", vdisk_image_get_modification_uuid, vdisk_image_set_modification_uuid },
-                { "Parent modification UUID", vdisk_image_get_parent_modification_uuid,
-                  vdisk_image_set_parent_modification_uuid },
+                { ARG_UUID, "UUID", "UUID", vdisk_image_get_uuid, vdisk_image_set_uuid },
+                { ARG_PARENT_UUID, "Parent UUID", "parent UUID", vdisk_image_get_parent_uuid,
+                  vdisk_image_set_parent_uuid },
+                { ARG_MODIFICATION_UUID, "Modification UUID", "modification UUID",
+                  vdisk_image_get_modification_uuid, vdisk_image_set_modification_uuid },
+                { ARG_PARENT_MODIFICATION_UUID, "Parent modification UUID", "parent modification UUID",
+                  vdisk_image_get_parent_modification_uuid, vdisk_image_set_parent_modification_uuid },
         };
         const char *fmt = req->format, *filename = req->files[0];
         bool quiet = req->quiet, any = false;
@@ -420,32 +409,21 @@ int cmd_setuuid(Request *req) {
         for (unsigned i = 0; i < req->n_actions; i++) {
                 const char *arg = req->actions[i].arg;
 
-                switch (req->actions[i].key) {
-                case ARG_UUID:
-                        if (uuid_arg(arg, "UUID", changes[0].value) < 0)
-                                return EXIT_ERROR;
-                        changes[0].wanted = any = true;
-                        break;
-                case ARG_PARENT_UUID:
-                        if (uuid_arg(arg, "parent UUID", changes[1].value) < 0)
-                                return EXIT_ERROR;
-                        changes[1].wanted = any = true;
-                        break;
-                case ARG_ZERO_PARENT_UUID:
+                any = true;
+                if (req->actions[i].key == ARG_ZERO_PARENT_UUID) {
                         memset(changes[1].value, 0, 16);
                         memset(changes[3].value, 0, 16);
-                        changes[1].wanted = changes[3].wanted = any = true;
-                        break;
-                case ARG_MODIFICATION_UUID:
-                        if (uuid_arg(arg, "modification UUID", changes[2].value) < 0)
+                        changes[1].wanted = changes[3].wanted = true;
+                        continue;
+                }
+                for (size_t c = 0; c < ELEMENTSOF(changes); c++) {
+                        if (changes[c].key != req->actions[i].key)
+                                continue;
+                        if (vdisk_uuid_parse(arg, changes[c].value) < 0) {
+                                log_error("Invalid %s '%s'", changes[c].what, arg);
                                 return EXIT_ERROR;
-                        changes[2].wanted = any = true;
-                        break;
-                case ARG_PARENT_MODIFICATION_UUID:
-                        if (uuid_arg(arg, "parent modification UUID", changes[3].value) < 0)
-                                return EXIT_ERROR;
-                        changes[3].wanted = any = true;
-                        break;
+                        }
+                        changes[c].wanted = true;
                 }
         }
 

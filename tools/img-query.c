@@ -491,7 +491,6 @@ int cmd_check(Request *req) {
         if (r < 0)
                 return EXIT_ERROR;
 
-        install_cancel_handlers();
         if (progress_bar_init(&bar, false) < 0)
                 goto finish;
 
@@ -584,7 +583,6 @@ int cmd_compare(Request *req) {
                 goto finish;
         }
 
-        install_cancel_handlers();
         if (progress_bar_init(&bar, req->progress) < 0)
                 goto finish;
         bar.min_step = 2.0;   /* qemu-img compare's step */

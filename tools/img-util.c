@@ -7,6 +7,7 @@
 #include <fcntl.h>
 #include <getopt.h>
 #include <inttypes.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -26,7 +27,7 @@ const char *error_detail(int r) {
 
 /* ---------------------------------------------------------------- cancel and progress */
 
-volatile sig_atomic_t cancel_requested = 0;
+static volatile sig_atomic_t cancel_requested = 0;
 
 static void cancel_handler(int sig) {
         if (cancel_requested) {
@@ -38,7 +39,7 @@ static void cancel_handler(int sig) {
         cancel_requested = 1;
 }
 
-void install_cancel_handlers(void) {
+static void install_cancel_handlers(void) {
         struct sigaction sa = {
                 .sa_handler = cancel_handler,
                 .sa_flags = SA_RESTART,
@@ -65,6 +66,7 @@ static void progress_fn(vdisk_progress *p, void *user) {
 int progress_bar_init(ProgressBar *b, bool enabled) {
         int r;
 
+        install_cancel_handlers();
         *b = (ProgressBar) {
                 .enabled = enabled,
                 .last = 0,
@@ -212,7 +214,7 @@ int img_open(const char *filename, const char *fmt, uint32_t flags, Img *ret) {
 int img_open_snapshot(const char *filename, const char *fmt, uint32_t flags, const char *snapshot, Img *ret) {
         _cleanup_(vdisk_io_unrefp) vdisk_io *io = NULL;
         _cleanup_(vdisk_disk_unrefp) vdisk_disk *d = NULL;
-        _cleanup_(vdisk_resolver_freep) vdisk_resolver *resolver = NULL;
+        _cleanup_(vdisk_resolver_unrefp) vdisk_resolver *resolver = NULL;
         const vdisk_backend_info *info = NULL;
         bool writable = flags & IMG_WRITE, quiet = flags & IMG_QUIET;
         /* How written images open: the top now, the others when reopened. */
@@ -406,6 +408,18 @@ int same_file(const char *a, const char *b) {
         if (stat(b, &sb) < 0)
                 return errno == ENOENT ? 0 : -errno;
         return sa.st_dev == sb.st_dev && sa.st_ino == sb.st_ino;
+}
+
+int chain_refuse(vdisk_disk *d, const char *path, const char *why) {
+        for (unsigned i = 0; i < vdisk_disk_count(d); i++) {
+                int r = same_file(vdisk_image_name(vdisk_disk_image(d, i)), path);
+
+                if (r != 0) {
+                        log_error("%s: %s", path, r > 0 ? why : strerror(-r));
+                        return r > 0 ? -EEXIST : r;
+                }
+        }
+        return 0;
 }
 
 int common_option(int c, const char *arg, int *ret_exit) {
