@@ -17,7 +17,6 @@
 
 #include <ctype.h>
 #include <errno.h>
-#include <stdarg.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -200,18 +199,6 @@ static bool image_opt_ignored(const char *key) {
         return false;
 }
 
-static char *asprintf_safe(const char *fmt, ...) _printf_(1, 2);
-static char *asprintf_safe(const char *fmt, ...) {
-        va_list ap;
-        char *s;
-        int r;
-
-        va_start(ap, fmt);
-        r = vasprintf(&s, fmt, ap);
-        va_end(ap);
-        return r < 0 ? NULL : s;
-}
-
 typedef struct ParsedName {
         char *path;
         char *format;
@@ -290,14 +277,12 @@ int image_opts_parse(const char *spec, bool quiet, const char **ret_path, const 
                 return -EINVAL;
         }
 
-        if (sid && sname)
-                snapshot = asprintf_safe("snapshot.id=%s,snapshot.name=%s", sid, sname);
-        else if (sid)
-                snapshot = asprintf_safe("snapshot.id=%s", sid);
-        else if (sname)
-                snapshot = asprintf_safe("snapshot.name=%s", sname);
-        if ((sid || sname) && !snapshot)
+        /* The -l spec of the keys given: "snapshot.id=ID", "snapshot.name=NAME" or both. */
+        if ((sid || sname) && asprintf(&snapshot, "%s%s%s%s%s", sid ? "snapshot.id=" : "", sid ?: "",
+                                       sid && sname ? "," : "", sname ? "snapshot.name=" : "", sname ?: "") < 0) {
+                snapshot = NULL;
                 return -ENOMEM;
+        }
 
         p = calloc(1, sizeof(*p));
         if (!p)

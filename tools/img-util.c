@@ -312,23 +312,16 @@ int img_open_snapshot(const char *filename, const char *fmt, uint32_t flags, con
                 }
         }
 
+        /* Without IMG_CHAIN no parents, but the image's own companion files
+         * (VMDK extents). */
         vdisk_clear_error();
-        if (flags & IMG_CHAIN) {
-                r = vdisk_resolver_new_path((const char *const *) arg_parent_dirs, &resolver);
-                if (r >= 0)
-                        r = vdisk_resolver_set_write_flags(resolver, write_flags);
-                if (r < 0) {
-                        LOG("Could not open '%s': %s", filename, error_detail(r));
-                        return r;
-                }
+        r = vdisk_resolver_new_path(flags & IMG_CHAIN ? (const char *const *) arg_parent_dirs : NULL, &resolver);
+        if (r >= 0)
+                r = vdisk_resolver_set_write_flags(resolver, write_flags);
+        if (r >= 0 && (flags & IMG_CHAIN))
                 r = vdisk_disk_open_chain(d, resolver, io, info->name, open_flags);
-        } else {
-                /* No parents, but the image's own companion files (VMDK extents). */
-                r = vdisk_resolver_new_path(NULL, &resolver);
-                if (r >= 0)
-                        r = vdisk_resolver_set_write_flags(resolver, write_flags);
-                if (r >= 0)
-                        r = vdisk_disk_set_resolver(d, resolver);
+        else if (r >= 0) {
+                r = vdisk_disk_set_resolver(d, resolver);
                 if (r >= 0)
                         r = vdisk_disk_open(d, io, info->name, open_flags);
         }
