@@ -31,6 +31,14 @@ typedef struct ObjectEntry {
         struct ObjectEntry *next;
 } ObjectEntry;
 
+/* Whether `s` is one of the strings of the NULL-terminated `list`. */
+static bool str_in(const char *s, const char *const *list) {
+        for (; *list; list++)
+                if (streq(s, *list))
+                        return true;
+        return false;
+}
+
 /* The ids defined so far (reachable until exit: the tool ends soon). */
 static ObjectEntry *objects = NULL;
 
@@ -52,19 +60,14 @@ static bool id_valid(const char *id) {
 }
 
 static int object_check_secret(const OptList *l) {
-        static const char *const keys[] = { "id", "data", "file", "format", "keyid", "iv", "loaded" };
+        static const char *const keys[] = { "id", "data", "file", "format", "keyid", "iv", "loaded", NULL };
         const char *data = optlist_get(l, "data"), *file = optlist_get(l, "file"), *v;
 
-        for (size_t i = 0; i < l->n; i++) {
-                bool known = false;
-
-                for (size_t k = 0; k < ELEMENTSOF(keys); k++)
-                        known = known || streq(optlist_key(l, i), keys[k]);
-                if (!known) {
+        for (size_t i = 0; i < l->n; i++)
+                if (!str_in(optlist_key(l, i), keys)) {
                         log_error("Parameter '%s' is unexpected", optlist_key(l, i));
                         return -EINVAL;
                 }
-        }
         v = optlist_get(l, "format");
         if (v && !streq(v, "raw") && !streq(v, "base64")) {
                 log_error("Parameter 'format' does not accept value '%s'", v);
@@ -98,7 +101,7 @@ int object_add(const char *arg) {
         static const char *const refused[] = {
                 "authz-list", "authz-list-file", "authz-simple", "main-loop", "pr-manager-helper",
                 "secret_keyring", "thread-context", "tls-cipher-suites", "tls-creds-anon", "tls-creds-psk",
-                "tls-creds-x509",
+                "tls-creds-x509", NULL,
         };
         _cleanup_(optlist_done) OptList l = {};
         _cleanup_free_ char *type = NULL;
@@ -154,12 +157,10 @@ int object_add(const char *arg) {
                         return r;
         } else if (streq(type, "throttle-group")) {
                 /* Rate limits: vdisk-img copies at the disk's speed. */
+        } else if (str_in(type, refused)) {
+                log_error("Object type '%s' is not supported by vdisk-img", type);
+                return -EOPNOTSUPP;
         } else {
-                for (size_t i = 0; i < ELEMENTSOF(refused); i++)
-                        if (streq(type, refused[i])) {
-                                log_error("Object type '%s' is not supported by vdisk-img", type);
-                                return -EOPNOTSUPP;
-                        }
                 log_error("Parameter 'qom-type' does not accept value '%s'", type);
                 return -EINVAL;
         }
@@ -182,22 +183,6 @@ int object_add(const char *arg) {
 }
 
 /* ---------------------------------------------------------------- --image-opts */
-
-/* Keys that change nothing for vdisk-img (its own defaults already do what
- * they ask, or they concern a running VM). */
-static bool image_opt_ignored(const char *key) {
-        static const char *const keys[] = {
-                "read-only", "auto-read-only", "force-share", "cache.direct", "cache.no-flush",
-                "discard", "detect-zeroes", "node-name", "file.node-name", "file.aio", "file.locking",
-                "file.cache.direct", "file.cache.no-flush", "file.read-only", "file.auto-read-only",
-                "file.discard", "file.pr-manager", "file.x-check-cache-dropped",
-        };
-
-        for (size_t i = 0; i < ELEMENTSOF(keys); i++)
-                if (streq(key, keys[i]))
-                        return true;
-        return false;
-}
 
 typedef struct ParsedName {
         char *path;
@@ -255,9 +240,17 @@ int image_opts_parse(const char *spec, bool quiet, const char **ret_path, const 
         sname = optlist_get(&l, "snapshot.name");
 
         for (size_t i = 0; i < l.n; i++) {
+                /* Keys that change nothing for vdisk-img (its own defaults
+                 * already do what they ask, or they concern a running VM). */
+                static const char *const ignored[] = {
+                        "read-only", "auto-read-only", "force-share", "cache.direct", "cache.no-flush",
+                        "discard", "detect-zeroes", "node-name", "file.node-name", "file.aio", "file.locking",
+                        "file.cache.direct", "file.cache.no-flush", "file.read-only", "file.auto-read-only",
+                        "file.discard", "file.pr-manager", "file.x-check-cache-dropped", NULL,
+                };
                 const char *key = optlist_key(&l, i);
 
-                if (streq(key, "driver") || image_opt_ignored(key))
+                if (streq(key, "driver") || str_in(key, ignored))
                         continue;
                 if (format_is_file ? streq(key, "filename")
                                    : streq(key, "file.filename") || streq(key, "file.driver") ||

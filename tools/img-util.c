@@ -119,49 +119,35 @@ const vdisk_backend_info *format_lookup(const char *name) {
 
 /* A guessed raw image must never get another format's signature into its
  * first sector (a guest could otherwise turn itself into, say, a qcow2 image
- * naming any host file as its backing file). This io wraps the real one and
- * refuses every write that touches sector 0. */
-typedef struct RawGuard {
-        vdisk_io *inner;
-} RawGuard;
-
+ * naming any host file as its backing file). This io wraps the real one (its
+ * `user`) and refuses every write that touches sector 0. */
 static int guard_pread(void *user, void *buf, size_t len, uint64_t offset) {
-        RawGuard *g = user;
-        return vdisk_io_pread(g->inner, buf, len, offset);
+        return vdisk_io_pread(user, buf, len, offset);
 }
 
 static int guard_pwrite(void *user, const void *buf, size_t len, uint64_t offset) {
-        RawGuard *g = user;
-
         if (len > 0 && offset < VDISK_SECTOR_SIZE)
                 return -EPERM;
-        return vdisk_io_pwrite(g->inner, buf, len, offset);
+        return vdisk_io_pwrite(user, buf, len, offset);
 }
 
 static int guard_flush(void *user) {
-        RawGuard *g = user;
-        return vdisk_io_flush(g->inner);
+        return vdisk_io_flush(user);
 }
 
 static int guard_get_size(void *user, uint64_t *ret_size) {
-        RawGuard *g = user;
-        return vdisk_io_get_size(g->inner, ret_size);
+        return vdisk_io_get_size(user, ret_size);
 }
 
 static int guard_truncate(void *user, uint64_t size) {
-        RawGuard *g = user;
-
         /* Shrinking to less than a sector would change sector 0 too. */
         if (size < VDISK_SECTOR_SIZE)
                 return -EPERM;
-        return vdisk_io_truncate(g->inner, size);
+        return vdisk_io_truncate(user, size);
 }
 
 static void guard_close(void *user) {
-        RawGuard *g = user;
-
-        vdisk_io_unref(g->inner);
-        free(g);
+        vdisk_io_unref(user);
 }
 
 static int raw_guard_new(vdisk_io *inner, const char *name, vdisk_io **ret) {
@@ -174,20 +160,12 @@ static int raw_guard_new(vdisk_io *inner, const char *name, vdisk_io **ret) {
                 .truncate = guard_truncate,
                 .close = guard_close,
         };
-        RawGuard *g;
         int r;
 
-        g = calloc(1, sizeof(*g));
-        if (!g)
-                return -ENOMEM;
-        g->inner = vdisk_io_ref(inner);
-        r = vdisk_io_new_ops(&ops, g, name, 0, ret);
-        if (r < 0) {
-                vdisk_io_unref(g->inner);
-                free(g);
-                return r;
-        }
-        return 0;
+        r = vdisk_io_new_ops(&ops, vdisk_io_ref(inner), name, 0, ret);
+        if (r < 0)
+                vdisk_io_unref(inner);
+        return r;
 }
 
 void print_disk_warnings(vdisk_disk *d) {
