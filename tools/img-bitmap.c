@@ -12,35 +12,46 @@
  * bitmap disabled, as "--add --disable" does.
  */
 
+#include <assert.h>
 #include <errno.h>
 #include <inttypes.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "img.h"
-#include "shared/text.h"
 
-/* The action options: their operation, and qemu-img's word for it in messages. */
+/* The action options, by their key (ARG_BM_ADD..ARG_BM_MERGE): their
+ * operation, and qemu-img's word for it in messages. */
 typedef struct BitmapAction {
-        int key;                  /* ARG_BM_* */
         unsigned op;              /* VDISK_BITMAP_OP_* */
         const char *word;
 } BitmapAction;
 
 static const BitmapAction bitmap_actions[] = {
-        { ARG_BM_ADD,     VDISK_BITMAP_OP_ADD,     "add" },
-        { ARG_BM_REMOVE,  VDISK_BITMAP_OP_REMOVE,  "remove" },
-        { ARG_BM_CLEAR,   VDISK_BITMAP_OP_CLEAR,   "clear" },
-        { ARG_BM_ENABLE,  VDISK_BITMAP_OP_ENABLE,  "enable" },
-        { ARG_BM_DISABLE, VDISK_BITMAP_OP_DISABLE, "disable" },
-        { ARG_BM_MERGE,   VDISK_BITMAP_OP_MERGE,   "merge" },
+        [ARG_BM_ADD - ARG_BM_ADD]     = { VDISK_BITMAP_OP_ADD,     "add" },
+        [ARG_BM_REMOVE - ARG_BM_ADD]  = { VDISK_BITMAP_OP_REMOVE,  "remove" },
+        [ARG_BM_CLEAR - ARG_BM_ADD]   = { VDISK_BITMAP_OP_CLEAR,   "clear" },
+        [ARG_BM_ENABLE - ARG_BM_ADD]  = { VDISK_BITMAP_OP_ENABLE,  "enable" },
+        [ARG_BM_DISABLE - ARG_BM_ADD] = { VDISK_BITMAP_OP_DISABLE, "disable" },
+        [ARG_BM_MERGE - ARG_BM_ADD]   = { VDISK_BITMAP_OP_MERGE,   "merge" },
 };
 
-static const BitmapAction *bitmap_action(int key) {
-        for (size_t i = 0; i < ELEMENTSOF(bitmap_actions) - 1; i++)
-                if (bitmap_actions[i].key == key)
-                        return &bitmap_actions[i];
-        return &bitmap_actions[ELEMENTSOF(bitmap_actions) - 1];   /* --merge */
+/* qemu-img creates persistent bitmaps in qcow2 only. */
+static bool format_has_persistent_bitmaps(const vdisk_backend_info *info) {
+        return info && streq(info->qemu_name, "qcow2");
+}
+
+/* qemu-img 7.2's failure for the bitmap operation `op` on a format without
+ * persistent bitmaps, which consumers match; returns EXIT_ERROR. */
+static int bitmap_refuse(const char *op, const char *bitmap, const char *filename) {
+        /* qemu names its internal node ("#block123"); the file is the
+         * stable name of the same thing. */
+        if (streq(op, "add"))
+                log_error("Operation add on bitmap %s failed: Can't store persistent bitmaps to %s: %s",
+                          bitmap, filename, strerror(EOPNOTSUPP));
+        else
+                log_error("Operation %s on bitmap %s failed: Dirty bitmap '%s' not found", op, bitmap, bitmap);
+        return EXIT_ERROR;
 }
 
 /* Merges bitmap `source` of the image `file` (format `fmt`) into `name` of `dst`. */
@@ -92,8 +103,10 @@ int cmd_bitmap(Request *req) {
         Img img = {};
         int r;
 
-        for (size_t i = 0; i < n; i++)
-                act[i] = bitmap_action(req->actions[i].key);
+        for (size_t i = 0; i < n; i++) {
+                assert(req->actions[i].key >= ARG_BM_ADD && req->actions[i].key <= ARG_BM_MERGE);
+                act[i] = &bitmap_actions[req->actions[i].key - ARG_BM_ADD];
+        }
         if (n == 0) {
                 log_error("Need at least one of --add, --remove, --clear, --enable, --disable, or --merge");
                 return EXIT_ERROR;

@@ -19,14 +19,18 @@
 
 #include "img.h"
 
+/* An operand "name=...": a number up to max, or (max 0) a file name. */
 typedef struct DdOperand {
         const char *name;
+        uint64_t max;
         uint64_t value;
+        const char *file;
         bool given;
 } DdOperand;
 
 /* "bs=N", "count=N", "skip=N": qemu-img's messages for bad values. */
-static int dd_number(DdOperand *o, const char *arg, uint64_t max) {
+static int dd_number(DdOperand *o, const char *arg) {
+        uint64_t max = o->max;
         int r = parse_size(arg, &o->value);
 
         if (r < 0 && r != -ERANGE) {
@@ -54,8 +58,11 @@ static int zero_tail(vdisk_disk *d, uint64_t from, uint64_t to) {
 }
 
 int cmd_dd(Request *req) {
-        DdOperand bs = { "bs", 512, false }, count = { "count", 0, false }, skip = { "skip", 0, false };
-        const char *fmt = req->format, *out_fmt = req->out_format, *in = NULL, *out = NULL;
+        DdOperand ops[] = {
+                { "bs", INT32_MAX, 512 }, { "count", UINT64_MAX }, { "skip", UINT64_MAX }, { "if" }, { "of" },
+        };
+        const DdOperand *bs = &ops[0], *count = &ops[1], *skip = &ops[2];
+        const char *fmt = req->format, *out_fmt = req->out_format, *in, *out;
         _cleanup_(vdisk_io_unrefp) vdisk_io *out_io = NULL;
         _cleanup_(vdisk_disk_unrefp) vdisk_disk *dst = NULL;
         _cleanup_(vdisk_resolver_unrefp) vdisk_resolver *create_res = NULL;
@@ -69,31 +76,22 @@ int cmd_dd(Request *req) {
         for (unsigned i = 0; i < req->n_args; i++) {
                 const char *arg = req->args[i], *eq = strchr(arg, '=');
                 size_t klen = eq ? (size_t) (eq - arg) : strlen(arg);
+                DdOperand *o = NULL;
 
-#define KEY_IS(k) (klen == strlen(k) && strncmp(arg, k, klen) == 0)
-                if (!eq) {
-                        log_error("unrecognized operand %s", arg);
-                        return EXIT_ERROR;
-                }
-                if (KEY_IS("bs")) {
-                        if (dd_number(&bs, eq + 1, INT32_MAX) < 0)
-                                return EXIT_ERROR;
-                } else if (KEY_IS("count")) {
-                        if (dd_number(&count, eq + 1, UINT64_MAX) < 0)
-                                return EXIT_ERROR;
-                } else if (KEY_IS("skip")) {
-                        if (dd_number(&skip, eq + 1, UINT64_MAX) < 0)
-                                return EXIT_ERROR;
-                } else if (KEY_IS("if"))
-                        in = eq + 1;
-                else if (KEY_IS("of"))
-                        out = eq + 1;
-                else {
+                for (size_t k = 0; eq && k < ELEMENTSOF(ops); k++)
+                        if (strlen(ops[k].name) == klen && strncmp(arg, ops[k].name, klen) == 0)
+                                o = &ops[k];
+                if (!o) {
                         log_error("unrecognized operand %.*s", (int) klen, arg);
                         return EXIT_ERROR;
                 }
-#undef KEY_IS
+                if (o->max == 0)
+                        o->file = eq + 1;
+                else if (dd_number(o, eq + 1) < 0)
+                        return EXIT_ERROR;
         }
+        in = ops[3].file;
+        out = ops[4].file;
         if (!in || !out) {
                 log_error("Must specify both input and output files");
                 return EXIT_ERROR;
@@ -116,13 +114,13 @@ int cmd_dd(Request *req) {
         /* qemu-img's size arithmetic (overflows mean "past the end"). */
         in_size = vdisk_disk_size(src.disk);
         size = in_size;
-        if (count.given && count.value <= INT64_MAX / bs.value && count.value * bs.value < size)
-                size = count.value * bs.value;
-        if (skip.given) {
-                if (skip.value > INT64_MAX / bs.value || size < skip.value * bs.value)
+        if (count->given && count->value <= INT64_MAX / bs->value && count->value * bs->value < size)
+                size = count->value * bs->value;
+        if (skip->given) {
+                if (skip->value > INT64_MAX / bs->value || size < skip->value * bs->value)
                         skip_past_end = true;
                 else
-                        offset = skip.value * bs.value;
+                        offset = skip->value * bs->value;
         }
         size = skip_past_end ? 0 : size - offset;
 
