@@ -563,6 +563,12 @@ finish:
 
 /* ---------------------------------------------------------------- snapshot */
 
+/* qemu-img creates, applies and deletes internal snapshots in qcow2 only;
+ * vdisk lists (and reads) the ones of other formats too. */
+static bool format_has_internal_snapshots(const vdisk_backend_info *info) {
+        return info && streq(info->qemu_name, "qcow2");
+}
+
 /* -c, -a, -d: the image alone (no backing file), writable; qemu-img 7.2's
  * messages and exit codes. */
 static int snapshot_change(const char *filename, const char *fmt, char action, const char *arg) {

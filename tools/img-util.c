@@ -51,6 +51,19 @@ static void install_cancel_handlers(void) {
         (void) sigaction(SIGHUP, &sa, NULL);
 }
 
+/* Prints a percentage (0..100) when it moved by at least the step. */
+static void progress_bar_print(ProgressBar *b, double percent) {
+        if (!b || !b->enabled)
+                return;
+        if (percent > 100)
+                percent = 100;
+        if (percent - b->last < b->min_step && !(percent >= 100 && b->last < 100))
+                return;
+        b->last = percent;
+        printf("    (%4.2f/100%%)\r", percent);
+        fflush(stdout);
+}
+
 static void progress_fn(vdisk_progress *p, void *user) {
         ProgressBar *b = user;
         uint64_t total;
@@ -83,18 +96,6 @@ int progress_bar_init(ProgressBar *b, bool enabled) {
                 b->started = true;
         }
         return 0;
-}
-
-void progress_bar_print(ProgressBar *b, double percent) {
-        if (!b || !b->enabled)
-                return;
-        if (percent > 100)
-                percent = 100;
-        if (percent - b->last < b->min_step && !(percent >= 100 && b->last < 100))
-                return;
-        b->last = percent;
-        printf("    (%4.2f/100%%)\r", percent);
-        fflush(stdout);
 }
 
 void progress_bar_done(ProgressBar *b, bool success) {
@@ -168,7 +169,7 @@ static int raw_guard_new(vdisk_io *inner, const char *name, vdisk_io **ret) {
         return r;
 }
 
-void print_disk_warnings(vdisk_disk *d) {
+static void print_disk_warnings(vdisk_disk *d) {
         const char *const *w = vdisk_disk_warnings(d);
 
         for (; w && *w; w++)

@@ -51,8 +51,6 @@ typedef struct ProgressBar {
  * cancel it (a second signal terminates at once); prints the 0% line when
  * enabled. */
 int progress_bar_init(ProgressBar *b, bool enabled);
-/* Prints a percentage (0..100) when it moved by at least 1%. */
-void progress_bar_print(ProgressBar *b, double percent);
 /* Prints the final line ("100%" on success) and frees the vdisk_progress. */
 void progress_bar_done(ProgressBar *b, bool success);
 
@@ -107,9 +105,6 @@ int img_close_exit(Img *img, int ex);
 
 /* The image at qemu's "depth" (0 = the top). */
 vdisk_image *img_at_depth(Img *img, unsigned depth);
-
-/* Prints each string of a NULL-terminated list of disk warnings. */
-void print_disk_warnings(vdisk_disk *d);
 
 /* Removes a file this command created, if it is a regular file (never a
  * device node the user named as output). */
@@ -176,17 +171,6 @@ int image_opts_parse(const char *spec, bool quiet, const char **ret_path, const 
 /* Checks and records one --object definition: 0, 1 when "help" was printed,
  * or a negative errno (logged). */
 int object_add(const char *arg);
-
-/* ---- formats without snapshots or bitmaps (img-refuse.c) */
-
-/* Whether vdisk-img can create/apply/delete internal snapshots, or keep
- * persistent bitmaps, in images of this format. */
-bool format_has_internal_snapshots(const vdisk_backend_info *info);
-bool format_has_persistent_bitmaps(const vdisk_backend_info *info);
-/* qemu-img 7.2's failure for the bitmap operation `op` ("add", "remove",
- * "clear", "enable", "disable", "merge") on a format without persistent
- * bitmaps; returns EXIT_ERROR. */
-int bitmap_refuse(const char *op, const char *bitmap, const char *filename);
 
 /* ---- cleanup helpers for library objects */
 

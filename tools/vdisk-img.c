@@ -8,9 +8,8 @@
  * Everything goes through the public libvdisk API.
  *
  * The commands live in img-query.c (reading), img-create.c (creating) and
- * img-modify.c (changing), img-dd.c (dd); img-refuse.c holds what formats
- * without snapshots or bitmaps answer, img-opts.c --image-opts and --object;
- * img-util.c and img-json.c hold the helpers.
+ * img-modify.c (changing), img-amend.c, img-bitmap.c and img-dd.c (amend,
+ * bitmap, dd); img-opts.c --image-opts and --object; img-util.c the helpers.
  */
 
 #include <string.h>
