@@ -17,10 +17,9 @@
 static int print_amend_help(const vdisk_backend_info *info) {
         static const char *const qcow2_keys[] = { "compat", "lazy_refcounts", "refcount_bits", "size", NULL };
 
-        if (!streq(info->qemu_name, "qcow2")) {
-                log_error("Format driver '%s' does not support option amendment", info->qemu_name);
+        if (refused(!streq(info->qemu_name, "qcow2"), "Format driver '%s' does not support option amendment",
+                    info->qemu_name))
                 return EXIT_ERROR;
-        }
         printf("Amend options for '%s':\n", info->qemu_name);
         for (size_t i = 0; qcow2_keys[i]; i++) {
                 const vdisk_option_desc *d = vdisk_backend_option(info, qcow2_keys[i]);

@@ -98,7 +98,7 @@ int cmd_bitmap(Request *req) {
         const BitmapAction *act[ACTIONS_MAX];
         const char *fmt = req->format, *src_file = req->backing, *src_fmt = req->backing_format, *filename, *name;
         uint64_t granularity = req->granularity;
-        bool add = req->bitmap_add, disabled = req->bitmap_disabled;
+        bool add = req->bitmap_add, disabled = req->bitmap_disabled, merge = false;
         size_t n = req->n_actions;
         Img img = {};
         int r;
@@ -107,36 +107,15 @@ int cmd_bitmap(Request *req) {
                 assert(req->actions[i].key >= ARG_BM_ADD && req->actions[i].key <= ARG_BM_MERGE);
                 act[i] = &bitmap_actions[req->actions[i].key - ARG_BM_ADD];
         }
-        if (n == 0) {
-                log_error("Need at least one of --add, --remove, --clear, --enable, --disable, or --merge");
+        for (size_t i = 0; i < n; i++)
+                merge = merge || act[i]->op == VDISK_BITMAP_OP_MERGE;
+        if (refused(n == 0, "Need at least one of --add, --remove, --clear, --enable, --disable, or --merge") ||
+            refused(granularity && !add, "granularity only supported with --add") ||
+            refused(disabled && !add, "--disabled only supported with --add") ||
+            refused(src_fmt && !src_file, "-F only supported with -b") ||
+            refused(src_file && !merge, "Merge bitmap source file only supported with --merge") ||
+            refused(req->n_args != 2, "Expecting filename and bitmap name"))
                 return EXIT_ERROR;
-        }
-        if (granularity && !add) {
-                log_error("granularity only supported with --add");
-                return EXIT_ERROR;
-        }
-        if (disabled && !add) {
-                log_error("--disabled only supported with --add");
-                return EXIT_ERROR;
-        }
-        if (src_fmt && !src_file) {
-                log_error("-F only supported with -b");
-                return EXIT_ERROR;
-        }
-        if (src_file) {
-                bool merge = false;
-
-                for (size_t i = 0; i < n; i++)
-                        merge = merge || act[i]->op == VDISK_BITMAP_OP_MERGE;
-                if (!merge) {
-                        log_error("Merge bitmap source file only supported with --merge");
-                        return EXIT_ERROR;
-                }
-        }
-        if (req->n_args != 2) {
-                log_error("Expecting filename and bitmap name");
-                return EXIT_ERROR;
-        }
         filename = req->args[0];
         name = req->args[1];
 

@@ -258,10 +258,9 @@ int cmd_create(Request *req) {
         backing_fmt = req->backing_format;
         if (backing_fmt && !format_lookup(backing_fmt))
                 return EXIT_ERROR;
-        if (backing && !(info->caps & VDISK_CAP_DIFF)) {
-                log_error("%s: Backing file not supported for file format '%s'", filename, info->qemu_name);
+        if (refused(backing && !(info->caps & VDISK_CAP_DIFF), "%s: Backing file not supported for file format '%s'",
+                    filename, info->qemu_name))
                 return EXIT_ERROR;
-        }
         if (backing && !backing_fmt) {
                 log_missing_backing_format(filename, backing, !unsafe);
                 return EXIT_ERROR;
@@ -421,34 +420,15 @@ int cmd_convert(Request *req) {
                 backing_fmt = optlist_get(opts, "backing_fmt");
         if (backing_fmt && !format_lookup(backing_fmt))
                 return EXIT_ERROR;
-        if (no_create && opts->n > 0) {
-                log_error("-o has no effect when skipping image creation");
+        if (refused(no_create && opts->n > 0, "-o has no effect when skipping image creation") ||
+            refused(backing && !no_create && !(out_info->caps & VDISK_CAP_DIFF),
+                    "Backing file not supported for file format '%s'", out_info->qemu_name) ||
+            refused(backing && !no_create && !backing_fmt, "Use of backing file requires explicit backing format") ||
+            refused(target_is_zero && !no_create, "--target-is-zero requires -n") ||
+            refused(skip_broken_bitmaps && !bitmaps, "--skip-broken-bitmaps requires --bitmaps") ||
+            refused(bitmaps && no_create, "--bitmaps cannot be combined with -n") ||
+            refused(bitmaps && !streq(out_info->qemu_name, "qcow2"), "Destination lacks bitmap support"))
                 return EXIT_ERROR;
-        }
-        if (backing && !no_create && !(out_info->caps & VDISK_CAP_DIFF)) {
-                log_error("Backing file not supported for file format '%s'", out_info->qemu_name);
-                return EXIT_ERROR;
-        }
-        if (backing && !no_create && !backing_fmt) {
-                log_error("Use of backing file requires explicit backing format");
-                return EXIT_ERROR;
-        }
-        if (target_is_zero && !no_create) {
-                log_error("--target-is-zero requires -n");
-                return EXIT_ERROR;
-        }
-        if (skip_broken_bitmaps && !bitmaps) {
-                log_error("--skip-broken-bitmaps requires --bitmaps");
-                return EXIT_ERROR;
-        }
-        if (bitmaps && no_create) {
-                log_error("--bitmaps cannot be combined with -n");
-                return EXIT_ERROR;
-        }
-        if (bitmaps && !streq(out_info->qemu_name, "qcow2")) {
-                log_error("Destination lacks bitmap support");
-                return EXIT_ERROR;
-        }
         if (optlist_normalize(opts, out_info, out) < 0)
                 return EXIT_ERROR;
         if (compress && convert_compress_check(out_info, no_create) < 0)
@@ -469,11 +449,9 @@ int cmd_convert(Request *req) {
         if (bitmaps) {
                 vdisk_image *top = img_at_depth(&src, 0);
 
-                if (!top || !streq(vdisk_image_backend(top)->qemu_name, "qcow2")) {
-                        log_error("Source lacks bitmap support");
-                        goto finish;
-                }
-                if (convert_bitmaps_check(top, in, skip_broken_bitmaps) < 0)
+                if (refused(!top || !streq(vdisk_image_backend(top)->qemu_name, "qcow2"),
+                            "Source lacks bitmap support") ||
+                    convert_bitmaps_check(top, in, skip_broken_bitmaps) < 0)
                         goto finish;
         }
 
@@ -633,18 +611,10 @@ int cmd_measure(Request *req) {
 
         if (req->n_args > 1)
                 return usage_error("Expecting one image file name");
-        if (size_arg && filename) {
-                log_error("--size N cannot be used together with a filename.");
+        if (refused(size_arg && filename, "--size N cannot be used together with a filename.") ||
+            refused(!size_arg && !filename, "Either --size N or one filename must be specified.") ||
+            refused(size_arg && snapshot, "--size N cannot be used together with -l."))
                 return usage_hint();
-        }
-        if (!size_arg && !filename) {
-                log_error("Either --size N or one filename must be specified.");
-                return usage_hint();
-        }
-        if (size_arg && snapshot) {
-                log_error("--size N cannot be used together with -l.");
-                return usage_hint();
-        }
         out_info = format_lookup(out_fmt);
         if (!out_info)
                 return EXIT_ERROR;

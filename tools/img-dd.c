@@ -92,10 +92,8 @@ int cmd_dd(Request *req) {
         }
         in = ops[3].file;
         out = ops[4].file;
-        if (!in || !out) {
-                log_error("Must specify both input and output files");
+        if (refused(!in || !out, "Must specify both input and output files"))
                 return EXIT_ERROR;
-        }
 
         r = img_open(in, fmt, IMG_CHAIN, &src);
         if (r < 0)
@@ -103,10 +101,9 @@ int cmd_dd(Request *req) {
         out_info = format_lookup(out_fmt);
         if (!out_info)
                 return img_close_exit(&src, EXIT_ERROR);
-        if (!(out_info->caps & (VDISK_CAP_CREATE_DYNAMIC | VDISK_CAP_CREATE_FIXED))) {
-                log_error("Format driver '%s' does not support image creation", out_info->qemu_name);
+        if (refused(!(out_info->caps & (VDISK_CAP_CREATE_DYNAMIC | VDISK_CAP_CREATE_FIXED)),
+                    "Format driver '%s' does not support image creation", out_info->qemu_name))
                 return img_close_exit(&src, EXIT_ERROR);
-        }
         /* qemu-img would truncate its own input before reading it. */
         if (chain_refuse(src.disk, out, "The output is one of the input images") < 0)
                 return img_close_exit(&src, EXIT_ERROR);

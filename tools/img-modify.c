@@ -101,10 +101,8 @@ int cmd_commit(Request *req) {
                 return EXIT_ERROR;
 
         n = vdisk_disk_count(img.disk);
-        if (n < 2) {
-                log_error("Image does not have a backing file");
+        if (refused(n < 2, "Image does not have a backing file"))
                 goto finish;
-        }
         if (base) {
                 to = chain_find(&img, base);
                 if (to < 0) {
@@ -194,10 +192,9 @@ int cmd_resize(Request *req) {
                 goto finish;
         }
         /* qemu-img's order and words */
-        if (new_size < cur && prealloc && !streq(prealloc, "off")) {
-                log_error("Preallocation can only be used for growing images");
+        if (refused(new_size < cur && prealloc && !streq(prealloc, "off"),
+                    "Preallocation can only be used for growing images"))
                 goto finish;
-        }
         if (new_size < cur && !shrink) {
                 log_error("Use the --shrink option to perform a shrink operation.");
                 log_warning("Shrinking an image will delete all data beyond the shrunken image's end. "
@@ -217,26 +214,16 @@ int cmd_resize(Request *req) {
         };
         r = vdisk_resize_ex(img.disk, new_size, &ropts, bar.p);
         progress_bar_done(&bar, r >= 0);
-        if (r == -EOPNOTSUPP && strncmp(vdisk_last_error(), "Unsupported preallocation mode", 30) == 0) {
-                log_error("%s", vdisk_last_error());
+        /* For -EOPNOTSUPP qemu-img's words, then why (a VMDK shrink that
+         * would drop extents ...) */
+        if (refused(r == -EOPNOTSUPP && strncmp(vdisk_last_error(), "Unsupported preallocation mode", 30) == 0,
+                    "%s", vdisk_last_error()) ||
+            refused(r == -EOPNOTSUPP && vdisk_last_error()[0], "Image format driver does not support resize: %s",
+                    vdisk_last_error()) ||
+            refused(r == -EOPNOTSUPP, "Image format driver does not support resize") ||
+            refused(r == -ENOTEMPTY, "Could not shrink '%s': the range past the new end holds data", img.filename) ||
+            refused(r < 0, "Error resizing image: %s", error_detail(r)))
                 goto finish;
-        }
-        if (r == -EOPNOTSUPP) {
-                /* qemu-img's words, then why (a VMDK shrink that would drop extents ...) */
-                if (vdisk_last_error()[0])
-                        log_error("Image format driver does not support resize: %s", vdisk_last_error());
-                else
-                        log_error("Image format driver does not support resize");
-                goto finish;
-        }
-        if (r == -ENOTEMPTY) {
-                log_error("Could not shrink '%s': the range past the new end holds data", img.filename);
-                goto finish;
-        }
-        if (r < 0) {
-                log_error("Error resizing image: %s", error_detail(r));
-                goto finish;
-        }
         if (!quiet)
                 printf("Image resized.\n");
         ex = EXIT_OK;
@@ -297,10 +284,9 @@ int cmd_rebase(Request *req) {
         if (r < 0)
                 return EXIT_ERROR;
         /* As qemu-img 7.2: a new backing file needs its format named. */
-        if (*backing && !backing_fmt) {
-                log_error("Could not change the backing file to '%s': backing format must be specified", backing);
+        if (refused(*backing && !backing_fmt,
+                    "Could not change the backing file to '%s': backing format must be specified", backing))
                 goto finish;
-        }
 
         if (*backing) {
                 if (path_relative_to(img.filename, backing, &backing_path) < 0) {
@@ -361,16 +347,11 @@ int cmd_compact(Request *req) {
         vdisk_clear_error();
         r = vdisk_compact(img.disk, vdisk_disk_count(img.disk) - 1, bar.p);
         progress_bar_done(&bar, r >= 0);
-        if (r == -EOPNOTSUPP) {
-                log_error("The format of '%s' (%s) does not support compacting", filename,
-                          img.backend->qemu_name);
+        if (refused(r == -EOPNOTSUPP, "The format of '%s' (%s) does not support compacting", filename,
+                    img.backend->qemu_name) ||
+            refused(r < 0, "Could not compact '%s': %s", filename,
+                    r == -ECANCELED ? "cancelled (the image is still valid)" : error_detail(r)))
                 goto finish;
-        }
-        if (r < 0) {
-                log_error("Could not compact '%s': %s", filename,
-                          r == -ECANCELED ? "cancelled (the image is still valid)" : error_detail(r));
-                goto finish;
-        }
         if (!quiet)
                 printf("Image compacted.\n");
         ex = EXIT_OK;

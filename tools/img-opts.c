@@ -98,14 +98,15 @@ int object_add(const char *arg) {
          * with them: secrets are kept (encrypted images are refused when
          * opened), throttle groups change nothing offline, the rest would
          * need what vdisk-img does not have. */
-        static const char *const refused[] = {
+        static const char *const unsupported[] = {
                 "authz-list", "authz-list-file", "authz-simple", "main-loop", "pr-manager-helper",
                 "secret_keyring", "thread-context", "tls-cipher-suites", "tls-creds-anon", "tls-creds-psk",
                 "tls-creds-x509", NULL,
         };
         _cleanup_(optlist_done) OptList l = {};
         _cleanup_free_ char *type = NULL;
-        const char *comma, *id;
+        size_t first;
+        const char *id;
         ObjectEntry *e;
 
         if (arg[0] == '{') {
@@ -118,12 +119,12 @@ int object_add(const char *arg) {
                 return 1;
         }
         /* The first item without '=' is the type ("secret,id=s0"). */
-        comma = strchr(arg, ',');
-        if (!memchr(arg, '=', comma ? (size_t) (comma - arg) : strlen(arg))) {
-                type = comma ? strndup(arg, (size_t) (comma - arg)) : strdup(arg);
+        first = strcspn(arg, ",");
+        if (!memchr(arg, '=', first)) {
+                type = strndup(arg, first);
                 if (!type)
                         return -ENOMEM;
-                arg = comma ? comma + 1 : "";
+                arg += first + (arg[first] == ',');
         }
         if (optlist_parse(&l, arg) < 0) {
                 log_error("Invalid object option list: %s", arg);
@@ -157,7 +158,7 @@ int object_add(const char *arg) {
                         return r;
         } else if (streq(type, "throttle-group")) {
                 /* Rate limits: vdisk-img copies at the disk's speed. */
-        } else if (str_in(type, refused)) {
+        } else if (str_in(type, unsupported)) {
                 log_error("Object type '%s' is not supported by vdisk-img", type);
                 return -EOPNOTSUPP;
         } else {

@@ -299,14 +299,12 @@ int cmd_map(Request *req) {
         else
                 putchar('[');
 
-        if (start >= end) {
-                /* Nothing to map: qemu-img shows one empty entry. */
-                if (output == OUTPUT_JSON)
-                        map_print(&(MapEntry) { .start = start }, output, &first);
-                goto done;
-        }
+        /* Nothing to map: qemu-img's JSON shows one empty entry. */
+        cur = (MapEntry) { .start = start };
+        have_cur = start >= end && output == OUTPUT_JSON;
 
         for (off = start; off < end;) {
+                vdisk_image *image;
                 vdisk_extent ext;
                 MapEntry e;
 
@@ -342,17 +340,15 @@ int cmd_map(Request *req) {
                         e.data = false;
                         e.has_offset = false;
                 }
-                e.filename = e.depth == 0 ? filename
-                                          : vdisk_image_name(img_at_depth(&img, (unsigned) e.depth));
+                image = img_at_depth(&img, (unsigned) e.depth);
+                e.filename = e.depth == 0 ? filename : vdisk_image_name(image);
                 /* Data in a companion file (a VMDK extent) names that file. */
                 if (e.has_offset && ext.file)
                         e.filename = ext.file;
-                if (e.data && e.has_offset && !e.zero &&
-                    image_preallocated(img_at_depth(&img, (unsigned) e.depth))) {
+                if (e.data && e.has_offset && !e.zero && image_preallocated(image)) {
                         /* the image's file, or the companion file holding the data */
-                        _cleanup_close_ int fd =
-                                open(ext.file ?: vdisk_image_name(img_at_depth(&img, (unsigned) e.depth)),
-                                     O_RDONLY | O_CLOEXEC | O_NOCTTY);
+                        _cleanup_close_ int fd = open(ext.file ?: vdisk_image_name(image),
+                                                      O_RDONLY | O_CLOEXEC | O_NOCTTY);
                         bool z = false;
                         uint64_t l = map_file_zero(fd, e.offset, e.length, &z);
 
@@ -362,8 +358,7 @@ int cmd_map(Request *req) {
                         }
                 }
                 /* A raw file maps the disk one to one, holes included. */
-                if (!e.has_offset && e.present &&
-                    streq(vdisk_image_backend(img_at_depth(&img, (unsigned) e.depth))->qemu_name, "raw")) {
+                if (!e.has_offset && e.present && streq(vdisk_image_backend(image)->qemu_name, "raw")) {
                         e.has_offset = true;
                         e.offset = off;
                 }
@@ -381,7 +376,6 @@ int cmd_map(Request *req) {
         if (have_cur && map_print(&cur, output, &first) < 0)
                 goto finish;
 
-done:
         if (output == OUTPUT_JSON)
                 printf("]\n");
         ex = EXIT_OK;

@@ -80,6 +80,17 @@ void log_warning(const char *fmt, ...) {
         va_end(ap);
 }
 
+bool refused(bool cond, const char *fmt, ...) {
+        va_list ap;
+
+        if (!cond)
+                return false;
+        va_start(ap, fmt);
+        log_msgv("", fmt, ap);
+        va_end(ap);
+        return true;
+}
+
 int usage_hint(void) {
         fputs(front_dialect.hint, stderr);
         return front_dialect.exit_usage;
