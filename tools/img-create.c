@@ -43,34 +43,23 @@ void print_option_help(const char *name, vdisk_option_type type, const char *hel
  * -EINVAL, or -ENOMEM. */
 static int option_normalize(OptList *l, size_t i, vdisk_option_type type, const char *prefix) {
         const char *key = optlist_key(l, i), *value = optlist_value(l, i);
-        uint64_t v;
+        uint64_t v = 0;
         char *s;
 
-        switch (type) {
-        case VDISK_OPTION_SIZE:
-                if (parse_size(value, &v) < 0) {
-                        log_error("%sParameter '%s' expects a size", prefix, key);
-                        return -EINVAL;
-                }
-                if (asprintf(&s, "%" PRIu64, v) < 0)
-                        return -ENOMEM;
-                optlist_replace_value(l, i, s);
+        if (refused(type == VDISK_OPTION_SIZE && parse_size(value, &v) < 0, "%sParameter '%s' expects a size",
+                    prefix, key) ||
+            refused(type == VDISK_OPTION_BOOL && !streq(value, "on") && !streq(value, "off"),
+                    "%sParameter '%s' expects 'on' or 'off'", prefix, key) ||
+            refused(type == VDISK_OPTION_NUMBER && (!value[0] || strspn(value, "0123456789") != strlen(value)),
+                    "%sParameter '%s' expects a number", prefix, key))
+                return -EINVAL;
+        if (type != VDISK_OPTION_SIZE)
                 return 0;
-        case VDISK_OPTION_BOOL:
-                if (!streq(value, "on") && !streq(value, "off")) {
-                        log_error("%sParameter '%s' expects 'on' or 'off'", prefix, key);
-                        return -EINVAL;
-                }
-                return 0;
-        case VDISK_OPTION_NUMBER:
-                if (!value[0] || strspn(value, "0123456789") != strlen(value)) {
-                        log_error("%sParameter '%s' expects a number", prefix, key);
-                        return -EINVAL;
-                }
-                return 0;
-        default:
-                return 0;
-        }
+        /* sizes in bytes, as the library takes them */
+        if (asprintf(&s, "%" PRIu64, v) < 0)
+                return -ENOMEM;
+        optlist_replace_value(l, i, s);
+        return 0;
 }
 
 static void print_create_help(const vdisk_backend_info *info) {

@@ -454,8 +454,8 @@ finish:
 /* ---------------------------------------------------------------- comment */
 
 int cmd_comment(Request *req) {
-        const char *fmt = req->format, *filename = req->files[0], *text = NULL;
-        bool clear = req->clear;
+        const char *fmt = req->format, *filename = req->files[0], *text = NULL, *comment = NULL;
+        bool clear = req->clear, change;
         unsigned i = 0;
         Img img = {};
         int r, ex = EXIT_ERROR;
@@ -471,33 +471,22 @@ int cmd_comment(Request *req) {
         if (clear && text)
                 return usage_error("--clear takes no comment text");
 
-        if (!text && !clear) {
-                const char *comment = NULL;
-
-                r = img_open(filename, fmt, IMG_INFO | IMG_SKIP_CHECKS, &img);
-                if (r < 0)
-                        return EXIT_ERROR;
-                vdisk_clear_error();
-                r = vdisk_image_get_comment(vdisk_disk_image(img.disk, 0), &comment);
-                if (r < 0) {
-                        log_error("Could not read the comment of '%s': %s", filename,
-                                  r == -EOPNOTSUPP ? "the format has no comment field" : error_detail(r));
-                        goto finish;
-                }
-                printf("%s\n", comment ? comment : "");
-                ex = EXIT_OK;
-                goto finish;
-        }
-
-        r = img_open(filename, fmt, IMG_WRITE | IMG_SKIP_CHECKS, &img);
+        change = text || clear;
+        r = img_open(filename, fmt, (change ? IMG_WRITE : IMG_INFO) | IMG_SKIP_CHECKS, &img);
         if (r < 0)
                 return EXIT_ERROR;
         vdisk_clear_error();
-        r = vdisk_image_set_comment(vdisk_disk_image(img.disk, 0), clear ? NULL : text);
-        if (r >= 0)
-                r = vdisk_disk_flush(img.disk);
+        if (change) {
+                r = vdisk_image_set_comment(vdisk_disk_image(img.disk, 0), text);
+                if (r >= 0)
+                        r = vdisk_disk_flush(img.disk);
+        } else {
+                r = vdisk_image_get_comment(vdisk_disk_image(img.disk, 0), &comment);
+                if (r >= 0)
+                        printf("%s\n", comment ? comment : "");
+        }
         if (r < 0) {
-                log_error("Could not set the comment of '%s': %s", filename,
+                log_error("Could not %s the comment of '%s': %s", change ? "set" : "read", filename,
                           r == -EOPNOTSUPP ? "the format has no comment field" : error_detail(r));
                 goto finish;
         }
