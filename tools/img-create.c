@@ -560,27 +560,15 @@ int cmd_convert(Request *req) {
                 if (r < 0)
                         goto finish;
         }
-        /* vdisk_copy flushed the image; close it (flushing once more) and
-         * make the new directory entry durable too (not with -t unsafe,
-         * which promises nothing: a directory fsync commits the file
-         * system's journal). */
-        vdisk_clear_error();
-        r = vdisk_disk_close(TAKE_PTR(dst));
-        if (r < 0) {
-                log_error("Could not close '%s': %s", out, error_detail(r));
-                goto finish;
-        }
-        out_io = vdisk_io_unref(out_io);
-        if (!unsafe)
-                fsync_parent_dir(out);
         ex = EXIT_OK;
 
 finish:
-        if (ex != EXIT_OK && created) {
-                dst = vdisk_disk_unref(dst);
-                out_io = vdisk_io_unref(out_io);
-                remove_created_file(out);
-        }
+        /* vdisk_copy flushed the image; closing flushes it once more. Its
+         * directory entry is made durable too, not with -t unsafe, which
+         * promises nothing (a directory fsync commits the file system's
+         * journal). */
+        if (created)
+                ex = new_image_finish(&dst, &out_io, out, !unsafe, ex);
         return img_close_exit(&src, ex);
 }
 

@@ -177,23 +177,11 @@ int cmd_dd(Request *req) {
         }
         if (skip_past_end)
                 log_error("%s: cannot skip to specified offset", in);
-
-        vdisk_clear_error();
-        r = vdisk_disk_close(TAKE_PTR(dst));
-        if (r < 0) {
-                log_error("Could not close '%s': %s", out, error_detail(r));
-                goto finish;
-        }
-        out_io = vdisk_io_unref(out_io);
-        fsync_parent_dir(out);
         ex = EXIT_OK;
 
 finish:
         progress_bar_done(&bar, ex == EXIT_OK);
-        if (ex != EXIT_OK && created) {
-                dst = vdisk_disk_unref(dst);
-                out_io = vdisk_io_unref(out_io);
-                remove_created_file(out);
-        }
+        if (created)
+                ex = new_image_finish(&dst, &out_io, out, true, ex);
         return img_close_exit(&src, ex);
 }

@@ -361,6 +361,26 @@ void remove_created_file(const char *path) {
                 (void) unlink(path);
 }
 
+int new_image_finish(vdisk_disk **d, vdisk_io **io, const char *path, bool sync_dir, int ex) {
+        int r;
+
+        if (ex == EXIT_OK) {
+                vdisk_clear_error();
+                r = vdisk_disk_close(TAKE_PTR(*d));
+                if (r < 0) {
+                        log_error("Could not close '%s': %s", path, error_detail(r));
+                        ex = EXIT_ERROR;
+                }
+        }
+        *d = vdisk_disk_unref(*d);
+        *io = vdisk_io_unref(*io);
+        if (ex != EXIT_OK)
+                remove_created_file(path);
+        else if (sync_dir)
+                fsync_parent_dir(path);
+        return ex;
+}
+
 void fsync_parent_dir(const char *path) {
         _cleanup_free_ char *dir = NULL;
         _cleanup_close_ int fd = -1;

@@ -109,6 +109,11 @@ vdisk_image *img_at_depth(Img *img, unsigned depth);
 /* Removes a file this command created, if it is a regular file (never a
  * device node the user named as output). */
 void remove_created_file(const char *path);
+/* The end of a command that created the image `path` on *io (its disk *d):
+ * after success (ex EXIT_OK) closes it (a failed final flush is logged and
+ * fails the command) and, with sync_dir, makes its directory entry durable;
+ * after a failure drops it and removes the file. Returns the exit code. */
+int new_image_finish(vdisk_disk **d, vdisk_io **io, const char *path, bool sync_dir, int ex);
 /* fsync()s the directory holding `path` (best effort). */
 void fsync_parent_dir(const char *path);
 /* Whether two paths name the same file (1), not (0), or an error. */
