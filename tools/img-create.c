@@ -62,10 +62,18 @@ static int option_normalize(OptList *l, size_t i, vdisk_option_type type, const 
         return 0;
 }
 
-static void print_create_help(const vdisk_backend_info *info) {
+/* The format `name` of a new image in *ret (logged when unknown); "-o help"
+ * is answered with its options, sorted. -1 to go on, or the exit code. */
+static int create_format(const char *name, const OptList *opts, const vdisk_backend_info **ret) {
+        const vdisk_backend_info *info = format_lookup(name);
         const vdisk_option_desc *keys[64];
         size_t n = 0;
 
+        *ret = info;
+        if (!info)
+                return EXIT_ERROR;
+        if (!opts->help)
+                return -1;
         for (const vdisk_option_desc *o = info->create_options; o && o->name && n < ELEMENTSOF(keys); o++)
                 keys[n++] = o;
         qsort(keys, n, sizeof(keys[0]), cmp_option);
@@ -73,6 +81,7 @@ static void print_create_help(const vdisk_backend_info *info) {
         printf("Supported %s options:\n", info->qemu_name);
         for (size_t i = 0; i < n; i++)
                 print_option_help(keys[i]->name, keys[i]->type, keys[i]->help);
+        return EXIT_OK;
 }
 
 int optlist_normalize(OptList *l, const vdisk_backend_info *info, const char *filename) {
@@ -231,14 +240,9 @@ int cmd_create(Request *req) {
                 return usage_hint();
         }
 
-        info = format_lookup(fmt);
-        if (!info)
-                return EXIT_ERROR;
-        if (opts->help) {
-                print_create_help(info);
-                return EXIT_OK;
-        }
-
+        ex = create_format(fmt, opts, &info);
+        if (ex >= 0)
+                return ex;
         ex = front_check_files(req);
         if (ex >= 0)
                 return ex;
@@ -395,13 +399,10 @@ int cmd_convert(Request *req) {
         Img src = {}, existing = {}, parent = {};
         int r, ex = EXIT_ERROR;
 
-        out_info = format_lookup(out_fmt);
-        if (!out_info)
-                return EXIT_ERROR;
-        if (opts->help) {
-                print_create_help(out_info);
-                return EXIT_OK;
-        }
+        ex = create_format(out_fmt, opts, &out_info);
+        if (ex >= 0)
+                return ex;
+        ex = EXIT_ERROR;
         /* qemu-img 7.2: -B and -F win over -o backing_file= / backing_fmt=. */
         if (optlist_get(opts, "backing_file") && !backing)
                 backing = optlist_get(opts, "backing_file");
@@ -592,13 +593,10 @@ int cmd_measure(Request *req) {
             refused(!size_arg && !filename, "Either --size N or one filename must be specified.") ||
             refused(size_arg && snapshot, "--size N cannot be used together with -l."))
                 return usage_hint();
-        out_info = format_lookup(out_fmt);
-        if (!out_info)
-                return EXIT_ERROR;
-        if (opts->help) {
-                print_create_help(out_info);
-                return EXIT_OK;
-        }
+        ex = create_format(out_fmt, opts, &out_info);
+        if (ex >= 0)
+                return ex;
+        ex = EXIT_ERROR;
         if (optlist_normalize(opts, out_info, filename ?: "measure") < 0)
                 return EXIT_ERROR;
         if (size_arg) {
