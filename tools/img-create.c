@@ -170,7 +170,7 @@ static int create_opts_init(const OptList *l, const char *backing, const char *b
 }
 
 static void create_opts_done(vdisk_create_opts *o) {
-        free((char **) o->options);
+        free((void *) o->options);
         vdisk_resolver_unref(o->resolver);
 }
 
