@@ -93,10 +93,8 @@ int optlist_normalize(OptList *l, const vdisk_backend_info *info, const char *fi
                 const vdisk_option_desc *d = vdisk_backend_option(info, optlist_key(l, i));
                 int r;
 
-                if (!d && filename) {
-                        log_error("%s: Invalid parameter '%s'", filename, optlist_key(l, i));
+                if (refused(!d && filename, "%s: Invalid parameter '%s'", filename, optlist_key(l, i)))
                         return -EINVAL;
-                }
                 r = d ? option_normalize(l, i, d->type, prefix) : 0;
                 if (r < 0)
                         return r;
@@ -234,11 +232,9 @@ int cmd_create(Request *req) {
         uint64_t size = 0;
         int r, ex;
 
-        if (arg_image_opts) {
-                /* qemu-img create names the file it creates: no option list. */
-                log_error("unrecognized option '--image-opts'");
-                return usage_hint();
-        }
+        /* qemu-img create names the file it creates: no option list. */
+        if (arg_image_opts)
+                return usage_error("unrecognized option '--image-opts'");
 
         ex = create_format(fmt, opts, &info);
         if (ex >= 0)
@@ -350,10 +346,9 @@ static int convert_into(const char *in, Img *src, vdisk_disk *dst, const char *o
  * -n the library decides by the existing image (VDISK_COPY_INTO_COMPRESS:
  * qemu's rule, compressed writes only into unallocated clusters). */
 static int convert_compress_check(const vdisk_backend_info *out_info, bool no_create) {
-        if (!(out_info->caps & VDISK_CAP_COMPRESS) && (no_create || !streq(out_info->qemu_name, "vmdk"))) {
-                log_error("Compression not supported for this file format");
+        if (refused(!(out_info->caps & VDISK_CAP_COMPRESS) && (no_create || !streq(out_info->qemu_name, "vmdk")),
+                    "Compression not supported for this file format"))
                 return -EOPNOTSUPP;
-        }
         return 0;
 }
 

@@ -38,10 +38,9 @@ static int dd_number(DdOperand *o, const char *arg) {
                 log_error("kilobytes, megabytes, gigabytes, terabytes, petabytes and exabytes.");
                 return -EINVAL;
         }
-        if (r == -ERANGE || o->value > max || (max != UINT64_MAX && o->value == 0)) {
-                log_error("Invalid %s specified. Must be between 1 and %" PRIu64 ".", o->name, max);
+        if (refused(r == -ERANGE || o->value > max || (max != UINT64_MAX && o->value == 0),
+                    "Invalid %s specified. Must be between 1 and %" PRIu64 ".", o->name, max))
                 return -EINVAL;
-        }
         o->given = true;
         return 0;
 }
@@ -81,10 +80,8 @@ int cmd_dd(Request *req) {
                 for (size_t k = 0; eq && k < ELEMENTSOF(ops); k++)
                         if (strlen(ops[k].name) == klen && strncmp(arg, ops[k].name, klen) == 0)
                                 o = &ops[k];
-                if (!o) {
-                        log_error("unrecognized operand %.*s", (int) klen, arg);
+                if (refused(!o, "unrecognized operand %.*s", (int) klen, arg))
                         return EXIT_ERROR;
-                }
                 if (o->max == 0)
                         o->file = eq + 1;
                 else if (dd_number(o, eq + 1) < 0)

@@ -103,14 +103,9 @@ int cmd_commit(Request *req) {
         n = vdisk_disk_count(img.disk);
         if (refused(n < 2, "Image does not have a backing file"))
                 goto finish;
-        if (base) {
-                to = chain_find(&img, base);
-                if (to < 0) {
-                        log_error("Did not find '%s' in the backing chain of '%s'", base, img.filename);
-                        goto finish;
-                }
-        } else
-                to = (int) n - 2;
+        to = base ? chain_find(&img, base) : (int) n - 2;
+        if (refused(to < 0, "Did not find '%s' in the backing chain of '%s'", base, img.filename))
+                goto finish;
 
         if (!drop) {
                 r = commit_temp_file(img.filename, streq_ptr(req->cache, "unsafe") ? VDISK_IO_NOSYNC : 0, &tmp,
@@ -400,10 +395,9 @@ int cmd_setuuid(Request *req) {
                 for (size_t c = 0; c < ELEMENTSOF(changes); c++) {
                         if (changes[c].key != req->actions[i].key)
                                 continue;
-                        if (vdisk_uuid_parse(arg, changes[c].value) < 0) {
-                                log_error("Invalid %s '%s'", changes[c].what, arg);
+                        if (refused(vdisk_uuid_parse(arg, changes[c].value) < 0,
+                                    "Invalid %s '%s'", changes[c].what, arg))
                                 return EXIT_ERROR;
-                        }
                         changes[c].wanted = true;
                 }
         }

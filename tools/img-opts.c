@@ -61,35 +61,25 @@ static bool id_valid(const char *id) {
 
 static int object_check_secret(const OptList *l) {
         static const char *const keys[] = { "id", "data", "file", "format", "keyid", "iv", "loaded", NULL };
-        const char *data = optlist_get(l, "data"), *file = optlist_get(l, "file"), *v;
+        const char *data = optlist_get(l, "data"), *file = optlist_get(l, "file"),
+                   *format = optlist_get(l, "format"), *keyid = optlist_get(l, "keyid");
 
         for (size_t i = 0; i < l->n; i++)
-                if (!str_in(optlist_key(l, i), keys)) {
-                        log_error("Parameter '%s' is unexpected", optlist_key(l, i));
+                if (refused(!str_in(optlist_key(l, i), keys), "Parameter '%s' is unexpected", optlist_key(l, i)))
                         return -EINVAL;
-                }
-        v = optlist_get(l, "format");
-        if (v && !streq(v, "raw") && !streq(v, "base64")) {
-                log_error("Parameter 'format' does not accept value '%s'", v);
+        if (refused(format && !streq(format, "raw") && !streq(format, "base64"),
+                    "Parameter 'format' does not accept value '%s'", format) ||
+            refused(data && file, "'file' and 'data' are mutually exclusive") ||
+            refused(!data && !file, "Either 'file' or 'data' must be provided"))
                 return -EINVAL;
-        }
-        if (data && file) {
-                log_error("'file' and 'data' are mutually exclusive");
-                return -EINVAL;
-        }
-        if (!data && !file) {
-                log_error("Either 'file' or 'data' must be provided");
-                return -EINVAL;
-        }
         if (file && access(file, R_OK) < 0) {
-                log_error("Unable to read %s: %s", file, strerror(errno));
-                return -errno;
+                int r = -errno;
+
+                log_error("Unable to read %s: %s", file, strerror(-r));
+                return r;
         }
-        v = optlist_get(l, "keyid");
-        if (v && !object_defined(v)) {
-                log_error("No secret with id '%s'", v);
+        if (refused(keyid && !object_defined(keyid), "No secret with id '%s'", keyid))
                 return -ENOENT;
-        }
         return 0;
 }
 
@@ -126,15 +116,11 @@ int object_add(const char *arg) {
                         return -ENOMEM;
                 arg += first + (arg[first] == ',');
         }
-        if (optlist_parse(&l, arg) < 0) {
-                log_error("Invalid object option list: %s", arg);
+        if (refused(optlist_parse(&l, arg) < 0, "Invalid object option list: %s", arg))
                 return -EINVAL;
-        }
         if (!type) {
-                if (!optlist_get(&l, "qom-type")) {
-                        log_error("Parameter 'qom-type' is missing");
+                if (refused(!optlist_get(&l, "qom-type"), "Parameter 'qom-type' is missing"))
                         return -EINVAL;
-                }
                 type = strdup(optlist_get(&l, "qom-type"));
                 if (!type)
                         return -ENOMEM;
@@ -142,10 +128,8 @@ int object_add(const char *arg) {
         (void) optlist_remove(&l, "qom-type");
 
         id = optlist_get(&l, "id");
-        if (!id) {
-                log_error("Parameter 'id' is missing");
+        if (refused(!id, "Parameter 'id' is missing"))
                 return -EINVAL;
-        }
         if (!id_valid(id)) {
                 log_error("Parameter 'id' expects an identifier");
                 fprintf(stderr, "Identifiers consist of letters, digits, '-', '.', '_', starting with a letter.\n");
@@ -166,10 +150,8 @@ int object_add(const char *arg) {
                 return -EINVAL;
         }
 
-        if (object_defined(id)) {
-                log_error("attempt to add duplicate property '%s' to object (type 'container')", id);
+        if (refused(object_defined(id), "attempt to add duplicate property '%s' to object (type 'container')", id))
                 return -EEXIST;
-        }
         e = calloc(1, sizeof(*e));
         if (!e)
                 return -ENOMEM;

@@ -220,10 +220,8 @@ static int map_print(const MapEntry *e, OutputFormat output, bool *first) {
                 *first = false;
                 return 0;
         }
-        if (e->data && !e->has_offset) {
-                log_error("File contains external, encrypted or compressed clusters.");
+        if (refused(e->data && !e->has_offset, "File contains external, encrypted or compressed clusters."))
                 return -EOPNOTSUPP;
-        }
         if (e->data && !e->zero)
                 printf("%#-16" PRIx64 "%#-16" PRIx64 "%#-16" PRIx64 "%s\n",
                        e->start, e->length, e->offset, e->filename);

@@ -177,15 +177,13 @@ int image_opts_parse(const char *spec, bool quiet, const char **ret_path, const 
  * or a negative errno (logged). */
 int object_add(const char *arg);
 
-/* ---- cleanup helpers for library objects */
+/* ---- cleanup helpers for library objects (their unref takes NULL) */
 
 static inline void vdisk_io_unrefp(vdisk_io **p) {
-        if (*p)
-                vdisk_io_unref(*p);
+        vdisk_io_unref(*p);
 }
 static inline void vdisk_disk_unrefp(vdisk_disk **p) {
-        if (*p)
-                vdisk_disk_unref(*p);
+        vdisk_disk_unref(*p);
 }
 static inline void vdisk_resolver_unrefp(vdisk_resolver **p) {
         vdisk_resolver_unref(*p);

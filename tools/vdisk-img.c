@@ -144,10 +144,8 @@ int main(int argc, char **argv) {
 
         if (as_qemu_img)
                 front_dialect.program = "qemu-img";
-        if (argc < 2) {
-                log_error("Not enough arguments");
-                return usage_hint();
-        }
+        if (argc < 2)
+                return usage_error("Not enough arguments");
 
         cmd = argv[1];
         if (streq(cmd, "-h") || streq(cmd, "--help")) {
@@ -158,15 +156,10 @@ int main(int argc, char **argv) {
                 print_version(as_qemu_img);
                 return EXIT_OK;
         }
-        if (cmd[0] == '-') {
-                log_error("Unknown option '%s'", cmd);
-                return usage_hint();
-        }
-
-        if (front_verb_find(cmd, &verb) < 0 || !commands[verb]) {
-                log_error("Command not found: %s", cmd);
-                return usage_hint();
-        }
+        if (cmd[0] == '-')
+                return usage_error("Unknown option '%s'", cmd);
+        if (front_verb_find(cmd, &verb) < 0 || !commands[verb])
+                return usage_error("Command not found: %s", cmd);
 
         /* getopt names the program after argv[0] in its messages. */
         argv[1] = (char *) front_dialect.program;
