@@ -17,10 +17,9 @@
 static int print_amend_help(const vdisk_backend_info *info) {
         static const char *const qcow2_keys[] = { "compat", "lazy_refcounts", "refcount_bits", "size", NULL };
 
-        if (!streq(info->qemu_name, "qcow2")) {
-                log_error("Format driver '%s' does not support option amendment", info->qemu_name);
+        if (refused(!streq(info->qemu_name, "qcow2"), "Format driver '%s' does not support option amendment",
+                    info->qemu_name))
                 return EXIT_ERROR;
-        }
         printf("Amend options for '%s':\n", info->qemu_name);
         for (size_t i = 0; qcow2_keys[i]; i++) {
                 const vdisk_option_desc *d = vdisk_backend_option(info, qcow2_keys[i]);
@@ -28,23 +27,6 @@ static int print_amend_help(const vdisk_backend_info *info) {
                 print_option_help(qcow2_keys[i], d ? d->type : VDISK_OPTION_STRING, d ? d->help : "");
         }
         return EXIT_OK;
-}
-
-/* Values in the library's form; keys the format does not know are left to
- * the library ("Invalid parameter", or the format's refusal). */
-static int normalize_options(OptList *l, const vdisk_backend_info *info) {
-        for (size_t i = 0; i < l->n; i++) {
-                const vdisk_option_desc *d = vdisk_backend_option(info, optlist_key(l, i));
-                int r = 0;
-
-                if (streq(optlist_key(l, i), "size"))
-                        r = option_normalize(l, i, VDISK_OPTION_SIZE, "");
-                else if (d)
-                        r = option_normalize(l, i, d->type, "");
-                if (r < 0)
-                        return r;
-        }
-        return 0;
 }
 
 int cmd_amend(Request *req) {
@@ -78,10 +60,9 @@ int cmd_amend(Request *req) {
         r = img_open(req->files[0], fmt, IMG_WRITE | IMG_CHAIN, &img);
         if (r < 0)
                 return EXIT_ERROR;
-        if (normalize_options(opts, img.backend) < 0)
+        if (optlist_normalize(opts, img.backend, NULL) < 0)
                 goto finish;
 
-        install_cancel_handlers();
         if (progress_bar_init(&bar, req->progress) < 0)
                 goto finish;
         vdisk_clear_error();

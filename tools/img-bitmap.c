@@ -12,35 +12,46 @@
  * bitmap disabled, as "--add --disable" does.
  */
 
+#include <assert.h>
 #include <errno.h>
 #include <inttypes.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "img.h"
-#include "shared/text.h"
 
-/* The action options: their operation, and qemu-img's word for it in messages. */
+/* The action options, by their key (ARG_BM_ADD..ARG_BM_MERGE): their
+ * operation, and qemu-img's word for it in messages. */
 typedef struct BitmapAction {
-        int key;                  /* ARG_BM_* */
         unsigned op;              /* VDISK_BITMAP_OP_* */
         const char *word;
 } BitmapAction;
 
 static const BitmapAction bitmap_actions[] = {
-        { ARG_BM_ADD,     VDISK_BITMAP_OP_ADD,     "add" },
-        { ARG_BM_REMOVE,  VDISK_BITMAP_OP_REMOVE,  "remove" },
-        { ARG_BM_CLEAR,   VDISK_BITMAP_OP_CLEAR,   "clear" },
-        { ARG_BM_ENABLE,  VDISK_BITMAP_OP_ENABLE,  "enable" },
-        { ARG_BM_DISABLE, VDISK_BITMAP_OP_DISABLE, "disable" },
-        { ARG_BM_MERGE,   VDISK_BITMAP_OP_MERGE,   "merge" },
+        [ARG_BM_ADD - ARG_BM_ADD]     = { VDISK_BITMAP_OP_ADD,     "add" },
+        [ARG_BM_REMOVE - ARG_BM_ADD]  = { VDISK_BITMAP_OP_REMOVE,  "remove" },
+        [ARG_BM_CLEAR - ARG_BM_ADD]   = { VDISK_BITMAP_OP_CLEAR,   "clear" },
+        [ARG_BM_ENABLE - ARG_BM_ADD]  = { VDISK_BITMAP_OP_ENABLE,  "enable" },
+        [ARG_BM_DISABLE - ARG_BM_ADD] = { VDISK_BITMAP_OP_DISABLE, "disable" },
+        [ARG_BM_MERGE - ARG_BM_ADD]   = { VDISK_BITMAP_OP_MERGE,   "merge" },
 };
 
-static const BitmapAction *bitmap_action(int key) {
-        for (size_t i = 0; i < ELEMENTSOF(bitmap_actions) - 1; i++)
-                if (bitmap_actions[i].key == key)
-                        return &bitmap_actions[i];
-        return &bitmap_actions[ELEMENTSOF(bitmap_actions) - 1];   /* --merge */
+/* qemu-img creates persistent bitmaps in qcow2 only. */
+static bool format_has_persistent_bitmaps(const vdisk_backend_info *info) {
+        return info && streq(info->qemu_name, "qcow2");
+}
+
+/* qemu-img 7.2's failure for the bitmap operation `op` on a format without
+ * persistent bitmaps, which consumers match; returns EXIT_ERROR. */
+static int bitmap_refuse(const char *op, const char *bitmap, const char *filename) {
+        /* qemu names its internal node ("#block123"); the file is the
+         * stable name of the same thing. */
+        if (streq(op, "add"))
+                log_error("Operation add on bitmap %s failed: Can't store persistent bitmaps to %s: %s",
+                          bitmap, filename, strerror(EOPNOTSUPP));
+        else
+                log_error("Operation %s on bitmap %s failed: Dirty bitmap '%s' not found", op, bitmap, bitmap);
+        return EXIT_ERROR;
 }
 
 /* Merges bitmap `source` of the image `file` (format `fmt`) into `name` of `dst`. */
@@ -87,43 +98,24 @@ int cmd_bitmap(Request *req) {
         const BitmapAction *act[ACTIONS_MAX];
         const char *fmt = req->format, *src_file = req->backing, *src_fmt = req->backing_format, *filename, *name;
         uint64_t granularity = req->granularity;
-        bool add = req->bitmap_add, disabled = req->bitmap_disabled;
+        bool add = req->bitmap_add, disabled = req->bitmap_disabled, merge = false;
         size_t n = req->n_actions;
         Img img = {};
         int r;
 
+        for (size_t i = 0; i < n; i++) {
+                assert(req->actions[i].key >= ARG_BM_ADD && req->actions[i].key <= ARG_BM_MERGE);
+                act[i] = &bitmap_actions[req->actions[i].key - ARG_BM_ADD];
+        }
         for (size_t i = 0; i < n; i++)
-                act[i] = bitmap_action(req->actions[i].key);
-        if (n == 0) {
-                log_error("Need at least one of --add, --remove, --clear, --enable, --disable, or --merge");
+                merge = merge || act[i]->op == VDISK_BITMAP_OP_MERGE;
+        if (refused(n == 0, "Need at least one of --add, --remove, --clear, --enable, --disable, or --merge") ||
+            refused(granularity && !add, "granularity only supported with --add") ||
+            refused(disabled && !add, "--disabled only supported with --add") ||
+            refused(src_fmt && !src_file, "-F only supported with -b") ||
+            refused(src_file && !merge, "Merge bitmap source file only supported with --merge") ||
+            refused(req->n_args != 2, "Expecting filename and bitmap name"))
                 return EXIT_ERROR;
-        }
-        if (granularity && !add) {
-                log_error("granularity only supported with --add");
-                return EXIT_ERROR;
-        }
-        if (disabled && !add) {
-                log_error("--disabled only supported with --add");
-                return EXIT_ERROR;
-        }
-        if (src_fmt && !src_file) {
-                log_error("-F only supported with -b");
-                return EXIT_ERROR;
-        }
-        if (src_file) {
-                bool merge = false;
-
-                for (size_t i = 0; i < n; i++)
-                        merge = merge || act[i]->op == VDISK_BITMAP_OP_MERGE;
-                if (!merge) {
-                        log_error("Merge bitmap source file only supported with --merge");
-                        return EXIT_ERROR;
-                }
-        }
-        if (req->n_args != 2) {
-                log_error("Expecting filename and bitmap name");
-                return EXIT_ERROR;
-        }
         filename = req->args[0];
         name = req->args[1];
 

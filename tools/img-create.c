@@ -21,12 +21,6 @@
 
 /* ---------------------------------------------------------------- what qemu-img prints */
 
-static bool backend_takes(const vdisk_backend_info *info, const char *key) {
-        if ((streq(key, "backing_file") || streq(key, "backing_fmt")) && !(info->caps & VDISK_CAP_DIFF))
-                return false;
-        return streq(key, "size") || vdisk_backend_option(info, key);
-}
-
 static int cmp_option(const void *a, const void *b) {
         return strcmp((*(const vdisk_option_desc *const *) a)->name, (*(const vdisk_option_desc *const *) b)->name);
 }
@@ -44,42 +38,42 @@ void print_option_help(const char *name, vdisk_option_type type, const char *hel
                 printf("  %-22s - %s\n", left, help);
 }
 
-int option_normalize(OptList *l, size_t i, vdisk_option_type type, const char *prefix) {
+/* Pair i of l as an option of `type` takes it: a size in bytes (the value
+ * replaced), a boolean on/off, a number. Logs ("<prefix>Parameter ...");
+ * -EINVAL, or -ENOMEM. */
+static int option_normalize(OptList *l, size_t i, vdisk_option_type type, const char *prefix) {
         const char *key = optlist_key(l, i), *value = optlist_value(l, i);
-        uint64_t v;
+        uint64_t v = 0;
         char *s;
 
-        switch (type) {
-        case VDISK_OPTION_SIZE:
-                if (parse_size(value, &v) < 0) {
-                        log_error("%sParameter '%s' expects a size", prefix, key);
-                        return -EINVAL;
-                }
-                if (asprintf(&s, "%" PRIu64, v) < 0)
-                        return -ENOMEM;
-                optlist_replace_value(l, i, s);
+        if (refused(type == VDISK_OPTION_SIZE && parse_size(value, &v) < 0, "%sParameter '%s' expects a size",
+                    prefix, key) ||
+            refused(type == VDISK_OPTION_BOOL && !streq(value, "on") && !streq(value, "off"),
+                    "%sParameter '%s' expects 'on' or 'off'", prefix, key) ||
+            refused(type == VDISK_OPTION_NUMBER && (!value[0] || strspn(value, "0123456789") != strlen(value)),
+                    "%sParameter '%s' expects a number", prefix, key))
+                return -EINVAL;
+        if (type != VDISK_OPTION_SIZE)
                 return 0;
-        case VDISK_OPTION_BOOL:
-                if (!streq(value, "on") && !streq(value, "off")) {
-                        log_error("%sParameter '%s' expects 'on' or 'off'", prefix, key);
-                        return -EINVAL;
-                }
-                return 0;
-        case VDISK_OPTION_NUMBER:
-                if (!value[0] || strspn(value, "0123456789") != strlen(value)) {
-                        log_error("%sParameter '%s' expects a number", prefix, key);
-                        return -EINVAL;
-                }
-                return 0;
-        default:
-                return 0;
-        }
+        /* sizes in bytes, as the library takes them */
+        if (asprintf(&s, "%" PRIu64, v) < 0)
+                return -ENOMEM;
+        optlist_replace_value(l, i, s);
+        return 0;
 }
 
-static void print_create_help(const vdisk_backend_info *info) {
+/* The format `name` of a new image in *ret (logged when unknown); "-o help"
+ * is answered with its options, sorted. -1 to go on, or the exit code. */
+static int create_format(const char *name, const OptList *opts, const vdisk_backend_info **ret) {
+        const vdisk_backend_info *info = format_lookup(name);
         const vdisk_option_desc *keys[64];
         size_t n = 0;
 
+        *ret = info;
+        if (!info)
+                return EXIT_ERROR;
+        if (!opts->help)
+                return -1;
         for (const vdisk_option_desc *o = info->create_options; o && o->name && n < ELEMENTSOF(keys); o++)
                 keys[n++] = o;
         qsort(keys, n, sizeof(keys[0]), cmp_option);
@@ -87,23 +81,20 @@ static void print_create_help(const vdisk_backend_info *info) {
         printf("Supported %s options:\n", info->qemu_name);
         for (size_t i = 0; i < n; i++)
                 print_option_help(keys[i]->name, keys[i]->type, keys[i]->help);
+        return EXIT_OK;
 }
 
-/* Checks every key against the backend and normalizes values the way qemu
- * does (sizes in bytes, booleans as on/off). Logs and returns -EINVAL. */
-static int optlist_validate(OptList *l, const vdisk_backend_info *info, const char *filename) {
+int optlist_normalize(OptList *l, const vdisk_backend_info *info, const char *filename) {
         _cleanup_free_ char *prefix = NULL;
 
-        if (asprintf(&prefix, "%s: ", filename) < 0)
+        if (asprintf(&prefix, "%s%s", filename ?: "", filename ? ": " : "") < 0)
                 return -ENOMEM;
         for (size_t i = 0; i < l->n; i++) {
                 const vdisk_option_desc *d = vdisk_backend_option(info, optlist_key(l, i));
                 int r;
 
-                if (!backend_takes(info, optlist_key(l, i))) {
-                        log_error("%s: Invalid parameter '%s'", filename, optlist_key(l, i));
+                if (refused(!d && filename, "%s: Invalid parameter '%s'", filename, optlist_key(l, i)))
                         return -EINVAL;
-                }
                 r = d ? option_normalize(l, i, d->type, prefix) : 0;
                 if (r < 0)
                         return r;
@@ -144,35 +135,41 @@ static void print_formatting(const char *filename, const vdisk_backend_info *inf
         fflush(stdout);
 }
 
-/* Builds the NULL-terminated key/value array the library takes: everything
- * but the keys vdisk-img handles itself. */
-static int optlist_library_view(const OptList *l, char ***ret) {
-        char **v;
+/* A new image's options: the "-o" pairs the library takes (all but size and
+ * the backing file, arguments of their own), the parent as the user named it
+ * (VMDK records it as parentFileNameHint, VDI links by UUID and ignores it)
+ * and a resolver that creates companion files (VMDK extents) next to the
+ * image. Logs; free with create_opts_done(). */
+static int create_opts_init(const OptList *l, const char *backing, const char *backing_fmt, vdisk_create_opts *ret) {
+        const char **v;
         size_t k = 0;
 
+        *ret = (vdisk_create_opts) {
+                .size = sizeof(*ret),
+                .parent_name = backing,
+                .parent_format = backing ? backing_fmt : NULL,
+        };
         v = calloc(2 * l->n + 1, sizeof(char *));
-        if (!v)
+        if (!v || vdisk_resolver_new_path(NULL, &ret->resolver) < 0) {
+                free(v);
+                log_error("Out of memory");
                 return -ENOMEM;
+        }
         for (size_t i = 0; i < l->n; i++) {
-                const char *key = l->kv[2 * i];
+                const char *key = optlist_key(l, i);
 
                 if (streq(key, "size") || streq(key, "backing_file") || streq(key, "backing_fmt"))
                         continue;
-                v[k++] = l->kv[2 * i];
-                v[k++] = l->kv[2 * i + 1];
+                v[k++] = key;
+                v[k++] = optlist_value(l, i);
         }
-        *ret = v;
+        ret->options = v;
         return 0;
 }
 
-/* Whether `path` is one of the files of the chain in `d`. */
-static int chain_contains(vdisk_disk *d, const char *path) {
-        for (unsigned i = 0; i < vdisk_disk_count(d); i++) {
-                int r = same_file(vdisk_image_name(vdisk_disk_image(d, i)), path);
-                if (r != 0)
-                        return r;
-        }
-        return 0;
+static void create_opts_done(vdisk_create_opts *o) {
+        free((void *) o->options);
+        vdisk_resolver_unref(o->resolver);
 }
 
 /* qemu-img 7.2 wants the backing format spelled out (a probe could be
@@ -193,9 +190,10 @@ static void log_missing_backing_format(const char *child, const char *backing, b
 }
 
 /* Opens the parent chain for a new differencing image. `backing` is
- * relative to the directory of `child`, as in qemu-img. */
+ * relative to the directory of `child`, as in qemu-img. A chain that holds
+ * `child` itself is refused ("child: <self>"). */
 static int open_backing(const char *child, const char *backing, const char *backing_fmt, bool unsafe,
-                        char **ret_path, Img *ret) {
+                        const char *self, char **ret_path, Img *ret) {
         _cleanup_free_ char *path = NULL;
         int r;
 
@@ -210,6 +208,11 @@ static int open_backing(const char *child, const char *backing, const char *back
         r = img_open(path, backing_fmt, IMG_PLAIN_NAME | (unsafe ? IMG_SKIP_CHECKS : IMG_CHAIN), ret);
         if (r < 0)
                 return r;
+        r = chain_refuse(ret->disk, child, self);
+        if (r < 0) {
+                img_close(ret);
+                return r;
+        }
         *ret_path = TAKE_PTR(path);
         return 0;
 }
@@ -220,47 +223,38 @@ int cmd_create(Request *req) {
         const char *fmt = req->format, *backing, *backing_fmt, *filename;
         OptList *opts = &req->opts;
         _cleanup_(vdisk_io_unrefp) vdisk_io *io = NULL;
-        _cleanup_free_ char **lib_opts = NULL, *backing_path = NULL;
-        _cleanup_(vdisk_resolver_unrefp) vdisk_resolver *create_res = NULL;
+        _cleanup_free_ char *backing_path = NULL;
+        _cleanup_(create_opts_done) vdisk_create_opts copts = {};
         const vdisk_backend_info *info;
         bool quiet = req->quiet, unsafe = req->unsafe, have_size = false;
         Img parent = {};
         vdisk_disk *d = NULL;
         uint64_t size = 0;
-        int r, ex = EXIT_ERROR;
+        int r, ex;
 
-        if (arg_image_opts) {
-                /* qemu-img create names the file it creates: no option list. */
-                log_error("unrecognized option '--image-opts'");
-                return usage_hint();
-        }
+        /* qemu-img create names the file it creates: no option list. */
+        if (arg_image_opts)
+                return usage_error("unrecognized option '--image-opts'");
 
-        info = format_lookup(fmt);
-        if (!info)
-                return EXIT_ERROR;
-        if (opts->help) {
-                print_create_help(info);
-                return EXIT_OK;
-        }
-
+        ex = create_format(fmt, opts, &info);
+        if (ex >= 0)
+                return ex;
         ex = front_check_files(req);
         if (ex >= 0)
                 return ex;
-        ex = EXIT_ERROR;
         filename = req->files[0];
         backing = req->backing;
         backing_fmt = req->backing_format;
         if (backing_fmt && !format_lookup(backing_fmt))
                 return EXIT_ERROR;
-        if (backing && !(info->caps & VDISK_CAP_DIFF)) {
-                log_error("%s: Backing file not supported for file format '%s'", filename, info->qemu_name);
+        if (refused(backing && !(info->caps & VDISK_CAP_DIFF), "%s: Backing file not supported for file format '%s'",
+                    filename, info->qemu_name))
                 return EXIT_ERROR;
-        }
         if (backing && !backing_fmt) {
                 log_missing_backing_format(filename, backing, !unsafe);
                 return EXIT_ERROR;
         }
-        if (optlist_validate(opts, info, filename) < 0)
+        if (optlist_normalize(opts, info, filename) < 0)
                 return EXIT_ERROR;
 
         ex = front_create_size(req, &size, &have_size);
@@ -269,26 +263,20 @@ int cmd_create(Request *req) {
         ex = EXIT_ERROR;
 
         if (backing) {
-                r = open_backing(filename, backing, backing_fmt, unsafe, &backing_path, &parent);
+                r = open_backing(filename, backing, backing_fmt, unsafe,
+                                 "The new image would overwrite its own backing file", &backing_path, &parent);
                 if (r < 0)
                         return EXIT_ERROR;
-                r = chain_contains(parent.disk, filename);
-                if (r != 0) {
-                        log_error("%s: %s", filename,
-                                  r > 0 ? "The new image would overwrite its own backing file"
-                                        : strerror(-r));
-                        goto finish;
-                }
                 if (!have_size)
                         size = vdisk_disk_size(parent.disk);
-        }
-
-        r = optlist_library_view(opts, &lib_opts);
-        if (r < 0) {
+                d = TAKE_PTR(parent.disk);
+        } else if (vdisk_disk_new(&d) < 0) {
                 log_error("Out of memory");
-                goto finish;
+                return EXIT_ERROR;
         }
 
+        if (create_opts_init(opts, backing, backing_fmt, &copts) < 0)
+                goto finish;
         if (!quiet)
                 print_formatting(filename, info, size, backing, backing ? backing_fmt : NULL, opts);
 
@@ -303,33 +291,13 @@ int cmd_create(Request *req) {
                 goto finish;
         }
 
-        /* Companion files (VMDK extents) are created next to the image. */
-        r = vdisk_resolver_new_path(NULL, &create_res);
-        if (r < 0) {
-                log_error("%s: %s", filename, strerror(-r));
-                goto finish;
-        }
-        vdisk_create_opts copts = {
-                .size = sizeof(copts),
-                .options = (const char *const *) lib_opts,
-                /* As the user gave it: VMDK records it (parentFileNameHint),
-                 * VDI links by UUID and ignores it. */
-                .parent_name = backing,
-                .parent_format = backing ? backing_fmt : NULL,
-                .resolver = create_res,
-        };
-
         vdisk_clear_error();
         if (backing) {
-                d = parent.disk;
                 if (have_size)
                         copts.diff_size = size;
                 r = vdisk_disk_create_diff(d, io, info->name, &copts);
-        } else {
-                r = vdisk_disk_new(&d);
-                if (r >= 0)
-                        r = vdisk_disk_create_base(d, io, info->name, size, &copts);
-        }
+        } else
+                r = vdisk_disk_create_base(d, io, info->name, size, &copts);
         if (r >= 0) {
                 vdisk_clear_error();
                 r = vdisk_disk_flush(d);
@@ -343,8 +311,6 @@ int cmd_create(Request *req) {
         ex = EXIT_OK;
 
 finish:
-        if (backing)
-                return img_close_exit(&parent, ex);
         vdisk_clear_error();
         r = vdisk_disk_close(d);
         if (r < 0 && ex == EXIT_OK) {
@@ -380,10 +346,9 @@ static int convert_into(const char *in, Img *src, vdisk_disk *dst, const char *o
  * -n the library decides by the existing image (VDISK_COPY_INTO_COMPRESS:
  * qemu's rule, compressed writes only into unallocated clusters). */
 static int convert_compress_check(const vdisk_backend_info *out_info, bool no_create) {
-        if (!(out_info->caps & VDISK_CAP_COMPRESS) && (no_create || !streq(out_info->qemu_name, "vmdk"))) {
-                log_error("Compression not supported for this file format");
+        if (refused(!(out_info->caps & VDISK_CAP_COMPRESS) && (no_create || !streq(out_info->qemu_name, "vmdk")),
+                    "Compression not supported for this file format"))
                 return -EOPNOTSUPP;
-        }
         return 0;
 }
 
@@ -411,8 +376,8 @@ int cmd_convert(Request *req) {
         OptList *opts = &req->opts;
         _cleanup_(vdisk_io_unrefp) vdisk_io *out_io = NULL;
         _cleanup_(vdisk_disk_unrefp) vdisk_disk *dst = NULL;
-        _cleanup_free_ char **lib_opts = NULL, *backing_path = NULL;
-        _cleanup_(vdisk_resolver_unrefp) vdisk_resolver *create_res = NULL;
+        _cleanup_free_ char *backing_path = NULL;
+        _cleanup_(create_opts_done) vdisk_create_opts create = {};
         const vdisk_backend_info *out_info;
         bool bitmaps = req->bitmaps, skip_broken_bitmaps = req->skip_broken_bitmaps;
         bool progress = req->progress, no_create = req->no_create,
@@ -429,13 +394,10 @@ int cmd_convert(Request *req) {
         Img src = {}, existing = {}, parent = {};
         int r, ex = EXIT_ERROR;
 
-        out_info = format_lookup(out_fmt);
-        if (!out_info)
-                return EXIT_ERROR;
-        if (opts->help) {
-                print_create_help(out_info);
-                return EXIT_OK;
-        }
+        ex = create_format(out_fmt, opts, &out_info);
+        if (ex >= 0)
+                return ex;
+        ex = EXIT_ERROR;
         /* qemu-img 7.2: -B and -F win over -o backing_file= / backing_fmt=. */
         if (optlist_get(opts, "backing_file") && !backing)
                 backing = optlist_get(opts, "backing_file");
@@ -443,35 +405,16 @@ int cmd_convert(Request *req) {
                 backing_fmt = optlist_get(opts, "backing_fmt");
         if (backing_fmt && !format_lookup(backing_fmt))
                 return EXIT_ERROR;
-        if (no_create && opts->n > 0) {
-                log_error("-o has no effect when skipping image creation");
+        if (refused(no_create && opts->n > 0, "-o has no effect when skipping image creation") ||
+            refused(backing && !no_create && !(out_info->caps & VDISK_CAP_DIFF),
+                    "Backing file not supported for file format '%s'", out_info->qemu_name) ||
+            refused(backing && !no_create && !backing_fmt, "Use of backing file requires explicit backing format") ||
+            refused(target_is_zero && !no_create, "--target-is-zero requires -n") ||
+            refused(skip_broken_bitmaps && !bitmaps, "--skip-broken-bitmaps requires --bitmaps") ||
+            refused(bitmaps && no_create, "--bitmaps cannot be combined with -n") ||
+            refused(bitmaps && !streq(out_info->qemu_name, "qcow2"), "Destination lacks bitmap support"))
                 return EXIT_ERROR;
-        }
-        if (backing && !no_create && !(out_info->caps & VDISK_CAP_DIFF)) {
-                log_error("Backing file not supported for file format '%s'", out_info->qemu_name);
-                return EXIT_ERROR;
-        }
-        if (backing && !no_create && !backing_fmt) {
-                log_error("Use of backing file requires explicit backing format");
-                return EXIT_ERROR;
-        }
-        if (target_is_zero && !no_create) {
-                log_error("--target-is-zero requires -n");
-                return EXIT_ERROR;
-        }
-        if (skip_broken_bitmaps && !bitmaps) {
-                log_error("--skip-broken-bitmaps requires --bitmaps");
-                return EXIT_ERROR;
-        }
-        if (bitmaps && no_create) {
-                log_error("--bitmaps cannot be combined with -n");
-                return EXIT_ERROR;
-        }
-        if (bitmaps && !streq(out_info->qemu_name, "qcow2")) {
-                log_error("Destination lacks bitmap support");
-                return EXIT_ERROR;
-        }
-        if (optlist_validate(opts, out_info, out) < 0)
+        if (optlist_normalize(opts, out_info, out) < 0)
                 return EXIT_ERROR;
         if (compress && convert_compress_check(out_info, no_create) < 0)
                 return EXIT_ERROR;
@@ -485,25 +428,18 @@ int cmd_convert(Request *req) {
         if (r < 0)
                 return EXIT_ERROR;
 
-        r = chain_contains(src.disk, out);
-        if (r != 0) {
-                log_error("%s: %s", out,
-                          r > 0 ? "The destination is one of the source images" : strerror(-r));
+        if (chain_refuse(src.disk, out, "The destination is one of the source images") < 0)
                 goto finish;
-        }
 
         if (bitmaps) {
                 vdisk_image *top = img_at_depth(&src, 0);
 
-                if (!top || !streq(vdisk_image_backend(top)->qemu_name, "qcow2")) {
-                        log_error("Source lacks bitmap support");
-                        goto finish;
-                }
-                if (convert_bitmaps_check(top, in, skip_broken_bitmaps) < 0)
+                if (refused(!top || !streq(vdisk_image_backend(top)->qemu_name, "qcow2"),
+                            "Source lacks bitmap support") ||
+                    convert_bitmaps_check(top, in, skip_broken_bitmaps) < 0)
                         goto finish;
         }
 
-        install_cancel_handlers();
         if (progress_bar_init(&bar, progress) < 0)
                 goto finish;
 
@@ -521,29 +457,14 @@ int cmd_convert(Request *req) {
                 goto finish;
         }
 
-        r = optlist_library_view(opts, &lib_opts);
-        if (r < 0) {
-                log_error("Out of memory");
+        if (create_opts_init(opts, backing, backing_fmt, &create) < 0) {
                 progress_bar_done(&bar, false);
                 goto finish;
         }
-        r = vdisk_resolver_new_path(NULL, &create_res);
-        if (r < 0) {
-                log_error("Out of memory");
-                progress_bar_done(&bar, false);
-                goto finish;
-        }
-
         vdisk_copy_opts copts = {
                 .size = sizeof(copts),
                 .new_size = new_size,
-                .create = {
-                        .size = sizeof(vdisk_create_opts),
-                        .options = (const char *const *) lib_opts,
-                        .parent_name = backing,
-                        .parent_format = backing ? backing_fmt : NULL,
-                        .resolver = create_res,
-                },
+                .create = create,
                 .from_same = -1,
                 .to_same = -1,
                 /* libvdisk looks for zeros in runs of at most 4 MiB; a larger
@@ -559,17 +480,10 @@ int cmd_convert(Request *req) {
         if (backing) {
                 unsigned n_src = vdisk_disk_count(src.disk);
 
-                r = open_backing(out, backing, backing_fmt, false, &backing_path, &parent);
+                r = open_backing(out, backing, backing_fmt, false, "The destination is its own backing file",
+                                 &backing_path, &parent);
                 if (r < 0) {
                         progress_bar_done(&bar, false);
-                        goto finish;
-                }
-                r = chain_contains(parent.disk, out);
-                if (r != 0) {
-                        log_error("%s: %s", out,
-                                  r > 0 ? "The destination is its own backing file" : strerror(-r));
-                        progress_bar_done(&bar, false);
-                        img_close(&parent);
                         goto finish;
                 }
                 /* qemu's contract for -B: the backing file holds what the
@@ -580,13 +494,10 @@ int cmd_convert(Request *req) {
                         copts.to_same = (int) vdisk_disk_count(parent.disk) - 1;
                 }
                 dst = TAKE_PTR(parent.disk);
-        } else {
-                r = vdisk_disk_new(&dst);
-                if (r < 0) {
-                        log_error("Out of memory");
-                        progress_bar_done(&bar, false);
-                        goto finish;
-                }
+        } else if (vdisk_disk_new(&dst) < 0) {
+                log_error("Out of memory");
+                progress_bar_done(&bar, false);
+                goto finish;
         }
 
         vdisk_clear_error();
@@ -645,27 +556,15 @@ int cmd_convert(Request *req) {
                 if (r < 0)
                         goto finish;
         }
-        /* vdisk_copy flushed the image; close it (flushing once more) and
-         * make the new directory entry durable too (not with -t unsafe,
-         * which promises nothing: a directory fsync commits the file
-         * system's journal). */
-        vdisk_clear_error();
-        r = vdisk_disk_close(TAKE_PTR(dst));
-        if (r < 0) {
-                log_error("Could not close '%s': %s", out, error_detail(r));
-                goto finish;
-        }
-        out_io = vdisk_io_unref(out_io);
-        if (!unsafe)
-                fsync_parent_dir(out);
         ex = EXIT_OK;
 
 finish:
-        if (ex != EXIT_OK && created) {
-                dst = vdisk_disk_unref(dst);
-                out_io = vdisk_io_unref(out_io);
-                remove_created_file(out);
-        }
+        /* vdisk_copy flushed the image; closing flushes it once more. Its
+         * directory entry is made durable too, not with -t unsafe, which
+         * promises nothing (a directory fsync commits the file system's
+         * journal). */
+        if (created)
+                ex = new_image_finish(&dst, &out_io, out, !unsafe, ex);
         return img_close_exit(&src, ex);
 }
 
@@ -685,26 +584,15 @@ int cmd_measure(Request *req) {
 
         if (req->n_args > 1)
                 return usage_error("Expecting one image file name");
-        if (size_arg && filename) {
-                log_error("--size N cannot be used together with a filename.");
+        if (refused(size_arg && filename, "--size N cannot be used together with a filename.") ||
+            refused(!size_arg && !filename, "Either --size N or one filename must be specified.") ||
+            refused(size_arg && snapshot, "--size N cannot be used together with -l."))
                 return usage_hint();
-        }
-        if (!size_arg && !filename) {
-                log_error("Either --size N or one filename must be specified.");
-                return usage_hint();
-        }
-        if (size_arg && snapshot) {
-                log_error("--size N cannot be used together with -l.");
-                return usage_hint();
-        }
-        out_info = format_lookup(out_fmt);
-        if (!out_info)
-                return EXIT_ERROR;
-        if (opts->help) {
-                print_create_help(out_info);
-                return EXIT_OK;
-        }
-        if (optlist_validate(opts, out_info, filename ?: "measure") < 0)
+        ex = create_format(out_fmt, opts, &out_info);
+        if (ex >= 0)
+                return ex;
+        ex = EXIT_ERROR;
+        if (optlist_normalize(opts, out_info, filename ?: "measure") < 0)
                 return EXIT_ERROR;
         if (size_arg) {
                 r = parse_size(size_arg, &size);

@@ -19,14 +19,18 @@
 
 #include "img.h"
 
+/* An operand "name=...": a number up to max, or (max 0) a file name. */
 typedef struct DdOperand {
         const char *name;
+        uint64_t max;
         uint64_t value;
+        const char *file;
         bool given;
 } DdOperand;
 
 /* "bs=N", "count=N", "skip=N": qemu-img's messages for bad values. */
-static int dd_number(DdOperand *o, const char *arg, uint64_t max) {
+static int dd_number(DdOperand *o, const char *arg) {
+        uint64_t max = o->max;
         int r = parse_size(arg, &o->value);
 
         if (r < 0 && r != -ERANGE) {
@@ -34,10 +38,9 @@ static int dd_number(DdOperand *o, const char *arg, uint64_t max) {
                 log_error("kilobytes, megabytes, gigabytes, terabytes, petabytes and exabytes.");
                 return -EINVAL;
         }
-        if (r == -ERANGE || o->value > max || (max != UINT64_MAX && o->value == 0)) {
-                log_error("Invalid %s specified. Must be between 1 and %" PRIu64 ".", o->name, max);
+        if (refused(r == -ERANGE || o->value > max || (max != UINT64_MAX && o->value == 0),
+                    "Invalid %s specified. Must be between 1 and %" PRIu64 ".", o->name, max))
                 return -EINVAL;
-        }
         o->given = true;
         return 0;
 }
@@ -54,8 +57,11 @@ static int zero_tail(vdisk_disk *d, uint64_t from, uint64_t to) {
 }
 
 int cmd_dd(Request *req) {
-        DdOperand bs = { "bs", 512, false }, count = { "count", 0, false }, skip = { "skip", 0, false };
-        const char *fmt = req->format, *out_fmt = req->out_format, *in = NULL, *out = NULL;
+        DdOperand ops[] = {
+                { "bs", INT32_MAX, 512 }, { "count", UINT64_MAX }, { "skip", UINT64_MAX }, { "if" }, { "of" },
+        };
+        const DdOperand *bs = &ops[0], *count = &ops[1], *skip = &ops[2];
+        const char *fmt = req->format, *out_fmt = req->out_format, *in, *out;
         _cleanup_(vdisk_io_unrefp) vdisk_io *out_io = NULL;
         _cleanup_(vdisk_disk_unrefp) vdisk_disk *dst = NULL;
         _cleanup_(vdisk_resolver_unrefp) vdisk_resolver *create_res = NULL;
@@ -69,35 +75,22 @@ int cmd_dd(Request *req) {
         for (unsigned i = 0; i < req->n_args; i++) {
                 const char *arg = req->args[i], *eq = strchr(arg, '=');
                 size_t klen = eq ? (size_t) (eq - arg) : strlen(arg);
+                DdOperand *o = NULL;
 
-#define KEY_IS(k) (klen == strlen(k) && strncmp(arg, k, klen) == 0)
-                if (!eq) {
-                        log_error("unrecognized operand %s", arg);
+                for (size_t k = 0; eq && k < ELEMENTSOF(ops); k++)
+                        if (strlen(ops[k].name) == klen && strncmp(arg, ops[k].name, klen) == 0)
+                                o = &ops[k];
+                if (refused(!o, "unrecognized operand %.*s", (int) klen, arg))
                         return EXIT_ERROR;
-                }
-                if (KEY_IS("bs")) {
-                        if (dd_number(&bs, eq + 1, INT32_MAX) < 0)
-                                return EXIT_ERROR;
-                } else if (KEY_IS("count")) {
-                        if (dd_number(&count, eq + 1, UINT64_MAX) < 0)
-                                return EXIT_ERROR;
-                } else if (KEY_IS("skip")) {
-                        if (dd_number(&skip, eq + 1, UINT64_MAX) < 0)
-                                return EXIT_ERROR;
-                } else if (KEY_IS("if"))
-                        in = eq + 1;
-                else if (KEY_IS("of"))
-                        out = eq + 1;
-                else {
-                        log_error("unrecognized operand %.*s", (int) klen, arg);
+                if (o->max == 0)
+                        o->file = eq + 1;
+                else if (dd_number(o, eq + 1) < 0)
                         return EXIT_ERROR;
-                }
-#undef KEY_IS
         }
-        if (!in || !out) {
-                log_error("Must specify both input and output files");
+        in = ops[3].file;
+        out = ops[4].file;
+        if (refused(!in || !out, "Must specify both input and output files"))
                 return EXIT_ERROR;
-        }
 
         r = img_open(in, fmt, IMG_CHAIN, &src);
         if (r < 0)
@@ -105,33 +98,26 @@ int cmd_dd(Request *req) {
         out_info = format_lookup(out_fmt);
         if (!out_info)
                 return img_close_exit(&src, EXIT_ERROR);
-        if (!(out_info->caps & (VDISK_CAP_CREATE_DYNAMIC | VDISK_CAP_CREATE_FIXED))) {
-                log_error("Format driver '%s' does not support image creation", out_info->qemu_name);
+        if (refused(!(out_info->caps & (VDISK_CAP_CREATE_DYNAMIC | VDISK_CAP_CREATE_FIXED)),
+                    "Format driver '%s' does not support image creation", out_info->qemu_name))
                 return img_close_exit(&src, EXIT_ERROR);
-        }
         /* qemu-img would truncate its own input before reading it. */
-        for (unsigned i = 0; i < vdisk_disk_count(src.disk); i++) {
-                r = same_file(vdisk_image_name(vdisk_disk_image(src.disk, i)), out);
-                if (r != 0) {
-                        log_error("%s: %s", out, r > 0 ? "The output is one of the input images" : strerror(-r));
-                        return img_close_exit(&src, EXIT_ERROR);
-                }
-        }
+        if (chain_refuse(src.disk, out, "The output is one of the input images") < 0)
+                return img_close_exit(&src, EXIT_ERROR);
 
         /* qemu-img's size arithmetic (overflows mean "past the end"). */
         in_size = vdisk_disk_size(src.disk);
         size = in_size;
-        if (count.given && count.value <= INT64_MAX / bs.value && count.value * bs.value < size)
-                size = count.value * bs.value;
-        if (skip.given) {
-                if (skip.value > INT64_MAX / bs.value || size < skip.value * bs.value)
+        if (count->given && count->value <= INT64_MAX / bs->value && count->value * bs->value < size)
+                size = count->value * bs->value;
+        if (skip->given) {
+                if (skip->value > INT64_MAX / bs->value || size < skip->value * bs->value)
                         skip_past_end = true;
                 else
-                        offset = skip.value * bs.value;
+                        offset = skip->value * bs->value;
         }
         size = skip_past_end ? 0 : size - offset;
 
-        install_cancel_handlers();
         if (progress_bar_init(&bar, false) < 0)
                 return img_close_exit(&src, EXIT_ERROR);
 
@@ -188,23 +174,11 @@ int cmd_dd(Request *req) {
         }
         if (skip_past_end)
                 log_error("%s: cannot skip to specified offset", in);
-
-        vdisk_clear_error();
-        r = vdisk_disk_close(TAKE_PTR(dst));
-        if (r < 0) {
-                log_error("Could not close '%s': %s", out, error_detail(r));
-                goto finish;
-        }
-        out_io = vdisk_io_unref(out_io);
-        fsync_parent_dir(out);
         ex = EXIT_OK;
 
 finish:
         progress_bar_done(&bar, ex == EXIT_OK);
-        if (ex != EXIT_OK && created) {
-                dst = vdisk_disk_unref(dst);
-                out_io = vdisk_io_unref(out_io);
-                remove_created_file(out);
-        }
+        if (created)
+                ex = new_image_finish(&dst, &out_io, out, true, ex);
         return img_close_exit(&src, ex);
 }

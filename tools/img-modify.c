@@ -101,18 +101,11 @@ int cmd_commit(Request *req) {
                 return EXIT_ERROR;
 
         n = vdisk_disk_count(img.disk);
-        if (n < 2) {
-                log_error("Image does not have a backing file");
+        if (refused(n < 2, "Image does not have a backing file"))
                 goto finish;
-        }
-        if (base) {
-                to = chain_find(&img, base);
-                if (to < 0) {
-                        log_error("Did not find '%s' in the backing chain of '%s'", base, img.filename);
-                        goto finish;
-                }
-        } else
-                to = (int) n - 2;
+        to = base ? chain_find(&img, base) : (int) n - 2;
+        if (refused(to < 0, "Did not find '%s' in the backing chain of '%s'", base, img.filename))
+                goto finish;
 
         if (!drop) {
                 r = commit_temp_file(img.filename, streq_ptr(req->cache, "unsafe") ? VDISK_IO_NOSYNC : 0, &tmp,
@@ -123,7 +116,6 @@ int cmd_commit(Request *req) {
                 }
         }
 
-        install_cancel_handlers();
         if (progress_bar_init(&bar, progress) < 0)
                 goto finish;
         vdisk_clear_error();
@@ -195,10 +187,9 @@ int cmd_resize(Request *req) {
                 goto finish;
         }
         /* qemu-img's order and words */
-        if (new_size < cur && prealloc && !streq(prealloc, "off")) {
-                log_error("Preallocation can only be used for growing images");
+        if (refused(new_size < cur && prealloc && !streq(prealloc, "off"),
+                    "Preallocation can only be used for growing images"))
                 goto finish;
-        }
         if (new_size < cur && !shrink) {
                 log_error("Use the --shrink option to perform a shrink operation.");
                 log_warning("Shrinking an image will delete all data beyond the shrunken image's end. "
@@ -206,7 +197,6 @@ int cmd_resize(Request *req) {
                 goto finish;
         }
 
-        install_cancel_handlers();
         if (progress_bar_init(&bar, false) < 0)
                 goto finish;
         vdisk_clear_error();
@@ -219,26 +209,16 @@ int cmd_resize(Request *req) {
         };
         r = vdisk_resize_ex(img.disk, new_size, &ropts, bar.p);
         progress_bar_done(&bar, r >= 0);
-        if (r == -EOPNOTSUPP && strncmp(vdisk_last_error(), "Unsupported preallocation mode", 30) == 0) {
-                log_error("%s", vdisk_last_error());
+        /* For -EOPNOTSUPP qemu-img's words, then why (a VMDK shrink that
+         * would drop extents ...) */
+        if (refused(r == -EOPNOTSUPP && strncmp(vdisk_last_error(), "Unsupported preallocation mode", 30) == 0,
+                    "%s", vdisk_last_error()) ||
+            refused(r == -EOPNOTSUPP && vdisk_last_error()[0], "Image format driver does not support resize: %s",
+                    vdisk_last_error()) ||
+            refused(r == -EOPNOTSUPP, "Image format driver does not support resize") ||
+            refused(r == -ENOTEMPTY, "Could not shrink '%s': the range past the new end holds data", img.filename) ||
+            refused(r < 0, "Error resizing image: %s", error_detail(r)))
                 goto finish;
-        }
-        if (r == -EOPNOTSUPP) {
-                /* qemu-img's words, then why (a VMDK shrink that would drop extents ...) */
-                if (vdisk_last_error()[0])
-                        log_error("Image format driver does not support resize: %s", vdisk_last_error());
-                else
-                        log_error("Image format driver does not support resize");
-                goto finish;
-        }
-        if (r == -ENOTEMPTY) {
-                log_error("Could not shrink '%s': the range past the new end holds data", img.filename);
-                goto finish;
-        }
-        if (r < 0) {
-                log_error("Error resizing image: %s", error_detail(r));
-                goto finish;
-        }
         if (!quiet)
                 printf("Image resized.\n");
         ex = EXIT_OK;
@@ -299,10 +279,9 @@ int cmd_rebase(Request *req) {
         if (r < 0)
                 return EXIT_ERROR;
         /* As qemu-img 7.2: a new backing file needs its format named. */
-        if (*backing && !backing_fmt) {
-                log_error("Could not change the backing file to '%s': backing format must be specified", backing);
+        if (refused(*backing && !backing_fmt,
+                    "Could not change the backing file to '%s': backing format must be specified", backing))
                 goto finish;
-        }
 
         if (*backing) {
                 if (path_relative_to(img.filename, backing, &backing_path) < 0) {
@@ -322,11 +301,8 @@ int cmd_rebase(Request *req) {
                         goto finish;
         }
 
-        if (!unsafe) {
-                install_cancel_handlers();
-                if (progress_bar_init(&bar, progress) < 0)
-                        goto finish;
-        }
+        if (!unsafe && progress_bar_init(&bar, progress) < 0)
+                goto finish;
         vdisk_rebase_opts opts = {
                 .size = sizeof(opts),
                 .flags = unsafe ? VDISK_REBASE_UNSAFE : 0,
@@ -361,22 +337,16 @@ int cmd_compact(Request *req) {
         if (r < 0)
                 return EXIT_ERROR;
 
-        install_cancel_handlers();
         if (progress_bar_init(&bar, progress) < 0)
                 goto finish;
         vdisk_clear_error();
         r = vdisk_compact(img.disk, vdisk_disk_count(img.disk) - 1, bar.p);
         progress_bar_done(&bar, r >= 0);
-        if (r == -EOPNOTSUPP) {
-                log_error("The format of '%s' (%s) does not support compacting", filename,
-                          img.backend->qemu_name);
+        if (refused(r == -EOPNOTSUPP, "The format of '%s' (%s) does not support compacting", filename,
+                    img.backend->qemu_name) ||
+            refused(r < 0, "Could not compact '%s': %s", filename,
+                    r == -ECANCELED ? "cancelled (the image is still valid)" : error_detail(r)))
                 goto finish;
-        }
-        if (r < 0) {
-                log_error("Could not compact '%s': %s", filename,
-                          r == -ECANCELED ? "cancelled (the image is still valid)" : error_detail(r));
-                goto finish;
-        }
         if (!quiet)
                 printf("Image compacted.\n");
         ex = EXIT_OK;
@@ -387,16 +357,9 @@ finish:
 
 /* ---------------------------------------------------------------- setuuid */
 
-static int uuid_arg(const char *s, const char *what, uint8_t ret[16]) {
-        if (vdisk_uuid_parse(s, ret) < 0) {
-                log_error("Invalid %s '%s'", what, s);
-                return -EINVAL;
-        }
-        return 0;
-}
-
 typedef struct UuidChange {
-        const char *label;
+        int key;                  /* the option that sets it (ARG_*) */
+        const char *label, *what; /* in the report, in the message for a bad value */
         int (*get)(vdisk_image *img, uint8_t ret[16]);
         int (*set)(vdisk_image *img, const uint8_t uuid[16]);
         bool wanted;
@@ -405,11 +368,13 @@ typedef struct UuidChange {
 
 int cmd_setuuid(Request *req) {
         UuidChange changes[] = {
-                { "UUID", vdisk_image_get_uuid, vdisk_image_set_uuid },
-                { "Parent UUID", vdisk_image_get_parent_uuid, vdisk_image_set_parent_uuid },
-                { "Modification UUID", vdisk_image_get_modification_uuid, vdisk_image_set_modification_uuid },
-                { "Parent modification UUID", vdisk_image_get_parent_modification_uuid,
-                  vdisk_image_set_parent_modification_uuid },
+                { ARG_UUID, "UUID", "UUID", vdisk_image_get_uuid, vdisk_image_set_uuid },
+                { ARG_PARENT_UUID, "Parent UUID", "parent UUID", vdisk_image_get_parent_uuid,
+                  vdisk_image_set_parent_uuid },
+                { ARG_MODIFICATION_UUID, "Modification UUID", "modification UUID",
+                  vdisk_image_get_modification_uuid, vdisk_image_set_modification_uuid },
+                { ARG_PARENT_MODIFICATION_UUID, "Parent modification UUID", "parent modification UUID",
+                  vdisk_image_get_parent_modification_uuid, vdisk_image_set_parent_modification_uuid },
         };
         const char *fmt = req->format, *filename = req->files[0];
         bool quiet = req->quiet, any = false;
@@ -420,32 +385,20 @@ int cmd_setuuid(Request *req) {
         for (unsigned i = 0; i < req->n_actions; i++) {
                 const char *arg = req->actions[i].arg;
 
-                switch (req->actions[i].key) {
-                case ARG_UUID:
-                        if (uuid_arg(arg, "UUID", changes[0].value) < 0)
-                                return EXIT_ERROR;
-                        changes[0].wanted = any = true;
-                        break;
-                case ARG_PARENT_UUID:
-                        if (uuid_arg(arg, "parent UUID", changes[1].value) < 0)
-                                return EXIT_ERROR;
-                        changes[1].wanted = any = true;
-                        break;
-                case ARG_ZERO_PARENT_UUID:
+                any = true;
+                if (req->actions[i].key == ARG_ZERO_PARENT_UUID) {
                         memset(changes[1].value, 0, 16);
                         memset(changes[3].value, 0, 16);
-                        changes[1].wanted = changes[3].wanted = any = true;
-                        break;
-                case ARG_MODIFICATION_UUID:
-                        if (uuid_arg(arg, "modification UUID", changes[2].value) < 0)
+                        changes[1].wanted = changes[3].wanted = true;
+                        continue;
+                }
+                for (size_t c = 0; c < ELEMENTSOF(changes); c++) {
+                        if (changes[c].key != req->actions[i].key)
+                                continue;
+                        if (refused(vdisk_uuid_parse(arg, changes[c].value) < 0,
+                                    "Invalid %s '%s'", changes[c].what, arg))
                                 return EXIT_ERROR;
-                        changes[2].wanted = any = true;
-                        break;
-                case ARG_PARENT_MODIFICATION_UUID:
-                        if (uuid_arg(arg, "parent modification UUID", changes[3].value) < 0)
-                                return EXIT_ERROR;
-                        changes[3].wanted = any = true;
-                        break;
+                        changes[c].wanted = true;
                 }
         }
 
@@ -495,8 +448,8 @@ finish:
 /* ---------------------------------------------------------------- comment */
 
 int cmd_comment(Request *req) {
-        const char *fmt = req->format, *filename = req->files[0], *text = NULL;
-        bool clear = req->clear;
+        const char *fmt = req->format, *filename = req->files[0], *text = NULL, *comment = NULL;
+        bool clear = req->clear, change;
         unsigned i = 0;
         Img img = {};
         int r, ex = EXIT_ERROR;
@@ -512,33 +465,22 @@ int cmd_comment(Request *req) {
         if (clear && text)
                 return usage_error("--clear takes no comment text");
 
-        if (!text && !clear) {
-                const char *comment = NULL;
-
-                r = img_open(filename, fmt, IMG_INFO | IMG_SKIP_CHECKS, &img);
-                if (r < 0)
-                        return EXIT_ERROR;
-                vdisk_clear_error();
-                r = vdisk_image_get_comment(vdisk_disk_image(img.disk, 0), &comment);
-                if (r < 0) {
-                        log_error("Could not read the comment of '%s': %s", filename,
-                                  r == -EOPNOTSUPP ? "the format has no comment field" : error_detail(r));
-                        goto finish;
-                }
-                printf("%s\n", comment ? comment : "");
-                ex = EXIT_OK;
-                goto finish;
-        }
-
-        r = img_open(filename, fmt, IMG_WRITE | IMG_SKIP_CHECKS, &img);
+        change = text || clear;
+        r = img_open(filename, fmt, (change ? IMG_WRITE : IMG_INFO) | IMG_SKIP_CHECKS, &img);
         if (r < 0)
                 return EXIT_ERROR;
         vdisk_clear_error();
-        r = vdisk_image_set_comment(vdisk_disk_image(img.disk, 0), clear ? NULL : text);
-        if (r >= 0)
-                r = vdisk_disk_flush(img.disk);
+        if (change) {
+                r = vdisk_image_set_comment(vdisk_disk_image(img.disk, 0), text);
+                if (r >= 0)
+                        r = vdisk_disk_flush(img.disk);
+        } else {
+                r = vdisk_image_get_comment(vdisk_disk_image(img.disk, 0), &comment);
+                if (r >= 0)
+                        printf("%s\n", comment ? comment : "");
+        }
         if (r < 0) {
-                log_error("Could not set the comment of '%s': %s", filename,
+                log_error("Could not %s the comment of '%s': %s", change ? "set" : "read", filename,
                           r == -EOPNOTSUPP ? "the format has no comment field" : error_detail(r));
                 goto finish;
         }

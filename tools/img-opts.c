@@ -17,7 +17,6 @@
 
 #include <ctype.h>
 #include <errno.h>
-#include <stdarg.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -31,6 +30,14 @@ typedef struct ObjectEntry {
         char *id;
         struct ObjectEntry *next;
 } ObjectEntry;
+
+/* Whether `s` is one of the strings of the NULL-terminated `list`. */
+static bool str_in(const char *s, const char *const *list) {
+        for (; *list; list++)
+                if (streq(s, *list))
+                        return true;
+        return false;
+}
 
 /* The ids defined so far (reachable until exit: the tool ends soon). */
 static ObjectEntry *objects = NULL;
@@ -53,41 +60,26 @@ static bool id_valid(const char *id) {
 }
 
 static int object_check_secret(const OptList *l) {
-        static const char *const keys[] = { "id", "data", "file", "format", "keyid", "iv", "loaded" };
-        const char *data = optlist_get(l, "data"), *file = optlist_get(l, "file"), *v;
+        static const char *const keys[] = { "id", "data", "file", "format", "keyid", "iv", "loaded", NULL };
+        const char *data = optlist_get(l, "data"), *file = optlist_get(l, "file"),
+                   *format = optlist_get(l, "format"), *keyid = optlist_get(l, "keyid");
 
-        for (size_t i = 0; i < l->n; i++) {
-                bool known = false;
-
-                for (size_t k = 0; k < ELEMENTSOF(keys); k++)
-                        known = known || streq(optlist_key(l, i), keys[k]);
-                if (!known) {
-                        log_error("Parameter '%s' is unexpected", optlist_key(l, i));
+        for (size_t i = 0; i < l->n; i++)
+                if (refused(!str_in(optlist_key(l, i), keys), "Parameter '%s' is unexpected", optlist_key(l, i)))
                         return -EINVAL;
-                }
-        }
-        v = optlist_get(l, "format");
-        if (v && !streq(v, "raw") && !streq(v, "base64")) {
-                log_error("Parameter 'format' does not accept value '%s'", v);
+        if (refused(format && !streq(format, "raw") && !streq(format, "base64"),
+                    "Parameter 'format' does not accept value '%s'", format) ||
+            refused(data && file, "'file' and 'data' are mutually exclusive") ||
+            refused(!data && !file, "Either 'file' or 'data' must be provided"))
                 return -EINVAL;
-        }
-        if (data && file) {
-                log_error("'file' and 'data' are mutually exclusive");
-                return -EINVAL;
-        }
-        if (!data && !file) {
-                log_error("Either 'file' or 'data' must be provided");
-                return -EINVAL;
-        }
         if (file && access(file, R_OK) < 0) {
-                log_error("Unable to read %s: %s", file, strerror(errno));
-                return -errno;
+                int r = -errno;
+
+                log_error("Unable to read %s: %s", file, strerror(-r));
+                return r;
         }
-        v = optlist_get(l, "keyid");
-        if (v && !object_defined(v)) {
-                log_error("No secret with id '%s'", v);
+        if (refused(keyid && !object_defined(keyid), "No secret with id '%s'", keyid))
                 return -ENOENT;
-        }
         return 0;
 }
 
@@ -96,14 +88,15 @@ int object_add(const char *arg) {
          * with them: secrets are kept (encrypted images are refused when
          * opened), throttle groups change nothing offline, the rest would
          * need what vdisk-img does not have. */
-        static const char *const refused[] = {
+        static const char *const unsupported[] = {
                 "authz-list", "authz-list-file", "authz-simple", "main-loop", "pr-manager-helper",
                 "secret_keyring", "thread-context", "tls-cipher-suites", "tls-creds-anon", "tls-creds-psk",
-                "tls-creds-x509",
+                "tls-creds-x509", NULL,
         };
         _cleanup_(optlist_done) OptList l = {};
         _cleanup_free_ char *type = NULL;
-        const char *comma, *id;
+        size_t first;
+        const char *id;
         ObjectEntry *e;
 
         if (arg[0] == '{') {
@@ -116,22 +109,18 @@ int object_add(const char *arg) {
                 return 1;
         }
         /* The first item without '=' is the type ("secret,id=s0"). */
-        comma = strchr(arg, ',');
-        if (!memchr(arg, '=', comma ? (size_t) (comma - arg) : strlen(arg))) {
-                type = comma ? strndup(arg, (size_t) (comma - arg)) : strdup(arg);
+        first = strcspn(arg, ",");
+        if (!memchr(arg, '=', first)) {
+                type = strndup(arg, first);
                 if (!type)
                         return -ENOMEM;
-                arg = comma ? comma + 1 : "";
+                arg += first + (arg[first] == ',');
         }
-        if (optlist_parse(&l, arg) < 0) {
-                log_error("Invalid object option list: %s", arg);
+        if (refused(optlist_parse(&l, arg) < 0, "Invalid object option list: %s", arg))
                 return -EINVAL;
-        }
         if (!type) {
-                if (!optlist_get(&l, "qom-type")) {
-                        log_error("Parameter 'qom-type' is missing");
+                if (refused(!optlist_get(&l, "qom-type"), "Parameter 'qom-type' is missing"))
                         return -EINVAL;
-                }
                 type = strdup(optlist_get(&l, "qom-type"));
                 if (!type)
                         return -ENOMEM;
@@ -139,10 +128,8 @@ int object_add(const char *arg) {
         (void) optlist_remove(&l, "qom-type");
 
         id = optlist_get(&l, "id");
-        if (!id) {
-                log_error("Parameter 'id' is missing");
+        if (refused(!id, "Parameter 'id' is missing"))
                 return -EINVAL;
-        }
         if (!id_valid(id)) {
                 log_error("Parameter 'id' expects an identifier");
                 fprintf(stderr, "Identifiers consist of letters, digits, '-', '.', '_', starting with a letter.\n");
@@ -155,20 +142,16 @@ int object_add(const char *arg) {
                         return r;
         } else if (streq(type, "throttle-group")) {
                 /* Rate limits: vdisk-img copies at the disk's speed. */
+        } else if (str_in(type, unsupported)) {
+                log_error("Object type '%s' is not supported by vdisk-img", type);
+                return -EOPNOTSUPP;
         } else {
-                for (size_t i = 0; i < ELEMENTSOF(refused); i++)
-                        if (streq(type, refused[i])) {
-                                log_error("Object type '%s' is not supported by vdisk-img", type);
-                                return -EOPNOTSUPP;
-                        }
                 log_error("Parameter 'qom-type' does not accept value '%s'", type);
                 return -EINVAL;
         }
 
-        if (object_defined(id)) {
-                log_error("attempt to add duplicate property '%s' to object (type 'container')", id);
+        if (refused(object_defined(id), "attempt to add duplicate property '%s' to object (type 'container')", id))
                 return -EEXIST;
-        }
         e = calloc(1, sizeof(*e));
         if (!e)
                 return -ENOMEM;
@@ -183,34 +166,6 @@ int object_add(const char *arg) {
 }
 
 /* ---------------------------------------------------------------- --image-opts */
-
-/* Keys that change nothing for vdisk-img (its own defaults already do what
- * they ask, or they concern a running VM). */
-static bool image_opt_ignored(const char *key) {
-        static const char *const keys[] = {
-                "read-only", "auto-read-only", "force-share", "cache.direct", "cache.no-flush",
-                "discard", "detect-zeroes", "node-name", "file.node-name", "file.aio", "file.locking",
-                "file.cache.direct", "file.cache.no-flush", "file.read-only", "file.auto-read-only",
-                "file.discard", "file.pr-manager", "file.x-check-cache-dropped",
-        };
-
-        for (size_t i = 0; i < ELEMENTSOF(keys); i++)
-                if (streq(key, keys[i]))
-                        return true;
-        return false;
-}
-
-static char *asprintf_safe(const char *fmt, ...) _printf_(1, 2);
-static char *asprintf_safe(const char *fmt, ...) {
-        va_list ap;
-        char *s;
-        int r;
-
-        va_start(ap, fmt);
-        r = vasprintf(&s, fmt, ap);
-        va_end(ap);
-        return r < 0 ? NULL : s;
-}
 
 typedef struct ParsedName {
         char *path;
@@ -268,9 +223,17 @@ int image_opts_parse(const char *spec, bool quiet, const char **ret_path, const 
         sname = optlist_get(&l, "snapshot.name");
 
         for (size_t i = 0; i < l.n; i++) {
+                /* Keys that change nothing for vdisk-img (its own defaults
+                 * already do what they ask, or they concern a running VM). */
+                static const char *const ignored[] = {
+                        "read-only", "auto-read-only", "force-share", "cache.direct", "cache.no-flush",
+                        "discard", "detect-zeroes", "node-name", "file.node-name", "file.aio", "file.locking",
+                        "file.cache.direct", "file.cache.no-flush", "file.read-only", "file.auto-read-only",
+                        "file.discard", "file.pr-manager", "file.x-check-cache-dropped", NULL,
+                };
                 const char *key = optlist_key(&l, i);
 
-                if (streq(key, "driver") || image_opt_ignored(key))
+                if (streq(key, "driver") || str_in(key, ignored))
                         continue;
                 if (format_is_file ? streq(key, "filename")
                                    : streq(key, "file.filename") || streq(key, "file.driver") ||
@@ -290,14 +253,12 @@ int image_opts_parse(const char *spec, bool quiet, const char **ret_path, const 
                 return -EINVAL;
         }
 
-        if (sid && sname)
-                snapshot = asprintf_safe("snapshot.id=%s,snapshot.name=%s", sid, sname);
-        else if (sid)
-                snapshot = asprintf_safe("snapshot.id=%s", sid);
-        else if (sname)
-                snapshot = asprintf_safe("snapshot.name=%s", sname);
-        if ((sid || sname) && !snapshot)
+        /* The -l spec of the keys given: "snapshot.id=ID", "snapshot.name=NAME" or both. */
+        if ((sid || sname) && asprintf(&snapshot, "%s%s%s%s%s", sid ? "snapshot.id=" : "", sid ?: "",
+                                       sid && sname ? "," : "", sname ? "snapshot.name=" : "", sname ?: "") < 0) {
+                snapshot = NULL;
                 return -ENOMEM;
+        }
 
         p = calloc(1, sizeof(*p));
         if (!p)

@@ -18,29 +18,22 @@
 
 /* ---------------------------------------------------------------- info */
 
+/* One image's info: what the shared printers take (shared/info.c) and the
+ * storage its strings point into. */
 typedef struct InfoEntry {
-        const char *filename;
-        const char *format;
-        vdisk_image_info ii;
-        bool have_ii;
+        InfoView v;
+        char uuids[4][37];
         char *backing;            /* as the image names it, or the parent found */
         char *full_backing;       /* resolved against the image's directory */
-        const char *backing_format;
-        bool have_uuid, have_mod_uuid, have_parent_uuid, have_parent_mod_uuid, have_comment;
-        char uuid[37], mod_uuid[37], parent_uuid[37], parent_mod_uuid[37];
-        const char *comment;
-        uint32_t version;
-        bool have_version;
         vdisk_snapshot *snaps;    /* internal snapshots (qcow2), oldest first */
         InfoSnapshot *snaps_view;
-        size_t n_snaps;
         char **fmt_kv;            /* qemu's "Format specific information" (qcow2), key/value pairs */
 } InfoEntry;
 
 static void info_entry_done(InfoEntry *e) {
         free(e->backing);
         free(e->full_backing);
-        vdisk_snapshots_free(e->snaps, e->n_snaps);
+        vdisk_snapshots_free(e->snaps, e->v.n_snapshots);
         free(e->snaps_view);
         vdisk_strv_free(e->fmt_kv);
 }
@@ -59,114 +52,93 @@ static InfoSnapshot *snapshots_view(const vdisk_snapshot *v, size_t n) {
         return l;
 }
 
-/* The formats whose format information is qemu-img's own (keys, order and
- * values); the others' (VHD creator, VMDK CIDs) are vdisk's and stay out of
- * qemu's section. */
-static bool info_fmt_is_qemus(const char *format) {
-        return streq(format, "qcow2");
+/* A UUID of the image as text in buf, or NULL when the format has none (or,
+ * with skip_null, when it is the null UUID). */
+static const char *uuid_text(vdisk_image *image, int (*get)(vdisk_image *, uint8_t[16]), bool skip_null,
+                             char buf[static 37]) {
+        uint8_t u[16];
+
+        if (get(image, u) < 0 || (skip_null && vdisk_uuid_is_null(u)))
+                return NULL;
+        vdisk_uuid_format(u, buf);
+        return buf;
 }
 
 /* `name`: what the child calls this image, used when it is the file that was
- * opened (NULL: the name it was opened by). */
-static int info_collect(Img *img, unsigned index, const char *name, InfoEntry *ret) {
+ * opened (NULL: the name it was opened by). Fills *e (zeroed) in place: the
+ * view points into it. Frees what it took on failure. */
+static int info_collect(Img *img, unsigned index, const char *name, InfoEntry *e) {
         vdisk_image *image = vdisk_disk_image(img->disk, index);
+        vdisk_image_info ii = { .size = sizeof(ii) };
         const char *pname = NULL, *pfmt = NULL;
-        uint8_t u[16];
-        InfoEntry e = {};
+        InfoView *v = &e->v;
         int r;
 
         assert(image);
 
-        e.filename = index == vdisk_disk_count(img->disk) - 1 ? img->filename : vdisk_image_name(image);
+        v->filename = index == vdisk_disk_count(img->disk) - 1 ? img->filename : vdisk_image_name(image);
         /* ... unless the image found is another file (a stale name, the
          * parent found by UUID). */
-        if (index < vdisk_disk_count(img->disk) - 1 && name && same_file(name, e.filename) > 0)
-                e.filename = name;
-        e.format = vdisk_image_backend(image)->qemu_name;
+        if (index < vdisk_disk_count(img->disk) - 1 && name && same_file(name, v->filename) > 0)
+                v->filename = name;
+        v->format = vdisk_image_backend(image)->qemu_name;
 
-        e.ii.size = sizeof(e.ii);
-        e.have_ii = vdisk_image_get_info(image, &e.ii) >= 0;
+        v->have_sizes = vdisk_image_get_info(image, &ii) >= 0;
+        if (v->have_sizes) {
+                v->virtual_size = ii.virtual_size;
+                v->actual_size = ii.actual_size;
+                v->cluster_size = ii.cluster_size;
+                v->dirty = ii.dirty;
+                v->variant = ii.variant;
+        }
+        v->have_dirty = true;
 
-        if (vdisk_image_get_uuid(image, u) >= 0) {
-                e.have_uuid = true;
-                vdisk_uuid_format(u, e.uuid);
-        }
-        if (vdisk_image_get_modification_uuid(image, u) >= 0) {
-                e.have_mod_uuid = true;
-                vdisk_uuid_format(u, e.mod_uuid);
-        }
-        if (vdisk_image_get_parent_uuid(image, u) >= 0 && !vdisk_uuid_is_null(u)) {
-                e.have_parent_uuid = true;
-                vdisk_uuid_format(u, e.parent_uuid);
-                if (vdisk_image_get_parent_modification_uuid(image, u) >= 0 && !vdisk_uuid_is_null(u)) {
-                        e.have_parent_mod_uuid = true;
-                        vdisk_uuid_format(u, e.parent_mod_uuid);
-                }
-        }
-        e.have_comment = vdisk_image_get_comment(image, &e.comment) >= 0 && e.comment;
-        e.have_version = vdisk_image_get_version(image, &e.version) >= 0;
-        if (vdisk_image_list_snapshots(image, &e.snaps, &e.n_snaps) < 0)
-                e.snaps = NULL, e.n_snaps = 0;   /* a damaged table hides the list, not the image */
-        e.snaps_view = snapshots_view(e.snaps, e.n_snaps);
-        if (e.n_snaps > 0 && !e.snaps_view)
+        v->uuid = uuid_text(image, vdisk_image_get_uuid, false, e->uuids[0]);
+        v->mod_uuid = uuid_text(image, vdisk_image_get_modification_uuid, false, e->uuids[1]);
+        v->parent_uuid = uuid_text(image, vdisk_image_get_parent_uuid, true, e->uuids[2]);
+        if (v->parent_uuid)
+                v->parent_mod_uuid = uuid_text(image, vdisk_image_get_parent_modification_uuid, true, e->uuids[3]);
+        if (vdisk_image_get_comment(image, &v->comment) < 0)
+                v->comment = NULL;
+        v->have_version = vdisk_image_get_version(image, &v->version) >= 0;
+        if (vdisk_image_list_snapshots(image, &e->snaps, &v->n_snapshots) < 0)
+                e->snaps = NULL, v->n_snapshots = 0;   /* a damaged table hides the list, not the image */
+        v->snapshots = e->snaps_view = snapshots_view(e->snaps, v->n_snapshots);
+        if (v->n_snapshots > 0 && !e->snaps_view)
                 goto oom;
-        if (info_fmt_is_qemus(e.format) && vdisk_image_get_format_info(image, &e.fmt_kv) < 0)
-                e.fmt_kv = NULL;
+        /* The formats whose format information is qemu-img's own (keys,
+         * order and values); the others' (VHD creator, VMDK CIDs) are
+         * vdisk's and stay out of qemu's section. */
+        if (streq(v->format, "qcow2") && vdisk_image_get_format_info(image, &e->fmt_kv) < 0)
+                e->fmt_kv = NULL;
+        v->fmt_kv = e->fmt_kv;
 
         /* The parent: the file name the image records (qcow2, VHD ...), or,
          * for formats that link by UUID only (VDI), the file the resolver
          * found, when the chain is open. */
         r = vdisk_image_get_parent_name(image, &pname, &pfmt);
         if (r >= 0 && pname && *pname) {
-                e.backing = strdup(pname);
-                if (!e.backing || path_relative_to(e.filename, pname, &e.full_backing) < 0)
+                e->backing = strdup(pname);
+                if (!e->backing || path_relative_to(v->filename, pname, &e->full_backing) < 0)
                         goto oom;
-                e.backing_format = pfmt;
+                v->backing_format = pfmt;
         } else if (index > 0) {
                 vdisk_image *parent = vdisk_disk_image(img->disk, index - 1);
 
-                e.backing = strdup(vdisk_image_name(parent));
-                e.full_backing = strdup(vdisk_image_name(parent));
-                if (!e.backing || !e.full_backing)
+                e->backing = strdup(vdisk_image_name(parent));
+                e->full_backing = strdup(vdisk_image_name(parent));
+                if (!e->backing || !e->full_backing)
                         goto oom;
-                e.backing_format = pfmt ? pfmt : vdisk_image_backend(parent)->qemu_name;
+                v->backing_format = pfmt ? pfmt : vdisk_image_backend(parent)->qemu_name;
         }
-
-        *ret = e;
+        v->backing = e->backing;
+        v->full_backing = e->full_backing;
         return 0;
 
 oom:
-        info_entry_done(&e);
+        info_entry_done(e);
         log_error("Out of memory");
         return -ENOMEM;
-}
-
-/* The entry as the shared printers take it (shared/info.c). */
-static InfoView info_view(const InfoEntry *e) {
-        return (InfoView) {
-                .filename = e->filename,
-                .format = e->format,
-                .have_sizes = e->have_ii,
-                .virtual_size = e->have_ii ? e->ii.virtual_size : 0,
-                .actual_size = e->have_ii ? e->ii.actual_size : 0,
-                .cluster_size = e->have_ii ? e->ii.cluster_size : 0,
-                .have_dirty = true,
-                .dirty = e->have_ii && e->ii.dirty,
-                .backing = e->backing,
-                .full_backing = e->full_backing,
-                .backing_format = e->backing_format,
-                .uuid = e->have_uuid ? e->uuid : NULL,
-                .mod_uuid = e->have_mod_uuid ? e->mod_uuid : NULL,
-                .parent_uuid = e->have_parent_uuid ? e->parent_uuid : NULL,
-                .parent_mod_uuid = e->have_parent_mod_uuid ? e->parent_mod_uuid : NULL,
-                .comment = e->have_comment ? e->comment : NULL,
-                .variant = e->have_ii ? e->ii.variant : NULL,
-                .have_version = e->have_version,
-                .version = e->version,
-                .fmt_kv = e->fmt_kv,
-                .snapshots = e->snaps_view,
-                .n_snapshots = e->n_snaps,
-        };
 }
 
 int cmd_info(Request *req) {
@@ -199,12 +171,11 @@ int cmd_info(Request *req) {
         }
         /* Top first. qemu-img names a parent as its child names it (the
          * child's full-backing-filename), not as the resolver opened it. */
-        for (unsigned i = n; i-- > 0 && (count == 0 || backing_chain);) {
+        for (unsigned i = n; i-- > 0 && (count == 0 || backing_chain); count++) {
                 r = info_collect(&img, i, count > 0 ? entries[count - 1].full_backing : NULL, &entries[count]);
                 if (r < 0)
                         goto finish;
-                views[count] = info_view(&entries[count]);
-                count++;
+                views[count] = entries[count].v;
         }
         info_print(views, count, req->output, backing_chain);
         ex = EXIT_OK;
@@ -235,21 +206,22 @@ static bool map_entry_mergeable(const MapEntry *cur, const MapEntry *next) {
         return !cur->has_offset || cur->offset + cur->length == next->offset;
 }
 
-static void map_print_json(const MapEntry *e, bool first) {
-        printf("%s{ \"start\": %" PRIu64 ", \"length\": %" PRIu64 ", \"depth\": %d,"
-               " \"present\": %s, \"zero\": %s, \"data\": %s",
-               first ? "" : ",\n", e->start, e->length, e->depth,
-               e->present ? "true" : "false", e->zero ? "true" : "false", e->data ? "true" : "false");
-        if (e->has_offset)
-                printf(", \"offset\": %" PRIu64, e->offset);
-        putchar('}');
-}
-
-static int map_print_human(const MapEntry *e) {
-        if (e->data && !e->has_offset) {
-                log_error("File contains external, encrypted or compressed clusters.");
-                return -EOPNOTSUPP;
+/* Prints an entry: a JSON object (*first: no separator before it), or a line
+ * of the human table (only data is listed). */
+static int map_print(const MapEntry *e, OutputFormat output, bool *first) {
+        if (output == OUTPUT_JSON) {
+                printf("%s{ \"start\": %" PRIu64 ", \"length\": %" PRIu64 ", \"depth\": %d,"
+                       " \"present\": %s, \"zero\": %s, \"data\": %s",
+                       *first ? "" : ",\n", e->start, e->length, e->depth,
+                       e->present ? "true" : "false", e->zero ? "true" : "false", e->data ? "true" : "false");
+                if (e->has_offset)
+                        printf(", \"offset\": %" PRIu64, e->offset);
+                putchar('}');
+                *first = false;
+                return 0;
         }
+        if (refused(e->data && !e->has_offset, "File contains external, encrypted or compressed clusters."))
+                return -EOPNOTSUPP;
         if (e->data && !e->zero)
                 printf("%#-16" PRIx64 "%#-16" PRIx64 "%#-16" PRIx64 "%s\n",
                        e->start, e->length, e->offset, e->filename);
@@ -289,16 +261,12 @@ int cmd_map(Request *req) {
         else
                 putchar('[');
 
-        if (start >= end) {
-                /* Nothing to map: qemu-img shows one empty entry. */
-                if (output == OUTPUT_JSON) {
-                        MapEntry e = { .start = start };
-                        map_print_json(&e, true);
-                }
-                goto done;
-        }
+        /* Nothing to map: qemu-img's JSON shows one empty entry. */
+        cur = (MapEntry) { .start = start };
+        have_cur = start >= end && output == OUTPUT_JSON;
 
         for (off = start; off < end;) {
+                vdisk_image *image;
                 vdisk_extent ext;
                 MapEntry e;
 
@@ -333,14 +301,13 @@ int cmd_map(Request *req) {
                         e.zero = true;
                         e.data = false;
                 }
-                e.filename = e.depth == 0 ? filename
-                                          : vdisk_image_name(img_at_depth(&img, (unsigned) e.depth));
+                image = img_at_depth(&img, (unsigned) e.depth);
+                e.filename = e.depth == 0 ? filename : vdisk_image_name(image);
                 /* Data in a companion file (a VMDK extent) names that file. */
                 if (e.has_offset && ext.file)
                         e.filename = ext.file;
                 /* A raw file maps the disk one to one, holes included. */
-                if (!e.has_offset && e.present &&
-                    streq(vdisk_image_backend(img_at_depth(&img, (unsigned) e.depth))->qemu_name, "raw")) {
+                if (!e.has_offset && e.present && streq(vdisk_image_backend(image)->qemu_name, "raw")) {
                         e.has_offset = true;
                         e.offset = off;
                 }
@@ -348,26 +315,16 @@ int cmd_map(Request *req) {
                 if (have_cur && map_entry_mergeable(&cur, &e))
                         cur.length += e.length;
                 else {
-                        if (have_cur) {
-                                if (output == OUTPUT_JSON) {
-                                        map_print_json(&cur, first);
-                                        first = false;
-                                } else if (map_print_human(&cur) < 0)
-                                        goto finish;
-                        }
+                        if (have_cur && map_print(&cur, output, &first) < 0)
+                                goto finish;
                         cur = e;
                         have_cur = true;
                 }
                 off += e.length;
         }
-        if (have_cur) {
-                if (output == OUTPUT_JSON)
-                        map_print_json(&cur, first);
-                else if (map_print_human(&cur) < 0)
-                        goto finish;
-        }
+        if (have_cur && map_print(&cur, output, &first) < 0)
+                goto finish;
 
-done:
         if (output == OUTPUT_JSON)
                 printf("]\n");
         ex = EXIT_OK;
@@ -440,7 +397,6 @@ int cmd_check(Request *req) {
         if (r < 0)
                 return EXIT_ERROR;
 
-        install_cancel_handlers();
         if (progress_bar_init(&bar, false) < 0)
                 goto finish;
 
@@ -533,7 +489,6 @@ int cmd_compare(Request *req) {
                 goto finish;
         }
 
-        install_cancel_handlers();
         if (progress_bar_init(&bar, req->progress) < 0)
                 goto finish;
         bar.min_step = 2.0;   /* qemu-img compare's step */
@@ -550,6 +505,12 @@ finish:
 }
 
 /* ---------------------------------------------------------------- snapshot */
+
+/* qemu-img creates, applies and deletes internal snapshots in qcow2 only;
+ * vdisk lists (and reads) the ones of other formats too. */
+static bool format_has_internal_snapshots(const vdisk_backend_info *info) {
+        return info && streq(info->qemu_name, "qcow2");
+}
 
 /* -c, -a, -d: the image alone (no backing file), writable; qemu-img 7.2's
  * messages and exit codes. */
@@ -594,20 +555,17 @@ int cmd_snapshot(Request *req) {
         char action = req->action;
         int r, ex = EXIT_OK;
 
+        r = img_open(filename, fmt, IMG_INFO | IMG_SKIP_CHECKS, &img);
+        if (r < 0)
+                return EXIT_ERROR;
         if (action && action != 'l') {
                 /* Formats without internal snapshots: qemu-img's refusal. */
-                r = img_open(filename, fmt, IMG_INFO | IMG_SKIP_CHECKS, &img);
-                if (r < 0)
-                        return EXIT_ERROR;
                 if (!format_has_internal_snapshots(img.backend))
                         return img_close_exit(&img, snapshot_refuse(action, arg));
                 img_close(&img);
                 return snapshot_change(filename, fmt, action, arg);
         }
 
-        r = img_open(filename, fmt, IMG_INFO | IMG_SKIP_CHECKS, &img);
-        if (r < 0)
-                return EXIT_ERROR;
         vdisk_clear_error();
         r = vdisk_image_list_snapshots(vdisk_disk_image(img.disk, 0), &v, &n);
         if (r < 0) {

@@ -7,6 +7,7 @@
 #include <fcntl.h>
 #include <getopt.h>
 #include <inttypes.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -26,7 +27,7 @@ const char *error_detail(int r) {
 
 /* ---------------------------------------------------------------- cancel and progress */
 
-volatile sig_atomic_t cancel_requested = 0;
+static volatile sig_atomic_t cancel_requested = 0;
 
 static void cancel_handler(int sig) {
         if (cancel_requested) {
@@ -38,7 +39,7 @@ static void cancel_handler(int sig) {
         cancel_requested = 1;
 }
 
-void install_cancel_handlers(void) {
+static void install_cancel_handlers(void) {
         struct sigaction sa = {
                 .sa_handler = cancel_handler,
                 .sa_flags = SA_RESTART,
@@ -48,6 +49,19 @@ void install_cancel_handlers(void) {
         (void) sigaction(SIGINT, &sa, NULL);
         (void) sigaction(SIGTERM, &sa, NULL);
         (void) sigaction(SIGHUP, &sa, NULL);
+}
+
+/* Prints a percentage (0..100) when it moved by at least the step. */
+static void progress_bar_print(ProgressBar *b, double percent) {
+        if (!b || !b->enabled)
+                return;
+        if (percent > 100)
+                percent = 100;
+        if (percent - b->last < b->min_step && !(percent >= 100 && b->last < 100))
+                return;
+        b->last = percent;
+        printf("    (%4.2f/100%%)\r", percent);
+        fflush(stdout);
 }
 
 static void progress_fn(vdisk_progress *p, void *user) {
@@ -65,6 +79,7 @@ static void progress_fn(vdisk_progress *p, void *user) {
 int progress_bar_init(ProgressBar *b, bool enabled) {
         int r;
 
+        install_cancel_handlers();
         *b = (ProgressBar) {
                 .enabled = enabled,
                 .last = 0,
@@ -81,18 +96,6 @@ int progress_bar_init(ProgressBar *b, bool enabled) {
                 b->started = true;
         }
         return 0;
-}
-
-void progress_bar_print(ProgressBar *b, double percent) {
-        if (!b || !b->enabled)
-                return;
-        if (percent > 100)
-                percent = 100;
-        if (percent - b->last < b->min_step && !(percent >= 100 && b->last < 100))
-                return;
-        b->last = percent;
-        printf("    (%4.2f/100%%)\r", percent);
-        fflush(stdout);
 }
 
 void progress_bar_done(ProgressBar *b, bool success) {
@@ -117,49 +120,35 @@ const vdisk_backend_info *format_lookup(const char *name) {
 
 /* A guessed raw image must never get another format's signature into its
  * first sector (a guest could otherwise turn itself into, say, a qcow2 image
- * naming any host file as its backing file). This io wraps the real one and
- * refuses every write that touches sector 0. */
-typedef struct RawGuard {
-        vdisk_io *inner;
-} RawGuard;
-
+ * naming any host file as its backing file). This io wraps the real one (its
+ * `user`) and refuses every write that touches sector 0. */
 static int guard_pread(void *user, void *buf, size_t len, uint64_t offset) {
-        RawGuard *g = user;
-        return vdisk_io_pread(g->inner, buf, len, offset);
+        return vdisk_io_pread(user, buf, len, offset);
 }
 
 static int guard_pwrite(void *user, const void *buf, size_t len, uint64_t offset) {
-        RawGuard *g = user;
-
         if (len > 0 && offset < VDISK_SECTOR_SIZE)
                 return -EPERM;
-        return vdisk_io_pwrite(g->inner, buf, len, offset);
+        return vdisk_io_pwrite(user, buf, len, offset);
 }
 
 static int guard_flush(void *user) {
-        RawGuard *g = user;
-        return vdisk_io_flush(g->inner);
+        return vdisk_io_flush(user);
 }
 
 static int guard_get_size(void *user, uint64_t *ret_size) {
-        RawGuard *g = user;
-        return vdisk_io_get_size(g->inner, ret_size);
+        return vdisk_io_get_size(user, ret_size);
 }
 
 static int guard_truncate(void *user, uint64_t size) {
-        RawGuard *g = user;
-
         /* Shrinking to less than a sector would change sector 0 too. */
         if (size < VDISK_SECTOR_SIZE)
                 return -EPERM;
-        return vdisk_io_truncate(g->inner, size);
+        return vdisk_io_truncate(user, size);
 }
 
 static void guard_close(void *user) {
-        RawGuard *g = user;
-
-        vdisk_io_unref(g->inner);
-        free(g);
+        vdisk_io_unref(user);
 }
 
 static int raw_guard_new(vdisk_io *inner, const char *name, vdisk_io **ret) {
@@ -172,23 +161,15 @@ static int raw_guard_new(vdisk_io *inner, const char *name, vdisk_io **ret) {
                 .truncate = guard_truncate,
                 .close = guard_close,
         };
-        RawGuard *g;
         int r;
 
-        g = calloc(1, sizeof(*g));
-        if (!g)
-                return -ENOMEM;
-        g->inner = vdisk_io_ref(inner);
-        r = vdisk_io_new_ops(&ops, g, name, 0, ret);
-        if (r < 0) {
-                vdisk_io_unref(g->inner);
-                free(g);
-                return r;
-        }
-        return 0;
+        r = vdisk_io_new_ops(&ops, vdisk_io_ref(inner), name, 0, ret);
+        if (r < 0)
+                vdisk_io_unref(inner);
+        return r;
 }
 
-void print_disk_warnings(vdisk_disk *d) {
+static void print_disk_warnings(vdisk_disk *d) {
         const char *const *w = vdisk_disk_warnings(d);
 
         for (; w && *w; w++)
@@ -212,7 +193,7 @@ int img_open(const char *filename, const char *fmt, uint32_t flags, Img *ret) {
 int img_open_snapshot(const char *filename, const char *fmt, uint32_t flags, const char *snapshot, Img *ret) {
         _cleanup_(vdisk_io_unrefp) vdisk_io *io = NULL;
         _cleanup_(vdisk_disk_unrefp) vdisk_disk *d = NULL;
-        _cleanup_(vdisk_resolver_freep) vdisk_resolver *resolver = NULL;
+        _cleanup_(vdisk_resolver_unrefp) vdisk_resolver *resolver = NULL;
         const vdisk_backend_info *info = NULL;
         bool writable = flags & IMG_WRITE, quiet = flags & IMG_QUIET;
         /* How written images open: the top now, the others when reopened. */
@@ -310,23 +291,16 @@ int img_open_snapshot(const char *filename, const char *fmt, uint32_t flags, con
                 }
         }
 
+        /* Without IMG_CHAIN no parents, but the image's own companion files
+         * (VMDK extents). */
         vdisk_clear_error();
-        if (flags & IMG_CHAIN) {
-                r = vdisk_resolver_new_path((const char *const *) arg_parent_dirs, &resolver);
-                if (r >= 0)
-                        r = vdisk_resolver_set_write_flags(resolver, write_flags);
-                if (r < 0) {
-                        LOG("Could not open '%s': %s", filename, error_detail(r));
-                        return r;
-                }
+        r = vdisk_resolver_new_path(flags & IMG_CHAIN ? (const char *const *) arg_parent_dirs : NULL, &resolver);
+        if (r >= 0)
+                r = vdisk_resolver_set_write_flags(resolver, write_flags);
+        if (r >= 0 && (flags & IMG_CHAIN))
                 r = vdisk_disk_open_chain(d, resolver, io, info->name, open_flags);
-        } else {
-                /* No parents, but the image's own companion files (VMDK extents). */
-                r = vdisk_resolver_new_path(NULL, &resolver);
-                if (r >= 0)
-                        r = vdisk_resolver_set_write_flags(resolver, write_flags);
-                if (r >= 0)
-                        r = vdisk_disk_set_resolver(d, resolver);
+        else if (r >= 0) {
+                r = vdisk_disk_set_resolver(d, resolver);
                 if (r >= 0)
                         r = vdisk_disk_open(d, io, info->name, open_flags);
         }
@@ -387,6 +361,26 @@ void remove_created_file(const char *path) {
                 (void) unlink(path);
 }
 
+int new_image_finish(vdisk_disk **d, vdisk_io **io, const char *path, bool sync_dir, int ex) {
+        int r;
+
+        if (ex == EXIT_OK) {
+                vdisk_clear_error();
+                r = vdisk_disk_close(TAKE_PTR(*d));
+                if (r < 0) {
+                        log_error("Could not close '%s': %s", path, error_detail(r));
+                        ex = EXIT_ERROR;
+                }
+        }
+        *d = vdisk_disk_unref(*d);
+        *io = vdisk_io_unref(*io);
+        if (ex != EXIT_OK)
+                remove_created_file(path);
+        else if (sync_dir)
+                fsync_parent_dir(path);
+        return ex;
+}
+
 void fsync_parent_dir(const char *path) {
         _cleanup_free_ char *dir = NULL;
         _cleanup_close_ int fd = -1;
@@ -406,6 +400,18 @@ int same_file(const char *a, const char *b) {
         if (stat(b, &sb) < 0)
                 return errno == ENOENT ? 0 : -errno;
         return sa.st_dev == sb.st_dev && sa.st_ino == sb.st_ino;
+}
+
+int chain_refuse(vdisk_disk *d, const char *path, const char *why) {
+        for (unsigned i = 0; i < vdisk_disk_count(d); i++) {
+                int r = same_file(vdisk_image_name(vdisk_disk_image(d, i)), path);
+
+                if (r != 0) {
+                        log_error("%s: %s", path, r > 0 ? why : strerror(-r));
+                        return r > 0 ? -EEXIST : r;
+                }
+        }
+        return 0;
 }
 
 int common_option(int c, const char *arg, int *ret_exit) {

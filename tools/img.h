@@ -8,7 +8,6 @@
  */
 #pragma once
 
-#include <signal.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -38,15 +37,7 @@
  * else strerror(-r). */
 const char *error_detail(int r);
 
-/* ---- sizes (img-util.c) */
-
 /* ---- signals and progress (img-util.c) */
-
-/* Set by SIGINT/SIGTERM once the handlers are installed. */
-extern volatile sig_atomic_t cancel_requested;
-/* Installs SIGINT/SIGTERM handlers that request a cooperative cancel (a
- * second signal terminates at once). */
-void install_cancel_handlers(void);
 
 typedef struct ProgressBar {
         bool enabled;       /* -p given and not -q */
@@ -56,16 +47,14 @@ typedef struct ProgressBar {
         vdisk_progress *p;  /* handed to library operations (cancel works without -p too) */
 } ProgressBar;
 
-/* Creates the vdisk_progress (for cancel) and prints the 0% line when enabled. */
+/* Creates the vdisk_progress and installs SIGINT/SIGTERM/SIGHUP handlers that
+ * cancel it (a second signal terminates at once); prints the 0% line when
+ * enabled. */
 int progress_bar_init(ProgressBar *b, bool enabled);
-/* Prints a percentage (0..100) when it moved by at least 1%. */
-void progress_bar_print(ProgressBar *b, double percent);
 /* Prints the final line ("100%" on success) and frees the vdisk_progress. */
 void progress_bar_done(ProgressBar *b, bool success);
 
 /* ---- formats and images (img-util.c) */
-
-/* Extra directories searched for parents (--parent-dir), NULL-terminated. */
 
 /* Looks a format up by qemu's or VirtualBox's name; logs
  * "Unknown file format 'x'" and returns NULL when unknown. */
@@ -117,16 +106,21 @@ int img_close_exit(Img *img, int ex);
 /* The image at qemu's "depth" (0 = the top). */
 vdisk_image *img_at_depth(Img *img, unsigned depth);
 
-/* Prints each string of a NULL-terminated list of disk warnings. */
-void print_disk_warnings(vdisk_disk *d);
-
 /* Removes a file this command created, if it is a regular file (never a
  * device node the user named as output). */
 void remove_created_file(const char *path);
+/* The end of a command that created the image `path` on *io (its disk *d):
+ * after success (ex EXIT_OK) closes it (a failed final flush is logged and
+ * fails the command) and, with sync_dir, makes its directory entry durable;
+ * after a failure drops it and removes the file. Returns the exit code. */
+int new_image_finish(vdisk_disk **d, vdisk_io **io, const char *path, bool sync_dir, int ex);
 /* fsync()s the directory holding `path` (best effort). */
 void fsync_parent_dir(const char *path);
 /* Whether two paths name the same file (1), not (0), or an error. */
 int same_file(const char *a, const char *b);
+/* Refuses (logs "path: why", -EEXIST) a `path` that is one of the files of
+ * the chain in `d`; logs the cause when that cannot be told. */
+int chain_refuse(vdisk_disk *d, const char *path, const char *why);
 
 /* ---- commands */
 
@@ -134,10 +128,11 @@ int cmd_info(Request *req);
 int cmd_create(Request *req);
 /* A creation option's line of "-o help" ("  size=<size>  - help"). */
 void print_option_help(const char *name, vdisk_option_type type, const char *help);
-/* Pair i of l as an option of `type` takes it: a size in bytes (the value
- * replaced), a boolean on/off, a number. Logs ("<prefix>Parameter ...");
- * -EINVAL, or -ENOMEM. */
-int option_normalize(OptList *l, size_t i, vdisk_option_type type, const char *prefix);
+/* Normalizes each value of l by its type in the backend's options, as qemu
+ * does (sizes in bytes, booleans on/off). With `filename`, a key the backend
+ * does not take is refused and messages start with "filename: "; without, such
+ * keys are left to the library. Logs; -EINVAL, or -ENOMEM. */
+int optlist_normalize(OptList *l, const vdisk_backend_info *info, const char *filename);
 int cmd_convert(Request *req);
 int cmd_check(Request *req);
 int cmd_commit(Request *req);
@@ -157,8 +152,6 @@ int cmd_bitmap(Request *req);   /* img-bitmap.c */
 int convert_bitmaps_check(vdisk_image *src, const char *src_name, bool skip_broken);
 int convert_bitmaps_copy(vdisk_image *src, vdisk_image *dst, bool skip_broken);
 int cmd_dd(Request *req);
-
-/* qemu-img's table of internal snapshots (the lines after "Snapshot list:"). */
 
 /* Prints the full help text (used by --help and "COMMAND --help"). */
 void print_help(void);
@@ -184,40 +177,14 @@ int image_opts_parse(const char *spec, bool quiet, const char **ret_path, const 
  * or a negative errno (logged). */
 int object_add(const char *arg);
 
-/* ---- formats without snapshots or bitmaps (img-refuse.c) */
-
-/* Whether vdisk-img can create/apply/delete internal snapshots, or keep
- * persistent bitmaps, in images of this format. */
-bool format_has_internal_snapshots(const vdisk_backend_info *info);
-bool format_has_persistent_bitmaps(const vdisk_backend_info *info);
-/* qemu-img 7.2's failure for the bitmap operation `op` ("add", "remove",
- * "clear", "enable", "disable", "merge") on a format without persistent
- * bitmaps; returns EXIT_ERROR. */
-int bitmap_refuse(const char *op, const char *bitmap, const char *filename);
-
-/* ---- cleanup helpers for library objects */
-
-static inline void vdisk_resolver_unrefp(vdisk_resolver **p) {
-        vdisk_resolver_unref(*p);
-}
+/* ---- cleanup helpers for library objects (their unref takes NULL) */
 
 static inline void vdisk_io_unrefp(vdisk_io **p) {
-        if (*p)
-                vdisk_io_unref(*p);
+        vdisk_io_unref(*p);
 }
 static inline void vdisk_disk_unrefp(vdisk_disk **p) {
-        if (*p)
-                vdisk_disk_unref(*p);
+        vdisk_disk_unref(*p);
 }
-static inline void vdisk_resolver_freep(vdisk_resolver **p) {
-        if (*p)
-                vdisk_resolver_free(*p);
-}
-static inline void vdisk_strv_freep(char ***p) {
-        if (*p)
-                vdisk_strv_free(*p);
-}
-static inline void fclosep(FILE **f) {
-        if (*f)
-                fclose(*f);
+static inline void vdisk_resolver_unrefp(vdisk_resolver **p) {
+        vdisk_resolver_unref(*p);
 }

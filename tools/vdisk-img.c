@@ -8,9 +8,8 @@
  * Everything goes through the public libvdisk API.
  *
  * The commands live in img-query.c (reading), img-create.c (creating) and
- * img-modify.c (changing), img-dd.c (dd); img-refuse.c holds what formats
- * without snapshots or bitmaps answer, img-opts.c --image-opts and --object;
- * img-util.c and img-json.c hold the helpers.
+ * img-modify.c (changing), img-amend.c, img-bitmap.c and img-dd.c (amend,
+ * bitmap, dd); img-opts.c --image-opts and --object; img-util.c the helpers.
  */
 
 #include <string.h>
@@ -145,10 +144,8 @@ int main(int argc, char **argv) {
 
         if (as_qemu_img)
                 front_dialect.program = "qemu-img";
-        if (argc < 2) {
-                log_error("Not enough arguments");
-                return usage_hint();
-        }
+        if (argc < 2)
+                return usage_error("Not enough arguments");
 
         cmd = argv[1];
         if (streq(cmd, "-h") || streq(cmd, "--help")) {
@@ -159,15 +156,10 @@ int main(int argc, char **argv) {
                 print_version(as_qemu_img);
                 return EXIT_OK;
         }
-        if (cmd[0] == '-') {
-                log_error("Unknown option '%s'", cmd);
-                return usage_hint();
-        }
-
-        if (front_verb_find(cmd, &verb) < 0 || !commands[verb]) {
-                log_error("Command not found: %s", cmd);
-                return usage_hint();
-        }
+        if (cmd[0] == '-')
+                return usage_error("Unknown option '%s'", cmd);
+        if (front_verb_find(cmd, &verb) < 0 || !commands[verb])
+                return usage_error("Command not found: %s", cmd);
 
         /* getopt names the program after argv[0] in its messages. */
         argv[1] = (char *) front_dialect.program;

@@ -78,15 +78,12 @@ static void check_print_json(const CheckCounts *rep, const CheckCounts *fixed, c
 
 /* Leaves out the statistics qemu-img's check does not show for the format. */
 static void check_hide_stats(CheckCounts *rep, const char *qemu_format) {
-        bool clusters = true, end_offset = true;
+        bool no_clusters = streq_ptr(qemu_format, "vdi") || streq_ptr(qemu_format, "vhdx") ||
+                           streq_ptr(qemu_format, "vmdk");
 
-        if (streq_ptr(qemu_format, "vdi") || streq_ptr(qemu_format, "vhdx") || streq_ptr(qemu_format, "vmdk"))
-                clusters = end_offset = false;
-        else if (streq_ptr(qemu_format, "qed"))
-                end_offset = false;
-        if (!end_offset)
+        if (no_clusters || streq_ptr(qemu_format, "qed"))
                 rep->image_end_offset = 0;
-        if (!clusters)
+        if (no_clusters)
                 rep->total_clusters = rep->allocated_clusters = rep->fragmented_clusters = 0;
 }
 

@@ -22,6 +22,10 @@ static void json_newline(Json *j) {
 
 /* Writes `s` as a JSON string literal. */
 static void json_write_quoted(FILE *f, const char *s) {
+        /* the characters with a short escape, and what follows the backslash */
+        static const char short_escape[0x60] = {
+                ['"'] = '"', ['\\'] = '\\', ['\b'] = 'b', ['\f'] = 'f', ['\n'] = 'n', ['\r'] = 'r', ['\t'] = 't',
+        };
         const unsigned char *p = (const unsigned char *) s;
 
         fputc('"', f);
@@ -35,38 +39,16 @@ static void json_write_quoted(FILE *f, const char *s) {
                 }
                 p += n;
 
-                switch (c) {
-                case '"':
-                        fputs("\\\"", f);
-                        break;
-                case '\\':
-                        fputs("\\\\", f);
-                        break;
-                case '\b':
-                        fputs("\\b", f);
-                        break;
-                case '\f':
-                        fputs("\\f", f);
-                        break;
-                case '\n':
-                        fputs("\\n", f);
-                        break;
-                case '\r':
-                        fputs("\\r", f);
-                        break;
-                case '\t':
-                        fputs("\\t", f);
-                        break;
-                default:
-                        if (c >= 0x20 && c < 0x7f)
-                                fputc((int) c, f);
-                        else if (c < 0x10000)
-                                fprintf(f, "\\u%04" PRIX32, c);
-                        else {
-                                c -= 0x10000;
-                                fprintf(f, "\\u%04" PRIX32 "\\u%04" PRIX32,
-                                        0xd800 | (c >> 10), 0xdc00 | (c & 0x3ff));
-                        }
+                if (c < sizeof short_escape && short_escape[c]) {
+                        fputc('\\', f);
+                        fputc(short_escape[c], f);
+                } else if (c >= 0x20 && c < 0x7f)
+                        fputc((int) c, f);
+                else if (c < 0x10000)
+                        fprintf(f, "\\u%04" PRIX32, c);
+                else {
+                        c -= 0x10000;
+                        fprintf(f, "\\u%04" PRIX32 "\\u%04" PRIX32, 0xd800 | (c >> 10), 0xdc00 | (c & 0x3ff));
                 }
         }
         fputc('"', f);

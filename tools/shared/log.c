@@ -20,18 +20,18 @@ void log_set_quiet(bool b) {
 static void drop_repeated_name(char *msg) {
         for (char *p = msg; *p; p++) {
                 char *sep = strstr(p, ": ");
+                bool quoted;
                 size_t n;
 
                 if (!sep)
                         return;
+                /* p..sep is a candidate name, optionally quoted: n bytes of it
+                 * at p, repeated after sep as "name: " */
                 n = (size_t) (sep - p);
-                /* p..sep is a candidate name, optionally quoted */
-                if (n > 2 && p[0] == '\'' && sep[-1] == '\'') {
-                        if (strncmp(sep + 2, p + 1, n - 2) == 0 && strncmp(sep + 2 + n - 2, ": ", 2) == 0) {
-                                memmove(sep + 2, sep + 2 + n, strlen(sep + 2 + n) + 1);
-                                return;
-                        }
-                } else if (n > 0 && strncmp(sep + 2, p, n) == 0 && strncmp(sep + 2 + n, ": ", 2) == 0) {
+                quoted = n > 2 && p[0] == '\'' && sep[-1] == '\'';
+                if (quoted)
+                        n -= 2;
+                if (n > 0 && strncmp(sep + 2, quoted ? p + 1 : p, n) == 0 && strncmp(sep + 2 + n, ": ", 2) == 0) {
                         memmove(sep + 2, sep + 4 + n, strlen(sep + 4 + n) + 1);
                         return;
                 }
@@ -78,6 +78,17 @@ void log_warning(const char *fmt, ...) {
         va_start(ap, fmt);
         log_msgv("warning: ", fmt, ap);
         va_end(ap);
+}
+
+bool refused(bool cond, const char *fmt, ...) {
+        va_list ap;
+
+        if (!cond)
+                return false;
+        va_start(ap, fmt);
+        log_msgv("", fmt, ap);
+        va_end(ap);
+        return true;
 }
 
 int usage_hint(void) {

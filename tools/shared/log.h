@@ -15,6 +15,9 @@ void log_error(const char *fmt, ...) _printf_(1, 2);
 void log_warning(const char *fmt, ...) _printf_(1, 2);
 /* "PROGRAM: <prefix><message>" (the other two are this with "" and "warning: "). */
 void log_msgv(const char *prefix, const char *fmt, va_list ap) _printf_(2, 0);
+/* Logs the message when `cond` holds, and returns cond: a chain of checks
+ * `refused(a, ...) || refused(b, ...)` logs the first refusal only. */
+bool refused(bool cond, const char *fmt, ...) _printf_(2, 3);
 /* Drops every message while set (trying something that may fail quietly). */
 void log_set_quiet(bool b);
 /* Prints the hint ("Try '... --help' ...") and returns the usage exit code. */

@@ -98,20 +98,12 @@ size_t utf8_next(const unsigned char *s, uint32_t *ret) {
                 *ret = s[0];
                 return 1;
         }
-        if (s[0] >= 0xc2 && s[0] <= 0xdf) {
-                len = 2;
-                c = s[0] & 0x1f;
-                min = 0x80;
-        } else if (s[0] >= 0xe0 && s[0] <= 0xef) {
-                len = 3;
-                c = s[0] & 0x0f;
-                min = 0x800;
-        } else if (s[0] >= 0xf0 && s[0] <= 0xf4) {
-                len = 4;
-                c = s[0] & 0x07;
-                min = 0x10000;
-        } else
+        /* not a continuation byte, an overlong lead or a lead past U+10FFFF */
+        if (s[0] < 0xc2 || s[0] > 0xf4)
                 return 0;
+        len = s[0] >= 0xf0 ? 4 : s[0] >= 0xe0 ? 3 : 2;
+        c = s[0] & (0x7f >> len);   /* the lead's payload bits */
+        min = len == 2 ? 0x80 : len == 3 ? 0x800 : 0x10000;
         for (size_t i = 1; i < len; i++) {
                 if ((s[i] & 0xc0) != 0x80)
                         return 0;   /* also stops at the terminating NUL */
