@@ -191,8 +191,10 @@ int convert_bitmaps_copy(vdisk_image *src, vdisk_image *dst, bool skip_broken) {
         int r;
 
         r = vdisk_image_list_bitmaps(src, &v, &n);
-        if (r < 0)
+        if (r < 0) {
+                log_error("Could not read the bitmaps of '%s': %s", vdisk_image_name(src), error_detail(r));
                 return r;
+        }
         for (size_t i = 0; i < n; i++) {
                 uint8_t *bits = NULL;
                 size_t len = 0;
@@ -201,8 +203,10 @@ int convert_bitmaps_copy(vdisk_image *src, vdisk_image *dst, bool skip_broken) {
                 if ((v[i].flags & VDISK_BITMAP_IN_USE) && skip_broken)
                         continue;
                 r = vdisk_image_read_bitmap(src, v[i].name, &bits, &len, &g);
-                if (r < 0)
+                if (r < 0) {
+                        log_error("Failed to read bitmap %s: %s", v[i].name, error_detail(r));
                         break;
+                }
                 vdisk_bitmap_change add = {
                         .size = sizeof add,
                         .op = VDISK_BITMAP_OP_ADD,

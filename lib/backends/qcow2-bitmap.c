@@ -343,8 +343,10 @@ int qcow2_bitmaps_open(qcow2_state *s, bool writable) {
 broken:
         if (writable)
                 return r;
-        /* read-only: the data reads without the bitmaps */
+        /* read-only: the data reads without the bitmaps; check and a
+         * caller asking for them are told why */
         s->bm_broken = true;
+        snprintf(s->bm_broken_why, sizeof s->bm_broken_why, "%s", vdisk_last_error());
         s->nb_bitmaps = 0;
         return 0;
 }
@@ -763,7 +765,7 @@ int qcow2_bitmaps_count(qcow2_state *s, qcow2_ref_fn ref, void *ctx, vdisk_check
 
         if (s->bm_broken) {
                 rep->corruptions++;
-                return check_report_add(rep, "ERROR the bitmap directory is invalid: %s", vdisk_last_error());
+                return check_report_add(rep, "ERROR the bitmap directory is invalid: %s", s->bm_broken_why);
         }
         if (s->nb_bitmaps == 0)
                 return 0;
@@ -796,6 +798,8 @@ int qcow2_list_bitmaps(void *state, vdisk_bitmap **ret, size_t *ret_n) {
         qcow2_state *s = state;
         vdisk_bitmap *v;
 
+        if (s->bm_broken)
+                return vdisk_error(-EUCLEAN, "%s", s->bm_broken_why);
         if (s->nb_bitmaps == 0) {
                 *ret = NULL;
                 *ret_n = 0;

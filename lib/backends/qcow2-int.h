@@ -123,6 +123,7 @@ typedef struct qcow2_state {
         uint64_t bm_dir_offset, bm_dir_size;
         struct qcow2_bitmap *bm;        /* the directory, in its order (nb_bitmaps entries) */
         bool bm_broken;                 /* the directory is invalid: bitmaps ignored (read-only) */
+        char bm_broken_why[256];        /* ... and why (the error at open) */
         bool bm_marked;                 /* tracking bitmaps are marked in_use on disk */
         uint64_t bm_mem;                /* bytes of bitmap content held in memory */
 

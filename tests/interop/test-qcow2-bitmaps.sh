@@ -171,4 +171,17 @@ qimg create -f qcow2 -o compat=0.10 v2.qcow2 1M
 expect_fail "bitmap on a version 2 qcow2 is refused" "$VDISK_IMG" bitmap --add v2.qcow2 x
 qcheck2 v2.qcow2
 
+# --- an invalid bitmap directory (qemu refuses to open such an image): the
+# data still reads, check names the cause, and what asks for the bitmaps fails
+cp v.qcow2 bad.qcow2
+BM patch bad.qcow2 "$(BM dump bad.qcow2 | head -n 1 | cut -d' ' -f1)" gran_bits 40
+expect_rc "convert of an image with an invalid bitmap directory" 0 "$VDISK_IMG" convert -f qcow2 -O raw bad.qcow2 bad.raw
+qcompare v.qcow2 qcow2 bad.raw raw
+run "$VDISK_IMG" check -f qcow2 bad.qcow2
+expect_true "check names why the bitmap directory is invalid" \
+        grep -q "the bitmap directory is invalid: .*granularity" "$T/out" "$T/err"
+expect_fail "convert --bitmaps of an image with an invalid bitmap directory" \
+        "$VDISK_IMG" convert -f qcow2 -O qcow2 --bitmaps bad.qcow2 badc.qcow2
+expect_true "... names the cause" grep -q "granularity" "$T/err"
+
 finish
