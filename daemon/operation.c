@@ -1190,7 +1190,7 @@ static int property_get_result(sd_bus *bus, const char *path, const char *interf
         if (r < 0)
                 return r;
         if (o->result.have_report) {
-                r = sd_bus_message_append(reply, "{sv}{sv}{sv}{sv}{sv}{sv}{sv}{sv}{sv}",
+                r = sd_bus_message_append(reply, "{sv}{sv}{sv}{sv}{sv}{sv}{sv}{sv}{sv}{sv}",
                                           "corruptions", "t", rep->corruptions,
                                           "leaks", "t", rep->leaks,
                                           "check-errors", "t", rep->check_errors,
@@ -1199,6 +1199,7 @@ static int property_get_result(sd_bus *bus, const char *path, const char *interf
                                           "total-clusters", "t", rep->total_clusters,
                                           "allocated-clusters", "t", rep->allocated_clusters,
                                           "fragmented-clusters", "t", rep->fragmented_clusters,
+                                          "compressed-clusters", "t", rep->compressed_clusters,
                                           "image-end-offset", "t", rep->image_end_offset);
                 if (r < 0)
                         return r;

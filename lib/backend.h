@@ -488,7 +488,8 @@ typedef struct vdisk_backend {
 
         /* Format-specific facts as key/value strings (qemu-img info's
          * "Format specific information"), appended to `kv` with
-         * strv_push_pair(). Optional: none. */
+         * strv_push_pair(). A list of objects is keys "<list>.<i>.<key>",
+         * consecutive, i from 0 (VMDK's extents). Optional: none. */
         int (*get_format_info)(void *state, strv_builder *kv);
 
         /* Internal snapshots, oldest first; *ret is a calloc'ed array the

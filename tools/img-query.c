@@ -27,7 +27,7 @@ typedef struct InfoEntry {
         char *full_backing;       /* resolved against the image's directory */
         vdisk_snapshot *snaps;    /* internal snapshots (qcow2), oldest first */
         InfoSnapshot *snaps_view;
-        char **fmt_kv;            /* qemu's "Format specific information" (qcow2), key/value pairs */
+        char **fmt_kv;            /* qemu's "Format specific information" (qcow2, vmdk), key/value pairs */
 } InfoEntry;
 
 static void info_entry_done(InfoEntry *e) {
@@ -107,9 +107,10 @@ static int info_collect(Img *img, unsigned index, const char *name, InfoEntry *e
         if (v->n_snapshots > 0 && !e->snaps_view)
                 goto oom;
         /* The formats whose format information is qemu-img's own (keys,
-         * order and values); the others' (VHD creator, VMDK CIDs) are
-         * vdisk's and stay out of qemu's section. */
-        if (streq(v->format, "qcow2") && vdisk_image_get_format_info(image, &e->fmt_kv) < 0)
+         * order and values); the others' (VHD creator) are vdisk's and
+         * stay out of qemu's section. */
+        if ((streq(v->format, "qcow2") || streq(v->format, "vmdk")) &&
+            vdisk_image_get_format_info(image, &e->fmt_kv) < 0)
                 e->fmt_kv = NULL;
         v->fmt_kv = e->fmt_kv;
 
@@ -346,7 +347,8 @@ static CheckCounts check_counts(const vdisk_check_report *r) {
                 .corruptions = r->corruptions, .leaks = r->leaks, .check_errors = r->check_errors,
                 .corruptions_fixed = r->corruptions_fixed, .leaks_fixed = r->leaks_fixed,
                 .total_clusters = r->total_clusters, .allocated_clusters = r->allocated_clusters,
-                .fragmented_clusters = r->fragmented_clusters, .image_end_offset = r->image_end_offset,
+                .fragmented_clusters = r->fragmented_clusters, .compressed_clusters = r->compressed_clusters,
+                .image_end_offset = r->image_end_offset,
         };
 }
 

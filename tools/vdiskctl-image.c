@@ -287,6 +287,7 @@ static void report_from(const Value *result, Report *ret) {
                 .n.total_clusters = value_uint(result, "total-clusters", 0),
                 .n.allocated_clusters = value_uint(result, "allocated-clusters", 0),
                 .n.fragmented_clusters = value_uint(result, "fragmented-clusters", 0),
+                .n.compressed_clusters = value_uint(result, "compressed-clusters", 0),
                 .n.image_end_offset = value_uint(result, "image-end-offset", 0),
                 .messages = value_get(result, "messages"),
         };

@@ -1786,7 +1786,7 @@ typedef struct qcount {
         uint32_t *n;
         uint64_t clusters;
         vdisk_check_report *rep;
-        uint64_t allocated;
+        uint64_t allocated, fragmented, compressed;   /* of the active tables, as qemu counts them */
         uint64_t *copied, *plain;   /* per cluster: named by an active L2 entry with / without COPIED */
         bool copied_suspect;        /* an active L2 entry may disagree with its refcount */
 } qcount;
@@ -1824,10 +1824,19 @@ static void count_ref(qcount *q, uint64_t off, uint64_t len, const char *what) {
         }
 }
 
+/* A data cluster of the active tables at `host`; *next: where the one
+ * before it in its L2 table ended (0: none yet). */
+static void count_data(qcount *q, uint64_t host, uint64_t *next) {
+        q->allocated++;
+        if (*next != 0 && host != *next)
+                q->fragmented++;
+        *next = host + q->s->cluster_size;
+}
+
 /* The L2 tables of an L1 table and the clusters they reference. */
 static int count_l1(qcount *q, uint64_t l1_off, uint32_t l1_size, bool active) {
         qcow2_state *s = q->s;
-        uint64_t cs = s->cluster_size;
+        uint64_t cs = s->cluster_size, next;
         _cleanup_free_ uint8_t *l1 = NULL, *l2 = NULL;
         int r;
 
@@ -1863,6 +1872,9 @@ static int count_l1(qcount *q, uint64_t l1_off, uint32_t l1_size, bool active) {
                 r = io_pread(s->io, l2, cs, l2_off);
                 if (r < 0)
                         return r;
+                /* qemu's fragmentation: within an L2 table, a data cluster
+                 * not right after the one before it; every compressed one */
+                next = 0;
                 for (uint64_t k = 0; k < s->l2_entries; k++) {
                         uint64_t e = get_be64(l2 + k * (s->extended_l2 ? 16 : 8)), host;
 
@@ -1872,12 +1884,15 @@ static int count_l1(qcount *q, uint64_t l1_off, uint32_t l1_size, bool active) {
 
                                 count_ref(q, coff & ~UINT64_C(511), nsec * 512, "compressed cluster");
                                 q->allocated += active;
+                                q->compressed += active;
+                                q->fragmented += active;
                                 continue;
                         }
                         host = e & OFFSET_MASK;
                         if (s->data_io) {
                                 /* the external data file has no refcounts */
-                                q->allocated += active && (host != 0 || (e & L2E_COPIED));
+                                if (active && (host != 0 || (e & L2E_COPIED)))
+                                        count_data(q, host, &next);
                                 continue;
                         }
                         if (host == 0)
@@ -1892,7 +1907,8 @@ static int count_l1(qcount *q, uint64_t l1_off, uint32_t l1_size, bool active) {
                                 continue;
                         }
                         count_ref(q, host, cs, "data cluster");
-                        q->allocated += active;
+                        if (active)
+                                count_data(q, host, &next);
                 }
         }
         return 0;
@@ -1978,6 +1994,7 @@ int qcow2_check(void *state, uint32_t flags, vdisk_check_report *rep, vdisk_prog
         _cleanup_free_ uint64_t *copied = NULL, *plain = NULL;
         qcount q = { .s = s, .rep = rep };
         uint64_t shared[64];   /* refcount blocks referenced more than once */
+        uint64_t end = 0;      /* clusters up to the last one with a refcount or a reference */
         size_t n_shared = 0;
         int r;
 
@@ -2063,6 +2080,9 @@ int qcow2_check(void *state, uint32_t flags, vdisk_check_report *rep, vdisk_prog
                         uint64_t want = c < q.clusters ? cnt[c] : 0;
                         bool leak = disk > want, fix = !dry && (leak ? fix_leaks : fix_all);
 
+                        if (c < q.clusters && (disk != 0 || want != 0))
+                                end = MAX(end, c + 1);
+
                         copied_against(&q, c, fix ? MIN(want, rc_max(s)) : disk);
                         if (disk == want)
                                 continue;
@@ -2091,6 +2111,7 @@ int qcow2_check(void *state, uint32_t flags, vdisk_check_report *rep, vdisk_prog
 
                 if (cnt[c] == 0 || (b != 0 && b % cs == 0 && range_within(b, cs, s->file_size)))
                         continue;
+                end = MAX(end, c + 1);
                 copied_against(&q, c, fix_all && !dry ? MIN(cnt[c], rc_max(s)) : 0);
                 rep->corruptions++;
                 r = check_report_add(rep, "ERROR cluster %" PRIu64 " refcount=0 reference=%" PRIu32, c, cnt[c]);
@@ -2146,7 +2167,10 @@ int qcow2_check(void *state, uint32_t flags, vdisk_check_report *rep, vdisk_prog
                 return r;
         rep->total_clusters = DIV_ROUND_UP(s->size, cs);
         rep->allocated_clusters = q.allocated;
-        rep->image_end_offset = s->file_size;
+        rep->fragmented_clusters = q.fragmented;
+        rep->compressed_clusters = q.compressed;
+        /* qemu's: the end of the last cluster referenced or counted */
+        rep->image_end_offset = end * cs;
         return 0;
 }
 

@@ -659,7 +659,7 @@ static int qed_check(void *state, uint32_t flags, vdisk_check_report *rep, vdisk
         bool repair_leaks = repair_all || (flags & VDISK_CHECK_REPAIR_LEAKS);
         bool dry = flags & VDISK_CHECK_DRY_RUN;
         qed_check_ctx c = { .s = s, .rep = rep };
-        uint64_t bitmap_bytes, last_used = 0, leaks = 0, allocated = 0, fixed = 0;
+        uint64_t bitmap_bytes, last_used = 0, leaks = 0, allocated = 0, fragmented = 0, prev, fixed = 0;
         int r;
 
         if ((repair_all || repair_leaks) && !dry && !s->writable)
@@ -704,6 +704,9 @@ static int qed_check(void *state, uint32_t flags, vdisk_check_report *rep, vdisk
                 }
                 last_used = MAX(last_used, l2o + s->table_bytes);
                 r = l2slots_get(&s->l2, l2o, &t);
+                /* qemu's fragmentation: within an L2 table, a cluster not
+                 * right after the one before it */
+                prev = 0;
                 for (uint64_t j = 0; j < s->entries && r >= 0; j++) {
                         uint64_t e;
 
@@ -720,6 +723,9 @@ static int qed_check(void *state, uint32_t flags, vdisk_check_report *rep, vdisk
                                 continue;
                         }
                         allocated++;
+                        if (prev != 0 && e != prev + s->cluster_size)
+                                fragmented++;
+                        prev = e;
                         last_used = MAX(last_used, e + s->cluster_size);
                 }
         }
@@ -739,6 +745,7 @@ static int qed_check(void *state, uint32_t flags, vdisk_check_report *rep, vdisk
         rep->corruptions_fixed += fixed;
         rep->total_clusters = DIV_ROUND_UP(s->size, s->cluster_size);
         rep->allocated_clusters = allocated;
+        rep->fragmented_clusters = fragmented;
         rep->image_end_offset = s->file_size;
 
         if (dry || !(repair_all || repair_leaks))

@@ -3560,6 +3560,15 @@ static int vmdk_get_info(void *state, vdisk_image_info *ret) {
         return 0;
 }
 
+/* Field `field` of extent i in a list of format information: the key
+ * "extents.<i>.<field>" (see get_format_info in backend.h). */
+static int push_extent(strv_builder *kv, size_t i, const char *field, const char *value) {
+        char key[64];
+
+        snprintf(key, sizeof key, "extents.%zu.%s", i, field);
+        return strv_push_pair(kv, key, "%s", value);
+}
+
 static int vmdk_get_format_info(void *state, strv_builder *kv) {
         vmdk_state *s = state;
         int r;
@@ -3569,6 +3578,26 @@ static int vmdk_get_format_info(void *state, strv_builder *kv) {
                 r = strv_push_pair(kv, "parent cid", "%" PRIu32, s->parent_cid);
         if (r >= 0)
                 r = strv_push_pair(kv, "create type", "%s", s->create_type ? s->create_type : "monolithicSparse");
+        /* qemu-img's list of extents: the type as the descriptor names it,
+         * none for the sparse file that holds its own descriptor */
+        for (size_t i = 0; r >= 0 && i < s->n_ext; i++) {
+                const vmdk_extent *e = &s->ext[i];
+                bool flat = e->type == VMDK_EXTENT_FLAT || e->type == VMDK_EXTENT_VMFS;
+                char n[24];
+
+                if (e->compressed)
+                        r = push_extent(kv, i, "compressed", "true");
+                snprintf(n, sizeof n, "%" PRIu64, e->size);
+                if (r >= 0)
+                        r = push_extent(kv, i, "virtual size", n);
+                if (r >= 0 && e->io)
+                        r = push_extent(kv, i, "filename", vdisk_io_name(e->io));
+                snprintf(n, sizeof n, "%" PRIu64, e->grain);
+                if (r >= 0 && !flat && e->grain > 0)
+                        r = push_extent(kv, i, "cluster size", n);
+                if (r >= 0)
+                        r = push_extent(kv, i, "format", s->embedded ? "" : vmdk_extent_type_name(e->type));
+        }
         return r;
 }
 

@@ -142,4 +142,21 @@ expect_rc "repair fixes the leak" 0 "$VDISK_IMG" repair lq.qcow2
 expect_rc "after repair: qemu-img check is clean" 0 "$QEMU_IMG" check -f qcow2 lq.qcow2
 expect_rc "after repair: the data is intact" 0 "$QEMU_IO" -f qcow2 -c 'read -P 7 0 1M' lq.qcow2
 
+# --- the whole report, human and JSON, equals qemu-img's: the statistics
+# (fragmented clusters within an L2 table, compressed ones, qcow2's image end
+# offset: the end of the last cluster with a reference) on qcow2 and QED images
+# with compressed clusters, scattered writes and a discard at the end
+"$QEMU_IMG" create -q -f qcow2 st.qcow2 8M
+"$QEMU_IO" -f qcow2 -c "write -c -P 4 0 64k" -c "write -P 5 $((3 * M)) 64k" -c "write -P 6 $M 128k" \
+        -c "write -P 7 $((6 * M)) 64k" -c "discard $((6 * M)) 64k" st.qcow2 >/dev/null
+"$QEMU_IMG" create -q -f qed -o cluster_size=65536 st.qed 8M
+"$QEMU_IO" -f qed -c "write -P 5 $((3 * M)) 64k" -c "write -P 6 $M 128k" -c "write -P 7 0 4k" st.qed >/dev/null
+for f in st.qcow2 st.qed; do
+        for o in human json; do
+                want=$("$QEMU_IMG" check --output=$o "$f" 2>&1)
+                got=$("$VDISK_IMG" check --output=$o "$f" 2>&1)
+                expect_eq "$f: check --output=$o equals qemu-img's" "$got" "$want"
+        done
+done
+
 finish

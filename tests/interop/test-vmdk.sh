@@ -165,6 +165,23 @@ for sf in twoGbMaxExtentSparse twoGbMaxExtentFlat monolithicFlat; do
                 "$("$VDISK_IMG" info --output=json "mx-$sf.vmdk" | grep '"actual-size"')" \
                 "$("$QEMU_IMG" info --output=json "mx-$sf.vmdk" | grep '"actual-size"')"
 done
+# info's format-specific section is qemu-img's (cid, parent cid, create type,
+# extents), which tools read to vet a VMDK's create type: the human output
+# equals qemu-img's, and every key qemu-img gives in JSON is there, the same
+"$QEMU_IMG" convert -f raw -O vmdk -o subformat=streamOptimized pat.raw mx-streamOptimized.vmdk
+"$QEMU_IMG" create -q -f vmdk -b mx-twoGbMaxExtentSparse.vmdk -F vmdk mx-diff.vmdk
+for f in mx-twoGbMaxExtentSparse mx-twoGbMaxExtentFlat mx-monolithicFlat mx-streamOptimized mx-diff; do
+        expect_eq "info of a qemu-made $f equals qemu-img's" \
+                "$("$VDISK_IMG" info "$f.vmdk" 2>&1 | grep -v '^backing file format')" \
+                "$("$QEMU_IMG" info "$f.vmdk" 2>&1 | grep -v '^backing file format')"
+        "$QEMU_IMG" info --output=json "$f.vmdk" >iq.json
+        "$VDISK_IMG" info --output=json "$f.vmdk" >iv.json
+        expect_true "info --output=json of a qemu-made $f has qemu-img's format-specific data" "$PY" -c '
+import json, sys
+q = json.load(open(sys.argv[1]))["format-specific"]["data"]
+v = json.load(open(sys.argv[2]))["format-specific"]["data"]
+sys.exit(any(v.get(k) != q[k] for k in q))' iq.json iv.json
+done
 rm -f mx.raw mx-*
 
 # Check and repair of images corrupted here: the redundant GT disagreeing,

@@ -39,7 +39,7 @@ static void check_print_human(const CheckCounts *rep, const CheckCounts *fixed) 
                        rep->allocated_clusters, rep->total_clusters,
                        (double) rep->allocated_clusters * 100.0 / (double) rep->total_clusters,
                        (double) rep->fragmented_clusters * 100.0 / (double) rep->allocated_clusters,
-                       0.0);
+                       (double) rep->compressed_clusters * 100.0 / (double) rep->allocated_clusters);
         if (rep->image_end_offset)
                 printf("Image end offset: %" PRIu64 "\n", rep->image_end_offset);
 }
@@ -55,6 +55,8 @@ static void check_print_json(const CheckCounts *rep, const CheckCounts *fixed, c
         json_object_open(&w, NULL);
         if (rep->image_end_offset)
                 json_uint(&w, "image-end-offset", rep->image_end_offset);
+        if (rep->compressed_clusters)
+                json_uint(&w, "compressed-clusters", rep->compressed_clusters);
         if (rep->total_clusters)
                 json_uint(&w, "total-clusters", rep->total_clusters);
         if (rep->corruptions)
@@ -84,7 +86,7 @@ static void check_hide_stats(CheckCounts *rep, const char *qemu_format) {
         if (no_clusters || streq_ptr(qemu_format, "qed"))
                 rep->image_end_offset = 0;
         if (no_clusters)
-                rep->total_clusters = rep->allocated_clusters = rep->fragmented_clusters = 0;
+                rep->total_clusters = rep->allocated_clusters = rep->fragmented_clusters = rep->compressed_clusters = 0;
 }
 
 int check_report(const CheckCounts *rep, const CheckCounts *fixed, OutputFormat output, bool quiet,

@@ -15,7 +15,7 @@
 
 typedef struct CheckCounts {
         uint64_t corruptions, leaks, check_errors, corruptions_fixed, leaks_fixed;
-        uint64_t total_clusters, allocated_clusters, fragmented_clusters, image_end_offset;
+        uint64_t total_clusters, allocated_clusters, fragmented_clusters, compressed_clusters, image_end_offset;
 } CheckCounts;
 
 /* check's report of the image `filename` (`qemu_format`: qemu's name of its

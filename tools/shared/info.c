@@ -1,8 +1,10 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
 /* qemu-img info's output for both tools (see info.h). */
 
+#include <ctype.h>
 #include <errno.h>
 #include <inttypes.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -21,6 +23,26 @@ static bool has_specific(const InfoView *v) {
 
 static bool has_fmt_kv(const InfoView *v) {
         return v->fmt_kv && v->fmt_kv[0];
+}
+
+/* A key of a list of objects, "<list>.<i>.<field>": the list name's length,
+ * the index and the field. */
+static bool fmt_list_key(const char *key, size_t *ret_len, unsigned long *ret_index, const char **ret_field) {
+        const char *dot = strchr(key, '.'), *end;
+
+        if (!dot || dot == key || !isdigit((unsigned char) dot[1]))
+                return false;
+        *ret_index = strtoul(dot + 1, (char **) &end, 10);
+        if (*end != '.' || !end[1])
+                return false;
+        *ret_len = (size_t) (dot - key);
+        *ret_field = end + 1;
+        return true;
+}
+
+/* Whether key `k` starts another list than `list` (of `len` bytes; NULL: none open). */
+static bool fmt_new_list(const char *list, size_t len, const char *k, size_t k_len) {
+        return !list || len != k_len || strncmp(list, k, len) != 0;
 }
 
 static const char *full_backing(const InfoView *v) {
@@ -59,16 +81,37 @@ static void info_print_human(const InfoView *v) {
                 printf("Modification UUID: %s\n", v->mod_uuid);
         if (v->parent_mod_uuid)
                 printf("Parent modification UUID: %s\n", v->parent_mod_uuid);
-        if (has_specific(v) && v->variant)
+        /* qemu's own section names the variant where it has one (VMDK's create type) */
+        if (has_specific(v) && v->variant && !has_fmt_kv(v))
                 printf("Variant: %s\n", v->variant);
         if (v->comment && *v->comment)
                 printf("Comment: %s\n", v->comment);
         snapshot_list_print(v->snapshots, v->n_snapshots);
         if (has_fmt_kv(v)) {
+                const char *list = NULL, *field;
+                size_t len = 0, k_len;
+                unsigned long index = 0, k_index;
+
                 printf("Format specific information:\n");
-                for (size_t i = 0; v->fmt_kv[i] && v->fmt_kv[i + 1]; i += 2)
-                        if (!streq(v->fmt_kv[i], "bitmaps"))
-                                printf("    %s: %s\n", v->fmt_kv[i], v->fmt_kv[i + 1]);
+                for (size_t i = 0; v->fmt_kv[i] && v->fmt_kv[i + 1]; i += 2) {
+                        const char *k = v->fmt_kv[i];
+
+                        if (streq(k, "bitmaps"))
+                                continue;
+                        if (!fmt_list_key(k, &k_len, &k_index, &field)) {
+                                list = NULL;
+                                printf("    %s: %s\n", k, v->fmt_kv[i + 1]);
+                                continue;
+                        }
+                        if (fmt_new_list(list, len, k, k_len)) {
+                                printf("    %.*s:\n", (int) k_len, k);
+                                list = k, len = k_len, index = ULONG_MAX;
+                        }
+                        if (k_index != index)
+                                printf("        [%lu]:\n", k_index);
+                        index = k_index;
+                        printf("            %s: %s\n", field, v->fmt_kv[i + 1]);
+                }
         }
         if (v->have_pchs)
                 printf("PCHS geometry: %" PRIu32 "/%" PRIu32 "/%" PRIu32 "\n", v->pchs[0], v->pchs[1], v->pchs[2]);
@@ -91,11 +134,50 @@ static void json_fmt_pair(Json *j, const char *key, const char *value) {
         k[i] = 0;
         if (streq(value, "true") || streq(value, "false"))
                 json_bool(j, k, streq(value, "true"));
-        else if (!streq(key, "data file") && value[0] && strspn(value, "0123456789") == strlen(value) &&
+        else if (!streq(key, "data file") && !streq(key, "filename") && value[0] &&
+                 strspn(value, "0123456789") == strlen(value) &&
                  strlen(value) < 20)
                 json_uint(j, k, strtoull(value, NULL, 10));
         else
                 json_string(j, k, value);
+}
+
+/* The format information, lists of objects as JSON arrays. */
+static void json_fmt_pairs(Json *j, const InfoView *v) {
+        const char *list = NULL, *field;
+        size_t len = 0, k_len;
+        unsigned long index = 0, k_index;
+        char name[64];
+
+        for (size_t i = 0; has_fmt_kv(v) && v->fmt_kv[i] && v->fmt_kv[i + 1]; i += 2) {
+                const char *k = v->fmt_kv[i];
+                bool in_list = fmt_list_key(k, &k_len, &k_index, &field);
+
+                if (list && (!in_list || fmt_new_list(list, len, k, k_len))) {
+                        json_object_close(j);
+                        json_array_close(j);
+                        list = NULL;
+                }
+                if (!in_list) {
+                        json_fmt_pair(j, k, v->fmt_kv[i + 1]);
+                        continue;
+                }
+                if (!list) {
+                        snprintf(name, sizeof name, "%.*s", (int) k_len, k);
+                        json_array_open(j, name);
+                        json_object_open(j, NULL);
+                        list = k, len = k_len, index = k_index;
+                } else if (k_index != index) {
+                        json_object_close(j);
+                        json_object_open(j, NULL);
+                        index = k_index;
+                }
+                json_fmt_pair(j, field, v->fmt_kv[i + 1]);
+        }
+        if (list) {
+                json_object_close(j);
+                json_array_close(j);
+        }
 }
 
 static void json_geometry(Json *j, const char *key, const uint32_t g[3]) {
@@ -110,8 +192,7 @@ static void json_specific(Json *j, const InfoView *v) {
         json_object_open(j, "format-specific");
         json_string(j, "type", v->format);
         json_object_open(j, "data");
-        for (size_t i = 0; has_fmt_kv(v) && v->fmt_kv[i] && v->fmt_kv[i + 1]; i += 2)
-                json_fmt_pair(j, v->fmt_kv[i], v->fmt_kv[i + 1]);
+        json_fmt_pairs(j, v);
         if (v->uuid)
                 json_string(j, "uuid", v->uuid);
         if (v->mod_uuid)

@@ -634,7 +634,9 @@ uint32_t vdisk_image_sector_size(vdisk_image *img);
 
 /* Format-specific facts as a NULL-terminated list of alternating keys and
  * values (qemu-img info's "Format specific information"); empty when the
- * format has none. Free with vdisk_strv_free. */
+ * format has none. A list of objects comes as consecutive keys
+ * "<list>.<i>.<key>", i from 0 (a VMDK's "extents.0.filename" ...). Free
+ * with vdisk_strv_free. */
 int vdisk_image_get_format_info(vdisk_image *img, char ***ret_kv);
 
 /* Internal snapshots of an image (qcow2, Parallels, VMDK), oldest first. */
@@ -952,6 +954,7 @@ typedef struct vdisk_check_report {
         uint64_t total_clusters, allocated_clusters, fragmented_clusters;
         uint64_t image_end_offset;
         char **messages;            /* NULL-terminated; free with vdisk_check_report_clear */
+        uint64_t compressed_clusters;
 } vdisk_check_report;
 void vdisk_check_report_clear(vdisk_check_report *r);
 
