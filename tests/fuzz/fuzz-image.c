@@ -142,10 +142,18 @@ static void exercise(const uint8_t *data, size_t size, const char *format, int w
         if (!buf)
                 goto out;
 
+        {
+                char **kv = NULL;
+
+                if (vdisk_image_get_format_info(vdisk_disk_image(d, vdisk_disk_count(d) - 1), &kv) >= 0)
+                        vdisk_strv_free(kv);
+        }
+        /* the map as qemu-img map reports it: block status, and the file's
+         * holes where qemu looks at them */
         while (off < disk_size && calls++ < STATUS_BUDGET) {
                 vdisk_extent e;
 
-                if (vdisk_disk_block_status(d, off, disk_size - off, &e) < 0 || e.length == 0)
+                if (vdisk_disk_map_status(d, off, disk_size - off, &e) < 0 || e.length == 0)
                         break;
                 if ((e.flags & VDISK_EXTENT_DATA) && budget > 0) {
                         size_t n = (size_t) (e.length < 65536 ? e.length : 65536);
