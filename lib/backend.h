@@ -489,7 +489,9 @@ typedef struct vdisk_backend {
         /* Format-specific facts as key/value strings (qemu-img info's
          * "Format specific information"), appended to `kv` with
          * strv_push_pair(). A list of objects is keys "<list>.<i>.<key>",
-         * consecutive, i from 0 (VMDK's extents). Optional: none. */
+         * consecutive, i from 0 (VMDK's extents); a key ending in "[]" is a
+         * list of strings, its value the strings joined by ',' (qcow2's
+         * bitmap flags; "" is the empty list). Optional: none. */
         int (*get_format_info)(void *state, strv_builder *kv);
 
         /* Internal snapshots, oldest first; *ret is a calloc'ed array the

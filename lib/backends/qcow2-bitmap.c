@@ -794,6 +794,28 @@ int qcow2_bitmaps_count(qcow2_state *s, qcow2_ref_fn ref, void *ctx, vdisk_check
 
 /* ---------------------------------------------------------------- the verb */
 
+int qcow2_bitmaps_format_info(qcow2_state *s, strv_builder *kv) {
+        int r = 0;
+
+        for (uint32_t i = 0; r >= 0 && i < s->nb_bitmaps; i++) {
+                const qcow2_bitmap *b = &s->bm[i];
+                char key[64];
+
+                /* qemu's flags in its order, as a list of strings ("[]") */
+                snprintf(key, sizeof key, "bitmaps.%" PRIu32 ".flags[]", i);
+                r = strv_push_pair(kv, key, "%s%s%s", b->flags & BME_IN_USE ? "in-use" : "",
+                                   (b->flags & BME_IN_USE) && (b->flags & BME_AUTO) ? "," : "",
+                                   b->flags & BME_AUTO ? "auto" : "");
+                snprintf(key, sizeof key, "bitmaps.%" PRIu32 ".name", i);
+                if (r >= 0)
+                        r = strv_push_pair(kv, key, "%s", b->name);
+                snprintf(key, sizeof key, "bitmaps.%" PRIu32 ".granularity", i);
+                if (r >= 0)
+                        r = strv_push_pair(kv, key, "%" PRIu64, UINT64_C(1) << b->gran_bits);
+        }
+        return r;
+}
+
 int qcow2_list_bitmaps(void *state, vdisk_bitmap **ret, size_t *ret_n) {
         qcow2_state *s = state;
         vdisk_bitmap *v;

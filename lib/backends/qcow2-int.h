@@ -293,6 +293,8 @@ int qcow2_bitmaps_flush(qcow2_state *s);
 typedef void (*qcow2_ref_fn)(void *ctx, uint64_t off, uint64_t len, const char *what);
 int qcow2_bitmaps_count(qcow2_state *s, qcow2_ref_fn ref, void *ctx, vdisk_check_report *rep);
 int qcow2_list_bitmaps(void *state, vdisk_bitmap **ret, size_t *ret_n);
+/* qemu-img info's list of bitmaps, as format information (get_format_info). */
+int qcow2_bitmaps_format_info(qcow2_state *s, strv_builder *kv);
 int qcow2_bitmap_read(void *state, const char *name, uint8_t **ret, size_t *ret_len, uint64_t *ret_granularity);
 int qcow2_bitmap_change(void *state, const vdisk_bitmap_change *c);
 /* Resize with bitmaps: begin writes every bitmap's table and content for

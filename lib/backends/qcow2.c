@@ -2596,8 +2596,8 @@ static int qcow2_get_format_info(void *state, strv_builder *kv) {
         if (r >= 0 && s->version >= 3)
                 r = strv_push_pair(kv, "lazy refcounts", "%s",
                                    s->compat & COMPAT_LAZY_REFCOUNTS ? "true" : "false");
-        if (r >= 0 && s->nb_bitmaps)
-                r = strv_push_pair(kv, "bitmaps", "%" PRIu32, s->nb_bitmaps);
+        if (r >= 0)
+                r = qcow2_bitmaps_format_info(s, kv);
         if (r >= 0)
                 r = strv_push_pair(kv, "refcount bits", "%u", 1u << s->refcount_order);
         if (r >= 0 && s->data_file_name)

@@ -171,6 +171,23 @@ qimg create -f qcow2 -o compat=0.10 v2.qcow2 1M
 expect_fail "bitmap on a version 2 qcow2 is refused" "$VDISK_IMG" bitmap --add v2.qcow2 x
 qcheck2 v2.qcow2
 
+# --- info lists the bitmaps as qemu-img does (libvirt reads them there):
+# flags (auto, in-use, none), names, granularities; human output equal, JSON
+# equal once parsed
+cp v.qcow2 vi.qcow2
+qimg bitmap --add -g 1M vi.qcow2 "123"
+qimg bitmap --disable vi.qcow2 "123"
+cp crash.qcow2 ci.qcow2
+for f in vi.qcow2 ci.qcow2; do
+        expect_eq "info of $f lists the bitmaps as qemu-img does" \
+                "$("$VDISK_IMG" info "$f" 2>&1)" "$("$QEMU_IMG" info "$f" 2>&1)"
+        "$QEMU_IMG" info --output=json "$f" >iq.json
+        "$VDISK_IMG" info --output=json "$f" >iv.json
+        expect_true "info --output=json of $f equals qemu-img's" "$PY" -c '
+import json, sys
+sys.exit(json.load(open(sys.argv[1])) != json.load(open(sys.argv[2])))' iq.json iv.json
+done
+
 # --- an invalid bitmap directory (qemu refuses to open such an image): the
 # data still reads, check names the cause, and what asks for the bitmaps fails
 cp v.qcow2 bad.qcow2

@@ -40,6 +40,13 @@ static bool fmt_list_key(const char *key, size_t *ret_len, unsigned long *ret_in
         return true;
 }
 
+/* A field that is a list of strings: "name[]", the value joined by ','. */
+static bool fmt_strings_key(const char *field) {
+        size_t n = strlen(field);
+
+        return n > 2 && streq(field + n - 2, "[]");
+}
+
 /* Whether key `k` starts another list than `list` (of `len` bytes; NULL: none open). */
 static bool fmt_new_list(const char *list, size_t len, const char *k, size_t k_len) {
         return !list || len != k_len || strncmp(list, k, len) != 0;
@@ -90,14 +97,12 @@ static void info_print_human(const InfoView *v) {
         if (has_fmt_kv(v)) {
                 const char *list = NULL, *field;
                 size_t len = 0, k_len;
-                unsigned long index = 0, k_index;
+                unsigned long index = 0, k_index, item;
 
                 printf("Format specific information:\n");
                 for (size_t i = 0; v->fmt_kv[i] && v->fmt_kv[i + 1]; i += 2) {
                         const char *k = v->fmt_kv[i];
 
-                        if (streq(k, "bitmaps"))
-                                continue;
                         if (!fmt_list_key(k, &k_len, &k_index, &field)) {
                                 list = NULL;
                                 printf("    %s: %s\n", k, v->fmt_kv[i + 1]);
@@ -110,7 +115,18 @@ static void info_print_human(const InfoView *v) {
                         if (k_index != index)
                                 printf("        [%lu]:\n", k_index);
                         index = k_index;
-                        printf("            %s: %s\n", field, v->fmt_kv[i + 1]);
+                        if (!fmt_strings_key(field)) {
+                                printf("            %s: %s\n", field, v->fmt_kv[i + 1]);
+                                continue;
+                        }
+                        printf("            %.*s:\n", (int) (strlen(field) - 2), field);
+                        item = 0;
+                        for (const char *p = v->fmt_kv[i + 1]; *p;) {
+                                const char *e = strchrnul(p, ',');
+
+                                printf("                [%lu]: %.*s\n", item++, (int) (e - p), p);
+                                p = *e ? e + 1 : e;
+                        }
                 }
         }
         if (v->have_pchs)
@@ -120,21 +136,29 @@ static void info_print_human(const InfoView *v) {
 }
 
 /* One pair of the format information as qemu's JSON: the key with '-' for
- * ' ', true/false as booleans, digits as numbers (names stay strings).
- * Persistent bitmaps are a list in qemu's output, not yet given by the
- * library: left out. */
+ * ' ', true/false as booleans, digits as numbers (names stay strings), a
+ * "key[]" as an array of strings. */
 static void json_fmt_pair(Json *j, const char *key, const char *value) {
         char k[64];
         size_t i;
 
-        if (streq(key, "bitmaps"))
-                return;
         for (i = 0; key[i] && i < sizeof k - 1; i++)
                 k[i] = key[i] == ' ' ? '-' : key[i];
         k[i] = 0;
-        if (streq(value, "true") || streq(value, "false"))
+        if (fmt_strings_key(k)) {
+                k[strlen(k) - 2] = 0;
+                json_array_open(j, k);
+                for (const char *p = value; *p;) {
+                        const char *e = strchrnul(p, ',');
+                        _cleanup_free_ char *item = strndup(p, (size_t) (e - p));
+
+                        json_string(j, NULL, item ? item : "");
+                        p = *e ? e + 1 : e;
+                }
+                json_array_close(j);
+        } else if (streq(value, "true") || streq(value, "false"))
                 json_bool(j, k, streq(value, "true"));
-        else if (!streq(key, "data file") && !streq(key, "filename") && value[0] &&
+        else if (!streq(key, "data file") && !streq(key, "filename") && !streq(key, "name") && value[0] &&
                  strspn(value, "0123456789") == strlen(value) &&
                  strlen(value) < 20)
                 json_uint(j, k, strtoull(value, NULL, 10));

@@ -635,8 +635,9 @@ uint32_t vdisk_image_sector_size(vdisk_image *img);
 /* Format-specific facts as a NULL-terminated list of alternating keys and
  * values (qemu-img info's "Format specific information"); empty when the
  * format has none. A list of objects comes as consecutive keys
- * "<list>.<i>.<key>", i from 0 (a VMDK's "extents.0.filename" ...). Free
- * with vdisk_strv_free. */
+ * "<list>.<i>.<key>", i from 0 (a VMDK's "extents.0.filename" ...); a key
+ * ending in "[]" is a list of strings joined by ',' ("" for none: a qcow2
+ * bitmap's "bitmaps.0.flags[]"). Free with vdisk_strv_free. */
 int vdisk_image_get_format_info(vdisk_image *img, char ***ret_kv);
 
 /* Internal snapshots of an image (qcow2, Parallels, VMDK), oldest first. */
