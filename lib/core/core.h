@@ -248,6 +248,10 @@ int rw_discard(vdisk_disk *d, uint64_t offset, uint64_t len);
  * from `top` down (0 = image top) and is -1 when none of them defines the range. */
 int rw_status(vdisk_disk *d, unsigned bottom, unsigned top, uint64_t offset, uint64_t len,
               vdisk_extent *ret);
+/* Cuts the data extent `e` (its host offset in `io`) where the run of the
+ * file at its start, hole or data, ends; returns whether that run is a hole
+ * (past the file's end is one). Left whole where the io cannot tell. */
+bool extent_file_run(vdisk_io *io, vdisk_extent *e);
 /* Whether qemu takes holes in the image's own file under its data for zeros
  * (qemu-img map's "zero": true, "data": true; measure does not count them). */
 bool image_file_holes(vdisk_image *img);

@@ -467,22 +467,26 @@ int rw_discard(vdisk_disk *d, uint64_t offset, uint64_t len) {
         return write_zeroes(d, d->n - 1, (int) d->n - 2, offset, len, true);
 }
 
-/* Where `holes` and image_file_holes() say so, data over a hole of its file
- * reads as zeros: ZERO is added (DATA kept) and the extent ends where the
- * file's hole or data ends. */
-static void file_holes(vdisk_image *img, vdisk_io *io, vdisk_extent *e) {
+bool extent_file_run(vdisk_io *io, vdisk_extent *e) {
         uint64_t next;
 
-        if (!image_file_holes(img))
-                return;
         /* No data after the offset (past the file's end too) is UINT64_MAX. */
         if (io_seek_data(io, e->host_offset, 0, &next) < 0)
-                return;   /* the file cannot tell: data */
+                return false;   /* the file cannot tell: data */
         if (next > e->host_offset) {
+                e->length = MIN(e->length, next - e->host_offset);
+                return true;
+        }
+        if (io_seek_data(io, e->host_offset, 1, &next) >= 0 && next > e->host_offset)
+                e->length = MIN(e->length, next - e->host_offset);
+        return false;
+}
+
+/* Where image_file_holes() says so, data over a hole of its file reads as
+ * zeros: ZERO is added (DATA kept). */
+static void file_holes(vdisk_image *img, vdisk_io *io, vdisk_extent *e) {
+        if (image_file_holes(img) && extent_file_run(io, e))
                 e->flags |= VDISK_EXTENT_ZERO;
-                e->length = MIN(e->length, next - e->host_offset);
-        } else if (io_seek_data(io, e->host_offset, 1, &next) >= 0 && next > e->host_offset)
-                e->length = MIN(e->length, next - e->host_offset);
 }
 
 static int status(vdisk_disk *d, unsigned bottom, unsigned top, uint64_t offset, uint64_t len, bool holes,

@@ -90,7 +90,6 @@ static void slot_publish(pipeline *pl) {
  * a host offset past the file's end reads zeros too. */
 static void skip_host_hole(vdisk_disk *src, unsigned top, vdisk_extent *e) {
         vdisk_image *img;
-        uint64_t next;
 
         if (e->depth < 0 || !(e->flags & VDISK_EXTENT_DATA) || !e->host_offset_valid)
                 return;
@@ -98,13 +97,8 @@ static void skip_host_hole(vdisk_disk *src, unsigned top, vdisk_extent *e) {
         /* Holes of an identity image (raw) are ZERO extents already. */
         if ((img->be->flags & BACKEND_IDENTITY) || e->file != vdisk_io_name(img->io))
                 return;
-        if (io_seek_data(img->io, e->host_offset, 0, &next) < 0)
-                return;
-        if (next > e->host_offset) {
+        if (extent_file_run(img->io, e))
                 e->flags = (e->flags & ~(uint32_t) VDISK_EXTENT_DATA) | VDISK_EXTENT_ZERO;
-                e->length = MIN(e->length, next - e->host_offset);
-        } else if (io_seek_data(img->io, e->host_offset, 1, &next) >= 0 && next > e->host_offset)
-                e->length = MIN(e->length, next - e->host_offset);
 }
 
 static void *reader_main(void *arg) {
